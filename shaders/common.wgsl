@@ -1,0 +1,110 @@
+// Shared definitions of every segloss kernel. The host prepends this file to each kernel file.
+
+// Target word meaning "ignored": an ignored class index, or an ignored dense target element.
+const INVALID: u32 = 0xFFFFFFFFu;
+
+// Statistics channels per (image, class): 8 region sums, then two per pixel-loss slot.
+const K: u32 = 16u;
+
+// Pixel-loss kinds.
+const BCE: u32 = 0u;
+const FOCAL_SIGMOID: u32 = 1u;
+const CE: u32 = 2u;
+const FOCAL_SOFTMAX: u32 = 3u;
+
+struct Params {
+    n: u32,        // images
+    c: u32,        // channels
+    s: u32,        // spatial positions per image and channel
+    mode: u32,     // 0: sigmoid (binary, multilabel), 1: softmax (multiclass)
+    nterms: u32,   // pixel-loss terms in `terms`
+    nk: u32,       // statistics channels in use
+    tiles: u32,    // statistics tiles per image
+    sensspec: u32, // 1: accumulate the sensitivity/specificity sums
+}
+
+struct Term {
+    kind: u32,
+    has_alpha: u32,
+    label_smoothing: f32,
+    gamma: f32,
+    alpha: f32,
+    pos_weight: f32,
+    scale: f32,
+    weight_sum: f32,
+}
+
+// log(1 + y) for y >= 0, accurate for tiny y (WGSL has no log1p).
+fn log1p_acc(y: f32) -> f32 {
+    let u = 1.0 + y;
+    if u == 1.0 {
+        return y;
+    }
+    return log(u) * (y / (u - 1.0));
+}
+
+// softplus(x) = log(1 + exp(x)) = -log(sigmoid(-x)), stable for any x.
+fn softplus(x: f32) -> f32 {
+    return max(x, 0.0) + log1p_acc(exp(-abs(x)));
+}
+
+fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        return 1.0 / (1.0 + exp(-x));
+    }
+    let e = exp(x);
+    return e / (1.0 + e);
+}
+
+// 1 - exp(-b) for b >= 0, accurate for small b.
+fn one_minus_exp_neg(b: f32) -> f32 {
+    if b < 1e-3 {
+        return b * (1.0 - b * (0.5 - b / 6.0));
+    }
+    return 1.0 - exp(-b);
+}
+
+// b^e with 0^e = 0 (e > 0) and b^0 = 1.
+fn pow_pos(b: f32, e: f32) -> f32 {
+    if e == 0.0 {
+        return 1.0;
+    }
+    if b <= 0.0 {
+        return 0.0;
+    }
+    return pow(b, e);
+}
+
+// Sigmoid focal loss of one element: (value, d value / d x). Soft targets allowed.
+fn focal_sigmoid(x: f32, g: f32, t: Term) -> vec2<f32> {
+    let p = sigmoid(x);
+    let b = g * softplus(-x) + (1.0 - g) * softplus(x);
+    let omp = one_minus_exp_neg(b);
+    var a = 1.0;
+    if t.has_alpha != 0u {
+        a = t.alpha * g + (1.0 - t.alpha) * (1.0 - g);
+    }
+    let m = pow_pos(omp, t.gamma);
+    var dm = 0.0;
+    if t.gamma != 0.0 && omp > 0.0 {
+        dm = t.gamma * pow(omp, t.gamma - 1.0) * exp(-b) * b;
+    }
+    return vec2<f32>(a * m * b, a * (dm + m) * (p - g));
+}
+
+// Softmax focal on the true class, -a (1-q)^gamma log q, from nlq = -log q:
+// (value, k) with d value / d x_j = k ([j == t] - p_j).
+fn focal_softmax(nlq: f32, t: Term) -> vec2<f32> {
+    var a = 1.0;
+    if t.has_alpha != 0u {
+        a = t.alpha;
+    }
+    let omq = one_minus_exp_neg(nlq);
+    let q = exp(-nlq);
+    let m = pow_pos(omq, t.gamma);
+    var dm = 0.0;
+    if t.gamma != 0.0 && omq > 0.0 {
+        dm = t.gamma * pow(omq, t.gamma - 1.0);
+    }
+    return vec2<f32>(a * m * nlq, a * (dm * q * -nlq - m));
+}

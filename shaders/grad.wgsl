@@ -1,0 +1,101 @@
+// Elementwise gradient pass: d loss / d logits of a whole expression. Region losses arrive as
+// per-(image, class) coefficients of d loss / d p (see src/plan.rs), chained through the sigmoid or
+// the softmax; pixel losses (bce, ce, focal) add their direct d / d x with host-resolved scales.
+
+@group(0) @binding(0) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read> tgt: array<u32>;
+@group(0) @binding(2) var<uniform> P: Params;
+@group(0) @binding(3) var<storage, read> terms: array<Term>;
+@group(0) @binding(4) var<storage, read> cw: array<f32>;
+@group(0) @binding(5) var<storage, read> coefs: array<f32>;
+@group(0) @binding(6) var<storage, read_write> grad: array<f32>;
+
+const GWG: u32 = 256u;
+const NCOEF: u32 = 5u;
+
+// d loss / d p of the region losses for one element.
+fn region_dp(n: u32, c: u32, p: f32, g: f32) -> f32 {
+    let o = (n * P.c + c) * NCOEF;
+    let d = g - p;
+    return coefs[o] * g + coefs[o + 1u] + 2.0 * coefs[o + 2u] * p
+        - 2.0 * d * (coefs[o + 3u] * g + coefs[o + 4u] * (1.0 - g));
+}
+
+@compute @workgroup_size(256)
+fn gradient(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * GWG;
+    if idx >= P.n * P.s {
+        return;
+    }
+    let n = idx / P.s;
+    let s = idx % P.s;
+    let cf = f32(P.c);
+    if P.mode == 1u {
+        let lab = tgt[idx];
+        if lab == INVALID {
+            for (var c = 0u; c < P.c; c++) {
+                grad[(n * P.c + c) * P.s + s] = 0.0;
+            }
+            return;
+        }
+        let lse = log_sum_exp(n, s);
+        let nlq = lse - logits[(n * P.c + lab) * P.s + s]; // -log p_true
+        var dot = 0.0;
+        for (var c = 0u; c < P.c; c++) {
+            let p = exp(logits[(n * P.c + c) * P.s + s] - lse);
+            dot += p * region_dp(n, c, p, select(0.0, 1.0, lab == c));
+        }
+        for (var c = 0u; c < P.c; c++) {
+            let e = (n * P.c + c) * P.s + s;
+            let x = logits[e];
+            let p = exp(x - lse);
+            let g = select(0.0, 1.0, lab == c);
+            var d = p * (region_dp(n, c, p, g) - dot);
+            for (var t = 0u; t < P.nterms; t++) {
+                let tp = terms[t];
+                switch tp.kind {
+                    case FOCAL_SIGMOID: {
+                        d += tp.scale * focal_sigmoid(x, g, tp).y;
+                    }
+                    case CE: {
+                        let ls = tp.label_smoothing;
+                        d += tp.scale * ((1.0 - ls) * cw[t * P.c + lab] * (p - g) + ls / cf * (tp.weight_sum * p - cw[t * P.c + c]));
+                    }
+                    case FOCAL_SOFTMAX: {
+                        d += tp.scale * focal_softmax(nlq, tp).y * (g - p);
+                    }
+                    default: {}
+                }
+            }
+            grad[e] = d;
+        }
+    } else {
+        for (var c = 0u; c < P.c; c++) {
+            let e = (n * P.c + c) * P.s + s;
+            let tb = tgt[e];
+            if tb == INVALID {
+                grad[e] = 0.0;
+                continue;
+            }
+            let g = bitcast<f32>(tb);
+            let x = logits[e];
+            let p = sigmoid(x);
+            let q = sigmoid(-x);
+            var d = region_dp(n, c, p, g) * p * q;
+            for (var t = 0u; t < P.nterms; t++) {
+                let tp = terms[t];
+                switch tp.kind {
+                    case BCE: {
+                        let gs = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
+                        d += tp.scale * ((1.0 - gs) * p - tp.pos_weight * gs * q);
+                    }
+                    case FOCAL_SIGMOID: {
+                        d += tp.scale * focal_sigmoid(x, g, tp).y;
+                    }
+                    default: {}
+                }
+            }
+            grad[e] = d;
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! The engine: an adapter and device, the compute pipelines built once, and evaluation of loss
+//! expressions with gradients.
+
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::Error;
+use crate::expr::LossExpr;
+use crate::input::{Input, Target};
+use crate::plan::{finalize, StatsPlan, Sums, TermParams, K, MAX_GRAD_TERMS, NCOEF};
+use crate::reference;
+use crate::shaders::{Kernel, GRAD, REDUCE, STATS};
+use crate::Mode;
+
+/// Pixels per statistics tile (workgroup size 128 x 16 pixels per thread; see `stats.wgsl`).
+const TILE: usize = 128 * 16;
+/// Threads per gradient workgroup (see `grad.wgsl`).
+const GRAD_WG: usize = 256;
+/// Target word of an ignored element (see `common.wgsl`).
+const INVALID: u32 = u32::MAX;
+
+/// What the engine runs on.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceInfo {
+    /// Adapter name (or `CPU reference`).
+    pub name: String,
+    /// `vulkan`, `gl`, `metal`, `dx12`, `webgpu`, or `cpu` for the f64 CPU reference.
+    pub backend: String,
+    /// `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu`, `Other`.
+    #[serde(rename = "type")]
+    pub device_type: String,
+    /// Driver name and version, when known.
+    pub driver: String,
+    /// Why the engine fell back to the CPU reference, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+}
+
+impl DeviceInfo {
+    fn of(info: &wgpu::AdapterInfo) -> DeviceInfo {
+        DeviceInfo {
+            name: info.name.clone(),
+            backend: backend_name(info.backend).to_string(),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            fallback_reason: None,
+        }
+    }
+}
+
+/// The lower-case name of a wgpu backend as `SEGLOSS_BACKEND` spells it.
+pub fn backend_name(b: wgpu::Backend) -> &'static str {
+    match b {
+        wgpu::Backend::Vulkan => "vulkan",
+        wgpu::Backend::Metal => "metal",
+        wgpu::Backend::Dx12 => "dx12",
+        wgpu::Backend::Gl => "gl",
+        wgpu::Backend::BrowserWebGpu => "webgpu",
+        wgpu::Backend::Noop => "noop",
+    }
+}
+
+/// How adapters are chosen. [`EngineOptions::from_env`] reads `SEGLOSS_BACKEND` and `SEGLOSS_ADAPTER`.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Restrict to one backend: `vulkan`, `gl`, `metal`, `dx12` or `webgpu`.
+    pub backend: Option<String>,
+    /// Pick the first adapter whose name contains this (case-insensitive).
+    pub adapter: Option<String>,
+    /// Fall back to the CPU reference when no adapter is found (default for [`Engine::new`]).
+    pub allow_cpu_fallback: bool,
+}
+
+impl EngineOptions {
+    /// Options from `SEGLOSS_BACKEND` and `SEGLOSS_ADAPTER`, with CPU fallback allowed.
+    pub fn from_env() -> EngineOptions {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        EngineOptions { backend: get("SEGLOSS_BACKEND"), adapter: get("SEGLOSS_ADAPTER"), allow_cpu_fallback: true }
+    }
+
+    fn backends(&self) -> Result<wgpu::Backends, Error> {
+        Ok(match self.backend.as_deref().map(|s| s.to_ascii_lowercase()) {
+            None => wgpu::Backends::all(),
+            Some(b) => match b.as_str() {
+                "vulkan" => wgpu::Backends::VULKAN,
+                "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+                "metal" => wgpu::Backends::METAL,
+                "dx12" => wgpu::Backends::DX12,
+                "webgpu" => wgpu::Backends::BROWSER_WEBGPU,
+                other => {
+                    return Err(Error::Input(format!(
+                        "SEGLOSS_BACKEND={other}: allowed values are vulkan, gl, metal, dx12, webgpu"
+                    )))
+                }
+            },
+        })
+    }
+}
+
+/// One adapter as [`list_adapters`] reports it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterReport {
+    /// Name, backend and type.
+    #[serde(flatten)]
+    pub info: DeviceInfo,
+    /// Whether [`Engine::new`] with the same options would pick it.
+    pub selected: bool,
+    /// Largest storage buffer binding, bytes.
+    pub max_storage_buffer_binding_size: u64,
+    /// Largest buffer, bytes.
+    pub max_buffer_size: u64,
+    /// Largest workgroup count per dimension.
+    pub max_compute_workgroups_per_dimension: u32,
+    /// Workgroup shared memory, bytes.
+    pub max_compute_workgroup_storage_size: u32,
+    /// Storage buffers per shader stage.
+    pub max_storage_buffers_per_shader_stage: u32,
+}
+
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let t = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let b = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 | wgpu::Backend::BrowserWebGpu => 0,
+        _ => 1,
+    };
+    (t, b)
+}
+
+fn instance(opts: &EngineOptions) -> Result<wgpu::Instance, Error> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = opts.backends()?;
+    Ok(wgpu::Instance::new(desc))
+}
+
+/// Every adapter on every allowed backend, with the one the engine would pick marked.
+pub async fn list_adapters(opts: &EngineOptions) -> Result<Vec<AdapterReport>, Error> {
+    let inst = instance(opts)?;
+    let adapters = inst.enumerate_adapters(opts.backends()?).await;
+    let pick = pick_index(&adapters, opts);
+    Ok(adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let l = a.limits();
+            AdapterReport {
+                info: DeviceInfo::of(&a.get_info()),
+                selected: Some(i) == pick,
+                max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+                max_buffer_size: l.max_buffer_size,
+                max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+                max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+                max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+            }
+        })
+        .collect())
+}
+
+fn usable(a: &wgpu::Adapter) -> bool {
+    let l = a.limits();
+    l.max_storage_buffers_per_shader_stage >= 7 && l.max_compute_workgroup_storage_size >= 8192 && l.max_compute_invocations_per_workgroup >= 256
+}
+
+fn pick_index(adapters: &[wgpu::Adapter], opts: &EngineOptions) -> Option<usize> {
+    let want = opts.adapter.as_ref().map(|s| s.to_lowercase());
+    adapters
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| usable(a))
+        .filter(|(_, a)| want.as_ref().is_none_or(|w| a.get_info().name.to_lowercase().contains(w)))
+        .min_by_key(|(i, a)| (rank(&a.get_info()), *i))
+        .map(|(i, _)| i)
+}
+
+/// A GPU device with the pipelines of every kernel.
+struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    stats: wgpu::ComputePipeline,
+    reduce: wgpu::ComputePipeline,
+    grad: wgpu::ComputePipeline,
+    limits: wgpu::Limits,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+enum Backend {
+    Gpu(Box<Gpu>),
+    Cpu,
+}
+
+/// Evaluates loss expressions and their gradients on a GPU (or on the CPU reference when no
+/// adapter exists and fallback is allowed).
+///
+/// ```no_run
+/// # fn main() -> Result<(), segloss::Error> {
+/// use segloss::{Engine, Input, LossExpr, Mode};
+/// let engine = Engine::new_blocking()?;
+/// let logits = vec![0.3f32; 2 * 1 * 8 * 8];
+/// let target: Vec<f32> = (0..128).map(|i| (i % 3 == 0) as u8 as f32).collect();
+/// let input = Input::dense(&logits, &target, &[2, 1, 8, 8], Mode::Binary)?;
+/// let expr: LossExpr = "0.5*bce+0.5*dice".parse()?;
+/// let out = engine.evaluate_blocking(&input, &[expr], true)?;
+/// println!("{} on {}", out[0].value, engine.info().name);
+/// # Ok(()) }
+/// ```
+pub struct Engine {
+    backend: Backend,
+    info: DeviceInfo,
+}
+
+/// The result of evaluating one expression.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    /// The value of the expression.
+    pub value: f64,
+    /// Each term's value, before its weight.
+    pub term_values: Vec<f64>,
+    /// `d value / d logits` in the logits' layout, when asked for.
+    pub grad: Option<Vec<f32>>,
+}
+
+/// What to do with gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradMode {
+    /// Values only: the gradient pass does not run.
+    Skip,
+    /// Compute the gradient and read it back into [`Evaluation::grad`].
+    Read,
+    /// Compute the gradient on the device and leave it there (benchmarks).
+    DeviceOnly,
+}
+
+/// A batch uploaded to the device once, evaluated many times.
+pub struct Prepared<'a> {
+    input: Input<'a>,
+    logits: Option<wgpu::Buffer>,
+    target: Option<wgpu::Buffer>,
+}
+
+impl Prepared<'_> {
+    /// The input this batch was made from.
+    pub fn input(&self) -> &Input<'_> {
+        &self.input
+    }
+}
+
+impl Engine {
+    /// Opens the best adapter (`SEGLOSS_BACKEND` and `SEGLOSS_ADAPTER` choose), or falls back to
+    /// the CPU reference when none exists; [`Engine::info`] says which.
+    pub async fn new() -> Result<Engine, Error> {
+        Engine::with_options(&EngineOptions::from_env()).await
+    }
+
+    /// Opens a GPU adapter and fails when none exists.
+    pub async fn gpu() -> Result<Engine, Error> {
+        Engine::with_options(&EngineOptions { allow_cpu_fallback: false, ..EngineOptions::from_env() }).await
+    }
+
+    /// Opens an adapter chosen by `opts`.
+    pub async fn with_options(opts: &EngineOptions) -> Result<Engine, Error> {
+        match Engine::open(opts).await {
+            Ok(e) => Ok(e),
+            Err(Error::NoAdapter(why)) if opts.allow_cpu_fallback => Ok(Engine::cpu(Some(why))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The f64 CPU reference as an engine.
+    pub fn cpu(reason: Option<String>) -> Engine {
+        Engine {
+            backend: Backend::Cpu,
+            info: DeviceInfo {
+                name: "CPU reference (f64)".into(),
+                backend: "cpu".into(),
+                device_type: "Cpu".into(),
+                driver: String::new(),
+                fallback_reason: reason,
+            },
+        }
+    }
+
+    async fn open(opts: &EngineOptions) -> Result<Engine, Error> {
+        let inst = instance(opts)?;
+        #[cfg(not(target_arch = "wasm32"))]
+        let adapter = {
+            let mut adapters = inst.enumerate_adapters(opts.backends()?).await;
+            let i = pick_index(&adapters, opts).ok_or_else(|| {
+                Error::NoAdapter(format!(
+                    "no usable adapter{}{} among {} found; on Linux install Mesa's lavapipe: apt-get install mesa-vulkan-drivers",
+                    opts.backend.as_ref().map(|b| format!(" on backend {b}")).unwrap_or_default(),
+                    opts.adapter.as_ref().map(|a| format!(" named like '{a}'")).unwrap_or_default(),
+                    adapters.len()
+                ))
+            })?;
+            adapters.swap_remove(i)
+        };
+        #[cfg(target_arch = "wasm32")]
+        let adapter = inst
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter(format!("the browser gave no WebGPU adapter: {e}")))?;
+        let info = DeviceInfo::of(&adapter.get_info());
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("segloss"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter(format!("{}: cannot open a device: {e}", info.name)))?;
+        let lost = Arc::new(Mutex::new(None));
+        {
+            let lost = lost.clone();
+            device.on_uncaptured_error(Arc::new(move |e| {
+                if let Ok(mut l) = lost.lock() {
+                    l.get_or_insert_with(|| e.to_string());
+                }
+            }));
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let make = |k: &Kernel| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(k.name),
+                source: wgpu::ShaderSource::Wgsl(k.source.into()),
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(k.name),
+                layout: None,
+                module: &module,
+                entry_point: Some(k.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let (stats, reduce, grad) = (make(&STATS), make(&REDUCE), make(&GRAD));
+        if let Some(e) = scope.pop().await {
+            return Err(Error::Gpu(format!("building the pipelines failed on {}: {e}", info.name)));
+        }
+        Ok(Engine { backend: Backend::Gpu(Box::new(Gpu { device, queue, stats, reduce, grad, limits, lost })), info })
+    }
+
+    /// What the engine runs on.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Whether this engine is the CPU reference.
+    pub fn is_cpu(&self) -> bool {
+        matches!(self.backend, Backend::Cpu)
+    }
+
+    /// Uploads a batch once, for repeated evaluation with [`Engine::evaluate_prepared`].
+    pub fn prepare<'a>(&self, input: Input<'a>) -> Result<Prepared<'a>, Error> {
+        let Backend::Gpu(gpu) = &self.backend else {
+            return Ok(Prepared { input, logits: None, target: None });
+        };
+        let bytes = (input.logits().len() * 4) as u64;
+        let max = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
+        if bytes > max {
+            return Err(Error::Input(format!(
+                "the logits take {bytes} bytes but {} binds at most {max} bytes per buffer",
+                self.info.name
+            )));
+        }
+        let (n, s) = (input.batch(), input.spatial());
+        let tiles = s.div_ceil(TILE);
+        let maxd = gpu.limits.max_compute_workgroups_per_dimension as usize;
+        if tiles > maxd || n > maxd || input.classes() > maxd {
+            return Err(Error::Input(format!("shape {:?} needs more workgroups per dimension than {maxd}", input.shape())));
+        }
+        let words: Vec<u32> = match input.target() {
+            Target::Dense(t) => {
+                let ign = input.ignore_index().map(|k| k as f32);
+                t.iter().map(|&v| if Some(v) == ign { INVALID } else { v.to_bits() }).collect()
+            }
+            Target::Labels(t) => {
+                t.iter().map(|&v| if Some(v) == input.ignore_index() { INVALID } else { v as u32 }).collect()
+            }
+        };
+        let logits = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("logits"),
+            contents: bytemuck::cast_slice(input.logits()),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        let target = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("target"),
+            contents: bytemuck::cast_slice(&words),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        Ok(Prepared { input, logits: Some(logits), target: Some(target) })
+    }
+
+    /// Evaluates several expressions on one batch: one statistics pass for all of them, then one
+    /// gradient pass per expression, recorded into one submission.
+    pub async fn evaluate(&self, input: &Input<'_>, exprs: &[LossExpr], grads: bool) -> Result<Vec<Evaluation>, Error> {
+        let prep = self.prepare(input.clone())?;
+        self.evaluate_prepared(&prep, exprs, if grads { GradMode::Read } else { GradMode::Skip }).await
+    }
+
+    /// [`Engine::evaluate`] on an uploaded batch.
+    pub async fn evaluate_prepared(&self, prep: &Prepared<'_>, exprs: &[LossExpr], grads: GradMode) -> Result<Vec<Evaluation>, Error> {
+        let input = &prep.input;
+        for e in exprs {
+            e.check(input.mode(), input.classes())?;
+        }
+        let gpu = match &self.backend {
+            Backend::Cpu => {
+                return exprs
+                    .iter()
+                    .map(|e| {
+                        let r = reference::evaluate(input, e)?;
+                        Ok(Evaluation {
+                            value: r.value,
+                            term_values: r.term_values,
+                            grad: (grads == GradMode::Read).then(|| r.grad.iter().map(|&g| g as f32).collect()),
+                        })
+                    })
+                    .collect();
+            }
+            Backend::Gpu(g) => g,
+        };
+        if let Some(e) = exprs.iter().find(|e| e.has_lovasz()) {
+            return Err(Error::Unsupported(format!(
+                "'{e}': lovasz does not run on the GPU engine yet; segloss::reference::evaluate computes it on the CPU"
+            )));
+        }
+        let refs: Vec<&LossExpr> = exprs.iter().collect();
+        let plan = StatsPlan::new(&refs, input.classes())?;
+        let (Some(logits), Some(target)) = (&prep.logits, &prep.target) else {
+            return Err(Error::Input("this batch was prepared by another engine".into()));
+        };
+        gpu.run(input, logits, target, &plan, exprs, grads).await
+    }
+
+    /// Blocking [`Engine::new`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking() -> Result<Engine, Error> {
+        pollster::block_on(Engine::new())
+    }
+
+    /// Blocking [`Engine::gpu`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn gpu_blocking() -> Result<Engine, Error> {
+        pollster::block_on(Engine::gpu())
+    }
+
+    /// Blocking [`Engine::evaluate`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn evaluate_blocking(&self, input: &Input<'_>, exprs: &[LossExpr], grads: bool) -> Result<Vec<Evaluation>, Error> {
+        pollster::block_on(self.evaluate(input, exprs, grads))
+    }
+
+    /// Blocking [`Engine::evaluate_prepared`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn evaluate_prepared_blocking(&self, prep: &Prepared<'_>, exprs: &[LossExpr], grads: GradMode) -> Result<Vec<Evaluation>, Error> {
+        pollster::block_on(self.evaluate_prepared(prep, exprs, grads))
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    c: u32,
+    s: u32,
+    mode: u32,
+    nterms: u32,
+    nk: u32,
+    tiles: u32,
+    sensspec: u32,
+}
+
+impl Gpu {
+    fn storage(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        // Empty arrays still need a binding as large as one element (a 32-byte term).
+        let pad = [0u8; 32];
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: if data.is_empty() { &pad } else { data },
+            usage: wgpu::BufferUsages::STORAGE,
+        })
+    }
+
+    fn uniform(&self, p: &Params) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytemuck::bytes_of(p),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
+    }
+
+    fn scratch(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: bytes.max(4), usage, mapped_at_creation: false })
+    }
+
+    fn bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    fn dispatch(enc: &mut wgpu::CommandEncoder, label: &str, pipeline: &wgpu::ComputePipeline, bg: &wgpu::BindGroup, x: u32, y: u32) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, bg, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+
+    /// Maps the given staging buffers after the last submission and returns their contents.
+    async fn read(&self, bufs: &[&wgpu::Buffer]) -> Result<Vec<Vec<f32>>, Error> {
+        let mut rxs = Vec::new();
+        for b in bufs {
+            let (tx, rx) = futures::channel::oneshot::channel();
+            b.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+            rxs.push(rx);
+        }
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
+        let mut out = Vec::new();
+        for (b, rx) in bufs.iter().zip(rxs) {
+            rx.await
+                .map_err(|_| Error::Gpu("the device dropped a readback".into()))?
+                .map_err(|e| Error::Gpu(format!("reading back a buffer failed: {e}")))?;
+            let view = b.get_mapped_range(..).map_err(|e| Error::Gpu(format!("mapping a buffer failed: {e:?}")))?;
+            out.push(bytemuck::cast_slice::<u8, f32>(&view).to_vec());
+            drop(view);
+            b.unmap();
+        }
+        Ok(out)
+    }
+
+    fn check_lost(&self) -> Result<(), Error> {
+        match self.lost.lock().ok().and_then(|mut l| l.take()) {
+            Some(e) => Err(Error::Gpu(e)),
+            None => Ok(()),
+        }
+    }
+
+    async fn run(
+        &self,
+        input: &Input<'_>,
+        logits: &wgpu::Buffer,
+        target: &wgpu::Buffer,
+        plan: &StatsPlan,
+        exprs: &[LossExpr],
+        grads: GradMode,
+    ) -> Result<Vec<Evaluation>, Error> {
+        let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+        let tiles = s.div_ceil(TILE);
+        let mode = u32::from(input.mode() == Mode::Multiclass);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+
+        // 1. Statistics: fused pass, final reduction, readback of N x C x K sums.
+        let stats_terms: Vec<TermParams> = plan.slots.iter().map(|s| s.params(0.0, 1.0)).collect();
+        let stats_cw: Vec<f32> = plan.slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
+        let params = Params {
+            n: n as u32,
+            c: c as u32,
+            s: s as u32,
+            mode,
+            nterms: plan.slots.len() as u32,
+            nk: plan.active_channels() as u32,
+            tiles: tiles as u32,
+            sensspec: plan.needs_sensspec as u32,
+        };
+        let ubuf = self.uniform(&params);
+        let tbuf = self.storage("terms", bytemuck::cast_slice(&stats_terms));
+        let cbuf = self.storage("class weights", bytemuck::cast_slice(&stats_cw));
+        let partials = self.scratch("partials", (n * tiles * c * K * 4) as u64, wgpu::BufferUsages::STORAGE);
+        let sums_bytes = (n * c * K * 4) as u64;
+        let sums = self.scratch("sums", sums_bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+        let sums_read = self.scratch("sums readback", sums_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let bg_stats = self.bind(&self.stats, &[logits, target, &ubuf, &tbuf, &cbuf, &partials]);
+        let bg_reduce = self.bind(&self.reduce, &[&ubuf, &partials, &sums]);
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss stats") });
+        Self::dispatch(&mut enc, "stats", &self.stats, &bg_stats, tiles as u32, n as u32);
+        Self::dispatch(&mut enc, "reduce", &self.reduce, &bg_reduce, c as u32, n as u32);
+        enc.copy_buffer_to_buffer(&sums, 0, &sums_read, 0, sums_bytes);
+        self.queue.submit([enc.finish()]);
+        let raw = self.read(&[&sums_read]).await?.remove(0);
+        let sums64: Vec<f64> = raw.iter().map(|&v| v as f64).collect();
+        let view = Sums { data: &sums64, n, c };
+        let fin: Vec<_> = exprs.iter().map(|e| finalize(e, plan, &view, input.mode())).collect();
+
+        // 2. Gradients: one elementwise pass per expression, one submission.
+        let mut grad_reads = Vec::new();
+        if grads != GradMode::Skip {
+            let total = n * c * s;
+            let groups = (n * s).div_ceil(GRAD_WG);
+            let gx = groups.min(self.limits.max_compute_workgroups_per_dimension as usize).max(1);
+            let gy = groups.div_ceil(gx);
+            let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss grad") });
+            let mut keep = Vec::new();
+            for f in &fin {
+                debug_assert!(f.grad_terms.len() <= MAX_GRAD_TERMS);
+                let terms: Vec<TermParams> = f.grad_terms.iter().map(|(_, t)| *t).collect();
+                let cw: Vec<f32> =
+                    f.grad_terms.iter().flat_map(|(slot, _)| plan.slots[*slot].weights.iter().map(|&w| w as f32)).collect();
+                let gparams = Params { nterms: terms.len() as u32, ..params };
+                let ub = self.uniform(&gparams);
+                let tb = self.storage("grad terms", bytemuck::cast_slice(&terms));
+                let cb = self.storage("grad class weights", bytemuck::cast_slice(&cw));
+                debug_assert_eq!(f.coefs.len(), n * c * NCOEF);
+                let kb = self.storage("coefficients", bytemuck::cast_slice(&f.coefs));
+                let bytes = (total * 4) as u64;
+                let out = self.scratch("grad", bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+                let bg = self.bind(&self.grad, &[logits, target, &ub, &tb, &cb, &kb, &out]);
+                Self::dispatch(&mut enc, "grad", &self.grad, &bg, gx as u32, gy as u32);
+                if grads == GradMode::Read {
+                    let rb = self.scratch("grad readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+                    enc.copy_buffer_to_buffer(&out, 0, &rb, 0, bytes);
+                    grad_reads.push(rb);
+                }
+                keep.push((ub, tb, cb, kb, out, bg));
+            }
+            self.queue.submit([enc.finish()]);
+            if grads == GradMode::DeviceOnly {
+                self.device
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
+            }
+        }
+        let read_refs: Vec<&wgpu::Buffer> = grad_reads.iter().collect();
+        let mut gvals = if read_refs.is_empty() { Vec::new() } else { self.read(&read_refs).await? };
+        if let Some(e) = oom.pop().await {
+            return Err(Error::Gpu(format!("out of device memory: {e}")));
+        }
+        if let Some(e) = scope.pop().await {
+            return Err(Error::Gpu(e.to_string()));
+        }
+        self.check_lost()?;
+        gvals.reverse();
+        Ok(fin
+            .into_iter()
+            .map(|f| Evaluation {
+                value: f.value,
+                term_values: f.term_values,
+                grad: if grads == GradMode::Read { gvals.pop() } else { None },
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,49 @@
+//! The crate's error type.
+
+/// Everything that can go wrong, each with a message that names the problem.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum Error {
+    /// Loss text that does not parse: unknown names, keys or values.
+    #[error("cannot parse loss '{text}': {msg}")]
+    Parse {
+        /// The text that failed.
+        text: String,
+        /// What is wrong, with what is allowed.
+        msg: String,
+    },
+    /// A loss that does not fit the mode or the number of classes.
+    #[error("{loss}: {msg}")]
+    LossMode {
+        /// The loss's name.
+        loss: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Shapes that do not fit together, or an empty tensor.
+    #[error("shape error: {0}")]
+    Shape(String),
+    /// NaN or infinite logits.
+    #[error("non-finite logits: {0}")]
+    NonFinite(String),
+    /// A class index outside `0..C` that is not the ignore index.
+    #[error("class index out of range: {0}")]
+    ClassIndex(String),
+    /// A dense target outside [0, 1], or soft labels where hard ones are needed.
+    #[error("bad target value: {0}")]
+    TargetValue(String),
+    /// Other input problems (dtype, mode).
+    #[error("bad input: {0}")]
+    Input(String),
+    /// No GPU adapter could be opened.
+    #[error("no GPU adapter: {0}")]
+    NoAdapter(String),
+    /// A loss or option this engine cannot evaluate.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A failure reported by the GPU or the driver.
+    #[error("GPU error: {0}")]
+    Gpu(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,788 @@
+//! Loss expressions: the typed form of `0.8*ce+0.2*dice@monai`, parsed with [`std::str::FromStr`].
+//!
+//! The grammar and every name, key, default and preset follow `LOSSES.md`:
+//!
+//! ```text
+//! expr   = term { "+" term }
+//! term   = [ number "*" ] name [ "@" preset ] [ ":" key "=" value { "," key "=" value } ]
+//! ```
+//!
+//! ```
+//! use segloss::{LossExpr, Loss};
+//! let e: LossExpr = "0.8*ce+0.2*dice@monai:log=true".parse().unwrap();
+//! assert_eq!(e.terms.len(), 2);
+//! assert!(matches!(e.terms[1].loss, Loss::Region(_)));
+//! assert_eq!(e.to_string(), "0.8*ce+0.2*dice:pool=image,smooth_nr=0.00001,smooth_dr=0.00001,eps=0,empty=formula,log=true");
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+use crate::Mode;
+
+/// A weighted sum of losses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossExpr {
+    /// The terms of the sum, in the order written.
+    pub terms: Vec<Term>,
+}
+
+/// One `weight * loss` term of a [`LossExpr`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Term {
+    /// The factor in front of the loss (1 when not written).
+    pub weight: f64,
+    /// The loss with all of its parameters resolved (presets applied).
+    pub loss: Loss,
+}
+
+/// One loss with its parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Loss {
+    /// Binary cross-entropy on `sigmoid(x)` (binary and multilabel modes).
+    Bce(BceParams),
+    /// Softmax cross-entropy (multiclass mode).
+    Ce(CeParams),
+    /// Focal loss (sigmoid, or softmax on the true class).
+    Focal(FocalParams),
+    /// Dice, Jaccard, Tversky or generalized Dice.
+    Region(RegionLoss),
+    /// Sensitivity-specificity loss (Brosch et al.).
+    SensSpec(SensSpecParams),
+    /// Lovász hinge (binary/multilabel) or Lovász-Softmax (multiclass).
+    Lovasz(LovaszParams),
+}
+
+/// `pos_weight` of [`BceParams`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PosWeight {
+    /// A fixed factor on the positive term.
+    Value(f64),
+    /// `(numel - sum g) / max(sum g, 1)` over the whole batch, a constant of the target.
+    Auto,
+}
+
+/// Parameters of `bce`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BceParams {
+    /// Weight of the positive term (default 1).
+    pub pos_weight: PosWeight,
+    /// Targets become `g (1 - ls) + ls / 2` (default 0).
+    pub label_smoothing: f64,
+}
+
+/// Parameters of `ce`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CeParams {
+    /// Per-class weights (PyTorch's `weight`): the mean becomes a weighted mean.
+    pub weights: Option<Vec<f64>>,
+    /// PyTorch's `label_smoothing` (default 0).
+    pub label_smoothing: f64,
+}
+
+/// Activation of the focal loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FocalAct {
+    /// One-vs-rest sigmoid on every channel (smp and MONAI).
+    Sigmoid,
+    /// `-(1-p_c)^gamma log p_c` on the true class of a softmax (multiclass only).
+    Softmax,
+}
+
+/// Parameters of `focal`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FocalParams {
+    /// Focusing exponent (default 2).
+    pub gamma: f64,
+    /// Class balance `alpha g + (1 - alpha)(1 - g)`; `None` = no balancing (default).
+    pub alpha: Option<f64>,
+    /// Activation (default sigmoid).
+    pub act: FocalAct,
+}
+
+/// Which kind of region score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RegionKind {
+    /// `(2 TP + s_nr) / (2 TP + FP + FN + s_dr)`; `squared` uses `sum p^2 + sum g^2`.
+    Dice {
+        /// Squared denominator (V-Net style).
+        squared: bool,
+    },
+    /// `(TP + s_nr) / (TP + FP + FN + s_dr)`; `squared` uses `sum p^2 + sum g^2 - TP`.
+    Jaccard {
+        /// Squared denominator.
+        squared: bool,
+    },
+    /// `(TP + s_nr) / (TP + alpha FP + beta FN + s_dr)`, loss `(mean (1 - T))^gamma`.
+    Tversky {
+        /// Weight of false positives.
+        alpha: f64,
+        /// Weight of false negatives.
+        beta: f64,
+        /// Exponent on the mean loss.
+        gamma: f64,
+    },
+    /// Generalized Dice with class weights from the target.
+    GDice {
+        /// How class weights are derived from `sum g_c`.
+        weight: GDiceWeight,
+    },
+}
+
+/// Class weights of the generalized Dice loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GDiceWeight {
+    /// `1 / (sum g_c)^2` (default, MONAI's `square`).
+    Square,
+    /// `1 / sum g_c`.
+    Simple,
+    /// 1.
+    Uniform,
+}
+
+/// The pooling group of region losses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    /// Sums over all images, per class (default).
+    Batch,
+    /// Per image and class, then the mean over N x C.
+    Image,
+    /// One ratio over everything, classes pooled.
+    All,
+}
+
+/// What a class with `sum g = 0` in its group contributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Empty {
+    /// Loss 0, still counted in the mean over classes (default).
+    Zero,
+    /// Left out of the mean.
+    Skip,
+    /// Whatever the smoothed formula gives.
+    Formula,
+}
+
+/// Which classes a region or Lovász loss averages over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Classes {
+    /// Every class.
+    All,
+    /// Only classes present in the group's target (Lovász default).
+    Present,
+    /// These class indices.
+    List(Vec<usize>),
+}
+
+/// Parameters shared by the region losses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegionParams {
+    /// Numerator smoothing.
+    pub smooth_nr: f64,
+    /// Denominator smoothing.
+    pub smooth_dr: f64,
+    /// Lower clamp of the denominator (and of the score under `log`).
+    pub eps: f64,
+    /// Pooling group.
+    pub pool: Pool,
+    /// Treatment of classes absent from the group's target.
+    pub empty: Empty,
+    /// Loss `-log(max(score, eps))` instead of `1 - score`.
+    pub log: bool,
+    /// Classes averaged over.
+    pub classes: Classes,
+}
+
+impl Default for RegionParams {
+    fn default() -> Self {
+        RegionParams {
+            smooth_nr: 0.0,
+            smooth_dr: 0.0,
+            eps: 1e-7,
+            pool: Pool::Batch,
+            empty: Empty::Zero,
+            log: false,
+            classes: Classes::All,
+        }
+    }
+}
+
+/// A region loss: a kind and its parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegionLoss {
+    /// Dice, Jaccard, Tversky or generalized Dice.
+    pub kind: RegionKind,
+    /// Shared region parameters.
+    pub params: RegionParams,
+}
+
+/// Parameters of `sensspec`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SensSpecParams {
+    /// Weight of the sensitivity term (default 0.05).
+    pub lambda: f64,
+    /// Smoothing of both denominators (default 1e-5).
+    pub smooth: f64,
+}
+
+/// Parameters of `lovasz`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LovaszParams {
+    /// One group per image, then the mean (default false: one group over the batch).
+    pub per_image: bool,
+    /// `present` (default) or `all`.
+    pub classes: Classes,
+}
+
+/// The floor used by `log=true` when `eps` is 0 (MONAI's preset): `-log(max(score, 1e-7))`.
+pub const LOG_FLOOR: f64 = 1e-7;
+
+impl RegionParams {
+    /// The clamp applied to the score under `log=true`.
+    pub fn log_floor(&self) -> f64 {
+        if self.eps > 0.0 {
+            self.eps
+        } else {
+            LOG_FLOOR
+        }
+    }
+}
+
+impl Loss {
+    /// The loss's name as written in text.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Loss::Bce(_) => "bce",
+            Loss::Ce(_) => "ce",
+            Loss::Focal(_) => "focal",
+            Loss::Region(r) => match r.kind {
+                RegionKind::Dice { .. } => "dice",
+                RegionKind::Jaccard { .. } => "jaccard",
+                RegionKind::Tversky { .. } => "tversky",
+                RegionKind::GDice { .. } => "gdice",
+            },
+            Loss::SensSpec(_) => "sensspec",
+            Loss::Lovasz(_) => "lovasz",
+        }
+    }
+
+    /// Checks that the loss fits the mode and the number of classes.
+    pub fn check(&self, mode: Mode, classes: usize) -> Result<(), Error> {
+        let name = self.name();
+        let bad = |msg: String| Err(Error::LossMode { loss: name.to_string(), msg });
+        match self {
+            Loss::Bce(_) if mode == Mode::Multiclass => {
+                bad("bce needs binary or multilabel targets; use ce (softmax) or focal (one-vs-rest sigmoid) in multiclass mode".into())
+            }
+            Loss::Ce(p) => {
+                if mode != Mode::Multiclass {
+                    return bad("ce needs multiclass targets (class indices); use bce in binary or multilabel mode".into());
+                }
+                if let Some(w) = &p.weights {
+                    if w.len() != classes {
+                        return bad(format!("weights has {} entries but the input has C={classes}", w.len()));
+                    }
+                }
+                Ok(())
+            }
+            Loss::Focal(p) if p.act == FocalAct::Softmax && mode != Mode::Multiclass => {
+                bad("act=softmax needs multiclass targets; use act=sigmoid".into())
+            }
+            Loss::Region(r) => check_classes(name, &r.params.classes, classes),
+            Loss::Lovasz(p) => check_classes(name, &p.classes, classes),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn check_classes(name: &str, classes: &Classes, c: usize) -> Result<(), Error> {
+    if let Classes::List(list) = classes {
+        if let Some(&bad) = list.iter().find(|&&k| k >= c) {
+            return Err(Error::LossMode {
+                loss: name.to_string(),
+                msg: format!("classes lists {bad} but the input has C={c} (valid: 0..{})", c - 1),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl LossExpr {
+    /// Checks every term against the mode and the number of classes.
+    pub fn check(&self, mode: Mode, classes: usize) -> Result<(), Error> {
+        self.terms.iter().try_for_each(|t| t.loss.check(mode, classes))
+    }
+
+    /// Whether any term is a Lovász loss.
+    pub fn has_lovasz(&self) -> bool {
+        self.terms.iter().any(|t| matches!(t.loss, Loss::Lovasz(_)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing
+
+const NAMES: &str = "bce, ce, focal, dice, jaccard (iou), tversky, gdice, sensspec, lovasz";
+const PRESETS: &str = "smp, monai, keras, paddle";
+
+fn perr(text: &str, msg: impl Into<String>) -> Error {
+    Error::Parse { text: text.to_string(), msg: msg.into() }
+}
+
+fn num(text: &str, key: &str, v: &str) -> Result<f64, Error> {
+    let x: f64 = v
+        .parse()
+        .map_err(|_| perr(text, format!("{key}={v}: expected a number")))?;
+    if !x.is_finite() {
+        return Err(perr(text, format!("{key}={v}: expected a finite number")));
+    }
+    Ok(x)
+}
+
+fn nonneg(text: &str, key: &str, v: &str) -> Result<f64, Error> {
+    let x = num(text, key, v)?;
+    if x < 0.0 {
+        return Err(perr(text, format!("{key}={v}: must be >= 0")));
+    }
+    Ok(x)
+}
+
+fn unit(text: &str, key: &str, v: &str) -> Result<f64, Error> {
+    let x = num(text, key, v)?;
+    if !(0.0..=1.0).contains(&x) {
+        return Err(perr(text, format!("{key}={v}: must be in [0, 1]")));
+    }
+    Ok(x)
+}
+
+fn boolean(text: &str, key: &str, v: &str) -> Result<bool, Error> {
+    match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(perr(text, format!("{key}={v}: expected true or false"))),
+    }
+}
+
+fn choice<T: Copy>(text: &str, key: &str, v: &str, opts: &[(&str, T)]) -> Result<T, Error> {
+    opts.iter().find(|(n, _)| *n == v).map(|(_, t)| *t).ok_or_else(|| {
+        let allowed: Vec<&str> = opts.iter().map(|(n, _)| *n).collect();
+        perr(text, format!("{key}={v}: allowed values are {}", allowed.join(", ")))
+    })
+}
+
+fn class_list(text: &str, key: &str, v: &str, allow_present: bool) -> Result<Classes, Error> {
+    match v {
+        "all" => return Ok(Classes::All),
+        "present" if allow_present => return Ok(Classes::Present),
+        _ => {}
+    }
+    let mut out = Vec::new();
+    for part in v.split(';') {
+        let k: usize = part.trim().parse().map_err(|_| {
+            let what = if allow_present { "all, present" } else { "all" };
+            perr(text, format!("{key}={v}: expected {what} or a list of class indices like 0;2;5"))
+        })?;
+        out.push(k);
+    }
+    Ok(Classes::List(out))
+}
+
+fn unknown_key(text: &str, name: &str, key: &str, allowed: &[&str]) -> Error {
+    perr(text, format!("unknown key '{key}' for {name}; allowed keys: {}", allowed.join(", ")))
+}
+
+const REGION_KEYS: &[&str] =
+    &["smooth", "smooth_nr", "smooth_dr", "eps", "squared", "log", "pool", "empty", "classes"];
+
+/// Applies one region key; returns false when the key is not a shared region key.
+fn region_key(text: &str, p: &mut RegionParams, key: &str, v: &str) -> Result<bool, Error> {
+    match key {
+        "smooth" => {
+            let s = nonneg(text, key, v)?;
+            p.smooth_nr = s;
+            p.smooth_dr = s;
+        }
+        "smooth_nr" => p.smooth_nr = nonneg(text, key, v)?,
+        "smooth_dr" => p.smooth_dr = nonneg(text, key, v)?,
+        "eps" => p.eps = nonneg(text, key, v)?,
+        "log" => p.log = boolean(text, key, v)?,
+        "pool" => {
+            p.pool = choice(text, key, v, &[("batch", Pool::Batch), ("image", Pool::Image), ("all", Pool::All)])?
+        }
+        "empty" => {
+            p.empty =
+                choice(text, key, v, &[("zero", Empty::Zero), ("skip", Empty::Skip), ("formula", Empty::Formula)])?
+        }
+        "classes" => p.classes = class_list(text, key, v, false)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn region_preset(preset: &str) -> RegionParams {
+    let d = RegionParams::default();
+    match preset {
+        "monai" => RegionParams {
+            smooth_nr: 1e-5,
+            smooth_dr: 1e-5,
+            eps: 0.0,
+            pool: Pool::Image,
+            empty: Empty::Formula,
+            ..d
+        },
+        "keras" => RegionParams { smooth_nr: 1.0, smooth_dr: 1.0, pool: Pool::All, empty: Empty::Formula, ..d },
+        "paddle" => RegionParams { smooth_nr: 1.0, smooth_dr: 1.0, pool: Pool::Image, empty: Empty::Formula, ..d },
+        _ => d,
+    }
+}
+
+fn parse_term(text: &str) -> Result<Term, Error> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(perr(text, "empty term"));
+    }
+    // weight
+    let (weight, rest) = match t.split_once('*') {
+        Some((w, rest)) => {
+            let w = w.trim();
+            let x: f64 = w.parse().map_err(|_| perr(text, format!("'{w}' is not a number (weight before '*')")))?;
+            if !x.is_finite() {
+                return Err(perr(text, format!("weight {w} must be finite")));
+            }
+            (x, rest.trim())
+        }
+        None => (1.0, t),
+    };
+    let (head, args) = match rest.split_once(':') {
+        Some((h, a)) => (h.trim(), Some(a)),
+        None => (rest, None),
+    };
+    let (name, preset) = match head.split_once('@') {
+        Some((n, p)) => (n.trim(), Some(p.trim())),
+        None => (head, None),
+    };
+    if let Some(p) = preset {
+        if !["smp", "monai", "keras", "paddle"].contains(&p) {
+            return Err(perr(text, format!("unknown preset '{p}'; presets: {PRESETS}")));
+        }
+    }
+    let preset_name = preset.unwrap_or("smp");
+    let mut kv: Vec<(&str, &str)> = Vec::new();
+    if let Some(a) = args {
+        for part in a.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| perr(text, format!("'{}' is not key=value", part.trim())))?;
+            kv.push((k.trim(), v.trim()));
+        }
+    }
+    let no_preset = |allowed: &[&str]| -> Result<(), Error> {
+        if allowed.contains(&preset_name) {
+            Ok(())
+        } else {
+            Err(perr(text, format!("preset '{preset_name}' defines nothing for {name}; presets for {name}: {}", allowed.join(", "))))
+        }
+    };
+    let loss = match name {
+        "bce" => {
+            no_preset(&["smp", "monai"])?;
+            let mut p = BceParams { pos_weight: PosWeight::Value(1.0), label_smoothing: 0.0 };
+            for (k, v) in kv {
+                match k {
+                    "pos_weight" => {
+                        p.pos_weight = if v == "auto" { PosWeight::Auto } else { PosWeight::Value(nonneg(text, k, v)?) }
+                    }
+                    "label_smoothing" => p.label_smoothing = unit(text, k, v)?,
+                    _ => return Err(unknown_key(text, name, k, &["pos_weight", "label_smoothing"])),
+                }
+            }
+            Loss::Bce(p)
+        }
+        "ce" => {
+            no_preset(&["smp", "monai"])?;
+            let mut p = CeParams { weights: None, label_smoothing: 0.0 };
+            for (k, v) in kv {
+                match k {
+                    "weights" => {
+                        let w: Result<Vec<f64>, Error> = v.split(';').map(|x| nonneg(text, k, x.trim())).collect();
+                        p.weights = Some(w?);
+                    }
+                    "label_smoothing" => p.label_smoothing = unit(text, k, v)?,
+                    _ => return Err(unknown_key(text, name, k, &["weights", "label_smoothing"])),
+                }
+            }
+            Loss::Ce(p)
+        }
+        "focal" => {
+            no_preset(&["smp", "monai"])?;
+            let mut p = FocalParams { gamma: 2.0, alpha: None, act: FocalAct::Sigmoid };
+            for (k, v) in kv {
+                match k {
+                    "gamma" => p.gamma = nonneg(text, k, v)?,
+                    "alpha" => p.alpha = if v == "none" { None } else { Some(unit(text, k, v)?) },
+                    "act" => p.act = choice(text, k, v, &[("sigmoid", FocalAct::Sigmoid), ("softmax", FocalAct::Softmax)])?,
+                    _ => return Err(unknown_key(text, name, k, &["gamma", "alpha", "act"])),
+                }
+            }
+            Loss::Focal(p)
+        }
+        "dice" | "jaccard" | "iou" | "tversky" | "gdice" => {
+            let mut params = region_preset(preset_name);
+            let mut kind = match name {
+                "dice" => RegionKind::Dice { squared: false },
+                "jaccard" | "iou" => RegionKind::Jaccard { squared: false },
+                "tversky" => RegionKind::Tversky { alpha: 0.5, beta: 0.5, gamma: 1.0 },
+                _ => RegionKind::GDice { weight: GDiceWeight::Square },
+            };
+            let mut allowed: Vec<&str> = REGION_KEYS.to_vec();
+            match kind {
+                RegionKind::Tversky { .. } => {
+                    allowed.retain(|k| *k != "squared");
+                    allowed.extend(["alpha", "beta", "gamma"]);
+                }
+                RegionKind::GDice { .. } => {
+                    allowed.retain(|k| *k != "squared" && *k != "empty");
+                    allowed.push("weight");
+                }
+                _ => {}
+            }
+            for (k, v) in kv {
+                if !allowed.contains(&k) {
+                    return Err(unknown_key(text, name, k, &allowed));
+                }
+                if k == "squared" {
+                    let sq = boolean(text, k, v)?;
+                    kind = match kind {
+                        RegionKind::Dice { .. } => RegionKind::Dice { squared: sq },
+                        _ => RegionKind::Jaccard { squared: sq },
+                    };
+                    continue;
+                }
+                if region_key(text, &mut params, k, v)? {
+                    continue;
+                }
+                match (&mut kind, k) {
+                    (RegionKind::Tversky { alpha, .. }, "alpha") => *alpha = nonneg(text, k, v)?,
+                    (RegionKind::Tversky { beta, .. }, "beta") => *beta = nonneg(text, k, v)?,
+                    (RegionKind::Tversky { gamma, .. }, "gamma") => {
+                        let g = nonneg(text, k, v)?;
+                        if g == 0.0 {
+                            return Err(perr(text, "gamma=0: must be > 0"));
+                        }
+                        *gamma = g
+                    }
+                    (RegionKind::GDice { weight }, "weight") => {
+                        *weight = choice(
+                            text,
+                            k,
+                            v,
+                            &[("square", GDiceWeight::Square), ("simple", GDiceWeight::Simple), ("uniform", GDiceWeight::Uniform)],
+                        )?
+                    }
+                    _ => return Err(unknown_key(text, name, k, &allowed)),
+                }
+            }
+            if matches!(kind, RegionKind::GDice { .. }) && params.pool == Pool::All {
+                return Err(perr(text, "gdice: pool=all is not allowed (gdice already pools classes); use batch or image"));
+            }
+            Loss::Region(RegionLoss { kind, params })
+        }
+        "sensspec" => {
+            no_preset(&["smp"])?;
+            let mut p = SensSpecParams { lambda: 0.05, smooth: 1e-5 };
+            for (k, v) in kv {
+                match k {
+                    "lambda" => p.lambda = unit(text, k, v)?,
+                    "smooth" => p.smooth = nonneg(text, k, v)?,
+                    _ => return Err(unknown_key(text, name, k, &["lambda", "smooth"])),
+                }
+            }
+            Loss::SensSpec(p)
+        }
+        "lovasz" => {
+            no_preset(&["smp"])?;
+            let mut p = LovaszParams { per_image: false, classes: Classes::Present };
+            for (k, v) in kv {
+                match k {
+                    "per_image" => p.per_image = boolean(text, k, v)?,
+                    "classes" => p.classes = class_list(text, k, v, true)?,
+                    _ => return Err(unknown_key(text, name, k, &["per_image", "classes"])),
+                }
+            }
+            Loss::Lovasz(p)
+        }
+        "" => return Err(perr(text, format!("missing loss name; names: {NAMES}"))),
+        _ => return Err(perr(text, format!("unknown loss '{name}'; names: {NAMES}"))),
+    };
+    Ok(Term { weight, loss })
+}
+
+impl FromStr for LossExpr {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if s.trim().is_empty() {
+            return Err(perr(s, format!("empty loss text; names: {NAMES}")));
+        }
+        let terms = s.split('+').map(parse_term).collect::<Result<Vec<_>, _>>()?;
+        Ok(LossExpr { terms })
+    }
+}
+
+impl FromStr for Loss {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let t = parse_term(s)?;
+        if t.weight != 1.0 || s.contains('+') {
+            return Err(perr(s, "expected a single loss without weight"));
+        }
+        Ok(t.loss)
+    }
+}
+
+impl From<Loss> for LossExpr {
+    fn from(loss: Loss) -> Self {
+        LossExpr { terms: vec![Term { weight: 1.0, loss }] }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Canonical text (only what differs from the defaults is written)
+
+fn fmt_num(x: f64) -> String {
+    let s = format!("{x}");
+    if s.contains('e') {
+        format!("{x:.10}").trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+fn classes_text(c: &Classes) -> String {
+    match c {
+        Classes::All => "all".into(),
+        Classes::Present => "present".into(),
+        Classes::List(l) => l.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(";"),
+    }
+}
+
+impl fmt::Display for Loss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut kv: Vec<String> = Vec::new();
+        match self {
+            Loss::Bce(p) => {
+                match p.pos_weight {
+                    PosWeight::Auto => kv.push("pos_weight=auto".into()),
+                    PosWeight::Value(v) if v != 1.0 => kv.push(format!("pos_weight={}", fmt_num(v))),
+                    _ => {}
+                }
+                if p.label_smoothing != 0.0 {
+                    kv.push(format!("label_smoothing={}", fmt_num(p.label_smoothing)));
+                }
+            }
+            Loss::Ce(p) => {
+                if let Some(w) = &p.weights {
+                    kv.push(format!("weights={}", w.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(";")));
+                }
+                if p.label_smoothing != 0.0 {
+                    kv.push(format!("label_smoothing={}", fmt_num(p.label_smoothing)));
+                }
+            }
+            Loss::Focal(p) => {
+                if p.gamma != 2.0 {
+                    kv.push(format!("gamma={}", fmt_num(p.gamma)));
+                }
+                if let Some(a) = p.alpha {
+                    kv.push(format!("alpha={}", fmt_num(a)));
+                }
+                if p.act == FocalAct::Softmax {
+                    kv.push("act=softmax".into());
+                }
+            }
+            Loss::Region(r) => {
+                let d = RegionParams::default();
+                let p = &r.params;
+                match r.kind {
+                    RegionKind::Tversky { alpha, beta, gamma } => {
+                        if alpha != 0.5 {
+                            kv.push(format!("alpha={}", fmt_num(alpha)));
+                        }
+                        if beta != 0.5 {
+                            kv.push(format!("beta={}", fmt_num(beta)));
+                        }
+                        if gamma != 1.0 {
+                            kv.push(format!("gamma={}", fmt_num(gamma)));
+                        }
+                    }
+                    RegionKind::GDice { weight } => match weight {
+                        GDiceWeight::Simple => kv.push("weight=simple".into()),
+                        GDiceWeight::Uniform => kv.push("weight=uniform".into()),
+                        GDiceWeight::Square => {}
+                    },
+                    RegionKind::Dice { squared: true } | RegionKind::Jaccard { squared: true } => {
+                        kv.push("squared=true".into())
+                    }
+                    _ => {}
+                }
+                if p.pool != d.pool {
+                    kv.push(format!("pool={}", match p.pool { Pool::Batch => "batch", Pool::Image => "image", Pool::All => "all" }));
+                }
+                if p.smooth_nr == p.smooth_dr && p.smooth_nr != 0.0 {
+                    kv.push(format!("smooth={}", fmt_num(p.smooth_nr)));
+                } else {
+                    if p.smooth_nr != 0.0 || p.smooth_dr != 0.0 {
+                        kv.push(format!("smooth_nr={}", fmt_num(p.smooth_nr)));
+                        kv.push(format!("smooth_dr={}", fmt_num(p.smooth_dr)));
+                    }
+                }
+                if p.eps != d.eps {
+                    kv.push(format!("eps={}", fmt_num(p.eps)));
+                }
+                if p.empty != d.empty {
+                    kv.push(format!("empty={}", match p.empty { Empty::Zero => "zero", Empty::Skip => "skip", Empty::Formula => "formula" }));
+                }
+                if p.log {
+                    kv.push("log=true".into());
+                }
+                if p.classes != d.classes {
+                    kv.push(format!("classes={}", classes_text(&p.classes)));
+                }
+            }
+            Loss::SensSpec(p) => {
+                if p.lambda != 0.05 {
+                    kv.push(format!("lambda={}", fmt_num(p.lambda)));
+                }
+                if p.smooth != 1e-5 {
+                    kv.push(format!("smooth={}", fmt_num(p.smooth)));
+                }
+            }
+            Loss::Lovasz(p) => {
+                if p.per_image {
+                    kv.push("per_image=true".into());
+                }
+                if p.classes != Classes::Present {
+                    kv.push(format!("classes={}", classes_text(&p.classes)));
+                }
+            }
+        }
+        write!(f, "{}", self.name())?;
+        if !kv.is_empty() {
+            write!(f, ":{}", kv.join(","))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for LossExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, t) in self.terms.iter().enumerate() {
+            if i > 0 {
+                write!(f, "+")?;
+            }
+            if t.weight != 1.0 {
+                write!(f, "{}*", fmt_num(t.weight))?;
+            }
+            write!(f, "{}", t.loss)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! Inputs: logits, targets, their shape and mode, and the checks that reject bad input.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// How targets are given and which activation turns logits into probabilities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// C = 1, float targets in [0, 1], `p = sigmoid(x)`.
+    Binary,
+    /// C >= 1 independent channels, float targets in [0, 1], `p = sigmoid(x)`.
+    Multilabel,
+    /// C >= 2 classes, integer class indices `[N, S...]`, `p = softmax(x)` over C.
+    Multiclass,
+}
+
+impl Mode {
+    /// The mode's name as written on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Binary => "binary",
+            Mode::Multilabel => "multilabel",
+            Mode::Multiclass => "multiclass",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "binary" => Ok(Mode::Binary),
+            "multilabel" => Ok(Mode::Multilabel),
+            "multiclass" => Ok(Mode::Multiclass),
+            _ => Err(Error::Input(format!("unknown mode '{s}'; modes: binary, multilabel, multiclass"))),
+        }
+    }
+}
+
+/// Targets: dense float masks (binary, multilabel) or class indices (multiclass).
+#[derive(Clone, Debug)]
+pub enum Target<'a> {
+    /// Values in [0, 1] with the logits' shape `[N, C, S...]`.
+    Dense(Cow<'a, [f32]>),
+    /// Class indices with shape `[N, S...]`, each in `0..C` or equal to the ignore index.
+    Labels(Cow<'a, [i64]>),
+}
+
+/// One batch to evaluate: logits `[N, C, S...]` (NCHW as in PyTorch), targets, mode and ignore index.
+///
+/// ```
+/// use segloss::{Input, Mode};
+/// let logits = vec![0.5f32, -1.0, 2.0, 0.0];
+/// let target = vec![1.0f32, 0.0, 1.0, 0.0];
+/// let input = Input::dense(&logits, &target, &[1, 1, 2, 2], Mode::Binary).unwrap();
+/// assert_eq!(input.spatial(), 4);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Input<'a> {
+    pub(crate) logits: Cow<'a, [f32]>,
+    pub(crate) target: Target<'a>,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) mode: Mode,
+    pub(crate) ignore_index: Option<i64>,
+}
+
+/// The element count of a shape, or an error when it overflows.
+fn count(shape: &[usize]) -> Result<usize, Error> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::Shape(format!("shape {shape:?} has too many elements")))
+}
+
+impl<'a> Input<'a> {
+    /// Float targets of the logits' shape (binary, multilabel).
+    pub fn dense(logits: &'a [f32], target: &'a [f32], shape: &[usize], mode: Mode) -> Result<Self, Error> {
+        Self::new(Cow::Borrowed(logits), Target::Dense(Cow::Borrowed(target)), shape, mode, None)
+    }
+
+    /// Class-index targets `[N, S...]` (multiclass), with an optional ignore index.
+    pub fn labels(logits: &'a [f32], target: &'a [i64], shape: &[usize], ignore_index: Option<i64>) -> Result<Self, Error> {
+        Self::new(Cow::Borrowed(logits), Target::Labels(Cow::Borrowed(target)), shape, Mode::Multiclass, ignore_index)
+    }
+
+    /// The general constructor: validates shapes, values and the mode, and names the first problem.
+    ///
+    /// `ignore_index` marks class indices (multiclass) or target values (binary, multilabel) that take
+    /// no part in any sum, count or mean.
+    pub fn new(
+        logits: Cow<'a, [f32]>,
+        target: Target<'a>,
+        shape: &[usize],
+        mode: Mode,
+        ignore_index: Option<i64>,
+    ) -> Result<Self, Error> {
+        if shape.len() < 3 || shape.len() > 5 {
+            return Err(Error::Shape(format!(
+                "logits shape {shape:?} must be [N, C, S...] with one, two or three spatial dims"
+            )));
+        }
+        if let Some(d) = shape.iter().position(|&d| d == 0) {
+            return Err(Error::Shape(format!("logits shape {shape:?} is empty (dim {d} is 0)")));
+        }
+        let numel = count(shape)?;
+        if numel > u32::MAX as usize / 2 {
+            return Err(Error::Shape(format!("logits shape {shape:?} has {numel} elements; at most 2^31 are supported")));
+        }
+        if logits.len() != numel {
+            return Err(Error::Shape(format!(
+                "logits have {} elements but shape {shape:?} needs {numel}",
+                logits.len()
+            )));
+        }
+        let c = shape[1];
+        match mode {
+            Mode::Binary if c != 1 => {
+                return Err(Error::Shape(format!("binary mode needs C = 1, got C = {c} (use multilabel for C > 1)")))
+            }
+            Mode::Multiclass if c < 2 => {
+                return Err(Error::Shape(format!("multiclass mode needs C >= 2, got C = {c} (use binary for C = 1)")))
+            }
+            _ => {}
+        }
+        if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
+            return Err(Error::NonFinite(format!("logits[{i}] = {} ({})", logits[i], describe_index(shape, i))));
+        }
+        match (&target, mode) {
+            (Target::Dense(t), Mode::Binary | Mode::Multilabel) => {
+                if t.len() != numel {
+                    return Err(Error::Shape(format!(
+                        "target has {} elements but the logits shape {shape:?} needs {numel} (dense targets have the logits' shape)",
+                        t.len()
+                    )));
+                }
+                let ign = ignore_index.map(|k| k as f32);
+                if let Some(i) = t.iter().position(|&v| !(0.0..=1.0).contains(&v) && Some(v) != ign) {
+                    return Err(Error::TargetValue(format!(
+                        "target[{i}] = {} ({}) is outside [0, 1]{}",
+                        t[i],
+                        describe_index(shape, i),
+                        if ign.is_some() { " and is not the ignore index" } else { "" }
+                    )));
+                }
+            }
+            (Target::Labels(t), Mode::Multiclass) => {
+                let need = numel / c;
+                if t.len() != need {
+                    return Err(Error::Shape(format!(
+                        "target has {} class indices but logits {shape:?} need {need} ([N, S...] without the class dim)",
+                        t.len()
+                    )));
+                }
+                if let Some(i) = t.iter().position(|&v| (v < 0 || v >= c as i64) && Some(v) != ignore_index) {
+                    return Err(Error::ClassIndex(format!(
+                        "target[{i}] = {} is not a class in 0..{c}{}",
+                        t[i],
+                        match ignore_index {
+                            Some(k) => format!(" and is not the ignore index {k}"),
+                            None => " (no ignore index is set)".to_string(),
+                        }
+                    )));
+                }
+            }
+            (Target::Dense(_), Mode::Multiclass) => {
+                return Err(Error::Input("multiclass mode needs class-index targets, got a dense float target".into()))
+            }
+            (Target::Labels(_), _) => {
+                return Err(Error::Input(format!("{mode} mode needs dense float targets, got class indices")))
+            }
+        }
+        Ok(Input { logits, target, shape: shape.to_vec(), mode, ignore_index })
+    }
+
+    /// Number of images N.
+    pub fn batch(&self) -> usize {
+        self.shape[0]
+    }
+    /// Number of channels C.
+    pub fn classes(&self) -> usize {
+        self.shape[1]
+    }
+    /// Number of spatial positions per image and channel.
+    pub fn spatial(&self) -> usize {
+        self.shape[2..].iter().product()
+    }
+    /// The logits' shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    /// The logits.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+    /// The targets.
+    pub fn target(&self) -> &Target<'a> {
+        &self.target
+    }
+    /// The ignore index.
+    pub fn ignore_index(&self) -> Option<i64> {
+        self.ignore_index
+    }
+
+    /// Whether every target value is exactly 0 or 1 (or ignored): needed by Lovász.
+    pub fn hard_labels(&self) -> bool {
+        match &self.target {
+            Target::Labels(_) => true,
+            Target::Dense(t) => {
+                let ign = self.ignore_index.map(|k| k as f32);
+                t.iter().all(|&v| v == 0.0 || v == 1.0 || Some(v) == ign)
+            }
+        }
+    }
+}
+
+fn describe_index(shape: &[usize], mut i: usize) -> String {
+    let mut idx = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        idx[d] = i % shape[d];
+        i /= shape[d];
+    }
+    format!("at index {idx:?}")
+}

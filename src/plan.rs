@@ -1,0 +1,434 @@
+//! From loss expressions to GPU work and back: which sums the fused statistics pass must produce,
+//! and how per-(image, class) sums turn into loss values and the coefficients of the gradient pass.
+//!
+//! Every loss of this crate except Lovász is a function of per-(image, class) sums of per-element
+//! quantities. The statistics pass computes those sums on the GPU; [`finalize`] combines them in
+//! f64 on the host (N x C numbers, microseconds) into the value of each term and into
+//! `d loss / d S` for every sum `S`. Because `S = sum_i f(p_i, g_i)`, the gradient of the loss with
+//! respect to an element's probability is `sum_S dL/dS * f'(p_i, g_i)`, which the gradient pass
+//! evaluates per element and chains through the sigmoid or the softmax.
+
+use crate::error::Error;
+use crate::expr::{
+    Classes, Empty, FocalAct, GDiceWeight, Loss, LossExpr, Pool, PosWeight, RegionKind, RegionLoss,
+};
+use crate::Mode;
+
+/// Statistics channels per (image, class), in this order.
+pub(crate) mod ch {
+    /// sum p g
+    pub const TP: usize = 0;
+    /// sum p
+    pub const SP: usize = 1;
+    /// sum g
+    pub const SG: usize = 2;
+    /// sum p^2
+    pub const SPP: usize = 3;
+    /// sum g^2
+    pub const SGG: usize = 4;
+    /// number of valid elements
+    pub const CNT: usize = 5;
+    /// sum (g-p)^2 g
+    pub const SS1: usize = 6;
+    /// sum (g-p)^2 (1-g)
+    pub const SS2: usize = 7;
+    /// first pixel-loss channel; each pixel loss slot has two
+    pub const PIX: usize = 8;
+}
+
+/// Statistics channels per (image, class): 8 region channels and two per pixel-loss slot.
+pub const K: usize = 16;
+/// Distinct pixel losses (bce, ce, focal with distinct parameters) one evaluation can hold.
+pub const MAX_PIXEL_SLOTS: usize = (K - ch::PIX) / 2;
+/// Pixel-loss terms one expression can hold in the gradient pass.
+pub const MAX_GRAD_TERMS: usize = 8;
+/// Region-gradient coefficients per (image, class): d/d(TP, SP, SPP, SS1, SS2).
+pub const NCOEF: usize = 5;
+
+/// Pixel-loss kinds as the shaders number them.
+pub(crate) mod kind {
+    pub const BCE: u32 = 0;
+    pub const FOCAL_SIGMOID: u32 = 1;
+    pub const CE: u32 = 2;
+    pub const FOCAL_SOFTMAX: u32 = 3;
+}
+
+/// A pixel loss as the shaders see it (std430 layout, 32 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct TermParams {
+    pub kind: u32,
+    pub has_alpha: u32,
+    pub label_smoothing: f32,
+    pub gamma: f32,
+    pub alpha: f32,
+    pub pos_weight: f32,
+    pub scale: f32,
+    pub weight_sum: f32,
+}
+
+/// One distinct pixel loss whose sums the statistics pass accumulates.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PixelSlot {
+    pub kind: u32,
+    pub label_smoothing: f64,
+    pub gamma: f64,
+    pub alpha: Option<f64>,
+    /// Class weights (ce), length C; all ones when none are given.
+    pub weights: Vec<f64>,
+}
+
+impl PixelSlot {
+    fn of(loss: &Loss, classes: usize) -> Option<PixelSlot> {
+        let ones = vec![1.0; classes];
+        match loss {
+            Loss::Bce(p) => Some(PixelSlot {
+                kind: kind::BCE,
+                label_smoothing: p.label_smoothing,
+                gamma: 0.0,
+                alpha: None,
+                weights: ones,
+            }),
+            Loss::Ce(p) => Some(PixelSlot {
+                kind: kind::CE,
+                label_smoothing: p.label_smoothing,
+                gamma: 0.0,
+                alpha: None,
+                weights: p.weights.clone().unwrap_or(ones),
+            }),
+            Loss::Focal(p) => Some(PixelSlot {
+                kind: if p.act == FocalAct::Softmax { kind::FOCAL_SOFTMAX } else { kind::FOCAL_SIGMOID },
+                label_smoothing: 0.0,
+                gamma: p.gamma,
+                alpha: p.alpha,
+                weights: ones,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn params(&self, scale: f64, pos_weight: f64) -> TermParams {
+        TermParams {
+            kind: self.kind,
+            has_alpha: self.alpha.is_some() as u32,
+            label_smoothing: self.label_smoothing as f32,
+            gamma: self.gamma as f32,
+            alpha: self.alpha.unwrap_or(0.0) as f32,
+            pos_weight: pos_weight as f32,
+            scale: scale as f32,
+            weight_sum: self.weights.iter().sum::<f64>() as f32,
+        }
+    }
+}
+
+/// The statistics one evaluation needs: the distinct pixel losses of all its expressions.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct StatsPlan {
+    pub slots: Vec<PixelSlot>,
+    /// Whether any region loss needs the sensitivity/specificity channels.
+    pub needs_sensspec: bool,
+}
+
+impl StatsPlan {
+    /// Collects the pixel losses of `exprs`, each distinct one once.
+    pub fn new(exprs: &[&LossExpr], classes: usize) -> Result<StatsPlan, Error> {
+        let mut plan = StatsPlan::default();
+        for e in exprs {
+            let mut grad_terms = 0;
+            for t in &e.terms {
+                if matches!(t.loss, Loss::SensSpec(_)) {
+                    plan.needs_sensspec = true;
+                }
+                if let Some(slot) = PixelSlot::of(&t.loss, classes) {
+                    grad_terms += 1;
+                    if !plan.slots.contains(&slot) {
+                        plan.slots.push(slot);
+                    }
+                }
+            }
+            if grad_terms > MAX_GRAD_TERMS {
+                return Err(Error::Input(format!(
+                    "'{e}' has {grad_terms} pixel-loss terms (bce, ce, focal); at most {MAX_GRAD_TERMS} are supported in one expression"
+                )));
+            }
+        }
+        if plan.slots.len() > MAX_PIXEL_SLOTS {
+            return Err(Error::Input(format!(
+                "{} distinct pixel losses (bce, ce, focal with different parameters) in one evaluation; at most {MAX_PIXEL_SLOTS} are supported: evaluate them in separate calls",
+                plan.slots.len()
+            )));
+        }
+        Ok(plan)
+    }
+
+    /// Channels the shaders must accumulate and reduce.
+    pub fn active_channels(&self) -> usize {
+        ch::PIX + 2 * self.slots.len()
+    }
+
+    fn slot_of(&self, loss: &Loss, classes: usize) -> usize {
+        let s = PixelSlot::of(loss, classes).expect("pixel loss");
+        self.slots.iter().position(|x| *x == s).expect("slot planned")
+    }
+}
+
+/// Per-(image, class) sums, `[N][C][K]`, in f64.
+pub(crate) struct Sums<'a> {
+    pub data: &'a [f64],
+    pub n: usize,
+    pub c: usize,
+}
+
+impl Sums<'_> {
+    #[inline]
+    pub fn at(&self, n: usize, c: usize, k: usize) -> f64 {
+        self.data[(n * self.c + c) * K + k]
+    }
+    fn total(&self, k: usize) -> f64 {
+        (0..self.n).flat_map(|n| (0..self.c).map(move |c| (n, c))).map(|(n, c)| self.at(n, c, k)).sum()
+    }
+}
+
+/// What the host derives from the sums for one expression.
+pub(crate) struct Finalized {
+    /// The value of the expression.
+    pub value: f64,
+    /// The value of each term (before its weight).
+    pub term_values: Vec<f64>,
+    /// Region coefficients `[N][C][NCOEF]`.
+    pub coefs: Vec<f32>,
+    /// Pixel-loss terms of the gradient pass, with scale and pos_weight resolved.
+    pub grad_terms: Vec<(usize, TermParams)>,
+}
+
+/// Combines the sums into values and gradient coefficients for one expression.
+pub(crate) fn finalize(expr: &LossExpr, plan: &StatsPlan, sums: &Sums, mode: Mode) -> Finalized {
+    let (n_img, c_cls) = (sums.n, sums.c);
+    let mut coefs = vec![0f64; n_img * c_cls * NCOEF];
+    let mut grad_terms = Vec::new();
+    let mut term_values = Vec::with_capacity(expr.terms.len());
+    let cnt = sums.total(ch::CNT);
+    for t in &expr.terms {
+        let w = t.weight;
+        let v = match &t.loss {
+            Loss::Bce(p) => {
+                let slot = plan.slot_of(&t.loss, c_cls);
+                let a = sums.total(ch::PIX + 2 * slot);
+                let b = sums.total(ch::PIX + 2 * slot + 1);
+                let pw = match p.pos_weight {
+                    PosWeight::Value(v) => v,
+                    PosWeight::Auto => {
+                        let sg = sums.total(ch::SG);
+                        (cnt - sg) / sg.max(1.0)
+                    }
+                };
+                let (v, scale) = if cnt > 0.0 { ((pw * a + b) / cnt, w / cnt) } else { (0.0, 0.0) };
+                grad_terms.push((slot, plan.slots[slot].params(scale, pw)));
+                v
+            }
+            Loss::Focal(p) => {
+                let slot = plan.slot_of(&t.loss, c_cls);
+                let s = sums.total(ch::PIX + 2 * slot);
+                let denom = if p.act == FocalAct::Softmax {
+                    (0..n_img).map(|n| sums.at(n, 0, ch::CNT)).sum::<f64>()
+                } else {
+                    cnt
+                };
+                let (v, scale) = if denom > 0.0 { (s / denom, w / denom) } else { (0.0, 0.0) };
+                grad_terms.push((slot, plan.slots[slot].params(scale, 1.0)));
+                v
+            }
+            Loss::Ce(_) => {
+                let slot = plan.slot_of(&t.loss, c_cls);
+                let num = sums.total(ch::PIX + 2 * slot);
+                let den = sums.total(ch::PIX + 2 * slot + 1);
+                let (v, scale) = if den > 0.0 { (num / den, w / den) } else { (0.0, 0.0) };
+                grad_terms.push((slot, plan.slots[slot].params(scale, 1.0)));
+                v
+            }
+            Loss::SensSpec(p) => {
+                let sg = sums.total(ch::SG);
+                let d1 = sg + p.smooth;
+                let d2 = cnt - sg + p.smooth;
+                let (mut v, mut a1, mut a2) = (0.0, 0.0, 0.0);
+                if d1 > 0.0 {
+                    v += p.lambda * sums.total(ch::SS1) / d1;
+                    a1 = w * p.lambda / d1;
+                }
+                if d2 > 0.0 {
+                    v += (1.0 - p.lambda) * sums.total(ch::SS2) / d2;
+                    a2 = w * (1.0 - p.lambda) / d2;
+                }
+                for nc in 0..n_img * c_cls {
+                    coefs[nc * NCOEF + 3] += a1;
+                    coefs[nc * NCOEF + 4] += a2;
+                }
+                v
+            }
+            Loss::Region(r) => match r.kind {
+                RegionKind::GDice { weight } => gdice(r, weight, w, sums, &mut coefs),
+                _ => region(r, w, sums, &mut coefs),
+            },
+            Loss::Lovasz(_) => unreachable!("lovasz is rejected before planning"),
+        };
+        term_values.push(v);
+    }
+    let _ = mode;
+    let value = expr.terms.iter().zip(&term_values).map(|(t, v)| t.weight * v).sum();
+    Finalized { value, term_values, coefs: coefs.iter().map(|&x| x as f32).collect(), grad_terms }
+}
+
+fn class_set(classes: &Classes, c: usize) -> Vec<usize> {
+    match classes {
+        Classes::List(l) => l.clone(),
+        _ => (0..c).collect(),
+    }
+}
+
+/// Score of one Dice/Jaccard/Tversky entry and its derivatives by (TP, SP, SPP).
+fn score(kind: RegionKind, p: &crate::expr::RegionParams, s: [f64; 5]) -> (f64, [f64; 3]) {
+    let [tp, sp, sg, spp, sgg] = s;
+    // num = a_tp * TP + s_nr, den = b_tp TP + b_sp SP + b_spp SPP + const + s_dr
+    let (a_tp, b_tp, b_sp, b_spp, b_c) = match kind {
+        RegionKind::Dice { squared: false } => (2.0, 0.0, 1.0, 0.0, sg),
+        RegionKind::Dice { squared: true } => (2.0, 0.0, 0.0, 1.0, sgg),
+        RegionKind::Jaccard { squared: false } => (1.0, -1.0, 1.0, 0.0, sg),
+        RegionKind::Jaccard { squared: true } => (1.0, -1.0, 0.0, 1.0, sgg),
+        RegionKind::Tversky { alpha, beta, .. } => (1.0, 1.0 - alpha - beta, alpha, 0.0, beta * sg),
+        RegionKind::GDice { .. } => unreachable!(),
+    };
+    let num = a_tp * tp + p.smooth_nr;
+    let den = b_tp * tp + b_sp * sp + b_spp * spp + b_c + p.smooth_dr;
+    let d = den.max(p.eps);
+    if d <= 0.0 {
+        // 0/0 with eps = 0 and no smoothing: an empty prediction on an empty target scores 1.
+        return (1.0, [0.0; 3]);
+    }
+    let s = num / d;
+    let q = if den > p.eps { -num / (d * d) } else { 0.0 };
+    (s, [a_tp / d + q * b_tp, q * b_sp, q * b_spp])
+}
+
+/// Per-entry loss from a score: `1 - s` or `-log(max(s, floor))`, and its derivative.
+fn entry_loss(p: &crate::expr::RegionParams, s: f64) -> (f64, f64) {
+    if p.log {
+        let f = p.log_floor();
+        if s > f {
+            (-s.ln(), -1.0 / s)
+        } else {
+            (-f.ln(), 0.0)
+        }
+    } else {
+        (1.0 - s, -1.0)
+    }
+}
+
+fn region(r: &RegionLoss, w: f64, sums: &Sums, coefs: &mut [f64]) -> f64 {
+    let p = &r.params;
+    let (n_img, c_cls) = (sums.n, sums.c);
+    let classes = class_set(&p.classes, c_cls);
+    // Entries: lists of (image, class) members.
+    let entries: Vec<Vec<(usize, usize)>> = match p.pool {
+        Pool::Batch => classes.iter().map(|&c| (0..n_img).map(|n| (n, c)).collect()).collect(),
+        Pool::Image => (0..n_img).flat_map(|n| classes.iter().map(move |&c| vec![(n, c)])).collect(),
+        Pool::All => vec![(0..n_img).flat_map(|n| classes.iter().map(move |&c| (n, c))).collect()],
+    };
+    let mut losses: Vec<(f64, [f64; 3], &Vec<(usize, usize)>)> = Vec::new();
+    for m in &entries {
+        let mut s = [0.0; 5];
+        for &(n, c) in m {
+            for (j, k) in [ch::TP, ch::SP, ch::SG, ch::SPP, ch::SGG].into_iter().enumerate() {
+                s[j] += sums.at(n, c, k);
+            }
+        }
+        let empty = s[2] <= 0.0;
+        if empty && p.empty == Empty::Skip {
+            continue;
+        }
+        if empty && p.empty == Empty::Zero {
+            losses.push((0.0, [0.0; 3], m));
+            continue;
+        }
+        let (sc, ds) = score(r.kind, p, s);
+        let (l, dl) = entry_loss(p, sc);
+        losses.push((l, [dl * ds[0], dl * ds[1], dl * ds[2]], m));
+    }
+    if losses.is_empty() {
+        return 0.0;
+    }
+    let m = losses.len() as f64;
+    let mean = losses.iter().map(|x| x.0).sum::<f64>() / m;
+    let gamma = match r.kind {
+        RegionKind::Tversky { gamma, .. } => gamma,
+        _ => 1.0,
+    };
+    let (value, dmean) = if gamma == 1.0 {
+        (mean, 1.0)
+    } else if mean > 0.0 {
+        (mean.powf(gamma), gamma * mean.powf(gamma - 1.0))
+    } else {
+        (0.0, 0.0)
+    };
+    let f = w * dmean / m;
+    for (_, d, members) in &losses {
+        for &(n, c) in members.iter() {
+            let o = (n * c_cls + c) * NCOEF;
+            coefs[o] += f * d[0];
+            coefs[o + 1] += f * d[1];
+            coefs[o + 2] += f * d[2];
+        }
+    }
+    value
+}
+
+fn gdice(r: &RegionLoss, weight: GDiceWeight, w: f64, sums: &Sums, coefs: &mut [f64]) -> f64 {
+    let p = &r.params;
+    let (n_img, c_cls) = (sums.n, sums.c);
+    let classes = class_set(&p.classes, c_cls);
+    let groups: Vec<Vec<usize>> = match p.pool {
+        Pool::Image => (0..n_img).map(|n| vec![n]).collect(),
+        _ => vec![(0..n_img).collect()],
+    };
+    let mut total = 0.0;
+    let g_count = groups.len() as f64;
+    for imgs in &groups {
+        let tot = |c: usize, k: usize| imgs.iter().map(|&n| sums.at(n, c, k)).sum::<f64>();
+        let sg: Vec<f64> = classes.iter().map(|&c| tot(c, ch::SG)).collect();
+        let mut wc: Vec<f64> = sg
+            .iter()
+            .map(|&s| match weight {
+                GDiceWeight::Square => 1.0 / (s * s),
+                GDiceWeight::Simple => 1.0 / s,
+                GDiceWeight::Uniform => 1.0,
+            })
+            .collect();
+        let max_finite = wc.iter().copied().filter(|x| x.is_finite()).fold(0.0, f64::max);
+        for x in wc.iter_mut() {
+            if !x.is_finite() {
+                *x = max_finite;
+            }
+        }
+        let mut num = p.smooth_nr;
+        let mut den = p.smooth_dr;
+        for (j, &c) in classes.iter().enumerate() {
+            num += 2.0 * wc[j] * tot(c, ch::TP);
+            den += wc[j] * (tot(c, ch::SP) + sg[j]);
+        }
+        let d = den.max(p.eps);
+        let (s, live) = if d > 0.0 { (num / d, den > p.eps) } else { (1.0, false) };
+        let (l, dl) = entry_loss(p, s);
+        total += l;
+        if d > 0.0 {
+            let f = w * dl / g_count;
+            let q = if live { -num / (d * d) } else { 0.0 };
+            for (j, &c) in classes.iter().enumerate() {
+                for &n in imgs {
+                    let o = (n * c_cls + c) * NCOEF;
+                    coefs[o] += f * 2.0 * wc[j] / d;
+                    coefs[o + 1] += f * q * wc[j];
+                }
+            }
+        }
+    }
+    total / g_count
+}

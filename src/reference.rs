@@ -1,0 +1,609 @@
+//! The f64 CPU reference: every loss and its gradient, written from the definitions in `LOSSES.md`
+//! element by element (it shares no code with the GPU path beyond the parsed parameters).
+//!
+//! It is what the tests compare the GPU against, and what [`crate::Engine`] runs when no GPU
+//! adapter exists. It is exact but single-threaded: fine for tests and small inputs.
+//!
+//! ```
+//! use segloss::{reference, Input, LossExpr, Mode};
+//! let logits = [2.0f32, -1.0, 0.5, -3.0];
+//! let target = [1.0f32, 0.0, 1.0, 0.0];
+//! let input = Input::dense(&logits, &target, &[1, 1, 4], Mode::Binary).unwrap();
+//! let expr: LossExpr = "bce+dice".parse().unwrap();
+//! let r = reference::evaluate(&input, &expr).unwrap();
+//! assert!(r.value > 0.0 && r.grad.len() == 4);
+//! ```
+
+use crate::error::Error;
+use crate::expr::{
+    Classes, Empty, FocalAct, GDiceWeight, Loss, LossExpr, LovaszParams, Pool, PosWeight, RegionKind,
+    RegionLoss,
+};
+use crate::input::{Input, Target};
+use crate::Mode;
+
+/// Value, per-term values and gradient of one expression, in f64.
+#[derive(Clone, Debug)]
+pub struct RefResult {
+    /// The value of the whole expression.
+    pub value: f64,
+    /// Each term's value before its weight.
+    pub term_values: Vec<f64>,
+    /// `d value / d logits`, same layout as the logits.
+    pub grad: Vec<f64>,
+}
+
+/// `log(sigmoid(x))`, stable.
+pub fn log_sigmoid(x: f64) -> f64 {
+    x.min(0.0) - (-x.abs()).exp().ln_1p()
+}
+
+/// `sigmoid(x)`, stable.
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Element view of a batch in f64.
+struct Elems {
+    n: usize,
+    c: usize,
+    s: usize,
+    mode: Mode,
+    x: Vec<f64>,
+    /// probability (sigmoid or softmax)
+    p: Vec<f64>,
+    /// log p
+    logp: Vec<f64>,
+    /// one-hot or dense target
+    g: Vec<f64>,
+    /// per pixel (n, s): valid (multiclass) or per element (dense)
+    valid: Vec<bool>,
+    /// multiclass label per pixel
+    label: Vec<usize>,
+}
+
+impl Elems {
+    fn new(input: &Input) -> Elems {
+        let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+        let x: Vec<f64> = input.logits().iter().map(|&v| v as f64).collect();
+        let total = n * c * s;
+        let mut p = vec![0.0; total];
+        let mut logp = vec![0.0; total];
+        let mut g = vec![0.0; total];
+        let mut valid = vec![true; total];
+        let mut label = Vec::new();
+        match input.target() {
+            Target::Dense(t) => {
+                let ign = input.ignore_index().map(|k| k as f32);
+                for i in 0..total {
+                    p[i] = sigmoid(x[i]);
+                    logp[i] = log_sigmoid(x[i]);
+                    valid[i] = Some(t[i]) != ign;
+                    g[i] = if valid[i] { t[i] as f64 } else { 0.0 };
+                }
+            }
+            Target::Labels(t) => {
+                label = vec![usize::MAX; n * s];
+                for img in 0..n {
+                    for pos in 0..s {
+                        let lab = t[img * s + pos];
+                        let ok = Some(lab) != input.ignore_index();
+                        let idx = |k: usize| (img * c + k) * s + pos;
+                        let m = (0..c).map(|k| x[idx(k)]).fold(f64::NEG_INFINITY, f64::max);
+                        let lse = m + (0..c).map(|k| (x[idx(k)] - m).exp()).sum::<f64>().ln();
+                        for k in 0..c {
+                            logp[idx(k)] = x[idx(k)] - lse;
+                            p[idx(k)] = logp[idx(k)].exp();
+                            valid[idx(k)] = ok;
+                            g[idx(k)] = if ok && lab as usize == k { 1.0 } else { 0.0 };
+                        }
+                        if ok {
+                            label[img * s + pos] = lab as usize;
+                        }
+                    }
+                }
+            }
+        }
+        Elems { n, c, s, mode: input.mode(), x, p, logp, g, valid, label }
+    }
+
+    #[inline]
+    fn idx(&self, n: usize, c: usize, s: usize) -> usize {
+        (n * self.c + c) * self.s + s
+    }
+
+    fn valid_count(&self) -> f64 {
+        self.valid.iter().filter(|&&v| v).count() as f64
+    }
+}
+
+/// Evaluates one expression on the CPU in f64.
+pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
+    expr.check(input.mode(), input.classes())?;
+    if expr.has_lovasz() && !input.hard_labels() {
+        return Err(Error::TargetValue(
+            "lovasz needs hard 0/1 labels, but the target has soft values".into(),
+        ));
+    }
+    let e = Elems::new(input);
+    let total = e.x.len();
+    // d/dp (through the activation) and d/dx (direct) accumulators.
+    let mut gp = vec![0.0; total];
+    let mut gx = vec![0.0; total];
+    let mut term_values = Vec::new();
+    for t in &expr.terms {
+        let w = t.weight;
+        let v = match &t.loss {
+            Loss::Bce(p) => bce(&e, p.label_smoothing, p.pos_weight, w, &mut gx),
+            Loss::Ce(p) => ce(&e, p.weights.as_deref(), p.label_smoothing, w, &mut gx),
+            Loss::Focal(p) if p.act == FocalAct::Softmax => focal_softmax(&e, p.gamma, p.alpha, w, &mut gx),
+            Loss::Focal(p) => focal_sigmoid(&e, p.gamma, p.alpha, w, &mut gx),
+            Loss::SensSpec(p) => sensspec(&e, p.lambda, p.smooth, w, &mut gp),
+            Loss::Region(r) => match r.kind {
+                RegionKind::GDice { weight } => gdice(&e, r, weight, w, &mut gp),
+                _ => region(&e, r, w, &mut gp),
+            },
+            Loss::Lovasz(p) => lovasz(&e, p, w, &mut gp, &mut gx),
+        };
+        term_values.push(v);
+    }
+    // Chain d/dp through the activation.
+    let mut grad = gx;
+    match e.mode {
+        Mode::Multiclass => {
+            for n in 0..e.n {
+                for s in 0..e.s {
+                    let dot: f64 = (0..e.c).map(|c| e.p[e.idx(n, c, s)] * gp[e.idx(n, c, s)]).sum();
+                    for c in 0..e.c {
+                        let i = e.idx(n, c, s);
+                        grad[i] += e.p[i] * (gp[i] - dot);
+                    }
+                }
+            }
+        }
+        _ => {
+            for i in 0..total {
+                grad[i] += gp[i] * e.p[i] * (1.0 - e.p[i]);
+            }
+        }
+    }
+    for (i, v) in e.valid.iter().enumerate() {
+        if !v {
+            grad[i] = 0.0;
+        }
+    }
+    let value = expr.terms.iter().zip(&term_values).map(|(t, v)| t.weight * v).sum();
+    Ok(RefResult { value, term_values, grad })
+}
+
+fn bce(e: &Elems, ls: f64, pw: PosWeight, w: f64, gx: &mut [f64]) -> f64 {
+    let cnt = e.valid_count();
+    if cnt == 0.0 {
+        return 0.0;
+    }
+    let pos_weight = match pw {
+        PosWeight::Value(v) => v,
+        PosWeight::Auto => {
+            let sg: f64 = e.g.iter().sum();
+            (cnt - sg) / sg.max(1.0)
+        }
+    };
+    let mut total = 0.0;
+    for i in 0..e.x.len() {
+        if !e.valid[i] {
+            continue;
+        }
+        let g = e.g[i] * (1.0 - ls) + 0.5 * ls;
+        let (lp, lq) = (log_sigmoid(e.x[i]), log_sigmoid(-e.x[i]));
+        total += -(pos_weight * g * lp + (1.0 - g) * lq);
+        // d/dx log sigmoid(x) = 1 - p, d/dx log sigmoid(-x) = -p
+        gx[i] += w / cnt * (-(pos_weight * g * (1.0 - e.p[i])) + (1.0 - g) * e.p[i]);
+    }
+    total / cnt
+}
+
+fn focal_sigmoid(e: &Elems, gamma: f64, alpha: Option<f64>, w: f64, gx: &mut [f64]) -> f64 {
+    let cnt = e.valid_count();
+    if cnt == 0.0 {
+        return 0.0;
+    }
+    let mut total = 0.0;
+    for i in 0..e.x.len() {
+        if !e.valid[i] {
+            continue;
+        }
+        let (x, g) = (e.x[i], e.g[i]);
+        let p = sigmoid(x);
+        let b = -(g * log_sigmoid(x) + (1.0 - g) * log_sigmoid(-x));
+        let one_m_pt = -(-b).exp_m1();
+        let pt = (-b).exp();
+        let a = alpha.map_or(1.0, |a| a * g + (1.0 - a) * (1.0 - g));
+        let mod_ = if gamma == 0.0 { 1.0 } else { one_m_pt.powf(gamma) };
+        total += a * mod_ * b;
+        let dmod = if gamma == 0.0 || one_m_pt <= 0.0 { 0.0 } else { gamma * one_m_pt.powf(gamma - 1.0) * pt * b };
+        gx[i] += w / cnt * a * (dmod + mod_) * (p - g);
+    }
+    total / cnt
+}
+
+fn ce(e: &Elems, weights: Option<&[f64]>, ls: f64, w: f64, gx: &mut [f64]) -> f64 {
+    let wt = |c: usize| weights.map_or(1.0, |ws| ws[c]);
+    let wsum: f64 = (0..e.c).map(wt).sum();
+    let cf = e.c as f64;
+    let (mut num, mut den) = (0.0, 0.0);
+    for n in 0..e.n {
+        for s in 0..e.s {
+            let t = e.label[n * e.s + s];
+            if t == usize::MAX {
+                continue;
+            }
+            let mut smooth = 0.0;
+            for c in 0..e.c {
+                smooth += wt(c) * -e.logp[e.idx(n, c, s)];
+            }
+            num += (1.0 - ls) * wt(t) * -e.logp[e.idx(n, t, s)] + ls / cf * smooth;
+            den += wt(t);
+        }
+    }
+    if den <= 0.0 {
+        return 0.0;
+    }
+    for n in 0..e.n {
+        for s in 0..e.s {
+            let t = e.label[n * e.s + s];
+            if t == usize::MAX {
+                continue;
+            }
+            for c in 0..e.c {
+                let i = e.idx(n, c, s);
+                let onehot = if c == t { 1.0 } else { 0.0 };
+                let d = (1.0 - ls) * wt(t) * (e.p[i] - onehot) + ls / cf * (wsum * e.p[i] - wt(c));
+                gx[i] += w / den * d;
+            }
+        }
+    }
+    num / den
+}
+
+fn focal_softmax(e: &Elems, gamma: f64, alpha: Option<f64>, w: f64, gx: &mut [f64]) -> f64 {
+    let a = alpha.unwrap_or(1.0);
+    let pixels = e.label.iter().filter(|&&l| l != usize::MAX).count() as f64;
+    if pixels == 0.0 {
+        return 0.0;
+    }
+    let mut total = 0.0;
+    for n in 0..e.n {
+        for s in 0..e.s {
+            let t = e.label[n * e.s + s];
+            if t == usize::MAX {
+                continue;
+            }
+            let q = e.p[e.idx(n, t, s)];
+            let lq = e.logp[e.idx(n, t, s)];
+            let omq: f64 = (0..e.c).filter(|&c| c != t).map(|c| e.p[e.idx(n, c, s)]).sum();
+            let m = if gamma == 0.0 { 1.0 } else { omq.powf(gamma) };
+            total += -a * m * lq;
+            let dm = if gamma == 0.0 || omq <= 0.0 { 0.0 } else { gamma * omq.powf(gamma - 1.0) };
+            // f(q) = -a m(1-q) log q; df/dq = a (dm log q - m / q); dq/dx_j = q ([j==t] - p_j)
+            let k = a * (dm * q * lq - m);
+            for c in 0..e.c {
+                let i = e.idx(n, c, s);
+                let onehot = if c == t { 1.0 } else { 0.0 };
+                gx[i] += w / pixels * k * (onehot - e.p[i]);
+            }
+        }
+    }
+    total / pixels
+}
+
+fn sensspec(e: &Elems, lambda: f64, smooth: f64, w: f64, gp: &mut [f64]) -> f64 {
+    let (mut s1, mut s2, mut sg, mut sn) = (0.0, 0.0, 0.0, 0.0);
+    for i in 0..e.x.len() {
+        if e.valid[i] {
+            let d = e.g[i] - e.p[i];
+            s1 += d * d * e.g[i];
+            s2 += d * d * (1.0 - e.g[i]);
+            sg += e.g[i];
+            sn += 1.0 - e.g[i];
+        }
+    }
+    let (d1, d2) = (sg + smooth, sn + smooth);
+    let mut v = 0.0;
+    if d1 > 0.0 {
+        v += lambda * s1 / d1;
+    }
+    if d2 > 0.0 {
+        v += (1.0 - lambda) * s2 / d2;
+    }
+    for i in 0..e.x.len() {
+        if e.valid[i] {
+            let (g, p) = (e.g[i], e.p[i]);
+            let mut d = 0.0;
+            if d1 > 0.0 {
+                d += lambda * -2.0 * (g - p) * g / d1;
+            }
+            if d2 > 0.0 {
+                d += (1.0 - lambda) * -2.0 * (g - p) * (1.0 - g) / d2;
+            }
+            gp[i] += w * d;
+        }
+    }
+    v
+}
+
+/// Element indices of a region group for class list `classes` in image set `imgs`.
+fn members(e: &Elems, imgs: &[usize], classes: &[usize]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for &n in imgs {
+        for &c in classes {
+            for s in 0..e.s {
+                let i = e.idx(n, c, s);
+                if e.valid[i] {
+                    out.push(i);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn class_list(classes: &Classes, c: usize) -> Vec<usize> {
+    match classes {
+        Classes::List(l) => l.clone(),
+        _ => (0..c).collect(),
+    }
+}
+
+fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
+    let p = &r.params;
+    let classes = class_list(&p.classes, e.c);
+    let all_imgs: Vec<usize> = (0..e.n).collect();
+    let groups: Vec<Vec<usize>> = match p.pool {
+        Pool::Batch => classes.iter().map(|&c| members(e, &all_imgs, &[c])).collect(),
+        Pool::Image => (0..e.n).flat_map(|n| classes.iter().map(move |&c| (n, c))).map(|(n, c)| members(e, &[n], &[c])).collect(),
+        Pool::All => vec![members(e, &all_imgs, &classes)],
+    };
+    // (loss, per-element d loss / d p) for each counted group
+    let mut counted: Vec<(f64, Vec<(usize, f64)>)> = Vec::new();
+    for m in &groups {
+        let sum = |f: &dyn Fn(usize) -> f64| m.iter().map(|&i| f(i)).sum::<f64>();
+        let tp = sum(&|i| e.p[i] * e.g[i]);
+        let sp = sum(&|i| e.p[i]);
+        let sg = sum(&|i| e.g[i]);
+        if sg == 0.0 && p.empty != Empty::Formula {
+            if p.empty == Empty::Zero {
+                counted.push((0.0, Vec::new()));
+            }
+            continue;
+        }
+        let fp = sp - tp;
+        let fneg = sg - tp;
+        let spp = sum(&|i| e.p[i] * e.p[i]);
+        let sgg = sum(&|i| e.g[i] * e.g[i]);
+        // num, den and, per element, d num / d p_i and d den / d p_i
+        let (num, den): (f64, f64);
+        let dnum: Box<dyn Fn(usize) -> f64>;
+        let dden: Box<dyn Fn(usize) -> f64>;
+        match r.kind {
+            RegionKind::Dice { squared } => {
+                num = 2.0 * tp + p.smooth_nr;
+                if squared {
+                    den = spp + sgg + p.smooth_dr;
+                    dden = Box::new(|i| 2.0 * e.p[i]);
+                } else {
+                    den = 2.0 * tp + fp + fneg + p.smooth_dr;
+                    dden = Box::new(|_| 1.0);
+                }
+                dnum = Box::new(|i| 2.0 * e.g[i]);
+            }
+            RegionKind::Jaccard { squared } => {
+                num = tp + p.smooth_nr;
+                if squared {
+                    den = spp + sgg - tp + p.smooth_dr;
+                    dden = Box::new(|i| 2.0 * e.p[i] - e.g[i]);
+                } else {
+                    den = tp + fp + fneg + p.smooth_dr;
+                    // TP + FP + FN = SP + SG - TP
+                    dden = Box::new(|i| 1.0 - e.g[i]);
+                }
+                dnum = Box::new(|i| e.g[i]);
+            }
+            RegionKind::Tversky { alpha, beta, .. } => {
+                num = tp + p.smooth_nr;
+                den = tp + alpha * fp + beta * fneg + p.smooth_dr;
+                // d TP = g, d FP = 1 - g, d FN = -g
+                dden = Box::new(move |i| e.g[i] + alpha * (1.0 - e.g[i]) - beta * e.g[i]);
+                dnum = Box::new(|i| e.g[i]);
+            }
+            RegionKind::GDice { .. } => unreachable!(),
+        }
+        let d = den.max(p.eps);
+        let (score, live_den) = if d > 0.0 { (num / d, den > p.eps) } else { (1.0, false) };
+        let (loss, dl_ds) = if p.log {
+            let floor = p.log_floor();
+            if score > floor {
+                (-score.ln(), -1.0 / score)
+            } else {
+                (-floor.ln(), 0.0)
+            }
+        } else {
+            (1.0 - score, -1.0)
+        };
+        let grads = if d > 0.0 {
+            m.iter()
+                .map(|&i| {
+                    let ds = dnum(i) / d - if live_den { num * dden(i) / (d * d) } else { 0.0 };
+                    (i, dl_ds * ds)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        counted.push((loss, grads));
+    }
+    if counted.is_empty() {
+        return 0.0;
+    }
+    let k = counted.len() as f64;
+    let mean = counted.iter().map(|c| c.0).sum::<f64>() / k;
+    let gamma = if let RegionKind::Tversky { gamma, .. } = r.kind { gamma } else { 1.0 };
+    let (value, outer) = if gamma == 1.0 {
+        (mean, 1.0)
+    } else if mean > 0.0 {
+        (mean.powf(gamma), gamma * mean.powf(gamma - 1.0))
+    } else {
+        (0.0, 0.0)
+    };
+    for (_, grads) in &counted {
+        for &(i, d) in grads {
+            gp[i] += w * outer / k * d;
+        }
+    }
+    value
+}
+
+fn gdice(e: &Elems, r: &RegionLoss, weight: GDiceWeight, w: f64, gp: &mut [f64]) -> f64 {
+    let p = &r.params;
+    let classes = class_list(&p.classes, e.c);
+    let groups: Vec<Vec<usize>> = match p.pool {
+        Pool::Image => (0..e.n).map(|n| vec![n]).collect(),
+        _ => vec![(0..e.n).collect()],
+    };
+    let mut total = 0.0;
+    for imgs in &groups {
+        let per_class: Vec<Vec<usize>> = classes.iter().map(|&c| members(e, imgs, &[c])).collect();
+        let sg: Vec<f64> = per_class.iter().map(|m| m.iter().map(|&i| e.g[i]).sum()).collect();
+        let raw: Vec<f64> = sg
+            .iter()
+            .map(|&s| match weight {
+                GDiceWeight::Square => 1.0 / (s * s),
+                GDiceWeight::Simple => 1.0 / s,
+                GDiceWeight::Uniform => 1.0,
+            })
+            .collect();
+        let biggest = raw.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max);
+        let wc: Vec<f64> = raw.iter().map(|&v| if v.is_finite() { v } else { biggest }).collect();
+        let mut num = p.smooth_nr;
+        let mut den = p.smooth_dr;
+        for (j, m) in per_class.iter().enumerate() {
+            for &i in m {
+                num += 2.0 * wc[j] * e.p[i] * e.g[i];
+                den += wc[j] * (e.p[i] + e.g[i]);
+            }
+        }
+        let d = den.max(p.eps);
+        if d <= 0.0 {
+            total += if p.log { 0.0 } else { 0.0 };
+            continue;
+        }
+        let score = num / d;
+        let (loss, dl_ds) = if p.log {
+            let floor = p.log_floor();
+            if score > floor { (-score.ln(), -1.0 / score) } else { (-floor.ln(), 0.0) }
+        } else {
+            (1.0 - score, -1.0)
+        };
+        total += loss;
+        for (j, m) in per_class.iter().enumerate() {
+            for &i in m {
+                let mut ds = 2.0 * wc[j] * e.g[i] / d;
+                if den > p.eps {
+                    ds -= num * wc[j] / (d * d);
+                }
+                gp[i] += w * dl_ds * ds / groups.len() as f64;
+            }
+        }
+    }
+    total / groups.len() as f64
+}
+
+/// Jaccard-extension gradient of sorted labels (Berman et al., Alg. 1).
+fn lovasz_grad(sorted_g: &[f64]) -> Vec<f64> {
+    let gts: f64 = sorted_g.iter().sum();
+    let mut out = Vec::with_capacity(sorted_g.len());
+    let (mut cum_g, mut cum_ng) = (0.0, 0.0);
+    let mut prev = 0.0;
+    for &g in sorted_g {
+        cum_g += g;
+        cum_ng += 1.0 - g;
+        let j = 1.0 - (gts - cum_g) / (gts + cum_ng);
+        out.push(j - prev);
+        prev = j;
+    }
+    out
+}
+
+/// Sorts `(error, element)` descending by error (stable) and returns the order.
+fn sort_desc(errs: &mut [(f64, usize)]) {
+    errs.sort_by(|a, b| b.0.total_cmp(&a.0));
+}
+
+fn lovasz(e: &Elems, p: &LovaszParams, w: f64, gp: &mut [f64], gx: &mut [f64]) -> f64 {
+    let groups: Vec<Vec<usize>> = if p.per_image { (0..e.n).map(|n| vec![n]).collect() } else { vec![(0..e.n).collect()] };
+    let ng = groups.len() as f64;
+    let mut total = 0.0;
+    for imgs in &groups {
+        if e.mode == Mode::Multiclass {
+            let mut losses: Vec<(f64, Vec<(usize, f64)>)> = Vec::new();
+            for c in 0..e.c {
+                let m = members(e, imgs, &[c]);
+                let present = m.iter().any(|&i| e.g[i] > 0.0);
+                let use_class = match &p.classes {
+                    Classes::Present => present,
+                    Classes::All => true,
+                    Classes::List(l) => l.contains(&c),
+                };
+                if !use_class || m.is_empty() {
+                    continue;
+                }
+                let mut errs: Vec<(f64, usize)> = m.iter().map(|&i| ((e.g[i] - e.p[i]).abs(), i)).collect();
+                sort_desc(&mut errs);
+                let sg: Vec<f64> = errs.iter().map(|&(_, i)| e.g[i]).collect();
+                let jg = lovasz_grad(&sg);
+                let loss: f64 = errs.iter().zip(&jg).map(|(&(er, _), &j)| er * j).sum();
+                let grads = errs
+                    .iter()
+                    .zip(&jg)
+                    .map(|(&(_, i), &j)| {
+                        let d = e.p[i] - e.g[i];
+                        let sign = if d > 0.0 { 1.0 } else if d < 0.0 { -1.0 } else { 0.0 };
+                        (i, j * sign)
+                    })
+                    .collect();
+                losses.push((loss, grads));
+            }
+            if losses.is_empty() {
+                continue;
+            }
+            let k = losses.len() as f64;
+            for (l, grads) in &losses {
+                total += l / k;
+                for &(i, d) in grads {
+                    gp[i] += w / ng / k * d;
+                }
+            }
+        } else {
+            let all: Vec<usize> = (0..e.c).collect();
+            let m = members(e, imgs, &all);
+            if m.is_empty() {
+                continue;
+            }
+            let mut errs: Vec<(f64, usize)> = m.iter().map(|&i| (1.0 - e.x[i] * (2.0 * e.g[i] - 1.0), i)).collect();
+            sort_desc(&mut errs);
+            let sg: Vec<f64> = errs.iter().map(|&(_, i)| e.g[i]).collect();
+            let jg = lovasz_grad(&sg);
+            for (&(er, i), &j) in errs.iter().zip(&jg) {
+                if er > 0.0 {
+                    total += er * j;
+                    gx[i] += w / ng * j * -(2.0 * e.g[i] - 1.0);
+                }
+            }
+        }
+    }
+    total / ng
+}

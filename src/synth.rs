@@ -1,0 +1,1 @@
+//! Synthetic batches for demos and benchmarks.
