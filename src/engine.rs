@@ -43,7 +43,9 @@ impl DeviceInfo {
             name: info.name.clone(),
             backend: backend_name(info.backend).to_string(),
             device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
             fallback_reason: None,
         }
     }
@@ -76,7 +78,11 @@ impl EngineOptions {
     /// Options from `SEGLOSS_BACKEND` and `SEGLOSS_ADAPTER`, with CPU fallback allowed.
     pub fn from_env() -> EngineOptions {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        EngineOptions { backend: get("SEGLOSS_BACKEND"), adapter: get("SEGLOSS_ADAPTER"), allow_cpu_fallback: true }
+        EngineOptions {
+            backend: get("SEGLOSS_BACKEND"),
+            adapter: get("SEGLOSS_ADAPTER"),
+            allow_cpu_fallback: true,
+        }
     }
 
     fn backends(&self) -> Result<wgpu::Backends, Error> {
@@ -127,7 +133,10 @@ fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
         wgpu::DeviceType::Cpu => 4,
     };
     let b = match info.backend {
-        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 | wgpu::Backend::BrowserWebGpu => 0,
+        wgpu::Backend::Vulkan
+        | wgpu::Backend::Metal
+        | wgpu::Backend::Dx12
+        | wgpu::Backend::BrowserWebGpu => 0,
         _ => 1,
     };
     (t, b)
@@ -164,7 +173,9 @@ pub async fn list_adapters(opts: &EngineOptions) -> Result<Vec<AdapterReport>, E
 
 fn usable(a: &wgpu::Adapter) -> bool {
     let l = a.limits();
-    l.max_storage_buffers_per_shader_stage >= 7 && l.max_compute_workgroup_storage_size >= 8192 && l.max_compute_invocations_per_workgroup >= 256
+    l.max_storage_buffers_per_shader_stage >= 7
+        && l.max_compute_workgroup_storage_size >= 8192
+        && l.max_compute_invocations_per_workgroup >= 256
 }
 
 fn pick_index(adapters: &[wgpu::Adapter], opts: &EngineOptions) -> Option<usize> {
@@ -173,7 +184,10 @@ fn pick_index(adapters: &[wgpu::Adapter], opts: &EngineOptions) -> Option<usize>
         .iter()
         .enumerate()
         .filter(|(_, a)| usable(a))
-        .filter(|(_, a)| want.as_ref().is_none_or(|w| a.get_info().name.to_lowercase().contains(w)))
+        .filter(|(_, a)| {
+            want.as_ref()
+                .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
+        })
         .min_by_key(|(i, a)| (rank(&a.get_info()), *i))
         .map(|(i, _)| i)
 }
@@ -259,7 +273,11 @@ impl Engine {
 
     /// Opens a GPU adapter and fails when none exists.
     pub async fn gpu() -> Result<Engine, Error> {
-        Engine::with_options(&EngineOptions { allow_cpu_fallback: false, ..EngineOptions::from_env() }).await
+        Engine::with_options(&EngineOptions {
+            allow_cpu_fallback: false,
+            ..EngineOptions::from_env()
+        })
+        .await
     }
 
     /// Opens an adapter chosen by `opts`.
@@ -345,9 +363,23 @@ impl Engine {
         };
         let (stats, reduce, grad) = (make(&STATS), make(&REDUCE), make(&GRAD));
         if let Some(e) = scope.pop().await {
-            return Err(Error::Gpu(format!("building the pipelines failed on {}: {e}", info.name)));
+            return Err(Error::Gpu(format!(
+                "building the pipelines failed on {}: {e}",
+                info.name
+            )));
         }
-        Ok(Engine { backend: Backend::Gpu(Box::new(Gpu { device, queue, stats, reduce, grad, limits, lost })), info })
+        Ok(Engine {
+            backend: Backend::Gpu(Box::new(Gpu {
+                device,
+                queue,
+                stats,
+                reduce,
+                grad,
+                limits,
+                lost,
+            })),
+            info,
+        })
     }
 
     /// What the engine runs on.
@@ -363,10 +395,17 @@ impl Engine {
     /// Uploads a batch once, for repeated evaluation with [`Engine::evaluate_prepared`].
     pub fn prepare<'a>(&self, input: Input<'a>) -> Result<Prepared<'a>, Error> {
         let Backend::Gpu(gpu) = &self.backend else {
-            return Ok(Prepared { input, logits: None, target: None });
+            return Ok(Prepared {
+                input,
+                logits: None,
+                target: None,
+            });
         };
         let bytes = (input.logits().len() * 4) as u64;
-        let max = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
+        let max = gpu
+            .limits
+            .max_storage_buffer_binding_size
+            .min(gpu.limits.max_buffer_size);
         if bytes > max {
             return Err(Error::Input(format!(
                 "the logits take {bytes} bytes but {} binds at most {max} bytes per buffer",
@@ -377,39 +416,78 @@ impl Engine {
         let tiles = s.div_ceil(TILE);
         let maxd = gpu.limits.max_compute_workgroups_per_dimension as usize;
         if tiles > maxd || n > maxd || input.classes() > maxd {
-            return Err(Error::Input(format!("shape {:?} needs more workgroups per dimension than {maxd}", input.shape())));
+            return Err(Error::Input(format!(
+                "shape {:?} needs more workgroups per dimension than {maxd}",
+                input.shape()
+            )));
         }
         let words: Vec<u32> = match input.target() {
             Target::Dense(t) => {
                 let ign = input.ignore_index().map(|k| k as f32);
-                t.iter().map(|&v| if Some(v) == ign { INVALID } else { v.to_bits() }).collect()
+                t.iter()
+                    .map(|&v| if Some(v) == ign { INVALID } else { v.to_bits() })
+                    .collect()
             }
-            Target::Labels(t) => {
-                t.iter().map(|&v| if Some(v) == input.ignore_index() { INVALID } else { v as u32 }).collect()
-            }
+            Target::Labels(t) => t
+                .iter()
+                .map(|&v| {
+                    if Some(v) == input.ignore_index() {
+                        INVALID
+                    } else {
+                        v as u32
+                    }
+                })
+                .collect(),
         };
-        let logits = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("logits"),
-            contents: bytemuck::cast_slice(input.logits()),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
-        let target = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("target"),
-            contents: bytemuck::cast_slice(&words),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
-        Ok(Prepared { input, logits: Some(logits), target: Some(target) })
+        let logits = gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("logits"),
+                contents: bytemuck::cast_slice(input.logits()),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+        let target = gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("target"),
+                contents: bytemuck::cast_slice(&words),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+        Ok(Prepared {
+            input,
+            logits: Some(logits),
+            target: Some(target),
+        })
     }
 
     /// Evaluates several expressions on one batch: one statistics pass for all of them, then one
     /// gradient pass per expression, recorded into one submission.
-    pub async fn evaluate(&self, input: &Input<'_>, exprs: &[LossExpr], grads: bool) -> Result<Vec<Evaluation>, Error> {
+    pub async fn evaluate(
+        &self,
+        input: &Input<'_>,
+        exprs: &[LossExpr],
+        grads: bool,
+    ) -> Result<Vec<Evaluation>, Error> {
         let prep = self.prepare(input.clone())?;
-        self.evaluate_prepared(&prep, exprs, if grads { GradMode::Read } else { GradMode::Skip }).await
+        self.evaluate_prepared(
+            &prep,
+            exprs,
+            if grads {
+                GradMode::Read
+            } else {
+                GradMode::Skip
+            },
+        )
+        .await
     }
 
     /// [`Engine::evaluate`] on an uploaded batch.
-    pub async fn evaluate_prepared(&self, prep: &Prepared<'_>, exprs: &[LossExpr], grads: GradMode) -> Result<Vec<Evaluation>, Error> {
+    pub async fn evaluate_prepared(
+        &self,
+        prep: &Prepared<'_>,
+        exprs: &[LossExpr],
+        grads: GradMode,
+    ) -> Result<Vec<Evaluation>, Error> {
         let input = &prep.input;
         for e in exprs {
             e.check(input.mode(), input.classes())?;
@@ -423,7 +501,8 @@ impl Engine {
                         Ok(Evaluation {
                             value: r.value,
                             term_values: r.term_values,
-                            grad: (grads == GradMode::Read).then(|| r.grad.iter().map(|&g| g as f32).collect()),
+                            grad: (grads == GradMode::Read)
+                                .then(|| r.grad.iter().map(|&g| g as f32).collect()),
                         })
                     })
                     .collect();
@@ -435,12 +514,16 @@ impl Engine {
                 "'{e}': lovasz does not run on the GPU engine yet; segloss::reference::evaluate computes it on the CPU"
             )));
         }
-        let refs: Vec<&LossExpr> = exprs.iter().collect();
-        let plan = StatsPlan::new(&refs, input.classes())?;
         let (Some(logits), Some(target)) = (&prep.logits, &prep.target) else {
-            return Err(Error::Input("this batch was prepared by another engine".into()));
+            return Err(Error::Input(
+                "this batch was prepared by another engine".into(),
+            ));
         };
-        gpu.run(input, logits, target, &plan, exprs, grads).await
+        let mut out = Vec::with_capacity(exprs.len());
+        for (plan, group) in StatsPlan::groups(exprs, input.classes())? {
+            out.extend(gpu.run(input, logits, target, &plan, group, grads).await?);
+        }
+        Ok(out)
     }
 
     /// Blocking [`Engine::new`] (native only).
@@ -457,13 +540,23 @@ impl Engine {
 
     /// Blocking [`Engine::evaluate`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn evaluate_blocking(&self, input: &Input<'_>, exprs: &[LossExpr], grads: bool) -> Result<Vec<Evaluation>, Error> {
+    pub fn evaluate_blocking(
+        &self,
+        input: &Input<'_>,
+        exprs: &[LossExpr],
+        grads: bool,
+    ) -> Result<Vec<Evaluation>, Error> {
         pollster::block_on(self.evaluate(input, exprs, grads))
     }
 
     /// Blocking [`Engine::evaluate_prepared`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn evaluate_prepared_blocking(&self, prep: &Prepared<'_>, exprs: &[LossExpr], grads: GradMode) -> Result<Vec<Evaluation>, Error> {
+    pub fn evaluate_prepared_blocking(
+        &self,
+        prep: &Prepared<'_>,
+        exprs: &[LossExpr],
+        grads: GradMode,
+    ) -> Result<Vec<Evaluation>, Error> {
         pollster::block_on(self.evaluate_prepared(prep, exprs, grads))
     }
 }
@@ -485,30 +578,40 @@ impl Gpu {
     fn storage(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
         // Empty arrays still need a binding as large as one element (a 32-byte term).
         let pad = [0u8; 32];
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: if data.is_empty() { &pad } else { data },
-            usage: wgpu::BufferUsages::STORAGE,
-        })
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: if data.is_empty() { &pad } else { data },
+                usage: wgpu::BufferUsages::STORAGE,
+            })
     }
 
     fn uniform(&self, p: &Params) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: bytemuck::bytes_of(p),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::bytes_of(p),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
     }
 
     fn scratch(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: bytes.max(4), usage, mapped_at_creation: false })
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4),
+            usage,
+            mapped_at_creation: false,
+        })
     }
 
     fn bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
@@ -517,8 +620,18 @@ impl Gpu {
         })
     }
 
-    fn dispatch(enc: &mut wgpu::CommandEncoder, label: &str, pipeline: &wgpu::ComputePipeline, bg: &wgpu::BindGroup, x: u32, y: u32) {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+    fn dispatch(
+        enc: &mut wgpu::CommandEncoder,
+        label: &str,
+        pipeline: &wgpu::ComputePipeline,
+        bg: &wgpu::BindGroup,
+        x: u32,
+        y: u32,
+    ) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(label),
+            timestamp_writes: None,
+        });
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bg, &[]);
         pass.dispatch_workgroups(x, y, 1);
@@ -542,7 +655,9 @@ impl Gpu {
             rx.await
                 .map_err(|_| Error::Gpu("the device dropped a readback".into()))?
                 .map_err(|e| Error::Gpu(format!("reading back a buffer failed: {e}")))?;
-            let view = b.get_mapped_range(..).map_err(|e| Error::Gpu(format!("mapping a buffer failed: {e:?}")))?;
+            let view = b
+                .get_mapped_range(..)
+                .map_err(|e| Error::Gpu(format!("mapping a buffer failed: {e:?}")))?;
             out.push(bytemuck::cast_slice::<u8, f32>(&view).to_vec());
             drop(view);
             b.unmap();
@@ -574,7 +689,11 @@ impl Gpu {
 
         // 1. Statistics: fused pass, final reduction, readback of N x C x K sums.
         let stats_terms: Vec<TermParams> = plan.slots.iter().map(|s| s.params(0.0, 1.0)).collect();
-        let stats_cw: Vec<f32> = plan.slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
+        let stats_cw: Vec<f32> = plan
+            .slots
+            .iter()
+            .flat_map(|s| s.weights.iter().map(|&w| w as f32))
+            .collect();
         let params = Params {
             n: n as u32,
             c: c as u32,
@@ -588,48 +707,108 @@ impl Gpu {
         let ubuf = self.uniform(&params);
         let tbuf = self.storage("terms", bytemuck::cast_slice(&stats_terms));
         let cbuf = self.storage("class weights", bytemuck::cast_slice(&stats_cw));
-        let partials = self.scratch("partials", (n * tiles * c * K * 4) as u64, wgpu::BufferUsages::STORAGE);
+        let partials = self.scratch(
+            "partials",
+            (n * tiles * c * K * 4) as u64,
+            wgpu::BufferUsages::STORAGE,
+        );
         let sums_bytes = (n * c * K * 4) as u64;
-        let sums = self.scratch("sums", sums_bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
-        let sums_read = self.scratch("sums readback", sums_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
-        let bg_stats = self.bind(&self.stats, &[logits, target, &ubuf, &tbuf, &cbuf, &partials]);
+        let sums = self.scratch(
+            "sums",
+            sums_bytes,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        );
+        let sums_read = self.scratch(
+            "sums readback",
+            sums_bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        let bg_stats = self.bind(
+            &self.stats,
+            &[logits, target, &ubuf, &tbuf, &cbuf, &partials],
+        );
         let bg_reduce = self.bind(&self.reduce, &[&ubuf, &partials, &sums]);
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss stats") });
-        Self::dispatch(&mut enc, "stats", &self.stats, &bg_stats, tiles as u32, n as u32);
-        Self::dispatch(&mut enc, "reduce", &self.reduce, &bg_reduce, c as u32, n as u32);
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("segloss stats"),
+            });
+        Self::dispatch(
+            &mut enc,
+            "stats",
+            &self.stats,
+            &bg_stats,
+            tiles as u32,
+            n as u32,
+        );
+        Self::dispatch(
+            &mut enc,
+            "reduce",
+            &self.reduce,
+            &bg_reduce,
+            c as u32,
+            n as u32,
+        );
         enc.copy_buffer_to_buffer(&sums, 0, &sums_read, 0, sums_bytes);
         self.queue.submit([enc.finish()]);
         let raw = self.read(&[&sums_read]).await?.remove(0);
         let sums64: Vec<f64> = raw.iter().map(|&v| v as f64).collect();
-        let view = Sums { data: &sums64, n, c };
-        let fin: Vec<_> = exprs.iter().map(|e| finalize(e, plan, &view, input.mode())).collect();
+        let view = Sums {
+            data: &sums64,
+            n,
+            c,
+        };
+        let fin: Vec<_> = exprs
+            .iter()
+            .map(|e| finalize(e, plan, &view, input.mode()))
+            .collect();
 
         // 2. Gradients: one elementwise pass per expression, one submission.
         let mut grad_reads = Vec::new();
         if grads != GradMode::Skip {
             let total = n * c * s;
             let groups = (n * s).div_ceil(GRAD_WG);
-            let gx = groups.min(self.limits.max_compute_workgroups_per_dimension as usize).max(1);
+            let gx = groups
+                .min(self.limits.max_compute_workgroups_per_dimension as usize)
+                .max(1);
             let gy = groups.div_ceil(gx);
-            let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss grad") });
+            let mut enc = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("segloss grad"),
+                });
             let mut keep = Vec::new();
             for f in &fin {
                 debug_assert!(f.grad_terms.len() <= MAX_GRAD_TERMS);
                 let terms: Vec<TermParams> = f.grad_terms.iter().map(|(_, t)| *t).collect();
-                let cw: Vec<f32> =
-                    f.grad_terms.iter().flat_map(|(slot, _)| plan.slots[*slot].weights.iter().map(|&w| w as f32)).collect();
-                let gparams = Params { nterms: terms.len() as u32, ..params };
+                let cw: Vec<f32> = f
+                    .grad_terms
+                    .iter()
+                    .flat_map(|(slot, _)| plan.slots[*slot].weights.iter().map(|&w| w as f32))
+                    .collect();
+                let gparams = Params {
+                    nterms: terms.len() as u32,
+                    ..params
+                };
                 let ub = self.uniform(&gparams);
                 let tb = self.storage("grad terms", bytemuck::cast_slice(&terms));
                 let cb = self.storage("grad class weights", bytemuck::cast_slice(&cw));
                 debug_assert_eq!(f.coefs.len(), n * c * NCOEF);
                 let kb = self.storage("coefficients", bytemuck::cast_slice(&f.coefs));
                 let bytes = (total * 4) as u64;
-                let out = self.scratch("grad", bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+                let out = self.scratch(
+                    "grad",
+                    bytes,
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                );
                 let bg = self.bind(&self.grad, &[logits, target, &ub, &tb, &cb, &kb, &out]);
                 Self::dispatch(&mut enc, "grad", &self.grad, &bg, gx as u32, gy as u32);
                 if grads == GradMode::Read {
-                    let rb = self.scratch("grad readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+                    let rb = self.scratch(
+                        "grad readback",
+                        bytes,
+                        wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    );
                     enc.copy_buffer_to_buffer(&out, 0, &rb, 0, bytes);
                     grad_reads.push(rb);
                 }
@@ -643,7 +822,11 @@ impl Gpu {
             }
         }
         let read_refs: Vec<&wgpu::Buffer> = grad_reads.iter().collect();
-        let mut gvals = if read_refs.is_empty() { Vec::new() } else { self.read(&read_refs).await? };
+        let mut gvals = if read_refs.is_empty() {
+            Vec::new()
+        } else {
+            self.read(&read_refs).await?
+        };
         if let Some(e) = oom.pop().await {
             return Err(Error::Gpu(format!("out of device memory: {e}")));
         }
@@ -657,7 +840,11 @@ impl Gpu {
             .map(|f| Evaluation {
                 value: f.value,
                 term_values: f.term_values,
-                grad: if grads == GradMode::Read { gvals.pop() } else { None },
+                grad: if grads == GradMode::Read {
+                    gvals.pop()
+                } else {
+                    None
+                },
             })
             .collect())
     }

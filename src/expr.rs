@@ -269,7 +269,12 @@ impl Loss {
     /// Checks that the loss fits the mode and the number of classes.
     pub fn check(&self, mode: Mode, classes: usize) -> Result<(), Error> {
         let name = self.name();
-        let bad = |msg: String| Err(Error::LossMode { loss: name.to_string(), msg });
+        let bad = |msg: String| {
+            Err(Error::LossMode {
+                loss: name.to_string(),
+                msg,
+            })
+        };
         match self {
             Loss::Bce(_) if mode == Mode::Multiclass => {
                 bad("bce needs binary or multilabel targets; use ce (softmax) or focal (one-vs-rest sigmoid) in multiclass mode".into())
@@ -300,7 +305,10 @@ fn check_classes(name: &str, classes: &Classes, c: usize) -> Result<(), Error> {
         if let Some(&bad) = list.iter().find(|&&k| k >= c) {
             return Err(Error::LossMode {
                 loss: name.to_string(),
-                msg: format!("classes lists {bad} but the input has C={c} (valid: 0..{})", c - 1),
+                msg: format!(
+                    "classes lists {bad} but the input has C={c} (valid: 0..{})",
+                    c - 1
+                ),
             });
         }
     }
@@ -310,7 +318,9 @@ fn check_classes(name: &str, classes: &Classes, c: usize) -> Result<(), Error> {
 impl LossExpr {
     /// Checks every term against the mode and the number of classes.
     pub fn check(&self, mode: Mode, classes: usize) -> Result<(), Error> {
-        self.terms.iter().try_for_each(|t| t.loss.check(mode, classes))
+        self.terms
+            .iter()
+            .try_for_each(|t| t.loss.check(mode, classes))
     }
 
     /// Whether any term is a Lovász loss.
@@ -326,7 +336,10 @@ const NAMES: &str = "bce, ce, focal, dice, jaccard (iou), tversky, gdice, senssp
 const PRESETS: &str = "smp, monai, keras, paddle";
 
 fn perr(text: &str, msg: impl Into<String>) -> Error {
-    Error::Parse { text: text.to_string(), msg: msg.into() }
+    Error::Parse {
+        text: text.to_string(),
+        msg: msg.into(),
+    }
 }
 
 fn num(text: &str, key: &str, v: &str) -> Result<f64, Error> {
@@ -364,10 +377,16 @@ fn boolean(text: &str, key: &str, v: &str) -> Result<bool, Error> {
 }
 
 fn choice<T: Copy>(text: &str, key: &str, v: &str, opts: &[(&str, T)]) -> Result<T, Error> {
-    opts.iter().find(|(n, _)| *n == v).map(|(_, t)| *t).ok_or_else(|| {
-        let allowed: Vec<&str> = opts.iter().map(|(n, _)| *n).collect();
-        perr(text, format!("{key}={v}: allowed values are {}", allowed.join(", ")))
-    })
+    opts.iter()
+        .find(|(n, _)| *n == v)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            let allowed: Vec<&str> = opts.iter().map(|(n, _)| *n).collect();
+            perr(
+                text,
+                format!("{key}={v}: allowed values are {}", allowed.join(", ")),
+            )
+        })
 }
 
 fn class_list(text: &str, key: &str, v: &str, allow_present: bool) -> Result<Classes, Error> {
@@ -380,7 +399,10 @@ fn class_list(text: &str, key: &str, v: &str, allow_present: bool) -> Result<Cla
     for part in v.split(';') {
         let k: usize = part.trim().parse().map_err(|_| {
             let what = if allow_present { "all, present" } else { "all" };
-            perr(text, format!("{key}={v}: expected {what} or a list of class indices like 0;2;5"))
+            perr(
+                text,
+                format!("{key}={v}: expected {what} or a list of class indices like 0;2;5"),
+            )
         })?;
         out.push(k);
     }
@@ -388,11 +410,26 @@ fn class_list(text: &str, key: &str, v: &str, allow_present: bool) -> Result<Cla
 }
 
 fn unknown_key(text: &str, name: &str, key: &str, allowed: &[&str]) -> Error {
-    perr(text, format!("unknown key '{key}' for {name}; allowed keys: {}", allowed.join(", ")))
+    perr(
+        text,
+        format!(
+            "unknown key '{key}' for {name}; allowed keys: {}",
+            allowed.join(", ")
+        ),
+    )
 }
 
-const REGION_KEYS: &[&str] =
-    &["smooth", "smooth_nr", "smooth_dr", "eps", "squared", "log", "pool", "empty", "classes"];
+const REGION_KEYS: &[&str] = &[
+    "smooth",
+    "smooth_nr",
+    "smooth_dr",
+    "eps",
+    "squared",
+    "log",
+    "pool",
+    "empty",
+    "classes",
+];
 
 /// Applies one region key; returns false when the key is not a shared region key.
 fn region_key(text: &str, p: &mut RegionParams, key: &str, v: &str) -> Result<bool, Error> {
@@ -407,11 +444,28 @@ fn region_key(text: &str, p: &mut RegionParams, key: &str, v: &str) -> Result<bo
         "eps" => p.eps = nonneg(text, key, v)?,
         "log" => p.log = boolean(text, key, v)?,
         "pool" => {
-            p.pool = choice(text, key, v, &[("batch", Pool::Batch), ("image", Pool::Image), ("all", Pool::All)])?
+            p.pool = choice(
+                text,
+                key,
+                v,
+                &[
+                    ("batch", Pool::Batch),
+                    ("image", Pool::Image),
+                    ("all", Pool::All),
+                ],
+            )?
         }
         "empty" => {
-            p.empty =
-                choice(text, key, v, &[("zero", Empty::Zero), ("skip", Empty::Skip), ("formula", Empty::Formula)])?
+            p.empty = choice(
+                text,
+                key,
+                v,
+                &[
+                    ("zero", Empty::Zero),
+                    ("skip", Empty::Skip),
+                    ("formula", Empty::Formula),
+                ],
+            )?
         }
         "classes" => p.classes = class_list(text, key, v, false)?,
         _ => return Ok(false),
@@ -430,8 +484,20 @@ fn region_preset(preset: &str) -> RegionParams {
             empty: Empty::Formula,
             ..d
         },
-        "keras" => RegionParams { smooth_nr: 1.0, smooth_dr: 1.0, pool: Pool::All, empty: Empty::Formula, ..d },
-        "paddle" => RegionParams { smooth_nr: 1.0, smooth_dr: 1.0, pool: Pool::Image, empty: Empty::Formula, ..d },
+        "keras" => RegionParams {
+            smooth_nr: 1.0,
+            smooth_dr: 1.0,
+            pool: Pool::All,
+            empty: Empty::Formula,
+            ..d
+        },
+        "paddle" => RegionParams {
+            smooth_nr: 1.0,
+            smooth_dr: 1.0,
+            pool: Pool::Image,
+            empty: Empty::Formula,
+            ..d
+        },
         _ => d,
     }
 }
@@ -445,7 +511,9 @@ fn parse_term(text: &str) -> Result<Term, Error> {
     let (weight, rest) = match t.split_once('*') {
         Some((w, rest)) => {
             let w = w.trim();
-            let x: f64 = w.parse().map_err(|_| perr(text, format!("'{w}' is not a number (weight before '*')")))?;
+            let x: f64 = w
+                .parse()
+                .map_err(|_| perr(text, format!("'{w}' is not a number (weight before '*')")))?;
             if !x.is_finite() {
                 return Err(perr(text, format!("weight {w} must be finite")));
             }
@@ -463,7 +531,10 @@ fn parse_term(text: &str) -> Result<Term, Error> {
     };
     if let Some(p) = preset {
         if !["smp", "monai", "keras", "paddle"].contains(&p) {
-            return Err(perr(text, format!("unknown preset '{p}'; presets: {PRESETS}")));
+            return Err(perr(
+                text,
+                format!("unknown preset '{p}'; presets: {PRESETS}"),
+            ));
         }
     }
     let preset_name = preset.unwrap_or("smp");
@@ -480,31 +551,55 @@ fn parse_term(text: &str) -> Result<Term, Error> {
         if allowed.contains(&preset_name) {
             Ok(())
         } else {
-            Err(perr(text, format!("preset '{preset_name}' defines nothing for {name}; presets for {name}: {}", allowed.join(", "))))
+            Err(perr(
+                text,
+                format!(
+                    "preset '{preset_name}' defines nothing for {name}; presets for {name}: {}",
+                    allowed.join(", ")
+                ),
+            ))
         }
     };
     let loss = match name {
         "bce" => {
             no_preset(&["smp", "monai"])?;
-            let mut p = BceParams { pos_weight: PosWeight::Value(1.0), label_smoothing: 0.0 };
+            let mut p = BceParams {
+                pos_weight: PosWeight::Value(1.0),
+                label_smoothing: 0.0,
+            };
             for (k, v) in kv {
                 match k {
                     "pos_weight" => {
-                        p.pos_weight = if v == "auto" { PosWeight::Auto } else { PosWeight::Value(nonneg(text, k, v)?) }
+                        p.pos_weight = if v == "auto" {
+                            PosWeight::Auto
+                        } else {
+                            PosWeight::Value(nonneg(text, k, v)?)
+                        }
                     }
                     "label_smoothing" => p.label_smoothing = unit(text, k, v)?,
-                    _ => return Err(unknown_key(text, name, k, &["pos_weight", "label_smoothing"])),
+                    _ => {
+                        return Err(unknown_key(
+                            text,
+                            name,
+                            k,
+                            &["pos_weight", "label_smoothing"],
+                        ))
+                    }
                 }
             }
             Loss::Bce(p)
         }
         "ce" => {
             no_preset(&["smp", "monai"])?;
-            let mut p = CeParams { weights: None, label_smoothing: 0.0 };
+            let mut p = CeParams {
+                weights: None,
+                label_smoothing: 0.0,
+            };
             for (k, v) in kv {
                 match k {
                     "weights" => {
-                        let w: Result<Vec<f64>, Error> = v.split(';').map(|x| nonneg(text, k, x.trim())).collect();
+                        let w: Result<Vec<f64>, Error> =
+                            v.split(';').map(|x| nonneg(text, k, x.trim())).collect();
                         p.weights = Some(w?);
                     }
                     "label_smoothing" => p.label_smoothing = unit(text, k, v)?,
@@ -515,12 +610,32 @@ fn parse_term(text: &str) -> Result<Term, Error> {
         }
         "focal" => {
             no_preset(&["smp", "monai"])?;
-            let mut p = FocalParams { gamma: 2.0, alpha: None, act: FocalAct::Sigmoid };
+            let mut p = FocalParams {
+                gamma: 2.0,
+                alpha: None,
+                act: FocalAct::Sigmoid,
+            };
             for (k, v) in kv {
                 match k {
                     "gamma" => p.gamma = nonneg(text, k, v)?,
-                    "alpha" => p.alpha = if v == "none" { None } else { Some(unit(text, k, v)?) },
-                    "act" => p.act = choice(text, k, v, &[("sigmoid", FocalAct::Sigmoid), ("softmax", FocalAct::Softmax)])?,
+                    "alpha" => {
+                        p.alpha = if v == "none" {
+                            None
+                        } else {
+                            Some(unit(text, k, v)?)
+                        }
+                    }
+                    "act" => {
+                        p.act = choice(
+                            text,
+                            k,
+                            v,
+                            &[
+                                ("sigmoid", FocalAct::Sigmoid),
+                                ("softmax", FocalAct::Softmax),
+                            ],
+                        )?
+                    }
                     _ => return Err(unknown_key(text, name, k, &["gamma", "alpha", "act"])),
                 }
             }
@@ -531,8 +646,14 @@ fn parse_term(text: &str) -> Result<Term, Error> {
             let mut kind = match name {
                 "dice" => RegionKind::Dice { squared: false },
                 "jaccard" | "iou" => RegionKind::Jaccard { squared: false },
-                "tversky" => RegionKind::Tversky { alpha: 0.5, beta: 0.5, gamma: 1.0 },
-                _ => RegionKind::GDice { weight: GDiceWeight::Square },
+                "tversky" => RegionKind::Tversky {
+                    alpha: 0.5,
+                    beta: 0.5,
+                    gamma: 1.0,
+                },
+                _ => RegionKind::GDice {
+                    weight: GDiceWeight::Square,
+                },
             };
             let mut allowed: Vec<&str> = REGION_KEYS.to_vec();
             match kind {
@@ -576,7 +697,11 @@ fn parse_term(text: &str) -> Result<Term, Error> {
                             text,
                             k,
                             v,
-                            &[("square", GDiceWeight::Square), ("simple", GDiceWeight::Simple), ("uniform", GDiceWeight::Uniform)],
+                            &[
+                                ("square", GDiceWeight::Square),
+                                ("simple", GDiceWeight::Simple),
+                                ("uniform", GDiceWeight::Uniform),
+                            ],
                         )?
                     }
                     _ => return Err(unknown_key(text, name, k, &allowed)),
@@ -589,7 +714,10 @@ fn parse_term(text: &str) -> Result<Term, Error> {
         }
         "sensspec" => {
             no_preset(&["smp"])?;
-            let mut p = SensSpecParams { lambda: 0.05, smooth: 1e-5 };
+            let mut p = SensSpecParams {
+                lambda: 0.05,
+                smooth: 1e-5,
+            };
             for (k, v) in kv {
                 match k {
                     "lambda" => p.lambda = unit(text, k, v)?,
@@ -601,7 +729,10 @@ fn parse_term(text: &str) -> Result<Term, Error> {
         }
         "lovasz" => {
             no_preset(&["smp"])?;
-            let mut p = LovaszParams { per_image: false, classes: Classes::Present };
+            let mut p = LovaszParams {
+                per_image: false,
+                classes: Classes::Present,
+            };
             for (k, v) in kv {
                 match k {
                     "per_image" => p.per_image = boolean(text, k, v)?,
@@ -623,7 +754,10 @@ impl FromStr for LossExpr {
         if s.trim().is_empty() {
             return Err(perr(s, format!("empty loss text; names: {NAMES}")));
         }
-        let terms = s.split('+').map(parse_term).collect::<Result<Vec<_>, _>>()?;
+        let terms = s
+            .split('+')
+            .map(parse_term)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(LossExpr { terms })
     }
 }
@@ -641,7 +775,9 @@ impl FromStr for Loss {
 
 impl From<Loss> for LossExpr {
     fn from(loss: Loss) -> Self {
-        LossExpr { terms: vec![Term { weight: 1.0, loss }] }
+        LossExpr {
+            terms: vec![Term { weight: 1.0, loss }],
+        }
     }
 }
 
@@ -651,7 +787,10 @@ impl From<Loss> for LossExpr {
 fn fmt_num(x: f64) -> String {
     let s = format!("{x}");
     if s.contains('e') {
-        format!("{x:.10}").trim_end_matches('0').trim_end_matches('.').to_string()
+        format!("{x:.10}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
     } else {
         s
     }
@@ -661,7 +800,11 @@ fn classes_text(c: &Classes) -> String {
     match c {
         Classes::All => "all".into(),
         Classes::Present => "present".into(),
-        Classes::List(l) => l.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(";"),
+        Classes::List(l) => l
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(";"),
     }
 }
 
@@ -672,7 +815,9 @@ impl fmt::Display for Loss {
             Loss::Bce(p) => {
                 match p.pos_weight {
                     PosWeight::Auto => kv.push("pos_weight=auto".into()),
-                    PosWeight::Value(v) if v != 1.0 => kv.push(format!("pos_weight={}", fmt_num(v))),
+                    PosWeight::Value(v) if v != 1.0 => {
+                        kv.push(format!("pos_weight={}", fmt_num(v)))
+                    }
                     _ => {}
                 }
                 if p.label_smoothing != 0.0 {
@@ -681,7 +826,10 @@ impl fmt::Display for Loss {
             }
             Loss::Ce(p) => {
                 if let Some(w) = &p.weights {
-                    kv.push(format!("weights={}", w.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(";")));
+                    kv.push(format!(
+                        "weights={}",
+                        w.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(";")
+                    ));
                 }
                 if p.label_smoothing != 0.0 {
                     kv.push(format!("label_smoothing={}", fmt_num(p.label_smoothing)));
@@ -724,7 +872,14 @@ impl fmt::Display for Loss {
                     _ => {}
                 }
                 if p.pool != d.pool {
-                    kv.push(format!("pool={}", match p.pool { Pool::Batch => "batch", Pool::Image => "image", Pool::All => "all" }));
+                    kv.push(format!(
+                        "pool={}",
+                        match p.pool {
+                            Pool::Batch => "batch",
+                            Pool::Image => "image",
+                            Pool::All => "all",
+                        }
+                    ));
                 }
                 if p.smooth_nr == p.smooth_dr && p.smooth_nr != 0.0 {
                     kv.push(format!("smooth={}", fmt_num(p.smooth_nr)));
@@ -738,7 +893,14 @@ impl fmt::Display for Loss {
                     kv.push(format!("eps={}", fmt_num(p.eps)));
                 }
                 if p.empty != d.empty {
-                    kv.push(format!("empty={}", match p.empty { Empty::Zero => "zero", Empty::Skip => "skip", Empty::Formula => "formula" }));
+                    kv.push(format!(
+                        "empty={}",
+                        match p.empty {
+                            Empty::Zero => "zero",
+                            Empty::Skip => "skip",
+                            Empty::Formula => "formula",
+                        }
+                    ));
                 }
                 if p.log {
                     kv.push("log=true".into());

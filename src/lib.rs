@@ -35,7 +35,10 @@ pub mod reference;
 pub mod shaders;
 pub mod synth;
 
-pub use engine::{backend_name, list_adapters, AdapterReport, DeviceInfo, Engine, EngineOptions, Evaluation, GradMode, Prepared};
+pub use engine::{
+    backend_name, list_adapters, AdapterReport, DeviceInfo, Engine, EngineOptions, Evaluation,
+    GradMode, Prepared,
+};
 pub use error::{Error, Result};
 pub use expr::{Loss, LossExpr, Term};
 pub use input::{Input, Mode, Target};

@@ -19,11 +19,23 @@ macro_rules! wgsl {
 }
 
 /// Fused statistics pass.
-pub const STATS: Kernel = Kernel { name: "stats", entry: "stats", source: wgsl!("common.wgsl", "lse.wgsl", "stats.wgsl") };
+pub const STATS: Kernel = Kernel {
+    name: "stats",
+    entry: "stats",
+    source: wgsl!("common.wgsl", "lse.wgsl", "stats.wgsl"),
+};
 /// Final reduction of statistics partials.
-pub const REDUCE: Kernel = Kernel { name: "reduce", entry: "reduce", source: wgsl!("common.wgsl", "reduce.wgsl") };
+pub const REDUCE: Kernel = Kernel {
+    name: "reduce",
+    entry: "reduce",
+    source: wgsl!("common.wgsl", "reduce.wgsl"),
+};
 /// Elementwise gradient pass.
-pub const GRAD: Kernel = Kernel { name: "grad", entry: "gradient", source: wgsl!("common.wgsl", "lse.wgsl", "grad.wgsl") };
+pub const GRAD: Kernel = Kernel {
+    name: "grad",
+    entry: "gradient",
+    source: wgsl!("common.wgsl", "lse.wgsl", "grad.wgsl"),
+};
 
 /// Every kernel of the crate.
 pub const KERNELS: &[Kernel] = &[STATS, REDUCE, GRAD];

@@ -1,0 +1,347 @@
+//! The GPU against the f64 CPU reference on many seeded random batches: 1D/2D/3D, C = 1..21,
+//! N = 1..5, odd sizes, ignore_index, empty and all-foreground targets, logits up to +-80, and every
+//! loss with many parameter choices.
+
+mod common;
+
+use std::borrow::Cow;
+
+use common::Rng;
+use segloss::{reference, Input, LossExpr, Mode, Target};
+
+const DENSE: &[&str] = &[
+    "bce",
+    "bce:pos_weight=auto",
+    "bce:pos_weight=3,label_smoothing=0.1",
+    "focal",
+    "focal:alpha=0.25",
+    "focal:gamma=0.5,alpha=0.9",
+    "focal:gamma=0",
+    "dice",
+    "dice:squared=true",
+    "dice@monai",
+    "dice@keras",
+    "dice@paddle",
+    "dice:log=true",
+    "dice:empty=skip,pool=image",
+    "jaccard",
+    "iou:squared=true,smooth=0.5",
+    "jaccard@monai:log=true",
+    "tversky:alpha=0.3,beta=0.7",
+    "tversky:gamma=0.75",
+    "tversky@monai:alpha=0.3,beta=0.7,gamma=2",
+    "gdice",
+    "gdice@monai",
+    "gdice:weight=simple,pool=image,smooth=1",
+    "gdice:weight=uniform",
+    "sensspec",
+    "sensspec:lambda=0.5,smooth=0",
+    "0.8*bce+0.2*dice",
+    "bce+dice:log=true",
+    "dice@monai+focal@monai",
+    "bce:pos_weight=auto+focal:alpha=0.25+tversky+sensspec",
+];
+
+const MULTICLASS: &[&str] = &[
+    "ce",
+    "ce:label_smoothing=0.1",
+    "focal",
+    "focal:act=softmax",
+    "focal:act=softmax,alpha=0.25,gamma=1.5",
+    "focal:alpha=0.25,gamma=3",
+    "dice",
+    "dice@monai",
+    "dice:pool=all,smooth=1",
+    "dice:empty=skip",
+    "dice:log=true,squared=true",
+    "jaccard",
+    "jaccard@paddle",
+    "tversky:alpha=0.3,beta=0.7",
+    "tversky@monai:gamma=1.5",
+    "gdice",
+    "gdice@monai",
+    "gdice:pool=image,weight=simple",
+    "sensspec",
+    "ce+dice",
+    "0.8*ce+0.2*dice@monai",
+    "ce:label_smoothing=0.2+focal:act=softmax+dice:classes=0;1",
+];
+
+struct Batch {
+    shape: Vec<usize>,
+    mode: Mode,
+    logits: Vec<f32>,
+    target: Target<'static>,
+    ignore: Option<i64>,
+    what: String,
+}
+
+/// A random batch; `kind` picks the target's character.
+fn batch(rng: &mut Rng, mode: Mode, kind: usize) -> Batch {
+    let n = 1 + rng.below(5);
+    let c = match mode {
+        Mode::Binary => 1,
+        Mode::Multilabel => 1 + rng.below(6),
+        Mode::Multiclass => 2 + rng.below(20),
+    };
+    let dims = 1 + rng.below(3);
+    let spatial: Vec<usize> = (0..dims)
+        .map(|_| match dims {
+            1 => 1 + rng.below(3000),
+            2 => 1 + rng.below(60),
+            _ => 1 + rng.below(14),
+        })
+        .collect();
+    let mut shape = vec![n, c];
+    shape.extend(&spatial);
+    let s: usize = spatial.iter().product();
+    let scale = [1.0, 3.0, 10.0, 80.0][rng.below(4)];
+    let logits: Vec<f32> = (0..n * c * s)
+        .map(|_| {
+            if scale == 80.0 && rng.below(3) == 0 {
+                if rng.below(2) == 0 {
+                    80.0
+                } else {
+                    -80.0
+                }
+            } else {
+                (rng.normal() * scale) as f32
+            }
+        })
+        .collect();
+    let ignore = if rng.below(2) == 0 { Some(255) } else { None };
+    // kind: 0 random, 1 empty (all background), 2 all foreground, 3 rare foreground, 4 soft labels
+    let target = if mode == Mode::Multiclass {
+        let labels: Vec<i64> = (0..n * s)
+            .map(|_| {
+                if ignore.is_some() && rng.below(7) == 0 {
+                    return 255;
+                }
+                match kind {
+                    1 => 0,
+                    2 => (c - 1) as i64,
+                    3 => {
+                        if rng.below(50) == 0 {
+                            1
+                        } else {
+                            0
+                        }
+                    }
+                    _ => rng.below(c) as i64,
+                }
+            })
+            .collect();
+        Target::Labels(Cow::Owned(labels))
+    } else {
+        let t: Vec<f32> = (0..n * c * s)
+            .map(|_| {
+                if ignore.is_some() && rng.below(9) == 0 {
+                    return 255.0;
+                }
+                match kind {
+                    1 => 0.0,
+                    2 => 1.0,
+                    3 => (rng.below(40) == 0) as u8 as f32,
+                    4 => rng.uniform() as f32,
+                    _ => (rng.below(3) == 0) as u8 as f32,
+                }
+            })
+            .collect();
+        Target::Dense(Cow::Owned(t))
+    };
+    let what = format!("{mode} shape {shape:?} kind {kind} logit scale {scale} ignore {ignore:?}");
+    Batch {
+        shape,
+        mode,
+        logits,
+        target,
+        ignore,
+        what,
+    }
+}
+
+fn texts(mode: Mode, c: usize) -> Vec<String> {
+    let mut v: Vec<String> = match mode {
+        Mode::Multiclass => MULTICLASS.iter().map(|s| s.to_string()).collect(),
+        _ => DENSE.iter().map(|s| s.to_string()).collect(),
+    };
+    if mode == Mode::Multilabel && c >= 2 {
+        v.push("dice:classes=0;1,pool=image".into());
+        v.push("gdice:classes=1".into());
+    }
+    v.retain(|t| !(t.contains("classes=0;1") && c < 2));
+    v
+}
+
+fn compare(b: &Batch, exprs: &[LossExpr]) {
+    let engine = common::gpu();
+    let input = Input::new(
+        Cow::Borrowed(&b.logits),
+        b.target.clone(),
+        &b.shape,
+        b.mode,
+        b.ignore,
+    )
+    .unwrap();
+    // Several expressions in one call share one statistics pass.
+    for chunk in exprs.chunks(7) {
+        let gpu = engine
+            .evaluate_blocking(&input, chunk, true)
+            .unwrap_or_else(|e| panic!("{}: {e}", b.what));
+        for (e, g) in chunk.iter().zip(gpu) {
+            let r = reference::evaluate(&input, e).unwrap();
+            let tol = 2e-5 + 2e-4 * r.value.abs();
+            assert!(g.value.is_finite(), "{}: '{e}' gave {}", b.what, g.value);
+            assert!(
+                (g.value - r.value).abs() <= tol,
+                "{}: '{e}' value gpu {} cpu {}",
+                b.what,
+                g.value,
+                r.value
+            );
+            let grad = g.grad.unwrap();
+            assert!(
+                grad.iter().all(|x| x.is_finite()),
+                "{}: '{e}' non-finite gradient",
+                b.what
+            );
+            let (d, m) = common::max_diff(&grad, &r.grad);
+            assert!(
+                d <= 1e-9 + 5e-4 * m,
+                "{}: '{e}' grad max diff {d:e}, max |ref| {m:e}",
+                b.what
+            );
+        }
+    }
+}
+
+fn run(mode: Mode, seed: u64, cases: usize) {
+    let mut rng = Rng(seed);
+    for i in 0..cases {
+        let kinds = if mode == Mode::Multiclass { 4 } else { 5 };
+        let b = batch(&mut rng, mode, i % kinds);
+        let exprs: Vec<LossExpr> = texts(mode, b.shape[1])
+            .iter()
+            .map(|t| t.parse().unwrap())
+            .collect();
+        compare(&b, &exprs);
+    }
+}
+
+#[test]
+fn binary_matches_reference() {
+    run(Mode::Binary, 1, 12);
+}
+
+#[test]
+fn multilabel_matches_reference() {
+    run(Mode::Multilabel, 2, 12);
+}
+
+#[test]
+fn multiclass_matches_reference() {
+    run(Mode::Multiclass, 3, 12);
+}
+
+#[test]
+fn large_multiclass_and_64_classes_match_reference() {
+    let mut rng = Rng(4);
+    for (shape, ignore) in [
+        (vec![2, 64, 37, 41], Some(255)),
+        (vec![1, 3, 300, 301], None),
+        (vec![3, 1, 5000], None),
+    ] {
+        let mode = if shape[1] == 1 {
+            Mode::Binary
+        } else {
+            Mode::Multiclass
+        };
+        let (n, c) = (shape[0], shape[1]);
+        let s: usize = shape[2..].iter().product();
+        let logits: Vec<f32> = (0..n * c * s)
+            .map(|_| (rng.normal() * 4.0) as f32)
+            .collect();
+        let target = if mode == Mode::Multiclass {
+            Target::Labels(Cow::Owned(
+                (0..n * s)
+                    .map(|_| {
+                        if ignore.is_some() && rng.below(10) == 0 {
+                            255
+                        } else {
+                            rng.below(c) as i64
+                        }
+                    })
+                    .collect(),
+            ))
+        } else {
+            Target::Dense(Cow::Owned(
+                (0..n * c * s)
+                    .map(|_| (rng.below(20) == 0) as u8 as f32)
+                    .collect(),
+            ))
+        };
+        let b = Batch {
+            what: format!("{mode} {shape:?}"),
+            shape,
+            mode,
+            logits,
+            target,
+            ignore,
+        };
+        let texts: &[&str] = if mode == Mode::Multiclass {
+            &[
+                "ce",
+                "dice",
+                "focal:act=softmax",
+                "gdice@monai",
+                "0.8*ce+0.2*tversky:gamma=2",
+            ]
+        } else {
+            &[
+                "bce:pos_weight=auto",
+                "dice@keras",
+                "focal:alpha=0.25",
+                "sensspec",
+                "jaccard:squared=true",
+            ]
+        };
+        compare(
+            &b,
+            &texts.iter().map(|t| t.parse().unwrap()).collect::<Vec<_>>(),
+        );
+    }
+}
+
+#[test]
+fn same_input_gives_bit_identical_results() {
+    let mut rng = Rng(5);
+    let engine = common::gpu();
+    for mode in [Mode::Binary, Mode::Multiclass] {
+        let b = batch(&mut rng, mode, 0);
+        let input = Input::new(
+            Cow::Borrowed(&b.logits),
+            b.target.clone(),
+            &b.shape,
+            b.mode,
+            b.ignore,
+        )
+        .unwrap();
+        // All losses at once: more distinct pixel losses than one statistics pass holds.
+        let exprs: Vec<LossExpr> = texts(mode, b.shape[1])
+            .iter()
+            .map(|t| t.parse().unwrap())
+            .collect();
+        let first = engine.evaluate_blocking(&input, &exprs, true).unwrap();
+        for _ in 0..3 {
+            let again = engine.evaluate_blocking(&input, &exprs, true).unwrap();
+            for (a, b) in first.iter().zip(&again) {
+                assert_eq!(a.value.to_bits(), b.value.to_bits());
+                let (ga, gb) = (a.grad.as_ref().unwrap(), b.grad.as_ref().unwrap());
+                assert!(
+                    ga.iter().zip(gb).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "gradients differ between runs"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The f64 CPU reference against central finite differences of its own values, and its
+//! definitions checked by hand-computed small cases.
+
+mod common;
+
+use std::borrow::Cow;
+
+use common::Rng;
+use segloss::{reference, Input, LossExpr, Mode, Target};
+
+fn fd_check(
+    shape: &[usize],
+    mode: Mode,
+    target: Target<'static>,
+    ignore: Option<i64>,
+    texts: &[&str],
+    rng: &mut Rng,
+) {
+    let numel: usize = shape.iter().product();
+    let logits: Vec<f32> = (0..numel).map(|_| (rng.normal() * 2.0) as f32).collect();
+    for text in texts {
+        let expr: LossExpr = text.parse().unwrap();
+        let input =
+            Input::new(Cow::Borrowed(&logits), target.clone(), shape, mode, ignore).unwrap();
+        let r = reference::evaluate(&input, &expr).unwrap();
+        let h = 1e-3f32;
+        for i in 0..numel {
+            let mut lp = logits.clone();
+            lp[i] += h;
+            let mut lm = logits.clone();
+            lm[i] -= h;
+            // f32 logits: the step is exact in f32, so use the actual step
+            let step = (lp[i] as f64) - (lm[i] as f64);
+            let vp = reference::evaluate(
+                &Input::new(Cow::Owned(lp), target.clone(), shape, mode, ignore).unwrap(),
+                &expr,
+            )
+            .unwrap()
+            .value;
+            let vm = reference::evaluate(
+                &Input::new(Cow::Owned(lm), target.clone(), shape, mode, ignore).unwrap(),
+                &expr,
+            )
+            .unwrap()
+            .value;
+            let fd = (vp - vm) / step;
+            let tol = 1e-5 + 2e-3 * fd.abs().max(r.grad[i].abs());
+            assert!(
+                (fd - r.grad[i]).abs() <= tol,
+                "'{text}' {mode} {shape:?}: d/dx[{i}] analytic {} vs finite difference {fd}",
+                r.grad[i]
+            );
+        }
+    }
+}
+
+const DENSE: &[&str] = &[
+    "bce",
+    "bce:pos_weight=auto,label_smoothing=0.1",
+    "focal:alpha=0.25",
+    "focal:gamma=0.5",
+    "dice",
+    "dice:squared=true,log=true",
+    "dice@monai",
+    "dice@keras",
+    "jaccard:squared=true",
+    "jaccard@paddle",
+    "tversky:alpha=0.3,beta=0.7,gamma=0.75",
+    "gdice@monai",
+    "gdice:weight=simple",
+    "sensspec",
+    "lovasz",
+    "lovasz:per_image=true",
+    "0.3*bce+0.7*dice:log=true",
+];
+
+#[test]
+fn dense_gradients_match_finite_differences() {
+    let mut rng = Rng(11);
+    for (shape, mode) in [
+        (vec![2, 1, 3, 4], Mode::Binary),
+        (vec![2, 3, 5], Mode::Multilabel),
+    ] {
+        let numel: usize = shape.iter().product();
+        let t: Vec<f32> = (0..numel)
+            .map(|_| (rng.below(3) == 0) as u8 as f32)
+            .collect();
+        fd_check(
+            &shape,
+            mode,
+            Target::Dense(Cow::Owned(t)),
+            None,
+            DENSE,
+            &mut rng,
+        );
+        // soft labels (no Lovász) and ignored elements
+        let soft: Vec<f32> = (0..numel)
+            .map(|i| {
+                if i % 7 == 3 {
+                    255.0
+                } else {
+                    rng.uniform() as f32
+                }
+            })
+            .collect();
+        let no_lovasz: Vec<&str> = DENSE
+            .iter()
+            .copied()
+            .filter(|t| !t.contains("lovasz"))
+            .collect();
+        fd_check(
+            &shape,
+            mode,
+            Target::Dense(Cow::Owned(soft)),
+            Some(255),
+            &no_lovasz,
+            &mut rng,
+        );
+    }
+}
+
+#[test]
+fn multiclass_gradients_match_finite_differences() {
+    let mut rng = Rng(12);
+    let texts = [
+        "ce",
+        "ce:weights=1;2;0.5;3,label_smoothing=0.1",
+        "focal",
+        "focal:act=softmax,alpha=0.25,gamma=1.5",
+        "dice",
+        "dice@monai:squared=true",
+        "jaccard:log=true",
+        "tversky@monai:alpha=0.3,beta=0.7",
+        "gdice@monai",
+        "gdice:classes=1;3",
+        "sensspec",
+        "lovasz",
+        "lovasz:per_image=true,classes=all",
+        "0.8*ce+0.2*dice",
+    ];
+    let shape = [2, 4, 3, 3];
+    let labels: Vec<i64> = (0..18)
+        .map(|i| {
+            if i % 5 == 4 {
+                -100
+            } else {
+                rng.below(4) as i64
+            }
+        })
+        .collect();
+    fd_check(
+        &shape,
+        Mode::Multiclass,
+        Target::Labels(Cow::Owned(labels)),
+        Some(-100),
+        &texts,
+        &mut rng,
+    );
+}
+
+fn value(logits: &[f32], target: &[f32], shape: &[usize], text: &str) -> f64 {
+    let input = Input::dense(logits, target, shape, Mode::Binary).unwrap();
+    reference::evaluate(&input, &text.parse().unwrap())
+        .unwrap()
+        .value
+}
+
+#[test]
+fn definitions_on_hand_computed_cases() {
+    // logits 0 -> p = 1/2 everywhere; 4 pixels, 1 foreground.
+    let x = [0.0f32; 4];
+    let g = [1.0f32, 0.0, 0.0, 0.0];
+    let s = [1, 1, 4];
+    let ln2 = std::f64::consts::LN_2;
+    assert!((value(&x, &g, &s, "bce") - ln2).abs() < 1e-12);
+    // pos_weight auto = (4 - 1) / 1 = 3: (3 ln2 + 3 ln2) / 4
+    assert!((value(&x, &g, &s, "bce:pos_weight=auto") - 1.5 * ln2).abs() < 1e-12);
+    // TP = 1/2, SP = 2, SG = 1: dice = 1 / 3
+    assert!((value(&x, &g, &s, "dice") - (1.0 - 1.0 / 3.0)).abs() < 1e-12);
+    // jaccard = 0.5 / (2 + 1 - 0.5) = 0.2
+    assert!((value(&x, &g, &s, "jaccard") - 0.8).abs() < 1e-12);
+    // tversky a=b=0.5 equals dice
+    assert!((value(&x, &g, &s, "tversky") - value(&x, &g, &s, "dice")).abs() < 1e-12);
+    // keras: 1 - (2 * 0.5 + 1) / (2 + 1 + 1)
+    assert!((value(&x, &g, &s, "dice@keras") - 0.5).abs() < 1e-12);
+    // focal gamma 2: p_t = 1/2 everywhere -> 0.25 ln 2; alpha 0.25: (0.25 + 3 * 0.75) / 4 of that
+    assert!((value(&x, &g, &s, "focal") - 0.25 * ln2).abs() < 1e-12);
+    assert!((value(&x, &g, &s, "focal:alpha=0.25") - 0.25 * ln2 * 2.5 / 4.0).abs() < 1e-12);
+    // sensspec: (g-p)^2 = 1/4 everywhere; 0.05 * 0.25 / (1 + 1e-5) + 0.95 * 0.75 / (3 + 1e-5)
+    let want = 0.05 * 0.25 / (1.0 + 1e-5) + 0.95 * 0.75 / (3.0 + 1e-5);
+    assert!((value(&x, &g, &s, "sensspec") - want).abs() < 1e-12);
+    // empty target: smp gives 0 for the empty class, MONAI the smoothed formula
+    let e = [0.0f32; 4];
+    assert_eq!(value(&x, &e, &s, "dice"), 0.0);
+    let monai = 1.0 - 1e-5 / (2.0 + 1e-5);
+    assert!((value(&x, &e, &s, "dice@monai") - monai).abs() < 1e-12);
+    // bce:pos_weight=auto on an empty target is finite (PyTorch: inf weight)
+    assert!(value(&x, &e, &s, "bce:pos_weight=auto").is_finite());
+    // log of a zero score is finite: -log(eps)
+    let far = [-80.0f32; 4];
+    assert!((value(&far, &g, &s, "dice:log=true") + (1e-7f64).ln()).abs() < 1e-6);
+}
