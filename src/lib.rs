@@ -30,6 +30,7 @@ mod engine;
 mod error;
 pub mod expr;
 mod input;
+pub mod npy;
 mod plan;
 pub mod reference;
 pub mod shaders;

@@ -1,1 +1,588 @@
-fn main() {}
+//! The `segloss` command line: `eval`, `devices`, `demo`, `bench`.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use segloss::{
+    npy, reference, synth, Engine, EngineOptions, Error, GradMode, Input, LossExpr, Mode, Target,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "segloss",
+    version,
+    about = "Segmentation losses and their gradients on any GPU (wgpu)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Evaluate losses and gradients on .npy logits and targets.
+    Eval(EvalArgs),
+    /// List every adapter on every backend, the one that would be picked, and its limits.
+    Devices {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate every loss on a synthetic road-extraction batch on the GPU and the CPU reference.
+    Demo {
+        /// Images in the batch.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Image height and width.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// Seed of the synthetic data.
+        #[arg(long, default_value_t = 2018)]
+        seed: u64,
+    },
+    /// Time forward plus gradient per loss with the data already on the device.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// Logits [N, C, S...] as float16/32/64 .npy.
+    #[arg(long)]
+    logits: PathBuf,
+    /// Targets: float/bool of the logits' shape, or integer class indices [N, S...].
+    #[arg(long)]
+    target: PathBuf,
+    /// binary, multilabel or multiclass (inferred from the target when not given).
+    #[arg(long)]
+    mode: Option<String>,
+    /// Class index (multiclass) or target value (binary, multilabel) to ignore.
+    #[arg(long, allow_hyphen_values = true)]
+    ignore_index: Option<i64>,
+    /// Loss text, e.g. 'dice@monai' or '0.8*ce+0.2*dice' (repeatable).
+    #[arg(long = "loss", required = true)]
+    losses: Vec<String>,
+    /// Write one float32 gradient .npy per --loss here (grad_0.npy, grad_1.npy, ...).
+    #[arg(long)]
+    grad_dir: Option<PathBuf>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Shape NxCxHxW (or NxCxS, NxCxDxHxW).
+    #[arg(long, default_value = "8x1x512x512")]
+    shape: String,
+    /// binary, multilabel or multiclass (default: binary for C = 1, multiclass otherwise).
+    #[arg(long)]
+    mode: Option<String>,
+    /// Loss texts (repeatable; default: bce, dice, focal).
+    #[arg(long = "loss")]
+    losses: Vec<String>,
+    /// Timed iterations per loss.
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Also time the f64 CPU reference once per loss.
+    #[arg(long)]
+    cpu: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A failure and the exit code it maps to.
+struct Fail(u8, String);
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Fail(1, e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Eval(a) => eval(a),
+        Cmd::Devices { json } => devices(json),
+        Cmd::Demo { batch, size, seed } => demo(batch, size, seed),
+        Cmd::Bench(a) => bench(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(code, msg)) => {
+            eprintln!("segloss: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn engine() -> Result<Engine, Fail> {
+    let e = pollster::block_on(Engine::with_options(&EngineOptions::from_env()))?;
+    if let Some(why) = &e.info().fallback_reason {
+        eprintln!("segloss: no GPU adapter ({why}); using the f64 CPU reference");
+    }
+    Ok(e)
+}
+
+// ----------------------------------------------------------------------------------------------
+// eval
+
+fn read_npy(path: &Path, what: &str) -> Result<npy::Array, Fail> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Fail(2, format!("cannot read {what} {}: {e}", path.display())))?;
+    npy::read(&bytes).map_err(|e| Fail(2, format!("{what} {}: {e}", path.display())))
+}
+
+/// Builds the input from the two arrays, inferring the mode when not given.
+fn build_input(
+    logits: &npy::Array,
+    target: &npy::Array,
+    mode: Option<&str>,
+    ignore: Option<i64>,
+) -> Result<Input<'static>, Fail> {
+    let bad = |e: Error| Fail(2, e.to_string());
+    if logits.integer {
+        return Err(Fail(
+            2,
+            format!(
+                "logits have dtype {}; expected float16, float32 or float64",
+                logits.dtype
+            ),
+        ));
+    }
+    let ls = &logits.shape;
+    if ls.len() < 3 {
+        return Err(Fail(2, format!("logits shape {ls:?} must be [N, C, S...]")));
+    }
+    let c = ls[1];
+    let ts = &target.shape;
+    let is_int = target.integer && !target.dtype.contains('b');
+    // [N, S...] indices, or [N, 1, S...] indices (MONAI style) with C > 1
+    let squeezable = ts.len() == ls.len() && ts[1] == 1 && c > 1;
+    let mode: Mode = match mode {
+        Some(m) => m.parse().map_err(bad)?,
+        None if is_int && (ts.len() + 1 == ls.len() || squeezable) => Mode::Multiclass,
+        None if c == 1 => Mode::Binary,
+        None => Mode::Multilabel,
+    };
+    let lv = logits.to_f32().map_err(bad)?;
+    let input = if mode == Mode::Multiclass {
+        let mut shape = ts.clone();
+        if squeezable {
+            shape.remove(1);
+        }
+        let mut want = vec![ls[0]];
+        want.extend(&ls[2..]);
+        if shape != want {
+            return Err(Fail(
+                2,
+                format!(
+                    "multiclass target shape {ts:?} does not fit logits {ls:?}: expected {want:?}"
+                ),
+            ));
+        }
+        let labels = target
+            .to_i64()
+            .map_err(|e| Fail(2, format!("multiclass target: {e}")))?;
+        Input::new(
+            Cow::Owned(lv),
+            Target::Labels(Cow::Owned(labels)),
+            ls,
+            mode,
+            ignore,
+        )
+        .map_err(bad)?
+    } else {
+        if ts != ls {
+            return Err(Fail(
+                2,
+                format!("{mode} target shape {ts:?} must equal the logits shape {ls:?}"),
+            ));
+        }
+        Input::new(
+            Cow::Owned(lv),
+            Target::Dense(Cow::Owned(target.to_f32().map_err(bad)?)),
+            ls,
+            mode,
+            ignore,
+        )
+        .map_err(bad)?
+    };
+    Ok(input)
+}
+
+fn eval(a: EvalArgs) -> Result<(), Fail> {
+    let logits = read_npy(&a.logits, "logits")?;
+    let target = read_npy(&a.target, "target")?;
+    let input = build_input(&logits, &target, a.mode.as_deref(), a.ignore_index)?;
+    let engine = engine()?;
+    if let Some(d) = &a.grad_dir {
+        std::fs::create_dir_all(d)
+            .map_err(|e| Fail(2, format!("cannot create {}: {e}", d.display())))?;
+    }
+    // Parse and check each loss on its own, so that one bad --loss is one error entry.
+    let parsed: Vec<Result<LossExpr, Error>> = a
+        .losses
+        .iter()
+        .map(|t| {
+            t.parse::<LossExpr>()
+                .and_then(|e| e.check(input.mode(), input.classes()).map(|_| e))
+        })
+        .collect();
+    let good: Vec<LossExpr> = parsed
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    let prep = engine.prepare(input.clone())?;
+    let mut outcomes: Vec<Result<segloss::Evaluation, Error>> =
+        match engine.evaluate_prepared_blocking(&prep, &good, GradMode::Read) {
+            Ok(v) => v.into_iter().map(Ok).collect(),
+            // Attribute the failure: evaluate one at a time.
+            Err(_) => good
+                .iter()
+                .map(|e| {
+                    engine
+                        .evaluate_prepared_blocking(&prep, std::slice::from_ref(e), GradMode::Read)
+                        .map(|mut v| v.remove(0))
+                })
+                .collect(),
+        };
+    outcomes.reverse();
+    let mut results = Vec::new();
+    for (i, (text, p)) in a.losses.iter().zip(&parsed).enumerate() {
+        let r = match p {
+            Err(e) => Err(e.to_string()),
+            Ok(_) => outcomes
+                .pop()
+                .expect("one outcome per parsed loss")
+                .map_err(|e| e.to_string()),
+        };
+        let entry = match r {
+            Ok(ev) => {
+                let grad_file = match (&a.grad_dir, &ev.grad) {
+                    (Some(dir), Some(g)) => {
+                        let path = dir.join(format!("grad_{i}.npy"));
+                        let bytes = npy::to_bytes(g, input.shape())?;
+                        std::fs::write(&path, bytes).map_err(|e| {
+                            Fail(1, format!("cannot write {}: {e}", path.display()))
+                        })?;
+                        Some(path.display().to_string())
+                    }
+                    _ => None,
+                };
+                json!({"loss": text, "value": ev.value, "grad_file": grad_file, "error": null})
+            }
+            Err(msg) => json!({"loss": text, "value": null, "grad_file": null, "error": msg}),
+        };
+        results.push(entry);
+    }
+    if a.json {
+        println!(
+            "{}",
+            json!({"device": engine.info(), "mode": input.mode().name(), "results": results})
+        );
+    } else {
+        println!(
+            "device: {} ({}, {})  mode: {}  shape: {:?}",
+            engine.info().name,
+            engine.info().backend,
+            engine.info().device_type,
+            input.mode(),
+            input.shape()
+        );
+        for r in &results {
+            match r["error"].as_str() {
+                Some(e) => println!("{:<40} error: {e}", r["loss"].as_str().unwrap_or("")),
+                None => println!(
+                    "{:<40} {:.9}",
+                    r["loss"].as_str().unwrap_or(""),
+                    r["value"].as_f64().unwrap_or(f64::NAN)
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------------
+// devices
+
+fn devices(as_json: bool) -> Result<(), Fail> {
+    let opts = EngineOptions::from_env();
+    let list = pollster::block_on(segloss::list_adapters(&opts))?;
+    if as_json {
+        println!("{}", json!({"adapters": list}));
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no adapters found; the engine would use the f64 CPU reference.\non Linux: apt-get install mesa-vulkan-drivers");
+    }
+    for a in &list {
+        println!(
+            "{} {} [{} {}] {}\n    max storage binding {} MiB, max buffer {} MiB, workgroups/dim {}, shared {} KiB, storage buffers/stage {}",
+            if a.selected { "*" } else { " " },
+            a.info.name,
+            a.info.backend,
+            a.info.device_type,
+            a.info.driver,
+            a.max_storage_buffer_binding_size >> 20,
+            a.max_buffer_size >> 20,
+            a.max_compute_workgroups_per_dimension,
+            a.max_compute_workgroup_storage_size / 1024,
+            a.max_storage_buffers_per_shader_stage
+        );
+    }
+    if !list.iter().any(|a| a.selected) && !list.is_empty() {
+        println!("none is usable: the engine would use the f64 CPU reference");
+    }
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------------
+// demo
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
+    let engine = engine()?;
+    println!(
+        "segloss demo on {} ({}, {})",
+        engine.info().name,
+        engine.info().backend,
+        engine.info().device_type
+    );
+    let roads = synth::roads(batch, size, size, seed);
+    let fg = roads.target.iter().sum::<f32>() as f64 / roads.target.len() as f64;
+    println!(
+        "\nSynthetic road extraction: {batch} images of {size}x{size}, {:.1}% road pixels, a blurred noisy prediction.\n",
+        100.0 * fg
+    );
+    let input = Input::dense(&roads.logits, &roads.target, &roads.shape, Mode::Binary)?;
+    let texts = [
+        "bce",
+        "bce:pos_weight=auto",
+        "focal:alpha=0.25",
+        "dice",
+        "dice@monai",
+        "dice@keras",
+        "dice:log=true",
+        "jaccard",
+        "tversky:alpha=0.3,beta=0.7",
+        "tversky@monai:alpha=0.3,beta=0.7",
+        "gdice@monai",
+        "sensspec",
+        "bce+dice",
+        "dice@monai+focal@monai",
+        "lovasz",
+    ];
+    table(&engine, &input, &texts)?;
+    let scene = synth::scene(2, 6, size / 2, size / 2, seed);
+    println!(
+        "\nMulticlass scene: 2 images of {0}x{0}, 6 classes.\n",
+        size / 2
+    );
+    let input = Input::labels(&scene.logits, &scene.labels, &scene.shape, None)?;
+    table(
+        &engine,
+        &input,
+        &[
+            "ce",
+            "focal",
+            "focal:act=softmax",
+            "dice",
+            "dice@monai",
+            "jaccard",
+            "gdice@monai",
+            "0.8*ce+0.2*dice",
+            "lovasz",
+        ],
+    )?;
+    println!("\nagreement: |gpu - cpu| / |cpu| of the value, and max |grad_gpu - grad_cpu| / max |grad_cpu|.");
+    Ok(())
+}
+
+fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
+    println!(
+        "{:<34} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "loss", "gpu value", "cpu value", "value", "grad", "gpu ms", "cpu ms"
+    );
+    let prep = engine.prepare(input.clone())?;
+    for t in texts {
+        let expr: LossExpr = t.parse()?;
+        let c0 = Instant::now();
+        let cpu = reference::evaluate(input, &expr)?;
+        let cpu_ms = ms(c0);
+        let mut times = Vec::new();
+        let mut last = None;
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            match engine.evaluate_prepared_blocking(
+                &prep,
+                std::slice::from_ref(&expr),
+                GradMode::Read,
+            ) {
+                Ok(mut v) => last = Some(v.remove(0)),
+                Err(e) => {
+                    println!(
+                        "{t:<34} {:>12} {:>12.6} {:>9} {:>9} {:>9} {cpu_ms:>9.2}   ({e})",
+                        "-", cpu.value, "-", "-", "-"
+                    );
+                    last = None;
+                    break;
+                }
+            }
+            times.push(ms(t0));
+        }
+        if let Some(g) = last {
+            let rel = (g.value - cpu.value).abs() / cpu.value.abs().max(1e-12);
+            let grad = g.grad.unwrap_or_default();
+            let (mut d, mut m) = (0f64, 0f64);
+            for (a, b) in grad.iter().zip(&cpu.grad) {
+                d = d.max((*a as f64 - b).abs());
+                m = m.max(b.abs());
+            }
+            println!(
+                "{t:<34} {:>12.6} {:>12.6} {:>9.1e} {:>9.1e} {:>9.2} {cpu_ms:>9.2}",
+                g.value,
+                cpu.value,
+                rel,
+                d / m.max(1e-30),
+                median(&mut times)
+            );
+        }
+    }
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------------
+// bench
+
+fn parse_shape(s: &str) -> Result<Vec<usize>, Fail> {
+    let shape: Result<Vec<usize>, _> = s
+        .split(['x', 'X', ','])
+        .map(|d| d.trim().parse::<usize>())
+        .collect();
+    match shape {
+        Ok(v) if v.len() >= 3 && v.len() <= 5 && v.iter().all(|&d| d > 0) => Ok(v),
+        _ => Err(Fail(
+            2,
+            format!("--shape {s}: expected NxCxHxW (or NxCxS, NxCxDxHxW) with positive sizes"),
+        )),
+    }
+}
+
+fn bench(a: BenchArgs) -> Result<(), Fail> {
+    let shape = parse_shape(&a.shape)?;
+    let (n, c) = (shape[0], shape[1]);
+    let w = *shape.last().unwrap_or(&1);
+    let h: usize = shape[2..shape.len() - 1].iter().product::<usize>().max(1);
+    let mode: Mode = match &a.mode {
+        Some(m) => m.parse()?,
+        None if c == 1 => Mode::Binary,
+        None => Mode::Multiclass,
+    };
+    let texts: Vec<String> = if a.losses.is_empty() {
+        vec!["bce".into(), "dice".into(), "focal".into()]
+    } else {
+        a.losses.clone()
+    };
+    let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    let input = match mode {
+        Mode::Multiclass => {
+            let b = synth::scene(n, c, h, w, 7);
+            Input::new(
+                Cow::Owned(b.logits),
+                Target::Labels(Cow::Owned(b.labels)),
+                &shape,
+                mode,
+                None,
+            )?
+        }
+        _ => {
+            let b = synth::roads(n * c, h, w, 7);
+            Input::new(
+                Cow::Owned(b.logits),
+                Target::Dense(Cow::Owned(b.target)),
+                &shape,
+                mode,
+                None,
+            )?
+        }
+    };
+    let engine = engine()?;
+    let prep = engine.prepare(input.clone())?;
+    let iters = a.iters.max(1);
+    let time = |es: &[LossExpr]| -> Result<(f64, f64), Fail> {
+        for _ in 0..2 {
+            engine.evaluate_prepared_blocking(&prep, es, GradMode::DeviceOnly)?;
+        }
+        let mut v = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let t0 = Instant::now();
+            engine.evaluate_prepared_blocking(&prep, es, GradMode::DeviceOnly)?;
+            v.push(ms(t0));
+        }
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        Ok((median(&mut v), min))
+    };
+    let mut results = Vec::new();
+    for (t, e) in texts.iter().zip(&exprs) {
+        let (med, min) = time(std::slice::from_ref(e))?;
+        let cpu_ms = if a.cpu {
+            let t0 = Instant::now();
+            reference::evaluate(&input, e)?;
+            Some(ms(t0))
+        } else {
+            None
+        };
+        results.push((t.clone(), med, min, cpu_ms));
+    }
+    let (together, _) = time(&exprs)?;
+    let first = results.first().map(|r| r.1).unwrap_or(1.0);
+    if a.json {
+        let rs: Vec<_> = results
+            .iter()
+            .map(|(t, med, min, cpu)| json!({"loss": t, "median_ms": med, "min_ms": min, "ratio_to_first": med / first, "cpu_reference_ms": cpu}))
+            .collect();
+        println!(
+            "{}",
+            json!({"device": engine.info(), "shape": shape, "mode": mode.name(), "iters": iters, "results": rs, "together": {"median_ms": together}})
+        );
+    } else {
+        println!(
+            "device: {} ({}, {})  shape: {shape:?}  mode: {mode}  iters: {iters}",
+            engine.info().name,
+            engine.info().backend,
+            engine.info().device_type
+        );
+        println!(
+            "{:<40} {:>10} {:>10} {:>8} {:>10}",
+            "loss", "median ms", "min ms", "x first", "cpu ms"
+        );
+        for (t, med, min, cpu) in &results {
+            let cpu = cpu.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into());
+            println!(
+                "{t:<40} {med:>10.3} {min:>10.3} {:>8.2} {cpu:>10}",
+                med / first
+            );
+        }
+        println!(
+            "{:<40} {together:>10.3}",
+            format!("all {} together (one call)", results.len())
+        );
+    }
+    Ok(())
+}

@@ -1,1 +1,170 @@
-//! Synthetic batches for demos and benchmarks.
+//! Synthetic batches for the demo, the benchmarks and the web page: thin roads on a large
+//! background (the imbalance of the DeepGlobe road-extraction task), and multiclass scenes.
+//!
+//! ```
+//! let b = segloss::synth::roads(2, 64, 64, 7);
+//! let fg = b.target.iter().sum::<f32>() / b.target.len() as f32;
+//! assert!(fg > 0.02 && fg < 0.08);
+//! ```
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// A binary batch `[N, 1, H, W]`: targets and a noisy prediction's logits.
+#[derive(Clone, Debug)]
+pub struct DenseBatch {
+    /// `[N, 1, H, W]`
+    pub shape: Vec<usize>,
+    /// Logits of an imperfect prediction.
+    pub logits: Vec<f32>,
+    /// 0/1 road mask.
+    pub target: Vec<f32>,
+}
+
+/// A multiclass batch `[N, C, H, W]` with class indices `[N, H, W]`.
+#[derive(Clone, Debug)]
+pub struct LabelBatch {
+    /// `[N, C, H, W]`
+    pub shape: Vec<usize>,
+    /// Logits of an imperfect prediction.
+    pub logits: Vec<f32>,
+    /// Class indices.
+    pub labels: Vec<i64>,
+}
+
+fn normal(rng: &mut SmallRng) -> f32 {
+    let u1: f32 = rng.random::<f32>().max(1e-7);
+    let u2: f32 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+/// Draws a thick polyline from a random border point with a slowly turning heading.
+fn road(mask: &mut [f32], h: usize, w: usize, rng: &mut SmallRng) {
+    let (mut y, mut x, mut dir) = match rng.random_range(0..4) {
+        0 => (
+            0.0,
+            rng.random_range(0.0..w as f32),
+            std::f32::consts::FRAC_PI_2,
+        ),
+        1 => (
+            h as f32 - 1.0,
+            rng.random_range(0.0..w as f32),
+            -std::f32::consts::FRAC_PI_2,
+        ),
+        2 => (rng.random_range(0.0..h as f32), 0.0, 0.0),
+        _ => (
+            rng.random_range(0.0..h as f32),
+            w as f32 - 1.0,
+            std::f32::consts::PI,
+        ),
+    };
+    let half = rng.random_range(0.8f32..2.2) * (w.min(h) as f32 / 256.0).max(0.5);
+    let steps = 4 * (h + w);
+    for _ in 0..steps {
+        let r = half.ceil() as i64;
+        for dy in -r..=r {
+            for dx in -r..=r {
+                if ((dy * dy + dx * dx) as f32) <= half * half {
+                    let (yy, xx) = (y as i64 + dy, x as i64 + dx);
+                    if yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w {
+                        mask[yy as usize * w + xx as usize] = 1.0;
+                    }
+                }
+            }
+        }
+        dir += rng.random_range(-0.05f32..0.05);
+        y += dir.sin();
+        x += dir.cos();
+        if y < 0.0 || x < 0.0 || y >= h as f32 || x >= w as f32 {
+            break;
+        }
+    }
+}
+
+/// A box blur of radius `r` (two separable passes).
+fn blur(img: &mut [f32], h: usize, w: usize, r: usize) {
+    if r == 0 {
+        return;
+    }
+    let mut tmp = vec![0.0; img.len()];
+    for y in 0..h {
+        for x in 0..w {
+            let (a, b) = (x.saturating_sub(r), (x + r).min(w - 1));
+            tmp[y * w + x] = (a..=b).map(|i| img[y * w + i]).sum::<f32>() / (b - a + 1) as f32;
+        }
+    }
+    for y in 0..h {
+        for x in 0..w {
+            let (a, b) = (y.saturating_sub(r), (y + r).min(h - 1));
+            img[y * w + x] = (a..=b).map(|i| tmp[i * w + x]).sum::<f32>() / (b - a + 1) as f32;
+        }
+    }
+}
+
+/// Thin roads covering about 4.5% of each image, and the logits of a blurred, noisy prediction
+/// that misses parts of them and sees a few false roads.
+pub fn roads(n: usize, h: usize, w: usize, seed: u64) -> DenseBatch {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut target = vec![0.0f32; n * h * w];
+    let mut logits = vec![0.0f32; n * h * w];
+    for img in 0..n {
+        let mask = &mut target[img * h * w..(img + 1) * h * w];
+        let mut guard = 0;
+        while mask.iter().sum::<f32>() < 0.045 * (h * w) as f32 && guard < 200 {
+            road(mask, h, w, &mut rng);
+            guard += 1;
+        }
+        // Prediction: the mask, blurred, with dropped stretches and false positives.
+        let mut pred = mask.to_vec();
+        let mut fake = vec![0.0f32; h * w];
+        road(&mut fake, h, w, &mut rng);
+        for (p, f) in pred.iter_mut().zip(&fake) {
+            *p = p.max(0.7 * f);
+        }
+        blur(&mut pred, h, w, (w / 128).max(1));
+        for (i, p) in pred.iter().enumerate() {
+            logits[img * h * w + i] = 6.0 * (p - 0.35) + 1.2 * normal(&mut rng);
+        }
+    }
+    DenseBatch {
+        shape: vec![n, 1, h, w],
+        logits,
+        target,
+    }
+}
+
+/// A multiclass scene: background (class 0) with blobs of classes 1..C of varied size, and logits
+/// of a noisy prediction favouring the true class.
+pub fn scene(n: usize, c: usize, h: usize, w: usize, seed: u64) -> LabelBatch {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut labels = vec![0i64; n * h * w];
+    let mut logits = vec![0.0f32; n * c * h * w];
+    for img in 0..n {
+        let lab = &mut labels[img * h * w..(img + 1) * h * w];
+        for _ in 0..(2 * c) {
+            let k = rng.random_range(1..c.max(2)) as i64;
+            let (cy, cx) = (rng.random_range(0..h) as f32, rng.random_range(0..w) as f32);
+            let r = rng.random_range(0.03f32..0.15) * h.min(w) as f32;
+            for y in 0..h {
+                for x in 0..w {
+                    let (dy, dx) = (y as f32 - cy, x as f32 - cx);
+                    if dy * dy + dx * dx <= r * r {
+                        lab[y * w + x] = k.min(c as i64 - 1);
+                    }
+                }
+            }
+        }
+        for ch in 0..c {
+            for i in 0..h * w {
+                let hit = lab[i] == ch as i64;
+                logits[(img * c + ch) * h * w + i] =
+                    if hit { 2.0 } else { 0.0 } + 1.5 * normal(&mut rng);
+            }
+        }
+    }
+    LabelBatch {
+        shape: vec![n, c, h, w],
+        logits,
+        labels,
+    }
+}
