@@ -12,15 +12,22 @@ const FOCAL_SIGMOID: u32 = 1u;
 const CE: u32 = 2u;
 const FOCAL_SOFTMAX: u32 = 3u;
 
+// Specialization constants: each pipeline is built for one combination, so the driver drops the
+// code a loss set does not use.
+override SOFTMAX: bool = false; // multiclass (softmax over C) instead of sigmoid per element
+override KINDS: u32 = 0u;       // bit k set: some pixel loss of kind k is present
+override NTERMS: u32 = 0u;      // pixel-loss terms in `terms` (statistics: slots, at most 4)
+override SENSSPEC: bool = false; // accumulate the sensitivity/specificity sums
+
+fn has(kind: u32) -> bool {
+    return (KINDS & (1u << kind)) != 0u;
+}
+
 struct Params {
-    n: u32,        // images
-    c: u32,        // channels
-    s: u32,        // spatial positions per image and channel
-    mode: u32,     // 0: sigmoid (binary, multilabel), 1: softmax (multiclass)
-    nterms: u32,   // pixel-loss terms in `terms`
-    nk: u32,       // statistics channels in use
-    tiles: u32,    // statistics tiles per image
-    sensspec: u32, // 1: accumulate the sensitivity/specificity sums
+    n: u32,      // images
+    c: u32,      // channels
+    s: u32,      // spatial positions per image and channel
+    tiles: u32,  // statistics tiles per image
 }
 
 struct Term {
@@ -34,13 +41,10 @@ struct Term {
     weight_sum: f32,
 }
 
-// log(1 + y) for y >= 0, accurate for tiny y (WGSL has no log1p).
+// log(1 + y) for y >= 0, accurate for tiny y (WGSL has no log1p). Branch-free.
 fn log1p_acc(y: f32) -> f32 {
     let u = 1.0 + y;
-    if u == 1.0 {
-        return y;
-    }
-    return log(u) * (y / (u - 1.0));
+    return select(log(u) * (y / (u - 1.0)), y, u == 1.0);
 }
 
 // softplus(x) = log(1 + exp(x)) = -log(sigmoid(-x)), stable for any x.
@@ -48,12 +52,23 @@ fn softplus(x: f32) -> f32 {
     return max(x, 0.0) + log1p_acc(exp(-abs(x)));
 }
 
+// (sigmoid(x), sigmoid(-x)) with one exp, both accurate in their tails.
+fn sigmoid2(x: f32) -> vec2<f32> {
+    let e = exp(-abs(x));
+    let r = 1.0 / (1.0 + e);
+    let big = r;      // the one of the pair that is >= 1/2
+    let small = e * r; // the other
+    return select(vec2<f32>(small, big), vec2<f32>(big, small), x >= 0.0);
+}
+
+// (-log sigmoid(x), -log sigmoid(-x)) = (softplus(-x), softplus(x)) with one exp and one log.
+fn neg_log_sigmoid2(x: f32) -> vec2<f32> {
+    let l = log1p_acc(exp(-abs(x)));
+    return vec2<f32>(max(-x, 0.0) + l, max(x, 0.0) + l);
+}
+
 fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        return 1.0 / (1.0 + exp(-x));
-    }
-    let e = exp(x);
-    return e / (1.0 + e);
+    return sigmoid2(x).x;
 }
 
 // 1 - exp(-b) for b >= 0, accurate for small b.

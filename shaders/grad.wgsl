@@ -22,15 +22,20 @@ fn region_dp(n: u32, c: u32, p: f32, g: f32) -> f32 {
 }
 
 @compute @workgroup_size(256)
-fn gradient(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = gid.x + gid.y * nwg.x * GWG;
-    if idx >= P.n * P.s {
+fn gradient(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    // x (and z, for very large images) walk the pixels of image y: no integer division per thread.
+    let s = (wid.x + wid.z * nwg.x) * GWG + lid;
+    let n = wid.y;
+    if s >= P.s {
         return;
     }
-    let n = idx / P.s;
-    let s = idx % P.s;
+    let idx = n * P.s + s;
     let cf = f32(P.c);
-    if P.mode == 1u {
+    if SOFTMAX {
         let lab = tgt[idx];
         if lab == INVALID {
             for (var c = 0u; c < P.c; c++) {
@@ -51,20 +56,17 @@ fn gradient(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
             let p = exp(x - lse);
             let g = select(0.0, 1.0, lab == c);
             var d = p * (region_dp(n, c, p, g) - dot);
-            for (var t = 0u; t < P.nterms; t++) {
+            for (var t = 0u; t < NTERMS; t++) {
                 let tp = terms[t];
-                switch tp.kind {
-                    case FOCAL_SIGMOID: {
-                        d += tp.scale * focal_sigmoid(x, g, tp).y;
-                    }
-                    case CE: {
-                        let ls = tp.label_smoothing;
-                        d += tp.scale * ((1.0 - ls) * cw[t * P.c + lab] * (p - g) + ls / cf * (tp.weight_sum * p - cw[t * P.c + c]));
-                    }
-                    case FOCAL_SOFTMAX: {
-                        d += tp.scale * focal_softmax(nlq, tp).y * (g - p);
-                    }
-                    default: {}
+                if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
+                    d += tp.scale * focal_sigmoid(x, g, tp).y;
+                }
+                if has(CE) && tp.kind == CE {
+                    let ls = tp.label_smoothing;
+                    d += tp.scale * ((1.0 - ls) * cw[t * P.c + lab] * (p - g) + ls / cf * (tp.weight_sum * p - cw[t * P.c + c]));
+                }
+                if has(FOCAL_SOFTMAX) && tp.kind == FOCAL_SOFTMAX {
+                    d += tp.scale * focal_softmax(nlq, tp).y * (g - p);
                 }
             }
             grad[e] = d;
@@ -79,20 +81,18 @@ fn gradient(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
             }
             let g = bitcast<f32>(tb);
             let x = logits[e];
-            let p = sigmoid(x);
-            let q = sigmoid(-x);
+            let pq = sigmoid2(x);
+            let p = pq.x;
+            let q = pq.y;
             var d = region_dp(n, c, p, g) * p * q;
-            for (var t = 0u; t < P.nterms; t++) {
+            for (var t = 0u; t < NTERMS; t++) {
                 let tp = terms[t];
-                switch tp.kind {
-                    case BCE: {
-                        let gs = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
-                        d += tp.scale * ((1.0 - gs) * p - tp.pos_weight * gs * q);
-                    }
-                    case FOCAL_SIGMOID: {
-                        d += tp.scale * focal_sigmoid(x, g, tp).y;
-                    }
-                    default: {}
+                if has(BCE) && tp.kind == BCE {
+                    let gs = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
+                    d += tp.scale * ((1.0 - gs) * p - tp.pos_weight * gs * q);
+                }
+                if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
+                    d += tp.scale * focal_sigmoid(x, g, tp).y;
                 }
             }
             grad[e] = d;

@@ -1,6 +1,7 @@
 //! The engine: an adapter and device, the compute pipelines built once, and evaluation of loss
 //! expressions with gradients.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
@@ -10,7 +11,7 @@ use crate::expr::LossExpr;
 use crate::input::{Input, Target};
 use crate::plan::{finalize, StatsPlan, Sums, TermParams, K, MAX_GRAD_TERMS, NCOEF};
 use crate::reference;
-use crate::shaders::{Kernel, GRAD, REDUCE, STATS};
+use crate::shaders::{Binding, Kernel, KERNELS};
 use crate::Mode;
 
 /// Pixels per statistics tile (workgroup size 128 x 16 pixels per thread; see `stats.wgsl`).
@@ -43,9 +44,7 @@ impl DeviceInfo {
             name: info.name.clone(),
             backend: backend_name(info.backend).to_string(),
             device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info)
-                .trim()
-                .to_string(),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
             fallback_reason: None,
         }
     }
@@ -78,11 +77,7 @@ impl EngineOptions {
     /// Options from `SEGLOSS_BACKEND` and `SEGLOSS_ADAPTER`, with CPU fallback allowed.
     pub fn from_env() -> EngineOptions {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        EngineOptions {
-            backend: get("SEGLOSS_BACKEND"),
-            adapter: get("SEGLOSS_ADAPTER"),
-            allow_cpu_fallback: true,
-        }
+        EngineOptions { backend: get("SEGLOSS_BACKEND"), adapter: get("SEGLOSS_ADAPTER"), allow_cpu_fallback: true }
     }
 
     fn backends(&self) -> Result<wgpu::Backends, Error> {
@@ -133,10 +128,7 @@ fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
         wgpu::DeviceType::Cpu => 4,
     };
     let b = match info.backend {
-        wgpu::Backend::Vulkan
-        | wgpu::Backend::Metal
-        | wgpu::Backend::Dx12
-        | wgpu::Backend::BrowserWebGpu => 0,
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 | wgpu::Backend::BrowserWebGpu => 0,
         _ => 1,
     };
     (t, b)
@@ -184,10 +176,7 @@ fn pick_index(adapters: &[wgpu::Adapter], opts: &EngineOptions) -> Option<usize>
         .iter()
         .enumerate()
         .filter(|(_, a)| usable(a))
-        .filter(|(_, a)| {
-            want.as_ref()
-                .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
-        })
+        .filter(|(_, a)| want.as_ref().is_none_or(|w| a.get_info().name.to_lowercase().contains(w)))
         .min_by_key(|(i, a)| (rank(&a.get_info()), *i))
         .map(|(i, _)| i)
 }
@@ -196,12 +185,45 @@ fn pick_index(adapters: &[wgpu::Adapter], opts: &EngineOptions) -> Option<usize>
 struct Gpu {
     device: wgpu::Device,
     queue: wgpu::Queue,
-    stats: wgpu::ComputePipeline,
-    reduce: wgpu::ComputePipeline,
-    grad: wgpu::ComputePipeline,
+    /// One compiled module and layout per kernel of [`KERNELS`], in that order.
+    kernels: Vec<KernelState>,
+    /// Pipelines by kernel and specialization, each built once.
+    pipelines: Mutex<HashMap<(usize, Spec), wgpu::ComputePipeline>>,
     limits: wgpu::Limits,
     lost: Arc<Mutex<Option<String>>>,
 }
+
+struct KernelState {
+    kernel: Kernel,
+    module: wgpu::ShaderModule,
+    bind_layout: wgpu::BindGroupLayout,
+    layout: wgpu::PipelineLayout,
+}
+
+/// Values of the specialization constants of `common.wgsl`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct Spec {
+    softmax: bool,
+    kinds: u32,
+    nterms: u32,
+    sensspec: bool,
+}
+
+impl Spec {
+    fn constants(&self) -> [(&'static str, f64); 4] {
+        [
+            ("SOFTMAX", f64::from(u8::from(self.softmax))),
+            ("KINDS", f64::from(self.kinds)),
+            ("NTERMS", f64::from(self.nterms)),
+            ("SENSSPEC", f64::from(u8::from(self.sensspec))),
+        ]
+    }
+}
+
+const K_STATS: usize = 0;
+const K_REDUCE: usize = 1;
+const K_GRAD: usize = 2;
+const K_COPY: usize = 3;
 
 enum Backend {
     Gpu(Box<Gpu>),
@@ -273,11 +295,7 @@ impl Engine {
 
     /// Opens a GPU adapter and fails when none exists.
     pub async fn gpu() -> Result<Engine, Error> {
-        Engine::with_options(&EngineOptions {
-            allow_cpu_fallback: false,
-            ..EngineOptions::from_env()
-        })
-        .await
+        Engine::with_options(&EngineOptions { allow_cpu_fallback: false, ..EngineOptions::from_env() }).await
     }
 
     /// Opens an adapter chosen by `opts`.
@@ -347,39 +365,19 @@ impl Engine {
             }));
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let make = |k: &Kernel| {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(k.name),
-                source: wgpu::ShaderSource::Wgsl(k.source.into()),
-            });
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(k.name),
-                layout: None,
-                module: &module,
-                entry_point: Some(k.entry),
-                compilation_options: Default::default(),
-                cache: None,
-            })
-        };
-        let (stats, reduce, grad) = (make(&STATS), make(&REDUCE), make(&GRAD));
-        if let Some(e) = scope.pop().await {
-            return Err(Error::Gpu(format!(
-                "building the pipelines failed on {}: {e}",
-                info.name
-            )));
+        let kernels: Vec<KernelState> = KERNELS.iter().map(|k| KernelState::new(&device, *k)).collect();
+        let gpu = Gpu { device, queue, kernels, pipelines: Mutex::new(HashMap::new()), limits, lost };
+        // Build the plain specializations now, so that a driver that rejects a kernel fails here.
+        for softmax in [false, true] {
+            let spec = Spec { softmax, ..Spec::default() };
+            for k in [K_STATS, K_REDUCE, K_GRAD, K_COPY] {
+                gpu.pipeline(k, spec);
+            }
         }
-        Ok(Engine {
-            backend: Backend::Gpu(Box::new(Gpu {
-                device,
-                queue,
-                stats,
-                reduce,
-                grad,
-                limits,
-                lost,
-            })),
-            info,
-        })
+        if let Some(e) = scope.pop().await {
+            return Err(Error::Gpu(format!("building the pipelines failed on {}: {e}", info.name)));
+        }
+        Ok(Engine { backend: Backend::Gpu(Box::new(gpu)), info })
     }
 
     /// What the engine runs on.
@@ -395,17 +393,10 @@ impl Engine {
     /// Uploads a batch once, for repeated evaluation with [`Engine::evaluate_prepared`].
     pub fn prepare<'a>(&self, input: Input<'a>) -> Result<Prepared<'a>, Error> {
         let Backend::Gpu(gpu) = &self.backend else {
-            return Ok(Prepared {
-                input,
-                logits: None,
-                target: None,
-            });
+            return Ok(Prepared { input, logits: None, target: None });
         };
         let bytes = (input.logits().len() * 4) as u64;
-        let max = gpu
-            .limits
-            .max_storage_buffer_binding_size
-            .min(gpu.limits.max_buffer_size);
+        let max = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
         if bytes > max {
             return Err(Error::Input(format!(
                 "the logits take {bytes} bytes but {} binds at most {max} bytes per buffer",
@@ -424,61 +415,30 @@ impl Engine {
         let words: Vec<u32> = match input.target() {
             Target::Dense(t) => {
                 let ign = input.ignore_index().map(|k| k as f32);
-                t.iter()
-                    .map(|&v| if Some(v) == ign { INVALID } else { v.to_bits() })
-                    .collect()
+                t.iter().map(|&v| if Some(v) == ign { INVALID } else { v.to_bits() }).collect()
             }
-            Target::Labels(t) => t
-                .iter()
-                .map(|&v| {
-                    if Some(v) == input.ignore_index() {
-                        INVALID
-                    } else {
-                        v as u32
-                    }
-                })
-                .collect(),
+            Target::Labels(t) => {
+                t.iter().map(|&v| if Some(v) == input.ignore_index() { INVALID } else { v as u32 }).collect()
+            }
         };
-        let logits = gpu
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("logits"),
-                contents: bytemuck::cast_slice(input.logits()),
-                usage: wgpu::BufferUsages::STORAGE,
-            });
-        let target = gpu
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("target"),
-                contents: bytemuck::cast_slice(&words),
-                usage: wgpu::BufferUsages::STORAGE,
-            });
-        Ok(Prepared {
-            input,
-            logits: Some(logits),
-            target: Some(target),
-        })
+        let logits = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("logits"),
+            contents: bytemuck::cast_slice(input.logits()),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        let target = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("target"),
+            contents: bytemuck::cast_slice(&words),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        Ok(Prepared { input, logits: Some(logits), target: Some(target) })
     }
 
     /// Evaluates several expressions on one batch: one statistics pass for all of them, then one
     /// gradient pass per expression, recorded into one submission.
-    pub async fn evaluate(
-        &self,
-        input: &Input<'_>,
-        exprs: &[LossExpr],
-        grads: bool,
-    ) -> Result<Vec<Evaluation>, Error> {
+    pub async fn evaluate(&self, input: &Input<'_>, exprs: &[LossExpr], grads: bool) -> Result<Vec<Evaluation>, Error> {
         let prep = self.prepare(input.clone())?;
-        self.evaluate_prepared(
-            &prep,
-            exprs,
-            if grads {
-                GradMode::Read
-            } else {
-                GradMode::Skip
-            },
-        )
-        .await
+        self.evaluate_prepared(&prep, exprs, if grads { GradMode::Read } else { GradMode::Skip }).await
     }
 
     /// [`Engine::evaluate`] on an uploaded batch.
@@ -501,8 +461,7 @@ impl Engine {
                         Ok(Evaluation {
                             value: r.value,
                             term_values: r.term_values,
-                            grad: (grads == GradMode::Read)
-                                .then(|| r.grad.iter().map(|&g| g as f32).collect()),
+                            grad: (grads == GradMode::Read).then(|| r.grad.iter().map(|&g| g as f32).collect()),
                         })
                     })
                     .collect();
@@ -515,15 +474,39 @@ impl Engine {
             )));
         }
         let (Some(logits), Some(target)) = (&prep.logits, &prep.target) else {
-            return Err(Error::Input(
-                "this batch was prepared by another engine".into(),
-            ));
+            return Err(Error::Input("this batch was prepared by another engine".into()));
         };
         let mut out = Vec::with_capacity(exprs.len());
         for (plan, group) in StatsPlan::groups(exprs, input.classes())? {
             out.extend(gpu.run(input, logits, target, &plan, group, grads).await?);
         }
         Ok(out)
+    }
+
+    /// Copies the prepared logits once on the device and waits: the memory-traffic floor of an
+    /// elementwise pass, for benchmarks to compare against. A no-op on the CPU reference.
+    pub async fn copy_probe(&self, prep: &Prepared<'_>) -> Result<(), Error> {
+        let (Backend::Gpu(gpu), Some(logits)) = (&self.backend, &prep.logits) else {
+            return Ok(());
+        };
+        let bytes = (prep.input.logits().len() * 4) as u64;
+        let out = gpu.scratch("copy", bytes, wgpu::BufferUsages::STORAGE);
+        let bg = gpu.bind(K_COPY, &[logits, &out]);
+        let (gx, gy) = gpu.grid(prep.input.logits().len());
+        let mut enc =
+            gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss copy") });
+        Gpu::dispatch(&mut enc, "copy", &gpu.pipeline(K_COPY, Spec::default()), &bg, (gx, gy, 1));
+        gpu.queue.submit([enc.finish()]);
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
+        gpu.check_lost()
+    }
+
+    /// Blocking [`Engine::copy_probe`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn copy_probe_blocking(&self, prep: &Prepared<'_>) -> Result<(), Error> {
+        pollster::block_on(self.copy_probe(prep))
     }
 
     /// Blocking [`Engine::new`] (native only).
@@ -567,32 +550,87 @@ struct Params {
     n: u32,
     c: u32,
     s: u32,
-    mode: u32,
-    nterms: u32,
-    nk: u32,
     tiles: u32,
-    sensspec: u32,
+}
+
+impl KernelState {
+    fn new(device: &wgpu::Device, kernel: Kernel) -> KernelState {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.name),
+            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+        });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b {
+                        Binding::Uniform => wgpu::BufferBindingType::Uniform,
+                        Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let bind_layout = device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(kernel.name), entries: &entries });
+        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(kernel.name),
+            bind_group_layouts: &[Some(&bind_layout)],
+            immediate_size: 0,
+        });
+        KernelState { kernel, module, bind_layout, layout }
+    }
 }
 
 impl Gpu {
+    /// The pipeline of kernel `k` for `spec`, built on first use.
+    fn pipeline(&self, k: usize, spec: Spec) -> wgpu::ComputePipeline {
+        let ks = &self.kernels[k];
+        let spec = if ks.kernel.specialized { spec } else { Spec::default() };
+        let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry((k, spec))
+            .or_insert_with(|| {
+                let constants = spec.constants();
+                self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(ks.kernel.name),
+                    layout: Some(&ks.layout),
+                    module: &ks.module,
+                    entry_point: Some(ks.kernel.entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: if ks.kernel.specialized { &constants } else { &[] },
+                        // every kernel writes its workgroup memory before reading it
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+            })
+            .clone()
+    }
+
     fn storage(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
         // Empty arrays still need a binding as large as one element (a 32-byte term).
         let pad = [0u8; 32];
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: if data.is_empty() { &pad } else { data },
-                usage: wgpu::BufferUsages::STORAGE,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: if data.is_empty() { &pad } else { data },
+            usage: wgpu::BufferUsages::STORAGE,
+        })
     }
 
     fn uniform(&self, p: &Params) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::bytes_of(p),
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytemuck::bytes_of(p),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
     }
 
     fn scratch(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
@@ -604,20 +642,24 @@ impl Gpu {
         })
     }
 
-    fn bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    fn bind(&self, k: usize, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
-            layout: &pipeline.get_bind_group_layout(0),
+            layout: &self.kernels[k].bind_layout,
             entries: &entries,
         })
+    }
+
+    /// Workgroup counts (x, z) of 256 threads covering `items` threads: x up to the device limit.
+    fn grid(&self, items: usize) -> (u32, u32) {
+        let groups = items.div_ceil(GRAD_WG);
+        let gx = groups.min(self.limits.max_compute_workgroups_per_dimension as usize).max(1);
+        (gx as u32, groups.div_ceil(gx) as u32)
     }
 
     fn dispatch(
@@ -625,16 +667,13 @@ impl Gpu {
         label: &str,
         pipeline: &wgpu::ComputePipeline,
         bg: &wgpu::BindGroup,
-        x: u32,
-        y: u32,
+        (x, y, z): (u32, u32, u32),
     ) {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(label),
-            timestamp_writes: None,
-        });
+        let mut pass =
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bg, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        pass.dispatch_workgroups(x, y, z);
     }
 
     /// Maps the given staging buffers after the last submission and returns their contents.
@@ -655,9 +694,7 @@ impl Gpu {
             rx.await
                 .map_err(|_| Error::Gpu("the device dropped a readback".into()))?
                 .map_err(|e| Error::Gpu(format!("reading back a buffer failed: {e}")))?;
-            let view = b
-                .get_mapped_range(..)
-                .map_err(|e| Error::Gpu(format!("mapping a buffer failed: {e:?}")))?;
+            let view = b.get_mapped_range(..).map_err(|e| Error::Gpu(format!("mapping a buffer failed: {e:?}")))?;
             out.push(bytemuck::cast_slice::<u8, f32>(&view).to_vec());
             drop(view);
             b.unmap();
@@ -683,100 +720,48 @@ impl Gpu {
     ) -> Result<Vec<Evaluation>, Error> {
         let (n, c, s) = (input.batch(), input.classes(), input.spatial());
         let tiles = s.div_ceil(TILE);
-        let mode = u32::from(input.mode() == Mode::Multiclass);
+        let softmax = input.mode() == Mode::Multiclass;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
 
         // 1. Statistics: fused pass, final reduction, readback of N x C x K sums.
         let stats_terms: Vec<TermParams> = plan.slots.iter().map(|s| s.params(0.0, 1.0)).collect();
-        let stats_cw: Vec<f32> = plan
-            .slots
-            .iter()
-            .flat_map(|s| s.weights.iter().map(|&w| w as f32))
-            .collect();
-        let params = Params {
-            n: n as u32,
-            c: c as u32,
-            s: s as u32,
-            mode,
-            nterms: plan.slots.len() as u32,
-            nk: plan.active_channels() as u32,
-            tiles: tiles as u32,
-            sensspec: plan.needs_sensspec as u32,
+        let stats_cw: Vec<f32> = plan.slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
+        let params = Params { n: n as u32, c: c as u32, s: s as u32, tiles: tiles as u32 };
+        let spec = Spec {
+            softmax,
+            kinds: stats_terms.iter().fold(0, |k, t| k | 1 << t.kind),
+            nterms: stats_terms.len() as u32,
+            sensspec: plan.needs_sensspec,
         };
         let ubuf = self.uniform(&params);
         let tbuf = self.storage("terms", bytemuck::cast_slice(&stats_terms));
         let cbuf = self.storage("class weights", bytemuck::cast_slice(&stats_cw));
-        let partials = self.scratch(
-            "partials",
-            (n * tiles * c * K * 4) as u64,
-            wgpu::BufferUsages::STORAGE,
-        );
+        let partials = self.scratch("partials", (n * tiles * c * K * 4) as u64, wgpu::BufferUsages::STORAGE);
         let sums_bytes = (n * c * K * 4) as u64;
-        let sums = self.scratch(
-            "sums",
-            sums_bytes,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        );
-        let sums_read = self.scratch(
-            "sums readback",
-            sums_bytes,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        );
-        let bg_stats = self.bind(
-            &self.stats,
-            &[logits, target, &ubuf, &tbuf, &cbuf, &partials],
-        );
-        let bg_reduce = self.bind(&self.reduce, &[&ubuf, &partials, &sums]);
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("segloss stats"),
-            });
-        Self::dispatch(
-            &mut enc,
-            "stats",
-            &self.stats,
-            &bg_stats,
-            tiles as u32,
-            n as u32,
-        );
-        Self::dispatch(
-            &mut enc,
-            "reduce",
-            &self.reduce,
-            &bg_reduce,
-            c as u32,
-            n as u32,
-        );
+        let sums = self.scratch("sums", sums_bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+        let sums_read =
+            self.scratch("sums readback", sums_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let bg_stats = self.bind(K_STATS, &[logits, target, &ubuf, &tbuf, &cbuf, &partials]);
+        let bg_reduce = self.bind(K_REDUCE, &[&ubuf, &partials, &sums]);
+        let mut enc =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss stats") });
+        Self::dispatch(&mut enc, "stats", &self.pipeline(K_STATS, spec), &bg_stats, (tiles as u32, n as u32, 1));
+        Self::dispatch(&mut enc, "reduce", &self.pipeline(K_REDUCE, spec), &bg_reduce, (c as u32, n as u32, 1));
         enc.copy_buffer_to_buffer(&sums, 0, &sums_read, 0, sums_bytes);
         self.queue.submit([enc.finish()]);
         let raw = self.read(&[&sums_read]).await?.remove(0);
         let sums64: Vec<f64> = raw.iter().map(|&v| v as f64).collect();
-        let view = Sums {
-            data: &sums64,
-            n,
-            c,
-        };
-        let fin: Vec<_> = exprs
-            .iter()
-            .map(|e| finalize(e, plan, &view, input.mode()))
-            .collect();
+        let view = Sums { data: &sums64, n, c };
+        let fin: Vec<_> = exprs.iter().map(|e| finalize(e, plan, &view, input.mode())).collect();
 
         // 2. Gradients: one elementwise pass per expression, one submission.
         let mut grad_reads = Vec::new();
         if grads != GradMode::Skip {
             let total = n * c * s;
-            let groups = (n * s).div_ceil(GRAD_WG);
-            let gx = groups
-                .min(self.limits.max_compute_workgroups_per_dimension as usize)
-                .max(1);
-            let gy = groups.div_ceil(gx);
-            let mut enc = self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("segloss grad"),
-                });
+            let (gx, gz) = self.grid(s);
+            let mut enc =
+                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss grad") });
             let mut keep = Vec::new();
             for f in &fin {
                 debug_assert!(f.grad_terms.len() <= MAX_GRAD_TERMS);
@@ -786,23 +771,21 @@ impl Gpu {
                     .iter()
                     .flat_map(|(slot, _)| plan.slots[*slot].weights.iter().map(|&w| w as f32))
                     .collect();
-                let gparams = Params {
+                let gspec = Spec {
+                    softmax,
+                    kinds: terms.iter().fold(0, |k, t| k | 1 << t.kind),
                     nterms: terms.len() as u32,
-                    ..params
+                    sensspec: false,
                 };
-                let ub = self.uniform(&gparams);
+                let ub = self.uniform(&params);
                 let tb = self.storage("grad terms", bytemuck::cast_slice(&terms));
                 let cb = self.storage("grad class weights", bytemuck::cast_slice(&cw));
                 debug_assert_eq!(f.coefs.len(), n * c * NCOEF);
                 let kb = self.storage("coefficients", bytemuck::cast_slice(&f.coefs));
                 let bytes = (total * 4) as u64;
-                let out = self.scratch(
-                    "grad",
-                    bytes,
-                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-                );
-                let bg = self.bind(&self.grad, &[logits, target, &ub, &tb, &cb, &kb, &out]);
-                Self::dispatch(&mut enc, "grad", &self.grad, &bg, gx as u32, gy as u32);
+                let out = self.scratch("grad", bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+                let bg = self.bind(K_GRAD, &[logits, target, &ub, &tb, &cb, &kb, &out]);
+                Self::dispatch(&mut enc, "grad", &self.pipeline(K_GRAD, gspec), &bg, (gx, n as u32, gz));
                 if grads == GradMode::Read {
                     let rb = self.scratch(
                         "grad readback",
@@ -822,11 +805,7 @@ impl Gpu {
             }
         }
         let read_refs: Vec<&wgpu::Buffer> = grad_reads.iter().collect();
-        let mut gvals = if read_refs.is_empty() {
-            Vec::new()
-        } else {
-            self.read(&read_refs).await?
-        };
+        let mut gvals = if read_refs.is_empty() { Vec::new() } else { self.read(&read_refs).await? };
         if let Some(e) = oom.pop().await {
             return Err(Error::Gpu(format!("out of device memory: {e}")));
         }
@@ -840,11 +819,7 @@ impl Gpu {
             .map(|f| Evaluation {
                 value: f.value,
                 term_values: f.term_values,
-                grad: if grads == GradMode::Read {
-                    gvals.pop()
-                } else {
-                    None
-                },
+                grad: if grads == GradMode::Read { gvals.pop() } else { None },
             })
             .collect())
     }

@@ -12,7 +12,7 @@
 //! let e: LossExpr = "0.8*ce+0.2*dice@monai:log=true".parse().unwrap();
 //! assert_eq!(e.terms.len(), 2);
 //! assert!(matches!(e.terms[1].loss, Loss::Region(_)));
-//! assert_eq!(e.to_string(), "0.8*ce+0.2*dice:pool=image,smooth_nr=0.00001,smooth_dr=0.00001,eps=0,empty=formula,log=true");
+//! assert_eq!(e.to_string(), "0.8*ce+0.2*dice:pool=image,smooth=0.00001,eps=0,empty=formula,log=true");
 //! ```
 
 use std::fmt;
@@ -269,12 +269,7 @@ impl Loss {
     /// Checks that the loss fits the mode and the number of classes.
     pub fn check(&self, mode: Mode, classes: usize) -> Result<(), Error> {
         let name = self.name();
-        let bad = |msg: String| {
-            Err(Error::LossMode {
-                loss: name.to_string(),
-                msg,
-            })
-        };
+        let bad = |msg: String| Err(Error::LossMode { loss: name.to_string(), msg });
         match self {
             Loss::Bce(_) if mode == Mode::Multiclass => {
                 bad("bce needs binary or multilabel targets; use ce (softmax) or focal (one-vs-rest sigmoid) in multiclass mode".into())
@@ -305,10 +300,7 @@ fn check_classes(name: &str, classes: &Classes, c: usize) -> Result<(), Error> {
         if let Some(&bad) = list.iter().find(|&&k| k >= c) {
             return Err(Error::LossMode {
                 loss: name.to_string(),
-                msg: format!(
-                    "classes lists {bad} but the input has C={c} (valid: 0..{})",
-                    c - 1
-                ),
+                msg: format!("classes lists {bad} but the input has C={c} (valid: 0..{})", c - 1),
             });
         }
     }
@@ -318,9 +310,7 @@ fn check_classes(name: &str, classes: &Classes, c: usize) -> Result<(), Error> {
 impl LossExpr {
     /// Checks every term against the mode and the number of classes.
     pub fn check(&self, mode: Mode, classes: usize) -> Result<(), Error> {
-        self.terms
-            .iter()
-            .try_for_each(|t| t.loss.check(mode, classes))
+        self.terms.iter().try_for_each(|t| t.loss.check(mode, classes))
     }
 
     /// Whether any term is a Lovász loss.
@@ -336,16 +326,11 @@ const NAMES: &str = "bce, ce, focal, dice, jaccard (iou), tversky, gdice, senssp
 const PRESETS: &str = "smp, monai, keras, paddle";
 
 fn perr(text: &str, msg: impl Into<String>) -> Error {
-    Error::Parse {
-        text: text.to_string(),
-        msg: msg.into(),
-    }
+    Error::Parse { text: text.to_string(), msg: msg.into() }
 }
 
 fn num(text: &str, key: &str, v: &str) -> Result<f64, Error> {
-    let x: f64 = v
-        .parse()
-        .map_err(|_| perr(text, format!("{key}={v}: expected a number")))?;
+    let x: f64 = v.parse().map_err(|_| perr(text, format!("{key}={v}: expected a number")))?;
     if !x.is_finite() {
         return Err(perr(text, format!("{key}={v}: expected a finite number")));
     }
@@ -377,16 +362,10 @@ fn boolean(text: &str, key: &str, v: &str) -> Result<bool, Error> {
 }
 
 fn choice<T: Copy>(text: &str, key: &str, v: &str, opts: &[(&str, T)]) -> Result<T, Error> {
-    opts.iter()
-        .find(|(n, _)| *n == v)
-        .map(|(_, t)| *t)
-        .ok_or_else(|| {
-            let allowed: Vec<&str> = opts.iter().map(|(n, _)| *n).collect();
-            perr(
-                text,
-                format!("{key}={v}: allowed values are {}", allowed.join(", ")),
-            )
-        })
+    opts.iter().find(|(n, _)| *n == v).map(|(_, t)| *t).ok_or_else(|| {
+        let allowed: Vec<&str> = opts.iter().map(|(n, _)| *n).collect();
+        perr(text, format!("{key}={v}: allowed values are {}", allowed.join(", ")))
+    })
 }
 
 fn class_list(text: &str, key: &str, v: &str, allow_present: bool) -> Result<Classes, Error> {
@@ -399,10 +378,7 @@ fn class_list(text: &str, key: &str, v: &str, allow_present: bool) -> Result<Cla
     for part in v.split(';') {
         let k: usize = part.trim().parse().map_err(|_| {
             let what = if allow_present { "all, present" } else { "all" };
-            perr(
-                text,
-                format!("{key}={v}: expected {what} or a list of class indices like 0;2;5"),
-            )
+            perr(text, format!("{key}={v}: expected {what} or a list of class indices like 0;2;5"))
         })?;
         out.push(k);
     }
@@ -410,26 +386,10 @@ fn class_list(text: &str, key: &str, v: &str, allow_present: bool) -> Result<Cla
 }
 
 fn unknown_key(text: &str, name: &str, key: &str, allowed: &[&str]) -> Error {
-    perr(
-        text,
-        format!(
-            "unknown key '{key}' for {name}; allowed keys: {}",
-            allowed.join(", ")
-        ),
-    )
+    perr(text, format!("unknown key '{key}' for {name}; allowed keys: {}", allowed.join(", ")))
 }
 
-const REGION_KEYS: &[&str] = &[
-    "smooth",
-    "smooth_nr",
-    "smooth_dr",
-    "eps",
-    "squared",
-    "log",
-    "pool",
-    "empty",
-    "classes",
-];
+const REGION_KEYS: &[&str] = &["smooth", "smooth_nr", "smooth_dr", "eps", "squared", "log", "pool", "empty", "classes"];
 
 /// Applies one region key; returns false when the key is not a shared region key.
 fn region_key(text: &str, p: &mut RegionParams, key: &str, v: &str) -> Result<bool, Error> {
@@ -443,29 +403,10 @@ fn region_key(text: &str, p: &mut RegionParams, key: &str, v: &str) -> Result<bo
         "smooth_dr" => p.smooth_dr = nonneg(text, key, v)?,
         "eps" => p.eps = nonneg(text, key, v)?,
         "log" => p.log = boolean(text, key, v)?,
-        "pool" => {
-            p.pool = choice(
-                text,
-                key,
-                v,
-                &[
-                    ("batch", Pool::Batch),
-                    ("image", Pool::Image),
-                    ("all", Pool::All),
-                ],
-            )?
-        }
+        "pool" => p.pool = choice(text, key, v, &[("batch", Pool::Batch), ("image", Pool::Image), ("all", Pool::All)])?,
         "empty" => {
-            p.empty = choice(
-                text,
-                key,
-                v,
-                &[
-                    ("zero", Empty::Zero),
-                    ("skip", Empty::Skip),
-                    ("formula", Empty::Formula),
-                ],
-            )?
+            p.empty =
+                choice(text, key, v, &[("zero", Empty::Zero), ("skip", Empty::Skip), ("formula", Empty::Formula)])?
         }
         "classes" => p.classes = class_list(text, key, v, false)?,
         _ => return Ok(false),
@@ -476,28 +417,11 @@ fn region_key(text: &str, p: &mut RegionParams, key: &str, v: &str) -> Result<bo
 fn region_preset(preset: &str) -> RegionParams {
     let d = RegionParams::default();
     match preset {
-        "monai" => RegionParams {
-            smooth_nr: 1e-5,
-            smooth_dr: 1e-5,
-            eps: 0.0,
-            pool: Pool::Image,
-            empty: Empty::Formula,
-            ..d
-        },
-        "keras" => RegionParams {
-            smooth_nr: 1.0,
-            smooth_dr: 1.0,
-            pool: Pool::All,
-            empty: Empty::Formula,
-            ..d
-        },
-        "paddle" => RegionParams {
-            smooth_nr: 1.0,
-            smooth_dr: 1.0,
-            pool: Pool::Image,
-            empty: Empty::Formula,
-            ..d
-        },
+        "monai" => {
+            RegionParams { smooth_nr: 1e-5, smooth_dr: 1e-5, eps: 0.0, pool: Pool::Image, empty: Empty::Formula, ..d }
+        }
+        "keras" => RegionParams { smooth_nr: 1.0, smooth_dr: 1.0, pool: Pool::All, empty: Empty::Formula, ..d },
+        "paddle" => RegionParams { smooth_nr: 1.0, smooth_dr: 1.0, pool: Pool::Image, empty: Empty::Formula, ..d },
         _ => d,
     }
 }
@@ -511,9 +435,7 @@ fn parse_term(text: &str) -> Result<Term, Error> {
     let (weight, rest) = match t.split_once('*') {
         Some((w, rest)) => {
             let w = w.trim();
-            let x: f64 = w
-                .parse()
-                .map_err(|_| perr(text, format!("'{w}' is not a number (weight before '*')")))?;
+            let x: f64 = w.parse().map_err(|_| perr(text, format!("'{w}' is not a number (weight before '*')")))?;
             if !x.is_finite() {
                 return Err(perr(text, format!("weight {w} must be finite")));
             }
@@ -531,19 +453,15 @@ fn parse_term(text: &str) -> Result<Term, Error> {
     };
     if let Some(p) = preset {
         if !["smp", "monai", "keras", "paddle"].contains(&p) {
-            return Err(perr(
-                text,
-                format!("unknown preset '{p}'; presets: {PRESETS}"),
-            ));
+            return Err(perr(text, format!("unknown preset '{p}'; presets: {PRESETS}")));
         }
     }
     let preset_name = preset.unwrap_or("smp");
     let mut kv: Vec<(&str, &str)> = Vec::new();
     if let Some(a) = args {
         for part in a.split(',') {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| perr(text, format!("'{}' is not key=value", part.trim())))?;
+            let (k, v) =
+                part.split_once('=').ok_or_else(|| perr(text, format!("'{}' is not key=value", part.trim())))?;
             kv.push((k.trim(), v.trim()));
         }
     }
@@ -563,43 +481,25 @@ fn parse_term(text: &str) -> Result<Term, Error> {
     let loss = match name {
         "bce" => {
             no_preset(&["smp", "monai"])?;
-            let mut p = BceParams {
-                pos_weight: PosWeight::Value(1.0),
-                label_smoothing: 0.0,
-            };
+            let mut p = BceParams { pos_weight: PosWeight::Value(1.0), label_smoothing: 0.0 };
             for (k, v) in kv {
                 match k {
                     "pos_weight" => {
-                        p.pos_weight = if v == "auto" {
-                            PosWeight::Auto
-                        } else {
-                            PosWeight::Value(nonneg(text, k, v)?)
-                        }
+                        p.pos_weight = if v == "auto" { PosWeight::Auto } else { PosWeight::Value(nonneg(text, k, v)?) }
                     }
                     "label_smoothing" => p.label_smoothing = unit(text, k, v)?,
-                    _ => {
-                        return Err(unknown_key(
-                            text,
-                            name,
-                            k,
-                            &["pos_weight", "label_smoothing"],
-                        ))
-                    }
+                    _ => return Err(unknown_key(text, name, k, &["pos_weight", "label_smoothing"])),
                 }
             }
             Loss::Bce(p)
         }
         "ce" => {
             no_preset(&["smp", "monai"])?;
-            let mut p = CeParams {
-                weights: None,
-                label_smoothing: 0.0,
-            };
+            let mut p = CeParams { weights: None, label_smoothing: 0.0 };
             for (k, v) in kv {
                 match k {
                     "weights" => {
-                        let w: Result<Vec<f64>, Error> =
-                            v.split(';').map(|x| nonneg(text, k, x.trim())).collect();
+                        let w: Result<Vec<f64>, Error> = v.split(';').map(|x| nonneg(text, k, x.trim())).collect();
                         p.weights = Some(w?);
                     }
                     "label_smoothing" => p.label_smoothing = unit(text, k, v)?,
@@ -610,31 +510,13 @@ fn parse_term(text: &str) -> Result<Term, Error> {
         }
         "focal" => {
             no_preset(&["smp", "monai"])?;
-            let mut p = FocalParams {
-                gamma: 2.0,
-                alpha: None,
-                act: FocalAct::Sigmoid,
-            };
+            let mut p = FocalParams { gamma: 2.0, alpha: None, act: FocalAct::Sigmoid };
             for (k, v) in kv {
                 match k {
                     "gamma" => p.gamma = nonneg(text, k, v)?,
-                    "alpha" => {
-                        p.alpha = if v == "none" {
-                            None
-                        } else {
-                            Some(unit(text, k, v)?)
-                        }
-                    }
+                    "alpha" => p.alpha = if v == "none" { None } else { Some(unit(text, k, v)?) },
                     "act" => {
-                        p.act = choice(
-                            text,
-                            k,
-                            v,
-                            &[
-                                ("sigmoid", FocalAct::Sigmoid),
-                                ("softmax", FocalAct::Softmax),
-                            ],
-                        )?
+                        p.act = choice(text, k, v, &[("sigmoid", FocalAct::Sigmoid), ("softmax", FocalAct::Softmax)])?
                     }
                     _ => return Err(unknown_key(text, name, k, &["gamma", "alpha", "act"])),
                 }
@@ -646,14 +528,8 @@ fn parse_term(text: &str) -> Result<Term, Error> {
             let mut kind = match name {
                 "dice" => RegionKind::Dice { squared: false },
                 "jaccard" | "iou" => RegionKind::Jaccard { squared: false },
-                "tversky" => RegionKind::Tversky {
-                    alpha: 0.5,
-                    beta: 0.5,
-                    gamma: 1.0,
-                },
-                _ => RegionKind::GDice {
-                    weight: GDiceWeight::Square,
-                },
+                "tversky" => RegionKind::Tversky { alpha: 0.5, beta: 0.5, gamma: 1.0 },
+                _ => RegionKind::GDice { weight: GDiceWeight::Square },
             };
             let mut allowed: Vec<&str> = REGION_KEYS.to_vec();
             match kind {
@@ -708,16 +584,16 @@ fn parse_term(text: &str) -> Result<Term, Error> {
                 }
             }
             if matches!(kind, RegionKind::GDice { .. }) && params.pool == Pool::All {
-                return Err(perr(text, "gdice: pool=all is not allowed (gdice already pools classes); use batch or image"));
+                return Err(perr(
+                    text,
+                    "gdice: pool=all is not allowed (gdice already pools classes); use batch or image",
+                ));
             }
             Loss::Region(RegionLoss { kind, params })
         }
         "sensspec" => {
             no_preset(&["smp"])?;
-            let mut p = SensSpecParams {
-                lambda: 0.05,
-                smooth: 1e-5,
-            };
+            let mut p = SensSpecParams { lambda: 0.05, smooth: 1e-5 };
             for (k, v) in kv {
                 match k {
                     "lambda" => p.lambda = unit(text, k, v)?,
@@ -729,10 +605,7 @@ fn parse_term(text: &str) -> Result<Term, Error> {
         }
         "lovasz" => {
             no_preset(&["smp"])?;
-            let mut p = LovaszParams {
-                per_image: false,
-                classes: Classes::Present,
-            };
+            let mut p = LovaszParams { per_image: false, classes: Classes::Present };
             for (k, v) in kv {
                 match k {
                     "per_image" => p.per_image = boolean(text, k, v)?,
@@ -754,10 +627,7 @@ impl FromStr for LossExpr {
         if s.trim().is_empty() {
             return Err(perr(s, format!("empty loss text; names: {NAMES}")));
         }
-        let terms = s
-            .split('+')
-            .map(parse_term)
-            .collect::<Result<Vec<_>, _>>()?;
+        let terms = s.split('+').map(parse_term).collect::<Result<Vec<_>, _>>()?;
         Ok(LossExpr { terms })
     }
 }
@@ -775,9 +645,7 @@ impl FromStr for Loss {
 
 impl From<Loss> for LossExpr {
     fn from(loss: Loss) -> Self {
-        LossExpr {
-            terms: vec![Term { weight: 1.0, loss }],
-        }
+        LossExpr { terms: vec![Term { weight: 1.0, loss }] }
     }
 }
 
@@ -785,26 +653,15 @@ impl From<Loss> for LossExpr {
 // Canonical text (only what differs from the defaults is written)
 
 fn fmt_num(x: f64) -> String {
-    let s = format!("{x}");
-    if s.contains('e') {
-        format!("{x:.10}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-    } else {
-        s
-    }
+    // f64's Display writes the shortest digits that round-trip, never an exponent
+    format!("{x}")
 }
 
 fn classes_text(c: &Classes) -> String {
     match c {
         Classes::All => "all".into(),
         Classes::Present => "present".into(),
-        Classes::List(l) => l
-            .iter()
-            .map(|k| k.to_string())
-            .collect::<Vec<_>>()
-            .join(";"),
+        Classes::List(l) => l.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(";"),
     }
 }
 
@@ -815,9 +672,7 @@ impl fmt::Display for Loss {
             Loss::Bce(p) => {
                 match p.pos_weight {
                     PosWeight::Auto => kv.push("pos_weight=auto".into()),
-                    PosWeight::Value(v) if v != 1.0 => {
-                        kv.push(format!("pos_weight={}", fmt_num(v)))
-                    }
+                    PosWeight::Value(v) if v != 1.0 => kv.push(format!("pos_weight={}", fmt_num(v))),
                     _ => {}
                 }
                 if p.label_smoothing != 0.0 {
@@ -826,10 +681,7 @@ impl fmt::Display for Loss {
             }
             Loss::Ce(p) => {
                 if let Some(w) = &p.weights {
-                    kv.push(format!(
-                        "weights={}",
-                        w.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(";")
-                    ));
+                    kv.push(format!("weights={}", w.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(";")));
                 }
                 if p.label_smoothing != 0.0 {
                     kv.push(format!("label_smoothing={}", fmt_num(p.label_smoothing)));

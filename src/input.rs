@@ -41,9 +41,7 @@ impl FromStr for Mode {
             "binary" => Ok(Mode::Binary),
             "multilabel" => Ok(Mode::Multilabel),
             "multiclass" => Ok(Mode::Multiclass),
-            _ => Err(Error::Input(format!(
-                "unknown mode '{s}'; modes: binary, multilabel, multiclass"
-            ))),
+            _ => Err(Error::Input(format!("unknown mode '{s}'; modes: binary, multilabel, multiclass"))),
         }
     }
 }
@@ -85,19 +83,8 @@ fn count(shape: &[usize]) -> Result<usize, Error> {
 
 impl<'a> Input<'a> {
     /// Float targets of the logits' shape (binary, multilabel).
-    pub fn dense(
-        logits: &'a [f32],
-        target: &'a [f32],
-        shape: &[usize],
-        mode: Mode,
-    ) -> Result<Self, Error> {
-        Self::new(
-            Cow::Borrowed(logits),
-            Target::Dense(Cow::Borrowed(target)),
-            shape,
-            mode,
-            None,
-        )
+    pub fn dense(logits: &'a [f32], target: &'a [f32], shape: &[usize], mode: Mode) -> Result<Self, Error> {
+        Self::new(Cow::Borrowed(logits), Target::Dense(Cow::Borrowed(target)), shape, mode, None)
     }
 
     /// Class-index targets `[N, S...]` (multiclass), with an optional ignore index.
@@ -107,13 +94,7 @@ impl<'a> Input<'a> {
         shape: &[usize],
         ignore_index: Option<i64>,
     ) -> Result<Self, Error> {
-        Self::new(
-            Cow::Borrowed(logits),
-            Target::Labels(Cow::Borrowed(target)),
-            shape,
-            Mode::Multiclass,
-            ignore_index,
-        )
+        Self::new(Cow::Borrowed(logits), Target::Labels(Cow::Borrowed(target)), shape, Mode::Multiclass, ignore_index)
     }
 
     /// The general constructor: validates shapes, values and the mode, and names the first problem.
@@ -133,9 +114,7 @@ impl<'a> Input<'a> {
             )));
         }
         if let Some(d) = shape.iter().position(|&d| d == 0) {
-            return Err(Error::Shape(format!(
-                "logits shape {shape:?} is empty (dim {d} is 0)"
-            )));
+            return Err(Error::Shape(format!("logits shape {shape:?} is empty (dim {d} is 0)")));
         }
         let numel = count(shape)?;
         if numel > u32::MAX as usize / 2 {
@@ -152,23 +131,15 @@ impl<'a> Input<'a> {
         let c = shape[1];
         match mode {
             Mode::Binary if c != 1 => {
-                return Err(Error::Shape(format!(
-                    "binary mode needs C = 1, got C = {c} (use multilabel for C > 1)"
-                )))
+                return Err(Error::Shape(format!("binary mode needs C = 1, got C = {c} (use multilabel for C > 1)")))
             }
             Mode::Multiclass if c < 2 => {
-                return Err(Error::Shape(format!(
-                    "multiclass mode needs C >= 2, got C = {c} (use binary for C = 1)"
-                )))
+                return Err(Error::Shape(format!("multiclass mode needs C >= 2, got C = {c} (use binary for C = 1)")))
             }
             _ => {}
         }
         if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
-            return Err(Error::NonFinite(format!(
-                "logits[{i}] = {} ({})",
-                logits[i],
-                describe_index(shape, i)
-            )));
+            return Err(Error::NonFinite(format!("logits[{i}] = {} ({})", logits[i], describe_index(shape, i))));
         }
         match (&target, mode) {
             (Target::Dense(t), Mode::Binary | Mode::Multilabel) => {
@@ -179,19 +150,12 @@ impl<'a> Input<'a> {
                     )));
                 }
                 let ign = ignore_index.map(|k| k as f32);
-                if let Some(i) = t
-                    .iter()
-                    .position(|&v| !(0.0..=1.0).contains(&v) && Some(v) != ign)
-                {
+                if let Some(i) = t.iter().position(|&v| !(0.0..=1.0).contains(&v) && Some(v) != ign) {
                     return Err(Error::TargetValue(format!(
                         "target[{i}] = {} ({}) is outside [0, 1]{}",
                         t[i],
                         describe_index(shape, i),
-                        if ign.is_some() {
-                            " and is not the ignore index"
-                        } else {
-                            ""
-                        }
+                        if ign.is_some() { " and is not the ignore index" } else { "" }
                     )));
                 }
             }
@@ -203,10 +167,7 @@ impl<'a> Input<'a> {
                         t.len()
                     )));
                 }
-                if let Some(i) = t
-                    .iter()
-                    .position(|&v| (v < 0 || v >= c as i64) && Some(v) != ignore_index)
-                {
+                if let Some(i) = t.iter().position(|&v| (v < 0 || v >= c as i64) && Some(v) != ignore_index) {
                     return Err(Error::ClassIndex(format!(
                         "target[{i}] = {} is not a class in 0..{c}{}",
                         t[i],
@@ -218,23 +179,13 @@ impl<'a> Input<'a> {
                 }
             }
             (Target::Dense(_), Mode::Multiclass) => {
-                return Err(Error::Input(
-                    "multiclass mode needs class-index targets, got a dense float target".into(),
-                ))
+                return Err(Error::Input("multiclass mode needs class-index targets, got a dense float target".into()))
             }
             (Target::Labels(_), _) => {
-                return Err(Error::Input(format!(
-                    "{mode} mode needs dense float targets, got class indices"
-                )))
+                return Err(Error::Input(format!("{mode} mode needs dense float targets, got class indices")))
             }
         }
-        Ok(Input {
-            logits,
-            target,
-            shape: shape.to_vec(),
-            mode,
-            ignore_index,
-        })
+        Ok(Input { logits, target, shape: shape.to_vec(), mode, ignore_index })
     }
 
     /// Number of images N.

@@ -37,8 +37,7 @@ pub mod shaders;
 pub mod synth;
 
 pub use engine::{
-    backend_name, list_adapters, AdapterReport, DeviceInfo, Engine, EngineOptions, Evaluation,
-    GradMode, Prepared,
+    backend_name, list_adapters, AdapterReport, DeviceInfo, Engine, EngineOptions, Evaluation, GradMode, Prepared,
 };
 pub use error::{Error, Result};
 pub use expr::{Loss, LossExpr, Term};

@@ -8,16 +8,10 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use segloss::{
-    npy, reference, synth, Engine, EngineOptions, Error, GradMode, Input, LossExpr, Mode, Target,
-};
+use segloss::{npy, reference, synth, Engine, EngineOptions, Error, GradMode, Input, LossExpr, Mode, Target};
 
 #[derive(Parser)]
-#[command(
-    name = "segloss",
-    version,
-    about = "Segmentation losses and their gradients on any GPU (wgpu)"
-)]
+#[command(name = "segloss", version, about = "Segmentation losses and their gradients on any GPU (wgpu)")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -91,6 +85,9 @@ struct BenchArgs {
     /// Also time the f64 CPU reference once per loss.
     #[arg(long)]
     cpu: bool,
+    /// Time the values only (no gradient pass).
+    #[arg(long)]
+    forward_only: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -134,8 +131,7 @@ fn engine() -> Result<Engine, Fail> {
 // eval
 
 fn read_npy(path: &Path, what: &str) -> Result<npy::Array, Fail> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Fail(2, format!("cannot read {what} {}: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| Fail(2, format!("cannot read {what} {}: {e}", path.display())))?;
     npy::read(&bytes).map_err(|e| Fail(2, format!("{what} {}: {e}", path.display())))
 }
 
@@ -148,13 +144,7 @@ fn build_input(
 ) -> Result<Input<'static>, Fail> {
     let bad = |e: Error| Fail(2, e.to_string());
     if logits.integer {
-        return Err(Fail(
-            2,
-            format!(
-                "logits have dtype {}; expected float16, float32 or float64",
-                logits.dtype
-            ),
-        ));
+        return Err(Fail(2, format!("logits have dtype {}; expected float16, float32 or float64", logits.dtype)));
     }
     let ls = &logits.shape;
     if ls.len() < 3 {
@@ -182,37 +172,17 @@ fn build_input(
         if shape != want {
             return Err(Fail(
                 2,
-                format!(
-                    "multiclass target shape {ts:?} does not fit logits {ls:?}: expected {want:?}"
-                ),
+                format!("multiclass target shape {ts:?} does not fit logits {ls:?}: expected {want:?}"),
             ));
         }
-        let labels = target
-            .to_i64()
-            .map_err(|e| Fail(2, format!("multiclass target: {e}")))?;
-        Input::new(
-            Cow::Owned(lv),
-            Target::Labels(Cow::Owned(labels)),
-            ls,
-            mode,
-            ignore,
-        )
-        .map_err(bad)?
+        let labels = target.to_i64().map_err(|e| Fail(2, format!("multiclass target: {e}")))?;
+        Input::new(Cow::Owned(lv), Target::Labels(Cow::Owned(labels)), ls, mode, ignore).map_err(bad)?
     } else {
         if ts != ls {
-            return Err(Fail(
-                2,
-                format!("{mode} target shape {ts:?} must equal the logits shape {ls:?}"),
-            ));
+            return Err(Fail(2, format!("{mode} target shape {ts:?} must equal the logits shape {ls:?}")));
         }
-        Input::new(
-            Cow::Owned(lv),
-            Target::Dense(Cow::Owned(target.to_f32().map_err(bad)?)),
-            ls,
-            mode,
-            ignore,
-        )
-        .map_err(bad)?
+        Input::new(Cow::Owned(lv), Target::Dense(Cow::Owned(target.to_f32().map_err(bad)?)), ls, mode, ignore)
+            .map_err(bad)?
     };
     Ok(input)
 }
@@ -223,22 +193,15 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
     let input = build_input(&logits, &target, a.mode.as_deref(), a.ignore_index)?;
     let engine = engine()?;
     if let Some(d) = &a.grad_dir {
-        std::fs::create_dir_all(d)
-            .map_err(|e| Fail(2, format!("cannot create {}: {e}", d.display())))?;
+        std::fs::create_dir_all(d).map_err(|e| Fail(2, format!("cannot create {}: {e}", d.display())))?;
     }
     // Parse and check each loss on its own, so that one bad --loss is one error entry.
     let parsed: Vec<Result<LossExpr, Error>> = a
         .losses
         .iter()
-        .map(|t| {
-            t.parse::<LossExpr>()
-                .and_then(|e| e.check(input.mode(), input.classes()).map(|_| e))
-        })
+        .map(|t| t.parse::<LossExpr>().and_then(|e| e.check(input.mode(), input.classes()).map(|_| e)))
         .collect();
-    let good: Vec<LossExpr> = parsed
-        .iter()
-        .filter_map(|r| r.as_ref().ok().cloned())
-        .collect();
+    let good: Vec<LossExpr> = parsed.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
     let prep = engine.prepare(input.clone())?;
     let mut outcomes: Vec<Result<segloss::Evaluation, Error>> =
         match engine.evaluate_prepared_blocking(&prep, &good, GradMode::Read) {
@@ -258,10 +221,7 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
     for (i, (text, p)) in a.losses.iter().zip(&parsed).enumerate() {
         let r = match p {
             Err(e) => Err(e.to_string()),
-            Ok(_) => outcomes
-                .pop()
-                .expect("one outcome per parsed loss")
-                .map_err(|e| e.to_string()),
+            Ok(_) => outcomes.pop().expect("one outcome per parsed loss").map_err(|e| e.to_string()),
         };
         let entry = match r {
             Ok(ev) => {
@@ -269,9 +229,8 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
                     (Some(dir), Some(g)) => {
                         let path = dir.join(format!("grad_{i}.npy"));
                         let bytes = npy::to_bytes(g, input.shape())?;
-                        std::fs::write(&path, bytes).map_err(|e| {
-                            Fail(1, format!("cannot write {}: {e}", path.display()))
-                        })?;
+                        std::fs::write(&path, bytes)
+                            .map_err(|e| Fail(1, format!("cannot write {}: {e}", path.display())))?;
                         Some(path.display().to_string())
                     }
                     _ => None,
@@ -283,10 +242,7 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         results.push(entry);
     }
     if a.json {
-        println!(
-            "{}",
-            json!({"device": engine.info(), "mode": input.mode().name(), "results": results})
-        );
+        println!("{}", json!({"device": engine.info(), "mode": input.mode().name(), "results": results}));
     } else {
         println!(
             "device: {} ({}, {})  mode: {}  shape: {:?}",
@@ -299,11 +255,9 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         for r in &results {
             match r["error"].as_str() {
                 Some(e) => println!("{:<40} error: {e}", r["loss"].as_str().unwrap_or("")),
-                None => println!(
-                    "{:<40} {:.9}",
-                    r["loss"].as_str().unwrap_or(""),
-                    r["value"].as_f64().unwrap_or(f64::NAN)
-                ),
+                None => {
+                    println!("{:<40} {:.9}", r["loss"].as_str().unwrap_or(""), r["value"].as_f64().unwrap_or(f64::NAN))
+                }
             }
         }
     }
@@ -358,12 +312,7 @@ fn ms(t: Instant) -> f64 {
 
 fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
     let engine = engine()?;
-    println!(
-        "segloss demo on {} ({}, {})",
-        engine.info().name,
-        engine.info().backend,
-        engine.info().device_type
-    );
+    println!("segloss demo on {} ({}, {})", engine.info().name, engine.info().backend, engine.info().device_type);
     let roads = synth::roads(batch, size, size, seed);
     let fg = roads.target.iter().sum::<f32>() as f64 / roads.target.len() as f64;
     println!(
@@ -390,10 +339,7 @@ fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
     ];
     table(&engine, &input, &texts)?;
     let scene = synth::scene(2, 6, size / 2, size / 2, seed);
-    println!(
-        "\nMulticlass scene: 2 images of {0}x{0}, 6 classes.\n",
-        size / 2
-    );
+    println!("\nMulticlass scene: 2 images of {0}x{0}, 6 classes.\n", size / 2);
     let input = Input::labels(&scene.logits, &scene.labels, &scene.shape, None)?;
     table(
         &engine,
@@ -429,11 +375,7 @@ fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
         let mut last = None;
         for _ in 0..3 {
             let t0 = Instant::now();
-            match engine.evaluate_prepared_blocking(
-                &prep,
-                std::slice::from_ref(&expr),
-                GradMode::Read,
-            ) {
+            match engine.evaluate_prepared_blocking(&prep, std::slice::from_ref(&expr), GradMode::Read) {
                 Ok(mut v) => last = Some(v.remove(0)),
                 Err(e) => {
                     println!(
@@ -471,16 +413,10 @@ fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
 // bench
 
 fn parse_shape(s: &str) -> Result<Vec<usize>, Fail> {
-    let shape: Result<Vec<usize>, _> = s
-        .split(['x', 'X', ','])
-        .map(|d| d.trim().parse::<usize>())
-        .collect();
+    let shape: Result<Vec<usize>, _> = s.split(['x', 'X', ',']).map(|d| d.trim().parse::<usize>()).collect();
     match shape {
         Ok(v) if v.len() >= 3 && v.len() <= 5 && v.iter().all(|&d| d > 0) => Ok(v),
-        _ => Err(Fail(
-            2,
-            format!("--shape {s}: expected NxCxHxW (or NxCxS, NxCxDxHxW) with positive sizes"),
-        )),
+        _ => Err(Fail(2, format!("--shape {s}: expected NxCxHxW (or NxCxS, NxCxDxHxW) with positive sizes"))),
     }
 }
 
@@ -494,45 +430,31 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         None if c == 1 => Mode::Binary,
         None => Mode::Multiclass,
     };
-    let texts: Vec<String> = if a.losses.is_empty() {
-        vec!["bce".into(), "dice".into(), "focal".into()]
-    } else {
-        a.losses.clone()
-    };
+    let texts: Vec<String> =
+        if a.losses.is_empty() { vec!["bce".into(), "dice".into(), "focal".into()] } else { a.losses.clone() };
     let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
     let input = match mode {
         Mode::Multiclass => {
             let b = synth::scene(n, c, h, w, 7);
-            Input::new(
-                Cow::Owned(b.logits),
-                Target::Labels(Cow::Owned(b.labels)),
-                &shape,
-                mode,
-                None,
-            )?
+            Input::new(Cow::Owned(b.logits), Target::Labels(Cow::Owned(b.labels)), &shape, mode, None)?
         }
         _ => {
             let b = synth::roads(n * c, h, w, 7);
-            Input::new(
-                Cow::Owned(b.logits),
-                Target::Dense(Cow::Owned(b.target)),
-                &shape,
-                mode,
-                None,
-            )?
+            Input::new(Cow::Owned(b.logits), Target::Dense(Cow::Owned(b.target)), &shape, mode, None)?
         }
     };
     let engine = engine()?;
     let prep = engine.prepare(input.clone())?;
     let iters = a.iters.max(1);
+    let gmode = if a.forward_only { GradMode::Skip } else { GradMode::DeviceOnly };
     let time = |es: &[LossExpr]| -> Result<(f64, f64), Fail> {
         for _ in 0..2 {
-            engine.evaluate_prepared_blocking(&prep, es, GradMode::DeviceOnly)?;
+            engine.evaluate_prepared_blocking(&prep, es, gmode)?;
         }
         let mut v = Vec::with_capacity(iters);
         for _ in 0..iters {
             let t0 = Instant::now();
-            engine.evaluate_prepared_blocking(&prep, es, GradMode::DeviceOnly)?;
+            engine.evaluate_prepared_blocking(&prep, es, gmode)?;
             v.push(ms(t0));
         }
         let min = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -551,6 +473,16 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         results.push((t.clone(), med, min, cpu_ms));
     }
     let (together, _) = time(&exprs)?;
+    // The copy probe: one read and one write of the logits, the floor of any pass over them.
+    let mut copies = Vec::with_capacity(iters);
+    for i in 0..iters + 2 {
+        let t0 = Instant::now();
+        engine.copy_probe_blocking(&prep)?;
+        if i >= 2 {
+            copies.push(ms(t0));
+        }
+    }
+    let copy = median(&mut copies);
     let first = results.first().map(|r| r.1).unwrap_or(1.0);
     if a.json {
         let rs: Vec<_> = results
@@ -559,7 +491,7 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
             .collect();
         println!(
             "{}",
-            json!({"device": engine.info(), "shape": shape, "mode": mode.name(), "iters": iters, "results": rs, "together": {"median_ms": together}})
+            json!({"device": engine.info(), "shape": shape, "mode": mode.name(), "iters": iters, "results": rs, "together": {"median_ms": together}, "copy_probe": {"median_ms": copy}})
         );
     } else {
         println!(
@@ -568,21 +500,13 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
             engine.info().backend,
             engine.info().device_type
         );
-        println!(
-            "{:<40} {:>10} {:>10} {:>8} {:>10}",
-            "loss", "median ms", "min ms", "x first", "cpu ms"
-        );
+        println!("{:<40} {:>10} {:>10} {:>8} {:>10}", "loss", "median ms", "min ms", "x first", "cpu ms");
         for (t, med, min, cpu) in &results {
             let cpu = cpu.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into());
-            println!(
-                "{t:<40} {med:>10.3} {min:>10.3} {:>8.2} {cpu:>10}",
-                med / first
-            );
+            println!("{t:<40} {med:>10.3} {min:>10.3} {:>8.2} {cpu:>10}", med / first);
         }
-        println!(
-            "{:<40} {together:>10.3}",
-            format!("all {} together (one call)", results.len())
-        );
+        println!("{:<40} {together:>10.3}", format!("all {} together (one call)", results.len()));
+        println!("{:<40} {copy:>10.3}", "copy probe (read + write the logits)");
     }
     Ok(())
 }

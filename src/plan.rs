@@ -9,9 +9,7 @@
 //! evaluates per element and chains through the sigmoid or the softmax.
 
 use crate::error::Error;
-use crate::expr::{
-    Classes, Empty, FocalAct, GDiceWeight, Loss, LossExpr, Pool, PosWeight, RegionKind, RegionLoss,
-};
+use crate::expr::{Classes, Empty, FocalAct, GDiceWeight, Loss, LossExpr, Pool, PosWeight, RegionKind, RegionLoss};
 use crate::Mode;
 
 /// Statistics channels per (image, class), in this order.
@@ -97,11 +95,7 @@ impl PixelSlot {
                 weights: p.weights.clone().unwrap_or(ones),
             }),
             Loss::Focal(p) => Some(PixelSlot {
-                kind: if p.act == FocalAct::Softmax {
-                    kind::FOCAL_SOFTMAX
-                } else {
-                    kind::FOCAL_SIGMOID
-                },
+                kind: if p.act == FocalAct::Softmax { kind::FOCAL_SOFTMAX } else { kind::FOCAL_SIGMOID },
                 label_smoothing: 0.0,
                 gamma: p.gamma,
                 alpha: p.alpha,
@@ -167,10 +161,7 @@ impl StatsPlan {
 
     /// Splits `exprs` into consecutive groups whose pixel losses fit one statistics pass each
     /// (usually one group: up to [`MAX_PIXEL_SLOTS`] distinct pixel losses share a pass).
-    pub fn groups<'e>(
-        exprs: &'e [LossExpr],
-        classes: usize,
-    ) -> Result<Vec<(StatsPlan, &'e [LossExpr])>, Error> {
+    pub fn groups(exprs: &[LossExpr], classes: usize) -> Result<Vec<(StatsPlan, &[LossExpr])>, Error> {
         let mut out = Vec::new();
         let mut start = 0;
         while start < exprs.len() {
@@ -191,17 +182,9 @@ impl StatsPlan {
         Ok(out)
     }
 
-    /// Channels the shaders must accumulate and reduce.
-    pub fn active_channels(&self) -> usize {
-        ch::PIX + 2 * self.slots.len()
-    }
-
     fn slot_of(&self, loss: &Loss, classes: usize) -> usize {
         let s = PixelSlot::of(loss, classes).expect("pixel loss");
-        self.slots
-            .iter()
-            .position(|x| *x == s)
-            .expect("slot planned")
+        self.slots.iter().position(|x| *x == s).expect("slot planned")
     }
 }
 
@@ -218,10 +201,7 @@ impl Sums<'_> {
         self.data[(n * self.c + c) * K + k]
     }
     fn total(&self, k: usize) -> f64 {
-        (0..self.n)
-            .flat_map(|n| (0..self.c).map(move |c| (n, c)))
-            .map(|(n, c)| self.at(n, c, k))
-            .sum()
+        (0..self.n).flat_map(|n| (0..self.c).map(move |c| (n, c))).map(|(n, c)| self.at(n, c, k)).sum()
     }
 }
 
@@ -258,11 +238,7 @@ pub(crate) fn finalize(expr: &LossExpr, plan: &StatsPlan, sums: &Sums, mode: Mod
                         (cnt - sg) / sg.max(1.0)
                     }
                 };
-                let (v, scale) = if cnt > 0.0 {
-                    ((pw * a + b) / cnt, w / cnt)
-                } else {
-                    (0.0, 0.0)
-                };
+                let (v, scale) = if cnt > 0.0 { ((pw * a + b) / cnt, w / cnt) } else { (0.0, 0.0) };
                 grad_terms.push((slot, plan.slots[slot].params(scale, pw)));
                 v
             }
@@ -274,11 +250,7 @@ pub(crate) fn finalize(expr: &LossExpr, plan: &StatsPlan, sums: &Sums, mode: Mod
                 } else {
                     cnt
                 };
-                let (v, scale) = if denom > 0.0 {
-                    (s / denom, w / denom)
-                } else {
-                    (0.0, 0.0)
-                };
+                let (v, scale) = if denom > 0.0 { (s / denom, w / denom) } else { (0.0, 0.0) };
                 grad_terms.push((slot, plan.slots[slot].params(scale, 1.0)));
                 v
             }
@@ -286,11 +258,7 @@ pub(crate) fn finalize(expr: &LossExpr, plan: &StatsPlan, sums: &Sums, mode: Mod
                 let slot = plan.slot_of(&t.loss, c_cls);
                 let num = sums.total(ch::PIX + 2 * slot);
                 let den = sums.total(ch::PIX + 2 * slot + 1);
-                let (v, scale) = if den > 0.0 {
-                    (num / den, w / den)
-                } else {
-                    (0.0, 0.0)
-                };
+                let (v, scale) = if den > 0.0 { (num / den, w / den) } else { (0.0, 0.0) };
                 grad_terms.push((slot, plan.slots[slot].params(scale, 1.0)));
                 v
             }
@@ -322,18 +290,8 @@ pub(crate) fn finalize(expr: &LossExpr, plan: &StatsPlan, sums: &Sums, mode: Mod
         term_values.push(v);
     }
     let _ = mode;
-    let value = expr
-        .terms
-        .iter()
-        .zip(&term_values)
-        .map(|(t, v)| t.weight * v)
-        .sum();
-    Finalized {
-        value,
-        term_values,
-        coefs: coefs.iter().map(|&x| x as f32).collect(),
-        grad_terms,
-    }
+    let value = expr.terms.iter().zip(&term_values).map(|(t, v)| t.weight * v).sum();
+    Finalized { value, term_values, coefs: coefs.iter().map(|&x| x as f32).collect(), grad_terms }
 }
 
 fn class_set(classes: &Classes, c: usize) -> Vec<usize> {
@@ -387,25 +345,17 @@ fn region(r: &RegionLoss, w: f64, sums: &Sums, coefs: &mut [f64]) -> f64 {
     let classes = class_set(&p.classes, c_cls);
     // Entries: lists of (image, class) members.
     let entries: Vec<Vec<(usize, usize)>> = match p.pool {
-        Pool::Batch => classes
-            .iter()
-            .map(|&c| (0..n_img).map(|n| (n, c)).collect())
-            .collect(),
-        Pool::Image => (0..n_img)
-            .flat_map(|n| classes.iter().map(move |&c| vec![(n, c)]))
-            .collect(),
-        Pool::All => vec![(0..n_img)
-            .flat_map(|n| classes.iter().map(move |&c| (n, c)))
-            .collect()],
+        Pool::Batch => classes.iter().map(|&c| (0..n_img).map(|n| (n, c)).collect()).collect(),
+        Pool::Image => (0..n_img).flat_map(|n| classes.iter().map(move |&c| vec![(n, c)])).collect(),
+        Pool::All => vec![(0..n_img).flat_map(|n| classes.iter().map(move |&c| (n, c))).collect()],
     };
-    let mut losses: Vec<(f64, [f64; 3], &Vec<(usize, usize)>)> = Vec::new();
+    // (entry loss, d loss / d (TP, SP, SPP), members) of each counted entry
+    type Counted<'a> = (f64, [f64; 3], &'a [(usize, usize)]);
+    let mut losses: Vec<Counted> = Vec::new();
     for m in &entries {
         let mut s = [0.0; 5];
         for &(n, c) in m {
-            for (j, k) in [ch::TP, ch::SP, ch::SG, ch::SPP, ch::SGG]
-                .into_iter()
-                .enumerate()
-            {
+            for (j, k) in [ch::TP, ch::SP, ch::SG, ch::SPP, ch::SGG].into_iter().enumerate() {
                 s[j] += sums.at(n, c, k);
             }
         }
@@ -470,11 +420,7 @@ fn gdice(r: &RegionLoss, weight: GDiceWeight, w: f64, sums: &Sums, coefs: &mut [
                 GDiceWeight::Uniform => 1.0,
             })
             .collect();
-        let max_finite = wc
-            .iter()
-            .copied()
-            .filter(|x| x.is_finite())
-            .fold(0.0, f64::max);
+        let max_finite = wc.iter().copied().filter(|x| x.is_finite()).fold(0.0, f64::max);
         for x in wc.iter_mut() {
             if !x.is_finite() {
                 *x = max_finite;
@@ -487,11 +433,7 @@ fn gdice(r: &RegionLoss, weight: GDiceWeight, w: f64, sums: &Sums, coefs: &mut [
             den += wc[j] * (tot(c, ch::SP) + sg[j]);
         }
         let d = den.max(p.eps);
-        let (s, live) = if d > 0.0 {
-            (num / d, den > p.eps)
-        } else {
-            (1.0, false)
-        };
+        let (s, live) = if d > 0.0 { (num / d, den > p.eps) } else { (1.0, false) };
         let (l, dl) = entry_loss(p, s);
         total += l;
         if d > 0.0 {

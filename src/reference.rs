@@ -14,10 +14,11 @@
 //! assert!(r.value > 0.0 && r.grad.len() == 4);
 //! ```
 
+#![allow(clippy::needless_range_loop)] // element loops index several parallel arrays
+
 use crate::error::Error;
 use crate::expr::{
-    Classes, Empty, FocalAct, GDiceWeight, Loss, LossExpr, LovaszParams, Pool, PosWeight,
-    RegionKind, RegionLoss,
+    Classes, Empty, FocalAct, GDiceWeight, Loss, LossExpr, LovaszParams, Pool, PosWeight, RegionKind, RegionLoss,
 };
 use crate::input::{Input, Target};
 use crate::Mode;
@@ -109,18 +110,7 @@ impl Elems {
                 }
             }
         }
-        Elems {
-            n,
-            c,
-            s,
-            mode: input.mode(),
-            x,
-            p,
-            logp,
-            g,
-            valid,
-            label,
-        }
+        Elems { n, c, s, mode: input.mode(), x, p, logp, g, valid, label }
     }
 
     #[inline]
@@ -137,9 +127,7 @@ impl Elems {
 pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
     expr.check(input.mode(), input.classes())?;
     if expr.has_lovasz() && !input.hard_labels() {
-        return Err(Error::TargetValue(
-            "lovasz needs hard 0/1 labels, but the target has soft values".into(),
-        ));
+        return Err(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
     }
     let e = Elems::new(input);
     let total = e.x.len();
@@ -152,9 +140,7 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
         let v = match &t.loss {
             Loss::Bce(p) => bce(&e, p.label_smoothing, p.pos_weight, w, &mut gx),
             Loss::Ce(p) => ce(&e, p.weights.as_deref(), p.label_smoothing, w, &mut gx),
-            Loss::Focal(p) if p.act == FocalAct::Softmax => {
-                focal_softmax(&e, p.gamma, p.alpha, w, &mut gx)
-            }
+            Loss::Focal(p) if p.act == FocalAct::Softmax => focal_softmax(&e, p.gamma, p.alpha, w, &mut gx),
             Loss::Focal(p) => focal_sigmoid(&e, p.gamma, p.alpha, w, &mut gx),
             Loss::SensSpec(p) => sensspec(&e, p.lambda, p.smooth, w, &mut gp),
             Loss::Region(r) => match r.kind {
@@ -171,9 +157,7 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
         Mode::Multiclass => {
             for n in 0..e.n {
                 for s in 0..e.s {
-                    let dot: f64 = (0..e.c)
-                        .map(|c| e.p[e.idx(n, c, s)] * gp[e.idx(n, c, s)])
-                        .sum();
+                    let dot: f64 = (0..e.c).map(|c| e.p[e.idx(n, c, s)] * gp[e.idx(n, c, s)]).sum();
                     for c in 0..e.c {
                         let i = e.idx(n, c, s);
                         grad[i] += e.p[i] * (gp[i] - dot);
@@ -192,17 +176,8 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
             grad[i] = 0.0;
         }
     }
-    let value = expr
-        .terms
-        .iter()
-        .zip(&term_values)
-        .map(|(t, v)| t.weight * v)
-        .sum();
-    Ok(RefResult {
-        value,
-        term_values,
-        grad,
-    })
+    let value = expr.terms.iter().zip(&term_values).map(|(t, v)| t.weight * v).sum();
+    Ok(RefResult { value, term_values, grad })
 }
 
 fn bce(e: &Elems, ls: f64, pw: PosWeight, w: f64, gx: &mut [f64]) -> f64 {
@@ -247,17 +222,9 @@ fn focal_sigmoid(e: &Elems, gamma: f64, alpha: Option<f64>, w: f64, gx: &mut [f6
         let one_m_pt = -(-b).exp_m1();
         let pt = (-b).exp();
         let a = alpha.map_or(1.0, |a| a * g + (1.0 - a) * (1.0 - g));
-        let mod_ = if gamma == 0.0 {
-            1.0
-        } else {
-            one_m_pt.powf(gamma)
-        };
+        let mod_ = if gamma == 0.0 { 1.0 } else { one_m_pt.powf(gamma) };
         total += a * mod_ * b;
-        let dmod = if gamma == 0.0 || one_m_pt <= 0.0 {
-            0.0
-        } else {
-            gamma * one_m_pt.powf(gamma - 1.0) * pt * b
-        };
+        let dmod = if gamma == 0.0 || one_m_pt <= 0.0 { 0.0 } else { gamma * one_m_pt.powf(gamma - 1.0) * pt * b };
         gx[i] += w / cnt * a * (dmod + mod_) * (p - g);
     }
     total / cnt
@@ -317,17 +284,10 @@ fn focal_softmax(e: &Elems, gamma: f64, alpha: Option<f64>, w: f64, gx: &mut [f6
             }
             let q = e.p[e.idx(n, t, s)];
             let lq = e.logp[e.idx(n, t, s)];
-            let omq: f64 = (0..e.c)
-                .filter(|&c| c != t)
-                .map(|c| e.p[e.idx(n, c, s)])
-                .sum();
+            let omq: f64 = (0..e.c).filter(|&c| c != t).map(|c| e.p[e.idx(n, c, s)]).sum();
             let m = if gamma == 0.0 { 1.0 } else { omq.powf(gamma) };
             total += -a * m * lq;
-            let dm = if gamma == 0.0 || omq <= 0.0 {
-                0.0
-            } else {
-                gamma * omq.powf(gamma - 1.0)
-            };
+            let dm = if gamma == 0.0 || omq <= 0.0 { 0.0 } else { gamma * omq.powf(gamma - 1.0) };
             // f(q) = -a m(1-q) log q; df/dq = a (dm log q - m / q); dq/dx_j = q ([j==t] - p_j)
             let k = a * (dm * q * lq - m);
             for c in 0..e.c {
@@ -403,14 +363,10 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
     let classes = class_list(&p.classes, e.c);
     let all_imgs: Vec<usize> = (0..e.n).collect();
     let groups: Vec<Vec<usize>> = match p.pool {
-        Pool::Batch => classes
-            .iter()
-            .map(|&c| members(e, &all_imgs, &[c]))
-            .collect(),
-        Pool::Image => (0..e.n)
-            .flat_map(|n| classes.iter().map(move |&c| (n, c)))
-            .map(|(n, c)| members(e, &[n], &[c]))
-            .collect(),
+        Pool::Batch => classes.iter().map(|&c| members(e, &all_imgs, &[c])).collect(),
+        Pool::Image => {
+            (0..e.n).flat_map(|n| classes.iter().map(move |&c| (n, c))).map(|(n, c)| members(e, &[n], &[c])).collect()
+        }
         Pool::All => vec![members(e, &all_imgs, &classes)],
     };
     // (loss, per-element d loss / d p) for each counted group
@@ -468,11 +424,7 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
             RegionKind::GDice { .. } => unreachable!(),
         }
         let d = den.max(p.eps);
-        let (score, live_den) = if d > 0.0 {
-            (num / d, den > p.eps)
-        } else {
-            (1.0, false)
-        };
+        let (score, live_den) = if d > 0.0 { (num / d, den > p.eps) } else { (1.0, false) };
         let (loss, dl_ds) = if p.log {
             let floor = p.log_floor();
             if score > floor {
@@ -486,12 +438,7 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
         let grads = if d > 0.0 {
             m.iter()
                 .map(|&i| {
-                    let ds = dnum(i) / d
-                        - if live_den {
-                            num * dden(i) / (d * d)
-                        } else {
-                            0.0
-                        };
+                    let ds = dnum(i) / d - if live_den { num * dden(i) / (d * d) } else { 0.0 };
                     (i, dl_ds * ds)
                 })
                 .collect()
@@ -505,11 +452,7 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
     }
     let k = counted.len() as f64;
     let mean = counted.iter().map(|c| c.0).sum::<f64>() / k;
-    let gamma = if let RegionKind::Tversky { gamma, .. } = r.kind {
-        gamma
-    } else {
-        1.0
-    };
+    let gamma = if let RegionKind::Tversky { gamma, .. } = r.kind { gamma } else { 1.0 };
     let (value, outer) = if gamma == 1.0 {
         (mean, 1.0)
     } else if mean > 0.0 {
@@ -535,10 +478,7 @@ fn gdice(e: &Elems, r: &RegionLoss, weight: GDiceWeight, w: f64, gp: &mut [f64])
     let mut total = 0.0;
     for imgs in &groups {
         let per_class: Vec<Vec<usize>> = classes.iter().map(|&c| members(e, imgs, &[c])).collect();
-        let sg: Vec<f64> = per_class
-            .iter()
-            .map(|m| m.iter().map(|&i| e.g[i]).sum())
-            .collect();
+        let sg: Vec<f64> = per_class.iter().map(|m| m.iter().map(|&i| e.g[i]).sum()).collect();
         let raw: Vec<f64> = sg
             .iter()
             .map(|&s| match weight {
@@ -547,15 +487,8 @@ fn gdice(e: &Elems, r: &RegionLoss, weight: GDiceWeight, w: f64, gp: &mut [f64])
                 GDiceWeight::Uniform => 1.0,
             })
             .collect();
-        let biggest = raw
-            .iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .fold(0.0, f64::max);
-        let wc: Vec<f64> = raw
-            .iter()
-            .map(|&v| if v.is_finite() { v } else { biggest })
-            .collect();
+        let biggest = raw.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max);
+        let wc: Vec<f64> = raw.iter().map(|&v| if v.is_finite() { v } else { biggest }).collect();
         let mut num = p.smooth_nr;
         let mut den = p.smooth_dr;
         for (j, m) in per_class.iter().enumerate() {
@@ -566,7 +499,7 @@ fn gdice(e: &Elems, r: &RegionLoss, weight: GDiceWeight, w: f64, gp: &mut [f64])
         }
         let d = den.max(p.eps);
         if d <= 0.0 {
-            total += if p.log { 0.0 } else { 0.0 };
+            // 0/0 (no smoothing, eps = 0, nothing predicted or present): score 1, loss 0
             continue;
         }
         let score = num / d;
@@ -616,11 +549,8 @@ fn sort_desc(errs: &mut [(f64, usize)]) {
 }
 
 fn lovasz(e: &Elems, p: &LovaszParams, w: f64, gp: &mut [f64], gx: &mut [f64]) -> f64 {
-    let groups: Vec<Vec<usize>> = if p.per_image {
-        (0..e.n).map(|n| vec![n]).collect()
-    } else {
-        vec![(0..e.n).collect()]
-    };
+    let groups: Vec<Vec<usize>> =
+        if p.per_image { (0..e.n).map(|n| vec![n]).collect() } else { vec![(0..e.n).collect()] };
     let ng = groups.len() as f64;
     let mut total = 0.0;
     for imgs in &groups {
@@ -637,8 +567,7 @@ fn lovasz(e: &Elems, p: &LovaszParams, w: f64, gp: &mut [f64], gx: &mut [f64]) -
                 if !use_class || m.is_empty() {
                     continue;
                 }
-                let mut errs: Vec<(f64, usize)> =
-                    m.iter().map(|&i| ((e.g[i] - e.p[i]).abs(), i)).collect();
+                let mut errs: Vec<(f64, usize)> = m.iter().map(|&i| ((e.g[i] - e.p[i]).abs(), i)).collect();
                 sort_desc(&mut errs);
                 let sg: Vec<f64> = errs.iter().map(|&(_, i)| e.g[i]).collect();
                 let jg = lovasz_grad(&sg);
@@ -676,10 +605,7 @@ fn lovasz(e: &Elems, p: &LovaszParams, w: f64, gp: &mut [f64], gx: &mut [f64]) -
             if m.is_empty() {
                 continue;
             }
-            let mut errs: Vec<(f64, usize)> = m
-                .iter()
-                .map(|&i| (1.0 - e.x[i] * (2.0 * e.g[i] - 1.0), i))
-                .collect();
+            let mut errs: Vec<(f64, usize)> = m.iter().map(|&i| (1.0 - e.x[i] * (2.0 * e.g[i] - 1.0), i)).collect();
             sort_desc(&mut errs);
             let sg: Vec<f64> = errs.iter().map(|&(_, i)| e.g[i]).collect();
             let jg = lovasz_grad(&sg);

@@ -41,22 +41,10 @@ fn normal(rng: &mut SmallRng) -> f32 {
 /// Draws a thick polyline from a random border point with a slowly turning heading.
 fn road(mask: &mut [f32], h: usize, w: usize, rng: &mut SmallRng) {
     let (mut y, mut x, mut dir) = match rng.random_range(0..4) {
-        0 => (
-            0.0,
-            rng.random_range(0.0..w as f32),
-            std::f32::consts::FRAC_PI_2,
-        ),
-        1 => (
-            h as f32 - 1.0,
-            rng.random_range(0.0..w as f32),
-            -std::f32::consts::FRAC_PI_2,
-        ),
+        0 => (0.0, rng.random_range(0.0..w as f32), std::f32::consts::FRAC_PI_2),
+        1 => (h as f32 - 1.0, rng.random_range(0.0..w as f32), -std::f32::consts::FRAC_PI_2),
         2 => (rng.random_range(0.0..h as f32), 0.0, 0.0),
-        _ => (
-            rng.random_range(0.0..h as f32),
-            w as f32 - 1.0,
-            std::f32::consts::PI,
-        ),
+        _ => (rng.random_range(0.0..h as f32), w as f32 - 1.0, std::f32::consts::PI),
     };
     let half = rng.random_range(0.8f32..2.2) * (w.min(h) as f32 / 256.0).max(0.5);
     let steps = 4 * (h + w);
@@ -126,11 +114,7 @@ pub fn roads(n: usize, h: usize, w: usize, seed: u64) -> DenseBatch {
             logits[img * h * w + i] = 6.0 * (p - 0.35) + 1.2 * normal(&mut rng);
         }
     }
-    DenseBatch {
-        shape: vec![n, 1, h, w],
-        logits,
-        target,
-    }
+    DenseBatch { shape: vec![n, 1, h, w], logits, target }
 }
 
 /// A multiclass scene: background (class 0) with blobs of classes 1..C of varied size, and logits
@@ -157,14 +141,9 @@ pub fn scene(n: usize, c: usize, h: usize, w: usize, seed: u64) -> LabelBatch {
         for ch in 0..c {
             for i in 0..h * w {
                 let hit = lab[i] == ch as i64;
-                logits[(img * c + ch) * h * w + i] =
-                    if hit { 2.0 } else { 0.0 } + 1.5 * normal(&mut rng);
+                logits[(img * c + ch) * h * w + i] = if hit { 2.0 } else { 0.0 } + 1.5 * normal(&mut rng);
             }
         }
     }
-    LabelBatch {
-        shape: vec![n, c, h, w],
-        logits,
-        labels,
-    }
+    LabelBatch { shape: vec![n, c, h, w], logits, labels }
 }

@@ -49,11 +49,7 @@ fn loss_text_round_trips() {
         assert_eq!(e, again, "{t} -> {e}");
     }
     let e: LossExpr = "dice@monai:smooth=0".parse().unwrap();
-    assert_eq!(
-        e.to_string(),
-        "dice:pool=image,eps=0,empty=formula",
-        "keys after a preset override it"
-    );
+    assert_eq!(e.to_string(), "dice:pool=image,eps=0,empty=formula", "keys after a preset override it");
 }
 
 #[test]
@@ -61,34 +57,20 @@ fn losses_that_do_not_fit_the_mode_are_errors() {
     let x = vec![0.0f32; 8];
     let g = vec![0.0f32; 8];
     let dense = Input::dense(&x, &g, &[1, 2, 4], Mode::Multilabel).unwrap();
-    for (text, needle) in [
-        ("ce", "needs multiclass"),
-        ("focal:act=softmax", "needs multiclass"),
-        ("dice:classes=0;5", "classes lists 5"),
-    ] {
-        let err = reference::evaluate(&dense, &text.parse().unwrap())
-            .unwrap_err()
-            .to_string();
+    for (text, needle) in
+        [("ce", "needs multiclass"), ("focal:act=softmax", "needs multiclass"), ("dice:classes=0;5", "classes lists 5")]
+    {
+        let err = reference::evaluate(&dense, &text.parse().unwrap()).unwrap_err().to_string();
         assert!(err.contains(needle), "{text}: {err}");
-        let err = common::gpu()
-            .evaluate_blocking(&dense, &[text.parse().unwrap()], true)
-            .unwrap_err()
-            .to_string();
+        let err = common::gpu().evaluate_blocking(&dense, &[text.parse().unwrap()], true).unwrap_err().to_string();
         assert!(err.contains(needle), "{text}: {err}");
     }
     let labels = vec![0i64, 1, 1, 0];
     let mc = Input::labels(&x, &labels, &[1, 2, 4], None).unwrap();
-    let err = reference::evaluate(&mc, &"bce".parse().unwrap())
-        .unwrap_err()
-        .to_string();
+    let err = reference::evaluate(&mc, &"bce".parse().unwrap()).unwrap_err().to_string();
     assert!(err.contains("use ce"), "{err}");
-    let err = reference::evaluate(&mc, &"ce:weights=1;2;3".parse().unwrap())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("weights has 3 entries but the input has C=2"),
-        "{err}"
-    );
+    let err = reference::evaluate(&mc, &"ce:weights=1;2;3".parse().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("weights has 3 entries but the input has C=2"), "{err}");
 }
 
 #[test]
@@ -99,73 +81,32 @@ fn bad_inputs_name_the_problem() {
         let e = r.expect_err("should fail").to_string();
         assert!(e.contains(needle), "expected '{needle}' in: {e}");
     };
-    check(
-        Input::dense(&x, &g, &[1, 1, 7], Mode::Binary),
-        "logits have 8 elements but shape [1, 1, 7] needs 7",
-    );
-    check(
-        Input::dense(&x, &g[..4], &[1, 1, 8], Mode::Binary),
-        "target has 4 elements",
-    );
-    check(
-        Input::dense(&x, &g, &[1, 2, 4], Mode::Binary),
-        "binary mode needs C = 1",
-    );
+    check(Input::dense(&x, &g, &[1, 1, 7], Mode::Binary), "logits have 8 elements but shape [1, 1, 7] needs 7");
+    check(Input::dense(&x, &g[..4], &[1, 1, 8], Mode::Binary), "target has 4 elements");
+    check(Input::dense(&x, &g, &[1, 2, 4], Mode::Binary), "binary mode needs C = 1");
     check(Input::dense(&[], &[], &[0, 1, 4], Mode::Binary), "is empty");
-    check(
-        Input::dense(&x, &g, &[8], Mode::Binary),
-        "must be [N, C, S...]",
-    );
+    check(Input::dense(&x, &g, &[8], Mode::Binary), "must be [N, C, S...]");
     let mut nan = x.clone();
     nan[3] = f32::NAN;
-    check(
-        Input::dense(&nan, &g, &[1, 1, 8], Mode::Binary),
-        "logits[3] = NaN",
-    );
+    check(Input::dense(&nan, &g, &[1, 1, 8], Mode::Binary), "logits[3] = NaN");
     let mut inf = x.clone();
     inf[5] = f32::NEG_INFINITY;
-    check(
-        Input::dense(&inf, &g, &[1, 1, 2, 4], Mode::Binary),
-        "at index [0, 0, 1, 1]",
-    );
+    check(Input::dense(&inf, &g, &[1, 1, 2, 4], Mode::Binary), "at index [0, 0, 1, 1]");
     let mut soft = g.clone();
     soft[2] = 1.5;
+    check(Input::dense(&x, &soft, &[1, 1, 8], Mode::Binary), "target[2] = 1.5");
+    check(Input::labels(&x, &[0, 1, 2, 0], &[1, 2, 4], None), "target[2] = 2 is not a class in 0..2");
+    check(Input::labels(&x, &[0, 1, 255, 0], &[1, 2, 4], Some(254)), "is not the ignore index 254");
+    check(Input::labels(&x, &[0; 8], &[1, 1, 8], None), "multiclass mode needs C >= 2");
+    check(Input::labels(&x, &[0; 3], &[1, 2, 4], None), "target has 3 class indices");
     check(
-        Input::dense(&x, &soft, &[1, 1, 8], Mode::Binary),
-        "target[2] = 1.5",
-    );
-    check(
-        Input::labels(&x, &[0, 1, 2, 0], &[1, 2, 4], None),
-        "target[2] = 2 is not a class in 0..2",
-    );
-    check(
-        Input::labels(&x, &[0, 1, 255, 0], &[1, 2, 4], Some(254)),
-        "is not the ignore index 254",
-    );
-    check(
-        Input::labels(&x, &[0; 8], &[1, 1, 8], None),
-        "multiclass mode needs C >= 2",
-    );
-    check(
-        Input::labels(&x, &[0; 3], &[1, 2, 4], None),
-        "target has 3 class indices",
-    );
-    check(
-        Input::new(
-            Cow::Borrowed(&x),
-            Target::Dense(Cow::Borrowed(&g)),
-            &[1, 2, 4],
-            Mode::Multiclass,
-            None,
-        ),
+        Input::new(Cow::Borrowed(&x), Target::Dense(Cow::Borrowed(&g)), &[1, 2, 4], Mode::Multiclass, None),
         "needs class-index targets",
     );
     // soft labels to Lovász
     let soft = vec![0.5f32; 8];
     let input = Input::dense(&x, &soft, &[1, 1, 8], Mode::Binary).unwrap();
-    let e = reference::evaluate(&input, &"lovasz".parse().unwrap())
-        .unwrap_err()
-        .to_string();
+    let e = reference::evaluate(&input, &"lovasz".parse().unwrap()).unwrap_err().to_string();
     assert!(e.contains("lovasz needs hard 0/1 labels"), "{e}");
 }
 
@@ -176,51 +117,28 @@ fn degenerate_inputs_give_finite_values() {
     let x = vec![1.0f32; 12];
     let labels = vec![255i64; 4];
     let input = Input::labels(&x, &labels, &[1, 3, 4], Some(255)).unwrap();
-    let exprs: Vec<LossExpr> = [
-        "ce",
-        "dice",
-        "dice@monai",
-        "focal",
-        "focal:act=softmax",
-        "gdice",
-        "tversky:gamma=0.5",
-        "sensspec",
-    ]
-    .iter()
-    .map(|t| t.parse().unwrap())
-    .collect();
+    let exprs: Vec<LossExpr> =
+        ["ce", "dice", "dice@monai", "focal", "focal:act=softmax", "gdice", "tversky:gamma=0.5", "sensspec"]
+            .iter()
+            .map(|t| t.parse().unwrap())
+            .collect();
     for r in engine.evaluate_blocking(&input, &exprs, true).unwrap() {
         assert!(r.value.is_finite());
-        assert!(
-            r.grad.unwrap().iter().all(|&g| g == 0.0),
-            "ignored pixels get no gradient"
-        );
+        assert!(r.grad.unwrap().iter().all(|&g| g == 0.0), "ignored pixels get no gradient");
     }
     // empty target with eps = 0 and no smoothing: 0/0 is defined
     let x = vec![-80.0f32; 4];
     let g = vec![0.0f32; 4];
     let input = Input::dense(&x, &g, &[1, 1, 4], Mode::Binary).unwrap();
-    let exprs: Vec<LossExpr> = [
-        "dice:eps=0,empty=formula",
-        "jaccard:eps=0,empty=formula,log=true",
-        "bce:pos_weight=auto",
-        "gdice:eps=0",
-    ]
-    .iter()
-    .map(|t| t.parse().unwrap())
-    .collect();
-    for (e, r) in exprs
-        .iter()
-        .zip(engine.evaluate_blocking(&input, &exprs, true).unwrap())
-    {
+    let exprs: Vec<LossExpr> =
+        ["dice:eps=0,empty=formula", "jaccard:eps=0,empty=formula,log=true", "bce:pos_weight=auto", "gdice:eps=0"]
+            .iter()
+            .map(|t| t.parse().unwrap())
+            .collect();
+    for (e, r) in exprs.iter().zip(engine.evaluate_blocking(&input, &exprs, true).unwrap()) {
         assert!(r.value.is_finite(), "{e}: {}", r.value);
         let cpu = reference::evaluate(&input, e).unwrap();
-        assert!(
-            (cpu.value - r.value).abs() < 1e-5,
-            "{e}: gpu {} cpu {}",
-            r.value,
-            cpu.value
-        );
+        assert!((cpu.value - r.value).abs() < 1e-5, "{e}: gpu {} cpu {}", r.value, cpu.value);
         assert!(r.grad.unwrap().iter().all(|g| g.is_finite()));
     }
 }

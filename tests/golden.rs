@@ -20,41 +20,34 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     let dir = common::golden_dir();
-    [
-        "binary_small_random",
-        "multiclass_small",
-        "multiclass_ignore",
-    ]
-    .iter()
-    .map(|name| {
-        let d = dir.join(name);
-        let case: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(d.join("case.json")).unwrap()).unwrap();
-        let expected =
-            serde_json::from_slice(&std::fs::read(d.join("expected.json")).unwrap()).unwrap();
-        let mode: Mode = case["mode"].as_str().unwrap().parse().unwrap();
-        let (shape, logits) = common::read_f32(&d.join("logits.npy"));
-        let target = if mode == Mode::Multiclass {
-            Target::Labels(Cow::Owned(common::read_i64(&d.join("target.npy")).1))
-        } else {
-            Target::Dense(Cow::Owned(common::read_f32(&d.join("target.npy")).1))
-        };
-        Case {
-            name: name.to_string(),
-            mode,
-            shape,
-            logits,
-            target,
-            ignore: case["ignore_index"].as_i64(),
-            expected,
-        }
-    })
-    .collect()
+    ["binary_small_random", "multiclass_small", "multiclass_ignore"]
+        .iter()
+        .map(|name| {
+            let d = dir.join(name);
+            let case: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("case.json")).unwrap()).unwrap();
+            let expected = serde_json::from_slice(&std::fs::read(d.join("expected.json")).unwrap()).unwrap();
+            let mode: Mode = case["mode"].as_str().unwrap().parse().unwrap();
+            let (shape, logits) = common::read_f32(&d.join("logits.npy"));
+            let target = if mode == Mode::Multiclass {
+                Target::Labels(Cow::Owned(common::read_i64(&d.join("target.npy")).1))
+            } else {
+                Target::Dense(Cow::Owned(common::read_f32(&d.join("target.npy")).1))
+            };
+            Case {
+                name: name.to_string(),
+                mode,
+                shape,
+                logits,
+                target,
+                ignore: case["ignore_index"].as_i64(),
+                expected,
+            }
+        })
+        .collect()
 }
 
 fn specs() -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(common::golden_dir().join("specs.json")).unwrap())
-        .unwrap()
+    serde_json::from_slice(&std::fs::read(common::golden_dir().join("specs.json")).unwrap()).unwrap()
 }
 
 /// Runs every golden loss whose text passes `select`, checking GPU and CPU reference.
@@ -64,14 +57,8 @@ fn check_golden(select: impl Fn(&str) -> bool, grad_tol: f64) {
     let mut checked = 0;
     let mut failures = Vec::new();
     for case in cases() {
-        let input = Input::new(
-            Cow::Borrowed(&case.logits),
-            case.target.clone(),
-            &case.shape,
-            case.mode,
-            case.ignore,
-        )
-        .unwrap();
+        let input =
+            Input::new(Cow::Borrowed(&case.logits), case.target.clone(), &case.shape, case.mode, case.ignore).unwrap();
         for (name, exp) in case.expected["losses"].as_object().unwrap() {
             if exp["status"] != "ok" {
                 continue;
@@ -82,23 +69,13 @@ fn check_golden(select: impl Fn(&str) -> bool, grad_tol: f64) {
             }
             let expr: LossExpr = text.parse().unwrap();
             let want = exp["value"].as_f64().unwrap();
-            let (_, gref) = common::read_f32(
-                &common::golden_dir()
-                    .join(&case.name)
-                    .join(exp["grad_file"].as_str().unwrap()),
-            );
+            let (_, gref) =
+                common::read_f32(&common::golden_dir().join(&case.name).join(exp["grad_file"].as_str().unwrap()));
             let cpu = reference::evaluate(&input, &expr).unwrap();
-            let gpu = engine
-                .evaluate_blocking(&input, std::slice::from_ref(&expr), true)
-                .unwrap()
-                .remove(0);
+            let gpu = engine.evaluate_blocking(&input, std::slice::from_ref(&expr), true).unwrap().remove(0);
             let gpu_grad = gpu.grad.unwrap();
             for (who, value, grad) in [
-                (
-                    "cpu",
-                    cpu.value,
-                    cpu.grad.iter().map(|&g| g as f32).collect::<Vec<f32>>(),
-                ),
+                ("cpu", cpu.value, cpu.grad.iter().map(|&g| g as f32).collect::<Vec<f32>>()),
                 ("gpu", gpu.value, gpu_grad.clone()),
             ] {
                 let tol = 1e-6 + 1e-4 * want.abs();
@@ -111,21 +88,14 @@ fn check_golden(select: impl Fn(&str) -> bool, grad_tol: f64) {
                 }
                 let (d, m) = common::max_diff(&grad, &gref);
                 if d > 1e-10 + grad_tol * m {
-                    failures.push(format!(
-                        "{}/{name} '{text}' {who}: grad max diff {d:e} vs max|ref| {m:e}",
-                        case.name
-                    ));
+                    failures
+                        .push(format!("{}/{name} '{text}' {who}: grad max diff {d:e} vs max|ref| {m:e}", case.name));
                 }
             }
             checked += 1;
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} golden mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} golden mismatches:\n{}", failures.len(), failures.join("\n"));
     assert!(checked > 0, "no golden loss was checked");
     eprintln!("checked {checked} golden (case, loss) pairs");
 }
@@ -141,14 +111,8 @@ fn golden_lovasz_matches_on_cpu_reference() {
     let specs = specs();
     let mut checked = 0;
     for case in cases() {
-        let input = Input::new(
-            Cow::Borrowed(&case.logits),
-            case.target.clone(),
-            &case.shape,
-            case.mode,
-            case.ignore,
-        )
-        .unwrap();
+        let input =
+            Input::new(Cow::Borrowed(&case.logits), case.target.clone(), &case.shape, case.mode, case.ignore).unwrap();
         for (name, exp) in case.expected["losses"].as_object().unwrap() {
             let text = specs[case.mode.name()][name].as_str().unwrap();
             if exp["status"] != "ok" || !text.contains("lovasz") {
@@ -157,31 +121,15 @@ fn golden_lovasz_matches_on_cpu_reference() {
             let expr: LossExpr = text.parse().unwrap();
             let r = reference::evaluate(&input, &expr).unwrap();
             let want = exp["value"].as_f64().unwrap();
-            assert!(
-                (r.value - want).abs() <= 1e-6 + 1e-4 * want.abs(),
-                "{}/{name}: {} vs {want}",
-                case.name,
-                r.value
-            );
-            let (_, gref) = common::read_f32(
-                &common::golden_dir()
-                    .join(&case.name)
-                    .join(exp["grad_file"].as_str().unwrap()),
-            );
+            assert!((r.value - want).abs() <= 1e-6 + 1e-4 * want.abs(), "{}/{name}: {} vs {want}", case.name, r.value);
+            let (_, gref) =
+                common::read_f32(&common::golden_dir().join(&case.name).join(exp["grad_file"].as_str().unwrap()));
             let sum: f64 = r.grad.iter().sum();
             let want_sum = exp["grad"]["sum"].as_f64().unwrap();
-            assert!(
-                (sum - want_sum).abs() < 1e-6,
-                "{}/{name}: grad sum {sum} vs {want_sum}",
-                case.name
-            );
+            assert!((sum - want_sum).abs() < 1e-6, "{}/{name}: grad sum {sum} vs {want_sum}", case.name);
             if exp["grad_order_dependent"] != true {
                 let (d, m) = common::max_diff(&r.grad, &gref);
-                assert!(
-                    d <= 2e-3 * m,
-                    "{}/{name}: grad diff {d:e} (max {m:e})",
-                    case.name
-                );
+                assert!(d <= 2e-3 * m, "{}/{name}: grad diff {d:e} (max {m:e})", case.name);
             }
             checked += 1;
         }

@@ -150,14 +150,7 @@ fn batch(rng: &mut Rng, mode: Mode, kind: usize) -> Batch {
         Target::Dense(Cow::Owned(t))
     };
     let what = format!("{mode} shape {shape:?} kind {kind} logit scale {scale} ignore {ignore:?}");
-    Batch {
-        shape,
-        mode,
-        logits,
-        target,
-        ignore,
-        what,
-    }
+    Batch { shape, mode, logits, target, ignore, what }
 }
 
 fn texts(mode: Mode, c: usize) -> Vec<String> {
@@ -175,42 +168,19 @@ fn texts(mode: Mode, c: usize) -> Vec<String> {
 
 fn compare(b: &Batch, exprs: &[LossExpr]) {
     let engine = common::gpu();
-    let input = Input::new(
-        Cow::Borrowed(&b.logits),
-        b.target.clone(),
-        &b.shape,
-        b.mode,
-        b.ignore,
-    )
-    .unwrap();
+    let input = Input::new(Cow::Borrowed(&b.logits), b.target.clone(), &b.shape, b.mode, b.ignore).unwrap();
     // Several expressions in one call share one statistics pass.
     for chunk in exprs.chunks(7) {
-        let gpu = engine
-            .evaluate_blocking(&input, chunk, true)
-            .unwrap_or_else(|e| panic!("{}: {e}", b.what));
+        let gpu = engine.evaluate_blocking(&input, chunk, true).unwrap_or_else(|e| panic!("{}: {e}", b.what));
         for (e, g) in chunk.iter().zip(gpu) {
             let r = reference::evaluate(&input, e).unwrap();
             let tol = 2e-5 + 2e-4 * r.value.abs();
             assert!(g.value.is_finite(), "{}: '{e}' gave {}", b.what, g.value);
-            assert!(
-                (g.value - r.value).abs() <= tol,
-                "{}: '{e}' value gpu {} cpu {}",
-                b.what,
-                g.value,
-                r.value
-            );
+            assert!((g.value - r.value).abs() <= tol, "{}: '{e}' value gpu {} cpu {}", b.what, g.value, r.value);
             let grad = g.grad.unwrap();
-            assert!(
-                grad.iter().all(|x| x.is_finite()),
-                "{}: '{e}' non-finite gradient",
-                b.what
-            );
+            assert!(grad.iter().all(|x| x.is_finite()), "{}: '{e}' non-finite gradient", b.what);
             let (d, m) = common::max_diff(&grad, &r.grad);
-            assert!(
-                d <= 1e-9 + 5e-4 * m,
-                "{}: '{e}' grad max diff {d:e}, max |ref| {m:e}",
-                b.what
-            );
+            assert!(d <= 1e-9 + 5e-4 * m, "{}: '{e}' grad max diff {d:e}, max |ref| {m:e}", b.what);
         }
     }
 }
@@ -220,10 +190,7 @@ fn run(mode: Mode, seed: u64, cases: usize) {
     for i in 0..cases {
         let kinds = if mode == Mode::Multiclass { 4 } else { 5 };
         let b = batch(&mut rng, mode, i % kinds);
-        let exprs: Vec<LossExpr> = texts(mode, b.shape[1])
-            .iter()
-            .map(|t| t.parse().unwrap())
-            .collect();
+        let exprs: Vec<LossExpr> = texts(mode, b.shape[1]).iter().map(|t| t.parse().unwrap()).collect();
         compare(&b, &exprs);
     }
 }
@@ -246,69 +213,27 @@ fn multiclass_matches_reference() {
 #[test]
 fn large_multiclass_and_64_classes_match_reference() {
     let mut rng = Rng(4);
-    for (shape, ignore) in [
-        (vec![2, 64, 37, 41], Some(255)),
-        (vec![1, 3, 300, 301], None),
-        (vec![3, 1, 5000], None),
-    ] {
-        let mode = if shape[1] == 1 {
-            Mode::Binary
-        } else {
-            Mode::Multiclass
-        };
+    for (shape, ignore) in [(vec![2, 64, 37, 41], Some(255)), (vec![1, 3, 300, 301], None), (vec![3, 1, 5000], None)] {
+        let mode = if shape[1] == 1 { Mode::Binary } else { Mode::Multiclass };
         let (n, c) = (shape[0], shape[1]);
         let s: usize = shape[2..].iter().product();
-        let logits: Vec<f32> = (0..n * c * s)
-            .map(|_| (rng.normal() * 4.0) as f32)
-            .collect();
+        let logits: Vec<f32> = (0..n * c * s).map(|_| (rng.normal() * 4.0) as f32).collect();
         let target = if mode == Mode::Multiclass {
             Target::Labels(Cow::Owned(
                 (0..n * s)
-                    .map(|_| {
-                        if ignore.is_some() && rng.below(10) == 0 {
-                            255
-                        } else {
-                            rng.below(c) as i64
-                        }
-                    })
+                    .map(|_| if ignore.is_some() && rng.below(10) == 0 { 255 } else { rng.below(c) as i64 })
                     .collect(),
             ))
         } else {
-            Target::Dense(Cow::Owned(
-                (0..n * c * s)
-                    .map(|_| (rng.below(20) == 0) as u8 as f32)
-                    .collect(),
-            ))
+            Target::Dense(Cow::Owned((0..n * c * s).map(|_| (rng.below(20) == 0) as u8 as f32).collect()))
         };
-        let b = Batch {
-            what: format!("{mode} {shape:?}"),
-            shape,
-            mode,
-            logits,
-            target,
-            ignore,
-        };
+        let b = Batch { what: format!("{mode} {shape:?}"), shape, mode, logits, target, ignore };
         let texts: &[&str] = if mode == Mode::Multiclass {
-            &[
-                "ce",
-                "dice",
-                "focal:act=softmax",
-                "gdice@monai",
-                "0.8*ce+0.2*tversky:gamma=2",
-            ]
+            &["ce", "dice", "focal:act=softmax", "gdice@monai", "0.8*ce+0.2*tversky:gamma=2"]
         } else {
-            &[
-                "bce:pos_weight=auto",
-                "dice@keras",
-                "focal:alpha=0.25",
-                "sensspec",
-                "jaccard:squared=true",
-            ]
+            &["bce:pos_weight=auto", "dice@keras", "focal:alpha=0.25", "sensspec", "jaccard:squared=true"]
         };
-        compare(
-            &b,
-            &texts.iter().map(|t| t.parse().unwrap()).collect::<Vec<_>>(),
-        );
+        compare(&b, &texts.iter().map(|t| t.parse().unwrap()).collect::<Vec<_>>());
     }
 }
 
@@ -318,29 +243,16 @@ fn same_input_gives_bit_identical_results() {
     let engine = common::gpu();
     for mode in [Mode::Binary, Mode::Multiclass] {
         let b = batch(&mut rng, mode, 0);
-        let input = Input::new(
-            Cow::Borrowed(&b.logits),
-            b.target.clone(),
-            &b.shape,
-            b.mode,
-            b.ignore,
-        )
-        .unwrap();
+        let input = Input::new(Cow::Borrowed(&b.logits), b.target.clone(), &b.shape, b.mode, b.ignore).unwrap();
         // All losses at once: more distinct pixel losses than one statistics pass holds.
-        let exprs: Vec<LossExpr> = texts(mode, b.shape[1])
-            .iter()
-            .map(|t| t.parse().unwrap())
-            .collect();
+        let exprs: Vec<LossExpr> = texts(mode, b.shape[1]).iter().map(|t| t.parse().unwrap()).collect();
         let first = engine.evaluate_blocking(&input, &exprs, true).unwrap();
         for _ in 0..3 {
             let again = engine.evaluate_blocking(&input, &exprs, true).unwrap();
             for (a, b) in first.iter().zip(&again) {
                 assert_eq!(a.value.to_bits(), b.value.to_bits());
                 let (ga, gb) = (a.grad.as_ref().unwrap(), b.grad.as_ref().unwrap());
-                assert!(
-                    ga.iter().zip(gb).all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "gradients differ between runs"
-                );
+                assert!(ga.iter().zip(gb).all(|(x, y)| x.to_bits() == y.to_bits()), "gradients differ between runs");
             }
         }
     }

@@ -8,20 +8,12 @@ use std::borrow::Cow;
 use common::Rng;
 use segloss::{reference, Input, LossExpr, Mode, Target};
 
-fn fd_check(
-    shape: &[usize],
-    mode: Mode,
-    target: Target<'static>,
-    ignore: Option<i64>,
-    texts: &[&str],
-    rng: &mut Rng,
-) {
+fn fd_check(shape: &[usize], mode: Mode, target: Target<'static>, ignore: Option<i64>, texts: &[&str], rng: &mut Rng) {
     let numel: usize = shape.iter().product();
     let logits: Vec<f32> = (0..numel).map(|_| (rng.normal() * 2.0) as f32).collect();
     for text in texts {
         let expr: LossExpr = text.parse().unwrap();
-        let input =
-            Input::new(Cow::Borrowed(&logits), target.clone(), shape, mode, ignore).unwrap();
+        let input = Input::new(Cow::Borrowed(&logits), target.clone(), shape, mode, ignore).unwrap();
         let r = reference::evaluate(&input, &expr).unwrap();
         let h = 1e-3f32;
         for i in 0..numel {
@@ -31,18 +23,14 @@ fn fd_check(
             lm[i] -= h;
             // f32 logits: the step is exact in f32, so use the actual step
             let step = (lp[i] as f64) - (lm[i] as f64);
-            let vp = reference::evaluate(
-                &Input::new(Cow::Owned(lp), target.clone(), shape, mode, ignore).unwrap(),
-                &expr,
-            )
-            .unwrap()
-            .value;
-            let vm = reference::evaluate(
-                &Input::new(Cow::Owned(lm), target.clone(), shape, mode, ignore).unwrap(),
-                &expr,
-            )
-            .unwrap()
-            .value;
+            let vp =
+                reference::evaluate(&Input::new(Cow::Owned(lp), target.clone(), shape, mode, ignore).unwrap(), &expr)
+                    .unwrap()
+                    .value;
+            let vm =
+                reference::evaluate(&Input::new(Cow::Owned(lm), target.clone(), shape, mode, ignore).unwrap(), &expr)
+                    .unwrap()
+                    .value;
             let fd = (vp - vm) / step;
             let tol = 1e-5 + 2e-3 * fd.abs().max(r.grad[i].abs());
             assert!(
@@ -77,45 +65,14 @@ const DENSE: &[&str] = &[
 #[test]
 fn dense_gradients_match_finite_differences() {
     let mut rng = Rng(11);
-    for (shape, mode) in [
-        (vec![2, 1, 3, 4], Mode::Binary),
-        (vec![2, 3, 5], Mode::Multilabel),
-    ] {
+    for (shape, mode) in [(vec![2, 1, 3, 4], Mode::Binary), (vec![2, 3, 5], Mode::Multilabel)] {
         let numel: usize = shape.iter().product();
-        let t: Vec<f32> = (0..numel)
-            .map(|_| (rng.below(3) == 0) as u8 as f32)
-            .collect();
-        fd_check(
-            &shape,
-            mode,
-            Target::Dense(Cow::Owned(t)),
-            None,
-            DENSE,
-            &mut rng,
-        );
+        let t: Vec<f32> = (0..numel).map(|_| (rng.below(3) == 0) as u8 as f32).collect();
+        fd_check(&shape, mode, Target::Dense(Cow::Owned(t)), None, DENSE, &mut rng);
         // soft labels (no Lovász) and ignored elements
-        let soft: Vec<f32> = (0..numel)
-            .map(|i| {
-                if i % 7 == 3 {
-                    255.0
-                } else {
-                    rng.uniform() as f32
-                }
-            })
-            .collect();
-        let no_lovasz: Vec<&str> = DENSE
-            .iter()
-            .copied()
-            .filter(|t| !t.contains("lovasz"))
-            .collect();
-        fd_check(
-            &shape,
-            mode,
-            Target::Dense(Cow::Owned(soft)),
-            Some(255),
-            &no_lovasz,
-            &mut rng,
-        );
+        let soft: Vec<f32> = (0..numel).map(|i| if i % 7 == 3 { 255.0 } else { rng.uniform() as f32 }).collect();
+        let no_lovasz: Vec<&str> = DENSE.iter().copied().filter(|t| !t.contains("lovasz")).collect();
+        fd_check(&shape, mode, Target::Dense(Cow::Owned(soft)), Some(255), &no_lovasz, &mut rng);
     }
 }
 
@@ -139,30 +96,13 @@ fn multiclass_gradients_match_finite_differences() {
         "0.8*ce+0.2*dice",
     ];
     let shape = [2, 4, 3, 3];
-    let labels: Vec<i64> = (0..18)
-        .map(|i| {
-            if i % 5 == 4 {
-                -100
-            } else {
-                rng.below(4) as i64
-            }
-        })
-        .collect();
-    fd_check(
-        &shape,
-        Mode::Multiclass,
-        Target::Labels(Cow::Owned(labels)),
-        Some(-100),
-        &texts,
-        &mut rng,
-    );
+    let labels: Vec<i64> = (0..18).map(|i| if i % 5 == 4 { -100 } else { rng.below(4) as i64 }).collect();
+    fd_check(&shape, Mode::Multiclass, Target::Labels(Cow::Owned(labels)), Some(-100), &texts, &mut rng);
 }
 
 fn value(logits: &[f32], target: &[f32], shape: &[usize], text: &str) -> f64 {
     let input = Input::dense(logits, target, shape, Mode::Binary).unwrap();
-    reference::evaluate(&input, &text.parse().unwrap())
-        .unwrap()
-        .value
+    reference::evaluate(&input, &text.parse().unwrap()).unwrap().value
 }
 
 #[test]

@@ -20,9 +20,7 @@ pub fn gpu() -> &'static Engine {
 }
 
 pub fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("golden")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("golden")
 }
 
 pub fn read_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
