@@ -42,3 +42,8 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use expr::{Loss, LossExpr, Term};
 pub use input::{Input, Mode, Target};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
