@@ -18,6 +18,7 @@ override SOFTMAX: bool = false; // multiclass (softmax over C) instead of sigmoi
 override KINDS: u32 = 0u;       // bit k set: some pixel loss of kind k is present
 override NTERMS: u32 = 0u;      // pixel-loss terms in `terms` (statistics: slots, at most 4)
 override SENSSPEC: bool = false; // accumulate the sensitivity/specificity sums
+override LOVASZ: u32 = 0u;       // gradient: 0 no Lovász term, 1 one group over the batch, 2 per image
 
 fn has(kind: u32) -> bool {
     return (KINDS & (1u << kind)) != 0u;

@@ -9,6 +9,7 @@
 @group(0) @binding(4) var<storage, read> cw: array<f32>;
 @group(0) @binding(5) var<storage, read> coefs: array<f32>;
 @group(0) @binding(6) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(7) var<storage, read> lw: array<f32>; // Lovász Jaccard weight per element
 
 const GWG: u32 = 256u;
 const NCOEF: u32 = 5u;
@@ -19,6 +20,25 @@ fn region_dp(n: u32, c: u32, p: f32, g: f32) -> f32 {
     let d = g - p;
     return coefs[o] * g + coefs[o + 1u] + 2.0 * coefs[o + 2u] * p
         - 2.0 * d * (coefs[o + 3u] * g + coefs[o + 4u] * (1.0 - g));
+}
+
+// Scale of the Lovász term for segment `seg` (after the N x C x NCOEF region coefficients).
+fn lovasz_scale(seg: u32) -> f32 {
+    return coefs[P.n * P.c * NCOEF + seg];
+}
+
+// d loss / d p_c of the region and Lovász-Softmax terms for one element of a softmax pixel.
+fn softmax_dp(n: u32, c: u32, e: u32, p: f32, g: f32) -> f32 {
+    var u = region_dp(n, c, p, g);
+    if LOVASZ != 0u {
+        var seg = c;
+        if LOVASZ == 2u {
+            seg = n * P.c + c;
+        }
+        // d |g - p| / d p = sign(p - g), 0 where the error is 0
+        u += lovasz_scale(seg) * lw[e] * sign(p - g);
+    }
+    return u;
 }
 
 @compute @workgroup_size(256)
@@ -48,14 +68,14 @@ fn gradient(
         var dot = 0.0;
         for (var c = 0u; c < P.c; c++) {
             let p = exp(logits[(n * P.c + c) * P.s + s] - lse);
-            dot += p * region_dp(n, c, p, select(0.0, 1.0, lab == c));
+            dot += p * softmax_dp(n, c, (n * P.c + c) * P.s + s, p, select(0.0, 1.0, lab == c));
         }
         for (var c = 0u; c < P.c; c++) {
             let e = (n * P.c + c) * P.s + s;
             let x = logits[e];
             let p = exp(x - lse);
             let g = select(0.0, 1.0, lab == c);
-            var d = p * (region_dp(n, c, p, g) - dot);
+            var d = p * (softmax_dp(n, c, e, p, g) - dot);
             for (var t = 0u; t < NTERMS; t++) {
                 let tp = terms[t];
                 if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
@@ -85,6 +105,13 @@ fn gradient(
             let p = pq.x;
             let q = pq.y;
             var d = region_dp(n, c, p, g) * p * q;
+            if LOVASZ != 0u {
+                // hinge: d relu(1 - x (2g - 1)) / d x
+                let sgn = 2.0 * g - 1.0;
+                if 1.0 - x * sgn > 0.0 {
+                    d -= lovasz_scale(select(0u, n, LOVASZ == 2u)) * lw[e] * sgn;
+                }
+            }
             for (var t = 0u; t < NTERMS; t++) {
                 let tp = terms[t];
                 if has(BCE) && tp.kind == BCE {

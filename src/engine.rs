@@ -9,7 +9,7 @@ use wgpu::util::DeviceExt;
 use crate::error::Error;
 use crate::expr::LossExpr;
 use crate::input::{Input, Target};
-use crate::plan::{finalize, StatsPlan, Sums, TermParams, K, MAX_GRAD_TERMS, NCOEF};
+use crate::plan::{self, finalize, StatsPlan, Sums, TermParams, K, MAX_GRAD_TERMS};
 use crate::reference;
 use crate::shaders::{Binding, Kernel, KERNELS};
 use crate::Mode;
@@ -207,15 +207,17 @@ struct Spec {
     kinds: u32,
     nterms: u32,
     sensspec: bool,
+    lovasz: u32,
 }
 
 impl Spec {
-    fn constants(&self) -> [(&'static str, f64); 4] {
+    fn constants(&self) -> [(&'static str, f64); 5] {
         [
             ("SOFTMAX", f64::from(u8::from(self.softmax))),
             ("KINDS", f64::from(self.kinds)),
             ("NTERMS", f64::from(self.nterms)),
             ("SENSSPEC", f64::from(u8::from(self.sensspec))),
+            ("LOVASZ", f64::from(self.lovasz)),
         ]
     }
 }
@@ -224,6 +226,34 @@ const K_STATS: usize = 0;
 const K_REDUCE: usize = 1;
 const K_GRAD: usize = 2;
 const K_COPY: usize = 3;
+const K_RADIX_COUNT: usize = 4;
+const K_RADIX_SCAN: usize = 5;
+const K_RADIX_SCATTER: usize = 6;
+const K_LOVASZ_KEYS: usize = 7;
+const K_LOVASZ_COUNT: usize = 8;
+const K_LOVASZ_SCAN: usize = 9;
+const K_LOVASZ_WEIGHTS: usize = 10;
+const K_LOVASZ_VALUE: usize = 11;
+/// Elements per sort tile (see `radix.wgsl`, `lovasz.wgsl`).
+const SORT_TILE: usize = 1024;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct SortParams {
+    len: u32,
+    segs: u32,
+    tiles: u32,
+    shift: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct LovParams {
+    len: u32,
+    segs: u32,
+    tiles: u32,
+    per_image: u32,
+}
 
 enum Backend {
     Gpu(Box<Gpu>),
@@ -370,7 +400,7 @@ impl Engine {
         // Build the plain specializations now, so that a driver that rejects a kernel fails here.
         for softmax in [false, true] {
             let spec = Spec { softmax, ..Spec::default() };
-            for k in [K_STATS, K_REDUCE, K_GRAD, K_COPY] {
+            for k in 0..KERNELS.len() {
                 gpu.pipeline(k, spec);
             }
         }
@@ -468,10 +498,8 @@ impl Engine {
             }
             Backend::Gpu(g) => g,
         };
-        if let Some(e) = exprs.iter().find(|e| e.has_lovasz()) {
-            return Err(Error::Unsupported(format!(
-                "'{e}': lovasz does not run on the GPU engine yet; segloss::reference::evaluate computes it on the CPU"
-            )));
+        if exprs.iter().any(|e| e.has_lovasz()) && !input.hard_labels() {
+            return Err(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
         }
         let (Some(logits), Some(target)) = (&prep.logits, &prep.target) else {
             return Err(Error::Input("this batch was prepared by another engine".into()));
@@ -625,7 +653,7 @@ impl Gpu {
         })
     }
 
-    fn uniform(&self, p: &Params) -> wgpu::Buffer {
+    fn uniform<T: bytemuck::Pod>(&self, p: &T) -> wgpu::Buffer {
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("params"),
             contents: bytemuck::bytes_of(p),
@@ -709,6 +737,90 @@ impl Gpu {
         }
     }
 
+    /// Records the four passes of the segmented radix sort of `a` (keys, payloads) using `b` as
+    /// scratch; the sorted result ends in `a`. Returns what must live until submission.
+    fn record_sort(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        a: (&wgpu::Buffer, &wgpu::Buffer),
+        b: (&wgpu::Buffer, &wgpu::Buffer),
+        segs: usize,
+        len: usize,
+    ) -> Vec<wgpu::Buffer> {
+        let tiles = len.div_ceil(SORT_TILE);
+        let counts = self.scratch("sort counts", (segs * 256 * tiles * 4) as u64, wgpu::BufferUsages::STORAGE);
+        let totals = self.scratch("sort totals", (segs * 256 * 4) as u64, wgpu::BufferUsages::STORAGE);
+        let mut keep = Vec::new();
+        let grid = (tiles as u32, segs as u32, 1);
+        for pass in 0..4u32 {
+            let (src, dst) = if pass % 2 == 0 { (a, b) } else { (b, a) };
+            let sp = SortParams { len: len as u32, segs: segs as u32, tiles: tiles as u32, shift: 8 * pass };
+            let ub = self.uniform(&sp);
+            let bufs = [&ub, src.0, src.1, &counts, &totals, dst.0, dst.1];
+            for (k, label, dims) in [
+                (K_RADIX_COUNT, "radix count", grid),
+                (K_RADIX_SCAN, "radix scan", (256, segs as u32, 1)),
+                (K_RADIX_SCATTER, "radix scatter", grid),
+            ] {
+                let bg = self.bind(k, &bufs);
+                Self::dispatch(enc, label, &self.pipeline(k, Spec::default()), &bg, dims);
+            }
+            keep.push(ub);
+        }
+        keep.push(counts);
+        keep.push(totals);
+        keep
+    }
+
+    /// Records the Lovász kernels: keys, sort, counts, scan, weights (into `lw`), values (into
+    /// the returned per-segment buffer, `[value bits, fg, bg, 0]` as u32).
+    #[allow(clippy::too_many_arguments)]
+    fn record_lovasz(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        logits: &wgpu::Buffer,
+        target: &wgpu::Buffer,
+        ubuf: &wgpu::Buffer,
+        (n, c, s): (usize, usize, usize),
+        softmax: bool,
+        per_image: bool,
+        lw: &wgpu::Buffer,
+    ) -> Result<(wgpu::Buffer, usize, Vec<wgpu::Buffer>), Error> {
+        let (segs, len) = plan::lovasz_segments(softmax, per_image, n, c, s);
+        let tiles = len.div_ceil(SORT_TILE);
+        let maxd = self.limits.max_compute_workgroups_per_dimension as usize;
+        if tiles > maxd || segs > maxd {
+            return Err(Error::Input(format!(
+                "lovasz: {segs} segments of {len} elements exceed the device's {maxd} workgroups per dimension"
+            )));
+        }
+        let total = (segs * len * 4) as u64;
+        let st = wgpu::BufferUsages::STORAGE;
+        let (ka, va) = (self.scratch("lovasz keys", total, st), self.scratch("lovasz vals", total, st));
+        let (kb, vb) = (self.scratch("sort keys", total, st), self.scratch("sort vals", total, st));
+        let tilecnt = self.scratch("lovasz tile counts", (segs * tiles * 8) as u64, st);
+        let segsum = self.scratch("lovasz sums", (segs * 16) as u64, st | wgpu::BufferUsages::COPY_SRC);
+        let vpart = self.scratch("lovasz partials", (segs * tiles * 4) as u64, st);
+        let lp = LovParams { len: len as u32, segs: segs as u32, tiles: tiles as u32, per_image: per_image as u32 };
+        let lbuf = self.uniform(&lp);
+        let spec = Spec { softmax, ..Spec::default() };
+        let bufs = [logits, target, ubuf, &lbuf, &ka, &va, &tilecnt, &segsum, lw, &vpart];
+        let run = |enc: &mut wgpu::CommandEncoder, k: usize, label: &str, dims: (u32, u32, u32)| {
+            let bg = self.bind(k, &bufs);
+            Self::dispatch(enc, label, &self.pipeline(k, spec), &bg, dims);
+        };
+        let (gx, gz) = self.grid(s);
+        run(enc, K_LOVASZ_KEYS, "lovasz keys", (gx, n as u32, gz));
+        let mut keep = self.record_sort(enc, (&ka, &va), (&kb, &vb), segs, len);
+        let grid = (tiles as u32, segs as u32, 1);
+        run(enc, K_LOVASZ_COUNT, "lovasz count", grid);
+        run(enc, K_LOVASZ_SCAN, "lovasz scan", (segs as u32, 1, 1));
+        run(enc, K_LOVASZ_WEIGHTS, "lovasz weights", grid);
+        run(enc, K_LOVASZ_VALUE, "lovasz value", (segs as u32, 1, 1));
+        keep.extend([ka, va, kb, vb, tilecnt, vpart, lbuf]);
+        Ok((segsum, segs, keep))
+    }
+
     async fn run(
         &self,
         input: &Input<'_>,
@@ -733,6 +845,7 @@ impl Gpu {
             kinds: stats_terms.iter().fold(0, |k, t| k | 1 << t.kind),
             nterms: stats_terms.len() as u32,
             sensspec: plan.needs_sensspec,
+            lovasz: 0,
         };
         let ubuf = self.uniform(&params);
         let tbuf = self.storage("terms", bytemuck::cast_slice(&stats_terms));
@@ -749,11 +862,36 @@ impl Gpu {
         Self::dispatch(&mut enc, "stats", &self.pipeline(K_STATS, spec), &bg_stats, (tiles as u32, n as u32, 1));
         Self::dispatch(&mut enc, "reduce", &self.pipeline(K_REDUCE, spec), &bg_reduce, (c as u32, n as u32, 1));
         enc.copy_buffer_to_buffer(&sums, 0, &sums_read, 0, sums_bytes);
+        // Lovász: keys, segmented sort and Jaccard weights, recorded into the same submission.
+        let lw = self.scratch("lovasz weights", (n * c * s * 4).max(32) as u64, wgpu::BufferUsages::STORAGE);
+        let mut lov_read = None;
+        let mut _keep_lovasz = Vec::new();
+        if let Some(lp) = &plan.lovasz {
+            let (segsum, segs, keep) =
+                self.record_lovasz(&mut enc, logits, target, &ubuf, (n, c, s), softmax, lp.per_image, &lw)?;
+            let rb = self.scratch(
+                "lovasz readback",
+                (segs * 16) as u64,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            );
+            enc.copy_buffer_to_buffer(&segsum, 0, &rb, 0, (segs * 16) as u64);
+            _keep_lovasz = keep;
+            _keep_lovasz.push(segsum);
+            lov_read = Some(rb);
+        }
         self.queue.submit([enc.finish()]);
-        let raw = self.read(&[&sums_read]).await?.remove(0);
-        let sums64: Vec<f64> = raw.iter().map(|&v| v as f64).collect();
+        let mut reads: Vec<&wgpu::Buffer> = vec![&sums_read];
+        reads.extend(lov_read.as_ref());
+        let mut raw = self.read(&reads).await?;
+        let lovasz = (raw.len() > 1).then(|| plan::LovaszSums {
+            segs: raw[1]
+                .chunks(4)
+                .map(|q| [f64::from(q[0]), f64::from(q[1].to_bits()), f64::from(q[2].to_bits())])
+                .collect(),
+        });
+        let sums64: Vec<f64> = raw.swap_remove(0).iter().map(|&v| v as f64).collect();
         let view = Sums { data: &sums64, n, c };
-        let fin: Vec<_> = exprs.iter().map(|e| finalize(e, plan, &view, input.mode())).collect();
+        let fin: Vec<_> = exprs.iter().map(|e| finalize(e, plan, &view, input.mode(), lovasz.as_ref())).collect();
 
         // 2. Gradients: one elementwise pass per expression, one submission.
         let mut grad_reads = Vec::new();
@@ -763,7 +901,7 @@ impl Gpu {
             let mut enc =
                 self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss grad") });
             let mut keep = Vec::new();
-            for f in &fin {
+            for (f, e) in fin.iter().zip(exprs) {
                 debug_assert!(f.grad_terms.len() <= MAX_GRAD_TERMS);
                 let terms: Vec<TermParams> = f.grad_terms.iter().map(|(_, t)| *t).collect();
                 let cw: Vec<f32> = f
@@ -771,20 +909,23 @@ impl Gpu {
                     .iter()
                     .flat_map(|(slot, _)| plan.slots[*slot].weights.iter().map(|&w| w as f32))
                     .collect();
+                let lovasz = match &plan.lovasz {
+                    Some(lp) if e.has_lovasz() => 1 + u32::from(lp.per_image),
+                    _ => 0,
+                };
                 let gspec = Spec {
                     softmax,
                     kinds: terms.iter().fold(0, |k, t| k | 1 << t.kind),
                     nterms: terms.len() as u32,
                     sensspec: false,
+                    lovasz,
                 };
-                let ub = self.uniform(&params);
                 let tb = self.storage("grad terms", bytemuck::cast_slice(&terms));
                 let cb = self.storage("grad class weights", bytemuck::cast_slice(&cw));
-                debug_assert_eq!(f.coefs.len(), n * c * NCOEF);
                 let kb = self.storage("coefficients", bytemuck::cast_slice(&f.coefs));
                 let bytes = (total * 4) as u64;
                 let out = self.scratch("grad", bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
-                let bg = self.bind(K_GRAD, &[logits, target, &ub, &tb, &cb, &kb, &out]);
+                let bg = self.bind(K_GRAD, &[logits, target, &ubuf, &tb, &cb, &kb, &out, &lw]);
                 Self::dispatch(&mut enc, "grad", &self.pipeline(K_GRAD, gspec), &bg, (gx, n as u32, gz));
                 if grads == GradMode::Read {
                     let rb = self.scratch(
@@ -795,7 +936,7 @@ impl Gpu {
                     enc.copy_buffer_to_buffer(&out, 0, &rb, 0, bytes);
                     grad_reads.push(rb);
                 }
-                keep.push((ub, tb, cb, kb, out, bg));
+                keep.push((tb, cb, kb, out, bg));
             }
             self.queue.submit([enc.finish()]);
             if grads == GradMode::DeviceOnly {

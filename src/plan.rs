@@ -9,7 +9,9 @@
 //! evaluates per element and chains through the sigmoid or the softmax.
 
 use crate::error::Error;
-use crate::expr::{Classes, Empty, FocalAct, GDiceWeight, Loss, LossExpr, Pool, PosWeight, RegionKind, RegionLoss};
+use crate::expr::{
+    Classes, Empty, FocalAct, GDiceWeight, Loss, LossExpr, LovaszParams, Pool, PosWeight, RegionKind, RegionLoss,
+};
 use crate::Mode;
 
 /// Statistics channels per (image, class), in this order.
@@ -125,6 +127,24 @@ pub(crate) struct StatsPlan {
     pub slots: Vec<PixelSlot>,
     /// Whether any region loss needs the sensitivity/specificity channels.
     pub needs_sensspec: bool,
+    /// The Lovász loss of the evaluation (at most one distinct one per statistics pass).
+    pub lovasz: Option<LovaszParams>,
+}
+
+/// Segments of the Lovász sort: `(count, length)`. Hinge: the batch or each image, all channels
+/// flattened; softmax: each class over the batch, or each (image, class).
+pub(crate) fn lovasz_segments(softmax: bool, per_image: bool, n: usize, c: usize, s: usize) -> (usize, usize) {
+    match (softmax, per_image) {
+        (false, false) => (1, n * c * s),
+        (false, true) => (n, c * s),
+        (true, false) => (c, n * s),
+        (true, true) => (n * c, s),
+    }
+}
+
+/// Per-segment results of the Lovász kernels: (value, foreground count, background count).
+pub(crate) struct LovaszSums {
+    pub segs: Vec<[f64; 3]>,
 }
 
 impl StatsPlan {
@@ -136,6 +156,14 @@ impl StatsPlan {
             for t in &e.terms {
                 if matches!(t.loss, Loss::SensSpec(_)) {
                     plan.needs_sensspec = true;
+                }
+                if let Loss::Lovasz(p) = &t.loss {
+                    match &plan.lovasz {
+                        Some(q) if q != p => return Err(Error::Input(format!(
+                            "'{e}': lovasz terms with different parameters need separate evaluations (one sort each)"
+                        ))),
+                        _ => plan.lovasz = Some(p.clone()),
+                    }
                 }
                 if let Some(slot) = PixelSlot::of(&t.loss, classes) {
                     grad_terms += 1;
@@ -217,10 +245,18 @@ pub(crate) struct Finalized {
     pub grad_terms: Vec<(usize, TermParams)>,
 }
 
-/// Combines the sums into values and gradient coefficients for one expression.
-pub(crate) fn finalize(expr: &LossExpr, plan: &StatsPlan, sums: &Sums, mode: Mode) -> Finalized {
+/// Combines the sums into values and gradient coefficients for one expression. The coefficients
+/// are the N x C x NCOEF region coefficients followed by one Lovász scale per sort segment.
+pub(crate) fn finalize(
+    expr: &LossExpr,
+    plan: &StatsPlan,
+    sums: &Sums,
+    mode: Mode,
+    lovasz: Option<&LovaszSums>,
+) -> Finalized {
     let (n_img, c_cls) = (sums.n, sums.c);
-    let mut coefs = vec![0f64; n_img * c_cls * NCOEF];
+    let nseg = lovasz.map_or(0, |l| l.segs.len());
+    let mut coefs = vec![0f64; n_img * c_cls * NCOEF + nseg];
     let mut grad_terms = Vec::new();
     let mut term_values = Vec::with_capacity(expr.terms.len());
     let cnt = sums.total(ch::CNT);
@@ -285,11 +321,13 @@ pub(crate) fn finalize(expr: &LossExpr, plan: &StatsPlan, sums: &Sums, mode: Mod
                 RegionKind::GDice { weight } => gdice(r, weight, w, sums, &mut coefs),
                 _ => region(r, w, sums, &mut coefs),
             },
-            Loss::Lovasz(_) => unreachable!("lovasz is rejected before planning"),
+            Loss::Lovasz(p) => {
+                let l = lovasz.expect("lovasz sums are computed when planned");
+                lovasz_term(p, mode == Mode::Multiclass, w, n_img, c_cls, l, &mut coefs[n_img * c_cls * NCOEF..])
+            }
         };
         term_values.push(v);
     }
-    let _ = mode;
     let value = expr.terms.iter().zip(&term_values).map(|(t, v)| t.weight * v).sum();
     Finalized { value, term_values, coefs: coefs.iter().map(|&x| x as f32).collect(), grad_terms }
 }
@@ -449,4 +487,34 @@ fn gdice(r: &RegionLoss, weight: GDiceWeight, w: f64, sums: &Sums, coefs: &mut [
         }
     }
     total / g_count
+}
+
+/// Value of a Lovász term from its per-segment sums, and each segment's gradient scale.
+fn lovasz_term(p: &LovaszParams, softmax: bool, w: f64, n: usize, c: usize, l: &LovaszSums, scales: &mut [f64]) -> f64 {
+    let groups = if p.per_image { n } else { 1 };
+    let mut total = 0.0;
+    for g in 0..groups {
+        if softmax {
+            let seg_of = |k: usize| if p.per_image { g * c + k } else { k };
+            let used: Vec<usize> = (0..c)
+                .filter(|&k| {
+                    let [_, fg, bg] = l.segs[seg_of(k)];
+                    fg + bg > 0.0
+                        && match &p.classes {
+                            Classes::Present => fg > 0.0,
+                            Classes::All => true,
+                            Classes::List(list) => list.contains(&k),
+                        }
+                })
+                .collect();
+            for &k in &used {
+                total += l.segs[seg_of(k)][0] / used.len() as f64;
+                scales[seg_of(k)] += w / groups as f64 / used.len() as f64;
+            }
+        } else {
+            total += l.segs[g][0];
+            scales[g] += w / groups as f64;
+        }
+    }
+    total / groups as f64
 }

@@ -57,7 +57,7 @@ pub const GRAD: Kernel = Kernel {
     name: "grad",
     entry: "gradient",
     source: wgsl!("common.wgsl", "lse.wgsl", "grad.wgsl"),
-    bindings: &[R, R, U, R, R, R, W],
+    bindings: &[R, R, U, R, R, R, W, R],
     specialized: true,
 };
 
@@ -65,5 +65,64 @@ pub const GRAD: Kernel = Kernel {
 pub const COPY: Kernel =
     Kernel { name: "copy", entry: "copy", source: wgsl!("copy.wgsl"), bindings: &[R, W], specialized: false };
 
-/// Every kernel of the crate.
-pub const KERNELS: &[Kernel] = &[STATS, REDUCE, GRAD, COPY];
+const RADIX_BINDINGS: &[Binding] = &[U, R, R, W, W, W, W];
+
+macro_rules! radix {
+    ($name:literal) => {
+        Kernel {
+            name: $name,
+            entry: $name,
+            source: wgsl!("scan.wgsl", "radix.wgsl"),
+            bindings: RADIX_BINDINGS,
+            specialized: false,
+        }
+    };
+}
+
+/// Radix sort, step 1: digit histogram per tile.
+pub const RADIX_COUNT: Kernel = radix!("radix_count");
+/// Radix sort, step 2: scan of the tile histograms per digit and segment.
+pub const RADIX_SCAN: Kernel = radix!("radix_scan");
+/// Radix sort, step 3: stable local sort and scatter.
+pub const RADIX_SCATTER: Kernel = radix!("radix_scatter");
+
+const LOVASZ_BINDINGS: &[Binding] = &[R, R, U, U, W, W, W, W, W, W];
+
+macro_rules! lovasz {
+    ($name:literal) => {
+        Kernel {
+            name: $name,
+            entry: $name,
+            source: wgsl!("common.wgsl", "lse.wgsl", "scan.wgsl", "lovasz.wgsl"),
+            bindings: LOVASZ_BINDINGS,
+            specialized: true,
+        }
+    };
+}
+
+/// Lovász: sort keys and payloads.
+pub const LOVASZ_KEYS: Kernel = lovasz!("lovasz_keys");
+/// Lovász: foreground/background counts per sorted tile.
+pub const LOVASZ_COUNT: Kernel = lovasz!("lovasz_count");
+/// Lovász: scan of the tile counts per segment.
+pub const LOVASZ_SCAN: Kernel = lovasz!("lovasz_scan");
+/// Lovász: Jaccard weights of the sorted positions, value partials.
+pub const LOVASZ_WEIGHTS: Kernel = lovasz!("lovasz_weights");
+/// Lovász: value per segment.
+pub const LOVASZ_VALUE: Kernel = lovasz!("lovasz_value");
+
+/// Every kernel of the crate, in the order the engine indexes them.
+pub const KERNELS: &[Kernel] = &[
+    STATS,
+    REDUCE,
+    GRAD,
+    COPY,
+    RADIX_COUNT,
+    RADIX_SCAN,
+    RADIX_SCATTER,
+    LOVASZ_KEYS,
+    LOVASZ_COUNT,
+    LOVASZ_SCAN,
+    LOVASZ_WEIGHTS,
+    LOVASZ_VALUE,
+];

@@ -13,12 +13,18 @@ fn specializations(k: &segloss::shaders::Kernel) -> Vec<naga::back::PipelineCons
     let mut out = Vec::new();
     for softmax in [0.0, 1.0] {
         for (kinds, nterms) in [(0.0, 0.0), (1.0, 1.0), (3.0, 2.0), (15.0, 4.0), (12.0, 3.0)] {
-            for sensspec in [0.0, 1.0] {
+            for (sensspec, lovasz) in [(0.0, 0.0), (1.0, 1.0), (0.0, 2.0)] {
                 out.push(
-                    [("SOFTMAX", softmax), ("KINDS", kinds), ("NTERMS", nterms), ("SENSSPEC", sensspec)]
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v))
-                        .collect(),
+                    [
+                        ("SOFTMAX", softmax),
+                        ("KINDS", kinds),
+                        ("NTERMS", nterms),
+                        ("SENSSPEC", sensspec),
+                        ("LOVASZ", lovasz),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
                 );
             }
         }

@@ -1,0 +1,218 @@
+// Lovász hinge and Lovász-Softmax around the segmented sort (radix.wgsl).
+//
+// Segments (all of length LP.len): hinge, one per batch or image (all channels flattened);
+// softmax, one per class (batch) or per (image, class). An element's sort key is the complement
+// of its error's f32 bits, so an ascending sort is a descending sort by error; errors <= 0 and
+// ignored elements get the largest key (they carry no loss and no gradient, and sort last). The
+// payload is the element's logits index with its label in bit 31 (0xFFFFFFFF: ignored).
+//
+// After the sort, the Jaccard gradient of sorted position k needs only the number of foreground
+// and background elements at positions <= k of its segment (a segmented scan) and the segment's
+// foreground total: fg: 1 / U, bg: I / ((U - 1) U) with U = gts + cumsum(1-g), I = gts - cumsum(g),
+// the closed forms of J_k - J_{k-1} (no cancellation).
+
+struct LovParams {
+    len: u32,       // segment length
+    segs: u32,      // segments
+    tiles: u32,     // tiles of 1024 per segment
+    per_image: u32, // 1: one group per image
+}
+
+@group(0) @binding(0) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read> tgt: array<u32>;
+@group(0) @binding(2) var<uniform> P: Params;
+@group(0) @binding(3) var<uniform> LP: LovParams;
+@group(0) @binding(4) var<storage, read_write> keys: array<u32>;
+@group(0) @binding(5) var<storage, read_write> vals: array<u32>;
+@group(0) @binding(6) var<storage, read_write> tilecnt: array<vec2<u32>>; // [seg][tile] fg, bg
+@group(0) @binding(7) var<storage, read_write> segsum: array<vec4<u32>>;  // [seg] value bits, gts, gtn, 0
+@group(0) @binding(8) var<storage, read_write> lw: array<f32>;            // [element] Jaccard weight
+@group(0) @binding(9) var<storage, read_write> vpart: array<f32>;         // [seg][tile] value partials
+
+const LT: u32 = 1024u;
+const NONE: u32 = 0xFFFFFFFFu;
+
+var<workgroup> fred: array<f32, 256>;
+
+fn key_of(err: f32) -> u32 {
+    if err > 0.0 {
+        return ~bitcast<u32>(err);
+    }
+    return NONE;
+}
+
+// Keys and payloads, one thread per pixel (image y, pixel from x and z).
+@compute @workgroup_size(256)
+fn lovasz_keys(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let s = (wid.x + wid.z * nwg.x) * 256u + lid;
+    let n = wid.y;
+    if s >= P.s {
+        return;
+    }
+    if SOFTMAX {
+        let lab = tgt[n * P.s + s];
+        var lse = 0.0;
+        if lab != INVALID {
+            lse = log_sum_exp(n, s);
+        }
+        for (var c = 0u; c < P.c; c++) {
+            let e = (n * P.c + c) * P.s + s;
+            var pos = e;
+            if LP.per_image == 0u {
+                pos = c * (P.n * P.s) + n * P.s + s;
+            }
+            if lab == INVALID {
+                keys[pos] = NONE;
+                vals[pos] = NONE;
+            } else {
+                let p = exp(logits[e] - lse);
+                let fg = lab == c;
+                keys[pos] = key_of(abs(select(0.0, 1.0, fg) - p));
+                vals[pos] = e | select(0u, 0x80000000u, fg);
+            }
+        }
+    } else {
+        for (var c = 0u; c < P.c; c++) {
+            let e = (n * P.c + c) * P.s + s;
+            let tb = tgt[e];
+            if tb == INVALID {
+                keys[e] = NONE;
+                vals[e] = NONE;
+            } else {
+                let g = bitcast<f32>(tb);
+                keys[e] = key_of(1.0 - logits[e] * (2.0 * g - 1.0));
+                vals[e] = e | select(0u, 0x80000000u, g > 0.5);
+            }
+        }
+    }
+}
+
+// (fg, bg) counts of one payload.
+fn label_counts(v: u32) -> vec2<u32> {
+    if v == NONE {
+        return vec2<u32>(0u);
+    }
+    return select(vec2<u32>(0u, 1u), vec2<u32>(1u, 0u), (v >> 31u) == 1u);
+}
+
+// Foreground and background counts of each sorted tile.
+@compute @workgroup_size(256)
+fn lovasz_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x;
+    let seg = wid.y;
+    var cnt = vec2<u32>(0u);
+    for (var r = 0u; r < 4u; r++) {
+        let j = tile * LT + r * 256u + lid;
+        if j < LP.len {
+            cnt += label_counts(vals[seg * LP.len + j]);
+        }
+    }
+    let sc = wg_scan2(lid, cnt);
+    if lid == 0u {
+        tilecnt[seg * LP.tiles + tile] = sc.zw;
+    }
+}
+
+// Per segment: exclusive scan of the tile counts in place; the totals (gts, gtn).
+@compute @workgroup_size(256)
+fn lovasz_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let seg = wid.x;
+    var carry = vec2<u32>(0u);
+    for (var start = 0u; start < LP.tiles; start += 256u) {
+        let i = start + lid;
+        var v = vec2<u32>(0u);
+        if i < LP.tiles {
+            v = tilecnt[seg * LP.tiles + i];
+        }
+        let r = wg_scan2(lid, v);
+        if i < LP.tiles {
+            tilecnt[seg * LP.tiles + i] = carry + r.xy;
+        }
+        carry += r.zw;
+    }
+    if lid == 0u {
+        segsum[seg] = vec4<u32>(0u, carry.x, carry.y, 0u);
+    }
+}
+
+// Jaccard weight of every sorted position, scattered to its element; value partial per tile.
+@compute @workgroup_size(256)
+fn lovasz_weights(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x;
+    let seg = wid.y;
+    var k: array<u32, 4>;
+    var v: array<u32, 4>;
+    var cnt = vec2<u32>(0u);
+    for (var r = 0u; r < 4u; r++) {
+        let j = tile * LT + 4u * lid + r;
+        k[r] = NONE;
+        v[r] = NONE;
+        if j < LP.len {
+            k[r] = keys[seg * LP.len + j];
+            v[r] = vals[seg * LP.len + j];
+        }
+        cnt += label_counts(v[r]);
+    }
+    let sc = wg_scan2(lid, cnt);
+    var run = tilecnt[seg * LP.tiles + tile] + sc.xy; // counts before this thread's items
+    // gts: the segment's foreground total (exclusive prefix of the last tile + its count)
+    let gts = segsum[seg].y;
+    var acc = 0.0;
+    for (var r = 0u; r < 4u; r++) {
+        if v[r] == NONE {
+            continue;
+        }
+        let c = label_counts(v[r]);
+        run += c;
+        let u = gts + run.y; // union at this position (>= 1)
+        let i = gts - run.x; // intersection left
+        var w: f32;
+        if c.x == 1u {
+            w = 1.0 / f32(u);
+        } else if u > 1u {
+            w = f32(i) / (f32(u - 1u) * f32(u));
+        } else {
+            w = 1.0;
+        }
+        lw[v[r] & 0x7FFFFFFFu] = w;
+        if k[r] != NONE {
+            acc += bitcast<f32>(~k[r]) * w;
+        }
+    }
+    fred[lid] = acc;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride >>= 1u) {
+        if lid < stride {
+            fred[lid] += fred[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        vpart[seg * LP.tiles + tile] = fred[0];
+    }
+}
+
+// Per segment: the loss value, sum of the tile partials in a fixed order.
+@compute @workgroup_size(256)
+fn lovasz_value(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let seg = wid.x;
+    var acc = 0.0;
+    for (var t = lid; t < LP.tiles; t += 256u) {
+        acc += vpart[seg * LP.tiles + t];
+    }
+    fred[lid] = acc;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride >>= 1u) {
+        if lid < stride {
+            fred[lid] += fred[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        segsum[seg].x = bitcast<u32>(fred[0]);
+    }
+}
