@@ -511,6 +511,77 @@ impl Engine {
         Ok(out)
     }
 
+    /// Sorts consecutive segments of `segment_len` keys ascending, stably, on the device (the radix
+    /// sort behind the Lovász losses), and returns the sorted keys with each one's original index.
+    /// `keys.len()` must be a multiple of `segment_len`. The CPU engine sorts on the CPU.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), segloss::Error> {
+    /// let engine = segloss::Engine::new_blocking()?;
+    /// let (k, i) = engine.sort_segments_blocking(&[3, 1, 2, 9, 7, 7], 3)?;
+    /// assert_eq!(k, vec![1, 2, 3, 7, 7, 9]);
+    /// assert_eq!(i, vec![1, 2, 0, 4, 5, 3]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn sort_segments(&self, keys: &[u32], segment_len: usize) -> Result<(Vec<u32>, Vec<u32>), Error> {
+        if segment_len == 0 || keys.len() % segment_len != 0 || keys.is_empty() {
+            return Err(Error::Input(format!("{} keys do not split into segments of {segment_len}", keys.len())));
+        }
+        if keys.len() >= u32::MAX as usize {
+            return Err(Error::Input("at most 2^32 - 1 keys".into()));
+        }
+        let segs = keys.len() / segment_len;
+        let Backend::Gpu(gpu) = &self.backend else {
+            let mut out = Vec::with_capacity(keys.len());
+            for (si, seg) in keys.chunks(segment_len).enumerate() {
+                let mut idx: Vec<u32> = (0..segment_len as u32).map(|i| (si * segment_len) as u32 + i).collect();
+                idx.sort_by_key(|&i| seg[i as usize - si * segment_len]);
+                out.extend(idx);
+            }
+            return Ok((out.iter().map(|&i| keys[i as usize]).collect(), out));
+        };
+        let maxd = gpu.limits.max_compute_workgroups_per_dimension as usize;
+        if segment_len.div_ceil(SORT_TILE) > maxd || segs > maxd {
+            return Err(Error::Input(format!(
+                "{segs} segments of {segment_len} keys exceed the device's dispatch limits"
+            )));
+        }
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let idx: Vec<u32> = (0..keys.len() as u32).collect();
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let init = |label, data: &[u32]| {
+            gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(data),
+                usage,
+            })
+        };
+        let (ka, va) = (init("keys", keys), init("vals", &idx));
+        let bytes = (keys.len() * 4) as u64;
+        let (kb, vb) = (gpu.scratch("keys b", bytes, usage), gpu.scratch("vals b", bytes, usage));
+        let mut enc =
+            gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss sort") });
+        let _keep = gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len);
+        let rk = gpu.scratch("keys readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let rv = gpu.scratch("vals readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        enc.copy_buffer_to_buffer(&ka, 0, &rk, 0, bytes);
+        enc.copy_buffer_to_buffer(&va, 0, &rv, 0, bytes);
+        gpu.queue.submit([enc.finish()]);
+        let out = gpu.read(&[&rk, &rv]).await?;
+        if let Some(e) = scope.pop().await {
+            return Err(Error::Gpu(e.to_string()));
+        }
+        gpu.check_lost()?;
+        let as_u32 = |v: &Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        Ok((as_u32(&out[0]), as_u32(&out[1])))
+    }
+
+    /// Blocking [`Engine::sort_segments`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn sort_segments_blocking(&self, keys: &[u32], segment_len: usize) -> Result<(Vec<u32>, Vec<u32>), Error> {
+        pollster::block_on(self.sort_segments(keys, segment_len))
+    }
+
     /// Copies the prepared logits once on the device and waits: the memory-traffic floor of an
     /// elementwise pass, for benchmarks to compare against. A no-op on the CPU reference.
     pub async fn copy_probe(&self, prep: &Prepared<'_>) -> Result<(), Error> {

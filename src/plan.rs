@@ -159,9 +159,11 @@ impl StatsPlan {
                 }
                 if let Loss::Lovasz(p) = &t.loss {
                     match &plan.lovasz {
-                        Some(q) if q != p => return Err(Error::Input(format!(
+                        Some(q) if q != p => {
+                            return Err(Error::Input(format!(
                             "'{e}': lovasz terms with different parameters need separate evaluations (one sort each)"
-                        ))),
+                        )))
+                        }
                         _ => plan.lovasz = Some(p.clone()),
                     }
                 }

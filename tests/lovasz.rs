@@ -1,0 +1,217 @@
+//! Lovász hinge and Lovász-Softmax on the GPU against the f64 CPU reference: per_image both ways,
+//! present/all classes, ignore_index, empty and full targets, ignore-only images, tied errors,
+//! segment sizes from 1 to 2^20, bit-identical repeats, and use inside sums.
+
+mod common;
+
+use std::borrow::Cow;
+
+use common::Rng;
+use segloss::{reference, Input, LossExpr, Mode, Target};
+
+struct Case {
+    shape: Vec<usize>,
+    mode: Mode,
+    logits: Vec<f32>,
+    target: Target<'static>,
+    ignore: Option<i64>,
+}
+
+impl Case {
+    fn input(&self) -> Input<'_> {
+        Input::new(Cow::Borrowed(&self.logits), self.target.clone(), &self.shape, self.mode, self.ignore).unwrap()
+    }
+}
+
+/// kind: 0 random, 1 empty target, 2 all foreground, 3 first image ignored entirely, 4 rare foreground
+fn case(rng: &mut Rng, mode: Mode, shape: Vec<usize>, kind: usize, quantize: bool) -> Case {
+    let (n, c) = (shape[0], shape[1]);
+    let s: usize = shape[2..].iter().product();
+    let logits: Vec<f32> = (0..n * c * s)
+        .map(|_| {
+            let x = rng.normal() * 3.0;
+            if quantize {
+                ((x * 2.0).round() / 2.0) as f32
+            } else {
+                x as f32
+            }
+        })
+        .collect();
+    let ignore = Some(255);
+    let target = if mode == Mode::Multiclass {
+        Target::Labels(Cow::Owned(
+            (0..n * s)
+                .map(|i| match kind {
+                    1 => 0,
+                    2 => (c - 1) as i64,
+                    3 if i < s => 255,
+                    4 => {
+                        if rng.below(30) == 0 {
+                            1
+                        } else {
+                            0
+                        }
+                    }
+                    _ => {
+                        if rng.below(8) == 0 {
+                            255
+                        } else {
+                            rng.below(c) as i64
+                        }
+                    }
+                })
+                .collect(),
+        ))
+    } else {
+        Target::Dense(Cow::Owned(
+            (0..n * c * s)
+                .map(|i| match kind {
+                    1 => 0.0,
+                    2 => 1.0,
+                    3 if i < c * s => 255.0,
+                    4 => (rng.below(30) == 0) as u8 as f32,
+                    _ => {
+                        if rng.below(9) == 0 {
+                            255.0
+                        } else {
+                            (rng.below(3) == 0) as u8 as f32
+                        }
+                    }
+                })
+                .collect(),
+        ))
+    };
+    Case { shape, mode, logits, target, ignore }
+}
+
+/// Values must agree; gradients must agree except at a few elements whose f32 and f64 errors
+/// order differently (near-ties), and their sums must agree.
+fn compare(c: &Case, texts: &[&str]) {
+    let input = c.input();
+    let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse().unwrap()).collect();
+    let gpu = common::gpu().evaluate_blocking(&input, &exprs, true).unwrap();
+    for (e, g) in exprs.iter().zip(gpu) {
+        let r = reference::evaluate(&input, e).unwrap();
+        let what = format!("'{e}' {} {:?}", c.mode, c.shape);
+        assert!(
+            (g.value - r.value).abs() <= 1e-5 + 2e-4 * r.value.abs(),
+            "{what}: value gpu {} cpu {}",
+            g.value,
+            r.value
+        );
+        let grad = g.grad.unwrap();
+        let (_, m) = common::max_diff(&grad, &r.grad);
+        let bad = grad.iter().zip(&r.grad).filter(|(a, b)| (**a as f64 - **b).abs() > 1e-7 + 2e-3 * m).count();
+        assert!(bad * 200 <= grad.len().max(200), "{what}: {bad} of {} gradient elements differ", grad.len());
+        let (sg, sr): (f64, f64) = (grad.iter().map(|&x| x as f64).sum(), r.grad.iter().sum());
+        let abs: f64 = r.grad.iter().map(|x| x.abs()).sum();
+        assert!((sg - sr).abs() <= 1e-6 + 1e-3 * abs, "{what}: gradient sums {sg} vs {sr}");
+    }
+}
+
+const HINGE: &[&str] = &["lovasz", "lovasz:per_image=true", "bce+lovasz:per_image=true", "0.5*dice+0.5*lovasz"];
+const SOFTMAX: &[&str] = &[
+    "lovasz",
+    "lovasz:per_image=true",
+    "lovasz:classes=all",
+    "lovasz:per_image=true,classes=all",
+    "0.8*ce+0.2*lovasz",
+];
+
+#[test]
+fn hinge_matches_reference() {
+    let mut rng = Rng(31);
+    for (i, mode) in [Mode::Binary, Mode::Multilabel].into_iter().cycle().take(10).enumerate() {
+        let c = if mode == Mode::Binary { 1 } else { 1 + rng.below(4) };
+        let shape = vec![1 + rng.below(4), c, 1 + rng.below(70), 1 + rng.below(70)];
+        compare(&case(&mut rng, mode, shape, i % 5, false), HINGE);
+    }
+}
+
+#[test]
+fn softmax_matches_reference() {
+    let mut rng = Rng(32);
+    for i in 0..10 {
+        let shape = vec![1 + rng.below(4), 2 + rng.below(12), 1 + rng.below(60), 1 + rng.below(60)];
+        compare(&case(&mut rng, Mode::Multiclass, shape, i % 5, false), SOFTMAX);
+    }
+}
+
+#[test]
+fn segment_sizes_from_1_to_2_pow_20() {
+    let mut rng = Rng(33);
+    for s in [1usize, 2, 3, 1000, 1023, 1025, 4099, 65_537, (1 << 20) - 5, 1 << 20] {
+        compare(&case(&mut rng, Mode::Binary, vec![1, 1, s], 0, false), &["lovasz"]);
+    }
+    for s in [1usize, 7, 1025, 100_003] {
+        compare(&case(&mut rng, Mode::Multiclass, vec![2, 3, s], 0, false), &["lovasz:per_image=true"]);
+    }
+}
+
+#[test]
+fn tied_errors_give_the_reference_value_and_tie_group_sums() {
+    // Logits on a half-integer grid: errors 1 - x (2g - 1) are exact in f32 and f64, with huge tie
+    // groups. The value does not depend on the tie order; the sum over a tie group of each
+    // element's Jaccard weight (gradient / d error / d x) does not either.
+    let mut rng = Rng(34);
+    for per_image in [false, true] {
+        let c = case(&mut rng, Mode::Binary, vec![3, 1, 40, 50], 0, true);
+        let input = c.input();
+        let expr: LossExpr = if per_image { "lovasz:per_image=true" } else { "lovasz" }.parse().unwrap();
+        let g = common::gpu().evaluate_blocking(&input, std::slice::from_ref(&expr), true).unwrap().remove(0);
+        let r = reference::evaluate(&input, &expr).unwrap();
+        assert!((g.value - r.value).abs() <= 1e-5 * r.value.abs().max(1.0), "{} vs {}", g.value, r.value);
+        let Target::Dense(t) = &c.target else { unreachable!() };
+        let mut groups = std::collections::BTreeMap::<(usize, i64), (f64, f64)>::new();
+        let per = c.logits.len() / 3;
+        for i in 0..c.logits.len() {
+            if t[i] == 255.0 {
+                continue;
+            }
+            let sign = 2.0 * t[i] as f64 - 1.0;
+            let err = 1.0 - c.logits[i] as f64 * sign;
+            if err <= 0.0 {
+                continue;
+            }
+            let seg = if per_image { i / per } else { 0 };
+            let e = groups.entry((seg, (err * 4.0).round() as i64)).or_default();
+            e.0 += g.grad.as_ref().unwrap()[i] as f64 * -sign;
+            e.1 += r.grad[i] * -sign;
+        }
+        assert!(groups.len() > 5);
+        for ((seg, key), (a, b)) in groups {
+            assert!((a - b).abs() <= 1e-6 + 1e-4 * b.abs(), "segment {seg} error {}: {a} vs {b}", key as f64 / 4.0);
+        }
+    }
+}
+
+#[test]
+fn repeated_runs_are_bit_identical() {
+    let mut rng = Rng(35);
+    let c = case(&mut rng, Mode::Multiclass, vec![2, 5, 50, 70], 0, true);
+    let input = c.input();
+    let exprs: Vec<LossExpr> = SOFTMAX.iter().map(|t| t.parse().unwrap()).collect();
+    let a = common::gpu().evaluate_blocking(&input, &exprs, true).unwrap();
+    for _ in 0..2 {
+        let b = common::gpu().evaluate_blocking(&input, &exprs, true).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.value.to_bits(), y.value.to_bits());
+            assert!(x
+                .grad
+                .as_ref()
+                .unwrap()
+                .iter()
+                .zip(y.grad.as_ref().unwrap())
+                .all(|(p, q)| p.to_bits() == q.to_bits()));
+        }
+    }
+}
+
+#[test]
+fn soft_labels_are_rejected() {
+    let x = vec![0.5f32; 8];
+    let t = vec![0.3f32; 8];
+    let input = Input::dense(&x, &t, &[1, 1, 8], Mode::Binary).unwrap();
+    let e = common::gpu().evaluate_blocking(&input, &["lovasz".parse().unwrap()], true).unwrap_err().to_string();
+    assert!(e.contains("hard 0/1 labels"), "{e}");
+}

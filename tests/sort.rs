@@ -1,0 +1,68 @@
+//! The segmented radix sort alone against the CPU's stable sort: ties, negative zero and equal
+//! keys across segments, sizes 1 .. 2^22, several segments at once.
+
+mod common;
+
+use common::Rng;
+
+/// Order-preserving u32 encoding of an f32, descending (larger floats first), as the Lovász
+/// kernels sort errors; -0.0 sorts right after +0.0.
+fn desc_key(x: f32) -> u32 {
+    let b = x.to_bits();
+    let asc = if b & 0x8000_0000 != 0 { !b } else { b | 0x8000_0000 };
+    !asc
+}
+
+fn check(keys: &[u32], seg: usize) {
+    let (k, i) = common::gpu().sort_segments_blocking(keys, seg).unwrap();
+    let mut want: Vec<u32> = (0..keys.len() as u32).collect();
+    for chunk in want.chunks_mut(seg) {
+        chunk.sort_by_key(|&j| keys[j as usize]); // stable
+    }
+    let want_k: Vec<u32> = want.iter().map(|&j| keys[j as usize]).collect();
+    assert!(k == want_k, "keys differ (n = {}, segment {seg})", keys.len());
+    assert!(i == want, "payloads differ: the sort is not stable (n = {}, segment {seg})", keys.len());
+}
+
+#[test]
+fn sorts_like_a_stable_cpu_sort_across_sizes() {
+    let mut rng = Rng(21);
+    for n in [1usize, 2, 3, 255, 256, 1000, 1023, 1024, 1025, 4097, 65_536 + 17, 300_001, 1 << 20, (1 << 22) - 3] {
+        let keys: Vec<u32> = (0..n)
+            .map(|_| match rng.below(4) {
+                0 => rng.next_u64() as u32,
+                1 => rng.below(5) as u32, // many ties
+                2 => desc_key((rng.normal() * 3.0) as f32),
+                _ => desc_key(if rng.below(2) == 0 { 0.0 } else { -0.0 }),
+            })
+            .collect();
+        check(&keys, n);
+    }
+}
+
+#[test]
+fn sorts_many_segments_in_one_call() {
+    let mut rng = Rng(22);
+    for (segs, len) in [(7usize, 1usize), (5, 1000), (21, 3001), (84, 4096), (3, 100_003)] {
+        // equal keys across segments must not mix
+        let keys: Vec<u32> = (0..segs * len).map(|_| rng.below(1000) as u32).collect();
+        check(&keys, len);
+    }
+}
+
+#[test]
+fn float_keys_order_descending_with_negative_zero() {
+    let xs = [3.5f32, -0.0, 0.0, -2.0, f32::MIN_POSITIVE, 1e-45, -1e-45, 7.0, 0.0, -0.0];
+    let keys: Vec<u32> = xs.iter().map(|&x| desc_key(x)).collect();
+    let (_, idx) = common::gpu().sort_segments_blocking(&keys, keys.len()).unwrap();
+    let sorted: Vec<f32> = idx.iter().map(|&i| xs[i as usize]).collect();
+    let bits: Vec<u32> = sorted.iter().map(|x| x.to_bits()).collect();
+    let want = [7.0f32, 3.5, f32::MIN_POSITIVE, 1e-45, 0.0, 0.0, -0.0, -0.0, -1e-45, -2.0];
+    assert_eq!(bits, want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+}
+
+#[test]
+fn bad_segment_lengths_are_errors() {
+    let e = common::gpu().sort_segments_blocking(&[1, 2, 3], 2).unwrap_err().to_string();
+    assert!(e.contains("do not split into segments of 2"), "{e}");
+}
