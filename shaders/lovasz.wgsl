@@ -14,7 +14,7 @@
 struct LovParams {
     len: u32,       // segment length
     segs: u32,      // segments
-    tiles: u32,     // tiles of 1024 per segment
+    tiles: u32,     // tiles of 2048 per segment
     per_image: u32, // 1: one group per image
 }
 
@@ -29,7 +29,8 @@ struct LovParams {
 @group(0) @binding(8) var<storage, read_write> lw: array<f32>;            // [element] Jaccard weight
 @group(0) @binding(9) var<storage, read_write> vpart: array<f32>;         // [seg][tile] value partials
 
-const LT: u32 = 1024u;
+const LT: u32 = 2048u; // tile: 256 threads x 8 items
+const LIPT: u32 = 8u;
 const NONE: u32 = 0xFFFFFFFFu;
 
 var<workgroup> fred: array<f32, 256>;
@@ -105,7 +106,7 @@ fn lovasz_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     let tile = wid.x;
     let seg = wid.y;
     var cnt = vec2<u32>(0u);
-    for (var r = 0u; r < 4u; r++) {
+    for (var r = 0u; r < LIPT; r++) {
         let j = tile * LT + r * 256u + lid;
         if j < LP.len {
             cnt += label_counts(vals[seg * LP.len + j]);
@@ -144,11 +145,11 @@ fn lovasz_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
 fn lovasz_weights(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x;
     let seg = wid.y;
-    var k: array<u32, 4>;
-    var v: array<u32, 4>;
+    var k: array<u32, LIPT>;
+    var v: array<u32, LIPT>;
     var cnt = vec2<u32>(0u);
-    for (var r = 0u; r < 4u; r++) {
-        let j = tile * LT + 4u * lid + r;
+    for (var r = 0u; r < LIPT; r++) {
+        let j = tile * LT + LIPT * lid + r;
         k[r] = NONE;
         v[r] = NONE;
         if j < LP.len {
@@ -162,7 +163,7 @@ fn lovasz_weights(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     // gts: the segment's foreground total (exclusive prefix of the last tile + its count)
     let gts = segsum[seg].y;
     var acc = 0.0;
-    for (var r = 0u; r < 4u; r++) {
+    for (var r = 0u; r < LIPT; r++) {
         if v[r] == NONE {
             continue;
         }

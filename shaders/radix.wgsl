@@ -13,16 +13,16 @@ struct SortParams {
 @group(0) @binding(0) var<uniform> SP: SortParams;
 @group(0) @binding(1) var<storage, read> keys_in: array<u32>;
 @group(0) @binding(2) var<storage, read> vals_in: array<u32>;
-@group(0) @binding(3) var<storage, read_write> counts: array<u32>; // [seg][digit][tile]
-@group(0) @binding(4) var<storage, read_write> totals: array<u32>; // [seg][digit]
+@group(0) @binding(3) var<storage, read_write> counts: array<u32>; // [seg][tile][digit]
+@group(0) @binding(4) var<storage, read_write> totals: array<u32>; // [seg][digit]: start of each digit
 @group(0) @binding(5) var<storage, read_write> keys_out: array<u32>;
 @group(0) @binding(6) var<storage, read_write> vals_out: array<u32>;
 
-const T: u32 = 1024u; // tile: 256 threads x 4 items
+const T: u32 = 2048u; // tile: 256 threads x 8 items
+const IPT: u32 = 8u;
 
 var<workgroup> hist: array<atomic<u32>, 256>;
-var<workgroup> sk: array<u32, 1024>;
-var<workgroup> sv: array<u32, 1024>;
+var<workgroup> sk: array<u32, 2048>; // local sort: (digit << 16) | index in the tile
 var<workgroup> dbase: array<u32, 256>;
 var<workgroup> first: array<u32, 256>;
 
@@ -37,104 +37,99 @@ fn radix_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     let seg = wid.y;
     atomicStore(&hist[lid], 0u);
     workgroupBarrier();
-    for (var r = 0u; r < 4u; r++) {
+    for (var r = 0u; r < IPT; r++) {
         let j = tile * T + r * 256u + lid;
         if j < SP.len {
             atomicAdd(&hist[digit(keys_in[seg * SP.len + j])], 1u);
         }
     }
     workgroupBarrier();
-    counts[(seg * 256u + lid) * SP.tiles + tile] = atomicLoad(&hist[lid]);
+    counts[(seg * SP.tiles + tile) * 256u + lid] = atomicLoad(&hist[lid]);
 }
 
-// Per (digit, segment): exclusive scan of the tile counts in place, and the digit's total.
+// Per segment, one thread per digit: exclusive scan of the digit's tile counts in place (a serial
+// walk over the tiles, coalesced across digits, no barriers), then the start of each digit in
+// the segment (a scan over digits).
 @compute @workgroup_size(256)
 fn radix_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let d = wid.x;
-    let seg = wid.y;
-    let base = (seg * 256u + d) * SP.tiles;
-    var carry = 0u;
-    for (var start = 0u; start < SP.tiles; start += 256u) {
-        let i = start + lid;
-        var v = 0u;
-        if i < SP.tiles {
-            v = counts[base + i];
-        }
-        let r = wg_scan2(lid, vec2<u32>(v, 0u));
-        if i < SP.tiles {
-            counts[base + i] = carry + r.x;
-        }
-        carry += r.z;
+    let seg = wid.x;
+    var run = 0u;
+    for (var t = 0u; t < SP.tiles; t++) {
+        let i = (seg * SP.tiles + t) * 256u + lid;
+        let c = counts[i];
+        counts[i] = run;
+        run += c;
     }
-    if lid == 0u {
-        totals[seg * 256u + d] = carry;
-    }
+    let sc = wg_scan2(lid, vec2<u32>(run, 0u));
+    totals[seg * 256u + lid] = sc.x;
 }
 
-// Stable local sort of the tile by the digit (four 2-bit splits), then each item goes to
-// segment start + digit base + tile prefix + its rank among the tile's items of that digit.
+// Stable local sort of the tile by the digit (three splits of packed (digit, index) words),
+// then each item goes to segment start + digit base + tile prefix + its rank among the tile's
+// items of that digit.
 @compute @workgroup_size(256)
 fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x;
     let seg = wid.y;
-    let ds = wg_scan2(lid, vec2<u32>(totals[seg * 256u + lid], 0u));
-    dbase[lid] = ds.x;
-    var k: array<u32, 4>;
-    var v: array<u32, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        let j = tile * T + 4u * lid + r;
-        k[r] = 0xFFFFFFFFu; // padding sorts after every real item (stable: it starts last)
-        v[r] = 0u;
-        if j < SP.len {
-            k[r] = keys_in[seg * SP.len + j];
-            v[r] = vals_in[seg * SP.len + j];
+    dbase[lid] = totals[seg * 256u + lid];
+    let real = min(T, SP.len - tile * T);
+    let base = seg * SP.len + tile * T;
+    var it: array<u32, IPT>;
+    for (var r = 0u; r < IPT; r++) {
+        let p = IPT * lid + r;
+        var d = 255u; // padding sorts after every real item (stable: it starts last)
+        if p < real {
+            d = digit(keys_in[base + p]);
         }
+        it[r] = (d << 16u) | p;
     }
-    for (var b = 0u; b < 8u; b += 2u) {
-        var cnt = vec2<u32>(0u);
-        for (var r = 0u; r < 4u; r++) {
-            let q = (digit(k[r]) >> b) & 3u;
-            if q < 2u {
-                cnt.x += 1u << (16u * q);
-            } else {
-                cnt.y += 1u << (16u * (q - 2u));
-            }
+    // three splits of 3, 3 and 2 bits; bucket counts packed in 16-bit halves of a vec4
+    for (var b = 16u; b < 24u; b += 3u) {
+        var cnt = vec4<u32>(0u);
+        for (var r = 0u; r < IPT; r++) {
+            let q = (it[r] >> b) & 7u;
+            cnt[q >> 1u] += 1u << (16u * (q & 1u));
         }
-        let sc = wg_scan2(lid, cnt);
-        let t0 = sc.z & 0xFFFFu;
-        let t1 = sc.z >> 16u;
-        let t2 = sc.w & 0xFFFFu;
-        var off = vec4<u32>(sc.x & 0xFFFFu, sc.x >> 16u, sc.y & 0xFFFFu, sc.y >> 16u)
-            + vec4<u32>(0u, t0, t0 + t1, t0 + t1 + t2);
-        for (var r = 0u; r < 4u; r++) {
-            let q = (digit(k[r]) >> b) & 3u;
-            sk[off[q]] = k[r];
-            sv[off[q]] = v[r];
+        let ex = wg_scan4(lid, cnt);
+        let tot = scan_total4;
+        // start of each bucket: exclusive scan of the 8 totals
+        var start: array<u32, 8>;
+        var acc = 0u;
+        for (var q = 0u; q < 8u; q++) {
+            start[q] = acc;
+            acc += (tot[q >> 1u] >> (16u * (q & 1u))) & 0xFFFFu;
+        }
+        var off: array<u32, 8>;
+        for (var q = 0u; q < 8u; q++) {
+            off[q] = start[q] + ((ex[q >> 1u] >> (16u * (q & 1u))) & 0xFFFFu);
+        }
+        for (var r = 0u; r < IPT; r++) {
+            let q = (it[r] >> b) & 7u;
+            sk[off[q]] = it[r];
             off[q] += 1u;
         }
         workgroupBarrier();
-        for (var r = 0u; r < 4u; r++) {
-            k[r] = sk[4u * lid + r];
-            v[r] = sv[4u * lid + r];
+        for (var r = 0u; r < IPT; r++) {
+            it[r] = sk[IPT * lid + r];
         }
         workgroupBarrier();
     }
-    for (var r = 0u; r < 4u; r++) {
-        let p = 4u * lid + r;
-        let d = digit(k[r]);
-        if p == 0u || digit(sk[p - 1u]) != d {
+    for (var r = 0u; r < IPT; r++) {
+        let p = IPT * lid + r;
+        let d = it[r] >> 16u;
+        if p == 0u || (sk[p - 1u] >> 16u) != d {
             first[d] = p;
         }
     }
     workgroupBarrier();
-    let real = min(T, SP.len - tile * T);
-    for (var r = 0u; r < 4u; r++) {
-        let p = 4u * lid + r;
+    for (var r = 0u; r < IPT; r++) {
+        let p = IPT * lid + r;
         if p < real {
-            let d = digit(k[r]);
-            let dest = seg * SP.len + dbase[d] + counts[(seg * 256u + d) * SP.tiles + tile] + (p - first[d]);
-            keys_out[dest] = k[r];
-            vals_out[dest] = v[r];
+            let d = it[r] >> 16u;
+            let src = base + (it[r] & 0xFFFFu);
+            let dest = seg * SP.len + dbase[d] + counts[(seg * SP.tiles + tile) * 256u + d] + (p - first[d]);
+            keys_out[dest] = keys_in[src];
+            vals_out[dest] = vals_in[src];
         }
     }
 }

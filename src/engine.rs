@@ -11,7 +11,7 @@ use crate::expr::LossExpr;
 use crate::input::{Input, Target};
 use crate::plan::{self, finalize, StatsPlan, Sums, TermParams, K, MAX_GRAD_TERMS};
 use crate::reference;
-use crate::shaders::{Binding, Kernel, KERNELS};
+use crate::shaders::{Binding, Kernel, BITONIC_MAX, KERNELS};
 use crate::Mode;
 
 /// Pixels per statistics tile (workgroup size 128 x 16 pixels per thread; see `stats.wgsl`).
@@ -234,8 +234,9 @@ const K_LOVASZ_COUNT: usize = 8;
 const K_LOVASZ_SCAN: usize = 9;
 const K_LOVASZ_WEIGHTS: usize = 10;
 const K_LOVASZ_VALUE: usize = 11;
+const K_BITONIC: usize = 12;
 /// Elements per sort tile (see `radix.wgsl`, `lovasz.wgsl`).
-const SORT_TILE: usize = 1024;
+const SORT_TILE: usize = 2048;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
@@ -301,6 +302,25 @@ pub enum GradMode {
     /// Compute the gradient on the device and leave it there (benchmarks).
     DeviceOnly,
 }
+
+#[cfg(not(target_arch = "wasm32"))]
+fn web_time_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+/// Which sort the Lovász losses and [`Engine::sort_segments_with`] use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortAlgo {
+    /// Bitonic for segments up to the measured crossover, radix beyond.
+    Auto,
+    /// Segmented LSD radix sort (any length).
+    Radix,
+    /// Workgroup bitonic sort (segments of at most 2048; radix beyond).
+    Bitonic,
+}
+
+/// Longest segment [`SortAlgo::Auto`] gives to the bitonic sort (measured: `segloss sortbench`).
+pub const BITONIC_CROSSOVER: usize = 2048;
 
 /// A batch uploaded to the device once, evaluated many times.
 pub struct Prepared<'a> {
@@ -524,7 +544,18 @@ impl Engine {
     /// # Ok(()) }
     /// ```
     pub async fn sort_segments(&self, keys: &[u32], segment_len: usize) -> Result<(Vec<u32>, Vec<u32>), Error> {
-        if segment_len == 0 || keys.len() % segment_len != 0 || keys.is_empty() {
+        self.sort_segments_with(keys, segment_len, SortAlgo::Auto).await
+    }
+
+    /// [`Engine::sort_segments`] with a chosen algorithm (for tests and benchmarks); `Bitonic`
+    /// applies to segments of at most 2048 keys and falls back to radix beyond.
+    pub async fn sort_segments_with(
+        &self,
+        keys: &[u32],
+        segment_len: usize,
+        algo: SortAlgo,
+    ) -> Result<(Vec<u32>, Vec<u32>), Error> {
+        if segment_len == 0 || !keys.len().is_multiple_of(segment_len) || keys.is_empty() {
             return Err(Error::Input(format!("{} keys do not split into segments of {segment_len}", keys.len())));
         }
         if keys.len() >= u32::MAX as usize {
@@ -561,7 +592,7 @@ impl Engine {
         let (kb, vb) = (gpu.scratch("keys b", bytes, usage), gpu.scratch("vals b", bytes, usage));
         let mut enc =
             gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss sort") });
-        let _keep = gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len);
+        let _keep = gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo);
         let rk = gpu.scratch("keys readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         let rv = gpu.scratch("vals readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         enc.copy_buffer_to_buffer(&ka, 0, &rk, 0, bytes);
@@ -580,6 +611,64 @@ impl Engine {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn sort_segments_blocking(&self, keys: &[u32], segment_len: usize) -> Result<(Vec<u32>, Vec<u32>), Error> {
         pollster::block_on(self.sort_segments(keys, segment_len))
+    }
+
+    /// Times the device work of sorting `segs` segments of `segment_len` random keys with `algo`,
+    /// data already on the device: milliseconds of each of `iters` runs (after one warm-up).
+    /// Returns an empty list on the CPU engine.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn bench_sort(&self, segs: usize, segment_len: usize, algo: SortAlgo, iters: usize) -> Result<Vec<f64>, Error> {
+        let Backend::Gpu(gpu) = &self.backend else {
+            return Ok(Vec::new());
+        };
+        let n = segs * segment_len;
+        let mut x = 0x2545_F491u32;
+        let keys: Vec<u32> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x
+            })
+            .collect();
+        let idx: Vec<u32> = (0..n as u32).collect();
+        let init = |label, data: &[u32]| {
+            gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        let (ka, va) = (init("keys", &keys), init("vals", &idx));
+        let bytes = (n * 4) as u64;
+        let (kb, vb) =
+            (gpu.scratch("keys b", bytes, wgpu::BufferUsages::STORAGE), gpu.scratch("vals b", bytes, wgpu::BufferUsages::STORAGE));
+        let mut out = Vec::new();
+        for i in 0..=iters {
+            let t0 = web_time_now();
+            let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sort bench") });
+            let _keep = gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo);
+            gpu.queue.submit([enc.finish()]);
+            gpu.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
+            if i > 0 {
+                out.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        gpu.check_lost()?;
+        Ok(out)
+    }
+
+    /// Blocking [`Engine::sort_segments_with`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn sort_segments_with_blocking(
+        &self,
+        keys: &[u32],
+        segment_len: usize,
+        algo: SortAlgo,
+    ) -> Result<(Vec<u32>, Vec<u32>), Error> {
+        pollster::block_on(self.sort_segments_with(keys, segment_len, algo))
     }
 
     /// Copies the prepared logits once on the device and waits: the memory-traffic floor of an
@@ -817,7 +906,22 @@ impl Gpu {
         b: (&wgpu::Buffer, &wgpu::Buffer),
         segs: usize,
         len: usize,
+        algo: SortAlgo,
     ) -> Vec<wgpu::Buffer> {
+        let bitonic = match algo {
+            SortAlgo::Auto => len <= BITONIC_CROSSOVER,
+            SortAlgo::Bitonic => true,
+            SortAlgo::Radix => false,
+        };
+        if bitonic && len <= BITONIC_MAX {
+            // one workgroup per segment, sorting `a` in place (`b` is bound but unused)
+            let sp = SortParams { len: len as u32, segs: segs as u32, tiles: 1, shift: 0 };
+            let ub = self.uniform(&sp);
+            let dummy = self.scratch("unused", 4, wgpu::BufferUsages::STORAGE);
+            let bg = self.bind(K_BITONIC, &[&ub, b.0, b.1, &dummy, &dummy, a.0, a.1]);
+            Self::dispatch(enc, "bitonic sort", &self.pipeline(K_BITONIC, Spec::default()), &bg, (segs as u32, 1, 1));
+            return vec![ub, dummy];
+        }
         let tiles = len.div_ceil(SORT_TILE);
         let counts = self.scratch("sort counts", (segs * 256 * tiles * 4) as u64, wgpu::BufferUsages::STORAGE);
         let totals = self.scratch("sort totals", (segs * 256 * 4) as u64, wgpu::BufferUsages::STORAGE);
@@ -830,7 +934,7 @@ impl Gpu {
             let bufs = [&ub, src.0, src.1, &counts, &totals, dst.0, dst.1];
             for (k, label, dims) in [
                 (K_RADIX_COUNT, "radix count", grid),
-                (K_RADIX_SCAN, "radix scan", (256, segs as u32, 1)),
+                (K_RADIX_SCAN, "radix scan", (segs as u32, 1, 1)),
                 (K_RADIX_SCATTER, "radix scatter", grid),
             ] {
                 let bg = self.bind(k, &bufs);
@@ -882,7 +986,7 @@ impl Gpu {
         };
         let (gx, gz) = self.grid(s);
         run(enc, K_LOVASZ_KEYS, "lovasz keys", (gx, n as u32, gz));
-        let mut keep = self.record_sort(enc, (&ka, &va), (&kb, &vb), segs, len);
+        let mut keep = self.record_sort(enc, (&ka, &va), (&kb, &vb), segs, len, SortAlgo::Auto);
         let grid = (tiles as u32, segs as u32, 1);
         run(enc, K_LOVASZ_COUNT, "lovasz count", grid);
         run(enc, K_LOVASZ_SCAN, "lovasz scan", (segs as u32, 1, 1));

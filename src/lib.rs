@@ -36,7 +36,7 @@ pub mod reference;
 pub mod shaders;
 pub mod synth;
 
-pub use engine::{
+pub use engine::{SortAlgo, BITONIC_CROSSOVER, 
     backend_name, list_adapters, AdapterReport, DeviceInfo, Engine, EngineOptions, Evaluation, GradMode, Prepared,
 };
 pub use error::{Error, Result};

@@ -41,6 +41,21 @@ enum Cmd {
     },
     /// Time forward plus gradient per loss with the data already on the device.
     Bench(BenchArgs),
+    /// Time the segmented radix sort against the bitonic sort across segment sizes 2^8 .. 2^22.
+    Sortbench {
+        /// Keys per measurement (segments x segment length), at least one segment.
+        #[arg(long, default_value_t = 1 << 20)]
+        total: usize,
+        /// Timed runs per size.
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Largest segment length as a power of two.
+        #[arg(long, default_value_t = 22)]
+        max_log2: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -109,6 +124,7 @@ fn main() -> ExitCode {
         Cmd::Devices { json } => devices(json),
         Cmd::Demo { batch, size, seed } => demo(batch, size, seed),
         Cmd::Bench(a) => bench(a),
+        Cmd::Sortbench { total, iters, max_log2, json } => sortbench(total, iters, max_log2, json),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -507,6 +523,50 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         }
         println!("{:<40} {together:>10.3}", format!("all {} together (one call)", results.len()));
         println!("{:<40} {copy:>10.3}", "copy probe (read + write the logits)");
+    }
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------------
+// sortbench
+
+fn sortbench(total: usize, iters: usize, max_log2: u32, as_json: bool) -> Result<(), Fail> {
+    let engine = engine()?;
+    if engine.is_cpu() {
+        return Err(Fail(1, "sortbench needs a GPU adapter".into()));
+    }
+    let iters = iters.max(1);
+    let mut rows = Vec::new();
+    for lg in 8..=max_log2.clamp(8, 24) {
+        let len = 1usize << lg;
+        let segs = (total / len).max(1);
+        let mut radix = engine.bench_sort(segs, len, segloss::SortAlgo::Radix, iters)?;
+        let radix_ms = median(&mut radix);
+        let bitonic_ms = if len <= 2048 {
+            let mut b = engine.bench_sort(segs, len, segloss::SortAlgo::Bitonic, iters)?;
+            Some(median(&mut b))
+        } else {
+            None
+        };
+        rows.push((len, segs, radix_ms, bitonic_ms));
+    }
+    if as_json {
+        let r: Vec<_> = rows
+            .iter()
+            .map(|(len, segs, r, b)| json!({"segment_len": len, "segments": segs, "radix_ms": r, "bitonic_ms": b}))
+            .collect();
+        println!("{}", json!({"device": engine.info(), "iters": iters, "results": r}));
+        return Ok(());
+    }
+    println!("device: {} ({}, {})", engine.info().name, engine.info().backend, engine.info().device_type);
+    println!("{:>10} {:>9} {:>11} {:>11} {:>12} {:>12}", "segment", "segments", "radix ms", "bitonic ms", "radix Mkey/s", "bitonic/radix");
+    for (len, segs, r, b) in rows {
+        let keys = (len * segs) as f64;
+        let (bs, ratio) = match b {
+            Some(b) => (format!("{b:.2}"), format!("{:.2}", b / r)),
+            None => ("-".into(), "-".into()),
+        };
+        println!("{len:>10} {segs:>9} {r:>11.2} {bs:>11} {:>12.1} {ratio:>12}", keys / r / 1e3);
     }
     Ok(())
 }

@@ -86,6 +86,18 @@ pub const RADIX_SCAN: Kernel = radix!("radix_scan");
 /// Radix sort, step 3: stable local sort and scatter.
 pub const RADIX_SCATTER: Kernel = radix!("radix_scatter");
 
+/// Bitonic sort of segments of at most [`BITONIC_MAX`] keys, one workgroup each.
+pub const BITONIC_SORT: Kernel = Kernel {
+    name: "bitonic_sort",
+    entry: "bitonic_sort",
+    source: wgsl!("bitonic.wgsl"),
+    bindings: RADIX_BINDINGS,
+    specialized: false,
+};
+
+/// Longest segment the bitonic kernel sorts.
+pub const BITONIC_MAX: usize = 2048;
+
 const LOVASZ_BINDINGS: &[Binding] = &[R, R, U, U, W, W, W, W, W, W];
 
 macro_rules! lovasz {
@@ -125,4 +137,5 @@ pub const KERNELS: &[Kernel] = &[
     LOVASZ_SCAN,
     LOVASZ_WEIGHTS,
     LOVASZ_VALUE,
+    BITONIC_SORT,
 ];

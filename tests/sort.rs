@@ -4,6 +4,7 @@
 mod common;
 
 use common::Rng;
+use segloss::SortAlgo;
 
 /// Order-preserving u32 encoding of an f32, descending (larger floats first), as the Lovász
 /// kernels sort errors; -0.0 sorts right after +0.0.
@@ -14,14 +15,20 @@ fn desc_key(x: f32) -> u32 {
 }
 
 fn check(keys: &[u32], seg: usize) {
-    let (k, i) = common::gpu().sort_segments_blocking(keys, seg).unwrap();
+    for algo in [SortAlgo::Auto, SortAlgo::Radix, SortAlgo::Bitonic] {
+        check_with(keys, seg, algo);
+    }
+}
+
+fn check_with(keys: &[u32], seg: usize, algo: SortAlgo) {
+    let (k, i) = common::gpu().sort_segments_with_blocking(keys, seg, algo).unwrap();
     let mut want: Vec<u32> = (0..keys.len() as u32).collect();
     for chunk in want.chunks_mut(seg) {
         chunk.sort_by_key(|&j| keys[j as usize]); // stable
     }
     let want_k: Vec<u32> = want.iter().map(|&j| keys[j as usize]).collect();
-    assert!(k == want_k, "keys differ (n = {}, segment {seg})", keys.len());
-    assert!(i == want, "payloads differ: the sort is not stable (n = {}, segment {seg})", keys.len());
+    assert!(k == want_k, "{algo:?}: keys differ (n = {}, segment {seg})", keys.len());
+    assert!(i == want, "{algo:?}: payloads differ: the sort is not stable (n = {}, segment {seg})", keys.len());
 }
 
 #[test]
@@ -43,7 +50,7 @@ fn sorts_like_a_stable_cpu_sort_across_sizes() {
 #[test]
 fn sorts_many_segments_in_one_call() {
     let mut rng = Rng(22);
-    for (segs, len) in [(7usize, 1usize), (5, 1000), (21, 3001), (84, 4096), (3, 100_003)] {
+    for (segs, len) in [(7usize, 1usize), (5, 1000), (300, 2048), (1000, 257), (21, 3001), (84, 4096), (3, 100_003)] {
         // equal keys across segments must not mix
         let keys: Vec<u32> = (0..segs * len).map(|_| rng.below(1000) as u32).collect();
         check(&keys, len);

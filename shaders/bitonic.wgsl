@@ -1,0 +1,68 @@
+// Bitonic sort of short segments (at most 2048 keys), one workgroup per segment, entirely in
+// workgroup memory: the fast path for small segments, where the radix sort's passes over memory
+// and dispatches cost more than the network's barriers. Keys ascending, ties by payload index
+// (bits 0..30), so the result equals the stable radix sort's. Same bindings as radix.wgsl; sorts
+// keys_out/vals_out in place (each workgroup owns its segment), keys_in/vals_in unused.
+
+struct SortParams {
+    len: u32,
+    segs: u32,
+    tiles: u32,
+    shift: u32,
+}
+
+@group(0) @binding(0) var<uniform> SP: SortParams;
+@group(0) @binding(1) var<storage, read> keys_in: array<u32>;
+@group(0) @binding(2) var<storage, read> vals_in: array<u32>;
+@group(0) @binding(3) var<storage, read_write> counts: array<u32>;
+@group(0) @binding(4) var<storage, read_write> totals: array<u32>;
+@group(0) @binding(5) var<storage, read_write> keys_out: array<u32>;
+@group(0) @binding(6) var<storage, read_write> vals_out: array<u32>;
+
+var<workgroup> bk: array<u32, 2048>;
+var<workgroup> bv: array<u32, 2048>;
+
+fn before(a: u32, b: u32) -> bool {
+    return bk[a] < bk[b] || (bk[a] == bk[b] && (bv[a] & 0x7FFFFFFFu) < (bv[b] & 0x7FFFFFFFu));
+}
+
+@compute @workgroup_size(256)
+fn bitonic_sort(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let seg = wid.x;
+    let base = seg * SP.len;
+    var n = 1u;
+    while n < SP.len {
+        n <<= 1u;
+    }
+    for (var i = lid; i < n; i += 256u) {
+        if i < SP.len {
+            bk[i] = keys_out[base + i];
+            bv[i] = vals_out[base + i];
+        } else {
+            bk[i] = 0xFFFFFFFFu;
+            bv[i] = 0xFFFFFFFFu;
+        }
+    }
+    workgroupBarrier();
+    for (var k = 2u; k <= n; k <<= 1u) {
+        for (var j = k >> 1u; j > 0u; j >>= 1u) {
+            for (var t = lid; t < n / 2u; t += 256u) {
+                let i = (t / j) * 2u * j + (t % j);
+                let l = i + j;
+                if before(l, i) == ((i & k) == 0u) {
+                    let tk = bk[i];
+                    let tv = bv[i];
+                    bk[i] = bk[l];
+                    bv[i] = bv[l];
+                    bk[l] = tk;
+                    bv[l] = tv;
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    for (var i = lid; i < SP.len; i += 256u) {
+        keys_out[base + i] = bk[i];
+        vals_out[base + i] = bv[i];
+    }
+}
