@@ -320,7 +320,7 @@ pub enum SortAlgo {
 }
 
 /// Longest segment [`SortAlgo::Auto`] gives to the bitonic sort (measured: `segloss sortbench`).
-pub const BITONIC_CROSSOVER: usize = 2048;
+pub const BITONIC_CROSSOVER: usize = 1024;
 
 /// A batch uploaded to the device once, evaluated many times.
 pub struct Prepared<'a> {
