@@ -641,12 +641,15 @@ impl Engine {
         };
         let (ka, va) = (init("keys", &keys), init("vals", &idx));
         let bytes = (n * 4) as u64;
-        let (kb, vb) =
-            (gpu.scratch("keys b", bytes, wgpu::BufferUsages::STORAGE), gpu.scratch("vals b", bytes, wgpu::BufferUsages::STORAGE));
+        let (kb, vb) = (
+            gpu.scratch("keys b", bytes, wgpu::BufferUsages::STORAGE),
+            gpu.scratch("vals b", bytes, wgpu::BufferUsages::STORAGE),
+        );
         let mut out = Vec::new();
         for i in 0..=iters {
             let t0 = web_time_now();
-            let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sort bench") });
+            let mut enc =
+                gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sort bench") });
             let _keep = gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo);
             gpu.queue.submit([enc.finish()]);
             gpu.device

@@ -2,7 +2,8 @@
 //!
 //! Image-segmentation losses and their gradients on any GPU, through wgpu compute shaders (WGSL):
 //! Vulkan, Metal, DX12, OpenGL and WebGPU. Dice, Jaccard/IoU, Tversky, generalized Dice,
-//! sensitivity-specificity, focal, BCE and cross-entropy, alone or in weighted sums written as
+//! sensitivity-specificity, focal, BCE, cross-entropy and the Lovász hinge and Lovász-Softmax, alone
+//! or in weighted sums written as
 //! text (`0.8*ce+0.2*dice@monai`), with the numbers of segmentation_models_pytorch, MONAI, Keras
 //! and PaddleSeg (`LOSSES.md` is the contract).
 //!
@@ -36,8 +37,9 @@ pub mod reference;
 pub mod shaders;
 pub mod synth;
 
-pub use engine::{SortAlgo, BITONIC_CROSSOVER, 
+pub use engine::{
     backend_name, list_adapters, AdapterReport, DeviceInfo, Engine, EngineOptions, Evaluation, GradMode, Prepared,
+    SortAlgo, BITONIC_CROSSOVER,
 };
 pub use error::{Error, Result};
 pub use expr::{Loss, LossExpr, Term};

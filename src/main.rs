@@ -559,7 +559,10 @@ fn sortbench(total: usize, iters: usize, max_log2: u32, as_json: bool) -> Result
         return Ok(());
     }
     println!("device: {} ({}, {})", engine.info().name, engine.info().backend, engine.info().device_type);
-    println!("{:>10} {:>9} {:>11} {:>11} {:>12} {:>12}", "segment", "segments", "radix ms", "bitonic ms", "radix Mkey/s", "bitonic/radix");
+    println!(
+        "{:>10} {:>9} {:>11} {:>11} {:>12} {:>12}",
+        "segment", "segments", "radix ms", "bitonic ms", "radix Mkey/s", "bitonic/radix"
+    );
     for (len, segs, r, b) in rows {
         let keys = (len * segs) as f64;
         let (bs, ratio) = match b {
