@@ -35,6 +35,21 @@ const NONE: u32 = 0xFFFFFFFFu;
 
 var<workgroup> fred: array<f32, 256>;
 
+// Sum of v over the workgroup in a fixed tree order (deterministic). Uniform control flow.
+fn wg_sum(lid: u32, v: f32) -> f32 {
+    fred[lid] = v;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride >>= 1u) {
+        if lid < stride {
+            fred[lid] += fred[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = fred[0];
+    workgroupBarrier();
+    return total;
+}
+
 fn key_of(err: f32) -> u32 {
     if err > 0.0 {
         return ~bitcast<u32>(err);
@@ -184,16 +199,9 @@ fn lovasz_weights(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
             acc += bitcast<f32>(~k[r]) * w;
         }
     }
-    fred[lid] = acc;
-    workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride >>= 1u) {
-        if lid < stride {
-            fred[lid] += fred[lid + stride];
-        }
-        workgroupBarrier();
-    }
+    let total = wg_sum(lid, acc);
     if lid == 0u {
-        vpart[seg * LP.tiles + tile] = fred[0];
+        vpart[seg * LP.tiles + tile] = total;
     }
 }
 
@@ -205,15 +213,8 @@ fn lovasz_value(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     for (var t = lid; t < LP.tiles; t += 256u) {
         acc += vpart[seg * LP.tiles + t];
     }
-    fred[lid] = acc;
-    workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride >>= 1u) {
-        if lid < stride {
-            fred[lid] += fred[lid + stride];
-        }
-        workgroupBarrier();
-    }
+    let total = wg_sum(lid, acc);
     if lid == 0u {
-        segsum[seg].x = bitcast<u32>(fred[0]);
+        segsum[seg].x = bitcast<u32>(total);
     }
 }
