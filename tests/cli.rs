@@ -107,3 +107,60 @@ fn bench_json_has_the_documented_fields() {
     }
     assert!(v["together"]["median_ms"].as_f64().unwrap() > 0.0);
 }
+
+fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, data: &[T], shape: &[u64]) {
+    use npyz::WriterBuilder;
+    let mut out = Vec::new();
+    let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(&mut out).begin_nd().unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn eval_reads_f16_f64_logits_and_bool_u8_i32_targets() {
+    let case = common::golden_dir().join("binary_small_random");
+    let (shape, logits) = common::read_f32(&case.join("logits.npy"));
+    let (_, target) = common::read_f32(&case.join("target.npy"));
+    let shape64: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let dir = std::env::temp_dir().join(format!("segloss-dtypes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f64_path = dir.join("logits64.npy");
+    write_npy(&f64_path, &logits.iter().map(|&x| x as f64).collect::<Vec<f64>>(), &shape64);
+    let f16_path = dir.join("logits16.npy");
+    write_npy(&f16_path, &logits.iter().map(|&x| half::f16::from_f32(x)).collect::<Vec<_>>(), &shape64);
+    let bool_path = dir.join("target_bool.npy");
+    write_npy(&bool_path, &target.iter().map(|&t| t > 0.5).collect::<Vec<bool>>(), &shape64);
+    let u8_path = dir.join("target_u8.npy");
+    write_npy(&u8_path, &target.iter().map(|&t| t as u8).collect::<Vec<u8>>(), &shape64);
+    let run = |l: &Path, t: &Path, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", "--logits", s(l), "--target", s(t), "--loss", "bce", "--json"];
+        args.extend(extra);
+        let out = segloss(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let want = 1.0729095994663296; // golden bce
+    let v = run(&f64_path, &bool_path, &[]);
+    assert_eq!(v["mode"], "binary", "a bool target of the logits' shape is a binary mask");
+    assert!((v["results"][0]["value"].as_f64().unwrap() - want).abs() < 1e-5);
+    // an integer mask of the logits' shape with C = 1, mode given
+    let v = run(&f64_path, &u8_path, &["--mode", "binary"]);
+    assert!((v["results"][0]["value"].as_f64().unwrap() - want).abs() < 1e-5);
+    // f16 logits round the inputs: close, not equal
+    let v = run(&f16_path, &bool_path, &[]);
+    assert!((v["results"][0]["value"].as_f64().unwrap() - want).abs() < 1e-2);
+    // multiclass targets as int32 with a [N, 1, H, W] shape (MONAI style) are squeezed
+    let mc = common::golden_dir().join("multiclass_small");
+    let (mshape, labels) = common::read_i64(&mc.join("target.npy"));
+    let i32_path = dir.join("labels_i32.npy");
+    let sq: Vec<u64> = vec![mshape[0] as u64, 1, mshape[1] as u64, mshape[2] as u64];
+    write_npy(&i32_path, &labels.iter().map(|&v| v as i32).collect::<Vec<i32>>(), &sq);
+    let out =
+        segloss(&["eval", "--logits", s(&mc.join("logits.npy")), "--target", s(&i32_path), "--loss", "ce", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mode"], "multiclass");
+    assert!((v["results"][0]["value"].as_f64().unwrap() - 1.2087247697969905).abs() < 1e-5);
+    std::fs::remove_dir_all(&dir).ok();
+}
