@@ -1041,7 +1041,9 @@ impl Gpu {
         Self::dispatch(&mut enc, "reduce", &self.pipeline(K_REDUCE, spec), &bg_reduce, (c as u32, n as u32, 1));
         enc.copy_buffer_to_buffer(&sums, 0, &sums_read, 0, sums_bytes);
         // Lovász: keys, segmented sort and Jaccard weights, recorded into the same submission.
-        let lw = self.scratch("lovasz weights", (n * c * s * 4).max(32) as u64, wgpu::BufferUsages::STORAGE);
+        // per-element Jaccard weights; a placeholder binding when no term is a Lovász loss
+        let lw_bytes = if plan.lovasz.is_some() { n * c * s * 4 } else { 32 };
+        let lw = self.scratch("lovasz weights", lw_bytes as u64, wgpu::BufferUsages::STORAGE);
         let mut lov_read = None;
         let mut _keep_lovasz = Vec::new();
         if let Some(lp) = &plan.lovasz {
