@@ -303,11 +303,6 @@ pub enum GradMode {
     DeviceOnly,
 }
 
-#[cfg(not(target_arch = "wasm32"))]
-fn web_time_now() -> std::time::Instant {
-    std::time::Instant::now()
-}
-
 /// Which sort the Lovász losses and [`Engine::sort_segments_with`] use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SortAlgo {
@@ -647,7 +642,7 @@ impl Engine {
         );
         let mut out = Vec::new();
         for i in 0..=iters {
-            let t0 = web_time_now();
+            let t0 = std::time::Instant::now();
             let mut enc =
                 gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sort bench") });
             let _keep = gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo);
