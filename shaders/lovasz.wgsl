@@ -151,7 +151,9 @@ fn lovasz_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
         carry += r.zw;
     }
     if lid == 0u {
-        segsum[seg] = vec4<u32>(0u, carry.x, carry.y, 0u);
+        // .y, .z may hold the labels of elements dropped by compact.wgsl (zero otherwise)
+        let prior = segsum[seg];
+        segsum[seg] = vec4<u32>(0u, prior.y + carry.x, prior.z + carry.y, 0u);
     }
 }
 

@@ -235,6 +235,10 @@ const K_LOVASZ_SCAN: usize = 9;
 const K_LOVASZ_WEIGHTS: usize = 10;
 const K_LOVASZ_VALUE: usize = 11;
 const K_BITONIC: usize = 12;
+const K_COMPACT_COUNT: usize = 13;
+const K_COMPACT_SCAN: usize = 14;
+const K_COMPACT_FILL: usize = 15;
+const K_COMPACT_SCATTER: usize = 16;
 /// Elements per sort tile (see `radix.wgsl`, `lovasz.wgsl`).
 const SORT_TILE: usize = 2048;
 
@@ -245,6 +249,18 @@ struct SortParams {
     segs: u32,
     tiles: u32,
     shift: u32,
+}
+
+/// The Lovász keys of one evaluation and where their per-segment results go.
+struct LovaszKeys {
+    keys: wgpu::Buffer,
+    vals: wgpu::Buffer,
+    /// `[value bits, fg, bg, 0]` per segment (u32)
+    segsum: wgpu::Buffer,
+    segs: usize,
+    len: usize,
+    per_image: bool,
+    softmax: bool,
 }
 
 #[repr(C)]
@@ -945,10 +961,9 @@ impl Gpu {
         keep
     }
 
-    /// Records the Lovász kernels: keys, sort, counts, scan, weights (into `lw`), values (into
-    /// the returned per-segment buffer, `[value bits, fg, bg, 0]` as u32).
+    /// Records the Lovász keys: `segs` segments of `len` (key, payload) pairs in fresh buffers.
     #[allow(clippy::too_many_arguments)]
-    fn record_lovasz(
+    fn record_lovasz_keys(
         &self,
         enc: &mut wgpu::CommandEncoder,
         logits: &wgpu::Buffer,
@@ -958,40 +973,116 @@ impl Gpu {
         softmax: bool,
         per_image: bool,
         lw: &wgpu::Buffer,
-    ) -> Result<(wgpu::Buffer, usize, Vec<wgpu::Buffer>), Error> {
+    ) -> Result<LovaszKeys, Error> {
         let (segs, len) = plan::lovasz_segments(softmax, per_image, n, c, s);
-        let tiles = len.div_ceil(SORT_TILE);
         let maxd = self.limits.max_compute_workgroups_per_dimension as usize;
-        if tiles > maxd || segs > maxd {
+        if len.div_ceil(SORT_TILE) > maxd || segs > maxd {
             return Err(Error::Input(format!(
                 "lovasz: {segs} segments of {len} elements exceed the device's {maxd} workgroups per dimension"
             )));
         }
-        let total = (segs * len * 4) as u64;
         let st = wgpu::BufferUsages::STORAGE;
-        let (ka, va) = (self.scratch("lovasz keys", total, st), self.scratch("lovasz vals", total, st));
+        let total = (segs * len * 4) as u64;
+        let (keys, vals) = (self.scratch("lovasz keys", total, st), self.scratch("lovasz vals", total, st));
+        let segsum = self.scratch("lovasz sums", (segs * 16) as u64, st | wgpu::BufferUsages::COPY_SRC);
+        let lbuf =
+            self.uniform(&LovParams { len: len as u32, segs: segs as u32, tiles: 1, per_image: per_image as u32 });
+        let dummy = self.scratch("unused", 16, st);
+        let bg = self.bind(K_LOVASZ_KEYS, &[logits, target, ubuf, &lbuf, &keys, &vals, &dummy, &segsum, lw, &dummy]);
+        let (gx, gz) = self.grid(s);
+        let spec = Spec { softmax, ..Spec::default() };
+        Self::dispatch(enc, "lovasz keys", &self.pipeline(K_LOVASZ_KEYS, spec), &bg, (gx, n as u32, gz));
+        Ok(LovaszKeys { keys, vals, segsum, segs, len, per_image, softmax })
+    }
+
+    /// Hinge only: counts, per segment, the elements with a positive error (to sort) and the labels
+    /// of the others (written into `segsum`), recorded into the first submission.
+    fn record_compact_count(&self, enc: &mut wgpu::CommandEncoder, lk: &LovaszKeys) -> wgpu::Buffer {
+        let tiles = lk.len.div_ceil(SORT_TILE);
+        let st = wgpu::BufferUsages::STORAGE;
+        let tilecnt = self.scratch("compact counts", (lk.segs * tiles * 16) as u64, st);
+        let lbuf =
+            self.uniform(&LovParams { len: lk.len as u32, segs: lk.segs as u32, tiles: tiles as u32, per_image: 0 });
+        let dummy = self.scratch("unused", 16, st);
+        let out_len = self.uniform(&[0u32; 4]);
+        let bufs = [&lbuf, &lk.keys, &lk.vals, &dummy, &dummy, &tilecnt, &lk.segsum, &out_len];
+        for (k, label, dims) in [
+            (K_COMPACT_COUNT, "compact count", (tiles as u32, lk.segs as u32, 1)),
+            (K_COMPACT_SCAN, "compact scan", (lk.segs as u32, 1, 1)),
+        ] {
+            let bg = self.bind(k, &bufs);
+            Self::dispatch(enc, label, &self.pipeline(k, Spec::default()), &bg, dims);
+        }
+        tilecnt
+    }
+
+    /// Hinge only: moves the elements to sort to the front of `segs` x `out_len` arrays (padded).
+    fn record_compact_scatter(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        lk: &LovaszKeys,
+        tilecnt: &wgpu::Buffer,
+        out_len: usize,
+    ) -> (wgpu::Buffer, wgpu::Buffer) {
+        let tiles = lk.len.div_ceil(SORT_TILE);
+        let st = wgpu::BufferUsages::STORAGE;
+        let total = (lk.segs * out_len * 4) as u64;
+        let (kc, vc) = (self.scratch("compact keys", total, st), self.scratch("compact vals", total, st));
+        let lbuf =
+            self.uniform(&LovParams { len: lk.len as u32, segs: lk.segs as u32, tiles: tiles as u32, per_image: 0 });
+        let ol = self.uniform(&[out_len as u32, 0, 0, 0]);
+        let bufs = [&lbuf, &lk.keys, &lk.vals, &kc, &vc, tilecnt, &lk.segsum, &ol];
+        let (gx, gy) = self.grid(lk.segs * out_len);
+        for (k, label, dims) in [
+            (K_COMPACT_FILL, "compact fill", (gx, gy, 1)),
+            (K_COMPACT_SCATTER, "compact scatter", (tiles as u32, lk.segs as u32, 1)),
+        ] {
+            let bg = self.bind(k, &bufs);
+            Self::dispatch(enc, label, &self.pipeline(k, Spec::default()), &bg, dims);
+        }
+        (kc, vc)
+    }
+
+    /// Records the sort of `keys`/`vals` (`segs` x `len`), the segmented scan of the sorted labels,
+    /// the Jaccard weights (into `lw`) and the value of each segment (into `lk.segsum`).
+    #[allow(clippy::too_many_arguments)]
+    fn record_lovasz_rank(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        logits: &wgpu::Buffer,
+        target: &wgpu::Buffer,
+        ubuf: &wgpu::Buffer,
+        lk: &LovaszKeys,
+        (keys, vals): (&wgpu::Buffer, &wgpu::Buffer),
+        len: usize,
+        lw: &wgpu::Buffer,
+    ) {
+        let segs = lk.segs;
+        let tiles = len.div_ceil(SORT_TILE);
+        let st = wgpu::BufferUsages::STORAGE;
+        let total = (segs * len * 4) as u64;
         let (kb, vb) = (self.scratch("sort keys", total, st), self.scratch("sort vals", total, st));
         let tilecnt = self.scratch("lovasz tile counts", (segs * tiles * 8) as u64, st);
-        let segsum = self.scratch("lovasz sums", (segs * 16) as u64, st | wgpu::BufferUsages::COPY_SRC);
         let vpart = self.scratch("lovasz partials", (segs * tiles * 4) as u64, st);
-        let lp = LovParams { len: len as u32, segs: segs as u32, tiles: tiles as u32, per_image: per_image as u32 };
-        let lbuf = self.uniform(&lp);
-        let spec = Spec { softmax, ..Spec::default() };
-        let bufs = [logits, target, ubuf, &lbuf, &ka, &va, &tilecnt, &segsum, lw, &vpart];
-        let run = |enc: &mut wgpu::CommandEncoder, k: usize, label: &str, dims: (u32, u32, u32)| {
+        let lbuf = self.uniform(&LovParams {
+            len: len as u32,
+            segs: segs as u32,
+            tiles: tiles as u32,
+            per_image: lk.per_image as u32,
+        });
+        self.record_sort(enc, (keys, vals), (&kb, &vb), segs, len, SortAlgo::Auto);
+        let spec = Spec { softmax: lk.softmax, ..Spec::default() };
+        let bufs = [logits, target, ubuf, &lbuf, keys, vals, &tilecnt, &lk.segsum, lw, &vpart];
+        let grid = (tiles as u32, segs as u32, 1);
+        for (k, label, dims) in [
+            (K_LOVASZ_COUNT, "lovasz count", grid),
+            (K_LOVASZ_SCAN, "lovasz scan", (segs as u32, 1, 1)),
+            (K_LOVASZ_WEIGHTS, "lovasz weights", grid),
+            (K_LOVASZ_VALUE, "lovasz value", (segs as u32, 1, 1)),
+        ] {
             let bg = self.bind(k, &bufs);
             Self::dispatch(enc, label, &self.pipeline(k, spec), &bg, dims);
-        };
-        let (gx, gz) = self.grid(s);
-        run(enc, K_LOVASZ_KEYS, "lovasz keys", (gx, n as u32, gz));
-        let mut keep = self.record_sort(enc, (&ka, &va), (&kb, &vb), segs, len, SortAlgo::Auto);
-        let grid = (tiles as u32, segs as u32, 1);
-        run(enc, K_LOVASZ_COUNT, "lovasz count", grid);
-        run(enc, K_LOVASZ_SCAN, "lovasz scan", (segs as u32, 1, 1));
-        run(enc, K_LOVASZ_WEIGHTS, "lovasz weights", grid);
-        run(enc, K_LOVASZ_VALUE, "lovasz value", (segs as u32, 1, 1));
-        keep.extend([ka, va, kb, vb, tilecnt, vpart, lbuf]);
-        Ok((segsum, segs, keep))
+        }
     }
 
     async fn run(
@@ -1039,25 +1130,40 @@ impl Gpu {
         // per-element Jaccard weights; a placeholder binding when no term is a Lovász loss
         let lw_bytes = if plan.lovasz.is_some() { n * c * s * 4 } else { 32 };
         let lw = self.scratch("lovasz weights", lw_bytes as u64, wgpu::BufferUsages::STORAGE);
-        let mut lov_read = None;
-        let mut _keep_lovasz = Vec::new();
+        let segsum_bytes = |lk: &LovaszKeys| (lk.segs * 16) as u64;
+        let readback =
+            |bytes| self.scratch("lovasz readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let mut lov = None;
         if let Some(lp) = &plan.lovasz {
-            let (segsum, segs, keep) =
-                self.record_lovasz(&mut enc, logits, target, &ubuf, (n, c, s), softmax, lp.per_image, &lw)?;
-            let rb = self.scratch(
-                "lovasz readback",
-                (segs * 16) as u64,
-                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            );
-            enc.copy_buffer_to_buffer(&segsum, 0, &rb, 0, (segs * 16) as u64);
-            _keep_lovasz = keep;
-            _keep_lovasz.push(segsum);
-            lov_read = Some(rb);
+            let lk = self.record_lovasz_keys(&mut enc, logits, target, &ubuf, (n, c, s), softmax, lp.per_image, &lw)?;
+            let rb = readback(segsum_bytes(&lk));
+            let compact = if softmax {
+                // every error of the softmax is sorted: the whole Lovász pass goes into this submission
+                self.record_lovasz_rank(&mut enc, logits, target, &ubuf, &lk, (&lk.keys, &lk.vals), lk.len, &lw);
+                None
+            } else {
+                // hinge: first count the positive errors, sort only those (after the readback)
+                Some(self.record_compact_count(&mut enc, &lk))
+            };
+            enc.copy_buffer_to_buffer(&lk.segsum, 0, &rb, 0, segsum_bytes(&lk));
+            lov = Some((lk, rb, compact));
         }
         self.queue.submit([enc.finish()]);
         let mut reads: Vec<&wgpu::Buffer> = vec![&sums_read];
-        reads.extend(lov_read.as_ref());
+        reads.extend(lov.as_ref().map(|l| &l.1));
         let mut raw = self.read(&reads).await?;
+        if let Some((lk, _, Some(tilecnt))) = &lov {
+            // segsum holds (kept, dropped fg, dropped bg) per segment: sort the kept ones only
+            let kept = raw[1].chunks(4).map(|q| q[0].to_bits() as usize).max().unwrap_or(0).max(1);
+            let mut enc =
+                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss lovasz") });
+            let (kc, vc) = self.record_compact_scatter(&mut enc, lk, tilecnt, kept);
+            self.record_lovasz_rank(&mut enc, logits, target, &ubuf, lk, (&kc, &vc), kept, &lw);
+            let rb = readback(segsum_bytes(lk));
+            enc.copy_buffer_to_buffer(&lk.segsum, 0, &rb, 0, segsum_bytes(lk));
+            self.queue.submit([enc.finish()]);
+            raw[1] = self.read(&[&rb]).await?.remove(0);
+        }
         let lovasz = (raw.len() > 1).then(|| plan::LovaszSums {
             segs: raw[1]
                 .chunks(4)

@@ -123,6 +123,29 @@ pub const LOVASZ_WEIGHTS: Kernel = lovasz!("lovasz_weights");
 /// Lovász: value per segment.
 pub const LOVASZ_VALUE: Kernel = lovasz!("lovasz_value");
 
+const COMPACT_BINDINGS: &[Binding] = &[U, R, R, W, W, W, W, U];
+
+macro_rules! compact {
+    ($name:literal) => {
+        Kernel {
+            name: $name,
+            entry: $name,
+            source: wgsl!("scan.wgsl", "compact.wgsl"),
+            bindings: COMPACT_BINDINGS,
+            specialized: false,
+        }
+    };
+}
+
+/// Lovász hinge compaction: kept and dropped counts per tile.
+pub const COMPACT_COUNT: Kernel = compact!("compact_count");
+/// Lovász hinge compaction: scan of the tile counts per segment.
+pub const COMPACT_SCAN: Kernel = compact!("compact_scan");
+/// Lovász hinge compaction: padding of the compacted arrays.
+pub const COMPACT_FILL: Kernel = compact!("compact_fill");
+/// Lovász hinge compaction: stable scatter of the kept elements.
+pub const COMPACT_SCATTER: Kernel = compact!("compact_scatter");
+
 /// Every kernel of the crate, in the order the engine indexes them.
 pub const KERNELS: &[Kernel] = &[
     STATS,
@@ -138,4 +161,8 @@ pub const KERNELS: &[Kernel] = &[
     LOVASZ_WEIGHTS,
     LOVASZ_VALUE,
     BITONIC_SORT,
+    COMPACT_COUNT,
+    COMPACT_SCAN,
+    COMPACT_FILL,
+    COMPACT_SCATTER,
 ];

@@ -188,21 +188,20 @@ fn tied_errors_give_the_reference_value_and_tie_group_sums() {
 #[test]
 fn repeated_runs_are_bit_identical() {
     let mut rng = Rng(35);
-    let c = case(&mut rng, Mode::Multiclass, vec![2, 5, 50, 70], 0, true);
-    let input = c.input();
-    let exprs: Vec<LossExpr> = SOFTMAX.iter().map(|t| t.parse().unwrap()).collect();
-    let a = common::gpu().evaluate_blocking(&input, &exprs, true).unwrap();
-    for _ in 0..2 {
-        let b = common::gpu().evaluate_blocking(&input, &exprs, true).unwrap();
-        for (x, y) in a.iter().zip(&b) {
-            assert_eq!(x.value.to_bits(), y.value.to_bits());
-            assert!(x
-                .grad
-                .as_ref()
-                .unwrap()
-                .iter()
-                .zip(y.grad.as_ref().unwrap())
-                .all(|(p, q)| p.to_bits() == q.to_bits()));
+    for (mode, shape, texts) in
+        [(Mode::Multiclass, vec![2, 5, 50, 70], SOFTMAX), (Mode::Binary, vec![3, 1, 70, 90], HINGE)]
+    {
+        let c = case(&mut rng, mode, shape, 0, true);
+        let input = c.input();
+        let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse().unwrap()).collect();
+        let a = common::gpu().evaluate_blocking(&input, &exprs, true).unwrap();
+        for _ in 0..2 {
+            let b = common::gpu().evaluate_blocking(&input, &exprs, true).unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.value.to_bits(), y.value.to_bits());
+                let (gx, gy) = (x.grad.as_ref().unwrap(), y.grad.as_ref().unwrap());
+                assert!(gx.iter().zip(gy).all(|(p, q)| p.to_bits() == q.to_bits()));
+            }
         }
     }
 }

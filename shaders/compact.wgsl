@@ -1,0 +1,114 @@
+// Stable compaction of the Lovász hinge keys: elements whose error is <= 0 (key NONE) carry no loss
+// and no gradient and sort last, so only the others are sorted. Per segment: count kept elements per
+// tile, scan, and scatter them in their original order to the front of a [segment][len'] array padded
+// with NONE; the dropped elements' labels are counted into segsum (fg in .y, bg in .z) so that the
+// foreground total stays exact. segsum.x receives the kept count, for the host to size the sort.
+
+struct LovParams {
+    len: u32,
+    segs: u32,
+    tiles: u32,
+    per_image: u32,
+}
+
+@group(0) @binding(0) var<uniform> LP: LovParams;        // the uncompacted segments
+@group(0) @binding(1) var<storage, read> keys_in: array<u32>;
+@group(0) @binding(2) var<storage, read> vals_in: array<u32>;
+@group(0) @binding(3) var<storage, read_write> keys_out: array<u32>;
+@group(0) @binding(4) var<storage, read_write> vals_out: array<u32>;
+@group(0) @binding(5) var<storage, read_write> tilecnt: array<vec4<u32>>; // [seg][tile]: kept, fg, bg dropped
+@group(0) @binding(6) var<storage, read_write> segsum: array<vec4<u32>>;  // [seg]: kept, fg, bg dropped
+@group(0) @binding(7) var<uniform> OUT_LEN: vec4<u32>;    // .x: compacted segment length
+
+const CT: u32 = 2048u;
+const CIPT: u32 = 8u;
+const NONE: u32 = 0xFFFFFFFFu;
+
+// (kept, dropped fg, dropped bg, 0) of one element.
+fn kind_of(k: u32, v: u32) -> vec4<u32> {
+    if k != NONE {
+        return vec4<u32>(1u, 0u, 0u, 0u);
+    }
+    if v == NONE {
+        return vec4<u32>(0u);
+    }
+    return select(vec4<u32>(0u, 0u, 1u, 0u), vec4<u32>(0u, 1u, 0u, 0u), (v >> 31u) == 1u);
+}
+
+@compute @workgroup_size(256)
+fn compact_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x;
+    let seg = wid.y;
+    var c = vec4<u32>(0u);
+    for (var r = 0u; r < CIPT; r++) {
+        let j = tile * CT + r * 256u + lid;
+        if j < LP.len {
+            c += kind_of(keys_in[seg * LP.len + j], vals_in[seg * LP.len + j]);
+        }
+    }
+    _ = wg_scan4(lid, c);
+    if lid == 0u {
+        tilecnt[seg * LP.tiles + tile] = scan_total4;
+    }
+}
+
+// Per segment: exclusive scan of the kept counts over tiles (in place), totals into segsum.
+@compute @workgroup_size(256)
+fn compact_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let seg = wid.x;
+    var carry = vec4<u32>(0u);
+    for (var start = 0u; start < LP.tiles; start += 256u) {
+        let i = start + lid;
+        var v = vec4<u32>(0u);
+        if i < LP.tiles {
+            v = tilecnt[seg * LP.tiles + i];
+        }
+        let ex = wg_scan4(lid, v);
+        if i < LP.tiles {
+            tilecnt[seg * LP.tiles + i] = carry + ex;
+        }
+        carry += scan_total4;
+    }
+    if lid == 0u {
+        segsum[seg] = carry;
+    }
+}
+
+// Fills the compacted arrays with NONE (padding), before compact_scatter.
+@compute @workgroup_size(256)
+fn compact_fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if i < LP.segs * OUT_LEN.x {
+        keys_out[i] = NONE;
+        vals_out[i] = NONE;
+    }
+}
+
+// Kept elements to the front of their segment, in their original order.
+@compute @workgroup_size(256)
+fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x;
+    let seg = wid.y;
+    var k: array<u32, CIPT>;
+    var v: array<u32, CIPT>;
+    var kept = 0u;
+    for (var r = 0u; r < CIPT; r++) {
+        let j = tile * CT + CIPT * lid + r;
+        k[r] = NONE;
+        v[r] = NONE;
+        if j < LP.len {
+            k[r] = keys_in[seg * LP.len + j];
+            v[r] = vals_in[seg * LP.len + j];
+        }
+        kept += select(0u, 1u, k[r] != NONE);
+    }
+    let ex = wg_scan4(lid, vec4<u32>(kept, 0u, 0u, 0u));
+    var pos = tilecnt[seg * LP.tiles + tile].x + ex.x;
+    for (var r = 0u; r < CIPT; r++) {
+        if k[r] != NONE {
+            keys_out[seg * OUT_LEN.x + pos] = k[r];
+            vals_out[seg * OUT_LEN.x + pos] = v[r];
+            pos += 1u;
+        }
+    }
+}
