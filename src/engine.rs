@@ -827,6 +827,15 @@ impl Gpu {
         })
     }
 
+    /// Two distinct small buffers for read-write bindings a kernel does not use (WebGPU rejects
+    /// one buffer bound to two writable bindings of a dispatch).
+    fn unused(&self) -> [wgpu::Buffer; 2] {
+        [
+            self.scratch("unused", 16, wgpu::BufferUsages::STORAGE),
+            self.scratch("unused", 16, wgpu::BufferUsages::STORAGE),
+        ]
+    }
+
     fn uniform<T: bytemuck::Pod>(&self, p: &T) -> wgpu::Buffer {
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("params"),
@@ -931,10 +940,11 @@ impl Gpu {
             // one workgroup per segment, sorting `a` in place (`b` is bound but unused)
             let sp = SortParams { len: len as u32, segs: segs as u32, tiles: 1, shift: 0 };
             let ub = self.uniform(&sp);
-            let dummy = self.scratch("unused", 4, wgpu::BufferUsages::STORAGE);
-            let bg = self.bind(K_BITONIC, &[&ub, b.0, b.1, &dummy, &dummy, a.0, a.1]);
+            // unused read-write bindings need distinct buffers (WebGPU forbids writable aliases)
+            let [d0, d1] = self.unused();
+            let bg = self.bind(K_BITONIC, &[&ub, b.0, b.1, &d0, &d1, a.0, a.1]);
             Self::dispatch(enc, "bitonic sort", &self.pipeline(K_BITONIC, Spec::default()), &bg, (segs as u32, 1, 1));
-            return vec![ub, dummy];
+            return vec![ub, d0, d1];
         }
         let tiles = len.div_ceil(SORT_TILE);
         let counts = self.scratch("sort counts", (segs * 256 * tiles * 4) as u64, wgpu::BufferUsages::STORAGE);
@@ -987,8 +997,8 @@ impl Gpu {
         let segsum = self.scratch("lovasz sums", (segs * 16) as u64, st | wgpu::BufferUsages::COPY_SRC);
         let lbuf =
             self.uniform(&LovParams { len: len as u32, segs: segs as u32, tiles: 1, per_image: per_image as u32 });
-        let dummy = self.scratch("unused", 16, st);
-        let bg = self.bind(K_LOVASZ_KEYS, &[logits, target, ubuf, &lbuf, &keys, &vals, &dummy, &segsum, lw, &dummy]);
+        let [d0, d1] = self.unused();
+        let bg = self.bind(K_LOVASZ_KEYS, &[logits, target, ubuf, &lbuf, &keys, &vals, &d0, &segsum, lw, &d1]);
         let (gx, gz) = self.grid(s);
         let spec = Spec { softmax, ..Spec::default() };
         Self::dispatch(enc, "lovasz keys", &self.pipeline(K_LOVASZ_KEYS, spec), &bg, (gx, n as u32, gz));
@@ -1003,9 +1013,9 @@ impl Gpu {
         let tilecnt = self.scratch("compact counts", (lk.segs * tiles * 16) as u64, st);
         let lbuf =
             self.uniform(&LovParams { len: lk.len as u32, segs: lk.segs as u32, tiles: tiles as u32, per_image: 0 });
-        let dummy = self.scratch("unused", 16, st);
+        let [d0, d1] = self.unused();
         let out_len = self.uniform(&[0u32; 4]);
-        let bufs = [&lbuf, &lk.keys, &lk.vals, &dummy, &dummy, &tilecnt, &lk.segsum, &out_len];
+        let bufs = [&lbuf, &lk.keys, &lk.vals, &d0, &d1, &tilecnt, &lk.segsum, &out_len];
         for (k, label, dims) in [
             (K_COMPACT_COUNT, "compact count", (tiles as u32, lk.segs as u32, 1)),
             (K_COMPACT_SCAN, "compact scan", (lk.segs as u32, 1, 1)),
