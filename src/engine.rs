@@ -603,7 +603,7 @@ impl Engine {
         let (kb, vb) = (gpu.scratch("keys b", bytes, usage), gpu.scratch("vals b", bytes, usage));
         let mut enc =
             gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss sort") });
-        let _keep = gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo);
+        gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo);
         let rk = gpu.scratch("keys readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         let rv = gpu.scratch("vals readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         enc.copy_buffer_to_buffer(&ka, 0, &rk, 0, bytes);
@@ -661,7 +661,7 @@ impl Engine {
             let t0 = std::time::Instant::now();
             let mut enc =
                 gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sort bench") });
-            let _keep = gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo);
+            gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo);
             gpu.queue.submit([enc.finish()]);
             gpu.device
                 .poll(wgpu::PollType::wait_indefinitely())
@@ -920,8 +920,9 @@ impl Gpu {
         }
     }
 
-    /// Records the four passes of the segmented radix sort of `a` (keys, payloads) using `b` as
-    /// scratch; the sorted result ends in `a`. Returns what must live until submission.
+    /// Records the sort of `a` (keys, payloads) in segments of `len`: the bitonic network for short
+    /// segments, else the four passes of the segmented radix sort using `b` as scratch. The sorted
+    /// result ends in `a`. (wgpu keeps every buffer a recorded command uses alive until it ran.)
     fn record_sort(
         &self,
         enc: &mut wgpu::CommandEncoder,
@@ -930,7 +931,7 @@ impl Gpu {
         segs: usize,
         len: usize,
         algo: SortAlgo,
-    ) -> Vec<wgpu::Buffer> {
+    ) {
         let bitonic = match algo {
             SortAlgo::Auto => len <= BITONIC_CROSSOVER,
             SortAlgo::Bitonic => true,
@@ -944,12 +945,11 @@ impl Gpu {
             let [d0, d1] = self.unused();
             let bg = self.bind(K_BITONIC, &[&ub, b.0, b.1, &d0, &d1, a.0, a.1]);
             Self::dispatch(enc, "bitonic sort", &self.pipeline(K_BITONIC, Spec::default()), &bg, (segs as u32, 1, 1));
-            return vec![ub, d0, d1];
+            return;
         }
         let tiles = len.div_ceil(SORT_TILE);
         let counts = self.scratch("sort counts", (segs * 256 * tiles * 4) as u64, wgpu::BufferUsages::STORAGE);
         let totals = self.scratch("sort totals", (segs * 256 * 4) as u64, wgpu::BufferUsages::STORAGE);
-        let mut keep = Vec::new();
         let grid = (tiles as u32, segs as u32, 1);
         for pass in 0..4u32 {
             let (src, dst) = if pass % 2 == 0 { (a, b) } else { (b, a) };
@@ -964,11 +964,7 @@ impl Gpu {
                 let bg = self.bind(k, &bufs);
                 Self::dispatch(enc, label, &self.pipeline(k, Spec::default()), &bg, dims);
             }
-            keep.push(ub);
         }
-        keep.push(counts);
-        keep.push(totals);
-        keep
     }
 
     /// Records the Lovász keys: `segs` segments of `len` (key, payload) pairs in fresh buffers.
@@ -1191,7 +1187,6 @@ impl Gpu {
             let (gx, gz) = self.grid(s);
             let mut enc =
                 self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss grad") });
-            let mut keep = Vec::new();
             for (f, e) in fin.iter().zip(exprs) {
                 debug_assert!(f.grad_terms.len() <= MAX_GRAD_TERMS);
                 let terms: Vec<TermParams> = f.grad_terms.iter().map(|(_, t)| *t).collect();
@@ -1227,7 +1222,6 @@ impl Gpu {
                     enc.copy_buffer_to_buffer(&out, 0, &rb, 0, bytes);
                     grad_reads.push(rb);
                 }
-                keep.push((tb, cb, kb, out, bg));
             }
             self.queue.submit([enc.finish()]);
             if grads == GradMode::DeviceOnly {
