@@ -72,6 +72,12 @@ fn sigmoid(x: f32) -> f32 {
     return sigmoid2(x).x;
 }
 
+// Lovász hinge error of one element. The sort keys and the gradient both call this, so the
+// elements the gradient treats as positive are exactly the ones that were sorted.
+fn hinge_error(x: f32, g: f32) -> f32 {
+    return 1.0 - x * (2.0 * g - 1.0);
+}
+
 // 1 - exp(-b) for b >= 0, accurate for small b.
 fn one_minus_exp_neg(b: f32) -> f32 {
     if b < 1e-3 {

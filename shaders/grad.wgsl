@@ -107,9 +107,8 @@ fn gradient(
             var d = region_dp(n, c, p, g) * p * q;
             if LOVASZ != 0u {
                 // hinge: d relu(1 - x (2g - 1)) / d x
-                let sgn = 2.0 * g - 1.0;
-                if 1.0 - x * sgn > 0.0 {
-                    d -= lovasz_scale(select(0u, n, LOVASZ == 2u)) * lw[e] * sgn;
+                if hinge_error(x, g) > 0.0 {
+                    d -= lovasz_scale(select(0u, n, LOVASZ == 2u)) * lw[e] * (2.0 * g - 1.0);
                 }
             }
             for (var t = 0u; t < NTERMS; t++) {

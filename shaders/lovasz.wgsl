@@ -100,7 +100,7 @@ fn lovasz_keys(
                 vals[e] = NONE;
             } else {
                 let g = bitcast<f32>(tb);
-                keys[e] = key_of(1.0 - logits[e] * (2.0 * g - 1.0));
+                keys[e] = key_of(hinge_error(logits[e], g));
                 vals[e] = e | select(0u, 0x80000000u, g > 0.5);
             }
         }
