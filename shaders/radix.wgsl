@@ -47,20 +47,47 @@ fn radix_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     counts[(seg * SP.tiles + tile) * 256u + lid] = atomicLoad(&hist[lid]);
 }
 
-// Per segment, one thread per digit: exclusive scan of the digit's tile counts in place (a serial
-// walk over the tiles, coalesced across digits, no barriers), then the start of each digit in
-// the segment (a scan over digits).
+var<workgroup> lane_sum: array<u32, 256>;
+
+// Exclusive scan of each digit's tile counts in place, per segment. Workgroup (segment, block of
+// 16 digits): 16 lanes per digit each walk a contiguous sixteenth of the tiles, so the serial depth
+// is tiles / 16 instead of tiles (a single segment of 2048 tiles spent most of its sort in a
+// one-thread-per-digit walk on an H100). `totals` receives each digit's count in the segment.
 @compute @workgroup_size(256)
 fn radix_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let seg = wid.x;
+    let dl = lid & 15u;
+    let d = wid.y * 16u + dl; // neighbouring threads read neighbouring digits
+    let lane = lid >> 4u;
+    let per = (SP.tiles + 15u) / 16u;
+    let t0 = min(lane * per, SP.tiles);
+    let t1 = min(t0 + per, SP.tiles);
+    var sum = 0u;
+    for (var t = t0; t < t1; t++) {
+        sum += counts[(seg * SP.tiles + t) * 256u + d];
+    }
+    lane_sum[lid] = sum;
+    workgroupBarrier();
     var run = 0u;
-    for (var t = 0u; t < SP.tiles; t++) {
-        let i = (seg * SP.tiles + t) * 256u + lid;
+    for (var l = 0u; l < lane; l++) {
+        run += lane_sum[l * 16u + dl];
+    }
+    for (var t = t0; t < t1; t++) {
+        let i = (seg * SP.tiles + t) * 256u + d;
         let c = counts[i];
         counts[i] = run;
         run += c;
     }
-    let sc = wg_scan2(lid, vec2<u32>(run, 0u));
+    if lane == 15u {
+        totals[seg * 256u + d] = run;
+    }
+}
+
+// Per segment: the start of each digit (exclusive scan of the digit totals, in place).
+@compute @workgroup_size(256)
+fn radix_digits(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let seg = wid.x;
+    let sc = wg_scan2(lid, vec2<u32>(totals[seg * 256u + lid], 0u));
     totals[seg * 256u + lid] = sc.x;
 }
 

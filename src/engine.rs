@@ -191,6 +191,7 @@ struct Gpu {
     pipelines: Mutex<HashMap<(usize, Spec), wgpu::ComputePipeline>>,
     limits: wgpu::Limits,
     lost: Arc<Mutex<Option<String>>>,
+    pool: Pool,
 }
 
 struct KernelState {
@@ -239,6 +240,7 @@ const K_COMPACT_COUNT: usize = 13;
 const K_COMPACT_SCAN: usize = 14;
 const K_COMPACT_FILL: usize = 15;
 const K_COMPACT_SCATTER: usize = 16;
+const K_RADIX_DIGITS: usize = 17;
 /// Elements per sort tile (see `radix.wgsl`, `lovasz.wgsl`).
 const SORT_TILE: usize = 2048;
 
@@ -252,11 +254,11 @@ struct SortParams {
 }
 
 /// The Lovász keys of one evaluation and where their per-segment results go.
-struct LovaszKeys {
-    keys: wgpu::Buffer,
-    vals: wgpu::Buffer,
+struct LovaszKeys<'a> {
+    keys: Scratch<'a>,
+    vals: Scratch<'a>,
     /// `[value bits, fg, bg, 0]` per segment (u32)
-    segsum: wgpu::Buffer,
+    segsum: Scratch<'a>,
     segs: usize,
     len: usize,
     per_image: bool,
@@ -338,6 +340,8 @@ pub struct Prepared<'a> {
     input: Input<'a>,
     logits: Option<wgpu::Buffer>,
     target: Option<wgpu::Buffer>,
+    /// [`Input::hard_labels`], found once here rather than on every evaluation.
+    hard_labels: bool,
 }
 
 impl Prepared<'_> {
@@ -427,7 +431,8 @@ impl Engine {
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let kernels: Vec<KernelState> = KERNELS.iter().map(|k| KernelState::new(&device, *k)).collect();
-        let gpu = Gpu { device, queue, kernels, pipelines: Mutex::new(HashMap::new()), limits, lost };
+        let gpu =
+            Gpu { device, queue, kernels, pipelines: Mutex::new(HashMap::new()), limits, lost, pool: Pool::default() };
         // Build the plain specializations now, so that a driver that rejects a kernel fails here.
         for softmax in [false, true] {
             let spec = Spec { softmax, ..Spec::default() };
@@ -454,7 +459,8 @@ impl Engine {
     /// Uploads a batch once, for repeated evaluation with [`Engine::evaluate_prepared`].
     pub fn prepare<'a>(&self, input: Input<'a>) -> Result<Prepared<'a>, Error> {
         let Backend::Gpu(gpu) = &self.backend else {
-            return Ok(Prepared { input, logits: None, target: None });
+            let hard_labels = input.hard_labels();
+            return Ok(Prepared { input, logits: None, target: None, hard_labels });
         };
         let bytes = (input.logits().len() * 4) as u64;
         let max = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
@@ -492,7 +498,8 @@ impl Engine {
             contents: bytemuck::cast_slice(&words),
             usage: wgpu::BufferUsages::STORAGE,
         });
-        Ok(Prepared { input, logits: Some(logits), target: Some(target) })
+        let hard_labels = input.hard_labels();
+        Ok(Prepared { input, logits: Some(logits), target: Some(target), hard_labels })
     }
 
     /// Evaluates several expressions on one batch: one statistics pass for all of them, then one
@@ -529,7 +536,7 @@ impl Engine {
             }
             Backend::Gpu(g) => g,
         };
-        if exprs.iter().any(|e| e.has_lovasz()) && !input.hard_labels() {
+        if exprs.iter().any(|e| e.has_lovasz()) && !prep.hard_labels {
             return Err(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
         }
         let (Some(logits), Some(target)) = (&prep.logits, &prep.target) else {
@@ -600,12 +607,12 @@ impl Engine {
         };
         let (ka, va) = (init("keys", keys), init("vals", &idx));
         let bytes = (keys.len() * 4) as u64;
-        let (kb, vb) = (gpu.scratch("keys b", bytes, usage), gpu.scratch("vals b", bytes, usage));
+        let (kb, vb) = (gpu.scratch(bytes), gpu.scratch(bytes));
         let mut enc =
             gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss sort") });
         gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo);
-        let rk = gpu.scratch("keys readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
-        let rv = gpu.scratch("vals readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let rk = gpu.readback(bytes);
+        let rv = gpu.readback(bytes);
         enc.copy_buffer_to_buffer(&ka, 0, &rk, 0, bytes);
         enc.copy_buffer_to_buffer(&va, 0, &rv, 0, bytes);
         gpu.queue.submit([enc.finish()]);
@@ -652,10 +659,7 @@ impl Engine {
         };
         let (ka, va) = (init("keys", &keys), init("vals", &idx));
         let bytes = (n * 4) as u64;
-        let (kb, vb) = (
-            gpu.scratch("keys b", bytes, wgpu::BufferUsages::STORAGE),
-            gpu.scratch("vals b", bytes, wgpu::BufferUsages::STORAGE),
-        );
+        let (kb, vb) = (gpu.scratch(bytes), gpu.scratch(bytes));
         let mut out = Vec::new();
         for i in 0..=iters {
             let t0 = std::time::Instant::now();
@@ -692,7 +696,7 @@ impl Engine {
             return Ok(());
         };
         let bytes = (prep.input.logits().len() * 4) as u64;
-        let out = gpu.scratch("copy", bytes, wgpu::BufferUsages::STORAGE);
+        let out = gpu.scratch(bytes);
         let bg = gpu.bind(K_COPY, &[logits, &out]);
         let (gx, gy) = gpu.grid(prep.input.logits().len());
         let mut enc =
@@ -753,6 +757,75 @@ struct Params {
     c: u32,
     s: u32,
     tiles: u32,
+}
+
+/// Most bytes of idle scratch buffers the pool keeps for reuse.
+const POOL_BYTES: u64 = 1 << 30;
+
+/// Scratch buffers kept between evaluations. On a real GPU, allocating and zero-filling fresh
+/// device memory for every evaluation costs more than the kernels themselves (measured on an H100:
+/// a 176 MB copy took 8.8 ms with a fresh output buffer), so a released buffer waits here for the
+/// next request of the same size and use, up to [`POOL_BYTES`] in all. Reusing a buffer in a later
+/// command is safe: wgpu orders every use of a buffer on the queue.
+#[derive(Default)]
+struct Pool {
+    free: Mutex<PoolState>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    bytes: u64,
+    by_kind: HashMap<(u64, wgpu::BufferUsages), Vec<wgpu::Buffer>>,
+}
+
+impl Pool {
+    fn take(&self, device: &wgpu::Device, size: u64, usage: wgpu::BufferUsages) -> Scratch<'_> {
+        let reused = {
+            let mut st = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            let b = st.by_kind.get_mut(&(size, usage)).and_then(Vec::pop);
+            if b.is_some() {
+                st.bytes -= size;
+            }
+            b
+        };
+        let buf = reused.unwrap_or_else(|| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("segloss scratch"),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        });
+        Scratch { buf, pool: self }
+    }
+
+    fn give(&self, buf: &wgpu::Buffer) {
+        let mut st = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if st.bytes + buf.size() <= POOL_BYTES {
+            st.bytes += buf.size();
+            st.by_kind.entry((buf.size(), buf.usage())).or_default().push(buf.clone());
+        }
+    }
+}
+
+/// A buffer borrowed from the [`Pool`], given back when dropped (once no further command will be
+/// recorded with it).
+struct Scratch<'a> {
+    buf: wgpu::Buffer,
+    pool: &'a Pool,
+}
+
+impl std::ops::Deref for Scratch<'_> {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buf
+    }
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        self.pool.give(&self.buf);
+    }
 }
 
 impl KernelState {
@@ -829,11 +902,8 @@ impl Gpu {
 
     /// Two distinct small buffers for read-write bindings a kernel does not use (WebGPU rejects
     /// one buffer bound to two writable bindings of a dispatch).
-    fn unused(&self) -> [wgpu::Buffer; 2] {
-        [
-            self.scratch("unused", 16, wgpu::BufferUsages::STORAGE),
-            self.scratch("unused", 16, wgpu::BufferUsages::STORAGE),
-        ]
+    fn unused(&self) -> [Scratch<'_>; 2] {
+        [self.scratch(16), self.scratch(16)]
     }
 
     fn uniform<T: bytemuck::Pod>(&self, p: &T) -> wgpu::Buffer {
@@ -844,13 +914,16 @@ impl Gpu {
         })
     }
 
-    fn scratch(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: bytes.max(4),
-            usage,
-            mapped_at_creation: false,
-        })
+    /// A storage buffer of `bytes` from the pool (contents undefined: every kernel writes what it
+    /// reads, and [`Gpu::run`] clears the two that are accumulated into).
+    fn scratch(&self, bytes: u64) -> Scratch<'_> {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        self.pool.take(&self.device, bytes.max(4), usage)
+    }
+
+    /// A host-readable staging buffer of `bytes` from the pool.
+    fn readback(&self, bytes: u64) -> Scratch<'_> {
+        self.pool.take(&self.device, bytes.max(4), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)
     }
 
     fn bind(&self, k: usize, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
@@ -948,8 +1021,8 @@ impl Gpu {
             return;
         }
         let tiles = len.div_ceil(SORT_TILE);
-        let counts = self.scratch("sort counts", (segs * 256 * tiles * 4) as u64, wgpu::BufferUsages::STORAGE);
-        let totals = self.scratch("sort totals", (segs * 256 * 4) as u64, wgpu::BufferUsages::STORAGE);
+        let counts = self.scratch((segs * 256 * tiles * 4) as u64);
+        let totals = self.scratch((segs * 256 * 4) as u64);
         let grid = (tiles as u32, segs as u32, 1);
         for pass in 0..4u32 {
             let (src, dst) = if pass % 2 == 0 { (a, b) } else { (b, a) };
@@ -958,7 +1031,8 @@ impl Gpu {
             let bufs = [&ub, src.0, src.1, &counts, &totals, dst.0, dst.1];
             for (k, label, dims) in [
                 (K_RADIX_COUNT, "radix count", grid),
-                (K_RADIX_SCAN, "radix scan", (segs as u32, 1, 1)),
+                (K_RADIX_SCAN, "radix scan", (segs as u32, 16, 1)),
+                (K_RADIX_DIGITS, "radix digits", (segs as u32, 1, 1)),
                 (K_RADIX_SCATTER, "radix scatter", grid),
             ] {
                 let bg = self.bind(k, &bufs);
@@ -979,7 +1053,7 @@ impl Gpu {
         softmax: bool,
         per_image: bool,
         lw: &wgpu::Buffer,
-    ) -> Result<LovaszKeys, Error> {
+    ) -> Result<LovaszKeys<'_>, Error> {
         let (segs, len) = plan::lovasz_segments(softmax, per_image, n, c, s);
         let maxd = self.limits.max_compute_workgroups_per_dimension as usize;
         if len.div_ceil(SORT_TILE) > maxd || segs > maxd {
@@ -987,10 +1061,11 @@ impl Gpu {
                 "lovasz: {segs} segments of {len} elements exceed the device's {maxd} workgroups per dimension"
             )));
         }
-        let st = wgpu::BufferUsages::STORAGE;
         let total = (segs * len * 4) as u64;
-        let (keys, vals) = (self.scratch("lovasz keys", total, st), self.scratch("lovasz vals", total, st));
-        let segsum = self.scratch("lovasz sums", (segs * 16) as u64, st | wgpu::BufferUsages::COPY_SRC);
+        let (keys, vals) = (self.scratch(total), self.scratch(total));
+        let segsum = self.scratch((segs * 16) as u64);
+        // lovasz_scan adds to what compact.wgsl counted (the hinge), else to zero
+        enc.clear_buffer(&segsum, 0, None);
         let lbuf =
             self.uniform(&LovParams { len: len as u32, segs: segs as u32, tiles: 1, per_image: per_image as u32 });
         let [d0, d1] = self.unused();
@@ -1003,10 +1078,9 @@ impl Gpu {
 
     /// Hinge only: counts, per segment, the elements with a positive error (to sort) and the labels
     /// of the others (written into `segsum`), recorded into the first submission.
-    fn record_compact_count(&self, enc: &mut wgpu::CommandEncoder, lk: &LovaszKeys) -> wgpu::Buffer {
+    fn record_compact_count(&self, enc: &mut wgpu::CommandEncoder, lk: &LovaszKeys) -> Scratch<'_> {
         let tiles = lk.len.div_ceil(SORT_TILE);
-        let st = wgpu::BufferUsages::STORAGE;
-        let tilecnt = self.scratch("compact counts", (lk.segs * tiles * 16) as u64, st);
+        let tilecnt = self.scratch((lk.segs * tiles * 16) as u64);
         let lbuf =
             self.uniform(&LovParams { len: lk.len as u32, segs: lk.segs as u32, tiles: tiles as u32, per_image: 0 });
         let [d0, d1] = self.unused();
@@ -1029,11 +1103,10 @@ impl Gpu {
         lk: &LovaszKeys,
         tilecnt: &wgpu::Buffer,
         out_len: usize,
-    ) -> (wgpu::Buffer, wgpu::Buffer) {
+    ) -> (Scratch<'_>, Scratch<'_>) {
         let tiles = lk.len.div_ceil(SORT_TILE);
-        let st = wgpu::BufferUsages::STORAGE;
         let total = (lk.segs * out_len * 4) as u64;
-        let (kc, vc) = (self.scratch("compact keys", total, st), self.scratch("compact vals", total, st));
+        let (kc, vc) = (self.scratch(total), self.scratch(total));
         let lbuf =
             self.uniform(&LovParams { len: lk.len as u32, segs: lk.segs as u32, tiles: tiles as u32, per_image: 0 });
         let ol = self.uniform(&[out_len as u32, 0, 0, 0]);
@@ -1065,11 +1138,10 @@ impl Gpu {
     ) {
         let segs = lk.segs;
         let tiles = len.div_ceil(SORT_TILE);
-        let st = wgpu::BufferUsages::STORAGE;
         let total = (segs * len * 4) as u64;
-        let (kb, vb) = (self.scratch("sort keys", total, st), self.scratch("sort vals", total, st));
-        let tilecnt = self.scratch("lovasz tile counts", (segs * tiles * 8) as u64, st);
-        let vpart = self.scratch("lovasz partials", (segs * tiles * 4) as u64, st);
+        let (kb, vb) = (self.scratch(total), self.scratch(total));
+        let tilecnt = self.scratch((segs * tiles * 8) as u64);
+        let vpart = self.scratch((segs * tiles * 4) as u64);
         let lbuf = self.uniform(&LovParams {
             len: len as u32,
             segs: segs as u32,
@@ -1120,11 +1192,10 @@ impl Gpu {
         let ubuf = self.uniform(&params);
         let tbuf = self.storage("terms", bytemuck::cast_slice(&stats_terms));
         let cbuf = self.storage("class weights", bytemuck::cast_slice(&stats_cw));
-        let partials = self.scratch("partials", (n * tiles * c * K * 4) as u64, wgpu::BufferUsages::STORAGE);
+        let partials = self.scratch((n * tiles * c * K * 4) as u64);
         let sums_bytes = (n * c * K * 4) as u64;
-        let sums = self.scratch("sums", sums_bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
-        let sums_read =
-            self.scratch("sums readback", sums_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let sums = self.scratch(sums_bytes);
+        let sums_read = self.readback(sums_bytes);
         let bg_stats = self.bind(K_STATS, &[logits, target, &ubuf, &tbuf, &cbuf, &partials]);
         let bg_reduce = self.bind(K_REDUCE, &[&ubuf, &partials, &sums]);
         let mut enc =
@@ -1135,12 +1206,14 @@ impl Gpu {
         // Lovász: keys, segmented sort and Jaccard weights, recorded into the same submission.
         // per-element Jaccard weights; a placeholder binding when no term is a Lovász loss
         let lw_bytes = if plan.lovasz.is_some() { n * c * s * 4 } else { 32 };
-        let lw = self.scratch("lovasz weights", lw_bytes as u64, wgpu::BufferUsages::STORAGE);
+        let lw = self.scratch(lw_bytes as u64);
         let segsum_bytes = |lk: &LovaszKeys| (lk.segs * 16) as u64;
-        let readback =
-            |bytes| self.scratch("lovasz readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let readback = |bytes| self.readback(bytes);
         let mut lov = None;
         if let Some(lp) = &plan.lovasz {
+            // the gradient reads only weights lovasz_weights wrote; clearing keeps a reused
+            // buffer's stale bits (possibly NaN patterns) out of reach all the same
+            enc.clear_buffer(&lw, 0, None);
             let lk = self.record_lovasz_keys(&mut enc, logits, target, &ubuf, (n, c, s), softmax, lp.per_image, &lw)?;
             let rb = readback(segsum_bytes(&lk));
             let compact = if softmax {
@@ -1156,7 +1229,7 @@ impl Gpu {
         }
         self.queue.submit([enc.finish()]);
         let mut reads: Vec<&wgpu::Buffer> = vec![&sums_read];
-        reads.extend(lov.as_ref().map(|l| &l.1));
+        reads.extend(lov.as_ref().map(|l| &*l.1));
         let mut raw = self.read(&reads).await?;
         if let Some((lk, _, Some(tilecnt))) = &lov {
             // segsum holds (kept, dropped fg, dropped bg) per segment: sort the kept ones only
@@ -1210,15 +1283,11 @@ impl Gpu {
                 let cb = self.storage("grad class weights", bytemuck::cast_slice(&cw));
                 let kb = self.storage("coefficients", bytemuck::cast_slice(&f.coefs));
                 let bytes = (total * 4) as u64;
-                let out = self.scratch("grad", bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+                let out = self.scratch(bytes);
                 let bg = self.bind(K_GRAD, &[logits, target, &ubuf, &tb, &cb, &kb, &out, &lw]);
                 Self::dispatch(&mut enc, "grad", &self.pipeline(K_GRAD, gspec), &bg, (gx, n as u32, gz));
                 if grads == GradMode::Read {
-                    let rb = self.scratch(
-                        "grad readback",
-                        bytes,
-                        wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    );
+                    let rb = self.readback(bytes);
                     enc.copy_buffer_to_buffer(&out, 0, &rb, 0, bytes);
                     grad_reads.push(rb);
                 }
@@ -1230,7 +1299,7 @@ impl Gpu {
                     .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
             }
         }
-        let read_refs: Vec<&wgpu::Buffer> = grad_reads.iter().collect();
+        let read_refs: Vec<&wgpu::Buffer> = grad_reads.iter().map(|b| &**b).collect();
         let mut gvals = if read_refs.is_empty() { Vec::new() } else { self.read(&read_refs).await? };
         if let Some(e) = oom.pop().await {
             return Err(Error::Gpu(format!("out of device memory: {e}")));

@@ -83,6 +83,8 @@ macro_rules! radix {
 pub const RADIX_COUNT: Kernel = radix!("radix_count");
 /// Radix sort, step 2: scan of the tile histograms per digit and segment.
 pub const RADIX_SCAN: Kernel = radix!("radix_scan");
+/// Radix sort, step 2b: start of each digit in its segment.
+pub const RADIX_DIGITS: Kernel = radix!("radix_digits");
 /// Radix sort, step 3: stable local sort and scatter.
 pub const RADIX_SCATTER: Kernel = radix!("radix_scatter");
 
@@ -165,4 +167,5 @@ pub const KERNELS: &[Kernel] = &[
     COMPACT_SCAN,
     COMPACT_FILL,
     COMPACT_SCATTER,
+    RADIX_DIGITS,
 ];

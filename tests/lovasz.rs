@@ -214,3 +214,45 @@ fn soft_labels_are_rejected() {
     let e = common::gpu().evaluate_blocking(&input, &["lovasz".parse().unwrap()], true).unwrap_err().to_string();
     assert!(e.contains("hard 0/1 labels"), "{e}");
 }
+
+#[test]
+fn reused_scratch_buffers_do_not_leak_between_evaluations() {
+    // The engine keeps scratch buffers between calls. Interleave batches whose buffers have the
+    // same sizes but different contents (softmax and hinge, different data, different parameters)
+    // on a private engine: every result must equal the first evaluation of the same batch.
+    let engine = segloss::Engine::gpu_blocking().expect("a GPU adapter (see tests/common)");
+    let mut rng = Rng(36);
+    let cases = [
+        case(&mut rng, Mode::Multiclass, vec![2, 4, 30, 40], 0, false),
+        case(&mut rng, Mode::Multiclass, vec![2, 4, 30, 40], 4, false),
+        case(&mut rng, Mode::Multilabel, vec![2, 4, 30, 40], 0, false),
+        case(&mut rng, Mode::Binary, vec![8, 1, 30, 40], 3, false),
+    ];
+    let texts: Vec<Vec<LossExpr>> = [
+        &["lovasz", "0.8*ce+0.2*lovasz:per_image=true"][..],
+        &["lovasz:classes=all", "dice+lovasz"][..],
+        &["lovasz:per_image=true", "bce+lovasz"][..],
+        &["lovasz", "focal+lovasz:per_image=true"][..],
+    ]
+    .iter()
+    .map(|ts| ts.iter().map(|t| t.parse().unwrap()).collect())
+    .collect();
+    let run = |i: usize| engine.evaluate_blocking(&cases[i].input(), &texts[i], true).unwrap();
+    let first: Vec<_> = (0..cases.len()).map(run).collect();
+    for round in 0..2 {
+        for i in (0..cases.len()).rev() {
+            for (a, b) in first[i].iter().zip(run(i)) {
+                assert_eq!(a.value.to_bits(), b.value.to_bits(), "case {i}, round {round}: value");
+                let (ga, gb) = (a.grad.as_ref().unwrap(), b.grad.as_ref().unwrap());
+                assert!(ga.iter().zip(gb).all(|(p, q)| p.to_bits() == q.to_bits()), "case {i}, round {round}: grad");
+            }
+        }
+    }
+    // and the first evaluations were right to begin with
+    for (c, exprs) in cases.iter().zip(&texts) {
+        compare(
+            c,
+            &exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        );
+    }
+}
