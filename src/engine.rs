@@ -192,6 +192,8 @@ struct Gpu {
     limits: wgpu::Limits,
     lost: Arc<Mutex<Option<String>>>,
     pool: Pool,
+    /// Longest segment [`SortAlgo::Auto`] sorts with the bitonic network on this adapter.
+    bitonic_upto: usize,
 }
 
 struct KernelState {
@@ -324,7 +326,7 @@ pub enum GradMode {
 /// Which sort the Lovász losses and [`Engine::sort_segments_with`] use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SortAlgo {
-    /// Bitonic for segments up to the measured crossover, radix beyond.
+    /// Bitonic for segments up to [`Engine::bitonic_crossover`], radix beyond.
     Auto,
     /// Segmented LSD radix sort (any length).
     Radix,
@@ -332,8 +334,11 @@ pub enum SortAlgo {
     Bitonic,
 }
 
-/// Longest segment [`SortAlgo::Auto`] gives to the bitonic sort (measured: `segloss sortbench`).
-pub const BITONIC_CROSSOVER: usize = 1024;
+/// Longest segment [`SortAlgo::Auto`] gives to the bitonic sort on a CPU adapter such as lavapipe,
+/// where the radix sort wins from 2048 keys (`segloss sortbench`: bitonic/radix 0.64 at 1024, 1.26
+/// at 2048). On a GPU the bitonic sort takes every segment it can hold ([`BITONIC_MAX`] keys; 0.37
+/// of the radix time at 2048 on an H100).
+pub const BITONIC_CROSSOVER_CPU: usize = 1024;
 
 /// A batch uploaded to the device once, evaluated many times.
 pub struct Prepared<'a> {
@@ -410,6 +415,9 @@ impl Engine {
             .await
             .map_err(|e| Error::NoAdapter(format!("the browser gave no WebGPU adapter: {e}")))?;
         let info = DeviceInfo::of(&adapter.get_info());
+        // a software rasterizer (lavapipe, SwiftShader): the radix sort wins earlier there
+        let bitonic_upto =
+            if adapter.get_info().device_type == wgpu::DeviceType::Cpu { BITONIC_CROSSOVER_CPU } else { BITONIC_MAX };
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -431,8 +439,8 @@ impl Engine {
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let kernels: Vec<KernelState> = KERNELS.iter().map(|k| KernelState::new(&device, *k)).collect();
-        let gpu =
-            Gpu { device, queue, kernels, pipelines: Mutex::new(HashMap::new()), limits, lost, pool: Pool::default() };
+        let pipelines = Mutex::new(HashMap::new());
+        let gpu = Gpu { device, queue, kernels, pipelines, limits, lost, pool: Pool::default(), bitonic_upto };
         // Build the plain specializations now, so that a driver that rejects a kernel fails here.
         for softmax in [false, true] {
             let spec = Spec { softmax, ..Spec::default() };
@@ -454,6 +462,15 @@ impl Engine {
     /// Whether this engine is the CPU reference.
     pub fn is_cpu(&self) -> bool {
         matches!(self.backend, Backend::Cpu)
+    }
+
+    /// Longest segment that [`SortAlgo::Auto`] sorts with the bitonic network on this adapter
+    /// ([`BITONIC_CROSSOVER_CPU`] on a CPU adapter, [`BITONIC_MAX`] on a GPU; 0 on the CPU engine).
+    pub fn bitonic_crossover(&self) -> usize {
+        match &self.backend {
+            Backend::Gpu(g) => g.bitonic_upto,
+            Backend::Cpu => 0,
+        }
     }
 
     /// Uploads a batch once, for repeated evaluation with [`Engine::evaluate_prepared`].
@@ -1006,7 +1023,7 @@ impl Gpu {
         algo: SortAlgo,
     ) {
         let bitonic = match algo {
-            SortAlgo::Auto => len <= BITONIC_CROSSOVER,
+            SortAlgo::Auto => len <= self.bitonic_upto,
             SortAlgo::Bitonic => true,
             SortAlgo::Radix => false,
         };

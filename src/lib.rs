@@ -39,7 +39,7 @@ pub mod synth;
 
 pub use engine::{
     backend_name, list_adapters, AdapterReport, DeviceInfo, Engine, EngineOptions, Evaluation, GradMode, Prepared,
-    SortAlgo, BITONIC_CROSSOVER,
+    SortAlgo, BITONIC_CROSSOVER_CPU,
 };
 pub use error::{Error, Result};
 pub use expr::{Loss, LossExpr, Term};

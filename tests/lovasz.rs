@@ -256,3 +256,42 @@ fn reused_scratch_buffers_do_not_leak_between_evaluations() {
         );
     }
 }
+
+#[test]
+fn softmax_with_confident_and_wrong_pixels_matches_reference() {
+    // Lovász-Softmax at its edges: foreground pixels predicted with p = 1 exactly in f32 (error 0,
+    // keys that sort last), classes without foreground (classes=all), confidently wrong pixels, and
+    // segments whose foreground all sits at the top.
+    let mut rng = Rng(37);
+    for variant in 0..4 {
+        let (n, c, s) = (2, 5, 40 * 30);
+        let labels: Vec<i64> =
+            (0..n * s).map(|_| if rng.below(10) == 0 { 255 } else { rng.below(c - 1) as i64 }).collect();
+        let mut logits = vec![0f32; n * c * s];
+        for img in 0..n {
+            for i in 0..s {
+                let lab = labels[img * s + i];
+                for k in 0..c {
+                    let x = rng.normal() as f32;
+                    logits[(img * c + k) * s + i] = match variant {
+                        // confident and right: p = 1 exactly for the true class
+                        0 if k as i64 == lab && i % 3 == 0 => 40.0,
+                        // confident and right everywhere: the largest foreground error is tiny
+                        1 if k as i64 == lab => 12.0 + x,
+                        // confident and wrong on a third of the pixels
+                        2 if i % 3 == 0 && k as i64 == (lab + 1) % c as i64 => 30.0,
+                        _ => 3.0 * x,
+                    };
+                }
+            }
+        }
+        let c_ = Case {
+            shape: vec![n, c, 40, 30],
+            mode: Mode::Multiclass,
+            logits,
+            target: Target::Labels(Cow::Owned(labels)),
+            ignore: Some(255),
+        };
+        compare(&c_, SOFTMAX);
+    }
+}
