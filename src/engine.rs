@@ -335,7 +335,7 @@ pub enum SortAlgo {
 }
 
 /// Longest segment [`SortAlgo::Auto`] gives to the bitonic sort on a CPU adapter such as lavapipe,
-/// where the radix sort wins from 2048 keys (`segloss sortbench`: bitonic/radix 0.64 at 1024, 1.26
+/// where the radix sort wins from 2048 keys (`segloss sortbench`: bitonic/radix 0.56 at 1024, 1.10
 /// at 2048). On a GPU the bitonic sort takes every segment it can hold ([`BITONIC_MAX`] keys; 0.37
 /// of the radix time at 2048 on an H100).
 pub const BITONIC_CROSSOVER_CPU: usize = 1024;
