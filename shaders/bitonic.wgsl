@@ -9,6 +9,10 @@ struct SortParams {
     segs: u32,
     tiles: u32,
     shift: u32,
+    varlen: u32, // ignored: the network sorts whole segments (padding keys sort last)
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> SP: SortParams;

@@ -4,10 +4,14 @@
 // straddle segments. One pass per digit, `shift` = 0, 8, 16, 24.
 
 struct SortParams {
-    len: u32,   // segment length
-    segs: u32,  // segments
-    tiles: u32, // tiles per segment
-    shift: u32, // digit shift of this pass
+    len: u32,    // segment stride: the length of every segment, unless varlen
+    segs: u32,   // segments
+    tiles: u32,  // tiles per segment stride
+    shift: u32,  // digit shift of this pass
+    varlen: u32, // 1: segment s sorts only its first seglen[s].x keys; the rest is left in place
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> SP: SortParams;
@@ -17,6 +21,7 @@ struct SortParams {
 @group(0) @binding(4) var<storage, read_write> totals: array<u32>; // [seg][digit]: start of each digit
 @group(0) @binding(5) var<storage, read_write> keys_out: array<u32>;
 @group(0) @binding(6) var<storage, read_write> vals_out: array<u32>;
+@group(0) @binding(7) var<storage, read> seglen: array<vec4<u32>>; // [seg].x: keys to sort (varlen)
 
 const T: u32 = 2048u; // tile: 256 threads x 8 items
 const IPT: u32 = 8u;
@@ -25,6 +30,14 @@ var<workgroup> hist: array<atomic<u32>, 256>;
 var<workgroup> sk: array<u32, 2048>; // local sort: (digit << 16) | index in the tile
 var<workgroup> dbase: array<u32, 256>;
 var<workgroup> first: array<u32, 256>;
+
+// Keys to sort in segment `seg`.
+fn seg_len(seg: u32) -> u32 {
+    if SP.varlen != 0u {
+        return min(seglen[seg].x, SP.len);
+    }
+    return SP.len;
+}
 
 fn digit(k: u32) -> u32 {
     return (k >> SP.shift) & 255u;
@@ -35,11 +48,15 @@ fn digit(k: u32) -> u32 {
 fn radix_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x;
     let seg = wid.y;
+    let n = seg_len(seg);
+    if tile * T >= n {
+        return; // a tile past the segment's keys: radix_scan does not read its counts
+    }
     atomicStore(&hist[lid], 0u);
     workgroupBarrier();
     for (var r = 0u; r < IPT; r++) {
         let j = tile * T + r * 256u + lid;
-        if j < SP.len {
+        if j < n {
             atomicAdd(&hist[digit(keys_in[seg * SP.len + j])], 1u);
         }
     }
@@ -59,9 +76,10 @@ fn radix_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     let dl = lid & 15u;
     let d = wid.y * 16u + dl; // neighbouring threads read neighbouring digits
     let lane = lid >> 4u;
-    let per = (SP.tiles + 15u) / 16u;
-    let t0 = min(lane * per, SP.tiles);
-    let t1 = min(t0 + per, SP.tiles);
+    let tiles = (seg_len(seg) + T - 1u) / T;
+    let per = (tiles + 15u) / 16u;
+    let t0 = min(lane * per, tiles);
+    let t1 = min(t0 + per, tiles);
     var sum = 0u;
     for (var t = t0; t < t1; t++) {
         sum += counts[(seg * SP.tiles + t) * 256u + d];
@@ -98,8 +116,12 @@ fn radix_digits(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
 fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x;
     let seg = wid.y;
+    let n = seg_len(seg);
+    if tile * T >= n {
+        return;
+    }
     dbase[lid] = totals[seg * 256u + lid];
-    let real = min(T, SP.len - tile * T);
+    let real = min(T, n - tile * T);
     let base = seg * SP.len + tile * T;
     var it: array<u32, IPT>;
     for (var r = 0u; r < IPT; r++) {

@@ -243,6 +243,8 @@ const K_COMPACT_SCAN: usize = 14;
 const K_COMPACT_FILL: usize = 15;
 const K_COMPACT_SCATTER: usize = 16;
 const K_RADIX_DIGITS: usize = 17;
+const K_LOVASZ_THRESHOLD: usize = 18;
+const K_LOVASZ_DROP: usize = 19;
 /// Elements per sort tile (see `radix.wgsl`, `lovasz.wgsl`).
 const SORT_TILE: usize = 2048;
 
@@ -253,6 +255,9 @@ struct SortParams {
     segs: u32,
     tiles: u32,
     shift: u32,
+    /// 1: segment `s` sorts only its first `seglen[s].x` keys (see `radix.wgsl`)
+    varlen: u32,
+    pad: [u32; 3],
 }
 
 /// The Lovász keys of one evaluation and where their per-segment results go.
@@ -464,6 +469,14 @@ impl Engine {
         matches!(self.backend, Backend::Cpu)
     }
 
+    /// Frees the scratch buffers kept between evaluations (up to 4 GiB of device memory: an
+    /// evaluation reuses the buffers of the last one of the same shape rather than allocating).
+    pub fn release_scratch(&self) {
+        if let Backend::Gpu(g) = &self.backend {
+            g.pool.clear();
+        }
+    }
+
     /// Longest segment that [`SortAlgo::Auto`] sorts with the bitonic network on this adapter
     /// ([`BITONIC_CROSSOVER_CPU`] on a CPU adapter, [`BITONIC_MAX`] on a GPU; 0 on the CPU engine).
     pub fn bitonic_crossover(&self) -> usize {
@@ -627,7 +640,7 @@ impl Engine {
         let (kb, vb) = (gpu.scratch(bytes), gpu.scratch(bytes));
         let mut enc =
             gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss sort") });
-        gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo);
+        gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo, None);
         let rk = gpu.readback(bytes);
         let rv = gpu.readback(bytes);
         enc.copy_buffer_to_buffer(&ka, 0, &rk, 0, bytes);
@@ -682,7 +695,7 @@ impl Engine {
             let t0 = std::time::Instant::now();
             let mut enc =
                 gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sort bench") });
-            gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo);
+            gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo, None);
             gpu.queue.submit([enc.finish()]);
             gpu.device
                 .poll(wgpu::PollType::wait_indefinitely())
@@ -776,8 +789,9 @@ struct Params {
     tiles: u32,
 }
 
-/// Most bytes of idle scratch buffers the pool keeps for reuse.
-const POOL_BYTES: u64 = 1 << 30;
+/// Most bytes of idle scratch buffers the pool keeps for reuse ([`Engine::release_scratch`] frees
+/// them). Lovász-Softmax on 8x21x512x512 uses about 1.3 GB.
+const POOL_BYTES: u64 = 4 << 30;
 
 /// Scratch buffers kept between evaluations. On a real GPU, allocating and zero-filling fresh
 /// device memory for every evaluation costs more than the kernels themselves (measured on an H100:
@@ -814,6 +828,11 @@ impl Pool {
             })
         });
         Scratch { buf, pool: self }
+    }
+
+    fn clear(&self) {
+        let mut st = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        *st = PoolState::default();
     }
 
     fn give(&self, buf: &wgpu::Buffer) {
@@ -1012,7 +1031,11 @@ impl Gpu {
 
     /// Records the sort of `a` (keys, payloads) in segments of `len`: the bitonic network for short
     /// segments, else the four passes of the segmented radix sort using `b` as scratch. The sorted
-    /// result ends in `a`. (wgpu keeps every buffer a recorded command uses alive until it ran.)
+    /// result ends in `a`. With `seglen` (a `vec4<u32>` per segment), the radix sort takes only the
+    /// first `.x` keys of each segment and leaves the rest in place (it must sort after them: the
+    /// bitonic network sorts whole segments). (wgpu keeps every buffer a recorded command uses alive
+    /// until it ran.)
+    #[allow(clippy::too_many_arguments)]
     fn record_sort(
         &self,
         enc: &mut wgpu::CommandEncoder,
@@ -1021,6 +1044,7 @@ impl Gpu {
         segs: usize,
         len: usize,
         algo: SortAlgo,
+        seglen: Option<&wgpu::Buffer>,
     ) {
         let bitonic = match algo {
             SortAlgo::Auto => len <= self.bitonic_upto,
@@ -1029,11 +1053,11 @@ impl Gpu {
         };
         if bitonic && len <= BITONIC_MAX {
             // one workgroup per segment, sorting `a` in place (`b` is bound but unused)
-            let sp = SortParams { len: len as u32, segs: segs as u32, tiles: 1, shift: 0 };
+            let sp = SortParams { len: len as u32, segs: segs as u32, tiles: 1, shift: 0, varlen: 0, pad: [0; 3] };
             let ub = self.uniform(&sp);
             // unused read-write bindings need distinct buffers (WebGPU forbids writable aliases)
             let [d0, d1] = self.unused();
-            let bg = self.bind(K_BITONIC, &[&ub, b.0, b.1, &d0, &d1, a.0, a.1]);
+            let bg = self.bind(K_BITONIC, &[&ub, b.0, b.1, &d0, &d1, a.0, a.1, b.0]);
             Self::dispatch(enc, "bitonic sort", &self.pipeline(K_BITONIC, Spec::default()), &bg, (segs as u32, 1, 1));
             return;
         }
@@ -1041,11 +1065,22 @@ impl Gpu {
         let counts = self.scratch((segs * 256 * tiles * 4) as u64);
         let totals = self.scratch((segs * 256 * 4) as u64);
         let grid = (tiles as u32, segs as u32, 1);
+        // without per-segment lengths binding 7 is not read, but must still hold one vec4
+        let none = self.scratch(16);
+        let varlen = u32::from(seglen.is_some());
+        let seglen = seglen.unwrap_or(&none);
         for pass in 0..4u32 {
             let (src, dst) = if pass % 2 == 0 { (a, b) } else { (b, a) };
-            let sp = SortParams { len: len as u32, segs: segs as u32, tiles: tiles as u32, shift: 8 * pass };
+            let sp = SortParams {
+                len: len as u32,
+                segs: segs as u32,
+                tiles: tiles as u32,
+                shift: 8 * pass,
+                varlen,
+                pad: [0; 3],
+            };
             let ub = self.uniform(&sp);
-            let bufs = [&ub, src.0, src.1, &counts, &totals, dst.0, dst.1];
+            let bufs = [&ub, src.0, src.1, &counts, &totals, dst.0, dst.1, seglen];
             for (k, label, dims) in [
                 (K_RADIX_COUNT, "radix count", grid),
                 (K_RADIX_SCAN, "radix scan", (segs as u32, 16, 1)),
@@ -1093,45 +1128,41 @@ impl Gpu {
         Ok(LovaszKeys { keys, vals, segsum, segs, len, per_image, softmax })
     }
 
-    /// Hinge only: counts, per segment, the elements with a positive error (to sort) and the labels
-    /// of the others (written into `segsum`), recorded into the first submission.
-    fn record_compact_count(&self, enc: &mut wgpu::CommandEncoder, lk: &LovaszKeys) -> Scratch<'_> {
+    /// Lovász-Softmax: marks the background elements past each segment's last foreground element
+    /// (Jaccard weight zero; see `threshold.wgsl`) as dropped, for the compaction to leave out.
+    fn record_lovasz_drop(&self, enc: &mut wgpu::CommandEncoder, lk: &LovaszKeys) {
         let tiles = lk.len.div_ceil(SORT_TILE);
-        let tilecnt = self.scratch((lk.segs * tiles * 16) as u64);
+        let thr = self.scratch((lk.segs * 8) as u64);
+        enc.clear_buffer(&thr, 0, None);
         let lbuf =
             self.uniform(&LovParams { len: lk.len as u32, segs: lk.segs as u32, tiles: tiles as u32, per_image: 0 });
-        let [d0, d1] = self.unused();
-        let out_len = self.uniform(&[0u32; 4]);
-        let bufs = [&lbuf, &lk.keys, &lk.vals, &d0, &d1, &tilecnt, &lk.segsum, &out_len];
-        for (k, label, dims) in [
-            (K_COMPACT_COUNT, "compact count", (tiles as u32, lk.segs as u32, 1)),
-            (K_COMPACT_SCAN, "compact scan", (lk.segs as u32, 1, 1)),
-        ] {
+        let bufs = [&lbuf, &*lk.keys, &*lk.vals, &*thr];
+        for (k, label) in [(K_LOVASZ_THRESHOLD, "lovasz threshold"), (K_LOVASZ_DROP, "lovasz drop")] {
             let bg = self.bind(k, &bufs);
-            Self::dispatch(enc, label, &self.pipeline(k, Spec::default()), &bg, dims);
+            Self::dispatch(enc, label, &self.pipeline(k, Spec::default()), &bg, (tiles as u32, lk.segs as u32, 1));
         }
-        tilecnt
     }
 
-    /// Hinge only: moves the elements to sort to the front of `segs` x `out_len` arrays (padded).
-    fn record_compact_scatter(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        lk: &LovaszKeys,
-        tilecnt: &wgpu::Buffer,
-        out_len: usize,
-    ) -> (Scratch<'_>, Scratch<'_>) {
+    /// Moves the elements to sort (key not NONE: a positive error, not dropped) to the front of
+    /// their segment in new `segs` x `len` arrays padded with NONE, keeping their order; the kept
+    /// count of each segment lands in `segsum.x` (the sort's per-segment length), the labels of the
+    /// others in `.y` (fg) and `.z` (bg). Everything stays on the device: no readback.
+    fn record_compact(&self, enc: &mut wgpu::CommandEncoder, lk: &LovaszKeys) -> (Scratch<'_>, Scratch<'_>) {
         let tiles = lk.len.div_ceil(SORT_TILE);
-        let total = (lk.segs * out_len * 4) as u64;
+        let tilecnt = self.scratch((lk.segs * tiles * 16) as u64);
+        let total = (lk.segs * lk.len * 4) as u64;
         let (kc, vc) = (self.scratch(total), self.scratch(total));
         let lbuf =
             self.uniform(&LovParams { len: lk.len as u32, segs: lk.segs as u32, tiles: tiles as u32, per_image: 0 });
-        let ol = self.uniform(&[out_len as u32, 0, 0, 0]);
-        let bufs = [&lbuf, &lk.keys, &lk.vals, &kc, &vc, tilecnt, &lk.segsum, &ol];
-        let (gx, gy) = self.grid(lk.segs * out_len);
+        let out_len = self.uniform(&[lk.len as u32, 0, 0, 0]);
+        let bufs = [&lbuf, &*lk.keys, &*lk.vals, &*kc, &*vc, &*tilecnt, &*lk.segsum, &out_len];
+        let grid = (tiles as u32, lk.segs as u32, 1);
+        let (gx, gy) = self.grid(lk.segs * lk.len);
         for (k, label, dims) in [
+            (K_COMPACT_COUNT, "compact count", grid),
+            (K_COMPACT_SCAN, "compact scan", (lk.segs as u32, 1, 1)),
             (K_COMPACT_FILL, "compact fill", (gx, gy, 1)),
-            (K_COMPACT_SCATTER, "compact scatter", (tiles as u32, lk.segs as u32, 1)),
+            (K_COMPACT_SCATTER, "compact scatter", grid),
         ] {
             let bg = self.bind(k, &bufs);
             Self::dispatch(enc, label, &self.pipeline(k, Spec::default()), &bg, dims);
@@ -1139,8 +1170,9 @@ impl Gpu {
         (kc, vc)
     }
 
-    /// Records the sort of `keys`/`vals` (`segs` x `len`), the segmented scan of the sorted labels,
-    /// the Jaccard weights (into `lw`) and the value of each segment (into `lk.segsum`).
+    /// Records the sort of the compacted `keys`/`vals` (`segs` x `len`, `segsum.x` keys each), the
+    /// segmented scan of the sorted labels, the Jaccard weights (into `lw`) and the value of each
+    /// segment (into `lk.segsum`).
     #[allow(clippy::too_many_arguments)]
     fn record_lovasz_rank(
         &self,
@@ -1155,8 +1187,6 @@ impl Gpu {
     ) {
         let segs = lk.segs;
         let tiles = len.div_ceil(SORT_TILE);
-        let total = (segs * len * 4) as u64;
-        let (kb, vb) = (self.scratch(total), self.scratch(total));
         let tilecnt = self.scratch((segs * tiles * 8) as u64);
         let vpart = self.scratch((segs * tiles * 4) as u64);
         let lbuf = self.uniform(&LovParams {
@@ -1165,7 +1195,8 @@ impl Gpu {
             tiles: tiles as u32,
             per_image: lk.per_image as u32,
         });
-        self.record_sort(enc, (keys, vals), (&kb, &vb), segs, len, SortAlgo::Auto);
+        // the uncompacted keys are spent: they are the sort's scratch
+        self.record_sort(enc, (keys, vals), (&lk.keys, &lk.vals), segs, len, SortAlgo::Auto, Some(&lk.segsum));
         let spec = Spec { softmax: lk.softmax, ..Spec::default() };
         let bufs = [logits, target, ubuf, &lbuf, keys, vals, &tilecnt, &lk.segsum, lw, &vpart];
         let grid = (tiles as u32, segs as u32, 1);
@@ -1233,33 +1264,21 @@ impl Gpu {
             enc.clear_buffer(&lw, 0, None);
             let lk = self.record_lovasz_keys(&mut enc, logits, target, &ubuf, (n, c, s), softmax, lp.per_image, &lw)?;
             let rb = readback(segsum_bytes(&lk));
-            let compact = if softmax {
-                // every error of the softmax is sorted: the whole Lovász pass goes into this submission
-                self.record_lovasz_rank(&mut enc, logits, target, &ubuf, &lk, (&lk.keys, &lk.vals), lk.len, &lw);
-                None
-            } else {
-                // hinge: first count the positive errors, sort only those (after the readback)
-                Some(self.record_compact_count(&mut enc, &lk))
-            };
+            if softmax {
+                // background past each segment's last foreground element: weight zero, not sorted
+                self.record_lovasz_drop(&mut enc, &lk);
+            }
+            // only the elements with loss or gradient are sorted: the hinge's positive errors, the
+            // softmax's errors down to the last foreground element
+            let (kc, vc) = self.record_compact(&mut enc, &lk);
+            self.record_lovasz_rank(&mut enc, logits, target, &ubuf, &lk, (&kc, &vc), lk.len, &lw);
             enc.copy_buffer_to_buffer(&lk.segsum, 0, &rb, 0, segsum_bytes(&lk));
-            lov = Some((lk, rb, compact));
+            lov = Some((lk, rb));
         }
         self.queue.submit([enc.finish()]);
         let mut reads: Vec<&wgpu::Buffer> = vec![&sums_read];
         reads.extend(lov.as_ref().map(|l| &*l.1));
         let mut raw = self.read(&reads).await?;
-        if let Some((lk, _, Some(tilecnt))) = &lov {
-            // segsum holds (kept, dropped fg, dropped bg) per segment: sort the kept ones only
-            let kept = raw[1].chunks(4).map(|q| q[0].to_bits() as usize).max().unwrap_or(0).max(1);
-            let mut enc =
-                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss lovasz") });
-            let (kc, vc) = self.record_compact_scatter(&mut enc, lk, tilecnt, kept);
-            self.record_lovasz_rank(&mut enc, logits, target, &ubuf, lk, (&kc, &vc), kept, &lw);
-            let rb = readback(segsum_bytes(lk));
-            enc.copy_buffer_to_buffer(&lk.segsum, 0, &rb, 0, segsum_bytes(lk));
-            self.queue.submit([enc.finish()]);
-            raw[1] = self.read(&[&rb]).await?.remove(0);
-        }
         let lovasz = (raw.len() > 1).then(|| plan::LovaszSums {
             segs: raw[1]
                 .chunks(4)

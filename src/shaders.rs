@@ -65,7 +65,7 @@ pub const GRAD: Kernel = Kernel {
 pub const COPY: Kernel =
     Kernel { name: "copy", entry: "copy", source: wgsl!("copy.wgsl"), bindings: &[R, W], specialized: false };
 
-const RADIX_BINDINGS: &[Binding] = &[U, R, R, W, W, W, W];
+const RADIX_BINDINGS: &[Binding] = &[U, R, R, W, W, W, W, R];
 
 macro_rules! radix {
     ($name:literal) => {
@@ -148,6 +148,25 @@ pub const COMPACT_FILL: Kernel = compact!("compact_fill");
 /// Lovász hinge compaction: stable scatter of the kept elements.
 pub const COMPACT_SCATTER: Kernel = compact!("compact_scatter");
 
+const THRESHOLD_BINDINGS: &[Binding] = &[U, W, R, W];
+
+/// Lovász-Softmax: per segment, the largest foreground key and the smallest key.
+pub const LOVASZ_THRESHOLD: Kernel = Kernel {
+    name: "lovasz_threshold",
+    entry: "lovasz_threshold",
+    source: wgsl!("threshold.wgsl"),
+    bindings: THRESHOLD_BINDINGS,
+    specialized: false,
+};
+/// Lovász-Softmax: drops the background elements whose Jaccard weight is zero.
+pub const LOVASZ_DROP: Kernel = Kernel {
+    name: "lovasz_drop",
+    entry: "lovasz_drop",
+    source: wgsl!("threshold.wgsl"),
+    bindings: THRESHOLD_BINDINGS,
+    specialized: false,
+};
+
 /// Every kernel of the crate, in the order the engine indexes them.
 pub const KERNELS: &[Kernel] = &[
     STATS,
@@ -168,4 +187,6 @@ pub const KERNELS: &[Kernel] = &[
     COMPACT_FILL,
     COMPACT_SCATTER,
     RADIX_DIGITS,
+    LOVASZ_THRESHOLD,
+    LOVASZ_DROP,
 ];

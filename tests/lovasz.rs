@@ -248,6 +248,13 @@ fn reused_scratch_buffers_do_not_leak_between_evaluations() {
             }
         }
     }
+    // freeing the kept buffers changes nothing either
+    engine.release_scratch();
+    for (i, a) in first.iter().enumerate() {
+        for (x, y) in a.iter().zip(run(i)) {
+            assert_eq!(x.value.to_bits(), y.value.to_bits(), "case {i} after release_scratch");
+        }
+    }
     // and the first evaluations were right to begin with
     for (c, exprs) in cases.iter().zip(&texts) {
         compare(
