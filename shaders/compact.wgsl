@@ -112,3 +112,26 @@ fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
         }
     }
 }
+
+var<workgroup> longest: atomic<u32>;
+
+// One workgroup: the indirect dispatch size (x, y, z) of the passes over the compacted segments,
+// written to keys_out[0..3]: the tiles of the longest kept segment (at least one), the segments.
+@compute @workgroup_size(256)
+fn compact_args(@builtin(local_invocation_index) lid: u32) {
+    if lid == 0u {
+        atomicStore(&longest, 0u);
+    }
+    workgroupBarrier();
+    var m = 0u;
+    for (var s = lid; s < LP.segs; s += 256u) {
+        m = max(m, segsum[s].x);
+    }
+    atomicMax(&longest, m);
+    workgroupBarrier();
+    if lid == 0u {
+        keys_out[0] = max(1u, (atomicLoad(&longest) + CT - 1u) / CT);
+        keys_out[1] = LP.segs;
+        keys_out[2] = 1u;
+    }
+}

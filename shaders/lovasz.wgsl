@@ -34,6 +34,7 @@ const LIPT: u32 = 8u;
 const NONE: u32 = 0xFFFFFFFFu;
 
 var<workgroup> fred: array<f32, 256>;
+var<workgroup> seg_kept: u32;
 
 // Sum of v over the workgroup in a fixed tree order (deterministic). Uniform control flow.
 fn wg_sum(lid: u32, v: f32) -> f32 {
@@ -137,23 +138,30 @@ fn lovasz_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
 @compute @workgroup_size(256)
 fn lovasz_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let seg = wid.x;
+    // the tiles holding the segment's sorted elements (compact.wgsl left its count in .x); the
+    // passes before and after this one may run over more tiles, which hold padding only
+    if lid == 0u {
+        seg_kept = segsum[seg].x;
+    }
+    let kept = workgroupUniformLoad(&seg_kept);
+    let tiles = min((kept + LT - 1u) / LT, LP.tiles);
     var carry = vec2<u32>(0u);
-    for (var start = 0u; start < LP.tiles; start += 256u) {
+    for (var start = 0u; start < tiles; start += 256u) {
         let i = start + lid;
         var v = vec2<u32>(0u);
-        if i < LP.tiles {
+        if i < tiles {
             v = tilecnt[seg * LP.tiles + i];
         }
         let r = wg_scan2(lid, v);
-        if i < LP.tiles {
+        if i < tiles {
             tilecnt[seg * LP.tiles + i] = carry + r.xy;
         }
         carry += r.zw;
     }
     if lid == 0u {
-        // .y, .z may hold the labels of elements dropped by compact.wgsl (zero otherwise)
+        // .y, .z hold the labels of the elements compact.wgsl left out; .w keeps the kept count
         let prior = segsum[seg];
-        segsum[seg] = vec4<u32>(0u, prior.y + carry.x, prior.z + carry.y, 0u);
+        segsum[seg] = vec4<u32>(0u, prior.y + carry.x, prior.z + carry.y, kept);
     }
 }
 
@@ -212,7 +220,8 @@ fn lovasz_weights(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
 fn lovasz_value(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let seg = wid.x;
     var acc = 0.0;
-    for (var t = lid; t < LP.tiles; t += 256u) {
+    let tiles = min((segsum[seg].w + LT - 1u) / LT, LP.tiles); // tiles with sorted elements
+    for (var t = lid; t < tiles; t += 256u) {
         acc += vpart[seg * LP.tiles + t];
     }
     let total = wg_sum(lid, acc);

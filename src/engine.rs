@@ -245,6 +245,7 @@ const K_COMPACT_SCATTER: usize = 16;
 const K_RADIX_DIGITS: usize = 17;
 const K_LOVASZ_THRESHOLD: usize = 18;
 const K_LOVASZ_DROP: usize = 19;
+const K_COMPACT_ARGS: usize = 20;
 /// Elements per sort tile (see `radix.wgsl`, `lovasz.wgsl`).
 const SORT_TILE: usize = 2048;
 
@@ -789,6 +790,20 @@ struct Params {
     tiles: u32,
 }
 
+/// Workgroups of a dispatch: counted on the host, or read from a buffer the device wrote
+/// (`compact_args`: sized by the longest compacted segment, without a readback).
+#[derive(Clone, Copy)]
+enum Grid<'a> {
+    Direct(u32, u32, u32),
+    Indirect(&'a wgpu::Buffer),
+}
+
+impl From<(u32, u32, u32)> for Grid<'_> {
+    fn from((x, y, z): (u32, u32, u32)) -> Self {
+        Grid::Direct(x, y, z)
+    }
+}
+
 /// Most bytes of idle scratch buffers the pool keeps for reuse ([`Engine::release_scratch`] frees
 /// them). Lovász-Softmax on 8x21x512x512 uses about 1.3 GB.
 const POOL_BYTES: u64 = 4 << 30;
@@ -953,7 +968,10 @@ impl Gpu {
     /// A storage buffer of `bytes` from the pool (contents undefined: every kernel writes what it
     /// reads, and [`Gpu::run`] clears the two that are accumulated into).
     fn scratch(&self, bytes: u64) -> Scratch<'_> {
-        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::INDIRECT;
         self.pool.take(&self.device, bytes.max(4), usage)
     }
 
@@ -982,18 +1000,21 @@ impl Gpu {
         (gx as u32, groups.div_ceil(gx) as u32)
     }
 
-    fn dispatch(
+    fn dispatch<'a>(
         enc: &mut wgpu::CommandEncoder,
         label: &str,
         pipeline: &wgpu::ComputePipeline,
         bg: &wgpu::BindGroup,
-        (x, y, z): (u32, u32, u32),
+        grid: impl Into<Grid<'a>>,
     ) {
         let mut pass =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bg, &[]);
-        pass.dispatch_workgroups(x, y, z);
+        match grid.into() {
+            Grid::Direct(x, y, z) => pass.dispatch_workgroups(x, y, z),
+            Grid::Indirect(args) => pass.dispatch_workgroups_indirect(args, 0),
+        }
     }
 
     /// Maps the given staging buffers after the last submission and returns their contents.
@@ -1044,7 +1065,7 @@ impl Gpu {
         segs: usize,
         len: usize,
         algo: SortAlgo,
-        seglen: Option<&wgpu::Buffer>,
+        varlen: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
     ) {
         let bitonic = match algo {
             SortAlgo::Auto => len <= self.bitonic_upto,
@@ -1064,11 +1085,12 @@ impl Gpu {
         let tiles = len.div_ceil(SORT_TILE);
         let counts = self.scratch((segs * 256 * tiles * 4) as u64);
         let totals = self.scratch((segs * 256 * 4) as u64);
-        let grid = (tiles as u32, segs as u32, 1);
         // without per-segment lengths binding 7 is not read, but must still hold one vec4
         let none = self.scratch(16);
-        let varlen = u32::from(seglen.is_some());
-        let seglen = seglen.unwrap_or(&none);
+        let (seglen, tile_grid) = match varlen {
+            Some((seglen, args)) => (seglen, Grid::Indirect(args)),
+            None => (&*none, Grid::Direct(tiles as u32, segs as u32, 1)),
+        };
         for pass in 0..4u32 {
             let (src, dst) = if pass % 2 == 0 { (a, b) } else { (b, a) };
             let sp = SortParams {
@@ -1076,16 +1098,16 @@ impl Gpu {
                 segs: segs as u32,
                 tiles: tiles as u32,
                 shift: 8 * pass,
-                varlen,
+                varlen: u32::from(varlen.is_some()),
                 pad: [0; 3],
             };
             let ub = self.uniform(&sp);
             let bufs = [&ub, src.0, src.1, &counts, &totals, dst.0, dst.1, seglen];
             for (k, label, dims) in [
-                (K_RADIX_COUNT, "radix count", grid),
-                (K_RADIX_SCAN, "radix scan", (segs as u32, 16, 1)),
-                (K_RADIX_DIGITS, "radix digits", (segs as u32, 1, 1)),
-                (K_RADIX_SCATTER, "radix scatter", grid),
+                (K_RADIX_COUNT, "radix count", tile_grid),
+                (K_RADIX_SCAN, "radix scan", Grid::Direct(segs as u32, 16, 1)),
+                (K_RADIX_DIGITS, "radix digits", Grid::Direct(segs as u32, 1, 1)),
+                (K_RADIX_SCATTER, "radix scatter", tile_grid),
             ] {
                 let bg = self.bind(k, &bufs);
                 Self::dispatch(enc, label, &self.pipeline(k, Spec::default()), &bg, dims);
@@ -1147,7 +1169,11 @@ impl Gpu {
     /// their segment in new `segs` x `len` arrays padded with NONE, keeping their order; the kept
     /// count of each segment lands in `segsum.x` (the sort's per-segment length), the labels of the
     /// others in `.y` (fg) and `.z` (bg). Everything stays on the device: no readback.
-    fn record_compact(&self, enc: &mut wgpu::CommandEncoder, lk: &LovaszKeys) -> (Scratch<'_>, Scratch<'_>) {
+    fn record_compact(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        lk: &LovaszKeys,
+    ) -> (Scratch<'_>, Scratch<'_>, Scratch<'_>) {
         let tiles = lk.len.div_ceil(SORT_TILE);
         let tilecnt = self.scratch((lk.segs * tiles * 16) as u64);
         let total = (lk.segs * lk.len * 4) as u64;
@@ -1167,7 +1193,13 @@ impl Gpu {
             let bg = self.bind(k, &bufs);
             Self::dispatch(enc, label, &self.pipeline(k, Spec::default()), &bg, dims);
         }
-        (kc, vc)
+        // the passes over the compacted segments cover only the longest one's tiles
+        let args = self.scratch(16);
+        let unused = self.scratch(16);
+        let bg =
+            self.bind(K_COMPACT_ARGS, &[&lbuf, &lk.keys, &lk.vals, &args, &unused, &tilecnt, &lk.segsum, &out_len]);
+        Self::dispatch(enc, "compact args", &self.pipeline(K_COMPACT_ARGS, Spec::default()), &bg, (1, 1, 1));
+        (kc, vc, args)
     }
 
     /// Records the sort of the compacted `keys`/`vals` (`segs` x `len`, `segsum.x` keys each), the
@@ -1181,7 +1213,7 @@ impl Gpu {
         target: &wgpu::Buffer,
         ubuf: &wgpu::Buffer,
         lk: &LovaszKeys,
-        (keys, vals): (&wgpu::Buffer, &wgpu::Buffer),
+        (keys, vals, args): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
         len: usize,
         lw: &wgpu::Buffer,
     ) {
@@ -1196,15 +1228,17 @@ impl Gpu {
             per_image: lk.per_image as u32,
         });
         // the uncompacted keys are spent: they are the sort's scratch
-        self.record_sort(enc, (keys, vals), (&lk.keys, &lk.vals), segs, len, SortAlgo::Auto, Some(&lk.segsum));
+        let sorted = Some((&*lk.segsum, args));
+        self.record_sort(enc, (keys, vals), (&lk.keys, &lk.vals), segs, len, SortAlgo::Auto, sorted);
         let spec = Spec { softmax: lk.softmax, ..Spec::default() };
         let bufs = [logits, target, ubuf, &lbuf, keys, vals, &tilecnt, &lk.segsum, lw, &vpart];
-        let grid = (tiles as u32, segs as u32, 1);
+        // count and weights cover the longest segment's tiles; scan and value each segment's own
+        let per_seg = Grid::Direct(segs as u32, 1, 1);
         for (k, label, dims) in [
-            (K_LOVASZ_COUNT, "lovasz count", grid),
-            (K_LOVASZ_SCAN, "lovasz scan", (segs as u32, 1, 1)),
-            (K_LOVASZ_WEIGHTS, "lovasz weights", grid),
-            (K_LOVASZ_VALUE, "lovasz value", (segs as u32, 1, 1)),
+            (K_LOVASZ_COUNT, "lovasz count", Grid::Indirect(args)),
+            (K_LOVASZ_SCAN, "lovasz scan", per_seg),
+            (K_LOVASZ_WEIGHTS, "lovasz weights", Grid::Indirect(args)),
+            (K_LOVASZ_VALUE, "lovasz value", per_seg),
         ] {
             let bg = self.bind(k, &bufs);
             Self::dispatch(enc, label, &self.pipeline(k, spec), &bg, dims);
@@ -1270,8 +1304,8 @@ impl Gpu {
             }
             // only the elements with loss or gradient are sorted: the hinge's positive errors, the
             // softmax's errors down to the last foreground element
-            let (kc, vc) = self.record_compact(&mut enc, &lk);
-            self.record_lovasz_rank(&mut enc, logits, target, &ubuf, &lk, (&kc, &vc), lk.len, &lw);
+            let (kc, vc, args) = self.record_compact(&mut enc, &lk);
+            self.record_lovasz_rank(&mut enc, logits, target, &ubuf, &lk, (&kc, &vc, &args), lk.len, &lw);
             enc.copy_buffer_to_buffer(&lk.segsum, 0, &rb, 0, segsum_bytes(&lk));
             lov = Some((lk, rb));
         }

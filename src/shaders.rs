@@ -139,14 +139,16 @@ macro_rules! compact {
     };
 }
 
-/// Lovász hinge compaction: kept and dropped counts per tile.
+/// Lovász compaction: kept and dropped counts per tile.
 pub const COMPACT_COUNT: Kernel = compact!("compact_count");
-/// Lovász hinge compaction: scan of the tile counts per segment.
+/// Lovász compaction: scan of the tile counts per segment.
 pub const COMPACT_SCAN: Kernel = compact!("compact_scan");
-/// Lovász hinge compaction: padding of the compacted arrays.
+/// Lovász compaction: padding of the compacted arrays.
 pub const COMPACT_FILL: Kernel = compact!("compact_fill");
-/// Lovász hinge compaction: stable scatter of the kept elements.
+/// Lovász compaction: stable scatter of the kept elements.
 pub const COMPACT_SCATTER: Kernel = compact!("compact_scatter");
+/// Lovász compaction: indirect dispatch size of the passes over the compacted segments.
+pub const COMPACT_ARGS: Kernel = compact!("compact_args");
 
 const THRESHOLD_BINDINGS: &[Binding] = &[U, W, R, W];
 
@@ -189,4 +191,5 @@ pub const KERNELS: &[Kernel] = &[
     RADIX_DIGITS,
     LOVASZ_THRESHOLD,
     LOVASZ_DROP,
+    COMPACT_ARGS,
 ];

@@ -1,0 +1,52 @@
+//! How much of the Lovász sorts the engine skips on the benchmarks' synthetic data, computed on the
+//! CPU in f64. Lovász-Softmax on the multiclass scene: per class, the share of pixels whose error is
+//! at least the smallest foreground error (those are sorted; the background below it has Jaccard
+//! weight zero and is left out). Lovász hinge on the road batch: the share of positive errors.
+//!
+//! `cargo run --release --example lovasz_keep -- 4 21 256 256` (scene N C H W; roads 8 x 512 x 512)
+
+fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let [n, c, h, w] = match args[..] {
+        [n, c, h, w] => [n, c, h, w],
+        _ => [4, 21, 256, 256],
+    };
+    let b = segloss::synth::scene(n, c, h, w, 7); // the data `segloss bench` uses
+    let s = h * w;
+    let (mut kept, mut total) = (0usize, 0usize);
+    for k in 0..c {
+        let mut errs = Vec::with_capacity(n * s);
+        let mut min_fg = f64::INFINITY;
+        for img in 0..n {
+            for i in 0..s {
+                let x = |j: usize| f64::from(b.logits[(img * c + j) * s + i]);
+                let m = (0..c).map(x).fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = (0..c).map(|j| (x(j) - m).exp()).sum();
+                let p = (x(k) - m).exp() / z;
+                let fg = b.labels[img * s + i] == k as i64;
+                let e = if fg { 1.0 - p } else { p };
+                if fg {
+                    min_fg = min_fg.min(e);
+                }
+                errs.push(e);
+            }
+        }
+        let keep = if min_fg.is_finite() { errs.iter().filter(|&&e| e >= min_fg).count() } else { 1 };
+        println!(
+            "class {k:>2}: smallest foreground error {min_fg:.2e}, sorted {:5.1}%",
+            100.0 * keep as f64 / errs.len() as f64
+        );
+        kept += keep;
+        total += errs.len();
+    }
+    println!("all classes: {kept} of {total} keys sorted ({:.1}%)", 100.0 * kept as f64 / total as f64);
+
+    let r = segloss::synth::roads(8, 512, 512, 7); // `segloss bench --shape 8x1x512x512`
+    let pos =
+        r.logits.iter().zip(&r.target).filter(|(&x, &g)| 1.0 - f64::from(x) * (2.0 * f64::from(g) - 1.0) > 0.0).count();
+    println!(
+        "hinge, roads 8x1x512x512: {pos} of {} errors positive ({:.1}%)",
+        r.logits.len(),
+        100.0 * pos as f64 / r.logits.len() as f64
+    );
+}
