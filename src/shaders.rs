@@ -150,22 +150,14 @@ pub const COMPACT_SCATTER: Kernel = compact!("compact_scatter");
 /// Lovász compaction: indirect dispatch size of the passes over the compacted segments.
 pub const COMPACT_ARGS: Kernel = compact!("compact_args");
 
-const THRESHOLD_BINDINGS: &[Binding] = &[U, W, R, W];
-
 /// Lovász-Softmax: per segment, the largest foreground key and the smallest key.
-pub const LOVASZ_THRESHOLD: Kernel = Kernel {
-    name: "lovasz_threshold",
-    entry: "lovasz_threshold",
-    source: wgsl!("threshold.wgsl"),
-    bindings: THRESHOLD_BINDINGS,
-    specialized: false,
-};
+pub const LOVASZ_THRESHOLD: Kernel = Kernel { entry: "lovasz_threshold", name: "lovasz_threshold", ..LOVASZ_DROP };
 /// Lovász-Softmax: drops the background elements whose Jaccard weight is zero.
 pub const LOVASZ_DROP: Kernel = Kernel {
     name: "lovasz_drop",
     entry: "lovasz_drop",
     source: wgsl!("threshold.wgsl"),
-    bindings: THRESHOLD_BINDINGS,
+    bindings: &[U, W, R, W],
     specialized: false,
 };
 
