@@ -805,7 +805,7 @@ impl From<(u32, u32, u32)> for Grid<'_> {
 }
 
 /// Most bytes of idle scratch buffers the pool keeps for reuse ([`Engine::release_scratch`] frees
-/// them). Lovász-Softmax on 8x21x512x512 uses about 1.3 GB.
+/// them). Lovász-Softmax with gradients on 8x21x512x512 uses about 1.1 GB.
 const POOL_BYTES: u64 = 4 << 30;
 
 /// Scratch buffers kept between evaluations. On a real GPU, allocating and zero-filling fresh
@@ -966,7 +966,7 @@ impl Gpu {
     }
 
     /// A storage buffer of `bytes` from the pool (contents undefined: every kernel writes what it
-    /// reads, and [`Gpu::run`] clears the two that are accumulated into).
+    /// reads, and buffers that kernels accumulate into are cleared with `clear_buffer` first).
     fn scratch(&self, bytes: u64) -> Scratch<'_> {
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
@@ -1052,10 +1052,10 @@ impl Gpu {
 
     /// Records the sort of `a` (keys, payloads) in segments of `len`: the bitonic network for short
     /// segments, else the four passes of the segmented radix sort using `b` as scratch. The sorted
-    /// result ends in `a`. With `seglen` (a `vec4<u32>` per segment), the radix sort takes only the
-    /// first `.x` keys of each segment and leaves the rest in place (it must sort after them: the
-    /// bitonic network sorts whole segments). (wgpu keeps every buffer a recorded command uses alive
-    /// until it ran.)
+    /// result ends in `a`. With `varlen` = (lengths, args), the radix sort takes only the first
+    /// `lengths[s].x` keys of segment `s` (a `vec4<u32>` each), dispatched over the tiles `args`
+    /// holds, and leaves the rest in place (the rest must sort after them: the bitonic network sorts
+    /// whole segments). (wgpu keeps every buffer a recorded command uses alive until it ran.)
     #[allow(clippy::too_many_arguments)]
     fn record_sort(
         &self,
@@ -1138,7 +1138,7 @@ impl Gpu {
         let total = (segs * len * 4) as u64;
         let (keys, vals) = (self.scratch(total), self.scratch(total));
         let segsum = self.scratch((segs * 16) as u64);
-        // lovasz_scan adds to what compact.wgsl counted (the hinge), else to zero
+        // compact_scan fills it before anything reads it; cleared all the same (it is tiny)
         enc.clear_buffer(&segsum, 0, None);
         let lbuf =
             self.uniform(&LovParams { len: len as u32, segs: segs as u32, tiles: 1, per_image: per_image as u32 });
