@@ -120,7 +120,8 @@ fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
     if tile * T >= n {
         return;
     }
-    dbase[lid] = totals[seg * 256u + lid];
+    // where this tile's items of each digit start in the segment
+    dbase[lid] = totals[seg * 256u + lid] + counts[(seg * SP.tiles + tile) * 256u + lid];
     let real = min(T, n - tile * T);
     let base = seg * SP.len + tile * T;
     var it: array<u32, IPT>;
@@ -163,20 +164,23 @@ fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
         }
         workgroupBarrier();
     }
+    // sk holds the tile in digit order; neighbouring threads take neighbouring positions, so the
+    // writes of each digit's run are coalesced
     for (var r = 0u; r < IPT; r++) {
-        let p = IPT * lid + r;
-        let d = it[r] >> 16u;
+        let p = r * 256u + lid;
+        let d = sk[p] >> 16u;
         if p == 0u || (sk[p - 1u] >> 16u) != d {
             first[d] = p;
         }
     }
     workgroupBarrier();
     for (var r = 0u; r < IPT; r++) {
-        let p = IPT * lid + r;
+        let p = r * 256u + lid;
         if p < real {
-            let d = it[r] >> 16u;
-            let src = base + (it[r] & 0xFFFFu);
-            let dest = seg * SP.len + dbase[d] + counts[(seg * SP.tiles + tile) * 256u + d] + (p - first[d]);
+            let w = sk[p];
+            let d = w >> 16u;
+            let src = base + (w & 0xFFFFu);
+            let dest = seg * SP.len + dbase[d] + (p - first[d]);
             keys_out[dest] = keys_in[src];
             vals_out[dest] = vals_in[src];
         }
