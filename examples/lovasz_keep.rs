@@ -14,6 +14,7 @@ fn main() {
     let b = segloss::synth::scene(n, c, h, w, 7); // the data `segloss bench` uses
     let s = h * w;
     let (mut kept, mut total) = (0usize, 0usize);
+    let mut msd = Msd::default();
     for k in 0..c {
         let mut errs = Vec::with_capacity(n * s);
         let mut min_fg = f64::INFINITY;
@@ -36,10 +37,13 @@ fn main() {
             "class {k:>2}: smallest foreground error {min_fg:.2e}, sorted {:5.1}%",
             100.0 * keep as f64 / errs.len() as f64
         );
+        let sorted: Vec<f32> = errs.iter().filter(|&&e| e >= min_fg).map(|&e| e as f32).collect();
+        msd.add(&sorted);
         kept += keep;
         total += errs.len();
     }
     println!("all classes: {kept} of {total} keys sorted ({:.1}%)", 100.0 * kept as f64 / total as f64);
+    msd.report("Lovász-Softmax kept keys");
 
     let r = segloss::synth::roads(8, 512, 512, 7); // `segloss bench --shape 8x1x512x512`
     let pos =
@@ -49,4 +53,52 @@ fn main() {
         r.logits.len(),
         100.0 * pos as f64 / r.logits.len() as f64
     );
+    for (what, len) in [
+        ("hinge positive errors, one segment (per_image=false)", r.logits.len()),
+        ("hinge positive errors, per image", 512 * 512),
+    ] {
+        let mut msd = Msd::default();
+        for (x, g) in r.logits.chunks(len).zip(r.target.chunks(len)) {
+            msd.add(
+                &x.iter().zip(g).map(|(&x, &g)| 1.0 - x * (2.0 * g - 1.0)).filter(|&e| e > 0.0).collect::<Vec<_>>(),
+            );
+        }
+        msd.report(what);
+    }
+}
+
+/// Keys counted by whether their MSD bucket (top `BITS[j]` bits of the key) outgrows a local sort.
+#[derive(Default)]
+struct Msd {
+    keys: usize,
+    oversized: [usize; 3],
+    largest: [usize; 3],
+}
+
+const BITS: [u32; 3] = [8, 12, 16];
+const LOCAL: usize = 2048;
+
+impl Msd {
+    /// One segment's keys (non-negative f32s, whose bits order them).
+    fn add(&mut self, seg: &[f32]) {
+        self.keys += seg.len();
+        for (j, bits) in BITS.iter().enumerate() {
+            let mut count = std::collections::HashMap::<u32, usize>::new();
+            for k in seg {
+                *count.entry(k.to_bits() >> (32 - bits)).or_default() += 1;
+            }
+            self.oversized[j] += count.values().filter(|&&c| c > LOCAL).sum::<usize>();
+            self.largest[j] = self.largest[j].max(count.values().copied().max().unwrap_or(0));
+        }
+    }
+
+    fn report(&self, what: &str) {
+        for (j, bits) in BITS.iter().enumerate() {
+            println!(
+                "MSD split on the top {bits:>2} bits, {what}: {:5.1}% of keys in buckets over {LOCAL} (largest bucket {})",
+                100.0 * self.oversized[j] as f64 / self.keys.max(1) as f64,
+                self.largest[j]
+            );
+        }
+    }
 }
