@@ -1,27 +1,9 @@
 // Bitonic sort of short segments (at most 2048 keys), one workgroup per segment, entirely in
 // workgroup memory: the fast path for small segments, where the radix sort's passes over memory
 // and dispatches cost more than the network's barriers. Keys ascending, ties by payload index
-// (bits 0..30), so the result equals the stable radix sort's. Same bindings as radix.wgsl; sorts
-// keys_out/vals_out in place (each workgroup owns its segment), keys_in/vals_in unused.
-
-struct SortParams {
-    len: u32,
-    segs: u32,
-    tiles: u32,
-    shift: u32,
-    varlen: u32, // ignored: the network sorts whole segments (padding keys sort last)
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> SP: SortParams;
-@group(0) @binding(1) var<storage, read> keys_in: array<u32>;
-@group(0) @binding(2) var<storage, read> vals_in: array<u32>;
-@group(0) @binding(3) var<storage, read_write> counts: array<u32>;
-@group(0) @binding(4) var<storage, read_write> totals: array<u32>;
-@group(0) @binding(5) var<storage, read_write> keys_out: array<u32>;
-@group(0) @binding(6) var<storage, read_write> vals_out: array<u32>;
+// (bits 0..30), so the result equals the stable radix sort's. Bindings of sortio.wgsl; sorts
+// keys_out/vals_out in place (each workgroup owns its segment), keys_in/vals_in unused; varlen is
+// ignored (the network sorts whole segments; padding keys sort last).
 
 var<workgroup> bk: array<u32, 2048>;
 var<workgroup> bv: array<u32, 2048>;

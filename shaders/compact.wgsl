@@ -4,13 +4,6 @@
 // with NONE; the dropped elements' labels are counted into segsum (fg in .y, bg in .z) so that the
 // foreground total stays exact. segsum.x receives the kept count, for the host to size the sort.
 
-struct LovParams {
-    len: u32,
-    segs: u32,
-    tiles: u32,
-    per_image: u32,
-}
-
 @group(0) @binding(0) var<uniform> LP: LovParams;        // the uncompacted segments
 @group(0) @binding(1) var<storage, read> keys_in: array<u32>;
 @group(0) @binding(2) var<storage, read> vals_in: array<u32>;

@@ -11,13 +11,6 @@
 // foreground total: fg: 1 / U, bg: I / ((U - 1) U) with U = gts + cumsum(1-g), I = gts - cumsum(g),
 // the closed forms of J_k - J_{k-1} (no cancellation).
 
-struct LovParams {
-    len: u32,       // segment length
-    segs: u32,      // segments
-    tiles: u32,     // tiles of 2048 per segment
-    per_image: u32, // 1: one group per image
-}
-
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
 @group(0) @binding(1) var<storage, read> tgt: array<u32>;
 @group(0) @binding(2) var<uniform> P: Params;

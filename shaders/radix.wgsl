@@ -3,26 +3,6 @@
 // segments have the same length `len` and are sorted in one dispatch per step; tiles never
 // straddle segments. One pass per digit, `shift` = 0, 8, 16, 24.
 
-struct SortParams {
-    len: u32,    // segment stride: the length of every segment, unless varlen
-    segs: u32,   // segments
-    tiles: u32,  // tiles per segment stride
-    shift: u32,  // digit shift of this pass
-    varlen: u32, // 1: segment s sorts only its first seglen[s].x keys; the rest is left in place
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> SP: SortParams;
-@group(0) @binding(1) var<storage, read> keys_in: array<u32>;
-@group(0) @binding(2) var<storage, read> vals_in: array<u32>;
-@group(0) @binding(3) var<storage, read_write> counts: array<u32>; // [seg][tile][digit]
-@group(0) @binding(4) var<storage, read_write> totals: array<u32>; // [seg][digit]: start of each digit
-@group(0) @binding(5) var<storage, read_write> keys_out: array<u32>;
-@group(0) @binding(6) var<storage, read_write> vals_out: array<u32>;
-@group(0) @binding(7) var<storage, read> seglen: array<vec4<u32>>; // [seg].x: keys to sort (varlen)
-
 const T: u32 = 2048u; // tile: 256 threads x 8 items
 const IPT: u32 = 8u;
 

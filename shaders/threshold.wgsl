@@ -7,13 +7,6 @@
 // elements tied at its smallest key: there the first sorted element has weight 1 and all others 0.
 // Exact: values and gradients are those of the full sort.
 
-struct LovParams {
-    len: u32,
-    segs: u32,
-    tiles: u32,
-    per_image: u32,
-}
-
 @group(0) @binding(0) var<uniform> LP: LovParams;
 @group(0) @binding(1) var<storage, read_write> keys: array<u32>;
 @group(0) @binding(2) var<storage, read> vals: array<u32>;

@@ -425,16 +425,7 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
         }
         let d = den.max(p.eps);
         let (score, live_den) = if d > 0.0 { (num / d, den > p.eps) } else { (1.0, false) };
-        let (loss, dl_ds) = if p.log {
-            let floor = p.log_floor();
-            if score > floor {
-                (-score.ln(), -1.0 / score)
-            } else {
-                (-floor.ln(), 0.0)
-            }
-        } else {
-            (1.0 - score, -1.0)
-        };
+        let (loss, dl_ds) = score_loss(p, score);
         let grads = if d > 0.0 {
             m.iter()
                 .map(|&i| {
@@ -503,16 +494,7 @@ fn gdice(e: &Elems, r: &RegionLoss, weight: GDiceWeight, w: f64, gp: &mut [f64])
             continue;
         }
         let score = num / d;
-        let (loss, dl_ds) = if p.log {
-            let floor = p.log_floor();
-            if score > floor {
-                (-score.ln(), -1.0 / score)
-            } else {
-                (-floor.ln(), 0.0)
-            }
-        } else {
-            (1.0 - score, -1.0)
-        };
+        let (loss, dl_ds) = score_loss(p, score);
         total += loss;
         for (j, m) in per_class.iter().enumerate() {
             for &i in m {
@@ -618,4 +600,18 @@ fn lovasz(e: &Elems, p: &LovaszParams, w: f64, gp: &mut [f64], gx: &mut [f64]) -
         }
     }
     total / ng
+}
+
+/// The loss of one region score, `1 - s` or `-log(max(s, floor))`, and its derivative in `s`.
+fn score_loss(p: &crate::expr::RegionParams, score: f64) -> (f64, f64) {
+    if p.log {
+        let floor = p.log_floor();
+        if score > floor {
+            (-score.ln(), -1.0 / score)
+        } else {
+            (-floor.ln(), 0.0)
+        }
+    } else {
+        (1.0 - score, -1.0)
+    }
 }

@@ -72,7 +72,7 @@ macro_rules! radix {
         Kernel {
             name: $name,
             entry: $name,
-            source: wgsl!("scan.wgsl", "radix.wgsl"),
+            source: wgsl!("scan.wgsl", "sortio.wgsl", "radix.wgsl"),
             bindings: RADIX_BINDINGS,
             specialized: false,
         }
@@ -92,7 +92,7 @@ pub const RADIX_SCATTER: Kernel = radix!("radix_scatter");
 pub const BITONIC_SORT: Kernel = Kernel {
     name: "bitonic_sort",
     entry: "bitonic_sort",
-    source: wgsl!("bitonic.wgsl"),
+    source: wgsl!("sortio.wgsl", "bitonic.wgsl"),
     bindings: RADIX_BINDINGS,
     specialized: false,
 };
@@ -107,7 +107,7 @@ macro_rules! lovasz {
         Kernel {
             name: $name,
             entry: $name,
-            source: wgsl!("common.wgsl", "lse.wgsl", "scan.wgsl", "lovasz.wgsl"),
+            source: wgsl!("common.wgsl", "lse.wgsl", "scan.wgsl", "lovparams.wgsl", "lovasz.wgsl"),
             bindings: LOVASZ_BINDINGS,
             specialized: true,
         }
@@ -132,7 +132,7 @@ macro_rules! compact {
         Kernel {
             name: $name,
             entry: $name,
-            source: wgsl!("scan.wgsl", "compact.wgsl"),
+            source: wgsl!("scan.wgsl", "lovparams.wgsl", "compact.wgsl"),
             bindings: COMPACT_BINDINGS,
             specialized: false,
         }
@@ -156,7 +156,7 @@ pub const LOVASZ_THRESHOLD: Kernel = Kernel { entry: "lovasz_threshold", name: "
 pub const LOVASZ_DROP: Kernel = Kernel {
     name: "lovasz_drop",
     entry: "lovasz_drop",
-    source: wgsl!("threshold.wgsl"),
+    source: wgsl!("lovparams.wgsl", "threshold.wgsl"),
     bindings: &[U, W, R, W],
     specialized: false,
 };
