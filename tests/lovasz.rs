@@ -1,6 +1,6 @@
 //! Lovász hinge and Lovász-Softmax on the GPU against the f64 CPU reference: per_image both ways,
 //! present/all classes, ignore_index, empty and full targets, ignore-only images, tied errors,
-//! segment sizes from 1 to 2^20, bit-identical repeats, and use inside sums.
+//! logits of +-80, segment sizes from 1 to 2^20, bit-identical repeats, and use inside sums.
 
 mod common;
 
@@ -145,6 +145,47 @@ fn segment_sizes_from_1_to_2_pow_20() {
     }
     for s in [1usize, 7, 1025, 100_003] {
         compare(&case(&mut rng, Mode::Multiclass, vec![2, 3, s], 0, false), &["lovasz:per_image=true"]);
+    }
+}
+
+#[test]
+fn extreme_logits_match_reference() {
+    // Every kind of target (random, empty, all foreground, an ignore-only image, rare foreground)
+    // with logits of scale 80:
+    // - the hinge: N(0, 120^2) clipped at +-80 (errors up to 81), and exactly +-80;
+    // - the softmax: N(0, 30^2) (logits past +-100), and exactly +-80 with m = 1, 3 or 4 of the 4
+    //   classes at +80: p is 1/m there and 0 (f32) or e^-160/m (f64) elsewhere, so the tie groups
+    //   are the same in f32 and f64. (With m = 2, a foreground error 1 - p and a background error p
+    //   tie at 0.5 in f32 but not in f64, where exp rounds p off 0.5; Lovász may order ties in any
+    //   way, and the two orders give those elements different gradients: the tied-errors test below
+    //   checks ties through tie-group sums instead.) At the zero-error ties, d p / d x is 0 in f32.
+    let mut rng = Rng(38);
+    for kind in 0..5 {
+        for (mode, c, texts) in [(Mode::Multiclass, 4, SOFTMAX), (Mode::Binary, 1, HINGE), (Mode::Multilabel, 3, HINGE)]
+        {
+            for exact in [false, true] {
+                let mut case = case(&mut rng, mode, vec![2, c, 30, 33], kind, false);
+                let s = 30 * 33;
+                match (exact, mode) {
+                    (false, Mode::Multiclass) => case.logits.iter_mut().for_each(|x| *x *= 10.0),
+                    (false, _) => case.logits.iter_mut().for_each(|x| *x = (*x * 40.0).clamp(-80.0, 80.0)),
+                    (true, Mode::Multiclass) => {
+                        for px in 0..2 * s {
+                            let m = [1, 3, 4][rng.below(3)];
+                            let mut classes = [0, 1, 2, 3];
+                            for i in (1..4).rev() {
+                                classes.swap(i, rng.below(i + 1));
+                            }
+                            for (j, &k) in classes.iter().enumerate() {
+                                case.logits[((px / s) * c + k) * s + px % s] = if j < m { 80.0 } else { -80.0 };
+                            }
+                        }
+                    }
+                    (true, _) => case.logits.iter_mut().for_each(|x| *x = 80f32.copysign(*x)),
+                }
+                compare(&case, texts);
+            }
+        }
     }
 }
 
