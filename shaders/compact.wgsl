@@ -1,8 +1,10 @@
-// Stable compaction of the Lovász hinge keys: elements whose error is <= 0 (key NONE) carry no loss
-// and no gradient and sort last, so only the others are sorted. Per segment: count kept elements per
-// tile, scan, and scatter them in their original order to the front of a [segment][len'] array padded
-// with NONE; the dropped elements' labels are counted into segsum (fg in .y, bg in .z) so that the
-// foreground total stays exact. segsum.x receives the kept count, for the host to size the sort.
+// Stable compaction of the Lovász keys: elements with key NONE (hinge: error <= 0; softmax: dropped
+// by threshold.wgsl; ignored) carry no loss and no gradient, so only the others are sorted. Per
+// segment: count kept elements per tile, scan, and scatter them in their original order to the
+// front of the segment in a new [segment][len] array (what follows them is not written: the passes
+// after this one read only each segment's kept count); the dropped elements' labels are counted
+// into segsum (fg in .y, bg in .z) so that the foreground total stays exact, and segsum.x receives
+// the kept count, which the sort and the Lovász passes read on the device.
 
 @group(0) @binding(0) var<uniform> LP: LovParams;        // the uncompacted segments
 @group(0) @binding(1) var<storage, read> keys_in: array<u32>;
@@ -11,7 +13,6 @@
 @group(0) @binding(4) var<storage, read_write> vals_out: array<u32>;
 @group(0) @binding(5) var<storage, read_write> tilecnt: array<vec4<u32>>; // [seg][tile]: kept, fg, bg dropped
 @group(0) @binding(6) var<storage, read_write> segsum: array<vec4<u32>>;  // [seg]: kept, fg, bg dropped
-@group(0) @binding(7) var<uniform> OUT_LEN: vec4<u32>;    // .x: compacted segment length
 
 const CT: u32 = 2048u;
 const CIPT: u32 = 8u;
@@ -67,16 +68,6 @@ fn compact_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     }
 }
 
-// Fills the compacted arrays with NONE (padding), before compact_scatter.
-@compute @workgroup_size(256)
-fn compact_fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
-    if i < LP.segs * OUT_LEN.x {
-        keys_out[i] = NONE;
-        vals_out[i] = NONE;
-    }
-}
-
 // Kept elements to the front of their segment, in their original order.
 @compute @workgroup_size(256)
 fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -99,8 +90,8 @@ fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
     var pos = tilecnt[seg * LP.tiles + tile].x + ex.x;
     for (var r = 0u; r < CIPT; r++) {
         if k[r] != NONE {
-            keys_out[seg * OUT_LEN.x + pos] = k[r];
-            vals_out[seg * OUT_LEN.x + pos] = v[r];
+            keys_out[seg * LP.len + pos] = k[r];
+            vals_out[seg * LP.len + pos] = v[r];
             pos += 1u;
         }
     }

@@ -114,10 +114,13 @@ fn label_counts(v: u32) -> vec2<u32> {
 fn lovasz_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x;
     let seg = wid.y;
+    // the segment's sorted elements (compact.wgsl left their count in .x); what follows them in
+    // the compacted arrays is not written
+    let kept = min(segsum[seg].x, LP.len);
     var cnt = vec2<u32>(0u);
     for (var r = 0u; r < LIPT; r++) {
         let j = tile * LT + r * 256u + lid;
-        if j < LP.len {
+        if j < kept {
             cnt += label_counts(vals[seg * LP.len + j]);
         }
     }
@@ -132,7 +135,7 @@ fn lovasz_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
 fn lovasz_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let seg = wid.x;
     // the tiles holding the segment's sorted elements (compact.wgsl left its count in .x); the
-    // passes before and after this one may run over more tiles, which hold padding only
+    // passes before and after this one may run over more tiles, where they read nothing
     if lid == 0u {
         seg_kept = segsum[seg].x;
     }
@@ -166,11 +169,12 @@ fn lovasz_weights(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     var k: array<u32, LIPT>;
     var v: array<u32, LIPT>;
     var cnt = vec2<u32>(0u);
+    let kept = min(segsum[seg].w, LP.len); // lovasz_scan moved the kept count to .w
     for (var r = 0u; r < LIPT; r++) {
         let j = tile * LT + LIPT * lid + r;
         k[r] = NONE;
         v[r] = NONE;
-        if j < LP.len {
+        if j < kept {
             k[r] = keys[seg * LP.len + j];
             v[r] = vals[seg * LP.len + j];
         }

@@ -11,14 +11,6 @@ var<workgroup> sk: array<u32, 2048>; // local sort: (digit << 16) | index in the
 var<workgroup> dbase: array<u32, 256>;
 var<workgroup> first: array<u32, 256>;
 
-// Keys to sort in segment `seg`.
-fn seg_len(seg: u32) -> u32 {
-    if SP.varlen != 0u {
-        return min(seglen[seg].x, SP.len);
-    }
-    return SP.len;
-}
-
 fn digit(k: u32) -> u32 {
     return (k >> SP.shift) & 255u;
 }

@@ -6,7 +6,8 @@ struct SortParams {
     segs: u32,   // segments
     tiles: u32,  // tiles per segment stride
     shift: u32,  // digit shift of this pass
-    varlen: u32, // 1: segment s sorts only its first seglen[s].x keys; the rest is left in place
+    varlen: u32, // 1: segment s sorts only its first seglen[s].x keys (radix: the rest is left in place;
+                 // bitonic: the rest becomes padding)
     pad0: u32,
     pad1: u32,
     pad2: u32,
@@ -20,3 +21,11 @@ struct SortParams {
 @group(0) @binding(5) var<storage, read_write> keys_out: array<u32>;
 @group(0) @binding(6) var<storage, read_write> vals_out: array<u32>;
 @group(0) @binding(7) var<storage, read> seglen: array<vec4<u32>>; // [seg].x: keys to sort (varlen)
+
+// Keys to sort in segment `seg`.
+fn seg_len(seg: u32) -> u32 {
+    if SP.varlen != 0u {
+        return min(seglen[seg].x, SP.len);
+    }
+    return SP.len;
+}

@@ -240,12 +240,11 @@ const K_LOVASZ_VALUE: usize = 11;
 const K_BITONIC: usize = 12;
 const K_COMPACT_COUNT: usize = 13;
 const K_COMPACT_SCAN: usize = 14;
-const K_COMPACT_FILL: usize = 15;
-const K_COMPACT_SCATTER: usize = 16;
-const K_RADIX_DIGITS: usize = 17;
-const K_LOVASZ_THRESHOLD: usize = 18;
-const K_LOVASZ_DROP: usize = 19;
-const K_COMPACT_ARGS: usize = 20;
+const K_COMPACT_SCATTER: usize = 15;
+const K_RADIX_DIGITS: usize = 16;
+const K_LOVASZ_THRESHOLD: usize = 17;
+const K_LOVASZ_DROP: usize = 18;
+const K_COMPACT_ARGS: usize = 19;
 /// Elements per sort tile (see `radix.wgsl`, `lovasz.wgsl`).
 const SORT_TILE: usize = 2048;
 
@@ -1052,10 +1051,11 @@ impl Gpu {
 
     /// Records the sort of `a` (keys, payloads) in segments of `len`: the bitonic network for short
     /// segments, else the four passes of the segmented radix sort using `b` as scratch. The sorted
-    /// result ends in `a`. With `varlen` = (lengths, args), the radix sort takes only the first
-    /// `lengths[s].x` keys of segment `s` (a `vec4<u32>` each), dispatched over the tiles `args`
-    /// holds, and leaves the rest in place (the rest must sort after them: the bitonic network sorts
-    /// whole segments). (wgpu keeps every buffer a recorded command uses alive until it ran.)
+    /// result ends in `a`. With `varlen` = (lengths, args), segment `s` sorts only its first
+    /// `lengths[s].x` keys (a `vec4<u32>` each): the radix sort is dispatched over the tiles `args`
+    /// holds and leaves the rest of the segment as it was, the bitonic network overwrites it with
+    /// padding (key NONE). Nothing after the sorted keys may be read as a key. (wgpu keeps every
+    /// buffer a recorded command uses alive until it ran.)
     #[allow(clippy::too_many_arguments)]
     fn record_sort(
         &self,
@@ -1072,25 +1072,27 @@ impl Gpu {
             SortAlgo::Bitonic => true,
             SortAlgo::Radix => false,
         };
-        if bitonic && len <= BITONIC_MAX {
-            // one workgroup per segment, sorting `a` in place (`b` is bound but unused)
-            let sp = SortParams { len: len as u32, segs: segs as u32, tiles: 1, shift: 0, varlen: 0, pad: [0; 3] };
-            let ub = self.uniform(&sp);
-            // unused read-write bindings need distinct buffers (WebGPU forbids writable aliases)
-            let [d0, d1] = self.unused();
-            let bg = self.bind(K_BITONIC, &[&ub, b.0, b.1, &d0, &d1, a.0, a.1, b.0]);
-            Self::dispatch(enc, "bitonic sort", &self.pipeline(K_BITONIC, Spec::default()), &bg, (segs as u32, 1, 1));
-            return;
-        }
         let tiles = len.div_ceil(SORT_TILE);
-        let counts = self.scratch((segs * 256 * tiles * 4) as u64);
-        let totals = self.scratch((segs * 256 * 4) as u64);
+        let varlen_flag = u32::from(varlen.is_some());
         // without per-segment lengths binding 7 is not read, but must still hold one vec4
         let none = self.scratch(16);
         let (seglen, tile_grid) = match varlen {
             Some((seglen, args)) => (seglen, Grid::Indirect(args)),
             None => (&*none, Grid::Direct(tiles as u32, segs as u32, 1)),
         };
+        if bitonic && len <= BITONIC_MAX {
+            // one workgroup per segment, sorting `a` in place (`b` is bound but unused)
+            let sp =
+                SortParams { len: len as u32, segs: segs as u32, tiles: 1, shift: 0, varlen: varlen_flag, pad: [0; 3] };
+            let ub = self.uniform(&sp);
+            // unused read-write bindings need distinct buffers (WebGPU forbids writable aliases)
+            let [d0, d1] = self.unused();
+            let bg = self.bind(K_BITONIC, &[&ub, b.0, b.1, &d0, &d1, a.0, a.1, seglen]);
+            Self::dispatch(enc, "bitonic sort", &self.pipeline(K_BITONIC, Spec::default()), &bg, (segs as u32, 1, 1));
+            return;
+        }
+        let counts = self.scratch((segs * 256 * tiles * 4) as u64);
+        let totals = self.scratch((segs * 256 * 4) as u64);
         for pass in 0..4u32 {
             let (src, dst) = if pass % 2 == 0 { (a, b) } else { (b, a) };
             let sp = SortParams {
@@ -1098,7 +1100,7 @@ impl Gpu {
                 segs: segs as u32,
                 tiles: tiles as u32,
                 shift: 8 * pass,
-                varlen: u32::from(varlen.is_some()),
+                varlen: varlen_flag,
                 pad: [0; 3],
             };
             let ub = self.uniform(&sp);
@@ -1166,7 +1168,8 @@ impl Gpu {
     }
 
     /// Moves the elements to sort (key not NONE: a positive error, not dropped) to the front of
-    /// their segment in new `segs` x `len` arrays padded with NONE, keeping their order; the kept
+    /// their segment in new `segs` x `len` arrays, keeping their order (nothing is written after
+    /// them); the kept
     /// count of each segment lands in `segsum.x` (the sort's per-segment length), the labels of the
     /// others in `.y` (fg) and `.z` (bg). Everything stays on the device: no readback.
     fn record_compact(
@@ -1180,14 +1183,11 @@ impl Gpu {
         let (kc, vc) = (self.scratch(total), self.scratch(total));
         let lbuf =
             self.uniform(&LovParams { len: lk.len as u32, segs: lk.segs as u32, tiles: tiles as u32, per_image: 0 });
-        let out_len = self.uniform(&[lk.len as u32, 0, 0, 0]);
-        let bufs = [&lbuf, &*lk.keys, &*lk.vals, &*kc, &*vc, &*tilecnt, &*lk.segsum, &out_len];
+        let bufs = [&lbuf, &*lk.keys, &*lk.vals, &*kc, &*vc, &*tilecnt, &*lk.segsum];
         let grid = (tiles as u32, lk.segs as u32, 1);
-        let (gx, gy) = self.grid(lk.segs * lk.len);
         for (k, label, dims) in [
             (K_COMPACT_COUNT, "compact count", grid),
             (K_COMPACT_SCAN, "compact scan", (lk.segs as u32, 1, 1)),
-            (K_COMPACT_FILL, "compact fill", (gx, gy, 1)),
             (K_COMPACT_SCATTER, "compact scatter", grid),
         ] {
             let bg = self.bind(k, &bufs);
@@ -1196,8 +1196,7 @@ impl Gpu {
         // the passes over the compacted segments cover only the longest one's tiles
         let args = self.scratch(16);
         let unused = self.scratch(16);
-        let bg =
-            self.bind(K_COMPACT_ARGS, &[&lbuf, &lk.keys, &lk.vals, &args, &unused, &tilecnt, &lk.segsum, &out_len]);
+        let bg = self.bind(K_COMPACT_ARGS, &[&lbuf, &lk.keys, &lk.vals, &args, &unused, &tilecnt, &lk.segsum]);
         Self::dispatch(enc, "compact args", &self.pipeline(K_COMPACT_ARGS, Spec::default()), &bg, (1, 1, 1));
         (kc, vc, args)
     }
@@ -1214,10 +1213,9 @@ impl Gpu {
         ubuf: &wgpu::Buffer,
         lk: &LovaszKeys,
         (keys, vals, args): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
-        len: usize,
         lw: &wgpu::Buffer,
     ) {
-        let segs = lk.segs;
+        let (segs, len) = (lk.segs, lk.len);
         let tiles = len.div_ceil(SORT_TILE);
         let tilecnt = self.scratch((segs * tiles * 8) as u64);
         let vpart = self.scratch((segs * tiles * 4) as u64);
@@ -1289,15 +1287,14 @@ impl Gpu {
         // per-element Jaccard weights; a placeholder binding when no term is a Lovász loss
         let lw_bytes = if plan.lovasz.is_some() { n * c * s * 4 } else { 32 };
         let lw = self.scratch(lw_bytes as u64);
-        let segsum_bytes = |lk: &LovaszKeys| (lk.segs * 16) as u64;
-        let readback = |bytes| self.readback(bytes);
         let mut lov = None;
         if let Some(lp) = &plan.lovasz {
-            // the gradient reads only weights lovasz_weights wrote; clearing keeps a reused
-            // buffer's stale bits (possibly NaN patterns) out of reach all the same
+            // lovasz_weights writes the weight of every sorted element; the others (dropped: no
+            // loss, no gradient; ignored) keep the zero of this clear, which the gradient reads
             enc.clear_buffer(&lw, 0, None);
             let lk = self.record_lovasz_keys(&mut enc, logits, target, &ubuf, (n, c, s), softmax, lp.per_image, &lw)?;
-            let rb = readback(segsum_bytes(&lk));
+            let sb = (lk.segs * 16) as u64;
+            let rb = self.readback(sb);
             if softmax {
                 // background past each segment's last foreground element: weight zero, not sorted
                 self.record_lovasz_drop(&mut enc, &lk);
@@ -1305,8 +1302,8 @@ impl Gpu {
             // only the elements with loss or gradient are sorted: the hinge's positive errors, the
             // softmax's errors down to the last foreground element
             let (kc, vc, args) = self.record_compact(&mut enc, &lk);
-            self.record_lovasz_rank(&mut enc, logits, target, &ubuf, &lk, (&kc, &vc, &args), lk.len, &lw);
-            enc.copy_buffer_to_buffer(&lk.segsum, 0, &rb, 0, segsum_bytes(&lk));
+            self.record_lovasz_rank(&mut enc, logits, target, &ubuf, &lk, (&kc, &vc, &args), &lw);
+            enc.copy_buffer_to_buffer(&lk.segsum, 0, &rb, 0, sb);
             lov = Some((lk, rb));
         }
         self.queue.submit([enc.finish()]);

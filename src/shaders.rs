@@ -125,7 +125,7 @@ pub const LOVASZ_WEIGHTS: Kernel = lovasz!("lovasz_weights");
 /// Lovász: value per segment.
 pub const LOVASZ_VALUE: Kernel = lovasz!("lovasz_value");
 
-const COMPACT_BINDINGS: &[Binding] = &[U, R, R, W, W, W, W, U];
+const COMPACT_BINDINGS: &[Binding] = &[U, R, R, W, W, W, W];
 
 macro_rules! compact {
     ($name:literal) => {
@@ -143,8 +143,6 @@ macro_rules! compact {
 pub const COMPACT_COUNT: Kernel = compact!("compact_count");
 /// Lovász compaction: scan of the tile counts per segment.
 pub const COMPACT_SCAN: Kernel = compact!("compact_scan");
-/// Lovász compaction: padding of the compacted arrays.
-pub const COMPACT_FILL: Kernel = compact!("compact_fill");
 /// Lovász compaction: stable scatter of the kept elements.
 pub const COMPACT_SCATTER: Kernel = compact!("compact_scatter");
 /// Lovász compaction: indirect dispatch size of the passes over the compacted segments.
@@ -178,7 +176,6 @@ pub const KERNELS: &[Kernel] = &[
     BITONIC_SORT,
     COMPACT_COUNT,
     COMPACT_SCAN,
-    COMPACT_FILL,
     COMPACT_SCATTER,
     RADIX_DIGITS,
     LOVASZ_THRESHOLD,
