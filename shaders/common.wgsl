@@ -19,16 +19,34 @@ override KINDS: u32 = 0u;       // bit k set: some pixel loss of kind k is prese
 override NTERMS: u32 = 0u;      // pixel-loss terms in `terms` (statistics: slots, at most 4)
 override SENSSPEC: bool = false; // accumulate the sensitivity/specificity sums
 override LOVASZ: u32 = 0u;       // gradient: 0 no Lovász term, 1 one group over the batch, 2 per image
+override VALIDATE: u32 = 0u;     // statistics: checks of buffer inputs (V_* bits), reported in `status`
+override REGION: bool = true;    // gradient: region coefficients present
+override ACCUM: bool = false;    // gradient: add to the output instead of overwriting it
+
+// Bad-input flags of `status[0]` (and the checks VALIDATE asks for); status[1 + bit] holds
+// 0xFFFFFFFF minus the smallest offending element index (atomicMax; 0 = none).
+const V_NONFINITE: u32 = 1u; // NaN or infinite logits
+const V_CLASS: u32 = 2u;     // class index outside 0..C that is not the ignore index
+const V_RANGE: u32 = 4u;     // dense target outside [0, 1] (or NaN) that is not the ignore value
+const V_SOFT: u32 = 8u;      // dense target neither 0 nor 1 (Lovász needs hard labels)
 
 fn has(kind: u32) -> bool {
     return (KINDS & (1u << kind)) != 0u;
 }
 
 struct Params {
-    n: u32,      // images
-    c: u32,      // channels
-    s: u32,      // spatial positions per image and channel
-    tiles: u32,  // statistics tiles per image
+    n: u32,           // images
+    c: u32,           // channels
+    s: u32,           // spatial positions per image and channel
+    tiles: u32,       // statistics tiles per image
+    ignore: u32,      // target word that means "ignored", when has_ignore
+    has_ignore: u32,  // 1: map `ignore` to INVALID (buffer inputs; host inputs arrive mapped)
+    region_base: u32, // gradient: index of the region coefficients in `coefs`; finalize: the same
+    lov_base: u32,    // gradient: index of this pass's Lovász segment scales in `coefs`
+    nops: u32,        // finalize: ops
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 struct Term {

@@ -1,6 +1,10 @@
 // Elementwise gradient pass: d loss / d logits of a whole expression. Region losses arrive as
-// per-(image, class) coefficients of d loss / d p (see src/plan.rs), chained through the sigmoid or
-// the softmax; pixel losses (bce, ce, focal) add their direct d / d x with host-resolved scales.
+// per-(image, class) coefficients of d loss / d p that finalize.wgsl wrote on the device (the
+// expression's coefficient block, bound as `coefs`), chained through the sigmoid or the softmax;
+// pixel losses (bce, ce, focal) add their direct d / d x with the scales finalize resolved
+// (coefs[2 t], coefs[2 t + 1]: scale and pos_weight of pixel term t). The output is a slice of
+// any buffer (the caller's included): overwritten, or added to with ACCUM. Nothing is written
+// when the statistics pass found bad input.
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
 @group(0) @binding(1) var<storage, read> tgt: array<u32>;
@@ -10,21 +14,41 @@
 @group(0) @binding(5) var<storage, read> coefs: array<f32>;
 @group(0) @binding(6) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(7) var<storage, read> lw: array<f32>; // Lovász Jaccard weight per element
+@group(0) @binding(8) var<storage, read> status: array<u32>; // bad-input flags of the statistics pass
 
 const GWG: u32 = 256u;
 const NCOEF: u32 = 5u;
 
+// Pixel term t with the scale and pos_weight finalize resolved.
+fn term(t: u32) -> Term {
+    var tp = terms[t];
+    tp.scale = coefs[2u * t];
+    tp.pos_weight = coefs[2u * t + 1u];
+    return tp;
+}
+
 // d loss / d p of the region losses for one element.
 fn region_dp(n: u32, c: u32, p: f32, g: f32) -> f32 {
-    let o = (n * P.c + c) * NCOEF;
+    if !REGION {
+        return 0.0;
+    }
+    let o = P.region_base + (n * P.c + c) * NCOEF;
     let d = g - p;
     return coefs[o] * g + coefs[o + 1u] + 2.0 * coefs[o + 2u] * p
         - 2.0 * d * (coefs[o + 3u] * g + coefs[o + 4u] * (1.0 - g));
 }
 
-// Scale of the Lovász term for segment `seg` (after the N x C x NCOEF region coefficients).
+// Scale of the Lovász term for segment `seg`.
 fn lovasz_scale(seg: u32) -> f32 {
-    return coefs[P.n * P.c * NCOEF + seg];
+    return coefs[P.lov_base + seg];
+}
+
+fn put(e: u32, d: f32) {
+    if ACCUM {
+        grad[e] += d;
+    } else {
+        grad[e] = d;
+    }
 }
 
 // d loss / d p_c of the region and Lovász-Softmax terms for one element of a softmax pixel.
@@ -50,16 +74,16 @@ fn gradient(
     // x (and z, for very large images) walk the pixels of image y: no integer division per thread.
     let s = (wid.x + wid.z * nwg.x) * GWG + lid;
     let n = wid.y;
-    if s >= P.s {
+    if s >= P.s || status[0] != 0u {
         return;
     }
     let idx = n * P.s + s;
     let cf = f32(P.c);
     if SOFTMAX {
-        let lab = tgt[idx];
+        let lab = tword(idx);
         if lab == INVALID {
             for (var c = 0u; c < P.c; c++) {
-                grad[(n * P.c + c) * P.s + s] = 0.0;
+                put((n * P.c + c) * P.s + s, 0.0);
             }
             return;
         }
@@ -77,7 +101,7 @@ fn gradient(
             let g = select(0.0, 1.0, lab == c);
             var d = p * (softmax_dp(n, c, e, p, g) - dot);
             for (var t = 0u; t < NTERMS; t++) {
-                let tp = terms[t];
+                let tp = term(t);
                 if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
                     d += tp.scale * focal_sigmoid(x, g, tp).y;
                 }
@@ -89,14 +113,14 @@ fn gradient(
                     d += tp.scale * focal_softmax(nlq, tp).y * (g - p);
                 }
             }
-            grad[e] = d;
+            put(e, d);
         }
     } else {
         for (var c = 0u; c < P.c; c++) {
             let e = (n * P.c + c) * P.s + s;
-            let tb = tgt[e];
+            let tb = tword(e);
             if tb == INVALID {
-                grad[e] = 0.0;
+                put(e, 0.0);
                 continue;
             }
             let g = bitcast<f32>(tb);
@@ -112,7 +136,7 @@ fn gradient(
                 }
             }
             for (var t = 0u; t < NTERMS; t++) {
-                let tp = terms[t];
+                let tp = term(t);
                 if has(BCE) && tp.kind == BCE {
                     let gs = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
                     d += tp.scale * ((1.0 - gs) * p - tp.pos_weight * gs * q);
@@ -121,7 +145,7 @@ fn gradient(
                     d += tp.scale * focal_sigmoid(x, g, tp).y;
                 }
             }
-            grad[e] = d;
+            put(e, d);
         }
     }
 }

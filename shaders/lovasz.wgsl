@@ -64,7 +64,7 @@ fn lovasz_keys(
         return;
     }
     if SOFTMAX {
-        let lab = tgt[n * P.s + s];
+        let lab = tword(n * P.s + s);
         var lse = 0.0;
         if lab != INVALID {
             lse = log_sum_exp(n, s);
@@ -88,7 +88,7 @@ fn lovasz_keys(
     } else {
         for (var c = 0u; c < P.c; c++) {
             let e = (n * P.c + c) * P.s + s;
-            let tb = tgt[e];
+            let tb = tword(e);
             if tb == INVALID {
                 keys[e] = NONE;
                 vals[e] = NONE;

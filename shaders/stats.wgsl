@@ -9,6 +9,7 @@
 @group(0) @binding(3) var<storage, read> terms: array<Term>;
 @group(0) @binding(4) var<storage, read> cw: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> status: array<atomic<u32>>; // bad-input flags (VALIDATE)
 
 const WG: u32 = 128u;   // threads per workgroup
 const PIX: u32 = 16u;   // pixels per thread: a tile is WG * PIX pixels of one image
@@ -38,6 +39,43 @@ fn slot_stats(t: u32, x: f32, g: f32, nlp: f32, nlq: f32, label: u32, c: u32) ->
     return r;
 }
 
+fn finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7F800000u) != 0x7F800000u;
+}
+
+// Records bad input: the flag, and the smallest offending element index (integer atomics, so
+// the result does not depend on the order threads run in).
+fn flag(bit: u32, idx: u32) {
+    atomicOr(&status[0], bit);
+    atomicMax(&status[1u + firstTrailingBit(bit)], 0xFFFFFFFFu - idx);
+}
+
+fn check_logit(e: u32) {
+    if (VALIDATE & V_NONFINITE) != 0u && !finite(logits[e]) {
+        flag(V_NONFINITE, e);
+    }
+}
+
+// Checks the raw target word of element e (dense) or pixel e (class index) of a buffer input.
+fn check_target(e: u32) {
+    let w = tgt[e];
+    if P.has_ignore != 0u && w == P.ignore {
+        return;
+    }
+    if SOFTMAX {
+        if (VALIDATE & V_CLASS) != 0u && w >= P.c {
+            flag(V_CLASS, e);
+        }
+    } else {
+        let g = bitcast<f32>(w);
+        if (VALIDATE & V_RANGE) != 0u && !(g >= 0.0 && g <= 1.0) {
+            flag(V_RANGE, e);
+        } else if (VALIDATE & V_SOFT) != 0u && g != 0.0 && g != 1.0 {
+            flag(V_SOFT, e);
+        }
+    }
+}
+
 @compute @workgroup_size(128)
 fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x;
@@ -52,7 +90,16 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             lab[i] = INVALID;
             lse[i] = 0.0;
             if s < P.s {
-                lab[i] = tgt[n * P.s + s];
+                lab[i] = tword(n * P.s + s);
+                if VALIDATE != 0u {
+                    check_target(n * P.s + s);
+                    if lab[i] == INVALID {
+                        // the main loop skips ignored pixels: their logits are checked here
+                        for (var c = 0u; c < P.c; c++) {
+                            check_logit((n * P.c + c) * P.s + s);
+                        }
+                    }
+                }
                 if lab[i] != INVALID {
                     lse[i] = log_sum_exp(n, s);
                 }
@@ -80,6 +127,9 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     continue;
                 }
                 x = logits[e];
+                if VALIDATE != 0u {
+                    check_logit(e);
+                }
                 g = select(0.0, 1.0, label == c);
                 nlp = lse[i] - x;
                 p = exp(-nlp);
@@ -87,7 +137,13 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 if s >= P.s {
                     continue;
                 }
-                let tb = tgt[e];
+                let tb = tword(e);
+                if VALIDATE != 0u && c == 0u {
+                    for (var cc = 0u; cc < P.c; cc++) {
+                        check_target((n * P.c + cc) * P.s + s);
+                        check_logit((n * P.c + cc) * P.s + s);
+                    }
+                }
                 if tb == INVALID {
                     continue;
                 }

@@ -1,293 +1,34 @@
-//! The engine: an adapter and device, the compute pipelines built once, and evaluation of loss
-//! expressions with gradients.
+//! The engine: evaluates loss expressions and their gradients on a GPU (the engine's own device
+//! or the caller's), from host slices or from the caller's buffers, in one submission per
+//! evaluation; or on the f64 CPU reference.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
 use crate::error::Error;
-use crate::expr::LossExpr;
+use crate::expr::{LossExpr, F32_MAX};
+use crate::gpu::context::{pick_adapter, Gpu};
+pub use crate::gpu::context::{backend_name, list_adapters, AdapterReport, DeviceInfo, EngineOptions};
+use crate::gpu::eval::{DevInput, GradTo, Recorded};
+use crate::gpu::record::{ReadFuture, Recording};
+use crate::gpu::{check, INVALID};
 use crate::input::{Input, Target};
-use crate::plan::{self, finalize, StatsPlan, Sums, TermParams, K, MAX_GRAD_TERMS};
 use crate::reference;
-use crate::shaders::{Binding, Kernel, BITONIC_MAX, KERNELS};
 use crate::Mode;
 
-/// Pixels per statistics tile (workgroup size 128 x 16 pixels per thread; see `stats.wgsl`).
-const TILE: usize = 128 * 16;
-/// Threads per gradient workgroup (see `grad.wgsl`).
-const GRAD_WG: usize = 256;
-/// Target word of an ignored element (see `common.wgsl`).
-const INVALID: u32 = u32::MAX;
-
-/// What the engine runs on.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct DeviceInfo {
-    /// Adapter name (or `CPU reference`).
-    pub name: String,
-    /// `vulkan`, `gl`, `metal`, `dx12`, `webgpu`, or `cpu` for the f64 CPU reference.
-    pub backend: String,
-    /// `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu`, `Other`.
-    #[serde(rename = "type")]
-    pub device_type: String,
-    /// Driver name and version, when known.
-    pub driver: String,
-    /// Why the engine fell back to the CPU reference, if it did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fallback_reason: Option<String>,
-}
-
-impl DeviceInfo {
-    fn of(info: &wgpu::AdapterInfo) -> DeviceInfo {
-        DeviceInfo {
-            name: info.name.clone(),
-            backend: backend_name(info.backend).to_string(),
-            device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
-            fallback_reason: None,
-        }
-    }
-}
-
-/// The lower-case name of a wgpu backend as `SEGLOSS_BACKEND` spells it.
-pub fn backend_name(b: wgpu::Backend) -> &'static str {
-    match b {
-        wgpu::Backend::Vulkan => "vulkan",
-        wgpu::Backend::Metal => "metal",
-        wgpu::Backend::Dx12 => "dx12",
-        wgpu::Backend::Gl => "gl",
-        wgpu::Backend::BrowserWebGpu => "webgpu",
-        wgpu::Backend::Noop => "noop",
-    }
-}
-
-/// How adapters are chosen. [`EngineOptions::from_env`] reads `SEGLOSS_BACKEND` and `SEGLOSS_ADAPTER`.
-#[derive(Clone, Debug, Default)]
-pub struct EngineOptions {
-    /// Restrict to one backend: `vulkan`, `gl`, `metal`, `dx12` or `webgpu`.
-    pub backend: Option<String>,
-    /// Pick the first adapter whose name contains this (case-insensitive).
-    pub adapter: Option<String>,
-    /// Fall back to the CPU reference when no adapter is found (default for [`Engine::new`]).
-    pub allow_cpu_fallback: bool,
-}
-
-impl EngineOptions {
-    /// Options from `SEGLOSS_BACKEND` and `SEGLOSS_ADAPTER`, with CPU fallback allowed.
-    pub fn from_env() -> EngineOptions {
-        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        EngineOptions { backend: get("SEGLOSS_BACKEND"), adapter: get("SEGLOSS_ADAPTER"), allow_cpu_fallback: true }
-    }
-
-    fn backends(&self) -> Result<wgpu::Backends, Error> {
-        Ok(match self.backend.as_deref().map(|s| s.to_ascii_lowercase()) {
-            None => wgpu::Backends::all(),
-            Some(b) => match b.as_str() {
-                "vulkan" => wgpu::Backends::VULKAN,
-                "gl" | "gles" | "opengl" => wgpu::Backends::GL,
-                "metal" => wgpu::Backends::METAL,
-                "dx12" => wgpu::Backends::DX12,
-                "webgpu" => wgpu::Backends::BROWSER_WEBGPU,
-                other => {
-                    return Err(Error::Input(format!(
-                        "SEGLOSS_BACKEND={other}: allowed values are vulkan, gl, metal, dx12, webgpu"
-                    )))
-                }
-            },
-        })
-    }
-}
-
-/// One adapter as [`list_adapters`] reports it.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct AdapterReport {
-    /// Name, backend and type.
-    #[serde(flatten)]
-    pub info: DeviceInfo,
-    /// Whether [`Engine::new`] with the same options would pick it.
-    pub selected: bool,
-    /// Largest storage buffer binding, bytes.
-    pub max_storage_buffer_binding_size: u64,
-    /// Largest buffer, bytes.
-    pub max_buffer_size: u64,
-    /// Largest workgroup count per dimension.
-    pub max_compute_workgroups_per_dimension: u32,
-    /// Workgroup shared memory, bytes.
-    pub max_compute_workgroup_storage_size: u32,
-    /// Storage buffers per shader stage.
-    pub max_storage_buffers_per_shader_stage: u32,
-}
-
-fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
-    let t = match info.device_type {
-        wgpu::DeviceType::DiscreteGpu => 0,
-        wgpu::DeviceType::IntegratedGpu => 1,
-        wgpu::DeviceType::VirtualGpu => 2,
-        wgpu::DeviceType::Other => 3,
-        wgpu::DeviceType::Cpu => 4,
-    };
-    let b = match info.backend {
-        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 | wgpu::Backend::BrowserWebGpu => 0,
-        _ => 1,
-    };
-    (t, b)
-}
-
-fn instance(opts: &EngineOptions) -> Result<wgpu::Instance, Error> {
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = opts.backends()?;
-    Ok(wgpu::Instance::new(desc))
-}
-
-/// Every adapter on every allowed backend, with the one the engine would pick marked.
-pub async fn list_adapters(opts: &EngineOptions) -> Result<Vec<AdapterReport>, Error> {
-    let inst = instance(opts)?;
-    let adapters = inst.enumerate_adapters(opts.backends()?).await;
-    let pick = pick_index(&adapters, opts);
-    Ok(adapters
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let l = a.limits();
-            AdapterReport {
-                info: DeviceInfo::of(&a.get_info()),
-                selected: Some(i) == pick,
-                max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
-                max_buffer_size: l.max_buffer_size,
-                max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
-                max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
-                max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
-            }
-        })
-        .collect())
-}
-
-fn usable(a: &wgpu::Adapter) -> bool {
-    let l = a.limits();
-    l.max_storage_buffers_per_shader_stage >= 7
-        && l.max_compute_workgroup_storage_size >= 8192
-        && l.max_compute_invocations_per_workgroup >= 256
-}
-
-fn pick_index(adapters: &[wgpu::Adapter], opts: &EngineOptions) -> Option<usize> {
-    let want = opts.adapter.as_ref().map(|s| s.to_lowercase());
-    adapters
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| usable(a))
-        .filter(|(_, a)| want.as_ref().is_none_or(|w| a.get_info().name.to_lowercase().contains(w)))
-        .min_by_key(|(i, a)| (rank(&a.get_info()), *i))
-        .map(|(i, _)| i)
-}
-
-/// A GPU device with the pipelines of every kernel.
-struct Gpu {
-    device: wgpu::Device,
-    queue: wgpu::Queue,
-    /// One compiled module and layout per kernel of [`KERNELS`], in that order.
-    kernels: Vec<KernelState>,
-    /// Pipelines by kernel and specialization, each built once.
-    pipelines: Mutex<HashMap<(usize, Spec), wgpu::ComputePipeline>>,
-    limits: wgpu::Limits,
-    lost: Arc<Mutex<Option<String>>>,
-    pool: Pool,
-    /// Longest segment [`SortAlgo::Auto`] sorts with the bitonic network on this adapter.
-    bitonic_upto: usize,
-}
-
-struct KernelState {
-    kernel: Kernel,
-    module: wgpu::ShaderModule,
-    bind_layout: wgpu::BindGroupLayout,
-    layout: wgpu::PipelineLayout,
-}
-
-/// Values of the specialization constants of `common.wgsl`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-struct Spec {
-    softmax: bool,
-    kinds: u32,
-    nterms: u32,
-    sensspec: bool,
-    lovasz: u32,
-}
-
-impl Spec {
-    fn constants(&self) -> [(&'static str, f64); 5] {
-        [
-            ("SOFTMAX", f64::from(u8::from(self.softmax))),
-            ("KINDS", f64::from(self.kinds)),
-            ("NTERMS", f64::from(self.nterms)),
-            ("SENSSPEC", f64::from(u8::from(self.sensspec))),
-            ("LOVASZ", f64::from(self.lovasz)),
-        ]
-    }
-}
-
-const K_STATS: usize = 0;
-const K_REDUCE: usize = 1;
-const K_GRAD: usize = 2;
-const K_COPY: usize = 3;
-const K_RADIX_COUNT: usize = 4;
-const K_RADIX_SCAN: usize = 5;
-const K_RADIX_SCATTER: usize = 6;
-const K_LOVASZ_KEYS: usize = 7;
-const K_LOVASZ_COUNT: usize = 8;
-const K_LOVASZ_SCAN: usize = 9;
-const K_LOVASZ_WEIGHTS: usize = 10;
-const K_LOVASZ_VALUE: usize = 11;
-const K_BITONIC: usize = 12;
-const K_COMPACT_COUNT: usize = 13;
-const K_COMPACT_SCAN: usize = 14;
-const K_COMPACT_SCATTER: usize = 15;
-const K_RADIX_DIGITS: usize = 16;
-const K_LOVASZ_THRESHOLD: usize = 17;
-const K_LOVASZ_DROP: usize = 18;
-const K_COMPACT_ARGS: usize = 19;
-/// Elements per sort tile (see `radix.wgsl`, `lovasz.wgsl`).
-const SORT_TILE: usize = 2048;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct SortParams {
-    len: u32,
-    segs: u32,
-    tiles: u32,
-    shift: u32,
-    /// 1: segment `s` sorts only its first `seglen[s].x` keys (see `radix.wgsl`)
-    varlen: u32,
-    pad: [u32; 3],
-}
-
-/// The Lovász keys of one evaluation and where their per-segment results go.
-struct LovaszKeys<'a> {
-    keys: Scratch<'a>,
-    vals: Scratch<'a>,
-    /// `[value bits, fg, bg, 0]` per segment (u32)
-    segsum: Scratch<'a>,
-    segs: usize,
-    len: usize,
-    per_image: bool,
-    softmax: bool,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct LovParams {
-    len: u32,
-    segs: u32,
-    tiles: u32,
-    per_image: u32,
-}
+pub use crate::gpu::context::BITONIC_CROSSOVER_CPU;
 
 enum Backend {
-    Gpu(Box<Gpu>),
+    Gpu(Arc<Gpu>),
     Cpu,
 }
 
 /// Evaluates loss expressions and their gradients on a GPU (or on the CPU reference when no
-/// adapter exists and fallback is allowed).
+/// adapter exists and fallback is allowed). `Engine` is `Send + Sync`: threads may share one,
+/// and every evaluation is one submission whose scratch buffers no other evaluation touches
+/// until it has completed.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), segloss::Error> {
@@ -313,14 +54,14 @@ pub struct Evaluation {
     pub value: f64,
     /// Each term's value, before its weight.
     pub term_values: Vec<f64>,
-    /// `d value / d logits` in the logits' layout, when asked for.
+    /// `d value / d logits` in the logits' layout, when read back to the host.
     pub grad: Option<Vec<f32>>,
 }
 
-/// What to do with gradients.
+/// What to do with gradients of a prepared or host input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GradMode {
-    /// Values only: the gradient pass does not run.
+    /// Values only: no gradient pass runs.
     Skip,
     /// Compute the gradient and read it back into [`Evaluation::grad`].
     Read,
@@ -328,22 +69,14 @@ pub enum GradMode {
     DeviceOnly,
 }
 
-/// Which sort the Lovász losses and [`Engine::sort_segments_with`] use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SortAlgo {
-    /// Bitonic for segments up to [`Engine::bitonic_crossover`], radix beyond.
-    Auto,
-    /// Segmented LSD radix sort (any length).
-    Radix,
-    /// Workgroup bitonic sort (segments of at most 2048; radix beyond).
-    Bitonic,
+/// Submissions and host waits an engine has made, for benchmarks and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Command submissions to the queue.
+    pub submissions: u64,
+    /// Times the host waited for results of the device.
+    pub host_waits: u64,
 }
-
-/// Longest segment [`SortAlgo::Auto`] gives to the bitonic sort on a CPU adapter such as lavapipe,
-/// where the radix sort wins from 2048 keys (`segloss sortbench`: bitonic/radix 0.56 at 1024, 1.10
-/// at 2048). On a GPU the bitonic sort takes every segment it can hold ([`BITONIC_MAX`] keys; 0.37
-/// of the radix time at 2048 on an H100).
-pub const BITONIC_CROSSOVER_CPU: usize = 1024;
 
 /// A batch uploaded to the device once, evaluated many times.
 pub struct Prepared<'a> {
@@ -359,6 +92,264 @@ impl Prepared<'_> {
     pub fn input(&self) -> &Input<'_> {
         &self.input
     }
+}
+
+/// `len` f32 or u32 elements of a caller's buffer, from byte `offset` (a multiple of the
+/// device's `min_storage_buffer_offset_alignment`).
+#[derive(Clone, Copy, Debug)]
+pub struct BufferSlice<'a> {
+    /// The buffer; it needs `BufferUsages::STORAGE`.
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset.
+    pub offset: u64,
+    /// Elements (4 bytes each).
+    pub len: u64,
+}
+
+impl<'a> BufferSlice<'a> {
+    /// `len` elements from byte `offset`.
+    pub fn new(buffer: &'a wgpu::Buffer, offset: u64, len: u64) -> Self {
+        BufferSlice { buffer, offset, len }
+    }
+
+    /// The whole buffer.
+    pub fn whole(buffer: &'a wgpu::Buffer) -> Self {
+        BufferSlice { buffer, offset: 0, len: buffer.size() / 4 }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.len * 4
+    }
+}
+
+/// Targets in a caller's buffer.
+#[derive(Clone, Copy, Debug)]
+pub enum TargetBuffer<'a> {
+    /// Class indices as `u32`, `[N, S...]` (multiclass).
+    ClassU32(BufferSlice<'a>),
+    /// Class indices as `i32`, `[N, S...]` (multiclass; e.g. PyTorch's `-100` as ignore index).
+    ClassI32(BufferSlice<'a>),
+    /// Dense `f32` targets of the logits' shape (binary, multilabel).
+    Dense(BufferSlice<'a>),
+}
+
+impl<'a> TargetBuffer<'a> {
+    fn slice(&self) -> BufferSlice<'a> {
+        match *self {
+            TargetBuffer::ClassU32(s) | TargetBuffer::ClassI32(s) | TargetBuffer::Dense(s) => s,
+        }
+    }
+}
+
+/// A batch in the caller's buffers: logits `[N, C, S...]` as f32, and targets. The checks that a
+/// host [`Input`] gets on the host (class range, ignore index, targets in [0, 1], hard labels for
+/// Lovász, finite logits) run on the device, in the statistics pass, and come back as a typed
+/// error with the result.
+#[derive(Clone, Debug)]
+pub struct BufferInput<'a> {
+    logits: BufferSlice<'a>,
+    target: TargetBuffer<'a>,
+    shape: Vec<usize>,
+    mode: Mode,
+    ignore_index: Option<i64>,
+    /// The ignore index as the target word it matches.
+    ignore_word: Option<u32>,
+}
+
+impl<'a> BufferInput<'a> {
+    /// Checks what can be checked without reading the buffers: shape, lengths, mode, ignore index.
+    pub fn new(
+        logits: BufferSlice<'a>,
+        target: TargetBuffer<'a>,
+        shape: &[usize],
+        mode: Mode,
+        ignore_index: Option<i64>,
+    ) -> Result<Self, Error> {
+        let numel = crate::input::check_shape(shape, mode)?;
+        if logits.len != numel as u64 {
+            return Err(Error::Shape(format!(
+                "the logits slice has {} elements but shape {shape:?} needs {numel}",
+                logits.len
+            )));
+        }
+        let c = shape[1];
+        let (want, what) = match (&target, mode) {
+            (TargetBuffer::Dense(_), Mode::Binary | Mode::Multilabel) => (numel, "dense targets have the logits' shape"),
+            (TargetBuffer::ClassU32(_) | TargetBuffer::ClassI32(_), Mode::Multiclass) => {
+                (numel / c, "class indices are [N, S...]")
+            }
+            (TargetBuffer::Dense(_), Mode::Multiclass) => {
+                return Err(Error::Input("multiclass mode needs class-index targets, got a dense f32 target".into()))
+            }
+            (_, m) => return Err(Error::Input(format!("{m} mode needs dense f32 targets, got class indices"))),
+        };
+        if target.slice().len != want as u64 {
+            return Err(Error::Shape(format!(
+                "the target slice has {} elements but shape {shape:?} needs {want} ({what})",
+                target.slice().len
+            )));
+        }
+        let ignore_word = match (ignore_index, &target) {
+            (None, _) => None,
+            (Some(k), TargetBuffer::ClassU32(_)) => Some(u32::try_from(k).map_err(|_| {
+                Error::Input(format!("ignore index {k} is not a u32 (the targets are u32 class indices)"))
+            })?),
+            (Some(k), TargetBuffer::ClassI32(_)) => Some(
+                i32::try_from(k)
+                    .map_err(|_| Error::Input(format!("ignore index {k} is not an i32 (the targets are i32)")))?
+                    as u32,
+            ),
+            (Some(k), TargetBuffer::Dense(_)) => Some((k as f32).to_bits()),
+        };
+        Ok(BufferInput { logits, target, shape: shape.to_vec(), mode, ignore_index, ignore_word })
+    }
+
+    /// The logits' shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    /// The ignore index.
+    pub fn ignore_index(&self) -> Option<i64> {
+        self.ignore_index
+    }
+}
+
+/// Where the gradient of one expression goes, for [`Engine::evaluate_buffers`].
+#[derive(Clone, Copy, Debug)]
+pub enum GradOut<'a> {
+    /// No gradient.
+    Skip,
+    /// Read back into [`Evaluation::grad`].
+    Host,
+    /// Written into this slice (the logits' layout), overwriting it.
+    Write(BufferSlice<'a>),
+    /// Added to this slice (`+=`): a loss added to a gradient that is already there.
+    Add(BufferSlice<'a>),
+}
+
+/// An evaluation submitted with [`Engine::submit_buffers`] whose values stay on the device: no
+/// host wait was made. [`Submitted::values`] holds, per expression, its value then its term
+/// values (f32, at [`Submitted::value_offset`]), then eight status words; [`Submitted::read`]
+/// reads them (one more submission and one wait) and reports bad input as a typed error.
+pub struct Submitted {
+    gpu: Arc<Gpu>,
+    values: wgpu::Buffer,
+    vals: Vec<(usize, usize)>,
+    vals_len: usize,
+    weights: Vec<Vec<f64>>,
+    shape: Vec<usize>,
+    errors: ReadFuture,
+}
+
+impl Submitted {
+    /// The device buffer of values and status words.
+    pub fn values(&self) -> &wgpu::Buffer {
+        &self.values
+    }
+
+    /// Byte offset of expression `i`'s value in [`Submitted::values`] (its term values follow).
+    pub fn value_offset(&self, i: usize) -> Option<u64> {
+        self.vals.get(i).map(|v| (v.0 * 4) as u64)
+    }
+
+    /// Reads the values back and checks the status words: one submission, one wait.
+    pub async fn read(self) -> Result<Vec<Evaluation>, Error> {
+        self.errors.await?;
+        let bytes = (self.vals_len * 4 + 32) as u64;
+        let mut rec = Recording::new(&self.gpu.limits);
+        let src = rec.external(&self.values, 0, bytes);
+        let rb = rec.readback(bytes, "values")?;
+        rec.copy(src, rb);
+        let fut = self.gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no readback".into()))?;
+        self.gpu.note_wait();
+        let data = fut.await?;
+        let vals = words(&data[0]);
+        let (v, status) = vals.split_at(self.vals_len);
+        status_error(status, &self.shape)?;
+        finish_values(v, &self.vals, &self.weights).map(|vals| {
+            vals.into_iter().map(|(value, term_values)| Evaluation { value, term_values, grad: None }).collect()
+        })
+    }
+}
+
+fn words(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// Values of each expression in f64 from the device's f32 term values; an overflow is an error.
+fn finish_values(
+    v: &[u32],
+    layout: &[(usize, usize)],
+    weights: &[Vec<f64>],
+) -> Result<Vec<(f64, Vec<f64>)>, Error> {
+    layout
+        .iter()
+        .zip(weights)
+        .map(|(&(at, nt), w)| {
+            let tv: Vec<f64> = v[at + 1..at + 1 + nt].iter().map(|&b| f64::from(f32::from_bits(b))).collect();
+            let value: f64 = tv.iter().zip(w).map(|(t, w)| t * w).sum();
+            check_value(value, &tv)?;
+            Ok((value, tv))
+        })
+        .collect()
+}
+
+/// A value (or term value) outside the f32 range is an overflow error, on every engine.
+pub(crate) fn check_value(value: f64, terms: &[f64]) -> Result<(), Error> {
+    if let Some(t) = terms.iter().position(|t| !t.is_finite() || t.abs() > F32_MAX) {
+        return Err(Error::Overflow(format!("term {} has value {} (outside the f32 range)", t + 1, terms[t])));
+    }
+    if !value.is_finite() || value.abs() > F32_MAX {
+        return Err(Error::Overflow(format!("the value {value:e} is outside the f32 range")));
+    }
+    Ok(())
+}
+
+/// The typed error of the status words the statistics pass wrote, if any.
+fn status_error(status: &[u32], shape: &[usize]) -> Result<(), Error> {
+    let flags = status.first().copied().unwrap_or(0);
+    if flags == 0 {
+        return Ok(());
+    }
+    let at = |bit: u32| {
+        let raw = status.get(1 + bit.trailing_zeros() as usize).copied().unwrap_or(0);
+        u32::MAX - raw
+    };
+    let label_shape: Vec<usize> = std::iter::once(shape[0]).chain(shape[2..].iter().copied()).collect();
+    if flags & check::NONFINITE != 0 {
+        let i = at(check::NONFINITE) as usize;
+        return Err(Error::NonFinite(format!("logits element {i} ({}) is NaN or infinite", crate::input::describe_index(shape, i))));
+    }
+    if flags & check::CLASS != 0 {
+        let i = at(check::CLASS) as usize;
+        return Err(Error::ClassIndex(format!(
+            "target element {i} ({}) is not a class in 0..{} and not the ignore index",
+            crate::input::describe_index(&label_shape, i),
+            shape[1]
+        )));
+    }
+    if flags & check::RANGE != 0 {
+        let i = at(check::RANGE) as usize;
+        return Err(Error::TargetValue(format!(
+            "target element {i} ({}) is outside [0, 1] and not the ignore value",
+            crate::input::describe_index(shape, i)
+        )));
+    }
+    let i = at(check::SOFT) as usize;
+    Err(Error::TargetValue(format!(
+        "lovasz needs hard 0/1 labels, but target element {i} ({}) is soft",
+        crate::input::describe_index(shape, i)
+    )))
+}
+
+/// Where an evaluation's input lives.
+enum Source<'s> {
+    Host(&'s Prepared<'s>),
+    Buffers(&'s BufferInput<'s>),
 }
 
 impl Engine {
@@ -397,66 +388,33 @@ impl Engine {
     }
 
     async fn open(opts: &EngineOptions) -> Result<Engine, Error> {
-        let inst = instance(opts)?;
-        #[cfg(not(target_arch = "wasm32"))]
-        let adapter = {
-            let mut adapters = inst.enumerate_adapters(opts.backends()?).await;
-            let i = pick_index(&adapters, opts).ok_or_else(|| {
-                Error::NoAdapter(format!(
-                    "no usable adapter{}{} among {} found; on Linux install Mesa's lavapipe: apt-get install mesa-vulkan-drivers",
-                    opts.backend.as_ref().map(|b| format!(" on backend {b}")).unwrap_or_default(),
-                    opts.adapter.as_ref().map(|a| format!(" named like '{a}'")).unwrap_or_default(),
-                    adapters.len()
-                ))
-            })?;
-            adapters.swap_remove(i)
-        };
-        #[cfg(target_arch = "wasm32")]
-        let adapter = inst
-            .request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::NoAdapter(format!("the browser gave no WebGPU adapter: {e}")))?;
-        let info = DeviceInfo::of(&adapter.get_info());
-        // a software rasterizer (lavapipe, SwiftShader): the radix sort wins earlier there
-        let bitonic_upto =
-            if adapter.get_info().device_type == wgpu::DeviceType::Cpu { BITONIC_CROSSOVER_CPU } else { BITONIC_MAX };
-        let limits = adapter.limits();
+        let adapter = pick_adapter(opts).await?;
+        let info = adapter.get_info();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("segloss"),
                 required_features: wgpu::Features::empty(),
-                required_limits: limits.clone(),
+                required_limits: adapter.limits(),
                 ..Default::default()
             })
             .await
             .map_err(|e| Error::NoAdapter(format!("{}: cannot open a device: {e}", info.name)))?;
-        let lost = Arc::new(Mutex::new(None));
-        {
-            let lost = lost.clone();
-            device.on_uncaptured_error(Arc::new(move |e| {
-                if let Ok(mut l) = lost.lock() {
-                    l.get_or_insert_with(|| e.to_string());
-                }
-            }));
-        }
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let kernels: Vec<KernelState> = KERNELS.iter().map(|k| KernelState::new(&device, *k)).collect();
-        let pipelines = Mutex::new(HashMap::new());
-        let gpu = Gpu { device, queue, kernels, pipelines, limits, lost, pool: Pool::default(), bitonic_upto };
-        // Build the plain specializations now, so that a driver that rejects a kernel fails here.
-        for softmax in [false, true] {
-            let spec = Spec { softmax, ..Spec::default() };
-            for k in 0..KERNELS.len() {
-                gpu.pipeline(k, spec);
-            }
-        }
-        if let Some(e) = scope.pop().await {
-            return Err(Error::Gpu(format!("building the pipelines failed on {}: {e}", info.name)));
-        }
-        Ok(Engine { backend: Backend::Gpu(Box::new(gpu)), info })
+        let gpu = Gpu::new(&info, device, queue, true).await?;
+        Ok(Engine { backend: Backend::Gpu(Arc::new(gpu)), info: DeviceInfo::of(&info) })
+    }
+
+    /// An engine on a device the caller already has (a wgpu program's, or a framework's such as
+    /// burn's wgpu backend): segloss records into its queue and binds its buffers, and never
+    /// installs a handler on it. `info` is the adapter's, for [`Engine::info`] and for tuning.
+    ///
+    /// ```no_run
+    /// # async fn f(adapter: wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Result<(), segloss::Error> {
+    /// let engine = segloss::Engine::from_device(&adapter.get_info(), device, queue).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_device(info: &wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue) -> Result<Engine, Error> {
+        let gpu = Gpu::new(info, device, queue, false).await?;
+        Ok(Engine { backend: Backend::Gpu(Arc::new(gpu)), info: DeviceInfo::of(info) })
     }
 
     /// What the engine runs on.
@@ -469,6 +427,41 @@ impl Engine {
         matches!(self.backend, Backend::Cpu)
     }
 
+    /// The device, on a GPU engine.
+    pub fn device(&self) -> Option<&wgpu::Device> {
+        match &self.backend {
+            Backend::Gpu(g) => Some(&g.device),
+            Backend::Cpu => None,
+        }
+    }
+
+    /// The queue, on a GPU engine.
+    pub fn queue(&self) -> Option<&wgpu::Queue> {
+        match &self.backend {
+            Backend::Gpu(g) => Some(&g.queue),
+            Backend::Cpu => None,
+        }
+    }
+
+    /// The limits the engine plans with.
+    pub fn limits(&self) -> Option<&wgpu::Limits> {
+        match &self.backend {
+            Backend::Gpu(g) => Some(&g.limits),
+            Backend::Cpu => None,
+        }
+    }
+
+    /// Submissions and host waits so far.
+    pub fn activity(&self) -> Activity {
+        match &self.backend {
+            Backend::Gpu(g) => Activity {
+                submissions: g.counters.submissions.load(Ordering::Relaxed),
+                host_waits: g.counters.waits.load(Ordering::Relaxed),
+            },
+            Backend::Cpu => Activity::default(),
+        }
+    }
+
     /// Frees the scratch buffers kept between evaluations (up to 4 GiB of device memory: an
     /// evaluation reuses the buffers of the last one of the same shape rather than allocating).
     pub fn release_scratch(&self) {
@@ -477,8 +470,16 @@ impl Engine {
         }
     }
 
-    /// Longest segment that [`SortAlgo::Auto`] sorts with the bitonic network on this adapter
-    /// ([`BITONIC_CROSSOVER_CPU`] on a CPU adapter, [`BITONIC_MAX`] on a GPU; 0 on the CPU engine).
+    /// Bytes of idle scratch buffers the engine keeps for reuse.
+    pub fn scratch_bytes(&self) -> u64 {
+        match &self.backend {
+            Backend::Gpu(g) => g.pool.bytes(),
+            Backend::Cpu => 0,
+        }
+    }
+
+    /// Longest segment the Lovász sort gives to the bitonic network on this adapter
+    /// ([`BITONIC_CROSSOVER_CPU`] on a CPU adapter, 2048 on a GPU; 0 on the CPU engine).
     pub fn bitonic_crossover(&self) -> usize {
         match &self.backend {
             Backend::Gpu(g) => g.bitonic_upto,
@@ -495,19 +496,7 @@ impl Engine {
         let bytes = (input.logits().len() * 4) as u64;
         let max = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
         if bytes > max {
-            return Err(Error::Input(format!(
-                "the logits take {bytes} bytes but {} binds at most {max} bytes per buffer",
-                self.info.name
-            )));
-        }
-        let (n, s) = (input.batch(), input.spatial());
-        let tiles = s.div_ceil(TILE);
-        let maxd = gpu.limits.max_compute_workgroups_per_dimension as usize;
-        if tiles > maxd || n > maxd || input.classes() > maxd {
-            return Err(Error::Input(format!(
-                "shape {:?} needs more workgroups per dimension than {maxd}",
-                input.shape()
-            )));
+            return Err(Error::Limit { what: "the logits".into(), needed: bytes, max });
         }
         let words: Vec<u32> = match input.target() {
             Target::Dense(t) => {
@@ -518,22 +507,21 @@ impl Engine {
                 t.iter().map(|&v| if Some(v) == input.ignore_index() { INVALID } else { v as u32 }).collect()
             }
         };
-        let logits = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("logits"),
-            contents: bytemuck::cast_slice(input.logits()),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
-        let target = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("target"),
-            contents: bytemuck::cast_slice(&words),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+        let init = |label, contents: &[u8]| {
+            gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
+        };
+        let logits = init("logits", bytemuck::cast_slice(input.logits()));
+        let target = init("target", bytemuck::cast_slice(&words));
         let hard_labels = input.hard_labels();
         Ok(Prepared { input, logits: Some(logits), target: Some(target), hard_labels })
     }
 
-    /// Evaluates several expressions on one batch: one statistics pass for all of them, then one
-    /// gradient pass per expression, recorded into one submission.
+    /// Evaluates several expressions on one batch: one statistics pass for all of them, the
+    /// finalize and one gradient pass per expression, in one submission with one host wait.
     pub async fn evaluate(&self, input: &Input<'_>, exprs: &[LossExpr], grads: bool) -> Result<Vec<Evaluation>, Error> {
         let prep = self.prepare(input.clone())?;
         self.evaluate_prepared(&prep, exprs, if grads { GradMode::Read } else { GradMode::Skip }).await
@@ -569,192 +557,226 @@ impl Engine {
         if exprs.iter().any(|e| e.has_lovasz()) && !prep.hard_labels {
             return Err(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
         }
-        let (Some(logits), Some(target)) = (&prep.logits, &prep.target) else {
-            return Err(Error::Input("this batch was prepared by another engine".into()));
+        let g = match grads {
+            GradMode::Skip => GradOut::Skip,
+            GradMode::Read => GradOut::Host,
+            GradMode::DeviceOnly => GradOut::Write(BufferSlice { buffer: prep.logits_buffer()?, offset: 0, len: 0 }),
         };
-        let mut out = Vec::with_capacity(exprs.len());
-        for (plan, group) in StatsPlan::groups(exprs, input.classes())? {
-            out.extend(gpu.run(input, logits, target, &plan, group, grads).await?);
-        }
-        Ok(out)
+        let gs = vec![g; exprs.len()];
+        self.run(gpu, Source::Host(prep), exprs, &gs).await
     }
 
-    /// Sorts consecutive segments of `segment_len` keys ascending, stably, on the device (the radix
-    /// sort behind the Lovász losses), and returns the sorted keys with each one's original index.
-    /// `keys.len()` must be a multiple of `segment_len`. The CPU engine sorts on the CPU.
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), segloss::Error> {
-    /// let engine = segloss::Engine::new_blocking()?;
-    /// let (k, i) = engine.sort_segments_blocking(&[3, 1, 2, 9, 7, 7], 3)?;
-    /// assert_eq!(k, vec![1, 2, 3, 7, 7, 9]);
-    /// assert_eq!(i, vec![1, 2, 0, 4, 5, 3]);
-    /// # Ok(()) }
-    /// ```
-    pub async fn sort_segments(&self, keys: &[u32], segment_len: usize) -> Result<(Vec<u32>, Vec<u32>), Error> {
-        self.sort_segments_with(keys, segment_len, SortAlgo::Auto).await
-    }
-
-    /// [`Engine::sort_segments`] with a chosen algorithm (for tests and benchmarks); `Bitonic`
-    /// applies to segments of at most 2048 keys and falls back to radix beyond.
-    pub async fn sort_segments_with(
+    /// Evaluates expressions on the caller's buffers, writing each gradient where `grads` says
+    /// (one entry per expression): one submission, one host wait for the values.
+    pub async fn evaluate_buffers(
         &self,
-        keys: &[u32],
-        segment_len: usize,
-        algo: SortAlgo,
-    ) -> Result<(Vec<u32>, Vec<u32>), Error> {
-        if segment_len == 0 || !keys.len().is_multiple_of(segment_len) || keys.is_empty() {
-            return Err(Error::Input(format!("{} keys do not split into segments of {segment_len}", keys.len())));
-        }
-        if keys.len() >= u32::MAX as usize {
-            return Err(Error::Input("at most 2^32 - 1 keys".into()));
-        }
-        let segs = keys.len() / segment_len;
-        let Backend::Gpu(gpu) = &self.backend else {
-            let mut out = Vec::with_capacity(keys.len());
-            for (si, seg) in keys.chunks(segment_len).enumerate() {
-                let mut idx: Vec<u32> = (0..segment_len as u32).map(|i| (si * segment_len) as u32 + i).collect();
-                idx.sort_by_key(|&i| seg[i as usize - si * segment_len]);
-                out.extend(idx);
-            }
-            return Ok((out.iter().map(|&i| keys[i as usize]).collect(), out));
-        };
-        let maxd = gpu.limits.max_compute_workgroups_per_dimension as usize;
-        if segment_len.div_ceil(SORT_TILE) > maxd || segs > maxd {
-            return Err(Error::Input(format!(
-                "{segs} segments of {segment_len} keys exceed the device's dispatch limits"
-            )));
-        }
-        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let idx: Vec<u32> = (0..keys.len() as u32).collect();
-        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
-        let init = |label, data: &[u32]| {
-            gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(data),
-                usage,
-            })
-        };
-        let (ka, va) = (init("keys", keys), init("vals", &idx));
-        let bytes = (keys.len() * 4) as u64;
-        let (kb, vb) = (gpu.scratch(bytes), gpu.scratch(bytes));
-        let mut enc =
-            gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss sort") });
-        gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo, None);
-        let rk = gpu.readback(bytes);
-        let rv = gpu.readback(bytes);
-        enc.copy_buffer_to_buffer(&ka, 0, &rk, 0, bytes);
-        enc.copy_buffer_to_buffer(&va, 0, &rv, 0, bytes);
-        gpu.queue.submit([enc.finish()]);
-        let out = gpu.read(&[&rk, &rv]).await?;
-        if let Some(e) = scope.pop().await {
-            return Err(Error::Gpu(e.to_string()));
-        }
-        gpu.check_lost()?;
-        let as_u32 = |v: &Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-        Ok((as_u32(&out[0]), as_u32(&out[1])))
+        input: &BufferInput<'_>,
+        exprs: &[LossExpr],
+        grads: &[GradOut<'_>],
+    ) -> Result<Vec<Evaluation>, Error> {
+        let gpu = self.buffer_gpu()?;
+        self.run(gpu, Source::Buffers(input), exprs, grads).await
     }
 
-    /// Blocking [`Engine::sort_segments`] (native only).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn sort_segments_blocking(&self, keys: &[u32], segment_len: usize) -> Result<(Vec<u32>, Vec<u32>), Error> {
-        pollster::block_on(self.sort_segments(keys, segment_len))
-    }
-
-    /// Times the device work of sorting `segs` segments of `segment_len` random keys with `algo`,
-    /// data already on the device: milliseconds of each of `iters` runs (after one warm-up).
-    /// Returns an empty list on the CPU engine.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn bench_sort(&self, segs: usize, segment_len: usize, algo: SortAlgo, iters: usize) -> Result<Vec<f64>, Error> {
-        let Backend::Gpu(gpu) = &self.backend else {
-            return Ok(Vec::new());
-        };
-        let n = segs * segment_len;
-        let mut x = 0x2545_F491u32;
-        let keys: Vec<u32> = (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x
-            })
-            .collect();
-        let idx: Vec<u32> = (0..n as u32).collect();
-        let init = |label, data: &[u32]| {
-            gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(data),
-                usage: wgpu::BufferUsages::STORAGE,
-            })
-        };
-        let (ka, va) = (init("keys", &keys), init("vals", &idx));
-        let bytes = (n * 4) as u64;
-        let (kb, vb) = (gpu.scratch(bytes), gpu.scratch(bytes));
-        let mut out = Vec::new();
-        for i in 0..=iters {
-            let t0 = std::time::Instant::now();
-            let mut enc =
-                gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sort bench") });
-            gpu.record_sort(&mut enc, (&ka, &va), (&kb, &vb), segs, segment_len, algo, None);
-            gpu.queue.submit([enc.finish()]);
-            gpu.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
-            if i > 0 {
-                out.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        gpu.check_lost()?;
-        Ok(out)
-    }
-
-    /// Blocking [`Engine::sort_segments_with`] (native only).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn sort_segments_with_blocking(
+    /// Submits an evaluation on the caller's buffers and returns without waiting: values and
+    /// gradients stay on the device (one submission, no host wait). Gradients go to buffer
+    /// slices ([`GradOut::Host`] is refused here: it would need a wait).
+    pub fn submit_buffers(
         &self,
-        keys: &[u32],
-        segment_len: usize,
-        algo: SortAlgo,
-    ) -> Result<(Vec<u32>, Vec<u32>), Error> {
-        pollster::block_on(self.sort_segments_with(keys, segment_len, algo))
+        input: &BufferInput<'_>,
+        exprs: &[LossExpr],
+        grads: &[GradOut<'_>],
+    ) -> Result<Submitted, Error> {
+        let gpu = self.buffer_gpu()?;
+        if grads.iter().any(|g| matches!(g, GradOut::Host)) {
+            return Err(Error::Input("submit_buffers keeps results on the device: use GradOut::Write or Add".into()));
+        }
+        let mut rec = Recording::new(&gpu.limits);
+        let r = self.record(gpu, &mut rec, &Source::Buffers(input), exprs, grads, false)?;
+        let bytes = (r.vals_len * 4 + 32) as u64;
+        let values = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("segloss values"),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let dst = rec.external(&values, 0, bytes);
+        let vb = (r.vals_len * 4) as u64;
+        if vb > 0 {
+            rec.copy(r.out.sub(0, vb), dst.sub(0, vb));
+        }
+        rec.copy(r.status, dst.sub(vb, 32));
+        let errors = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+        Ok(Submitted {
+            gpu: gpu.clone(),
+            values,
+            vals: r.vals,
+            vals_len: r.vals_len,
+            weights: exprs.iter().map(|e| e.terms.iter().map(|t| t.weight).collect()).collect(),
+            shape: input.shape.clone(),
+            errors,
+        })
     }
 
-    /// Copies the prepared logits once on the device and waits: the memory-traffic floor of an
-    /// elementwise pass, for benchmarks to compare against. A no-op on the CPU reference.
-    pub async fn copy_probe(&self, prep: &Prepared<'_>) -> Result<(), Error> {
-        let (Backend::Gpu(gpu), Some(logits)) = (&self.backend, &prep.logits) else {
-            return Ok(());
+    fn buffer_gpu(&self) -> Result<&Arc<Gpu>, Error> {
+        match &self.backend {
+            Backend::Gpu(g) => Ok(g),
+            Backend::Cpu => Err(Error::Unsupported("buffer inputs need a GPU engine, not the CPU reference".into())),
+        }
+    }
+
+    async fn run(
+        &self,
+        gpu: &Arc<Gpu>,
+        src: Source<'_>,
+        exprs: &[LossExpr],
+        grads: &[GradOut<'_>],
+    ) -> Result<Vec<Evaluation>, Error> {
+        let shape = match &src {
+            Source::Host(p) => p.input.shape().to_vec(),
+            Source::Buffers(b) => b.shape.clone(),
         };
-        let bytes = (prep.input.logits().len() * 4) as u64;
-        let out = gpu.scratch(bytes);
-        let bg = gpu.bind(K_COPY, &[logits, &out]);
-        let (gx, gy) = gpu.grid(prep.input.logits().len());
-        let mut enc =
-            gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss copy") });
-        Gpu::dispatch(&mut enc, "copy", &gpu.pipeline(K_COPY, Spec::default()), &bg, (gx, gy, 1));
-        gpu.queue.submit([enc.finish()]);
-        gpu.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
-        gpu.check_lost()
+        let fut = {
+            let mut rec = Recording::new(&gpu.limits);
+            let r = self.record(gpu, &mut rec, &src, exprs, grads, true)?;
+            let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+            (r, fut)
+        };
+        let (r, fut) = fut;
+        gpu.note_wait();
+        let mut data: Vec<Vec<u8>> = fut.await?;
+        let vi = r.values_read.ok_or_else(|| Error::Gpu("internal: values were not read".into()))?;
+        let vals = words(&data[vi]);
+        let (v, status) = vals.split_at(r.vals_len);
+        status_error(status, &shape)?;
+        let weights: Vec<Vec<f64>> = exprs.iter().map(|e| e.terms.iter().map(|t| t.weight).collect()).collect();
+        let values = finish_values(v, &r.vals, &weights)?;
+        Ok(values
+            .into_iter()
+            .zip(&r.grad_reads)
+            .map(|((value, term_values), gr)| Evaluation {
+                value,
+                term_values,
+                grad: gr.map(|i| bytemuck::pod_collect_to_vec::<u8, f32>(&std::mem::take(&mut data[i]))),
+            })
+            .collect())
     }
 
-    /// Blocking [`Engine::copy_probe`] (native only).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn copy_probe_blocking(&self, prep: &Prepared<'_>) -> Result<(), Error> {
-        pollster::block_on(self.copy_probe(prep))
+    /// Records one evaluation after checking the expressions and every caller buffer.
+    fn record(
+        &self,
+        gpu: &Gpu,
+        rec: &mut Recording,
+        src: &Source<'_>,
+        exprs: &[LossExpr],
+        grads: &[GradOut<'_>],
+        read_values: bool,
+    ) -> Result<Recorded, Error> {
+        if grads.len() != exprs.len() {
+            return Err(Error::Input(format!("{} gradient outputs for {} expressions", grads.len(), exprs.len())));
+        }
+        let (shape, mode) = match src {
+            Source::Host(p) => (p.input.shape(), p.input.mode()),
+            Source::Buffers(b) => (&b.shape[..], b.mode),
+        };
+        for e in exprs {
+            e.check(mode, shape[1])?;
+        }
+        let (n, c) = (shape[0], shape[1]);
+        let s: usize = shape[2..].iter().product();
+        let numel = (n * c * s) as u64;
+        let softmax = mode == Mode::Multiclass;
+        let inp = match src {
+            Source::Host(p) => {
+                let (Some(l), Some(t)) = (&p.logits, &p.target) else {
+                    return Err(Error::Input("this batch was prepared by the CPU engine".into()));
+                };
+                DevInput {
+                    logits: rec.external(l, 0, l.size()),
+                    target: rec.external(t, 0, t.size()),
+                    n,
+                    c,
+                    s,
+                    softmax,
+                    ignore: None,
+                    validate: 0,
+                }
+            }
+            Source::Buffers(b) => {
+                let t = b.target.slice();
+                check_slice(gpu, "logits", &b.logits, wgpu::BufferUsages::STORAGE)?;
+                check_slice(gpu, "target", &t, wgpu::BufferUsages::STORAGE)?;
+                let mut validate = check::NONFINITE;
+                validate |= if softmax { check::CLASS } else { check::RANGE };
+                if !softmax && exprs.iter().any(|e| e.has_lovasz()) {
+                    validate |= check::SOFT;
+                }
+                DevInput {
+                    logits: rec.external(b.logits.buffer, b.logits.offset, b.logits.bytes()),
+                    target: rec.external(t.buffer, t.offset, t.bytes()),
+                    n,
+                    c,
+                    s,
+                    softmax,
+                    ignore: b.ignore_word,
+                    validate,
+                }
+            }
+        };
+        let mut to = Vec::with_capacity(grads.len());
+        for g in grads {
+            to.push(match g {
+                GradOut::Skip => GradTo::Skip,
+                GradOut::Host => GradTo::Host,
+                // a prepared batch's device-only gradient: scratch, never read
+                GradOut::Write(sl) if sl.len == 0 && matches!(src, Source::Host(_)) => {
+                    GradTo::Into { slice: rec.scratch(numel * 4, "gradient")?, accumulate: false }
+                }
+                GradOut::Write(sl) | GradOut::Add(sl) => {
+                    check_slice(gpu, "gradient", sl, wgpu::BufferUsages::STORAGE)?;
+                    if sl.len != numel {
+                        return Err(Error::Shape(format!(
+                            "the gradient slice has {} elements but the logits have {numel}",
+                            sl.len
+                        )));
+                    }
+                    if let Source::Buffers(b) = src {
+                        for (what, other) in [("logits", b.logits), ("target", b.target.slice())] {
+                            if overlaps(sl, &other) {
+                                return Err(Error::Buffer(format!("the gradient slice overlaps the {what} slice")));
+                            }
+                        }
+                    }
+                    GradTo::Into {
+                        slice: rec.external(sl.buffer, sl.offset, sl.bytes()),
+                        accumulate: matches!(g, GradOut::Add(_)),
+                    }
+                }
+            });
+        }
+        gpu.record_eval(rec, &inp, exprs, &to, read_values, 0)
     }
 
     /// Blocking [`Engine::new`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new_blocking() -> Result<Engine, Error> {
-        pollster::block_on(Engine::new())
+        futures::executor::block_on(Engine::new())
     }
 
     /// Blocking [`Engine::gpu`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn gpu_blocking() -> Result<Engine, Error> {
-        pollster::block_on(Engine::gpu())
+        futures::executor::block_on(Engine::gpu())
+    }
+
+    /// Blocking [`Engine::from_device`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_device_blocking(
+        info: &wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Result<Engine, Error> {
+        futures::executor::block_on(Engine::from_device(info, device, queue))
     }
 
     /// Blocking [`Engine::evaluate`] (native only).
@@ -765,7 +787,7 @@ impl Engine {
         exprs: &[LossExpr],
         grads: bool,
     ) -> Result<Vec<Evaluation>, Error> {
-        pollster::block_on(self.evaluate(input, exprs, grads))
+        futures::executor::block_on(self.evaluate(input, exprs, grads))
     }
 
     /// Blocking [`Engine::evaluate_prepared`] (native only).
@@ -776,613 +798,81 @@ impl Engine {
         exprs: &[LossExpr],
         grads: GradMode,
     ) -> Result<Vec<Evaluation>, Error> {
-        pollster::block_on(self.evaluate_prepared(prep, exprs, grads))
-    }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    c: u32,
-    s: u32,
-    tiles: u32,
-}
-
-/// Workgroups of a dispatch: counted on the host, or read from a buffer the device wrote
-/// (`compact_args`: sized by the longest compacted segment, without a readback).
-#[derive(Clone, Copy)]
-enum Grid<'a> {
-    Direct(u32, u32, u32),
-    Indirect(&'a wgpu::Buffer),
-}
-
-impl From<(u32, u32, u32)> for Grid<'_> {
-    fn from((x, y, z): (u32, u32, u32)) -> Self {
-        Grid::Direct(x, y, z)
-    }
-}
-
-/// Most bytes of idle scratch buffers the pool keeps for reuse ([`Engine::release_scratch`] frees
-/// them). Lovász-Softmax with gradients on 8x21x512x512 uses about 1.1 GB.
-const POOL_BYTES: u64 = 4 << 30;
-
-/// Scratch buffers kept between evaluations. On a real GPU, allocating and zero-filling fresh
-/// device memory for every evaluation costs more than the kernels themselves (measured on an H100:
-/// a 176 MB copy took 8.8 ms with a fresh output buffer), so a released buffer waits here for the
-/// next request of the same size and use, up to [`POOL_BYTES`] in all. Reusing a buffer in a later
-/// command is safe: wgpu orders every use of a buffer on the queue.
-#[derive(Default)]
-struct Pool {
-    free: Mutex<PoolState>,
-}
-
-#[derive(Default)]
-struct PoolState {
-    bytes: u64,
-    by_kind: HashMap<(u64, wgpu::BufferUsages), Vec<wgpu::Buffer>>,
-}
-
-impl Pool {
-    fn take(&self, device: &wgpu::Device, size: u64, usage: wgpu::BufferUsages) -> Scratch<'_> {
-        let reused = {
-            let mut st = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            let b = st.by_kind.get_mut(&(size, usage)).and_then(Vec::pop);
-            if b.is_some() {
-                st.bytes -= size;
-            }
-            b
-        };
-        let buf = reused.unwrap_or_else(|| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("segloss scratch"),
-                size,
-                usage,
-                mapped_at_creation: false,
-            })
-        });
-        Scratch { buf, pool: self }
+        futures::executor::block_on(self.evaluate_prepared(prep, exprs, grads))
     }
 
-    fn clear(&self) {
-        let mut st = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        *st = PoolState::default();
-    }
-
-    fn give(&self, buf: &wgpu::Buffer) {
-        let mut st = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if st.bytes + buf.size() <= POOL_BYTES {
-            st.bytes += buf.size();
-            st.by_kind.entry((buf.size(), buf.usage())).or_default().push(buf.clone());
-        }
-    }
-}
-
-/// A buffer borrowed from the [`Pool`], given back when dropped (once no further command will be
-/// recorded with it).
-struct Scratch<'a> {
-    buf: wgpu::Buffer,
-    pool: &'a Pool,
-}
-
-impl std::ops::Deref for Scratch<'_> {
-    type Target = wgpu::Buffer;
-    fn deref(&self) -> &wgpu::Buffer {
-        &self.buf
-    }
-}
-
-impl Drop for Scratch<'_> {
-    fn drop(&mut self) {
-        self.pool.give(&self.buf);
-    }
-}
-
-impl KernelState {
-    fn new(device: &wgpu::Device, kernel: Kernel) -> KernelState {
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(kernel.name),
-            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
-        });
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
-            .bindings
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
-                binding: i as u32,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: match b {
-                        Binding::Uniform => wgpu::BufferBindingType::Uniform,
-                        Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                        Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
-                    },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            })
-            .collect();
-        let bind_layout = device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(kernel.name), entries: &entries });
-        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(kernel.name),
-            bind_group_layouts: &[Some(&bind_layout)],
-            immediate_size: 0,
-        });
-        KernelState { kernel, module, bind_layout, layout }
-    }
-}
-
-impl Gpu {
-    /// The pipeline of kernel `k` for `spec`, built on first use.
-    fn pipeline(&self, k: usize, spec: Spec) -> wgpu::ComputePipeline {
-        let ks = &self.kernels[k];
-        let spec = if ks.kernel.specialized { spec } else { Spec::default() };
-        let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .entry((k, spec))
-            .or_insert_with(|| {
-                let constants = spec.constants();
-                self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(ks.kernel.name),
-                    layout: Some(&ks.layout),
-                    module: &ks.module,
-                    entry_point: Some(ks.kernel.entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: if ks.kernel.specialized { &constants } else { &[] },
-                        // every kernel writes its workgroup memory before reading it
-                        zero_initialize_workgroup_memory: false,
-                    },
-                    cache: None,
-                })
-            })
-            .clone()
-    }
-
-    fn storage(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
-        // Empty arrays still need a binding as large as one element (a 32-byte term).
-        let pad = [0u8; 32];
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: if data.is_empty() { &pad } else { data },
-            usage: wgpu::BufferUsages::STORAGE,
-        })
-    }
-
-    /// Two distinct small buffers for read-write bindings a kernel does not use (WebGPU rejects
-    /// one buffer bound to two writable bindings of a dispatch).
-    fn unused(&self) -> [Scratch<'_>; 2] {
-        [self.scratch(16), self.scratch(16)]
-    }
-
-    fn uniform<T: bytemuck::Pod>(&self, p: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: bytemuck::bytes_of(p),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
-    }
-
-    /// A storage buffer of `bytes` from the pool (contents undefined: every kernel writes what it
-    /// reads, and buffers that kernels accumulate into are cleared with `clear_buffer` first).
-    fn scratch(&self, bytes: u64) -> Scratch<'_> {
-        let usage = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST
-            | wgpu::BufferUsages::INDIRECT;
-        self.pool.take(&self.device, bytes.max(4), usage)
-    }
-
-    /// A host-readable staging buffer of `bytes` from the pool.
-    fn readback(&self, bytes: u64) -> Scratch<'_> {
-        self.pool.take(&self.device, bytes.max(4), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)
-    }
-
-    fn bind(&self, k: usize, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
-            .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &self.kernels[k].bind_layout,
-            entries: &entries,
-        })
-    }
-
-    /// Workgroup counts (x, z) of 256 threads covering `items` threads: x up to the device limit.
-    fn grid(&self, items: usize) -> (u32, u32) {
-        let groups = items.div_ceil(GRAD_WG);
-        let gx = groups.min(self.limits.max_compute_workgroups_per_dimension as usize).max(1);
-        (gx as u32, groups.div_ceil(gx) as u32)
-    }
-
-    fn dispatch<'a>(
-        enc: &mut wgpu::CommandEncoder,
-        label: &str,
-        pipeline: &wgpu::ComputePipeline,
-        bg: &wgpu::BindGroup,
-        grid: impl Into<Grid<'a>>,
-    ) {
-        let mut pass =
-            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, bg, &[]);
-        match grid.into() {
-            Grid::Direct(x, y, z) => pass.dispatch_workgroups(x, y, z),
-            Grid::Indirect(args) => pass.dispatch_workgroups_indirect(args, 0),
-        }
-    }
-
-    /// Maps the given staging buffers after the last submission and returns their contents.
-    async fn read(&self, bufs: &[&wgpu::Buffer]) -> Result<Vec<Vec<f32>>, Error> {
-        let mut rxs = Vec::new();
-        for b in bufs {
-            let (tx, rx) = futures::channel::oneshot::channel();
-            b.map_async(wgpu::MapMode::Read, .., move |r| {
-                let _ = tx.send(r);
-            });
-            rxs.push(rx);
-        }
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
-        let mut out = Vec::new();
-        for (b, rx) in bufs.iter().zip(rxs) {
-            rx.await
-                .map_err(|_| Error::Gpu("the device dropped a readback".into()))?
-                .map_err(|e| Error::Gpu(format!("reading back a buffer failed: {e}")))?;
-            let view = b.get_mapped_range(..).map_err(|e| Error::Gpu(format!("mapping a buffer failed: {e:?}")))?;
-            out.push(bytemuck::cast_slice::<u8, f32>(&view).to_vec());
-            drop(view);
-            b.unmap();
-        }
-        Ok(out)
-    }
-
-    fn check_lost(&self) -> Result<(), Error> {
-        match self.lost.lock().ok().and_then(|mut l| l.take()) {
-            Some(e) => Err(Error::Gpu(e)),
-            None => Ok(()),
-        }
-    }
-
-    /// Records the sort of `a` (keys, payloads) in segments of `len`: the bitonic network for short
-    /// segments, else the four passes of the segmented radix sort using `b` as scratch. The sorted
-    /// result ends in `a`. With `varlen` = (lengths, args), segment `s` sorts only its first
-    /// `lengths[s].x` keys (a `vec4<u32>` each): the radix sort is dispatched over the tiles `args`
-    /// holds and leaves the rest of the segment as it was, the bitonic network overwrites it with
-    /// padding (key NONE). Nothing after the sorted keys may be read as a key. (wgpu keeps every
-    /// buffer a recorded command uses alive until it ran.)
-    #[allow(clippy::too_many_arguments)]
-    fn record_sort(
+    /// Blocking [`Engine::evaluate_buffers`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn evaluate_buffers_blocking(
         &self,
-        enc: &mut wgpu::CommandEncoder,
-        a: (&wgpu::Buffer, &wgpu::Buffer),
-        b: (&wgpu::Buffer, &wgpu::Buffer),
-        segs: usize,
-        len: usize,
-        algo: SortAlgo,
-        varlen: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
-    ) {
-        let bitonic = match algo {
-            SortAlgo::Auto => len <= self.bitonic_upto,
-            SortAlgo::Bitonic => true,
-            SortAlgo::Radix => false,
-        };
-        let tiles = len.div_ceil(SORT_TILE);
-        let varlen_flag = u32::from(varlen.is_some());
-        // without per-segment lengths binding 7 is not read, but must still hold one vec4
-        let none = self.scratch(16);
-        let (seglen, tile_grid) = match varlen {
-            Some((seglen, args)) => (seglen, Grid::Indirect(args)),
-            None => (&*none, Grid::Direct(tiles as u32, segs as u32, 1)),
-        };
-        if bitonic && len <= BITONIC_MAX {
-            // one workgroup per segment, sorting `a` in place (`b` is bound but unused)
-            let sp =
-                SortParams { len: len as u32, segs: segs as u32, tiles: 1, shift: 0, varlen: varlen_flag, pad: [0; 3] };
-            let ub = self.uniform(&sp);
-            // unused read-write bindings need distinct buffers (WebGPU forbids writable aliases)
-            let [d0, d1] = self.unused();
-            let bg = self.bind(K_BITONIC, &[&ub, b.0, b.1, &d0, &d1, a.0, a.1, seglen]);
-            Self::dispatch(enc, "bitonic sort", &self.pipeline(K_BITONIC, Spec::default()), &bg, (segs as u32, 1, 1));
-            return;
-        }
-        let counts = self.scratch((segs * 256 * tiles * 4) as u64);
-        let totals = self.scratch((segs * 256 * 4) as u64);
-        for pass in 0..4u32 {
-            let (src, dst) = if pass % 2 == 0 { (a, b) } else { (b, a) };
-            let sp = SortParams {
-                len: len as u32,
-                segs: segs as u32,
-                tiles: tiles as u32,
-                shift: 8 * pass,
-                varlen: varlen_flag,
-                pad: [0; 3],
-            };
-            let ub = self.uniform(&sp);
-            let bufs = [&ub, src.0, src.1, &counts, &totals, dst.0, dst.1, seglen];
-            for (k, label, dims) in [
-                (K_RADIX_COUNT, "radix count", tile_grid),
-                (K_RADIX_SCAN, "radix scan", Grid::Direct(segs as u32, 16, 1)),
-                (K_RADIX_DIGITS, "radix digits", Grid::Direct(segs as u32, 1, 1)),
-                (K_RADIX_SCATTER, "radix scatter", tile_grid),
-            ] {
-                let bg = self.bind(k, &bufs);
-                Self::dispatch(enc, label, &self.pipeline(k, Spec::default()), &bg, dims);
-            }
-        }
-    }
-
-    /// Records the Lovász keys: `segs` segments of `len` (key, payload) pairs in fresh buffers.
-    #[allow(clippy::too_many_arguments)]
-    fn record_lovasz_keys(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        logits: &wgpu::Buffer,
-        target: &wgpu::Buffer,
-        ubuf: &wgpu::Buffer,
-        (n, c, s): (usize, usize, usize),
-        softmax: bool,
-        per_image: bool,
-        lw: &wgpu::Buffer,
-    ) -> Result<LovaszKeys<'_>, Error> {
-        let (segs, len) = plan::lovasz_segments(softmax, per_image, n, c, s);
-        let maxd = self.limits.max_compute_workgroups_per_dimension as usize;
-        if len.div_ceil(SORT_TILE) > maxd || segs > maxd {
-            return Err(Error::Input(format!(
-                "lovasz: {segs} segments of {len} elements exceed the device's {maxd} workgroups per dimension"
-            )));
-        }
-        let total = (segs * len * 4) as u64;
-        let (keys, vals) = (self.scratch(total), self.scratch(total));
-        let segsum = self.scratch((segs * 16) as u64);
-        // compact_scan fills it before anything reads it; cleared all the same (it is tiny)
-        enc.clear_buffer(&segsum, 0, None);
-        let lbuf =
-            self.uniform(&LovParams { len: len as u32, segs: segs as u32, tiles: 1, per_image: per_image as u32 });
-        let [d0, d1] = self.unused();
-        let bg = self.bind(K_LOVASZ_KEYS, &[logits, target, ubuf, &lbuf, &keys, &vals, &d0, &segsum, lw, &d1]);
-        let (gx, gz) = self.grid(s);
-        let spec = Spec { softmax, ..Spec::default() };
-        Self::dispatch(enc, "lovasz keys", &self.pipeline(K_LOVASZ_KEYS, spec), &bg, (gx, n as u32, gz));
-        Ok(LovaszKeys { keys, vals, segsum, segs, len, per_image, softmax })
-    }
-
-    /// Lovász-Softmax: marks the background elements past each segment's last foreground element
-    /// (Jaccard weight zero; see `threshold.wgsl`) as dropped, for the compaction to leave out.
-    fn record_lovasz_drop(&self, enc: &mut wgpu::CommandEncoder, lk: &LovaszKeys) {
-        let tiles = lk.len.div_ceil(SORT_TILE);
-        let thr = self.scratch((lk.segs * 8) as u64);
-        enc.clear_buffer(&thr, 0, None);
-        let lbuf =
-            self.uniform(&LovParams { len: lk.len as u32, segs: lk.segs as u32, tiles: tiles as u32, per_image: 0 });
-        let bufs = [&lbuf, &*lk.keys, &*lk.vals, &*thr];
-        for (k, label) in [(K_LOVASZ_THRESHOLD, "lovasz threshold"), (K_LOVASZ_DROP, "lovasz drop")] {
-            let bg = self.bind(k, &bufs);
-            Self::dispatch(enc, label, &self.pipeline(k, Spec::default()), &bg, (tiles as u32, lk.segs as u32, 1));
-        }
-    }
-
-    /// Moves the elements to sort (key not NONE: a positive error, not dropped) to the front of
-    /// their segment in new `segs` x `len` arrays, keeping their order (nothing is written after
-    /// them); the kept
-    /// count of each segment lands in `segsum.x` (the sort's per-segment length), the labels of the
-    /// others in `.y` (fg) and `.z` (bg). Everything stays on the device: no readback.
-    fn record_compact(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        lk: &LovaszKeys,
-    ) -> (Scratch<'_>, Scratch<'_>, Scratch<'_>) {
-        let tiles = lk.len.div_ceil(SORT_TILE);
-        let tilecnt = self.scratch((lk.segs * tiles * 16) as u64);
-        let total = (lk.segs * lk.len * 4) as u64;
-        let (kc, vc) = (self.scratch(total), self.scratch(total));
-        let lbuf =
-            self.uniform(&LovParams { len: lk.len as u32, segs: lk.segs as u32, tiles: tiles as u32, per_image: 0 });
-        let bufs = [&lbuf, &*lk.keys, &*lk.vals, &*kc, &*vc, &*tilecnt, &*lk.segsum];
-        let grid = (tiles as u32, lk.segs as u32, 1);
-        for (k, label, dims) in [
-            (K_COMPACT_COUNT, "compact count", grid),
-            (K_COMPACT_SCAN, "compact scan", (lk.segs as u32, 1, 1)),
-            (K_COMPACT_SCATTER, "compact scatter", grid),
-        ] {
-            let bg = self.bind(k, &bufs);
-            Self::dispatch(enc, label, &self.pipeline(k, Spec::default()), &bg, dims);
-        }
-        // the passes over the compacted segments cover only the longest one's tiles
-        let args = self.scratch(16);
-        let unused = self.scratch(16);
-        let bg = self.bind(K_COMPACT_ARGS, &[&lbuf, &lk.keys, &lk.vals, &args, &unused, &tilecnt, &lk.segsum]);
-        Self::dispatch(enc, "compact args", &self.pipeline(K_COMPACT_ARGS, Spec::default()), &bg, (1, 1, 1));
-        (kc, vc, args)
-    }
-
-    /// Records the sort of the compacted `keys`/`vals` (`segs` x `len`, `segsum.x` keys each), the
-    /// segmented scan of the sorted labels, the Jaccard weights (into `lw`) and the value of each
-    /// segment (into `lk.segsum`).
-    #[allow(clippy::too_many_arguments)]
-    fn record_lovasz_rank(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        logits: &wgpu::Buffer,
-        target: &wgpu::Buffer,
-        ubuf: &wgpu::Buffer,
-        lk: &LovaszKeys,
-        (keys, vals, args): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
-        lw: &wgpu::Buffer,
-    ) {
-        let (segs, len) = (lk.segs, lk.len);
-        let tiles = len.div_ceil(SORT_TILE);
-        let tilecnt = self.scratch((segs * tiles * 8) as u64);
-        let vpart = self.scratch((segs * tiles * 4) as u64);
-        let lbuf = self.uniform(&LovParams {
-            len: len as u32,
-            segs: segs as u32,
-            tiles: tiles as u32,
-            per_image: lk.per_image as u32,
-        });
-        // the uncompacted keys are spent: they are the sort's scratch
-        let sorted = Some((&*lk.segsum, args));
-        self.record_sort(enc, (keys, vals), (&lk.keys, &lk.vals), segs, len, SortAlgo::Auto, sorted);
-        let spec = Spec { softmax: lk.softmax, ..Spec::default() };
-        let bufs = [logits, target, ubuf, &lbuf, keys, vals, &tilecnt, &lk.segsum, lw, &vpart];
-        // count and weights cover the longest segment's tiles; scan and value each segment's own
-        let per_seg = Grid::Direct(segs as u32, 1, 1);
-        for (k, label, dims) in [
-            (K_LOVASZ_COUNT, "lovasz count", Grid::Indirect(args)),
-            (K_LOVASZ_SCAN, "lovasz scan", per_seg),
-            (K_LOVASZ_WEIGHTS, "lovasz weights", Grid::Indirect(args)),
-            (K_LOVASZ_VALUE, "lovasz value", per_seg),
-        ] {
-            let bg = self.bind(k, &bufs);
-            Self::dispatch(enc, label, &self.pipeline(k, spec), &bg, dims);
-        }
-    }
-
-    async fn run(
-        &self,
-        input: &Input<'_>,
-        logits: &wgpu::Buffer,
-        target: &wgpu::Buffer,
-        plan: &StatsPlan,
+        input: &BufferInput<'_>,
         exprs: &[LossExpr],
-        grads: GradMode,
+        grads: &[GradOut<'_>],
     ) -> Result<Vec<Evaluation>, Error> {
-        let (n, c, s) = (input.batch(), input.classes(), input.spatial());
-        let tiles = s.div_ceil(TILE);
-        let softmax = input.mode() == Mode::Multiclass;
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        futures::executor::block_on(self.evaluate_buffers(input, exprs, grads))
+    }
+}
 
-        // 1. Statistics: fused pass, final reduction, readback of N x C x K sums.
-        let stats_terms: Vec<TermParams> = plan.slots.iter().map(|s| s.params(0.0, 1.0)).collect();
-        let stats_cw: Vec<f32> = plan.slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
-        let params = Params { n: n as u32, c: c as u32, s: s as u32, tiles: tiles as u32 };
-        let spec = Spec {
-            softmax,
-            kinds: stats_terms.iter().fold(0, |k, t| k | 1 << t.kind),
-            nterms: stats_terms.len() as u32,
-            sensspec: plan.needs_sensspec,
-            lovasz: 0,
-        };
-        let ubuf = self.uniform(&params);
-        let tbuf = self.storage("terms", bytemuck::cast_slice(&stats_terms));
-        let cbuf = self.storage("class weights", bytemuck::cast_slice(&stats_cw));
-        let partials = self.scratch((n * tiles * c * K * 4) as u64);
-        let sums_bytes = (n * c * K * 4) as u64;
-        let sums = self.scratch(sums_bytes);
-        let sums_read = self.readback(sums_bytes);
-        let bg_stats = self.bind(K_STATS, &[logits, target, &ubuf, &tbuf, &cbuf, &partials]);
-        let bg_reduce = self.bind(K_REDUCE, &[&ubuf, &partials, &sums]);
-        let mut enc =
-            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss stats") });
-        Self::dispatch(&mut enc, "stats", &self.pipeline(K_STATS, spec), &bg_stats, (tiles as u32, n as u32, 1));
-        Self::dispatch(&mut enc, "reduce", &self.pipeline(K_REDUCE, spec), &bg_reduce, (c as u32, n as u32, 1));
-        enc.copy_buffer_to_buffer(&sums, 0, &sums_read, 0, sums_bytes);
-        // Lovász: keys, segmented sort and Jaccard weights, recorded into the same submission.
-        // per-element Jaccard weights; a placeholder binding when no term is a Lovász loss
-        let lw_bytes = if plan.lovasz.is_some() { n * c * s * 4 } else { 32 };
-        let lw = self.scratch(lw_bytes as u64);
-        let mut lov = None;
-        if let Some(lp) = &plan.lovasz {
-            // lovasz_weights writes the weight of every sorted element; the others (dropped: no
-            // loss, no gradient; ignored) keep the zero of this clear, which the gradient reads
-            enc.clear_buffer(&lw, 0, None);
-            let lk = self.record_lovasz_keys(&mut enc, logits, target, &ubuf, (n, c, s), softmax, lp.per_image, &lw)?;
-            let sb = (lk.segs * 16) as u64;
-            let rb = self.readback(sb);
-            if softmax {
-                // background past each segment's last foreground element: weight zero, not sorted
-                self.record_lovasz_drop(&mut enc, &lk);
-            }
-            // only the elements with loss or gradient are sorted: the hinge's positive errors, the
-            // softmax's errors down to the last foreground element
-            let (kc, vc, args) = self.record_compact(&mut enc, &lk);
-            self.record_lovasz_rank(&mut enc, logits, target, &ubuf, &lk, (&kc, &vc, &args), &lw);
-            enc.copy_buffer_to_buffer(&lk.segsum, 0, &rb, 0, sb);
-            lov = Some((lk, rb));
-        }
-        self.queue.submit([enc.finish()]);
-        let mut reads: Vec<&wgpu::Buffer> = vec![&sums_read];
-        reads.extend(lov.as_ref().map(|l| &*l.1));
-        let mut raw = self.read(&reads).await?;
-        let lovasz = (raw.len() > 1).then(|| plan::LovaszSums {
-            segs: raw[1]
-                .chunks(4)
-                .map(|q| [f64::from(q[0]), f64::from(q[1].to_bits()), f64::from(q[2].to_bits())])
-                .collect(),
-        });
-        let sums64: Vec<f64> = raw.swap_remove(0).iter().map(|&v| v as f64).collect();
-        let view = Sums { data: &sums64, n, c };
-        let fin: Vec<_> = exprs.iter().map(|e| finalize(e, plan, &view, input.mode(), lovasz.as_ref())).collect();
+impl Prepared<'_> {
+    fn logits_buffer(&self) -> Result<&wgpu::Buffer, Error> {
+        self.logits.as_ref().ok_or_else(|| Error::Input("this batch was prepared by the CPU engine".into()))
+    }
+}
 
-        // 2. Gradients: one elementwise pass per expression, one submission.
-        let mut grad_reads = Vec::new();
-        if grads != GradMode::Skip {
-            let total = n * c * s;
-            let (gx, gz) = self.grid(s);
-            let mut enc =
-                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss grad") });
-            for (f, e) in fin.iter().zip(exprs) {
-                debug_assert!(f.grad_terms.len() <= MAX_GRAD_TERMS);
-                let terms: Vec<TermParams> = f.grad_terms.iter().map(|(_, t)| *t).collect();
-                let cw: Vec<f32> = f
-                    .grad_terms
-                    .iter()
-                    .flat_map(|(slot, _)| plan.slots[*slot].weights.iter().map(|&w| w as f32))
-                    .collect();
-                let lovasz = match &plan.lovasz {
-                    Some(lp) if e.has_lovasz() => 1 + u32::from(lp.per_image),
-                    _ => 0,
-                };
-                let gspec = Spec {
-                    softmax,
-                    kinds: terms.iter().fold(0, |k, t| k | 1 << t.kind),
-                    nterms: terms.len() as u32,
-                    sensspec: false,
-                    lovasz,
-                };
-                let tb = self.storage("grad terms", bytemuck::cast_slice(&terms));
-                let cb = self.storage("grad class weights", bytemuck::cast_slice(&cw));
-                let kb = self.storage("coefficients", bytemuck::cast_slice(&f.coefs));
-                let bytes = (total * 4) as u64;
-                let out = self.scratch(bytes);
-                let bg = self.bind(K_GRAD, &[logits, target, &ubuf, &tb, &cb, &kb, &out, &lw]);
-                Self::dispatch(&mut enc, "grad", &self.pipeline(K_GRAD, gspec), &bg, (gx, n as u32, gz));
-                if grads == GradMode::Read {
-                    let rb = self.readback(bytes);
-                    enc.copy_buffer_to_buffer(&out, 0, &rb, 0, bytes);
-                    grad_reads.push(rb);
-                }
-            }
-            self.queue.submit([enc.finish()]);
-            if grads == GradMode::DeviceOnly {
-                self.device
-                    .poll(wgpu::PollType::wait_indefinitely())
-                    .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
-            }
+fn check_slice(gpu: &Gpu, what: &str, s: &BufferSlice<'_>, usage: wgpu::BufferUsages) -> Result<(), Error> {
+    if !s.buffer.usage().contains(usage) {
+        return Err(Error::Buffer(format!("the {what} buffer needs usage {usage:?}, it has {:?}", s.buffer.usage())));
+    }
+    let align = u64::from(gpu.limits.min_storage_buffer_offset_alignment);
+    if s.offset % align != 0 {
+        return Err(Error::Buffer(format!(
+            "the {what} slice starts at byte {} which is not a multiple of the device's storage offset alignment {align}",
+            s.offset
+        )));
+    }
+    let end = s.offset.checked_add(s.bytes()).unwrap_or(u64::MAX);
+    if end > s.buffer.size() {
+        return Err(Error::Buffer(format!(
+            "the {what} slice (bytes {}..{end}) runs past the end of its buffer ({} bytes)",
+            s.offset,
+            s.buffer.size()
+        )));
+    }
+    if s.len == 0 {
+        return Err(Error::Buffer(format!("the {what} slice is empty")));
+    }
+    let max = gpu.limits.max_storage_buffer_binding_size;
+    if s.bytes() > max {
+        return Err(Error::Limit { what: format!("the {what} slice"), needed: s.bytes(), max });
+    }
+    Ok(())
+}
+
+fn overlaps(a: &BufferSlice<'_>, b: &BufferSlice<'_>) -> bool {
+    a.buffer == b.buffer && a.offset < b.offset + b.bytes() && b.offset < a.offset + a.bytes()
+}
+
+/// Compile-time check: the engine is shared across threads (tests/engine.rs checks the futures).
+#[cfg(not(target_arch = "wasm32"))]
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Engine>();
+    send::<Submitted>();
+}
+
+impl Engine {
+    pub(crate) fn gpu_ref(&self) -> Option<&Arc<Gpu>> {
+        match &self.backend {
+            Backend::Gpu(g) => Some(g),
+            Backend::Cpu => None,
         }
-        let read_refs: Vec<&wgpu::Buffer> = grad_reads.iter().map(|b| &**b).collect();
-        let mut gvals = if read_refs.is_empty() { Vec::new() } else { self.read(&read_refs).await? };
-        if let Some(e) = oom.pop().await {
-            return Err(Error::Gpu(format!("out of device memory: {e}")));
-        }
-        if let Some(e) = scope.pop().await {
-            return Err(Error::Gpu(e.to_string()));
-        }
-        self.check_lost()?;
-        gvals.reverse();
-        Ok(fin
-            .into_iter()
-            .map(|f| Evaluation {
-                value: f.value,
-                term_values: f.term_values,
-                grad: if grads == GradMode::Read { gvals.pop() } else { None },
-            })
-            .collect())
+    }
+}
+
+impl Prepared<'_> {
+    pub(crate) fn buffers(&self) -> Option<(&wgpu::Buffer, &wgpu::Buffer)> {
+        Some((self.logits.as_ref()?, self.target.as_ref()?))
     }
 }

@@ -43,6 +43,23 @@ pub enum Error {
     /// A failure reported by the GPU or the driver.
     #[error("GPU error: {0}")]
     Gpu(String),
+    /// A buffer an evaluation needs exceeds a limit of the device (binding size, buffer size,
+    /// workgroups per dimension). A caller can split the input and try again.
+    #[error("device limit: {what} needs {needed}, the device allows {max}")]
+    Limit {
+        /// What exceeds the limit.
+        what: String,
+        /// How much it needs (bytes, or workgroups).
+        needed: u64,
+        /// The device's limit.
+        max: u64,
+    },
+    /// A loss value outside the f32 range.
+    #[error("overflow: {0}")]
+    Overflow(String),
+    /// A caller's buffer that cannot be used as given (usage, size, alignment, overlap).
+    #[error("bad buffer: {0}")]
+    Buffer(String),
 }
 
 /// The crate's result type.

@@ -234,6 +234,14 @@ pub struct LovaszParams {
     pub classes: Classes,
 }
 
+/// The largest magnitude of a parameter or weight: the f32 range, in which the GPU computes.
+pub const F32_MAX: f64 = f32::MAX as f64;
+
+/// A region score whose clamped denominator `max(den, eps)` is at most this is 0/0: score 1 (an
+/// empty prediction of an empty target is perfect), gradient 0. The floor sits above f32's
+/// denormal range, so the f32 GPU and the f64 reference decide alike.
+pub const SCORE_DEN_FLOOR: f64 = 1e-30;
+
 /// The floor used by `log=true` when `eps` is 0 (MONAI's preset): `-log(max(score, 1e-7))`.
 pub const LOG_FLOOR: f64 = 1e-7;
 
@@ -333,6 +341,9 @@ fn num(text: &str, key: &str, v: &str) -> Result<f64, Error> {
     let x: f64 = v.parse().map_err(|_| perr(text, format!("{key}={v}: expected a number")))?;
     if !x.is_finite() {
         return Err(perr(text, format!("{key}={v}: expected a finite number")));
+    }
+    if x.abs() > F32_MAX {
+        return Err(perr(text, format!("{key}={v}: beyond the f32 range (|x| <= {F32_MAX:e}) the GPU computes in")));
     }
     Ok(x)
 }
@@ -438,6 +449,9 @@ fn parse_term(text: &str) -> Result<Term, Error> {
             let x: f64 = w.parse().map_err(|_| perr(text, format!("'{w}' is not a number (weight before '*')")))?;
             if !x.is_finite() {
                 return Err(perr(text, format!("weight {w} must be finite")));
+            }
+            if x.abs() > F32_MAX {
+                return Err(perr(text, format!("weight {w} is beyond the f32 range (|w| <= {F32_MAX:e})")));
             }
             (x, rest.trim())
         }

@@ -108,20 +108,7 @@ impl<'a> Input<'a> {
         mode: Mode,
         ignore_index: Option<i64>,
     ) -> Result<Self, Error> {
-        if shape.len() < 3 || shape.len() > 5 {
-            return Err(Error::Shape(format!(
-                "logits shape {shape:?} must be [N, C, S...] with one, two or three spatial dims"
-            )));
-        }
-        if let Some(d) = shape.iter().position(|&d| d == 0) {
-            return Err(Error::Shape(format!("logits shape {shape:?} is empty (dim {d} is 0)")));
-        }
-        let numel = count(shape)?;
-        if numel > u32::MAX as usize / 2 {
-            return Err(Error::Shape(format!(
-                "logits shape {shape:?} has {numel} elements; at most 2^31 are supported"
-            )));
-        }
+        let numel = check_shape(shape, mode)?;
         if logits.len() != numel {
             return Err(Error::Shape(format!(
                 "logits have {} elements but shape {shape:?} needs {numel}",
@@ -129,15 +116,6 @@ impl<'a> Input<'a> {
             )));
         }
         let c = shape[1];
-        match mode {
-            Mode::Binary if c != 1 => {
-                return Err(Error::Shape(format!("binary mode needs C = 1, got C = {c} (use multilabel for C > 1)")))
-            }
-            Mode::Multiclass if c < 2 => {
-                return Err(Error::Shape(format!("multiclass mode needs C >= 2, got C = {c} (use binary for C = 1)")))
-            }
-            _ => {}
-        }
         if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
             return Err(Error::NonFinite(format!("logits[{i}] = {} ({})", logits[i], describe_index(shape, i))));
         }
@@ -233,7 +211,34 @@ impl<'a> Input<'a> {
     }
 }
 
-fn describe_index(shape: &[usize], mut i: usize) -> String {
+/// Checks a logits shape against the mode and returns its element count.
+pub(crate) fn check_shape(shape: &[usize], mode: Mode) -> Result<usize, Error> {
+    if shape.len() < 3 || shape.len() > 5 {
+        return Err(Error::Shape(format!(
+            "logits shape {shape:?} must be [N, C, S...] with one, two or three spatial dims"
+        )));
+    }
+    if let Some(d) = shape.iter().position(|&d| d == 0) {
+        return Err(Error::Shape(format!("logits shape {shape:?} is empty (dim {d} is 0)")));
+    }
+    let numel = count(shape)?;
+    if numel > u32::MAX as usize / 2 {
+        return Err(Error::Shape(format!("logits shape {shape:?} has {numel} elements; at most 2^31 are supported")));
+    }
+    let c = shape[1];
+    match mode {
+        Mode::Binary if c != 1 => {
+            return Err(Error::Shape(format!("binary mode needs C = 1, got C = {c} (use multilabel for C > 1)")))
+        }
+        Mode::Multiclass if c < 2 => {
+            return Err(Error::Shape(format!("multiclass mode needs C >= 2, got C = {c} (use binary for C = 1)")))
+        }
+        _ => {}
+    }
+    Ok(numel)
+}
+
+pub(crate) fn describe_index(shape: &[usize], mut i: usize) -> String {
     let mut idx = vec![0; shape.len()];
     for d in (0..shape.len()).rev() {
         idx[d] = i % shape[d];

@@ -3,9 +3,9 @@
 //! Image-segmentation losses and their gradients on any GPU, through wgpu compute shaders (WGSL):
 //! Vulkan, Metal, DX12, OpenGL and WebGPU. Dice, Jaccard/IoU, Tversky, generalized Dice,
 //! sensitivity-specificity, focal, BCE, cross-entropy and the Lovász hinge and Lovász-Softmax, alone
-//! or in weighted sums written as
-//! text (`0.8*ce+0.2*dice@monai`), with the numbers of segmentation_models_pytorch, MONAI, Keras
-//! and PaddleSeg (`LOSSES.md` is the contract).
+//! or in weighted sums written as text (`0.8*ce+0.2*dice@monai`), with the numbers of
+//! segmentation_models_pytorch, MONAI, Keras and PaddleSeg. The definitions, parameters, presets
+//! and numerical conventions are in the repository's `docs/losses.md`.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), segloss::Error> {
@@ -22,6 +22,13 @@
 //! # let _ = value; Ok(()) }
 //! ```
 //!
+//! On a GPU, an evaluation is one submission: the fused statistics pass, the Lovász sorts, a
+//! finalize kernel that turns the sums into values and gradient coefficients on the device, and
+//! the gradient passes. Inputs can be host slices ([`Input`]) or the caller's buffers
+//! ([`BufferInput`], on the caller's device with [`Engine::from_device`]); gradients can be read
+//! back, written into a caller's buffer, or added to one ([`GradOut`]); with
+//! [`Engine::submit_buffers`] nothing waits on the host.
+//!
 //! The f64 [`reference`] computes every loss on the CPU; it is what the tests hold the GPU to,
 //! and what [`Engine::new`] falls back to when no adapter exists.
 
@@ -30,16 +37,20 @@
 mod engine;
 mod error;
 pub mod expr;
+mod gpu;
 mod input;
-pub mod npy;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals;
 mod plan;
 pub mod reference;
 pub mod shaders;
-pub mod synth;
+#[cfg(test)]
+mod twin;
 
 pub use engine::{
-    backend_name, list_adapters, AdapterReport, DeviceInfo, Engine, EngineOptions, Evaluation, GradMode, Prepared,
-    SortAlgo, BITONIC_CROSSOVER_CPU,
+    backend_name, list_adapters, Activity, AdapterReport, BufferInput, BufferSlice, DeviceInfo, Engine, EngineOptions,
+    Evaluation, GradMode, GradOut, Prepared, Submitted, TargetBuffer, BITONIC_CROSSOVER_CPU,
 };
 pub use error::{Error, Result};
 pub use expr::{Loss, LossExpr, Term};

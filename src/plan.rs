@@ -1,3 +1,4 @@
+#![cfg_attr(not(test), allow(dead_code))]
 //! From loss expressions to GPU work and back: which sums the fused statistics pass must produce,
 //! and how per-(image, class) sums turn into loss values and the coefficients of the gradient pass.
 //!
@@ -8,9 +9,8 @@
 //! respect to an element's probability is `sum_S dL/dS * f'(p_i, g_i)`, which the gradient pass
 //! evaluates per element and chains through the sigmoid or the softmax.
 
-use crate::error::Error;
 use crate::expr::{
-    Classes, Empty, FocalAct, GDiceWeight, Loss, LossExpr, LovaszParams, Pool, PosWeight, RegionKind, RegionLoss,
+    Classes, Empty, FocalAct, SCORE_DEN_FLOOR, GDiceWeight, Loss, LossExpr, LovaszParams, Pool, PosWeight, RegionKind, RegionLoss,
 };
 use crate::Mode;
 
@@ -36,14 +36,53 @@ pub(crate) mod ch {
     pub const PIX: usize = 8;
 }
 
-/// Statistics channels per (image, class): 8 region channels and two per pixel-loss slot.
+/// Statistics channels per (image, class) of one statistics pass: 8 region channels and two per
+/// pixel-loss slot.
 pub const K: usize = 16;
-/// Distinct pixel losses (bce, ce, focal with distinct parameters) one evaluation can hold.
+/// Distinct pixel losses (bce, ce, focal with distinct parameters) one statistics pass holds;
+/// an evaluation with more runs several passes in the same submission.
 pub const MAX_PIXEL_SLOTS: usize = (K - ch::PIX) / 2;
-/// Pixel-loss terms one expression can hold in the gradient pass.
-pub const MAX_GRAD_TERMS: usize = 8;
 /// Region-gradient coefficients per (image, class): d/d(TP, SP, SPP, SS1, SS2).
 pub const NCOEF: usize = 5;
+
+/// Ops of the device finalize (`finalize.wgsl`): one per term of each expression.
+pub(crate) mod op {
+    pub const BCE: u32 = 0;
+    pub const FOCAL: u32 = 1;
+    pub const CE: u32 = 2;
+    pub const SENSSPEC: u32 = 4;
+    pub const REGION: u32 = 5;
+    pub const GDICE: u32 = 6;
+    pub const LOVASZ: u32 = 7;
+    /// `block` of an op whose expression has no gradient.
+    pub const NONE_IDX: u32 = u32::MAX;
+    pub const F_POS_AUTO: u32 = 1;
+    pub const F_FOCAL_SOFTMAX: u32 = 1;
+    pub const F_SQUARED: u32 = 4;
+    pub const F_LOG: u32 = 128;
+    pub const F_PER_IMAGE: u32 = 1;
+    pub const F_SOFTMAX: u32 = 2;
+    pub const F_PRESENT: u32 = 4;
+}
+
+/// One op of the device finalize, as `finalize.wgsl` reads it (80 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Op {
+    pub kind: u32,
+    pub weight: f32,
+    pub val: u32,
+    pub eval: u32,
+    pub block: u32,
+    pub sub: u32,
+    pub sbase: u32,
+    pub chan: u32,
+    pub flags: u32,
+    pub ncls: u32,
+    pub cls_off: u32,
+    pub nseg: u32,
+    pub f: [f32; 8],
+}
 
 /// Pixel-loss kinds as the shaders number them.
 pub(crate) mod kind {
@@ -79,7 +118,7 @@ pub(crate) struct PixelSlot {
 }
 
 impl PixelSlot {
-    fn of(loss: &Loss, classes: usize) -> Option<PixelSlot> {
+    pub fn of(loss: &Loss, classes: usize) -> Option<PixelSlot> {
         let ones = vec![1.0; classes];
         match loss {
             Loss::Bce(p) => Some(PixelSlot {
@@ -94,7 +133,12 @@ impl PixelSlot {
                 label_smoothing: p.label_smoothing,
                 gamma: 0.0,
                 alpha: None,
-                weights: p.weights.clone().unwrap_or(ones),
+                // the weights enter a weighted mean only: scaled to a largest weight of 1, so
+                // that f32 sums of large weights cannot overflow
+                weights: p.weights.as_ref().map_or(ones, |w| {
+                    let m = w.iter().copied().fold(0.0, f64::max);
+                    w.iter().map(|&x| if m > 0.0 { x / m } else { x }).collect()
+                }),
             }),
             Loss::Focal(p) => Some(PixelSlot {
                 kind: if p.act == FocalAct::Softmax { kind::FOCAL_SOFTMAX } else { kind::FOCAL_SIGMOID },
@@ -121,14 +165,15 @@ impl PixelSlot {
     }
 }
 
-/// The statistics one evaluation needs: the distinct pixel losses of all its expressions.
+/// The statistics one evaluation needs: the distinct pixel losses of all its expressions (in
+/// statistics passes of [`MAX_PIXEL_SLOTS`] each) and the distinct Lovász losses (one sort each).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct StatsPlan {
     pub slots: Vec<PixelSlot>,
     /// Whether any region loss needs the sensitivity/specificity channels.
     pub needs_sensspec: bool,
-    /// The Lovász loss of the evaluation (at most one distinct one per statistics pass).
-    pub lovasz: Option<LovaszParams>,
+    /// The distinct Lovász losses of the evaluation, in order of appearance.
+    pub lovasz: Vec<LovaszParams>,
 }
 
 /// Segments of the Lovász sort: `(count, length)`. Hinge: the batch or each image, all channels
@@ -143,127 +188,139 @@ pub(crate) fn lovasz_segments(softmax: bool, per_image: bool, n: usize, c: usize
 }
 
 /// Per-segment results of the Lovász kernels: (value, foreground count, background count).
+#[derive(Clone, Debug)]
 pub(crate) struct LovaszSums {
     pub segs: Vec<[f64; 3]>,
 }
 
 impl StatsPlan {
-    /// Collects the pixel losses of `exprs`, each distinct one once.
-    pub fn new(exprs: &[&LossExpr], classes: usize) -> Result<StatsPlan, Error> {
+    /// Collects the pixel and Lovász losses of `exprs`, each distinct one once.
+    pub fn new(exprs: &[LossExpr], classes: usize) -> StatsPlan {
         let mut plan = StatsPlan::default();
-        for e in exprs {
-            let mut grad_terms = 0;
-            for t in &e.terms {
-                if matches!(t.loss, Loss::SensSpec(_)) {
-                    plan.needs_sensspec = true;
-                }
-                if let Loss::Lovasz(p) = &t.loss {
-                    match &plan.lovasz {
-                        Some(q) if q != p => {
-                            return Err(Error::Input(format!(
-                            "'{e}': lovasz terms with different parameters need separate evaluations (one sort each)"
-                        )))
-                        }
-                        _ => plan.lovasz = Some(p.clone()),
-                    }
-                }
-                if let Some(slot) = PixelSlot::of(&t.loss, classes) {
-                    grad_terms += 1;
-                    if !plan.slots.contains(&slot) {
-                        plan.slots.push(slot);
-                    }
+        for t in exprs.iter().flat_map(|e| &e.terms) {
+            if matches!(t.loss, Loss::SensSpec(_)) {
+                plan.needs_sensspec = true;
+            }
+            if let Loss::Lovasz(p) = &t.loss {
+                if !plan.lovasz.contains(p) {
+                    plan.lovasz.push(p.clone());
                 }
             }
-            if grad_terms > MAX_GRAD_TERMS {
-                return Err(Error::Input(format!(
-                    "'{e}' has {grad_terms} pixel-loss terms (bce, ce, focal); at most {MAX_GRAD_TERMS} are supported in one expression"
-                )));
+            if let Some(slot) = PixelSlot::of(&t.loss, classes) {
+                if !plan.slots.contains(&slot) {
+                    plan.slots.push(slot);
+                }
             }
         }
-        if plan.slots.len() > MAX_PIXEL_SLOTS {
-            return Err(Error::Input(format!(
-                "{} distinct pixel losses (bce, ce, focal with different parameters) in one expression; at most {MAX_PIXEL_SLOTS} are supported",
-                plan.slots.len()
-            )));
-        }
-        Ok(plan)
+        plan
     }
 
-    /// Splits `exprs` into consecutive groups whose pixel losses fit one statistics pass each
-    /// (usually one group: up to [`MAX_PIXEL_SLOTS`] distinct pixel losses share a pass).
-    pub fn groups(exprs: &[LossExpr], classes: usize) -> Result<Vec<(StatsPlan, &[LossExpr])>, Error> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        while start < exprs.len() {
-            let mut end = start + 1;
-            let mut plan = StatsPlan::new(&exprs[start..end].iter().collect::<Vec<_>>(), classes)?;
-            while end < exprs.len() {
-                match StatsPlan::new(&exprs[start..=end].iter().collect::<Vec<_>>(), classes) {
-                    Ok(p) => {
-                        plan = p;
-                        end += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-            out.push((plan, &exprs[start..end]));
-            start = end;
-        }
-        Ok(out)
+    /// Statistics passes: each holds up to [`MAX_PIXEL_SLOTS`] pixel losses (at least one pass).
+    pub fn passes(&self) -> usize {
+        self.slots.len().div_ceil(MAX_PIXEL_SLOTS).max(1)
     }
 
-    fn slot_of(&self, loss: &Loss, classes: usize) -> usize {
+    pub fn slot_of(&self, loss: &Loss, classes: usize) -> usize {
         let s = PixelSlot::of(loss, classes).expect("pixel loss");
         self.slots.iter().position(|x| *x == s).expect("slot planned")
     }
+
+    fn lovasz_of(&self, p: &LovaszParams) -> usize {
+        self.lovasz.iter().position(|q| q == p).expect("lovasz planned")
+    }
 }
 
-/// Per-(image, class) sums, `[N][C][K]`, in f64.
+/// Where one expression's gradient coefficients sit in its block (`finalize.wgsl`):
+/// `[scale, pos_weight]` per pixel term, then `N x C x NCOEF` region coefficients, then the
+/// segment scales of each Lovász loss it uses.
+#[derive(Clone, Debug)]
+pub(crate) struct BlockLayout {
+    /// Pixel terms: (term index, slot).
+    pub pix: Vec<(usize, usize)>,
+    /// Lovász losses used: (index in [`StatsPlan::lovasz`], offset in the block, segments).
+    pub lov: Vec<(usize, usize, usize)>,
+    pub region_base: usize,
+    pub len: usize,
+    /// Whether any term has region coefficients (region losses, sensspec).
+    pub region: bool,
+}
+
+impl BlockLayout {
+    pub fn new(expr: &LossExpr, plan: &StatsPlan, (n, c, s): (usize, usize, usize), softmax: bool) -> BlockLayout {
+        let mut pix = Vec::new();
+        let mut lov: Vec<(usize, usize, usize)> = Vec::new();
+        let mut region = false;
+        for (i, t) in expr.terms.iter().enumerate() {
+            match &t.loss {
+                Loss::Bce(_) | Loss::Ce(_) | Loss::Focal(_) => pix.push((i, plan.slot_of(&t.loss, c))),
+                Loss::Region(_) | Loss::SensSpec(_) => region = true,
+                Loss::Lovasz(p) => {
+                    let g = plan.lovasz_of(p);
+                    if !lov.iter().any(|l| l.0 == g) {
+                        lov.push((g, 0, lovasz_segments(softmax, p.per_image, n, c, s).0));
+                    }
+                }
+            }
+        }
+        let region_base = 2 * pix.len();
+        let mut len = region_base + n * c * NCOEF;
+        for l in lov.iter_mut() {
+            l.1 = len;
+            len += l.2;
+        }
+        BlockLayout { pix, lov, region_base, len, region }
+    }
+}
+
+/// Per-(image, class) sums, `[N][C][k]` in f64: 8 region channels, then two per pixel slot.
 pub(crate) struct Sums<'a> {
     pub data: &'a [f64],
     pub n: usize,
     pub c: usize,
+    pub k: usize,
 }
 
 impl Sums<'_> {
     #[inline]
     pub fn at(&self, n: usize, c: usize, k: usize) -> f64 {
-        self.data[(n * self.c + c) * K + k]
+        self.data[(n * self.c + c) * self.k + k]
     }
     fn total(&self, k: usize) -> f64 {
         (0..self.n).flat_map(|n| (0..self.c).map(move |c| (n, c))).map(|(n, c)| self.at(n, c, k)).sum()
     }
 }
 
-/// What the host derives from the sums for one expression.
+/// What the host finalize derives from the sums for one expression.
 pub(crate) struct Finalized {
     /// The value of the expression.
     pub value: f64,
     /// The value of each term (before its weight).
     pub term_values: Vec<f64>,
-    /// Region coefficients `[N][C][NCOEF]`.
-    pub coefs: Vec<f32>,
-    /// Pixel-loss terms of the gradient pass, with scale and pos_weight resolved.
-    pub grad_terms: Vec<(usize, TermParams)>,
+    /// The coefficient block ([`BlockLayout`]), as the device finalize writes it.
+    pub block: Vec<f64>,
 }
 
-/// Combines the sums into values and gradient coefficients for one expression. The coefficients
-/// are the N x C x NCOEF region coefficients followed by one Lovász scale per sort segment.
+/// Combines the sums into values and gradient coefficients for one expression, in f64: the CPU
+/// twin of `finalize.wgsl`, which the tests hold the device to.
 pub(crate) fn finalize(
     expr: &LossExpr,
     plan: &StatsPlan,
+    layout: &BlockLayout,
     sums: &Sums,
     mode: Mode,
-    lovasz: Option<&LovaszSums>,
+    lovasz: &[LovaszSums],
 ) -> Finalized {
     let (n_img, c_cls) = (sums.n, sums.c);
-    let nseg = lovasz.map_or(0, |l| l.segs.len());
-    let mut coefs = vec![0f64; n_img * c_cls * NCOEF + nseg];
-    let mut grad_terms = Vec::new();
+    let mut block = vec![0f64; layout.len];
     let mut term_values = Vec::with_capacity(expr.terms.len());
     let cnt = sums.total(ch::CNT);
-    for t in &expr.terms {
+    for (i, t) in expr.terms.iter().enumerate() {
         let w = t.weight;
+        let mut pixel = |scale: f64, pw: f64| {
+            let j = layout.pix.iter().position(|p| p.0 == i).expect("pixel term in layout");
+            block[2 * j] = scale;
+            block[2 * j + 1] = pw;
+        };
         let v = match &t.loss {
             Loss::Bce(p) => {
                 let slot = plan.slot_of(&t.loss, c_cls);
@@ -277,7 +334,7 @@ pub(crate) fn finalize(
                     }
                 };
                 let (v, scale) = if cnt > 0.0 { ((pw * a + b) / cnt, w / cnt) } else { (0.0, 0.0) };
-                grad_terms.push((slot, plan.slots[slot].params(scale, pw)));
+                pixel(scale, pw);
                 v
             }
             Loss::Focal(p) => {
@@ -289,7 +346,7 @@ pub(crate) fn finalize(
                     cnt
                 };
                 let (v, scale) = if denom > 0.0 { (s / denom, w / denom) } else { (0.0, 0.0) };
-                grad_terms.push((slot, plan.slots[slot].params(scale, 1.0)));
+                pixel(scale, 1.0);
                 v
             }
             Loss::Ce(_) => {
@@ -297,7 +354,7 @@ pub(crate) fn finalize(
                 let num = sums.total(ch::PIX + 2 * slot);
                 let den = sums.total(ch::PIX + 2 * slot + 1);
                 let (v, scale) = if den > 0.0 { (num / den, w / den) } else { (0.0, 0.0) };
-                grad_terms.push((slot, plan.slots[slot].params(scale, 1.0)));
+                pixel(scale, 1.0);
                 v
             }
             Loss::SensSpec(p) => {
@@ -313,25 +370,152 @@ pub(crate) fn finalize(
                     v += (1.0 - p.lambda) * sums.total(ch::SS2) / d2;
                     a2 = w * (1.0 - p.lambda) / d2;
                 }
+                let coefs = &mut block[layout.region_base..];
                 for nc in 0..n_img * c_cls {
                     coefs[nc * NCOEF + 3] += a1;
                     coefs[nc * NCOEF + 4] += a2;
                 }
                 v
             }
-            Loss::Region(r) => match r.kind {
-                RegionKind::GDice { weight } => gdice(r, weight, w, sums, &mut coefs),
-                _ => region(r, w, sums, &mut coefs),
-            },
+            Loss::Region(r) => {
+                let coefs = &mut block[layout.region_base..];
+                match r.kind {
+                    RegionKind::GDice { weight } => gdice(r, weight, w, sums, coefs),
+                    _ => region(r, w, sums, coefs),
+                }
+            }
             Loss::Lovasz(p) => {
-                let l = lovasz.expect("lovasz sums are computed when planned");
-                lovasz_term(p, mode == Mode::Multiclass, w, n_img, c_cls, l, &mut coefs[n_img * c_cls * NCOEF..])
+                let g = plan.lovasz_of(p);
+                let &(_, off, nseg) = layout.lov.iter().find(|l| l.0 == g).expect("lovasz in layout");
+                let scales = &mut block[off..off + nseg];
+                lovasz_term(p, mode == Mode::Multiclass, w, n_img, c_cls, &lovasz[g], scales)
             }
         };
         term_values.push(v);
     }
     let value = expr.terms.iter().zip(&term_values).map(|(t, v)| t.weight * v).sum();
-    Finalized { value, term_values, coefs: coefs.iter().map(|&x| x as f32).collect(), grad_terms }
+    Finalized { value, term_values, block }
+}
+
+/// The ops of the device finalize for one expression, appended to `ops` (class lists to `cls`).
+/// `vals`: out index of the expression's value (its term values follow); `block`: out index of
+/// its coefficient block, or `None` without a gradient; `sums_stride`: floats per statistics
+/// pass; `lov_base[g]`: first segment of Lovász loss g in the finalize's `lov` binding.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn push_ops(
+    expr: &LossExpr,
+    plan: &StatsPlan,
+    layout: &BlockLayout,
+    vals: usize,
+    block: Option<usize>,
+    sums_stride: usize,
+    lov_base: &[usize],
+    classes: usize,
+    softmax: bool,
+    ops: &mut Vec<Op>,
+    cls: &mut Vec<u32>,
+) {
+    for (i, t) in expr.terms.iter().enumerate() {
+        let mut o = Op {
+            weight: t.weight as f32,
+            val: (vals + 1 + i) as u32,
+            eval: vals as u32,
+            block: block.map_or(op::NONE_IDX, |b| b as u32),
+            ..Op::default()
+        };
+        let mut list = |l: &Classes, o: &mut Op| {
+            if let Classes::List(l) = l {
+                o.ncls = l.len() as u32;
+                o.cls_off = cls.len() as u32;
+                cls.extend(l.iter().map(|&k| k as u32));
+            }
+        };
+        let pixel = |o: &mut Op, kind: u32| {
+            let slot = plan.slot_of(&t.loss, classes);
+            o.kind = kind;
+            o.sub = layout.pix.iter().position(|p| p.0 == i).expect("pixel term") as u32;
+            o.sbase = ((slot / MAX_PIXEL_SLOTS) * sums_stride) as u32;
+            o.chan = (ch::PIX + 2 * (slot % MAX_PIXEL_SLOTS)) as u32;
+        };
+        match &t.loss {
+            Loss::Bce(p) => {
+                pixel(&mut o, op::BCE);
+                match p.pos_weight {
+                    PosWeight::Value(v) => o.f[0] = v as f32,
+                    PosWeight::Auto => o.flags = op::F_POS_AUTO,
+                }
+            }
+            Loss::Ce(_) => pixel(&mut o, op::CE),
+            Loss::Focal(p) => {
+                pixel(&mut o, op::FOCAL);
+                if p.act == FocalAct::Softmax {
+                    o.flags = op::F_FOCAL_SOFTMAX;
+                }
+            }
+            Loss::SensSpec(p) => {
+                o.kind = op::SENSSPEC;
+                o.sub = layout.region_base as u32;
+                o.f[0] = p.lambda as f32;
+                o.f[1] = p.smooth as f32;
+            }
+            Loss::Region(r) => {
+                let p = &r.params;
+                let pool = match p.pool {
+                    Pool::Batch => 0,
+                    Pool::Image => 1,
+                    Pool::All => 2,
+                };
+                let empty = match p.empty {
+                    Empty::Zero => 0,
+                    Empty::Skip => 1,
+                    Empty::Formula => 2,
+                };
+                let (rk, sq) = match r.kind {
+                    RegionKind::Dice { squared } => (0, squared),
+                    RegionKind::Jaccard { squared } => (1, squared),
+                    RegionKind::Tversky { alpha, beta, gamma } => {
+                        o.f[4] = alpha as f32;
+                        o.f[5] = beta as f32;
+                        o.f[6] = gamma as f32;
+                        (2, false)
+                    }
+                    RegionKind::GDice { weight } => {
+                        let wk = match weight {
+                            GDiceWeight::Square => 0,
+                            GDiceWeight::Simple => 1,
+                            GDiceWeight::Uniform => 2,
+                        };
+                        (wk << 8, false)
+                    }
+                };
+                o.kind = if matches!(r.kind, RegionKind::GDice { .. }) { op::GDICE } else { op::REGION };
+                o.flags = rk | (pool << 3) | (empty << 5) | if sq { op::F_SQUARED } else { 0 };
+                if p.log {
+                    o.flags |= op::F_LOG;
+                }
+                o.f[0] = p.smooth_nr as f32;
+                o.f[1] = p.smooth_dr as f32;
+                o.f[2] = p.eps as f32;
+                o.f[3] = p.log_floor() as f32;
+                o.sub = layout.region_base as u32;
+                list(&p.classes, &mut o);
+            }
+            Loss::Lovasz(p) => {
+                let g = plan.lovasz_of(p);
+                let &(_, off, nseg) = layout.lov.iter().find(|l| l.0 == g).expect("lovasz in layout");
+                o.kind = op::LOVASZ;
+                o.sub = off as u32;
+                o.chan = lov_base[g] as u32;
+                o.nseg = nseg as u32;
+                o.flags = if p.per_image { op::F_PER_IMAGE } else { 0 } | if softmax { op::F_SOFTMAX } else { 0 };
+                match &p.classes {
+                    Classes::Present => o.flags |= op::F_PRESENT,
+                    l => list(l, &mut o),
+                }
+            }
+        }
+        ops.push(o);
+    }
 }
 
 fn class_set(classes: &Classes, c: usize) -> Vec<usize> {
@@ -356,7 +540,7 @@ fn score(kind: RegionKind, p: &crate::expr::RegionParams, s: [f64; 5]) -> (f64, 
     let num = a_tp * tp + p.smooth_nr;
     let den = b_tp * tp + b_sp * sp + b_spp * spp + b_c + p.smooth_dr;
     let d = den.max(p.eps);
-    if d <= 0.0 {
+    if d <= SCORE_DEN_FLOOR {
         // 0/0 with eps = 0 and no smoothing: an empty prediction on an empty target scores 1.
         return (1.0, [0.0; 3]);
     }
@@ -473,10 +657,10 @@ fn gdice(r: &RegionLoss, weight: GDiceWeight, w: f64, sums: &Sums, coefs: &mut [
             den += wc[j] * (tot(c, ch::SP) + sg[j]);
         }
         let d = den.max(p.eps);
-        let (s, live) = if d > 0.0 { (num / d, den > p.eps) } else { (1.0, false) };
+        let (s, live) = if d > SCORE_DEN_FLOOR { (num / d, den > p.eps) } else { (1.0, false) };
         let (l, dl) = entry_loss(p, s);
         total += l;
-        if d > 0.0 {
+        if d > SCORE_DEN_FLOOR {
             let f = w * dl / g_count;
             let q = if live { -num / (d * d) } else { 0.0 };
             for (j, &c) in classes.iter().enumerate() {

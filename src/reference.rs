@@ -177,6 +177,7 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
         }
     }
     let value = expr.terms.iter().zip(&term_values).map(|(t, v)| t.weight * v).sum();
+    crate::engine::check_value(value, &term_values)?;
     Ok(RefResult { value, term_values, grad })
 }
 
@@ -424,9 +425,9 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
             RegionKind::GDice { .. } => unreachable!(),
         }
         let d = den.max(p.eps);
-        let (score, live_den) = if d > 0.0 { (num / d, den > p.eps) } else { (1.0, false) };
+        let (score, live_den) = if d > crate::expr::SCORE_DEN_FLOOR { (num / d, den > p.eps) } else { (1.0, false) };
         let (loss, dl_ds) = score_loss(p, score);
-        let grads = if d > 0.0 {
+        let grads = if d > crate::expr::SCORE_DEN_FLOOR {
             m.iter()
                 .map(|&i| {
                     let ds = dnum(i) / d - if live_den { num * dden(i) / (d * d) } else { 0.0 };
@@ -489,7 +490,7 @@ fn gdice(e: &Elems, r: &RegionLoss, weight: GDiceWeight, w: f64, gp: &mut [f64])
             }
         }
         let d = den.max(p.eps);
-        if d <= 0.0 {
+        if d <= crate::expr::SCORE_DEN_FLOOR {
             // 0/0 (no smoothing, eps = 0, nothing predicted or present): score 1, loss 0
             continue;
         }
@@ -614,4 +615,30 @@ fn score_loss(p: &crate::expr::RegionParams, score: f64) -> (f64, f64) {
     } else {
         (1.0 - score, -1.0)
     }
+}
+
+/// One segment of the device's Lovász sort (numbered as `plan::lovasz_segments` numbers them),
+/// from the definition: (loss of the segment, foreground count, background count).
+#[cfg(test)]
+pub(crate) fn lovasz_segment(input: &Input, per_image: bool, seg: usize) -> [f64; 3] {
+    let e = Elems::new(input);
+    let (n, c) = (e.n, e.c);
+    let softmax = e.mode == Mode::Multiclass;
+    let (imgs, classes): (Vec<usize>, Vec<usize>) = match (softmax, per_image) {
+        (false, false) => ((0..n).collect(), (0..c).collect()),
+        (false, true) => (vec![seg], (0..c).collect()),
+        (true, false) => ((0..n).collect(), vec![seg]),
+        (true, true) => (vec![seg / c], vec![seg % c]),
+    };
+    let m = members(&e, &imgs, &classes);
+    let mut errs: Vec<(f64, usize)> = m
+        .iter()
+        .map(|&i| if softmax { ((e.g[i] - e.p[i]).abs(), i) } else { (1.0 - e.x[i] * (2.0 * e.g[i] - 1.0), i) })
+        .collect();
+    sort_desc(&mut errs);
+    let sg: Vec<f64> = errs.iter().map(|&(_, i)| e.g[i]).collect();
+    let jg = lovasz_grad(&sg);
+    let loss = errs.iter().zip(&jg).filter(|(&(er, _), _)| er > 0.0).map(|(&(er, _), &j)| er * j).sum();
+    let fg = sg.iter().filter(|&&g| g > 0.5).count() as f64;
+    [loss, fg, sg.len() as f64 - fg]
 }

@@ -1,9 +1,14 @@
-//! The WGSL sources. Each kernel is `common.wgsl` (shared structs and math) followed by the files
-//! it needs; [`KERNELS`] is the table the engine builds its pipelines from and the tests validate.
+//! The WGSL kernels, each declared once by name with its bindings.
+//!
+//! A kernel is the concatenation of the `shaders/` files it needs (shared code first, the file
+//! with its entry point last). [`KERNELS`] lists every kernel; the engine builds pipelines and
+//! bind groups from these declarations, and `tests/shaders.rs` checks each declaration against
+//! the WGSL with naga (names, binding numbers, access) and translates every kernel to SPIR-V,
+//! MSL, HLSL and GLSL.
 
-/// How a kernel binds one buffer (group 0, bindings in order).
+/// How a kernel binds one buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Binding {
+pub enum Access {
     /// `var<uniform>`
     Uniform,
     /// `var<storage, read>`
@@ -12,23 +17,45 @@ pub enum Binding {
     ReadWrite,
 }
 
-/// A compute kernel: its name, entry point, assembled WGSL source and bind group layout.
+/// One binding of group 0: the WGSL variable's name and its access. Bindings are numbered in
+/// the order they are declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The name of the WGSL variable.
+    pub name: &'static str,
+    /// How it is bound.
+    pub access: Access,
+}
+
+/// A compute kernel: its name (also its entry point), WGSL source and bindings.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
-    /// Name used in labels and error messages.
+    /// The `@compute` entry point, also the kernel's name in labels and errors.
     pub name: &'static str,
-    /// The `@compute` entry point.
-    pub entry: &'static str,
     /// Complete WGSL source.
     pub source: &'static str,
     /// Bindings 0.. of group 0.
     pub bindings: &'static [Binding],
-    /// Whether the kernel takes the specialization constants of `common.wgsl`
-    /// (`SOFTMAX`, `KINDS`, `NTERMS`, `SENSSPEC`).
+    /// Whether the kernel takes the specialization constants of `common.wgsl`.
     pub specialized: bool,
 }
 
-use Binding::{Read as R, ReadWrite as W, Uniform as U};
+impl Kernel {
+    /// The binding number of the variable `name`.
+    pub fn binding(&self, name: &str) -> Option<u32> {
+        self.bindings.iter().position(|b| b.name == name).map(|i| i as u32)
+    }
+}
+
+const fn u(name: &'static str) -> Binding {
+    Binding { name, access: Access::Uniform }
+}
+const fn r(name: &'static str) -> Binding {
+    Binding { name, access: Access::Read }
+}
+const fn w(name: &'static str) -> Binding {
+    Binding { name, access: Access::ReadWrite }
+}
 
 macro_rules! wgsl {
     ($($f:literal),*) => {
@@ -36,44 +63,66 @@ macro_rules! wgsl {
     };
 }
 
-/// Fused statistics pass.
+/// Fused statistics pass (and the checks of buffer inputs).
 pub const STATS: Kernel = Kernel {
     name: "stats",
-    entry: "stats",
-    source: wgsl!("common.wgsl", "lse.wgsl", "stats.wgsl"),
-    bindings: &[R, R, U, R, R, W],
+    source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "stats.wgsl"),
+    bindings: &[r("logits"), r("tgt"), u("P"), r("terms"), r("cw"), w("partials"), w("status")],
     specialized: true,
 };
 /// Final reduction of statistics partials.
 pub const REDUCE: Kernel = Kernel {
     name: "reduce",
-    entry: "reduce",
     source: wgsl!("common.wgsl", "reduce.wgsl"),
-    bindings: &[U, R, W],
+    bindings: &[u("P"), r("partials"), w("sums")],
     specialized: true,
+};
+/// Device finalize: values and gradient coefficients from the sums.
+pub const FINALIZE: Kernel = Kernel {
+    name: "finalize",
+    source: wgsl!("common.wgsl", "finalize.wgsl"),
+    bindings: &[u("P"), r("sums"), r("lov"), r("ops"), r("cls"), r("status"), w("out")],
+    specialized: false,
 };
 /// Elementwise gradient pass.
 pub const GRAD: Kernel = Kernel {
-    name: "grad",
-    entry: "gradient",
-    source: wgsl!("common.wgsl", "lse.wgsl", "grad.wgsl"),
-    bindings: &[R, R, U, R, R, R, W, R],
+    name: "gradient",
+    source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "grad.wgsl"),
+    bindings: &[
+        r("logits"),
+        r("tgt"),
+        u("P"),
+        r("terms"),
+        r("cw"),
+        r("coefs"),
+        w("grad"),
+        r("lw"),
+        r("status"),
+    ],
     specialized: true,
 };
 
 /// Copy probe: the memory-traffic floor benchmarks compare against.
 pub const COPY: Kernel =
-    Kernel { name: "copy", entry: "copy", source: wgsl!("copy.wgsl"), bindings: &[R, W], specialized: false };
+    Kernel { name: "copy", source: wgsl!("copy.wgsl"), bindings: &[r("logits"), w("out")], specialized: false };
 
-const RADIX_BINDINGS: &[Binding] = &[U, R, R, W, W, W, W, R];
+const SORT_BINDINGS: &[Binding] = &[
+    u("SP"),
+    r("keys_in"),
+    r("vals_in"),
+    w("counts"),
+    w("totals"),
+    w("keys_out"),
+    w("vals_out"),
+    r("seglen"),
+];
 
 macro_rules! radix {
     ($name:literal) => {
         Kernel {
             name: $name,
-            entry: $name,
             source: wgsl!("scan.wgsl", "sortio.wgsl", "radix.wgsl"),
-            bindings: RADIX_BINDINGS,
+            bindings: SORT_BINDINGS,
             specialized: false,
         }
     };
@@ -91,23 +140,32 @@ pub const RADIX_SCATTER: Kernel = radix!("radix_scatter");
 /// Bitonic sort of segments of at most [`BITONIC_MAX`] keys, one workgroup each.
 pub const BITONIC_SORT: Kernel = Kernel {
     name: "bitonic_sort",
-    entry: "bitonic_sort",
     source: wgsl!("sortio.wgsl", "bitonic.wgsl"),
-    bindings: RADIX_BINDINGS,
+    bindings: SORT_BINDINGS,
     specialized: false,
 };
 
 /// Longest segment the bitonic kernel sorts.
 pub const BITONIC_MAX: usize = 2048;
 
-const LOVASZ_BINDINGS: &[Binding] = &[R, R, U, U, W, W, W, W, W, W];
+const LOVASZ_BINDINGS: &[Binding] = &[
+    r("logits"),
+    r("tgt"),
+    u("P"),
+    u("LP"),
+    w("keys"),
+    w("vals"),
+    w("tilecnt"),
+    w("segsum"),
+    w("lw"),
+    w("vpart"),
+];
 
 macro_rules! lovasz {
     ($name:literal) => {
         Kernel {
             name: $name,
-            entry: $name,
-            source: wgsl!("common.wgsl", "lse.wgsl", "scan.wgsl", "lovparams.wgsl", "lovasz.wgsl"),
+            source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "scan.wgsl", "lovparams.wgsl", "lovasz.wgsl"),
             bindings: LOVASZ_BINDINGS,
             specialized: true,
         }
@@ -125,13 +183,13 @@ pub const LOVASZ_WEIGHTS: Kernel = lovasz!("lovasz_weights");
 /// Lovász: value per segment.
 pub const LOVASZ_VALUE: Kernel = lovasz!("lovasz_value");
 
-const COMPACT_BINDINGS: &[Binding] = &[U, R, R, W, W, W, W];
+const COMPACT_BINDINGS: &[Binding] =
+    &[u("LP"), r("keys_in"), r("vals_in"), w("keys_out"), w("vals_out"), w("tilecnt"), w("segsum")];
 
 macro_rules! compact {
     ($name:literal) => {
         Kernel {
             name: $name,
-            entry: $name,
             source: wgsl!("scan.wgsl", "lovparams.wgsl", "compact.wgsl"),
             bindings: COMPACT_BINDINGS,
             specialized: false,
@@ -148,37 +206,70 @@ pub const COMPACT_SCATTER: Kernel = compact!("compact_scatter");
 /// Lovász compaction: indirect dispatch size of the passes over the compacted segments.
 pub const COMPACT_ARGS: Kernel = compact!("compact_args");
 
+const THRESHOLD_BINDINGS: &[Binding] = &[u("LP"), w("keys"), r("vals"), w("thr")];
+
 /// Lovász-Softmax: per segment, the largest foreground key and the smallest key.
-pub const LOVASZ_THRESHOLD: Kernel = Kernel { entry: "lovasz_threshold", name: "lovasz_threshold", ..LOVASZ_DROP };
-/// Lovász-Softmax: drops the background elements whose Jaccard weight is zero.
-pub const LOVASZ_DROP: Kernel = Kernel {
-    name: "lovasz_drop",
-    entry: "lovasz_drop",
+pub const LOVASZ_THRESHOLD: Kernel = Kernel {
+    name: "lovasz_threshold",
     source: wgsl!("lovparams.wgsl", "threshold.wgsl"),
-    bindings: &[U, W, R, W],
+    bindings: THRESHOLD_BINDINGS,
     specialized: false,
 };
+/// Lovász-Softmax: drops the background elements whose Jaccard weight is zero.
+pub const LOVASZ_DROP: Kernel = Kernel { name: "lovasz_drop", ..LOVASZ_THRESHOLD };
 
-/// Every kernel of the crate, in the order the engine indexes them.
+/// Every kernel of the crate.
 pub const KERNELS: &[Kernel] = &[
     STATS,
     REDUCE,
+    FINALIZE,
     GRAD,
     COPY,
     RADIX_COUNT,
     RADIX_SCAN,
+    RADIX_DIGITS,
     RADIX_SCATTER,
+    BITONIC_SORT,
     LOVASZ_KEYS,
     LOVASZ_COUNT,
     LOVASZ_SCAN,
     LOVASZ_WEIGHTS,
     LOVASZ_VALUE,
-    BITONIC_SORT,
     COMPACT_COUNT,
     COMPACT_SCAN,
     COMPACT_SCATTER,
-    RADIX_DIGITS,
+    COMPACT_ARGS,
     LOVASZ_THRESHOLD,
     LOVASZ_DROP,
-    COMPACT_ARGS,
+];
+
+/// Constants that Rust and WGSL share, as `(WGSL name, value)`: `tests/shaders.rs` checks each
+/// against the constant of that name in every kernel that declares it.
+pub const SHARED_CONSTANTS: &[(&str, u64)] = &[
+    ("K", crate::plan::K as u64),
+    ("NCOEF", crate::plan::NCOEF as u64),
+    ("INVALID", crate::gpu::INVALID as u64),
+    ("BCE", crate::plan::kind::BCE as u64),
+    ("FOCAL_SIGMOID", crate::plan::kind::FOCAL_SIGMOID as u64),
+    ("CE", crate::plan::kind::CE as u64),
+    ("FOCAL_SOFTMAX", crate::plan::kind::FOCAL_SOFTMAX as u64),
+    ("OP_BCE", crate::plan::op::BCE as u64),
+    ("OP_FOCAL", crate::plan::op::FOCAL as u64),
+    ("OP_CE", crate::plan::op::CE as u64),
+    ("OP_SENSSPEC", crate::plan::op::SENSSPEC as u64),
+    ("OP_REGION", crate::plan::op::REGION as u64),
+    ("OP_GDICE", crate::plan::op::GDICE as u64),
+    ("OP_LOVASZ", crate::plan::op::LOVASZ as u64),
+    ("NONE_IDX", crate::plan::op::NONE_IDX as u64),
+    ("V_NONFINITE", crate::gpu::check::NONFINITE as u64),
+    ("V_CLASS", crate::gpu::check::CLASS as u64),
+    ("V_RANGE", crate::gpu::check::RANGE as u64),
+    ("V_SOFT", crate::gpu::check::SOFT as u64),
+    ("WG", crate::gpu::STATS_WG as u64),
+    ("PIX", crate::gpu::STATS_PIX as u64),
+    ("GWG", crate::gpu::GRAD_WG as u64),
+    ("FWG", crate::gpu::FINALIZE_WG as u64),
+    ("T", crate::gpu::SORT_TILE as u64),
+    ("LT", crate::gpu::SORT_TILE as u64),
+    ("NONE", crate::gpu::NONE_KEY as u64),
 ];

@@ -1,0 +1,642 @@
+// Device finalize: turns the per-(image, class) sums of the statistics passes and the per-segment
+// Lovász sums into the value of every term and expression, and into the coefficients the gradient
+// pass reads, so that statistics and gradient run in one submission with no host round trip.
+// It is the f32 twin of `finalize` in src/plan.rs (which the tests hold it to).
+//
+// One workgroup runs the ops of a recording in order (one op per term of each expression); inside
+// an op the threads split the (image, class) entries and meet in fixed-order tree reductions, so
+// reruns are bit-identical. Ops accumulate into `out` (zeroed first): the expression's value, and
+// the coefficient block of the expression:
+//   block + 2 t, block + 2 t + 1: scale and pos_weight of the expression's pixel term t
+//   block + op.sub + (n C + c) NCOEF + k: d loss / d (TP, SP, SPP, SS1, SS2) of (n, c) (region
+//     ops: `sub` is the block's region base)
+//   block + op.sub + seg: the scale of Lovász segment seg
+// When the statistics pass found bad input (status[0] != 0) every value is NaN and every
+// coefficient 0; the host turns the status into a typed error.
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> sums: array<f32>;        // [pass][n][c][K]
+@group(0) @binding(2) var<storage, read> lov: array<vec4<u32>>;   // Lovász segments: value bits, fg, bg, kept
+@group(0) @binding(3) var<storage, read> ops: array<Op>;
+@group(0) @binding(4) var<storage, read> cls: array<u32>;          // class lists of the ops
+@group(0) @binding(5) var<storage, read> status: array<u32>;      // [0]: bad-input flags
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+
+const FWG: u32 = 256u;
+const NCOEF: u32 = 5u;
+
+// Op kinds (src/plan.rs, `op`).
+const OP_BCE: u32 = 0u;
+const OP_FOCAL: u32 = 1u;
+const OP_CE: u32 = 2u;
+const OP_SENSSPEC: u32 = 4u;
+const OP_REGION: u32 = 5u;
+const OP_GDICE: u32 = 6u;
+const OP_LOVASZ: u32 = 7u;
+
+// Op flags.
+const F_POS_AUTO: u32 = 1u;      // bce: pos_weight = auto
+const F_FOCAL_SOFTMAX: u32 = 1u; // focal: act = softmax (mean over pixels, not elements)
+const F_SQUARED: u32 = 4u;       // region: squared denominator
+const F_LOG: u32 = 128u;         // region: -log(max(score, floor))
+const F_PER_IMAGE: u32 = 1u;     // lovasz: one group per image
+const F_SOFTMAX: u32 = 2u;       // lovasz: Lovász-Softmax (segments per class)
+const F_PRESENT: u32 = 4u;       // lovasz: only classes present in the group's target
+
+// Region kinds (flags bits 0..1), pools (bits 3..4), empty rules (bits 5..6), gdice weights (bits 8..9).
+const R_DICE: u32 = 0u;
+const R_JACCARD: u32 = 1u;
+const POOL_BATCH: u32 = 0u;
+const POOL_IMAGE: u32 = 1u;
+const POOL_ALL: u32 = 2u;
+const EMPTY_ZERO: u32 = 0u;
+const EMPTY_SKIP: u32 = 1u;
+const GD_SQUARE: u32 = 0u;
+const GD_SIMPLE: u32 = 1u;
+
+// A score whose clamped denominator is at most this is 0/0: score 1, gradient 0 (SCORE_DEN_FLOOR).
+const DEN_FLOOR: f32 = 1e-30;
+
+struct Op {
+    kind: u32,
+    weight: f32,
+    val: u32,    // out index of the term's value
+    eval: u32,   // out index of the expression's value
+    block: u32,  // out index of the expression's coefficient block; NONE_IDX: no gradient
+    sub: u32,    // pixel: term index in the block; region: the block's region base; lovasz: offset
+                 // of its segment scales in the block
+    sbase: u32,  // sums index of the statistics pass holding this op's pixel-loss channels
+    chan: u32,   // pixel: first of the two channels; lovasz: first segment in `lov`
+    flags: u32,
+    ncls: u32,   // classes listed in `cls` (0: every class)
+    cls_off: u32,
+    nseg: u32,   // lovasz: segments
+    f0: f32,     // region: smooth_nr; bce: pos_weight; sensspec: lambda
+    f1: f32,     // region: smooth_dr; sensspec: smooth
+    f2: f32,     // region: eps
+    f3: f32,     // region: log floor
+    f4: f32,     // tversky: alpha
+    f5: f32,     // tversky: beta
+    f6: f32,     // tversky: gamma
+    f7: f32,
+}
+
+const NONE_IDX: u32 = 0xFFFFFFFFu;
+
+var<workgroup> wop: Op;
+var<workgroup> red4: array<vec4<f32>, 256>;
+var<workgroup> red1: array<f32, 256>;
+var<workgroup> uni4: vec4<f32>;
+var<workgroup> uni1: f32;
+
+// Sum of v over the workgroup in a fixed tree order; uniform result. Uniform control flow.
+fn wg_sum4(lid: u32, v: vec4<f32>) -> vec4<f32> {
+    red4[lid] = v;
+    workgroupBarrier();
+    for (var stride = FWG / 2u; stride > 0u; stride >>= 1u) {
+        if lid < stride {
+            red4[lid] += red4[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        uni4 = red4[0];
+    }
+    return workgroupUniformLoad(&uni4);
+}
+
+fn wg_sum(lid: u32, v: f32) -> f32 {
+    return wg_sum4(lid, vec4<f32>(v, 0.0, 0.0, 0.0)).x;
+}
+
+fn wg_max(lid: u32, v: f32) -> f32 {
+    red1[lid] = v;
+    workgroupBarrier();
+    for (var stride = FWG / 2u; stride > 0u; stride >>= 1u) {
+        if lid < stride {
+            red1[lid] = max(red1[lid], red1[lid + stride]);
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        uni1 = red1[0];
+    }
+    return workgroupUniformLoad(&uni1);
+}
+
+fn sum_at(base: u32, n: u32, c: u32, k: u32) -> f32 {
+    return sums[base + (n * P.c + c) * K + k];
+}
+
+// Sum of channel k over every (image, class) of the pass at `base`.
+fn total(lid: u32, base: u32, k: u32) -> f32 {
+    var acc = 0.0;
+    for (var e = lid; e < P.n * P.c; e += FWG) {
+        acc += sums[base + e * K + k];
+    }
+    return wg_sum(lid, acc);
+}
+
+// Class of list position j (the op's class list, or every class).
+fn class_at(op: Op, j: u32) -> u32 {
+    if op.ncls == 0u {
+        return j;
+    }
+    return cls[op.cls_off + j];
+}
+
+fn class_count(op: Op) -> u32 {
+    return select(op.ncls, P.c, op.ncls == 0u);
+}
+
+fn coef_add(op: Op, n: u32, c: u32, k: u32, v: f32) {
+    let i = op.block + op.sub + (n * P.c + c) * NCOEF + k;
+    out[i] += v;
+}
+
+// The term's value, and its weighted share of the expression's value (thread 0 only).
+fn put_value(lid: u32, op: Op, v: f32) {
+    if lid == 0u {
+        out[op.val] = v;
+        out[op.eval] += op.weight * v;
+    }
+}
+
+// The scale and pos_weight of pixel term `op.sub` for the gradient pass (thread 0 only).
+fn put_scale(lid: u32, op: Op, scale: f32, pw: f32) {
+    if lid == 0u && op.block != NONE_IDX {
+        out[op.block + 2u * op.sub] = scale;
+        out[op.block + 2u * op.sub + 1u] = pw;
+    }
+}
+
+fn op_pixel(lid: u32, op: Op) {
+    let cnt = total(lid, 0u, 5u);
+    let a = total(lid, op.sbase, op.chan);
+    var v = 0.0;
+    var scale = 0.0;
+    var pw = 1.0;
+    if op.kind == OP_BCE {
+        let b = total(lid, op.sbase, op.chan + 1u);
+        let sg = total(lid, 0u, 2u);
+        pw = op.f0;
+        if (op.flags & F_POS_AUTO) != 0u {
+            pw = (cnt - sg) / max(sg, 1.0);
+        }
+        if cnt > 0.0 {
+            v = pw * (a / cnt) + b / cnt;
+            scale = op.weight / cnt;
+        }
+    } else if op.kind == OP_FOCAL {
+        var denom = cnt;
+        if (op.flags & F_FOCAL_SOFTMAX) != 0u {
+            // one entry per pixel: the counts of class 0
+            var acc = 0.0;
+            for (var n = lid; n < P.n; n += FWG) {
+                acc += sum_at(0u, n, 0u, 5u);
+            }
+            denom = wg_sum(lid, acc);
+        }
+        if denom > 0.0 {
+            v = a / denom;
+            scale = op.weight / denom;
+        }
+    } else {
+        let den = total(lid, op.sbase, op.chan + 1u);
+        if den > 0.0 {
+            v = a / den;
+            scale = op.weight / den;
+        }
+    }
+    put_value(lid, op, v);
+    put_scale(lid, op, scale, pw);
+}
+
+fn op_sensspec(lid: u32, op: Op) {
+    let cnt = total(lid, 0u, 5u);
+    let sg = total(lid, 0u, 2u);
+    let s1 = total(lid, 0u, 6u);
+    let s2 = total(lid, 0u, 7u);
+    let lambda = op.f0;
+    let d1 = sg + op.f1;
+    let d2 = cnt - sg + op.f1;
+    var v = 0.0;
+    var a1 = 0.0;
+    var a2 = 0.0;
+    if d1 > 0.0 {
+        v += lambda * (s1 / d1);
+        a1 = op.weight * lambda / d1;
+    }
+    if d2 > 0.0 {
+        v += (1.0 - lambda) * (s2 / d2);
+        a2 = op.weight * (1.0 - lambda) / d2;
+    }
+    put_value(lid, op, v);
+    if op.block != NONE_IDX {
+        for (var e = lid; e < P.n * P.c; e += FWG) {
+            coef_add(op, e / P.c, e % P.c, 3u, a1);
+            coef_add(op, e / P.c, e % P.c, 4u, a2);
+        }
+    }
+}
+
+// Score of a Dice / Jaccard / Tversky entry from (TP, SP, SG, SPP) and SGG, with its derivatives
+// by (TP, SP, SPP): (score, d/dTP, d/dSP, d/dSPP).
+fn score(op: Op, s: vec4<f32>, sgg: f32) -> vec4<f32> {
+    let tp = s.x;
+    let sp = s.y;
+    let sg = s.z;
+    let spp = s.w;
+    let rk = op.flags & 3u;
+    let sq = (op.flags & F_SQUARED) != 0u;
+    var a_tp = 1.0;
+    var b_tp = 0.0;
+    var b_sp = 0.0;
+    var b_spp = 0.0;
+    var b_c = 0.0;
+    if rk == R_DICE {
+        a_tp = 2.0;
+        if sq {
+            b_spp = 1.0;
+            b_c = sgg;
+        } else {
+            b_sp = 1.0;
+            b_c = sg;
+        }
+    } else if rk == R_JACCARD {
+        b_tp = -1.0;
+        if sq {
+            b_spp = 1.0;
+            b_c = sgg;
+        } else {
+            b_sp = 1.0;
+            b_c = sg;
+        }
+    } else {
+        b_tp = 1.0 - op.f4 - op.f5;
+        b_sp = op.f4;
+        b_c = op.f5 * sg;
+    }
+    let num = a_tp * tp + op.f0;
+    let den = b_tp * tp + b_sp * sp + b_spp * spp + b_c + op.f1;
+    let d = max(den, op.f2);
+    if d <= DEN_FLOOR {
+        return vec4<f32>(1.0, 0.0, 0.0, 0.0);
+    }
+    let sc = num / d;
+    var q = 0.0;
+    if den > op.f2 {
+        q = -sc / d;
+    }
+    return vec4<f32>(sc, a_tp / d + q * b_tp, q * b_sp, q * b_spp);
+}
+
+// Entry loss from a score: (loss, d loss / d score).
+fn entry_loss(op: Op, sc: f32) -> vec2<f32> {
+    if (op.flags & F_LOG) != 0u {
+        if sc > op.f3 {
+            return vec2<f32>(-log(sc), -1.0 / sc);
+        }
+        return vec2<f32>(-log(op.f3), 0.0);
+    }
+    return vec2<f32>(1.0 - sc, -1.0);
+}
+
+// Entries of a region op: pool=image: (n, class j) for e = n * classes + j; pool=batch: class j
+// over every image; pool=all: one entry of every (n, class j).
+fn entry_count(op: Op) -> u32 {
+    let pool = (op.flags >> 3u) & 3u;
+    if pool == POOL_IMAGE {
+        return P.n * class_count(op);
+    }
+    if pool == POOL_BATCH {
+        return class_count(op);
+    }
+    return 1u;
+}
+
+// (TP, SP, SG, SPP) of entry e and its SGG, one thread (pool = image or batch).
+fn entry_sums(op: Op, e: u32) -> array<vec4<f32>, 2> {
+    let pool = (op.flags >> 3u) & 3u;
+    var s = vec4<f32>(0.0);
+    var sgg = 0.0;
+    if pool == POOL_IMAGE {
+        let nk = class_count(op);
+        let n = e / nk;
+        let c = class_at(op, e % nk);
+        s = vec4<f32>(sum_at(0u, n, c, 0u), sum_at(0u, n, c, 1u), sum_at(0u, n, c, 2u), sum_at(0u, n, c, 3u));
+        sgg = sum_at(0u, n, c, 4u);
+    } else {
+        let c = class_at(op, e);
+        for (var n = 0u; n < P.n; n++) {
+            s += vec4<f32>(sum_at(0u, n, c, 0u), sum_at(0u, n, c, 1u), sum_at(0u, n, c, 2u), sum_at(0u, n, c, 3u));
+            sgg += sum_at(0u, n, c, 4u);
+        }
+    }
+    return array<vec4<f32>, 2>(s, vec4<f32>(sgg, 0.0, 0.0, 0.0));
+}
+
+// (loss, counted, d loss / d TP, SP, SPP as a vec4 with .x = loss, .y = counted) of one entry.
+struct Entry {
+    loss: f32,
+    counted: f32,
+    d: vec3<f32>,
+}
+
+fn entry_of(op: Op, s: vec4<f32>, sgg: f32) -> Entry {
+    let empty_rule = (op.flags >> 5u) & 3u;
+    var r: Entry;
+    r.loss = 0.0;
+    r.counted = 1.0;
+    r.d = vec3<f32>(0.0);
+    if s.z <= 0.0 {
+        if empty_rule == EMPTY_SKIP {
+            r.counted = 0.0;
+            return r;
+        }
+        if empty_rule == EMPTY_ZERO {
+            return r;
+        }
+    }
+    let sc = score(op, s, sgg);
+    let el = entry_loss(op, sc.x);
+    r.loss = el.x;
+    r.d = el.y * sc.yzw;
+    return r;
+}
+
+fn op_region(lid: u32, op: Op) {
+    let pool = (op.flags >> 3u) & 3u;
+    let entries = entry_count(op);
+    let nk = class_count(op);
+    // pool = all: the single entry's sums, reduced over every (image, class) member
+    var all_s = vec4<f32>(0.0);
+    var all_sgg = 0.0;
+    if pool == POOL_ALL {
+        var acc = vec4<f32>(0.0);
+        var acc2 = 0.0;
+        for (var m = lid; m < P.n * nk; m += FWG) {
+            let n = m / nk;
+            let c = class_at(op, m % nk);
+            acc += vec4<f32>(sum_at(0u, n, c, 0u), sum_at(0u, n, c, 1u), sum_at(0u, n, c, 2u), sum_at(0u, n, c, 3u));
+            acc2 += sum_at(0u, n, c, 4u);
+        }
+        all_s = wg_sum4(lid, acc);
+        all_sgg = wg_sum(lid, acc2);
+    }
+    var lsum = 0.0;
+    var counted = 0.0;
+    for (var e = lid; e < entries; e += FWG) {
+        var en: Entry;
+        if pool == POOL_ALL {
+            en = entry_of(op, all_s, all_sgg);
+        } else {
+            let es = entry_sums(op, e);
+            en = entry_of(op, es[0], es[1].x);
+        }
+        lsum += en.loss;
+        counted += en.counted;
+    }
+    let total_loss = wg_sum(lid, lsum);
+    let m = wg_sum(lid, counted);
+    if m <= 0.0 {
+        put_value(lid, op, 0.0);
+        return;
+    }
+    let mean = total_loss / m;
+    var gamma = 1.0;
+    if (op.flags & 3u) == 2u {
+        gamma = op.f6;
+    }
+    var value = mean;
+    var dmean = 1.0;
+    if gamma != 1.0 {
+        if mean > 0.0 {
+            value = pow(mean, gamma);
+            dmean = gamma * pow(mean, gamma - 1.0);
+        } else {
+            value = 0.0;
+            dmean = 0.0;
+        }
+    }
+    put_value(lid, op, value);
+    if op.block == NONE_IDX {
+        return;
+    }
+    let f = op.weight * dmean / m;
+    if pool == POOL_ALL {
+        let en = entry_of(op, all_s, all_sgg);
+        for (var mm = lid; mm < P.n * nk; mm += FWG) {
+            let n = mm / nk;
+            let c = class_at(op, mm % nk);
+            coef_add(op, n, c, 0u, f * en.d.x);
+            coef_add(op, n, c, 1u, f * en.d.y);
+            coef_add(op, n, c, 2u, f * en.d.z);
+        }
+        return;
+    }
+    for (var e = lid; e < entries; e += FWG) {
+        let es = entry_sums(op, e);
+        let en = entry_of(op, es[0], es[1].x);
+        if pool == POOL_IMAGE {
+            let n = e / nk;
+            let c = class_at(op, e % nk);
+            coef_add(op, n, c, 0u, f * en.d.x);
+            coef_add(op, n, c, 1u, f * en.d.y);
+            coef_add(op, n, c, 2u, f * en.d.z);
+        } else {
+            let c = class_at(op, e);
+            for (var n = 0u; n < P.n; n++) {
+                coef_add(op, n, c, 0u, f * en.d.x);
+                coef_add(op, n, c, 1u, f * en.d.y);
+                coef_add(op, n, c, 2u, f * en.d.z);
+            }
+        }
+    }
+}
+
+// Generalized Dice class weight from the class's target sum; a negative result marks "infinite"
+// (an absent class under square or simple weights), replaced by the largest finite weight.
+fn gd_weight(op: Op, sg: f32) -> f32 {
+    let wk = (op.flags >> 8u) & 3u;
+    if wk == GD_SQUARE {
+        if sg * sg > 0.0 {
+            return 1.0 / (sg * sg);
+        }
+        return -1.0;
+    }
+    if wk == GD_SIMPLE {
+        if sg > 0.0 {
+            return 1.0 / sg;
+        }
+        return -1.0;
+    }
+    return 1.0;
+}
+
+// Target sum of class list position j over the images of group g (pool = image: image g).
+fn gd_sum(op: Op, g: u32, per_image: bool, j: u32, k: u32) -> f32 {
+    let c = class_at(op, j);
+    if per_image {
+        return sum_at(0u, g, c, k);
+    }
+    var acc = 0.0;
+    for (var n = 0u; n < P.n; n++) {
+        acc += sum_at(0u, n, c, k);
+    }
+    return acc;
+}
+
+fn op_gdice(lid: u32, op: Op) {
+    let per_image = ((op.flags >> 3u) & 3u) == POOL_IMAGE;
+    let groups = select(1u, P.n, per_image);
+    let nk = class_count(op);
+    var total_loss = 0.0;
+    for (var g = 0u; g < groups; g++) {
+        var mx = 0.0;
+        for (var j = lid; j < nk; j += FWG) {
+            mx = max(mx, gd_weight(op, gd_sum(op, g, per_image, j, 2u)));
+        }
+        let max_finite = wg_max(lid, mx);
+        var acc = vec4<f32>(0.0);
+        for (var j = lid; j < nk; j += FWG) {
+            let sg = gd_sum(op, g, per_image, j, 2u);
+            var wc = gd_weight(op, sg);
+            if wc < 0.0 {
+                wc = max_finite;
+            }
+            acc += vec4<f32>(2.0 * wc * gd_sum(op, g, per_image, j, 0u), wc * (gd_sum(op, g, per_image, j, 1u) + sg), 0.0, 0.0);
+        }
+        let nd = wg_sum4(lid, acc);
+        let num = nd.x + op.f0;
+        let den = nd.y + op.f1;
+        let d = max(den, op.f2);
+        var sc = 1.0;
+        var live = false;
+        if d > DEN_FLOOR {
+            sc = num / d;
+            live = den > op.f2;
+        }
+        let el = entry_loss(op, sc);
+        total_loss += el.x;
+        if op.block != NONE_IDX && d > DEN_FLOOR {
+            let f = op.weight * el.y / f32(groups);
+            var q = 0.0;
+            if live {
+                q = -sc / d;
+            }
+            for (var j = lid; j < nk; j += FWG) {
+                let c = class_at(op, j);
+                var wc = gd_weight(op, gd_sum(op, g, per_image, j, 2u));
+                if wc < 0.0 {
+                    wc = max_finite;
+                }
+                if per_image {
+                    coef_add(op, g, c, 0u, f * 2.0 * wc / d);
+                    coef_add(op, g, c, 1u, f * q * wc);
+                } else {
+                    for (var n = 0u; n < P.n; n++) {
+                        coef_add(op, n, c, 0u, f * 2.0 * wc / d);
+                        coef_add(op, n, c, 1u, f * q * wc);
+                    }
+                }
+            }
+        }
+    }
+    put_value(lid, op, total_loss / f32(groups));
+}
+
+fn in_list(op: Op, k: u32) -> bool {
+    for (var j = 0u; j < op.ncls; j++) {
+        if cls[op.cls_off + j] == k {
+            return true;
+        }
+    }
+    return false;
+}
+
+fn op_lovasz(lid: u32, op: Op) {
+    let per_image = (op.flags & F_PER_IMAGE) != 0u;
+    let groups = select(1u, P.n, per_image);
+    var acc = 0.0;
+    for (var g = lid; g < groups; g += FWG) {
+        if (op.flags & F_SOFTMAX) != 0u {
+            var used = 0u;
+            var vsum = 0.0;
+            for (var k = 0u; k < P.c; k++) {
+                let seg = select(k, g * P.c + k, per_image);
+                let q = lov[op.chan + seg];
+                var use_it = q.y + q.z > 0u;
+                if (op.flags & F_PRESENT) != 0u {
+                    use_it = use_it && q.y > 0u;
+                } else if op.ncls > 0u {
+                    use_it = use_it && in_list(op, k);
+                }
+                if use_it {
+                    used += 1u;
+                    vsum += bitcast<f32>(q.x);
+                }
+            }
+            if used > 0u {
+                acc += vsum / f32(used);
+                if op.block != NONE_IDX {
+                    let sc = op.weight / f32(groups) / f32(used);
+                    for (var k = 0u; k < P.c; k++) {
+                        let seg = select(k, g * P.c + k, per_image);
+                        let q = lov[op.chan + seg];
+                        var use_it = q.y + q.z > 0u;
+                        if (op.flags & F_PRESENT) != 0u {
+                            use_it = use_it && q.y > 0u;
+                        } else if op.ncls > 0u {
+                            use_it = use_it && in_list(op, k);
+                        }
+                        if use_it {
+                            out[op.block + op.sub + seg] += sc;
+                        }
+                    }
+                }
+            }
+        } else {
+            acc += bitcast<f32>(lov[op.chan + g].x);
+            if op.block != NONE_IDX {
+                out[op.block + op.sub + g] += op.weight / f32(groups);
+            }
+        }
+    }
+    let total_loss = wg_sum(lid, acc);
+    put_value(lid, op, total_loss / f32(groups));
+}
+
+@compute @workgroup_size(256)
+fn finalize(@builtin(local_invocation_index) lid: u32) {
+    for (var i = lid; i < arrayLength(&out); i += FWG) {
+        out[i] = 0.0;
+    }
+    storageBarrier();
+    let bad = status[0] != 0u;
+    for (var i = 0u; i < P.nops; i++) {
+        if lid == 0u {
+            wop = ops[i];
+        }
+        let op = workgroupUniformLoad(&wop);
+        if bad {
+            // bad input: NaN values, zero coefficients (the host reports the error)
+            if lid == 0u {
+                out[op.val] = bitcast<f32>(0x7FC00000u);
+                out[op.eval] = bitcast<f32>(0x7FC00000u);
+            }
+        } else if op.kind == OP_SENSSPEC {
+            op_sensspec(lid, op);
+        } else if op.kind == OP_REGION {
+            op_region(lid, op);
+        } else if op.kind == OP_GDICE {
+            op_gdice(lid, op);
+        } else if op.kind == OP_LOVASZ {
+            op_lovasz(lid, op);
+        } else {
+            op_pixel(lid, op);
+        }
+        storageBarrier();
+        workgroupBarrier();
+    }
+}

@@ -1,0 +1,376 @@
+//! Adapter choice, the device (the engine's own or the caller's), and the pipelines of every
+//! kernel by name, each specialization built once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::Error;
+use crate::gpu::poll::Poller;
+use crate::gpu::pool::Pool;
+use crate::gpu::Spec;
+use crate::shaders::{Access, Kernel, BITONIC_MAX, KERNELS};
+
+/// What the engine runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct DeviceInfo {
+    /// Adapter name (or `CPU reference`).
+    pub name: String,
+    /// `vulkan`, `gl`, `metal`, `dx12`, `webgpu`, or `cpu` for the f64 CPU reference.
+    pub backend: String,
+    /// `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu`, `Other`.
+    #[cfg_attr(feature = "serde", serde(rename = "type"))]
+    pub device_type: String,
+    /// Driver name and version, when known.
+    pub driver: String,
+    /// Why the engine fell back to the CPU reference, if it did.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub fallback_reason: Option<String>,
+}
+
+impl DeviceInfo {
+    pub(crate) fn of(info: &wgpu::AdapterInfo) -> DeviceInfo {
+        DeviceInfo {
+            name: info.name.clone(),
+            backend: backend_name(info.backend).to_string(),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            fallback_reason: None,
+        }
+    }
+}
+
+/// The lower-case name of a wgpu backend as `SEGLOSS_BACKEND` spells it.
+pub fn backend_name(b: wgpu::Backend) -> &'static str {
+    match b {
+        wgpu::Backend::Vulkan => "vulkan",
+        wgpu::Backend::Metal => "metal",
+        wgpu::Backend::Dx12 => "dx12",
+        wgpu::Backend::Gl => "gl",
+        wgpu::Backend::BrowserWebGpu => "webgpu",
+        wgpu::Backend::Noop => "noop",
+    }
+}
+
+/// How adapters are chosen. [`EngineOptions::from_env`] reads `SEGLOSS_BACKEND` and `SEGLOSS_ADAPTER`.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Restrict to one backend: `vulkan`, `gl`, `metal`, `dx12` or `webgpu`.
+    pub backend: Option<String>,
+    /// Pick the first adapter whose name contains this (case-insensitive).
+    pub adapter: Option<String>,
+    /// Fall back to the CPU reference when no adapter is found (default for [`Engine::new`]).
+    pub allow_cpu_fallback: bool,
+}
+
+impl EngineOptions {
+    /// Options from `SEGLOSS_BACKEND` and `SEGLOSS_ADAPTER`, with CPU fallback allowed.
+    pub fn from_env() -> EngineOptions {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        EngineOptions { backend: get("SEGLOSS_BACKEND"), adapter: get("SEGLOSS_ADAPTER"), allow_cpu_fallback: true }
+    }
+
+    fn backends(&self) -> Result<wgpu::Backends, Error> {
+        Ok(match self.backend.as_deref().map(|s| s.to_ascii_lowercase()) {
+            None => wgpu::Backends::all(),
+            Some(b) => match b.as_str() {
+                "vulkan" => wgpu::Backends::VULKAN,
+                "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+                "metal" => wgpu::Backends::METAL,
+                "dx12" => wgpu::Backends::DX12,
+                "webgpu" => wgpu::Backends::BROWSER_WEBGPU,
+                other => {
+                    return Err(Error::Input(format!(
+                        "SEGLOSS_BACKEND={other}: allowed values are vulkan, gl, metal, dx12, webgpu"
+                    )))
+                }
+            },
+        })
+    }
+}
+
+/// One adapter as [`list_adapters`] reports it.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct AdapterReport {
+    /// Name, backend and type.
+    #[cfg_attr(feature = "serde", serde(flatten))]
+    pub info: DeviceInfo,
+    /// Whether [`Engine::new`] with the same options would pick it.
+    pub selected: bool,
+    /// Largest storage buffer binding, bytes.
+    pub max_storage_buffer_binding_size: u64,
+    /// Largest buffer, bytes.
+    pub max_buffer_size: u64,
+    /// Largest workgroup count per dimension.
+    pub max_compute_workgroups_per_dimension: u32,
+    /// Workgroup shared memory, bytes.
+    pub max_compute_workgroup_storage_size: u32,
+    /// Storage buffers per shader stage.
+    pub max_storage_buffers_per_shader_stage: u32,
+}
+
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let t = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let b = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 | wgpu::Backend::BrowserWebGpu => 0,
+        _ => 1,
+    };
+    (t, b)
+}
+
+fn instance(opts: &EngineOptions) -> Result<wgpu::Instance, Error> {
+    instance_for(opts.backends()?)
+}
+
+fn instance_for(backends: wgpu::Backends) -> Result<wgpu::Instance, Error> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    Ok(wgpu::Instance::new(desc))
+}
+
+/// The adapter [`crate::Engine::with_options`] opens. Without a chosen backend the native APIs
+/// (Vulkan, Metal, DX12) are probed first and OpenGL only when none of them has a usable adapter:
+/// probing GL starts EGL, which on a machine without `XDG_RUNTIME_DIR` prints a warning.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) async fn pick_adapter(opts: &EngineOptions) -> Result<wgpu::Adapter, Error> {
+    let allowed = opts.backends()?;
+    let native = allowed & (wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12);
+    let mut seen = 0;
+    for backends in [native, allowed - native] {
+        if backends.is_empty() {
+            continue;
+        }
+        let inst = instance_for(backends)?;
+        let mut adapters = inst.enumerate_adapters(backends).await;
+        seen += adapters.len();
+        if let Some(i) = pick_index(&adapters, opts) {
+            return Ok(adapters.swap_remove(i));
+        }
+    }
+    Err(Error::NoAdapter(format!(
+        "no usable adapter{}{} among {seen} found; on Linux install Mesa's lavapipe: apt-get install mesa-vulkan-drivers",
+        opts.backend.as_ref().map(|b| format!(" on backend {b}")).unwrap_or_default(),
+        opts.adapter.as_ref().map(|a| format!(" named like '{a}'")).unwrap_or_default(),
+    )))
+}
+
+#[cfg(target_arch = "wasm32")]
+pub(crate) async fn pick_adapter(opts: &EngineOptions) -> Result<wgpu::Adapter, Error> {
+    instance(opts)?
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::NoAdapter(format!("the browser gave no WebGPU adapter: {e}")))
+}
+
+/// Every adapter on every allowed backend, with the one the engine would pick marked.
+pub async fn list_adapters(opts: &EngineOptions) -> Result<Vec<AdapterReport>, Error> {
+    let inst = instance(opts)?;
+    let adapters = inst.enumerate_adapters(opts.backends()?).await;
+    let pick = pick_index(&adapters, opts);
+    Ok(adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let l = a.limits();
+            AdapterReport {
+                info: DeviceInfo::of(&a.get_info()),
+                selected: Some(i) == pick,
+                max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+                max_buffer_size: l.max_buffer_size,
+                max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+                max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+                max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+            }
+        })
+        .collect())
+}
+
+fn usable(a: &wgpu::Adapter) -> bool {
+    limits_ok(&a.limits())
+}
+
+/// What every kernel needs of a device.
+pub(crate) fn limits_ok(l: &wgpu::Limits) -> bool {
+    l.max_storage_buffers_per_shader_stage >= 8
+        && l.max_compute_workgroup_storage_size >= 8192
+        && l.max_compute_invocations_per_workgroup >= 256
+}
+
+fn pick_index(adapters: &[wgpu::Adapter], opts: &EngineOptions) -> Option<usize> {
+    let want = opts.adapter.as_ref().map(|s| s.to_lowercase());
+    adapters
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| usable(a))
+        .filter(|(_, a)| want.as_ref().is_none_or(|w| a.get_info().name.to_lowercase().contains(w)))
+        .min_by_key(|(i, a)| (rank(&a.get_info()), *i))
+        .map(|(i, _)| i)
+}
+
+/// Longest segment the Lovász sort gives to the bitonic network on a CPU adapter such as
+/// lavapipe, where the radix sort wins from 2048 keys (bitonic/radix 0.56 at 1024, 1.10 at 2048).
+/// On a GPU the bitonic sort takes every segment it can hold ([`BITONIC_MAX`] keys; 0.37 of the
+/// radix time at 2048 on an H100).
+pub const BITONIC_CROSSOVER_CPU: usize = 1024;
+
+pub(crate) struct KernelState {
+    module: wgpu::ShaderModule,
+    pub bind_layout: wgpu::BindGroupLayout,
+    layout: wgpu::PipelineLayout,
+}
+
+/// Submissions and host waits of an engine, for benchmarks and tests.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub submissions: AtomicU64,
+    pub waits: AtomicU64,
+}
+
+/// A device and queue with the kernels' layouts and pipelines, a scratch pool and a poller.
+pub(crate) struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub limits: wgpu::Limits,
+    kernels: HashMap<&'static str, KernelState>,
+    pipelines: Mutex<HashMap<(&'static str, Spec), wgpu::ComputePipeline>>,
+    pub pool: Arc<Pool>,
+    /// Longest segment the automatic sort choice gives to the bitonic network.
+    pub bitonic_upto: usize,
+    /// The first uncaptured device error (only on devices the engine opened itself).
+    pub lost: Arc<Mutex<Option<String>>>,
+    pub poller: Poller,
+    pub counters: Counters,
+}
+
+impl Gpu {
+    /// Wraps a device: builds every kernel's module and layout and the plain pipelines, so that a
+    /// driver that rejects a kernel fails here. `own`: the engine opened the device itself and
+    /// may install an uncaptured-error handler (never on a caller's device).
+    pub async fn new(info: &wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue, own: bool) -> Result<Gpu, Error> {
+        let limits = device.limits();
+        if !limits_ok(&limits) {
+            return Err(Error::NoAdapter(format!(
+                "{}: the device's limits are below what segloss needs (8 storage buffers per stage, 8 KiB workgroup memory, 256 invocations)",
+                info.name
+            )));
+        }
+        let lost = Arc::new(Mutex::new(None));
+        if own {
+            let lost = lost.clone();
+            device.on_uncaptured_error(Arc::new(move |e| {
+                if let Ok(mut l) = lost.lock() {
+                    l.get_or_insert_with(|| e.to_string());
+                }
+            }));
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let kernels = KERNELS.iter().map(|k| (k.name, KernelState::new(&device, k))).collect();
+        let bitonic_upto = if info.device_type == wgpu::DeviceType::Cpu { BITONIC_CROSSOVER_CPU } else { BITONIC_MAX };
+        let gpu = Gpu {
+            poller: Poller::new(device.clone()),
+            device,
+            queue,
+            limits,
+            kernels,
+            pipelines: Mutex::new(HashMap::new()),
+            pool: Arc::new(Pool::default()),
+            bitonic_upto,
+            lost,
+            counters: Counters::default(),
+        };
+        for softmax in [false, true] {
+            for k in KERNELS {
+                gpu.pipeline(k, Spec::softmax(softmax));
+            }
+        }
+        if let Some(e) = scope.pop().await {
+            return Err(Error::Gpu(format!("building the pipelines failed on {}: {e}", info.name)));
+        }
+        Ok(gpu)
+    }
+
+    pub(crate) fn kernel(&self, k: &Kernel) -> &KernelState {
+        // every kernel of KERNELS is built in `new`
+        &self.kernels[k.name]
+    }
+
+    /// The pipeline of kernel `k` for `spec`, built on first use.
+    pub(crate) fn pipeline(&self, k: &'static Kernel, spec: Spec) -> wgpu::ComputePipeline {
+        let spec = if k.specialized { spec } else { Spec::default() };
+        let ks = self.kernel(k);
+        let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry((k.name, spec))
+            .or_insert_with(|| {
+                let constants = spec.constants();
+                self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(k.name),
+                    layout: Some(&ks.layout),
+                    module: &ks.module,
+                    entry_point: Some(k.name),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: if k.specialized { &constants } else { &[] },
+                        // every kernel writes its workgroup memory before reading it
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+            })
+            .clone()
+    }
+
+    pub(crate) fn note_submission(&self) {
+        self.counters.submissions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_wait(&self) {
+        self.counters.waits.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl KernelState {
+    fn new(device: &wgpu::Device, kernel: &Kernel) -> KernelState {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.name),
+            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+        });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b.access {
+                        Access::Uniform => wgpu::BufferBindingType::Uniform,
+                        Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let bind_layout = device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(kernel.name), entries: &entries });
+        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(kernel.name),
+            bind_group_layouts: &[Some(&bind_layout)],
+            immediate_size: 0,
+        });
+        KernelState { module, bind_layout, layout }
+    }
+}

@@ -1,0 +1,278 @@
+//! The evaluation graph: for one input and a list of expressions, the fused statistics passes
+//! (several when the expressions hold more distinct pixel losses than one pass does), one sort
+//! per distinct Lovász loss, the device finalize, and the gradient pass(es) of each expression
+//! that wants a gradient, all recorded into one recording.
+
+use crate::error::Error;
+use crate::expr::LossExpr;
+use crate::gpu::context::Gpu;
+use crate::gpu::lovasz::{grid, LovaszInput};
+use crate::gpu::record::{Grid, Recording, Slice};
+use crate::gpu::{align, Params, Spec, TILE};
+use crate::plan::{self, BlockLayout, Op, StatsPlan, TermParams, K, MAX_PIXEL_SLOTS};
+use crate::shaders;
+
+/// An input on the device: logits and target words (class indices, or f32 bits of dense values).
+pub(crate) struct DevInput {
+    pub logits: Slice,
+    pub target: Slice,
+    pub n: usize,
+    pub c: usize,
+    pub s: usize,
+    pub softmax: bool,
+    /// The caller's ignore word (buffer inputs; host inputs arrive with INVALID in its place).
+    pub ignore: Option<u32>,
+    /// Checks of `check::*` the statistics pass makes.
+    pub validate: u32,
+}
+
+/// Where an expression's gradient goes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum GradTo {
+    Skip,
+    /// A scratch buffer copied into a staging buffer.
+    Host,
+    /// A slice of a buffer: overwritten, or added to.
+    Into { slice: Slice, accumulate: bool },
+}
+
+/// Where the results of a recorded evaluation are.
+pub(crate) struct Recorded {
+    /// Per expression: (index of its value in the values, terms); its term values follow it.
+    pub vals: Vec<(usize, usize)>,
+    /// Floats of values, then 8 status words: the layout of the values readback.
+    pub vals_len: usize,
+    /// The finalize output (values first) and the status words.
+    pub out: Slice,
+    pub status: Slice,
+    /// Staging buffer index of the values, when read.
+    pub values_read: Option<usize>,
+    /// Staging buffer index of each expression's gradient, when read to the host.
+    pub grad_reads: Vec<Option<usize>>,
+}
+
+impl Gpu {
+    /// Records the evaluation of `exprs` on `inp`. `read_values`: copy values and status into a
+    /// staging buffer (staging buffers are numbered from `first_read` in the recording).
+    pub(crate) fn record_eval(
+        &self,
+        rec: &mut Recording,
+        inp: &DevInput,
+        exprs: &[LossExpr],
+        grads: &[GradTo],
+        read_values: bool,
+        first_read: usize,
+    ) -> Result<Recorded, Error> {
+        let (n, c, s) = (inp.n, inp.c, inp.s);
+        let tiles = s.div_ceil(TILE);
+        let softmax = inp.softmax;
+        let plan = StatsPlan::new(exprs, c);
+        let passes = plan.passes();
+        let base = Params {
+            n: n as u32,
+            c: c as u32,
+            s: s as u32,
+            tiles: tiles as u32,
+            ignore: inp.ignore.unwrap_or(0),
+            has_ignore: u32::from(inp.ignore.is_some()),
+            ..Params::default()
+        };
+        let pbuf = rec.uniform(&base);
+        let status = rec.scratch(32, "status")?;
+        rec.clear(status);
+
+        // 1. statistics: fused passes and their fixed-order reductions
+        let stride = align((n * c * K * 4) as u64);
+        let sums = rec.scratch(stride * passes as u64, "statistics sums")?;
+        let partials = rec.scratch((n * tiles * c * K * 4) as u64, "statistics partials")?;
+        for p in 0..passes {
+            let slots = &plan.slots[(p * MAX_PIXEL_SLOTS).min(plan.slots.len())..((p + 1) * MAX_PIXEL_SLOTS).min(plan.slots.len())];
+            let terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
+            let cw: Vec<f32> = slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
+            let spec = Spec {
+                softmax,
+                kinds: terms.iter().fold(0, |k, t| k | 1 << t.kind),
+                nterms: terms.len() as u32,
+                sensspec: plan.needs_sensspec && p == 0,
+                validate: if p == 0 { inp.validate } else { 0 },
+                ..Spec::default()
+            };
+            let (tb, cb) = (rec.data(&terms), rec.data(&cw));
+            rec.dispatch(
+                &shaders::STATS,
+                spec,
+                Grid::Direct(tiles as u32, n as u32, 1),
+                &[
+                    ("logits", inp.logits),
+                    ("tgt", inp.target),
+                    ("P", pbuf),
+                    ("terms", tb),
+                    ("cw", cb),
+                    ("partials", partials),
+                    ("status", status),
+                ],
+            )?;
+            rec.dispatch(
+                &shaders::REDUCE,
+                spec,
+                Grid::Direct(c as u32, n as u32, 1),
+                &[("P", pbuf), ("partials", partials), ("sums", sums.sub(p as u64 * stride, stride))],
+            )?;
+        }
+
+        // 2. Lovász: one sort per distinct Lovász loss, all recorded into this submission
+        let mut lov_off = Vec::new();
+        let mut lov_bytes = 0u64;
+        for lp in &plan.lovasz {
+            let (segs, _) = plan::lovasz_segments(softmax, lp.per_image, n, c, s);
+            lov_off.push(lov_bytes);
+            lov_bytes += align((segs * 16) as u64);
+        }
+        let lov = rec.scratch(lov_bytes, "lovasz segment sums")?;
+        let mut lws = Vec::new();
+        for (lp, &off) in plan.lovasz.iter().zip(&lov_off) {
+            let (segs, _) = plan::lovasz_segments(softmax, lp.per_image, n, c, s);
+            let lw = rec.scratch((n * c * s * 4) as u64, "lovasz weights")?;
+            let li = LovaszInput { logits: inp.logits, target: inp.target, params: pbuf, n, c, s, softmax };
+            self.record_lovasz(rec, &li, lp.per_image, lov.sub(off, (segs * 16) as u64), lw)?;
+            lws.push(lw);
+        }
+        let lov_base: Vec<usize> = lov_off.iter().map(|&o| (o / 16) as usize).collect();
+
+        // 3. finalize: values, then each gradient's coefficient block (256-byte aligned)
+        let layouts: Vec<BlockLayout> = exprs.iter().map(|e| BlockLayout::new(e, &plan, (n, c, s), softmax)).collect();
+        let mut cursor = 0;
+        let mut vals = Vec::new();
+        for e in exprs {
+            vals.push((cursor, e.terms.len()));
+            cursor += 1 + e.terms.len();
+        }
+        let vals_len = cursor;
+        let mut blocks = Vec::new();
+        for (l, g) in layouts.iter().zip(grads) {
+            cursor = cursor.next_multiple_of(64);
+            if matches!(g, GradTo::Skip) {
+                blocks.push(None);
+            } else {
+                blocks.push(Some(cursor));
+                cursor += l.len;
+            }
+        }
+        let out = rec.scratch((cursor * 4) as u64, "finalize output")?;
+        let mut ops: Vec<Op> = Vec::new();
+        let mut cls: Vec<u32> = Vec::new();
+        for (i, e) in exprs.iter().enumerate() {
+            plan::push_ops(
+                e,
+                &plan,
+                &layouts[i],
+                vals[i].0,
+                blocks[i],
+                (stride / 4) as usize,
+                &lov_base,
+                c,
+                softmax,
+                &mut ops,
+                &mut cls,
+            );
+        }
+        let fparams = rec.uniform(&Params { nops: ops.len() as u32, ..base });
+        let (ob, cb) = (rec.data(&ops), rec.data(&cls));
+        rec.dispatch(
+            &shaders::FINALIZE,
+            Spec::default(),
+            Grid::Direct(1, 1, 1),
+            &[("P", fparams), ("sums", sums), ("lov", lov), ("ops", ob), ("cls", cb), ("status", status), ("out", out)],
+        )?;
+
+        // 4. values (with the status words) into a staging buffer
+        let mut reads = first_read;
+        let values_read = if read_values {
+            let bytes = (vals_len * 4) as u64;
+            let rb = rec.readback(bytes + 32, "values")?;
+            if bytes > 0 {
+                rec.copy(out.sub(0, bytes), rb.sub(0, bytes));
+            }
+            rec.copy(status, rb.sub(bytes, 32));
+            reads += 1;
+            Some(reads - 1)
+        } else {
+            None
+        };
+
+        // 5. gradients: one elementwise pass per expression (one more per further Lovász loss)
+        let total = (n * c * s * 4) as u64;
+        let (gx, gz) = grid(&self.limits, s);
+        // bound where a pass reads no Lovász weights
+        let any_lw = match lws.first() {
+            Some(&lw) => lw,
+            None => rec.scratch(16, "no lovasz weights")?,
+        };
+        let mut grad_reads = Vec::new();
+        for (i, g) in grads.iter().enumerate() {
+            let (dest, accumulate, host) = match *g {
+                GradTo::Skip => {
+                    grad_reads.push(None);
+                    continue;
+                }
+                GradTo::Host => (rec.scratch(total, "gradient")?, false, true),
+                GradTo::Into { slice, accumulate } => (slice, accumulate, false),
+            };
+            let l = &layouts[i];
+            let block = blocks[i].unwrap_or(0);
+            let coefs = out.sub((block * 4) as u64, align((l.len * 4).max(16) as u64).min(out.size - (block * 4) as u64));
+            let slots: Vec<&plan::PixelSlot> = l.pix.iter().map(|&(_, slot)| &plan.slots[slot]).collect();
+            let terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
+            let cw: Vec<f32> = slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
+            let (tb, cb) = (rec.data(&terms), rec.data(&cw));
+            let lov_passes: Vec<Option<(usize, usize)>> =
+                if l.lov.is_empty() { vec![None] } else { l.lov.iter().map(|&(g, off, _)| Some((g, off))).collect() };
+            for (k, lp) in lov_passes.iter().enumerate() {
+                let first = k == 0;
+                let spec = Spec {
+                    softmax,
+                    kinds: if first { terms.iter().fold(0, |k, t| k | 1 << t.kind) } else { 0 },
+                    nterms: if first { terms.len() as u32 } else { 0 },
+                    lovasz: lp.map_or(0, |(g, _)| 1 + u32::from(plan.lovasz[g].per_image)),
+                    region: first && l.region,
+                    accum: accumulate || !first,
+                    ..Spec::default()
+                };
+                let params = rec.uniform(&Params {
+                    region_base: l.region_base as u32,
+                    lov_base: lp.map_or(0, |(_, off)| off as u32),
+                    ..base
+                });
+                let lw = match lp {
+                    Some((g, _)) => lws[*g],
+                    None => any_lw,
+                };
+                rec.dispatch(
+                    &shaders::GRAD,
+                    spec,
+                    Grid::Direct(gx, n as u32, gz),
+                    &[
+                        ("logits", inp.logits),
+                        ("tgt", inp.target),
+                        ("P", params),
+                        ("terms", tb),
+                        ("cw", cb),
+                        ("coefs", coefs),
+                        ("grad", dest),
+                        ("lw", lw),
+                        ("status", status),
+                    ],
+                )?;
+            }
+            if host {
+                let rb = rec.readback(total, "gradient")?;
+                rec.copy(dest.sub(0, total), rb);
+                reads += 1;
+                grad_reads.push(Some(reads - 1));
+            } else {
+                grad_reads.push(None);
+            }
+        }
+        Ok(Recorded { vals, vals_len, out, status, values_read, grad_reads })
+    }
+}

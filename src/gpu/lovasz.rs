@@ -1,0 +1,167 @@
+//! The Lovász hinge and Lovász-Softmax on the device: sort keys, the exact drop of zero-weight
+//! background (softmax), the stable compaction of the elements to sort, the segmented sort, and
+//! the Jaccard weights and per-segment values (see `lovasz.wgsl`). Everything stays on the
+//! device; the finalize reads each segment's (value, fg, bg) from `segsum`.
+
+use crate::error::Error;
+use crate::gpu::context::Gpu;
+use crate::gpu::record::{Grid, Recording, Slice};
+use crate::gpu::sort::{SortAlgo, SortBufs};
+use crate::gpu::{Spec, GRAD_WG, SORT_TILE};
+use crate::plan;
+use crate::shaders;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct LovParams {
+    len: u32,
+    segs: u32,
+    tiles: u32,
+    per_image: u32,
+}
+
+/// The input of the Lovász passes: logits, target words and the loss kernels' `Params`.
+pub(crate) struct LovaszInput {
+    pub logits: Slice,
+    pub target: Slice,
+    pub params: Slice,
+    pub n: usize,
+    pub c: usize,
+    pub s: usize,
+    pub softmax: bool,
+}
+
+/// Workgroup counts (x, z) of 256 threads covering `items` threads: x up to the device limit.
+pub(crate) fn grid(limits: &wgpu::Limits, items: usize) -> (u32, u32) {
+    let groups = items.div_ceil(GRAD_WG);
+    let gx = groups.min(limits.max_compute_workgroups_per_dimension as usize).max(1);
+    (gx as u32, groups.div_ceil(gx) as u32)
+}
+
+impl Gpu {
+    /// Records one Lovász loss: `segsum` receives `[value bits, fg, bg, kept]` per segment and
+    /// `lw` the Jaccard weight of every element (0 for the elements that carry no gradient).
+    pub(crate) fn record_lovasz(
+        &self,
+        rec: &mut Recording,
+        inp: &LovaszInput,
+        per_image: bool,
+        segsum: Slice,
+        lw: Slice,
+    ) -> Result<(), Error> {
+        let (n, c, s) = (inp.n, inp.c, inp.s);
+        let (segs, len) = plan::lovasz_segments(inp.softmax, per_image, n, c, s);
+        let maxd = self.limits.max_compute_workgroups_per_dimension as usize;
+        if len.div_ceil(SORT_TILE) > maxd || segs > maxd {
+            return Err(Error::Limit {
+                what: format!("lovasz: workgroups per dimension for {segs} segments of {len} elements"),
+                needed: len.div_ceil(SORT_TILE).max(segs) as u64,
+                max: maxd as u64,
+            });
+        }
+        let tiles = len.div_ceil(SORT_TILE);
+        let total = (segs * len * 4) as u64;
+        // lovasz_weights writes the weight of every sorted element; the others (dropped: no
+        // loss, no gradient; ignored) keep the zero of this clear, which the gradient reads
+        rec.clear(lw);
+        rec.clear(segsum);
+        let keys = rec.scratch(total, "lovasz keys")?;
+        let vals = rec.scratch(total, "lovasz payloads")?;
+        let spec = Spec::softmax(inp.softmax);
+        // 1. keys and payloads
+        let lp = rec.uniform(&LovParams { len: len as u32, segs: segs as u32, tiles: 1, per_image: per_image as u32 });
+        let (d0, d1) = (rec.scratch(16, "unused")?, rec.scratch(16, "unused")?);
+        let (gx, gz) = grid(&self.limits, s);
+        rec.dispatch(
+            &shaders::LOVASZ_KEYS,
+            spec,
+            Grid::Direct(gx, n as u32, gz),
+            &[
+                ("logits", inp.logits),
+                ("tgt", inp.target),
+                ("P", inp.params),
+                ("LP", lp),
+                ("keys", keys),
+                ("vals", vals),
+                ("tilecnt", d0),
+                ("segsum", segsum),
+                ("lw", lw),
+                ("vpart", d1),
+            ],
+        )?;
+        let lp = rec.uniform(&LovParams {
+            len: len as u32,
+            segs: segs as u32,
+            tiles: tiles as u32,
+            per_image: per_image as u32,
+        });
+        let seg_grid = Grid::Direct(tiles as u32, segs as u32, 1);
+        // 2. Lovász-Softmax: background past each segment's last foreground element has weight
+        // zero and is not sorted (see threshold.wgsl)
+        if inp.softmax {
+            let thr = rec.scratch((segs * 8) as u64, "lovasz thresholds")?;
+            rec.clear(thr);
+            let binds = [("LP", lp), ("keys", keys), ("vals", vals), ("thr", thr)];
+            rec.dispatch(&shaders::LOVASZ_THRESHOLD, Spec::default(), seg_grid, &binds)?;
+            rec.dispatch(&shaders::LOVASZ_DROP, Spec::default(), seg_grid, &binds)?;
+        }
+        // 3. stable compaction of the elements to sort; the kept count of each segment lands in
+        // segsum.x, the labels of the others in .y (fg) and .z (bg)
+        let tilecnt = rec.scratch((segs * tiles * 16) as u64, "compaction tile counts")?;
+        let kc = rec.scratch(total, "compacted keys")?;
+        let vc = rec.scratch(total, "compacted payloads")?;
+        let binds = [
+            ("LP", lp),
+            ("keys_in", keys),
+            ("vals_in", vals),
+            ("keys_out", kc),
+            ("vals_out", vc),
+            ("tilecnt", tilecnt),
+            ("segsum", segsum),
+        ];
+        rec.dispatch(&shaders::COMPACT_COUNT, Spec::default(), seg_grid, &binds)?;
+        rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), Grid::Direct(segs as u32, 1, 1), &binds)?;
+        rec.dispatch(&shaders::COMPACT_SCATTER, Spec::default(), seg_grid, &binds)?;
+        // the passes over the compacted segments cover only the longest one's tiles
+        let args = rec.scratch(16, "indirect dispatch")?;
+        let unused = rec.scratch(16, "unused")?;
+        rec.dispatch(
+            &shaders::COMPACT_ARGS,
+            Spec::default(),
+            Grid::Direct(1, 1, 1),
+            &[
+                ("LP", lp),
+                ("keys_in", keys),
+                ("vals_in", vals),
+                ("keys_out", args),
+                ("vals_out", unused),
+                ("tilecnt", tilecnt),
+                ("segsum", segsum),
+            ],
+        )?;
+        // 4. sort of the kept keys (the uncompacted keys are spent: they are the sort's scratch)
+        let sort = SortBufs { a: (kc, vc), b: (keys, vals) };
+        self.record_sort(rec, &sort, segs, len, SortAlgo::Auto, Some((segsum, args)))?;
+        // 5. segmented scan of the sorted labels, Jaccard weights, value of each segment
+        let tilecnt2 = rec.scratch((segs * tiles * 8) as u64, "lovasz tile counts")?;
+        let vpart = rec.scratch((segs * tiles * 4) as u64, "lovasz value partials")?;
+        let binds = [
+            ("logits", inp.logits),
+            ("tgt", inp.target),
+            ("P", inp.params),
+            ("LP", lp),
+            ("keys", kc),
+            ("vals", vc),
+            ("tilecnt", tilecnt2),
+            ("segsum", segsum),
+            ("lw", lw),
+            ("vpart", vpart),
+        ];
+        let per_seg = Grid::Direct(segs as u32, 1, 1);
+        rec.dispatch(&shaders::LOVASZ_COUNT, spec, Grid::Indirect(args), &binds)?;
+        rec.dispatch(&shaders::LOVASZ_SCAN, spec, per_seg, &binds)?;
+        rec.dispatch(&shaders::LOVASZ_WEIGHTS, spec, Grid::Indirect(args), &binds)?;
+        rec.dispatch(&shaders::LOVASZ_VALUE, spec, per_seg, &binds)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,112 @@
+//! The GPU side of the engine, by responsibility:
+//!
+//! - [`context`]: adapter choice, the device (ours or the caller's) and its pipelines by kernel name;
+//! - [`pool`]: scratch buffers reused between evaluations, returned only after their submission ran;
+//! - [`poll`]: the thread that drives the device on native targets, so waiting is a future;
+//! - [`record`]: recordings (buffers by handle, dispatches, clears, copies) and the executor that
+//!   turns recordings into one command encoder and one submission;
+//! - [`eval`]: the evaluation graph: statistics passes, Lovász, device finalize, gradient passes;
+//! - [`sort`] and [`lovasz`]: the segmented sorts and the Lovász passes around them.
+
+pub(crate) mod context;
+pub(crate) mod eval;
+pub(crate) mod lovasz;
+pub(crate) mod poll;
+pub(crate) mod pool;
+pub(crate) mod record;
+pub(crate) mod sort;
+
+/// Target word of an ignored element (`common.wgsl`).
+pub(crate) const INVALID: u32 = u32::MAX;
+/// Threads per statistics workgroup (`stats.wgsl`: WG).
+pub(crate) const STATS_WG: usize = 128;
+/// Pixels per statistics thread (`stats.wgsl`: PIX).
+pub(crate) const STATS_PIX: usize = 16;
+/// Pixels per statistics tile.
+pub(crate) const TILE: usize = STATS_WG * STATS_PIX;
+/// Threads per gradient workgroup (`grad.wgsl`: GWG); also the keys and copy kernels.
+pub(crate) const GRAD_WG: usize = 256;
+/// Threads of the finalize workgroup (`finalize.wgsl`: FWG).
+pub(crate) const FINALIZE_WG: usize = 256;
+/// Elements per sort tile (`radix.wgsl`: T, `lovasz.wgsl`: LT).
+pub(crate) const SORT_TILE: usize = 2048;
+/// Sort key of an element that carries no loss (`lovasz.wgsl`: NONE).
+pub(crate) const NONE_KEY: u32 = u32::MAX;
+/// Alignment of every buffer offset the engine binds or copies (the largest that WebGPU allows
+/// a device to require for storage and uniform offsets).
+pub(crate) const ALIGN: u64 = 256;
+
+/// Checks of buffer inputs made by the statistics pass (`common.wgsl`: V_*).
+pub(crate) mod check {
+    pub const NONFINITE: u32 = 1;
+    pub const CLASS: u32 = 2;
+    pub const RANGE: u32 = 4;
+    pub const SOFT: u32 = 8;
+}
+
+/// Values of the specialization constants of `common.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Spec {
+    pub softmax: bool,
+    pub kinds: u32,
+    pub nterms: u32,
+    pub sensspec: bool,
+    pub lovasz: u32,
+    pub validate: u32,
+    pub region: bool,
+    pub accum: bool,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            softmax: false,
+            kinds: 0,
+            nterms: 0,
+            sensspec: false,
+            lovasz: 0,
+            validate: 0,
+            region: true,
+            accum: false,
+        }
+    }
+}
+
+impl Spec {
+    pub fn softmax(softmax: bool) -> Spec {
+        Spec { softmax, ..Spec::default() }
+    }
+
+    pub fn constants(&self) -> [(&'static str, f64); 8] {
+        [
+            ("SOFTMAX", f64::from(u8::from(self.softmax))),
+            ("KINDS", f64::from(self.kinds)),
+            ("NTERMS", f64::from(self.nterms)),
+            ("SENSSPEC", f64::from(u8::from(self.sensspec))),
+            ("LOVASZ", f64::from(self.lovasz)),
+            ("VALIDATE", f64::from(self.validate)),
+            ("REGION", f64::from(u8::from(self.region))),
+            ("ACCUM", f64::from(u8::from(self.accum))),
+        ]
+    }
+}
+
+/// Uniform parameters of the loss kernels (`common.wgsl`: Params).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    pub n: u32,
+    pub c: u32,
+    pub s: u32,
+    pub tiles: u32,
+    pub ignore: u32,
+    pub has_ignore: u32,
+    pub region_base: u32,
+    pub lov_base: u32,
+    pub nops: u32,
+    pub pad: [u32; 3],
+}
+
+pub(crate) fn align(x: u64) -> u64 {
+    x.div_ceil(ALIGN) * ALIGN
+}

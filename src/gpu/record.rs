@@ -1,0 +1,336 @@
+//! Record, then execute.
+//!
+//! The functions that build an evaluation record its passes into a [`Recording`]: buffers by
+//! handle (scratch of a size, host-readable staging, the caller's buffers, constants), compute
+//! dispatches by kernel name, direct or indirect, clears and copies. Recording touches no
+//! device; it checks every buffer and dispatch against the device's limits and fails with a
+//! typed [`Error::Limit`] before anything runs. [`Gpu::execute`] turns one or many recordings
+//! into one command encoder and one submission; the scratch buffers return to the pool when that
+//! submission has completed, and staging buffers when their contents have been read.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::error::Error;
+use crate::gpu::context::Gpu;
+use crate::gpu::{align, Spec, ALIGN};
+use crate::shaders::{Access, Kernel};
+
+/// A buffer of a recording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BufId(usize);
+
+/// A byte range of a recorded buffer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slice {
+    pub id: BufId,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl Slice {
+    /// `len` bytes from `offset` bytes into this slice.
+    pub fn sub(&self, offset: u64, len: u64) -> Slice {
+        Slice { id: self.id, offset: self.offset + offset, size: len }
+    }
+}
+
+enum BufDesc {
+    /// Storage scratch from the pool; contents undefined until written.
+    Scratch { size: u64 },
+    /// Host-readable staging buffer from the pool.
+    Readback { size: u64 },
+    /// A buffer the caller owns.
+    External(wgpu::Buffer),
+    /// The recording's constants (uniforms, small storage arrays), written before the submission.
+    Constants,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Grid {
+    Direct(u32, u32, u32),
+    /// Workgroup counts the device wrote (three u32).
+    Indirect(Slice),
+}
+
+enum Cmd {
+    Dispatch { kernel: &'static Kernel, spec: Spec, binds: Vec<Slice>, grid: Grid },
+    Clear(Slice),
+    Copy { src: Slice, dst: Slice },
+}
+
+/// The passes of one or more evaluations, not yet on the device.
+pub(crate) struct Recording {
+    bufs: Vec<BufDesc>,
+    cmds: Vec<Cmd>,
+    constants: Vec<u8>,
+    max_binding: u64,
+    max_buffer: u64,
+    max_groups: u32,
+}
+
+/// How the staging buffers of one recording come back, in the order they were recorded.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) type ReadFuture = Pin<Box<dyn Future<Output = Result<Vec<Vec<u8>>, Error>> + Send>>;
+/// In the browser nothing is `Send`.
+#[cfg(target_arch = "wasm32")]
+pub(crate) type ReadFuture = Pin<Box<dyn Future<Output = Result<Vec<Vec<u8>>, Error>>>>;
+
+impl Recording {
+    pub fn new(limits: &wgpu::Limits) -> Recording {
+        Recording {
+            bufs: vec![BufDesc::Constants],
+            cmds: Vec::new(),
+            constants: Vec::new(),
+            max_binding: limits.max_storage_buffer_binding_size.min(limits.max_buffer_size),
+            max_buffer: limits.max_buffer_size,
+            max_groups: limits.max_compute_workgroups_per_dimension,
+        }
+    }
+
+    fn check(&self, what: &str, bytes: u64, max: u64) -> Result<(), Error> {
+        if bytes > max {
+            return Err(Error::Limit { what: what.to_string(), needed: bytes, max });
+        }
+        Ok(())
+    }
+
+    /// A storage buffer of `bytes` (contents undefined) that kernels bind whole.
+    pub fn scratch(&mut self, bytes: u64, what: &str) -> Result<Slice, Error> {
+        let size = align(bytes.max(16));
+        self.check(what, size, self.max_binding)?;
+        self.bufs.push(BufDesc::Scratch { size });
+        Ok(Slice { id: BufId(self.bufs.len() - 1), offset: 0, size })
+    }
+
+    /// A host-readable buffer of `bytes` for [`Gpu::execute`] to return.
+    pub fn readback(&mut self, bytes: u64, what: &str) -> Result<Slice, Error> {
+        let size = bytes.max(4).next_multiple_of(4);
+        self.check(what, size, self.max_buffer)?;
+        self.bufs.push(BufDesc::Readback { size });
+        Ok(Slice { id: BufId(self.bufs.len() - 1), offset: 0, size })
+    }
+
+    /// A slice of a caller's buffer.
+    pub fn external(&mut self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Slice {
+        self.bufs.push(BufDesc::External(buffer.clone()));
+        Slice { id: BufId(self.bufs.len() - 1), offset, size }
+    }
+
+    /// Constant data bound as a uniform or read-only storage array (at least 32 bytes, so that
+    /// an empty array still binds one element).
+    pub fn data<T: bytemuck::Pod>(&mut self, v: &[T]) -> Slice {
+        let bytes: &[u8] = bytemuck::cast_slice(v);
+        let offset = align(self.constants.len() as u64);
+        self.constants.resize(offset as usize, 0);
+        self.constants.extend_from_slice(bytes);
+        let size = (bytes.len() as u64).max(32);
+        self.constants.resize((offset + size) as usize, 0);
+        Slice { id: BufId(0), offset, size }
+    }
+
+    pub fn uniform<T: bytemuck::Pod>(&mut self, v: &T) -> Slice {
+        self.data(std::slice::from_ref(v))
+    }
+
+    /// A dispatch of `kernel`; `binds` name every binding of the kernel in its declared order.
+    pub fn dispatch(
+        &mut self,
+        kernel: &'static Kernel,
+        spec: Spec,
+        grid: Grid,
+        binds: &[(&str, Slice)],
+    ) -> Result<(), Error> {
+        let names: Vec<&str> = binds.iter().map(|b| b.0).collect();
+        let declared: Vec<&str> = kernel.bindings.iter().map(|b| b.name).collect();
+        if names != declared {
+            return Err(Error::Gpu(format!(
+                "internal: kernel {} binds {declared:?}, the engine gave {names:?}",
+                kernel.name
+            )));
+        }
+        for (b, (name, s)) in kernel.bindings.iter().zip(binds) {
+            if b.access != Access::Uniform {
+                self.check(&format!("{} binding '{name}'", kernel.name), s.size, self.max_binding)?;
+            }
+        }
+        if let Grid::Direct(x, y, z) = grid {
+            let m = x.max(y).max(z);
+            if m > self.max_groups {
+                return Err(Error::Limit {
+                    what: format!("{} workgroups per dimension", kernel.name),
+                    needed: u64::from(m),
+                    max: u64::from(self.max_groups),
+                });
+            }
+        }
+        self.cmds.push(Cmd::Dispatch { kernel, spec, binds: binds.iter().map(|b| b.1).collect(), grid });
+        Ok(())
+    }
+
+    /// Fills the slice with zeros.
+    pub fn clear(&mut self, s: Slice) {
+        self.cmds.push(Cmd::Clear(s));
+    }
+
+    /// Copies `src` into `dst` (same size).
+    pub fn copy(&mut self, src: Slice, dst: Slice) {
+        self.cmds.push(Cmd::Copy { src, dst });
+    }
+}
+
+impl Gpu {
+    /// Encodes every recording into one command encoder, submits it once, and returns, per
+    /// recording, a future of its staging buffers' contents. Device errors of the submission
+    /// (validation, out of memory) come back through that future.
+    pub(crate) fn execute(&self, recs: Vec<Recording>) -> Vec<ReadFuture> {
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::INDIRECT;
+        let constants_usage =
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let read_usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss") });
+        let mut scratch = Vec::new();
+        let mut staged: Vec<Vec<wgpu::Buffer>> = Vec::new();
+        for rec in &recs {
+            let mut reads = Vec::new();
+            let bufs: Vec<wgpu::Buffer> = rec
+                .bufs
+                .iter()
+                .map(|d| match d {
+                    BufDesc::Scratch { size } => {
+                        let b = self.pool.take(&self.device, *size, storage, "segloss scratch");
+                        scratch.push(b.clone());
+                        b
+                    }
+                    BufDesc::Readback { size } => {
+                        let b = self.pool.take(&self.device, *size, read_usage, "segloss readback");
+                        reads.push(b.clone());
+                        b
+                    }
+                    BufDesc::External(b) => b.clone(),
+                    BufDesc::Constants => {
+                        // powers of two, so that evaluations of similar size reuse one buffer
+                        let size = (rec.constants.len() as u64).max(ALIGN).next_power_of_two();
+                        let b = self.pool.take(&self.device, size, constants_usage, "segloss constants");
+                        self.queue.write_buffer(&b, 0, &rec.constants);
+                        scratch.push(b.clone());
+                        b
+                    }
+                })
+                .collect();
+            staged.push(reads);
+            self.encode(&mut enc, rec, &bufs);
+        }
+        self.queue.submit([enc.finish()]);
+        self.note_submission();
+        let pool = self.pool.clone();
+        self.queue.on_submitted_work_done(move || pool.give(scratch));
+        let errors = (oom.pop(), validation.pop());
+        let mut out: Vec<ReadFuture> = Vec::new();
+        let mut errors = Some(errors);
+        for reads in staged {
+            let mut rxs = Vec::new();
+            for b in &reads {
+                let (tx, rx) = futures::channel::oneshot::channel();
+                b.map_async(wgpu::MapMode::Read, .., move |r| {
+                    let _ = tx.send(r);
+                });
+                rxs.push(rx);
+            }
+            let errs = errors.take();
+            let pool = self.pool.clone();
+            let lost = self.lost.clone();
+            out.push(Box::pin(async move {
+                if let Some((oom, validation)) = errs {
+                    if let Some(e) = oom.await {
+                        return Err(Error::Gpu(format!("out of device memory: {e}")));
+                    }
+                    if let Some(e) = validation.await {
+                        return Err(Error::Gpu(e.to_string()));
+                    }
+                }
+                let mut data = Vec::with_capacity(reads.len());
+                for (b, rx) in reads.iter().zip(rxs) {
+                    rx.await
+                        .map_err(|_| Error::Gpu("the device dropped a readback".into()))?
+                        .map_err(|e| Error::Gpu(format!("reading back a buffer failed: {e}")))?;
+                    {
+                        let view = b
+                            .get_mapped_range(..)
+                            .map_err(|e| Error::Gpu(format!("mapping a buffer failed: {e:?}")))?;
+                        data.push(view.to_vec());
+                    }
+                    b.unmap();
+                }
+                pool.give(reads);
+                if let Some(e) = lost.lock().ok().and_then(|mut l| l.take()) {
+                    return Err(Error::Gpu(e));
+                }
+                Ok(data)
+            }));
+        }
+        if let Some((oom, validation)) = errors {
+            // a recording list without staging buffers: errors still surface on the next read
+            drop((oom, validation));
+        }
+        self.poller.kick(&self.device);
+        out
+    }
+
+    fn encode(&self, enc: &mut wgpu::CommandEncoder, rec: &Recording, bufs: &[wgpu::Buffer]) {
+        let buf = |s: &Slice| &bufs[s.id.0];
+        let mut pass: Option<wgpu::ComputePass<'static>> = None;
+        for cmd in &rec.cmds {
+            match cmd {
+                Cmd::Dispatch { kernel, spec, binds, grid } => {
+                    let state = self.kernel(kernel);
+                    let entries: Vec<wgpu::BindGroupEntry> = binds
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| wgpu::BindGroupEntry {
+                            binding: i as u32,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: buf(s),
+                                offset: s.offset,
+                                size: std::num::NonZeroU64::new(s.size),
+                            }),
+                        })
+                        .collect();
+                    let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(kernel.name),
+                        layout: &state.bind_layout,
+                        entries: &entries,
+                    });
+                    let pipeline = self.pipeline(kernel, *spec);
+                    let p = pass.get_or_insert_with(|| {
+                        enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some("segloss"),
+                            timestamp_writes: None,
+                        })
+                        .forget_lifetime()
+                    });
+                    p.set_pipeline(&pipeline);
+                    p.set_bind_group(0, &bg, &[]);
+                    match grid {
+                        Grid::Direct(x, y, z) => p.dispatch_workgroups(*x, *y, *z),
+                        Grid::Indirect(s) => p.dispatch_workgroups_indirect(buf(s), s.offset),
+                    }
+                }
+                Cmd::Clear(s) => {
+                    pass = None;
+                    enc.clear_buffer(buf(s), s.offset, Some(s.size));
+                }
+                Cmd::Copy { src, dst } => {
+                    pass = None;
+                    enc.copy_buffer_to_buffer(buf(src), src.offset, buf(dst), dst.offset, src.size.min(dst.size));
+                }
+            }
+        }
+        drop(pass);
+    }
+}

@@ -1,0 +1,125 @@
+//! The segmented sorts behind the Lovász losses: a stable LSD radix sort (any length) and a
+//! workgroup bitonic network (segments up to [`BITONIC_MAX`] keys), recorded into a recording.
+
+use crate::error::Error;
+use crate::gpu::context::Gpu;
+use crate::gpu::record::{Grid, Recording, Slice};
+use crate::gpu::{Spec, SORT_TILE};
+use crate::shaders::{self, BITONIC_MAX};
+
+/// Which sort to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortAlgo {
+    /// Bitonic for segments up to the adapter's crossover, radix beyond.
+    Auto,
+    /// Segmented LSD radix sort (any length).
+    Radix,
+    /// Workgroup bitonic sort (segments of at most 2048; radix beyond).
+    Bitonic,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct SortParams {
+    len: u32,
+    segs: u32,
+    tiles: u32,
+    shift: u32,
+    /// 1: segment `s` sorts only its first `seglen[s].x` keys (see `radix.wgsl`)
+    varlen: u32,
+    pad: [u32; 3],
+}
+
+/// Sorted keys (and payloads) live in `a`; `b` is scratch of the same size.
+pub(crate) struct SortBufs {
+    pub a: (Slice, Slice),
+    pub b: (Slice, Slice),
+}
+
+impl Gpu {
+    /// Records the sort of `a` (keys, payloads) in `segs` segments of `len`: the bitonic network
+    /// for short segments, else the four passes of the radix sort using `b` as scratch. The
+    /// sorted result ends in `a`. With `varlen` = (lengths, args), segment `s` sorts only its
+    /// first `lengths[s].x` keys (a `vec4<u32>` each): the radix sort is dispatched over the
+    /// tiles `args` holds and leaves the rest of the segment as it was, the bitonic network
+    /// overwrites it with padding (key NONE). Nothing after the sorted keys may be read as a key.
+    pub(crate) fn record_sort(
+        &self,
+        rec: &mut Recording,
+        bufs: &SortBufs,
+        segs: usize,
+        len: usize,
+        algo: SortAlgo,
+        varlen: Option<(Slice, Slice)>,
+    ) -> Result<(), Error> {
+        let bitonic = match algo {
+            SortAlgo::Auto => len <= self.bitonic_upto,
+            SortAlgo::Bitonic => true,
+            SortAlgo::Radix => false,
+        };
+        let tiles = len.div_ceil(SORT_TILE);
+        let varlen_flag = u32::from(varlen.is_some());
+        let (seglen, tile_grid) = match varlen {
+            Some((seglen, args)) => (seglen, Grid::Indirect(args)),
+            // without per-segment lengths the binding is not read, but must hold one vec4
+            None => (rec.scratch(16, "sort lengths")?, Grid::Direct(tiles as u32, segs as u32, 1)),
+        };
+        let (a, b) = (bufs.a, bufs.b);
+        if bitonic && len <= BITONIC_MAX {
+            // one workgroup per segment, sorting `a` in place (`b` is bound but unused)
+            let sp =
+                SortParams { len: len as u32, segs: segs as u32, tiles: 1, shift: 0, varlen: varlen_flag, pad: [0; 3] };
+            let ub = rec.uniform(&sp);
+            // unused read-write bindings need distinct buffers (WebGPU forbids writable aliases)
+            let (d0, d1) = (rec.scratch(16, "unused")?, rec.scratch(16, "unused")?);
+            return rec.dispatch(
+                &shaders::BITONIC_SORT,
+                Spec::default(),
+                Grid::Direct(segs as u32, 1, 1),
+                &[
+                    ("SP", ub),
+                    ("keys_in", b.0),
+                    ("vals_in", b.1),
+                    ("counts", d0),
+                    ("totals", d1),
+                    ("keys_out", a.0),
+                    ("vals_out", a.1),
+                    ("seglen", seglen),
+                ],
+            );
+        }
+        let counts = rec.scratch((segs * 256 * tiles * 4) as u64, "radix tile counts")?;
+        let totals = rec.scratch((segs * 256 * 4) as u64, "radix digit totals")?;
+        for pass in 0..4u32 {
+            let (src, dst) = if pass % 2 == 0 { (a, b) } else { (b, a) };
+            let sp = SortParams {
+                len: len as u32,
+                segs: segs as u32,
+                tiles: tiles as u32,
+                shift: 8 * pass,
+                varlen: varlen_flag,
+                pad: [0; 3],
+            };
+            let ub = rec.uniform(&sp);
+            let binds = [
+                ("SP", ub),
+                ("keys_in", src.0),
+                ("vals_in", src.1),
+                ("counts", counts),
+                ("totals", totals),
+                ("keys_out", dst.0),
+                ("vals_out", dst.1),
+                ("seglen", seglen),
+            ];
+            for (k, grid) in [
+                (&shaders::RADIX_COUNT, tile_grid),
+                (&shaders::RADIX_SCAN, Grid::Direct(segs as u32, 16, 1)),
+                (&shaders::RADIX_DIGITS, Grid::Direct(segs as u32, 1, 1)),
+                (&shaders::RADIX_SCATTER, tile_grid),
+            ] {
+                rec.dispatch(k, Spec::default(), grid, &binds)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! Benchmark and test helpers that are not part of the library's API: the segmented sorts alone,
+//! and the copy probe (the memory floor of a pass over the logits). Built with the `internals`
+//! feature, which the command line's `bench` and `sortbench` and the sort tests enable.
+
+use crate::error::Error;
+use crate::gpu::lovasz::grid;
+use crate::gpu::record::{Grid, Recording};
+pub use crate::gpu::sort::SortAlgo;
+use crate::gpu::sort::SortBufs;
+use crate::gpu::Spec;
+use crate::{shaders, Engine, Prepared};
+
+impl Engine {
+    /// Sorts consecutive segments of `segment_len` keys ascending, stably, on the device, and
+    /// returns the sorted keys with each one's original index. The CPU engine sorts on the CPU.
+    pub async fn sort_segments_with(
+        &self,
+        keys: &[u32],
+        segment_len: usize,
+        algo: SortAlgo,
+    ) -> Result<(Vec<u32>, Vec<u32>), Error> {
+        if segment_len == 0 || !keys.len().is_multiple_of(segment_len) || keys.is_empty() {
+            return Err(Error::Input(format!("{} keys do not split into segments of {segment_len}", keys.len())));
+        }
+        if keys.len() >= u32::MAX as usize {
+            return Err(Error::Input("at most 2^32 - 1 keys".into()));
+        }
+        let segs = keys.len() / segment_len;
+        let Some(gpu) = self.gpu_ref() else {
+            let mut out = Vec::with_capacity(keys.len());
+            for (si, seg) in keys.chunks(segment_len).enumerate() {
+                let mut idx: Vec<u32> = (0..segment_len as u32).map(|i| (si * segment_len) as u32 + i).collect();
+                idx.sort_by_key(|&i| seg[i as usize - si * segment_len]);
+                out.extend(idx);
+            }
+            return Ok((out.iter().map(|&i| keys[i as usize]).collect(), out));
+        };
+        let idx: Vec<u32> = (0..keys.len() as u32).collect();
+        let bytes = (keys.len() * 4) as u64;
+        let mut rec = Recording::new(&gpu.limits);
+        let a = (rec.scratch(bytes, "keys")?, rec.scratch(bytes, "payloads")?);
+        let b = (rec.scratch(bytes, "keys")?, rec.scratch(bytes, "payloads")?);
+        // upload through the constants, then copy into the sort's buffers
+        let (kd, vd) = (rec.data(keys), rec.data(&idx));
+        rec.copy(kd.sub(0, bytes), a.0.sub(0, bytes));
+        rec.copy(vd.sub(0, bytes), a.1.sub(0, bytes));
+        gpu.record_sort(&mut rec, &SortBufs { a, b }, segs, segment_len, algo, None)?;
+        let rk = rec.readback(bytes, "keys")?;
+        let rv = rec.readback(bytes, "payloads")?;
+        rec.copy(a.0.sub(0, bytes), rk);
+        rec.copy(a.1.sub(0, bytes), rv);
+        let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+        gpu.note_wait();
+        let out = fut.await?;
+        let as_u32 = |v: &[u8]| bytemuck::pod_collect_to_vec::<u8, u32>(v);
+        Ok((as_u32(&out[0]), as_u32(&out[1])))
+    }
+
+    /// [`Engine::sort_segments_with`] with the automatic choice.
+    pub async fn sort_segments(&self, keys: &[u32], segment_len: usize) -> Result<(Vec<u32>, Vec<u32>), Error> {
+        self.sort_segments_with(keys, segment_len, SortAlgo::Auto).await
+    }
+
+    /// Blocking [`Engine::sort_segments`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn sort_segments_blocking(&self, keys: &[u32], segment_len: usize) -> Result<(Vec<u32>, Vec<u32>), Error> {
+        futures::executor::block_on(self.sort_segments(keys, segment_len))
+    }
+
+    /// Blocking [`Engine::sort_segments_with`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn sort_segments_with_blocking(
+        &self,
+        keys: &[u32],
+        segment_len: usize,
+        algo: SortAlgo,
+    ) -> Result<(Vec<u32>, Vec<u32>), Error> {
+        futures::executor::block_on(self.sort_segments_with(keys, segment_len, algo))
+    }
+
+    /// Times the device work of sorting `segs` segments of `segment_len` random keys with `algo`,
+    /// data already on the device: milliseconds of each of `iters` runs (after one warm-up).
+    /// Returns an empty list on the CPU engine.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn bench_sort(&self, segs: usize, segment_len: usize, algo: SortAlgo, iters: usize) -> Result<Vec<f64>, Error> {
+        let Some(gpu) = self.gpu_ref() else {
+            return Ok(Vec::new());
+        };
+        let n = segs * segment_len;
+        let mut x = 0x2545_F491u32;
+        let keys: Vec<u32> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x
+            })
+            .collect();
+        let idx: Vec<u32> = (0..n as u32).collect();
+        use wgpu::util::DeviceExt;
+        let init = |label, data: &[u32]| {
+            gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        let (ka, va) = (init("keys", &keys), init("vals", &idx));
+        let bytes = (n * 4) as u64;
+        let mut out = Vec::new();
+        for i in 0..=iters {
+            let t0 = std::time::Instant::now();
+            let mut rec = Recording::new(&gpu.limits);
+            let a = (rec.external(&ka, 0, bytes), rec.external(&va, 0, bytes));
+            let b = (rec.scratch(bytes, "keys")?, rec.scratch(bytes, "payloads")?);
+            gpu.record_sort(&mut rec, &SortBufs { a, b }, segs, segment_len, algo, None)?;
+            let fut = gpu.execute(vec![rec]);
+            gpu.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
+            for f in fut {
+                futures::executor::block_on(f)?;
+            }
+            if i > 0 {
+                out.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Copies the prepared logits once on the device and waits: the memory-traffic floor of an
+    /// elementwise pass, for benchmarks to compare against. A no-op on the CPU reference.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn copy_probe_blocking(&self, prep: &Prepared<'_>) -> Result<(), Error> {
+        let (Some(gpu), Some((logits, _))) = (self.gpu_ref(), prep.buffers()) else {
+            return Ok(());
+        };
+        let len = prep.input().logits().len();
+        let bytes = (len * 4) as u64;
+        let mut rec = Recording::new(&gpu.limits);
+        let src = rec.external(logits, 0, bytes);
+        let out = rec.scratch(bytes, "copy")?;
+        let (gx, gy) = grid(&gpu.limits, len);
+        rec.dispatch(&shaders::COPY, Spec::default(), Grid::Direct(gx, gy, 1), &[("logits", src), ("out", out)])?;
+        let fut = gpu.execute(vec![rec]);
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
+        for f in fut {
+            futures::executor::block_on(f)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the device has finished all submitted work (benchmarks of device-resident
+    /// evaluations: many submissions, one wait).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait_idle(&self) -> Result<(), Error> {
+        if let Some(gpu) = self.gpu_ref() {
+            gpu.note_wait();
+            gpu.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,290 @@
+//! The device finalize (`finalize.wgsl`, f32) against its f64 host twin (`plan::finalize`) on the
+//! same statistics: every loss family and parameter family, term values and every coefficient of
+//! the gradient blocks.
+
+use std::borrow::Cow;
+
+use crate::expr::LossExpr;
+use crate::gpu::eval::{DevInput, GradTo};
+use crate::gpu::record::Recording;
+use crate::gpu::{align, INVALID};
+use crate::plan::{self, BlockLayout, LovaszSums, StatsPlan, Sums, K, MAX_PIXEL_SLOTS};
+use crate::{Engine, Input, Mode, Target};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+fn engine() -> Engine {
+    Engine::gpu_blocking().expect("the twin test needs a GPU adapter (apt-get install mesa-vulkan-drivers)")
+}
+
+/// Runs the device pipeline on `input` and compares the device finalize with the host twin.
+fn check(engine: &Engine, input: &Input, texts: &[&str]) {
+    let gpu = engine.gpu_ref().expect("gpu engine");
+    let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse().unwrap()).collect();
+    let prep = engine.prepare(input.clone()).unwrap();
+    let (lb, tb) = prep.buffers().unwrap();
+    let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+    let softmax = input.mode() == Mode::Multiclass;
+    let mut rec = Recording::new(&gpu.limits);
+    let inp = DevInput {
+        logits: rec.external(lb, 0, lb.size()),
+        target: rec.external(tb, 0, tb.size()),
+        n,
+        c,
+        s,
+        softmax,
+        ignore: None,
+        validate: 0,
+    };
+    let grads = vec![GradTo::Host; exprs.len()];
+    let r = gpu.record_eval(&mut rec, &inp, &exprs, &grads, true, 0).unwrap();
+    // the whole finalize output and the statistics it read: the sums buffer is the one recorded
+    // right after the status words (see eval.rs), found here by reading `out`'s neighbours is not
+    // possible, so the twin recomputes the plan's layout and reads `out` whole
+    let out_rb = rec.readback(r.out.size, "out").unwrap();
+    rec.copy(r.out, out_rb);
+    let plan = StatsPlan::new(&exprs, c);
+    let fut = gpu.execute(vec![rec]).pop().unwrap();
+    let data = futures::executor::block_on(fut).unwrap();
+    let out: Vec<f32> = bytemuck::pod_collect_to_vec(&data[data.len() - 1]);
+    // host statistics: the f64 sums of the reference, channel by channel
+    let sums = host_sums(input, &plan);
+    let view = Sums { data: &sums, n, c, k: 8 + 2 * plan.slots.len() };
+    let lov = lovasz_sums(input, &plan);
+    let mut cursor = 0;
+    let mut vals = Vec::new();
+    for e in &exprs {
+        vals.push(cursor);
+        cursor += 1 + e.terms.len();
+    }
+    for (i, e) in exprs.iter().enumerate() {
+        let layout = BlockLayout::new(e, &plan, (n, c, s), softmax);
+        cursor = cursor.next_multiple_of(64);
+        let block = cursor;
+        cursor += layout.len;
+        let host = plan::finalize(e, &plan, &layout, &view, input.mode(), &lov);
+        for (t, hv) in host.term_values.iter().enumerate() {
+            let dv = f64::from(out[vals[i] + 1 + t]);
+            assert!(
+                (dv - hv).abs() <= 1e-6 + 2e-4 * hv.abs(),
+                "'{}' term {t}: device {dv} host {hv}",
+                texts[i]
+            );
+        }
+        let dvalue = f64::from(out[vals[i]]);
+        assert!((dvalue - host.value).abs() <= 1e-6 + 2e-4 * host.value.abs(), "'{}' value", texts[i]);
+        let scale = host.block.iter().fold(0f64, |m, x| m.max(x.abs()));
+        for (j, hb) in host.block.iter().enumerate() {
+            let db = f64::from(out[block + j]);
+            assert!(
+                (db - hb).abs() <= 1e-9 + 2e-4 * scale.max(hb.abs()),
+                "'{}' coefficient {j} of {}: device {db} host {hb}",
+                texts[i],
+                layout.len
+            );
+        }
+    }
+    let _ = (align(1), r.vals_len);
+}
+
+/// The sums of the statistics pass, in f64 from the definitions ([N][C][8 + 2 slots]).
+fn host_sums(input: &Input, plan: &StatsPlan) -> Vec<f64> {
+    use crate::reference::sigmoid;
+    let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+    let k = 8 + 2 * plan.slots.len();
+    let mut out = vec![0f64; n * c * k];
+    let x = input.logits();
+    for ni in 0..n {
+        for si in 0..s {
+            let lse = {
+                let m = (0..c).map(|ci| f64::from(x[(ni * c + ci) * s + si])).fold(f64::MIN, f64::max);
+                m + (0..c).map(|ci| (f64::from(x[(ni * c + ci) * s + si]) - m).exp()).sum::<f64>().ln()
+            };
+            let label = match input.target() {
+                Target::Labels(t) => Some(t[ni * s + si]),
+                Target::Dense(_) => None,
+            };
+            for ci in 0..c {
+                let e = (ni * c + ci) * s + si;
+                let xe = f64::from(x[e]);
+                let (p, g, nlp, nlq) = match (input.target(), label) {
+                    (Target::Labels(_), Some(l)) => {
+                        if Some(l) == input.ignore_index() {
+                            continue;
+                        }
+                        let nlp = lse - xe;
+                        ((-nlp).exp(), if l == ci as i64 { 1.0 } else { 0.0 }, nlp, 0.0)
+                    }
+                    (Target::Dense(t), _) => {
+                        let g = f64::from(t[e]);
+                        if Some(t[e]) == input.ignore_index().map(|k| k as f32) {
+                            continue;
+                        }
+                        let p = sigmoid(xe);
+                        (p, g, -crate::reference::log_sigmoid(xe), -crate::reference::log_sigmoid(-xe))
+                    }
+                    _ => unreachable!(),
+                };
+                let o = (ni * c + ci) * k;
+                let d = (g - p) * (g - p);
+                for (j, v) in [p * g, p, g, p * p, g * g, 1.0, d * g, d * (1.0 - g)].into_iter().enumerate() {
+                    out[o + j] += v;
+                }
+                for (j, slot) in plan.slots.iter().enumerate() {
+                    let (a, b) = match slot.kind {
+                        plan::kind::BCE => {
+                            let gs = g * (1.0 - slot.label_smoothing) + 0.5 * slot.label_smoothing;
+                            (gs * nlp, (1.0 - gs) * nlq)
+                        }
+                        plan::kind::CE => {
+                            let l = label.unwrap() as usize;
+                            let q = (1.0 - slot.label_smoothing) * slot.weights[l] * g
+                                + slot.label_smoothing / c as f64 * slot.weights[ci];
+                            (q * nlp, slot.weights[l] * g)
+                        }
+                        plan::kind::FOCAL_SIGMOID => {
+                            let b = g * (-crate::reference::log_sigmoid(xe)) + (1.0 - g) * (-crate::reference::log_sigmoid(-xe));
+                            let a = slot.alpha.map_or(1.0, |al| al * g + (1.0 - al) * (1.0 - g));
+                            (a * (1.0 - (-b).exp()).powf(slot.gamma) * b, 0.0)
+                        }
+                        _ => {
+                            if g == 1.0 {
+                                let q = (-nlp).exp();
+                                (slot.alpha.unwrap_or(1.0) * (1.0 - q).powf(slot.gamma) * nlp, 0.0)
+                            } else {
+                                (0.0, 0.0)
+                            }
+                        }
+                    };
+                    out[o + 8 + 2 * j] += a;
+                    out[o + 9 + 2 * j] += b;
+                }
+            }
+        }
+    }
+    let _ = (K, MAX_PIXEL_SLOTS, INVALID);
+    out
+}
+
+/// Per-segment Lovász sums from the reference's definition (value, fg, bg).
+fn lovasz_sums(input: &Input, plan: &StatsPlan) -> Vec<LovaszSums> {
+    let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+    let softmax = input.mode() == Mode::Multiclass;
+    plan.lovasz
+        .iter()
+        .map(|lp| {
+            let (segs, _) = plan::lovasz_segments(softmax, lp.per_image, n, c, s);
+            let segs = (0..segs)
+                .map(|seg| crate::reference::lovasz_segment(input, lp.per_image, seg))
+                .collect();
+            LovaszSums { segs }
+        })
+        .collect()
+}
+
+fn binary(n: usize, c: usize, h: usize, w: usize, seed: u64, empty: bool) -> Input<'static> {
+    let mut r = Rng(seed);
+    let numel = n * c * h * w;
+    let logits: Vec<f32> = (0..numel).map(|_| (r.uniform() - 0.5) * 8.0).collect();
+    let target: Vec<f32> = (0..numel).map(|i| if empty && i % n == 0 { 0.0 } else { (r.uniform() > 0.7) as u8 as f32 }).collect();
+    let mode = if c == 1 { Mode::Binary } else { Mode::Multilabel };
+    Input::new(Cow::Owned(logits), Target::Dense(Cow::Owned(target)), &[n, c, h, w], mode, None).unwrap()
+}
+
+fn multiclass(n: usize, c: usize, h: usize, w: usize, seed: u64) -> Input<'static> {
+    let mut r = Rng(seed);
+    let logits: Vec<f32> = (0..n * c * h * w).map(|_| (r.uniform() - 0.5) * 6.0).collect();
+    // class c-1 absent; some pixels ignored
+    let labels: Vec<i64> = (0..n * h * w)
+        .map(|_| {
+            let u = r.uniform();
+            if u < 0.05 {
+                255
+            } else {
+                ((u * (c - 1) as f32) as i64).min(c as i64 - 2)
+            }
+        })
+        .collect();
+    Input::new(Cow::Owned(logits), Target::Labels(Cow::Owned(labels)), &[n, c, h, w], Mode::Multiclass, Some(255)).unwrap()
+}
+
+const REGION: &[&str] = &[
+    "dice",
+    "dice@monai",
+    "dice@keras",
+    "dice@paddle",
+    "dice:squared=true,log=true",
+    "dice:empty=skip,classes=0",
+    "jaccard",
+    "jaccard:squared=true,pool=image",
+    "jaccard:eps=0,empty=formula,log=true",
+    "tversky:alpha=0.3,beta=0.7,gamma=0.75",
+    "tversky@monai",
+    "gdice@monai",
+    "gdice:weight=simple",
+    "gdice:weight=uniform,pool=image",
+    "sensspec",
+    "0.5*dice+0.25*jaccard@monai+2*tversky:alpha=0.7,beta=0.3",
+];
+
+#[test]
+fn device_finalize_matches_host_binary() {
+    let e = engine();
+    let mut texts: Vec<&str> = REGION.to_vec();
+    texts.extend([
+        "bce",
+        "bce:pos_weight=auto",
+        "bce:pos_weight=3,label_smoothing=0.1",
+        "focal",
+        "focal:gamma=0,alpha=0.25",
+        "lovasz",
+        "lovasz:per_image=true",
+        "bce+dice+lovasz+lovasz:per_image=true",
+    ]);
+    for (i, input) in [binary(3, 1, 9, 7, 1, false), binary(2, 1, 8, 8, 2, true), binary(2, 3, 5, 6, 3, true)].iter().enumerate() {
+        for t in &texts {
+            if input.classes() > 1 && t.contains("classes=0") {
+                continue;
+            }
+            check(&e, input, &[t]);
+        }
+        // everything at once: one recording, all ops of all expressions
+        check(&e, input, &texts);
+        let _ = i;
+    }
+}
+
+#[test]
+fn device_finalize_matches_host_multiclass() {
+    let e = engine();
+    let mut texts: Vec<&str> = REGION.iter().copied().filter(|t| !t.starts_with("sensspec")).collect();
+    texts.extend([
+        "ce",
+        "ce:weights=1;2;0.5;3,label_smoothing=0.1",
+        "focal",
+        "focal:act=softmax,gamma=2,alpha=0.25",
+        "lovasz",
+        "lovasz:per_image=true,classes=all",
+        "lovasz:classes=0;2",
+        "0.8*ce+0.2*lovasz",
+        "sensspec",
+    ]);
+    for input in [multiclass(2, 4, 9, 7, 5), multiclass(3, 4, 4, 4, 6)] {
+        for t in &texts {
+            check(&e, &input, &[t]);
+        }
+        check(&e, &input, &texts);
+    }
+}

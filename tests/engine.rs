@@ -1,0 +1,478 @@
+//! The engine on the caller's device and buffers: buffer inputs at non-zero offsets equal host
+//! inputs bit for bit, gradients overwrite or add into the caller's buffer, the checks of buffer
+//! inputs run on the device and come back as typed errors, one submission per evaluation, and
+//! eight threads on one engine give what one thread gives.
+
+mod common;
+
+use std::borrow::Cow;
+
+use common::Rng;
+use segloss::{
+    reference, BufferInput, BufferSlice, Engine, Error, Evaluation, GradOut, Input, LossExpr, Mode, Target, TargetBuffer,
+};
+use wgpu::util::DeviceExt;
+
+/// A device of our own, made the way a wgpu program makes it (lavapipe in CI).
+fn caller_device() -> (wgpu::AdapterInfo, wgpu::Device, wgpu::Queue) {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::VULKAN;
+    let inst = wgpu::Instance::new(desc);
+    let adapter = futures::executor::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions::default()))
+        .expect("a Vulkan adapter (apt-get install mesa-vulkan-drivers)");
+    let (device, queue) = futures::executor::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("caller"),
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .expect("device");
+    (adapter.get_info(), device, queue)
+}
+
+fn caller_engine() -> &'static (Engine, wgpu::Device, wgpu::Queue) {
+    static E: std::sync::OnceLock<(Engine, wgpu::Device, wgpu::Queue)> = std::sync::OnceLock::new();
+    E.get_or_init(|| {
+        let (info, device, queue) = caller_device();
+        let engine = Engine::from_device_blocking(&info, device.clone(), queue.clone()).expect("engine on the caller's device");
+        (engine, device, queue)
+    })
+}
+
+fn parse(texts: &[&str]) -> Vec<LossExpr> {
+    texts.iter().map(|t| t.parse().unwrap()).collect()
+}
+
+/// A buffer holding `pad` words of junk, then `data`, then junk: the slice starts at `pad * 4`.
+fn buffer_with(device: &wgpu::Device, data: &[u32], pad: usize) -> wgpu::Buffer {
+    let mut words = vec![0xDEAD_BEEFu32; pad];
+    words.extend_from_slice(data);
+    words.extend(std::iter::repeat_n(0xDEAD_BEEFu32, 64));
+    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("caller data"),
+        contents: bytemuck::cast_slice(&words),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+    })
+}
+
+fn read_buffer(device: &wgpu::Device, queue: &wgpu::Queue, buf: &wgpu::Buffer, offset: u64, len: usize) -> Vec<f32> {
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: (len * 4) as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(buf, offset, &staging, 0, (len * 4) as u64);
+    queue.submit([enc.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    let out = bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).unwrap());
+    staging.unmap();
+    out
+}
+
+struct Case {
+    shape: Vec<usize>,
+    mode: Mode,
+    logits: Vec<f32>,
+    dense: Vec<f32>,
+    labels: Vec<i64>,
+    ignore: Option<i64>,
+}
+
+fn dense_case(seed: u64, shape: &[usize], mode: Mode) -> Case {
+    let mut r = Rng(seed);
+    let numel: usize = shape.iter().product();
+    let logits = (0..numel).map(|_| (r.normal() * 3.0) as f32).collect();
+    let dense = (0..numel).map(|_| (r.uniform() < 0.3) as u8 as f32).collect();
+    Case { shape: shape.to_vec(), mode, logits, dense, labels: vec![], ignore: None }
+}
+
+fn label_case(seed: u64, shape: &[usize], ignore: i64) -> Case {
+    let mut r = Rng(seed);
+    let numel: usize = shape.iter().product();
+    let logits = (0..numel).map(|_| (r.normal() * 3.0) as f32).collect();
+    let c = shape[1] as i64;
+    let labels = (0..numel / shape[1]).map(|_| if r.uniform() < 0.1 { ignore } else { r.below(c as usize) as i64 }).collect();
+    Case { shape: shape.to_vec(), mode: Mode::Multiclass, logits, dense: vec![], labels, ignore: Some(ignore) }
+}
+
+impl Case {
+    fn host(&self) -> Input<'_> {
+        let target = if self.mode == Mode::Multiclass {
+            Target::Labels(Cow::Borrowed(&self.labels))
+        } else {
+            Target::Dense(Cow::Borrowed(&self.dense))
+        };
+        Input::new(Cow::Borrowed(&self.logits), target, &self.shape, self.mode, self.ignore).unwrap()
+    }
+}
+
+const BINARY: &[&str] = &[
+    "bce",
+    "0.5*bce+0.5*dice",
+    "dice@monai+focal@monai",
+    "jaccard:log=true",
+    "tversky:alpha=0.3,beta=0.7,gamma=0.75",
+    "gdice@monai",
+    "sensspec",
+    "bce:pos_weight=auto",
+    "lovasz",
+    "lovasz:per_image=true",
+    "bce+lovasz",
+];
+const MULTICLASS: &[&str] = &[
+    "ce",
+    "0.8*ce+0.2*dice",
+    "dice@monai",
+    "focal:act=softmax",
+    "ce:weights=1;2;0.5,label_smoothing=0.1",
+    "jaccard@keras",
+    "lovasz",
+    "lovasz:per_image=true",
+    "0.8*ce+0.2*lovasz",
+];
+
+fn assert_same(a: &[Evaluation], b: &[Evaluation], what: &str) {
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.value.to_bits(), y.value.to_bits(), "{what}: values differ: {} vs {}", x.value, y.value);
+        assert_eq!(x.grad, y.grad, "{what}: gradients differ");
+    }
+}
+
+#[test]
+fn buffer_inputs_at_offsets_equal_host_inputs_bit_for_bit() {
+    let (engine, device, queue) = caller_engine();
+    let align = device.limits().min_storage_buffer_offset_alignment as usize / 4;
+    for (case, texts) in [
+        (dense_case(1, &[2, 1, 9, 13], Mode::Binary), BINARY),
+        (dense_case(2, &[2, 3, 5, 4, 3], Mode::Multilabel), BINARY),
+        (label_case(3, &[2, 3, 11, 7], 255), MULTICLASS),
+        (label_case(4, &[3, 3, 16], -100), MULTICLASS),
+    ] {
+        let exprs = parse(texts);
+        let host = engine.evaluate_blocking(&case.host(), &exprs, true).unwrap();
+        let numel = case.logits.len();
+        let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 3 * align);
+        let logits = BufferSlice::new(&lbuf, (3 * align * 4) as u64, numel as u64);
+        let (words, tbuf): (Vec<u32>, wgpu::Buffer);
+        let target = if case.mode == Mode::Multiclass {
+            words = case.labels.iter().map(|&l| l as i32 as u32).collect();
+            tbuf = buffer_with(device, &words, align);
+            let s = BufferSlice::new(&tbuf, (align * 4) as u64, words.len() as u64);
+            if case.ignore == Some(-100) { TargetBuffer::ClassI32(s) } else { TargetBuffer::ClassU32(s) }
+        } else {
+            words = bytemuck::cast_slice(&case.dense).to_vec();
+            tbuf = buffer_with(device, &words, 2 * align);
+            TargetBuffer::Dense(BufferSlice::new(&tbuf, (2 * align * 4) as u64, numel as u64))
+        };
+        let input = BufferInput::new(logits, target, &case.shape, case.mode, case.ignore).unwrap();
+        // gradients read back to the host
+        let grads = vec![GradOut::Host; exprs.len()];
+        let out = engine.evaluate_buffers_blocking(&input, &exprs, &grads).unwrap();
+        assert_same(&out, &host, &format!("{:?}", case.shape));
+        // written into the caller's buffer at an offset, and added to what is there
+        let gbuf = buffer_with(device, &vec![0u32; numel], 5 * align);
+        let goff = (5 * align * 4) as u64;
+        for (i, e) in exprs.iter().enumerate() {
+            let gs = BufferSlice::new(&gbuf, goff, numel as u64);
+            let v = engine.evaluate_buffers_blocking(&input, std::slice::from_ref(e), &[GradOut::Write(gs)]).unwrap();
+            assert_eq!(v[0].value.to_bits(), host[i].value.to_bits());
+            let written = read_buffer(device, queue, &gbuf, goff, numel);
+            assert_eq!(Some(&written), host[i].grad.as_ref(), "{}: written gradient", texts[i]);
+            engine.evaluate_buffers_blocking(&input, std::slice::from_ref(e), &[GradOut::Add(gs)]).unwrap();
+            let added = read_buffer(device, queue, &gbuf, goff, numel);
+            let want: Vec<f32> = written.iter().map(|&g| g + g).collect();
+            assert_eq!(added, want, "{}: accumulated gradient", texts[i]);
+            // the words around the slice are untouched
+            let before = read_buffer(device, queue, &gbuf, 0, 5 * align);
+            assert!(before.iter().all(|&w| w.to_bits() == 0xDEAD_BEEF));
+        }
+    }
+}
+
+#[test]
+fn device_resident_evaluation_is_one_submission_and_no_wait() {
+    let (engine, device, queue) = caller_engine();
+    let case = dense_case(7, &[2, 1, 16, 16], Mode::Binary);
+    let exprs = parse(&["0.5*bce+0.5*dice", "lovasz"]);
+    let host = engine.evaluate_blocking(&case.host(), &exprs, true).unwrap();
+    let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
+    let tbuf = buffer_with(device, bytemuck::cast_slice(&case.dense), 0);
+    let n = case.logits.len() as u64;
+    let input = BufferInput::new(
+        BufferSlice::new(&lbuf, 0, n),
+        TargetBuffer::Dense(BufferSlice::new(&tbuf, 0, n)),
+        &case.shape,
+        case.mode,
+        None,
+    )
+    .unwrap();
+    let g0 = buffer_with(device, &vec![0; n as usize], 0);
+    let g1 = buffer_with(device, &vec![0; n as usize], 0);
+    let before = engine.activity();
+    let sub = engine
+        .submit_buffers(&input, &exprs, &[GradOut::Write(BufferSlice::new(&g0, 0, n)), GradOut::Write(BufferSlice::new(&g1, 0, n))])
+        .unwrap();
+    let after = engine.activity();
+    assert_eq!(after.submissions - before.submissions, 1);
+    assert_eq!(after.host_waits - before.host_waits, 0);
+    // the values sit in a device buffer; read them (a second submission and one wait)
+    let vals = futures::executor::block_on(sub.read()).unwrap();
+    for (v, h) in vals.iter().zip(&host) {
+        assert_eq!(v.value.to_bits(), h.value.to_bits());
+    }
+    assert_eq!(Some(&read_buffer(device, queue, &g0, 0, n as usize)), host[0].grad.as_ref());
+    assert_eq!(Some(&read_buffer(device, queue, &g1, 0, n as usize)), host[1].grad.as_ref());
+    // with gradients read back: one submission, one wait
+    let before = engine.activity();
+    engine.evaluate_blocking(&case.host(), &exprs, true).unwrap();
+    let after = engine.activity();
+    assert_eq!((after.submissions - before.submissions, after.host_waits - before.host_waits), (1, 1));
+}
+
+#[test]
+fn bad_buffer_inputs_are_typed_errors_found_on_the_device() {
+    let (engine, device, queue) = caller_engine();
+    let shape = [1usize, 3, 4, 4];
+    let numel = 48;
+    let logits: Vec<f32> = (0..numel).map(|i| (i % 5) as f32 - 2.0).collect();
+    let lbuf = buffer_with(device, bytemuck::cast_slice(&logits), 0);
+    let exprs = parse(&["ce+dice"]);
+    let gbuf = buffer_with(device, &vec![0x3F80_0000; numel], 0); // 1.0 everywhere
+    let g = GradOut::Write(BufferSlice::new(&gbuf, 0, numel as u64));
+    let run = |lb: &wgpu::Buffer, labels: &[u32], ignore: Option<i64>, exprs: &[LossExpr]| {
+        let tbuf = buffer_with(device, labels, 0);
+        let input = BufferInput::new(
+            BufferSlice::new(lb, 0, numel as u64),
+            TargetBuffer::ClassU32(BufferSlice::new(&tbuf, 0, labels.len() as u64)),
+            &shape,
+            Mode::Multiclass,
+            ignore,
+        )
+        .unwrap();
+        engine.evaluate_buffers_blocking(&input, exprs, &vec![g; exprs.len()])
+    };
+    let mut labels: Vec<u32> = (0..16).map(|i| i % 3).collect();
+    labels[9] = 7;
+    match run(&lbuf, &labels, Some(255), &exprs) {
+        Err(Error::ClassIndex(m)) => assert!(m.contains("element 9") && m.contains("0..3"), "{m}"),
+        other => panic!("expected a class index error, got {other:?}"),
+    }
+    // the caller's gradient buffer is untouched after bad input
+    assert!(read_buffer(device, queue, &gbuf, 0, numel).iter().all(|&x| x == 1.0));
+    labels[9] = 255;
+    run(&lbuf, &labels, Some(255), &exprs).expect("255 is the ignore index");
+    match run(&lbuf, &labels, None, &exprs) {
+        Err(Error::ClassIndex(m)) => assert!(m.contains("element 9"), "{m}"),
+        other => panic!("without an ignore index 255 is not a class: {other:?}"),
+    }
+    let mut bad = logits.clone();
+    bad[20] = f32::NAN;
+    let nbuf = buffer_with(device, bytemuck::cast_slice(&bad), 0);
+    match run(&nbuf, &labels, Some(255), &exprs) {
+        Err(Error::NonFinite(m)) => assert!(m.contains("element 20"), "{m}"),
+        other => panic!("expected a non-finite error, got {other:?}"),
+    }
+    // logits of an ignored pixel are checked too (pixel 9 is ignored; its class-1 logit is 16 + 9)
+    let mut bad = logits.clone();
+    bad[25] = f32::INFINITY;
+    let ibuf = buffer_with(device, bytemuck::cast_slice(&bad), 0);
+    assert!(matches!(run(&ibuf, &labels, Some(255), &exprs), Err(Error::NonFinite(_))));
+
+    // dense targets: outside [0, 1], and soft labels where Lovász needs hard ones
+    let dshape = [1usize, 1, 4, 4];
+    let dl: Vec<f32> = (0..16).map(|i| i as f32 / 4.0 - 2.0).collect();
+    let dlb = buffer_with(device, bytemuck::cast_slice(&dl), 0);
+    let dense = |t: &[f32], e: &[&str]| {
+        let tb = buffer_with(device, bytemuck::cast_slice(t), 0);
+        let input = BufferInput::new(
+            BufferSlice::new(&dlb, 0, 16),
+            TargetBuffer::Dense(BufferSlice::new(&tb, 0, 16)),
+            &dshape,
+            Mode::Binary,
+            None,
+        )
+        .unwrap();
+        engine.evaluate_buffers_blocking(&input, &parse(e), &[GradOut::Skip])
+    };
+    let mut t = vec![0.0f32; 16];
+    t[3] = 1.5;
+    assert!(matches!(dense(&t, &["dice"]), Err(Error::TargetValue(m)) if m.contains("element 3")));
+    t[3] = 0.5;
+    dense(&t, &["dice"]).expect("soft labels are fine for dice");
+    assert!(matches!(dense(&t, &["lovasz"]), Err(Error::TargetValue(m)) if m.contains("hard")));
+
+    // buffers that cannot be used as given
+    let ub = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 256,
+        usage: wgpu::BufferUsages::UNIFORM,
+        mapped_at_creation: false,
+    });
+    let tbuf = buffer_with(device, &labels, 0);
+    let tgt = TargetBuffer::ClassU32(BufferSlice::new(&tbuf, 0, 16));
+    let mk = |l: BufferSlice| BufferInput::new(l, tgt, &shape, Mode::Multiclass, Some(255)).unwrap();
+    let ev = |i: &BufferInput, g: GradOut| engine.evaluate_buffers_blocking(i, &exprs, &[g]);
+    assert!(matches!(ev(&mk(BufferSlice::new(&ub, 0, 48)), GradOut::Skip), Err(Error::Buffer(m)) if m.contains("usage")));
+    assert!(matches!(ev(&mk(BufferSlice::new(&lbuf, 4, 48)), GradOut::Skip), Err(Error::Buffer(m)) if m.contains("alignment")));
+    let big = buffer_with(device, &[0; 8], 0);
+    assert!(matches!(ev(&mk(BufferSlice::new(&big, 0, 48)), GradOut::Skip), Err(Error::Buffer(m)) if m.contains("past the end")));
+    let input = mk(BufferSlice::new(&lbuf, 0, 48));
+    assert!(matches!(ev(&input, GradOut::Write(BufferSlice::new(&lbuf, 0, 48))), Err(Error::Buffer(m)) if m.contains("overlaps")));
+    assert!(matches!(ev(&input, GradOut::Write(BufferSlice::new(&gbuf, 0, 40))), Err(Error::Shape(_))));
+    assert!(matches!(
+        BufferInput::new(BufferSlice::new(&lbuf, 0, 47), tgt, &shape, Mode::Multiclass, None),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        BufferInput::new(BufferSlice::new(&lbuf, 0, 48), tgt, &shape, Mode::Binary, None),
+        Err(Error::Input(_) | Error::Shape(_))
+    ));
+    assert!(matches!(
+        BufferInput::new(BufferSlice::new(&lbuf, 0, 48), tgt, &shape, Mode::Multiclass, Some(-1)),
+        Err(Error::Input(m)) if m.contains("u32")
+    ));
+}
+
+#[test]
+fn eight_threads_on_one_engine_match_one_thread() {
+    let engine = common::gpu();
+    let cases = [
+        (dense_case(11, &[2, 1, 24, 24], Mode::Binary), BINARY),
+        (label_case(12, &[2, 4, 16, 16], 255), MULTICLASS),
+    ];
+    for (case, texts) in &cases {
+        let exprs = parse(texts);
+        let input = case.host();
+        let one = engine.evaluate_blocking(&input, &exprs, true).unwrap();
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    sc.spawn(|| {
+                        let mut all = Vec::new();
+                        for _ in 0..3 {
+                            all.push(engine.evaluate_blocking(&input, &exprs, true).unwrap());
+                        }
+                        all
+                    })
+                })
+                .collect();
+            for h in handles {
+                for r in h.join().unwrap() {
+                    assert_same(&r, &one, "a thread");
+                }
+            }
+        });
+    }
+}
+
+#[test]
+fn futures_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let engine = common::gpu();
+    let case = dense_case(13, &[1, 1, 4, 4], Mode::Binary);
+    let input = case.host();
+    let exprs = parse(&["bce"]);
+    let f = engine.evaluate(&input, &exprs, true);
+    send(&f);
+    let prep = engine.prepare(input.clone()).unwrap();
+    let f2 = engine.evaluate_prepared(&prep, &exprs, segloss::GradMode::Read);
+    send(&f2);
+    drop((f, f2));
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Engine>();
+    // a future runs on another thread
+    let out = std::thread::scope(|s| s.spawn(|| futures::executor::block_on(engine.evaluate(&input, &exprs, false))).join());
+    assert!(out.unwrap().is_ok());
+}
+
+/// Expressions the reference evaluates evaluate on the GPU too: several Lovász losses, many
+/// pixel terms, more distinct pixel losses than one statistics pass holds.
+#[test]
+fn no_arbitrary_limits_on_expressions() {
+    let engine = common::gpu();
+    let dense = dense_case(21, &[2, 1, 12, 12], Mode::Binary);
+    let labels = label_case(22, &[2, 3, 8, 8], 255);
+    let nine_bce = vec!["bce"; 9].join("+");
+    let five_focal = "focal:gamma=0+focal:gamma=1+focal:gamma=2+focal:gamma=3+focal:gamma=4";
+    let mixed = "bce+bce:label_smoothing=0.1+focal+focal:gamma=1,alpha=0.3+bce:pos_weight=2+focal:gamma=3+dice";
+    let pairs: [(&Case, Vec<&str>); 2] = [
+        (&dense, vec!["lovasz+lovasz:per_image=true", &nine_bce, five_focal, mixed, "0.5*lovasz+bce+0.5*lovasz"]),
+        (&labels, vec!["lovasz+lovasz:per_image=true+lovasz:classes=all", "ce+ce:label_smoothing=0.2+ce:weights=1;2;3+focal+focal:act=softmax+focal:gamma=1"]),
+    ];
+    for (case, texts) in pairs {
+        let input = case.host();
+        let exprs = parse(&texts);
+        let gpu = engine.evaluate_blocking(&input, &exprs, true).unwrap();
+        for (i, e) in exprs.iter().enumerate() {
+            let r = reference::evaluate(&input, e).unwrap();
+            assert!((gpu[i].value - r.value).abs() <= 1e-5 + 1e-4 * r.value.abs(), "{}: {} vs {}", texts[i], gpu[i].value, r.value);
+            let (d, m) = common::max_diff(gpu[i].grad.as_ref().unwrap(), &r.grad);
+            let tol = if texts[i].contains("lovasz") { 2e-3 } else { 1e-4 };
+            assert!(d <= 1e-9 + tol * m, "{}: gradient differs by {d} (max {m})", texts[i]);
+        }
+    }
+}
+
+#[test]
+fn limits_are_typed_errors_before_anything_runs() {
+    let engine = common::gpu();
+    let max = engine.limits().unwrap().max_storage_buffer_binding_size;
+    // statistics partials of N x tiles x C x 16 floats: past the binding limit for N = 65535, C = 40
+    let n = ((max / (40 * 16 * 4)) + 1) as usize;
+    let logits = vec![0.0f32; n * 40];
+    let labels = vec![0i64; n];
+    let input = Input::labels(&logits, &labels, &[n, 40, 1], None).unwrap();
+    let before = engine.activity();
+    match engine.evaluate_blocking(&input, &parse(&["ce"]), false) {
+        Err(Error::Limit { what, needed, max: m }) => {
+            assert!(what.contains("partials"), "{what}");
+            assert!(needed > m && m == max, "{needed} {m}");
+        }
+        other => panic!("expected a limit error, got {:?}", other.map(|v| v.len())),
+    }
+    assert_eq!(engine.activity().submissions, before.submissions, "nothing was submitted");
+}
+
+#[test]
+fn parameters_and_values_past_f32_range() {
+    let engine = common::gpu();
+    for text in ["ce:weights=1e39;1;1;1", "focal:gamma=1e39", "bce:pos_weight=1e39", "1e308*bce+1e308*bce", "-1e39*dice"] {
+        match text.parse::<LossExpr>() {
+            Err(Error::Parse { msg, .. }) => assert!(msg.contains("f32 range"), "{text}: {msg}"),
+            other => panic!("{text}: expected a parse error, got {other:?}"),
+        }
+    }
+    let case = dense_case(31, &[2, 1, 8, 8], Mode::Binary);
+    let input = case.host();
+    // an overflowing value is an error on the GPU and on the CPU reference
+    let e: LossExpr = "3e38*dice+3e38*dice".parse().unwrap();
+    assert!(matches!(engine.evaluate_blocking(&input, std::slice::from_ref(&e), false), Err(Error::Overflow(_))));
+    assert!(matches!(reference::evaluate(&input, &e), Err(Error::Overflow(_))));
+    // large but valid parameters: finite, and the GPU agrees with the CPU
+    let labels = label_case(32, &[2, 4, 8, 8], 255);
+    let linput = labels.host();
+    for (inp, text) in [
+        (&linput, "ce:weights=1e38;1;1;1"),
+        (&linput, "focal:gamma=1e38"),
+        (&input, "bce:pos_weight=1e30"),
+        (&input, "-1*dice"),
+    ] {
+        let e: LossExpr = text.parse().unwrap();
+        let g = engine.evaluate_blocking(inp, std::slice::from_ref(&e), true).unwrap();
+        let r = reference::evaluate(inp, &e).unwrap();
+        assert!(g[0].value.is_finite() && (g[0].value - r.value).abs() <= 1e-5 + 1e-4 * r.value.abs(), "{text}: {} vs {}", g[0].value, r.value);
+        assert!(g[0].grad.as_ref().unwrap().iter().all(|x| x.is_finite()), "{text}: gradient");
+    }
+    // 0/0: an empty target and a prediction that is 0 to working precision scores 1 everywhere
+    let logits = vec![-110.0f32; 64];
+    let target = vec![0.0f32; 64];
+    let input = Input::dense(&logits, &target, &[1, 1, 8, 8], Mode::Binary).unwrap();
+    for text in ["dice@monai:smooth=0", "jaccard:eps=0,empty=formula,log=true"] {
+        let e: LossExpr = text.parse().unwrap();
+        let g = engine.evaluate_blocking(&input, std::slice::from_ref(&e), true).unwrap();
+        let r = reference::evaluate(&input, &e).unwrap();
+        assert_eq!((g[0].value, r.value), (0.0, 0.0), "{text}");
+    }
+}
