@@ -31,11 +31,9 @@ mod engine;
 mod error;
 pub mod expr;
 mod input;
-pub mod npy;
 mod plan;
 pub mod reference;
 pub mod shaders;
-pub mod synth;
 
 pub use engine::{
     backend_name, list_adapters, AdapterReport, DeviceInfo, Engine, EngineOptions, Evaluation, GradMode, Prepared,

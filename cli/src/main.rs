@@ -8,7 +8,8 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use segloss::{npy, reference, synth, Engine, EngineOptions, Error, GradMode, Input, LossExpr, Mode, Target};
+use segloss::{reference, Engine, EngineOptions, Error, GradMode, Input, LossExpr, Mode, Target};
+use segloss_data::{npy, synth};
 
 #[derive(Parser)]
 #[command(name = "segloss", version, about = "Segmentation losses and their gradients on any GPU (wgpu)")]
@@ -136,7 +137,7 @@ fn main() -> ExitCode {
 }
 
 fn engine() -> Result<Engine, Fail> {
-    let e = pollster::block_on(Engine::with_options(&EngineOptions::from_env()))?;
+    let e = futures::executor::block_on(Engine::with_options(&EngineOptions::from_env()))?;
     if let Some(why) = &e.info().fallback_reason {
         eprintln!("segloss: no GPU adapter ({why}); using the f64 CPU reference");
     }
@@ -285,7 +286,7 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
 
 fn devices(as_json: bool) -> Result<(), Fail> {
     let opts = EngineOptions::from_env();
-    let list = pollster::block_on(segloss::list_adapters(&opts))?;
+    let list = futures::executor::block_on(segloss::list_adapters(&opts))?;
     if as_json {
         println!("{}", json!({"adapters": list}));
         return Ok(());
