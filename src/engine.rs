@@ -22,19 +22,20 @@ const GRAD_WG: usize = 256;
 const INVALID: u32 = u32::MAX;
 
 /// What the engine runs on.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct DeviceInfo {
     /// Adapter name (or `CPU reference`).
     pub name: String,
     /// `vulkan`, `gl`, `metal`, `dx12`, `webgpu`, or `cpu` for the f64 CPU reference.
     pub backend: String,
     /// `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu`, `Other`.
-    #[serde(rename = "type")]
+    #[cfg_attr(feature = "serde", serde(rename = "type"))]
     pub device_type: String,
     /// Driver name and version, when known.
     pub driver: String,
     /// Why the engine fell back to the CPU reference, if it did.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub fallback_reason: Option<String>,
 }
 
@@ -100,10 +101,11 @@ impl EngineOptions {
 }
 
 /// One adapter as [`list_adapters`] reports it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct AdapterReport {
     /// Name, backend and type.
-    #[serde(flatten)]
+    #[cfg_attr(feature = "serde", serde(flatten))]
     pub info: DeviceInfo,
     /// Whether [`Engine::new`] with the same options would pick it.
     pub selected: bool,
@@ -658,7 +660,7 @@ impl Engine {
     /// Blocking [`Engine::sort_segments`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn sort_segments_blocking(&self, keys: &[u32], segment_len: usize) -> Result<(Vec<u32>, Vec<u32>), Error> {
-        pollster::block_on(self.sort_segments(keys, segment_len))
+        futures::executor::block_on(self.sort_segments(keys, segment_len))
     }
 
     /// Times the device work of sorting `segs` segments of `segment_len` random keys with `algo`,
@@ -716,7 +718,7 @@ impl Engine {
         segment_len: usize,
         algo: SortAlgo,
     ) -> Result<(Vec<u32>, Vec<u32>), Error> {
-        pollster::block_on(self.sort_segments_with(keys, segment_len, algo))
+        futures::executor::block_on(self.sort_segments_with(keys, segment_len, algo))
     }
 
     /// Copies the prepared logits once on the device and waits: the memory-traffic floor of an
@@ -742,19 +744,19 @@ impl Engine {
     /// Blocking [`Engine::copy_probe`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn copy_probe_blocking(&self, prep: &Prepared<'_>) -> Result<(), Error> {
-        pollster::block_on(self.copy_probe(prep))
+        futures::executor::block_on(self.copy_probe(prep))
     }
 
     /// Blocking [`Engine::new`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new_blocking() -> Result<Engine, Error> {
-        pollster::block_on(Engine::new())
+        futures::executor::block_on(Engine::new())
     }
 
     /// Blocking [`Engine::gpu`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn gpu_blocking() -> Result<Engine, Error> {
-        pollster::block_on(Engine::gpu())
+        futures::executor::block_on(Engine::gpu())
     }
 
     /// Blocking [`Engine::evaluate`] (native only).
@@ -765,7 +767,7 @@ impl Engine {
         exprs: &[LossExpr],
         grads: bool,
     ) -> Result<Vec<Evaluation>, Error> {
-        pollster::block_on(self.evaluate(input, exprs, grads))
+        futures::executor::block_on(self.evaluate(input, exprs, grads))
     }
 
     /// Blocking [`Engine::evaluate_prepared`] (native only).
@@ -776,7 +778,7 @@ impl Engine {
         exprs: &[LossExpr],
         grads: GradMode,
     ) -> Result<Vec<Evaluation>, Error> {
-        pollster::block_on(self.evaluate_prepared(prep, exprs, grads))
+        futures::executor::block_on(self.evaluate_prepared(prep, exprs, grads))
     }
 }
 
