@@ -1,6 +1,7 @@
 //! The `segloss` command line: `eval`, `devices`, `demo`, `bench`.
 
 use std::borrow::Cow;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -112,6 +113,28 @@ struct BenchArgs {
 /// A failure and the exit code it maps to.
 struct Fail(u8, String);
 
+/// Writes one line to stdout. A failed write (a closed pipe, a full disk) is a [`Fail`], not the
+/// panic of `println!`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_out(format_args!($($arg)*))
+    };
+}
+
+fn write_out(args: std::fmt::Arguments) -> Result<(), Fail> {
+    let mut o = std::io::stdout().lock();
+    o.write_fmt(args).and_then(|()| o.write_all(b"\n")).map_err(stdout_failed)
+}
+
+fn stdout_failed(e: std::io::Error) -> Fail {
+    Fail(1, format!("cannot write to stdout: {e}"))
+}
+
+/// Writes one line to stderr, ignoring failures (there is nowhere left to report them).
+fn note(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "segloss: {msg}");
+}
+
 impl From<Error> for Fail {
     fn from(e: Error) -> Self {
         Fail(1, e.to_string())
@@ -119,7 +142,20 @@ impl From<Error> for Fail {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version go to stdout, usage errors to stderr.
+            match e.print() {
+                Err(io) if !e.use_stderr() => {
+                    note(&format!("cannot write to stdout: {io}"));
+                    return ExitCode::FAILURE;
+                }
+                _ => {}
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let r = match cli.cmd {
         Cmd::Eval(a) => eval(a),
         Cmd::Devices { json } => devices(json),
@@ -127,10 +163,11 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench(a),
         Cmd::Sortbench { total, iters, max_log2, json } => sortbench(total, iters, max_log2, json),
     };
+    let r = r.and_then(|()| std::io::stdout().flush().map_err(stdout_failed));
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, msg)) => {
-            eprintln!("segloss: {msg}");
+            note(&msg);
             ExitCode::from(code)
         }
     }
@@ -139,7 +176,7 @@ fn main() -> ExitCode {
 fn engine() -> Result<Engine, Fail> {
     let e = futures::executor::block_on(Engine::with_options(&EngineOptions::from_env()))?;
     if let Some(why) = &e.info().fallback_reason {
-        eprintln!("segloss: no GPU adapter ({why}); using the f64 CPU reference");
+        note(&format!("no GPU adapter ({why}); using the f64 CPU reference"));
     }
     Ok(e)
 }
@@ -259,21 +296,21 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         results.push(entry);
     }
     if a.json {
-        println!("{}", json!({"device": engine.info(), "mode": input.mode().name(), "results": results}));
+        outln!("{}", json!({"device": engine.info(), "mode": input.mode().name(), "results": results}))?;
     } else {
-        println!(
+        outln!(
             "device: {} ({}, {})  mode: {}  shape: {:?}",
             engine.info().name,
             engine.info().backend,
             engine.info().device_type,
             input.mode(),
             input.shape()
-        );
+        )?;
         for r in &results {
             match r["error"].as_str() {
-                Some(e) => println!("{:<40} error: {e}", r["loss"].as_str().unwrap_or("")),
+                Some(e) => outln!("{:<40} error: {e}", r["loss"].as_str().unwrap_or(""))?,
                 None => {
-                    println!("{:<40} {:.9}", r["loss"].as_str().unwrap_or(""), r["value"].as_f64().unwrap_or(f64::NAN))
+                    outln!("{:<40} {:.9}", r["loss"].as_str().unwrap_or(""), r["value"].as_f64().unwrap_or(f64::NAN))?
                 }
             }
         }
@@ -288,14 +325,14 @@ fn devices(as_json: bool) -> Result<(), Fail> {
     let opts = EngineOptions::from_env();
     let list = futures::executor::block_on(segloss::list_adapters(&opts))?;
     if as_json {
-        println!("{}", json!({"adapters": list}));
+        outln!("{}", json!({"adapters": list}))?;
         return Ok(());
     }
     if list.is_empty() {
-        println!("no adapters found; the engine would use the f64 CPU reference.\non Linux: apt-get install mesa-vulkan-drivers");
+        outln!("no adapters found; the engine would use the f64 CPU reference.\non Linux: apt-get install mesa-vulkan-drivers")?;
     }
     for a in &list {
-        println!(
+        outln!(
             "{} {} [{} {}] {}\n    max storage binding {} MiB, max buffer {} MiB, workgroups/dim {}, shared {} KiB, storage buffers/stage {}",
             if a.selected { "*" } else { " " },
             a.info.name,
@@ -307,10 +344,10 @@ fn devices(as_json: bool) -> Result<(), Fail> {
             a.max_compute_workgroups_per_dimension,
             a.max_compute_workgroup_storage_size / 1024,
             a.max_storage_buffers_per_shader_stage
-        );
+        )?;
     }
     if !list.iter().any(|a| a.selected) && !list.is_empty() {
-        println!("none is usable: the engine would use the f64 CPU reference");
+        outln!("none is usable: the engine would use the f64 CPU reference")?;
     }
     Ok(())
 }
@@ -329,13 +366,13 @@ fn ms(t: Instant) -> f64 {
 
 fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
     let engine = engine()?;
-    println!("segloss demo on {} ({}, {})", engine.info().name, engine.info().backend, engine.info().device_type);
+    outln!("segloss demo on {} ({}, {})", engine.info().name, engine.info().backend, engine.info().device_type)?;
     let roads = synth::roads(batch, size, size, seed);
     let fg = roads.target.iter().sum::<f32>() as f64 / roads.target.len() as f64;
-    println!(
+    outln!(
         "\nSynthetic road extraction: {batch} images of {size}x{size}, {:.1}% road pixels, a blurred noisy prediction.\n",
         100.0 * fg
-    );
+    )?;
     let input = Input::dense(&roads.logits, &roads.target, &roads.shape, Mode::Binary)?;
     let texts = [
         "bce",
@@ -356,7 +393,7 @@ fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
     ];
     table(&engine, &input, &texts)?;
     let scene = synth::scene(2, 6, size / 2, size / 2, seed);
-    println!("\nMulticlass scene: 2 images of {0}x{0}, 6 classes.\n", size / 2);
+    outln!("\nMulticlass scene: 2 images of {0}x{0}, 6 classes.\n", size / 2)?;
     let input = Input::labels(&scene.logits, &scene.labels, &scene.shape, None)?;
     table(
         &engine,
@@ -373,15 +410,21 @@ fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
             "lovasz",
         ],
     )?;
-    println!("\nagreement: |gpu - cpu| / |cpu| of the value, and max |grad_gpu - grad_cpu| / max |grad_cpu|.");
+    outln!("\nagreement: |gpu - cpu| / |cpu| of the value, and max |grad_gpu - grad_cpu| / max |grad_cpu|.")?;
     Ok(())
 }
 
 fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
-    println!(
+    outln!(
         "{:<34} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9}",
-        "loss", "gpu value", "cpu value", "value", "grad", "gpu ms", "cpu ms"
-    );
+        "loss",
+        "gpu value",
+        "cpu value",
+        "value",
+        "grad",
+        "gpu ms",
+        "cpu ms"
+    )?;
     let prep = engine.prepare(input.clone())?;
     for t in texts {
         let expr: LossExpr = t.parse()?;
@@ -395,10 +438,14 @@ fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
             match engine.evaluate_prepared_blocking(&prep, std::slice::from_ref(&expr), GradMode::Read) {
                 Ok(mut v) => last = Some(v.remove(0)),
                 Err(e) => {
-                    println!(
+                    outln!(
                         "{t:<34} {:>12} {:>12.6} {:>9} {:>9} {:>9} {cpu_ms:>9.2}   ({e})",
-                        "-", cpu.value, "-", "-", "-"
-                    );
+                        "-",
+                        cpu.value,
+                        "-",
+                        "-",
+                        "-"
+                    )?;
                     last = None;
                     break;
                 }
@@ -413,14 +460,14 @@ fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
                 d = d.max((*a as f64 - b).abs());
                 m = m.max(b.abs());
             }
-            println!(
+            outln!(
                 "{t:<34} {:>12.6} {:>12.6} {:>9.1e} {:>9.1e} {:>9.2} {cpu_ms:>9.2}",
                 g.value,
                 cpu.value,
                 rel,
                 d / m.max(1e-30),
                 median(&mut times)
-            );
+            )?;
         }
     }
     Ok(())
@@ -506,24 +553,24 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
             .iter()
             .map(|(t, med, min, cpu)| json!({"loss": t, "median_ms": med, "min_ms": min, "ratio_to_first": med / first, "cpu_reference_ms": cpu}))
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({"device": engine.info(), "shape": shape, "mode": mode.name(), "iters": iters, "results": rs, "together": {"median_ms": together}, "copy_probe": {"median_ms": copy}})
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "device: {} ({}, {})  shape: {shape:?}  mode: {mode}  iters: {iters}",
             engine.info().name,
             engine.info().backend,
             engine.info().device_type
-        );
-        println!("{:<40} {:>10} {:>10} {:>8} {:>10}", "loss", "median ms", "min ms", "x first", "cpu ms");
+        )?;
+        outln!("{:<40} {:>10} {:>10} {:>8} {:>10}", "loss", "median ms", "min ms", "x first", "cpu ms")?;
         for (t, med, min, cpu) in &results {
             let cpu = cpu.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into());
-            println!("{t:<40} {med:>10.3} {min:>10.3} {:>8.2} {cpu:>10}", med / first);
+            outln!("{t:<40} {med:>10.3} {min:>10.3} {:>8.2} {cpu:>10}", med / first)?;
         }
-        println!("{:<40} {together:>10.3}", format!("all {} together (one call)", results.len()));
-        println!("{:<40} {copy:>10.3}", "copy probe (read + write the logits)");
+        outln!("{:<40} {together:>10.3}", format!("all {} together (one call)", results.len()))?;
+        outln!("{:<40} {copy:>10.3}", "copy probe (read + write the logits)")?;
     }
     Ok(())
 }
@@ -556,21 +603,26 @@ fn sortbench(total: usize, iters: usize, max_log2: u32, as_json: bool) -> Result
             .iter()
             .map(|(len, segs, r, b)| json!({"segment_len": len, "segments": segs, "radix_ms": r, "bitonic_ms": b}))
             .collect();
-        println!("{}", json!({"device": engine.info(), "iters": iters, "results": r}));
+        outln!("{}", json!({"device": engine.info(), "iters": iters, "results": r}))?;
         return Ok(());
     }
-    println!("device: {} ({}, {})", engine.info().name, engine.info().backend, engine.info().device_type);
-    println!(
+    outln!("device: {} ({}, {})", engine.info().name, engine.info().backend, engine.info().device_type)?;
+    outln!(
         "{:>10} {:>9} {:>11} {:>11} {:>12} {:>12}",
-        "segment", "segments", "radix ms", "bitonic ms", "radix Mkey/s", "bitonic/radix"
-    );
+        "segment",
+        "segments",
+        "radix ms",
+        "bitonic ms",
+        "radix Mkey/s",
+        "bitonic/radix"
+    )?;
     for (len, segs, r, b) in rows {
         let keys = (len * segs) as f64;
         let (bs, ratio) = match b {
             Some(b) => (format!("{b:.2}"), format!("{:.2}", b / r)),
             None => ("-".into(), "-".into()),
         };
-        println!("{len:>10} {segs:>9} {r:>11.2} {bs:>11} {:>12.1} {ratio:>12}", keys / r / 1e3);
+        outln!("{len:>10} {segs:>9} {r:>11.2} {bs:>11} {:>12.1} {ratio:>12}", keys / r / 1e3)?;
     }
     Ok(())
 }

@@ -164,3 +164,30 @@ fn eval_reads_f16_f64_logits_and_bool_u8_i32_targets() {
     assert!((v["results"][0]["value"].as_f64().unwrap() - 1.2087247697969905).abs() < 1e-5);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Runs segloss with stdout sent to `stdout` and stderr captured.
+fn segloss_to(stdout: std::process::Stdio, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_segloss")).args(args).stdout(stdout).output().expect("run segloss")
+}
+
+fn assert_stdout_failure(out: &std::process::Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let code = out.status.code();
+    assert!(code.is_some() && code != Some(0) && code != Some(101), "{what}: exit {:?}, stderr: {err}", out.status);
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    assert!(err.contains("cannot write to stdout"), "{what}: {err}");
+}
+
+#[test]
+fn a_full_disk_or_a_closed_pipe_on_stdout_is_an_error_not_a_panic() {
+    if Path::new("/dev/full").exists() {
+        let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap().into();
+        assert_stdout_failure(&segloss_to(full(), &["devices"]), "devices > /dev/full");
+        assert_stdout_failure(&segloss_to(full(), &["devices", "--json"]), "devices --json > /dev/full");
+        assert_stdout_failure(&segloss_to(full(), &["--help"]), "--help > /dev/full");
+    }
+    // A pipe whose reading end is closed before segloss starts: every write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    assert_stdout_failure(&segloss_to(writer.into(), &["devices", "--json"]), "devices | (closed)");
+}
