@@ -75,7 +75,7 @@ struct EvalArgs {
     #[arg(long, allow_hyphen_values = true)]
     ignore_index: Option<i64>,
     /// Loss text, e.g. 'dice@monai' or '0.8*ce+0.2*dice' (repeatable).
-    #[arg(long = "loss", required = true)]
+    #[arg(long = "loss", required = true, allow_hyphen_values = true)]
     losses: Vec<String>,
     /// Write one float32 gradient .npy per --loss here (grad_0.npy, grad_1.npy, ...).
     #[arg(long)]
@@ -94,7 +94,7 @@ struct BenchArgs {
     #[arg(long)]
     mode: Option<String>,
     /// Loss texts (repeatable; default: bce, dice, focal).
-    #[arg(long = "loss")]
+    #[arg(long = "loss", allow_hyphen_values = true)]
     losses: Vec<String>,
     /// Timed iterations per loss.
     #[arg(long, default_value_t = 20)]

@@ -191,3 +191,33 @@ fn a_full_disk_or_a_closed_pipe_on_stdout_is_an_error_not_a_panic() {
     drop(reader);
     assert_stdout_failure(&segloss_to(writer.into(), &["devices", "--json"]), "devices | (closed)");
 }
+
+#[test]
+fn loss_texts_may_start_with_a_minus() {
+    let case = common::golden_dir().join("binary_small_random");
+    let out = segloss(&[
+        "eval",
+        "--logits",
+        s(&case.join("logits.npy")),
+        "--target",
+        s(&case.join("target.npy")),
+        "--loss",
+        "-1*dice",
+        "--loss",
+        "dice",
+        "--loss",
+        "-0.5*bce+dice",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 3);
+    for e in r {
+        assert!(e["error"].is_null(), "{e}");
+    }
+    let (neg, dice) = (r[0]["value"].as_f64().unwrap(), r[1]["value"].as_f64().unwrap());
+    assert!(dice > 0.0 && (neg + dice).abs() <= 1e-12, "-1*dice = {neg}, dice = {dice}");
+    let out = segloss(&["bench", "--shape", "1x1x8x8", "--loss", "-1*dice", "--iters", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
