@@ -257,21 +257,24 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         .collect();
     let good: Vec<LossExpr> = parsed.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
     let prep = engine.prepare(input.clone())?;
-    let mut outcomes: Vec<Result<segloss::Evaluation, Error>> =
-        match engine.evaluate_prepared_blocking(&prep, &good, GradMode::Read) {
-            Ok(v) => v.into_iter().map(Ok).collect(),
-            // Attribute the failure: evaluate one at a time.
-            Err(_) => good
-                .iter()
-                .map(|e| {
-                    engine
-                        .evaluate_prepared_blocking(&prep, std::slice::from_ref(e), GradMode::Read)
-                        .map(|mut v| v.remove(0))
-                })
-                .collect(),
-        };
+    // Gradients only when they are written somewhere: without --grad-dir the gradient pass does
+    // not run and no gradient memory is allocated.
+    let gmode = if a.grad_dir.is_some() { GradMode::Read } else { GradMode::Skip };
+    let mut outcomes: Vec<Result<segloss::Evaluation, Error>> = match engine
+        .evaluate_prepared_blocking(&prep, &good, gmode)
+    {
+        Ok(v) => v.into_iter().map(Ok).collect(),
+        // Attribute the failure: evaluate one at a time.
+        Err(_) => good
+            .iter()
+            .map(|e| engine.evaluate_prepared_blocking(&prep, std::slice::from_ref(e), gmode).map(|mut v| v.remove(0)))
+            .collect(),
+    };
     outcomes.reverse();
     let mut results = Vec::new();
+    // A gradient that cannot be written is an error entry of its loss; every value is still
+    // printed, and the run exits with 1 at the end.
+    let mut unwritten = 0usize;
     for (i, (text, p)) in a.losses.iter().zip(&parsed).enumerate() {
         let r = match p {
             Err(e) => Err(e.to_string()),
@@ -279,19 +282,25 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         };
         let entry = match r {
             Ok(ev) => {
-                let grad_file = match (&a.grad_dir, &ev.grad) {
+                let (grad_file, grad_error) = match (&a.grad_dir, &ev.grad) {
                     (Some(dir), Some(g)) => {
                         let path = dir.join(format!("grad_{i}.npy"));
-                        let bytes = npy::to_bytes(g, input.shape())?;
-                        std::fs::write(&path, bytes)
-                            .map_err(|e| Fail(1, format!("cannot write {}: {e}", path.display())))?;
-                        Some(path.display().to_string())
+                        let written = npy::to_bytes(g, input.shape())
+                            .map_err(|e| e.to_string())
+                            .and_then(|bytes| std::fs::write(&path, bytes).map_err(|e| e.to_string()));
+                        match written {
+                            Ok(()) => (Some(path.display().to_string()), None),
+                            Err(e) => {
+                                unwritten += 1;
+                                (None, Some(format!("cannot write {}: {e}", path.display())))
+                            }
+                        }
                     }
-                    _ => None,
+                    _ => (None, None),
                 };
-                json!({"loss": text, "value": ev.value, "grad_file": grad_file, "error": null})
+                json!({"loss": text, "value": ev.value, "grad_file": grad_file, "grad_error": grad_error, "error": null})
             }
-            Err(msg) => json!({"loss": text, "value": null, "grad_file": null, "error": msg}),
+            Err(msg) => json!({"loss": text, "value": null, "grad_file": null, "grad_error": null, "error": msg}),
         };
         results.push(entry);
     }
@@ -307,13 +316,21 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
             input.shape()
         )?;
         for r in &results {
-            match r["error"].as_str() {
-                Some(e) => outln!("{:<40} error: {e}", r["loss"].as_str().unwrap_or(""))?,
-                None => {
-                    outln!("{:<40} {:.9}", r["loss"].as_str().unwrap_or(""), r["value"].as_f64().unwrap_or(f64::NAN))?
+            let loss = r["loss"].as_str().unwrap_or("");
+            match (r["error"].as_str(), r["grad_error"].as_str()) {
+                (Some(e), _) => outln!("{loss:<40} error: {e}")?,
+                (None, g) => {
+                    let value = r["value"].as_f64().unwrap_or(f64::NAN);
+                    match g {
+                        None => outln!("{loss:<40} {value:.9}")?,
+                        Some(g) => outln!("{loss:<40} {value:.9}   gradient error: {g}")?,
+                    }
                 }
             }
         }
+    }
+    if unwritten > 0 {
+        return Err(Fail(1, format!("{unwritten} gradient file(s) could not be written (every value was printed)")));
     }
     Ok(())
 }

@@ -221,3 +221,67 @@ fn loss_texts_may_start_with_a_minus() {
     let out = segloss(&["bench", "--shape", "1x1x8x8", "--loss", "-1*dice", "--iters", "1", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+fn eval_args<'a>(case: &'a Path, losses: &[&'a str], extra: &[&'a str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["eval".into(), "--logits".into(), s(&case.join("logits.npy")).into()];
+    args.extend(["--target".into(), s(&case.join("target.npy")).into()]);
+    for l in losses {
+        args.extend(["--loss".into(), l.to_string()]);
+    }
+    args.extend(extra.iter().map(|e| e.to_string()));
+    args
+}
+
+fn run(args: &[String]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_segloss")).args(args).output().expect("run segloss")
+}
+
+#[test]
+fn a_gradient_that_cannot_be_written_is_an_error_entry_and_every_value_is_printed() {
+    let case = common::golden_dir().join("multiclass_small");
+    let dir = std::env::temp_dir().join(format!("segloss-grad-blocked-{}", std::process::id()));
+    // a directory in the way of the first gradient file
+    std::fs::create_dir_all(dir.join("grad_0.npy")).unwrap();
+    let losses = ["ce", "dice", "0.5*ce+lovasz"];
+    let out = run(&eval_args(&case, &losses, &["--grad-dir", s(&dir), "--json"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("gradient file"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the JSON is printed");
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 3);
+    for e in r {
+        assert!(e["value"].as_f64().unwrap().is_finite() && e["error"].is_null(), "{e}");
+    }
+    assert!(r[0]["grad_error"].as_str().unwrap().contains("grad_0.npy"), "{}", r[0]);
+    assert!(r[0]["grad_file"].is_null());
+    for e in &r[1..] {
+        assert!(e["grad_error"].is_null(), "{e}");
+        let (shape, _) = common::read_f32(Path::new(e["grad_file"].as_str().unwrap()));
+        assert_eq!(shape, common::read_f32(&case.join("logits.npy")).0);
+    }
+    // the same in text: every value, the failed file named, exit 1
+    let out = run(&eval_args(&case, &losses, &["--grad-dir", s(&dir)]));
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(text.lines().nth(1).unwrap().contains("gradient error") && text.contains("grad_0.npy"), "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn eval_without_grad_dir_gives_the_same_values() {
+    let case = common::golden_dir().join("multiclass_ignore");
+    let losses = ["ce", "dice@monai", "focal", "lovasz", "0.8*ce+0.2*lovasz:per_image=true"];
+    let dir = std::env::temp_dir().join(format!("segloss-grad-same-{}", std::process::id()));
+    let with = run(&eval_args(&case, &losses, &["--ignore-index", "255", "--grad-dir", s(&dir), "--json"]));
+    let without = run(&eval_args(&case, &losses, &["--ignore-index", "255", "--json"]));
+    assert!(with.status.success() && without.status.success(), "{}", String::from_utf8_lossy(&without.stderr));
+    let with: serde_json::Value = serde_json::from_slice(&with.stdout).unwrap();
+    let without: serde_json::Value = serde_json::from_slice(&without.stdout).unwrap();
+    for (a, b) in with["results"].as_array().unwrap().iter().zip(without["results"].as_array().unwrap()) {
+        assert!(a["grad_file"].is_string() && b["grad_file"].is_null(), "{a} {b}");
+        assert_eq!(a["value"], b["value"], "{}", a["loss"]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
