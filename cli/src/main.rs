@@ -381,7 +381,33 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// The most elements a batch may have: the rule of `segloss::Input` (2^31 - 1).
+const MAX_ELEMENTS: usize = u32::MAX as usize / 2;
+
+/// Checks a batch's element count (overflow included) before anything is allocated.
+fn check_elements(what: &str, dims: &[usize]) -> Result<usize, Fail> {
+    match dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
+        Some(n) if n <= MAX_ELEMENTS => Ok(n),
+        Some(n) => Err(Fail(2, format!("{what}: {dims:?} has {n} elements; at most 2^31 are supported"))),
+        None => Err(Fail(2, format!("{what}: {dims:?} has too many elements; at most 2^31 are supported"))),
+    }
+}
+
+/// A count that must be at least 1.
+fn positive(flag: &str, v: usize) -> Result<usize, Fail> {
+    if v == 0 {
+        return Err(Fail(2, format!("{flag} 0: must be at least 1")));
+    }
+    Ok(v)
+}
+
 fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
+    positive("--batch", batch)?;
+    if size < 2 {
+        return Err(Fail(2, format!("--size {size}: must be at least 2 (the multiclass scene is size/2 x size/2)")));
+    }
+    check_elements("--batch and --size", &[batch, 1, size, size])?;
+    check_elements("--size", &[2, 6, size / 2, size / 2])?;
     let engine = engine()?;
     outln!("segloss demo on {} ({}, {})", engine.info().name, engine.info().backend, engine.info().device_type)?;
     let roads = synth::roads(batch, size, size, seed);
@@ -503,6 +529,8 @@ fn parse_shape(s: &str) -> Result<Vec<usize>, Fail> {
 
 fn bench(a: BenchArgs) -> Result<(), Fail> {
     let shape = parse_shape(&a.shape)?;
+    check_elements(&format!("--shape {}", a.shape), &shape)?;
+    let iters = positive("--iters", a.iters)?;
     let (n, c) = (shape[0], shape[1]);
     let w = *shape.last().unwrap_or(&1);
     let h: usize = shape[2..shape.len() - 1].iter().product::<usize>().max(1);
@@ -526,7 +554,6 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
     };
     let engine = engine()?;
     let prep = engine.prepare(input.clone())?;
-    let iters = a.iters.max(1);
     let gmode = if a.forward_only { GradMode::Skip } else { GradMode::DeviceOnly };
     let time = |es: &[LossExpr]| -> Result<(f64, f64), Fail> {
         for _ in 0..2 {
@@ -596,11 +623,14 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
 // sortbench
 
 fn sortbench(total: usize, iters: usize, max_log2: u32, as_json: bool) -> Result<(), Fail> {
+    positive("--iters", iters)?;
+    if positive("--total", total)? > MAX_ELEMENTS {
+        return Err(Fail(2, format!("--total {total}: at most 2^31 keys are supported")));
+    }
     let engine = engine()?;
     if engine.is_cpu() {
         return Err(Fail(1, "sortbench needs a GPU adapter".into()));
     }
-    let iters = iters.max(1);
     let mut rows = Vec::new();
     for lg in 8..=max_log2.clamp(8, 24) {
         let len = 1usize << lg;

@@ -285,3 +285,26 @@ fn eval_without_grad_dir_gives_the_same_values() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn absurd_demo_and_bench_arguments_exit_with_code_2_before_allocating() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["demo", "--size", "0"], "--size 0"),
+        (&["demo", "--size", "1"], "--size 1"),
+        (&["demo", "--batch", "0"], "--batch 0"),
+        (&["demo", "--size", "1000000"], "at most 2^31"),
+        (&["bench", "--shape", "100000x100000x100000x1"], "at most 2^31"),
+        (&["bench", "--shape", "99999999999x99999999999x99999999999"], "too many elements"),
+        (&["bench", "--shape", "2x1x0x8"], "positive sizes"),
+        (&["bench", "--shape", "2x1x8x8", "--iters", "0"], "--iters 0"),
+        (&["sortbench", "--iters", "0"], "--iters 0"),
+        (&["sortbench", "--total", "0"], "--total 0"),
+        (&["sortbench", "--total", "100000000000"], "at most 2^31"),
+    ];
+    for (args, want) in cases {
+        let out = segloss(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}
