@@ -141,7 +141,41 @@ impl From<Error> for Fail {
     }
 }
 
+/// Points `XDG_RUNTIME_DIR` at a private directory when it is unset or not a directory: without
+/// it, Mesa's EGL (probed by wgpu's GL backend) prints `error: XDG_RUNTIME_DIR is invalid or not
+/// set in the environment.` twice on every command. Called first thing in `main`, while the
+/// process has a single thread. The directory is `segloss-xdg-<uid>` in the temporary directory,
+/// created with mode 0700, and used only when it is a real directory of this user that no one
+/// else can read.
+#[cfg(all(unix, not(target_vendor = "apple")))]
+fn ensure_xdg_runtime_dir() {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| Path::new(&d).is_dir()) {
+        return;
+    }
+    // The owner of /proc/self is this process's user (Linux); elsewhere the user's name.
+    let uid = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
+    let user = match uid {
+        Some(u) => u.to_string(),
+        None => std::env::var("USER").unwrap_or_else(|_| "user".into()),
+    };
+    let dir = std::env::temp_dir().join(format!("segloss-xdg-{user}"));
+    if !dir.is_absolute() {
+        return;
+    }
+    let created = std::fs::DirBuilder::new().mode(0o700).create(&dir).is_ok();
+    let ours = std::fs::symlink_metadata(&dir)
+        .is_ok_and(|m| m.is_dir() && m.mode() & 0o077 == 0 && (created || uid == Some(m.uid())));
+    if ours {
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    }
+}
+
+#[cfg(not(all(unix, not(target_vendor = "apple"))))]
+fn ensure_xdg_runtime_dir() {}
+
 fn main() -> ExitCode {
+    ensure_xdg_runtime_dir();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

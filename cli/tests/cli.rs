@@ -308,3 +308,19 @@ fn absurd_demo_and_bench_arguments_exit_with_code_2_before_allocating() {
         assert!(err.contains(want) && !err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn no_xdg_runtime_dir_complaints_without_xdg_runtime_dir() {
+    for value in [None, Some(""), Some("/nonexistent/segloss-xdg")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_segloss"));
+        cmd.arg("devices");
+        match value {
+            None => cmd.env_remove("XDG_RUNTIME_DIR"),
+            Some(v) => cmd.env("XDG_RUNTIME_DIR", v),
+        };
+        let out = cmd.output().expect("run segloss");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "XDG_RUNTIME_DIR={value:?}: {err}");
+        assert!(!err.contains("XDG_RUNTIME_DIR"), "XDG_RUNTIME_DIR={value:?}: {err}");
+    }
+}
