@@ -1,4 +1,4 @@
-//! The `segloss` command line: `eval`, `devices`, `demo`, `bench`.
+//! The `segloss` command line: `eval`, `devices`, `demo`, `bench`, `sortbench`.
 
 use std::borrow::Cow;
 use std::io::Write;
