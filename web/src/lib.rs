@@ -4,7 +4,8 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 
-use segloss::{synth, Engine, EngineOptions, Input, LossExpr, Mode, Target};
+use segloss::{Engine, EngineOptions, Input, LossExpr, Mode, Target};
+use segloss_data::synth;
 use serde_json::json;
 use wasm_bindgen::prelude::*;
 
@@ -110,7 +111,7 @@ pub fn scene_labels(classes: u32, h: u32, w: u32, seed: u32) -> Vec<f32> {
 #[wasm_bindgen]
 pub fn npy_f32(data: Vec<f32>, shape: Vec<u32>) -> Result<Vec<u8>, JsError> {
     let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    segloss::npy::to_bytes(&data, &shape).map_err(js_err)
+    segloss_data::npy::to_bytes(&data, &shape).map_err(js_err)
 }
 
 /// A `.npy` file of i64 class indices with the given shape.
@@ -118,5 +119,5 @@ pub fn npy_f32(data: Vec<f32>, shape: Vec<u32>) -> Result<Vec<u8>, JsError> {
 pub fn npy_labels(data: Vec<f32>, shape: Vec<u32>) -> Result<Vec<u8>, JsError> {
     let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
     let labels: Vec<i64> = data.iter().map(|&v| v as i64).collect();
-    segloss::npy::to_bytes(&labels, &shape).map_err(js_err)
+    segloss_data::npy::to_bytes(&labels, &shape).map_err(js_err)
 }

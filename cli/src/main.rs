@@ -1,6 +1,7 @@
-//! The `segloss` command line: `eval`, `devices`, `demo`, `bench`.
+//! The `segloss` command line: `eval`, `devices`, `demo`, `bench`, `sortbench`.
 
 use std::borrow::Cow;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -8,7 +9,8 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use segloss::{npy, reference, synth, Engine, EngineOptions, Error, GradMode, Input, LossExpr, Mode, Target};
+use segloss::{reference, Engine, EngineOptions, Error, GradMode, Input, LossExpr, Mode, Target};
+use segloss_data::{npy, synth};
 
 #[derive(Parser)]
 #[command(name = "segloss", version, about = "Segmentation losses and their gradients on any GPU (wgpu)")]
@@ -73,7 +75,7 @@ struct EvalArgs {
     #[arg(long, allow_hyphen_values = true)]
     ignore_index: Option<i64>,
     /// Loss text, e.g. 'dice@monai' or '0.8*ce+0.2*dice' (repeatable).
-    #[arg(long = "loss", required = true)]
+    #[arg(long = "loss", required = true, allow_hyphen_values = true)]
     losses: Vec<String>,
     /// Write one float32 gradient .npy per --loss here (grad_0.npy, grad_1.npy, ...).
     #[arg(long)]
@@ -92,7 +94,7 @@ struct BenchArgs {
     #[arg(long)]
     mode: Option<String>,
     /// Loss texts (repeatable; default: bce, dice, focal).
-    #[arg(long = "loss")]
+    #[arg(long = "loss", allow_hyphen_values = true)]
     losses: Vec<String>,
     /// Timed iterations per loss.
     #[arg(long, default_value_t = 20)]
@@ -111,14 +113,83 @@ struct BenchArgs {
 /// A failure and the exit code it maps to.
 struct Fail(u8, String);
 
+/// Writes one line to stdout. A failed write (a closed pipe, a full disk) is a [`Fail`], not the
+/// panic of `println!`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_out(format_args!($($arg)*))
+    };
+}
+
+fn write_out(args: std::fmt::Arguments) -> Result<(), Fail> {
+    let mut o = std::io::stdout().lock();
+    o.write_fmt(args).and_then(|()| o.write_all(b"\n")).map_err(stdout_failed)
+}
+
+fn stdout_failed(e: std::io::Error) -> Fail {
+    Fail(1, format!("cannot write to stdout: {e}"))
+}
+
+/// Writes one line to stderr, ignoring failures (there is nowhere left to report them).
+fn note(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "segloss: {msg}");
+}
+
 impl From<Error> for Fail {
     fn from(e: Error) -> Self {
         Fail(1, e.to_string())
     }
 }
 
+/// Points `XDG_RUNTIME_DIR` at a private directory when it is unset or not a directory: without
+/// it, Mesa's EGL (probed by wgpu's GL backend) prints `error: XDG_RUNTIME_DIR is invalid or not
+/// set in the environment.` twice on every command. Called first thing in `main`, while the
+/// process has a single thread. The directory is `segloss-xdg-<uid>` in the temporary directory,
+/// created with mode 0700, and used only when it is a real directory of this user that no one
+/// else can read.
+#[cfg(all(unix, not(target_vendor = "apple")))]
+fn ensure_xdg_runtime_dir() {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| Path::new(&d).is_dir()) {
+        return;
+    }
+    // The owner of /proc/self is this process's user (Linux); elsewhere the user's name.
+    let uid = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
+    let user = match uid {
+        Some(u) => u.to_string(),
+        None => std::env::var("USER").unwrap_or_else(|_| "user".into()),
+    };
+    let dir = std::env::temp_dir().join(format!("segloss-xdg-{user}"));
+    if !dir.is_absolute() {
+        return;
+    }
+    let created = std::fs::DirBuilder::new().mode(0o700).create(&dir).is_ok();
+    let ours = std::fs::symlink_metadata(&dir)
+        .is_ok_and(|m| m.is_dir() && m.mode() & 0o077 == 0 && (created || uid == Some(m.uid())));
+    if ours {
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    }
+}
+
+#[cfg(not(all(unix, not(target_vendor = "apple"))))]
+fn ensure_xdg_runtime_dir() {}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    ensure_xdg_runtime_dir();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version go to stdout, usage errors to stderr.
+            match e.print() {
+                Err(io) if !e.use_stderr() => {
+                    note(&format!("cannot write to stdout: {io}"));
+                    return ExitCode::FAILURE;
+                }
+                _ => {}
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let r = match cli.cmd {
         Cmd::Eval(a) => eval(a),
         Cmd::Devices { json } => devices(json),
@@ -126,19 +197,20 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench(a),
         Cmd::Sortbench { total, iters, max_log2, json } => sortbench(total, iters, max_log2, json),
     };
+    let r = r.and_then(|()| std::io::stdout().flush().map_err(stdout_failed));
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, msg)) => {
-            eprintln!("segloss: {msg}");
+            note(&msg);
             ExitCode::from(code)
         }
     }
 }
 
 fn engine() -> Result<Engine, Fail> {
-    let e = pollster::block_on(Engine::with_options(&EngineOptions::from_env()))?;
+    let e = futures::executor::block_on(Engine::with_options(&EngineOptions::from_env()))?;
     if let Some(why) = &e.info().fallback_reason {
-        eprintln!("segloss: no GPU adapter ({why}); using the f64 CPU reference");
+        note(&format!("no GPU adapter ({why}); using the f64 CPU reference"));
     }
     Ok(e)
 }
@@ -219,21 +291,24 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         .collect();
     let good: Vec<LossExpr> = parsed.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
     let prep = engine.prepare(input.clone())?;
-    let mut outcomes: Vec<Result<segloss::Evaluation, Error>> =
-        match engine.evaluate_prepared_blocking(&prep, &good, GradMode::Read) {
-            Ok(v) => v.into_iter().map(Ok).collect(),
-            // Attribute the failure: evaluate one at a time.
-            Err(_) => good
-                .iter()
-                .map(|e| {
-                    engine
-                        .evaluate_prepared_blocking(&prep, std::slice::from_ref(e), GradMode::Read)
-                        .map(|mut v| v.remove(0))
-                })
-                .collect(),
-        };
+    // Gradients only when they are written somewhere: without --grad-dir the gradient pass does
+    // not run and no gradient memory is allocated.
+    let gmode = if a.grad_dir.is_some() { GradMode::Read } else { GradMode::Skip };
+    let mut outcomes: Vec<Result<segloss::Evaluation, Error>> = match engine
+        .evaluate_prepared_blocking(&prep, &good, gmode)
+    {
+        Ok(v) => v.into_iter().map(Ok).collect(),
+        // Attribute the failure: evaluate one at a time.
+        Err(_) => good
+            .iter()
+            .map(|e| engine.evaluate_prepared_blocking(&prep, std::slice::from_ref(e), gmode).map(|mut v| v.remove(0)))
+            .collect(),
+    };
     outcomes.reverse();
     let mut results = Vec::new();
+    // A gradient that cannot be written is an error entry of its loss; every value is still
+    // printed, and the run exits with 1 at the end.
+    let mut unwritten = 0usize;
     for (i, (text, p)) in a.losses.iter().zip(&parsed).enumerate() {
         let r = match p {
             Err(e) => Err(e.to_string()),
@@ -241,41 +316,55 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         };
         let entry = match r {
             Ok(ev) => {
-                let grad_file = match (&a.grad_dir, &ev.grad) {
+                let (grad_file, grad_error) = match (&a.grad_dir, &ev.grad) {
                     (Some(dir), Some(g)) => {
                         let path = dir.join(format!("grad_{i}.npy"));
-                        let bytes = npy::to_bytes(g, input.shape())?;
-                        std::fs::write(&path, bytes)
-                            .map_err(|e| Fail(1, format!("cannot write {}: {e}", path.display())))?;
-                        Some(path.display().to_string())
+                        let written = npy::to_bytes(g, input.shape())
+                            .map_err(|e| e.to_string())
+                            .and_then(|bytes| std::fs::write(&path, bytes).map_err(|e| e.to_string()));
+                        match written {
+                            Ok(()) => (Some(path.display().to_string()), None),
+                            Err(e) => {
+                                unwritten += 1;
+                                (None, Some(format!("cannot write {}: {e}", path.display())))
+                            }
+                        }
                     }
-                    _ => None,
+                    _ => (None, None),
                 };
-                json!({"loss": text, "value": ev.value, "grad_file": grad_file, "error": null})
+                json!({"loss": text, "value": ev.value, "grad_file": grad_file, "grad_error": grad_error, "error": null})
             }
-            Err(msg) => json!({"loss": text, "value": null, "grad_file": null, "error": msg}),
+            Err(msg) => json!({"loss": text, "value": null, "grad_file": null, "grad_error": null, "error": msg}),
         };
         results.push(entry);
     }
     if a.json {
-        println!("{}", json!({"device": engine.info(), "mode": input.mode().name(), "results": results}));
+        outln!("{}", json!({"device": engine.info(), "mode": input.mode().name(), "results": results}))?;
     } else {
-        println!(
+        outln!(
             "device: {} ({}, {})  mode: {}  shape: {:?}",
             engine.info().name,
             engine.info().backend,
             engine.info().device_type,
             input.mode(),
             input.shape()
-        );
+        )?;
         for r in &results {
-            match r["error"].as_str() {
-                Some(e) => println!("{:<40} error: {e}", r["loss"].as_str().unwrap_or("")),
-                None => {
-                    println!("{:<40} {:.9}", r["loss"].as_str().unwrap_or(""), r["value"].as_f64().unwrap_or(f64::NAN))
+            let loss = r["loss"].as_str().unwrap_or("");
+            match (r["error"].as_str(), r["grad_error"].as_str()) {
+                (Some(e), _) => outln!("{loss:<40} error: {e}")?,
+                (None, g) => {
+                    let value = r["value"].as_f64().unwrap_or(f64::NAN);
+                    match g {
+                        None => outln!("{loss:<40} {value:.9}")?,
+                        Some(g) => outln!("{loss:<40} {value:.9}   gradient error: {g}")?,
+                    }
                 }
             }
         }
+    }
+    if unwritten > 0 {
+        return Err(Fail(1, format!("{unwritten} gradient file(s) could not be written (every value was printed)")));
     }
     Ok(())
 }
@@ -285,16 +374,16 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
 
 fn devices(as_json: bool) -> Result<(), Fail> {
     let opts = EngineOptions::from_env();
-    let list = pollster::block_on(segloss::list_adapters(&opts))?;
+    let list = futures::executor::block_on(segloss::list_adapters(&opts))?;
     if as_json {
-        println!("{}", json!({"adapters": list}));
+        outln!("{}", json!({"adapters": list}))?;
         return Ok(());
     }
     if list.is_empty() {
-        println!("no adapters found; the engine would use the f64 CPU reference.\non Linux: apt-get install mesa-vulkan-drivers");
+        outln!("no adapters found; the engine would use the f64 CPU reference.\non Linux: apt-get install mesa-vulkan-drivers")?;
     }
     for a in &list {
-        println!(
+        outln!(
             "{} {} [{} {}] {}\n    max storage binding {} MiB, max buffer {} MiB, workgroups/dim {}, shared {} KiB, storage buffers/stage {}",
             if a.selected { "*" } else { " " },
             a.info.name,
@@ -306,10 +395,10 @@ fn devices(as_json: bool) -> Result<(), Fail> {
             a.max_compute_workgroups_per_dimension,
             a.max_compute_workgroup_storage_size / 1024,
             a.max_storage_buffers_per_shader_stage
-        );
+        )?;
     }
     if !list.iter().any(|a| a.selected) && !list.is_empty() {
-        println!("none is usable: the engine would use the f64 CPU reference");
+        outln!("none is usable: the engine would use the f64 CPU reference")?;
     }
     Ok(())
 }
@@ -326,15 +415,41 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// The most elements a batch may have: the rule of `segloss::Input` (2^31 - 1).
+const MAX_ELEMENTS: usize = u32::MAX as usize / 2;
+
+/// Checks a batch's element count (overflow included) before anything is allocated.
+fn check_elements(what: &str, dims: &[usize]) -> Result<usize, Fail> {
+    match dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
+        Some(n) if n <= MAX_ELEMENTS => Ok(n),
+        Some(n) => Err(Fail(2, format!("{what}: {dims:?} has {n} elements; at most 2^31 are supported"))),
+        None => Err(Fail(2, format!("{what}: {dims:?} has too many elements; at most 2^31 are supported"))),
+    }
+}
+
+/// A count that must be at least 1.
+fn positive(flag: &str, v: usize) -> Result<usize, Fail> {
+    if v == 0 {
+        return Err(Fail(2, format!("{flag} 0: must be at least 1")));
+    }
+    Ok(v)
+}
+
 fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
+    positive("--batch", batch)?;
+    if size < 2 {
+        return Err(Fail(2, format!("--size {size}: must be at least 2 (the multiclass scene is size/2 x size/2)")));
+    }
+    check_elements("--batch and --size", &[batch, 1, size, size])?;
+    check_elements("--size", &[2, 6, size / 2, size / 2])?;
     let engine = engine()?;
-    println!("segloss demo on {} ({}, {})", engine.info().name, engine.info().backend, engine.info().device_type);
+    outln!("segloss demo on {} ({}, {})", engine.info().name, engine.info().backend, engine.info().device_type)?;
     let roads = synth::roads(batch, size, size, seed);
     let fg = roads.target.iter().sum::<f32>() as f64 / roads.target.len() as f64;
-    println!(
+    outln!(
         "\nSynthetic road extraction: {batch} images of {size}x{size}, {:.1}% road pixels, a blurred noisy prediction.\n",
         100.0 * fg
-    );
+    )?;
     let input = Input::dense(&roads.logits, &roads.target, &roads.shape, Mode::Binary)?;
     let texts = [
         "bce",
@@ -355,7 +470,7 @@ fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
     ];
     table(&engine, &input, &texts)?;
     let scene = synth::scene(2, 6, size / 2, size / 2, seed);
-    println!("\nMulticlass scene: 2 images of {0}x{0}, 6 classes.\n", size / 2);
+    outln!("\nMulticlass scene: 2 images of {0}x{0}, 6 classes.\n", size / 2)?;
     let input = Input::labels(&scene.logits, &scene.labels, &scene.shape, None)?;
     table(
         &engine,
@@ -372,15 +487,21 @@ fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
             "lovasz",
         ],
     )?;
-    println!("\nagreement: |gpu - cpu| / |cpu| of the value, and max |grad_gpu - grad_cpu| / max |grad_cpu|.");
+    outln!("\nagreement: |gpu - cpu| / |cpu| of the value, and max |grad_gpu - grad_cpu| / max |grad_cpu|.")?;
     Ok(())
 }
 
 fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
-    println!(
+    outln!(
         "{:<34} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9}",
-        "loss", "gpu value", "cpu value", "value", "grad", "gpu ms", "cpu ms"
-    );
+        "loss",
+        "gpu value",
+        "cpu value",
+        "value",
+        "grad",
+        "gpu ms",
+        "cpu ms"
+    )?;
     let prep = engine.prepare(input.clone())?;
     for t in texts {
         let expr: LossExpr = t.parse()?;
@@ -394,10 +515,14 @@ fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
             match engine.evaluate_prepared_blocking(&prep, std::slice::from_ref(&expr), GradMode::Read) {
                 Ok(mut v) => last = Some(v.remove(0)),
                 Err(e) => {
-                    println!(
+                    outln!(
                         "{t:<34} {:>12} {:>12.6} {:>9} {:>9} {:>9} {cpu_ms:>9.2}   ({e})",
-                        "-", cpu.value, "-", "-", "-"
-                    );
+                        "-",
+                        cpu.value,
+                        "-",
+                        "-",
+                        "-"
+                    )?;
                     last = None;
                     break;
                 }
@@ -412,14 +537,14 @@ fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
                 d = d.max((*a as f64 - b).abs());
                 m = m.max(b.abs());
             }
-            println!(
+            outln!(
                 "{t:<34} {:>12.6} {:>12.6} {:>9.1e} {:>9.1e} {:>9.2} {cpu_ms:>9.2}",
                 g.value,
                 cpu.value,
                 rel,
                 d / m.max(1e-30),
                 median(&mut times)
-            );
+            )?;
         }
     }
     Ok(())
@@ -438,6 +563,8 @@ fn parse_shape(s: &str) -> Result<Vec<usize>, Fail> {
 
 fn bench(a: BenchArgs) -> Result<(), Fail> {
     let shape = parse_shape(&a.shape)?;
+    check_elements(&format!("--shape {}", a.shape), &shape)?;
+    let iters = positive("--iters", a.iters)?;
     let (n, c) = (shape[0], shape[1]);
     let w = *shape.last().unwrap_or(&1);
     let h: usize = shape[2..shape.len() - 1].iter().product::<usize>().max(1);
@@ -461,7 +588,6 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
     };
     let engine = engine()?;
     let prep = engine.prepare(input.clone())?;
-    let iters = a.iters.max(1);
     let gmode = if a.forward_only { GradMode::Skip } else { GradMode::DeviceOnly };
     let time = |es: &[LossExpr]| -> Result<(f64, f64), Fail> {
         for _ in 0..2 {
@@ -505,24 +631,24 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
             .iter()
             .map(|(t, med, min, cpu)| json!({"loss": t, "median_ms": med, "min_ms": min, "ratio_to_first": med / first, "cpu_reference_ms": cpu}))
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({"device": engine.info(), "shape": shape, "mode": mode.name(), "iters": iters, "results": rs, "together": {"median_ms": together}, "copy_probe": {"median_ms": copy}})
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "device: {} ({}, {})  shape: {shape:?}  mode: {mode}  iters: {iters}",
             engine.info().name,
             engine.info().backend,
             engine.info().device_type
-        );
-        println!("{:<40} {:>10} {:>10} {:>8} {:>10}", "loss", "median ms", "min ms", "x first", "cpu ms");
+        )?;
+        outln!("{:<40} {:>10} {:>10} {:>8} {:>10}", "loss", "median ms", "min ms", "x first", "cpu ms")?;
         for (t, med, min, cpu) in &results {
             let cpu = cpu.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into());
-            println!("{t:<40} {med:>10.3} {min:>10.3} {:>8.2} {cpu:>10}", med / first);
+            outln!("{t:<40} {med:>10.3} {min:>10.3} {:>8.2} {cpu:>10}", med / first)?;
         }
-        println!("{:<40} {together:>10.3}", format!("all {} together (one call)", results.len()));
-        println!("{:<40} {copy:>10.3}", "copy probe (read + write the logits)");
+        outln!("{:<40} {together:>10.3}", format!("all {} together (one call)", results.len()))?;
+        outln!("{:<40} {copy:>10.3}", "copy probe (read + write the logits)")?;
     }
     Ok(())
 }
@@ -531,19 +657,22 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
 // sortbench
 
 fn sortbench(total: usize, iters: usize, max_log2: u32, as_json: bool) -> Result<(), Fail> {
+    positive("--iters", iters)?;
+    if positive("--total", total)? > MAX_ELEMENTS {
+        return Err(Fail(2, format!("--total {total}: at most 2^31 keys are supported")));
+    }
     let engine = engine()?;
     if engine.is_cpu() {
         return Err(Fail(1, "sortbench needs a GPU adapter".into()));
     }
-    let iters = iters.max(1);
     let mut rows = Vec::new();
     for lg in 8..=max_log2.clamp(8, 24) {
         let len = 1usize << lg;
         let segs = (total / len).max(1);
-        let mut radix = engine.bench_sort(segs, len, segloss::SortAlgo::Radix, iters)?;
+        let mut radix = engine.bench_sort(segs, len, segloss::internals::SortAlgo::Radix, iters)?;
         let radix_ms = median(&mut radix);
         let bitonic_ms = if len <= 2048 {
-            let mut b = engine.bench_sort(segs, len, segloss::SortAlgo::Bitonic, iters)?;
+            let mut b = engine.bench_sort(segs, len, segloss::internals::SortAlgo::Bitonic, iters)?;
             Some(median(&mut b))
         } else {
             None
@@ -555,21 +684,26 @@ fn sortbench(total: usize, iters: usize, max_log2: u32, as_json: bool) -> Result
             .iter()
             .map(|(len, segs, r, b)| json!({"segment_len": len, "segments": segs, "radix_ms": r, "bitonic_ms": b}))
             .collect();
-        println!("{}", json!({"device": engine.info(), "iters": iters, "results": r}));
+        outln!("{}", json!({"device": engine.info(), "iters": iters, "results": r}))?;
         return Ok(());
     }
-    println!("device: {} ({}, {})", engine.info().name, engine.info().backend, engine.info().device_type);
-    println!(
+    outln!("device: {} ({}, {})", engine.info().name, engine.info().backend, engine.info().device_type)?;
+    outln!(
         "{:>10} {:>9} {:>11} {:>11} {:>12} {:>12}",
-        "segment", "segments", "radix ms", "bitonic ms", "radix Mkey/s", "bitonic/radix"
-    );
+        "segment",
+        "segments",
+        "radix ms",
+        "bitonic ms",
+        "radix Mkey/s",
+        "bitonic/radix"
+    )?;
     for (len, segs, r, b) in rows {
         let keys = (len * segs) as f64;
         let (bs, ratio) = match b {
             Some(b) => (format!("{b:.2}"), format!("{:.2}", b / r)),
             None => ("-".into(), "-".into()),
         };
-        println!("{len:>10} {segs:>9} {r:>11.2} {bs:>11} {:>12.1} {ratio:>12}", keys / r / 1e3);
+        outln!("{len:>10} {segs:>9} {r:>11.2} {bs:>11} {:>12.1} {ratio:>12}", keys / r / 1e3)?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! background (the imbalance of the DeepGlobe road-extraction task), and multiclass scenes.
 //!
 //! ```
-//! let b = segloss::synth::roads(2, 64, 64, 7);
+//! let b = segloss_data::synth::roads(2, 64, 64, 7);
 //! let fg = b.target.iter().sum::<f32>() / b.target.len() as f32;
 //! assert!(fg > 0.02 && fg < 0.08);
 //! ```

@@ -1,8 +1,8 @@
 //! Reading logits and targets from NumPy `.npy` files (any common dtype) and writing gradients.
 //!
 //! ```
-//! let bytes = segloss::npy::to_bytes(&[1.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
-//! let a = segloss::npy::read(&bytes).unwrap();
+//! let bytes = segloss_data::npy::to_bytes(&[1.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+//! let a = segloss_data::npy::read(&bytes).unwrap();
 //! assert_eq!(a.shape, vec![2, 2]);
 //! assert!(!a.integer);
 //! assert_eq!(a.to_f32().unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
@@ -10,7 +10,7 @@
 
 use npyz::{DType, TypeChar, WriterBuilder};
 
-use crate::error::Error;
+use segloss::Error;
 
 /// The data of one `.npy` file, widened to f64 (floats) or i64 (integers and bools).
 #[derive(Clone, Debug)]

@@ -1,0 +1,326 @@
+//! The `segloss` binary: `eval` JSON output, gradient files, per-loss errors, exit codes.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn segloss(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_segloss")).args(args).output().expect("run segloss")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn eval_matches_golden_values_and_writes_gradients() {
+    let case = common::golden_dir().join("multiclass_ignore");
+    let dir = std::env::temp_dir().join(format!("segloss-cli-{}", std::process::id()));
+    let out = segloss(&[
+        "eval",
+        "--logits",
+        s(&case.join("logits.npy")),
+        "--target",
+        s(&case.join("target.npy")),
+        "--ignore-index",
+        "255",
+        "--loss",
+        "ce",
+        "--loss",
+        "dicee",
+        "--loss",
+        "bce",
+        "--loss",
+        "ce+dice",
+        "--grad-dir",
+        s(&dir),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("exactly one JSON object on stdout");
+    assert!(v["device"]["name"].is_string() && v["device"]["backend"].is_string() && v["device"]["type"].is_string());
+    assert_eq!(v["mode"], "multiclass", "mode inferred from the int64 target");
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 4);
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(case.join("expected.json")).unwrap()).unwrap();
+    for (i, name) in [(0, "ce"), (3, "ce_dice")] {
+        let want = expected["losses"][name]["value"].as_f64().unwrap();
+        let got = r[i]["value"].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-6 + 1e-4 * want, "{name}: {got} vs {want}");
+        assert!(r[i]["error"].is_null());
+        let (shape, g) = common::read_f32(Path::new(r[i]["grad_file"].as_str().unwrap()));
+        assert_eq!(shape, vec![2, 5, 64, 64]);
+        let (_, gref) = common::read_f32(&case.join(format!("grad_{name}.npy")));
+        let (d, m) = common::max_diff(&g, &gref);
+        assert!(d <= 1e-10 + 1e-4 * m);
+    }
+    assert!(r[1]["error"].as_str().unwrap().contains("unknown loss 'dicee'"));
+    assert!(r[2]["error"].as_str().unwrap().contains("use ce"));
+    assert!(r[1]["grad_file"].is_null() && r[1]["value"].is_null());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_input_files_exit_with_code_2_and_a_message() {
+    let case = common::golden_dir().join("binary_small_random");
+    let other = common::golden_dir().join("multiclass_small");
+    // shapes that do not fit
+    let out = segloss(&[
+        "eval",
+        "--logits",
+        s(&case.join("logits.npy")),
+        "--target",
+        s(&other.join("target.npy")),
+        "--loss",
+        "dice",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not fit"), "{}", String::from_utf8_lossy(&out.stderr));
+    // a file that is not .npy
+    let out = segloss(&[
+        "eval",
+        "--logits",
+        s(&case.join("case.json")),
+        "--target",
+        s(&case.join("target.npy")),
+        "--loss",
+        "dice",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("logits"));
+    // a missing file
+    let out =
+        segloss(&["eval", "--logits", "/nonexistent.npy", "--target", s(&case.join("target.npy")), "--loss", "dice"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn bench_json_has_the_documented_fields() {
+    let out = segloss(&["bench", "--shape", "2x3x16x16", "--loss", "ce", "--loss", "dice", "--iters", "2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["shape"], serde_json::json!([2, 3, 16, 16]));
+    for r in v["results"].as_array().unwrap() {
+        assert!(r["median_ms"].as_f64().unwrap() > 0.0 && r["min_ms"].as_f64().unwrap() > 0.0);
+    }
+    assert!(v["together"]["median_ms"].as_f64().unwrap() > 0.0);
+}
+
+fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, data: &[T], shape: &[u64]) {
+    use npyz::WriterBuilder;
+    let mut out = Vec::new();
+    let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(&mut out).begin_nd().unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn eval_reads_f16_f64_logits_and_bool_u8_i32_targets() {
+    let case = common::golden_dir().join("binary_small_random");
+    let (shape, logits) = common::read_f32(&case.join("logits.npy"));
+    let (_, target) = common::read_f32(&case.join("target.npy"));
+    let shape64: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let dir = std::env::temp_dir().join(format!("segloss-dtypes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f64_path = dir.join("logits64.npy");
+    write_npy(&f64_path, &logits.iter().map(|&x| x as f64).collect::<Vec<f64>>(), &shape64);
+    let f16_path = dir.join("logits16.npy");
+    write_npy(&f16_path, &logits.iter().map(|&x| half::f16::from_f32(x)).collect::<Vec<_>>(), &shape64);
+    let bool_path = dir.join("target_bool.npy");
+    write_npy(&bool_path, &target.iter().map(|&t| t > 0.5).collect::<Vec<bool>>(), &shape64);
+    let u8_path = dir.join("target_u8.npy");
+    write_npy(&u8_path, &target.iter().map(|&t| t as u8).collect::<Vec<u8>>(), &shape64);
+    let run = |l: &Path, t: &Path, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", "--logits", s(l), "--target", s(t), "--loss", "bce", "--json"];
+        args.extend(extra);
+        let out = segloss(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let want = 1.0729095994663296; // golden bce
+    let v = run(&f64_path, &bool_path, &[]);
+    assert_eq!(v["mode"], "binary", "a bool target of the logits' shape is a binary mask");
+    assert!((v["results"][0]["value"].as_f64().unwrap() - want).abs() < 1e-5);
+    // an integer mask of the logits' shape with C = 1, mode given
+    let v = run(&f64_path, &u8_path, &["--mode", "binary"]);
+    assert!((v["results"][0]["value"].as_f64().unwrap() - want).abs() < 1e-5);
+    // f16 logits round the inputs: close, not equal
+    let v = run(&f16_path, &bool_path, &[]);
+    assert!((v["results"][0]["value"].as_f64().unwrap() - want).abs() < 1e-2);
+    // multiclass targets as int32 with a [N, 1, H, W] shape (MONAI style) are squeezed
+    let mc = common::golden_dir().join("multiclass_small");
+    let (mshape, labels) = common::read_i64(&mc.join("target.npy"));
+    let i32_path = dir.join("labels_i32.npy");
+    let sq: Vec<u64> = vec![mshape[0] as u64, 1, mshape[1] as u64, mshape[2] as u64];
+    write_npy(&i32_path, &labels.iter().map(|&v| v as i32).collect::<Vec<i32>>(), &sq);
+    let out =
+        segloss(&["eval", "--logits", s(&mc.join("logits.npy")), "--target", s(&i32_path), "--loss", "ce", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mode"], "multiclass");
+    assert!((v["results"][0]["value"].as_f64().unwrap() - 1.2087247697969905).abs() < 1e-5);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Runs segloss with stdout sent to `stdout` and stderr captured.
+fn segloss_to(stdout: std::process::Stdio, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_segloss")).args(args).stdout(stdout).output().expect("run segloss")
+}
+
+fn assert_stdout_failure(out: &std::process::Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let code = out.status.code();
+    assert!(code.is_some() && code != Some(0) && code != Some(101), "{what}: exit {:?}, stderr: {err}", out.status);
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    assert!(err.contains("cannot write to stdout"), "{what}: {err}");
+}
+
+#[test]
+fn a_full_disk_or_a_closed_pipe_on_stdout_is_an_error_not_a_panic() {
+    if Path::new("/dev/full").exists() {
+        let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap().into();
+        assert_stdout_failure(&segloss_to(full(), &["devices"]), "devices > /dev/full");
+        assert_stdout_failure(&segloss_to(full(), &["devices", "--json"]), "devices --json > /dev/full");
+        assert_stdout_failure(&segloss_to(full(), &["--help"]), "--help > /dev/full");
+    }
+    // A pipe whose reading end is closed before segloss starts: every write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    assert_stdout_failure(&segloss_to(writer.into(), &["devices", "--json"]), "devices | (closed)");
+}
+
+#[test]
+fn loss_texts_may_start_with_a_minus() {
+    let case = common::golden_dir().join("binary_small_random");
+    let out = segloss(&[
+        "eval",
+        "--logits",
+        s(&case.join("logits.npy")),
+        "--target",
+        s(&case.join("target.npy")),
+        "--loss",
+        "-1*dice",
+        "--loss",
+        "dice",
+        "--loss",
+        "-0.5*bce+dice",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 3);
+    for e in r {
+        assert!(e["error"].is_null(), "{e}");
+    }
+    let (neg, dice) = (r[0]["value"].as_f64().unwrap(), r[1]["value"].as_f64().unwrap());
+    assert!(dice > 0.0 && (neg + dice).abs() <= 1e-12, "-1*dice = {neg}, dice = {dice}");
+    let out = segloss(&["bench", "--shape", "1x1x8x8", "--loss", "-1*dice", "--iters", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn eval_args<'a>(case: &'a Path, losses: &[&'a str], extra: &[&'a str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["eval".into(), "--logits".into(), s(&case.join("logits.npy")).into()];
+    args.extend(["--target".into(), s(&case.join("target.npy")).into()]);
+    for l in losses {
+        args.extend(["--loss".into(), l.to_string()]);
+    }
+    args.extend(extra.iter().map(|e| e.to_string()));
+    args
+}
+
+fn run(args: &[String]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_segloss")).args(args).output().expect("run segloss")
+}
+
+#[test]
+fn a_gradient_that_cannot_be_written_is_an_error_entry_and_every_value_is_printed() {
+    let case = common::golden_dir().join("multiclass_small");
+    let dir = std::env::temp_dir().join(format!("segloss-grad-blocked-{}", std::process::id()));
+    // a directory in the way of the first gradient file
+    std::fs::create_dir_all(dir.join("grad_0.npy")).unwrap();
+    let losses = ["ce", "dice", "0.5*ce+lovasz"];
+    let out = run(&eval_args(&case, &losses, &["--grad-dir", s(&dir), "--json"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("gradient file"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the JSON is printed");
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 3);
+    for e in r {
+        assert!(e["value"].as_f64().unwrap().is_finite() && e["error"].is_null(), "{e}");
+    }
+    assert!(r[0]["grad_error"].as_str().unwrap().contains("grad_0.npy"), "{}", r[0]);
+    assert!(r[0]["grad_file"].is_null());
+    for e in &r[1..] {
+        assert!(e["grad_error"].is_null(), "{e}");
+        let (shape, _) = common::read_f32(Path::new(e["grad_file"].as_str().unwrap()));
+        assert_eq!(shape, common::read_f32(&case.join("logits.npy")).0);
+    }
+    // the same in text: every value, the failed file named, exit 1
+    let out = run(&eval_args(&case, &losses, &["--grad-dir", s(&dir)]));
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(text.lines().nth(1).unwrap().contains("gradient error") && text.contains("grad_0.npy"), "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn eval_without_grad_dir_gives_the_same_values() {
+    let case = common::golden_dir().join("multiclass_ignore");
+    let losses = ["ce", "dice@monai", "focal", "lovasz", "0.8*ce+0.2*lovasz:per_image=true"];
+    let dir = std::env::temp_dir().join(format!("segloss-grad-same-{}", std::process::id()));
+    let with = run(&eval_args(&case, &losses, &["--ignore-index", "255", "--grad-dir", s(&dir), "--json"]));
+    let without = run(&eval_args(&case, &losses, &["--ignore-index", "255", "--json"]));
+    assert!(with.status.success() && without.status.success(), "{}", String::from_utf8_lossy(&without.stderr));
+    let with: serde_json::Value = serde_json::from_slice(&with.stdout).unwrap();
+    let without: serde_json::Value = serde_json::from_slice(&without.stdout).unwrap();
+    for (a, b) in with["results"].as_array().unwrap().iter().zip(without["results"].as_array().unwrap()) {
+        assert!(a["grad_file"].is_string() && b["grad_file"].is_null(), "{a} {b}");
+        assert_eq!(a["value"], b["value"], "{}", a["loss"]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn absurd_demo_and_bench_arguments_exit_with_code_2_before_allocating() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["demo", "--size", "0"], "--size 0"),
+        (&["demo", "--size", "1"], "--size 1"),
+        (&["demo", "--batch", "0"], "--batch 0"),
+        (&["demo", "--size", "1000000"], "at most 2^31"),
+        (&["bench", "--shape", "100000x100000x100000x1"], "at most 2^31"),
+        (&["bench", "--shape", "99999999999x99999999999x99999999999"], "too many elements"),
+        (&["bench", "--shape", "2x1x0x8"], "positive sizes"),
+        (&["bench", "--shape", "2x1x8x8", "--iters", "0"], "--iters 0"),
+        (&["sortbench", "--iters", "0"], "--iters 0"),
+        (&["sortbench", "--total", "0"], "--total 0"),
+        (&["sortbench", "--total", "100000000000"], "at most 2^31"),
+    ];
+    for (args, want) in cases {
+        let out = segloss(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn no_xdg_runtime_dir_complaints_without_xdg_runtime_dir() {
+    for value in [None, Some(""), Some("/nonexistent/segloss-xdg")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_segloss"));
+        cmd.arg("devices");
+        match value {
+            None => cmd.env_remove("XDG_RUNTIME_DIR"),
+            Some(v) => cmd.env("XDG_RUNTIME_DIR", v),
+        };
+        let out = cmd.output().expect("run segloss");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "XDG_RUNTIME_DIR={value:?}: {err}");
+        assert!(!err.contains("XDG_RUNTIME_DIR"), "XDG_RUNTIME_DIR={value:?}: {err}");
+    }
+}
