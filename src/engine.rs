@@ -9,8 +9,8 @@ use wgpu::util::DeviceExt;
 
 use crate::error::Error;
 use crate::expr::{LossExpr, F32_MAX};
-use crate::gpu::context::{pick_adapter, Gpu};
 pub use crate::gpu::context::{backend_name, list_adapters, AdapterReport, DeviceInfo, EngineOptions};
+use crate::gpu::context::{pick_adapter, Gpu};
 use crate::gpu::eval::{DevInput, GradTo, Recorded};
 use crate::gpu::record::{ReadFuture, Recording};
 use crate::gpu::{check, INVALID};
@@ -174,7 +174,9 @@ impl<'a> BufferInput<'a> {
         }
         let c = shape[1];
         let (want, what) = match (&target, mode) {
-            (TargetBuffer::Dense(_), Mode::Binary | Mode::Multilabel) => (numel, "dense targets have the logits' shape"),
+            (TargetBuffer::Dense(_), Mode::Binary | Mode::Multilabel) => {
+                (numel, "dense targets have the logits' shape")
+            }
             (TargetBuffer::ClassU32(_) | TargetBuffer::ClassI32(_), Mode::Multiclass) => {
                 (numel / c, "class indices are [N, S...]")
             }
@@ -281,11 +283,7 @@ fn words(bytes: &[u8]) -> Vec<u32> {
 }
 
 /// Values of each expression in f64 from the device's f32 term values; an overflow is an error.
-fn finish_values(
-    v: &[u32],
-    layout: &[(usize, usize)],
-    weights: &[Vec<f64>],
-) -> Result<Vec<(f64, Vec<f64>)>, Error> {
+fn finish_values(v: &[u32], layout: &[(usize, usize)], weights: &[Vec<f64>]) -> Result<Vec<(f64, Vec<f64>)>, Error> {
     layout
         .iter()
         .zip(weights)
@@ -322,7 +320,10 @@ fn status_error(status: &[u32], shape: &[usize]) -> Result<(), Error> {
     let label_shape: Vec<usize> = std::iter::once(shape[0]).chain(shape[2..].iter().copied()).collect();
     if flags & check::NONFINITE != 0 {
         let i = at(check::NONFINITE) as usize;
-        return Err(Error::NonFinite(format!("logits element {i} ({}) is NaN or infinite", crate::input::describe_index(shape, i))));
+        return Err(Error::NonFinite(format!(
+            "logits element {i} ({}) is NaN or infinite",
+            crate::input::describe_index(shape, i)
+        )));
     }
     if flags & check::CLASS != 0 {
         let i = at(check::CLASS) as usize;
@@ -412,7 +413,11 @@ impl Engine {
     /// let engine = segloss::Engine::from_device(&adapter.get_info(), device, queue).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn from_device(info: &wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue) -> Result<Engine, Error> {
+    pub async fn from_device(
+        info: &wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Result<Engine, Error> {
         let gpu = Gpu::new(info, device, queue, false).await?;
         Ok(Engine { backend: Backend::Gpu(Arc::new(gpu)), info: DeviceInfo::of(info) })
     }
@@ -824,13 +829,13 @@ fn check_slice(gpu: &Gpu, what: &str, s: &BufferSlice<'_>, usage: wgpu::BufferUs
         return Err(Error::Buffer(format!("the {what} buffer needs usage {usage:?}, it has {:?}", s.buffer.usage())));
     }
     let align = u64::from(gpu.limits.min_storage_buffer_offset_alignment);
-    if s.offset % align != 0 {
+    if !s.offset.is_multiple_of(align) {
         return Err(Error::Buffer(format!(
             "the {what} slice starts at byte {} which is not a multiple of the device's storage offset alignment {align}",
             s.offset
         )));
     }
-    let end = s.offset.checked_add(s.bytes()).unwrap_or(u64::MAX);
+    let end = s.offset.saturating_add(s.bytes());
     if end > s.buffer.size() {
         return Err(Error::Buffer(format!(
             "the {what} slice (bytes {}..{end}) runs past the end of its buffer ({} bytes)",
@@ -862,6 +867,7 @@ fn _assert_send_sync() {
     send::<Submitted>();
 }
 
+#[cfg_attr(not(any(test, feature = "internals")), allow(dead_code))]
 impl Engine {
     pub(crate) fn gpu_ref(&self) -> Option<&Arc<Gpu>> {
         match &self.backend {
@@ -871,6 +877,7 @@ impl Engine {
     }
 }
 
+#[cfg_attr(not(any(test, feature = "internals")), allow(dead_code))]
 impl Prepared<'_> {
     pub(crate) fn buffers(&self) -> Option<(&wgpu::Buffer, &wgpu::Buffer)> {
         Some((self.logits.as_ref()?, self.target.as_ref()?))

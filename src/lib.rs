@@ -33,6 +33,9 @@
 //! and what [`Engine::new`] falls back to when no adapter exists.
 
 #![warn(missing_docs)]
+// Native engines share their device across threads through `Arc`; in the browser nothing is
+// `Send`, and the same code runs on one thread.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
 mod engine;
 mod error;
@@ -55,6 +58,8 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use expr::{Loss, LossExpr, Term};
 pub use input::{Input, Mode, Target};
+/// The wgpu this crate is built on: buffers and devices given to the engine come from it.
+pub use wgpu;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

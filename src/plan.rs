@@ -10,7 +10,8 @@
 //! evaluates per element and chains through the sigmoid or the softmax.
 
 use crate::expr::{
-    Classes, Empty, FocalAct, SCORE_DEN_FLOOR, GDiceWeight, Loss, LossExpr, LovaszParams, Pool, PosWeight, RegionKind, RegionLoss,
+    Classes, Empty, FocalAct, GDiceWeight, Loss, LossExpr, LovaszParams, Pool, PosWeight, RegionKind, RegionLoss,
+    SCORE_DEN_FLOOR,
 };
 use crate::Mode;
 

@@ -88,17 +88,7 @@ pub const FINALIZE: Kernel = Kernel {
 pub const GRAD: Kernel = Kernel {
     name: "gradient",
     source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "grad.wgsl"),
-    bindings: &[
-        r("logits"),
-        r("tgt"),
-        u("P"),
-        r("terms"),
-        r("cw"),
-        r("coefs"),
-        w("grad"),
-        r("lw"),
-        r("status"),
-    ],
+    bindings: &[r("logits"), r("tgt"), u("P"), r("terms"), r("cw"), r("coefs"), w("grad"), r("lw"), r("status")],
     specialized: true,
 };
 
@@ -106,16 +96,8 @@ pub const GRAD: Kernel = Kernel {
 pub const COPY: Kernel =
     Kernel { name: "copy", source: wgsl!("copy.wgsl"), bindings: &[r("logits"), w("out")], specialized: false };
 
-const SORT_BINDINGS: &[Binding] = &[
-    u("SP"),
-    r("keys_in"),
-    r("vals_in"),
-    w("counts"),
-    w("totals"),
-    w("keys_out"),
-    w("vals_out"),
-    r("seglen"),
-];
+const SORT_BINDINGS: &[Binding] =
+    &[u("SP"), r("keys_in"), r("vals_in"), w("counts"), w("totals"), w("keys_out"), w("vals_out"), r("seglen")];
 
 macro_rules! radix {
     ($name:literal) => {
@@ -148,18 +130,8 @@ pub const BITONIC_SORT: Kernel = Kernel {
 /// Longest segment the bitonic kernel sorts.
 pub const BITONIC_MAX: usize = 2048;
 
-const LOVASZ_BINDINGS: &[Binding] = &[
-    r("logits"),
-    r("tgt"),
-    u("P"),
-    u("LP"),
-    w("keys"),
-    w("vals"),
-    w("tilecnt"),
-    w("segsum"),
-    w("lw"),
-    w("vpart"),
-];
+const LOVASZ_BINDINGS: &[Binding] =
+    &[r("logits"), r("tgt"), u("P"), u("LP"), w("keys"), w("vals"), w("tilecnt"), w("segsum"), w("lw"), w("vpart")];
 
 macro_rules! lovasz {
     ($name:literal) => {

@@ -77,11 +77,7 @@ fn check(engine: &Engine, input: &Input, texts: &[&str]) {
         let host = plan::finalize(e, &plan, &layout, &view, input.mode(), &lov);
         for (t, hv) in host.term_values.iter().enumerate() {
             let dv = f64::from(out[vals[i] + 1 + t]);
-            assert!(
-                (dv - hv).abs() <= 1e-6 + 2e-4 * hv.abs(),
-                "'{}' term {t}: device {dv} host {hv}",
-                texts[i]
-            );
+            assert!((dv - hv).abs() <= 1e-6 + 2e-4 * hv.abs(), "'{}' term {t}: device {dv} host {hv}", texts[i]);
         }
         let dvalue = f64::from(out[vals[i]]);
         assert!((dvalue - host.value).abs() <= 1e-6 + 2e-4 * host.value.abs(), "'{}' value", texts[i]);
@@ -155,7 +151,8 @@ fn host_sums(input: &Input, plan: &StatsPlan) -> Vec<f64> {
                             (q * nlp, slot.weights[l] * g)
                         }
                         plan::kind::FOCAL_SIGMOID => {
-                            let b = g * (-crate::reference::log_sigmoid(xe)) + (1.0 - g) * (-crate::reference::log_sigmoid(-xe));
+                            let b = g * (-crate::reference::log_sigmoid(xe))
+                                + (1.0 - g) * (-crate::reference::log_sigmoid(-xe));
                             let a = slot.alpha.map_or(1.0, |al| al * g + (1.0 - al) * (1.0 - g));
                             (a * (1.0 - (-b).exp()).powf(slot.gamma) * b, 0.0)
                         }
@@ -186,9 +183,7 @@ fn lovasz_sums(input: &Input, plan: &StatsPlan) -> Vec<LovaszSums> {
         .iter()
         .map(|lp| {
             let (segs, _) = plan::lovasz_segments(softmax, lp.per_image, n, c, s);
-            let segs = (0..segs)
-                .map(|seg| crate::reference::lovasz_segment(input, lp.per_image, seg))
-                .collect();
+            let segs = (0..segs).map(|seg| crate::reference::lovasz_segment(input, lp.per_image, seg)).collect();
             LovaszSums { segs }
         })
         .collect()
@@ -198,7 +193,8 @@ fn binary(n: usize, c: usize, h: usize, w: usize, seed: u64, empty: bool) -> Inp
     let mut r = Rng(seed);
     let numel = n * c * h * w;
     let logits: Vec<f32> = (0..numel).map(|_| (r.uniform() - 0.5) * 8.0).collect();
-    let target: Vec<f32> = (0..numel).map(|i| if empty && i % n == 0 { 0.0 } else { (r.uniform() > 0.7) as u8 as f32 }).collect();
+    let target: Vec<f32> =
+        (0..numel).map(|i| if empty && i % n == 0 { 0.0 } else { (r.uniform() > 0.7) as u8 as f32 }).collect();
     let mode = if c == 1 { Mode::Binary } else { Mode::Multilabel };
     Input::new(Cow::Owned(logits), Target::Dense(Cow::Owned(target)), &[n, c, h, w], mode, None).unwrap()
 }
@@ -217,7 +213,8 @@ fn multiclass(n: usize, c: usize, h: usize, w: usize, seed: u64) -> Input<'stati
             }
         })
         .collect();
-    Input::new(Cow::Owned(logits), Target::Labels(Cow::Owned(labels)), &[n, c, h, w], Mode::Multiclass, Some(255)).unwrap()
+    Input::new(Cow::Owned(logits), Target::Labels(Cow::Owned(labels)), &[n, c, h, w], Mode::Multiclass, Some(255))
+        .unwrap()
 }
 
 const REGION: &[&str] = &[
@@ -253,7 +250,9 @@ fn device_finalize_matches_host_binary() {
         "lovasz:per_image=true",
         "bce+dice+lovasz+lovasz:per_image=true",
     ]);
-    for (i, input) in [binary(3, 1, 9, 7, 1, false), binary(2, 1, 8, 8, 2, true), binary(2, 3, 5, 6, 3, true)].iter().enumerate() {
+    for (i, input) in
+        [binary(3, 1, 9, 7, 1, false), binary(2, 1, 8, 8, 2, true), binary(2, 3, 5, 6, 3, true)].iter().enumerate()
+    {
         for t in &texts {
             if input.classes() > 1 && t.contains("classes=0") {
                 continue;

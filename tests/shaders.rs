@@ -3,37 +3,68 @@
 
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use segloss::shaders::KERNELS;
+use segloss::shaders::{Access, Binding, Kernel, KERNELS, SHARED_CONSTANTS};
+
+/// One specialization: the override constants of `common.wgsl`, all of them named (bools as 0/1).
+#[allow(clippy::too_many_arguments)]
+fn constants(
+    softmax: bool,
+    kinds: u32,
+    nterms: u32,
+    sensspec: bool,
+    lovasz: u32,
+    validate: u32,
+    region: bool,
+    accum: bool,
+) -> naga::back::PipelineConstants {
+    let b = |v: bool| if v { 1.0 } else { 0.0 };
+    [
+        ("SOFTMAX", b(softmax)),
+        ("KINDS", f64::from(kinds)),
+        ("NTERMS", f64::from(nterms)),
+        ("SENSSPEC", b(sensspec)),
+        ("LOVASZ", f64::from(lovasz)),
+        ("VALIDATE", f64::from(validate)),
+        ("REGION", b(region)),
+        ("ACCUM", b(accum)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
 
 /// Specializations to translate: every kernel is built per combination of these constants.
-fn specializations(k: &segloss::shaders::Kernel) -> Vec<naga::back::PipelineConstants> {
+///
+/// The pixel-loss and Lovász constants are crossed with SOFTMAX under the defaults of the others
+/// (no input checks, region coefficients present, output overwritten); a few representative
+/// combinations then cover VALIDATE (0 and all checks), REGION and ACCUM in both states, with
+/// each activation, rather than the full cross product.
+fn specializations(k: &Kernel) -> Vec<naga::back::PipelineConstants> {
     if !k.specialized {
         return vec![Default::default()];
     }
     let mut out = Vec::new();
-    for softmax in [0.0, 1.0] {
-        for (kinds, nterms) in [(0.0, 0.0), (1.0, 1.0), (3.0, 2.0), (15.0, 4.0), (12.0, 3.0)] {
-            for (sensspec, lovasz) in [(0.0, 0.0), (1.0, 1.0), (0.0, 2.0)] {
-                out.push(
-                    [
-                        ("SOFTMAX", softmax),
-                        ("KINDS", kinds),
-                        ("NTERMS", nterms),
-                        ("SENSSPEC", sensspec),
-                        ("LOVASZ", lovasz),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-                );
+    for softmax in [false, true] {
+        for (kinds, nterms) in [(0, 0), (1, 1), (3, 2), (15, 4), (12, 3)] {
+            for (sensspec, lovasz) in [(false, 0), (true, 1), (false, 2)] {
+                out.push(constants(softmax, kinds, nterms, sensspec, lovasz, 0, true, false));
             }
+        }
+        for (kinds, nterms, sensspec, lovasz, validate, region, accum) in [
+            (15, 4, true, 1, 15, true, false),  // every check with every term
+            (3, 2, false, 2, 15, false, true),  // checks, no region coefficients, added to the output
+            (0, 0, false, 1, 15, false, false), // checks, Lovász alone
+            (12, 3, true, 0, 0, true, true),    // no checks, region and pixel losses added to the output
+            (0, 0, false, 0, 0, false, true),   // nothing but the (empty) accumulation
+        ] {
+            out.push(constants(softmax, kinds, nterms, sensspec, lovasz, validate, region, accum));
         }
     }
     out
 }
 
 /// Every specialization of kernel `k`, overrides resolved, validated.
-fn modules(k: &segloss::shaders::Kernel) -> Vec<(naga::Module, naga::valid::ModuleInfo)> {
+fn modules(k: &Kernel) -> Vec<(naga::Module, naga::valid::ModuleInfo)> {
     let (m, info) = module(k);
     specializations(k)
         .iter()
@@ -45,7 +76,7 @@ fn modules(k: &segloss::shaders::Kernel) -> Vec<(naga::Module, naga::valid::Modu
         .collect()
 }
 
-fn module(k: &segloss::shaders::Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
+fn module(k: &Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
     let m = naga::front::wgsl::parse_str(k.source)
         .unwrap_or_else(|e| panic!("{}: WGSL parse error:\n{}", k.name, e.emit_to_string(k.source)));
     // The WebGPU baseline: no optional capabilities.
@@ -60,10 +91,10 @@ fn kernels_validate_without_optional_capabilities() {
     for k in KERNELS {
         let (m, _) = module(k);
         assert!(
-            m.entry_points.iter().any(|e| e.name == k.entry && e.stage == naga::ShaderStage::Compute),
+            m.entry_points.iter().any(|e| e.name == k.name && e.stage == naga::ShaderStage::Compute),
             "{}: no compute entry {}",
             k.name,
-            k.entry
+            k.name
         );
     }
 }
@@ -114,7 +145,7 @@ fn kernels_translate_to_glsl() {
                 let opts = glsl::Options { version, ..Default::default() };
                 let popts = glsl::PipelineOptions {
                     shader_stage: naga::ShaderStage::Compute,
-                    entry_point: k.entry.to_string(),
+                    entry_point: k.name.to_string(),
                     multiview: None,
                 };
                 glsl::Writer::new(&mut out, &m, &info, &opts, &popts, Default::default())
@@ -124,4 +155,224 @@ fn kernels_translate_to_glsl() {
             }
         }
     }
+}
+
+/// Whether a global's address space is what a binding declared `access` binds.
+fn access_matches(access: Access, space: naga::AddressSpace) -> bool {
+    use naga::{AddressSpace, StorageAccess};
+    match (access, space) {
+        (Access::Uniform, AddressSpace::Uniform) => true,
+        (Access::Read, AddressSpace::Storage { access }) => access == StorageAccess::LOAD,
+        (Access::ReadWrite, AddressSpace::Storage { access }) => access.contains(StorageAccess::STORE),
+        _ => false,
+    }
+}
+
+/// Where kernel `k`'s binding declarations and its WGSL disagree, one line each: every declared
+/// binding i is the WGSL variable of that name at `@group(0) @binding(i)` with the declared
+/// access, no name is declared twice, and the entry point uses no resource that is not declared.
+fn binding_errors(k: &Kernel) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut err = |binding: String, what: String| errors.push(format!("{}: {binding}: {what}", k.name));
+    for (i, b) in k.bindings.iter().enumerate() {
+        if let Some(j) = k.bindings[..i].iter().position(|o| o.name == b.name) {
+            err(format!("binding {i} `{}`", b.name), format!("name declared twice (also binding {j})"));
+        }
+    }
+    let (m, info) = module(k);
+    let Some(ep) = m.entry_points.iter().position(|e| e.name == k.name) else {
+        err("-".into(), format!("no entry point `{}`", k.name));
+        return errors;
+    };
+    for (i, b) in k.bindings.iter().enumerate() {
+        let at = format!("binding {i} `{}` ({:?})", b.name, b.access);
+        let here: Vec<_> = m
+            .global_variables
+            .iter()
+            .map(|(_, g)| g)
+            .filter(|g| g.binding.as_ref().is_some_and(|r| r.group == 0 && r.binding as usize == i))
+            .collect();
+        if here.is_empty() {
+            let what = match m.global_variables.iter().find(|(_, g)| g.name.as_deref() == Some(b.name)) {
+                Some((_, g)) => match &g.binding {
+                    Some(r) => format!(
+                        "no WGSL variable at @group(0) @binding({i}); `{}` is at @group({}) @binding({})",
+                        b.name, r.group, r.binding
+                    ),
+                    None => format!("WGSL `{}` has no binding", b.name),
+                },
+                None => format!("no WGSL variable at @group(0) @binding({i}), none named `{}`", b.name),
+            };
+            err(at.clone(), what);
+        }
+        for g in here {
+            let name = g.name.as_deref().unwrap_or("<unnamed>");
+            if name != b.name {
+                err(at.clone(), format!("the WGSL variable at @group(0) @binding({i}) is `{name}`"));
+            }
+            if !access_matches(b.access, g.space) {
+                err(at.clone(), format!("WGSL `{name}` is {:?}", g.space));
+            }
+        }
+    }
+    // What the entry point (and every function it calls) uses.
+    let uses = info.get_entry_point(ep);
+    for (h, g) in m.global_variables.iter() {
+        if uses[h].is_empty() {
+            continue;
+        }
+        let name = g.name.as_deref().unwrap_or("<unnamed>");
+        match &g.binding {
+            Some(r) if r.group != 0 || r.binding as usize >= k.bindings.len() => err(
+                format!("@group({}) @binding({}) `{name}`", r.group, r.binding),
+                format!("used by the entry point, not declared (group 0 has {} bindings)", k.bindings.len()),
+            ),
+            None if !matches!(g.space, naga::AddressSpace::Private | naga::AddressSpace::WorkGroup) => {
+                err(format!("`{name}`"), format!("used {:?} variable without a binding", g.space))
+            }
+            _ => {}
+        }
+    }
+    errors
+}
+
+#[test]
+fn bindings_match_the_wgsl() {
+    let errors: Vec<_> = KERNELS.iter().flat_map(binding_errors).collect();
+    assert!(errors.is_empty(), "kernel bindings do not match the WGSL:\n{}", errors.join("\n"));
+}
+
+/// The value of a constant's initializer, when it is a non-negative integral scalar.
+fn constant_value(m: &naga::Module, c: &naga::Constant) -> Result<u64, String> {
+    use naga::Literal as L;
+    let naga::Expression::Literal(lit) = m.global_expressions[c.init] else {
+        return Err(format!("not a literal: {:?}", m.global_expressions[c.init]));
+    };
+    let v = match lit {
+        L::U32(v) => Some(u64::from(v)),
+        L::U64(v) => Some(v),
+        L::I32(v) => u64::try_from(v).ok(),
+        L::I64(v) | L::AbstractInt(v) => u64::try_from(v).ok(),
+        L::F32(v) if v >= 0.0 && v.fract() == 0.0 => Some(v as u64),
+        L::F64(v) | L::AbstractFloat(v) if v >= 0.0 && v.fract() == 0.0 => Some(v as u64),
+        _ => None,
+    };
+    v.ok_or_else(|| format!("not a non-negative integer: {lit:?}"))
+}
+
+/// Where `shared` and the WGSL of `kernels` disagree, one line each: every shared constant has
+/// its Rust value in each kernel that declares a constant of that name, and some kernel declares
+/// it (so a constant renamed on either side is caught).
+fn constant_errors(kernels: &[Kernel], shared: &[(&str, u64)]) -> Vec<String> {
+    let modules: Vec<_> = kernels.iter().map(|k| (k.name, module(k).0)).collect();
+    let mut errors = Vec::new();
+    for &(name, value) in shared {
+        let mut declared = false;
+        for (kernel, m) in &modules {
+            for (_, c) in m.constants.iter().filter(|(_, c)| c.name.as_deref() == Some(name)) {
+                declared = true;
+                match constant_value(m, c) {
+                    Ok(v) if v == value => {}
+                    Ok(v) => errors.push(format!("{kernel}: const {name} = {v} in the WGSL, {value} in Rust")),
+                    Err(e) => errors.push(format!("{kernel}: const {name}: {e} (Rust: {value})")),
+                }
+            }
+        }
+        if !declared {
+            errors.push(format!("{name}: no kernel declares a constant of that name (Rust: {value})"));
+        }
+    }
+    errors
+}
+
+#[test]
+fn shared_constants_match_the_wgsl() {
+    let errors = constant_errors(KERNELS, SHARED_CONSTANTS);
+    assert!(errors.is_empty(), "shared constants do not match the WGSL:\n{}", errors.join("\n"));
+}
+
+/// `kernel` with its bindings replaced (leaked: the declarations are `'static`).
+fn with_bindings(k: &Kernel, f: impl FnOnce(&mut Vec<Binding>)) -> Kernel {
+    let mut b = k.bindings.to_vec();
+    f(&mut b);
+    Kernel { bindings: Vec::leak(b), ..*k }
+}
+
+/// `kernel` with `from` replaced by `to` in its WGSL (leaked).
+fn with_source(k: &Kernel, from: &str, to: &str) -> Kernel {
+    assert!(k.source.contains(from), "{}: no `{from}` to replace", k.name);
+    Kernel { source: String::leak(k.source.replacen(from, to, 1)), ..*k }
+}
+
+/// The two checks above fail on the mistakes they are there for (mutated copies of real kernels;
+/// positions are looked up by name, so a reordered declaration keeps this test meaningful).
+#[test]
+fn the_checks_catch_mismatches() {
+    use segloss::shaders::{GRAD, LOVASZ_KEYS, RADIX_COUNT, STATS};
+    let fails = |k: Kernel, expect: &str| {
+        let e = binding_errors(&k);
+        assert!(e.iter().any(|e| e.contains(expect)), "{}: expected an error with `{expect}`, got {e:?}", k.name);
+    };
+    let at = |k: &Kernel, name: &str| k.binding(name).unwrap_or_else(|| panic!("{}: no `{name}`", k.name)) as usize;
+    let (logits, tgt, status) = (at(&STATS, "logits"), at(&STATS, "tgt"), at(&STATS, "status"));
+
+    // Two names of the same access swapped: each is reported at its binding.
+    fails(
+        with_bindings(&STATS, |b| b.swap(logits, tgt)),
+        &format!("binding {logits} `tgt` (Read): the WGSL variable at @group(0) @binding({logits}) is `logits`"),
+    );
+    // Access changed on either side.
+    fails(
+        with_bindings(&STATS, |b| b[status].access = Access::Read),
+        &format!("binding {status} `status` (Read): WGSL `status` is Storage"),
+    );
+    fails(with_bindings(&GRAD, |b| b[at(&GRAD, "P")].access = Access::Read), "`P` (Read): WGSL `P` is Uniform");
+    fails(
+        with_bindings(&GRAD, |b| b[at(&GRAD, "grad")].access = Access::Uniform),
+        "`grad` (Uniform): WGSL `grad` is Storage",
+    );
+    fails(
+        with_source(&GRAD, "var<storage, read> coefs", "var<storage, read_write> coefs"),
+        "`coefs` (Read): WGSL `coefs` is Storage",
+    );
+    // A used binding left out of the declaration.
+    let grad = at(&GRAD, "grad");
+    fails(
+        with_bindings(&GRAD, |b| b.truncate(grad)),
+        &format!("@group(0) @binding({grad}) `grad`: used by the entry point, not declared"),
+    );
+    // A binding declared that the WGSL lacks.
+    let n = LOVASZ_KEYS.bindings.len();
+    fails(
+        with_bindings(&LOVASZ_KEYS, |b| b.push(Binding { name: "extra", access: Access::Read })),
+        &format!("binding {n} `extra` (Read): no WGSL variable at @group(0) @binding({n}), none named `extra`"),
+    );
+    // A name declared twice.
+    let (keys_in, vals_in) = (at(&RADIX_COUNT, "keys_in"), at(&RADIX_COUNT, "vals_in"));
+    fails(
+        with_bindings(&RADIX_COUNT, |b| b[vals_in].name = "keys_in"),
+        &format!("binding {vals_in} `keys_in`: name declared twice (also binding {keys_in})"),
+    );
+    // The WGSL moved a used variable to another group or number.
+    let decl = format!("@group(0) @binding({status})");
+    fails(
+        with_source(&STATS, &decl, &format!("@group(1) @binding({status})")),
+        &format!("@group(1) @binding({status}) `status`: used by the entry point, not declared"),
+    );
+    fails(
+        with_source(&STATS, &decl, "@group(0) @binding(99)"),
+        &format!("no WGSL variable at @group(0) @binding({status}); `status` is at @group(0) @binding(99)"),
+    );
+    // A kernel whose entry point is not its name.
+    fails(Kernel { name: "stats2", ..STATS }, "no entry point `stats2`");
+
+    let shared = |s: &[(&str, u64)]| constant_errors(&[STATS, GRAD], s);
+    assert_eq!(shared(&[("K", 16), ("GWG", 256), ("V_SOFT", 8)]), Vec::<String>::new());
+    let e = shared(&[("K", 17)]);
+    assert!(e.iter().any(|e| e.contains("stats: const K = 16 in the WGSL, 17 in Rust")), "{e:?}");
+    assert!(e.iter().any(|e| e.contains("gradient: const K = 16 in the WGSL, 17 in Rust")), "{e:?}");
+    let e = shared(&[("KK", 16)]);
+    assert!(e.iter().any(|e| e.contains("KK: no kernel declares a constant of that name")), "{e:?}");
+    let e = constant_errors(&[with_source(&STATS, "const PIX: u32 = 16u;", "const PIX: u32 = 8u;")], &[("PIX", 16)]);
+    assert!(e.iter().any(|e| e.contains("stats: const PIX = 8 in the WGSL, 16 in Rust")), "{e:?}");
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::Rng;
-use segloss::SortAlgo;
+use segloss::internals::SortAlgo;
 
 /// Order-preserving u32 encoding of an f32, descending (larger floats first), as the Lovász
 /// kernels sort errors; -0.0 sorts right after +0.0.

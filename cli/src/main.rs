@@ -105,6 +105,12 @@ struct BenchArgs {
     /// Time the values only (no gradient pass).
     #[arg(long)]
     forward_only: bool,
+    /// Time the training-step case: inputs in device buffers, the gradient written into a
+    /// device buffer, values left on the device (one submission and no host wait per
+    /// evaluation; the time per evaluation is that of `--iters` back-to-back evaluations and
+    /// one wait at the end).
+    #[arg(long)]
+    device_resident: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -589,22 +595,69 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
     let engine = engine()?;
     let prep = engine.prepare(input.clone())?;
     let gmode = if a.forward_only { GradMode::Skip } else { GradMode::DeviceOnly };
-    let time = |es: &[LossExpr]| -> Result<(f64, f64), Fail> {
+    // device buffers of the same batch, for --device-resident
+    let resident = match (a.device_resident, engine.device()) {
+        (true, Some(dev)) => Some(Resident::new(dev, &input)),
+        (true, None) => return Err(Fail(2, "--device-resident needs a GPU adapter".into())),
+        _ => None,
+    };
+    // (median ms, min ms, submissions per evaluation, host waits per evaluation)
+    let time = |es: &[LossExpr]| -> Result<(f64, f64, f64, f64), Fail> {
+        if let Some(r) = &resident {
+            let binput = r.input(&input)?;
+            let grads: Vec<segloss::GradOut> = es
+                .iter()
+                .map(|_| {
+                    if a.forward_only {
+                        segloss::GradOut::Skip
+                    } else {
+                        segloss::GradOut::Write(segloss::BufferSlice::whole(&r.grad))
+                    }
+                })
+                .collect();
+            for _ in 0..2 {
+                engine.submit_buffers(&binput, es, &grads)?;
+            }
+            engine.wait_idle()?;
+            let mut v = Vec::with_capacity(5);
+            let mut per = (0.0, 0.0);
+            for _ in 0..5 {
+                let before = engine.activity();
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    engine.submit_buffers(&binput, es, &grads)?;
+                }
+                let after = engine.activity();
+                engine.wait_idle()?;
+                v.push(ms(t0) / iters as f64);
+                per = (
+                    (after.submissions - before.submissions) as f64 / iters as f64,
+                    (after.host_waits - before.host_waits) as f64 / iters as f64,
+                );
+            }
+            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+            return Ok((median(&mut v), min, per.0, per.1));
+        }
         for _ in 0..2 {
             engine.evaluate_prepared_blocking(&prep, es, gmode)?;
         }
         let mut v = Vec::with_capacity(iters);
+        let before = engine.activity();
         for _ in 0..iters {
             let t0 = Instant::now();
             engine.evaluate_prepared_blocking(&prep, es, gmode)?;
             v.push(ms(t0));
         }
+        let after = engine.activity();
         let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-        Ok((median(&mut v), min))
+        let per = |a: u64, b: u64| (a - b) as f64 / iters as f64;
+        Ok((median(&mut v), min, per(after.submissions, before.submissions), per(after.host_waits, before.host_waits)))
     };
     let mut results = Vec::new();
+    let mut activity = (0.0, 0.0);
     for (t, e) in texts.iter().zip(&exprs) {
-        let (med, min) = time(std::slice::from_ref(e))?;
+        let (med, min, subs, waits) = time(std::slice::from_ref(e))?;
+        activity = (subs, waits);
         let cpu_ms = if a.cpu {
             let t0 = Instant::now();
             reference::evaluate(&input, e)?;
@@ -614,7 +667,7 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         };
         results.push((t.clone(), med, min, cpu_ms));
     }
-    let (together, _) = time(&exprs)?;
+    let (together, _, _, _) = time(&exprs)?;
     // The copy probe: one read and one write of the logits, the floor of any pass over them.
     let mut copies = Vec::with_capacity(iters);
     for i in 0..iters + 2 {
@@ -633,7 +686,7 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
             .collect();
         outln!(
             "{}",
-            json!({"device": engine.info(), "shape": shape, "mode": mode.name(), "iters": iters, "results": rs, "together": {"median_ms": together}, "copy_probe": {"median_ms": copy}})
+            json!({"device": engine.info(), "shape": shape, "mode": mode.name(), "iters": iters, "device_resident": a.device_resident, "submissions_per_evaluation": activity.0, "host_waits_per_evaluation": activity.1, "results": rs, "together": {"median_ms": together}, "copy_probe": {"median_ms": copy}})
         )?;
     } else {
         outln!(
@@ -649,8 +702,64 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         }
         outln!("{:<40} {together:>10.3}", format!("all {} together (one call)", results.len()))?;
         outln!("{:<40} {copy:>10.3}", "copy probe (read + write the logits)")?;
+        outln!(
+            "per evaluation: {} submission(s), {} host wait(s){}",
+            activity.0,
+            activity.1,
+            if a.device_resident { " (device-resident)" } else { "" }
+        )?;
     }
     Ok(())
+}
+
+/// The batch in device buffers on the engine's device, for `bench --device-resident`.
+struct Resident {
+    logits: segloss::wgpu::Buffer,
+    target: segloss::wgpu::Buffer,
+    grad: segloss::wgpu::Buffer,
+}
+
+impl Resident {
+    fn new(device: &segloss::wgpu::Device, input: &Input) -> Resident {
+        use segloss::wgpu::util::DeviceExt;
+        let usage = segloss::wgpu::BufferUsages::STORAGE;
+        let init = |label, contents: &[u8]| {
+            device.create_buffer_init(&segloss::wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage,
+            })
+        };
+        let words: Vec<u32> = match input.target() {
+            Target::Dense(t) => t.iter().map(|v| v.to_bits()).collect(),
+            Target::Labels(t) => t.iter().map(|&v| v as u32).collect(),
+        };
+        Resident {
+            logits: init("logits", bytemuck::cast_slice(input.logits())),
+            target: init("target", bytemuck::cast_slice(&words)),
+            grad: device.create_buffer(&segloss::wgpu::BufferDescriptor {
+                label: Some("gradient"),
+                size: (input.logits().len() * 4) as u64,
+                usage,
+                mapped_at_creation: false,
+            }),
+        }
+    }
+
+    fn input(&self, input: &Input) -> Result<segloss::BufferInput<'_>, Fail> {
+        let t = segloss::BufferSlice::whole(&self.target);
+        let target = match input.target() {
+            Target::Dense(_) => segloss::TargetBuffer::Dense(t),
+            Target::Labels(_) => segloss::TargetBuffer::ClassU32(t),
+        };
+        Ok(segloss::BufferInput::new(
+            segloss::BufferSlice::whole(&self.logits),
+            target,
+            input.shape(),
+            input.mode(),
+            input.ignore_index(),
+        )?)
+    }
 }
 
 // ----------------------------------------------------------------------------------------------

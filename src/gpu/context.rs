@@ -257,7 +257,12 @@ impl Gpu {
     /// Wraps a device: builds every kernel's module and layout and the plain pipelines, so that a
     /// driver that rejects a kernel fails here. `own`: the engine opened the device itself and
     /// may install an uncaptured-error handler (never on a caller's device).
-    pub async fn new(info: &wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue, own: bool) -> Result<Gpu, Error> {
+    pub async fn new(
+        info: &wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        own: bool,
+    ) -> Result<Gpu, Error> {
         let limits = device.limits();
         if !limits_ok(&limits) {
             return Err(Error::NoAdapter(format!(

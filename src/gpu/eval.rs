@@ -33,7 +33,10 @@ pub(crate) enum GradTo {
     /// A scratch buffer copied into a staging buffer.
     Host,
     /// A slice of a buffer: overwritten, or added to.
-    Into { slice: Slice, accumulate: bool },
+    Into {
+        slice: Slice,
+        accumulate: bool,
+    },
 }
 
 /// Where the results of a recorded evaluation are.
@@ -86,7 +89,8 @@ impl Gpu {
         let sums = rec.scratch(stride * passes as u64, "statistics sums")?;
         let partials = rec.scratch((n * tiles * c * K * 4) as u64, "statistics partials")?;
         for p in 0..passes {
-            let slots = &plan.slots[(p * MAX_PIXEL_SLOTS).min(plan.slots.len())..((p + 1) * MAX_PIXEL_SLOTS).min(plan.slots.len())];
+            let slots = &plan.slots
+                [(p * MAX_PIXEL_SLOTS).min(plan.slots.len())..((p + 1) * MAX_PIXEL_SLOTS).min(plan.slots.len())];
             let terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
             let cw: Vec<f32> = slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
             let spec = Spec {
@@ -220,7 +224,8 @@ impl Gpu {
             };
             let l = &layouts[i];
             let block = blocks[i].unwrap_or(0);
-            let coefs = out.sub((block * 4) as u64, align((l.len * 4).max(16) as u64).min(out.size - (block * 4) as u64));
+            let coefs =
+                out.sub((block * 4) as u64, align((l.len * 4).max(16) as u64).min(out.size - (block * 4) as u64));
             let slots: Vec<&plan::PixelSlot> = l.pix.iter().map(|&(_, slot)| &plan.slots[slot]).collect();
             let terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
             let cw: Vec<f32> = slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();

@@ -190,8 +190,10 @@ impl Gpu {
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::INDIRECT;
-        let constants_usage =
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let constants_usage = wgpu::BufferUsages::UNIFORM
+            | wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
         let read_usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss") });
         let mut scratch = Vec::new();
@@ -228,8 +230,16 @@ impl Gpu {
         }
         self.queue.submit([enc.finish()]);
         self.note_submission();
-        let pool = self.pool.clone();
-        self.queue.on_submitted_work_done(move || pool.give(scratch));
+        // native: back to the pool when the submission has completed; in the browser (where
+        // buffers are not Send) when the first recording's staging buffers have been read, which
+        // also means the submission completed, or not at all
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let pool = self.pool.clone();
+            self.queue.on_submitted_work_done(move || pool.give(scratch));
+        }
+        #[cfg(target_arch = "wasm32")]
+        let mut scratch = Some(scratch);
         let errors = (oom.pop(), validation.pop());
         let mut out: Vec<ReadFuture> = Vec::new();
         let mut errors = Some(errors);
@@ -244,6 +254,8 @@ impl Gpu {
             }
             let errs = errors.take();
             let pool = self.pool.clone();
+            #[cfg(target_arch = "wasm32")]
+            let spent = if reads.is_empty() { None } else { scratch.take() };
             let lost = self.lost.clone();
             out.push(Box::pin(async move {
                 if let Some((oom, validation)) = errs {
@@ -268,6 +280,10 @@ impl Gpu {
                     b.unmap();
                 }
                 pool.give(reads);
+                #[cfg(target_arch = "wasm32")]
+                if let Some(spent) = spent {
+                    pool.give(spent);
+                }
                 if let Some(e) = lost.lock().ok().and_then(|mut l| l.take()) {
                     return Err(Error::Gpu(e));
                 }

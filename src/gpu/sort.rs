@@ -8,6 +8,7 @@ use crate::gpu::{Spec, SORT_TILE};
 use crate::shaders::{self, BITONIC_MAX};
 
 /// Which sort to use.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SortAlgo {
     /// Bitonic for segments up to the adapter's crossover, radix beyond.
