@@ -22,7 +22,7 @@
 @group(0) @binding(5) var<storage, read> status: array<u32>;      // [0]: bad-input flags
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
-const FWG: u32 = 256u;
+const FWG: u32 = 64u;
 const NCOEF: u32 = 5u;
 
 // Op kinds (src/plan.rs, `op`).
@@ -84,23 +84,23 @@ struct Op {
 const NONE_IDX: u32 = 0xFFFFFFFFu;
 
 var<workgroup> wop: Op;
-var<workgroup> red4: array<vec4<f32>, 256>;
-var<workgroup> red1: array<f32, 256>;
+var<workgroup> red4: array<vec4<f32>, 64>;
+var<workgroup> red1: array<f32, 64>;
 var<workgroup> uni4: vec4<f32>;
 var<workgroup> uni1: f32;
 
-// Sum of v over the workgroup in a fixed tree order; uniform result. Uniform control flow.
+// Sum of v over the workgroup in a fixed order (thread 0 adds the partials in lane order: two
+// barriers, which is what a CPU adapter pays for, instead of one per tree level); uniform result.
+// Uniform control flow.
 fn wg_sum4(lid: u32, v: vec4<f32>) -> vec4<f32> {
     red4[lid] = v;
     workgroupBarrier();
-    for (var stride = FWG / 2u; stride > 0u; stride >>= 1u) {
-        if lid < stride {
-            red4[lid] += red4[lid + stride];
-        }
-        workgroupBarrier();
-    }
     if lid == 0u {
-        uni4 = red4[0];
+        var acc = vec4<f32>(0.0);
+        for (var i = 0u; i < FWG; i++) {
+            acc += red4[i];
+        }
+        uni4 = acc;
     }
     return workgroupUniformLoad(&uni4);
 }
@@ -112,14 +112,12 @@ fn wg_sum(lid: u32, v: f32) -> f32 {
 fn wg_max(lid: u32, v: f32) -> f32 {
     red1[lid] = v;
     workgroupBarrier();
-    for (var stride = FWG / 2u; stride > 0u; stride >>= 1u) {
-        if lid < stride {
-            red1[lid] = max(red1[lid], red1[lid + stride]);
-        }
-        workgroupBarrier();
-    }
     if lid == 0u {
-        uni1 = red1[0];
+        var m = red1[0];
+        for (var i = 1u; i < FWG; i++) {
+            m = max(m, red1[i]);
+        }
+        uni1 = m;
     }
     return workgroupUniformLoad(&uni1);
 }
@@ -607,7 +605,7 @@ fn op_lovasz(lid: u32, op: Op) {
     put_value(lid, op, total_loss / f32(groups));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn finalize(@builtin(local_invocation_index) lid: u32) {
     for (var i = lid; i < arrayLength(&out); i += FWG) {
         out[i] = 0.0;

@@ -27,7 +27,7 @@ pub(crate) const TILE: usize = STATS_WG * STATS_PIX;
 /// Threads per gradient workgroup (`grad.wgsl`: GWG); also the keys and copy kernels.
 pub(crate) const GRAD_WG: usize = 256;
 /// Threads of the finalize workgroup (`finalize.wgsl`: FWG).
-pub(crate) const FINALIZE_WG: usize = 256;
+pub(crate) const FINALIZE_WG: usize = 64;
 /// Elements per sort tile (`radix.wgsl`: T, `lovasz.wgsl`: LT).
 pub(crate) const SORT_TILE: usize = 2048;
 /// Sort key of an element that carries no loss (`lovasz.wgsl`: NONE).
