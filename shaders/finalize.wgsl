@@ -620,8 +620,10 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         if bad {
             // bad input: NaN values, zero coefficients (the host reports the error)
             if lid == 0u {
-                out[op.val] = bitcast<f32>(0x7FC00000u);
-                out[op.eval] = bitcast<f32>(0x7FC00000u);
+                // a quiet NaN built at run time (browsers reject a constant NaN in WGSL)
+                let nan = bitcast<f32>(0x7FC00000u | status[0]);
+                out[op.val] = nan;
+                out[op.eval] = nan;
             }
         } else if op.kind == OP_SENSSPEC {
             op_sensspec(lid, op);
