@@ -553,6 +553,18 @@ fn in_list(op: Op, k: u32) -> bool {
     return false;
 }
 
+// Whether class k (segment sums q: value, fg, bg) counts in the mean of Lovász-Softmax: it has
+// elements, and is present (classes=present) or listed (a class list).
+fn lovasz_uses(op: Op, q: vec4<u32>, k: u32) -> bool {
+    if q.y + q.z == 0u {
+        return false;
+    }
+    if (op.flags & F_PRESENT) != 0u {
+        return q.y > 0u;
+    }
+    return op.ncls == 0u || in_list(op, k);
+}
+
 fn op_lovasz(lid: u32, op: Op) {
     let per_image = (op.flags & F_PER_IMAGE) != 0u;
     let groups = select(1u, P.n, per_image);
@@ -564,13 +576,7 @@ fn op_lovasz(lid: u32, op: Op) {
             for (var k = 0u; k < P.c; k++) {
                 let seg = select(k, g * P.c + k, per_image);
                 let q = lov[op.chan + seg];
-                var use_it = q.y + q.z > 0u;
-                if (op.flags & F_PRESENT) != 0u {
-                    use_it = use_it && q.y > 0u;
-                } else if op.ncls > 0u {
-                    use_it = use_it && in_list(op, k);
-                }
-                if use_it {
+                if lovasz_uses(op, q, k) {
                     used += 1u;
                     vsum += bitcast<f32>(q.x);
                 }
@@ -582,13 +588,7 @@ fn op_lovasz(lid: u32, op: Op) {
                     for (var k = 0u; k < P.c; k++) {
                         let seg = select(k, g * P.c + k, per_image);
                         let q = lov[op.chan + seg];
-                        var use_it = q.y + q.z > 0u;
-                        if (op.flags & F_PRESENT) != 0u {
-                            use_it = use_it && q.y > 0u;
-                        } else if op.ncls > 0u {
-                            use_it = use_it && in_list(op, k);
-                        }
-                        if use_it {
+                        if lovasz_uses(op, q, k) {
                             out[op.block + op.sub + seg] += sc;
                         }
                     }

@@ -3,6 +3,7 @@
 //! feature, which the command line's `bench` and `sortbench` and the sort tests enable.
 
 use crate::error::Error;
+use crate::gpu::context::Gpu;
 use crate::gpu::lovasz::grid;
 use crate::gpu::record::{Grid, Recording};
 pub use crate::gpu::sort::SortAlgo;
@@ -114,13 +115,7 @@ impl Engine {
             let a = (rec.external(&ka, 0, bytes), rec.external(&va, 0, bytes));
             let b = (rec.scratch(bytes, "keys")?, rec.scratch(bytes, "payloads")?);
             gpu.record_sort(&mut rec, &SortBufs { a, b }, segs, segment_len, algo, None)?;
-            let fut = gpu.execute(vec![rec]);
-            gpu.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
-            for f in fut {
-                futures::executor::block_on(f)?;
-            }
+            run_and_wait(gpu, rec)?;
             if i > 0 {
                 out.push(t0.elapsed().as_secs_f64() * 1e3);
             }
@@ -142,13 +137,7 @@ impl Engine {
         let out = rec.scratch(bytes, "copy")?;
         let (gx, gy) = grid(&gpu.limits, len);
         rec.dispatch(&shaders::COPY, Spec::default(), Grid::Direct(gx, gy, 1), &[("logits", src), ("out", out)])?;
-        let fut = gpu.execute(vec![rec]);
-        gpu.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
-        for f in fut {
-            futures::executor::block_on(f)?;
-        }
+        run_and_wait(gpu, rec)?;
         Ok(())
     }
 
@@ -158,10 +147,27 @@ impl Engine {
     pub fn wait_idle(&self) -> Result<(), Error> {
         if let Some(gpu) = self.gpu_ref() {
             gpu.note_wait();
-            gpu.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
+            wait(gpu)?;
         }
         Ok(())
     }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn wait(gpu: &Gpu) -> Result<(), Error> {
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map(drop)
+        .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))
+}
+
+/// Submits `rec`, waits until the device has run it, and surfaces its device errors.
+#[cfg(not(target_arch = "wasm32"))]
+fn run_and_wait(gpu: &Gpu, rec: Recording) -> Result<(), Error> {
+    let futs = gpu.execute(vec![rec]);
+    wait(gpu)?;
+    for f in futs {
+        futures::executor::block_on(f)?;
+    }
+    Ok(())
 }
