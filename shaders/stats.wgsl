@@ -50,8 +50,9 @@ fn flag(bit: u32, idx: u32) {
     atomicMax(&status[1u + firstTrailingBit(bit)], 0xFFFFFFFFu - idx);
 }
 
-fn check_logit(e: u32) {
-    if (VALIDATE & V_NONFINITE) != 0u && !finite(logits[e]) {
+// Checks logit x of element e.
+fn check_logit(x: f32, e: u32) {
+    if (VALIDATE & V_NONFINITE) != 0u && !finite(x) {
         flag(V_NONFINITE, e);
     }
 }
@@ -96,7 +97,8 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     if lab[i] == INVALID {
                         // the main loop skips ignored pixels: their logits are checked here
                         for (var c = 0u; c < P.c; c++) {
-                            check_logit((n * P.c + c) * P.s + s);
+                            let e = (n * P.c + c) * P.s + s;
+                            check_logit(logits[e], e);
                         }
                     }
                 }
@@ -128,7 +130,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 }
                 x = logits[e];
                 if VALIDATE != 0u {
-                    check_logit(e);
+                    check_logit(x, e);
                 }
                 g = select(0.0, 1.0, label == c);
                 nlp = lse[i] - x;
@@ -138,16 +140,15 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     continue;
                 }
                 let tb = tword(e);
-                if VALIDATE != 0u && c == 0u {
-                    for (var cc = 0u; cc < P.c; cc++) {
-                        check_target((n * P.c + cc) * P.s + s);
-                        check_logit((n * P.c + cc) * P.s + s);
-                    }
+                x = logits[e];
+                if VALIDATE != 0u {
+                    // every element, ignored ones included
+                    check_target(e);
+                    check_logit(x, e);
                 }
                 if tb == INVALID {
                     continue;
                 }
-                x = logits[e];
                 g = bitcast<f32>(tb);
                 p = sigmoid(x);
                 let nl = neg_log_sigmoid2(x);

@@ -38,9 +38,26 @@ pub struct Kernel {
     pub bindings: &'static [Binding],
     /// Whether the kernel takes the specialization constants of `common.wgsl`.
     pub specialized: bool,
+    /// Whether CPU adapters bind the kernel's uniforms as read-only storage. Mesa's lavapipe
+    /// inlines the uniform values that steer loops and branches and recompiles the shader with
+    /// LLVM at every dispatch: the bulk kernels gain from it (the values fold into their loops),
+    /// but a kernel of little work whose loops run over the batch pays the compile each time
+    /// (the finalize kernel: about 5 ms per image of the batch).
+    pub cpu_storage_params: bool,
 }
 
 impl Kernel {
+    /// The WGSL the engine builds on an adapter: [`Kernel::source`], with its uniforms
+    /// declared as read-only storage when `params_in_storage` (CPU adapters, for the kernels
+    /// marked [`Kernel::cpu_storage_params`]).
+    pub fn source_for(&self, params_in_storage: bool) -> std::borrow::Cow<'static, str> {
+        if params_in_storage {
+            self.source.replace("var<uniform>", "var<storage, read>").into()
+        } else {
+            self.source.into()
+        }
+    }
+
     /// The binding number of the variable `name`.
     pub fn binding(&self, name: &str) -> Option<u32> {
         self.bindings.iter().position(|b| b.name == name).map(|i| i as u32)
@@ -69,6 +86,7 @@ pub const STATS: Kernel = Kernel {
     source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "stats.wgsl"),
     bindings: &[r("logits"), r("tgt"), u("P"), r("terms"), r("cw"), w("partials"), w("status")],
     specialized: true,
+    cpu_storage_params: false,
 };
 /// Final reduction of statistics partials.
 pub const REDUCE: Kernel = Kernel {
@@ -76,6 +94,7 @@ pub const REDUCE: Kernel = Kernel {
     source: wgsl!("common.wgsl", "reduce.wgsl"),
     bindings: &[u("P"), r("partials"), w("sums")],
     specialized: true,
+    cpu_storage_params: false,
 };
 /// Device finalize: values and gradient coefficients from the sums.
 pub const FINALIZE: Kernel = Kernel {
@@ -83,6 +102,7 @@ pub const FINALIZE: Kernel = Kernel {
     source: wgsl!("common.wgsl", "finalize.wgsl"),
     bindings: &[u("P"), r("sums"), r("lov"), r("ops"), r("cls"), r("status"), w("out")],
     specialized: false,
+    cpu_storage_params: true,
 };
 /// Elementwise gradient pass.
 pub const GRAD: Kernel = Kernel {
@@ -90,11 +110,17 @@ pub const GRAD: Kernel = Kernel {
     source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "grad.wgsl"),
     bindings: &[r("logits"), r("tgt"), u("P"), r("terms"), r("cw"), r("coefs"), w("grad"), r("lw"), r("status")],
     specialized: true,
+    cpu_storage_params: false,
 };
 
 /// Copy probe: the memory-traffic floor benchmarks compare against.
-pub const COPY: Kernel =
-    Kernel { name: "copy", source: wgsl!("copy.wgsl"), bindings: &[r("logits"), w("out")], specialized: false };
+pub const COPY: Kernel = Kernel {
+    name: "copy",
+    source: wgsl!("copy.wgsl"),
+    bindings: &[r("logits"), w("out")],
+    specialized: false,
+    cpu_storage_params: false,
+};
 
 const SORT_BINDINGS: &[Binding] =
     &[u("SP"), r("keys_in"), r("vals_in"), w("counts"), w("totals"), w("keys_out"), w("vals_out"), r("seglen")];
@@ -106,6 +132,7 @@ macro_rules! radix {
             source: wgsl!("scan.wgsl", "sortio.wgsl", "radix.wgsl"),
             bindings: SORT_BINDINGS,
             specialized: false,
+            cpu_storage_params: false,
         }
     };
 }
@@ -125,6 +152,7 @@ pub const BITONIC_SORT: Kernel = Kernel {
     source: wgsl!("sortio.wgsl", "bitonic.wgsl"),
     bindings: SORT_BINDINGS,
     specialized: false,
+    cpu_storage_params: false,
 };
 
 /// Longest segment the bitonic kernel sorts.
@@ -140,6 +168,7 @@ macro_rules! lovasz {
             source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "scan.wgsl", "lovparams.wgsl", "lovasz.wgsl"),
             bindings: LOVASZ_BINDINGS,
             specialized: true,
+            cpu_storage_params: false,
         }
     };
 }
@@ -165,6 +194,7 @@ macro_rules! compact {
             source: wgsl!("scan.wgsl", "lovparams.wgsl", "compact.wgsl"),
             bindings: COMPACT_BINDINGS,
             specialized: false,
+            cpu_storage_params: false,
         }
     };
 }
@@ -186,6 +216,7 @@ pub const LOVASZ_THRESHOLD: Kernel = Kernel {
     source: wgsl!("lovparams.wgsl", "threshold.wgsl"),
     bindings: THRESHOLD_BINDINGS,
     specialized: false,
+    cpu_storage_params: false,
 };
 /// Lovász-Softmax: drops the background elements whose Jaccard weight is zero.
 pub const LOVASZ_DROP: Kernel = Kernel { name: "lovasz_drop", ..LOVASZ_THRESHOLD };

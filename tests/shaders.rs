@@ -236,6 +236,30 @@ fn binding_errors(k: &Kernel) -> Vec<String> {
     errors
 }
 
+/// The variant CPU adapters build (uniforms as read-only storage) validates, translates to
+/// SPIR-V (lavapipe runs it) and binds each former uniform as read-only storage.
+#[test]
+fn cpu_storage_variants_validate_and_bind_storage() {
+    let marked: Vec<&Kernel> = KERNELS.iter().filter(|k| k.cpu_storage_params).collect();
+    assert!(marked.iter().any(|k| k.name == "finalize"), "finalize binds its parameters as storage on CPU adapters");
+    for k in marked {
+        let src: &'static str = String::leak(k.source_for(true).into_owned());
+        assert!(!src.contains("var<uniform>"), "{}: a uniform is left", k.name);
+        let bindings: Vec<Binding> = k
+            .bindings
+            .iter()
+            .map(|b| Binding { access: if b.access == Access::Uniform { Access::Read } else { b.access }, ..*b })
+            .collect();
+        let variant = Kernel { source: src, bindings: Vec::leak(bindings), ..*k };
+        let errors = binding_errors(&variant);
+        assert!(errors.is_empty(), "{}: {}", k.name, errors.join("\n"));
+        for (m, info) in modules(&variant) {
+            spv::write_vec(&m, &info, &spv::Options::default(), None)
+                .unwrap_or_else(|e| panic!("{} (storage parameters): SPIR-V: {e}", k.name));
+        }
+    }
+}
+
 #[test]
 fn bindings_match_the_wgsl() {
     let errors: Vec<_> = KERNELS.iter().flat_map(binding_errors).collect();

@@ -280,8 +280,10 @@ impl Gpu {
             }));
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let kernels = KERNELS.iter().map(|k| (k.name, KernelState::new(&device, k))).collect();
-        let bitonic_upto = if info.device_type == wgpu::DeviceType::Cpu { BITONIC_CROSSOVER_CPU } else { BITONIC_MAX };
+        let cpu = info.device_type == wgpu::DeviceType::Cpu;
+        let kernels =
+            KERNELS.iter().map(|k| (k.name, KernelState::new(&device, k, cpu && k.cpu_storage_params))).collect();
+        let bitonic_upto = if cpu { BITONIC_CROSSOVER_CPU } else { BITONIC_MAX };
         let gpu = Gpu {
             poller: Poller::new(device.clone()),
             device,
@@ -345,10 +347,12 @@ impl Gpu {
 }
 
 impl KernelState {
-    fn new(device: &wgpu::Device, kernel: &Kernel) -> KernelState {
+    /// The kernel's module and layouts. `params_in_storage`: bind the kernel's uniforms as
+    /// read-only storage (see [`Kernel::cpu_storage_params`]).
+    fn new(device: &wgpu::Device, kernel: &Kernel, params_in_storage: bool) -> KernelState {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(kernel.name),
-            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+            source: wgpu::ShaderSource::Wgsl(kernel.source_for(params_in_storage)),
         });
         let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
             .bindings
@@ -359,8 +363,8 @@ impl KernelState {
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
                     ty: match b.access {
-                        Access::Uniform => wgpu::BufferBindingType::Uniform,
-                        Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Access::Uniform if !params_in_storage => wgpu::BufferBindingType::Uniform,
+                        Access::Uniform | Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
                         Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                     },
                     has_dynamic_offset: false,
