@@ -563,9 +563,9 @@ impl Engine {
             return Err(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
         }
         let g = match grads {
-            GradMode::Skip => GradOut::Skip,
-            GradMode::Read => GradOut::Host,
-            GradMode::DeviceOnly => GradOut::Write(BufferSlice { buffer: prep.logits_buffer()?, offset: 0, len: 0 }),
+            GradMode::Skip => Dest::Out(GradOut::Skip),
+            GradMode::Read => Dest::Out(GradOut::Host),
+            GradMode::DeviceOnly => Dest::Scratch,
         };
         let gs = vec![g; exprs.len()];
         self.run(gpu, Source::Host(prep), exprs, &gs).await
@@ -580,7 +580,8 @@ impl Engine {
         grads: &[GradOut<'_>],
     ) -> Result<Vec<Evaluation>, Error> {
         let gpu = self.buffer_gpu()?;
-        self.run(gpu, Source::Buffers(input), exprs, grads).await
+        let gs: Vec<Dest<'_>> = grads.iter().map(|&g| Dest::Out(g)).collect();
+        self.run(gpu, Source::Buffers(input), exprs, &gs).await
     }
 
     /// Submits an evaluation on the caller's buffers and returns without waiting: values and
@@ -597,7 +598,8 @@ impl Engine {
             return Err(Error::Input("submit_buffers keeps results on the device: use GradOut::Write or Add".into()));
         }
         let mut rec = Recording::new(&gpu.limits);
-        let r = self.record(gpu, &mut rec, &Source::Buffers(input), exprs, grads, false)?;
+        let gs: Vec<Dest<'_>> = grads.iter().map(|&g| Dest::Out(g)).collect();
+        let r = self.record(gpu, &mut rec, &Source::Buffers(input), exprs, &gs, false)?;
         let bytes = (r.vals_len * 4 + 32) as u64;
         let values = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("segloss values"),
@@ -635,7 +637,7 @@ impl Engine {
         gpu: &Arc<Gpu>,
         src: Source<'_>,
         exprs: &[LossExpr],
-        grads: &[GradOut<'_>],
+        grads: &[Dest<'_>],
     ) -> Result<Vec<Evaluation>, Error> {
         let shape = match &src {
             Source::Host(p) => p.input.shape().to_vec(),
@@ -674,7 +676,7 @@ impl Engine {
         rec: &mut Recording,
         src: &Source<'_>,
         exprs: &[LossExpr],
-        grads: &[GradOut<'_>],
+        grads: &[Dest<'_>],
         read_values: bool,
     ) -> Result<Recorded, Error> {
         if grads.len() != exprs.len() {
@@ -730,13 +732,17 @@ impl Engine {
         };
         let mut to = Vec::with_capacity(grads.len());
         for g in grads {
+            let g = match g {
+                // a prepared batch's device-only gradient (benchmarks): scratch, never read
+                Dest::Scratch => {
+                    to.push(GradTo::Into { slice: rec.scratch(numel * 4, "gradient")?, accumulate: false });
+                    continue;
+                }
+                Dest::Out(g) => g,
+            };
             to.push(match g {
                 GradOut::Skip => GradTo::Skip,
                 GradOut::Host => GradTo::Host,
-                // a prepared batch's device-only gradient: scratch, never read
-                GradOut::Write(sl) if sl.len == 0 && matches!(src, Source::Host(_)) => {
-                    GradTo::Into { slice: rec.scratch(numel * 4, "gradient")?, accumulate: false }
-                }
                 GradOut::Write(sl) | GradOut::Add(sl) => {
                     check_slice(gpu, "gradient", sl, wgpu::BufferUsages::STORAGE)?;
                     if sl.len != numel {
@@ -818,10 +824,12 @@ impl Engine {
     }
 }
 
-impl Prepared<'_> {
-    fn logits_buffer(&self) -> Result<&wgpu::Buffer, Error> {
-        self.logits.as_ref().ok_or_else(|| Error::Input("this batch was prepared by the CPU engine".into()))
-    }
+/// Where the engine puts one expression's gradient: as the caller asked, or (a prepared batch's
+/// [`GradMode::DeviceOnly`]) a scratch buffer nobody reads.
+#[derive(Clone, Copy)]
+enum Dest<'a> {
+    Out(GradOut<'a>),
+    Scratch,
 }
 
 fn check_slice(gpu: &Gpu, what: &str, s: &BufferSlice<'_>, usage: wgpu::BufferUsages) -> Result<(), Error> {
