@@ -111,6 +111,10 @@ struct BenchArgs {
     /// one wait at the end).
     #[arg(long)]
     device_resident: bool,
+    /// Sweep the shapes 1x1x64x64 to 8x21x512x512 (binary and multiclass) instead of --shape,
+    /// and print each loss as GB/s of input read against the copy probe.
+    #[arg(long)]
+    sizes: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -567,32 +571,154 @@ fn parse_shape(s: &str) -> Result<Vec<usize>, Fail> {
     }
 }
 
+/// The shapes of `bench --sizes`: binary and multiclass, from a 64x64 image to a large batch.
+const SWEEP: [&str; 6] = ["1x1x64x64", "1x1x256x256", "8x1x512x512", "1x21x64x64", "4x21x256x256", "8x21x512x512"];
+
+/// What `bench` measured on one shape.
+struct ShapeBench {
+    shape: Vec<usize>,
+    mode: Mode,
+    iters: usize,
+    /// (loss text, median ms, min ms, CPU reference ms)
+    results: Vec<(String, f64, f64, Option<f64>)>,
+    /// Median ms of every loss in one evaluation.
+    together: f64,
+    /// Median ms of the copy probe (one read and one write of the logits).
+    copy: f64,
+    /// Submissions and host waits per evaluation.
+    activity: (f64, f64),
+    /// Bytes of input an evaluation reads: the logits and the target words.
+    input_bytes: f64,
+}
+
+impl ShapeBench {
+    fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// GB/s of input read at `ms` per evaluation.
+    fn gbps(&self, ms: f64) -> f64 {
+        self.input_bytes / (ms * 1e6)
+    }
+
+    /// GB/s of the copy probe (it reads and writes the logits).
+    fn copy_gbps(&self) -> f64 {
+        (self.numel() * 8) as f64 / (self.copy * 1e6)
+    }
+}
+
+fn bench_mode(a: &BenchArgs, shape: &[usize]) -> Result<Mode, Fail> {
+    Ok(match &a.mode {
+        Some(m) if !a.sizes => m.parse()?,
+        _ if shape[1] == 1 => Mode::Binary,
+        _ => Mode::Multiclass,
+    })
+}
+
 fn bench(a: BenchArgs) -> Result<(), Fail> {
-    let shape = parse_shape(&a.shape)?;
-    check_elements(&format!("--shape {}", a.shape), &shape)?;
     let iters = positive("--iters", a.iters)?;
+    let engine = engine()?;
+    if !a.sizes {
+        let shape = parse_shape(&a.shape)?;
+        check_elements(&format!("--shape {}", a.shape), &shape)?;
+        let mode = bench_mode(&a, &shape)?;
+        let default = ["bce", "dice", "focal"];
+        let r = bench_shape(&engine, &a, &shape, mode, iters, &default)?;
+        return print_bench(&engine, &a, &r);
+    }
+    // --sizes: every shape of SWEEP, each loss against the copy probe, as GB/s of input read
+    if a.mode.is_some() {
+        return Err(Fail(2, "--sizes picks the mode of each shape itself: leave out --mode".into()));
+    }
+    let mut all = Vec::new();
+    let mut skipped = Vec::new();
+    // one binding holds the logits: a larger batch is for the dispatcher to split
+    let max = engine.limits().map(|l| u64::from(l.max_storage_buffer_binding_size).min(l.max_buffer_size));
+    for text in SWEEP {
+        let shape = parse_shape(text)?;
+        let mode = bench_mode(&a, &shape)?;
+        // the same total work per shape: fewer iterations on the large ones (at least 3)
+        let numel: usize = shape.iter().product();
+        if let Some(max) = max.filter(|&m| (numel * 4) as u64 > m) {
+            let why = format!("the logits need {} bytes in one binding, the device allows {max}", numel * 4);
+            eprintln!("bench --sizes: {text} skipped: {why}");
+            skipped.push(json!({"shape": shape, "skipped": why}));
+            continue;
+        }
+        let it = (iters * (1 << 21) / numel).clamp(3, iters.max(3));
+        let default: &[&str] = if mode == Mode::Binary { &["bce", "dice"] } else { &["ce", "dice"] };
+        eprintln!("bench --sizes: {text} ({mode}), {it} iterations");
+        let r = bench_shape(&engine, &a, &shape, mode, it, default)?;
+        if !a.json {
+            print_bench(&engine, &a, &r)?;
+            outln!("")?;
+        }
+        all.push(r);
+    }
+    if a.json {
+        let rows: Vec<_> = all.iter().map(|r| bench_json(&engine, &a, r)).collect();
+        outln!("{}", json!({"device": engine.info(), "sweep": rows, "skipped": skipped}))?;
+        return Ok(());
+    }
+    outln!(
+        "{:<14} {:<28} {:>10} {:>10} {:>8} {:>10}",
+        "shape",
+        "loss",
+        "median ms",
+        "input GB/s",
+        "x copy",
+        "copy GB/s"
+    )?;
+    for r in &all {
+        let shape = r.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+        for (t, med, _, _) in &r.results {
+            outln!(
+                "{shape:<14} {t:<28} {med:>10.3} {:>10.2} {:>8.2} {:>10.2}",
+                r.gbps(*med),
+                med / r.copy,
+                r.copy_gbps()
+            )?;
+        }
+    }
+    for sk in &skipped {
+        outln!("{:<14} skipped: {}", sk["shape"], sk["skipped"].as_str().unwrap_or(""))?;
+    }
+    outln!("input GB/s: bytes of logits and target words per evaluation / median time; copy GB/s: the")?;
+    outln!("copy probe's bytes read and written / its median time; x copy: median / copy probe median.")?;
+    Ok(())
+}
+
+/// Times each loss of `a` (or `default`) on a synthetic batch of `shape`, all of them in one
+/// evaluation, and the copy probe.
+fn bench_shape(
+    engine: &Engine,
+    a: &BenchArgs,
+    shape: &[usize],
+    mode: Mode,
+    iters: usize,
+    default: &[&str],
+) -> Result<ShapeBench, Fail> {
     let (n, c) = (shape[0], shape[1]);
     let w = *shape.last().unwrap_or(&1);
     let h: usize = shape[2..shape.len() - 1].iter().product::<usize>().max(1);
-    let mode: Mode = match &a.mode {
-        Some(m) => m.parse()?,
-        None if c == 1 => Mode::Binary,
-        None => Mode::Multiclass,
-    };
     let texts: Vec<String> =
-        if a.losses.is_empty() { vec!["bce".into(), "dice".into(), "focal".into()] } else { a.losses.clone() };
+        if a.losses.is_empty() { default.iter().map(|t| t.to_string()).collect() } else { a.losses.clone() };
     let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
     let input = match mode {
         Mode::Multiclass => {
             let b = synth::scene(n, c, h, w, 7);
-            Input::new(Cow::Owned(b.logits), Target::Labels(Cow::Owned(b.labels)), &shape, mode, None)?
+            Input::new(Cow::Owned(b.logits), Target::Labels(Cow::Owned(b.labels)), shape, mode, None)?
         }
         _ => {
             let b = synth::roads(n * c, h, w, 7);
-            Input::new(Cow::Owned(b.logits), Target::Dense(Cow::Owned(b.target)), &shape, mode, None)?
+            Input::new(Cow::Owned(b.logits), Target::Dense(Cow::Owned(b.target)), shape, mode, None)?
         }
     };
-    let engine = engine()?;
+    let target_words = match input.target() {
+        Target::Dense(t) => t.len(),
+        Target::Labels(t) => t.len(),
+    };
+    let input_bytes = ((input.logits().len() + target_words) * 4) as f64;
     let prep = engine.prepare(input.clone())?;
     let gmode = if a.forward_only { GradMode::Skip } else { GradMode::DeviceOnly };
     // device buffers of the same batch, for --device-resident
@@ -678,37 +804,54 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         }
     }
     let copy = median(&mut copies);
-    let first = results.first().map(|r| r.1).unwrap_or(1.0);
+    Ok(ShapeBench { shape: shape.to_vec(), mode, iters, results, together, copy, activity, input_bytes })
+}
+
+fn bench_json(engine: &Engine, a: &BenchArgs, r: &ShapeBench) -> serde_json::Value {
+    let first = r.results.first().map(|x| x.1).unwrap_or(1.0);
+    let rs: Vec<_> = r
+        .results
+        .iter()
+        .map(|(t, med, min, cpu)| {
+            json!({"loss": t, "median_ms": med, "min_ms": min, "ratio_to_first": med / first,
+                   "ratio_to_copy": med / r.copy, "input_gbps": r.gbps(*med), "cpu_reference_ms": cpu})
+        })
+        .collect();
+    json!({"device": engine.info(), "shape": r.shape, "mode": r.mode.name(), "iters": r.iters,
+           "device_resident": a.device_resident, "forward_only": a.forward_only,
+           "submissions_per_evaluation": r.activity.0, "host_waits_per_evaluation": r.activity.1,
+           "results": rs, "together": {"median_ms": r.together},
+           "copy_probe": {"median_ms": r.copy, "gbps": r.copy_gbps()}})
+}
+
+fn print_bench(engine: &Engine, a: &BenchArgs, r: &ShapeBench) -> Result<(), Fail> {
     if a.json {
-        let rs: Vec<_> = results
-            .iter()
-            .map(|(t, med, min, cpu)| json!({"loss": t, "median_ms": med, "min_ms": min, "ratio_to_first": med / first, "cpu_reference_ms": cpu}))
-            .collect();
-        outln!(
-            "{}",
-            json!({"device": engine.info(), "shape": shape, "mode": mode.name(), "iters": iters, "device_resident": a.device_resident, "submissions_per_evaluation": activity.0, "host_waits_per_evaluation": activity.1, "results": rs, "together": {"median_ms": together}, "copy_probe": {"median_ms": copy}})
-        )?;
-    } else {
-        outln!(
-            "device: {} ({}, {})  shape: {shape:?}  mode: {mode}  iters: {iters}",
-            engine.info().name,
-            engine.info().backend,
-            engine.info().device_type
-        )?;
-        outln!("{:<40} {:>10} {:>10} {:>8} {:>10}", "loss", "median ms", "min ms", "x first", "cpu ms")?;
-        for (t, med, min, cpu) in &results {
-            let cpu = cpu.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into());
-            outln!("{t:<40} {med:>10.3} {min:>10.3} {:>8.2} {cpu:>10}", med / first)?;
-        }
-        outln!("{:<40} {together:>10.3}", format!("all {} together (one call)", results.len()))?;
-        outln!("{:<40} {copy:>10.3}", "copy probe (read + write the logits)")?;
-        outln!(
-            "per evaluation: {} submission(s), {} host wait(s){}",
-            activity.0,
-            activity.1,
-            if a.device_resident { " (device-resident)" } else { "" }
-        )?;
+        outln!("{}", bench_json(engine, a, r))?;
+        return Ok(());
     }
+    let first = r.results.first().map(|x| x.1).unwrap_or(1.0);
+    outln!(
+        "device: {} ({}, {})  shape: {:?}  mode: {}  iters: {}",
+        engine.info().name,
+        engine.info().backend,
+        engine.info().device_type,
+        r.shape,
+        r.mode,
+        r.iters
+    )?;
+    outln!("{:<40} {:>10} {:>10} {:>8} {:>8} {:>10}", "loss", "median ms", "min ms", "x first", "x copy", "cpu ms")?;
+    for (t, med, min, cpu) in &r.results {
+        let cpu = cpu.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into());
+        outln!("{t:<40} {med:>10.3} {min:>10.3} {:>8.2} {:>8.2} {cpu:>10}", med / first, med / r.copy)?;
+    }
+    outln!("{:<40} {:>10.3}", format!("all {} together (one call)", r.results.len()), r.together)?;
+    outln!("{:<40} {:>10.3}", "copy probe (read + write the logits)", r.copy)?;
+    outln!(
+        "per evaluation: {} submission(s), {} host wait(s){}",
+        r.activity.0,
+        r.activity.1,
+        if a.device_resident { " (device-resident)" } else { "" }
+    )?;
     Ok(())
 }
 

@@ -104,8 +104,15 @@ fn bench_json_has_the_documented_fields() {
     assert_eq!(v["shape"], serde_json::json!([2, 3, 16, 16]));
     for r in v["results"].as_array().unwrap() {
         assert!(r["median_ms"].as_f64().unwrap() > 0.0 && r["min_ms"].as_f64().unwrap() > 0.0);
+        let ratio = r["ratio_to_copy"].as_f64().unwrap();
+        let copy = v["copy_probe"]["median_ms"].as_f64().unwrap();
+        assert!((ratio * copy - r["median_ms"].as_f64().unwrap()).abs() < 1e-9 * ratio.max(1.0));
+        // logits (2*3*256 floats) and target words (2*256), in bytes, per median time
+        let gbps = 4.0 * (2.0 * 3.0 * 256.0 + 2.0 * 256.0) / (r["median_ms"].as_f64().unwrap() * 1e6);
+        assert!((r["input_gbps"].as_f64().unwrap() - gbps).abs() <= 1e-9 * gbps);
     }
     assert!(v["together"]["median_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["copy_probe"]["gbps"].as_f64().unwrap() > 0.0);
 }
 
 fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, data: &[T], shape: &[u64]) {
@@ -297,6 +304,7 @@ fn absurd_demo_and_bench_arguments_exit_with_code_2_before_allocating() {
         (&["bench", "--shape", "99999999999x99999999999x99999999999"], "too many elements"),
         (&["bench", "--shape", "2x1x0x8"], "positive sizes"),
         (&["bench", "--shape", "2x1x8x8", "--iters", "0"], "--iters 0"),
+        (&["bench", "--sizes", "--mode", "binary"], "leave out --mode"),
         (&["sortbench", "--iters", "0"], "--iters 0"),
         (&["sortbench", "--total", "0"], "--total 0"),
         (&["sortbench", "--total", "100000000000"], "at most 2^31"),
