@@ -633,7 +633,7 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
     let mut all = Vec::new();
     let mut skipped = Vec::new();
     // one binding holds the logits: a larger batch is for the dispatcher to split
-    let max = engine.limits().map(|l| u64::from(l.max_storage_buffer_binding_size).min(l.max_buffer_size));
+    let max = engine.limits().map(|l| l.max_storage_buffer_binding_size.min(l.max_buffer_size));
     for text in SWEEP {
         let shape = parse_shape(text)?;
         let mode = bench_mode(&a, &shape)?;
