@@ -80,10 +80,13 @@ fn sigmoid2(x: f32) -> vec2<f32> {
     return select(vec2<f32>(small, big), vec2<f32>(big, small), x >= 0.0);
 }
 
-// (-log sigmoid(x), -log sigmoid(-x)) = (softplus(-x), softplus(x)) with one exp and one log.
-fn neg_log_sigmoid2(x: f32) -> vec2<f32> {
-    let l = log1p_acc(exp(-abs(x)));
-    return vec2<f32>(max(-x, 0.0) + l, max(x, 0.0) + l);
+// (sigmoid(x), -log sigmoid(x), -log sigmoid(-x)) with one exp and one log: the statistics
+// pass needs all three per element (the same values sigmoid2 and softplus give).
+fn sigmoid_nls(x: f32) -> vec3<f32> {
+    let e = exp(-abs(x));
+    let r = 1.0 / (1.0 + e);
+    let l = log1p_acc(e);
+    return vec3<f32>(select(e * r, r, x >= 0.0), max(-x, 0.0) + l, max(x, 0.0) + l);
 }
 
 fn sigmoid(x: f32) -> f32 {

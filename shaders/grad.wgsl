@@ -17,6 +17,7 @@
 @group(0) @binding(8) var<storage, read> status: array<u32>; // bad-input flags of the statistics pass
 
 const GWG: u32 = 256u;
+const GPIX: u32 = 4u; // pixels per thread: a workgroup covers GWG * GPIX pixels of one image
 const NCOEF: u32 = 5u;
 
 // Pixel term t with the scale and pos_weight finalize resolved.
@@ -27,20 +28,43 @@ fn term(t: u32) -> Term {
     return tp;
 }
 
+// What every pixel of a thread shares for class c of image n, loaded once per thread (a CPU
+// adapter pays a load per lane per element): the region coefficients d loss / d (TP, SP, SPP,
+// SS1, SS2), and the scale of the class's Lovász segment.
+struct ClassCoefs {
+    r: vec4<f32>,
+    r4: f32,
+    lov: f32,
+}
+
+fn class_coefs(n: u32, c: u32) -> ClassCoefs {
+    var k: ClassCoefs;
+    k.r = vec4<f32>(0.0);
+    k.r4 = 0.0;
+    k.lov = 0.0;
+    if REGION {
+        let o = P.region_base + (n * P.c + c) * NCOEF;
+        k.r = vec4<f32>(coefs[o], coefs[o + 1u], coefs[o + 2u], coefs[o + 3u]);
+        k.r4 = coefs[o + 4u];
+    }
+    if LOVASZ != 0u {
+        // hinge: one segment per group; softmax: one per class (of each image when per image)
+        var seg = select(0u, n, LOVASZ == 2u);
+        if SOFTMAX {
+            seg = select(c, n * P.c + c, LOVASZ == 2u);
+        }
+        k.lov = coefs[P.lov_base + seg];
+    }
+    return k;
+}
+
 // d loss / d p of the region losses for one element.
-fn region_dp(n: u32, c: u32, p: f32, g: f32) -> f32 {
+fn region_dp(k: ClassCoefs, p: f32, g: f32) -> f32 {
     if !REGION {
         return 0.0;
     }
-    let o = P.region_base + (n * P.c + c) * NCOEF;
     let d = g - p;
-    return coefs[o] * g + coefs[o + 1u] + 2.0 * coefs[o + 2u] * p
-        - 2.0 * d * (coefs[o + 3u] * g + coefs[o + 4u] * (1.0 - g));
-}
-
-// Scale of the Lovász term for segment `seg`.
-fn lovasz_scale(seg: u32) -> f32 {
-    return coefs[P.lov_base + seg];
+    return k.r.x * g + k.r.y + 2.0 * k.r.z * p - 2.0 * d * (k.r.w * g + k.r4 * (1.0 - g));
 }
 
 fn put(e: u32, d: f32) {
@@ -52,15 +76,11 @@ fn put(e: u32, d: f32) {
 }
 
 // d loss / d p_c of the region and Lovász-Softmax terms for one element of a softmax pixel.
-fn softmax_dp(n: u32, c: u32, e: u32, p: f32, g: f32) -> f32 {
-    var u = region_dp(n, c, p, g);
+fn softmax_dp(k: ClassCoefs, e: u32, p: f32, g: f32) -> f32 {
+    var u = region_dp(k, p, g);
     if LOVASZ != 0u {
-        var seg = c;
-        if LOVASZ == 2u {
-            seg = n * P.c + c;
-        }
         // d |g - p| / d p = sign(p - g), 0 where the error is 0
-        u += lovasz_scale(seg) * lw[e] * sign(p - g);
+        u += k.lov * lw[e] * sign(p - g);
     }
     return u;
 }
@@ -71,81 +91,141 @@ fn gradient(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    // x (and z, for very large images) walk the pixels of image y: no integer division per thread.
-    let s = (wid.x + wid.z * nwg.x) * GWG + lid;
+    // x (and z, for very large images) walk the pixel blocks of image y; pixel i of this thread
+    // is s0 + i GWG, so that each step of the loops below reads consecutive elements.
+    let s0 = (wid.x + wid.z * nwg.x) * GWG * GPIX + lid;
     let n = wid.y;
-    if s >= P.s || status[0] != 0u {
+    if s0 >= P.s || status[0] != 0u {
         return;
     }
-    let idx = n * P.s + s;
     let cf = f32(P.c);
+    var d: array<f32, GPIX>;
     if SOFTMAX {
-        let lab = tword(idx);
-        if lab == INVALID {
-            for (var c = 0u; c < P.c; c++) {
-                put((n * P.c + c) * P.s + s, 0.0);
+        // per pixel: label (INVALID when ignored or outside), log-sum-exp, -log p_label, and
+        // sum_c p_c dL/dp_c
+        var lab: array<u32, GPIX>;
+        var lse: array<f32, GPIX>;
+        var nlq: array<f32, GPIX>;
+        var dot: array<f32, GPIX>;
+        for (var i = 0u; i < GPIX; i++) {
+            let s = s0 + i * GWG;
+            lab[i] = INVALID;
+            dot[i] = 0.0;
+            if s < P.s {
+                lab[i] = tword(n * P.s + s);
+                if lab[i] != INVALID {
+                    lse[i] = log_sum_exp(n, s);
+                    nlq[i] = lse[i] - logits[(n * P.c + lab[i]) * P.s + s];
+                }
             }
-            return;
         }
-        let lse = log_sum_exp(n, s);
-        let nlq = lse - logits[(n * P.c + lab) * P.s + s]; // -log p_true
-        var dot = 0.0;
-        for (var c = 0u; c < P.c; c++) {
-            let p = exp(logits[(n * P.c + c) * P.s + s] - lse);
-            dot += p * softmax_dp(n, c, (n * P.c + c) * P.s + s, p, select(0.0, 1.0, lab == c));
+        if REGION || LOVASZ != 0u {
+            for (var c = 0u; c < P.c; c++) {
+                let k = class_coefs(n, c);
+                for (var i = 0u; i < GPIX; i++) {
+                    if lab[i] != INVALID {
+                        let e = (n * P.c + c) * P.s + s0 + i * GWG;
+                        let p = exp(logits[e] - lse[i]);
+                        dot[i] += p * softmax_dp(k, e, p, select(0.0, 1.0, lab[i] == c));
+                    }
+                }
+            }
         }
         for (var c = 0u; c < P.c; c++) {
-            let e = (n * P.c + c) * P.s + s;
-            let x = logits[e];
-            let p = exp(x - lse);
-            let g = select(0.0, 1.0, lab == c);
-            var d = p * (softmax_dp(n, c, e, p, g) - dot);
+            let k = class_coefs(n, c);
+            var xs: array<f32, GPIX>;
+            var ps: array<f32, GPIX>;
+            for (var i = 0u; i < GPIX; i++) {
+                d[i] = 0.0;
+                if lab[i] != INVALID {
+                    let e = (n * P.c + c) * P.s + s0 + i * GWG;
+                    xs[i] = logits[e];
+                    ps[i] = exp(xs[i] - lse[i]);
+                    d[i] = ps[i] * (softmax_dp(k, e, ps[i], select(0.0, 1.0, lab[i] == c)) - dot[i]);
+                }
+            }
             for (var t = 0u; t < NTERMS; t++) {
                 let tp = term(t);
-                if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
-                    d += tp.scale * focal_sigmoid(x, g, tp).y;
-                }
+                var cwc = 0.0;
                 if has(CE) && tp.kind == CE {
-                    let ls = tp.label_smoothing;
-                    d += tp.scale * ((1.0 - ls) * cw[t * P.c + lab] * (p - g) + ls / cf * (tp.weight_sum * p - cw[t * P.c + c]));
+                    cwc = cw[t * P.c + c];
                 }
-                if has(FOCAL_SOFTMAX) && tp.kind == FOCAL_SOFTMAX {
-                    d += tp.scale * focal_softmax(nlq, tp).y * (g - p);
+                for (var i = 0u; i < GPIX; i++) {
+                    if lab[i] == INVALID {
+                        continue;
+                    }
+                    let g = select(0.0, 1.0, lab[i] == c);
+                    let p = ps[i];
+                    if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
+                        d[i] += tp.scale * focal_sigmoid(xs[i], g, tp).y;
+                    }
+                    if has(CE) && tp.kind == CE {
+                        let ls = tp.label_smoothing;
+                        d[i] += tp.scale * ((1.0 - ls) * cw[t * P.c + lab[i]] * (p - g) + ls / cf * (tp.weight_sum * p - cwc));
+                    }
+                    if has(FOCAL_SOFTMAX) && tp.kind == FOCAL_SOFTMAX {
+                        d[i] += tp.scale * focal_softmax(nlq[i], tp).y * (g - p);
+                    }
                 }
             }
-            put(e, d);
+            // ignored pixels get 0 in every channel
+            for (var i = 0u; i < GPIX; i++) {
+                let s = s0 + i * GWG;
+                if s < P.s {
+                    put((n * P.c + c) * P.s + s, d[i]);
+                }
+            }
         }
     } else {
         for (var c = 0u; c < P.c; c++) {
-            let e = (n * P.c + c) * P.s + s;
-            let tb = tword(e);
-            if tb == INVALID {
-                put(e, 0.0);
-                continue;
-            }
-            let g = bitcast<f32>(tb);
-            let x = logits[e];
-            let pq = sigmoid2(x);
-            let p = pq.x;
-            let q = pq.y;
-            var d = region_dp(n, c, p, g) * p * q;
-            if LOVASZ != 0u {
-                // hinge: d relu(1 - x (2g - 1)) / d x
-                if hinge_error(x, g) > 0.0 {
-                    d -= lovasz_scale(select(0u, n, LOVASZ == 2u)) * lw[e] * (2.0 * g - 1.0);
+            let k = class_coefs(n, c);
+            var live: array<bool, GPIX>;
+            var xs: array<f32, GPIX>;
+            var gs: array<f32, GPIX>;
+            var pq: array<vec2<f32>, GPIX>;
+            for (var i = 0u; i < GPIX; i++) {
+                let s = s0 + i * GWG;
+                let e = (n * P.c + c) * P.s + s;
+                d[i] = 0.0;
+                live[i] = false;
+                if s < P.s {
+                    let tb = tword(e);
+                    if tb != INVALID {
+                        live[i] = true;
+                        gs[i] = bitcast<f32>(tb);
+                        xs[i] = logits[e];
+                        pq[i] = sigmoid2(xs[i]);
+                        d[i] = region_dp(k, pq[i].x, gs[i]) * pq[i].x * pq[i].y;
+                        // hinge: d relu(1 - x (2g - 1)) / d x
+                        if LOVASZ != 0u && hinge_error(xs[i], gs[i]) > 0.0 {
+                            d[i] -= k.lov * lw[e] * (2.0 * gs[i] - 1.0);
+                        }
+                    }
                 }
             }
             for (var t = 0u; t < NTERMS; t++) {
                 let tp = term(t);
-                if has(BCE) && tp.kind == BCE {
-                    let gs = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
-                    d += tp.scale * ((1.0 - gs) * p - tp.pos_weight * gs * q);
-                }
-                if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
-                    d += tp.scale * focal_sigmoid(x, g, tp).y;
+                for (var i = 0u; i < GPIX; i++) {
+                    if !live[i] {
+                        continue;
+                    }
+                    let g = gs[i];
+                    if has(BCE) && tp.kind == BCE {
+                        let gsm = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
+                        d[i] += tp.scale * ((1.0 - gsm) * pq[i].x - tp.pos_weight * gsm * pq[i].y);
+                    }
+                    if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
+                        d[i] += tp.scale * focal_sigmoid(xs[i], g, tp).y;
+                    }
                 }
             }
-            put(e, d);
+            // ignored elements get 0
+            for (var i = 0u; i < GPIX; i++) {
+                let s = s0 + i * GWG;
+                if s < P.s {
+                    put((n * P.c + c) * P.s + s, d[i]);
+                }
+            }
         }
     }
 }

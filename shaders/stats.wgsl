@@ -15,10 +15,13 @@ const WG: u32 = 128u;   // threads per workgroup
 const PIX: u32 = 16u;   // pixels per thread: a tile is WG * PIX pixels of one image
 
 var<workgroup> red: array<vec4<f32>, 512>; // 4 * WG
+const RGROUPS: u32 = 8u;                    // first-level sums per channel
+const RSPAN: u32 = 16u;                     // lanes each adds: WG / RGROUPS
+var<workgroup> red2: array<vec4<f32>, 32>;  // 4 * RGROUPS
 
 // Element contribution to the two channels of pixel-loss slot t. nlp = -log p, nlq = -log(1-p).
-fn slot_stats(t: u32, x: f32, g: f32, nlp: f32, nlq: f32, label: u32, c: u32) -> vec2<f32> {
-    let tp = terms[t];
+// `tp` is terms[t], loaded once per thread: a CPU adapter pays a load per lane per element.
+fn slot_stats(t: u32, tp: Term, x: f32, g: f32, nlp: f32, nlq: f32, label: u32, c: u32) -> vec2<f32> {
     var r = vec2<f32>(0.0);
     if has(BCE) && tp.kind == BCE {
         let gs = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
@@ -109,6 +112,17 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         }
     }
     let nq = 2u + (NTERMS + 1u) / 2u; // vec4 channels in use
+    // the pixel-loss slots' parameters, loaded once (slot 0 stands in for absent ones)
+    var tp0: Term;
+    var tp1: Term;
+    var tp2: Term;
+    var tp3: Term;
+    if NTERMS > 0u {
+        tp0 = terms[0];
+        tp1 = terms[min(1u, NTERMS - 1u)];
+        tp2 = terms[min(2u, NTERMS - 1u)];
+        tp3 = terms[min(3u, NTERMS - 1u)];
+    }
     for (var c = 0u; c < P.c; c++) {
         var a0 = vec4<f32>(0.0);
         var a1 = vec4<f32>(0.0);
@@ -150,10 +164,10 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     continue;
                 }
                 g = bitcast<f32>(tb);
-                p = sigmoid(x);
-                let nl = neg_log_sigmoid2(x);
-                nlp = nl.x;
-                nlq = nl.y;
+                let pn = sigmoid_nls(x);
+                p = pn.x;
+                nlp = pn.y;
+                nlq = pn.z;
             }
             a0 += vec4<f32>(p * g, p, g, p * p);
             var b = vec4<f32>(g * g, 1.0, 0.0, 0.0);
@@ -164,16 +178,16 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             }
             a1 += b;
             if NTERMS > 0u {
-                a2 += vec4<f32>(slot_stats(0u, x, g, nlp, nlq, label, c), 0.0, 0.0);
+                a2 += vec4<f32>(slot_stats(0u, tp0, x, g, nlp, nlq, label, c), 0.0, 0.0);
             }
             if NTERMS > 1u {
-                a2 += vec4<f32>(0.0, 0.0, slot_stats(1u, x, g, nlp, nlq, label, c));
+                a2 += vec4<f32>(0.0, 0.0, slot_stats(1u, tp1, x, g, nlp, nlq, label, c));
             }
             if NTERMS > 2u {
-                a3 += vec4<f32>(slot_stats(2u, x, g, nlp, nlq, label, c), 0.0, 0.0);
+                a3 += vec4<f32>(slot_stats(2u, tp2, x, g, nlp, nlq, label, c), 0.0, 0.0);
             }
             if NTERMS > 3u {
-                a3 += vec4<f32>(0.0, 0.0, slot_stats(3u, x, g, nlp, nlq, label, c));
+                a3 += vec4<f32>(0.0, 0.0, slot_stats(3u, tp3, x, g, nlp, nlq, label, c));
             }
         }
         red[lid] = a0;
@@ -181,16 +195,27 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         red[2u * WG + lid] = a2;
         red[3u * WG + lid] = a3;
         workgroupBarrier();
-        for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-            if lid < stride {
-                for (var q = 0u; q < nq; q++) {
-                    red[q * WG + lid] += red[q * WG + lid + stride];
+        // two fixed-order levels (three barriers in all, which a CPU adapter pays for most):
+        // RGROUPS threads per channel add RSPAN lanes each, then one thread per channel adds those
+        if lid < nq * RGROUPS {
+            let q = lid / RGROUPS;
+            let o = q * WG + (lid % RGROUPS) * RSPAN;
+            var acc = red[o];
+            for (var i = 1u; i < RSPAN; i++) {
+                acc += red[o + i];
+            }
+            red2[lid] = acc;
+        }
+        workgroupBarrier();
+        if lid < 4u {
+            var acc = vec4<f32>(0.0);
+            if lid < nq {
+                acc = red2[lid * RGROUPS];
+                for (var i = 1u; i < RGROUPS; i++) {
+                    acc += red2[lid * RGROUPS + i];
                 }
             }
-            workgroupBarrier();
-        }
-        if lid < 4u {
-            partials[((n * P.tiles + tile) * P.c + c) * 4u + lid] = select(vec4<f32>(0.0), red[lid * WG], lid < nq);
+            partials[((n * P.tiles + tile) * P.c + c) * 4u + lid] = acc;
         }
         workgroupBarrier();
     }

@@ -8,7 +8,7 @@ use crate::expr::LossExpr;
 use crate::gpu::context::Gpu;
 use crate::gpu::lovasz::{grid, LovaszInput};
 use crate::gpu::record::{Grid, Recording, Slice};
-use crate::gpu::{align, Params, Spec, TILE};
+use crate::gpu::{align, Params, Spec, GRAD_PIX, TILE};
 use crate::plan::{self, BlockLayout, Op, StatsPlan, TermParams, K, MAX_PIXEL_SLOTS};
 use crate::shaders;
 
@@ -206,7 +206,7 @@ impl Gpu {
 
         // 5. gradients: one elementwise pass per expression (one more per further Lovász loss)
         let total = (n * c * s * 4) as u64;
-        let (gx, gz) = grid(&self.limits, s);
+        let (gx, gz) = grid(&self.limits, s.div_ceil(GRAD_PIX));
         // bound where a pass reads no Lovász weights
         let any_lw = match lws.first() {
             Some(&lw) => lw,

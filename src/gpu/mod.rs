@@ -26,6 +26,8 @@ pub(crate) const STATS_PIX: usize = 16;
 pub(crate) const TILE: usize = STATS_WG * STATS_PIX;
 /// Threads per gradient workgroup (`grad.wgsl`: GWG); also the keys and copy kernels.
 pub(crate) const GRAD_WG: usize = 256;
+/// Pixels per thread of the gradient pass.
+pub(crate) const GRAD_PIX: usize = 4;
 /// Threads of the finalize workgroup (`finalize.wgsl`: FWG).
 pub(crate) const FINALIZE_WG: usize = 64;
 /// Elements per sort tile (`radix.wgsl`: T, `lovasz.wgsl`: LT).
