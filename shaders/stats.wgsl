@@ -12,7 +12,9 @@
 @group(0) @binding(6) var<storage, read_write> status: array<atomic<u32>>; // bad-input flags (VALIDATE)
 
 const WG: u32 = 128u;   // threads per workgroup
-const PIX: u32 = 16u;   // pixels per thread: a tile is WG * PIX pixels of one image
+const PIX: u32 = 16u;         // softmax: pixels per thread (their labels and log-sum-exps stay in registers)
+const PIX_SIGMOID: u32 = 64u; // sigmoid: pixels per thread (more work per reduction)
+// A tile is WG * PIX (softmax) or WG * PIX_SIGMOID pixels of one image.
 
 var<workgroup> red: array<vec4<f32>, 512>; // 4 * WG
 const RGROUPS: u32 = 8u;                    // first-level sums per channel
@@ -84,7 +86,8 @@ fn check_target(e: u32) {
 fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x;
     let n = wid.y;
-    let base = tile * WG * PIX;
+    let pix = select(PIX_SIGMOID, PIX, SOFTMAX);
+    let base = tile * WG * pix;
     // Softmax: label (INVALID when ignored or outside) and log-sum-exp of each pixel.
     var lab: array<u32, PIX>;
     var lse: array<f32, PIX>;
@@ -128,7 +131,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         var a1 = vec4<f32>(0.0);
         var a2 = vec4<f32>(0.0);
         var a3 = vec4<f32>(0.0);
-        for (var i = 0u; i < PIX; i++) {
+        for (var i = 0u; i < pix; i++) {
             let s = base + i * WG + lid;
             let e = (n * P.c + c) * P.s + s;
             var g: f32;
@@ -192,8 +195,12 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         }
         red[lid] = a0;
         red[WG + lid] = a1;
-        red[2u * WG + lid] = a2;
-        red[3u * WG + lid] = a3;
+        if NTERMS > 0u {
+            red[2u * WG + lid] = a2;
+        }
+        if NTERMS > 2u {
+            red[3u * WG + lid] = a3;
+        }
         workgroupBarrier();
         // two fixed-order levels (three barriers in all, which a CPU adapter pays for most):
         // RGROUPS threads per channel add RSPAN lanes each, then one thread per channel adds those

@@ -8,7 +8,7 @@ use crate::expr::LossExpr;
 use crate::gpu::context::Gpu;
 use crate::gpu::lovasz::{grid, LovaszInput};
 use crate::gpu::record::{Grid, Recording, Slice};
-use crate::gpu::{align, Params, Spec, GRAD_PIX, TILE};
+use crate::gpu::{align, stats_tile, Params, Spec, GRAD_PIX};
 use crate::plan::{self, BlockLayout, Op, StatsPlan, TermParams, K, MAX_PIXEL_SLOTS};
 use crate::shaders;
 
@@ -67,8 +67,8 @@ impl Gpu {
         first_read: usize,
     ) -> Result<Recorded, Error> {
         let (n, c, s) = (inp.n, inp.c, inp.s);
-        let tiles = s.div_ceil(TILE);
         let softmax = inp.softmax;
+        let tiles = s.div_ceil(stats_tile(softmax));
         let plan = StatsPlan::new(exprs, c);
         let passes = plan.passes();
         let base = Params {

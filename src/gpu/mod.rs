@@ -20,10 +20,15 @@ pub(crate) mod sort;
 pub(crate) const INVALID: u32 = u32::MAX;
 /// Threads per statistics workgroup (`stats.wgsl`: WG).
 pub(crate) const STATS_WG: usize = 128;
-/// Pixels per statistics thread (`stats.wgsl`: PIX).
+/// Pixels per statistics thread, softmax (`stats.wgsl`: PIX).
 pub(crate) const STATS_PIX: usize = 16;
+/// Pixels per statistics thread, sigmoid (`stats.wgsl`: PIX_SIGMOID).
+pub(crate) const STATS_PIX_SIGMOID: usize = 64;
+
 /// Pixels per statistics tile.
-pub(crate) const TILE: usize = STATS_WG * STATS_PIX;
+pub(crate) fn stats_tile(softmax: bool) -> usize {
+    STATS_WG * if softmax { STATS_PIX } else { STATS_PIX_SIGMOID }
+}
 /// Threads per gradient workgroup (`grad.wgsl`: GWG); also the keys and copy kernels.
 pub(crate) const GRAD_WG: usize = 256;
 /// Pixels per thread of the gradient pass.
