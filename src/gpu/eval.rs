@@ -87,7 +87,10 @@ impl Gpu {
         // 1. statistics: fused passes and their fixed-order reductions
         let stride = align((n * c * K * 4) as u64);
         let sums = rec.scratch(stride * passes as u64, "statistics sums")?;
-        let partials = rec.scratch((n * tiles * c * K * 4) as u64, "statistics partials")?;
+        // one tile per image: the statistics pass writes the sums themselves (same layout), and
+        // the reduction pass is left out
+        let partials =
+            if tiles > 1 { Some(rec.scratch((n * tiles * c * K * 4) as u64, "statistics partials")?) } else { None };
         for p in 0..passes {
             let slots = &plan.slots
                 [(p * MAX_PIXEL_SLOTS).min(plan.slots.len())..((p + 1) * MAX_PIXEL_SLOTS).min(plan.slots.len())];
@@ -112,16 +115,18 @@ impl Gpu {
                     ("P", pbuf),
                     ("terms", tb),
                     ("cw", cb),
-                    ("partials", partials),
+                    ("partials", partials.unwrap_or(sums.sub(p as u64 * stride, stride))),
                     ("status", status),
                 ],
             )?;
-            rec.dispatch(
-                &shaders::REDUCE,
-                spec,
-                Grid::Direct(c as u32, n as u32, 1),
-                &[("P", pbuf), ("partials", partials), ("sums", sums.sub(p as u64 * stride, stride))],
-            )?;
+            if let Some(partials) = partials {
+                rec.dispatch(
+                    &shaders::REDUCE,
+                    spec,
+                    Grid::Direct(c as u32, n as u32, 1),
+                    &[("P", pbuf), ("partials", partials), ("sums", sums.sub(p as u64 * stride, stride))],
+                )?;
+            }
         }
 
         // 2. Lovász: one sort per distinct Lovász loss, all recorded into this submission
