@@ -525,3 +525,33 @@ fn parameters_and_values_past_f32_range() {
         assert_eq!((g[0].value, r.value), (0.0, 0.0), "{text}");
     }
 }
+
+/// One engine, shapes of growing and shrinking size in turn (so pooled buffers of one shape meet
+/// the next), one tile per image and several: every value and gradient agrees with the CPU
+/// reference.
+#[test]
+fn one_engine_across_shapes_agrees_with_the_reference() {
+    let engine = common::gpu();
+    let cpu = Engine::cpu(None);
+    let shapes: &[&[usize]] =
+        &[&[1, 1, 64, 64], &[1, 1, 256, 256], &[8, 1, 512, 512], &[2, 1, 64, 64], &[3, 4, 40, 50]];
+    for (k, shape) in shapes.iter().enumerate() {
+        let mode = if shape[1] == 1 { Mode::Binary } else { Mode::Multilabel };
+        let case = dense_case(40 + k as u64, shape, mode);
+        let exprs = parse(&["bce", "dice", "bce+dice"]);
+        let gpu = engine.evaluate_blocking(&case.host(), &exprs, true).unwrap();
+        let want = cpu.evaluate_blocking(&case.host(), &exprs, true).unwrap();
+        for ((g, w), text) in gpu.iter().zip(&want).zip(["bce", "dice", "bce+dice"]) {
+            assert!(
+                (g.value - w.value).abs() <= 1e-5 * w.value.abs().max(1.0),
+                "{shape:?} {text}: {} vs {}",
+                g.value,
+                w.value
+            );
+            let (gg, wg) = (g.grad.as_ref().unwrap(), w.grad.as_ref().unwrap());
+            let scale = wg.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = gg.iter().zip(wg).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 1e-4 * scale, "{shape:?} {text}: gradient off by {worst} (largest {scale})");
+        }
+    }
+}

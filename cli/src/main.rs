@@ -115,6 +115,10 @@ struct BenchArgs {
     /// and print each loss as GB/s of input read against the copy probe.
     #[arg(long)]
     sizes: bool,
+    /// With --sizes: also draw the sweep (GB/s of input read against elements, each loss and
+    /// the copy probe) into this SVG file.
+    #[arg(long, requires = "sizes")]
+    plot: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -622,8 +626,8 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         let shape = parse_shape(&a.shape)?;
         check_elements(&format!("--shape {}", a.shape), &shape)?;
         let mode = bench_mode(&a, &shape)?;
-        let default = ["bce", "dice", "focal"];
-        let r = bench_shape(&engine, &a, &shape, mode, iters, &default)?;
+        let texts = bench_texts(&a, &["bce", "dice", "focal"]);
+        let r = bench_shape(&engine, &a, &shape, mode, iters, &texts)?;
         return print_bench(&engine, &a, &r);
     }
     // --sizes: every shape of SWEEP, each loss against the copy probe, as GB/s of input read
@@ -647,13 +651,31 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         }
         let it = (iters * (1 << 21) / numel).clamp(3, iters.max(3));
         let default: &[&str] = if mode == Mode::Binary { &["bce", "dice"] } else { &["ce", "dice"] };
+        let texts = bench_texts(&a, default);
+        // the given losses that fit this shape's mode (bce has no multiclass form, ce no binary one)
+        let mut fit = Vec::new();
+        for t in &texts {
+            let e: LossExpr = t.parse()?;
+            match e.check(mode, shape[1]) {
+                Ok(()) => fit.push(t.clone()),
+                Err(why) => eprintln!("bench --sizes: {text}: {t} left out: {why}"),
+            }
+        }
+        if fit.is_empty() {
+            skipped.push(json!({"shape": shape, "skipped": format!("no loss given fits {mode} mode")}));
+            continue;
+        }
         eprintln!("bench --sizes: {text} ({mode}), {it} iterations");
-        let r = bench_shape(&engine, &a, &shape, mode, it, default)?;
+        let r = bench_shape(&engine, &a, &shape, mode, it, &fit)?;
         if !a.json {
             print_bench(&engine, &a, &r)?;
             outln!("")?;
         }
         all.push(r);
+    }
+    if let Some(path) = &a.plot {
+        plot_sweep(path, &engine.info().name, &all).map_err(|e| Fail(1, format!("--plot {}: {e}", path.display())))?;
+        eprintln!("bench --sizes: plot written to {}", path.display());
     }
     if a.json {
         let rows: Vec<_> = all.iter().map(|r| bench_json(&engine, &a, r)).collect();
@@ -688,21 +710,76 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Times each loss of `a` (or `default`) on a synthetic batch of `shape`, all of them in one
-/// evaluation, and the copy probe.
+/// The sweep as a chart: GB/s against elements per batch (log scale), one line per loss
+/// (binary and multiclass shapes apart) and one for the copy probe (its bytes read and written).
+fn plot_sweep(path: &Path, device: &str, all: &[ShapeBench]) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    // (label, points (elements, GB/s))
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let mut add = |label: String, x: f64, y: f64| match series.iter_mut().find(|s| s.0 == label) {
+        Some(s) => s.1.push((x, y)),
+        None => series.push((label, vec![(x, y)])),
+    };
+    for r in all {
+        let x = r.numel() as f64;
+        add(format!("copy probe ({})", r.mode), x, r.copy_gbps());
+        for (t, med, _, _) in &r.results {
+            add(format!("{t} ({})", r.mode), x, r.gbps(*med));
+        }
+    }
+    let xs = series.iter().flat_map(|s| s.1.iter().map(|p| p.0));
+    let (x0, x1) = xs.fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    let y1 = series.iter().flat_map(|s| s.1.iter().map(|p| p.1)).fold(0f64, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("segloss bench --sizes on {device}"), ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d((x0 / 1.5..x1 * 1.5).log_scale(), 0f64..y1.max(1e-3))?;
+    chart
+        .configure_mesh()
+        .x_desc("elements per batch (N x C x H x W)")
+        .x_label_formatter(&|x| format!("{x:.0e}"))
+        .y_desc("GB/s (input read; copy probe: read + written)")
+        .draw()?;
+    for (i, (label, pts)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let style = if label.starts_with("copy") { color.stroke_width(3) } else { color.stroke_width(2) };
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), style))?
+            .label(label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The loss texts of `bench`: those given, or `default`.
+fn bench_texts(a: &BenchArgs, default: &[&str]) -> Vec<String> {
+    if a.losses.is_empty() {
+        default.iter().map(|t| t.to_string()).collect()
+    } else {
+        a.losses.clone()
+    }
+}
+
+/// Times each loss of `texts` on a synthetic batch of `shape`, all of them in one evaluation,
+/// and the copy probe.
 fn bench_shape(
     engine: &Engine,
     a: &BenchArgs,
     shape: &[usize],
     mode: Mode,
     iters: usize,
-    default: &[&str],
+    texts: &[String],
 ) -> Result<ShapeBench, Fail> {
     let (n, c) = (shape[0], shape[1]);
     let w = *shape.last().unwrap_or(&1);
     let h: usize = shape[2..shape.len() - 1].iter().product::<usize>().max(1);
-    let texts: Vec<String> =
-        if a.losses.is_empty() { default.iter().map(|t| t.to_string()).collect() } else { a.losses.clone() };
     let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
     let input = match mode {
         Mode::Multiclass => {

@@ -305,6 +305,7 @@ fn absurd_demo_and_bench_arguments_exit_with_code_2_before_allocating() {
         (&["bench", "--shape", "2x1x0x8"], "positive sizes"),
         (&["bench", "--shape", "2x1x8x8", "--iters", "0"], "--iters 0"),
         (&["bench", "--sizes", "--mode", "binary"], "leave out --mode"),
+        (&["bench", "--plot", "sweep.svg"], "--sizes"),
         (&["sortbench", "--iters", "0"], "--iters 0"),
         (&["sortbench", "--total", "0"], "--total 0"),
         (&["sortbench", "--total", "100000000000"], "at most 2^31"),
