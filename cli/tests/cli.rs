@@ -1,5 +1,7 @@
 //! The `segloss` binary: `eval` JSON output, gradient files, per-loss errors, exit codes.
 
+// the library's test helpers (golden cases, .npy reading)
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;

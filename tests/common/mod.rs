@@ -19,8 +19,14 @@ pub fn gpu() -> &'static Engine {
     })
 }
 
+/// The golden cases, `tests/golden` at the repository root (found from the library's tests and
+/// from the command line's, which include this file).
 pub fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("golden")
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .map(|d| d.join("tests").join("golden"))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| here.join("tests").join("golden"))
 }
 
 pub fn read_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
