@@ -22,6 +22,7 @@ override LOVASZ: u32 = 0u;       // gradient: 0 no Lovász term, 1 one group ove
 override VALIDATE: u32 = 0u;     // statistics: checks of buffer inputs (V_* bits), reported in `status`
 override REGION: bool = true;    // gradient: region coefficients present
 override ACCUM: bool = false;    // gradient: add to the output instead of overwriting it
+override WIDE: bool = false;     // statistics: the wide sigmoid tiles of CPU adapters (PIX_SIGMOID_CPU)
 
 // Bad-input flags of `status[0]` (and the checks VALIDATE asks for); status[1 + bit] holds
 // 0xFFFFFFFF minus the smallest offending element index (atomicMax; 0 = none).

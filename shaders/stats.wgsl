@@ -12,9 +12,11 @@
 @group(0) @binding(6) var<storage, read_write> status: array<atomic<u32>>; // bad-input flags (VALIDATE)
 
 const WG: u32 = 128u;   // threads per workgroup
-const PIX: u32 = 16u;         // softmax: pixels per thread (their labels and log-sum-exps stay in registers)
-const PIX_SIGMOID: u32 = 64u; // sigmoid: pixels per thread (more work per reduction)
-// A tile is WG * PIX (softmax) or WG * PIX_SIGMOID pixels of one image.
+const PIX: u32 = 16u;             // pixels per thread: softmax (their labels and log-sum-exps stay in
+                                  // registers), and sigmoid on a GPU
+const PIX_SIGMOID_CPU: u32 = 64u; // sigmoid on a CPU adapter (WIDE): a quarter of the reductions and
+                                  // barriers, which a CPU adapter pays for most; a GPU keeps more threads
+// A tile is WG * PIX pixels of one image, or WG * PIX_SIGMOID_CPU (sigmoid, WIDE).
 
 var<workgroup> red: array<vec4<f32>, 512>; // 4 * WG
 const RGROUPS: u32 = 8u;                    // first-level sums per channel
@@ -86,7 +88,7 @@ fn check_target(e: u32) {
 fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x;
     let n = wid.y;
-    let pix = select(PIX_SIGMOID, PIX, SOFTMAX);
+    let pix = select(PIX, PIX_SIGMOID_CPU, WIDE && !SOFTMAX);
     let base = tile * WG * pix;
     // Softmax: label (INVALID when ignored or outside) and log-sum-exp of each pixel.
     var lab: array<u32, PIX>;

@@ -123,6 +123,16 @@ impl Engine {
         Ok(out)
     }
 
+    /// Whether the statistics pass takes the wide sigmoid tiles of CPU adapters (the default
+    /// there) or the narrow ones of GPUs (the default elsewhere): for tests of the GPU
+    /// configuration on a CPU adapter, and for benchmarks. Evaluations already recorded keep
+    /// the setting they were recorded with. A no-op on the CPU reference.
+    pub fn set_wide_statistics(&self, wide: bool) {
+        if let Some(gpu) = self.gpu_ref() {
+            gpu.wide_stats.store(wide, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Copies the prepared logits once on the device and waits: the memory-traffic floor of an
     /// elementwise pass, for benchmarks to compare against. A no-op on the CPU reference.
     #[cfg(not(target_arch = "wasm32"))]

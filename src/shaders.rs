@@ -270,7 +270,7 @@ pub const SHARED_CONSTANTS: &[(&str, u64)] = &[
     ("V_SOFT", crate::gpu::check::SOFT as u64),
     ("WG", crate::gpu::STATS_WG as u64),
     ("PIX", crate::gpu::STATS_PIX as u64),
-    ("PIX_SIGMOID", crate::gpu::STATS_PIX_SIGMOID as u64),
+    ("PIX_SIGMOID_CPU", crate::gpu::STATS_PIX_SIGMOID_CPU as u64),
     ("GWG", crate::gpu::GRAD_WG as u64),
     ("GPIX", crate::gpu::GRAD_PIX as u64),
     ("FWG", crate::gpu::FINALIZE_WG as u64),

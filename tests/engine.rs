@@ -555,3 +555,33 @@ fn one_engine_across_shapes_agrees_with_the_reference() {
         }
     }
 }
+
+/// The statistics pass's two tile widths (a CPU adapter's wide sigmoid tiles, a GPU's narrow
+/// ones) agree with the reference, with one tile per image and several, on a separate engine so
+/// that no other test sees the switch.
+#[test]
+fn both_statistics_tile_widths_agree_with_the_reference() {
+    let engine = Engine::gpu_blocking().unwrap();
+    let exprs = parse(&["bce", "dice@monai+focal@monai", "sensspec", "bce:pos_weight=auto+jaccard"]);
+    for wide in [false, true] {
+        engine.set_wide_statistics(wide);
+        for (k, shape) in [&[2usize, 1, 40, 50][..], &[3, 2, 100, 90], &[1, 1, 20000]].iter().enumerate() {
+            let mode = if shape[1] == 1 { Mode::Binary } else { Mode::Multilabel };
+            let case = dense_case(70 + k as u64, shape, mode);
+            let gpu = engine.evaluate_blocking(&case.host(), &exprs, true).unwrap();
+            for (g, e) in gpu.iter().zip(&exprs) {
+                let w = reference::evaluate(&case.host(), e).unwrap();
+                assert!(
+                    (g.value - w.value).abs() <= 1e-5 * w.value.abs().max(1.0),
+                    "wide {wide} {shape:?}: {} vs {}",
+                    g.value,
+                    w.value
+                );
+                let gg = g.grad.as_ref().unwrap();
+                let scale = w.grad.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let worst = gg.iter().zip(&w.grad).fold(0f64, |m, (&a, &b)| m.max((f64::from(a) - b).abs()));
+                assert!(worst <= 1e-4 * scale, "wide {wide} {shape:?}: gradient off by {worst} (largest {scale})");
+            }
+        }
+    }
+}

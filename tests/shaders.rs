@@ -16,6 +16,7 @@ fn constants(
     validate: u32,
     region: bool,
     accum: bool,
+    wide: bool,
 ) -> naga::back::PipelineConstants {
     let b = |v: bool| if v { 1.0 } else { 0.0 };
     [
@@ -27,6 +28,7 @@ fn constants(
         ("VALIDATE", f64::from(validate)),
         ("REGION", b(region)),
         ("ACCUM", b(accum)),
+        ("WIDE", b(wide)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -47,7 +49,9 @@ fn specializations(k: &Kernel) -> Vec<naga::back::PipelineConstants> {
     for softmax in [false, true] {
         for (kinds, nterms) in [(0, 0), (1, 1), (3, 2), (15, 4), (12, 3)] {
             for (sensspec, lovasz) in [(false, 0), (true, 1), (false, 2)] {
-                out.push(constants(softmax, kinds, nterms, sensspec, lovasz, 0, true, false));
+                // the wide statistics tiles of CPU adapters with the sigmoid pixel losses
+                let wide = !softmax && sensspec;
+                out.push(constants(softmax, kinds, nterms, sensspec, lovasz, 0, true, false, wide));
             }
         }
         for (kinds, nterms, sensspec, lovasz, validate, region, accum) in [
@@ -57,7 +61,17 @@ fn specializations(k: &Kernel) -> Vec<naga::back::PipelineConstants> {
             (12, 3, true, 0, 0, true, true),    // no checks, region and pixel losses added to the output
             (0, 0, false, 0, 0, false, true),   // nothing but the (empty) accumulation
         ] {
-            out.push(constants(softmax, kinds, nterms, sensspec, lovasz, validate, region, accum));
+            out.push(constants(
+                softmax,
+                kinds,
+                nterms,
+                sensspec,
+                lovasz,
+                validate,
+                region,
+                accum,
+                !softmax && validate != 0,
+            ));
         }
     }
     out

@@ -2,7 +2,7 @@
 //! kernel by name, each specialization built once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::Error;
@@ -247,6 +247,9 @@ pub(crate) struct Gpu {
     pub pool: Arc<Pool>,
     /// Longest segment the automatic sort choice gives to the bitonic network.
     pub bitonic_upto: usize,
+    /// The statistics pass's wide sigmoid tiles ([`Spec::wide`]): on CPU adapters (the
+    /// `internals` feature can change it, for tests of the GPU configuration on lavapipe).
+    pub wide_stats: AtomicBool,
     /// The first uncaptured device error (only on devices the engine opened itself).
     pub lost: Arc<Mutex<Option<String>>>,
     pub poller: Poller,
@@ -293,6 +296,7 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             pool: Arc::new(Pool::default()),
             bitonic_upto,
+            wide_stats: AtomicBool::new(cpu),
             lost,
             counters: Counters::default(),
         };

@@ -68,7 +68,9 @@ impl Gpu {
     ) -> Result<Recorded, Error> {
         let (n, c, s) = (inp.n, inp.c, inp.s);
         let softmax = inp.softmax;
-        let tiles = s.div_ceil(stats_tile(softmax));
+        // read once: the tile size and the statistics pipelines must agree
+        let wide = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed);
+        let tiles = s.div_ceil(stats_tile(softmax, wide));
         let plan = StatsPlan::new(exprs, c);
         let passes = plan.passes();
         let base = Params {
@@ -102,6 +104,7 @@ impl Gpu {
                 nterms: terms.len() as u32,
                 sensspec: plan.needs_sensspec && p == 0,
                 validate: if p == 0 { inp.validate } else { 0 },
+                wide,
                 ..Spec::default()
             };
             let (tb, cb) = (rec.data(&terms), rec.data(&cw));

@@ -20,14 +20,15 @@ pub(crate) mod sort;
 pub(crate) const INVALID: u32 = u32::MAX;
 /// Threads per statistics workgroup (`stats.wgsl`: WG).
 pub(crate) const STATS_WG: usize = 128;
-/// Pixels per statistics thread, softmax (`stats.wgsl`: PIX).
+/// Pixels per statistics thread (`stats.wgsl`: PIX).
 pub(crate) const STATS_PIX: usize = 16;
-/// Pixels per statistics thread, sigmoid (`stats.wgsl`: PIX_SIGMOID).
-pub(crate) const STATS_PIX_SIGMOID: usize = 64;
+/// Pixels per statistics thread of the sigmoid path on CPU adapters (`stats.wgsl`:
+/// PIX_SIGMOID_CPU, with the WIDE constant).
+pub(crate) const STATS_PIX_SIGMOID_CPU: usize = 64;
 
-/// Pixels per statistics tile.
-pub(crate) fn stats_tile(softmax: bool) -> usize {
-    STATS_WG * if softmax { STATS_PIX } else { STATS_PIX_SIGMOID }
+/// Pixels per statistics tile: `wide` is [`Spec::wide`] of the statistics pass.
+pub(crate) fn stats_tile(softmax: bool, wide: bool) -> usize {
+    STATS_WG * if wide && !softmax { STATS_PIX_SIGMOID_CPU } else { STATS_PIX }
 }
 /// Threads per gradient workgroup (`grad.wgsl`: GWG); also the keys and copy kernels.
 pub(crate) const GRAD_WG: usize = 256;
@@ -62,6 +63,8 @@ pub(crate) struct Spec {
     pub validate: u32,
     pub region: bool,
     pub accum: bool,
+    /// Statistics: the wide sigmoid tiles of CPU adapters.
+    pub wide: bool,
 }
 
 impl Default for Spec {
@@ -75,6 +78,7 @@ impl Default for Spec {
             validate: 0,
             region: true,
             accum: false,
+            wide: false,
         }
     }
 }
@@ -84,7 +88,7 @@ impl Spec {
         Spec { softmax, ..Spec::default() }
     }
 
-    pub fn constants(&self) -> [(&'static str, f64); 8] {
+    pub fn constants(&self) -> [(&'static str, f64); 9] {
         [
             ("SOFTMAX", f64::from(u8::from(self.softmax))),
             ("KINDS", f64::from(self.kinds)),
@@ -94,6 +98,7 @@ impl Spec {
             ("VALIDATE", f64::from(self.validate)),
             ("REGION", f64::from(u8::from(self.region))),
             ("ACCUM", f64::from(u8::from(self.accum))),
+            ("WIDE", f64::from(u8::from(self.wide))),
         ]
     }
 }
