@@ -23,6 +23,7 @@ override VALIDATE: u32 = 0u;     // statistics: checks of buffer inputs (V_* bit
 override REGION: bool = true;    // gradient: region coefficients present
 override ACCUM: bool = false;    // gradient: add to the output instead of overwriting it
 override WIDE: bool = false;     // statistics: the wide sigmoid tiles of CPU adapters (PIX_SIGMOID_CPU)
+override PIXEL_ONLY: bool = false; // statistics, softmax: cross-entropy slots only, summed into class 0
 
 // Bad-input flags of `status[0]` (and the checks VALIDATE asks for); status[1 + bit] holds
 // 0xFFFFFFFF minus the smallest offending element index (atomicMax; 0 = none).

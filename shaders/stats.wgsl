@@ -23,9 +23,9 @@ const RGROUPS: u32 = 8u;                    // first-level sums per channel
 const RSPAN: u32 = 16u;                     // lanes each adds: WG / RGROUPS
 var<workgroup> red2: array<vec4<f32>, 32>;  // 4 * RGROUPS
 
-// Element contribution to the two channels of pixel-loss slot t. nlp = -log p, nlq = -log(1-p).
-// `tp` is terms[t], loaded once per thread: a CPU adapter pays a load per lane per element.
-fn slot_stats(t: u32, tp: Term, x: f32, g: f32, nlp: f32, nlq: f32, label: u32, c: u32) -> vec2<f32> {
+// Element contribution to the two channels of a pixel-loss slot with parameters `tp` (loaded once
+// per thread: a CPU adapter pays a load per lane per element). nlp = -log p, nlq = -log(1-p).
+fn slot_stats(tp: Term, x: f32, g: f32, nlp: f32, nlq: f32, label: u32, c: u32) -> vec2<f32> {
     var r = vec2<f32>(0.0);
     if has(BCE) && tp.kind == BCE {
         let gs = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
@@ -34,16 +34,26 @@ fn slot_stats(t: u32, tp: Term, x: f32, g: f32, nlp: f32, nlq: f32, label: u32, 
     if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
         r.x = focal_sigmoid(x, g, tp).x;
     }
-    if has(CE) && tp.kind == CE {
-        // class c's share of the pixel's (weighted, smoothed) cross-entropy, and its weight
-        let wt = cw[t * P.c + label];
-        let q = (1.0 - tp.label_smoothing) * wt * g + tp.label_smoothing / f32(P.c) * cw[t * P.c + c];
-        r = vec2<f32>(q * nlp, wt * g);
-    }
+    // cross-entropy is summed per pixel (ce_pixel), into class 0
     if has(FOCAL_SOFTMAX) && tp.kind == FOCAL_SOFTMAX && label == c {
         r.x = focal_softmax(nlp, tp).x;
     }
     return r;
+}
+
+// A pixel's share of cross-entropy slot t (PIXEL_ONLY), summed over its classes: the two
+// channels slot_stats gives, (sum_c q_c (lse - x_c), w_label), with nll = lse - x_label.
+fn ce_pixel(t: u32, tp: Term, label: u32, lse: f32, nll: f32, n: u32, s: u32) -> vec2<f32> {
+    let wt = cw[t * P.c + label];
+    var a = (1.0 - tp.label_smoothing) * wt * nll;
+    if tp.label_smoothing != 0.0 {
+        var acc = 0.0;
+        for (var c = 0u; c < P.c; c++) {
+            acc += cw[t * P.c + c] * (lse - logits[(n * P.c + c) * P.s + s]);
+        }
+        a += tp.label_smoothing / f32(P.c) * acc;
+    }
+    return vec2<f32>(a, wt);
 }
 
 fn finite(x: f32) -> bool {
@@ -90,9 +100,23 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     let n = wid.y;
     let pix = select(PIX, PIX_SIGMOID_CPU, WIDE && !SOFTMAX);
     let base = tile * WG * pix;
+    // the pixel-loss slots' parameters, loaded once (slot 0 stands in for absent ones)
+    var tp0: Term;
+    var tp1: Term;
+    var tp2: Term;
+    var tp3: Term;
+    if NTERMS > 0u {
+        tp0 = terms[0];
+        tp1 = terms[min(1u, NTERMS - 1u)];
+        tp2 = terms[min(2u, NTERMS - 1u)];
+        tp3 = terms[min(3u, NTERMS - 1u)];
+    }
     // Softmax: label (INVALID when ignored or outside) and log-sum-exp of each pixel.
     var lab: array<u32, PIX>;
     var lse: array<f32, PIX>;
+    // the cross-entropy slots' two channels of this thread's pixels (added to class 0)
+    var pa2 = vec4<f32>(0.0);
+    var pa3 = vec4<f32>(0.0);
     if SOFTMAX {
         for (var i = 0u; i < PIX; i++) {
             let s = base + i * WG + lid;
@@ -112,28 +136,52 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 }
                 if lab[i] != INVALID {
                     lse[i] = log_sum_exp(n, s);
+                    if PIXEL_ONLY && VALIDATE != 0u {
+                        // the class loop below is skipped: every logit is checked here
+                        for (var c = 0u; c < P.c; c++) {
+                            let e = (n * P.c + c) * P.s + s;
+                            check_logit(logits[e], e);
+                        }
+                    }
+                    if has(CE) {
+                        let nll = lse[i] - logits[(n * P.c + lab[i]) * P.s + s];
+                        if NTERMS > 0u && tp0.kind == CE {
+                            pa2 += vec4<f32>(ce_pixel(0u, tp0, lab[i], lse[i], nll, n, s), 0.0, 0.0);
+                        }
+                        if NTERMS > 1u && tp1.kind == CE {
+                            pa2 += vec4<f32>(0.0, 0.0, ce_pixel(1u, tp1, lab[i], lse[i], nll, n, s));
+                        }
+                        if NTERMS > 2u && tp2.kind == CE {
+                            pa3 += vec4<f32>(ce_pixel(2u, tp2, lab[i], lse[i], nll, n, s), 0.0, 0.0);
+                        }
+                        if NTERMS > 3u && tp3.kind == CE {
+                            pa3 += vec4<f32>(0.0, 0.0, ce_pixel(3u, tp3, lab[i], lse[i], nll, n, s));
+                        }
+                    }
                 }
             }
         }
     }
     let nq = 2u + (NTERMS + 1u) / 2u; // vec4 channels in use
-    // the pixel-loss slots' parameters, loaded once (slot 0 stands in for absent ones)
-    var tp0: Term;
-    var tp1: Term;
-    var tp2: Term;
-    var tp3: Term;
-    if NTERMS > 0u {
-        tp0 = terms[0];
-        tp1 = terms[min(1u, NTERMS - 1u)];
-        tp2 = terms[min(2u, NTERMS - 1u)];
-        tp3 = terms[min(3u, NTERMS - 1u)];
-    }
     for (var c = 0u; c < P.c; c++) {
         var a0 = vec4<f32>(0.0);
         var a1 = vec4<f32>(0.0);
         var a2 = vec4<f32>(0.0);
         var a3 = vec4<f32>(0.0);
+        if c == 0u {
+            a2 = pa2;
+            a3 = pa3;
+        } else if PIXEL_ONLY {
+            // no per-class sums: the other classes' entries are zero
+            if lid < 4u {
+                partials[((n * P.tiles + tile) * P.c + c) * 4u + lid] = vec4<f32>(0.0);
+            }
+            continue;
+        }
         for (var i = 0u; i < pix; i++) {
+            if PIXEL_ONLY {
+                break;
+            }
             let s = base + i * WG + lid;
             let e = (n * P.c + c) * P.s + s;
             var g: f32;
@@ -183,16 +231,16 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             }
             a1 += b;
             if NTERMS > 0u {
-                a2 += vec4<f32>(slot_stats(0u, tp0, x, g, nlp, nlq, label, c), 0.0, 0.0);
+                a2 += vec4<f32>(slot_stats(tp0, x, g, nlp, nlq, label, c), 0.0, 0.0);
             }
             if NTERMS > 1u {
-                a2 += vec4<f32>(0.0, 0.0, slot_stats(1u, tp1, x, g, nlp, nlq, label, c));
+                a2 += vec4<f32>(0.0, 0.0, slot_stats(tp1, x, g, nlp, nlq, label, c));
             }
             if NTERMS > 2u {
-                a3 += vec4<f32>(slot_stats(2u, tp2, x, g, nlp, nlq, label, c), 0.0, 0.0);
+                a3 += vec4<f32>(slot_stats(tp2, x, g, nlp, nlq, label, c), 0.0, 0.0);
             }
             if NTERMS > 3u {
-                a3 += vec4<f32>(0.0, 0.0, slot_stats(3u, tp3, x, g, nlp, nlq, label, c));
+                a3 += vec4<f32>(0.0, 0.0, slot_stats(tp3, x, g, nlp, nlq, label, c));
             }
         }
         red[lid] = a0;

@@ -175,6 +175,9 @@ pub(crate) struct StatsPlan {
     pub needs_sensspec: bool,
     /// The distinct Lovász losses of the evaluation, in order of appearance.
     pub lovasz: Vec<LovaszParams>,
+    /// Whether some term reads the per-(image, class) sums of pass 0 (region losses, sensspec,
+    /// bce and focal): false when every term is cross-entropy or Lovász.
+    pub needs_class_sums: bool,
 }
 
 /// Segments of the Lovász sort: `(count, length)`. Hinge: the batch or each image, all channels
@@ -207,7 +210,12 @@ impl StatsPlan {
                     plan.lovasz.push(p.clone());
                 }
             }
-            if let Some(slot) = PixelSlot::of(&t.loss, classes) {
+            let slot = PixelSlot::of(&t.loss, classes);
+            let ce = slot.as_ref().is_some_and(|s| s.kind == op::CE);
+            if !ce && !matches!(t.loss, Loss::Lovasz(_)) {
+                plan.needs_class_sums = true;
+            }
+            if let Some(slot) = slot {
                 if !plan.slots.contains(&slot) {
                     plan.slots.push(slot);
                 }

@@ -284,9 +284,12 @@ fn bad_buffer_inputs_are_typed_errors_found_on_the_device() {
     let mut bad = logits.clone();
     bad[20] = f32::NAN;
     let nbuf = buffer_with(device, bytemuck::cast_slice(&bad), 0);
-    match run(&nbuf, &labels, Some(255), &exprs) {
-        Err(Error::NonFinite(m)) => assert!(m.contains("element 20"), "{m}"),
-        other => panic!("expected a non-finite error, got {other:?}"),
+    // with class sums (ce+dice), and cross-entropy alone (its statistics skip the class loop)
+    for exprs in [&exprs, &parse(&["ce", "ce:label_smoothing=0.1"])] {
+        match run(&nbuf, &labels, Some(255), exprs) {
+            Err(Error::NonFinite(m)) => assert!(m.contains("element 20"), "{m}"),
+            other => panic!("expected a non-finite error, got {other:?}"),
+        }
     }
     // logits of an ignored pixel are checked too (pixel 9 is ignored; its class-1 logit is 16 + 9)
     let mut bad = logits.clone();

@@ -74,6 +74,12 @@ fn specializations(k: &Kernel) -> Vec<naga::back::PipelineConstants> {
             ));
         }
     }
+    // cross-entropy alone in a softmax statistics pass (every slot ce, with and without checks)
+    for (nterms, validate) in [(1, 0), (4, 15)] {
+        let mut c = constants(true, 1 << 2, nterms, false, 0, validate, false, false, false);
+        c.insert("PIXEL_ONLY".to_string(), 1.0);
+        out.push(c);
+    }
     out
 }
 

@@ -105,6 +105,11 @@ impl Gpu {
                 sensspec: plan.needs_sensspec && p == 0,
                 validate: if p == 0 { inp.validate } else { 0 },
                 wide,
+                // cross-entropy alone needs no per-class sums: one pass over each pixel's logits
+                pixel_only: softmax
+                    && !terms.is_empty()
+                    && terms.iter().all(|t| t.kind == plan::op::CE)
+                    && (p > 0 || !plan.needs_class_sums),
                 ..Spec::default()
             };
             let (tb, cb) = (rec.data(&terms), rec.data(&cw));

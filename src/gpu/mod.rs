@@ -65,6 +65,8 @@ pub(crate) struct Spec {
     pub accum: bool,
     /// Statistics: the wide sigmoid tiles of CPU adapters.
     pub wide: bool,
+    /// Statistics, softmax: only cross-entropy slots, no per-class sums (all in class 0).
+    pub pixel_only: bool,
 }
 
 impl Default for Spec {
@@ -79,6 +81,7 @@ impl Default for Spec {
             region: true,
             accum: false,
             wide: false,
+            pixel_only: false,
         }
     }
 }
@@ -88,7 +91,7 @@ impl Spec {
         Spec { softmax, ..Spec::default() }
     }
 
-    pub fn constants(&self) -> [(&'static str, f64); 9] {
+    pub fn constants(&self) -> [(&'static str, f64); 10] {
         [
             ("SOFTMAX", f64::from(u8::from(self.softmax))),
             ("KINDS", f64::from(self.kinds)),
@@ -99,6 +102,7 @@ impl Spec {
             ("REGION", f64::from(u8::from(self.region))),
             ("ACCUM", f64::from(u8::from(self.accum))),
             ("WIDE", f64::from(u8::from(self.wide))),
+            ("PIXEL_ONLY", f64::from(u8::from(self.pixel_only))),
         ]
     }
 }
