@@ -284,8 +284,10 @@ impl Gpu {
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let cpu = info.device_type == wgpu::DeviceType::Cpu;
+        // storage parameters where the inlining they avoid happens: lavapipe (Kernel::cpu_storage_params)
+        let lavapipe = cpu && info.backend == wgpu::Backend::Vulkan;
         let kernels =
-            KERNELS.iter().map(|k| (k.name, KernelState::new(&device, k, cpu && k.cpu_storage_params))).collect();
+            KERNELS.iter().map(|k| (k.name, KernelState::new(&device, k, lavapipe && k.cpu_storage_params))).collect();
         let bitonic_upto = if cpu { BITONIC_CROSSOVER_CPU } else { BITONIC_MAX };
         let gpu = Gpu {
             poller: Poller::new(device.clone()),
