@@ -252,17 +252,10 @@ fn score(op: Op, s: vec4<f32>, sgg: f32) -> vec4<f32> {
     var b_sp = 0.0;
     var b_spp = 0.0;
     var b_c = 0.0;
-    if rk == R_DICE {
-        a_tp = 2.0;
-        if sq {
-            b_spp = 1.0;
-            b_c = sgg;
-        } else {
-            b_sp = 1.0;
-            b_c = sg;
-        }
-    } else if rk == R_JACCARD {
-        b_tp = -1.0;
+    if rk == R_DICE || rk == R_JACCARD {
+        // dice 2 TP / (SP + SG), jaccard TP / (SP + SG - TP); squared: SPP + SGG instead
+        a_tp = select(1.0, 2.0, rk == R_DICE);
+        b_tp = select(-1.0, 0.0, rk == R_DICE);
         if sq {
             b_spp = 1.0;
             b_c = sgg;

@@ -75,6 +75,16 @@ fn put(e: u32, d: f32) {
     }
 }
 
+// The gradient d of channel c at this thread's pixels of image n (those inside the image).
+fn put_pixels(n: u32, c: u32, s0: u32, d: array<f32, GPIX>) {
+    for (var i = 0u; i < GPIX; i++) {
+        let s = s0 + i * GWG;
+        if s < P.s {
+            put((n * P.c + c) * P.s + s, d[i]);
+        }
+    }
+}
+
 // d loss / d p_c of the region and Lovász-Softmax terms for one element of a softmax pixel.
 fn softmax_dp(k: ClassCoefs, e: u32, p: f32, g: f32) -> f32 {
     var u = region_dp(k, p, g);
@@ -168,13 +178,7 @@ fn gradient(
                     }
                 }
             }
-            // ignored pixels get 0 in every channel
-            for (var i = 0u; i < GPIX; i++) {
-                let s = s0 + i * GWG;
-                if s < P.s {
-                    put((n * P.c + c) * P.s + s, d[i]);
-                }
-            }
+            put_pixels(n, c, s0, d); // ignored pixels get 0 in every channel
         }
     } else {
         for (var c = 0u; c < P.c; c++) {
@@ -219,13 +223,7 @@ fn gradient(
                     }
                 }
             }
-            // ignored elements get 0
-            for (var i = 0u; i < GPIX; i++) {
-                let s = s0 + i * GWG;
-                if s < P.s {
-                    put((n * P.c + c) * P.s + s, d[i]);
-                }
-            }
+            put_pixels(n, c, s0, d); // ignored elements get 0
         }
     }
 }

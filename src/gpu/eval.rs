@@ -130,7 +130,8 @@ impl Gpu {
             if let Some(partials) = partials {
                 rec.dispatch(
                     &shaders::REDUCE,
-                    spec,
+                    // it reads only NTERMS: one pipeline per slot count
+                    Spec { nterms: spec.nterms, ..Spec::default() },
                     Grid::Direct(c as u32, n as u32, 1),
                     &[("P", pbuf), ("partials", partials), ("sums", sums.sub(p as u64 * stride, stride))],
                 )?;
