@@ -627,7 +627,7 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         check_elements(&format!("--shape {}", a.shape), &shape)?;
         let mode = bench_mode(&a, &shape)?;
         let texts = bench_texts(&a, &["bce", "dice", "focal"]);
-        let r = bench_shape(&engine, &a, &shape, mode, iters, &texts)?;
+        let r = bench_shape(&engine, &a, &shape, mode, iters, &texts)?.map_err(|why| Fail(1, why))?;
         return print_bench(&engine, &a, &r);
     }
     // --sizes: every shape of SWEEP, each loss against the copy probe, as GB/s of input read
@@ -636,19 +636,11 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
     }
     let mut all = Vec::new();
     let mut skipped = Vec::new();
-    // one binding holds the logits: a larger batch is for the dispatcher to split
-    let max = engine.limits().map(|l| l.max_storage_buffer_binding_size.min(l.max_buffer_size));
     for text in SWEEP {
         let shape = parse_shape(text)?;
         let mode = bench_mode(&a, &shape)?;
         // the same total work per shape: fewer iterations on the large ones (at least 3)
         let numel: usize = shape.iter().product();
-        if let Some(max) = max.filter(|&m| (numel * 4) as u64 > m) {
-            let why = format!("the logits need {} bytes in one binding, the device allows {max}", numel * 4);
-            eprintln!("bench --sizes: {text} skipped: {why}");
-            skipped.push(json!({"shape": shape, "skipped": why}));
-            continue;
-        }
         let it = (iters * (1 << 21) / numel).clamp(3, iters.max(3));
         let default: &[&str] = if mode == Mode::Binary { &["bce", "dice"] } else { &["ce", "dice"] };
         let texts = bench_texts(&a, default);
@@ -666,7 +658,16 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
             continue;
         }
         eprintln!("bench --sizes: {text} ({mode}), {it} iterations");
-        let r = bench_shape(&engine, &a, &shape, mode, it, &fit)?;
+        let r = match bench_shape(&engine, &a, &shape, mode, it, &fit)? {
+            Ok(r) => r,
+            // a batch past the device's limits (one binding holds the logits) is the
+            // dispatcher's to split
+            Err(why) => {
+                eprintln!("bench --sizes: {text} skipped: {why}");
+                skipped.push(json!({"shape": shape, "skipped": why}));
+                continue;
+            }
+        };
         if !a.json {
             print_bench(&engine, &a, &r)?;
             outln!("")?;
@@ -768,7 +769,7 @@ fn bench_texts(a: &BenchArgs, default: &[&str]) -> Vec<String> {
 }
 
 /// Times each loss of `texts` on a synthetic batch of `shape`, all of them in one evaluation,
-/// and the copy probe.
+/// and the copy probe. The inner error is the device limit the batch exceeds (`Error::Limit`).
 fn bench_shape(
     engine: &Engine,
     a: &BenchArgs,
@@ -776,7 +777,7 @@ fn bench_shape(
     mode: Mode,
     iters: usize,
     texts: &[String],
-) -> Result<ShapeBench, Fail> {
+) -> Result<Result<ShapeBench, String>, Fail> {
     let (n, c) = (shape[0], shape[1]);
     let w = *shape.last().unwrap_or(&1);
     let h: usize = shape[2..shape.len() - 1].iter().product::<usize>().max(1);
@@ -796,7 +797,11 @@ fn bench_shape(
         Target::Labels(t) => t.len(),
     };
     let input_bytes = ((input.logits().len() + target_words) * 4) as f64;
-    let prep = engine.prepare(input.clone())?;
+    let prep = match engine.prepare(input.clone()) {
+        Ok(p) => p,
+        Err(e @ Error::Limit { .. }) => return Ok(Err(e.to_string())),
+        Err(e) => return Err(e.into()),
+    };
     let gmode = if a.forward_only { GradMode::Skip } else { GradMode::DeviceOnly };
     // device buffers of the same batch, for --device-resident
     let resident = match (a.device_resident, engine.device()) {
@@ -881,7 +886,7 @@ fn bench_shape(
         }
     }
     let copy = median(&mut copies);
-    Ok(ShapeBench { shape: shape.to_vec(), mode, iters, results, together, copy, activity, input_bytes })
+    Ok(Ok(ShapeBench { shape: shape.to_vec(), mode, iters, results, together, copy, activity, input_bytes }))
 }
 
 fn bench_json(engine: &Engine, a: &BenchArgs, r: &ShapeBench) -> serde_json::Value {
