@@ -529,33 +529,30 @@ fn parameters_and_values_past_f32_range() {
     }
 }
 
+/// Values within 1e-5 (relative, or absolute below 1) and gradients within 1e-4 of the largest
+/// reference gradient element, of each expression evaluated together on `engine`.
+fn assert_matches_reference(engine: &Engine, case: &Case, exprs: &[LossExpr], what: &str) {
+    let gpu = engine.evaluate_blocking(&case.host(), exprs, true).unwrap();
+    for (g, e) in gpu.iter().zip(exprs) {
+        let w = reference::evaluate(&case.host(), e).unwrap();
+        assert!((g.value - w.value).abs() <= 1e-5 * w.value.abs().max(1.0), "{what} {e}: {} vs {}", g.value, w.value);
+        let (worst, scale) = common::max_diff(g.grad.as_ref().unwrap(), &w.grad);
+        assert!(worst <= 1e-4 * scale, "{what} {e}: gradient off by {worst} (largest {scale})");
+    }
+}
+
 /// One engine, shapes of growing and shrinking size in turn (so pooled buffers of one shape meet
 /// the next), one tile per image and several: every value and gradient agrees with the CPU
 /// reference.
 #[test]
 fn one_engine_across_shapes_agrees_with_the_reference() {
     let engine = common::gpu();
-    let cpu = Engine::cpu(None);
     let shapes: &[&[usize]] =
         &[&[1, 1, 64, 64], &[1, 1, 256, 256], &[8, 1, 512, 512], &[2, 1, 64, 64], &[3, 4, 40, 50]];
     for (k, shape) in shapes.iter().enumerate() {
         let mode = if shape[1] == 1 { Mode::Binary } else { Mode::Multilabel };
         let case = dense_case(40 + k as u64, shape, mode);
-        let exprs = parse(&["bce", "dice", "bce+dice"]);
-        let gpu = engine.evaluate_blocking(&case.host(), &exprs, true).unwrap();
-        let want = cpu.evaluate_blocking(&case.host(), &exprs, true).unwrap();
-        for ((g, w), text) in gpu.iter().zip(&want).zip(["bce", "dice", "bce+dice"]) {
-            assert!(
-                (g.value - w.value).abs() <= 1e-5 * w.value.abs().max(1.0),
-                "{shape:?} {text}: {} vs {}",
-                g.value,
-                w.value
-            );
-            let (gg, wg) = (g.grad.as_ref().unwrap(), w.grad.as_ref().unwrap());
-            let scale = wg.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let worst = gg.iter().zip(wg).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(worst <= 1e-4 * scale, "{shape:?} {text}: gradient off by {worst} (largest {scale})");
-        }
+        assert_matches_reference(engine, &case, &parse(&["bce", "dice", "bce+dice"]), &format!("{shape:?}"));
     }
 }
 
@@ -571,20 +568,7 @@ fn both_statistics_tile_widths_agree_with_the_reference() {
         for (k, shape) in [&[2usize, 1, 40, 50][..], &[3, 2, 100, 90], &[1, 1, 20000]].iter().enumerate() {
             let mode = if shape[1] == 1 { Mode::Binary } else { Mode::Multilabel };
             let case = dense_case(70 + k as u64, shape, mode);
-            let gpu = engine.evaluate_blocking(&case.host(), &exprs, true).unwrap();
-            for (g, e) in gpu.iter().zip(&exprs) {
-                let w = reference::evaluate(&case.host(), e).unwrap();
-                assert!(
-                    (g.value - w.value).abs() <= 1e-5 * w.value.abs().max(1.0),
-                    "wide {wide} {shape:?}: {} vs {}",
-                    g.value,
-                    w.value
-                );
-                let gg = g.grad.as_ref().unwrap();
-                let scale = w.grad.iter().fold(0f64, |m, v| m.max(v.abs()));
-                let worst = gg.iter().zip(&w.grad).fold(0f64, |m, (&a, &b)| m.max((f64::from(a) - b).abs()));
-                assert!(worst <= 1e-4 * scale, "wide {wide} {shape:?}: gradient off by {worst} (largest {scale})");
-            }
+            assert_matches_reference(&engine, &case, &exprs, &format!("wide {wide} {shape:?}"));
         }
     }
 }
