@@ -139,23 +139,23 @@ impl Gpu {
         }
 
         // 2. Lovász: one sort per distinct Lovász loss, all recorded into this submission
-        let mut lov_off = Vec::new();
+        // (offset, bytes) of each Lovász loss's segment sums in one buffer
+        let mut lov_at = Vec::new();
         let mut lov_bytes = 0u64;
         for lp in &plan.lovasz {
             let (segs, _) = plan::lovasz_segments(softmax, lp.per_image, n, c, s);
-            lov_off.push(lov_bytes);
+            lov_at.push((lov_bytes, (segs * 16) as u64));
             lov_bytes += align((segs * 16) as u64);
         }
         let lov = rec.scratch(lov_bytes, "lovasz segment sums")?;
         let mut lws = Vec::new();
-        for (lp, &off) in plan.lovasz.iter().zip(&lov_off) {
-            let (segs, _) = plan::lovasz_segments(softmax, lp.per_image, n, c, s);
+        for (lp, &(off, bytes)) in plan.lovasz.iter().zip(&lov_at) {
             let lw = rec.scratch((n * c * s * 4) as u64, "lovasz weights")?;
             let li = LovaszInput { logits: inp.logits, target: inp.target, params: pbuf, n, c, s, softmax };
-            self.record_lovasz(rec, &li, lp.per_image, lov.sub(off, (segs * 16) as u64), lw)?;
+            self.record_lovasz(rec, &li, lp.per_image, lov.sub(off, bytes), lw)?;
             lws.push(lw);
         }
-        let lov_base: Vec<usize> = lov_off.iter().map(|&o| (o / 16) as usize).collect();
+        let lov_base: Vec<usize> = lov_at.iter().map(|&(o, _)| (o / 16) as usize).collect();
 
         // 3. finalize: values, then each gradient's coefficient block (256-byte aligned)
         let layouts: Vec<BlockLayout> = exprs.iter().map(|e| BlockLayout::new(e, &plan, (n, c, s), softmax)).collect();
