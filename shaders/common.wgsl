@@ -46,8 +46,8 @@ struct Params {
     region_base: u32, // gradient: index of the region coefficients in `coefs`; finalize: the same
     lov_base: u32,    // gradient: index of this pass's Lovász segment scales in `coefs`
     nops: u32,        // finalize: ops
-    pad0: u32,
-    pad1: u32,
+    gn: u32,          // images per group: a coalesced batch evaluates groups of gn images apart
+    gout: u32,        // finalize and gradient: floats of each group's output (values, blocks)
     pad2: u32,
 }
 

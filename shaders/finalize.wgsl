@@ -122,15 +122,19 @@ fn wg_max(lid: u32, v: f32) -> f32 {
     return workgroupUniformLoad(&uni1);
 }
 
+// The first statistics float of this workgroup's group (a coalesced batch: one workgroup per
+// group of P.n images; its sums follow the previous group's in every pass).
+var<private> gsum: u32;
+
 fn sum_at(base: u32, n: u32, c: u32, k: u32) -> f32 {
-    return sums[base + (n * P.c + c) * K + k];
+    return sums[gsum + base + (n * P.c + c) * K + k];
 }
 
 // Sum of channel k over every (image, class) of the pass at `base`.
 fn total(lid: u32, base: u32, k: u32) -> f32 {
     var acc = 0.0;
     for (var e = lid; e < P.n * P.c; e += FWG) {
-        acc += sums[base + e * K + k];
+        acc += sums[gsum + base + e * K + k];
     }
     return wg_sum(lid, acc);
 }
@@ -599,9 +603,12 @@ fn op_lovasz(lid: u32, op: Op) {
 }
 
 @compute @workgroup_size(64)
-fn finalize(@builtin(local_invocation_index) lid: u32) {
-    for (var i = lid; i < arrayLength(&out); i += FWG) {
-        out[i] = 0.0;
+fn finalize(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    // group wid.x: its sums, and its outputs P.gout floats after the previous group's
+    gsum = wid.x * P.n * P.c * K;
+    let go = wid.x * P.gout;
+    for (var i = lid; i < P.gout; i += FWG) {
+        out[go + i] = 0.0;
     }
     storageBarrier();
     let bad = status[0] != 0u;
@@ -609,7 +616,12 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         if lid == 0u {
             wop = ops[i];
         }
-        let op = workgroupUniformLoad(&wop);
+        var op = workgroupUniformLoad(&wop);
+        op.val += go;
+        op.eval += go;
+        if op.block != NONE_IDX {
+            op.block += go;
+        }
         if bad {
             // bad input: NaN values, zero coefficients (the host reports the error)
             if lid == 0u {

@@ -20,11 +20,15 @@ const GWG: u32 = 256u;
 const GPIX: u32 = 4u; // pixels per thread: a workgroup covers GWG * GPIX pixels of one image
 const NCOEF: u32 = 5u;
 
+// The first float of this image's group's coefficient block (a coalesced batch: groups of P.gn
+// images, each with its own block, P.gout floats apart).
+var<private> cb: u32;
+
 // Pixel term t with the scale and pos_weight finalize resolved.
 fn term(t: u32) -> Term {
     var tp = terms[t];
-    tp.scale = coefs[2u * t];
-    tp.pos_weight = coefs[2u * t + 1u];
+    tp.scale = coefs[cb + 2u * t];
+    tp.pos_weight = coefs[cb + 2u * t + 1u];
     return tp;
 }
 
@@ -43,7 +47,7 @@ fn class_coefs(n: u32, c: u32) -> ClassCoefs {
     k.r4 = 0.0;
     k.lov = 0.0;
     if REGION {
-        let o = P.region_base + (n * P.c + c) * NCOEF;
+        let o = cb + P.region_base + ((n % P.gn) * P.c + c) * NCOEF;
         k.r = vec4<f32>(coefs[o], coefs[o + 1u], coefs[o + 2u], coefs[o + 3u]);
         k.r4 = coefs[o + 4u];
     }
@@ -53,7 +57,7 @@ fn class_coefs(n: u32, c: u32) -> ClassCoefs {
         if SOFTMAX {
             seg = select(c, n * P.c + c, LOVASZ == 2u);
         }
-        k.lov = coefs[P.lov_base + seg];
+        k.lov = coefs[cb + P.lov_base + seg];
     }
     return k;
 }
@@ -108,6 +112,7 @@ fn gradient(
     if s0 >= P.s || status[0] != 0u {
         return;
     }
+    cb = (n / P.gn) * P.gout;
     let cf = f32(P.c);
     var d: array<f32, GPIX>;
     if SOFTMAX {

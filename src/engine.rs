@@ -20,7 +20,7 @@ use crate::Mode;
 
 pub use crate::gpu::context::BITONIC_CROSSOVER_CPU;
 
-enum Backend {
+pub(crate) enum Backend {
     Gpu(Arc<Gpu>),
     Cpu,
 }
@@ -43,7 +43,7 @@ enum Backend {
 /// # Ok(()) }
 /// ```
 pub struct Engine {
-    backend: Backend,
+    pub(crate) backend: Backend,
     info: DeviceInfo,
 }
 
@@ -210,6 +210,14 @@ impl<'a> BufferInput<'a> {
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// The logits' slice.
+    pub fn logits_slice(&self) -> &BufferSlice<'a> {
+        &self.logits
+    }
+    /// The targets' slice and type.
+    pub fn target_buffer(&self) -> &TargetBuffer<'a> {
+        &self.target
+    }
     /// The mode.
     pub fn mode(&self) -> Mode {
         self.mode
@@ -278,8 +286,34 @@ impl Submitted {
     }
 }
 
-fn words(bytes: &[u8]) -> Vec<u32> {
+pub(crate) fn words(bytes: &[u8]) -> Vec<u32> {
     bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// The evaluations of one recorded evaluation: `vals` holds its values then its status words;
+/// `data` the staging buffers of its recording, from which its host gradients are taken.
+pub(crate) fn decode(
+    vals: &[u32],
+    r: &Recorded,
+    shape: &[usize],
+    exprs: &[LossExpr],
+    data: &[Vec<u8>],
+) -> Result<Vec<Evaluation>, Error> {
+    let (v, status) = vals.split_at(r.vals_len);
+    status_error(status, shape)?;
+    let weights: Vec<Vec<f64>> = exprs.iter().map(|e| e.terms.iter().map(|t| t.weight).collect()).collect();
+    let values = finish_values(v, &r.vals, &weights)?;
+    Ok(values
+        .into_iter()
+        .zip(&r.grad_reads)
+        .map(|((value, term_values), gr)| Evaluation {
+            value,
+            term_values,
+            grad: gr.map(|(i, off, len)| {
+                bytemuck::pod_collect_to_vec::<u8, f32>(&data[i][off as usize..(off + len) as usize])
+            }),
+        })
+        .collect())
 }
 
 /// Values of each expression in f64 from the device's f32 term values; an overflow is an error.
@@ -348,9 +382,46 @@ fn status_error(status: &[u32], shape: &[usize]) -> Result<(), Error> {
 }
 
 /// Where an evaluation's input lives.
-enum Source<'s> {
-    Host(&'s Prepared<'s>),
+pub(crate) enum Source<'s> {
+    /// A host input uploaded into these slices (target words: class indices, or f32 bits);
+    /// `groups` inputs of its shape one after the other (a coalesced batch), 1 otherwise.
+    Host {
+        input: &'s Input<'s>,
+        logits: BufferSlice<'s>,
+        target: BufferSlice<'s>,
+        groups: usize,
+    },
     Buffers(&'s BufferInput<'s>),
+}
+
+impl Source<'_> {
+    pub(crate) fn shape(&self) -> &[usize] {
+        match self {
+            Source::Host { input, .. } => input.shape(),
+            Source::Buffers(b) => &b.shape,
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        match self {
+            Source::Host { input, .. } => input.mode(),
+            Source::Buffers(b) => b.mode,
+        }
+    }
+}
+
+/// The target words the device reads for a host input: class indices, or the f32 bits of dense
+/// values; the ignore index becomes [`INVALID`].
+pub(crate) fn target_words(input: &Input<'_>) -> Vec<u32> {
+    match input.target() {
+        Target::Dense(t) => {
+            let ign = input.ignore_index().map(|k| k as f32);
+            t.iter().map(|&v| if Some(v) == ign { INVALID } else { v.to_bits() }).collect()
+        }
+        Target::Labels(t) => {
+            t.iter().map(|&v| if Some(v) == input.ignore_index() { INVALID } else { v as u32 }).collect()
+        }
+    }
 }
 
 impl Engine {
@@ -503,15 +574,7 @@ impl Engine {
         if bytes > max {
             return Err(Error::Limit { what: "the logits".into(), needed: bytes, max });
         }
-        let words: Vec<u32> = match input.target() {
-            Target::Dense(t) => {
-                let ign = input.ignore_index().map(|k| k as f32);
-                t.iter().map(|&v| if Some(v) == ign { INVALID } else { v.to_bits() }).collect()
-            }
-            Target::Labels(t) => {
-                t.iter().map(|&v| if Some(v) == input.ignore_index() { INVALID } else { v as u32 }).collect()
-            }
-        };
+        let words = target_words(&input);
         let init = |label, contents: &[u8]| {
             gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -568,7 +631,11 @@ impl Engine {
             GradMode::DeviceOnly => Dest::Scratch,
         };
         let gs = vec![g; exprs.len()];
-        self.run(gpu, Source::Host(prep), exprs, &gs).await
+        let (Some(l), Some(t)) = (&prep.logits, &prep.target) else {
+            return Err(Error::Input("this batch was prepared by the CPU engine".into()));
+        };
+        let src = Source::Host { input, logits: BufferSlice::whole(l), target: BufferSlice::whole(t), groups: 1 };
+        self.run(gpu, src, exprs, &gs).await
     }
 
     /// Evaluates expressions on the caller's buffers, writing each gradient where `grads` says
@@ -599,7 +666,7 @@ impl Engine {
         }
         let mut rec = Recording::new(&gpu.limits);
         let gs: Vec<Dest<'_>> = grads.iter().map(|&g| Dest::Out(g)).collect();
-        let r = self.record(gpu, &mut rec, &Source::Buffers(input), exprs, &gs, false)?;
+        let r = self.record(gpu, &mut rec, &Source::Buffers(input), exprs, &gs, false)?.swap_remove(0);
         let bytes = (r.vals_len * 4 + 32) as u64;
         let values = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("segloss values"),
@@ -639,38 +706,22 @@ impl Engine {
         exprs: &[LossExpr],
         grads: &[Dest<'_>],
     ) -> Result<Vec<Evaluation>, Error> {
-        let shape = match &src {
-            Source::Host(p) => p.input.shape().to_vec(),
-            Source::Buffers(b) => b.shape.clone(),
-        };
+        let shape = src.shape().to_vec();
         let fut = {
             let mut rec = Recording::new(&gpu.limits);
-            let r = self.record(gpu, &mut rec, &src, exprs, grads, true)?;
+            let r = self.record(gpu, &mut rec, &src, exprs, grads, true)?.swap_remove(0);
             let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
             (r, fut)
         };
         let (r, fut) = fut;
         gpu.note_wait();
-        let mut data: Vec<Vec<u8>> = fut.await?;
+        let data: Vec<Vec<u8>> = fut.await?;
         let vi = r.values_read.ok_or_else(|| Error::Gpu("internal: values were not read".into()))?;
-        let vals = words(&data[vi]);
-        let (v, status) = vals.split_at(r.vals_len);
-        status_error(status, &shape)?;
-        let weights: Vec<Vec<f64>> = exprs.iter().map(|e| e.terms.iter().map(|t| t.weight).collect()).collect();
-        let values = finish_values(v, &r.vals, &weights)?;
-        Ok(values
-            .into_iter()
-            .zip(&r.grad_reads)
-            .map(|((value, term_values), gr)| Evaluation {
-                value,
-                term_values,
-                grad: gr.map(|i| bytemuck::pod_collect_to_vec::<u8, f32>(&std::mem::take(&mut data[i]))),
-            })
-            .collect())
+        decode(&words(&data[vi]), &r, &shape, exprs, &data)
     }
 
     /// Records one evaluation after checking the expressions and every caller buffer.
-    fn record(
+    pub(crate) fn record(
         &self,
         gpu: &Gpu,
         rec: &mut Recording,
@@ -678,37 +729,34 @@ impl Engine {
         exprs: &[LossExpr],
         grads: &[Dest<'_>],
         read_values: bool,
-    ) -> Result<Recorded, Error> {
+    ) -> Result<Vec<Recorded>, Error> {
         if grads.len() != exprs.len() {
             return Err(Error::Input(format!("{} gradient outputs for {} expressions", grads.len(), exprs.len())));
         }
-        let (shape, mode) = match src {
-            Source::Host(p) => (p.input.shape(), p.input.mode()),
-            Source::Buffers(b) => (&b.shape[..], b.mode),
-        };
+        let (shape, mode) = (src.shape(), src.mode());
         for e in exprs {
             e.check(mode, shape[1])?;
         }
-        let (n, c) = (shape[0], shape[1]);
+        let groups = match src {
+            Source::Host { groups, .. } => *groups,
+            Source::Buffers(_) => 1,
+        };
+        let (n, c) = (shape[0] * groups, shape[1]);
         let s: usize = shape[2..].iter().product();
         let numel = (n * c * s) as u64;
         let softmax = mode == Mode::Multiclass;
         let inp = match src {
-            Source::Host(p) => {
-                let (Some(l), Some(t)) = (&p.logits, &p.target) else {
-                    return Err(Error::Input("this batch was prepared by the CPU engine".into()));
-                };
-                DevInput {
-                    logits: rec.external(l, 0, l.size()),
-                    target: rec.external(t, 0, t.size()),
-                    n,
-                    c,
-                    s,
-                    softmax,
-                    ignore: None,
-                    validate: 0,
-                }
-            }
+            Source::Host { logits, target, groups, .. } => DevInput {
+                logits: rec.external(logits.buffer, logits.offset, logits.bytes()),
+                target: rec.external(target.buffer, target.offset, target.bytes()),
+                n,
+                c,
+                s,
+                softmax,
+                groups: *groups,
+                ignore: None,
+                validate: 0,
+            },
             Source::Buffers(b) => {
                 let t = b.target.slice();
                 check_slice(gpu, "logits", &b.logits, wgpu::BufferUsages::STORAGE)?;
@@ -725,6 +773,7 @@ impl Engine {
                     c,
                     s,
                     softmax,
+                    groups: 1,
                     ignore: b.ignore_word,
                     validate,
                 }
@@ -765,7 +814,7 @@ impl Engine {
                 }
             });
         }
-        gpu.record_eval(rec, &inp, exprs, &to, read_values, 0)
+        gpu.record_eval(rec, &inp, exprs, &to, read_values)
     }
 
     /// Blocking [`Engine::new`] (native only).
@@ -827,7 +876,7 @@ impl Engine {
 /// Where the engine puts one expression's gradient: as the caller asked, or (a prepared batch's
 /// [`GradMode::DeviceOnly`]) a scratch buffer nobody reads.
 #[derive(Clone, Copy)]
-enum Dest<'a> {
+pub(crate) enum Dest<'a> {
     Out(GradOut<'a>),
     Scratch,
 }

@@ -37,6 +37,7 @@
 // `Send`, and the same code runs on one thread.
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
+mod batch;
 mod engine;
 mod error;
 pub mod expr;
@@ -51,6 +52,7 @@ pub mod shaders;
 #[cfg(test)]
 mod twin;
 
+pub use batch::{Batch, Pending};
 pub use engine::{
     backend_name, list_adapters, Activity, AdapterReport, BufferInput, BufferSlice, DeviceInfo, Engine, EngineOptions,
     Evaluation, GradMode, GradOut, Prepared, Submitted, TargetBuffer, BITONIC_CROSSOVER_CPU,

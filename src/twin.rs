@@ -44,11 +44,12 @@ fn check(engine: &Engine, input: &Input, texts: &[&str]) {
         c,
         s,
         softmax,
+        groups: 1,
         ignore: None,
         validate: 0,
     };
     let grads = vec![GradTo::Host; exprs.len()];
-    let r = gpu.record_eval(&mut rec, &inp, &exprs, &grads, true, 0).unwrap();
+    let r = gpu.record_eval(&mut rec, &inp, &exprs, &grads, true).unwrap().swap_remove(0);
     // the whole finalize output; the host twin recomputes the statistics and the layout
     let out_rb = rec.readback(r.out.size, "out").unwrap();
     rec.copy(r.out, out_rb);

@@ -572,3 +572,139 @@ fn both_statistics_tile_widths_agree_with_the_reference() {
         }
     }
 }
+
+/// Each case's expressions: the binary ones on sigmoid inputs, the multiclass ones on labels.
+fn exprs_for(c: &Case) -> Vec<LossExpr> {
+    parse(if c.mode == Mode::Multiclass { MULTICLASS } else { BINARY })
+}
+
+#[test]
+fn a_batch_equals_one_by_one_in_one_submission() {
+    // an engine of its own: its counters see no other test's submissions
+    let engine = &Engine::gpu_blocking().unwrap();
+    let (device, queue) = (engine.device().unwrap(), engine.queue().unwrap());
+    let cases = [
+        dense_case(101, &[2, 1, 33, 17], Mode::Binary),
+        label_case(102, &[2, 3, 9, 11], 255),
+        dense_case(103, &[1, 3, 16, 16], Mode::Multilabel),
+        dense_case(104, &[2, 1, 4, 5, 6], Mode::Binary), // 3D
+        label_case(105, &[3, 3, 70], 255),
+    ];
+    let singles: Vec<Vec<Evaluation>> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| engine.evaluate_blocking(&c.host(), &exprs_for(c), i % 2 == 0).unwrap())
+        .collect();
+
+    // the last case again, in the caller's buffers, its gradients written into a buffer
+    let last = &cases[4];
+    let logits = buffer_with(device, bytemuck::cast_slice(&last.logits), 64);
+    let labels: Vec<u32> = last.labels.iter().map(|&l| l as u32).collect();
+    let target = buffer_with(device, &labels, 128);
+    let numel = last.logits.len() as u64;
+    let input = BufferInput::new(
+        BufferSlice::new(&logits, 256, numel),
+        TargetBuffer::ClassU32(BufferSlice::new(&target, 512, labels.len() as u64)),
+        &last.shape,
+        Mode::Multiclass,
+        Some(255),
+    )
+    .unwrap();
+    let dice: Vec<LossExpr> = parse(&["0.8*ce+0.2*dice"]);
+    let grad_buf = buffer_with(device, &vec![0; numel as usize], 0);
+    let host_dice = engine.evaluate_blocking(&last.host(), &dice, true).unwrap();
+
+    let before = engine.activity();
+    let mut batch = engine.batch();
+    let mut pending = Vec::new();
+    let inputs: Vec<Input<'_>> = cases.iter().map(Case::host).collect();
+    for (i, (c, inp)) in cases.iter().zip(&inputs).enumerate() {
+        let exprs = exprs_for(c);
+        if i == 0 {
+            // the same input pushed in two parts: they share its statistics pass
+            let (a, b) = exprs.split_at(4);
+            pending.push(vec![batch.push(inp, a, true).unwrap(), batch.push(inp, b, true).unwrap()]);
+        } else {
+            pending.push(vec![batch.push(inp, &exprs, i % 2 == 0).unwrap()]);
+        }
+    }
+    let buffered = batch.push_buffers(&input, &dice, &[GradOut::Write(BufferSlice::new(&grad_buf, 0, numel))]).unwrap();
+    assert_eq!(batch.len(), 7);
+    batch.flush_blocking().unwrap();
+    let after = engine.activity();
+    assert_eq!(after.submissions - before.submissions, 1, "one submission for the whole batch");
+    assert_eq!(after.host_waits - before.host_waits, 1, "one wait for the whole batch");
+
+    for (i, (p, single)) in pending.into_iter().zip(&singles).enumerate() {
+        let got: Vec<Evaluation> = p.into_iter().flat_map(|p| p.wait().unwrap()).collect();
+        assert_eq!(got.len(), single.len());
+        assert_same(&got, single, &format!("case {i} batched"));
+    }
+    let b = buffered.wait().unwrap();
+    assert_eq!(b[0].value.to_bits(), host_dice[0].value.to_bits(), "buffer input in a batch");
+    assert!(b[0].grad.is_none());
+    let g = read_buffer(device, queue, &grad_buf, 0, numel as usize);
+    assert_eq!(Some(g), host_dice[0].grad, "gradient written into the caller's buffer");
+}
+
+#[test]
+fn a_bad_evaluation_in_a_batch_fails_alone() {
+    let (engine, device, _) = caller_engine();
+    let good = dense_case(111, &[2, 1, 16, 16], Mode::Binary);
+    let mut nan = good.logits.clone();
+    nan[37] = f32::NAN;
+    let nan_buf = buffer_with(device, bytemuck::cast_slice(&nan), 0);
+    let tgt_buf = buffer_with(device, bytemuck::cast_slice(&good.dense), 0);
+    let numel = nan.len() as u64;
+    let bad = BufferInput::new(
+        BufferSlice::new(&nan_buf, 0, numel),
+        TargetBuffer::Dense(BufferSlice::new(&tgt_buf, 0, numel)),
+        &good.shape,
+        Mode::Binary,
+        None,
+    )
+    .unwrap();
+    let soft: Vec<f32> = good.dense.iter().map(|&t| 0.25 + 0.5 * t).collect();
+    let soft_input = Input::dense(&good.logits, &soft, &good.shape, Mode::Binary).unwrap();
+    let exprs = parse(&["0.5*bce+0.5*dice"]);
+    let lovasz = parse(&["lovasz"]);
+    let expected = engine.evaluate_blocking(&good.host(), &exprs, true).unwrap();
+
+    let mut batch = engine.batch();
+    let input = good.host();
+    let a = batch.push(&input, &exprs, true).unwrap();
+    let b = batch.push_buffers(&bad, &exprs, &[GradOut::Skip]).unwrap();
+    let c = batch.push(&soft_input, &lovasz, false).unwrap();
+    let d = batch.push(&input, &exprs, false).unwrap();
+    // refused at once: a multiclass loss on a binary input
+    assert!(batch.push(&input, &parse(&["ce"]), false).is_err());
+    batch.flush_blocking().unwrap();
+    assert_same(&a.wait().unwrap(), &expected, "the good evaluation");
+    assert!(matches!(b.wait(), Err(Error::NonFinite(_))), "NaN logits are a typed error");
+    assert!(matches!(c.wait(), Err(Error::TargetValue(_))), "soft labels for lovasz are a typed error");
+    assert_eq!(d.wait().unwrap()[0].value.to_bits(), expected[0].value.to_bits());
+
+    // a batch dropped before its flush fails its futures
+    let mut batch = engine.batch();
+    let p = batch.push(&input, &exprs, false).unwrap();
+    drop(batch);
+    assert!(matches!(p.wait(), Err(Error::Input(_))));
+}
+
+#[test]
+fn a_batch_on_the_cpu_reference_equals_the_reference() {
+    let engine = Engine::cpu(None);
+    let case = label_case(121, &[2, 3, 5, 7], 255);
+    let exprs = parse(MULTICLASS);
+    let mut batch = engine.batch();
+    let input = case.host();
+    let p = batch.push(&input, &exprs, true).unwrap();
+    batch.flush_blocking().unwrap();
+    let got = p.wait().unwrap();
+    for (g, e) in got.iter().zip(&exprs) {
+        let r = reference::evaluate(&input, e).unwrap();
+        assert_eq!(g.value, r.value);
+        let rg: Vec<f32> = r.grad.iter().map(|&x| x as f32).collect();
+        assert_eq!(g.grad.as_ref(), Some(&rg));
+    }
+}

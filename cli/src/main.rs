@@ -119,6 +119,10 @@ struct BenchArgs {
     /// the copy probe) into this SVG file.
     #[arg(long, requires = "sizes")]
     plot: Option<PathBuf>,
+    /// Time this many evaluations of --shape (different data, host inputs, gradients read
+    /// back unless --forward-only) one by one against one batch of all of them (one submission).
+    #[arg(long, conflicts_with_all = ["sizes", "device_resident"])]
+    batch: Option<usize>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -622,6 +626,13 @@ fn bench_mode(a: &BenchArgs, shape: &[usize]) -> Result<Mode, Fail> {
 fn bench(a: BenchArgs) -> Result<(), Fail> {
     let iters = positive("--iters", a.iters)?;
     let engine = engine()?;
+    if let Some(k) = a.batch {
+        let shape = parse_shape(&a.shape)?;
+        check_elements(&format!("--shape {}", a.shape), &shape)?;
+        let mode = bench_mode(&a, &shape)?;
+        let texts = bench_texts(&a, &["bce"]);
+        return bench_batch(&engine, &a, &shape, mode, positive("--batch", k)?, iters, &texts);
+    }
     if !a.sizes {
         let shape = parse_shape(&a.shape)?;
         check_elements(&format!("--shape {}", a.shape), &shape)?;
@@ -766,6 +777,110 @@ fn bench_texts(a: &BenchArgs, default: &[&str]) -> Vec<String> {
     } else {
         a.losses.clone()
     }
+}
+
+/// `k` synthetic inputs of `shape`: their logits and targets, made once.
+fn synth_inputs(shape: &[usize], mode: Mode, k: usize) -> Result<Vec<Input<'static>>, Fail> {
+    let (n, c) = (shape[0], shape[1]);
+    let w = *shape.last().unwrap_or(&1);
+    let h: usize = shape[2..shape.len() - 1].iter().product::<usize>().max(1);
+    let per: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(k);
+    match mode {
+        Mode::Multiclass => {
+            let b = synth::scene(n * k, c, h, w, 7);
+            let lper = per / c;
+            for i in 0..k {
+                let logits = b.logits[i * per..(i + 1) * per].to_vec();
+                let labels = b.labels[i * lper..(i + 1) * lper].to_vec();
+                out.push(Input::new(Cow::Owned(logits), Target::Labels(Cow::Owned(labels)), shape, mode, None)?);
+            }
+        }
+        _ => {
+            let b = synth::roads(n * c * k, h, w, 7);
+            for i in 0..k {
+                let logits = b.logits[i * per..(i + 1) * per].to_vec();
+                let target = b.target[i * per..(i + 1) * per].to_vec();
+                out.push(Input::new(Cow::Owned(logits), Target::Dense(Cow::Owned(target)), shape, mode, None)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `bench --batch K`: K evaluations one by one (one submission and one wait each) against one
+/// [`segloss::Batch`] of the K (one submission, one wait), both from host inputs.
+fn bench_batch(
+    engine: &Engine,
+    a: &BenchArgs,
+    shape: &[usize],
+    mode: Mode,
+    k: usize,
+    iters: usize,
+    texts: &[String],
+) -> Result<(), Fail> {
+    let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    let inputs = synth_inputs(shape, mode, k)?;
+    let grads = !a.forward_only;
+    let one_by_one = || -> Result<(), Fail> {
+        for input in &inputs {
+            engine.evaluate_blocking(input, &exprs, grads)?;
+        }
+        Ok(())
+    };
+    let batched = || -> Result<(), Fail> {
+        let mut batch = engine.batch();
+        let pending: Vec<segloss::Pending> =
+            inputs.iter().map(|input| batch.push(input, &exprs, grads)).collect::<Result<_, _>>()?;
+        batch.flush_blocking()?;
+        for p in pending {
+            p.wait()?;
+        }
+        Ok(())
+    };
+    // alternating, after one warm-up of each
+    one_by_one()?;
+    batched()?;
+    let (mut ones, mut bats) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    let mut activity = (0, 0);
+    for _ in 0..iters {
+        let t0 = Instant::now();
+        one_by_one()?;
+        ones.push(ms(t0));
+        let before = engine.activity();
+        let t0 = Instant::now();
+        batched()?;
+        bats.push(ms(t0));
+        let after = engine.activity();
+        activity = (after.submissions - before.submissions, after.host_waits - before.host_waits);
+    }
+    let (one, bat) = (median(&mut ones), median(&mut bats));
+    if a.json {
+        outln!(
+            "{}",
+            json!({"device": engine.info(), "shape": shape, "mode": mode.name(), "losses": texts, "evaluations": k,
+                   "gradients": grads, "iters": iters, "one_by_one_ms": one, "batched_ms": bat,
+                   "speedup": one / bat, "batch_submissions": activity.0, "batch_host_waits": activity.1})
+        )?;
+        return Ok(());
+    }
+    outln!(
+        "device: {} ({})  {k} evaluations of {:?} ({mode}), losses {}, gradients {}",
+        engine.info().name,
+        engine.info().backend,
+        shape,
+        texts.join(", "),
+        if grads { "read back" } else { "skipped" }
+    )?;
+    outln!("{:<36} {:>10} {:>14}", "", "median ms", "ms/evaluation")?;
+    outln!("{:<36} {one:>10.3} {:>14.4}", "one by one (K submissions, K waits)", one / k as f64)?;
+    outln!(
+        "{:<36} {bat:>10.3} {:>14.4}",
+        format!("batched ({} submission, {} wait)", activity.0, activity.1),
+        bat / k as f64
+    )?;
+    outln!("batched is {:.2}x faster", one / bat)?;
+    Ok(())
 }
 
 /// Times each loss of `texts` on a synthetic batch of `shape`, all of them in one evaluation,

@@ -20,6 +20,9 @@ pub(crate) struct DevInput {
     pub c: usize,
     pub s: usize,
     pub softmax: bool,
+    /// Independent evaluations of `n / groups` images each, one after the other in the
+    /// buffers (a coalesced batch: one set of passes for all, a result for each); 1 otherwise.
+    pub groups: usize,
     /// The caller's ignore word (buffer inputs; host inputs arrive with INVALID in its place).
     pub ignore: Option<u32>,
     /// Checks of `check::*` the statistics pass makes.
@@ -50,13 +53,14 @@ pub(crate) struct Recorded {
     pub status: Slice,
     /// Staging buffer index of the values, when read.
     pub values_read: Option<usize>,
-    /// Staging buffer index of each expression's gradient, when read to the host.
-    pub grad_reads: Vec<Option<usize>>,
+    /// Each expression's gradient read to the host: staging buffer index, byte offset, bytes.
+    pub grad_reads: Vec<Option<(usize, u64, u64)>>,
 }
 
 impl Gpu {
-    /// Records the evaluation of `exprs` on `inp`. `read_values`: copy values and status into a
-    /// staging buffer (staging buffers are numbered from `first_read` in the recording).
+    /// Records the evaluation of `exprs` on `inp`, one result per group of `inp`.
+    /// `read_values` (one group only): copy values and status into a staging buffer. Staging
+    /// buffers are numbered in the order the recording made them.
     pub(crate) fn record_eval(
         &self,
         rec: &mut Recording,
@@ -64,9 +68,14 @@ impl Gpu {
         exprs: &[LossExpr],
         grads: &[GradTo],
         read_values: bool,
-        first_read: usize,
-    ) -> Result<Recorded, Error> {
+    ) -> Result<Vec<Recorded>, Error> {
         let (n, c, s) = (inp.n, inp.c, inp.s);
+        let groups = inp.groups.max(1);
+        // images per group: the finalize and the coefficient blocks see one group
+        let ng = n / groups;
+        if ng * groups != n || (groups > 1 && (read_values || exprs.iter().any(|e| e.has_lovasz()))) {
+            return Err(Error::Gpu(format!("internal: {groups} groups of {n} images")));
+        }
         let softmax = inp.softmax;
         // read once: the tile size and the statistics pipelines must agree
         let wide = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed);
@@ -80,6 +89,7 @@ impl Gpu {
             tiles: tiles as u32,
             ignore: inp.ignore.unwrap_or(0),
             has_ignore: u32::from(inp.ignore.is_some()),
+            gn: ng as u32,
             ..Params::default()
         };
         let pbuf = rec.uniform(&base);
@@ -158,7 +168,7 @@ impl Gpu {
         let lov_base: Vec<usize> = lov_at.iter().map(|&(o, _)| (o / 16) as usize).collect();
 
         // 3. finalize: values, then each gradient's coefficient block (256-byte aligned)
-        let layouts: Vec<BlockLayout> = exprs.iter().map(|e| BlockLayout::new(e, &plan, (n, c, s), softmax)).collect();
+        let layouts: Vec<BlockLayout> = exprs.iter().map(|e| BlockLayout::new(e, &plan, (ng, c, s), softmax)).collect();
         let mut cursor = 0;
         let mut vals = Vec::new();
         for e in exprs {
@@ -176,7 +186,9 @@ impl Gpu {
                 cursor += l.len;
             }
         }
-        let out = rec.scratch((cursor * 4) as u64, "finalize output")?;
+        // each group's values and blocks, `gout` floats apart
+        let gout = cursor;
+        let out = rec.scratch((groups * gout * 4) as u64, "finalize output")?;
         let mut ops: Vec<Op> = Vec::new();
         let mut cls: Vec<u32> = Vec::new();
         for (i, e) in exprs.iter().enumerate() {
@@ -194,17 +206,17 @@ impl Gpu {
                 &mut cls,
             );
         }
-        let fparams = rec.uniform(&Params { nops: ops.len() as u32, ..base });
+        let fparams = rec.uniform(&Params { n: ng as u32, nops: ops.len() as u32, gout: gout as u32, ..base });
         let (ob, cb) = (rec.data(&ops), rec.data(&cls));
         rec.dispatch(
             &shaders::FINALIZE,
             Spec::default(),
-            Grid::Direct(1, 1, 1),
+            Grid::Direct(groups as u32, 1, 1),
             &[("P", fparams), ("sums", sums), ("lov", lov), ("ops", ob), ("cls", cb), ("status", status), ("out", out)],
         )?;
 
         // 4. values (with the status words) into a staging buffer
-        let mut reads = first_read;
+        let mut reads = rec.readbacks();
         let values_read = if read_values {
             let bytes = (vals_len * 4) as u64;
             let rb = rec.readback(bytes + 32, "values")?;
@@ -238,8 +250,11 @@ impl Gpu {
             };
             let l = &layouts[i];
             let block = blocks[i].unwrap_or(0);
-            let coefs =
-                out.sub((block * 4) as u64, align((l.len * 4).max(16) as u64).min(out.size - (block * 4) as u64));
+            // this block of every group: group g's is g * gout floats on
+            let coefs = out.sub(
+                (block * 4) as u64,
+                align((((groups - 1) * gout + l.len) * 4).max(16) as u64).min(out.size - (block * 4) as u64),
+            );
             let slots: Vec<&plan::PixelSlot> = l.pix.iter().map(|&(_, slot)| &plan.slots[slot]).collect();
             let terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
             let cw: Vec<f32> = slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
@@ -260,6 +275,7 @@ impl Gpu {
                 let params = rec.uniform(&Params {
                     region_base: l.region_base as u32,
                     lov_base: lp.map_or(0, |(_, off)| off as u32),
+                    gout: gout as u32,
                     ..base
                 });
                 let lw = match lp {
@@ -292,6 +308,16 @@ impl Gpu {
                 grad_reads.push(None);
             }
         }
-        Ok(Recorded { vals, vals_len, out, status, values_read, grad_reads })
+        let per = total / groups as u64;
+        Ok((0..groups)
+            .map(|g| Recorded {
+                vals: vals.clone(),
+                vals_len,
+                out: out.sub((g * gout * 4) as u64, (gout * 4) as u64),
+                status,
+                values_read,
+                grad_reads: grad_reads.iter().map(|r| r.map(|i| (i, g as u64 * per, per))).collect(),
+            })
+            .collect())
     }
 }

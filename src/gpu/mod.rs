@@ -120,7 +120,11 @@ pub(crate) struct Params {
     pub region_base: u32,
     pub lov_base: u32,
     pub nops: u32,
-    pub pad: [u32; 3],
+    /// Images per group (a coalesced batch; `n` otherwise).
+    pub gn: u32,
+    /// Finalize and gradient: floats of each group's output.
+    pub gout: u32,
+    pub pad: u32,
 }
 
 pub(crate) fn align(x: u64) -> u64 {

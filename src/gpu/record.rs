@@ -59,6 +59,14 @@ enum Cmd {
     Copy { src: Slice, dst: Slice },
 }
 
+/// A point of a recording to roll back to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark {
+    bufs: usize,
+    cmds: usize,
+    constants: usize,
+}
+
 /// The passes of one or more evaluations, not yet on the device.
 pub(crate) struct Recording {
     bufs: Vec<BufDesc>,
@@ -109,6 +117,25 @@ impl Recording {
         self.check(what, size, self.max_buffer)?;
         self.bufs.push(BufDesc::Readback { size });
         Ok(Slice { id: BufId(self.bufs.len() - 1), offset: 0, size })
+    }
+
+    /// Staging buffers recorded so far: the index the next one will have in [`Gpu::execute`]'s
+    /// result.
+    pub fn readbacks(&self) -> usize {
+        self.bufs.iter().filter(|b| matches!(b, BufDesc::Readback { .. })).count()
+    }
+
+    /// Where the recording stands, for [`Recording::rollback`].
+    pub fn mark(&self) -> Mark {
+        Mark { bufs: self.bufs.len(), cmds: self.cmds.len(), constants: self.constants.len() }
+    }
+
+    /// Forgets everything recorded after `m` (an evaluation that failed half way through its
+    /// recording leaves nothing behind).
+    pub fn rollback(&mut self, m: Mark) {
+        self.bufs.truncate(m.bufs);
+        self.cmds.truncate(m.cmds);
+        self.constants.truncate(m.constants);
     }
 
     /// A slice of a caller's buffer.

@@ -1,0 +1,407 @@
+//! Batches of evaluations: many inputs (host slices or the caller's buffers, of any shapes),
+//! each with its own expressions and gradient outputs, queued and then run together in one
+//! submission with one host wait.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::channel::oneshot;
+use wgpu::util::DeviceExt;
+
+use crate::engine::{
+    decode, target_words, words, Backend, BufferInput, BufferSlice, Dest, Engine, Evaluation, GradOut, Source,
+};
+use crate::error::Error;
+use crate::expr::LossExpr;
+use crate::gpu::record::Recording;
+use crate::gpu::ALIGN;
+use crate::input::Input;
+use crate::reference;
+
+type Reply = Result<Vec<Evaluation>, Error>;
+
+/// Evaluations queued on one engine, run together by [`Batch::flush`]: one submission and one
+/// host wait for all of them, whatever their shapes, modes and expressions. Each
+/// [`Batch::push`] gives a [`Pending`] future of that evaluation's results; an input's bad
+/// values, or a limit it exceeds, fail its own future and no other.
+///
+/// Evaluations of the same input (the same host slices, or the same buffer slices) share one
+/// statistics pass, as the expressions of one [`Engine::evaluate`] call do.
+///
+/// ```no_run
+/// # fn main() -> Result<(), segloss::Error> {
+/// use segloss::{Engine, Input, LossExpr, Mode};
+/// let engine = Engine::new_blocking()?;
+/// let dice: LossExpr = "dice".parse()?;
+/// let bce: LossExpr = "bce".parse()?;
+/// let images: Vec<(Vec<f32>, Vec<f32>)> =
+///     (0..8).map(|i| (vec![0.1 * i as f32; 64 * 64], vec![(i % 2) as f32; 64 * 64])).collect();
+/// let mut batch = engine.batch();
+/// let mut pending = Vec::new();
+/// for (logits, target) in &images {
+///     let input = Input::dense(logits, target, &[1, 1, 64, 64], Mode::Binary)?;
+///     pending.push(batch.push(&input, &[dice.clone(), bce.clone()], true)?);
+/// }
+/// batch.flush_blocking()?; // one submission, one wait
+/// for p in pending {
+///     let out = p.wait()?;
+///     println!("dice {} bce {}", out[0].value, out[1].value);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Batch<'e, 'a> {
+    engine: &'e Engine,
+    items: Vec<Item<'a>>,
+}
+
+enum ItemSrc<'a> {
+    Host(Input<'a>),
+    Buffers(BufferInput<'a>),
+}
+
+struct Item<'a> {
+    src: ItemSrc<'a>,
+    exprs: Vec<LossExpr>,
+    grads: Vec<GradOut<'a>>,
+    tx: Option<oneshot::Sender<Reply>>,
+}
+
+/// The results of one evaluation queued in a [`Batch`]: ready once the batch has been flushed.
+/// A batch dropped without a flush fails its futures with [`Error::Input`].
+pub struct Pending {
+    rx: oneshot::Receiver<Reply>,
+}
+
+impl Future for Pending {
+    type Output = Reply;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(Error::Input("the batch was dropped before it was flushed".into()))))
+    }
+}
+
+impl Pending {
+    /// Blocks until the results are there (native only): after [`Batch::flush_blocking`] they
+    /// are, and this returns at once.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait(self) -> Reply {
+        futures::executor::block_on(self)
+    }
+}
+
+impl Engine {
+    /// An empty batch of evaluations on this engine.
+    pub fn batch(&self) -> Batch<'_, '_> {
+        Batch { engine: self, items: Vec::new() }
+    }
+}
+
+/// Whether two host inputs are the same slices with the same meaning.
+fn same_host(a: &Input<'_>, b: &Input<'_>) -> bool {
+    use crate::input::Target;
+    let target = match (a.target(), b.target()) {
+        (Target::Dense(x), Target::Dense(y)) => std::ptr::eq(x.as_ref(), y.as_ref()),
+        (Target::Labels(x), Target::Labels(y)) => std::ptr::eq(x.as_ref(), y.as_ref()),
+        _ => false,
+    };
+    target
+        && std::ptr::eq(a.logits(), b.logits())
+        && a.shape() == b.shape()
+        && a.mode() == b.mode()
+        && a.ignore_index() == b.ignore_index()
+}
+
+fn same_slice(a: &BufferSlice<'_>, b: &BufferSlice<'_>) -> bool {
+    a.buffer == b.buffer && a.offset == b.offset && a.len == b.len
+}
+
+fn same_buffers(a: &BufferInput<'_>, b: &BufferInput<'_>) -> bool {
+    use crate::engine::TargetBuffer as T;
+    let target = match (a.target_buffer(), b.target_buffer()) {
+        (T::ClassU32(x), T::ClassU32(y)) | (T::ClassI32(x), T::ClassI32(y)) | (T::Dense(x), T::Dense(y)) => {
+            same_slice(x, y)
+        }
+        _ => false,
+    };
+    target
+        && same_slice(a.logits_slice(), b.logits_slice())
+        && a.shape() == b.shape()
+        && a.mode() == b.mode()
+        && a.ignore_index() == b.ignore_index()
+}
+
+impl<'a> ItemSrc<'a> {
+    fn same(&self, other: &ItemSrc<'_>) -> bool {
+        match (self, other) {
+            (ItemSrc::Host(a), ItemSrc::Host(b)) => same_host(a, b),
+            (ItemSrc::Buffers(a), ItemSrc::Buffers(b)) => same_buffers(a, b),
+            _ => false,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        match self {
+            ItemSrc::Host(i) => i.shape(),
+            ItemSrc::Buffers(b) => b.shape(),
+        }
+    }
+}
+
+/// Evaluations of one input: the items' expressions one after the other.
+struct Group {
+    items: Vec<usize>,
+}
+
+impl<'e, 'a> Batch<'e, 'a> {
+    /// Queues the evaluation of `exprs` on a host input, with gradients read back when `grads`.
+    /// Expressions that do not fit the input's mode or classes are refused here.
+    pub fn push(&mut self, input: &Input<'a>, exprs: &[LossExpr], grads: bool) -> Result<Pending, Error> {
+        for e in exprs {
+            e.check(input.mode(), input.classes())?;
+        }
+        let g = if grads { GradOut::Host } else { GradOut::Skip };
+        Ok(self.queue(ItemSrc::Host(input.clone()), exprs, vec![g; exprs.len()]))
+    }
+
+    /// Queues the evaluation of `exprs` on the caller's buffers, each gradient going where
+    /// `grads` says (one entry per expression), as [`Engine::evaluate_buffers`] does.
+    pub fn push_buffers(
+        &mut self,
+        input: &BufferInput<'a>,
+        exprs: &[LossExpr],
+        grads: &[GradOut<'a>],
+    ) -> Result<Pending, Error> {
+        if grads.len() != exprs.len() {
+            return Err(Error::Input(format!("{} gradient outputs for {} expressions", grads.len(), exprs.len())));
+        }
+        if self.engine.is_cpu() {
+            return Err(Error::Unsupported("buffer inputs need a GPU engine, not the CPU reference".into()));
+        }
+        for e in exprs {
+            e.check(input.mode(), input.shape()[1])?;
+        }
+        Ok(self.queue(ItemSrc::Buffers(input.clone()), exprs, grads.to_vec()))
+    }
+
+    fn queue(&mut self, src: ItemSrc<'a>, exprs: &[LossExpr], grads: Vec<GradOut<'a>>) -> Pending {
+        let (tx, rx) = oneshot::channel();
+        self.items.push(Item { src, exprs: exprs.to_vec(), grads, tx: Some(tx) });
+        Pending { rx }
+    }
+
+    /// Evaluations queued.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Records every queued evaluation into one submission, waits once, and completes every
+    /// [`Pending`]. An evaluation's own failure (bad values, a device limit) goes to its future;
+    /// a failure of the submission itself goes to every future and is returned here.
+    pub async fn flush(self) -> Result<(), Error> {
+        let Batch { engine, mut items } = self;
+        let mut txs: Vec<Option<oneshot::Sender<Reply>>> = items.iter_mut().map(|it| it.tx.take()).collect();
+        if items.is_empty() {
+            return Ok(());
+        }
+        let gpu = match &engine.backend {
+            Backend::Cpu => {
+                for (it, tx) in items.iter().zip(txs) {
+                    let Some(tx) = tx else { continue };
+                    let ItemSrc::Host(input) = &it.src else {
+                        let _ = tx.send(Err(Error::Unsupported("buffer inputs need a GPU engine".into())));
+                        continue;
+                    };
+                    let r = it
+                        .exprs
+                        .iter()
+                        .zip(&it.grads)
+                        .map(|(e, g)| {
+                            let r = reference::evaluate(input, e)?;
+                            Ok(Evaluation {
+                                value: r.value,
+                                term_values: r.term_values,
+                                grad: matches!(g, GradOut::Host).then(|| r.grad.iter().map(|&g| g as f32).collect()),
+                            })
+                        })
+                        .collect();
+                    let _ = tx.send(r);
+                }
+                return Ok(());
+            }
+            Backend::Gpu(g) => g.clone(),
+        };
+
+        // evaluations of one input share its statistics pass
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, it) in items.iter().enumerate() {
+            match groups.iter_mut().find(|g| items[g.items[0]].src.same(&it.src)) {
+                Some(g) => g.items.push(i),
+                None => groups.push(Group { items: vec![i] }),
+            }
+        }
+        let mut failed: Vec<Option<Error>> = vec![None; groups.len()];
+
+        // host inputs: every one's logits and target words packed into upload buffers, each
+        // slice at an aligned offset, a new buffer when one would pass the device's size limit
+        let max_buffer = gpu.limits.max_buffer_size;
+        let mut packs: Vec<Vec<u8>> = Vec::new();
+        // per group: (pack, logits offset, target offset, target words)
+        let mut placed: Vec<Option<(usize, u64, u64, usize)>> = vec![None; groups.len()];
+        for (gi, g) in groups.iter().enumerate() {
+            let ItemSrc::Host(input) = &items[g.items[0]].src else { continue };
+            if g.items.iter().any(|&i| items[i].exprs.iter().any(|e| e.has_lovasz())) && !input.hard_labels() {
+                failed[gi] =
+                    Some(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
+                continue;
+            }
+            let lbytes = (input.logits().len() * 4) as u64;
+            let words = target_words(input);
+            let tbytes = (words.len() * 4) as u64;
+            let need = lbytes.next_multiple_of(ALIGN) + tbytes;
+            let max = gpu.limits.max_storage_buffer_binding_size.min(max_buffer);
+            if lbytes.max(tbytes) > max {
+                failed[gi] = Some(Error::Limit { what: "the logits".into(), needed: lbytes.max(tbytes), max });
+                continue;
+            }
+            let fits = packs.last().is_some_and(|p| (p.len() as u64).next_multiple_of(ALIGN) + need <= max_buffer);
+            if !fits {
+                packs.push(Vec::new());
+            }
+            let pi = packs.len() - 1;
+            let p = &mut packs[pi];
+            let words_len = words.len();
+            let lo = (p.len() as u64).next_multiple_of(ALIGN);
+            p.resize(lo as usize, 0);
+            p.extend_from_slice(bytemuck::cast_slice(input.logits()));
+            let to = (p.len() as u64).next_multiple_of(ALIGN);
+            p.resize(to as usize, 0);
+            p.extend_from_slice(bytemuck::cast_slice(&words));
+            placed[gi] = Some((pi, lo, to, words_len));
+        }
+        let uploads: Vec<wgpu::Buffer> = packs
+            .iter()
+            .map(|p| {
+                gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("segloss batch inputs"),
+                    contents: p,
+                    usage: wgpu::BufferUsages::STORAGE,
+                })
+            })
+            .collect();
+
+        // one recording: each group's evaluation, then its values and status words copied into
+        // one staging buffer
+        let mut rec = Recording::new(&gpu.limits);
+        let mut recorded = Vec::new();
+        for (gi, g) in groups.iter().enumerate() {
+            if failed[gi].is_some() {
+                continue;
+            }
+            let exprs: Vec<LossExpr> = g.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
+            let grads: Vec<Dest<'_>> =
+                g.items.iter().flat_map(|&i| items[i].grads.iter().map(|&g| Dest::Out(g))).collect();
+            let src = match &items[g.items[0]].src {
+                ItemSrc::Host(input) => {
+                    let Some((pi, lo, to, nwords)) = placed[gi] else { continue };
+                    let buffer = &uploads[pi];
+                    Source::Host {
+                        input,
+                        logits: BufferSlice::new(buffer, lo, input.logits().len() as u64),
+                        target: BufferSlice::new(buffer, to, nwords as u64),
+                        groups: 1,
+                    }
+                }
+                ItemSrc::Buffers(b) => Source::Buffers(b),
+            };
+            let mark = rec.mark();
+            match engine.record(&gpu, &mut rec, &src, &exprs, &grads, false) {
+                Ok(mut r) => recorded.push((gi, exprs, r.swap_remove(0))),
+                Err(e) => {
+                    rec.rollback(mark);
+                    failed[gi] = Some(e);
+                }
+            }
+        }
+        let mut at = Vec::with_capacity(recorded.len());
+        let mut total = 0u64;
+        for (_, _, r) in &recorded {
+            at.push(total);
+            total += (r.vals_len * 4 + 32) as u64;
+        }
+        let mut outcome = Ok(());
+        if !recorded.is_empty() {
+            let staged = rec.readbacks();
+            let data = match rec.readback(total, "batch values") {
+                Ok(rb) => {
+                    for ((_, _, r), &o) in recorded.iter().zip(&at) {
+                        let vb = (r.vals_len * 4) as u64;
+                        if vb > 0 {
+                            rec.copy(r.out.sub(0, vb), rb.sub(o, vb));
+                        }
+                        rec.copy(r.status, rb.sub(o + vb, 32));
+                    }
+                    match gpu.execute(vec![rec]).pop() {
+                        Some(f) => {
+                            gpu.note_wait();
+                            f.await
+                        }
+                        None => Err(Error::Gpu("no submission".into())),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match data {
+                Ok(data) => {
+                    let vals = words(&data[staged]);
+                    for ((gi, exprs, r), &o) in recorded.iter().zip(&at) {
+                        let o = (o / 4) as usize;
+                        let shape = items[groups[*gi].items[0]].src.shape();
+                        match decode(&vals[o..o + r.vals_len + 8], r, shape, exprs, &data) {
+                            Ok(mut evals) => {
+                                for &i in groups[*gi].items.iter().rev() {
+                                    let rest = evals.len() - items[i].exprs.len();
+                                    let mine = evals.split_off(rest);
+                                    deliver(&mut txs, i, Ok(mine));
+                                }
+                            }
+                            Err(e) => failed[*gi] = Some(e),
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (gi, _, _) in &recorded {
+                        failed[*gi] = Some(e.clone());
+                    }
+                    outcome = Err(e);
+                }
+            }
+        }
+        for (g, f) in groups.iter().zip(failed) {
+            if let Some(e) = f {
+                for &i in &g.items {
+                    deliver(&mut txs, i, Err(e.clone()));
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Blocking [`Batch::flush`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn flush_blocking(self) -> Result<(), Error> {
+        futures::executor::block_on(self.flush())
+    }
+}
+
+fn deliver(txs: &mut [Option<oneshot::Sender<Reply>>], i: usize, r: Reply) {
+    if let Some(tx) = txs[i].take() {
+        let _ = tx.send(r);
+    }
+}
