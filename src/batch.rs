@@ -248,42 +248,62 @@ impl<'e, 'a> Batch<'e, 'a> {
         }
         let mut failed: Vec<Option<Error>> = vec![None; groups.len()];
 
-        // host inputs: every one's logits and target words packed into upload buffers, each
-        // slice at an aligned offset, a new buffer when one would pass the device's size limit
-        let max_buffer = gpu.limits.max_buffer_size;
-        let mut packs: Vec<Vec<u8>> = Vec::new();
-        // per group: (pack, logits offset, target offset, target words)
-        let mut placed: Vec<Option<(usize, u64, u64, usize)>> = vec![None; groups.len()];
         for (gi, g) in groups.iter().enumerate() {
-            let ItemSrc::Host(input) = &items[g.items[0]].src else { continue };
-            if g.items.iter().any(|&i| items[i].exprs.iter().any(|e| e.has_lovasz())) && !input.hard_labels() {
-                failed[gi] =
-                    Some(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
+            if let ItemSrc::Host(input) = &items[g.items[0]].src {
+                if g.items.iter().any(|&i| items[i].exprs.iter().any(|e| e.has_lovasz())) && !input.hard_labels() {
+                    failed[gi] =
+                        Some(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
+                }
+            }
+        }
+        let sets = coalesce(&items, &groups, &failed, &gpu.limits);
+
+        // host inputs: each set's logits one after the other, then its target words, packed into
+        // upload buffers at aligned offsets; a new buffer when one would pass the size limit
+        let max_buffer = gpu.limits.max_buffer_size;
+        let max_binding = gpu.limits.max_storage_buffer_binding_size.min(max_buffer);
+        let mut packs: Vec<Vec<u8>> = Vec::new();
+        // per set: (pack, logits offset, target offset, target words of one input)
+        let mut placed: Vec<Option<(usize, u64, u64, usize)>> = vec![None; sets.len()];
+        for (si, set) in sets.iter().enumerate() {
+            let ItemSrc::Host(first) = &items[groups[set[0]].items[0]].src else { continue };
+            let lbytes = (first.logits().len() * 4 * set.len()) as u64;
+            let words: Vec<Vec<u32>> = set
+                .iter()
+                .map(|&gi| match &items[groups[gi].items[0]].src {
+                    ItemSrc::Host(input) => target_words(input),
+                    ItemSrc::Buffers(_) => Vec::new(),
+                })
+                .collect();
+            let nwords = words[0].len();
+            let tbytes = (nwords * 4 * set.len()) as u64;
+            if lbytes.max(tbytes) > max_binding {
+                // a single input (sets of several stay within the limit)
+                for &gi in set {
+                    failed[gi] =
+                        Some(Error::Limit { what: "the logits".into(), needed: lbytes.max(tbytes), max: max_binding });
+                }
                 continue;
             }
-            let lbytes = (input.logits().len() * 4) as u64;
-            let words = target_words(input);
-            let tbytes = (words.len() * 4) as u64;
             let need = lbytes.next_multiple_of(ALIGN) + tbytes;
-            let max = gpu.limits.max_storage_buffer_binding_size.min(max_buffer);
-            if lbytes.max(tbytes) > max {
-                failed[gi] = Some(Error::Limit { what: "the logits".into(), needed: lbytes.max(tbytes), max });
-                continue;
-            }
-            let fits = packs.last().is_some_and(|p| (p.len() as u64).next_multiple_of(ALIGN) + need <= max_buffer);
-            if !fits {
+            if !packs.last().is_some_and(|p| (p.len() as u64).next_multiple_of(ALIGN) + need <= max_buffer) {
                 packs.push(Vec::new());
             }
             let pi = packs.len() - 1;
             let p = &mut packs[pi];
-            let words_len = words.len();
             let lo = (p.len() as u64).next_multiple_of(ALIGN);
             p.resize(lo as usize, 0);
-            p.extend_from_slice(bytemuck::cast_slice(input.logits()));
+            for &gi in set {
+                if let ItemSrc::Host(input) = &items[groups[gi].items[0]].src {
+                    p.extend_from_slice(bytemuck::cast_slice(input.logits()));
+                }
+            }
             let to = (p.len() as u64).next_multiple_of(ALIGN);
             p.resize(to as usize, 0);
-            p.extend_from_slice(bytemuck::cast_slice(&words));
-            placed[gi] = Some((pi, lo, to, words_len));
+            for w in &words {
+                p.extend_from_slice(bytemuck::cast_slice(w));
+            }
+            placed[si] = Some((pi, lo, to, nwords));
         }
         let uploads: Vec<wgpu::Buffer> = packs
             .iter()
@@ -296,56 +316,73 @@ impl<'e, 'a> Batch<'e, 'a> {
             })
             .collect();
 
-        // one recording: each group's evaluation, then its values and status words copied into
-        // one staging buffer
+        // one recording: each set's passes (a set of inputs of one shape and one list of
+        // expressions shares them), then its status words and each evaluation's values copied
+        // into one staging buffer
         let mut rec = Recording::new(&gpu.limits);
+        // (group, its expressions, where its results are, index of its set's status in `statuses`)
         let mut recorded = Vec::new();
-        for (gi, g) in groups.iter().enumerate() {
-            if failed[gi].is_some() {
+        let mut statuses = Vec::new();
+        for (si, set) in sets.iter().enumerate() {
+            let g0 = &groups[set[0]];
+            if set.iter().any(|&gi| failed[gi].is_some()) {
                 continue;
             }
-            let exprs: Vec<LossExpr> = g.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
+            let exprs: Vec<LossExpr> = g0.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
             let grads: Vec<Dest<'_>> =
-                g.items.iter().flat_map(|&i| items[i].grads.iter().map(|&g| Dest::Out(g))).collect();
-            let src = match &items[g.items[0]].src {
+                g0.items.iter().flat_map(|&i| items[i].grads.iter().map(|&g| Dest::Out(g))).collect();
+            let src = match &items[g0.items[0]].src {
                 ItemSrc::Host(input) => {
-                    let Some((pi, lo, to, nwords)) = placed[gi] else { continue };
+                    let Some((pi, lo, to, nwords)) = placed[si] else { continue };
                     let buffer = &uploads[pi];
+                    let k = set.len() as u64;
                     Source::Host {
                         input,
-                        logits: BufferSlice::new(buffer, lo, input.logits().len() as u64),
-                        target: BufferSlice::new(buffer, to, nwords as u64),
-                        groups: 1,
+                        logits: BufferSlice::new(buffer, lo, input.logits().len() as u64 * k),
+                        target: BufferSlice::new(buffer, to, nwords as u64 * k),
+                        groups: set.len(),
                     }
                 }
                 ItemSrc::Buffers(b) => Source::Buffers(b),
             };
             let mark = rec.mark();
             match engine.record(&gpu, &mut rec, &src, &exprs, &grads, false) {
-                Ok(mut r) => recorded.push((gi, exprs, r.swap_remove(0))),
+                Ok(rs) => {
+                    statuses.push(rs[0].status);
+                    for (&gi, r) in set.iter().zip(rs) {
+                        let exprs: Vec<LossExpr> =
+                            groups[gi].items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
+                        recorded.push((gi, exprs, r, statuses.len() - 1));
+                    }
+                }
                 Err(e) => {
                     rec.rollback(mark);
-                    failed[gi] = Some(e);
+                    for &gi in set {
+                        failed[gi] = Some(e.clone());
+                    }
                 }
             }
         }
+        // staging layout: every set's 8 status words, then every evaluation's values
         let mut at = Vec::with_capacity(recorded.len());
-        let mut total = 0u64;
-        for (_, _, r) in &recorded {
+        let mut total = (statuses.len() * 32) as u64;
+        for (_, _, r, _) in &recorded {
             at.push(total);
-            total += (r.vals_len * 4 + 32) as u64;
+            total += (r.vals_len * 4) as u64;
         }
         let mut outcome = Ok(());
         if !recorded.is_empty() {
             let staged = rec.readbacks();
             let data = match rec.readback(total, "batch values") {
                 Ok(rb) => {
-                    for ((_, _, r), &o) in recorded.iter().zip(&at) {
+                    for (i, st) in statuses.iter().enumerate() {
+                        rec.copy(*st, rb.sub(i as u64 * 32, 32));
+                    }
+                    for ((_, _, r, _), &o) in recorded.iter().zip(&at) {
                         let vb = (r.vals_len * 4) as u64;
                         if vb > 0 {
                             rec.copy(r.out.sub(0, vb), rb.sub(o, vb));
                         }
-                        rec.copy(r.status, rb.sub(o + vb, 32));
                     }
                     match gpu.execute(vec![rec]).pop() {
                         Some(f) => {
@@ -359,11 +396,13 @@ impl<'e, 'a> Batch<'e, 'a> {
             };
             match data {
                 Ok(data) => {
-                    let vals = words(&data[staged]);
-                    for ((gi, exprs, r), &o) in recorded.iter().zip(&at) {
+                    let staged_words = words(&data[staged]);
+                    for ((gi, exprs, r, st), &o) in recorded.iter().zip(&at) {
                         let o = (o / 4) as usize;
+                        let mut vals = staged_words[o..o + r.vals_len].to_vec();
+                        vals.extend_from_slice(&staged_words[st * 8..st * 8 + 8]);
                         let shape = items[groups[*gi].items[0]].src.shape();
-                        match decode(&vals[o..o + r.vals_len + 8], r, shape, exprs, &data) {
+                        match decode(&vals, r, shape, exprs, &data) {
                             Ok(mut evals) => {
                                 for &i in groups[*gi].items.iter().rev() {
                                     let rest = evals.len() - items[i].exprs.len();
@@ -376,7 +415,7 @@ impl<'e, 'a> Batch<'e, 'a> {
                     }
                 }
                 Err(e) => {
-                    for (gi, _, _) in &recorded {
+                    for (gi, _, _, _) in &recorded {
                         failed[*gi] = Some(e.clone());
                     }
                     outcome = Err(e);
@@ -398,6 +437,54 @@ impl<'e, 'a> Batch<'e, 'a> {
     pub fn flush_blocking(self) -> Result<(), Error> {
         futures::executor::block_on(self.flush())
     }
+}
+
+/// Sets of groups recorded together: host inputs of one shape and mode with the same
+/// expressions and gradient requests (no Lovász: its sort would span the set), as many per set
+/// as the device's binding size and workgroup counts allow; every other group alone.
+fn coalesce(items: &[Item<'_>], groups: &[Group], failed: &[Option<Error>], limits: &wgpu::Limits) -> Vec<Vec<usize>> {
+    let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+    let max_groups = limits.max_compute_workgroups_per_dimension as usize;
+    let mut sets: Vec<Vec<usize>> = Vec::new();
+    // per open set: its key's representative group
+    let mut open: Vec<usize> = Vec::new();
+    let exprs_of = |g: &Group| -> Vec<(&LossExpr, bool)> {
+        g.items
+            .iter()
+            .flat_map(|&i| items[i].exprs.iter().zip(items[i].grads.iter().map(|g| matches!(g, GradOut::Host))))
+            .collect()
+    };
+    for (gi, g) in groups.iter().enumerate() {
+        let coalescable = match &items[g.items[0]].src {
+            ItemSrc::Host(_) => {
+                failed[gi].is_none() && !g.items.iter().any(|&i| items[i].exprs.iter().any(|e| e.has_lovasz()))
+            }
+            ItemSrc::Buffers(_) => false,
+        };
+        if !coalescable {
+            sets.push(vec![gi]);
+            continue;
+        }
+        let ItemSrc::Host(input) = &items[g.items[0]].src else { continue };
+        let bytes = (input.logits().len() * 4) as u64;
+        let key = |h: &Group| match &items[h.items[0]].src {
+            ItemSrc::Host(o) => o.shape() == input.shape() && o.mode() == input.mode() && exprs_of(h) == exprs_of(g),
+            ItemSrc::Buffers(_) => false,
+        };
+        let found = open.iter().position(|&si| {
+            let set = &sets[si];
+            let k = set.len() + 1;
+            key(&groups[set[0]]) && bytes * k as u64 <= max_binding && input.batch() * k <= max_groups
+        });
+        match found {
+            Some(o) => sets[open[o]].push(gi),
+            None => {
+                open.push(sets.len());
+                sets.push(vec![gi]);
+            }
+        }
+    }
+    sets
 }
 
 fn deliver(txs: &mut [Option<oneshot::Sender<Reply>>], i: usize, r: Reply) {

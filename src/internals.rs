@@ -123,8 +123,8 @@ impl Engine {
         Ok(out)
     }
 
-    /// Whether the statistics pass takes the wide sigmoid tiles of CPU adapters (the default
-    /// there) or the narrow ones of GPUs (the default elsewhere): for tests of the GPU
+    /// Whether the statistics pass takes the wide sigmoid tiles of CPU adapters on images that
+    /// fill one (the default there) or the narrow ones of GPUs (the default elsewhere): for tests of the GPU
     /// configuration on a CPU adapter, and for benchmarks. Evaluations already recorded keep
     /// the setting they were recorded with. A no-op on the CPU reference.
     pub fn set_wide_statistics(&self, wide: bool) {

@@ -708,3 +708,34 @@ fn a_batch_on_the_cpu_reference_equals_the_reference() {
         assert_eq!(g.grad.as_ref(), Some(&rg));
     }
 }
+
+#[test]
+fn inputs_of_one_shape_in_a_batch_share_their_passes_and_equal_one_by_one() {
+    let engine = &Engine::gpu_blocking().unwrap();
+    // several inputs of each shape: a batch records each shape's set of inputs as one
+    // evaluation of many groups (the finalize and the coefficient blocks one per input)
+    let no_lovasz = |list: &[&str]| -> Vec<LossExpr> { parse(list).into_iter().filter(|e| !e.has_lovasz()).collect() };
+    let mut cases: Vec<Case> = (0..6).map(|i| dense_case(200 + i, &[2, 1, 9, 13], Mode::Binary)).collect();
+    cases.extend((0..4).map(|i| label_case(300 + i, &[1, 3, 7, 5], if i % 2 == 0 { 255 } else { -100 })));
+    cases.extend((0..3).map(|i| dense_case(400 + i, &[3, 2, 33], Mode::Multilabel)));
+    // per-image pooling, class lists and empty-class rules: finalize ops that index images
+    let extra = parse(&["dice:pool=image", "jaccard:classes=0,empty=skip", "dice:pool=all"]);
+    let exprs_of = |c: &Case| -> Vec<LossExpr> {
+        let mut e = no_lovasz(if c.mode == Mode::Multiclass { MULTICLASS } else { BINARY });
+        e.extend(extra.iter().cloned());
+        e
+    };
+    let singles: Vec<Vec<Evaluation>> =
+        cases.iter().map(|c| engine.evaluate_blocking(&c.host(), &exprs_of(c), true).unwrap()).collect();
+    let inputs: Vec<Input<'_>> = cases.iter().map(Case::host).collect();
+    let before = engine.activity();
+    let mut batch = engine.batch();
+    let pending: Vec<_> = cases.iter().zip(&inputs).map(|(c, i)| batch.push(i, &exprs_of(c), true).unwrap()).collect();
+    batch.flush_blocking().unwrap();
+    assert_eq!(engine.activity().submissions - before.submissions, 1);
+    for (i, (p, single)) in pending.into_iter().zip(&singles).enumerate() {
+        let got = p.wait().unwrap();
+        assert_eq!(got.len(), single.len());
+        assert_same(&got, single, &format!("input {i} of a shared set"));
+    }
+}

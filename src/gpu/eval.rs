@@ -78,7 +78,9 @@ impl Gpu {
         }
         let softmax = inp.softmax;
         // read once: the tile size and the statistics pipelines must agree
-        let wide = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed);
+        // (wide tiles only for images that fill one: a smaller image would leave most of the
+        // wide workgroup idle)
+        let wide = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed) && s >= stats_tile(softmax, true);
         let tiles = s.div_ceil(stats_tile(softmax, wide));
         let plan = StatsPlan::new(exprs, c);
         let passes = plan.passes();
