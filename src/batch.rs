@@ -286,7 +286,7 @@ impl<'e, 'a> Batch<'e, 'a> {
                 continue;
             }
             let need = lbytes.next_multiple_of(ALIGN) + tbytes;
-            if !packs.last().is_some_and(|p| (p.len() as u64).next_multiple_of(ALIGN) + need <= max_buffer) {
+            if packs.last().is_none_or(|p| (p.len() as u64).next_multiple_of(ALIGN) + need > max_buffer) {
                 packs.push(Vec::new());
             }
             let pi = packs.len() - 1;
