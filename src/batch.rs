@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::channel::oneshot;
-use wgpu::util::DeviceExt;
 
 use crate::engine::{
     decode, target_words, words, Backend, BufferInput, BufferSlice, Dest, Engine, Evaluation, GradOut, Source,
@@ -262,21 +261,20 @@ impl<'e, 'a> Batch<'e, 'a> {
         // upload buffers at aligned offsets; a new buffer when one would pass the size limit
         let max_buffer = gpu.limits.max_buffer_size;
         let max_binding = gpu.limits.max_storage_buffer_binding_size.min(max_buffer);
-        let mut packs: Vec<Vec<u8>> = Vec::new();
-        // per set: (pack, logits offset, target offset, target words of one input)
-        let mut placed: Vec<Option<(usize, u64, u64, usize)>> = vec![None; sets.len()];
+        // bytes of each upload buffer, and what goes where: (buffer, offset, group, logits?)
+        let mut packs: Vec<u64> = Vec::new();
+        let mut writes: Vec<(usize, u64, usize, bool)> = Vec::new();
+        // per set: (logits buffer, offset, target buffer, offset, target words of one input)
+        let mut placed: Vec<Option<Placed>> = vec![None; sets.len()];
+        // large inputs (alone in their set): buffers of their own, written at creation
+        let mut own: Vec<wgpu::Buffer> = Vec::new();
         for (si, set) in sets.iter().enumerate() {
             let ItemSrc::Host(first) = &items[groups[set[0]].items[0]].src else { continue };
-            let lbytes = (first.logits().len() * 4 * set.len()) as u64;
-            let words: Vec<Vec<u32>> = set
-                .iter()
-                .map(|&gi| match &items[groups[gi].items[0]].src {
-                    ItemSrc::Host(input) => target_words(input),
-                    ItemSrc::Buffers(_) => Vec::new(),
-                })
-                .collect();
-            let nwords = words[0].len();
-            let tbytes = (nwords * 4 * set.len()) as u64;
+            let per_l = (first.logits().len() * 4) as u64;
+            let nwords = first.target_len();
+            let per_t = (nwords * 4) as u64;
+            let k = set.len() as u64;
+            let (lbytes, tbytes) = (per_l * k, per_t * k);
             if lbytes.max(tbytes) > max_binding {
                 // a single input (sets of several stay within the limit)
                 for &gi in set {
@@ -285,36 +283,53 @@ impl<'e, 'a> Batch<'e, 'a> {
                 }
                 continue;
             }
+            if per_l >= COALESCE_BYTES {
+                use wgpu::util::DeviceExt;
+                let init = |label, contents: &[u8]| {
+                    gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some(label),
+                        contents,
+                        usage: wgpu::BufferUsages::STORAGE,
+                    })
+                };
+                own.push(init("segloss batch logits", bytemuck::cast_slice(first.logits())));
+                own.push(init("segloss batch target", bytemuck::cast_slice(&target_words(first))));
+                placed[si] = Some((Up::Own(own.len() - 2), 0, Up::Own(own.len() - 1), 0, nwords));
+                continue;
+            }
             let need = lbytes.next_multiple_of(ALIGN) + tbytes;
-            if packs.last().is_none_or(|p| (p.len() as u64).next_multiple_of(ALIGN) + need > max_buffer) {
-                packs.push(Vec::new());
+            if packs.last().is_none_or(|&p| p.next_multiple_of(ALIGN) + need > max_buffer) {
+                packs.push(0);
             }
             let pi = packs.len() - 1;
-            let p = &mut packs[pi];
-            let lo = (p.len() as u64).next_multiple_of(ALIGN);
-            p.resize(lo as usize, 0);
-            for &gi in set {
-                if let ItemSrc::Host(input) = &items[groups[gi].items[0]].src {
-                    p.extend_from_slice(bytemuck::cast_slice(input.logits()));
-                }
+            let lo = packs[pi].next_multiple_of(ALIGN);
+            let to = (lo + lbytes).next_multiple_of(ALIGN);
+            for (j, &gi) in set.iter().enumerate() {
+                writes.push((pi, lo + j as u64 * per_l, gi, true));
+                writes.push((pi, to + j as u64 * per_t, gi, false));
             }
-            let to = (p.len() as u64).next_multiple_of(ALIGN);
-            p.resize(to as usize, 0);
-            for w in &words {
-                p.extend_from_slice(bytemuck::cast_slice(w));
-            }
-            placed[si] = Some((pi, lo, to, nwords));
+            packs[pi] = to + tbytes;
+            placed[si] = Some((Up::Pack(pi), lo, Up::Pack(pi), to, nwords));
         }
+        // upload buffers from the pool (sizes rounded up to a power of two, so that the next
+        // flush of a similar batch reuses them rather than faulting in fresh memory), written
+        // through the queue, back to the pool when the submission has completed
+        let upload_usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         let uploads: Vec<wgpu::Buffer> = packs
             .iter()
-            .map(|p| {
-                gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("segloss batch inputs"),
-                    contents: p,
-                    usage: wgpu::BufferUsages::STORAGE,
-                })
+            .map(|&b| {
+                let size = b.max(ALIGN).next_power_of_two().min(max_buffer);
+                gpu.pool.take(&gpu.device, size, upload_usage, "segloss batch inputs")
             })
             .collect();
+        for &(pi, off, gi, is_logits) in &writes {
+            let ItemSrc::Host(input) = &items[groups[gi].items[0]].src else { continue };
+            if is_logits {
+                gpu.queue.write_buffer(&uploads[pi], off, bytemuck::cast_slice(input.logits()));
+            } else {
+                gpu.queue.write_buffer(&uploads[pi], off, bytemuck::cast_slice(&target_words(input)));
+            }
+        }
 
         // one recording: each set's passes (a set of inputs of one shape and one list of
         // expressions shares them), then its status words and each evaluation's values copied
@@ -333,13 +348,16 @@ impl<'e, 'a> Batch<'e, 'a> {
                 g0.items.iter().flat_map(|&i| items[i].grads.iter().map(|&g| Dest::Out(g))).collect();
             let src = match &items[g0.items[0]].src {
                 ItemSrc::Host(input) => {
-                    let Some((pi, lo, to, nwords)) = placed[si] else { continue };
-                    let buffer = &uploads[pi];
+                    let Some((lb, lo, tb, to, nwords)) = placed[si] else { continue };
+                    let buf = |u: Up| match u {
+                        Up::Pack(i) => &uploads[i],
+                        Up::Own(i) => &own[i],
+                    };
                     let k = set.len() as u64;
                     Source::Host {
                         input,
-                        logits: BufferSlice::new(buffer, lo, input.logits().len() as u64 * k),
-                        target: BufferSlice::new(buffer, to, nwords as u64 * k),
+                        logits: BufferSlice::new(buf(lb), lo, input.logits().len() as u64 * k),
+                        target: BufferSlice::new(buf(tb), to, nwords as u64 * k),
                         groups: set.len(),
                     }
                 }
@@ -394,6 +412,8 @@ impl<'e, 'a> Batch<'e, 'a> {
                 }
                 Err(e) => Err(e),
             };
+            // the submission has completed (or failed): the uploads are free again
+            gpu.pool.give(uploads);
             match data {
                 Ok(data) => {
                     let staged_words = words(&data[staged]);
@@ -442,6 +462,22 @@ impl<'e, 'a> Batch<'e, 'a> {
 /// Sets of groups recorded together: host inputs of one shape and mode with the same
 /// expressions and gradient requests (no Lovász: its sort would span the set), as many per set
 /// as the device's binding size and workgroup counts allow; every other group alone.
+/// Inputs with fewer logits bytes than this share upload buffers and, with others of their shape
+/// and expressions, one set of passes; larger ones gain nothing from either (their passes are
+/// long enough) and are uploaded as [`Engine::prepare`] does, in one copy.
+const COALESCE_BYTES: u64 = 1 << 20;
+
+/// Where a set's inputs were uploaded: (logits buffer, byte offset, target buffer, byte offset,
+/// target words of one input).
+type Placed = (Up, u64, Up, u64, usize);
+
+/// An upload buffer: a pooled pack shared by small inputs, or a large input's own.
+#[derive(Clone, Copy)]
+enum Up {
+    Pack(usize),
+    Own(usize),
+}
+
 fn coalesce(items: &[Item<'_>], groups: &[Group], failed: &[Option<Error>], limits: &wgpu::Limits) -> Vec<Vec<usize>> {
     let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
     let max_groups = limits.max_compute_workgroups_per_dimension as usize;
@@ -456,8 +492,10 @@ fn coalesce(items: &[Item<'_>], groups: &[Group], failed: &[Option<Error>], limi
     };
     for (gi, g) in groups.iter().enumerate() {
         let coalescable = match &items[g.items[0]].src {
-            ItemSrc::Host(_) => {
-                failed[gi].is_none() && !g.items.iter().any(|&i| items[i].exprs.iter().any(|e| e.has_lovasz()))
+            ItemSrc::Host(i) => {
+                ((i.logits().len() * 4) as u64) < COALESCE_BYTES
+                    && failed[gi].is_none()
+                    && !g.items.iter().any(|&i| items[i].exprs.iter().any(|e| e.has_lovasz()))
             }
             ItemSrc::Buffers(_) => false,
         };

@@ -199,6 +199,14 @@ impl<'a> Input<'a> {
         self.ignore_index
     }
 
+    /// Target elements: class indices, or dense values.
+    pub(crate) fn target_len(&self) -> usize {
+        match &self.target {
+            Target::Dense(t) => t.len(),
+            Target::Labels(t) => t.len(),
+        }
+    }
+
     /// Whether every target value is exactly 0 or 1 (or ignored): needed by Lovász.
     pub fn hard_labels(&self) -> bool {
         match &self.target {

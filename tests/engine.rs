@@ -739,3 +739,26 @@ fn inputs_of_one_shape_in_a_batch_share_their_passes_and_equal_one_by_one() {
         assert_same(&got, single, &format!("input {i} of a shared set"));
     }
 }
+
+#[test]
+fn large_inputs_in_a_batch_equal_one_by_one() {
+    // past the size at which a batch shares upload buffers and passes: uploaded on their own
+    let engine = common::gpu();
+    let cases = [dense_case(500, &[1, 1, 520, 512], Mode::Binary), label_case(501, &[1, 3, 300, 300], 255)];
+    let inputs: Vec<Input<'_>> = cases.iter().map(Case::host).collect();
+    let mut batch = engine.batch();
+    let pending: Vec<_> =
+        cases.iter().zip(&inputs).map(|(c, i)| batch.push(i, &exprs_for(c)[..3], true).unwrap()).collect();
+    let small = dense_case(502, &[1, 1, 16, 16], Mode::Binary);
+    let small_input = small.host();
+    let p_small = batch.push(&small_input, &exprs_for(&small), true).unwrap();
+    batch.flush_blocking().unwrap();
+    for ((c, i), p) in cases.iter().zip(&inputs).zip(pending) {
+        assert_same(&p.wait().unwrap(), &engine.evaluate_blocking(i, &exprs_for(c)[..3], true).unwrap(), "large input");
+    }
+    assert_same(
+        &p_small.wait().unwrap(),
+        &engine.evaluate_blocking(&small_input, &exprs_for(&small), true).unwrap(),
+        "small input beside large ones",
+    );
+}

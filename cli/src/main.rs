@@ -61,13 +61,34 @@ enum Cmd {
 }
 
 #[derive(clap::Args)]
-struct EvalArgs {
+pub(crate) struct EvalArgs {
     /// Logits [N, C, S...] as float16/32/64 .npy.
-    #[arg(long)]
-    logits: PathBuf,
+    #[arg(long, required_unless_present = "logits_dir", conflicts_with = "logits_dir")]
+    logits: Option<PathBuf>,
     /// Targets: float/bool of the logits' shape, or integer class indices [N, S...].
-    #[arg(long)]
-    target: PathBuf,
+    #[arg(long, required_unless_present = "target_dir", conflicts_with = "target_dir")]
+    target: Option<PathBuf>,
+    /// A folder of logits .npy files: evaluates each with the target of the same file stem in
+    /// --target-dir, many files per submission, with a progress bar, a row per file and the means.
+    #[arg(long, requires = "target_dir", conflicts_with = "grad_dir")]
+    logits_dir: Option<PathBuf>,
+    /// The targets of --logits-dir: .npy (as --target) or PNG masks (see --mask, --palette).
+    #[arg(long, requires = "logits_dir")]
+    target_dir: Option<PathBuf>,
+    /// How a PNG mask's grey level becomes a target: `grey` (the level is the class index, or the
+    /// 0/1 target when the logits have one channel) or `binary` (level > 127 is 1, else 0).
+    #[arg(long, default_value = "grey", value_parser = ["grey", "binary"])]
+    mask: String,
+    /// PNG masks in colour: `R,G,B;R,G,B;...`, the i-th colour is class i (other colours are an
+    /// error of that file).
+    #[arg(long, conflicts_with = "mask")]
+    palette: Option<String>,
+    /// Files per submission with --logits-dir.
+    #[arg(long, default_value_t = 16)]
+    chunk: usize,
+    /// With --logits-dir: print CSV (a row per file, then the means).
+    #[arg(long, conflicts_with = "json")]
+    csv: bool,
     /// binary, multilabel or multiclass (inferred from the target when not given).
     #[arg(long)]
     mode: Option<String>,
@@ -129,7 +150,7 @@ struct BenchArgs {
 }
 
 /// A failure and the exit code it maps to.
-struct Fail(u8, String);
+pub(crate) struct Fail(pub u8, pub String);
 
 /// Writes one line to stdout. A failed write (a closed pipe, a full disk) is a [`Fail`], not the
 /// panic of `println!`.
@@ -139,7 +160,10 @@ macro_rules! outln {
     };
 }
 
-fn write_out(args: std::fmt::Arguments) -> Result<(), Fail> {
+// after outln!, which it uses
+mod dataset;
+
+pub(crate) fn write_out(args: std::fmt::Arguments) -> Result<(), Fail> {
     let mut o = std::io::stdout().lock();
     o.write_fmt(args).and_then(|()| o.write_all(b"\n")).map_err(stdout_failed)
 }
@@ -225,7 +249,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn engine() -> Result<Engine, Fail> {
+pub(crate) fn engine() -> Result<Engine, Fail> {
     let e = futures::executor::block_on(Engine::with_options(&EngineOptions::from_env()))?;
     if let Some(why) = &e.info().fallback_reason {
         note(&format!("no GPU adapter ({why}); using the f64 CPU reference"));
@@ -236,13 +260,13 @@ fn engine() -> Result<Engine, Fail> {
 // ----------------------------------------------------------------------------------------------
 // eval
 
-fn read_npy(path: &Path, what: &str) -> Result<npy::Array, Fail> {
+pub(crate) fn read_npy(path: &Path, what: &str) -> Result<npy::Array, Fail> {
     let bytes = std::fs::read(path).map_err(|e| Fail(2, format!("cannot read {what} {}: {e}", path.display())))?;
     npy::read(&bytes).map_err(|e| Fail(2, format!("{what} {}: {e}", path.display())))
 }
 
 /// Builds the input from the two arrays, inferring the mode when not given.
-fn build_input(
+pub(crate) fn build_input(
     logits: &npy::Array,
     target: &npy::Array,
     mode: Option<&str>,
@@ -294,8 +318,14 @@ fn build_input(
 }
 
 fn eval(a: EvalArgs) -> Result<(), Fail> {
-    let logits = read_npy(&a.logits, "logits")?;
-    let target = read_npy(&a.target, "target")?;
+    let (Some(lpath), Some(tpath)) = (&a.logits, &a.target) else {
+        return dataset::eval_dirs(&a);
+    };
+    if a.csv {
+        return Err(Fail(2, "--csv prints a row per file: it goes with --logits-dir".into()));
+    }
+    let logits = read_npy(lpath, "logits")?;
+    let target = read_npy(tpath, "target")?;
     let input = build_input(&logits, &target, a.mode.as_deref(), a.ignore_index)?;
     let engine = engine()?;
     if let Some(d) = &a.grad_dir {
@@ -446,7 +476,7 @@ fn check_elements(what: &str, dims: &[usize]) -> Result<usize, Fail> {
 }
 
 /// A count that must be at least 1.
-fn positive(flag: &str, v: usize) -> Result<usize, Fail> {
+pub(crate) fn positive(flag: &str, v: usize) -> Result<usize, Fail> {
     if v == 0 {
         return Err(Fail(2, format!("{flag} 0: must be at least 1")));
     }

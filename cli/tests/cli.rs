@@ -335,3 +335,99 @@ fn no_xdg_runtime_dir_complaints_without_xdg_runtime_dir() {
         assert!(!err.contains("XDG_RUNTIME_DIR"), "XDG_RUNTIME_DIR={value:?}: {err}");
     }
 }
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn eval_of_folders_gives_each_file_its_values_and_error_rows() {
+    let root = std::env::temp_dir().join(format!("segloss-dataset-{}", std::process::id()));
+    let (ld, td) = (root.join("logits"), root.join("targets"));
+    std::fs::create_dir_all(&ld).unwrap();
+    std::fs::create_dir_all(&td).unwrap();
+    let mut rng = common::Rng(5);
+    // four binary .npy pairs, two of one shape and two of others (a batch coalesces the first)
+    let shapes: [&[u64]; 4] = [&[1, 1, 8, 8], &[1, 1, 8, 8], &[2, 1, 5, 7], &[1, 1, 3, 4, 5]];
+    for (k, shape) in shapes.iter().enumerate() {
+        let n: u64 = shape.iter().product();
+        let logits: Vec<f32> = (0..n).map(|_| (rng.normal() * 2.0) as f32).collect();
+        let target: Vec<f32> = (0..n).map(|_| (rng.uniform() < 0.4) as u8 as f32).collect();
+        write_npy(&ld.join(format!("img{k}.npy")), &logits, shape);
+        write_npy(&td.join(format!("img{k}.npy")), &target, shape);
+    }
+    // a multiclass PNG mask (grey level = class) for [3, 6, 5] logits
+    let (h, w) = (6u32, 5u32);
+    let labels: Vec<u8> = (0..h * w).map(|_| rng.below(3) as u8).collect();
+    let logits: Vec<f32> = (0..3 * h * w).map(|_| (rng.normal() * 2.0) as f32).collect();
+    write_npy(&ld.join("mask.npy"), &logits, &[3, u64::from(h), u64::from(w)]);
+    image::GrayImage::from_raw(w, h, labels.clone()).unwrap().save(td.join("mask.png")).unwrap();
+    // no target; a target that is not an .npy; a target of the wrong shape
+    write_npy(&ld.join("lonely.npy"), &[0.0f32; 4], &[1, 1, 2, 2]);
+    write_npy(&ld.join("broken.npy"), &[0.0f32; 4], &[1, 1, 2, 2]);
+    std::fs::write(td.join("broken.npy"), b"not an npy file").unwrap();
+    write_npy(&ld.join("wrong.npy"), &[0.0f32; 4], &[1, 1, 2, 2]);
+    write_npy(&td.join("wrong.npy"), &[0.0f32; 6], &[1, 1, 2, 3]);
+
+    let losses = ["dice", "0.5*bce+0.5*jaccard"];
+    let mut args = vec!["eval", "--logits-dir", s(&ld), "--target-dir", s(&td), "--json", "--chunk", "3"];
+    for l in &losses {
+        args.extend(["--loss", l]);
+    }
+    let out = segloss(&args);
+    assert_eq!(out.status.code(), Some(1), "some files failed: exit code 1");
+    let j = json_of(&out);
+    let files = j["files"].as_array().unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["broken", "img0", "img1", "img2", "img3", "lonely", "mask", "wrong"]);
+    for f in files {
+        let name = f["name"].as_str().unwrap();
+        let is_error = matches!(name, "broken" | "lonely" | "wrong");
+        assert_eq!(f["error"].is_string(), is_error, "{name}: {f}");
+        if name.starts_with("img") {
+            // the same numbers as `segloss eval` on the one pair
+            let mut one = vec!["eval".to_string(), "--json".into()];
+            one.extend(["--logits".into(), s(&ld.join(format!("{name}.npy"))).to_string()]);
+            one.extend(["--target".into(), s(&td.join(format!("{name}.npy"))).to_string()]);
+            for l in &losses {
+                one.extend(["--loss".into(), l.to_string()]);
+            }
+            let single = json_of(&run(&one));
+            for (a, b) in f["results"].as_array().unwrap().iter().zip(single["results"].as_array().unwrap()) {
+                let (x, y) = (a["value"].as_f64().unwrap(), b["value"].as_f64().unwrap());
+                assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{name}: {x} vs {y}");
+            }
+        }
+    }
+    // the PNG pair against the reference on the same labels
+    let mask = files.iter().find(|f| f["name"] == "mask").unwrap();
+    let lab: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+    let input = segloss::Input::labels(&logits, &lab, &[1, 3, h as usize, w as usize], None).unwrap();
+    let want = segloss::reference::evaluate(&input, &"dice".parse().unwrap()).unwrap().value;
+    let got = mask["results"][0]["value"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-5, "PNG mask: {got} vs reference {want}");
+    assert!(files.iter().find(|f| f["name"] == "lonely").unwrap()["error"].as_str().unwrap().contains("no target"));
+    // the means: over the files with a value
+    let mean = j["mean"][0]["value"].as_f64().unwrap();
+    let vals: Vec<f64> = files.iter().filter_map(|f| f["results"].get(0).and_then(|r| r["value"].as_f64())).collect();
+    assert_eq!(vals.len(), 5);
+    assert!((mean - vals.iter().sum::<f64>() / 5.0).abs() < 1e-12);
+
+    // CSV: a header, a row per file, the means
+    let mut csv_args = args.clone();
+    csv_args.retain(|a| *a != "--json");
+    csv_args.push("--csv");
+    let out = segloss(&csv_args);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "name,dice,0.5*bce+0.5*jaccard,error");
+    assert_eq!(lines.len(), 1 + 8 + 1);
+    assert!(lines[9].starts_with("mean,"));
+    std::fs::remove_dir_all(&root).unwrap();
+}

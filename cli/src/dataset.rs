@@ -1,0 +1,396 @@
+//! `segloss eval --logits-dir A --target-dir B`: every pair of files with one stem, evaluated
+//! through the engine's batches (many files per submission) while a reader thread loads the
+//! next files, with a progress bar, a row per file, the means, and CSV or JSON.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use serde_json::json;
+
+use segloss::{Engine, Error, Input, LossExpr, Mode, Target};
+
+use crate::{build_input, engine, read_npy, write_out, EvalArgs, Fail};
+
+/// One stem: its logits file and its target file, either possibly missing.
+struct Pair {
+    stem: String,
+    logits: Option<PathBuf>,
+    target: Option<PathBuf>,
+}
+
+/// How PNG masks become targets.
+#[derive(Clone)]
+enum MaskMap {
+    Grey,
+    Binary,
+    Palette(Vec<[u8; 3]>),
+}
+
+fn parse_palette(text: &str) -> Result<Vec<[u8; 3]>, Fail> {
+    text.split(';')
+        .map(|c| {
+            let parts: Vec<&str> = c.split(',').map(str::trim).collect();
+            let rgb: Option<Vec<u8>> = parts.iter().map(|p| p.parse::<u8>().ok()).collect();
+            match rgb {
+                Some(v) if v.len() == 3 => Ok([v[0], v[1], v[2]]),
+                _ => Err(Fail(2, format!("--palette: '{c}' is not R,G,B with each in 0..=255"))),
+            }
+        })
+        .collect()
+}
+
+fn list_dir(dir: &Path, exts: &[&str]) -> Result<BTreeMap<String, PathBuf>, Fail> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Fail(2, format!("cannot read folder {}: {e}", dir.display())))?;
+    let mut out = BTreeMap::new();
+    for entry in rd {
+        let path = entry.map_err(|e| Fail(2, format!("cannot read folder {}: {e}", dir.display())))?.path();
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        let (Some(ext), Some(stem)) = (ext, path.file_stem().and_then(|s| s.to_str())) else { continue };
+        if exts.contains(&ext.as_str()) && path.is_file() {
+            // a stem with both an .npy and a .png target: the .npy wins (listed first in exts)
+            let stem = stem.to_string();
+            let keep = match out.get(&stem) {
+                Some(p) => {
+                    let old: &PathBuf = p;
+                    let rank = |q: &Path| {
+                        let e = q.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+                        exts.iter().position(|x| Some(x.to_string()) == e).unwrap_or(usize::MAX)
+                    };
+                    rank(&path) < rank(old)
+                }
+                None => true,
+            };
+            if keep {
+                out.insert(stem, path);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A PNG mask as the target of `logits` (`[1, C, H, W]`): class indices when C > 1, else dense.
+fn png_input(
+    logits: &segloss_data::npy::Array,
+    path: &Path,
+    map: &MaskMap,
+    mode: Option<&str>,
+    ignore: Option<i64>,
+) -> Result<Input<'static>, String> {
+    let img = image::open(path).map_err(|e| format!("cannot read PNG {}: {e}", path.display()))?;
+    let mut shape = logits.shape.clone();
+    if shape.len() == 3 {
+        shape.insert(0, 1);
+    }
+    if shape.len() != 4 || shape[0] != 1 {
+        return Err(format!("logits shape {:?}: a PNG target needs [C, H, W] or [1, C, H, W] logits", logits.shape));
+    }
+    let (c, h, w) = (shape[1], shape[2], shape[3]);
+    if (img.height() as usize, img.width() as usize) != (h, w) {
+        return Err(format!("the mask is {}x{} but the logits are {h}x{w}", img.height(), img.width()));
+    }
+    let levels: Vec<i64> = match map {
+        MaskMap::Grey => img.to_luma8().pixels().map(|p| i64::from(p.0[0])).collect(),
+        MaskMap::Binary => img.to_luma8().pixels().map(|p| i64::from(p.0[0] > 127)).collect(),
+        MaskMap::Palette(colours) => {
+            let rgb = img.to_rgb8();
+            let mut v = Vec::with_capacity(h * w);
+            for (i, p) in rgb.pixels().enumerate() {
+                match colours.iter().position(|c| *c == p.0) {
+                    Some(k) => v.push(k as i64),
+                    None => {
+                        return Err(format!(
+                            "pixel {i} (row {}, column {}) has colour {:?}, which is not in --palette",
+                            i / w,
+                            i % w,
+                            p.0
+                        ))
+                    }
+                }
+            }
+            v
+        }
+    };
+    let lv = logits.to_f32().map_err(|e| e.to_string())?;
+    let mode: Mode = match mode {
+        Some(m) => m.parse().map_err(|e: Error| e.to_string())?,
+        None if c == 1 => Mode::Binary,
+        None => Mode::Multiclass,
+    };
+    let target = if mode == Mode::Multiclass {
+        Target::Labels(Cow::Owned(levels))
+    } else {
+        if c != 1 {
+            return Err(format!("a PNG mask is one channel; {mode} logits have C = {c}"));
+        }
+        Target::Dense(Cow::Owned(levels.iter().map(|&v| v as f32).collect()))
+    };
+    Input::new(Cow::Owned(lv), target, &shape, mode, ignore).map_err(|e| e.to_string())
+}
+
+fn load(pair: &Pair, a: &EvalArgs, map: &MaskMap) -> Result<Input<'static>, String> {
+    let (lp, tp) = match (&pair.logits, &pair.target) {
+        (Some(l), Some(t)) => (l, t),
+        (None, _) => return Err("no logits file with this stem".into()),
+        (_, None) => return Err("no target file with this stem".into()),
+    };
+    let logits = read_npy(lp, "logits").map_err(|f| f.1)?;
+    let is_png = tp.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if is_png {
+        return png_input(&logits, tp, map, a.mode.as_deref(), a.ignore_index);
+    }
+    let target = read_npy(tp, "target").map_err(|f| f.1)?;
+    build_input(&logits, &target, a.mode.as_deref(), a.ignore_index).map_err(|f| f.1)
+}
+
+/// Each loss's value or error, or the file's own error.
+type FileResult = Result<Vec<Result<f64, String>>, String>;
+
+/// One file's outcome.
+struct Row {
+    name: String,
+    results: FileResult,
+}
+
+pub(crate) fn eval_dirs(a: &EvalArgs) -> Result<(), Fail> {
+    let (Some(ldir), Some(tdir)) = (&a.logits_dir, &a.target_dir) else {
+        return Err(Fail(2, "give --logits and --target, or --logits-dir and --target-dir".into()));
+    };
+    let chunk = crate::positive("--chunk", a.chunk)?;
+    let map = match &a.palette {
+        Some(p) => MaskMap::Palette(parse_palette(p)?),
+        None if a.mask == "binary" => MaskMap::Binary,
+        None => MaskMap::Grey,
+    };
+    let texts = &a.losses;
+    let exprs: Vec<Result<LossExpr, String>> =
+        texts.iter().map(|t| t.parse::<LossExpr>().map_err(|e| e.to_string())).collect();
+    let logits = list_dir(ldir, &["npy"])?;
+    let targets = list_dir(tdir, &["npy", "png"])?;
+    let mut stems: Vec<&String> = logits.keys().chain(targets.keys()).collect();
+    stems.sort();
+    stems.dedup();
+    if stems.is_empty() {
+        return Err(Fail(2, format!("no .npy logits in {} and no targets in {}", ldir.display(), tdir.display())));
+    }
+    let pairs: Vec<Pair> = stems
+        .iter()
+        .map(|s| Pair { stem: s.to_string(), logits: logits.get(*s).cloned(), target: targets.get(*s).cloned() })
+        .collect();
+    let engine = engine()?;
+    let bar = indicatif::ProgressBar::new(pairs.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} files  {per_sec}  eta {eta}")
+            .map_err(|e| Fail(1, e.to_string()))?,
+    );
+
+    // the reader loads files while the engine evaluates the previous ones
+    let (tx, rx) = mpsc::sync_channel::<(usize, Result<Input<'static>, String>)>(2 * chunk);
+    let rows = std::thread::scope(|scope| -> Result<Vec<Row>, Fail> {
+        let pairs = &pairs;
+        let map = &map;
+        scope.spawn(move || {
+            for (i, p) in pairs.iter().enumerate() {
+                if tx.send((i, load(p, a, map))).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut rows: Vec<Option<Row>> = (0..pairs.len()).map(|_| None).collect();
+        let mut pending = Vec::with_capacity(chunk);
+        let mut done = 0;
+        while done < pairs.len() {
+            // a chunk: what is loaded (at least one file, at most `chunk`)
+            pending.clear();
+            match rx.recv() {
+                Ok(x) => pending.push(x),
+                Err(_) => break,
+            }
+            while pending.len() < chunk {
+                match rx.try_recv() {
+                    Ok(x) => pending.push(x),
+                    Err(_) => break,
+                }
+            }
+            done += pending.len();
+            for (i, row) in evaluate_chunk(&engine, &exprs, &pending) {
+                rows[i] = Some(Row { name: pairs[i].stem.clone(), results: row });
+            }
+            bar.inc(pending.len() as u64);
+        }
+        Ok(rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.unwrap_or_else(|| Row { name: pairs[i].stem.clone(), results: Err("not evaluated".into()) })
+            })
+            .collect())
+    })?;
+    bar.finish_and_clear();
+    print_rows(&engine, a, texts, &rows)?;
+    let failed = rows.iter().filter(|r| r.results.is_err()).count();
+    let loss_errors = rows.iter().filter_map(|r| r.results.as_ref().ok()).flatten().filter(|v| v.is_err()).count();
+    if failed + loss_errors > 0 {
+        return Err(Fail(
+            1,
+            format!("{failed} of {} file(s) failed, {loss_errors} loss value(s) could not be computed", rows.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// One batch (one submission) for the loaded files of a chunk.
+fn evaluate_chunk(
+    engine: &Engine,
+    exprs: &[Result<LossExpr, String>],
+    loaded: &[(usize, Result<Input<'static>, String>)],
+) -> Vec<(usize, FileResult)> {
+    let mut batch = engine.batch();
+    // per file: per loss, the pending evaluation or the error found before any device work
+    let mut queued = Vec::with_capacity(loaded.len());
+    for (i, inp) in loaded {
+        let Ok(input) = inp else {
+            queued.push((*i, None));
+            continue;
+        };
+        let per: Vec<Result<segloss::Pending, String>> = exprs
+            .iter()
+            .map(|e| match e {
+                Ok(e) => batch.push(input, std::slice::from_ref(e), false).map_err(|e| e.to_string()),
+                Err(msg) => Err(msg.clone()),
+            })
+            .collect();
+        queued.push((*i, Some(per)));
+    }
+    // a failure of the submission itself reaches every pending evaluation as its error
+    let _ = batch.flush_blocking();
+    loaded
+        .iter()
+        .zip(queued)
+        .map(|((_, inp), (i, per))| {
+            let r = match (inp, per) {
+                (Err(msg), _) => Err(msg.clone()),
+                (Ok(_), None) => Err("not evaluated".into()),
+                (Ok(_), Some(per)) => Ok(per
+                    .into_iter()
+                    .map(|p| p.and_then(|p| p.wait().map(|v| v[0].value).map_err(|e| e.to_string())))
+                    .collect()),
+            };
+            (i, r)
+        })
+        .collect()
+}
+
+/// Per loss: the mean over the files that have its value, and how many do.
+fn means(rows: &[Row], n: usize) -> Vec<(Option<f64>, usize)> {
+    (0..n)
+        .map(|k| {
+            let vals: Vec<f64> = rows
+                .iter()
+                .filter_map(|r| r.results.as_ref().ok())
+                .filter_map(|v| v[k].as_ref().ok().copied())
+                .collect();
+            let mean = (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64);
+            (mean, vals.len())
+        })
+        .collect()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn print_rows(engine: &Engine, a: &EvalArgs, texts: &[String], rows: &[Row]) -> Result<(), Fail> {
+    let means = means(rows, texts.len());
+    if a.json {
+        let files: Vec<_> = rows
+            .iter()
+            .map(|r| match &r.results {
+                Ok(v) => {
+                    let results: Vec<_> = texts
+                        .iter()
+                        .zip(v)
+                        .map(|(t, x)| match x {
+                            Ok(v) => json!({"loss": t, "value": v, "error": null}),
+                            Err(e) => json!({"loss": t, "value": null, "error": e}),
+                        })
+                        .collect();
+                    json!({"name": r.name, "results": results, "error": null})
+                }
+                Err(e) => json!({"name": r.name, "results": [], "error": e}),
+            })
+            .collect();
+        let mean: Vec<_> =
+            texts.iter().zip(&means).map(|(t, (m, k))| json!({"loss": t, "value": m, "files": k})).collect();
+        return outln!("{}", json!({"device": engine.info(), "files": files, "mean": mean}));
+    }
+    if a.csv {
+        let header: Vec<String> = texts.iter().map(|t| csv_field(t)).collect();
+        outln!("name,{},error", header.join(","))?;
+        for r in rows {
+            let (vals, err): (Vec<String>, String) = match &r.results {
+                Ok(v) => {
+                    let errs: Vec<String> = texts
+                        .iter()
+                        .zip(v)
+                        .filter_map(|(t, x)| x.as_ref().err().map(|e| format!("{t}: {e}")))
+                        .collect();
+                    (v.iter().map(|x| x.as_ref().map(|v| v.to_string()).unwrap_or_default()).collect(), errs.join("; "))
+                }
+                Err(e) => (vec![String::new(); texts.len()], e.clone()),
+            };
+            outln!("{},{},{}", csv_field(&r.name), vals.join(","), csv_field(&err))?;
+        }
+        let m: Vec<String> = means.iter().map(|(m, _)| m.map(|v| v.to_string()).unwrap_or_default()).collect();
+        return outln!("mean,{},", m.join(","));
+    }
+    outln!(
+        "device: {} ({}, {})  {} files",
+        engine.info().name,
+        engine.info().backend,
+        engine.info().device_type,
+        rows.len()
+    )?;
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).clamp(4, 40);
+    let cols: Vec<usize> = texts.iter().map(|t| t.len().max(12)).collect();
+    let mut head = format!("{:<width$}", "file");
+    for (t, w) in texts.iter().zip(&cols) {
+        head += &format!("  {t:>w$}");
+    }
+    outln!("{head}")?;
+    for r in rows {
+        let mut line = format!("{:<width$}", r.name);
+        match &r.results {
+            Ok(v) => {
+                let mut errs = Vec::new();
+                for ((x, w), t) in v.iter().zip(&cols).zip(texts) {
+                    match x {
+                        Ok(v) => line += &format!("  {v:>w$.6}"),
+                        Err(e) => {
+                            line += &format!("  {:>w$}", "error");
+                            errs.push(format!("{t}: {e}"));
+                        }
+                    }
+                }
+                if !errs.is_empty() {
+                    line += &format!("  ({})", errs.join("; "));
+                }
+            }
+            Err(e) => line += &format!("  error: {e}"),
+        }
+        outln!("{line}")?;
+    }
+    let mut line = format!("{:<width$}", "mean");
+    for ((m, _), w) in means.iter().zip(&cols) {
+        match m {
+            Some(v) => line += &format!("  {v:>w$.6}"),
+            None => line += &format!("  {:>w$}", "-"),
+        }
+    }
+    outln!("{line}")
+}
