@@ -712,6 +712,10 @@ fn a_batch_on_the_cpu_reference_equals_the_reference() {
 #[test]
 fn inputs_of_one_shape_in_a_batch_share_their_passes_and_equal_one_by_one() {
     let engine = &Engine::gpu_blocking().unwrap();
+    // CI runs this test through OpenGL too: on the backend asked for
+    if let Ok(b) = std::env::var("SEGLOSS_BACKEND") {
+        assert_eq!(engine.info().backend, b, "the engine runs on {}", engine.info().name);
+    }
     // several inputs of each shape: a batch records each shape's set of inputs as one
     // evaluation of many groups (the finalize and the coefficient blocks one per input)
     let no_lovasz = |list: &[&str]| -> Vec<LossExpr> { parse(list).into_iter().filter(|e| !e.has_lovasz()).collect() };
