@@ -9,14 +9,14 @@ use std::task::{Context, Poll};
 use futures::channel::oneshot;
 
 use crate::engine::{
-    decode, target_words, words, Backend, BufferInput, BufferSlice, Dest, Engine, Evaluation, GradOut, Source,
+    check_hard_labels, decode, reference_evaluation, target_words, words, Backend, BufferInput, BufferSlice, Dest,
+    Engine, Evaluation, GradOut, Source,
 };
 use crate::error::Error;
 use crate::expr::LossExpr;
 use crate::gpu::record::Recording;
 use crate::gpu::ALIGN;
 use crate::input::Input;
-use crate::reference;
 
 type Reply = Result<Vec<Evaluation>, Error>;
 
@@ -221,14 +221,7 @@ impl<'e, 'a> Batch<'e, 'a> {
                         .exprs
                         .iter()
                         .zip(&it.grads)
-                        .map(|(e, g)| {
-                            let r = reference::evaluate(input, e)?;
-                            Ok(Evaluation {
-                                value: r.value,
-                                term_values: r.term_values,
-                                grad: matches!(g, GradOut::Host).then(|| r.grad.iter().map(|&g| g as f32).collect()),
-                            })
-                        })
+                        .map(|(e, g)| reference_evaluation(input, e, matches!(g, GradOut::Host)))
                         .collect();
                     let _ = tx.send(r);
                 }
@@ -249,9 +242,11 @@ impl<'e, 'a> Batch<'e, 'a> {
 
         for (gi, g) in groups.iter().enumerate() {
             if let ItemSrc::Host(input) = &items[g.items[0]].src {
-                if g.items.iter().any(|&i| items[i].exprs.iter().any(|e| e.has_lovasz())) && !input.hard_labels() {
-                    failed[gi] =
-                        Some(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
+                let lovasz = g.items.iter().any(|&i| items[i].exprs.iter().any(|e| e.has_lovasz()));
+                // (hard_labels reads the whole target: only when a Lovász loss needs it)
+                if lovasz {
+                    let exprs: Vec<LossExpr> = g.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
+                    failed[gi] = check_hard_labels(&exprs, input.hard_labels()).err();
                 }
             }
         }

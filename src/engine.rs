@@ -316,6 +316,24 @@ pub(crate) fn decode(
         .collect())
 }
 
+/// One expression on the f64 CPU reference, as an [`Evaluation`] (the gradient when `grad`).
+pub(crate) fn reference_evaluation(input: &Input<'_>, e: &LossExpr, grad: bool) -> Result<Evaluation, Error> {
+    let r = reference::evaluate(input, e)?;
+    Ok(Evaluation {
+        value: r.value,
+        term_values: r.term_values,
+        grad: grad.then(|| r.grad.iter().map(|&g| g as f32).collect()),
+    })
+}
+
+/// Lovász needs hard 0/1 labels: the error of a host input whose target has soft values.
+pub(crate) fn check_hard_labels(exprs: &[LossExpr], hard_labels: bool) -> Result<(), Error> {
+    if !hard_labels && exprs.iter().any(|e| e.has_lovasz()) {
+        return Err(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
+    }
+    Ok(())
+}
+
 /// Values of each expression in f64 from the device's f32 term values; an overflow is an error.
 fn finish_values(v: &[u32], layout: &[(usize, usize)], weights: &[Vec<f64>]) -> Result<Vec<(f64, Vec<f64>)>, Error> {
     layout
@@ -608,23 +626,11 @@ impl Engine {
         }
         let gpu = match &self.backend {
             Backend::Cpu => {
-                return exprs
-                    .iter()
-                    .map(|e| {
-                        let r = reference::evaluate(input, e)?;
-                        Ok(Evaluation {
-                            value: r.value,
-                            term_values: r.term_values,
-                            grad: (grads == GradMode::Read).then(|| r.grad.iter().map(|&g| g as f32).collect()),
-                        })
-                    })
-                    .collect();
+                return exprs.iter().map(|e| reference_evaluation(input, e, grads == GradMode::Read)).collect()
             }
             Backend::Gpu(g) => g,
         };
-        if exprs.iter().any(|e| e.has_lovasz()) && !prep.hard_labels {
-            return Err(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
-        }
+        check_hard_labels(exprs, prep.hard_labels)?;
         let g = match grads {
             GradMode::Skip => Dest::Out(GradOut::Skip),
             GradMode::Read => Dest::Out(GradOut::Host),

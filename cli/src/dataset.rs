@@ -41,33 +41,21 @@ fn parse_palette(text: &str) -> Result<Vec<[u8; 3]>, Fail> {
         .collect()
 }
 
+/// The files of `dir` with one of `exts` by stem; a stem with several (an .npy and a .png target)
+/// keeps the one whose extension comes first in `exts`.
 fn list_dir(dir: &Path, exts: &[&str]) -> Result<BTreeMap<String, PathBuf>, Fail> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Fail(2, format!("cannot read folder {}: {e}", dir.display())))?;
-    let mut out = BTreeMap::new();
-    for entry in rd {
-        let path = entry.map_err(|e| Fail(2, format!("cannot read folder {}: {e}", dir.display())))?.path();
+    let unreadable = |e: std::io::Error| Fail(2, format!("cannot read folder {}: {e}", dir.display()));
+    let mut out: BTreeMap<String, (usize, PathBuf)> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let path = entry.map_err(unreadable)?.path();
         let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-        let (Some(ext), Some(stem)) = (ext, path.file_stem().and_then(|s| s.to_str())) else { continue };
-        if exts.contains(&ext.as_str()) && path.is_file() {
-            // a stem with both an .npy and a .png target: the .npy wins (listed first in exts)
-            let stem = stem.to_string();
-            let keep = match out.get(&stem) {
-                Some(p) => {
-                    let old: &PathBuf = p;
-                    let rank = |q: &Path| {
-                        let e = q.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-                        exts.iter().position(|x| Some(x.to_string()) == e).unwrap_or(usize::MAX)
-                    };
-                    rank(&path) < rank(old)
-                }
-                None => true,
-            };
-            if keep {
-                out.insert(stem, path);
-            }
+        let rank = ext.and_then(|e| exts.iter().position(|x| *x == e));
+        let (Some(rank), Some(stem)) = (rank, path.file_stem().and_then(|s| s.to_str())) else { continue };
+        if path.is_file() && out.get(stem).is_none_or(|(r, _)| rank < *r) {
+            out.insert(stem.to_string(), (rank, path));
         }
     }
-    Ok(out)
+    Ok(out.into_iter().map(|(stem, (_, path))| (stem, path)).collect())
 }
 
 /// A PNG mask as the target of `logits` (`[1, C, H, W]`): class indices when C > 1, else dense.

@@ -923,20 +923,8 @@ fn bench_shape(
     iters: usize,
     texts: &[String],
 ) -> Result<Result<ShapeBench, String>, Fail> {
-    let (n, c) = (shape[0], shape[1]);
-    let w = *shape.last().unwrap_or(&1);
-    let h: usize = shape[2..shape.len() - 1].iter().product::<usize>().max(1);
     let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
-    let input = match mode {
-        Mode::Multiclass => {
-            let b = synth::scene(n, c, h, w, 7);
-            Input::new(Cow::Owned(b.logits), Target::Labels(Cow::Owned(b.labels)), shape, mode, None)?
-        }
-        _ => {
-            let b = synth::roads(n * c, h, w, 7);
-            Input::new(Cow::Owned(b.logits), Target::Dense(Cow::Owned(b.target)), shape, mode, None)?
-        }
-    };
+    let input = synth_inputs(shape, mode, 1)?.remove(0);
     let target_words = match input.target() {
         Target::Dense(t) => t.len(),
         Target::Labels(t) => t.len(),

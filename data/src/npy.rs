@@ -21,31 +21,8 @@ pub struct Array {
     pub integer: bool,
     /// The dtype as numpy writes it (`<f4`, `|u1`, ...).
     pub dtype: String,
-    floats: Floats,
+    floats: Vec<f64>,
     ints: Vec<i64>,
-}
-
-/// Float data: f32 files kept as they are (logits are f32 on the device), others widened.
-#[derive(Clone, Debug)]
-enum Floats {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-}
-
-impl Floats {
-    fn len(&self) -> usize {
-        match self {
-            Floats::F32(v) => v.len(),
-            Floats::F64(v) => v.len(),
-        }
-    }
-
-    fn get(&self, i: usize) -> f64 {
-        match self {
-            Floats::F32(v) => f64::from(v[i]),
-            Floats::F64(v) => v[i],
-        }
-    }
 }
 
 impl Array {
@@ -54,10 +31,7 @@ impl Array {
         Ok(if self.integer {
             self.ints.iter().map(|&v| v as f32).collect()
         } else {
-            match &self.floats {
-                Floats::F32(v) => v.clone(),
-                Floats::F64(v) => v.iter().map(|&v| v as f32).collect(),
-            }
+            self.floats.iter().map(|&v| v as f32).collect()
         })
     }
 
@@ -66,9 +40,10 @@ impl Array {
         if self.integer {
             return Ok(self.ints.clone());
         }
-        (0..self.floats.len())
-            .map(|i| (i, self.floats.get(i)))
-            .map(|(i, v)| {
+        self.floats
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
                 if v.fract() == 0.0 && v.is_finite() {
                     Ok(v as i64)
                 } else {
@@ -99,35 +74,23 @@ pub fn read(bytes: &[u8]) -> Result<Array, Error> {
         || Error::Input(format!("dtype {dtype} is not supported (use float16/32/64, an integer type or bool)"));
     let (integer, floats, ints) = match (ts.type_char(), size) {
         (TypeChar::Float, 2) => {
-            (false, Floats::F64(npy.into_vec::<half::f16>().map_err(io)?.into_iter().map(f64::from).collect()), vec![])
+            (false, npy.into_vec::<half::f16>().map_err(io)?.into_iter().map(f64::from).collect(), vec![])
         }
-        (TypeChar::Float, 4) => (false, Floats::F32(npy.into_vec::<f32>().map_err(io)?), vec![]),
-        (TypeChar::Float, 8) => (false, Floats::F64(npy.into_vec::<f64>().map_err(io)?), vec![]),
-        (TypeChar::Bool, 1) => {
-            (true, Floats::F32(vec![]), npy.into_vec::<bool>().map_err(io)?.into_iter().map(i64::from).collect())
+        (TypeChar::Float, 4) => {
+            (false, npy.into_vec::<f32>().map_err(io)?.into_iter().map(f64::from).collect(), vec![])
         }
-        (TypeChar::Int, 1) => {
-            (true, Floats::F32(vec![]), npy.into_vec::<i8>().map_err(io)?.into_iter().map(i64::from).collect())
-        }
-        (TypeChar::Int, 2) => {
-            (true, Floats::F32(vec![]), npy.into_vec::<i16>().map_err(io)?.into_iter().map(i64::from).collect())
-        }
-        (TypeChar::Int, 4) => {
-            (true, Floats::F32(vec![]), npy.into_vec::<i32>().map_err(io)?.into_iter().map(i64::from).collect())
-        }
-        (TypeChar::Int, 8) => (true, Floats::F32(vec![]), npy.into_vec::<i64>().map_err(io)?),
-        (TypeChar::Uint, 1) => {
-            (true, Floats::F32(vec![]), npy.into_vec::<u8>().map_err(io)?.into_iter().map(i64::from).collect())
-        }
-        (TypeChar::Uint, 2) => {
-            (true, Floats::F32(vec![]), npy.into_vec::<u16>().map_err(io)?.into_iter().map(i64::from).collect())
-        }
-        (TypeChar::Uint, 4) => {
-            (true, Floats::F32(vec![]), npy.into_vec::<u32>().map_err(io)?.into_iter().map(i64::from).collect())
-        }
+        (TypeChar::Float, 8) => (false, npy.into_vec::<f64>().map_err(io)?, vec![]),
+        (TypeChar::Bool, 1) => (true, vec![], npy.into_vec::<bool>().map_err(io)?.into_iter().map(i64::from).collect()),
+        (TypeChar::Int, 1) => (true, vec![], npy.into_vec::<i8>().map_err(io)?.into_iter().map(i64::from).collect()),
+        (TypeChar::Int, 2) => (true, vec![], npy.into_vec::<i16>().map_err(io)?.into_iter().map(i64::from).collect()),
+        (TypeChar::Int, 4) => (true, vec![], npy.into_vec::<i32>().map_err(io)?.into_iter().map(i64::from).collect()),
+        (TypeChar::Int, 8) => (true, vec![], npy.into_vec::<i64>().map_err(io)?),
+        (TypeChar::Uint, 1) => (true, vec![], npy.into_vec::<u8>().map_err(io)?.into_iter().map(i64::from).collect()),
+        (TypeChar::Uint, 2) => (true, vec![], npy.into_vec::<u16>().map_err(io)?.into_iter().map(i64::from).collect()),
+        (TypeChar::Uint, 4) => (true, vec![], npy.into_vec::<u32>().map_err(io)?.into_iter().map(i64::from).collect()),
         (TypeChar::Uint, 8) => {
             let v = npy.into_vec::<u64>().map_err(io)?;
-            (true, Floats::F32(vec![]), v.into_iter().map(|x| x.min(i64::MAX as u64) as i64).collect())
+            (true, vec![], v.into_iter().map(|x| x.min(i64::MAX as u64) as i64).collect())
         }
         _ => return Err(unsupported()),
     };
