@@ -48,7 +48,7 @@ struct Params {
     nops: u32,        // finalize: ops
     gn: u32,          // images per group: a coalesced batch evaluates groups of gn images apart
     gout: u32,        // finalize and gradient: floats of each group's output (values, blocks)
-    pad2: u32,
+    img0: u32,        // gradient: the first image of this part in the batch the coefficients describe
 }
 
 struct Term {

@@ -41,6 +41,7 @@ struct ClassCoefs {
     lov: f32,
 }
 
+// `n`: the image in the batch the coefficients describe.
 fn class_coefs(n: u32, c: u32) -> ClassCoefs {
     var k: ClassCoefs;
     k.r = vec4<f32>(0.0);
@@ -112,7 +113,9 @@ fn gradient(
     if s0 >= P.s || status[0] != 0u {
         return;
     }
-    cb = (n / P.gn) * P.gout;
+    // the coefficients are those of image n + P.img0 of the batch they were finalized for
+    let ni = n + P.img0;
+    cb = (ni / P.gn) * P.gout;
     let cf = f32(P.c);
     var d: array<f32, GPIX>;
     if SOFTMAX {
@@ -136,7 +139,7 @@ fn gradient(
         }
         if REGION || LOVASZ != 0u {
             for (var c = 0u; c < P.c; c++) {
-                let k = class_coefs(n, c);
+                let k = class_coefs(ni, c);
                 for (var i = 0u; i < GPIX; i++) {
                     if lab[i] != INVALID {
                         let e = (n * P.c + c) * P.s + s0 + i * GWG;
@@ -147,7 +150,7 @@ fn gradient(
             }
         }
         for (var c = 0u; c < P.c; c++) {
-            let k = class_coefs(n, c);
+            let k = class_coefs(ni, c);
             var xs: array<f32, GPIX>;
             var ps: array<f32, GPIX>;
             for (var i = 0u; i < GPIX; i++) {
@@ -187,7 +190,7 @@ fn gradient(
         }
     } else {
         for (var c = 0u; c < P.c; c++) {
-            let k = class_coefs(n, c);
+            let k = class_coefs(ni, c);
             var live: array<bool, GPIX>;
             var xs: array<f32, GPIX>;
             var gs: array<f32, GPIX>;

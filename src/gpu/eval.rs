@@ -42,6 +42,50 @@ pub(crate) enum GradTo {
     },
 }
 
+/// One part of a batch for the passes after the statistics: its input (a range of images of the
+/// batch the statistics describe, a range of pixels of one of them, or the whole batch), the
+/// first image of that batch it holds, and where each expression's gradient goes.
+pub(crate) struct Part<'a> {
+    pub inp: &'a DevInput,
+    pub img0: usize,
+    pub grads: &'a [GradTo],
+}
+
+/// The per-(image, class) sums of a whole batch on the device, `[passes][n][c][K]` f32 with
+/// `stride` bytes per pass (see `stats.wgsl`), for the finalize.
+#[derive(Clone, Copy)]
+pub(crate) struct Totals {
+    pub sums: Slice,
+    pub stride: u64,
+    /// Images of the batch.
+    pub n: usize,
+    /// Independent evaluations of `n / groups` images each (a coalesced batch); 1 otherwise.
+    pub groups: usize,
+}
+
+/// Where the finalize's Lovász segment sums come from: the parts' own sorts (per image, or the
+/// whole batch in one part), or a buffer of the whole batch's (a merged [`crate::Statistics`]),
+/// in which case the sorts only give the gradient's Jaccard weights.
+#[derive(Clone, Copy)]
+pub(crate) enum LovFrom {
+    Parts,
+    Given(Slice),
+}
+
+/// What the passes after the statistics recorded.
+pub(crate) struct Tail {
+    /// Per expression: (index of its value in the values, terms).
+    pub vals: Vec<(usize, usize)>,
+    pub vals_len: usize,
+    /// The finalize output (each group's values and blocks, `gout` floats apart).
+    pub out: Slice,
+    pub gout: usize,
+    /// Staging buffer index of the values (with the status words), when read.
+    pub values_read: Option<usize>,
+    /// Per part, per expression: the staging buffer index of a gradient read to the host.
+    pub grad_reads: Vec<Vec<Option<usize>>>,
+}
+
 /// Where the results of a recorded evaluation are.
 pub(crate) struct Recorded {
     /// Per expression: (index of its value in the values, terms); its term values follow it.
@@ -58,47 +102,52 @@ pub(crate) struct Recorded {
 }
 
 impl Gpu {
-    /// Records the evaluation of `exprs` on `inp`, one result per group of `inp`.
-    /// `read_values` (one group only): copy values and status into a staging buffer. Staging
-    /// buffers are numbered in the order the recording made them.
-    pub(crate) fn record_eval(
-        &self,
-        rec: &mut Recording,
-        inp: &DevInput,
-        exprs: &[LossExpr],
-        grads: &[GradTo],
-        read_values: bool,
-    ) -> Result<Vec<Recorded>, Error> {
-        let (n, c, s) = (inp.n, inp.c, inp.s);
-        let groups = inp.groups.max(1);
-        // images per group: the finalize and the coefficient blocks see one group
-        let ng = n / groups;
-        if ng * groups != n || (groups > 1 && (read_values || exprs.iter().any(|e| e.has_lovasz()))) {
-            return Err(Error::Gpu(format!("internal: {groups} groups of {n} images")));
-        }
+    /// The kernels' parameters for `inp` (its own images and pixels) and whether its statistics
+    /// use the wide tiles.
+    fn params_of(&self, inp: &DevInput) -> (Params, bool) {
         let softmax = inp.softmax;
         // read once: the tile size and the statistics pipelines must agree
         // (wide tiles only for images that fill one: a smaller image would leave most of the
         // wide workgroup idle)
-        let wide = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed) && s >= stats_tile(softmax, true);
-        let tiles = s.div_ceil(stats_tile(softmax, wide));
-        let plan = StatsPlan::new(exprs, c);
-        let passes = plan.passes();
-        let base = Params {
-            n: n as u32,
-            c: c as u32,
-            s: s as u32,
+        let wide =
+            self.wide_stats.load(std::sync::atomic::Ordering::Relaxed) && inp.s >= stats_tile(softmax, true);
+        let tiles = inp.s.div_ceil(stats_tile(softmax, wide));
+        let p = Params {
+            n: inp.n as u32,
+            c: inp.c as u32,
+            s: inp.s as u32,
             tiles: tiles as u32,
             ignore: inp.ignore.unwrap_or(0),
             has_ignore: u32::from(inp.ignore.is_some()),
-            gn: ng as u32,
+            gn: (inp.n / inp.groups.max(1)) as u32,
             ..Params::default()
         };
-        let pbuf = rec.uniform(&base);
+        (p, wide)
+    }
+
+    /// A cleared status buffer: the statistics pass's bad-input flags, which the finalize and the
+    /// gradient passes read.
+    pub(crate) fn record_status(&self, rec: &mut Recording) -> Result<Slice, Error> {
         let status = rec.scratch(32, "status")?;
         rec.clear(status);
+        Ok(status)
+    }
 
-        // 1. statistics: fused passes and their fixed-order reductions
+    /// Records the fused statistics passes of `plan` on `inp` and their fixed-order reductions:
+    /// the sums `[passes][n][c][K]`.
+    pub(crate) fn record_stats(
+        &self,
+        rec: &mut Recording,
+        inp: &DevInput,
+        plan: &StatsPlan,
+        status: Slice,
+    ) -> Result<Totals, Error> {
+        let (n, c) = (inp.n, inp.c);
+        let softmax = inp.softmax;
+        let (base, wide) = self.params_of(inp);
+        let tiles = base.tiles as usize;
+        let pbuf = rec.uniform(&base);
+        let passes = plan.passes();
         let stride = align((n * c * K * 4) as u64);
         let sums = rec.scratch(stride * passes as u64, "statistics sums")?;
         // one tile per image: the statistics pass writes the sums themselves (same layout), and
@@ -149,28 +198,139 @@ impl Gpu {
                 )?;
             }
         }
+        Ok(Totals { sums, stride, n, groups: inp.groups.max(1) })
+    }
 
-        // 2. Lovász: one sort per distinct Lovász loss, all recorded into this submission
-        // (offset, bytes) of each Lovász loss's segment sums in one buffer
+    /// Records the sort of each distinct Lovász loss of `plan` on `inp`: its segment sums
+    /// `[value bits, fg, bg, kept]` into `segsum[g]`, and the Jaccard weights, returned.
+    pub(crate) fn record_lovasz_all(
+        &self,
+        rec: &mut Recording,
+        inp: &DevInput,
+        plan: &StatsPlan,
+        segsum: &[Slice],
+    ) -> Result<Vec<Slice>, Error> {
+        let (base, _) = self.params_of(inp);
+        let pbuf = rec.uniform(&base);
+        let mut lws = Vec::new();
+        for (lp, &ss) in plan.lovasz.iter().zip(segsum) {
+            let lw = rec.scratch((inp.n * inp.c * inp.s * 4) as u64, "lovasz weights")?;
+            let li = LovaszInput {
+                logits: inp.logits,
+                target: inp.target,
+                params: pbuf,
+                n: inp.n,
+                c: inp.c,
+                s: inp.s,
+                softmax: inp.softmax,
+            };
+            self.record_lovasz(rec, &li, lp.per_image, ss, lw)?;
+            lws.push(lw);
+        }
+        Ok(lws)
+    }
+
+    /// Records the evaluation of `exprs` on `inp`, one result per group of `inp`.
+    /// `read_values` (one group only): copy values and status into a staging buffer. Staging
+    /// buffers are numbered in the order the recording made them.
+    pub(crate) fn record_eval(
+        &self,
+        rec: &mut Recording,
+        inp: &DevInput,
+        exprs: &[LossExpr],
+        grads: &[GradTo],
+        read_values: bool,
+    ) -> Result<Vec<Recorded>, Error> {
+        let n = inp.n;
+        let groups = inp.groups.max(1);
+        if (n / groups) * groups != n || (groups > 1 && (read_values || exprs.iter().any(|e| e.has_lovasz()))) {
+            return Err(Error::Gpu(format!("internal: {groups} groups of {n} images")));
+        }
+        let plan = StatsPlan::new(exprs, inp.c);
+        let status = self.record_status(rec)?;
+        let totals = self.record_stats(rec, inp, &plan, status)?;
+        let part = Part { inp, img0: 0, grads };
+        let t = self.record_tail(rec, &plan, exprs, totals, LovFrom::Parts, &[part], status, read_values)?;
+        let per = (inp.n * inp.c * inp.s * 4 / groups) as u64;
+        Ok((0..groups)
+            .map(|g| Recorded {
+                vals: t.vals.clone(),
+                vals_len: t.vals_len,
+                out: t.out.sub((g * t.gout * 4) as u64, (t.gout * 4) as u64),
+                status,
+                values_read: t.values_read,
+                grad_reads: t.grad_reads[0].iter().map(|r| r.map(|i| (i, g as u64 * per, per))).collect(),
+            })
+            .collect())
+    }
+
+    /// Records what follows the statistics of a batch: the Lovász sorts of each part, the
+    /// finalize of the whole batch (`totals`), the values readback, and the gradient passes of
+    /// each part, which read the coefficients of their own images (`Part::img0` on).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_tail(
+        &self,
+        rec: &mut Recording,
+        plan: &StatsPlan,
+        exprs: &[LossExpr],
+        totals: Totals,
+        lov_from: LovFrom,
+        parts: &[Part<'_>],
+        status: Slice,
+        read_values: bool,
+    ) -> Result<Tail, Error> {
+        let Some(first) = parts.first() else {
+            return Err(Error::Gpu("internal: no parts".into()));
+        };
+        let (c, softmax) = (first.inp.c, first.inp.softmax);
+        let (n, groups) = (totals.n, totals.groups);
+        // images per group: the finalize and the coefficient blocks see one group
+        let ng = n / groups;
+        let whole = parts.len() == 1 && first.img0 == 0 && first.inp.n == n;
+        if !whole && plan.lovasz.iter().any(|l| !l.per_image) && matches!(lov_from, LovFrom::Parts) {
+            return Err(Error::Gpu("internal: a whole-batch lovasz over parts".into()));
+        }
+
+        // 1. Lovász: one sort per distinct Lovász loss and part, all recorded into this
+        // submission; (offset, bytes) of each loss's segment sums in one buffer, and the
+        // segments of one image
         let mut lov_at = Vec::new();
         let mut lov_bytes = 0u64;
         for lp in &plan.lovasz {
-            let (segs, _) = plan::lovasz_segments(softmax, lp.per_image, n, c, s);
-            lov_at.push((lov_bytes, (segs * 16) as u64));
+            let (segs, _) = plan::lovasz_segments(softmax, lp.per_image, n, c, 1);
+            lov_at.push((lov_bytes, (segs * 16) as u64, segs / if lp.per_image { n } else { 1 }));
             lov_bytes += align((segs * 16) as u64);
         }
-        let lov = rec.scratch(lov_bytes, "lovasz segment sums")?;
+        let lov = match lov_from {
+            LovFrom::Given(l) => l,
+            LovFrom::Parts => rec.scratch(lov_bytes, "lovasz segment sums")?,
+        };
         let mut lws = Vec::new();
-        for (lp, &(off, bytes)) in plan.lovasz.iter().zip(&lov_at) {
-            let lw = rec.scratch((n * c * s * 4) as u64, "lovasz weights")?;
-            let li = LovaszInput { logits: inp.logits, target: inp.target, params: pbuf, n, c, s, softmax };
-            self.record_lovasz(rec, &li, lp.per_image, lov.sub(off, bytes), lw)?;
+        for part in parts {
+            let mut segsum = Vec::new();
+            for (lp, &(off, bytes, _)) in plan.lovasz.iter().zip(&lov_at) {
+                segsum.push(match lov_from {
+                    LovFrom::Parts if whole => lov.sub(off, bytes),
+                    _ => {
+                        let (segs, _) = plan::lovasz_segments(softmax, lp.per_image, part.inp.n, c, 1);
+                        rec.scratch((segs * 16) as u64, "lovasz segment sums of a part")?
+                    }
+                });
+            }
+            let lw = self.record_lovasz_all(rec, part.inp, plan, &segsum)?;
+            if let (LovFrom::Parts, false) = (lov_from, whole) {
+                // each part's per-image segments into their place among the whole batch's
+                for (ss, &(off, _, per)) in segsum.iter().zip(&lov_at) {
+                    let bytes = (part.inp.n * per * 16) as u64;
+                    rec.copy(ss.sub(0, bytes), lov.sub(off + (part.img0 * per * 16) as u64, bytes));
+                }
+            }
             lws.push(lw);
         }
-        let lov_base: Vec<usize> = lov_at.iter().map(|&(o, _)| (o / 16) as usize).collect();
+        let lov_base: Vec<usize> = lov_at.iter().map(|&(o, _, _)| (o / 16) as usize).collect();
 
-        // 3. finalize: values, then each gradient's coefficient block (256-byte aligned)
-        let layouts: Vec<BlockLayout> = exprs.iter().map(|e| BlockLayout::new(e, &plan, (ng, c, s), softmax)).collect();
+        // 2. finalize: values, then each gradient's coefficient block (256-byte aligned)
+        let layouts: Vec<BlockLayout> = exprs.iter().map(|e| BlockLayout::new(e, plan, (ng, c, 1), softmax)).collect();
         let mut cursor = 0;
         let mut vals = Vec::new();
         for e in exprs {
@@ -178,14 +338,15 @@ impl Gpu {
             cursor += 1 + e.terms.len();
         }
         let vals_len = cursor;
+        let wants = |i: usize| parts.iter().any(|p| !matches!(p.grads[i], GradTo::Skip));
         let mut blocks = Vec::new();
-        for (l, g) in layouts.iter().zip(grads) {
+        for (i, l) in layouts.iter().enumerate() {
             cursor = cursor.next_multiple_of(64);
-            if matches!(g, GradTo::Skip) {
-                blocks.push(None);
-            } else {
+            if wants(i) {
                 blocks.push(Some(cursor));
                 cursor += l.len;
+            } else {
+                blocks.push(None);
             }
         }
         // each group's values and blocks, `gout` floats apart
@@ -196,11 +357,11 @@ impl Gpu {
         for (i, e) in exprs.iter().enumerate() {
             plan::push_ops(
                 e,
-                &plan,
+                plan,
                 &layouts[i],
                 vals[i].0,
                 blocks[i],
-                (stride / 4) as usize,
+                (totals.stride / 4) as usize,
                 &lov_base,
                 c,
                 softmax,
@@ -208,16 +369,32 @@ impl Gpu {
                 &mut cls,
             );
         }
-        let fparams = rec.uniform(&Params { n: ng as u32, nops: ops.len() as u32, gout: gout as u32, ..base });
+        let fparams = rec.uniform(&Params {
+            n: ng as u32,
+            c: c as u32,
+            s: first.inp.s as u32,
+            gn: ng as u32,
+            nops: ops.len() as u32,
+            gout: gout as u32,
+            ..Params::default()
+        });
         let (ob, cb) = (rec.data(&ops), rec.data(&cls));
         rec.dispatch(
             &shaders::FINALIZE,
             Spec::default(),
             Grid::Direct(groups as u32, 1, 1),
-            &[("P", fparams), ("sums", sums), ("lov", lov), ("ops", ob), ("cls", cb), ("status", status), ("out", out)],
+            &[
+                ("P", fparams),
+                ("sums", totals.sums),
+                ("lov", lov),
+                ("ops", ob),
+                ("cls", cb),
+                ("status", status),
+                ("out", out),
+            ],
         )?;
 
-        // 4. values (with the status words) into a staging buffer
+        // 3. values (with the status words) into a staging buffer
         let mut reads = rec.readbacks();
         let values_read = if read_values {
             let bytes = (vals_len * 4) as u64;
@@ -232,94 +409,96 @@ impl Gpu {
             None
         };
 
-        // 5. gradients: one elementwise pass per expression (one more per further Lovász loss)
-        let total = (n * c * s * 4) as u64;
-        let (gx, gz) = grid(&self.limits, s.div_ceil(GRAD_PIX));
-        // bound where a pass reads no Lovász weights
-        let any_lw = match lws.first() {
-            Some(&lw) => lw,
-            None => rec.scratch(16, "no lovasz weights")?,
-        };
+        // 4. gradients: one elementwise pass per expression and part (one more per further
+        // Lovász loss)
         let mut grad_reads = Vec::new();
-        for (i, g) in grads.iter().enumerate() {
-            let (dest, accumulate, host) = match *g {
-                GradTo::Skip => {
-                    grad_reads.push(None);
-                    continue;
-                }
-                GradTo::Host => (rec.scratch(total, "gradient")?, false, true),
-                GradTo::Into { slice, accumulate } => (slice, accumulate, false),
+        for (part, lws) in parts.iter().zip(&lws) {
+            let inp = part.inp;
+            let (mut base, _) = self.params_of(inp);
+            base.gn = ng as u32;
+            base.img0 = part.img0 as u32;
+            let total = (inp.n * c * inp.s * 4) as u64;
+            let (gx, gz) = grid(&self.limits, inp.s.div_ceil(GRAD_PIX));
+            // bound where a pass reads no Lovász weights
+            let any_lw = match lws.first() {
+                Some(&lw) => lw,
+                None => rec.scratch(16, "no lovasz weights")?,
             };
-            let l = &layouts[i];
-            let block = blocks[i].unwrap_or(0);
-            // this block of every group: group g's is g * gout floats on
-            let coefs = out.sub(
-                (block * 4) as u64,
-                align((((groups - 1) * gout + l.len) * 4).max(16) as u64).min(out.size - (block * 4) as u64),
-            );
-            let slots: Vec<&plan::PixelSlot> = l.pix.iter().map(|&(_, slot)| &plan.slots[slot]).collect();
-            let terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
-            let cw: Vec<f32> = slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
-            let (tb, cb) = (rec.data(&terms), rec.data(&cw));
-            let lov_passes: Vec<Option<(usize, usize)>> =
-                if l.lov.is_empty() { vec![None] } else { l.lov.iter().map(|&(g, off, _)| Some((g, off))).collect() };
-            for (k, lp) in lov_passes.iter().enumerate() {
-                let first = k == 0;
-                let spec = Spec {
-                    softmax,
-                    kinds: if first { terms.iter().fold(0, |k, t| k | 1 << t.kind) } else { 0 },
-                    nterms: if first { terms.len() as u32 } else { 0 },
-                    lovasz: lp.map_or(0, |(g, _)| 1 + u32::from(plan.lovasz[g].per_image)),
-                    region: first && l.region,
-                    accum: accumulate || !first,
-                    ..Spec::default()
+            let mut reads_of_part = Vec::new();
+            for (i, g) in part.grads.iter().enumerate() {
+                let (dest, accumulate, host) = match *g {
+                    GradTo::Skip => {
+                        reads_of_part.push(None);
+                        continue;
+                    }
+                    GradTo::Host => (rec.scratch(total, "gradient")?, false, true),
+                    GradTo::Into { slice, accumulate } => (slice, accumulate, false),
                 };
-                let params = rec.uniform(&Params {
-                    region_base: l.region_base as u32,
-                    lov_base: lp.map_or(0, |(_, off)| off as u32),
-                    gout: gout as u32,
-                    ..base
-                });
-                let lw = match lp {
-                    Some((g, _)) => lws[*g],
-                    None => any_lw,
+                let l = &layouts[i];
+                let block = blocks[i].unwrap_or(0);
+                // this block of every group: group g's is g * gout floats on
+                let coefs = out.sub(
+                    (block * 4) as u64,
+                    align((((groups - 1) * gout + l.len) * 4).max(16) as u64).min(out.size - (block * 4) as u64),
+                );
+                let slots: Vec<&plan::PixelSlot> = l.pix.iter().map(|&(_, slot)| &plan.slots[slot]).collect();
+                let terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
+                let cw: Vec<f32> = slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
+                let (tb, cb) = (rec.data(&terms), rec.data(&cw));
+                let lov_passes: Vec<Option<(usize, usize)>> = if l.lov.is_empty() {
+                    vec![None]
+                } else {
+                    l.lov.iter().map(|&(g, off, _)| Some((g, off))).collect()
                 };
-                rec.dispatch(
-                    &shaders::GRAD,
-                    spec,
-                    Grid::Direct(gx, n as u32, gz),
-                    &[
-                        ("logits", inp.logits),
-                        ("tgt", inp.target),
-                        ("P", params),
-                        ("terms", tb),
-                        ("cw", cb),
-                        ("coefs", coefs),
-                        ("grad", dest),
-                        ("lw", lw),
-                        ("status", status),
-                    ],
-                )?;
+                for (k, lp) in lov_passes.iter().enumerate() {
+                    let first = k == 0;
+                    let spec = Spec {
+                        softmax,
+                        kinds: if first { terms.iter().fold(0, |k, t| k | 1 << t.kind) } else { 0 },
+                        nterms: if first { terms.len() as u32 } else { 0 },
+                        lovasz: lp.map_or(0, |(g, _)| 1 + u32::from(plan.lovasz[g].per_image)),
+                        region: first && l.region,
+                        accum: accumulate || !first,
+                        ..Spec::default()
+                    };
+                    let params = rec.uniform(&Params {
+                        region_base: l.region_base as u32,
+                        lov_base: lp.map_or(0, |(_, off)| off as u32),
+                        gout: gout as u32,
+                        ..base
+                    });
+                    let lw = match lp {
+                        Some((g, _)) => lws[*g],
+                        None => any_lw,
+                    };
+                    rec.dispatch(
+                        &shaders::GRAD,
+                        spec,
+                        Grid::Direct(gx, inp.n as u32, gz),
+                        &[
+                            ("logits", inp.logits),
+                            ("tgt", inp.target),
+                            ("P", params),
+                            ("terms", tb),
+                            ("cw", cb),
+                            ("coefs", coefs),
+                            ("grad", dest),
+                            ("lw", lw),
+                            ("status", status),
+                        ],
+                    )?;
+                }
+                if host {
+                    let rb = rec.readback(total, "gradient")?;
+                    rec.copy(dest.sub(0, total), rb);
+                    reads += 1;
+                    reads_of_part.push(Some(reads - 1));
+                } else {
+                    reads_of_part.push(None);
+                }
             }
-            if host {
-                let rb = rec.readback(total, "gradient")?;
-                rec.copy(dest.sub(0, total), rb);
-                reads += 1;
-                grad_reads.push(Some(reads - 1));
-            } else {
-                grad_reads.push(None);
-            }
+            grad_reads.push(reads_of_part);
         }
-        let per = total / groups as u64;
-        Ok((0..groups)
-            .map(|g| Recorded {
-                vals: vals.clone(),
-                vals_len,
-                out: out.sub((g * gout * 4) as u64, (gout * 4) as u64),
-                status,
-                values_read,
-                grad_reads: grad_reads.iter().map(|r| r.map(|i| (i, g as u64 * per, per))).collect(),
-            })
-            .collect())
+        Ok(Tail { vals, vals_len, out, gout, values_read, grad_reads })
     }
 }

@@ -124,7 +124,9 @@ pub(crate) struct Params {
     pub gn: u32,
     /// Finalize and gradient: floats of each group's output.
     pub gout: u32,
-    pub pad: u32,
+    /// Gradient: the first image of this part in the batch whose coefficients it reads (an
+    /// input split by images, or a part of a data-parallel batch); 0 otherwise.
+    pub img0: u32,
 }
 
 pub(crate) fn align(x: u64) -> u64 {
