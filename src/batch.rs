@@ -250,12 +250,12 @@ impl<'e, 'a> Batch<'e, 'a> {
                 }
             }
         }
-        let sets = coalesce(&items, &groups, &failed, &gpu.limits);
+        let sets = coalesce(&items, &groups, &failed, &gpu.limits, crate::stats::binding_limit(&gpu));
 
         // host inputs: each set's logits one after the other, then its target words, packed into
         // upload buffers at aligned offsets; a new buffer when one would pass the size limit
         let max_buffer = gpu.limits.max_buffer_size;
-        let max_binding = gpu.limits.max_storage_buffer_binding_size.min(max_buffer);
+        let max_binding = crate::stats::binding_limit(&gpu);
         // bytes of each upload buffer, and what goes where: (buffer, offset, group, logits?)
         let mut packs: Vec<u64> = Vec::new();
         let mut writes: Vec<(usize, u64, usize, bool)> = Vec::new();
@@ -263,6 +263,8 @@ impl<'e, 'a> Batch<'e, 'a> {
         let mut placed: Vec<Option<Placed>> = vec![None; sets.len()];
         // large inputs (alone in their set): buffers of their own, written at creation
         let mut own: Vec<wgpu::Buffer> = Vec::new();
+        // groups of inputs past the binding limit
+        let mut split: Vec<usize> = Vec::new();
         for (si, set) in sets.iter().enumerate() {
             let ItemSrc::Host(first) = &items[groups[set[0]].items[0]].src else { continue };
             let per_l = (first.logits().len() * 4) as u64;
@@ -271,11 +273,9 @@ impl<'e, 'a> Batch<'e, 'a> {
             let k = set.len() as u64;
             let (lbytes, tbytes) = (per_l * k, per_t * k);
             if lbytes.max(tbytes) > max_binding {
-                // a single input (sets of several stay within the limit)
-                for &gi in set {
-                    failed[gi] =
-                        Some(Error::Limit { what: "the logits".into(), needed: lbytes.max(tbytes), max: max_binding });
-                }
+                // a single input (sets of several stay within the limit): evaluated in pieces
+                // after this submission
+                split.extend(set.iter().copied());
                 continue;
             }
             if per_l >= COALESCE_BYTES {
@@ -437,6 +437,23 @@ impl<'e, 'a> Batch<'e, 'a> {
                 }
             }
         }
+        // inputs past the limits: each in pieces, in submissions of their own
+        for gi in split {
+            for &i in &groups[gi].items {
+                let ItemSrc::Host(input) = &items[i].src else { continue };
+                let it = &items[i];
+                let grads = it.grads.iter().any(|g| matches!(g, GradOut::Host));
+                let r = engine.evaluate_split(&gpu, input, &it.exprs, grads).await.map(|mut evals| {
+                    for (ev, g) in evals.iter_mut().zip(&it.grads) {
+                        if !matches!(g, GradOut::Host) {
+                            ev.grad = None;
+                        }
+                    }
+                    evals
+                });
+                deliver(&mut txs, i, r);
+            }
+        }
         for (g, f) in groups.iter().zip(failed) {
             if let Some(e) = f {
                 for &i in &g.items {
@@ -473,8 +490,13 @@ enum Up {
     Own(usize),
 }
 
-fn coalesce(items: &[Item<'_>], groups: &[Group], failed: &[Option<Error>], limits: &wgpu::Limits) -> Vec<Vec<usize>> {
-    let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+fn coalesce(
+    items: &[Item<'_>],
+    groups: &[Group],
+    failed: &[Option<Error>],
+    limits: &wgpu::Limits,
+    max_binding: u64,
+) -> Vec<Vec<usize>> {
     let max_groups = limits.max_compute_workgroups_per_dimension as usize;
     let mut sets: Vec<Vec<usize>> = Vec::new();
     // per open set: its key's representative group

@@ -489,13 +489,15 @@ impl Engine {
             })
             .await
             .map_err(|e| Error::NoAdapter(format!("{}: cannot open a device: {e}", info.name)))?;
-        let gpu = Gpu::new(&info, device, queue, true).await?;
+        let gpu = Gpu::new(&info, device, queue, true, opts.max_binding_bytes).await?;
         Ok(Engine { backend: Backend::Gpu(Arc::new(gpu)), info: DeviceInfo::of(&info) })
     }
 
     /// An engine on a device the caller already has (a wgpu program's, or a framework's such as
     /// burn's wgpu backend): segloss records into its queue and binds its buffers, and never
     /// installs a handler on it. `info` is the adapter's, for [`Engine::info`] and for tuning.
+    /// `SEGLOSS_MAX_BINDING_BYTES` lowers the binding limit it plans with, as for
+    /// [`EngineOptions::max_binding_bytes`].
     ///
     /// ```no_run
     /// # async fn f(adapter: wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Result<(), segloss::Error> {
@@ -507,7 +509,7 @@ impl Engine {
         device: wgpu::Device,
         queue: wgpu::Queue,
     ) -> Result<Engine, Error> {
-        let gpu = Gpu::new(info, device, queue, false).await?;
+        let gpu = Gpu::new(info, device, queue, false, EngineOptions::from_env().max_binding_bytes).await?;
         Ok(Engine { backend: Backend::Gpu(Arc::new(gpu)), info: DeviceInfo::of(info) })
     }
 
@@ -543,6 +545,13 @@ impl Engine {
             Backend::Gpu(g) => Some(&g.limits),
             Backend::Cpu => None,
         }
+    }
+
+    /// The largest input binding the engine plans with, bytes: host inputs with more logits are
+    /// evaluated in pieces. The device's limit, or the lower one of
+    /// [`EngineOptions::max_binding_bytes`]; `None` on the CPU engine.
+    pub fn max_binding_bytes(&self) -> Option<u64> {
+        self.gpu_ref().map(|g| crate::stats::binding_limit(g))
     }
 
     /// Submissions and host waits so far.
@@ -588,9 +597,10 @@ impl Engine {
             return Ok(Prepared { input, logits: None, target: None, hard_labels });
         };
         let bytes = (input.logits().len() * 4) as u64;
-        let max = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
-        if bytes > max {
-            return Err(Error::Limit { what: "the logits".into(), needed: bytes, max });
+        if bytes > crate::stats::binding_limit(gpu) {
+            // past the binding limit: kept on the host, evaluated in pieces
+            let hard_labels = input.hard_labels();
+            return Ok(Prepared { input, logits: None, target: None, hard_labels });
         }
         let words = target_words(&input);
         let init = |label, contents: &[u8]| {
@@ -638,7 +648,8 @@ impl Engine {
         };
         let gs = vec![g; exprs.len()];
         let (Some(l), Some(t)) = (&prep.logits, &prep.target) else {
-            return Err(Error::Input("this batch was prepared by the CPU engine".into()));
+            // an input past the device's limits (the CPU engine returned above)
+            return self.evaluate_split(gpu, input, exprs, grads != GradMode::Skip).await;
         };
         let src = Source::Host { input, logits: BufferSlice::whole(l), target: BufferSlice::whole(t), groups: 1 };
         self.run(gpu, src, exprs, &gs).await
@@ -827,6 +838,12 @@ impl Engine {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new_blocking() -> Result<Engine, Error> {
         futures::executor::block_on(Engine::new())
+    }
+
+    /// Blocking [`Engine::with_options`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_options_blocking(opts: &EngineOptions) -> Result<Engine, Error> {
+        futures::executor::block_on(Engine::with_options(opts))
     }
 
     /// Blocking [`Engine::gpu`] (native only).

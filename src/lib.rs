@@ -49,6 +49,8 @@ pub mod internals;
 mod plan;
 pub mod reference;
 pub mod shaders;
+mod split;
+mod stats;
 #[cfg(test)]
 mod twin;
 
@@ -60,6 +62,7 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use expr::{Loss, LossExpr, Term};
 pub use input::{Input, Mode, Target};
+pub use stats::Statistics;
 /// The wgpu this crate is built on: buffers and devices given to the engine come from it.
 pub use wgpu;
 

@@ -619,7 +619,6 @@ fn score_loss(p: &crate::expr::RegionParams, score: f64) -> (f64, f64) {
 
 /// One segment of the device's Lovász sort (numbered as `plan::lovasz_segments` numbers them),
 /// from the definition: (loss of the segment, foreground count, background count).
-#[cfg(test)]
 pub(crate) fn lovasz_segment(input: &Input, per_image: bool, seg: usize) -> [f64; 3] {
     let e = Elems::new(input);
     let (n, c) = (e.n, e.c);

@@ -8,6 +8,7 @@ use crate::expr::LossExpr;
 use crate::gpu::eval::{DevInput, GradTo};
 use crate::gpu::record::Recording;
 use crate::plan::{self, BlockLayout, LovaszSums, StatsPlan, Sums};
+use crate::stats::host_sums;
 use crate::{Engine, Input, Mode, Target};
 
 struct Rng(u64);
@@ -90,85 +91,6 @@ fn check(engine: &Engine, input: &Input, texts: &[&str]) {
             );
         }
     }
-}
-
-/// The sums of the statistics pass, in f64 from the definitions ([N][C][8 + 2 slots]).
-fn host_sums(input: &Input, plan: &StatsPlan) -> Vec<f64> {
-    use crate::reference::sigmoid;
-    let (n, c, s) = (input.batch(), input.classes(), input.spatial());
-    let k = 8 + 2 * plan.slots.len();
-    let mut out = vec![0f64; n * c * k];
-    let x = input.logits();
-    for ni in 0..n {
-        for si in 0..s {
-            let lse = {
-                let m = (0..c).map(|ci| f64::from(x[(ni * c + ci) * s + si])).fold(f64::MIN, f64::max);
-                m + (0..c).map(|ci| (f64::from(x[(ni * c + ci) * s + si]) - m).exp()).sum::<f64>().ln()
-            };
-            let label = match input.target() {
-                Target::Labels(t) => Some(t[ni * s + si]),
-                Target::Dense(_) => None,
-            };
-            for ci in 0..c {
-                let e = (ni * c + ci) * s + si;
-                let xe = f64::from(x[e]);
-                let (p, g, nlp, nlq) = match (input.target(), label) {
-                    (Target::Labels(_), Some(l)) => {
-                        if Some(l) == input.ignore_index() {
-                            continue;
-                        }
-                        let nlp = lse - xe;
-                        ((-nlp).exp(), if l == ci as i64 { 1.0 } else { 0.0 }, nlp, 0.0)
-                    }
-                    (Target::Dense(t), _) => {
-                        let g = f64::from(t[e]);
-                        if Some(t[e]) == input.ignore_index().map(|k| k as f32) {
-                            continue;
-                        }
-                        let p = sigmoid(xe);
-                        (p, g, -crate::reference::log_sigmoid(xe), -crate::reference::log_sigmoid(-xe))
-                    }
-                    _ => unreachable!(),
-                };
-                let o = (ni * c + ci) * k;
-                let d = (g - p) * (g - p);
-                for (j, v) in [p * g, p, g, p * p, g * g, 1.0, d * g, d * (1.0 - g)].into_iter().enumerate() {
-                    out[o + j] += v;
-                }
-                for (j, slot) in plan.slots.iter().enumerate() {
-                    let (a, b) = match slot.kind {
-                        plan::kind::BCE => {
-                            let gs = g * (1.0 - slot.label_smoothing) + 0.5 * slot.label_smoothing;
-                            (gs * nlp, (1.0 - gs) * nlq)
-                        }
-                        plan::kind::CE => {
-                            let l = label.unwrap() as usize;
-                            let q = (1.0 - slot.label_smoothing) * slot.weights[l] * g
-                                + slot.label_smoothing / c as f64 * slot.weights[ci];
-                            (q * nlp, slot.weights[l] * g)
-                        }
-                        plan::kind::FOCAL_SIGMOID => {
-                            let b = g * (-crate::reference::log_sigmoid(xe))
-                                + (1.0 - g) * (-crate::reference::log_sigmoid(-xe));
-                            let a = slot.alpha.map_or(1.0, |al| al * g + (1.0 - al) * (1.0 - g));
-                            (a * (1.0 - (-b).exp()).powf(slot.gamma) * b, 0.0)
-                        }
-                        _ => {
-                            if g == 1.0 {
-                                let q = (-nlp).exp();
-                                (slot.alpha.unwrap_or(1.0) * (1.0 - q).powf(slot.gamma) * nlp, 0.0)
-                            } else {
-                                (0.0, 0.0)
-                            }
-                        }
-                    };
-                    out[o + 8 + 2 * j] += a;
-                    out[o + 9 + 2 * j] += b;
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Per-segment Lovász sums from the reference's definition (value, fg, bg).

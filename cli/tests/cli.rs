@@ -296,6 +296,43 @@ fn eval_without_grad_dir_gives_the_same_values() {
 }
 
 #[test]
+fn eval_with_a_lowered_binding_limit_gives_the_same_numbers_in_pieces() {
+    let case = common::golden_dir().join("multiclass_ignore");
+    // [2, 5, 64, 64] logits are 160 KiB: one image (80 KiB) a piece, then 12 KB pieces of pixels
+    let losses = ["ce", "dice@monai", "0.8*ce+0.2*lovasz:per_image=true", "jaccard@keras"];
+    let base = std::env::temp_dir().join(format!("segloss-split-{}", std::process::id()));
+    let eval = |limit: Option<&str>, dir: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_segloss"));
+        cmd.args(eval_args(&case, &losses, &["--ignore-index", "255", "--grad-dir", s(dir), "--json"]));
+        match limit {
+            Some(l) => cmd.env("SEGLOSS_MAX_BINDING_BYTES", l),
+            None => cmd.env_remove("SEGLOSS_MAX_BINDING_BYTES"),
+        };
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        json_of(&out)
+    };
+    let whole = eval(None, &base.join("whole"));
+    for (limit, lovasz) in [("100000", true), ("12000", false)] {
+        let split = eval(Some(limit), &base.join(limit));
+        for (a, b) in whole["results"].as_array().unwrap().iter().zip(split["results"].as_array().unwrap()) {
+            if !lovasz && a["loss"].as_str().unwrap().contains("lovasz") {
+                // a Lovász sort spans one image, which this limit cuts: a typed limit error
+                assert!(b["error"].as_str().unwrap().contains("device limit"), "{b}");
+                continue;
+            }
+            let (x, y) = (a["value"].as_f64().unwrap(), b["value"].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-6 + 1e-5 * x.abs(), "{} under {limit}: {x} vs {y}", a["loss"]);
+            let (_, ga) = common::read_f32(Path::new(a["grad_file"].as_str().unwrap()));
+            let (_, gb) = common::read_f32(Path::new(b["grad_file"].as_str().unwrap()));
+            let (d, m) = common::max_diff(&gb, &ga);
+            assert!(d <= 1e-9 + 1e-4 * m, "{} under {limit}: gradient off by {d}", a["loss"]);
+        }
+    }
+    std::fs::remove_dir_all(&base).ok();
+}
+
+#[test]
 fn absurd_demo_and_bench_arguments_exit_with_code_2_before_allocating() {
     let cases: &[(&[&str], &str)] = &[
         (&["demo", "--size", "0"], "--size 0"),

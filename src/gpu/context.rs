@@ -62,13 +62,23 @@ pub struct EngineOptions {
     pub adapter: Option<String>,
     /// Fall back to the CPU reference when no adapter is found (default for [`Engine::new`]).
     pub allow_cpu_fallback: bool,
+    /// Plan with a storage binding limit of at most this many bytes (`SEGLOSS_MAX_BINDING_BYTES`):
+    /// host inputs larger than the limit are evaluated in pieces, as those past the device's own
+    /// limit are (tests exercise the pieces on small inputs with it).
+    pub max_binding_bytes: Option<u64>,
 }
 
 impl EngineOptions {
-    /// Options from `SEGLOSS_BACKEND` and `SEGLOSS_ADAPTER`, with CPU fallback allowed.
+    /// Options from `SEGLOSS_BACKEND`, `SEGLOSS_ADAPTER` and `SEGLOSS_MAX_BINDING_BYTES`, with
+    /// CPU fallback allowed.
     pub fn from_env() -> EngineOptions {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        EngineOptions { backend: get("SEGLOSS_BACKEND"), adapter: get("SEGLOSS_ADAPTER"), allow_cpu_fallback: true }
+        EngineOptions {
+            backend: get("SEGLOSS_BACKEND"),
+            adapter: get("SEGLOSS_ADAPTER"),
+            allow_cpu_fallback: true,
+            max_binding_bytes: get("SEGLOSS_MAX_BINDING_BYTES").and_then(|v| v.trim().parse().ok()),
+        }
     }
 
     fn backends(&self) -> Result<wgpu::Backends, Error> {
@@ -254,6 +264,10 @@ pub(crate) struct Gpu {
     pub lost: Arc<Mutex<Option<String>>>,
     pub poller: Poller,
     pub counters: Counters,
+    /// The largest input binding the engine plans with (inputs larger go in pieces): the
+    /// device's, or lower ([`EngineOptions::max_binding_bytes`]). The recordings still check
+    /// every binding against the device's own limits.
+    pub plan_binding: u64,
 }
 
 impl Gpu {
@@ -265,6 +279,7 @@ impl Gpu {
         device: wgpu::Device,
         queue: wgpu::Queue,
         own: bool,
+        max_binding_bytes: Option<u64>,
     ) -> Result<Gpu, Error> {
         let limits = device.limits();
         if !limits_ok(&limits) {
@@ -301,6 +316,8 @@ impl Gpu {
             wide_stats: AtomicBool::new(cpu),
             lost,
             counters: Counters::default(),
+            // at least the 4-byte logits of one pixel of one class
+            plan_binding: max_binding_bytes.map_or(u64::MAX, |m| m.max(4)),
         };
         for softmax in [false, true] {
             for k in KERNELS {

@@ -109,8 +109,7 @@ impl Gpu {
         // read once: the tile size and the statistics pipelines must agree
         // (wide tiles only for images that fill one: a smaller image would leave most of the
         // wide workgroup idle)
-        let wide =
-            self.wide_stats.load(std::sync::atomic::Ordering::Relaxed) && inp.s >= stats_tile(softmax, true);
+        let wide = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed) && inp.s >= stats_tile(softmax, true);
         let tiles = inp.s.div_ceil(stats_tile(softmax, wide));
         let p = Params {
             n: inp.n as u32,

@@ -1,0 +1,662 @@
+//! Statistics that merge: the per-(image, class) sums every loss except the whole-batch Lovász is
+//! made of, and the per-image Lovász segments, as a value that parts of a batch (batches of a
+//! dataset, adapters, processes) compute on their own and join; the values of the joined batch
+//! (`finish`) and the gradient of each part from the joined statistics (`Engine::gradient`).
+//! Inputs past the device's limits go through the same two steps, piece by piece.
+
+use std::sync::Arc;
+
+use wgpu::util::DeviceExt;
+
+use crate::engine::{check_value, decode, words, Engine, Evaluation};
+use crate::error::Error;
+use crate::expr::LossExpr;
+use crate::gpu::align;
+use crate::gpu::context::Gpu;
+use crate::gpu::eval::{DevInput, GradTo, LovFrom, Part, Totals};
+use crate::gpu::record::Recording;
+use crate::input::{Input, Target};
+use crate::plan::{self, ch, BlockLayout, LovaszSums, StatsPlan, Sums, K, MAX_PIXEL_SLOTS};
+use crate::split::{self, Piece};
+use crate::Mode;
+
+/// The statistics of a batch for a list of expressions: per (image, class), the sums of the
+/// region channels (`sum p g`, `sum p`, `sum g`, `sum p^2`, `sum g^2`, the count of valid
+/// elements, the sensitivity-specificity channels) and two sums per distinct pixel loss (bce, ce,
+/// focal); and per image, the value and label counts of each per-image Lovász loss. They are
+/// what the losses are made of: the statistics of two parts of a batch, joined, are those of the
+/// whole batch, so parts evaluated on different adapters or processes give the whole batch's
+/// values ([`Statistics::finish`]) and, for each part, its gradient of the whole batch's loss
+/// ([`Engine::gradient`]). Batch-pooled Dice under data parallelism needs exactly this: local
+/// sums would give each process a different, wrong loss.
+///
+/// Joining: [`Statistics::append`] puts the images of another part after these;
+/// [`Statistics::placed`] and [`Statistics::add`] do the same by addition (each part writes its
+/// rows into a table of the whole batch, zero elsewhere; the sum of the tables is the whole
+/// batch's), which is an all-reduce for processes ([`Statistics::as_mut_slice`]).
+///
+/// A Lovász loss with `per_image=false` sorts the whole batch at once: its statistics do not
+/// merge, and [`Engine::statistics`] refuses it.
+///
+/// ```no_run
+/// # fn main() -> Result<(), segloss::Error> {
+/// use segloss::{Engine, Input, LossExpr, Mode};
+/// let engine = Engine::new_blocking()?;
+/// let expr: LossExpr = "dice+bce".parse()?;
+/// // two halves of a batch of 4 images, as two data-parallel workers hold it
+/// let (l0, t0) = (vec![0.5f32; 2 * 64], vec![1.0f32; 2 * 64]);
+/// let (l1, t1) = (vec![-0.5f32; 2 * 64], vec![0.0f32; 2 * 64]);
+/// let a = Input::dense(&l0, &t0, &[2, 1, 8, 8], Mode::Binary)?;
+/// let b = Input::dense(&l1, &t1, &[2, 1, 8, 8], Mode::Binary)?;
+/// let mut stats = engine.statistics_blocking(&a, &[expr.clone()])?;
+/// stats.append(&engine.statistics_blocking(&b, &[expr.clone()])?)?;
+/// let value = stats.finish()?[0].value; // the loss of the 4 images
+/// // each half's gradient of that loss (the second half starts at image 2)
+/// let g1 = engine.gradient_blocking(&b, &stats, 2, &[expr])?;
+/// assert_eq!(g1[0].grad.as_ref().map(|g| g.len()), Some(128));
+/// # let _ = value; Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Statistics {
+    mode: Mode,
+    classes: usize,
+    images: usize,
+    exprs: Vec<LossExpr>,
+    /// Channels per (image, class): 8 region channels, then two per pixel loss.
+    k: usize,
+    /// Segments per image of each Lovász loss (1 for the hinge, C for Lovász-Softmax).
+    lov_per_image: Vec<usize>,
+    /// `[images][classes][k]` sums, then each Lovász loss's `[images][segments][value, fg, bg]`.
+    data: Vec<f64>,
+}
+
+impl Statistics {
+    /// Zero statistics of `images` images; `lovasz_merges`: refuse a whole-batch Lovász (the
+    /// public statistics; the engine's own pieces compute it elsewhere).
+    fn zeroed(
+        mode: Mode,
+        classes: usize,
+        images: usize,
+        exprs: &[LossExpr],
+        lovasz_merges: bool,
+    ) -> Result<Statistics, Error> {
+        let plan = StatsPlan::new(exprs, classes);
+        if lovasz_merges && plan.lovasz.iter().any(|l| !l.per_image) {
+            return Err(Error::Unsupported(
+                "lovasz with per_image=false sorts the whole batch at once: its statistics do not merge (use \
+                 per_image=true, or evaluate the whole batch on one engine)"
+                    .into(),
+            ));
+        }
+        let k = 8 + 2 * plan.slots.len();
+        let spi = if mode == Mode::Multiclass { classes } else { 1 };
+        let lov_per_image = vec![spi; plan.lovasz.len()];
+        let len = images * classes * k + lov_per_image.iter().map(|s| images * s * 3).sum::<usize>();
+        Ok(Statistics { mode, classes, images, exprs: exprs.to_vec(), k, lov_per_image, data: vec![0.0; len] })
+    }
+
+    /// Images of the batch the statistics describe.
+    pub fn images(&self) -> usize {
+        self.images
+    }
+
+    /// Channels (classes) C.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// The mode of the inputs.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The expressions the statistics serve.
+    pub fn expressions(&self) -> &[LossExpr] {
+        &self.exprs
+    }
+
+    /// Every number, `f64`: the per-(image, class) sums, then the per-image Lovász segments. Its
+    /// length depends only on the images, classes and expressions.
+    pub fn as_slice(&self) -> &[f64] {
+        &self.data
+    }
+
+    /// Every number, writable: an all-reduce (sum) of [`Statistics::placed`] tables across
+    /// processes, in place.
+    pub fn as_mut_slice(&mut self) -> &mut [f64] {
+        &mut self.data
+    }
+
+    fn sums_len(&self) -> usize {
+        self.images * self.classes * self.k
+    }
+
+    /// Lovász loss `g`'s segments: `[images][segments][3]`.
+    fn lov_range(&self, g: usize) -> std::ops::Range<usize> {
+        let start = self.sums_len() + self.lov_per_image[..g].iter().map(|s| self.images * s * 3).sum::<usize>();
+        start..start + self.images * self.lov_per_image[g] * 3
+    }
+
+    fn check_joins(&self, other: &Statistics) -> Result<(), Error> {
+        if self.mode != other.mode || self.classes != other.classes || self.exprs != other.exprs {
+            return Err(Error::Input(format!(
+                "statistics of {} {} classes for [{}] cannot join those of {} {} classes for [{}]",
+                self.mode,
+                self.classes,
+                texts(&self.exprs),
+                other.mode,
+                other.classes,
+                texts(&other.exprs)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Puts the images of `other` (the next part of the batch) after these.
+    pub fn append(&mut self, other: &Statistics) -> Result<(), Error> {
+        self.check_joins(other)?;
+        let mut data = Vec::with_capacity(self.data.len() + other.data.len());
+        data.extend_from_slice(&self.data[..self.sums_len()]);
+        data.extend_from_slice(&other.data[..other.sums_len()]);
+        for g in 0..self.lov_per_image.len() {
+            data.extend_from_slice(&self.data[self.lov_range(g)]);
+            data.extend_from_slice(&other.data[other.lov_range(g)]);
+        }
+        self.images += other.images;
+        self.data = data;
+        Ok(())
+    }
+
+    /// These statistics as images `first_image..` of a batch of `total_images`, zero for the
+    /// others: the sum of every part's placed statistics is the whole batch's.
+    pub fn placed(&self, first_image: usize, total_images: usize) -> Result<Statistics, Error> {
+        if first_image + self.images > total_images {
+            return Err(Error::Input(format!(
+                "{} images from image {first_image} do not fit a batch of {total_images}",
+                self.images
+            )));
+        }
+        let mut out = self.clone();
+        out.images = total_images;
+        out.data = vec![0.0; out.sums_len() + self.lov_per_image.iter().map(|s| total_images * s * 3).sum::<usize>()];
+        let row = self.classes * self.k;
+        out.data[first_image * row..(first_image + self.images) * row].copy_from_slice(&self.data[..self.sums_len()]);
+        for (g, &spi) in self.lov_per_image.iter().enumerate() {
+            let at = out.lov_range(g).start + first_image * spi * 3;
+            out.data[at..at + self.images * spi * 3].copy_from_slice(&self.data[self.lov_range(g)]);
+        }
+        Ok(out)
+    }
+
+    /// Adds `other` (the same images: a placed part, or the statistics of more pixels of them).
+    pub fn add(&mut self, other: &Statistics) -> Result<(), Error> {
+        self.check_joins(other)?;
+        if self.images != other.images {
+            return Err(Error::Input(format!(
+                "statistics of {} images cannot be added to those of {} (place both in one batch first)",
+                other.images, self.images
+            )));
+        }
+        self.data.iter_mut().zip(&other.data).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    /// The values of the expressions on the whole batch, in f64 from the sums (the host twin
+    /// of the device finalize); [`Evaluation::grad`] is `None`.
+    pub fn finish(&self) -> Result<Vec<Evaluation>, Error> {
+        let plan = StatsPlan::new(&self.exprs, self.classes);
+        let (n, c) = (self.images, self.classes);
+        let sums = Sums { data: &self.data[..self.sums_len()], n, c, k: self.k };
+        let lov: Vec<LovaszSums> = (0..self.lov_per_image.len())
+            .map(|g| LovaszSums {
+                segs: self.data[self.lov_range(g)].chunks_exact(3).map(|q| [q[0], q[1], q[2]]).collect(),
+            })
+            .collect();
+        let softmax = self.mode == Mode::Multiclass;
+        self.exprs
+            .iter()
+            .map(|e| {
+                let layout = BlockLayout::new(e, &plan, (n, c, 1), softmax);
+                let f = plan::finalize(e, &plan, &layout, &sums, self.mode, &lov);
+                check_value(f.value, &f.term_values)?;
+                Ok(Evaluation { value: f.value, term_values: f.term_values, grad: None })
+            })
+            .collect()
+    }
+
+    /// Adds a piece's device sums (`[passes][images][c][K]` f32, `stride` bytes per pass) into
+    /// its image rows.
+    fn add_device_sums(&mut self, dev: &[f32], stride: usize, piece: Piece) {
+        let (c, k) = (self.classes, self.k);
+        let first = piece.first_image();
+        for i in 0..piece.images() {
+            for cls in 0..c {
+                for j in 0..k {
+                    let (pass, chan) = device_channel(j);
+                    let v = dev[pass * stride / 4 + ((i * c + cls) * K) + chan];
+                    self.data[((first + i) * c + cls) * k + j] += f64::from(v);
+                }
+            }
+        }
+    }
+
+    /// The sums as the device finalize reads them: `[passes][images][c][K]` f32, each pass
+    /// `align`ed.
+    fn device_sums(&self, plan: &StatsPlan) -> (Vec<f32>, u64) {
+        let (n, c, k) = (self.images, self.classes, self.k);
+        let stride = align((n * c * K * 4) as u64);
+        let mut out = vec![0f32; (stride / 4) as usize * plan.passes()];
+        for row in 0..n * c {
+            for j in 0..k {
+                let (pass, chan) = device_channel(j);
+                out[pass * (stride / 4) as usize + row * K + chan] = self.data[row * k + j] as f32;
+            }
+        }
+        (out, stride)
+    }
+
+    /// The Lovász segments as the device finalize reads them: `[value bits, fg, bg, 0]` per
+    /// segment, each loss's `align`ed (as `record_tail` lays them out).
+    fn device_lovasz(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for g in 0..self.lov_per_image.len() {
+            for q in self.data[self.lov_range(g)].chunks_exact(3) {
+                out.extend_from_slice(&[(q[0] as f32).to_bits(), q[1] as u32, q[2] as u32, 0]);
+            }
+            out.resize(align(out.len() as u64 * 4) as usize / 4, 0);
+        }
+        out
+    }
+}
+
+/// Where host channel `j` (8 region channels, two per pixel loss) sits on the device: (pass,
+/// channel of the pass's 16).
+fn device_channel(j: usize) -> (usize, usize) {
+    if j < ch::PIX {
+        (0, j)
+    } else {
+        let slot = (j - ch::PIX) / 2;
+        (slot / MAX_PIXEL_SLOTS, ch::PIX + 2 * (slot % MAX_PIXEL_SLOTS) + (j - ch::PIX) % 2)
+    }
+}
+
+fn texts(exprs: &[LossExpr]) -> String {
+    exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// The statistics sums of a host input in f64 from the definitions, `[N][C][8 + 2 slots]`: what
+/// the CPU engine's statistics are, and what the tests hold the device's to.
+pub(crate) fn host_sums(input: &Input, plan: &StatsPlan) -> Vec<f64> {
+    use crate::reference::{log_sigmoid, sigmoid};
+    let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+    let k = 8 + 2 * plan.slots.len();
+    let mut out = vec![0f64; n * c * k];
+    let x = input.logits();
+    for ni in 0..n {
+        for si in 0..s {
+            let at = |ci: usize| f64::from(x[(ni * c + ci) * s + si]);
+            let m = (0..c).map(at).fold(f64::MIN, f64::max);
+            let lse = m + (0..c).map(|ci| (at(ci) - m).exp()).sum::<f64>().ln();
+            for ci in 0..c {
+                let e = (ni * c + ci) * s + si;
+                let xe = f64::from(x[e]);
+                // (p, g, -log p, -log(1 - p) or 0, the label)
+                let (p, g, nlp, nlq, label) = match input.target() {
+                    Target::Labels(t) => {
+                        let l = t[ni * s + si];
+                        if Some(l) == input.ignore_index() {
+                            continue;
+                        }
+                        let nlp = lse - xe;
+                        ((-nlp).exp(), if l == ci as i64 { 1.0 } else { 0.0 }, nlp, 0.0, l as usize)
+                    }
+                    Target::Dense(t) => {
+                        if Some(t[e]) == input.ignore_index().map(|k| k as f32) {
+                            continue;
+                        }
+                        (sigmoid(xe), f64::from(t[e]), -log_sigmoid(xe), -log_sigmoid(-xe), 0)
+                    }
+                };
+                let o = (ni * c + ci) * k;
+                let d = (g - p) * (g - p);
+                for (j, v) in [p * g, p, g, p * p, g * g, 1.0, d * g, d * (1.0 - g)].into_iter().enumerate() {
+                    out[o + j] += v;
+                }
+                for (j, slot) in plan.slots.iter().enumerate() {
+                    let (a, b) = match slot.kind {
+                        plan::kind::BCE => {
+                            let gs = g * (1.0 - slot.label_smoothing) + 0.5 * slot.label_smoothing;
+                            (gs * nlp, (1.0 - gs) * nlq)
+                        }
+                        plan::kind::CE => {
+                            let q = (1.0 - slot.label_smoothing) * slot.weights[label] * g
+                                + slot.label_smoothing / c as f64 * slot.weights[ci];
+                            (q * nlp, slot.weights[label] * g)
+                        }
+                        plan::kind::FOCAL_SIGMOID => {
+                            let b = g * (-log_sigmoid(xe)) + (1.0 - g) * (-log_sigmoid(-xe));
+                            let a = slot.alpha.map_or(1.0, |al| al * g + (1.0 - al) * (1.0 - g));
+                            (a * (1.0 - (-b).exp()).powf(slot.gamma) * b, 0.0)
+                        }
+                        _ if g == 1.0 => {
+                            let q = (-nlp).exp();
+                            (slot.alpha.unwrap_or(1.0) * (1.0 - q).powf(slot.gamma) * nlp, 0.0)
+                        }
+                        _ => (0.0, 0.0),
+                    };
+                    out[o + 8 + 2 * j] += a;
+                    out[o + 9 + 2 * j] += b;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The logits and target words of a piece of a host input, in buffers of their own.
+fn upload(gpu: &Gpu, input: &Input<'_>, piece: Piece) -> (wgpu::Buffer, wgpu::Buffer) {
+    let (logits, words) = split::piece_data(input, piece);
+    let init = |label, contents: &[u8]| {
+        gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        })
+    };
+    (init("logits piece", bytemuck::cast_slice(&logits)), init("target piece", bytemuck::cast_slice(&words)))
+}
+
+fn dev_input(rec: &mut Recording, input: &Input<'_>, piece: Piece, bufs: &(wgpu::Buffer, wgpu::Buffer)) -> DevInput {
+    DevInput {
+        logits: rec.external(&bufs.0, 0, bufs.0.size()),
+        target: rec.external(&bufs.1, 0, bufs.1.size()),
+        n: piece.images(),
+        c: input.classes(),
+        s: piece.pixels(input.spatial()),
+        softmax: input.mode() == Mode::Multiclass,
+        groups: 1,
+        ignore: None,
+        validate: 0,
+    }
+}
+
+/// The largest logits binding the engine plans with: the device's, or the lower one of
+/// [`crate::EngineOptions::max_binding_bytes`].
+pub(crate) fn binding_limit(gpu: &Gpu) -> u64 {
+    gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size).min(gpu.plan_binding)
+}
+
+/// The pieces of `input` on `gpu`; Lovász losses that cannot run on them are a limit error.
+fn pieces_for(gpu: &Gpu, input: &Input<'_>, plan: &StatsPlan) -> Result<Vec<Piece>, Error> {
+    let limit = binding_limit(gpu);
+    let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+    let pieces = split::pieces(n, c, s, limit)?;
+    let bytes = (c * s * 4) as u64;
+    if pieces.len() > 1 {
+        if plan.lovasz.iter().any(|l| !l.per_image) {
+            return Err(Error::Limit {
+                what: "lovasz with per_image=false (its sort spans the whole batch, which does not fit one binding)"
+                    .into(),
+                needed: bytes * n as u64,
+                max: limit,
+            });
+        }
+        if !plan.lovasz.is_empty() && matches!(pieces[0], Piece::Pixels { .. }) {
+            return Err(Error::Limit {
+                what: "lovasz (its sort spans one image, which does not fit one binding)".into(),
+                needed: bytes,
+                max: limit,
+            });
+        }
+    }
+    Ok(pieces)
+}
+
+impl Engine {
+    /// The [`Statistics`] of `input` for `exprs` (one submission; an input past the device's
+    /// limits in pieces). A Lovász loss with `per_image=false` is refused: its statistics do
+    /// not merge.
+    pub async fn statistics(&self, input: &Input<'_>, exprs: &[LossExpr]) -> Result<Statistics, Error> {
+        for e in exprs {
+            e.check(input.mode(), input.classes())?;
+        }
+        crate::engine::check_hard_labels(exprs, input.hard_labels())?;
+        match self.gpu_ref() {
+            Some(gpu) => self.device_statistics(gpu, input, exprs, true).await,
+            None => {
+                let mut st = Statistics::zeroed(input.mode(), input.classes(), input.batch(), exprs, true)?;
+                let plan = StatsPlan::new(exprs, input.classes());
+                let sums = host_sums(input, &plan);
+                st.data[..sums.len()].copy_from_slice(&sums);
+                for (g, lp) in plan.lovasz.iter().enumerate() {
+                    let r = st.lov_range(g);
+                    for (i, q) in st.data[r].chunks_exact_mut(3).enumerate() {
+                        q.copy_from_slice(&crate::reference::lovasz_segment(input, lp.per_image, i));
+                    }
+                }
+                Ok(st)
+            }
+        }
+    }
+
+    /// The statistics of a host input on the device, piece by piece in one submission;
+    /// `lovasz`: with the per-image Lovász segments (the public statistics) or without (the
+    /// engine's own split evaluation, whose gradient step sorts).
+    pub(crate) async fn device_statistics(
+        &self,
+        gpu: &Arc<Gpu>,
+        input: &Input<'_>,
+        exprs: &[LossExpr],
+        lovasz: bool,
+    ) -> Result<Statistics, Error> {
+        let mut st = Statistics::zeroed(input.mode(), input.classes(), input.batch(), exprs, lovasz)?;
+        let plan = StatsPlan::new(exprs, input.classes());
+        let pieces = pieces_for(gpu, input, &plan)?;
+        let mut rec = Recording::new(&gpu.limits);
+        let status = gpu.record_status(&mut rec)?;
+        let mut reads = Vec::new();
+        let mut stride = 0;
+        for &piece in &pieces {
+            let bufs = upload(gpu, input, piece);
+            let inp = dev_input(&mut rec, input, piece, &bufs);
+            let t = gpu.record_stats(&mut rec, &inp, &plan, status)?;
+            stride = t.stride as usize;
+            let rb = rec.readback(t.sums.size, "statistics")?;
+            rec.copy(t.sums, rb);
+            let mut segs = Vec::new();
+            if lovasz && !plan.lovasz.is_empty() {
+                let ss: Vec<_> = st
+                    .lov_per_image
+                    .iter()
+                    .map(|spi| rec.scratch((inp.n * spi * 16) as u64, "lovasz segment sums"))
+                    .collect::<Result<_, _>>()?;
+                gpu.record_lovasz_all(&mut rec, &inp, &plan, &ss)?;
+                for (s, spi) in ss.iter().zip(&st.lov_per_image) {
+                    let bytes = (inp.n * spi * 16) as u64;
+                    let rb = rec.readback(bytes, "lovasz segment sums")?;
+                    rec.copy(s.sub(0, bytes), rb);
+                    segs.push(rec.readbacks() - 1);
+                }
+            }
+            reads.push((piece, rec.readbacks() - 1 - segs.len(), segs));
+        }
+        let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+        gpu.note_wait();
+        let data = fut.await?;
+        for (piece, si, segs) in reads {
+            let dev: Vec<f32> = bytemuck::pod_collect_to_vec(&data[si]);
+            st.add_device_sums(&dev, stride, piece);
+            for (g, &ri) in segs.iter().enumerate() {
+                let spi = st.lov_per_image[g];
+                let at = st.lov_range(g).start + piece.first_image() * spi * 3;
+                for (j, q) in words(&data[ri]).chunks_exact(4).enumerate() {
+                    let v = [f64::from(f32::from_bits(q[0])), f64::from(q[1]), f64::from(q[2])];
+                    st.data[at + 3 * j..at + 3 * j + 3].copy_from_slice(&v);
+                }
+            }
+        }
+        Ok(st)
+    }
+
+    /// The gradient of each of `exprs` (expressions of `stats`) with respect to the logits of
+    /// `input`, which holds images `first_image..` of the batch `stats` describe (the joined
+    /// statistics of every part): each [`Evaluation`] has the value of the whole batch and the
+    /// gradient of this part. One submission; an input past the device's limits in pieces. The
+    /// CPU reference has no gradient from statistics: [`Error::Unsupported`].
+    pub async fn gradient(
+        &self,
+        input: &Input<'_>,
+        stats: &Statistics,
+        first_image: usize,
+        exprs: &[LossExpr],
+    ) -> Result<Vec<Evaluation>, Error> {
+        let Some(gpu) = self.gpu_ref() else {
+            return Err(Error::Unsupported(
+                "the CPU reference computes gradients from the input, not from statistics: use a GPU engine".into(),
+            ));
+        };
+        if input.mode() != stats.mode || input.classes() != stats.classes {
+            return Err(Error::Input(format!(
+                "a {} input of {} classes for statistics of {} {} classes",
+                input.mode(),
+                input.classes(),
+                stats.mode,
+                stats.classes
+            )));
+        }
+        if first_image + input.batch() > stats.images {
+            return Err(Error::Input(format!(
+                "images {first_image}..{} are not in the batch of {} images the statistics describe",
+                first_image + input.batch(),
+                stats.images
+            )));
+        }
+        if let Some(e) = exprs.iter().find(|e| !stats.exprs.contains(e)) {
+            return Err(Error::Input(format!(
+                "'{e}' is not one of the statistics' expressions [{}]",
+                texts(&stats.exprs)
+            )));
+        }
+        crate::engine::check_hard_labels(exprs, input.hard_labels())?;
+        self.device_tail(gpu, input, stats, first_image, exprs, true, true).await
+    }
+
+    /// Values and (`grads`) gradients of `exprs` on `input`, images `first_image..` of the batch
+    /// of `stats`: the sums uploaded, the Lovász segments uploaded (`lov_given`) or sorted by
+    /// the pieces, one finalize, each piece's gradient passes; one submission.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn device_tail(
+        &self,
+        gpu: &Arc<Gpu>,
+        input: &Input<'_>,
+        stats: &Statistics,
+        first_image: usize,
+        exprs: &[LossExpr],
+        grads: bool,
+        lov_given: bool,
+    ) -> Result<Vec<Evaluation>, Error> {
+        let plan = StatsPlan::new(&stats.exprs, stats.classes);
+        let pieces = pieces_for(gpu, input, &plan)?;
+        let mut rec = Recording::new(&gpu.limits);
+        let status = gpu.record_status(&mut rec)?;
+        let (sums, stride) = stats.device_sums(&plan);
+        let totals = Totals { sums: rec.data(&sums), stride, n: stats.images, groups: 1 };
+        let lov_from = if lov_given { LovFrom::Given(rec.data(&stats.device_lovasz())) } else { LovFrom::Parts };
+        let bufs: Vec<_> = pieces.iter().map(|&p| upload(gpu, input, p)).collect();
+        let inps: Vec<DevInput> = pieces.iter().zip(&bufs).map(|(&p, b)| dev_input(&mut rec, input, p, b)).collect();
+        let to = vec![if grads { GradTo::Host } else { GradTo::Skip }; exprs.len()];
+        let parts: Vec<Part<'_>> = pieces
+            .iter()
+            .zip(&inps)
+            .map(|(p, inp)| Part { inp, img0: first_image + p.first_image(), grads: &to })
+            .collect();
+        let tail = gpu.record_tail(&mut rec, &plan, exprs, totals, lov_from, &parts, status, true)?;
+        let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+        gpu.note_wait();
+        let data = fut.await?;
+        let vi = tail.values_read.ok_or_else(|| Error::Gpu("internal: values were not read".into()))?;
+        let r = crate::gpu::eval::Recorded {
+            vals: tail.vals,
+            vals_len: tail.vals_len,
+            out: tail.out,
+            status,
+            values_read: tail.values_read,
+            grad_reads: vec![None; exprs.len()],
+        };
+        let mut out = decode(&words(&data[vi]), &r, input.shape(), exprs, &data)?;
+        if grads {
+            let (c, s) = (input.classes(), input.spatial());
+            for (i, ev) in out.iter_mut().enumerate() {
+                let mut g = vec![0f32; input.logits().len()];
+                for (piece, reads) in pieces.iter().zip(&tail.grad_reads) {
+                    if let Some(ri) = reads[i] {
+                        let part: Vec<f32> = bytemuck::pod_collect_to_vec(&data[ri]);
+                        split::scatter(&mut g, &part, c, s, *piece);
+                    }
+                }
+                ev.grad = Some(g);
+            }
+        }
+        Ok(out)
+    }
+
+    /// An evaluation of a host input past the device's limits: the statistics of its pieces,
+    /// joined on the host, then one finalize and each piece's gradient (two submissions).
+    pub(crate) async fn evaluate_split(
+        &self,
+        gpu: &Arc<Gpu>,
+        input: &Input<'_>,
+        exprs: &[LossExpr],
+        grads: bool,
+    ) -> Result<Vec<Evaluation>, Error> {
+        let stats = self.device_statistics(gpu, input, exprs, false).await?;
+        self.device_tail(gpu, input, &stats, 0, exprs, grads, false).await
+    }
+
+    /// Blocking [`Engine::statistics`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn statistics_blocking(&self, input: &Input<'_>, exprs: &[LossExpr]) -> Result<Statistics, Error> {
+        futures::executor::block_on(self.statistics(input, exprs))
+    }
+
+    /// Blocking [`Engine::gradient`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn gradient_blocking(
+        &self,
+        input: &Input<'_>,
+        stats: &Statistics,
+        first_image: usize,
+        exprs: &[LossExpr],
+    ) -> Result<Vec<Evaluation>, Error> {
+        futures::executor::block_on(self.gradient(input, stats, first_image, exprs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_channels_map_to_device_channels_once() {
+        let mut seen = std::collections::HashSet::new();
+        for j in 0..8 + 2 * 9 {
+            assert!(seen.insert(device_channel(j)), "channel {j}");
+        }
+        assert_eq!(device_channel(8 + 2 * 4), (1, 8));
+    }
+
+    #[test]
+    fn placed_parts_add_up_to_the_appended_batch() {
+        let exprs: Vec<LossExpr> = vec!["dice+bce".parse().unwrap(), "lovasz:per_image=true".parse().unwrap()];
+        let mut a = Statistics::zeroed(Mode::Binary, 1, 2, &exprs, true).unwrap();
+        let mut b = Statistics::zeroed(Mode::Binary, 1, 3, &exprs, true).unwrap();
+        a.data.iter_mut().enumerate().for_each(|(i, v)| *v = i as f64);
+        b.data.iter_mut().enumerate().for_each(|(i, v)| *v = 100.0 + i as f64);
+        let mut joined = a.placed(0, 5).unwrap();
+        joined.add(&b.placed(2, 5).unwrap()).unwrap();
+        a.append(&b).unwrap();
+        assert_eq!(a, joined);
+        let whole: Vec<LossExpr> = vec!["lovasz".parse().unwrap()];
+        assert!(matches!(Statistics::zeroed(Mode::Binary, 1, 2, &whole, true), Err(Error::Unsupported(_))));
+    }
+}

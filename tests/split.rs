@@ -1,0 +1,247 @@
+//! Statistics that merge, and inputs past the binding limit: the statistics of the parts of a
+//! batch, joined, give the whole batch's values and each part's gradient of the whole batch's
+//! loss; an engine that plans with a lowered binding limit evaluates in pieces and gives the
+//! unsplit results. Both are held to the f64 reference and to the unsplit device evaluation.
+
+mod common;
+
+use std::borrow::Cow;
+
+use common::{gpu, max_diff, Rng};
+use segloss::{reference, Engine, EngineOptions, Error, Evaluation, Input, LossExpr, Mode, Statistics, Target};
+
+struct Case {
+    shape: Vec<usize>,
+    mode: Mode,
+    logits: Vec<f32>,
+    dense: Vec<f32>,
+    labels: Vec<i64>,
+    ignore: Option<i64>,
+}
+
+fn case(seed: u64, shape: &[usize], mode: Mode) -> Case {
+    let mut r = Rng(seed);
+    let numel: usize = shape.iter().product();
+    let logits: Vec<f32> = (0..numel).map(|_| (r.normal() * 3.0) as f32).collect();
+    let c = shape[1];
+    if mode == Mode::Multiclass {
+        let labels = (0..numel / c).map(|_| if r.uniform() < 0.1 { 255 } else { r.below(c) as i64 }).collect();
+        Case { shape: shape.to_vec(), mode, logits, dense: vec![], labels, ignore: Some(255) }
+    } else {
+        let dense = (0..numel).map(|_| (r.uniform() < 0.3) as u8 as f32).collect();
+        Case { shape: shape.to_vec(), mode, logits, dense, labels: vec![], ignore: None }
+    }
+}
+
+impl Case {
+    /// Images `from..to` as an input of their own.
+    fn images(&self, from: usize, to: usize) -> Input<'_> {
+        let s: usize = self.shape[2..].iter().product();
+        let c = self.shape[1];
+        let mut shape = self.shape.clone();
+        shape[0] = to - from;
+        let target = if self.mode == Mode::Multiclass {
+            Target::Labels(Cow::Borrowed(&self.labels[from * s..to * s]))
+        } else {
+            Target::Dense(Cow::Borrowed(&self.dense[from * c * s..to * c * s]))
+        };
+        Input::new(Cow::Borrowed(&self.logits[from * c * s..to * c * s]), target, &shape, self.mode, self.ignore)
+            .unwrap()
+    }
+    fn whole(&self) -> Input<'_> {
+        self.images(0, self.shape[0])
+    }
+}
+
+const BINARY: &[&str] = &[
+    "bce",
+    "0.5*bce+0.5*dice",
+    "dice@monai+focal@monai",
+    "jaccard:log=true",
+    "tversky:alpha=0.3,beta=0.7,gamma=0.75",
+    "gdice@monai",
+    "sensspec",
+    "bce:pos_weight=auto",
+    "dice:pool=image",
+    "lovasz:per_image=true",
+    "bce+lovasz:per_image=true",
+];
+const MULTICLASS: &[&str] = &[
+    "ce",
+    "0.8*ce+0.2*dice",
+    "dice@monai",
+    "focal:act=softmax",
+    "ce:weights=1;2;0.5,label_smoothing=0.1",
+    "jaccard@keras",
+    "gdice@monai",
+    "lovasz:per_image=true",
+    "0.8*ce+0.2*lovasz:per_image=true",
+];
+
+fn exprs(texts: &[&str]) -> Vec<LossExpr> {
+    texts.iter().map(|t| t.parse().unwrap()).collect()
+}
+
+/// Values and gradients within f32 tolerance of the f64 reference.
+fn assert_reference(input: &Input, exprs: &[LossExpr], got: &[Evaluation], what: &str) {
+    for (e, ev) in exprs.iter().zip(got) {
+        let r = reference::evaluate(input, e).unwrap();
+        assert!(
+            (ev.value - r.value).abs() <= 1e-4 + 1e-3 * r.value.abs(),
+            "{what} '{e}': {} vs reference {}",
+            ev.value,
+            r.value
+        );
+        if let Some(g) = &ev.grad {
+            let (d, m) = max_diff(g, &r.grad);
+            assert!(d <= 1e-6 + 2e-3 * m, "{what} '{e}': gradient off by {d} (max {m})");
+        }
+    }
+}
+
+fn cases() -> Vec<(Case, &'static [&'static str])> {
+    vec![
+        (case(1, &[5, 1, 9, 13], Mode::Binary), BINARY),
+        (case(2, &[4, 3, 3, 5, 7], Mode::Multilabel), BINARY),
+        (case(3, &[5, 3, 11, 6], Mode::Multiclass), MULTICLASS),
+        (case(4, &[3, 3, 2, 4, 5], Mode::Multiclass), MULTICLASS),
+        // one image larger than a statistics tile, in pieces of one tile and less
+        (case(9, &[3, 3, 47, 61], Mode::Multiclass), MULTICLASS),
+        (case(10, &[3, 1, 3, 29, 31], Mode::Binary), BINARY),
+    ]
+}
+
+#[test]
+fn statistics_of_parts_joined_give_the_whole_batch() {
+    let engine = gpu();
+    for (c, texts) in cases() {
+        let ex = exprs(texts);
+        let n = c.shape[0];
+        let cut = n / 2 + 1;
+        let (a, b) = (c.images(0, cut), c.images(cut, n));
+        let mut stats = engine.statistics_blocking(&a, &ex).unwrap();
+        stats.append(&engine.statistics_blocking(&b, &ex).unwrap()).unwrap();
+        assert_eq!(stats.images(), n);
+        let whole = c.whole();
+        let values = stats.finish().unwrap();
+        assert_reference(&whole, &ex, &values, &format!("{:?} finish", c.shape));
+        // each part's gradient of the whole batch's loss is that part of the whole gradient
+        let ga = engine.gradient_blocking(&a, &stats, 0, &ex).unwrap();
+        let gb = engine.gradient_blocking(&b, &stats, cut, &ex).unwrap();
+        for (i, e) in ex.iter().enumerate() {
+            let mut g = ga[i].grad.clone().unwrap();
+            g.extend_from_slice(gb[i].grad.as_ref().unwrap());
+            let joined = Evaluation { value: ga[i].value, term_values: vec![], grad: Some(g) };
+            assert_reference(&whole, std::slice::from_ref(e), &[joined], &format!("{:?} gradient", c.shape));
+            assert_eq!(ga[i].value.to_bits(), gb[i].value.to_bits(), "both parts see the whole batch's value");
+        }
+        // placed tables added (an all-reduce) equal the appended statistics
+        let mut sum = engine.statistics_blocking(&a, &ex).unwrap().placed(0, n).unwrap();
+        sum.add(&engine.statistics_blocking(&b, &ex).unwrap().placed(cut, n).unwrap()).unwrap();
+        assert_eq!(sum, stats);
+    }
+}
+
+#[test]
+fn cpu_statistics_give_the_reference_values() {
+    let engine = Engine::cpu(None);
+    for (c, texts) in cases() {
+        let ex = exprs(texts);
+        let n = c.shape[0];
+        let mut stats = engine.statistics_blocking(&c.images(0, 2), &ex).unwrap();
+        stats.append(&engine.statistics_blocking(&c.images(2, n), &ex).unwrap()).unwrap();
+        assert_reference(&c.whole(), &ex, &stats.finish().unwrap(), "cpu finish");
+        assert!(matches!(engine.gradient_blocking(&c.whole(), &stats, 0, &ex), Err(Error::Unsupported(_))));
+    }
+}
+
+#[test]
+fn statistics_refuse_what_does_not_merge() {
+    let engine = gpu();
+    let c = case(5, &[2, 1, 4, 4], Mode::Binary);
+    let whole: LossExpr = "lovasz".parse().unwrap();
+    assert!(matches!(engine.statistics_blocking(&c.whole(), &[whole]), Err(Error::Unsupported(_))));
+    let ex = exprs(&["dice"]);
+    let stats = engine.statistics_blocking(&c.images(0, 1), &ex).unwrap();
+    // images past the statistics' batch, an expression they do not hold, another kind
+    assert!(matches!(engine.gradient_blocking(&c.images(0, 2), &stats, 0, &ex), Err(Error::Input(_))));
+    assert!(matches!(engine.gradient_blocking(&c.images(0, 1), &stats, 0, &exprs(&["bce"])), Err(Error::Input(_))));
+    let other = engine.statistics_blocking(&c.images(1, 2), &exprs(&["bce"])).unwrap();
+    assert!(matches!(stats.clone().append(&other), Err(Error::Input(_))));
+    let _: &Statistics = &stats;
+}
+
+fn limited(bytes: u64) -> Engine {
+    Engine::with_options_blocking(&EngineOptions {
+        max_binding_bytes: Some(bytes),
+        allow_cpu_fallback: false,
+        ..EngineOptions::from_env()
+    })
+    .unwrap()
+}
+
+#[test]
+fn inputs_past_a_lowered_binding_limit_give_the_unsplit_results() {
+    let unsplit = gpu();
+    for (c, texts) in cases() {
+        let ex = exprs(texts);
+        let input = c.whole();
+        let image = (c.shape[1..].iter().product::<usize>() * 4) as u64;
+        let want = unsplit.evaluate_blocking(&input, &ex, true).unwrap();
+        // by images (two images a piece), then by pixels (a third of an image a piece; Lovász
+        // sorts one image and cannot run on pieces of one)
+        for (limit, by) in [(2 * image + 8, "images"), (image / 3 + 4, "pixels")] {
+            let engine = limited(limit);
+            assert!(engine.max_binding_bytes().unwrap() < (input.logits().len() * 4) as u64);
+            let usable: Vec<LossExpr> = ex.iter().filter(|e| by == "images" || !e.has_lovasz()).cloned().collect();
+            let got = engine.evaluate_blocking(&input, &usable, true).unwrap();
+            assert_reference(&input, &usable, &got, &format!("{:?} split by {by}", c.shape));
+            let want: Vec<&Evaluation> =
+                ex.iter().zip(&want).filter(|(e, _)| usable.contains(e)).map(|p| p.1).collect();
+            for ((e, g), w) in usable.iter().zip(&got).zip(want) {
+                assert!(
+                    (g.value - w.value).abs() <= 1e-5 + 1e-4 * w.value.abs(),
+                    "'{e}' by {by}: {} vs {}",
+                    g.value,
+                    w.value
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn lovasz_past_the_binding_limit_is_a_limit_error_where_it_cannot_be_split() {
+    let c = case(6, &[4, 3, 32, 32], Mode::Multiclass);
+    let input = c.whole();
+    let image = 3 * 32 * 32 * 4;
+    let by_images = limited(2 * image);
+    let whole_batch: LossExpr = "lovasz".parse().unwrap();
+    assert!(matches!(by_images.evaluate_blocking(&input, &[whole_batch], true), Err(Error::Limit { .. })));
+    let by_pixels = limited(image / 2);
+    let per_image: LossExpr = "lovasz:per_image=true".parse().unwrap();
+    assert!(matches!(
+        by_pixels.evaluate_blocking(&input, std::slice::from_ref(&per_image), true),
+        Err(Error::Limit { .. })
+    ));
+    // per image, by images: fine
+    let got = by_images.evaluate_blocking(&input, std::slice::from_ref(&per_image), true).unwrap();
+    assert_reference(&input, &[per_image], &got, "per-image lovasz by images");
+}
+
+#[test]
+fn a_batch_evaluates_an_input_past_the_limit_in_pieces() {
+    let engine = limited(3 * 32 * 32 * 4);
+    let big = case(7, &[4, 3, 32, 32], Mode::Multiclass);
+    let small = case(8, &[1, 3, 8, 8], Mode::Multiclass);
+    let ex = exprs(&["0.8*ce+0.2*dice"]);
+    let mut batch = engine.batch();
+    let (bi, si) = (big.whole(), small.whole());
+    let pb = batch.push(&bi, &ex, true).unwrap();
+    let ps = batch.push(&si, &ex, false).unwrap();
+    batch.flush_blocking().unwrap();
+    assert_reference(&bi, &ex, &pb.wait().unwrap(), "batched big input");
+    let s = ps.wait().unwrap();
+    assert!(s[0].grad.is_none());
+    assert_reference(&si, &ex, &s, "batched small input");
+}
