@@ -478,7 +478,16 @@ impl Engine {
     }
 
     async fn open(opts: &EngineOptions) -> Result<Engine, Error> {
-        let adapter = pick_adapter(opts).await?;
+        Engine::open_adapter(pick_adapter(opts).await?, opts).await
+    }
+
+    /// An engine on adapter `i` of [`list_adapters`] (a [`crate::MultiEngine`]'s).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) async fn open_nth(opts: &EngineOptions, i: usize) -> Result<Engine, Error> {
+        Engine::open_adapter(crate::gpu::context::nth_adapter(opts, i).await?, opts).await
+    }
+
+    async fn open_adapter(adapter: wgpu::Adapter, opts: &EngineOptions) -> Result<Engine, Error> {
         let info = adapter.get_info();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {

@@ -46,6 +46,7 @@ mod input;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals;
+mod multi;
 mod plan;
 pub mod reference;
 pub mod shaders;
@@ -62,6 +63,7 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use expr::{Loss, LossExpr, Term};
 pub use input::{Input, Mode, Target};
+pub use multi::MultiEngine;
 pub use stats::Statistics;
 /// The wgpu this crate is built on: buffers and devices given to the engine come from it.
 pub use wgpu;

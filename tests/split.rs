@@ -245,3 +245,36 @@ fn a_batch_evaluates_an_input_past_the_limit_in_pieces() {
     assert!(s[0].grad.is_none());
     assert_reference(&si, &ex, &s, "batched small input");
 }
+
+#[test]
+fn two_adapters_give_the_single_adapter_results() {
+    // lavapipe on Vulkan and llvmpipe on OpenGL (CI has both)
+    let opts = EngineOptions { backend: None, ..EngineOptions::from_env() };
+    let multi = segloss::MultiEngine::open_blocking(&opts, "vulkan,gl").unwrap();
+    let backends: Vec<&str> = multi.engines().iter().map(|e| e.info().backend.as_str()).collect();
+    assert!(multi.engines().len() >= 2, "two adapters needed, found {backends:?}");
+    let one = gpu();
+    let runs = cases().into_iter().flat_map(|(c, texts)| {
+        // spread over the adapters; then with a whole-batch sort, all on the first adapter
+        let mut with = texts.to_vec();
+        with.push("lovasz");
+        [(case(c.shape.len() as u64, &c.shape, c.mode), texts.to_vec()), (c, with)]
+    });
+    for (c, texts) in runs {
+        let ex = exprs(&texts);
+        let input = c.whole();
+        let want = one.evaluate_blocking(&input, &ex, true).unwrap();
+        let before = multi.engines()[1].activity().submissions;
+        let got = multi.evaluate_blocking(&input, &ex, true).unwrap();
+        let spread = multi.engines()[1].activity().submissions > before;
+        assert_eq!(spread, !texts.contains(&"lovasz"), "the second adapter works unless a whole-batch sort runs");
+        assert_reference(&input, &ex, &got, &format!("{:?} on {backends:?}", c.shape));
+        for ((e, g), w) in ex.iter().zip(&got).zip(&want) {
+            assert!((g.value - w.value).abs() <= 1e-5 + 1e-4 * w.value.abs(), "'{e}': {} vs {}", g.value, w.value);
+            let (d, m) = max_diff(g.grad.as_ref().unwrap(), w.grad.as_ref().unwrap());
+            assert!(d <= 1e-7 + 1e-4 * m, "'{e}': gradient off by {d}");
+        }
+        let values = multi.evaluate_blocking(&input, &ex[..1], false).unwrap();
+        assert!(values[0].grad.is_none());
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use segloss::{reference, Engine, EngineOptions, Error, GradMode, Input, LossExpr, Mode, Target};
+use segloss::{reference, Engine, EngineOptions, Error, GradMode, Input, LossExpr, Mode, MultiEngine, Target};
 use segloss_data::{npy, synth};
 
 #[derive(Parser)]
@@ -28,6 +28,13 @@ enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Show how a batch of --images would be spread over these adapters (`all`, or a comma
+        /// list of name or backend substrings; also SEGLOSS_ADAPTERS).
+        #[arg(long)]
+        adapters: Option<String>,
+        /// Images of the batch to spread.
+        #[arg(long, default_value_t = 8)]
+        images: usize,
     },
     /// Evaluate every loss on a synthetic road-extraction batch on the GPU and the CPU reference.
     Demo {
@@ -101,9 +108,23 @@ pub(crate) struct EvalArgs {
     /// Write one float32 gradient .npy per --loss here (grad_0.npy, grad_1.npy, ...).
     #[arg(long)]
     grad_dir: Option<PathBuf>,
+    /// Evaluate on several adapters at once, the batch split by images: `all`, or a comma list
+    /// of substrings of adapter names or backends (`vulkan,gl`). Also read from
+    /// SEGLOSS_ADAPTERS. (Single files; --logits-dir uses one adapter.)
+    #[arg(long)]
+    adapters: Option<String>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// `--adapters`, or SEGLOSS_ADAPTERS.
+fn adapters_choice(arg: &Option<String>) -> Option<String> {
+    arg.clone().or_else(|| std::env::var("SEGLOSS_ADAPTERS").ok()).filter(|v| !v.trim().is_empty())
+}
+
+fn multi_engine(choice: &str) -> Result<MultiEngine, Fail> {
+    Ok(MultiEngine::open_blocking(&EngineOptions::from_env(), choice)?)
 }
 
 #[derive(clap::Args)]
@@ -144,6 +165,10 @@ struct BenchArgs {
     /// back unless --forward-only) one by one against one batch of all of them (one submission).
     #[arg(long, conflicts_with_all = ["sizes", "device_resident"])]
     batch: Option<usize>,
+    /// Time the evaluation of --shape on these adapters at once (as `eval --adapters`) against
+    /// the first of them alone.
+    #[arg(long, conflicts_with_all = ["sizes", "device_resident", "batch"])]
+    adapters: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -234,7 +259,7 @@ fn main() -> ExitCode {
     };
     let r = match cli.cmd {
         Cmd::Eval(a) => eval(a),
-        Cmd::Devices { json } => devices(json),
+        Cmd::Devices { json, adapters, images } => devices(json, adapters_choice(&adapters), images),
         Cmd::Demo { batch, size, seed } => demo(batch, size, seed),
         Cmd::Bench(a) => bench(a),
         Cmd::Sortbench { total, iters, max_log2, json } => sortbench(total, iters, max_log2, json),
@@ -327,7 +352,11 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
     let logits = read_npy(lpath, "logits")?;
     let target = read_npy(tpath, "target")?;
     let input = build_input(&logits, &target, a.mode.as_deref(), a.ignore_index)?;
-    let engine = engine()?;
+    let multi = adapters_choice(&a.adapters).map(|c| multi_engine(&c)).transpose()?;
+    let engine = match &multi {
+        Some(_) => None,
+        None => Some(engine()?),
+    };
     if let Some(d) = &a.grad_dir {
         std::fs::create_dir_all(d).map_err(|e| Fail(2, format!("cannot create {}: {e}", d.display())))?;
     }
@@ -338,20 +367,30 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         .map(|t| t.parse::<LossExpr>().and_then(|e| e.check(input.mode(), input.classes()).map(|_| e)))
         .collect();
     let good: Vec<LossExpr> = parsed.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-    let prep = engine.prepare(input.clone())?;
     // Gradients only when they are written somewhere: without --grad-dir the gradient pass does
     // not run and no gradient memory is allocated.
     let gmode = if a.grad_dir.is_some() { GradMode::Read } else { GradMode::Skip };
-    let mut outcomes: Vec<Result<segloss::Evaluation, Error>> = match engine
-        .evaluate_prepared_blocking(&prep, &good, gmode)
-    {
+    let prep = match &engine {
+        Some(e) => Some(e.prepare(input.clone())?),
+        None => None,
+    };
+    let run = |exprs: &[LossExpr]| match (&multi, &engine, &prep) {
+        (Some(m), _, _) => m.evaluate_blocking(&input, exprs, gmode == GradMode::Read),
+        (None, Some(e), Some(p)) => e.evaluate_prepared_blocking(p, exprs, gmode),
+        _ => Err(Error::Input("no engine".into())),
+    };
+    let mut outcomes: Vec<Result<segloss::Evaluation, Error>> = match run(&good) {
         Ok(v) => v.into_iter().map(Ok).collect(),
         // Attribute the failure: evaluate one at a time.
-        Err(_) => good
-            .iter()
-            .map(|e| engine.evaluate_prepared_blocking(&prep, std::slice::from_ref(e), gmode).map(|mut v| v.remove(0)))
-            .collect(),
+        Err(_) => good.iter().map(|e| run(std::slice::from_ref(e)).map(|mut v| v.remove(0))).collect(),
     };
+    let info = match (&multi, &engine) {
+        (Some(m), _) => m.engines()[0].info().clone(),
+        (None, Some(e)) => e.info().clone(),
+        _ => return Err(Fail(2, "no engine".into())),
+    };
+    let adapters: Option<Vec<&segloss::DeviceInfo>> =
+        multi.as_ref().map(|m| m.engines().iter().map(|e| e.info()).collect());
     outcomes.reverse();
     let mut results = Vec::new();
     // A gradient that cannot be written is an error entry of its loss; every value is still
@@ -387,16 +426,24 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         results.push(entry);
     }
     if a.json {
-        outln!("{}", json!({"device": engine.info(), "mode": input.mode().name(), "results": results}))?;
+        let mut v = json!({"device": info, "mode": input.mode().name(), "results": results});
+        if let Some(ad) = &adapters {
+            v["adapters"] = json!(ad);
+        }
+        outln!("{v}")?;
     } else {
         outln!(
             "device: {} ({}, {})  mode: {}  shape: {:?}",
-            engine.info().name,
-            engine.info().backend,
-            engine.info().device_type,
+            info.name,
+            info.backend,
+            info.device_type,
             input.mode(),
             input.shape()
         )?;
+        if let Some(ad) = &adapters {
+            let names: Vec<String> = ad.iter().map(|d| format!("{} ({})", d.name, d.backend)).collect();
+            outln!("adapters: {}", names.join(", "))?;
+        }
         for r in &results {
             let loss = r["loss"].as_str().unwrap_or("");
             match (r["error"].as_str(), r["grad_error"].as_str()) {
@@ -420,11 +467,25 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
 // ----------------------------------------------------------------------------------------------
 // devices
 
-fn devices(as_json: bool) -> Result<(), Fail> {
+fn devices(as_json: bool, choice: Option<String>, images: usize) -> Result<(), Fail> {
     let opts = EngineOptions::from_env();
     let list = futures::executor::block_on(segloss::list_adapters(&opts))?;
+    // how a batch would be spread over the chosen adapters
+    let spread = match &choice {
+        Some(c) => {
+            let m = multi_engine(c)?;
+            let rows: Vec<serde_json::Value> = m
+                .engines()
+                .iter()
+                .zip(m.spread(images))
+                .map(|(e, r)| json!({"device": e.info(), "images": [r.start, r.end]}))
+                .collect();
+            Some(rows)
+        }
+        None => None,
+    };
     if as_json {
-        outln!("{}", json!({"adapters": list}))?;
+        outln!("{}", json!({"adapters": list, "spread": spread}))?;
         return Ok(());
     }
     if list.is_empty() {
@@ -447,6 +508,18 @@ fn devices(as_json: bool) -> Result<(), Fail> {
     }
     if !list.iter().any(|a| a.selected) && !list.is_empty() {
         outln!("none is usable: the engine would use the f64 CPU reference")?;
+    }
+    if let Some(rows) = spread {
+        outln!("a batch of {images} images on --adapters {}:", choice.unwrap_or_default())?;
+        for r in rows {
+            outln!(
+                "    images {}..{} on {} ({})",
+                r["images"][0],
+                r["images"][1],
+                r["device"]["name"].as_str().unwrap_or(""),
+                r["device"]["backend"].as_str().unwrap_or("")
+            )?;
+        }
     }
     Ok(())
 }
@@ -655,6 +728,13 @@ fn bench_mode(a: &BenchArgs, shape: &[usize]) -> Result<Mode, Fail> {
 
 fn bench(a: BenchArgs) -> Result<(), Fail> {
     let iters = positive("--iters", a.iters)?;
+    if let Some(choice) = &a.adapters {
+        let shape = parse_shape(&a.shape)?;
+        check_elements(&format!("--shape {}", a.shape), &shape)?;
+        let mode = bench_mode(&a, &shape)?;
+        let texts = bench_texts(&a, &["0.5*bce+0.5*dice"]);
+        return bench_adapters(&multi_engine(choice)?, &a, &shape, mode, iters, &texts);
+    }
     let engine = engine()?;
     if let Some(k) = a.batch {
         let shape = parse_shape(&a.shape)?;
@@ -910,6 +990,63 @@ fn bench_batch(
         bat / k as f64
     )?;
     outln!("batched is {:.2}x faster", one / bat)?;
+    Ok(())
+}
+
+/// Times one evaluation of `shape` on every adapter of `multi` at once against the first adapter
+/// alone (host inputs, gradients read back unless --forward-only), alternating.
+fn bench_adapters(
+    multi: &MultiEngine,
+    a: &BenchArgs,
+    shape: &[usize],
+    mode: Mode,
+    iters: usize,
+    texts: &[String],
+) -> Result<(), Fail> {
+    let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    let inputs = synth_inputs(shape, mode, 1)?;
+    let input = &inputs[0];
+    let grads = !a.forward_only;
+    let first = &multi.engines()[0];
+    first.evaluate_blocking(input, &exprs, grads)?;
+    multi.evaluate_blocking(input, &exprs, grads)?;
+    let (mut ones, mut alls) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    for _ in 0..iters {
+        let t0 = Instant::now();
+        first.evaluate_blocking(input, &exprs, grads)?;
+        ones.push(ms(t0));
+        let t0 = Instant::now();
+        multi.evaluate_blocking(input, &exprs, grads)?;
+        alls.push(ms(t0));
+    }
+    let (one, all) = (median(&mut ones), median(&mut alls));
+    let infos: Vec<&segloss::DeviceInfo> = multi.engines().iter().map(|e| e.info()).collect();
+    if a.json {
+        outln!(
+            "{}",
+            json!({"adapters": infos, "shape": shape, "mode": mode.name(), "losses": texts, "gradients": grads,
+                   "iters": iters, "first_adapter_ms": one, "all_adapters_ms": all, "speedup": one / all,
+                   "spread": multi.spread(shape[0]).iter().map(|r| [r.start, r.end]).collect::<Vec<_>>()})
+        )?;
+        return Ok(());
+    }
+    let names: Vec<String> = infos.iter().map(|d| format!("{} ({})", d.name, d.backend)).collect();
+    outln!(
+        "{:?} ({mode}), losses {}, gradients {}",
+        shape,
+        texts.join(", "),
+        if grads { "read back" } else { "skipped" }
+    )?;
+    outln!("{:<44} {:>10}", "", "median ms")?;
+    outln!("{:<44} {one:>10.3}", format!("first adapter alone: {}", names[0]))?;
+    outln!("{:<44} {all:>10.3}", format!("{} adapters at once", names.len()))?;
+    outln!(
+        "adapters: {}
+{} adapters are {:.2}x the speed of the first alone",
+        names.join(", "),
+        names.len(),
+        one / all
+    )?;
     Ok(())
 }
 

@@ -333,6 +333,44 @@ fn eval_with_a_lowered_binding_limit_gives_the_same_numbers_in_pieces() {
 }
 
 #[test]
+fn eval_on_two_adapters_gives_the_same_numbers_and_devices_shows_the_spread() {
+    let case = common::golden_dir().join("multiclass_ignore");
+    let losses = ["ce", "dice@monai", "0.8*ce+0.2*lovasz:per_image=true", "lovasz"];
+    let base = std::env::temp_dir().join(format!("segloss-adapters-{}", std::process::id()));
+    let eval = |adapters: Option<&str>, dir: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_segloss"));
+        cmd.args(eval_args(&case, &losses, &["--ignore-index", "255", "--grad-dir", s(dir), "--json"]));
+        cmd.env_remove("SEGLOSS_BACKEND").env_remove("SEGLOSS_ADAPTERS");
+        if let Some(a) = adapters {
+            cmd.env("SEGLOSS_ADAPTERS", a);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        json_of(&out)
+    };
+    let one = eval(None, &base.join("one"));
+    let two = eval(Some("vulkan,gl"), &base.join("two"));
+    assert_eq!(two["adapters"].as_array().map(|a| a.len()), Some(2), "{}", two["adapters"]);
+    for (a, b) in one["results"].as_array().unwrap().iter().zip(two["results"].as_array().unwrap()) {
+        let (x, y) = (a["value"].as_f64().unwrap(), b["value"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-6 + 1e-5 * x.abs(), "{}: {x} vs {y}", a["loss"]);
+        let (_, ga) = common::read_f32(Path::new(a["grad_file"].as_str().unwrap()));
+        let (_, gb) = common::read_f32(Path::new(b["grad_file"].as_str().unwrap()));
+        let (d, m) = common::max_diff(&gb, &ga);
+        assert!(d <= 1e-9 + 1e-4 * m, "{}: gradient off by {d}", a["loss"]);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_segloss"))
+        .args(["devices", "--adapters", "vulkan,gl", "--images", "5", "--json"])
+        .env_remove("SEGLOSS_BACKEND")
+        .output()
+        .unwrap();
+    let v = json_of(&out);
+    let spread: Vec<serde_json::Value> = v["spread"].as_array().unwrap().iter().map(|r| r["images"].clone()).collect();
+    assert_eq!(spread, vec![serde_json::json!([0, 3]), serde_json::json!([3, 5])]);
+    std::fs::remove_dir_all(&base).ok();
+}
+
+#[test]
 fn absurd_demo_and_bench_arguments_exit_with_code_2_before_allocating() {
     let cases: &[(&[&str], &str)] = &[
         (&["demo", "--size", "0"], "--size 0"),

@@ -109,6 +109,8 @@ pub struct AdapterReport {
     pub info: DeviceInfo,
     /// Whether [`Engine::new`] with the same options would pick it.
     pub selected: bool,
+    /// Whether its limits are enough for segloss's kernels.
+    pub usable: bool,
     /// Largest storage buffer binding, bytes.
     pub max_storage_buffer_binding_size: u64,
     /// Largest buffer, bytes.
@@ -196,6 +198,7 @@ pub async fn list_adapters(opts: &EngineOptions) -> Result<Vec<AdapterReport>, E
             AdapterReport {
                 info: DeviceInfo::of(&a.get_info()),
                 selected: Some(i) == pick,
+                usable: usable(a),
                 max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
                 max_buffer_size: l.max_buffer_size,
                 max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
@@ -204,6 +207,16 @@ pub async fn list_adapters(opts: &EngineOptions) -> Result<Vec<AdapterReport>, E
             }
         })
         .collect())
+}
+
+/// Adapter `i` of [`list_adapters`]'s list (the same enumeration).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) async fn nth_adapter(opts: &EngineOptions, i: usize) -> Result<wgpu::Adapter, Error> {
+    let mut adapters = instance(opts)?.enumerate_adapters(opts.backends()?).await;
+    if i >= adapters.len() {
+        return Err(Error::NoAdapter(format!("adapter {i} is gone ({} found)", adapters.len())));
+    }
+    Ok(adapters.swap_remove(i))
 }
 
 fn usable(a: &wgpu::Adapter) -> bool {
