@@ -5,12 +5,9 @@
 
 mod common;
 
-use std::borrow::Cow;
-
-use common::Rng;
+use common::{Case, Rng};
 use segloss::{
-    reference, BufferInput, BufferSlice, Engine, Error, Evaluation, GradOut, Input, LossExpr, Mode, Target,
-    TargetBuffer,
+    reference, BufferInput, BufferSlice, Engine, Error, Evaluation, GradOut, Input, LossExpr, Mode, TargetBuffer,
 };
 use wgpu::util::DeviceExt;
 
@@ -73,15 +70,6 @@ fn read_buffer(device: &wgpu::Device, queue: &wgpu::Queue, buf: &wgpu::Buffer, o
     out
 }
 
-struct Case {
-    shape: Vec<usize>,
-    mode: Mode,
-    logits: Vec<f32>,
-    dense: Vec<f32>,
-    labels: Vec<i64>,
-    ignore: Option<i64>,
-}
-
 fn dense_case(seed: u64, shape: &[usize], mode: Mode) -> Case {
     let mut r = Rng(seed);
     let numel: usize = shape.iter().product();
@@ -98,17 +86,6 @@ fn label_case(seed: u64, shape: &[usize], ignore: i64) -> Case {
     let labels =
         (0..numel / shape[1]).map(|_| if r.uniform() < 0.1 { ignore } else { r.below(c as usize) as i64 }).collect();
     Case { shape: shape.to_vec(), mode: Mode::Multiclass, logits, dense: vec![], labels, ignore: Some(ignore) }
-}
-
-impl Case {
-    fn host(&self) -> Input<'_> {
-        let target = if self.mode == Mode::Multiclass {
-            Target::Labels(Cow::Borrowed(&self.labels))
-        } else {
-            Target::Dense(Cow::Borrowed(&self.dense))
-        };
-        Input::new(Cow::Borrowed(&self.logits), target, &self.shape, self.mode, self.ignore).unwrap()
-    }
 }
 
 const BINARY: &[&str] = &[
@@ -154,7 +131,7 @@ fn buffer_inputs_at_offsets_equal_host_inputs_bit_for_bit() {
         (label_case(4, &[3, 3, 16], -100), MULTICLASS),
     ] {
         let exprs = parse(texts);
-        let host = engine.evaluate_blocking(&case.host(), &exprs, true).unwrap();
+        let host = engine.evaluate_blocking(&case.whole(), &exprs, true).unwrap();
         let numel = case.logits.len();
         let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 3 * align);
         let logits = BufferSlice::new(&lbuf, (3 * align * 4) as u64, numel as u64);
@@ -206,7 +183,7 @@ fn device_resident_evaluation_is_one_submission_and_no_wait() {
     let (device, queue) = (&device, &queue);
     let case = dense_case(7, &[2, 1, 16, 16], Mode::Binary);
     let exprs = parse(&["0.5*bce+0.5*dice", "lovasz"]);
-    let host = engine.evaluate_blocking(&case.host(), &exprs, true).unwrap();
+    let host = engine.evaluate_blocking(&case.whole(), &exprs, true).unwrap();
     let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
     let tbuf = buffer_with(device, bytemuck::cast_slice(&case.dense), 0);
     let n = case.logits.len() as u64;
@@ -240,7 +217,7 @@ fn device_resident_evaluation_is_one_submission_and_no_wait() {
     assert_eq!(Some(&read_buffer(device, queue, &g1, 0, n as usize)), host[1].grad.as_ref());
     // with gradients read back: one submission, one wait
     let before = engine.activity();
-    engine.evaluate_blocking(&case.host(), &exprs, true).unwrap();
+    engine.evaluate_blocking(&case.whole(), &exprs, true).unwrap();
     let after = engine.activity();
     assert_eq!((after.submissions - before.submissions, after.host_waits - before.host_waits), (1, 1));
 }
@@ -375,7 +352,7 @@ fn eight_threads_on_one_engine_match_one_thread() {
         [(dense_case(11, &[2, 1, 24, 24], Mode::Binary), BINARY), (label_case(12, &[2, 3, 16, 16], 255), MULTICLASS)];
     for (case, texts) in &cases {
         let exprs = parse(texts);
-        let input = case.host();
+        let input = case.whole();
         let one = engine.evaluate_blocking(&input, &exprs, true).unwrap();
         std::thread::scope(|sc| {
             let handles: Vec<_> = (0..8)
@@ -403,7 +380,7 @@ fn futures_are_send() {
     fn send<T: Send>(_: &T) {}
     let engine = common::gpu();
     let case = dense_case(13, &[1, 1, 4, 4], Mode::Binary);
-    let input = case.host();
+    let input = case.whole();
     let exprs = parse(&["bce"]);
     let f = engine.evaluate(&input, &exprs, true);
     send(&f);
@@ -440,7 +417,7 @@ fn no_arbitrary_limits_on_expressions() {
         ),
     ];
     for (case, texts) in pairs {
-        let input = case.host();
+        let input = case.whole();
         let exprs = parse(&texts);
         let gpu = engine.evaluate_blocking(&input, &exprs, true).unwrap();
         for (i, e) in exprs.iter().enumerate() {
@@ -492,14 +469,14 @@ fn parameters_and_values_past_f32_range() {
         }
     }
     let case = dense_case(31, &[2, 1, 8, 8], Mode::Binary);
-    let input = case.host();
+    let input = case.whole();
     // an overflowing value is an error on the GPU and on the CPU reference
     let e: LossExpr = "3e38*dice+3e38*dice".parse().unwrap();
     assert!(matches!(engine.evaluate_blocking(&input, std::slice::from_ref(&e), false), Err(Error::Overflow(_))));
     assert!(matches!(reference::evaluate(&input, &e), Err(Error::Overflow(_))));
     // large but valid parameters: finite, and the GPU agrees with the CPU
     let labels = label_case(32, &[2, 4, 8, 8], 255);
-    let linput = labels.host();
+    let linput = labels.whole();
     for (inp, text) in [
         (&linput, "ce:weights=1e38;1;1;1"),
         (&linput, "focal:gamma=1e38"),
@@ -532,9 +509,9 @@ fn parameters_and_values_past_f32_range() {
 /// Values within 1e-5 (relative, or absolute below 1) and gradients within 1e-4 of the largest
 /// reference gradient element, of each expression evaluated together on `engine`.
 fn assert_matches_reference(engine: &Engine, case: &Case, exprs: &[LossExpr], what: &str) {
-    let gpu = engine.evaluate_blocking(&case.host(), exprs, true).unwrap();
+    let gpu = engine.evaluate_blocking(&case.whole(), exprs, true).unwrap();
     for (g, e) in gpu.iter().zip(exprs) {
-        let w = reference::evaluate(&case.host(), e).unwrap();
+        let w = reference::evaluate(&case.whole(), e).unwrap();
         assert!((g.value - w.value).abs() <= 1e-5 * w.value.abs().max(1.0), "{what} {e}: {} vs {}", g.value, w.value);
         let (worst, scale) = common::max_diff(g.grad.as_ref().unwrap(), &w.grad);
         assert!(worst <= 1e-4 * scale, "{what} {e}: gradient off by {worst} (largest {scale})");
@@ -593,7 +570,7 @@ fn a_batch_equals_one_by_one_in_one_submission() {
     let singles: Vec<Vec<Evaluation>> = cases
         .iter()
         .enumerate()
-        .map(|(i, c)| engine.evaluate_blocking(&c.host(), &exprs_for(c), i % 2 == 0).unwrap())
+        .map(|(i, c)| engine.evaluate_blocking(&c.whole(), &exprs_for(c), i % 2 == 0).unwrap())
         .collect();
 
     // the last case again, in the caller's buffers, its gradients written into a buffer
@@ -612,12 +589,12 @@ fn a_batch_equals_one_by_one_in_one_submission() {
     .unwrap();
     let dice: Vec<LossExpr> = parse(&["0.8*ce+0.2*dice"]);
     let grad_buf = buffer_with(device, &vec![0; numel as usize], 0);
-    let host_dice = engine.evaluate_blocking(&last.host(), &dice, true).unwrap();
+    let host_dice = engine.evaluate_blocking(&last.whole(), &dice, true).unwrap();
 
     let before = engine.activity();
     let mut batch = engine.batch();
     let mut pending = Vec::new();
-    let inputs: Vec<Input<'_>> = cases.iter().map(Case::host).collect();
+    let inputs: Vec<Input<'_>> = cases.iter().map(Case::whole).collect();
     for (i, (c, inp)) in cases.iter().zip(&inputs).enumerate() {
         let exprs = exprs_for(c);
         if i == 0 {
@@ -668,10 +645,10 @@ fn a_bad_evaluation_in_a_batch_fails_alone() {
     let soft_input = Input::dense(&good.logits, &soft, &good.shape, Mode::Binary).unwrap();
     let exprs = parse(&["0.5*bce+0.5*dice"]);
     let lovasz = parse(&["lovasz"]);
-    let expected = engine.evaluate_blocking(&good.host(), &exprs, true).unwrap();
+    let expected = engine.evaluate_blocking(&good.whole(), &exprs, true).unwrap();
 
     let mut batch = engine.batch();
-    let input = good.host();
+    let input = good.whole();
     let a = batch.push(&input, &exprs, true).unwrap();
     let b = batch.push_buffers(&bad, &exprs, &[GradOut::Skip]).unwrap();
     let c = batch.push(&soft_input, &lovasz, false).unwrap();
@@ -697,7 +674,7 @@ fn a_batch_on_the_cpu_reference_equals_the_reference() {
     let case = label_case(121, &[2, 3, 5, 7], 255);
     let exprs = parse(MULTICLASS);
     let mut batch = engine.batch();
-    let input = case.host();
+    let input = case.whole();
     let p = batch.push(&input, &exprs, true).unwrap();
     batch.flush_blocking().unwrap();
     let got = p.wait().unwrap();
@@ -730,8 +707,8 @@ fn inputs_of_one_shape_in_a_batch_share_their_passes_and_equal_one_by_one() {
         e
     };
     let singles: Vec<Vec<Evaluation>> =
-        cases.iter().map(|c| engine.evaluate_blocking(&c.host(), &exprs_of(c), true).unwrap()).collect();
-    let inputs: Vec<Input<'_>> = cases.iter().map(Case::host).collect();
+        cases.iter().map(|c| engine.evaluate_blocking(&c.whole(), &exprs_of(c), true).unwrap()).collect();
+    let inputs: Vec<Input<'_>> = cases.iter().map(Case::whole).collect();
     let before = engine.activity();
     let mut batch = engine.batch();
     let pending: Vec<_> = cases.iter().zip(&inputs).map(|(c, i)| batch.push(i, &exprs_of(c), true).unwrap()).collect();
@@ -749,12 +726,12 @@ fn large_inputs_in_a_batch_equal_one_by_one() {
     // past the size at which a batch shares upload buffers and passes: uploaded on their own
     let engine = common::gpu();
     let cases = [dense_case(500, &[1, 1, 520, 512], Mode::Binary), label_case(501, &[1, 3, 300, 300], 255)];
-    let inputs: Vec<Input<'_>> = cases.iter().map(Case::host).collect();
+    let inputs: Vec<Input<'_>> = cases.iter().map(Case::whole).collect();
     let mut batch = engine.batch();
     let pending: Vec<_> =
         cases.iter().zip(&inputs).map(|(c, i)| batch.push(i, &exprs_for(c)[..3], true).unwrap()).collect();
     let small = dense_case(502, &[1, 1, 16, 16], Mode::Binary);
-    let small_input = small.host();
+    let small_input = small.whole();
     let p_small = batch.push(&small_input, &exprs_for(&small), true).unwrap();
     batch.flush_blocking().unwrap();
     for ((c, i), p) in cases.iter().zip(&inputs).zip(pending) {

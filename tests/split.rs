@@ -5,19 +5,8 @@
 
 mod common;
 
-use std::borrow::Cow;
-
-use common::{gpu, max_diff, Rng};
-use segloss::{reference, Engine, EngineOptions, Error, Evaluation, Input, LossExpr, Mode, Statistics, Target};
-
-struct Case {
-    shape: Vec<usize>,
-    mode: Mode,
-    logits: Vec<f32>,
-    dense: Vec<f32>,
-    labels: Vec<i64>,
-    ignore: Option<i64>,
-}
+use common::{gpu, max_diff, Case, Rng};
+use segloss::{reference, Engine, EngineOptions, Error, Evaluation, Input, LossExpr, Mode, Statistics};
 
 fn case(seed: u64, shape: &[usize], mode: Mode) -> Case {
     let mut r = Rng(seed);
@@ -30,26 +19,6 @@ fn case(seed: u64, shape: &[usize], mode: Mode) -> Case {
     } else {
         let dense = (0..numel).map(|_| (r.uniform() < 0.3) as u8 as f32).collect();
         Case { shape: shape.to_vec(), mode, logits, dense, labels: vec![], ignore: None }
-    }
-}
-
-impl Case {
-    /// Images `from..to` as an input of their own.
-    fn images(&self, from: usize, to: usize) -> Input<'_> {
-        let s: usize = self.shape[2..].iter().product();
-        let c = self.shape[1];
-        let mut shape = self.shape.clone();
-        shape[0] = to - from;
-        let target = if self.mode == Mode::Multiclass {
-            Target::Labels(Cow::Borrowed(&self.labels[from * s..to * s]))
-        } else {
-            Target::Dense(Cow::Borrowed(&self.dense[from * c * s..to * c * s]))
-        };
-        Input::new(Cow::Borrowed(&self.logits[from * c * s..to * c * s]), target, &shape, self.mode, self.ignore)
-            .unwrap()
-    }
-    fn whole(&self) -> Input<'_> {
-        self.images(0, self.shape[0])
     }
 }
 

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use segloss::Engine;
+use std::borrow::Cow;
+
+use segloss::{Engine, Input, Mode, Target};
 
 /// The GPU engine shared by a test binary. Fails (never skips) when no adapter exists.
 pub fn gpu() -> &'static Engine {
@@ -79,5 +81,37 @@ impl Rng {
         let u1 = self.uniform().max(1e-300);
         let u2 = self.uniform();
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+/// A batch's data: logits, and dense targets or class labels.
+pub struct Case {
+    pub shape: Vec<usize>,
+    pub mode: Mode,
+    pub logits: Vec<f32>,
+    pub dense: Vec<f32>,
+    pub labels: Vec<i64>,
+    pub ignore: Option<i64>,
+}
+
+impl Case {
+    /// Images `from..to` as an input of their own, borrowing the data.
+    pub fn images(&self, from: usize, to: usize) -> Input<'_> {
+        let s: usize = self.shape[2..].iter().product();
+        let c = self.shape[1];
+        let mut shape = self.shape.clone();
+        shape[0] = to - from;
+        let target = if self.mode == Mode::Multiclass {
+            Target::Labels(Cow::Borrowed(&self.labels[from * s..to * s]))
+        } else {
+            Target::Dense(Cow::Borrowed(&self.dense[from * c * s..to * c * s]))
+        };
+        Input::new(Cow::Borrowed(&self.logits[from * c * s..to * c * s]), target, &shape, self.mode, self.ignore)
+            .unwrap()
+    }
+
+    /// The whole batch as an input.
+    pub fn whole(&self) -> Input<'_> {
+        self.images(0, self.shape[0])
     }
 }
