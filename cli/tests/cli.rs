@@ -295,38 +295,48 @@ fn eval_without_grad_dir_gives_the_same_values() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `eval --json` of the golden multiclass case with gradients into `dir`, with these environment
+/// variables set (`Some`) or removed (`None`).
+fn eval_golden_with_env(losses: &[&str], dir: &Path, env: &[(&str, Option<&str>)]) -> serde_json::Value {
+    let case = common::golden_dir().join("multiclass_ignore");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_segloss"));
+    cmd.args(eval_args(&case, losses, &["--ignore-index", "255", "--grad-dir", s(dir), "--json"]));
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    json_of(&out)
+}
+
+/// Each result of `b` has the value (f32 tolerance) and gradient file of `a`'s.
+fn assert_same_results(a: &serde_json::Value, b: &serde_json::Value, what: &str) {
+    let (x, y) = (a["value"].as_f64().unwrap(), b["value"].as_f64().unwrap());
+    assert!((x - y).abs() <= 1e-6 + 1e-5 * x.abs(), "{} {what}: {x} vs {y}", a["loss"]);
+    let (_, ga) = common::read_f32(Path::new(a["grad_file"].as_str().unwrap()));
+    let (_, gb) = common::read_f32(Path::new(b["grad_file"].as_str().unwrap()));
+    let (d, m) = common::max_diff(&gb, &ga);
+    assert!(d <= 1e-9 + 1e-4 * m, "{} {what}: gradient off by {d}", a["loss"]);
+}
+
 #[test]
 fn eval_with_a_lowered_binding_limit_gives_the_same_numbers_in_pieces() {
-    let case = common::golden_dir().join("multiclass_ignore");
     // [2, 5, 64, 64] logits are 160 KiB: one image (80 KiB) a piece, then 12 KB pieces of pixels
     let losses = ["ce", "dice@monai", "0.8*ce+0.2*lovasz:per_image=true", "jaccard@keras"];
     let base = std::env::temp_dir().join(format!("segloss-split-{}", std::process::id()));
-    let eval = |limit: Option<&str>, dir: &Path| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_segloss"));
-        cmd.args(eval_args(&case, &losses, &["--ignore-index", "255", "--grad-dir", s(dir), "--json"]));
-        match limit {
-            Some(l) => cmd.env("SEGLOSS_MAX_BINDING_BYTES", l),
-            None => cmd.env_remove("SEGLOSS_MAX_BINDING_BYTES"),
-        };
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        json_of(&out)
-    };
-    let whole = eval(None, &base.join("whole"));
+    let whole = eval_golden_with_env(&losses, &base.join("whole"), &[("SEGLOSS_MAX_BINDING_BYTES", None)]);
     for (limit, lovasz) in [("100000", true), ("12000", false)] {
-        let split = eval(Some(limit), &base.join(limit));
+        let split = eval_golden_with_env(&losses, &base.join(limit), &[("SEGLOSS_MAX_BINDING_BYTES", Some(limit))]);
         for (a, b) in whole["results"].as_array().unwrap().iter().zip(split["results"].as_array().unwrap()) {
             if !lovasz && a["loss"].as_str().unwrap().contains("lovasz") {
                 // a Lovász sort spans one image, which this limit cuts: a typed limit error
                 assert!(b["error"].as_str().unwrap().contains("device limit"), "{b}");
                 continue;
             }
-            let (x, y) = (a["value"].as_f64().unwrap(), b["value"].as_f64().unwrap());
-            assert!((x - y).abs() <= 1e-6 + 1e-5 * x.abs(), "{} under {limit}: {x} vs {y}", a["loss"]);
-            let (_, ga) = common::read_f32(Path::new(a["grad_file"].as_str().unwrap()));
-            let (_, gb) = common::read_f32(Path::new(b["grad_file"].as_str().unwrap()));
-            let (d, m) = common::max_diff(&gb, &ga);
-            assert!(d <= 1e-9 + 1e-4 * m, "{} under {limit}: gradient off by {d}", a["loss"]);
+            assert_same_results(a, b, &format!("under {limit}"));
         }
     }
     std::fs::remove_dir_all(&base).ok();
@@ -334,30 +344,14 @@ fn eval_with_a_lowered_binding_limit_gives_the_same_numbers_in_pieces() {
 
 #[test]
 fn eval_on_two_adapters_gives_the_same_numbers_and_devices_shows_the_spread() {
-    let case = common::golden_dir().join("multiclass_ignore");
     let losses = ["ce", "dice@monai", "0.8*ce+0.2*lovasz:per_image=true", "lovasz"];
     let base = std::env::temp_dir().join(format!("segloss-adapters-{}", std::process::id()));
-    let eval = |adapters: Option<&str>, dir: &Path| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_segloss"));
-        cmd.args(eval_args(&case, &losses, &["--ignore-index", "255", "--grad-dir", s(dir), "--json"]));
-        cmd.env_remove("SEGLOSS_BACKEND").env_remove("SEGLOSS_ADAPTERS");
-        if let Some(a) = adapters {
-            cmd.env("SEGLOSS_ADAPTERS", a);
-        }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        json_of(&out)
-    };
-    let one = eval(None, &base.join("one"));
-    let two = eval(Some("vulkan,gl"), &base.join("two"));
+    let env = |a| [("SEGLOSS_BACKEND", None), ("SEGLOSS_ADAPTERS", a)];
+    let one = eval_golden_with_env(&losses, &base.join("one"), &env(None));
+    let two = eval_golden_with_env(&losses, &base.join("two"), &env(Some("vulkan,gl")));
     assert_eq!(two["adapters"].as_array().map(|a| a.len()), Some(2), "{}", two["adapters"]);
     for (a, b) in one["results"].as_array().unwrap().iter().zip(two["results"].as_array().unwrap()) {
-        let (x, y) = (a["value"].as_f64().unwrap(), b["value"].as_f64().unwrap());
-        assert!((x - y).abs() <= 1e-6 + 1e-5 * x.abs(), "{}: {x} vs {y}", a["loss"]);
-        let (_, ga) = common::read_f32(Path::new(a["grad_file"].as_str().unwrap()));
-        let (_, gb) = common::read_f32(Path::new(b["grad_file"].as_str().unwrap()));
-        let (d, m) = common::max_diff(&gb, &ga);
-        assert!(d <= 1e-9 + 1e-4 * m, "{}: gradient off by {d}", a["loss"]);
+        assert_same_results(a, b, "on two adapters");
     }
     let out = Command::new(env!("CARGO_BIN_EXE_segloss"))
         .args(["devices", "--adapters", "vulkan,gl", "--images", "5", "--json"])
