@@ -360,7 +360,7 @@ pub(crate) fn check_value(value: f64, terms: &[f64]) -> Result<(), Error> {
 }
 
 /// The typed error of the status words the statistics pass wrote, if any.
-fn status_error(status: &[u32], shape: &[usize]) -> Result<(), Error> {
+pub(crate) fn status_error(status: &[u32], shape: &[usize]) -> Result<(), Error> {
     let flags = status.first().copied().unwrap_or(0);
     if flags == 0 {
         return Ok(());
@@ -783,63 +783,9 @@ impl Engine {
                 ignore: None,
                 validate: 0,
             },
-            Source::Buffers(b) => {
-                let t = b.target.slice();
-                check_slice(gpu, "logits", &b.logits, wgpu::BufferUsages::STORAGE)?;
-                check_slice(gpu, "target", &t, wgpu::BufferUsages::STORAGE)?;
-                let mut validate = check::NONFINITE;
-                validate |= if softmax { check::CLASS } else { check::RANGE };
-                if !softmax && exprs.iter().any(|e| e.has_lovasz()) {
-                    validate |= check::SOFT;
-                }
-                DevInput {
-                    logits: rec.external(b.logits.buffer, b.logits.offset, b.logits.bytes()),
-                    target: rec.external(t.buffer, t.offset, t.bytes()),
-                    n,
-                    c,
-                    s,
-                    softmax,
-                    groups: 1,
-                    ignore: b.ignore_word,
-                    validate,
-                }
-            }
+            Source::Buffers(b) => buffer_dev_input(gpu, rec, b, exprs)?,
         };
-        let mut to = Vec::with_capacity(grads.len());
-        for g in grads {
-            let g = match g {
-                // a prepared batch's device-only gradient (benchmarks): scratch, never read
-                Dest::Scratch => {
-                    to.push(GradTo::Into { slice: rec.scratch(numel * 4, "gradient")?, accumulate: false });
-                    continue;
-                }
-                Dest::Out(g) => g,
-            };
-            to.push(match g {
-                GradOut::Skip => GradTo::Skip,
-                GradOut::Host => GradTo::Host,
-                GradOut::Write(sl) | GradOut::Add(sl) => {
-                    check_slice(gpu, "gradient", sl, wgpu::BufferUsages::STORAGE)?;
-                    if sl.len != numel {
-                        return Err(Error::Shape(format!(
-                            "the gradient slice has {} elements but the logits have {numel}",
-                            sl.len
-                        )));
-                    }
-                    if let Source::Buffers(b) = src {
-                        for (what, other) in [("logits", b.logits), ("target", b.target.slice())] {
-                            if overlaps(sl, &other) {
-                                return Err(Error::Buffer(format!("the gradient slice overlaps the {what} slice")));
-                            }
-                        }
-                    }
-                    GradTo::Into {
-                        slice: rec.external(sl.buffer, sl.offset, sl.bytes()),
-                        accumulate: matches!(g, GradOut::Add(_)),
-                    }
-                }
-            });
-        }
+        let to = grad_targets(gpu, rec, src, grads, numel)?;
         gpu.record_eval(rec, &inp, exprs, &to, read_values)
     }
 
@@ -911,6 +857,83 @@ impl Engine {
 pub(crate) enum Dest<'a> {
     Out(GradOut<'a>),
     Scratch,
+}
+
+/// A buffer input as the kernels bind it, its slices checked, with the checks the statistics
+/// pass makes of its values (finite logits, class range or [0, 1], hard labels for Lovász).
+pub(crate) fn buffer_dev_input(
+    gpu: &Gpu,
+    rec: &mut Recording,
+    b: &BufferInput<'_>,
+    exprs: &[LossExpr],
+) -> Result<DevInput, Error> {
+    let t = b.target.slice();
+    check_slice(gpu, "logits", &b.logits, wgpu::BufferUsages::STORAGE)?;
+    check_slice(gpu, "target", &t, wgpu::BufferUsages::STORAGE)?;
+    let softmax = b.mode == Mode::Multiclass;
+    let mut validate = check::NONFINITE;
+    validate |= if softmax { check::CLASS } else { check::RANGE };
+    if !softmax && exprs.iter().any(|e| e.has_lovasz()) {
+        validate |= check::SOFT;
+    }
+    Ok(DevInput {
+        logits: rec.external(b.logits.buffer, b.logits.offset, b.logits.bytes()),
+        target: rec.external(t.buffer, t.offset, t.bytes()),
+        n: b.shape[0],
+        c: b.shape[1],
+        s: b.shape[2..].iter().product(),
+        softmax,
+        groups: 1,
+        ignore: b.ignore_word,
+        validate,
+    })
+}
+
+/// Where each expression's gradient goes on the device, every caller slice checked (usage,
+/// alignment, length `numel`, no overlap with the input).
+pub(crate) fn grad_targets(
+    gpu: &Gpu,
+    rec: &mut Recording,
+    src: &Source<'_>,
+    grads: &[Dest<'_>],
+    numel: u64,
+) -> Result<Vec<GradTo>, Error> {
+    let mut to = Vec::with_capacity(grads.len());
+    for g in grads {
+        let g = match g {
+            // a prepared batch's device-only gradient (benchmarks): scratch, never read
+            Dest::Scratch => {
+                to.push(GradTo::Into { slice: rec.scratch(numel * 4, "gradient")?, accumulate: false });
+                continue;
+            }
+            Dest::Out(g) => g,
+        };
+        to.push(match g {
+            GradOut::Skip => GradTo::Skip,
+            GradOut::Host => GradTo::Host,
+            GradOut::Write(sl) | GradOut::Add(sl) => {
+                check_slice(gpu, "gradient", sl, wgpu::BufferUsages::STORAGE)?;
+                if sl.len != numel {
+                    return Err(Error::Shape(format!(
+                        "the gradient slice has {} elements but the logits have {numel}",
+                        sl.len
+                    )));
+                }
+                if let Source::Buffers(b) = src {
+                    for (what, other) in [("logits", b.logits), ("target", b.target.slice())] {
+                        if overlaps(sl, &other) {
+                            return Err(Error::Buffer(format!("the gradient slice overlaps the {what} slice")));
+                        }
+                    }
+                }
+                GradTo::Into {
+                    slice: rec.external(sl.buffer, sl.offset, sl.bytes()),
+                    accumulate: matches!(g, GradOut::Add(_)),
+                }
+            }
+        });
+    }
+    Ok(to)
 }
 
 fn check_slice(gpu: &Gpu, what: &str, s: &BufferSlice<'_>, usage: wgpu::BufferUsages) -> Result<(), Error> {

@@ -8,12 +8,15 @@ use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
-use crate::engine::{check_value, decode, words, Engine, Evaluation};
+use crate::engine::{
+    buffer_dev_input, check_value, decode, grad_targets, status_error, words, BufferInput, Dest, Engine, Evaluation,
+    GradOut, Source,
+};
 use crate::error::Error;
 use crate::expr::LossExpr;
 use crate::gpu::align;
 use crate::gpu::context::Gpu;
-use crate::gpu::eval::{DevInput, GradTo, LovFrom, Part, Totals};
+use crate::gpu::eval::{DevInput, GradTo, LovFrom, Part, Recorded, Totals};
 use crate::gpu::record::Recording;
 use crate::input::{Input, Target};
 use crate::plan::{self, ch, BlockLayout, LovaszSums, StatsPlan, Sums, K, MAX_PIXEL_SLOTS};
@@ -269,6 +272,145 @@ impl Statistics {
     }
 }
 
+impl Statistics {
+    /// Checks that images `first_image..first_image + images` of a `mode` input of `classes`
+    /// are in the batch these statistics describe, and that they hold `exprs`.
+    fn check_part(
+        &self,
+        mode: Mode,
+        classes: usize,
+        images: usize,
+        first_image: usize,
+        exprs: &[LossExpr],
+    ) -> Result<(), Error> {
+        if mode != self.mode || classes != self.classes {
+            return Err(Error::Input(format!(
+                "a {mode} input of {classes} classes for statistics of {} {} classes",
+                self.mode, self.classes
+            )));
+        }
+        if first_image + images > self.images {
+            return Err(Error::Input(format!(
+                "images {first_image}..{} are not in the batch of {} images the statistics describe",
+                first_image + images,
+                self.images
+            )));
+        }
+        if let Some(e) = exprs.iter().find(|e| !self.exprs.contains(e)) {
+            return Err(Error::Input(format!(
+                "'{e}' is not one of the statistics' expressions [{}]",
+                texts(&self.exprs)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Records the statistics passes (and, `lovasz`, the per-image Lovász sorts) of each piece into
+/// `rec`, submits it, checks the status words and adds what comes back into `st`.
+async fn statistics_of(
+    gpu: &Gpu,
+    mut rec: Recording,
+    st: &mut Statistics,
+    plan: &StatsPlan,
+    pieces: &[(Piece, DevInput)],
+    lovasz: bool,
+    shape: &[usize],
+) -> Result<(), Error> {
+    let status = gpu.record_status(&mut rec)?;
+    let mut reads = Vec::new();
+    let mut stride = 0;
+    for (piece, inp) in pieces {
+        let t = gpu.record_stats(&mut rec, inp, plan, status)?;
+        stride = t.stride as usize;
+        let rb = rec.readback(t.sums.size, "statistics")?;
+        rec.copy(t.sums, rb);
+        let sums_read = rec.readbacks() - 1;
+        let mut segs = Vec::new();
+        if lovasz && !plan.lovasz.is_empty() {
+            let ss: Vec<_> = st
+                .lov_per_image
+                .iter()
+                .map(|spi| rec.scratch((inp.n * spi * 16) as u64, "lovasz segment sums"))
+                .collect::<Result<_, _>>()?;
+            gpu.record_lovasz_all(&mut rec, inp, plan, &ss)?;
+            for (s, spi) in ss.iter().zip(&st.lov_per_image) {
+                let bytes = (inp.n * spi * 16) as u64;
+                let rb = rec.readback(bytes, "lovasz segment sums")?;
+                rec.copy(s.sub(0, bytes), rb);
+                segs.push(rec.readbacks() - 1);
+            }
+        }
+        reads.push((*piece, sums_read, segs));
+    }
+    let rb = rec.readback(32, "status")?;
+    rec.copy(status, rb);
+    let status_read = rec.readbacks() - 1;
+    let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+    gpu.note_wait();
+    let data = fut.await?;
+    status_error(&words(&data[status_read]), shape)?;
+    for (piece, si, segs) in reads {
+        let dev: Vec<f32> = bytemuck::pod_collect_to_vec(&data[si]);
+        st.add_device_sums(&dev, stride, piece);
+        for (g, &ri) in segs.iter().enumerate() {
+            let spi = st.lov_per_image[g];
+            let at = st.lov_range(g).start + piece.first_image() * spi * 3;
+            for (j, q) in words(&data[ri]).chunks_exact(4).enumerate() {
+                let v = [f64::from(f32::from_bits(q[0])), f64::from(q[1]), f64::from(q[2])];
+                st.data[at + 3 * j..at + 3 * j + 3].copy_from_slice(&v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the passes after the statistics of a part need: the joined statistics, their plan, the
+/// expressions, where the part starts, whether the Lovász segments come from `stats`, and the
+/// part's shape (for the messages of bad input).
+struct TailIn<'a> {
+    stats: &'a Statistics,
+    plan: &'a StatsPlan,
+    exprs: &'a [LossExpr],
+    first_image: usize,
+    lov_given: bool,
+    shape: &'a [usize],
+}
+
+/// Records the finalize of `t.stats` and each piece's gradient passes into `rec`, submits it,
+/// and returns the values (the whole batch's), the staging buffers, and per piece and
+/// expression the staging buffer of a gradient read to the host.
+#[allow(clippy::type_complexity)]
+async fn tail_of(
+    gpu: &Gpu,
+    mut rec: Recording,
+    t: &TailIn<'_>,
+    pieces: &[(Piece, DevInput)],
+    to: &[GradTo],
+) -> Result<(Vec<Evaluation>, Vec<Vec<u8>>, Vec<Vec<Option<usize>>>), Error> {
+    let status = gpu.record_status(&mut rec)?;
+    let (sums, stride) = t.stats.device_sums(t.plan);
+    let totals = Totals { sums: rec.data(&sums), stride, n: t.stats.images, groups: 1 };
+    let lov_from = if t.lov_given { LovFrom::Given(rec.data(&t.stats.device_lovasz())) } else { LovFrom::Parts };
+    let parts: Vec<Part<'_>> =
+        pieces.iter().map(|(p, inp)| Part { inp, img0: t.first_image + p.first_image(), grads: to }).collect();
+    let tail = gpu.record_tail(&mut rec, t.plan, t.exprs, totals, lov_from, &parts, status, true)?;
+    let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+    gpu.note_wait();
+    let data = fut.await?;
+    let vi = tail.values_read.ok_or_else(|| Error::Gpu("internal: values were not read".into()))?;
+    let r = Recorded {
+        vals: tail.vals,
+        vals_len: tail.vals_len,
+        out: tail.out,
+        status,
+        values_read: tail.values_read,
+        grad_reads: vec![None; t.exprs.len()],
+    };
+    let out = decode(&words(&data[vi]), &r, t.shape, t.exprs, &data)?;
+    Ok((out, data, tail.grad_reads))
+}
+
 /// Where host channel `j` (8 region channels, two per pixel loss) sits on the device: (pass,
 /// channel of the pass's 16).
 fn device_channel(j: usize) -> (usize, usize) {
@@ -453,48 +595,29 @@ impl Engine {
         let plan = StatsPlan::new(exprs, input.classes());
         let pieces = pieces_for(gpu, input, &plan)?;
         let mut rec = Recording::new(&gpu.limits);
-        let status = gpu.record_status(&mut rec)?;
-        let mut reads = Vec::new();
-        let mut stride = 0;
-        for &piece in &pieces {
-            let bufs = upload(gpu, input, piece);
-            let inp = dev_input(&mut rec, input, piece, &bufs);
-            let t = gpu.record_stats(&mut rec, &inp, &plan, status)?;
-            stride = t.stride as usize;
-            let rb = rec.readback(t.sums.size, "statistics")?;
-            rec.copy(t.sums, rb);
-            let mut segs = Vec::new();
-            if lovasz && !plan.lovasz.is_empty() {
-                let ss: Vec<_> = st
-                    .lov_per_image
-                    .iter()
-                    .map(|spi| rec.scratch((inp.n * spi * 16) as u64, "lovasz segment sums"))
-                    .collect::<Result<_, _>>()?;
-                gpu.record_lovasz_all(&mut rec, &inp, &plan, &ss)?;
-                for (s, spi) in ss.iter().zip(&st.lov_per_image) {
-                    let bytes = (inp.n * spi * 16) as u64;
-                    let rb = rec.readback(bytes, "lovasz segment sums")?;
-                    rec.copy(s.sub(0, bytes), rb);
-                    segs.push(rec.readbacks() - 1);
-                }
-            }
-            reads.push((piece, rec.readbacks() - 1 - segs.len(), segs));
+        let bufs: Vec<_> = pieces.iter().map(|&p| upload(gpu, input, p)).collect();
+        let on: Vec<(Piece, DevInput)> =
+            pieces.iter().zip(&bufs).map(|(&p, b)| (p, dev_input(&mut rec, input, p, b))).collect();
+        statistics_of(gpu, rec, &mut st, &plan, &on, lovasz, input.shape()).await?;
+        Ok(st)
+    }
+
+    /// [`Engine::statistics`] of a batch in the caller's buffers (one submission; the checks of
+    /// a [`BufferInput`] run on the device and come back as typed errors).
+    pub async fn statistics_buffers(&self, input: &BufferInput<'_>, exprs: &[LossExpr]) -> Result<Statistics, Error> {
+        let gpu = self
+            .gpu_ref()
+            .ok_or_else(|| Error::Unsupported("buffer inputs need a GPU engine, not the CPU reference".into()))?;
+        let (shape, mode) = (input.shape(), input.mode());
+        for e in exprs {
+            e.check(mode, shape[1])?;
         }
-        let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
-        gpu.note_wait();
-        let data = fut.await?;
-        for (piece, si, segs) in reads {
-            let dev: Vec<f32> = bytemuck::pod_collect_to_vec(&data[si]);
-            st.add_device_sums(&dev, stride, piece);
-            for (g, &ri) in segs.iter().enumerate() {
-                let spi = st.lov_per_image[g];
-                let at = st.lov_range(g).start + piece.first_image() * spi * 3;
-                for (j, q) in words(&data[ri]).chunks_exact(4).enumerate() {
-                    let v = [f64::from(f32::from_bits(q[0])), f64::from(q[1]), f64::from(q[2])];
-                    st.data[at + 3 * j..at + 3 * j + 3].copy_from_slice(&v);
-                }
-            }
-        }
+        let mut st = Statistics::zeroed(mode, shape[1], shape[0], exprs, true)?;
+        let plan = StatsPlan::new(exprs, shape[1]);
+        let mut rec = Recording::new(&gpu.limits);
+        let inp = buffer_dev_input(gpu, &mut rec, input, exprs)?;
+        let on = [(Piece::Images { from: 0, to: shape[0] }, inp)];
+        statistics_of(gpu, rec, &mut st, &plan, &on, true, shape).await?;
         Ok(st)
     }
 
@@ -515,28 +638,7 @@ impl Engine {
                 "the CPU reference computes gradients from the input, not from statistics: use a GPU engine".into(),
             ));
         };
-        if input.mode() != stats.mode || input.classes() != stats.classes {
-            return Err(Error::Input(format!(
-                "a {} input of {} classes for statistics of {} {} classes",
-                input.mode(),
-                input.classes(),
-                stats.mode,
-                stats.classes
-            )));
-        }
-        if first_image + input.batch() > stats.images {
-            return Err(Error::Input(format!(
-                "images {first_image}..{} are not in the batch of {} images the statistics describe",
-                first_image + input.batch(),
-                stats.images
-            )));
-        }
-        if let Some(e) = exprs.iter().find(|e| !stats.exprs.contains(e)) {
-            return Err(Error::Input(format!(
-                "'{e}' is not one of the statistics' expressions [{}]",
-                texts(&stats.exprs)
-            )));
-        }
+        stats.check_part(input.mode(), input.classes(), input.batch(), first_image, exprs)?;
         crate::engine::check_hard_labels(exprs, input.hard_labels())?;
         self.device_tail(gpu, input, stats, first_image, exprs, true, true).await
     }
@@ -558,37 +660,17 @@ impl Engine {
         let plan = StatsPlan::new(&stats.exprs, stats.classes);
         let pieces = pieces_for(gpu, input, &plan)?;
         let mut rec = Recording::new(&gpu.limits);
-        let status = gpu.record_status(&mut rec)?;
-        let (sums, stride) = stats.device_sums(&plan);
-        let totals = Totals { sums: rec.data(&sums), stride, n: stats.images, groups: 1 };
-        let lov_from = if lov_given { LovFrom::Given(rec.data(&stats.device_lovasz())) } else { LovFrom::Parts };
         let bufs: Vec<_> = pieces.iter().map(|&p| upload(gpu, input, p)).collect();
-        let inps: Vec<DevInput> = pieces.iter().zip(&bufs).map(|(&p, b)| dev_input(&mut rec, input, p, b)).collect();
         let to = vec![if grads { GradTo::Host } else { GradTo::Skip }; exprs.len()];
-        let parts: Vec<Part<'_>> = pieces
-            .iter()
-            .zip(&inps)
-            .map(|(p, inp)| Part { inp, img0: first_image + p.first_image(), grads: &to })
-            .collect();
-        let tail = gpu.record_tail(&mut rec, &plan, exprs, totals, lov_from, &parts, status, true)?;
-        let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
-        gpu.note_wait();
-        let data = fut.await?;
-        let vi = tail.values_read.ok_or_else(|| Error::Gpu("internal: values were not read".into()))?;
-        let r = crate::gpu::eval::Recorded {
-            vals: tail.vals,
-            vals_len: tail.vals_len,
-            out: tail.out,
-            status,
-            values_read: tail.values_read,
-            grad_reads: vec![None; exprs.len()],
-        };
-        let mut out = decode(&words(&data[vi]), &r, input.shape(), exprs, &data)?;
+        let on: Vec<(Piece, DevInput)> =
+            pieces.iter().zip(&bufs).map(|(&p, b)| (p, dev_input(&mut rec, input, p, b))).collect();
+        let t = TailIn { stats, plan: &plan, exprs, first_image, lov_given, shape: input.shape() };
+        let (mut out, data, reads) = tail_of(gpu, rec, &t, &on, &to).await?;
         if grads {
             let (c, s) = (input.classes(), input.spatial());
             for (i, ev) in out.iter_mut().enumerate() {
                 let mut g = vec![0f32; input.logits().len()];
-                for (piece, reads) in pieces.iter().zip(&tail.grad_reads) {
+                for (piece, reads) in pieces.iter().zip(&reads) {
                     if let Some(ri) = reads[i] {
                         let part: Vec<f32> = bytemuck::pod_collect_to_vec(&data[ri]);
                         split::scatter(&mut g, &part, c, s, *piece);
@@ -596,6 +678,40 @@ impl Engine {
                 }
                 ev.grad = Some(g);
             }
+        }
+        Ok(out)
+    }
+
+    /// [`Engine::gradient`] of a part of the batch in the caller's buffers: each expression's
+    /// gradient goes where `grads` says (read back, written into or added to a caller's slice),
+    /// one submission.
+    pub async fn gradient_buffers(
+        &self,
+        input: &BufferInput<'_>,
+        stats: &Statistics,
+        first_image: usize,
+        exprs: &[LossExpr],
+        grads: &[GradOut<'_>],
+    ) -> Result<Vec<Evaluation>, Error> {
+        let gpu = self
+            .gpu_ref()
+            .ok_or_else(|| Error::Unsupported("buffer inputs need a GPU engine, not the CPU reference".into()))?;
+        if grads.len() != exprs.len() {
+            return Err(Error::Input(format!("{} gradient outputs for {} expressions", grads.len(), exprs.len())));
+        }
+        let shape = input.shape();
+        stats.check_part(input.mode(), shape[1], shape[0], first_image, exprs)?;
+        let plan = StatsPlan::new(&stats.exprs, stats.classes);
+        let mut rec = Recording::new(&gpu.limits);
+        let inp = buffer_dev_input(gpu, &mut rec, input, exprs)?;
+        let numel = input.logits_slice().len;
+        let dests: Vec<Dest<'_>> = grads.iter().map(|&g| Dest::Out(g)).collect();
+        let to = grad_targets(gpu, &mut rec, &Source::Buffers(input), &dests, numel)?;
+        let on = [(Piece::Images { from: 0, to: shape[0] }, inp)];
+        let t = TailIn { stats, plan: &plan, exprs, first_image, lov_given: true, shape };
+        let (mut out, data, reads) = tail_of(gpu, rec, &t, &on, &to).await?;
+        for (ev, r) in out.iter_mut().zip(&reads[0]) {
+            ev.grad = r.map(|ri| bytemuck::pod_collect_to_vec(&data[ri]));
         }
         Ok(out)
     }
@@ -617,6 +733,29 @@ impl Engine {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn statistics_blocking(&self, input: &Input<'_>, exprs: &[LossExpr]) -> Result<Statistics, Error> {
         futures::executor::block_on(self.statistics(input, exprs))
+    }
+
+    /// Blocking [`Engine::statistics_buffers`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn statistics_buffers_blocking(
+        &self,
+        input: &BufferInput<'_>,
+        exprs: &[LossExpr],
+    ) -> Result<Statistics, Error> {
+        futures::executor::block_on(self.statistics_buffers(input, exprs))
+    }
+
+    /// Blocking [`Engine::gradient_buffers`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn gradient_buffers_blocking(
+        &self,
+        input: &BufferInput<'_>,
+        stats: &Statistics,
+        first_image: usize,
+        exprs: &[LossExpr],
+        grads: &[GradOut<'_>],
+    ) -> Result<Vec<Evaluation>, Error> {
+        futures::executor::block_on(self.gradient_buffers(input, stats, first_image, exprs, grads))
     }
 
     /// Blocking [`Engine::gradient`] (native only).

@@ -247,3 +247,95 @@ fn two_adapters_give_the_single_adapter_results() {
         assert!(values[0].grad.is_none());
     }
 }
+
+/// `data` in a new storage buffer of the engine's device.
+fn device_buffer(engine: &Engine, data: &[u32]) -> segloss::wgpu::Buffer {
+    use segloss::wgpu::util::DeviceExt;
+    engine.device().unwrap().create_buffer_init(&segloss::wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(data),
+        usage: segloss::wgpu::BufferUsages::STORAGE | segloss::wgpu::BufferUsages::COPY_SRC,
+    })
+}
+
+fn read_back(engine: &Engine, buf: &segloss::wgpu::Buffer) -> Vec<f32> {
+    use segloss::wgpu;
+    let (device, queue) = (engine.device().unwrap(), engine.queue().unwrap());
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: buf.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(buf, 0, &staging, 0, buf.size());
+    queue.submit([enc.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    let out = bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).unwrap());
+    staging.unmap();
+    out
+}
+
+#[test]
+fn statistics_and_gradients_of_device_buffers_equal_those_of_host_inputs() {
+    use segloss::{BufferInput, BufferSlice, GradOut, TargetBuffer};
+    let engine = gpu();
+    let c = case(12, &[4, 3, 9, 11], Mode::Multiclass);
+    let ex = exprs(&["0.8*ce+0.2*dice", "lovasz:per_image=true"]);
+    let (c_, s) = (3, 99);
+    let mut host = engine.statistics_blocking(&c.images(0, 2), &ex).unwrap();
+    host.append(&engine.statistics_blocking(&c.images(2, 4), &ex).unwrap()).unwrap();
+    let mut dev: Option<Statistics> = None;
+    let mut bufs = Vec::new();
+    for (from, to) in [(0, 2), (2, 4)] {
+        let l = device_buffer(engine, bytemuck::cast_slice(&c.logits[from * c_ * s..to * c_ * s]));
+        let words: Vec<u32> = c.labels[from * s..to * s].iter().map(|&v| v as i32 as u32).collect();
+        let t = device_buffer(engine, &words);
+        bufs.push((l, t, from, to));
+    }
+    let inputs: Vec<BufferInput<'_>> = bufs
+        .iter()
+        .map(|(l, t, from, to)| {
+            BufferInput::new(
+                BufferSlice::whole(l),
+                TargetBuffer::ClassI32(BufferSlice::whole(t)),
+                &[to - from, 3, 9, 11],
+                Mode::Multiclass,
+                Some(255),
+            )
+            .unwrap()
+        })
+        .collect();
+    for b in &inputs {
+        let st = engine.statistics_buffers_blocking(b, &ex).unwrap();
+        match &mut dev {
+            None => dev = Some(st),
+            Some(d) => d.append(&st).unwrap(),
+        }
+    }
+    let dev = dev.unwrap();
+    assert_eq!(dev, host, "the same sums from buffers as from host slices");
+    // the second half's gradients: one read back, one written into a buffer of the caller
+    let out = device_buffer(engine, &vec![0u32; 2 * 3 * 99]);
+    let grads = [GradOut::Host, GradOut::Write(BufferSlice::whole(&out))];
+    let got = engine.gradient_buffers_blocking(&inputs[1], &dev, 2, &ex, &grads).unwrap();
+    let want = engine.gradient_blocking(&c.images(2, 4), &host, 2, &ex).unwrap();
+    assert_eq!(got[0].grad, want[0].grad);
+    assert_eq!(read_back(engine, &out), want[1].grad.clone().unwrap());
+    assert_eq!(got[0].value.to_bits(), want[0].value.to_bits());
+    // bad values in a buffer come back as the typed error of the device's checks
+    let mut bad = c.logits[..2 * 3 * 99].to_vec();
+    bad[5] = f32::NAN;
+    let l = device_buffer(engine, bytemuck::cast_slice(&bad));
+    let b = BufferInput::new(
+        BufferSlice::whole(&l),
+        TargetBuffer::ClassI32(BufferSlice::whole(&bufs[0].1)),
+        &[2, 3, 9, 11],
+        Mode::Multiclass,
+        Some(255),
+    )
+    .unwrap();
+    let e = engine.statistics_buffers_blocking(&b, &ex);
+    assert!(matches!(e, Err(Error::NonFinite(_))), "{e:?}");
+}
