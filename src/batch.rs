@@ -266,7 +266,15 @@ impl<'e, 'a> Batch<'e, 'a> {
         // groups of inputs past the binding limit
         let mut split: Vec<usize> = Vec::new();
         for (si, set) in sets.iter().enumerate() {
-            let ItemSrc::Host(first) = &items[groups[set[0]].items[0]].src else { continue };
+            let first = match &items[groups[set[0]].items[0]].src {
+                ItemSrc::Host(first) => first,
+                ItemSrc::Buffers(b) => {
+                    if b.past_limit(&gpu) {
+                        split.extend(set.iter().copied());
+                    }
+                    continue;
+                }
+            };
             let per_l = (first.logits().len() * 4) as u64;
             let nwords = first.target_len();
             let per_t = (nwords * 4) as u64;
@@ -335,7 +343,7 @@ impl<'e, 'a> Batch<'e, 'a> {
         let mut statuses = Vec::new();
         for (si, set) in sets.iter().enumerate() {
             let g0 = &groups[set[0]];
-            if set.iter().any(|&gi| failed[gi].is_some()) {
+            if set.iter().any(|&gi| failed[gi].is_some() || split.contains(&gi)) {
                 continue;
             }
             let exprs: Vec<LossExpr> = g0.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
@@ -440,17 +448,21 @@ impl<'e, 'a> Batch<'e, 'a> {
         // inputs past the limits: each in pieces, in submissions of their own
         for gi in split {
             for &i in &groups[gi].items {
-                let ItemSrc::Host(input) = &items[i].src else { continue };
                 let it = &items[i];
-                let grads = it.grads.iter().any(|g| matches!(g, GradOut::Host));
-                let r = engine.evaluate_split(&gpu, input, &it.exprs, grads).await.map(|mut evals| {
-                    for (ev, g) in evals.iter_mut().zip(&it.grads) {
-                        if !matches!(g, GradOut::Host) {
-                            ev.grad = None;
-                        }
+                let r = match &it.src {
+                    ItemSrc::Host(input) => {
+                        let grads = it.grads.iter().any(|g| matches!(g, GradOut::Host));
+                        engine.evaluate_split(&gpu, input, &it.exprs, grads).await.map(|mut evals| {
+                            for (ev, g) in evals.iter_mut().zip(&it.grads) {
+                                if !matches!(g, GradOut::Host) {
+                                    ev.grad = None;
+                                }
+                            }
+                            evals
+                        })
                     }
-                    evals
-                });
+                    ItemSrc::Buffers(b) => engine.evaluate_buffers_split(&gpu, b, &it.exprs, &it.grads).await,
+                };
                 deliver(&mut txs, i, r);
             }
         }

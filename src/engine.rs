@@ -12,7 +12,7 @@ use crate::expr::{LossExpr, F32_MAX};
 pub use crate::gpu::context::{backend_name, list_adapters, AdapterReport, DeviceInfo, EngineOptions};
 use crate::gpu::context::{pick_adapter, Gpu};
 use crate::gpu::eval::{DevInput, GradTo, Recorded};
-use crate::gpu::record::{ReadFuture, Recording};
+use crate::gpu::record::{ReadFuture, Recording, Slice};
 use crate::gpu::{check, INVALID};
 use crate::input::{Input, Target};
 use crate::reference;
@@ -134,7 +134,7 @@ pub enum TargetBuffer<'a> {
 }
 
 impl<'a> TargetBuffer<'a> {
-    fn slice(&self) -> BufferSlice<'a> {
+    pub(crate) fn slice(&self) -> BufferSlice<'a> {
         match *self {
             TargetBuffer::ClassU32(s) | TargetBuffer::ClassI32(s) | TargetBuffer::Dense(s) => s,
         }
@@ -145,6 +145,11 @@ impl<'a> TargetBuffer<'a> {
 /// host [`Input`] gets on the host (class range, ignore index, targets in [0, 1], hard labels for
 /// Lovász, finite logits) run on the device, in the statistics pass, and come back as a typed
 /// error with the result.
+///
+/// A batch larger than one binding ([`Engine::max_binding_bytes`]) is evaluated in pieces by
+/// [`Engine::evaluate_buffers`] and batches: each piece is copied into buffers of its own, so
+/// the slices then need `COPY_SRC` (and a gradient slice `COPY_DST`, plus `COPY_SRC` to be added
+/// to) rather than `STORAGE`.
 #[derive(Clone, Debug)]
 pub struct BufferInput<'a> {
     logits: BufferSlice<'a>,
@@ -209,6 +214,10 @@ impl<'a> BufferInput<'a> {
     /// The logits' shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape
+    }
+    /// Whether the logits or the targets are larger than the binding `gpu` plans with.
+    pub(crate) fn past_limit(&self, gpu: &Gpu) -> bool {
+        self.logits.bytes().max(self.target.slice().bytes()) > crate::stats::binding_limit(gpu)
     }
     /// The logits' slice.
     pub fn logits_slice(&self) -> &BufferSlice<'a> {
@@ -361,24 +370,36 @@ pub(crate) fn check_value(value: f64, terms: &[f64]) -> Result<(), Error> {
 
 /// The typed error of the status words the statistics pass wrote, if any.
 pub(crate) fn status_error(status: &[u32], shape: &[usize]) -> Result<(), Error> {
+    status_error_at(status, shape, &|i, _| i)
+}
+
+/// [`status_error`] of one piece of a batch: `map(i, planes)` turns the piece's element `i` of
+/// an array of `planes` planes (C for logits and dense targets, 1 for class indices) into the
+/// batch's.
+pub(crate) fn status_error_at(
+    status: &[u32],
+    shape: &[usize],
+    map: &dyn Fn(usize, usize) -> usize,
+) -> Result<(), Error> {
     let flags = status.first().copied().unwrap_or(0);
     if flags == 0 {
         return Ok(());
     }
+    let planes = |bit: u32| if bit == check::CLASS { 1 } else { shape[1] };
     let at = |bit: u32| {
         let raw = status.get(1 + bit.trailing_zeros() as usize).copied().unwrap_or(0);
-        u32::MAX - raw
+        map((u32::MAX - raw) as usize, planes(bit))
     };
     let label_shape: Vec<usize> = std::iter::once(shape[0]).chain(shape[2..].iter().copied()).collect();
     if flags & check::NONFINITE != 0 {
-        let i = at(check::NONFINITE) as usize;
+        let i = at(check::NONFINITE);
         return Err(Error::NonFinite(format!(
             "logits element {i} ({}) is NaN or infinite",
             crate::input::describe_index(shape, i)
         )));
     }
     if flags & check::CLASS != 0 {
-        let i = at(check::CLASS) as usize;
+        let i = at(check::CLASS);
         return Err(Error::ClassIndex(format!(
             "target element {i} ({}) is not a class in 0..{} and not the ignore index",
             crate::input::describe_index(&label_shape, i),
@@ -386,13 +407,13 @@ pub(crate) fn status_error(status: &[u32], shape: &[usize]) -> Result<(), Error>
         )));
     }
     if flags & check::RANGE != 0 {
-        let i = at(check::RANGE) as usize;
+        let i = at(check::RANGE);
         return Err(Error::TargetValue(format!(
             "target element {i} ({}) is outside [0, 1] and not the ignore value",
             crate::input::describe_index(shape, i)
         )));
     }
-    let i = at(check::SOFT) as usize;
+    let i = at(check::SOFT);
     Err(Error::TargetValue(format!(
         "lovasz needs hard 0/1 labels, but target element {i} ({}) is soft",
         crate::input::describe_index(shape, i)
@@ -673,6 +694,10 @@ impl Engine {
         grads: &[GradOut<'_>],
     ) -> Result<Vec<Evaluation>, Error> {
         let gpu = self.buffer_gpu()?;
+        if input.past_limit(gpu) {
+            // past the binding limit the engine plans with: in pieces
+            return self.evaluate_buffers_split(gpu, input, exprs, grads).await;
+        }
         let gs: Vec<Dest<'_>> = grads.iter().map(|&g| Dest::Out(g)).collect();
         self.run(gpu, Source::Buffers(input), exprs, &gs).await
     }
@@ -689,6 +714,16 @@ impl Engine {
         let gpu = self.buffer_gpu()?;
         if grads.iter().any(|g| matches!(g, GradOut::Host)) {
             return Err(Error::Input("submit_buffers keeps results on the device: use GradOut::Write or Add".into()));
+        }
+        if input.past_limit(gpu) {
+            let bytes = input.logits.bytes().max(input.target.slice().bytes());
+            return Err(Error::Limit {
+                what: "submit_buffers of an input that must be evaluated in pieces (evaluate_buffers can: its \
+                       pieces wait for their statistics)"
+                    .into(),
+                needed: bytes,
+                max: crate::stats::binding_limit(gpu),
+            });
         }
         let mut rec = Recording::new(&gpu.limits);
         let gs: Vec<Dest<'_>> = grads.iter().map(|&g| Dest::Out(g)).collect();
@@ -870,15 +905,36 @@ pub(crate) fn buffer_dev_input(
     let t = b.target.slice();
     check_slice(gpu, "logits", &b.logits, wgpu::BufferUsages::STORAGE)?;
     check_slice(gpu, "target", &t, wgpu::BufferUsages::STORAGE)?;
+    let (l, t) =
+        (rec.external(b.logits.buffer, b.logits.offset, b.logits.bytes()), rec.external(t.buffer, t.offset, t.bytes()));
+    Ok(buffer_checks(b, exprs, l, t))
+}
+
+/// A buffer input whose data has been copied into `logits` and `target` (a piece of it: the
+/// caller sets the piece's images and pixels).
+pub(crate) fn buffer_dev_input_unchecked(
+    rec: &mut Recording,
+    b: &BufferInput<'_>,
+    exprs: &[LossExpr],
+    logits: &wgpu::Buffer,
+    target: &wgpu::Buffer,
+) -> DevInput {
+    let (l, t) = (rec.external(logits, 0, logits.size()), rec.external(target, 0, target.size()));
+    buffer_checks(b, exprs, l, t)
+}
+
+/// The device input of `b` bound as `logits` and `target`, with the checks the statistics pass
+/// makes of its values (finite logits, class range or [0, 1], hard labels for Lovász).
+fn buffer_checks(b: &BufferInput<'_>, exprs: &[LossExpr], logits: Slice, target: Slice) -> DevInput {
     let softmax = b.mode == Mode::Multiclass;
     let mut validate = check::NONFINITE;
     validate |= if softmax { check::CLASS } else { check::RANGE };
     if !softmax && exprs.iter().any(|e| e.has_lovasz()) {
         validate |= check::SOFT;
     }
-    Ok(DevInput {
-        logits: rec.external(b.logits.buffer, b.logits.offset, b.logits.bytes()),
-        target: rec.external(t.buffer, t.offset, t.bytes()),
+    DevInput {
+        logits,
+        target,
         n: b.shape[0],
         c: b.shape[1],
         s: b.shape[2..].iter().product(),
@@ -886,7 +942,7 @@ pub(crate) fn buffer_dev_input(
         groups: 1,
         ignore: b.ignore_word,
         validate,
-    })
+    }
 }
 
 /// Where each expression's gradient goes on the device, every caller slice checked (usage,
@@ -937,6 +993,22 @@ pub(crate) fn grad_targets(
 }
 
 fn check_slice(gpu: &Gpu, what: &str, s: &BufferSlice<'_>, usage: wgpu::BufferUsages) -> Result<(), Error> {
+    check_slice_placement(gpu, what, s, usage)?;
+    let max = gpu.limits.max_storage_buffer_binding_size;
+    if s.bytes() > max {
+        return Err(Error::Limit { what: format!("the {what} slice"), needed: s.bytes(), max });
+    }
+    Ok(())
+}
+
+/// The checks of a caller's slice that do not depend on binding it whole: `usage`, alignment,
+/// bounds and length (a slice copied in pieces needs the copy usages instead of storage).
+pub(crate) fn check_slice_placement(
+    gpu: &Gpu,
+    what: &str,
+    s: &BufferSlice<'_>,
+    usage: wgpu::BufferUsages,
+) -> Result<(), Error> {
     if !s.buffer.usage().contains(usage) {
         return Err(Error::Buffer(format!("the {what} buffer needs usage {usage:?}, it has {:?}", s.buffer.usage())));
     }
@@ -958,14 +1030,10 @@ fn check_slice(gpu: &Gpu, what: &str, s: &BufferSlice<'_>, usage: wgpu::BufferUs
     if s.len == 0 {
         return Err(Error::Buffer(format!("the {what} slice is empty")));
     }
-    let max = gpu.limits.max_storage_buffer_binding_size;
-    if s.bytes() > max {
-        return Err(Error::Limit { what: format!("the {what} slice"), needed: s.bytes(), max });
-    }
     Ok(())
 }
 
-fn overlaps(a: &BufferSlice<'_>, b: &BufferSlice<'_>) -> bool {
+pub(crate) fn overlaps(a: &BufferSlice<'_>, b: &BufferSlice<'_>) -> bool {
     a.buffer == b.buffer && a.offset < b.offset + b.bytes() && b.offset < a.offset + a.bytes()
 }
 

@@ -44,6 +44,32 @@ impl Piece {
     }
 }
 
+impl Piece {
+    /// Element `i` of the piece's own `[images][planes][pixels]` array as an element of the
+    /// batch's `[n][planes][s]` array.
+    pub fn global(&self, i: usize, planes: usize, s: usize) -> usize {
+        match *self {
+            Piece::Images { from, .. } => from * planes * s + i,
+            Piece::Pixels { image, from, to } => {
+                let len = to - from;
+                (image * planes + i / len) * s + from + i % len
+            }
+        }
+    }
+
+    /// The runs of the batch's `[n][planes][s]` array the piece holds, in the piece's order:
+    /// (first element in the batch, first element in the piece, elements).
+    pub fn runs(&self, planes: usize, s: usize) -> Vec<(usize, usize, usize)> {
+        match *self {
+            Piece::Images { from, to } => vec![(from * planes * s, 0, (to - from) * planes * s)],
+            Piece::Pixels { image, from, to } => {
+                let len = to - from;
+                (0..planes).map(|p| ((image * planes + p) * s + from, p * len, len)).collect()
+            }
+        }
+    }
+}
+
 /// Cuts `[n, c, s]` f32 logits into pieces of at most `limit` bytes each: runs of whole images
 /// (as few pieces as fit, of balanced sizes), or, when one image does not fit, ranges of its
 /// pixels.
@@ -152,6 +178,21 @@ mod tests {
             assert!(seen.iter().all(|&k| k == 1), "{n}x{c}x{s} under {limit}: {ps:?}");
         }
         assert!(matches!(pieces(1, 4, 10, 8), Err(Error::Limit { .. })));
+    }
+
+    #[test]
+    fn runs_and_global_indices_agree_with_the_gather() {
+        let (n, c, s) = (2, 3, 10);
+        let data: Vec<usize> = (0..n * c * s).collect();
+        for p in pieces(n, c, s, (c * 4 * 4) as u64).unwrap().into_iter().chain(pieces(n, c, s, 1 << 20).unwrap()) {
+            let got = gather(&data, c, s, p);
+            for (i, &v) in got.iter().enumerate() {
+                assert_eq!(p.global(i, c, s), v);
+            }
+            for (g, l, len) in p.runs(c, s) {
+                assert_eq!(&got[l..l + len], &data[g..g + len]);
+            }
+        }
     }
 
     #[test]

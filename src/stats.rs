@@ -9,8 +9,8 @@ use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
 use crate::engine::{
-    buffer_dev_input, check_value, decode, grad_targets, status_error, words, BufferInput, Dest, Engine, Evaluation,
-    GradOut, Source,
+    buffer_dev_input, buffer_dev_input_unchecked, check_value, decode, grad_targets, status_error_at, words,
+    BufferInput, BufferSlice, Dest, Engine, Evaluation, GradOut, Source,
 };
 use crate::error::Error;
 use crate::expr::LossExpr;
@@ -317,10 +317,13 @@ async fn statistics_of(
     lovasz: bool,
     shape: &[usize],
 ) -> Result<(), Error> {
-    let status = gpu.record_status(&mut rec)?;
     let mut reads = Vec::new();
     let mut stride = 0;
+    let mut statuses = Vec::new();
     for (piece, inp) in pieces {
+        // each piece's own status words: an element's index is the piece's
+        let status = gpu.record_status(&mut rec)?;
+        statuses.push((*piece, status));
         let t = gpu.record_stats(&mut rec, inp, plan, status)?;
         stride = t.stride as usize;
         let rb = rec.readback(t.sums.size, "statistics")?;
@@ -343,13 +346,19 @@ async fn statistics_of(
         }
         reads.push((*piece, sums_read, segs));
     }
-    let rb = rec.readback(32, "status")?;
-    rec.copy(status, rb);
+    let rb = rec.readback(32 * statuses.len() as u64, "status")?;
+    for (i, (_, st)) in statuses.iter().enumerate() {
+        rec.copy(*st, rb.sub(32 * i as u64, 32));
+    }
     let status_read = rec.readbacks() - 1;
     let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
     gpu.note_wait();
     let data = fut.await?;
-    status_error(&words(&data[status_read]), shape)?;
+    let all = words(&data[status_read]);
+    let s: usize = shape[2..].iter().product();
+    for ((piece, _), w) in statuses.iter().zip(all.chunks_exact(8)) {
+        status_error_at(w, shape, &|i, planes| piece.global(i, planes, s))?;
+    }
     for (piece, si, segs) in reads {
         let dev: Vec<f32> = bytemuck::pod_collect_to_vec(&data[si]);
         st.add_device_sums(&dev, stride, piece);
@@ -383,18 +392,37 @@ struct TailIn<'a> {
 #[allow(clippy::type_complexity)]
 async fn tail_of(
     gpu: &Gpu,
-    mut rec: Recording,
+    rec: Recording,
     t: &TailIn<'_>,
     pieces: &[(Piece, DevInput)],
     to: &[GradTo],
+) -> Result<(Vec<Evaluation>, Vec<Vec<u8>>, Vec<Vec<Option<usize>>>), Error> {
+    let tos = vec![to.to_vec(); pieces.len()];
+    tail_of_parts(gpu, rec, t, pieces, &tos, |_| {}).await
+}
+
+/// [`tail_of`] with each piece's own gradient destinations, and `after` recording what follows
+/// the gradient passes in the same submission.
+#[allow(clippy::type_complexity)]
+async fn tail_of_parts(
+    gpu: &Gpu,
+    mut rec: Recording,
+    t: &TailIn<'_>,
+    pieces: &[(Piece, DevInput)],
+    tos: &[Vec<GradTo>],
+    after: impl FnOnce(&mut Recording),
 ) -> Result<(Vec<Evaluation>, Vec<Vec<u8>>, Vec<Vec<Option<usize>>>), Error> {
     let status = gpu.record_status(&mut rec)?;
     let (sums, stride) = t.stats.device_sums(t.plan);
     let totals = Totals { sums: rec.data(&sums), stride, n: t.stats.images, groups: 1 };
     let lov_from = if t.lov_given { LovFrom::Given(rec.data(&t.stats.device_lovasz())) } else { LovFrom::Parts };
-    let parts: Vec<Part<'_>> =
-        pieces.iter().map(|(p, inp)| Part { inp, img0: t.first_image + p.first_image(), grads: to }).collect();
+    let parts: Vec<Part<'_>> = pieces
+        .iter()
+        .zip(tos)
+        .map(|((p, inp), to)| Part { inp, img0: t.first_image + p.first_image(), grads: to })
+        .collect();
     let tail = gpu.record_tail(&mut rec, t.plan, t.exprs, totals, lov_from, &parts, status, true)?;
+    after(&mut rec);
     let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
     gpu.note_wait();
     let data = fut.await?;
@@ -530,8 +558,13 @@ pub(crate) fn binding_limit(gpu: &Gpu) -> u64 {
 
 /// The pieces of `input` on `gpu`; Lovász losses that cannot run on them are a limit error.
 fn pieces_for(gpu: &Gpu, input: &Input<'_>, plan: &StatsPlan) -> Result<Vec<Piece>, Error> {
+    pieces_of(gpu, input.shape(), plan)
+}
+
+/// The pieces of a batch of `shape` on `gpu` ([`pieces_for`]).
+fn pieces_of(gpu: &Gpu, shape: &[usize], plan: &StatsPlan) -> Result<Vec<Piece>, Error> {
     let limit = binding_limit(gpu);
-    let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+    let (n, c, s) = (shape[0], shape[1], shape[2..].iter().product::<usize>());
     let pieces = split::pieces(n, c, s, limit)?;
     let bytes = (c * s * 4) as u64;
     if pieces.len() > 1 {
@@ -727,6 +760,158 @@ impl Engine {
     ) -> Result<Vec<Evaluation>, Error> {
         let stats = self.device_statistics(gpu, input, exprs, false).await?;
         self.device_tail(gpu, input, &stats, 0, exprs, grads, false).await
+    }
+
+    /// An evaluation of a batch in the caller's buffers past the device's binding limit: each
+    /// piece copied into buffers of its own, their statistics (checked on the device) joined on
+    /// the host, then one finalize and each piece's gradient, copied (or added) into the
+    /// caller's gradient slices or read back; two submissions.
+    pub(crate) async fn evaluate_buffers_split(
+        &self,
+        gpu: &Arc<Gpu>,
+        input: &BufferInput<'_>,
+        exprs: &[LossExpr],
+        grads: &[GradOut<'_>],
+    ) -> Result<Vec<Evaluation>, Error> {
+        let shape = input.shape();
+        let (n, c, s) = (shape[0], shape[1], shape[2..].iter().product::<usize>());
+        if grads.len() != exprs.len() {
+            return Err(Error::Input(format!("{} gradient outputs for {} expressions", grads.len(), exprs.len())));
+        }
+        for e in exprs {
+            e.check(input.mode(), c)?;
+        }
+        let plan = StatsPlan::new(exprs, c);
+        let pieces = pieces_of(gpu, shape, &plan)?;
+        let tplanes = if input.mode() == Mode::Multiclass { 1 } else { c };
+        let (lslice, tslice) = (*input.logits_slice(), input.target_buffer().slice());
+        // the caller's slices and gradient slices are checked whole (all but their size)
+        let copy = wgpu::BufferUsages::COPY_SRC;
+        for (what, sl) in [("logits", lslice), ("target", tslice)] {
+            crate::engine::check_slice_placement(gpu, what, &sl, copy)?;
+        }
+        for g in grads {
+            if let GradOut::Write(sl) | GradOut::Add(sl) = g {
+                let usage = match g {
+                    GradOut::Add(_) => copy | wgpu::BufferUsages::COPY_DST,
+                    _ => wgpu::BufferUsages::COPY_DST,
+                };
+                crate::engine::check_slice_placement(gpu, "gradient", sl, usage)?;
+                if sl.len != (n * c * s) as u64 {
+                    return Err(Error::Shape(format!(
+                        "the gradient slice has {} elements but the logits have {}",
+                        sl.len,
+                        n * c * s
+                    )));
+                }
+                for (what, other) in [("logits", lslice), ("target", tslice)] {
+                    if crate::engine::overlaps(sl, &other) {
+                        return Err(Error::Buffer(format!("the gradient slice overlaps the {what} slice")));
+                    }
+                }
+            }
+        }
+        // each piece's logits and target words in buffers of its own, copied from the caller's
+        let piece_buffer = |elems: usize, label: &str| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: (elems * 4).next_multiple_of(4) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        };
+        let sizes: Vec<(usize, usize)> =
+            pieces.iter().map(|p| (p.images() * c * p.pixels(s), p.images() * tplanes * p.pixels(s))).collect();
+        let bufs: Vec<(wgpu::Buffer, wgpu::Buffer)> =
+            sizes.iter().map(|&(l, t)| (piece_buffer(l, "logits piece"), piece_buffer(t, "target piece"))).collect();
+        let copy_in = |rec: &mut Recording, from: &BufferSlice<'_>, to: &wgpu::Buffer, piece: Piece, planes: usize| {
+            let src = rec.external(from.buffer, from.offset, from.len * 4);
+            let dst = rec.external(to, 0, to.size());
+            for (g, l, len) in piece.runs(planes, s) {
+                rec.copy(src.sub((g * 4) as u64, (len * 4) as u64), dst.sub((l * 4) as u64, (len * 4) as u64));
+            }
+        };
+        let dev = |rec: &mut Recording, piece: Piece, b: &(wgpu::Buffer, wgpu::Buffer), validate: bool| {
+            let mut inp = buffer_dev_input_unchecked(rec, input, exprs, &b.0, &b.1);
+            inp.n = piece.images();
+            inp.s = piece.pixels(s);
+            if !validate {
+                inp.validate = 0;
+            }
+            inp
+        };
+        // 1. statistics of the pieces (their values checked), joined on the host
+        let mut st = Statistics::zeroed(input.mode(), c, n, exprs, false)?;
+        let mut rec = Recording::new(&gpu.limits);
+        for (&p, b) in pieces.iter().zip(&bufs) {
+            copy_in(&mut rec, &lslice, &b.0, p, c);
+            copy_in(&mut rec, &tslice, &b.1, p, tplanes);
+        }
+        let on: Vec<(Piece, DevInput)> =
+            pieces.iter().zip(&bufs).map(|(&p, b)| (p, dev(&mut rec, p, b, true))).collect();
+        statistics_of(gpu, rec, &mut st, &plan, &on, false, shape).await?;
+        // 2. finalize, each piece's gradient into a buffer of its own (holding the caller's
+        // gradient first where it is added to), then into the caller's slice or the host
+        let mut rec = Recording::new(&gpu.limits);
+        let on: Vec<(Piece, DevInput)> =
+            pieces.iter().zip(&bufs).map(|(&p, b)| (p, dev(&mut rec, p, b, false))).collect();
+        let mut gbufs = Vec::new();
+        let mut tos = Vec::new();
+        for (&p, &(l, _)) in pieces.iter().zip(&sizes) {
+            let mut to = Vec::new();
+            let mut mine = Vec::new();
+            for g in grads {
+                to.push(match g {
+                    GradOut::Skip => GradTo::Skip,
+                    GradOut::Host => GradTo::Host,
+                    GradOut::Write(sl) | GradOut::Add(sl) => {
+                        let gb = piece_buffer(l, "gradient piece");
+                        let slice = rec.external(&gb, 0, gb.size());
+                        let accumulate = matches!(g, GradOut::Add(_));
+                        if accumulate {
+                            copy_in(&mut rec, sl, &gb, p, c);
+                        }
+                        mine.push(gb);
+                        GradTo::Into { slice, accumulate }
+                    }
+                });
+            }
+            gbufs.push(mine);
+            tos.push(to);
+        }
+        let t = TailIn { stats: &st, plan: &plan, exprs, first_image: 0, lov_given: false, shape };
+        let (mut out, data, reads) = tail_of_parts(gpu, rec, &t, &on, &tos, |rec| {
+            // the pieces' gradients into the caller's slices, after the gradient passes
+            for ((&p, mine), to) in pieces.iter().zip(&gbufs).zip(&tos) {
+                let mut k = 0;
+                for (g, t) in grads.iter().zip(to) {
+                    if let (GradOut::Write(sl) | GradOut::Add(sl), GradTo::Into { .. }) = (g, t) {
+                        let src = rec.external(&mine[k], 0, mine[k].size());
+                        let dst = rec.external(sl.buffer, sl.offset, sl.len * 4);
+                        for (gi, li, len) in p.runs(c, s) {
+                            rec.copy(
+                                src.sub((li * 4) as u64, (len * 4) as u64),
+                                dst.sub((gi * 4) as u64, (len * 4) as u64),
+                            );
+                        }
+                        k += 1;
+                    }
+                }
+            }
+        })
+        .await?;
+        for (i, (ev, g)) in out.iter_mut().zip(grads).enumerate() {
+            if matches!(g, GradOut::Host) {
+                let mut whole = vec![0f32; n * c * s];
+                for (piece, r) in pieces.iter().zip(&reads) {
+                    if let Some(ri) = r[i] {
+                        split::scatter(&mut whole, &bytemuck::pod_collect_to_vec(&data[ri]), c, s, *piece);
+                    }
+                }
+                ev.grad = Some(whole);
+            }
+        }
+        Ok(out)
     }
 
     /// Blocking [`Engine::statistics`] (native only).

@@ -254,7 +254,9 @@ fn device_buffer(engine: &Engine, data: &[u32]) -> segloss::wgpu::Buffer {
     engine.device().unwrap().create_buffer_init(&segloss::wgpu::util::BufferInitDescriptor {
         label: None,
         contents: bytemuck::cast_slice(data),
-        usage: segloss::wgpu::BufferUsages::STORAGE | segloss::wgpu::BufferUsages::COPY_SRC,
+        usage: segloss::wgpu::BufferUsages::STORAGE
+            | segloss::wgpu::BufferUsages::COPY_SRC
+            | segloss::wgpu::BufferUsages::COPY_DST,
     })
 }
 
@@ -338,4 +340,64 @@ fn statistics_and_gradients_of_device_buffers_equal_those_of_host_inputs() {
     .unwrap();
     let e = engine.statistics_buffers_blocking(&b, &ex);
     assert!(matches!(e, Err(Error::NonFinite(_))), "{e:?}");
+}
+
+#[test]
+fn buffer_inputs_past_a_lowered_binding_limit_give_the_unsplit_results() {
+    use segloss::{BufferInput, BufferSlice, GradOut, TargetBuffer};
+    for (c, texts) in cases() {
+        let input = c.whole();
+        let numel = c.logits.len();
+        let image = (numel / c.shape[0] * 4) as u64;
+        for (limit, by) in [(2 * image + 8, "images"), (image / 3 + 4, "pixels")] {
+            let engine = limited(limit);
+            assert!(engine.max_binding_bytes().unwrap() < (numel * 4) as u64);
+            let ex: Vec<LossExpr> = exprs(texts).into_iter().filter(|e| by == "images" || !e.has_lovasz()).collect();
+            let l = device_buffer(&engine, bytemuck::cast_slice(&c.logits));
+            let multiclass = c.mode == Mode::Multiclass;
+            let t = if multiclass {
+                device_buffer(&engine, &c.labels.iter().map(|&v| v as u32).collect::<Vec<_>>())
+            } else {
+                device_buffer(&engine, bytemuck::cast_slice(&c.dense))
+            };
+            let target = if multiclass {
+                TargetBuffer::ClassU32(BufferSlice::whole(&t))
+            } else {
+                TargetBuffer::Dense(BufferSlice::whole(&t))
+            };
+            let b = BufferInput::new(BufferSlice::whole(&l), target, &c.shape, c.mode, c.ignore).unwrap();
+            // each expression's gradient: read back, written, and added to ones
+            let written: Vec<_> = ex.iter().map(|_| device_buffer(&engine, &vec![0u32; numel])).collect();
+            let ones: Vec<u32> = vec![1f32.to_bits(); numel];
+            let added: Vec<_> = ex.iter().map(|_| device_buffer(&engine, &ones)).collect();
+            let want = gpu().evaluate_blocking(&input, &ex, true).unwrap();
+            let host: Vec<GradOut<'_>> = ex.iter().map(|_| GradOut::Host).collect();
+            let got = engine.evaluate_buffers_blocking(&b, &ex, &host).unwrap();
+            assert_reference(&input, &ex, &got, &format!("{:?} buffers by {by}", c.shape));
+            let w: Vec<GradOut<'_>> = written.iter().map(|x| GradOut::Write(BufferSlice::whole(x))).collect();
+            engine.evaluate_buffers_blocking(&b, &ex, &w).unwrap();
+            let a: Vec<GradOut<'_>> = added.iter().map(|x| GradOut::Add(BufferSlice::whole(x))).collect();
+            engine.evaluate_buffers_blocking(&b, &ex, &a).unwrap();
+            for (i, e) in ex.iter().enumerate() {
+                let g = got[i].grad.as_ref().unwrap();
+                let (d, m) = max_diff(g, want[i].grad.as_ref().unwrap());
+                assert!(d <= 1e-7 + 1e-4 * m, "'{e}' by {by}: gradient off by {d}");
+                assert_eq!(&read_back(&engine, &written[i])[..numel], &g[..], "'{e}' written");
+                let plus: Vec<f32> = g.iter().map(|x| x + 1.0).collect();
+                assert_eq!(&read_back(&engine, &added[i])[..numel], &plus[..], "'{e}' added");
+            }
+        }
+    }
+    // a bad value is named by its index in the whole batch, not in its piece
+    let c = case(13, &[3, 2, 8, 8], Mode::Multilabel);
+    let engine = limited(2 * 64 * 4 / 3);
+    let mut logits = c.logits.clone();
+    logits[2 * 128 + 64 + 37] = f32::INFINITY;
+    let l = device_buffer(&engine, bytemuck::cast_slice(&logits));
+    let t = device_buffer(&engine, bytemuck::cast_slice(&c.dense));
+    let b =
+        BufferInput::new(BufferSlice::whole(&l), TargetBuffer::Dense(BufferSlice::whole(&t)), &c.shape, c.mode, None)
+            .unwrap();
+    let e = engine.evaluate_buffers_blocking(&b, &exprs(&["dice"]), &[GradOut::Skip]).unwrap_err();
+    assert!(e.to_string().contains("[2, 1, 4, 5]"), "{e}");
 }
