@@ -112,7 +112,7 @@ fn same_host(a: &Input<'_>, b: &Input<'_>) -> bool {
         && a.ignore_index() == b.ignore_index()
 }
 
-fn same_slice(a: &BufferSlice<'_>, b: &BufferSlice<'_>) -> bool {
+pub(crate) fn same_slice(a: &BufferSlice<'_>, b: &BufferSlice<'_>) -> bool {
     a.buffer == b.buffer && a.offset == b.offset && a.len == b.len
 }
 
@@ -270,7 +270,7 @@ impl<'e, 'a> Batch<'e, 'a> {
                 ItemSrc::Host(first) => first,
                 ItemSrc::Buffers(b) => {
                     if b.past_limit(&gpu) {
-                        split.extend(set.iter().copied());
+                        split.extend(set.iter().copied().filter(|&gi| failed[gi].is_none()));
                     }
                     continue;
                 }
@@ -282,8 +282,8 @@ impl<'e, 'a> Batch<'e, 'a> {
             let (lbytes, tbytes) = (per_l * k, per_t * k);
             if lbytes.max(tbytes) > max_binding {
                 // a single input (sets of several stay within the limit): evaluated in pieces
-                // after this submission
-                split.extend(set.iter().copied());
+                // after this submission, unless it has already failed
+                split.extend(set.iter().copied().filter(|&gi| failed[gi].is_none()));
                 continue;
             }
             if per_l >= COALESCE_BYTES {

@@ -678,8 +678,13 @@ impl Engine {
         };
         let gs = vec![g; exprs.len()];
         let (Some(l), Some(t)) = (&prep.logits, &prep.target) else {
-            // an input past the device's limits (the CPU engine returned above)
-            return self.evaluate_split(gpu, input, exprs, grads != GradMode::Skip).await;
+            // an input past the device's limits (the CPU engine returned above); a device-only
+            // gradient is computed and not returned
+            let mut out = self.evaluate_split(gpu, input, exprs, grads != GradMode::Skip).await?;
+            if grads == GradMode::DeviceOnly {
+                out.iter_mut().for_each(|e| e.grad = None);
+            }
+            return Ok(out);
         };
         let src = Source::Host { input, logits: BufferSlice::whole(l), target: BufferSlice::whole(t), groups: 1 };
         self.run(gpu, src, exprs, &gs).await

@@ -2,7 +2,9 @@
 //! made of, and the per-image Lovász segments, as a value that parts of a batch (batches of a
 //! dataset, adapters, processes) compute on their own and join; the values of the joined batch
 //! (`finish`) and the gradient of each part from the joined statistics (`Engine::gradient`).
-//! Inputs past the device's limits go through the same two steps, piece by piece.
+//! Host inputs past the device's limits go through the same two steps piece by piece, and so do
+//! buffer inputs in [`Engine::evaluate_buffers`] (`statistics_buffers` and `gradient_buffers`
+//! take a part that fits one binding).
 
 use std::sync::Arc;
 
@@ -173,7 +175,7 @@ impl Statistics {
     /// These statistics as images `first_image..` of a batch of `total_images`, zero for the
     /// others: the sum of every part's placed statistics is the whole batch's.
     pub fn placed(&self, first_image: usize, total_images: usize) -> Result<Statistics, Error> {
-        if first_image + self.images > total_images {
+        if first_image.checked_add(self.images).is_none_or(|end| end > total_images) {
             return Err(Error::Input(format!(
                 "{} images from image {first_image} do not fit a batch of {total_images}",
                 self.images
@@ -289,10 +291,9 @@ impl Statistics {
                 self.mode, self.classes
             )));
         }
-        if first_image + images > self.images {
+        if first_image.checked_add(images).is_none_or(|end| end > self.images) {
             return Err(Error::Input(format!(
-                "images {first_image}..{} are not in the batch of {} images the statistics describe",
-                first_image + images,
+                "images {first_image}.. ({images} of them) are not in the batch of {} images the statistics describe",
                 self.images
             )));
         }
@@ -318,14 +319,14 @@ async fn statistics_of(
     shape: &[usize],
 ) -> Result<(), Error> {
     let mut reads = Vec::new();
-    let mut stride = 0;
     let mut statuses = Vec::new();
     for (piece, inp) in pieces {
         // each piece's own status words: an element's index is the piece's
         let status = gpu.record_status(&mut rec)?;
         statuses.push((*piece, status));
         let t = gpu.record_stats(&mut rec, inp, plan, status)?;
-        stride = t.stride as usize;
+        // (each piece's own stride: pieces of whole images differ by an image)
+        let stride = t.stride as usize;
         let rb = rec.readback(t.sums.size, "statistics")?;
         rec.copy(t.sums, rb);
         let sums_read = rec.readbacks() - 1;
@@ -336,7 +337,8 @@ async fn statistics_of(
                 .iter()
                 .map(|spi| rec.scratch((inp.n * spi * 16) as u64, "lovasz segment sums"))
                 .collect::<Result<_, _>>()?;
-            gpu.record_lovasz_all(&mut rec, inp, plan, &ss)?;
+            let some: Vec<_> = ss.iter().copied().map(Some).collect();
+            gpu.record_lovasz_all(&mut rec, inp, plan, &some)?;
             for (s, spi) in ss.iter().zip(&st.lov_per_image) {
                 let bytes = (inp.n * spi * 16) as u64;
                 let rb = rec.readback(bytes, "lovasz segment sums")?;
@@ -344,7 +346,7 @@ async fn statistics_of(
                 segs.push(rec.readbacks() - 1);
             }
         }
-        reads.push((*piece, sums_read, segs));
+        reads.push((*piece, sums_read, stride, segs));
     }
     let rb = rec.readback(32 * statuses.len() as u64, "status")?;
     for (i, (_, st)) in statuses.iter().enumerate() {
@@ -359,7 +361,7 @@ async fn statistics_of(
     for ((piece, _), w) in statuses.iter().zip(all.chunks_exact(8)) {
         status_error_at(w, shape, &|i, planes| piece.global(i, planes, s))?;
     }
-    for (piece, si, segs) in reads {
+    for (piece, si, stride, segs) in reads {
         let dev: Vec<f32> = bytemuck::pod_collect_to_vec(&data[si]);
         st.add_device_sums(&dev, stride, piece);
         for (g, &ri) in segs.iter().enumerate() {
@@ -413,6 +415,11 @@ async fn tail_of_parts(
     after: impl FnOnce(&mut Recording),
 ) -> Result<(Vec<Evaluation>, Vec<Vec<u8>>, Vec<Vec<Option<usize>>>), Error> {
     let status = gpu.record_status(&mut rec)?;
+    // pieces whose values have not been checked (a caller's buffers): a statistics pass that
+    // checks them, so that bad values are a typed error and no gradient is written
+    for (_, inp) in pieces.iter().filter(|(_, inp)| inp.validate != 0) {
+        gpu.record_stats(&mut rec, inp, &StatsPlan::default(), status)?;
+    }
     let (sums, stride) = t.stats.device_sums(t.plan);
     let totals = Totals { sums: rec.data(&sums), stride, n: t.stats.images, groups: 1 };
     let lov_from = if t.lov_given { LovFrom::Given(rec.data(&t.stats.device_lovasz())) } else { LovFrom::Parts };
@@ -691,7 +698,9 @@ impl Engine {
         lov_given: bool,
     ) -> Result<Vec<Evaluation>, Error> {
         let plan = StatsPlan::new(&stats.exprs, stats.classes);
-        let pieces = pieces_for(gpu, input, &plan)?;
+        // the pieces as the requested expressions allow (a Lovász loss of the statistics that
+        // none of them uses is not sorted)
+        let pieces = pieces_for(gpu, input, &StatsPlan::new(exprs, stats.classes))?;
         let mut rec = Recording::new(&gpu.limits);
         let bufs: Vec<_> = pieces.iter().map(|&p| upload(gpu, input, p)).collect();
         let to = vec![if grads { GradTo::Host } else { GradTo::Skip }; exprs.len()];
@@ -717,7 +726,8 @@ impl Engine {
 
     /// [`Engine::gradient`] of a part of the batch in the caller's buffers: each expression's
     /// gradient goes where `grads` says (read back, written into or added to a caller's slice),
-    /// one submission.
+    /// one submission. The buffers' values are checked again (one more read of the part), so
+    /// that bad values are a typed error here too and no gradient is written.
     pub async fn gradient_buffers(
         &self,
         input: &BufferInput<'_>,
@@ -855,25 +865,50 @@ impl Engine {
         let mut rec = Recording::new(&gpu.limits);
         let on: Vec<(Piece, DevInput)> =
             pieces.iter().zip(&bufs).map(|(&p, b)| (p, dev(&mut rec, p, b, false))).collect();
-        let mut gbufs = Vec::new();
+        // the caller's distinct gradient slices (expressions may share one: their passes then
+        // write or add to it in order, as unsplit) and the one each expression uses
+        let mut dests: Vec<BufferSlice<'_>> = Vec::new();
+        let mut dest_of: Vec<Option<usize>> = Vec::new();
+        for g in grads {
+            dest_of.push(match g {
+                GradOut::Write(sl) | GradOut::Add(sl) => {
+                    Some(match dests.iter().position(|d| crate::batch::same_slice(d, sl)) {
+                        Some(k) => k,
+                        None => {
+                            if dests.iter().any(|d| crate::engine::overlaps(d, sl)) {
+                                return Err(Error::Buffer(
+                                    "two gradient slices overlap without being the same slice".into(),
+                                ));
+                            }
+                            dests.push(*sl);
+                            dests.len() - 1
+                        }
+                    })
+                }
+                _ => None,
+            });
+        }
+        // per piece, a buffer for each distinct slice, holding the caller's gradient first
+        // where the first expression to use it adds to it
+        let mut gbufs: Vec<Vec<wgpu::Buffer>> = Vec::new();
         let mut tos = Vec::new();
         for (&p, &(l, _)) in pieces.iter().zip(&sizes) {
+            let mine: Vec<wgpu::Buffer> = dests.iter().map(|_| piece_buffer(l, "gradient piece")).collect();
+            for (k, d) in dests.iter().enumerate() {
+                let first = grads.iter().zip(&dest_of).find(|(_, o)| **o == Some(k)).map(|(g, _)| g);
+                if matches!(first, Some(GradOut::Add(_))) {
+                    copy_in(&mut rec, d, &mine[k], p, c);
+                }
+            }
             let mut to = Vec::new();
-            let mut mine = Vec::new();
-            for g in grads {
-                to.push(match g {
-                    GradOut::Skip => GradTo::Skip,
-                    GradOut::Host => GradTo::Host,
-                    GradOut::Write(sl) | GradOut::Add(sl) => {
-                        let gb = piece_buffer(l, "gradient piece");
-                        let slice = rec.external(&gb, 0, gb.size());
-                        let accumulate = matches!(g, GradOut::Add(_));
-                        if accumulate {
-                            copy_in(&mut rec, sl, &gb, p, c);
-                        }
-                        mine.push(gb);
-                        GradTo::Into { slice, accumulate }
-                    }
+            for (g, o) in grads.iter().zip(&dest_of) {
+                to.push(match (g, o) {
+                    (GradOut::Host, _) => GradTo::Host,
+                    (_, Some(k)) => GradTo::Into {
+                        slice: rec.external(&mine[*k], 0, mine[*k].size()),
+                        accumulate: matches!(g, GradOut::Add(_)),
+                    },
+                    _ => GradTo::Skip,
                 });
             }
             gbufs.push(mine);
@@ -882,19 +917,15 @@ impl Engine {
         let t = TailIn { stats: &st, plan: &plan, exprs, first_image: 0, lov_given: false, shape };
         let (mut out, data, reads) = tail_of_parts(gpu, rec, &t, &on, &tos, |rec| {
             // the pieces' gradients into the caller's slices, after the gradient passes
-            for ((&p, mine), to) in pieces.iter().zip(&gbufs).zip(&tos) {
-                let mut k = 0;
-                for (g, t) in grads.iter().zip(to) {
-                    if let (GradOut::Write(sl) | GradOut::Add(sl), GradTo::Into { .. }) = (g, t) {
-                        let src = rec.external(&mine[k], 0, mine[k].size());
-                        let dst = rec.external(sl.buffer, sl.offset, sl.len * 4);
-                        for (gi, li, len) in p.runs(c, s) {
-                            rec.copy(
-                                src.sub((li * 4) as u64, (len * 4) as u64),
-                                dst.sub((gi * 4) as u64, (len * 4) as u64),
-                            );
-                        }
-                        k += 1;
+            for (&p, mine) in pieces.iter().zip(&gbufs) {
+                for (d, gb) in dests.iter().zip(mine) {
+                    let src = rec.external(gb, 0, gb.size());
+                    let dst = rec.external(d.buffer, d.offset, d.len * 4);
+                    for (gi, li, len) in p.runs(c, s) {
+                        rec.copy(
+                            src.sub((li * 4) as u64, (len * 4) as u64),
+                            dst.sub((gi * 4) as u64, (len * 4) as u64),
+                        );
                     }
                 }
             }

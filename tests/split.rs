@@ -401,3 +401,93 @@ fn buffer_inputs_past_a_lowered_binding_limit_give_the_unsplit_results() {
     let e = engine.evaluate_buffers_blocking(&b, &exprs(&["dice"]), &[GradOut::Skip]).unwrap_err();
     assert!(e.to_string().contains("[2, 1, 4, 5]"), "{e}");
 }
+
+#[test]
+fn pieces_of_unequal_sizes_with_more_pixel_losses_than_one_pass_holds() {
+    // 3 images in pieces of 2 and 1 (statistics of different strides), five pixel losses (two
+    // statistics passes)
+    let c = case(14, &[3, 4, 8, 8], Mode::Multiclass);
+    let ex = exprs(&[
+        "ce",
+        "ce:label_smoothing=0.1",
+        "focal:act=softmax",
+        "focal:act=softmax,gamma=1.5",
+        "ce:weights=1;2;0.5;3",
+        "0.5*ce+0.5*dice",
+    ]);
+    let engine = limited(2 * 4 * 64 * 4);
+    let input = c.whole();
+    let got = engine.evaluate_blocking(&input, &ex, true).unwrap();
+    assert_reference(&input, &ex, &got, "5 pixel losses in pieces of 2 and 1 images");
+    let stats = engine.statistics_blocking(&input, &ex).unwrap();
+    assert_reference(&input, &ex, &stats.finish().unwrap(), "their statistics");
+}
+
+#[test]
+fn a_batch_refuses_soft_labels_for_lovasz_past_the_limit_too() {
+    let c = case(15, &[4, 1, 8, 8], Mode::Binary);
+    let soft = vec![0.3f32; c.logits.len()];
+    let input = Input::dense(&c.logits, &soft, &c.shape, Mode::Binary).unwrap();
+    let engine = limited(2 * 64 * 4);
+    let ex = exprs(&["lovasz:per_image=true"]);
+    assert!(matches!(engine.evaluate_blocking(&input, &ex, false), Err(Error::TargetValue(_))));
+    let mut batch = engine.batch();
+    let p = batch.push(&input, &ex, false).unwrap();
+    batch.flush_blocking().unwrap();
+    assert!(matches!(p.wait(), Err(Error::TargetValue(_))));
+}
+
+#[test]
+fn split_buffer_gradients_sharing_one_slice_add_up_as_unsplit() {
+    use segloss::{BufferInput, BufferSlice, GradOut, TargetBuffer};
+    let c = case(16, &[3, 2, 8, 8], Mode::Multilabel);
+    let numel = c.logits.len();
+    let ex = exprs(&["bce", "dice", "0.5*dice+0.5*bce"]);
+    let run = |engine: &Engine| {
+        let l = device_buffer(engine, bytemuck::cast_slice(&c.logits));
+        let t = device_buffer(engine, bytemuck::cast_slice(&c.dense));
+        let b = BufferInput::new(
+            BufferSlice::whole(&l),
+            TargetBuffer::Dense(BufferSlice::whole(&t)),
+            &c.shape,
+            c.mode,
+            None,
+        )
+        .unwrap();
+        let g = device_buffer(engine, &vec![0u32; numel]);
+        let sl = BufferSlice::whole(&g);
+        // written by the first, added to by the others
+        engine.evaluate_buffers_blocking(&b, &ex, &[GradOut::Write(sl), GradOut::Add(sl), GradOut::Add(sl)]).unwrap();
+        read_back(engine, &g)
+    };
+    let unsplit = run(gpu());
+    let split = run(&limited(2 * 128 * 4));
+    let (d, m) = max_diff(&split, &unsplit);
+    assert!(d <= 1e-7 + 1e-5 * m, "shared gradient slice: off by {d} of {m}");
+}
+
+#[test]
+fn gradient_buffers_checks_the_values_and_offsets_are_checked() {
+    use segloss::{BufferInput, BufferSlice, GradOut, TargetBuffer};
+    let engine = gpu();
+    let c = case(17, &[2, 3, 4, 4], Mode::Multiclass);
+    let ex = exprs(&["0.8*ce+0.2*dice"]);
+    let stats = engine.statistics_blocking(&c.whole(), &ex).unwrap();
+    let mut bad = c.logits.clone();
+    bad[7] = f32::NAN;
+    let l = device_buffer(engine, bytemuck::cast_slice(&bad));
+    let w: Vec<u32> = c.labels.iter().map(|&v| v as u32).collect();
+    let t = device_buffer(engine, &w);
+    let b = BufferInput::new(
+        BufferSlice::whole(&l),
+        TargetBuffer::ClassU32(BufferSlice::whole(&t)),
+        &c.shape,
+        c.mode,
+        c.ignore,
+    )
+    .unwrap();
+    let e = engine.gradient_buffers_blocking(&b, &stats, 0, &ex, &[GradOut::Host]);
+    assert!(matches!(e, Err(Error::NonFinite(_))), "{e:?}");
+    assert!(matches!(stats.placed(usize::MAX, 2), Err(Error::Input(_))));
+    assert!(matches!(engine.gradient_blocking(&c.whole(), &stats, usize::MAX, &ex), Err(Error::Input(_))));
+}

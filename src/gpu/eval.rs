@@ -201,18 +201,23 @@ impl Gpu {
     }
 
     /// Records the sort of each distinct Lovász loss of `plan` on `inp`: its segment sums
-    /// `[value bits, fg, bg, kept]` into `segsum[g]`, and the Jaccard weights, returned.
+    /// `[value bits, fg, bg, kept]` into `segsum[g]`, and the Jaccard weights, returned (a
+    /// loss whose `segsum` is `None` is not sorted: its weights are an unused placeholder).
     pub(crate) fn record_lovasz_all(
         &self,
         rec: &mut Recording,
         inp: &DevInput,
         plan: &StatsPlan,
-        segsum: &[Slice],
+        segsum: &[Option<Slice>],
     ) -> Result<Vec<Slice>, Error> {
         let (base, _) = self.params_of(inp);
         let pbuf = rec.uniform(&base);
         let mut lws = Vec::new();
-        for (lp, &ss) in plan.lovasz.iter().zip(segsum) {
+        for (lp, ss) in plan.lovasz.iter().zip(segsum) {
+            let Some(ss) = *ss else {
+                lws.push(rec.scratch(16, "unused lovasz weights")?);
+                continue;
+            };
             let lw = rec.scratch((inp.n * inp.c * inp.s * 4) as u64, "lovasz weights")?;
             let li = LovaszInput {
                 logits: inp.logits,
@@ -290,6 +295,17 @@ impl Gpu {
             return Err(Error::Gpu("internal: a whole-batch lovasz over parts".into()));
         }
 
+        let layouts: Vec<BlockLayout> = exprs.iter().map(|e| BlockLayout::new(e, plan, (ng, c, 1), softmax)).collect();
+        let wants = |i: usize| parts.iter().any(|p| !matches!(p.grads[i], GradTo::Skip));
+        // the Lovász losses to sort: every one when the finalize needs their segments; with the
+        // segments given, those whose gradient is wanted
+        let sorted: Vec<bool> = (0..plan.lovasz.len())
+            .map(|g| {
+                matches!(lov_from, LovFrom::Parts)
+                    || layouts.iter().enumerate().any(|(i, l)| wants(i) && l.lov.iter().any(|x| x.0 == g))
+            })
+            .collect();
+
         // 1. Lovász: one sort per distinct Lovász loss and part, all recorded into this
         // submission; (offset, bytes) of each loss's segment sums in one buffer, and the
         // segments of one image
@@ -307,19 +323,20 @@ impl Gpu {
         let mut lws = Vec::new();
         for part in parts {
             let mut segsum = Vec::new();
-            for (lp, &(off, bytes, _)) in plan.lovasz.iter().zip(&lov_at) {
+            for ((lp, &(off, bytes, _)), &sort) in plan.lovasz.iter().zip(&lov_at).zip(&sorted) {
                 segsum.push(match lov_from {
-                    LovFrom::Parts if whole => lov.sub(off, bytes),
+                    _ if !sort => None,
+                    LovFrom::Parts if whole => Some(lov.sub(off, bytes)),
                     _ => {
                         let (segs, _) = plan::lovasz_segments(softmax, lp.per_image, part.inp.n, c, 1);
-                        rec.scratch((segs * 16) as u64, "lovasz segment sums of a part")?
+                        Some(rec.scratch((segs * 16) as u64, "lovasz segment sums of a part")?)
                     }
                 });
             }
             let lw = self.record_lovasz_all(rec, part.inp, plan, &segsum)?;
             if let (LovFrom::Parts, false) = (lov_from, whole) {
                 // each part's per-image segments into their place among the whole batch's
-                for (ss, &(off, _, per)) in segsum.iter().zip(&lov_at) {
+                for (ss, &(off, _, per)) in segsum.iter().flatten().zip(&lov_at) {
                     let bytes = (part.inp.n * per * 16) as u64;
                     rec.copy(ss.sub(0, bytes), lov.sub(off + (part.img0 * per * 16) as u64, bytes));
                 }
@@ -329,7 +346,6 @@ impl Gpu {
         let lov_base: Vec<usize> = lov_at.iter().map(|&(o, _, _)| (o / 16) as usize).collect();
 
         // 2. finalize: values, then each gradient's coefficient block (256-byte aligned)
-        let layouts: Vec<BlockLayout> = exprs.iter().map(|e| BlockLayout::new(e, plan, (ng, c, 1), softmax)).collect();
         let mut cursor = 0;
         let mut vals = Vec::new();
         for e in exprs {
@@ -337,7 +353,6 @@ impl Gpu {
             cursor += 1 + e.terms.len();
         }
         let vals_len = cursor;
-        let wants = |i: usize| parts.iter().any(|p| !matches!(p.grads[i], GradTo::Skip));
         let mut blocks = Vec::new();
         for (i, l) in layouts.iter().enumerate() {
             cursor = cursor.next_multiple_of(64);
