@@ -199,6 +199,37 @@ impl<'a> Input<'a> {
         self.ignore_index
     }
 
+    /// Images `from..to` of the batch as an input of their own, borrowing this one's data (a
+    /// data-parallel worker's part, an adapter's share).
+    ///
+    /// ```
+    /// use segloss::{Input, Mode};
+    /// let logits = vec![0.5f32; 4 * 16];
+    /// let target = vec![1.0f32; 4 * 16];
+    /// let batch = Input::dense(&logits, &target, &[4, 1, 4, 4], Mode::Binary).unwrap();
+    /// let half = batch.images(2, 4).unwrap();
+    /// assert_eq!(half.shape(), &[2, 1, 4, 4]);
+    /// ```
+    pub fn images(&self, from: usize, to: usize) -> Result<Input<'_>, Error> {
+        if from >= to || to > self.batch() {
+            return Err(Error::Input(format!("images {from}..{to} of a batch of {}", self.batch())));
+        }
+        let (c, s) = (self.classes(), self.spatial());
+        let mut shape = self.shape.clone();
+        shape[0] = to - from;
+        let target = match &self.target {
+            Target::Dense(t) => Target::Dense(Cow::Borrowed(&t[from * c * s..to * c * s])),
+            Target::Labels(t) => Target::Labels(Cow::Borrowed(&t[from * s..to * s])),
+        };
+        Ok(Input {
+            logits: Cow::Borrowed(&self.logits[from * c * s..to * c * s]),
+            target,
+            shape,
+            mode: self.mode,
+            ignore_index: self.ignore_index,
+        })
+    }
+
     /// Target elements: class indices, or dense values.
     pub(crate) fn target_len(&self) -> usize {
         match &self.target {

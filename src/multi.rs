@@ -7,7 +7,7 @@ use crate::engine::EngineOptions;
 use crate::engine::{Engine, Evaluation};
 use crate::error::Error;
 use crate::expr::LossExpr;
-use crate::input::{Input, Target};
+use crate::input::Input;
 use crate::stats::Statistics;
 
 /// Engines on several adapters used as one: [`MultiEngine::evaluate`] splits a batch by images
@@ -109,7 +109,7 @@ impl MultiEngine {
             return self.engines[0].evaluate(input, exprs, grads).await;
         }
         let spread: Vec<_> = self.spread(n).into_iter().filter(|r| !r.is_empty()).collect();
-        let parts: Vec<Input<'_>> = spread.iter().map(|r| images(input, r.start, r.end)).collect::<Result<_, _>>()?;
+        let parts: Vec<Input<'_>> = spread.iter().map(|r| input.images(r.start, r.end)).collect::<Result<_, _>>()?;
         let stats =
             futures::future::join_all(self.engines.iter().zip(&parts).map(|(e, p)| e.statistics(p, exprs))).await;
         let mut joined: Option<Statistics> = None;
@@ -150,25 +150,6 @@ impl MultiEngine {
     ) -> Result<Vec<Evaluation>, Error> {
         futures::executor::block_on(self.evaluate(input, exprs, grads))
     }
-}
-
-/// Images `from..to` of a host input, borrowing its data.
-fn images<'a>(input: &'a Input<'_>, from: usize, to: usize) -> Result<Input<'a>, Error> {
-    use std::borrow::Cow;
-    let (c, s) = (input.classes(), input.spatial());
-    let mut shape = input.shape().to_vec();
-    shape[0] = to - from;
-    let target = match input.target() {
-        Target::Dense(t) => Target::Dense(Cow::Borrowed(&t[from * c * s..to * c * s])),
-        Target::Labels(t) => Target::Labels(Cow::Borrowed(&t[from * s..to * s])),
-    };
-    Input::new(
-        Cow::Borrowed(&input.logits()[from * c * s..to * c * s]),
-        target,
-        &shape,
-        input.mode(),
-        input.ignore_index(),
-    )
 }
 
 #[cfg(test)]

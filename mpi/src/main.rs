@@ -7,30 +7,11 @@
 //! The all-reduce is a sum of `Statistics::placed` tables: each rank writes its images' rows into
 //! a zero table of the whole batch, and the sum of the tables is the whole batch's statistics.
 
-use std::borrow::Cow;
 use std::process::ExitCode;
 
 use mpi::collective::SystemOperation;
 use mpi::traits::*;
-use segloss::{Engine, Error, Input, LossExpr, Mode, Target};
-
-/// Images `from..to` of a batch as an input of their own.
-fn images<'a>(whole: &'a Input<'a>, from: usize, to: usize) -> Result<Input<'a>, Error> {
-    let (c, s) = (whole.classes(), whole.spatial());
-    let mut shape = whole.shape().to_vec();
-    shape[0] = to - from;
-    let target = match whole.target() {
-        Target::Dense(t) => Target::Dense(Cow::Borrowed(&t[from * c * s..to * c * s])),
-        Target::Labels(t) => Target::Labels(Cow::Borrowed(&t[from * s..to * s])),
-    };
-    Input::new(
-        Cow::Borrowed(&whole.logits()[from * c * s..to * c * s]),
-        target,
-        &shape,
-        whole.mode(),
-        whole.ignore_index(),
-    )
-}
+use segloss::{Engine, Error, Input, LossExpr, Mode};
 
 /// One batch, spread over the ranks: the largest differences from the single process, or an error.
 fn run<C: Communicator>(world: &C, engine: &Engine, whole: &Input<'_>, texts: &[&str]) -> Result<(f64, f64), Error> {
@@ -41,7 +22,7 @@ fn run<C: Communicator>(world: &C, engine: &Engine, whole: &Input<'_>, texts: &[
     let (q, r) = (n / size, n % size);
     let first = rank * q + rank.min(r);
     let count = q + usize::from(rank < r);
-    let part = images(whole, first, first + count)?;
+    let part = whole.images(first, first + count)?;
 
     // 1. local statistics, placed in a table of the whole batch, summed over the ranks
     let local = engine.statistics_blocking(&part, &exprs)?.placed(first, n)?;
