@@ -11,6 +11,14 @@ pub enum Error {
         /// What is wrong, with what is allowed.
         msg: String,
     },
+    /// Metric text that does not parse, or a metric that does not fit the mode or the classes.
+    #[error("bad metric '{text}': {msg}")]
+    Metric {
+        /// The text that failed.
+        text: String,
+        /// What is wrong, with what is allowed.
+        msg: String,
+    },
     /// A loss that does not fit the mode or the number of classes.
     #[error("{loss}: {msg}")]
     LossMode {

@@ -46,6 +46,7 @@ mod input;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals;
+pub mod metrics;
 mod multi;
 mod plan;
 pub mod reference;

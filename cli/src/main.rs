@@ -103,8 +103,12 @@ pub(crate) struct EvalArgs {
     #[arg(long, allow_hyphen_values = true)]
     ignore_index: Option<i64>,
     /// Loss text, e.g. 'dice@monai' or '0.8*ce+0.2*dice' (repeatable).
-    #[arg(long = "loss", required = true, allow_hyphen_values = true)]
+    #[arg(long = "loss", required_unless_present = "metrics", allow_hyphen_values = true)]
     losses: Vec<String>,
+    /// Metric text, e.g. 'iou', 'dice@monai', 'hd@monai:percentile=95' (repeatable; single files:
+    /// computed on the CPU for now).
+    #[arg(long = "metric", conflicts_with = "logits_dir")]
+    metrics: Vec<String>,
     /// Write one float32 gradient .npy per --loss here (grad_0.npy, grad_1.npy, ...).
     #[arg(long)]
     grad_dir: Option<PathBuf>,
@@ -425,10 +429,14 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         };
         results.push(entry);
     }
+    let metrics: Vec<serde_json::Value> = a.metrics.iter().map(|t| metric_entry(t, &input)).collect();
     if a.json {
         let mut v = json!({"device": info, "mode": input.mode().name(), "results": results});
         if let Some(ad) = &adapters {
             v["adapters"] = json!(ad);
+        }
+        if !a.metrics.is_empty() {
+            v["metrics"] = json!(metrics);
         }
         outln!("{v}")?;
     } else {
@@ -457,11 +465,68 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
                 }
             }
         }
+        for m in &metrics {
+            let name = m["metric"].as_str().unwrap_or("");
+            if let Some(e) = m["error"].as_str() {
+                outln!("{name:<40} error: {e}")?;
+                continue;
+            }
+            let shown = ["value", "per_class", "per_image", "matrix"]
+                .iter()
+                .filter(|k| !m[**k].is_null())
+                .map(|k| format!("{k} {}", m[*k]))
+                .collect::<Vec<_>>()
+                .join("  ");
+            outln!("{name:<40} {shown}")?;
+        }
     }
     if unwritten > 0 {
         return Err(Fail(1, format!("{unwritten} gradient file(s) could not be written (every value was printed)")));
     }
     Ok(())
+}
+
+/// A number of a metric's JSON: non-finite values as the strings "NaN", "Infinity", "-Infinity".
+fn json_number(x: f64) -> serde_json::Value {
+    if x.is_nan() {
+        json!("NaN")
+    } else if x.is_infinite() {
+        json!(if x > 0.0 { "Infinity" } else { "-Infinity" })
+    } else {
+        json!(x)
+    }
+}
+
+/// Nested arrays of a matrix's entries, outermost dimension first.
+fn nested(shape: &[usize], data: &[u64]) -> serde_json::Value {
+    match shape.split_first() {
+        None => json!(data.first().copied().unwrap_or(0)),
+        Some((&n, rest)) => {
+            let inner: usize = rest.iter().product();
+            json!((0..n).map(|i| nested(rest, &data[i * inner..(i + 1) * inner])).collect::<Vec<_>>())
+        }
+    }
+}
+
+/// One `--metric` entry of the JSON: `{"metric", "value", "per_class", "per_image", "matrix",
+/// "error"}`, the fields the metric's reduction does not return null.
+fn metric_entry(text: &str, input: &Input<'_>) -> serde_json::Value {
+    let r = text.parse::<segloss::metrics::Metric>().and_then(|m| segloss::metrics::reference::evaluate(input, &m));
+    match r {
+        Ok(v) => json!({
+            "metric": text,
+            "value": v.value.map(json_number),
+            "per_class": v.per_class.map(|p| p.into_iter().map(json_number).collect::<Vec<_>>()),
+            "per_image": v.per_image.map(|rows| rows
+                .into_iter()
+                .map(|r| r.into_iter().map(json_number).collect::<Vec<_>>())
+                .collect::<Vec<_>>()),
+            "matrix": v.matrix.map(|m| nested(&m.shape, &m.data)),
+            "error": null,
+        }),
+        Err(e) => json!({"metric": text, "value": null, "per_class": null, "per_image": null, "matrix": null,
+                          "error": e.to_string()}),
+    }
 }
 
 // ----------------------------------------------------------------------------------------------

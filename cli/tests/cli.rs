@@ -500,3 +500,67 @@ fn eval_of_folders_gives_each_file_its_values_and_error_rows() {
     assert!(lines[9].starts_with("mean,"));
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A JSON number or the strings of non-finite values, compared at `kind`'s tolerance.
+fn same_number(got: &serde_json::Value, want: &serde_json::Value, kind: &str) -> bool {
+    match (got, want) {
+        (serde_json::Value::String(g), serde_json::Value::String(w)) => g == w,
+        (g, w) => match (g.as_f64(), w.as_f64()) {
+            (Some(g), Some(w)) => {
+                let (abs, rel) = if kind == "distance" { (1e-6, 1e-4) } else { (1e-9, 1e-6) };
+                (g - w).abs() <= abs + rel * w.abs()
+            }
+            _ => false,
+        },
+    }
+}
+
+fn same_tree(got: &serde_json::Value, want: &serde_json::Value, kind: &str) -> bool {
+    match (got, want) {
+        (serde_json::Value::Array(g), serde_json::Value::Array(w)) => {
+            g.len() == w.len() && g.iter().zip(w).all(|(a, b)| same_tree(a, b, kind))
+        }
+        (serde_json::Value::Null, serde_json::Value::Null) => true,
+        (g, w) if kind == "int" => g == w,
+        (g, w) => same_number(g, w, kind),
+    }
+}
+
+#[test]
+fn eval_metrics_print_the_libraries_values_in_the_contract_json() {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("tests");
+    for case in ["binary_small_random", "multiclass_ignore", "multiclass_small"] {
+        let expected: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(here.join("golden_metrics").join(case).join("expected.json")).unwrap(),
+        )
+        .unwrap();
+        let entries = expected["metrics"].as_array().unwrap();
+        let dir = here.join("golden").join(case);
+        let mut args: Vec<String> = vec!["eval".into(), "--logits".into(), s(&dir.join("logits.npy")).into()];
+        args.extend(["--target".into(), s(&dir.join("target.npy")).into(), "--json".into()]);
+        if let Some(k) = expected["ignore_index"].as_i64() {
+            args.extend(["--ignore-index".into(), k.to_string()]);
+        }
+        for e in entries {
+            args.extend(["--metric".into(), e["metric"].as_str().unwrap().to_string()]);
+        }
+        let out = run(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v = json_of(&out);
+        let got = v["metrics"].as_array().unwrap();
+        assert_eq!(got.len(), entries.len());
+        for (g, e) in got.iter().zip(entries) {
+            let text = e["metric"].as_str().unwrap();
+            assert_eq!(g["metric"], e["metric"]);
+            if e["status"] == "error" {
+                assert!(g["error"].is_string(), "{case} '{text}' should be an error entry: {g}");
+                continue;
+            }
+            assert!(g["error"].is_null(), "{case} '{text}': {g}");
+            let kind = e["kind"].as_str().unwrap();
+            for field in ["value", "per_class", "per_image", "matrix"] {
+                assert!(same_tree(&g[field], &e[field], kind), "{case} '{text}' {field}: {} vs {}", g[field], e[field]);
+            }
+        }
+    }
+}

@@ -1,0 +1,606 @@
+//! Segmentation metrics: confusion counts, overlap scores with the reductions of
+//! segmentation_models_pytorch, MONAI and torchmetrics, and surface distances (Hausdorff,
+//! average symmetric surface distance, normalized surface Dice).
+//!
+//! A metric is written as text, as losses are: `name[@preset][:key=value,...]`, e.g. `iou`,
+//! `dice@monai`, `iou:reduction=macro,background=false`, `hd@monai:percentile=95,spacing=2.5;0.8;0.8`,
+//! `nsd:tolerance=1;2`. The definitions, keys and presets are in the repository's
+//! `docs/metrics.md`.
+//!
+//! Counts (TP, FP, FN, TN per image and class, and the confusion matrix) are integers and
+//! merge exactly across batches ([`Counts::append`]); every count-based metric is a function of
+//! them. [`reference`] computes them, and the surface metrics, on the CPU.
+//!
+//! ```
+//! use segloss::metrics::{reference, Metric};
+//! use segloss::{Input, Mode};
+//! let logits = [2.0f32, -1.0, 0.5, -3.0];
+//! let target = [1.0f32, 0.0, 0.0, 0.0];
+//! let input = Input::dense(&logits, &target, &[1, 1, 2, 2], Mode::Binary).unwrap();
+//! let iou: Metric = "iou".parse().unwrap();
+//! let v = reference::evaluate(&input, &iou).unwrap();
+//! assert_eq!(v.value, Some(0.5)); // TP 1, FP 1, FN 0
+//! ```
+
+pub mod reference;
+mod scores;
+mod surface;
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+use crate::Mode;
+
+pub use scores::Counts;
+
+/// What a metric measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricName {
+    /// `TP / (TP + FP + FN)` (`iou`, `jaccard`).
+    Iou,
+    /// `2 TP / (2 TP + FP + FN)` (`dice`, `f1`).
+    Dice,
+    /// `TP / (TP + FP)` (`precision`, `ppv`).
+    Precision,
+    /// `TP / (TP + FN)` (`recall`, `sensitivity`, `tpr`).
+    Recall,
+    /// `TN / (TN + FP)` (`specificity`, `tnr`).
+    Specificity,
+    /// `(TP + TN) / (TP + FP + FN + TN)`.
+    Accuracy,
+    /// Generalized Dice score per image, class weights from the target's counts.
+    GDice,
+    /// `[N][K][TP, FP, FN, TN]`.
+    Counts,
+    /// The confusion matrix (per batch, or per image).
+    Confusion,
+    /// Hausdorff distance (maximum, or a percentile) between the boundaries.
+    Hd,
+    /// Average surface distance.
+    Assd,
+    /// Normalized surface Dice within a tolerance.
+    Nsd,
+}
+
+impl MetricName {
+    fn parse(s: &str) -> Option<MetricName> {
+        Some(match s {
+            "iou" | "jaccard" => MetricName::Iou,
+            "dice" | "f1" => MetricName::Dice,
+            "precision" | "ppv" => MetricName::Precision,
+            "recall" | "sensitivity" | "tpr" => MetricName::Recall,
+            "specificity" | "tnr" => MetricName::Specificity,
+            "accuracy" => MetricName::Accuracy,
+            "gdice" => MetricName::GDice,
+            "counts" => MetricName::Counts,
+            "confusion" => MetricName::Confusion,
+            "hd" => MetricName::Hd,
+            "assd" => MetricName::Assd,
+            "nsd" => MetricName::Nsd,
+            _ => return None,
+        })
+    }
+
+    /// The six scores of one group's counts.
+    pub fn is_score(self) -> bool {
+        matches!(
+            self,
+            MetricName::Iou
+                | MetricName::Dice
+                | MetricName::Precision
+                | MetricName::Recall
+                | MetricName::Specificity
+                | MetricName::Accuracy
+        )
+    }
+
+    /// Hausdorff, average surface distance, normalized surface Dice.
+    pub fn is_surface(self) -> bool {
+        matches!(self, MetricName::Hd | MetricName::Assd | MetricName::Nsd)
+    }
+}
+
+/// How per-(image, class) results become the returned values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduction {
+    /// All counts summed, then one score.
+    Micro,
+    /// Per class (counts summed over images), then the mean.
+    Macro,
+    /// As macro, then the weighted mean (`weights=`).
+    Weighted,
+    /// Per image (counts summed over classes), then the mean.
+    MicroImagewise,
+    /// Per (image, class), then the mean of all.
+    MacroImagewise,
+    /// Per (image, class), returned as `per_image`.
+    None,
+    /// MONAI's mean: per image over classes, then over images.
+    Mean,
+    /// MONAI's mean_batch: per class over images (`per_class`).
+    MeanBatch,
+    /// MONAI's mean_channel: per image over classes (`per_image`, N x 1).
+    MeanChannel,
+    /// The sum of all entries.
+    Sum,
+}
+
+const REDUCTIONS: &[(&str, Reduction)] = &[
+    ("micro", Reduction::Micro),
+    ("macro", Reduction::Macro),
+    ("weighted", Reduction::Weighted),
+    ("micro-imagewise", Reduction::MicroImagewise),
+    ("macro-imagewise", Reduction::MacroImagewise),
+    ("none", Reduction::None),
+    ("mean", Reduction::Mean),
+    ("mean_batch", Reduction::MeanBatch),
+    ("mean_channel", Reduction::MeanChannel),
+    ("sum", Reduction::Sum),
+];
+
+/// Which library's conventions a metric follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// segmentation_models_pytorch (the default of the scores, counts and confusion).
+    Smp,
+    /// MONAI (the default of gdice and the surface metrics).
+    Monai,
+    /// torchmetrics.
+    Torchmetrics,
+}
+
+/// Class weights of `gdice` from the target's count `g_c` of each class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GDiceWeight {
+    /// `1 / g_c^2`.
+    Square,
+    /// `1 / g_c`.
+    Simple,
+    /// 1.
+    Uniform,
+}
+
+/// What an infinite `gdice` weight (a class absent from an image's target) becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbsentWeight {
+    /// The image's largest finite weight (1 if none): MONAI.
+    ImageMax,
+    /// torchmetrics' indexing of the per-class maxima over the images of the call.
+    Torchmetrics,
+}
+
+/// A parsed metric: its name and every setting, presets resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric {
+    /// What it measures.
+    pub name: MetricName,
+    /// The conventions it follows.
+    pub preset: Preset,
+    /// How per-(image, class) results are reduced.
+    pub reduction: Reduction,
+    /// Binary and multilabel: `sigmoid(x) >= threshold` is positive (`None`: 0.5, and the key was
+    /// not given).
+    pub threshold: Option<f64>,
+    /// The value of a 0/0 (except under micro, where it is NaN).
+    pub zero_division: f64,
+    /// A group whose target is empty (`TP + FN = 0`) is NaN.
+    pub ignore_empty: bool,
+    /// Keep channel 0 (when C > 1).
+    pub background: bool,
+    /// Only these classes (ascending).
+    pub classes: Option<Vec<usize>>,
+    /// Class weights of `reduction=weighted`, one per class.
+    pub weights: Option<Vec<f64>>,
+    /// The value of a mean of nothing.
+    pub empty_mean: f64,
+    /// `gdice` class weights.
+    pub weight: GDiceWeight,
+    /// `gdice`: infinite weights.
+    pub absent_weight: AbsentWeight,
+    /// Surface metrics: the voxel size per axis (one number for all).
+    pub spacing: Vec<f64>,
+    /// `hd`: this percentile instead of the maximum.
+    pub percentile: Option<f64>,
+    /// `hd`: prediction to target only.
+    pub directed: bool,
+    /// `assd`: pooled over both directions (else prediction to target only).
+    pub symmetric: bool,
+    /// `nsd`: the tolerance, one for all classes or one per selected class.
+    pub tolerance: Option<Vec<f64>>,
+    text: String,
+}
+
+/// The result of one metric; the fields its reduction returns are set, the others `None`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricValue {
+    /// One number.
+    pub value: Option<f64>,
+    /// One per selected class.
+    pub per_class: Option<Vec<f64>>,
+    /// One row per image.
+    pub per_image: Option<Vec<Vec<f64>>>,
+    /// Counts or a confusion matrix.
+    pub matrix: Option<Matrix>,
+}
+
+/// Integer tables: `counts` `[N][K][4]`, confusion `[C][C]`, `[N][C][C]`, `[2][2]`, `[C][2][2]`...
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Matrix {
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// The entries, row-major.
+    pub data: Vec<u64>,
+}
+
+fn merr(text: &str, msg: impl Into<String>) -> Error {
+    Error::Metric { text: text.to_string(), msg: msg.into() }
+}
+
+fn number(text: &str, key: &str, v: &str) -> Result<f64, Error> {
+    match v {
+        "nan" | "NaN" => Ok(f64::NAN),
+        _ => v.trim().parse::<f64>().map_err(|_| merr(text, format!("{key}={v}: expected a number"))),
+    }
+}
+
+fn boolean(text: &str, key: &str, v: &str) -> Result<bool, Error> {
+    match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(merr(text, format!("{key}={v}: expected true or false"))),
+    }
+}
+
+fn numbers(text: &str, key: &str, v: &str) -> Result<Vec<f64>, Error> {
+    v.split(';').map(|p| number(text, key, p)).collect()
+}
+
+const SCORE_KEYS: &[&str] =
+    &["threshold", "reduction", "zero_division", "ignore_empty", "background", "classes", "weights", "empty_mean"];
+const GDICE_KEYS: &[&str] =
+    &["threshold", "reduction", "weight", "absent_weight", "zero_division", "background", "classes", "empty_mean"];
+const COUNTS_KEYS: &[&str] = &["threshold", "background", "classes"];
+const CONFUSION_KEYS: &[&str] = &["threshold", "reduction"];
+const SURFACE_KEYS: &[&str] = &["threshold", "reduction", "background", "classes", "empty_mean", "spacing"];
+
+impl Metric {
+    /// The text it was parsed from.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn keys(&self) -> Vec<&'static str> {
+        let mut k: Vec<&'static str> = match self.name {
+            n if n.is_score() => SCORE_KEYS.to_vec(),
+            MetricName::GDice => GDICE_KEYS.to_vec(),
+            MetricName::Counts => COUNTS_KEYS.to_vec(),
+            MetricName::Confusion => CONFUSION_KEYS.to_vec(),
+            _ => SURFACE_KEYS.to_vec(),
+        };
+        match self.name {
+            MetricName::Hd => k.extend(["percentile", "directed"]),
+            MetricName::Assd => k.push("symmetric"),
+            MetricName::Nsd => k.push("tolerance"),
+            _ => {}
+        }
+        k
+    }
+
+    /// Checks the metric against an input's mode and channel count.
+    pub fn check(&self, mode: Mode, classes: usize) -> Result<(), Error> {
+        if self.threshold.is_some() && mode == Mode::Multiclass {
+            return Err(merr(&self.text, "threshold does not apply to multiclass"));
+        }
+        if let Some(cl) = &self.classes {
+            if let Some(k) = cl.iter().find(|&&k| k >= classes) {
+                return Err(merr(
+                    &self.text,
+                    format!("class index out of range: {k} (the input has {classes} classes)"),
+                ));
+            }
+        }
+        if let Some(w) = &self.weights {
+            if w.len() != classes {
+                return Err(merr(&self.text, format!("weights has {} entries for {classes} classes", w.len())));
+            }
+        }
+        let k = self.selected(classes).len();
+        if let Some(t) = &self.tolerance {
+            if t.len() != 1 && t.len() != k {
+                return Err(merr(&self.text, format!("tolerance has {} entries for {k} selected classes", t.len())));
+            }
+        }
+        if k == 0 {
+            return Err(merr(&self.text, "no class is selected"));
+        }
+        Ok(())
+    }
+
+    /// The classes the metric reports, ascending.
+    pub fn selected(&self, classes: usize) -> Vec<usize> {
+        let mut k: Vec<usize> = match &self.classes {
+            Some(c) => {
+                let mut c = c.clone();
+                c.sort_unstable();
+                c.dedup();
+                c
+            }
+            None => (0..classes).collect(),
+        };
+        if !self.background && classes > 1 {
+            k.retain(|&c| c != 0);
+        }
+        k
+    }
+
+    /// The hard-prediction threshold on the logits: `sigmoid(x) >= t` is `x >= ln(t / (1 - t))`.
+    pub fn logit_threshold(&self) -> f64 {
+        let t = self.threshold.unwrap_or(0.5);
+        (t / (1.0 - t)).ln()
+    }
+}
+
+impl FromStr for Metric {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Metric, Error> {
+        let t = text.trim();
+        let (head, kv) = match t.split_once(':') {
+            Some((h, k)) => (h, Some(k)),
+            None => (t, None),
+        };
+        let (name_s, preset_s) = match head.split_once('@') {
+            Some((n, p)) => (n, Some(p)),
+            None => (head, None),
+        };
+        let name = MetricName::parse(name_s).ok_or_else(|| {
+            merr(
+                text,
+                format!(
+                    "unknown metric '{name_s}'; metrics: iou (jaccard), dice (f1), precision (ppv), recall \
+                     (sensitivity, tpr), specificity (tnr), accuracy, gdice, counts, confusion, hd, assd, nsd"
+                ),
+            )
+        })?;
+        let default_preset = if name == MetricName::GDice || name.is_surface() { Preset::Monai } else { Preset::Smp };
+        let preset = match preset_s {
+            None => default_preset,
+            Some("smp") => Preset::Smp,
+            Some("monai") => Preset::Monai,
+            Some("torchmetrics") => Preset::Torchmetrics,
+            Some(p) => return Err(merr(text, format!("unknown preset '{p}'; presets: smp, monai, torchmetrics"))),
+        };
+        let fits = match preset {
+            Preset::Smp => name.is_score() || matches!(name, MetricName::Counts | MetricName::Confusion),
+            Preset::Monai => name.is_score() || name == MetricName::GDice || name.is_surface(),
+            Preset::Torchmetrics => matches!(name, MetricName::Iou | MetricName::Dice | MetricName::GDice),
+        };
+        if !fits {
+            return Err(merr(text, format!("{name_s} has no preset {}", preset_s.unwrap_or("smp"))));
+        }
+        let mut m = Metric {
+            name,
+            preset,
+            reduction: Reduction::Micro,
+            threshold: None,
+            zero_division: 1.0,
+            ignore_empty: false,
+            background: true,
+            classes: None,
+            weights: None,
+            empty_mean: f64::NAN,
+            weight: GDiceWeight::Square,
+            absent_weight: AbsentWeight::ImageMax,
+            spacing: vec![1.0],
+            percentile: None,
+            directed: false,
+            symmetric: true,
+            tolerance: None,
+            text: t.to_string(),
+        };
+        // the preset's settings
+        match (preset, name) {
+            (Preset::Monai, n) => {
+                m.empty_mean = 0.0;
+                match n {
+                    MetricName::Dice | MetricName::Iou => {
+                        m.reduction = Reduction::Mean;
+                        m.ignore_empty = true;
+                    }
+                    MetricName::GDice => m.reduction = Reduction::Mean,
+                    n if n.is_surface() => {
+                        m.background = false;
+                        m.reduction = Reduction::Mean;
+                    }
+                    _ => m.zero_division = f64::NAN,
+                }
+            }
+            (Preset::Torchmetrics, MetricName::Iou) => {
+                m.reduction = Reduction::MacroImagewise;
+                m.zero_division = f64::NAN;
+            }
+            (Preset::Torchmetrics, MetricName::Dice) => {
+                m.reduction = Reduction::Mean;
+                m.zero_division = f64::NAN;
+            }
+            (Preset::Torchmetrics, _) => {
+                m.reduction = Reduction::Mean;
+                m.absent_weight = AbsentWeight::Torchmetrics;
+                m.zero_division = 0.0;
+            }
+            (Preset::Smp, _) => {}
+        }
+        let allowed = m.keys();
+        for pair in kv.into_iter().flat_map(|k| k.split(',')) {
+            let (key, v) = pair.split_once('=').ok_or_else(|| {
+                merr(text, format!("'{pair}' is not key=value; keys of {name_s}: {}", allowed.join(", ")))
+            })?;
+            let (key, v) = (key.trim(), v.trim());
+            if !allowed.contains(&key) {
+                return Err(merr(
+                    text,
+                    format!("unknown key for {name_s}: '{key}'; keys of {name_s}: {}", allowed.join(", ")),
+                ));
+            }
+            match key {
+                "threshold" => {
+                    let x = number(text, key, v)?;
+                    if !(x > 0.0 && x < 1.0) {
+                        return Err(merr(text, format!("threshold={v}: must be in (0, 1)")));
+                    }
+                    m.threshold = Some(x);
+                }
+                "reduction" => {
+                    m.reduction = REDUCTIONS.iter().find(|r| r.0 == v).map(|r| r.1).ok_or_else(|| {
+                        let names: Vec<&str> = REDUCTIONS.iter().map(|r| r.0).collect();
+                        merr(text, format!("reduction={v}: allowed values are {}", names.join(", ")))
+                    })?
+                }
+                "zero_division" => m.zero_division = number(text, key, v)?,
+                "empty_mean" => m.empty_mean = number(text, key, v)?,
+                "ignore_empty" => m.ignore_empty = boolean(text, key, v)?,
+                "background" => m.background = boolean(text, key, v)?,
+                "directed" => m.directed = boolean(text, key, v)?,
+                "symmetric" => m.symmetric = boolean(text, key, v)?,
+                "classes" => {
+                    let c: Result<Vec<usize>, _> = v.split(';').map(|p| p.trim().parse::<usize>()).collect();
+                    m.classes =
+                        Some(c.map_err(|_| merr(text, format!("classes={v}: expected class indices like 0;2")))?);
+                }
+                "weights" => {
+                    let w = numbers(text, key, v)?;
+                    if w.iter().any(|x| !x.is_finite() || *x < 0.0) {
+                        return Err(merr(text, format!("weights={v}: must be finite and >= 0")));
+                    }
+                    m.weights = Some(w);
+                }
+                "weight" => {
+                    m.weight = match v {
+                        "square" => GDiceWeight::Square,
+                        "simple" => GDiceWeight::Simple,
+                        "uniform" | "linear" => GDiceWeight::Uniform,
+                        _ => return Err(merr(text, format!("weight={v}: allowed values are square, simple, uniform"))),
+                    }
+                }
+                "absent_weight" => {
+                    m.absent_weight = match v {
+                        "image_max" => AbsentWeight::ImageMax,
+                        "torchmetrics" => AbsentWeight::Torchmetrics,
+                        _ => {
+                            return Err(merr(
+                                text,
+                                format!("absent_weight={v}: allowed values are image_max, torchmetrics"),
+                            ))
+                        }
+                    }
+                }
+                "spacing" => {
+                    let s = numbers(text, key, v)?;
+                    if s.iter().any(|x| !(x.is_finite() && *x > 0.0)) || s.len() > 3 {
+                        return Err(merr(text, format!("spacing={v}: one to three positive numbers")));
+                    }
+                    m.spacing = s;
+                }
+                "percentile" => {
+                    let p = number(text, key, v)?;
+                    if !(0.0..=100.0).contains(&p) {
+                        return Err(merr(text, format!("percentile={v}: must be in [0, 100]")));
+                    }
+                    m.percentile = Some(p);
+                }
+                "tolerance" => {
+                    let t = numbers(text, key, v)?;
+                    if t.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
+                        return Err(merr(text, format!("tolerance={v}: must be finite and >= 0")));
+                    }
+                    m.tolerance = Some(t);
+                }
+                _ => return Err(merr(text, format!("unknown key for {name_s}: '{key}'"))),
+            }
+        }
+        // what the reduction allows
+        let ok = match name {
+            n if n.is_score() => true,
+            MetricName::GDice => matches!(m.reduction, Reduction::Mean | Reduction::Sum | Reduction::MeanChannel),
+            MetricName::Counts => true,
+            MetricName::Confusion => matches!(m.reduction, Reduction::Micro | Reduction::None),
+            _ => {
+                if matches!(
+                    m.reduction,
+                    Reduction::Micro | Reduction::Macro | Reduction::Weighted | Reduction::MicroImagewise
+                ) {
+                    return Err(merr(text, "surface metrics have no count reductions"));
+                }
+                true
+            }
+        };
+        if !ok {
+            return Err(merr(text, format!("{name_s} has no reduction {:?}", m.reduction)));
+        }
+        if m.reduction == Reduction::Weighted && m.weights.is_none() {
+            return Err(merr(text, "weighted needs weights=w0;w1;... (one per class)"));
+        }
+        if m.weights.is_some() && m.reduction != Reduction::Weighted {
+            return Err(merr(text, "weights= goes with reduction=weighted"));
+        }
+        if name == MetricName::Nsd && m.tolerance.is_none() {
+            return Err(merr(text, "nsd needs tolerance=t (one, or one per class)"));
+        }
+        Ok(m)
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_and_keys_resolve_as_the_contract_says() {
+        let m: Metric = "dice@monai".parse().unwrap();
+        assert_eq!((m.reduction, m.ignore_empty, m.empty_mean), (Reduction::Mean, true, 0.0));
+        let m: Metric = "precision@monai".parse().unwrap();
+        assert!(m.zero_division.is_nan() && m.reduction == Reduction::Micro);
+        let m: Metric = "hd".parse().unwrap();
+        assert_eq!((m.preset, m.background, m.reduction), (Preset::Monai, false, Reduction::Mean));
+        let m: Metric = "iou@torchmetrics:background=false".parse().unwrap();
+        assert_eq!((m.reduction, m.background), (Reduction::MacroImagewise, false));
+        let m: Metric = "gdice@torchmetrics:weight=uniform".parse().unwrap();
+        assert_eq!(
+            (m.absent_weight, m.weight, m.zero_division),
+            (AbsentWeight::Torchmetrics, GDiceWeight::Uniform, 0.0)
+        );
+    }
+
+    #[test]
+    fn bad_texts_name_the_problem() {
+        for (t, what) in [
+            ("nsd@monai", "tolerance"),
+            ("hd:reduction=micro", "count reductions"),
+            ("dice@torchmetrics:percentile=95", "unknown key"),
+            ("iou:reduction=weighted", "weights"),
+            ("iouu", "unknown metric"),
+            ("iou@keras", "unknown preset"),
+            ("counts@monai", "no preset"),
+            ("iou:reduction=average", "allowed values"),
+            ("iou:threshold=1.5", "(0, 1)"),
+            ("gdice:reduction=macro", "no reduction"),
+            ("confusion:reduction=mean", "no reduction"),
+            ("iou:zero_division=x", "number"),
+            ("iou:background", "key=value"),
+        ] {
+            let e = t.parse::<Metric>().unwrap_err().to_string();
+            assert!(e.contains(what), "{t}: {e}");
+        }
+        let m: Metric = "iou:threshold=0.3".parse().unwrap();
+        assert!(m.check(Mode::Multiclass, 3).unwrap_err().to_string().contains("multiclass"));
+        let m: Metric = "iou:classes=1".parse().unwrap();
+        assert!(m.check(Mode::Binary, 1).unwrap_err().to_string().contains("out of range"));
+    }
+}

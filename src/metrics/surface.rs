@@ -1,0 +1,257 @@
+//! Surface metrics on the CPU: boundaries (face neighbours), an exact Euclidean distance
+//! transform with anisotropic spacing (the separable lower envelope of parabolas of Felzenszwalb
+//! and Huttenlocher, one pass per axis), and Hausdorff, average surface distance and normalized
+//! surface Dice per image and class.
+
+use super::reference::hard;
+use super::scores::reduce_grid;
+use super::{Metric, MetricName, MetricValue};
+use crate::error::Error;
+use crate::input::Input;
+use crate::Mode;
+
+/// The voxels of `mask` (shape `dims`) with a face neighbour outside it (or at the array's edge).
+pub(crate) fn boundary(mask: &[bool], dims: &[usize]) -> Vec<bool> {
+    let strides: Vec<usize> = (0..dims.len()).map(|a| dims[a + 1..].iter().product()).collect();
+    (0..mask.len())
+        .map(|i| {
+            mask[i]
+                && (0..dims.len()).any(|a| {
+                    let coord = (i / strides[a]) % dims[a];
+                    coord == 0 || coord + 1 == dims[a] || !mask[i - strides[a]] || !mask[i + strides[a]]
+                })
+        })
+        .collect()
+}
+
+/// Squared Euclidean distance (coordinates times `spacing`) from every voxel to the nearest
+/// voxel of `seeds`; infinite when there is none.
+pub(crate) fn edt_squared(seeds: &[bool], dims: &[usize], spacing: &[f64]) -> Vec<f64> {
+    let mut d: Vec<f64> = seeds.iter().map(|&s| if s { 0.0 } else { f64::INFINITY }).collect();
+    let strides: Vec<usize> = (0..dims.len()).map(|a| dims[a + 1..].iter().product()).collect();
+    for a in 0..dims.len() {
+        let (len, stride, h) = (dims[a], strides[a], spacing[a]);
+        let mut f = vec![0f64; len];
+        let mut out = vec![0f64; len];
+        // every line along axis a: starts are the indices whose coordinate on a is 0
+        for start in (0..d.len()).filter(|&i| (i / stride) % len == 0) {
+            for (q, fq) in f.iter_mut().enumerate() {
+                *fq = d[start + q * stride];
+            }
+            envelope(&f, h, &mut out);
+            for (q, o) in out.iter().enumerate() {
+                d[start + q * stride] = *o;
+            }
+        }
+    }
+    d
+}
+
+/// `out[p] = min_q ((p - q) h)^2 + f[q]`, exactly, by the lower envelope of the parabolas rooted
+/// at the finite `f[q]`.
+fn envelope(f: &[f64], h: f64, out: &mut [f64]) {
+    let pos = |q: usize| q as f64 * h;
+    // parabolas of the envelope (their roots) and where each starts to be the lowest
+    let mut v: Vec<usize> = Vec::with_capacity(f.len());
+    let mut z: Vec<f64> = Vec::with_capacity(f.len() + 1);
+    for q in 0..f.len() {
+        if !f[q].is_finite() {
+            continue;
+        }
+        loop {
+            let Some(&r) = v.last() else {
+                v.push(q);
+                z.push(f64::NEG_INFINITY);
+                break;
+            };
+            // intersection of the parabolas rooted at r and q
+            let s = ((f[q] + pos(q) * pos(q)) - (f[r] + pos(r) * pos(r))) / (2.0 * (pos(q) - pos(r)));
+            if s <= *z.last().unwrap_or(&f64::NEG_INFINITY) {
+                v.pop();
+                z.pop();
+            } else {
+                v.push(q);
+                z.push(s);
+                break;
+            }
+        }
+    }
+    if v.is_empty() {
+        out.iter_mut().for_each(|o| *o = f64::INFINITY);
+        return;
+    }
+    let mut k = 0;
+    for (p, o) in out.iter_mut().enumerate() {
+        let x = pos(p);
+        while k + 1 < v.len() && z[k + 1] < x {
+            k += 1;
+        }
+        let dx = x - pos(v[k]);
+        *o = dx * dx + f[v[k]];
+    }
+}
+
+/// Linear interpolation between the order statistics (numpy's default percentile).
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let at = p / 100.0 * (v.len() - 1) as f64;
+    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (at - lo as f64)
+}
+
+/// One (image, class) value from the masks of the prediction and the target.
+fn one(m: &Metric, p: &[bool], g: &[bool], dims: &[usize], spacing: &[f64], tolerance: f64) -> f64 {
+    let (bp, bg) = (boundary(p, dims), boundary(g, dims));
+    let (np, ng) = (bp.iter().filter(|&&b| b).count(), bg.iter().filter(|&&b| b).count());
+    match (np, ng) {
+        (0, 0) => return f64::NAN,
+        (0, _) | (_, 0) => {
+            return match m.name {
+                MetricName::Nsd => 0.0,
+                MetricName::Hd if m.percentile.is_some() => f64::NAN,
+                _ => f64::INFINITY,
+            }
+        }
+        _ => {}
+    }
+    let to_g = edt_squared(&bg, dims, spacing);
+    let to_p = edt_squared(&bp, dims, spacing);
+    let mut d_pg: Vec<f64> = (0..bp.len()).filter(|&i| bp[i]).map(|i| to_g[i].sqrt()).collect();
+    let mut d_gp: Vec<f64> = (0..bg.len()).filter(|&i| bg[i]).map(|i| to_p[i].sqrt()).collect();
+    match m.name {
+        MetricName::Hd => {
+            let q = |v: &mut Vec<f64>| match m.percentile {
+                Some(pc) => percentile(v, pc),
+                None => v.iter().copied().fold(0.0, f64::max),
+            };
+            let a = q(&mut d_pg);
+            if m.directed {
+                a
+            } else {
+                a.max(q(&mut d_gp))
+            }
+        }
+        MetricName::Assd => {
+            if m.symmetric {
+                (d_pg.iter().sum::<f64>() + d_gp.iter().sum::<f64>()) / (np + ng) as f64
+            } else {
+                d_pg.iter().sum::<f64>() / np as f64
+            }
+        }
+        _ => {
+            let within = d_pg.iter().chain(&d_gp).filter(|&&d| d <= tolerance).count();
+            within as f64 / (np + ng) as f64
+        }
+    }
+}
+
+/// A surface metric of `input` on the CPU.
+pub(crate) fn evaluate(input: &Input<'_>, m: &Metric) -> Result<MetricValue, Error> {
+    let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+    let dims = &input.shape()[2..];
+    let spacing: Vec<f64> = match m.spacing.len() {
+        1 => vec![m.spacing[0]; dims.len()],
+        k if k == dims.len() => m.spacing.clone(),
+        k => {
+            return Err(Error::Metric {
+                text: m.text().to_string(),
+                msg: format!("spacing has {k} entries for {} spatial axes", dims.len()),
+            })
+        }
+    };
+    let h = hard(input, m.logit_threshold())?;
+    let ks = m.selected(c);
+    let multiclass = input.mode() == Mode::Multiclass;
+    let grid: Vec<Vec<f64>> = (0..n)
+        .map(|ni| {
+            ks.iter()
+                .enumerate()
+                .map(|(j, &k)| {
+                    // ignored pixels are background in both masks
+                    let (p, g): (Vec<bool>, Vec<bool>) = (0..s)
+                        .map(|si| {
+                            let (e, kk) = if multiclass { (ni * s + si, k as u32) } else { ((ni * c + k) * s + si, 1) };
+                            match h.target[e] {
+                                None => (false, false),
+                                Some(t) => (h.pred[e] == kk, t == kk),
+                            }
+                        })
+                        .unzip();
+                    let tol = m.tolerance.as_ref().map_or(0.0, |t| if t.len() == 1 { t[0] } else { t[j] });
+                    one(m, &p, &g, dims, &spacing, tol)
+                })
+                .collect()
+        })
+        .collect();
+    Ok(reduce_grid(grid, m.reduction, m.empty_mean))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brute force: every voxel against every seed.
+    fn brute(seeds: &[bool], dims: &[usize], spacing: &[f64]) -> Vec<f64> {
+        let coord = |i: usize| -> Vec<f64> {
+            let mut c = vec![0.0; dims.len()];
+            let mut r = i;
+            for a in (0..dims.len()).rev() {
+                c[a] = (r % dims[a]) as f64 * spacing[a];
+                r /= dims[a];
+            }
+            c
+        };
+        (0..seeds.len())
+            .map(|i| {
+                let ci = coord(i);
+                (0..seeds.len())
+                    .filter(|&j| seeds[j])
+                    .map(|j| coord(j).iter().zip(&ci).map(|(a, b)| (a - b) * (a - b)).sum::<f64>())
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_distance_transform_is_exact_in_2d_and_3d_with_spacing() {
+        let mut state = 12345u64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for (dims, spacing) in [
+            (vec![9usize, 13], vec![1.0, 1.0]),
+            (vec![11, 7], vec![0.7, 1.3]),
+            (vec![5, 6, 7], vec![2.5, 0.8, 0.8]),
+            (vec![1, 17], vec![1.0, 1.0]),
+        ] {
+            for density in [2u64, 10, 60] {
+                let len: usize = dims.iter().product();
+                let seeds: Vec<bool> = (0..len).map(|_| rnd() % 100 < density).collect();
+                let got = edt_squared(&seeds, &dims, &spacing);
+                let want = brute(&seeds, &dims, &spacing);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(g == w || (g - w).abs() <= 1e-9 * w.max(1.0), "{dims:?} {spacing:?}: {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn boundaries_are_the_voxels_with_a_face_neighbour_outside() {
+        // a 3x3 square in a 5x5 image: its ring of 8 is the boundary, the centre is not
+        let mut mask = vec![false; 25];
+        for y in 1..4 {
+            for x in 1..4 {
+                mask[y * 5 + x] = true;
+            }
+        }
+        let b = boundary(&mask, &[5, 5]);
+        assert_eq!(b.iter().filter(|&&v| v).count(), 8);
+        assert!(!b[12]);
+        // at the array's edge everything is boundary
+        assert!(boundary(&[true; 4], &[2, 2]).iter().all(|&v| v));
+    }
+}
