@@ -25,7 +25,8 @@ const state = {
 window.segloss = {
   ready: false,
   error: null,
-  state: () => ({ mode: state.mode, example: state.example, results: state.results, evaluations: state.evaluations,
+  state: () => ({ mode: state.mode, example: state.example, results: state.results, metrics: state.metrics,
+                  evaluations: state.evaluations,
                   losses: $('losses').value, info: state.engine ? JSON.parse(state.engine.info()) : null }),
   exportNpy: () => ({
     logits: b64(npy_f32(state.logits, [1, state.classes, H, W])),
@@ -186,7 +187,11 @@ async function evaluate() {
       draw();
       const json = await state.engine.evaluate(state.logits, state.target, [1, state.classes, H, W], state.mode,
                                                $('losses').value, state.selected);
-      state.results = JSON.parse(json).results;
+      const parsed = JSON.parse(json);
+      state.results = parsed.results;
+      state.metrics = parsed.metrics;
+      $('metrics').textContent = 'hard prediction: ' +
+        parsed.metrics.map((m) => `${m.metric === 'iou' ? 'IoU' : 'Dice score'} ${m.value === null ? '–' : m.value.toFixed(4)}`).join(', ');
       if (state.selected >= state.results.length) state.selected = 0;
       state.grad = state.engine.grad();
       state.evaluations++;

@@ -655,6 +655,7 @@ fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
         "lovasz",
     ];
     table(&engine, &input, &texts)?;
+    metric_lines(&input, &["iou", "dice", "iou@monai", "hd@monai:percentile=95"])?;
     let scene = synth::scene(2, 6, size / 2, size / 2, seed);
     outln!("\nMulticlass scene: 2 images of {0}x{0}, 6 classes.\n", size / 2)?;
     let input = Input::labels(&scene.logits, &scene.labels, &scene.shape, None)?;
@@ -673,8 +674,20 @@ fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
             "lovasz",
         ],
     )?;
+    metric_lines(&input, &["iou:reduction=macro", "dice@monai", "accuracy"])?;
     outln!("\nagreement: |gpu - cpu| / |cpu| of the value, and max |grad_gpu - grad_cpu| / max |grad_cpu|.")?;
     Ok(())
+}
+
+/// The metrics of the batch's hard predictions, one line (the f64 CPU reference).
+fn metric_lines(input: &Input, texts: &[&str]) -> Result<(), Fail> {
+    let mut parts = Vec::new();
+    for t in texts {
+        let m: segloss::metrics::Metric = t.parse()?;
+        let v = segloss::metrics::reference::evaluate(input, &m)?;
+        parts.push(format!("{t} {:.4}", v.value.unwrap_or(f64::NAN)));
+    }
+    outln!("\nmetrics of the hard prediction: {}", parts.join(", "))
 }
 
 fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {

@@ -40,7 +40,8 @@ impl WebEngine {
 
     /// Evaluates each loss text (one per line) on logits `[n, c, h, w]` and a target (dense 0/1
     /// for `binary`, class indices as numbers for `multiclass`). Returns JSON
-    /// `{"results": [{"loss", "value", "ms", "error"}]}`; the gradient of loss `grad_of` is then
+    /// `{"results": [{"loss", "value", "ms", "error"}], "metrics": [{"metric", "value"}]}` (IoU and
+    /// Dice score of the hard prediction); the gradient of loss `grad_of` is then
     /// available from [`WebEngine::grad`].
     pub async fn evaluate(
         &self,
@@ -59,6 +60,19 @@ impl WebEngine {
             Target::Dense(Cow::Owned(target))
         };
         let input = Input::new(Cow::Owned(logits), target, &shape, mode, None).map_err(js_err)?;
+        // IoU and Dice score of the hard prediction (micro: all pixels and classes pooled)
+        let metrics: Vec<serde_json::Value> = ["iou", "dice"]
+            .iter()
+            .map(|t| {
+                let v = t
+                    .parse::<segloss::metrics::Metric>()
+                    .and_then(|m| segloss::metrics::reference::evaluate(&input, &m))
+                    .ok()
+                    .and_then(|v| v.value)
+                    .filter(|x| x.is_finite());
+                json!({"metric": t, "value": v})
+            })
+            .collect();
         let prep = self.engine.prepare(input).map_err(js_err)?;
         let mut results = Vec::new();
         for (i, text) in losses.lines().map(str::trim).filter(|t| !t.is_empty()).enumerate() {
@@ -82,7 +96,7 @@ impl WebEngine {
                 Err(e) => results.push(json!({"loss": text, "value": null, "ms": null, "error": e.to_string()})),
             }
         }
-        Ok(json!({ "results": results }).to_string())
+        Ok(json!({ "results": results, "metrics": metrics }).to_string())
     }
 
     /// The gradient of the loss chosen in the last [`WebEngine::evaluate`], in the logits' layout.

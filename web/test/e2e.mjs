@@ -61,6 +61,7 @@ try {
   fs.writeFileSync(path.join(tmp, 'target.npy'), Buffer.from(exp.target, 'base64'));
   const args = ['eval', '--logits', path.join(tmp, 'logits.npy'), '--target', path.join(tmp, 'target.npy'), '--json'];
   for (const r of st.results) args.push('--loss', r.loss);
+  for (const m of st.metrics) args.push('--metric', m.metric);
   const out = JSON.parse(execFileSync(native, args, { encoding: 'utf8' }));
   let worst = 0;
   const agree = out.results.every((n, i) => {
@@ -70,6 +71,10 @@ try {
     return n.error === null && w.loss === n.loss && d <= 1e-5 + 2e-4 * Math.abs(n.value);
   });
   check('page values equal the native segloss eval', agree, `worst relative difference ${worst}`);
+  const metricsAgree = st.metrics.length === 2 && out.metrics.every((n, i) =>
+    n.metric === st.metrics[i].metric && typeof n.value === 'number' && Math.abs(n.value - st.metrics[i].value) <= 1e-12);
+  check('the page shows the native IoU and Dice score', metricsAgree,
+        `${JSON.stringify(st.metrics)} vs ${JSON.stringify(out.metrics)}`);
   console.log(`native (${out.device.name}) vs page: worst relative difference ${worst.toExponential(2)}; ` +
     out.results.map((n, i) => `${n.loss} ${n.value} / ${st.results[i].value}`).join(', '));
 
