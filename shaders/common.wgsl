@@ -24,6 +24,7 @@ override REGION: bool = true;    // gradient: region coefficients present
 override ACCUM: bool = false;    // gradient: add to the output instead of overwriting it
 override WIDE: bool = false;     // statistics: the wide sigmoid tiles of CPU adapters (PIX_SIGMOID_CPU)
 override PIXEL_ONLY: bool = false; // statistics, softmax: cross-entropy slots only, summed into class 0
+override COUNTS: bool = false;   // statistics: the hard predictions' confusion counts into `cnt`
 
 // Bad-input flags of `status[0]` (and the checks VALIDATE asks for); status[1 + bit] holds
 // 0xFFFFFFFF minus the smallest offending element index (atomicMax; 0 = none).
@@ -49,6 +50,10 @@ struct Params {
     gn: u32,          // images per group: a coalesced batch evaluates groups of gn images apart
     gout: u32,        // finalize and gradient: floats of each group's output (values, blocks)
     img0: u32,        // gradient: the first image of this part in the batch the coefficients describe
+    thr: f32,         // statistics, COUNTS, sigmoid: a logit >= thr is a positive prediction
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 struct Term {

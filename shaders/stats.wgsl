@@ -10,6 +10,10 @@
 @group(0) @binding(4) var<storage, read> cw: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> status: array<atomic<u32>>; // bad-input flags (VALIDATE)
+// COUNTS: per (image, tile) the confusion counts of the hard predictions, integers: softmax C x C
+// (target row, prediction column), sigmoid per channel [target][prediction] 2 x 2. Integer atomics
+// give the same counts whatever order threads run in; count_reduce.wgsl adds the tiles.
+@group(0) @binding(7) var<storage, read_write> cnt: array<atomic<u32>>;
 
 const WG: u32 = 128u;   // threads per workgroup
 const PIX: u32 = 16u;             // pixels per thread: softmax (their labels and log-sum-exps stay in
@@ -136,6 +140,19 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 }
                 if lab[i] != INVALID {
                     lse[i] = log_sum_exp(n, s);
+                    if COUNTS {
+                        // argmax, ties to the lowest class (the logits are in cache)
+                        var best = 0u;
+                        var bx = logits[n * P.c * P.s + s];
+                        for (var c = 1u; c < P.c; c++) {
+                            let x = logits[(n * P.c + c) * P.s + s];
+                            if x > bx {
+                                bx = x;
+                                best = c;
+                            }
+                        }
+                        atomicAdd(&cnt[(n * P.tiles + tile) * P.c * P.c + min(lab[i], P.c - 1u) * P.c + best], 1u);
+                    }
                     if PIXEL_ONLY && VALIDATE != 0u {
                         // the class loop below is skipped: every logit is checked here
                         for (var c = 0u; c < P.c; c++) {
@@ -217,6 +234,10 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     continue;
                 }
                 g = bitcast<f32>(tb);
+                if COUNTS {
+                    let cell = select(0u, 2u, g == 1.0) + select(0u, 1u, x >= P.thr);
+                    atomicAdd(&cnt[((n * P.tiles + tile) * P.c + c) * 4u + cell], 1u);
+                }
                 let pn = sigmoid_nls(x);
                 p = pn.x;
                 nlp = pn.y;

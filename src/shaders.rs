@@ -87,7 +87,15 @@ macro_rules! wgsl {
 pub const STATS: Kernel = Kernel {
     name: "stats",
     source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "stats.wgsl"),
-    bindings: &[r("logits"), r("tgt"), u("P"), r("terms"), r("cw"), w("partials"), w("status")],
+    bindings: &[r("logits"), r("tgt"), u("P"), r("terms"), r("cw"), w("partials"), w("status"), w("cnt")],
+    specialized: true,
+    cpu_storage_params: false,
+};
+/// Final reduction of the confusion counts (64-bit totals).
+pub const COUNT_REDUCE: Kernel = Kernel {
+    name: "count_reduce",
+    source: wgsl!("common.wgsl", "count_reduce.wgsl"),
+    bindings: &[u("P"), r("cnt"), w("total")],
     specialized: true,
     cpu_storage_params: false,
 };
@@ -227,6 +235,7 @@ pub const LOVASZ_DROP: Kernel = Kernel { name: "lovasz_drop", ..LOVASZ_THRESHOLD
 /// Every kernel of the crate.
 pub const KERNELS: &[Kernel] = &[
     STATS,
+    COUNT_REDUCE,
     REDUCE,
     FINALIZE,
     GRAD,

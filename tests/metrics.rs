@@ -65,8 +65,13 @@ fn flatten(v: &serde_json::Value, shape: &mut Vec<usize>, depth: usize, out: &mu
 
 fn check(case: &str, input: &Input, entry: &serde_json::Value) {
     let text = entry["metric"].as_str().unwrap();
-    let kind = entry["kind"].as_str().unwrap();
     let got = text.parse::<Metric>().and_then(|m| reference::evaluate(input, &m));
+    check_result(case, entry, got);
+}
+
+fn check_result(case: &str, entry: &serde_json::Value, got: Result<MetricValue, segloss::Error>) {
+    let text = entry["metric"].as_str().unwrap();
+    let kind = entry["kind"].as_str().unwrap();
     if entry["status"] == "error" {
         assert!(got.is_err(), "{case} '{text}' should be refused ({}), got {got:?}", entry["reason"]);
         return;
@@ -102,10 +107,10 @@ fn flatten_rows(v: &serde_json::Value) -> serde_json::Value {
     }
 }
 
-#[test]
-fn metrics_match_the_libraries_on_every_golden_case() {
+/// Each golden case: its name, input and expected entries.
+fn golden_cases() -> Vec<(&'static str, Input<'static>, Vec<serde_json::Value>)> {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
-    let mut checked = 0;
+    let mut out = Vec::new();
     for case in ["binary_small_random", "multiclass_ignore", "multiclass_small"] {
         let expected = json(&here.join("golden_metrics").join(case).join("expected.json"));
         let (shape, logits) = common::read_f32(&here.join("golden").join(case).join("logits.npy"));
@@ -117,10 +122,89 @@ fn metrics_match_the_libraries_on_every_golden_case() {
             (Mode::Binary, Target::Dense(Cow::Owned(common::read_f32(&tpath).1)))
         };
         let input = Input::new(Cow::Owned(logits), target, &shape, mode, ignore).unwrap();
-        for entry in expected["metrics"].as_array().unwrap() {
+        out.push((case, input, expected["metrics"].as_array().unwrap().clone()));
+    }
+    out
+}
+
+#[test]
+fn metrics_match_the_libraries_on_every_golden_case() {
+    let mut checked = 0;
+    for (case, input, entries) in golden_cases() {
+        for entry in &entries {
             check(case, &input, entry);
             checked += 1;
         }
     }
     assert_eq!(checked, 67 + 74 + 74);
+}
+
+#[test]
+fn metrics_from_the_gpu_statistics_pass_match_the_libraries() {
+    let engine = common::gpu();
+    let loss: segloss::LossExpr = "0.5*bce+0.5*dice".parse().unwrap();
+    let ce: segloss::LossExpr = "ce+dice".parse().unwrap();
+    for (case, input, entries) in golden_cases() {
+        let parsed: Vec<Result<Metric, segloss::Error>> =
+            entries.iter().map(|e| e["metric"].as_str().unwrap().parse::<Metric>()).collect();
+        let good: Vec<Metric> = parsed.iter().filter_map(|m| m.as_ref().ok().cloned()).collect();
+        let l = if input.mode() == Mode::Multiclass { &ce } else { &loss };
+        let (losses, values) =
+            engine.evaluate_with_metrics_blocking(&input, std::slice::from_ref(l), true, &good).unwrap();
+        // the losses are those of the evaluation alone
+        let alone = engine.evaluate_blocking(&input, std::slice::from_ref(l), true).unwrap();
+        assert_eq!(losses[0].value.to_bits(), alone[0].value.to_bits(), "{case}");
+        assert_eq!(losses[0].grad, alone[0].grad, "{case}");
+        let mut values = values.into_iter();
+        for (entry, p) in entries.iter().zip(&parsed) {
+            let got = match p {
+                Ok(_) => values.next().unwrap(),
+                Err(e) => Err(e.clone()),
+            };
+            check_result(case, entry, got);
+        }
+    }
+}
+
+/// A batch with ties, logits exactly at the thresholds and ignored pixels.
+fn tricky(seed: u64, shape: &[usize], mode: Mode) -> Input<'static> {
+    let mut r = common::Rng(seed);
+    let numel: usize = shape.iter().product();
+    let c = shape[1];
+    let at = [0.0f32, (0.3f64 / 0.7).ln() as f32, ((0.3f64 / 0.7).ln() as f32).next_up(), 1.5, -1.5];
+    let logits: Vec<f32> =
+        (0..numel).map(|_| if r.uniform() < 0.4 { at[r.below(at.len())] } else { (r.normal() * 2.0) as f32 }).collect();
+    if mode == Mode::Multiclass {
+        let labels = (0..numel / c).map(|_| if r.uniform() < 0.1 { 255 } else { r.below(c) as i64 }).collect();
+        Input::new(Cow::Owned(logits), Target::Labels(Cow::Owned(labels)), shape, mode, Some(255)).unwrap()
+    } else {
+        let dense = (0..numel).map(|_| (r.uniform() < 0.3) as u8 as f32).collect();
+        Input::new(Cow::Owned(logits), Target::Dense(Cow::Owned(dense)), shape, mode, None).unwrap()
+    }
+}
+
+#[test]
+fn gpu_counts_equal_cpu_counts_on_ties_thresholds_ignore_and_3d() {
+    let engine = common::gpu();
+    let texts = ["counts", "confusion:reduction=none", "iou:reduction=none", "counts:threshold=0.3"];
+    for (seed, shape, mode) in [
+        (1u64, vec![2usize, 1, 37, 53], Mode::Binary),
+        (2, vec![3, 4, 5, 9, 11], Mode::Multilabel),
+        (3, vec![2, 5, 70, 61], Mode::Multiclass),
+        (4, vec![1, 40, 17, 19], Mode::Multiclass),
+        (5, vec![2, 3, 4, 20, 30], Mode::Multiclass),
+        (6, vec![1, 1, 300, 300], Mode::Binary),
+    ] {
+        let input = tricky(seed, &shape, mode);
+        let metrics: Vec<Metric> = texts
+            .iter()
+            .filter(|t| mode != Mode::Multiclass || !t.contains("threshold"))
+            .map(|t| t.parse().unwrap())
+            .collect();
+        let (_, got) = engine.evaluate_with_metrics_blocking(&input, &[], false, &metrics).unwrap();
+        for (m, g) in metrics.iter().zip(got) {
+            let want = reference::evaluate(&input, m).unwrap();
+            assert_eq!(g.unwrap(), want, "{shape:?} {m}");
+        }
+    }
 }

@@ -74,6 +74,12 @@ fn specializations(k: &Kernel) -> Vec<naga::back::PipelineConstants> {
             ));
         }
     }
+    // the confusion counts of the hard predictions in the statistics pass, with each activation
+    for softmax in [false, true] {
+        let mut c = constants(softmax, 3, 2, false, 0, 15, true, false, !softmax);
+        c.insert("COUNTS".to_string(), 1.0);
+        out.push(c);
+    }
     // cross-entropy alone in a softmax statistics pass (every slot ce, with and without checks)
     for (nterms, validate) in [(1, 0), (4, 15)] {
         let mut c = constants(true, 1 << 2, nterms, false, 0, validate, false, false, false);

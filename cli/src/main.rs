@@ -169,6 +169,10 @@ struct BenchArgs {
     /// back unless --forward-only) one by one against one batch of all of them (one submission).
     #[arg(long, conflicts_with_all = ["sizes", "device_resident"])]
     batch: Option<usize>,
+    /// Time the losses of --shape together with these metrics (one evaluation) against the
+    /// losses alone (repeatable).
+    #[arg(long = "metric", conflicts_with_all = ["sizes", "device_resident", "batch", "adapters"])]
+    metrics: Vec<String>,
     /// Time the evaluation of --shape on these adapters at once (as `eval --adapters`) against
     /// the first of them alone.
     #[arg(long, conflicts_with_all = ["sizes", "device_resident", "batch"])]
@@ -383,10 +387,27 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         (None, Some(e), Some(p)) => e.evaluate_prepared_blocking(p, exprs, gmode),
         _ => Err(Error::Input("no engine".into())),
     };
-    let mut outcomes: Vec<Result<segloss::Evaluation, Error>> = match run(&good) {
-        Ok(v) => v.into_iter().map(Ok).collect(),
-        // Attribute the failure: evaluate one at a time.
-        Err(_) => good.iter().map(|e| run(std::slice::from_ref(e)).map(|mut v| v.remove(0))).collect(),
+    // Metrics: with one engine, in the same evaluation as the losses (their counts come from the
+    // losses' statistics pass)
+    let metric_texts: Vec<Result<segloss::metrics::Metric, Error>> = a.metrics.iter().map(|t| t.parse()).collect();
+    let good_metrics: Vec<segloss::metrics::Metric> =
+        metric_texts.iter().filter_map(|m| m.as_ref().ok().cloned()).collect();
+    let together = match (&engine, a.metrics.is_empty()) {
+        (Some(e), false) => {
+            e.evaluate_with_metrics_blocking(&input, &good, gmode == GradMode::Read, &good_metrics).ok()
+        }
+        _ => None,
+    };
+    let (mut outcomes, metric_values): (Vec<Result<segloss::Evaluation, Error>>, Option<Vec<_>>) = match together {
+        Some((evals, values)) => (evals.into_iter().map(Ok).collect(), Some(values)),
+        None => (
+            match run(&good) {
+                Ok(v) => v.into_iter().map(Ok).collect(),
+                // Attribute the failure: evaluate one at a time.
+                Err(_) => good.iter().map(|e| run(std::slice::from_ref(e)).map(|mut v| v.remove(0))).collect(),
+            },
+            None,
+        ),
     };
     let info = match (&multi, &engine) {
         (Some(m), _) => m.engines()[0].info().clone(),
@@ -429,7 +450,22 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         };
         results.push(entry);
     }
-    let metrics: Vec<serde_json::Value> = a.metrics.iter().map(|t| metric_entry(t, &input)).collect();
+    // each --metric's result: from the evaluation, or (several adapters, or an evaluation that
+    // failed as a whole) on the CPU reference
+    let mut from_eval = metric_values.map(|v| v.into_iter());
+    let metrics: Vec<serde_json::Value> = a
+        .metrics
+        .iter()
+        .zip(&metric_texts)
+        .map(|(t, parsed)| {
+            let r = match (parsed, from_eval.as_mut()) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(_), Some(it)) => it.next().unwrap_or_else(|| Err(Error::Input("no result".into()))),
+                (Ok(m), None) => segloss::metrics::reference::evaluate(&input, m),
+            };
+            metric_entry(t, r)
+        })
+        .collect();
     if a.json {
         let mut v = json!({"device": info, "mode": input.mode().name(), "results": results});
         if let Some(ad) = &adapters {
@@ -510,8 +546,7 @@ fn nested(shape: &[usize], data: &[u64]) -> serde_json::Value {
 
 /// One `--metric` entry of the JSON: `{"metric", "value", "per_class", "per_image", "matrix",
 /// "error"}`, the fields the metric's reduction does not return null.
-fn metric_entry(text: &str, input: &Input<'_>) -> serde_json::Value {
-    let r = text.parse::<segloss::metrics::Metric>().and_then(|m| segloss::metrics::reference::evaluate(input, &m));
+fn metric_entry(text: &str, r: Result<segloss::metrics::MetricValue, Error>) -> serde_json::Value {
     match r {
         Ok(v) => json!({
             "metric": text,
@@ -814,6 +849,13 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         return bench_adapters(&multi_engine(choice)?, &a, &shape, mode, iters, &texts);
     }
     let engine = engine()?;
+    if !a.metrics.is_empty() {
+        let shape = parse_shape(&a.shape)?;
+        check_elements(&format!("--shape {}", a.shape), &shape)?;
+        let mode = bench_mode(&a, &shape)?;
+        let texts = bench_texts(&a, &["ce"]);
+        return bench_metrics(&engine, &a, &shape, mode, iters, &texts);
+    }
     if let Some(k) = a.batch {
         let shape = parse_shape(&a.shape)?;
         check_elements(&format!("--shape {}", a.shape), &shape)?;
@@ -1068,6 +1110,57 @@ fn bench_batch(
         bat / k as f64
     )?;
     outln!("batched is {:.2}x faster", one / bat)?;
+    Ok(())
+}
+
+/// Times the losses with the metrics (one evaluation: counts from the statistics pass) against the
+/// losses alone, host inputs, alternating.
+fn bench_metrics(
+    engine: &Engine,
+    a: &BenchArgs,
+    shape: &[usize],
+    mode: Mode,
+    iters: usize,
+    texts: &[String],
+) -> Result<(), Fail> {
+    let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    let metrics: Vec<segloss::metrics::Metric> = a.metrics.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    let inputs = synth_inputs(shape, mode, 1)?;
+    let input = &inputs[0];
+    let grads = !a.forward_only;
+    let alone = || engine.evaluate_blocking(input, &exprs, grads).map(|_| ());
+    let with = || engine.evaluate_with_metrics_blocking(input, &exprs, grads, &metrics).map(|_| ());
+    alone()?;
+    with()?;
+    let (mut xs, mut ys) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    for _ in 0..iters {
+        let t0 = Instant::now();
+        alone()?;
+        xs.push(ms(t0));
+        let t0 = Instant::now();
+        with()?;
+        ys.push(ms(t0));
+    }
+    let (x, y) = (median(&mut xs), median(&mut ys));
+    if a.json {
+        outln!(
+            "{}",
+            json!({"device": engine.info(), "shape": shape, "mode": mode.name(), "losses": texts, "metrics": a.metrics,
+                   "gradients": grads, "iters": iters, "losses_ms": x, "with_metrics_ms": y, "ratio": y / x})
+        )?;
+        return Ok(());
+    }
+    outln!(
+        "device: {} ({})  {:?} ({mode}), losses {}, gradients {}",
+        engine.info().name,
+        engine.info().backend,
+        shape,
+        texts.join(", "),
+        if grads { "read back" } else { "skipped" }
+    )?;
+    outln!("{:<44} {x:>10.3} ms", "losses alone")?;
+    outln!("{:<44} {y:>10.3} ms", format!("with {}", a.metrics.join(", ")))?;
+    outln!("with the metrics: {:.2}x the losses alone", y / x)?;
     Ok(())
 }
 

@@ -141,11 +141,36 @@ impl Gpu {
         plan: &StatsPlan,
         status: Slice,
     ) -> Result<Totals, Error> {
+        Ok(self.record_stats_counts(rec, inp, plan, status, None)?.0)
+    }
+
+    /// [`Gpu::record_stats`], and with `counts = Some(threshold)` the confusion counts of the
+    /// hard predictions (sigmoid: a logit `>= threshold` is positive) from the same pass: per
+    /// (image, cell) 64-bit totals as (low, high) u32 pairs, cells `C x C` (softmax) or
+    /// `C x [target][prediction]` (sigmoid).
+    pub(crate) fn record_stats_counts(
+        &self,
+        rec: &mut Recording,
+        inp: &DevInput,
+        plan: &StatsPlan,
+        status: Slice,
+        counts: Option<f32>,
+    ) -> Result<(Totals, Option<Slice>), Error> {
         let (n, c) = (inp.n, inp.c);
         let softmax = inp.softmax;
-        let (base, wide) = self.params_of(inp);
+        let (mut base, wide) = self.params_of(inp);
+        base.thr = counts.unwrap_or(0.0);
         let tiles = base.tiles as usize;
         let pbuf = rec.uniform(&base);
+        let cells = if softmax { c * c } else { c * 4 };
+        let cnt = match counts {
+            Some(_) => {
+                let s = rec.scratch((n * tiles * cells * 4) as u64, "confusion count partials")?;
+                rec.clear(s);
+                s
+            }
+            None => rec.scratch(16, "no counts")?,
+        };
         let passes = plan.passes();
         let stride = align((n * c * K * 4) as u64);
         let sums = rec.scratch(stride * passes as u64, "statistics sums")?;
@@ -170,6 +195,7 @@ impl Gpu {
                     && !terms.is_empty()
                     && terms.iter().all(|t| t.kind == plan::op::CE)
                     && (p > 0 || !plan.needs_class_sums),
+                counts: p == 0 && counts.is_some(),
                 ..Spec::default()
             };
             let (tb, cb) = (rec.data(&terms), rec.data(&cw));
@@ -185,6 +211,7 @@ impl Gpu {
                     ("cw", cb),
                     ("partials", partials.unwrap_or(sums.sub(p as u64 * stride, stride))),
                     ("status", status),
+                    ("cnt", cnt),
                 ],
             )?;
             if let Some(partials) = partials {
@@ -197,7 +224,20 @@ impl Gpu {
                 )?;
             }
         }
-        Ok(Totals { sums, stride, n, groups: inp.groups.max(1) })
+        let total = match counts {
+            Some(_) => {
+                let t = rec.scratch((n * cells * 8) as u64, "confusion counts")?;
+                rec.dispatch(
+                    &shaders::COUNT_REDUCE,
+                    Spec::softmax(softmax),
+                    Grid::Direct(cells.div_ceil(crate::gpu::GRAD_WG) as u32, n as u32, 1),
+                    &[("P", pbuf), ("cnt", cnt), ("total", t)],
+                )?;
+                Some(t)
+            }
+            None => None,
+        };
+        Ok((Totals { sums, stride, n, groups: inp.groups.max(1) }, total))
     }
 
     /// Records the sort of each distinct Lovász loss of `plan` on `inp`: its segment sums
@@ -245,6 +285,20 @@ impl Gpu {
         grads: &[GradTo],
         read_values: bool,
     ) -> Result<Vec<Recorded>, Error> {
+        Ok(self.record_eval_counts(rec, inp, exprs, grads, read_values, None)?.0)
+    }
+
+    /// [`Gpu::record_eval`] with the confusion counts of the hard predictions from the same
+    /// statistics pass (see [`Gpu::record_stats_counts`]).
+    pub(crate) fn record_eval_counts(
+        &self,
+        rec: &mut Recording,
+        inp: &DevInput,
+        exprs: &[LossExpr],
+        grads: &[GradTo],
+        read_values: bool,
+        counts: Option<f32>,
+    ) -> Result<(Vec<Recorded>, Option<Slice>), Error> {
         let n = inp.n;
         let groups = inp.groups.max(1);
         if (n / groups) * groups != n || (groups > 1 && (read_values || exprs.iter().any(|e| e.has_lovasz()))) {
@@ -252,11 +306,11 @@ impl Gpu {
         }
         let plan = StatsPlan::new(exprs, inp.c);
         let status = self.record_status(rec)?;
-        let totals = self.record_stats(rec, inp, &plan, status)?;
+        let (totals, count_totals) = self.record_stats_counts(rec, inp, &plan, status, counts)?;
         let part = Part { inp, img0: 0, grads };
         let t = self.record_tail(rec, &plan, exprs, totals, LovFrom::Parts, &[part], status, read_values)?;
         let per = (inp.n * inp.c * inp.s * 4 / groups) as u64;
-        Ok((0..groups)
+        let recorded = (0..groups)
             .map(|g| Recorded {
                 vals: t.vals.clone(),
                 vals_len: t.vals_len,
@@ -265,7 +319,8 @@ impl Gpu {
                 values_read: t.values_read,
                 grad_reads: t.grad_reads[0].iter().map(|r| r.map(|i| (i, g as u64 * per, per))).collect(),
             })
-            .collect())
+            .collect();
+        Ok((recorded, count_totals))
     }
 
     /// Records what follows the statistics of a batch: the Lovász sorts of each part, the
@@ -392,7 +447,9 @@ impl Gpu {
             gout: gout as u32,
             ..Params::default()
         });
-        let (ob, cb) = (rec.data(&ops), rec.data(&cls));
+        // (an evaluation of metrics alone has no ops: one zero op keeps the binding's size)
+        let ob = if ops.is_empty() { rec.data(&[Op::default()]) } else { rec.data(&ops) };
+        let cb = rec.data(&cls);
         rec.dispatch(
             &shaders::FINALIZE,
             Spec::default(),

@@ -67,6 +67,8 @@ pub(crate) struct Spec {
     pub wide: bool,
     /// Statistics, softmax: only cross-entropy slots, no per-class sums (all in class 0).
     pub pixel_only: bool,
+    /// Statistics: the confusion counts of the hard predictions.
+    pub counts: bool,
 }
 
 impl Default for Spec {
@@ -82,6 +84,7 @@ impl Default for Spec {
             accum: false,
             wide: false,
             pixel_only: false,
+            counts: false,
         }
     }
 }
@@ -91,7 +94,7 @@ impl Spec {
         Spec { softmax, ..Spec::default() }
     }
 
-    pub fn constants(&self) -> [(&'static str, f64); 10] {
+    pub fn constants(&self) -> [(&'static str, f64); 11] {
         [
             ("SOFTMAX", f64::from(u8::from(self.softmax))),
             ("KINDS", f64::from(self.kinds)),
@@ -103,6 +106,7 @@ impl Spec {
             ("ACCUM", f64::from(u8::from(self.accum))),
             ("WIDE", f64::from(u8::from(self.wide))),
             ("PIXEL_ONLY", f64::from(u8::from(self.pixel_only))),
+            ("COUNTS", f64::from(u8::from(self.counts))),
         ]
     }
 }
@@ -127,6 +131,9 @@ pub(crate) struct Params {
     /// Gradient: the first image of this part in the batch whose coefficients it reads (an
     /// input split by images, or a part of a data-parallel batch); 0 otherwise.
     pub img0: u32,
+    /// Statistics with counts, sigmoid: the logit threshold of a positive prediction.
+    pub thr: f32,
+    pub pad: [u32; 3],
 }
 
 pub(crate) fn align(x: u64) -> u64 {

@@ -22,6 +22,7 @@
 //! assert_eq!(v.value, Some(0.5)); // TP 1, FP 1, FN 0
 //! ```
 
+mod device;
 pub mod reference;
 mod scores;
 mod surface;
@@ -32,6 +33,7 @@ use std::str::FromStr;
 use crate::error::Error;
 use crate::Mode;
 
+pub use device::LossesAndMetrics;
 pub use scores::Counts;
 
 /// What a metric measures.

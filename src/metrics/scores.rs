@@ -48,6 +48,39 @@ impl Counts {
         [self.stats[o], self.stats[o + 1], self.stats[o + 2], self.stats[o + 3]]
     }
 
+    /// Counts from the device's confusion totals: per image `C x C` (multiclass: target row,
+    /// prediction column) or per (image, channel) `[target][prediction]` 2 x 2.
+    pub(crate) fn from_confusion(mode: Mode, classes: usize, images: usize, cells: &[u64]) -> Counts {
+        let mut out = Counts::zeroed(mode, classes, images);
+        let c = classes;
+        for n in 0..images {
+            if mode == Mode::Multiclass {
+                let m = &cells[n * c * c..(n + 1) * c * c];
+                out.confusion[n * c * c..(n + 1) * c * c].copy_from_slice(m);
+                let total: u64 = m.iter().sum();
+                for k in 0..c {
+                    let tp = m[k * c + k];
+                    let col: u64 = (0..c).map(|t| m[t * c + k]).sum();
+                    let row: u64 = (0..c).map(|p| m[k * c + p]).sum();
+                    let (fp, fn_) = (col - tp, row - tp);
+                    out.stats[(n * c + k) * 4..(n * c + k) * 4 + 4].copy_from_slice(&[
+                        tp,
+                        fp,
+                        fn_,
+                        total - tp - fp - fn_,
+                    ]);
+                }
+            } else {
+                for k in 0..c {
+                    let q = &cells[(n * c + k) * 4..(n * c + k) * 4 + 4];
+                    // [target 0: pred 0, pred 1; target 1: pred 0, pred 1] = [TN, FP, FN, TP]
+                    out.stats[(n * c + k) * 4..(n * c + k) * 4 + 4].copy_from_slice(&[q[3], q[1], q[2], q[0]]);
+                }
+            }
+        }
+        out
+    }
+
     pub(crate) fn add(&mut self, n: usize, c: usize, which: usize, by: u64) {
         self.stats[(n * self.classes + c) * 4 + which] += by;
     }

@@ -1,0 +1,183 @@
+//! Losses and metrics of one input in one evaluation: the hard predictions' confusion counts come
+//! from the losses' own statistics pass (integer atomics per tile, then a fixed-order 64-bit
+//! reduction), so an evaluation of losses and count metrics reads the input once.
+
+use super::reference;
+use super::scores::Counts;
+use super::{Metric, MetricValue};
+use crate::engine::{check_hard_labels, decode, reference_evaluation, words, Engine, Evaluation};
+use crate::error::Error;
+use crate::expr::LossExpr;
+use crate::gpu::eval::{DevInput, GradTo};
+use crate::gpu::record::Recording;
+use crate::input::Input;
+use crate::plan::StatsPlan;
+use crate::Mode;
+
+/// The smallest f32 logit `x` with `f64(x) >= t`: the device's `x >= thr` in f32 is then the
+/// reference's comparison in f64, at the boundary too.
+fn f32_threshold(t: f64) -> f32 {
+    let x = t as f32;
+    if f64::from(x) < t {
+        x.next_up()
+    } else {
+        x
+    }
+}
+
+/// Losses and metrics of one evaluation, each metric with its own result.
+pub type LossesAndMetrics = (Vec<Evaluation>, Vec<Result<MetricValue, Error>>);
+
+impl Engine {
+    /// Evaluates `exprs` (with gradients when `grads`) and `metrics` on `input` in one
+    /// submission: the count metrics (scores, gdice, counts, confusion) take their counts from
+    /// the losses' statistics pass, one more counting pass per further binary threshold. A
+    /// metric that does not fit the input is an error of its own entry. The surface metrics (hd,
+    /// assd, nsd) run on the CPU reference for now, as do the metrics of an input past the
+    /// device's binding limit and those of the CPU engine.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), segloss::Error> {
+    /// use segloss::metrics::Metric;
+    /// use segloss::{Engine, Input, LossExpr, Mode};
+    /// let engine = Engine::new_blocking()?;
+    /// let logits = vec![0.3f32; 2 * 64 * 64];
+    /// let target = vec![1.0f32; 2 * 64 * 64];
+    /// let input = Input::dense(&logits, &target, &[2, 1, 64, 64], Mode::Binary)?;
+    /// let loss: LossExpr = "bce+dice".parse()?;
+    /// let metrics: Vec<Metric> = vec!["iou".parse()?, "dice@monai".parse()?];
+    /// let (losses, scores) = engine.evaluate_with_metrics_blocking(&input, &[loss], true, &metrics)?;
+    /// println!("loss {} iou {:?}", losses[0].value, scores[0].as_ref().map(|v| v.value));
+    /// # Ok(()) }
+    /// ```
+    pub async fn evaluate_with_metrics(
+        &self,
+        input: &Input<'_>,
+        exprs: &[LossExpr],
+        grads: bool,
+        metrics: &[Metric],
+    ) -> Result<LossesAndMetrics, Error> {
+        let (mode, c) = (input.mode(), input.classes());
+        for e in exprs {
+            e.check(mode, c)?;
+        }
+        let checked: Vec<Result<&Metric, Error>> = metrics.iter().map(|m| m.check(mode, c).map(|_| m)).collect();
+        let binary_hard = mode == Mode::Multiclass || input.hard_labels();
+        // the count thresholds: one for multiclass (the argmax), one per distinct binary threshold
+        let mut thresholds: Vec<f32> = Vec::new();
+        for m in checked.iter().flatten().filter(|m| !m.name.is_surface()) {
+            let t = if mode == Mode::Multiclass { 0.0 } else { f32_threshold(m.logit_threshold()) };
+            if binary_hard && !thresholds.iter().any(|x| x.to_bits() == t.to_bits()) {
+                thresholds.push(t);
+            }
+        }
+        let on_cpu = |m: &Metric| reference::evaluate(input, m);
+        let gpu = match self.gpu_ref() {
+            Some(g) => g,
+            None => {
+                let evals = exprs.iter().map(|e| reference_evaluation(input, e, grads)).collect::<Result<_, _>>()?;
+                return Ok((evals, checked.into_iter().map(|m| m.and_then(on_cpu)).collect()));
+            }
+        };
+        check_hard_labels(exprs, input.hard_labels())?;
+        let prep = self.prepare(input.clone())?;
+        let Some((lb, tb)) = prep.buffers() else {
+            // past the binding limit: the losses in pieces, the metrics on the CPU reference
+            let evals = self.evaluate(input, exprs, grads).await?;
+            return Ok((evals, checked.into_iter().map(|m| m.and_then(on_cpu)).collect()));
+        };
+        let (n, s) = (input.batch(), input.spatial());
+        let softmax = mode == Mode::Multiclass;
+        let dev = |rec: &mut Recording| DevInput {
+            logits: rec.external(lb, 0, lb.size()),
+            target: rec.external(tb, 0, tb.size()),
+            n,
+            c,
+            s,
+            softmax,
+            groups: 1,
+            ignore: None,
+            validate: 0,
+        };
+        let mut rec = Recording::new(&gpu.limits);
+        let inp = dev(&mut rec);
+        let to = vec![if grads { GradTo::Host } else { GradTo::Skip }; exprs.len()];
+        let (mut recs, first) =
+            gpu.record_eval_counts(&mut rec, &inp, exprs, &to, true, thresholds.first().copied())?;
+        let r = recs.swap_remove(0);
+        let cells = if softmax { c * c } else { c * 4 };
+        let bytes = (n * cells * 8) as u64;
+        let mut totals = Vec::new();
+        if let Some(t) = first {
+            totals.push(t);
+        }
+        for &t in thresholds.iter().skip(1) {
+            let status = gpu.record_status(&mut rec)?;
+            let inp = dev(&mut rec);
+            let (_, tot) = gpu.record_stats_counts(&mut rec, &inp, &StatsPlan::default(), status, Some(t))?;
+            totals.extend(tot);
+        }
+        let mut reads = Vec::new();
+        for t in totals {
+            let rb = rec.readback(bytes, "confusion counts")?;
+            rec.copy(t.sub(0, bytes), rb);
+            reads.push(rec.readbacks() - 1);
+        }
+        let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+        gpu.note_wait();
+        let data = fut.await?;
+        let vi = r.values_read.ok_or_else(|| Error::Gpu("internal: values were not read".into()))?;
+        let evals = decode(&words(&data[vi]), &r, input.shape(), exprs, &data)?;
+        let counts: Vec<Counts> = reads
+            .iter()
+            .map(|&ri| {
+                let w = words(&data[ri]);
+                let cells: Vec<u64> = w.chunks_exact(2).map(|p| u64::from(p[0]) | (u64::from(p[1]) << 32)).collect();
+                Counts::from_confusion(mode, c, n, &cells)
+            })
+            .collect();
+        let values = checked
+            .into_iter()
+            .map(|m| {
+                let m = m?;
+                if m.name.is_surface() {
+                    return on_cpu(m);
+                }
+                if !binary_hard {
+                    return on_cpu(m); // the reference names the soft target
+                }
+                let t = if softmax { 0.0 } else { f32_threshold(m.logit_threshold()) };
+                let i = thresholds.iter().position(|x| x.to_bits() == t.to_bits()).unwrap_or(0);
+                counts.get(i).ok_or_else(|| Error::Gpu("internal: no counts".into()))?.evaluate(m)
+            })
+            .collect();
+        Ok((evals, values))
+    }
+
+    /// Blocking [`Engine::evaluate_with_metrics`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn evaluate_with_metrics_blocking(
+        &self,
+        input: &Input<'_>,
+        exprs: &[LossExpr],
+        grads: bool,
+        metrics: &[Metric],
+    ) -> Result<LossesAndMetrics, Error> {
+        futures::executor::block_on(self.evaluate_with_metrics(input, exprs, grads, metrics))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f32_threshold;
+
+    #[test]
+    fn the_f32_threshold_is_the_f64_comparison() {
+        for t in [0.3f64, 0.5, 0.7, 0.01, 0.999] {
+            let thr = (t / (1.0 - t)).ln();
+            let x = f32_threshold(thr);
+            assert!(f64::from(x) >= thr);
+            assert!(f64::from(x.next_down()) < thr);
+        }
+    }
+}
