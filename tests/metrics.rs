@@ -208,3 +208,58 @@ fn gpu_counts_equal_cpu_counts_on_ties_thresholds_ignore_and_3d() {
         }
     }
 }
+
+#[test]
+fn running_metrics_over_batches_and_merged_runs_equal_one_batch() {
+    use segloss::metrics::Running;
+    let gpu = common::gpu();
+    let cpu = segloss::Engine::cpu(None);
+    let texts = [
+        "iou",
+        "dice:reduction=macro",
+        "iou@monai",
+        "precision@monai:reduction=macro",
+        "gdice@monai",
+        "counts",
+        "confusion",
+        "hd@monai:percentile=95",
+        "nsd:tolerance=1.5",
+        "assd:reduction=none",
+    ];
+    for (seed, shape, mode) in
+        [(7u64, vec![6usize, 3, 17, 13], Mode::Multiclass), (8, vec![7, 2, 9, 11], Mode::Multilabel)]
+    {
+        let whole = tricky(seed, &shape, mode);
+        for t in texts {
+            let m: Metric = t.parse().unwrap();
+            let want = reference::evaluate(&whole, &m).unwrap();
+            // batches of 2, 3 and the rest on the GPU; the same in two runs merged on the CPU engine
+            let mut run = Running::new(m.clone());
+            let (mut a, mut b) = (Running::new(m.clone()), Running::new(m.clone()));
+            let n = shape[0];
+            for (from, to) in [(0, 2), (2, 5), (5, n)] {
+                let part = whole.images(from, to).unwrap();
+                run.update_blocking(gpu, &part).unwrap();
+                let half = if from < 2 { &mut a } else { &mut b };
+                half.update_blocking(&cpu, &part).unwrap();
+            }
+            a.merge(&b).unwrap();
+            assert_eq!(run.images(), n);
+            assert_eq!(run.compute().unwrap(), want, "{t} over batches");
+            assert_eq!(a.compute().unwrap(), want, "{t} merged");
+        }
+    }
+    // torchmetrics' gdice depends on how images are grouped into calls: per batch, as torchmetrics
+    let m: Metric = "gdice@torchmetrics".parse().unwrap();
+    let whole = tricky(9, &[4, 3, 8, 8], Mode::Multiclass);
+    let mut run = Running::new(m.clone());
+    for (from, to) in [(0, 2), (2, 4)] {
+        run.update_blocking(gpu, &whole.images(from, to).unwrap()).unwrap();
+    }
+    let per_batch: Vec<f64> = [(0, 2), (2, 4)]
+        .iter()
+        .map(|&(f, t)| reference::evaluate(&whole.images(f, t).unwrap(), &m).unwrap().value.unwrap())
+        .collect();
+    let got = run.compute().unwrap().value.unwrap();
+    assert!((got - (per_batch[0] + per_batch[1]) / 2.0).abs() < 1e-12, "{got} vs {per_batch:?}");
+}

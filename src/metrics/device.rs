@@ -25,6 +25,13 @@ fn f32_threshold(t: f64) -> f32 {
     }
 }
 
+/// Counts from the device's 64-bit confusion totals (low, high u32 words).
+fn counts_of(bytes: &[u8], mode: Mode, c: usize, n: usize) -> Counts {
+    let w = words(bytes);
+    let cells: Vec<u64> = w.chunks_exact(2).map(|p| u64::from(p[0]) | (u64::from(p[1]) << 32)).collect();
+    Counts::from_confusion(mode, c, n, &cells)
+}
+
 /// Losses and metrics of one evaluation, each metric with its own result.
 pub type LossesAndMetrics = (Vec<Evaluation>, Vec<Result<MetricValue, Error>>);
 
@@ -128,14 +135,7 @@ impl Engine {
         let data = fut.await?;
         let vi = r.values_read.ok_or_else(|| Error::Gpu("internal: values were not read".into()))?;
         let evals = decode(&words(&data[vi]), &r, input.shape(), exprs, &data)?;
-        let counts: Vec<Counts> = reads
-            .iter()
-            .map(|&ri| {
-                let w = words(&data[ri]);
-                let cells: Vec<u64> = w.chunks_exact(2).map(|p| u64::from(p[0]) | (u64::from(p[1]) << 32)).collect();
-                Counts::from_confusion(mode, c, n, &cells)
-            })
-            .collect();
+        let counts: Vec<Counts> = reads.iter().map(|&ri| counts_of(&data[ri], mode, c, n)).collect();
         let values = checked
             .into_iter()
             .map(|m| {
@@ -152,6 +152,55 @@ impl Engine {
             })
             .collect();
         Ok((evals, values))
+    }
+
+    /// The integer counts of `input`'s hard predictions at `metric`'s threshold, from a
+    /// statistics pass on the device (the f64 reference on the CPU engine and past the binding
+    /// limit): what a [`super::Running`] metric accumulates.
+    pub async fn counts(&self, input: &Input<'_>, metric: &Metric) -> Result<Counts, Error> {
+        metric.check(input.mode(), input.classes())?;
+        let hard = input.mode() == Mode::Multiclass || input.hard_labels();
+        let prep = match self.gpu_ref() {
+            Some(_) if hard => Some(self.prepare(input.clone())?),
+            _ => None,
+        };
+        let (Some(gpu), Some(prep)) = (self.gpu_ref(), prep) else {
+            return reference::counts(input, metric.logit_threshold());
+        };
+        let Some((lb, tb)) = prep.buffers() else {
+            return reference::counts(input, metric.logit_threshold());
+        };
+        let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+        let softmax = input.mode() == Mode::Multiclass;
+        let t = if softmax { 0.0 } else { f32_threshold(metric.logit_threshold()) };
+        let mut rec = Recording::new(&gpu.limits);
+        let status = gpu.record_status(&mut rec)?;
+        let inp = DevInput {
+            logits: rec.external(lb, 0, lb.size()),
+            target: rec.external(tb, 0, tb.size()),
+            n,
+            c,
+            s,
+            softmax,
+            groups: 1,
+            ignore: None,
+            validate: 0,
+        };
+        let (_, tot) = gpu.record_stats_counts(&mut rec, &inp, &StatsPlan::default(), status, Some(t))?;
+        let tot = tot.ok_or_else(|| Error::Gpu("internal: no counts".into()))?;
+        let bytes = (n * if softmax { c * c } else { c * 4 } * 8) as u64;
+        let rb = rec.readback(bytes, "confusion counts")?;
+        rec.copy(tot.sub(0, bytes), rb);
+        let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+        gpu.note_wait();
+        let data = fut.await?;
+        Ok(counts_of(&data[0], input.mode(), c, n))
+    }
+
+    /// Blocking [`Engine::counts`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn counts_blocking(&self, input: &Input<'_>, metric: &Metric) -> Result<Counts, Error> {
+        futures::executor::block_on(self.counts(input, metric))
     }
 
     /// Blocking [`Engine::evaluate_with_metrics`] (native only).

@@ -24,6 +24,7 @@
 
 mod device;
 pub mod reference;
+mod running;
 mod scores;
 mod surface;
 
@@ -34,6 +35,7 @@ use crate::error::Error;
 use crate::Mode;
 
 pub use device::LossesAndMetrics;
+pub use running::Running;
 pub use scores::Counts;
 
 /// What a metric measures.
@@ -172,8 +174,9 @@ pub enum AbsentWeight {
     Torchmetrics,
 }
 
-/// A parsed metric: its name and every setting, presets resolved.
-#[derive(Clone, Debug, PartialEq)]
+/// A parsed metric: its name and every setting, presets resolved. Two metrics are equal when
+/// every setting is (NaN settings equal each other).
+#[derive(Clone, Debug)]
 pub struct Metric {
     /// What it measures.
     pub name: MetricName,
@@ -550,6 +553,13 @@ impl FromStr for Metric {
             return Err(merr(text, "nsd needs tolerance=t (one, or one per class)"));
         }
         Ok(m)
+    }
+}
+
+impl PartialEq for Metric {
+    fn eq(&self, other: &Metric) -> bool {
+        // every field, floats by their bits (so that `nan` settings are equal)
+        format!("{self:?}") == format!("{other:?}")
     }
 }
 

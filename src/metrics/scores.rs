@@ -211,6 +211,11 @@ impl Counts {
     }
 
     fn gdice(&self, m: &Metric, ks: &[usize]) -> MetricValue {
+        reduce_images(self.gdice_per_image(m, ks), m)
+    }
+
+    /// `gdice` of each image (torchmetrics' absent weights depend on the images of this call).
+    pub(crate) fn gdice_per_image(&self, m: &Metric, ks: &[usize]) -> Vec<f64> {
         let (n_img, kk) = (self.images, ks.len());
         // w[n][k] rounded to f32, infinite where the class is absent from the image's target
         let mut w: Vec<Vec<f64>> = (0..n_img)
@@ -251,7 +256,7 @@ impl Counts {
                 }
             }
         }
-        let per: Vec<f64> = (0..n_img)
+        (0..n_img)
             .map(|n| {
                 let (mut num, mut den) = (0.0, 0.0);
                 for (j, &k) in ks.iter().enumerate() {
@@ -265,13 +270,7 @@ impl Counts {
                     num / den
                 }
             })
-            .collect();
-        let none = MetricValue { value: None, per_class: None, per_image: None, matrix: None };
-        match m.reduction {
-            Reduction::Sum => MetricValue { value: Some(per.iter().filter(|x| !x.is_nan()).sum()), ..none },
-            Reduction::MeanChannel => MetricValue { per_image: Some(per.iter().map(|&x| vec![x]).collect()), ..none },
-            _ => MetricValue { value: Some(nanmean(&per, m.empty_mean)), ..none },
-        }
+            .collect()
     }
 }
 
@@ -331,5 +330,16 @@ pub(crate) fn reduce_grid(grid: Vec<Vec<f64>>, r: Reduction, empty: f64) -> Metr
             let per: Vec<f64> = grid.iter().map(|row| nanmean(row, f64::NAN)).collect();
             MetricValue { value: Some(nanmean(&per, empty)), ..none }
         }
+    }
+}
+
+/// The reductions of per-image values (`gdice`): mean over images, sum, or the values
+/// (`mean_channel`).
+pub(crate) fn reduce_images(per: Vec<f64>, m: &Metric) -> MetricValue {
+    let none = MetricValue { value: None, per_class: None, per_image: None, matrix: None };
+    match m.reduction {
+        Reduction::Sum => MetricValue { value: Some(per.iter().filter(|x| !x.is_nan()).sum()), ..none },
+        Reduction::MeanChannel => MetricValue { per_image: Some(per.iter().map(|&x| vec![x]).collect()), ..none },
+        _ => MetricValue { value: Some(nanmean(&per, m.empty_mean)), ..none },
     }
 }

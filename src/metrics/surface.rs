@@ -147,6 +147,11 @@ fn one(m: &Metric, p: &[bool], g: &[bool], dims: &[usize], spacing: &[f64], tole
 
 /// A surface metric of `input` on the CPU.
 pub(crate) fn evaluate(input: &Input<'_>, m: &Metric) -> Result<MetricValue, Error> {
+    Ok(reduce_grid(grid(input, m)?, m.reduction, m.empty_mean))
+}
+
+/// A surface metric's value per image and selected class, before the reduction.
+pub(crate) fn grid(input: &Input<'_>, m: &Metric) -> Result<Vec<Vec<f64>>, Error> {
     let (n, c, s) = (input.batch(), input.classes(), input.spatial());
     let dims = &input.shape()[2..];
     let spacing: Vec<f64> = match m.spacing.len() {
@@ -183,7 +188,7 @@ pub(crate) fn evaluate(input: &Input<'_>, m: &Metric) -> Result<MetricValue, Err
                 .collect()
         })
         .collect();
-    Ok(reduce_grid(grid, m.reduction, m.empty_mean))
+    Ok(grid)
 }
 
 #[cfg(test)]

@@ -1,0 +1,137 @@
+//! Metrics over many batches: integer counts add exactly and per-image values are kept in order,
+//! so a dataset evaluated batch by batch, or its parts on several adapters or processes, gives the
+//! numbers of one big batch.
+
+use super::scores::{reduce_grid, reduce_images, Counts};
+use super::{surface, AbsentWeight, Metric, MetricName, MetricValue};
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::input::Input;
+
+/// A metric accumulated over batches: [`Running::update`] (or [`Running::add_counts`]) per
+/// batch, [`Running::merge`] to join two runs (the second's images after the first's), and
+/// [`Running::compute`] for the value.
+///
+/// Count metrics keep the integer counts of every image; the surface metrics keep each image's
+/// per-class values, and torchmetrics' `gdice` each image's score as it was computed in its batch
+/// (its weights of absent classes depend on the batch, as in torchmetrics).
+///
+/// ```
+/// use segloss::metrics::{Metric, Running};
+/// use segloss::{Engine, Input, Mode};
+/// let engine = Engine::cpu(None);
+/// let mut iou = Running::new("iou:reduction=macro".parse::<Metric>().unwrap());
+/// for seed in 0..3 {
+///     let logits: Vec<f32> = (0..32).map(|i| ((i * 7 + seed) % 5) as f32 - 2.0).collect();
+///     let target: Vec<f32> = (0..32).map(|i| ((i + seed) % 3 == 0) as u8 as f32).collect();
+///     let input = Input::dense(&logits, &target, &[2, 1, 4, 4], Mode::Binary).unwrap();
+///     iou.update_blocking(&engine, &input).unwrap();
+/// }
+/// assert_eq!(iou.images(), 6);
+/// let v = iou.compute().unwrap().value.unwrap();
+/// assert!((0.0..=1.0).contains(&v));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Running {
+    metric: Metric,
+    counts: Option<Counts>,
+    /// Per image: the surface values of its classes, or its gdice score.
+    rows: Vec<Vec<f64>>,
+    images: usize,
+}
+
+impl Running {
+    /// An empty run of `metric`.
+    pub fn new(metric: Metric) -> Running {
+        Running { metric, counts: None, rows: Vec::new(), images: 0 }
+    }
+
+    /// The metric.
+    pub fn metric(&self) -> &Metric {
+        &self.metric
+    }
+
+    /// Images so far.
+    pub fn images(&self) -> usize {
+        self.images
+    }
+
+    fn per_image_rows(&self) -> bool {
+        self.metric.name.is_surface()
+            || (self.metric.name == MetricName::GDice && self.metric.absent_weight == AbsentWeight::Torchmetrics)
+    }
+
+    /// Adds a batch: its counts from `engine` (the statistics pass on a GPU), or its surface
+    /// values (the CPU reference).
+    pub async fn update(&mut self, engine: &Engine, input: &Input<'_>) -> Result<(), Error> {
+        self.metric.check(input.mode(), input.classes())?;
+        if self.metric.name.is_surface() {
+            self.rows.extend(surface::grid(input, &self.metric)?);
+            self.images += input.batch();
+            return Ok(());
+        }
+        let counts = engine.counts(input, &self.metric).await?;
+        self.add_counts(&counts)
+    }
+
+    /// Blocking [`Running::update`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn update_blocking(&mut self, engine: &Engine, input: &Input<'_>) -> Result<(), Error> {
+        futures::executor::block_on(self.update(engine, input))
+    }
+
+    /// Adds a batch's counts (of this metric's threshold), computed anywhere.
+    pub fn add_counts(&mut self, counts: &Counts) -> Result<(), Error> {
+        if self.metric.name.is_surface() {
+            return Err(Error::Metric {
+                text: self.metric.text().to_string(),
+                msg: "a surface metric is not made of counts".into(),
+            });
+        }
+        self.metric.check(counts.mode(), counts.classes())?;
+        if self.per_image_rows() {
+            let ks = self.metric.selected(counts.classes());
+            self.rows.extend(counts.gdice_per_image(&self.metric, &ks).into_iter().map(|x| vec![x]));
+        } else {
+            match &mut self.counts {
+                None => self.counts = Some(counts.clone()),
+                Some(c) => c.append(counts)?,
+            }
+        }
+        self.images += counts.images();
+        Ok(())
+    }
+
+    /// Puts the images of `other` (a run of the same metric) after these.
+    pub fn merge(&mut self, other: &Running) -> Result<(), Error> {
+        if self.metric != other.metric {
+            return Err(Error::Metric {
+                text: other.metric.text().to_string(),
+                msg: format!("cannot merge into a run of '{}'", self.metric.text()),
+            });
+        }
+        if let Some(oc) = &other.counts {
+            match &mut self.counts {
+                None => self.counts = Some(oc.clone()),
+                Some(c) => c.append(oc)?,
+            }
+        }
+        self.rows.extend(other.rows.iter().cloned());
+        self.images += other.images;
+        Ok(())
+    }
+
+    /// The metric's value over every image so far.
+    pub fn compute(&self) -> Result<MetricValue, Error> {
+        if self.images == 0 {
+            return Err(Error::Input(format!("'{}' has seen no image", self.metric.text())));
+        }
+        if self.metric.name.is_surface() {
+            return Ok(reduce_grid(self.rows.clone(), self.metric.reduction, self.metric.empty_mean));
+        }
+        if self.per_image_rows() {
+            return Ok(reduce_images(self.rows.iter().map(|r| r[0]).collect(), &self.metric));
+        }
+        self.counts.as_ref().ok_or_else(|| Error::Input("no counts".into()))?.evaluate(&self.metric)
+    }
+}
