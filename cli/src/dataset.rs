@@ -9,6 +9,7 @@ use std::sync::mpsc;
 
 use serde_json::json;
 
+use segloss::metrics::{Counts, Metric, Running};
 use segloss::{Engine, Error, Input, LossExpr, Mode, Target};
 
 use crate::{build_input, engine, read_npy, write_out, EvalArgs, Fail};
@@ -139,6 +140,60 @@ type FileResult = Result<Vec<Result<f64, String>>, String>;
 struct Row {
     name: String,
     results: FileResult,
+    /// The file's `--metric` entries (as `eval --json` prints them).
+    metrics: Vec<serde_json::Value>,
+}
+
+/// Each `--metric` over the whole folder, and the per-file entries, from the counts of the files
+/// (one counting submission per file and threshold) or their surface values.
+struct FolderMetrics {
+    runs: Vec<Result<Running, String>>,
+}
+
+impl FolderMetrics {
+    fn new(texts: &[String]) -> FolderMetrics {
+        FolderMetrics {
+            runs: texts.iter().map(|t| t.parse::<Metric>().map(Running::new).map_err(|e| e.to_string())).collect(),
+        }
+    }
+
+    /// The file's entries; its counts join the folder's.
+    fn file(&mut self, engine: &Engine, texts: &[String], input: &Input<'_>) -> Vec<serde_json::Value> {
+        let mut by_threshold: Vec<(u64, Counts)> = Vec::new();
+        texts
+            .iter()
+            .zip(self.runs.iter_mut())
+            .map(|(t, run)| {
+                let run = match run {
+                    Ok(r) => r,
+                    Err(e) => return crate::metric_entry(t, Err(Error::Input(e.clone()))),
+                };
+                let m = run.metric().clone();
+                let r = if m.name.is_surface() {
+                    run.update_blocking(engine, input).and_then(|()| segloss::metrics::reference::evaluate(input, &m))
+                } else {
+                    let key = m.logit_threshold().to_bits();
+                    let counts = match by_threshold.iter().find(|(k, _)| *k == key) {
+                        Some((_, c)) => Ok(c.clone()),
+                        None => engine.counts_blocking(input, &m).inspect(|c| by_threshold.push((key, c.clone()))),
+                    };
+                    counts.and_then(|c| run.add_counts(&c).and_then(|()| c.evaluate(&m)))
+                };
+                crate::metric_entry(t, r)
+            })
+            .collect()
+    }
+
+    fn folder(&self, texts: &[String]) -> Vec<serde_json::Value> {
+        texts
+            .iter()
+            .zip(&self.runs)
+            .map(|(t, run)| match run {
+                Ok(r) => crate::metric_entry(t, r.compute()),
+                Err(e) => crate::metric_entry(t, Err(Error::Input(e.clone()))),
+            })
+            .collect()
+    }
 }
 
 pub(crate) fn eval_dirs(a: &EvalArgs) -> Result<(), Fail> {
@@ -175,6 +230,7 @@ pub(crate) fn eval_dirs(a: &EvalArgs) -> Result<(), Fail> {
 
     // the reader loads files while the engine evaluates the previous ones
     let (tx, rx) = mpsc::sync_channel::<(usize, Result<Input<'static>, String>)>(2 * chunk);
+    let mut folder = FolderMetrics::new(&a.metrics);
     let rows = std::thread::scope(|scope| -> Result<Vec<Row>, Fail> {
         let pairs = &pairs;
         let map = &map;
@@ -203,7 +259,13 @@ pub(crate) fn eval_dirs(a: &EvalArgs) -> Result<(), Fail> {
             }
             done += pending.len();
             for (i, row) in evaluate_chunk(&engine, &exprs, &pending) {
-                rows[i] = Some(Row { name: pairs[i].stem.clone(), results: row });
+                rows[i] = Some(Row { name: pairs[i].stem.clone(), results: row, metrics: Vec::new() });
+            }
+            // the files' metrics, in file order (the reader sends the files in order)
+            for (i, inp) in &pending {
+                if let (Ok(input), Some(Some(row))) = (inp, rows.get_mut(*i)) {
+                    row.metrics = folder.file(&engine, &a.metrics, input);
+                }
             }
             bar.inc(pending.len() as u64);
         }
@@ -211,12 +273,17 @@ pub(crate) fn eval_dirs(a: &EvalArgs) -> Result<(), Fail> {
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                r.unwrap_or_else(|| Row { name: pairs[i].stem.clone(), results: Err("not evaluated".into()) })
+                r.unwrap_or_else(|| Row {
+                    name: pairs[i].stem.clone(),
+                    results: Err("not evaluated".into()),
+                    metrics: Vec::new(),
+                })
             })
             .collect())
     })?;
     bar.finish_and_clear();
-    print_rows(&engine, a, texts, &rows)?;
+    let folder_metrics = folder.folder(&a.metrics);
+    print_rows(&engine, a, texts, &rows, &folder_metrics)?;
     let failed = rows.iter().filter(|r| r.results.is_err()).count();
     let loss_errors = rows.iter().filter_map(|r| r.results.as_ref().ok()).flatten().filter(|v| v.is_err()).count();
     if failed + loss_errors > 0 {
@@ -293,7 +360,13 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn print_rows(engine: &Engine, a: &EvalArgs, texts: &[String], rows: &[Row]) -> Result<(), Fail> {
+fn print_rows(
+    engine: &Engine,
+    a: &EvalArgs,
+    texts: &[String],
+    rows: &[Row],
+    folder: &[serde_json::Value],
+) -> Result<(), Fail> {
     let means = means(rows, texts.len());
     if a.json {
         let files: Vec<_> = rows
@@ -308,17 +381,22 @@ fn print_rows(engine: &Engine, a: &EvalArgs, texts: &[String], rows: &[Row]) -> 
                             Err(e) => json!({"loss": t, "value": null, "error": e}),
                         })
                         .collect();
-                    json!({"name": r.name, "results": results, "error": null})
+                    json!({"name": r.name, "results": results, "metrics": r.metrics, "error": null})
                 }
-                Err(e) => json!({"name": r.name, "results": [], "error": e}),
+                Err(e) => json!({"name": r.name, "results": [], "metrics": [], "error": e}),
             })
             .collect();
         let mean: Vec<_> =
             texts.iter().zip(&means).map(|(t, (m, k))| json!({"loss": t, "value": m, "files": k})).collect();
-        return outln!("{}", json!({"device": engine.info(), "files": files, "mean": mean}));
+        return outln!("{}", json!({"device": engine.info(), "files": files, "mean": mean, "metrics": folder}));
     }
+    let scalar = |e: &serde_json::Value| match &e["value"] {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
     if a.csv {
-        let header: Vec<String> = texts.iter().map(|t| csv_field(t)).collect();
+        let header: Vec<String> = texts.iter().chain(&a.metrics).map(|t| csv_field(t)).collect();
         outln!("name,{},error", header.join(","))?;
         for r in rows {
             let (vals, err): (Vec<String>, String) = match &r.results {
@@ -332,9 +410,12 @@ fn print_rows(engine: &Engine, a: &EvalArgs, texts: &[String], rows: &[Row]) -> 
                 }
                 Err(e) => (vec![String::new(); texts.len()], e.clone()),
             };
+            let mut vals = vals;
+            vals.extend((0..a.metrics.len()).map(|k| r.metrics.get(k).map(scalar).unwrap_or_default()));
             outln!("{},{},{}", csv_field(&r.name), vals.join(","), csv_field(&err))?;
         }
-        let m: Vec<String> = means.iter().map(|(m, _)| m.map(|v| v.to_string()).unwrap_or_default()).collect();
+        let mut m: Vec<String> = means.iter().map(|(m, _)| m.map(|v| v.to_string()).unwrap_or_default()).collect();
+        m.extend(folder.iter().map(scalar));
         return outln!("mean,{},", m.join(","));
     }
     outln!(
@@ -380,5 +461,21 @@ fn print_rows(engine: &Engine, a: &EvalArgs, texts: &[String], rows: &[Row]) -> 
             None => line += &format!("  {:>w$}", "-"),
         }
     }
-    outln!("{line}")
+    outln!("{line}")?;
+    // the folder's metrics: every file's counts together, as one batch
+    for m in folder {
+        let name = m["metric"].as_str().unwrap_or("");
+        match m["error"].as_str() {
+            Some(e) => outln!("folder {name}: error: {e}")?,
+            None => {
+                let shown: Vec<String> = ["value", "per_class", "per_image", "matrix"]
+                    .iter()
+                    .filter(|k| !m[**k].is_null())
+                    .map(|k| format!("{k} {}", m[*k]))
+                    .collect();
+                outln!("folder {name}: {}", shown.join("  "))?;
+            }
+        }
+    }
+    Ok(())
 }

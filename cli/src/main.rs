@@ -105,9 +105,9 @@ pub(crate) struct EvalArgs {
     /// Loss text, e.g. 'dice@monai' or '0.8*ce+0.2*dice' (repeatable).
     #[arg(long = "loss", required_unless_present = "metrics", allow_hyphen_values = true)]
     losses: Vec<String>,
-    /// Metric text, e.g. 'iou', 'dice@monai', 'hd@monai:percentile=95' (repeatable; single files:
-    /// computed on the CPU for now).
-    #[arg(long = "metric", conflicts_with = "logits_dir")]
+    /// Metric text, e.g. 'iou', 'dice@monai', 'hd@monai:percentile=95' (repeatable). With
+    /// --logits-dir: each file's value and the whole folder's (counts of every file added).
+    #[arg(long = "metric")]
     metrics: Vec<String>,
     /// Write one float32 gradient .npy per --loss here (grad_0.npy, grad_1.npy, ...).
     #[arg(long)]
@@ -546,7 +546,7 @@ fn nested(shape: &[usize], data: &[u64]) -> serde_json::Value {
 
 /// One `--metric` entry of the JSON: `{"metric", "value", "per_class", "per_image", "matrix",
 /// "error"}`, the fields the metric's reduction does not return null.
-fn metric_entry(text: &str, r: Result<segloss::metrics::MetricValue, Error>) -> serde_json::Value {
+pub(crate) fn metric_entry(text: &str, r: Result<segloss::metrics::MetricValue, Error>) -> serde_json::Value {
     match r {
         Ok(v) => json!({
             "metric": text,

@@ -564,3 +564,56 @@ fn eval_metrics_print_the_libraries_values_in_the_contract_json() {
         }
     }
 }
+
+#[test]
+fn a_folder_s_metrics_are_those_of_its_files_as_one_batch() {
+    let root = std::env::temp_dir().join(format!("segloss-folder-metrics-{}", std::process::id()));
+    let (ld, td) = (root.join("logits"), root.join("targets"));
+    std::fs::create_dir_all(&ld).unwrap();
+    std::fs::create_dir_all(&td).unwrap();
+    let mut rng = common::Rng(11);
+    // five multiclass files of 1 or 2 images, 4 classes, 9x7, and a broken one
+    let (c, h, w) = (4u64, 9u64, 7u64);
+    let mut all_logits = Vec::new();
+    let mut all_labels: Vec<i64> = Vec::new();
+    let mut images = 0;
+    for (k, n) in [1u64, 2, 1, 2, 1].iter().enumerate() {
+        let logits: Vec<f32> = (0..n * c * h * w).map(|_| (rng.normal() * 2.0) as f32).collect();
+        let labels: Vec<i64> = (0..n * h * w).map(|_| rng.below(c as usize) as i64).collect();
+        write_npy(&ld.join(format!("f{k}.npy")), &logits, &[*n, c, h, w]);
+        write_npy(&td.join(format!("f{k}.npy")), &labels, &[*n, h, w]);
+        all_logits.extend(logits);
+        all_labels.extend(labels);
+        images += n;
+    }
+    write_npy(&ld.join("zz_broken.npy"), &[0.0f32; 4], &[1, 1, 2, 2]);
+    std::fs::write(td.join("zz_broken.npy"), b"not an npy file").unwrap();
+    write_npy(&root.join("all_logits.npy"), &all_logits, &[images, c, h, w]);
+    write_npy(&root.join("all_labels.npy"), &all_labels, &[images, h, w]);
+    let metrics = ["iou:reduction=macro", "confusion", "dice@monai", "counts", "hd@monai:reduction=mean_batch"];
+    let mut args = vec!["eval", "--logits-dir", s(&ld), "--target-dir", s(&td), "--json", "--chunk", "2"];
+    for m in &metrics {
+        args.extend(["--metric", m]);
+    }
+    let out = segloss(&args);
+    assert_eq!(out.status.code(), Some(1), "the broken file fails the run");
+    let folder = json_of(&out);
+    let files = folder["files"].as_array().unwrap();
+    assert_eq!(files.len(), 6);
+    assert!(files[0]["metrics"][0]["value"].is_number() && files[5]["error"].is_string());
+    // the same metrics of one file holding every image
+    let (al, at) = (root.join("all_logits.npy"), root.join("all_labels.npy"));
+    let mut args = vec!["eval", "--logits", s(&al), "--target", s(&at), "--json"];
+    for m in &metrics {
+        args.extend(["--metric", m]);
+    }
+    let out = segloss(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let one = json_of(&out);
+    for (f, o) in folder["metrics"].as_array().unwrap().iter().zip(one["metrics"].as_array().unwrap()) {
+        for field in ["value", "per_class", "per_image", "matrix"] {
+            assert!(same_tree(&f[field], &o[field], "score"), "{} {field}: {} vs {}", f["metric"], f[field], o[field]);
+        }
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
