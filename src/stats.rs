@@ -544,9 +544,21 @@ fn upload(gpu: &Gpu, input: &Input<'_>, piece: Piece) -> (wgpu::Buffer, wgpu::Bu
 }
 
 fn dev_input(rec: &mut Recording, input: &Input<'_>, piece: Piece, bufs: &(wgpu::Buffer, wgpu::Buffer)) -> DevInput {
+    host_dev_input(rec, input, piece, &bufs.0, &bufs.1)
+}
+
+/// A piece of a host input uploaded into `logits` and `target` (target words), as the kernels
+/// bind it; its values were checked on the host.
+pub(crate) fn host_dev_input(
+    rec: &mut Recording,
+    input: &Input<'_>,
+    piece: Piece,
+    logits: &wgpu::Buffer,
+    target: &wgpu::Buffer,
+) -> DevInput {
     DevInput {
-        logits: rec.external(&bufs.0, 0, bufs.0.size()),
-        target: rec.external(&bufs.1, 0, bufs.1.size()),
+        logits: rec.external(logits, 0, logits.size()),
+        target: rec.external(target, 0, target.size()),
         n: piece.images(),
         c: input.classes(),
         s: piece.pixels(input.spatial()),

@@ -1068,23 +1068,14 @@ fn bench_batch(
         }
         Ok(())
     };
-    // alternating, after one warm-up of each
-    one_by_one()?;
-    batched()?;
-    let (mut ones, mut bats) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
     let mut activity = (0, 0);
-    for _ in 0..iters {
-        let t0 = Instant::now();
-        one_by_one()?;
-        ones.push(ms(t0));
+    let (one, bat) = alternate(iters, one_by_one, || {
         let before = engine.activity();
-        let t0 = Instant::now();
         batched()?;
-        bats.push(ms(t0));
         let after = engine.activity();
         activity = (after.submissions - before.submissions, after.host_waits - before.host_waits);
-    }
-    let (one, bat) = (median(&mut ones), median(&mut bats));
+        Ok(())
+    })?;
     if a.json {
         outln!(
             "{}",
@@ -1094,14 +1085,7 @@ fn bench_batch(
         )?;
         return Ok(());
     }
-    outln!(
-        "device: {} ({})  {k} evaluations of {:?} ({mode}), losses {}, gradients {}",
-        engine.info().name,
-        engine.info().backend,
-        shape,
-        texts.join(", "),
-        if grads { "read back" } else { "skipped" }
-    )?;
+    bench_header(engine, &format!("{k} evaluations of "), shape, mode, texts, grads)?;
     outln!("{:<36} {:>10} {:>14}", "", "median ms", "ms/evaluation")?;
     outln!("{:<36} {one:>10.3} {:>14.4}", "one by one (K submissions, K waits)", one / k as f64)?;
     outln!(
@@ -1111,6 +1095,45 @@ fn bench_batch(
     )?;
     outln!("batched is {:.2}x faster", one / bat)?;
     Ok(())
+}
+
+/// The first line of a timing: device, what is timed, losses, gradients.
+fn bench_header(
+    engine: &Engine,
+    what: &str,
+    shape: &[usize],
+    mode: Mode,
+    texts: &[String],
+    grads: bool,
+) -> Result<(), Fail> {
+    outln!(
+        "device: {} ({})  {what}{:?} ({mode}), losses {}, gradients {}",
+        engine.info().name,
+        engine.info().backend,
+        shape,
+        texts.join(", "),
+        if grads { "read back" } else { "skipped" }
+    )
+}
+
+/// Runs `a` and `b` once each (warm-up), then `iters` times in turn; the median ms of each.
+fn alternate(
+    iters: usize,
+    mut a: impl FnMut() -> Result<(), Fail>,
+    mut b: impl FnMut() -> Result<(), Fail>,
+) -> Result<(f64, f64), Fail> {
+    a()?;
+    b()?;
+    let (mut xs, mut ys) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    for _ in 0..iters {
+        let t0 = Instant::now();
+        a()?;
+        xs.push(ms(t0));
+        let t0 = Instant::now();
+        b()?;
+        ys.push(ms(t0));
+    }
+    Ok((median(&mut xs), median(&mut ys)))
 }
 
 /// Times the losses with the metrics (one evaluation: counts from the statistics pass) against the
@@ -1128,20 +1151,11 @@ fn bench_metrics(
     let inputs = synth_inputs(shape, mode, 1)?;
     let input = &inputs[0];
     let grads = !a.forward_only;
-    let alone = || engine.evaluate_blocking(input, &exprs, grads).map(|_| ());
-    let with = || engine.evaluate_with_metrics_blocking(input, &exprs, grads, &metrics).map(|_| ());
-    alone()?;
-    with()?;
-    let (mut xs, mut ys) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
-    for _ in 0..iters {
-        let t0 = Instant::now();
-        alone()?;
-        xs.push(ms(t0));
-        let t0 = Instant::now();
-        with()?;
-        ys.push(ms(t0));
-    }
-    let (x, y) = (median(&mut xs), median(&mut ys));
+    let (x, y) = alternate(
+        iters,
+        || engine.evaluate_blocking(input, &exprs, grads).map(|_| ()).map_err(Fail::from),
+        || engine.evaluate_with_metrics_blocking(input, &exprs, grads, &metrics).map(|_| ()).map_err(Fail::from),
+    )?;
     if a.json {
         outln!(
             "{}",
@@ -1150,14 +1164,7 @@ fn bench_metrics(
         )?;
         return Ok(());
     }
-    outln!(
-        "device: {} ({})  {:?} ({mode}), losses {}, gradients {}",
-        engine.info().name,
-        engine.info().backend,
-        shape,
-        texts.join(", "),
-        if grads { "read back" } else { "skipped" }
-    )?;
+    bench_header(engine, "", shape, mode, texts, grads)?;
     outln!("{:<44} {x:>10.3} ms", "losses alone")?;
     outln!("{:<44} {y:>10.3} ms", format!("with {}", a.metrics.join(", ")))?;
     outln!("with the metrics: {:.2}x the losses alone", y / x)?;
@@ -1179,18 +1186,11 @@ fn bench_adapters(
     let input = &inputs[0];
     let grads = !a.forward_only;
     let first = &multi.engines()[0];
-    first.evaluate_blocking(input, &exprs, grads)?;
-    multi.evaluate_blocking(input, &exprs, grads)?;
-    let (mut ones, mut alls) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
-    for _ in 0..iters {
-        let t0 = Instant::now();
-        first.evaluate_blocking(input, &exprs, grads)?;
-        ones.push(ms(t0));
-        let t0 = Instant::now();
-        multi.evaluate_blocking(input, &exprs, grads)?;
-        alls.push(ms(t0));
-    }
-    let (one, all) = (median(&mut ones), median(&mut alls));
+    let (one, all) = alternate(
+        iters,
+        || first.evaluate_blocking(input, &exprs, grads).map(|_| ()).map_err(Fail::from),
+        || multi.evaluate_blocking(input, &exprs, grads).map(|_| ()).map_err(Fail::from),
+    )?;
     let infos: Vec<&segloss::DeviceInfo> = multi.engines().iter().map(|e| e.info()).collect();
     if a.json {
         outln!(

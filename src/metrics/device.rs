@@ -8,10 +8,12 @@ use super::{Metric, MetricValue};
 use crate::engine::{check_hard_labels, decode, reference_evaluation, words, Engine, Evaluation};
 use crate::error::Error;
 use crate::expr::LossExpr;
-use crate::gpu::eval::{DevInput, GradTo};
+use crate::gpu::eval::GradTo;
 use crate::gpu::record::Recording;
 use crate::input::Input;
 use crate::plan::StatsPlan;
+use crate::split::Piece;
+use crate::stats::host_dev_input;
 use crate::Mode;
 
 /// The smallest f32 logit `x` with `f64(x) >= t`: the device's `x >= thr` in f32 is then the
@@ -93,19 +95,9 @@ impl Engine {
             let evals = self.evaluate(input, exprs, grads).await?;
             return Ok((evals, checked.into_iter().map(|m| m.and_then(on_cpu)).collect()));
         };
-        let (n, s) = (input.batch(), input.spatial());
+        let n = input.batch();
         let softmax = mode == Mode::Multiclass;
-        let dev = |rec: &mut Recording| DevInput {
-            logits: rec.external(lb, 0, lb.size()),
-            target: rec.external(tb, 0, tb.size()),
-            n,
-            c,
-            s,
-            softmax,
-            groups: 1,
-            ignore: None,
-            validate: 0,
-        };
+        let dev = |rec: &mut Recording| host_dev_input(rec, input, Piece::Images { from: 0, to: n }, lb, tb);
         let mut rec = Recording::new(&gpu.limits);
         let inp = dev(&mut rec);
         let to = vec![if grads { GradTo::Host } else { GradTo::Skip }; exprs.len()];
@@ -170,22 +162,12 @@ impl Engine {
         let Some((lb, tb)) = prep.buffers() else {
             return reference::counts(input, metric.logit_threshold());
         };
-        let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+        let (n, c) = (input.batch(), input.classes());
         let softmax = input.mode() == Mode::Multiclass;
         let t = if softmax { 0.0 } else { f32_threshold(metric.logit_threshold()) };
         let mut rec = Recording::new(&gpu.limits);
         let status = gpu.record_status(&mut rec)?;
-        let inp = DevInput {
-            logits: rec.external(lb, 0, lb.size()),
-            target: rec.external(tb, 0, tb.size()),
-            n,
-            c,
-            s,
-            softmax,
-            groups: 1,
-            ignore: None,
-            validate: 0,
-        };
+        let inp = host_dev_input(&mut rec, input, Piece::Images { from: 0, to: n }, lb, tb);
         let (_, tot) = gpu.record_stats_counts(&mut rec, &inp, &StatsPlan::default(), status, Some(t))?;
         let tot = tot.ok_or_else(|| Error::Gpu("internal: no counts".into()))?;
         let bytes = (n * if softmax { c * c } else { c * 4 } * 8) as u64;
