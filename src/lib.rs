@@ -29,7 +29,7 @@
 //! back, written into a caller's buffer, or added to one ([`GradOut`]); with
 //! [`Engine::submit_buffers`] nothing waits on the host.
 //!
-//! The f64 [`reference`] computes every loss on the CPU; it is what the tests hold the GPU to,
+//! The f64 [`reference`](mod@reference) computes every loss on the CPU; it is what the tests hold the GPU to,
 //! and what [`Engine::new`] falls back to when no adapter exists.
 
 #![warn(missing_docs)]

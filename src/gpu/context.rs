@@ -60,7 +60,7 @@ pub struct EngineOptions {
     pub backend: Option<String>,
     /// Pick the first adapter whose name contains this (case-insensitive).
     pub adapter: Option<String>,
-    /// Fall back to the CPU reference when no adapter is found (default for [`Engine::new`]).
+    /// Fall back to the CPU reference when no adapter is found (default for [`crate::Engine::new`]).
     pub allow_cpu_fallback: bool,
     /// Plan with a storage binding limit of at most this many bytes (`SEGLOSS_MAX_BINDING_BYTES`):
     /// host inputs larger than the limit are evaluated in pieces, as those past the device's own
@@ -107,7 +107,7 @@ pub struct AdapterReport {
     /// Name, backend and type.
     #[cfg_attr(feature = "serde", serde(flatten))]
     pub info: DeviceInfo,
-    /// Whether [`Engine::new`] with the same options would pick it.
+    /// Whether [`crate::Engine::new`] with the same options would pick it.
     pub selected: bool,
     /// Whether its limits are enough for segloss's kernels.
     pub usable: bool,

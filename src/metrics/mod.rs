@@ -9,7 +9,7 @@
 //!
 //! Counts (TP, FP, FN, TN per image and class, and the confusion matrix) are integers and
 //! merge exactly across batches ([`Counts::append`]); every count-based metric is a function of
-//! them. [`reference`] computes them, and the surface metrics, on the CPU.
+//! them. [`reference`](mod@reference) computes them, and the surface metrics, on the CPU.
 //!
 //! ```
 //! use segloss::metrics::{reference, Metric};
