@@ -184,6 +184,28 @@ macro_rules! lovasz {
     };
 }
 
+const SURFACE_BINDINGS: &[Binding] =
+    &[u("SP"), r("logits"), r("tgt"), r("sel"), w("labs"), w("fa"), w("fb"), w("edges"), w("env")];
+
+macro_rules! surface {
+    ($name:literal) => {
+        Kernel {
+            name: $name,
+            source: wgsl!("common.wgsl", "surface.wgsl"),
+            bindings: SURFACE_BINDINGS,
+            specialized: true,
+            cpu_storage_params: false,
+        }
+    };
+}
+
+/// Surface metrics: hard labels of each pixel (softmax).
+pub const SURF_LABELS: Kernel = surface!("surf_labels");
+/// Surface metrics: boundaries of the predicted and target masks, distance seeds.
+pub const SURF_EDGES: Kernel = surface!("surf_edges");
+/// Surface metrics: one axis of the exact Euclidean distance transform.
+pub const EDT_LINE: Kernel = surface!("edt_line");
+
 /// Lovász: sort keys and payloads.
 pub const LOVASZ_KEYS: Kernel = lovasz!("lovasz_keys");
 /// Lovász: foreground/background counts per sorted tile.
@@ -236,6 +258,9 @@ pub const LOVASZ_DROP: Kernel = Kernel { name: "lovasz_drop", ..LOVASZ_THRESHOLD
 pub const KERNELS: &[Kernel] = &[
     STATS,
     COUNT_REDUCE,
+    SURF_LABELS,
+    SURF_EDGES,
+    EDT_LINE,
     REDUCE,
     FINALIZE,
     GRAD,

@@ -263,3 +263,63 @@ fn running_metrics_over_batches_and_merged_runs_equal_one_batch() {
     let got = run.compute().unwrap().value.unwrap();
     assert!((got - (per_batch[0] + per_batch[1]) / 2.0).abs() < 1e-12, "{got} vs {per_batch:?}");
 }
+
+fn close_values(a: &MetricValue, b: &MetricValue) -> bool {
+    let flat = |v: &MetricValue| -> Vec<f64> {
+        let mut out: Vec<f64> = v.value.into_iter().collect();
+        out.extend(v.per_class.iter().flatten());
+        out.extend(v.per_image.iter().flatten().flatten());
+        out
+    };
+    let (x, y) = (flat(a), flat(b));
+    x.len() == y.len()
+        && x.iter().zip(&y).all(|(p, q)| (p.is_nan() && q.is_nan()) || p == q || (p - q).abs() <= 1e-6 + 1e-4 * q.abs())
+}
+
+#[test]
+fn gpu_surface_distances_equal_the_cpu_reference_with_spacing_in_2d_and_3d() {
+    let engine = common::gpu();
+    for (seed, shape, mode, spacing) in [
+        (21u64, vec![2usize, 1, 40, 33], Mode::Binary, "0.7;1.3"),
+        (22, vec![2, 3, 19, 23], Mode::Multilabel, "1"),
+        (23, vec![2, 4, 31, 29], Mode::Multiclass, "2;0.5"),
+        (24, vec![1, 3, 9, 12, 10], Mode::Multiclass, "2.5;0.8;0.8"),
+        (25, vec![1, 2, 6, 7, 8], Mode::Multilabel, "1;2;3"),
+    ] {
+        // blobs rather than noise: boundaries of several lengths, and a class absent from some images
+        let mut r = common::Rng(seed);
+        let s: usize = shape[2..].iter().product();
+        let (n, c) = (shape[0], shape[1]);
+        let centre: Vec<usize> = (0..n * c).map(|_| r.below(s)).collect();
+        let logits: Vec<f32> = (0..n * c * s)
+            .map(|e| {
+                let (img_c, v) = (e / s, e % s);
+                let d = (v as i64 - centre[img_c] as i64).abs() as f64 / s as f64;
+                (2.0 - 12.0 * d + r.normal() * 0.8) as f32
+            })
+            .collect();
+        let input = if mode == Mode::Multiclass {
+            let labels: Vec<i64> =
+                (0..n * s).map(|i| if i % 97 == 0 { 255 } else { ((i / 5 + r.below(2)) % c) as i64 }).collect();
+            Input::new(Cow::Owned(logits), Target::Labels(Cow::Owned(labels)), &shape, mode, Some(255)).unwrap()
+        } else {
+            let dense: Vec<f32> =
+                (0..n * c * s).map(|e| ((e / 7) % 3 == 0 && e % (c * s) > s / 3) as u8 as f32).collect();
+            Input::new(Cow::Owned(logits), Target::Dense(Cow::Owned(dense)), &shape, mode, None).unwrap()
+        };
+        let texts = [
+            format!("hd:reduction=none,spacing={spacing}"),
+            format!("hd:percentile=95,directed=true,reduction=none,spacing={spacing}"),
+            format!("assd:background=true,reduction=none,spacing={spacing}"),
+            format!("assd:symmetric=false,spacing={spacing}"),
+            format!("nsd:tolerance=1.5,reduction=mean_batch,spacing={spacing}"),
+        ];
+        let metrics: Vec<Metric> = texts.iter().map(|t| t.parse().unwrap()).collect();
+        let (_, got) = engine.evaluate_with_metrics_blocking(&input, &[], false, &metrics).unwrap();
+        for (m, g) in metrics.iter().zip(got) {
+            let g = g.unwrap();
+            let want = reference::evaluate(&input, m).unwrap();
+            assert!(close_values(&g, &want), "{shape:?} {m}: {g:?} vs {want:?}");
+        }
+    }
+}

@@ -18,7 +18,7 @@ use crate::Mode;
 
 /// The smallest f32 logit `x` with `f64(x) >= t`: the device's `x >= thr` in f32 is then the
 /// reference's comparison in f64, at the boundary too.
-fn f32_threshold(t: f64) -> f32 {
+pub(crate) fn f32_threshold(t: f64) -> f32 {
     let x = t as f32;
     if f64::from(x) < t {
         x.next_up()
@@ -128,21 +128,24 @@ impl Engine {
         let vi = r.values_read.ok_or_else(|| Error::Gpu("internal: values were not read".into()))?;
         let evals = decode(&words(&data[vi]), &r, input.shape(), exprs, &data)?;
         let counts: Vec<Counts> = reads.iter().map(|&ri| counts_of(&data[ri], mode, c, n)).collect();
-        let values = checked
-            .into_iter()
-            .map(|m| {
-                let m = m?;
-                if m.name.is_surface() {
-                    return on_cpu(m);
+        let mut values = Vec::with_capacity(checked.len());
+        for m in checked {
+            let v = match m {
+                Err(e) => Err(e),
+                // the surface metrics: boundaries and distance transform on the device
+                Ok(m) if m.name.is_surface() => {
+                    self.surface_grid(input, m).await.map(|g| super::scores::reduce_grid(g, m.reduction, m.empty_mean))
                 }
-                if !binary_hard {
-                    return on_cpu(m); // the reference names the soft target
+                // soft targets: the reference names the bad value
+                Ok(m) if !binary_hard => on_cpu(m),
+                Ok(m) => {
+                    let t = if softmax { 0.0 } else { f32_threshold(m.logit_threshold()) };
+                    let i = thresholds.iter().position(|x| x.to_bits() == t.to_bits()).unwrap_or(0);
+                    counts.get(i).ok_or_else(|| Error::Gpu("internal: no counts".into())).and_then(|c| c.evaluate(m))
                 }
-                let t = if softmax { 0.0 } else { f32_threshold(m.logit_threshold()) };
-                let i = thresholds.iter().position(|x| x.to_bits() == t.to_bits()).unwrap_or(0);
-                counts.get(i).ok_or_else(|| Error::Gpu("internal: no counts".into()))?.evaluate(m)
-            })
-            .collect();
+            };
+            values.push(v);
+        }
         Ok((evals, values))
     }
 

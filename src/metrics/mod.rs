@@ -27,6 +27,7 @@ pub mod reference;
 mod running;
 mod scores;
 mod surface;
+mod surface_gpu;
 
 use std::fmt;
 use std::str::FromStr;

@@ -3,7 +3,7 @@
 //! numbers of one big batch.
 
 use super::scores::{reduce_grid, reduce_images, Counts};
-use super::{surface, AbsentWeight, Metric, MetricName, MetricValue};
+use super::{AbsentWeight, Metric, MetricName, MetricValue};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::input::Input;
@@ -66,7 +66,7 @@ impl Running {
     pub async fn update(&mut self, engine: &Engine, input: &Input<'_>) -> Result<(), Error> {
         self.metric.check(input.mode(), input.classes())?;
         if self.metric.name.is_surface() {
-            self.rows.extend(surface::grid(input, &self.metric)?);
+            self.rows.extend(engine.surface_grid(input, &self.metric).await?);
             self.images += input.batch();
             return Ok(());
         }

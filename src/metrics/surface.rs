@@ -102,7 +102,17 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 /// One (image, class) value from the masks of the prediction and the target.
 fn one(m: &Metric, p: &[bool], g: &[bool], dims: &[usize], spacing: &[f64], tolerance: f64) -> f64 {
     let (bp, bg) = (boundary(p, dims), boundary(g, dims));
-    let (np, ng) = (bp.iter().filter(|&&b| b).count(), bg.iter().filter(|&&b| b).count());
+    let to_g = edt_squared(&bg, dims, spacing);
+    let to_p = edt_squared(&bp, dims, spacing);
+    let d_pg: Vec<f64> = (0..bp.len()).filter(|&i| bp[i]).map(|i| to_g[i].sqrt()).collect();
+    let d_gp: Vec<f64> = (0..bg.len()).filter(|&i| bg[i]).map(|i| to_p[i].sqrt()).collect();
+    from_distances(m, d_pg, d_gp, tolerance)
+}
+
+/// One (image, class) value from the directed distances of the two boundaries (prediction to
+/// target, target to prediction); empty lists follow the empty-mask rules.
+pub(crate) fn from_distances(m: &Metric, mut d_pg: Vec<f64>, mut d_gp: Vec<f64>, tolerance: f64) -> f64 {
+    let (np, ng) = (d_pg.len(), d_gp.len());
     match (np, ng) {
         (0, 0) => return f64::NAN,
         (0, _) | (_, 0) => {
@@ -114,10 +124,6 @@ fn one(m: &Metric, p: &[bool], g: &[bool], dims: &[usize], spacing: &[f64], tole
         }
         _ => {}
     }
-    let to_g = edt_squared(&bg, dims, spacing);
-    let to_p = edt_squared(&bp, dims, spacing);
-    let mut d_pg: Vec<f64> = (0..bp.len()).filter(|&i| bp[i]).map(|i| to_g[i].sqrt()).collect();
-    let mut d_gp: Vec<f64> = (0..bg.len()).filter(|&i| bg[i]).map(|i| to_p[i].sqrt()).collect();
     match m.name {
         MetricName::Hd => {
             let q = |v: &mut Vec<f64>| match m.percentile {
@@ -145,6 +151,23 @@ fn one(m: &Metric, p: &[bool], g: &[bool], dims: &[usize], spacing: &[f64], tole
     }
 }
 
+/// The voxel size of each of `axes` spatial axes.
+pub(crate) fn spacing_of(m: &Metric, axes: usize) -> Result<Vec<f64>, Error> {
+    match m.spacing.len() {
+        1 => Ok(vec![m.spacing[0]; axes]),
+        k if k == axes => Ok(m.spacing.clone()),
+        k => Err(Error::Metric {
+            text: m.text().to_string(),
+            msg: format!("spacing has {k} entries for {axes} spatial axes"),
+        }),
+    }
+}
+
+/// The tolerance of selected class `j`.
+pub(crate) fn tolerance_of(m: &Metric, j: usize) -> f64 {
+    m.tolerance.as_ref().map_or(0.0, |t| if t.len() == 1 { t[0] } else { t[j] })
+}
+
 /// A surface metric of `input` on the CPU.
 pub(crate) fn evaluate(input: &Input<'_>, m: &Metric) -> Result<MetricValue, Error> {
     Ok(reduce_grid(grid(input, m)?, m.reduction, m.empty_mean))
@@ -154,16 +177,7 @@ pub(crate) fn evaluate(input: &Input<'_>, m: &Metric) -> Result<MetricValue, Err
 pub(crate) fn grid(input: &Input<'_>, m: &Metric) -> Result<Vec<Vec<f64>>, Error> {
     let (n, c, s) = (input.batch(), input.classes(), input.spatial());
     let dims = &input.shape()[2..];
-    let spacing: Vec<f64> = match m.spacing.len() {
-        1 => vec![m.spacing[0]; dims.len()],
-        k if k == dims.len() => m.spacing.clone(),
-        k => {
-            return Err(Error::Metric {
-                text: m.text().to_string(),
-                msg: format!("spacing has {k} entries for {} spatial axes", dims.len()),
-            })
-        }
-    };
+    let spacing = spacing_of(m, dims.len())?;
     let h = hard(input, m.logit_threshold())?;
     let ks = m.selected(c);
     let multiclass = input.mode() == Mode::Multiclass;
@@ -182,8 +196,7 @@ pub(crate) fn grid(input: &Input<'_>, m: &Metric) -> Result<Vec<Vec<f64>>, Error
                             }
                         })
                         .unzip();
-                    let tol = m.tolerance.as_ref().map_or(0.0, |t| if t.len() == 1 { t[0] } else { t[j] });
-                    one(m, &p, &g, dims, &spacing, tol)
+                    one(m, &p, &g, dims, &spacing, tolerance_of(m, j))
                 })
                 .collect()
         })

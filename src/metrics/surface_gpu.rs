@@ -1,0 +1,164 @@
+//! Surface metrics on the device: hard labels, boundaries and the exact distance transform
+//! (`surface.wgsl`) in one submission; the host reads the squared distances at the boundary
+//! voxels and makes each (image, class) value from them.
+
+use super::surface::{from_distances, spacing_of, tolerance_of};
+use super::Metric;
+use crate::engine::{words, Engine};
+use crate::error::Error;
+use crate::gpu::context::Gpu;
+use crate::gpu::lovasz::grid;
+use crate::gpu::record::{Grid, Recording};
+use crate::gpu::Spec;
+use crate::input::Input;
+use crate::shaders;
+use crate::Mode;
+
+/// Parameters of the surface kernels (`surface.wgsl`: SurfParams).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct SurfParams {
+    n: u32,
+    c: u32,
+    s: u32,
+    k: u32,
+    ndim: u32,
+    d: [u32; 3],
+    st: [u32; 3],
+    len: u32,
+    stride: u32,
+    lines: u32,
+    fields: u32,
+    thr: f32,
+    h: f32,
+    pad: [u32; 3],
+}
+
+/// The longest axis on the device (longer ones run on the CPU reference).
+const MAX_AXIS: usize = 1 << 16;
+
+impl Engine {
+    /// A surface metric's value per image and selected class, on the device when the engine
+    /// has one and the input fits (its distance fields and envelopes within a binding), else on
+    /// the CPU reference.
+    pub(crate) async fn surface_grid(&self, input: &Input<'_>, m: &Metric) -> Result<Vec<Vec<f64>>, Error> {
+        let dims = &input.shape()[2..];
+        let spacing = spacing_of(m, dims.len())?;
+        let ks = m.selected(input.classes());
+        let (n, s) = (input.batch(), input.spatial());
+        let fields_bytes = (2 * n * ks.len() * s * 4) as u64;
+        let gpu = match self.gpu_ref() {
+            Some(g) if dims.iter().all(|&d| d <= MAX_AXIS) && 2 * fields_bytes <= crate::stats::binding_limit(g) => g,
+            _ => return super::surface::grid(input, m),
+        };
+        let prep = self.prepare(input.clone())?;
+        let Some((lb, tb)) = prep.buffers() else {
+            return super::surface::grid(input, m);
+        };
+        device_grid(gpu, input, m, &ks, &spacing, lb, tb).await
+    }
+}
+
+async fn device_grid(
+    gpu: &Gpu,
+    input: &Input<'_>,
+    m: &Metric,
+    ks: &[usize],
+    spacing: &[f64],
+    lb: &wgpu::Buffer,
+    tb: &wgpu::Buffer,
+) -> Result<Vec<Vec<f64>>, Error> {
+    let dims = &input.shape()[2..];
+    let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+    let kk = ks.len();
+    let softmax = input.mode() == Mode::Multiclass;
+    let mut d = [1u32; 3];
+    let mut st = [1u32; 3];
+    for (a, &len) in dims.iter().enumerate() {
+        d[a] = len as u32;
+        st[a] = dims[a + 1..].iter().product::<usize>() as u32;
+    }
+    let base = SurfParams {
+        n: n as u32,
+        c: c as u32,
+        s: s as u32,
+        k: kk as u32,
+        ndim: dims.len() as u32,
+        d,
+        st,
+        fields: (2 * n * kk) as u32,
+        thr: super::device::f32_threshold(m.logit_threshold()),
+        ..SurfParams::default()
+    };
+    let mut rec = Recording::new(&gpu.limits);
+    let sel: Vec<u32> = ks.iter().map(|&k| k as u32).collect();
+    let selb = rec.data(&sel);
+    let logits = rec.external(lb, 0, lb.size());
+    let target = rec.external(tb, 0, tb.size());
+    let labs = rec.scratch(if softmax { (n * s * 4) as u64 } else { 16 }, "surface labels")?;
+    let field_bytes = (2 * n * kk * s * 4) as u64;
+    let fa = rec.scratch(field_bytes, "distance fields")?;
+    let fb = rec.scratch(field_bytes, "distance fields")?;
+    let edges = rec.scratch((n * kk * s * 4) as u64, "boundaries")?;
+    let env = rec.scratch(2 * field_bytes, "distance envelopes")?;
+    let spec = Spec::softmax(softmax);
+    let binds = |p, fa, fb| {
+        [
+            ("SP", p),
+            ("logits", logits),
+            ("tgt", target),
+            ("sel", selb),
+            ("labs", labs),
+            ("fa", fa),
+            ("fb", fb),
+            ("edges", edges),
+            ("env", env),
+        ]
+    };
+    let dispatch = |rec: &mut Recording, k, items: usize, p, a, b| {
+        let (gx, gz) = grid(&gpu.limits, items);
+        rec.dispatch(k, spec, Grid::Direct(gx, 1, gz), &binds(p, a, b))
+    };
+    let p = rec.uniform(&base);
+    if softmax {
+        dispatch(&mut rec, &shaders::SURF_LABELS, n * s, p, fa, fb)?;
+    }
+    dispatch(&mut rec, &shaders::SURF_EDGES, n * kk * s, p, fa, fb)?;
+    // one pass per axis, the fields going back and forth between the two buffers
+    let (mut cur, mut next) = (fa, fb);
+    for (a, &len) in dims.iter().enumerate() {
+        let p = rec.uniform(&SurfParams {
+            len: len as u32,
+            stride: st[a],
+            lines: (s / len) as u32,
+            h: spacing[a] as f32,
+            ..base
+        });
+        dispatch(&mut rec, &shaders::EDT_LINE, 2 * n * kk * (s / len), p, cur, next)?;
+        std::mem::swap(&mut cur, &mut next);
+    }
+    let rf = rec.readback(field_bytes, "distances")?;
+    rec.copy(cur.sub(0, field_bytes), rf);
+    let eb = (n * kk * s * 4) as u64;
+    let re = rec.readback(eb, "boundaries")?;
+    rec.copy(edges.sub(0, eb), re);
+    let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+    gpu.note_wait();
+    let data = fut.await?;
+    let dist: Vec<f32> = bytemuck::pod_collect_to_vec(&data[0]);
+    let flags = words(&data[1]);
+    Ok((0..n)
+        .map(|ni| {
+            (0..kk)
+                .map(|j| {
+                    let q = ni * kk + j;
+                    let (to_p, to_g) = (&dist[2 * q * s..(2 * q + 1) * s], &dist[(2 * q + 1) * s..(2 * q + 2) * s]);
+                    let f = &flags[q * s..(q + 1) * s];
+                    let d_pg = (0..s).filter(|&v| f[v] & 1 != 0).map(|v| f64::from(to_g[v]).sqrt()).collect();
+                    let d_gp = (0..s).filter(|&v| f[v] & 2 != 0).map(|v| f64::from(to_p[v]).sqrt()).collect();
+                    from_distances(m, d_pg, d_gp, tolerance_of(m, j))
+                })
+                .collect()
+        })
+        .collect())
+}
