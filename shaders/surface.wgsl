@@ -155,14 +155,15 @@ fn edt_line(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wi
     let q = i / SP.lines;
     let l = i % SP.lines;
     let off = q * SP.s + (l / SP.stride) * SP.stride * SP.len + (l % SP.stride);
-    let h = SP.h;
+    // positions in voxel units: the parabola rooted at q is f[q] + h^2 (p - q)^2, so the
+    // intersections stay small numbers (squares of large positions would lose f32 precision)
+    let h2 = SP.h * SP.h;
     var cnt = 0u;
     for (var p = 0u; p < SP.len; p++) {
         let f = fa[off + p * SP.stride];
         if f >= 0.5 * BIG {
             continue;
         }
-        let xp = f32(p) * h;
         loop {
             if cnt == 0u {
                 env[env_at(off, 0u)] = p;
@@ -171,9 +172,8 @@ fn edt_line(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wi
                 break;
             }
             let r = env[env_at(off, cnt - 1u)];
-            let xr = f32(r) * h;
             let fr = fa[off + r * SP.stride];
-            let s = ((f + xp * xp) - (fr + xr * xr)) / (2.0 * (xp - xr));
+            let s = ((f - fr) / (h2 * f32(p - r)) + f32(p + r)) * 0.5;
             if s <= bitcast<f32>(env[env_at(off, cnt - 1u) + 1u]) {
                 cnt -= 1u;
             } else {
@@ -192,12 +192,12 @@ fn edt_line(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wi
     }
     var k = 0u;
     for (var p = 0u; p < SP.len; p++) {
-        let x = f32(p) * h;
-        while k + 1u < cnt && bitcast<f32>(env[env_at(off, k + 1u) + 1u]) < x {
+        while k + 1u < cnt && bitcast<f32>(env[env_at(off, k + 1u) + 1u]) < f32(p) {
             k += 1u;
         }
         let r = env[env_at(off, k)];
-        let dx = x - f32(r) * h;
+        // |p - r| in integers, then scaled
+        let dx = f32(max(p, r) - min(p, r)) * SP.h;
         fb[off + p * SP.stride] = dx * dx + fa[off + r * SP.stride];
     }
 }

@@ -323,3 +323,37 @@ fn gpu_surface_distances_equal_the_cpu_reference_with_spacing_in_2d_and_3d() {
         }
     }
 }
+
+#[test]
+fn long_axes_soft_targets_and_many_classes_give_the_reference_values_or_its_errors() {
+    let engine = common::gpu();
+    // lines of 4000 voxels (the device: positions whose squares pass f32's exact integers) and
+    // of 5000 (past the device's longest axis: the reference)
+    for len in [4000usize, 5000] {
+        let mut r = common::Rng(len as u64);
+        let n = 4 * len;
+        let logits: Vec<f32> = (0..n).map(|_| (r.normal() * 2.0) as f32).collect();
+        let target: Vec<f32> = (0..n).map(|_| (r.uniform() < 0.3) as u8 as f32).collect();
+        let input = Input::dense(&logits, &target, &[1, 1, 4, len], Mode::Binary).unwrap();
+        let metrics: Vec<Metric> = ["hd", "assd", "nsd:tolerance=2", "hd:percentile=95,spacing=0.7;1.3"]
+            .iter()
+            .map(|t| t.parse().unwrap())
+            .collect();
+        let (_, got) = engine.evaluate_with_metrics_blocking(&input, &[], false, &metrics).unwrap();
+        for (m, g) in metrics.iter().zip(got) {
+            let (g, want) = (g.unwrap(), reference::evaluate(&input, m).unwrap());
+            assert!(close_values(&g, &want), "length {len} {m}: {g:?} vs {want:?}");
+        }
+    }
+    // soft targets: the surface metrics name the bad value, as the reference does
+    let input = Input::dense(&[0.5f32; 16], &[0.5f32; 16], &[1, 1, 4, 4], Mode::Binary).unwrap();
+    let hd: Metric = "hd".parse().unwrap();
+    let (_, got) = engine.evaluate_with_metrics_blocking(&input, &[], false, std::slice::from_ref(&hd)).unwrap();
+    assert!(matches!(got[0], Err(segloss::Error::TargetValue(_))), "{:?}", got[0]);
+    // 300 classes: counted by the reference, the same numbers
+    let input = tricky(31, &[1, 300, 6, 7], Mode::Multiclass);
+    let m: Metric = "iou:reduction=macro".parse().unwrap();
+    let (_, got) = engine.evaluate_with_metrics_blocking(&input, &[], false, std::slice::from_ref(&m)).unwrap();
+    assert_eq!(got[0].as_ref().unwrap(), &reference::evaluate(&input, &m).unwrap());
+    assert_eq!(engine.counts_blocking(&input, &m).unwrap(), reference::counts(&input, m.logit_threshold()).unwrap());
+}

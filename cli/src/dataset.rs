@@ -148,47 +148,62 @@ struct Row {
 /// (one counting submission per file and threshold) or their surface values.
 struct FolderMetrics {
     runs: Vec<Result<Running, String>>,
+    /// Per metric: the files that could not be added to the folder's value.
+    left_out: Vec<Vec<String>>,
 }
 
 impl FolderMetrics {
     fn new(texts: &[String]) -> FolderMetrics {
         FolderMetrics {
             runs: texts.iter().map(|t| t.parse::<Metric>().map(Running::new).map_err(|e| e.to_string())).collect(),
+            left_out: vec![Vec::new(); texts.len()],
         }
     }
 
-    /// The file's entries; its counts join the folder's.
-    fn file(&mut self, engine: &Engine, texts: &[String], input: &Input<'_>) -> Vec<serde_json::Value> {
+    /// The file's entries; its counts (or surface values) join the folder's.
+    fn file(&mut self, engine: &Engine, texts: &[String], name: &str, input: &Input<'_>) -> Vec<serde_json::Value> {
         let mut by_threshold: Vec<(u64, Counts)> = Vec::new();
         texts
             .iter()
             .zip(self.runs.iter_mut())
-            .map(|(t, run)| {
+            .zip(self.left_out.iter_mut())
+            .map(|((t, run), left_out)| {
                 let run = match run {
                     Ok(r) => r,
                     Err(e) => return crate::metric_entry(t, Err(Error::Input(e.clone()))),
                 };
                 let m = run.metric().clone();
                 let r = if m.name.is_surface() {
-                    run.update_blocking(engine, input).and_then(|()| segloss::metrics::reference::evaluate(input, &m))
+                    run.update_blocking(engine, input)
                 } else {
+                    // metrics of one threshold share the file's counts
                     let key = m.logit_threshold().to_bits();
                     let counts = match by_threshold.iter().find(|(k, _)| *k == key) {
                         Some((_, c)) => Ok(c.clone()),
                         None => engine.counts_blocking(input, &m).inspect(|c| by_threshold.push((key, c.clone()))),
                     };
-                    counts.and_then(|c| run.add_counts(&c).and_then(|()| c.evaluate(&m)))
+                    counts.and_then(|c| c.evaluate(&m).and_then(|v| run.add_counts(&c).map(|()| v)))
                 };
+                if r.is_err() {
+                    left_out.push(name.to_string());
+                }
                 crate::metric_entry(t, r)
             })
             .collect()
     }
 
+    /// The folder's entries; a metric that could not take every file's images is an error
+    /// naming them (its value would not be the folder's).
     fn folder(&self, texts: &[String]) -> Vec<serde_json::Value> {
         texts
             .iter()
             .zip(&self.runs)
-            .map(|(t, run)| match run {
+            .zip(&self.left_out)
+            .map(|((t, run), left_out)| match run {
+                Ok(_) if !left_out.is_empty() => crate::metric_entry(
+                    t,
+                    Err(Error::Input(format!("not every file could be counted: {}", left_out.join(", ")))),
+                ),
                 Ok(r) => crate::metric_entry(t, r.compute()),
                 Err(e) => crate::metric_entry(t, Err(Error::Input(e.clone()))),
             })
@@ -264,7 +279,7 @@ pub(crate) fn eval_dirs(a: &EvalArgs) -> Result<(), Fail> {
             // the files' metrics, in file order (the reader sends the files in order)
             for (i, inp) in &pending {
                 if let (Ok(input), Some(Some(row))) = (inp, rows.get_mut(*i)) {
-                    row.metrics = folder.file(&engine, &a.metrics, input);
+                    row.metrics = folder.file(&engine, &a.metrics, &pairs[*i].stem, input);
                 }
             }
             bar.inc(pending.len() as u64);

@@ -27,6 +27,9 @@ pub(crate) fn f32_threshold(t: f64) -> f32 {
     }
 }
 
+/// The most classes whose C x C confusion cells the device counts per tile.
+const MAX_COUNT_CLASSES: usize = 256;
+
 /// Counts from the device's 64-bit confusion totals (low, high u32 words).
 fn counts_of(bytes: &[u8], mode: Mode, c: usize, n: usize) -> Counts {
     let w = words(bytes);
@@ -40,10 +43,11 @@ pub type LossesAndMetrics = (Vec<Evaluation>, Vec<Result<MetricValue, Error>>);
 impl Engine {
     /// Evaluates `exprs` (with gradients when `grads`) and `metrics` on `input` in one
     /// submission: the count metrics (scores, gdice, counts, confusion) take their counts from
-    /// the losses' statistics pass, one more counting pass per further binary threshold. A
-    /// metric that does not fit the input is an error of its own entry. The surface metrics (hd,
-    /// assd, nsd) run on the CPU reference for now, as do the metrics of an input past the
-    /// device's binding limit and those of the CPU engine.
+    /// the losses' statistics pass, one more counting pass per further binary threshold; the
+    /// surface metrics (hd, assd, nsd) take boundaries and distance transforms on the device. A
+    /// metric that does not fit the input is an error of its own entry. The metrics of an input
+    /// past the device's binding limit, of more than 256 classes (counts), and of the CPU engine
+    /// run on the f64 reference.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), segloss::Error> {
@@ -72,11 +76,13 @@ impl Engine {
         }
         let checked: Vec<Result<&Metric, Error>> = metrics.iter().map(|m| m.check(mode, c).map(|_| m)).collect();
         let binary_hard = mode == Mode::Multiclass || input.hard_labels();
+        // the device counts C x C cells per tile up to 256 classes; more go to the reference
+        let device_counts = mode != Mode::Multiclass || c <= MAX_COUNT_CLASSES;
         // the count thresholds: one for multiclass (the argmax), one per distinct binary threshold
         let mut thresholds: Vec<f32> = Vec::new();
         for m in checked.iter().flatten().filter(|m| !m.name.is_surface()) {
             let t = if mode == Mode::Multiclass { 0.0 } else { f32_threshold(m.logit_threshold()) };
-            if binary_hard && !thresholds.iter().any(|x| x.to_bits() == t.to_bits()) {
+            if binary_hard && device_counts && !thresholds.iter().any(|x| x.to_bits() == t.to_bits()) {
                 thresholds.push(t);
             }
         }
@@ -136,8 +142,9 @@ impl Engine {
                 Ok(m) if m.name.is_surface() => {
                     self.surface_grid(input, m).await.map(|g| super::scores::reduce_grid(g, m.reduction, m.empty_mean))
                 }
-                // soft targets: the reference names the bad value
-                Ok(m) if !binary_hard => on_cpu(m),
+                // soft targets: the reference names the bad value; too many classes to count
+                // on the device
+                Ok(m) if !binary_hard || !device_counts => on_cpu(m),
                 Ok(m) => {
                     let t = if softmax { 0.0 } else { f32_threshold(m.logit_threshold()) };
                     let i = thresholds.iter().position(|x| x.to_bits() == t.to_bits()).unwrap_or(0);
@@ -155,8 +162,9 @@ impl Engine {
     pub async fn counts(&self, input: &Input<'_>, metric: &Metric) -> Result<Counts, Error> {
         metric.check(input.mode(), input.classes())?;
         let hard = input.mode() == Mode::Multiclass || input.hard_labels();
+        let fits = input.mode() != Mode::Multiclass || input.classes() <= MAX_COUNT_CLASSES;
         let prep = match self.gpu_ref() {
-            Some(_) if hard => Some(self.prepare(input.clone())?),
+            Some(_) if hard && fits => Some(self.prepare(input.clone())?),
             _ => None,
         };
         let (Some(gpu), Some(prep)) = (self.gpu_ref(), prep) else {

@@ -559,8 +559,10 @@ impl FromStr for Metric {
 
 impl PartialEq for Metric {
     fn eq(&self, other: &Metric) -> bool {
-        // every field, floats by their bits (so that `nan` settings are equal)
-        format!("{self:?}") == format!("{other:?}")
+        // every setting (not the text: `iou` and `jaccard@smp` are one metric), floats by their
+        // printed value, so that `nan` settings are equal
+        let settings = |m: &Metric| format!("{:?}", Metric { text: String::new(), ..m.clone() });
+        settings(self) == settings(other)
     }
 }
 
@@ -573,6 +575,14 @@ impl fmt::Display for Metric {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_with_the_same_settings_are_equal_whatever_their_text() {
+        let a: Metric = "iou".parse().unwrap();
+        assert_eq!(a, "jaccard@smp".parse::<Metric>().unwrap());
+        assert_ne!(a, "iou:reduction=macro".parse::<Metric>().unwrap());
+        assert_eq!("iou:zero_division=nan".parse::<Metric>().unwrap(), "jaccard:zero_division=nan".parse().unwrap());
+    }
 
     #[test]
     fn presets_and_keys_resolve_as_the_contract_says() {

@@ -62,21 +62,26 @@ impl Running {
     }
 
     /// Adds a batch: its counts from `engine` (the statistics pass on a GPU), or its surface
-    /// values (the CPU reference).
-    pub async fn update(&mut self, engine: &Engine, input: &Input<'_>) -> Result<(), Error> {
+    /// values (boundaries and distance transforms on a GPU). Returns the metric of this batch
+    /// alone; a batch that fails is not added.
+    pub async fn update(&mut self, engine: &Engine, input: &Input<'_>) -> Result<MetricValue, Error> {
         self.metric.check(input.mode(), input.classes())?;
         if self.metric.name.is_surface() {
-            self.rows.extend(engine.surface_grid(input, &self.metric).await?);
+            let grid = engine.surface_grid(input, &self.metric).await?;
+            let value = reduce_grid(grid.clone(), self.metric.reduction, self.metric.empty_mean);
+            self.rows.extend(grid);
             self.images += input.batch();
-            return Ok(());
+            return Ok(value);
         }
         let counts = engine.counts(input, &self.metric).await?;
-        self.add_counts(&counts)
+        let value = counts.evaluate(&self.metric)?;
+        self.add_counts(&counts)?;
+        Ok(value)
     }
 
     /// Blocking [`Running::update`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn update_blocking(&mut self, engine: &Engine, input: &Input<'_>) -> Result<(), Error> {
+    pub fn update_blocking(&mut self, engine: &Engine, input: &Input<'_>) -> Result<MetricValue, Error> {
         futures::executor::block_on(self.update(engine, input))
     }
 

@@ -50,7 +50,6 @@ pub(crate) fn edt_squared(seeds: &[bool], dims: &[usize], spacing: &[f64]) -> Ve
 /// `out[p] = min_q ((p - q) h)^2 + f[q]`, exactly, by the lower envelope of the parabolas rooted
 /// at the finite `f[q]`.
 fn envelope(f: &[f64], h: f64, out: &mut [f64]) {
-    let pos = |q: usize| q as f64 * h;
     // parabolas of the envelope (their roots) and where each starts to be the lowest
     let mut v: Vec<usize> = Vec::with_capacity(f.len());
     let mut z: Vec<f64> = Vec::with_capacity(f.len() + 1);
@@ -64,8 +63,8 @@ fn envelope(f: &[f64], h: f64, out: &mut [f64]) {
                 z.push(f64::NEG_INFINITY);
                 break;
             };
-            // intersection of the parabolas rooted at r and q
-            let s = ((f[q] + pos(q) * pos(q)) - (f[r] + pos(r) * pos(r))) / (2.0 * (pos(q) - pos(r)));
+            // intersection of the parabolas rooted at r and q, in voxel units
+            let s = ((f[q] - f[r]) / (h * h * (q - r) as f64) + (q + r) as f64) / 2.0;
             if s <= *z.last().unwrap_or(&f64::NEG_INFINITY) {
                 v.pop();
                 z.pop();
@@ -82,11 +81,10 @@ fn envelope(f: &[f64], h: f64, out: &mut [f64]) {
     }
     let mut k = 0;
     for (p, o) in out.iter_mut().enumerate() {
-        let x = pos(p);
-        while k + 1 < v.len() && z[k + 1] < x {
+        while k + 1 < v.len() && z[k + 1] < p as f64 {
             k += 1;
         }
-        let dx = x - pos(v[k]);
+        let dx = p.abs_diff(v[k]) as f64 * h;
         *o = dx * dx + f[v[k]];
     }
 }

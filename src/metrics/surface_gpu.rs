@@ -34,8 +34,9 @@ struct SurfParams {
     pad: [u32; 3],
 }
 
-/// The longest axis on the device (longer ones run on the CPU reference).
-const MAX_AXIS: usize = 1 << 16;
+/// The longest axis on the device (longer ones run on the CPU reference): a line is one
+/// thread's loop, which software adapters cut short past some tens of thousands of iterations.
+const MAX_AXIS: usize = 4096;
 
 impl Engine {
     /// A surface metric's value per image and selected class, on the device when the engine
@@ -47,8 +48,16 @@ impl Engine {
         let ks = m.selected(input.classes());
         let (n, s) = (input.batch(), input.spatial());
         let fields_bytes = (2 * n * ks.len() * s * 4) as u64;
+        // the device takes 0/1 targets (soft ones: the reference names the bad value), class
+        // indices that pack into 16 bits, axes one thread walks, fields within a binding
+        let fits = |g: &Gpu| {
+            dims.iter().all(|&d| d <= MAX_AXIS)
+                && 2 * fields_bytes <= crate::stats::binding_limit(g)
+                && input.classes() < 0xFFFF
+                && (input.mode() == Mode::Multiclass || input.hard_labels())
+        };
         let gpu = match self.gpu_ref() {
-            Some(g) if dims.iter().all(|&d| d <= MAX_AXIS) && 2 * fields_bytes <= crate::stats::binding_limit(g) => g,
+            Some(g) if fits(g) => g,
             _ => return super::surface::grid(input, m),
         };
         let prep = self.prepare(input.clone())?;
