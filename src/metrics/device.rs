@@ -4,6 +4,7 @@
 
 use super::reference;
 use super::scores::Counts;
+use super::surface::{self, distance_key, Distances};
 use super::{Metric, MetricValue};
 use crate::engine::{check_hard_labels, decode, reference_evaluation, words, Engine, Evaluation};
 use crate::error::Error;
@@ -135,12 +136,26 @@ impl Engine {
         let evals = decode(&words(&data[vi]), &r, input.shape(), exprs, &data)?;
         let counts: Vec<Counts> = reads.iter().map(|&ri| counts_of(&data[ri], mode, c, n)).collect();
         let mut values = Vec::with_capacity(checked.len());
+        // the surface metrics: boundaries and distance transform on the device, once for the
+        // metrics of the same classes, threshold and spacing, on the input already uploaded
+        let mut distances: Vec<(_, Distances)> = Vec::new();
         for m in checked {
             let v = match m {
                 Err(e) => Err(e),
-                // the surface metrics: boundaries and distance transform on the device
                 Ok(m) if m.name.is_surface() => {
-                    self.surface_grid(input, m).await.map(|g| super::scores::reduce_grid(g, m.reduction, m.empty_mean))
+                    let at = match distance_key(m, c, input.shape().len() - 2) {
+                        Err(e) => Err(e),
+                        Ok(key) => match distances.iter().position(|(k, _)| *k == key) {
+                            Some(i) => Ok(i),
+                            None => self.surface_distances(input, m, Some(&prep)).await.map(|d| {
+                                distances.push((key, d));
+                                distances.len() - 1
+                            }),
+                        },
+                    };
+                    at.map(|i| {
+                        super::scores::reduce_grid(surface::values(m, &distances[i].1), m.reduction, m.empty_mean)
+                    })
                 }
                 // soft targets: the reference names the bad value; too many classes to count
                 // on the device

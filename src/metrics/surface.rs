@@ -98,13 +98,38 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// One (image, class) value from the masks of the prediction and the target.
-fn one(m: &Metric, p: &[bool], g: &[bool], dims: &[usize], spacing: &[f64], tolerance: f64) -> f64 {
+/// The directed distances of one (image, class): from each boundary voxel of the prediction to
+/// the target's boundary, and back.
+fn directed(p: &[bool], g: &[bool], dims: &[usize], spacing: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let (bp, bg) = (boundary(p, dims), boundary(g, dims));
     let to_g = edt_squared(&bg, dims, spacing);
     let to_p = edt_squared(&bp, dims, spacing);
     let d_pg: Vec<f64> = (0..bp.len()).filter(|&i| bp[i]).map(|i| to_g[i].sqrt()).collect();
     let d_gp: Vec<f64> = (0..bg.len()).filter(|&i| bg[i]).map(|i| to_p[i].sqrt()).collect();
-    from_distances(m, d_pg, d_gp, tolerance)
+    (d_pg, d_gp)
+}
+
+/// Per image and selected class, the directed distances of the two boundaries: what every
+/// surface metric of the same classes, threshold and spacing is made of.
+pub(crate) type Distances = Vec<Vec<(Vec<f64>, Vec<f64>)>>;
+
+/// A surface metric's value per image and selected class from the distances.
+pub(crate) fn values(m: &Metric, d: &Distances) -> Vec<Vec<f64>> {
+    d.iter()
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .map(|(j, (pg, gp))| from_distances(m, pg.clone(), gp.clone(), tolerance_of(m, j)))
+                .collect()
+        })
+        .collect()
+}
+
+/// What the distances of `m` depend on: the selected classes, the threshold and the spacing
+/// (not the percentile, direction or tolerance).
+pub(crate) fn distance_key(m: &Metric, classes: usize, axes: usize) -> Result<(Vec<usize>, u64, Vec<u64>), Error> {
+    let spacing = spacing_of(m, axes)?;
+    Ok((m.selected(classes), m.logit_threshold().to_bits(), spacing.iter().map(|x| x.to_bits()).collect()))
 }
 
 /// One (image, class) value from the directed distances of the two boundaries (prediction to
@@ -168,22 +193,21 @@ pub(crate) fn tolerance_of(m: &Metric, j: usize) -> f64 {
 
 /// A surface metric of `input` on the CPU.
 pub(crate) fn evaluate(input: &Input<'_>, m: &Metric) -> Result<MetricValue, Error> {
-    Ok(reduce_grid(grid(input, m)?, m.reduction, m.empty_mean))
+    Ok(reduce_grid(values(m, &distances(input, m)?), m.reduction, m.empty_mean))
 }
 
-/// A surface metric's value per image and selected class, before the reduction.
-pub(crate) fn grid(input: &Input<'_>, m: &Metric) -> Result<Vec<Vec<f64>>, Error> {
+/// The distances of a surface metric of `input`, on the CPU.
+pub(crate) fn distances(input: &Input<'_>, m: &Metric) -> Result<Distances, Error> {
     let (n, c, s) = (input.batch(), input.classes(), input.spatial());
     let dims = &input.shape()[2..];
     let spacing = spacing_of(m, dims.len())?;
     let h = hard(input, m.logit_threshold())?;
     let ks = m.selected(c);
     let multiclass = input.mode() == Mode::Multiclass;
-    let grid: Vec<Vec<f64>> = (0..n)
+    Ok((0..n)
         .map(|ni| {
             ks.iter()
-                .enumerate()
-                .map(|(j, &k)| {
+                .map(|&k| {
                     // ignored pixels are background in both masks
                     let (p, g): (Vec<bool>, Vec<bool>) = (0..s)
                         .map(|si| {
@@ -194,12 +218,11 @@ pub(crate) fn grid(input: &Input<'_>, m: &Metric) -> Result<Vec<Vec<f64>>, Error
                             }
                         })
                         .unzip();
-                    one(m, &p, &g, dims, &spacing, tolerance_of(m, j))
+                    directed(&p, &g, dims, &spacing)
                 })
                 .collect()
         })
-        .collect();
-    Ok(grid)
+        .collect())
 }
 
 #[cfg(test)]

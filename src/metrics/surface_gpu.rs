@@ -2,9 +2,9 @@
 //! (`surface.wgsl`) in one submission; the host reads the squared distances at the boundary
 //! voxels and makes each (image, class) value from them.
 
-use super::surface::{from_distances, spacing_of, tolerance_of};
+use super::surface::{spacing_of, values, Distances};
 use super::Metric;
-use crate::engine::{words, Engine};
+use crate::engine::{words, Engine, Prepared};
 use crate::error::Error;
 use crate::gpu::context::Gpu;
 use crate::gpu::lovasz::grid;
@@ -39,10 +39,20 @@ struct SurfParams {
 const MAX_AXIS: usize = 4096;
 
 impl Engine {
-    /// A surface metric's value per image and selected class, on the device when the engine
-    /// has one and the input fits (its distance fields and envelopes within a binding), else on
-    /// the CPU reference.
+    /// A surface metric's value per image and selected class (see [`Engine::surface_distances`]).
     pub(crate) async fn surface_grid(&self, input: &Input<'_>, m: &Metric) -> Result<Vec<Vec<f64>>, Error> {
+        Ok(values(m, &self.surface_distances(input, m, None).await?))
+    }
+
+    /// The directed boundary distances of a surface metric per image and selected class, on the
+    /// device when the engine has one and the input fits (its distance fields and envelopes
+    /// within a binding), else on the CPU reference. `prep`: the input already on the device.
+    pub(crate) async fn surface_distances(
+        &self,
+        input: &Input<'_>,
+        m: &Metric,
+        prep: Option<&Prepared<'_>>,
+    ) -> Result<Distances, Error> {
         let dims = &input.shape()[2..];
         let spacing = spacing_of(m, dims.len())?;
         let ks = m.selected(input.classes());
@@ -58,17 +68,24 @@ impl Engine {
         };
         let gpu = match self.gpu_ref() {
             Some(g) if fits(g) => g,
-            _ => return super::surface::grid(input, m),
+            _ => return super::surface::distances(input, m),
         };
-        let prep = self.prepare(input.clone())?;
+        let own;
+        let prep = match prep {
+            Some(p) => p,
+            None => {
+                own = self.prepare(input.clone())?;
+                &own
+            }
+        };
         let Some((lb, tb)) = prep.buffers() else {
-            return super::surface::grid(input, m);
+            return super::surface::distances(input, m);
         };
-        device_grid(gpu, input, m, &ks, &spacing, lb, tb).await
+        device_distances(gpu, input, m, &ks, &spacing, lb, tb).await
     }
 }
 
-async fn device_grid(
+async fn device_distances(
     gpu: &Gpu,
     input: &Input<'_>,
     m: &Metric,
@@ -76,7 +93,7 @@ async fn device_grid(
     spacing: &[f64],
     lb: &wgpu::Buffer,
     tb: &wgpu::Buffer,
-) -> Result<Vec<Vec<f64>>, Error> {
+) -> Result<Distances, Error> {
     let dims = &input.shape()[2..];
     let (n, c, s) = (input.batch(), input.classes(), input.spatial());
     let kk = ks.len();
@@ -165,7 +182,7 @@ async fn device_grid(
                     let f = &flags[q * s..(q + 1) * s];
                     let d_pg = (0..s).filter(|&v| f[v] & 1 != 0).map(|v| f64::from(to_g[v]).sqrt()).collect();
                     let d_gp = (0..s).filter(|&v| f[v] & 2 != 0).map(|v| f64::from(to_p[v]).sqrt()).collect();
-                    from_distances(m, d_pg, d_gp, tolerance_of(m, j))
+                    (d_pg, d_gp)
                 })
                 .collect()
         })
