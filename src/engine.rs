@@ -1052,7 +1052,6 @@ fn _assert_send_sync() {
     send::<Submitted>();
 }
 
-#[cfg_attr(not(any(test, feature = "internals")), allow(dead_code))]
 impl Engine {
     pub(crate) fn gpu_ref(&self) -> Option<&Arc<Gpu>> {
         match &self.backend {
@@ -1062,7 +1061,6 @@ impl Engine {
     }
 }
 
-#[cfg_attr(not(any(test, feature = "internals")), allow(dead_code))]
 impl Prepared<'_> {
     pub(crate) fn buffers(&self) -> Option<(&wgpu::Buffer, &wgpu::Buffer)> {
         Some((self.logits.as_ref()?, self.target.as_ref()?))
