@@ -25,6 +25,7 @@ override ACCUM: bool = false;    // gradient: add to the output instead of overw
 override WIDE: bool = false;     // statistics: the wide sigmoid tiles of CPU adapters (PIX_SIGMOID_CPU)
 override PIXEL_ONLY: bool = false; // statistics, softmax: cross-entropy slots only, summed into class 0
 override COUNTS: bool = false;   // statistics: the hard predictions' confusion counts into `cnt`
+override PROBS: bool = false;    // the input holds probabilities: no activation, gradients by p
 
 // Bad-input flags of `status[0]` (and the checks VALIDATE asks for); status[1 + bit] holds
 // 0xFFFFFFFF minus the smallest offending element index (atomicMax; 0 = none).
@@ -32,6 +33,7 @@ const V_NONFINITE: u32 = 1u; // NaN or infinite logits
 const V_CLASS: u32 = 2u;     // class index outside 0..C that is not the ignore index
 const V_RANGE: u32 = 4u;     // dense target outside [0, 1] (or NaN) that is not the ignore value
 const V_SOFT: u32 = 8u;      // dense target neither 0 nor 1 (Lovász needs hard labels)
+const V_PROB: u32 = 16u;     // a probability outside [0, 1] (or NaN)
 
 fn has(kind: u32) -> bool {
     return (KINDS & (1u << kind)) != 0u;
@@ -125,10 +127,9 @@ fn pow_pos(b: f32, e: f32) -> f32 {
     return pow(b, e);
 }
 
-// Sigmoid focal loss of one element: (value, d value / d x). Soft targets allowed.
-fn focal_sigmoid(x: f32, g: f32, t: Term) -> vec2<f32> {
-    let p = sigmoid(x);
-    let b = g * softplus(-x) + (1.0 - g) * softplus(x);
+// Sigmoid focal loss of one element from its BCE b and db = d b / d input:
+// (value, d value / d input). Soft targets allowed.
+fn focal_of_bce(b: f32, db: f32, g: f32, t: Term) -> vec2<f32> {
     let omp = one_minus_exp_neg(b);
     var a = 1.0;
     if t.has_alpha != 0u {
@@ -139,7 +140,46 @@ fn focal_sigmoid(x: f32, g: f32, t: Term) -> vec2<f32> {
     if t.gamma != 0.0 && omp > 0.0 {
         dm = t.gamma * pow(omp, t.gamma - 1.0) * exp(-b) * b;
     }
-    return vec2<f32>(a * m * b, a * (dm + m) * (p - g));
+    return vec2<f32>(a * m * b, a * (dm + m) * db);
+}
+
+// Sigmoid focal loss of logit x: d BCE / d x = sigmoid(x) - g.
+fn focal_sigmoid(x: f32, g: f32, t: Term) -> vec2<f32> {
+    let b = g * softplus(-x) + (1.0 - g) * softplus(x);
+    return focal_of_bce(b, sigmoid(x) - g, g, t);
+}
+
+// log(1 - y) for y in [0, 1), accurate for small y.
+fn log1m(y: f32) -> f32 {
+    return select(log(1.0 - y), -y * (1.0 + y * (0.5 + y / 3.0)), y < 1e-3);
+}
+
+// Focal loss of probability p (smp): BCE of q = clamp(p, 1e-7, 1 - 1e-7), gradient 0 where the
+// clamp binds. 1 - q is kept exact (1 - 1e-7 is no f32: the top clamp sets 1 - q = 1e-7).
+fn focal_prob(p: f32, g: f32, t: Term) -> vec2<f32> {
+    let lo = p < 1e-7;
+    let hi = 1.0 - p < 1e-7; // exact for p >= 1/2
+    let q = select(p, 1e-7, lo);
+    let oq = select(select(1.0 - p, 1.0 - 1e-7, lo), 1e-7, hi);
+    let lq = select(log(q), log1m(oq), q > 0.5);   // log q
+    let loq = select(log(oq), log1m(q), q < 0.5); // log(1 - q)
+    let b = -(g * lq + (1.0 - g) * loq);
+    var db = 0.0;
+    if !lo && !hi {
+        db = (q - g) / (q * oq);
+    }
+    return focal_of_bce(b, db, g, t);
+}
+
+// PyTorch's binary_cross_entropy clamp of one log on probabilities: min(-log y, 100), y >= 0.
+// A subnormal y (which GPUs may flush to 0) is read from its bits: y = m 2^-149, so
+// -log y = 149 ln 2 - log m (above 87, so the clamp decides only below e^-100).
+fn nlog100(y: f32) -> f32 {
+    let b = bitcast<u32>(y);
+    if b < 0x00800000u {
+        return select(min(103.27893 - log(f32(b)), 100.0), 100.0, b == 0u);
+    }
+    return min(-log(y), 100.0);
 }
 
 // Softmax focal on the true class, -a (1-q)^gamma log q, from nlq = -log q:

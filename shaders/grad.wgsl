@@ -131,13 +131,14 @@ fn gradient(
             dot[i] = 0.0;
             if s < P.s {
                 lab[i] = tword(n * P.s + s);
-                if lab[i] != INVALID {
+                if lab[i] != INVALID && !PROBS {
                     lse[i] = log_sum_exp(n, s);
                     nlq[i] = lse[i] - logits[(n * P.c + lab[i]) * P.s + s];
                 }
             }
         }
-        if REGION || LOVASZ != 0u {
+        // (probabilities: d loss / d p is the gradient, no softmax to chain through)
+        if (REGION || LOVASZ != 0u) && !PROBS {
             for (var c = 0u; c < P.c; c++) {
                 let k = class_coefs(ni, c);
                 for (var i = 0u; i < GPIX; i++) {
@@ -158,8 +159,13 @@ fn gradient(
                 if lab[i] != INVALID {
                     let e = (n * P.c + c) * P.s + s0 + i * GWG;
                     xs[i] = logits[e];
-                    ps[i] = exp(xs[i] - lse[i]);
-                    d[i] = ps[i] * (softmax_dp(k, e, ps[i], select(0.0, 1.0, lab[i] == c)) - dot[i]);
+                    if PROBS {
+                        ps[i] = xs[i];
+                        d[i] = softmax_dp(k, e, ps[i], select(0.0, 1.0, lab[i] == c));
+                    } else {
+                        ps[i] = exp(xs[i] - lse[i]);
+                        d[i] = ps[i] * (softmax_dp(k, e, ps[i], select(0.0, 1.0, lab[i] == c)) - dot[i]);
+                    }
                 }
             }
             for (var t = 0u; t < NTERMS; t++) {
@@ -175,7 +181,11 @@ fn gradient(
                     let g = select(0.0, 1.0, lab[i] == c);
                     let p = ps[i];
                     if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
-                        d[i] += tp.scale * focal_sigmoid(xs[i], g, tp).y;
+                        if PROBS {
+                            d[i] += tp.scale * focal_prob(p, g, tp).y;
+                        } else {
+                            d[i] += tp.scale * focal_sigmoid(xs[i], g, tp).y;
+                        }
                     }
                     if has(CE) && tp.kind == CE {
                         let ls = tp.label_smoothing;
@@ -206,8 +216,13 @@ fn gradient(
                         live[i] = true;
                         gs[i] = bitcast<f32>(tb);
                         xs[i] = logits[e];
-                        pq[i] = sigmoid2(xs[i]);
-                        d[i] = region_dp(k, pq[i].x, gs[i]) * pq[i].x * pq[i].y;
+                        if PROBS {
+                            pq[i] = vec2<f32>(xs[i], 1.0 - xs[i]);
+                            d[i] = region_dp(k, xs[i], gs[i]);
+                        } else {
+                            pq[i] = sigmoid2(xs[i]);
+                            d[i] = region_dp(k, pq[i].x, gs[i]) * pq[i].x * pq[i].y;
+                        }
                         // hinge: d relu(1 - x (2g - 1)) / d x
                         if LOVASZ != 0u && hinge_error(xs[i], gs[i]) > 0.0 {
                             d[i] -= k.lov * lw[e] * (2.0 * gs[i] - 1.0);
@@ -224,10 +239,19 @@ fn gradient(
                     let g = gs[i];
                     if has(BCE) && tp.kind == BCE {
                         let gsm = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
-                        d[i] += tp.scale * ((1.0 - gsm) * pq[i].x - tp.pos_weight * gsm * pq[i].y);
+                        if PROBS {
+                            // PyTorch's binary_cross_entropy backward
+                            d[i] += tp.scale * (pq[i].x - gsm) / max(pq[i].x * pq[i].y, 1e-12);
+                        } else {
+                            d[i] += tp.scale * ((1.0 - gsm) * pq[i].x - tp.pos_weight * gsm * pq[i].y);
+                        }
                     }
                     if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
-                        d[i] += tp.scale * focal_sigmoid(xs[i], g, tp).y;
+                        if PROBS {
+                            d[i] += tp.scale * focal_prob(xs[i], g, tp).y;
+                        } else {
+                            d[i] += tp.scale * focal_sigmoid(xs[i], g, tp).y;
+                        }
                     }
                 }
             }

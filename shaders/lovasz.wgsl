@@ -66,7 +66,7 @@ fn lovasz_keys(
     if SOFTMAX {
         let lab = tword(n * P.s + s);
         var lse = 0.0;
-        if lab != INVALID {
+        if lab != INVALID && !PROBS {
             lse = log_sum_exp(n, s);
         }
         for (var c = 0u; c < P.c; c++) {
@@ -79,7 +79,10 @@ fn lovasz_keys(
                 keys[pos] = NONE;
                 vals[pos] = NONE;
             } else {
-                let p = exp(logits[e] - lse);
+                var p = logits[e];
+                if !PROBS {
+                    p = exp(p - lse);
+                }
                 let fg = lab == c;
                 keys[pos] = key_of(abs(select(0.0, 1.0, fg) - p));
                 vals[pos] = e | select(0u, 0x80000000u, fg);

@@ -28,15 +28,20 @@ const RSPAN: u32 = 16u;                     // lanes each adds: WG / RGROUPS
 var<workgroup> red2: array<vec4<f32>, 32>;  // 4 * RGROUPS
 
 // Element contribution to the two channels of a pixel-loss slot with parameters `tp` (loaded once
-// per thread: a CPU adapter pays a load per lane per element). nlp = -log p, nlq = -log(1-p).
-fn slot_stats(tp: Term, x: f32, g: f32, nlp: f32, nlq: f32, label: u32, c: u32) -> vec2<f32> {
+// per thread: a CPU adapter pays a load per lane per element). nlp = -log p, nlq = -log(1-p)
+// (PROBS: clamped to 100 as PyTorch's binary_cross_entropy does); x the input, p the probability.
+fn slot_stats(tp: Term, x: f32, p: f32, g: f32, nlp: f32, nlq: f32, label: u32, c: u32) -> vec2<f32> {
     var r = vec2<f32>(0.0);
     if has(BCE) && tp.kind == BCE {
         let gs = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
         r = vec2<f32>(gs * nlp, (1.0 - gs) * nlq);
     }
     if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
-        r.x = focal_sigmoid(x, g, tp).x;
+        if PROBS {
+            r.x = focal_prob(p, g, tp).x;
+        } else {
+            r.x = focal_sigmoid(x, g, tp).x;
+        }
     }
     // cross-entropy is summed per pixel (ce_pixel), into class 0
     if has(FOCAL_SOFTMAX) && tp.kind == FOCAL_SOFTMAX && label == c {
@@ -75,6 +80,9 @@ fn flag(bit: u32, idx: u32) {
 fn check_logit(x: f32, e: u32) {
     if (VALIDATE & V_NONFINITE) != 0u && !finite(x) {
         flag(V_NONFINITE, e);
+    }
+    if (VALIDATE & V_PROB) != 0u && !(x >= 0.0 && x <= 1.0) {
+        flag(V_PROB, e);
     }
 }
 
@@ -139,7 +147,9 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     }
                 }
                 if lab[i] != INVALID {
-                    lse[i] = log_sum_exp(n, s);
+                    if !PROBS {
+                        lse[i] = log_sum_exp(n, s);
+                    }
                     if COUNTS {
                         // argmax, ties to the lowest class (the logits are in cache)
                         var best = 0u;
@@ -217,8 +227,13 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     check_logit(x, e);
                 }
                 g = select(0.0, 1.0, label == c);
-                nlp = lse[i] - x;
-                p = exp(-nlp);
+                if PROBS {
+                    p = x;
+                    nlp = nlog100(p);
+                } else {
+                    nlp = lse[i] - x;
+                    p = exp(-nlp);
+                }
             } else {
                 if s >= P.s {
                     continue;
@@ -238,10 +253,16 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     let cell = select(0u, 2u, g == 1.0) + select(0u, 1u, x >= P.thr);
                     atomicAdd(&cnt[((n * P.tiles + tile) * P.c + c) * 4u + cell], 1u);
                 }
-                let pn = sigmoid_nls(x);
-                p = pn.x;
-                nlp = pn.y;
-                nlq = pn.z;
+                if PROBS {
+                    p = x;
+                    nlp = nlog100(p);
+                    nlq = select(nlog100(1.0 - p), -log1m(p), p < 1e-3);
+                } else {
+                    let pn = sigmoid_nls(x);
+                    p = pn.x;
+                    nlp = pn.y;
+                    nlq = pn.z;
+                }
             }
             a0 += vec4<f32>(p * g, p, g, p * p);
             var b = vec4<f32>(g * g, 1.0, 0.0, 0.0);
@@ -252,16 +273,16 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             }
             a1 += b;
             if NTERMS > 0u {
-                a2 += vec4<f32>(slot_stats(tp0, x, g, nlp, nlq, label, c), 0.0, 0.0);
+                a2 += vec4<f32>(slot_stats(tp0, x, p, g, nlp, nlq, label, c), 0.0, 0.0);
             }
             if NTERMS > 1u {
-                a2 += vec4<f32>(0.0, 0.0, slot_stats(tp1, x, g, nlp, nlq, label, c));
+                a2 += vec4<f32>(0.0, 0.0, slot_stats(tp1, x, p, g, nlp, nlq, label, c));
             }
             if NTERMS > 2u {
-                a3 += vec4<f32>(slot_stats(tp2, x, g, nlp, nlq, label, c), 0.0, 0.0);
+                a3 += vec4<f32>(slot_stats(tp2, x, p, g, nlp, nlq, label, c), 0.0, 0.0);
             }
             if NTERMS > 3u {
-                a3 += vec4<f32>(0.0, 0.0, slot_stats(tp3, x, g, nlp, nlq, label, c));
+                a3 += vec4<f32>(0.0, 0.0, slot_stats(tp3, x, p, g, nlp, nlq, label, c));
             }
         }
         red[lid] = a0;

@@ -158,7 +158,7 @@ impl<'e, 'a> Batch<'e, 'a> {
     /// Expressions that do not fit the input's mode or classes are refused here.
     pub fn push(&mut self, input: &Input<'a>, exprs: &[LossExpr], grads: bool) -> Result<Pending, Error> {
         for e in exprs {
-            e.check(input.mode(), input.classes())?;
+            e.check_input(input.mode(), input.classes(), input.kind())?;
         }
         let g = if grads { GradOut::Host } else { GradOut::Skip };
         Ok(self.queue(ItemSrc::Host(input.clone()), exprs, vec![g; exprs.len()]))
@@ -179,7 +179,7 @@ impl<'e, 'a> Batch<'e, 'a> {
             return Err(Error::Unsupported("buffer inputs need a GPU engine, not the CPU reference".into()));
         }
         for e in exprs {
-            e.check(input.mode(), input.shape()[1])?;
+            e.check_input(input.mode(), input.shape()[1], input.kind())?;
         }
         Ok(self.queue(ItemSrc::Buffers(input.clone()), exprs, grads.to_vec()))
     }

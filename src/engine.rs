@@ -14,7 +14,7 @@ use crate::gpu::context::{pick_adapter, Gpu};
 use crate::gpu::eval::{DevInput, GradTo, Recorded};
 use crate::gpu::record::{ReadFuture, Recording, Slice};
 use crate::gpu::{check, INVALID};
-use crate::input::{Input, Target};
+use crate::input::{Input, InputKind, Target};
 use crate::reference;
 use crate::Mode;
 
@@ -159,6 +159,7 @@ pub struct BufferInput<'a> {
     ignore_index: Option<i64>,
     /// The ignore index as the target word it matches.
     ignore_word: Option<u32>,
+    kind: InputKind,
 }
 
 impl<'a> BufferInput<'a> {
@@ -208,7 +209,27 @@ impl<'a> BufferInput<'a> {
             ),
             (Some(k), TargetBuffer::Dense(_)) => Some((k as f32).to_bits()),
         };
-        Ok(BufferInput { logits, target, shape: shape.to_vec(), mode, ignore_index, ignore_word })
+        Ok(BufferInput {
+            logits,
+            target,
+            shape: shape.to_vec(),
+            mode,
+            ignore_index,
+            ignore_word,
+            kind: InputKind::Logits,
+        })
+    }
+
+    /// The same buffers read as `kind`: with [`InputKind::Probs`] the first slice holds
+    /// probabilities, which the statistics pass checks to lie in [0, 1].
+    pub fn with_kind(mut self, kind: InputKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Whether the first slice holds logits or probabilities.
+    pub fn kind(&self) -> InputKind {
+        self.kind
     }
 
     /// The logits' shape.
@@ -398,6 +419,13 @@ pub(crate) fn status_error_at(
             crate::input::describe_index(shape, i)
         )));
     }
+    if flags & check::PROB != 0 {
+        let i = at(check::PROB);
+        return Err(Error::Input(format!(
+            "probability element {i} ({}) is outside [0, 1]",
+            crate::input::describe_index(shape, i)
+        )));
+    }
     if flags & check::CLASS != 0 {
         let i = at(check::CLASS);
         return Err(Error::ClassIndex(format!(
@@ -445,6 +473,13 @@ impl Source<'_> {
         match self {
             Source::Host { input, .. } => input.mode(),
             Source::Buffers(b) => b.mode,
+        }
+    }
+
+    fn kind(&self) -> InputKind {
+        match self {
+            Source::Host { input, .. } => input.kind(),
+            Source::Buffers(b) => b.kind,
         }
     }
 }
@@ -662,7 +697,7 @@ impl Engine {
     ) -> Result<Vec<Evaluation>, Error> {
         let input = &prep.input;
         for e in exprs {
-            e.check(input.mode(), input.classes())?;
+            e.check_input(input.mode(), input.classes(), input.kind())?;
         }
         let gpu = match &self.backend {
             Backend::Cpu => {
@@ -801,7 +836,7 @@ impl Engine {
         }
         let (shape, mode) = (src.shape(), src.mode());
         for e in exprs {
-            e.check(mode, shape[1])?;
+            e.check_input(mode, shape[1], src.kind())?;
         }
         let groups = match src {
             Source::Host { groups, .. } => *groups,
@@ -819,6 +854,7 @@ impl Engine {
                 c,
                 s,
                 softmax,
+                probs: src.kind() == InputKind::Probs,
                 groups: *groups,
                 ignore: None,
                 validate: 0,
@@ -932,7 +968,8 @@ pub(crate) fn buffer_dev_input_unchecked(
 /// makes of its values (finite logits, class range or [0, 1], hard labels for Lovász).
 fn buffer_checks(b: &BufferInput<'_>, exprs: &[LossExpr], logits: Slice, target: Slice) -> DevInput {
     let softmax = b.mode == Mode::Multiclass;
-    let mut validate = check::NONFINITE;
+    let probs = b.kind == InputKind::Probs;
+    let mut validate = if probs { check::PROB } else { check::NONFINITE };
     validate |= if softmax { check::CLASS } else { check::RANGE };
     if !softmax && exprs.iter().any(|e| e.has_lovasz()) {
         validate |= check::SOFT;
@@ -944,6 +981,7 @@ fn buffer_checks(b: &BufferInput<'_>, exprs: &[LossExpr], logits: Slice, target:
         c: b.shape[1],
         s: b.shape[2..].iter().product(),
         softmax,
+        probs,
         groups: 1,
         ignore: b.ignore_word,
         validate,

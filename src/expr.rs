@@ -19,7 +19,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::Error;
-use crate::Mode;
+use crate::{InputKind, Mode};
 
 /// A weighted sum of losses.
 #[derive(Clone, Debug, PartialEq)]
@@ -303,6 +303,30 @@ impl Loss {
     }
 }
 
+impl Loss {
+    /// Checks that the loss can take inputs of `kind`: on probabilities, cross-entropy, softmax
+    /// focal, the Lovász hinge (binary, multilabel) and a BCE `pos_weight` need logits.
+    pub fn check_kind(&self, mode: Mode, kind: InputKind) -> Result<(), Error> {
+        if kind == InputKind::Logits {
+            return Ok(());
+        }
+        let bad = |msg: &str| Err(Error::LossMode { loss: self.name().to_string(), msg: msg.to_string() });
+        match self {
+            Loss::Ce(_) => bad("ce needs logits, not probabilities (--probs); on probabilities use focal or a region loss"),
+            Loss::Focal(p) if p.act == FocalAct::Softmax => {
+                bad("act=softmax needs logits, not probabilities (--probs); use the one-vs-rest focal (act=sigmoid)")
+            }
+            Loss::Lovasz(_) if mode != Mode::Multiclass => {
+                bad("the Lovász hinge needs logits, not probabilities (--probs); Lovász-Softmax (multiclass) takes probabilities")
+            }
+            Loss::Bce(p) if p.pos_weight != PosWeight::Value(1.0) => {
+                bad("pos_weight needs logits (PyTorch's binary_cross_entropy on probabilities has none)")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 fn check_classes(name: &str, classes: &Classes, c: usize) -> Result<(), Error> {
     if let Classes::List(list) = classes {
         if let Some(&bad) = list.iter().find(|&&k| k >= c) {
@@ -319,6 +343,19 @@ impl LossExpr {
     /// Checks every term against the mode and the number of classes.
     pub fn check(&self, mode: Mode, classes: usize) -> Result<(), Error> {
         self.terms.iter().try_for_each(|t| t.loss.check(mode, classes))
+    }
+
+    /// [`LossExpr::check`], and that every term takes inputs of `kind` ([`Loss::check_kind`]).
+    ///
+    /// ```
+    /// use segloss::{InputKind, LossExpr, Mode};
+    /// let e: LossExpr = "ce+dice".parse().unwrap();
+    /// assert!(e.check_input(Mode::Multiclass, 3, InputKind::Logits).is_ok());
+    /// assert!(e.check_input(Mode::Multiclass, 3, InputKind::Probs).is_err());
+    /// ```
+    pub fn check_input(&self, mode: Mode, classes: usize, kind: InputKind) -> Result<(), Error> {
+        self.check(mode, classes)?;
+        self.terms.iter().try_for_each(|t| t.loss.check_kind(mode, kind))
     }
 
     /// Whether any term is a Lovász loss.

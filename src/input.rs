@@ -46,6 +46,29 @@ impl FromStr for Mode {
     }
 }
 
+/// What the first tensor of an [`Input`] holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum InputKind {
+    /// Logits: `p = sigmoid(x)` (binary, multilabel) or `softmax(x)` over C (multiclass); gradients
+    /// are `d loss / d logits`.
+    #[default]
+    Logits,
+    /// Probabilities in [0, 1] (0 and 1 included), used as they are: no activation; gradients are
+    /// `d loss / d p`. Multiclass channels need not sum to 1. Cross-entropy, softmax focal and the
+    /// Lovász hinge need logits and refuse them.
+    Probs,
+}
+
+impl InputKind {
+    /// The kind's name (`logits`, `probs`).
+    pub fn name(self) -> &'static str {
+        match self {
+            InputKind::Logits => "logits",
+            InputKind::Probs => "probs",
+        }
+    }
+}
+
 /// Targets: dense float masks (binary, multilabel) or class indices (multiclass).
 #[derive(Clone, Debug)]
 pub enum Target<'a> {
@@ -71,6 +94,7 @@ pub struct Input<'a> {
     pub(crate) shape: Vec<usize>,
     pub(crate) mode: Mode,
     pub(crate) ignore_index: Option<i64>,
+    pub(crate) kind: InputKind,
 }
 
 /// The element count of a shape, or an error when it overflows.
@@ -95,6 +119,51 @@ impl<'a> Input<'a> {
         ignore_index: Option<i64>,
     ) -> Result<Self, Error> {
         Self::new(Cow::Borrowed(logits), Target::Labels(Cow::Borrowed(target)), shape, Mode::Multiclass, ignore_index)
+    }
+
+    /// Probabilities (instead of logits) with float targets of their shape (binary, multilabel).
+    ///
+    /// ```
+    /// use segloss::{Input, InputKind, Mode};
+    /// let probs = vec![0.9f32, 0.0, 1.0, 0.2];
+    /// let target = vec![1.0f32, 0.0, 1.0, 0.0];
+    /// let input = Input::dense_probs(&probs, &target, &[1, 1, 2, 2], Mode::Binary).unwrap();
+    /// assert_eq!(input.kind(), InputKind::Probs);
+    /// assert!(Input::dense_probs(&[1.5f32], &[1.0], &[1, 1, 1], Mode::Binary).is_err());
+    /// ```
+    pub fn dense_probs(probs: &'a [f32], target: &'a [f32], shape: &[usize], mode: Mode) -> Result<Self, Error> {
+        Self::dense(probs, target, shape, mode)?.with_kind(InputKind::Probs)
+    }
+
+    /// Probabilities (instead of logits) with class-index targets `[N, S...]` (multiclass).
+    pub fn labels_probs(
+        probs: &'a [f32],
+        target: &'a [i64],
+        shape: &[usize],
+        ignore_index: Option<i64>,
+    ) -> Result<Self, Error> {
+        Self::labels(probs, target, shape, ignore_index)?.with_kind(InputKind::Probs)
+    }
+
+    /// The same data read as `kind`: probabilities must lie in [0, 1] (the first element outside
+    /// is named in the error).
+    pub fn with_kind(mut self, kind: InputKind) -> Result<Self, Error> {
+        if kind == InputKind::Probs {
+            if let Some(i) = self.logits.iter().position(|x| !(0.0..=1.0).contains(x)) {
+                return Err(Error::Input(format!(
+                    "probability probs[{i}] = {} ({}) is outside [0, 1]",
+                    self.logits[i],
+                    describe_index(&self.shape, i)
+                )));
+            }
+        }
+        self.kind = kind;
+        Ok(self)
+    }
+
+    /// Whether the first tensor holds logits or probabilities.
+    pub fn kind(&self) -> InputKind {
+        self.kind
     }
 
     /// The general constructor: validates shapes, values and the mode, and names the first problem.
@@ -163,7 +232,7 @@ impl<'a> Input<'a> {
                 return Err(Error::Input(format!("{mode} mode needs dense float targets, got class indices")))
             }
         }
-        Ok(Input { logits, target, shape: shape.to_vec(), mode, ignore_index })
+        Ok(Input { logits, target, shape: shape.to_vec(), mode, ignore_index, kind: InputKind::Logits })
     }
 
     /// Number of images N.
@@ -186,7 +255,7 @@ impl<'a> Input<'a> {
     pub fn mode(&self) -> Mode {
         self.mode
     }
-    /// The logits.
+    /// The logits (or the probabilities, see [`Input::kind`]).
     pub fn logits(&self) -> &[f32] {
         &self.logits
     }
@@ -227,6 +296,7 @@ impl<'a> Input<'a> {
             shape,
             mode: self.mode,
             ignore_index: self.ignore_index,
+            kind: self.kind,
         })
     }
 

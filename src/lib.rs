@@ -63,7 +63,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use expr::{Loss, LossExpr, Term};
-pub use input::{Input, Mode, Target};
+pub use input::{Input, InputKind, Mode, Target};
 pub use multi::MultiEngine;
 pub use stats::Statistics;
 /// The wgpu this crate is built on: buffers and devices given to the engine come from it.

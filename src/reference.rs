@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::expr::{
     Classes, Empty, FocalAct, GDiceWeight, Loss, LossExpr, LovaszParams, Pool, PosWeight, RegionKind, RegionLoss,
 };
-use crate::input::{Input, Target};
+use crate::input::{Input, InputKind, Target};
 use crate::Mode;
 
 /// Value, per-term values and gradient of one expression, in f64.
@@ -55,6 +55,8 @@ struct Elems {
     c: usize,
     s: usize,
     mode: Mode,
+    /// probabilities given instead of logits: no activation
+    probs: bool,
     x: Vec<f64>,
     /// probability (sigmoid or softmax)
     p: Vec<f64>,
@@ -71,6 +73,7 @@ struct Elems {
 impl Elems {
     fn new(input: &Input) -> Elems {
         let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+        let probs = input.kind() == InputKind::Probs;
         let x: Vec<f64> = input.logits().iter().map(|&v| v as f64).collect();
         let total = n * c * s;
         let mut p = vec![0.0; total];
@@ -82,8 +85,7 @@ impl Elems {
             Target::Dense(t) => {
                 let ign = input.ignore_index().map(|k| k as f32);
                 for i in 0..total {
-                    p[i] = sigmoid(x[i]);
-                    logp[i] = log_sigmoid(x[i]);
+                    (p[i], logp[i]) = if probs { (x[i], x[i].ln()) } else { (sigmoid(x[i]), log_sigmoid(x[i])) };
                     valid[i] = Some(t[i]) != ign;
                     g[i] = if valid[i] { t[i] as f64 } else { 0.0 };
                 }
@@ -98,8 +100,13 @@ impl Elems {
                         let m = (0..c).map(|k| x[idx(k)]).fold(f64::NEG_INFINITY, f64::max);
                         let lse = m + (0..c).map(|k| (x[idx(k)] - m).exp()).sum::<f64>().ln();
                         for k in 0..c {
-                            logp[idx(k)] = x[idx(k)] - lse;
-                            p[idx(k)] = logp[idx(k)].exp();
+                            if probs {
+                                p[idx(k)] = x[idx(k)];
+                                logp[idx(k)] = x[idx(k)].ln();
+                            } else {
+                                logp[idx(k)] = x[idx(k)] - lse;
+                                p[idx(k)] = logp[idx(k)].exp();
+                            }
                             valid[idx(k)] = ok;
                             g[idx(k)] = if ok && lab as usize == k { 1.0 } else { 0.0 };
                         }
@@ -110,7 +117,7 @@ impl Elems {
                 }
             }
         }
-        Elems { n, c, s, mode: input.mode(), x, p, logp, g, valid, label }
+        Elems { n, c, s, mode: input.mode(), probs, x, p, logp, g, valid, label }
     }
 
     #[inline]
@@ -125,7 +132,7 @@ impl Elems {
 
 /// Evaluates one expression on the CPU in f64.
 pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
-    expr.check(input.mode(), input.classes())?;
+    expr.check_input(input.mode(), input.classes(), input.kind())?;
     if expr.has_lovasz() && !input.hard_labels() {
         return Err(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
     }
@@ -151,9 +158,14 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
         };
         term_values.push(v);
     }
-    // Chain d/dp through the activation.
+    // Chain d/dp through the activation (probabilities: none).
     let mut grad = gx;
     match e.mode {
+        _ if e.probs => {
+            for i in 0..total {
+                grad[i] += gp[i];
+            }
+        }
         Mode::Multiclass => {
             for n in 0..e.n {
                 for s in 0..e.s {
@@ -199,6 +211,13 @@ fn bce(e: &Elems, ls: f64, pw: PosWeight, w: f64, gx: &mut [f64]) -> f64 {
             continue;
         }
         let g = e.g[i] * (1.0 - ls) + 0.5 * ls;
+        if e.probs {
+            // PyTorch's binary_cross_entropy: logs clamped at -100, its backward's 1e-12 floor
+            let p = e.p[i];
+            total += -(g * p.ln().max(-100.0) + (1.0 - g) * (-p).ln_1p().max(-100.0));
+            gx[i] += w / cnt * (p - g) / (p * (1.0 - p)).max(1e-12);
+            continue;
+        }
         let (lp, lq) = (log_sigmoid(e.x[i]), log_sigmoid(-e.x[i]));
         total += -(pos_weight * g * lp + (1.0 - g) * lq);
         // d/dx log sigmoid(x) = 1 - p, d/dx log sigmoid(-x) = -p
@@ -218,15 +237,23 @@ fn focal_sigmoid(e: &Elems, gamma: f64, alpha: Option<f64>, w: f64, gx: &mut [f6
             continue;
         }
         let (x, g) = (e.x[i], e.g[i]);
-        let p = sigmoid(x);
-        let b = -(g * log_sigmoid(x) + (1.0 - g) * log_sigmoid(-x));
+        // the BCE b and d b / d input: of the logit, or of q = clamp(p, 1e-7, 1 - 1e-7) (smp on
+        // probabilities; 0 where the clamp binds)
+        let (b, db) = if e.probs {
+            const LO: f64 = 1e-7;
+            let q = x.clamp(LO, 1.0 - LO);
+            let b = -(g * q.ln() + (1.0 - g) * (-q).ln_1p());
+            (b, if (LO..=1.0 - LO).contains(&x) { (q - g) / (q * (1.0 - q)) } else { 0.0 })
+        } else {
+            (-(g * log_sigmoid(x) + (1.0 - g) * log_sigmoid(-x)), sigmoid(x) - g)
+        };
         let one_m_pt = -(-b).exp_m1();
         let pt = (-b).exp();
         let a = alpha.map_or(1.0, |a| a * g + (1.0 - a) * (1.0 - g));
         let mod_ = if gamma == 0.0 { 1.0 } else { one_m_pt.powf(gamma) };
         total += a * mod_ * b;
         let dmod = if gamma == 0.0 || one_m_pt <= 0.0 { 0.0 } else { gamma * one_m_pt.powf(gamma - 1.0) * pt * b };
-        gx[i] += w / cnt * a * (dmod + mod_) * (p - g);
+        gx[i] += w / cnt * a * (dmod + mod_) * db;
     }
     total / cnt
 }

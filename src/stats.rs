@@ -563,6 +563,7 @@ pub(crate) fn host_dev_input(
         c: input.classes(),
         s: piece.pixels(input.spatial()),
         softmax: input.mode() == Mode::Multiclass,
+        probs: input.kind() == crate::InputKind::Probs,
         groups: 1,
         ignore: None,
         validate: 0,
@@ -612,7 +613,7 @@ impl Engine {
     /// not merge.
     pub async fn statistics(&self, input: &Input<'_>, exprs: &[LossExpr]) -> Result<Statistics, Error> {
         for e in exprs {
-            e.check(input.mode(), input.classes())?;
+            e.check_input(input.mode(), input.classes(), input.kind())?;
         }
         crate::engine::check_hard_labels(exprs, input.hard_labels())?;
         match self.gpu_ref() {
@@ -662,7 +663,7 @@ impl Engine {
             .ok_or_else(|| Error::Unsupported("buffer inputs need a GPU engine, not the CPU reference".into()))?;
         let (shape, mode) = (input.shape(), input.mode());
         for e in exprs {
-            e.check(mode, shape[1])?;
+            e.check_input(mode, shape[1], input.kind())?;
         }
         let mut st = Statistics::zeroed(mode, shape[1], shape[0], exprs, true)?;
         let plan = StatsPlan::new(exprs, shape[1]);
@@ -801,7 +802,7 @@ impl Engine {
             return Err(Error::Input(format!("{} gradient outputs for {} expressions", grads.len(), exprs.len())));
         }
         for e in exprs {
-            e.check(input.mode(), c)?;
+            e.check_input(input.mode(), c, input.kind())?;
         }
         let plan = StatsPlan::new(exprs, c);
         let pieces = pieces_of(gpu, shape, &plan)?;

@@ -45,6 +45,7 @@ fn check(engine: &Engine, input: &Input, texts: &[&str]) {
         c,
         s,
         softmax,
+        probs: input.kind() == crate::InputKind::Probs,
         groups: 1,
         ignore: None,
         validate: 0,

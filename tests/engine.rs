@@ -7,7 +7,8 @@ mod common;
 
 use common::{Case, Rng};
 use segloss::{
-    reference, BufferInput, BufferSlice, Engine, Error, Evaluation, GradOut, Input, LossExpr, Mode, TargetBuffer,
+    reference, BufferInput, BufferSlice, Engine, Error, Evaluation, GradOut, Input, InputKind, LossExpr, Mode,
+    TargetBuffer,
 };
 use wgpu::util::DeviceExt;
 
@@ -742,4 +743,73 @@ fn large_inputs_in_a_batch_equal_one_by_one() {
         &engine.evaluate_blocking(&small_input, &exprs_for(&small), true).unwrap(),
         "small input beside large ones",
     );
+}
+
+#[test]
+fn probabilities_in_buffers_equal_host_probabilities_and_are_checked_on_the_device() {
+    let (engine, device, queue) = caller_engine();
+    let mut r = Rng(71);
+    for (shape, mode) in [(vec![2usize, 1, 9, 13], Mode::Binary), (vec![2, 4, 5, 7], Mode::Multiclass)] {
+        let numel: usize = shape.iter().product();
+        let (c, s) = (shape[1], numel / shape[0] / shape[1]);
+        let mut probs: Vec<f32> = (0..numel).map(|_| r.uniform() as f32).collect();
+        probs[0] = 0.0;
+        probs[1] = 1.0;
+        let (texts, words, host): (&[&str], Vec<u32>, Vec<Evaluation>);
+        if mode == Mode::Multiclass {
+            // one-hot pixels and unnormalized channels alike
+            for k in 0..c {
+                probs[k * s + 2] = (k == 1) as u8 as f32;
+            }
+            let labels: Vec<i64> = (0..numel / c).map(|_| r.below(c) as i64).collect();
+            texts = &["dice", "dice@monai+focal@monai", "lovasz", "0.5*jaccard+lovasz:per_image=true"];
+            let input = Input::labels_probs(&probs, &labels, &shape, None).unwrap();
+            host = engine.evaluate_blocking(&input, &parse(texts), true).unwrap();
+            words = labels.iter().map(|&l| l as u32).collect();
+        } else {
+            let t: Vec<f32> = (0..numel).map(|_| (r.uniform() < 0.3) as u8 as f32).collect();
+            texts = &["bce", "0.5*bce+0.5*dice", "focal:alpha=0.25", "tversky@monai:alpha=0.3,beta=0.7"];
+            let input = Input::dense_probs(&probs, &t, &shape, mode).unwrap();
+            host = engine.evaluate_blocking(&input, &parse(texts), true).unwrap();
+            words = bytemuck::cast_slice(&t).to_vec();
+        }
+        let run = |p: &[f32]| {
+            let (lbuf, tbuf) = (buffer_with(device, bytemuck::cast_slice(p), 0), buffer_with(device, &words, 0));
+            let l = BufferSlice::new(&lbuf, 0, numel as u64);
+            let t = BufferSlice::new(&tbuf, 0, words.len() as u64);
+            let target = if mode == Mode::Multiclass { TargetBuffer::ClassU32(t) } else { TargetBuffer::Dense(t) };
+            let input = BufferInput::new(l, target, &shape, mode, None).unwrap().with_kind(InputKind::Probs);
+            let exprs = parse(texts);
+            let gbuf = buffer_with(device, &vec![0u32; numel], 0);
+            let g = BufferSlice::new(&gbuf, 0, numel as u64);
+            let out = engine.evaluate_buffers_blocking(&input, &exprs[..1], &[GradOut::Write(g)]);
+            let rest = engine.evaluate_buffers_blocking(&input, &exprs, &vec![GradOut::Host; exprs.len()]);
+            out.map(|o| (o, read_buffer(device, queue, &gbuf, 0, numel))).and_then(|x| rest.map(|r| (x, r)))
+        };
+        let ((first, written), all) = run(&probs).unwrap();
+        assert_same(&all, &host, &format!("{mode} probabilities"));
+        assert_eq!(first[0].value.to_bits(), host[0].value.to_bits());
+        assert_eq!(Some(&written), host[0].grad.as_ref());
+        // a probability outside [0, 1], and a logit-only loss, are refused
+        for (i, bad) in [(5usize, 1.25f32), (7, -0.5), (11, f32::NAN)] {
+            let mut p = probs.clone();
+            p[i] = bad;
+            match run(&p) {
+                Err(Error::Input(m)) => assert!(m.contains(&format!("element {i}")) && m.contains("[0, 1]"), "{m}"),
+                other => panic!("expected a probability error, got {:?}", other.map(|_| ())),
+            }
+        }
+    }
+    let (lbuf, tbuf) = (buffer_with(device, &[0; 8], 0), buffer_with(device, &[0; 4], 0));
+    let input = BufferInput::new(
+        BufferSlice::new(&lbuf, 0, 8),
+        TargetBuffer::ClassU32(BufferSlice::new(&tbuf, 0, 4)),
+        &[1, 2, 4],
+        Mode::Multiclass,
+        None,
+    )
+    .unwrap()
+    .with_kind(InputKind::Probs);
+    let e = engine.evaluate_buffers_blocking(&input, &parse(&["ce"]), &[GradOut::Skip]).unwrap_err();
+    assert!(e.to_string().contains("probabilities"), "{e}");
 }

@@ -7,7 +7,7 @@ mod common;
 use std::borrow::Cow;
 
 use common::Rng;
-use segloss::{reference, Input, LossExpr, Mode, Target};
+use segloss::{reference, Input, InputKind, LossExpr, Mode, Target};
 
 struct Case {
     shape: Vec<usize>,
@@ -15,11 +15,15 @@ struct Case {
     logits: Vec<f32>,
     target: Target<'static>,
     ignore: Option<i64>,
+    kind: InputKind,
 }
 
 impl Case {
     fn input(&self) -> Input<'_> {
-        Input::new(Cow::Borrowed(&self.logits), self.target.clone(), &self.shape, self.mode, self.ignore).unwrap()
+        Input::new(Cow::Borrowed(&self.logits), self.target.clone(), &self.shape, self.mode, self.ignore)
+            .unwrap()
+            .with_kind(self.kind)
+            .unwrap()
     }
 }
 
@@ -81,7 +85,7 @@ fn case(rng: &mut Rng, mode: Mode, shape: Vec<usize>, kind: usize, quantize: boo
                 .collect(),
         ))
     };
-    Case { shape, mode, logits, target, ignore }
+    Case { shape, mode, logits, target, ignore, kind: InputKind::Logits }
 }
 
 /// Values must agree; gradients must agree except at a few elements whose f32 and f64 errors
@@ -338,8 +342,39 @@ fn softmax_with_confident_and_wrong_pixels_matches_reference() {
             mode: Mode::Multiclass,
             logits,
             target: Target::Labels(Cow::Owned(labels)),
+            kind: InputKind::Logits,
             ignore: Some(255),
         };
         compare(&c_, SOFTMAX);
+    }
+}
+
+#[test]
+fn softmax_on_probabilities_matches_reference() {
+    // Lovász-Softmax on given probabilities (no softmax): unnormalized channels, exact one-hot
+    // pixels equal to the target (error 0) and exact zeros, per batch and per image.
+    let mut rng = Rng(38);
+    for kind in 0..3 {
+        let mut c = case(&mut rng, Mode::Multiclass, vec![3, 4, 23, 17], kind, false);
+        let Target::Labels(labels) = &c.target else { unreachable!() };
+        let (n, k, s) = (3, 4, 23 * 17);
+        for img in 0..n {
+            for i in 0..s {
+                let lab = labels[img * s + i];
+                let hot = rng.below(5) == 0 && lab != 255;
+                for ch in 0..k {
+                    let e = (img * k + ch) * s + i;
+                    c.logits[e] = if hot {
+                        (ch as i64 == lab) as u8 as f32
+                    } else if rng.below(10) == 0 {
+                        0.0
+                    } else {
+                        rng.uniform() as f32
+                    };
+                }
+            }
+        }
+        c.kind = InputKind::Probs;
+        compare(&c, &["lovasz", "lovasz:per_image=true", "lovasz:classes=all", "0.5*dice+lovasz:per_image=true"]);
     }
 }

@@ -357,3 +357,48 @@ fn long_axes_soft_targets_and_many_classes_give_the_reference_values_or_its_erro
     assert_eq!(got[0].as_ref().unwrap(), &reference::evaluate(&input, &m).unwrap());
     assert_eq!(engine.counts_blocking(&input, &m).unwrap(), reference::counts(&input, m.logit_threshold()).unwrap());
 }
+
+#[test]
+fn metrics_of_probabilities_threshold_the_probabilities() {
+    let engine = common::gpu();
+    let mut r = common::Rng(41);
+    for (shape, mode) in [(vec![2usize, 1, 37, 53], Mode::Binary), (vec![2, 4, 21, 19], Mode::Multiclass)] {
+        let numel: usize = shape.iter().product();
+        let c = shape[1];
+        // values exactly at the thresholds 0.5 and 0.3, just above, exact 0 and 1
+        let at = [0.5f32, 0.3, 0.3f32.next_up(), 0.0, 1.0];
+        let p: Vec<f32> =
+            (0..numel).map(|_| if r.uniform() < 0.4 { at[r.below(at.len())] } else { r.uniform() as f32 }).collect();
+        let input = if mode == Mode::Multiclass {
+            let labels = (0..numel / c).map(|_| if r.uniform() < 0.1 { 255 } else { r.below(c) as i64 }).collect();
+            Input::new(Cow::Owned(p.clone()), Target::Labels(Cow::Owned(labels)), &shape, mode, Some(255)).unwrap()
+        } else {
+            let dense = (0..numel).map(|_| (r.uniform() < 0.3) as u8 as f32).collect();
+            Input::new(Cow::Owned(p.clone()), Target::Dense(Cow::Owned(dense)), &shape, mode, None).unwrap()
+        }
+        .with_kind(segloss::InputKind::Probs)
+        .unwrap();
+        let texts =
+            ["counts", "confusion:reduction=none", "iou", "dice:threshold=0.3,reduction=none", "hd:percentile=95"];
+        let metrics: Vec<Metric> = texts
+            .iter()
+            .filter(|t| mode != Mode::Multiclass || !t.contains("threshold"))
+            .map(|t| t.parse().unwrap())
+            .collect();
+        let loss: segloss::LossExpr = "dice".parse().unwrap();
+        let (_, got) =
+            engine.evaluate_with_metrics_blocking(&input, std::slice::from_ref(&loss), true, &metrics).unwrap();
+        for (m, g) in metrics.iter().zip(got) {
+            let want = reference::evaluate(&input, m).unwrap();
+            assert!(close_values(&g.unwrap(), &want), "{shape:?} {m}");
+        }
+        if mode == Mode::Binary {
+            // p >= t on the probabilities: the number of positive predictions (TP + FP) is known
+            // directly
+            let m: Metric = "counts:threshold=0.3".parse().unwrap();
+            let counts = engine.counts_blocking(&input, &m).unwrap();
+            let predicted: u64 = (0..shape[0]).map(|n| counts.get(n, 0)).map(|[tp, fp, _, _]| tp + fp).sum();
+            assert_eq!(predicted, p.iter().filter(|&&x| x >= 0.3).count() as u64);
+        }
+    }
+}

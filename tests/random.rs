@@ -7,7 +7,7 @@ mod common;
 use std::borrow::Cow;
 
 use common::Rng;
-use segloss::{reference, Input, LossExpr, Mode, Target};
+use segloss::{reference, Input, InputKind, LossExpr, Mode, Target};
 
 const DENSE: &[&str] = &[
     "bce",
@@ -74,6 +74,7 @@ struct Batch {
     target: Target<'static>,
     ignore: Option<i64>,
     what: String,
+    kind: InputKind,
 }
 
 /// A random batch; `kind` picks the target's character.
@@ -150,7 +151,43 @@ fn batch(rng: &mut Rng, mode: Mode, kind: usize) -> Batch {
         Target::Dense(Cow::Owned(t))
     };
     let what = format!("{mode} shape {shape:?} kind {kind} logit scale {scale} ignore {ignore:?}");
-    Batch { shape, mode, logits, target, ignore, what }
+    Batch { shape, mode, logits, target, ignore, what, kind: InputKind::Logits }
+}
+
+/// The batch's logits turned into probabilities (sigmoid, or softmax over C), with some values
+/// exactly 0 or 1: right (equal to the target), wrong, and whole one-hot pixels (multiclass).
+fn probs(rng: &mut Rng, mut b: Batch) -> Batch {
+    let (n, c) = (b.shape[0], b.shape[1]);
+    let s: usize = b.shape[2..].iter().product();
+    let mut p = vec![0f32; b.logits.len()];
+    for img in 0..n {
+        for pos in 0..s {
+            let at = |k: usize| (img * c + k) * s + pos;
+            if b.mode == Mode::Multiclass {
+                let m = (0..c).map(|k| b.logits[at(k)] as f64).fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = (0..c).map(|k| (b.logits[at(k)] as f64 - m).exp()).sum();
+                let hot = rng.below(5) == 0;
+                let k0 = rng.below(c);
+                for k in 0..c {
+                    p[at(k)] =
+                        if hot { (k == k0) as u8 as f32 } else { ((b.logits[at(k)] as f64 - m).exp() / z) as f32 };
+                }
+            } else {
+                for k in 0..c {
+                    let x = b.logits[at(k)] as f64;
+                    p[at(k)] = match rng.below(6) {
+                        0 => 0.0,
+                        1 => 1.0,
+                        _ => (1.0 / (1.0 + (-x).exp())) as f32,
+                    };
+                }
+            }
+        }
+    }
+    b.logits = p;
+    b.kind = InputKind::Probs;
+    b.what = format!("{} (probabilities)", b.what);
+    b
 }
 
 fn texts(mode: Mode, c: usize) -> Vec<String> {
@@ -168,7 +205,10 @@ fn texts(mode: Mode, c: usize) -> Vec<String> {
 
 fn compare(b: &Batch, exprs: &[LossExpr]) {
     let engine = common::gpu();
-    let input = Input::new(Cow::Borrowed(&b.logits), b.target.clone(), &b.shape, b.mode, b.ignore).unwrap();
+    let input = Input::new(Cow::Borrowed(&b.logits), b.target.clone(), &b.shape, b.mode, b.ignore)
+        .unwrap()
+        .with_kind(b.kind)
+        .unwrap();
     // Several expressions in one call share one statistics pass.
     for chunk in exprs.chunks(7) {
         let gpu = engine.evaluate_blocking(&input, chunk, true).unwrap_or_else(|e| panic!("{}: {e}", b.what));
@@ -186,13 +226,44 @@ fn compare(b: &Batch, exprs: &[LossExpr]) {
 }
 
 fn run(mode: Mode, seed: u64, cases: usize) {
+    run_kind(mode, InputKind::Logits, seed, cases)
+}
+
+fn run_kind(mode: Mode, kind: InputKind, seed: u64, cases: usize) {
     let mut rng = Rng(seed);
     for i in 0..cases {
         let kinds = if mode == Mode::Multiclass { 4 } else { 5 };
-        let b = batch(&mut rng, mode, i % kinds);
-        let exprs: Vec<LossExpr> = texts(mode, b.shape[1]).iter().map(|t| t.parse().unwrap()).collect();
+        let mut b = batch(&mut rng, mode, i % kinds);
+        let texts = texts(mode, b.shape[1]);
+        if kind == InputKind::Probs {
+            b = probs(&mut rng, b);
+        }
+        let c = b.shape[1];
+        // the losses that take this kind of input (on probabilities: no ce, softmax focal,
+        // hinge or pos_weight)
+        let exprs: Vec<LossExpr> = texts
+            .iter()
+            .map(|t| t.parse::<LossExpr>().unwrap())
+            .filter(|e| e.check_input(mode, c, kind).is_ok())
+            .collect();
+        assert!(exprs.len() >= 8, "{}: {} losses", b.what, exprs.len());
         compare(&b, &exprs);
     }
+}
+
+#[test]
+fn binary_probabilities_match_reference() {
+    run_kind(Mode::Binary, InputKind::Probs, 21, 10);
+}
+
+#[test]
+fn multilabel_probabilities_match_reference() {
+    run_kind(Mode::Multilabel, InputKind::Probs, 22, 10);
+}
+
+#[test]
+fn multiclass_probabilities_match_reference() {
+    run_kind(Mode::Multiclass, InputKind::Probs, 23, 12);
 }
 
 #[test]
@@ -227,7 +298,8 @@ fn large_multiclass_and_64_classes_match_reference() {
         } else {
             Target::Dense(Cow::Owned((0..n * c * s).map(|_| (rng.below(20) == 0) as u8 as f32).collect()))
         };
-        let b = Batch { what: format!("{mode} {shape:?}"), shape, mode, logits, target, ignore };
+        let b =
+            Batch { what: format!("{mode} {shape:?}"), shape, mode, logits, target, ignore, kind: InputKind::Logits };
         let texts: &[&str] = if mode == Mode::Multiclass {
             &["ce", "dice", "focal:act=softmax", "gdice@monai", "0.8*ce+0.2*tversky:gamma=2"]
         } else {

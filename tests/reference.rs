@@ -6,14 +6,43 @@ mod common;
 use std::borrow::Cow;
 
 use common::Rng;
-use segloss::{reference, Input, LossExpr, Mode, Target};
+use segloss::{reference, Input, InputKind, LossExpr, Mode, Target};
 
 fn fd_check(shape: &[usize], mode: Mode, target: Target<'static>, ignore: Option<i64>, texts: &[&str], rng: &mut Rng) {
+    fd_check_kind(shape, mode, InputKind::Logits, target, ignore, texts, rng)
+}
+
+/// Central differences of the reference's values against its gradient, by the logits or (away
+/// from the clamps) by the probabilities.
+fn fd_check_kind(
+    shape: &[usize],
+    mode: Mode,
+    kind: InputKind,
+    target: Target<'static>,
+    ignore: Option<i64>,
+    texts: &[&str],
+    rng: &mut Rng,
+) {
     let numel: usize = shape.iter().product();
-    let logits: Vec<f32> = (0..numel).map(|_| (rng.normal() * 2.0) as f32).collect();
+    let logits: Vec<f32> = (0..numel)
+        .map(|_| match kind {
+            InputKind::Logits => (rng.normal() * 2.0) as f32,
+            InputKind::Probs => (0.05 + 0.9 * rng.uniform()) as f32,
+        })
+        .collect();
+    fn make<'a>(
+        x: Cow<'a, [f32]>,
+        t: &Target<'static>,
+        shape: &[usize],
+        mode: Mode,
+        ignore: Option<i64>,
+        kind: InputKind,
+    ) -> Input<'a> {
+        Input::new(x, t.clone(), shape, mode, ignore).unwrap().with_kind(kind).unwrap()
+    }
     for text in texts {
         let expr: LossExpr = text.parse().unwrap();
-        let input = Input::new(Cow::Borrowed(&logits), target.clone(), shape, mode, ignore).unwrap();
+        let input = make(Cow::Borrowed(&logits), &target, shape, mode, ignore, kind);
         let r = reference::evaluate(&input, &expr).unwrap();
         let h = 1e-3f32;
         for i in 0..numel {
@@ -24,13 +53,9 @@ fn fd_check(shape: &[usize], mode: Mode, target: Target<'static>, ignore: Option
             // f32 logits: the step is exact in f32, so use the actual step
             let step = (lp[i] as f64) - (lm[i] as f64);
             let vp =
-                reference::evaluate(&Input::new(Cow::Owned(lp), target.clone(), shape, mode, ignore).unwrap(), &expr)
-                    .unwrap()
-                    .value;
+                reference::evaluate(&make(Cow::Owned(lp), &target, shape, mode, ignore, kind), &expr).unwrap().value;
             let vm =
-                reference::evaluate(&Input::new(Cow::Owned(lm), target.clone(), shape, mode, ignore).unwrap(), &expr)
-                    .unwrap()
-                    .value;
+                reference::evaluate(&make(Cow::Owned(lm), &target, shape, mode, ignore, kind), &expr).unwrap().value;
             let fd = (vp - vm) / step;
             let tol = 1e-5 + 2e-3 * fd.abs().max(r.grad[i].abs());
             assert!(
@@ -98,6 +123,69 @@ fn multiclass_gradients_match_finite_differences() {
     let shape = [2, 4, 3, 3];
     let labels: Vec<i64> = (0..18).map(|i| if i % 5 == 4 { -100 } else { rng.below(4) as i64 }).collect();
     fd_check(&shape, Mode::Multiclass, Target::Labels(Cow::Owned(labels)), Some(-100), &texts, &mut rng);
+}
+
+#[test]
+fn probability_gradients_match_finite_differences() {
+    let mut rng = Rng(13);
+    let dense = [
+        "bce",
+        "bce:label_smoothing=0.1",
+        "focal",
+        "focal:alpha=0.25,gamma=1.5",
+        "dice",
+        "dice@monai:squared=true",
+        "jaccard:log=true",
+        "tversky@monai:alpha=0.3,beta=0.7,gamma=1.5",
+        "gdice@monai",
+        "sensspec",
+        "0.5*bce+dice",
+    ];
+    for (shape, mode) in [(vec![2, 1, 3, 4], Mode::Binary), (vec![2, 3, 5], Mode::Multilabel)] {
+        let numel: usize = shape.iter().product();
+        let t: Vec<f32> = (0..numel).map(|_| (rng.below(3) == 0) as u8 as f32).collect();
+        fd_check_kind(&shape, mode, InputKind::Probs, Target::Dense(Cow::Owned(t)), None, &dense, &mut rng);
+        let soft: Vec<f32> = (0..numel).map(|i| if i % 7 == 3 { 255.0 } else { rng.uniform() as f32 }).collect();
+        fd_check_kind(&shape, mode, InputKind::Probs, Target::Dense(Cow::Owned(soft)), Some(255), &dense, &mut rng);
+    }
+    let multiclass =
+        ["focal:alpha=0.25", "dice", "dice@monai", "jaccard", "tversky:alpha=0.3,beta=0.7", "gdice@monai", "lovasz"];
+    let labels: Vec<i64> = (0..18).map(|i| if i % 5 == 4 { 255 } else { rng.below(4) as i64 }).collect();
+    let target = Target::Labels(Cow::Owned(labels));
+    fd_check_kind(&[2, 4, 3, 3], Mode::Multiclass, InputKind::Probs, target, Some(255), &multiclass, &mut rng);
+}
+
+/// Hand-computed values on probabilities: PyTorch's binary_cross_entropy clamps each log at -100;
+/// smp's focal clamps p to [1e-7, 1 - 1e-7] (no gradient where it binds).
+#[test]
+fn probability_definitions_at_exact_zero_and_one() {
+    let p = [0.0f32, 1.0, 0.0, 1.0];
+    let g = [0.0f32, 1.0, 1.0, 0.0];
+    let input = Input::dense_probs(&p, &g, &[1, 1, 4], Mode::Binary).unwrap();
+    let bce = reference::evaluate(&input, &"bce".parse().unwrap()).unwrap();
+    assert!((bce.value - 200.0 / 4.0).abs() < 1e-12, "{}", bce.value);
+    // (p - g) / max(p (1 - p), 1e-12) / count
+    assert_eq!(bce.grad, vec![0.0, 0.0, -1e12 / 4.0, 1e12 / 4.0]);
+    let focal = reference::evaluate(&input, &"focal:gamma=0".parse().unwrap()).unwrap();
+    let lo = -(1e-7f64).ln();
+    let hi = -(-1e-7f64).ln_1p();
+    assert!((focal.value - (2.0 * hi + 2.0 * lo) / 4.0).abs() < 1e-8, "{}", focal.value);
+    assert!(focal.grad.iter().all(|&d| d == 0.0));
+    // a region loss on exact probabilities: dice of a perfect prediction is 0
+    let exact = Input::dense_probs(&g, &g, &[1, 1, 4], Mode::Binary).unwrap();
+    assert_eq!(reference::evaluate(&exact, &"dice".parse().unwrap()).unwrap().value, 0.0);
+    // refused: values outside [0, 1], and the losses that need logits
+    assert!(Input::dense_probs(&[1.5f32], &[1.0], &[1, 1, 1], Mode::Binary).is_err());
+    assert!(Input::dense_probs(&[f32::NAN], &[1.0], &[1, 1, 1], Mode::Binary).is_err());
+    for text in ["lovasz", "bce:pos_weight=2", "bce:pos_weight=auto"] {
+        assert!(reference::evaluate(&input, &text.parse().unwrap()).is_err(), "{text}");
+    }
+    let pm = [0.5f32, 0.5, 0.5, 0.5];
+    let mc = Input::labels_probs(&pm, &[0, 1], &[1, 2, 2], None).unwrap();
+    for text in ["ce", "focal:act=softmax", "0.5*dice+ce"] {
+        let e = reference::evaluate(&mc, &text.parse().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("probabilities"), "{text}: {e}");
+    }
 }
 
 fn value(logits: &[f32], target: &[f32], shape: &[usize], text: &str) -> f64 {

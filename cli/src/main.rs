@@ -9,7 +9,9 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use segloss::{reference, Engine, EngineOptions, Error, GradMode, Input, LossExpr, Mode, MultiEngine, Target};
+use segloss::{
+    reference, Engine, EngineOptions, Error, GradMode, Input, InputKind, LossExpr, Mode, MultiEngine, Target,
+};
 use segloss_data::{npy, synth};
 
 #[derive(Parser)]
@@ -70,8 +72,13 @@ enum Cmd {
 #[derive(clap::Args)]
 pub(crate) struct EvalArgs {
     /// Logits [N, C, S...] as float16/32/64 .npy.
-    #[arg(long, required_unless_present = "logits_dir", conflicts_with = "logits_dir")]
+    #[arg(long, required_unless_present_any = ["logits_dir", "probs"], conflicts_with_all = ["logits_dir", "probs"])]
     logits: Option<PathBuf>,
+    /// Probabilities in [0, 1] instead of logits (same shape; no activation is applied and
+    /// gradients are d loss / d probabilities). ce, focal:act=softmax, the Lovász hinge and a
+    /// bce pos_weight need logits.
+    #[arg(long, conflicts_with = "logits_dir")]
+    probs: Option<PathBuf>,
     /// Targets: float/bool of the logits' shape, or integer class indices [N, S...].
     #[arg(long, required_unless_present = "target_dir", conflicts_with = "target_dir")]
     target: Option<PathBuf>,
@@ -351,15 +358,18 @@ pub(crate) fn build_input(
 }
 
 fn eval(a: EvalArgs) -> Result<(), Fail> {
-    let (Some(lpath), Some(tpath)) = (&a.logits, &a.target) else {
+    let (kind, what) = if a.probs.is_some() { (InputKind::Probs, "probs") } else { (InputKind::Logits, "logits") };
+    let (Some(lpath), Some(tpath)) = (a.logits.as_ref().or(a.probs.as_ref()), &a.target) else {
         return dataset::eval_dirs(&a);
     };
     if a.csv {
         return Err(Fail(2, "--csv prints a row per file: it goes with --logits-dir".into()));
     }
-    let logits = read_npy(lpath, "logits")?;
+    let logits = read_npy(lpath, what)?;
     let target = read_npy(tpath, "target")?;
-    let input = build_input(&logits, &target, a.mode.as_deref(), a.ignore_index)?;
+    let input = build_input(&logits, &target, a.mode.as_deref(), a.ignore_index)?
+        .with_kind(kind)
+        .map_err(|e| Fail(2, e.to_string()))?;
     let multi = adapters_choice(&a.adapters).map(|c| multi_engine(&c)).transpose()?;
     let engine = match &multi {
         Some(_) => None,
@@ -372,7 +382,7 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
     let parsed: Vec<Result<LossExpr, Error>> = a
         .losses
         .iter()
-        .map(|t| t.parse::<LossExpr>().and_then(|e| e.check(input.mode(), input.classes()).map(|_| e)))
+        .map(|t| t.parse::<LossExpr>().and_then(|e| e.check_input(input.mode(), input.classes(), kind).map(|_| e)))
         .collect();
     let good: Vec<LossExpr> = parsed.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
     // Gradients only when they are written somewhere: without --grad-dir the gradient pass does
@@ -467,7 +477,7 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         })
         .collect();
     if a.json {
-        let mut v = json!({"device": info, "mode": input.mode().name(), "results": results});
+        let mut v = json!({"device": info, "mode": input.mode().name(), "input": kind.name(), "results": results});
         if let Some(ad) = &adapters {
             v["adapters"] = json!(ad);
         }

@@ -617,3 +617,44 @@ fn a_folder_s_metrics_are_those_of_its_files_as_one_batch() {
     }
     std::fs::remove_dir_all(&root).ok();
 }
+
+#[test]
+fn eval_on_probabilities_matches_the_golden_values_and_refuses_logit_only_losses() {
+    let case = common::golden_dir().with_file_name("golden_next").join("probs_binary");
+    let dir = std::env::temp_dir().join(format!("segloss-cli-probs-{}", std::process::id()));
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(case.join("expected.json")).unwrap()).unwrap();
+    let names = ["bce", "dice_monai", "focal_smp", "lovasz_reject", "bce_posweight_reject"];
+    let mut args = vec!["eval".to_string(), "--probs".into(), s(&case.join("probs.npy")).into()];
+    args.extend(["--target".into(), s(&case.join("target.npy")).into()]);
+    for n in names {
+        args.extend(["--loss".into(), expected["losses"][n]["text"].as_str().unwrap().to_string()]);
+    }
+    args.extend(["--grad-dir".into(), s(&dir).into(), "--json".into()]);
+    let out = run(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["input"], "probs");
+    let r = v["results"].as_array().unwrap();
+    for (i, n) in names.iter().enumerate() {
+        let e = &expected["losses"][n];
+        if e["status"] == "reject" {
+            assert!(r[i]["error"].as_str().unwrap().contains("logits"), "{n}: {}", r[i]);
+            continue;
+        }
+        let (want, got) = (e["value"].as_f64().unwrap(), r[i]["value"].as_f64().unwrap());
+        assert!((got - want).abs() <= 1e-6 + 1e-4 * want, "{n}: {got} vs {want}");
+        let (_, g) = common::read_f32(Path::new(r[i]["grad_file"].as_str().unwrap()));
+        let (_, gref) = common::read_f32(&case.join(e["grad_file"].as_str().unwrap()));
+        let (d, m) = common::max_diff(&g, &gref);
+        assert!(d <= 1e-10 + 1e-4 * m, "{n}: {d} of {m}");
+    }
+    // probabilities outside [0, 1]: exit 2 naming the element
+    write_npy(&dir.join("bad.npy"), &[0.5f32, 1.5, 0.2, 0.1], &[1, 1, 2, 2]);
+    write_npy(&dir.join("t.npy"), &[1.0f32, 0.0, 1.0, 0.0], &[1, 1, 2, 2]);
+    let out =
+        segloss(&["eval", "--probs", s(&dir.join("bad.npy")), "--target", s(&dir.join("t.npy")), "--loss", "dice"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outside [0, 1]"));
+    std::fs::remove_dir_all(&dir).ok();
+}

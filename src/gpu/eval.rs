@@ -20,6 +20,8 @@ pub(crate) struct DevInput {
     pub c: usize,
     pub s: usize,
     pub softmax: bool,
+    /// The first binding holds probabilities, used without an activation.
+    pub probs: bool,
     /// Independent evaluations of `n / groups` images each, one after the other in the
     /// buffers (a coalesced batch: one set of passes for all, a result for each); 1 otherwise.
     pub groups: usize,
@@ -196,6 +198,7 @@ impl Gpu {
                     && terms.iter().all(|t| t.kind == plan::op::CE)
                     && (p > 0 || !plan.needs_class_sums),
                 counts: p == 0 && counts.is_some(),
+                probs: inp.probs,
                 ..Spec::default()
             };
             let (tb, cb) = (rec.data(&terms), rec.data(&cw));
@@ -267,6 +270,7 @@ impl Gpu {
                 c: inp.c,
                 s: inp.s,
                 softmax: inp.softmax,
+                probs: inp.probs,
             };
             self.record_lovasz(rec, &li, lp.per_image, ss, lw)?;
             lws.push(lw);
@@ -530,6 +534,7 @@ impl Gpu {
                         lovasz: lp.map_or(0, |(g, _)| 1 + u32::from(plan.lovasz[g].per_image)),
                         region: first && l.region,
                         accum: accumulate || !first,
+                        probs: part.inp.probs,
                         ..Spec::default()
                     };
                     let params = rec.uniform(&Params {

@@ -29,6 +29,7 @@ pub(crate) struct LovaszInput {
     pub c: usize,
     pub s: usize,
     pub softmax: bool,
+    pub probs: bool,
 }
 
 /// Workgroup counts (x, z) of 256 threads covering `items` threads: x up to the device limit.
@@ -67,7 +68,7 @@ impl Gpu {
         rec.clear(segsum);
         let keys = rec.scratch(total, "lovasz keys")?;
         let vals = rec.scratch(total, "lovasz payloads")?;
-        let spec = Spec::softmax(inp.softmax);
+        let spec = Spec { probs: inp.probs, ..Spec::softmax(inp.softmax) };
         // 1. keys and payloads
         let lp = rec.uniform(&LovParams { len: len as u32, segs: segs as u32, tiles: 1, per_image: per_image as u32 });
         let (d0, d1) = (rec.scratch(16, "unused")?, rec.scratch(16, "unused")?);

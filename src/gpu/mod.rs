@@ -50,6 +50,8 @@ pub(crate) mod check {
     pub const CLASS: u32 = 2;
     pub const RANGE: u32 = 4;
     pub const SOFT: u32 = 8;
+    /// probabilities outside [0, 1] (or NaN)
+    pub const PROB: u32 = 16;
 }
 
 /// Values of the specialization constants of `common.wgsl`.
@@ -69,6 +71,8 @@ pub(crate) struct Spec {
     pub pixel_only: bool,
     /// Statistics: the confusion counts of the hard predictions.
     pub counts: bool,
+    /// The input holds probabilities: no activation, gradients by the probabilities.
+    pub probs: bool,
 }
 
 impl Default for Spec {
@@ -85,6 +89,7 @@ impl Default for Spec {
             wide: false,
             pixel_only: false,
             counts: false,
+            probs: false,
         }
     }
 }
@@ -94,7 +99,7 @@ impl Spec {
         Spec { softmax, ..Spec::default() }
     }
 
-    pub fn constants(&self) -> [(&'static str, f64); 11] {
+    pub fn constants(&self) -> [(&'static str, f64); 12] {
         [
             ("SOFTMAX", f64::from(u8::from(self.softmax))),
             ("KINDS", f64::from(self.kinds)),
@@ -107,6 +112,7 @@ impl Spec {
             ("WIDE", f64::from(u8::from(self.wide))),
             ("PIXEL_ONLY", f64::from(u8::from(self.pixel_only))),
             ("COUNTS", f64::from(u8::from(self.counts))),
+            ("PROBS", f64::from(u8::from(self.probs))),
         ]
     }
 }

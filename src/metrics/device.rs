@@ -73,7 +73,7 @@ impl Engine {
     ) -> Result<LossesAndMetrics, Error> {
         let (mode, c) = (input.mode(), input.classes());
         for e in exprs {
-            e.check(mode, c)?;
+            e.check_input(mode, c, input.kind())?;
         }
         let checked: Vec<Result<&Metric, Error>> = metrics.iter().map(|m| m.check(mode, c).map(|_| m)).collect();
         let binary_hard = mode == Mode::Multiclass || input.hard_labels();
@@ -82,7 +82,7 @@ impl Engine {
         // the count thresholds: one for multiclass (the argmax), one per distinct binary threshold
         let mut thresholds: Vec<f32> = Vec::new();
         for m in checked.iter().flatten().filter(|m| !m.name.is_surface()) {
-            let t = if mode == Mode::Multiclass { 0.0 } else { f32_threshold(m.logit_threshold()) };
+            let t = if mode == Mode::Multiclass { 0.0 } else { f32_threshold(m.input_threshold(input.kind())) };
             if binary_hard && device_counts && !thresholds.iter().any(|x| x.to_bits() == t.to_bits()) {
                 thresholds.push(t);
             }
@@ -161,7 +161,7 @@ impl Engine {
                 // on the device
                 Ok(m) if !binary_hard || !device_counts => on_cpu(m),
                 Ok(m) => {
-                    let t = if softmax { 0.0 } else { f32_threshold(m.logit_threshold()) };
+                    let t = if softmax { 0.0 } else { f32_threshold(m.input_threshold(input.kind())) };
                     let i = thresholds.iter().position(|x| x.to_bits() == t.to_bits()).unwrap_or(0);
                     counts.get(i).ok_or_else(|| Error::Gpu("internal: no counts".into())).and_then(|c| c.evaluate(m))
                 }
@@ -183,14 +183,14 @@ impl Engine {
             _ => None,
         };
         let (Some(gpu), Some(prep)) = (self.gpu_ref(), prep) else {
-            return reference::counts(input, metric.logit_threshold());
+            return reference::counts(input, metric.input_threshold(input.kind()));
         };
         let Some((lb, tb)) = prep.buffers() else {
-            return reference::counts(input, metric.logit_threshold());
+            return reference::counts(input, metric.input_threshold(input.kind()));
         };
         let (n, c) = (input.batch(), input.classes());
         let softmax = input.mode() == Mode::Multiclass;
-        let t = if softmax { 0.0 } else { f32_threshold(metric.logit_threshold()) };
+        let t = if softmax { 0.0 } else { f32_threshold(metric.input_threshold(input.kind())) };
         let mut rec = Recording::new(&gpu.limits);
         let status = gpu.record_status(&mut rec)?;
         let inp = host_dev_input(&mut rec, input, Piece::Images { from: 0, to: n }, lb, tb);

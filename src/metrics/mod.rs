@@ -345,6 +345,15 @@ impl Metric {
         let t = self.threshold.unwrap_or(0.5);
         (t / (1.0 - t)).ln()
     }
+
+    /// The hard-prediction threshold on an input of `kind`: [`Metric::logit_threshold`] on
+    /// logits, `t` itself on probabilities (`p >= t`).
+    pub fn input_threshold(&self, kind: crate::InputKind) -> f64 {
+        match kind {
+            crate::InputKind::Logits => self.logit_threshold(),
+            crate::InputKind::Probs => self.threshold.unwrap_or(0.5),
+        }
+    }
 }
 
 impl FromStr for Metric {

@@ -108,5 +108,5 @@ pub fn evaluate(input: &Input<'_>, metric: &Metric) -> Result<MetricValue, Error
     if metric.name.is_surface() {
         return surface::evaluate(input, metric);
     }
-    counts(input, metric.logit_threshold())?.evaluate(metric)
+    counts(input, metric.input_threshold(input.kind()))?.evaluate(metric)
 }

@@ -201,7 +201,7 @@ pub(crate) fn distances(input: &Input<'_>, m: &Metric) -> Result<Distances, Erro
     let (n, c, s) = (input.batch(), input.classes(), input.spatial());
     let dims = &input.shape()[2..];
     let spacing = spacing_of(m, dims.len())?;
-    let h = hard(input, m.logit_threshold())?;
+    let h = hard(input, m.input_threshold(input.kind()))?;
     let ks = m.selected(c);
     let multiclass = input.mode() == Mode::Multiclass;
     Ok((0..n)

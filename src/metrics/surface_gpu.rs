@@ -113,7 +113,7 @@ async fn device_distances(
         d,
         st,
         fields: (2 * n * kk) as u32,
-        thr: super::device::f32_threshold(m.logit_threshold()),
+        thr: super::device::f32_threshold(m.input_threshold(input.kind())),
         ..SurfParams::default()
     };
     let mut rec = Recording::new(&gpu.limits);
