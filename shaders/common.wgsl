@@ -182,12 +182,13 @@ fn nlog100(y: f32) -> f32 {
     return min(-log(y), 100.0);
 }
 
-// Softmax focal on the true class, -a (1-q)^gamma log q, from nlq = -log q:
-// (value, k) with d value / d x_j = k ([j == t] - p_j).
-fn focal_softmax(nlq: f32, t: Term) -> vec2<f32> {
+// Softmax focal on the true class y, -a_y (1-q)^gamma log q, from nlq = -log q (a_y: 1 - alpha
+// for class 0, alpha for the others, when alpha is set): (value, k) with
+// d value / d x_j = k ([j == y] - p_j).
+fn focal_softmax(nlq: f32, t: Term, y: u32) -> vec2<f32> {
     var a = 1.0;
     if t.has_alpha != 0u {
-        a = t.alpha;
+        a = select(t.alpha, 1.0 - t.alpha, y == 0u);
     }
     let omq = one_minus_exp_neg(nlq);
     let q = exp(-nlq);

@@ -42,6 +42,7 @@ const F_LOG: u32 = 128u;         // region: -log(max(score, floor))
 const F_PER_IMAGE: u32 = 1u;     // lovasz: one group per image
 const F_SOFTMAX: u32 = 2u;       // lovasz: Lovász-Softmax (segments per class)
 const F_PRESENT: u32 = 4u;       // lovasz: only classes present in the group's target
+const F_WEIGHTS: u32 = 4096u;    // region, focal, bce: per-class weights (f32 bits) in `cls` from `nseg`
 
 // Region kinds (flags bits 0..1), pools (bits 3..4), empty rules (bits 5..6), gdice weights (bits 8..9).
 const R_DICE: u32 = 0u;
@@ -49,6 +50,10 @@ const R_JACCARD: u32 = 1u;
 const POOL_BATCH: u32 = 0u;
 const POOL_IMAGE: u32 = 1u;
 const POOL_ALL: u32 = 2u;
+const POOL_IMAGE_ALL: u32 = 3u;
+// The divisor of a weighted class mean (flags bits 10..11).
+const NORM_COUNT: u32 = 0u;
+const NORM_IMAGE: u32 = 2u;
 const EMPTY_ZERO: u32 = 0u;
 const EMPTY_SKIP: u32 = 1u;
 const GD_SQUARE: u32 = 0u;
@@ -70,7 +75,7 @@ struct Op {
     flags: u32,
     ncls: u32,   // classes listed in `cls` (0: every class)
     cls_off: u32,
-    nseg: u32,   // lovasz: segments
+    nseg: u32,   // lovasz: segments; region, focal, bce with F_WEIGHTS: the weights' offset in `cls`
     f0: f32,     // region: smooth_nr; bce: pos_weight; sensspec: lambda
     f1: f32,     // region: smooth_dr; sensspec: smooth
     f2: f32,     // region: eps
@@ -151,6 +156,28 @@ fn class_count(op: Op) -> u32 {
     return select(op.ncls, P.c, op.ncls == 0u);
 }
 
+// The op's weight of class position j (pixel ops: class j), 1 without weights.
+fn weight_at(op: Op, j: u32) -> f32 {
+    if (op.flags & F_WEIGHTS) != 0u {
+        return bitcast<f32>(cls[op.nseg + j]);
+    }
+    return 1.0;
+}
+
+fn norm_of(op: Op) -> u32 {
+    return (op.flags >> 10u) & 3u;
+}
+
+// Sum of channel k over every (image, class) of the pass at `base`, class c weighted by the op's
+// weight of class c.
+fn wtotal(lid: u32, op: Op, base: u32, k: u32) -> f32 {
+    var acc = 0.0;
+    for (var e = lid; e < P.n * P.c; e += FWG) {
+        acc += weight_at(op, e % P.c) * sums[gsum + base + e * K + k];
+    }
+    return wg_sum(lid, acc);
+}
+
 fn coef_add(op: Op, n: u32, c: u32, k: u32, v: f32) {
     let i = op.block + op.sub + (n * P.c + c) * NCOEF + k;
     out[i] += v;
@@ -174,7 +201,12 @@ fn put_scale(lid: u32, op: Op, scale: f32, pw: f32) {
 
 fn op_pixel(lid: u32, op: Op) {
     let cnt = total(lid, 0u, 5u);
-    let a = total(lid, op.sbase, op.chan);
+    // bce: the positive part weighted by the per-channel pos_weight; focal: the terms by their
+    // class weights
+    var a = total(lid, op.sbase, op.chan);
+    if op.kind != OP_CE {
+        a = wtotal(lid, op, op.sbase, op.chan);
+    }
     var v = 0.0;
     var scale = 0.0;
     var pw = 1.0;
@@ -190,14 +222,11 @@ fn op_pixel(lid: u32, op: Op) {
             scale = op.weight / cnt;
         }
     } else if op.kind == OP_FOCAL {
+        // count: the non-ignored elements (softmax: P C); weights: the terms' class weights
+        // (softmax: one term per pixel, of its true class, whose count is the class's SG)
         var denom = cnt;
-        if (op.flags & F_FOCAL_SOFTMAX) != 0u {
-            // one entry per pixel: the counts of class 0
-            var acc = 0.0;
-            for (var n = lid; n < P.n; n += FWG) {
-                acc += sum_at(0u, n, 0u, 5u);
-            }
-            denom = wg_sum(lid, acc);
+        if norm_of(op) != NORM_COUNT {
+            denom = wtotal(lid, op, 0u, select(5u, 2u, (op.flags & F_FOCAL_SOFTMAX) != 0u));
         }
         if denom > 0.0 {
             v = a / denom;
@@ -297,8 +326,9 @@ fn entry_loss(op: Op, sc: f32) -> vec2<f32> {
     return vec2<f32>(1.0 - sc, -1.0);
 }
 
-// Entries of a region op: pool=image: (n, class j) for e = n * classes + j; pool=batch: class j
-// over every image; pool=all: one entry of every (n, class j).
+// Entries (groups) of a region op: pool=image: (n, class j) for e = n * classes + j;
+// pool=batch: class j over every image; pool=image_all: image n, its classes pooled;
+// pool=all: one entry of every (n, class j).
 fn entry_count(op: Op) -> u32 {
     let pool = (op.flags >> 3u) & 3u;
     if pool == POOL_IMAGE {
@@ -307,31 +337,58 @@ fn entry_count(op: Op) -> u32 {
     if pool == POOL_BATCH {
         return class_count(op);
     }
+    if pool == POOL_IMAGE_ALL {
+        return P.n;
+    }
     return 1u;
 }
 
-// (TP, SP, SG, SPP) of entry e and its SGG, one thread (pool = image or batch).
+// The weight of entry e in the class mean: its class's (pooled entries carry theirs inside).
+fn entry_weight(op: Op, e: u32) -> f32 {
+    let pool = (op.flags >> 3u) & 3u;
+    if pool == POOL_IMAGE {
+        return weight_at(op, e % class_count(op));
+    }
+    if pool == POOL_BATCH {
+        return weight_at(op, e);
+    }
+    return 1.0;
+}
+
+// (TP, SP, SG, SPP) of (image n, class position j) and its SGG.
+fn class_sums(op: Op, n: u32, j: u32) -> array<vec4<f32>, 2> {
+    let c = class_at(op, j);
+    let s = vec4<f32>(sum_at(0u, n, c, 0u), sum_at(0u, n, c, 1u), sum_at(0u, n, c, 2u), sum_at(0u, n, c, 3u));
+    return array<vec4<f32>, 2>(s, vec4<f32>(sum_at(0u, n, c, 4u), 0.0, 0.0, 0.0));
+}
+
+// (TP, SP, SG, SPP) of entry e and its SGG, one thread (pool = image, batch or image_all).
 fn entry_sums(op: Op, e: u32) -> array<vec4<f32>, 2> {
     let pool = (op.flags >> 3u) & 3u;
+    let nk = class_count(op);
+    if pool == POOL_IMAGE {
+        return class_sums(op, e / nk, e % nk);
+    }
     var s = vec4<f32>(0.0);
     var sgg = 0.0;
-    if pool == POOL_IMAGE {
-        let nk = class_count(op);
-        let n = e / nk;
-        let c = class_at(op, e % nk);
-        s = vec4<f32>(sum_at(0u, n, c, 0u), sum_at(0u, n, c, 1u), sum_at(0u, n, c, 2u), sum_at(0u, n, c, 3u));
-        sgg = sum_at(0u, n, c, 4u);
+    if pool == POOL_IMAGE_ALL {
+        for (var j = 0u; j < nk; j++) {
+            let cs = class_sums(op, e, j);
+            let w = weight_at(op, j);
+            s += w * cs[0];
+            sgg += w * cs[1].x;
+        }
     } else {
-        let c = class_at(op, e);
         for (var n = 0u; n < P.n; n++) {
-            s += vec4<f32>(sum_at(0u, n, c, 0u), sum_at(0u, n, c, 1u), sum_at(0u, n, c, 2u), sum_at(0u, n, c, 3u));
-            sgg += sum_at(0u, n, c, 4u);
+            let cs = class_sums(op, n, e);
+            s += cs[0];
+            sgg += cs[1].x;
         }
     }
     return array<vec4<f32>, 2>(s, vec4<f32>(sgg, 0.0, 0.0, 0.0));
 }
 
-// (loss, counted, d loss / d TP, SP, SPP as a vec4 with .x = loss, .y = counted) of one entry.
+// (loss, counted, d loss / d TP, SP, SPP) of one entry.
 struct Entry {
     loss: f32,
     counted: f32,
@@ -360,10 +417,22 @@ fn entry_of(op: Op, s: vec4<f32>, sgg: f32) -> Entry {
     return r;
 }
 
+// The divisor of image n's weighted mean (norm=image, pool=image): its counted weights, 1 when 0.
+fn image_divisor(op: Op, n: u32) -> f32 {
+    let nk = class_count(op);
+    var d = 0.0;
+    for (var j = 0u; j < nk; j++) {
+        let es = class_sums(op, n, j);
+        d += entry_of(op, es[0], es[1].x).counted * weight_at(op, j);
+    }
+    return select(d, 1.0, d == 0.0);
+}
+
 fn op_region(lid: u32, op: Op) {
     let pool = (op.flags >> 3u) & 3u;
     let entries = entry_count(op);
     let nk = class_count(op);
+    let per_image = norm_of(op) == NORM_IMAGE && pool == POOL_IMAGE;
     // pool = all: the single entry's sums, reduced over every (image, class) member
     var all_s = vec4<f32>(0.0);
     var all_sgg = 0.0;
@@ -371,34 +440,55 @@ fn op_region(lid: u32, op: Op) {
         var acc = vec4<f32>(0.0);
         var acc2 = 0.0;
         for (var m = lid; m < P.n * nk; m += FWG) {
-            let n = m / nk;
-            let c = class_at(op, m % nk);
-            acc += vec4<f32>(sum_at(0u, n, c, 0u), sum_at(0u, n, c, 1u), sum_at(0u, n, c, 2u), sum_at(0u, n, c, 3u));
-            acc2 += sum_at(0u, n, c, 4u);
+            let cs = class_sums(op, m / nk, m % nk);
+            let w = weight_at(op, m % nk);
+            acc += w * cs[0];
+            acc2 += w * cs[1].x;
         }
         all_s = wg_sum4(lid, acc);
         all_sgg = wg_sum(lid, acc2);
     }
-    var lsum = 0.0;
-    var counted = 0.0;
-    for (var e = lid; e < entries; e += FWG) {
-        var en: Entry;
-        if pool == POOL_ALL {
-            en = entry_of(op, all_s, all_sgg);
-        } else {
-            let es = entry_sums(op, e);
-            en = entry_of(op, es[0], es[1].x);
+    // (sum of weighted losses, counted entries, their weights); norm=image with pool=image:
+    // the sum over images of each image's weighted mean
+    var acc = vec4<f32>(0.0);
+    if per_image {
+        for (var n = lid; n < P.n; n += FWG) {
+            let dn = image_divisor(op, n);
+            for (var j = 0u; j < nk; j++) {
+                let es = class_sums(op, n, j);
+                let en = entry_of(op, es[0], es[1].x);
+                acc.x += en.counted * weight_at(op, j) * en.loss / dn;
+            }
+            acc.y += 1.0;
         }
-        lsum += en.loss;
-        counted += en.counted;
+    } else {
+        for (var e = lid; e < entries; e += FWG) {
+            var en: Entry;
+            if pool == POOL_ALL {
+                en = entry_of(op, all_s, all_sgg);
+            } else {
+                let es = entry_sums(op, e);
+                en = entry_of(op, es[0], es[1].x);
+            }
+            let w = en.counted * entry_weight(op, e);
+            acc += vec4<f32>(w * en.loss, en.counted, w, 0.0);
+        }
     }
-    let total_loss = wg_sum(lid, lsum);
-    let m = wg_sum(lid, counted);
-    if m <= 0.0 {
+    let t = wg_sum4(lid, acc);
+    // d mean / d (weighted loss of an entry): 1/K, 1/(counted weights), 1/N (then 1/D_n)
+    var inv = 0.0;
+    if per_image {
+        inv = 1.0 / f32(P.n);
+    } else if norm_of(op) == NORM_COUNT {
+        inv = select(0.0, 1.0 / t.y, t.y > 0.0);
+    } else {
+        inv = select(0.0, 1.0 / t.z, t.z > 0.0);
+    }
+    if t.y <= 0.0 {
         put_value(lid, op, 0.0);
         return;
     }
-    let mean = total_loss / m;
+    let mean = t.x * inv;
     var gamma = 1.0;
     if (op.flags & 3u) == 2u {
         gamma = op.f6;
@@ -418,33 +508,58 @@ fn op_region(lid: u32, op: Op) {
     if op.block == NONE_IDX {
         return;
     }
-    let f = op.weight * dmean / m;
+    let f = op.weight * dmean * inv;
     if pool == POOL_ALL {
         let en = entry_of(op, all_s, all_sgg);
         for (var mm = lid; mm < P.n * nk; mm += FWG) {
             let n = mm / nk;
             let c = class_at(op, mm % nk);
-            coef_add(op, n, c, 0u, f * en.d.x);
-            coef_add(op, n, c, 1u, f * en.d.y);
-            coef_add(op, n, c, 2u, f * en.d.z);
+            let fw = f * weight_at(op, mm % nk);
+            coef_add(op, n, c, 0u, fw * en.d.x);
+            coef_add(op, n, c, 1u, fw * en.d.y);
+            coef_add(op, n, c, 2u, fw * en.d.z);
+        }
+        return;
+    }
+    if per_image {
+        for (var n = lid; n < P.n; n += FWG) {
+            let fn_ = f / image_divisor(op, n);
+            for (var j = 0u; j < nk; j++) {
+                let es = class_sums(op, n, j);
+                let en = entry_of(op, es[0], es[1].x);
+                let fw = fn_ * en.counted * weight_at(op, j);
+                let c = class_at(op, j);
+                coef_add(op, n, c, 0u, fw * en.d.x);
+                coef_add(op, n, c, 1u, fw * en.d.y);
+                coef_add(op, n, c, 2u, fw * en.d.z);
+            }
         }
         return;
     }
     for (var e = lid; e < entries; e += FWG) {
         let es = entry_sums(op, e);
         let en = entry_of(op, es[0], es[1].x);
+        let fe = f * en.counted * entry_weight(op, e);
         if pool == POOL_IMAGE {
             let n = e / nk;
             let c = class_at(op, e % nk);
-            coef_add(op, n, c, 0u, f * en.d.x);
-            coef_add(op, n, c, 1u, f * en.d.y);
-            coef_add(op, n, c, 2u, f * en.d.z);
+            coef_add(op, n, c, 0u, fe * en.d.x);
+            coef_add(op, n, c, 1u, fe * en.d.y);
+            coef_add(op, n, c, 2u, fe * en.d.z);
+        } else if pool == POOL_IMAGE_ALL {
+            for (var j = 0u; j < nk; j++) {
+                let c = class_at(op, j);
+                let fw = fe * weight_at(op, j);
+                coef_add(op, e, c, 0u, fw * en.d.x);
+                coef_add(op, e, c, 1u, fw * en.d.y);
+                coef_add(op, e, c, 2u, fw * en.d.z);
+            }
         } else {
             let c = class_at(op, e);
             for (var n = 0u; n < P.n; n++) {
-                coef_add(op, n, c, 0u, f * en.d.x);
-                coef_add(op, n, c, 1u, f * en.d.y);
-                coef_add(op, n, c, 2u, f * en.d.z);
+                coef_add(op, n, c, 0u, fe * en.d.x);
+                coef_add(op, n, c, 1u, fe * en.d.y);
+                coef_add(op, n, c, 2u, fe * en.d.z);
             }
         }
     }

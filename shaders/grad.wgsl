@@ -181,10 +181,12 @@ fn gradient(
                     let g = select(0.0, 1.0, lab[i] == c);
                     let p = ps[i];
                     if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
+                        // the class weight of the term of channel c
+                        let sc = tp.scale * cw[t * P.c + c];
                         if PROBS {
-                            d[i] += tp.scale * focal_prob(p, g, tp).y;
+                            d[i] += sc * focal_prob(p, g, tp).y;
                         } else {
-                            d[i] += tp.scale * focal_sigmoid(xs[i], g, tp).y;
+                            d[i] += sc * focal_sigmoid(xs[i], g, tp).y;
                         }
                     }
                     if has(CE) && tp.kind == CE {
@@ -192,7 +194,9 @@ fn gradient(
                         d[i] += tp.scale * ((1.0 - ls) * cw[t * P.c + lab[i]] * (p - g) + ls / cf * (tp.weight_sum * p - cwc));
                     }
                     if has(FOCAL_SOFTMAX) && tp.kind == FOCAL_SOFTMAX {
-                        d[i] += tp.scale * focal_softmax(nlq[i], tp).y * (g - p);
+                        // the pixel's term is its true class's, with that class's weight
+                        let sc = tp.scale * cw[t * P.c + lab[i]];
+                        d[i] += sc * focal_softmax(nlq[i], tp, lab[i]).y * (g - p);
                     }
                 }
             }
@@ -243,14 +247,17 @@ fn gradient(
                             // PyTorch's binary_cross_entropy backward
                             d[i] += tp.scale * (pq[i].x - gsm) / max(pq[i].x * pq[i].y, 1e-12);
                         } else {
-                            d[i] += tp.scale * ((1.0 - gsm) * pq[i].x - tp.pos_weight * gsm * pq[i].y);
+                            // the scalar pos_weight times the channel's
+                            let pw = tp.pos_weight * cw[t * P.c + c];
+                            d[i] += tp.scale * ((1.0 - gsm) * pq[i].x - pw * gsm * pq[i].y);
                         }
                     }
                     if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
+                        let sc = tp.scale * cw[t * P.c + c];
                         if PROBS {
-                            d[i] += tp.scale * focal_prob(xs[i], g, tp).y;
+                            d[i] += sc * focal_prob(xs[i], g, tp).y;
                         } else {
-                            d[i] += tp.scale * focal_sigmoid(xs[i], g, tp).y;
+                            d[i] += sc * focal_sigmoid(xs[i], g, tp).y;
                         }
                     }
                 }

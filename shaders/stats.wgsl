@@ -45,7 +45,7 @@ fn slot_stats(tp: Term, x: f32, p: f32, g: f32, nlp: f32, nlq: f32, label: u32, 
     }
     // cross-entropy is summed per pixel (ce_pixel), into class 0
     if has(FOCAL_SOFTMAX) && tp.kind == FOCAL_SOFTMAX && label == c {
-        r.x = focal_softmax(nlp, tp).x;
+        r.x = focal_softmax(nlp, tp, c).x;
     }
     return r;
 }

@@ -12,7 +12,7 @@
 //! let e: LossExpr = "0.8*ce+0.2*dice@monai:log=true".parse().unwrap();
 //! assert_eq!(e.terms.len(), 2);
 //! assert!(matches!(e.terms[1].loss, Loss::Region(_)));
-//! assert_eq!(e.to_string(), "0.8*ce+0.2*dice:pool=image,smooth=0.00001,eps=0,empty=formula,log=true");
+//! assert_eq!(e.to_string(), "0.8*ce+0.2*dice:pool=image,smooth=0.00001,eps=0,empty=formula,log=true,norm=count");
 //! ```
 
 use std::fmt;
@@ -55,16 +55,33 @@ pub enum Loss {
 }
 
 /// `pos_weight` of [`BceParams`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum PosWeight {
     /// A fixed factor on the positive term.
     Value(f64),
     /// `(numel - sum g) / max(sum g, 1)` over the whole batch, a constant of the target.
     Auto,
+    /// One factor per channel (`pos_weight=w0;w1;...`): PyTorch's `pos_weight` shaped `[C, 1, ...]`.
+    Channels(Vec<f64>),
+}
+
+/// The divisor of a weighted class mean (`norm`): how per-class `weights` enter the mean of a
+/// region loss over its groups, or of a focal loss over its terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    /// `sum w L / K`, K the counted groups (focal: `sum w t / (P C)`, the non-ignored elements):
+    /// MONAI's `weight`, PaddleSeg.
+    Count,
+    /// `sum w L / sum w` over the counted groups (focal: over the terms), 0 when that sum is 0:
+    /// smp's `class_weights` (the default).
+    Weights,
+    /// `weights`, but per image under `pool=image` (then the mean over images), a zero counted
+    /// weight sum dividing by 1: kornia's macro Dice and Tversky.
+    Image,
 }
 
 /// Parameters of `bce`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BceParams {
     /// Weight of the positive term (default 1).
     pub pos_weight: PosWeight,
@@ -86,19 +103,38 @@ pub struct CeParams {
 pub enum FocalAct {
     /// One-vs-rest sigmoid on every channel (smp and MONAI).
     Sigmoid,
-    /// `-(1-p_c)^gamma log p_c` on the true class of a softmax (multiclass only).
+    /// `-a_y (1-p_y)^gamma log p_y` on the true class `y` of a softmax (multiclass only), with
+    /// `a_y = 1 - alpha` for class 0 and `alpha` for the others when `alpha` is set (MONAI, kornia).
     Softmax,
+    /// Softmax in multiclass mode, sigmoid otherwise (the `kornia` preset).
+    Auto,
+}
+
+impl FocalAct {
+    /// Whether the focal loss is the softmax form in `mode`.
+    pub fn softmax(self, mode: Mode) -> bool {
+        match self {
+            FocalAct::Sigmoid => false,
+            FocalAct::Softmax => true,
+            FocalAct::Auto => mode == Mode::Multiclass,
+        }
+    }
 }
 
 /// Parameters of `focal`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FocalParams {
     /// Focusing exponent (default 2).
     pub gamma: f64,
-    /// Class balance `alpha g + (1 - alpha)(1 - g)`; `None` = no balancing (default).
+    /// Class balance `alpha g + (1 - alpha)(1 - g)` (softmax: `1 - alpha` on class 0, `alpha` on
+    /// the others); `None` = no balancing (default).
     pub alpha: Option<f64>,
     /// Activation (default sigmoid).
     pub act: FocalAct,
+    /// Per-class weights: one per channel, scaling each term by its class's weight.
+    pub weights: Option<Vec<f64>>,
+    /// The mean's divisor (`count`: elements; `weights`: the terms' weights, the default).
+    pub norm: Norm,
 }
 
 /// Which kind of region score.
@@ -150,6 +186,8 @@ pub enum Pool {
     Image,
     /// One ratio over everything, classes pooled.
     All,
+    /// Per image, the classes pooled into one ratio, then the mean over images.
+    ImageAll,
 }
 
 /// What a class with `sum g = 0` in its group contributes.
@@ -191,6 +229,11 @@ pub struct RegionParams {
     pub log: bool,
     /// Classes averaged over.
     pub classes: Classes,
+    /// Per-class weights (one per channel, or per listed class in the list's order): the factor
+    /// of each group's loss (`pool=all|image_all`: of each class's terms inside the sums).
+    pub weights: Option<Vec<f64>>,
+    /// The divisor of the weighted mean over groups.
+    pub norm: Norm,
 }
 
 impl Default for RegionParams {
@@ -203,6 +246,8 @@ impl Default for RegionParams {
             empty: Empty::Zero,
             log: false,
             classes: Classes::All,
+            weights: None,
+            norm: Norm::Weights,
         }
     }
 }
@@ -296,7 +341,17 @@ impl Loss {
             Loss::Focal(p) if p.act == FocalAct::Softmax && mode != Mode::Multiclass => {
                 bad("act=softmax needs multiclass targets; use act=sigmoid".into())
             }
-            Loss::Region(r) => check_classes(name, &r.params.classes, classes),
+            Loss::Focal(p) => check_weights(name, "weights", p.weights.as_deref(), classes, "channel"),
+            Loss::Bce(BceParams { pos_weight: PosWeight::Channels(w), .. }) => {
+                check_weights(name, "pos_weight", Some(w), classes, "channel")
+            }
+            Loss::Region(r) => {
+                check_classes(name, &r.params.classes, classes)?;
+                match &r.params.classes {
+                    Classes::List(l) => check_weights(name, "weights", r.params.weights.as_deref(), l.len(), "listed class"),
+                    _ => check_weights(name, "weights", r.params.weights.as_deref(), classes, "channel"),
+                }
+            }
             Loss::Lovasz(p) => check_classes(name, &p.classes, classes),
             _ => Ok(()),
         }
@@ -313,7 +368,7 @@ impl Loss {
         let bad = |msg: &str| Err(Error::LossMode { loss: self.name().to_string(), msg: msg.to_string() });
         match self {
             Loss::Ce(_) => bad("ce needs logits, not probabilities (--probs); on probabilities use focal or a region loss"),
-            Loss::Focal(p) if p.act == FocalAct::Softmax => {
+            Loss::Focal(p) if p.act.softmax(mode) => {
                 bad("act=softmax needs logits, not probabilities (--probs); use the one-vs-rest focal (act=sigmoid)")
             }
             Loss::Lovasz(_) if mode != Mode::Multiclass => {
@@ -324,6 +379,16 @@ impl Loss {
             }
             _ => Ok(()),
         }
+    }
+}
+
+fn check_weights(name: &str, key: &str, w: Option<&[f64]>, want: usize, what: &str) -> Result<(), Error> {
+    match w {
+        Some(w) if w.len() != want => Err(Error::LossMode {
+            loss: name.to_string(),
+            msg: format!("{key} has {} entries but there are {want} (one per {what})", w.len()),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -368,7 +433,7 @@ impl LossExpr {
 // Parsing
 
 const NAMES: &str = "bce, ce, focal, dice, jaccard (iou), tversky, gdice, sensspec, lovasz";
-const PRESETS: &str = "smp, monai, keras, paddle";
+const PRESETS: &str = "smp, monai, keras, paddle, kornia";
 
 fn perr(text: &str, msg: impl Into<String>) -> Error {
     Error::Parse { text: text.to_string(), msg: msg.into() }
@@ -437,7 +502,17 @@ fn unknown_key(text: &str, name: &str, key: &str, allowed: &[&str]) -> Error {
     perr(text, format!("unknown key '{key}' for {name}; allowed keys: {}", allowed.join(", ")))
 }
 
-const REGION_KEYS: &[&str] = &["smooth", "smooth_nr", "smooth_dr", "eps", "squared", "log", "pool", "empty", "classes"];
+const REGION_KEYS: &[&str] =
+    &["smooth", "smooth_nr", "smooth_dr", "eps", "squared", "log", "pool", "empty", "classes", "weights", "norm"];
+
+/// `w0;w1;...`: non-negative weights.
+fn weight_list(text: &str, key: &str, v: &str) -> Result<Vec<f64>, Error> {
+    v.split(';').map(|x| nonneg(text, key, x.trim())).collect()
+}
+
+fn norm_of(text: &str, key: &str, v: &str) -> Result<Norm, Error> {
+    choice(text, key, v, &[("count", Norm::Count), ("weights", Norm::Weights), ("image", Norm::Image)])
+}
 
 /// Applies one region key; returns false when the key is not a shared region key.
 fn region_key(text: &str, p: &mut RegionParams, key: &str, v: &str) -> Result<bool, Error> {
@@ -451,7 +526,16 @@ fn region_key(text: &str, p: &mut RegionParams, key: &str, v: &str) -> Result<bo
         "smooth_dr" => p.smooth_dr = nonneg(text, key, v)?,
         "eps" => p.eps = nonneg(text, key, v)?,
         "log" => p.log = boolean(text, key, v)?,
-        "pool" => p.pool = choice(text, key, v, &[("batch", Pool::Batch), ("image", Pool::Image), ("all", Pool::All)])?,
+        "pool" => {
+            p.pool = choice(
+                text,
+                key,
+                v,
+                &[("batch", Pool::Batch), ("image", Pool::Image), ("all", Pool::All), ("image_all", Pool::ImageAll)],
+            )?
+        }
+        "weights" => p.weights = Some(weight_list(text, key, v)?),
+        "norm" => p.norm = norm_of(text, key, v)?,
         "empty" => {
             p.empty =
                 choice(text, key, v, &[("zero", Empty::Zero), ("skip", Empty::Skip), ("formula", Empty::Formula)])?
@@ -462,14 +546,39 @@ fn region_key(text: &str, p: &mut RegionParams, key: &str, v: &str) -> Result<bo
     Ok(true)
 }
 
-fn region_preset(preset: &str) -> RegionParams {
+fn region_preset(preset: &str, name: &str) -> RegionParams {
     let d = RegionParams::default();
     match preset {
-        "monai" => {
-            RegionParams { smooth_nr: 1e-5, smooth_dr: 1e-5, eps: 0.0, pool: Pool::Image, empty: Empty::Formula, ..d }
-        }
+        "monai" => RegionParams {
+            smooth_nr: 1e-5,
+            smooth_dr: 1e-5,
+            eps: 0.0,
+            pool: Pool::Image,
+            empty: Empty::Formula,
+            norm: Norm::Count,
+            ..d
+        },
         "keras" => RegionParams { smooth_nr: 1.0, smooth_dr: 1.0, pool: Pool::All, empty: Empty::Formula, ..d },
-        "paddle" => RegionParams { smooth_nr: 1.0, smooth_dr: 1.0, pool: Pool::Image, empty: Empty::Formula, ..d },
+        "paddle" => RegionParams {
+            smooth_nr: 1.0,
+            smooth_dr: 1.0,
+            pool: Pool::Image,
+            empty: Empty::Formula,
+            norm: Norm::Count,
+            ..d
+        },
+        "kornia" => {
+            let tversky = name == "tversky";
+            RegionParams {
+                smooth_nr: 0.0,
+                smooth_dr: 1e-8,
+                eps: 0.0,
+                pool: if tversky { Pool::Image } else { Pool::ImageAll },
+                empty: if tversky { Empty::Skip } else { Empty::Formula },
+                norm: Norm::Image,
+                ..d
+            }
+        }
         _ => d,
     }
 }
@@ -503,7 +612,7 @@ fn parse_term(text: &str) -> Result<Term, Error> {
         None => (head, None),
     };
     if let Some(p) = preset {
-        if !["smp", "monai", "keras", "paddle"].contains(&p) {
+        if !["smp", "monai", "keras", "paddle", "kornia"].contains(&p) {
             return Err(perr(text, format!("unknown preset '{p}'; presets: {PRESETS}")));
         }
     }
@@ -531,12 +640,18 @@ fn parse_term(text: &str) -> Result<Term, Error> {
     };
     let loss = match name {
         "bce" => {
-            no_preset(&["smp", "monai"])?;
+            no_preset(&["smp", "monai", "kornia"])?;
             let mut p = BceParams { pos_weight: PosWeight::Value(1.0), label_smoothing: 0.0 };
             for (k, v) in kv {
                 match k {
                     "pos_weight" => {
-                        p.pos_weight = if v == "auto" { PosWeight::Auto } else { PosWeight::Value(nonneg(text, k, v)?) }
+                        p.pos_weight = if v == "auto" {
+                            PosWeight::Auto
+                        } else if v.contains(';') {
+                            PosWeight::Channels(weight_list(text, k, v)?)
+                        } else {
+                            PosWeight::Value(nonneg(text, k, v)?)
+                        }
                     }
                     "label_smoothing" => p.label_smoothing = unit(text, k, v)?,
                     _ => return Err(unknown_key(text, name, k, &["pos_weight", "label_smoothing"])),
@@ -545,7 +660,7 @@ fn parse_term(text: &str) -> Result<Term, Error> {
             Loss::Bce(p)
         }
         "ce" => {
-            no_preset(&["smp", "monai"])?;
+            no_preset(&["smp", "monai", "kornia"])?;
             let mut p = CeParams { weights: None, label_smoothing: 0.0 };
             for (k, v) in kv {
                 match k {
@@ -560,22 +675,47 @@ fn parse_term(text: &str) -> Result<Term, Error> {
             Loss::Ce(p)
         }
         "focal" => {
-            no_preset(&["smp", "monai"])?;
-            let mut p = FocalParams { gamma: 2.0, alpha: None, act: FocalAct::Sigmoid };
+            no_preset(&["smp", "monai", "paddle", "kornia"])?;
+            let mut p = FocalParams {
+                gamma: 2.0,
+                alpha: None,
+                act: if preset_name == "kornia" { FocalAct::Auto } else { FocalAct::Sigmoid },
+                weights: None,
+                norm: if preset_name == "smp" { Norm::Weights } else { Norm::Count },
+            };
             for (k, v) in kv {
                 match k {
                     "gamma" => p.gamma = nonneg(text, k, v)?,
                     "alpha" => p.alpha = if v == "none" { None } else { Some(unit(text, k, v)?) },
                     "act" => {
-                        p.act = choice(text, k, v, &[("sigmoid", FocalAct::Sigmoid), ("softmax", FocalAct::Softmax)])?
+                        p.act = choice(
+                            text,
+                            k,
+                            v,
+                            &[("sigmoid", FocalAct::Sigmoid), ("softmax", FocalAct::Softmax), ("auto", FocalAct::Auto)],
+                        )?
                     }
-                    _ => return Err(unknown_key(text, name, k, &["gamma", "alpha", "act"])),
+                    "weights" => p.weights = Some(weight_list(text, k, v)?),
+                    "norm" => {
+                        p.norm = norm_of(text, k, v)?;
+                        if p.norm == Norm::Image {
+                            return Err(perr(text, "norm=image: focal takes norm=count or norm=weights"));
+                        }
+                    }
+                    _ => return Err(unknown_key(text, name, k, &["gamma", "alpha", "act", "weights", "norm"])),
                 }
             }
             Loss::Focal(p)
         }
         "dice" | "jaccard" | "iou" | "tversky" | "gdice" => {
-            let mut params = region_preset(preset_name);
+            if preset_name == "kornia" {
+                no_preset(if name == "dice" || name == "tversky" {
+                    &["kornia"]
+                } else {
+                    &["smp", "monai", "keras", "paddle"]
+                })?;
+            }
+            let mut params = region_preset(preset_name, name);
             let mut kind = match name {
                 "dice" => RegionKind::Dice { squared: false },
                 "jaccard" | "iou" => RegionKind::Jaccard { squared: false },
@@ -589,7 +729,8 @@ fn parse_term(text: &str) -> Result<Term, Error> {
                     allowed.extend(["alpha", "beta", "gamma"]);
                 }
                 RegionKind::GDice { .. } => {
-                    allowed.retain(|k| *k != "squared" && *k != "empty");
+                    // its class weights come from the target
+                    allowed.retain(|k| !["squared", "empty", "weights", "norm"].contains(k));
                     allowed.push("weight");
                 }
                 _ => {}
@@ -634,10 +775,10 @@ fn parse_term(text: &str) -> Result<Term, Error> {
                     _ => return Err(unknown_key(text, name, k, &allowed)),
                 }
             }
-            if matches!(kind, RegionKind::GDice { .. }) && params.pool == Pool::All {
+            if matches!(kind, RegionKind::GDice { .. }) && matches!(params.pool, Pool::All | Pool::ImageAll) {
                 return Err(perr(
                     text,
-                    "gdice: pool=all is not allowed (gdice already pools classes); use batch or image",
+                    "gdice: pool=all and pool=image_all are not allowed (gdice already pools classes); use batch or image",
                 ));
             }
             Loss::Region(RegionLoss { kind, params })
@@ -708,6 +849,18 @@ fn fmt_num(x: f64) -> String {
     format!("{x}")
 }
 
+fn list_text(w: &[f64]) -> String {
+    w.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(";")
+}
+
+fn norm_text(n: Norm) -> &'static str {
+    match n {
+        Norm::Count => "count",
+        Norm::Weights => "weights",
+        Norm::Image => "image",
+    }
+}
+
 fn classes_text(c: &Classes) -> String {
     match c {
         Classes::All => "all".into(),
@@ -721,9 +874,10 @@ impl fmt::Display for Loss {
         let mut kv: Vec<String> = Vec::new();
         match self {
             Loss::Bce(p) => {
-                match p.pos_weight {
+                match &p.pos_weight {
                     PosWeight::Auto => kv.push("pos_weight=auto".into()),
-                    PosWeight::Value(v) if v != 1.0 => kv.push(format!("pos_weight={}", fmt_num(v))),
+                    PosWeight::Value(v) if *v != 1.0 => kv.push(format!("pos_weight={}", fmt_num(*v))),
+                    PosWeight::Channels(w) => kv.push(format!("pos_weight={}", list_text(w))),
                     _ => {}
                 }
                 if p.label_smoothing != 0.0 {
@@ -732,7 +886,7 @@ impl fmt::Display for Loss {
             }
             Loss::Ce(p) => {
                 if let Some(w) = &p.weights {
-                    kv.push(format!("weights={}", w.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(";")));
+                    kv.push(format!("weights={}", list_text(w)));
                 }
                 if p.label_smoothing != 0.0 {
                     kv.push(format!("label_smoothing={}", fmt_num(p.label_smoothing)));
@@ -745,8 +899,16 @@ impl fmt::Display for Loss {
                 if let Some(a) = p.alpha {
                     kv.push(format!("alpha={}", fmt_num(a)));
                 }
-                if p.act == FocalAct::Softmax {
-                    kv.push("act=softmax".into());
+                match p.act {
+                    FocalAct::Softmax => kv.push("act=softmax".into()),
+                    FocalAct::Auto => kv.push("act=auto".into()),
+                    FocalAct::Sigmoid => {}
+                }
+                if let Some(w) = &p.weights {
+                    kv.push(format!("weights={}", list_text(w)));
+                }
+                if p.norm != Norm::Weights {
+                    kv.push(format!("norm={}", norm_text(p.norm)));
                 }
             }
             Loss::Region(r) => {
@@ -781,6 +943,7 @@ impl fmt::Display for Loss {
                             Pool::Batch => "batch",
                             Pool::Image => "image",
                             Pool::All => "all",
+                            Pool::ImageAll => "image_all",
                         }
                     ));
                 }
@@ -810,6 +973,12 @@ impl fmt::Display for Loss {
                 }
                 if p.classes != d.classes {
                     kv.push(format!("classes={}", classes_text(&p.classes)));
+                }
+                if let Some(w) = &p.weights {
+                    kv.push(format!("weights={}", list_text(w)));
+                }
+                if p.norm != d.norm {
+                    kv.push(format!("norm={}", norm_text(p.norm)));
                 }
             }
             Loss::SensSpec(p) => {

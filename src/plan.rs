@@ -10,7 +10,7 @@
 //! evaluates per element and chains through the sigmoid or the softmax.
 
 use crate::expr::{
-    Classes, Empty, FocalAct, GDiceWeight, Loss, LossExpr, LovaszParams, Pool, PosWeight, RegionKind, RegionLoss,
+    Classes, Empty, GDiceWeight, Loss, LossExpr, LovaszParams, Norm, Pool, PosWeight, RegionKind, RegionLoss,
     SCORE_DEN_FLOOR,
 };
 use crate::Mode;
@@ -61,6 +61,10 @@ pub(crate) mod op {
     pub const F_FOCAL_SOFTMAX: u32 = 1;
     pub const F_SQUARED: u32 = 4;
     pub const F_LOG: u32 = 128;
+    /// Bits 10..11: the norm of a weighted class mean (region, focal).
+    pub const NORM_SHIFT: u32 = 10;
+    /// Per-class weights (f32 bits) in `cls` from `nseg` (region, focal; bce: per-channel pos_weight).
+    pub const F_WEIGHTS: u32 = 1 << 12;
     pub const F_PER_IMAGE: u32 = 1;
     pub const F_SOFTMAX: u32 = 2;
     pub const F_PRESENT: u32 = 4;
@@ -119,7 +123,9 @@ pub(crate) struct PixelSlot {
 }
 
 impl PixelSlot {
-    pub fn of(loss: &Loss, classes: usize) -> Option<PixelSlot> {
+    /// The slot of a pixel loss; `softmax`: multiclass mode. `weights` are the class weights the
+    /// gradient pass reads: cross-entropy's (scaled), focal's, and bce's per-channel `pos_weight`.
+    pub fn of(loss: &Loss, classes: usize, softmax: bool) -> Option<PixelSlot> {
         let ones = vec![1.0; classes];
         match loss {
             Loss::Bce(p) => Some(PixelSlot {
@@ -127,7 +133,10 @@ impl PixelSlot {
                 label_smoothing: p.label_smoothing,
                 gamma: 0.0,
                 alpha: None,
-                weights: ones,
+                weights: match &p.pos_weight {
+                    PosWeight::Channels(w) => w.clone(),
+                    _ => ones,
+                },
             }),
             Loss::Ce(p) => Some(PixelSlot {
                 kind: kind::CE,
@@ -142,11 +151,11 @@ impl PixelSlot {
                 }),
             }),
             Loss::Focal(p) => Some(PixelSlot {
-                kind: if p.act == FocalAct::Softmax { kind::FOCAL_SOFTMAX } else { kind::FOCAL_SIGMOID },
+                kind: if p.act.softmax(mode_of(softmax)) { kind::FOCAL_SOFTMAX } else { kind::FOCAL_SIGMOID },
                 label_smoothing: 0.0,
                 gamma: p.gamma,
                 alpha: p.alpha,
-                weights: ones,
+                weights: p.weights.clone().unwrap_or(ones),
             }),
             _ => None,
         }
@@ -178,6 +187,17 @@ pub(crate) struct StatsPlan {
     /// Whether some term reads the per-(image, class) sums of pass 0 (region losses, sensspec,
     /// bce and focal): false when every term is cross-entropy or Lovász.
     pub needs_class_sums: bool,
+    /// Multiclass mode (softmax).
+    pub softmax: bool,
+}
+
+/// The mode a `softmax` flag stands for where only that matters (multiclass, or a sigmoid mode).
+fn mode_of(softmax: bool) -> Mode {
+    if softmax {
+        Mode::Multiclass
+    } else {
+        Mode::Binary
+    }
 }
 
 /// Segments of the Lovász sort: `(count, length)`. Hinge: the batch or each image, all channels
@@ -199,8 +219,8 @@ pub(crate) struct LovaszSums {
 
 impl StatsPlan {
     /// Collects the pixel and Lovász losses of `exprs`, each distinct one once.
-    pub fn new(exprs: &[LossExpr], classes: usize) -> StatsPlan {
-        let mut plan = StatsPlan::default();
+    pub fn new(exprs: &[LossExpr], classes: usize, softmax: bool) -> StatsPlan {
+        let mut plan = StatsPlan { softmax, ..StatsPlan::default() };
         for t in exprs.iter().flat_map(|e| &e.terms) {
             if matches!(t.loss, Loss::SensSpec(_)) {
                 plan.needs_sensspec = true;
@@ -210,7 +230,7 @@ impl StatsPlan {
                     plan.lovasz.push(p.clone());
                 }
             }
-            let slot = PixelSlot::of(&t.loss, classes);
+            let slot = PixelSlot::of(&t.loss, classes, softmax);
             let ce = slot.as_ref().is_some_and(|s| s.kind == op::CE);
             if !ce && !matches!(t.loss, Loss::Lovasz(_)) {
                 plan.needs_class_sums = true;
@@ -230,7 +250,7 @@ impl StatsPlan {
     }
 
     pub fn slot_of(&self, loss: &Loss, classes: usize) -> usize {
-        let s = PixelSlot::of(loss, classes).expect("pixel loss");
+        let s = PixelSlot::of(loss, classes, self.softmax).expect("pixel loss");
         self.slots.iter().position(|x| *x == s).expect("slot planned")
     }
 
@@ -297,6 +317,10 @@ impl Sums<'_> {
     fn total(&self, k: usize) -> f64 {
         (0..self.n).flat_map(|n| (0..self.c).map(move |c| (n, c))).map(|(n, c)| self.at(n, c, k)).sum()
     }
+    /// `sum_(n, c) w_c S(n, c, k)`.
+    fn weighted(&self, k: usize, w: &[f64]) -> f64 {
+        (0..self.n).flat_map(|n| (0..self.c).map(move |c| (n, c))).map(|(n, c)| w[c] * self.at(n, c, k)).sum()
+    }
 }
 
 /// What the host finalize derives from the sums for one expression.
@@ -333,26 +357,33 @@ pub(crate) fn finalize(
         let v = match &t.loss {
             Loss::Bce(p) => {
                 let slot = plan.slot_of(&t.loss, c_cls);
-                let a = sums.total(ch::PIX + 2 * slot);
-                let b = sums.total(ch::PIX + 2 * slot + 1);
+                let k = ch::PIX + 2 * slot;
+                // a scalar pos_weight (the gradient pass multiplies it by the slot's per-channel ones)
                 let pw = match p.pos_weight {
                     PosWeight::Value(v) => v,
                     PosWeight::Auto => {
                         let sg = sums.total(ch::SG);
                         (cnt - sg) / sg.max(1.0)
                     }
+                    PosWeight::Channels(_) => 1.0,
                 };
+                let cw = &plan.slots[slot].weights;
+                let a = sums.weighted(k, cw);
+                let b = sums.total(k + 1);
                 let (v, scale) = if cnt > 0.0 { ((pw * a + b) / cnt, w / cnt) } else { (0.0, 0.0) };
                 pixel(scale, pw);
                 v
             }
             Loss::Focal(p) => {
                 let slot = plan.slot_of(&t.loss, c_cls);
-                let s = sums.total(ch::PIX + 2 * slot);
-                let denom = if p.act == FocalAct::Softmax {
-                    (0..n_img).map(|n| sums.at(n, 0, ch::CNT)).sum::<f64>()
-                } else {
-                    cnt
+                let cw = &plan.slots[slot].weights;
+                let s = sums.weighted(ch::PIX + 2 * slot, cw);
+                // count: the non-ignored elements (softmax: P C); weights: the terms' class
+                // weights (sigmoid: per element; softmax: per pixel, of its true class)
+                let denom = match p.norm {
+                    Norm::Count => cnt,
+                    _ if plan.softmax && p.act.softmax(mode) => sums.weighted(ch::SG, cw),
+                    _ => sums.weighted(ch::CNT, cw),
                 };
                 let (v, scale) = if denom > 0.0 { (s / denom, w / denom) } else { (0.0, 0.0) };
                 pixel(scale, 1.0);
@@ -432,12 +463,18 @@ pub(crate) fn push_ops(
             block: block.map_or(op::NONE_IDX, |b| b as u32),
             ..Op::default()
         };
-        let mut list = |l: &Classes, o: &mut Op| {
+        let list = |l: &Classes, o: &mut Op, cls: &mut Vec<u32>| {
             if let Classes::List(l) = l {
                 o.ncls = l.len() as u32;
                 o.cls_off = cls.len() as u32;
                 cls.extend(l.iter().map(|&k| k as u32));
             }
+        };
+        // per-class weights: f32 bits in `cls` from `nseg`
+        let weights = |w: &[f64], o: &mut Op, cls: &mut Vec<u32>| {
+            o.flags |= op::F_WEIGHTS;
+            o.nseg = cls.len() as u32;
+            cls.extend(w.iter().map(|&x| (x as f32).to_bits()));
         };
         let pixel = |o: &mut Op, kind: u32| {
             let slot = plan.slot_of(&t.loss, classes);
@@ -449,16 +486,24 @@ pub(crate) fn push_ops(
         match &t.loss {
             Loss::Bce(p) => {
                 pixel(&mut o, op::BCE);
-                match p.pos_weight {
-                    PosWeight::Value(v) => o.f[0] = v as f32,
+                match &p.pos_weight {
+                    PosWeight::Value(v) => o.f[0] = *v as f32,
                     PosWeight::Auto => o.flags = op::F_POS_AUTO,
+                    PosWeight::Channels(w) => {
+                        o.f[0] = 1.0;
+                        weights(w, &mut o, cls);
+                    }
                 }
             }
             Loss::Ce(_) => pixel(&mut o, op::CE),
             Loss::Focal(p) => {
                 pixel(&mut o, op::FOCAL);
-                if p.act == FocalAct::Softmax {
+                if p.act.softmax(mode_of(softmax)) {
                     o.flags = op::F_FOCAL_SOFTMAX;
+                }
+                o.flags |= norm_bits(p.norm);
+                if let Some(w) = &p.weights {
+                    weights(w, &mut o, cls);
                 }
             }
             Loss::SensSpec(p) => {
@@ -473,6 +518,7 @@ pub(crate) fn push_ops(
                     Pool::Batch => 0,
                     Pool::Image => 1,
                     Pool::All => 2,
+                    Pool::ImageAll => 3,
                 };
                 let empty = match p.empty {
                     Empty::Zero => 0,
@@ -507,7 +553,11 @@ pub(crate) fn push_ops(
                 o.f[2] = p.eps as f32;
                 o.f[3] = p.log_floor() as f32;
                 o.sub = layout.region_base as u32;
-                list(&p.classes, &mut o);
+                list(&p.classes, &mut o, cls);
+                o.flags |= norm_bits(p.norm);
+                if let Some(w) = &p.weights {
+                    weights(w, &mut o, cls);
+                }
             }
             Loss::Lovasz(p) => {
                 let g = plan.lovasz_of(p);
@@ -519,12 +569,20 @@ pub(crate) fn push_ops(
                 o.flags = if p.per_image { op::F_PER_IMAGE } else { 0 } | if softmax { op::F_SOFTMAX } else { 0 };
                 match &p.classes {
                     Classes::Present => o.flags |= op::F_PRESENT,
-                    l => list(l, &mut o),
+                    l => list(l, &mut o, cls),
                 }
             }
         }
         ops.push(o);
     }
+}
+
+fn norm_bits(n: Norm) -> u32 {
+    (match n {
+        Norm::Count => 0,
+        Norm::Weights => 1,
+        Norm::Image => 2,
+    }) << op::NORM_SHIFT
 }
 
 fn class_set(classes: &Classes, c: usize) -> Vec<usize> {
@@ -576,20 +634,34 @@ fn region(r: &RegionLoss, w: f64, sums: &Sums, coefs: &mut [f64]) -> f64 {
     let p = &r.params;
     let (n_img, c_cls) = (sums.n, sums.c);
     let classes = class_set(&p.classes, c_cls);
-    // Entries: lists of (image, class) members.
-    let entries: Vec<Vec<(usize, usize)>> = match p.pool {
-        Pool::Batch => classes.iter().map(|&c| (0..n_img).map(|n| (n, c)).collect()).collect(),
-        Pool::Image => (0..n_img).flat_map(|n| classes.iter().map(move |&c| vec![(n, c)])).collect(),
-        Pool::All => vec![(0..n_img).flat_map(|n| classes.iter().map(move |&c| (n, c))).collect()],
+    let wt = |j: usize| p.weights.as_ref().map_or(1.0, |ws| ws[j]);
+    let js: Vec<usize> = (0..classes.len()).collect();
+    // Groups: members (image, class, factor of its sums), the group's weight and its image.
+    type Members = Vec<(usize, usize, f64)>;
+    type Group = (Members, f64, usize);
+    let groups: Vec<Group> = match p.pool {
+        Pool::Batch => js.iter().map(|&j| ((0..n_img).map(|n| (n, classes[j], 1.0)).collect(), wt(j), 0)).collect(),
+        Pool::Image => (0..n_img)
+            .flat_map(|n| js.iter().map(move |&j| (n, j)))
+            .map(|(n, j)| (vec![(n, classes[j], 1.0)], wt(j), n))
+            .collect(),
+        Pool::All => {
+            vec![(
+                (0..n_img).flat_map(|n| js.iter().map(move |&j| (n, j))).map(|(n, j)| (n, classes[j], wt(j))).collect(),
+                1.0,
+                0,
+            )]
+        }
+        Pool::ImageAll => (0..n_img).map(|n| (js.iter().map(|&j| (n, classes[j], wt(j))).collect(), 1.0, n)).collect(),
     };
-    // (entry loss, d loss / d (TP, SP, SPP), members) of each counted entry
-    type Counted<'a> = (f64, [f64; 3], &'a [(usize, usize)]);
-    let mut losses: Vec<Counted> = Vec::new();
-    for m in &entries {
+    // (loss, weight, image) and d loss / d (TP, SP, SPP) of each counted group
+    let mut counted: Vec<(f64, f64, usize)> = Vec::new();
+    let mut ds: Vec<([f64; 3], &Members)> = Vec::new();
+    for (m, gw, img) in &groups {
         let mut s = [0.0; 5];
-        for &(n, c) in m {
+        for &(n, c, f) in m {
             for (j, k) in [ch::TP, ch::SP, ch::SG, ch::SPP, ch::SGG].into_iter().enumerate() {
-                s[j] += sums.at(n, c, k);
+                s[j] += f * sums.at(n, c, k);
             }
         }
         let empty = s[2] <= 0.0;
@@ -597,18 +669,19 @@ fn region(r: &RegionLoss, w: f64, sums: &Sums, coefs: &mut [f64]) -> f64 {
             continue;
         }
         if empty && p.empty == Empty::Zero {
-            losses.push((0.0, [0.0; 3], m));
+            counted.push((0.0, *gw, *img));
+            ds.push(([0.0; 3], m));
             continue;
         }
-        let (sc, ds) = score(r.kind, p, s);
+        let (sc, d) = score(r.kind, p, s);
         let (l, dl) = entry_loss(p, sc);
-        losses.push((l, [dl * ds[0], dl * ds[1], dl * ds[2]], m));
+        counted.push((l, *gw, *img));
+        ds.push(([dl * d[0], dl * d[1], dl * d[2]], m));
     }
-    if losses.is_empty() {
+    if counted.is_empty() {
         return 0.0;
     }
-    let m = losses.len() as f64;
-    let mean = losses.iter().map(|x| x.0).sum::<f64>() / m;
+    let (mean, factors) = class_mean(&counted, p.norm, p.pool == Pool::Image, n_img);
     let gamma = match r.kind {
         RegionKind::Tversky { gamma, .. } => gamma,
         _ => 1.0,
@@ -620,16 +693,43 @@ fn region(r: &RegionLoss, w: f64, sums: &Sums, coefs: &mut [f64]) -> f64 {
     } else {
         (0.0, 0.0)
     };
-    let f = w * dmean / m;
-    for (_, d, members) in &losses {
-        for &(n, c) in members.iter() {
+    for ((d, members), f) in ds.iter().zip(&factors) {
+        let f = w * dmean * f;
+        for &(n, c, k) in members.iter() {
             let o = (n * c_cls + c) * NCOEF;
-            coefs[o] += f * d[0];
-            coefs[o + 1] += f * d[1];
-            coefs[o + 2] += f * d[2];
+            coefs[o] += f * k * d[0];
+            coefs[o + 1] += f * k * d[1];
+            coefs[o + 2] += f * k * d[2];
         }
     }
     value
+}
+
+/// The mean of counted groups `(loss, weight, image)` under `norm` (`per_image`: `pool=image`),
+/// and `d mean / d loss` of each group, as `finalize.wgsl` computes them.
+fn class_mean(groups: &[(f64, f64, usize)], norm: Norm, per_image: bool, images: usize) -> (f64, Vec<f64>) {
+    // the divisor of each group: K, the counted weight sum (0: no value), or its image's
+    let k = groups.len() as f64;
+    let wsum: f64 = groups.iter().map(|g| g.1).sum();
+    let mut img_sum = vec![0.0; images];
+    if norm == Norm::Image && per_image {
+        for g in groups {
+            img_sum[g.2] += g.1;
+        }
+    }
+    let factors: Vec<f64> = groups
+        .iter()
+        .map(|&(_, gw, img)| match norm {
+            Norm::Count => gw / k,
+            Norm::Image if per_image => {
+                let d = img_sum[img];
+                gw / if d == 0.0 { 1.0 } else { d } / images as f64
+            }
+            _ if wsum > 0.0 => gw / wsum,
+            _ => 0.0,
+        })
+        .collect();
+    (groups.iter().zip(&factors).map(|(g, f)| f * g.0).sum(), factors)
 }
 
 fn gdice(r: &RegionLoss, weight: GDiceWeight, w: f64, sums: &Sums, coefs: &mut [f64]) -> f64 {

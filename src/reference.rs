@@ -18,7 +18,8 @@
 
 use crate::error::Error;
 use crate::expr::{
-    Classes, Empty, FocalAct, GDiceWeight, Loss, LossExpr, LovaszParams, Pool, PosWeight, RegionKind, RegionLoss,
+    Classes, Empty, FocalParams, GDiceWeight, Loss, LossExpr, LovaszParams, Norm, Pool, PosWeight, RegionKind,
+    RegionLoss,
 };
 use crate::input::{Input, InputKind, Target};
 use crate::Mode;
@@ -128,6 +129,12 @@ impl Elems {
     fn valid_count(&self) -> f64 {
         self.valid.iter().filter(|&&v| v).count() as f64
     }
+
+    /// The channel of element i.
+    #[inline]
+    fn chan(&self, i: usize) -> usize {
+        (i / self.s) % self.c
+    }
 }
 
 /// Evaluates one expression on the CPU in f64.
@@ -145,10 +152,10 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
     for t in &expr.terms {
         let w = t.weight;
         let v = match &t.loss {
-            Loss::Bce(p) => bce(&e, p.label_smoothing, p.pos_weight, w, &mut gx),
+            Loss::Bce(p) => bce(&e, p.label_smoothing, &p.pos_weight, w, &mut gx),
             Loss::Ce(p) => ce(&e, p.weights.as_deref(), p.label_smoothing, w, &mut gx),
-            Loss::Focal(p) if p.act == FocalAct::Softmax => focal_softmax(&e, p.gamma, p.alpha, w, &mut gx),
-            Loss::Focal(p) => focal_sigmoid(&e, p.gamma, p.alpha, w, &mut gx),
+            Loss::Focal(p) if p.act.softmax(e.mode) => focal_softmax(&e, p, w, &mut gx),
+            Loss::Focal(p) => focal_sigmoid(&e, p, w, &mut gx),
             Loss::SensSpec(p) => sensspec(&e, p.lambda, p.smooth, w, &mut gp),
             Loss::Region(r) => match r.kind {
                 RegionKind::GDice { weight } => gdice(&e, r, weight, w, &mut gp),
@@ -193,23 +200,25 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
     Ok(RefResult { value, term_values, grad })
 }
 
-fn bce(e: &Elems, ls: f64, pw: PosWeight, w: f64, gx: &mut [f64]) -> f64 {
+fn bce(e: &Elems, ls: f64, pw: &PosWeight, w: f64, gx: &mut [f64]) -> f64 {
     let cnt = e.valid_count();
     if cnt == 0.0 {
         return 0.0;
     }
-    let pos_weight = match pw {
-        PosWeight::Value(v) => v,
-        PosWeight::Auto => {
-            let sg: f64 = e.g.iter().sum();
-            (cnt - sg) / sg.max(1.0)
-        }
+    let auto = {
+        let sg: f64 = e.g.iter().sum();
+        (cnt - sg) / sg.max(1.0)
     };
     let mut total = 0.0;
     for i in 0..e.x.len() {
         if !e.valid[i] {
             continue;
         }
+        let pos_weight = match pw {
+            PosWeight::Value(v) => *v,
+            PosWeight::Auto => auto,
+            PosWeight::Channels(ws) => ws[e.chan(i)],
+        };
         let g = e.g[i] * (1.0 - ls) + 0.5 * ls;
         if e.probs {
             // PyTorch's binary_cross_entropy: logs clamped at -100, its backward's 1e-12 floor
@@ -226,9 +235,19 @@ fn bce(e: &Elems, ls: f64, pw: PosWeight, w: f64, gx: &mut [f64]) -> f64 {
     total / cnt
 }
 
-fn focal_sigmoid(e: &Elems, gamma: f64, alpha: Option<f64>, w: f64, gx: &mut [f64]) -> f64 {
-    let cnt = e.valid_count();
-    if cnt == 0.0 {
+/// A focal term's class weight.
+fn class_weight(p: &FocalParams, c: usize) -> f64 {
+    p.weights.as_ref().map_or(1.0, |w| w[c])
+}
+
+fn focal_sigmoid(e: &Elems, fp: &FocalParams, w: f64, gx: &mut [f64]) -> f64 {
+    let (gamma, alpha) = (fp.gamma, fp.alpha);
+    // the mean's divisor: the elements (count), or the sum of their class weights
+    let cnt: f64 = match fp.norm {
+        Norm::Count => e.valid_count(),
+        _ => (0..e.x.len()).filter(|&i| e.valid[i]).map(|i| class_weight(fp, e.chan(i))).sum(),
+    };
+    if cnt <= 0.0 {
         return 0.0;
     }
     let mut total = 0.0;
@@ -236,6 +255,7 @@ fn focal_sigmoid(e: &Elems, gamma: f64, alpha: Option<f64>, w: f64, gx: &mut [f6
         if !e.valid[i] {
             continue;
         }
+        let wc = class_weight(fp, e.chan(i));
         let (x, g) = (e.x[i], e.g[i]);
         // the BCE b and d b / d input: of the logit, or of q = clamp(p, 1e-7, 1 - 1e-7) (smp on
         // probabilities; 0 where the clamp binds)
@@ -251,9 +271,9 @@ fn focal_sigmoid(e: &Elems, gamma: f64, alpha: Option<f64>, w: f64, gx: &mut [f6
         let pt = (-b).exp();
         let a = alpha.map_or(1.0, |a| a * g + (1.0 - a) * (1.0 - g));
         let mod_ = if gamma == 0.0 { 1.0 } else { one_m_pt.powf(gamma) };
-        total += a * mod_ * b;
+        total += wc * a * mod_ * b;
         let dmod = if gamma == 0.0 || one_m_pt <= 0.0 { 0.0 } else { gamma * one_m_pt.powf(gamma - 1.0) * pt * b };
-        gx[i] += w / cnt * a * (dmod + mod_) * db;
+        gx[i] += w / cnt * wc * a * (dmod + mod_) * db;
     }
     total / cnt
 }
@@ -297,10 +317,15 @@ fn ce(e: &Elems, weights: Option<&[f64]>, ls: f64, w: f64, gx: &mut [f64]) -> f6
     num / den
 }
 
-fn focal_softmax(e: &Elems, gamma: f64, alpha: Option<f64>, w: f64, gx: &mut [f64]) -> f64 {
-    let a = alpha.unwrap_or(1.0);
-    let pixels = e.label.iter().filter(|&&l| l != usize::MAX).count() as f64;
-    if pixels == 0.0 {
+fn focal_softmax(e: &Elems, fp: &FocalParams, w: f64, gx: &mut [f64]) -> f64 {
+    let gamma = fp.gamma;
+    let labels = || e.label.iter().copied().filter(|&l| l != usize::MAX);
+    // the mean's divisor: the non-ignored elements P C (count), or the terms' class weights
+    let pixels: f64 = match fp.norm {
+        Norm::Count => labels().count() as f64 * e.c as f64,
+        _ => labels().map(|l| class_weight(fp, l)).sum(),
+    };
+    if pixels <= 0.0 {
         return 0.0;
     }
     let mut total = 0.0;
@@ -310,6 +335,8 @@ fn focal_softmax(e: &Elems, gamma: f64, alpha: Option<f64>, w: f64, gx: &mut [f6
             if t == usize::MAX {
                 continue;
             }
+            // alpha weighs the background class 0 by 1 - alpha and the others by alpha
+            let a = class_weight(fp, t) * fp.alpha.map_or(1.0, |al| if t == 0 { 1.0 - al } else { al });
             let q = e.p[e.idx(n, t, s)];
             let lq = e.logp[e.idx(n, t, s)];
             let omq: f64 = (0..e.c).filter(|&c| c != t).map(|c| e.p[e.idx(n, c, s)]).sum();
@@ -386,27 +413,78 @@ fn class_list(classes: &Classes, c: usize) -> Vec<usize> {
     }
 }
 
+/// The weighted mean of the counted groups' losses as `norm` defines it: each group's
+/// `(loss, weight, image)` gives the mean and each group's factor `d mean / d loss`.
+pub(crate) fn weighted_mean(
+    groups: &[(f64, f64, usize)],
+    norm: Norm,
+    per_image: bool,
+    images: usize,
+) -> (f64, Vec<f64>) {
+    if groups.is_empty() {
+        return (0.0, Vec::new());
+    }
+    match norm {
+        Norm::Count => {
+            let k = groups.len() as f64;
+            (groups.iter().map(|g| g.1 * g.0).sum::<f64>() / k, groups.iter().map(|g| g.1 / k).collect())
+        }
+        Norm::Image if per_image => {
+            // per image: sum w L / sum w (1 when that sum is 0), then the mean over the images
+            let mut den = vec![0.0; images];
+            for g in groups {
+                den[g.2] += g.1;
+            }
+            let den: Vec<f64> = den.into_iter().map(|d| if d == 0.0 { 1.0 } else { d }).collect();
+            let f: Vec<f64> = groups.iter().map(|g| g.1 / den[g.2] / images as f64).collect();
+            (groups.iter().zip(&f).map(|(g, f)| f * g.0).sum(), f)
+        }
+        _ => {
+            let d: f64 = groups.iter().map(|g| g.1).sum();
+            if d <= 0.0 {
+                return (0.0, vec![0.0; groups.len()]);
+            }
+            (groups.iter().map(|g| g.1 * g.0).sum::<f64>() / d, groups.iter().map(|g| g.1 / d).collect())
+        }
+    }
+}
+
 fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
     let p = &r.params;
     let classes = class_list(&p.classes, e.c);
-    let all_imgs: Vec<usize> = (0..e.n).collect();
-    let groups: Vec<Vec<usize>> = match p.pool {
-        Pool::Batch => classes.iter().map(|&c| members(e, &all_imgs, &[c])).collect(),
-        Pool::Image => {
-            (0..e.n).flat_map(|n| classes.iter().map(move |&c| (n, c))).map(|(n, c)| members(e, &[n], &[c])).collect()
-        }
-        Pool::All => vec![members(e, &all_imgs, &classes)],
+    let wt = |j: usize| p.weights.as_ref().map_or(1.0, |ws| ws[j]);
+    // groups: members (element, factor of its terms in the sums), the group's weight, its image
+    let with = |imgs: &[usize], js: &[usize], inside: bool| -> Vec<(usize, f64)> {
+        js.iter()
+            .flat_map(|&j| {
+                members(e, imgs, &[classes[j]]).into_iter().map(move |i| (i, if inside { wt(j) } else { 1.0 }))
+            })
+            .collect()
     };
-    // (loss, per-element d loss / d p) for each counted group
-    let mut counted: Vec<(f64, Vec<(usize, f64)>)> = Vec::new();
-    for m in &groups {
-        let sum = |f: &dyn Fn(usize) -> f64| m.iter().map(|&i| f(i)).sum::<f64>();
+    let all_imgs: Vec<usize> = (0..e.n).collect();
+    let all_js: Vec<usize> = (0..classes.len()).collect();
+    type Group = (Vec<(usize, f64)>, f64, usize);
+    let groups: Vec<Group> = match p.pool {
+        Pool::Batch => all_js.iter().map(|&j| (with(&all_imgs, &[j], false), wt(j), 0)).collect(),
+        Pool::Image => (0..e.n)
+            .flat_map(|n| all_js.iter().map(move |&j| (n, j)))
+            .map(|(n, j)| (with(&[n], &[j], false), wt(j), n))
+            .collect(),
+        Pool::All => vec![(with(&all_imgs, &all_js, true), 1.0, 0)],
+        Pool::ImageAll => (0..e.n).map(|n| (with(&[n], &all_js, true), 1.0, n)).collect(),
+    };
+    // (loss, weight, image) and per-element d loss / d p of each counted group
+    let mut counted: Vec<(f64, f64, usize)> = Vec::new();
+    let mut grads_of: Vec<Vec<(usize, f64)>> = Vec::new();
+    for (m, gw, img) in &groups {
+        let sum = |f: &dyn Fn(usize) -> f64| m.iter().map(|&(i, k)| k * f(i)).sum::<f64>();
         let tp = sum(&|i| e.p[i] * e.g[i]);
         let sp = sum(&|i| e.p[i]);
         let sg = sum(&|i| e.g[i]);
         if sg == 0.0 && p.empty != Empty::Formula {
             if p.empty == Empty::Zero {
-                counted.push((0.0, Vec::new()));
+                counted.push((0.0, *gw, *img));
+                grads_of.push(Vec::new());
             }
             continue;
         }
@@ -414,7 +492,7 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
         let fneg = sg - tp;
         let spp = sum(&|i| e.p[i] * e.p[i]);
         let sgg = sum(&|i| e.g[i] * e.g[i]);
-        // num, den and, per element, d num / d p_i and d den / d p_i
+        // num, den and, per element, d num / d p_i and d den / d p_i (before the factor)
         let (num, den): (f64, f64);
         let dnum: Box<dyn Fn(usize) -> f64>;
         let dden: Box<dyn Fn(usize) -> f64>;
@@ -456,21 +534,21 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
         let (loss, dl_ds) = score_loss(p, score);
         let grads = if d > crate::expr::SCORE_DEN_FLOOR {
             m.iter()
-                .map(|&i| {
+                .map(|&(i, k)| {
                     let ds = dnum(i) / d - if live_den { num * dden(i) / (d * d) } else { 0.0 };
-                    (i, dl_ds * ds)
+                    (i, k * dl_ds * ds)
                 })
                 .collect()
         } else {
             Vec::new()
         };
-        counted.push((loss, grads));
+        counted.push((loss, *gw, *img));
+        grads_of.push(grads);
     }
+    let (mean, factors) = weighted_mean(&counted, p.norm, p.pool == Pool::Image, e.n);
     if counted.is_empty() {
         return 0.0;
     }
-    let k = counted.len() as f64;
-    let mean = counted.iter().map(|c| c.0).sum::<f64>() / k;
     let gamma = if let RegionKind::Tversky { gamma, .. } = r.kind { gamma } else { 1.0 };
     let (value, outer) = if gamma == 1.0 {
         (mean, 1.0)
@@ -479,9 +557,9 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
     } else {
         (0.0, 0.0)
     };
-    for (_, grads) in &counted {
+    for (grads, f) in grads_of.iter().zip(&factors) {
         for &(i, d) in grads {
-            gp[i] += w * outer / k * d;
+            gp[i] += w * outer * f * d;
         }
     }
     value

@@ -85,7 +85,7 @@ impl Statistics {
         exprs: &[LossExpr],
         lovasz_merges: bool,
     ) -> Result<Statistics, Error> {
-        let plan = StatsPlan::new(exprs, classes);
+        let plan = StatsPlan::new(exprs, classes, mode == Mode::Multiclass);
         if lovasz_merges && plan.lovasz.iter().any(|l| !l.per_image) {
             return Err(Error::Unsupported(
                 "lovasz with per_image=false sorts the whole batch at once: its statistics do not merge (use \
@@ -209,7 +209,7 @@ impl Statistics {
     /// The values of the expressions on the whole batch, in f64 from the sums (the host twin
     /// of the device finalize); [`Evaluation::grad`] is `None`.
     pub fn finish(&self) -> Result<Vec<Evaluation>, Error> {
-        let plan = StatsPlan::new(&self.exprs, self.classes);
+        let plan = StatsPlan::new(&self.exprs, self.classes, self.mode == Mode::Multiclass);
         let (n, c) = (self.images, self.classes);
         let sums = Sums { data: &self.data[..self.sums_len()], n, c, k: self.k };
         let lov: Vec<LovaszSums> = (0..self.lov_per_image.len())
@@ -469,6 +469,9 @@ pub(crate) fn host_sums(input: &Input, plan: &StatsPlan) -> Vec<f64> {
     let k = 8 + 2 * plan.slots.len();
     let mut out = vec![0f64; n * c * k];
     let x = input.logits();
+    let probs = input.kind() == crate::InputKind::Probs;
+    // probabilities: PyTorch's binary_cross_entropy clamps each log at -100
+    let nlog = |y: f64| (-y.ln()).min(100.0);
     for ni in 0..n {
         for si in 0..s {
             let at = |ci: usize| f64::from(x[(ni * c + ci) * s + si]);
@@ -484,14 +487,23 @@ pub(crate) fn host_sums(input: &Input, plan: &StatsPlan) -> Vec<f64> {
                         if Some(l) == input.ignore_index() {
                             continue;
                         }
-                        let nlp = lse - xe;
-                        ((-nlp).exp(), if l == ci as i64 { 1.0 } else { 0.0 }, nlp, 0.0, l as usize)
+                        let g = if l == ci as i64 { 1.0 } else { 0.0 };
+                        if probs {
+                            (xe, g, nlog(xe), 0.0, l as usize)
+                        } else {
+                            let nlp = lse - xe;
+                            ((-nlp).exp(), g, nlp, 0.0, l as usize)
+                        }
                     }
                     Target::Dense(t) => {
                         if Some(t[e]) == input.ignore_index().map(|k| k as f32) {
                             continue;
                         }
-                        (sigmoid(xe), f64::from(t[e]), -log_sigmoid(xe), -log_sigmoid(-xe), 0)
+                        if probs {
+                            (xe, f64::from(t[e]), nlog(xe), nlog(1.0 - xe), 0)
+                        } else {
+                            (sigmoid(xe), f64::from(t[e]), -log_sigmoid(xe), -log_sigmoid(-xe), 0)
+                        }
                     }
                 };
                 let o = (ni * c + ci) * k;
@@ -511,13 +523,21 @@ pub(crate) fn host_sums(input: &Input, plan: &StatsPlan) -> Vec<f64> {
                             (q * nlp, slot.weights[label] * g)
                         }
                         plan::kind::FOCAL_SIGMOID => {
-                            let b = g * (-log_sigmoid(xe)) + (1.0 - g) * (-log_sigmoid(-xe));
+                            let b = if probs {
+                                // smp's clamp of the probability
+                                let q = xe.clamp(1e-7, 1.0 - 1e-7);
+                                -(g * q.ln() + (1.0 - g) * (-q).ln_1p())
+                            } else {
+                                g * (-log_sigmoid(xe)) + (1.0 - g) * (-log_sigmoid(-xe))
+                            };
                             let a = slot.alpha.map_or(1.0, |al| al * g + (1.0 - al) * (1.0 - g));
                             (a * (1.0 - (-b).exp()).powf(slot.gamma) * b, 0.0)
                         }
                         _ if g == 1.0 => {
                             let q = (-nlp).exp();
-                            (slot.alpha.unwrap_or(1.0) * (1.0 - q).powf(slot.gamma) * nlp, 0.0)
+                            // background (class 0) weighed by 1 - alpha, the others by alpha
+                            let a = slot.alpha.map_or(1.0, |al| if ci == 0 { 1.0 - al } else { al });
+                            (a * (1.0 - q).powf(slot.gamma) * nlp, 0.0)
                         }
                         _ => (0.0, 0.0),
                     };
@@ -620,7 +640,7 @@ impl Engine {
             Some(gpu) => self.device_statistics(gpu, input, exprs, true).await,
             None => {
                 let mut st = Statistics::zeroed(input.mode(), input.classes(), input.batch(), exprs, true)?;
-                let plan = StatsPlan::new(exprs, input.classes());
+                let plan = StatsPlan::new(exprs, input.classes(), input.mode() == Mode::Multiclass);
                 let sums = host_sums(input, &plan);
                 st.data[..sums.len()].copy_from_slice(&sums);
                 for (g, lp) in plan.lovasz.iter().enumerate() {
@@ -645,7 +665,7 @@ impl Engine {
         lovasz: bool,
     ) -> Result<Statistics, Error> {
         let mut st = Statistics::zeroed(input.mode(), input.classes(), input.batch(), exprs, lovasz)?;
-        let plan = StatsPlan::new(exprs, input.classes());
+        let plan = StatsPlan::new(exprs, input.classes(), input.mode() == Mode::Multiclass);
         let pieces = pieces_for(gpu, input, &plan)?;
         let mut rec = Recording::new(&gpu.limits);
         let bufs: Vec<_> = pieces.iter().map(|&p| upload(gpu, input, p)).collect();
@@ -666,7 +686,7 @@ impl Engine {
             e.check_input(mode, shape[1], input.kind())?;
         }
         let mut st = Statistics::zeroed(mode, shape[1], shape[0], exprs, true)?;
-        let plan = StatsPlan::new(exprs, shape[1]);
+        let plan = StatsPlan::new(exprs, shape[1], mode == Mode::Multiclass);
         let mut rec = Recording::new(&gpu.limits);
         let inp = buffer_dev_input(gpu, &mut rec, input, exprs)?;
         let on = [(Piece::Images { from: 0, to: shape[0] }, inp)];
@@ -710,10 +730,10 @@ impl Engine {
         grads: bool,
         lov_given: bool,
     ) -> Result<Vec<Evaluation>, Error> {
-        let plan = StatsPlan::new(&stats.exprs, stats.classes);
+        let plan = StatsPlan::new(&stats.exprs, stats.classes, stats.mode == Mode::Multiclass);
         // the pieces as the requested expressions allow (a Lovász loss of the statistics that
         // none of them uses is not sorted)
-        let pieces = pieces_for(gpu, input, &StatsPlan::new(exprs, stats.classes))?;
+        let pieces = pieces_for(gpu, input, &StatsPlan::new(exprs, stats.classes, stats.mode == Mode::Multiclass))?;
         let mut rec = Recording::new(&gpu.limits);
         let bufs: Vec<_> = pieces.iter().map(|&p| upload(gpu, input, p)).collect();
         let to = vec![if grads { GradTo::Host } else { GradTo::Skip }; exprs.len()];
@@ -757,7 +777,7 @@ impl Engine {
         }
         let shape = input.shape();
         stats.check_part(input.mode(), shape[1], shape[0], first_image, exprs)?;
-        let plan = StatsPlan::new(&stats.exprs, stats.classes);
+        let plan = StatsPlan::new(&stats.exprs, stats.classes, stats.mode == Mode::Multiclass);
         let mut rec = Recording::new(&gpu.limits);
         let inp = buffer_dev_input(gpu, &mut rec, input, exprs)?;
         let numel = input.logits_slice().len;
@@ -804,7 +824,7 @@ impl Engine {
         for e in exprs {
             e.check_input(input.mode(), c, input.kind())?;
         }
-        let plan = StatsPlan::new(exprs, c);
+        let plan = StatsPlan::new(exprs, c, input.mode() == Mode::Multiclass);
         let pieces = pieces_of(gpu, shape, &plan)?;
         let tplanes = if input.mode() == Mode::Multiclass { 1 } else { c };
         let (lslice, tslice) = (*input.logits_slice(), input.target_buffer().slice());

@@ -55,7 +55,7 @@ fn check(engine: &Engine, input: &Input, texts: &[&str]) {
     // the whole finalize output; the host twin recomputes the statistics and the layout
     let out_rb = rec.readback(r.out.size, "out").unwrap();
     rec.copy(r.out, out_rb);
-    let plan = StatsPlan::new(&exprs, c);
+    let plan = StatsPlan::new(&exprs, c, softmax);
     let fut = gpu.execute(vec![rec]).pop().unwrap();
     let data = futures::executor::block_on(fut).unwrap();
     let out: Vec<f32> = bytemuck::pod_collect_to_vec(&data[data.len() - 1]);
@@ -168,19 +168,29 @@ fn device_finalize_matches_host_binary() {
         "lovasz",
         "lovasz:per_image=true",
         "bce+dice+lovasz+lovasz:per_image=true",
+        // per-channel weights (C = 3 only)
+        "bce:pos_weight=1;2.5;0.5",
+        "focal@monai:weights=1;2;0.5",
+        "focal:alpha=0.25,weights=1;0;0.5",
+        "dice:weights=1;2;0.5",
+        "dice@monai:weights=1;2;0",
+        "dice@kornia:weights=1;2;0.5",
+        "jaccard:pool=image,norm=image,empty=skip,weights=2;1;0.5",
+        "tversky:gamma=1.5,weights=0.5;1;2,norm=count",
     ]);
-    for (i, input) in
-        [binary(3, 1, 9, 7, 1, false), binary(2, 1, 8, 8, 2, true), binary(2, 3, 5, 6, 3, true)].iter().enumerate()
-    {
-        for t in &texts {
-            if input.classes() > 1 && t.contains("classes=0") {
-                continue;
-            }
-            check(&e, input, &[t]);
+    for input in [binary(3, 1, 9, 7, 1, false), binary(2, 1, 8, 8, 2, true), binary(2, 3, 5, 6, 3, true)] {
+        // the texts that fit the input's channels
+        let fit: Vec<&str> = texts
+            .iter()
+            .copied()
+            .filter(|t| t.parse::<LossExpr>().unwrap().check(input.mode(), input.classes()).is_ok())
+            .filter(|t| input.classes() == 1 || !t.contains("classes=0"))
+            .collect();
+        for t in &fit {
+            check(&e, &input, &[t]);
         }
         // everything at once: one recording, all ops of all expressions
-        check(&e, input, &texts);
-        let _ = i;
+        check(&e, &input, &fit);
     }
 }
 
@@ -198,6 +208,19 @@ fn device_finalize_matches_host_multiclass() {
         "lovasz:classes=0;2",
         "0.8*ce+0.2*lovasz",
         "sensspec",
+        "dice:weights=0.5;1;2;0",
+        "dice@monai:weights=0.5;1;2;1.5",
+        "jaccard:pool=image,norm=image,empty=skip,weights=1;0;2;1",
+        "dice@kornia",
+        "dice@kornia:weights=0.5;1;2;1.5",
+        "tversky@kornia:alpha=0.3,beta=0.7",
+        "dice:pool=all,weights=1;2;3;0.5",
+        "tversky:gamma=1.5,weights=0.5;1;2;1.5,norm=count",
+        "dice:classes=1;3,weights=2;0.5",
+        "focal:weights=0.5;1;2;1.5",
+        "focal@monai:act=softmax,alpha=0.25,weights=0.5;1;2;1.5",
+        "focal@kornia:alpha=0.25",
+        "focal:act=softmax,norm=count",
     ]);
     for input in [multiclass(2, 4, 9, 7, 5), multiclass(3, 4, 4, 4, 6)] {
         for t in &texts {

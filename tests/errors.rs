@@ -17,9 +17,9 @@ fn parse_err(text: &str) -> String {
 fn loss_text_errors_list_what_is_allowed() {
     assert!(parse_err("dicee").contains("unknown loss 'dicee'"));
     assert!(parse_err("dicee").contains("jaccard"));
-    assert!(parse_err("dice@pytorch").contains("presets: smp, monai, keras, paddle"));
+    assert!(parse_err("dice@pytorch").contains("presets: smp, monai, keras, paddle, kornia"));
     assert!(parse_err("dice:smoth=1").contains("allowed keys"));
-    assert!(parse_err("dice:pool=everything").contains("allowed values are batch, image, all"));
+    assert!(parse_err("dice:pool=everything").contains("allowed values are batch, image, all, image_all"));
     assert!(parse_err("dice:smooth=-1").contains(">= 0"));
     assert!(parse_err("focal:alpha=2").contains("[0, 1]"));
     assert!(parse_err("x*dice").contains("not a number"));
@@ -29,6 +29,14 @@ fn loss_text_errors_list_what_is_allowed() {
     assert!(parse_err("gdice:pool=all").contains("pool=all"));
     assert!(parse_err("focal@keras").contains("preset 'keras' defines nothing for focal"));
     assert!(parse_err("dice:log").contains("not key=value"));
+    // class weights and norms
+    assert!(parse_err("gdice:weights=1;2").contains("allowed keys"));
+    assert!(parse_err("dice:weights=1;-2").contains(">= 0"));
+    assert!(parse_err("dice:norm=median").contains("allowed values are count, weights, image"));
+    assert!(parse_err("focal:norm=image").contains("norm=count or norm=weights"));
+    assert!(parse_err("jaccard@kornia").contains("preset 'kornia' defines nothing for jaccard"));
+    assert!(parse_err("gdice:pool=image_all").contains("pool=image_all"));
+    assert!(parse_err("sensspec@kornia").contains("preset 'kornia'"));
 }
 
 #[test]
@@ -43,13 +51,19 @@ fn loss_text_round_trips() {
         "gdice:weight=simple,pool=image",
         "lovasz:per_image=true,classes=all",
         "dice:classes=0;2;5,empty=skip",
+        "dice:weights=0.5;1;2,norm=count,pool=image_all",
+        "dice@kornia:weights=1;2",
+        "tversky@kornia:alpha=0.3",
+        "focal@kornia:alpha=0.25,weights=1;0;2",
+        "focal:act=softmax,norm=count",
+        "bce:pos_weight=1;2.5;0.5",
     ] {
         let e: LossExpr = t.parse().unwrap();
         let again: LossExpr = e.to_string().parse().unwrap();
         assert_eq!(e, again, "{t} -> {e}");
     }
     let e: LossExpr = "dice@monai:smooth=0".parse().unwrap();
-    assert_eq!(e.to_string(), "dice:pool=image,eps=0,empty=formula", "keys after a preset override it");
+    assert_eq!(e.to_string(), "dice:pool=image,eps=0,empty=formula,norm=count", "keys after a preset override it");
 }
 
 #[test]
@@ -71,6 +85,18 @@ fn losses_that_do_not_fit_the_mode_are_errors() {
     assert!(err.contains("use ce"), "{err}");
     let err = reference::evaluate(&mc, &"ce:weights=1;2;3".parse().unwrap()).unwrap_err().to_string();
     assert!(err.contains("weights has 3 entries but the input has C=2"), "{err}");
+    for (text, needle) in [
+        ("dice:weights=1;2;3", "weights has 3 entries but there are 2 (one per channel)"),
+        ("dice:classes=1,weights=1;2", "weights has 2 entries but there are 1 (one per listed class)"),
+        ("focal:weights=1", "weights has 1 entries but there are 2"),
+    ] {
+        let err = reference::evaluate(&mc, &text.parse().unwrap()).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text}: {err}");
+        let err = common::gpu().evaluate_blocking(&mc, &[text.parse().unwrap()], true).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text}: {err}");
+    }
+    let err = reference::evaluate(&dense, &"bce:pos_weight=1;2;3".parse().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("pos_weight has 3 entries but there are 2"), "{err}");
 }
 
 #[test]

@@ -14,38 +14,15 @@ use std::path::PathBuf;
 
 use segloss::{reference, Input, InputKind, LossExpr, Mode, Target};
 
-/// Entries (case/name) that need features not built yet: per-class `weights`, `reduction=none`,
-/// the `@kornia` preset, the MONAI/kornia softmax focal, per-channel `pos_weight`, `deep(...)`.
+/// Entries (case/name) that need features not built yet: `reduction=none` and `deep(...)`.
 const PENDING: &[&str] = &[
     "probs_binary/bce_none",
     "probs_binary/dice_monai_none",
-    "probs_multiclass/dice_smp_weights",
-    "probs_multiclass/dice_monai_weights",
-    "weights_multiclass/dice_smp_w",
-    "weights_multiclass/jaccard_smp_w",
-    "weights_multiclass/tversky_smp_w",
-    "weights_multiclass/dice_monai_w",
-    "weights_multiclass/focal_smp_w",
-    "weights_multiclass/focal_monai_softmax",
-    "weights_multiclass/focal_monai_softmax_aw",
-    "weights_multiclass/focal_kornia",
-    "weights_multiclass/focal_kornia_w",
-    "weights_multiclass/focal_softmax_smp",
-    "weights_multiclass/dice_kornia",
-    "weights_multiclass/dice_kornia_w",
-    "weights_multiclass/dice_kornia_macro_w",
-    "weights_multiclass/tversky_kornia",
     "weights_multiclass/dice_none",
     "weights_multiclass/dice_monai_none_w",
     "weights_multiclass/focal_monai_none",
     "weights_multiclass/ce_none",
-    "multilabel_posweight/bce_pw",
     "multilabel_posweight/bce_pw_none",
-    "multilabel_posweight/focal_smp_w",
-    "multilabel_posweight/focal_monai_w",
-    "multilabel_posweight/focal_kornia_w",
-    "multilabel_posweight/dice_monai_w",
-    "multilabel_posweight/dice_smp_w",
     "multilabel_posweight/focal_none",
     "deep_supervision/ds_dice_monai",
     "deep_supervision/ds_dicefocal_two",
@@ -53,10 +30,6 @@ const PENDING: &[&str] = &[
     "deep_supervision/ds_weights",
     "deep_supervision/ds_none_reject",
 ];
-
-/// Entries whose expected value depends on a convention segloss has not switched to yet (the
-/// softmax focal's alpha): they parse today but are pending.
-const PENDING_CONVENTION: &[&str] = &["weights_multiclass/focal_softmax_smp", "weights_multiclass/focal_monai_softmax"];
 
 fn dir() -> PathBuf {
     common::golden_dir().with_file_name("golden_next")
@@ -136,9 +109,9 @@ fn golden_next_values_gradients_and_refusals() {
             let text = exp["text"].as_str().unwrap();
             let parsed = text.parse::<LossExpr>();
             if PENDING.contains(&key.as_str()) {
-                // not built yet: refused by the parser (or a convention not switched yet)
+                // not built yet: refused by the parser
                 assert!(
-                    parsed.is_err() || PENDING_CONVENTION.contains(&key.as_str()),
+                    parsed.is_err(),
                     "{key}: '{text}' now parses: check it against its golden values and take it off PENDING"
                 );
                 pending.push(key);
@@ -184,5 +157,5 @@ fn golden_next_values_gradients_and_refusals() {
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     assert_eq!(pending.len(), PENDING.len(), "every PENDING entry exists");
     eprintln!("golden_next: {checked} entries match, {refused} refused, {} pending", pending.len());
-    assert!(checked >= 14 && refused >= 4);
+    assert!(checked >= 36 && refused >= 4);
 }

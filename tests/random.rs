@@ -200,6 +200,29 @@ fn texts(mode: Mode, c: usize) -> Vec<String> {
         v.push("gdice:classes=1".into());
     }
     v.retain(|t| !(t.contains("classes=0;1") && c < 2));
+    // per-class weights (one a zero), norms, the kornia preset, pooled images
+    let w: Vec<String> = (0..c).map(|k| ["0.5", "1", "2", "0", "1.5"][k % 5].to_string()).collect();
+    let w = w.join(";");
+    v.extend([
+        format!("dice:weights={w}"),
+        format!("jaccard@monai:weights={w}"),
+        format!("tversky:alpha=0.3,beta=0.7,gamma=1.5,weights={w}"),
+        format!("dice:pool=image,norm=image,empty=skip,weights={w}"),
+        format!("dice:pool=image_all,weights={w}"),
+        format!("iou:pool=all,weights={w}"),
+        format!("focal:weights={w}"),
+        format!("focal@monai:weights={w}"),
+        format!("focal@kornia:alpha=0.25,weights={w}"),
+        "dice@kornia".to_string(),
+        "tversky@kornia:alpha=0.3,beta=0.7".to_string(),
+    ]);
+    if mode == Mode::Multiclass {
+        v.push(format!("focal@monai:act=softmax,alpha=0.25,weights={w}"));
+        v.push("focal:act=softmax,norm=count,gamma=1".into());
+    } else {
+        // one entry per channel (a single number is the scalar pos_weight)
+        v.push(format!("bce:pos_weight={w}"));
+    }
     v
 }
 

@@ -228,3 +228,66 @@ fn definitions_on_hand_computed_cases() {
     let far = [-80.0f32; 4];
     assert!((value(&far, &g, &s, "dice:log=true") + (1e-7f64).ln()).abs() < 1e-6);
 }
+
+#[test]
+fn weighted_gradients_match_finite_differences() {
+    let mut rng = Rng(14);
+    let dense = [
+        "bce:pos_weight=1;2.5;0.5",
+        "focal:alpha=0.25,weights=1;2;0.5",
+        "focal@monai:weights=1;0;0.5",
+        "dice:weights=1;2;0.5",
+        "dice@monai:weights=1;2;0.5",
+        "dice@kornia:weights=1;2;0.5",
+        "jaccard:pool=all,weights=2;1;0.5",
+        "tversky:alpha=0.3,beta=0.7,gamma=1.5,weights=0.5;1;2",
+        "dice:pool=image,norm=image,empty=skip,weights=2;1;0.5",
+        "tversky@kornia:alpha=0.3,beta=0.7",
+    ];
+    let t: Vec<f32> = (0..2 * 3 * 5).map(|_| (rng.below(3) == 0) as u8 as f32).collect();
+    fd_check(&[2, 3, 5], Mode::Multilabel, Target::Dense(Cow::Owned(t)), None, &dense, &mut rng);
+    let multiclass = [
+        "focal:weights=0.5;1;2;1.5",
+        "focal@monai:act=softmax,alpha=0.25,weights=0.5;1;2;1.5",
+        "focal@kornia:alpha=0.25",
+        "focal:act=softmax,alpha=0.25,gamma=1.5",
+        "dice:weights=0.5;1;2;0",
+        "dice@monai:weights=0.5;1;2;1.5",
+        "dice@kornia",
+        "dice:classes=1;3,weights=2;0.5,pool=image_all",
+        "jaccard:pool=image,norm=image,empty=skip,weights=1;0;2;1",
+        "tversky@kornia:alpha=0.3,beta=0.7",
+    ];
+    let labels: Vec<i64> = (0..18).map(|i| if i % 5 == 4 { 255 } else { rng.below(4) as i64 }).collect();
+    fd_check(&[2, 4, 3, 3], Mode::Multiclass, Target::Labels(Cow::Owned(labels)), Some(255), &multiclass, &mut rng);
+}
+
+/// Class weights and their norms on a case small enough to compute by hand.
+#[test]
+fn class_weight_norms_by_hand() {
+    // two images, C = 2 (multilabel), one pixel each: class 1 absent from image 1
+    let p = [1.0f32, 0.5, 0.25, 0.0];
+    let g = [1.0f32, 1.0, 0.0, 0.0];
+    let input = Input::dense_probs(&p, &g, &[2, 2, 1], Mode::Multilabel).unwrap();
+    let v = |t: &str| reference::evaluate(&input, &t.parse().unwrap()).unwrap().value;
+    // per (image, class) dice with no smoothing and eps = 0: (0,0) loss 0, (0,1) 1 - 2*.5/1.5;
+    // image 1 has no target: both its classes are skipped
+    let d01 = 1.0 - 1.0 / 1.5;
+    let (w0, w1) = (2.0, 0.5);
+    let base = "dice:pool=image,smooth=0,eps=0,empty=skip";
+    let count = (w0 * 0.0 + w1 * d01) / 2.0;
+    assert!((v(&format!("{base},weights=2;0.5,norm=count")) - count).abs() < 1e-12);
+    let weights = (w0 * 0.0 + w1 * d01) / (w0 + w1);
+    assert!((v(&format!("{base},weights=2;0.5,norm=weights")) - weights).abs() < 1e-12);
+    // norm=image: image 0 (w0 * 0 + w1 * d01) / (w0 + w1); image 1 counts nothing: 0 / 1
+    let image = (w1 * d01) / (w0 + w1) / 2.0;
+    assert!((v(&format!("{base},weights=2;0.5,norm=image")) - image).abs() < 1e-12);
+    // weights of zero everywhere: 0 under norm=weights
+    assert_eq!(v(&format!("{base},weights=0;0")), 0.0);
+    // pool=image_all: weights inside the sums of each image; image 1 is empty (zero)
+    let img0 = 1.0 - 2.0 * (w0 * 1.0 + w1 * 0.5) / (w0 * 2.0 + w1 * 1.5);
+    assert!((v("dice:pool=image_all,smooth=0,eps=0,weights=2;0.5") - img0 / 2.0).abs() < 1e-12);
+    // wrong lengths are refused with the count
+    let e = reference::evaluate(&input, &"dice:weights=1;2;3".parse().unwrap()).unwrap_err();
+    assert!(e.to_string().contains("3 entries"), "{e}");
+}

@@ -308,7 +308,7 @@ impl Gpu {
         if (n / groups) * groups != n || (groups > 1 && (read_values || exprs.iter().any(|e| e.has_lovasz()))) {
             return Err(Error::Gpu(format!("internal: {groups} groups of {n} images")));
         }
-        let plan = StatsPlan::new(exprs, inp.c);
+        let plan = StatsPlan::new(exprs, inp.c, inp.softmax);
         let status = self.record_status(rec)?;
         let (totals, count_totals) = self.record_stats_counts(rec, inp, &plan, status, counts)?;
         let part = Part { inp, img0: 0, grads };
