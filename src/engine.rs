@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::expr::{LossExpr, F32_MAX};
 pub use crate::gpu::context::{backend_name, list_adapters, AdapterReport, DeviceInfo, EngineOptions};
 use crate::gpu::context::{pick_adapter, Gpu};
-use crate::gpu::eval::{DevInput, GradTo, Recorded};
+use crate::gpu::eval::{DevInput, GradTo, Recorded, UnreducedRead};
 use crate::gpu::record::{ReadFuture, Recording, Slice};
 use crate::gpu::{check, INVALID};
 use crate::input::{Input, InputKind, Target};
@@ -56,6 +56,21 @@ pub struct Evaluation {
     pub term_values: Vec<f64>,
     /// `d value / d logits` in the logits' layout, when read back to the host.
     pub grad: Option<Vec<f32>>,
+    /// The entries the value reduces, for an expression with `reduction=none`.
+    pub unreduced: Option<Unreduced>,
+}
+
+/// The unreduced entries of a `reduction=none` expression ([`crate::expr::Reduction::None`]),
+/// scaled by the term's factor: one per group of a region loss (`[C']` for `pool=batch`,
+/// `[N, C']` for `image`, `[N]` for `image_all` and per-image gdice, `[1]` for `all` and batch
+/// gdice), one per element of bce and focal (`[N, C, S...]`; softmax focal: zero off the true
+/// class), one per pixel of ce (`[N, S...]`). Ignored entries are 0.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unreduced {
+    /// The entries' shape.
+    pub shape: Vec<usize>,
+    /// The entries, row-major.
+    pub values: Vec<f32>,
 }
 
 /// What to do with gradients of a prepared or host input.
@@ -311,7 +326,9 @@ impl Submitted {
         let (v, status) = vals.split_at(self.vals_len);
         status_error(status, &self.shape)?;
         finish_values(v, &self.vals, &self.weights).map(|vals| {
-            vals.into_iter().map(|(value, term_values)| Evaluation { value, term_values, grad: None }).collect()
+            vals.into_iter()
+                .map(|(value, term_values)| Evaluation { value, term_values, grad: None, unreduced: None })
+                .collect()
         })
     }
 }
@@ -336,14 +353,40 @@ pub(crate) fn decode(
     Ok(values
         .into_iter()
         .zip(&r.grad_reads)
-        .map(|((value, term_values), gr)| Evaluation {
+        .zip(r.unreduced.iter().zip(exprs))
+        .map(|(((value, term_values), gr), (ur, e))| Evaluation {
             value,
             term_values,
             grad: gr.map(|(i, off, len)| {
                 bytemuck::pod_collect_to_vec::<u8, f32>(&data[i][off as usize..(off + len) as usize])
             }),
+            unreduced: ur.as_ref().and_then(|u| unreduced_of(u, e, shape, data)),
         })
         .collect())
+}
+
+/// The unreduced entries of `e` from the staging buffers: read as the device wrote them (the
+/// spatial dims put back), or the groups' losses from the statistics sums.
+fn unreduced_of(u: &UnreducedRead, e: &LossExpr, shape: &[usize], data: &[Vec<u8>]) -> Option<Unreduced> {
+    let term = e.terms.first()?;
+    match u {
+        UnreducedRead::Entries(i, off, len, sh) => {
+            let values = bytemuck::pod_collect_to_vec::<u8, f32>(&data[*i][*off as usize..(off + len) as usize]);
+            let mut shape_out: Vec<usize> = sh[..sh.len() - 1].to_vec();
+            shape_out.extend(&shape[2..]);
+            Some(Unreduced { shape: shape_out, values })
+        }
+        UnreducedRead::Sums(i, off) => {
+            let crate::expr::Loss::Region(r) = &term.loss else { return None };
+            let (n, c) = (shape[0], shape[1]);
+            let bytes = n * c * crate::plan::K * 4;
+            let f: Vec<f32> = bytemuck::pod_collect_to_vec(&data[*i][*off as usize..*off as usize + bytes]);
+            let sums: Vec<f64> = f.iter().map(|&x| f64::from(x)).collect();
+            let view = crate::plan::Sums { data: &sums, n, c, k: crate::plan::K };
+            let values = crate::plan::region_entries(r, &view).iter().map(|&v| (term.weight * v) as f32).collect();
+            Some(Unreduced { shape: r.entry_shape(n, c), values })
+        }
+    }
 }
 
 /// One expression on the f64 CPU reference, as an [`Evaluation`] (the gradient when `grad`).
@@ -353,6 +396,7 @@ pub(crate) fn reference_evaluation(input: &Input<'_>, e: &LossExpr, grad: bool) 
         value: r.value,
         term_values: r.term_values,
         grad: grad.then(|| r.grad.iter().map(|&g| g as f32).collect()),
+        unreduced: r.unreduced.map(|(shape, v)| Unreduced { shape, values: v.iter().map(|&x| x as f32).collect() }),
     })
 }
 
@@ -754,6 +798,11 @@ impl Engine {
         let gpu = self.buffer_gpu()?;
         if grads.iter().any(|g| matches!(g, GradOut::Host)) {
             return Err(Error::Input("submit_buffers keeps results on the device: use GradOut::Write or Add".into()));
+        }
+        if exprs.iter().any(LossExpr::unreduced) {
+            return Err(Error::Unsupported(
+                "reduction=none entries are read to the host: use evaluate_buffers, not submit_buffers".into(),
+            ));
         }
         if input.past_limit(gpu) {
             let bytes = input.logits.bytes().max(input.target.slice().bytes());

@@ -26,6 +26,21 @@ use crate::{InputKind, Mode};
 pub struct LossExpr {
     /// The terms of the sum, in the order written.
     pub terms: Vec<Term>,
+    /// `reduction=none` (written among the keys of a single-term text): the evaluation also
+    /// returns the entries the value reduces ([`crate::Evaluation::unreduced`]).
+    pub reduction: Reduction,
+}
+
+/// Whether an evaluation also returns the entries its value is the mean of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reduction {
+    /// The value and gradient only (default).
+    #[default]
+    Mean,
+    /// The value and gradient of `mean`, and the unreduced entries: one per group of a region
+    /// loss (`[C']`, `[N, C']`, `[N]` or `[1]`), one per element of bce and focal (`[N, C, S...]`),
+    /// one per pixel of ce (`[N, S...]`); ignored entries are 0, a factor scales them.
+    None,
 }
 
 /// One `weight * loss` term of a [`LossExpr`].
@@ -290,6 +305,26 @@ pub const SCORE_DEN_FLOOR: f64 = 1e-30;
 /// The floor used by `log=true` when `eps` is 0 (MONAI's preset): `-log(max(score, 1e-7))`.
 pub const LOG_FLOOR: f64 = 1e-7;
 
+impl RegionLoss {
+    /// The shape of its unreduced entries (one per group) on `n` images of `c` channels:
+    /// `[C']` (`pool=batch`), `[N, C']` (`image`), `[N]` (`image_all`), `[1]` (`all`); gdice
+    /// `[N]` (`image`) or `[1]`. C' counts the classes used.
+    pub fn entry_shape(&self, n: usize, c: usize) -> Vec<usize> {
+        let k = match &self.params.classes {
+            Classes::List(l) => l.len(),
+            _ => c,
+        };
+        match (self.kind, self.params.pool) {
+            (RegionKind::GDice { .. }, Pool::Image) => vec![n],
+            (RegionKind::GDice { .. }, _) => vec![1],
+            (_, Pool::Batch) => vec![k],
+            (_, Pool::Image) => vec![n, k],
+            (_, Pool::ImageAll) => vec![n],
+            (_, Pool::All) => vec![1],
+        }
+    }
+}
+
 impl RegionParams {
     /// The clamp applied to the score under `log=true`.
     pub fn log_floor(&self) -> f64 {
@@ -421,6 +456,11 @@ impl LossExpr {
     pub fn check_input(&self, mode: Mode, classes: usize, kind: InputKind) -> Result<(), Error> {
         self.check(mode, classes)?;
         self.terms.iter().try_for_each(|t| t.loss.check_kind(mode, kind))
+    }
+
+    /// Whether the evaluation also returns the unreduced entries (`reduction=none`).
+    pub fn unreduced(&self) -> bool {
+        self.reduction == Reduction::None
     }
 
     /// Whether any term is a Lovász loss.
@@ -583,7 +623,8 @@ fn region_preset(preset: &str, name: &str) -> RegionParams {
     }
 }
 
-fn parse_term(text: &str) -> Result<Term, Error> {
+/// A term and its `reduction` key.
+fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
     let t = text.trim();
     if t.is_empty() {
         return Err(perr(text, "empty term"));
@@ -618,10 +659,16 @@ fn parse_term(text: &str) -> Result<Term, Error> {
     }
     let preset_name = preset.unwrap_or("smp");
     let mut kv: Vec<(&str, &str)> = Vec::new();
+    let mut reduction = Reduction::Mean;
     if let Some(a) = args {
         for part in a.split(',') {
             let (k, v) =
                 part.split_once('=').ok_or_else(|| perr(text, format!("'{}' is not key=value", part.trim())))?;
+            if k.trim() == "reduction" {
+                reduction =
+                    choice(text, "reduction", v.trim(), &[("mean", Reduction::Mean), ("none", Reduction::None)])?;
+                continue;
+            }
             kv.push((k.trim(), v.trim()));
         }
     }
@@ -810,7 +857,21 @@ fn parse_term(text: &str) -> Result<Term, Error> {
         "" => return Err(perr(text, format!("missing loss name; names: {NAMES}"))),
         _ => return Err(perr(text, format!("unknown loss '{name}'; names: {NAMES}"))),
     };
-    Ok(Term { weight, loss })
+    if reduction == Reduction::None {
+        match &loss {
+            Loss::Lovasz(_) | Loss::SensSpec(_) => {
+                return Err(perr(text, format!("reduction=none: {name} has no unreduced form (use reduction=mean)")))
+            }
+            Loss::Region(r) if r.params.empty == Empty::Skip => {
+                return Err(perr(
+                    text,
+                    "reduction=none with empty=skip: a skipped group has no entry (use empty=zero or formula)",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok((Term { weight, loss }, reduction))
 }
 
 impl FromStr for LossExpr {
@@ -819,17 +880,28 @@ impl FromStr for LossExpr {
         if s.trim().is_empty() {
             return Err(perr(s, format!("empty loss text; names: {NAMES}")));
         }
-        let terms = s.split('+').map(parse_term).collect::<Result<Vec<_>, _>>()?;
-        Ok(LossExpr { terms })
+        let parsed = s.split('+').map(parse_term).collect::<Result<Vec<_>, _>>()?;
+        let reduction = if parsed.iter().any(|(_, r)| *r == Reduction::None) {
+            if parsed.len() > 1 {
+                return Err(perr(s, "reduction=none needs a single-term text (its entries are one loss's)"));
+            }
+            Reduction::None
+        } else {
+            Reduction::Mean
+        };
+        Ok(LossExpr { terms: parsed.into_iter().map(|(t, _)| t).collect(), reduction })
     }
 }
 
 impl FromStr for Loss {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        let t = parse_term(s)?;
+        let (t, reduction) = parse_term(s)?;
         if t.weight != 1.0 || s.contains('+') {
             return Err(perr(s, "expected a single loss without weight"));
+        }
+        if reduction == Reduction::None {
+            return Err(perr(s, "reduction=none belongs to an expression (parse a LossExpr)"));
         }
         Ok(t.loss)
     }
@@ -837,7 +909,7 @@ impl FromStr for Loss {
 
 impl From<Loss> for LossExpr {
     fn from(loss: Loss) -> Self {
-        LossExpr { terms: vec![Term { weight: 1.0, loss }] }
+        LossExpr { terms: vec![Term { weight: 1.0, loss }], reduction: Reduction::Mean }
     }
 }
 
@@ -1015,7 +1087,11 @@ impl fmt::Display for LossExpr {
             if t.weight != 1.0 {
                 write!(f, "{}*", fmt_num(t.weight))?;
             }
-            write!(f, "{}", t.loss)?;
+            let loss = t.loss.to_string();
+            write!(f, "{loss}")?;
+            if self.reduction == Reduction::None {
+                write!(f, "{}reduction=none", if loss.contains(':') { "," } else { ":" })?;
+            }
         }
         Ok(())
     }

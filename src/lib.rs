@@ -59,7 +59,7 @@ mod twin;
 pub use batch::{Batch, Pending};
 pub use engine::{
     backend_name, list_adapters, Activity, AdapterReport, BufferInput, BufferSlice, DeviceInfo, Engine, EngineOptions,
-    Evaluation, GradMode, GradOut, Prepared, Submitted, TargetBuffer, BITONIC_CROSSOVER_CPU,
+    Evaluation, GradMode, GradOut, Prepared, Submitted, TargetBuffer, Unreduced, BITONIC_CROSSOVER_CPU,
 };
 pub use error::{Error, Result};
 pub use expr::{Loss, LossExpr, Term};

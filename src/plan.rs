@@ -420,8 +420,8 @@ pub(crate) fn finalize(
             Loss::Region(r) => {
                 let coefs = &mut block[layout.region_base..];
                 match r.kind {
-                    RegionKind::GDice { weight } => gdice(r, weight, w, sums, coefs),
-                    _ => region(r, w, sums, coefs),
+                    RegionKind::GDice { weight } => gdice(r, weight, w, sums, coefs, &mut Vec::new()),
+                    _ => region(r, w, sums, coefs, &mut Vec::new()),
                 }
             }
             Loss::Lovasz(p) => {
@@ -435,6 +435,19 @@ pub(crate) fn finalize(
     }
     let value = expr.terms.iter().zip(&term_values).map(|(t, v)| t.weight * v).sum();
     Finalized { value, term_values, block }
+}
+
+/// The unreduced entries of a region loss (one per group: its weight times its loss, before
+/// Tversky's gamma) from the per-(image, class) sums, in the order of
+/// [`RegionLoss::entry_shape`].
+pub(crate) fn region_entries(r: &RegionLoss, sums: &Sums) -> Vec<f64> {
+    let mut coefs = vec![0.0; sums.n * sums.c * NCOEF];
+    let mut ent = Vec::new();
+    match r.kind {
+        RegionKind::GDice { weight } => gdice(r, weight, 1.0, sums, &mut coefs, &mut ent),
+        _ => region(r, 1.0, sums, &mut coefs, &mut ent),
+    };
+    ent
 }
 
 /// The ops of the device finalize for one expression, appended to `ops` (class lists to `cls`).
@@ -630,7 +643,7 @@ fn entry_loss(p: &crate::expr::RegionParams, s: f64) -> (f64, f64) {
     }
 }
 
-fn region(r: &RegionLoss, w: f64, sums: &Sums, coefs: &mut [f64]) -> f64 {
+fn region(r: &RegionLoss, w: f64, sums: &Sums, coefs: &mut [f64], ent: &mut Vec<f64>) -> f64 {
     let p = &r.params;
     let (n_img, c_cls) = (sums.n, sums.c);
     let classes = class_set(&p.classes, c_cls);
@@ -665,16 +678,17 @@ fn region(r: &RegionLoss, w: f64, sums: &Sums, coefs: &mut [f64]) -> f64 {
             }
         }
         let empty = s[2] <= 0.0;
-        if empty && p.empty == Empty::Skip {
-            continue;
-        }
-        if empty && p.empty == Empty::Zero {
-            counted.push((0.0, *gw, *img));
-            ds.push(([0.0; 3], m));
+        if empty && p.empty != Empty::Formula {
+            ent.push(0.0);
+            if p.empty == Empty::Zero {
+                counted.push((0.0, *gw, *img));
+                ds.push(([0.0; 3], m));
+            }
             continue;
         }
         let (sc, d) = score(r.kind, p, s);
         let (l, dl) = entry_loss(p, sc);
+        ent.push(gw * l);
         counted.push((l, *gw, *img));
         ds.push(([dl * d[0], dl * d[1], dl * d[2]], m));
     }
@@ -732,7 +746,7 @@ fn class_mean(groups: &[(f64, f64, usize)], norm: Norm, per_image: bool, images:
     (groups.iter().zip(&factors).map(|(g, f)| f * g.0).sum(), factors)
 }
 
-fn gdice(r: &RegionLoss, weight: GDiceWeight, w: f64, sums: &Sums, coefs: &mut [f64]) -> f64 {
+fn gdice(r: &RegionLoss, weight: GDiceWeight, w: f64, sums: &Sums, coefs: &mut [f64], ent: &mut Vec<f64>) -> f64 {
     let p = &r.params;
     let (n_img, c_cls) = (sums.n, sums.c);
     let classes = class_set(&p.classes, c_cls);
@@ -769,6 +783,7 @@ fn gdice(r: &RegionLoss, weight: GDiceWeight, w: f64, sums: &Sums, coefs: &mut [
         let (s, live) = if d > SCORE_DEN_FLOOR { (num / d, den > p.eps) } else { (1.0, false) };
         let (l, dl) = entry_loss(p, s);
         total += l;
+        ent.push(l);
         if d > SCORE_DEN_FLOOR {
             let f = w * dl / g_count;
             let q = if live { -num / (d * d) } else { 0.0 };

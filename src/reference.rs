@@ -33,6 +33,9 @@ pub struct RefResult {
     pub term_values: Vec<f64>,
     /// `d value / d logits`, same layout as the logits.
     pub grad: Vec<f64>,
+    /// The unreduced entries of a `reduction=none` expression: (shape, values scaled by the
+    /// term's factor).
+    pub unreduced: Option<(Vec<usize>, Vec<f64>)>,
 }
 
 /// `log(sigmoid(x))`, stable.
@@ -149,22 +152,38 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
     let mut gp = vec![0.0; total];
     let mut gx = vec![0.0; total];
     let mut term_values = Vec::new();
+    // reduction=none (a single term): its entries, per element (bce, focal), per pixel (ce) or
+    // per group (region losses, which push theirs)
+    let mut ent: Vec<f64> = Vec::new();
+    let mut ent_shape: Vec<usize> = Vec::new();
     for t in &expr.terms {
         let w = t.weight;
+        if expr.unreduced() {
+            (ent, ent_shape) = match &t.loss {
+                Loss::Ce(_) => (vec![0.0; e.n * e.s], label_shape(input)),
+                Loss::Bce(_) | Loss::Focal(_) => (vec![0.0; total], input.shape().to_vec()),
+                Loss::Region(r) => (Vec::new(), r.entry_shape(e.n, e.c)),
+                _ => (Vec::new(), Vec::new()),
+            };
+        }
         let v = match &t.loss {
-            Loss::Bce(p) => bce(&e, p.label_smoothing, &p.pos_weight, w, &mut gx),
-            Loss::Ce(p) => ce(&e, p.weights.as_deref(), p.label_smoothing, w, &mut gx),
-            Loss::Focal(p) if p.act.softmax(e.mode) => focal_softmax(&e, p, w, &mut gx),
-            Loss::Focal(p) => focal_sigmoid(&e, p, w, &mut gx),
+            Loss::Bce(p) => bce(&e, p.label_smoothing, &p.pos_weight, w, &mut gx, &mut ent),
+            Loss::Ce(p) => ce(&e, p.weights.as_deref(), p.label_smoothing, w, &mut gx, &mut ent),
+            Loss::Focal(p) if p.act.softmax(e.mode) => focal_softmax(&e, p, w, &mut gx, &mut ent),
+            Loss::Focal(p) => focal_sigmoid(&e, p, w, &mut gx, &mut ent),
             Loss::SensSpec(p) => sensspec(&e, p.lambda, p.smooth, w, &mut gp),
             Loss::Region(r) => match r.kind {
-                RegionKind::GDice { weight } => gdice(&e, r, weight, w, &mut gp),
-                _ => region(&e, r, w, &mut gp),
+                RegionKind::GDice { weight } => gdice(&e, r, weight, w, &mut gp, &mut ent),
+                _ => region(&e, r, w, &mut gp, &mut ent),
             },
             Loss::Lovasz(p) => lovasz(&e, p, w, &mut gp, &mut gx),
         };
         term_values.push(v);
     }
+    let unreduced = expr.unreduced().then(|| {
+        let f = expr.terms.first().map_or(1.0, |t| t.weight);
+        (ent_shape, ent.iter().map(|v| f * v).collect())
+    });
     // Chain d/dp through the activation (probabilities: none).
     let mut grad = gx;
     match e.mode {
@@ -197,10 +216,22 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
     }
     let value = expr.terms.iter().zip(&term_values).map(|(t, v)| t.weight * v).sum();
     crate::engine::check_value(value, &term_values)?;
-    Ok(RefResult { value, term_values, grad })
+    Ok(RefResult { value, term_values, grad, unreduced })
 }
 
-fn bce(e: &Elems, ls: f64, pw: &PosWeight, w: f64, gx: &mut [f64]) -> f64 {
+/// `[N, S...]`: the shape of per-pixel entries.
+fn label_shape(input: &Input) -> Vec<usize> {
+    std::iter::once(input.batch()).chain(input.shape()[2..].iter().copied()).collect()
+}
+
+/// Records `v` as entry `i` when entries are kept (`ent` is sized).
+fn put(ent: &mut [f64], i: usize, v: f64) {
+    if let Some(x) = ent.get_mut(i) {
+        *x = v;
+    }
+}
+
+fn bce(e: &Elems, ls: f64, pw: &PosWeight, w: f64, gx: &mut [f64], ent: &mut [f64]) -> f64 {
     let cnt = e.valid_count();
     if cnt == 0.0 {
         return 0.0;
@@ -223,12 +254,16 @@ fn bce(e: &Elems, ls: f64, pw: &PosWeight, w: f64, gx: &mut [f64]) -> f64 {
         if e.probs {
             // PyTorch's binary_cross_entropy: logs clamped at -100, its backward's 1e-12 floor
             let p = e.p[i];
-            total += -(g * p.ln().max(-100.0) + (1.0 - g) * (-p).ln_1p().max(-100.0));
+            let l = -(g * p.ln().max(-100.0) + (1.0 - g) * (-p).ln_1p().max(-100.0));
+            total += l;
+            put(ent, i, l);
             gx[i] += w / cnt * (p - g) / (p * (1.0 - p)).max(1e-12);
             continue;
         }
         let (lp, lq) = (log_sigmoid(e.x[i]), log_sigmoid(-e.x[i]));
-        total += -(pos_weight * g * lp + (1.0 - g) * lq);
+        let l = -(pos_weight * g * lp + (1.0 - g) * lq);
+        total += l;
+        put(ent, i, l);
         // d/dx log sigmoid(x) = 1 - p, d/dx log sigmoid(-x) = -p
         gx[i] += w / cnt * (-(pos_weight * g * (1.0 - e.p[i])) + (1.0 - g) * e.p[i]);
     }
@@ -240,7 +275,7 @@ fn class_weight(p: &FocalParams, c: usize) -> f64 {
     p.weights.as_ref().map_or(1.0, |w| w[c])
 }
 
-fn focal_sigmoid(e: &Elems, fp: &FocalParams, w: f64, gx: &mut [f64]) -> f64 {
+fn focal_sigmoid(e: &Elems, fp: &FocalParams, w: f64, gx: &mut [f64], ent: &mut [f64]) -> f64 {
     let (gamma, alpha) = (fp.gamma, fp.alpha);
     // the mean's divisor: the elements (count), or the sum of their class weights
     let cnt: f64 = match fp.norm {
@@ -272,13 +307,14 @@ fn focal_sigmoid(e: &Elems, fp: &FocalParams, w: f64, gx: &mut [f64]) -> f64 {
         let a = alpha.map_or(1.0, |a| a * g + (1.0 - a) * (1.0 - g));
         let mod_ = if gamma == 0.0 { 1.0 } else { one_m_pt.powf(gamma) };
         total += wc * a * mod_ * b;
+        put(ent, i, wc * a * mod_ * b);
         let dmod = if gamma == 0.0 || one_m_pt <= 0.0 { 0.0 } else { gamma * one_m_pt.powf(gamma - 1.0) * pt * b };
         gx[i] += w / cnt * wc * a * (dmod + mod_) * db;
     }
     total / cnt
 }
 
-fn ce(e: &Elems, weights: Option<&[f64]>, ls: f64, w: f64, gx: &mut [f64]) -> f64 {
+fn ce(e: &Elems, weights: Option<&[f64]>, ls: f64, w: f64, gx: &mut [f64], ent: &mut [f64]) -> f64 {
     let wt = |c: usize| weights.map_or(1.0, |ws| ws[c]);
     let wsum: f64 = (0..e.c).map(wt).sum();
     let cf = e.c as f64;
@@ -293,7 +329,9 @@ fn ce(e: &Elems, weights: Option<&[f64]>, ls: f64, w: f64, gx: &mut [f64]) -> f6
             for c in 0..e.c {
                 smooth += wt(c) * -e.logp[e.idx(n, c, s)];
             }
-            num += (1.0 - ls) * wt(t) * -e.logp[e.idx(n, t, s)] + ls / cf * smooth;
+            let l = (1.0 - ls) * wt(t) * -e.logp[e.idx(n, t, s)] + ls / cf * smooth;
+            num += l;
+            put(ent, n * e.s + s, l);
             den += wt(t);
         }
     }
@@ -317,7 +355,7 @@ fn ce(e: &Elems, weights: Option<&[f64]>, ls: f64, w: f64, gx: &mut [f64]) -> f6
     num / den
 }
 
-fn focal_softmax(e: &Elems, fp: &FocalParams, w: f64, gx: &mut [f64]) -> f64 {
+fn focal_softmax(e: &Elems, fp: &FocalParams, w: f64, gx: &mut [f64], ent: &mut [f64]) -> f64 {
     let gamma = fp.gamma;
     let labels = || e.label.iter().copied().filter(|&l| l != usize::MAX);
     // the mean's divisor: the non-ignored elements P C (count), or the terms' class weights
@@ -342,6 +380,7 @@ fn focal_softmax(e: &Elems, fp: &FocalParams, w: f64, gx: &mut [f64]) -> f64 {
             let omq: f64 = (0..e.c).filter(|&c| c != t).map(|c| e.p[e.idx(n, c, s)]).sum();
             let m = if gamma == 0.0 { 1.0 } else { omq.powf(gamma) };
             total += -a * m * lq;
+            put(ent, e.idx(n, t, s), -a * m * lq);
             let dm = if gamma == 0.0 || omq <= 0.0 { 0.0 } else { gamma * omq.powf(gamma - 1.0) };
             // f(q) = -a m(1-q) log q; df/dq = a (dm log q - m / q); dq/dx_j = q ([j==t] - p_j)
             let k = a * (dm * q * lq - m);
@@ -449,7 +488,7 @@ pub(crate) fn weighted_mean(
     }
 }
 
-fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
+fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64], ent: &mut Vec<f64>) -> f64 {
     let p = &r.params;
     let classes = class_list(&p.classes, e.c);
     let wt = |j: usize| p.weights.as_ref().map_or(1.0, |ws| ws[j]);
@@ -486,6 +525,7 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
                 counted.push((0.0, *gw, *img));
                 grads_of.push(Vec::new());
             }
+            ent.push(0.0);
             continue;
         }
         let fp = sp - tp;
@@ -544,6 +584,7 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
         };
         counted.push((loss, *gw, *img));
         grads_of.push(grads);
+        ent.push(gw * loss);
     }
     let (mean, factors) = weighted_mean(&counted, p.norm, p.pool == Pool::Image, e.n);
     if counted.is_empty() {
@@ -565,7 +606,7 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64]) -> f64 {
     value
 }
 
-fn gdice(e: &Elems, r: &RegionLoss, weight: GDiceWeight, w: f64, gp: &mut [f64]) -> f64 {
+fn gdice(e: &Elems, r: &RegionLoss, weight: GDiceWeight, w: f64, gp: &mut [f64], ent: &mut Vec<f64>) -> f64 {
     let p = &r.params;
     let classes = class_list(&p.classes, e.c);
     let groups: Vec<Vec<usize>> = match p.pool {
@@ -597,11 +638,13 @@ fn gdice(e: &Elems, r: &RegionLoss, weight: GDiceWeight, w: f64, gp: &mut [f64])
         let d = den.max(p.eps);
         if d <= crate::expr::SCORE_DEN_FLOOR {
             // 0/0 (no smoothing, eps = 0, nothing predicted or present): score 1, loss 0
+            ent.push(0.0);
             continue;
         }
         let score = num / d;
         let (loss, dl_ds) = score_loss(p, score);
         total += loss;
+        ent.push(loss);
         for (j, m) in per_class.iter().enumerate() {
             for &i in m {
                 let mut ds = 2.0 * wc[j] * e.g[i] / d;

@@ -123,6 +123,14 @@ pub const GRAD: Kernel = Kernel {
     specialized: true,
     cpu_storage_params: false,
 };
+/// The unreduced entries of one pixel loss (`reduction=none`).
+pub const UNREDUCED: Kernel = Kernel {
+    name: "unreduced",
+    source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "unreduced.wgsl"),
+    bindings: &[r("logits"), r("tgt"), u("P"), r("terms"), r("cw"), r("coefs"), w("out"), r("status")],
+    specialized: true,
+    cpu_storage_params: false,
+};
 
 /// Copy probe: the memory-traffic floor benchmarks compare against.
 pub const COPY: Kernel = Kernel {
@@ -264,6 +272,7 @@ pub const KERNELS: &[Kernel] = &[
     REDUCE,
     FINALIZE,
     GRAD,
+    UNREDUCED,
     COPY,
     RADIX_COUNT,
     RADIX_SCAN,
@@ -305,6 +314,8 @@ pub const SHARED_CONSTANTS: &[(&str, u64)] = &[
     ("V_CLASS", crate::gpu::check::CLASS as u64),
     ("V_RANGE", crate::gpu::check::RANGE as u64),
     ("V_SOFT", crate::gpu::check::SOFT as u64),
+    ("V_PROB", crate::gpu::check::PROB as u64),
+    ("F_WEIGHTS", crate::plan::op::F_WEIGHTS as u64),
     ("WG", crate::gpu::STATS_WG as u64),
     ("PIX", crate::gpu::STATS_PIX as u64),
     ("PIX_SIGMOID_CPU", crate::gpu::STATS_PIX_SIGMOID_CPU as u64),

@@ -85,6 +85,13 @@ impl Statistics {
         exprs: &[LossExpr],
         lovasz_merges: bool,
     ) -> Result<Statistics, Error> {
+        if exprs.iter().any(LossExpr::unreduced) {
+            return Err(Error::Unsupported(
+                "reduction=none is evaluated on one engine, on a batch within one binding: its per-element entries \
+                 do not come from merged statistics (split the batch yourself, or use reduction=mean)"
+                    .into(),
+            ));
+        }
         let plan = StatsPlan::new(exprs, classes, mode == Mode::Multiclass);
         if lovasz_merges && plan.lovasz.iter().any(|l| !l.per_image) {
             return Err(Error::Unsupported(
@@ -224,7 +231,7 @@ impl Statistics {
                 let layout = BlockLayout::new(e, &plan, (n, c, 1), softmax);
                 let f = plan::finalize(e, &plan, &layout, &sums, self.mode, &lov);
                 check_value(f.value, &f.term_values)?;
-                Ok(Evaluation { value: f.value, term_values: f.term_values, grad: None })
+                Ok(Evaluation { value: f.value, term_values: f.term_values, grad: None, unreduced: None })
             })
             .collect()
     }
@@ -441,6 +448,7 @@ async fn tail_of_parts(
         status,
         values_read: tail.values_read,
         grad_reads: vec![None; t.exprs.len()],
+        unreduced: vec![None; t.exprs.len()],
     };
     let out = decode(&words(&data[vi]), &r, t.shape, t.exprs, &data)?;
     Ok((out, data, tail.grad_reads))

@@ -118,6 +118,7 @@ fn assert_same(a: &[Evaluation], b: &[Evaluation], what: &str) {
     for (x, y) in a.iter().zip(b) {
         assert_eq!(x.value.to_bits(), y.value.to_bits(), "{what}: values differ: {} vs {}", x.value, y.value);
         assert_eq!(x.grad, y.grad, "{what}: gradients differ");
+        assert_eq!(x.unreduced, y.unreduced, "{what}: unreduced entries differ");
     }
 }
 
@@ -701,7 +702,15 @@ fn inputs_of_one_shape_in_a_batch_share_their_passes_and_equal_one_by_one() {
     cases.extend((0..4).map(|i| label_case(300 + i, &[1, 3, 7, 5], if i % 2 == 0 { 255 } else { -100 })));
     cases.extend((0..3).map(|i| dense_case(400 + i, &[3, 2, 33], Mode::Multilabel)));
     // per-image pooling, class lists and empty-class rules: finalize ops that index images
-    let extra = parse(&["dice:pool=image", "jaccard:classes=0,empty=skip", "dice:pool=all"]);
+    let extra = parse(&[
+        "dice:pool=image",
+        "jaccard:classes=0,empty=skip",
+        "dice:pool=all",
+        // unreduced entries: each input's share of the set's
+        "dice:pool=image,reduction=none",
+        "gdice:reduction=none",
+        "2*focal:alpha=0.25,reduction=none",
+    ]);
     let exprs_of = |c: &Case| -> Vec<LossExpr> {
         let mut e = no_lovasz(if c.mode == Mode::Multiclass { MULTICLASS } else { BINARY });
         e.extend(extra.iter().cloned());

@@ -14,16 +14,8 @@ use std::path::PathBuf;
 
 use segloss::{reference, Input, InputKind, LossExpr, Mode, Target};
 
-/// Entries (case/name) that need features not built yet: `reduction=none` and `deep(...)`.
+/// Entries (case/name) that need features not built yet: `deep(...)`.
 const PENDING: &[&str] = &[
-    "probs_binary/bce_none",
-    "probs_binary/dice_monai_none",
-    "weights_multiclass/dice_none",
-    "weights_multiclass/dice_monai_none_w",
-    "weights_multiclass/focal_monai_none",
-    "weights_multiclass/ce_none",
-    "multilabel_posweight/bce_pw_none",
-    "multilabel_posweight/focal_none",
     "deep_supervision/ds_dice_monai",
     "deep_supervision/ds_dicefocal_two",
     "deep_supervision/ds_ce_same",
@@ -101,7 +93,7 @@ fn close(v: f64, want: f64) -> bool {
 fn golden_next_values_gradients_and_refusals() {
     let engine = common::gpu();
     let mut failures = Vec::new();
-    let (mut checked, mut refused, mut pending) = (0, 0, Vec::new());
+    let (mut checked, mut refused, mut pending, mut unreduced_checked) = (0, 0, Vec::new(), 0);
     for case in cases() {
         let input = case.input();
         for (name, exp) in case.expected["losses"].as_object().unwrap() {
@@ -139,6 +131,7 @@ fn golden_next_values_gradients_and_refusals() {
                 .evaluate_blocking(&input, std::slice::from_ref(&expr), true)
                 .unwrap_or_else(|e| panic!("{key} gpu: {e}"))
                 .remove(0);
+            let gpu_unreduced = gpu.unreduced.clone();
             for (who, value, grad) in [
                 ("cpu", cpu.value, cpu.grad.iter().map(|&g| g as f32).collect::<Vec<f32>>()),
                 ("gpu", gpu.value, gpu.grad.unwrap()),
@@ -151,11 +144,37 @@ fn golden_next_values_gradients_and_refusals() {
                     failures.push(format!("{key} {who}: gradient max diff {d:e} (max |ref| {m:e})"));
                 }
             }
+            if let Some(file) = exp["unreduced_file"].as_str() {
+                let (shape, want) = common::read_f32(&dir().join(&case.name).join(file));
+                let want_shape: Vec<usize> =
+                    exp["unreduced_shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+                assert_eq!(shape, want_shape, "{key}: the file's shape");
+                let cpu_u = cpu.unreduced.as_ref().map(|(s, v)| (s.clone(), v.iter().map(|&x| x as f32).collect()));
+                let gpu_u = gpu_unreduced.as_ref().map(|u| (u.shape.clone(), u.values.clone()));
+                for (who, got) in [("cpu", cpu_u), ("gpu", gpu_u)] {
+                    let Some((gs, gv)) = got else {
+                        failures.push(format!("{key} {who}: no unreduced entries"));
+                        continue;
+                    };
+                    if gs != want_shape {
+                        failures.push(format!("{key} {who}: unreduced shape {gs:?} want {want_shape:?}"));
+                        continue;
+                    }
+                    let bad = gv.iter().zip(&want).filter(|(a, b)| !close(**a as f64, **b as f64)).count();
+                    if bad > 0 {
+                        failures.push(format!("{key} {who}: {bad} unreduced entries differ"));
+                    }
+                }
+                unreduced_checked += 1;
+            }
             checked += 1;
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     assert_eq!(pending.len(), PENDING.len(), "every PENDING entry exists");
-    eprintln!("golden_next: {checked} entries match, {refused} refused, {} pending", pending.len());
-    assert!(checked >= 36 && refused >= 4);
+    eprintln!(
+        "golden_next: {checked} entries match ({unreduced_checked} with unreduced entries), {refused} refused, {} pending",
+        pending.len()
+    );
+    assert!(checked >= 44 && refused >= 4 && unreduced_checked >= 8);
 }

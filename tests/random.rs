@@ -216,6 +216,31 @@ fn texts(mode: Mode, c: usize) -> Vec<String> {
         "dice@kornia".to_string(),
         "tversky@kornia:alpha=0.3,beta=0.7".to_string(),
     ]);
+    // unreduced entries
+    v.extend(
+        [
+            "dice:reduction=none",
+            "0.5*dice@monai:reduction=none",
+            "gdice@monai:reduction=none",
+            "gdice:reduction=none",
+            "tversky:gamma=2,reduction=none",
+            "dice:pool=image_all,reduction=none",
+            "iou:pool=all,smooth=1,reduction=none",
+            "2*focal:alpha=0.25,reduction=none",
+        ]
+        .map(String::from),
+    );
+    v.push(format!("dice:weights={w},norm=count,pool=image,reduction=none"));
+    v.push(format!("focal@monai:weights={w},reduction=none"));
+    if mode == Mode::Multiclass {
+        v.push("ce:reduction=none".into());
+        v.push(format!("0.5*ce:weights={w},label_smoothing=0.1,reduction=none"));
+        v.push("focal@monai:act=softmax,alpha=0.25,reduction=none".into());
+    } else {
+        v.push("bce:reduction=none".into());
+        v.push("bce:pos_weight=auto,label_smoothing=0.1,reduction=none".into());
+        v.push(format!("bce:pos_weight={w},reduction=none"));
+    }
     if mode == Mode::Multiclass {
         v.push(format!("focal@monai:act=softmax,alpha=0.25,weights={w}"));
         v.push("focal:act=softmax,norm=count,gamma=1".into());
@@ -244,6 +269,18 @@ fn compare(b: &Batch, exprs: &[LossExpr]) {
             assert!(grad.iter().all(|x| x.is_finite()), "{}: '{e}' non-finite gradient", b.what);
             let (d, m) = common::max_diff(&grad, &r.grad);
             assert!(d <= 1e-9 + 5e-4 * m, "{}: '{e}' grad max diff {d:e}, max |ref| {m:e}", b.what);
+            // reduction=none: the same entries, shapes alike
+            match (&g.unreduced, &r.unreduced) {
+                (None, None) => {}
+                (Some(u), Some((shape, want))) => {
+                    assert_eq!(&u.shape, shape, "{}: '{e}' unreduced shape", b.what);
+                    let (d, m) = common::max_diff(&u.values, want);
+                    assert!(d <= 2e-5 + 2e-4 * m, "{}: '{e}' unreduced max diff {d:e}, max |ref| {m:e}", b.what);
+                }
+                (a, b2) => {
+                    panic!("{}: '{e}' unreduced on one side only: {:?} / {:?}", b.what, a.is_some(), b2.is_some())
+                }
+            }
         }
     }
 }

@@ -454,7 +454,33 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
                     }
                     _ => (None, None),
                 };
-                json!({"loss": text, "value": ev.value, "grad_file": grad_file, "grad_error": grad_error, "error": null})
+                let mut entry = json!({"loss": text, "value": ev.value, "grad_file": grad_file, "grad_error": grad_error, "error": null});
+                if let Some(u) = &ev.unreduced {
+                    // reduction=none: the entries' shape, a file next to the gradients, and the
+                    // (few) entries of a region loss inline
+                    entry["unreduced_shape"] = json!(u.shape);
+                    if let Some(dir) = &a.grad_dir {
+                        let path = dir.join(format!("unreduced_{i}.npy"));
+                        let written = npy::to_bytes(&u.values, &u.shape)
+                            .map_err(|e| e.to_string())
+                            .and_then(|bytes| std::fs::write(&path, bytes).map_err(|e| e.to_string()));
+                        match written {
+                            Ok(()) => entry["unreduced_file"] = json!(path.display().to_string()),
+                            Err(e) => {
+                                unwritten += 1;
+                                entry["grad_error"] = json!(format!("cannot write {}: {e}", path.display()));
+                            }
+                        }
+                    }
+                    let region = matches!(
+                        p.as_ref().ok().and_then(|e| e.terms.first()).map(|t| &t.loss),
+                        Some(segloss::Loss::Region(_))
+                    );
+                    if region {
+                        entry["unreduced"] = json!(u.values);
+                    }
+                }
+                entry
             }
             Err(msg) => json!({"loss": text, "value": null, "grad_file": null, "grad_error": null, "error": msg}),
         };
@@ -504,9 +530,21 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
                 (Some(e), _) => outln!("{loss:<40} error: {e}")?,
                 (None, g) => {
                     let value = r["value"].as_f64().unwrap_or(f64::NAN);
+                    // reduction=none: the entries inline (region losses) or their shape and file
+                    let unreduced = match (&r["unreduced"], &r["unreduced_shape"], &r["unreduced_file"]) {
+                        (serde_json::Value::Array(v), _, _) => {
+                            format!("   entries {}", serde_json::Value::from(v.clone()))
+                        }
+                        (_, serde_json::Value::Array(sh), f) => format!(
+                            "   entries {}{}",
+                            serde_json::Value::from(sh.clone()),
+                            f.as_str().map(|f| format!(" in {f}")).unwrap_or_default()
+                        ),
+                        _ => String::new(),
+                    };
                     match g {
-                        None => outln!("{loss:<40} {value:.9}")?,
-                        Some(g) => outln!("{loss:<40} {value:.9}   gradient error: {g}")?,
+                        None => outln!("{loss:<40} {value:.9}{unreduced}")?,
+                        Some(g) => outln!("{loss:<40} {value:.9}{unreduced}   gradient error: {g}")?,
                     }
                 }
             }

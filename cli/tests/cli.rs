@@ -658,3 +658,50 @@ fn eval_on_probabilities_matches_the_golden_values_and_refuses_logit_only_losses
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside [0, 1]"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn eval_with_reduction_none_writes_the_entries_and_inlines_region_groups() {
+    let case = common::golden_dir().with_file_name("golden_next").join("weights_multiclass");
+    let dir = std::env::temp_dir().join(format!("segloss-cli-none-{}", std::process::id()));
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(case.join("expected.json")).unwrap()).unwrap();
+    let names = ["ce_none", "dice_monai_none_w", "focal_monai_none"];
+    let texts: Vec<&str> = names.iter().map(|n| expected["losses"][n]["text"].as_str().unwrap()).collect();
+    let v = eval_golden_with_env_case(&case, &texts, &dir, None);
+    let r = v["results"].as_array().unwrap();
+    for (i, n) in names.iter().enumerate() {
+        let e = &expected["losses"][n];
+        let want_shape = &e["unreduced_shape"];
+        assert_eq!(&r[i]["unreduced_shape"], want_shape, "{n}");
+        let (shape, got) = common::read_f32(Path::new(r[i]["unreduced_file"].as_str().unwrap()));
+        let (wshape, want) = common::read_f32(&case.join(e["unreduced_file"].as_str().unwrap()));
+        assert_eq!(shape, wshape, "{n}");
+        let (d, m) = common::max_diff(&got, &want);
+        assert!(d <= 1e-6 + 1e-4 * m, "{n}: entries off by {d}");
+        // region entries inline, the per-pixel ones only in the file
+        assert_eq!(r[i]["unreduced"].is_array(), n.starts_with("dice"), "{n}");
+    }
+    // past the binding limit the batch is evaluated in pieces, which keep no entries: an error
+    // entry, the other values printed
+    let v = eval_golden_with_env_case(&case, &["dice:reduction=none", "dice"], &dir, Some("1000"));
+    let r = v["results"].as_array().unwrap();
+    assert!(r[0]["error"].as_str().unwrap().contains("reduction=none"), "{}", r[0]);
+    assert!(r[1]["value"].is_f64());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn eval_golden_with_env_case(case: &Path, losses: &[&str], dir: &Path, limit: Option<&str>) -> serde_json::Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_segloss"));
+    cmd.args(["eval", "--logits", s(&case.join("logits.npy")), "--target", s(&case.join("target.npy"))]);
+    for l in losses {
+        cmd.args(["--loss", l]);
+    }
+    cmd.args(["--grad-dir", s(dir), "--json"]);
+    match limit {
+        Some(l) => cmd.env("SEGLOSS_MAX_BINDING_BYTES", l),
+        None => cmd.env_remove("SEGLOSS_MAX_BINDING_BYTES"),
+    };
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    json_of(&out)
+}

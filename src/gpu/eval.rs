@@ -86,6 +86,19 @@ pub(crate) struct Tail {
     pub values_read: Option<usize>,
     /// Per part, per expression: the staging buffer index of a gradient read to the host.
     pub grad_reads: Vec<Vec<Option<usize>>>,
+    /// Per expression: the float index of its coefficient block in `out` (an expression with a
+    /// gradient, or with `reduction=none`).
+    pub blocks: Vec<Option<usize>>,
+}
+
+/// Where the unreduced entries of a `reduction=none` expression are read.
+#[derive(Clone, Debug)]
+pub(crate) enum UnreducedRead {
+    /// Computed on the device: staging buffer index, byte offset, bytes, shape.
+    Entries(usize, u64, u64, Vec<usize>),
+    /// Region losses: from the statistics sums of pass 0 (`[n][c][K]` f32) in this staging
+    /// buffer, at this byte offset.
+    Sums(usize, u64),
 }
 
 /// Where the results of a recorded evaluation are.
@@ -101,6 +114,8 @@ pub(crate) struct Recorded {
     pub values_read: Option<usize>,
     /// Each expression's gradient read to the host: staging buffer index, byte offset, bytes.
     pub grad_reads: Vec<Option<(usize, u64, u64)>>,
+    /// Each `reduction=none` expression's entries.
+    pub unreduced: Vec<Option<UnreducedRead>>,
 }
 
 impl Gpu {
@@ -313,6 +328,7 @@ impl Gpu {
         let (totals, count_totals) = self.record_stats_counts(rec, inp, &plan, status, counts)?;
         let part = Part { inp, img0: 0, grads };
         let t = self.record_tail(rec, &plan, exprs, totals, LovFrom::Parts, &[part], status, read_values)?;
+        let unreduced = self.record_unreduced(rec, inp, exprs, &t, totals, status)?;
         let per = (inp.n * inp.c * inp.s * 4 / groups) as u64;
         let recorded = (0..groups)
             .map(|g| Recorded {
@@ -322,9 +338,117 @@ impl Gpu {
                 status,
                 values_read: t.values_read,
                 grad_reads: t.grad_reads[0].iter().map(|r| r.map(|i| (i, g as u64 * per, per))).collect(),
+                unreduced: unreduced
+                    .iter()
+                    .map(|u| {
+                        u.as_ref().map(|u| match u {
+                            // each group's share of the entries, or of the sums
+                            UnreducedRead::Entries(i, _, bytes, shape) => {
+                                let b = bytes / groups as u64;
+                                let mut sh = shape.clone();
+                                sh[0] /= groups;
+                                UnreducedRead::Entries(*i, g as u64 * b, b, sh)
+                            }
+                            UnreducedRead::Sums(i, _) => {
+                                UnreducedRead::Sums(*i, (g * (inp.n / groups) * inp.c * K * 4) as u64)
+                            }
+                        })
+                    })
+                    .collect(),
             })
             .collect();
         Ok((recorded, count_totals))
+    }
+
+    /// Records the unreduced entries of the `reduction=none` expressions of a whole-batch
+    /// evaluation: the per-element (per-pixel) entries of a pixel loss by the `unreduced` kernel,
+    /// and for a region loss a copy of the statistics sums, from which the host takes the groups'
+    /// losses. Staging buffer indices follow those of the tail.
+    fn record_unreduced(
+        &self,
+        rec: &mut Recording,
+        inp: &DevInput,
+        exprs: &[LossExpr],
+        t: &Tail,
+        totals: Totals,
+        status: Slice,
+    ) -> Result<Vec<Option<UnreducedRead>>, Error> {
+        let mut sums_read = None;
+        let mut out = Vec::new();
+        let (n, c, s) = (inp.n, inp.c, inp.s);
+        for (i, e) in exprs.iter().enumerate() {
+            let (Some(term), true) = (e.terms.first(), e.unreduced()) else {
+                out.push(None);
+                continue;
+            };
+            let Some(slot) = plan::PixelSlot::of(&term.loss, c, inp.softmax) else {
+                // a region loss: the sums, read once for every such expression
+                let idx = match sums_read {
+                    Some(i) => i,
+                    None => {
+                        let bytes = (n * c * K * 4) as u64;
+                        let rb = rec.readback(bytes, "statistics sums")?;
+                        rec.copy(totals.sums.sub(0, bytes), rb);
+                        sums_read = Some(rec.readbacks() - 1);
+                        rec.readbacks() - 1
+                    }
+                };
+                out.push(Some(UnreducedRead::Sums(idx, 0)));
+                continue;
+            };
+            let block = t.blocks[i].ok_or_else(|| Error::Gpu("internal: no block of an unreduced term".into()))?;
+            let ce = slot.kind == plan::kind::CE;
+            let len = if ce { n * s } else { n * c * s };
+            let entries = rec.scratch((len * 4) as u64, "unreduced entries")?;
+            let mut tp = slot.params(term.weight, 1.0);
+            tp.scale = term.weight as f32;
+            // the class weights as given (the statistics' cross-entropy weights are rescaled)
+            let cw: Vec<f32> = match &term.loss {
+                crate::expr::Loss::Ce(p) => p.weights.clone().unwrap_or_else(|| vec![1.0; c]),
+                _ => slot.weights.clone(),
+            }
+            .iter()
+            .map(|&w| w as f32)
+            .collect();
+            let (mut params, _) = self.params_of(inp);
+            params.gn = (n / inp.groups.max(1)) as u32;
+            params.gout = t.gout as u32;
+            let pb = rec.uniform(&params);
+            let groups = inp.groups.max(1);
+            let coefs = t.out.sub(
+                (block * 4) as u64,
+                align((((groups - 1) * t.gout + 2) * 4).max(16) as u64).min(t.out.size - (block * 4) as u64),
+            );
+            let spec =
+                Spec { softmax: inp.softmax, kinds: 1 << slot.kind, nterms: 1, probs: inp.probs, ..Spec::default() };
+            let (gx, gz) = grid(&self.limits, s);
+            let (tb, cb) = (rec.data(&[tp]), rec.data(&cw));
+            rec.dispatch(
+                &shaders::UNREDUCED,
+                spec,
+                Grid::Direct(gx, n as u32, gz),
+                &[
+                    ("logits", inp.logits),
+                    ("tgt", inp.target),
+                    ("P", pb),
+                    ("terms", tb),
+                    ("cw", cb),
+                    ("coefs", coefs),
+                    ("out", entries),
+                    ("status", status),
+                ],
+            )?;
+            let rb = rec.readback((len * 4) as u64, "unreduced entries")?;
+            rec.copy(entries, rb);
+            let mut shape = vec![n];
+            if !ce {
+                shape.push(c);
+            }
+            // the spatial dims are the caller's; the decode puts them back
+            shape.push(s);
+            out.push(Some(UnreducedRead::Entries(rec.readbacks() - 1, 0, (len * 4) as u64, shape)));
+        }
+        Ok(out)
     }
 
     /// Records what follows the statistics of a batch: the Lovász sorts of each part, the
@@ -356,6 +480,9 @@ impl Gpu {
 
         let layouts: Vec<BlockLayout> = exprs.iter().map(|e| BlockLayout::new(e, plan, (ng, c, 1), softmax)).collect();
         let wants = |i: usize| parts.iter().any(|p| !matches!(p.grads[i], GradTo::Skip));
+        // a block for each expression with a gradient, or with unreduced entries (they read
+        // bce's resolved pos_weight from it)
+        let has_block = |i: usize| wants(i) || exprs[i].unreduced();
         // the Lovász losses to sort: every one when the finalize needs their segments; with the
         // segments given, those whose gradient is wanted
         let sorted: Vec<bool> = (0..plan.lovasz.len())
@@ -415,7 +542,7 @@ impl Gpu {
         let mut blocks = Vec::new();
         for (i, l) in layouts.iter().enumerate() {
             cursor = cursor.next_multiple_of(64);
-            if wants(i) {
+            if has_block(i) {
                 blocks.push(Some(cursor));
                 cursor += l.len;
             } else {
@@ -575,6 +702,6 @@ impl Gpu {
             }
             grad_reads.push(reads_of_part);
         }
-        Ok(Tail { vals, vals_len, out, gout, values_read, grad_reads })
+        Ok(Tail { vals, vals_len, out, gout, values_read, grad_reads, blocks })
     }
 }
