@@ -157,6 +157,17 @@ impl<'e, 'a> Batch<'e, 'a> {
     /// Queues the evaluation of `exprs` on a host input, with gradients read back when `grads`.
     /// Expressions that do not fit the input's mode or classes are refused here.
     pub fn push(&mut self, input: &Input<'a>, exprs: &[LossExpr], grads: bool) -> Result<Pending, Error> {
+        if input.levels() > 1 || exprs.iter().any(|e| e.deep.is_some()) {
+            return Err(Error::Unsupported(
+                "deep supervision (deep(...), several levels) is evaluated by Engine::evaluate, one batch of its own"
+                    .into(),
+            ));
+        }
+        self.push_level(input, exprs, grads)
+    }
+
+    /// [`Batch::push`] of one level of a deep-supervision evaluation (plain expressions).
+    pub(crate) fn push_level(&mut self, input: &Input<'a>, exprs: &[LossExpr], grads: bool) -> Result<Pending, Error> {
         for e in exprs {
             e.check_input(input.mode(), input.classes(), input.kind())?;
         }
@@ -180,6 +191,9 @@ impl<'e, 'a> Batch<'e, 'a> {
         }
         for e in exprs {
             e.check_input(input.mode(), input.shape()[1], input.kind())?;
+            if e.deep.is_some() {
+                return Err(Error::Unsupported("deep(...) needs an Input with levels (Engine::evaluate)".into()));
+            }
         }
         Ok(self.queue(ItemSrc::Buffers(input.clone()), exprs, grads.to_vec()))
     }

@@ -58,6 +58,9 @@ pub struct Evaluation {
     pub grad: Option<Vec<f32>>,
     /// The entries the value reduces, for an expression with `reduction=none`.
     pub unreduced: Option<Unreduced>,
+    /// Deep supervision: the gradients by the predictions of levels 1, 2, ... when read back
+    /// (`grad` is level 0's); empty otherwise.
+    pub level_grads: Vec<Vec<f32>>,
 }
 
 /// The unreduced entries of a `reduction=none` expression ([`crate::expr::Reduction::None`]),
@@ -327,7 +330,13 @@ impl Submitted {
         status_error(status, &self.shape)?;
         finish_values(v, &self.vals, &self.weights).map(|vals| {
             vals.into_iter()
-                .map(|(value, term_values)| Evaluation { value, term_values, grad: None, unreduced: None })
+                .map(|(value, term_values)| Evaluation {
+                    value,
+                    term_values,
+                    grad: None,
+                    unreduced: None,
+                    level_grads: Vec::new(),
+                })
                 .collect()
         })
     }
@@ -361,6 +370,7 @@ pub(crate) fn decode(
                 bytemuck::pod_collect_to_vec::<u8, f32>(&data[i][off as usize..(off + len) as usize])
             }),
             unreduced: ur.as_ref().and_then(|u| unreduced_of(u, e, shape, data)),
+            level_grads: Vec::new(),
         })
         .collect())
 }
@@ -397,6 +407,11 @@ pub(crate) fn reference_evaluation(input: &Input<'_>, e: &LossExpr, grad: bool) 
         term_values: r.term_values,
         grad: grad.then(|| r.grad.iter().map(|&g| g as f32).collect()),
         unreduced: r.unreduced.map(|(shape, v)| Unreduced { shape, values: v.iter().map(|&x| x as f32).collect() }),
+        level_grads: if grad {
+            r.level_grads.iter().map(|g| g.iter().map(|&x| x as f32).collect()).collect()
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -740,6 +755,9 @@ impl Engine {
         grads: GradMode,
     ) -> Result<Vec<Evaluation>, Error> {
         let input = &prep.input;
+        if input.levels() > 1 || exprs.iter().any(|e| e.deep.is_some()) {
+            return self.evaluate_levels(input, exprs, grads).await;
+        }
         for e in exprs {
             e.check_input(input.mode(), input.classes(), input.kind())?;
         }
@@ -886,6 +904,11 @@ impl Engine {
         let (shape, mode) = (src.shape(), src.mode());
         for e in exprs {
             e.check_input(mode, shape[1], src.kind())?;
+            if e.deep.is_some() {
+                return Err(Error::Unsupported(
+                    "deep(...) evaluates the levels of a host Input (Engine::evaluate, Input::with_levels)".into(),
+                ));
+            }
         }
         let groups = match src {
             Source::Host { groups, .. } => *groups,
@@ -912,6 +935,61 @@ impl Engine {
         };
         let to = grad_targets(gpu, rec, src, grads, numel)?;
         gpu.record_eval(rec, &inp, exprs, &to, read_values)
+    }
+
+    /// Deep supervision: each level of `input` (its predictions, the target resized to them)
+    /// evaluated with the `deep(...)` expressions' terms times the level's weight, all levels in
+    /// one submission (a batch); values and term values summed over the levels, the gradient of
+    /// each level read back (`grad`: level 0, `level_grads`: the others).
+    async fn evaluate_levels(
+        &self,
+        input: &Input<'_>,
+        exprs: &[LossExpr],
+        grads: GradMode,
+    ) -> Result<Vec<Evaluation>, Error> {
+        let levels = input.levels();
+        for e in exprs {
+            e.check_levels(levels)?;
+            e.check_input(input.mode(), input.classes(), input.kind())?;
+        }
+        let inputs: Vec<Input<'_>> = (0..levels).map(|l| input.level(l)).collect::<Result<_, _>>()?;
+        let per_level: Vec<Vec<LossExpr>> = (0..levels)
+            .map(|l| exprs.iter().map(|e| e.level(l, levels)).collect::<Result<Vec<_>, _>>())
+            .collect::<Result<_, _>>()?;
+        let weights: Vec<Vec<f64>> =
+            exprs.iter().map(|e| e.deep.as_ref().map_or(Ok(vec![1.0]), |d| d.of(levels))).collect::<Result<_, _>>()?;
+        let read = grads == GradMode::Read;
+        let mut batch = self.batch();
+        let pending: Vec<crate::Pending> = inputs
+            .iter()
+            .zip(&per_level)
+            .map(|(i, e)| batch.push_level(i, e, grads != GradMode::Skip))
+            .collect::<Result<_, _>>()?;
+        batch.flush().await?;
+        let mut out: Vec<Evaluation> = Vec::new();
+        for (l, p) in pending.into_iter().enumerate() {
+            for (i, mut ev) in p.await?.into_iter().enumerate() {
+                let wl = weights[i].get(l).copied().unwrap_or(1.0);
+                if !read {
+                    ev.grad = None;
+                }
+                if l == 0 {
+                    ev.term_values.iter_mut().for_each(|t| *t *= wl);
+                    out.push(ev);
+                    continue;
+                }
+                let o = &mut out[i];
+                o.value += ev.value;
+                o.term_values.iter_mut().zip(&ev.term_values).for_each(|(t, v)| *t += wl * v);
+                if let Some(g) = ev.grad {
+                    o.level_grads.push(g);
+                }
+            }
+        }
+        for o in &out {
+            check_value(o.value, &o.term_values)?;
+        }
+        Ok(out)
     }
 
     /// Blocking [`Engine::new`] (native only).

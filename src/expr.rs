@@ -29,6 +29,47 @@ pub struct LossExpr {
     /// `reduction=none` (written among the keys of a single-term text): the evaluation also
     /// returns the entries the value reduces ([`crate::Evaluation::unreduced`]).
     pub reduction: Reduction,
+    /// `deep(...)`: deep supervision, the sum over the input's levels of the level's weight times
+    /// the terms on that level ([`crate::Input::with_levels`]).
+    pub deep: Option<DeepWeights>,
+}
+
+/// The level weights of `deep(...)`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeepWeights {
+    /// `deep` / `deep@exp` (default): `max(0.5^l, 1/16)`.
+    Exp,
+    /// `deep@two`: 1, 0.5, 0.5, ...
+    Two,
+    /// `deep@same`: 1 for every level.
+    Same,
+    /// `deep:weights=w0;w1;...`: at least as many as levels, the first ones used.
+    List(Vec<f64>),
+}
+
+impl DeepWeights {
+    /// The weights of `levels` levels (MONAI's `DeepSupervisionLoss` weights).
+    ///
+    /// ```
+    /// use segloss::expr::DeepWeights;
+    /// assert_eq!(DeepWeights::Exp.of(6).unwrap(), vec![1.0, 0.5, 0.25, 0.125, 0.0625, 0.0625]);
+    /// assert_eq!(DeepWeights::Two.of(3).unwrap(), vec![1.0, 0.5, 0.5]);
+    /// assert!(DeepWeights::List(vec![1.0, 0.3]).of(3).is_err());
+    /// ```
+    pub fn of(&self, levels: usize) -> Result<Vec<f64>, Error> {
+        Ok(match self {
+            DeepWeights::Exp => (0..levels).map(|l| 0.5f64.powi(l as i32).max(1.0 / 16.0)).collect(),
+            DeepWeights::Two => (0..levels).map(|l| if l == 0 { 1.0 } else { 0.5 }).collect(),
+            DeepWeights::Same => vec![1.0; levels],
+            DeepWeights::List(w) if w.len() < levels => {
+                return Err(Error::LossMode {
+                    loss: "deep".into(),
+                    msg: format!("weights has {} entries but the input has {levels} levels", w.len()),
+                })
+            }
+            DeepWeights::List(w) => w[..levels].to_vec(),
+        })
+    }
 }
 
 /// Whether an evaluation also returns the entries its value is the mean of.
@@ -458,6 +499,30 @@ impl LossExpr {
         self.terms.iter().try_for_each(|t| t.loss.check_kind(mode, kind))
     }
 
+    /// The plain expression of level `l` of a `deep(...)` expression: its terms with their factors
+    /// times the level's weight among `levels` (the expression itself without `deep`).
+    pub fn level(&self, l: usize, levels: usize) -> Result<LossExpr, Error> {
+        let w = match &self.deep {
+            Some(d) => d.of(levels)?[l],
+            None => 1.0,
+        };
+        let terms = self.terms.iter().map(|t| Term { weight: t.weight * w, loss: t.loss.clone() }).collect();
+        Ok(LossExpr { terms, reduction: self.reduction, deep: None })
+    }
+
+    /// Checks that the expression fits an input of `levels` levels: several levels need
+    /// `deep(...)`, whose explicit weights need one per level.
+    pub fn check_levels(&self, levels: usize) -> Result<(), Error> {
+        match &self.deep {
+            None if levels > 1 => Err(Error::LossMode {
+                loss: self.to_string(),
+                msg: format!("the input has {levels} levels (deep supervision): wrap the loss in deep(...)"),
+            }),
+            Some(d) => d.of(levels).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the evaluation also returns the unreduced entries (`reduction=none`).
     pub fn unreduced(&self) -> bool {
         self.reduction == Reduction::None
@@ -874,11 +939,60 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
     Ok((Term { weight, loss }, reduction))
 }
 
+/// `deep[@mode][:weights=...](EXPR)`, when `text` is one.
+fn parse_deep(text: &str) -> Result<Option<LossExpr>, Error> {
+    let t = text.trim();
+    let Some(rest) = t.strip_prefix("deep") else { return Ok(None) };
+    if !(rest.starts_with('(') || rest.starts_with('@') || rest.starts_with(':')) {
+        return Ok(None);
+    }
+    let open = rest.find('(').ok_or_else(|| perr(text, "deep needs its expression in parentheses: deep(EXPR)"))?;
+    let inner = rest[open + 1..]
+        .strip_suffix(')')
+        .ok_or_else(|| perr(text, "deep(...) wraps the whole expression: nothing may follow its ')'"))?;
+    let head = &rest[..open];
+    let (mode, args) = match head.split_once(':') {
+        Some((m, a)) => (m, Some(a)),
+        None => (head, None),
+    };
+    let mut weights = match mode {
+        "" | "@exp" => DeepWeights::Exp,
+        "@two" => DeepWeights::Two,
+        "@same" => DeepWeights::Same,
+        m => {
+            return Err(perr(text, format!("unknown deep mode '{}'; modes: exp, two, same", m.trim_start_matches('@'))))
+        }
+    };
+    if let Some(a) = args {
+        for part in a.split(',') {
+            match part.split_once('=') {
+                Some((k, v)) if k.trim() == "weights" => {
+                    weights = DeepWeights::List(weight_list(text, "weights", v.trim())?)
+                }
+                Some((k, _)) => return Err(unknown_key(text, "deep", k.trim(), &["weights"])),
+                None => return Err(perr(text, format!("'{}' is not key=value", part.trim()))),
+            }
+        }
+    }
+    let mut e: LossExpr = inner.parse()?;
+    if e.deep.is_some() {
+        return Err(perr(text, "deep(...) cannot be nested"));
+    }
+    if e.unreduced() {
+        return Err(perr(text, "reduction=none cannot be used inside deep(...)"));
+    }
+    e.deep = Some(weights);
+    Ok(Some(e))
+}
+
 impl FromStr for LossExpr {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         if s.trim().is_empty() {
             return Err(perr(s, format!("empty loss text; names: {NAMES}")));
+        }
+        if let Some(e) = parse_deep(s)? {
+            return Ok(e);
         }
         let parsed = s.split('+').map(parse_term).collect::<Result<Vec<_>, _>>()?;
         let reduction = if parsed.iter().any(|(_, r)| *r == Reduction::None) {
@@ -889,7 +1003,7 @@ impl FromStr for LossExpr {
         } else {
             Reduction::Mean
         };
-        Ok(LossExpr { terms: parsed.into_iter().map(|(t, _)| t).collect(), reduction })
+        Ok(LossExpr { terms: parsed.into_iter().map(|(t, _)| t).collect(), reduction, deep: None })
     }
 }
 
@@ -909,7 +1023,7 @@ impl FromStr for Loss {
 
 impl From<Loss> for LossExpr {
     fn from(loss: Loss) -> Self {
-        LossExpr { terms: vec![Term { weight: 1.0, loss }], reduction: Reduction::Mean }
+        LossExpr { terms: vec![Term { weight: 1.0, loss }], reduction: Reduction::Mean, deep: None }
     }
 }
 
@@ -1080,6 +1194,13 @@ impl fmt::Display for Loss {
 
 impl fmt::Display for LossExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.deep {
+            None => {}
+            Some(DeepWeights::Exp) => write!(f, "deep(")?,
+            Some(DeepWeights::Two) => write!(f, "deep@two(")?,
+            Some(DeepWeights::Same) => write!(f, "deep@same(")?,
+            Some(DeepWeights::List(w)) => write!(f, "deep:weights={}(", list_text(w))?,
+        }
         for (i, t) in self.terms.iter().enumerate() {
             if i > 0 {
                 write!(f, "+")?;
@@ -1092,6 +1213,9 @@ impl fmt::Display for LossExpr {
             if self.reduction == Reduction::None {
                 write!(f, "{}reduction=none", if loss.contains(':') { "," } else { ":" })?;
             }
+        }
+        if self.deep.is_some() {
+            write!(f, ")")?;
         }
         Ok(())
     }

@@ -95,6 +95,8 @@ pub struct Input<'a> {
     pub(crate) mode: Mode,
     pub(crate) ignore_index: Option<i64>,
     pub(crate) kind: InputKind,
+    /// Deep supervision: the predictions of levels 1.. and their shapes (level 0 is `logits`).
+    pub(crate) levels: Vec<(Cow<'a, [f32]>, Vec<usize>)>,
 }
 
 /// The element count of a shape, or an error when it overflows.
@@ -148,17 +150,93 @@ impl<'a> Input<'a> {
     /// The same data read as `kind`: probabilities must lie in [0, 1] (the first element outside
     /// is named in the error).
     pub fn with_kind(mut self, kind: InputKind) -> Result<Self, Error> {
-        if kind == InputKind::Probs {
-            if let Some(i) = self.logits.iter().position(|x| !(0.0..=1.0).contains(x)) {
-                return Err(Error::Input(format!(
-                    "probability probs[{i}] = {} ({}) is outside [0, 1]",
-                    self.logits[i],
-                    describe_index(&self.shape, i)
-                )));
-            }
+        check_values(&self.logits, &self.shape, kind, "")?;
+        for (l, (x, shape)) in self.levels.iter().enumerate() {
+            check_values(x, shape, kind, &format!(" of level {}", l + 1))?;
         }
         self.kind = kind;
         Ok(self)
+    }
+
+    /// Deep supervision: the predictions of levels 1, 2, ... (level 0 is this input's), each
+    /// `[N, C, S_l...]` with this input's N, C and number of spatial dims and sizes of its own,
+    /// of this input's kind (logits or probabilities). A `deep(...)` expression evaluates on each
+    /// level against the target resized to it (nearest, `src = min(floor((2i+1) in / (2 out)),
+    /// in-1)` per axis).
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// use segloss::{Input, LossExpr, Mode};
+    /// let (x0, x1) = (vec![0.5f32; 2 * 16], vec![-0.5f32; 2 * 4]);
+    /// let target: Vec<i64> = (0..16).map(|i| i % 2).collect();
+    /// let input = Input::labels(&x0, &target, &[1, 2, 4, 4], None)?
+    ///     .with_levels(vec![(Cow::Borrowed(&x1[..]), vec![1, 2, 2, 2])])?;
+    /// assert_eq!(input.levels(), 2);
+    /// let deep: LossExpr = "deep(dice@monai+ce)".parse()?;
+    /// let r = segloss::reference::evaluate(&input, &deep)?;
+    /// assert_eq!(r.level_grads.len(), 1);
+    /// # Ok::<(), segloss::Error>(())
+    /// ```
+    pub fn with_levels(mut self, levels: Vec<(Cow<'a, [f32]>, Vec<usize>)>) -> Result<Self, Error> {
+        for (l, (x, shape)) in levels.iter().enumerate() {
+            let what = format!("level {}", l + 1);
+            let numel = check_shape(shape, self.mode).map_err(|e| Error::Shape(format!("{what}: {e}")))?;
+            if shape.len() != self.shape.len() || shape[0] != self.shape[0] || shape[1] != self.shape[1] {
+                return Err(Error::Shape(format!(
+                    "{what} has shape {shape:?}: levels share N, C and the number of spatial dims with level 0 {:?}",
+                    self.shape
+                )));
+            }
+            if x.len() != numel {
+                return Err(Error::Shape(format!("{what} has {} elements but shape {shape:?} needs {numel}", x.len())));
+            }
+            check_values(x, shape, self.kind, &format!(" of {what}"))?;
+        }
+        self.levels = levels;
+        Ok(self)
+    }
+
+    /// The number of levels: 1, or 1 + those given by [`Input::with_levels`].
+    pub fn levels(&self) -> usize {
+        1 + self.levels.len()
+    }
+
+    /// Level `l` as an input of its own: its predictions and the target resized to its size.
+    pub fn level(&self, l: usize) -> Result<Input<'_>, Error> {
+        if l == 0 {
+            return Ok(Input {
+                logits: Cow::Borrowed(&self.logits),
+                target: match &self.target {
+                    Target::Dense(t) => Target::Dense(Cow::Borrowed(t)),
+                    Target::Labels(t) => Target::Labels(Cow::Borrowed(t)),
+                },
+                shape: self.shape.clone(),
+                mode: self.mode,
+                ignore_index: self.ignore_index,
+                kind: self.kind,
+                levels: Vec::new(),
+            });
+        }
+        let (x, shape) = self
+            .levels
+            .get(l - 1)
+            .ok_or_else(|| Error::Input(format!("level {l} of an input of {}", self.levels())))?;
+        let target = match &self.target {
+            Target::Dense(t) => Target::Dense(Cow::Owned(resize(t, &self.shape, shape))),
+            Target::Labels(t) => {
+                let (from, to) = (label_dims(&self.shape), label_dims(shape));
+                Target::Labels(Cow::Owned(resize(t, &from, &to)))
+            }
+        };
+        Ok(Input {
+            logits: Cow::Borrowed(x),
+            target,
+            shape: shape.clone(),
+            mode: self.mode,
+            ignore_index: self.ignore_index,
+            kind: self.kind,
+            levels: Vec::new(),
+        })
     }
 
     /// Whether the first tensor holds logits or probabilities.
@@ -185,9 +263,7 @@ impl<'a> Input<'a> {
             )));
         }
         let c = shape[1];
-        if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
-            return Err(Error::NonFinite(format!("logits[{i}] = {} ({})", logits[i], describe_index(shape, i))));
-        }
+        check_values(&logits, shape, InputKind::Logits, "")?;
         match (&target, mode) {
             (Target::Dense(t), Mode::Binary | Mode::Multilabel) => {
                 if t.len() != numel {
@@ -232,7 +308,15 @@ impl<'a> Input<'a> {
                 return Err(Error::Input(format!("{mode} mode needs dense float targets, got class indices")))
             }
         }
-        Ok(Input { logits, target, shape: shape.to_vec(), mode, ignore_index, kind: InputKind::Logits })
+        Ok(Input {
+            logits,
+            target,
+            shape: shape.to_vec(),
+            mode,
+            ignore_index,
+            kind: InputKind::Logits,
+            levels: Vec::new(),
+        })
     }
 
     /// Number of images N.
@@ -297,6 +381,16 @@ impl<'a> Input<'a> {
             mode: self.mode,
             ignore_index: self.ignore_index,
             kind: self.kind,
+            levels: self
+                .levels
+                .iter()
+                .map(|(x, sh)| {
+                    let per = sh[1..].iter().product::<usize>();
+                    let mut shape = sh.clone();
+                    shape[0] = to - from;
+                    (Cow::Borrowed(&x[from * per..to * per]), shape)
+                })
+                .collect(),
         })
     }
 
@@ -318,6 +412,59 @@ impl<'a> Input<'a> {
             }
         }
     }
+}
+
+/// Logits must be finite; probabilities in [0, 1]. `what` names the level in the message.
+fn check_values(x: &[f32], shape: &[usize], kind: InputKind, what: &str) -> Result<(), Error> {
+    match kind {
+        InputKind::Logits => match x.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(Error::NonFinite(format!("logits{what}[{i}] = {} ({})", x[i], describe_index(shape, i)))),
+            None => Ok(()),
+        },
+        InputKind::Probs => match x.iter().position(|v| !(0.0..=1.0).contains(v)) {
+            Some(i) => Err(Error::Input(format!(
+                "probability probs{what}[{i}] = {} ({}) is outside [0, 1]",
+                x[i],
+                describe_index(shape, i)
+            ))),
+            None => Ok(()),
+        },
+    }
+}
+
+/// `[N, S...]` of a logits shape `[N, C, S...]`.
+fn label_dims(shape: &[usize]) -> Vec<usize> {
+    std::iter::once(shape[0]).chain(shape[2..].iter().copied()).collect()
+}
+
+/// `t` of shape `from` resized to `to` (same rank; the first dims, N and C, equal) by nearest
+/// neighbours: per spatial axis, output index i reads `min(floor((2i+1) in / (2 out)), in-1)`.
+fn resize<T: Copy>(t: &[T], from: &[usize], to: &[usize]) -> Vec<T> {
+    // on the equal leading dims the formula is the identity
+    let axes: Vec<Vec<usize>> = from
+        .iter()
+        .zip(to)
+        .map(|(&i_n, &o_n)| (0..o_n).map(|o| ((2 * o + 1) * i_n / (2 * o_n)).min(i_n - 1)).collect())
+        .collect();
+    let total: usize = to.iter().product();
+    let mut out = Vec::with_capacity(total);
+    let mut idx = vec![0usize; to.len()];
+    for _ in 0..total {
+        // source offset of output index `idx`
+        let mut off = 0;
+        for d in 0..to.len() {
+            off = off * from[d] + axes[d][idx[d]];
+        }
+        out.push(t[off]);
+        for d in (0..to.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < to[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
 }
 
 /// Checks a logits shape against the mode and returns its element count.

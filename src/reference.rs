@@ -36,6 +36,8 @@ pub struct RefResult {
     /// The unreduced entries of a `reduction=none` expression: (shape, values scaled by the
     /// term's factor).
     pub unreduced: Option<(Vec<usize>, Vec<f64>)>,
+    /// Deep supervision: `d value / d` the predictions of levels 1, 2, ... (`grad` is level 0's).
+    pub level_grads: Vec<Vec<f64>>,
 }
 
 /// `log(sigmoid(x))`, stable.
@@ -140,8 +142,38 @@ impl Elems {
     }
 }
 
-/// Evaluates one expression on the CPU in f64.
+/// Evaluates one expression on the CPU in f64 (a `deep(...)` expression on every level of the
+/// input).
 pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
+    let levels = input.levels();
+    if expr.deep.is_none() && levels == 1 {
+        return evaluate_level(input, expr);
+    }
+    expr.check_levels(levels)?;
+    let weights = expr.deep.as_ref().map_or(Ok(vec![1.0]), |d| d.of(levels))?;
+    let mut out: Option<RefResult> = None;
+    for (l, wl) in weights.iter().enumerate() {
+        let r = evaluate_level(&input.level(l)?, &expr.level(l, levels)?)?;
+        match &mut out {
+            None => {
+                let mut r = r;
+                r.term_values.iter_mut().for_each(|t| *t *= wl);
+                out = Some(r);
+            }
+            Some(o) => {
+                o.value += r.value;
+                o.term_values.iter_mut().zip(&r.term_values).for_each(|(t, v)| *t += wl * v);
+                o.level_grads.push(r.grad);
+            }
+        }
+    }
+    let out = out.ok_or_else(|| Error::Input("no levels".into()))?;
+    crate::engine::check_value(out.value, &out.term_values)?;
+    Ok(out)
+}
+
+/// One expression on one level.
+fn evaluate_level(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
     expr.check_input(input.mode(), input.classes(), input.kind())?;
     if expr.has_lovasz() && !input.hard_labels() {
         return Err(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
@@ -216,7 +248,7 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
     }
     let value = expr.terms.iter().zip(&term_values).map(|(t, v)| t.weight * v).sum();
     crate::engine::check_value(value, &term_values)?;
-    Ok(RefResult { value, term_values, grad, unreduced })
+    Ok(RefResult { value, term_values, grad, unreduced, level_grads: Vec::new() })
 }
 
 /// `[N, S...]`: the shape of per-pixel entries.

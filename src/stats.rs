@@ -85,6 +85,11 @@ impl Statistics {
         exprs: &[LossExpr],
         lovasz_merges: bool,
     ) -> Result<Statistics, Error> {
+        if exprs.iter().any(|e| e.deep.is_some()) {
+            return Err(Error::Unsupported(
+                "deep(...) evaluates the levels of an Input (Engine::evaluate); statistics hold one level".into(),
+            ));
+        }
         if exprs.iter().any(LossExpr::unreduced) {
             return Err(Error::Unsupported(
                 "reduction=none is evaluated on one engine, on a batch within one binding: its per-element entries \
@@ -231,7 +236,13 @@ impl Statistics {
                 let layout = BlockLayout::new(e, &plan, (n, c, 1), softmax);
                 let f = plan::finalize(e, &plan, &layout, &sums, self.mode, &lov);
                 check_value(f.value, &f.term_values)?;
-                Ok(Evaluation { value: f.value, term_values: f.term_values, grad: None, unreduced: None })
+                Ok(Evaluation {
+                    value: f.value,
+                    term_values: f.term_values,
+                    grad: None,
+                    unreduced: None,
+                    level_grads: Vec::new(),
+                })
             })
             .collect()
     }

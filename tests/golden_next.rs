@@ -2,10 +2,7 @@
 //! project's shared golden set for the loss-parity additions): every entry segloss implements must
 //! match value and gradient on the GPU and on the f64 CPU reference, within the tolerances of
 //! `tests/golden_next/README.md`; every `reject` entry must be refused.
-//!
-//! Entries whose features are not built yet are listed in [`PENDING`] and checked to be refused
-//! with a parse error today (so that building one makes this test name it, and nothing passes
-//! silently).
+//! Deep-supervision cases carry one prediction and one gradient per level.
 
 mod common;
 
@@ -13,15 +10,6 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 
 use segloss::{reference, Input, InputKind, LossExpr, Mode, Target};
-
-/// Entries (case/name) that need features not built yet: `deep(...)`.
-const PENDING: &[&str] = &[
-    "deep_supervision/ds_dice_monai",
-    "deep_supervision/ds_dicefocal_two",
-    "deep_supervision/ds_ce_same",
-    "deep_supervision/ds_weights",
-    "deep_supervision/ds_none_reject",
-];
 
 fn dir() -> PathBuf {
     common::golden_dir().with_file_name("golden_next")
@@ -39,13 +27,17 @@ struct Case {
     x: Vec<f32>,
     target: Target<'static>,
     ignore: Option<i64>,
-    levels: usize,
+    /// Levels 1.. of a deep-supervision case.
+    levels: Vec<(Vec<f32>, Vec<usize>)>,
     expected: serde_json::Value,
 }
 
 impl Case {
     fn input(&self) -> Input<'_> {
+        let levels = self.levels.iter().map(|(x, s)| (Cow::Borrowed(&x[..]), s.clone())).collect();
         Input::new(Cow::Borrowed(&self.x), self.target.clone(), &self.shape, self.mode, self.ignore)
+            .unwrap()
+            .with_levels(levels)
             .unwrap()
             .with_kind(self.kind)
             .unwrap()
@@ -78,7 +70,13 @@ fn cases() -> Vec<Case> {
                 x,
                 target,
                 ignore: case["ignore_index"].as_i64(),
-                levels: files.len(),
+                levels: files[1..]
+                    .iter()
+                    .map(|f| {
+                        let (s, x) = common::read_f32(&d.join(f.as_str().unwrap()));
+                        (x, s)
+                    })
+                    .collect(),
                 expected: json(d.join("expected.json")),
             }
         })
@@ -93,23 +91,13 @@ fn close(v: f64, want: f64) -> bool {
 fn golden_next_values_gradients_and_refusals() {
     let engine = common::gpu();
     let mut failures = Vec::new();
-    let (mut checked, mut refused, mut pending, mut unreduced_checked) = (0, 0, Vec::new(), 0);
+    let (mut checked, mut refused, mut unreduced_checked) = (0, 0, 0);
     for case in cases() {
         let input = case.input();
         for (name, exp) in case.expected["losses"].as_object().unwrap() {
             let key = format!("{}/{name}", case.name);
             let text = exp["text"].as_str().unwrap();
             let parsed = text.parse::<LossExpr>();
-            if PENDING.contains(&key.as_str()) {
-                // not built yet: refused by the parser
-                assert!(
-                    parsed.is_err(),
-                    "{key}: '{text}' now parses: check it against its golden values and take it off PENDING"
-                );
-                pending.push(key);
-                continue;
-            }
-            assert_eq!(case.levels, 1, "{key}: several levels are pending");
             if exp["status"] == "reject" {
                 let cpu = parsed.as_ref().map_err(|e| e.clone()).and_then(|e| reference::evaluate(&input, e));
                 let gpu = parsed
@@ -124,7 +112,13 @@ fn golden_next_values_gradients_and_refusals() {
             }
             let expr = parsed.unwrap_or_else(|e| panic!("{key}: {e}"));
             let want = exp["value"].as_f64().unwrap();
-            let (_, gref) = common::read_f32(&dir().join(&case.name).join(exp["grad_file"].as_str().unwrap()));
+            // one gradient per level
+            let grefs: Vec<Vec<f32>> = exp["grad_files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| common::read_f32(&dir().join(&case.name).join(f.as_str().unwrap())).1)
+                .collect();
             let tol = if text.contains("lovasz") { 2e-3 } else { 1e-4 };
             let cpu = reference::evaluate(&input, &expr).unwrap_or_else(|e| panic!("{key} cpu: {e}"));
             let gpu = engine
@@ -132,16 +126,24 @@ fn golden_next_values_gradients_and_refusals() {
                 .unwrap_or_else(|e| panic!("{key} gpu: {e}"))
                 .remove(0);
             let gpu_unreduced = gpu.unreduced.clone();
-            for (who, value, grad) in [
-                ("cpu", cpu.value, cpu.grad.iter().map(|&g| g as f32).collect::<Vec<f32>>()),
-                ("gpu", gpu.value, gpu.grad.unwrap()),
-            ] {
+            let f32s = |g: &[f64]| g.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            let cpu_grads: Vec<Vec<f32>> =
+                std::iter::once(f32s(&cpu.grad)).chain(cpu.level_grads.iter().map(|g| f32s(g))).collect();
+            let gpu_grads: Vec<Vec<f32>> =
+                std::iter::once(gpu.grad.clone().unwrap()).chain(gpu.level_grads.iter().cloned()).collect();
+            for (who, value, grads) in [("cpu", cpu.value, cpu_grads), ("gpu", gpu.value, gpu_grads)] {
                 if !close(value, want) {
                     failures.push(format!("{key} {who}: value {value} want {want}"));
                 }
-                let (d, m) = common::max_diff(&grad, &gref);
-                if d > 1e-10 + tol * m {
-                    failures.push(format!("{key} {who}: gradient max diff {d:e} (max |ref| {m:e})"));
+                if grads.len() != grefs.len() {
+                    failures.push(format!("{key} {who}: {} gradients for {} levels", grads.len(), grefs.len()));
+                    continue;
+                }
+                for (l, (grad, gref)) in grads.iter().zip(&grefs).enumerate() {
+                    let (d, m) = common::max_diff(grad, gref);
+                    if d > 1e-10 + tol * m {
+                        failures.push(format!("{key} {who}: level {l} gradient max diff {d:e} (max |ref| {m:e})"));
+                    }
                 }
             }
             if let Some(file) = exp["unreduced_file"].as_str() {
@@ -171,10 +173,6 @@ fn golden_next_values_gradients_and_refusals() {
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
-    assert_eq!(pending.len(), PENDING.len(), "every PENDING entry exists");
-    eprintln!(
-        "golden_next: {checked} entries match ({unreduced_checked} with unreduced entries), {refused} refused, {} pending",
-        pending.len()
-    );
-    assert!(checked >= 44 && refused >= 4 && unreduced_checked >= 8);
+    eprintln!("golden_next: {checked} entries match ({unreduced_checked} with unreduced entries), {refused} refused");
+    assert!(checked >= 48 && refused >= 5 && unreduced_checked >= 8);
 }

@@ -389,3 +389,112 @@ fn same_input_gives_bit_identical_results() {
         }
     }
 }
+
+/// A batch with levels: level 0 from `batch`, levels 1.. of odd sizes (each axis about halved).
+fn with_levels(rng: &mut Rng, b: &Batch, levels: usize) -> Vec<(Vec<f32>, Vec<usize>)> {
+    let mut out = Vec::new();
+    let mut shape = b.shape.clone();
+    for _ in 1..levels {
+        for d in shape.iter_mut().skip(2) {
+            *d = (*d).div_ceil(2).max(1) + rng.below(2);
+        }
+        let numel: usize = shape.iter().product();
+        let x: Vec<f32> = (0..numel)
+            .map(|_| match b.kind {
+                InputKind::Logits => (rng.normal() * 3.0) as f32,
+                InputKind::Probs => [0.0, 1.0, rng.uniform() as f32][rng.below(3)],
+            })
+            .collect();
+        out.push((x, shape.clone()));
+    }
+    out
+}
+
+#[test]
+fn deep_supervision_matches_reference_on_odd_sizes_3d_and_probabilities() {
+    let mut rng = Rng(31);
+    let engine = common::gpu();
+    for i in 0..10 {
+        let mode = [Mode::Binary, Mode::Multilabel, Mode::Multiclass][i % 3];
+        let mut b = batch(&mut rng, mode, i % 4);
+        if i % 4 == 3 {
+            b = probs(&mut rng, b);
+        }
+        let lv = with_levels(&mut rng, &b, 2 + i % 2);
+        let levels = lv.iter().map(|(x, s)| (Cow::Borrowed(&x[..]), s.clone())).collect();
+        let input = Input::new(Cow::Borrowed(&b.logits), b.target.clone(), &b.shape, b.mode, b.ignore)
+            .unwrap()
+            .with_levels(levels)
+            .unwrap()
+            .with_kind(b.kind)
+            .unwrap();
+        let texts: &[&str] = if mode == Mode::Multiclass {
+            &[
+                "deep(dice@monai)",
+                "deep@two(dice@monai+focal@monai)",
+                "deep@same(ce)",
+                "deep:weights=1;0.3;0.1;9(dice+ce)",
+            ]
+        } else {
+            &[
+                "deep(dice@monai)",
+                "deep@two(dice@monai+focal@monai)",
+                "deep@same(bce)",
+                "deep:weights=1;0.3;0.1;9(0.5*dice+bce)",
+            ]
+        };
+        let exprs: Vec<LossExpr> = texts
+            .iter()
+            .map(|t| t.parse::<LossExpr>().unwrap())
+            .filter(|e| e.check_input(mode, b.shape[1], b.kind).is_ok())
+            .collect();
+        assert!(exprs.len() >= 2);
+        let what = format!("{} with {} levels", b.what, input.levels());
+        let gpu = engine.evaluate_blocking(&input, &exprs, true).unwrap_or_else(|e| panic!("{what}: {e}"));
+        for (e, g) in exprs.iter().zip(gpu) {
+            let r = reference::evaluate(&input, e).unwrap();
+            assert!(
+                (g.value - r.value).abs() <= 2e-5 + 2e-4 * r.value.abs(),
+                "{what}: '{e}' {} vs {}",
+                g.value,
+                r.value
+            );
+            assert_eq!(g.level_grads.len(), input.levels() - 1, "{what}: '{e}'");
+            let grads = std::iter::once(g.grad.as_ref().unwrap()).chain(&g.level_grads);
+            let refs = std::iter::once(&r.grad).chain(&r.level_grads);
+            for (l, (a, want)) in grads.zip(refs).enumerate() {
+                let (d, m) = common::max_diff(a, want);
+                assert!(d <= 1e-9 + 5e-4 * m, "{what}: '{e}' level {l} gradient max diff {d:e} of {m:e}");
+            }
+            // the sum of the levels' own evaluations, each against its resized target
+            let n = input.levels();
+            let sum: f64 = (0..n)
+                .map(|l| reference::evaluate(&input.level(l).unwrap(), &e.level(l, n).unwrap()).unwrap().value)
+                .sum();
+            assert!((sum - r.value).abs() <= 1e-9 * r.value.abs().max(1.0), "{what}: '{e}' {sum} vs {}", r.value);
+        }
+    }
+}
+
+#[test]
+fn levels_take_the_target_by_nearest_exact_indices() {
+    // 26 -> 11 along one axis: i reads floor((2i + 1) 26 / 22)
+    let labels: Vec<i64> = (0..26).collect();
+    let c = 26;
+    let x = vec![0.0f32; c * 26];
+    let x1 = vec![0.0f32; c * 11];
+    let input = Input::labels(&x, &labels, &[1, c, 26], None)
+        .unwrap()
+        .with_levels(vec![(Cow::Borrowed(&x1[..]), vec![1, c, 11])])
+        .unwrap();
+    let level = input.level(1).unwrap();
+    let Target::Labels(t) = level.target() else { panic!("labels") };
+    let want: Vec<i64> = (0..11).map(|i| ((2 * i + 1) * 26 / 22).min(25) as i64).collect();
+    assert_eq!(t.to_vec(), want);
+    assert_eq!(want, vec![1, 3, 5, 8, 10, 13, 15, 17, 20, 22, 24]);
+    // a level of another N, C or rank is refused
+    let bad = Input::labels(&x, &labels, &[1, c, 26], None)
+        .unwrap()
+        .with_levels(vec![(Cow::Borrowed(&x1[..]), vec![1, c, 11, 1])]);
+    assert!(bad.unwrap_err().to_string().contains("levels share N, C"));
+}

@@ -100,7 +100,13 @@ fn statistics_of_parts_joined_give_the_whole_batch() {
         for (i, e) in ex.iter().enumerate() {
             let mut g = ga[i].grad.clone().unwrap();
             g.extend_from_slice(gb[i].grad.as_ref().unwrap());
-            let joined = Evaluation { value: ga[i].value, term_values: vec![], grad: Some(g), unreduced: None };
+            let joined = Evaluation {
+                value: ga[i].value,
+                term_values: vec![],
+                grad: Some(g),
+                unreduced: None,
+                level_grads: vec![],
+            };
             assert_reference(&whole, std::slice::from_ref(e), &[joined], &format!("{:?} gradient", c.shape));
             assert_eq!(ga[i].value.to_bits(), gb[i].value.to_bits(), "both parts see the whole batch's value");
         }

@@ -71,14 +71,15 @@ enum Cmd {
 
 #[derive(clap::Args)]
 pub(crate) struct EvalArgs {
-    /// Logits [N, C, S...] as float16/32/64 .npy.
+    /// Logits [N, C, S...] as float16/32/64 .npy. Repeated: the levels of deep supervision,
+    /// level 0 first (same N, C and rank; sizes free), for deep(...) losses.
     #[arg(long, required_unless_present_any = ["logits_dir", "probs"], conflicts_with_all = ["logits_dir", "probs"])]
-    logits: Option<PathBuf>,
+    logits: Vec<PathBuf>,
     /// Probabilities in [0, 1] instead of logits (same shape; no activation is applied and
     /// gradients are d loss / d probabilities). ce, focal:act=softmax, the Lovász hinge and a
-    /// bce pos_weight need logits.
+    /// bce pos_weight need logits. Repeatable like --logits.
     #[arg(long, conflicts_with = "logits_dir")]
-    probs: Option<PathBuf>,
+    probs: Vec<PathBuf>,
     /// Targets: float/bool of the logits' shape, or integer class indices [N, S...].
     #[arg(long, required_unless_present = "target_dir", conflicts_with = "target_dir")]
     target: Option<PathBuf>,
@@ -358,8 +359,12 @@ pub(crate) fn build_input(
 }
 
 fn eval(a: EvalArgs) -> Result<(), Fail> {
-    let (kind, what) = if a.probs.is_some() { (InputKind::Probs, "probs") } else { (InputKind::Logits, "logits") };
-    let (Some(lpath), Some(tpath)) = (a.logits.as_ref().or(a.probs.as_ref()), &a.target) else {
+    let (kind, what, paths) = if a.probs.is_empty() {
+        (InputKind::Logits, "logits", &a.logits)
+    } else {
+        (InputKind::Probs, "probs", &a.probs)
+    };
+    let (Some(lpath), Some(tpath)) = (paths.first(), &a.target) else {
         return dataset::eval_dirs(&a);
     };
     if a.csv {
@@ -367,8 +372,18 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
     }
     let logits = read_npy(lpath, what)?;
     let target = read_npy(tpath, "target")?;
+    // deep supervision: the other levels' predictions
+    let mut levels = Vec::new();
+    for (l, p) in paths.iter().enumerate().skip(1) {
+        let arr = read_npy(p, &format!("{what} of level {l}"))?;
+        if arr.integer {
+            return Err(Fail(2, format!("{what} of level {l} have dtype {}; expected floats", arr.dtype)));
+        }
+        levels.push((Cow::Owned(arr.to_f32().map_err(|e| Fail(2, e.to_string()))?), arr.shape.clone()));
+    }
     let input = build_input(&logits, &target, a.mode.as_deref(), a.ignore_index)?
-        .with_kind(kind)
+        .with_levels(levels)
+        .and_then(|i| i.with_kind(kind))
         .map_err(|e| Fail(2, e.to_string()))?;
     let multi = adapters_choice(&a.adapters).map(|c| multi_engine(&c)).transpose()?;
     let engine = match &multi {
@@ -382,7 +397,13 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
     let parsed: Vec<Result<LossExpr, Error>> = a
         .losses
         .iter()
-        .map(|t| t.parse::<LossExpr>().and_then(|e| e.check_input(input.mode(), input.classes(), kind).map(|_| e)))
+        .map(|t| {
+            t.parse::<LossExpr>().and_then(|e| {
+                e.check_input(input.mode(), input.classes(), kind)?;
+                e.check_levels(input.levels())?;
+                Ok(e)
+            })
+        })
         .collect();
     let good: Vec<LossExpr> = parsed.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
     // Gradients only when they are written somewhere: without --grad-dir the gradient pass does
@@ -438,23 +459,34 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         };
         let entry = match r {
             Ok(ev) => {
-                let (grad_file, grad_error) = match (&a.grad_dir, &ev.grad) {
-                    (Some(dir), Some(g)) => {
-                        let path = dir.join(format!("grad_{i}.npy"));
-                        let written = npy::to_bytes(g, input.shape())
+                // one gradient file per level of a deep(...) loss (grad_<i>_<l>.npy), else grad_<i>.npy
+                let deep = p.as_ref().is_ok_and(|e| e.deep.is_some());
+                let mut grad_files = Vec::new();
+                let mut grad_error = None;
+                if let (Some(dir), Some(g)) = (&a.grad_dir, &ev.grad) {
+                    let shapes = std::iter::once(input.shape().to_vec()).chain(
+                        (1..input.levels()).map(|l| input.level(l).map(|x| x.shape().to_vec()).unwrap_or_default()),
+                    );
+                    for (l, (g, shape)) in std::iter::once(g).chain(&ev.level_grads).zip(shapes).enumerate() {
+                        let name = if deep { format!("grad_{i}_{l}.npy") } else { format!("grad_{i}.npy") };
+                        let path = dir.join(name);
+                        let written = npy::to_bytes(g, &shape)
                             .map_err(|e| e.to_string())
                             .and_then(|bytes| std::fs::write(&path, bytes).map_err(|e| e.to_string()));
                         match written {
-                            Ok(()) => (Some(path.display().to_string()), None),
+                            Ok(()) => grad_files.push(path.display().to_string()),
                             Err(e) => {
                                 unwritten += 1;
-                                (None, Some(format!("cannot write {}: {e}", path.display())))
+                                grad_error = Some(format!("cannot write {}: {e}", path.display()));
                             }
                         }
                     }
-                    _ => (None, None),
-                };
+                }
+                let grad_file = if grad_error.is_none() { grad_files.first().cloned() } else { None };
                 let mut entry = json!({"loss": text, "value": ev.value, "grad_file": grad_file, "grad_error": grad_error, "error": null});
+                if deep {
+                    entry["grad_files"] = json!(grad_files);
+                }
                 if let Some(u) = &ev.unreduced {
                     // reduction=none: the entries' shape, a file next to the gradients, and the
                     // (few) entries of a region loss inline

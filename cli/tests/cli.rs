@@ -705,3 +705,40 @@ fn eval_golden_with_env_case(case: &Path, losses: &[&str], dir: &Path, limit: Op
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     json_of(&out)
 }
+
+#[test]
+fn eval_with_several_levels_writes_a_gradient_per_level_and_needs_deep() {
+    let case = common::golden_dir().with_file_name("golden_next").join("deep_supervision");
+    let dir = std::env::temp_dir().join(format!("segloss-cli-deep-{}", std::process::id()));
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(case.join("expected.json")).unwrap()).unwrap();
+    let e = &expected["losses"]["ds_dicefocal_two"];
+    let mut args: Vec<String> = vec!["eval".into()];
+    for l in 0..3 {
+        args.extend(["--logits".into(), s(&case.join(format!("logits_{l}.npy"))).into()]);
+    }
+    args.extend(["--target".into(), s(&case.join("target.npy")).into()]);
+    for t in [e["text"].as_str().unwrap(), "dice", "deep(dice:reduction=none)"] {
+        args.extend(["--loss".into(), t.into()]);
+    }
+    args.extend(["--grad-dir".into(), s(&dir).into(), "--json".into()]);
+    let out = run(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = v["results"].as_array().unwrap();
+    let (want, got) = (e["value"].as_f64().unwrap(), r[0]["value"].as_f64().unwrap());
+    assert!((got - want).abs() <= 1e-6 + 1e-4 * want, "{got} vs {want}");
+    let files = r[0]["grad_files"].as_array().unwrap();
+    assert_eq!(files.len(), 3);
+    assert_eq!(r[0]["grad_file"], files[0]);
+    for (l, f) in files.iter().enumerate() {
+        let (shape, g) = common::read_f32(Path::new(f.as_str().unwrap()));
+        let (wshape, gref) = common::read_f32(&case.join(e["grad_files"][l].as_str().unwrap()));
+        assert_eq!(shape, wshape);
+        let (d, m) = common::max_diff(&g, &gref);
+        assert!(d <= 1e-10 + 1e-4 * m, "level {l}: {d} of {m}");
+    }
+    assert!(r[1]["error"].as_str().unwrap().contains("deep(...)"), "{}", r[1]);
+    assert!(r[2]["error"].as_str().unwrap().contains("inside deep"), "{}", r[2]);
+    std::fs::remove_dir_all(&dir).ok();
+}
