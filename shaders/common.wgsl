@@ -34,6 +34,21 @@ const V_CLASS: u32 = 2u;     // class index outside 0..C that is not the ignore 
 const V_RANGE: u32 = 4u;     // dense target outside [0, 1] (or NaN) that is not the ignore value
 const V_SOFT: u32 = 8u;      // dense target neither 0 nor 1 (Lovász needs hard labels)
 const V_PROB: u32 = 16u;     // a probability outside [0, 1] (or NaN)
+const V_NEGINF: u32 = 32u;   // softmax: a -inf logit the losses cannot take, or a pixel of -inf only
+// Checks (VALIDATE bits, never flagged themselves) of -inf logits in softmax mode, which mask a
+// class: an error anywhere (sigmoid focal, label-smoothed ce), or on the true class (ce, softmax focal).
+const V_NEGINF_ANY: u32 = 64u;
+const V_NEGINF_TRUE: u32 = 128u;
+
+// Whether x is -inf (by its bits: a compiler may assume that floats are finite).
+fn is_neg_inf(x: f32) -> bool {
+    return bitcast<u32>(x) == 0xFF800000u;
+}
+
+// Softmax probability of logit x in a pixel of log-sum-exp lse: 0 for a masked (-inf) class.
+fn softmax_p(x: f32, lse: f32) -> f32 {
+    return select(exp(x - lse), 0.0, is_neg_inf(x));
+}
 
 fn has(kind: u32) -> bool {
     return (KINDS & (1u << kind)) != 0u;

@@ -144,7 +144,7 @@ fn gradient(
                 for (var i = 0u; i < GPIX; i++) {
                     if lab[i] != INVALID {
                         let e = (n * P.c + c) * P.s + s0 + i * GWG;
-                        let p = exp(logits[e] - lse[i]);
+                        let p = softmax_p(logits[e], lse[i]);
                         dot[i] += p * softmax_dp(k, e, p, select(0.0, 1.0, lab[i] == c));
                     }
                 }
@@ -163,7 +163,7 @@ fn gradient(
                         ps[i] = xs[i];
                         d[i] = softmax_dp(k, e, ps[i], select(0.0, 1.0, lab[i] == c));
                     } else {
-                        ps[i] = exp(xs[i] - lse[i]);
+                        ps[i] = softmax_p(xs[i], lse[i]);
                         d[i] = ps[i] * (softmax_dp(k, e, ps[i], select(0.0, 1.0, lab[i] == c)) - dot[i]);
                     }
                 }

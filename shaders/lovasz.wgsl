@@ -81,7 +81,7 @@ fn lovasz_keys(
             } else {
                 var p = logits[e];
                 if !PROBS {
-                    p = exp(p - lse);
+                    p = softmax_p(p, lse);
                 }
                 let fg = lab == c;
                 keys[pos] = key_of(abs(select(0.0, 1.0, fg) - p));

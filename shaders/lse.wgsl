@@ -9,7 +9,8 @@ fn log_sum_exp(n: u32, s: u32) -> f32 {
         if x > m {
             acc = acc * exp(m - x) + 1.0;
             m = x;
-        } else {
+        } else if !is_neg_inf(x) {
+            // a -inf logit (a masked class) adds nothing
             acc += exp(x - m);
         }
     }

@@ -76,8 +76,15 @@ fn flag(bit: u32, idx: u32) {
     atomicMax(&status[1u + firstTrailingBit(bit)], 0xFFFFFFFFu - idx);
 }
 
-// Checks logit x of element e.
-fn check_logit(x: f32, e: u32) {
+// Checks logit x of element e; `true_class`: e is the true class of a non-ignored pixel.
+fn check_logit(x: f32, e: u32, true_class: bool) {
+    if SOFTMAX && is_neg_inf(x) {
+        // a masked class: an error where the losses need its log-probability
+        if (VALIDATE & V_NEGINF_ANY) != 0u || ((VALIDATE & V_NEGINF_TRUE) != 0u && true_class) {
+            flag(V_NEGINF, e);
+        }
+        return;
+    }
     if (VALIDATE & V_NONFINITE) != 0u && !finite(x) {
         flag(V_NONFINITE, e);
     }
@@ -142,7 +149,16 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                         // the main loop skips ignored pixels: their logits are checked here
                         for (var c = 0u; c < P.c; c++) {
                             let e = (n * P.c + c) * P.s + s;
-                            check_logit(logits[e], e);
+                            check_logit(logits[e], e, false);
+                        }
+                    } else {
+                        // a pixel needs one finite class
+                        var masked = true;
+                        for (var c = 0u; c < P.c; c++) {
+                            masked = masked && is_neg_inf(logits[(n * P.c + c) * P.s + s]);
+                        }
+                        if masked {
+                            flag(V_NEGINF, n * P.c * P.s + s);
                         }
                     }
                 }
@@ -167,7 +183,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                         // the class loop below is skipped: every logit is checked here
                         for (var c = 0u; c < P.c; c++) {
                             let e = (n * P.c + c) * P.s + s;
-                            check_logit(logits[e], e);
+                            check_logit(logits[e], e, c == lab[i]);
                         }
                     }
                     if has(CE) {
@@ -224,7 +240,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 }
                 x = logits[e];
                 if VALIDATE != 0u {
-                    check_logit(x, e);
+                    check_logit(x, e, label == c);
                 }
                 g = select(0.0, 1.0, label == c);
                 if PROBS {
@@ -232,7 +248,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     nlp = nlog100(p);
                 } else {
                     nlp = lse[i] - x;
-                    p = exp(-nlp);
+                    p = softmax_p(x, lse[i]);
                 }
             } else {
                 if s >= P.s {
@@ -243,7 +259,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 if VALIDATE != 0u {
                     // every element, ignored ones included
                     check_target(e);
-                    check_logit(x, e);
+                    check_logit(x, e, false);
                 }
                 if tb == INVALID {
                     continue;

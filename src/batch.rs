@@ -260,7 +260,9 @@ impl<'e, 'a> Batch<'e, 'a> {
                 // (hard_labels reads the whole target: only when a Lovász loss needs it)
                 if lovasz {
                     let exprs: Vec<LossExpr> = g.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
-                    failed[gi] = check_hard_labels(&exprs, input.hard_labels()).err();
+                    failed[gi] = check_hard_labels(&exprs, input.hard_labels())
+                        .and_then(|_| crate::input::check_neg_inf(input, &exprs))
+                        .err();
                 }
             }
         }

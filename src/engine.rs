@@ -8,7 +8,7 @@ use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
 use crate::error::Error;
-use crate::expr::{LossExpr, F32_MAX};
+use crate::expr::{Loss, LossExpr, F32_MAX};
 pub use crate::gpu::context::{backend_name, list_adapters, AdapterReport, DeviceInfo, EngineOptions};
 use crate::gpu::context::{pick_adapter, Gpu};
 use crate::gpu::eval::{DevInput, GradTo, Recorded, UnreducedRead};
@@ -478,6 +478,14 @@ pub(crate) fn status_error_at(
             crate::input::describe_index(shape, i)
         )));
     }
+    if flags & check::NEGINF != 0 {
+        let i = at(check::NEGINF);
+        return Err(Error::NonFinite(format!(
+            "logits element {i} ({}) is -inf where a finite logit is needed: the true class of ce or softmax \
+             focal, any class of a sigmoid focal or a label-smoothed ce, or a pixel whose logits are all -inf",
+            crate::input::describe_index(shape, i)
+        )));
+    }
     if flags & check::PROB != 0 {
         let i = at(check::PROB);
         return Err(Error::Input(format!(
@@ -768,6 +776,7 @@ impl Engine {
             Backend::Gpu(g) => g,
         };
         check_hard_labels(exprs, prep.hard_labels)?;
+        crate::input::check_neg_inf(input, exprs)?;
         let g = match grads {
             GradMode::Skip => Dest::Out(GradOut::Skip),
             GradMode::Read => Dest::Out(GradOut::Host),
@@ -1097,6 +1106,18 @@ fn buffer_checks(b: &BufferInput<'_>, exprs: &[LossExpr], logits: Slice, target:
     let softmax = b.mode == Mode::Multiclass;
     let probs = b.kind == InputKind::Probs;
     let mut validate = if probs { check::PROB } else { check::NONFINITE };
+    if softmax && !probs {
+        // -inf logits mask a class: refused where the losses need its log-probability
+        for t in exprs.iter().flat_map(|e| &e.terms) {
+            match &t.loss {
+                Loss::Ce(p) if p.label_smoothing > 0.0 => validate |= check::NEGINF_ANY,
+                Loss::Ce(_) => validate |= check::NEGINF_TRUE,
+                Loss::Focal(p) if p.act.softmax(b.mode) => validate |= check::NEGINF_TRUE,
+                Loss::Focal(_) => validate |= check::NEGINF_ANY,
+                _ => {}
+            }
+        }
+    }
     validate |= if softmax { check::CLASS } else { check::RANGE };
     if !softmax && exprs.iter().any(|e| e.has_lovasz()) {
         validate |= check::SOFT;

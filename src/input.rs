@@ -97,6 +97,8 @@ pub struct Input<'a> {
     pub(crate) kind: InputKind,
     /// Deep supervision: the predictions of levels 1.. and their shapes (level 0 is `logits`).
     pub(crate) levels: Vec<(Cow<'a, [f32]>, Vec<usize>)>,
+    /// Some logit (of any level) is -inf (multiclass: a class masked out).
+    pub(crate) neg_inf: bool,
 }
 
 /// The element count of a shape, or an error when it overflows.
@@ -150,9 +152,9 @@ impl<'a> Input<'a> {
     /// The same data read as `kind`: probabilities must lie in [0, 1] (the first element outside
     /// is named in the error).
     pub fn with_kind(mut self, kind: InputKind) -> Result<Self, Error> {
-        check_values(&self.logits, &self.shape, kind, "")?;
+        check_values(&self.logits, &self.shape, kind, self.mode, "")?;
         for (l, (x, shape)) in self.levels.iter().enumerate() {
-            check_values(x, shape, kind, &format!(" of level {}", l + 1))?;
+            check_values(x, shape, kind, self.mode, &format!(" of level {}", l + 1))?;
         }
         self.kind = kind;
         Ok(self)
@@ -190,9 +192,16 @@ impl<'a> Input<'a> {
             if x.len() != numel {
                 return Err(Error::Shape(format!("{what} has {} elements but shape {shape:?} needs {numel}", x.len())));
             }
-            check_values(x, shape, self.kind, &format!(" of {what}"))?;
+            check_values(x, shape, self.kind, self.mode, &format!(" of {what}"))?;
         }
         self.levels = levels;
+        if self.mode == Mode::Multiclass && self.levels.iter().any(|(x, _)| x.contains(&f32::NEG_INFINITY)) {
+            self.neg_inf = true;
+            for l in 1..self.levels() {
+                let lv = self.level(l)?;
+                all_neg_inf(&lv.logits, &lv.target, &lv.shape, self.ignore_index, &format!(" of level {l}"))?;
+            }
+        }
         Ok(self)
     }
 
@@ -215,6 +224,7 @@ impl<'a> Input<'a> {
                 ignore_index: self.ignore_index,
                 kind: self.kind,
                 levels: Vec::new(),
+                neg_inf: self.neg_inf,
             });
         }
         let (x, shape) = self
@@ -236,6 +246,7 @@ impl<'a> Input<'a> {
             ignore_index: self.ignore_index,
             kind: self.kind,
             levels: Vec::new(),
+            neg_inf: self.neg_inf && x.contains(&f32::NEG_INFINITY),
         })
     }
 
@@ -263,7 +274,7 @@ impl<'a> Input<'a> {
             )));
         }
         let c = shape[1];
-        check_values(&logits, shape, InputKind::Logits, "")?;
+        check_values(&logits, shape, InputKind::Logits, mode, "")?;
         match (&target, mode) {
             (Target::Dense(t), Mode::Binary | Mode::Multilabel) => {
                 if t.len() != numel {
@@ -308,7 +319,8 @@ impl<'a> Input<'a> {
                 return Err(Error::Input(format!("{mode} mode needs dense float targets, got class indices")))
             }
         }
-        Ok(Input {
+        let neg_inf = mode == Mode::Multiclass && logits.contains(&f32::NEG_INFINITY);
+        let input = Input {
             logits,
             target,
             shape: shape.to_vec(),
@@ -316,7 +328,12 @@ impl<'a> Input<'a> {
             ignore_index,
             kind: InputKind::Logits,
             levels: Vec::new(),
-        })
+            neg_inf,
+        };
+        if neg_inf {
+            all_neg_inf(&input.logits, &input.target, shape, ignore_index, "")?;
+        }
+        Ok(input)
     }
 
     /// Number of images N.
@@ -381,6 +398,7 @@ impl<'a> Input<'a> {
             mode: self.mode,
             ignore_index: self.ignore_index,
             kind: self.kind,
+            neg_inf: self.neg_inf,
             levels: self
                 .levels
                 .iter()
@@ -414,11 +432,18 @@ impl<'a> Input<'a> {
     }
 }
 
-/// Logits must be finite; probabilities in [0, 1]. `what` names the level in the message.
-fn check_values(x: &[f32], shape: &[usize], kind: InputKind, what: &str) -> Result<(), Error> {
+/// Logits must be finite (multiclass: or -inf, a class masked out); probabilities in [0, 1].
+/// `what` names the level in the message.
+fn check_values(x: &[f32], shape: &[usize], kind: InputKind, mode: Mode, what: &str) -> Result<(), Error> {
+    let masked = |v: f32| mode == Mode::Multiclass && v == f32::NEG_INFINITY;
     match kind {
-        InputKind::Logits => match x.iter().position(|v| !v.is_finite()) {
-            Some(i) => Err(Error::NonFinite(format!("logits{what}[{i}] = {} ({})", x[i], describe_index(shape, i)))),
+        InputKind::Logits => match x.iter().position(|&v| !v.is_finite() && !masked(v)) {
+            Some(i) => Err(Error::NonFinite(format!(
+                "logits{what}[{i}] = {} ({}){}",
+                x[i],
+                describe_index(shape, i),
+                if x[i] == f32::NEG_INFINITY { " (-inf masks a class in multiclass mode only)" } else { "" }
+            ))),
             None => Ok(()),
         },
         InputKind::Probs => match x.iter().position(|v| !(0.0..=1.0).contains(v)) {
@@ -430,6 +455,67 @@ fn check_values(x: &[f32], shape: &[usize], kind: InputKind, what: &str) -> Resu
             None => Ok(()),
         },
     }
+}
+
+/// A non-ignored pixel whose logits are all -inf has no probabilities: an error naming it.
+fn all_neg_inf(x: &[f32], target: &Target, shape: &[usize], ignore: Option<i64>, what: &str) -> Result<(), Error> {
+    let Target::Labels(t) = target else { return Ok(()) };
+    let (c, s) = (shape[1], shape[2..].iter().product::<usize>());
+    for (p, &lab) in t.iter().enumerate() {
+        let (n, pos) = (p / s, p % s);
+        if Some(lab) != ignore && (0..c).all(|k| x[(n * c + k) * s + pos] == f32::NEG_INFINITY) {
+            return Err(Error::NonFinite(format!(
+                "every logit{what} of pixel {} is -inf (a pixel needs one finite class)",
+                describe_index(&label_dims(shape), p)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// -inf logits (multiclass) that the losses of `exprs` cannot take: on the true class of a
+/// non-ignored pixel for `ce` and softmax focal, anywhere for a sigmoid focal or a label-smoothed
+/// `ce` (they need every class's log-probability).
+pub(crate) fn check_neg_inf(input: &Input, exprs: &[crate::LossExpr]) -> Result<(), Error> {
+    use crate::expr::Loss;
+    if !input.neg_inf {
+        return Ok(());
+    }
+    let (mut any, mut true_class) = (None, None);
+    for t in exprs.iter().flat_map(|e| &e.terms) {
+        match &t.loss {
+            Loss::Ce(p) if p.label_smoothing > 0.0 => any = Some("ce with label_smoothing"),
+            Loss::Ce(_) => true_class = true_class.or(Some("ce")),
+            Loss::Focal(p) if p.act.softmax(input.mode) => true_class = true_class.or(Some("focal:act=softmax")),
+            Loss::Focal(_) => any = Some("the sigmoid focal loss"),
+            _ => {}
+        }
+    }
+    for l in 0..input.levels() {
+        let lv = input.level(l)?;
+        let at = |i: usize| describe_index(&lv.shape, i);
+        if let Some(who) = any {
+            if let Some(i) = lv.logits.iter().position(|&v| v == f32::NEG_INFINITY) {
+                return Err(Error::NonFinite(format!("{who} needs finite logits; logits[{i}] ({}) is -inf", at(i))));
+            }
+        }
+        if let (Some(who), Target::Labels(t)) = (true_class, &lv.target) {
+            let (c, s) = (lv.shape[1], lv.spatial());
+            for (p, &lab) in t.iter().enumerate() {
+                if Some(lab) == lv.ignore_index {
+                    continue;
+                }
+                let i = ((p / s) * c + lab as usize) * s + p % s;
+                if lv.logits[i] == f32::NEG_INFINITY {
+                    return Err(Error::NonFinite(format!(
+                        "{who} needs a finite logit on the true class; logits[{i}] ({}) is -inf",
+                        at(i)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `[N, S...]` of a logits shape `[N, C, S...]`.

@@ -175,6 +175,7 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
 /// One expression on one level.
 fn evaluate_level(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
     expr.check_input(input.mode(), input.classes(), input.kind())?;
+    crate::input::check_neg_inf(input, std::slice::from_ref(expr))?;
     if expr.has_lovasz() && !input.hard_labels() {
         return Err(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
     }
@@ -357,11 +358,12 @@ fn ce(e: &Elems, weights: Option<&[f64]>, ls: f64, w: f64, gx: &mut [f64], ent: 
             if t == usize::MAX {
                 continue;
             }
-            let mut smooth = 0.0;
-            for c in 0..e.c {
-                smooth += wt(c) * -e.logp[e.idx(n, c, s)];
+            // the smoothing term takes every class's log-probability (none without smoothing: a
+            // masked class's is -inf)
+            let mut l = (1.0 - ls) * wt(t) * -e.logp[e.idx(n, t, s)];
+            if ls > 0.0 {
+                l += ls / cf * (0..e.c).map(|c| wt(c) * -e.logp[e.idx(n, c, s)]).sum::<f64>();
             }
-            let l = (1.0 - ls) * wt(t) * -e.logp[e.idx(n, t, s)] + ls / cf * smooth;
             num += l;
             put(ent, n * e.s + s, l);
             den += wt(t);

@@ -539,7 +539,8 @@ pub(crate) fn host_sums(input: &Input, plan: &StatsPlan) -> Vec<f64> {
                         plan::kind::CE => {
                             let q = (1.0 - slot.label_smoothing) * slot.weights[label] * g
                                 + slot.label_smoothing / c as f64 * slot.weights[ci];
-                            (q * nlp, slot.weights[label] * g)
+                            // (a masked class has -log p = inf and no share)
+                            (if q == 0.0 { 0.0 } else { q * nlp }, slot.weights[label] * g)
                         }
                         plan::kind::FOCAL_SIGMOID => {
                             let b = if probs {
@@ -655,6 +656,7 @@ impl Engine {
             e.check_input(input.mode(), input.classes(), input.kind())?;
         }
         crate::engine::check_hard_labels(exprs, input.hard_labels())?;
+        crate::input::check_neg_inf(input, exprs)?;
         match self.gpu_ref() {
             Some(gpu) => self.device_statistics(gpu, input, exprs, true).await,
             None => {
@@ -732,6 +734,7 @@ impl Engine {
         };
         stats.check_part(input.mode(), input.classes(), input.batch(), first_image, exprs)?;
         crate::engine::check_hard_labels(exprs, input.hard_labels())?;
+        crate::input::check_neg_inf(input, exprs)?;
         self.device_tail(gpu, input, stats, first_image, exprs, true, true).await
     }
 

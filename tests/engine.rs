@@ -822,3 +822,44 @@ fn probabilities_in_buffers_equal_host_probabilities_and_are_checked_on_the_devi
     let e = engine.evaluate_buffers_blocking(&input, &parse(&["ce"]), &[GradOut::Skip]).unwrap_err();
     assert!(e.to_string().contains("probabilities"), "{e}");
 }
+
+#[test]
+fn neg_inf_logits_in_buffers_are_checked_on_the_device() {
+    let (engine, device, _) = caller_engine();
+    let inf = f32::NEG_INFINITY;
+    // [1, 3, 4]: pixel 1 masks classes 1 and 2, pixel 3 classes 0 and 1
+    let x = vec![0.5, 1.0, 0.0, inf, 0.2, inf, 1.0, inf, -1.0, inf, 2.0, 0.3];
+    let run = |x: &[f32], labels: &[u32], texts: &[&str]| {
+        let (lb, tb) = (buffer_with(device, bytemuck::cast_slice(x), 0), buffer_with(device, labels, 0));
+        let input = BufferInput::new(
+            BufferSlice::new(&lb, 0, 12),
+            TargetBuffer::ClassU32(BufferSlice::new(&tb, 0, 4)),
+            &[1, 3, 4],
+            Mode::Multiclass,
+            None,
+        )
+        .unwrap();
+        let exprs = parse(texts);
+        engine.evaluate_buffers_blocking(&input, &exprs, &vec![GradOut::Host; exprs.len()])
+    };
+    let labels = [0u32, 0, 2, 2];
+    let texts = ["ce", "dice@monai+ce", "focal:act=softmax,alpha=0.25", "lovasz"];
+    let host_labels: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+    let host =
+        engine.evaluate_blocking(&Input::labels(&x, &host_labels, &[1, 3, 4], None).unwrap(), &parse(&texts), true);
+    assert_same(&run(&x, &labels, &texts).unwrap(), &host.unwrap(), "masked classes");
+    let neg = |r: Result<Vec<Evaluation>, Error>, at: usize| match r {
+        Err(Error::NonFinite(m)) => assert!(m.contains(&format!("element {at}")) && m.contains("-inf"), "{m}"),
+        other => panic!("expected a -inf error, got {:?}", other.map(|v| v[0].value)),
+    };
+    // on the true class (pixel 3, class 0: element 3), for ce and softmax focal; anywhere for
+    // the sigmoid focal and label smoothing (the first -inf: element 3)
+    neg(run(&x, &[0, 0, 2, 0], &["dice+ce"]), 3);
+    neg(run(&x, &[0, 0, 2, 0], &["focal:act=softmax"]), 3);
+    neg(run(&x, &labels, &["focal"]), 3);
+    neg(run(&x, &labels, &["ce:label_smoothing=0.1"]), 3);
+    // every class of pixel 3 masked (its first element, 3)
+    let mut all = x.clone();
+    all[11] = inf;
+    neg(run(&all, &labels, &["dice"]), 3);
+}

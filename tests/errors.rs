@@ -168,3 +168,52 @@ fn degenerate_inputs_give_finite_values() {
         assert!(r.grad.unwrap().iter().all(|g| g.is_finite()));
     }
 }
+
+#[test]
+fn neg_inf_logits_mask_classes_in_multiclass_mode_only() {
+    let inf = f32::NEG_INFINITY;
+    // [1, 3, 4]: pixel 1 masks classes 1 and 2, pixel 3 classes 0 and 1
+    let x = vec![0.5, 1.0, 0.0, inf, /* c1 */ 0.2, inf, 1.0, inf, /* c2 */ -1.0, inf, 2.0, 0.3];
+    let labels = vec![0i64, 0, 2, 2];
+    let input = Input::labels(&x, &labels, &[1, 3, 4], None).unwrap();
+    let engine = common::gpu();
+    for text in ["ce", "dice", "dice@monai+ce", "focal:act=softmax", "lovasz", "jaccard:pool=image"] {
+        let e: LossExpr = text.parse().unwrap();
+        let r = reference::evaluate(&input, &e).unwrap();
+        let g = engine.evaluate_blocking(&input, std::slice::from_ref(&e), true).unwrap().remove(0);
+        assert!((g.value - r.value).abs() <= 1e-5 + 1e-4 * r.value.abs(), "{text}: {} vs {}", g.value, r.value);
+        let grad = g.grad.unwrap();
+        // a masked class has p = 0 and gradient 0
+        for i in [3usize, 5, 7, 9] {
+            assert_eq!(grad[i], 0.0, "{text}: element {i}");
+            assert_eq!(r.grad[i], 0.0, "{text}: element {i}");
+        }
+    }
+    // refused: the sigmoid focal and label smoothing anywhere, ce and softmax focal on the true class
+    let refuse = |input: &Input, text: &str, needle: &str| {
+        let e: LossExpr = text.parse().unwrap();
+        let err = reference::evaluate(input, &e).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text}: {err}");
+        let err = engine.evaluate_blocking(input, &[e], true).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text}: {err}");
+    };
+    refuse(&input, "focal", "sigmoid focal loss needs finite logits; logits[3]");
+    refuse(&input, "ce:label_smoothing=0.1", "label_smoothing needs finite logits");
+    let on_true = vec![0i64, 0, 2, 0];
+    let input = Input::labels(&x, &on_true, &[1, 3, 4], None).unwrap();
+    refuse(&input, "ce", "ce needs a finite logit on the true class; logits[3]");
+    refuse(&input, "dice+focal:act=softmax", "focal:act=softmax needs a finite logit on the true class");
+    // ignored, the same pixel is fine
+    let input = Input::labels(&x, &on_true, &[1, 3, 4], Some(0)).unwrap();
+    assert!(engine.evaluate_blocking(&input, &["ce".parse().unwrap()], true).is_ok());
+    // input errors: every class masked, -inf in binary mode, +inf and NaN
+    let mut all = x.clone();
+    all[11] = inf;
+    let e = Input::labels(&all, &labels, &[1, 3, 4], None).unwrap_err().to_string();
+    assert!(e.contains("every logit of pixel at index [0, 3] is -inf"), "{e}");
+    let e = Input::dense(&[0.0, inf], &[0.0, 1.0], &[1, 1, 2], Mode::Binary).unwrap_err().to_string();
+    assert!(e.contains("multiclass mode only"), "{e}");
+    let mut pinf = x.clone();
+    pinf[0] = f32::INFINITY;
+    assert!(Input::labels(&pinf, &labels, &[1, 3, 4], None).is_err());
+}

@@ -498,3 +498,60 @@ fn levels_take_the_target_by_nearest_exact_indices() {
         .with_levels(vec![(Cow::Borrowed(&x1[..]), vec![1, c, 11, 1])]);
     assert!(bad.unwrap_err().to_string().contains("levels share N, C"));
 }
+
+#[test]
+fn masked_classes_with_neg_inf_logits_match_reference_or_are_refused_alike() {
+    let mut rng = Rng(41);
+    let engine = common::gpu();
+    for i in 0..8 {
+        let mut b = batch(&mut rng, Mode::Multiclass, i % 4);
+        let (n, c) = (b.shape[0], b.shape[1]);
+        let s: usize = b.shape[2..].iter().product();
+        let Target::Labels(labels) = &b.target else { unreachable!() };
+        // mask 30% of the classes of each pixel, never its true class (nor, when ignored, class 0);
+        // some cases also mask the true class somewhere: ce and softmax focal must refuse those
+        let on_true = i % 4 == 3;
+        for img in 0..n {
+            for p in 0..s {
+                let lab = labels[img * s + p];
+                let keep = if lab == 255 { 0 } else { lab as usize };
+                for k in 0..c {
+                    if (k != keep && rng.below(10) < 3) || (on_true && k == keep && lab != 255 && rng.below(50) == 0) {
+                        b.logits[(img * c + k) * s + p] = f32::NEG_INFINITY;
+                    }
+                }
+                if on_true && (0..c).all(|k| b.logits[(img * c + k) * s + p] == f32::NEG_INFINITY) {
+                    b.logits[(img * c + (keep + 1) % c) * s + p] = 0.0;
+                }
+            }
+        }
+        let input = Input::new(Cow::Borrowed(&b.logits), b.target.clone(), &b.shape, b.mode, b.ignore).unwrap();
+        let exprs: Vec<LossExpr> = texts(Mode::Multiclass, c).iter().map(|t| t.parse().unwrap()).collect();
+        let mut compared = 0;
+        for e in &exprs {
+            let r = reference::evaluate(&input, e);
+            let g = engine.evaluate_blocking(&input, std::slice::from_ref(e), true);
+            match (r, g) {
+                (Ok(r), Ok(mut g)) => {
+                    let g = g.remove(0);
+                    assert!(
+                        (g.value - r.value).abs() <= 2e-5 + 2e-4 * r.value.abs(),
+                        "{}: '{e}' {} vs {}",
+                        b.what,
+                        g.value,
+                        r.value
+                    );
+                    let (d, m) = common::max_diff(g.grad.as_ref().unwrap(), &r.grad);
+                    assert!(d <= 1e-9 + 5e-4 * m, "{}: '{e}' gradient {d:e} of {m:e}", b.what);
+                    assert!(g.grad.unwrap().iter().all(|x| x.is_finite()));
+                    compared += 1;
+                }
+                (Err(a), Err(b2)) => assert_eq!(a.to_string(), b2.to_string(), "{}: '{e}'", b.what),
+                (a, g) => {
+                    panic!("{}: '{e}' reference {:?} engine {:?}", b.what, a.map(|r| r.value), g.map(|v| v[0].value))
+                }
+            }
+        }
+        assert!(compared >= 10, "{}: {compared} compared", b.what);
+    }
+}

@@ -96,6 +96,7 @@ impl Engine {
             }
         };
         check_hard_labels(exprs, input.hard_labels())?;
+        crate::input::check_neg_inf(input, exprs)?;
         let prep = self.prepare(input.clone())?;
         let Some((lb, tb)) = prep.buffers() else {
             // past the binding limit: the losses in pieces, the metrics on the CPU reference
