@@ -26,6 +26,7 @@ override WIDE: bool = false;     // statistics: the wide sigmoid tiles of CPU ad
 override PIXEL_ONLY: bool = false; // statistics, softmax: cross-entropy slots only, summed into class 0
 override COUNTS: bool = false;   // statistics: the hard predictions' confusion counts into `cnt`
 override PROBS: bool = false;    // the input holds probabilities: no activation, gradients by p
+override UNREDUCED: bool = false; // gradient: also the unreduced entries of pixel term 0 into `unr`
 
 // Bad-input flags of `status[0]` (and the checks VALIDATE asks for); status[1 + bit] holds
 // 0xFFFFFFFF minus the smallest offending element index (atomicMax; 0 = none).
@@ -184,6 +185,11 @@ fn focal_prob(p: f32, g: f32, t: Term) -> vec2<f32> {
         db = (q - g) / (q * oq);
     }
     return focal_of_bce(b, db, g, t);
+}
+
+// -log(1 - y) on probabilities, clamped as PyTorch's binary_cross_entropy (accurate for small y).
+fn nlog100_1m(y: f32) -> f32 {
+    return select(nlog100(1.0 - y), -log1m(y), y < 1e-3);
 }
 
 // PyTorch's binary_cross_entropy clamp of one log on probabilities: min(-log y, 100), y >= 0.

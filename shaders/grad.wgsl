@@ -15,6 +15,10 @@
 @group(0) @binding(6) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(7) var<storage, read> lw: array<f32>; // Lovász Jaccard weight per element
 @group(0) @binding(8) var<storage, read> status: array<u32>; // bad-input flags of the statistics pass
+// UNREDUCED: the entries of the expression's one pixel term (`reduction=none`), times
+// terms[0].scale as the host wrote it (the term's factor): per element of bce and focal, per
+// pixel of ce; 0 where ignored.
+@group(0) @binding(9) var<storage, read_write> unr: array<f32>;
 
 const GWG: u32 = 256u;
 const GPIX: u32 = 4u; // pixels per thread: a workgroup covers GWG * GPIX pixels of one image
@@ -90,6 +94,27 @@ fn put_pixels(n: u32, c: u32, s0: u32, d: array<f32, GPIX>) {
     }
 }
 
+// UNREDUCED: entries v (times the factor f) of plane `plane` (n C + c, or n for ce) at this
+// thread's pixels.
+fn put_entries(plane: u32, s0: u32, f: f32, v: array<f32, GPIX>) {
+    for (var i = 0u; i < GPIX; i++) {
+        let s = s0 + i * GWG;
+        if s < P.s {
+            unr[plane * P.s + s] = f * v[i];
+        }
+    }
+}
+
+// The bce entry of one element: pw the channel's pos_weight, gs the smoothed target.
+fn bce_entry(x: f32, gs: f32, pw: f32) -> f32 {
+    if PROBS {
+        return gs * nlog100(x) + (1.0 - gs) * nlog100_1m(x);
+    }
+    // -log p and -log(1 - p) with one exp and one log
+    let nls = sigmoid_nls(x);
+    return pw * gs * nls.y + (1.0 - gs) * nls.z;
+}
+
 // d loss / d p_c of the region and Lovász-Softmax terms for one element of a softmax pixel.
 fn softmax_dp(k: ClassCoefs, e: u32, p: f32, g: f32) -> f32 {
     var u = region_dp(k, p, g);
@@ -118,6 +143,11 @@ fn gradient(
     cb = (ni / P.gn) * P.gout;
     let cf = f32(P.c);
     var d: array<f32, GPIX>;
+    // the unreduced entries' factor
+    var uf = 0.0;
+    if UNREDUCED {
+        uf = terms[0].scale;
+    }
     if SOFTMAX {
         // per pixel: label (INVALID when ignored or outside), log-sum-exp, -log p_label, and
         // sum_c p_c dL/dp_c
@@ -154,6 +184,7 @@ fn gradient(
             let k = class_coefs(ni, c);
             var xs: array<f32, GPIX>;
             var ps: array<f32, GPIX>;
+            var ev: array<f32, GPIX>; // entries (UNREDUCED), 0 where ignored
             for (var i = 0u; i < GPIX; i++) {
                 d[i] = 0.0;
                 if lab[i] != INVALID {
@@ -182,12 +213,14 @@ fn gradient(
                     let p = ps[i];
                     if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
                         // the class weight of the term of channel c
-                        let sc = tp.scale * cw[t * P.c + c];
+                        var fv: vec2<f32>;
                         if PROBS {
-                            d[i] += sc * focal_prob(p, g, tp).y;
+                            fv = focal_prob(p, g, tp);
                         } else {
-                            d[i] += sc * focal_sigmoid(xs[i], g, tp).y;
+                            fv = focal_sigmoid(xs[i], g, tp);
                         }
+                        d[i] += tp.scale * cw[t * P.c + c] * fv.y;
+                        ev[i] = cw[t * P.c + c] * fv.x;
                     }
                     if has(CE) && tp.kind == CE {
                         let ls = tp.label_smoothing;
@@ -195,16 +228,40 @@ fn gradient(
                     }
                     if has(FOCAL_SOFTMAX) && tp.kind == FOCAL_SOFTMAX {
                         // the pixel's term is its true class's, with that class's weight
-                        let sc = tp.scale * cw[t * P.c + lab[i]];
-                        d[i] += sc * focal_softmax(nlq[i], tp, lab[i]).y * (g - p);
+                        let fv = focal_softmax(nlq[i], tp, lab[i]);
+                        d[i] += tp.scale * cw[t * P.c + lab[i]] * fv.y * (g - p);
+                        ev[i] = select(0.0, cw[t * P.c + lab[i]] * fv.x, lab[i] == c);
                     }
                 }
             }
             put_pixels(n, c, s0, d); // ignored pixels get 0 in every channel
+            if UNREDUCED && !has(CE) {
+                put_entries(n * P.c + c, s0, uf, ev);
+            }
+        }
+        if UNREDUCED && has(CE) {
+            // per pixel: (1 - ls) w_y (-log p_y) + ls / C sum_c w_c (-log p_c); the weights are
+            // the statistics' (scaled to a largest of 1), whose scale the factor undoes
+            let tp = terms[0];
+            var ev: array<f32, GPIX>;
+            for (var i = 0u; i < GPIX; i++) {
+                if lab[i] != INVALID {
+                    ev[i] = (1.0 - tp.label_smoothing) * cw[lab[i]] * nlq[i];
+                    if tp.label_smoothing != 0.0 {
+                        var acc = 0.0;
+                        for (var c = 0u; c < P.c; c++) {
+                            acc += cw[c] * (lse[i] - logits[(n * P.c + c) * P.s + s0 + i * GWG]);
+                        }
+                        ev[i] += tp.label_smoothing / cf * acc;
+                    }
+                }
+            }
+            put_entries(n, s0, uf, ev);
         }
     } else {
         for (var c = 0u; c < P.c; c++) {
             let k = class_coefs(ni, c);
+            var ev: array<f32, GPIX>; // entries (UNREDUCED), 0 where ignored
             var live: array<bool, GPIX>;
             var xs: array<f32, GPIX>;
             var gs: array<f32, GPIX>;
@@ -243,26 +300,34 @@ fn gradient(
                     let g = gs[i];
                     if has(BCE) && tp.kind == BCE {
                         let gsm = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
+                        // the scalar pos_weight times the channel's
+                        let pw = tp.pos_weight * cw[t * P.c + c];
                         if PROBS {
                             // PyTorch's binary_cross_entropy backward
                             d[i] += tp.scale * (pq[i].x - gsm) / max(pq[i].x * pq[i].y, 1e-12);
                         } else {
-                            // the scalar pos_weight times the channel's
-                            let pw = tp.pos_weight * cw[t * P.c + c];
                             d[i] += tp.scale * ((1.0 - gsm) * pq[i].x - pw * gsm * pq[i].y);
+                        }
+                        if UNREDUCED {
+                            ev[i] = bce_entry(xs[i], gsm, pw);
                         }
                     }
                     if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
-                        let sc = tp.scale * cw[t * P.c + c];
+                        var fv: vec2<f32>;
                         if PROBS {
-                            d[i] += sc * focal_prob(xs[i], g, tp).y;
+                            fv = focal_prob(xs[i], g, tp);
                         } else {
-                            d[i] += sc * focal_sigmoid(xs[i], g, tp).y;
+                            fv = focal_sigmoid(xs[i], g, tp);
                         }
+                        d[i] += tp.scale * cw[t * P.c + c] * fv.y;
+                        ev[i] = cw[t * P.c + c] * fv.x;
                     }
                 }
             }
             put_pixels(n, c, s0, d); // ignored elements get 0
+            if UNREDUCED {
+                put_entries(n * P.c + c, s0, uf, ev);
+            }
         }
     }
 }

@@ -272,7 +272,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 if PROBS {
                     p = x;
                     nlp = nlog100(p);
-                    nlq = select(nlog100(1.0 - p), -log1m(p), p < 1e-3);
+                    nlq = nlog100_1m(p);
                 } else {
                     let pn = sigmoid_nls(x);
                     p = pn.x;

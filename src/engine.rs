@@ -751,6 +751,10 @@ impl Engine {
     /// Evaluates several expressions on one batch: one statistics pass for all of them, the
     /// finalize and one gradient pass per expression, in one submission with one host wait.
     pub async fn evaluate(&self, input: &Input<'_>, exprs: &[LossExpr], grads: bool) -> Result<Vec<Evaluation>, Error> {
+        if input.levels() > 1 || exprs.iter().any(|e| e.deep.is_some()) {
+            // each level is uploaded by the batch of the levels
+            return self.evaluate_levels(input, exprs, if grads { GradMode::Read } else { GradMode::Skip }).await;
+        }
         let prep = self.prepare(input.clone())?;
         self.evaluate_prepared(&prep, exprs, if grads { GradMode::Read } else { GradMode::Skip }).await
     }

@@ -95,10 +95,19 @@ pub struct Input<'a> {
     pub(crate) mode: Mode,
     pub(crate) ignore_index: Option<i64>,
     pub(crate) kind: InputKind,
-    /// Deep supervision: the predictions of levels 1.. and their shapes (level 0 is `logits`).
-    pub(crate) levels: Vec<(Cow<'a, [f32]>, Vec<usize>)>,
+    /// Deep supervision: levels 1.. (level 0 is `logits`).
+    pub(crate) levels: Vec<Level<'a>>,
     /// Some logit (of any level) is -inf (multiclass: a class masked out).
     pub(crate) neg_inf: bool,
+}
+
+/// A level of deep supervision: its predictions, shape, and the target resized to it (once, when
+/// the level is given).
+#[derive(Clone, Debug)]
+pub(crate) struct Level<'a> {
+    logits: Cow<'a, [f32]>,
+    shape: Vec<usize>,
+    target: Target<'a>,
 }
 
 /// The element count of a shape, or an error when it overflows.
@@ -153,8 +162,8 @@ impl<'a> Input<'a> {
     /// is named in the error).
     pub fn with_kind(mut self, kind: InputKind) -> Result<Self, Error> {
         check_values(&self.logits, &self.shape, kind, self.mode, "")?;
-        for (l, (x, shape)) in self.levels.iter().enumerate() {
-            check_values(x, shape, kind, self.mode, &format!(" of level {}", l + 1))?;
+        for (l, lv) in self.levels.iter().enumerate() {
+            check_values(&lv.logits, &lv.shape, kind, self.mode, &format!(" of level {}", l + 1))?;
         }
         self.kind = kind;
         Ok(self)
@@ -194,8 +203,19 @@ impl<'a> Input<'a> {
             }
             check_values(x, shape, self.kind, self.mode, &format!(" of {what}"))?;
         }
-        self.levels = levels;
-        if self.mode == Mode::Multiclass && self.levels.iter().any(|(x, _)| x.contains(&f32::NEG_INFINITY)) {
+        self.levels = levels
+            .into_iter()
+            .map(|(logits, shape)| {
+                let target = match &self.target {
+                    Target::Dense(t) => Target::Dense(Cow::Owned(resize(t, &self.shape, &shape))),
+                    Target::Labels(t) => {
+                        Target::Labels(Cow::Owned(resize(t, &label_dims(&self.shape), &label_dims(&shape))))
+                    }
+                };
+                Level { logits, shape, target }
+            })
+            .collect();
+        if self.mode == Mode::Multiclass && self.levels.iter().any(|lv| lv.logits.contains(&f32::NEG_INFINITY)) {
             self.neg_inf = true;
             for l in 1..self.levels() {
                 let lv = self.level(l)?;
@@ -227,21 +247,19 @@ impl<'a> Input<'a> {
                 neg_inf: self.neg_inf,
             });
         }
-        let (x, shape) = self
+        let lv = self
             .levels
             .get(l - 1)
             .ok_or_else(|| Error::Input(format!("level {l} of an input of {}", self.levels())))?;
-        let target = match &self.target {
-            Target::Dense(t) => Target::Dense(Cow::Owned(resize(t, &self.shape, shape))),
-            Target::Labels(t) => {
-                let (from, to) = (label_dims(&self.shape), label_dims(shape));
-                Target::Labels(Cow::Owned(resize(t, &from, &to)))
-            }
+        let x = &lv.logits;
+        let target = match &lv.target {
+            Target::Dense(t) => Target::Dense(Cow::Borrowed(&t[..])),
+            Target::Labels(t) => Target::Labels(Cow::Borrowed(&t[..])),
         };
         Ok(Input {
             logits: Cow::Borrowed(x),
             target,
-            shape: shape.clone(),
+            shape: lv.shape.clone(),
             mode: self.mode,
             ignore_index: self.ignore_index,
             kind: self.kind,
@@ -402,11 +420,18 @@ impl<'a> Input<'a> {
             levels: self
                 .levels
                 .iter()
-                .map(|(x, sh)| {
-                    let per = sh[1..].iter().product::<usize>();
-                    let mut shape = sh.clone();
+                .map(|lv| {
+                    let per = lv.shape[1..].iter().product::<usize>();
+                    let mut shape = lv.shape.clone();
                     shape[0] = to - from;
-                    (Cow::Borrowed(&x[from * per..to * per]), shape)
+                    let target = match &lv.target {
+                        Target::Dense(t) => Target::Dense(Cow::Borrowed(&t[from * per..to * per])),
+                        Target::Labels(t) => {
+                            let lper = per / lv.shape[1];
+                            Target::Labels(Cow::Borrowed(&t[from * lper..to * lper]))
+                        }
+                    };
+                    Level { logits: Cow::Borrowed(&lv.logits[from * per..to * per]), shape, target }
                 })
                 .collect(),
         })

@@ -119,19 +119,21 @@ pub const FINALIZE: Kernel = Kernel {
 pub const GRAD: Kernel = Kernel {
     name: "gradient",
     source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "grad.wgsl"),
-    bindings: &[r("logits"), r("tgt"), u("P"), r("terms"), r("cw"), r("coefs"), w("grad"), r("lw"), r("status")],
+    bindings: &[
+        r("logits"),
+        r("tgt"),
+        u("P"),
+        r("terms"),
+        r("cw"),
+        r("coefs"),
+        w("grad"),
+        r("lw"),
+        r("status"),
+        w("unr"),
+    ],
     specialized: true,
     cpu_storage_params: false,
 };
-/// The unreduced entries of one pixel loss (`reduction=none`).
-pub const UNREDUCED: Kernel = Kernel {
-    name: "unreduced",
-    source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "unreduced.wgsl"),
-    bindings: &[r("logits"), r("tgt"), u("P"), r("terms"), r("cw"), r("coefs"), w("out"), r("status")],
-    specialized: true,
-    cpu_storage_params: false,
-};
-
 /// Copy probe: the memory-traffic floor benchmarks compare against.
 pub const COPY: Kernel = Kernel {
     name: "copy",
@@ -272,7 +274,6 @@ pub const KERNELS: &[Kernel] = &[
     REDUCE,
     FINALIZE,
     GRAD,
-    UNREDUCED,
     COPY,
     RADIX_COUNT,
     RADIX_SCAN,

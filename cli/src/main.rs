@@ -177,6 +177,11 @@ struct BenchArgs {
     /// back unless --forward-only) one by one against one batch of all of them (one submission).
     #[arg(long, conflicts_with_all = ["sizes", "device_resident"])]
     batch: Option<usize>,
+    /// Time `deep(LOSS)` over this many levels (level 0 of --shape, each further level half the
+    /// size of the one before) against LOSS on level 0 alone; host inputs, gradients read back
+    /// unless --forward-only.
+    #[arg(long, conflicts_with_all = ["sizes", "device_resident", "batch"])]
+    levels: Option<usize>,
     /// Time the losses of --shape together with these metrics (one evaluation) against the
     /// losses alone (repeatable).
     #[arg(long = "metric", conflicts_with_all = ["sizes", "device_resident", "batch", "adapters"])]
@@ -936,6 +941,13 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         let texts = bench_texts(&a, &["ce"]);
         return bench_metrics(&engine, &a, &shape, mode, iters, &texts);
     }
+    if let Some(l) = a.levels {
+        let shape = parse_shape(&a.shape)?;
+        check_elements(&format!("--shape {}", a.shape), &shape)?;
+        let mode = bench_mode(&a, &shape)?;
+        let texts = bench_texts(&a, &["dice@monai+focal@monai"]);
+        return bench_levels(&engine, &a, &shape, mode, positive("--levels", l)?, iters, &texts);
+    }
     if let Some(k) = a.batch {
         let shape = parse_shape(&a.shape)?;
         check_elements(&format!("--shape {}", a.shape), &shape)?;
@@ -1174,6 +1186,74 @@ fn bench_batch(
         bat / k as f64
     )?;
     outln!("batched is {:.2}x faster", one / bat)?;
+    Ok(())
+}
+
+/// `bench --levels L`: each loss as `deep(loss)` over L levels (level 0 of `shape`, each further
+/// level halved, one submission) against the loss on level 0 alone, host inputs both.
+fn bench_levels(
+    engine: &Engine,
+    a: &BenchArgs,
+    shape: &[usize],
+    mode: Mode,
+    levels: usize,
+    iters: usize,
+    texts: &[String],
+) -> Result<(), Fail> {
+    let level0 = synth_inputs(shape, mode, 1)?.remove(0);
+    let mut shapes = vec![shape.to_vec()];
+    for l in 1..levels {
+        let mut s = shapes[l - 1].clone();
+        s[2..].iter_mut().for_each(|d| *d = d.div_ceil(2));
+        shapes.push(s);
+    }
+    // each level's predictions: the level-0 logits taken at the level's nearest pixels
+    let lv: Vec<(Cow<'static, [f32]>, Vec<usize>)> = shapes[1..]
+        .iter()
+        .map(|s| Ok((Cow::Owned(synth_inputs(s, mode, 1)?.remove(0).logits().to_vec()), s.clone())))
+        .collect::<Result<_, Fail>>()?;
+    let deep_input = level0.clone().with_levels(lv)?;
+    let grads = !a.forward_only;
+    let mut rows = Vec::new();
+    for text in texts {
+        let plain: LossExpr = text.parse()?;
+        let deep: LossExpr = format!("deep({text})").parse()?;
+        let (one, all) = alternate(
+            iters,
+            || engine.evaluate_blocking(&level0, std::slice::from_ref(&plain), grads).map(|_| ()).map_err(Fail::from),
+            || {
+                engine
+                    .evaluate_blocking(&deep_input, std::slice::from_ref(&deep), grads)
+                    .map(|_| ())
+                    .map_err(Fail::from)
+            },
+        )?;
+        rows.push((text.clone(), one, all));
+    }
+    if a.json {
+        let r: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(t, one, all)| json!({"loss": t, "level0_ms": one, "deep_ms": all, "ratio": all / one}))
+            .collect();
+        outln!(
+            "{}",
+            json!({"device": engine.info(), "shapes": shapes, "mode": mode.name(), "gradients": grads, "iters": iters,
+                   "results": r})
+        )?;
+        return Ok(());
+    }
+    bench_header(
+        engine,
+        &format!("deep(...) over {levels} levels {shapes:?} against level 0 of "),
+        shape,
+        mode,
+        texts,
+        grads,
+    )?;
+    outln!("{:<40} {:>12} {:>12} {:>8}", "loss", "level 0 ms", "deep ms", "ratio")?;
+    for (t, one, all) in &rows {
+        outln!("{t:<40} {one:>12.3} {all:>12.3} {:>8.2}", all / one)?;
+    }
     Ok(())
 }
 

@@ -86,9 +86,9 @@ pub(crate) struct Tail {
     pub values_read: Option<usize>,
     /// Per part, per expression: the staging buffer index of a gradient read to the host.
     pub grad_reads: Vec<Vec<Option<usize>>>,
-    /// Per expression: the float index of its coefficient block in `out` (an expression with a
-    /// gradient, or with `reduction=none`).
-    pub blocks: Vec<Option<usize>>,
+    /// Per expression with `reduction=none` and a pixel term: its entries (the first part's),
+    /// written by the gradient pass.
+    pub entries: Vec<Option<Slice>>,
 }
 
 /// Where the unreduced entries of a `reduction=none` expression are read.
@@ -328,7 +328,7 @@ impl Gpu {
         let (totals, count_totals) = self.record_stats_counts(rec, inp, &plan, status, counts)?;
         let part = Part { inp, img0: 0, grads };
         let t = self.record_tail(rec, &plan, exprs, totals, LovFrom::Parts, &[part], status, read_values)?;
-        let unreduced = self.record_unreduced(rec, inp, exprs, &t, totals, status)?;
+        let unreduced = self.record_unreduced(rec, inp, exprs, &t, totals)?;
         let per = (inp.n * inp.c * inp.s * 4 / groups) as u64;
         let recorded = (0..groups)
             .map(|g| Recorded {
@@ -360,10 +360,10 @@ impl Gpu {
         Ok((recorded, count_totals))
     }
 
-    /// Records the unreduced entries of the `reduction=none` expressions of a whole-batch
-    /// evaluation: the per-element (per-pixel) entries of a pixel loss by the `unreduced` kernel,
-    /// and for a region loss a copy of the statistics sums, from which the host takes the groups'
-    /// losses. Staging buffer indices follow those of the tail.
+    /// Records the reads of the unreduced entries of the `reduction=none` expressions of a
+    /// whole-batch evaluation: a pixel loss's entries, which its gradient pass wrote; for a
+    /// region loss a copy of the statistics sums, from which the host takes the groups' losses.
+    /// Staging buffer indices follow those of the tail.
     fn record_unreduced(
         &self,
         rec: &mut Recording,
@@ -371,7 +371,6 @@ impl Gpu {
         exprs: &[LossExpr],
         t: &Tail,
         totals: Totals,
-        status: Slice,
     ) -> Result<Vec<Option<UnreducedRead>>, Error> {
         let mut sums_read = None;
         let mut out = Vec::new();
@@ -396,50 +395,11 @@ impl Gpu {
                 out.push(Some(UnreducedRead::Sums(idx, 0)));
                 continue;
             };
-            let block = t.blocks[i].ok_or_else(|| Error::Gpu("internal: no block of an unreduced term".into()))?;
+            let entries = t.entries[i].ok_or_else(|| Error::Gpu("internal: no entries of an unreduced term".into()))?;
             let ce = slot.kind == plan::kind::CE;
             let len = if ce { n * s } else { n * c * s };
-            let entries = rec.scratch((len * 4) as u64, "unreduced entries")?;
-            let mut tp = slot.params(term.weight, 1.0);
-            tp.scale = term.weight as f32;
-            // the class weights as given (the statistics' cross-entropy weights are rescaled)
-            let cw: Vec<f32> = match &term.loss {
-                crate::expr::Loss::Ce(p) => p.weights.clone().unwrap_or_else(|| vec![1.0; c]),
-                _ => slot.weights.clone(),
-            }
-            .iter()
-            .map(|&w| w as f32)
-            .collect();
-            let (mut params, _) = self.params_of(inp);
-            params.gn = (n / inp.groups.max(1)) as u32;
-            params.gout = t.gout as u32;
-            let pb = rec.uniform(&params);
-            let groups = inp.groups.max(1);
-            let coefs = t.out.sub(
-                (block * 4) as u64,
-                align((((groups - 1) * t.gout + 2) * 4).max(16) as u64).min(t.out.size - (block * 4) as u64),
-            );
-            let spec =
-                Spec { softmax: inp.softmax, kinds: 1 << slot.kind, nterms: 1, probs: inp.probs, ..Spec::default() };
-            let (gx, gz) = grid(&self.limits, s);
-            let (tb, cb) = (rec.data(&[tp]), rec.data(&cw));
-            rec.dispatch(
-                &shaders::UNREDUCED,
-                spec,
-                Grid::Direct(gx, n as u32, gz),
-                &[
-                    ("logits", inp.logits),
-                    ("tgt", inp.target),
-                    ("P", pb),
-                    ("terms", tb),
-                    ("cw", cb),
-                    ("coefs", coefs),
-                    ("out", entries),
-                    ("status", status),
-                ],
-            )?;
             let rb = rec.readback((len * 4) as u64, "unreduced entries")?;
-            rec.copy(entries, rb);
+            rec.copy(entries.sub(0, (len * 4) as u64), rb);
             let mut shape = vec![n];
             if !ce {
                 shape.push(c);
@@ -614,6 +574,7 @@ impl Gpu {
         // 4. gradients: one elementwise pass per expression and part (one more per further
         // Lovász loss)
         let mut grad_reads = Vec::new();
+        let mut entries: Vec<Option<Slice>> = vec![None; exprs.len()];
         for (part, lws) in parts.iter().zip(&lws) {
             let inp = part.inp;
             let (mut base, _) = self.params_of(inp);
@@ -628,7 +589,12 @@ impl Gpu {
             };
             let mut reads_of_part = Vec::new();
             for (i, g) in part.grads.iter().enumerate() {
+                let l = &layouts[i];
+                // reduction=none of a pixel loss: its entries come from the gradient pass (which
+                // then runs even without a gradient wanted, into scratch)
+                let unr = exprs[i].unreduced() && l.pix.len() == 1;
                 let (dest, accumulate, host) = match *g {
+                    GradTo::Skip if unr => (rec.scratch(total, "gradient of unreduced entries")?, false, false),
                     GradTo::Skip => {
                         reads_of_part.push(None);
                         continue;
@@ -636,7 +602,6 @@ impl Gpu {
                     GradTo::Host => (rec.scratch(total, "gradient")?, false, true),
                     GradTo::Into { slice, accumulate } => (slice, accumulate, false),
                 };
-                let l = &layouts[i];
                 let block = blocks[i].unwrap_or(0);
                 // this block of every group: group g's is g * gout floats on
                 let coefs = out.sub(
@@ -644,8 +609,34 @@ impl Gpu {
                     align((((groups - 1) * gout + l.len) * 4).max(16) as u64).min(out.size - (block * 4) as u64),
                 );
                 let slots: Vec<&plan::PixelSlot> = l.pix.iter().map(|&(_, slot)| &plan.slots[slot]).collect();
-                let terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
+                let mut terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
                 let cw: Vec<f32> = slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
+                let unr_out = match (unr, slots.first(), terms.first_mut()) {
+                    (true, Some(slot), Some(tp)) => {
+                        // the term's factor; cross-entropy's weights are the statistics' (scaled
+                        // to a largest of 1): the factor undoes the scale
+                        let term = &exprs[i].terms[l.pix[0].0];
+                        let scale = match &term.loss {
+                            crate::expr::Loss::Ce(p) => p.weights.as_ref().map_or(1.0, |w| {
+                                let m = w.iter().copied().fold(0.0, f64::max);
+                                if m > 0.0 {
+                                    m
+                                } else {
+                                    1.0
+                                }
+                            }),
+                            _ => 1.0,
+                        };
+                        tp.scale = (term.weight * scale) as f32;
+                        let planes = if slot.kind == plan::kind::CE { 1 } else { c };
+                        let e = rec.scratch((inp.n * planes * inp.s * 4) as u64, "unreduced entries")?;
+                        if entries[i].is_none() {
+                            entries[i] = Some(e);
+                        }
+                        e
+                    }
+                    _ => rec.scratch(16, "no unreduced entries")?,
+                };
                 let (tb, cb) = (rec.data(&terms), rec.data(&cw));
                 let lov_passes: Vec<Option<(usize, usize)>> = if l.lov.is_empty() {
                     vec![None]
@@ -662,6 +653,7 @@ impl Gpu {
                         region: first && l.region,
                         accum: accumulate || !first,
                         probs: part.inp.probs,
+                        unreduced: first && unr,
                         ..Spec::default()
                     };
                     let params = rec.uniform(&Params {
@@ -688,6 +680,7 @@ impl Gpu {
                             ("grad", dest),
                             ("lw", lw),
                             ("status", status),
+                            ("unr", unr_out),
                         ],
                     )?;
                 }
@@ -702,6 +695,6 @@ impl Gpu {
             }
             grad_reads.push(reads_of_part);
         }
-        Ok(Tail { vals, vals_len, out, gout, values_read, grad_reads, blocks })
+        Ok(Tail { vals, vals_len, out, gout, values_read, grad_reads, entries })
     }
 }

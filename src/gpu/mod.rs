@@ -79,6 +79,8 @@ pub(crate) struct Spec {
     pub counts: bool,
     /// The input holds probabilities: no activation, gradients by the probabilities.
     pub probs: bool,
+    /// Gradient: also the unreduced entries of the expression's pixel term.
+    pub unreduced: bool,
 }
 
 impl Default for Spec {
@@ -96,6 +98,7 @@ impl Default for Spec {
             pixel_only: false,
             counts: false,
             probs: false,
+            unreduced: false,
         }
     }
 }
@@ -105,7 +108,7 @@ impl Spec {
         Spec { softmax, ..Spec::default() }
     }
 
-    pub fn constants(&self) -> [(&'static str, f64); 12] {
+    pub fn constants(&self) -> [(&'static str, f64); 13] {
         [
             ("SOFTMAX", f64::from(u8::from(self.softmax))),
             ("KINDS", f64::from(self.kinds)),
@@ -119,6 +122,7 @@ impl Spec {
             ("PIXEL_ONLY", f64::from(u8::from(self.pixel_only))),
             ("COUNTS", f64::from(u8::from(self.counts))),
             ("PROBS", f64::from(u8::from(self.probs))),
+            ("UNREDUCED", f64::from(u8::from(self.unreduced))),
         ]
     }
 }
