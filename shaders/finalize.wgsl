@@ -23,7 +23,9 @@
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
 const FWG: u32 = 64u;
-const NCOEF: u32 = 5u;
+const NCOEF: u32 = 6u;
+const COEF_TPMIN: u32 = 5u; // the coefficient of sum min(p, g)
+const TPMIN_DEV: u32 = 15u;  // its statistics channel (pass 0)
 
 // Op kinds (src/plan.rs, `op`).
 const OP_BCE: u32 = 0u;
@@ -43,6 +45,7 @@ const F_PER_IMAGE: u32 = 1u;     // lovasz: one group per image
 const F_SOFTMAX: u32 = 2u;       // lovasz: Lovász-Softmax (segments per class)
 const F_PRESENT: u32 = 4u;       // lovasz: only classes present in the group's target
 const F_WEIGHTS: u32 = 4096u;    // region, focal, bce: per-class weights (f32 bits) in `cls` from `nseg`
+const F_MIN: u32 = 8192u;        // region: TP is sum min(p, g) (intersection=min)
 
 // Region kinds (flags bits 0..1), pools (bits 3..4), empty rules (bits 5..6), gdice weights (bits 8..9).
 const R_DICE: u32 = 0u;
@@ -355,10 +358,19 @@ fn entry_weight(op: Op, e: u32) -> f32 {
     return 1.0;
 }
 
+// The statistics channel of TP and its coefficient: sum p g, or sum min(p, g).
+fn tp_channel(op: Op) -> u32 {
+    return select(0u, TPMIN_DEV, (op.flags & F_MIN) != 0u);
+}
+
+fn tp_coef(op: Op) -> u32 {
+    return select(0u, COEF_TPMIN, (op.flags & F_MIN) != 0u);
+}
+
 // (TP, SP, SG, SPP) of (image n, class position j) and its SGG.
 fn class_sums(op: Op, n: u32, j: u32) -> array<vec4<f32>, 2> {
     let c = class_at(op, j);
-    let s = vec4<f32>(sum_at(0u, n, c, 0u), sum_at(0u, n, c, 1u), sum_at(0u, n, c, 2u), sum_at(0u, n, c, 3u));
+    let s = vec4<f32>(sum_at(0u, n, c, tp_channel(op)), sum_at(0u, n, c, 1u), sum_at(0u, n, c, 2u), sum_at(0u, n, c, 3u));
     return array<vec4<f32>, 2>(s, vec4<f32>(sum_at(0u, n, c, 4u), 0.0, 0.0, 0.0));
 }
 
@@ -515,7 +527,7 @@ fn op_region(lid: u32, op: Op) {
             let n = mm / nk;
             let c = class_at(op, mm % nk);
             let fw = f * weight_at(op, mm % nk);
-            coef_add(op, n, c, 0u, fw * en.d.x);
+            coef_add(op, n, c, tp_coef(op), fw * en.d.x);
             coef_add(op, n, c, 1u, fw * en.d.y);
             coef_add(op, n, c, 2u, fw * en.d.z);
         }
@@ -529,7 +541,7 @@ fn op_region(lid: u32, op: Op) {
                 let en = entry_of(op, es[0], es[1].x);
                 let fw = fn_ * en.counted * weight_at(op, j);
                 let c = class_at(op, j);
-                coef_add(op, n, c, 0u, fw * en.d.x);
+                coef_add(op, n, c, tp_coef(op), fw * en.d.x);
                 coef_add(op, n, c, 1u, fw * en.d.y);
                 coef_add(op, n, c, 2u, fw * en.d.z);
             }
@@ -543,21 +555,21 @@ fn op_region(lid: u32, op: Op) {
         if pool == POOL_IMAGE {
             let n = e / nk;
             let c = class_at(op, e % nk);
-            coef_add(op, n, c, 0u, fe * en.d.x);
+            coef_add(op, n, c, tp_coef(op), fe * en.d.x);
             coef_add(op, n, c, 1u, fe * en.d.y);
             coef_add(op, n, c, 2u, fe * en.d.z);
         } else if pool == POOL_IMAGE_ALL {
             for (var j = 0u; j < nk; j++) {
                 let c = class_at(op, j);
                 let fw = fe * weight_at(op, j);
-                coef_add(op, e, c, 0u, fw * en.d.x);
+                coef_add(op, e, c, tp_coef(op), fw * en.d.x);
                 coef_add(op, e, c, 1u, fw * en.d.y);
                 coef_add(op, e, c, 2u, fw * en.d.z);
             }
         } else {
             let c = class_at(op, e);
             for (var n = 0u; n < P.n; n++) {
-                coef_add(op, n, c, 0u, fe * en.d.x);
+                coef_add(op, n, c, tp_coef(op), fe * en.d.x);
                 coef_add(op, n, c, 1u, fe * en.d.y);
                 coef_add(op, n, c, 2u, fe * en.d.z);
             }

@@ -22,7 +22,7 @@
 
 const GWG: u32 = 256u;
 const GPIX: u32 = 4u; // pixels per thread: a workgroup covers GWG * GPIX pixels of one image
-const NCOEF: u32 = 5u;
+const NCOEF: u32 = 6u;
 
 // The first float of this image's group's coefficient block (a coalesced batch: groups of P.gn
 // images, each with its own block, P.gout floats apart).
@@ -42,6 +42,7 @@ fn term(t: u32) -> Term {
 struct ClassCoefs {
     r: vec4<f32>,
     r4: f32,
+    r5: f32, // d loss / d sum min(p, g)
     lov: f32,
 }
 
@@ -50,11 +51,13 @@ fn class_coefs(n: u32, c: u32) -> ClassCoefs {
     var k: ClassCoefs;
     k.r = vec4<f32>(0.0);
     k.r4 = 0.0;
+    k.r5 = 0.0;
     k.lov = 0.0;
     if REGION {
         let o = cb + P.region_base + ((n % P.gn) * P.c + c) * NCOEF;
         k.r = vec4<f32>(coefs[o], coefs[o + 1u], coefs[o + 2u], coefs[o + 3u]);
         k.r4 = coefs[o + 4u];
+        k.r5 = coefs[o + 5u];
     }
     if LOVASZ != 0u {
         // hinge: one segment per group; softmax: one per class (of each image when per image)
@@ -73,7 +76,9 @@ fn region_dp(k: ClassCoefs, p: f32, g: f32) -> f32 {
         return 0.0;
     }
     let d = g - p;
-    return k.r.x * g + k.r.y + 2.0 * k.r.z * p - 2.0 * d * (k.r.w * g + k.r4 * (1.0 - g));
+    // d min(p, g) / d p: 1 below g, 0 above, g at g (the product's derivative there)
+    let dmin = select(select(0.0, 1.0, p < g), g, p == g);
+    return k.r.x * g + k.r.y + 2.0 * k.r.z * p - 2.0 * d * (k.r.w * g + k.r4 * (1.0 - g)) + k.r5 * dmin;
 }
 
 fn put(e: u32, d: f32) {

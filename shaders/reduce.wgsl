@@ -13,7 +13,10 @@ var<workgroup> red: array<vec4<f32>, 256>; // 4 * RWG
 fn reduce(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let c = wid.x;
     let n = wid.y;
-    let nq = 2u + (NTERMS + 1u) / 2u;
+    var nq = 2u + (NTERMS + 1u) / 2u;
+    if TPMIN {
+        nq = 4u; // sum min(p, g) is channel 15
+    }
     var acc: array<vec4<f32>, 4>;
     for (var q = 0u; q < 4u; q++) {
         acc[q] = vec4<f32>(0.0);

@@ -205,7 +205,10 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             }
         }
     }
-    let nq = 2u + (NTERMS + 1u) / 2u; // vec4 channels in use
+    var nq = 2u + (NTERMS + 1u) / 2u; // vec4 channels in use
+    if TPMIN {
+        nq = 4u; // sum min(p, g) is channel 15
+    }
     for (var c = 0u; c < P.c; c++) {
         var a0 = vec4<f32>(0.0);
         var a1 = vec4<f32>(0.0);
@@ -288,6 +291,9 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 b.w = d * (1.0 - g);
             }
             a1 += b;
+            if TPMIN {
+                a3.w += min(p, g);
+            }
             if NTERMS > 0u {
                 a2 += vec4<f32>(slot_stats(tp0, x, p, g, nlp, nlq, label, c), 0.0, 0.0);
             }
@@ -303,10 +309,10 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         }
         red[lid] = a0;
         red[WG + lid] = a1;
-        if NTERMS > 0u {
+        if NTERMS > 0u || TPMIN {
             red[2u * WG + lid] = a2;
         }
-        if NTERMS > 2u {
+        if NTERMS > 2u || TPMIN {
             red[3u * WG + lid] = a3;
         }
         workgroupBarrier();

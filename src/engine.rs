@@ -392,7 +392,8 @@ fn unreduced_of(u: &UnreducedRead, e: &LossExpr, shape: &[usize], data: &[Vec<u8
             let bytes = n * c * crate::plan::K * 4;
             let f: Vec<f32> = bytemuck::pod_collect_to_vec(&data[*i][*off as usize..*off as usize + bytes]);
             let sums: Vec<f64> = f.iter().map(|&x| f64::from(x)).collect();
-            let view = crate::plan::Sums { data: &sums, n, c, k: crate::plan::K };
+            let view =
+                crate::plan::Sums { data: &sums, n, c, k: crate::plan::K, tpmin: Some(crate::plan::ch::TPMIN_DEV) };
             let values = crate::plan::region_entries(r, &view).iter().map(|&v| (term.weight * v) as f32).collect();
             Some(Unreduced { shape: r.entry_shape(n, c), values })
         }

@@ -12,7 +12,10 @@
 //! let e: LossExpr = "0.8*ce+0.2*dice@monai:log=true".parse().unwrap();
 //! assert_eq!(e.terms.len(), 2);
 //! assert!(matches!(e.terms[1].loss, Loss::Region(_)));
-//! assert_eq!(e.to_string(), "0.8*ce+0.2*dice:pool=image,smooth=0.00001,eps=0,empty=formula,log=true,norm=count");
+//! assert_eq!(
+//!     e.to_string(),
+//!     "0.8*ce+0.2*dice:pool=image,smooth=0.00001,eps=0,empty=formula,log=true,norm=count,intersection=product"
+//! );
 //! ```
 
 use std::fmt;
@@ -290,6 +293,19 @@ pub struct RegionParams {
     pub weights: Option<Vec<f64>>,
     /// The divisor of the weighted mean over groups.
     pub norm: Norm,
+    /// How `TP` is summed (dice, jaccard, tversky; gdice always uses the product).
+    pub intersection: Intersection,
+}
+
+/// The intersection `TP` of a region loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intersection {
+    /// `sum p g`.
+    Product,
+    /// `sum min(p, g)` (smp 0.6 writes `(sum p + sum g - sum |p - g|) / 2`); equal to the product,
+    /// value and gradient, on hard labels. `d min(p, g) / d p` is 1 where `p < g`, 0 where
+    /// `p > g`, and `g` where they are equal (the product's derivative there).
+    Min,
 }
 
 impl Default for RegionParams {
@@ -304,6 +320,7 @@ impl Default for RegionParams {
             classes: Classes::All,
             weights: None,
             norm: Norm::Weights,
+            intersection: Intersection::Min,
         }
     }
 }
@@ -607,8 +624,20 @@ fn unknown_key(text: &str, name: &str, key: &str, allowed: &[&str]) -> Error {
     perr(text, format!("unknown key '{key}' for {name}; allowed keys: {}", allowed.join(", ")))
 }
 
-const REGION_KEYS: &[&str] =
-    &["smooth", "smooth_nr", "smooth_dr", "eps", "squared", "log", "pool", "empty", "classes", "weights", "norm"];
+const REGION_KEYS: &[&str] = &[
+    "smooth",
+    "smooth_nr",
+    "smooth_dr",
+    "eps",
+    "squared",
+    "log",
+    "pool",
+    "empty",
+    "classes",
+    "weights",
+    "norm",
+    "intersection",
+];
 
 /// `w0;w1;...`: non-negative weights.
 fn weight_list(text: &str, key: &str, v: &str) -> Result<Vec<f64>, Error> {
@@ -641,6 +670,9 @@ fn region_key(text: &str, p: &mut RegionParams, key: &str, v: &str) -> Result<bo
         }
         "weights" => p.weights = Some(weight_list(text, key, v)?),
         "norm" => p.norm = norm_of(text, key, v)?,
+        "intersection" => {
+            p.intersection = choice(text, key, v, &[("product", Intersection::Product), ("min", Intersection::Min)])?
+        }
         "empty" => {
             p.empty =
                 choice(text, key, v, &[("zero", Empty::Zero), ("skip", Empty::Skip), ("formula", Empty::Formula)])?
@@ -652,7 +684,11 @@ fn region_key(text: &str, p: &mut RegionParams, key: &str, v: &str) -> Result<bo
 }
 
 fn region_preset(preset: &str, name: &str) -> RegionParams {
-    let d = RegionParams::default();
+    // smp (the default) sums TP as min(p, g); every other preset as p g
+    let d = RegionParams {
+        intersection: if preset == "smp" { Intersection::Min } else { Intersection::Product },
+        ..RegionParams::default()
+    };
     match preset {
         "monai" => RegionParams {
             smooth_nr: 1e-5,
@@ -841,8 +877,8 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
                     allowed.extend(["alpha", "beta", "gamma"]);
                 }
                 RegionKind::GDice { .. } => {
-                    // its class weights come from the target
-                    allowed.retain(|k| !["squared", "empty", "weights", "norm"].contains(k));
+                    // its class weights come from the target; its TP is the product
+                    allowed.retain(|k| !["squared", "empty", "weights", "norm", "intersection"].contains(k));
                     allowed.push("weight");
                 }
                 _ => {}
@@ -886,6 +922,9 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
                     }
                     _ => return Err(unknown_key(text, name, k, &allowed)),
                 }
+            }
+            if matches!(kind, RegionKind::GDice { .. }) {
+                params.intersection = Intersection::Product;
             }
             if matches!(kind, RegionKind::GDice { .. }) && matches!(params.pool, Pool::All | Pool::ImageAll) {
                 return Err(perr(
@@ -1165,6 +1204,9 @@ impl fmt::Display for Loss {
                 }
                 if p.norm != d.norm {
                     kv.push(format!("norm={}", norm_text(p.norm)));
+                }
+                if p.intersection == Intersection::Product && !matches!(r.kind, RegionKind::GDice { .. }) {
+                    kv.push("intersection=product".into());
                 }
             }
             Loss::SensSpec(p) => {

@@ -10,8 +10,8 @@
 //! evaluates per element and chains through the sigmoid or the softmax.
 
 use crate::expr::{
-    Classes, Empty, GDiceWeight, Loss, LossExpr, LovaszParams, Norm, Pool, PosWeight, RegionKind, RegionLoss,
-    SCORE_DEN_FLOOR,
+    Classes, Empty, GDiceWeight, Intersection, Loss, LossExpr, LovaszParams, Norm, Pool, PosWeight, RegionKind,
+    RegionLoss, SCORE_DEN_FLOOR,
 };
 use crate::Mode;
 
@@ -35,6 +35,9 @@ pub(crate) mod ch {
     pub const SS2: usize = 7;
     /// first pixel-loss channel; each pixel loss slot has two
     pub const PIX: usize = 8;
+    /// sum min(p, g), on the device: the last channel of pass 0 (slot 3's second, which a plan
+    /// with `tp_min` leaves free); on the host: after the pixel channels
+    pub const TPMIN_DEV: usize = 15;
 }
 
 /// Statistics channels per (image, class) of one statistics pass: 8 region channels and two per
@@ -43,8 +46,10 @@ pub const K: usize = 16;
 /// Distinct pixel losses (bce, ce, focal with distinct parameters) one statistics pass holds;
 /// an evaluation with more runs several passes in the same submission.
 pub const MAX_PIXEL_SLOTS: usize = (K - ch::PIX) / 2;
-/// Region-gradient coefficients per (image, class): d/d(TP, SP, SPP, SS1, SS2).
-pub const NCOEF: usize = 5;
+/// Region-gradient coefficients per (image, class): d/d(TP, SP, SPP, SS1, SS2, TPMIN).
+pub const NCOEF: usize = 6;
+/// The coefficient of `sum min(p, g)` (intersection=min) in a region block entry.
+pub const COEF_TPMIN: usize = 5;
 
 /// Ops of the device finalize (`finalize.wgsl`): one per term of each expression.
 pub(crate) mod op {
@@ -65,6 +70,8 @@ pub(crate) mod op {
     pub const NORM_SHIFT: u32 = 10;
     /// Per-class weights (f32 bits) in `cls` from `nseg` (region, focal; bce: per-channel pos_weight).
     pub const F_WEIGHTS: u32 = 1 << 12;
+    /// Region: TP is `sum min(p, g)` (intersection=min).
+    pub const F_MIN: u32 = 1 << 13;
     pub const F_PER_IMAGE: u32 = 1;
     pub const F_SOFTMAX: u32 = 2;
     pub const F_PRESENT: u32 = 4;
@@ -189,6 +196,9 @@ pub(crate) struct StatsPlan {
     pub needs_class_sums: bool,
     /// Multiclass mode (softmax).
     pub softmax: bool,
+    /// Some region loss sums TP as `min(p, g)`: pass 0 also holds that sum (and one pixel slot
+    /// fewer).
+    pub tp_min: bool,
 }
 
 /// The mode a `softmax` flag stands for where only that matters (multiclass, or a sigmoid mode).
@@ -225,6 +235,11 @@ impl StatsPlan {
             if matches!(t.loss, Loss::SensSpec(_)) {
                 plan.needs_sensspec = true;
             }
+            if let Loss::Region(r) = &t.loss {
+                if r.params.intersection == Intersection::Min && !matches!(r.kind, RegionKind::GDice { .. }) {
+                    plan.tp_min = true;
+                }
+            }
             if let Loss::Lovasz(p) = &t.loss {
                 if !plan.lovasz.contains(p) {
                     plan.lovasz.push(p.clone());
@@ -244,9 +259,45 @@ impl StatsPlan {
         plan
     }
 
-    /// Statistics passes: each holds up to [`MAX_PIXEL_SLOTS`] pixel losses (at least one pass).
+    /// Pixel losses per statistics pass: [`MAX_PIXEL_SLOTS`], one fewer with `tp_min`.
+    pub fn slots_per_pass(&self) -> usize {
+        MAX_PIXEL_SLOTS - usize::from(self.tp_min)
+    }
+
+    /// Statistics passes: each holds [`StatsPlan::slots_per_pass`] pixel losses (at least one pass).
     pub fn passes(&self) -> usize {
-        self.slots.len().div_ceil(MAX_PIXEL_SLOTS).max(1)
+        self.slots.len().div_ceil(self.slots_per_pass()).max(1)
+    }
+
+    /// The slots of statistics pass `p`.
+    pub fn pass_slots(&self, p: usize) -> &[PixelSlot] {
+        let k = self.slots_per_pass();
+        &self.slots[(p * k).min(self.slots.len())..((p + 1) * k).min(self.slots.len())]
+    }
+
+    /// Where pixel slot `slot` sits on the device: (pass, first of its two channels).
+    pub fn slot_place(&self, slot: usize) -> (usize, usize) {
+        let k = self.slots_per_pass();
+        (slot / k, ch::PIX + 2 * (slot % k))
+    }
+
+    /// Where host channel `j` (of [`StatsPlan::host_channels`]) sits on the device: (pass,
+    /// channel of the pass's [`K`]).
+    pub fn device_channel(&self, j: usize) -> (usize, usize) {
+        if j < ch::PIX {
+            (0, j)
+        } else if self.tp_min && j == self.host_channels() - 1 {
+            (0, ch::TPMIN_DEV)
+        } else {
+            let (pass, chan) = self.slot_place((j - ch::PIX) / 2);
+            (pass, chan + (j - ch::PIX) % 2)
+        }
+    }
+
+    /// Host statistics channels per (image, class): 8 region channels, two per pixel slot, and
+    /// `sum min(p, g)` with `tp_min`.
+    pub fn host_channels(&self) -> usize {
+        ch::PIX + 2 * self.slots.len() + usize::from(self.tp_min)
     }
 
     pub fn slot_of(&self, loss: &Loss, classes: usize) -> usize {
@@ -307,6 +358,8 @@ pub(crate) struct Sums<'a> {
     pub n: usize,
     pub c: usize,
     pub k: usize,
+    /// The channel of `sum min(p, g)` (intersection=min), when the statistics hold it.
+    pub tpmin: Option<usize>,
 }
 
 impl Sums<'_> {
@@ -493,8 +546,9 @@ pub(crate) fn push_ops(
             let slot = plan.slot_of(&t.loss, classes);
             o.kind = kind;
             o.sub = layout.pix.iter().position(|p| p.0 == i).expect("pixel term") as u32;
-            o.sbase = ((slot / MAX_PIXEL_SLOTS) * sums_stride) as u32;
-            o.chan = (ch::PIX + 2 * (slot % MAX_PIXEL_SLOTS)) as u32;
+            let (pass, chan) = plan.slot_place(slot);
+            o.sbase = (pass * sums_stride) as u32;
+            o.chan = chan as u32;
         };
         match &t.loss {
             Loss::Bce(p) => {
@@ -570,6 +624,9 @@ pub(crate) fn push_ops(
                 o.flags |= norm_bits(p.norm);
                 if let Some(w) = &p.weights {
                     weights(w, &mut o, cls);
+                }
+                if p.intersection == Intersection::Min && o.kind == op::REGION {
+                    o.flags |= op::F_MIN;
                 }
             }
             Loss::Lovasz(p) => {
@@ -667,13 +724,17 @@ fn region(r: &RegionLoss, w: f64, sums: &Sums, coefs: &mut [f64], ent: &mut Vec<
         }
         Pool::ImageAll => (0..n_img).map(|n| (js.iter().map(|&j| (n, classes[j], wt(j))).collect(), 1.0, n)).collect(),
     };
+    // TP: sum p g, or sum min(p, g) (its own channel and coefficient)
+    let min = p.intersection == Intersection::Min;
+    let tp_k = if min { sums.tpmin.expect("statistics with sum min(p, g)") } else { ch::TP };
+    let tp_coef = if min { COEF_TPMIN } else { 0 };
     // (loss, weight, image) and d loss / d (TP, SP, SPP) of each counted group
     let mut counted: Vec<(f64, f64, usize)> = Vec::new();
     let mut ds: Vec<([f64; 3], &Members)> = Vec::new();
     for (m, gw, img) in &groups {
         let mut s = [0.0; 5];
         for &(n, c, f) in m {
-            for (j, k) in [ch::TP, ch::SP, ch::SG, ch::SPP, ch::SGG].into_iter().enumerate() {
+            for (j, k) in [tp_k, ch::SP, ch::SG, ch::SPP, ch::SGG].into_iter().enumerate() {
                 s[j] += f * sums.at(n, c, k);
             }
         }
@@ -711,7 +772,7 @@ fn region(r: &RegionLoss, w: f64, sums: &Sums, coefs: &mut [f64], ent: &mut Vec<
         let f = w * dmean * f;
         for &(n, c, k) in members.iter() {
             let o = (n * c_cls + c) * NCOEF;
-            coefs[o] += f * k * d[0];
+            coefs[o + tp_coef] += f * k * d[0];
             coefs[o + 1] += f * k * d[1];
             coefs[o + 2] += f * k * d[2];
         }

@@ -18,8 +18,8 @@
 
 use crate::error::Error;
 use crate::expr::{
-    Classes, Empty, FocalParams, GDiceWeight, Loss, LossExpr, LovaszParams, Norm, Pool, PosWeight, RegionKind,
-    RegionLoss,
+    Classes, Empty, FocalParams, GDiceWeight, Intersection, Loss, LossExpr, LovaszParams, Norm, Pool, PosWeight,
+    RegionKind, RegionLoss,
 };
 use crate::input::{Input, InputKind, Target};
 use crate::Mode;
@@ -551,7 +551,19 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64], ent: &mut Vec<f64>)
     let mut grads_of: Vec<Vec<(usize, f64)>> = Vec::new();
     for (m, gw, img) in &groups {
         let sum = |f: &dyn Fn(usize) -> f64| m.iter().map(|&(i, k)| k * f(i)).sum::<f64>();
-        let tp = sum(&|i| e.p[i] * e.g[i]);
+        // TP = sum p g, or sum min(p, g) (d/dp: 1 below g, 0 above, g at g)
+        let min = p.intersection == Intersection::Min;
+        let tp = if min { sum(&|i| e.p[i].min(e.g[i])) } else { sum(&|i| e.p[i] * e.g[i]) };
+        let dtp = move |i: usize| {
+            let (pi, gi) = (e.p[i], e.g[i]);
+            if !min || pi == gi {
+                gi
+            } else if pi < gi {
+                1.0
+            } else {
+                0.0
+            }
+        };
         let sp = sum(&|i| e.p[i]);
         let sg = sum(&|i| e.g[i]);
         if sg == 0.0 && p.empty != Empty::Formula {
@@ -580,26 +592,26 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64], ent: &mut Vec<f64>)
                     den = 2.0 * tp + fp + fneg + p.smooth_dr;
                     dden = Box::new(|_| 1.0);
                 }
-                dnum = Box::new(|i| 2.0 * e.g[i]);
+                dnum = Box::new(move |i| 2.0 * dtp(i));
             }
             RegionKind::Jaccard { squared } => {
                 num = tp + p.smooth_nr;
                 if squared {
                     den = spp + sgg - tp + p.smooth_dr;
-                    dden = Box::new(|i| 2.0 * e.p[i] - e.g[i]);
+                    dden = Box::new(move |i| 2.0 * e.p[i] - dtp(i));
                 } else {
                     den = tp + fp + fneg + p.smooth_dr;
                     // TP + FP + FN = SP + SG - TP
-                    dden = Box::new(|i| 1.0 - e.g[i]);
+                    dden = Box::new(move |i| 1.0 - dtp(i));
                 }
-                dnum = Box::new(|i| e.g[i]);
+                dnum = Box::new(move |i| dtp(i));
             }
             RegionKind::Tversky { alpha, beta, .. } => {
                 num = tp + p.smooth_nr;
                 den = tp + alpha * fp + beta * fneg + p.smooth_dr;
-                // d TP = g, d FP = 1 - g, d FN = -g
-                dden = Box::new(move |i| e.g[i] + alpha * (1.0 - e.g[i]) - beta * e.g[i]);
-                dnum = Box::new(|i| e.g[i]);
+                // d FP = 1 - d TP, d FN = -d TP
+                dden = Box::new(move |i| dtp(i) + alpha * (1.0 - dtp(i)) - beta * dtp(i));
+                dnum = Box::new(move |i| dtp(i));
             }
             RegionKind::GDice { .. } => unreachable!(),
         }

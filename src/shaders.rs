@@ -298,6 +298,9 @@ pub const KERNELS: &[Kernel] = &[
 pub const SHARED_CONSTANTS: &[(&str, u64)] = &[
     ("K", crate::plan::K as u64),
     ("NCOEF", crate::plan::NCOEF as u64),
+    ("COEF_TPMIN", crate::plan::COEF_TPMIN as u64),
+    ("TPMIN_DEV", crate::plan::ch::TPMIN_DEV as u64),
+    ("F_MIN", crate::plan::op::F_MIN as u64),
     ("INVALID", crate::gpu::INVALID as u64),
     ("BCE", crate::plan::kind::BCE as u64),
     ("FOCAL_SIGMOID", crate::plan::kind::FOCAL_SIGMOID as u64),

@@ -21,7 +21,7 @@ use crate::gpu::context::Gpu;
 use crate::gpu::eval::{DevInput, GradTo, LovFrom, Part, Recorded, Totals};
 use crate::gpu::record::Recording;
 use crate::input::{Input, Target};
-use crate::plan::{self, ch, BlockLayout, LovaszSums, StatsPlan, Sums, K, MAX_PIXEL_SLOTS};
+use crate::plan::{self, BlockLayout, LovaszSums, StatsPlan, Sums, K};
 use crate::split::{self, Piece};
 use crate::Mode;
 
@@ -105,7 +105,7 @@ impl Statistics {
                     .into(),
             ));
         }
-        let k = 8 + 2 * plan.slots.len();
+        let k = plan.host_channels();
         let spi = if mode == Mode::Multiclass { classes } else { 1 };
         let lov_per_image = vec![spi; plan.lovasz.len()];
         let len = images * classes * k + lov_per_image.iter().map(|s| images * s * 3).sum::<usize>();
@@ -223,7 +223,8 @@ impl Statistics {
     pub fn finish(&self) -> Result<Vec<Evaluation>, Error> {
         let plan = StatsPlan::new(&self.exprs, self.classes, self.mode == Mode::Multiclass);
         let (n, c) = (self.images, self.classes);
-        let sums = Sums { data: &self.data[..self.sums_len()], n, c, k: self.k };
+        let sums =
+            Sums { data: &self.data[..self.sums_len()], n, c, k: self.k, tpmin: plan.tp_min.then(|| self.k - 1) };
         let lov: Vec<LovaszSums> = (0..self.lov_per_image.len())
             .map(|g| LovaszSums {
                 segs: self.data[self.lov_range(g)].chunks_exact(3).map(|q| [q[0], q[1], q[2]]).collect(),
@@ -251,11 +252,12 @@ impl Statistics {
     /// its image rows.
     fn add_device_sums(&mut self, dev: &[f32], stride: usize, piece: Piece) {
         let (c, k) = (self.classes, self.k);
+        let plan = StatsPlan::new(&self.exprs, c, self.mode == Mode::Multiclass);
         let first = piece.first_image();
         for i in 0..piece.images() {
             for cls in 0..c {
                 for j in 0..k {
-                    let (pass, chan) = device_channel(j);
+                    let (pass, chan) = plan.device_channel(j);
                     let v = dev[pass * stride / 4 + ((i * c + cls) * K) + chan];
                     self.data[((first + i) * c + cls) * k + j] += f64::from(v);
                 }
@@ -271,7 +273,7 @@ impl Statistics {
         let mut out = vec![0f32; (stride / 4) as usize * plan.passes()];
         for row in 0..n * c {
             for j in 0..k {
-                let (pass, chan) = device_channel(j);
+                let (pass, chan) = plan.device_channel(j);
                 out[pass * (stride / 4) as usize + row * K + chan] = self.data[row * k + j] as f32;
             }
         }
@@ -465,17 +467,6 @@ async fn tail_of_parts(
     Ok((out, data, tail.grad_reads))
 }
 
-/// Where host channel `j` (8 region channels, two per pixel loss) sits on the device: (pass,
-/// channel of the pass's 16).
-fn device_channel(j: usize) -> (usize, usize) {
-    if j < ch::PIX {
-        (0, j)
-    } else {
-        let slot = (j - ch::PIX) / 2;
-        (slot / MAX_PIXEL_SLOTS, ch::PIX + 2 * (slot % MAX_PIXEL_SLOTS) + (j - ch::PIX) % 2)
-    }
-}
-
 fn texts(exprs: &[LossExpr]) -> String {
     exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
 }
@@ -485,7 +476,7 @@ fn texts(exprs: &[LossExpr]) -> String {
 pub(crate) fn host_sums(input: &Input, plan: &StatsPlan) -> Vec<f64> {
     use crate::reference::{log_sigmoid, sigmoid};
     let (n, c, s) = (input.batch(), input.classes(), input.spatial());
-    let k = 8 + 2 * plan.slots.len();
+    let k = plan.host_channels();
     let mut out = vec![0f64; n * c * k];
     let x = input.logits();
     let probs = input.kind() == crate::InputKind::Probs;
@@ -529,6 +520,9 @@ pub(crate) fn host_sums(input: &Input, plan: &StatsPlan) -> Vec<f64> {
                 let d = (g - p) * (g - p);
                 for (j, v) in [p * g, p, g, p * p, g * g, 1.0, d * g, d * (1.0 - g)].into_iter().enumerate() {
                     out[o + j] += v;
+                }
+                if plan.tp_min {
+                    out[o + k - 1] += p.min(g);
                 }
                 for (j, slot) in plan.slots.iter().enumerate() {
                     let (a, b) = match slot.kind {
@@ -1048,11 +1042,26 @@ mod tests {
 
     #[test]
     fn host_channels_map_to_device_channels_once() {
-        let mut seen = std::collections::HashSet::new();
-        for j in 0..8 + 2 * 9 {
-            assert!(seen.insert(device_channel(j)), "channel {j}");
+        use crate::plan::ch;
+        // 9 distinct pixel losses, with and without sum min(p, g)
+        let texts: Vec<String> = (0..9).map(|i| format!("focal:gamma={i}")).collect();
+        for region in ["dice@monai", "dice"] {
+            let mut exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse().unwrap()).collect();
+            exprs.push(region.parse().unwrap());
+            let plan = StatsPlan::new(&exprs, 2, false);
+            let mut seen = std::collections::HashSet::new();
+            for j in 0..plan.host_channels() {
+                let (pass, chan) = plan.device_channel(j);
+                assert!(pass < plan.passes() && chan < K);
+                assert!(seen.insert((pass, chan)), "{region}: channel {j}");
+            }
+            if plan.tp_min {
+                assert_eq!(plan.device_channel(plan.host_channels() - 1), (0, ch::TPMIN_DEV));
+                assert_eq!(plan.device_channel(8 + 2 * 3), (1, 8));
+            } else {
+                assert_eq!(plan.device_channel(8 + 2 * 4), (1, 8));
+            }
         }
-        assert_eq!(device_channel(8 + 2 * 4), (1, 8));
     }
 
     #[test]

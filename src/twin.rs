@@ -61,7 +61,8 @@ fn check(engine: &Engine, input: &Input, texts: &[&str]) {
     let out: Vec<f32> = bytemuck::pod_collect_to_vec(&data[data.len() - 1]);
     // host statistics: the f64 sums of the reference, channel by channel
     let sums = host_sums(input, &plan);
-    let view = Sums { data: &sums, n, c, k: 8 + 2 * plan.slots.len() };
+    let k = plan.host_channels();
+    let view = Sums { data: &sums, n, c, k, tpmin: plan.tp_min.then(|| k - 1) };
     let lov = lovasz_sums(input, &plan);
     let mut cursor = 0;
     let mut vals = Vec::new();

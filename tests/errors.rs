@@ -63,7 +63,11 @@ fn loss_text_round_trips() {
         assert_eq!(e, again, "{t} -> {e}");
     }
     let e: LossExpr = "dice@monai:smooth=0".parse().unwrap();
-    assert_eq!(e.to_string(), "dice:pool=image,eps=0,empty=formula,norm=count", "keys after a preset override it");
+    assert_eq!(
+        e.to_string(),
+        "dice:pool=image,eps=0,empty=formula,norm=count,intersection=product",
+        "keys after a preset override it"
+    );
 }
 
 #[test]

@@ -176,3 +176,97 @@ fn golden_next_values_gradients_and_refusals() {
     eprintln!("golden_next: {checked} entries match ({unreduced_checked} with unreduced entries), {refused} refused");
     assert!(checked >= 48 && refused >= 5 && unreduced_checked >= 8);
 }
+
+/// smp 0.6 on soft labels (`TP = sum min(p, g)`): values and gradients computed with
+/// segmentation_models_pytorch 0.6 (float64, `DiceLoss`/`JaccardLoss`/`TverskyLoss('binary',
+/// from_logits=True)`) on this 2x1x2x4 case, where no probability equals its target.
+#[test]
+fn smp_intersection_min_on_soft_labels_matches_smp() {
+    let x = [0.3f32, -1.2, 2.0, 0.7, -0.4, 1.5, -2.2, 0.1, 1.1, -0.3, 0.0, -1.7, 0.9, 2.4, -0.8, 0.6];
+    let g = [0.8f32, 0.1, 1.0, 0.5, 0.0, 0.7, 0.2, 0.4, 0.6, 0.3, 0.5, 0.0, 1.0, 0.9, 0.1, 0.25];
+    let input = Input::dense(&x, &g, &[2, 1, 2, 4], Mode::Binary).unwrap();
+    let cases: [(&str, f64, [f64; 16]); 3] = [
+        (
+            "dice",
+            0.17105230037386976,
+            [
+                -0.017934393888,
+                0.009238364879,
+                -0.007702729776,
+                0.011513931601,
+                0.012477154582,
+                0.007745432289,
+                -0.006588094555,
+                0.012950527531,
+                0.00973044075,
+                0.012695141415,
+                -0.002679011217,
+                0.00678258152,
+                -0.015076286139,
+                0.003960053515,
+                0.011108699183,
+                0.011881159884,
+            ],
+        ),
+        (
+            "jaccard",
+            0.2921343484304837,
+            [
+                -0.026155565634,
+                0.013473254822,
+                -0.011233680684,
+                0.016791947114,
+                0.018196713957,
+                0.011295958138,
+                -0.009608093846,
+                0.018887082271,
+                0.014190899524,
+                0.01851462651,
+                -0.003907076769,
+                0.00989173413,
+                -0.021987294027,
+                0.005775352113,
+                0.016200955126,
+                0.017327513776,
+            ],
+        ),
+        (
+            "tversky:alpha=0.3,beta=0.7",
+            0.14397527722011705,
+            [
+                -0.023507202679,
+                0.005911051124,
+                -0.01009622244,
+                0.007367043759,
+                0.007983349822,
+                0.004955817056,
+                -0.008635233225,
+                0.008286231527,
+                0.006225899657,
+                0.008122825945,
+                -0.007866564562,
+                0.004339749149,
+                -0.01976098641,
+                0.002533790242,
+                0.007107760914,
+                0.00760201014,
+            ],
+        ),
+    ];
+    for (text, want, gref) in cases {
+        let e: LossExpr = text.parse().unwrap();
+        let cpu = reference::evaluate(&input, &e).unwrap();
+        let gpu = common::gpu().evaluate_blocking(&input, std::slice::from_ref(&e), true).unwrap().remove(0);
+        let gpu_grad: Vec<f64> = gpu.grad.unwrap().iter().map(|&v| f64::from(v)).collect();
+        for (who, v, grad) in [("cpu", cpu.value, cpu.grad.clone()), ("gpu", gpu.value, gpu_grad)] {
+            assert!(close(v, want), "{text} {who}: {v} vs smp {want}");
+            let (d, m) = common::max_diff(&grad, &gref);
+            assert!(d <= 1e-10 + 1e-4 * m, "{text} {who}: gradient off by {d:e} of {m:e}");
+        }
+        // the product form differs on these soft labels
+        let sep = if text.contains(':') { ',' } else { ':' };
+        let prod: LossExpr = format!("{text}{sep}intersection=product").parse().unwrap();
+        let p = reference::evaluate(&input, &prod).unwrap().value;
+        assert!((p - want).abs() > 1e-3, "{text}: product {p} vs min {want}");
+    }
+}

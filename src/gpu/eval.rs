@@ -9,7 +9,7 @@ use crate::gpu::context::Gpu;
 use crate::gpu::lovasz::{grid, LovaszInput};
 use crate::gpu::record::{Grid, Recording, Slice};
 use crate::gpu::{align, stats_tile, Params, Spec, GRAD_PIX};
-use crate::plan::{self, BlockLayout, Op, StatsPlan, TermParams, K, MAX_PIXEL_SLOTS};
+use crate::plan::{self, BlockLayout, Op, StatsPlan, TermParams, K};
 use crate::shaders;
 
 /// An input on the device: logits and target words (class indices, or f32 bits of dense values).
@@ -196,8 +196,7 @@ impl Gpu {
         let partials =
             if tiles > 1 { Some(rec.scratch((n * tiles * c * K * 4) as u64, "statistics partials")?) } else { None };
         for p in 0..passes {
-            let slots = &plan.slots
-                [(p * MAX_PIXEL_SLOTS).min(plan.slots.len())..((p + 1) * MAX_PIXEL_SLOTS).min(plan.slots.len())];
+            let slots = plan.pass_slots(p);
             let terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
             let cw: Vec<f32> = slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
             let spec = Spec {
@@ -214,6 +213,7 @@ impl Gpu {
                     && (p > 0 || !plan.needs_class_sums),
                 counts: p == 0 && counts.is_some(),
                 probs: inp.probs,
+                tp_min: p == 0 && plan.tp_min,
                 ..Spec::default()
             };
             let (tb, cb) = (rec.data(&terms), rec.data(&cw));
@@ -236,7 +236,7 @@ impl Gpu {
                 rec.dispatch(
                     &shaders::REDUCE,
                     // it reads only NTERMS: one pipeline per slot count
-                    Spec { nterms: spec.nterms, ..Spec::default() },
+                    Spec { nterms: spec.nterms, tp_min: spec.tp_min, ..Spec::default() },
                     Grid::Direct(c as u32, n as u32, 1),
                     &[("P", pbuf), ("partials", partials), ("sums", sums.sub(p as u64 * stride, stride))],
                 )?;

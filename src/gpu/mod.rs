@@ -81,6 +81,8 @@ pub(crate) struct Spec {
     pub probs: bool,
     /// Gradient: also the unreduced entries of the expression's pixel term.
     pub unreduced: bool,
+    /// Statistics: also `sum min(p, g)` in the last channel (intersection=min).
+    pub tp_min: bool,
 }
 
 impl Default for Spec {
@@ -99,6 +101,7 @@ impl Default for Spec {
             counts: false,
             probs: false,
             unreduced: false,
+            tp_min: false,
         }
     }
 }
@@ -108,7 +111,7 @@ impl Spec {
         Spec { softmax, ..Spec::default() }
     }
 
-    pub fn constants(&self) -> [(&'static str, f64); 13] {
+    pub fn constants(&self) -> [(&'static str, f64); 14] {
         [
             ("SOFTMAX", f64::from(u8::from(self.softmax))),
             ("KINDS", f64::from(self.kinds)),
@@ -123,6 +126,7 @@ impl Spec {
             ("COUNTS", f64::from(u8::from(self.counts))),
             ("PROBS", f64::from(u8::from(self.probs))),
             ("UNREDUCED", f64::from(u8::from(self.unreduced))),
+            ("TPMIN", f64::from(u8::from(self.tp_min))),
         ]
     }
 }
