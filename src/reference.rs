@@ -604,14 +604,14 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64], ent: &mut Vec<f64>)
                     // TP + FP + FN = SP + SG - TP
                     dden = Box::new(move |i| 1.0 - dtp(i));
                 }
-                dnum = Box::new(move |i| dtp(i));
+                dnum = Box::new(dtp);
             }
             RegionKind::Tversky { alpha, beta, .. } => {
                 num = tp + p.smooth_nr;
                 den = tp + alpha * fp + beta * fneg + p.smooth_dr;
                 // d FP = 1 - d TP, d FN = -d TP
                 dden = Box::new(move |i| dtp(i) + alpha * (1.0 - dtp(i)) - beta * dtp(i));
-                dnum = Box::new(move |i| dtp(i));
+                dnum = Box::new(dtp);
             }
             RegionKind::GDice { .. } => unreachable!(),
         }
