@@ -197,6 +197,9 @@ fn nlog100_1m(y: f32) -> f32 {
 // A subnormal y (which GPUs may flush to 0) is read from its bits: y = m 2^-149, so
 // -log y = 149 ln 2 - log m (above 87, so the clamp decides only below e^-100).
 fn nlog100(y: f32) -> f32 {
+    if y > 0.5 {
+        return -log1m(1.0 - y); // 1 - y is exact here, and log(y) near 1 is not accurate
+    }
     let b = bitcast<u32>(y);
     if b < 0x00800000u {
         return select(min(103.27893 - log(f32(b)), 100.0), 100.0, b == 0u);

@@ -86,7 +86,7 @@ struct Op {
     f4: f32,     // tversky: alpha
     f5: f32,     // tversky: beta
     f6: f32,     // tversky: gamma
-    f7: f32,
+    f7: f32,     // with F_WEIGHTS: the largest class weight, by which the weights in `cls` are divided
 }
 
 const NONE_IDX: u32 = 0xFFFFFFFFu;
@@ -167,6 +167,11 @@ fn weight_at(op: Op, j: u32) -> f32 {
     return 1.0;
 }
 
+// The largest class weight, by which the weights in `cls` are divided (1 without weights).
+fn weight_scale(op: Op) -> f32 {
+    return select(1.0, op.f7, (op.flags & F_WEIGHTS) != 0u);
+}
+
 fn norm_of(op: Op) -> u32 {
     return (op.flags >> 10u) & 3u;
 }
@@ -227,13 +232,17 @@ fn op_pixel(lid: u32, op: Op) {
     } else if op.kind == OP_FOCAL {
         // count: the non-ignored elements (softmax: P C); weights: the terms' class weights
         // (softmax: one term per pixel, of its true class, whose count is the class's SG)
+        // (the weights are divided by their largest, m: under count the value and the scale
+        // take m back; under weights it cancels)
         var denom = cnt;
+        var m = weight_scale(op);
         if norm_of(op) != NORM_COUNT {
             denom = wtotal(lid, op, 0u, select(5u, 2u, (op.flags & F_FOCAL_SOFTMAX) != 0u));
+            m = 1.0;
         }
         if denom > 0.0 {
-            v = a / denom;
-            scale = op.weight / denom;
+            v = m * (a / denom);
+            scale = op.weight * m / denom;
         }
     } else {
         let den = total(lid, op.sbase, op.chan + 1u);
@@ -492,7 +501,8 @@ fn op_region(lid: u32, op: Op) {
     if per_image {
         inv = 1.0 / f32(P.n);
     } else if norm_of(op) == NORM_COUNT {
-        inv = select(0.0, 1.0 / t.y, t.y > 0.0);
+        // the group weights are divided by their largest: take it back
+        inv = select(0.0, weight_scale(op) / t.y, t.y > 0.0);
     } else {
         inv = select(0.0, 1.0 / t.z, t.z > 0.0);
     }

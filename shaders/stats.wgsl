@@ -78,7 +78,7 @@ fn flag(bit: u32, idx: u32) {
 
 // Checks logit x of element e; `true_class`: e is the true class of a non-ignored pixel.
 fn check_logit(x: f32, e: u32, true_class: bool) {
-    if SOFTMAX && is_neg_inf(x) {
+    if SOFTMAX && !PROBS && is_neg_inf(x) {
         // a masked class: an error where the losses need its log-probability
         if (VALIDATE & V_NEGINF_ANY) != 0u || ((VALIDATE & V_NEGINF_TRUE) != 0u && true_class) {
             flag(V_NEGINF, e);

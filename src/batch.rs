@@ -110,6 +110,7 @@ fn same_host(a: &Input<'_>, b: &Input<'_>) -> bool {
         && a.shape() == b.shape()
         && a.mode() == b.mode()
         && a.ignore_index() == b.ignore_index()
+        && a.kind() == b.kind()
 }
 
 pub(crate) fn same_slice(a: &BufferSlice<'_>, b: &BufferSlice<'_>) -> bool {
@@ -129,6 +130,7 @@ fn same_buffers(a: &BufferInput<'_>, b: &BufferInput<'_>) -> bool {
         && a.shape() == b.shape()
         && a.mode() == b.mode()
         && a.ignore_index() == b.ignore_index()
+        && a.kind() == b.kind()
 }
 
 impl<'a> ItemSrc<'a> {
@@ -257,13 +259,12 @@ impl<'e, 'a> Batch<'e, 'a> {
         for (gi, g) in groups.iter().enumerate() {
             if let ItemSrc::Host(input) = &items[g.items[0]].src {
                 let lovasz = g.items.iter().any(|&i| items[i].exprs.iter().any(|e| e.has_lovasz()));
-                // (hard_labels reads the whole target: only when a Lovász loss needs it)
-                if lovasz {
-                    let exprs: Vec<LossExpr> = g.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
-                    failed[gi] = check_hard_labels(&exprs, input.hard_labels())
-                        .and_then(|_| crate::input::check_neg_inf(input, &exprs))
-                        .err();
-                }
+                let exprs: Vec<LossExpr> = g.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
+                // (hard_labels reads the whole target: only when a Lovász loss needs it; the -inf
+                // checks run only on an input with -inf)
+                failed[gi] = if lovasz { check_hard_labels(&exprs, input.hard_labels()) } else { Ok(()) }
+                    .and_then(|_| crate::input::check_neg_inf(input, &exprs))
+                    .err();
             }
         }
         let sets = coalesce(&items, &groups, &failed, &gpu.limits, crate::stats::binding_limit(&gpu));
@@ -551,7 +552,12 @@ fn coalesce(
         let ItemSrc::Host(input) = &items[g.items[0]].src else { continue };
         let bytes = (input.logits().len() * 4) as u64;
         let key = |h: &Group| match &items[h.items[0]].src {
-            ItemSrc::Host(o) => o.shape() == input.shape() && o.mode() == input.mode() && exprs_of(h) == exprs_of(g),
+            ItemSrc::Host(o) => {
+                o.shape() == input.shape()
+                    && o.mode() == input.mode()
+                    && o.kind() == input.kind()
+                    && exprs_of(h) == exprs_of(g)
+            }
             ItemSrc::Buffers(_) => false,
         };
         let found = open.iter().position(|&si| {

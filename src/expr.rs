@@ -500,6 +500,13 @@ fn check_classes(name: &str, classes: &Classes, c: usize) -> Result<(), Error> {
 impl LossExpr {
     /// Checks every term against the mode and the number of classes.
     pub fn check(&self, mode: Mode, classes: usize) -> Result<(), Error> {
+        // what the parser refuses, for expressions built in code
+        if self.unreduced() && (self.terms.len() != 1 || self.deep.is_some()) {
+            return Err(Error::LossMode {
+                loss: self.to_string(),
+                msg: "reduction=none needs a single term and no deep(...)".into(),
+            });
+        }
         self.terms.iter().try_for_each(|t| t.loss.check(mode, classes))
     }
 

@@ -100,6 +100,11 @@ impl MultiEngine {
     /// submission per engine, at the same time, then (gradients) one gradient submission per
     /// engine. Values are those of the joined statistics ([`Statistics::finish`]).
     pub async fn evaluate(&self, input: &Input<'_>, exprs: &[LossExpr], grads: bool) -> Result<Vec<Evaluation>, Error> {
+        if input.levels() > 1 || exprs.iter().any(|e| e.deep.is_some()) {
+            return Err(Error::Unsupported(
+                "deep supervision evaluates on one engine (Engine::evaluate), not spread over adapters".into(),
+            ));
+        }
         let whole_lovasz = exprs
             .iter()
             .flat_map(|e| &e.terms)

@@ -153,8 +153,8 @@ impl PixelSlot {
                 // the weights enter a weighted mean only: scaled to a largest weight of 1, so
                 // that f32 sums of large weights cannot overflow
                 weights: p.weights.as_ref().map_or(ones, |w| {
-                    let m = w.iter().copied().fold(0.0, f64::max);
-                    w.iter().map(|&x| if m > 0.0 { x / m } else { x }).collect()
+                    let m = weight_scale(w);
+                    w.iter().map(|&x| x / m).collect()
                 }),
             }),
             Loss::Focal(p) => Some(PixelSlot {
@@ -166,6 +166,17 @@ impl PixelSlot {
             }),
             _ => None,
         }
+    }
+
+    /// The largest class weight (1 without weights): the device's weights are divided by it.
+    pub fn weight_scale(&self) -> f64 {
+        weight_scale(&self.weights)
+    }
+
+    /// The class weights as the kernels read them: divided by [`PixelSlot::weight_scale`].
+    pub fn device_weights(&self) -> Vec<f32> {
+        let m = self.weight_scale();
+        self.weights.iter().map(|&w| (w / m) as f32).collect()
     }
 
     pub fn params(&self, scale: f64, pos_weight: f64) -> TermParams {
@@ -199,6 +210,16 @@ pub(crate) struct StatsPlan {
     /// Some region loss sums TP as `min(p, g)`: pass 0 also holds that sum (and one pixel slot
     /// fewer).
     pub tp_min: bool,
+}
+
+/// The largest of some weights, or 1 when none is positive.
+pub(crate) fn weight_scale(w: &[f64]) -> f64 {
+    let m = w.iter().copied().fold(0.0, f64::max);
+    if m > 0.0 {
+        m
+    } else {
+        1.0
+    }
 }
 
 /// The mode a `softmax` flag stands for where only that matters (multiclass, or a sigmoid mode).
@@ -420,8 +441,13 @@ pub(crate) fn finalize(
                     }
                     PosWeight::Channels(_) => 1.0,
                 };
-                let cw = &plan.slots[slot].weights;
-                let a = sums.weighted(k, cw);
+                // per-channel weights as the device has them: divided by their largest, which
+                // becomes the scalar pos_weight
+                let s = &plan.slots[slot];
+                let m = s.weight_scale();
+                let pw = if matches!(p.pos_weight, PosWeight::Channels(_)) { m } else { pw };
+                let cw: Vec<f64> = s.weights.iter().map(|&x| x / m).collect();
+                let a = sums.weighted(k, &cw);
                 let b = sums.total(k + 1);
                 let (v, scale) = if cnt > 0.0 { ((pw * a + b) / cnt, w / cnt) } else { (0.0, 0.0) };
                 pixel(scale, pw);
@@ -438,7 +464,10 @@ pub(crate) fn finalize(
                     _ if plan.softmax && p.act.softmax(mode) => sums.weighted(ch::SG, cw),
                     _ => sums.weighted(ch::CNT, cw),
                 };
-                let (v, scale) = if denom > 0.0 { (s / denom, w / denom) } else { (0.0, 0.0) };
+                // the gradient pass multiplies the scale by the device's weights (divided by
+                // their largest)
+                let m = plan.slots[slot].weight_scale();
+                let (v, scale) = if denom > 0.0 { (s / denom, m * w / denom) } else { (0.0, 0.0) };
                 pixel(scale, 1.0);
                 v
             }
@@ -537,10 +566,15 @@ pub(crate) fn push_ops(
             }
         };
         // per-class weights: f32 bits in `cls` from `nseg`
-        let weights = |w: &[f64], o: &mut Op, cls: &mut Vec<u32>| {
+        // per-class weights, divided by their largest (its value `m` in f[7], bce's in its
+        // pos_weight) so that f32 sums of large weights cannot overflow; `scaled: false` keeps
+        // them as given (weights inside the sums of pool=all|image_all, next to unscaled smoothing)
+        let weights = |w: &[f64], o: &mut Op, cls: &mut Vec<u32>, scaled: bool| {
+            let m = if scaled { weight_scale(w) } else { 1.0 };
             o.flags |= op::F_WEIGHTS;
             o.nseg = cls.len() as u32;
-            cls.extend(w.iter().map(|&x| (x as f32).to_bits()));
+            o.f[7] = m as f32;
+            cls.extend(w.iter().map(|&x| ((x / m) as f32).to_bits()));
         };
         let pixel = |o: &mut Op, kind: u32| {
             let slot = plan.slot_of(&t.loss, classes);
@@ -557,8 +591,8 @@ pub(crate) fn push_ops(
                     PosWeight::Value(v) => o.f[0] = *v as f32,
                     PosWeight::Auto => o.flags = op::F_POS_AUTO,
                     PosWeight::Channels(w) => {
-                        o.f[0] = 1.0;
-                        weights(w, &mut o, cls);
+                        weights(w, &mut o, cls, true);
+                        o.f[0] = o.f[7];
                     }
                 }
             }
@@ -570,7 +604,7 @@ pub(crate) fn push_ops(
                 }
                 o.flags |= norm_bits(p.norm);
                 if let Some(w) = &p.weights {
-                    weights(w, &mut o, cls);
+                    weights(w, &mut o, cls, true);
                 }
             }
             Loss::SensSpec(p) => {
@@ -623,7 +657,7 @@ pub(crate) fn push_ops(
                 list(&p.classes, &mut o, cls);
                 o.flags |= norm_bits(p.norm);
                 if let Some(w) = &p.weights {
-                    weights(w, &mut o, cls);
+                    weights(w, &mut o, cls, matches!(p.pool, Pool::Batch | Pool::Image));
                 }
                 if p.intersection == Intersection::Min && o.kind == op::REGION {
                     o.flags |= op::F_MIN;

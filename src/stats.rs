@@ -646,6 +646,11 @@ impl Engine {
     /// limits in pieces). A Lovász loss with `per_image=false` is refused: its statistics do
     /// not merge.
     pub async fn statistics(&self, input: &Input<'_>, exprs: &[LossExpr]) -> Result<Statistics, Error> {
+        if input.levels() > 1 {
+            return Err(Error::Unsupported(
+                "statistics hold one level: an input with levels (deep supervision) goes to Engine::evaluate".into(),
+            ));
+        }
         for e in exprs {
             e.check_input(input.mode(), input.classes(), input.kind())?;
         }

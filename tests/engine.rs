@@ -800,7 +800,7 @@ fn probabilities_in_buffers_equal_host_probabilities_and_are_checked_on_the_devi
         assert_eq!(first[0].value.to_bits(), host[0].value.to_bits());
         assert_eq!(Some(&written), host[0].grad.as_ref());
         // a probability outside [0, 1], and a logit-only loss, are refused
-        for (i, bad) in [(5usize, 1.25f32), (7, -0.5), (11, f32::NAN)] {
+        for (i, bad) in [(5usize, 1.25f32), (7, -0.5), (11, f32::NAN), (13, f32::NEG_INFINITY)] {
             let mut p = probs.clone();
             p[i] = bad;
             match run(&p) {
@@ -862,4 +862,52 @@ fn neg_inf_logits_in_buffers_are_checked_on_the_device() {
     let mut all = x.clone();
     all[11] = inf;
     neg(run(&all, &labels, &["dice"]), 3);
+}
+
+#[test]
+fn a_batch_keeps_logits_and_probabilities_of_one_shape_apart_and_deep_with_metrics_sums_levels() {
+    let engine = common::gpu();
+    let case = dense_case(81, &[2, 1, 9, 13], Mode::Binary);
+    let probs: Vec<f32> = case.logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect();
+    let exprs = parse(&["dice", "bce", "focal:alpha=0.25"]);
+    let logits_in = case.whole();
+    let probs_in = Input::dense_probs(&probs, &case.dense, &case.shape, Mode::Binary).unwrap();
+    // the same slices read both ways, and different slices of one shape
+    let same_slices = Input::dense(&probs, &case.dense, &case.shape, Mode::Binary).unwrap();
+    let one: Vec<Vec<Evaluation>> = [&logits_in, &probs_in, &same_slices]
+        .iter()
+        .map(|i| engine.evaluate_blocking(i, &exprs, true).unwrap())
+        .collect();
+    let mut batch = engine.batch();
+    let pending: Vec<_> =
+        [&logits_in, &probs_in, &same_slices].iter().map(|i| batch.push(i, &exprs, true).unwrap()).collect();
+    batch.flush_blocking().unwrap();
+    for (k, (p, single)) in pending.into_iter().zip(&one).enumerate() {
+        assert_same(&p.wait().unwrap(), single, &format!("input {k}"));
+    }
+    // the same slices as probabilities and as logits differ
+    assert!((one[1][0].value - one[2][0].value).abs() > 1e-3, "{} vs {}", one[1][0].value, one[2][0].value);
+
+    // deep supervision next to metrics: the losses over every level, the metrics of level 0
+    let small = dense_case(82, &[2, 1, 5, 7], Mode::Binary);
+    let deep_in = logits_in
+        .clone()
+        .with_levels(vec![(std::borrow::Cow::Borrowed(&small.logits[..]), small.shape.clone())])
+        .unwrap();
+    let deep = parse(&["deep:weights=0.3;0.7(dice)"]);
+    let metrics: Vec<segloss::metrics::Metric> = vec!["iou".parse().unwrap()];
+    let (evals, values) = engine.evaluate_with_metrics_blocking(&deep_in, &deep, true, &metrics).unwrap();
+    let want = reference::evaluate(&deep_in, &deep[0]).unwrap();
+    assert!(
+        (evals[0].value - want.value).abs() <= 1e-5 * want.value.abs().max(1.0),
+        "{} vs {}",
+        evals[0].value,
+        want.value
+    );
+    assert_eq!(evals[0].level_grads.len(), 1);
+    let iou = segloss::metrics::reference::evaluate(&logits_in, &metrics[0]).unwrap();
+    assert_eq!(values[0].as_ref().unwrap(), &iou);
+    // a plain loss on several levels is refused there too
+    assert!(engine.evaluate_with_metrics_blocking(&deep_in, &parse(&["dice"]), true, &metrics).is_err());
+    assert!(engine.statistics_blocking(&deep_in, &parse(&["dice"])).is_err());
 }

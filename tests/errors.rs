@@ -207,6 +207,19 @@ fn neg_inf_logits_mask_classes_in_multiclass_mode_only() {
     let input = Input::labels(&x, &on_true, &[1, 3, 4], None).unwrap();
     refuse(&input, "ce", "ce needs a finite logit on the true class; logits[3]");
     refuse(&input, "dice+focal:act=softmax", "focal:act=softmax needs a finite logit on the true class");
+    // the same checks in a batch, and on every level of deep supervision
+    let mut batch = engine.batch();
+    let pending = batch.push(&input, &["ce".parse().unwrap()], true).unwrap();
+    batch.flush_blocking().unwrap();
+    let err = pending.wait().unwrap_err().to_string();
+    assert!(err.contains("ce needs a finite logit on the true class"), "{err}");
+    let x1 = [0.0f32; 6];
+    let deep = Input::labels(&x, &on_true, &[1, 3, 4], None)
+        .unwrap()
+        .with_levels(vec![(std::borrow::Cow::Borrowed(&x1[..]), vec![1, 3, 2])])
+        .unwrap();
+    let err = engine.evaluate_blocking(&deep, &["deep(ce)".parse().unwrap()], true).unwrap_err().to_string();
+    assert!(err.contains("ce needs a finite logit on the true class"), "{err}");
     // ignored, the same pixel is fine
     let input = Input::labels(&x, &on_true, &[1, 3, 4], Some(0)).unwrap();
     assert!(engine.evaluate_blocking(&input, &["ce".parse().unwrap()], true).is_ok());

@@ -555,3 +555,61 @@ fn masked_classes_with_neg_inf_logits_match_reference_or_are_refused_alike() {
         assert!(compared >= 10, "{}: {compared} compared", b.what);
     }
 }
+
+#[test]
+fn huge_class_weights_give_the_reference_values_not_an_overflow() {
+    // weights near the f32 range: the device divides them by their largest (the sums would
+    // overflow f32 otherwise); values that fit in f32 come out as the f64 reference has them
+    let mut rng = Rng(51);
+    let engine = common::gpu();
+    for mode in [Mode::Multiclass, Mode::Multilabel] {
+        let mut b = batch(&mut rng, mode, 0);
+        while b.shape[1] < 3 {
+            b = batch(&mut rng, mode, 0);
+        }
+        let c = b.shape[1];
+        let w = |big: &str| {
+            (0..c).map(|k| if k % 2 == 0 { big.to_string() } else { "1e36".into() }).collect::<Vec<_>>().join(";")
+        };
+        let mut texts = vec![
+            format!("focal:weights={}", w("2e38")),
+            format!("focal@monai:weights={}", w("1e37")),
+            format!("dice:weights={}", w("2e38")),
+            format!("dice@monai:weights={}", w("3e38")),
+            format!("0.000000000000000000000000000001*jaccard@monai:weights={},norm=count", w("1e37")),
+        ];
+        if mode == Mode::Multiclass {
+            texts.push(format!("focal:act=softmax,weights={}", w("1e37")));
+        } else {
+            texts.push(format!("bce:pos_weight={}", w("1e30")));
+        }
+        let input = Input::new(Cow::Borrowed(&b.logits), b.target.clone(), &b.shape, b.mode, b.ignore).unwrap();
+        let mut compared = 0;
+        for t in &texts {
+            let e: LossExpr = t.parse().unwrap();
+            let r = reference::evaluate(&input, &e);
+            let g = engine.evaluate_blocking(&input, std::slice::from_ref(&e), true);
+            match (r, g) {
+                (Ok(r), Ok(g)) => {
+                    let g = &g[0];
+                    assert!(
+                        (g.value - r.value).abs() <= 1e-5 * r.value.abs().max(1e-30),
+                        "{}: '{t}' {} vs {}",
+                        b.what,
+                        g.value,
+                        r.value
+                    );
+                    let (d, m) = common::max_diff(g.grad.as_ref().unwrap(), &r.grad);
+                    assert!(d <= 1e-3 * m, "{}: '{t}' gradient {d:e} of {m:e}", b.what);
+                    compared += 1;
+                }
+                // a value past the f32 range is an overflow on both
+                (Err(a), Err(b2)) => assert_eq!(a.to_string().split(':').next(), b2.to_string().split(':').next()),
+                (a, g) => {
+                    panic!("{}: '{t}' reference {:?} engine {:?}", b.what, a.map(|r| r.value), g.map(|v| v[0].value))
+                }
+            }
+        }
+        assert!(compared >= 5, "{}: {compared} compared", b.what);
+    }
+}

@@ -13,6 +13,7 @@ const state = {
   classes: 1,
   target: new Float32Array(H * W), // 0/1 mask or class index per pixel
   logits: null,
+  input: null, // what is evaluated: the logits, or their probabilities
   selected: 0,
   results: [],
   busy: false,
@@ -26,10 +27,11 @@ window.segloss = {
   ready: false,
   error: null,
   state: () => ({ mode: state.mode, example: state.example, results: state.results, metrics: state.metrics,
-                  evaluations: state.evaluations,
+                  evaluations: state.evaluations, probs: $('probs').checked,
                   losses: $('losses').value, info: state.engine ? JSON.parse(state.engine.info()) : null }),
   exportNpy: () => ({
-    logits: b64(npy_f32(state.logits, [1, state.classes, H, W])),
+    logits: b64(npy_f32(state.input, [1, state.classes, H, W])),
+    probs: $('probs').checked,
     target: state.mode === 'binary' ? b64(npy_f32(state.target, [1, 1, H, W])) : b64(npy_labels(state.target, [1, H, W])),
     mode: state.mode,
   }),
@@ -40,8 +42,8 @@ window.segloss.time512 = async () => {
   const n = 512, mask = roads_mask(n, n, 3), noise = gaussian(99);
   const logits = Float32Array.from(mask, (m) => 6 * (m - 0.5) + 1.5 * noise());
   const losses = 'bce\ndice\nfocal:alpha=0.25\nlovasz\nbce+dice';
-  await state.engine.evaluate(logits, mask, [1, 1, n, n], 'binary', losses, 0); // warm-up
-  return JSON.parse(await state.engine.evaluate(logits, mask, [1, 1, n, n], 'binary', losses, 0)).results;
+  await state.engine.evaluate(logits, mask, [1, 1, n, n], 'binary', losses, 0, false); // warm-up
+  return JSON.parse(await state.engine.evaluate(logits, mask, [1, 1, n, n], 'binary', losses, 0, false)).results;
 };
 
 function b64(bytes) {
@@ -111,6 +113,23 @@ function makeLogits() {
     for (let i = 0; i < H * W; i++) logits[c * H * W + i] = conf * (b[i] - 0.5) + sigma * noise();
   }
   state.logits = logits;
+  state.input = $('probs').checked ? probabilities(logits) : logits;
+}
+
+// The probabilities of the logits: sigmoid (binary), softmax over the classes (multiclass).
+function probabilities(logits) {
+  const p = new Float32Array(logits.length);
+  if (state.mode === 'binary') {
+    for (let i = 0; i < logits.length; i++) p[i] = 1 / (1 + Math.exp(-logits[i]));
+    return p;
+  }
+  for (let i = 0; i < H * W; i++) {
+    let mx = -Infinity, s = 0;
+    for (let c = 0; c < state.classes; c++) mx = Math.max(mx, logits[c * H * W + i]);
+    for (let c = 0; c < state.classes; c++) s += Math.exp(logits[c * H * W + i] - mx);
+    for (let c = 0; c < state.classes; c++) p[c * H * W + i] = Math.exp(logits[c * H * W + i] - mx) / s;
+  }
+  return p;
 }
 
 function draw() {
@@ -185,8 +204,9 @@ async function evaluate() {
       state.pending = false;
       makeLogits();
       draw();
-      const json = await state.engine.evaluate(state.logits, state.target, [1, state.classes, H, W], state.mode,
-                                               $('losses').value, state.selected);
+      const json = await state.engine.evaluate(state.input, state.target, [1, state.classes, H, W], state.mode,
+                                               $('losses').value, state.selected, $('probs').checked);
+      $('gradof').textContent = $('probs').checked ? 'd loss / d probabilities' : 'd loss / d logits';
       const parsed = JSON.parse(json);
       state.results = parsed.results;
       state.metrics = parsed.metrics;
@@ -244,7 +264,7 @@ async function main() {
   $('mask').addEventListener('pointerdown', (e) => { drawing = true; paint(e); });
   $('mask').addEventListener('pointermove', (e) => { if (drawing) paint(e); });
   window.addEventListener('pointerup', () => { drawing = false; });
-  for (const id of ['shift', 'blur', 'noise', 'conf', 'brush']) $(id).addEventListener('input', evaluate);
+  for (const id of ['shift', 'blur', 'noise', 'conf', 'brush', 'probs']) $(id).addEventListener('input', evaluate);
   $('losses').addEventListener('input', evaluate);
   $('example').addEventListener('change', () => { loadExample($('example').value); state.selected = 0; evaluate(); });
   for (const b of document.querySelectorAll('[data-preset]')) b.onclick = () => { $('losses').value = b.dataset.preset; state.selected = 0; evaluate(); };

@@ -198,7 +198,7 @@ impl Gpu {
         for p in 0..passes {
             let slots = plan.pass_slots(p);
             let terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
-            let cw: Vec<f32> = slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
+            let cw: Vec<f32> = slots.iter().flat_map(|s| s.device_weights()).collect();
             let spec = Spec {
                 softmax,
                 kinds: terms.iter().fold(0, |k, t| k | 1 << t.kind),
@@ -610,21 +610,16 @@ impl Gpu {
                 );
                 let slots: Vec<&plan::PixelSlot> = l.pix.iter().map(|&(_, slot)| &plan.slots[slot]).collect();
                 let mut terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
-                let cw: Vec<f32> = slots.iter().flat_map(|s| s.weights.iter().map(|&w| w as f32)).collect();
+                let cw: Vec<f32> = slots.iter().flat_map(|s| s.device_weights()).collect();
                 let unr_out = match (unr, slots.first(), terms.first_mut()) {
                     (true, Some(slot), Some(tp)) => {
                         // the term's factor; cross-entropy's weights are the statistics' (scaled
                         // to a largest of 1): the factor undoes the scale
                         let term = &exprs[i].terms[l.pix[0].0];
+                        // (and focal's weights are divided by their largest, as the statistics' are)
                         let scale = match &term.loss {
-                            crate::expr::Loss::Ce(p) => p.weights.as_ref().map_or(1.0, |w| {
-                                let m = w.iter().copied().fold(0.0, f64::max);
-                                if m > 0.0 {
-                                    m
-                                } else {
-                                    1.0
-                                }
-                            }),
+                            crate::expr::Loss::Ce(p) => p.weights.as_deref().map_or(1.0, plan::weight_scale),
+                            crate::expr::Loss::Focal(_) => slot.weight_scale(),
                             _ => 1.0,
                         };
                         tp.scale = (term.weight * scale) as f32;

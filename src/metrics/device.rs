@@ -71,6 +71,12 @@ impl Engine {
         grads: bool,
         metrics: &[Metric],
     ) -> Result<LossesAndMetrics, Error> {
+        if input.levels() > 1 || exprs.iter().any(|e| e.deep.is_some()) {
+            // deep supervision: the losses over the levels, the metrics of level 0's prediction
+            let evals = self.evaluate(input, exprs, grads).await?;
+            let (_, values) = Box::pin(self.evaluate_with_metrics(&input.level(0)?, &[], false, metrics)).await?;
+            return Ok((evals, values));
+        }
         let (mode, c) = (input.mode(), input.classes());
         for e in exprs {
             e.check_input(mode, c, input.kind())?;

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 
-use segloss::{Engine, EngineOptions, Input, LossExpr, Mode, Target};
+use segloss::{Engine, EngineOptions, Input, InputKind, LossExpr, Mode, Target};
 use segloss_data::synth;
 use serde_json::json;
 use wasm_bindgen::prelude::*;
@@ -38,11 +38,14 @@ impl WebEngine {
         serde_json::to_string(self.engine.info()).unwrap_or_default()
     }
 
-    /// Evaluates each loss text (one per line) on logits `[n, c, h, w]` and a target (dense 0/1
-    /// for `binary`, class indices as numbers for `multiclass`). Returns JSON
+    /// Evaluates each loss text (one per line) on logits `[n, c, h, w]` (or probabilities, with
+    /// `probs`) and a target (dense 0/1 for `binary`, class indices as numbers for `multiclass`).
+    /// Returns JSON
     /// `{"results": [{"loss", "value", "ms", "error"}], "metrics": [{"metric", "value"}]}` (IoU and
     /// Dice score of the hard prediction); the gradient of loss `grad_of` is then
     /// available from [`WebEngine::grad`].
+    // the page's call passes plain values (no JS object to decode): one argument each
+    #[allow(clippy::too_many_arguments)]
     pub async fn evaluate(
         &self,
         logits: Vec<f32>,
@@ -51,6 +54,7 @@ impl WebEngine {
         mode: String,
         losses: String,
         grad_of: u32,
+        probs: bool,
     ) -> Result<String, JsError> {
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
         let mode: Mode = mode.parse().map_err(js_err)?;
@@ -59,7 +63,10 @@ impl WebEngine {
         } else {
             Target::Dense(Cow::Owned(target))
         };
-        let input = Input::new(Cow::Owned(logits), target, &shape, mode, None).map_err(js_err)?;
+        let kind = if probs { InputKind::Probs } else { InputKind::Logits };
+        let input = Input::new(Cow::Owned(logits), target, &shape, mode, None)
+            .and_then(|i| i.with_kind(kind))
+            .map_err(js_err)?;
         // IoU and Dice score of the hard prediction (micro: all pixels and classes pooled)
         let metrics: Vec<serde_json::Value> = ["iou", "dice"]
             .iter()
@@ -99,7 +106,8 @@ impl WebEngine {
         Ok(json!({ "results": results, "metrics": metrics }).to_string())
     }
 
-    /// The gradient of the loss chosen in the last [`WebEngine::evaluate`], in the logits' layout.
+    /// The gradient of the loss chosen in the last [`WebEngine::evaluate`], in the input's layout
+    /// (by the logits, or by the probabilities).
     pub fn grad(&self) -> Vec<f32> {
         self.grad.borrow().clone()
     }

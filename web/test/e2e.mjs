@@ -111,6 +111,33 @@ try {
   check('a bad loss text shows an inline error', inline.length === 2 && inline[0].includes("unknown loss 'dicee'"), JSON.stringify(inline));
   check('the good loss next to it still evaluates', now.results[1].error === null && typeof now.results[1].value === 'number');
 
+  // Probabilities as input: the page's values equal the native `eval --probs`, and the Lovász
+  // hinge (defined on logits) refuses them.
+  const n3 = now.evaluations;
+  await page.$eval('#losses', (el) => { el.value = 'bce\ndice\ndice@monai:weights=1\nfocal:alpha=0.25\nlovasz'; el.dispatchEvent(new Event('input')); });
+  await page.waitForFunction((n) => window.segloss.state().evaluations > n, n3, { timeout: 120000 });
+  const n4 = (await page.evaluate(() => window.segloss.state())).evaluations;
+  await page.$eval('#probs', (el) => { el.checked = true; el.dispatchEvent(new Event('input')); });
+  await page.waitForFunction((n) => window.segloss.state().evaluations > n, n4, { timeout: 120000 });
+  await page.waitForTimeout(300);
+  const pst = await page.evaluate(() => window.segloss.state());
+  const pexp = await page.evaluate(() => window.segloss.exportNpy());
+  fs.writeFileSync(path.join(tmp, 'probs.npy'), Buffer.from(pexp.logits, 'base64'));
+  fs.writeFileSync(path.join(tmp, 'ptarget.npy'), Buffer.from(pexp.target, 'base64'));
+  const pargs = ['eval', '--probs', path.join(tmp, 'probs.npy'), '--target', path.join(tmp, 'ptarget.npy'), '--json'];
+  for (const r of pst.results) pargs.push('--loss', r.loss);
+  const pout = JSON.parse(execFileSync(native, pargs, { encoding: 'utf8' }));
+  const pagree = pexp.probs && pst.probs && pout.input === 'probs' && pout.results.every((n, i) => {
+    const w = pst.results[i];
+    if (n.error !== null || w.error !== null) return n.error !== null && w.error !== null;
+    return Math.abs(w.value - n.value) <= 1e-5 + 2e-4 * Math.abs(n.value);
+  });
+  check('with probabilities the page equals the native eval --probs', pagree,
+        pout.results.map((n, i) => `${n.loss} ${n.value ?? n.error} / ${pst.results[i].value ?? pst.results[i].error}`).join('; '));
+  check('the hinge refuses probabilities inline', pst.results[4].error !== null && pst.results[4].error.includes('logits'),
+        JSON.stringify(pst.results[4]));
+  await page.$eval('#probs', (el) => { el.checked = false; el.dispatchEvent(new Event('input')); });
+
   // Back to the default losses, then a screenshot that is not blank.
   await page.click('[data-preset]');
   await page.waitForTimeout(1500);
