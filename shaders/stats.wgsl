@@ -167,16 +167,8 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                         lse[i] = log_sum_exp(n, s);
                     }
                     if COUNTS {
-                        // argmax, ties to the lowest class (the logits are in cache)
-                        var best = 0u;
-                        var bx = logits[n * P.c * P.s + s];
-                        for (var c = 1u; c < P.c; c++) {
-                            let x = logits[(n * P.c + c) * P.s + s];
-                            if x > bx {
-                                bx = x;
-                                best = c;
-                            }
-                        }
+                        // (the logits are in cache)
+                        let best = argmax(n * P.c * P.s + s, P.s, P.c);
                         atomicAdd(&cnt[(n * P.tiles + tile) * P.c * P.c + min(lab[i], P.c - 1u) * P.c + best], 1u);
                     }
                     if PIXEL_ONLY && VALIDATE != 0u {

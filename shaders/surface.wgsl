@@ -65,15 +65,7 @@ fn surf_labels(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
         labs[i] = INVALID;
         return;
     }
-    var best = 0u;
-    var bx = logits[ni * SP.c * SP.s + v];
-    for (var c = 1u; c < SP.c; c++) {
-        let x = logits[(ni * SP.c + c) * SP.s + v];
-        if x > bx {
-            bx = x;
-            best = c;
-        }
-    }
+    let best = argmax(ni * SP.c * SP.s + v, SP.s, SP.c);
     labs[i] = best | (t << 16u);
 }
 

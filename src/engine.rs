@@ -8,7 +8,7 @@ use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
 use crate::error::Error;
-use crate::expr::{Loss, LossExpr, F32_MAX};
+use crate::expr::{LossExpr, F32_MAX};
 pub use crate::gpu::context::{backend_name, list_adapters, AdapterReport, DeviceInfo, EngineOptions};
 use crate::gpu::context::{pick_adapter, Gpu};
 use crate::gpu::eval::{DevInput, GradTo, Recorded, UnreducedRead};
@@ -1113,14 +1113,12 @@ fn buffer_checks(b: &BufferInput<'_>, exprs: &[LossExpr], logits: Slice, target:
     let mut validate = if probs { check::PROB } else { check::NONFINITE };
     if softmax && !probs {
         // -inf logits mask a class: refused where the losses need its log-probability
-        for t in exprs.iter().flat_map(|e| &e.terms) {
-            match &t.loss {
-                Loss::Ce(p) if p.label_smoothing > 0.0 => validate |= check::NEGINF_ANY,
-                Loss::Ce(_) => validate |= check::NEGINF_TRUE,
-                Loss::Focal(p) if p.act.softmax(b.mode) => validate |= check::NEGINF_TRUE,
-                Loss::Focal(_) => validate |= check::NEGINF_ANY,
-                _ => {}
-            }
+        let (any, true_class) = crate::input::neg_inf_rules(exprs, b.mode);
+        if any.is_some() {
+            validate |= check::NEGINF_ANY;
+        }
+        if true_class.is_some() {
+            validate |= check::NEGINF_TRUE;
         }
     }
     validate |= if softmax { check::CLASS } else { check::RANGE };

@@ -232,39 +232,29 @@ impl<'a> Input<'a> {
 
     /// Level `l` as an input of its own: its predictions and the target resized to its size.
     pub fn level(&self, l: usize) -> Result<Input<'_>, Error> {
-        if l == 0 {
-            return Ok(Input {
-                logits: Cow::Borrowed(&self.logits),
-                target: match &self.target {
-                    Target::Dense(t) => Target::Dense(Cow::Borrowed(t)),
-                    Target::Labels(t) => Target::Labels(Cow::Borrowed(t)),
-                },
-                shape: self.shape.clone(),
-                mode: self.mode,
-                ignore_index: self.ignore_index,
-                kind: self.kind,
-                levels: Vec::new(),
-                neg_inf: self.neg_inf,
-            });
-        }
-        let lv = self
-            .levels
-            .get(l - 1)
-            .ok_or_else(|| Error::Input(format!("level {l} of an input of {}", self.levels())))?;
-        let x = &lv.logits;
-        let target = match &lv.target {
-            Target::Dense(t) => Target::Dense(Cow::Borrowed(&t[..])),
-            Target::Labels(t) => Target::Labels(Cow::Borrowed(&t[..])),
+        let (logits, target, shape) = match l {
+            0 => (&self.logits, &self.target, &self.shape),
+            _ => {
+                let lv = self
+                    .levels
+                    .get(l - 1)
+                    .ok_or_else(|| Error::Input(format!("level {l} of an input of {}", self.levels())))?;
+                (&lv.logits, &lv.target, &lv.shape)
+            }
         };
         Ok(Input {
-            logits: Cow::Borrowed(x),
-            target,
-            shape: lv.shape.clone(),
+            logits: Cow::Borrowed(logits),
+            target: match target {
+                Target::Dense(t) => Target::Dense(Cow::Borrowed(t)),
+                Target::Labels(t) => Target::Labels(Cow::Borrowed(t)),
+            },
+            shape: shape.clone(),
             mode: self.mode,
             ignore_index: self.ignore_index,
             kind: self.kind,
             levels: Vec::new(),
-            neg_inf: self.neg_inf && x.contains(&f32::NEG_INFINITY),
+            // (some level has -inf: the checks that scan for it run on each level)
+            neg_inf: self.neg_inf,
         })
     }
 
@@ -498,24 +488,32 @@ fn all_neg_inf(x: &[f32], target: &Target, shape: &[usize], ignore: Option<i64>,
     Ok(())
 }
 
+/// Which losses of `exprs` refuse -inf logits (multiclass): (anywhere, on the true class), each
+/// named by the first such loss. The host checks ([`check_neg_inf`]) and the device's (buffer
+/// inputs) both follow these rules.
+pub(crate) fn neg_inf_rules(exprs: &[crate::LossExpr], mode: Mode) -> (Option<&'static str>, Option<&'static str>) {
+    use crate::expr::Loss;
+    let (mut any, mut true_class) = (None, None);
+    for t in exprs.iter().flat_map(|e| &e.terms) {
+        match &t.loss {
+            Loss::Ce(p) if p.label_smoothing > 0.0 => any = any.or(Some("ce with label_smoothing")),
+            Loss::Ce(_) => true_class = true_class.or(Some("ce")),
+            Loss::Focal(p) if p.act.softmax(mode) => true_class = true_class.or(Some("focal:act=softmax")),
+            Loss::Focal(_) => any = any.or(Some("the sigmoid focal loss")),
+            _ => {}
+        }
+    }
+    (any, true_class)
+}
+
 /// -inf logits (multiclass) that the losses of `exprs` cannot take: on the true class of a
 /// non-ignored pixel for `ce` and softmax focal, anywhere for a sigmoid focal or a label-smoothed
 /// `ce` (they need every class's log-probability).
 pub(crate) fn check_neg_inf(input: &Input, exprs: &[crate::LossExpr]) -> Result<(), Error> {
-    use crate::expr::Loss;
     if !input.neg_inf {
         return Ok(());
     }
-    let (mut any, mut true_class) = (None, None);
-    for t in exprs.iter().flat_map(|e| &e.terms) {
-        match &t.loss {
-            Loss::Ce(p) if p.label_smoothing > 0.0 => any = Some("ce with label_smoothing"),
-            Loss::Ce(_) => true_class = true_class.or(Some("ce")),
-            Loss::Focal(p) if p.act.softmax(input.mode) => true_class = true_class.or(Some("focal:act=softmax")),
-            Loss::Focal(_) => any = Some("the sigmoid focal loss"),
-            _ => {}
-        }
-    }
+    let (any, true_class) = neg_inf_rules(exprs, input.mode);
     for l in 0..input.levels() {
         let lv = input.level(l)?;
         let at = |i: usize| describe_index(&lv.shape, i);

@@ -86,7 +86,7 @@ macro_rules! wgsl {
 /// Fused statistics pass (and the checks of buffer inputs).
 pub const STATS: Kernel = Kernel {
     name: "stats",
-    source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "stats.wgsl"),
+    source: wgsl!("common.wgsl", "lse.wgsl", "argmax.wgsl", "target.wgsl", "stats.wgsl"),
     bindings: &[r("logits"), r("tgt"), u("P"), r("terms"), r("cw"), w("partials"), w("status"), w("cnt")],
     specialized: true,
     cpu_storage_params: false,
@@ -201,7 +201,7 @@ macro_rules! surface {
     ($name:literal) => {
         Kernel {
             name: $name,
-            source: wgsl!("common.wgsl", "surface.wgsl"),
+            source: wgsl!("common.wgsl", "argmax.wgsl", "surface.wgsl"),
             bindings: SURFACE_BINDINGS,
             specialized: true,
             cpu_storage_params: false,

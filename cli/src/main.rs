@@ -926,40 +926,32 @@ fn bench_mode(a: &BenchArgs, shape: &[usize]) -> Result<Mode, Fail> {
 
 fn bench(a: BenchArgs) -> Result<(), Fail> {
     let iters = positive("--iters", a.iters)?;
-    if let Some(choice) = &a.adapters {
+    // --shape, its mode and the loss texts (each kind of timing has its default losses)
+    let setup = |defaults: &[&str]| -> Result<(Vec<usize>, Mode, Vec<String>), Fail> {
         let shape = parse_shape(&a.shape)?;
         check_elements(&format!("--shape {}", a.shape), &shape)?;
         let mode = bench_mode(&a, &shape)?;
-        let texts = bench_texts(&a, &["0.5*bce+0.5*dice"]);
+        Ok((shape, mode, bench_texts(&a, defaults)))
+    };
+    if let Some(choice) = &a.adapters {
+        let (shape, mode, texts) = setup(&["0.5*bce+0.5*dice"])?;
         return bench_adapters(&multi_engine(choice)?, &a, &shape, mode, iters, &texts);
     }
     let engine = engine()?;
     if !a.metrics.is_empty() {
-        let shape = parse_shape(&a.shape)?;
-        check_elements(&format!("--shape {}", a.shape), &shape)?;
-        let mode = bench_mode(&a, &shape)?;
-        let texts = bench_texts(&a, &["ce"]);
+        let (shape, mode, texts) = setup(&["ce"])?;
         return bench_metrics(&engine, &a, &shape, mode, iters, &texts);
     }
     if let Some(l) = a.levels {
-        let shape = parse_shape(&a.shape)?;
-        check_elements(&format!("--shape {}", a.shape), &shape)?;
-        let mode = bench_mode(&a, &shape)?;
-        let texts = bench_texts(&a, &["dice@monai+focal@monai"]);
+        let (shape, mode, texts) = setup(&["dice@monai+focal@monai"])?;
         return bench_levels(&engine, &a, &shape, mode, positive("--levels", l)?, iters, &texts);
     }
     if let Some(k) = a.batch {
-        let shape = parse_shape(&a.shape)?;
-        check_elements(&format!("--shape {}", a.shape), &shape)?;
-        let mode = bench_mode(&a, &shape)?;
-        let texts = bench_texts(&a, &["bce"]);
+        let (shape, mode, texts) = setup(&["bce"])?;
         return bench_batch(&engine, &a, &shape, mode, positive("--batch", k)?, iters, &texts);
     }
     if !a.sizes {
-        let shape = parse_shape(&a.shape)?;
-        check_elements(&format!("--shape {}", a.shape), &shape)?;
-        let mode = bench_mode(&a, &shape)?;
-        let texts = bench_texts(&a, &["bce", "dice", "focal"]);
+        let (shape, mode, texts) = setup(&["bce", "dice", "focal"])?;
         let r = bench_shape(&engine, &a, &shape, mode, iters, &texts)?.map_err(|why| Fail(1, why))?;
         return print_bench(&engine, &a, &r);
     }
@@ -1207,7 +1199,7 @@ fn bench_levels(
         s[2..].iter_mut().for_each(|d| *d = d.div_ceil(2));
         shapes.push(s);
     }
-    // each level's predictions: the level-0 logits taken at the level's nearest pixels
+    // each level's predictions: synthetic data of its own size
     let lv: Vec<(Cow<'static, [f32]>, Vec<usize>)> = shapes[1..]
         .iter()
         .map(|s| Ok((Cow::Owned(synth_inputs(s, mode, 1)?.remove(0).logits().to_vec()), s.clone())))

@@ -299,8 +299,22 @@ fn eval_without_grad_dir_gives_the_same_values() {
 /// variables set (`Some`) or removed (`None`).
 fn eval_golden_with_env(losses: &[&str], dir: &Path, env: &[(&str, Option<&str>)]) -> serde_json::Value {
     let case = common::golden_dir().join("multiclass_ignore");
+    eval_case_with_env(&case, losses, &["--ignore-index", "255"], dir, env)
+}
+
+/// `segloss eval --json` of a case's logits and target with `losses`, gradients into `dir`, and
+/// the environment variables `env` set (`None`: removed).
+fn eval_case_with_env(
+    case: &Path,
+    losses: &[&str],
+    extra: &[&str],
+    dir: &Path,
+    env: &[(&str, Option<&str>)],
+) -> serde_json::Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_segloss"));
-    cmd.args(eval_args(&case, losses, &["--ignore-index", "255", "--grad-dir", s(dir), "--json"]));
+    let mut args = extra.to_vec();
+    args.extend(["--grad-dir", s(dir), "--json"]);
+    cmd.args(eval_args(case, losses, &args));
     for (k, v) in env {
         match v {
             Some(v) => cmd.env(k, v),
@@ -667,7 +681,8 @@ fn eval_with_reduction_none_writes_the_entries_and_inlines_region_groups() {
         serde_json::from_slice(&std::fs::read(case.join("expected.json")).unwrap()).unwrap();
     let names = ["ce_none", "dice_monai_none_w", "focal_monai_none"];
     let texts: Vec<&str> = names.iter().map(|n| expected["losses"][n]["text"].as_str().unwrap()).collect();
-    let v = eval_golden_with_env_case(&case, &texts, &dir, None);
+    let limit = "SEGLOSS_MAX_BINDING_BYTES";
+    let v = eval_case_with_env(&case, &texts, &[], &dir, &[(limit, None)]);
     let r = v["results"].as_array().unwrap();
     for (i, n) in names.iter().enumerate() {
         let e = &expected["losses"][n];
@@ -683,27 +698,11 @@ fn eval_with_reduction_none_writes_the_entries_and_inlines_region_groups() {
     }
     // past the binding limit the batch is evaluated in pieces, which keep no entries: an error
     // entry, the other values printed
-    let v = eval_golden_with_env_case(&case, &["dice:reduction=none", "dice"], &dir, Some("1000"));
+    let v = eval_case_with_env(&case, &["dice:reduction=none", "dice"], &[], &dir, &[(limit, Some("1000"))]);
     let r = v["results"].as_array().unwrap();
     assert!(r[0]["error"].as_str().unwrap().contains("reduction=none"), "{}", r[0]);
     assert!(r[1]["value"].is_f64());
     std::fs::remove_dir_all(&dir).ok();
-}
-
-fn eval_golden_with_env_case(case: &Path, losses: &[&str], dir: &Path, limit: Option<&str>) -> serde_json::Value {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_segloss"));
-    cmd.args(["eval", "--logits", s(&case.join("logits.npy")), "--target", s(&case.join("target.npy"))]);
-    for l in losses {
-        cmd.args(["--loss", l]);
-    }
-    cmd.args(["--grad-dir", s(dir), "--json"]);
-    match limit {
-        Some(l) => cmd.env("SEGLOSS_MAX_BINDING_BYTES", l),
-        None => cmd.env_remove("SEGLOSS_MAX_BINDING_BYTES"),
-    };
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    json_of(&out)
 }
 
 #[test]

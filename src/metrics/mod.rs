@@ -155,16 +155,8 @@ pub enum Preset {
     Torchmetrics,
 }
 
-/// Class weights of `gdice` from the target's count `g_c` of each class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GDiceWeight {
-    /// `1 / g_c^2`.
-    Square,
-    /// `1 / g_c`.
-    Simple,
-    /// 1.
-    Uniform,
-}
+/// Class weights of `gdice` from the target's count `g_c` of each class: the loss's.
+pub use crate::expr::GDiceWeight;
 
 /// What an infinite `gdice` weight (a class absent from an image's target) becomes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
