@@ -1153,7 +1153,7 @@ pub(crate) fn grad_targets(
         let g = match g {
             // a prepared batch's device-only gradient (benchmarks): scratch, never read
             Dest::Scratch => {
-                to.push(GradTo::Into { slice: rec.scratch(numel * 4, "gradient")?, accumulate: false });
+                to.push(GradTo::Into { slice: rec.scratch(numel * 4, "gradient")?, accumulate: false, copy_to: None });
                 continue;
             }
             Dest::Out(g) => g,
@@ -1169,16 +1169,37 @@ pub(crate) fn grad_targets(
                         sl.len
                     )));
                 }
+                let accumulate = matches!(g, GradOut::Add(_));
+                let mut shares = false;
                 if let Source::Buffers(b) = src {
                     for (what, other) in [("logits", b.logits), ("target", b.target.slice())] {
                         if overlaps(sl, &other) {
                             return Err(Error::Buffer(format!("the gradient slice overlaps the {what} slice")));
                         }
+                        shares |= sl.buffer == other.buffer;
                     }
                 }
-                GradTo::Into {
-                    slice: rec.external(sl.buffer, sl.offset, sl.bytes()),
-                    accumulate: matches!(g, GradOut::Add(_)),
+                let caller = rec.external(sl.buffer, sl.offset, sl.bytes());
+                if shares {
+                    // another part of the input's buffer (a framework's memory pool): the
+                    // gradient pass writes scratch, copied into the caller's slice after it
+                    let mut usage = wgpu::BufferUsages::COPY_DST;
+                    if accumulate {
+                        usage |= wgpu::BufferUsages::COPY_SRC;
+                    }
+                    if !sl.buffer.usage().contains(usage) {
+                        return Err(Error::Buffer(format!(
+                            "the gradient slice shares its buffer with the input, and then needs usage {usage:?}; it has {:?}",
+                            sl.buffer.usage()
+                        )));
+                    }
+                    let scratch = rec.scratch(sl.bytes(), "gradient beside the input")?;
+                    if accumulate {
+                        rec.copy(caller, scratch);
+                    }
+                    GradTo::Into { slice: scratch, accumulate, copy_to: Some(caller) }
+                } else {
+                    GradTo::Into { slice: caller, accumulate, copy_to: None }
                 }
             }
         });

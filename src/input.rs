@@ -8,6 +8,7 @@ use crate::error::Error;
 
 /// How targets are given and which activation turns logits into probabilities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "lowercase"))]
 pub enum Mode {
     /// C = 1, float targets in [0, 1], `p = sigmoid(x)`.
     Binary,

@@ -961,6 +961,7 @@ impl Engine {
                     (_, Some(k)) => GradTo::Into {
                         slice: rec.external(&mine[*k], 0, mine[*k].size()),
                         accumulate: matches!(g, GradOut::Add(_)),
+                        copy_to: None,
                     },
                     _ => GradTo::Skip,
                 });

@@ -177,6 +177,68 @@ fn buffer_inputs_at_offsets_equal_host_inputs_bit_for_bit() {
     }
 }
 
+/// A framework's memory pool (burn's cubecl) hands out slices of one buffer: logits, targets and
+/// the gradient side by side. The gradient then cannot be a written binding of the passes that
+/// read the input, so the engine writes scratch and copies it into the slice, in the same single
+/// submission; the results are the host input's, bit for bit, and the words around are untouched.
+#[test]
+fn logits_targets_and_gradient_in_one_pooled_buffer() {
+    // an engine of its own: the other tests' submissions would count on a shared one
+    let (info, device, queue) = caller_device();
+    let engine = &Engine::from_device_blocking(&info, device.clone(), queue.clone()).unwrap();
+    let (device, queue) = (&device, &queue);
+    let align = device.limits().min_storage_buffer_offset_alignment as usize / 4;
+    for (case, texts) in
+        [(dense_case(5, &[2, 1, 9, 13], Mode::Binary), BINARY), (label_case(6, &[2, 3, 11, 7], 255), MULTICLASS)]
+    {
+        let exprs = parse(texts);
+        let host = engine.evaluate_blocking(&case.whole(), &exprs, true).unwrap();
+        let numel = case.logits.len();
+        let target: Vec<u32> = if case.mode == Mode::Multiclass {
+            case.labels.iter().map(|&l| l as u32).collect()
+        } else {
+            bytemuck::cast_slice(&case.dense).to_vec()
+        };
+        // [junk | logits | junk | target | junk | gradient | junk], each slice aligned
+        let up = |n: usize| n.div_ceil(align) * align;
+        let (lo, to) = (align, align + up(numel) + align);
+        let go = to + up(target.len()) + align;
+        let mut words = vec![0xDEAD_BEEFu32; go + up(numel) + align];
+        words[lo..lo + numel].copy_from_slice(bytemuck::cast_slice(&case.logits));
+        words[to..to + target.len()].copy_from_slice(&target);
+        words[go..go + numel].fill(0);
+        let pool = buffer_with(device, &words, 0);
+        let slice = |at: usize, len: usize| BufferSlice::new(&pool, (at * 4) as u64, len as u64);
+        let tb = if case.mode == Mode::Multiclass {
+            TargetBuffer::ClassU32(slice(to, target.len()))
+        } else {
+            TargetBuffer::Dense(slice(to, numel))
+        };
+        let input = BufferInput::new(slice(lo, numel), tb, &case.shape, case.mode, case.ignore).unwrap();
+        for (i, e) in exprs.iter().enumerate() {
+            let before = engine.activity();
+            let v = engine
+                .evaluate_buffers_blocking(&input, std::slice::from_ref(e), &[GradOut::Write(slice(go, numel))])
+                .unwrap();
+            let after = engine.activity();
+            assert_eq!(after.submissions - before.submissions, 1, "{}", texts[i]);
+            assert_eq!(v[0].value.to_bits(), host[i].value.to_bits(), "{}", texts[i]);
+            let written = read_buffer(device, queue, &pool, (go * 4) as u64, numel);
+            assert_eq!(Some(&written), host[i].grad.as_ref(), "{}: written gradient", texts[i]);
+            engine
+                .evaluate_buffers_blocking(&input, std::slice::from_ref(e), &[GradOut::Add(slice(go, numel))])
+                .unwrap();
+            let added = read_buffer(device, queue, &pool, (go * 4) as u64, numel);
+            let want: Vec<f32> = written.iter().map(|&g| g + g).collect();
+            assert_eq!(added, want, "{}: accumulated gradient", texts[i]);
+            // the input and the junk around the slices are as they were
+            let all: Vec<u32> = read_buffer(device, queue, &pool, 0, words.len()).iter().map(|w| w.to_bits()).collect();
+            assert_eq!(&all[..go], &words[..go], "{}", texts[i]);
+            assert_eq!(&all[go + numel..], &words[go + numel..], "{}", texts[i]);
+        }
+    }
+}
+
 #[test]
 fn device_resident_evaluation_is_one_submission_and_no_wait() {
     // an engine of its own: the other tests' submissions would count on a shared one

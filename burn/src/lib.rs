@@ -6,30 +6,69 @@
 //! that backpropagates that gradient: its value is the loss, and its derivative by the logits is
 //! segloss's gradient times the upstream gradient.
 //!
-//! This first version takes the tensors through host memory on every burn device (`into_data`,
-//! then `from_data` of the gradient): it works on CPU and GPU devices alike, with or without
-//! fusion. The loss itself runs on segloss's engine (its GPU, or the f64 CPU reference when the
-//! machine has none).
+//! The loss is a burn backend operation ([`SegLossBackend`]) with a custom autodiff step: the
+//! forward evaluates value and gradient in one segloss evaluation, and the backward multiplies
+//! that gradient by the upstream one. Where the tensors are:
+//! - **burn's wgpu device, shared with segloss** ([`wgpu::init`], feature `wgpu`): segloss binds
+//!   the tensors' own buffers and writes the gradient into a buffer from burn's pool; nothing
+//!   goes through host memory but the loss value. With burn's fusion (feature `fusion`, burn's
+//!   default) the logits and targets are resolved first: burn runs what it had queued for them.
+//! - **any other device** (burn's CPU devices `flex` and `ndarray`, CUDA, a wgpu device segloss
+//!   was not given): the tensors go through host memory, and the loss runs on the engine given to
+//!   [`SegLoss::with_engine`] (its GPU, or segloss's f64 CPU reference).
+//!
+//! [`SegLoss::transfers`] says which path each evaluation took and how many bytes went through
+//! host memory. A loss of logits that need no gradient (a validation loss) is evaluated without
+//! its gradient pass. [`SegLossConfig`] and the typed configs ([`DiceLossConfig`],
+//! [`FocalLossConfig`], ...) are burn `Config`s for a training config.
+//!
+//! Cargo features: `wgpu` (burn's wgpu device, shared), `fusion` (turn it on whenever burn's
+//! `fusion` is on: burn's default features include it), `flex`, `ndarray` (burn's CPU backends),
+//! `cube` (any cubecl runtime, through host memory).
+//!
+//! On burn's wgpu device, shared with segloss:
 //!
 //! ```no_run
-//! use burn::tensor::{Device, Tensor};
+//! use burn::tensor::Tensor;
 //! use segloss_burn::SegLoss;
 //! # fn main() -> Result<(), segloss_burn::Error> {
-//! let device = Device::default().autodiff();
-//! let loss = SegLoss::new("0.5*bce+0.5*dice", segloss::Mode::Binary)?;
+//! let (device, engine) = segloss_burn::wgpu::init(&Default::default())?; // before burn uses it
+//! let device = device.autodiff();
+//! let loss = SegLoss::with_engine("0.5*bce+0.5*dice".parse()?, segloss::Mode::Binary, engine);
 //! let logits = Tensor::<4>::zeros([2, 1, 32, 32], &device).require_grad();
 //! let target = Tensor::<4>::ones([2, 1, 32, 32], &device);
 //! let value = loss.forward(logits.clone(), target)?;
 //! let grads = value.backward();
 //! let d_logits = logits.grad(&grads);
+//! assert_eq!(loss.transfers().host_bytes, 0);
 //! # let _ = d_logits; Ok(()) }
 //! ```
 
-use std::borrow::Cow;
-use std::sync::Arc;
+// burn's ndarray backend is deprecated (for flex) but still shipped: the extension's routing
+// names it when the feature is on, as burn's own dispatch does
+#![cfg_attr(feature = "ndarray", allow(deprecated))]
 
-use burn::tensor::{Int, Tensor, TensorData};
-use segloss::{Engine, Input, LossExpr, Mode, Target};
+use std::sync::{Arc, Mutex};
+
+use burn::backend::Dispatch;
+use burn::tensor::{Int, Tensor};
+use segloss::{Engine, LossExpr, Mode};
+
+mod backend;
+mod config;
+#[cfg(feature = "cube")]
+mod cube;
+#[cfg(feature = "fusion")]
+mod fusion;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+
+use backend::JobInner;
+pub use backend::{Job, Path, SegLossBackend, Target, Transfers};
+pub use config::{
+    BceLossConfig, DiceLossConfig, FocalLossConfig, JaccardLossConfig, LovaszLossConfig, SegLossConfig,
+    TverskyLossConfig,
+};
 
 /// What can go wrong: segloss's typed errors (a bad loss text, bad input), or burn's.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +81,12 @@ pub enum Error {
     Burn(String),
 }
 
+impl From<burn::backend::ExecutionError> for Error {
+    fn from(e: burn::backend::ExecutionError) -> Self {
+        Error::Burn(format!("{e:?}"))
+    }
+}
+
 /// A segloss expression as a burn loss.
 #[derive(Clone)]
 pub struct SegLoss {
@@ -49,19 +94,22 @@ pub struct SegLoss {
     mode: Mode,
     ignore_index: Option<i64>,
     engine: Arc<Engine>,
+    transfers: Arc<Mutex<Transfers>>,
 }
 
 impl SegLoss {
     /// The loss of a text (`"dice@monai+focal@monai"`) in `mode`, on segloss's default engine
-    /// (its best GPU adapter, or the CPU reference).
+    /// (its best GPU adapter, or the CPU reference) for the tensors that go through host memory.
     pub fn new(text: &str, mode: Mode) -> Result<SegLoss, Error> {
         let engine = Arc::new(Engine::new_blocking()?);
         Ok(SegLoss::with_engine(text.parse()?, mode, engine))
     }
 
-    /// The loss of a parsed expression on a given engine (one engine for several losses).
+    /// The loss of a parsed expression; `engine` evaluates the tensors that go through host
+    /// memory (one engine for several losses; on a shared wgpu device, the engine of
+    /// [`wgpu::init`]).
     pub fn with_engine(expr: LossExpr, mode: Mode, engine: Arc<Engine>) -> SegLoss {
-        SegLoss { expr, mode, ignore_index: None, engine }
+        SegLoss { expr, mode, ignore_index: None, engine, transfers: Arc::default() }
     }
 
     /// Class indices (multiclass) or target values (binary, multilabel) equal to `index` take no
@@ -76,11 +124,21 @@ impl SegLoss {
         &self.expr
     }
 
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The evaluations so far: on the device's buffers or through host memory, and the bytes
+    /// that went through host memory.
+    pub fn transfers(&self) -> Transfers {
+        self.transfers.lock().map(|t| *t).unwrap_or_default()
+    }
+
     /// The loss of logits `[N, C, S...]` against float targets of the same shape (binary and
     /// multilabel modes): a one-element tensor whose gradient by `logits` is segloss's.
     pub fn forward<const D: usize>(&self, logits: Tensor<D>, target: Tensor<D>) -> Result<Tensor<1>, Error> {
-        let t = read_f32(data(target)?)?;
-        self.evaluate(logits, Target::Dense(Cow::Owned(t)))
+        self.evaluate(logits, Target::Mask(target.into_dispatch()))
     }
 
     /// The loss of logits `[N, C, S...]` against class indices `[N, S...]` (multiclass mode).
@@ -89,32 +147,25 @@ impl SegLoss {
         logits: Tensor<D>,
         target: Tensor<DT, Int>,
     ) -> Result<Tensor<1>, Error> {
-        let t = data(target)?.convert::<i64>().try_to_vec::<i64>().map_err(|e| Error::Burn(format!("{e:?}")))?;
-        self.evaluate(logits, Target::Labels(Cow::Owned(t)))
+        self.evaluate(logits, Target::Classes(target.into_dispatch()))
     }
 
-    /// Reads the logits, evaluates value and gradient with segloss, and returns the loss as
-    /// `value + sum((x - detach(x)) g)`: exactly the value, with `d / d x = g`.
-    fn evaluate<const D: usize>(&self, logits: Tensor<D>, target: Target<'static>) -> Result<Tensor<1>, Error> {
-        let device = logits.device();
-        let shape: Vec<usize> = logits.dims().to_vec();
-        let x = read_f32(data(logits.clone().detach())?)?;
-        let inp = Input::new(Cow::Owned(x), target, &shape, self.mode, self.ignore_index)?;
-        let mut ev = self.engine.evaluate_blocking(&inp, std::slice::from_ref(&self.expr), true)?;
-        let ev = ev.pop().ok_or_else(|| Error::Burn("no evaluation".into()))?;
-        let grad = ev.grad.ok_or_else(|| Error::Burn("no gradient".into()))?;
-        let g = Tensor::<D>::from_data(TensorData::new(grad, shape), &device);
-        let value = Tensor::<1>::from_data(TensorData::new(vec![ev.value as f32], [1]), &device);
-        let zero = (logits.clone() - logits.detach()).mul(g).sum();
-        Ok(value + zero)
+    fn evaluate<const D: usize>(&self, logits: Tensor<D>, target: Target<Dispatch>) -> Result<Tensor<1>, Error> {
+        let job = Job(Arc::new(JobInner {
+            expr: self.expr.clone(),
+            mode: self.mode,
+            ignore_index: self.ignore_index,
+            engine: self.engine.clone(),
+            outcome: Mutex::new(None),
+            transfers: self.transfers.clone(),
+            want_grad: Default::default(),
+        }));
+        let (value, _grad) =
+            <Dispatch as SegLossBackend>::segloss_value_grad(logits.into_dispatch(), target, job.clone());
+        match job.take() {
+            Some(Ok(_)) => Ok(Tensor::<1>::from_dispatch(value)),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::Burn("the loss did not run".into())),
+        }
     }
-}
-
-/// A tensor's data, read without a panic.
-fn data<const D: usize, K: burn::tensor::kind::Basic>(t: Tensor<D, K>) -> Result<TensorData, Error> {
-    t.try_into_data().map_err(|e| Error::Burn(format!("{e:?}")))
-}
-
-fn read_f32(data: TensorData) -> Result<Vec<f32>, Error> {
-    data.convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::Burn(format!("{e:?}")))
 }

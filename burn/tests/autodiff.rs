@@ -1,10 +1,12 @@
 //! Gradients through burn's autodiff equal segloss's own, for every loss family, on burn's CPU
-//! device (flex) and its wgpu device; and central finite differences of the values through burn.
+//! devices (flex, ndarray: through host memory) and its wgpu device shared with segloss (the
+//! tensors' own buffers: no byte through host memory); central finite differences of the values
+//! through burn; typed errors on every path.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use segloss::{reference, Input, LossExpr, Mode};
 use segloss_burn::SegLoss;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 struct Rng(u64);
 impl Rng {
@@ -16,13 +18,33 @@ impl Rng {
     }
 }
 
-fn devices() -> Vec<(&'static str, Device)> {
-    let mut d = vec![("flex", Device::flex().autodiff())];
-    // burn's wgpu device when the machine has an adapter (lavapipe in CI)
+/// burn's default wgpu device, shared with a segloss engine (set up once per test process,
+/// before anything else touches it).
+fn shared_wgpu() -> &'static (Device, Arc<segloss::Engine>) {
+    static SHARED: OnceLock<(Device, Arc<segloss::Engine>)> = OnceLock::new();
+    SHARED.get_or_init(|| segloss_burn::wgpu::init(&Default::default()).expect("a wgpu adapter (lavapipe in CI)"))
+}
+
+/// Each device (burn's deprecated ndarray one too: it still ships), and whether the loss should run on its buffers (true) or through host memory.
+#[allow(deprecated)]
+fn devices() -> Vec<(&'static str, Device, bool)> {
+    let mut d = vec![("flex", Device::flex().autodiff(), false), ("ndarray", Device::ndarray().autodiff(), false)];
     if std::env::var("SEGLOSS_BURN_SKIP_WGPU").is_err() {
-        d.push(("wgpu", Device::wgpu(Default::default()).autodiff()));
+        d.push(("wgpu", shared_wgpu().0.clone().autodiff(), true));
     }
     d
+}
+
+/// One evaluation went the expected way: on the device's buffers with nothing through host
+/// memory, or through host memory with the logits, targets and gradient counted.
+fn check_path(loss: &SegLoss, on_device: bool, numel: u64, what: &str) {
+    let t = loss.transfers();
+    if on_device {
+        assert_eq!((t.device_calls, t.host_calls, t.host_bytes), (1, 0, 0), "{what}: {t:?}");
+    } else {
+        assert_eq!((t.device_calls, t.host_calls), (0, 1), "{what}: {t:?}");
+        assert!(t.host_bytes >= 8 * numel, "{what}: {t:?}");
+    }
 }
 
 fn engine() -> Arc<segloss::Engine> {
@@ -55,7 +77,7 @@ fn burn_gradients_equal_seglosss_on_every_loss_family() {
     let engine = engine();
     let mut rng = Rng(7);
     let (n, h, w) = (2usize, 9usize, 11usize);
-    for (name, device) in devices() {
+    for (name, device, on_device) in devices() {
         eprintln!("burn device {name}: {device:?}");
         // binary
         let x: Vec<f32> = (0..n * h * w).map(|_| (rng.next() * 6.0 - 3.0) as f32).collect();
@@ -72,6 +94,7 @@ fn burn_gradients_equal_seglosss_on_every_loss_family() {
             let want = reference::evaluate(&input, &text.parse::<LossExpr>().unwrap()).unwrap();
             assert!((f64::from(value) - want.value).abs() <= 1e-5 + 1e-4 * want.value.abs(), "{name} {text}");
             close(&got, &want.grad, &format!("{name} {text}"));
+            check_path(&loss, on_device, x.len() as u64, &format!("{name} {text}"));
         }
         // multiclass with an ignore index, and a scaled upstream gradient
         let c = 4;
@@ -89,6 +112,7 @@ fn burn_gradients_equal_seglosss_on_every_loss_family() {
             let want = reference::evaluate(&input, &text.parse::<LossExpr>().unwrap()).unwrap();
             let scaled: Vec<f64> = want.grad.iter().map(|g| 3.0 * g).collect();
             close(&got, &scaled, &format!("{name} {text} (x3 upstream)"));
+            check_path(&loss, on_device, x.len() as u64, &format!("{name} {text}"));
         }
     }
 }
@@ -96,7 +120,12 @@ fn burn_gradients_equal_seglosss_on_every_loss_family() {
 #[test]
 fn finite_differences_through_burn() {
     let engine = engine();
-    let device = Device::flex().autodiff();
+    for (name, device, _) in devices() {
+        finite_differences_on(&device, name, &engine);
+    }
+}
+
+fn finite_differences_on(device: &Device, name: &str, engine: &Arc<segloss::Engine>) {
     let mut rng = Rng(11);
     let shape = [1usize, 2, 3, 4];
     let x: Vec<f32> = (0..24).map(|_| (rng.next() * 4.0 - 2.0) as f32).collect();
@@ -104,12 +133,12 @@ fn finite_differences_through_burn() {
     for text in ["0.5*bce+0.5*dice", "tversky:alpha=0.3,beta=0.7", "focal"] {
         let loss = SegLoss::with_engine(text.parse().unwrap(), Mode::Multilabel, engine.clone());
         let value_at = |x: &[f32]| -> f64 {
-            let l = Tensor::<4>::from_data(TensorData::new(x.to_vec(), shape), &device);
-            let t = Tensor::<4>::from_data(TensorData::new(g.clone(), shape), &device);
+            let l = Tensor::<4>::from_data(TensorData::new(x.to_vec(), shape), device);
+            let t = Tensor::<4>::from_data(TensorData::new(g.clone(), shape), device);
             f64::from(loss.forward(l, t).unwrap().into_data().try_to_vec::<f32>().unwrap()[0])
         };
-        let logits = Tensor::<4>::from_data(TensorData::new(x.clone(), shape), &device).require_grad();
-        let t = Tensor::<4>::from_data(TensorData::new(g.clone(), shape), &device);
+        let logits = Tensor::<4>::from_data(TensorData::new(x.clone(), shape), device).require_grad();
+        let t = Tensor::<4>::from_data(TensorData::new(g.clone(), shape), device);
         let grads = loss.forward(logits.clone(), t).unwrap().backward();
         let got = logits.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
         for i in 0..x.len() {
@@ -118,7 +147,11 @@ fn finite_differences_through_burn() {
             a[i] += h;
             b[i] -= h;
             let fd = (value_at(&a) - value_at(&b)) / f64::from(a[i] - b[i]);
-            assert!((fd - f64::from(got[i])).abs() <= 2e-4 + 2e-2 * fd.abs(), "{text} [{i}]: {} vs {fd}", got[i]);
+            assert!(
+                (fd - f64::from(got[i])).abs() <= 2e-4 + 2e-2 * fd.abs(),
+                "{name} {text} [{i}]: {} vs {fd}",
+                got[i]
+            );
         }
     }
 }
@@ -126,13 +159,53 @@ fn finite_differences_through_burn() {
 #[test]
 fn bad_input_is_a_typed_error_not_a_panic() {
     let engine = engine();
-    let device = Device::flex();
-    let loss = SegLoss::with_engine("ce".parse().unwrap(), Mode::Binary, engine.clone());
-    let l = Tensor::<4>::zeros([1, 1, 2, 2], &device);
-    let t = Tensor::<4>::ones([1, 1, 2, 2], &device);
-    assert!(loss.forward(l.clone(), t.clone()).unwrap_err().to_string().contains("multiclass"));
-    let loss = SegLoss::with_engine("dice".parse().unwrap(), Mode::Binary, engine);
-    let t = Tensor::<4>::from_data(TensorData::new(vec![0.0f32, 2.0, 1.0, 0.0], [1, 1, 2, 2]), &device);
-    assert!(loss.forward(l, t).unwrap_err().to_string().contains("outside [0, 1]"));
+    for (name, device, _) in devices() {
+        let loss = SegLoss::with_engine("ce".parse().unwrap(), Mode::Binary, engine.clone());
+        let l = Tensor::<4>::zeros([1, 1, 2, 2], &device);
+        let t = Tensor::<4>::ones([1, 1, 2, 2], &device);
+        assert!(loss.forward(l.clone(), t.clone()).unwrap_err().to_string().contains("multiclass"), "{name}");
+        let loss = SegLoss::with_engine("dice".parse().unwrap(), Mode::Binary, engine.clone());
+        let bad = Tensor::<4>::from_data(TensorData::new(vec![0.0f32, 2.0, 1.0, 0.0], [1, 1, 2, 2]), &device);
+        let e = loss.forward(l.clone(), bad).unwrap_err().to_string();
+        assert!(e.contains("outside [0, 1]"), "{name}: {e}");
+        // a class index past the classes, read on the device on the shared wgpu device
+        let loss = SegLoss::with_engine("ce".parse().unwrap(), Mode::Multiclass, engine.clone());
+        let l3 = Tensor::<4>::zeros([1, 3, 2, 2], &device);
+        let labels = Tensor::<3, Int>::from_data(TensorData::new(vec![0i64, 1, 7, 2], [1, 2, 2]), &device);
+        let e = loss.forward_classes(l3.clone(), labels).unwrap_err().to_string();
+        assert!(e.contains("class"), "{name}: {e}");
+        // and the loss still works afterwards
+        let labels = Tensor::<3, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 2], [1, 2, 2]), &device);
+        let v = loss.forward_classes(l3, labels).unwrap().into_data().try_to_vec::<f32>().unwrap()[0];
+        assert!((f64::from(v) - 3f64.ln()).abs() < 1e-6, "{name}: {v}");
+    }
     assert!(SegLoss::new("dicee", Mode::Binary).is_err());
+}
+
+#[test]
+fn a_loss_of_untracked_logits_skips_the_gradient() {
+    let engine = engine();
+    let shape = [2usize, 1, 5, 7];
+    let numel = 70u64;
+    let mut rng = Rng(5);
+    let x: Vec<f32> = (0..numel).map(|_| (rng.next() * 4.0 - 2.0) as f32).collect();
+    let g: Vec<f32> = (0..numel).map(|_| (rng.next() < 0.3) as u8 as f32).collect();
+    let want = reference::evaluate(&Input::dense(&x, &g, &shape, Mode::Binary).unwrap(), &"bce+dice".parse().unwrap())
+        .unwrap()
+        .value;
+    for (name, device, on_device) in devices() {
+        let loss = SegLoss::with_engine("bce+dice".parse().unwrap(), Mode::Binary, engine.clone());
+        // a validation loss: logits that need no gradient
+        let l = Tensor::<4>::from_data(TensorData::new(x.clone(), shape), &device);
+        let t = Tensor::<4>::from_data(TensorData::new(g.clone(), shape), &device);
+        let v = loss.forward(l, t).unwrap().into_data().try_to_vec::<f32>().unwrap()[0];
+        assert!((f64::from(v) - want).abs() < 1e-5, "{name}: {v} vs {want}");
+        let tr = loss.transfers();
+        if on_device {
+            assert_eq!((tr.device_calls, tr.host_bytes), (1, 0), "{name}: {tr:?}");
+        } else {
+            // the logits and the masks went to the host; no gradient came back
+            assert_eq!((tr.host_calls, tr.host_bytes), (1, 8 * numel), "{name}: {tr:?}");
+        }
+    }
 }

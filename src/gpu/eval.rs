@@ -37,10 +37,13 @@ pub(crate) enum GradTo {
     Skip,
     /// A scratch buffer copied into a staging buffer.
     Host,
-    /// A slice of a buffer: overwritten, or added to.
+    /// A slice of a buffer: overwritten, or added to; then copied into `copy_to` where the
+    /// caller's slice shares a buffer with the input (a storage binding that is written cannot
+    /// share its buffer with the input's read-only bindings in one dispatch).
     Into {
         slice: Slice,
         accumulate: bool,
+        copy_to: Option<Slice>,
     },
 }
 
@@ -593,14 +596,14 @@ impl Gpu {
                 // reduction=none of a pixel loss: its entries come from the gradient pass (which
                 // then runs even without a gradient wanted, into scratch)
                 let unr = exprs[i].unreduced() && l.pix.len() == 1;
-                let (dest, accumulate, host) = match *g {
-                    GradTo::Skip if unr => (rec.scratch(total, "gradient of unreduced entries")?, false, false),
+                let (dest, accumulate, host, copy_to) = match *g {
+                    GradTo::Skip if unr => (rec.scratch(total, "gradient of unreduced entries")?, false, false, None),
                     GradTo::Skip => {
                         reads_of_part.push(None);
                         continue;
                     }
-                    GradTo::Host => (rec.scratch(total, "gradient")?, false, true),
-                    GradTo::Into { slice, accumulate } => (slice, accumulate, false),
+                    GradTo::Host => (rec.scratch(total, "gradient")?, false, true, None),
+                    GradTo::Into { slice, accumulate, copy_to } => (slice, accumulate, false, copy_to),
                 };
                 let block = blocks[i].unwrap_or(0);
                 // this block of every group: group g's is g * gout floats on
@@ -678,6 +681,9 @@ impl Gpu {
                             ("unr", unr_out),
                         ],
                     )?;
+                }
+                if let Some(to) = copy_to {
+                    rec.copy(dest, to);
                 }
                 if host {
                     let rb = rec.readback(total, "gradient")?;

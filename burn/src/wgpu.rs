@@ -1,0 +1,146 @@
+//! One wgpu device for burn and segloss.
+//!
+//! [`init`] brings up a wgpu device through cubecl (the runtime of burn's wgpu backend), makes a
+//! segloss [`Engine`] on the same `wgpu::Device` and queue, and remembers it: from then on, a
+//! [`crate::SegLoss`] given tensors on that device binds their buffers directly (logits, targets,
+//! and a gradient buffer allocated from burn's pool), records its passes into the shared queue
+//! after burn's pending work has been submitted, and waits once, for the loss value (4 bytes and
+//! segloss's status words, which carry the input checks). Call it before burn touches the device:
+//! a cubecl device can be set up once.
+//!
+//! A program that makes its own `wgpu::Device` registers it with cubecl
+//! (`cubecl::wgpu::init_device`) and with segloss ([`register`]).
+
+use std::sync::{Arc, Mutex};
+
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::TensorMetadata;
+use burn::tensor::{DType, Device, FloatDType, TensorData};
+use burn_cubecl::kernel::{cast, into_contiguous};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{CubeBackend, CubeDevice};
+use cubecl::wgpu::{AutoCompiler, AutoGraphicsApi, RuntimeOptions, WgpuDevice, WgpuResource, WgpuServer, WgpuSetup};
+use segloss::{BufferInput, BufferSlice, Engine, GradOut, TargetBuffer};
+
+use crate::backend::{burn_err, zeros, Path, Target};
+use crate::{Error, Job};
+
+/// The engines of the wgpu devices shared with burn.
+static ENGINES: Mutex<Vec<(WgpuDevice, Arc<Engine>)>> = Mutex::new(Vec::new());
+
+/// Sets up burn's wgpu device `device` (`WgpuDevice::default()`: the best adapter) with a segloss
+/// engine on the same `wgpu::Device`, and returns burn's [`Device`] for it (add `.autodiff()` to
+/// train) and the engine (for [`crate::SegLoss::with_engine`], or segloss's own API).
+///
+/// ```no_run
+/// # fn main() -> Result<(), segloss_burn::Error> {
+/// let (device, engine) = segloss_burn::wgpu::init(&Default::default())?;
+/// let loss = segloss_burn::SegLoss::with_engine("bce+dice".parse()?, segloss::Mode::Binary, engine);
+/// let device = device.autodiff();
+/// # let _ = (loss, device); Ok(()) }
+/// ```
+pub fn init(device: &WgpuDevice) -> Result<(Device, Arc<Engine>), Error> {
+    let setup = cubecl::wgpu::try_init_setup::<AutoGraphicsApi>(device, RuntimeOptions::default())
+        .map_err(|e| Error::Burn(format!("wgpu setup of {device:?}: {e:?}")))?;
+    let engine = register(device.clone(), &setup)?;
+    Ok((Device::new(CubeDevice::Wgpu(device.clone())), engine))
+}
+
+/// Makes a segloss engine on a setup cubecl runs `device` on (from `cubecl::wgpu::init_device`,
+/// or [`init`]), and remembers it for the tensors of that device.
+pub fn register(device: WgpuDevice, setup: &WgpuSetup) -> Result<Arc<Engine>, Error> {
+    let engine =
+        Arc::new(Engine::from_device_blocking(&setup.adapter.get_info(), setup.device.clone(), setup.queue.clone())?);
+    let mut engines = ENGINES.lock().map_err(|_| Error::Burn("the engine registry is poisoned".into()))?;
+    engines.retain(|(d, _)| *d != device);
+    engines.push((device, engine.clone()));
+    Ok(engine)
+}
+
+/// The engine registered for `device`, if any.
+pub fn engine_of(device: &WgpuDevice) -> Option<Arc<Engine>> {
+    let engines = ENGINES.lock().ok()?;
+    engines.iter().find(|(d, _)| d == device).map(|(_, e)| e.clone())
+}
+
+/// The device path: logits, targets and gradient in burn's buffers.
+pub(crate) fn device_value_grad(
+    logits: FloatTensor<CubeBackend>,
+    target: Target<CubeBackend>,
+    job: &Job,
+    engine: &Engine,
+) -> (FloatTensor<CubeBackend>, FloatTensor<CubeBackend>) {
+    let shape = logits.shape();
+    let device = logits.device.clone();
+    match evaluate(logits, target, job, engine) {
+        Ok(out) => {
+            job.finish(Ok(Path::Device), 0);
+            out
+        }
+        Err(e) => {
+            job.finish(Err(e), 0);
+            zeros::<CubeBackend>(shape, &device)
+        }
+    }
+}
+
+/// `len` elements of a cubecl resource.
+fn slice(r: &WgpuResource, len: usize) -> BufferSlice<'_> {
+    BufferSlice::new(&r.buffer, r.offset, len as u64)
+}
+
+/// A tensor as one dense run of `dtype` elements.
+fn dense(t: CubeTensor, dtype: DType) -> CubeTensor {
+    let t = if t.dtype == dtype { t } else { cast(t, dtype) };
+    into_contiguous(t)
+}
+
+fn evaluate(
+    logits: CubeTensor,
+    target: Target<CubeBackend>,
+    job: &Job,
+    engine: &Engine,
+) -> Result<(CubeTensor, CubeTensor), Error> {
+    let logits = dense(logits, DType::F32);
+    let shape = logits.shape();
+    let numel = shape.num_elements();
+    let client = logits.client.clone();
+    let device = logits.device.clone();
+    let (target, class) = match target {
+        Target::Mask(t) => (dense(t, DType::F32), None),
+        Target::Classes(t) => {
+            let dtype = if t.dtype == DType::U32 { DType::U32 } else { DType::I32 };
+            (dense(t, dtype), Some(dtype))
+        }
+    };
+    let want = job.want_grad();
+    // the gradient's buffer from burn's pool (4 bytes when no gradient is wanted)
+    let grad = client.empty(if want { numel * 4 } else { 4 });
+    let x = client.get_resource::<WgpuServer<AutoCompiler>>(logits.handle.clone()).map_err(burn_err)?;
+    let t = client.get_resource::<WgpuServer<AutoCompiler>>(target.handle.clone()).map_err(burn_err)?;
+    let g = client.get_resource::<WgpuServer<AutoCompiler>>(grad.clone()).map_err(burn_err)?;
+    // burn's pending work (what computed the logits) goes to the queue before segloss's
+    client.flush().map_err(burn_err)?;
+    let tlen = target.shape().num_elements();
+    let tb = match class {
+        None => TargetBuffer::Dense(slice(t.resource(), tlen)),
+        Some(DType::U32) => TargetBuffer::ClassU32(slice(t.resource(), tlen)),
+        Some(_) => TargetBuffer::ClassI32(slice(t.resource(), tlen)),
+    };
+    let j = &job.0;
+    let input = BufferInput::new(slice(x.resource(), numel), tb, shape.as_slice(), j.mode, j.ignore_index)?;
+    let ev = engine.evaluate_buffers_blocking(
+        &input,
+        std::slice::from_ref(&j.expr),
+        &[if want { GradOut::Write(slice(g.resource(), numel)) } else { GradOut::Skip }],
+    )?;
+    let value = ev.first().ok_or_else(|| Error::Burn("segloss returned no evaluation".into()))?.value as f32;
+    let v = CubeBackend::float_from_data(TensorData::new(vec![value], [1]), &device);
+    let grad = if want {
+        CubeTensor::new_contiguous(client, device, shape, grad, DType::F32)
+    } else {
+        CubeBackend::float_zeros(shape, &device, FloatDType::F32)
+    };
+    Ok((v, grad))
+}
