@@ -1193,10 +1193,8 @@ pub(crate) fn grad_targets(
                             sl.buffer.usage()
                         )));
                     }
+                    // (the gradient pass copies the slice in first when it adds to it)
                     let scratch = rec.scratch(sl.bytes(), "gradient beside the input")?;
-                    if accumulate {
-                        rec.copy(caller, scratch);
-                    }
                     GradTo::Into { slice: scratch, accumulate, copy_to: Some(caller) }
                 } else {
                     GradTo::Into { slice: caller, accumulate, copy_to: None }

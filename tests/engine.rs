@@ -236,6 +236,13 @@ fn logits_targets_and_gradient_in_one_pooled_buffer() {
             assert_eq!(&all[..go], &words[..go], "{}", texts[i]);
             assert_eq!(&all[go + numel..], &words[go + numel..], "{}", texts[i]);
         }
+        // two expressions into the one slice: the first writes, the second adds to it
+        let gs = [GradOut::Write(slice(go, numel)), GradOut::Add(slice(go, numel))];
+        engine.evaluate_buffers_blocking(&input, &exprs[..2], &gs).unwrap();
+        let both = read_buffer(device, queue, &pool, (go * 4) as u64, numel);
+        let (g0, g1) = (host[0].grad.as_ref().unwrap(), host[1].grad.as_ref().unwrap());
+        let want: Vec<f32> = g0.iter().zip(g1).map(|(a, b)| a + b).collect();
+        assert_eq!(both, want, "{} then {}", texts[0], texts[1]);
     }
 }
 

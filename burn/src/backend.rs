@@ -13,7 +13,7 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::AutodiffBackend;
 use burn::backend::{backend_extension, Backend, ExtensionType, TensorMetadata};
-use burn::tensor::{FloatDType, Shape, TensorData};
+use burn::tensor::{DType, FloatDType, Shape, TensorData};
 use segloss::{Engine, Input, LossExpr, Mode, Target as HostTarget};
 
 use crate::Error;
@@ -147,6 +147,7 @@ pub(crate) fn host_value_grad<B: Backend>(
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let device = logits.device();
     let shape = logits.shape();
+    let dtype = logits.dtype();
     let mut bytes = 0u64;
     let result = (|| -> Result<(f32, Option<Vec<f32>>), Error> {
         let x = read_f32(futures::executor::block_on(B::float_into_data(logits))?)?;
@@ -171,27 +172,29 @@ pub(crate) fn host_value_grad<B: Backend>(
     })();
     match result {
         Ok((value, grad)) => {
-            let v = B::float_from_data(TensorData::new(vec![value], [1]), &device);
+            // value and gradient in the logits' float type
+            let v = B::float_from_data(TensorData::new(vec![value], [1]).convert_dtype(dtype), &device);
             let g = match grad {
                 Some(grad) => {
                     bytes += 4 * grad.len() as u64;
-                    B::float_from_data(TensorData::new(grad, shape), &device)
+                    B::float_from_data(TensorData::new(grad, shape).convert_dtype(dtype), &device)
                 }
-                None => B::float_zeros(shape, &device, FloatDType::F32),
+                None => B::float_zeros(shape, &device, FloatDType::from(dtype)),
             };
             job.finish(Ok(Path::Host), bytes);
             (v, g)
         }
         Err(e) => {
             job.finish(Err(e), bytes);
-            zeros::<B>(shape, &device)
+            zeros::<B>(shape, &device, dtype)
         }
     }
 }
 
 /// The tensors a failed evaluation returns (its error is in the job).
-pub(crate) fn zeros<B: Backend>(shape: Shape, device: &B::Device) -> (FloatTensor<B>, FloatTensor<B>) {
-    (B::float_zeros([1].into(), device, FloatDType::F32), B::float_zeros(shape, device, FloatDType::F32))
+pub(crate) fn zeros<B: Backend>(shape: Shape, device: &B::Device, dtype: DType) -> (FloatTensor<B>, FloatTensor<B>) {
+    let dtype = FloatDType::from(dtype);
+    (B::float_zeros([1].into(), device, dtype), B::float_zeros(shape, device, dtype))
 }
 
 fn read_f32(data: TensorData) -> Result<Vec<f32>, Error> {

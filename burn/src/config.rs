@@ -50,15 +50,9 @@ impl SegLossConfig {
     }
 }
 
-/// A number as the loss text writes it (no exponent, no trailing zeros).
+/// A number as the loss text writes it (Rust's shortest round-trip decimal: no exponent).
 fn num(v: f64) -> String {
-    let s = format!("{v:.12}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s.is_empty() || s == "-" {
-        "0".into()
-    } else {
-        s.into()
-    }
+    format!("{v}")
 }
 
 macro_rules! typed {

@@ -48,6 +48,7 @@
 // names it when the feature is on, as burn's own dispatch does
 #![cfg_attr(feature = "ndarray", allow(deprecated))]
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use burn::backend::Dispatch;
@@ -95,6 +96,7 @@ pub struct SegLoss {
     ignore_index: Option<i64>,
     engine: Arc<Engine>,
     transfers: Arc<Mutex<Transfers>>,
+    through_host: bool,
 }
 
 impl SegLoss {
@@ -109,13 +111,22 @@ impl SegLoss {
     /// memory (one engine for several losses; on a shared wgpu device, the engine of
     /// [`wgpu::init`]).
     pub fn with_engine(expr: LossExpr, mode: Mode, engine: Arc<Engine>) -> SegLoss {
-        SegLoss { expr, mode, ignore_index: None, engine, transfers: Arc::default() }
+        SegLoss { expr, mode, ignore_index: None, engine, transfers: Arc::default(), through_host: false }
     }
 
     /// Class indices (multiclass) or target values (binary, multilabel) equal to `index` take no
     /// part in the loss.
     pub fn ignore_index(mut self, index: i64) -> SegLoss {
         self.ignore_index = Some(index);
+        self
+    }
+
+    /// Takes the tensors through host memory and evaluates them on [`SegLoss::with_engine`]'s
+    /// engine even where the extension runs (on the device's buffers, or on a CPU backend), with
+    /// the loss built from burn operations (`value + sum((x - detach(x)) g)`): what a device
+    /// segloss-burn is not built for gets. For comparisons and debugging.
+    pub fn through_host(mut self, yes: bool) -> SegLoss {
+        self.through_host = yes;
         self
     }
 
@@ -138,6 +149,10 @@ impl SegLoss {
     /// The loss of logits `[N, C, S...]` against float targets of the same shape (binary and
     /// multilabel modes): a one-element tensor whose gradient by `logits` is segloss's.
     pub fn forward<const D: usize>(&self, logits: Tensor<D>, target: Tensor<D>) -> Result<Tensor<1>, Error> {
+        if self.through_host || !extension_covers(&logits.device()) {
+            let t = target.try_into_data()?.convert::<f32>().try_to_vec::<f32>().map_err(backend::burn_err)?;
+            return self.evaluate_elsewhere(logits, segloss::Target::Dense(Cow::Owned(t)));
+        }
         self.evaluate(logits, Target::Mask(target.into_dispatch()))
     }
 
@@ -147,6 +162,10 @@ impl SegLoss {
         logits: Tensor<D>,
         target: Tensor<DT, Int>,
     ) -> Result<Tensor<1>, Error> {
+        if self.through_host || !extension_covers(&logits.device()) {
+            let t = target.try_into_data()?.convert::<i64>().try_to_vec::<i64>().map_err(backend::burn_err)?;
+            return self.evaluate_elsewhere(logits, segloss::Target::Labels(Cow::Owned(t)));
+        }
         self.evaluate(logits, Target::Classes(target.into_dispatch()))
     }
 
@@ -167,5 +186,56 @@ impl SegLoss {
             Some(Err(e)) => Err(e),
             None => Err(Error::Burn("the loss did not run".into())),
         }
+    }
+
+    /// A device the extension is not built for (a burn backend whose segloss-burn feature is off,
+    /// LibTorch, a remote device): the tensors through host memory, and the loss as
+    /// `value + sum((x - detach(x)) g)`, whose value is the loss and whose gradient by `x` is `g`.
+    fn evaluate_elsewhere<const D: usize>(
+        &self,
+        logits: Tensor<D>,
+        t: segloss::Target<'static>,
+    ) -> Result<Tensor<1>, Error> {
+        let device = logits.device();
+        let shape: Vec<usize> = logits.dims().to_vec();
+        let want = logits.is_tracked();
+        let x =
+            logits.clone().detach().try_into_data()?.convert::<f32>().try_to_vec::<f32>().map_err(backend::burn_err)?;
+        let tbytes = match &t {
+            segloss::Target::Dense(v) => 4 * v.len(),
+            segloss::Target::Labels(v) => 8 * v.len(),
+        } as u64;
+        let bytes = 4 * x.len() as u64 + tbytes;
+        let inp = segloss::Input::new(Cow::Owned(x), t, &shape, self.mode, self.ignore_index)?;
+        let ev = self.engine.evaluate_blocking(&inp, std::slice::from_ref(&self.expr), want)?;
+        let ev = ev.into_iter().next().ok_or_else(|| Error::Burn("segloss returned no evaluation".into()))?;
+        let value = Tensor::<1>::from_data(burn::tensor::TensorData::new(vec![ev.value as f32], [1]), &device);
+        if let Ok(mut t) = self.transfers.lock() {
+            t.host_calls += 1;
+            t.host_bytes += bytes + ev.grad.as_ref().map_or(0, |g| 4 * g.len() as u64);
+        }
+        Ok(match ev.grad {
+            Some(g) => {
+                let g = Tensor::<D>::from_data(burn::tensor::TensorData::new(g, shape), &device);
+                value + (logits.clone() - logits.detach()).mul(g).sum()
+            }
+            None => value,
+        })
+    }
+}
+
+/// Whether segloss-burn's extension is built for the backend of `device` (its features).
+fn extension_covers(device: &burn::tensor::Device) -> bool {
+    #[allow(unused_imports)]
+    use burn::backend::DispatchDevice as D;
+    match device.clone().without_autodiff().as_dispatch() {
+        #[cfg(feature = "flex")]
+        D::Flex(_) => true,
+        #[cfg(feature = "ndarray")]
+        D::NdArray(_) => true,
+        #[cfg(feature = "cube")]
+        D::Cube(_) => true,
+        #[allow(unreachable_patterns)]
+        _ => false,
     }
 }

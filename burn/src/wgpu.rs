@@ -71,8 +71,7 @@ pub(crate) fn device_value_grad(
     job: &Job,
     engine: &Engine,
 ) -> (FloatTensor<CubeBackend>, FloatTensor<CubeBackend>) {
-    let shape = logits.shape();
-    let device = logits.device.clone();
+    let (shape, device, dtype) = (logits.shape(), logits.device.clone(), logits.dtype);
     match evaluate(logits, target, job, engine) {
         Ok(out) => {
             job.finish(Ok(Path::Device), 0);
@@ -80,7 +79,7 @@ pub(crate) fn device_value_grad(
         }
         Err(e) => {
             job.finish(Err(e), 0);
-            zeros::<CubeBackend>(shape, &device)
+            zeros::<CubeBackend>(shape, &device, dtype)
         }
     }
 }
@@ -102,6 +101,7 @@ fn evaluate(
     job: &Job,
     engine: &Engine,
 ) -> Result<(CubeTensor, CubeTensor), Error> {
+    let dtype = logits.dtype;
     let logits = dense(logits, DType::F32);
     let shape = logits.shape();
     let numel = shape.num_elements();
@@ -114,12 +114,14 @@ fn evaluate(
             (dense(t, dtype), Some(dtype))
         }
     };
-    let want = job.want_grad();
-    // the gradient's buffer from burn's pool (4 bytes when no gradient is wanted)
-    let grad = client.empty(if want { numel * 4 } else { 4 });
+    // the gradient's buffer, from burn's pool
+    let grad = job.want_grad().then(|| client.empty(numel * 4));
     let x = client.get_resource::<WgpuServer<AutoCompiler>>(logits.handle.clone()).map_err(burn_err)?;
     let t = client.get_resource::<WgpuServer<AutoCompiler>>(target.handle.clone()).map_err(burn_err)?;
-    let g = client.get_resource::<WgpuServer<AutoCompiler>>(grad.clone()).map_err(burn_err)?;
+    let g = match &grad {
+        Some(h) => Some(client.get_resource::<WgpuServer<AutoCompiler>>(h.clone()).map_err(burn_err)?),
+        None => None,
+    };
     // burn's pending work (what computed the logits) goes to the queue before segloss's
     client.flush().map_err(burn_err)?;
     let tlen = target.shape().num_elements();
@@ -133,14 +135,21 @@ fn evaluate(
     let ev = engine.evaluate_buffers_blocking(
         &input,
         std::slice::from_ref(&j.expr),
-        &[if want { GradOut::Write(slice(g.resource(), numel)) } else { GradOut::Skip }],
+        &[g.as_ref().map_or(GradOut::Skip, |g| GradOut::Write(slice(g.resource(), numel)))],
     )?;
     let value = ev.first().ok_or_else(|| Error::Burn("segloss returned no evaluation".into()))?.value as f32;
-    let v = CubeBackend::float_from_data(TensorData::new(vec![value], [1]), &device);
-    let grad = if want {
-        CubeTensor::new_contiguous(client, device, shape, grad, DType::F32)
-    } else {
-        CubeBackend::float_zeros(shape, &device, FloatDType::F32)
+    // value and gradient in the logits' float type
+    let v = CubeBackend::float_from_data(TensorData::new(vec![value], [1]).convert_dtype(dtype), &device);
+    let grad = match grad {
+        Some(h) => {
+            let g = CubeTensor::new_contiguous(client, device, shape, h, DType::F32);
+            if dtype == DType::F32 {
+                g
+            } else {
+                cast(g, dtype)
+            }
+        }
+        None => CubeBackend::float_zeros(shape, &device, FloatDType::from(dtype)),
     };
     Ok((v, grad))
 }

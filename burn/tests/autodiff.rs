@@ -95,6 +95,19 @@ fn burn_gradients_equal_seglosss_on_every_loss_family() {
             assert!((f64::from(value) - want.value).abs() <= 1e-5 + 1e-4 * want.value.abs(), "{name} {text}");
             close(&got, &want.grad, &format!("{name} {text}"));
             check_path(&loss, on_device, x.len() as u64, &format!("{name} {text}"));
+            // the path of a device segloss-burn is not built for: through host memory, with the
+            // loss made of burn operations
+            let host = loss.clone().through_host(true);
+            let logits = Tensor::<4>::from_data(TensorData::new(x.clone(), [n, 1, h, w]), &device).require_grad();
+            let target = Tensor::<4>::from_data(TensorData::new(g.clone(), [n, 1, h, w]), &device);
+            let v = host.forward(logits.clone(), target).unwrap();
+            let grads = (v * 2.0).backward();
+            let got = logits.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            let twice: Vec<f64> = want.grad.iter().map(|g| 2.0 * g).collect();
+            close(&got, &twice, &format!("{name} {text} through host memory"));
+            // (the clone counts with the original: one more call through host memory)
+            let t = host.transfers();
+            assert_eq!(t.host_calls, if on_device { 1 } else { 2 }, "{t:?}");
         }
         // multiclass with an ignore index, and a scaled upstream gradient
         let c = 4;
@@ -113,6 +126,11 @@ fn burn_gradients_equal_seglosss_on_every_loss_family() {
             let scaled: Vec<f64> = want.grad.iter().map(|g| 3.0 * g).collect();
             close(&got, &scaled, &format!("{name} {text} (x3 upstream)"));
             check_path(&loss, on_device, x.len() as u64, &format!("{name} {text}"));
+            let logits = Tensor::<4>::from_data(TensorData::new(x.clone(), [n, c, h, w]), &device).require_grad();
+            let target = Tensor::<3, Int>::from_data(TensorData::new(labels.clone(), [n, h, w]), &device);
+            let v = loss.clone().through_host(true).forward_classes(logits.clone(), target).unwrap();
+            let got = logits.grad(&(v * 3.0).backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            close(&got, &scaled, &format!("{name} {text} through host memory"));
         }
     }
 }
@@ -207,5 +225,32 @@ fn a_loss_of_untracked_logits_skips_the_gradient() {
             // the logits and the masks went to the host; no gradient came back
             assert_eq!((tr.host_calls, tr.host_bytes), (1, 8 * numel), "{name}: {tr:?}");
         }
+    }
+}
+
+#[test]
+fn half_precision_logits_get_a_half_precision_gradient() {
+    let engine = engine();
+    let device = Device::flex().autodiff();
+    let shape = [1usize, 1, 4, 6];
+    let mut rng = Rng(9);
+    let x: Vec<f32> = (0..24).map(|_| half::f16::from_f32((rng.next() * 4.0 - 2.0) as f32).to_f32()).collect();
+    let g: Vec<f32> = (0..24).map(|_| (rng.next() < 0.4) as u8 as f32).collect();
+    let want = reference::evaluate(&Input::dense(&x, &g, &shape, Mode::Binary).unwrap(), &"bce+dice".parse().unwrap())
+        .unwrap();
+    let loss = SegLoss::with_engine("bce+dice".parse().unwrap(), Mode::Binary, engine);
+    let logits = Tensor::<4>::from_data(TensorData::new(x.clone(), shape), &device)
+        .cast(burn::tensor::FloatDType::F16)
+        .require_grad();
+    assert_eq!(logits.dtype(), burn::tensor::DType::F16);
+    let target = Tensor::<4>::from_data(TensorData::new(g, shape), &device);
+    let v = loss.forward(logits.clone(), target).unwrap();
+    assert_eq!(v.dtype(), burn::tensor::DType::F16);
+    let grad = logits.grad(&v.backward()).unwrap();
+    assert_eq!(grad.dtype(), burn::tensor::DType::F16);
+    let got = grad.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let m = want.grad.iter().fold(0f64, |m, v| m.max(v.abs()));
+    for (a, b) in got.iter().zip(&want.grad) {
+        assert!((f64::from(*a) - b).abs() <= 2e-3 * m + 1e-6, "{a} vs {b}");
     }
 }

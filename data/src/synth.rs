@@ -203,6 +203,9 @@ pub fn road_scene(n: usize, h: usize, w: usize, seed: u64) -> SceneBatch {
     let hw = h * w;
     let mut image = vec![0.0f32; n * 3 * hw];
     let mut mask = vec![0.0f32; n * hw];
+    if hw == 0 {
+        return SceneBatch { shape: vec![n, 3, h, w], image, mask };
+    }
     let scale = (h.min(w) as f32 / 64.0).max(0.5);
     for k in 0..n {
         let img = &mut image[k * 3 * hw..(k + 1) * 3 * hw];

@@ -605,6 +605,11 @@ impl Gpu {
                     GradTo::Host => (rec.scratch(total, "gradient")?, false, true, None),
                     GradTo::Into { slice, accumulate, copy_to } => (slice, accumulate, false, copy_to),
                 };
+                // a gradient added to a slice beside the input: its scratch starts from the
+                // slice as the passes before this one left it
+                if let (true, Some(from)) = (accumulate, copy_to) {
+                    rec.copy(from, dest);
+                }
                 let block = blocks[i].unwrap_or(0);
                 // this block of every group: group g's is g * gout floats on
                 let coefs = out.sub(
