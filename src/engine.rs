@@ -277,6 +277,11 @@ impl<'a> BufferInput<'a> {
 }
 
 /// Where the gradient of one expression goes, for [`Engine::evaluate_buffers`].
+///
+/// A slice may lie in the same buffer as the logits or the targets (a framework's memory pool
+/// hands out pieces of one buffer), as long as the ranges do not overlap: the gradient pass then
+/// writes scratch, copied into the slice in the same submission, and the buffer needs
+/// `COPY_DST` (and `COPY_SRC` for [`GradOut::Add`]).
 #[derive(Clone, Copy, Debug)]
 pub enum GradOut<'a> {
     /// No gradient.

@@ -426,6 +426,30 @@ fn step_timing(args: &Args, device: &Device, engine: &std::sync::Arc<segloss::En
             }
         }
     }
+    // the loss alone: forward and backward on fixed logits, the gradient waited for
+    let (x, m, _) = data.batch(&idx, device);
+    let logits = model.forward(x).detach();
+    let (mut l_seg, mut l_burn) = (0.0, 0.0);
+    for rep in 0..reps + 2 {
+        for which in [0, 1] {
+            let x = logits.clone().require_grad();
+            let t0 = Instant::now();
+            let l = if which == 0 { seg.forward(x.clone(), m.clone())? } else { burn_bce_dice(x.clone(), m.clone()) };
+            let g = x.grad(&l.backward()).ok_or("no gradient")?;
+            device.sync()?;
+            let dt = t0.elapsed().as_secs_f64() * 1e3;
+            drop(g);
+            if rep >= 2 {
+                if which == 0 {
+                    l_seg += dt;
+                } else {
+                    l_burn += dt;
+                }
+            }
+        }
+    }
+    let (la, lb) = (l_seg / reps as f64, l_burn / reps as f64);
+    println!("loss alone (forward and backward): segloss {la:.2} ms, burn-ops {lb:.2} ms (ratio {:.3})", la / lb);
     let (a, b) = (t_seg / reps as f64, t_burn / reps as f64);
     println!(
         "training step, {} images {}x{}, U-Net width {}, burn on {} (segloss engine: {}): segloss bce+dice {a:.2} ms, burn-ops bce+dice {b:.2} ms (ratio {:.3}); values {v_seg:.6} vs {v_burn:.6}",

@@ -116,27 +116,23 @@ pub trait SegLossBackend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
-#[cfg(feature = "flex")]
-impl SegLossBackend for burn::backend::Flex {
-    fn segloss_value_grad(
-        logits: FloatTensor<Self>,
-        target: Target<Self>,
-        job: Job,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        host_value_grad::<Self>(logits, target, &job)
-    }
+/// burn's CPU backends: the host path.
+macro_rules! through_host {
+    ($($feature:literal => $backend:ty),*) => {$(
+        #[cfg(feature = $feature)]
+        impl SegLossBackend for $backend {
+            fn segloss_value_grad(
+                logits: FloatTensor<Self>,
+                target: Target<Self>,
+                job: Job,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+                host_value_grad::<Self>(logits, target, &job)
+            }
+        }
+    )*};
 }
 
-#[cfg(feature = "ndarray")]
-impl SegLossBackend for burn::backend::NdArray {
-    fn segloss_value_grad(
-        logits: FloatTensor<Self>,
-        target: Target<Self>,
-        job: Job,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        host_value_grad::<Self>(logits, target, &job)
-    }
-}
+through_host!("flex" => burn::backend::Flex, "ndarray" => burn::backend::NdArray);
 
 /// The host path, on any backend: the logits and targets read into host memory, value and
 /// gradient evaluated by the job's engine, the gradient made a tensor on the logits' device.
@@ -239,11 +235,11 @@ impl<B: SegLossBackend, C: CheckpointStrategy> SegLossBackend for Autodiff<B, C>
             OpsKind::Tracked(prep) => {
                 job.0.want_grad.store(true, Ordering::Relaxed);
                 let (value, grad) = B::segloss_value_grad(x, target, job);
-                return (prep.finish(grad.clone(), value), <Autodiff<B, C> as AutodiffBackend>::from_inner(grad));
+                (prep.finish(grad.clone(), value), <Autodiff<B, C> as AutodiffBackend>::from_inner(grad))
             }
             OpsKind::UnTracked(prep) => {
                 let (value, grad) = B::segloss_value_grad(x, target, job);
-                return (prep.finish(value), <Autodiff<B, C> as AutodiffBackend>::from_inner(grad));
+                (prep.finish(value), <Autodiff<B, C> as AutodiffBackend>::from_inner(grad))
             }
         }
     }
