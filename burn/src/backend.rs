@@ -14,9 +14,9 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::AutodiffBackend;
 use burn::backend::{backend_extension, Backend, ExtensionType, TensorMetadata};
 use burn::tensor::{DType, FloatDType, Shape, TensorData};
-use segloss::{Engine, Input, LossExpr, Mode, Target as HostTarget};
+use segloss::Target as HostTarget;
 
-use crate::Error;
+use crate::{Error, SegLoss};
 
 /// The targets of one evaluation: float masks of the logits' shape, or class indices `[N, S...]`.
 #[derive(ExtensionType)]
@@ -53,13 +53,9 @@ pub struct Transfers {
 pub struct Job(pub(crate) Arc<JobInner>);
 
 pub(crate) struct JobInner {
-    pub expr: LossExpr,
-    pub mode: Mode,
-    pub ignore_index: Option<i64>,
-    /// The engine of the host path (and of a device no engine was registered for).
-    pub engine: Arc<Engine>,
+    /// The loss being evaluated (its expression, mode, ignore index, host-path engine, counts).
+    pub loss: SegLoss,
     pub outcome: Mutex<Option<Result<Path, Error>>>,
-    pub transfers: Arc<Mutex<Transfers>>,
     /// Whether the gradient is wanted: set by the autodiff step when the logits are tracked
     /// (a loss on an untracked tensor, a validation loss, is evaluated without its gradient).
     pub want_grad: AtomicBool,
@@ -67,21 +63,14 @@ pub(crate) struct JobInner {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Job({})", self.0.expr)
+        write!(f, "Job({})", self.0.loss.expr())
     }
 }
 
 impl Job {
     /// Records the outcome, and counts what moved.
     pub(crate) fn finish(&self, outcome: Result<Path, Error>, host_bytes: u64) {
-        if let Ok(mut t) = self.0.transfers.lock() {
-            match outcome {
-                Ok(Path::Device) => t.device_calls += 1,
-                Ok(Path::Host) => t.host_calls += 1,
-                Err(_) => {}
-            }
-            t.host_bytes += host_bytes;
-        }
+        self.0.loss.count(outcome.as_ref().ok().copied(), host_bytes);
         if let Ok(mut slot) = self.0.outcome.lock() {
             *slot = Some(outcome);
         }
@@ -146,25 +135,13 @@ pub(crate) fn host_value_grad<B: Backend>(
     let dtype = logits.dtype();
     let mut bytes = 0u64;
     let result = (|| -> Result<(f32, Option<Vec<f32>>), Error> {
-        let x = read_f32(futures::executor::block_on(B::float_into_data(logits))?)?;
-        bytes += 4 * x.len() as u64;
-        let t = match target {
-            Target::Mask(t) => {
-                let t = read_f32(futures::executor::block_on(B::float_into_data(t))?)?;
-                bytes += 4 * t.len() as u64;
-                HostTarget::Dense(Cow::Owned(t))
-            }
-            Target::Classes(t) => {
-                let t = futures::executor::block_on(B::int_into_data(t))?;
-                bytes += t.bytes().len() as u64;
-                HostTarget::Labels(Cow::Owned(t.convert::<i64>().try_to_vec::<i64>().map_err(burn_err)?))
-            }
+        let (x, xb) = read_f32(futures::executor::block_on(B::float_into_data(logits))?)?;
+        let (t, tb) = match target {
+            Target::Mask(t) => read_mask(futures::executor::block_on(B::float_into_data(t))?)?,
+            Target::Classes(t) => read_labels(futures::executor::block_on(B::int_into_data(t))?)?,
         };
-        let j = &job.0;
-        let inp = Input::new(Cow::Owned(x), t, shape.as_slice(), j.mode, j.ignore_index)?;
-        let ev = j.engine.evaluate_blocking(&inp, std::slice::from_ref(&j.expr), job.want_grad())?;
-        let ev = ev.into_iter().next().ok_or_else(|| Error::Burn("segloss returned no evaluation".into()))?;
-        Ok((ev.value as f32, ev.grad))
+        bytes += xb + tb;
+        job.0.loss.evaluate_host(x, t, shape.as_slice(), job.want_grad())
     })();
     match result {
         Ok((value, grad)) => {
@@ -193,8 +170,22 @@ pub(crate) fn zeros<B: Backend>(shape: Shape, device: &B::Device, dtype: DType) 
     (B::float_zeros([1].into(), device, dtype), B::float_zeros(shape, device, dtype))
 }
 
-fn read_f32(data: TensorData) -> Result<Vec<f32>, Error> {
-    data.convert::<f32>().try_to_vec::<f32>().map_err(burn_err)
+/// A tensor's values as f32, and the bytes that crossed to the host for them.
+pub(crate) fn read_f32(data: TensorData) -> Result<(Vec<f32>, u64), Error> {
+    let bytes = data.bytes().len() as u64;
+    Ok((data.convert::<f32>().try_to_vec::<f32>().map_err(burn_err)?, bytes))
+}
+
+/// Float masks as segloss's host target.
+pub(crate) fn read_mask(data: TensorData) -> Result<(HostTarget<'static>, u64), Error> {
+    let (t, bytes) = read_f32(data)?;
+    Ok((HostTarget::Dense(Cow::Owned(t)), bytes))
+}
+
+/// Class indices as segloss's host target.
+pub(crate) fn read_labels(data: TensorData) -> Result<(HostTarget<'static>, u64), Error> {
+    let bytes = data.bytes().len() as u64;
+    Ok((HostTarget::Labels(Cow::Owned(data.convert::<i64>().try_to_vec::<i64>().map_err(burn_err)?)), bytes))
 }
 
 pub(crate) fn burn_err(e: impl std::fmt::Debug) -> Error {

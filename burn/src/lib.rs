@@ -52,7 +52,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use burn::backend::Dispatch;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Int, Tensor, TensorData};
 use segloss::{Engine, LossExpr, Mode};
 
 mod backend;
@@ -150,8 +150,7 @@ impl SegLoss {
     /// multilabel modes): a one-element tensor whose gradient by `logits` is segloss's.
     pub fn forward<const D: usize>(&self, logits: Tensor<D>, target: Tensor<D>) -> Result<Tensor<1>, Error> {
         if self.through_host || !extension_covers(&logits.device()) {
-            let t = target.try_into_data()?.convert::<f32>().try_to_vec::<f32>().map_err(backend::burn_err)?;
-            return self.evaluate_elsewhere(logits, segloss::Target::Dense(Cow::Owned(t)));
+            return self.evaluate_elsewhere(logits, backend::read_mask(target.try_into_data()?)?);
         }
         self.evaluate(logits, Target::Mask(target.into_dispatch()))
     }
@@ -163,22 +162,14 @@ impl SegLoss {
         target: Tensor<DT, Int>,
     ) -> Result<Tensor<1>, Error> {
         if self.through_host || !extension_covers(&logits.device()) {
-            let t = target.try_into_data()?.convert::<i64>().try_to_vec::<i64>().map_err(backend::burn_err)?;
-            return self.evaluate_elsewhere(logits, segloss::Target::Labels(Cow::Owned(t)));
+            return self.evaluate_elsewhere(logits, backend::read_labels(target.try_into_data()?)?);
         }
         self.evaluate(logits, Target::Classes(target.into_dispatch()))
     }
 
     fn evaluate<const D: usize>(&self, logits: Tensor<D>, target: Target<Dispatch>) -> Result<Tensor<1>, Error> {
-        let job = Job(Arc::new(JobInner {
-            expr: self.expr.clone(),
-            mode: self.mode,
-            ignore_index: self.ignore_index,
-            engine: self.engine.clone(),
-            outcome: Mutex::new(None),
-            transfers: self.transfers.clone(),
-            want_grad: Default::default(),
-        }));
+        let job =
+            Job(Arc::new(JobInner { loss: self.clone(), outcome: Mutex::new(None), want_grad: Default::default() }));
         let (value, _grad) =
             <Dispatch as SegLossBackend>::segloss_value_grad(logits.into_dispatch(), target, job.clone());
         match job.take() {
@@ -194,33 +185,48 @@ impl SegLoss {
     fn evaluate_elsewhere<const D: usize>(
         &self,
         logits: Tensor<D>,
-        t: segloss::Target<'static>,
+        (t, tbytes): (segloss::Target<'static>, u64),
     ) -> Result<Tensor<1>, Error> {
         let device = logits.device();
         let shape: Vec<usize> = logits.dims().to_vec();
-        let want = logits.is_tracked();
-        let x =
-            logits.clone().detach().try_into_data()?.convert::<f32>().try_to_vec::<f32>().map_err(backend::burn_err)?;
-        let tbytes = match &t {
-            segloss::Target::Dense(v) => 4 * v.len(),
-            segloss::Target::Labels(v) => 8 * v.len(),
-        } as u64;
-        let bytes = 4 * x.len() as u64 + tbytes;
-        let inp = segloss::Input::new(Cow::Owned(x), t, &shape, self.mode, self.ignore_index)?;
-        let ev = self.engine.evaluate_blocking(&inp, std::slice::from_ref(&self.expr), want)?;
-        let ev = ev.into_iter().next().ok_or_else(|| Error::Burn("segloss returned no evaluation".into()))?;
-        let value = Tensor::<1>::from_data(burn::tensor::TensorData::new(vec![ev.value as f32], [1]), &device);
-        if let Ok(mut t) = self.transfers.lock() {
-            t.host_calls += 1;
-            t.host_bytes += bytes + ev.grad.as_ref().map_or(0, |g| 4 * g.len() as u64);
-        }
-        Ok(match ev.grad {
+        let (x, xbytes) = backend::read_f32(logits.clone().detach().try_into_data()?)?;
+        let (value, grad) = self.evaluate_host(x, t, &shape, logits.is_tracked())?;
+        self.count(Some(Path::Host), xbytes + tbytes + grad.as_ref().map_or(0, |g| 4 * g.len() as u64));
+        let value = Tensor::<1>::from_data(TensorData::new(vec![value], [1]), &device);
+        Ok(match grad {
             Some(g) => {
-                let g = Tensor::<D>::from_data(burn::tensor::TensorData::new(g, shape), &device);
+                let g = Tensor::<D>::from_data(TensorData::new(g, shape), &device);
                 value + (logits.clone() - logits.detach()).mul(g).sum()
             }
             None => value,
         })
+    }
+
+    /// Host data evaluated on the engine: the value, and the gradient when `want`ed.
+    pub(crate) fn evaluate_host(
+        &self,
+        x: Vec<f32>,
+        t: segloss::Target<'static>,
+        shape: &[usize],
+        want: bool,
+    ) -> Result<(f32, Option<Vec<f32>>), Error> {
+        let inp = segloss::Input::new(Cow::Owned(x), t, shape, self.mode, self.ignore_index)?;
+        let ev = self.engine.evaluate_blocking(&inp, std::slice::from_ref(&self.expr), want)?;
+        let ev = ev.into_iter().next().ok_or_else(|| Error::Burn("segloss returned no evaluation".into()))?;
+        Ok((ev.value as f32, ev.grad))
+    }
+
+    /// Counts an evaluation (on its path; none when it failed) and the bytes it moved through
+    /// host memory.
+    pub(crate) fn count(&self, path: Option<Path>, host_bytes: u64) {
+        if let Ok(mut t) = self.transfers.lock() {
+            match path {
+                Some(Path::Device) => t.device_calls += 1,
+                Some(Path::Host) => t.host_calls += 1,
+                None => {}
+            }
+            t.host_bytes += host_bytes;
+        }
     }
 }
 

@@ -130,11 +130,11 @@ fn evaluate(
         Some(DType::U32) => TargetBuffer::ClassU32(slice(t.resource(), tlen)),
         Some(_) => TargetBuffer::ClassI32(slice(t.resource(), tlen)),
     };
-    let j = &job.0;
-    let input = BufferInput::new(slice(x.resource(), numel), tb, shape.as_slice(), j.mode, j.ignore_index)?;
+    let loss = &job.0.loss;
+    let input = BufferInput::new(slice(x.resource(), numel), tb, shape.as_slice(), loss.mode(), loss.ignore_index)?;
     let ev = engine.evaluate_buffers_blocking(
         &input,
-        std::slice::from_ref(&j.expr),
+        std::slice::from_ref(loss.expr()),
         &[g.as_ref().map_or(GradOut::Skip, |g| GradOut::Write(slice(g.resource(), numel)))],
     )?;
     let value = ev.first().ok_or_else(|| Error::Burn("segloss returned no evaluation".into()))?.value as f32;

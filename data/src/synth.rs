@@ -149,7 +149,7 @@ pub fn scene(n: usize, c: usize, h: usize, w: usize, seed: u64) -> LabelBatch {
 }
 
 /// Aerial-looking scenes for training a road model: `[N, 3, H, W]` images in [0, 1] and their
-/// `[N, 1, H, W]` 0/1 road masks (about 4.5% road, as in DeepGlobe road extraction).
+/// `[N, 1, H, W]` 0/1 road masks (at least 4.5% road per image, near DeepGlobe road extraction's).
 #[derive(Clone, Debug)]
 pub struct SceneBatch {
     /// `[N, 3, H, W]`
@@ -187,7 +187,7 @@ fn blob(h: usize, w: usize, rng: &mut SmallRng, r: f32, square: bool) -> Vec<f32
     m
 }
 
-/// Scenes of thin curved gray roads (about 4.5% of each image) on a textured background of
+/// Scenes of thin curved gray roads (roads are drawn until they cover 4.5% of each image) on a textured background of
 /// fields, with distractors a model has to learn to reject: gray roofs of the roads' colour,
 /// brown field tracks of the roads' shape, a blue river, trees over parts of the roads, and
 /// pixel noise. `seed` picks the scenes: held-out sets use seeds the training set does not.
