@@ -16,11 +16,13 @@
 @group(0) @binding(7) var<storage, read_write> cnt: array<atomic<u32>>;
 
 const WG: u32 = 128u;   // threads per workgroup
-const PIX: u32 = 16u;             // pixels per thread: softmax (their labels and log-sum-exps stay in
-                                  // registers), and sigmoid on a GPU
+const PIX: u32 = 16u;             // pixels per thread, softmax on a CPU adapter (WIDE); also the size
+                                  // of the per-pixel label and log-sum-exp arrays (registers)
 const PIX_SIGMOID_CPU: u32 = 64u; // sigmoid on a CPU adapter (WIDE): a quarter of the reductions and
-                                  // barriers, which a CPU adapter pays for most; a GPU keeps more threads
-// A tile is WG * PIX pixels of one image, or WG * PIX_SIGMOID_CPU (sigmoid, WIDE).
+                                  // barriers, which a CPU adapter pays for most
+// On a GPU (not WIDE) the pixels per thread are SPIX (2 to PIX): the host picks the longest tiles
+// that still put enough workgroups in flight to hide memory latency.
+// A tile is WG * pix pixels of one image.
 
 var<workgroup> red: array<vec4<f32>, 512>; // 4 * WG
 const RGROUPS: u32 = 8u;                    // first-level sums per channel
@@ -117,7 +119,7 @@ fn check_target(e: u32) {
 fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x;
     let n = wid.y;
-    let pix = select(PIX, PIX_SIGMOID_CPU, WIDE && !SOFTMAX);
+    let pix = select(min(SPIX, PIX), select(PIX_SIGMOID_CPU, PIX, SOFTMAX), WIDE);
     let base = tile * WG * pix;
     // the pixel-loss slots' parameters, loaded once (slot 0 stands in for absent ones)
     var tp0: Term;
@@ -137,7 +139,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     var pa2 = vec4<f32>(0.0);
     var pa3 = vec4<f32>(0.0);
     if SOFTMAX {
-        for (var i = 0u; i < PIX; i++) {
+        for (var i = 0u; i < pix; i++) {
             let s = base + i * WG + lid;
             lab[i] = INVALID;
             lse[i] = 0.0;

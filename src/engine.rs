@@ -621,7 +621,8 @@ impl Engine {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("segloss"),
-                required_features: wgpu::Features::empty(),
+                // timestamps for Engine::profile_prepared_blocking, where the adapter has them
+                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
                 required_limits: adapter.limits(),
                 ..Default::default()
             })
@@ -1059,6 +1060,72 @@ impl Engine {
         grads: GradMode,
     ) -> Result<Vec<Evaluation>, Error> {
         futures::executor::block_on(self.evaluate_prepared(prep, exprs, grads))
+    }
+
+    /// Evaluates like [`Engine::evaluate_prepared_blocking`] and returns where the time went: the
+    /// device time of every dispatch (timestamp queries, each dispatch in a compute pass of its
+    /// own), the device's span from the first dispatch to the last, and the wall time of the
+    /// whole evaluation. Needs a device opened with `wgpu::Features::TIMESTAMP_QUERY` (the
+    /// engine asks for it where the adapter has it); [`Error::Unsupported`] otherwise.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), segloss::Error> {
+    /// use segloss::{Engine, GradMode, Input, LossExpr, Mode};
+    /// let engine = Engine::gpu_blocking()?;
+    /// let (logits, target) = (vec![0.5f32; 64 * 64], vec![0.0f32; 64 * 64]);
+    /// let input = Input::dense(&logits, &target, &[1, 1, 64, 64], Mode::Binary)?;
+    /// let prep = engine.prepare(input)?;
+    /// let bce: LossExpr = "bce".parse()?;
+    /// let profile = engine.profile_prepared_blocking(&prep, &[bce], GradMode::DeviceOnly)?;
+    /// for (kernel, dispatches, ms) in profile.by_kernel() {
+    ///     println!("{kernel:<20} {dispatches:>3} {ms:.4} ms");
+    /// }
+    /// println!("device {:.4} ms of {:.4} ms", profile.device_ms, profile.wall_ms);
+    /// assert!(profile.kernels.iter().any(|k| k.kernel == "stats"));
+    /// # Ok(()) }
+    /// ```
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile_prepared_blocking(
+        &self,
+        prep: &Prepared<'_>,
+        exprs: &[LossExpr],
+        grads: GradMode,
+    ) -> Result<crate::Profile, Error> {
+        let gpu = self.buffer_gpu()?;
+        if !gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::Unsupported(format!(
+                "profiling needs timestamp queries, which the device on {} was not opened with",
+                self.info.name
+            )));
+        }
+        let sink = crate::gpu::profile::Sink::default();
+        let arm = |s: Option<crate::gpu::profile::Sink>| {
+            if let Ok(mut p) = gpu.profile.lock() {
+                *p = s;
+            }
+        };
+        arm(Some(sink.clone()));
+        let t0 = std::time::Instant::now();
+        let result = self.evaluate_prepared_blocking(prep, exprs, grads);
+        let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
+        arm(None);
+        result?;
+        // the timestamps' readback was mapped before the values': its callback has run by now,
+        // or runs once the device is idle
+        let mut kernels = Vec::new();
+        for _ in 0..3 {
+            kernels =
+                std::mem::take(&mut *sink.lock().map_err(|_| Error::Gpu("internal: profile sink poisoned".into()))?);
+            if !kernels.is_empty() {
+                break;
+            }
+            futures::executor::block_on(gpu.done())?;
+        }
+        if kernels.is_empty() {
+            return Err(Error::Gpu("the device returned no timestamps".into()));
+        }
+        let device_ms = kernels.iter().map(|k| k.start_ms + k.ms).fold(0.0, f64::max);
+        Ok(crate::Profile { kernels, device_ms, wall_ms })
     }
 
     /// Blocking [`Engine::evaluate_buffers`] (native only).

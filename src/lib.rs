@@ -63,6 +63,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use expr::{Loss, LossExpr, Term};
+pub use gpu::profile::{KernelTime, Profile};
 pub use input::{Input, InputKind, Mode, Target};
 pub use multi::MultiEngine;
 pub use stats::Statistics;

@@ -604,8 +604,8 @@ fn one_engine_across_shapes_agrees_with_the_reference() {
     }
 }
 
-/// The statistics pass's two tile widths (a CPU adapter's wide sigmoid tiles, a GPU's narrow
-/// ones) agree with the reference, with one tile per image and several, on a separate engine so
+/// The statistics pass's two tile widths (a CPU adapter's wide tiles, a GPU's short ones),
+/// sigmoid and softmax, agree with the reference, with one tile per image and several, on a separate engine so
 /// that no other test sees the switch.
 #[test]
 fn both_statistics_tile_widths_agree_with_the_reference() {
@@ -613,10 +613,27 @@ fn both_statistics_tile_widths_agree_with_the_reference() {
     let exprs = parse(&["bce", "dice@monai+focal@monai", "sensspec", "bce:pos_weight=auto+jaccard"]);
     for wide in [false, true] {
         engine.set_wide_statistics(wide);
-        for (k, shape) in [&[2usize, 1, 40, 50][..], &[3, 2, 100, 90], &[1, 1, 20000]].iter().enumerate() {
+        // on a GPU's tiles, 2 to 16 pixels per thread as the workgroup count asks: the small shapes
+        // take 2, [2, 1, 512, 512] 4, [1, 2, 1024, 1024] 8 and [2, 1, 1024, 1024] 16
+        let shapes = [
+            &[2usize, 1, 40, 50][..],
+            &[3, 2, 100, 90],
+            &[1, 1, 20000],
+            &[2, 1, 512, 512],
+            &[1, 2, 1024, 1024],
+            &[2, 1, 1024, 1024],
+        ];
+        for (k, shape) in shapes.iter().enumerate() {
             let mode = if shape[1] == 1 { Mode::Binary } else { Mode::Multilabel };
             let case = dense_case(70 + k as u64, shape, mode);
             assert_matches_reference(&engine, &case, &exprs, &format!("wide {wide} {shape:?}"));
+        }
+        // softmax: one tile per image and several, ignored pixels among them
+        for (k, shape) in [&[2usize, 3, 9, 11][..], &[2, 3, 70, 90]].iter().enumerate() {
+            let case = label_case(80 + k as u64, shape, 255);
+            // (Lovász takes no statistics tiles, and its gradient at tied errors is compared elsewhere)
+            let mc: Vec<LossExpr> = exprs_for(&case).into_iter().filter(|e| !e.has_lovasz()).collect();
+            assert_matches_reference(&engine, &case, &mc, &format!("wide {wide} {shape:?}"));
         }
     }
 }
@@ -979,4 +996,28 @@ fn a_batch_keeps_logits_and_probabilities_of_one_shape_apart_and_deep_with_metri
     // a plain loss on several levels is refused there too
     assert!(engine.evaluate_with_metrics_blocking(&deep_in, &parse(&["dice"]), true, &metrics).is_err());
     assert!(engine.statistics_blocking(&deep_in, &parse(&["dice"])).is_err());
+}
+
+/// A profile times every dispatch of the evaluation (the gradient pass only when a gradient is
+/// asked for), on the device's clock, and leaves later evaluations untimed and unchanged.
+#[test]
+fn a_profile_times_every_dispatch_of_one_evaluation() {
+    let engine = Engine::gpu_blocking().unwrap();
+    let case = dense_case(91, &[2, 1, 64, 64], Mode::Binary);
+    let prep = engine.prepare(case.whole()).unwrap();
+    let exprs = parse(&["bce+dice", "lovasz"]);
+    let p = engine.profile_prepared_blocking(&prep, &exprs, segloss::GradMode::DeviceOnly).unwrap();
+    let names: Vec<&str> = p.kernels.iter().map(|k| k.kernel).collect();
+    for k in ["stats", "finalize", "gradient", "lovasz_keys", "lovasz_weights"] {
+        assert!(names.contains(&k), "{k} missing from {names:?}");
+    }
+    assert_eq!(names.iter().filter(|k| **k == "gradient").count(), 2, "{names:?}");
+    assert!(p.kernels.windows(2).all(|w| w[0].start_ms <= w[1].start_ms), "{:?}", p.kernels);
+    assert!(p.kernels.iter().all(|k| k.ms >= 0.0));
+    assert!(p.device_ms > 0.0 && p.device_ms <= p.wall_ms, "{} of {}", p.device_ms, p.wall_ms);
+    let total: usize = p.by_kernel().iter().map(|b| b.1).sum();
+    assert_eq!(total, p.kernels.len());
+    let f = engine.profile_prepared_blocking(&prep, &exprs, segloss::GradMode::Skip).unwrap();
+    assert!(!f.kernels.iter().any(|k| k.kernel == "gradient"), "{:?}", f.kernels);
+    assert_matches_reference(&engine, &case, &exprs[..1], "after a profile");
 }

@@ -190,6 +190,11 @@ struct BenchArgs {
     /// the first of them alone.
     #[arg(long, conflicts_with_all = ["sizes", "device_resident", "batch"])]
     adapters: Option<String>,
+    /// Time every dispatch of one evaluation of each loss of --shape on the device (timestamp
+    /// queries; each dispatch in a pass of its own) and print where the time goes: per kernel,
+    /// the device's span, and the wall time. The median of --iters profiled evaluations.
+    #[arg(long, conflicts_with_all = ["sizes", "device_resident", "batch", "levels", "adapters"])]
+    profile: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -942,6 +947,10 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         let (shape, mode, texts) = setup(&["ce"])?;
         return bench_metrics(&engine, &a, &shape, mode, iters, &texts);
     }
+    if a.profile {
+        let (shape, mode, texts) = setup(&["bce", "dice", "focal"])?;
+        return bench_profile(&engine, &a, &shape, mode, iters, &texts);
+    }
     if let Some(l) = a.levels {
         let (shape, mode, texts) = setup(&["dice@monai+focal@monai"])?;
         return bench_levels(&engine, &a, &shape, mode, positive("--levels", l)?, iters, &texts);
@@ -1320,6 +1329,75 @@ fn bench_metrics(
     outln!("{:<44} {x:>10.3} ms", "losses alone")?;
     outln!("{:<44} {y:>10.3} ms", format!("with {}", a.metrics.join(", ")))?;
     outln!("with the metrics: {:.2}x the losses alone", y / x)?;
+    Ok(())
+}
+
+/// Profiles each loss of `texts` (and all of them in one evaluation): `iters` profiled
+/// evaluations after two warm-ups, the one of median device span reported.
+fn bench_profile(
+    engine: &Engine,
+    a: &BenchArgs,
+    shape: &[usize],
+    mode: Mode,
+    iters: usize,
+    texts: &[String],
+) -> Result<(), Fail> {
+    let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    let input = synth_inputs(shape, mode, 1)?.remove(0);
+    let prep = engine.prepare(input)?;
+    let gmode = if a.forward_only { GradMode::Skip } else { GradMode::DeviceOnly };
+    let mut runs: Vec<(String, segloss::Profile)> = Vec::new();
+    let mut cases: Vec<(String, Vec<LossExpr>)> =
+        texts.iter().zip(&exprs).map(|(t, e)| (t.clone(), vec![e.clone()])).collect();
+    if exprs.len() > 1 {
+        cases.push((format!("all {} together", exprs.len()), exprs.clone()));
+    }
+    for (name, es) in cases {
+        for _ in 0..2 {
+            engine.evaluate_prepared_blocking(&prep, &es, gmode)?;
+        }
+        let mut ps: Vec<segloss::Profile> =
+            (0..iters).map(|_| engine.profile_prepared_blocking(&prep, &es, gmode)).collect::<Result<_, _>>()?;
+        ps.sort_by(|x, y| x.device_ms.total_cmp(&y.device_ms));
+        runs.push((name, ps.swap_remove(ps.len() / 2)));
+    }
+    if a.json {
+        let v: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|(name, p)| {
+                json!({"loss": name, "device_ms": p.device_ms, "wall_ms": p.wall_ms,
+                       "by_kernel": p.by_kernel().iter().map(|(k, n, ms)| json!({"kernel": k, "dispatches": n, "ms": ms})).collect::<Vec<_>>(),
+                       "dispatches": p.kernels})
+            })
+            .collect();
+        outln!(
+            "{}",
+            json!({"device": engine.info(), "shape": shape, "mode": mode.name(), "iters": iters, "profiles": v})
+        )?;
+        return Ok(());
+    }
+    outln!(
+        "device: {} ({})  profile of {:?} ({mode}), losses {}, {}",
+        engine.info().name,
+        engine.info().backend,
+        shape,
+        texts.join(", "),
+        if a.forward_only { "values only" } else { "gradients left on the device" }
+    )?;
+    for (name, p) in &runs {
+        outln!(
+            "\n{name}: device span {:.4} ms, wall {:.4} ms, {} dispatches",
+            p.device_ms,
+            p.wall_ms,
+            p.kernels.len()
+        )?;
+        outln!("  {:<24} {:>10} {:>10} {:>7}", "kernel", "dispatches", "ms", "share")?;
+        for (k, n, ms) in p.by_kernel() {
+            outln!("  {k:<24} {n:>10} {ms:>10.4} {:>6.1}%", 100.0 * ms / p.device_ms.max(1e-12))?;
+        }
+    }
+    outln!("\ndevice span: first dispatch's start to last dispatch's end (each dispatch in a pass of its own);")?;
+    outln!("wall: the whole evaluation on the host's clock (recording, submission, wait, readback).")?;
     Ok(())
 }
 

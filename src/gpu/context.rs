@@ -281,6 +281,9 @@ pub(crate) struct Gpu {
     /// device's, or lower ([`EngineOptions::max_binding_bytes`]). The recordings still check
     /// every binding against the device's own limits.
     pub plan_binding: u64,
+    /// Armed by [`crate::Engine::profile_prepared_blocking`]: every dispatch of the submissions
+    /// made meanwhile is timed into this sink.
+    pub profile: Mutex<Option<crate::gpu::profile::Sink>>,
 }
 
 impl Gpu {
@@ -331,6 +334,7 @@ impl Gpu {
             counters: Counters::default(),
             // at least the 4-byte logits of one pixel of one class
             plan_binding: max_binding_bytes.map_or(u64::MAX, |m| m.max(4)),
+            profile: Mutex::new(None),
         };
         for softmax in [false, true] {
             for k in KERNELS {
@@ -371,6 +375,17 @@ impl Gpu {
                 })
             })
             .clone()
+    }
+
+    /// Resolves when everything submitted so far has run; the poll thread drives the device
+    /// (native), the event loop does in the browser.
+    pub(crate) async fn done(&self) -> Result<(), Error> {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        self.poller.kick(&self.device);
+        rx.await.map_err(|_| Error::Gpu("the device was lost while waiting for it".into()))
     }
 
     pub(crate) fn note_submission(&self) {

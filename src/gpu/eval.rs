@@ -8,7 +8,7 @@ use crate::expr::LossExpr;
 use crate::gpu::context::Gpu;
 use crate::gpu::lovasz::{grid, LovaszInput};
 use crate::gpu::record::{Grid, Recording, Slice};
-use crate::gpu::{align, stats_tile, Params, Spec, GRAD_PIX};
+use crate::gpu::{align, stats_tiling, Params, Spec, GRAD_PIX};
 use crate::plan::{self, BlockLayout, Op, StatsPlan, TermParams, K};
 use crate::shaders;
 
@@ -122,15 +122,13 @@ pub(crate) struct Recorded {
 }
 
 impl Gpu {
-    /// The kernels' parameters for `inp` (its own images and pixels) and whether its statistics
-    /// use the wide tiles.
-    fn params_of(&self, inp: &DevInput) -> (Params, bool) {
-        let softmax = inp.softmax;
+    /// The kernels' parameters for `inp` (its own images and pixels), whether its statistics
+    /// use the wide tiles, and their pixels per thread.
+    fn params_of(&self, inp: &DevInput) -> (Params, bool, u32) {
         // read once: the tile size and the statistics pipelines must agree
-        // (wide tiles only for images that fill one: a smaller image would leave most of the
-        // wide workgroup idle)
-        let wide = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed) && inp.s >= stats_tile(softmax, true);
-        let tiles = inp.s.div_ceil(stats_tile(softmax, wide));
+        let wide_ok = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed);
+        let (wide, pix) = stats_tiling(inp.softmax, wide_ok, inp.n, inp.s);
+        let tiles = inp.s.div_ceil(crate::gpu::STATS_WG * pix);
         let p = Params {
             n: inp.n as u32,
             c: inp.c as u32,
@@ -141,7 +139,7 @@ impl Gpu {
             gn: (inp.n / inp.groups.max(1)) as u32,
             ..Params::default()
         };
-        (p, wide)
+        (p, wide, pix as u32)
     }
 
     /// A cleared status buffer: the statistics pass's bad-input flags, which the finalize and the
@@ -178,7 +176,7 @@ impl Gpu {
     ) -> Result<(Totals, Option<Slice>), Error> {
         let (n, c) = (inp.n, inp.c);
         let softmax = inp.softmax;
-        let (mut base, wide) = self.params_of(inp);
+        let (mut base, wide, spix) = self.params_of(inp);
         base.thr = counts.unwrap_or(0.0);
         let tiles = base.tiles as usize;
         let pbuf = rec.uniform(&base);
@@ -209,6 +207,7 @@ impl Gpu {
                 sensspec: plan.needs_sensspec && p == 0,
                 validate: if p == 0 { inp.validate } else { 0 },
                 wide,
+                spix: if wide { crate::gpu::STATS_PIX as u32 } else { spix },
                 // cross-entropy alone needs no per-class sums: one pass over each pixel's logits
                 pixel_only: softmax
                     && !terms.is_empty()
@@ -271,7 +270,7 @@ impl Gpu {
         plan: &StatsPlan,
         segsum: &[Option<Slice>],
     ) -> Result<Vec<Slice>, Error> {
-        let (base, _) = self.params_of(inp);
+        let (base, _, _) = self.params_of(inp);
         let pbuf = rec.uniform(&base);
         let mut lws = Vec::new();
         for (lp, ss) in plan.lovasz.iter().zip(segsum) {
@@ -580,7 +579,7 @@ impl Gpu {
         let mut entries: Vec<Option<Slice>> = vec![None; exprs.len()];
         for (part, lws) in parts.iter().zip(&lws) {
             let inp = part.inp;
-            let (mut base, _) = self.params_of(inp);
+            let (mut base, _, _) = self.params_of(inp);
             base.gn = ng as u32;
             base.img0 = part.img0 as u32;
             let total = (inp.n * c * inp.s * 4) as u64;

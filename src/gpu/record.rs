@@ -13,6 +13,7 @@ use std::pin::Pin;
 
 use crate::error::Error;
 use crate::gpu::context::Gpu;
+use crate::gpu::profile::{self, Timed};
 use crate::gpu::{align, Spec, ALIGN};
 use crate::shaders::{Access, Kernel};
 
@@ -223,6 +224,7 @@ impl Gpu {
             | wgpu::BufferUsages::COPY_SRC;
         let read_usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss") });
+        let mut timer = self.timer();
         let mut scratch = Vec::new();
         let mut staged: Vec<Vec<wgpu::Buffer>> = Vec::new();
         for rec in &recs {
@@ -253,10 +255,14 @@ impl Gpu {
                 })
                 .collect();
             staged.push(reads);
-            self.encode(&mut enc, rec, &bufs);
+            self.encode(&mut enc, rec, &bufs, &mut timer);
         }
+        let timestamps = timer.and_then(|t| t.resolve(self, &mut enc));
         self.queue.submit([enc.finish()]);
         self.note_submission();
+        if let Some(read) = timestamps {
+            read();
+        }
         // native: back to the pool when the submission has completed; in the browser (where
         // buffers are not Send) when the first recording's staging buffers have been read, which
         // also means the submission completed, or not at all
@@ -325,7 +331,27 @@ impl Gpu {
         out
     }
 
-    fn encode(&self, enc: &mut wgpu::CommandEncoder, rec: &Recording, bufs: &[wgpu::Buffer]) {
+    /// The timestamp queries of a submission, when a profile is armed and the device has them.
+    fn timer(&self) -> Option<Timer> {
+        let sink = self.profile.lock().ok()?.clone()?;
+        if !self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return None;
+        }
+        let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("segloss profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count: (2 * profile::MAX_TIMED) as u32,
+        });
+        Some(Timer { set, timed: Vec::new(), sink })
+    }
+
+    fn encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        rec: &Recording,
+        bufs: &[wgpu::Buffer],
+        timer: &mut Option<Timer>,
+    ) {
         let buf = |s: &Slice| &bufs[s.id.0];
         let mut pass: Option<wgpu::ComputePass<'static>> = None;
         for cmd in &rec.cmds {
@@ -350,10 +376,29 @@ impl Gpu {
                         entries: &entries,
                     });
                     let pipeline = self.pipeline(kernel, *spec);
+                    let timed = timer.as_mut().filter(|t| t.timed.len() < profile::MAX_TIMED);
+                    let timestamp_writes = timed.map(|t| {
+                        // a pass of its own, timed from its start to its end
+                        pass = None;
+                        let i = 2 * t.timed.len() as u32;
+                        t.timed.push(Timed {
+                            kernel: kernel.name,
+                            workgroups: match grid {
+                                Grid::Direct(x, y, z) => Some([*x, *y, *z]),
+                                Grid::Indirect(_) => None,
+                            },
+                        });
+                        wgpu::ComputePassTimestampWrites {
+                            query_set: &t.set,
+                            beginning_of_pass_write_index: Some(i),
+                            end_of_pass_write_index: Some(i + 1),
+                        }
+                    });
+                    let own_pass = timestamp_writes.is_some();
                     let p = pass.get_or_insert_with(|| {
                         enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                             label: Some("segloss"),
-                            timestamp_writes: None,
+                            timestamp_writes,
                         })
                         .forget_lifetime()
                     });
@@ -362,6 +407,9 @@ impl Gpu {
                     match grid {
                         Grid::Direct(x, y, z) => p.dispatch_workgroups(*x, *y, *z),
                         Grid::Indirect(s) => p.dispatch_workgroups_indirect(buf(s), s.offset),
+                    }
+                    if own_pass {
+                        pass = None;
                     }
                 }
                 Cmd::Clear(s) => {
@@ -375,5 +423,55 @@ impl Gpu {
             }
         }
         drop(pass);
+    }
+}
+
+/// The timestamp queries of one profiled submission.
+pub(crate) struct Timer {
+    set: wgpu::QuerySet,
+    timed: Vec<Timed>,
+    sink: profile::Sink,
+}
+
+impl Timer {
+    /// Resolves the queries at the end of `enc` into a host-readable buffer, and returns what maps
+    /// it once the submission is made: its callback appends the kernel times to the sink.
+    fn resolve(self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder) -> Option<impl FnOnce()> {
+        let n = 2 * self.timed.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        let make = |usage, label| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: n * 8,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let resolved = make(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC, "segloss timestamps");
+        let read = make(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, "segloss timestamps read");
+        enc.resolve_query_set(&self.set, 0..n as u32, &resolved, 0);
+        enc.copy_buffer_to_buffer(&resolved, 0, &read, 0, n * 8);
+        let period = gpu.queue.get_timestamp_period();
+        Some(move || {
+            let b = read.clone();
+            let Timer { timed, sink, .. } = self;
+            read.map_async(wgpu::MapMode::Read, .., move |r| {
+                if r.is_err() {
+                    return;
+                }
+                let ticks: Vec<u64> = match b.get_mapped_range(..) {
+                    Ok(view) => {
+                        view.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect()
+                    }
+                    Err(_) => return,
+                };
+                b.unmap();
+                if let Ok(mut s) = sink.lock() {
+                    s.extend(profile::decode(&ticks, &timed, period));
+                }
+            });
+        })
     }
 }
