@@ -13,7 +13,9 @@
 @group(0) @binding(4) var<storage, read> cw: array<f32>;
 @group(0) @binding(5) var<storage, read> coefs: array<f32>;
 @group(0) @binding(6) var<storage, read_write> grad: array<f32>;
-@group(0) @binding(7) var<storage, read> lw: array<f32>; // Lovász Jaccard weight per element
+// LOVASZ: the Lovász Jaccard weight per element; LSE (softmax, no Lovász): the log-sum-exp per
+// pixel that the statistics pass kept, so that this pass reads each logit once less
+@group(0) @binding(7) var<storage, read> aux: array<f32>;
 @group(0) @binding(8) var<storage, read> status: array<u32>; // bad-input flags of the statistics pass
 // UNREDUCED: the entries of the expression's one pixel term (`reduction=none`), times
 // terms[0].scale as the host wrote it (the term's factor): per element of bce and focal, per
@@ -125,7 +127,7 @@ fn softmax_dp(k: ClassCoefs, e: u32, p: f32, g: f32) -> f32 {
     var u = region_dp(k, p, g);
     if LOVASZ != 0u {
         // d |g - p| / d p = sign(p - g), 0 where the error is 0
-        u += k.lov * lw[e] * sign(p - g);
+        u += k.lov * aux[e] * sign(p - g);
     }
     return u;
 }
@@ -167,7 +169,11 @@ fn gradient(
             if s < P.s {
                 lab[i] = tword(n * P.s + s);
                 if lab[i] != INVALID && !PROBS {
-                    lse[i] = log_sum_exp(n, s);
+                    if LSE && LOVASZ == 0u {
+                        lse[i] = aux[n * P.s + s];
+                    } else {
+                        lse[i] = log_sum_exp(n, s);
+                    }
                     nlq[i] = lse[i] - logits[(n * P.c + lab[i]) * P.s + s];
                 }
             }
@@ -291,7 +297,7 @@ fn gradient(
                         }
                         // hinge: d relu(1 - x (2g - 1)) / d x
                         if LOVASZ != 0u && hinge_error(xs[i], gs[i]) > 0.0 {
-                            d[i] -= k.lov * lw[e] * (2.0 * gs[i] - 1.0);
+                            d[i] -= k.lov * aux[e] * (2.0 * gs[i] - 1.0);
                         }
                     }
                 }

@@ -14,6 +14,8 @@
 // (target row, prediction column), sigmoid per channel [target][prediction] 2 x 2. Integer atomics
 // give the same counts whatever order threads run in; count_reduce.wgsl adds the tiles.
 @group(0) @binding(7) var<storage, read_write> cnt: array<atomic<u32>>;
+// LSE: the log-sum-exp of each non-ignored pixel, [n][s], for the gradient pass
+@group(0) @binding(8) var<storage, read_write> lse_out: array<f32>;
 
 const WG: u32 = 128u;   // threads per workgroup
 const PIX: u32 = 16u;             // pixels per thread, softmax on a CPU adapter (WIDE); also the size
@@ -167,6 +169,9 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 if lab[i] != INVALID {
                     if !PROBS {
                         lse[i] = log_sum_exp(n, s);
+                        if LSE {
+                            lse_out[n * P.s + s] = lse[i];
+                        }
                     }
                     if COUNTS {
                         // (the logits are in cache)

@@ -441,12 +441,12 @@ async fn tail_of_parts(
         gpu.record_stats(&mut rec, inp, &StatsPlan::default(), status)?;
     }
     let (sums, stride) = t.stats.device_sums(t.plan);
-    let totals = Totals { sums: rec.data(&sums), stride, n: t.stats.images, groups: 1 };
+    let totals = Totals { sums: rec.data(&sums), stride, n: t.stats.images, groups: 1, lse: None };
     let lov_from = if t.lov_given { LovFrom::Given(rec.data(&t.stats.device_lovasz())) } else { LovFrom::Parts };
     let parts: Vec<Part<'_>> = pieces
         .iter()
         .zip(tos)
-        .map(|((p, inp), to)| Part { inp, img0: t.first_image + p.first_image(), grads: to })
+        .map(|((p, inp), to)| Part { inp, img0: t.first_image + p.first_image(), grads: to, lse: None })
         .collect();
     let tail = gpu.record_tail(&mut rec, t.plan, t.exprs, totals, lov_from, &parts, status, true)?;
     after(&mut rec);

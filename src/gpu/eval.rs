@@ -54,6 +54,8 @@ pub(crate) struct Part<'a> {
     pub inp: &'a DevInput,
     pub img0: usize,
     pub grads: &'a [GradTo],
+    /// Softmax: the log-sum-exp of each pixel of `inp`, kept by its statistics pass.
+    pub lse: Option<Slice>,
 }
 
 /// The per-(image, class) sums of a whole batch on the device, `[passes][n][c][K]` f32 with
@@ -66,6 +68,8 @@ pub(crate) struct Totals {
     pub n: usize,
     /// Independent evaluations of `n / groups` images each (a coalesced batch); 1 otherwise.
     pub groups: usize,
+    /// The log-sum-exp of each pixel, `[n][s]` f32, when the statistics pass was asked to keep it.
+    pub lse: Option<Slice>,
 }
 
 /// Where the finalize's Lovász segment sums come from: the parts' own sorts (per image, or the
@@ -159,13 +163,14 @@ impl Gpu {
         plan: &StatsPlan,
         status: Slice,
     ) -> Result<Totals, Error> {
-        Ok(self.record_stats_counts(rec, inp, plan, status, None)?.0)
+        Ok(self.record_stats_counts(rec, inp, plan, status, None, false)?.0)
     }
 
     /// [`Gpu::record_stats`], and with `counts = Some(threshold)` the confusion counts of the
     /// hard predictions (sigmoid: a logit `>= threshold` is positive) from the same pass: per
     /// (image, cell) 64-bit totals as (low, high) u32 pairs, cells `C x C` (softmax) or
-    /// `C x [target][prediction]` (sigmoid).
+    /// `C x [target][prediction]` (sigmoid). `keep_lse` (softmax on logits): the pass also
+    /// writes each pixel's log-sum-exp ([`Totals::lse`]) for the gradient passes.
     pub(crate) fn record_stats_counts(
         &self,
         rec: &mut Recording,
@@ -173,6 +178,7 @@ impl Gpu {
         plan: &StatsPlan,
         status: Slice,
         counts: Option<f32>,
+        keep_lse: bool,
     ) -> Result<(Totals, Option<Slice>), Error> {
         let (n, c) = (inp.n, inp.c);
         let softmax = inp.softmax;
@@ -188,6 +194,15 @@ impl Gpu {
                 s
             }
             None => rec.scratch(16, "no counts")?,
+        };
+        let lse = if keep_lse && softmax && !inp.probs {
+            Some(rec.scratch((n * inp.s * 4) as u64, "log-sum-exp per pixel")?)
+        } else {
+            None
+        };
+        let lse_out = match lse {
+            Some(l) => l,
+            None => rec.scratch(16, "no log-sum-exp")?,
         };
         let passes = plan.passes();
         let stride = align((n * c * K * 4) as u64);
@@ -216,6 +231,7 @@ impl Gpu {
                 counts: p == 0 && counts.is_some(),
                 probs: inp.probs,
                 tp_min: p == 0 && plan.tp_min,
+                lse: p == 0 && lse.is_some(),
                 ..Spec::default()
             };
             let (tb, cb) = (rec.data(&terms), rec.data(&cw));
@@ -232,6 +248,7 @@ impl Gpu {
                     ("partials", partials.unwrap_or(sums.sub(p as u64 * stride, stride))),
                     ("status", status),
                     ("cnt", cnt),
+                    ("lse_out", lse_out),
                 ],
             )?;
             if let Some(partials) = partials {
@@ -257,7 +274,7 @@ impl Gpu {
             }
             None => None,
         };
-        Ok((Totals { sums, stride, n, groups: inp.groups.max(1) }, total))
+        Ok((Totals { sums, stride, n, groups: inp.groups.max(1), lse }, total))
     }
 
     /// Records the sort of each distinct Lovász loss of `plan` on `inp`: its segment sums
@@ -327,8 +344,10 @@ impl Gpu {
         }
         let plan = StatsPlan::new(exprs, inp.c, inp.softmax);
         let status = self.record_status(rec)?;
-        let (totals, count_totals) = self.record_stats_counts(rec, inp, &plan, status, counts)?;
-        let part = Part { inp, img0: 0, grads };
+        // the gradient passes read the pixels' log-sum-exps rather than compute them again
+        let keep_lse = grads.iter().any(|g| !matches!(g, GradTo::Skip)) || exprs.iter().any(LossExpr::unreduced);
+        let (totals, count_totals) = self.record_stats_counts(rec, inp, &plan, status, counts, keep_lse)?;
+        let part = Part { inp, img0: 0, grads, lse: totals.lse };
         let t = self.record_tail(rec, &plan, exprs, totals, LovFrom::Parts, &[part], status, read_values)?;
         let unreduced = self.record_unreduced(rec, inp, exprs, &t, totals)?;
         let per = (inp.n * inp.c * inp.s * 4 / groups) as u64;
@@ -656,6 +675,7 @@ impl Gpu {
                         accum: accumulate || !first,
                         probs: part.inp.probs,
                         unreduced: first && unr,
+                        lse: lp.is_none() && part.lse.is_some(),
                         ..Spec::default()
                     };
                     let params = rec.uniform(&Params {
@@ -664,9 +684,10 @@ impl Gpu {
                         gout: gout as u32,
                         ..base
                     });
-                    let lw = match lp {
-                        Some((g, _)) => lws[*g],
-                        None => any_lw,
+                    let aux = match (lp, part.lse) {
+                        (Some((g, _)), _) => lws[*g],
+                        (None, Some(lse)) => lse,
+                        (None, None) => any_lw,
                     };
                     rec.dispatch(
                         &shaders::GRAD,
@@ -680,7 +701,7 @@ impl Gpu {
                             ("cw", cb),
                             ("coefs", coefs),
                             ("grad", dest),
-                            ("lw", lw),
+                            ("aux", aux),
                             ("status", status),
                             ("unr", unr_out),
                         ],

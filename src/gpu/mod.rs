@@ -91,6 +91,8 @@ pub(crate) struct Spec {
     pub wide: bool,
     /// Statistics, not wide: pixels per thread.
     pub spix: u32,
+    /// Softmax: the statistics pass keeps each pixel's log-sum-exp, the gradient pass reads it.
+    pub lse: bool,
     /// Statistics, softmax: only cross-entropy slots, no per-class sums (all in class 0).
     pub pixel_only: bool,
     /// Statistics: the confusion counts of the hard predictions.
@@ -116,6 +118,7 @@ impl Default for Spec {
             accum: false,
             wide: false,
             spix: STATS_PIX as u32,
+            lse: false,
             pixel_only: false,
             counts: false,
             probs: false,
@@ -130,7 +133,7 @@ impl Spec {
         Spec { softmax, ..Spec::default() }
     }
 
-    pub fn constants(&self) -> [(&'static str, f64); 15] {
+    pub fn constants(&self) -> [(&'static str, f64); 16] {
         [
             ("SOFTMAX", f64::from(u8::from(self.softmax))),
             ("KINDS", f64::from(self.kinds)),
@@ -147,6 +150,7 @@ impl Spec {
             ("UNREDUCED", f64::from(u8::from(self.unreduced))),
             ("TPMIN", f64::from(u8::from(self.tp_min))),
             ("SPIX", f64::from(self.spix)),
+            ("LSE", f64::from(u8::from(self.lse))),
         ]
     }
 }
