@@ -106,29 +106,52 @@ fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
         it[r] = (d << 16u) | p;
     }
     // three splits of 3, 3 and 2 bits; bucket counts packed in 16-bit halves of a vec4
+    // (the buckets' counts and offsets are vectors picked by selects, not arrays indexed by each
+    // item's bucket: per-lane dynamic indexing into a private array is what a CPU adapter, and a
+    // GPU's local memory, pay most for)
+    let lanes = vec4<u32>(0u, 1u, 2u, 3u);
     for (var b = 16u; b < 24u; b += 3u) {
         var cnt = vec4<u32>(0u);
         for (var r = 0u; r < IPT; r++) {
             let q = (it[r] >> b) & 7u;
-            cnt[q >> 1u] += 1u << (16u * (q & 1u));
+            cnt += select(vec4<u32>(0u), vec4<u32>(1u << (16u * (q & 1u))), lanes == vec4<u32>(q >> 1u));
         }
         let ex = wg_scan4(lid, cnt);
         let tot = scan_total4;
-        // start of each bucket: exclusive scan of the 8 totals
-        var start: array<u32, 8>;
+        // start of each bucket: exclusive scan of the 8 totals; then this thread's first slot
+        // in each bucket, buckets 0-3 in `lo` and 4-7 in `hi`
+        let t_even = tot & vec4<u32>(0xFFFFu);
+        let t_odd = tot >> vec4<u32>(16u);
+        let e_even = ex & vec4<u32>(0xFFFFu);
+        let e_odd = ex >> vec4<u32>(16u);
         var acc = 0u;
-        for (var q = 0u; q < 8u; q++) {
-            start[q] = acc;
-            acc += (tot[q >> 1u] >> (16u * (q & 1u))) & 0xFFFFu;
-        }
-        var off: array<u32, 8>;
-        for (var q = 0u; q < 8u; q++) {
-            off[q] = start[q] + ((ex[q >> 1u] >> (16u * (q & 1u))) & 0xFFFFu);
-        }
+        var lo: vec4<u32>;
+        var hi: vec4<u32>;
+        lo.x = acc + e_even.x;
+        acc += t_even.x;
+        lo.y = acc + e_odd.x;
+        acc += t_odd.x;
+        lo.z = acc + e_even.y;
+        acc += t_even.y;
+        lo.w = acc + e_odd.y;
+        acc += t_odd.y;
+        hi.x = acc + e_even.z;
+        acc += t_even.z;
+        hi.y = acc + e_odd.z;
+        acc += t_odd.z;
+        hi.z = acc + e_even.w;
+        acc += t_even.w;
+        hi.w = acc + e_odd.w;
         for (var r = 0u; r < IPT; r++) {
             let q = (it[r] >> b) & 7u;
-            sk[off[q]] = it[r];
-            off[q] += 1u;
+            let upper = q >= 4u;
+            let m = lanes == vec4<u32>(q & 3u);
+            let v = select(lo, hi, upper);
+            let at = select(select(select(v.x, v.y, m.y), v.z, m.z), v.w, m.w);
+            sk[at] = it[r];
+            let inc = select(vec4<u32>(0u), vec4<u32>(1u), m);
+            lo += select(inc, vec4<u32>(0u), upper);
+            hi += select(vec4<u32>(0u), inc, upper);
         }
         workgroupBarrier();
         for (var r = 0u; r < IPT; r++) {
