@@ -134,11 +134,12 @@ impl Engine {
     }
 
     /// Copies the prepared logits once on the device and waits: the memory-traffic floor of an
-    /// elementwise pass, for benchmarks to compare against. A no-op on the CPU reference.
+    /// elementwise pass, for benchmarks to compare against. `false` when nothing ran: on the CPU
+    /// reference, or for an input past the binding limit (kept on the host, evaluated in pieces).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn copy_probe_blocking(&self, prep: &Prepared<'_>) -> Result<(), Error> {
+    pub fn copy_probe_blocking(&self, prep: &Prepared<'_>) -> Result<bool, Error> {
         let (Some(gpu), Some((logits, _))) = (self.gpu_ref(), prep.buffers()) else {
-            return Ok(());
+            return Ok(false);
         };
         let len = prep.input().logits().len();
         let bytes = (len * 4) as u64;
@@ -148,7 +149,7 @@ impl Engine {
         let (gx, gy) = grid(&gpu.limits, len);
         rec.dispatch(&shaders::COPY, Spec::default(), Grid::Direct(gx, gy, 1), &[("logits", src), ("out", out)])?;
         run_and_wait(gpu, rec)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Waits until the device has finished all submitted work (benchmarks of device-resident

@@ -897,8 +897,9 @@ struct ShapeBench {
     results: Vec<(String, f64, f64, Option<f64>)>,
     /// Median ms of every loss in one evaluation.
     together: f64,
-    /// Median ms of the copy probe (one read and one write of the logits).
-    copy: f64,
+    /// Median ms of the copy probe (one read and one write of the logits); `None` when the input
+    /// is past the device's binding limit, kept on the host and evaluated in pieces (nothing to copy).
+    copy: Option<f64>,
     /// Submissions and host waits per evaluation.
     activity: (f64, f64),
     /// Bytes of input an evaluation reads: the logits and the target words.
@@ -916,9 +917,19 @@ impl ShapeBench {
     }
 
     /// GB/s of the copy probe (it reads and writes the logits).
-    fn copy_gbps(&self) -> f64 {
-        (self.numel() * 8) as f64 / (self.copy * 1e6)
+    fn copy_gbps(&self) -> Option<f64> {
+        self.copy.map(|c| (self.numel() * 8) as f64 / (c * 1e6))
     }
+
+    /// `ms` over the copy probe's median.
+    fn x_copy(&self, ms: f64) -> Option<f64> {
+        self.copy.map(|c| ms / c)
+    }
+}
+
+/// `x` with `prec` decimals right-aligned in `w` columns, or `-` without one.
+fn cell(x: Option<f64>, w: usize, prec: usize) -> String {
+    x.map_or_else(|| format!("{:>w$}", "-"), |v| format!("{v:>w$.prec$}"))
 }
 
 fn bench_mode(a: &BenchArgs, shape: &[usize]) -> Result<Mode, Fail> {
@@ -1030,10 +1041,10 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         let shape = r.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
         for (t, med, _, _) in &r.results {
             outln!(
-                "{shape:<14} {t:<28} {med:>10.3} {:>10.2} {:>8.2} {:>10.2}",
+                "{shape:<14} {t:<28} {med:>10.3} {:>10.2} {} {}",
                 r.gbps(*med),
-                med / r.copy,
-                r.copy_gbps()
+                cell(r.x_copy(*med), 8, 2),
+                cell(r.copy_gbps(), 10, 2)
             )?;
         }
     }
@@ -1057,7 +1068,9 @@ fn plot_sweep(path: &Path, device: &str, all: &[ShapeBench]) -> Result<(), Box<d
     };
     for r in all {
         let x = r.numel() as f64;
-        add(format!("copy probe ({})", r.mode), x, r.copy_gbps());
+        if let Some(g) = r.copy_gbps() {
+            add(format!("copy probe ({})", r.mode), x, g);
+        }
         for (t, med, _, _) in &r.results {
             add(format!("{t} ({})", r.mode), x, r.gbps(*med));
         }
@@ -1547,16 +1560,21 @@ fn bench_shape(
         results.push((t.clone(), med, min, cpu_ms));
     }
     let (together, _, _, _) = time(&exprs)?;
-    // The copy probe: one read and one write of the logits, the floor of any pass over them.
+    // The copy probe: one read and one write of the logits, the floor of any pass over them
+    // (none for an input kept on the host and evaluated in pieces)
     let mut copies = Vec::with_capacity(iters);
+    let mut ran = true;
     for i in 0..iters + 2 {
         let t0 = Instant::now();
-        engine.copy_probe_blocking(&prep)?;
+        ran = engine.copy_probe_blocking(&prep)?;
+        if !ran {
+            break;
+        }
         if i >= 2 {
             copies.push(ms(t0));
         }
     }
-    let copy = median(&mut copies);
+    let copy = if ran { Some(median(&mut copies)) } else { None };
     Ok(Ok(ShapeBench { shape: shape.to_vec(), mode, iters, results, together, copy, activity, input_bytes }))
 }
 
@@ -1567,14 +1585,14 @@ fn bench_json(engine: &Engine, a: &BenchArgs, r: &ShapeBench) -> serde_json::Val
         .iter()
         .map(|(t, med, min, cpu)| {
             json!({"loss": t, "median_ms": med, "min_ms": min, "ratio_to_first": med / first,
-                   "ratio_to_copy": med / r.copy, "input_gbps": r.gbps(*med), "cpu_reference_ms": cpu})
+                   "ratio_to_copy": r.x_copy(*med), "input_gbps": r.gbps(*med), "cpu_reference_ms": cpu})
         })
         .collect();
     json!({"device": engine.info(), "shape": r.shape, "mode": r.mode.name(), "iters": r.iters,
            "device_resident": a.device_resident, "forward_only": a.forward_only,
            "submissions_per_evaluation": r.activity.0, "host_waits_per_evaluation": r.activity.1,
            "results": rs, "together": {"median_ms": r.together},
-           "copy_probe": {"median_ms": r.copy, "gbps": r.copy_gbps()}})
+           "copy_probe": r.copy.map(|c| json!({"median_ms": c, "gbps": r.copy_gbps()}))})
 }
 
 fn print_bench(engine: &Engine, a: &BenchArgs, r: &ShapeBench) -> Result<(), Fail> {
@@ -1595,10 +1613,15 @@ fn print_bench(engine: &Engine, a: &BenchArgs, r: &ShapeBench) -> Result<(), Fai
     outln!("{:<40} {:>10} {:>10} {:>8} {:>8} {:>10}", "loss", "median ms", "min ms", "x first", "x copy", "cpu ms")?;
     for (t, med, min, cpu) in &r.results {
         let cpu = cpu.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into());
-        outln!("{t:<40} {med:>10.3} {min:>10.3} {:>8.2} {:>8.2} {cpu:>10}", med / first, med / r.copy)?;
+        outln!("{t:<40} {med:>10.3} {min:>10.3} {:>8.2} {} {cpu:>10}", med / first, cell(r.x_copy(*med), 8, 2))?;
     }
     outln!("{:<40} {:>10.3}", format!("all {} together (one call)", r.results.len()), r.together)?;
-    outln!("{:<40} {:>10.3}", "copy probe (read + write the logits)", r.copy)?;
+    match r.copy {
+        Some(c) => outln!("{:<40} {c:>10.3}", "copy probe (read + write the logits)")?,
+        None => {
+            outln!("copy probe: not run (the input is past the binding limit: kept on the host, evaluated in pieces)")?
+        }
+    }
     outln!(
         "per evaluation: {} submission(s), {} host wait(s){}",
         r.activity.0,

@@ -117,6 +117,34 @@ fn bench_json_has_the_documented_fields() {
     assert!(v["copy_probe"]["gbps"].as_f64().unwrap() > 0.0);
 }
 
+/// An input past the binding limit stays on the host and is evaluated in pieces: there is no
+/// copy probe to compare with, and `bench` says so (null in JSON, `-` in the tables) rather than
+/// timing a copy that did not run.
+#[test]
+fn bench_reports_no_copy_probe_for_an_input_evaluated_in_pieces() {
+    let run = |json: bool| {
+        let mut args = vec!["bench", "--shape", "2x3x16x16", "--loss", "ce", "--iters", "2"];
+        if json {
+            args.push("--json");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_segloss"))
+            .args(&args)
+            .env("SEGLOSS_MAX_BINDING_BYTES", "1024")
+            .output()
+            .expect("run segloss");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    assert!(v["copy_probe"].is_null(), "{v}");
+    assert!(v["results"][0]["ratio_to_copy"].is_null(), "{v}");
+    assert!(v["results"][0]["median_ms"].as_f64().unwrap() > 0.0);
+    let text = run(false);
+    assert!(text.contains("copy probe: not run"), "{text}");
+    let ce = text.lines().find(|l| l.starts_with("ce ")).unwrap();
+    assert_eq!(ce.split_whitespace().nth(4), Some("-"), "{ce}");
+}
+
 fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, data: &[T], shape: &[u64]) {
     use npyz::WriterBuilder;
     let mut out = Vec::new();
