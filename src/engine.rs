@@ -1065,8 +1065,10 @@ impl Engine {
     /// Evaluates like [`Engine::evaluate_prepared_blocking`] and returns where the time went: the
     /// device time of every dispatch (timestamp queries, each dispatch in a compute pass of its
     /// own), the device's span from the first dispatch to the last, and the wall time of the
-    /// whole evaluation. Needs a device opened with `wgpu::Features::TIMESTAMP_QUERY` (the
-    /// engine asks for it where the adapter has it); [`Error::Unsupported`] otherwise.
+    /// whole evaluation. Only this evaluation is timed (not those other threads make meanwhile);
+    /// an input evaluated in pieces is one profile of all its submissions. Needs a device opened
+    /// with `wgpu::Features::TIMESTAMP_QUERY` (the engine asks for it where the adapter has it);
+    /// [`Error::Unsupported`] otherwise.
     ///
     /// ```
     /// # fn main() -> Result<(), segloss::Error> {
@@ -1076,7 +1078,11 @@ impl Engine {
     /// let input = Input::dense(&logits, &target, &[1, 1, 64, 64], Mode::Binary)?;
     /// let prep = engine.prepare(input)?;
     /// let bce: LossExpr = "bce".parse()?;
-    /// let profile = engine.profile_prepared_blocking(&prep, &[bce], GradMode::DeviceOnly)?;
+    /// let profile = match engine.profile_prepared_blocking(&prep, &[bce], GradMode::DeviceOnly) {
+    ///     Ok(p) => p,
+    ///     Err(segloss::Error::Unsupported(why)) => return Ok(println!("{why}")), // no timestamps here
+    ///     Err(e) => return Err(e),
+    /// };
     /// for (kernel, dispatches, ms) in profile.by_kernel() {
     ///     println!("{kernel:<20} {dispatches:>3} {ms:.4} ms");
     /// }
@@ -1099,33 +1105,23 @@ impl Engine {
             )));
         }
         let sink = crate::gpu::profile::Sink::default();
-        let arm = |s: Option<crate::gpu::profile::Sink>| {
-            if let Ok(mut p) = gpu.profile.lock() {
-                *p = s;
-            }
-        };
-        arm(Some(sink.clone()));
         let t0 = std::time::Instant::now();
-        let result = self.evaluate_prepared_blocking(prep, exprs, grads);
+        let result = {
+            // armed on this thread only, until the guard drops (an error or a panic included)
+            let _armed = crate::gpu::profile::arm(sink.clone());
+            self.evaluate_prepared_blocking(prep, exprs, grads)
+        };
         let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
-        arm(None);
         result?;
-        // the timestamps' readback was mapped before the values': its callback has run by now,
-        // or runs once the device is idle
-        let mut kernels = Vec::new();
-        for _ in 0..3 {
-            kernels =
-                std::mem::take(&mut *sink.lock().map_err(|_| Error::Gpu("internal: profile sink poisoned".into()))?);
-            if !kernels.is_empty() {
-                break;
-            }
-            futures::executor::block_on(gpu.done())?;
-        }
+        // the timestamps' readbacks complete with their submissions, before the device reports
+        // them done
+        gpu.wait_done()?;
+        let kernels =
+            std::mem::take(&mut *sink.lock().map_err(|_| Error::Gpu("internal: profile sink poisoned".into()))?);
         if kernels.is_empty() {
             return Err(Error::Gpu("the device returned no timestamps".into()));
         }
-        let device_ms = kernels.iter().map(|k| k.start_ms + k.ms).fold(0.0, f64::max);
-        Ok(crate::Profile { kernels, device_ms, wall_ms })
+        Ok(crate::gpu::profile::normalize(kernels, wall_ms))
     }
 
     /// Blocking [`Engine::evaluate_buffers`] (native only).

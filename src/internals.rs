@@ -168,7 +168,7 @@ impl Engine {
 /// polling beside it stalls for about 10 ms at a time on NVIDIA's Vulkan driver.
 #[cfg(not(target_arch = "wasm32"))]
 fn wait(gpu: &Gpu) -> Result<(), Error> {
-    futures::executor::block_on(gpu.done())
+    gpu.wait_done()
 }
 
 /// Submits `rec`, waits until the device has run it, and surfaces its device errors.

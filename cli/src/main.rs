@@ -193,7 +193,7 @@ struct BenchArgs {
     /// Time every dispatch of one evaluation of each loss of --shape on the device (timestamp
     /// queries; each dispatch in a pass of its own) and print where the time goes: per kernel,
     /// the device's span, and the wall time. The median of --iters profiled evaluations.
-    #[arg(long, conflicts_with_all = ["sizes", "device_resident", "batch", "levels", "adapters"])]
+    #[arg(long, conflicts_with_all = ["sizes", "device_resident", "batch", "levels", "adapters", "metrics"])]
     profile: bool,
     /// Print JSON.
     #[arg(long)]

@@ -281,9 +281,6 @@ pub(crate) struct Gpu {
     /// device's, or lower ([`EngineOptions::max_binding_bytes`]). The recordings still check
     /// every binding against the device's own limits.
     pub plan_binding: u64,
-    /// Armed by [`crate::Engine::profile_prepared_blocking`]: every dispatch of the submissions
-    /// made meanwhile is timed into this sink.
-    pub profile: Mutex<Option<crate::gpu::profile::Sink>>,
 }
 
 impl Gpu {
@@ -334,7 +331,6 @@ impl Gpu {
             counters: Counters::default(),
             // at least the 4-byte logits of one pixel of one class
             plan_binding: max_binding_bytes.map_or(u64::MAX, |m| m.max(4)),
-            profile: Mutex::new(None),
         };
         for softmax in [false, true] {
             for k in KERNELS {
@@ -377,15 +373,32 @@ impl Gpu {
             .clone()
     }
 
-    /// Resolves when everything submitted so far has run; the poll thread drives the device
-    /// (native), the event loop does in the browser.
-    pub(crate) async fn done(&self) -> Result<(), Error> {
-        let (tx, rx) = futures::channel::oneshot::channel();
+    /// Blocks until everything submitted so far has run, the poll thread driving the device
+    /// (a second thread polling beside it stalls for about 10 ms at a time on NVIDIA's Vulkan
+    /// driver); an error when the device fails or is lost meanwhile.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn wait_done(&self) -> Result<(), Error> {
+        let (tx, rx) = std::sync::mpsc::channel();
         self.queue.on_submitted_work_done(move || {
             let _ = tx.send(());
         });
         self.poller.kick(&self.device);
-        rx.await.map_err(|_| Error::Gpu("the device was lost while waiting for it".into()))
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok(()) => return Ok(()),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Gpu("the device dropped a wait (lost?)".into()))
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(e) = self.poller.failure() {
+                        return Err(Error::Gpu(format!("waiting for the device failed: {e}")));
+                    }
+                    if let Some(e) = self.lost.lock().ok().and_then(|l| l.clone()) {
+                        return Err(Error::Gpu(e));
+                    }
+                }
+            }
+        }
     }
 
     pub(crate) fn note_submission(&self) {

@@ -127,11 +127,12 @@ pub(crate) struct Recorded {
 
 impl Gpu {
     /// The kernels' parameters for `inp` (its own images and pixels), whether its statistics
-    /// use the wide tiles, and their pixels per thread.
-    fn params_of(&self, inp: &DevInput) -> (Params, bool, u32) {
+    /// use the wide tiles, and their pixels per thread (`counts`: the statistics pass also counts
+    /// the hard predictions).
+    fn params_of(&self, inp: &DevInput, counts: bool) -> (Params, bool, u32) {
         // read once: the tile size and the statistics pipelines must agree
         let wide_ok = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed);
-        let (wide, pix) = stats_tiling(inp.softmax, wide_ok, inp.n, inp.s);
+        let (wide, pix) = stats_tiling(inp.softmax, wide_ok, inp.s, counts);
         let tiles = inp.s.div_ceil(crate::gpu::STATS_WG * pix);
         let p = Params {
             n: inp.n as u32,
@@ -182,7 +183,7 @@ impl Gpu {
     ) -> Result<(Totals, Option<Slice>), Error> {
         let (n, c) = (inp.n, inp.c);
         let softmax = inp.softmax;
-        let (mut base, wide, spix) = self.params_of(inp);
+        let (mut base, wide, spix) = self.params_of(inp, counts.is_some());
         base.thr = counts.unwrap_or(0.0);
         let tiles = base.tiles as usize;
         let pbuf = rec.uniform(&base);
@@ -287,7 +288,7 @@ impl Gpu {
         plan: &StatsPlan,
         segsum: &[Option<Slice>],
     ) -> Result<Vec<Slice>, Error> {
-        let (base, _, _) = self.params_of(inp);
+        let (base, _, _) = self.params_of(inp, false);
         let pbuf = rec.uniform(&base);
         let mut lws = Vec::new();
         for (lp, ss) in plan.lovasz.iter().zip(segsum) {
@@ -345,7 +346,9 @@ impl Gpu {
         let plan = StatsPlan::new(exprs, inp.c, inp.softmax);
         let status = self.record_status(rec)?;
         // the gradient passes read the pixels' log-sum-exps rather than compute them again
-        let keep_lse = grads.iter().any(|g| !matches!(g, GradTo::Skip)) || exprs.iter().any(LossExpr::unreduced);
+        // (the passes of expressions with Lovász bind the Lovász weights there and recompute it)
+        let keep_lse =
+            exprs.iter().zip(grads).any(|(e, g)| (!matches!(g, GradTo::Skip) || e.unreduced()) && !e.has_lovasz());
         let (totals, count_totals) = self.record_stats_counts(rec, inp, &plan, status, counts, keep_lse)?;
         let part = Part { inp, img0: 0, grads, lse: totals.lse };
         let t = self.record_tail(rec, &plan, exprs, totals, LovFrom::Parts, &[part], status, read_values)?;
@@ -598,7 +601,7 @@ impl Gpu {
         let mut entries: Vec<Option<Slice>> = vec![None; exprs.len()];
         for (part, lws) in parts.iter().zip(&lws) {
             let inp = part.inp;
-            let (mut base, _, _) = self.params_of(inp);
+            let (mut base, _, _) = self.params_of(inp, false);
             base.gn = ng as u32;
             base.img0 = part.img0 as u32;
             let total = (inp.n * c * inp.s * 4) as u64;

@@ -27,21 +27,25 @@ pub(crate) const STATS_PIX: usize = 16;
 /// PIX_SIGMOID_CPU, with the WIDE constant).
 pub(crate) const STATS_PIX_SIGMOID_CPU: usize = 64;
 
-/// Workgroups the statistics pass of a GPU aims to put in flight: tiles are shortened (down to
-/// 2 pixels per thread) until there are this many. An H200 runs ce on 4x21x256x256 in 0.30 of
-/// the time of 16 pixels per thread (128 workgroups); 8x1x512x512 keeps 16 (1024 workgroups).
-pub(crate) const STATS_TARGET_GROUPS: usize = 1024;
+/// Tiles per image the statistics pass of a GPU aims for: tiles are shortened (16 pixels per
+/// thread, down to 2) until an image has this many. An H200 runs the statistics of ce on
+/// 4x21x256x256 (2 pixels per thread, 1024 workgroups) in 0.3 of the time of 16 (128).
+/// Per image, not per batch: the tiles, and so the order of the sums, of an image do not depend on
+/// the batch it is evaluated in (a coalesced batch gives what one by one gives, bit for bit).
+pub(crate) const STATS_TARGET_TILES: usize = 256;
 
-/// The statistics tiles of `n` images of `s` pixels: whether they are the wide tiles of a CPU
-/// adapter (`wide_ok`: the adapter wants them; only on images that fill one), and the pixels per
-/// thread ([`Spec::spix`] when not wide).
-pub(crate) fn stats_tiling(softmax: bool, wide_ok: bool, n: usize, s: usize) -> (bool, usize) {
+/// The statistics tiles of images of `s` pixels: whether they are the wide tiles of a CPU adapter
+/// (`wide_ok`: the adapter wants them; only on images that fill one), and the pixels per thread
+/// ([`Spec::spix`] when not wide). `counts`: the pass also writes confusion-count partials, one
+/// set per tile (C x C cells for softmax): those keep 16 pixels per thread, so that their
+/// partials stay a fraction of the logits.
+pub(crate) fn stats_tiling(softmax: bool, wide_ok: bool, s: usize, counts: bool) -> (bool, usize) {
     let wide_pix = if softmax { STATS_PIX } else { STATS_PIX_SIGMOID_CPU };
     if wide_ok && s >= STATS_WG * wide_pix {
         return (true, wide_pix);
     }
     let mut pix = STATS_PIX;
-    while pix > 2 && n * s.div_ceil(STATS_WG * pix) < STATS_TARGET_GROUPS {
+    while !counts && pix > 2 && s.div_ceil(STATS_WG * pix) < STATS_TARGET_TILES {
         pix /= 2;
     }
     (false, pix)
@@ -191,14 +195,15 @@ mod tests {
     #[test]
     fn statistics_tiles_shorten_until_enough_workgroups() {
         // a CPU adapter's wide tiles on images that fill one
-        assert_eq!(stats_tiling(false, true, 1, 8192), (true, STATS_PIX_SIGMOID_CPU));
-        assert_eq!(stats_tiling(true, true, 1, 2048), (true, STATS_PIX));
-        // else (and on every GPU) the longest tiles that still give STATS_TARGET_GROUPS
-        assert_eq!(stats_tiling(false, true, 1, 8191), (false, 2));
-        assert_eq!(stats_tiling(false, false, 8, 512 * 512), (false, 16));
-        assert_eq!(stats_tiling(true, false, 4, 256 * 256), (false, 2));
-        assert_eq!(stats_tiling(false, false, 2, 512 * 512), (false, 4));
-        assert_eq!(stats_tiling(false, false, 1, 1024 * 1024), (false, 8));
-        assert_eq!(stats_tiling(true, false, 8, 512 * 512), (false, 16));
+        assert_eq!(stats_tiling(false, true, 8192, false), (true, STATS_PIX_SIGMOID_CPU));
+        assert_eq!(stats_tiling(true, true, 2048, false), (true, STATS_PIX));
+        // else (and on every GPU) the longest tiles that still give STATS_TARGET_TILES per image
+        assert_eq!(stats_tiling(false, true, 8191, false), (false, 2));
+        assert_eq!(stats_tiling(true, false, 256 * 256, false), (false, 2));
+        assert_eq!(stats_tiling(true, false, 256 * 512, false), (false, 4));
+        assert_eq!(stats_tiling(false, false, 512 * 512, false), (false, 8));
+        assert_eq!(stats_tiling(false, false, 1024 * 1024, false), (false, 16));
+        // confusion counts keep 16
+        assert_eq!(stats_tiling(true, false, 256 * 256, true), (false, 16));
     }
 }

@@ -16,12 +16,16 @@ mod native {
     pub(crate) struct Poller {
         shared: Arc<(Mutex<State>, Condvar)>,
         thread: Option<std::thread::JoinHandle<()>>,
+        /// The last error of a poll (a lost device), for waits that would otherwise never end.
+        failed: Arc<Mutex<Option<String>>>,
     }
 
     impl Poller {
         pub fn new(device: wgpu::Device) -> Poller {
             let shared: Arc<(Mutex<State>, Condvar)> = Arc::default();
             let sh = shared.clone();
+            let failed: Arc<Mutex<Option<String>>> = Arc::default();
+            let fail = failed.clone();
             let thread = std::thread::Builder::new()
                 .name("segloss-poll".into())
                 .spawn(move || loop {
@@ -38,13 +42,21 @@ mod native {
                     }
                     // waits for every submission made before this call; a later one set
                     // `pending` again and is waited for on the next round
-                    if device.poll(wgpu::PollType::wait_indefinitely()).is_err() {
+                    if let Err(e) = device.poll(wgpu::PollType::wait_indefinitely()) {
                         // device lost: callbacks fail with the loss; keep serving until dropped
+                        if let Ok(mut f) = fail.lock() {
+                            *f = Some(e.to_string());
+                        }
                         std::thread::sleep(std::time::Duration::from_millis(1));
                     }
                 })
                 .ok();
-            Poller { shared, thread }
+            Poller { shared, thread, failed }
+        }
+
+        /// The error of the last poll that failed, if one did.
+        pub fn failure(&self) -> Option<String> {
+            self.failed.lock().ok().and_then(|f| f.clone())
         }
 
         /// Work was submitted: poll until it is done.
