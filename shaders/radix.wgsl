@@ -120,28 +120,15 @@ fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
         let tot = scan_total4;
         // start of each bucket: exclusive scan of the 8 totals; then this thread's first slot
         // in each bucket, buckets 0-3 in `lo` and 4-7 in `hi`
-        let t_even = tot & vec4<u32>(0xFFFFu);
-        let t_odd = tot >> vec4<u32>(16u);
-        let e_even = ex & vec4<u32>(0xFFFFu);
-        let e_odd = ex >> vec4<u32>(16u);
+        var slot0: array<u32, 8>; // (constant indices once the loop is unrolled)
         var acc = 0u;
-        var lo: vec4<u32>;
-        var hi: vec4<u32>;
-        lo.x = acc + e_even.x;
-        acc += t_even.x;
-        lo.y = acc + e_odd.x;
-        acc += t_odd.x;
-        lo.z = acc + e_even.y;
-        acc += t_even.y;
-        lo.w = acc + e_odd.y;
-        acc += t_odd.y;
-        hi.x = acc + e_even.z;
-        acc += t_even.z;
-        hi.y = acc + e_odd.z;
-        acc += t_odd.z;
-        hi.z = acc + e_even.w;
-        acc += t_even.w;
-        hi.w = acc + e_odd.w;
+        for (var q = 0u; q < 8u; q++) {
+            let h = 16u * (q & 1u);
+            slot0[q] = acc + ((ex[q >> 1u] >> h) & 0xFFFFu);
+            acc += (tot[q >> 1u] >> h) & 0xFFFFu;
+        }
+        var lo = vec4<u32>(slot0[0], slot0[1], slot0[2], slot0[3]);
+        var hi = vec4<u32>(slot0[4], slot0[5], slot0[6], slot0[7]);
         for (var r = 0u; r < IPT; r++) {
             let q = (it[r] >> b) & 7u;
             let upper = q >= 4u;

@@ -877,6 +877,11 @@ fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
 // ----------------------------------------------------------------------------------------------
 // bench
 
+/// The loss texts of a benchmark, parsed.
+fn parse_exprs(texts: &[String]) -> Result<Vec<LossExpr>, Fail> {
+    Ok(texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?)
+}
+
 fn parse_shape(s: &str) -> Result<Vec<usize>, Fail> {
     let shape: Result<Vec<usize>, _> = s.split(['x', 'X', ',']).map(|d| d.trim().parse::<usize>()).collect();
     match shape {
@@ -1155,7 +1160,7 @@ fn bench_batch(
     iters: usize,
     texts: &[String],
 ) -> Result<(), Fail> {
-    let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    let exprs = parse_exprs(texts)?;
     let inputs = synth_inputs(shape, mode, k)?;
     let grads = !a.forward_only;
     let one_by_one = || -> Result<(), Fail> {
@@ -1320,7 +1325,7 @@ fn bench_metrics(
     iters: usize,
     texts: &[String],
 ) -> Result<(), Fail> {
-    let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    let exprs = parse_exprs(texts)?;
     let metrics: Vec<segloss::metrics::Metric> = a.metrics.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
     let inputs = synth_inputs(shape, mode, 1)?;
     let input = &inputs[0];
@@ -1355,7 +1360,7 @@ fn bench_profile(
     iters: usize,
     texts: &[String],
 ) -> Result<(), Fail> {
-    let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    let exprs = parse_exprs(texts)?;
     let input = synth_inputs(shape, mode, 1)?.remove(0);
     let prep = engine.prepare(input)?;
     let gmode = if a.forward_only { GradMode::Skip } else { GradMode::DeviceOnly };
@@ -1424,7 +1429,7 @@ fn bench_adapters(
     iters: usize,
     texts: &[String],
 ) -> Result<(), Fail> {
-    let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    let exprs = parse_exprs(texts)?;
     let inputs = synth_inputs(shape, mode, 1)?;
     let input = &inputs[0];
     let grads = !a.forward_only;
@@ -1474,7 +1479,7 @@ fn bench_shape(
     iters: usize,
     texts: &[String],
 ) -> Result<Result<ShapeBench, String>, Fail> {
-    let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    let exprs = parse_exprs(texts)?;
     let input = synth_inputs(shape, mode, 1)?.remove(0);
     let target_words = match input.target() {
         Target::Dense(t) => t.len(),
