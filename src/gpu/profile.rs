@@ -70,6 +70,7 @@ pub(crate) fn armed() -> Option<Sink> {
     ARMED.with(|a| a.borrow().clone())
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Arms `sink` on this thread until the guard drops (on return and on unwinding alike), when the
 /// profile armed before, if any, is armed again.
 pub(crate) fn arm(sink: Sink) -> Armed {
@@ -77,8 +78,10 @@ pub(crate) fn arm(sink: Sink) -> Armed {
 }
 
 /// Guard of [`arm`].
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) struct Armed(Option<Sink>);
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Drop for Armed {
     fn drop(&mut self) {
         let prev = self.0.take();
@@ -112,6 +115,7 @@ pub(crate) fn decode(ticks: &[u64], timed: &[Timed], period_ns: f32) -> Vec<Kern
         .collect()
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The profile of `kernels` (starts on the device's clock, every submission of one evaluation):
 /// starts from the earliest one, the span from there to the latest end.
 pub(crate) fn normalize(mut kernels: Vec<KernelTime>, wall_ms: f64) -> Profile {
