@@ -27,7 +27,7 @@ override PIXEL_ONLY: bool = false; // statistics, softmax: cross-entropy slots o
 override COUNTS: bool = false;   // statistics: the hard predictions' confusion counts into `cnt`
 override PROBS: bool = false;    // the input holds probabilities: no activation, gradients by p
 override UNREDUCED: bool = false; // gradient: also the unreduced entries of pixel term 0 into `unr`
-override LSE: bool = false;      // softmax: the statistics pass writes each pixel's log-sum-exp to `lse`, the
+override LSE: bool = false;      // softmax: the statistics pass writes each pixel's log-sum-exp to `lse_out`, the
                                  // gradient pass reads it from `aux` (without Lovász)
 override SPIX: u32 = 16u;        // statistics, not WIDE: pixels per thread (2 to 16)
 override TPMIN: bool = false;     // statistics: sum min(p, g) in channel 15 (at most 3 pixel slots)

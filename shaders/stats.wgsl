@@ -23,7 +23,7 @@ const PIX: u32 = 16u;             // pixels per thread, softmax on a CPU adapter
 const PIX_SIGMOID_CPU: u32 = 64u; // sigmoid on a CPU adapter (WIDE): a quarter of the reductions and
                                   // barriers, which a CPU adapter pays for most
 // On a GPU (not WIDE) the pixels per thread are SPIX (2 to PIX): the host picks the longest tiles
-// that still put enough workgroups in flight to hide memory latency.
+// that still give each image enough of them to hide memory latency (gpu::stats_tiling).
 // A tile is WG * pix pixels of one image.
 
 var<workgroup> red: array<vec4<f32>, 512>; // 4 * WG

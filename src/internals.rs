@@ -158,24 +158,17 @@ impl Engine {
     pub fn wait_idle(&self) -> Result<(), Error> {
         if let Some(gpu) = self.gpu_ref() {
             gpu.note_wait();
-            wait(gpu)?;
+            gpu.wait_done()?;
         }
         Ok(())
     }
-}
-
-/// Waits for the device the way an evaluation does (the poll thread drives it): a second thread
-/// polling beside it stalls for about 10 ms at a time on NVIDIA's Vulkan driver.
-#[cfg(not(target_arch = "wasm32"))]
-fn wait(gpu: &Gpu) -> Result<(), Error> {
-    gpu.wait_done()
 }
 
 /// Submits `rec`, waits until the device has run it, and surfaces its device errors.
 #[cfg(not(target_arch = "wasm32"))]
 fn run_and_wait(gpu: &Gpu, rec: Recording) -> Result<(), Error> {
     let futs = gpu.execute(vec![rec]);
-    wait(gpu)?;
+    gpu.wait_done()?;
     for f in futs {
         futures::executor::block_on(f)?;
     }

@@ -223,6 +223,7 @@ impl Gpu {
                 sensspec: plan.needs_sensspec && p == 0,
                 validate: if p == 0 { inp.validate } else { 0 },
                 wide,
+                // (unused with the wide tiles: one pipeline for them whatever their width)
                 spix: if wide { crate::gpu::STATS_PIX as u32 } else { spix },
                 // cross-entropy alone needs no per-class sums: one pass over each pixel's logits
                 pixel_only: softmax
