@@ -138,15 +138,6 @@ fn sum_at(base: u32, n: u32, c: u32, k: u32) -> f32 {
     return sums[gsum + base + (n * P.c + c) * K + k];
 }
 
-// Sum of channel k over every (image, class) of the pass at `base`.
-fn total(lid: u32, base: u32, k: u32) -> f32 {
-    var acc = 0.0;
-    for (var e = lid; e < P.n * P.c; e += FWG) {
-        acc += sums[gsum + base + e * K + k];
-    }
-    return wg_sum(lid, acc);
-}
-
 // Class of list position j (the op's class list, or every class).
 fn class_at(op: Op, j: u32) -> u32 {
     if op.ncls == 0u {
@@ -176,16 +167,6 @@ fn norm_of(op: Op) -> u32 {
     return (op.flags >> 10u) & 3u;
 }
 
-// Sum of channel k over every (image, class) of the pass at `base`, class c weighted by the op's
-// weight of class c.
-fn wtotal(lid: u32, op: Op, base: u32, k: u32) -> f32 {
-    var acc = 0.0;
-    for (var e = lid; e < P.n * P.c; e += FWG) {
-        acc += weight_at(op, e % P.c) * sums[gsum + base + e * K + k];
-    }
-    return wg_sum(lid, acc);
-}
-
 fn coef_add(op: Op, n: u32, c: u32, k: u32, v: f32) {
     let i = op.block + op.sub + (n * P.c + c) * NCOEF + k;
     out[i] += v;
@@ -208,19 +189,27 @@ fn put_scale(lid: u32, op: Op, scale: f32, pw: f32) {
 }
 
 fn op_pixel(lid: u32, op: Op) {
-    let cnt = total(lid, 0u, 5u);
-    // bce: the positive part weighted by the per-channel pos_weight; focal: the terms by their
-    // class weights
-    var a = total(lid, op.sbase, op.chan);
-    if op.kind != OP_CE {
-        a = wtotal(lid, op, op.sbase, op.chan);
+    // every sum the op reads, in one workgroup reduction (a CPU adapter pays per barrier): the
+    // count (focal normalized otherwise: its weighted denominator), the first channel (weighted
+    // by class, except cross-entropy's), the second channel, and SG
+    let wnorm = op.kind == OP_FOCAL && norm_of(op) != NORM_COUNT;
+    let kd = select(5u, 2u, (op.flags & F_FOCAL_SOFTMAX) != 0u);
+    var acc = vec4<f32>(0.0);
+    for (var e = lid; e < P.n * P.c; e += FWG) {
+        let w = select(weight_at(op, e % P.c), 1.0, op.kind == OP_CE);
+        let o = gsum + e * K;
+        let pc = o + op.sbase + op.chan;
+        acc += vec4<f32>(select(sums[o + 5u], w * sums[o + kd], wnorm), w * sums[pc], sums[pc + 1u], sums[o + 2u]);
     }
+    let t = wg_sum4(lid, acc);
+    let cnt = t.x;
+    let a = t.y;
     var v = 0.0;
     var scale = 0.0;
     var pw = 1.0;
     if op.kind == OP_BCE {
-        let b = total(lid, op.sbase, op.chan + 1u);
-        let sg = total(lid, 0u, 2u);
+        let b = t.z;
+        let sg = t.w;
         pw = op.f0;
         if (op.flags & F_POS_AUTO) != 0u {
             pw = (cnt - sg) / max(sg, 1.0);
@@ -234,18 +223,15 @@ fn op_pixel(lid: u32, op: Op) {
         // (softmax: one term per pixel, of its true class, whose count is the class's SG)
         // (the weights are divided by their largest, m: under count the value and the scale
         // take m back; under weights it cancels)
-        var denom = cnt;
-        var m = weight_scale(op);
-        if norm_of(op) != NORM_COUNT {
-            denom = wtotal(lid, op, 0u, select(5u, 2u, (op.flags & F_FOCAL_SOFTMAX) != 0u));
-            m = 1.0;
-        }
+        // (cnt is the weighted denominator under a normalization other than count)
+        let denom = cnt;
+        let m = select(weight_scale(op), 1.0, wnorm);
         if denom > 0.0 {
             v = m * (a / denom);
             scale = op.weight * m / denom;
         }
     } else {
-        let den = total(lid, op.sbase, op.chan + 1u);
+        let den = t.z;
         if den > 0.0 {
             v = a / den;
             scale = op.weight / den;
@@ -256,10 +242,17 @@ fn op_pixel(lid: u32, op: Op) {
 }
 
 fn op_sensspec(lid: u32, op: Op) {
-    let cnt = total(lid, 0u, 5u);
-    let sg = total(lid, 0u, 2u);
-    let s1 = total(lid, 0u, 6u);
-    let s2 = total(lid, 0u, 7u);
+    // (CNT, SG, SS1, SS2) in one workgroup reduction
+    var acc = vec4<f32>(0.0);
+    for (var e = lid; e < P.n * P.c; e += FWG) {
+        let o = gsum + e * K;
+        acc += vec4<f32>(sums[o + 5u], sums[o + 2u], sums[o + 6u], sums[o + 7u]);
+    }
+    let t = wg_sum4(lid, acc);
+    let cnt = t.x;
+    let sg = t.y;
+    let s1 = t.z;
+    let s2 = t.w;
     let lambda = op.f0;
     let d1 = sg + op.f1;
     let d2 = cnt - sg + op.f1;

@@ -132,6 +132,86 @@ fn softmax_dp(k: ClassCoefs, e: u32, p: f32, g: f32) -> f32 {
     return u;
 }
 
+// The sigmoid gradient of channel c of image n at this thread's pixels. Branch-free per element
+// (a CPU adapter runs both sides of a branch on its lanes, masked): reads are clamped into the
+// image and ignored elements select 0. The pixel terms' parameters are loaded once.
+fn sigmoid_plane(n: u32, c: u32, s0: u32, uf: f32) {
+    let ni = n + P.img0;
+    cb = (ni / P.gn) * P.gout;
+    let k = class_coefs(ni, c);
+    var tps: array<Term, 4>;
+    var cws: array<f32, 4>;
+    for (var t = 0u; t < min(NTERMS, 4u); t++) {
+        tps[t] = term(t);
+        cws[t] = cw[t * P.c + c];
+    }
+    for (var i = 0u; i < GPIX; i++) {
+        let s = s0 + i * GWG;
+        let e = (n * P.c + c) * P.s + min(s, P.s - 1u);
+        let tb = tword(e);
+        let live = s < P.s && tb != INVALID;
+        let g = select(0.0, bitcast<f32>(tb), live);
+        let x = logits[e];
+        var ev = 0.0; // the entry (UNREDUCED)
+        var pq = vec2<f32>(x, 1.0 - x);
+        var d = 0.0;
+        if PROBS {
+            d = region_dp(k, x, g);
+        } else {
+            pq = sigmoid2(x);
+            if REGION {
+                d = region_dp(k, pq.x, g) * pq.x * pq.y;
+            }
+        }
+        if LOVASZ != 0u {
+            // hinge: d relu(1 - x (2g - 1)) / d x
+            d -= select(0.0, k.lov * aux[e] * (2.0 * g - 1.0), hinge_error(x, g) > 0.0);
+        }
+        for (var t = 0u; t < NTERMS; t++) {
+            var tp: Term;
+            var cwc: f32;
+            if t < 4u {
+                tp = tps[t];
+                cwc = cws[t];
+            } else {
+                tp = term(t);
+                cwc = cw[t * P.c + c];
+            }
+            if has(BCE) && tp.kind == BCE {
+                let gsm = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
+                // the scalar pos_weight times the channel's
+                let pw = tp.pos_weight * cwc;
+                if PROBS {
+                    // PyTorch's binary_cross_entropy backward
+                    d += tp.scale * (pq.x - gsm) / max(pq.x * pq.y, 1e-12);
+                } else {
+                    d += tp.scale * ((1.0 - gsm) * pq.x - pw * gsm * pq.y);
+                }
+                if UNREDUCED {
+                    ev = bce_entry(x, gsm, pw);
+                }
+            }
+            if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
+                var fv: vec2<f32>;
+                if PROBS {
+                    fv = focal_prob(x, g, tp);
+                } else {
+                    fv = focal_sigmoid(x, g, tp);
+                }
+                d += tp.scale * cwc * fv.y;
+                ev = cwc * fv.x;
+            }
+        }
+        if s < P.s {
+            let o = (n * P.c + c) * P.s + s;
+            put(o, select(0.0, d, live)); // ignored elements get 0
+            if UNREDUCED {
+                unr[o] = uf * select(0.0, ev, live);
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(256)
 fn gradient(
     @builtin(local_invocation_index) lid: u32,
@@ -141,7 +221,10 @@ fn gradient(
     // x (and z, for very large images) walk the pixel blocks of image y; pixel i of this thread
     // is s0 + i GWG, so that each step of the loops below reads consecutive elements.
     let s0 = (wid.x + wid.z * nwg.x) * GWG * GPIX + lid;
-    let n = wid.y;
+    var n = wid.y;
+    if PLANES {
+        n = wid.y / P.c;
+    }
     if s0 >= P.s || status[0] != 0u {
         return;
     }
@@ -269,76 +352,12 @@ fn gradient(
             }
             put_entries(n, s0, uf, ev);
         }
+    } else if PLANES {
+        // one (image, channel) plane per workgroup row: no loop over the channels
+        sigmoid_plane(wid.y / P.c, wid.y % P.c, s0, uf);
     } else {
         for (var c = 0u; c < P.c; c++) {
-            let k = class_coefs(ni, c);
-            var ev: array<f32, GPIX>; // entries (UNREDUCED), 0 where ignored
-            var live: array<bool, GPIX>;
-            var xs: array<f32, GPIX>;
-            var gs: array<f32, GPIX>;
-            var pq: array<vec2<f32>, GPIX>;
-            for (var i = 0u; i < GPIX; i++) {
-                let s = s0 + i * GWG;
-                let e = (n * P.c + c) * P.s + s;
-                d[i] = 0.0;
-                live[i] = false;
-                if s < P.s {
-                    let tb = tword(e);
-                    if tb != INVALID {
-                        live[i] = true;
-                        gs[i] = bitcast<f32>(tb);
-                        xs[i] = logits[e];
-                        if PROBS {
-                            pq[i] = vec2<f32>(xs[i], 1.0 - xs[i]);
-                            d[i] = region_dp(k, xs[i], gs[i]);
-                        } else {
-                            pq[i] = sigmoid2(xs[i]);
-                            d[i] = region_dp(k, pq[i].x, gs[i]) * pq[i].x * pq[i].y;
-                        }
-                        // hinge: d relu(1 - x (2g - 1)) / d x
-                        if LOVASZ != 0u && hinge_error(xs[i], gs[i]) > 0.0 {
-                            d[i] -= k.lov * aux[e] * (2.0 * gs[i] - 1.0);
-                        }
-                    }
-                }
-            }
-            for (var t = 0u; t < NTERMS; t++) {
-                let tp = term(t);
-                for (var i = 0u; i < GPIX; i++) {
-                    if !live[i] {
-                        continue;
-                    }
-                    let g = gs[i];
-                    if has(BCE) && tp.kind == BCE {
-                        let gsm = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
-                        // the scalar pos_weight times the channel's
-                        let pw = tp.pos_weight * cw[t * P.c + c];
-                        if PROBS {
-                            // PyTorch's binary_cross_entropy backward
-                            d[i] += tp.scale * (pq[i].x - gsm) / max(pq[i].x * pq[i].y, 1e-12);
-                        } else {
-                            d[i] += tp.scale * ((1.0 - gsm) * pq[i].x - pw * gsm * pq[i].y);
-                        }
-                        if UNREDUCED {
-                            ev[i] = bce_entry(xs[i], gsm, pw);
-                        }
-                    }
-                    if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
-                        var fv: vec2<f32>;
-                        if PROBS {
-                            fv = focal_prob(xs[i], g, tp);
-                        } else {
-                            fv = focal_sigmoid(xs[i], g, tp);
-                        }
-                        d[i] += tp.scale * cw[t * P.c + c] * fv.y;
-                        ev[i] = cw[t * P.c + c] * fv.x;
-                    }
-                }
-            }
-            put_pixels(n, c, s0, d); // ignored elements get 0
-            if UNREDUCED {
-                put_entries(n * P.c + c, s0, uf, ev);
-            }
+            sigmoid_plane(n, c, s0, uf);
         }
     }
 }

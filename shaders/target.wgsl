@@ -1,10 +1,8 @@
 // Target words, for the kernels that bind `tgt` and `P`: the caller's ignore index (buffer
-// inputs) becomes INVALID, so the rest of a kernel sees one convention.
+// inputs) becomes INVALID, so the rest of a kernel sees one convention. Branch-free: a CPU
+// adapter runs a branch on lanes as masked code on both sides.
 
 fn tword(i: u32) -> u32 {
     let w = tgt[i];
-    if P.has_ignore != 0u && w == P.ignore {
-        return INVALID;
-    }
-    return w;
+    return select(w, INVALID, P.has_ignore != 0u && w == P.ignore);
 }

@@ -607,6 +607,9 @@ impl Gpu {
             base.img0 = part.img0 as u32;
             let total = (inp.n * c * inp.s * 4) as u64;
             let (gx, gz) = grid(&self.limits, inp.s.div_ceil(GRAD_PIX));
+            // sigmoid: a workgroup row per (image, channel) plane where the rows allow it
+            let planes = !softmax && inp.n * c <= self.limits.max_compute_workgroups_per_dimension as usize;
+            let rows = if planes { inp.n * c } else { inp.n } as u32;
             // bound where a pass reads no Lovász weights
             let any_lw = match lws.first() {
                 Some(&lw) => lw,
@@ -680,6 +683,7 @@ impl Gpu {
                         probs: part.inp.probs,
                         unreduced: first && unr,
                         lse: lp.is_none() && part.lse.is_some(),
+                        planes,
                         ..Spec::default()
                     };
                     let params = rec.uniform(&Params {
@@ -696,7 +700,7 @@ impl Gpu {
                     rec.dispatch(
                         &shaders::GRAD,
                         spec,
-                        Grid::Direct(gx, inp.n as u32, gz),
+                        Grid::Direct(gx, rows, gz),
                         &[
                             ("logits", inp.logits),
                             ("tgt", inp.target),

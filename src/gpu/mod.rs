@@ -35,13 +35,14 @@ pub(crate) const STATS_PIX_SIGMOID_CPU: usize = 64;
 pub(crate) const STATS_TARGET_TILES: usize = 256;
 
 /// The statistics tiles of images of `s` pixels: whether they are the wide tiles of a CPU adapter
-/// (`wide_ok`: the adapter wants them; only on images that fill one), and the pixels per thread
+/// (`wide_ok`: the adapter wants them; on a small image too, where one tile makes the reduction
+/// pass unneeded: a CPU adapter pays per workgroup and per barrier), and the pixels per thread
 /// ([`Spec::spix`] when not wide). `counts`: the pass also writes confusion-count partials, one
 /// set per tile (C x C cells for softmax): those keep 16 pixels per thread, so that their
 /// partials stay a fraction of the logits.
 pub(crate) fn stats_tiling(softmax: bool, wide_ok: bool, s: usize, counts: bool) -> (bool, usize) {
     let wide_pix = if softmax { STATS_PIX } else { STATS_PIX_SIGMOID_CPU };
-    if wide_ok && s >= STATS_WG * wide_pix {
+    if wide_ok {
         return (true, wide_pix);
     }
     let mut pix = STATS_PIX;
@@ -107,6 +108,9 @@ pub(crate) struct Spec {
     pub unreduced: bool,
     /// Statistics: also `sum min(p, g)` in the last channel (intersection=min).
     pub tp_min: bool,
+    /// Gradient, sigmoid: one (image, channel) plane per workgroup row instead of a loop over
+    /// the channels in every thread.
+    pub planes: bool,
 }
 
 impl Default for Spec {
@@ -128,6 +132,7 @@ impl Default for Spec {
             probs: false,
             unreduced: false,
             tp_min: false,
+            planes: false,
         }
     }
 }
@@ -137,7 +142,7 @@ impl Spec {
         Spec { softmax, ..Spec::default() }
     }
 
-    pub fn constants(&self) -> [(&'static str, f64); 16] {
+    pub fn constants(&self) -> [(&'static str, f64); 17] {
         [
             ("SOFTMAX", f64::from(u8::from(self.softmax))),
             ("KINDS", f64::from(self.kinds)),
@@ -155,6 +160,7 @@ impl Spec {
             ("TPMIN", f64::from(u8::from(self.tp_min))),
             ("SPIX", f64::from(self.spix)),
             ("LSE", f64::from(u8::from(self.lse))),
+            ("PLANES", f64::from(u8::from(self.planes))),
         ]
     }
 }
@@ -194,11 +200,13 @@ mod tests {
 
     #[test]
     fn statistics_tiles_shorten_until_enough_workgroups() {
-        // a CPU adapter's wide tiles on images that fill one
+        // a CPU adapter's wide tiles, on small images too (one tile: no reduction pass)
         assert_eq!(stats_tiling(false, true, 8192, false), (true, STATS_PIX_SIGMOID_CPU));
         assert_eq!(stats_tiling(true, true, 2048, false), (true, STATS_PIX));
-        // else (and on every GPU) the longest tiles that still give STATS_TARGET_TILES per image
-        assert_eq!(stats_tiling(false, true, 8191, false), (false, 2));
+        assert_eq!(stats_tiling(false, true, 4096, false), (true, STATS_PIX_SIGMOID_CPU));
+        assert_eq!(stats_tiling(true, true, 100, true), (true, STATS_PIX));
+        // on a GPU the longest tiles that still give STATS_TARGET_TILES per image
+        assert_eq!(stats_tiling(false, false, 8191, false), (false, 2));
         assert_eq!(stats_tiling(true, false, 256 * 256, false), (false, 2));
         assert_eq!(stats_tiling(true, false, 256 * 512, false), (false, 4));
         assert_eq!(stats_tiling(false, false, 512 * 512, false), (false, 8));
