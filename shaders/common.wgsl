@@ -29,7 +29,7 @@ override PROBS: bool = false;    // the input holds probabilities: no activation
 override UNREDUCED: bool = false; // gradient: also the unreduced entries of pixel term 0 into `unr`
 override LSE: bool = false;      // softmax: the statistics pass writes each pixel's log-sum-exp to `lse_out`, the
                                  // gradient pass reads it from `aux` (without Lovász)
-override PLANES: bool = false;   // gradient, sigmoid: one (image, channel) plane per workgroup row
+override PLANES: bool = false;   // statistics and gradient, sigmoid: one (image, channel) plane per workgroup row
 override SPIX: u32 = 16u;        // statistics, not WIDE: pixels per thread (2 to 16)
 override TPMIN: bool = false;     // statistics: sum min(p, g) in channel 15 (at most 3 pixel slots)
 

@@ -117,10 +117,129 @@ fn check_target(e: u32) {
     }
 }
 
+// This thread's sums of one class: the four vec4 channels of the tile's partials.
+struct Acc {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+}
+
+// The channels one element adds (`live`: not ignored, inside the image; else nothing): the
+// region sums, the sensitivity/specificity sums and the pixel-loss slots.
+fn add_element(acc: ptr<function, Acc>, live: bool, tp0: Term, tp1: Term, tp2: Term, tp3: Term, x: f32, p: f32, g: f32, nlp: f32, nlq: f32, label: u32, c: u32) {
+    let z = vec4<f32>(0.0);
+    (*acc).a0 += select(z, vec4<f32>(p * g, p, g, p * p), live);
+    var b = vec4<f32>(g * g, 1.0, 0.0, 0.0);
+    if SENSSPEC {
+        let d = (g - p) * (g - p);
+        b.z = d * g;
+        b.w = d * (1.0 - g);
+    }
+    (*acc).a1 += select(z, b, live);
+    var q2 = z;
+    var q3 = z;
+    if TPMIN {
+        q3.w = min(p, g);
+    }
+    if NTERMS > 0u {
+        q2 += vec4<f32>(slot_stats(tp0, x, p, g, nlp, nlq, label, c), 0.0, 0.0);
+    }
+    if NTERMS > 1u {
+        q2 += vec4<f32>(0.0, 0.0, slot_stats(tp1, x, p, g, nlp, nlq, label, c));
+    }
+    if NTERMS > 2u {
+        q3 += vec4<f32>(slot_stats(tp2, x, p, g, nlp, nlq, label, c), 0.0, 0.0);
+    }
+    if NTERMS > 3u {
+        q3 += vec4<f32>(0.0, 0.0, slot_stats(tp3, x, p, g, nlp, nlq, label, c));
+    }
+    (*acc).a2 += select(z, q2, live);
+    (*acc).a3 += select(z, q3, live);
+}
+
+// Sigmoid: this thread's sums of channel c of image n over its pixels of the tile. Branch-free
+// per element (a CPU adapter runs both sides of a branch on its lanes, masked): the reads are
+// clamped into the image, and an element outside it or ignored adds nothing.
+fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, lid: u32, tp0: Term, tp1: Term, tp2: Term, tp3: Term) -> Acc {
+    var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var i = 0u; i < pix; i++) {
+        let s = base + i * WG + lid;
+        let inside = s < P.s;
+        let e = (n * P.c + c) * P.s + min(s, P.s - 1u);
+        let tb = tword(e);
+        var x = logits[e];
+        if VALIDATE != 0u && inside {
+            // every element, ignored ones included
+            check_target(e);
+            check_logit(x, e, false);
+        }
+        let live = inside && tb != INVALID;
+        let g = select(0.0, bitcast<f32>(tb), live);
+        x = select(0.0, x, live);
+        if COUNTS && live {
+            let cell = select(0u, 2u, g == 1.0) + select(0u, 1u, x >= P.thr);
+            atomicAdd(&cnt[((n * P.tiles + tile) * P.c + c) * 4u + cell], 1u);
+        }
+        var p = x;
+        var nlp: f32; // -log p
+        var nlq: f32; // -log(1 - p)
+        if PROBS {
+            nlp = nlog100(p);
+            nlq = nlog100_1m(p);
+        } else {
+            let pn = sigmoid_nls(x);
+            p = pn.x;
+            nlp = pn.y;
+            nlq = pn.z;
+        }
+        add_element(&acc, live, tp0, tp1, tp2, tp3, x, p, g, nlp, nlq, 0u, c);
+    }
+    return acc;
+}
+
+// Adds the threads' sums of class c over the workgroup in a fixed order and writes them as the
+// tile's partials: two levels, three barriers in all (which a CPU adapter pays for most):
+// RGROUPS threads per channel add RSPAN lanes each, then one thread per channel adds those.
+// Uniform control flow.
+fn write_partials(lid: u32, n: u32, tile: u32, c: u32, acc: Acc, nq: u32) {
+    red[lid] = acc.a0;
+    red[WG + lid] = acc.a1;
+    if NTERMS > 0u || TPMIN {
+        red[2u * WG + lid] = acc.a2;
+    }
+    if NTERMS > 2u || TPMIN {
+        red[3u * WG + lid] = acc.a3;
+    }
+    workgroupBarrier();
+    if lid < nq * RGROUPS {
+        let q = lid / RGROUPS;
+        let o = q * WG + (lid % RGROUPS) * RSPAN;
+        var sum = red[o];
+        for (var i = 1u; i < RSPAN; i++) {
+            sum += red[o + i];
+        }
+        red2[lid] = sum;
+    }
+    workgroupBarrier();
+    if lid < 4u {
+        var sum = vec4<f32>(0.0);
+        if lid < nq {
+            sum = red2[lid * RGROUPS];
+            for (var i = 1u; i < RGROUPS; i++) {
+                sum += red2[lid * RGROUPS + i];
+            }
+        }
+        partials[((n * P.tiles + tile) * P.c + c) * 4u + lid] = sum;
+    }
+    workgroupBarrier();
+}
+
 @compute @workgroup_size(128)
 fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x;
-    let n = wid.y;
+    // PLANES (sigmoid): one (image, channel) plane per workgroup row
+    let n = select(wid.y, wid.y / P.c, PLANES);
     let pix = select(min(SPIX, PIX), select(PIX_SIGMOID_CPU, PIX, SOFTMAX), WIDE);
     let base = tile * WG * pix;
     // the pixel-loss slots' parameters, loaded once (slot 0 stands in for absent ones)
@@ -208,14 +327,19 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     if TPMIN {
         nq = 4u; // sum min(p, g) is channel 15
     }
+    if PLANES {
+        write_partials(lid, n, tile, wid.y % P.c, sigmoid_sums(n, wid.y % P.c, tile, base, pix, lid, tp0, tp1, tp2, tp3), nq);
+        return;
+    }
     for (var c = 0u; c < P.c; c++) {
-        var a0 = vec4<f32>(0.0);
-        var a1 = vec4<f32>(0.0);
-        var a2 = vec4<f32>(0.0);
-        var a3 = vec4<f32>(0.0);
+        if !SOFTMAX {
+            write_partials(lid, n, tile, c, sigmoid_sums(n, c, tile, base, pix, lid, tp0, tp1, tp2, tp3), nq);
+            continue;
+        }
+        var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
         if c == 0u {
-            a2 = pa2;
-            a3 = pa3;
+            acc.a2 = pa2;
+            acc.a3 = pa3;
         } else if PIXEL_ONLY {
             // no per-class sums: the other classes' entries are zero
             if lid < 4u {
@@ -227,116 +351,27 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             if PIXEL_ONLY {
                 break;
             }
-            let s = base + i * WG + lid;
-            let e = (n * P.c + c) * P.s + s;
-            var g: f32;
+            let label = lab[i];
+            if label == INVALID {
+                continue;
+            }
+            let e = (n * P.c + c) * P.s + base + i * WG + lid;
+            let x = logits[e];
+            if VALIDATE != 0u {
+                check_logit(x, e, label == c);
+            }
+            let g = select(0.0, 1.0, label == c);
             var p: f32;
-            var x: f32;
-            var nlp: f32;  // -log p
-            var nlq = 0.0; // -log(1 - p), sigmoid only
-            var label = 0u;
-            if SOFTMAX {
-                label = lab[i];
-                if label == INVALID {
-                    continue;
-                }
-                x = logits[e];
-                if VALIDATE != 0u {
-                    check_logit(x, e, label == c);
-                }
-                g = select(0.0, 1.0, label == c);
-                if PROBS {
-                    p = x;
-                    nlp = nlog100(p);
-                } else {
-                    nlp = lse[i] - x;
-                    p = softmax_p(x, lse[i]);
-                }
+            var nlp: f32; // -log p
+            if PROBS {
+                p = x;
+                nlp = nlog100(p);
             } else {
-                if s >= P.s {
-                    continue;
-                }
-                let tb = tword(e);
-                x = logits[e];
-                if VALIDATE != 0u {
-                    // every element, ignored ones included
-                    check_target(e);
-                    check_logit(x, e, false);
-                }
-                if tb == INVALID {
-                    continue;
-                }
-                g = bitcast<f32>(tb);
-                if COUNTS {
-                    let cell = select(0u, 2u, g == 1.0) + select(0u, 1u, x >= P.thr);
-                    atomicAdd(&cnt[((n * P.tiles + tile) * P.c + c) * 4u + cell], 1u);
-                }
-                if PROBS {
-                    p = x;
-                    nlp = nlog100(p);
-                    nlq = nlog100_1m(p);
-                } else {
-                    let pn = sigmoid_nls(x);
-                    p = pn.x;
-                    nlp = pn.y;
-                    nlq = pn.z;
-                }
+                nlp = lse[i] - x;
+                p = softmax_p(x, lse[i]);
             }
-            a0 += vec4<f32>(p * g, p, g, p * p);
-            var b = vec4<f32>(g * g, 1.0, 0.0, 0.0);
-            if SENSSPEC {
-                let d = (g - p) * (g - p);
-                b.z = d * g;
-                b.w = d * (1.0 - g);
-            }
-            a1 += b;
-            if TPMIN {
-                a3.w += min(p, g);
-            }
-            if NTERMS > 0u {
-                a2 += vec4<f32>(slot_stats(tp0, x, p, g, nlp, nlq, label, c), 0.0, 0.0);
-            }
-            if NTERMS > 1u {
-                a2 += vec4<f32>(0.0, 0.0, slot_stats(tp1, x, p, g, nlp, nlq, label, c));
-            }
-            if NTERMS > 2u {
-                a3 += vec4<f32>(slot_stats(tp2, x, p, g, nlp, nlq, label, c), 0.0, 0.0);
-            }
-            if NTERMS > 3u {
-                a3 += vec4<f32>(0.0, 0.0, slot_stats(tp3, x, p, g, nlp, nlq, label, c));
-            }
+            add_element(&acc, true, tp0, tp1, tp2, tp3, x, p, g, nlp, 0.0, label, c);
         }
-        red[lid] = a0;
-        red[WG + lid] = a1;
-        if NTERMS > 0u || TPMIN {
-            red[2u * WG + lid] = a2;
-        }
-        if NTERMS > 2u || TPMIN {
-            red[3u * WG + lid] = a3;
-        }
-        workgroupBarrier();
-        // two fixed-order levels (three barriers in all, which a CPU adapter pays for most):
-        // RGROUPS threads per channel add RSPAN lanes each, then one thread per channel adds those
-        if lid < nq * RGROUPS {
-            let q = lid / RGROUPS;
-            let o = q * WG + (lid % RGROUPS) * RSPAN;
-            var acc = red[o];
-            for (var i = 1u; i < RSPAN; i++) {
-                acc += red[o + i];
-            }
-            red2[lid] = acc;
-        }
-        workgroupBarrier();
-        if lid < 4u {
-            var acc = vec4<f32>(0.0);
-            if lid < nq {
-                acc = red2[lid * RGROUPS];
-                for (var i = 1u; i < RGROUPS; i++) {
-                    acc += red2[lid * RGROUPS + i];
-                }
-            }
-            partials[((n * P.tiles + tile) * P.c + c) * 4u + lid] = acc;
-        }
-        workgroupBarrier();
+        write_partials(lid, n, tile, c, acc, nq);
     }
 }

@@ -126,6 +126,13 @@ pub(crate) struct Recorded {
 }
 
 impl Gpu {
+    /// Whether the sigmoid statistics and gradient passes of `inp` run a workgroup row per
+    /// (image, channel) plane ([`Spec::planes`]): where the rows fit one dispatch dimension
+    /// (else each thread loops over the channels).
+    fn planes(&self, inp: &DevInput) -> bool {
+        !inp.softmax && inp.n * inp.c <= self.limits.max_compute_workgroups_per_dimension as usize
+    }
+
     /// The kernels' parameters for `inp` (its own images and pixels), whether its statistics
     /// use the wide tiles, and their pixels per thread (`counts`: the statistics pass also counts
     /// the hard predictions).
@@ -205,6 +212,8 @@ impl Gpu {
             Some(l) => l,
             None => rec.scratch(16, "no log-sum-exp")?,
         };
+        // sigmoid: a workgroup row per (image, channel) plane where the rows allow it
+        let planes = self.planes(inp);
         let passes = plan.passes();
         let stride = align((n * c * K * 4) as u64);
         let sums = rec.scratch(stride * passes as u64, "statistics sums")?;
@@ -234,13 +243,14 @@ impl Gpu {
                 probs: inp.probs,
                 tp_min: p == 0 && plan.tp_min,
                 lse: p == 0 && lse.is_some(),
+                planes,
                 ..Spec::default()
             };
             let (tb, cb) = (rec.data(&terms), rec.data(&cw));
             rec.dispatch(
                 &shaders::STATS,
                 spec,
-                Grid::Direct(tiles as u32, n as u32, 1),
+                Grid::Direct(tiles as u32, if planes { n * c } else { n } as u32, 1),
                 &[
                     ("logits", inp.logits),
                     ("tgt", inp.target),
@@ -607,8 +617,7 @@ impl Gpu {
             base.img0 = part.img0 as u32;
             let total = (inp.n * c * inp.s * 4) as u64;
             let (gx, gz) = grid(&self.limits, inp.s.div_ceil(GRAD_PIX));
-            // sigmoid: a workgroup row per (image, channel) plane where the rows allow it
-            let planes = !softmax && inp.n * c <= self.limits.max_compute_workgroups_per_dimension as usize;
+            let planes = self.planes(inp);
             let rows = if planes { inp.n * c } else { inp.n } as u32;
             // bound where a pass reads no Lovász weights
             let any_lw = match lws.first() {

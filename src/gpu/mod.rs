@@ -108,8 +108,8 @@ pub(crate) struct Spec {
     pub unreduced: bool,
     /// Statistics: also `sum min(p, g)` in the last channel (intersection=min).
     pub tp_min: bool,
-    /// Gradient, sigmoid: one (image, channel) plane per workgroup row instead of a loop over
-    /// the channels in every thread.
+    /// Statistics and gradient, sigmoid: one (image, channel) plane per workgroup row instead of
+    /// a loop over the channels in every thread.
     pub planes: bool,
 }
 
