@@ -199,16 +199,47 @@ fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, lid: u32, tp0: T
 }
 
 // Adds the threads' sums of class c over the workgroup in a fixed order and writes them as the
-// tile's partials: two levels, three barriers in all (which a CPU adapter pays for most):
-// RGROUPS threads per channel add RSPAN lanes each, then one thread per channel adds those.
-// Uniform control flow.
+// tile's partials. Uniform control flow.
+// - GPU: two levels, three barriers in all: RGROUPS threads per channel add RSPAN lanes each,
+//   then one thread per channel adds those.
+// - CPU adapter (WIDE), which pays for barriers most: one thread per channel adds the WG lanes
+//   in order, after one barrier; with at most two channels in use the classes alternate between
+//   the two halves of `red`, so no barrier is needed before the next class writes (a thread
+//   writes a half again only after passing the next class's barrier, which the readers of that
+//   half reach only once they are done).
 fn write_partials(lid: u32, n: u32, tile: u32, c: u32, acc: Acc, nq: u32) {
+    let out = ((n * P.tiles + tile) * P.c + c) * 4u + lid;
+    if WIDE {
+        let h = select(0u, (c & 1u) * 2u * WG, nq <= 2u);
+        red[h + lid] = acc.a0;
+        red[h + WG + lid] = acc.a1;
+        if nq > 2u {
+            red[h + 2u * WG + lid] = acc.a2;
+        }
+        if nq > 3u {
+            red[h + 3u * WG + lid] = acc.a3;
+        }
+        workgroupBarrier();
+        if lid < 4u {
+            var sum = vec4<f32>(0.0);
+            if lid < nq {
+                for (var i = 0u; i < WG; i++) {
+                    sum += red[h + lid * WG + i];
+                }
+            }
+            partials[out] = sum;
+        }
+        if nq > 2u {
+            workgroupBarrier();
+        }
+        return;
+    }
     red[lid] = acc.a0;
     red[WG + lid] = acc.a1;
-    if NTERMS > 0u || TPMIN {
+    if nq > 2u {
         red[2u * WG + lid] = acc.a2;
     }
-    if NTERMS > 2u || TPMIN {
+    if nq > 3u {
         red[3u * WG + lid] = acc.a3;
     }
     workgroupBarrier();
@@ -230,7 +261,7 @@ fn write_partials(lid: u32, n: u32, tile: u32, c: u32, acc: Acc, nq: u32) {
                 sum += red2[lid * RGROUPS + i];
             }
         }
-        partials[((n * P.tiles + tile) * P.c + c) * 4u + lid] = sum;
+        partials[out] = sum;
     }
     workgroupBarrier();
 }
