@@ -29,7 +29,6 @@ override PROBS: bool = false;    // the input holds probabilities: no activation
 override UNREDUCED: bool = false; // gradient: also the unreduced entries of pixel term 0 into `unr`
 override LSE: bool = false;      // softmax: the statistics pass writes each pixel's log-sum-exp to `lse_out`, the
                                  // gradient pass reads it from `aux` (without Lovász)
-override PLANES: bool = false;   // statistics and gradient, sigmoid: one (image, channel) plane per workgroup row
 override SPIX: u32 = 16u;        // statistics, not WIDE: pixels per thread (2 to 16)
 override TPMIN: bool = false;     // statistics: sum min(p, g) in channel 15 (at most 3 pixel slots)
 
@@ -74,7 +73,9 @@ struct Params {
     gout: u32,        // finalize and gradient: floats of each group's output (values, blocks)
     img0: u32,        // gradient: the first image of this part in the batch the coefficients describe
     thr: f32,         // statistics, COUNTS, sigmoid: a logit >= thr is a positive prediction
-    pad0: u32,
+    plane0: u32,      // sigmoid statistics, gradient and hinge keys: the first (image, channel) plane
+                      // of this dispatch (a workgroup row per plane; past the rows of one dispatch,
+                      // several dispatches)
     pad1: u32,
     pad2: u32,
 }

@@ -18,31 +18,39 @@ const CT: u32 = 2048u;
 const CIPT: u32 = 8u;
 const NONE: u32 = 0xFFFFFFFFu;
 
-// (kept, dropped fg, dropped bg, 0) of one element.
+// (kept, dropped fg, dropped bg, 0) of one element (branch-free: a CPU adapter runs both sides
+// of a branch on its lanes).
 fn kind_of(k: u32, v: u32) -> vec4<u32> {
-    if k != NONE {
-        return vec4<u32>(1u, 0u, 0u, 0u);
-    }
-    if v == NONE {
-        return vec4<u32>(0u);
-    }
-    return select(vec4<u32>(0u, 0u, 1u, 0u), vec4<u32>(0u, 1u, 0u, 0u), (v >> 31u) == 1u);
+    let fg = (v >> 31u) == 1u;
+    let dropped = k == NONE && v != NONE;
+    return vec4<u32>(select(0u, 1u, k != NONE), select(0u, 1u, dropped && fg), select(0u, 1u, dropped && !fg), 0u);
 }
+
+// The tile's counts: integers, so workgroup atomics give the same totals in any order, with two
+// barriers instead of a scan's four.
+var<workgroup> tile_total: array<atomic<u32>, 3>;
 
 @compute @workgroup_size(256)
 fn compact_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x;
     let seg = wid.y;
+    if lid < 3u {
+        atomicStore(&tile_total[lid], 0u);
+    }
+    workgroupBarrier();
     var c = vec4<u32>(0u);
     for (var r = 0u; r < CIPT; r++) {
         let j = tile * CT + r * 256u + lid;
-        if j < LP.len {
-            c += kind_of(keys_in[seg * LP.len + j], vals_in[seg * LP.len + j]);
-        }
+        let i = seg * LP.len + min(j, LP.len - 1u);
+        c += select(vec4<u32>(0u), kind_of(keys_in[i], vals_in[i]), j < LP.len);
     }
-    _ = wg_scan4(lid, c);
+    atomicAdd(&tile_total[0], c.x);
+    atomicAdd(&tile_total[1], c.y);
+    atomicAdd(&tile_total[2], c.z);
+    workgroupBarrier();
     if lid == 0u {
-        tilecnt[seg * LP.tiles + tile] = scan_total4;
+        tilecnt[seg * LP.tiles + tile] =
+            vec4<u32>(atomicLoad(&tile_total[0]), atomicLoad(&tile_total[1]), atomicLoad(&tile_total[2]), 0u);
     }
 }
 

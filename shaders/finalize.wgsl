@@ -3,10 +3,11 @@
 // pass reads, so that statistics and gradient run in one submission with no host round trip.
 // It is the f32 twin of `finalize` in src/plan.rs (which the tests hold it to).
 //
-// One workgroup runs the ops of a recording in order (one op per term of each expression); inside
+// One workgroup runs the ops of a recording in order (one op per term of each expression), in one
+// dispatch or in several (each within llvmpipe's loop limit: gpu::FINALIZE_LOOP_BUDGET); inside
 // an op the threads split the (image, class) entries and meet in fixed-order tree reductions, so
-// reruns are bit-identical. Ops accumulate into `out` (zeroed first): the expression's value, and
-// the coefficient block of the expression:
+// reruns are bit-identical. Ops accumulate into `out` (the host clears it first): the expression's
+// value, and the coefficient block of the expression:
 //   block + 2 t, block + 2 t + 1: scale and pos_weight of the expression's pixel term t
 //   block + op.sub + (n C + c) NCOEF + k: d loss / d (TP, SP, SPP, SS1, SS2) of (n, c) (region
 //     ops: `sub` is the block's region base)
@@ -737,10 +738,6 @@ fn finalize(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wi
     // group wid.x: its sums, and its outputs P.gout floats after the previous group's
     gsum = wid.x * P.n * P.c * K;
     let go = wid.x * P.gout;
-    for (var i = lid; i < P.gout; i += FWG) {
-        out[go + i] = 0.0;
-    }
-    storageBarrier();
     let bad = status[0] != 0u;
     for (var i = 0u; i < P.nops; i++) {
         if lid == 0u {

@@ -221,10 +221,9 @@ fn gradient(
     // x (and z, for very large images) walk the pixel blocks of image y; pixel i of this thread
     // is s0 + i GWG, so that each step of the loops below reads consecutive elements.
     let s0 = (wid.x + wid.z * nwg.x) * GWG * GPIX + lid;
-    var n = wid.y;
-    if PLANES {
-        n = wid.y / P.c;
-    }
+    // softmax: image wid.y; sigmoid: plane wid.y + P.plane0 (one per workgroup row)
+    let plane = wid.y + P.plane0;
+    let n = select(plane / P.c, wid.y, SOFTMAX);
     if s0 >= P.s || status[0] != 0u {
         return;
     }
@@ -352,12 +351,7 @@ fn gradient(
             }
             put_entries(n, s0, uf, ev);
         }
-    } else if PLANES {
-        // one (image, channel) plane per workgroup row: no loop over the channels
-        sigmoid_plane(wid.y / P.c, wid.y % P.c, s0, uf);
     } else {
-        for (var c = 0u; c < P.c; c++) {
-            sigmoid_plane(n, c, s0, uf);
-        }
+        sigmoid_plane(n, plane % P.c, s0, uf);
     }
 }

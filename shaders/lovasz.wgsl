@@ -59,7 +59,7 @@ fn lovasz_keys(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let s = (wid.x + wid.z * nwg.x) * 256u + lid;
-    let n = wid.y;
+    let n = wid.y; // (sigmoid: the plane, from P.plane0)
     if s >= P.s {
         return;
     }
@@ -89,19 +89,20 @@ fn lovasz_keys(
             }
         }
     } else {
-        for (var c = 0u; c < P.c; c++) {
-            let e = (n * P.c + c) * P.s + s;
-            let tb = tword(e);
-            if tb == INVALID {
-                keys[e] = NONE;
-                vals[e] = NONE;
-            } else {
-                let g = bitcast<f32>(tb);
-                keys[e] = key_of(hinge_error(logits[e], g));
-                vals[e] = e | select(0u, 0x80000000u, g > 0.5);
-            }
-        }
+        // one (image, channel) plane per workgroup row
+        hinge_key((wid.y + P.plane0) * P.s + s);
     }
+}
+
+// The hinge key and payload of element e, branch-free (a CPU adapter runs both sides of a
+// branch on its lanes, masked).
+fn hinge_key(e: u32) {
+    let tb = tword(e);
+    let g = bitcast<f32>(tb);
+    let err = hinge_error(logits[e], g);
+    let live = tb != INVALID;
+    keys[e] = select(NONE, ~bitcast<u32>(err), live && err > 0.0);
+    vals[e] = select(NONE, e | select(0u, 0x80000000u, g > 0.5), live);
 }
 
 // (fg, bg) counts of one payload.

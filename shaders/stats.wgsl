@@ -223,8 +223,18 @@ fn write_partials(lid: u32, n: u32, tile: u32, c: u32, acc: Acc, nq: u32) {
         if lid < 4u {
             var sum = vec4<f32>(0.0);
             if lid < nq {
-                for (var i = 0u; i < WG; i++) {
-                    sum += red[h + lid * WG + i];
+                // eight lanes per step: llvmpipe ends a shader's loops after 65535 iterations in
+                // all, which a loop over the lanes per class would reach with a few hundred classes
+                for (var i = 0u; i < WG; i += 8u) {
+                    let o = h + lid * WG + i;
+                    sum += red[o];
+                    sum += red[o + 1u];
+                    sum += red[o + 2u];
+                    sum += red[o + 3u];
+                    sum += red[o + 4u];
+                    sum += red[o + 5u];
+                    sum += red[o + 6u];
+                    sum += red[o + 7u];
                 }
             }
             partials[out] = sum;
@@ -269,8 +279,9 @@ fn write_partials(lid: u32, n: u32, tile: u32, c: u32, acc: Acc, nq: u32) {
 @compute @workgroup_size(128)
 fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x;
-    // PLANES (sigmoid): one (image, channel) plane per workgroup row
-    let n = select(wid.y, wid.y / P.c, PLANES);
+    // sigmoid: one (image, channel) plane per workgroup row (from P.plane0); softmax: one image
+    let plane = wid.y + P.plane0;
+    let n = select(plane / P.c, wid.y, SOFTMAX);
     let pix = select(min(SPIX, PIX), select(PIX_SIGMOID_CPU, PIX, SOFTMAX), WIDE);
     let base = tile * WG * pix;
     // the pixel-loss slots' parameters, loaded once (slot 0 stands in for absent ones)
@@ -358,15 +369,12 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     if TPMIN {
         nq = 4u; // sum min(p, g) is channel 15
     }
-    if PLANES {
-        write_partials(lid, n, tile, wid.y % P.c, sigmoid_sums(n, wid.y % P.c, tile, base, pix, lid, tp0, tp1, tp2, tp3), nq);
+    if !SOFTMAX {
+        let c = plane % P.c;
+        write_partials(lid, n, tile, c, sigmoid_sums(n, c, tile, base, pix, lid, tp0, tp1, tp2, tp3), nq);
         return;
     }
     for (var c = 0u; c < P.c; c++) {
-        if !SOFTMAX {
-            write_partials(lid, n, tile, c, sigmoid_sums(n, c, tile, base, pix, lid, tp0, tp1, tp2, tp3), nq);
-            continue;
-        }
         var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
         if c == 0u {
             acc.a2 = pa2;

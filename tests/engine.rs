@@ -589,6 +589,37 @@ fn assert_matches_reference(engine: &Engine, case: &Case, exprs: &[LossExpr], wh
     }
 }
 
+/// Many expressions with gradients over 32 x 2000 (image, class) entries: every value and
+/// gradient agrees with the reference. Mesa's llvmpipe (lavapipe) ends every loop of an invocation
+/// once its loops have run 65535 steps in all: a finalize that zeroed the coefficient blocks
+/// itself (6 floats per entry and expression) and ran every op in one dispatch gave its last ops
+/// short values, or 0 (at 8 x 8000). Where one op alone could pass the limit (8 x 8000: its walks
+/// over the classes of each image), a CPU adapter refuses with a typed error.
+#[test]
+fn many_expressions_over_many_entries_agree_with_the_reference() {
+    let engine = common::gpu();
+    let case = dense_case(90, &[32, 2000, 2], Mode::Multilabel);
+    let exprs = parse(&[
+        "bce:pos_weight=3",
+        "dice",
+        "focal:alpha=0.25",
+        "bce+sensspec",
+        "bce+bce:label_smoothing=0.1+focal+focal:gamma=1+bce:pos_weight=2",
+        "gdice:pool=image+dice:pool=image_all",
+        "tversky:pool=image,norm=image",
+    ]);
+    assert_matches_reference(engine, &case, &exprs, "[32, 2000, 2]");
+    let big = dense_case(93, &[8, 8000, 2], Mode::Multilabel);
+    if engine.info().device_type == "Cpu" {
+        match engine.evaluate_blocking(&big.whole(), &exprs, true) {
+            Err(Error::Limit { needed: 64000, what, .. }) => assert!(what.contains("entries"), "{what}"),
+            other => panic!("8 x 8000 on a CPU adapter: {:?}", other.map(|v| v.len())),
+        }
+    } else {
+        assert_matches_reference(engine, &big, &exprs, "[8, 8000, 2]");
+    }
+}
+
 /// One engine, shapes of growing and shrinking size in turn (so pooled buffers of one shape meet
 /// the next), one tile per image and several: every value and gradient agrees with the CPU
 /// reference.
@@ -1054,4 +1085,48 @@ fn a_profile_of_an_input_in_pieces_has_one_clock() {
     let end = p.kernels.iter().map(|k| k.start_ms + k.ms).fold(0.0, f64::max);
     assert_eq!(p.device_ms, end);
     assert!(p.device_ms <= p.wall_ms, "{} of {}", p.device_ms, p.wall_ms);
+}
+
+/// Mesa's llvmpipe ends a shader's loops after 65535 iterations in all, and a softmax statistics
+/// thread walks every class: on a CPU adapter softmax inputs of up to 1024 classes are exact (a
+/// buffer input, whose checks walk the classes too, with gradients), and more are refused with a
+/// typed error rather than summed short (2500 classes gave a wrong dice there). Elsewhere both
+/// are evaluated.
+#[test]
+fn softmax_classes_within_a_cpu_adapters_loop_limit_and_past_it() {
+    let (engine, device, _) = caller_engine();
+    let exprs = parse(&["ce", "dice", "focal:act=softmax", "lovasz"]);
+    let case = label_case(91, &[1, 1024, 64], 255);
+    let words: Vec<u32> = case.labels.iter().map(|&l| l as u32).collect();
+    let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
+    let tbuf = buffer_with(device, &words, 0);
+    let input = BufferInput::new(
+        BufferSlice::new(&lbuf, 0, case.logits.len() as u64),
+        TargetBuffer::ClassU32(BufferSlice::new(&tbuf, 0, words.len() as u64)),
+        &case.shape,
+        case.mode,
+        case.ignore,
+    )
+    .unwrap();
+    let out = engine.evaluate_buffers_blocking(&input, &exprs, &vec![GradOut::Host; exprs.len()]).unwrap();
+    for (g, e) in out.iter().zip(&exprs) {
+        let w = reference::evaluate(&case.whole(), e).unwrap();
+        assert!(
+            (g.value - w.value).abs() <= 1e-5 * w.value.abs().max(1.0),
+            "1024 classes {e}: {} vs {}",
+            g.value,
+            w.value
+        );
+        let (worst, scale) = common::max_diff(g.grad.as_ref().unwrap(), &w.grad);
+        assert!(worst <= 1e-4 * scale, "1024 classes {e}: gradient off by {worst} (largest {scale})");
+    }
+    let past = label_case(92, &[1, 1025, 8], 255);
+    if engine.info().device_type == "Cpu" {
+        match engine.evaluate_blocking(&past.whole(), &exprs, true) {
+            Err(Error::Limit { needed: 1025, max: 1024, what }) => assert!(what.contains("softmax"), "{what}"),
+            other => panic!("1025 classes on a CPU adapter: {:?}", other.map(|v| v.len())),
+        }
+    } else {
+        assert_matches_reference(engine, &past, &exprs, "1025 classes");
+    }
 }

@@ -369,6 +369,40 @@ fn large_multiclass_and_64_classes_match_reference() {
     }
 }
 
+/// The sigmoid statistics, gradient and hinge key passes run a workgroup row per (image, channel)
+/// plane; more planes than a dispatch dimension holds (65535 rows) take several dispatches: both
+/// against the reference, all expressions in one evaluation.
+#[test]
+fn more_channel_planes_than_workgroup_rows_match_reference() {
+    let mut rng = Rng(5);
+    for shape in [vec![3, 7, 5, 3], vec![64, 1025, 1]] {
+        let (n, c) = (shape[0], shape[1]);
+        let s: usize = shape[2..].iter().product();
+        let logits: Vec<f32> = (0..n * c * s).map(|_| (rng.normal() * 4.0) as f32).collect();
+        let target = Target::Dense(Cow::Owned(
+            (0..n * c * s).map(|_| if rng.below(9) == 0 { -1.0 } else { (rng.below(4) == 0) as u8 as f32 }).collect(),
+        ));
+        let b = Batch {
+            what: format!("multilabel {shape:?}"),
+            shape,
+            mode: Mode::Multilabel,
+            logits,
+            target,
+            ignore: Some(-1),
+            kind: InputKind::Logits,
+        };
+        let texts = [
+            "bce:pos_weight=3,reduction=none",
+            "dice",
+            "focal:alpha=0.25",
+            "bce+sensspec",
+            "bce+bce:label_smoothing=0.1+focal+focal:gamma=1+bce:pos_weight=2",
+            "lovasz+lovasz:per_image=true",
+        ];
+        compare(&b, &texts.iter().map(|t| t.parse().unwrap()).collect::<Vec<_>>());
+    }
+}
+
 #[test]
 fn same_input_gives_bit_identical_results() {
     let mut rng = Rng(5);

@@ -273,6 +273,9 @@ pub(crate) struct Gpu {
     /// The statistics pass's wide sigmoid tiles ([`Spec::wide`]): on CPU adapters (the
     /// `internals` feature can change it, for tests of the GPU configuration on lavapipe).
     pub wide_stats: AtomicBool,
+    /// A CPU adapter: llvmpipe ends a shader's loops after [`crate::gpu::CPU_LOOP_LIMIT`]
+    /// iterations in all, so inputs whose kernels would loop longer are refused.
+    pub loop_limited: bool,
     /// The first uncaptured device error (only on devices the engine opened itself).
     pub lost: Arc<Mutex<Option<String>>>,
     pub poller: Poller,
@@ -327,6 +330,7 @@ impl Gpu {
             pool: Arc::new(Pool::default()),
             bitonic_upto,
             wide_stats: AtomicBool::new(cpu),
+            loop_limited: cpu,
             lost,
             counters: Counters::default(),
             // at least the 4-byte logits of one pixel of one class

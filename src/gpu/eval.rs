@@ -8,7 +8,10 @@ use crate::expr::LossExpr;
 use crate::gpu::context::Gpu;
 use crate::gpu::lovasz::{grid, LovaszInput};
 use crate::gpu::record::{Grid, Recording, Slice};
-use crate::gpu::{align, stats_tiling, Params, Spec, GRAD_PIX};
+use crate::gpu::{
+    align, finalize_op_steps, finalize_ops_per_dispatch, plane_rows, stats_tiling, Params, Spec, CPU_LOOP_LIMIT,
+    CPU_SOFTMAX_CLASSES, FINALIZE_WG, GRAD_PIX,
+};
 use crate::plan::{self, BlockLayout, Op, StatsPlan, TermParams, K};
 use crate::shaders;
 
@@ -126,11 +129,14 @@ pub(crate) struct Recorded {
 }
 
 impl Gpu {
-    /// Whether the sigmoid statistics and gradient passes of `inp` run a workgroup row per
-    /// (image, channel) plane ([`Spec::planes`]): where the rows fit one dispatch dimension
-    /// (else each thread loops over the channels).
-    fn planes(&self, inp: &DevInput) -> bool {
-        !inp.softmax && inp.n * inp.c <= self.limits.max_compute_workgroups_per_dimension as usize
+    /// The workgroup rows of the statistics and gradient passes of `inp`, (first, count) per
+    /// dispatch: softmax, one row per image; sigmoid, one per (image, channel) plane
+    /// ([`plane_rows`], `Params::plane0`).
+    fn rows(&self, inp: &DevInput) -> Vec<(u32, u32)> {
+        if inp.softmax {
+            return vec![(0, inp.n as u32)];
+        }
+        plane_rows(inp.n * inp.c, self.limits.max_compute_workgroups_per_dimension as usize).collect()
     }
 
     /// The kernels' parameters for `inp` (its own images and pixels), whether its statistics
@@ -190,6 +196,15 @@ impl Gpu {
     ) -> Result<(Totals, Option<Slice>), Error> {
         let (n, c) = (inp.n, inp.c);
         let softmax = inp.softmax;
+        if self.loop_limited && softmax && c > CPU_SOFTMAX_CLASSES {
+            return Err(Error::Limit {
+                what: "classes of a softmax input on a CPU adapter (llvmpipe ends a shader's loops after 65535 \
+                       iterations)"
+                    .into(),
+                needed: c as u64,
+                max: CPU_SOFTMAX_CLASSES as u64,
+            });
+        }
         let (mut base, wide, spix) = self.params_of(inp, counts.is_some());
         base.thr = counts.unwrap_or(0.0);
         let tiles = base.tiles as usize;
@@ -212,8 +227,7 @@ impl Gpu {
             Some(l) => l,
             None => rec.scratch(16, "no log-sum-exp")?,
         };
-        // sigmoid: a workgroup row per (image, channel) plane where the rows allow it
-        let planes = self.planes(inp);
+        let rows = self.rows(inp);
         let passes = plan.passes();
         let stride = align((n * c * K * 4) as u64);
         let sums = rec.scratch(stride * passes as u64, "statistics sums")?;
@@ -243,26 +257,28 @@ impl Gpu {
                 probs: inp.probs,
                 tp_min: p == 0 && plan.tp_min,
                 lse: p == 0 && lse.is_some(),
-                planes,
                 ..Spec::default()
             };
             let (tb, cb) = (rec.data(&terms), rec.data(&cw));
-            rec.dispatch(
-                &shaders::STATS,
-                spec,
-                Grid::Direct(tiles as u32, if planes { n * c } else { n } as u32, 1),
-                &[
-                    ("logits", inp.logits),
-                    ("tgt", inp.target),
-                    ("P", pbuf),
-                    ("terms", tb),
-                    ("cw", cb),
-                    ("partials", partials.unwrap_or(sums.sub(p as u64 * stride, stride))),
-                    ("status", status),
-                    ("cnt", cnt),
-                    ("lse_out", lse_out),
-                ],
-            )?;
+            for &(plane0, count) in &rows {
+                let pr = if plane0 == 0 { pbuf } else { rec.uniform(&Params { plane0, ..base }) };
+                rec.dispatch(
+                    &shaders::STATS,
+                    spec,
+                    Grid::Direct(tiles as u32, count, 1),
+                    &[
+                        ("logits", inp.logits),
+                        ("tgt", inp.target),
+                        ("P", pr),
+                        ("terms", tb),
+                        ("cw", cb),
+                        ("partials", partials.unwrap_or(sums.sub(p as u64 * stride, stride))),
+                        ("status", status),
+                        ("cnt", cnt),
+                        ("lse_out", lse_out),
+                    ],
+                )?;
+            }
             if let Some(partials) = partials {
                 rec.dispatch(
                     &shaders::REDUCE,
@@ -301,6 +317,7 @@ impl Gpu {
     ) -> Result<Vec<Slice>, Error> {
         let (base, _, _) = self.params_of(inp, false);
         let pbuf = rec.uniform(&base);
+        let rows = self.rows(inp);
         let mut lws = Vec::new();
         for (lp, ss) in plan.lovasz.iter().zip(segsum) {
             let Some(ss) = *ss else {
@@ -311,7 +328,9 @@ impl Gpu {
             let li = LovaszInput {
                 logits: inp.logits,
                 target: inp.target,
-                params: pbuf,
+                params: base,
+                pbuf,
+                rows: &rows,
                 n: inp.n,
                 c: inp.c,
                 s: inp.s,
@@ -547,6 +566,8 @@ impl Gpu {
         // each group's values and blocks, `gout` floats apart
         let gout = cursor;
         let out = rec.scratch((groups * gout * 4) as u64, "finalize output")?;
+        // the ops add into it
+        rec.clear(out);
         let mut ops: Vec<Op> = Vec::new();
         let mut cls: Vec<u32> = Vec::new();
         for (i, e) in exprs.iter().enumerate() {
@@ -564,32 +585,45 @@ impl Gpu {
                 &mut cls,
             );
         }
-        let fparams = rec.uniform(&Params {
-            n: ng as u32,
-            c: c as u32,
-            s: first.inp.s as u32,
-            gn: ng as u32,
-            nops: ops.len() as u32,
-            gout: gout as u32,
-            ..Params::default()
-        });
-        // (an evaluation of metrics alone has no ops: one zero op keeps the binding's size)
-        let ob = if ops.is_empty() { rec.data(&[Op::default()]) } else { rec.data(&ops) };
         let cb = rec.data(&cls);
-        rec.dispatch(
-            &shaders::FINALIZE,
-            Spec::default(),
-            Grid::Direct(groups as u32, 1, 1),
-            &[
-                ("P", fparams),
-                ("sums", totals.sums),
-                ("lov", lov),
-                ("ops", ob),
-                ("cls", cb),
-                ("status", status),
-                ("out", out),
-            ],
-        )?;
+        // (an evaluation of metrics alone has no ops, and no finalize)
+        if self.loop_limited && !ops.is_empty() && finalize_op_steps(ng, c) > CPU_LOOP_LIMIT {
+            return Err(Error::Limit {
+                what: "(image, class) entries of one evaluation on a CPU adapter (llvmpipe ends a shader's \
+                       loops after 65535 iterations)"
+                    .into(),
+                needed: (ng * c) as u64,
+                max: ((CPU_LOOP_LIMIT - 1).saturating_sub((2 * ng + 6) * FINALIZE_WG) / 8).saturating_sub(ng + c)
+                    as u64
+                    * FINALIZE_WG as u64,
+            });
+        }
+        for ops in ops.chunks(finalize_ops_per_dispatch(ng, c)) {
+            let fparams = rec.uniform(&Params {
+                n: ng as u32,
+                c: c as u32,
+                s: first.inp.s as u32,
+                gn: ng as u32,
+                nops: ops.len() as u32,
+                gout: gout as u32,
+                ..Params::default()
+            });
+            let ob = rec.data(ops);
+            rec.dispatch(
+                &shaders::FINALIZE,
+                Spec::default(),
+                Grid::Direct(groups as u32, 1, 1),
+                &[
+                    ("P", fparams),
+                    ("sums", totals.sums),
+                    ("lov", lov),
+                    ("ops", ob),
+                    ("cls", cb),
+                    ("status", status),
+                    ("out", out),
+                ],
+            )?;
+        }
 
         // 3. values (with the status words) into a staging buffer
         let mut reads = rec.readbacks();
@@ -617,8 +651,7 @@ impl Gpu {
             base.img0 = part.img0 as u32;
             let total = (inp.n * c * inp.s * 4) as u64;
             let (gx, gz) = grid(&self.limits, inp.s.div_ceil(GRAD_PIX));
-            let planes = self.planes(inp);
-            let rows = if planes { inp.n * c } else { inp.n } as u32;
+            let rows = self.rows(inp);
             // bound where a pass reads no Lovász weights
             let any_lw = match lws.first() {
                 Some(&lw) => lw,
@@ -692,37 +725,39 @@ impl Gpu {
                         probs: part.inp.probs,
                         unreduced: first && unr,
                         lse: lp.is_none() && part.lse.is_some(),
-                        planes,
                         ..Spec::default()
                     };
-                    let params = rec.uniform(&Params {
-                        region_base: l.region_base as u32,
-                        lov_base: lp.map_or(0, |(_, off)| off as u32),
-                        gout: gout as u32,
-                        ..base
-                    });
                     let aux = match (lp, part.lse) {
                         (Some((g, _)), _) => lws[*g],
                         (None, Some(lse)) => lse,
                         (None, None) => any_lw,
                     };
-                    rec.dispatch(
-                        &shaders::GRAD,
-                        spec,
-                        Grid::Direct(gx, rows, gz),
-                        &[
-                            ("logits", inp.logits),
-                            ("tgt", inp.target),
-                            ("P", params),
-                            ("terms", tb),
-                            ("cw", cb),
-                            ("coefs", coefs),
-                            ("grad", dest),
-                            ("aux", aux),
-                            ("status", status),
-                            ("unr", unr_out),
-                        ],
-                    )?;
+                    for &(plane0, count) in &rows {
+                        let params = rec.uniform(&Params {
+                            region_base: l.region_base as u32,
+                            lov_base: lp.map_or(0, |(_, off)| off as u32),
+                            gout: gout as u32,
+                            plane0,
+                            ..base
+                        });
+                        rec.dispatch(
+                            &shaders::GRAD,
+                            spec,
+                            Grid::Direct(gx, count, gz),
+                            &[
+                                ("logits", inp.logits),
+                                ("tgt", inp.target),
+                                ("P", params),
+                                ("terms", tb),
+                                ("cw", cb),
+                                ("coefs", coefs),
+                                ("grad", dest),
+                                ("aux", aux),
+                                ("status", status),
+                                ("unr", unr_out),
+                            ],
+                        )?;
+                    }
                 }
                 if let Some(to) = copy_to {
                     rec.copy(dest, to);

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::gpu::context::Gpu;
 use crate::gpu::record::{Grid, Recording, Slice};
 use crate::gpu::sort::{SortAlgo, SortBufs};
-use crate::gpu::{Spec, GRAD_WG, SORT_TILE};
+use crate::gpu::{Params, Spec, GRAD_WG, SORT_TILE};
 use crate::plan;
 use crate::shaders;
 
@@ -21,10 +21,14 @@ struct LovParams {
 }
 
 /// The input of the Lovász passes: logits, target words and the loss kernels' `Params`.
-pub(crate) struct LovaszInput {
+pub(crate) struct LovaszInput<'a> {
     pub logits: Slice,
     pub target: Slice,
-    pub params: Slice,
+    /// The kernels' parameters, and their uniform
+    pub params: Params,
+    pub pbuf: Slice,
+    /// The workgroup rows of the key pass (Gpu::rows): per image, or per plane from `plane0`
+    pub rows: &'a [(u32, u32)],
     pub n: usize,
     pub c: usize,
     pub s: usize,
@@ -45,7 +49,7 @@ impl Gpu {
     pub(crate) fn record_lovasz(
         &self,
         rec: &mut Recording,
-        inp: &LovaszInput,
+        inp: &LovaszInput<'_>,
         per_image: bool,
         segsum: Slice,
         lw: Slice,
@@ -69,27 +73,31 @@ impl Gpu {
         let keys = rec.scratch(total, "lovasz keys")?;
         let vals = rec.scratch(total, "lovasz payloads")?;
         let spec = Spec { probs: inp.probs, ..Spec::softmax(inp.softmax) };
-        // 1. keys and payloads
+        // 1. keys and payloads (softmax: a workgroup row per image; hinge: per (image, channel)
+        // plane)
         let lp = rec.uniform(&LovParams { len: len as u32, segs: segs as u32, tiles: 1, per_image: per_image as u32 });
         let (d0, d1) = (rec.scratch(16, "unused")?, rec.scratch(16, "unused")?);
         let (gx, gz) = grid(&self.limits, s);
-        rec.dispatch(
-            &shaders::LOVASZ_KEYS,
-            spec,
-            Grid::Direct(gx, n as u32, gz),
-            &[
-                ("logits", inp.logits),
-                ("tgt", inp.target),
-                ("P", inp.params),
-                ("LP", lp),
-                ("keys", keys),
-                ("vals", vals),
-                ("tilecnt", d0),
-                ("segsum", segsum),
-                ("lw", lw),
-                ("vpart", d1),
-            ],
-        )?;
+        for &(plane0, count) in inp.rows {
+            let pr = if plane0 == 0 { inp.pbuf } else { rec.uniform(&Params { plane0, ..inp.params }) };
+            rec.dispatch(
+                &shaders::LOVASZ_KEYS,
+                spec,
+                Grid::Direct(gx, count, gz),
+                &[
+                    ("logits", inp.logits),
+                    ("tgt", inp.target),
+                    ("P", pr),
+                    ("LP", lp),
+                    ("keys", keys),
+                    ("vals", vals),
+                    ("tilecnt", d0),
+                    ("segsum", segsum),
+                    ("lw", lw),
+                    ("vpart", d1),
+                ],
+            )?;
+        }
         let lp = rec.uniform(&LovParams {
             len: len as u32,
             segs: segs as u32,
@@ -149,7 +157,7 @@ impl Gpu {
         let binds = [
             ("logits", inp.logits),
             ("tgt", inp.target),
-            ("P", inp.params),
+            ("P", inp.pbuf),
             ("LP", lp),
             ("keys", kc),
             ("vals", vc),

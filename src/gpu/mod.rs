@@ -51,12 +51,52 @@ pub(crate) fn stats_tiling(softmax: bool, wide_ok: bool, s: usize, counts: bool)
     }
     (false, pix)
 }
+/// The dispatches of a sigmoid pass over `planes` (image, channel) planes, a workgroup row per
+/// plane: (first plane, rows) of each, at most `max_rows` rows apiece. Several only past a
+/// dispatch dimension (65535 rows): never a loop over the channels in a thread, which
+/// llvmpipe would end after 65535 iterations in all (see [`FINALIZE_LOOP_BUDGET`]).
+pub(crate) fn plane_rows(planes: usize, max_rows: usize) -> impl Iterator<Item = (u32, u32)> {
+    let step = max_rows.max(1);
+    (0..planes).step_by(step).map(move |p0| (p0 as u32, (planes - p0).min(step) as u32))
+}
+
 /// Threads per gradient workgroup (`grad.wgsl`: GWG); also the keys and copy kernels.
 pub(crate) const GRAD_WG: usize = 256;
 /// Pixels per thread of the gradient pass.
 pub(crate) const GRAD_PIX: usize = 4;
 /// Threads of the finalize workgroup (`finalize.wgsl`: FWG).
 pub(crate) const FINALIZE_WG: usize = 64;
+/// Loop steps one finalize dispatch may cost a thread. Mesa's llvmpipe (lavapipe, and OpenGL
+/// through it) counts the steps of every loop of an invocation against one limit of 65535
+/// (`LP_MAX_TGSI_LOOP_ITERATIONS`) and past it ends each loop after one step, silently: the last
+/// ops of a finalize over 64000 (image, class) entries came out short or 0. Half the limit, for
+/// the loops the bound below leaves out (the class lists of Lovász ops).
+pub(crate) const FINALIZE_LOOP_BUDGET: usize = 32768;
+
+/// Finalize ops per dispatch on groups of `n` images of `c` classes, within
+/// [`FINALIZE_LOOP_BUDGET`] (at least one). An op costs a thread at most 8 walks (over the
+/// (image, class) entries `FINALIZE_WG` apart, the classes of its images or the images of its
+/// classes: each within `n c / FINALIZE_WG + n + c` steps) and `2 n + 6` workgroup sums of
+/// `FINALIZE_WG` steps on thread 0 (per-image gdice: two per image), and a step of the ops loop.
+pub(crate) fn finalize_ops_per_dispatch(n: usize, c: usize) -> usize {
+    (FINALIZE_LOOP_BUDGET / finalize_op_steps(n, c)).max(1)
+}
+
+/// The loop steps one finalize op may cost a thread (see [`finalize_ops_per_dispatch`]).
+pub(crate) fn finalize_op_steps(n: usize, c: usize) -> usize {
+    let walk = (n * c).div_ceil(FINALIZE_WG) + n + c;
+    8 * walk + (2 * n + 6) * FINALIZE_WG + 1
+}
+
+/// The loop steps llvmpipe allows one shader invocation (`LP_MAX_TGSI_LOOP_ITERATIONS`): on
+/// CPU adapters the engine refuses, with [`crate::Error::Limit`], what would need more.
+pub(crate) const CPU_LOOP_LIMIT: usize = 65535;
+
+/// Classes of a softmax input on a CPU adapter: each statistics thread walks every class of
+/// its 16 pixels (16 steps per class, and as many for its share of the class's reduction),
+/// after their log-sum-exps and, for buffer inputs, their checks (4 and 16 steps per class):
+/// about 52 steps per class, within [`CPU_LOOP_LIMIT`] up to 1260 classes.
+pub(crate) const CPU_SOFTMAX_CLASSES: usize = 1024;
 /// Elements per sort tile (`radix.wgsl`: T, `lovasz.wgsl`: LT).
 pub(crate) const SORT_TILE: usize = 2048;
 /// Sort key of an element that carries no loss (`lovasz.wgsl`: NONE).
@@ -108,9 +148,6 @@ pub(crate) struct Spec {
     pub unreduced: bool,
     /// Statistics: also `sum min(p, g)` in the last channel (intersection=min).
     pub tp_min: bool,
-    /// Statistics and gradient, sigmoid: one (image, channel) plane per workgroup row instead of
-    /// a loop over the channels in every thread.
-    pub planes: bool,
 }
 
 impl Default for Spec {
@@ -132,7 +169,6 @@ impl Default for Spec {
             probs: false,
             unreduced: false,
             tp_min: false,
-            planes: false,
         }
     }
 }
@@ -142,7 +178,7 @@ impl Spec {
         Spec { softmax, ..Spec::default() }
     }
 
-    pub fn constants(&self) -> [(&'static str, f64); 17] {
+    pub fn constants(&self) -> [(&'static str, f64); 16] {
         [
             ("SOFTMAX", f64::from(u8::from(self.softmax))),
             ("KINDS", f64::from(self.kinds)),
@@ -160,7 +196,6 @@ impl Spec {
             ("TPMIN", f64::from(u8::from(self.tp_min))),
             ("SPIX", f64::from(self.spix)),
             ("LSE", f64::from(u8::from(self.lse))),
-            ("PLANES", f64::from(u8::from(self.planes))),
         ]
     }
 }
@@ -187,7 +222,10 @@ pub(crate) struct Params {
     pub img0: u32,
     /// Statistics with counts, sigmoid: the logit threshold of a positive prediction.
     pub thr: f32,
-    pub pad: [u32; 3],
+    /// Sigmoid statistics, gradient and hinge keys: the first (image, channel) plane of the
+    /// dispatch (see [`plane_rows`]).
+    pub plane0: u32,
+    pub pad: [u32; 2],
 }
 
 pub(crate) fn align(x: u64) -> u64 {
@@ -197,6 +235,14 @@ pub(crate) fn align(x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plane_rows_cover_every_plane_once_within_the_dispatch_limit() {
+        assert_eq!(plane_rows(5, 65535).collect::<Vec<_>>(), [(0, 5)]);
+        assert_eq!(plane_rows(80000, 65535).collect::<Vec<_>>(), [(0, 65535), (65535, 14465)]);
+        assert_eq!(plane_rows(6, 3).collect::<Vec<_>>(), [(0, 3), (3, 3)]);
+        assert_eq!(plane_rows(0, 3).count(), 0);
+    }
 
     #[test]
     fn statistics_tiles_shorten_until_enough_workgroups() {
@@ -213,5 +259,13 @@ mod tests {
         assert_eq!(stats_tiling(false, false, 1024 * 1024, false), (false, 16));
         // confusion counts keep 16
         assert_eq!(stats_tiling(true, false, 256 * 256, true), (false, 16));
+    }
+
+    #[test]
+    fn finalize_ops_share_a_dispatch_within_the_loop_budget() {
+        // a usual batch: the ops of an evaluation in one dispatch
+        assert!(finalize_ops_per_dispatch(8, 21) >= 16);
+        // 8 x 8000 (image, class) entries: an op per dispatch
+        assert_eq!(finalize_ops_per_dispatch(8, 8000), 1);
     }
 }
