@@ -371,7 +371,10 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     }
     if !SOFTMAX {
         let c = plane % P.c;
-        write_partials(lid, n, tile, c, sigmoid_sums(n, c, tile, base, pix, lid, tp0, tp1, tp2, tp3), nq);
+        // only the tile's pixel rows that hold pixels of the image (all but in a last, short tile):
+        // a small image's one wide tile walks only those
+        let rows = min(pix, (P.s - base + WG - 1u) / WG);
+        write_partials(lid, n, tile, c, sigmoid_sums(n, c, tile, base, rows, lid, tp0, tp1, tp2, tp3), nq);
         return;
     }
     for (var c = 0u; c < P.c; c++) {

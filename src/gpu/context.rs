@@ -273,8 +273,8 @@ pub(crate) struct Gpu {
     /// The statistics pass's wide sigmoid tiles ([`Spec::wide`]): on CPU adapters (the
     /// `internals` feature can change it, for tests of the GPU configuration on lavapipe).
     pub wide_stats: AtomicBool,
-    /// A CPU adapter: llvmpipe ends a shader's loops after [`crate::gpu::CPU_LOOP_LIMIT`]
-    /// iterations in all, so inputs whose kernels would loop longer are refused.
+    /// llvmpipe, which ends a shader's loops after [`crate::gpu::CPU_LOOP_LIMIT`] iterations in
+    /// all: inputs whose kernels the engine's bounds say would loop longer are refused.
     pub loop_limited: bool,
     /// The first uncaptured device error (only on devices the engine opened itself).
     pub lost: Arc<Mutex<Option<String>>>,
@@ -330,7 +330,9 @@ impl Gpu {
             pool: Arc::new(Pool::default()),
             bitonic_upto,
             wide_stats: AtomicBool::new(cpu),
-            loop_limited: cpu,
+            // (Mesa's software rasterizer, through Vulkan (lavapipe) or OpenGL; other CPU adapters,
+            // SwiftShader or WARP, have no such limit)
+            loop_limited: cpu && info.name.contains("llvmpipe"),
             lost,
             counters: Counters::default(),
             // at least the 4-byte logits of one pixel of one class

@@ -9,8 +9,8 @@ use crate::gpu::context::Gpu;
 use crate::gpu::lovasz::{grid, LovaszInput};
 use crate::gpu::record::{Grid, Recording, Slice};
 use crate::gpu::{
-    align, finalize_op_steps, finalize_ops_per_dispatch, plane_rows, stats_tiling, Params, Spec, CPU_LOOP_LIMIT,
-    CPU_SOFTMAX_CLASSES, FINALIZE_WG, GRAD_PIX,
+    align, finalize_chunks, finalize_op_steps, plane_rows, softmax_stats_steps, stats_tiling, Params, Spec,
+    CPU_LOOP_LIMIT, GRAD_PIX,
 };
 use crate::plan::{self, BlockLayout, Op, StatsPlan, TermParams, K};
 use crate::shaders;
@@ -196,15 +196,6 @@ impl Gpu {
     ) -> Result<(Totals, Option<Slice>), Error> {
         let (n, c) = (inp.n, inp.c);
         let softmax = inp.softmax;
-        if self.loop_limited && softmax && c > CPU_SOFTMAX_CLASSES {
-            return Err(Error::Limit {
-                what: "classes of a softmax input on a CPU adapter (llvmpipe ends a shader's loops after 65535 \
-                       iterations)"
-                    .into(),
-                needed: c as u64,
-                max: CPU_SOFTMAX_CLASSES as u64,
-            });
-        }
         let (mut base, wide, spix) = self.params_of(inp, counts.is_some());
         base.thr = counts.unwrap_or(0.0);
         let tiles = base.tiles as usize;
@@ -259,6 +250,20 @@ impl Gpu {
                 lse: p == 0 && lse.is_some(),
                 ..Spec::default()
             };
+            if self.loop_limited && softmax {
+                let smoothed = terms.iter().filter(|t| t.kind == plan::op::CE && t.label_smoothing != 0.0).count();
+                let steps = softmax_stats_steps(c, spec.pixel_only, spec.validate != 0, spec.counts, smoothed);
+                if steps > CPU_LOOP_LIMIT {
+                    return Err(Error::Limit {
+                        what: format!(
+                            "loop steps of the statistics pass over {c} softmax classes on llvmpipe (which ends \
+                             a shader's loops after {CPU_LOOP_LIMIT} iterations)"
+                        ),
+                        needed: steps as u64,
+                        max: CPU_LOOP_LIMIT as u64,
+                    });
+                }
+            }
             let (tb, cb) = (rec.data(&terms), rec.data(&cw));
             for &(plane0, count) in &rows {
                 let pr = if plane0 == 0 { pbuf } else { rec.uniform(&Params { plane0, ..base }) };
@@ -587,18 +592,22 @@ impl Gpu {
         }
         let cb = rec.data(&cls);
         // (an evaluation of metrics alone has no ops, and no finalize)
-        if self.loop_limited && !ops.is_empty() && finalize_op_steps(ng, c) > CPU_LOOP_LIMIT {
-            return Err(Error::Limit {
-                what: "(image, class) entries of one evaluation on a CPU adapter (llvmpipe ends a shader's \
-                       loops after 65535 iterations)"
-                    .into(),
-                needed: (ng * c) as u64,
-                max: ((CPU_LOOP_LIMIT - 1).saturating_sub((2 * ng + 6) * FINALIZE_WG) / 8).saturating_sub(ng + c)
-                    as u64
-                    * FINALIZE_WG as u64,
-            });
+        if self.loop_limited {
+            if let Some(steps) = ops.iter().map(|op| finalize_op_steps(op, ng, c)).find(|&s| s > CPU_LOOP_LIMIT) {
+                return Err(Error::Limit {
+                    what: format!(
+                        "loop steps of one loss term's finalize over {ng} images of {c} classes on llvmpipe (which \
+                         ends a shader's loops after {CPU_LOOP_LIMIT} iterations)"
+                    ),
+                    needed: steps as u64,
+                    max: CPU_LOOP_LIMIT as u64,
+                });
+            }
         }
-        for ops in ops.chunks(finalize_ops_per_dispatch(ng, c)) {
+        let mut first_op = 0;
+        for len in finalize_chunks(&ops, ng, c) {
+            let ops = &ops[first_op..first_op + len];
+            first_op += len;
             let fparams = rec.uniform(&Params {
                 n: ng as u32,
                 c: c as u32,

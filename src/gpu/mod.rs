@@ -70,33 +70,65 @@ pub(crate) const FINALIZE_WG: usize = 64;
 /// through it) counts the steps of every loop of an invocation against one limit of 65535
 /// (`LP_MAX_TGSI_LOOP_ITERATIONS`) and past it ends each loop after one step, silently: the last
 /// ops of a finalize over 64000 (image, class) entries came out short or 0. Half the limit, for
-/// the loops the bound below leaves out (the class lists of Lovász ops).
+/// what the bound of [`finalize_op_steps`] leaves out.
 pub(crate) const FINALIZE_LOOP_BUDGET: usize = 32768;
 
-/// Finalize ops per dispatch on groups of `n` images of `c` classes, within
-/// [`FINALIZE_LOOP_BUDGET`] (at least one). An op costs a thread at most 8 walks (over the
-/// (image, class) entries `FINALIZE_WG` apart, the classes of its images or the images of its
-/// classes: each within `n c / FINALIZE_WG + n + c` steps) and `2 n + 6` workgroup sums of
-/// `FINALIZE_WG` steps on thread 0 (per-image gdice: two per image), and a step of the ops loop.
-pub(crate) fn finalize_ops_per_dispatch(n: usize, c: usize) -> usize {
-    (FINALIZE_LOOP_BUDGET / finalize_op_steps(n, c)).max(1)
+/// The loop steps finalize op `op` may cost a thread on groups of `n` images of `c` classes: at
+/// most 8 walks (over the (image, class) entries `FINALIZE_WG` apart, the classes of its images
+/// or the images of its classes: each within `n c / FINALIZE_WG + n + c` steps) and 6 workgroup
+/// sums of `FINALIZE_WG` steps on thread 0; per-image gdice two more sums per image; a Lovász op
+/// with a class list two searches of the list per class of each group a thread takes.
+pub(crate) fn finalize_op_steps(op: &crate::plan::Op, n: usize, c: usize) -> usize {
+    use crate::plan::op;
+    let walk = (n * c).div_ceil(FINALIZE_WG) + n + c;
+    let mut steps = 8 * walk + 6 * FINALIZE_WG + 1;
+    if op.kind == op::GDICE && (op.flags >> 3) & 3 == 1 {
+        steps += 2 * n * FINALIZE_WG;
+    }
+    if op.kind == op::LOVASZ && op.ncls > 0 {
+        let groups = if op.flags & op::F_PER_IMAGE != 0 { n } else { 1 };
+        steps += 2 * groups.div_ceil(FINALIZE_WG) * c * op.ncls as usize;
+    }
+    steps
 }
 
-/// The loop steps one finalize op may cost a thread (see [`finalize_ops_per_dispatch`]).
-pub(crate) fn finalize_op_steps(n: usize, c: usize) -> usize {
-    let walk = (n * c).div_ceil(FINALIZE_WG) + n + c;
-    8 * walk + (2 * n + 6) * FINALIZE_WG + 1
+/// The finalize ops in dispatches of at most [`FINALIZE_LOOP_BUDGET`] steps (by
+/// [`finalize_op_steps`]; an op past it alone): the lengths of consecutive chunks.
+pub(crate) fn finalize_chunks(ops: &[crate::plan::Op], n: usize, c: usize) -> Vec<usize> {
+    let mut chunks: Vec<usize> = Vec::new();
+    let mut used = FINALIZE_LOOP_BUDGET;
+    for op in ops {
+        let steps = finalize_op_steps(op, n, c);
+        match chunks.last_mut() {
+            Some(len) if used + steps <= FINALIZE_LOOP_BUDGET => {
+                *len += 1;
+                used += steps;
+            }
+            _ => {
+                chunks.push(1);
+                used = steps;
+            }
+        }
+    }
+    chunks
 }
 
 /// The loop steps llvmpipe allows one shader invocation (`LP_MAX_TGSI_LOOP_ITERATIONS`): on
-/// CPU adapters the engine refuses, with [`crate::Error::Limit`], what would need more.
+/// llvmpipe the engine refuses, with [`crate::Error::Limit`], what its bounds say would need more.
 pub(crate) const CPU_LOOP_LIMIT: usize = 65535;
 
-/// Classes of a softmax input on a CPU adapter: each statistics thread walks every class of
-/// its 16 pixels (16 steps per class, and as many for its share of the class's reduction),
-/// after their log-sum-exps and, for buffer inputs, their checks (4 and 16 steps per class):
-/// about 52 steps per class, within [`CPU_LOOP_LIMIT`] up to 1260 classes.
-pub(crate) const CPU_SOFTMAX_CLASSES: usize = 1024;
+/// The loop steps a softmax statistics thread may take over `c` classes (wide tiles: 16 pixels
+/// per thread): per class a step of the class loop, 16 over its pixels and 16 for its share of
+/// the class's reduction (one step per class when only cross-entropy is summed, `pixel_only`);
+/// per pixel the log-sum-exp (4 classes a step); `validate` (buffer inputs) and `counts` (the
+/// hard predictions' argmax) a walk over the classes per pixel each, as does each
+/// label-smoothed cross-entropy slot (`smoothed`); the checks count double (measured on
+/// lavapipe: dice on a checked buffer input of 1236 classes came out short with single). On
+/// llvmpipe a pass past [`CPU_LOOP_LIMIT`] is refused: 949 classes with checks, 1771 without.
+pub(crate) fn softmax_stats_steps(c: usize, pixel_only: bool, validate: bool, counts: bool, smoothed: usize) -> usize {
+    let class_loop = if pixel_only { c + 32 } else { 33 * c };
+    class_loop + c * (4 + 32 * usize::from(validate) + 16 * (usize::from(counts) + smoothed))
+}
 /// Elements per sort tile (`radix.wgsl`: T, `lovasz.wgsl`: LT).
 pub(crate) const SORT_TILE: usize = 2048;
 /// Sort key of an element that carries no loss (`lovasz.wgsl`: NONE).
@@ -263,9 +295,32 @@ mod tests {
 
     #[test]
     fn finalize_ops_share_a_dispatch_within_the_loop_budget() {
+        use crate::plan::{op, Op};
+        let pixel = Op { kind: op::BCE, ..Op::default() };
         // a usual batch: the ops of an evaluation in one dispatch
-        assert!(finalize_ops_per_dispatch(8, 21) >= 16);
+        assert_eq!(finalize_chunks(&[pixel; 16], 8, 21), [16]);
         // 8 x 8000 (image, class) entries: an op per dispatch
-        assert_eq!(finalize_ops_per_dispatch(8, 8000), 1);
+        assert_eq!(finalize_chunks(&[pixel; 3], 8, 8000), [1, 1, 1]);
+        // many images of one channel: within the limit (per-image gdice costs more)
+        assert!(finalize_op_steps(&pixel, 512, 1) < CPU_LOOP_LIMIT);
+        let gdice_image = Op { kind: op::GDICE, flags: 1 << 3, ..Op::default() };
+        assert!(finalize_op_steps(&gdice_image, 512, 1) > CPU_LOOP_LIMIT);
+        // a Lovász-Softmax class list searched per class
+        let listed = Op { kind: op::LOVASZ, flags: op::F_SOFTMAX, ncls: 255, ..Op::default() };
+        assert!(finalize_op_steps(&listed, 8, 256) > CPU_LOOP_LIMIT);
+        assert!(finalize_op_steps(&listed, 8, 21) < FINALIZE_LOOP_BUDGET);
+        assert!(finalize_chunks(&[], 8, 21).is_empty());
+    }
+
+    #[test]
+    fn softmax_statistics_steps_bound_the_classes_llvmpipe_takes() {
+        // (the bounds tests/engine.rs evaluates at and past on lavapipe)
+        assert!(softmax_stats_steps(949, false, true, false, 0) <= CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(950, false, true, false, 0) > CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(771, false, true, false, 1) <= CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(772, false, true, false, 1) > CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(1771, false, false, false, 0) <= CPU_LOOP_LIMIT);
+        // a usual class count is far from it
+        assert!(softmax_stats_steps(182, false, true, true, 2) < CPU_LOOP_LIMIT / 2);
     }
 }
