@@ -29,6 +29,8 @@ override PROBS: bool = false;    // the input holds probabilities: no activation
 override UNREDUCED: bool = false; // gradient: also the unreduced entries of pixel term 0 into `unr`
 override LSE: bool = false;      // softmax: the statistics pass writes each pixel's log-sum-exp to `lse_out`, the
                                  // gradient pass reads it from `aux` (without Lovász)
+override FUSED: u32 = 0u;        // statistics, sigmoid: pixel terms (at most 4, after the NTERMS slots in
+                                 // `terms` and `cw`) whose gradient this pass writes to `pix_out`
 override SPIX: u32 = 16u;        // statistics, not WIDE: pixels per thread (2 to 16)
 override TPMIN: bool = false;     // statistics: sum min(p, g) in channel 15 (at most 3 pixel slots)
 
@@ -76,7 +78,7 @@ struct Params {
     plane0: u32,      // sigmoid statistics, gradient and hinge keys: the first (image, channel) plane
                       // of this dispatch (a workgroup row per plane; past the rows of one dispatch,
                       // several dispatches)
-    pad1: u32,
+    fcount: u32,      // statistics, FUSED: the elements the fused terms' mean divides by
     pad2: u32,
 }
 
@@ -118,6 +120,15 @@ fn sigmoid_nls(x: f32) -> vec3<f32> {
     let r = 1.0 / (1.0 + e);
     let l = log1p_acc(e);
     return vec3<f32>(select(e * r, r, x >= 0.0), max(-x, 0.0) + l, max(x, 0.0) + l);
+}
+
+// (sigmoid(x), -log sigmoid(x), -log sigmoid(-x), sigmoid(-x)): sigmoid_nls with the second
+// probability, bit for bit the pair sigmoid2 gives.
+fn sigmoid_nlq(x: f32) -> vec4<f32> {
+    let e = exp(-abs(x));
+    let r = 1.0 / (1.0 + e);
+    let l = log1p_acc(e);
+    return vec4<f32>(select(e * r, r, x >= 0.0), max(-x, 0.0) + l, max(x, 0.0) + l, select(r, e * r, x >= 0.0));
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -228,4 +239,46 @@ fn focal_softmax(nlq: f32, t: Term, y: u32) -> vec2<f32> {
         dm = t.gamma * pow(omq, t.gamma - 1.0);
     }
     return vec2<f32>(a * m * nlq, a * (dm * q * -nlq - m));
+}
+
+// The share of sigmoid pixel term tp (bce or sigmoid focal) in d loss / d x at one element of
+// input x, probabilities pq = (p, 1 - p) and target g, with the scale and pos_weight the
+// finalize resolved in tp.scale and tp.pos_weight and the channel's weight cwc; and (UNREDUCED)
+// its entry. The gradient pass and a fused statistics pass both add these, term by term.
+fn sigmoid_term_grad(tp: Term, cwc: f32, x: f32, pq: vec2<f32>, g: f32) -> vec2<f32> {
+    var r = vec2<f32>(0.0);
+    if has(BCE) && tp.kind == BCE {
+        let gsm = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
+        // the scalar pos_weight times the channel's
+        let pw = tp.pos_weight * cwc;
+        if PROBS {
+            // PyTorch's binary_cross_entropy backward
+            r.x = tp.scale * (pq.x - gsm) / max(pq.x * pq.y, 1e-12);
+        } else {
+            r.x = tp.scale * ((1.0 - gsm) * pq.x - pw * gsm * pq.y);
+        }
+        if UNREDUCED {
+            r.y = bce_entry(x, gsm, pw);
+        }
+    }
+    if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
+        var fv: vec2<f32>;
+        if PROBS {
+            fv = focal_prob(x, g, tp);
+        } else {
+            fv = focal_sigmoid(x, g, tp);
+        }
+        r = vec2<f32>(tp.scale * cwc * fv.y, cwc * fv.x);
+    }
+    return r;
+}
+
+// The bce entry of one element: pw the channel's pos_weight, gs the smoothed target.
+fn bce_entry(x: f32, gs: f32, pw: f32) -> f32 {
+    if PROBS {
+        return gs * nlog100(x) + (1.0 - gs) * nlog100_1m(x);
+    }
+    // -log p and -log(1 - p) with one exp and one log
+    let nls = sigmoid_nls(x);
+    return pw * gs * nls.y + (1.0 - gs) * nls.z;
 }

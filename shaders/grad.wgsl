@@ -112,16 +112,6 @@ fn put_entries(plane: u32, s0: u32, f: f32, v: array<f32, GPIX>) {
     }
 }
 
-// The bce entry of one element: pw the channel's pos_weight, gs the smoothed target.
-fn bce_entry(x: f32, gs: f32, pw: f32) -> f32 {
-    if PROBS {
-        return gs * nlog100(x) + (1.0 - gs) * nlog100_1m(x);
-    }
-    // -log p and -log(1 - p) with one exp and one log
-    let nls = sigmoid_nls(x);
-    return pw * gs * nls.y + (1.0 - gs) * nls.z;
-}
-
 // d loss / d p_c of the region and Lovász-Softmax terms for one element of a softmax pixel.
 fn softmax_dp(k: ClassCoefs, e: u32, p: f32, g: f32) -> f32 {
     var u = region_dp(k, p, g);
@@ -177,29 +167,10 @@ fn sigmoid_plane(n: u32, c: u32, s0: u32, uf: f32) {
                 tp = term(t);
                 cwc = cw[t * P.c + c];
             }
-            if has(BCE) && tp.kind == BCE {
-                let gsm = g * (1.0 - tp.label_smoothing) + 0.5 * tp.label_smoothing;
-                // the scalar pos_weight times the channel's
-                let pw = tp.pos_weight * cwc;
-                if PROBS {
-                    // PyTorch's binary_cross_entropy backward
-                    d += tp.scale * (pq.x - gsm) / max(pq.x * pq.y, 1e-12);
-                } else {
-                    d += tp.scale * ((1.0 - gsm) * pq.x - pw * gsm * pq.y);
-                }
-                if UNREDUCED {
-                    ev = bce_entry(x, gsm, pw);
-                }
-            }
-            if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
-                var fv: vec2<f32>;
-                if PROBS {
-                    fv = focal_prob(x, g, tp);
-                } else {
-                    fv = focal_sigmoid(x, g, tp);
-                }
-                d += tp.scale * cwc * fv.y;
-                ev = cwc * fv.x;
+            let r = sigmoid_term_grad(tp, cwc, x, pq, g);
+            d += r.x;
+            if (has(BCE) && tp.kind == BCE) || (has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID) {
+                ev = r.y;
             }
         }
         if s < P.s {

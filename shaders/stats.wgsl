@@ -14,8 +14,9 @@
 // (target row, prediction column), sigmoid per channel [target][prediction] 2 x 2. Integer atomics
 // give the same counts whatever order threads run in; count_reduce.wgsl adds the tiles.
 @group(0) @binding(7) var<storage, read_write> cnt: array<atomic<u32>>;
-// LSE: the log-sum-exp of each non-ignored pixel, [n][s], for the gradient pass
-@group(0) @binding(8) var<storage, read_write> lse_out: array<f32>;
+// LSE: the log-sum-exp of each non-ignored pixel, [n][s], for the gradient pass; FUSED
+// (sigmoid): d loss / d x of the fused terms at every element, [n][c][s], 0 where ignored
+@group(0) @binding(8) var<storage, read_write> pix_out: array<f32>;
 
 const WG: u32 = 128u;   // threads per workgroup
 const PIX: u32 = 16u;             // pixels per thread, softmax on a CPU adapter (WIDE); also the size
@@ -163,6 +164,16 @@ fn add_element(acc: ptr<function, Acc>, live: bool, tp0: Term, tp1: Term, tp2: T
 // clamped into the image, and an element outside it or ignored adds nothing.
 fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, lid: u32, tp0: Term, tp1: Term, tp2: Term, tp3: Term) -> Acc {
     var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    // FUSED: the fused terms (after the slots) with their scale resolved as the finalize would
+    // (scale: the term's weight, times focal's weight scale in weight_sum, over the count), and
+    // the channel's weight of each
+    var tf: array<Term, 4>;
+    var cwf: array<f32, 4>;
+    for (var t = 0u; t < min(FUSED, 4u); t++) {
+        tf[t] = terms[NTERMS + t];
+        tf[t].scale = tf[t].scale * tf[t].weight_sum / f32(P.fcount);
+        cwf[t] = cw[(NTERMS + t) * P.c + c];
+    }
     for (var i = 0u; i < pix; i++) {
         let s = base + i * WG + lid;
         let inside = s < P.s;
@@ -182,18 +193,28 @@ fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, lid: u32, tp0: T
             atomicAdd(&cnt[((n * P.tiles + tile) * P.c + c) * 4u + cell], 1u);
         }
         var p = x;
+        var q = 1.0 - x;
         var nlp: f32; // -log p
         var nlq: f32; // -log(1 - p)
         if PROBS {
             nlp = nlog100(p);
             nlq = nlog100_1m(p);
         } else {
-            let pn = sigmoid_nls(x);
+            let pn = sigmoid_nlq(x);
             p = pn.x;
             nlp = pn.y;
             nlq = pn.z;
+            q = pn.w;
         }
         add_element(&acc, live, tp0, tp1, tp2, tp3, x, p, g, nlp, nlq, 0u, c);
+        if FUSED > 0u && inside {
+            // term by term, as the gradient pass adds them
+            var d = 0.0;
+            for (var t = 0u; t < min(FUSED, 4u); t++) {
+                d += sigmoid_term_grad(tf[t], cwf[t], x, vec2<f32>(p, q), g).x;
+            }
+            pix_out[e] = select(0.0, d, live);
+        }
     }
     return acc;
 }
@@ -331,7 +352,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     if !PROBS {
                         lse[i] = log_sum_exp(n, s);
                         if LSE {
-                            lse_out[n * P.s + s] = lse[i];
+                            pix_out[n * P.s + s] = lse[i];
                         }
                     }
                     if COUNTS {

@@ -939,7 +939,7 @@ impl Engine {
         let numel = (n * c * s) as u64;
         let softmax = mode == Mode::Multiclass;
         let inp = match src {
-            Source::Host { logits, target, groups, .. } => DevInput {
+            Source::Host { input, logits, target, groups } => DevInput {
                 logits: rec.external(logits.buffer, logits.offset, logits.bytes()),
                 target: rec.external(target.buffer, target.offset, target.bytes()),
                 n,
@@ -950,6 +950,7 @@ impl Engine {
                 groups: *groups,
                 ignore: None,
                 validate: 0,
+                all_valid: input.ignore_index().is_none(),
             },
             Source::Buffers(b) => buffer_dev_input(gpu, rec, b, exprs)?,
         };
@@ -1204,6 +1205,7 @@ fn buffer_checks(b: &BufferInput<'_>, exprs: &[LossExpr], logits: Slice, target:
         groups: 1,
         ignore: b.ignore_word,
         validate,
+        all_valid: false,
     }
 }
 

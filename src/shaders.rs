@@ -87,7 +87,7 @@ macro_rules! wgsl {
 pub const STATS: Kernel = Kernel {
     name: "stats",
     source: wgsl!("common.wgsl", "lse.wgsl", "argmax.wgsl", "target.wgsl", "stats.wgsl"),
-    bindings: &[r("logits"), r("tgt"), u("P"), r("terms"), r("cw"), w("partials"), w("status"), w("cnt"), w("lse_out")],
+    bindings: &[r("logits"), r("tgt"), u("P"), r("terms"), r("cw"), w("partials"), w("status"), w("cnt"), w("pix_out")],
     specialized: true,
     cpu_storage_params: false,
 };

@@ -601,6 +601,8 @@ pub(crate) fn host_dev_input(
         groups: 1,
         ignore: None,
         validate: 0,
+        // (a piece of a batch: its gradient passes are the parts', not fused)
+        all_valid: false,
     }
 }
 

@@ -1134,3 +1134,53 @@ fn softmax_classes_at_and_past_llvmpipes_loop_limit() {
         }
     }
 }
+
+/// Sigmoid pixel losses over an input checked on the host whose every element counts: the
+/// statistics pass writes the gradient (one read of the input, no gradient pass), bit for bit the
+/// gradient pass's (the same input as buffers takes the gradient pass), and the reference's. With
+/// an ignore index, or a region term, the gradient pass runs.
+#[test]
+fn a_pixel_loss_gradient_comes_from_the_statistics_pass() {
+    let (engine, device, _) = caller_engine();
+    for (shape, mode) in [(&[2, 1, 37, 41][..], Mode::Binary), (&[2, 3, 9, 7][..], Mode::Multilabel)] {
+        let case = dense_case(94, shape, mode);
+        let exprs =
+            parse(&["0.7*bce+focal:alpha=0.25", "bce:pos_weight=2,label_smoothing=0.1", "bce+dice", "focal:gamma=0"]);
+        let host = engine.evaluate_blocking(&case.whole(), &exprs, true).unwrap();
+        let numel = case.logits.len();
+        let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
+        let tbuf = buffer_with(device, bytemuck::cast_slice(&case.dense), 0);
+        let input = BufferInput::new(
+            BufferSlice::new(&lbuf, 0, numel as u64),
+            TargetBuffer::Dense(BufferSlice::new(&tbuf, 0, numel as u64)),
+            &case.shape,
+            case.mode,
+            None,
+        )
+        .unwrap();
+        let bufs = engine.evaluate_buffers_blocking(&input, &exprs, &vec![GradOut::Host; exprs.len()]).unwrap();
+        assert_same(&host, &bufs, &format!("{shape:?}: fused against the gradient pass"));
+        assert_matches_reference(engine, &case, &exprs, &format!("{shape:?}"));
+        // one expression at a time: the fused ones have no gradient pass (an engine on its own
+        // device, which asks for timestamp queries)
+        let own = Engine::gpu_blocking().unwrap();
+        let prep = own.prepare(case.whole()).unwrap();
+        for (e, fused) in exprs.iter().zip([true, true, false, true]) {
+            let p = match own.profile_prepared_blocking(&prep, std::slice::from_ref(e), segloss::GradMode::DeviceOnly) {
+                Ok(p) => p,
+                Err(segloss::Error::Unsupported(why)) => {
+                    eprintln!("profile skipped: {why}");
+                    break;
+                }
+                Err(err) => panic!("{err}"),
+            };
+            let passes = p.kernels.iter().filter(|k| k.kernel == "gradient").count();
+            assert_eq!(passes, usize::from(!fused), "{e}: {:?}", p.kernels);
+        }
+    }
+    // an ignore index: the count is the device's, so the gradient pass runs, and agrees
+    let mut case = dense_case(95, &[2, 1, 16, 16], Mode::Binary);
+    case.ignore = Some(-1);
+    case.dense[3] = -1.0;
+    assert_matches_reference(engine, &case, &parse(&["bce", "focal"]), "with an ignore index");
+}

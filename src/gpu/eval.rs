@@ -32,6 +32,25 @@ pub(crate) struct DevInput {
     pub ignore: Option<u32>,
     /// Checks of `check::*` the statistics pass makes.
     pub validate: u32,
+    /// Every element counts (a host input without an ignore index): the mean of a pixel loss
+    /// divides by `n c s` (sigmoid), known before the statistics (see [`FusedGrad`]).
+    pub all_valid: bool,
+}
+
+/// An expression whose gradient the statistics pass writes, so that the input is read once: its
+/// terms all sigmoid pixel losses (bce without `pos_weight=auto`, focal normalized by the count
+/// or without class weights, at most 4), of an input checked on the host whose every element
+/// counts, in one statistics pass, its gradient overwritten (not added) where nothing else is
+/// bound. The terms follow the pass's slots in `terms` and `cw`, with `scale` holding the term's
+/// weight, `weight_sum` focal's weight scale (else 1) and `pos_weight` bce's, so that the pass
+/// resolves the scale with the finalize's own arithmetic (weight, times the weight scale, over
+/// the count): the gradient is the gradient pass's, bit for bit.
+pub(crate) struct FusedGrad {
+    pub expr: usize,
+    pub terms: Vec<TermParams>,
+    pub cw: Vec<f32>,
+    pub dest: Slice,
+    pub count: u32,
 }
 
 /// Where an expression's gradient goes.
@@ -177,7 +196,7 @@ impl Gpu {
         plan: &StatsPlan,
         status: Slice,
     ) -> Result<Totals, Error> {
-        Ok(self.record_stats_counts(rec, inp, plan, status, None, false)?.0)
+        Ok(self.record_stats_counts(rec, inp, plan, status, None, false, None)?.0)
     }
 
     /// [`Gpu::record_stats`], and with `counts = Some(threshold)` the confusion counts of the
@@ -185,6 +204,7 @@ impl Gpu {
     /// (image, cell) 64-bit totals as (low, high) u32 pairs, cells `C x C` (softmax) or
     /// `C x [target][prediction]` (sigmoid). `keep_lse` (softmax on logits): the pass also
     /// writes each pixel's log-sum-exp ([`Totals::lse`]) for the gradient passes.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record_stats_counts(
         &self,
         rec: &mut Recording,
@@ -193,11 +213,13 @@ impl Gpu {
         status: Slice,
         counts: Option<f32>,
         keep_lse: bool,
+        fused: Option<&FusedGrad>,
     ) -> Result<(Totals, Option<Slice>), Error> {
         let (n, c) = (inp.n, inp.c);
         let softmax = inp.softmax;
         let (mut base, wide, spix) = self.params_of(inp, counts.is_some());
         base.thr = counts.unwrap_or(0.0);
+        base.fcount = fused.map_or(0, |f| f.count);
         let tiles = base.tiles as usize;
         let pbuf = rec.uniform(&base);
         let cells = if softmax { c * c } else { c * 4 };
@@ -214,9 +236,10 @@ impl Gpu {
         } else {
             None
         };
-        let lse_out = match lse {
-            Some(l) => l,
-            None => rec.scratch(16, "no log-sum-exp")?,
+        let pix_out = match (lse, fused) {
+            (Some(l), _) => l,
+            (None, Some(f)) => f.dest,
+            (None, None) => rec.scratch(16, "no log-sum-exp")?,
         };
         let rows = self.rows(inp);
         let passes = plan.passes();
@@ -228,12 +251,15 @@ impl Gpu {
             if tiles > 1 { Some(rec.scratch((n * tiles * c * K * 4) as u64, "statistics partials")?) } else { None };
         for p in 0..passes {
             let slots = plan.pass_slots(p);
-            let terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
-            let cw: Vec<f32> = slots.iter().flat_map(|s| s.device_weights()).collect();
+            let mut terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
+            let mut cw: Vec<f32> = slots.iter().flat_map(|s| s.device_weights()).collect();
+            let nslots = terms.len() as u32;
+            // (the fused terms are the first pass's: there is one)
+            let fused = fused.filter(|_| p == 0);
             let spec = Spec {
                 softmax,
-                kinds: terms.iter().fold(0, |k, t| k | 1 << t.kind),
-                nterms: terms.len() as u32,
+                kinds: terms.iter().chain(fused.map_or(&[][..], |f| &f.terms)).fold(0, |k, t| k | 1 << t.kind),
+                nterms: nslots,
                 sensspec: plan.needs_sensspec && p == 0,
                 validate: if p == 0 { inp.validate } else { 0 },
                 wide,
@@ -248,8 +274,13 @@ impl Gpu {
                 probs: inp.probs,
                 tp_min: p == 0 && plan.tp_min,
                 lse: p == 0 && lse.is_some(),
+                fused: fused.map_or(0, |f| f.terms.len() as u32),
                 ..Spec::default()
             };
+            if let Some(f) = fused {
+                terms.extend_from_slice(&f.terms);
+                cw.extend_from_slice(&f.cw);
+            }
             if self.loop_limited && softmax {
                 let smoothed = terms.iter().filter(|t| t.kind == plan::op::CE && t.label_smoothing != 0.0).count();
                 let steps = softmax_stats_steps(c, spec.pixel_only, spec.validate != 0, spec.counts, smoothed);
@@ -280,7 +311,7 @@ impl Gpu {
                         ("partials", partials.unwrap_or(sums.sub(p as u64 * stride, stride))),
                         ("status", status),
                         ("cnt", cnt),
-                        ("lse_out", lse_out),
+                        ("pix_out", pix_out),
                     ],
                 )?;
             }
@@ -351,6 +382,75 @@ impl Gpu {
     /// Records the evaluation of `exprs` on `inp`, one result per group of `inp`.
     /// `read_values` (one group only): copy values and status into a staging buffer. Staging
     /// buffers are numbered in the order the recording made them.
+    /// The expression of `exprs` whose gradient the statistics pass can write ([`FusedGrad`]):
+    /// the first that qualifies, its destination a scratch buffer when the gradient goes to the
+    /// host. None when the input or no expression allows it.
+    fn fused_grad(
+        &self,
+        rec: &mut Recording,
+        inp: &DevInput,
+        plan: &StatsPlan,
+        exprs: &[LossExpr],
+        grads: &[GradTo],
+    ) -> Result<Option<FusedGrad>, Error> {
+        use crate::expr::{Loss, Norm, PosWeight};
+        let count = inp.n * inp.c * inp.s;
+        // (the finalize's count is an f32 sum of ones: exact below 2^24)
+        if !inp.all_valid
+            || inp.softmax
+            || inp.validate != 0
+            || inp.groups > 1
+            || plan.passes() != 1
+            || count >= 1 << 24
+        {
+            return Ok(None);
+        }
+        for (i, (e, g)) in exprs.iter().zip(grads).enumerate() {
+            let host = match g {
+                GradTo::Host => true,
+                GradTo::Into { accumulate: false, copy_to: None, .. } => false,
+                _ => continue,
+            };
+            if e.unreduced() || e.terms.is_empty() || e.terms.len() > 4 {
+                continue;
+            }
+            let mut terms = Vec::new();
+            let mut cw = Vec::new();
+            for t in &e.terms {
+                // (bce's scalar pos_weight, focal's weight scale) as the finalize takes them
+                let (pw, m) = match &t.loss {
+                    Loss::Bce(p) => match &p.pos_weight {
+                        PosWeight::Value(v) => (*v as f32, 1.0),
+                        PosWeight::Channels(w) => (plan::weight_scale(w) as f32, 1.0),
+                        PosWeight::Auto => break,
+                    },
+                    Loss::Focal(p) if !p.act.softmax(crate::Mode::Binary) => match &p.weights {
+                        None => (1.0, 1.0),
+                        Some(w) if p.norm == Norm::Count => (1.0, plan::weight_scale(w) as f32),
+                        Some(_) => break,
+                    },
+                    _ => break,
+                };
+                let slot = &plan.slots[plan.slot_of(&t.loss, inp.c)];
+                let mut tp = slot.params(0.0, 1.0);
+                tp.scale = t.weight as f32;
+                tp.pos_weight = pw;
+                tp.weight_sum = m;
+                terms.push(tp);
+                cw.extend(slot.device_weights());
+            }
+            if terms.len() != e.terms.len() {
+                continue;
+            }
+            let dest = match g {
+                GradTo::Into { slice, .. } if !host => *slice,
+                _ => rec.scratch((count * 4) as u64, "gradient")?,
+            };
+            return Ok(Some(FusedGrad { expr: i, terms, cw, dest, count: count as u32 }));
+        }
+        Ok(None)
+    }
+
     pub(crate) fn record_eval(
         &self,
         rec: &mut Recording,
@@ -384,9 +484,22 @@ impl Gpu {
         // (the passes of expressions with Lovász bind the Lovász weights there and recompute it)
         let keep_lse =
             exprs.iter().zip(grads).any(|(e, g)| (!matches!(g, GradTo::Skip) || e.unreduced()) && !e.has_lovasz());
-        let (totals, count_totals) = self.record_stats_counts(rec, inp, &plan, status, counts, keep_lse)?;
-        let part = Part { inp, img0: 0, grads, lse: totals.lse };
-        let t = self.record_tail(rec, &plan, exprs, totals, LovFrom::Parts, &[part], status, read_values)?;
+        let fused = self.fused_grad(rec, inp, &plan, exprs, grads)?;
+        let (totals, count_totals) =
+            self.record_stats_counts(rec, inp, &plan, status, counts, keep_lse, fused.as_ref())?;
+        // the fused expression's gradient is written: no gradient pass
+        let mut tail_grads = grads.to_vec();
+        if let Some(f) = &fused {
+            tail_grads[f.expr] = GradTo::Skip;
+        }
+        let part = Part { inp, img0: 0, grads: &tail_grads, lse: totals.lse };
+        let mut t = self.record_tail(rec, &plan, exprs, totals, LovFrom::Parts, &[part], status, read_values)?;
+        if let Some(f) = fused.as_ref().filter(|f| matches!(grads[f.expr], GradTo::Host)) {
+            let total = (inp.n * inp.c * inp.s * 4) as u64;
+            let rb = rec.readback(total, "gradient")?;
+            rec.copy(f.dest.sub(0, total), rb);
+            t.grad_reads[0][f.expr] = Some(rec.readbacks() - 1);
+        }
         let unreduced = self.record_unreduced(rec, inp, exprs, &t, totals)?;
         let per = (inp.n * inp.c * inp.s * 4 / groups) as u64;
         let recorded = (0..groups)

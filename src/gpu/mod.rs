@@ -180,6 +180,8 @@ pub(crate) struct Spec {
     pub unreduced: bool,
     /// Statistics: also `sum min(p, g)` in the last channel (intersection=min).
     pub tp_min: bool,
+    /// Statistics, sigmoid: pixel terms whose gradient the pass writes (see [`eval::FusedGrad`]).
+    pub fused: u32,
 }
 
 impl Default for Spec {
@@ -201,6 +203,7 @@ impl Default for Spec {
             probs: false,
             unreduced: false,
             tp_min: false,
+            fused: 0,
         }
     }
 }
@@ -210,7 +213,7 @@ impl Spec {
         Spec { softmax, ..Spec::default() }
     }
 
-    pub fn constants(&self) -> [(&'static str, f64); 16] {
+    pub fn constants(&self) -> [(&'static str, f64); 17] {
         [
             ("SOFTMAX", f64::from(u8::from(self.softmax))),
             ("KINDS", f64::from(self.kinds)),
@@ -228,6 +231,7 @@ impl Spec {
             ("TPMIN", f64::from(u8::from(self.tp_min))),
             ("SPIX", f64::from(self.spix)),
             ("LSE", f64::from(u8::from(self.lse))),
+            ("FUSED", f64::from(self.fused)),
         ]
     }
 }
@@ -257,7 +261,9 @@ pub(crate) struct Params {
     /// Sigmoid statistics, gradient and hinge keys: the first (image, channel) plane of the
     /// dispatch (see [`plane_rows`]).
     pub plane0: u32,
-    pub pad: [u32; 2],
+    /// Statistics with fused terms: the elements their mean divides by.
+    pub fcount: u32,
+    pub pad: u32,
 }
 
 pub(crate) fn align(x: u64) -> u64 {

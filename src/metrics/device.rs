@@ -127,7 +127,8 @@ impl Engine {
         for &t in thresholds.iter().skip(1) {
             let status = gpu.record_status(&mut rec)?;
             let inp = dev(&mut rec);
-            let (_, tot) = gpu.record_stats_counts(&mut rec, &inp, &StatsPlan::default(), status, Some(t), false)?;
+            let (_, tot) =
+                gpu.record_stats_counts(&mut rec, &inp, &StatsPlan::default(), status, Some(t), false, None)?;
             totals.extend(tot);
         }
         let mut reads = Vec::new();
@@ -201,7 +202,7 @@ impl Engine {
         let mut rec = Recording::new(&gpu.limits);
         let status = gpu.record_status(&mut rec)?;
         let inp = host_dev_input(&mut rec, input, Piece::Images { from: 0, to: n }, lb, tb);
-        let (_, tot) = gpu.record_stats_counts(&mut rec, &inp, &StatsPlan::default(), status, Some(t), false)?;
+        let (_, tot) = gpu.record_stats_counts(&mut rec, &inp, &StatsPlan::default(), status, Some(t), false, None)?;
         let tot = tot.ok_or_else(|| Error::Gpu("internal: no counts".into()))?;
         let bytes = (n * if softmax { c * c } else { c * 4 } * 8) as u64;
         let rb = rec.readback(bytes, "confusion counts")?;
