@@ -27,7 +27,7 @@ override PIXEL_ONLY: bool = false; // statistics, softmax: cross-entropy slots o
 override COUNTS: bool = false;   // statistics: the hard predictions' confusion counts into `cnt`
 override PROBS: bool = false;    // the input holds probabilities: no activation, gradients by p
 override UNREDUCED: bool = false; // gradient: also the unreduced entries of pixel term 0 into `unr`
-override LSE: bool = false;      // softmax: the statistics pass writes each pixel's log-sum-exp to `lse_out`, the
+override LSE: bool = false;      // softmax: the statistics pass writes each pixel's log-sum-exp to `pix_out`, the
                                  // gradient pass reads it from `aux` (without Lovász)
 override FUSED: u32 = 0u;        // statistics, sigmoid: pixel terms (at most 4, after the NTERMS slots in
                                  // `terms` and `cw`) whose gradient this pass writes to `pix_out`

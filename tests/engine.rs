@@ -1137,50 +1137,82 @@ fn softmax_classes_at_and_past_llvmpipes_loop_limit() {
 
 /// Sigmoid pixel losses over an input checked on the host whose every element counts: the
 /// statistics pass writes the gradient (one read of the input, no gradient pass), bit for bit the
-/// gradient pass's (the same input as buffers takes the gradient pass), and the reference's. With
+/// gradient pass's (the same input as buffers takes the gradient pass), and the reference's:
+/// every admitted kind of term alone (pos_weight, per-channel pos_weight, label smoothing, focal
+/// with and without class weights, repeated and four terms), on logits and on probabilities. With
 /// an ignore index, or a region term, the gradient pass runs.
 #[test]
 fn a_pixel_loss_gradient_comes_from_the_statistics_pass() {
     let (engine, device, _) = caller_engine();
+    // an engine on its own device, which asks for timestamp queries (the profiles below)
+    let own = Engine::gpu_blocking().unwrap();
+    let fused_texts: &[&str] = &[
+        "0.7*bce+focal:alpha=0.25",
+        "bce:pos_weight=2,label_smoothing=0.1",
+        "focal:gamma=0",
+        "focal:gamma=1.5,norm=weights",
+        "bce+bce",
+        "bce+focal+bce:label_smoothing=0.2+focal:gamma=1",
+    ];
+    let weighted: &[&str] = &["bce:pos_weight=1;2;0.5", "focal:weights=1;2;0.5,norm=count"];
     for (shape, mode) in [(&[2, 1, 37, 41][..], Mode::Binary), (&[2, 3, 9, 7][..], Mode::Multilabel)] {
-        let case = dense_case(94, shape, mode);
-        let exprs =
-            parse(&["0.7*bce+focal:alpha=0.25", "bce:pos_weight=2,label_smoothing=0.1", "bce+dice", "focal:gamma=0"]);
-        let host = engine.evaluate_blocking(&case.whole(), &exprs, true).unwrap();
-        let numel = case.logits.len();
-        let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
-        let tbuf = buffer_with(device, bytemuck::cast_slice(&case.dense), 0);
-        let input = BufferInput::new(
-            BufferSlice::new(&lbuf, 0, numel as u64),
-            TargetBuffer::Dense(BufferSlice::new(&tbuf, 0, numel as u64)),
-            &case.shape,
-            case.mode,
-            None,
-        )
-        .unwrap();
-        let bufs = engine.evaluate_buffers_blocking(&input, &exprs, &vec![GradOut::Host; exprs.len()]).unwrap();
-        assert_same(&host, &bufs, &format!("{shape:?}: fused against the gradient pass"));
-        assert_matches_reference(engine, &case, &exprs, &format!("{shape:?}"));
-        // one expression at a time: the fused ones have no gradient pass (an engine on its own
-        // device, which asks for timestamp queries)
-        let own = Engine::gpu_blocking().unwrap();
-        let prep = own.prepare(case.whole()).unwrap();
-        for (e, fused) in exprs.iter().zip([true, true, false, true]) {
-            let p = match own.profile_prepared_blocking(&prep, std::slice::from_ref(e), segloss::GradMode::DeviceOnly) {
-                Ok(p) => p,
-                Err(segloss::Error::Unsupported(why)) => {
-                    eprintln!("profile skipped: {why}");
-                    break;
+        let mut case = dense_case(94, shape, mode);
+        let mut texts = fused_texts.to_vec();
+        if mode == Mode::Multilabel {
+            texts.extend_from_slice(weighted);
+        }
+        for kind in [InputKind::Logits, InputKind::Probs] {
+            if kind == InputKind::Probs {
+                case.logits = case.logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect();
+            }
+            let numel = case.logits.len();
+            let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
+            let tbuf = buffer_with(device, bytemuck::cast_slice(&case.dense), 0);
+            let input = BufferInput::new(
+                BufferSlice::new(&lbuf, 0, numel as u64),
+                TargetBuffer::Dense(BufferSlice::new(&tbuf, 0, numel as u64)),
+                &case.shape,
+                case.mode,
+                None,
+            )
+            .unwrap()
+            .with_kind(kind);
+            let whole = case.whole().with_kind(kind).unwrap();
+            let prep = own.prepare(case.whole().with_kind(kind).unwrap()).unwrap();
+            for text in &texts {
+                let e: LossExpr = text.parse().unwrap();
+                if e.check_input(mode, shape[1], kind).is_err() {
+                    continue;
                 }
-                Err(err) => panic!("{err}"),
-            };
-            let passes = p.kernels.iter().filter(|k| k.kernel == "gradient").count();
-            assert_eq!(passes, usize::from(!fused), "{e}: {:?}", p.kernels);
+                let what = format!("{shape:?} {kind:?} {text}");
+                let host = engine.evaluate_blocking(&whole, std::slice::from_ref(&e), true).unwrap();
+                let bufs =
+                    engine.evaluate_buffers_blocking(&input, std::slice::from_ref(&e), &[GradOut::Host]).unwrap();
+                assert_same(&host, &bufs, &format!("{what}: fused against the gradient pass"));
+                let w = reference::evaluate(&whole, &e).unwrap();
+                let (worst, scale) = common::max_diff(host[0].grad.as_ref().unwrap(), &w.grad);
+                assert!(worst <= 1e-4 * scale, "{what}: gradient off by {worst} (largest {scale})");
+                // the fused evaluation has no gradient pass
+                match own.profile_prepared_blocking(&prep, std::slice::from_ref(&e), segloss::GradMode::DeviceOnly) {
+                    Ok(p) => assert!(!p.kernels.iter().any(|k| k.kernel == "gradient"), "{what}: {:?}", p.kernels),
+                    Err(segloss::Error::Unsupported(why)) => eprintln!("profile skipped: {why}"),
+                    Err(err) => panic!("{err}"),
+                }
+            }
         }
     }
-    // an ignore index: the count is the device's, so the gradient pass runs, and agrees
+    // a region term, or an ignore index (the count is then the device's): the gradient pass runs
     let mut case = dense_case(95, &[2, 1, 16, 16], Mode::Binary);
+    let exprs = parse(&["bce+dice"]);
+    assert_matches_reference(engine, &case, &exprs, "bce+dice");
     case.ignore = Some(-1);
     case.dense[3] = -1.0;
-    assert_matches_reference(engine, &case, &parse(&["bce", "focal"]), "with an ignore index");
+    let exprs = parse(&["bce", "focal"]);
+    assert_matches_reference(engine, &case, &exprs, "with an ignore index");
+    let prep = own.prepare(case.whole()).unwrap();
+    for e in parse(&["bce+dice", "bce"]) {
+        if let Ok(p) = own.profile_prepared_blocking(&prep, std::slice::from_ref(&e), segloss::GradMode::DeviceOnly) {
+            assert!(p.kernels.iter().any(|k| k.kernel == "gradient"), "{e}: {:?}", p.kernels);
+        }
+    }
 }

@@ -236,6 +236,8 @@ impl Gpu {
         } else {
             None
         };
+        // (the fused terms are sigmoid's, the kept log-sum-exps softmax's)
+        debug_assert!(lse.is_none() || fused.is_none());
         let pix_out = match (lse, fused) {
             (Some(l), _) => l,
             (None, Some(f)) => f.dest,
@@ -379,9 +381,6 @@ impl Gpu {
         Ok(lws)
     }
 
-    /// Records the evaluation of `exprs` on `inp`, one result per group of `inp`.
-    /// `read_values` (one group only): copy values and status into a staging buffer. Staging
-    /// buffers are numbered in the order the recording made them.
     /// The expression of `exprs` whose gradient the statistics pass can write ([`FusedGrad`]):
     /// the first that qualifies, its destination a scratch buffer when the gradient goes to the
     /// host. None when the input or no expression allows it.
@@ -451,6 +450,9 @@ impl Gpu {
         Ok(None)
     }
 
+    /// Records the evaluation of `exprs` on `inp`, one result per group of `inp`.
+    /// `read_values` (one group only): copy values and status into a staging buffer. Staging
+    /// buffers are numbered in the order the recording made them.
     pub(crate) fn record_eval(
         &self,
         rec: &mut Recording,
