@@ -113,17 +113,9 @@ fn sigmoid2(x: f32) -> vec2<f32> {
     return select(vec2<f32>(small, big), vec2<f32>(big, small), x >= 0.0);
 }
 
-// (sigmoid(x), -log sigmoid(x), -log sigmoid(-x)) with one exp and one log: the statistics
-// pass needs all three per element (the same values sigmoid2 and softplus give).
-fn sigmoid_nls(x: f32) -> vec3<f32> {
-    let e = exp(-abs(x));
-    let r = 1.0 / (1.0 + e);
-    let l = log1p_acc(e);
-    return vec3<f32>(select(e * r, r, x >= 0.0), max(-x, 0.0) + l, max(x, 0.0) + l);
-}
-
-// (sigmoid(x), -log sigmoid(x), -log sigmoid(-x), sigmoid(-x)): sigmoid_nls with the second
-// probability, bit for bit the pair sigmoid2 gives.
+// (sigmoid(x), -log sigmoid(x), -log sigmoid(-x), sigmoid(-x)) with one exp and one log: the
+// statistics pass needs all four per element (the values sigmoid2 and softplus give, bit for bit
+// the pair of sigmoid2).
 fn sigmoid_nlq(x: f32) -> vec4<f32> {
     let e = exp(-abs(x));
     let r = 1.0 / (1.0 + e);
@@ -279,6 +271,6 @@ fn bce_entry(x: f32, gs: f32, pw: f32) -> f32 {
         return gs * nlog100(x) + (1.0 - gs) * nlog100_1m(x);
     }
     // -log p and -log(1 - p) with one exp and one log
-    let nls = sigmoid_nls(x);
+    let nls = sigmoid_nlq(x);
     return pw * gs * nls.y + (1.0 - gs) * nls.z;
 }

@@ -230,17 +230,18 @@ fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, lid: u32, tp0: T
 //   half reach only once they are done).
 fn write_partials(lid: u32, n: u32, tile: u32, c: u32, acc: Acc, nq: u32) {
     let out = ((n * P.tiles + tile) * P.c + c) * 4u + lid;
+    // the half of `red` this class writes (the first, but on a CPU adapter with two channels)
+    let h = select(0u, (c & 1u) * 2u * WG, WIDE && nq <= 2u);
+    red[h + lid] = acc.a0;
+    red[h + WG + lid] = acc.a1;
+    if nq > 2u {
+        red[h + 2u * WG + lid] = acc.a2;
+    }
+    if nq > 3u {
+        red[h + 3u * WG + lid] = acc.a3;
+    }
+    workgroupBarrier();
     if WIDE {
-        let h = select(0u, (c & 1u) * 2u * WG, nq <= 2u);
-        red[h + lid] = acc.a0;
-        red[h + WG + lid] = acc.a1;
-        if nq > 2u {
-            red[h + 2u * WG + lid] = acc.a2;
-        }
-        if nq > 3u {
-            red[h + 3u * WG + lid] = acc.a3;
-        }
-        workgroupBarrier();
         if lid < 4u {
             var sum = vec4<f32>(0.0);
             if lid < nq {
@@ -265,15 +266,6 @@ fn write_partials(lid: u32, n: u32, tile: u32, c: u32, acc: Acc, nq: u32) {
         }
         return;
     }
-    red[lid] = acc.a0;
-    red[WG + lid] = acc.a1;
-    if nq > 2u {
-        red[2u * WG + lid] = acc.a2;
-    }
-    if nq > 3u {
-        red[3u * WG + lid] = acc.a3;
-    }
-    workgroupBarrier();
     if lid < nq * RGROUPS {
         let q = lid / RGROUPS;
         let o = q * WG + (lid % RGROUPS) * RSPAN;

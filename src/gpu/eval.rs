@@ -299,7 +299,7 @@ impl Gpu {
             }
             let (tb, cb) = (rec.data(&terms), rec.data(&cw));
             for &(plane0, count) in &rows {
-                let pr = if plane0 == 0 { pbuf } else { rec.uniform(&Params { plane0, ..base }) };
+                let pr = rec.uniform(&Params { plane0, ..base });
                 rec.dispatch(
                     &shaders::STATS,
                     spec,
@@ -354,7 +354,6 @@ impl Gpu {
         segsum: &[Option<Slice>],
     ) -> Result<Vec<Slice>, Error> {
         let (base, _, _) = self.params_of(inp, false);
-        let pbuf = rec.uniform(&base);
         let rows = self.rows(inp);
         let mut lws = Vec::new();
         for (lp, ss) in plan.lovasz.iter().zip(segsum) {
@@ -367,7 +366,6 @@ impl Gpu {
                 logits: inp.logits,
                 target: inp.target,
                 params: base,
-                pbuf,
                 rows: &rows,
                 n: inp.n,
                 c: inp.c,
@@ -405,9 +403,10 @@ impl Gpu {
             return Ok(None);
         }
         for (i, (e, g)) in exprs.iter().zip(grads).enumerate() {
-            let host = match g {
-                GradTo::Host => true,
-                GradTo::Into { accumulate: false, copy_to: None, .. } => false,
+            // the caller's slice, or (None) a scratch read back to the host
+            let into = match g {
+                GradTo::Host => None,
+                GradTo::Into { slice, accumulate: false, copy_to: None } => Some(*slice),
                 _ => continue,
             };
             if e.unreduced() || e.terms.is_empty() || e.terms.len() > 4 {
@@ -441,9 +440,9 @@ impl Gpu {
             if terms.len() != e.terms.len() {
                 continue;
             }
-            let dest = match g {
-                GradTo::Into { slice, .. } if !host => *slice,
-                _ => rec.scratch((count * 4) as u64, "gradient")?,
+            let dest = match into {
+                Some(slice) => slice,
+                None => rec.scratch((count * 4) as u64, "gradient")?,
             };
             return Ok(Some(FusedGrad { expr: i, terms, cw, dest, count: count as u32 }));
         }
@@ -719,10 +718,7 @@ impl Gpu {
                 });
             }
         }
-        let mut first_op = 0;
-        for len in finalize_chunks(&ops, ng, c) {
-            let ops = &ops[first_op..first_op + len];
-            first_op += len;
+        for ops in finalize_chunks(&ops, ng, c) {
             let fparams = rec.uniform(&Params {
                 n: ng as u32,
                 c: c as u32,

@@ -24,9 +24,8 @@ struct LovParams {
 pub(crate) struct LovaszInput<'a> {
     pub logits: Slice,
     pub target: Slice,
-    /// The kernels' parameters, and their uniform
+    /// The kernels' parameters
     pub params: Params,
-    pub pbuf: Slice,
     /// The workgroup rows of the key pass (Gpu::rows): per image, or per plane from `plane0`
     pub rows: &'a [(u32, u32)],
     pub n: usize,
@@ -79,7 +78,7 @@ impl Gpu {
         let (d0, d1) = (rec.scratch(16, "unused")?, rec.scratch(16, "unused")?);
         let (gx, gz) = grid(&self.limits, s);
         for &(plane0, count) in inp.rows {
-            let pr = if plane0 == 0 { inp.pbuf } else { rec.uniform(&Params { plane0, ..inp.params }) };
+            let pr = rec.uniform(&Params { plane0, ..inp.params });
             rec.dispatch(
                 &shaders::LOVASZ_KEYS,
                 spec,
@@ -157,7 +156,7 @@ impl Gpu {
         let binds = [
             ("logits", inp.logits),
             ("tgt", inp.target),
-            ("P", inp.pbuf),
+            ("P", rec.uniform(&inp.params)),
             ("LP", lp),
             ("keys", kc),
             ("vals", vc),

@@ -93,22 +93,20 @@ pub(crate) fn finalize_op_steps(op: &crate::plan::Op, n: usize, c: usize) -> usi
 }
 
 /// The finalize ops in dispatches of at most [`FINALIZE_LOOP_BUDGET`] steps (by
-/// [`finalize_op_steps`]; an op past it alone): the lengths of consecutive chunks.
-pub(crate) fn finalize_chunks(ops: &[crate::plan::Op], n: usize, c: usize) -> Vec<usize> {
-    let mut chunks: Vec<usize> = Vec::new();
-    let mut used = FINALIZE_LOOP_BUDGET;
-    for op in ops {
+/// [`finalize_op_steps`]; an op past it alone): consecutive chunks of `ops`.
+pub(crate) fn finalize_chunks(ops: &[crate::plan::Op], n: usize, c: usize) -> Vec<&[crate::plan::Op]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (i, op) in ops.iter().enumerate() {
         let steps = finalize_op_steps(op, n, c);
-        match chunks.last_mut() {
-            Some(len) if used + steps <= FINALIZE_LOOP_BUDGET => {
-                *len += 1;
-                used += steps;
-            }
-            _ => {
-                chunks.push(1);
-                used = steps;
-            }
+        if i > start && used + steps > FINALIZE_LOOP_BUDGET {
+            chunks.push(&ops[start..i]);
+            (start, used) = (i, 0);
         }
+        used += steps;
+    }
+    if start < ops.len() {
+        chunks.push(&ops[start..]);
     }
     chunks
 }
@@ -304,9 +302,10 @@ mod tests {
         use crate::plan::{op, Op};
         let pixel = Op { kind: op::BCE, ..Op::default() };
         // a usual batch: the ops of an evaluation in one dispatch
-        assert_eq!(finalize_chunks(&[pixel; 16], 8, 21), [16]);
+        let lens = |ops: &[Op], n, c| finalize_chunks(ops, n, c).iter().map(|k| k.len()).collect::<Vec<_>>();
+        assert_eq!(lens(&[pixel; 16], 8, 21), [16]);
         // 8 x 8000 (image, class) entries: an op per dispatch
-        assert_eq!(finalize_chunks(&[pixel; 3], 8, 8000), [1, 1, 1]);
+        assert_eq!(lens(&[pixel; 3], 8, 8000), [1, 1, 1]);
         // many images of one channel: within the limit (per-image gdice costs more)
         assert!(finalize_op_steps(&pixel, 512, 1) < CPU_LOOP_LIMIT);
         let gdice_image = Op { kind: op::GDICE, flags: 1 << 3, ..Op::default() };
