@@ -2,9 +2,9 @@
 // largest of the `classes` logits at `first`, `first + stride`, ..., ties to the lowest class.
 fn argmax(first: u32, stride: u32, classes: u32) -> u32 {
     var best = 0u;
-    var bx = logits[first];
+    var bx = lg(first);
     for (var c = 1u; c < classes; c++) {
-        let x = logits[first + c * stride];
+        let x = lg(first + c * stride);
         if x > bx {
             bx = x;
             best = c;

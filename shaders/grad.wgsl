@@ -6,13 +6,14 @@
 // any buffer (the caller's included): overwritten, or added to with ACCUM. Nothing is written
 // when the statistics pass found bad input.
 
-@group(0) @binding(0) var<storage, read> logits: array<f32>;
-@group(0) @binding(1) var<storage, read> tgt: array<u32>;
+// (`Floats` and `Words`: io1.wgsl, or io4.wgsl's quads for the VEC4 kernel)
+@group(0) @binding(0) var<storage, read> logits: Floats;
+@group(0) @binding(1) var<storage, read> tgt: Words;
 @group(0) @binding(2) var<uniform> P: Params;
 @group(0) @binding(3) var<storage, read> terms: array<Term>;
 @group(0) @binding(4) var<storage, read> cw: array<f32>;
 @group(0) @binding(5) var<storage, read> coefs: array<f32>;
-@group(0) @binding(6) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(6) var<storage, read_write> elem_out: Floats; // the gradient
 // LOVASZ: the Lovász Jaccard weight per element; LSE (softmax, no Lovász): the log-sum-exp per
 // pixel that the statistics pass kept, so that this pass reads each logit once less
 @group(0) @binding(7) var<storage, read> aux: array<f32>;
@@ -85,9 +86,9 @@ fn region_dp(k: ClassCoefs, p: f32, g: f32) -> f32 {
 
 fn put(e: u32, d: f32) {
     if ACCUM {
-        grad[e] += d;
+        eout_set(e, eout_get(e) + d);
     } else {
-        grad[e] = d;
+        eout_set(e, d);
     }
 }
 
@@ -122,9 +123,10 @@ fn softmax_dp(k: ClassCoefs, e: u32, p: f32, g: f32) -> f32 {
     return u;
 }
 
-// The sigmoid gradient of channel c of image n at this thread's pixels. Branch-free per element
-// (a CPU adapter runs both sides of a branch on its lanes, masked): reads are clamped into the
-// image and ignored elements select 0. The pixel terms' parameters are loaded once.
+// The sigmoid gradient of channel c of image n at this thread's pixels: GPIX pixels GWG apart
+// from s0, or (VEC4) GPIX quads GWG quads apart from element s0 (the thread's first quad). Branch-free per
+// element (a CPU adapter runs both sides of a branch on its lanes, masked): reads are clamped
+// into the image and ignored elements select 0. The pixel terms' parameters are loaded once.
 fn sigmoid_plane(n: u32, c: u32, s0: u32, uf: f32) {
     let ni = n + P.img0;
     cb = (ni / P.gn) * P.gout;
@@ -135,52 +137,91 @@ fn sigmoid_plane(n: u32, c: u32, s0: u32, uf: f32) {
         tps[t] = term(t);
         cws[t] = cw[t * P.c + c];
     }
+    let plane = (n * P.c + c) * P.s;
+    if VEC4 {
+        // planes are whole quads (the host picks this kernel only for images of 4k pixels)
+        for (var i = 0u; i < GPIX; i++) {
+            let s = s0 + 4u * i * GWG;
+            let inside = s < P.s;
+            let q = (plane + min(s, P.s - 4u)) / 4u;
+            let x4 = lg4(q);
+            let w4 = tgt4(q);
+            // (the four elements written out, as in the statistics pass)
+            let e = 4u * q;
+            let r0 = sigmoid_grad(k, tps, cws, c, e, inside, x4.x, tword_of(w4.x));
+            let r1 = sigmoid_grad(k, tps, cws, c, e + 1u, inside, x4.y, tword_of(w4.y));
+            let r2 = sigmoid_grad(k, tps, cws, c, e + 2u, inside, x4.z, tword_of(w4.z));
+            let r3 = sigmoid_grad(k, tps, cws, c, e + 3u, inside, x4.w, tword_of(w4.w));
+            let d4 = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
+            let ev4 = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+            if inside {
+                if ACCUM {
+                    eout_set4(q, eout_get4(q) + d4);
+                } else {
+                    eout_set4(q, d4);
+                }
+                if UNREDUCED {
+                    unr[e] = uf * ev4.x;
+                    unr[e + 1u] = uf * ev4.y;
+                    unr[e + 2u] = uf * ev4.z;
+                    unr[e + 3u] = uf * ev4.w;
+                }
+            }
+        }
+        return;
+    }
     for (var i = 0u; i < GPIX; i++) {
         let s = s0 + i * GWG;
-        let e = (n * P.c + c) * P.s + min(s, P.s - 1u);
-        let tb = tword(e);
-        let live = s < P.s && tb != INVALID;
-        let g = select(0.0, bitcast<f32>(tb), live);
-        let x = logits[e];
-        var ev = 0.0; // the entry (UNREDUCED)
-        var pq = vec2<f32>(x, 1.0 - x);
-        var d = 0.0;
-        if PROBS {
-            d = region_dp(k, x, g);
-        } else {
-            pq = sigmoid2(x);
-            if REGION {
-                d = region_dp(k, pq.x, g) * pq.x * pq.y;
-            }
-        }
-        if LOVASZ != 0u {
-            // hinge: d relu(1 - x (2g - 1)) / d x
-            d -= select(0.0, k.lov * aux[e] * (2.0 * g - 1.0), hinge_error(x, g) > 0.0);
-        }
-        for (var t = 0u; t < NTERMS; t++) {
-            var tp: Term;
-            var cwc: f32;
-            if t < 4u {
-                tp = tps[t];
-                cwc = cws[t];
-            } else {
-                tp = term(t);
-                cwc = cw[t * P.c + c];
-            }
-            let r = sigmoid_term_grad(tp, cwc, x, pq, g);
-            d += r.x;
-            if (has(BCE) && tp.kind == BCE) || (has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID) {
-                ev = r.y;
-            }
-        }
-        if s < P.s {
-            let o = (n * P.c + c) * P.s + s;
-            put(o, select(0.0, d, live)); // ignored elements get 0
+        let inside = s < P.s;
+        let e = plane + min(s, P.s - 1u);
+        let r = sigmoid_grad(k, tps, cws, c, e, inside, lg(e), tword(e));
+        if inside {
+            put(e, r.x);
             if UNREDUCED {
-                unr[o] = uf * select(0.0, ev, live);
+                unr[e] = uf * r.y;
             }
         }
     }
+}
+
+// Element e of channel c (`inside` the image), logit x and target word tb: (d loss / d x, the
+// entry of UNREDUCED), both 0 where ignored.
+fn sigmoid_grad(k: ClassCoefs, tps: array<Term, 4>, cws: array<f32, 4>, c: u32, e: u32, inside: bool, x: f32, tb: u32) -> vec2<f32> {
+    let live = inside && tb != INVALID;
+    let g = select(0.0, bitcast<f32>(tb), live);
+    var ev = 0.0;
+    var pq = vec2<f32>(x, 1.0 - x);
+    var d = 0.0;
+    if PROBS {
+        d = region_dp(k, x, g);
+    } else {
+        pq = sigmoid2(x);
+        if REGION {
+            d = region_dp(k, pq.x, g) * pq.x * pq.y;
+        }
+    }
+    if LOVASZ != 0u {
+        // hinge: d relu(1 - x (2g - 1)) / d x
+        d -= select(0.0, k.lov * aux[e] * (2.0 * g - 1.0), hinge_error(x, g) > 0.0);
+    }
+    for (var t = 0u; t < NTERMS; t++) {
+        var tp: Term;
+        var cwc: f32;
+        if t < 4u {
+            tp = tps[t];
+            cwc = cws[t];
+        } else {
+            tp = term(t);
+            cwc = cw[t * P.c + c];
+        }
+        let r = sigmoid_term_grad(tp, cwc, x, pq, g);
+        d += r.x;
+        if (has(BCE) && tp.kind == BCE) || (has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID) {
+            ev = r.y;
+        }
+    }
+    // ignored elements get 0
+    return select(vec2<f32>(0.0), vec2<f32>(d, ev), live);
 }
 
 @compute @workgroup_size(256)
@@ -191,7 +232,12 @@ fn gradient(
 ) {
     // x (and z, for very large images) walk the pixel blocks of image y; pixel i of this thread
     // is s0 + i GWG, so that each step of the loops below reads consecutive elements.
-    let s0 = (wid.x + wid.z * nwg.x) * GWG * GPIX + lid;
+    // VEC4 (sigmoid): blocks of GWG GPIX quads, the thread's first quad at element s0
+    let blk = wid.x + wid.z * nwg.x;
+    var s0 = blk * GWG * GPIX + lid;
+    if VEC4 && !SOFTMAX {
+        s0 = 4u * (blk * GWG * GPIX + lid);
+    }
     // softmax: image wid.y; sigmoid: plane wid.y + P.plane0 (one per workgroup row)
     let plane = wid.y + P.plane0;
     let n = select(plane / P.c, wid.y, SOFTMAX);
@@ -227,7 +273,7 @@ fn gradient(
                     } else {
                         lse[i] = log_sum_exp(n, s);
                     }
-                    nlq[i] = lse[i] - logits[(n * P.c + lab[i]) * P.s + s];
+                    nlq[i] = lse[i] - lg((n * P.c + lab[i]) * P.s + s);
                 }
             }
         }
@@ -238,7 +284,7 @@ fn gradient(
                 for (var i = 0u; i < GPIX; i++) {
                     if lab[i] != INVALID {
                         let e = (n * P.c + c) * P.s + s0 + i * GWG;
-                        let p = softmax_p(logits[e], lse[i]);
+                        let p = softmax_p(lg(e), lse[i]);
                         dot[i] += p * softmax_dp(k, e, p, select(0.0, 1.0, lab[i] == c));
                     }
                 }
@@ -253,7 +299,7 @@ fn gradient(
                 d[i] = 0.0;
                 if lab[i] != INVALID {
                     let e = (n * P.c + c) * P.s + s0 + i * GWG;
-                    xs[i] = logits[e];
+                    xs[i] = lg(e);
                     if PROBS {
                         ps[i] = xs[i];
                         d[i] = softmax_dp(k, e, ps[i], select(0.0, 1.0, lab[i] == c));
@@ -314,7 +360,7 @@ fn gradient(
                     if tp.label_smoothing != 0.0 {
                         var acc = 0.0;
                         for (var c = 0u; c < P.c; c++) {
-                            acc += cw[c] * (lse[i] - logits[(n * P.c + c) * P.s + s0 + i * GWG]);
+                            acc += cw[c] * (lse[i] - lg((n * P.c + c) * P.s + s0 + i * GWG));
                         }
                         ev[i] += tp.label_smoothing / cf * acc;
                     }

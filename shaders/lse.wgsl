@@ -21,14 +21,14 @@ fn log_sum_exp(n: u32, s: u32) -> f32 {
     var c = 0u;
     for (; c + 4u <= P.c; c += 4u) {
         let e = e0 + c * P.s;
-        let x0 = logits[e];
-        let x1 = logits[e + P.s];
-        let x2 = logits[e + 2u * P.s];
-        let x3 = logits[e + 3u * P.s];
+        let x0 = lg(e);
+        let x1 = lg(e + P.s);
+        let x2 = lg(e + 2u * P.s);
+        let x3 = lg(e + 3u * P.s);
         st = lse_step(lse_step(lse_step(lse_step(st, x0), x1), x2), x3);
     }
     for (; c < P.c; c++) {
-        st = lse_step(st, logits[e0 + c * P.s]);
+        st = lse_step(st, lg(e0 + c * P.s));
     }
     return st.x + log(st.y);
 }

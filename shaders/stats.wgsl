@@ -3,8 +3,9 @@
 // (TP, SP, SG, SPP), (SGG, CNT, SS1, SS2), then two per pixel-loss slot. No atomics: reduce.wgsl
 // adds the tiles in a fixed order, so the same input gives bit-identical sums on every run.
 
-@group(0) @binding(0) var<storage, read> logits: array<f32>;
-@group(0) @binding(1) var<storage, read> tgt: array<u32>;
+// (`Floats` and `Words`: io1.wgsl, or io4.wgsl's quads for the VEC4 kernel)
+@group(0) @binding(0) var<storage, read> logits: Floats;
+@group(0) @binding(1) var<storage, read> tgt: Words;
 @group(0) @binding(2) var<uniform> P: Params;
 @group(0) @binding(3) var<storage, read> terms: array<Term>;
 @group(0) @binding(4) var<storage, read> cw: array<f32>;
@@ -16,7 +17,7 @@
 @group(0) @binding(7) var<storage, read_write> cnt: array<atomic<u32>>;
 // LSE: the log-sum-exp of each non-ignored pixel, [n][s], for the gradient pass; FUSED
 // (sigmoid): d loss / d x of the fused terms at every element, [n][c][s], 0 where ignored
-@group(0) @binding(8) var<storage, read_write> pix_out: array<f32>;
+@group(0) @binding(8) var<storage, read_write> elem_out: Floats;
 
 const WG: u32 = 128u;   // threads per workgroup
 const PIX: u32 = 16u;             // pixels per thread, softmax on a CPU adapter (WIDE); also the size
@@ -63,7 +64,7 @@ fn ce_pixel(t: u32, tp: Term, label: u32, lse: f32, nll: f32, n: u32, s: u32) ->
     if tp.label_smoothing != 0.0 {
         var acc = 0.0;
         for (var c = 0u; c < P.c; c++) {
-            acc += cw[t * P.c + c] * (lse - logits[(n * P.c + c) * P.s + s]);
+            acc += cw[t * P.c + c] * (lse - lg((n * P.c + c) * P.s + s));
         }
         a += tp.label_smoothing / f32(P.c) * acc;
     }
@@ -100,7 +101,11 @@ fn check_logit(x: f32, e: u32, true_class: bool) {
 
 // Checks the raw target word of element e (dense) or pixel e (class index) of a buffer input.
 fn check_target(e: u32) {
-    let w = tgt[e];
+    check_word(tgt_at(e), e);
+}
+
+// Checks the raw target word w of element e.
+fn check_word(w: u32, e: u32) {
     if P.has_ignore != 0u && w == P.ignore {
         return;
     }
@@ -159,9 +164,10 @@ fn add_element(acc: ptr<function, Acc>, live: bool, tp0: Term, tp1: Term, tp2: T
     (*acc).a3 += select(z, q3, live);
 }
 
-// Sigmoid: this thread's sums of channel c of image n over its pixels of the tile. Branch-free
-// per element (a CPU adapter runs both sides of a branch on its lanes, masked): the reads are
-// clamped into the image, and an element outside it or ignored adds nothing.
+// Sigmoid: this thread's sums of channel c of image n over its pixels of the tile (`pix` rows of
+// WG pixels; VEC4: of WG quads). Branch-free per element (a CPU adapter runs both sides of a
+// branch on its lanes, masked): the reads are clamped into the image, and an element outside it
+// or ignored adds nothing.
 fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, lid: u32, tp0: Term, tp1: Term, tp2: Term, tp3: Term) -> Acc {
     var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     // FUSED: the fused terms (after the slots) with their scale resolved as the finalize would
@@ -174,49 +180,82 @@ fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, lid: u32, tp0: T
         tf[t].scale = tf[t].scale * tf[t].weight_sum / f32(P.fcount);
         cwf[t] = cw[(NTERMS + t) * P.c + c];
     }
+    let plane = (n * P.c + c) * P.s;
+    if VEC4 {
+        // quad i WG + lid of the tile: planes are whole quads (the host picks this kernel only
+        // for images of 4k pixels)
+        for (var i = 0u; i < pix; i++) {
+            let s = base + 4u * (i * WG + lid);
+            let inside = s < P.s;
+            let q = (plane + min(s, P.s - 4u)) / 4u;
+            let x4 = lg4(q);
+            let w4 = tgt4(q);
+            // (the four elements written out: a loop over them, which the compiler may keep,
+            // indexes the vectors per lane)
+            let e = 4u * q;
+            let d4 = vec4<f32>(
+                sigmoid_element(&acc, n, c, tile, e, inside, x4.x, w4.x, tp0, tp1, tp2, tp3, tf, cwf),
+                sigmoid_element(&acc, n, c, tile, e + 1u, inside, x4.y, w4.y, tp0, tp1, tp2, tp3, tf, cwf),
+                sigmoid_element(&acc, n, c, tile, e + 2u, inside, x4.z, w4.z, tp0, tp1, tp2, tp3, tf, cwf),
+                sigmoid_element(&acc, n, c, tile, e + 3u, inside, x4.w, w4.w, tp0, tp1, tp2, tp3, tf, cwf),
+            );
+            if FUSED > 0u && inside {
+                eout_set4(q, d4);
+            }
+        }
+        return acc;
+    }
     for (var i = 0u; i < pix; i++) {
         let s = base + i * WG + lid;
         let inside = s < P.s;
-        let e = (n * P.c + c) * P.s + min(s, P.s - 1u);
-        let tb = tword(e);
-        var x = logits[e];
-        if VALIDATE != 0u && inside {
-            // every element, ignored ones included
-            check_target(e);
-            check_logit(x, e, false);
-        }
-        let live = inside && tb != INVALID;
-        let g = select(0.0, bitcast<f32>(tb), live);
-        x = select(0.0, x, live);
-        if COUNTS && live {
-            let cell = select(0u, 2u, g == 1.0) + select(0u, 1u, x >= P.thr);
-            atomicAdd(&cnt[((n * P.tiles + tile) * P.c + c) * 4u + cell], 1u);
-        }
-        var p = x;
-        var q = 1.0 - x;
-        var nlp: f32; // -log p
-        var nlq: f32; // -log(1 - p)
-        if PROBS {
-            nlp = nlog100(p);
-            nlq = nlog100_1m(p);
-        } else {
-            let pn = sigmoid_nlq(x);
-            p = pn.x;
-            nlp = pn.y;
-            nlq = pn.z;
-            q = pn.w;
-        }
-        add_element(&acc, live, tp0, tp1, tp2, tp3, x, p, g, nlp, nlq, 0u, c);
+        let e = plane + min(s, P.s - 1u);
+        let d = sigmoid_element(&acc, n, c, tile, e, inside, lg(e), tgt_at(e), tp0, tp1, tp2, tp3, tf, cwf);
         if FUSED > 0u && inside {
-            // term by term, as the gradient pass adds them
-            var d = 0.0;
-            for (var t = 0u; t < min(FUSED, 4u); t++) {
-                d += sigmoid_term_grad(tf[t], cwf[t], x, vec2<f32>(p, q), g).x;
-            }
-            pix_out[e] = select(0.0, d, live);
+            eout_set(e, d);
         }
     }
     return acc;
+}
+
+// Element e of a sigmoid plane (`inside` the image), logit x and raw target word w: its checks,
+// counts and sums into `acc`; FUSED: its gradient (0 where ignored), which the caller writes.
+fn sigmoid_element(acc: ptr<function, Acc>, n: u32, c: u32, tile: u32, e: u32, inside: bool, xr: f32, w: u32, tp0: Term, tp1: Term, tp2: Term, tp3: Term, tf: array<Term, 4>, cwf: array<f32, 4>) -> f32 {
+    let tb = tword_of(w);
+    if VALIDATE != 0u && inside {
+        // every element, ignored ones included
+        check_word(w, e);
+        check_logit(xr, e, false);
+    }
+    let live = inside && tb != INVALID;
+    let g = select(0.0, bitcast<f32>(tb), live);
+    let x = select(0.0, xr, live);
+    if COUNTS && live {
+        let cell = select(0u, 2u, g == 1.0) + select(0u, 1u, x >= P.thr);
+        atomicAdd(&cnt[((n * P.tiles + tile) * P.c + c) * 4u + cell], 1u);
+    }
+    var p = x;
+    var q = 1.0 - x;
+    var nlp: f32; // -log p
+    var nlq: f32; // -log(1 - p)
+    if PROBS {
+        nlp = nlog100(p);
+        nlq = nlog100_1m(p);
+    } else {
+        let pn = sigmoid_nlq(x);
+        p = pn.x;
+        nlp = pn.y;
+        nlq = pn.z;
+        q = pn.w;
+    }
+    add_element(acc, live, tp0, tp1, tp2, tp3, x, p, g, nlp, nlq, 0u, c);
+    var d = 0.0;
+    if FUSED > 0u {
+        // term by term, as the gradient pass adds them
+        for (var t = 0u; t < min(FUSED, 4u); t++) {
+            d += sigmoid_term_grad(tf[t], cwf[t], x, vec2<f32>(p, q), g).x;
+        }
+    }
+    return select(0.0, d, live);
 }
 
 // Adds the threads' sums of class c over the workgroup in a fixed order and writes them as the
@@ -327,13 +366,13 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                         // the main loop skips ignored pixels: their logits are checked here
                         for (var c = 0u; c < P.c; c++) {
                             let e = (n * P.c + c) * P.s + s;
-                            check_logit(logits[e], e, false);
+                            check_logit(lg(e), e, false);
                         }
                     } else {
                         // a pixel needs one finite class
                         var masked = true;
                         for (var c = 0u; c < P.c; c++) {
-                            masked = masked && is_neg_inf(logits[(n * P.c + c) * P.s + s]);
+                            masked = masked && is_neg_inf(lg((n * P.c + c) * P.s + s));
                         }
                         if masked {
                             flag(V_NEGINF, n * P.c * P.s + s);
@@ -344,7 +383,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     if !PROBS {
                         lse[i] = log_sum_exp(n, s);
                         if LSE {
-                            pix_out[n * P.s + s] = lse[i];
+                            eout_set(n * P.s + s, lse[i]);
                         }
                     }
                     if COUNTS {
@@ -356,11 +395,11 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                         // the class loop below is skipped: every logit is checked here
                         for (var c = 0u; c < P.c; c++) {
                             let e = (n * P.c + c) * P.s + s;
-                            check_logit(logits[e], e, c == lab[i]);
+                            check_logit(lg(e), e, c == lab[i]);
                         }
                     }
                     if has(CE) {
-                        let nll = lse[i] - logits[(n * P.c + lab[i]) * P.s + s];
+                        let nll = lse[i] - lg((n * P.c + lab[i]) * P.s + s);
                         if NTERMS > 0u && tp0.kind == CE {
                             pa2 += vec4<f32>(ce_pixel(0u, tp0, lab[i], lse[i], nll, n, s), 0.0, 0.0);
                         }
@@ -386,7 +425,10 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         let c = plane % P.c;
         // only the tile's pixel rows that hold pixels of the image (all but in a last, short tile):
         // a small image's one wide tile walks only those
-        let rows = min(pix, (P.s - base + WG - 1u) / WG);
+        var rows = min(pix, (P.s - base + WG - 1u) / WG);
+        if VEC4 {
+            rows = min(pix / 4u, (P.s - base + 4u * WG - 1u) / (4u * WG));
+        }
         write_partials(lid, n, tile, c, sigmoid_sums(n, c, tile, base, rows, lid, tp0, tp1, tp2, tp3), nq);
         return;
     }
@@ -411,7 +453,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 continue;
             }
             let e = (n * P.c + c) * P.s + base + i * WG + lid;
-            let x = logits[e];
+            let x = lg(e);
             if VALIDATE != 0u {
                 check_logit(x, e, label == c);
             }

@@ -3,6 +3,10 @@
 // adapter runs a branch on lanes as masked code on both sides.
 
 fn tword(i: u32) -> u32 {
-    let w = tgt[i];
+    return tword_of(tgt_at(i));
+}
+
+// A raw target word w with the ignore index made INVALID.
+fn tword_of(w: u32) -> u32 {
     return select(w, INVALID, P.has_ignore != 0u && w == P.ignore);
 }

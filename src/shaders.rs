@@ -30,8 +30,10 @@ pub struct Binding {
 /// A compute kernel: its name (also its entry point), WGSL source and bindings.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
-    /// The `@compute` entry point, also the kernel's name in labels and errors.
+    /// The kernel's name in labels and errors (unique).
     pub name: &'static str,
+    /// The `@compute` entry point (the name, but for the variants of a kernel).
+    pub entry: &'static str,
     /// Complete WGSL source.
     pub source: &'static str,
     /// Bindings 0.. of group 0.
@@ -86,14 +88,33 @@ macro_rules! wgsl {
 /// Fused statistics pass (and the checks of buffer inputs).
 pub const STATS: Kernel = Kernel {
     name: "stats",
-    source: wgsl!("common.wgsl", "lse.wgsl", "argmax.wgsl", "target.wgsl", "stats.wgsl"),
-    bindings: &[r("logits"), r("tgt"), u("P"), r("terms"), r("cw"), w("partials"), w("status"), w("cnt"), w("pix_out")],
+    entry: "stats",
+    source: wgsl!("common.wgsl", "io1.wgsl", "out1.wgsl", "lse.wgsl", "argmax.wgsl", "target.wgsl", "stats.wgsl"),
+    bindings: &[
+        r("logits"),
+        r("tgt"),
+        u("P"),
+        r("terms"),
+        r("cw"),
+        w("partials"),
+        w("status"),
+        w("cnt"),
+        w("elem_out"),
+    ],
     specialized: true,
     cpu_storage_params: false,
+};
+/// [`STATS`] over quads (`io4.wgsl`): the sigmoid planes of a CPU adapter's wide tiles, four
+/// elements per load and store, for images of `4k` pixels whose slices are 16-byte aligned.
+pub const STATS4: Kernel = Kernel {
+    name: "stats4",
+    source: wgsl!("common.wgsl", "io4.wgsl", "out4.wgsl", "lse.wgsl", "argmax.wgsl", "target.wgsl", "stats.wgsl"),
+    ..STATS
 };
 /// Final reduction of the confusion counts (64-bit totals).
 pub const COUNT_REDUCE: Kernel = Kernel {
     name: "count_reduce",
+    entry: "count_reduce",
     source: wgsl!("common.wgsl", "count_reduce.wgsl"),
     bindings: &[u("P"), r("cnt"), w("total")],
     specialized: true,
@@ -102,6 +123,7 @@ pub const COUNT_REDUCE: Kernel = Kernel {
 /// Final reduction of statistics partials.
 pub const REDUCE: Kernel = Kernel {
     name: "reduce",
+    entry: "reduce",
     source: wgsl!("common.wgsl", "reduce.wgsl"),
     bindings: &[u("P"), r("partials"), w("sums")],
     specialized: true,
@@ -110,6 +132,7 @@ pub const REDUCE: Kernel = Kernel {
 /// Device finalize: values and gradient coefficients from the sums.
 pub const FINALIZE: Kernel = Kernel {
     name: "finalize",
+    entry: "finalize",
     source: wgsl!("common.wgsl", "finalize.wgsl"),
     bindings: &[u("P"), r("sums"), r("lov"), r("ops"), r("cls"), r("status"), w("out")],
     specialized: false,
@@ -118,7 +141,8 @@ pub const FINALIZE: Kernel = Kernel {
 /// Elementwise gradient pass.
 pub const GRAD: Kernel = Kernel {
     name: "gradient",
-    source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "grad.wgsl"),
+    entry: "gradient",
+    source: wgsl!("common.wgsl", "io1.wgsl", "out1.wgsl", "lse.wgsl", "target.wgsl", "grad.wgsl"),
     bindings: &[
         r("logits"),
         r("tgt"),
@@ -126,7 +150,7 @@ pub const GRAD: Kernel = Kernel {
         r("terms"),
         r("cw"),
         r("coefs"),
-        w("grad"),
+        w("elem_out"),
         r("aux"),
         r("status"),
         w("unr"),
@@ -134,14 +158,25 @@ pub const GRAD: Kernel = Kernel {
     specialized: true,
     cpu_storage_params: false,
 };
+/// [`GRAD`] over quads (`io4.wgsl`), on the sigmoid planes of a CPU adapter (as [`STATS4`]):
+/// a thread takes GPIX quads.
+pub const GRAD4: Kernel = Kernel {
+    name: "gradient4",
+    source: wgsl!("common.wgsl", "io4.wgsl", "out4.wgsl", "lse.wgsl", "target.wgsl", "grad.wgsl"),
+    ..GRAD
+};
 /// Copy probe: the memory-traffic floor benchmarks compare against.
 pub const COPY: Kernel = Kernel {
     name: "copy",
+    entry: "copy",
     source: wgsl!("copy.wgsl"),
     bindings: &[r("logits"), w("out")],
     specialized: false,
     cpu_storage_params: false,
 };
+/// The copy probe over vec4 (inputs of `4k` elements): the floor where four elements per access
+/// cost about what one does (a CPU adapter).
+pub const COPY4: Kernel = Kernel { name: "copy4", source: wgsl!("copy4.wgsl"), ..COPY };
 
 const SORT_BINDINGS: &[Binding] =
     &[u("SP"), r("keys_in"), r("vals_in"), w("counts"), w("totals"), w("keys_out"), w("vals_out"), r("seglen")];
@@ -150,6 +185,7 @@ macro_rules! radix {
     ($name:literal) => {
         Kernel {
             name: $name,
+            entry: $name,
             source: wgsl!("scan.wgsl", "sortio.wgsl", "radix.wgsl"),
             bindings: SORT_BINDINGS,
             specialized: false,
@@ -170,6 +206,7 @@ pub const RADIX_SCATTER: Kernel = radix!("radix_scatter");
 /// Bitonic sort of segments of at most [`BITONIC_MAX`] keys, one workgroup each.
 pub const BITONIC_SORT: Kernel = Kernel {
     name: "bitonic_sort",
+    entry: "bitonic_sort",
     source: wgsl!("sortio.wgsl", "bitonic.wgsl"),
     bindings: SORT_BINDINGS,
     specialized: false,
@@ -186,7 +223,16 @@ macro_rules! lovasz {
     ($name:literal) => {
         Kernel {
             name: $name,
-            source: wgsl!("common.wgsl", "lse.wgsl", "target.wgsl", "scan.wgsl", "lovparams.wgsl", "lovasz.wgsl"),
+            entry: $name,
+            source: wgsl!(
+                "common.wgsl",
+                "io1.wgsl",
+                "lse.wgsl",
+                "target.wgsl",
+                "scan.wgsl",
+                "lovparams.wgsl",
+                "lovasz.wgsl"
+            ),
             bindings: LOVASZ_BINDINGS,
             specialized: true,
             cpu_storage_params: false,
@@ -201,7 +247,8 @@ macro_rules! surface {
     ($name:literal) => {
         Kernel {
             name: $name,
-            source: wgsl!("common.wgsl", "argmax.wgsl", "surface.wgsl"),
+            entry: $name,
+            source: wgsl!("common.wgsl", "io1.wgsl", "argmax.wgsl", "surface.wgsl"),
             bindings: SURFACE_BINDINGS,
             specialized: true,
             cpu_storage_params: false,
@@ -234,6 +281,7 @@ macro_rules! compact {
     ($name:literal) => {
         Kernel {
             name: $name,
+            entry: $name,
             source: wgsl!("scan.wgsl", "lovparams.wgsl", "compact.wgsl"),
             bindings: COMPACT_BINDINGS,
             specialized: false,
@@ -256,17 +304,19 @@ const THRESHOLD_BINDINGS: &[Binding] = &[u("LP"), w("keys"), r("vals"), w("thr")
 /// Lovász-Softmax: per segment, the largest foreground key and the smallest key.
 pub const LOVASZ_THRESHOLD: Kernel = Kernel {
     name: "lovasz_threshold",
+    entry: "lovasz_threshold",
     source: wgsl!("lovparams.wgsl", "threshold.wgsl"),
     bindings: THRESHOLD_BINDINGS,
     specialized: false,
     cpu_storage_params: false,
 };
 /// Lovász-Softmax: drops the background elements whose Jaccard weight is zero.
-pub const LOVASZ_DROP: Kernel = Kernel { name: "lovasz_drop", ..LOVASZ_THRESHOLD };
+pub const LOVASZ_DROP: Kernel = Kernel { name: "lovasz_drop", entry: "lovasz_drop", ..LOVASZ_THRESHOLD };
 
 /// Every kernel of the crate.
 pub const KERNELS: &[Kernel] = &[
     STATS,
+    STATS4,
     COUNT_REDUCE,
     SURF_LABELS,
     SURF_EDGES,
@@ -274,7 +324,9 @@ pub const KERNELS: &[Kernel] = &[
     REDUCE,
     FINALIZE,
     GRAD,
+    GRAD4,
     COPY,
+    COPY4,
     RADIX_COUNT,
     RADIX_SCAN,
     RADIX_DIGITS,

@@ -669,6 +669,28 @@ fn both_statistics_tile_widths_agree_with_the_reference() {
     }
 }
 
+/// On a CPU adapter the sigmoid statistics and gradient passes read and write images of `4k`
+/// pixels four elements at a time (the `stats4` and `gradient4` kernels) and other images one at
+/// a time: both agree with the reference, with ignored elements, probabilities, several channels
+/// and images, a plane ending inside the tile, and one image the size of a single quad.
+#[test]
+fn sigmoid_planes_of_quads_and_of_single_elements_agree_with_the_reference() {
+    let engine = common::gpu();
+    let mut exprs = parse(BINARY);
+    exprs.extend(parse(&["focal:alpha=0.25+bce:label_smoothing=0.1", "bce+focal", "2*focal+0.5*dice"]));
+    for shape in [&[2usize, 3, 16, 20][..], &[2, 3, 15, 21], &[1, 1, 2, 2], &[3, 1, 4099], &[3, 1, 4100]] {
+        let mut case = dense_case(shape.iter().product::<usize>() as u64, shape, Mode::Multilabel);
+        assert_matches_reference(engine, &case, &exprs, &format!("{shape:?}"));
+        // ignored elements (among them a whole quad) take the gradient pass
+        case.ignore = Some(-1);
+        let last = case.dense.len() - 1;
+        for i in [0, 1, 2, 3, 5.min(last), last] {
+            case.dense[i] = -1.0;
+        }
+        assert_matches_reference(engine, &case, &exprs, &format!("{shape:?} with ignored elements"));
+    }
+}
+
 /// Each case's expressions: the binary ones on sigmoid inputs, the multiclass ones on labels.
 fn exprs_for(c: &Case) -> Vec<LossExpr> {
     parse(if c.mode == Mode::Multiclass { MULTICLASS } else { BINARY })

@@ -117,10 +117,10 @@ fn kernels_validate_without_optional_capabilities() {
     for k in KERNELS {
         let (m, _) = module(k);
         assert!(
-            m.entry_points.iter().any(|e| e.name == k.name && e.stage == naga::ShaderStage::Compute),
+            m.entry_points.iter().any(|e| e.name == k.entry && e.stage == naga::ShaderStage::Compute),
             "{}: no compute entry {}",
             k.name,
-            k.name
+            k.entry
         );
     }
 }
@@ -171,7 +171,7 @@ fn kernels_translate_to_glsl() {
                 let opts = glsl::Options { version, ..Default::default() };
                 let popts = glsl::PipelineOptions {
                     shader_stage: naga::ShaderStage::Compute,
-                    entry_point: k.name.to_string(),
+                    entry_point: k.entry.to_string(),
                     multiview: None,
                 };
                 glsl::Writer::new(&mut out, &m, &info, &opts, &popts, Default::default())
@@ -206,8 +206,8 @@ fn binding_errors(k: &Kernel) -> Vec<String> {
         }
     }
     let (m, info) = module(k);
-    let Some(ep) = m.entry_points.iter().position(|e| e.name == k.name) else {
-        err("-".into(), format!("no entry point `{}`", k.name));
+    let Some(ep) = m.entry_points.iter().position(|e| e.name == k.entry) else {
+        err("-".into(), format!("no entry point `{}`", k.entry));
         return errors;
     };
     for (i, b) in k.bindings.iter().enumerate() {
@@ -378,18 +378,18 @@ fn the_checks_catch_mismatches() {
     );
     fails(with_bindings(&GRAD, |b| b[at(&GRAD, "P")].access = Access::Read), "`P` (Read): WGSL `P` is Uniform");
     fails(
-        with_bindings(&GRAD, |b| b[at(&GRAD, "grad")].access = Access::Uniform),
-        "`grad` (Uniform): WGSL `grad` is Storage",
+        with_bindings(&GRAD, |b| b[at(&GRAD, "elem_out")].access = Access::Uniform),
+        "`elem_out` (Uniform): WGSL `elem_out` is Storage",
     );
     fails(
         with_source(&GRAD, "var<storage, read> coefs", "var<storage, read_write> coefs"),
         "`coefs` (Read): WGSL `coefs` is Storage",
     );
     // A used binding left out of the declaration.
-    let grad = at(&GRAD, "grad");
+    let grad = at(&GRAD, "elem_out");
     fails(
         with_bindings(&GRAD, |b| b.truncate(grad)),
-        &format!("@group(0) @binding({grad}) `grad`: used by the entry point, not declared"),
+        &format!("@group(0) @binding({grad}) `elem_out`: used by the entry point, not declared"),
     );
     // A binding declared that the WGSL lacks.
     let n = LOVASZ_KEYS.bindings.len();
@@ -413,8 +413,8 @@ fn the_checks_catch_mismatches() {
         with_source(&STATS, &decl, "@group(0) @binding(99)"),
         &format!("no WGSL variable at @group(0) @binding({status}); `status` is at @group(0) @binding(99)"),
     );
-    // A kernel whose entry point is not its name.
-    fails(Kernel { name: "stats2", ..STATS }, "no entry point `stats2`");
+    // A kernel whose entry point is not in its source.
+    fails(Kernel { entry: "stats2", ..STATS }, "no entry point `stats2`");
 
     let shared = |s: &[(&str, u64)]| constant_errors(&[STATS, GRAD], s);
     assert_eq!(shared(&[("K", 16), ("GWG", 256), ("V_SOFT", 8)]), Vec::<String>::new());

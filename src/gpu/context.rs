@@ -367,7 +367,7 @@ impl Gpu {
                     label: Some(k.name),
                     layout: Some(&ks.layout),
                     module: &ks.module,
-                    entry_point: Some(k.name),
+                    entry_point: Some(k.entry),
                     compilation_options: wgpu::PipelineCompilationOptions {
                         constants: if k.specialized { &constants } else { &[] },
                         // every kernel writes its workgroup memory before reading it

@@ -179,6 +179,16 @@ impl Gpu {
         (p, wide, pix as u32)
     }
 
+    /// Whether the sigmoid passes over `inp` take the kernels over quads ([`shaders::STATS4`],
+    /// [`shaders::GRAD4`]): with the wide tiles of a CPU adapter (`wide`), on images of `4k`
+    /// pixels (so that every plane is whole quads), when the input and the elementwise output
+    /// `out` start 16 bytes into their buffers' alignment.
+    fn quads(&self, inp: &DevInput, wide: bool, out: Slice) -> bool {
+        wide && !inp.softmax
+            && inp.s.is_multiple_of(4)
+            && [inp.logits, inp.target, out].iter().all(|b| b.offset.is_multiple_of(16))
+    }
+
     /// A cleared status buffer: the statistics pass's bad-input flags, which the finalize and the
     /// gradient passes read.
     pub(crate) fn record_status(&self, rec: &mut Recording) -> Result<Slice, Error> {
@@ -298,10 +308,11 @@ impl Gpu {
                 }
             }
             let (tb, cb) = (rec.data(&terms), rec.data(&cw));
+            let kernel = if self.quads(inp, wide, pix_out) { &shaders::STATS4 } else { &shaders::STATS };
             for &(plane0, count) in &rows {
                 let pr = rec.uniform(&Params { plane0, ..base });
                 rec.dispatch(
-                    &shaders::STATS,
+                    kernel,
                     spec,
                     Grid::Direct(tiles as u32, count, 1),
                     &[
@@ -313,7 +324,7 @@ impl Gpu {
                         ("partials", partials.unwrap_or(sums.sub(p as u64 * stride, stride))),
                         ("status", status),
                         ("cnt", cnt),
-                        ("pix_out", pix_out),
+                        ("elem_out", pix_out),
                     ],
                 )?;
             }
@@ -766,11 +777,10 @@ impl Gpu {
         let mut entries: Vec<Option<Slice>> = vec![None; exprs.len()];
         for (part, lws) in parts.iter().zip(&lws) {
             let inp = part.inp;
-            let (mut base, _, _) = self.params_of(inp, false);
+            let (mut base, wide, _) = self.params_of(inp, false);
             base.gn = ng as u32;
             base.img0 = part.img0 as u32;
             let total = (inp.n * c * inp.s * 4) as u64;
-            let (gx, gz) = grid(&self.limits, inp.s.div_ceil(GRAD_PIX));
             let rows = self.rows(inp);
             // bound where a pass reads no Lovász weights
             let any_lw = match lws.first() {
@@ -828,6 +838,11 @@ impl Gpu {
                     _ => rec.scratch(16, "no unreduced entries")?,
                 };
                 let (tb, cb) = (rec.data(&terms), rec.data(&cw));
+                // over quads, a thread takes GRAD_PIX quads instead of pixels
+                let quads = self.quads(inp, wide, dest);
+                let (kernel, per_thread) =
+                    if quads { (&shaders::GRAD4, 4 * GRAD_PIX) } else { (&shaders::GRAD, GRAD_PIX) };
+                let (gx, gz) = grid(&self.limits, inp.s.div_ceil(per_thread));
                 let lov_passes: Vec<Option<(usize, usize)>> = if l.lov.is_empty() {
                     vec![None]
                 } else {
@@ -861,7 +876,7 @@ impl Gpu {
                             ..base
                         });
                         rec.dispatch(
-                            &shaders::GRAD,
+                            kernel,
                             spec,
                             Grid::Direct(gx, count, gz),
                             &[
@@ -871,7 +886,7 @@ impl Gpu {
                                 ("terms", tb),
                                 ("cw", cb),
                                 ("coefs", coefs),
-                                ("grad", dest),
+                                ("elem_out", dest),
                                 ("aux", aux),
                                 ("status", status),
                                 ("unr", unr_out),

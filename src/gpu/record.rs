@@ -382,7 +382,7 @@ impl Gpu {
                         pass = None;
                         let i = 2 * t.timed.len() as u32;
                         t.timed.push(Timed {
-                            kernel: kernel.name,
+                            kernel: kernel.entry,
                             workgroups: match grid {
                                 Grid::Direct(x, y, z) => Some([*x, *y, *z]),
                                 Grid::Indirect(_) => None,
