@@ -1,15 +1,13 @@
 // Log-sum-exp over channels, for the kernels that bind `logits` and `P`.
 
 // One step of the online log-sum-exp: (max so far, sum of exp(x - max)) after channel value x.
+// Branch-free, one exp: exp(-|x - max|) is exp(max - x) when x is the new max and exp(x - max)
+// otherwise (negation is exact).
 fn lse_step(st: vec2<f32>, x: f32) -> vec2<f32> {
-    if x > st.x {
-        return vec2<f32>(x, st.y * exp(st.x - x) + 1.0);
-    }
-    if is_neg_inf(x) {
-        // a -inf logit (a masked class) adds nothing
-        return st;
-    }
-    return vec2<f32>(st.x, st.y + exp(x - st.x));
+    let e = exp(-abs(x - st.x));
+    let r = select(vec2<f32>(st.x, st.y + e), vec2<f32>(x, st.y * e + 1.0), x > st.x);
+    // a -inf logit (a masked class) adds nothing
+    return select(r, st, is_neg_inf(x));
 }
 
 // Online log-sum-exp over the channels of pixel s of image n. The channels are loaded four at a
@@ -32,3 +30,4 @@ fn log_sum_exp(n: u32, s: u32) -> f32 {
     }
     return st.x + log(st.y);
 }
+

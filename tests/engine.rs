@@ -671,10 +671,11 @@ fn both_statistics_tile_widths_agree_with_the_reference() {
 
 /// On a CPU adapter the sigmoid statistics and gradient passes read and write images of `4k`
 /// pixels four elements at a time (the `stats4` and `gradient4` kernels) and other images one at
-/// a time: both agree with the reference, with ignored elements, probabilities, several channels
-/// and images, a plane ending inside the tile, and one image the size of a single quad.
+/// a time: both agree with the reference, with ignored elements, several channels and images, a
+/// plane ending inside the tile, and one image the size of a single quad; softmax inputs of the
+/// same shapes (one element at a time) beside them.
 #[test]
-fn sigmoid_planes_of_quads_and_of_single_elements_agree_with_the_reference() {
+fn quads_and_single_elements_agree_with_the_reference() {
     let engine = common::gpu();
     let mut exprs = parse(BINARY);
     exprs.extend(parse(&["focal:alpha=0.25+bce:label_smoothing=0.1", "bce+focal", "2*focal+0.5*dice"]));
@@ -688,6 +689,13 @@ fn sigmoid_planes_of_quads_and_of_single_elements_agree_with_the_reference() {
             case.dense[i] = -1.0;
         }
         assert_matches_reference(engine, &case, &exprs, &format!("{shape:?} with ignored elements"));
+    }
+    for shape in [&[2usize, 3, 16, 20][..], &[2, 3, 15, 21], &[1, 3, 2, 2], &[3, 3, 4099], &[3, 3, 4100]] {
+        let case = label_case(shape.iter().product::<usize>() as u64, shape, 255);
+        // (Lovász-Softmax: its gradient at tied errors is compared elsewhere)
+        let mut mc: Vec<LossExpr> = parse(MULTICLASS).into_iter().filter(|e| !e.has_lovasz()).collect();
+        mc.extend(parse(&["focal:act=softmax+dice", "ce:label_smoothing=0.2+jaccard"]));
+        assert_matches_reference(engine, &case, &mc, &format!("{shape:?}"));
     }
 }
 
