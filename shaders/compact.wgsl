@@ -17,6 +17,7 @@
 const CT: u32 = 2048u;
 const CIPT: u32 = 8u;
 const NONE: u32 = 0xFFFFFFFFu;
+const STW: u32 = 8u; // tiles per workgroup of radix_scatter_tiles
 
 // (kept, dropped fg, dropped bg, 0) of one element (branch-free: a CPU adapter runs both sides
 // of a branch on its lanes).
@@ -108,7 +109,8 @@ fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
 var<workgroup> longest: atomic<u32>;
 
 // One workgroup: the indirect dispatch size (x, y, z) of the passes over the compacted segments,
-// written to keys_out[0..3]: the tiles of the longest kept segment (at least one), the segments.
+// written to keys_out[0..3]: the tiles of the longest kept segment (at least one), the segments;
+// and to keys_out[4..7] that of radix_scatter_tiles (STW tiles per workgroup).
 @compute @workgroup_size(256)
 fn compact_args(@builtin(local_invocation_index) lid: u32) {
     if lid == 0u {
@@ -122,8 +124,12 @@ fn compact_args(@builtin(local_invocation_index) lid: u32) {
     atomicMax(&longest, m);
     workgroupBarrier();
     if lid == 0u {
-        keys_out[0] = max(1u, (atomicLoad(&longest) + CT - 1u) / CT);
+        let tiles = max(1u, (atomicLoad(&longest) + CT - 1u) / CT);
+        keys_out[0] = tiles;
         keys_out[1] = LP.segs;
         keys_out[2] = 1u;
+        keys_out[4] = (tiles + STW - 1u) / STW;
+        keys_out[5] = LP.segs;
+        keys_out[6] = 1u;
     }
 }

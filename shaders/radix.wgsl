@@ -168,3 +168,38 @@ fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
         }
     }
 }
+
+// radix_scatter for CPU adapters: each thread takes a whole tile and walks it in order, sending
+// every key to its digit's next slot (the digit's start in the segment plus the tile's prefix,
+// counted up as it goes), so the scatter is stable without a local sort. A CPU adapter pays for
+// barriers and for every workgroup memory access of every lane: this kernel has no barrier and
+// three such accesses per key, against three splits with their scans (and their barriers) in
+// radix_scatter. (On a GPU the serial walk would leave the lanes' writes uncoalesced.)
+// Workgroup (tile group, segment): tiles STW x + lane, each lane's running slots in `slot`.
+const STW: u32 = 8u;
+var<workgroup> slot: array<u32, 2048>; // STW * 256
+
+@compute @workgroup_size(8)
+fn radix_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x * STW + lid;
+    let seg = wid.y;
+    let n = seg_len(seg);
+    if tile * T >= n {
+        return; // (no barriers below)
+    }
+    let row = lid * 256u;
+    for (var d = 0u; d < 256u; d++) {
+        slot[row + d] = totals[seg * 256u + d] + counts[(seg * SP.tiles + tile) * 256u + d];
+    }
+    let base = seg * SP.len + tile * T;
+    let out = seg * SP.len;
+    let real = min(T, n - tile * T);
+    for (var p = 0u; p < real; p++) {
+        let k = keys_in[base + p];
+        let at = row + digit(k);
+        let dest = slot[at];
+        slot[at] = dest + 1u;
+        keys_out[out + dest] = k;
+        vals_out[out + dest] = vals_in[base + p];
+    }
+}

@@ -133,6 +133,15 @@ impl Engine {
         }
     }
 
+    /// Whether the radix sort scatters with a thread per tile, walked in order (the default on
+    /// CPU adapters), or with a workgroup per tile after a local sort (elsewhere): for tests of
+    /// both on one adapter, and for benchmarks. A no-op on the CPU reference.
+    pub fn set_tile_scatter(&self, on: bool) {
+        if let Some(gpu) = self.gpu_ref() {
+            gpu.tile_scatter.store(on, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Copies the prepared logits once on the device and waits: the memory-traffic floor of an
     /// elementwise pass, for benchmarks to compare against. `false` when nothing ran: on the CPU
     /// reference, or for an input past the binding limit (kept on the host, evaluated in pieces).

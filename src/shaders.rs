@@ -202,6 +202,8 @@ pub const RADIX_SCAN: Kernel = radix!("radix_scan");
 pub const RADIX_DIGITS: Kernel = radix!("radix_digits");
 /// Radix sort, step 3: stable local sort and scatter.
 pub const RADIX_SCATTER: Kernel = radix!("radix_scatter");
+/// Radix sort, step 3 on CPU adapters: a thread per tile, walked in order.
+pub const RADIX_SCATTER_TILES: Kernel = radix!("radix_scatter_tiles");
 
 /// Bitonic sort of segments of at most [`BITONIC_MAX`] keys, one workgroup each.
 pub const BITONIC_SORT: Kernel = Kernel {
@@ -331,6 +333,7 @@ pub const KERNELS: &[Kernel] = &[
     RADIX_SCAN,
     RADIX_DIGITS,
     RADIX_SCATTER,
+    RADIX_SCATTER_TILES,
     BITONIC_SORT,
     LOVASZ_KEYS,
     LOVASZ_COUNT,
@@ -382,6 +385,7 @@ pub const SHARED_CONSTANTS: &[(&str, u64)] = &[
     ("GPIX", crate::gpu::GRAD_PIX as u64),
     ("FWG", crate::gpu::FINALIZE_WG as u64),
     ("T", crate::gpu::SORT_TILE as u64),
+    ("STW", crate::gpu::SCATTER_TILES_WG as u64),
     ("LT", crate::gpu::SORT_TILE as u64),
     ("NONE", crate::gpu::NONE_KEY as u64),
 ];

@@ -5,6 +5,8 @@ mod common;
 
 use common::Rng;
 use segloss::internals::SortAlgo;
+use segloss::Engine;
+use std::sync::OnceLock;
 
 /// Order-preserving u32 encoding of an f32, descending (larger floats first), as the Lovász
 /// kernels sort errors; -0.0 sorts right after +0.0.
@@ -14,14 +16,28 @@ fn desc_key(x: f32) -> u32 {
     !asc
 }
 
+/// Each algorithm, and the radix sort with both scatters: a thread per tile (CPU adapters) and a
+/// workgroup per tile (GPUs), the second on an engine of its own.
 fn check(keys: &[u32], seg: usize) {
     for algo in [SortAlgo::Auto, SortAlgo::Radix, SortAlgo::Bitonic] {
-        check_with(keys, seg, algo);
+        check_with(common::gpu(), keys, seg, algo);
     }
+    check_with(other_scatter(), keys, seg, SortAlgo::Radix);
 }
 
-fn check_with(keys: &[u32], seg: usize, algo: SortAlgo) {
-    let (k, i) = common::gpu().sort_segments_with_blocking(keys, seg, algo).unwrap();
+/// An engine whose radix sort scatters the other way from the shared engine's.
+fn other_scatter() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| {
+        let e = Engine::gpu_blocking().unwrap();
+        // (the engine's default: a thread per tile on CPU adapters)
+        e.set_tile_scatter(e.info().device_type != "Cpu");
+        e
+    })
+}
+
+fn check_with(engine: &Engine, keys: &[u32], seg: usize, algo: SortAlgo) {
+    let (k, i) = engine.sort_segments_with_blocking(keys, seg, algo).unwrap();
     let mut want: Vec<u32> = (0..keys.len() as u32).collect();
     for chunk in want.chunks_mut(seg) {
         chunk.sort_by_key(|&j| keys[j as usize]); // stable

@@ -270,6 +270,9 @@ pub(crate) struct Gpu {
     pub pool: Arc<Pool>,
     /// Longest segment the automatic sort choice gives to the bitonic network.
     pub bitonic_upto: usize,
+    /// The radix sort scatters with a thread per tile (`radix_scatter_tiles`): CPU adapters (the
+    /// `internals` feature can change it, for tests of the GPU scatter on lavapipe).
+    pub tile_scatter: AtomicBool,
     /// The statistics pass's wide sigmoid tiles ([`Spec::wide`]): on CPU adapters (the
     /// `internals` feature can change it, for tests of the GPU configuration on lavapipe).
     pub wide_stats: AtomicBool,
@@ -329,6 +332,7 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             pool: Arc::new(Pool::default()),
             bitonic_upto,
+            tile_scatter: AtomicBool::new(cpu),
             wide_stats: AtomicBool::new(cpu),
             // (Mesa's software rasterizer, through Vulkan (lavapipe) or OpenGL; other CPU adapters,
             // SwiftShader or WARP, have no such limit)

@@ -131,7 +131,8 @@ impl Gpu {
         rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), Grid::Direct(segs as u32, 1, 1), &binds)?;
         rec.dispatch(&shaders::COMPACT_SCATTER, Spec::default(), seg_grid, &binds)?;
         // the passes over the compacted segments cover only the longest one's tiles
-        let args = rec.scratch(16, "indirect dispatch")?;
+        // (two: the sort's scatter on a CPU adapter takes its own, from byte 16)
+        let args = rec.scratch(32, "indirect dispatch")?;
         let unused = rec.scratch(16, "unused")?;
         rec.dispatch(
             &shaders::COMPACT_ARGS,

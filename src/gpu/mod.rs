@@ -129,6 +129,9 @@ pub(crate) fn softmax_stats_steps(c: usize, pixel_only: bool, validate: bool, co
 }
 /// Elements per sort tile (`radix.wgsl`: T, `lovasz.wgsl`: LT).
 pub(crate) const SORT_TILE: usize = 2048;
+/// Tiles per workgroup of the radix scatter of CPU adapters (`radix.wgsl`, `compact.wgsl`: STW),
+/// a thread each.
+pub(crate) const SCATTER_TILES_WG: usize = 8;
 /// Sort key of an element that carries no loss (`lovasz.wgsl`: NONE).
 pub(crate) const NONE_KEY: u32 = u32::MAX;
 /// Alignment of every buffer offset the engine binds or copies (the largest that WebGPU allows

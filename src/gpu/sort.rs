@@ -4,7 +4,7 @@
 use crate::error::Error;
 use crate::gpu::context::Gpu;
 use crate::gpu::record::{Grid, Recording, Slice};
-use crate::gpu::{Spec, SORT_TILE};
+use crate::gpu::{Spec, SCATTER_TILES_WG, SORT_TILE};
 use crate::shaders::{self, BITONIC_MAX};
 
 /// Which sort to use.
@@ -60,10 +60,20 @@ impl Gpu {
         };
         let tiles = len.div_ceil(SORT_TILE);
         let varlen_flag = u32::from(varlen.is_some());
-        let (seglen, tile_grid) = match varlen {
-            Some((seglen, args)) => (seglen, Grid::Indirect(args)),
+        // a CPU adapter's scatter takes SCATTER_TILES_WG tiles per workgroup
+        let (seglen, tile_grid, group_grid) = match varlen {
+            Some((seglen, args)) => (seglen, Grid::Indirect(args.sub(0, 12)), Grid::Indirect(args.sub(16, 12))),
             // without per-segment lengths the binding is not read, but must hold one vec4
-            None => (rec.scratch(16, "sort lengths")?, Grid::Direct(tiles as u32, segs as u32, 1)),
+            None => (
+                rec.scratch(16, "sort lengths")?,
+                Grid::Direct(tiles as u32, segs as u32, 1),
+                Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1),
+            ),
+        };
+        let scatter = if self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed) {
+            (&shaders::RADIX_SCATTER_TILES, group_grid)
+        } else {
+            (&shaders::RADIX_SCATTER, tile_grid)
         };
         let (a, b) = (bufs.a, bufs.b);
         if bitonic && len <= BITONIC_MAX {
@@ -116,7 +126,7 @@ impl Gpu {
                 (&shaders::RADIX_COUNT, tile_grid),
                 (&shaders::RADIX_SCAN, Grid::Direct(segs as u32, 16, 1)),
                 (&shaders::RADIX_DIGITS, Grid::Direct(segs as u32, 1, 1)),
-                (&shaders::RADIX_SCATTER, tile_grid),
+                scatter,
             ] {
                 rec.dispatch(k, Spec::default(), grid, &binds)?;
             }
