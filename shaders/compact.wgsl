@@ -106,6 +106,28 @@ fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
     }
 }
 
+// compact_scatter for CPU adapters (see radix_scatter_tiles): a thread per tile walks it in order
+// from the tile's first slot, with no scan. Workgroup (tile group, segment): tiles STW x + lane.
+@compute @workgroup_size(8)
+fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x * STW + lid;
+    let seg = wid.y;
+    if tile * CT >= LP.len {
+        return;
+    }
+    var pos = seg * LP.len + tilecnt[seg * LP.tiles + tile].x;
+    let base = seg * LP.len + tile * CT;
+    let real = min(CT, LP.len - tile * CT);
+    for (var p = 0u; p < real; p++) {
+        let k = keys_in[base + p];
+        if k != NONE {
+            keys_out[pos] = k;
+            vals_out[pos] = vals_in[base + p];
+            pos += 1u;
+        }
+    }
+}
+
 var<workgroup> longest: atomic<u32>;
 
 // One workgroup: the indirect dispatch size (x, y, z) of the passes over the compacted segments,

@@ -203,3 +203,28 @@ fn radix_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
         vals_out[out + dest] = vals_in[base + p];
     }
 }
+
+// radix_count for CPU adapters (see radix_scatter_tiles): a thread per tile counts its digits in
+// its own row of `slot`, without atomics or barriers.
+@compute @workgroup_size(8)
+fn radix_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x * STW + lid;
+    let seg = wid.y;
+    let n = seg_len(seg);
+    if tile * T >= n {
+        return;
+    }
+    let row = lid * 256u;
+    for (var d = 0u; d < 256u; d++) {
+        slot[row + d] = 0u;
+    }
+    let base = seg * SP.len + tile * T;
+    let real = min(T, n - tile * T);
+    for (var p = 0u; p < real; p++) {
+        let at = row + digit(keys_in[base + p]);
+        slot[at] += 1u;
+    }
+    for (var d = 0u; d < 256u; d++) {
+        counts[(seg * SP.tiles + tile) * 256u + d] = slot[row + d];
+    }
+}

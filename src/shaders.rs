@@ -204,6 +204,8 @@ pub const RADIX_DIGITS: Kernel = radix!("radix_digits");
 pub const RADIX_SCATTER: Kernel = radix!("radix_scatter");
 /// Radix sort, step 3 on CPU adapters: a thread per tile, walked in order.
 pub const RADIX_SCATTER_TILES: Kernel = radix!("radix_scatter_tiles");
+/// Radix sort, step 1 on CPU adapters: a thread per tile.
+pub const RADIX_COUNT_TILES: Kernel = radix!("radix_count_tiles");
 
 /// Bitonic sort of segments of at most [`BITONIC_MAX`] keys, one workgroup each.
 pub const BITONIC_SORT: Kernel = Kernel {
@@ -298,6 +300,8 @@ pub const COMPACT_COUNT: Kernel = compact!("compact_count");
 pub const COMPACT_SCAN: Kernel = compact!("compact_scan");
 /// Lovász compaction: stable scatter of the kept elements.
 pub const COMPACT_SCATTER: Kernel = compact!("compact_scatter");
+/// Lovász compaction, the scatter on CPU adapters: a thread per tile, walked in order.
+pub const COMPACT_SCATTER_TILES: Kernel = compact!("compact_scatter_tiles");
 /// Lovász compaction: indirect dispatch size of the passes over the compacted segments.
 pub const COMPACT_ARGS: Kernel = compact!("compact_args");
 
@@ -334,6 +338,7 @@ pub const KERNELS: &[Kernel] = &[
     RADIX_DIGITS,
     RADIX_SCATTER,
     RADIX_SCATTER_TILES,
+    RADIX_COUNT_TILES,
     BITONIC_SORT,
     LOVASZ_KEYS,
     LOVASZ_COUNT,
@@ -343,6 +348,7 @@ pub const KERNELS: &[Kernel] = &[
     COMPACT_COUNT,
     COMPACT_SCAN,
     COMPACT_SCATTER,
+    COMPACT_SCATTER_TILES,
     COMPACT_ARGS,
     LOVASZ_THRESHOLD,
     LOVASZ_DROP,

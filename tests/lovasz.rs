@@ -251,6 +251,30 @@ fn repeated_runs_are_bit_identical() {
     }
 }
 
+/// The sort and compaction of a CPU adapter (a thread per tile) and of a GPU (a workgroup per
+/// tile) are both stable, so they order ties alike: the same values and gradients bit for bit,
+/// on segments of several tiles, with ties (quantized logits) and ignored pixels.
+#[test]
+fn both_scatters_give_the_same_bits() {
+    let other = segloss::Engine::gpu_blocking().unwrap();
+    // (the engine's default: a thread per tile on CPU adapters)
+    other.set_tile_scatter(other.info().device_type != "Cpu");
+    let mut rng = Rng(36);
+    for (mode, shape, texts) in
+        [(Mode::Multiclass, vec![2, 5, 90, 70], SOFTMAX), (Mode::Binary, vec![3, 1, 110, 90], HINGE)]
+    {
+        let c = case(&mut rng, mode, shape, 0, true);
+        let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse().unwrap()).collect();
+        let a = common::gpu().evaluate_blocking(&c.input(), &exprs, true).unwrap();
+        let b = other.evaluate_blocking(&c.input(), &exprs, true).unwrap();
+        for ((x, y), t) in a.iter().zip(&b).zip(texts) {
+            assert_eq!(x.value.to_bits(), y.value.to_bits(), "{t}");
+            let (gx, gy) = (x.grad.as_ref().unwrap(), y.grad.as_ref().unwrap());
+            assert!(gx.iter().zip(gy).all(|(p, q)| p.to_bits() == q.to_bits()), "{t}");
+        }
+    }
+}
+
 #[test]
 fn soft_labels_are_rejected() {
     let x = vec![0.5f32; 8];

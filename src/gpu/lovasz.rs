@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::gpu::context::Gpu;
 use crate::gpu::record::{Grid, Recording, Slice};
 use crate::gpu::sort::{SortAlgo, SortBufs};
-use crate::gpu::{Params, Spec, GRAD_WG, SORT_TILE};
+use crate::gpu::{Params, Spec, GRAD_WG, SCATTER_TILES_WG, SORT_TILE};
 use crate::plan;
 use crate::shaders;
 
@@ -129,7 +129,12 @@ impl Gpu {
         ];
         rec.dispatch(&shaders::COMPACT_COUNT, Spec::default(), seg_grid, &binds)?;
         rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), Grid::Direct(segs as u32, 1, 1), &binds)?;
-        rec.dispatch(&shaders::COMPACT_SCATTER, Spec::default(), seg_grid, &binds)?;
+        if self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed) {
+            let groups = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
+            rec.dispatch(&shaders::COMPACT_SCATTER_TILES, Spec::default(), groups, &binds)?;
+        } else {
+            rec.dispatch(&shaders::COMPACT_SCATTER, Spec::default(), seg_grid, &binds)?;
+        }
         // the passes over the compacted segments cover only the longest one's tiles
         // (two: the sort's scatter on a CPU adapter takes its own, from byte 16)
         let args = rec.scratch(32, "indirect dispatch")?;

@@ -70,10 +70,10 @@ impl Gpu {
                 Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1),
             ),
         };
-        let scatter = if self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed) {
-            (&shaders::RADIX_SCATTER_TILES, group_grid)
+        let (count, scatter) = if self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed) {
+            ((&shaders::RADIX_COUNT_TILES, group_grid), (&shaders::RADIX_SCATTER_TILES, group_grid))
         } else {
-            (&shaders::RADIX_SCATTER, tile_grid)
+            ((&shaders::RADIX_COUNT, tile_grid), (&shaders::RADIX_SCATTER, tile_grid))
         };
         let (a, b) = (bufs.a, bufs.b);
         if bitonic && len <= BITONIC_MAX {
@@ -123,7 +123,7 @@ impl Gpu {
                 ("seglen", seglen),
             ];
             for (k, grid) in [
-                (&shaders::RADIX_COUNT, tile_grid),
+                count,
                 (&shaders::RADIX_SCAN, Grid::Direct(segs as u32, 16, 1)),
                 (&shaders::RADIX_DIGITS, Grid::Direct(segs as u32, 1, 1)),
                 scatter,
