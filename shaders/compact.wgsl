@@ -19,14 +19,6 @@ const CIPT: u32 = 8u;
 const NONE: u32 = 0xFFFFFFFFu;
 const STW: u32 = 8u; // tiles per workgroup of radix_scatter_tiles
 
-// (kept, dropped fg, dropped bg, 0) of one element (branch-free: a CPU adapter runs both sides
-// of a branch on its lanes).
-fn kind_of(k: u32, v: u32) -> vec4<u32> {
-    let fg = (v >> 31u) == 1u;
-    let dropped = k == NONE && v != NONE;
-    return vec4<u32>(select(0u, 1u, k != NONE), select(0u, 1u, dropped && fg), select(0u, 1u, dropped && !fg), 0u);
-}
-
 // The tile's counts: integers, so workgroup atomics give the same totals in any order, with two
 // barriers instead of a scan's four.
 var<workgroup> tile_total: array<atomic<u32>, 3>;

@@ -94,15 +94,11 @@ fn lovasz_keys(
     }
 }
 
-// The hinge key and payload of element e, branch-free (a CPU adapter runs both sides of a
-// branch on its lanes, masked).
+// The hinge key and payload of element e (hingekey.wgsl).
 fn hinge_key(e: u32) {
-    let tb = tword(e);
-    let g = bitcast<f32>(tb);
-    let err = hinge_error(logits[e], g);
-    let live = tb != INVALID;
-    keys[e] = select(NONE, ~bitcast<u32>(err), live && err > 0.0);
-    vals[e] = select(NONE, e | select(0u, 0x80000000u, g > 0.5), live);
+    let kv = hinge_kv(e);
+    keys[e] = kv.x;
+    vals[e] = kv.y;
 }
 
 // (fg, bg) counts of one payload.

@@ -233,6 +233,7 @@ macro_rules! lovasz {
                 "io1.wgsl",
                 "lse.wgsl",
                 "target.wgsl",
+                "hingekey.wgsl",
                 "scan.wgsl",
                 "lovparams.wgsl",
                 "lovasz.wgsl"
@@ -302,6 +303,27 @@ pub const COMPACT_SCAN: Kernel = compact!("compact_scan");
 pub const COMPACT_SCATTER: Kernel = compact!("compact_scatter");
 /// Lovász compaction, the scatter on CPU adapters: a thread per tile, walked in order.
 pub const COMPACT_SCATTER_TILES: Kernel = compact!("compact_scatter_tiles");
+
+const HINGE_BINDINGS: &[Binding] =
+    &[r("logits"), r("tgt"), u("P"), u("LP"), w("keys_out"), w("vals_out"), w("tilecnt")];
+
+macro_rules! hinge {
+    ($name:literal) => {
+        Kernel {
+            name: $name,
+            entry: $name,
+            source: wgsl!("common.wgsl", "io1.wgsl", "target.wgsl", "hingekey.wgsl", "lovparams.wgsl", "hinge.wgsl"),
+            bindings: HINGE_BINDINGS,
+            specialized: false,
+            cpu_storage_params: false,
+        }
+    };
+}
+
+/// Lovász hinge on CPU adapters: kept elements and dropped labels per tile, a thread per tile.
+pub const HINGE_COUNT_TILES: Kernel = hinge!("hinge_count_tiles");
+/// Lovász hinge on CPU adapters: the kept keys and payloads written compacted.
+pub const HINGE_COMPACT_TILES: Kernel = hinge!("hinge_compact_tiles");
 /// Lovász compaction: indirect dispatch size of the passes over the compacted segments.
 pub const COMPACT_ARGS: Kernel = compact!("compact_args");
 
@@ -349,6 +371,8 @@ pub const KERNELS: &[Kernel] = &[
     COMPACT_SCAN,
     COMPACT_SCATTER,
     COMPACT_SCATTER_TILES,
+    HINGE_COUNT_TILES,
+    HINGE_COMPACT_TILES,
     COMPACT_ARGS,
     LOVASZ_THRESHOLD,
     LOVASZ_DROP,
@@ -391,6 +415,7 @@ pub const SHARED_CONSTANTS: &[(&str, u64)] = &[
     ("GPIX", crate::gpu::GRAD_PIX as u64),
     ("FWG", crate::gpu::FINALIZE_WG as u64),
     ("T", crate::gpu::SORT_TILE as u64),
+    ("CT", crate::gpu::SORT_TILE as u64),
     ("STW", crate::gpu::SCATTER_TILES_WG as u64),
     ("LT", crate::gpu::SORT_TILE as u64),
     ("NONE", crate::gpu::NONE_KEY as u64),

@@ -72,12 +72,16 @@ impl Gpu {
         let keys = rec.scratch(total, "lovasz keys")?;
         let vals = rec.scratch(total, "lovasz payloads")?;
         let spec = Spec { probs: inp.probs, ..Spec::softmax(inp.softmax) };
+        // a CPU adapter's tiles, a thread each; the hinge's keys then go straight into the
+        // compacted segments (hinge.wgsl, step 3)
+        let tiled = self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed);
+        let direct_hinge = tiled && !inp.softmax;
         // 1. keys and payloads (softmax: a workgroup row per image; hinge: per (image, channel)
         // plane)
         let lp = rec.uniform(&LovParams { len: len as u32, segs: segs as u32, tiles: 1, per_image: per_image as u32 });
         let (d0, d1) = (rec.scratch(16, "unused")?, rec.scratch(16, "unused")?);
         let (gx, gz) = grid(&self.limits, s);
-        for &(plane0, count) in inp.rows {
+        for &(plane0, count) in if direct_hinge { &[][..] } else { inp.rows } {
             let pr = rec.uniform(&Params { plane0, ..inp.params });
             rec.dispatch(
                 &shaders::LOVASZ_KEYS,
@@ -127,13 +131,29 @@ impl Gpu {
             ("tilecnt", tilecnt),
             ("segsum", segsum),
         ];
-        rec.dispatch(&shaders::COMPACT_COUNT, Spec::default(), seg_grid, &binds)?;
-        rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), Grid::Direct(segs as u32, 1, 1), &binds)?;
-        if self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed) {
-            let groups = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
-            rec.dispatch(&shaders::COMPACT_SCATTER_TILES, Spec::default(), groups, &binds)?;
+        let scan = Grid::Direct(segs as u32, 1, 1);
+        let groups = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
+        if direct_hinge {
+            let hinge_binds = [
+                ("logits", inp.logits),
+                ("tgt", inp.target),
+                ("P", rec.uniform(&inp.params)),
+                ("LP", lp),
+                ("keys_out", kc),
+                ("vals_out", vc),
+                ("tilecnt", tilecnt),
+            ];
+            rec.dispatch(&shaders::HINGE_COUNT_TILES, Spec::default(), groups, &hinge_binds)?;
+            rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), scan, &binds)?;
+            rec.dispatch(&shaders::HINGE_COMPACT_TILES, Spec::default(), groups, &hinge_binds)?;
         } else {
-            rec.dispatch(&shaders::COMPACT_SCATTER, Spec::default(), seg_grid, &binds)?;
+            rec.dispatch(&shaders::COMPACT_COUNT, Spec::default(), seg_grid, &binds)?;
+            rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), scan, &binds)?;
+            if tiled {
+                rec.dispatch(&shaders::COMPACT_SCATTER_TILES, Spec::default(), groups, &binds)?;
+            } else {
+                rec.dispatch(&shaders::COMPACT_SCATTER, Spec::default(), seg_grid, &binds)?;
+            }
         }
         // the passes over the compacted segments cover only the longest one's tiles
         // (two: the sort's scatter on a CPU adapter takes its own, from byte 16)

@@ -1,0 +1,56 @@
+// The Lovász hinge's keys on CPU adapters, straight into the compacted segments (see
+// compact.wgsl): a thread per tile of a segment counts its kept elements and the dropped ones'
+// labels (hinge_count_tiles), compact_scan gives each tile its first slot, and the thread computes
+// the keys again and writes the kept ones in order (hinge_compact_tiles). Against lovasz_keys,
+// compact_count and compact_scatter, the uncompacted keys are never written nor read back. A
+// hinge segment is an image's elements (or all of them) in logits order: element j of segment
+// seg is logit seg * LP.len + j.
+
+@group(0) @binding(0) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read> tgt: array<u32>;
+@group(0) @binding(2) var<uniform> P: Params;
+@group(0) @binding(3) var<uniform> LP: LovParams;
+@group(0) @binding(4) var<storage, read_write> keys_out: array<u32>;
+@group(0) @binding(5) var<storage, read_write> vals_out: array<u32>;
+@group(0) @binding(6) var<storage, read_write> tilecnt: array<vec4<u32>>; // [seg][tile]: kept, fg, bg dropped
+
+const CT: u32 = 2048u;
+const STW: u32 = 8u; // tiles per workgroup, a thread each
+
+// Workgroup (tile group, segment): tiles STW x + lane.
+@compute @workgroup_size(8)
+fn hinge_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x * STW + lid;
+    let seg = wid.y;
+    if tile * CT >= LP.len {
+        return;
+    }
+    let base = seg * LP.len + tile * CT;
+    let real = min(CT, LP.len - tile * CT);
+    var c = vec4<u32>(0u);
+    for (var p = 0u; p < real; p++) {
+        let kv = hinge_kv(base + p);
+        c += kind_of(kv.x, kv.y);
+    }
+    tilecnt[seg * LP.tiles + tile] = c;
+}
+
+@compute @workgroup_size(8)
+fn hinge_compact_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x * STW + lid;
+    let seg = wid.y;
+    if tile * CT >= LP.len {
+        return;
+    }
+    var pos = seg * LP.len + tilecnt[seg * LP.tiles + tile].x;
+    let base = seg * LP.len + tile * CT;
+    let real = min(CT, LP.len - tile * CT);
+    for (var p = 0u; p < real; p++) {
+        let kv = hinge_kv(base + p);
+        if kv.x != 0xFFFFFFFFu {
+            keys_out[pos] = kv.x;
+            vals_out[pos] = kv.y;
+            pos += 1u;
+        }
+    }
+}
