@@ -499,8 +499,23 @@ impl Gpu {
         let keep_lse =
             exprs.iter().zip(grads).any(|(e, g)| (!matches!(g, GradTo::Skip) || e.unreduced()) && !e.has_lovasz());
         let fused = self.fused_grad(rec, inp, &plan, exprs, grads)?;
-        let (totals, count_totals) =
-            self.record_stats_counts(rec, inp, &plan, status, counts, keep_lse, fused.as_ref())?;
+        // Lovász alone, on an input checked on the host: no statistics pass (the finalize's
+        // Lovász ops read the sorts' own label counts, and nothing else reads the sums)
+        let lovasz_only = plan.slots.is_empty()
+            && !plan.needs_class_sums
+            && !plan.needs_sensspec
+            && !plan.tp_min
+            && counts.is_none()
+            && inp.validate == 0
+            && fused.is_none()
+            && !keep_lse;
+        let (totals, count_totals) = if lovasz_only {
+            let stride = align((n * inp.c * K * 4) as u64);
+            let sums = rec.scratch(stride, "statistics sums (unread)")?;
+            (Totals { sums, stride, n, groups, lse: None }, None)
+        } else {
+            self.record_stats_counts(rec, inp, &plan, status, counts, keep_lse, fused.as_ref())?
+        };
         // the fused expression's gradient is written: no gradient pass
         let mut tail_grads = grads.to_vec();
         if let Some(f) = &fused {
