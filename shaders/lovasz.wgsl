@@ -226,3 +226,53 @@ fn lovasz_value(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
         segsum[seg].x = bitcast<u32>(total);
     }
 }
+
+// lovasz_count and lovasz_weights for CPU adapters (see radix_scatter_tiles): a thread per sorted
+// tile, walked in order, without scans, tree sums or barriers. Workgroup (tile group, segment):
+// tiles STW x + lane. The weights are those of lovasz_weights bit for bit (integer counts); a
+// tile's value partial is summed in position order.
+const STW: u32 = 8u;
+
+@compute @workgroup_size(8)
+fn lovasz_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x * STW + lid;
+    let seg = wid.y;
+    let kept = min(segsum[seg].x, LP.len);
+    if tile * LT >= kept {
+        return; // (lovasz_scan reads the tiles holding kept elements only)
+    }
+    let base = seg * LP.len + tile * LT;
+    let end = min(LT, kept - tile * LT);
+    var cnt = vec2<u32>(0u);
+    for (var p = 0u; p < end; p++) {
+        cnt += label_counts(vals[base + p]);
+    }
+    tilecnt[seg * LP.tiles + tile] = cnt;
+}
+
+@compute @workgroup_size(8)
+fn lovasz_weights_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x * STW + lid;
+    let seg = wid.y;
+    let kept = min(segsum[seg].w, LP.len); // lovasz_scan moved the kept count to .w
+    if tile * LT >= kept {
+        return; // (lovasz_value reads the tiles holding kept elements only)
+    }
+    let base = seg * LP.len + tile * LT;
+    let end = min(LT, kept - tile * LT);
+    var run = tilecnt[seg * LP.tiles + tile]; // counts before this tile
+    let gts = segsum[seg].y;
+    var acc = 0.0;
+    for (var p = 0u; p < end; p++) {
+        // (a kept element has a key and a payload)
+        let v = vals[base + p];
+        let c = label_counts(v);
+        run += c;
+        let u = gts + run.y;
+        let i = gts - run.x;
+        let w = select(select(1.0, f32(i) / (f32(u - 1u) * f32(u)), u > 1u), 1.0 / f32(u), c.x == 1u);
+        lw[v & 0x7FFFFFFFu] = w;
+        acc += bitcast<f32>(~keys[base + p]) * w;
+    }
+    vpart[seg * LP.tiles + tile] = acc;
+}

@@ -278,6 +278,10 @@ pub const LOVASZ_SCAN: Kernel = lovasz!("lovasz_scan");
 pub const LOVASZ_WEIGHTS: Kernel = lovasz!("lovasz_weights");
 /// Lovász: value per segment.
 pub const LOVASZ_VALUE: Kernel = lovasz!("lovasz_value");
+/// Lovász on CPU adapters: [`LOVASZ_COUNT`] with a thread per tile.
+pub const LOVASZ_COUNT_TILES: Kernel = lovasz!("lovasz_count_tiles");
+/// Lovász on CPU adapters: [`LOVASZ_WEIGHTS`] with a thread per tile.
+pub const LOVASZ_WEIGHTS_TILES: Kernel = lovasz!("lovasz_weights_tiles");
 
 const COMPACT_BINDINGS: &[Binding] =
     &[u("LP"), r("keys_in"), r("vals_in"), w("keys_out"), w("vals_out"), w("tilecnt"), w("segsum")];
@@ -367,6 +371,8 @@ pub const KERNELS: &[Kernel] = &[
     LOVASZ_SCAN,
     LOVASZ_WEIGHTS,
     LOVASZ_VALUE,
+    LOVASZ_COUNT_TILES,
+    LOVASZ_WEIGHTS_TILES,
     COMPACT_COUNT,
     COMPACT_SCAN,
     COMPACT_SCATTER,

@@ -1081,9 +1081,11 @@ fn a_profile_times_every_dispatch_of_one_evaluation() {
         Err(e) => panic!("{e}"),
     };
     let names: Vec<&str> = p.kernels.iter().map(|k| k.kernel).collect();
-    // (the hinge's keys: hinge_count_tiles on a CPU adapter, lovasz_keys on a GPU)
-    let keys = if engine.info().device_type == "Cpu" { "hinge_count_tiles" } else { "lovasz_keys" };
-    for k in ["stats", "finalize", "gradient", keys, "lovasz_weights"] {
+    // (the hinge's keys and weights: a thread per tile on a CPU adapter)
+    let cpu = engine.info().device_type == "Cpu";
+    let (keys, weights) =
+        if cpu { ("hinge_count_tiles", "lovasz_weights_tiles") } else { ("lovasz_keys", "lovasz_weights") };
+    for k in ["stats", "finalize", "gradient", keys, weights] {
         assert!(names.contains(&k), "{k} missing from {names:?}");
     }
     assert_eq!(names.iter().filter(|k| **k == "gradient").count(), 2, "{names:?}");

@@ -251,11 +251,13 @@ fn repeated_runs_are_bit_identical() {
     }
 }
 
-/// The sort and compaction of a CPU adapter (a thread per tile) and of a GPU (a workgroup per
-/// tile) are both stable, so they order ties alike: the same values and gradients bit for bit,
-/// on segments of several tiles, with ties (quantized logits) and ignored pixels.
+/// The sort, compaction and Jaccard weights of a CPU adapter (a thread per tile) and of a GPU
+/// (a workgroup per tile) are stable and count in integers, so they order ties alike and weigh
+/// alike: the same gradients bit for bit, on segments of several tiles, with ties (quantized
+/// logits) and ignored pixels. The values add their tiles' terms in another order (in sequence,
+/// against a tree): equal to float rounding.
 #[test]
-fn both_scatters_give_the_same_bits() {
+fn both_tilings_give_the_same_gradient_bits() {
     let other = segloss::Engine::gpu_blocking().unwrap();
     // (the engine's default: a thread per tile on CPU adapters)
     other.set_tile_scatter(other.info().device_type != "Cpu");
@@ -268,7 +270,7 @@ fn both_scatters_give_the_same_bits() {
         let a = common::gpu().evaluate_blocking(&c.input(), &exprs, true).unwrap();
         let b = other.evaluate_blocking(&c.input(), &exprs, true).unwrap();
         for ((x, y), t) in a.iter().zip(&b).zip(texts) {
-            assert_eq!(x.value.to_bits(), y.value.to_bits(), "{t}");
+            assert!((x.value - y.value).abs() <= 1e-6 * x.value.abs(), "{t}: {} vs {}", x.value, y.value);
             let (gx, gy) = (x.grad.as_ref().unwrap(), y.grad.as_ref().unwrap());
             assert!(gx.iter().zip(gy).all(|(p, q)| p.to_bits() == q.to_bits()), "{t}");
         }

@@ -192,9 +192,14 @@ impl Gpu {
             ("vpart", vpart),
         ];
         let per_seg = Grid::Direct(segs as u32, 1, 1);
-        rec.dispatch(&shaders::LOVASZ_COUNT, spec, Grid::Indirect(args), &binds)?;
+        let (count, weights, over) = if tiled {
+            (&shaders::LOVASZ_COUNT_TILES, &shaders::LOVASZ_WEIGHTS_TILES, Grid::Indirect(args.sub(16, 12)))
+        } else {
+            (&shaders::LOVASZ_COUNT, &shaders::LOVASZ_WEIGHTS, Grid::Indirect(args.sub(0, 12)))
+        };
+        rec.dispatch(count, spec, over, &binds)?;
         rec.dispatch(&shaders::LOVASZ_SCAN, spec, per_seg, &binds)?;
-        rec.dispatch(&shaders::LOVASZ_WEIGHTS, spec, Grid::Indirect(args), &binds)?;
+        rec.dispatch(weights, spec, over, &binds)?;
         rec.dispatch(&shaders::LOVASZ_VALUE, spec, per_seg, &binds)?;
         Ok(())
     }
