@@ -13,6 +13,9 @@
 @group(0) @binding(4) var<storage, read_write> vals_out: array<u32>;
 @group(0) @binding(5) var<storage, read_write> tilecnt: array<vec4<u32>>; // [seg][tile]: kept, fg, bg dropped
 @group(0) @binding(6) var<storage, read_write> segsum: array<vec4<u32>>;  // [seg]: kept, fg, bg dropped
+// The tile kernels (CPU adapters, Lovász-Softmax): [seg] the thresholds of threshold.wgsl, which
+// they apply as they read, in place of lovasz_drop
+@group(0) @binding(7) var<storage, read> thr: array<u32>;
 
 const CT: u32 = 2048u;
 const CIPT: u32 = 8u;
@@ -98,8 +101,43 @@ fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
     }
 }
 
-// compact_scatter for CPU adapters (see radix_scatter_tiles): a thread per tile walks it in order
-// from the tile's first slot, with no scan. Workgroup (tile group, segment): tiles STW x + lane.
+// The tile kernels of CPU adapters (Lovász-Softmax; the hinge's keys go straight into the
+// compacted segments, hinge.wgsl): a thread per tile walks it in order, without atomics, scans or
+// barriers; they drop the background past the segment's threshold as they read (lovasz_drop's
+// rule, threshold.wgsl), so no pass writes the drops. Workgroup (tile group, segment): tiles
+// STW x + lane.
+
+// The key element i of segment seg has after lovasz_drop, with the segment's threshold t.
+fn dropped_key(i: u32, t: u32) -> u32 {
+    let k = keys_in[i];
+    let v = vals_in[i];
+    return select(k, NONE, v != NONE && (v >> 31u) == 0u && k > t);
+}
+
+// Segment seg's threshold (see lovasz_drop).
+fn seg_threshold(seg: u32) -> u32 {
+    let t = thr[2u * seg];
+    return select(t, ~thr[2u * seg + 1u], t == 0u);
+}
+
+@compute @workgroup_size(8)
+fn compact_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x * STW + lid;
+    let seg = wid.y;
+    if tile * CT >= LP.len {
+        return;
+    }
+    let t = seg_threshold(seg);
+    let base = seg * LP.len + tile * CT;
+    let real = min(CT, LP.len - tile * CT);
+    var c = vec4<u32>(0u);
+    for (var p = 0u; p < real; p++) {
+        c += kind_of(dropped_key(base + p, t), vals_in[base + p]);
+    }
+    tilecnt[seg * LP.tiles + tile] = c;
+}
+
+// Kept elements to the front of their segment in order, from the tile's first slot.
 @compute @workgroup_size(8)
 fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x * STW + lid;
@@ -107,11 +145,12 @@ fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(wor
     if tile * CT >= LP.len {
         return;
     }
+    let t = seg_threshold(seg);
     var pos = seg * LP.len + tilecnt[seg * LP.tiles + tile].x;
     let base = seg * LP.len + tile * CT;
     let real = min(CT, LP.len - tile * CT);
     for (var p = 0u; p < real; p++) {
-        let k = keys_in[base + p];
+        let k = dropped_key(base + p, t);
         if k != NONE {
             keys_out[pos] = k;
             vals_out[pos] = vals_in[base + p];

@@ -284,7 +284,7 @@ pub const LOVASZ_COUNT_TILES: Kernel = lovasz!("lovasz_count_tiles");
 pub const LOVASZ_WEIGHTS_TILES: Kernel = lovasz!("lovasz_weights_tiles");
 
 const COMPACT_BINDINGS: &[Binding] =
-    &[u("LP"), r("keys_in"), r("vals_in"), w("keys_out"), w("vals_out"), w("tilecnt"), w("segsum")];
+    &[u("LP"), r("keys_in"), r("vals_in"), w("keys_out"), w("vals_out"), w("tilecnt"), w("segsum"), r("thr")];
 
 macro_rules! compact {
     ($name:literal) => {
@@ -305,7 +305,9 @@ pub const COMPACT_COUNT: Kernel = compact!("compact_count");
 pub const COMPACT_SCAN: Kernel = compact!("compact_scan");
 /// Lovász compaction: stable scatter of the kept elements.
 pub const COMPACT_SCATTER: Kernel = compact!("compact_scatter");
-/// Lovász compaction, the scatter on CPU adapters: a thread per tile, walked in order.
+/// Lovász-Softmax compaction on CPU adapters: the counts, a thread per tile, with the drops.
+pub const COMPACT_COUNT_TILES: Kernel = compact!("compact_count_tiles");
+/// Lovász-Softmax compaction on CPU adapters: the scatter, a thread per tile, with the drops.
 pub const COMPACT_SCATTER_TILES: Kernel = compact!("compact_scatter_tiles");
 
 const HINGE_BINDINGS: &[Binding] =
@@ -376,6 +378,7 @@ pub const KERNELS: &[Kernel] = &[
     COMPACT_COUNT,
     COMPACT_SCAN,
     COMPACT_SCATTER,
+    COMPACT_COUNT_TILES,
     COMPACT_SCATTER_TILES,
     HINGE_COUNT_TILES,
     HINGE_COMPACT_TILES,

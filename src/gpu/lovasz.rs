@@ -109,14 +109,20 @@ impl Gpu {
         });
         let seg_grid = Grid::Direct(tiles as u32, segs as u32, 1);
         // 2. Lovász-Softmax: background past each segment's last foreground element has weight
-        // zero and is not sorted (see threshold.wgsl)
-        if inp.softmax {
+        // zero and is not sorted (see threshold.wgsl); a CPU adapter's compaction drops it as it
+        // reads (compact.wgsl), the GPU's after lovasz_drop marked it
+        let thr = if inp.softmax {
             let thr = rec.scratch((segs * 8) as u64, "lovasz thresholds")?;
             rec.clear(thr);
             let binds = [("LP", lp), ("keys", keys), ("vals", vals), ("thr", thr)];
             rec.dispatch(&shaders::LOVASZ_THRESHOLD, Spec::default(), seg_grid, &binds)?;
-            rec.dispatch(&shaders::LOVASZ_DROP, Spec::default(), seg_grid, &binds)?;
-        }
+            if !tiled {
+                rec.dispatch(&shaders::LOVASZ_DROP, Spec::default(), seg_grid, &binds)?;
+            }
+            thr
+        } else {
+            rec.scratch(16, "no thresholds")?
+        };
         // 3. stable compaction of the elements to sort; the kept count of each segment lands in
         // segsum.x, the labels of the others in .y (fg) and .z (bg)
         let tilecnt = rec.scratch((segs * tiles * 16) as u64, "compaction tile counts")?;
@@ -130,6 +136,7 @@ impl Gpu {
             ("vals_out", vc),
             ("tilecnt", tilecnt),
             ("segsum", segsum),
+            ("thr", thr),
         ];
         let scan = Grid::Direct(segs as u32, 1, 1);
         let groups = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
@@ -146,14 +153,14 @@ impl Gpu {
             rec.dispatch(&shaders::HINGE_COUNT_TILES, Spec::default(), groups, &hinge_binds)?;
             rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), scan, &binds)?;
             rec.dispatch(&shaders::HINGE_COMPACT_TILES, Spec::default(), groups, &hinge_binds)?;
+        } else if tiled {
+            rec.dispatch(&shaders::COMPACT_COUNT_TILES, Spec::default(), groups, &binds)?;
+            rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), scan, &binds)?;
+            rec.dispatch(&shaders::COMPACT_SCATTER_TILES, Spec::default(), groups, &binds)?;
         } else {
             rec.dispatch(&shaders::COMPACT_COUNT, Spec::default(), seg_grid, &binds)?;
             rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), scan, &binds)?;
-            if tiled {
-                rec.dispatch(&shaders::COMPACT_SCATTER_TILES, Spec::default(), groups, &binds)?;
-            } else {
-                rec.dispatch(&shaders::COMPACT_SCATTER, Spec::default(), seg_grid, &binds)?;
-            }
+            rec.dispatch(&shaders::COMPACT_SCATTER, Spec::default(), seg_grid, &binds)?;
         }
         // the passes over the compacted segments cover only the longest one's tiles
         // (two: the sort's scatter on a CPU adapter takes its own, from byte 16)
@@ -171,6 +178,7 @@ impl Gpu {
                 ("vals_out", unused),
                 ("tilecnt", tilecnt),
                 ("segsum", segsum),
+                ("thr", thr),
             ],
         )?;
         // 4. sort of the kept keys (the uncompacted keys are spent: they are the sort's scratch)
