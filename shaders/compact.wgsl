@@ -107,10 +107,8 @@ fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
 // rule, threshold.wgsl), so no pass writes the drops. Workgroup (tile group, segment): tiles
 // STW x + lane.
 
-// The key element i of segment seg has after lovasz_drop, with the segment's threshold t.
-fn dropped_key(i: u32, t: u32) -> u32 {
-    let k = keys_in[i];
-    let v = vals_in[i];
+// The key k (payload v) has after lovasz_drop, with the segment's threshold t.
+fn dropped_key(k: u32, v: u32, t: u32) -> u32 {
     return select(k, NONE, v != NONE && (v >> 31u) == 0u && k > t);
 }
 
@@ -132,7 +130,8 @@ fn compact_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
     let real = min(CT, LP.len - tile * CT);
     var c = vec4<u32>(0u);
     for (var p = 0u; p < real; p++) {
-        c += kind_of(dropped_key(base + p, t), vals_in[base + p]);
+        let v = vals_in[base + p];
+        c += kind_of(dropped_key(keys_in[base + p], v, t), v);
     }
     tilecnt[seg * LP.tiles + tile] = c;
 }
@@ -150,10 +149,11 @@ fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(wor
     let base = seg * LP.len + tile * CT;
     let real = min(CT, LP.len - tile * CT);
     for (var p = 0u; p < real; p++) {
-        let k = dropped_key(base + p, t);
+        let v = vals_in[base + p];
+        let k = dropped_key(keys_in[base + p], v, t);
         if k != NONE {
             keys_out[pos] = k;
-            vals_out[pos] = vals_in[base + p];
+            vals_out[pos] = v;
             pos += 1u;
         }
     }

@@ -75,3 +75,29 @@ fn lovasz_drop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
         }
     }
 }
+
+// lovasz_threshold for CPU adapters (see radix_scatter_tiles): a thread per tile, without
+// workgroup atomics or barriers. Workgroup (tile group, segment): tiles STW x + lane.
+const STW: u32 = 8u;
+
+@compute @workgroup_size(8)
+fn lovasz_threshold_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x * STW + lid;
+    let seg = wid.y;
+    if tile * HT >= LP.len {
+        return;
+    }
+    let base = seg * LP.len + tile * HT;
+    let real = min(HT, LP.len - tile * HT);
+    var fg = 0u;
+    var mn = 0u; // complement of the smallest key
+    for (var p = 0u; p < real; p++) {
+        let v = vals[base + p];
+        let k = keys[base + p];
+        let live = v != NONE;
+        mn = max(mn, select(0u, ~k, live));
+        fg = max(fg, select(0u, k, live && (v >> 31u) == 1u));
+    }
+    atomicMax(&thr[2u * seg], fg);
+    atomicMax(&thr[2u * seg + 1u], mn);
+}

@@ -346,6 +346,9 @@ pub const LOVASZ_THRESHOLD: Kernel = Kernel {
 };
 /// Lovász-Softmax: drops the background elements whose Jaccard weight is zero.
 pub const LOVASZ_DROP: Kernel = Kernel { name: "lovasz_drop", entry: "lovasz_drop", ..LOVASZ_THRESHOLD };
+/// Lovász-Softmax on CPU adapters: [`LOVASZ_THRESHOLD`] with a thread per tile.
+pub const LOVASZ_THRESHOLD_TILES: Kernel =
+    Kernel { name: "lovasz_threshold_tiles", entry: "lovasz_threshold_tiles", ..LOVASZ_THRESHOLD };
 
 /// Every kernel of the crate.
 pub const KERNELS: &[Kernel] = &[
@@ -385,6 +388,7 @@ pub const KERNELS: &[Kernel] = &[
     COMPACT_ARGS,
     LOVASZ_THRESHOLD,
     LOVASZ_DROP,
+    LOVASZ_THRESHOLD_TILES,
 ];
 
 /// Constants that Rust and WGSL share, as `(WGSL name, value)`: `tests/shaders.rs` checks each

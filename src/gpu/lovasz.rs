@@ -115,8 +115,11 @@ impl Gpu {
             let thr = rec.scratch((segs * 8) as u64, "lovasz thresholds")?;
             rec.clear(thr);
             let binds = [("LP", lp), ("keys", keys), ("vals", vals), ("thr", thr)];
-            rec.dispatch(&shaders::LOVASZ_THRESHOLD, Spec::default(), seg_grid, &binds)?;
-            if !tiled {
+            if tiled {
+                let groups = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
+                rec.dispatch(&shaders::LOVASZ_THRESHOLD_TILES, Spec::default(), groups, &binds)?;
+            } else {
+                rec.dispatch(&shaders::LOVASZ_THRESHOLD, Spec::default(), seg_grid, &binds)?;
                 rec.dispatch(&shaders::LOVASZ_DROP, Spec::default(), seg_grid, &binds)?;
             }
             thr
