@@ -148,14 +148,17 @@ fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(wor
     var pos = seg * LP.len + tilecnt[seg * LP.tiles + tile].x;
     let base = seg * LP.len + tile * CT;
     let real = min(CT, LP.len - tile * CT);
+    // branch-free: a dropped element goes to the element past the segments, which nothing reads
+    // (the host allocates it; racing writes there leave only its value undefined)
+    let spare = LP.segs * LP.len;
     for (var p = 0u; p < real; p++) {
         let v = vals_in[base + p];
         let k = dropped_key(keys_in[base + p], v, t);
-        if k != NONE {
-            keys_out[pos] = k;
-            vals_out[pos] = v;
-            pos += 1u;
-        }
+        let kept = k != NONE;
+        let at = select(spare, pos, kept);
+        keys_out[at] = k;
+        vals_out[at] = v;
+        pos += select(0u, 1u, kept);
     }
 }
 

@@ -45,12 +45,15 @@ fn hinge_compact_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
     var pos = seg * LP.len + tilecnt[seg * LP.tiles + tile].x;
     let base = seg * LP.len + tile * CT;
     let real = min(CT, LP.len - tile * CT);
+    // branch-free: a dropped element goes to the element past the segments, which nothing reads
+    // (the host allocates it; racing writes there leave only its value undefined)
+    let spare = LP.segs * LP.len;
     for (var p = 0u; p < real; p++) {
         let kv = hinge_kv(base + p);
-        if kv.x != 0xFFFFFFFFu {
-            keys_out[pos] = kv.x;
-            vals_out[pos] = kv.y;
-            pos += 1u;
-        }
+        let kept = kv.x != 0xFFFFFFFFu;
+        let at = select(spare, pos, kept);
+        keys_out[at] = kv.x;
+        vals_out[at] = kv.y;
+        pos += select(0u, 1u, kept);
     }
 }

@@ -129,8 +129,9 @@ impl Gpu {
         // 3. stable compaction of the elements to sort; the kept count of each segment lands in
         // segsum.x, the labels of the others in .y (fg) and .z (bg)
         let tilecnt = rec.scratch((segs * tiles * 16) as u64, "compaction tile counts")?;
-        let kc = rec.scratch(total, "compacted keys")?;
-        let vc = rec.scratch(total, "compacted payloads")?;
+        // (one element more: hinge_compact_tiles writes what it drops there)
+        let kc = rec.scratch(total + 4, "compacted keys")?;
+        let vc = rec.scratch(total + 4, "compacted payloads")?;
         let binds = [
             ("LP", lp),
             ("keys_in", keys),
