@@ -223,9 +223,15 @@ fn usable(a: &wgpu::Adapter) -> bool {
     limits_ok(&a.limits())
 }
 
-/// What every kernel needs of a device.
+/// What every kernel needs of a device: its storage bindings (the most of any kernel: the
+/// gradient pass's 9, one past WebGPU's default of 8), workgroup memory and size.
 pub(crate) fn limits_ok(l: &wgpu::Limits) -> bool {
-    l.max_storage_buffers_per_shader_stage >= 8
+    let storage = crate::shaders::KERNELS
+        .iter()
+        .map(|k| k.bindings.iter().filter(|b| b.access != crate::shaders::Access::Uniform).count())
+        .max()
+        .unwrap_or(0);
+    l.max_storage_buffers_per_shader_stage as usize >= storage
         && l.max_compute_workgroup_storage_size >= 8192
         && l.max_compute_invocations_per_workgroup >= 256
 }
