@@ -20,7 +20,6 @@
 const CT: u32 = 2048u;
 const CIPT: u32 = 8u;
 const NONE: u32 = 0xFFFFFFFFu;
-const STW: u32 = 8u; // tiles per workgroup of radix_scatter_tiles
 
 // The tile's counts: integers, so workgroup atomics give the same totals in any order, with two
 // barriers instead of a scan's four.
@@ -120,34 +119,32 @@ fn seg_threshold(seg: u32) -> u32 {
 
 @compute @workgroup_size(8)
 fn compact_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x * STW + lid;
     let seg = wid.y;
-    if tile * CT >= LP.len {
+    let span = tile_span(lid, wid, LP.len, LP.len);
+    if span.z == 0u {
         return;
     }
     let t = seg_threshold(seg);
-    let base = seg * LP.len + tile * CT;
-    let real = min(CT, LP.len - tile * CT);
     var c = vec4<u32>(0u);
-    for (var p = 0u; p < real; p++) {
-        let v = vals_in[base + p];
-        c += kind_of(dropped_key(keys_in[base + p], v, t), v);
+    for (var p = 0u; p < span.z; p++) {
+        let v = vals_in[span.y + p];
+        c += kind_of(dropped_key(keys_in[span.y + p], v, t), v);
     }
-    tilecnt[seg * LP.tiles + tile] = c;
+    tilecnt[seg * LP.tiles + span.x] = c;
 }
 
 // Kept elements to the front of their segment in order, from the tile's first slot.
 @compute @workgroup_size(8)
 fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x * STW + lid;
     let seg = wid.y;
-    if tile * CT >= LP.len {
+    let span = tile_span(lid, wid, LP.len, LP.len);
+    if span.z == 0u {
         return;
     }
     let t = seg_threshold(seg);
-    var pos = seg * LP.len + tilecnt[seg * LP.tiles + tile].x;
-    let base = seg * LP.len + tile * CT;
-    let real = min(CT, LP.len - tile * CT);
+    var pos = seg * LP.len + tilecnt[seg * LP.tiles + span.x].x;
+    let base = span.y;
+    let real = span.z;
     // branch-free: a dropped element goes to the element past the segments, which nothing reads
     // (the host allocates it; racing writes there leave only its value undefined)
     let spare = LP.segs * LP.len;

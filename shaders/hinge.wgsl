@@ -14,37 +14,31 @@
 @group(0) @binding(5) var<storage, read_write> vals_out: array<u32>;
 @group(0) @binding(6) var<storage, read_write> tilecnt: array<vec4<u32>>; // [seg][tile]: kept, fg, bg dropped
 
-const CT: u32 = 2048u;
-const STW: u32 = 8u; // tiles per workgroup, a thread each
-
-// Workgroup (tile group, segment): tiles STW x + lane.
+// (tiles: tiles.wgsl)
 @compute @workgroup_size(8)
 fn hinge_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x * STW + lid;
-    let seg = wid.y;
-    if tile * CT >= LP.len {
+    let span = tile_span(lid, wid, LP.len, LP.len);
+    if span.z == 0u {
         return;
     }
-    let base = seg * LP.len + tile * CT;
-    let real = min(CT, LP.len - tile * CT);
     var c = vec4<u32>(0u);
-    for (var p = 0u; p < real; p++) {
-        let kv = hinge_kv(base + p);
+    for (var p = 0u; p < span.z; p++) {
+        let kv = hinge_kv(span.y + p);
         c += kind_of(kv.x, kv.y);
     }
-    tilecnt[seg * LP.tiles + tile] = c;
+    tilecnt[wid.y * LP.tiles + span.x] = c;
 }
 
 @compute @workgroup_size(8)
 fn hinge_compact_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x * STW + lid;
     let seg = wid.y;
-    if tile * CT >= LP.len {
+    let span = tile_span(lid, wid, LP.len, LP.len);
+    if span.z == 0u {
         return;
     }
-    var pos = seg * LP.len + tilecnt[seg * LP.tiles + tile].x;
-    let base = seg * LP.len + tile * CT;
-    let real = min(CT, LP.len - tile * CT);
+    var pos = seg * LP.len + tilecnt[seg * LP.tiles + span.x].x;
+    let base = span.y;
+    let real = span.z;
     // branch-free: a dropped element goes to the element past the segments, which nothing reads
     // (the host allocates it; racing writes there leave only its value undefined)
     let spare = LP.segs * LP.len;

@@ -230,37 +230,33 @@ fn lovasz_value(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
 // lovasz_count and lovasz_weights for CPU adapters (see radix_scatter_tiles): a thread per sorted
 // tile, walked in order, without scans, tree sums or barriers. Workgroup (tile group, segment):
 // tiles STW x + lane. The weights are those of lovasz_weights bit for bit (integer counts); a
-// tile's value partial is summed in position order.
-const STW: u32 = 8u;
+// tile's value partial is summed in position order. (Tiles: tiles.wgsl.)
 
 @compute @workgroup_size(8)
 fn lovasz_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x * STW + lid;
     let seg = wid.y;
-    let kept = min(segsum[seg].x, LP.len);
-    if tile * LT >= kept {
+    let span = tile_span(lid, wid, LP.len, min(segsum[seg].x, LP.len));
+    if span.z == 0u {
         return; // (lovasz_scan reads the tiles holding kept elements only)
     }
-    let base = seg * LP.len + tile * LT;
-    let end = min(LT, kept - tile * LT);
     var cnt = vec2<u32>(0u);
-    for (var p = 0u; p < end; p++) {
-        cnt += label_counts(vals[base + p]);
+    for (var p = 0u; p < span.z; p++) {
+        cnt += label_counts(vals[span.y + p]);
     }
-    tilecnt[seg * LP.tiles + tile] = cnt;
+    tilecnt[seg * LP.tiles + span.x] = cnt;
 }
 
 @compute @workgroup_size(8)
 fn lovasz_weights_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x * STW + lid;
     let seg = wid.y;
-    let kept = min(segsum[seg].w, LP.len); // lovasz_scan moved the kept count to .w
-    if tile * LT >= kept {
+    // (lovasz_scan moved the kept count to .w)
+    let span = tile_span(lid, wid, LP.len, min(segsum[seg].w, LP.len));
+    if span.z == 0u {
         return; // (lovasz_value reads the tiles holding kept elements only)
     }
-    let base = seg * LP.len + tile * LT;
-    let end = min(LT, kept - tile * LT);
-    var run = tilecnt[seg * LP.tiles + tile]; // counts before this tile
+    let base = span.y;
+    let end = span.z;
+    var run = tilecnt[seg * LP.tiles + span.x]; // counts before this tile
     let gts = segsum[seg].y;
     var acc = 0.0;
     for (var p = 0u; p < end; p++) {
@@ -274,5 +270,5 @@ fn lovasz_weights_tiles(@builtin(local_invocation_index) lid: u32, @builtin(work
         lw[v & 0x7FFFFFFFu] = w;
         acc += bitcast<f32>(~keys[base + p]) * w;
     }
-    vpart[seg * LP.tiles + tile] = acc;
+    vpart[seg * LP.tiles + span.x] = acc;
 }

@@ -175,26 +175,23 @@ fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
 // barriers and for every workgroup memory access of every lane: this kernel has no barrier and
 // three such accesses per key, against three splits with their scans (and their barriers) in
 // radix_scatter. (On a GPU the serial walk would leave the lanes' writes uncoalesced.)
-// Workgroup (tile group, segment): tiles STW x + lane, each lane's running slots in `slot`.
-const STW: u32 = 8u;
+// Each lane's running slots in `slot` (tiles.wgsl).
 var<workgroup> slot: array<u32, 2048>; // STW * 256
 
 @compute @workgroup_size(8)
 fn radix_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x * STW + lid;
     let seg = wid.y;
-    let n = seg_len(seg);
-    if tile * T >= n {
+    let span = tile_span(lid, wid, SP.len, seg_len(seg));
+    if span.z == 0u {
         return; // (no barriers below)
     }
     let row = lid * 256u;
     for (var d = 0u; d < 256u; d++) {
-        slot[row + d] = totals[seg * 256u + d] + counts[(seg * SP.tiles + tile) * 256u + d];
+        slot[row + d] = totals[seg * 256u + d] + counts[(seg * SP.tiles + span.x) * 256u + d];
     }
-    let base = seg * SP.len + tile * T;
+    let base = span.y;
     let out = seg * SP.len;
-    let real = min(T, n - tile * T);
-    for (var p = 0u; p < real; p++) {
+    for (var p = 0u; p < span.z; p++) {
         let k = keys_in[base + p];
         let at = row + digit(k);
         let dest = slot[at];
@@ -208,23 +205,20 @@ fn radix_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
 // its own row of `slot`, without atomics or barriers.
 @compute @workgroup_size(8)
 fn radix_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x * STW + lid;
     let seg = wid.y;
-    let n = seg_len(seg);
-    if tile * T >= n {
+    let span = tile_span(lid, wid, SP.len, seg_len(seg));
+    if span.z == 0u {
         return;
     }
     let row = lid * 256u;
     for (var d = 0u; d < 256u; d++) {
         slot[row + d] = 0u;
     }
-    let base = seg * SP.len + tile * T;
-    let real = min(T, n - tile * T);
-    for (var p = 0u; p < real; p++) {
-        let at = row + digit(keys_in[base + p]);
+    for (var p = 0u; p < span.z; p++) {
+        let at = row + digit(keys_in[span.y + p]);
         slot[at] += 1u;
     }
     for (var d = 0u; d < 256u; d++) {
-        counts[(seg * SP.tiles + tile) * 256u + d] = slot[row + d];
+        counts[(seg * SP.tiles + span.x) * 256u + d] = slot[row + d];
     }
 }

@@ -76,19 +76,17 @@ fn lovasz_drop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     }
 }
 
-// lovasz_threshold for CPU adapters (see radix_scatter_tiles): a thread per tile, without
-// workgroup atomics or barriers. Workgroup (tile group, segment): tiles STW x + lane.
-const STW: u32 = 8u;
-
+// lovasz_threshold for CPU adapters (see radix_scatter_tiles): a thread per tile (tiles.wgsl),
+// without workgroup atomics or barriers.
 @compute @workgroup_size(8)
 fn lovasz_threshold_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x * STW + lid;
     let seg = wid.y;
-    if tile * HT >= LP.len {
+    let span = tile_span(lid, wid, LP.len, LP.len);
+    if span.z == 0u {
         return;
     }
-    let base = seg * LP.len + tile * HT;
-    let real = min(HT, LP.len - tile * HT);
+    let base = span.y;
+    let real = span.z;
     var fg = 0u;
     var mn = 0u; // complement of the smallest key
     for (var p = 0u; p < real; p++) {

@@ -186,7 +186,7 @@ macro_rules! radix {
         Kernel {
             name: $name,
             entry: $name,
-            source: wgsl!("scan.wgsl", "sortio.wgsl", "radix.wgsl"),
+            source: wgsl!("scan.wgsl", "sortio.wgsl", "tiles.wgsl", "radix.wgsl"),
             bindings: SORT_BINDINGS,
             specialized: false,
             cpu_storage_params: false,
@@ -236,6 +236,7 @@ macro_rules! lovasz {
                 "hingekey.wgsl",
                 "scan.wgsl",
                 "lovparams.wgsl",
+                "tiles.wgsl",
                 "lovasz.wgsl"
             ),
             bindings: LOVASZ_BINDINGS,
@@ -291,7 +292,7 @@ macro_rules! compact {
         Kernel {
             name: $name,
             entry: $name,
-            source: wgsl!("scan.wgsl", "lovparams.wgsl", "compact.wgsl"),
+            source: wgsl!("scan.wgsl", "lovparams.wgsl", "tiles.wgsl", "compact.wgsl"),
             bindings: COMPACT_BINDINGS,
             specialized: false,
             cpu_storage_params: false,
@@ -318,7 +319,15 @@ macro_rules! hinge {
         Kernel {
             name: $name,
             entry: $name,
-            source: wgsl!("common.wgsl", "io1.wgsl", "target.wgsl", "hingekey.wgsl", "lovparams.wgsl", "hinge.wgsl"),
+            source: wgsl!(
+                "common.wgsl",
+                "io1.wgsl",
+                "target.wgsl",
+                "hingekey.wgsl",
+                "lovparams.wgsl",
+                "tiles.wgsl",
+                "hinge.wgsl"
+            ),
             bindings: HINGE_BINDINGS,
             specialized: false,
             cpu_storage_params: false,
@@ -339,7 +348,7 @@ const THRESHOLD_BINDINGS: &[Binding] = &[u("LP"), w("keys"), r("vals"), w("thr")
 pub const LOVASZ_THRESHOLD: Kernel = Kernel {
     name: "lovasz_threshold",
     entry: "lovasz_threshold",
-    source: wgsl!("lovparams.wgsl", "threshold.wgsl"),
+    source: wgsl!("lovparams.wgsl", "tiles.wgsl", "threshold.wgsl"),
     bindings: THRESHOLD_BINDINGS,
     specialized: false,
     cpu_storage_params: false,
@@ -430,6 +439,7 @@ pub const SHARED_CONSTANTS: &[(&str, u64)] = &[
     ("T", crate::gpu::SORT_TILE as u64),
     ("CT", crate::gpu::SORT_TILE as u64),
     ("STW", crate::gpu::SCATTER_TILES_WG as u64),
+    ("TILE", crate::gpu::SORT_TILE as u64),
     ("LT", crate::gpu::SORT_TILE as u64),
     ("NONE", crate::gpu::NONE_KEY as u64),
 ];
