@@ -14,8 +14,9 @@
 @group(0) @binding(4) var<storage, read> cw: array<f32>;
 @group(0) @binding(5) var<storage, read> coefs: array<f32>;
 @group(0) @binding(6) var<storage, read_write> elem_out: Floats; // the gradient
-// LOVASZ: the Lovász Jaccard weight per element; LSE (softmax, no Lovász): the log-sum-exp per
-// pixel that the statistics pass kept, so that this pass reads each logit once less
+// LOVASZ: the Lovász Jaccard weight per element (softmax on logits: then the log-sum-exp per
+// pixel that the Lovász keys pass kept); LSE (softmax, no Lovász): the log-sum-exp per pixel that
+// the statistics pass kept. Either way this pass reads each logit once less.
 @group(0) @binding(7) var<storage, read> aux: array<f32>;
 @group(0) @binding(8) var<storage, read> status: array<u32>; // bad-input flags of the statistics pass
 // UNREDUCED: the entries of the expression's one pixel term (`reduction=none`), times
@@ -270,6 +271,9 @@ fn gradient(
                 if lab[i] != INVALID && !PROBS {
                     if LSE && LOVASZ == 0u {
                         lse[i] = aux[n * P.s + s];
+                    } else if LOVASZ != 0u {
+                        // the Lovász keys pass kept it after the weights (lovasz.wgsl)
+                        lse[i] = aux[P.n * P.c * P.s + n * P.s + s];
                     } else {
                         lse[i] = log_sum_exp(n, s);
                     }

@@ -19,7 +19,8 @@
 @group(0) @binding(5) var<storage, read_write> vals: array<u32>;
 @group(0) @binding(6) var<storage, read_write> tilecnt: array<vec2<u32>>; // [seg][tile] fg, bg
 @group(0) @binding(7) var<storage, read_write> segsum: array<vec4<u32>>;  // [seg] value bits, gts, gtn, 0
-@group(0) @binding(8) var<storage, read_write> lw: array<f32>;            // [element] Jaccard weight
+// [element] Jaccard weight; softmax on logits: then [n][s] the log-sum-exp of each pixel
+@group(0) @binding(8) var<storage, read_write> lw: array<f32>;
 @group(0) @binding(9) var<storage, read_write> vpart: array<f32>;         // [seg][tile] value partials
 
 const LT: u32 = 2048u; // tile: 256 threads x 8 items
@@ -68,6 +69,8 @@ fn lovasz_keys(
         var lse = 0.0;
         if lab != INVALID && !PROBS {
             lse = log_sum_exp(n, s);
+            // for the gradient pass, after the weights of the N C S elements
+            lw[P.n * P.c * P.s + n * P.s + s] = lse;
         }
         for (var c = 0u; c < P.c; c++) {
             let e = (n * P.c + c) * P.s + s;

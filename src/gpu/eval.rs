@@ -374,7 +374,10 @@ impl Gpu {
                 lws.push(rec.scratch(16, "unused lovasz weights")?);
                 continue;
             };
-            let lw = rec.scratch((inp.n * inp.c * inp.s * 4) as u64, "lovasz weights")?;
+            // Lovász-Softmax on logits: then each pixel's log-sum-exp, which the keys pass
+            // computes and the gradient pass reads back (lovasz.wgsl)
+            let lse = if inp.softmax && !inp.probs { inp.n * inp.s } else { 0 };
+            let lw = rec.scratch(((inp.n * inp.c * inp.s + lse) * 4) as u64, "lovasz weights")?;
             let li = LovaszInput {
                 logits: inp.logits,
                 target: inp.target,
