@@ -6,8 +6,10 @@
 // hinge segment is an image's elements (or all of them) in logits order: element j of segment
 // seg is logit seg * LP.len + j.
 
-@group(0) @binding(0) var<storage, read> logits: array<f32>;
-@group(0) @binding(1) var<storage, read> tgt: array<u32>;
+// (`Floats` and `Words`: io1.wgsl, or io4.wgsl's quads for the VEC4 kernels, which take segments
+// of 4k elements: their tiles are then whole quads)
+@group(0) @binding(0) var<storage, read> logits: Floats;
+@group(0) @binding(1) var<storage, read> tgt: Words;
 @group(0) @binding(2) var<uniform> P: Params;
 @group(0) @binding(3) var<uniform> LP: LovParams;
 @group(0) @binding(4) var<storage, read_write> keys_out: array<u32>;
@@ -22,9 +24,22 @@ fn hinge_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgro
         return;
     }
     var c = vec4<u32>(0u);
-    for (var p = 0u; p < span.z; p++) {
-        let kv = hinge_kv(span.y + p);
-        c += kind_of(kv.x, kv.y);
+    if VEC4 {
+        for (var p = 0u; p < span.z; p += 4u) {
+            let e = span.y + p;
+            let x = lg4(e / 4u);
+            let w = tgt4(e / 4u);
+            let k0 = hinge_kv_of(e, x.x, w.x);
+            let k1 = hinge_kv_of(e + 1u, x.y, w.y);
+            let k2 = hinge_kv_of(e + 2u, x.z, w.z);
+            let k3 = hinge_kv_of(e + 3u, x.w, w.w);
+            c += kind_of(k0.x, k0.y) + kind_of(k1.x, k1.y) + kind_of(k2.x, k2.y) + kind_of(k3.x, k3.y);
+        }
+    } else {
+        for (var p = 0u; p < span.z; p++) {
+            let kv = hinge_kv(span.y + p);
+            c += kind_of(kv.x, kv.y);
+        }
     }
     tilecnt[wid.y * LP.tiles + span.x] = c;
 }
@@ -42,12 +57,28 @@ fn hinge_compact_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
     // branch-free: a dropped element goes to the element past the segments, which nothing reads
     // (the host allocates it; racing writes there leave only its value undefined)
     let spare = LP.segs * LP.len;
-    for (var p = 0u; p < real; p++) {
-        let kv = hinge_kv(base + p);
-        let kept = kv.x != 0xFFFFFFFFu;
-        let at = select(spare, pos, kept);
-        keys_out[at] = kv.x;
-        vals_out[at] = kv.y;
-        pos += select(0u, 1u, kept);
+    if VEC4 {
+        for (var p = 0u; p < real; p += 4u) {
+            let e = base + p;
+            let x = lg4(e / 4u);
+            let w = tgt4(e / 4u);
+            pos = put_kept(pos, spare, hinge_kv_of(e, x.x, w.x));
+            pos = put_kept(pos, spare, hinge_kv_of(e + 1u, x.y, w.y));
+            pos = put_kept(pos, spare, hinge_kv_of(e + 2u, x.z, w.z));
+            pos = put_kept(pos, spare, hinge_kv_of(e + 3u, x.w, w.w));
+        }
+    } else {
+        for (var p = 0u; p < real; p++) {
+            pos = put_kept(pos, spare, hinge_kv(base + p));
+        }
     }
+}
+
+// Writes key and payload kv at pos when kept, else to `spare`; the next slot.
+fn put_kept(pos: u32, spare: u32, kv: vec2<u32>) -> u32 {
+    let kept = kv.x != 0xFFFFFFFFu;
+    let at = select(spare, pos, kept);
+    keys_out[at] = kv.x;
+    vals_out[at] = kv.y;
+    return pos + select(0u, 1u, kept);
 }

@@ -339,6 +339,23 @@ macro_rules! hinge {
 pub const HINGE_COUNT_TILES: Kernel = hinge!("hinge_count_tiles");
 /// Lovász hinge on CPU adapters: the kept keys and payloads written compacted.
 pub const HINGE_COMPACT_TILES: Kernel = hinge!("hinge_compact_tiles");
+/// [`HINGE_COUNT_TILES`] over quads (segments of `4k` elements, slices on 16 bytes).
+pub const HINGE_COUNT_TILES4: Kernel = Kernel {
+    name: "hinge_count_tiles4",
+    source: wgsl!(
+        "common.wgsl",
+        "io4.wgsl",
+        "target.wgsl",
+        "hingekey.wgsl",
+        "lovparams.wgsl",
+        "tiles.wgsl",
+        "hinge.wgsl"
+    ),
+    ..HINGE_COUNT_TILES
+};
+/// [`HINGE_COMPACT_TILES`] over quads.
+pub const HINGE_COMPACT_TILES4: Kernel =
+    Kernel { name: "hinge_compact_tiles4", entry: "hinge_compact_tiles", ..HINGE_COUNT_TILES4 };
 /// Lovász compaction: indirect dispatch size of the passes over the compacted segments.
 pub const COMPACT_ARGS: Kernel = compact!("compact_args");
 
@@ -394,6 +411,8 @@ pub const KERNELS: &[Kernel] = &[
     COMPACT_SCATTER_TILES,
     HINGE_COUNT_TILES,
     HINGE_COMPACT_TILES,
+    HINGE_COUNT_TILES4,
+    HINGE_COMPACT_TILES4,
     COMPACT_ARGS,
     LOVASZ_THRESHOLD,
     LOVASZ_DROP,

@@ -154,9 +154,16 @@ impl Gpu {
                 ("vals_out", vc),
                 ("tilecnt", tilecnt),
             ];
-            rec.dispatch(&shaders::HINGE_COUNT_TILES, Spec::default(), groups, &hinge_binds)?;
+            // over quads where the segments (so the tiles) are whole quads
+            let quads = len % 4 == 0 && inp.logits.offset % 16 == 0 && inp.target.offset % 16 == 0;
+            let (count, compact) = if quads {
+                (&shaders::HINGE_COUNT_TILES4, &shaders::HINGE_COMPACT_TILES4)
+            } else {
+                (&shaders::HINGE_COUNT_TILES, &shaders::HINGE_COMPACT_TILES)
+            };
+            rec.dispatch(count, Spec::default(), groups, &hinge_binds)?;
             rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), scan, &binds)?;
-            rec.dispatch(&shaders::HINGE_COMPACT_TILES, Spec::default(), groups, &hinge_binds)?;
+            rec.dispatch(compact, Spec::default(), groups, &hinge_binds)?;
         } else if tiled {
             rec.dispatch(&shaders::COMPACT_COUNT_TILES, Spec::default(), groups, &binds)?;
             rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), scan, &binds)?;
