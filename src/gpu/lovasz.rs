@@ -155,7 +155,8 @@ impl Gpu {
                 ("tilecnt", tilecnt),
             ];
             // over quads where the segments (so the tiles) are whole quads
-            let quads = len % 4 == 0 && inp.logits.offset % 16 == 0 && inp.target.offset % 16 == 0;
+            let quads =
+                len.is_multiple_of(4) && inp.logits.offset.is_multiple_of(16) && inp.target.offset.is_multiple_of(16);
             let (count, compact) = if quads {
                 (&shaders::HINGE_COUNT_TILES4, &shaders::HINGE_COMPACT_TILES4)
             } else {
