@@ -106,15 +106,9 @@ fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
 // rule, threshold.wgsl), so no pass writes the drops. Workgroup (tile group, segment): tiles
 // STW x + lane.
 
-// The key k (payload v) has after lovasz_drop, with the segment's threshold t.
-fn dropped_key(k: u32, v: u32, t: u32) -> u32 {
-    return select(k, NONE, v != NONE && (v >> 31u) == 0u && k > t);
-}
-
-// Segment seg's threshold (see lovasz_drop).
+// Segment seg's threshold (lovparams.wgsl).
 fn seg_threshold(seg: u32) -> u32 {
-    let t = thr[2u * seg];
-    return select(t, ~thr[2u * seg + 1u], t == 0u);
+    return drop_threshold(thr[2u * seg], thr[2u * seg + 1u]);
 }
 
 @compute @workgroup_size(8)
@@ -145,17 +139,11 @@ fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(wor
     var pos = seg * LP.len + tilecnt[seg * LP.tiles + span.x].x;
     let base = span.y;
     let real = span.z;
-    // branch-free: a dropped element goes to the element past the segments, which nothing reads
-    // (the host allocates it; racing writes there leave only its value undefined)
+    // (put_kept: kept.wgsl)
     let spare = LP.segs * LP.len;
     for (var p = 0u; p < real; p++) {
         let v = vals_in[base + p];
-        let k = dropped_key(keys_in[base + p], v, t);
-        let kept = k != NONE;
-        let at = select(spare, pos, kept);
-        keys_out[at] = k;
-        vals_out[at] = v;
-        pos += select(0u, 1u, kept);
+        pos = put_kept(pos, spare, vec2<u32>(dropped_key(keys_in[base + p], v, t), v));
     }
 }
 

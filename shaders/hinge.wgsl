@@ -54,8 +54,7 @@ fn hinge_compact_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
     var pos = seg * LP.len + tilecnt[seg * LP.tiles + span.x].x;
     let base = span.y;
     let real = span.z;
-    // branch-free: a dropped element goes to the element past the segments, which nothing reads
-    // (the host allocates it; racing writes there leave only its value undefined)
+    // (put_kept: kept.wgsl)
     let spare = LP.segs * LP.len;
     if VEC4 {
         for (var p = 0u; p < real; p += 4u) {
@@ -72,13 +71,4 @@ fn hinge_compact_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
             pos = put_kept(pos, spare, hinge_kv(base + p));
         }
     }
-}
-
-// Writes key and payload kv at pos when kept, else to `spare`; the next slot.
-fn put_kept(pos: u32, spare: u32, kv: vec2<u32>) -> u32 {
-    let kept = kv.x != 0xFFFFFFFFu;
-    let at = select(spare, pos, kept);
-    keys_out[at] = kv.x;
-    vals_out[at] = kv.y;
-    return pos + select(0u, 1u, kept);
 }

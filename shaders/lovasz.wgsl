@@ -104,6 +104,16 @@ fn hinge_key(e: u32) {
     vals[e] = kv.y;
 }
 
+// The Jaccard weight of a sorted position with label counts c (fg: (1, 0), bg: (0, 1)), the
+// (fg, bg) counts `run` up to it (itself included) and the segment's foreground total gts: with
+// the union u = gts + run.bg (>= 1) and the intersection left i = gts - run.fg, fg 1 / u, bg
+// i / ((u - 1) u), 1 at u = 1. Branch-free (a CPU adapter runs both sides of a branch on its lanes).
+fn jaccard_weight(c: vec2<u32>, run: vec2<u32>, gts: u32) -> f32 {
+    let u = gts + run.y;
+    let i = gts - run.x;
+    return select(select(1.0, f32(i) / (f32(u - 1u) * f32(u)), u > 1u), 1.0 / f32(u), c.x == 1u);
+}
+
 // (fg, bg) counts of one payload.
 fn label_counts(v: u32) -> vec2<u32> {
     if v == NONE {
@@ -194,16 +204,7 @@ fn lovasz_weights(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
         }
         let c = label_counts(v[r]);
         run += c;
-        let u = gts + run.y; // union at this position (>= 1)
-        let i = gts - run.x; // intersection left
-        var w: f32;
-        if c.x == 1u {
-            w = 1.0 / f32(u);
-        } else if u > 1u {
-            w = f32(i) / (f32(u - 1u) * f32(u));
-        } else {
-            w = 1.0;
-        }
+        let w = jaccard_weight(c, run, gts);
         lw[v[r] & 0x7FFFFFFFu] = w;
         if k[r] != NONE {
             acc += bitcast<f32>(~k[r]) * w;
@@ -267,9 +268,7 @@ fn lovasz_weights_tiles(@builtin(local_invocation_index) lid: u32, @builtin(work
         let v = vals[base + p];
         let c = label_counts(v);
         run += c;
-        let u = gts + run.y;
-        let i = gts - run.x;
-        let w = select(select(1.0, f32(i) / (f32(u - 1u) * f32(u)), u > 1u), 1.0 / f32(u), c.x == 1u);
+        let w = jaccard_weight(c, run, gts);
         lw[v & 0x7FFFFFFFu] = w;
         acc += bitcast<f32>(~keys[base + p]) * w;
     }

@@ -9,6 +9,17 @@ fn kind_of(k: u32, v: u32) -> vec4<u32> {
     return vec4<u32>(select(0u, 1u, k != 0xFFFFFFFFu), select(0u, 1u, dropped && fg), select(0u, 1u, dropped && !fg), 0u);
 }
 
+// Lovász-Softmax's drop rule (threshold.wgsl): the threshold of a segment from its two words
+// (the largest foreground key; the complement of the smallest key, when it has no foreground,
+// which keeps the smallest key's ties), and the key k with payload v after the drop.
+fn drop_threshold(fg: u32, min_complement: u32) -> u32 {
+    return select(fg, ~min_complement, fg == 0u);
+}
+
+fn dropped_key(k: u32, v: u32, t: u32) -> u32 {
+    return select(k, 0xFFFFFFFFu, v != 0xFFFFFFFFu && (v >> 31u) == 0u && k > t);
+}
+
 struct LovParams {
     len: u32,       // segment length
     segs: u32,      // segments

@@ -30,4 +30,3 @@ fn log_sum_exp(n: u32, s: u32) -> f32 {
     }
     return st.x + log(st.y);
 }
-

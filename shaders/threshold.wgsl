@@ -60,17 +60,15 @@ fn lovasz_threshold(@builtin(local_invocation_index) lid: u32, @builtin(workgrou
 fn lovasz_drop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tile = wid.x;
     let seg = wid.y;
-    var t = atomicLoad(&thr[2u * seg]);
-    if t == 0u {
-        t = ~atomicLoad(&thr[2u * seg + 1u]); // no foreground: keep the smallest key's ties
-    }
+    let t = drop_threshold(atomicLoad(&thr[2u * seg]), atomicLoad(&thr[2u * seg + 1u]));
     for (var r = 0u; r < HIPT; r++) {
         let j = tile * HT + r * 256u + lid;
         if j < LP.len {
             let i = seg * LP.len + j;
-            let v = vals[i];
-            if v != NONE && (v >> 31u) == 0u && keys[i] > t {
-                keys[i] = NONE;
+            let k = keys[i];
+            let d = dropped_key(k, vals[i], t);
+            if d != k {
+                keys[i] = d;
             }
         }
     }

@@ -27,7 +27,7 @@ pub struct Binding {
     pub access: Access,
 }
 
-/// A compute kernel: its name (also its entry point), WGSL source and bindings.
+/// A compute kernel: its name, entry point, WGSL source and bindings.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     /// The kernel's name in labels and errors (unique).
@@ -292,7 +292,7 @@ macro_rules! compact {
         Kernel {
             name: $name,
             entry: $name,
-            source: wgsl!("scan.wgsl", "lovparams.wgsl", "tiles.wgsl", "compact.wgsl"),
+            source: wgsl!("scan.wgsl", "lovparams.wgsl", "tiles.wgsl", "kept.wgsl", "compact.wgsl"),
             bindings: COMPACT_BINDINGS,
             specialized: false,
             cpu_storage_params: false,
@@ -314,18 +314,21 @@ pub const COMPACT_SCATTER_TILES: Kernel = compact!("compact_scatter_tiles");
 const HINGE_BINDINGS: &[Binding] =
     &[r("logits"), r("tgt"), u("P"), u("LP"), w("keys_out"), w("vals_out"), w("tilecnt")];
 
+/// A hinge kernel, its logits and targets read element by element (`io1.wgsl`) or by quads
+/// (`io4.wgsl`).
 macro_rules! hinge {
-    ($name:literal) => {
+    ($name:literal, $entry:literal, $io:literal) => {
         Kernel {
             name: $name,
-            entry: $name,
+            entry: $entry,
             source: wgsl!(
                 "common.wgsl",
-                "io1.wgsl",
+                $io,
                 "target.wgsl",
                 "hingekey.wgsl",
                 "lovparams.wgsl",
                 "tiles.wgsl",
+                "kept.wgsl",
                 "hinge.wgsl"
             ),
             bindings: HINGE_BINDINGS,
@@ -336,26 +339,13 @@ macro_rules! hinge {
 }
 
 /// Lovász hinge on CPU adapters: kept elements and dropped labels per tile, a thread per tile.
-pub const HINGE_COUNT_TILES: Kernel = hinge!("hinge_count_tiles");
+pub const HINGE_COUNT_TILES: Kernel = hinge!("hinge_count_tiles", "hinge_count_tiles", "io1.wgsl");
 /// Lovász hinge on CPU adapters: the kept keys and payloads written compacted.
-pub const HINGE_COMPACT_TILES: Kernel = hinge!("hinge_compact_tiles");
+pub const HINGE_COMPACT_TILES: Kernel = hinge!("hinge_compact_tiles", "hinge_compact_tiles", "io1.wgsl");
 /// [`HINGE_COUNT_TILES`] over quads (segments of `4k` elements, slices on 16 bytes).
-pub const HINGE_COUNT_TILES4: Kernel = Kernel {
-    name: "hinge_count_tiles4",
-    source: wgsl!(
-        "common.wgsl",
-        "io4.wgsl",
-        "target.wgsl",
-        "hingekey.wgsl",
-        "lovparams.wgsl",
-        "tiles.wgsl",
-        "hinge.wgsl"
-    ),
-    ..HINGE_COUNT_TILES
-};
+pub const HINGE_COUNT_TILES4: Kernel = hinge!("hinge_count_tiles4", "hinge_count_tiles", "io4.wgsl");
 /// [`HINGE_COMPACT_TILES`] over quads.
-pub const HINGE_COMPACT_TILES4: Kernel =
-    Kernel { name: "hinge_compact_tiles4", entry: "hinge_compact_tiles", ..HINGE_COUNT_TILES4 };
+pub const HINGE_COMPACT_TILES4: Kernel = hinge!("hinge_compact_tiles4", "hinge_compact_tiles", "io4.wgsl");
 /// Lovász compaction: indirect dispatch size of the passes over the compacted segments.
 pub const COMPACT_ARGS: Kernel = compact!("compact_args");
 

@@ -186,9 +186,7 @@ impl Gpu {
     /// a load per class and quad) made ce on 4x21x256x256 slower on lavapipe, 13 to 20 ms in the
     /// gradient and 10 to 17 ms in the statistics (same minutes, alternating builds).
     fn quads(&self, inp: &DevInput, wide: bool, out: Slice) -> bool {
-        wide && !inp.softmax
-            && inp.s.is_multiple_of(4)
-            && [inp.logits, inp.target, out].iter().all(|b| b.offset.is_multiple_of(16))
+        wide && !inp.softmax && inp.s.is_multiple_of(4) && crate::gpu::quad_aligned(&[inp.logits, inp.target, out])
     }
 
     /// A cleared status buffer: the statistics pass's bad-input flags, which the finalize and the

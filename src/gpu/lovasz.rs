@@ -76,6 +76,8 @@ impl Gpu {
         // compacted segments (hinge.wgsl, step 3)
         let tiled = self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed);
         let direct_hinge = tiled && !inp.softmax;
+        // the loss kernels' parameters (the key pass's per row, below)
+        let pb = rec.uniform(&inp.params);
         // 1. keys and payloads (softmax: a workgroup row per image; hinge: per (image, channel)
         // plane)
         let lp = rec.uniform(&LovParams { len: len as u32, segs: segs as u32, tiles: 1, per_image: per_image as u32 });
@@ -108,6 +110,8 @@ impl Gpu {
             per_image: per_image as u32,
         });
         let seg_grid = Grid::Direct(tiles as u32, segs as u32, 1);
+        // the CPU adapters' tile kernels: SCATTER_TILES_WG tiles per workgroup
+        let groups = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
         // 2. Lovász-Softmax: background past each segment's last foreground element has weight
         // zero and is not sorted (see threshold.wgsl); a CPU adapter's compaction drops it as it
         // reads (compact.wgsl), the GPU's after lovasz_drop marked it
@@ -116,7 +120,6 @@ impl Gpu {
             rec.clear(thr);
             let binds = [("LP", lp), ("keys", keys), ("vals", vals), ("thr", thr)];
             if tiled {
-                let groups = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
                 rec.dispatch(&shaders::LOVASZ_THRESHOLD_TILES, Spec::default(), groups, &binds)?;
             } else {
                 rec.dispatch(&shaders::LOVASZ_THRESHOLD, Spec::default(), seg_grid, &binds)?;
@@ -143,20 +146,18 @@ impl Gpu {
             ("thr", thr),
         ];
         let scan = Grid::Direct(segs as u32, 1, 1);
-        let groups = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
         if direct_hinge {
             let hinge_binds = [
                 ("logits", inp.logits),
                 ("tgt", inp.target),
-                ("P", rec.uniform(&inp.params)),
+                ("P", pb),
                 ("LP", lp),
                 ("keys_out", kc),
                 ("vals_out", vc),
                 ("tilecnt", tilecnt),
             ];
             // over quads where the segments (so the tiles) are whole quads
-            let quads =
-                len.is_multiple_of(4) && inp.logits.offset.is_multiple_of(16) && inp.target.offset.is_multiple_of(16);
+            let quads = len.is_multiple_of(4) && crate::gpu::quad_aligned(&[inp.logits, inp.target]);
             let (count, compact) = if quads {
                 (&shaders::HINGE_COUNT_TILES4, &shaders::HINGE_COMPACT_TILES4)
             } else {
@@ -202,7 +203,7 @@ impl Gpu {
         let binds = [
             ("logits", inp.logits),
             ("tgt", inp.target),
-            ("P", rec.uniform(&inp.params)),
+            ("P", pb),
             ("LP", lp),
             ("keys", kc),
             ("vals", vc),

@@ -60,6 +60,13 @@ pub(crate) fn plane_rows(planes: usize, max_rows: usize) -> impl Iterator<Item =
     (0..planes).step_by(step).map(move |p0| (p0 as u32, (planes - p0).min(step) as u32))
 }
 
+/// Whether the kernels over quads (`io4.wgsl`) may bind these slices: each starts on 16 bytes, so
+/// that its element `4 q` begins quad `q` (their lengths, multiples of 4 elements, are the
+/// caller's to check).
+pub(crate) fn quad_aligned(slices: &[record::Slice]) -> bool {
+    slices.iter().all(|b| b.offset.is_multiple_of(16))
+}
+
 /// Threads per gradient workgroup (`grad.wgsl`: GWG); also the keys and copy kernels.
 pub(crate) const GRAD_WG: usize = 256;
 /// Pixels per thread of the gradient pass.
