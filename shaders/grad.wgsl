@@ -93,6 +93,15 @@ fn put(e: u32, d: f32) {
     }
 }
 
+// put over quad q (elements 4 q .. 4 q + 3).
+fn put4(q: u32, d: vec4<f32>) {
+    if ACCUM {
+        eout_set4(q, eout_get4(q) + d);
+    } else {
+        eout_set4(q, d);
+    }
+}
+
 // The gradient d of channel c at this thread's pixels of image n (those inside the image).
 fn put_pixels(n: u32, c: u32, s0: u32, d: array<f32, GPIX>) {
     for (var i = 0u; i < GPIX; i++) {
@@ -156,11 +165,7 @@ fn sigmoid_plane(n: u32, c: u32, s0: u32, uf: f32) {
             let d4 = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
             let ev4 = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
             if inside {
-                if ACCUM {
-                    eout_set4(q, eout_get4(q) + d4);
-                } else {
-                    eout_set4(q, d4);
-                }
+                put4(q, d4);
                 if UNREDUCED {
                     unr[e] = uf * ev4.x;
                     unr[e + 1u] = uf * ev4.y;
