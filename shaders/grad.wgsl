@@ -102,10 +102,21 @@ fn put4(q: u32, d: vec4<f32>) {
     }
 }
 
+// Pixel i of thread lid in the block of GWG GPIX pixels (or quads) from t0: tile_item, but the
+// rows for softmax on a CPU adapter too, where the runs made the pass slower (cross-entropy at
+// 4x21x256x256 on llvmpipe: 13.5 -> 19-23 ms, with 4, 8 or 16 pixels per thread; the statistics
+// pass's softmax tiles are faster with them: 10.7 -> 8.5 ms). The cause is not known.
+fn px(t0: u32, lid: u32, i: u32) -> u32 {
+    if SOFTMAX {
+        return t0 + i * GWG + lid;
+    }
+    return t0 + tile_item(i, lid, GWG, GPIX);
+}
+
 // The gradient d of channel c at this thread's pixels of image n (those inside the image).
-fn put_pixels(n: u32, c: u32, s0: u32, d: array<f32, GPIX>) {
+fn put_pixels(n: u32, c: u32, t0: u32, lid: u32, d: array<f32, GPIX>) {
     for (var i = 0u; i < GPIX; i++) {
-        let s = s0 + i * GWG;
+        let s = px(t0, lid, i);
         if s < P.s {
             put((n * P.c + c) * P.s + s, d[i]);
         }
@@ -114,9 +125,9 @@ fn put_pixels(n: u32, c: u32, s0: u32, d: array<f32, GPIX>) {
 
 // UNREDUCED: entries v (times the factor f) of plane `plane` (n C + c, or n for ce) at this
 // thread's pixels.
-fn put_entries(plane: u32, s0: u32, f: f32, v: array<f32, GPIX>) {
+fn put_entries(plane: u32, t0: u32, lid: u32, f: f32, v: array<f32, GPIX>) {
     for (var i = 0u; i < GPIX; i++) {
-        let s = s0 + i * GWG;
+        let s = px(t0, lid, i);
         if s < P.s {
             unr[plane * P.s + s] = f * v[i];
         }
@@ -133,11 +144,11 @@ fn softmax_dp(k: ClassCoefs, e: u32, p: f32, g: f32) -> f32 {
     return u;
 }
 
-// The sigmoid gradient of channel c of image n at this thread's pixels: GPIX pixels GWG apart
-// from s0, or (VEC4) GPIX quads GWG quads apart from element s0 (the thread's first quad). Branch-free per
+// The sigmoid gradient of channel c of image n at this thread's pixels of the block from pixel
+// t0 (px), or (VEC4) its quads of the block from quad t0. Branch-free per
 // element (a CPU adapter runs both sides of a branch on its lanes, masked): reads are clamped
 // into the image and ignored elements select 0. The pixel terms' parameters are loaded once.
-fn sigmoid_plane(n: u32, c: u32, s0: u32, uf: f32) {
+fn sigmoid_plane(n: u32, c: u32, t0: u32, lid: u32, uf: f32) {
     let ni = n + P.img0;
     cb = (ni / P.gn) * P.gout;
     let k = class_coefs(ni, c);
@@ -151,7 +162,7 @@ fn sigmoid_plane(n: u32, c: u32, s0: u32, uf: f32) {
     if VEC4 {
         // planes are whole quads (the host picks this kernel only for images of 4k pixels)
         for (var i = 0u; i < GPIX; i++) {
-            let s = s0 + 4u * i * GWG;
+            let s = 4u * px(t0, lid, i);
             let inside = s < P.s;
             let q = (plane + min(s, P.s - 4u)) / 4u;
             let x4 = lg4(q);
@@ -177,7 +188,7 @@ fn sigmoid_plane(n: u32, c: u32, s0: u32, uf: f32) {
         return;
     }
     for (var i = 0u; i < GPIX; i++) {
-        let s = s0 + i * GWG;
+        let s = px(t0, lid, i);
         let inside = s < P.s;
         let e = plane + min(s, P.s - 1u);
         let r = sigmoid_grad(k, tps, cws, c, e, inside, lg(e), tword(e));
@@ -236,13 +247,14 @@ fn gradient(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    // x (and z, for very large images) walk the pixel blocks of image y; pixel i of this thread
-    // is s0 + i GWG, so that each step of the loops below reads consecutive elements.
-    // VEC4 (sigmoid): blocks of GWG GPIX quads, the thread's first quad at element s0
+    // x (and z, for very large images) walk the blocks of GWG GPIX pixels of image y (VEC4,
+    // sigmoid: of quads); pixel i of this thread is px(t0, lid, i) (tile_item)
     let blk = wid.x + wid.z * nwg.x;
-    var s0 = blk * GWG * GPIX + lid;
+    let t0 = blk * GWG * GPIX;
+    // the thread's first pixel (element)
+    var s0 = px(t0, lid, 0u);
     if VEC4 && !SOFTMAX {
-        s0 = 4u * (blk * GWG * GPIX + lid);
+        s0 = 4u * s0;
     }
     // softmax: image wid.y; sigmoid: plane wid.y + P.plane0 (one per workgroup row)
     let plane = wid.y + P.plane0;
@@ -268,7 +280,7 @@ fn gradient(
         var nlq: array<f32, GPIX>;
         var dot: array<f32, GPIX>;
         for (var i = 0u; i < GPIX; i++) {
-            let s = s0 + i * GWG;
+            let s = px(t0, lid, i);
             lab[i] = INVALID;
             dot[i] = 0.0;
             if s < P.s {
@@ -292,7 +304,7 @@ fn gradient(
                 let k = class_coefs(ni, c);
                 for (var i = 0u; i < GPIX; i++) {
                     if lab[i] != INVALID {
-                        let e = (n * P.c + c) * P.s + s0 + i * GWG;
+                        let e = (n * P.c + c) * P.s + px(t0, lid, i);
                         let p = softmax_p(lg(e), lse[i]);
                         dot[i] += p * softmax_dp(k, e, p, select(0.0, 1.0, lab[i] == c));
                     }
@@ -307,7 +319,7 @@ fn gradient(
             for (var i = 0u; i < GPIX; i++) {
                 d[i] = 0.0;
                 if lab[i] != INVALID {
-                    let e = (n * P.c + c) * P.s + s0 + i * GWG;
+                    let e = (n * P.c + c) * P.s + px(t0, lid, i);
                     xs[i] = lg(e);
                     if PROBS {
                         ps[i] = xs[i];
@@ -353,9 +365,9 @@ fn gradient(
                     }
                 }
             }
-            put_pixels(n, c, s0, d); // ignored pixels get 0 in every channel
+            put_pixels(n, c, t0, lid, d); // ignored pixels get 0 in every channel
             if UNREDUCED && !has(CE) {
-                put_entries(n * P.c + c, s0, uf, ev);
+                put_entries(n * P.c + c, t0, lid, uf, ev);
             }
         }
         if UNREDUCED && has(CE) {
@@ -369,15 +381,15 @@ fn gradient(
                     if tp.label_smoothing != 0.0 {
                         var acc = 0.0;
                         for (var c = 0u; c < P.c; c++) {
-                            acc += cw[c] * (lse[i] - lg((n * P.c + c) * P.s + s0 + i * GWG));
+                            acc += cw[c] * (lse[i] - lg((n * P.c + c) * P.s + px(t0, lid, i)));
                         }
                         ev[i] += tp.label_smoothing / cf * acc;
                     }
                 }
             }
-            put_entries(n, s0, uf, ev);
+            put_entries(n, t0, lid, uf, ev);
         }
     } else {
-        sigmoid_plane(n, plane % P.c, s0, uf);
+        sigmoid_plane(n, plane % P.c, t0, lid, uf);
     }
 }

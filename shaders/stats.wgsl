@@ -164,11 +164,11 @@ fn add_element(acc: ptr<function, Acc>, live: bool, tp0: Term, tp1: Term, tp2: T
     (*acc).a3 += select(z, q3, live);
 }
 
-// Sigmoid: this thread's sums of channel c of image n over its pixels of the tile (`pix` rows of
-// WG pixels; VEC4: of WG quads). Branch-free per element (a CPU adapter runs both sides of a
-// branch on its lanes, masked): the reads are clamped into the image, and an element outside it
-// or ignored adds nothing.
-fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, lid: u32, tp0: Term, tp1: Term, tp2: Term, tp3: Term) -> Acc {
+// Sigmoid: this thread's sums of channel c of image n over its pixels of the tile (`pix` per
+// thread, VEC4: pix / 4 quads, at tile_item), the first `rows` of them (tile_items). Branch-free per
+// element (a CPU adapter runs both sides of a branch on its lanes, masked): the reads are clamped
+// into the image, and an element outside it or ignored adds nothing.
+fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, rows: u32, lid: u32, tp0: Term, tp1: Term, tp2: Term, tp3: Term) -> Acc {
     var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     // FUSED: the fused terms (after the slots) with their scale resolved as the finalize would
     // (scale: the term's weight, times focal's weight scale in weight_sum, over the count), and
@@ -182,10 +182,10 @@ fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, lid: u32, tp0: T
     }
     let plane = (n * P.c + c) * P.s;
     if VEC4 {
-        // quad i WG + lid of the tile: planes are whole quads (the host picks this kernel only
-        // for images of 4k pixels)
-        for (var i = 0u; i < pix; i++) {
-            let s = base + 4u * (i * WG + lid);
+        // the thread's quads of the tile (tile_item): planes are whole quads (the host picks
+        // this kernel only for images of 4k pixels)
+        for (var i = 0u; i < rows; i++) {
+            let s = base + 4u * tile_item(i, lid, WG, pix / 4u);
             let inside = s < P.s;
             let q = (plane + min(s, P.s - 4u)) / 4u;
             let x4 = lg4(q);
@@ -205,8 +205,8 @@ fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, lid: u32, tp0: T
         }
         return acc;
     }
-    for (var i = 0u; i < pix; i++) {
-        let s = base + i * WG + lid;
+    for (var i = 0u; i < rows; i++) {
+        let s = base + tile_item(i, lid, WG, pix);
         let inside = s < P.s;
         let e = plane + min(s, P.s - 1u);
         let d = sigmoid_element(&acc, n, c, tile, e, inside, lg(e), tgt_at(e), tp0, tp1, tp2, tp3, tf, cwf);
@@ -355,7 +355,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     var pa3 = vec4<f32>(0.0);
     if SOFTMAX {
         for (var i = 0u; i < pix; i++) {
-            let s = base + i * WG + lid;
+            let s = base + tile_item(i, lid, WG, pix);
             lab[i] = INVALID;
             lse[i] = 0.0;
             if s < P.s {
@@ -423,13 +423,13 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     }
     if !SOFTMAX {
         let c = plane % P.c;
-        // only the tile's pixel rows that hold pixels of the image (all but in a last, short tile):
-        // a small image's one wide tile walks only those
-        var rows = min(pix, (P.s - base + WG - 1u) / WG);
+        // only the thread's pixels in the image (all but in a last, short tile): a small image's
+        // one wide tile walks only those
+        var rows = tile_items(lid, WG, pix, P.s - base);
         if VEC4 {
-            rows = min(pix / 4u, (P.s - base + 4u * WG - 1u) / (4u * WG));
+            rows = tile_items(lid, WG, pix / 4u, (P.s - base + 3u) / 4u);
         }
-        write_partials(lid, n, tile, c, sigmoid_sums(n, c, tile, base, rows, lid, tp0, tp1, tp2, tp3), nq);
+        write_partials(lid, n, tile, c, sigmoid_sums(n, c, tile, base, pix, rows, lid, tp0, tp1, tp2, tp3), nq);
         return;
     }
     for (var c = 0u; c < P.c; c++) {
@@ -452,7 +452,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             if label == INVALID {
                 continue;
             }
-            let e = (n * P.c + c) * P.s + base + i * WG + lid;
+            let e = (n * P.c + c) * P.s + base + tile_item(i, lid, WG, pix);
             let x = lg(e);
             if VALIDATE != 0u {
                 check_logit(x, e, label == c);

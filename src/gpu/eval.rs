@@ -878,6 +878,8 @@ impl Gpu {
                         probs: part.inp.probs,
                         unreduced: first && unr,
                         lse: lp.is_none() && part.lse.is_some(),
+                        // a CPU adapter's layout of each thread's pixels (common.wgsl, tile_item)
+                        wide,
                         ..Spec::default()
                     };
                     let aux = match (lp, part.lse) {

@@ -172,7 +172,8 @@ pub(crate) struct Spec {
     pub validate: u32,
     pub region: bool,
     pub accum: bool,
-    /// Statistics: the wide sigmoid tiles of CPU adapters.
+    /// A CPU adapter: the statistics' wide sigmoid tiles, and every thread's pixels in runs (the
+    /// statistics and gradient passes; `tile_item` in `common.wgsl`).
     pub wide: bool,
     /// Statistics, not wide: pixels per thread.
     pub spix: u32,
