@@ -107,7 +107,7 @@ struct Params {
                       // of this dispatch (a workgroup row per plane; past the rows of one dispatch,
                       // several dispatches)
     fcount: u32,      // statistics, FUSED: the elements the fused terms' mean divides by
-    pad2: u32,
+    chunks: u32,      // statistics with subgroups: partial slots per tile (its subgroups); else 0
 }
 
 struct Term {

@@ -21,8 +21,10 @@ fn reduce(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     for (var q = 0u; q < 4u; q++) {
         acc[q] = vec4<f32>(0.0);
     }
-    for (var t = lid; t < P.tiles; t += RWG) {
-        let o = ((n * P.tiles + t) * P.c + c) * 4u;
+    // (the statistics pass's subgroups, when it had them, wrote P.chunks partials per tile)
+    let slots = P.tiles * max(P.chunks, 1u);
+    for (var t = lid; t < slots; t += RWG) {
+        let o = ((n * slots + t) * P.c + c) * 4u;
         for (var q = 0u; q < nq; q++) {
             acc[q] += partials[o + q];
         }

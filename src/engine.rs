@@ -621,8 +621,9 @@ impl Engine {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("segloss"),
-                // timestamps for Engine::profile_prepared_blocking, where the adapter has them
-                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+                // timestamps for Engine::profile_prepared_blocking, and subgroup operations for
+                // the statistics of CPU adapters (Gpu::subgroup), where the adapter has them
+                required_features: adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP),
                 required_limits: adapter.limits(),
                 ..Default::default()
             })

@@ -133,6 +133,21 @@ impl Engine {
         }
     }
 
+    /// Whether the softmax statistics of a CPU adapter's wide tiles take the kernel with subgroup
+    /// operations where the device has them (the default) or the portable one: for tests of both
+    /// on lavapipe, and for benchmarks. A no-op elsewhere.
+    pub fn set_subgroups(&self, on: bool) {
+        if let Some(gpu) = self.gpu_ref() {
+            gpu.use_subgroups.store(on, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The subgroup size of the kernel with subgroup operations that the softmax statistics of a
+    /// CPU adapter's wide tiles take ([`Engine::set_subgroups`]), None where there is none.
+    pub fn statistics_subgroup(&self) -> Option<u32> {
+        self.gpu_ref().and_then(|gpu| gpu.subgroup)
+    }
+
     /// Whether the radix sort scatters with a thread per tile, walked in order (the default on
     /// CPU adapters), or with a workgroup per tile after a local sort (elsewhere): for tests of
     /// both on one adapter, and for benchmarks. A no-op on the CPU reference.

@@ -63,6 +63,12 @@ impl Kernel {
         }
     }
 
+    /// Whether the kernel takes subgroup operations (its entry point has subgroup builtins): a
+    /// device without them cannot build it.
+    pub fn uses_subgroups(&self) -> bool {
+        self.source.contains("@builtin(subgroup_invocation_id)")
+    }
+
     /// The binding number of the variable `name`.
     pub fn binding(&self, name: &str) -> Option<u32> {
         self.bindings.iter().position(|b| b.name == name).map(|i| i as u32)
@@ -89,7 +95,16 @@ macro_rules! wgsl {
 pub const STATS: Kernel = Kernel {
     name: "stats",
     entry: "stats",
-    source: wgsl!("common.wgsl", "io1.wgsl", "out1.wgsl", "lse.wgsl", "argmax.wgsl", "target.wgsl", "stats.wgsl"),
+    source: wgsl!(
+        "common.wgsl",
+        "io1.wgsl",
+        "out1.wgsl",
+        "lse.wgsl",
+        "argmax.wgsl",
+        "target.wgsl",
+        "stats.wgsl",
+        "stats_entry.wgsl"
+    ),
     bindings: &[
         r("logits"),
         r("tgt"),
@@ -108,7 +123,33 @@ pub const STATS: Kernel = Kernel {
 /// elements per load and store, for images of `4k` pixels whose slices are 16-byte aligned.
 pub const STATS4: Kernel = Kernel {
     name: "stats4",
-    source: wgsl!("common.wgsl", "io4.wgsl", "out4.wgsl", "lse.wgsl", "argmax.wgsl", "target.wgsl", "stats.wgsl"),
+    source: wgsl!(
+        "common.wgsl",
+        "io4.wgsl",
+        "out4.wgsl",
+        "lse.wgsl",
+        "argmax.wgsl",
+        "target.wgsl",
+        "stats.wgsl",
+        "stats_entry.wgsl"
+    ),
+    ..STATS
+};
+/// [`STATS`] with subgroup operations (`stats_entry_sg.wgsl`), on CPU adapters whose device has
+/// them: each subgroup writes its own partials, and the pass has no barrier. Built only on such
+/// devices ([`Kernel::uses_subgroups`]).
+pub const STATS_SG: Kernel = Kernel {
+    name: "stats_sg",
+    source: wgsl!(
+        "common.wgsl",
+        "io1.wgsl",
+        "out1.wgsl",
+        "lse.wgsl",
+        "argmax.wgsl",
+        "target.wgsl",
+        "stats.wgsl",
+        "stats_entry_sg.wgsl"
+    ),
     ..STATS
 };
 /// Final reduction of the confusion counts (64-bit totals).
@@ -370,6 +411,7 @@ pub const LOVASZ_THRESHOLD_TILES: Kernel =
 pub const KERNELS: &[Kernel] = &[
     STATS,
     STATS4,
+    STATS_SG,
     COUNT_REDUCE,
     SURF_LABELS,
     SURF_EDGES,

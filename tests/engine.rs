@@ -642,8 +642,14 @@ fn one_engine_across_shapes_agrees_with_the_reference() {
 fn both_statistics_tile_widths_agree_with_the_reference() {
     let engine = Engine::gpu_blocking().unwrap();
     let exprs = parse(&["bce", "dice@monai+focal@monai", "sensspec", "bce:pos_weight=auto+jaccard"]);
-    for wide in [false, true] {
+    // lavapipe has subgroup operations: its wide softmax tiles take them, or the portable kernel
+    let info = engine.info();
+    if info.device_type == "Cpu" && info.name.contains("llvmpipe") && info.backend == "vulkan" {
+        assert!(engine.statistics_subgroup().is_some(), "{info:?}");
+    }
+    for (wide, subgroups) in [(false, false), (true, false), (true, true)] {
         engine.set_wide_statistics(wide);
+        engine.set_subgroups(subgroups);
         // on a GPU's tiles, 2 to 16 pixels per thread as the image size asks: the small shapes
         // take 2, [2, 1, 256, 512] 4, [1, 2, 512, 512] 8 and [1, 1, 1024, 1024] 16
         let shapes = [
@@ -659,12 +665,13 @@ fn both_statistics_tile_widths_agree_with_the_reference() {
             let case = dense_case(70 + k as u64, shape, mode);
             assert_matches_reference(&engine, &case, &exprs, &format!("wide {wide} {shape:?}"));
         }
-        // softmax: one tile per image and several, ignored pixels among them
+        // softmax: one tile per image and several, ignored pixels among them (with subgroups:
+        // several slots of partials in one tile too)
         for (k, shape) in [&[2usize, 3, 9, 11][..], &[2, 3, 70, 90]].iter().enumerate() {
             let case = label_case(80 + k as u64, shape, 255);
             // (Lovász takes no statistics tiles, and its gradient at tied errors is compared elsewhere)
             let mc: Vec<LossExpr> = exprs_for(&case).into_iter().filter(|e| !e.has_lovasz()).collect();
-            assert_matches_reference(&engine, &case, &mc, &format!("wide {wide} {shape:?}"));
+            assert_matches_reference(&engine, &case, &mc, &format!("wide {wide} subgroups {subgroups} {shape:?}"));
         }
     }
 }

@@ -105,8 +105,10 @@ fn modules(k: &Kernel) -> Vec<(naga::Module, naga::valid::ModuleInfo)> {
 fn module(k: &Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
     let m = naga::front::wgsl::parse_str(k.source)
         .unwrap_or_else(|e| panic!("{}: WGSL parse error:\n{}", k.name, e.emit_to_string(k.source)));
-    // The WebGPU baseline: no optional capabilities.
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    // The WebGPU baseline: no optional capabilities; subgroup operations for the kernels built
+    // only where the device has them
+    let caps = if k.uses_subgroups() { Capabilities::SUBGROUP } else { Capabilities::empty() };
+    let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&m)
         .unwrap_or_else(|e| panic!("{}: validation error:\n{}", k.name, e.emit_to_string(k.source)));
     (m, info)
@@ -114,6 +116,9 @@ fn module(k: &Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
 
 #[test]
 fn kernels_validate_without_optional_capabilities() {
+    // (but subgroup operations in the kernels that take them, and only there)
+    let sg: Vec<&str> = KERNELS.iter().filter(|k| k.uses_subgroups()).map(|k| k.name).collect();
+    assert_eq!(sg, ["stats_sg"]);
     for k in KERNELS {
         let (m, _) = module(k);
         assert!(

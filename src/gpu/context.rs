@@ -282,6 +282,13 @@ pub(crate) struct Gpu {
     /// The statistics pass's wide sigmoid tiles ([`Spec::wide`]): on CPU adapters (the
     /// `internals` feature can change it, for tests of the GPU configuration on lavapipe).
     pub wide_stats: AtomicBool,
+    /// The subgroup size of a CPU adapter whose device has subgroup operations, one size for
+    /// every dispatch, that divides the statistics workgroup: its wide statistics tiles then take
+    /// [`crate::shaders::STATS_SG`]. None elsewhere (GPUs: not measured yet).
+    pub subgroup: Option<u32>,
+    /// Whether the statistics take [`Gpu::subgroup`]'s kernel where there is one (the `internals`
+    /// feature can turn it off, for tests of the portable kernel on lavapipe).
+    pub use_subgroups: AtomicBool,
     /// llvmpipe, which ends a shader's loops after [`crate::gpu::CPU_LOOP_LIMIT`] iterations in
     /// all: inputs whose kernels the engine's bounds say would loop longer are refused.
     pub loop_limited: bool,
@@ -326,8 +333,18 @@ impl Gpu {
         let cpu = info.device_type == wgpu::DeviceType::Cpu;
         // storage parameters where the inlining they avoid happens: lavapipe (Kernel::cpu_storage_params)
         let lavapipe = cpu && info.backend == wgpu::Backend::Vulkan;
-        let kernels =
-            KERNELS.iter().map(|k| (k.name, KernelState::new(&device, k, lavapipe && k.cpu_storage_params))).collect();
+        let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
+        let subgroup = (cpu
+            && subgroups
+            && info.subgroup_min_size == info.subgroup_max_size
+            && info.subgroup_min_size > 0
+            && (crate::gpu::STATS_WG as u32).is_multiple_of(info.subgroup_min_size))
+        .then_some(info.subgroup_min_size);
+        let kernels = KERNELS
+            .iter()
+            .filter(|k| subgroups || !k.uses_subgroups())
+            .map(|k| (k.name, KernelState::new(&device, k, lavapipe && k.cpu_storage_params)))
+            .collect();
         let bitonic_upto = if cpu { BITONIC_CROSSOVER_CPU } else { BITONIC_MAX };
         let gpu = Gpu {
             poller: Poller::new(device.clone()),
@@ -340,6 +357,8 @@ impl Gpu {
             bitonic_upto,
             tile_scatter: AtomicBool::new(cpu),
             wide_stats: AtomicBool::new(cpu),
+            subgroup,
+            use_subgroups: AtomicBool::new(true),
             // (Mesa's software rasterizer, through Vulkan (lavapipe) or OpenGL; other CPU adapters,
             // SwiftShader or WARP, have no such limit)
             loop_limited: cpu && info.name.contains("llvmpipe"),
@@ -349,7 +368,7 @@ impl Gpu {
             plan_binding: max_binding_bytes.map_or(u64::MAX, |m| m.max(4)),
         };
         for softmax in [false, true] {
-            for k in KERNELS {
+            for k in KERNELS.iter().filter(|k| subgroups || !k.uses_subgroups()) {
                 gpu.pipeline(k, Spec::softmax(softmax));
             }
         }
@@ -360,7 +379,8 @@ impl Gpu {
     }
 
     pub(crate) fn kernel(&self, k: &Kernel) -> &KernelState {
-        // every kernel of KERNELS is built in `new`
+        // every kernel of KERNELS is built in `new` (those with subgroup operations where the
+        // device has them: only then are they recorded)
         &self.kernels[k.name]
     }
 

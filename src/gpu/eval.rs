@@ -166,6 +166,7 @@ impl Gpu {
         let wide_ok = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed);
         let (wide, pix) = stats_tiling(inp.softmax, wide_ok, inp.s, counts);
         let tiles = inp.s.div_ceil(crate::gpu::STATS_WG * pix);
+        let chunks = self.stats_chunks(wide, inp.softmax);
         let p = Params {
             n: inp.n as u32,
             c: inp.c as u32,
@@ -174,9 +175,23 @@ impl Gpu {
             ignore: inp.ignore.unwrap_or(0),
             has_ignore: u32::from(inp.ignore.is_some()),
             gn: (inp.n / inp.groups.max(1)) as u32,
+            chunks,
             ..Params::default()
         };
         (p, wide, pix as u32)
+    }
+
+    /// The statistics partials' slots per tile: one per subgroup where the wide tiles take
+    /// [`shaders::STATS_SG`], else 0 (one per tile). Softmax only: its class loop writes partials
+    /// per class, the sigmoid tiles once (a barrier there cost little, and the sigmoid tiles read
+    /// quads, which STATS_SG does not).
+    fn stats_chunks(&self, wide: bool, softmax: bool) -> u32 {
+        match self.subgroup {
+            Some(size) if wide && softmax && self.use_subgroups.load(std::sync::atomic::Ordering::Relaxed) => {
+                crate::gpu::STATS_WG as u32 / size
+            }
+            _ => 0,
+        }
     }
 
     /// Whether the sigmoid passes over `inp` take the kernels over quads ([`shaders::STATS4`],
@@ -258,9 +273,10 @@ impl Gpu {
         let stride = align((n * c * K * 4) as u64);
         let sums = rec.scratch(stride * passes as u64, "statistics sums")?;
         // one tile per image: the statistics pass writes the sums themselves (same layout), and
-        // the reduction pass is left out
+        // the reduction pass is left out (with subgroups, a tile has a slot per subgroup)
+        let slots = tiles * (base.chunks as usize).max(1);
         let partials =
-            if tiles > 1 { Some(rec.scratch((n * tiles * c * K * 4) as u64, "statistics partials")?) } else { None };
+            if slots > 1 { Some(rec.scratch((n * slots * c * K * 4) as u64, "statistics partials")?) } else { None };
         for p in 0..passes {
             let slots = plan.pass_slots(p);
             let mut terms: Vec<TermParams> = slots.iter().map(|s| s.params(0.0, 1.0)).collect();
@@ -308,7 +324,13 @@ impl Gpu {
                 }
             }
             let (tb, cb) = (rec.data(&terms), rec.data(&cw));
-            let kernel = if self.quads(inp, wide, pix_out) { &shaders::STATS4 } else { &shaders::STATS };
+            let kernel = if base.chunks > 0 {
+                &shaders::STATS_SG
+            } else if self.quads(inp, wide, pix_out) {
+                &shaders::STATS4
+            } else {
+                &shaders::STATS
+            };
             for &(plane0, count) in &rows {
                 let pr = rec.uniform(&Params { plane0, ..base });
                 rec.dispatch(

@@ -272,7 +272,8 @@ pub(crate) struct Params {
     pub plane0: u32,
     /// Statistics with fused terms: the elements their mean divides by.
     pub fcount: u32,
-    pub pad: u32,
+    /// Statistics with subgroups: partial slots per tile, one per subgroup (0 without).
+    pub chunks: u32,
 }
 
 pub(crate) fn align(x: u64) -> u64 {
