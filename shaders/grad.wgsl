@@ -311,6 +311,11 @@ fn gradient(
                 }
             }
         }
+        // the pixel terms' parameters, loaded once (as sigmoid_plane does)
+        var tps: array<Term, 4>;
+        for (var t = 0u; t < min(NTERMS, 4u); t++) {
+            tps[t] = term(t);
+        }
         for (var c = 0u; c < P.c; c++) {
             let k = class_coefs(ni, c);
             var xs: array<f32, GPIX>;
@@ -331,7 +336,12 @@ fn gradient(
                 }
             }
             for (var t = 0u; t < NTERMS; t++) {
-                let tp = term(t);
+                var tp: Term;
+                if t < 4u {
+                    tp = tps[t];
+                } else {
+                    tp = term(t);
+                }
                 var cwc = 0.0;
                 if has(CE) && tp.kind == CE {
                     cwc = cw[t * P.c + c];
