@@ -294,7 +294,10 @@ fn gradient(
                     } else {
                         lse[i] = log_sum_exp(n, s);
                     }
-                    nlq[i] = lse[i] - lg((n * P.c + lab[i]) * P.s + s);
+                    // (-log p of the true class: softmax focal, and ce's unreduced entries)
+                    if has(FOCAL_SOFTMAX) || (UNREDUCED && has(CE)) {
+                        nlq[i] = lse[i] - lg((n * P.c + lab[i]) * P.s + s);
+                    }
                 }
             }
         }
@@ -311,10 +314,18 @@ fn gradient(
                 }
             }
         }
-        // the pixel terms' parameters, loaded once (as sigmoid_plane does)
+        // the pixel terms' parameters, loaded once (as sigmoid_plane does), and the first term's
+        // weight of each pixel's true class (a load per pixel, not per element)
         var tps: array<Term, 4>;
         for (var t = 0u; t < min(NTERMS, 4u); t++) {
             tps[t] = term(t);
+        }
+        var w0: array<f32, GPIX>;
+        for (var i = 0u; i < GPIX; i++) {
+            w0[i] = 0.0;
+            if NTERMS > 0u && lab[i] != INVALID {
+                w0[i] = cw[lab[i]];
+            }
         }
         for (var c = 0u; c < P.c; c++) {
             let k = class_coefs(ni, c);
@@ -352,6 +363,13 @@ fn gradient(
                     }
                     let g = select(0.0, 1.0, lab[i] == c);
                     let p = ps[i];
+                    // the term's weight of the true class
+                    var wl: f32;
+                    if t == 0u {
+                        wl = w0[i];
+                    } else {
+                        wl = cw[t * P.c + lab[i]];
+                    }
                     if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
                         // the class weight of the term of channel c
                         var fv: vec2<f32>;
@@ -365,13 +383,13 @@ fn gradient(
                     }
                     if has(CE) && tp.kind == CE {
                         let ls = tp.label_smoothing;
-                        d[i] += tp.scale * ((1.0 - ls) * cw[t * P.c + lab[i]] * (p - g) + ls / cf * (tp.weight_sum * p - cwc));
+                        d[i] += tp.scale * ((1.0 - ls) * wl * (p - g) + ls / cf * (tp.weight_sum * p - cwc));
                     }
                     if has(FOCAL_SOFTMAX) && tp.kind == FOCAL_SOFTMAX {
                         // the pixel's term is its true class's, with that class's weight
                         let fv = focal_softmax(nlq[i], tp, lab[i]);
-                        d[i] += tp.scale * cw[t * P.c + lab[i]] * fv.y * (g - p);
-                        ev[i] = select(0.0, cw[t * P.c + lab[i]] * fv.x, lab[i] == c);
+                        d[i] += tp.scale * wl * fv.y * (g - p);
+                        ev[i] = select(0.0, wl * fv.x, lab[i] == c);
                     }
                 }
             }
