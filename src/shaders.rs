@@ -91,20 +91,19 @@ macro_rules! wgsl {
     };
 }
 
+/// The statistics pass's source: its element accessors (`io1.wgsl` or `io4.wgsl`, with the
+/// output's), and its entry point (`stats_entry.wgsl`, or `stats_entry_sg.wgsl` with subgroups).
+macro_rules! stats_source {
+    ($io:literal, $out:literal, $entry:literal) => {
+        wgsl!("common.wgsl", $io, $out, "lse.wgsl", "argmax.wgsl", "target.wgsl", "stats.wgsl", $entry)
+    };
+}
+
 /// Fused statistics pass (and the checks of buffer inputs).
 pub const STATS: Kernel = Kernel {
     name: "stats",
     entry: "stats",
-    source: wgsl!(
-        "common.wgsl",
-        "io1.wgsl",
-        "out1.wgsl",
-        "lse.wgsl",
-        "argmax.wgsl",
-        "target.wgsl",
-        "stats.wgsl",
-        "stats_entry.wgsl"
-    ),
+    source: stats_source!("io1.wgsl", "out1.wgsl", "stats_entry.wgsl"),
     bindings: &[
         r("logits"),
         r("tgt"),
@@ -121,37 +120,13 @@ pub const STATS: Kernel = Kernel {
 };
 /// [`STATS`] over quads (`io4.wgsl`): the sigmoid planes of a CPU adapter's wide tiles, four
 /// elements per load and store, for images of `4k` pixels whose slices are 16-byte aligned.
-pub const STATS4: Kernel = Kernel {
-    name: "stats4",
-    source: wgsl!(
-        "common.wgsl",
-        "io4.wgsl",
-        "out4.wgsl",
-        "lse.wgsl",
-        "argmax.wgsl",
-        "target.wgsl",
-        "stats.wgsl",
-        "stats_entry.wgsl"
-    ),
-    ..STATS
-};
+pub const STATS4: Kernel =
+    Kernel { name: "stats4", source: stats_source!("io4.wgsl", "out4.wgsl", "stats_entry.wgsl"), ..STATS };
 /// [`STATS`] with subgroup operations (`stats_entry_sg.wgsl`), on CPU adapters whose device has
 /// them: each subgroup writes its own partials, and the pass has no barrier. Built only on such
 /// devices ([`Kernel::uses_subgroups`]).
-pub const STATS_SG: Kernel = Kernel {
-    name: "stats_sg",
-    source: wgsl!(
-        "common.wgsl",
-        "io1.wgsl",
-        "out1.wgsl",
-        "lse.wgsl",
-        "argmax.wgsl",
-        "target.wgsl",
-        "stats.wgsl",
-        "stats_entry_sg.wgsl"
-    ),
-    ..STATS
-};
+pub const STATS_SG: Kernel =
+    Kernel { name: "stats_sg", source: stats_source!("io1.wgsl", "out1.wgsl", "stats_entry_sg.wgsl"), ..STATS };
 /// Final reduction of the confusion counts (64-bit totals).
 pub const COUNT_REDUCE: Kernel = Kernel {
     name: "count_reduce",
