@@ -30,8 +30,9 @@ override PROBS: bool = false;    // the input holds probabilities: no activation
 override UNREDUCED: bool = false; // gradient: also the unreduced entries of pixel term 0 into `unr`
 override LSE: bool = false;      // softmax: the statistics pass writes each pixel's log-sum-exp to `pix_out`, the
                                  // gradient pass reads it from `aux` (without Lovász)
-override FUSED: u32 = 0u;        // statistics, sigmoid: pixel terms (at most 4, after the NTERMS slots in
-                                 // `terms` and `cw`) whose gradient this pass writes to `pix_out`
+override FUSED: u32 = 0u;        // statistics: pixel terms (at most 4, after the NTERMS slots in `terms` and
+                                 // `cw`) whose gradient this pass writes to `elem_out`: sigmoid's, or
+                                 // softmax cross-entropy's
 override SPIX: u32 = 16u;        // statistics, not WIDE: pixels per thread (2 to 16)
 override TPMIN: bool = false;     // statistics: sum min(p, g) in channel 15 (at most 3 pixel slots)
 

@@ -56,6 +56,35 @@ fn slot_stats(tp: Term, x: f32, p: f32, g: f32, nlp: f32, nlq: f32, label: u32, 
     return r;
 }
 
+// FUSED, softmax: d loss / d x of the fused cross-entropy terms `tf` (scales resolved) at the C
+// elements of pixel s of image n (true class lab, log-sum-exp lse), written to elem_out: the
+// gradient pass's arithmetic, term by term, so the same bits.
+fn ce_fused_pixel(n: u32, s: u32, lab: u32, lse: f32, tf: array<Term, 4>) {
+    let cf = f32(P.c);
+    // each term's weight of the true class, loaded once
+    var wls: array<f32, 4>;
+    for (var t = 0u; t < min(FUSED, 4u); t++) {
+        wls[t] = cw[(NTERMS + t) * P.c + lab];
+    }
+    for (var c = 0u; c < P.c; c++) {
+        let e = (n * P.c + c) * P.s + s;
+        let p = softmax_p(lg(e), lse);
+        let g = select(0.0, 1.0, lab == c);
+        var d = 0.0;
+        for (var t = 0u; t < min(FUSED, 4u); t++) {
+            let tp = tf[t];
+            let ls = tp.label_smoothing;
+            // (without smoothing the class's weight adds ls / cf * (...) = 0 either way)
+            var cwc = 0.0;
+            if ls != 0.0 {
+                cwc = cw[(NTERMS + t) * P.c + c];
+            }
+            d += tp.scale * ((1.0 - ls) * wls[t] * (p - g) + ls / cf * (tp.weight_sum * p - cwc));
+        }
+        eout_set(e, d);
+    }
+}
+
 // A pixel's share of cross-entropy slot t (PIXEL_ONLY), summed over its classes: the two
 // channels slot_stats gives, (sum_c q_c (lse - x_c), w_label), with nll = lse - x_label.
 fn ce_pixel(t: u32, tp: Term, label: u32, lse: f32, nll: f32, n: u32, s: u32) -> vec2<f32> {
@@ -392,6 +421,15 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
     // the cross-entropy slots' two channels of this thread's pixels (added to class 0)
     var pa2 = vec4<f32>(0.0);
     var pa3 = vec4<f32>(0.0);
+    // FUSED, softmax: the fused cross-entropy terms, their scale resolved as the finalize does
+    // (the term's weight over the pixel count)
+    var tfs: array<Term, 4>;
+    if SOFTMAX {
+        for (var t = 0u; t < min(FUSED, 4u); t++) {
+            tfs[t] = terms[NTERMS + t];
+            tfs[t].scale = tfs[t].scale / f32(P.fcount);
+        }
+    }
     if SOFTMAX {
         for (var i = 0u; i < pix; i++) {
             let s = base + tile_item(i, lid, WG, pix);
@@ -423,6 +461,10 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                         lse[i] = log_sum_exp(n, s);
                         if LSE {
                             eout_set(n * P.s + s, lse[i]);
+                        }
+                        if FUSED > 0u {
+                            // (the pixel's logits are in cache)
+                            ce_fused_pixel(n, s, lab[i], lse[i], tfs);
                         }
                     }
                     if COUNTS {

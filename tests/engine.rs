@@ -1257,3 +1257,66 @@ fn a_pixel_loss_gradient_comes_from_the_statistics_pass() {
         }
     }
 }
+
+/// Unweighted cross-entropy over softmax logits whose every pixel counts: the statistics pass
+/// writes the gradient too, bit for bit the gradient pass's (the same input as buffers) and the
+/// reference's, with label smoothing and two terms, in one image tile and several. Beside an
+/// expression whose gradient pass reads the pixels' log-sum-exps, or with class weights, the
+/// gradient pass runs.
+#[test]
+fn a_cross_entropy_gradient_comes_from_the_statistics_pass() {
+    let (engine, device, _) = caller_engine();
+    let own = Engine::gpu_blocking().unwrap();
+    for shape in [&[2usize, 5, 9, 11][..], &[2, 4, 70, 90]] {
+        let mut case = label_case(96, shape, -1);
+        // every pixel counts
+        for l in case.labels.iter_mut().filter(|l| **l < 0) {
+            *l = 0;
+        }
+        case.ignore = None;
+        let numel = case.logits.len();
+        let labels: Vec<u32> = case.labels.iter().map(|&l| l as u32).collect();
+        let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
+        let tbuf = buffer_with(device, bytemuck::cast_slice(&labels), 0);
+        let input = BufferInput::new(
+            BufferSlice::new(&lbuf, 0, numel as u64),
+            TargetBuffer::ClassU32(BufferSlice::new(&tbuf, 0, labels.len() as u64)),
+            &case.shape,
+            case.mode,
+            None,
+        )
+        .unwrap();
+        let whole = case.whole();
+        let prep = own.prepare(case.whole()).unwrap();
+        let gradient_pass = |exprs: &[LossExpr]| -> Option<bool> {
+            match own.profile_prepared_blocking(&prep, exprs, segloss::GradMode::DeviceOnly) {
+                Ok(p) => Some(p.kernels.iter().any(|k| k.kernel == "gradient")),
+                Err(segloss::Error::Unsupported(why)) => {
+                    eprintln!("profile skipped: {why}");
+                    None
+                }
+                Err(err) => panic!("{err}"),
+            }
+        };
+        for text in ["ce", "ce:label_smoothing=0.1", "0.5*ce+ce:label_smoothing=0.2"] {
+            let e: LossExpr = text.parse().unwrap();
+            let what = format!("{shape:?} {text}");
+            let host = engine.evaluate_blocking(&whole, std::slice::from_ref(&e), true).unwrap();
+            let bufs = engine.evaluate_buffers_blocking(&input, std::slice::from_ref(&e), &[GradOut::Host]).unwrap();
+            assert_same(&host, &bufs, &format!("{what}: fused against the gradient pass"));
+            let w = reference::evaluate(&whole, &e).unwrap();
+            let (worst, scale) = common::max_diff(host[0].grad.as_ref().unwrap(), &w.grad);
+            assert!(worst <= 1e-4 * scale, "{what}: gradient off by {worst} (largest {scale})");
+            assert_ne!(gradient_pass(std::slice::from_ref(&e)), Some(true), "{what}: a gradient pass ran");
+        }
+        // beside dice, whose gradient pass reads the log-sum-exps; with class weights
+        let exprs = parse(&["ce", "dice"]);
+        assert_matches_reference(engine, &case, &exprs, "ce beside dice");
+        assert_ne!(gradient_pass(&exprs), Some(false), "{shape:?}: no gradient pass beside dice");
+        let weighted = parse(&["ce:weights=1;2;0.5;1"]);
+        if shape[1] == 4 {
+            assert_matches_reference(engine, &case, &weighted, "weighted ce");
+            assert_ne!(gradient_pass(&weighted), Some(false), "{shape:?}: no gradient pass with class weights");
+        }
+    }
+}

@@ -39,9 +39,10 @@ pub(crate) struct DevInput {
 
 /// An expression whose gradient the statistics pass writes, so that the input is read once: its
 /// terms all sigmoid pixel losses (bce without `pos_weight=auto`, focal normalized by the count
-/// or without class weights, at most 4), of an input checked on the host whose every element
-/// counts, in one statistics pass, its gradient overwritten (not added) where nothing else is
-/// bound. The terms follow the pass's slots in `terms` and `cw`, with `scale` holding the term's
+/// or without class weights) or all unweighted cross-entropy on softmax logits (no other
+/// expression then reads the pixels' log-sum-exps), at most 4, of an input checked on the host
+/// whose every element counts, in one statistics pass, its gradient overwritten (not added)
+/// where nothing else is bound. The terms follow the pass's slots in `terms` and `cw`, with `scale` holding the term's
 /// weight, `weight_sum` focal's weight scale (else 1) and `pos_weight` bce's, so that the pass
 /// resolves the scale with the finalize's own arithmetic (weight, times the weight scale, over
 /// the count): the gradient is the gradient pass's, bit for bit.
@@ -261,7 +262,7 @@ impl Gpu {
         } else {
             None
         };
-        // (the fused terms are sigmoid's, the kept log-sum-exps softmax's)
+        // (the log-sum-exps are kept only where no expression's gradient is fused)
         debug_assert!(lse.is_none() || fused.is_none());
         let pix_out = match (lse, fused) {
             (Some(l), _) => l,
@@ -427,10 +428,11 @@ impl Gpu {
         grads: &[GradTo],
     ) -> Result<Option<FusedGrad>, Error> {
         use crate::expr::{Loss, Norm, PosWeight};
-        let count = inp.n * inp.c * inp.s;
+        // the elements (softmax: pixels) the mean divides by
+        let count = if inp.softmax { inp.n * inp.s } else { inp.n * inp.c * inp.s };
         // (the finalize's count is an f32 sum of ones: exact below 2^24)
         if !inp.all_valid
-            || inp.softmax
+            || (inp.softmax && inp.probs)
             || inp.validate != 0
             || inp.groups > 1
             || plan.passes() != 1
@@ -448,19 +450,34 @@ impl Gpu {
             if e.unreduced() || e.terms.is_empty() || e.terms.len() > 4 {
                 continue;
             }
+            // softmax: the pass writes the fused gradient where it would keep the log-sum-exps
+            // for the gradient passes of the others: only when no other one needs them
+            let others_read_lse = exprs
+                .iter()
+                .zip(grads)
+                .enumerate()
+                .any(|(j, (o, g))| j != i && (!matches!(g, GradTo::Skip) || o.unreduced()) && !o.has_lovasz());
+            if inp.softmax && others_read_lse {
+                continue;
+            }
             let mut terms = Vec::new();
             let mut cw = Vec::new();
             for t in &e.terms {
                 // (bce's scalar pos_weight, focal's weight scale) as the finalize takes them
+                // (pos_weight, the weight sum the pass reads: focal's weight scale, 1 for bce,
+                // None for cross-entropy, whose slot's weight sum label smoothing reads)
                 let (pw, m) = match &t.loss {
+                    // (unweighted cross-entropy: the count is the pixels')
+                    Loss::Ce(p) if inp.softmax && p.weights.is_none() => (1.0, None),
+                    _ if inp.softmax => break,
                     Loss::Bce(p) => match &p.pos_weight {
-                        PosWeight::Value(v) => (*v as f32, 1.0),
-                        PosWeight::Channels(w) => (plan::weight_scale(w) as f32, 1.0),
+                        PosWeight::Value(v) => (*v as f32, Some(1.0)),
+                        PosWeight::Channels(w) => (plan::weight_scale(w) as f32, Some(1.0)),
                         PosWeight::Auto => break,
                     },
                     Loss::Focal(p) if !p.act.softmax(crate::Mode::Binary) => match &p.weights {
-                        None => (1.0, 1.0),
-                        Some(w) if p.norm == Norm::Count => (1.0, plan::weight_scale(w) as f32),
+                        None => (1.0, Some(1.0)),
+                        Some(w) if p.norm == Norm::Count => (1.0, Some(plan::weight_scale(w) as f32)),
                         Some(_) => break,
                     },
                     _ => break,
@@ -469,7 +486,9 @@ impl Gpu {
                 let mut tp = slot.params(0.0, 1.0);
                 tp.scale = t.weight as f32;
                 tp.pos_weight = pw;
-                tp.weight_sum = m;
+                if let Some(m) = m {
+                    tp.weight_sum = m;
+                }
                 terms.push(tp);
                 cw.extend(slot.device_weights());
             }
@@ -478,7 +497,7 @@ impl Gpu {
             }
             let dest = match into {
                 Some(slice) => slice,
-                None => rec.scratch((count * 4) as u64, "gradient")?,
+                None => rec.scratch((inp.n * inp.c * inp.s * 4) as u64, "gradient")?,
             };
             return Ok(Some(FusedGrad { expr: i, terms, cw, dest, count: count as u32 }));
         }
@@ -519,9 +538,12 @@ impl Gpu {
         let status = self.record_status(rec)?;
         // the gradient passes read the pixels' log-sum-exps rather than compute them again
         // (the passes of expressions with Lovász bind the Lovász weights there and recompute it)
-        let keep_lse =
-            exprs.iter().zip(grads).any(|(e, g)| (!matches!(g, GradTo::Skip) || e.unreduced()) && !e.has_lovasz());
         let fused = self.fused_grad(rec, inp, &plan, exprs, grads)?;
+        let keep_lse = exprs.iter().zip(grads).enumerate().any(|(j, (e, g))| {
+            fused.as_ref().is_none_or(|f| f.expr != j)
+                && (!matches!(g, GradTo::Skip) || e.unreduced())
+                && !e.has_lovasz()
+        });
         // Lovász alone, on an input checked on the host: no statistics pass (the finalize's
         // Lovász ops read the sorts' own label counts, and nothing else reads the sums)
         let lovasz_only = plan.slots.is_empty()
