@@ -437,6 +437,12 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
             lse[i] = 0.0;
             if s < P.s {
                 lab[i] = tword(n * P.s + s);
+                if FUSED > 0u && lab[i] == INVALID {
+                    // the fused gradient is 0 at an ignored pixel
+                    for (var c = 0u; c < P.c; c++) {
+                        eout_set((n * P.c + c) * P.s + s, 0.0);
+                    }
+                }
                 if VALIDATE != 0u {
                     check_target(n * P.s + s);
                     if lab[i] == INVALID {

@@ -557,6 +557,22 @@ impl Source<'_> {
     }
 }
 
+/// The target entries of a host input that count (not the ignore index): elements of dense
+/// targets, pixels of class indices.
+pub(crate) fn counted(input: &Input<'_>) -> usize {
+    let ign = input.ignore_index();
+    match input.target() {
+        Target::Dense(t) => match ign {
+            Some(k) => t.iter().filter(|&&v| v != k as f32).count(),
+            None => t.len(),
+        },
+        Target::Labels(t) => match ign {
+            Some(k) => t.iter().filter(|&&v| v != k).count(),
+            None => t.len(),
+        },
+    }
+}
+
 /// The target words the device reads for a host input: class indices, or the f32 bits of dense
 /// values; the ignore index becomes [`INVALID`].
 pub(crate) fn target_words(input: &Input<'_>) -> Vec<u32> {
@@ -951,7 +967,7 @@ impl Engine {
                 groups: *groups,
                 ignore: None,
                 validate: 0,
-                all_valid: input.ignore_index().is_none(),
+                counted: Some(counted(input)),
             },
             Source::Buffers(b) => buffer_dev_input(gpu, rec, b, exprs)?,
         };
@@ -1206,7 +1222,7 @@ fn buffer_checks(b: &BufferInput<'_>, exprs: &[LossExpr], logits: Slice, target:
         groups: 1,
         ignore: b.ignore_word,
         validate,
-        all_valid: false,
+        counted: None,
     }
 }
 

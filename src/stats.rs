@@ -602,7 +602,7 @@ pub(crate) fn host_dev_input(
         ignore: None,
         validate: 0,
         // (a piece of a batch: its gradient passes are the parts', not fused)
-        all_valid: false,
+        counted: None,
     }
 }
 

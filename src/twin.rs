@@ -49,7 +49,7 @@ fn check(engine: &Engine, input: &Input, texts: &[&str]) {
         groups: 1,
         ignore: None,
         validate: 0,
-        all_valid: false,
+        counted: None,
     };
     let grads = vec![GradTo::Host; exprs.len()];
     let r = gpu.record_eval(&mut rec, &inp, &exprs, &grads, true).unwrap().swap_remove(0);

@@ -1176,12 +1176,12 @@ fn softmax_classes_at_and_past_llvmpipes_loop_limit() {
     }
 }
 
-/// Sigmoid pixel losses over an input checked on the host whose every element counts: the
-/// statistics pass writes the gradient (one read of the input, no gradient pass), bit for bit the
+/// Sigmoid pixel losses over an input checked on the host (which counts the elements that are
+/// not ignored): the statistics pass writes the gradient (one read of the input, no gradient pass), bit for bit the
 /// gradient pass's (the same input as buffers takes the gradient pass), and the reference's:
 /// every admitted kind of term alone (pos_weight, per-channel pos_weight, label smoothing, focal
 /// with and without class weights, repeated and four terms), on logits and on probabilities. With
-/// an ignore index, or a region term, the gradient pass runs.
+/// an ignore index too (0 at the ignored elements); with a region term the gradient pass runs.
 #[test]
 fn a_pixel_loss_gradient_comes_from_the_statistics_pass() {
     let (engine, device, _) = caller_engine();
@@ -1242,38 +1242,66 @@ fn a_pixel_loss_gradient_comes_from_the_statistics_pass() {
             }
         }
     }
-    // a region term, or an ignore index (the count is then the device's): the gradient pass runs
+    // a region term: the gradient pass runs; an ignore index: the host counts the other
+    // elements, and the statistics pass writes the gradient (0 at the ignored ones), the bits of
+    // the gradient pass of the same input as buffers
     let mut case = dense_case(95, &[2, 1, 16, 16], Mode::Binary);
     let exprs = parse(&["bce+dice"]);
     assert_matches_reference(engine, &case, &exprs, "bce+dice");
     case.ignore = Some(-1);
-    case.dense[3] = -1.0;
+    for i in [3, 40, 41, 200] {
+        case.dense[i] = -1.0;
+    }
     let exprs = parse(&["bce", "focal"]);
     assert_matches_reference(engine, &case, &exprs, "with an ignore index");
+    let numel = case.logits.len();
+    let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
+    let tbuf = buffer_with(device, bytemuck::cast_slice(&case.dense), 0);
+    let input = BufferInput::new(
+        BufferSlice::new(&lbuf, 0, numel as u64),
+        TargetBuffer::Dense(BufferSlice::new(&tbuf, 0, numel as u64)),
+        &case.shape,
+        case.mode,
+        Some(-1),
+    )
+    .unwrap();
+    for e in &exprs {
+        let host = engine.evaluate_blocking(&case.whole(), std::slice::from_ref(e), true).unwrap();
+        let bufs = engine.evaluate_buffers_blocking(&input, std::slice::from_ref(e), &[GradOut::Host]).unwrap();
+        assert_same(&host, &bufs, &format!("{e} with an ignore index: fused against the gradient pass"));
+        assert_eq!(host[0].grad.as_ref().unwrap()[40], 0.0, "{e}: an ignored element's gradient");
+    }
     let prep = own.prepare(case.whole()).unwrap();
-    for e in parse(&["bce+dice", "bce"]) {
-        if let Ok(p) = own.profile_prepared_blocking(&prep, std::slice::from_ref(&e), segloss::GradMode::DeviceOnly) {
-            assert!(p.kernels.iter().any(|k| k.kernel == "gradient"), "{e}: {:?}", p.kernels);
+    for (e, pass) in parse(&["bce+dice", "bce"]).iter().zip([true, false]) {
+        if let Ok(p) = own.profile_prepared_blocking(&prep, std::slice::from_ref(e), segloss::GradMode::DeviceOnly) {
+            assert_eq!(p.kernels.iter().any(|k| k.kernel == "gradient"), pass, "{e}: {:?}", p.kernels);
         }
     }
+    // every element ignored: nothing counts, nothing is fused, and the loss is 0
+    case.dense.fill(-1.0);
+    assert_matches_reference(engine, &case, &exprs, "every element ignored");
 }
 
-/// Unweighted cross-entropy over softmax logits whose every pixel counts: the statistics pass
-/// writes the gradient too, bit for bit the gradient pass's (the same input as buffers) and the
-/// reference's, with label smoothing and two terms, in one image tile and several. Beside an
-/// expression whose gradient pass reads the pixels' log-sum-exps, or with class weights, the
-/// gradient pass runs.
+/// Unweighted cross-entropy over softmax logits of a host input: the statistics pass writes the
+/// gradient too (0 at ignored pixels), bit for bit the gradient pass's (the same input as
+/// buffers) and the reference's, with label smoothing and two terms, in one image tile and
+/// several, with and without ignored pixels. Beside an expression whose gradient pass reads the
+/// pixels' log-sum-exps, or with class weights, the gradient pass runs; with every pixel
+/// ignored nothing is fused.
 #[test]
 fn a_cross_entropy_gradient_comes_from_the_statistics_pass() {
     let (engine, device, _) = caller_engine();
     let own = Engine::gpu_blocking().unwrap();
-    for shape in [&[2usize, 5, 9, 11][..], &[2, 4, 70, 90]] {
-        let mut case = label_case(96, shape, -1);
-        // every pixel counts
-        for l in case.labels.iter_mut().filter(|l| **l < 0) {
-            *l = 0;
+    for (shape, ignored) in [(&[2usize, 5, 9, 11][..], false), (&[2, 4, 70, 90], false), (&[2, 5, 9, 11], true)] {
+        let mut case = label_case(96, shape, 255);
+        if !ignored {
+            // every pixel counts
+            for l in case.labels.iter_mut().filter(|l| **l == 255) {
+                *l = 0;
+            }
+            case.ignore = None;
         }
-        case.ignore = None;
+        assert_eq!(case.labels.contains(&255), ignored);
         let numel = case.logits.len();
         let labels: Vec<u32> = case.labels.iter().map(|&l| l as u32).collect();
         let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
@@ -1283,7 +1311,7 @@ fn a_cross_entropy_gradient_comes_from_the_statistics_pass() {
             TargetBuffer::ClassU32(BufferSlice::new(&tbuf, 0, labels.len() as u64)),
             &case.shape,
             case.mode,
-            None,
+            case.ignore,
         )
         .unwrap();
         let whole = case.whole();
@@ -1319,4 +1347,7 @@ fn a_cross_entropy_gradient_comes_from_the_statistics_pass() {
             assert_ne!(gradient_pass(&weighted), Some(false), "{shape:?}: no gradient pass with class weights");
         }
     }
+    let mut case = label_case(97, &[1, 3, 5, 7], 255);
+    case.labels.fill(255);
+    assert_matches_reference(engine, &case, &parse(&["ce", "ce:label_smoothing=0.1"]), "every pixel ignored");
 }

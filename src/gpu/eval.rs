@@ -32,17 +32,18 @@ pub(crate) struct DevInput {
     pub ignore: Option<u32>,
     /// Checks of `check::*` the statistics pass makes.
     pub validate: u32,
-    /// Every element counts (a host input without an ignore index): the mean of a pixel loss
-    /// divides by `n c s` (sigmoid), known before the statistics (see [`FusedGrad`]).
-    pub all_valid: bool,
+    /// The elements (sigmoid) or pixels (softmax) that count, not ignored, where the host knows
+    /// them before the statistics (a host input): what the mean of a pixel loss divides by (see
+    /// [`FusedGrad`]).
+    pub counted: Option<usize>,
 }
 
 /// An expression whose gradient the statistics pass writes, so that the input is read once: its
 /// terms all sigmoid pixel losses (bce without `pos_weight=auto`, focal normalized by the count
 /// or without class weights) or all unweighted cross-entropy on softmax logits (no other
-/// expression then reads the pixels' log-sum-exps), at most 4, of an input checked on the host
-/// whose every element counts, in one statistics pass, its gradient overwritten (not added)
-/// where nothing else is bound. The terms follow the pass's slots in `terms` and `cw`, with `scale` holding the term's
+/// expression then reads the pixels' log-sum-exps), at most 4, of an input checked on the host,
+/// which counts the elements that are not ignored ([`DevInput::counted`]), in one statistics
+/// pass, its gradient overwritten (not added) where nothing else is bound; 0 where ignored. The terms follow the pass's slots in `terms` and `cw`, with `scale` holding the term's
 /// weight, `weight_sum` focal's weight scale (else 1) and `pos_weight` bce's, so that the pass
 /// resolves the scale with the finalize's own arithmetic (weight, times the weight scale, over
 /// the count): the gradient is the gradient pass's, bit for bit.
@@ -428,16 +429,12 @@ impl Gpu {
         grads: &[GradTo],
     ) -> Result<Option<FusedGrad>, Error> {
         use crate::expr::{Loss, Norm, PosWeight};
-        // the elements (softmax: pixels) the mean divides by
-        let count = if inp.softmax { inp.n * inp.s } else { inp.n * inp.c * inp.s };
+        // the elements (softmax: pixels) the mean divides by: none, and the finalize's scale is 0
+        let Some(count) = inp.counted.filter(|&c| c > 0) else {
+            return Ok(None);
+        };
         // (the finalize's count is an f32 sum of ones: exact below 2^24)
-        if !inp.all_valid
-            || (inp.softmax && inp.probs)
-            || inp.validate != 0
-            || inp.groups > 1
-            || plan.passes() != 1
-            || count >= 1 << 24
-        {
+        if (inp.softmax && inp.probs) || inp.validate != 0 || inp.groups > 1 || plan.passes() != 1 || count >= 1 << 24 {
             return Ok(None);
         }
         for (i, (e, g)) in exprs.iter().zip(grads).enumerate() {
