@@ -1176,6 +1176,27 @@ fn softmax_classes_at_and_past_llvmpipes_loop_limit() {
     }
 }
 
+/// A dense case's logits and targets in buffers of `device`.
+fn dense_buffers(device: &wgpu::Device, case: &Case) -> (wgpu::Buffer, wgpu::Buffer) {
+    (
+        buffer_with(device, bytemuck::cast_slice(&case.logits), 0),
+        buffer_with(device, bytemuck::cast_slice(&case.dense), 0),
+    )
+}
+
+/// The buffer input of a dense case over its `dense_buffers`.
+fn dense_input<'a>(bufs: &'a (wgpu::Buffer, wgpu::Buffer), case: &Case, ignore: Option<i64>) -> BufferInput<'a> {
+    let numel = case.logits.len() as u64;
+    BufferInput::new(
+        BufferSlice::new(&bufs.0, 0, numel),
+        TargetBuffer::Dense(BufferSlice::new(&bufs.1, 0, numel)),
+        &case.shape,
+        case.mode,
+        ignore,
+    )
+    .unwrap()
+}
+
 /// Sigmoid pixel losses over an input checked on the host (which counts the elements that are
 /// not ignored): the statistics pass writes the gradient (one read of the input, no gradient pass), bit for bit the
 /// gradient pass's (the same input as buffers takes the gradient pass), and the reference's:
@@ -1206,18 +1227,8 @@ fn a_pixel_loss_gradient_comes_from_the_statistics_pass() {
             if kind == InputKind::Probs {
                 case.logits = case.logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect();
             }
-            let numel = case.logits.len();
-            let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
-            let tbuf = buffer_with(device, bytemuck::cast_slice(&case.dense), 0);
-            let input = BufferInput::new(
-                BufferSlice::new(&lbuf, 0, numel as u64),
-                TargetBuffer::Dense(BufferSlice::new(&tbuf, 0, numel as u64)),
-                &case.shape,
-                case.mode,
-                None,
-            )
-            .unwrap()
-            .with_kind(kind);
+            let bufs = dense_buffers(device, &case);
+            let input = dense_input(&bufs, &case, None).with_kind(kind);
             let whole = case.whole().with_kind(kind).unwrap();
             let prep = own.prepare(case.whole().with_kind(kind).unwrap()).unwrap();
             for text in &texts {
@@ -1254,17 +1265,8 @@ fn a_pixel_loss_gradient_comes_from_the_statistics_pass() {
     }
     let exprs = parse(&["bce", "focal"]);
     assert_matches_reference(engine, &case, &exprs, "with an ignore index");
-    let numel = case.logits.len();
-    let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
-    let tbuf = buffer_with(device, bytemuck::cast_slice(&case.dense), 0);
-    let input = BufferInput::new(
-        BufferSlice::new(&lbuf, 0, numel as u64),
-        TargetBuffer::Dense(BufferSlice::new(&tbuf, 0, numel as u64)),
-        &case.shape,
-        case.mode,
-        Some(-1),
-    )
-    .unwrap();
+    let bufs = dense_buffers(device, &case);
+    let input = dense_input(&bufs, &case, Some(-1));
     for e in &exprs {
         let host = engine.evaluate_blocking(&case.whole(), std::slice::from_ref(e), true).unwrap();
         let bufs = engine.evaluate_buffers_blocking(&input, std::slice::from_ref(e), &[GradOut::Host]).unwrap();
