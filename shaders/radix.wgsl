@@ -176,7 +176,7 @@ fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
 // three such accesses per key, against three splits with their scans (and their barriers) in
 // radix_scatter. (On a GPU the serial walk would leave the lanes' writes uncoalesced.)
 // Each lane's running slots in `slot` (tiles.wgsl).
-var<workgroup> slot: array<u32, 2048>; // STW * 256
+var<workgroup> slot: array<u32, STW * 256u>;
 
 @compute @workgroup_size(8)
 fn radix_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {

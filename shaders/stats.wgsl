@@ -56,6 +56,18 @@ fn slot_stats(tp: Term, x: f32, p: f32, g: f32, nlp: f32, nlq: f32, label: u32, 
     return r;
 }
 
+// FUSED: the fused terms (after the slots in `terms`) with their scale resolved as the finalize
+// resolves it: the term's weight, times focal's weight scale (sigmoid: in weight_sum, which
+// softmax cross-entropy keeps as its slot's weight sum), over the count.
+fn fused_terms() -> array<Term, 4> {
+    var tf: array<Term, 4>;
+    for (var t = 0u; t < min(FUSED, 4u); t++) {
+        tf[t] = terms[NTERMS + t];
+        tf[t].scale = tf[t].scale * select(tf[t].weight_sum, 1.0, SOFTMAX) / f32(P.fcount);
+    }
+    return tf;
+}
+
 // FUSED, softmax: d loss / d x of the fused cross-entropy terms `tf` (scales resolved) at the C
 // elements of pixel s of image n (true class lab, log-sum-exp lse), written to elem_out: the
 // gradient pass's arithmetic, term by term, so the same bits.
@@ -199,14 +211,10 @@ fn add_element(acc: ptr<function, Acc>, live: bool, tp0: Term, tp1: Term, tp2: T
 // into the image, and an element outside it or ignored adds nothing.
 fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, rows: u32, lid: u32, tp0: Term, tp1: Term, tp2: Term, tp3: Term) -> Acc {
     var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    // FUSED: the fused terms (after the slots) with their scale resolved as the finalize would
-    // (scale: the term's weight, times focal's weight scale in weight_sum, over the count), and
-    // the channel's weight of each
-    var tf: array<Term, 4>;
+    // FUSED: the fused terms, and the channel's weight of each
+    let tf = fused_terms();
     var cwf: array<f32, 4>;
     for (var t = 0u; t < min(FUSED, 4u); t++) {
-        tf[t] = terms[NTERMS + t];
-        tf[t].scale = tf[t].scale * tf[t].weight_sum / f32(P.fcount);
         cwf[t] = cw[(NTERMS + t) * P.c + c];
     }
     let plane = (n * P.c + c) * P.s;
@@ -327,7 +335,7 @@ fn write_partials(lid: u32, n: u32, tile: u32, c: u32, acc: Acc, nq: u32, sg: ve
         }
         return;
     }
-    let out = ((n * P.tiles + tile) * P.c + c) * 4u + lid;
+    let out = partial_slot(n, tile, c, sg) + lid;
     // the half of `red` this class writes (the first, but on a CPU adapter with two channels)
     let h = select(0u, (c & 1u) * 2u * WG, WIDE && nq <= 2u);
     red[h + lid] = acc.a0;
@@ -421,16 +429,9 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
     // the cross-entropy slots' two channels of this thread's pixels (added to class 0)
     var pa2 = vec4<f32>(0.0);
     var pa3 = vec4<f32>(0.0);
-    // FUSED, softmax: the fused cross-entropy terms, their scale resolved as the finalize does
-    // (the term's weight over the pixel count)
-    var tfs: array<Term, 4>;
     if SOFTMAX {
-        for (var t = 0u; t < min(FUSED, 4u); t++) {
-            tfs[t] = terms[NTERMS + t];
-            tfs[t].scale = tfs[t].scale / f32(P.fcount);
-        }
-    }
-    if SOFTMAX {
+        // FUSED: the fused cross-entropy terms
+        let tfs = fused_terms();
         for (var i = 0u; i < pix; i++) {
             let s = base + tile_item(i, lid, WG, pix);
             lab[i] = INVALID;
@@ -534,7 +535,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                     }
                 }
             } else if lid < 4u {
-                partials[((n * P.tiles + tile) * P.c + c) * 4u + lid] = vec4<f32>(0.0);
+                partials[partial_slot(n, tile, c, sg) + lid] = vec4<f32>(0.0);
             }
             continue;
         }

@@ -379,6 +379,8 @@ impl<'e, 'a> Batch<'e, 'a> {
                         logits: BufferSlice::new(buf(lb), lo, input.logits().len() as u64 * k),
                         target: BufferSlice::new(buf(tb), to, nwords as u64 * k),
                         groups: set.len(),
+                        // (a coalesced batch of several takes no fused gradient)
+                        counted: (set.len() == 1).then(|| crate::engine::counted(input)),
                     }
                 }
                 ItemSrc::Buffers(b) => Source::Buffers(b),

@@ -103,6 +103,8 @@ pub struct Prepared<'a> {
     target: Option<wgpu::Buffer>,
     /// [`Input::hard_labels`], found once here rather than on every evaluation.
     hard_labels: bool,
+    /// [`counted`]: the target entries that count, found once here (uploaded inputs only).
+    counted: usize,
 }
 
 impl Prepared<'_> {
@@ -524,12 +526,14 @@ pub(crate) fn status_error_at(
 /// Where an evaluation's input lives.
 pub(crate) enum Source<'s> {
     /// A host input uploaded into these slices (target words: class indices, or f32 bits);
-    /// `groups` inputs of its shape one after the other (a coalesced batch), 1 otherwise.
+    /// `groups` inputs of its shape one after the other (a coalesced batch), 1 otherwise;
+    /// `counted`: its target entries that count ([`counted`]), where the caller found them.
     Host {
         input: &'s Input<'s>,
         logits: BufferSlice<'s>,
         target: BufferSlice<'s>,
         groups: usize,
+        counted: Option<usize>,
     },
     Buffers(&'s BufferInput<'s>),
 }
@@ -750,13 +754,13 @@ impl Engine {
     pub fn prepare<'a>(&self, input: Input<'a>) -> Result<Prepared<'a>, Error> {
         let Backend::Gpu(gpu) = &self.backend else {
             let hard_labels = input.hard_labels();
-            return Ok(Prepared { input, logits: None, target: None, hard_labels });
+            return Ok(Prepared { input, logits: None, target: None, hard_labels, counted: 0 });
         };
         let bytes = (input.logits().len() * 4) as u64;
         if bytes > crate::stats::binding_limit(gpu) {
             // past the binding limit: kept on the host, evaluated in pieces
             let hard_labels = input.hard_labels();
-            return Ok(Prepared { input, logits: None, target: None, hard_labels });
+            return Ok(Prepared { input, logits: None, target: None, hard_labels, counted: 0 });
         }
         let words = target_words(&input);
         let init = |label, contents: &[u8]| {
@@ -769,7 +773,8 @@ impl Engine {
         let logits = init("logits", bytemuck::cast_slice(input.logits()));
         let target = init("target", bytemuck::cast_slice(&words));
         let hard_labels = input.hard_labels();
-        Ok(Prepared { input, logits: Some(logits), target: Some(target), hard_labels })
+        let counted = counted(&input);
+        Ok(Prepared { input, logits: Some(logits), target: Some(target), hard_labels, counted })
     }
 
     /// Evaluates several expressions on one batch: one statistics pass for all of them, the
@@ -820,7 +825,13 @@ impl Engine {
             }
             return Ok(out);
         };
-        let src = Source::Host { input, logits: BufferSlice::whole(l), target: BufferSlice::whole(t), groups: 1 };
+        let src = Source::Host {
+            input,
+            logits: BufferSlice::whole(l),
+            target: BufferSlice::whole(t),
+            groups: 1,
+            counted: Some(prep.counted),
+        };
         self.run(gpu, src, exprs, &gs).await
     }
 
@@ -956,7 +967,7 @@ impl Engine {
         let numel = (n * c * s) as u64;
         let softmax = mode == Mode::Multiclass;
         let inp = match src {
-            Source::Host { input, logits, target, groups } => DevInput {
+            Source::Host { logits, target, groups, counted, .. } => DevInput {
                 logits: rec.external(logits.buffer, logits.offset, logits.bytes()),
                 target: rec.external(target.buffer, target.offset, target.bytes()),
                 n,
@@ -967,7 +978,7 @@ impl Engine {
                 groups: *groups,
                 ignore: None,
                 validate: 0,
-                counted: Some(counted(input)),
+                counted: *counted,
             },
             Source::Buffers(b) => buffer_dev_input(gpu, rec, b, exprs)?,
         };

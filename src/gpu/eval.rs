@@ -43,10 +43,12 @@ pub(crate) struct DevInput {
 /// or without class weights) or all unweighted cross-entropy on softmax logits (no other
 /// expression then reads the pixels' log-sum-exps), at most 4, of an input checked on the host,
 /// which counts the elements that are not ignored ([`DevInput::counted`]), in one statistics
-/// pass, its gradient overwritten (not added) where nothing else is bound; 0 where ignored. The terms follow the pass's slots in `terms` and `cw`, with `scale` holding the term's
-/// weight, `weight_sum` focal's weight scale (else 1) and `pos_weight` bce's, so that the pass
-/// resolves the scale with the finalize's own arithmetic (weight, times the weight scale, over
-/// the count): the gradient is the gradient pass's, bit for bit.
+/// pass, its gradient overwritten (not added) where nothing else is bound; 0 where ignored. The
+/// terms follow the pass's slots in `terms` and `cw`, with `scale` holding the term's weight,
+/// `weight_sum` focal's weight scale (1 for bce; cross-entropy keeps its slot's weight sum) and
+/// `pos_weight` bce's, so that the pass resolves the scale with the finalize's own arithmetic
+/// (weight, times the weight scale, over the count): the gradient is the gradient pass's, bit
+/// for bit.
 pub(crate) struct FusedGrad {
     pub expr: usize,
     pub terms: Vec<TermParams>,
@@ -460,9 +462,9 @@ impl Gpu {
             let mut terms = Vec::new();
             let mut cw = Vec::new();
             for t in &e.terms {
-                // (bce's scalar pos_weight, focal's weight scale) as the finalize takes them
-                // (pos_weight, the weight sum the pass reads: focal's weight scale, 1 for bce,
-                // None for cross-entropy, whose slot's weight sum label smoothing reads)
+                // (pos_weight and the weight scale as the finalize takes them: bce's scalar
+                // pos_weight, focal's weight scale; None for cross-entropy, whose slot's weight
+                // sum label smoothing reads)
                 let (pw, m) = match &t.loss {
                     // (unweighted cross-entropy: the count is the pixels')
                     Loss::Ce(p) if inp.softmax && p.weights.is_none() => (1.0, None),

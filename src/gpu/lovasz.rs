@@ -145,36 +145,30 @@ impl Gpu {
             ("segsum", segsum),
             ("thr", thr),
         ];
-        let scan = Grid::Direct(segs as u32, 1, 1);
-        if direct_hinge {
-            let hinge_binds = [
-                ("logits", inp.logits),
-                ("tgt", inp.target),
-                ("P", pb),
-                ("LP", lp),
-                ("keys_out", kc),
-                ("vals_out", vc),
-                ("tilecnt", tilecnt),
-            ];
-            // over quads where the segments (so the tiles) are whole quads
-            let quads = len.is_multiple_of(4) && crate::gpu::quad_aligned(&[inp.logits, inp.target]);
-            let (count, compact) = if quads {
-                (&shaders::HINGE_COUNT_TILES4, &shaders::HINGE_COMPACT_TILES4)
-            } else {
-                (&shaders::HINGE_COUNT_TILES, &shaders::HINGE_COMPACT_TILES)
-            };
-            rec.dispatch(count, Spec::default(), groups, &hinge_binds)?;
-            rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), scan, &binds)?;
-            rec.dispatch(compact, Spec::default(), groups, &hinge_binds)?;
+        let hinge_binds = [
+            ("logits", inp.logits),
+            ("tgt", inp.target),
+            ("P", pb),
+            ("LP", lp),
+            ("keys_out", kc),
+            ("vals_out", vc),
+            ("tilecnt", tilecnt),
+        ];
+        // (count, scatter, their grid and bindings): the hinge's keys computed in both, over quads
+        // where the segments (so the tiles) are whole quads; a CPU adapter's tiles; the GPU's
+        let quads = len.is_multiple_of(4) && crate::gpu::quad_aligned(&[inp.logits, inp.target]);
+        let (count, scatter, over, kb): (_, _, _, &[(&str, Slice)]) = if direct_hinge && quads {
+            (&shaders::HINGE_COUNT_TILES4, &shaders::HINGE_COMPACT_TILES4, groups, &hinge_binds)
+        } else if direct_hinge {
+            (&shaders::HINGE_COUNT_TILES, &shaders::HINGE_COMPACT_TILES, groups, &hinge_binds)
         } else if tiled {
-            rec.dispatch(&shaders::COMPACT_COUNT_TILES, Spec::default(), groups, &binds)?;
-            rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), scan, &binds)?;
-            rec.dispatch(&shaders::COMPACT_SCATTER_TILES, Spec::default(), groups, &binds)?;
+            (&shaders::COMPACT_COUNT_TILES, &shaders::COMPACT_SCATTER_TILES, groups, &binds)
         } else {
-            rec.dispatch(&shaders::COMPACT_COUNT, Spec::default(), seg_grid, &binds)?;
-            rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), scan, &binds)?;
-            rec.dispatch(&shaders::COMPACT_SCATTER, Spec::default(), seg_grid, &binds)?;
-        }
+            (&shaders::COMPACT_COUNT, &shaders::COMPACT_SCATTER, seg_grid, &binds)
+        };
+        rec.dispatch(count, Spec::default(), over, kb)?;
+        rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), Grid::Direct(segs as u32, 1, 1), &binds)?;
+        rec.dispatch(scatter, Spec::default(), over, kb)?;
         // the passes over the compacted segments cover only the longest one's tiles
         // (two: the sort's scatter on a CPU adapter takes its own, from byte 16)
         let args = rec.scratch(32, "indirect dispatch")?;
