@@ -195,6 +195,10 @@ struct BenchArgs {
     /// the device's span, and the wall time. The median of --iters profiled evaluations.
     #[arg(long, conflicts_with_all = ["sizes", "device_resident", "batch", "levels", "adapters", "metrics"])]
     profile: bool,
+    /// On a CPU adapter whose device has subgroup operations: the softmax statistics take the
+    /// portable kernel (a workgroup reduction with barriers) instead of the one with subgroups.
+    #[arg(long)]
+    without_subgroups: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -959,6 +963,7 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         return bench_adapters(&multi_engine(choice)?, &a, &shape, mode, iters, &texts);
     }
     let engine = engine()?;
+    engine.set_subgroups(!a.without_subgroups);
     if !a.metrics.is_empty() {
         let (shape, mode, texts) = setup(&["ce"])?;
         return bench_metrics(&engine, &a, &shape, mode, iters, &texts);
