@@ -35,6 +35,7 @@ override FUSED: u32 = 0u;        // statistics: pixel terms (at most 4, after th
                                  // softmax cross-entropy's
 override SPIX: u32 = 16u;        // statistics, not WIDE: pixels per thread (2 to 16)
 override TPMIN: bool = false;     // statistics: sum min(p, g) in channel 15 (at most 3 pixel slots)
+override GPIX: u32 = 4u;          // gradient: pixels (VEC4: quads) per thread, at most GPIX_MAX (grad.wgsl)
 
 // Bad-input flags of `status[0]` (and the checks VALIDATE asks for); status[1 + bit] holds
 // 0xFFFFFFFF minus the smallest offending element index (atomicMax; 0 = none).

@@ -25,7 +25,10 @@
 @group(0) @binding(9) var<storage, read_write> unr: array<f32>;
 
 const GWG: u32 = 256u;
-const GPIX: u32 = 4u; // pixels per thread: a workgroup covers GWG * GPIX pixels of one image
+// A thread takes GPIX pixels (VEC4: quads), an override: 4 on a GPU and for softmax, 16 for
+// sigmoid on a CPU adapter; a workgroup covers GWG * GPIX of one image. The per-pixel arrays
+// hold the most.
+const GPIX_MAX: u32 = 16u;
 const NCOEF: u32 = 6u;
 
 // The first float of this image's group's coefficient block (a coalesced batch: groups of P.gn
@@ -114,7 +117,7 @@ fn px(t0: u32, lid: u32, i: u32) -> u32 {
 }
 
 // The gradient d of channel c at this thread's pixels of image n (those inside the image).
-fn put_pixels(n: u32, c: u32, t0: u32, lid: u32, d: array<f32, GPIX>) {
+fn put_pixels(n: u32, c: u32, t0: u32, lid: u32, d: array<f32, GPIX_MAX>) {
     for (var i = 0u; i < GPIX; i++) {
         let s = px(t0, lid, i);
         if s < P.s {
@@ -125,7 +128,7 @@ fn put_pixels(n: u32, c: u32, t0: u32, lid: u32, d: array<f32, GPIX>) {
 
 // UNREDUCED: entries v (times the factor f) of plane `plane` (n C + c, or n for ce) at this
 // thread's pixels.
-fn put_entries(plane: u32, t0: u32, lid: u32, f: f32, v: array<f32, GPIX>) {
+fn put_entries(plane: u32, t0: u32, lid: u32, f: f32, v: array<f32, GPIX_MAX>) {
     for (var i = 0u; i < GPIX; i++) {
         let s = px(t0, lid, i);
         if s < P.s {
@@ -266,7 +269,7 @@ fn gradient(
     let ni = n + P.img0;
     cb = (ni / P.gn) * P.gout;
     let cf = f32(P.c);
-    var d: array<f32, GPIX>;
+    var d: array<f32, GPIX_MAX>;
     // the unreduced entries' factor
     var uf = 0.0;
     if UNREDUCED {
@@ -275,10 +278,10 @@ fn gradient(
     if SOFTMAX {
         // per pixel: label (INVALID when ignored or outside), log-sum-exp, -log p_label, and
         // sum_c p_c dL/dp_c
-        var lab: array<u32, GPIX>;
-        var lse: array<f32, GPIX>;
-        var nlq: array<f32, GPIX>;
-        var dot: array<f32, GPIX>;
+        var lab: array<u32, GPIX_MAX>;
+        var lse: array<f32, GPIX_MAX>;
+        var nlq: array<f32, GPIX_MAX>;
+        var dot: array<f32, GPIX_MAX>;
         for (var i = 0u; i < GPIX; i++) {
             let s = px(t0, lid, i);
             lab[i] = INVALID;
@@ -320,7 +323,7 @@ fn gradient(
         for (var t = 0u; t < min(NTERMS, 4u); t++) {
             tps[t] = term(t);
         }
-        var w0: array<f32, GPIX>;
+        var w0: array<f32, GPIX_MAX>;
         for (var i = 0u; i < GPIX; i++) {
             w0[i] = 0.0;
             if NTERMS > 0u && lab[i] != INVALID {
@@ -329,9 +332,9 @@ fn gradient(
         }
         for (var c = 0u; c < P.c; c++) {
             let k = class_coefs(ni, c);
-            var xs: array<f32, GPIX>;
-            var ps: array<f32, GPIX>;
-            var ev: array<f32, GPIX>; // entries (UNREDUCED), 0 where ignored
+            var xs: array<f32, GPIX_MAX>;
+            var ps: array<f32, GPIX_MAX>;
+            var ev: array<f32, GPIX_MAX>; // entries (UNREDUCED), 0 where ignored
             for (var i = 0u; i < GPIX; i++) {
                 d[i] = 0.0;
                 if lab[i] != INVALID {
@@ -402,7 +405,7 @@ fn gradient(
             // per pixel: (1 - ls) w_y (-log p_y) + ls / C sum_c w_c (-log p_c); the weights are
             // the statistics' (scaled to a largest of 1), whose scale the factor undoes
             let tp = terms[0];
-            var ev: array<f32, GPIX>;
+            var ev: array<f32, GPIX_MAX>;
             for (var i = 0u; i < GPIX; i++) {
                 if lab[i] != INVALID {
                     ev[i] = (1.0 - tp.label_smoothing) * cw[lab[i]] * nlq[i];

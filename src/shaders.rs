@@ -460,7 +460,7 @@ pub const SHARED_CONSTANTS: &[(&str, u64)] = &[
     ("PIX", crate::gpu::STATS_PIX as u64),
     ("PIX_SIGMOID_CPU", crate::gpu::STATS_PIX_SIGMOID_CPU as u64),
     ("GWG", crate::gpu::GRAD_WG as u64),
-    ("GPIX", crate::gpu::GRAD_PIX as u64),
+    ("GPIX_MAX", crate::gpu::GRAD_PIX_MAX as u64),
     ("FWG", crate::gpu::FINALIZE_WG as u64),
     ("T", crate::gpu::SORT_TILE as u64),
     ("CT", crate::gpu::SORT_TILE as u64),

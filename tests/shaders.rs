@@ -49,9 +49,14 @@ fn specializations(k: &Kernel) -> Vec<naga::back::PipelineConstants> {
     for softmax in [false, true] {
         for (kinds, nterms) in [(0, 0), (1, 1), (3, 2), (15, 4), (12, 3)] {
             for (sensspec, lovasz) in [(false, 0), (true, 1), (false, 2)] {
-                // the wide statistics tiles of CPU adapters with the sigmoid pixel losses
+                // the wide statistics tiles of CPU adapters with the sigmoid pixel losses, and
+                // their gradient's threads of the most pixels
                 let wide = !softmax && sensspec;
-                out.push(constants(softmax, kinds, nterms, sensspec, lovasz, 0, true, false, wide));
+                let mut c = constants(softmax, kinds, nterms, sensspec, lovasz, 0, true, false, wide);
+                if wide {
+                    c.insert("GPIX".to_string(), shared("GPIX_MAX") as f64);
+                }
+                out.push(c);
             }
         }
         for (kinds, nterms, sensspec, lovasz, validate, region, accum) in [
@@ -87,6 +92,11 @@ fn specializations(k: &Kernel) -> Vec<naga::back::PipelineConstants> {
         out.push(c);
     }
     out
+}
+
+/// The value of a constant of [`SHARED_CONSTANTS`].
+fn shared(name: &str) -> u64 {
+    SHARED_CONSTANTS.iter().find(|(n, _)| *n == name).map(|&(_, v)| v).expect(name)
 }
 
 /// Every specialization of kernel `k`, overrides resolved, validated.

@@ -9,8 +9,8 @@ use crate::gpu::context::Gpu;
 use crate::gpu::lovasz::{grid, LovaszInput};
 use crate::gpu::record::{Grid, Recording, Slice};
 use crate::gpu::{
-    align, finalize_chunks, finalize_op_steps, plane_rows, softmax_stats_steps, stats_tiling, Params, Spec,
-    CPU_LOOP_LIMIT, GRAD_PIX,
+    align, finalize_chunks, finalize_op_steps, grad_pix, plane_rows, softmax_stats_steps, stats_tiling, Params, Spec,
+    CPU_LOOP_LIMIT,
 };
 use crate::plan::{self, BlockLayout, Op, StatsPlan, TermParams, K};
 use crate::shaders;
@@ -899,10 +899,10 @@ impl Gpu {
                     _ => rec.scratch(16, "no unreduced entries")?,
                 };
                 let (tb, cb) = (rec.data(&terms), rec.data(&cw));
-                // over quads, a thread takes GRAD_PIX quads instead of pixels
+                // over quads, a thread takes gpix quads instead of pixels
                 let quads = self.quads(inp, wide, dest);
-                let (kernel, per_thread) =
-                    if quads { (&shaders::GRAD4, 4 * GRAD_PIX) } else { (&shaders::GRAD, GRAD_PIX) };
+                let gpix = grad_pix(wide, softmax);
+                let (kernel, per_thread) = if quads { (&shaders::GRAD4, 4 * gpix) } else { (&shaders::GRAD, gpix) };
                 let (gx, gz) = grid(&self.limits, inp.s.div_ceil(per_thread));
                 let lov_passes: Vec<Option<(usize, usize)>> = if l.lov.is_empty() {
                     vec![None]
@@ -923,6 +923,7 @@ impl Gpu {
                         lse: lp.is_none() && part.lse.is_some(),
                         // a CPU adapter's layout of each thread's pixels (common.wgsl, tile_item)
                         wide,
+                        gpix: gpix as u32,
                         ..Spec::default()
                     };
                     let aux = match (lp, part.lse) {
