@@ -1176,6 +1176,23 @@ fn softmax_classes_at_and_past_llvmpipes_loop_limit() {
     }
 }
 
+/// Cross-entropy alone over a host input writes its gradient from the statistics pass, a walk
+/// over the classes per pixel after its log-sum-exp: on llvmpipe, which ends a shader's loops
+/// after 65535 iterations in all, the engine fuses it only while the pass's loop steps allow
+/// (1236 classes) and beyond leaves the gradient to its own pass. Before that bound, 3300 classes
+/// (every statistics thread with 16 pixels: 53 000 steps of the fused walks alone) gave the value
+/// 12.06 for the reference's 12.49, silently. Every adapter: values and gradients match the
+/// reference.
+#[test]
+fn cross_entropy_past_the_fused_class_bound_keeps_its_gradient() {
+    let (engine, _, _) = caller_engine();
+    for classes in [1236, 1237, 3300] {
+        let case = label_case(97, &[1, classes, 64, 32], 255);
+        let exprs = parse(&["ce"]);
+        assert_matches_reference(engine, &case, &exprs, &format!("ce over {classes} classes"));
+    }
+}
+
 /// A dense case's logits and targets in buffers of `device`.
 fn dense_buffers(device: &wgpu::Device, case: &Case) -> (wgpu::Buffer, wgpu::Buffer) {
     (

@@ -315,7 +315,8 @@ impl Gpu {
             }
             if self.loop_limited && softmax {
                 let smoothed = terms.iter().filter(|t| t.kind == plan::op::CE && t.label_smoothing != 0.0).count();
-                let steps = softmax_stats_steps(c, spec.pixel_only, spec.validate != 0, spec.counts, smoothed);
+                let steps =
+                    softmax_stats_steps(c, spec.pixel_only, spec.validate != 0, spec.counts, smoothed, spec.fused > 0);
                 if steps > CPU_LOOP_LIMIT {
                     return Err(Error::Limit {
                         what: format!(
@@ -437,6 +438,12 @@ impl Gpu {
         };
         // (the finalize's count is an f32 sum of ones: exact below 2^24)
         if (inp.softmax && inp.probs) || inp.validate != 0 || inp.groups > 1 || plan.passes() != 1 || count >= 1 << 24 {
+            return Ok(None);
+        }
+        // on llvmpipe, only where the statistics thread's loop steps stay within its limit with
+        // the fused gradient's walks (per-class sums counted, whether or not the pass takes them)
+        if self.loop_limited && inp.softmax && softmax_stats_steps(inp.c, false, false, false, 0, true) > CPU_LOOP_LIMIT
+        {
             return Ok(None);
         }
         for (i, (e, g)) in exprs.iter().zip(grads).enumerate() {

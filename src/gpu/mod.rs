@@ -144,9 +144,17 @@ pub(crate) const CPU_LOOP_LIMIT: usize = 65535;
 /// label-smoothed cross-entropy slot (`smoothed`); the checks count double (measured on
 /// lavapipe: dice on a checked buffer input of 1236 classes came out short with single). On
 /// llvmpipe a pass past [`CPU_LOOP_LIMIT`] is refused: 949 classes with checks, 1771 without.
-pub(crate) fn softmax_stats_steps(c: usize, pixel_only: bool, validate: bool, counts: bool, smoothed: usize) -> usize {
+/// `fused`: the pass writes cross-entropy's gradient, a walk over the classes per pixel.
+pub(crate) fn softmax_stats_steps(
+    c: usize,
+    pixel_only: bool,
+    validate: bool,
+    counts: bool,
+    smoothed: usize,
+    fused: bool,
+) -> usize {
     let class_loop = if pixel_only { c + 32 } else { 33 * c };
-    class_loop + c * (4 + 32 * usize::from(validate) + 16 * (usize::from(counts) + smoothed))
+    class_loop + c * (4 + 32 * usize::from(validate) + 16 * (usize::from(counts) + smoothed + usize::from(fused)))
 }
 /// Elements per sort tile (`radix.wgsl`: T, `lovasz.wgsl`: LT).
 pub(crate) const SORT_TILE: usize = 2048;
@@ -350,12 +358,15 @@ mod tests {
     #[test]
     fn softmax_statistics_steps_bound_the_classes_llvmpipe_takes() {
         // (the bounds tests/engine.rs evaluates at and past on lavapipe)
-        assert!(softmax_stats_steps(949, false, true, false, 0) <= CPU_LOOP_LIMIT);
-        assert!(softmax_stats_steps(950, false, true, false, 0) > CPU_LOOP_LIMIT);
-        assert!(softmax_stats_steps(771, false, true, false, 1) <= CPU_LOOP_LIMIT);
-        assert!(softmax_stats_steps(772, false, true, false, 1) > CPU_LOOP_LIMIT);
-        assert!(softmax_stats_steps(1771, false, false, false, 0) <= CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(949, false, true, false, 0, false) <= CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(950, false, true, false, 0, false) > CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(771, false, true, false, 1, false) <= CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(772, false, true, false, 1, false) > CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(1771, false, false, false, 0, false) <= CPU_LOOP_LIMIT);
+        // cross-entropy's fused gradient is fused up to 1236 classes (unfused beyond)
+        assert!(softmax_stats_steps(1236, false, false, false, 0, true) <= CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(1237, false, false, false, 0, true) > CPU_LOOP_LIMIT);
         // a usual class count is far from it
-        assert!(softmax_stats_steps(182, false, true, true, 2) < CPU_LOOP_LIMIT / 2);
+        assert!(softmax_stats_steps(182, false, true, true, 2, false) < CPU_LOOP_LIMIT / 2);
     }
 }
