@@ -140,7 +140,7 @@ fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(wor
     let base = span.y;
     let real = span.z;
     // (put_kept: kept.wgsl)
-    let spare = LP.segs * LP.len;
+    let spare = tile_spare(LP.segs * LP.len, span.x);
     for (var p = 0u; p < real; p++) {
         let v = vals_in[base + p];
         pos = put_kept(pos, spare, vec2<u32>(dropped_key(keys_in[base + p], v, t), v));

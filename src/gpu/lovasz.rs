@@ -132,9 +132,11 @@ impl Gpu {
         // 3. stable compaction of the elements to sort; the kept count of each segment lands in
         // segsum.x, the labels of the others in .y (fg) and .z (bg)
         let tilecnt = rec.scratch((segs * tiles * 16) as u64, "compaction tile counts")?;
-        // (one element more: hinge_compact_tiles writes what it drops there)
-        let kc = rec.scratch(total + 4, "compacted keys")?;
-        let vc = rec.scratch(total + 4, "compacted payloads")?;
+        // (and past the segments where the CPU adapters' compactions write what they drop: one
+        // element for the hinge's, a line per tile for the softmax's, kept.wgsl)
+        let spare = (crate::gpu::SPARE_LINES * 64) as u64;
+        let kc = rec.scratch(total + spare, "compacted keys")?;
+        let vc = rec.scratch(total + spare, "compacted payloads")?;
         let binds = [
             ("LP", lp),
             ("keys_in", keys),

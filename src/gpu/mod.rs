@@ -156,6 +156,9 @@ pub(crate) fn softmax_stats_steps(
     let class_loop = if pixel_only { c + 32 } else { 33 * c };
     class_loop + c * (4 + 32 * usize::from(validate) + 16 * (usize::from(counts) + smoothed + usize::from(fused)))
 }
+/// Cache lines past the compacted Lovász segments where the CPU adapters' compactions write
+/// what they drop (`kept.wgsl`: SPARE_LINES, 16 words each).
+pub(crate) const SPARE_LINES: usize = 256;
 /// Elements per sort tile (`radix.wgsl`: T, `lovasz.wgsl`: LT).
 pub(crate) const SORT_TILE: usize = 2048;
 /// Tiles per workgroup of the radix scatter of CPU adapters (`radix.wgsl`, `compact.wgsl`: STW),
