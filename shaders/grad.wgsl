@@ -25,9 +25,9 @@
 @group(0) @binding(9) var<storage, read_write> unr: array<f32>;
 
 const GWG: u32 = 256u;
-// A thread takes GPIX pixels (VEC4: quads), an override: 4 on a GPU and for softmax, 16 for
-// sigmoid on a CPU adapter; a workgroup covers GWG * GPIX of one image. The per-pixel arrays
-// hold the most.
+// A thread takes GPIX pixels (VEC4: quads), an override: 4 on a GPU; on a CPU adapter 16 for
+// sigmoid, 8 for softmax (4 with Lovász; see gpu::grad_pix); a workgroup covers GWG * GPIX of one
+// image. The per-pixel arrays hold the most.
 const GPIX_MAX: u32 = 16u;
 const NCOEF: u32 = 6u;
 

@@ -55,6 +55,9 @@ fn specializations(k: &Kernel) -> Vec<naga::back::PipelineConstants> {
                 let mut c = constants(softmax, kinds, nterms, sensspec, lovasz, 0, true, false, wide);
                 if wide {
                     c.insert("GPIX".to_string(), shared("GPIX_MAX") as f64);
+                } else if softmax && lovasz == 0 {
+                    // a CPU adapter's softmax gradient without Lovász (gpu::GRAD_PIX_SOFTMAX_CPU)
+                    c.insert("GPIX".to_string(), 8.0);
                 }
                 out.push(c);
             }

@@ -908,7 +908,7 @@ impl Gpu {
                 let (tb, cb) = (rec.data(&terms), rec.data(&cw));
                 // over quads, a thread takes gpix quads instead of pixels
                 let quads = self.quads(inp, wide, dest);
-                let gpix = grad_pix(wide, softmax);
+                let gpix = grad_pix(wide, softmax, !l.lov.is_empty(), inp.c, terms.len());
                 let (kernel, per_thread) = if quads { (&shaders::GRAD4, 4 * gpix) } else { (&shaders::GRAD, gpix) };
                 let (gx, gz) = grid(&self.limits, inp.s.div_ceil(per_thread));
                 let lov_passes: Vec<Option<(usize, usize)>> = if l.lov.is_empty() {

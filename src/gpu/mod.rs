@@ -75,13 +75,28 @@ pub(crate) const GRAD_PIX: usize = 4;
 /// (`grad.wgsl`: GPIX_MAX): dice's gradient at 8x1x512x512 on llvmpipe took 3.2-3.4 ms with 16,
 /// against 4.0-6.1 with 4.
 pub(crate) const GRAD_PIX_MAX: usize = 16;
-/// Pixels per gradient thread: [`GRAD_PIX_MAX`] (quads, over quads) for sigmoid on a CPU adapter
-/// (`wide`), [`GRAD_PIX`] otherwise.
-pub(crate) fn grad_pix(wide: bool, softmax: bool) -> usize {
-    if wide && !softmax {
-        GRAD_PIX_MAX
-    } else {
+/// Pixels per thread of the softmax gradient without Lovász on a CPU adapter: at 4x21x256x256 on
+/// llvmpipe, dice's gradient took 18.5-20.2 ms with 8 against 21.9-23.8 with 4 and 22.5-22.8 with
+/// 16 (rows, as on a GPU), ce+dice's 21.6-22.6 against 24.6-25.6; Lovász-Softmax's measured
+/// slower with 8 (22.1-24.1 against 19.7-20.3 ms) and keeps 4.
+pub(crate) const GRAD_PIX_SOFTMAX_CPU: usize = 8;
+
+/// Pixels per gradient thread: on a GPU [`GRAD_PIX`]; on a CPU adapter (`wide`) [`GRAD_PIX_MAX`]
+/// (quads, over quads) for sigmoid, [`GRAD_PIX_SOFTMAX_CPU`] for softmax without Lovász where the
+/// thread's loop steps stay within half of llvmpipe's limit ([`CPU_LOOP_LIMIT`]): per class a
+/// step and one per pixel of each of its two walks, and one per pixel and pixel term.
+pub(crate) fn grad_pix(wide: bool, softmax: bool, lovasz: bool, c: usize, nterms: usize) -> usize {
+    if !wide {
+        return GRAD_PIX;
+    }
+    if !softmax {
+        return GRAD_PIX_MAX;
+    }
+    let steps = c * (2 + GRAD_PIX_SOFTMAX_CPU * (2 + nterms));
+    if lovasz || steps > CPU_LOOP_LIMIT / 2 {
         GRAD_PIX
+    } else {
+        GRAD_PIX_SOFTMAX_CPU
     }
 }
 
