@@ -14,8 +14,9 @@ struct SortParams {
 }
 
 @group(0) @binding(0) var<uniform> SP: SortParams;
-@group(0) @binding(1) var<storage, read> keys_in: array<u32>;
-@group(0) @binding(2) var<storage, read> vals_in: array<u32>;
+// (`SortWords`: sortin1.wgsl, or sortin4.wgsl's quads)
+@group(0) @binding(1) var<storage, read> keys_in: SortWords;
+@group(0) @binding(2) var<storage, read> vals_in: SortWords;
 @group(0) @binding(3) var<storage, read_write> counts: array<u32>; // [seg][tile][digit]
 @group(0) @binding(4) var<storage, read_write> totals: array<u32>; // [seg][digit]: start of each digit
 @group(0) @binding(5) var<storage, read_write> keys_out: array<u32>;

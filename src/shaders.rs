@@ -199,10 +199,13 @@ const SORT_BINDINGS: &[Binding] =
 
 macro_rules! radix {
     ($name:literal) => {
+        radix!($name, $name, "sortin1.wgsl")
+    };
+    ($name:literal, $entry:literal, $input:literal) => {
         Kernel {
             name: $name,
-            entry: $name,
-            source: wgsl!("scan.wgsl", "sortio.wgsl", "tiles.wgsl", "radix.wgsl"),
+            entry: $entry,
+            source: wgsl!("scan.wgsl", $input, "sortio.wgsl", "tiles.wgsl", "radix.wgsl"),
             bindings: SORT_BINDINGS,
             specialized: false,
             cpu_storage_params: false,
@@ -222,12 +225,15 @@ pub const RADIX_SCATTER: Kernel = radix!("radix_scatter");
 pub const RADIX_SCATTER_TILES: Kernel = radix!("radix_scatter_tiles");
 /// Radix sort, step 1 on CPU adapters: a thread per tile.
 pub const RADIX_COUNT_TILES: Kernel = radix!("radix_count_tiles");
+/// [`RADIX_COUNT_TILES`] reading four keys per load (`sortin4.wgsl`): segments of `4k` keys in
+/// slices on 16 bytes.
+pub const RADIX_COUNT_TILES4: Kernel = radix!("radix_count_tiles4", "radix_count_tiles", "sortin4.wgsl");
 
 /// Bitonic sort of segments of at most [`BITONIC_MAX`] keys, one workgroup each.
 pub const BITONIC_SORT: Kernel = Kernel {
     name: "bitonic_sort",
     entry: "bitonic_sort",
-    source: wgsl!("sortio.wgsl", "bitonic.wgsl"),
+    source: wgsl!("sortin1.wgsl", "sortio.wgsl", "bitonic.wgsl"),
     bindings: SORT_BINDINGS,
     specialized: false,
     cpu_storage_params: false,
@@ -403,6 +409,7 @@ pub const KERNELS: &[Kernel] = &[
     RADIX_SCATTER,
     RADIX_SCATTER_TILES,
     RADIX_COUNT_TILES,
+    RADIX_COUNT_TILES4,
     BITONIC_SORT,
     LOVASZ_KEYS,
     LOVASZ_COUNT,

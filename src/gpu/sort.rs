@@ -70,8 +70,11 @@ impl Gpu {
                 Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1),
             ),
         };
+        // a CPU adapter's count reads four keys per load where every tile starts on a quad
+        let quads = len.is_multiple_of(4) && crate::gpu::quad_aligned(&[bufs.a.0, bufs.a.1, bufs.b.0, bufs.b.1]);
         let (count, scatter) = if self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed) {
-            ((&shaders::RADIX_COUNT_TILES, group_grid), (&shaders::RADIX_SCATTER_TILES, group_grid))
+            let count = if quads { &shaders::RADIX_COUNT_TILES4 } else { &shaders::RADIX_COUNT_TILES };
+            ((count, group_grid), (&shaders::RADIX_SCATTER_TILES, group_grid))
         } else {
             ((&shaders::RADIX_COUNT, tile_grid), (&shaders::RADIX_SCATTER, tile_grid))
         };

@@ -1,0 +1,21 @@
+// The sorts' input keys and payloads (sortio.wgsl's keys_in and vals_in) element by element.
+// sortin4.wgsl reads them four at a time.
+const SORT4: bool = false;
+alias SortWords = array<u32>;
+
+fn key_in(i: u32) -> u32 {
+    return keys_in[i];
+}
+
+fn val_in(i: u32) -> u32 {
+    return vals_in[i];
+}
+
+// (SORT4 only: never called here)
+fn keys4_in(q: u32) -> vec4<u32> {
+    return vec4<u32>(keys_in[4u * q], keys_in[4u * q + 1u], keys_in[4u * q + 2u], keys_in[4u * q + 3u]);
+}
+
+fn vals4_in(q: u32) -> vec4<u32> {
+    return vec4<u32>(vals_in[4u * q], vals_in[4u * q + 1u], vals_in[4u * q + 2u], vals_in[4u * q + 3u]);
+}
