@@ -1,8 +1,9 @@
 // For the compactions of CPU adapters (compact.wgsl, hinge.wgsl), which bind `keys_out` and
 // `vals_out`: writes key and payload kv at slot pos when the key is kept, else to `spare`, the
 // element past the segments that nothing reads (the host allocates it; racing writes there leave
-// only its value undefined), so the walk is branch-free (a store under a branch instead took the
-// softmax compaction on llvmpipe from 16-17 to 26-31 ms). Returns the next slot.
+// only its value undefined), so the walk is branch-free (in a build made only to measure, a store
+// under a branch took the softmax compaction on llvmpipe from 16-17 to 26-31 ms). Returns the
+// next slot.
 //
 // `spare` for the tile of index `tile` of the Lovász-Softmax compaction (compact_scatter_tiles):
 // each tile its own cache line of a SPARE_LINES-line area past the segments, so the two cores'

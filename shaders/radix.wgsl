@@ -217,8 +217,9 @@ fn radix_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgro
     var p = 0u;
     if SORT4 {
         // four keys per load (the tile starts on a quad): on llvmpipe the count passes of
-        // Lovász-Softmax at 4x21x256x256 took 13.7-17.3 ms against 18.0-22.9 (the scatter read
-        // over quads measured no faster, the hinge's slower: it reads key by key)
+        // Lovász-Softmax at 4x21x256x256 took 13.7-17.3 ms against 18.0-22.9 (e7cafa9 against its
+        // parent; the scatter read over quads, in builds made only to measure, was no faster and
+        // the hinge's slower: it reads key by key)
         for (; p + 4u <= span.z; p += 4u) {
             let k = keys4_in((span.y + p) / 4u);
             slot[row + digit(k.x)] += 1u;

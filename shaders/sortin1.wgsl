@@ -11,11 +11,7 @@ fn val_in(i: u32) -> u32 {
     return vals_in[i];
 }
 
-// (SORT4 only: never called here)
+// (for the SORT4 branches, which must type-check here too: never called here)
 fn keys4_in(q: u32) -> vec4<u32> {
     return vec4<u32>(keys_in[4u * q], keys_in[4u * q + 1u], keys_in[4u * q + 2u], keys_in[4u * q + 3u]);
-}
-
-fn vals4_in(q: u32) -> vec4<u32> {
-    return vec4<u32>(vals_in[4u * q], vals_in[4u * q + 1u], vals_in[4u * q + 2u], vals_in[4u * q + 3u]);
 }

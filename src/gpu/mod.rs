@@ -72,13 +72,14 @@ pub(crate) const GRAD_WG: usize = 256;
 /// Pixels per thread of the gradient pass on a GPU (`grad.wgsl`: the GPIX override).
 pub(crate) const GRAD_PIX: usize = 4;
 /// Quads per thread of the sigmoid gradient on a CPU adapter, and the most a thread takes
-/// (`grad.wgsl`: GPIX_MAX): dice's gradient at 8x1x512x512 on llvmpipe took 3.2-3.4 ms with 16,
-/// against 4.0-6.1 with 4.
+/// (`grad.wgsl`: GPIX_MAX): on llvmpipe, dice's gradient at 8x1x512x512 took 2.9-3.3 ms against
+/// 3.6-4.1 with 4 (commit eadfccf against its parent, `segloss bench --loss dice --profile`).
 pub(crate) const GRAD_PIX_MAX: usize = 16;
-/// Pixels per thread of the softmax gradient without Lovász on a CPU adapter: at 4x21x256x256 on
-/// llvmpipe, dice's gradient took 18.5-20.2 ms with 8 against 21.9-23.8 with 4 and 22.5-22.8 with
-/// 16 (rows, as on a GPU), ce+dice's 21.6-22.6 against 24.6-25.6; Lovász-Softmax's measured
-/// slower with 8 (22.1-24.1 against 19.7-20.3 ms) and keeps 4.
+/// Pixels per thread of the softmax gradient without Lovász on a CPU adapter: on llvmpipe at
+/// 4x21x256x256, dice's gradient took 18.5-18.8 ms against 22.6-23.5 with 4 and ce+dice's
+/// 21.4-21.8 against 24.5-26.0 (commit 796ca88 against its parent). With this function edited:
+/// 16 measured as 4 did for dice, and Lovász-Softmax's gradient slower with 8 (22.1-24.1 against
+/// 19.7-20.3 ms), so it keeps 4.
 pub(crate) const GRAD_PIX_SOFTMAX_CPU: usize = 8;
 
 /// Pixels per gradient thread: on a GPU [`GRAD_PIX`]; on a CPU adapter (`wide`) [`GRAD_PIX_MAX`]
