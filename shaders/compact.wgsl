@@ -7,8 +7,9 @@
 // the kept count, which the sort and the Lovász passes read on the device.
 
 @group(0) @binding(0) var<uniform> LP: LovParams;        // the uncompacted segments
-@group(0) @binding(1) var<storage, read> keys_in: array<u32>;
-@group(0) @binding(2) var<storage, read> vals_in: array<u32>;
+// (`SortWords`: sortin1.wgsl, or sortin4.wgsl's quads for the tile kernels)
+@group(0) @binding(1) var<storage, read> keys_in: SortWords;
+@group(0) @binding(2) var<storage, read> vals_in: SortWords;
 @group(0) @binding(3) var<storage, read_write> keys_out: array<u32>;
 @group(0) @binding(4) var<storage, read_write> vals_out: array<u32>;
 @group(0) @binding(5) var<storage, read_write> tilecnt: array<vec4<u32>>; // [seg][tile]: kept, fg, bg dropped
@@ -37,7 +38,7 @@ fn compact_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
     for (var r = 0u; r < CIPT; r++) {
         let j = tile * CT + r * 256u + lid;
         let i = seg * LP.len + min(j, LP.len - 1u);
-        c += select(vec4<u32>(0u), kind_of(keys_in[i], vals_in[i]), j < LP.len);
+        c += select(vec4<u32>(0u), kind_of(key_in(i), val_in(i)), j < LP.len);
     }
     atomicAdd(&tile_total[0], c.x);
     atomicAdd(&tile_total[1], c.y);
@@ -84,8 +85,8 @@ fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
         k[r] = NONE;
         v[r] = NONE;
         if j < LP.len {
-            k[r] = keys_in[seg * LP.len + j];
-            v[r] = vals_in[seg * LP.len + j];
+            k[r] = key_in(seg * LP.len + j);
+            v[r] = val_in(seg * LP.len + j);
         }
         kept += select(0u, 1u, k[r] != NONE);
     }
@@ -120,9 +121,20 @@ fn compact_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
     }
     let t = seg_threshold(seg);
     var c = vec4<u32>(0u);
-    for (var p = 0u; p < span.z; p++) {
-        let v = vals_in[span.y + p];
-        c += kind_of(dropped_key(keys_in[span.y + p], v, t), v);
+    var p = 0u;
+    if SORT4 {
+        // four elements per load (the tile starts on a quad)
+        for (; p + 4u <= span.z; p += 4u) {
+            let q = (span.y + p) / 4u;
+            let k = keys4_in(q);
+            let v = vals4_in(q);
+            c += kind_of(dropped_key(k.x, v.x, t), v.x) + kind_of(dropped_key(k.y, v.y, t), v.y)
+                + kind_of(dropped_key(k.z, v.z, t), v.z) + kind_of(dropped_key(k.w, v.w, t), v.w);
+        }
+    }
+    for (; p < span.z; p++) {
+        let v = val_in(span.y + p);
+        c += kind_of(dropped_key(key_in(span.y + p), v, t), v);
     }
     tilecnt[seg * LP.tiles + span.x] = c;
 }
@@ -141,9 +153,21 @@ fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(wor
     let real = span.z;
     // (put_kept: kept.wgsl)
     let spare = tile_spare(LP.segs * LP.len, span.x);
-    for (var p = 0u; p < real; p++) {
-        let v = vals_in[base + p];
-        pos = put_kept(pos, spare, vec2<u32>(dropped_key(keys_in[base + p], v, t), v));
+    var p = 0u;
+    if SORT4 {
+        for (; p + 4u <= real; p += 4u) {
+            let q = (base + p) / 4u;
+            let k = keys4_in(q);
+            let v = vals4_in(q);
+            pos = put_kept(pos, spare, vec2<u32>(dropped_key(k.x, v.x, t), v.x));
+            pos = put_kept(pos, spare, vec2<u32>(dropped_key(k.y, v.y, t), v.y));
+            pos = put_kept(pos, spare, vec2<u32>(dropped_key(k.z, v.z, t), v.z));
+            pos = put_kept(pos, spare, vec2<u32>(dropped_key(k.w, v.w, t), v.w));
+        }
+    }
+    for (; p < real; p++) {
+        let v = val_in(base + p);
+        pos = put_kept(pos, spare, vec2<u32>(dropped_key(key_in(base + p), v, t), v));
     }
 }
 

@@ -1,5 +1,5 @@
-// The sorts' input keys and payloads (sortio.wgsl's keys_in and vals_in) element by element.
-// sortin4.wgsl reads them four at a time.
+// The input keys and payloads of the sorts, the Lovász compaction and its threshold (their
+// keys_in and vals_in) element by element. sortin4.wgsl reads them four at a time.
 const SORT4: bool = false;
 alias SortWords = array<u32>;
 
@@ -14,4 +14,8 @@ fn val_in(i: u32) -> u32 {
 // (for the SORT4 branches, which must type-check here too: never called here)
 fn keys4_in(q: u32) -> vec4<u32> {
     return vec4<u32>(keys_in[4u * q], keys_in[4u * q + 1u], keys_in[4u * q + 2u], keys_in[4u * q + 3u]);
+}
+
+fn vals4_in(q: u32) -> vec4<u32> {
+    return vec4<u32>(vals_in[4u * q], vals_in[4u * q + 1u], vals_in[4u * q + 2u], vals_in[4u * q + 3u]);
 }

@@ -1,5 +1,6 @@
-// sortin1.wgsl's interface over arrays of vec4: the CPU adapters' radix count reads four keys per
-// load (segments of 4k keys, slices on 16 bytes: the host checks).
+// sortin1.wgsl's interface over arrays of vec4: the CPU adapters' radix count, Lovász compaction
+// and threshold read four keys per load (segments of 4k keys, slices on 16 bytes: the host
+// checks).
 const SORT4: bool = true;
 alias SortWords = array<vec4<u32>>;
 
@@ -13,4 +14,8 @@ fn val_in(i: u32) -> u32 {
 
 fn keys4_in(q: u32) -> vec4<u32> {
     return keys_in[q];
+}
+
+fn vals4_in(q: u32) -> vec4<u32> {
+    return vals_in[q];
 }

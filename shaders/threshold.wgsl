@@ -73,27 +73,3 @@ fn lovasz_drop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
         }
     }
 }
-
-// lovasz_threshold for CPU adapters (see radix_scatter_tiles): a thread per tile (tiles.wgsl),
-// without workgroup atomics or barriers.
-@compute @workgroup_size(8)
-fn lovasz_threshold_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let seg = wid.y;
-    let span = tile_span(lid, wid, LP.len, LP.len);
-    if span.z == 0u {
-        return;
-    }
-    let base = span.y;
-    let real = span.z;
-    var fg = 0u;
-    var mn = 0u; // complement of the smallest key
-    for (var p = 0u; p < real; p++) {
-        let v = vals[base + p];
-        let k = keys[base + p];
-        let live = v != NONE;
-        mn = max(mn, select(0u, ~k, live));
-        fg = max(fg, select(0u, k, live && (v >> 31u) == 1u));
-    }
-    atomicMax(&thr[2u * seg], fg);
-    atomicMax(&thr[2u * seg + 1u], mn);
-}

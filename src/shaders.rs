@@ -311,10 +311,13 @@ const COMPACT_BINDINGS: &[Binding] =
 
 macro_rules! compact {
     ($name:literal) => {
+        compact!($name, $name, "sortin1.wgsl")
+    };
+    ($name:literal, $entry:literal, $input:literal) => {
         Kernel {
             name: $name,
-            entry: $name,
-            source: wgsl!("scan.wgsl", "lovparams.wgsl", "tiles.wgsl", "kept.wgsl", "compact.wgsl"),
+            entry: $entry,
+            source: wgsl!("scan.wgsl", $input, "lovparams.wgsl", "tiles.wgsl", "kept.wgsl", "compact.wgsl"),
             bindings: COMPACT_BINDINGS,
             specialized: false,
             cpu_storage_params: false,
@@ -332,6 +335,11 @@ pub const COMPACT_SCATTER: Kernel = compact!("compact_scatter");
 pub const COMPACT_COUNT_TILES: Kernel = compact!("compact_count_tiles");
 /// Lovász-Softmax compaction on CPU adapters: the scatter, a thread per tile, with the drops.
 pub const COMPACT_SCATTER_TILES: Kernel = compact!("compact_scatter_tiles");
+/// [`COMPACT_COUNT_TILES`] reading four elements per load (`sortin4.wgsl`): segments of `4k`
+/// elements in slices on 16 bytes.
+pub const COMPACT_COUNT_TILES4: Kernel = compact!("compact_count_tiles4", "compact_count_tiles", "sortin4.wgsl");
+/// [`COMPACT_SCATTER_TILES`] reading four elements per load.
+pub const COMPACT_SCATTER_TILES4: Kernel = compact!("compact_scatter_tiles4", "compact_scatter_tiles", "sortin4.wgsl");
 
 const HINGE_BINDINGS: &[Binding] =
     &[r("logits"), r("tgt"), u("P"), u("LP"), w("keys_out"), w("vals_out"), w("tilecnt")];
@@ -385,8 +393,20 @@ pub const LOVASZ_THRESHOLD: Kernel = Kernel {
 /// Lovász-Softmax: drops the background elements whose Jaccard weight is zero.
 pub const LOVASZ_DROP: Kernel = Kernel { name: "lovasz_drop", entry: "lovasz_drop", ..LOVASZ_THRESHOLD };
 /// Lovász-Softmax on CPU adapters: [`LOVASZ_THRESHOLD`] with a thread per tile.
-pub const LOVASZ_THRESHOLD_TILES: Kernel =
-    Kernel { name: "lovasz_threshold_tiles", entry: "lovasz_threshold_tiles", ..LOVASZ_THRESHOLD };
+pub const LOVASZ_THRESHOLD_TILES: Kernel = Kernel {
+    name: "lovasz_threshold_tiles",
+    entry: "lovasz_threshold_tiles",
+    source: wgsl!("sortin1.wgsl", "lovparams.wgsl", "tiles.wgsl", "threshold_tiles.wgsl"),
+    bindings: &[u("LP"), r("keys_in"), r("vals_in"), w("thr")],
+    specialized: false,
+    cpu_storage_params: false,
+};
+/// [`LOVASZ_THRESHOLD_TILES`] reading four elements per load (`sortin4.wgsl`).
+pub const LOVASZ_THRESHOLD_TILES4: Kernel = Kernel {
+    name: "lovasz_threshold_tiles4",
+    source: wgsl!("sortin4.wgsl", "lovparams.wgsl", "tiles.wgsl", "threshold_tiles.wgsl"),
+    ..LOVASZ_THRESHOLD_TILES
+};
 
 /// Every kernel of the crate.
 pub const KERNELS: &[Kernel] = &[
@@ -423,6 +443,8 @@ pub const KERNELS: &[Kernel] = &[
     COMPACT_SCATTER,
     COMPACT_COUNT_TILES,
     COMPACT_SCATTER_TILES,
+    COMPACT_COUNT_TILES4,
+    COMPACT_SCATTER_TILES4,
     HINGE_COUNT_TILES,
     HINGE_COMPACT_TILES,
     HINGE_COUNT_TILES4,
@@ -431,6 +453,7 @@ pub const KERNELS: &[Kernel] = &[
     LOVASZ_THRESHOLD,
     LOVASZ_DROP,
     LOVASZ_THRESHOLD_TILES,
+    LOVASZ_THRESHOLD_TILES4,
 ];
 
 /// Constants that Rust and WGSL share, as `(WGSL name, value)`: `tests/shaders.rs` checks each

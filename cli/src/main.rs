@@ -52,7 +52,8 @@ enum Cmd {
     },
     /// Time forward plus gradient per loss with the data already on the device.
     Bench(BenchArgs),
-    /// Time the segmented radix sort against the bitonic sort across segment sizes 2^8 .. 2^22.
+    /// Time the segmented radix sort against the bitonic sort across segment sizes (2^8 .. 2^22 by
+    /// default).
     Sortbench {
         /// Keys per measurement (segments x segment length), at least one segment.
         #[arg(long, default_value_t = 1 << 20)]
@@ -60,6 +61,9 @@ enum Cmd {
         /// Timed runs per size.
         #[arg(long, default_value_t = 5)]
         iters: usize,
+        /// Smallest segment length as a power of two.
+        #[arg(long, default_value_t = 8)]
+        min_log2: u32,
         /// Largest segment length as a power of two.
         #[arg(long, default_value_t = 22)]
         max_log2: u32,
@@ -292,7 +296,7 @@ fn main() -> ExitCode {
         Cmd::Devices { json, adapters, images } => devices(json, adapters_choice(&adapters), images),
         Cmd::Demo { batch, size, seed } => demo(batch, size, seed),
         Cmd::Bench(a) => bench(a),
-        Cmd::Sortbench { total, iters, max_log2, json } => sortbench(total, iters, max_log2, json),
+        Cmd::Sortbench { total, iters, min_log2, max_log2, json } => sortbench(total, iters, min_log2..=max_log2, json),
     };
     let r = r.and_then(|()| std::io::stdout().flush().map_err(stdout_failed));
     match r {
@@ -1694,7 +1698,7 @@ impl Resident {
 // ----------------------------------------------------------------------------------------------
 // sortbench
 
-fn sortbench(total: usize, iters: usize, max_log2: u32, as_json: bool) -> Result<(), Fail> {
+fn sortbench(total: usize, iters: usize, log2: std::ops::RangeInclusive<u32>, as_json: bool) -> Result<(), Fail> {
     positive("--iters", iters)?;
     if positive("--total", total)? > MAX_ELEMENTS {
         return Err(Fail(2, format!("--total {total}: at most 2^31 keys are supported")));
@@ -1704,7 +1708,7 @@ fn sortbench(total: usize, iters: usize, max_log2: u32, as_json: bool) -> Result
         return Err(Fail(1, "sortbench needs a GPU adapter".into()));
     }
     let mut rows = Vec::new();
-    for lg in 8..=max_log2.clamp(8, 24) {
+    for lg in (*log2.start()).max(8)..=(*log2.end()).clamp(8, 24) {
         let len = 1usize << lg;
         let segs = (total / len).max(1);
         let mut radix = engine.bench_sort(segs, len, segloss::internals::SortAlgo::Radix, iters)?;

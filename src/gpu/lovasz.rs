@@ -115,12 +115,21 @@ impl Gpu {
         // 2. Lovász-Softmax: background past each segment's last foreground element has weight
         // zero and is not sorted (see threshold.wgsl); a CPU adapter's compaction drops it as it
         // reads (compact.wgsl), the GPU's after lovasz_drop marked it
+        // (the CPU adapters' threshold and compaction read four elements per load where every
+        // tile starts on a quad)
+        let quads = len.is_multiple_of(4) && crate::gpu::quad_aligned(&[keys, vals]);
         let thr = if inp.softmax {
             let thr = rec.scratch((segs * 8) as u64, "lovasz thresholds")?;
             rec.clear(thr);
             let binds = [("LP", lp), ("keys", keys), ("vals", vals), ("thr", thr)];
             if tiled {
-                rec.dispatch(&shaders::LOVASZ_THRESHOLD_TILES, Spec::default(), groups, &binds)?;
+                let k = if quads { &shaders::LOVASZ_THRESHOLD_TILES4 } else { &shaders::LOVASZ_THRESHOLD_TILES };
+                rec.dispatch(
+                    k,
+                    Spec::default(),
+                    groups,
+                    &[("LP", lp), ("keys_in", keys), ("vals_in", vals), ("thr", thr)],
+                )?;
             } else {
                 rec.dispatch(&shaders::LOVASZ_THRESHOLD, Spec::default(), seg_grid, &binds)?;
                 rec.dispatch(&shaders::LOVASZ_DROP, Spec::default(), seg_grid, &binds)?;
@@ -158,11 +167,13 @@ impl Gpu {
         ];
         // (count, scatter, their grid and bindings): the hinge's keys computed in both, over quads
         // where the segments (so the tiles) are whole quads; a CPU adapter's tiles; the GPU's
-        let quads = len.is_multiple_of(4) && crate::gpu::quad_aligned(&[inp.logits, inp.target]);
-        let (count, scatter, over, kb): (_, _, _, &[(&str, Slice)]) = if direct_hinge && quads {
+        let hinge_quads = len.is_multiple_of(4) && crate::gpu::quad_aligned(&[inp.logits, inp.target]);
+        let (count, scatter, over, kb): (_, _, _, &[(&str, Slice)]) = if direct_hinge && hinge_quads {
             (&shaders::HINGE_COUNT_TILES4, &shaders::HINGE_COMPACT_TILES4, groups, &hinge_binds)
         } else if direct_hinge {
             (&shaders::HINGE_COUNT_TILES, &shaders::HINGE_COMPACT_TILES, groups, &hinge_binds)
+        } else if tiled && quads {
+            (&shaders::COMPACT_COUNT_TILES4, &shaders::COMPACT_SCATTER_TILES4, groups, &binds)
         } else if tiled {
             (&shaders::COMPACT_COUNT_TILES, &shaders::COMPACT_SCATTER_TILES, groups, &binds)
         } else {
