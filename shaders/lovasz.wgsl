@@ -104,24 +104,6 @@ fn hinge_key(e: u32) {
     vals[e] = kv.y;
 }
 
-// The Jaccard weight of a sorted position with label counts c (fg: (1, 0), bg: (0, 1)), the
-// (fg, bg) counts `run` up to it (itself included) and the segment's foreground total gts: with
-// the union u = gts + run.bg (>= 1) and the intersection left i = gts - run.fg, fg 1 / u, bg
-// i / ((u - 1) u), 1 at u = 1. Branch-free (a CPU adapter runs both sides of a branch on its lanes).
-fn jaccard_weight(c: vec2<u32>, run: vec2<u32>, gts: u32) -> f32 {
-    let u = gts + run.y;
-    let i = gts - run.x;
-    return select(select(1.0, f32(i) / (f32(u - 1u) * f32(u)), u > 1u), 1.0 / f32(u), c.x == 1u);
-}
-
-// (fg, bg) counts of one payload.
-fn label_counts(v: u32) -> vec2<u32> {
-    if v == NONE {
-        return vec2<u32>(0u);
-    }
-    return select(vec2<u32>(0u, 1u), vec2<u32>(1u, 0u), (v >> 31u) == 1u);
-}
-
 // Foreground and background counts of each sorted tile.
 @compute @workgroup_size(256)
 fn lovasz_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -229,48 +211,4 @@ fn lovasz_value(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     if lid == 0u {
         segsum[seg].x = bitcast<u32>(total);
     }
-}
-
-// lovasz_count and lovasz_weights for CPU adapters (see radix_scatter_tiles): a thread per sorted
-// tile, walked in order, without scans, tree sums or barriers. Workgroup (tile group, segment):
-// tiles STW x + lane. The weights are those of lovasz_weights bit for bit (integer counts); a
-// tile's value partial is summed in position order. (Tiles: tiles.wgsl.)
-
-@compute @workgroup_size(8)
-fn lovasz_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let seg = wid.y;
-    let span = tile_span(lid, wid, LP.len, min(segsum[seg].x, LP.len));
-    if span.z == 0u {
-        return; // (lovasz_scan reads the tiles holding kept elements only)
-    }
-    var cnt = vec2<u32>(0u);
-    for (var p = 0u; p < span.z; p++) {
-        cnt += label_counts(vals[span.y + p]);
-    }
-    tilecnt[seg * LP.tiles + span.x] = cnt;
-}
-
-@compute @workgroup_size(8)
-fn lovasz_weights_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let seg = wid.y;
-    // (lovasz_scan moved the kept count to .w)
-    let span = tile_span(lid, wid, LP.len, min(segsum[seg].w, LP.len));
-    if span.z == 0u {
-        return; // (lovasz_value reads the tiles holding kept elements only)
-    }
-    let base = span.y;
-    let end = span.z;
-    var run = tilecnt[seg * LP.tiles + span.x]; // counts before this tile
-    let gts = segsum[seg].y;
-    var acc = 0.0;
-    for (var p = 0u; p < end; p++) {
-        // (a kept element has a key and a payload)
-        let v = vals[base + p];
-        let c = label_counts(v);
-        run += c;
-        let w = jaccard_weight(c, run, gts);
-        lw[v & 0x7FFFFFFFu] = w;
-        acc += bitcast<f32>(~keys[base + p]) * w;
-    }
-    vpart[seg * LP.tiles + span.x] = acc;
 }

@@ -1,5 +1,6 @@
-// The segment table of the Lovász kernels (threshold.wgsl, compact.wgsl, lovasz.wgsl): one
-// segment per (group, class), `len` elements each.
+// The segment table of the Lovász kernels (threshold.wgsl, compact.wgsl, lovasz.wgsl and their
+// CPU adapters' tile kernels): one segment per (group, class), `len` elements each; and the rules
+// they share.
 
 // (kept, dropped fg, dropped bg, 0) of one element by its key k and payload v (see lovasz.wgsl;
 // NONE is 0xFFFFFFFF). Branch-free: a CPU adapter runs both sides of a branch on its lanes.
@@ -25,4 +26,22 @@ struct LovParams {
     segs: u32,      // segments
     tiles: u32,     // tiles of 2048 per segment
     per_image: u32, // 1: one group per image
+}
+
+// The Jaccard weight of a sorted position with label counts c (fg: (1, 0), bg: (0, 1)), the
+// (fg, bg) counts `run` up to it (itself included) and the segment's foreground total gts: with
+// the union u = gts + run.bg (>= 1) and the intersection left i = gts - run.fg, fg 1 / u, bg
+// i / ((u - 1) u), 1 at u = 1. Branch-free (a CPU adapter runs both sides of a branch on its lanes).
+fn jaccard_weight(c: vec2<u32>, run: vec2<u32>, gts: u32) -> f32 {
+    let u = gts + run.y;
+    let i = gts - run.x;
+    return select(select(1.0, f32(i) / (f32(u - 1u) * f32(u)), u > 1u), 1.0 / f32(u), c.x == 1u);
+}
+
+// (fg, bg) counts of one payload.
+fn label_counts(v: u32) -> vec2<u32> {
+    if v == 0xFFFFFFFFu {
+        return vec2<u32>(0u);
+    }
+    return select(vec2<u32>(0u, 1u), vec2<u32>(1u, 0u), (v >> 31u) == 1u);
 }

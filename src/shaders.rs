@@ -301,10 +301,32 @@ pub const LOVASZ_SCAN: Kernel = lovasz!("lovasz_scan");
 pub const LOVASZ_WEIGHTS: Kernel = lovasz!("lovasz_weights");
 /// Lovász: value per segment.
 pub const LOVASZ_VALUE: Kernel = lovasz!("lovasz_value");
+
+/// A tile kernel of `lovasz_tiles.wgsl`, reading the sorted keys and payloads element by element
+/// (`sortin1.wgsl`) or by quads (`sortin4.wgsl`).
+macro_rules! lovasz_tiles {
+    ($name:literal, $entry:literal, $input:literal) => {
+        Kernel {
+            name: $name,
+            entry: $entry,
+            source: wgsl!($input, "lovparams.wgsl", "tiles.wgsl", "lovasz_tiles.wgsl"),
+            bindings: &[u("LP"), r("keys_in"), r("vals_in"), w("tilecnt"), w("segsum"), w("lw"), w("vpart")],
+            specialized: false,
+            cpu_storage_params: false,
+        }
+    };
+}
+
 /// Lovász on CPU adapters: [`LOVASZ_COUNT`] with a thread per tile.
-pub const LOVASZ_COUNT_TILES: Kernel = lovasz!("lovasz_count_tiles");
+pub const LOVASZ_COUNT_TILES: Kernel = lovasz_tiles!("lovasz_count_tiles", "lovasz_count_tiles", "sortin1.wgsl");
 /// Lovász on CPU adapters: [`LOVASZ_WEIGHTS`] with a thread per tile.
-pub const LOVASZ_WEIGHTS_TILES: Kernel = lovasz!("lovasz_weights_tiles");
+pub const LOVASZ_WEIGHTS_TILES: Kernel = lovasz_tiles!("lovasz_weights_tiles", "lovasz_weights_tiles", "sortin1.wgsl");
+/// [`LOVASZ_COUNT_TILES`] reading four elements per load: segments of `4k` elements in slices
+/// on 16 bytes.
+pub const LOVASZ_COUNT_TILES4: Kernel = lovasz_tiles!("lovasz_count_tiles4", "lovasz_count_tiles", "sortin4.wgsl");
+/// [`LOVASZ_WEIGHTS_TILES`] reading four elements per load.
+pub const LOVASZ_WEIGHTS_TILES4: Kernel =
+    lovasz_tiles!("lovasz_weights_tiles4", "lovasz_weights_tiles", "sortin4.wgsl");
 
 const COMPACT_BINDINGS: &[Binding] =
     &[u("LP"), r("keys_in"), r("vals_in"), w("keys_out"), w("vals_out"), w("tilecnt"), w("segsum"), r("thr")];
@@ -438,6 +460,8 @@ pub const KERNELS: &[Kernel] = &[
     LOVASZ_VALUE,
     LOVASZ_COUNT_TILES,
     LOVASZ_WEIGHTS_TILES,
+    LOVASZ_COUNT_TILES4,
+    LOVASZ_WEIGHTS_TILES4,
     COMPACT_COUNT,
     COMPACT_SCAN,
     COMPACT_SCATTER,

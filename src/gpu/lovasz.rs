@@ -220,14 +220,32 @@ impl Gpu {
             ("vpart", vpart),
         ];
         let per_seg = Grid::Direct(segs as u32, 1, 1);
-        let (count, weights, over) = if tiled {
-            (&shaders::LOVASZ_COUNT_TILES, &shaders::LOVASZ_WEIGHTS_TILES, Grid::Indirect(args.sub(16, 12)))
+        if tiled {
+            // (four elements per load where every tile starts on a quad)
+            let (count, weights) = if len.is_multiple_of(4) && crate::gpu::quad_aligned(&[kc, vc]) {
+                (&shaders::LOVASZ_COUNT_TILES4, &shaders::LOVASZ_WEIGHTS_TILES4)
+            } else {
+                (&shaders::LOVASZ_COUNT_TILES, &shaders::LOVASZ_WEIGHTS_TILES)
+            };
+            let tile_binds = [
+                ("LP", lp),
+                ("keys_in", kc),
+                ("vals_in", vc),
+                ("tilecnt", tilecnt2),
+                ("segsum", segsum),
+                ("lw", lw),
+                ("vpart", vpart),
+            ];
+            let over = Grid::Indirect(args.sub(16, 12));
+            rec.dispatch(count, Spec::default(), over, &tile_binds)?;
+            rec.dispatch(&shaders::LOVASZ_SCAN, spec, per_seg, &binds)?;
+            rec.dispatch(weights, Spec::default(), over, &tile_binds)?;
         } else {
-            (&shaders::LOVASZ_COUNT, &shaders::LOVASZ_WEIGHTS, Grid::Indirect(args.sub(0, 12)))
-        };
-        rec.dispatch(count, spec, over, &binds)?;
-        rec.dispatch(&shaders::LOVASZ_SCAN, spec, per_seg, &binds)?;
-        rec.dispatch(weights, spec, over, &binds)?;
+            let over = Grid::Indirect(args.sub(0, 12));
+            rec.dispatch(&shaders::LOVASZ_COUNT, spec, over, &binds)?;
+            rec.dispatch(&shaders::LOVASZ_SCAN, spec, per_seg, &binds)?;
+            rec.dispatch(&shaders::LOVASZ_WEIGHTS, spec, over, &binds)?;
+        }
         rec.dispatch(&shaders::LOVASZ_VALUE, spec, per_seg, &binds)?;
         Ok(())
     }

@@ -1,0 +1,74 @@
+// lovasz.wgsl's lovasz_count and lovasz_weights for CPU adapters (see radix_scatter_tiles): a
+// thread per sorted tile, walked in order, without scans, tree sums or barriers. Workgroup (tile
+// group, segment): tiles STW x + lane (tiles.wgsl). The weights are those of lovasz_weights bit
+// for bit (integer counts); a tile's value partial is summed in position order. The sorted keys
+// and payloads come through sortin1.wgsl, or four per load through sortin4.wgsl where every tile
+// starts on a quad (on llvmpipe a load costs per lane, whatever its width).
+
+@group(0) @binding(0) var<uniform> LP: LovParams;
+@group(0) @binding(1) var<storage, read> keys_in: SortWords;
+@group(0) @binding(2) var<storage, read> vals_in: SortWords;
+@group(0) @binding(3) var<storage, read_write> tilecnt: array<vec2<u32>>; // [seg][tile] fg, bg
+@group(0) @binding(4) var<storage, read_write> segsum: array<vec4<u32>>;  // [seg] (lovasz.wgsl)
+@group(0) @binding(5) var<storage, read_write> lw: array<f32>;            // [element] Jaccard weight
+@group(0) @binding(6) var<storage, read_write> vpart: array<f32>;         // [seg][tile] value partials
+
+@compute @workgroup_size(8)
+fn lovasz_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let seg = wid.y;
+    let span = tile_span(lid, wid, LP.len, min(segsum[seg].x, LP.len));
+    if span.z == 0u {
+        return; // (lovasz_scan reads the tiles holding kept elements only)
+    }
+    var cnt = vec2<u32>(0u);
+    var p = 0u;
+    if SORT4 {
+        for (; p + 4u <= span.z; p += 4u) {
+            let v = vals4_in((span.y + p) / 4u);
+            cnt += label_counts(v.x) + label_counts(v.y) + label_counts(v.z) + label_counts(v.w);
+        }
+    }
+    for (; p < span.z; p++) {
+        cnt += label_counts(val_in(span.y + p));
+    }
+    tilecnt[seg * LP.tiles + span.x] = cnt;
+}
+
+// The next sorted element (key k, payload v; kept, so both are real) after the counts `run`:
+// writes its weight and adds its share of the value to `acc`.
+fn weigh(k: u32, v: u32, run: ptr<function, vec2<u32>>, acc: ptr<function, f32>, gts: u32) {
+    let c = label_counts(v);
+    *run += c;
+    let w = jaccard_weight(c, *run, gts);
+    lw[v & 0x7FFFFFFFu] = w;
+    *acc += bitcast<f32>(~k) * w;
+}
+
+@compute @workgroup_size(8)
+fn lovasz_weights_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let seg = wid.y;
+    // (lovasz_scan moved the kept count to .w)
+    let span = tile_span(lid, wid, LP.len, min(segsum[seg].w, LP.len));
+    if span.z == 0u {
+        return; // (lovasz_value reads the tiles holding kept elements only)
+    }
+    var run = tilecnt[seg * LP.tiles + span.x]; // counts before this tile
+    let gts = segsum[seg].y;
+    var acc = 0.0;
+    var p = 0u;
+    if SORT4 {
+        for (; p + 4u <= span.z; p += 4u) {
+            let q = (span.y + p) / 4u;
+            let k = keys4_in(q);
+            let v = vals4_in(q);
+            weigh(k.x, v.x, &run, &acc, gts);
+            weigh(k.y, v.y, &run, &acc, gts);
+            weigh(k.z, v.z, &run, &acc, gts);
+            weigh(k.w, v.w, &run, &acc, gts);
+        }
+    }
+    for (; p < span.z; p++) {
+        weigh(key_in(span.y + p), val_in(span.y + p), &run, &acc, gts);
+    }
+    vpart[seg * LP.tiles + span.x] = acc;
+}
