@@ -73,6 +73,25 @@ fn radix_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     }
 }
 
+// radix_scan for CPU adapters: a thread per digit walks all the segment's tiles, workgroups of
+// STW digits (neighbouring threads read neighbouring digits), so no barrier: on a CPU adapter a
+// workgroup of 256 threads with a barrier costs more than these walks. `totals` receives each
+// digit's count, which radix_scatter_tiles scans itself.
+@compute @workgroup_size(8)
+fn radix_scan_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let seg = wid.x;
+    let d = wid.y * STW + lid;
+    let tiles = (seg_len(seg) + T - 1u) / T;
+    var run = 0u;
+    for (var t = 0u; t < tiles; t++) {
+        let i = (seg * SP.tiles + t) * 256u + d;
+        let c = counts[i];
+        counts[i] = run;
+        run += c;
+    }
+    totals[seg * 256u + d] = run;
+}
+
 // Per segment: the start of each digit (exclusive scan of the digit totals, in place).
 @compute @workgroup_size(256)
 fn radix_digits(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -185,9 +204,13 @@ fn radix_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
     if span.z == 0u {
         return; // (no barriers below)
     }
+    // each digit's start in the segment: `totals` holds the digits' counts (radix_scan_tiles;
+    // this walk over the digits is their scan, so radix_digits does not run)
     let row = lid * 256u;
+    var start = 0u;
     for (var d = 0u; d < 256u; d++) {
-        slot[row + d] = totals[seg * 256u + d] + counts[(seg * SP.tiles + span.x) * 256u + d];
+        slot[row + d] = start + counts[(seg * SP.tiles + span.x) * 256u + d];
+        start += totals[seg * 256u + d];
     }
     let base = span.y;
     let out = seg * SP.len;

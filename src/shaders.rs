@@ -217,6 +217,8 @@ macro_rules! radix {
 pub const RADIX_COUNT: Kernel = radix!("radix_count");
 /// Radix sort, step 2: scan of the tile histograms per digit and segment.
 pub const RADIX_SCAN: Kernel = radix!("radix_scan");
+/// Radix sort, step 2 on CPU adapters: a thread per digit, without barriers.
+pub const RADIX_SCAN_TILES: Kernel = radix!("radix_scan_tiles");
 /// Radix sort, step 2b: start of each digit in its segment.
 pub const RADIX_DIGITS: Kernel = radix!("radix_digits");
 /// Radix sort, step 3: stable local sort and scatter.
@@ -452,6 +454,7 @@ pub const KERNELS: &[Kernel] = &[
     RADIX_SCATTER_TILES,
     RADIX_COUNT_TILES,
     RADIX_COUNT_TILES4,
+    RADIX_SCAN_TILES,
     BITONIC_SORT,
     LOVASZ_KEYS,
     LOVASZ_COUNT,

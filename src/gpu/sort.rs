@@ -72,11 +72,23 @@ impl Gpu {
         };
         // a CPU adapter's count reads four keys per load where every tile starts on a quad
         let quads = len.is_multiple_of(4) && crate::gpu::quad_aligned(&[bufs.a.0, bufs.a.1, bufs.b.0, bufs.b.1]);
-        let (count, scatter) = if self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed) {
+        // the steps of each pass: count, scan, scatter
+        let steps: Vec<(&shaders::Kernel, Grid)> = if self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed) {
             let count = if quads { &shaders::RADIX_COUNT_TILES4 } else { &shaders::RADIX_COUNT_TILES };
-            ((count, group_grid), (&shaders::RADIX_SCATTER_TILES, group_grid))
+            // (the scatter scans the digit totals itself)
+            let scan_grid = Grid::Direct(segs as u32, (256 / SCATTER_TILES_WG) as u32, 1);
+            vec![
+                (count, group_grid),
+                (&shaders::RADIX_SCAN_TILES, scan_grid),
+                (&shaders::RADIX_SCATTER_TILES, group_grid),
+            ]
         } else {
-            ((&shaders::RADIX_COUNT, tile_grid), (&shaders::RADIX_SCATTER, tile_grid))
+            vec![
+                (&shaders::RADIX_COUNT, tile_grid),
+                (&shaders::RADIX_SCAN, Grid::Direct(segs as u32, 16, 1)),
+                (&shaders::RADIX_DIGITS, Grid::Direct(segs as u32, 1, 1)),
+                (&shaders::RADIX_SCATTER, tile_grid),
+            ]
         };
         let (a, b) = (bufs.a, bufs.b);
         if bitonic && len <= BITONIC_MAX {
@@ -125,12 +137,7 @@ impl Gpu {
                 ("vals_out", dst.1),
                 ("seglen", seglen),
             ];
-            for (k, grid) in [
-                count,
-                (&shaders::RADIX_SCAN, Grid::Direct(segs as u32, 16, 1)),
-                (&shaders::RADIX_DIGITS, Grid::Direct(segs as u32, 1, 1)),
-                scatter,
-            ] {
+            for &(k, grid) in &steps {
                 rec.dispatch(k, Spec::default(), grid, &binds)?;
             }
         }
