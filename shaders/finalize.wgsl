@@ -23,7 +23,6 @@
 @group(0) @binding(5) var<storage, read> status: array<u32>;      // [0]: bad-input flags
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
-const FWG: u32 = 64u;
 const NCOEF: u32 = 6u;
 const COEF_TPMIN: u32 = 5u; // the coefficient of sum min(p, g)
 const TPMIN_DEV: u32 = 15u;  // its statistics channel (pass 0)
@@ -106,7 +105,7 @@ fn wg_sum4(lid: u32, v: vec4<f32>) -> vec4<f32> {
     workgroupBarrier();
     if lid == 0u {
         var acc = vec4<f32>(0.0);
-        for (var i = 0u; i < FWG; i++) {
+        for (var i = 0u; i < FT; i++) {
             acc += red4[i];
         }
         uni4 = acc;
@@ -123,7 +122,7 @@ fn wg_max(lid: u32, v: f32) -> f32 {
     workgroupBarrier();
     if lid == 0u {
         var m = red1[0];
-        for (var i = 1u; i < FWG; i++) {
+        for (var i = 1u; i < FT; i++) {
             m = max(m, red1[i]);
         }
         uni1 = m;
@@ -196,7 +195,7 @@ fn op_pixel(lid: u32, op: Op) {
     let wnorm = op.kind == OP_FOCAL && norm_of(op) != NORM_COUNT;
     let kd = select(5u, 2u, (op.flags & F_FOCAL_SOFTMAX) != 0u);
     var acc = vec4<f32>(0.0);
-    for (var e = lid; e < P.n * P.c; e += FWG) {
+    for (var e = lid; e < P.n * P.c; e += FT) {
         let w = select(weight_at(op, e % P.c), 1.0, op.kind == OP_CE);
         let o = gsum + e * K;
         let pc = o + op.sbase + op.chan;
@@ -245,7 +244,7 @@ fn op_pixel(lid: u32, op: Op) {
 fn op_sensspec(lid: u32, op: Op) {
     // (CNT, SG, SS1, SS2) in one workgroup reduction
     var acc = vec4<f32>(0.0);
-    for (var e = lid; e < P.n * P.c; e += FWG) {
+    for (var e = lid; e < P.n * P.c; e += FT) {
         let o = gsum + e * K;
         acc += vec4<f32>(sums[o + 5u], sums[o + 2u], sums[o + 6u], sums[o + 7u]);
     }
@@ -270,7 +269,7 @@ fn op_sensspec(lid: u32, op: Op) {
     }
     put_value(lid, op, v);
     if op.block != NONE_IDX {
-        for (var e = lid; e < P.n * P.c; e += FWG) {
+        for (var e = lid; e < P.n * P.c; e += FT) {
             coef_add(op, e / P.c, e % P.c, 3u, a1);
             coef_add(op, e / P.c, e % P.c, 4u, a2);
         }
@@ -454,7 +453,7 @@ fn op_region(lid: u32, op: Op) {
     if pool == POOL_ALL {
         var acc = vec4<f32>(0.0);
         var acc2 = 0.0;
-        for (var m = lid; m < P.n * nk; m += FWG) {
+        for (var m = lid; m < P.n * nk; m += FT) {
             let cs = class_sums(op, m / nk, m % nk);
             let w = weight_at(op, m % nk);
             acc += w * cs[0];
@@ -467,7 +466,7 @@ fn op_region(lid: u32, op: Op) {
     // the sum over images of each image's weighted mean
     var acc = vec4<f32>(0.0);
     if per_image {
-        for (var n = lid; n < P.n; n += FWG) {
+        for (var n = lid; n < P.n; n += FT) {
             let dn = image_divisor(op, n);
             for (var j = 0u; j < nk; j++) {
                 let es = class_sums(op, n, j);
@@ -477,7 +476,7 @@ fn op_region(lid: u32, op: Op) {
             acc.y += 1.0;
         }
     } else {
-        for (var e = lid; e < entries; e += FWG) {
+        for (var e = lid; e < entries; e += FT) {
             var en: Entry;
             if pool == POOL_ALL {
                 en = entry_of(op, all_s, all_sgg);
@@ -527,7 +526,7 @@ fn op_region(lid: u32, op: Op) {
     let f = op.weight * dmean * inv;
     if pool == POOL_ALL {
         let en = entry_of(op, all_s, all_sgg);
-        for (var mm = lid; mm < P.n * nk; mm += FWG) {
+        for (var mm = lid; mm < P.n * nk; mm += FT) {
             let n = mm / nk;
             let c = class_at(op, mm % nk);
             let fw = f * weight_at(op, mm % nk);
@@ -538,7 +537,7 @@ fn op_region(lid: u32, op: Op) {
         return;
     }
     if per_image {
-        for (var n = lid; n < P.n; n += FWG) {
+        for (var n = lid; n < P.n; n += FT) {
             let fn_ = f / image_divisor(op, n);
             for (var j = 0u; j < nk; j++) {
                 let es = class_sums(op, n, j);
@@ -552,7 +551,7 @@ fn op_region(lid: u32, op: Op) {
         }
         return;
     }
-    for (var e = lid; e < entries; e += FWG) {
+    for (var e = lid; e < entries; e += FT) {
         let es = entry_sums(op, e);
         let en = entry_of(op, es[0], es[1].x);
         let fe = f * en.counted * entry_weight(op, e);
@@ -620,12 +619,12 @@ fn op_gdice(lid: u32, op: Op) {
     var total_loss = 0.0;
     for (var g = 0u; g < groups; g++) {
         var mx = 0.0;
-        for (var j = lid; j < nk; j += FWG) {
+        for (var j = lid; j < nk; j += FT) {
             mx = max(mx, gd_weight(op, gd_sum(op, g, per_image, j, 2u)));
         }
         let max_finite = wg_max(lid, mx);
         var acc = vec4<f32>(0.0);
-        for (var j = lid; j < nk; j += FWG) {
+        for (var j = lid; j < nk; j += FT) {
             let sg = gd_sum(op, g, per_image, j, 2u);
             var wc = gd_weight(op, sg);
             if wc < 0.0 {
@@ -651,7 +650,7 @@ fn op_gdice(lid: u32, op: Op) {
             if live {
                 q = -sc / d;
             }
-            for (var j = lid; j < nk; j += FWG) {
+            for (var j = lid; j < nk; j += FT) {
                 let c = class_at(op, j);
                 var wc = gd_weight(op, gd_sum(op, g, per_image, j, 2u));
                 if wc < 0.0 {
@@ -697,7 +696,7 @@ fn op_lovasz(lid: u32, op: Op) {
     let per_image = (op.flags & F_PER_IMAGE) != 0u;
     let groups = select(1u, P.n, per_image);
     var acc = 0.0;
-    for (var g = lid; g < groups; g += FWG) {
+    for (var g = lid; g < groups; g += FT) {
         if (op.flags & F_SOFTMAX) != 0u {
             var used = 0u;
             var vsum = 0.0;
@@ -733,8 +732,8 @@ fn op_lovasz(lid: u32, op: Op) {
     put_value(lid, op, total_loss / f32(groups));
 }
 
-@compute @workgroup_size(64)
-fn finalize(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+// The finalize of workgroup wid.x, thread lid of FT (finalize_entry.wgsl, finalize_serial.wgsl).
+fn finalize_main(lid: u32, wid: vec3<u32>) {
     // group wid.x: its sums, and its outputs P.gout floats after the previous group's
     gsum = wid.x * P.n * P.c * K;
     let go = wid.x * P.gout;

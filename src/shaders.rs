@@ -149,10 +149,16 @@ pub const REDUCE: Kernel = Kernel {
 pub const FINALIZE: Kernel = Kernel {
     name: "finalize",
     entry: "finalize",
-    source: wgsl!("common.wgsl", "finalize.wgsl"),
+    source: wgsl!("common.wgsl", "finalize.wgsl", "finalize_entry.wgsl"),
     bindings: &[u("P"), r("sums"), r("lov"), r("ops"), r("cls"), r("status"), w("out")],
     specialized: false,
     cpu_storage_params: true,
+};
+/// [`FINALIZE`] with one thread (`finalize_serial.wgsl`): CPU adapters over a few entries.
+pub const FINALIZE_SERIAL: Kernel = Kernel {
+    name: "finalize_serial",
+    source: wgsl!("common.wgsl", "finalize.wgsl", "finalize_serial.wgsl"),
+    ..FINALIZE
 };
 /// Elementwise gradient pass.
 pub const GRAD: Kernel = Kernel {
@@ -443,6 +449,7 @@ pub const KERNELS: &[Kernel] = &[
     EDT_LINE,
     REDUCE,
     FINALIZE,
+    FINALIZE_SERIAL,
     GRAD,
     GRAD4,
     COPY,

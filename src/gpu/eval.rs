@@ -9,8 +9,8 @@ use crate::gpu::context::Gpu;
 use crate::gpu::lovasz::{grid, LovaszInput};
 use crate::gpu::record::{Grid, Recording, Slice};
 use crate::gpu::{
-    align, finalize_chunks, finalize_op_steps, grad_pix, plane_rows, softmax_stats_steps, stats_tiling, Params, Spec,
-    CPU_LOOP_LIMIT,
+    align, finalize_chunks, finalize_op_steps, finalize_threads, grad_pix, plane_rows, softmax_stats_steps,
+    stats_tiling, Params, Spec, CPU_LOOP_LIMIT,
 };
 use crate::plan::{self, BlockLayout, Op, StatsPlan, TermParams, K};
 use crate::shaders;
@@ -785,8 +785,13 @@ impl Gpu {
         }
         let cb = rec.data(&cls);
         // (an evaluation of metrics alone has no ops, and no finalize)
+        // (one thread on a CPU adapter over a few entries)
+        let threads = finalize_threads(self.wide_stats.load(std::sync::atomic::Ordering::Relaxed), &ops, ng, c);
+        let finalize = if threads == 1 { &shaders::FINALIZE_SERIAL } else { &shaders::FINALIZE };
         if self.loop_limited {
-            if let Some(steps) = ops.iter().map(|op| finalize_op_steps(op, ng, c)).find(|&s| s > CPU_LOOP_LIMIT) {
+            if let Some(steps) =
+                ops.iter().map(|op| finalize_op_steps(op, ng, c, threads)).find(|&s| s > CPU_LOOP_LIMIT)
+            {
                 return Err(Error::Limit {
                     what: format!(
                         "loop steps of one loss term's finalize over {ng} images of {c} classes on llvmpipe (which \
@@ -797,7 +802,7 @@ impl Gpu {
                 });
             }
         }
-        for ops in finalize_chunks(&ops, ng, c) {
+        for ops in finalize_chunks(&ops, ng, c, threads) {
             let fparams = rec.uniform(&Params {
                 n: ng as u32,
                 c: c as u32,
@@ -809,7 +814,7 @@ impl Gpu {
             });
             let ob = rec.data(ops);
             rec.dispatch(
-                &shaders::FINALIZE,
+                finalize,
                 Spec::default(),
                 Grid::Direct(groups as u32, 1, 1),
                 &[

@@ -110,32 +110,53 @@ pub(crate) const FINALIZE_WG: usize = 64;
 /// what the bound of [`finalize_op_steps`] leaves out.
 pub(crate) const FINALIZE_LOOP_BUDGET: usize = 32768;
 
-/// The loop steps finalize op `op` may cost a thread on groups of `n` images of `c` classes: at
-/// most 8 walks (over the (image, class) entries `FINALIZE_WG` apart, the classes of its images
-/// or the images of its classes: each within `n c / FINALIZE_WG + n + c` steps) and 6 workgroup
-/// sums of `FINALIZE_WG` steps on thread 0; per-image gdice two more sums per image; a Lovász op
-/// with a class list two searches of the list per class of each group a thread takes.
-pub(crate) fn finalize_op_steps(op: &crate::plan::Op, n: usize, c: usize) -> usize {
+/// The (image, class) entries up to which a CPU adapter's finalize takes one thread
+/// ([`crate::shaders::FINALIZE_SERIAL`]) where its loop steps allow: on lavapipe, bce at 1x1x64x64
+/// took 0.10-0.13 ms of device time in the finalize against 0.19-0.24 with a workgroup of
+/// [`FINALIZE_WG`], and dice's finalize at 32x21x64x64 (672 entries) 0.40-0.42 against
+/// 0.38-0.41 (a build with one thread everywhere against its parent, `segloss bench --profile`).
+pub(crate) const FINALIZE_SERIAL_MAX: usize = 1024;
+
+/// The finalize's threads for `ops` over groups of `n` images of `c` classes: one on a CPU adapter
+/// (`cpu`) over at most [`FINALIZE_SERIAL_MAX`] entries, where one thread's loop steps stay within
+/// [`FINALIZE_LOOP_BUDGET`] for every op; else [`FINALIZE_WG`].
+pub(crate) fn finalize_threads(cpu: bool, ops: &[crate::plan::Op], n: usize, c: usize) -> usize {
+    let serial = cpu
+        && n * c <= FINALIZE_SERIAL_MAX
+        && ops.iter().all(|op| finalize_op_steps(op, n, c, 1) <= FINALIZE_LOOP_BUDGET);
+    if serial {
+        1
+    } else {
+        FINALIZE_WG
+    }
+}
+
+/// The loop steps finalize op `op` may cost a thread of `threads` on groups of `n` images of `c`
+/// classes: at most 8 walks (over the (image, class) entries `threads` apart, the classes of its
+/// images or the images of its classes: each within `n c / threads + n + c` steps) and 6
+/// workgroup sums of `threads` steps on thread 0; per-image gdice two more sums per image; a
+/// Lovász op with a class list two searches of the list per class of each group a thread takes.
+pub(crate) fn finalize_op_steps(op: &crate::plan::Op, n: usize, c: usize, threads: usize) -> usize {
     use crate::plan::op;
-    let walk = (n * c).div_ceil(FINALIZE_WG) + n + c;
-    let mut steps = 8 * walk + 6 * FINALIZE_WG + 1;
+    let walk = (n * c).div_ceil(threads) + n + c;
+    let mut steps = 8 * walk + 6 * threads + 1;
     if op.kind == op::GDICE && (op.flags >> 3) & 3 == 1 {
-        steps += 2 * n * FINALIZE_WG;
+        steps += 2 * n * threads;
     }
     if op.kind == op::LOVASZ && op.ncls > 0 {
         let groups = if op.flags & op::F_PER_IMAGE != 0 { n } else { 1 };
-        steps += 2 * groups.div_ceil(FINALIZE_WG) * c * op.ncls as usize;
+        steps += 2 * groups.div_ceil(threads) * c * op.ncls as usize;
     }
     steps
 }
 
-/// The finalize ops in dispatches of at most [`FINALIZE_LOOP_BUDGET`] steps (by
-/// [`finalize_op_steps`]; an op past it alone): consecutive chunks of `ops`.
-pub(crate) fn finalize_chunks(ops: &[crate::plan::Op], n: usize, c: usize) -> Vec<&[crate::plan::Op]> {
+/// The finalize ops in dispatches of at most [`FINALIZE_LOOP_BUDGET`] steps for a thread of
+/// `threads` (by [`finalize_op_steps`]; an op past it alone): consecutive chunks of `ops`.
+pub(crate) fn finalize_chunks(ops: &[crate::plan::Op], n: usize, c: usize, threads: usize) -> Vec<&[crate::plan::Op]> {
     let mut chunks = Vec::new();
     let (mut start, mut used) = (0, 0);
     for (i, op) in ops.iter().enumerate() {
-        let steps = finalize_op_steps(op, n, c);
+        let steps = finalize_op_steps(op, n, c, threads);
         if i > start && used + steps > FINALIZE_LOOP_BUDGET {
             chunks.push(&ops[start..i]);
             (start, used) = (i, 0);
@@ -359,19 +380,20 @@ mod tests {
         use crate::plan::{op, Op};
         let pixel = Op { kind: op::BCE, ..Op::default() };
         // a usual batch: the ops of an evaluation in one dispatch
-        let lens = |ops: &[Op], n, c| finalize_chunks(ops, n, c).iter().map(|k| k.len()).collect::<Vec<_>>();
+        let lens =
+            |ops: &[Op], n, c| finalize_chunks(ops, n, c, FINALIZE_WG).iter().map(|k| k.len()).collect::<Vec<_>>();
         assert_eq!(lens(&[pixel; 16], 8, 21), [16]);
         // 8 x 8000 (image, class) entries: an op per dispatch
         assert_eq!(lens(&[pixel; 3], 8, 8000), [1, 1, 1]);
         // many images of one channel: within the limit (per-image gdice costs more)
-        assert!(finalize_op_steps(&pixel, 512, 1) < CPU_LOOP_LIMIT);
+        assert!(finalize_op_steps(&pixel, 512, 1, FINALIZE_WG) < CPU_LOOP_LIMIT);
         let gdice_image = Op { kind: op::GDICE, flags: 1 << 3, ..Op::default() };
-        assert!(finalize_op_steps(&gdice_image, 512, 1) > CPU_LOOP_LIMIT);
+        assert!(finalize_op_steps(&gdice_image, 512, 1, FINALIZE_WG) > CPU_LOOP_LIMIT);
         // a Lovász-Softmax class list searched per class
         let listed = Op { kind: op::LOVASZ, flags: op::F_SOFTMAX, ncls: 255, ..Op::default() };
-        assert!(finalize_op_steps(&listed, 8, 256) > CPU_LOOP_LIMIT);
-        assert!(finalize_op_steps(&listed, 8, 21) < FINALIZE_LOOP_BUDGET);
-        assert!(finalize_chunks(&[], 8, 21).is_empty());
+        assert!(finalize_op_steps(&listed, 8, 256, FINALIZE_WG) > CPU_LOOP_LIMIT);
+        assert!(finalize_op_steps(&listed, 8, 21, FINALIZE_WG) < FINALIZE_LOOP_BUDGET);
+        assert!(finalize_chunks(&[], 8, 21, FINALIZE_WG).is_empty());
     }
 
     #[test]
