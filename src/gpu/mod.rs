@@ -111,10 +111,12 @@ pub(crate) const FINALIZE_WG: usize = 64;
 pub(crate) const FINALIZE_LOOP_BUDGET: usize = 32768;
 
 /// The (image, class) entries up to which a CPU adapter's finalize takes one thread
-/// ([`crate::shaders::FINALIZE_SERIAL`]) where its loop steps allow: on lavapipe, bce at 1x1x64x64
-/// took 0.10-0.13 ms of device time in the finalize against 0.19-0.24 with a workgroup of
-/// [`FINALIZE_WG`], and dice's finalize at 32x21x64x64 (672 entries) 0.40-0.42 against
-/// 0.38-0.41 (a build with one thread everywhere against its parent, `segloss bench --profile`).
+/// ([`crate::shaders::FINALIZE_SERIAL`]) where its loop steps allow. On lavapipe, bce at
+/// 1x1x64x64 took 0.327-0.449 ms per evaluation against 0.458-0.545 (commit 00a13a0 against its
+/// parent, `segloss bench --shape 1x1x64x64 --loss bce --iters 100`, five rounds). In a build
+/// with one thread at every size (made only to measure), dice's finalize at 32x21x64x64 (672
+/// entries) took 0.40-0.42 ms of device time against 0.38-0.41 with a workgroup of
+/// [`FINALIZE_WG`] (`segloss bench --profile`).
 pub(crate) const FINALIZE_SERIAL_MAX: usize = 1024;
 
 /// The finalize's threads for `ops` over groups of `n` images of `c` classes: one on a CPU adapter
