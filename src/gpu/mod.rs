@@ -399,6 +399,25 @@ mod tests {
     }
 
     #[test]
+    fn finalize_takes_one_thread_only_on_a_cpu_adapter_over_few_entries() {
+        use crate::plan::{op, Op};
+        let pixel = Op { kind: op::BCE, ..Op::default() };
+        assert_eq!(finalize_threads(true, &[pixel; 4], 8, 21), 1);
+        assert_eq!(finalize_threads(true, &[pixel; 4], 1, FINALIZE_SERIAL_MAX), 1);
+        // GPUs, and more entries than the bound
+        assert_eq!(finalize_threads(false, &[pixel; 4], 8, 21), FINALIZE_WG);
+        assert_eq!(finalize_threads(true, &[pixel; 4], 1, FINALIZE_SERIAL_MAX + 1), FINALIZE_WG);
+        // an op whose walks would take one thread past the loop budget: a class list searched per
+        // class of each image
+        let listed = Op { kind: op::LOVASZ, flags: op::F_SOFTMAX | op::F_PER_IMAGE, ncls: 100, ..Op::default() };
+        assert!(finalize_op_steps(&listed, 8, 100, 1) > FINALIZE_LOOP_BUDGET);
+        assert_eq!(finalize_threads(true, &[pixel, listed], 8, 100), FINALIZE_WG);
+        // and with one thread a dispatch's chunks hold what its walks allow
+        let lens = |ops: &[Op]| finalize_chunks(ops, 32, 32, 1).iter().map(|k| k.len()).collect::<Vec<_>>();
+        assert_eq!(lens(&[pixel; 3]), [3]);
+    }
+
+    #[test]
     fn softmax_statistics_steps_bound_the_classes_llvmpipe_takes() {
         // (the bounds tests/engine.rs evaluates at and past on lavapipe)
         assert!(softmax_stats_steps(949, false, true, false, 0, false) <= CPU_LOOP_LIMIT);
