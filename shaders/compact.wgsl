@@ -72,6 +72,24 @@ fn compact_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     }
 }
 
+// compact_scan for CPU adapters: a thread per segment walks its tiles, without barriers (the
+// same integers as compact_scan's).
+@compute @workgroup_size(8)
+fn compact_scan_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let seg = wid.x * 8u + lid;
+    if seg >= LP.segs {
+        return;
+    }
+    var carry = vec4<u32>(0u);
+    for (var t = 0u; t < LP.tiles; t++) {
+        let i = seg * LP.tiles + t;
+        let v = tilecnt[i];
+        tilecnt[i] = carry;
+        carry += v;
+    }
+    segsum[seg] = carry;
+}
+
 // Kept elements to the front of their segment, in their original order.
 @compute @workgroup_size(256)
 fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -152,7 +170,8 @@ fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(wor
     let base = span.y;
     let real = span.z;
     // (put_kept: kept.wgsl)
-    let spare = tile_spare(LP.segs * LP.len, span.x);
+    // (a line per tile of the whole table: tiles of different segments run at once too)
+    let spare = tile_spare(LP.segs * LP.len, seg * LP.tiles + span.x);
     var p = 0u;
     if SORT4 {
         for (; p + 4u <= real; p += 4u) {

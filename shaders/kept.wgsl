@@ -5,9 +5,10 @@
 // under a branch took the softmax compaction on llvmpipe from 16-17 to 26-31 ms). Returns the
 // next slot.
 //
-// `spare` for the tile of index `tile` of the Lovász-Softmax compaction (compact_scatter_tiles):
-// each tile its own cache line of a SPARE_LINES-line area past the segments, so the two cores'
-// threads do not take turns on one line (on llvmpipe the scatter of 4x21x256x256 took 10.9-14.9
+// `spare` for the tile of index `tile` of the Lovász-Softmax compaction (compact_scatter_tiles;
+// tiles counted over the whole table of segments): each tile its own cache line of a
+// SPARE_LINES-line area past the segments, so the two cores' threads do not take turns on one
+// line (on llvmpipe the scatter of 4x21x256x256 took 10.9-14.9
 // ms with the lines against 15.6-17.6 with the one element, then 9.9-12.5 against 14.5-17.6,
 // five rounds each with the builds alternating; the hinge's compaction, which drops into the one
 // element, measured slower with them).

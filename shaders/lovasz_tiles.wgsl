@@ -34,6 +34,28 @@ fn lovasz_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgr
     tilecnt[seg * LP.tiles + span.x] = cnt;
 }
 
+// lovasz_scan for CPU adapters: a thread per segment walks the tiles holding its sorted
+// elements, without barriers (the same integers as lovasz_scan's).
+@compute @workgroup_size(8)
+fn lovasz_scan_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let seg = wid.x * 8u + lid;
+    if seg >= LP.segs {
+        return;
+    }
+    let kept = segsum[seg].x;
+    let tiles = min((kept + TILE - 1u) / TILE, LP.tiles);
+    var carry = vec2<u32>(0u);
+    for (var t = 0u; t < tiles; t++) {
+        let i = seg * LP.tiles + t;
+        let v = tilecnt[i];
+        tilecnt[i] = carry;
+        carry += v;
+    }
+    // .y, .z hold the labels of the elements the compaction left out; .w keeps the kept count
+    let prior = segsum[seg];
+    segsum[seg] = vec4<u32>(0u, prior.y + carry.x, prior.z + carry.y, kept);
+}
+
 // The next sorted element (key k, payload v; kept, so both are real) after the counts `run`:
 // writes its weight and adds its share of the value to `acc`.
 fn weigh(k: u32, v: u32, run: ptr<function, vec2<u32>>, acc: ptr<function, f32>, gts: u32) {

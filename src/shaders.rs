@@ -329,6 +329,8 @@ macro_rules! lovasz_tiles {
 pub const LOVASZ_COUNT_TILES: Kernel = lovasz_tiles!("lovasz_count_tiles", "lovasz_count_tiles", "sortin1.wgsl");
 /// Lovász on CPU adapters: [`LOVASZ_WEIGHTS`] with a thread per tile.
 pub const LOVASZ_WEIGHTS_TILES: Kernel = lovasz_tiles!("lovasz_weights_tiles", "lovasz_weights_tiles", "sortin1.wgsl");
+/// Lovász on CPU adapters: [`LOVASZ_SCAN`] with a thread per segment.
+pub const LOVASZ_SCAN_TILES: Kernel = lovasz_tiles!("lovasz_scan_tiles", "lovasz_scan_tiles", "sortin1.wgsl");
 /// [`LOVASZ_COUNT_TILES`] reading four elements per load: segments of `4k` elements in slices
 /// on 16 bytes.
 pub const LOVASZ_COUNT_TILES4: Kernel = lovasz_tiles!("lovasz_count_tiles4", "lovasz_count_tiles", "sortin4.wgsl");
@@ -363,6 +365,8 @@ pub const COMPACT_SCAN: Kernel = compact!("compact_scan");
 pub const COMPACT_SCATTER: Kernel = compact!("compact_scatter");
 /// Lovász-Softmax compaction on CPU adapters: the counts, a thread per tile, with the drops.
 pub const COMPACT_COUNT_TILES: Kernel = compact!("compact_count_tiles");
+/// Lovász compaction on CPU adapters: [`COMPACT_SCAN`] with a thread per segment.
+pub const COMPACT_SCAN_TILES: Kernel = compact!("compact_scan_tiles");
 /// Lovász-Softmax compaction on CPU adapters: the scatter, a thread per tile, with the drops.
 pub const COMPACT_SCATTER_TILES: Kernel = compact!("compact_scatter_tiles");
 /// [`COMPACT_COUNT_TILES`] reading four elements per load (`sortin4.wgsl`): segments of `4k`
@@ -470,6 +474,7 @@ pub const KERNELS: &[Kernel] = &[
     LOVASZ_VALUE,
     LOVASZ_COUNT_TILES,
     LOVASZ_WEIGHTS_TILES,
+    LOVASZ_SCAN_TILES,
     LOVASZ_COUNT_TILES4,
     LOVASZ_WEIGHTS_TILES4,
     COMPACT_COUNT,
@@ -477,6 +482,7 @@ pub const KERNELS: &[Kernel] = &[
     COMPACT_SCATTER,
     COMPACT_COUNT_TILES,
     COMPACT_SCATTER_TILES,
+    COMPACT_SCAN_TILES,
     COMPACT_COUNT_TILES4,
     COMPACT_SCATTER_TILES4,
     HINGE_COUNT_TILES,

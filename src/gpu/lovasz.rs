@@ -180,7 +180,13 @@ impl Gpu {
             (&shaders::COMPACT_COUNT, &shaders::COMPACT_SCATTER, seg_grid, &binds)
         };
         rec.dispatch(count, Spec::default(), over, kb)?;
-        rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), Grid::Direct(segs as u32, 1, 1), &binds)?;
+        // (a CPU adapter: a thread per segment, without barriers)
+        let seg_threads = Grid::Direct(segs.div_ceil(SCATTER_TILES_WG) as u32, 1, 1);
+        if tiled {
+            rec.dispatch(&shaders::COMPACT_SCAN_TILES, Spec::default(), seg_threads, &binds)?;
+        } else {
+            rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), Grid::Direct(segs as u32, 1, 1), &binds)?;
+        }
         rec.dispatch(scatter, Spec::default(), over, kb)?;
         // the passes over the compacted segments cover only the longest one's tiles
         // (two: the sort's scatter on a CPU adapter takes its own, from byte 16)
@@ -238,7 +244,7 @@ impl Gpu {
             ];
             let over = Grid::Indirect(args.sub(16, 12));
             rec.dispatch(count, Spec::default(), over, &tile_binds)?;
-            rec.dispatch(&shaders::LOVASZ_SCAN, spec, per_seg, &binds)?;
+            rec.dispatch(&shaders::LOVASZ_SCAN_TILES, Spec::default(), seg_threads, &tile_binds)?;
             rec.dispatch(weights, Spec::default(), over, &tile_binds)?;
         } else {
             let over = Grid::Indirect(args.sub(0, 12));
