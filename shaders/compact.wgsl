@@ -72,11 +72,11 @@ fn compact_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     }
 }
 
-// compact_scan for CPU adapters: a thread per segment walks its tiles, without barriers (the
-// same integers as compact_scan's).
+// compact_scan for CPU adapters: a thread per segment (STW to a workgroup, tiles.wgsl) walks its
+// tiles, without barriers (the same integers as compact_scan's).
 @compute @workgroup_size(8)
 fn compact_scan_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let seg = wid.x * 8u + lid;
+    let seg = wid.x * STW + lid;
     if seg >= LP.segs {
         return;
     }

@@ -34,11 +34,11 @@ fn lovasz_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgr
     tilecnt[seg * LP.tiles + span.x] = cnt;
 }
 
-// lovasz_scan for CPU adapters: a thread per segment walks the tiles holding its sorted
-// elements, without barriers (the same integers as lovasz_scan's).
+// lovasz_scan for CPU adapters: a thread per segment (STW to a workgroup) walks the tiles
+// holding its sorted elements, without barriers (the same integers as lovasz_scan's).
 @compute @workgroup_size(8)
 fn lovasz_scan_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let seg = wid.x * 8u + lid;
+    let seg = wid.x * STW + lid;
     if seg >= LP.segs {
         return;
     }

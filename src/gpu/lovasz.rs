@@ -121,7 +121,6 @@ impl Gpu {
         let thr = if inp.softmax {
             let thr = rec.scratch((segs * 8) as u64, "lovasz thresholds")?;
             rec.clear(thr);
-            let binds = [("LP", lp), ("keys", keys), ("vals", vals), ("thr", thr)];
             if tiled {
                 let k = if quads { &shaders::LOVASZ_THRESHOLD_TILES4 } else { &shaders::LOVASZ_THRESHOLD_TILES };
                 rec.dispatch(
@@ -131,6 +130,7 @@ impl Gpu {
                     &[("LP", lp), ("keys_in", keys), ("vals_in", vals), ("thr", thr)],
                 )?;
             } else {
+                let binds = [("LP", lp), ("keys", keys), ("vals", vals), ("thr", thr)];
                 rec.dispatch(&shaders::LOVASZ_THRESHOLD, Spec::default(), seg_grid, &binds)?;
                 rec.dispatch(&shaders::LOVASZ_DROP, Spec::default(), seg_grid, &binds)?;
             }
