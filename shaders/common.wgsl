@@ -36,6 +36,10 @@ override FUSED: u32 = 0u;        // statistics: pixel terms (at most 4, after th
 override SPIX: u32 = 16u;        // statistics, not WIDE: pixels per thread (2 to 16)
 override TPMIN: bool = false;     // statistics: sum min(p, g) in channel 15 (at most 3 pixel slots)
 override GPIX: u32 = 4u;          // gradient: pixels (VEC4: quads) per thread, at most GPIX_MAX (grad.wgsl)
+override CREG: u32 = 0u;          // softmax on a CPU adapter: the class count C (at most CREG_MAX), whose
+                                  // loops then have a known trip count and keep a pixel's logits in
+                                  // registers (a load each, not one per walk); 0: walk them in memory
+const CREG_MAX: u32 = 32u;
 
 // Bad-input flags of `status[0]` (and the checks VALIDATE asks for); status[1 + bit] holds
 // 0xFFFFFFFF minus the smallest offending element index (atomicMax; 0 = none).

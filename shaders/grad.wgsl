@@ -139,10 +139,19 @@ fn put_entries(plane: u32, t0: u32, lid: u32, f: f32, v: array<f32, GPIX_MAX>) {
 
 // d loss / d p_c of the region and Lovász-Softmax terms for one element of a softmax pixel.
 fn softmax_dp(k: ClassCoefs, e: u32, p: f32, g: f32) -> f32 {
+    var w = 0.0;
+    if LOVASZ != 0u {
+        w = aux[e];
+    }
+    return softmax_dp_w(k, w, p, g);
+}
+
+// softmax_dp with the element's Lovász weight w (aux) given.
+fn softmax_dp_w(k: ClassCoefs, w: f32, p: f32, g: f32) -> f32 {
     var u = region_dp(k, p, g);
     if LOVASZ != 0u {
         // d |g - p| / d p = sign(p - g), 0 where the error is 0
-        u += k.lov * aux[e] * sign(p - g);
+        u += k.lov * w * sign(p - g);
     }
     return u;
 }
@@ -244,6 +253,34 @@ fn sigmoid_grad(k: ClassCoefs, tps: array<Term, 4>, cws: array<f32, 4>, c: u32, 
     return select(vec2<f32>(0.0), vec2<f32>(d, ev), live);
 }
 
+// Pixel term tp at class c of a softmax pixel of true class lab: (its d loss / d x, its
+// unreduced entry where it is a focal term). x the logit, p the probability, wl the term's
+// weight of the true class and cwc its weight of class c (cross-entropy, sigmoid focal), nlq
+// -log p of the true class (softmax focal).
+fn softmax_term(tp: Term, c: u32, x: f32, p: f32, lab: u32, wl: f32, cwc: f32, nlq: f32) -> vec2<f32> {
+    let g = select(0.0, 1.0, lab == c);
+    var r = vec2<f32>(0.0);
+    if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
+        var fv: vec2<f32>;
+        if PROBS {
+            fv = focal_prob(p, g, tp);
+        } else {
+            fv = focal_sigmoid(x, g, tp);
+        }
+        r = vec2<f32>(tp.scale * cwc * fv.y, cwc * fv.x);
+    }
+    if has(CE) && tp.kind == CE {
+        let ls = tp.label_smoothing;
+        r.x = tp.scale * ((1.0 - ls) * wl * (p - g) + ls / f32(P.c) * (tp.weight_sum * p - cwc));
+    }
+    if has(FOCAL_SOFTMAX) && tp.kind == FOCAL_SOFTMAX {
+        // the pixel's term is its true class's, with that class's weight
+        let fv = focal_softmax(nlq, tp, lab);
+        r = vec2<f32>(tp.scale * wl * fv.y * (g - p), select(0.0, wl * fv.x, lab == c));
+    }
+    return r;
+}
+
 @compute @workgroup_size(256)
 fn gradient(
     @builtin(local_invocation_index) lid: u32,
@@ -275,7 +312,9 @@ fn gradient(
     if UNREDUCED {
         uf = terms[0].scale;
     }
-    if SOFTMAX {
+    if SOFTMAX && CREG > 0u {
+        softmax_regs(n, ni, t0, lid);
+    } else if SOFTMAX {
         // per pixel: label (INVALID when ignored or outside), log-sum-exp, -log p_label, and
         // sum_c p_c dL/dp_c
         var lab: array<u32, GPIX_MAX>;
@@ -356,16 +395,15 @@ fn gradient(
                 } else {
                     tp = term(t);
                 }
+                // the term's weight of class c (cross-entropy, sigmoid focal)
                 var cwc = 0.0;
-                if has(CE) && tp.kind == CE {
+                if (has(CE) && tp.kind == CE) || (has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID) {
                     cwc = cw[t * P.c + c];
                 }
                 for (var i = 0u; i < GPIX; i++) {
                     if lab[i] == INVALID {
                         continue;
                     }
-                    let g = select(0.0, 1.0, lab[i] == c);
-                    let p = ps[i];
                     // the term's weight of the true class
                     var wl: f32;
                     if t == 0u {
@@ -373,26 +411,10 @@ fn gradient(
                     } else {
                         wl = cw[t * P.c + lab[i]];
                     }
-                    if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
-                        // the class weight of the term of channel c
-                        var fv: vec2<f32>;
-                        if PROBS {
-                            fv = focal_prob(p, g, tp);
-                        } else {
-                            fv = focal_sigmoid(xs[i], g, tp);
-                        }
-                        d[i] += tp.scale * cw[t * P.c + c] * fv.y;
-                        ev[i] = cw[t * P.c + c] * fv.x;
-                    }
-                    if has(CE) && tp.kind == CE {
-                        let ls = tp.label_smoothing;
-                        d[i] += tp.scale * ((1.0 - ls) * wl * (p - g) + ls / cf * (tp.weight_sum * p - cwc));
-                    }
-                    if has(FOCAL_SOFTMAX) && tp.kind == FOCAL_SOFTMAX {
-                        // the pixel's term is its true class's, with that class's weight
-                        let fv = focal_softmax(nlq[i], tp, lab[i]);
-                        d[i] += tp.scale * wl * fv.y * (g - p);
-                        ev[i] = select(0.0, wl * fv.x, lab[i] == c);
+                    let r = softmax_term(tp, c, xs[i], ps[i], lab[i], wl, cwc, nlq[i]);
+                    d[i] += r.x;
+                    if (has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID) || (has(FOCAL_SOFTMAX) && tp.kind == FOCAL_SOFTMAX) {
+                        ev[i] = r.y;
                     }
                 }
             }

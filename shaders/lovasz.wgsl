@@ -52,6 +52,23 @@ fn key_of(err: f32) -> u32 {
     return NONE;
 }
 
+// The key and payload of class c's element of softmax pixel s of image n (true class lab, logit x
+// or probability p, log-sum-exp lse), at its place in the segments.
+fn put_key(n: u32, s: u32, c: u32, x: f32, lab: u32, lse: f32) {
+    let e = (n * P.c + c) * P.s + s;
+    var pos = e;
+    if LP.per_image == 0u {
+        pos = c * (P.n * P.s) + n * P.s + s;
+    }
+    var p = x;
+    if !PROBS {
+        p = softmax_p(x, lse);
+    }
+    let fg = lab == c;
+    keys[pos] = key_of(abs(select(0.0, 1.0, fg) - p));
+    vals[pos] = e | select(0u, 0x80000000u, fg);
+}
+
 // Keys and payloads, one thread per pixel (image y, pixel from x and z).
 @compute @workgroup_size(256)
 fn lovasz_keys(
@@ -67,6 +84,14 @@ fn lovasz_keys(
     if SOFTMAX {
         let lab = tword(n * P.s + s);
         var lse = 0.0;
+        if CREG > 0u && !PROBS && lab != INVALID {
+            // the pixel's logits in registers, each loaded once (lse.wgsl)
+            var x = load_regs(n, s);
+            lse = lse_regs(&x);
+            lw[P.n * P.c * P.s + n * P.s + s] = lse;
+            keys_regs(n, s, &x, lab, lse);
+            return;
+        }
         if lab != INVALID && !PROBS {
             lse = log_sum_exp(n, s);
             // for the gradient pass, after the weights of the N C S elements
@@ -82,13 +107,7 @@ fn lovasz_keys(
                 keys[pos] = NONE;
                 vals[pos] = NONE;
             } else {
-                var p = logits[e];
-                if !PROBS {
-                    p = softmax_p(p, lse);
-                }
-                let fg = lab == c;
-                keys[pos] = key_of(abs(select(0.0, 1.0, fg) - p));
-                vals[pos] = e | select(0u, 0x80000000u, fg);
+                put_key(n, s, c, logits[e], lab, lse);
             }
         }
     } else {

@@ -72,29 +72,39 @@ fn fused_terms() -> array<Term, 4> {
 // elements of pixel s of image n (true class lab, log-sum-exp lse), written to elem_out: the
 // gradient pass's arithmetic, term by term, so the same bits.
 fn ce_fused_pixel(n: u32, s: u32, lab: u32, lse: f32, tf: array<Term, 4>) {
-    let cf = f32(P.c);
-    // each term's weight of the true class, loaded once
+    let wls = true_class_weights(lab);
+    for (var c = 0u; c < P.c; c++) {
+        let e = (n * P.c + c) * P.s + s;
+        eout_set(e, ce_fused_elem(c, lg(e), lab, lse, tf, wls));
+    }
+}
+
+// Each fused term's weight of the true class lab, loaded once per pixel.
+fn true_class_weights(lab: u32) -> array<f32, 4> {
     var wls: array<f32, 4>;
     for (var t = 0u; t < min(FUSED, 4u); t++) {
         wls[t] = cw[(NTERMS + t) * P.c + lab];
     }
-    for (var c = 0u; c < P.c; c++) {
-        let e = (n * P.c + c) * P.s + s;
-        let p = softmax_p(lg(e), lse);
-        let g = select(0.0, 1.0, lab == c);
-        var d = 0.0;
-        for (var t = 0u; t < min(FUSED, 4u); t++) {
-            let tp = tf[t];
-            let ls = tp.label_smoothing;
-            // (without smoothing the class's weight adds ls / cf * (...) = 0 either way)
-            var cwc = 0.0;
-            if ls != 0.0 {
-                cwc = cw[(NTERMS + t) * P.c + c];
-            }
-            d += tp.scale * ((1.0 - ls) * wls[t] * (p - g) + ls / cf * (tp.weight_sum * p - cwc));
+    return wls;
+}
+
+// d loss / d x of the fused terms tf at class c (logit x) of a pixel of true class lab.
+fn ce_fused_elem(c: u32, x: f32, lab: u32, lse: f32, tf: array<Term, 4>, wls: array<f32, 4>) -> f32 {
+    let cf = f32(P.c);
+    let p = softmax_p(x, lse);
+    let g = select(0.0, 1.0, lab == c);
+    var d = 0.0;
+    for (var t = 0u; t < min(FUSED, 4u); t++) {
+        let tp = tf[t];
+        let ls = tp.label_smoothing;
+        // (without smoothing the class's weight adds ls / cf * (...) = 0 either way)
+        var cwc = 0.0;
+        if ls != 0.0 {
+            cwc = cw[(NTERMS + t) * P.c + c];
         }
-        eout_set(e, d);
+        d += tp.scale * ((1.0 - ls) * wls[t] * (p - g) + ls / cf * (tp.weight_sum * p - cwc));
     }
+    return d;
 }
 
 // A pixel's share of cross-entropy slot t (PIXEL_ONLY), summed over its classes: the two
@@ -429,11 +439,15 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
     // the cross-entropy slots' two channels of this thread's pixels (added to class 0)
     var pa2 = vec4<f32>(0.0);
     var pa3 = vec4<f32>(0.0);
+    // CREG, logits: each class's sums, added pixel by pixel from the logits in registers
+    let regs = CREG > 0u && !PROBS;
+    var accs: array<Acc, CREG_MAX>;
     if SOFTMAX {
         // FUSED: the fused cross-entropy terms
         let tfs = fused_terms();
         for (var i = 0u; i < pix; i++) {
             let s = base + tile_item(i, lid, WG, pix);
+            var xr: array<f32, CREG_MAX>;
             lab[i] = INVALID;
             lse[i] = 0.0;
             if s < P.s {
@@ -464,7 +478,16 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                     }
                 }
                 if lab[i] != INVALID {
-                    if !PROBS {
+                    if !PROBS && CREG > 0u {
+                        xr = load_regs(n, s);
+                        lse[i] = lse_regs(&xr);
+                        if LSE {
+                            eout_set(n * P.s + s, lse[i]);
+                        }
+                        if FUSED > 0u {
+                            ce_regs(n, s, lab[i], lse[i], tfs, &xr);
+                        }
+                    } else if !PROBS {
                         lse[i] = log_sum_exp(n, s);
                         if LSE {
                             eout_set(n * P.s + s, lse[i]);
@@ -501,6 +524,9 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                             pa3 += vec4<f32>(0.0, 0.0, ce_pixel(3u, tp3, lab[i], lse[i], nll, n, s));
                         }
                     }
+                    if regs && !PIXEL_ONLY {
+                        add_regs(&accs, &xr, n, s, lab[i], lse[i], tp0, tp1, tp2, tp3);
+                    }
                 }
             }
         }
@@ -518,6 +544,10 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
             rows = tile_items(lid, WG, pix / 4u, (P.s - base + 3u) / 4u);
         }
         write_partials(lid, n, tile, c, sigmoid_sums(n, c, tile, base, pix, rows, lid, tp0, tp1, tp2, tp3), nq, sg);
+        return;
+    }
+    if regs && !PIXEL_ONLY {
+        write_regs(lid, n, tile, &accs, pa2, pa3, nq, sg);
         return;
     }
     for (var c = 0u; c < P.c; c++) {

@@ -142,6 +142,23 @@ impl Engine {
         }
     }
 
+    /// Where a CPU adapter's softmax statistics and gradient passes keep each pixel's classes in
+    /// registers (at most 32 classes): `None` on inputs of at least 2^20 elements (the default;
+    /// smaller ones would pay more for building the longer kernels than their walks save),
+    /// `Some(true)` on every input (tests of the register walks on small shapes), `Some(false)`
+    /// never (benchmarks of the walks in memory). A no-op elsewhere.
+    pub fn set_class_registers(&self, on: Option<bool>) {
+        use crate::gpu::ClassRegisters as R;
+        if let Some(gpu) = self.gpu_ref() {
+            let mode = match on {
+                None => R::Large,
+                Some(true) => R::Always,
+                Some(false) => R::Never,
+            };
+            gpu.class_registers.store(mode as u8, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The subgroup size of the kernel with subgroup operations that the softmax statistics of a
     /// CPU adapter's wide tiles take ([`Engine::set_subgroups`]), None where there is none.
     pub fn statistics_subgroup(&self) -> Option<u32> {

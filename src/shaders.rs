@@ -69,6 +69,14 @@ impl Kernel {
         self.source.contains("@builtin(subgroup_invocation_id)")
     }
 
+    /// Whether the engine builds the kernel's pipelines on first use rather than when it opens
+    /// a device: the register kernels ([`STATS_REGS`], [`STATS_SG_REGS`], [`GRAD_REGS`],
+    /// [`LOVASZ_KEYS_REGS`]), which take long to build and only large softmax inputs on CPU
+    /// adapters use.
+    pub fn built_on_first_use(&self) -> bool {
+        self.name.ends_with("_regs")
+    }
+
     /// The binding number of the variable `name`.
     pub fn binding(&self, name: &str) -> Option<u32> {
         self.bindings.iter().position(|b| b.name == name).map(|i| i as u32)
@@ -95,7 +103,21 @@ macro_rules! wgsl {
 /// output's), and its entry point (`stats_entry.wgsl`, or `stats_entry_sg.wgsl` with subgroups).
 macro_rules! stats_source {
     ($io:literal, $out:literal, $entry:literal) => {
-        wgsl!("common.wgsl", $io, $out, "lse.wgsl", "argmax.wgsl", "target.wgsl", "stats.wgsl", $entry)
+        stats_source!($io, $out, $entry, "noregs.wgsl", "stats_noregs.wgsl")
+    };
+    ($io:literal, $out:literal, $entry:literal, $regs:literal, $stats_regs:literal) => {
+        wgsl!(
+            "common.wgsl",
+            $io,
+            $out,
+            "lse.wgsl",
+            $regs,
+            "argmax.wgsl",
+            "target.wgsl",
+            "stats.wgsl",
+            $stats_regs,
+            $entry
+        )
     };
 }
 
@@ -127,6 +149,21 @@ pub const STATS4: Kernel =
 /// devices ([`Kernel::uses_subgroups`]).
 pub const STATS_SG: Kernel =
     Kernel { name: "stats_sg", source: stats_source!("io1.wgsl", "out1.wgsl", "stats_entry_sg.wgsl"), ..STATS };
+/// [`STATS`] for a CPU adapter's softmax with each pixel's classes in registers (the override
+/// `CREG`: `regs.wgsl`, `stats_regs.wgsl`). The written-out steps over the classes make it slow
+/// to build (about a second on lavapipe), so it is built on first use
+/// ([`Kernel::built_on_first_use`]), and the other kernels take stand-ins for those functions.
+pub const STATS_REGS: Kernel = Kernel {
+    name: "stats_regs",
+    source: stats_source!("io1.wgsl", "out1.wgsl", "stats_entry.wgsl", "regs.wgsl", "stats_regs.wgsl"),
+    ..STATS
+};
+/// [`STATS_SG`] with each pixel's classes in registers (as [`STATS_REGS`]).
+pub const STATS_SG_REGS: Kernel = Kernel {
+    name: "stats_sg_regs",
+    source: stats_source!("io1.wgsl", "out1.wgsl", "stats_entry_sg.wgsl", "regs.wgsl", "stats_regs.wgsl"),
+    ..STATS
+};
 /// Final reduction of the confusion counts (64-bit totals).
 pub const COUNT_REDUCE: Kernel = Kernel {
     name: "count_reduce",
@@ -164,7 +201,16 @@ pub const FINALIZE_SERIAL: Kernel = Kernel {
 pub const GRAD: Kernel = Kernel {
     name: "gradient",
     entry: "gradient",
-    source: wgsl!("common.wgsl", "io1.wgsl", "out1.wgsl", "lse.wgsl", "target.wgsl", "grad.wgsl"),
+    source: wgsl!(
+        "common.wgsl",
+        "io1.wgsl",
+        "out1.wgsl",
+        "lse.wgsl",
+        "noregs.wgsl",
+        "target.wgsl",
+        "grad.wgsl",
+        "grad_noregs.wgsl"
+    ),
     bindings: &[
         r("logits"),
         r("tgt"),
@@ -184,7 +230,32 @@ pub const GRAD: Kernel = Kernel {
 /// a thread takes GPIX quads.
 pub const GRAD4: Kernel = Kernel {
     name: "gradient4",
-    source: wgsl!("common.wgsl", "io4.wgsl", "out4.wgsl", "lse.wgsl", "target.wgsl", "grad.wgsl"),
+    source: wgsl!(
+        "common.wgsl",
+        "io4.wgsl",
+        "out4.wgsl",
+        "lse.wgsl",
+        "noregs.wgsl",
+        "target.wgsl",
+        "grad.wgsl",
+        "grad_noregs.wgsl"
+    ),
+    ..GRAD
+};
+/// [`GRAD`] for a CPU adapter's softmax with each pixel's classes in registers (as [`STATS_REGS`]:
+/// `regs.wgsl`, `grad_regs.wgsl`).
+pub const GRAD_REGS: Kernel = Kernel {
+    name: "gradient_regs",
+    source: wgsl!(
+        "common.wgsl",
+        "io1.wgsl",
+        "out1.wgsl",
+        "lse.wgsl",
+        "regs.wgsl",
+        "target.wgsl",
+        "grad.wgsl",
+        "grad_regs.wgsl"
+    ),
     ..GRAD
 };
 /// Copy probe: the memory-traffic floor benchmarks compare against.
@@ -255,13 +326,18 @@ const LOVASZ_BINDINGS: &[Binding] =
 
 macro_rules! lovasz {
     ($name:literal) => {
+        lovasz!($name, $name, "noregs.wgsl", "lovasz_noregs.wgsl")
+    };
+    ($name:literal, $entry:literal, $regs:literal, $lovasz_regs:literal) => {
         Kernel {
             name: $name,
-            entry: $name,
+            entry: $entry,
             source: wgsl!(
                 "common.wgsl",
                 "io1.wgsl",
                 "lse.wgsl",
+                $regs,
+                $lovasz_regs,
                 "target.wgsl",
                 "hingekey.wgsl",
                 "scan.wgsl",
@@ -301,6 +377,9 @@ pub const EDT_LINE: Kernel = surface!("edt_line");
 
 /// Lovász: sort keys and payloads.
 pub const LOVASZ_KEYS: Kernel = lovasz!("lovasz_keys");
+/// [`LOVASZ_KEYS`] for a CPU adapter's softmax with each pixel's classes in registers (as
+/// [`STATS_REGS`]: `regs.wgsl`, `lovasz_regs.wgsl`).
+pub const LOVASZ_KEYS_REGS: Kernel = lovasz!("lovasz_keys_regs", "lovasz_keys", "regs.wgsl", "lovasz_regs.wgsl");
 /// Lovász: foreground/background counts per sorted tile.
 pub const LOVASZ_COUNT: Kernel = lovasz!("lovasz_count");
 /// Lovász: scan of the tile counts per segment.
@@ -447,6 +526,8 @@ pub const KERNELS: &[Kernel] = &[
     STATS,
     STATS4,
     STATS_SG,
+    STATS_REGS,
+    STATS_SG_REGS,
     COUNT_REDUCE,
     SURF_LABELS,
     SURF_EDGES,
@@ -456,6 +537,7 @@ pub const KERNELS: &[Kernel] = &[
     FINALIZE_SERIAL,
     GRAD,
     GRAD4,
+    GRAD_REGS,
     COPY,
     COPY4,
     RADIX_COUNT,
@@ -468,6 +550,7 @@ pub const KERNELS: &[Kernel] = &[
     RADIX_SCAN_TILES,
     BITONIC_SORT,
     LOVASZ_KEYS,
+    LOVASZ_KEYS_REGS,
     LOVASZ_COUNT,
     LOVASZ_SCAN,
     LOVASZ_WEIGHTS,
@@ -529,6 +612,7 @@ pub const SHARED_CONSTANTS: &[(&str, u64)] = &[
     ("WG", crate::gpu::STATS_WG as u64),
     ("PIX", crate::gpu::STATS_PIX as u64),
     ("PIX_SIGMOID_CPU", crate::gpu::STATS_PIX_SIGMOID_CPU as u64),
+    ("CREG_MAX", crate::gpu::CREG_MAX as u64),
     ("GWG", crate::gpu::GRAD_WG as u64),
     ("GPIX_MAX", crate::gpu::GRAD_PIX_MAX as u64),
     ("FWG", crate::gpu::FINALIZE_WG as u64),

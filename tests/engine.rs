@@ -676,6 +676,52 @@ fn both_statistics_tile_widths_agree_with_the_reference() {
     }
 }
 
+/// A CPU adapter's softmax statistics and gradient passes with each pixel's classes in registers
+/// (the `@unroll` walks, up to 32 classes) give the bits of the walks in memory, values and
+/// gradients, and agree with the reference: 3, 21 and 32 classes (and 33, past the registers),
+/// ignored pixels, fused and weighted cross-entropy, label smoothing, region losses, softmax and
+/// sigmoid focal, Lovász-Softmax (its keys and gradient), several terms in one expression. A separate engine, so that no other test sees
+/// the switch.
+#[test]
+fn class_registers_give_the_bits_of_the_walks_in_memory() {
+    let engine = Engine::gpu_blocking().unwrap();
+    let texts = [
+        "ce",
+        "ce:label_smoothing=0.1",
+        "0.8*ce+0.2*dice",
+        "dice",
+        "dice@monai",
+        "focal:act=softmax",
+        "jaccard@keras",
+        "tversky:alpha=0.3,beta=0.7",
+        "gdice@monai",
+        "sensspec",
+        "ce+dice+focal:act=softmax+ce:label_smoothing=0.2",
+        "focal:act=sigmoid+dice",
+        "lovasz",
+        "lovasz:per_image=true",
+        "0.8*ce+0.2*lovasz+dice",
+    ];
+    for (k, shape) in
+        [&[2usize, 3, 40, 50][..], &[1, 21, 33, 47], &[2, 32, 20, 30], &[1, 33, 20, 20]].iter().enumerate()
+    {
+        let case = label_case(300 + k as u64, shape, 255);
+        let mut t = texts.to_vec();
+        if shape[1] == 3 {
+            t.push("ce:weights=1;2;0.5,label_smoothing=0.1+dice");
+        }
+        let exprs = parse(&t);
+        engine.set_class_registers(Some(false));
+        let memory = engine.evaluate_blocking(&case.whole(), &exprs, true).unwrap();
+        engine.set_class_registers(Some(true));
+        let registers = engine.evaluate_blocking(&case.whole(), &exprs, true).unwrap();
+        assert_same(&registers, &memory, &format!("{shape:?}"));
+        // (Lovász-Softmax: its gradient at tied errors is compared elsewhere)
+        let plain: Vec<LossExpr> = exprs.into_iter().filter(|e| !e.has_lovasz()).collect();
+        assert_matches_reference(&engine, &case, &plain, &format!("registers {shape:?}"));
+    }
+}
+
 /// On a CPU adapter the sigmoid statistics and gradient passes read and write images of `4k`
 /// pixels four elements at a time (the `stats4` and `gradient4` kernels) and other images one at
 /// a time: both agree with the reference, with ignored elements, several channels and images, a

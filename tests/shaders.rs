@@ -88,6 +88,17 @@ fn specializations(k: &Kernel) -> Vec<naga::back::PipelineConstants> {
         c.insert("COUNTS".to_string(), 1.0);
         out.push(c);
     }
+    // a CPU adapter's softmax with the classes in registers (CREG: 21 classes, and the most), with
+    // checks, confusion counts, fused cross-entropy and every pixel term
+    for (creg, kinds, nterms, validate) in [(21, 3, 2, 15), (shared("CREG_MAX"), 15, 4, 0), (3, 12, 3, 15)] {
+        let mut c = constants(true, kinds, nterms, true, 0, validate, true, false, true);
+        c.insert("CREG".to_string(), creg as f64);
+        c.insert("COUNTS".to_string(), 1.0);
+        c.insert("FUSED".to_string(), 1.0);
+        c.insert("LSE".to_string(), f64::from(u8::from(validate == 0)));
+        c.insert("GPIX".to_string(), 8.0);
+        out.push(c);
+    }
     // cross-entropy alone in a softmax statistics pass (every slot ce, with and without checks)
     for (nterms, validate) in [(1, 0), (4, 15)] {
         let mut c = constants(true, 1 << 2, nterms, false, 0, validate, false, false, false);
@@ -131,7 +142,7 @@ fn module(k: &Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
 fn kernels_validate_without_optional_capabilities() {
     // (but subgroup operations in the kernels that take them, and only there)
     let sg: Vec<&str> = KERNELS.iter().filter(|k| k.uses_subgroups()).map(|k| k.name).collect();
-    assert_eq!(sg, ["stats_sg"]);
+    assert_eq!(sg, ["stats_sg", "stats_sg_regs"]);
     for k in KERNELS {
         let (m, _) = module(k);
         assert!(
@@ -443,4 +454,70 @@ fn the_checks_catch_mismatches() {
     assert!(e.iter().any(|e| e.contains("KK: no kernel declares a constant of that name")), "{e:?}");
     let e = constant_errors(&[with_source(&STATS, "const PIX: u32 = 16u;", "const PIX: u32 = 8u;")], &[("PIX", 16)]);
     assert!(e.iter().any(|e| e.contains("stats: const PIX = 8 in the WGSL, 16 in Rust")), "{e:?}");
+}
+
+/// Expands the `// @unroll TEMPLATE` blocks of a shader source: each such line is followed by
+/// TEMPLATE once per class register k in 0..CREG_MAX (`#k` replaced by k), then `// @end`. WGSL
+/// has no macros, and lavapipe does not unroll loops: these blocks are how the kernels index a
+/// pixel's logits by constants only, which keeps them in registers.
+fn expand_unrolls(src: &str, n: u64) -> Result<String, String> {
+    let mut out = Vec::new();
+    let mut lines = src.split('\n').enumerate();
+    while let Some((i, line)) = lines.next() {
+        out.push(line.to_string());
+        let Some((indent, template)) = line.split_once("// @unroll ") else { continue };
+        if !indent.trim().is_empty() {
+            continue;
+        }
+        loop {
+            match lines.next() {
+                Some((_, l)) if l.trim() == "// @end" => {
+                    out.extend((0..n).map(|k| format!("{indent}{}", template.replace("#k", &k.to_string()))));
+                    out.push(l.to_string());
+                    break;
+                }
+                Some(_) => {}
+                None => return Err(format!("line {}: @unroll without // @end", i + 1)),
+            }
+        }
+    }
+    Ok(out.join("\n"))
+}
+
+/// Every `@unroll` block of `shaders/` holds its expansion. `SEGLOSS_WRITE_UNROLL=1 cargo test
+/// --test shaders unrolled` rewrites the blocks after a template changed.
+#[test]
+fn unrolled_blocks_match_their_templates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let write = std::env::var_os("SEGLOSS_WRITE_UNROLL").is_some();
+    let mut stale = Vec::new();
+    let mut blocks = 0;
+    for entry in std::fs::read_dir(&dir).expect("shaders/") {
+        let path = entry.expect("shaders/ entry").path();
+        if path.extension().is_none_or(|e| e != "wgsl") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&path).expect("read shader");
+        blocks += src.matches("// @unroll ").count();
+        let expanded = expand_unrolls(&src, shared("CREG_MAX")).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if expanded != src {
+            if write {
+                std::fs::write(&path, expanded).expect("write shader");
+            } else {
+                stale.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(blocks > 0, "no @unroll blocks found in {}", dir.display());
+    assert!(stale.is_empty(), "@unroll blocks out of date (rerun with SEGLOSS_WRITE_UNROLL=1): {stale:?}");
+}
+
+#[test]
+fn unroll_expansion_repeats_the_template_per_class() {
+    let src = "a\n    // @unroll x[#k] = f(#ku);\n    old\n    // @end\nb";
+    assert_eq!(
+        expand_unrolls(src, 3).unwrap(),
+        "a\n    // @unroll x[#k] = f(#ku);\n    x[0] = f(0u);\n    x[1] = f(1u);\n    x[2] = f(2u);\n    // @end\nb"
+    );
+    assert!(expand_unrolls("// @unroll x\n", 2).is_err());
 }

@@ -203,6 +203,10 @@ struct BenchArgs {
     /// portable kernel (a workgroup reduction with barriers) instead of the one with subgroups.
     #[arg(long)]
     without_subgroups: bool,
+    /// On a CPU adapter: the softmax kernels walk each pixel's classes in memory instead of keeping
+    /// them in registers (at most 32 classes, inputs of at least 2^20 elements).
+    #[arg(long)]
+    without_class_registers: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -968,6 +972,9 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
     }
     let engine = engine()?;
     engine.set_subgroups(!a.without_subgroups);
+    if a.without_class_registers {
+        engine.set_class_registers(Some(false));
+    }
     if !a.metrics.is_empty() {
         let (shape, mode, texts) = setup(&["ce"])?;
         return bench_metrics(&engine, &a, &shape, mode, iters, &texts);

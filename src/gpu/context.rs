@@ -289,6 +289,9 @@ pub(crate) struct Gpu {
     /// Whether the statistics take [`Gpu::subgroup`]'s kernel where there is one (the `internals`
     /// feature can turn it off, for tests of the portable kernel on lavapipe).
     pub use_subgroups: AtomicBool,
+    /// Where a CPU adapter's softmax kernels keep each pixel's classes in registers
+    /// ([`crate::gpu::CREG_MAX`]): [`crate::gpu::ClassRegisters`] as a byte.
+    pub class_registers: std::sync::atomic::AtomicU8,
     /// llvmpipe, which ends a shader's loops after [`crate::gpu::CPU_LOOP_LIMIT`] iterations in
     /// all: inputs whose kernels the engine's bounds say would loop longer are refused.
     pub loop_limited: bool,
@@ -359,6 +362,7 @@ impl Gpu {
             wide_stats: AtomicBool::new(cpu),
             subgroup,
             use_subgroups: AtomicBool::new(true),
+            class_registers: std::sync::atomic::AtomicU8::new(crate::gpu::ClassRegisters::Large as u8),
             // (Mesa's software rasterizer, through Vulkan (lavapipe) or OpenGL; other CPU adapters,
             // SwiftShader or WARP, have no such limit)
             loop_limited: cpu && info.name.contains("llvmpipe"),
@@ -368,7 +372,7 @@ impl Gpu {
             plan_binding: max_binding_bytes.map_or(u64::MAX, |m| m.max(4)),
         };
         for softmax in [false, true] {
-            for k in KERNELS.iter().filter(|k| subgroups || !k.uses_subgroups()) {
+            for k in KERNELS.iter().filter(|k| (subgroups || !k.uses_subgroups()) && !k.built_on_first_use()) {
                 gpu.pipeline(k, Spec::softmax(softmax));
             }
         }

@@ -9,8 +9,8 @@ use crate::gpu::context::Gpu;
 use crate::gpu::lovasz::{grid, LovaszInput};
 use crate::gpu::record::{Grid, Recording, Slice};
 use crate::gpu::{
-    align, finalize_chunks, finalize_op_steps, finalize_threads, grad_pix, plane_rows, softmax_stats_steps,
-    stats_tiling, Params, Spec, CPU_LOOP_LIMIT,
+    align, finalize_chunks, finalize_op_steps, finalize_threads, grad_creg, grad_pix, plane_rows, softmax_stats_steps,
+    stats_creg, stats_tiling, Params, Spec, CPU_LOOP_LIMIT,
 };
 use crate::plan::{self, BlockLayout, Op, StatsPlan, TermParams, K};
 use crate::shaders;
@@ -185,6 +185,13 @@ impl Gpu {
         (p, wide, pix as u32)
     }
 
+    /// The class count the softmax kernels of `inp` keep in registers, 0 for none (see
+    /// [`crate::gpu::CREG_MAX`]).
+    fn creg(&self, wide: bool, inp: &DevInput) -> u32 {
+        let mode = self.class_registers.load(std::sync::atomic::Ordering::Relaxed);
+        stats_creg(mode, wide, inp.softmax, inp.c, inp.n * inp.c * inp.s)
+    }
+
     /// The statistics partials' slots per tile: one per subgroup where the wide tiles take
     /// [`shaders::STATS_SG`], else 0 (one per tile). Softmax only: its class loop writes partials
     /// per class, the sigmoid tiles once (a barrier there cost little, and the sigmoid tiles read
@@ -307,6 +314,7 @@ impl Gpu {
                 tp_min: p == 0 && plan.tp_min,
                 lse: p == 0 && lse.is_some(),
                 fused: fused.map_or(0, |f| f.terms.len() as u32),
+                creg: self.creg(wide, inp),
                 ..Spec::default()
             };
             if let Some(f) = fused {
@@ -329,7 +337,11 @@ impl Gpu {
                 }
             }
             let (tb, cb) = (rec.data(&terms), rec.data(&cw));
-            let kernel = if base.chunks > 0 {
+            let kernel = if spec.creg > 0 && base.chunks > 0 {
+                &shaders::STATS_SG_REGS
+            } else if spec.creg > 0 {
+                &shaders::STATS_REGS
+            } else if base.chunks > 0 {
                 &shaders::STATS_SG
             } else if self.quads(inp, wide, pix_out) {
                 &shaders::STATS4
@@ -936,6 +948,7 @@ impl Gpu {
                         // a CPU adapter's layout of each thread's pixels (common.wgsl, tile_item)
                         wide,
                         gpix: gpix as u32,
+                        creg: grad_creg(self.creg(wide, inp), part.inp.probs, first && unr, &terms),
                         ..Spec::default()
                     };
                     let aux = match (lp, part.lse) {
@@ -952,7 +965,7 @@ impl Gpu {
                             ..base
                         });
                         rec.dispatch(
-                            kernel,
+                            if spec.creg > 0 { &shaders::GRAD_REGS } else { kernel },
                             spec,
                             Grid::Direct(gx, count, gz),
                             &[

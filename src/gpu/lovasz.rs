@@ -71,10 +71,13 @@ impl Gpu {
         rec.clear(segsum);
         let keys = rec.scratch(total, "lovasz keys")?;
         let vals = rec.scratch(total, "lovasz payloads")?;
-        let spec = Spec { probs: inp.probs, ..Spec::softmax(inp.softmax) };
         // a CPU adapter's tiles, a thread each; the hinge's keys then go straight into the
         // compacted segments (hinge.wgsl, step 3)
         let tiled = self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed);
+        // (the softmax keys of a CPU adapter: each pixel's logits in registers, see CREG_MAX)
+        let mode = self.class_registers.load(std::sync::atomic::Ordering::Relaxed);
+        let creg = crate::gpu::stats_creg(mode, tiled, inp.softmax, c, n * c * s);
+        let spec = Spec { probs: inp.probs, creg, ..Spec::softmax(inp.softmax) };
         let direct_hinge = tiled && !inp.softmax;
         // the loss kernels' parameters (the key pass's per row, below)
         let pb = rec.uniform(&inp.params);
@@ -86,7 +89,7 @@ impl Gpu {
         for &(plane0, count) in if direct_hinge { &[][..] } else { inp.rows } {
             let pr = rec.uniform(&Params { plane0, ..inp.params });
             rec.dispatch(
-                &shaders::LOVASZ_KEYS,
+                if creg > 0 { &shaders::LOVASZ_KEYS_REGS } else { &shaders::LOVASZ_KEYS },
                 spec,
                 Grid::Direct(gx, count, gz),
                 &[

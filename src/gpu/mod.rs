@@ -101,6 +101,48 @@ pub(crate) fn grad_pix(wide: bool, softmax: bool, lovasz: bool, c: usize, nterms
     }
 }
 
+/// Where a CPU adapter's softmax kernels keep each pixel's classes in registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum ClassRegisters {
+    Never = 0,
+    /// On inputs of at least [`CREG_MIN_ELEMENTS`].
+    Large = 1,
+    Always = 2,
+}
+
+/// The elements from which a CPU adapter's softmax keeps the classes in registers by default.
+/// The register walks' kernels are longer: lavapipe builds each (one per class count, and again
+/// for each new set of uniform values) in about a second, a third more than the walks in
+/// memory, which small inputs would not earn back.
+pub(crate) const CREG_MIN_ELEMENTS: usize = 1 << 20;
+
+/// The statistics pass's `CREG` (see [`CREG_MAX`]): the class count on a CPU adapter's softmax
+/// (`wide`) of `elements` logits, where `mode` (a [`ClassRegisters`] byte) asks for registers.
+pub(crate) fn stats_creg(mode: u8, wide: bool, softmax: bool, c: usize, elements: usize) -> u32 {
+    let on = match mode {
+        m if m == ClassRegisters::Always as u8 => true,
+        m if m == ClassRegisters::Large as u8 => elements >= CREG_MIN_ELEMENTS,
+        _ => false,
+    };
+    if on && wide && softmax && c <= CREG_MAX {
+        c as u32
+    } else {
+        0
+    }
+}
+
+/// The softmax gradient's `CREG`: the statistics pass's, where the gradient's register walk
+/// (`grad.wgsl`: softmax_regs) covers the terms: logits, no unreduced entries, at most four
+/// pixel terms and no sigmoid focal among them.
+pub(crate) fn grad_creg(stats_creg: u32, probs: bool, unreduced: bool, terms: &[crate::plan::TermParams]) -> u32 {
+    let focal_sigmoid = terms.iter().any(|t| t.kind == crate::plan::kind::FOCAL_SIGMOID);
+    if probs || unreduced || terms.len() > 4 || focal_sigmoid {
+        return 0;
+    }
+    stats_creg
+}
+
 /// Threads of the finalize workgroup (`finalize.wgsl`: FWG).
 pub(crate) const FINALIZE_WG: usize = 64;
 /// Loop steps one finalize dispatch may cost a thread. Mesa's llvmpipe (lavapipe, and OpenGL
@@ -197,6 +239,8 @@ pub(crate) fn softmax_stats_steps(
 }
 /// Cache lines past the compacted Lovász segments where the CPU adapters' compactions write
 /// what they drop (`kept.wgsl`: SPARE_LINES, 16 words each).
+/// The most classes a CPU adapter's softmax kernels keep in registers (`common.wgsl`: CREG_MAX).
+pub(crate) const CREG_MAX: usize = 32;
 pub(crate) const SPARE_LINES: usize = 256;
 /// Elements per sort tile (`radix.wgsl`: T, `lovasz.wgsl`: LT).
 pub(crate) const SORT_TILE: usize = 2048;
@@ -257,6 +301,8 @@ pub(crate) struct Spec {
     pub fused: u32,
     /// Gradient: pixels (quads over quads) per thread, [`GRAD_PIX`] or [`GRAD_PIX_MAX`].
     pub gpix: u32,
+    /// Softmax on a CPU adapter: the class count, when at most [`CREG_MAX`] (0 otherwise).
+    pub creg: u32,
 }
 
 impl Default for Spec {
@@ -280,6 +326,7 @@ impl Default for Spec {
             tp_min: false,
             fused: 0,
             gpix: GRAD_PIX as u32,
+            creg: 0,
         }
     }
 }
@@ -289,7 +336,7 @@ impl Spec {
         Spec { softmax, ..Spec::default() }
     }
 
-    pub fn constants(&self) -> [(&'static str, f64); 18] {
+    pub fn constants(&self) -> [(&'static str, f64); 19] {
         [
             ("SOFTMAX", f64::from(u8::from(self.softmax))),
             ("KINDS", f64::from(self.kinds)),
@@ -309,6 +356,7 @@ impl Spec {
             ("LSE", f64::from(u8::from(self.lse))),
             ("FUSED", f64::from(self.fused)),
             ("GPIX", f64::from(self.gpix)),
+            ("CREG", f64::from(self.creg)),
         ]
     }
 }
@@ -396,6 +444,34 @@ mod tests {
         assert!(finalize_op_steps(&listed, 8, 256, FINALIZE_WG) > CPU_LOOP_LIMIT);
         assert!(finalize_op_steps(&listed, 8, 21, FINALIZE_WG) < FINALIZE_LOOP_BUDGET);
         assert!(finalize_chunks(&[], 8, 21, FINALIZE_WG).is_empty());
+    }
+
+    #[test]
+    fn classes_stay_in_registers_on_cpu_adapters_up_to_the_bound() {
+        use crate::plan::{kind, TermParams};
+        let (never, large, always) =
+            (ClassRegisters::Never as u8, ClassRegisters::Large as u8, ClassRegisters::Always as u8);
+        let big = CREG_MIN_ELEMENTS;
+        assert_eq!(stats_creg(large, true, true, 21, big), 21);
+        assert_eq!(stats_creg(large, true, true, CREG_MAX, big), CREG_MAX as u32);
+        // past the registers, below the size, on a GPU, sigmoid, or turned off
+        assert_eq!(stats_creg(large, true, true, CREG_MAX + 1, big), 0);
+        assert_eq!(stats_creg(large, true, true, 21, big - 1), 0);
+        assert_eq!(stats_creg(always, true, true, 21, 1), 21);
+        assert_eq!(stats_creg(always, false, true, 21, big), 0);
+        assert_eq!(stats_creg(always, true, false, 21, big), 0);
+        assert_eq!(stats_creg(never, true, true, 21, big), 0);
+        // the gradient's register walk: not with probabilities, unreduced entries, more than four
+        // terms or a sigmoid focal term
+        let ce = TermParams { kind: kind::CE, ..TermParams::default() };
+        let focal = TermParams { kind: kind::FOCAL_SIGMOID, ..TermParams::default() };
+        assert_eq!(grad_creg(21, false, false, &[ce; 4]), 21);
+        assert_eq!(grad_creg(21, false, false, &[]), 21);
+        assert_eq!(grad_creg(21, true, false, &[ce]), 0);
+        assert_eq!(grad_creg(21, false, true, &[ce]), 0);
+        assert_eq!(grad_creg(21, false, false, &[ce; 5]), 0);
+        assert_eq!(grad_creg(21, false, false, &[ce, focal]), 0);
+        assert_eq!(grad_creg(0, false, false, &[ce]), 0);
     }
 
     #[test]
