@@ -268,6 +268,18 @@ fn focal_softmax(nlq: f32, t: Term, y: u32) -> vec2<f32> {
     return vec2<f32>(a * m * nlq, a * (dm * q * -nlq - m));
 }
 
+// A sigmoid focal term tp of weight cwc at an element (logit x, or probability p with PROBS;
+// target g): (d loss / d x with the term's scale, the unreduced entry).
+fn focal_sigmoid_term(tp: Term, cwc: f32, x: f32, p: f32, g: f32) -> vec2<f32> {
+    var fv: vec2<f32>;
+    if PROBS {
+        fv = focal_prob(p, g, tp);
+    } else {
+        fv = focal_sigmoid(x, g, tp);
+    }
+    return vec2<f32>(tp.scale * cwc * fv.y, cwc * fv.x);
+}
+
 // The share of sigmoid pixel term tp (bce or sigmoid focal) in d loss / d x at one element of
 // input x, probabilities pq = (p, 1 - p) and target g, with the scale and pos_weight the
 // finalize resolved in tp.scale and tp.pos_weight and the channel's weight cwc; and (UNREDUCED)
@@ -289,13 +301,7 @@ fn sigmoid_term_grad(tp: Term, cwc: f32, x: f32, pq: vec2<f32>, g: f32) -> vec2<
         }
     }
     if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
-        var fv: vec2<f32>;
-        if PROBS {
-            fv = focal_prob(x, g, tp);
-        } else {
-            fv = focal_sigmoid(x, g, tp);
-        }
-        r = vec2<f32>(tp.scale * cwc * fv.y, cwc * fv.x);
+        r = focal_sigmoid_term(tp, cwc, x, x, g);
     }
     return r;
 }

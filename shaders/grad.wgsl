@@ -261,13 +261,7 @@ fn softmax_term(tp: Term, c: u32, x: f32, p: f32, lab: u32, wl: f32, cwc: f32, n
     let g = select(0.0, 1.0, lab == c);
     var r = vec2<f32>(0.0);
     if has(FOCAL_SIGMOID) && tp.kind == FOCAL_SIGMOID {
-        var fv: vec2<f32>;
-        if PROBS {
-            fv = focal_prob(p, g, tp);
-        } else {
-            fv = focal_sigmoid(x, g, tp);
-        }
-        r = vec2<f32>(tp.scale * cwc * fv.y, cwc * fv.x);
+        r = focal_sigmoid_term(tp, cwc, x, p, g);
     }
     if has(CE) && tp.kind == CE {
         let ls = tp.label_smoothing;

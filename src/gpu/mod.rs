@@ -106,7 +106,7 @@ pub(crate) fn grad_pix(wide: bool, softmax: bool, lovasz: bool, c: usize, nterms
 #[repr(u8)]
 pub(crate) enum ClassRegisters {
     Never = 0,
-    /// On inputs of at least [`CREG_MIN_ELEMENTS`].
+    /// On inputs of at least [`CREG_MIN_ELEMENTS`] (the default).
     Large = 1,
     Always = 2,
 }
@@ -121,9 +121,9 @@ pub(crate) const CREG_MIN_ELEMENTS: usize = 1 << 20;
 /// (`wide`) of `elements` logits, where `mode` (a [`ClassRegisters`] byte) asks for registers.
 pub(crate) fn stats_creg(mode: u8, wide: bool, softmax: bool, c: usize, elements: usize) -> u32 {
     let on = match mode {
+        m if m == ClassRegisters::Never as u8 => false,
         m if m == ClassRegisters::Always as u8 => true,
-        m if m == ClassRegisters::Large as u8 => elements >= CREG_MIN_ELEMENTS,
-        _ => false,
+        _ => elements >= CREG_MIN_ELEMENTS,
     };
     if on && wide && softmax && c <= CREG_MAX {
         c as u32
