@@ -362,7 +362,12 @@ impl Gpu {
             wide_stats: AtomicBool::new(cpu),
             subgroup,
             use_subgroups: AtomicBool::new(true),
-            class_registers: std::sync::atomic::AtomicU8::new(crate::gpu::ClassRegisters::Large as u8),
+            // (lavapipe only: through OpenGL, llvmpipe built the register kernels for minutes)
+            class_registers: std::sync::atomic::AtomicU8::new(if lavapipe {
+                crate::gpu::ClassRegisters::Large as u8
+            } else {
+                crate::gpu::ClassRegisters::Never as u8
+            }),
             // (Mesa's software rasterizer, through Vulkan (lavapipe) or OpenGL; other CPU adapters,
             // SwiftShader or WARP, have no such limit)
             loop_limited: cpu && info.name.contains("llvmpipe"),
