@@ -143,11 +143,11 @@ impl Engine {
     }
 
     /// Where a CPU adapter's softmax statistics and gradient passes keep each pixel's classes in
-    /// registers (at most 32 classes): `None` on inputs of at least 2^20 elements (the default on
-    /// lavapipe; smaller ones would pay more for building the longer kernels than their walks
-    /// save), `Some(true)` on every input (tests of the register walks on small shapes),
-    /// `Some(false)` never (benchmarks of the walks in memory; the default on other CPU adapters:
-    /// through OpenGL, llvmpipe took minutes to build the register kernels). A no-op on GPUs.
+    /// registers (at most 32 classes): `None` on inputs of at least 2^20 elements (the default;
+    /// smaller ones would pay more for building the longer kernels than their walks save),
+    /// `Some(true)` on every input (tests of the register walks on small shapes), `Some(false)`
+    /// never (benchmarks of the walks in memory). Only lavapipe takes them: through OpenGL a test
+    /// of them had not finished after ten minutes. A no-op elsewhere.
     pub fn set_class_registers(&self, on: Option<bool>) {
         use crate::gpu::ClassRegisters as R;
         if let Some(gpu) = self.gpu_ref() {

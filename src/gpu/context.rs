@@ -292,6 +292,8 @@ pub(crate) struct Gpu {
     /// Where a CPU adapter's softmax kernels keep each pixel's classes in registers
     /// ([`crate::gpu::CREG_MAX`]): [`crate::gpu::ClassRegisters`] as a byte.
     pub class_registers: std::sync::atomic::AtomicU8,
+    /// Whether the adapter takes the register kernels at all: lavapipe, where they are measured.
+    pub registers_ok: bool,
     /// llvmpipe, which ends a shader's loops after [`crate::gpu::CPU_LOOP_LIMIT`] iterations in
     /// all: inputs whose kernels the engine's bounds say would loop longer are refused.
     pub loop_limited: bool,
@@ -362,12 +364,9 @@ impl Gpu {
             wide_stats: AtomicBool::new(cpu),
             subgroup,
             use_subgroups: AtomicBool::new(true),
-            // (lavapipe only: through OpenGL, llvmpipe built the register kernels for minutes)
-            class_registers: std::sync::atomic::AtomicU8::new(if lavapipe {
-                crate::gpu::ClassRegisters::Large as u8
-            } else {
-                crate::gpu::ClassRegisters::Never as u8
-            }),
+            class_registers: std::sync::atomic::AtomicU8::new(crate::gpu::ClassRegisters::Large as u8),
+            // (through OpenGL a test of the register kernels had not finished after ten minutes)
+            registers_ok: lavapipe,
             // (Mesa's software rasterizer, through Vulkan (lavapipe) or OpenGL; other CPU adapters,
             // SwiftShader or WARP, have no such limit)
             loop_limited: cpu && info.name.contains("llvmpipe"),
@@ -391,6 +390,13 @@ impl Gpu {
         // every kernel of KERNELS is built in `new` (those with subgroup operations where the
         // device has them: only then are they recorded)
         &self.kernels[k.name]
+    }
+
+    /// The class count that softmax kernels keep in registers over `c` classes and `elements`
+    /// logits, 0 for none (see [`crate::gpu::CREG_MAX`]); `wide`: the CPU adapter's tiles.
+    pub(crate) fn creg(&self, wide: bool, softmax: bool, c: usize, elements: usize) -> u32 {
+        let mode = self.class_registers.load(std::sync::atomic::Ordering::Relaxed);
+        crate::gpu::stats_creg(mode, wide && self.registers_ok, softmax, c, elements)
     }
 
     /// The pipeline of kernel `k` for `spec`, built on first use.

@@ -10,7 +10,7 @@ use crate::gpu::lovasz::{grid, LovaszInput};
 use crate::gpu::record::{Grid, Recording, Slice};
 use crate::gpu::{
     align, finalize_chunks, finalize_op_steps, finalize_threads, grad_creg, grad_pix, plane_rows, softmax_stats_steps,
-    stats_creg, stats_tiling, Params, Spec, CPU_LOOP_LIMIT,
+    stats_tiling, Params, Spec, CPU_LOOP_LIMIT,
 };
 use crate::plan::{self, BlockLayout, Op, StatsPlan, TermParams, K};
 use crate::shaders;
@@ -185,13 +185,6 @@ impl Gpu {
         (p, wide, pix as u32)
     }
 
-    /// The class count the softmax kernels of `inp` keep in registers, 0 for none (see
-    /// [`crate::gpu::CREG_MAX`]).
-    fn creg(&self, wide: bool, inp: &DevInput) -> u32 {
-        let mode = self.class_registers.load(std::sync::atomic::Ordering::Relaxed);
-        stats_creg(mode, wide, inp.softmax, inp.c, inp.n * inp.c * inp.s)
-    }
-
     /// The statistics partials' slots per tile: one per subgroup where the wide tiles take
     /// [`shaders::STATS_SG`], else 0 (one per tile). Softmax only: its class loop writes partials
     /// per class, the sigmoid tiles once (a barrier there cost little, and the sigmoid tiles read
@@ -314,7 +307,7 @@ impl Gpu {
                 tp_min: p == 0 && plan.tp_min,
                 lse: p == 0 && lse.is_some(),
                 fused: fused.map_or(0, |f| f.terms.len() as u32),
-                creg: self.creg(wide, inp),
+                creg: self.creg(wide, inp.softmax, c, n * c * inp.s),
                 ..Spec::default()
             };
             if let Some(f) = fused {
@@ -948,7 +941,12 @@ impl Gpu {
                         // a CPU adapter's layout of each thread's pixels (common.wgsl, tile_item)
                         wide,
                         gpix: gpix as u32,
-                        creg: grad_creg(self.creg(wide, inp), part.inp.probs, first && unr, &terms),
+                        creg: grad_creg(
+                            self.creg(wide, softmax, inp.c, inp.n * inp.c * inp.s),
+                            part.inp.probs,
+                            first && unr,
+                            &terms,
+                        ),
                         ..Spec::default()
                     };
                     let aux = match (lp, part.lse) {

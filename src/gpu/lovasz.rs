@@ -75,8 +75,7 @@ impl Gpu {
         // compacted segments (hinge.wgsl, step 3)
         let tiled = self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed);
         // (the softmax keys of a CPU adapter: each pixel's logits in registers, see CREG_MAX)
-        let mode = self.class_registers.load(std::sync::atomic::Ordering::Relaxed);
-        let creg = crate::gpu::stats_creg(mode, tiled, inp.softmax, c, n * c * s);
+        let creg = self.creg(tiled, inp.softmax, c, n * c * s);
         let spec = Spec { probs: inp.probs, creg, ..Spec::softmax(inp.softmax) };
         let direct_hinge = tiled && !inp.softmax;
         // the loss kernels' parameters (the key pass's per row, below)
