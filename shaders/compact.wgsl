@@ -192,9 +192,13 @@ fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(wor
 
 var<workgroup> longest: atomic<u32>;
 
+// The radix tile kernels' tile on long segments (radix.wgsl; gpu::radix_layout).
+const RADIX_TILE_WIDE: u32 = 16384u;
+
 // One workgroup: the indirect dispatch size (x, y, z) of the passes over the compacted segments,
 // written to keys_out[0..3]: the tiles of the longest kept segment (at least one), the segments;
-// and to keys_out[4..7] that of radix_scatter_tiles (STW tiles per workgroup).
+// to keys_out[4..7] that of the tile kernels (STW tiles per workgroup), and to keys_out[8..11]
+// that of the radix tile kernels over tiles of RADIX_TILE_WIDE.
 @compute @workgroup_size(256)
 fn compact_args(@builtin(local_invocation_index) lid: u32) {
     if lid == 0u {
@@ -215,5 +219,9 @@ fn compact_args(@builtin(local_invocation_index) lid: u32) {
         keys_out[4] = (tiles + STW - 1u) / STW;
         keys_out[5] = LP.segs;
         keys_out[6] = 1u;
+        let wide = max(1u, (atomicLoad(&longest) + RADIX_TILE_WIDE - 1u) / RADIX_TILE_WIDE);
+        keys_out[8] = (wide + STW - 1u) / STW;
+        keys_out[9] = LP.segs;
+        keys_out[10] = 1u;
     }
 }

@@ -1,7 +1,8 @@
-// Segmented, stable LSD radix sort of u32 keys with u32 payloads: 8-bit digits, reduce-then-scan
-// (count, scan, scatter), no subgroup operations and no forward-progress assumptions. All
-// segments have the same length `len` and are sorted in one dispatch per step; tiles never
-// straddle segments. One pass per digit, `shift` = 0, 8, 16, 24.
+// Segmented, stable LSD radix sort of u32 keys with u32 payloads, reduce-then-scan (count, scan,
+// scatter), no subgroup operations and no forward-progress assumptions. All segments have the same
+// length `len` and are sorted in one dispatch per step; tiles never straddle segments. The
+// workgroup kernels (GPUs) take 8-bit digits, one pass per digit, `shift` = 0, 8, 16, 24; the
+// tile kernels of CPU adapters (below radix_digits) digits of SP.bits bits.
 
 const T: u32 = 2048u; // tile: 256 threads x 8 items
 const IPT: u32 = 8u;
@@ -81,15 +82,16 @@ fn radix_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 fn radix_scan_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let seg = wid.x;
     let d = wid.y * STW + lid;
-    let tiles = (seg_len(seg) + T - 1u) / T;
+    let digits = 1u << SP.bits;
+    let tiles = (seg_len(seg) + SP.tile - 1u) / SP.tile;
     var run = 0u;
     for (var t = 0u; t < tiles; t++) {
-        let i = (seg * SP.tiles + t) * 256u + d;
+        let i = (seg * SP.tiles + t) * digits + d;
         let c = counts[i];
         counts[i] = run;
         run += c;
     }
-    totals[seg * 256u + d] = run;
+    totals[seg * digits + d] = run;
 }
 
 // Per segment: the start of each digit (exclusive scan of the digit totals, in place).
@@ -188,54 +190,76 @@ fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
     }
 }
 
+// The radix tile kernels of CPU adapters (radix_count_tiles, radix_scan_tiles,
+// radix_scatter_tiles): a thread per tile of SP.tile keys, STW tiles to a workgroup (tiles.wgsl),
+// digits of SP.bits bits. Each tile's row of digit counts in `counts` becomes its running slots in
+// the scatter (on llvmpipe, counting there rather than in workgroup memory took the hinge's count
+// passes at 8x1x512x512 from 6.1 to 4.0 ms). On long segments the host takes three passes of 11
+// bits over tiles of RADIX_TILE_WIDE keys instead of four of 8 bits over TILE
+// (gpu::radix_layout).
+
+// The tile kernels' digit of key k in this pass.
+fn tdigit(k: u32) -> u32 {
+    return (k >> SP.shift) & ((1u << SP.bits) - 1u);
+}
+
+// This thread's tile of segment seg: (tile, its first key, its keys among the segment's: 0 past
+// them).
+fn sort_span(lid: u32, wid: vec3<u32>, seg: u32) -> vec3<u32> {
+    let tile = wid.x * STW + lid;
+    let first = tile * SP.tile;
+    let n = seg_len(seg);
+    return vec3<u32>(tile, seg * SP.len + first, select(0u, min(SP.tile, n - first), first < n));
+}
+
 // radix_scatter for CPU adapters: each thread takes a whole tile and walks it in order, sending
 // every key to its digit's next slot (the digit's start in the segment plus the tile's prefix,
 // counted up as it goes), so the scatter is stable without a local sort. A CPU adapter pays for
-// barriers and for every workgroup memory access of every lane: this kernel has no barrier and
-// three such accesses per key, against three splits with their scans (and their barriers) in
-// radix_scatter. (On a GPU the serial walk would leave the lanes' writes uncoalesced.)
-// Each lane's running slots in `slot` (tiles.wgsl).
-var<workgroup> slot: array<u32, STW * 256u>;
-
+// barriers and for every memory access of every lane: this kernel has no barrier and four
+// accesses per key besides the key and payload, against three splits with their scans (and
+// their barriers) in radix_scatter. (On a GPU the serial walk would leave the lanes' writes
+// uncoalesced.)
 @compute @workgroup_size(8)
 fn radix_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let seg = wid.y;
-    let span = tile_span(lid, wid, SP.len, seg_len(seg));
+    let span = sort_span(lid, wid, seg);
     if span.z == 0u {
         return; // (no barriers below)
     }
     // each digit's start in the segment: `totals` holds the digits' counts (radix_scan_tiles;
     // this walk over the digits is their scan, so radix_digits does not run)
-    let row = lid * 256u;
+    let digits = 1u << SP.bits;
+    let row = (seg * SP.tiles + span.x) * digits;
     var start = 0u;
-    for (var d = 0u; d < 256u; d++) {
-        slot[row + d] = start + counts[(seg * SP.tiles + span.x) * 256u + d];
-        start += totals[seg * 256u + d];
+    for (var d = 0u; d < digits; d++) {
+        counts[row + d] += start;
+        start += totals[seg * digits + d];
     }
     let base = span.y;
     let out = seg * SP.len;
     for (var p = 0u; p < span.z; p++) {
         let k = key_in(base + p);
-        let at = row + digit(k);
-        let dest = slot[at];
-        slot[at] = dest + 1u;
+        let at = row + tdigit(k);
+        let dest = counts[at];
+        counts[at] = dest + 1u;
         keys_out[out + dest] = k;
         vals_out[out + dest] = val_in(base + p);
     }
 }
 
 // radix_count for CPU adapters (see radix_scatter_tiles): a thread per tile counts its digits in
-// its own row of `slot`, without atomics or barriers.
+// its own row of `counts`, without atomics or barriers.
 @compute @workgroup_size(8)
 fn radix_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let seg = wid.y;
-    let span = tile_span(lid, wid, SP.len, seg_len(seg));
+    let span = sort_span(lid, wid, seg);
     if span.z == 0u {
         return;
     }
-    let row = lid * 256u;
-    for (var d = 0u; d < 256u; d++) {
-        slot[row + d] = 0u;
+    let digits = 1u << SP.bits;
+    let row = (seg * SP.tiles + span.x) * digits;
+    for (var d = 0u; d < digits; d++) {
+        counts[row + d] = 0u;
     }
     var p = 0u;
     if SORT4 {
@@ -245,17 +269,13 @@ fn radix_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgro
         // the hinge's slower: it reads key by key)
         for (; p + 4u <= span.z; p += 4u) {
             let k = keys4_in((span.y + p) / 4u);
-            slot[row + digit(k.x)] += 1u;
-            slot[row + digit(k.y)] += 1u;
-            slot[row + digit(k.z)] += 1u;
-            slot[row + digit(k.w)] += 1u;
+            counts[row + tdigit(k.x)] += 1u;
+            counts[row + tdigit(k.y)] += 1u;
+            counts[row + tdigit(k.z)] += 1u;
+            counts[row + tdigit(k.w)] += 1u;
         }
     }
     for (; p < span.z; p++) {
-        let at = row + digit(key_in(span.y + p));
-        slot[at] += 1u;
-    }
-    for (var d = 0u; d < 256u; d++) {
-        counts[(seg * SP.tiles + span.x) * 256u + d] = slot[row + d];
+        counts[row + tdigit(key_in(span.y + p))] += 1u;
     }
 }

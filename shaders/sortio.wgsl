@@ -8,9 +8,9 @@ struct SortParams {
     shift: u32,  // digit shift of this pass
     varlen: u32, // 1: segment s sorts only its first seglen[s].x keys (radix: the rest is left in place;
                  // bitonic: the rest becomes padding)
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
+    bits: u32,   // the radix tile kernels' digit width (8 or 11 bits; the workgroup kernels' is 8)
+    tile: u32,   // the radix tile kernels' keys per tile
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> SP: SortParams;

@@ -1,6 +1,6 @@
 // The thread-per-tile kernels of CPU adapters (radix_scatter_tiles and its kin in compact.wgsl,
 // hinge.wgsl, threshold.wgsl, lovasz.wgsl): workgroup (tile group, segment), a thread per tile of
-// TILE elements.
+// TILE elements (the radix kernels': SP.tile keys, radix.wgsl).
 const STW: u32 = 8u; // tiles per workgroup
 const TILE: u32 = 2048u;
 

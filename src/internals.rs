@@ -45,11 +45,11 @@ impl Engine {
         let (kd, vd) = (rec.data(keys), rec.data(&idx));
         rec.copy(kd.sub(0, bytes), a.0.sub(0, bytes));
         rec.copy(vd.sub(0, bytes), a.1.sub(0, bytes));
-        gpu.record_sort(&mut rec, &SortBufs { a, b }, segs, segment_len, algo, None)?;
+        let sorted = gpu.record_sort(&mut rec, &SortBufs { a, b }, segs, segment_len, algo, None)?;
         let rk = rec.readback(bytes, "keys")?;
         let rv = rec.readback(bytes, "payloads")?;
-        rec.copy(a.0.sub(0, bytes), rk);
-        rec.copy(a.1.sub(0, bytes), rv);
+        rec.copy(sorted.0.sub(0, bytes), rk);
+        rec.copy(sorted.1.sub(0, bytes), rv);
         let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
         gpu.note_wait();
         let out = fut.await?;

@@ -621,6 +621,7 @@ pub const SHARED_CONSTANTS: &[(&str, u64)] = &[
     ("STW", crate::gpu::SCATTER_TILES_WG as u64),
     ("SPARE_LINES", crate::gpu::SPARE_LINES as u64),
     ("TILE", crate::gpu::SORT_TILE as u64),
+    ("RADIX_TILE_WIDE", crate::gpu::RADIX_TILE_WIDE as u64),
     ("LT", crate::gpu::SORT_TILE as u64),
     ("NONE", crate::gpu::NONE_KEY as u64),
 ];

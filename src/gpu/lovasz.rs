@@ -191,8 +191,9 @@ impl Gpu {
         }
         rec.dispatch(scatter, Spec::default(), over, kb)?;
         // the passes over the compacted segments cover only the longest one's tiles
-        // (two: the sort's scatter on a CPU adapter takes its own, from byte 16)
-        let args = rec.scratch(32, "indirect dispatch")?;
+        // (three: a CPU adapter's tile kernels take their own, from byte 16, and its radix tile
+        // kernels on long segments theirs, from byte 32)
+        let args = rec.scratch(48, "indirect dispatch")?;
         let unused = rec.scratch(16, "unused")?;
         rec.dispatch(
             &shaders::COMPACT_ARGS,
@@ -211,7 +212,7 @@ impl Gpu {
         )?;
         // 4. sort of the kept keys (the uncompacted keys are spent: they are the sort's scratch)
         let sort = SortBufs { a: (kc, vc), b: (keys, vals) };
-        self.record_sort(rec, &sort, segs, len, SortAlgo::Auto, Some((segsum, args)))?;
+        let (kc, vc) = self.record_sort(rec, &sort, segs, len, SortAlgo::Auto, Some((segsum, args)))?;
         // 5. segmented scan of the sorted labels, Jaccard weights, value of each segment
         let tilecnt2 = rec.scratch((segs * tiles * 8) as u64, "lovasz tile counts")?;
         let vpart = rec.scratch((segs * tiles * 4) as u64, "lovasz value partials")?;

@@ -237,13 +237,35 @@ pub(crate) fn softmax_stats_steps(
     let class_loop = if pixel_only { c + 32 } else { 33 * c };
     class_loop + c * (4 + 32 * usize::from(validate) + 16 * (usize::from(counts) + smoothed + usize::from(fused)))
 }
-/// Cache lines past the compacted Lovász segments where the CPU adapters' compactions write
-/// what they drop (`kept.wgsl`: SPARE_LINES, 16 words each).
 /// The most classes a CPU adapter's softmax kernels keep in registers (`common.wgsl`: CREG_MAX).
 pub(crate) const CREG_MAX: usize = 32;
+/// Cache lines past the compacted Lovász segments where the CPU adapters' compactions write
+/// what they drop (`kept.wgsl`: SPARE_LINES, 16 words each).
 pub(crate) const SPARE_LINES: usize = 256;
 /// Elements per sort tile (`radix.wgsl`: T, `lovasz.wgsl`: LT).
 pub(crate) const SORT_TILE: usize = 2048;
+/// Keys per tile of the CPU adapters' radix tile kernels on long segments (`compact.wgsl`:
+/// RADIX_TILE_WIDE), where a tile's row holds 2048 digit counts.
+pub(crate) const RADIX_TILE_WIDE: usize = 16384;
+/// The segment length from which the CPU adapters' radix sort takes three passes of 11-bit digits
+/// instead of four of 8 bits ([`radix_layout`]).
+pub(crate) const RADIX_WIDE_MIN: usize = 1 << 16;
+
+/// The CPU adapters' radix tile kernels on segments of `len` keys: (digit bits, keys per tile,
+/// passes). Every pass reads and writes each key and payload once, so long segments take three
+/// passes of 11 bits; a tile's 2048 digit counts then need a longer tile to stay a small share of
+/// its work, which short segments do not have. On llvmpipe, the hinge at 8x1x512x512 (2^21
+/// elements, one segment): its sort's count passes 6.1 ms in all -> 3.1, its scatters 9.4 ->
+/// 9.3-9.5. Lovász-Softmax at 4x21x256x256 is no faster: its 21 segments move 88 MB per pass,
+/// which do not stay in cache, and three passes of 11 bits scatter as slowly as four of 8 (57-64
+/// ms either way).
+pub(crate) fn radix_layout(len: usize) -> (u32, usize, u32) {
+    if len >= RADIX_WIDE_MIN {
+        (11, RADIX_TILE_WIDE, 3)
+    } else {
+        (8, SORT_TILE, 4)
+    }
+}
 /// Tiles per workgroup of the radix scatter of CPU adapters (`radix.wgsl`, `compact.wgsl`: STW),
 /// a thread each.
 pub(crate) const SCATTER_TILES_WG: usize = 8;

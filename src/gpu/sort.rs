@@ -28,7 +28,11 @@ struct SortParams {
     shift: u32,
     /// 1: segment `s` sorts only its first `seglen[s].x` keys (see `radix.wgsl`)
     varlen: u32,
-    pad: [u32; 3],
+    /// the radix tile kernels' digit width
+    bits: u32,
+    /// the radix tile kernels' keys per tile
+    tile: u32,
+    pad: u32,
 }
 
 /// Sorted keys (and payloads) live in `a`; `b` is scratch of the same size.
@@ -39,11 +43,13 @@ pub(crate) struct SortBufs {
 
 impl Gpu {
     /// Records the sort of `a` (keys, payloads) in `segs` segments of `len`: the bitonic network
-    /// for short segments, else the four passes of the radix sort using `b` as scratch. The
-    /// sorted result ends in `a`. With `varlen` = (lengths, args), segment `s` sorts only its
-    /// first `lengths[s].x` keys (a `vec4<u32>` each): the radix sort is dispatched over the
-    /// tiles `args` holds and leaves the rest of the segment as it was, the bitonic network
-    /// overwrites it with padding (key NONE). Nothing after the sorted keys may be read as a key.
+    /// for short segments, else the passes of the radix sort using `b` as scratch. Returns the
+    /// pair that holds the sorted result: `a`, or `b` after an odd number of radix passes (a CPU
+    /// adapter's three on long segments, [`crate::gpu::radix_layout`]). With `varlen` =
+    /// (lengths, args), segment `s` sorts only its first `lengths[s].x` keys (a `vec4<u32>` each):
+    /// the radix sort is dispatched over the tiles `args` holds (`compact.wgsl`: compact_args)
+    /// and leaves the rest of the segment as it was, the bitonic network overwrites it with
+    /// padding (key NONE). Nothing after the sorted keys may be read as a key.
     pub(crate) fn record_sort(
         &self,
         rec: &mut Recording,
@@ -52,17 +58,24 @@ impl Gpu {
         len: usize,
         algo: SortAlgo,
         varlen: Option<(Slice, Slice)>,
-    ) -> Result<(), Error> {
+    ) -> Result<(Slice, Slice), Error> {
         let bitonic = match algo {
             SortAlgo::Auto => len <= self.bitonic_upto,
             SortAlgo::Bitonic => true,
             SortAlgo::Radix => false,
         };
-        let tiles = len.div_ceil(SORT_TILE);
+        let tiled = self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed);
+        // a CPU adapter's tile kernels: digits of `bits` over tiles of `tile` keys, a thread each
+        let (bits, tile, passes) = if tiled { crate::gpu::radix_layout(len) } else { (8, SORT_TILE, 4) };
+        let wide = tile == crate::gpu::RADIX_TILE_WIDE;
+        let tiles = len.div_ceil(tile);
+        let digits = 1usize << bits;
         let varlen_flag = u32::from(varlen.is_some());
-        // a CPU adapter's scatter takes SCATTER_TILES_WG tiles per workgroup
+        // a CPU adapter's tile kernels take SCATTER_TILES_WG tiles per workgroup
         let (seglen, tile_grid, group_grid) = match varlen {
-            Some((seglen, args)) => (seglen, Grid::Indirect(args.sub(0, 12)), Grid::Indirect(args.sub(16, 12))),
+            Some((seglen, args)) => {
+                (seglen, Grid::Indirect(args.sub(0, 12)), Grid::Indirect(args.sub(if wide { 32 } else { 16 }, 12)))
+            }
             // without per-segment lengths the binding is not read, but must hold one vec4
             None => (
                 rec.scratch(16, "sort lengths")?,
@@ -73,10 +86,10 @@ impl Gpu {
         // a CPU adapter's count reads four keys per load where every tile starts on a quad
         let quads = len.is_multiple_of(4) && crate::gpu::quad_aligned(&[bufs.a.0, bufs.a.1, bufs.b.0, bufs.b.1]);
         // the steps of each pass: count, scan, scatter
-        let steps: Vec<(&shaders::Kernel, Grid)> = if self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed) {
+        let steps: Vec<(&shaders::Kernel, Grid)> = if tiled {
             let count = if quads { &shaders::RADIX_COUNT_TILES4 } else { &shaders::RADIX_COUNT_TILES };
             // (the scatter scans the digit totals itself)
-            let scan_grid = Grid::Direct(segs as u32, (256 / SCATTER_TILES_WG) as u32, 1);
+            let scan_grid = Grid::Direct(segs as u32, (digits / SCATTER_TILES_WG) as u32, 1);
             vec![
                 (count, group_grid),
                 (&shaders::RADIX_SCAN_TILES, scan_grid),
@@ -91,14 +104,22 @@ impl Gpu {
             ]
         };
         let (a, b) = (bufs.a, bufs.b);
+        let params = |tiles: usize, shift: u32| SortParams {
+            len: len as u32,
+            segs: segs as u32,
+            tiles: tiles as u32,
+            shift,
+            varlen: varlen_flag,
+            bits,
+            tile: tile as u32,
+            pad: 0,
+        };
         if bitonic && len <= BITONIC_MAX {
             // one workgroup per segment, sorting `a` in place (`b` is bound but unused)
-            let sp =
-                SortParams { len: len as u32, segs: segs as u32, tiles: 1, shift: 0, varlen: varlen_flag, pad: [0; 3] };
-            let ub = rec.uniform(&sp);
+            let ub = rec.uniform(&params(1, 0));
             // unused read-write bindings need distinct buffers (WebGPU forbids writable aliases)
             let (d0, d1) = (rec.scratch(16, "unused")?, rec.scratch(16, "unused")?);
-            return rec.dispatch(
+            rec.dispatch(
                 &shaders::BITONIC_SORT,
                 Spec::default(),
                 Grid::Direct(segs as u32, 1, 1),
@@ -112,21 +133,14 @@ impl Gpu {
                     ("vals_out", a.1),
                     ("seglen", seglen),
                 ],
-            );
+            )?;
+            return Ok(a);
         }
-        let counts = rec.scratch((segs * 256 * tiles * 4) as u64, "radix tile counts")?;
-        let totals = rec.scratch((segs * 256 * 4) as u64, "radix digit totals")?;
-        for pass in 0..4u32 {
+        let counts = rec.scratch((segs * digits * tiles * 4) as u64, "radix tile counts")?;
+        let totals = rec.scratch((segs * digits * 4) as u64, "radix digit totals")?;
+        for pass in 0..passes {
             let (src, dst) = if pass % 2 == 0 { (a, b) } else { (b, a) };
-            let sp = SortParams {
-                len: len as u32,
-                segs: segs as u32,
-                tiles: tiles as u32,
-                shift: 8 * pass,
-                varlen: varlen_flag,
-                pad: [0; 3],
-            };
-            let ub = rec.uniform(&sp);
+            let ub = rec.uniform(&params(tiles, bits * pass));
             let binds = [
                 ("SP", ub),
                 ("keys_in", src.0),
@@ -141,6 +155,6 @@ impl Gpu {
                 rec.dispatch(k, Spec::default(), grid, &binds)?;
             }
         }
-        Ok(())
+        Ok(if passes % 2 == 0 { a } else { b })
     }
 }
