@@ -498,7 +498,8 @@ impl<'e, 'a> Batch<'e, 'a> {
     /// Blocking [`Batch::flush`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn flush_blocking(self) -> Result<(), Error> {
-        futures::executor::block_on(self.flush())
+        let engine = self.engine;
+        engine.block(self.flush())
     }
 }
 

@@ -1077,7 +1077,7 @@ impl Engine {
         exprs: &[LossExpr],
         grads: bool,
     ) -> Result<Vec<Evaluation>, Error> {
-        futures::executor::block_on(self.evaluate(input, exprs, grads))
+        self.block(self.evaluate(input, exprs, grads))
     }
 
     /// Blocking [`Engine::evaluate_prepared`] (native only).
@@ -1088,7 +1088,7 @@ impl Engine {
         exprs: &[LossExpr],
         grads: GradMode,
     ) -> Result<Vec<Evaluation>, Error> {
-        futures::executor::block_on(self.evaluate_prepared(prep, exprs, grads))
+        self.block(self.evaluate_prepared(prep, exprs, grads))
     }
 
     /// Evaluates like [`Engine::evaluate_prepared_blocking`] and returns where the time went: the
@@ -1161,7 +1161,7 @@ impl Engine {
         exprs: &[LossExpr],
         grads: &[GradOut<'_>],
     ) -> Result<Vec<Evaluation>, Error> {
-        futures::executor::block_on(self.evaluate_buffers(input, exprs, grads))
+        self.block(self.evaluate_buffers(input, exprs, grads))
     }
 }
 
@@ -1363,6 +1363,16 @@ impl Engine {
         match &self.backend {
             Backend::Gpu(g) => Some(g),
             Backend::Cpu => None,
+        }
+    }
+
+    /// Runs `fut`, one of this engine's, to completion on the calling thread, which waits for the
+    /// device itself ([`crate::gpu::poll::drive`]): the blocking methods' executor.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn block<F: std::future::Future>(&self, fut: F) -> F::Output {
+        match self.gpu_ref() {
+            Some(g) => crate::gpu::poll::drive(&g.device, &g.poller, fut),
+            None => futures::executor::block_on(fut),
         }
     }
 }

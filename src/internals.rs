@@ -65,7 +65,7 @@ impl Engine {
     /// Blocking [`Engine::sort_segments`].
     #[cfg(not(target_arch = "wasm32"))]
     pub fn sort_segments_blocking(&self, keys: &[u32], segment_len: usize) -> Result<(Vec<u32>, Vec<u32>), Error> {
-        futures::executor::block_on(self.sort_segments(keys, segment_len))
+        self.block(self.sort_segments(keys, segment_len))
     }
 
     /// Blocking [`Engine::sort_segments_with`].
@@ -76,7 +76,7 @@ impl Engine {
         segment_len: usize,
         algo: SortAlgo,
     ) -> Result<(Vec<u32>, Vec<u32>), Error> {
-        futures::executor::block_on(self.sort_segments_with(keys, segment_len, algo))
+        self.block(self.sort_segments_with(keys, segment_len, algo))
     }
 
     /// Times the device work of sorting `segs` segments of `segment_len` random keys with `algo`,
@@ -208,13 +208,21 @@ impl Engine {
     }
 }
 
-/// Submits `rec`, waits until the device has run it, and surfaces its device errors.
+/// Submits `rec`, waits until the device has run it, and surfaces its device errors: the calling
+/// thread polls, as the blocking evaluations do ([`crate::gpu::poll::drive`]), so that the copy
+/// probe and the evaluations it is held against wait the same way.
 #[cfg(not(target_arch = "wasm32"))]
 fn run_and_wait(gpu: &Gpu, rec: Recording) -> Result<(), Error> {
-    let futs = gpu.execute(vec![rec]);
-    gpu.wait_done()?;
-    for f in futs {
-        futures::executor::block_on(f)?;
-    }
-    Ok(())
+    crate::gpu::poll::drive(&gpu.device, &gpu.poller, async {
+        let futs = gpu.execute(vec![rec]);
+        let (tx, rx) = futures::channel::oneshot::channel();
+        gpu.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        rx.await.map_err(|_| Error::Gpu("the device dropped a wait (lost?)".into()))?;
+        for f in futs {
+            f.await?;
+        }
+        Ok(())
+    })
 }

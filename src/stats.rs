@@ -1005,7 +1005,7 @@ impl Engine {
     /// Blocking [`Engine::statistics`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn statistics_blocking(&self, input: &Input<'_>, exprs: &[LossExpr]) -> Result<Statistics, Error> {
-        futures::executor::block_on(self.statistics(input, exprs))
+        self.block(self.statistics(input, exprs))
     }
 
     /// Blocking [`Engine::statistics_buffers`] (native only).
@@ -1015,7 +1015,7 @@ impl Engine {
         input: &BufferInput<'_>,
         exprs: &[LossExpr],
     ) -> Result<Statistics, Error> {
-        futures::executor::block_on(self.statistics_buffers(input, exprs))
+        self.block(self.statistics_buffers(input, exprs))
     }
 
     /// Blocking [`Engine::gradient_buffers`] (native only).
@@ -1028,7 +1028,7 @@ impl Engine {
         exprs: &[LossExpr],
         grads: &[GradOut<'_>],
     ) -> Result<Vec<Evaluation>, Error> {
-        futures::executor::block_on(self.gradient_buffers(input, stats, first_image, exprs, grads))
+        self.block(self.gradient_buffers(input, stats, first_image, exprs, grads))
     }
 
     /// Blocking [`Engine::gradient`] (native only).
@@ -1040,7 +1040,7 @@ impl Engine {
         first_image: usize,
         exprs: &[LossExpr],
     ) -> Result<Vec<Evaluation>, Error> {
-        futures::executor::block_on(self.gradient(input, stats, first_image, exprs))
+        self.block(self.gradient(input, stats, first_image, exprs))
     }
 }
 

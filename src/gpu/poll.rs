@@ -5,7 +5,68 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
+    use std::cell::Cell;
     use std::sync::{Arc, Condvar, Mutex};
+
+    thread_local! {
+        /// Whether this thread is in [`drive`]: its submissions need no poll thread.
+        static DRIVING: Cell<bool> = const { Cell::new(false) };
+        /// Whether this thread, in [`drive`], submitted work since its last wait for the device.
+        static UNWAITED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Runs `fut` to completion on the calling thread, which waits for the device's work itself
+    /// (`device.poll`) instead of sleeping until the poll thread, woken by the same completion,
+    /// wakes it: one thread hand-off less per blocking call. The submissions made meanwhile on
+    /// this thread do not wake the poll thread ([`Poller::kick`]), so one thread polls, as the
+    /// poll thread's design asks (see `Gpu::wait_done`). A poll that fails (a lost device) hands
+    /// the polling back to the poll thread, whose callbacks end the wait with the error.
+    pub(crate) fn drive<F: std::future::Future>(device: &wgpu::Device, poller: &Poller, fut: F) -> F::Output {
+        use std::task::{Context, Poll, Wake, Waker};
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+            fn wake_by_ref(self: &Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        // (restores the flag however this returns)
+        struct Driving(bool);
+        impl Drop for Driving {
+            fn drop(&mut self) {
+                DRIVING.with(|d| d.set(self.0));
+            }
+        }
+        let _restore = Driving(DRIVING.with(|d| d.replace(true)));
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = std::pin::pin!(fut);
+        // work the future submitted but did not wait for (a result left on the device) is the
+        // poll thread's, so that its callbacks (scratch buffers back to the pool) still run
+        let done = |v| {
+            if UNWAITED.with(|u| u.replace(false)) {
+                poller.wake(device);
+            }
+            v
+        };
+        loop {
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return done(v);
+            }
+            UNWAITED.with(|u| u.set(false));
+            if device.poll(wgpu::PollType::wait_indefinitely()).is_err() {
+                poller.wake(device);
+            }
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return done(v);
+            }
+            // pending on what the device's work did not complete (another thread's work, a
+            // callback the poll thread runs): until woken, polling again now and then
+            std::thread::park_timeout(std::time::Duration::from_millis(10));
+        }
+    }
 
     #[derive(Default)]
     struct State {
@@ -59,8 +120,18 @@ mod native {
             self.failed.lock().ok().and_then(|f| f.clone())
         }
 
-        /// Work was submitted: poll until it is done.
+        /// Work was submitted: poll until it is done (unless this thread drives the device
+        /// itself, [`super::drive`]).
         pub fn kick(&self, device: &wgpu::Device) {
+            if DRIVING.with(|d| d.get()) {
+                UNWAITED.with(|u| u.set(true));
+                return;
+            }
+            self.wake(device);
+        }
+
+        /// Has the poll thread poll until the work submitted so far is done.
+        pub fn wake(&self, device: &wgpu::Device) {
             if self.thread.is_none() {
                 // no thread could be started: poll inline
                 let _ = device.poll(wgpu::PollType::wait_indefinitely());
@@ -85,7 +156,7 @@ mod native {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) use native::Poller;
+pub(crate) use native::{drive, Poller};
 
 #[cfg(target_arch = "wasm32")]
 pub(crate) struct Poller;

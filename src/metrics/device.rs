@@ -216,7 +216,7 @@ impl Engine {
     /// Blocking [`Engine::counts`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn counts_blocking(&self, input: &Input<'_>, metric: &Metric) -> Result<Counts, Error> {
-        futures::executor::block_on(self.counts(input, metric))
+        self.block(self.counts(input, metric))
     }
 
     /// Blocking [`Engine::evaluate_with_metrics`] (native only).
@@ -228,7 +228,7 @@ impl Engine {
         grads: bool,
         metrics: &[Metric],
     ) -> Result<LossesAndMetrics, Error> {
-        futures::executor::block_on(self.evaluate_with_metrics(input, exprs, grads, metrics))
+        self.block(self.evaluate_with_metrics(input, exprs, grads, metrics))
     }
 }
 

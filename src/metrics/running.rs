@@ -82,7 +82,7 @@ impl Running {
     /// Blocking [`Running::update`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn update_blocking(&mut self, engine: &Engine, input: &Input<'_>) -> Result<MetricValue, Error> {
-        futures::executor::block_on(self.update(engine, input))
+        engine.block(self.update(engine, input))
     }
 
     /// Adds a batch's counts (of this metric's threshold), computed anywhere.
