@@ -446,6 +446,39 @@ fn eight_threads_on_one_engine_match_one_thread() {
     }
 }
 
+/// Blocking calls poll the device on their own thread unless the poll thread or another blocking
+/// call is polling it: futures awaited on other threads (the poll thread's) and blocking calls,
+/// mixed on one engine, all finish with the one-thread results.
+#[test]
+fn blocking_calls_and_futures_mixed_on_one_engine() {
+    let engine = common::gpu();
+    let case = label_case(14, &[2, 3, 16, 16], 255);
+    let exprs = parse(MULTICLASS);
+    let input = case.whole();
+    let one = engine.evaluate_blocking(&input, &exprs, true).unwrap();
+    std::thread::scope(|sc| {
+        let futures: Vec<_> = (0..2)
+            .map(|_| {
+                sc.spawn(|| {
+                    (0..5)
+                        .map(|_| futures::executor::block_on(engine.evaluate(&input, &exprs, true)).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let blocking: Vec<_> = (0..2)
+            .map(|_| {
+                sc.spawn(|| (0..5).map(|_| engine.evaluate_blocking(&input, &exprs, true).unwrap()).collect::<Vec<_>>())
+            })
+            .collect();
+        for h in futures.into_iter().chain(blocking) {
+            for r in h.join().unwrap() {
+                assert_same(&r, &one, "a thread");
+            }
+        }
+    });
+}
+
 #[test]
 fn futures_are_send() {
     fn send<T: Send>(_: &T) {}

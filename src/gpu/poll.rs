@@ -19,9 +19,16 @@ mod native {
     /// (`device.poll`) instead of sleeping until the poll thread, woken by the same completion,
     /// wakes it: one thread hand-off less per blocking call. The submissions made meanwhile on
     /// this thread do not wake the poll thread ([`Poller::kick`]), so one thread polls, as the
-    /// poll thread's design asks (see `Gpu::wait_done`). A poll that fails (a lost device) hands
-    /// the polling back to the poll thread, whose callbacks end the wait with the error.
+    /// poll thread's design asks (see `Gpu::wait_done`); while another thread drives the device
+    /// or the poll thread polls it, this one waits for the poll thread as before. A poll that
+    /// fails (a lost device) hands the polling back to the poll thread, whose callbacks end the
+    /// wait with the error.
     pub(crate) fn drive<F: std::future::Future>(device: &wgpu::Device, poller: &Poller, fut: F) -> F::Output {
+        // (a drive within a drive, on this thread, goes on driving)
+        let nested = DRIVING.with(|d| d.get());
+        if !nested && (poller.thread.is_none() || !poller.claim()) {
+            return futures::executor::block_on(fut);
+        }
         use std::task::{Context, Poll, Wake, Waker};
         struct Unpark(std::thread::Thread);
         impl Wake for Unpark {
@@ -32,14 +39,17 @@ mod native {
                 self.0.unpark();
             }
         }
-        // (restores the flag however this returns)
-        struct Driving(bool);
-        impl Drop for Driving {
+        // (restores the flag and releases the claim however this returns)
+        struct Driving<'a>(bool, &'a Poller);
+        impl Drop for Driving<'_> {
             fn drop(&mut self) {
                 DRIVING.with(|d| d.set(self.0));
+                if !self.0 {
+                    self.1.driver.store(false, std::sync::atomic::Ordering::Release);
+                }
             }
         }
-        let _restore = Driving(DRIVING.with(|d| d.replace(true)));
+        let _restore = Driving(DRIVING.with(|d| d.replace(true)), poller);
         let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
         let mut cx = Context::from_waker(&waker);
         let mut fut = std::pin::pin!(fut);
@@ -72,6 +82,8 @@ mod native {
     struct State {
         pending: u64,
         stop: bool,
+        /// The poll thread is in `device.poll`.
+        polling: bool,
     }
 
     pub(crate) struct Poller {
@@ -79,6 +91,8 @@ mod native {
         thread: Option<std::thread::JoinHandle<()>>,
         /// The last error of a poll (a lost device), for waits that would otherwise never end.
         failed: Arc<Mutex<Option<String>>>,
+        /// A thread is in [`drive`] on this device.
+        driver: std::sync::atomic::AtomicBool,
     }
 
     impl Poller {
@@ -100,6 +114,7 @@ mod native {
                             return;
                         }
                         st.pending = 0;
+                        st.polling = true;
                     }
                     // waits for every submission made before this call; a later one set
                     // `pending` again and is waited for on the next round
@@ -110,9 +125,22 @@ mod native {
                         }
                         std::thread::sleep(std::time::Duration::from_millis(1));
                     }
+                    sh.0.lock().unwrap_or_else(|e| e.into_inner()).polling = false;
                 })
                 .ok();
-            Poller { shared, thread, failed }
+            Poller { shared, thread, failed, driver: std::sync::atomic::AtomicBool::new(false) }
+        }
+
+        /// Claims the device for one [`drive`]: false while another thread drives it or the poll
+        /// thread polls it (two threads polling at once stall for about 10 ms at a time on
+        /// NVIDIA's Vulkan driver, see `Gpu::wait_done`).
+        fn claim(&self) -> bool {
+            use std::sync::atomic::Ordering;
+            let busy = {
+                let st = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+                st.polling || st.pending > 0
+            };
+            !busy && self.driver.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
         }
 
         /// The error of the last poll that failed, if one did.
