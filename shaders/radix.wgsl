@@ -192,11 +192,11 @@ fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
 
 // The radix tile kernels of CPU adapters (radix_count_tiles, radix_scan_tiles,
 // radix_scatter_tiles): a thread per tile of SP.tile keys, STW tiles to a workgroup (tiles.wgsl),
-// digits of SP.bits bits. Each tile's row of digit counts in `counts` becomes its running slots in
-// the scatter (on llvmpipe, counting there rather than in workgroup memory took the hinge's count
-// passes at 8x1x512x512 from 6.1 to 4.0 ms). On long segments the host takes three passes of 11
-// bits over tiles of RADIX_TILE_WIDE keys instead of four of 8 bits over TILE
-// (gpu::radix_layout).
+// digits of SP.bits bits. Each tile counts its digits in its row of `counts` (on llvmpipe,
+// counting there rather than in workgroup memory took the hinge's count passes at 8x1x512x512
+// from 6.1 to 4.0 ms), which the scatter turns into its running slots (8-bit digits: in workgroup
+// memory). On long segments the host takes three passes of 11 bits over tiles of
+// RADIX_TILE_WIDE keys instead of four of 8 bits over TILE (gpu::radix_layout).
 
 // The tile kernels' digit of key k in this pass.
 fn tdigit(k: u32) -> u32 {
@@ -230,13 +230,30 @@ fn radix_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
     // this walk over the digits is their scan, so radix_digits does not run)
     let digits = 1u << SP.bits;
     let row = (seg * SP.tiles + span.x) * digits;
+    let base = span.y;
+    let out = seg * SP.len;
     var start = 0u;
+    if SP.bits == 8u {
+        // 8-bit digits: the running slots in workgroup memory (wider ones do not fit)
+        let srow = lid * 256u;
+        for (var d = 0u; d < 256u; d++) {
+            slot[srow + d] = counts[row + d] + start;
+            start += totals[seg * 256u + d];
+        }
+        for (var p = 0u; p < span.z; p++) {
+            let k = key_in(base + p);
+            let at = srow + tdigit(k);
+            let dest = slot[at];
+            slot[at] = dest + 1u;
+            keys_out[out + dest] = k;
+            vals_out[out + dest] = val_in(base + p);
+        }
+        return;
+    }
     for (var d = 0u; d < digits; d++) {
         counts[row + d] += start;
         start += totals[seg * digits + d];
     }
-    let base = span.y;
-    let out = seg * SP.len;
     for (var p = 0u; p < span.z; p++) {
         let k = key_in(base + p);
         let at = row + tdigit(k);
@@ -246,6 +263,11 @@ fn radix_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
         vals_out[out + dest] = val_in(base + p);
     }
 }
+
+// radix_scatter_tiles' running slots of 8-bit digits, a row of 256 per thread: on llvmpipe the
+// scatters of Lovász-Softmax per image at 4x21x256x256 took 39.2 ms there against 41.3 in the
+// rows of `counts` (four rounds).
+var<workgroup> slot: array<u32, STW * 256u>;
 
 // radix_count for CPU adapters (see radix_scatter_tiles): a thread per tile counts its digits in
 // its own row of `counts`, without atomics or barriers.

@@ -248,8 +248,11 @@ pub(crate) const SORT_TILE: usize = 2048;
 /// RADIX_TILE_WIDE), where a tile's row holds 2048 digit counts.
 pub(crate) const RADIX_TILE_WIDE: usize = 16384;
 /// The segment length from which the CPU adapters' radix sort takes three passes of 11-bit digits
-/// instead of four of 8 bits ([`radix_layout`]).
-pub(crate) const RADIX_WIDE_MIN: usize = 1 << 16;
+/// instead of four of 8 bits ([`radix_layout`]): at least 64 tiles of [`RADIX_TILE_WIDE`] keys,
+/// eight workgroups. From 2^16 (commit 6254d9b), Lovász-Softmax per image at
+/// 4x21x256x256 (84 segments of 2^16, 41% of them kept) took 167 ms against 118: a segment of
+/// two or three tiles leaves most of a workgroup's eight lanes idle.
+pub(crate) const RADIX_WIDE_MIN: usize = 1 << 20;
 
 /// The CPU adapters' radix tile kernels on segments of `len` keys: (digit bits, keys per tile,
 /// passes). Every pass reads and writes each key and payload once, so long segments take three
