@@ -1369,7 +1369,7 @@ impl Engine {
     /// Runs `fut`, one of this engine's, to completion on the calling thread, which waits for the
     /// device itself ([`crate::gpu::poll::drive`]): the blocking methods' executor.
     #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) fn block<F: std::future::Future>(&self, fut: F) -> F::Output {
+    pub(crate) fn block<T, F: std::future::Future<Output = Result<T, Error>>>(&self, fut: F) -> Result<T, Error> {
         match self.gpu_ref() {
             Some(g) => crate::gpu::poll::drive(&g.device, &g.poller, fut),
             None => futures::executor::block_on(fut),

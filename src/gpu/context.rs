@@ -433,7 +433,8 @@ impl Gpu {
         self.queue.on_submitted_work_done(move || {
             let _ = tx.send(());
         });
-        self.poller.kick(&self.device);
+        // (wake, not kick: this thread blocks below, so it must not count on polling itself)
+        self.poller.wake(&self.device);
         loop {
             match rx.recv_timeout(std::time::Duration::from_millis(50)) {
                 Ok(()) => return Ok(()),

@@ -5,12 +5,14 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
+    use crate::error::Error;
     use std::cell::Cell;
     use std::sync::{Arc, Condvar, Mutex};
 
     thread_local! {
-        /// Whether this thread is in [`drive`]: its submissions need no poll thread.
-        static DRIVING: Cell<bool> = const { Cell::new(false) };
+        /// The poller (its address) of the device this thread drives in [`drive`], 0 for none:
+        /// that device's submissions on this thread need no poll thread.
+        static DRIVING: Cell<usize> = const { Cell::new(0) };
         /// Whether this thread, in [`drive`], submitted work since its last wait for the device.
         static UNWAITED: Cell<bool> = const { Cell::new(false) };
     }
@@ -18,18 +20,24 @@ mod native {
     /// Runs `fut` to completion on the calling thread, which waits for the device's work itself
     /// (`device.poll`) instead of sleeping until the poll thread, woken by the same completion,
     /// wakes it: one thread hand-off less per blocking call. The submissions made meanwhile on
-    /// this thread do not wake the poll thread ([`Poller::kick`]), so one thread polls, as the
-    /// poll thread's design asks (see `Gpu::wait_done`); while another thread drives the device
-    /// or the poll thread polls it, this one waits for the poll thread as before. A poll that
-    /// fails (a lost device) hands the polling back to the poll thread, whose callbacks end the
-    /// wait with the error.
-    pub(crate) fn drive<F: std::future::Future>(device: &wgpu::Device, poller: &Poller, fut: F) -> F::Output {
-        // (a drive within a drive, on this thread, goes on driving)
-        let nested = DRIVING.with(|d| d.get());
-        if !nested && (poller.thread.is_none() || !poller.claim()) {
+    /// this thread to this device do not wake the poll thread ([`Poller::kick`]); while another
+    /// thread drives the device or the poll thread polls it, this one waits for the poll thread as
+    /// before. Every poll of the device, here or on the poll thread, holds the poller's poll lock,
+    /// so one thread polls at a time (two polling at once stall for about 10 ms at a time on
+    /// NVIDIA's Vulkan driver). A poll that fails (a lost device, whose callbacks wgpu does not
+    /// run) ends the wait with the error.
+    pub(crate) fn drive<T, F>(device: &wgpu::Device, poller: &Poller, fut: F) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = Result<T, Error>>,
+    {
+        use std::task::{Context, Poll, Wake, Waker};
+        let id = poller as *const Poller as usize;
+        // (a drive within a drive of this device, on this thread, goes on driving)
+        let nested = DRIVING.with(|d| d.get()) == id;
+        let claimed = !nested && poller.thread.is_some() && poller.claim();
+        if !nested && !claimed {
             return futures::executor::block_on(fut);
         }
-        use std::task::{Context, Poll, Wake, Waker};
         struct Unpark(std::thread::Thread);
         impl Wake for Unpark {
             fn wake(self: Arc<Self>) {
@@ -39,38 +47,53 @@ mod native {
                 self.0.unpark();
             }
         }
-        // (restores the flag and releases the claim however this returns)
-        struct Driving<'a>(bool, &'a Poller);
+        // However this returns (a panic included): work the future submitted but did not wait
+        // for (a result left on the device) goes to the poll thread, so that its callbacks
+        // (scratch buffers back to the pool) still run; the outer drive's state comes back, and
+        // the claim is released.
+        struct Driving<'a> {
+            outer: usize,
+            outer_unwaited: bool,
+            claimed: bool,
+            poller: &'a Poller,
+            device: &'a wgpu::Device,
+        }
         impl Drop for Driving<'_> {
             fn drop(&mut self) {
-                DRIVING.with(|d| d.set(self.0));
-                if !self.0 {
-                    self.1.driver.store(false, std::sync::atomic::Ordering::Release);
+                if UNWAITED.with(|u| u.replace(self.outer_unwaited)) {
+                    self.poller.wake(self.device);
+                }
+                DRIVING.with(|d| d.set(self.outer));
+                if self.claimed {
+                    self.poller.driver.store(false, std::sync::atomic::Ordering::Release);
                 }
             }
         }
-        let _restore = Driving(DRIVING.with(|d| d.replace(true)), poller);
+        let _restore = Driving {
+            outer: DRIVING.with(|d| d.replace(id)),
+            outer_unwaited: UNWAITED.with(|u| u.replace(false)),
+            claimed,
+            poller,
+            device,
+        };
         let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
         let mut cx = Context::from_waker(&waker);
         let mut fut = std::pin::pin!(fut);
-        // work the future submitted but did not wait for (a result left on the device) is the
-        // poll thread's, so that its callbacks (scratch buffers back to the pool) still run
-        let done = |v| {
-            if UNWAITED.with(|u| u.replace(false)) {
-                poller.wake(device);
-            }
-            v
-        };
         loop {
             if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-                return done(v);
+                return v;
             }
             UNWAITED.with(|u| u.set(false));
-            if device.poll(wgpu::PollType::wait_indefinitely()).is_err() {
-                poller.wake(device);
-            }
+            let polled = poller.poll(device);
             if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-                return done(v);
+                return v;
+            }
+            if let Err(e) = polled {
+                return Err(Error::Gpu(format!("waiting for the device failed: {e}")));
+            }
+            // the future submitted more work: wait for that at once
+            if UNWAITED.with(|u| u.get()) {
+                continue;
             }
             // pending on what the device's work did not complete (another thread's work, a
             // callback the poll thread runs): until woken, polling again now and then
@@ -93,6 +116,8 @@ mod native {
         failed: Arc<Mutex<Option<String>>>,
         /// A thread is in [`drive`] on this device.
         driver: std::sync::atomic::AtomicBool,
+        /// Held by every poll of the device (the poll thread's, [`drive`]'s): one at a time.
+        poll_lock: Arc<Mutex<()>>,
     }
 
     impl Poller {
@@ -101,6 +126,8 @@ mod native {
             let sh = shared.clone();
             let failed: Arc<Mutex<Option<String>>> = Arc::default();
             let fail = failed.clone();
+            let poll_lock: Arc<Mutex<()>> = Arc::default();
+            let lock_thread = poll_lock.clone();
             let thread = std::thread::Builder::new()
                 .name("segloss-poll".into())
                 .spawn(move || loop {
@@ -118,7 +145,11 @@ mod native {
                     }
                     // waits for every submission made before this call; a later one set
                     // `pending` again and is waited for on the next round
-                    if let Err(e) = device.poll(wgpu::PollType::wait_indefinitely()) {
+                    let polled = {
+                        let _one = lock_thread.lock().unwrap_or_else(|e| e.into_inner());
+                        device.poll(wgpu::PollType::wait_indefinitely())
+                    };
+                    if let Err(e) = polled {
                         // device lost: callbacks fail with the loss; keep serving until dropped
                         if let Ok(mut f) = fail.lock() {
                             *f = Some(e.to_string());
@@ -128,7 +159,13 @@ mod native {
                     sh.0.lock().unwrap_or_else(|e| e.into_inner()).polling = false;
                 })
                 .ok();
-            Poller { shared, thread, failed, driver: std::sync::atomic::AtomicBool::new(false) }
+            Poller { shared, thread, failed, driver: std::sync::atomic::AtomicBool::new(false), poll_lock }
+        }
+
+        /// Waits for everything submitted to `device` so far, holding the poll lock.
+        fn poll(&self, device: &wgpu::Device) -> Result<(), wgpu::PollError> {
+            let _one = self.poll_lock.lock().unwrap_or_else(|e| e.into_inner());
+            device.poll(wgpu::PollType::wait_indefinitely()).map(|_| ())
         }
 
         /// Claims the device for one [`drive`]: false while another thread drives it or the poll
@@ -151,7 +188,7 @@ mod native {
         /// Work was submitted: poll until it is done (unless this thread drives the device
         /// itself, [`super::drive`]).
         pub fn kick(&self, device: &wgpu::Device) {
-            if DRIVING.with(|d| d.get()) {
+            if DRIVING.with(|d| d.get()) == self as *const Poller as usize {
                 UNWAITED.with(|u| u.set(true));
                 return;
             }
@@ -162,7 +199,7 @@ mod native {
         pub fn wake(&self, device: &wgpu::Device) {
             if self.thread.is_none() {
                 // no thread could be started: poll inline
-                let _ = device.poll(wgpu::PollType::wait_indefinitely());
+                let _ = self.poll(device);
                 return;
             }
             let (lock, cv) = &*self.shared;
