@@ -446,8 +446,8 @@ fn eight_threads_on_one_engine_match_one_thread() {
     }
 }
 
-/// Blocking calls poll the device on their own thread unless the poll thread or another blocking
-/// call is polling it: futures awaited on other threads (the poll thread's) and blocking calls,
+/// Blocking calls poll the device on their own thread, one poll at a time with the poll thread's
+/// and each other's: futures awaited on other threads (the poll thread's) and blocking calls,
 /// mixed on one engine, all finish with the one-thread results.
 #[test]
 fn blocking_calls_and_futures_mixed_on_one_engine() {

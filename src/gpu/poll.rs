@@ -20,10 +20,9 @@ mod native {
     /// Runs `fut` to completion on the calling thread, which waits for the device's work itself
     /// (`device.poll`) instead of sleeping until the poll thread, woken by the same completion,
     /// wakes it: one thread hand-off less per blocking call. The submissions made meanwhile on
-    /// this thread to this device do not wake the poll thread ([`Poller::kick`]); while another
-    /// thread drives the device or the poll thread polls it, this one waits for the poll thread as
-    /// before. Every poll of the device, here or on the poll thread, holds the poller's poll lock,
-    /// so one thread polls at a time (two polling at once stall for about 10 ms at a time on
+    /// this thread to this device do not wake the poll thread ([`Poller::kick`]). Every poll of
+    /// the device, here, on another driving thread or on the poll thread, holds the poller's poll
+    /// lock, so one thread polls at a time (two polling at once stall for about 10 ms at a time on
     /// NVIDIA's Vulkan driver). A poll that fails (a lost device, whose callbacks wgpu does not
     /// run) ends the wait with the error.
     pub(crate) fn drive<T, F>(device: &wgpu::Device, poller: &Poller, fut: F) -> Result<T, Error>
@@ -32,12 +31,6 @@ mod native {
     {
         use std::task::{Context, Poll, Wake, Waker};
         let id = poller as *const Poller as usize;
-        // (a drive within a drive of this device, on this thread, goes on driving)
-        let nested = DRIVING.with(|d| d.get()) == id;
-        let claimed = !nested && poller.thread.is_some() && poller.claim();
-        if !nested && !claimed {
-            return futures::executor::block_on(fut);
-        }
         struct Unpark(std::thread::Thread);
         impl Wake for Unpark {
             fn wake(self: Arc<Self>) {
@@ -49,12 +42,11 @@ mod native {
         }
         // However this returns (a panic included): work the future submitted but did not wait
         // for (a result left on the device) goes to the poll thread, so that its callbacks
-        // (scratch buffers back to the pool) still run; the outer drive's state comes back, and
-        // the claim is released.
+        // (scratch buffers back to the pool) still run, and the state of an outer drive (of
+        // another device, or a drive within a drive) comes back.
         struct Driving<'a> {
             outer: usize,
             outer_unwaited: bool,
-            claimed: bool,
             poller: &'a Poller,
             device: &'a wgpu::Device,
         }
@@ -64,15 +56,11 @@ mod native {
                     self.poller.wake(self.device);
                 }
                 DRIVING.with(|d| d.set(self.outer));
-                if self.claimed {
-                    self.poller.driver.store(false, std::sync::atomic::Ordering::Release);
-                }
             }
         }
         let _restore = Driving {
             outer: DRIVING.with(|d| d.replace(id)),
             outer_unwaited: UNWAITED.with(|u| u.replace(false)),
-            claimed,
             poller,
             device,
         };
@@ -105,8 +93,6 @@ mod native {
     struct State {
         pending: u64,
         stop: bool,
-        /// The poll thread is in `device.poll`.
-        polling: bool,
     }
 
     pub(crate) struct Poller {
@@ -114,8 +100,6 @@ mod native {
         thread: Option<std::thread::JoinHandle<()>>,
         /// The last error of a poll (a lost device), for waits that would otherwise never end.
         failed: Arc<Mutex<Option<String>>>,
-        /// A thread is in [`drive`] on this device.
-        driver: std::sync::atomic::AtomicBool,
         /// Held by every poll of the device (the poll thread's, [`drive`]'s): one at a time.
         poll_lock: Arc<Mutex<()>>,
     }
@@ -141,7 +125,6 @@ mod native {
                             return;
                         }
                         st.pending = 0;
-                        st.polling = true;
                     }
                     // waits for every submission made before this call; a later one set
                     // `pending` again and is waited for on the next round
@@ -156,28 +139,15 @@ mod native {
                         }
                         std::thread::sleep(std::time::Duration::from_millis(1));
                     }
-                    sh.0.lock().unwrap_or_else(|e| e.into_inner()).polling = false;
                 })
                 .ok();
-            Poller { shared, thread, failed, driver: std::sync::atomic::AtomicBool::new(false), poll_lock }
+            Poller { shared, thread, failed, poll_lock }
         }
 
         /// Waits for everything submitted to `device` so far, holding the poll lock.
         fn poll(&self, device: &wgpu::Device) -> Result<(), wgpu::PollError> {
             let _one = self.poll_lock.lock().unwrap_or_else(|e| e.into_inner());
             device.poll(wgpu::PollType::wait_indefinitely()).map(|_| ())
-        }
-
-        /// Claims the device for one [`drive`]: false while another thread drives it or the poll
-        /// thread polls it (two threads polling at once stall for about 10 ms at a time on
-        /// NVIDIA's Vulkan driver, see `Gpu::wait_done`).
-        fn claim(&self) -> bool {
-            use std::sync::atomic::Ordering;
-            let busy = {
-                let st = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
-                st.polling || st.pending > 0
-            };
-            !busy && self.driver.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
         }
 
         /// The error of the last poll that failed, if one did.
