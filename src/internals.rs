@@ -215,11 +215,7 @@ impl Engine {
 fn run_and_wait(gpu: &Gpu, rec: Recording) -> Result<(), Error> {
     crate::gpu::poll::drive(&gpu.device, &gpu.poller, async {
         let futs = gpu.execute(vec![rec]);
-        let (tx, rx) = futures::channel::oneshot::channel();
-        gpu.queue.on_submitted_work_done(move || {
-            let _ = tx.send(());
-        });
-        rx.await.map_err(|_| Error::Gpu("the device dropped a wait (lost?)".into()))?;
+        gpu.work_done().await?;
         for f in futs {
             f.await?;
         }

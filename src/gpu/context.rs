@@ -424,32 +424,26 @@ impl Gpu {
             .clone()
     }
 
-    /// Blocks until everything submitted so far has run, the poll thread driving the device
-    /// (a second thread polling beside it stalls for about 10 ms at a time on NVIDIA's Vulkan
-    /// driver); an error when the device fails or is lost meanwhile.
+    /// Blocks until everything submitted so far has run, this thread polling the device
+    /// ([`crate::gpu::poll::drive`]); an error when the device fails or is lost meanwhile.
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn wait_done(&self) -> Result<(), Error> {
-        let (tx, rx) = std::sync::mpsc::channel();
+        crate::gpu::poll::drive(&self.device, &self.poller, self.work_done())
+    }
+
+    /// Completes when everything submitted so far has run.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn work_done(&self) -> impl std::future::Future<Output = Result<(), Error>> + '_ {
+        let (tx, rx) = futures::channel::oneshot::channel();
         self.queue.on_submitted_work_done(move || {
             let _ = tx.send(());
         });
-        // (wake, not kick: this thread blocks below, so it must not count on polling itself)
-        self.poller.wake(&self.device);
-        loop {
-            match rx.recv_timeout(std::time::Duration::from_millis(50)) {
-                Ok(()) => return Ok(()),
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Gpu("the device dropped a wait (lost?)".into()))
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if let Some(e) = self.poller.failure() {
-                        return Err(Error::Gpu(format!("waiting for the device failed: {e}")));
-                    }
-                    if let Some(e) = self.lost.lock().ok().and_then(|l| l.clone()) {
-                        return Err(Error::Gpu(e));
-                    }
-                }
+        async move {
+            if rx.await.is_err() {
+                let lost = self.lost.lock().ok().and_then(|l| l.clone());
+                return Err(Error::Gpu(lost.unwrap_or_else(|| "the device dropped a wait (lost?)".into())));
             }
+            Ok(())
         }
     }
 

@@ -98,8 +98,6 @@ mod native {
     pub(crate) struct Poller {
         shared: Arc<(Mutex<State>, Condvar)>,
         thread: Option<std::thread::JoinHandle<()>>,
-        /// The last error of a poll (a lost device), for waits that would otherwise never end.
-        failed: Arc<Mutex<Option<String>>>,
         /// Held by every poll of the device (the poll thread's, [`drive`]'s): one at a time.
         poll_lock: Arc<Mutex<()>>,
     }
@@ -108,8 +106,6 @@ mod native {
         pub fn new(device: wgpu::Device) -> Poller {
             let shared: Arc<(Mutex<State>, Condvar)> = Arc::default();
             let sh = shared.clone();
-            let failed: Arc<Mutex<Option<String>>> = Arc::default();
-            let fail = failed.clone();
             let poll_lock: Arc<Mutex<()>> = Arc::default();
             let lock_thread = poll_lock.clone();
             let thread = std::thread::Builder::new()
@@ -132,27 +128,19 @@ mod native {
                         let _one = lock_thread.lock().unwrap_or_else(|e| e.into_inner());
                         device.poll(wgpu::PollType::wait_indefinitely())
                     };
-                    if let Err(e) = polled {
-                        // device lost: callbacks fail with the loss; keep serving until dropped
-                        if let Ok(mut f) = fail.lock() {
-                            *f = Some(e.to_string());
-                        }
+                    if polled.is_err() {
+                        // device lost: a driven wait reports it (drive); keep serving until dropped
                         std::thread::sleep(std::time::Duration::from_millis(1));
                     }
                 })
                 .ok();
-            Poller { shared, thread, failed, poll_lock }
+            Poller { shared, thread, poll_lock }
         }
 
         /// Waits for everything submitted to `device` so far, holding the poll lock.
         fn poll(&self, device: &wgpu::Device) -> Result<(), wgpu::PollError> {
             let _one = self.poll_lock.lock().unwrap_or_else(|e| e.into_inner());
             device.poll(wgpu::PollType::wait_indefinitely()).map(|_| ())
-        }
-
-        /// The error of the last poll that failed, if one did.
-        pub fn failure(&self) -> Option<String> {
-            self.failed.lock().ok().and_then(|f| f.clone())
         }
 
         /// Work was submitted: poll until it is done (unless this thread drives the device
