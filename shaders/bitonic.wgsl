@@ -3,7 +3,7 @@
 // and dispatches cost more than the network's barriers. Keys ascending, ties by payload index
 // (bits 0..30), so the result equals the stable radix sort's. Bindings of sortio.wgsl; sorts
 // keys_out/vals_out in place (each workgroup owns its segment), keys_in/vals_in unused. With varlen,
-// segment s sorts its first seglen[s].x keys and fills the rest of its `len` with padding.
+// segment s sorts its first seglen[s].w keys and fills the rest of its `len` with padding.
 
 var<workgroup> bk: array<u32, 2048>;
 var<workgroup> bv: array<u32, 2048>;
@@ -20,7 +20,7 @@ fn bitonic_sort(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     while n < SP.len {
         n <<= 1u;
     }
-    // with varlen, only the first seglen[seg].x keys are read; the rest of the segment is
+    // with varlen, only the first seglen[seg].w keys are read; the rest of the segment is
     // written back as padding (NONE), which sorts last
     let real = seg_len(seg);
     for (var i = lid; i < n; i += 256u) {

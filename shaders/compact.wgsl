@@ -3,8 +3,10 @@
 // segment: count kept elements per tile, scan, and scatter them in their original order to the
 // front of the segment in a new [segment][len] array (what follows them is not written: the passes
 // after this one read only each segment's kept count); the dropped elements' labels are counted
-// into segsum (fg in .y, bg in .z) so that the foreground total stays exact, and segsum.x receives
-// the kept count, which the sort and the Lovász passes read on the device.
+// into segsum (fg in .y, bg in .z) so that the foreground total stays exact, segsum.x receives
+// the kept count, which the Lovász passes read on the device, and segsum.w the slots the sort
+// takes: the kept count, and on CPU adapters the guards of the tiles that drop (kept.wgsl), whose
+// NONE keys sort after the kept ones.
 
 @group(0) @binding(0) var<uniform> LP: LovParams;        // the uncompacted segments
 // (`SortWords`: sortin1.wgsl, or sortin4.wgsl's quads for the tile kernels)
@@ -12,8 +14,8 @@
 @group(0) @binding(2) var<storage, read> vals_in: SortWords;
 @group(0) @binding(3) var<storage, read_write> keys_out: array<u32>;
 @group(0) @binding(4) var<storage, read_write> vals_out: array<u32>;
-@group(0) @binding(5) var<storage, read_write> tilecnt: array<vec4<u32>>; // [seg][tile]: kept, fg, bg dropped
-@group(0) @binding(6) var<storage, read_write> segsum: array<vec4<u32>>;  // [seg]: kept, fg, bg dropped
+@group(0) @binding(5) var<storage, read_write> tilecnt: array<vec4<u32>>; // [seg][tile]: kept, fg, bg dropped, slots
+@group(0) @binding(6) var<storage, read_write> segsum: array<vec4<u32>>;  // [seg]: kept, fg, bg dropped, slots
 // The tile kernels (CPU adapters, Lovász-Softmax): [seg] the thresholds of threshold.wgsl, which
 // they apply as they read, in place of lovasz_drop
 @group(0) @binding(7) var<storage, read> thr: array<u32>;
@@ -45,8 +47,9 @@ fn compact_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
     atomicAdd(&tile_total[2], c.z);
     workgroupBarrier();
     if lid == 0u {
-        tilecnt[seg * LP.tiles + tile] =
-            vec4<u32>(atomicLoad(&tile_total[0]), atomicLoad(&tile_total[1]), atomicLoad(&tile_total[2]), 0u);
+        // (the slots: the kept elements, as compact_scatter writes no guards)
+        let kept = atomicLoad(&tile_total[0]);
+        tilecnt[seg * LP.tiles + tile] = vec4<u32>(kept, atomicLoad(&tile_total[1]), atomicLoad(&tile_total[2]), kept);
     }
 }
 
@@ -154,10 +157,12 @@ fn compact_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
         let v = val_in(span.y + p);
         c += kind_of(dropped_key(key_in(span.y + p), v, t), v);
     }
+    c.w = guard_slots(c.x, span.z);
     tilecnt[seg * LP.tiles + span.x] = c;
 }
 
-// Kept elements to the front of their segment in order, from the tile's first slot.
+// Kept elements to the front of their segment in order, from the tile's first slot, and the
+// tile's guard (kept.wgsl).
 @compute @workgroup_size(8)
 fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let seg = wid.y;
@@ -166,28 +171,28 @@ fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(wor
         return;
     }
     let t = seg_threshold(seg);
-    var pos = seg * LP.len + tilecnt[seg * LP.tiles + span.x].x;
+    let first = seg * LP.len + tilecnt[seg * LP.tiles + span.x].w;
+    var pos = first;
     let base = span.y;
     let real = span.z;
-    // (put_kept: kept.wgsl)
-    // (a line per tile of the whole table: tiles of different segments run at once too)
-    let spare = tile_spare(LP.segs * LP.len, seg * LP.tiles + span.x);
+    // (put_kept, put_guard: kept.wgsl)
     var p = 0u;
     if SORT4 {
         for (; p + 4u <= real; p += 4u) {
             let q = (base + p) / 4u;
             let k = keys4_in(q);
             let v = vals4_in(q);
-            pos = put_kept(pos, spare, vec2<u32>(dropped_key(k.x, v.x, t), v.x));
-            pos = put_kept(pos, spare, vec2<u32>(dropped_key(k.y, v.y, t), v.y));
-            pos = put_kept(pos, spare, vec2<u32>(dropped_key(k.z, v.z, t), v.z));
-            pos = put_kept(pos, spare, vec2<u32>(dropped_key(k.w, v.w, t), v.w));
+            pos = put_kept(pos, vec2<u32>(dropped_key(k.x, v.x, t), v.x));
+            pos = put_kept(pos, vec2<u32>(dropped_key(k.y, v.y, t), v.y));
+            pos = put_kept(pos, vec2<u32>(dropped_key(k.z, v.z, t), v.z));
+            pos = put_kept(pos, vec2<u32>(dropped_key(k.w, v.w, t), v.w));
         }
     }
     for (; p < real; p++) {
         let v = val_in(base + p);
-        pos = put_kept(pos, spare, vec2<u32>(dropped_key(key_in(base + p), v, t), v));
+        pos = put_kept(pos, vec2<u32>(dropped_key(key_in(base + p), v, t), v));
     }
+    put_guard(first, pos, real);
 }
 
 var<workgroup> longest: atomic<u32>;
@@ -196,7 +201,8 @@ var<workgroup> longest: atomic<u32>;
 const RADIX_TILE_WIDE: u32 = 16384u;
 
 // One workgroup: the indirect dispatch size (x, y, z) of the passes over the compacted segments,
-// written to keys_out[0..3]: the tiles of the longest kept segment (at least one), the segments;
+// written to keys_out[0..3]: the tiles of the longest sorted segment (kept elements and guards;
+// at least one), the segments;
 // to keys_out[4..7] that of the tile kernels (STW tiles per workgroup), and to keys_out[8..11]
 // that of the radix tile kernels over tiles of RADIX_TILE_WIDE.
 @compute @workgroup_size(256)
@@ -207,7 +213,7 @@ fn compact_args(@builtin(local_invocation_index) lid: u32) {
     workgroupBarrier();
     var m = 0u;
     for (var s = lid; s < LP.segs; s += 256u) {
-        m = max(m, segsum[s].x);
+        m = max(m, segsum[s].w);
     }
     atomicMax(&longest, m);
     workgroupBarrier();

@@ -14,7 +14,7 @@
 @group(0) @binding(3) var<uniform> LP: LovParams;
 @group(0) @binding(4) var<storage, read_write> keys_out: array<u32>;
 @group(0) @binding(5) var<storage, read_write> vals_out: array<u32>;
-@group(0) @binding(6) var<storage, read_write> tilecnt: array<vec4<u32>>; // [seg][tile]: kept, fg, bg dropped
+@group(0) @binding(6) var<storage, read_write> tilecnt: array<vec4<u32>>; // [seg][tile]: kept, fg, bg dropped, slots
 
 // (tiles: tiles.wgsl)
 @compute @workgroup_size(8)
@@ -41,6 +41,7 @@ fn hinge_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgro
             c += kind_of(kv.x, kv.y);
         }
     }
+    c.w = guard_slots(c.x, span.z);
     tilecnt[wid.y * LP.tiles + span.x] = c;
 }
 
@@ -51,24 +52,25 @@ fn hinge_compact_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
     if span.z == 0u {
         return;
     }
-    var pos = seg * LP.len + tilecnt[seg * LP.tiles + span.x].x;
+    let first = seg * LP.len + tilecnt[seg * LP.tiles + span.x].w;
+    var pos = first;
     let base = span.y;
     let real = span.z;
-    // (put_kept: kept.wgsl)
-    let spare = LP.segs * LP.len;
+    // (put_kept, put_guard: kept.wgsl)
     if VEC4 {
         for (var p = 0u; p < real; p += 4u) {
             let e = base + p;
             let x = lg4(e / 4u);
             let w = tgt4(e / 4u);
-            pos = put_kept(pos, spare, hinge_kv_of(e, x.x, w.x));
-            pos = put_kept(pos, spare, hinge_kv_of(e + 1u, x.y, w.y));
-            pos = put_kept(pos, spare, hinge_kv_of(e + 2u, x.z, w.z));
-            pos = put_kept(pos, spare, hinge_kv_of(e + 3u, x.w, w.w));
+            pos = put_kept(pos, hinge_kv_of(e, x.x, w.x));
+            pos = put_kept(pos, hinge_kv_of(e + 1u, x.y, w.y));
+            pos = put_kept(pos, hinge_kv_of(e + 2u, x.z, w.z));
+            pos = put_kept(pos, hinge_kv_of(e + 3u, x.w, w.w));
         }
     } else {
         for (var p = 0u; p < real; p++) {
-            pos = put_kept(pos, spare, hinge_kv(base + p));
+            pos = put_kept(pos, hinge_kv(base + p));
         }
     }
+    put_guard(first, pos, real);
 }

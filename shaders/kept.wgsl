@@ -1,27 +1,31 @@
 // For the compactions of CPU adapters (compact.wgsl, hinge.wgsl), which bind `keys_out` and
-// `vals_out`: writes key and payload kv at slot pos when the key is kept, else to `spare`, the
-// element past the segments that nothing reads (the host allocates it; racing writes there leave
-// only its value undefined), so the walk is branch-free (in a build made only to measure, a store
-// under a branch took the softmax compaction on llvmpipe from 16-17 to 26-31 ms). Returns the
-// next slot.
-//
-// `spare` for the tile of index `tile` of the Lovász-Softmax compaction (compact_scatter_tiles;
-// tiles counted over the whole table of segments): each tile its own cache line of a
-// SPARE_LINES-line area past the segments, so the two cores' threads do not take turns on one
-// line (on llvmpipe the scatter of 4x21x256x256 took 10.9-14.9
-// ms with the lines against 15.6-17.6 with the one element, then 9.9-12.5 against 14.5-17.6,
-// five rounds each with the builds alternating; the hinge's compaction, which drops into the one
-// element, measured slower with them).
-const SPARE_LINES: u32 = 256u;
+// `vals_out`: a thread walks its tile in order and writes every element at its slot `pos`, which
+// moves on only past a kept one, so a dropped element is overwritten by the next kept one and the
+// walk is a branch-free stream of stores to neighbouring slots. A tile that drops anything owns
+// one slot past its kept elements (its guard, see guard_slots): its last write there would
+// otherwise land on the next tile's first slot, which another thread writes. The walk ends by
+// writing NONE to the guard, so the sort takes the guards as keys that sort after every kept one
+// and the passes after the sort read only the kept count. (On llvmpipe, the hinge's compaction at
+// 8x1x512x512 took 5.3-6.2 ms this way against 9.0-11.3 with the dropped elements written to one
+// spare element past the segments; a store under a branch was slower still.)
 
-fn tile_spare(spare: u32, tile: u32) -> u32 {
-    return spare + (tile % SPARE_LINES) * 16u;
+// The slots of a tile with `kept` of its `n` elements kept: one more, the guard, where it drops any.
+fn guard_slots(kept: u32, n: u32) -> u32 {
+    return kept + select(0u, 1u, kept < n);
 }
 
-fn put_kept(pos: u32, spare: u32, kv: vec2<u32>) -> u32 {
-    let kept = kv.x != 0xFFFFFFFFu;
-    let at = select(spare, pos, kept);
-    keys_out[at] = kv.x;
-    vals_out[at] = kv.y;
-    return pos + select(0u, 1u, kept);
+// Writes key and payload kv at slot pos; returns the next slot.
+fn put_kept(pos: u32, kv: vec2<u32>) -> u32 {
+    keys_out[pos] = kv.x;
+    vals_out[pos] = kv.y;
+    return pos + select(0u, 1u, kv.x != 0xFFFFFFFFu);
+}
+
+// After the walk of a tile of `n` elements from slot `first` to slot `pos`: NONE into its guard
+// (a thread's own earlier writes there are overwritten: program order).
+fn put_guard(first: u32, pos: u32, n: u32) {
+    if pos - first < n {
+        keys_out[pos] = 0xFFFFFFFFu;
+        vals_out[pos] = 0xFFFFFFFFu;
+    }
 }

@@ -6,7 +6,7 @@ struct SortParams {
     segs: u32,   // segments
     tiles: u32,  // tiles per segment stride
     shift: u32,  // digit shift of this pass
-    varlen: u32, // 1: segment s sorts only its first seglen[s].x keys (radix: the rest is left in place;
+    varlen: u32, // 1: segment s sorts only its first seglen[s].w keys (radix: the rest is left in place;
                  // bitonic: the rest becomes padding)
     bits: u32,   // the radix tile kernels' digit width (8 or 11 bits; the workgroup kernels' is 8)
     tile: u32,   // the radix tile kernels' keys per tile
@@ -21,12 +21,12 @@ struct SortParams {
 @group(0) @binding(4) var<storage, read_write> totals: array<u32>; // [seg][digit]: start of each digit
 @group(0) @binding(5) var<storage, read_write> keys_out: array<u32>;
 @group(0) @binding(6) var<storage, read_write> vals_out: array<u32>;
-@group(0) @binding(7) var<storage, read> seglen: array<vec4<u32>>; // [seg].x: keys to sort (varlen)
+@group(0) @binding(7) var<storage, read> seglen: array<vec4<u32>>; // [seg].w: keys to sort (varlen)
 
 // Keys to sort in segment `seg`.
 fn seg_len(seg: u32) -> u32 {
     if SP.varlen != 0u {
-        return min(seglen[seg].x, SP.len);
+        return min(seglen[seg].w, SP.len);
     }
     return SP.len;
 }

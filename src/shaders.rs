@@ -619,7 +619,6 @@ pub const SHARED_CONSTANTS: &[(&str, u64)] = &[
     ("T", crate::gpu::SORT_TILE as u64),
     ("CT", crate::gpu::SORT_TILE as u64),
     ("STW", crate::gpu::SCATTER_TILES_WG as u64),
-    ("SPARE_LINES", crate::gpu::SPARE_LINES as u64),
     ("TILE", crate::gpu::SORT_TILE as u64),
     ("RADIX_TILE_WIDE", crate::gpu::RADIX_TILE_WIDE as u64),
     ("LT", crate::gpu::SORT_TILE as u64),

@@ -141,13 +141,12 @@ impl Gpu {
             rec.scratch(16, "no thresholds")?
         };
         // 3. stable compaction of the elements to sort; the kept count of each segment lands in
-        // segsum.x, the labels of the others in .y (fg) and .z (bg)
+        // segsum.x, the labels of the others in .y (fg) and .z (bg), the keys to sort in .w (a
+        // CPU adapter's compactions add a guard per tile that drops, kept.wgsl: never more than
+        // the segment's length)
         let tilecnt = rec.scratch((segs * tiles * 16) as u64, "compaction tile counts")?;
-        // (and past the segments where the CPU adapters' compactions write what they drop: one
-        // element for the hinge's, a line per tile for the softmax's, kept.wgsl)
-        let spare = (crate::gpu::SPARE_LINES * 64) as u64;
-        let kc = rec.scratch(total + spare, "compacted keys")?;
-        let vc = rec.scratch(total + spare, "compacted payloads")?;
+        let kc = rec.scratch(total, "compacted keys")?;
+        let vc = rec.scratch(total, "compacted payloads")?;
         let binds = [
             ("LP", lp),
             ("keys_in", keys),

@@ -239,9 +239,6 @@ pub(crate) fn softmax_stats_steps(
 }
 /// The most classes a CPU adapter's softmax kernels keep in registers (`common.wgsl`: CREG_MAX).
 pub(crate) const CREG_MAX: usize = 32;
-/// Cache lines past the compacted Lovász segments where the CPU adapters' compactions write
-/// what they drop (`kept.wgsl`: SPARE_LINES, 16 words each).
-pub(crate) const SPARE_LINES: usize = 256;
 /// Elements per sort tile (`radix.wgsl`: T, `lovasz.wgsl`: LT).
 pub(crate) const SORT_TILE: usize = 2048;
 /// Keys per tile of the CPU adapters' radix tile kernels on long segments (`compact.wgsl`:
