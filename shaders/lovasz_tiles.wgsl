@@ -10,7 +10,7 @@
 @group(0) @binding(2) var<storage, read> vals_in: SortWords;
 @group(0) @binding(3) var<storage, read_write> tilecnt: array<vec2<u32>>; // [seg][tile] fg, bg
 @group(0) @binding(4) var<storage, read_write> segsum: array<vec4<u32>>;  // [seg] (lovasz.wgsl)
-@group(0) @binding(5) var<storage, read_write> lw: array<f32>;            // [element] Jaccard weight
+@group(0) @binding(5) var<storage, read_write> lw: array<f32>;            // [element] Jaccard weight (weight_out)
 @group(0) @binding(6) var<storage, read_write> vpart: array<f32>;         // [seg][tile] value partials
 
 @compute @workgroup_size(8)
@@ -62,7 +62,7 @@ fn weigh(k: u32, v: u32, run: ptr<function, vec2<u32>>, acc: ptr<function, f32>,
     let c = label_counts(v);
     *run += c;
     let w = jaccard_weight(c, *run, gts);
-    lw[v & 0x7FFFFFFFu] = w;
+    lw[v & 0x7FFFFFFFu] = weight_out(c, w);
     *acc += bitcast<f32>(~k) * w;
 }
 

@@ -26,6 +26,16 @@ struct LovParams {
     segs: u32,      // segments
     tiles: u32,     // tiles of 2048 per segment
     per_image: u32, // 1: one group per image
+    // lovasz_weights writes weight times fg_mul (foreground) or bg_mul (background): 1, 1 for the
+    // weights; -coef, coef for the gradient of a hinge whose coefficient the host knows
+    // (gpu::lovasz::HingeGrad), which is then d loss / d x bit for bit as grad.wgsl computes it
+    fg_mul: f32,
+    bg_mul: f32,
+}
+
+// What lovasz_weights writes for an element with label counts c and Jaccard weight w.
+fn weight_out(c: vec2<u32>, w: f32) -> f32 {
+    return w * select(LP.bg_mul, LP.fg_mul, c.x == 1u);
 }
 
 // The Jaccard weight of a sorted position with label counts c (fg: (1, 0), bg: (0, 1)), the

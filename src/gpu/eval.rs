@@ -6,7 +6,7 @@
 use crate::error::Error;
 use crate::expr::LossExpr;
 use crate::gpu::context::Gpu;
-use crate::gpu::lovasz::{grid, LovaszInput};
+use crate::gpu::lovasz::{grid, HingeGrad, LovaszInput};
 use crate::gpu::record::{Grid, Recording, Slice};
 use crate::gpu::{
     align, finalize_chunks, finalize_op_steps, finalize_threads, grad_creg, grad_pix, plane_rows, softmax_stats_steps,
@@ -388,26 +388,32 @@ impl Gpu {
 
     /// Records the sort of each distinct Lovász loss of `plan` on `inp`: its segment sums
     /// `[value bits, fg, bg, kept]` into `segsum[g]`, and the Jaccard weights, returned (a
-    /// loss whose `segsum` is `None` is not sorted: its weights are an unused placeholder).
+    /// loss whose `segsum` is `None` is not sorted: its weights are an unused placeholder; one
+    /// with a `hinge_grads[g]` writes that gradient instead, and its destination is returned).
     pub(crate) fn record_lovasz_all(
         &self,
         rec: &mut Recording,
         inp: &DevInput,
         plan: &StatsPlan,
         segsum: &[Option<Slice>],
+        hinge_grads: &[Option<HingeGrad>],
     ) -> Result<Vec<Slice>, Error> {
         let (base, _, _) = self.params_of(inp, false);
         let rows = self.rows(inp);
         let mut lws = Vec::new();
-        for (lp, ss) in plan.lovasz.iter().zip(segsum) {
+        for (g, (lp, ss)) in plan.lovasz.iter().zip(segsum).enumerate() {
             let Some(ss) = *ss else {
                 lws.push(rec.scratch(16, "unused lovasz weights")?);
                 continue;
             };
+            let grad = hinge_grads.get(g).copied().flatten();
             // Lovász-Softmax on logits: then each pixel's log-sum-exp, which the keys pass
             // computes and the gradient pass reads back (lovasz.wgsl)
             let lse = if inp.softmax && !inp.probs { inp.n * inp.s } else { 0 };
-            let lw = rec.scratch(((inp.n * inp.c * inp.s + lse) * 4) as u64, "lovasz weights")?;
+            let lw = match grad {
+                Some(h) => h.dest,
+                None => rec.scratch(((inp.n * inp.c * inp.s + lse) * 4) as u64, "lovasz weights")?,
+            };
             let li = LovaszInput {
                 logits: inp.logits,
                 target: inp.target,
@@ -419,7 +425,7 @@ impl Gpu {
                 softmax: inp.softmax,
                 probs: inp.probs,
             };
-            self.record_lovasz(rec, &li, lp.per_image, ss, lw)?;
+            self.record_lovasz(rec, &li, lp.per_image, ss, lw, grad)?;
             lws.push(lw);
         }
         Ok(lws)
@@ -723,6 +729,32 @@ impl Gpu {
             LovFrom::Given(l) => l,
             LovFrom::Parts => rec.scratch(lov_bytes, "lovasz segment sums")?,
         };
+        // the expressions whose gradient the hinge's weights pass writes (HingeGrad): their
+        // destination, and that of each Lovász loss
+        let mut fused_dest: Vec<Option<Slice>> = vec![None; exprs.len()];
+        let mut hinge_grads: Vec<Option<HingeGrad>> = vec![None; plan.lovasz.len()];
+        if whole && matches!(lov_from, LovFrom::Parts) && groups == 1 && !softmax && first.inp.validate == 0 {
+            let total = (first.inp.n * c * first.inp.s * 4) as u64;
+            for (i, e) in exprs.iter().enumerate() {
+                let [(g, _, _)] = layouts[i].lov[..] else { continue };
+                let [t] = &e.terms[..] else { continue };
+                let only = e.deep.is_none() && !e.unreduced() && layouts[i].pix.is_empty() && !layouts[i].region;
+                // (the weights are written for no one else: no other gradient reads this loss's)
+                let alone = (0..exprs.len()).all(|j| j == i || !wants(j) || layouts[j].lov.iter().all(|x| x.0 != g));
+                if !only || !alone || !matches!(t.loss, crate::expr::Loss::Lovasz(_)) {
+                    continue;
+                }
+                let dest = match first.grads[i] {
+                    GradTo::Host => rec.scratch(total, "gradient")?,
+                    GradTo::Into { slice, accumulate: false, copy_to: None } => slice,
+                    _ => continue,
+                };
+                // the finalize's coefficient: the factor over the segments' mean (op_lovasz)
+                let segs = if plan.lovasz[g].per_image { n } else { 1 };
+                hinge_grads[g] = Some(HingeGrad { dest, coef: t.weight as f32 / segs as f32 });
+                fused_dest[i] = Some(dest);
+            }
+        }
         let mut lws = Vec::new();
         for part in parts {
             let mut segsum = Vec::new();
@@ -736,7 +768,7 @@ impl Gpu {
                     }
                 });
             }
-            let lw = self.record_lovasz_all(rec, part.inp, plan, &segsum)?;
+            let lw = self.record_lovasz_all(rec, part.inp, plan, &segsum, &hinge_grads)?;
             if let (LovFrom::Parts, false) = (lov_from, whole) {
                 // each part's per-image segments into their place among the whole batch's
                 for (ss, &(off, _, per)) in segsum.iter().flatten().zip(&lov_at) {
@@ -875,6 +907,17 @@ impl Gpu {
                     GradTo::Skip if unr => (rec.scratch(total, "gradient of unreduced entries")?, false, false, None),
                     GradTo::Skip => {
                         reads_of_part.push(None);
+                        continue;
+                    }
+                    // written by the hinge's weights pass
+                    _ if fused_dest[i].is_some() => {
+                        let host = matches!(g, GradTo::Host);
+                        if let (true, Some(dest)) = (host, fused_dest[i]) {
+                            let rb = rec.readback(total, "gradient")?;
+                            rec.copy(dest.sub(0, total), rb);
+                            reads += 1;
+                        }
+                        reads_of_part.push(host.then(|| reads - 1));
                         continue;
                     }
                     GradTo::Host => (rec.scratch(total, "gradient")?, false, true, None),

@@ -18,6 +18,37 @@ struct LovParams {
     segs: u32,
     tiles: u32,
     per_image: u32,
+    /// The factors on the Jaccard weights that lovasz_weights writes, of foreground and
+    /// background elements (1: the weights; the hinge's gradient: see [`HingeGrad`])
+    fg_mul: f32,
+    bg_mul: f32,
+    pad: [u32; 2],
+}
+
+impl LovParams {
+    fn new(len: usize, segs: usize, tiles: usize, per_image: bool) -> Self {
+        LovParams {
+            len: len as u32,
+            segs: segs as u32,
+            tiles: tiles as u32,
+            per_image: u32::from(per_image),
+            fg_mul: 1.0,
+            bg_mul: 1.0,
+            pad: [0; 2],
+        }
+    }
+}
+
+/// The Lovász hinge's gradient written by the weights pass itself, where the hinge is its
+/// expression's only term and its coefficient is known on the host: every sorted element's
+/// `d loss / d x = -coef w (2 g - 1)` goes into `dest` (cleared first, so the elements without a
+/// loss keep 0), and the gradient pass does not run. `coef` is the finalize's: the term's factor
+/// over the segments' mean (the same f32 division), so the gradient has the bits of the pass it
+/// replaces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HingeGrad {
+    pub dest: Slice,
+    pub coef: f32,
 }
 
 /// The input of the Lovász passes: logits, target words and the loss kernels' `Params`.
@@ -44,7 +75,8 @@ pub(crate) fn grid(limits: &wgpu::Limits, items: usize) -> (u32, u32) {
 
 impl Gpu {
     /// Records one Lovász loss: `segsum` receives `[value bits, fg, bg, kept]` per segment and
-    /// `lw` the Jaccard weight of every element (0 for the elements that carry no gradient).
+    /// `lw` the Jaccard weight of every element (0 for the elements that carry no gradient); with
+    /// `grad` (the hinge), `lw` is not written and `grad.dest` receives the gradient.
     pub(crate) fn record_lovasz(
         &self,
         rec: &mut Recording,
@@ -52,7 +84,12 @@ impl Gpu {
         per_image: bool,
         segsum: Slice,
         lw: Slice,
+        grad: Option<HingeGrad>,
     ) -> Result<(), Error> {
+        if grad.is_some() && inp.softmax {
+            return Err(Error::Gpu("internal: a fused Lovász gradient of a softmax".into()));
+        }
+        let lw = grad.map_or(lw, |g| g.dest);
         let (n, c, s) = (inp.n, inp.c, inp.s);
         let (segs, len) = plan::lovasz_segments(inp.softmax, per_image, n, c, s);
         let maxd = self.limits.max_compute_workgroups_per_dimension as usize;
@@ -82,7 +119,7 @@ impl Gpu {
         let pb = rec.uniform(&inp.params);
         // 1. keys and payloads (softmax: a workgroup row per image; hinge: per (image, channel)
         // plane)
-        let lp = rec.uniform(&LovParams { len: len as u32, segs: segs as u32, tiles: 1, per_image: per_image as u32 });
+        let lp = rec.uniform(&LovParams::new(len, segs, 1, per_image));
         let (d0, d1) = (rec.scratch(16, "unused")?, rec.scratch(16, "unused")?);
         let (gx, gz) = grid(&self.limits, s);
         for &(plane0, count) in if direct_hinge { &[][..] } else { inp.rows } {
@@ -105,12 +142,9 @@ impl Gpu {
                 ],
             )?;
         }
-        let lp = rec.uniform(&LovParams {
-            len: len as u32,
-            segs: segs as u32,
-            tiles: tiles as u32,
-            per_image: per_image as u32,
-        });
+        // (the hinge's gradient: d relu(1 - x (2g - 1)) / d x times the coefficient)
+        let (fg_mul, bg_mul) = grad.map_or((1.0, 1.0), |g| (-g.coef, g.coef));
+        let lp = rec.uniform(&LovParams { fg_mul, bg_mul, ..LovParams::new(len, segs, tiles, per_image) });
         let seg_grid = Grid::Direct(tiles as u32, segs as u32, 1);
         // the CPU adapters' tile kernels: SCATTER_TILES_WG tiles per workgroup
         let groups = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
