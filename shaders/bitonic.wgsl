@@ -2,7 +2,7 @@
 // workgroup memory: the fast path for small segments, where the radix sort's passes over memory
 // and dispatches cost more than the network's barriers. Keys ascending, ties by payload index
 // (bits 0..30), so the result equals the stable radix sort's. Bindings of sortio.wgsl; sorts
-// keys_out/vals_out in place (each workgroup owns its segment), keys_in/vals_in unused. With varlen,
+// keys_out/vals_out (or the items of itemsout.wgsl) in place (each workgroup owns its segment), keys_in/vals_in unused. With varlen,
 // segment s sorts its first seglen[s].w keys and fills the rest of its `len` with padding.
 
 var<workgroup> bk: array<u32, 2048>;
@@ -25,8 +25,9 @@ fn bitonic_sort(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     let real = seg_len(seg);
     for (var i = lid; i < n; i += 256u) {
         if i < real {
-            bk[i] = keys_out[base + i];
-            bv[i] = vals_out[base + i];
+            let kv = get_item(base + i);
+            bk[i] = kv.x;
+            bv[i] = kv.y;
         } else {
             bk[i] = 0xFFFFFFFFu;
             bv[i] = 0xFFFFFFFFu;
@@ -51,7 +52,6 @@ fn bitonic_sort(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
         }
     }
     for (var i = lid; i < SP.len; i += 256u) {
-        keys_out[base + i] = bk[i];
-        vals_out[base + i] = bv[i];
+        put_item(base + i, bk[i], bv[i]);
     }
 }

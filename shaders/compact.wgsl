@@ -12,7 +12,8 @@
 // (`SortWords`: sortin1.wgsl, or sortin4.wgsl's quads for the tile kernels)
 @group(0) @binding(1) var<storage, read> keys_in: SortWords;
 @group(0) @binding(2) var<storage, read> vals_in: SortWords;
-@group(0) @binding(3) var<storage, read_write> keys_out: array<u32>;
+// (`SortOut`: sortout1.wgsl, or the CPU adapters' items, itemsout.wgsl)
+@group(0) @binding(3) var<storage, read_write> keys_out: SortOut;
 @group(0) @binding(4) var<storage, read_write> vals_out: array<u32>;
 @group(0) @binding(5) var<storage, read_write> tilecnt: array<vec4<u32>>; // [seg][tile]: kept, fg, bg dropped, slots
 @group(0) @binding(6) var<storage, read_write> segsum: array<vec4<u32>>;  // [seg]: kept, fg, bg dropped, slots
@@ -115,8 +116,7 @@ fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
     var pos = tilecnt[seg * LP.tiles + tile].x + ex.x;
     for (var r = 0u; r < CIPT; r++) {
         if k[r] != NONE {
-            keys_out[seg * LP.len + pos] = k[r];
-            vals_out[seg * LP.len + pos] = v[r];
+            put_item(seg * LP.len + pos, k[r], v[r]);
             pos += 1u;
         }
     }
@@ -201,9 +201,9 @@ var<workgroup> longest: atomic<u32>;
 const RADIX_TILE_WIDE: u32 = 16384u;
 
 // One workgroup: the indirect dispatch size (x, y, z) of the passes over the compacted segments,
-// written to keys_out[0..3]: the tiles of the longest sorted segment (kept elements and guards;
+// written to vals_out[0..3]: the tiles of the longest sorted segment (kept elements and guards;
 // at least one), the segments;
-// to keys_out[4..7] that of the tile kernels (STW tiles per workgroup), and to keys_out[8..11]
+// to vals_out[4..7] that of the tile kernels (STW tiles per workgroup), and to vals_out[8..11]
 // that of the radix tile kernels over tiles of RADIX_TILE_WIDE.
 @compute @workgroup_size(256)
 fn compact_args(@builtin(local_invocation_index) lid: u32) {
@@ -219,15 +219,15 @@ fn compact_args(@builtin(local_invocation_index) lid: u32) {
     workgroupBarrier();
     if lid == 0u {
         let tiles = max(1u, (atomicLoad(&longest) + CT - 1u) / CT);
-        keys_out[0] = tiles;
-        keys_out[1] = LP.segs;
-        keys_out[2] = 1u;
-        keys_out[4] = (tiles + STW - 1u) / STW;
-        keys_out[5] = LP.segs;
-        keys_out[6] = 1u;
+        vals_out[0] = tiles;
+        vals_out[1] = LP.segs;
+        vals_out[2] = 1u;
+        vals_out[4] = (tiles + STW - 1u) / STW;
+        vals_out[5] = LP.segs;
+        vals_out[6] = 1u;
         let wide = max(1u, (atomicLoad(&longest) + RADIX_TILE_WIDE - 1u) / RADIX_TILE_WIDE);
-        keys_out[8] = (wide + STW - 1u) / STW;
-        keys_out[9] = LP.segs;
-        keys_out[10] = 1u;
+        vals_out[8] = (wide + STW - 1u) / STW;
+        vals_out[9] = LP.segs;
+        vals_out[10] = 1u;
     }
 }

@@ -12,7 +12,8 @@
 @group(0) @binding(1) var<storage, read> tgt: Words;
 @group(0) @binding(2) var<uniform> P: Params;
 @group(0) @binding(3) var<uniform> LP: LovParams;
-@group(0) @binding(4) var<storage, read_write> keys_out: array<u32>;
+// (the CPU adapters' interleaved items, itemsout.wgsl: vals_out is not written)
+@group(0) @binding(4) var<storage, read_write> keys_out: SortOut;
 @group(0) @binding(5) var<storage, read_write> vals_out: array<u32>;
 @group(0) @binding(6) var<storage, read_write> tilecnt: array<vec4<u32>>; // [seg][tile]: kept, fg, bg dropped, slots
 

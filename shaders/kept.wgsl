@@ -1,5 +1,5 @@
-// For the compactions of CPU adapters (compact.wgsl, hinge.wgsl), which bind `keys_out` and
-// `vals_out`: a thread walks its tile in order and writes every element at its slot `pos`, which
+// For the compactions of CPU adapters (compact.wgsl, hinge.wgsl), which write interleaved items
+// (itemsout.wgsl, put_item): a thread walks its tile in order and writes every element at its slot `pos`, which
 // moves on only past a kept one, so a dropped element is overwritten by the next kept one and the
 // walk is a branch-free stream of stores to neighbouring slots. A tile that drops anything owns
 // one slot past its kept elements (its guard, see guard_slots): its last write there would
@@ -16,8 +16,7 @@ fn guard_slots(kept: u32, n: u32) -> u32 {
 
 // Writes key and payload kv at slot pos; returns the next slot.
 fn put_kept(pos: u32, kv: vec2<u32>) -> u32 {
-    keys_out[pos] = kv.x;
-    vals_out[pos] = kv.y;
+    put_item(pos, kv.x, kv.y);
     return pos + select(0u, 1u, kv.x != 0xFFFFFFFFu);
 }
 
@@ -25,7 +24,6 @@ fn put_kept(pos: u32, kv: vec2<u32>) -> u32 {
 // (a thread's own earlier writes there are overwritten: program order).
 fn put_guard(first: u32, pos: u32, n: u32) {
     if pos - first < n {
-        keys_out[pos] = 0xFFFFFFFFu;
-        vals_out[pos] = 0xFFFFFFFFu;
+        put_item(pos, 0xFFFFFFFFu, 0xFFFFFFFFu);
     }
 }

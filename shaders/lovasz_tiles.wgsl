@@ -3,7 +3,8 @@
 // group, segment): tiles STW x + lane (tiles.wgsl). The weights are those of lovasz_weights bit
 // for bit (integer counts); a tile's value partial is summed in position order. The sorted keys
 // and payloads come through sortin1.wgsl, or four per load through sortin4.wgsl where every tile
-// starts on a quad (on llvmpipe a load costs per lane, whatever its width).
+// starts on a quad (on llvmpipe a load costs per lane, whatever its width): the CPU adapters'
+// interleaved items, itemsin.wgsl or itemsin2.wgsl.
 
 @group(0) @binding(0) var<uniform> LP: LovParams;
 @group(0) @binding(1) var<storage, read> keys_in: SortWords;
@@ -80,17 +81,16 @@ fn lovasz_weights_tiles(@builtin(local_invocation_index) lid: u32, @builtin(work
     var p = 0u;
     if SORT4 {
         for (; p + 4u <= span.z; p += 4u) {
-            let q = (span.y + p) / 4u;
-            let k = keys4_in(q);
-            let v = vals4_in(q);
-            weigh(k.x, v.x, &run, &acc, gts);
-            weigh(k.y, v.y, &run, &acc, gts);
-            weigh(k.z, v.z, &run, &acc, gts);
-            weigh(k.w, v.w, &run, &acc, gts);
+            let kv = quad_in((span.y + p) / 4u);
+            weigh(kv.k.x, kv.v.x, &run, &acc, gts);
+            weigh(kv.k.y, kv.v.y, &run, &acc, gts);
+            weigh(kv.k.z, kv.v.z, &run, &acc, gts);
+            weigh(kv.k.w, kv.v.w, &run, &acc, gts);
         }
     }
     for (; p < span.z; p++) {
-        weigh(key_in(span.y + p), val_in(span.y + p), &run, &acc, gts);
+        let kv = item_in(span.y + p);
+        weigh(kv.x, kv.y, &run, &acc, gts);
     }
     vpart[seg * LP.tiles + span.x] = acc;
 }

@@ -184,8 +184,7 @@ fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
             let d = w >> 16u;
             let src = base + (w & 0xFFFFu);
             let dest = seg * SP.len + dbase[d] + (p - first[d]);
-            keys_out[dest] = key_in(src);
-            vals_out[dest] = val_in(src);
+            put_item(dest, key_in(src), val_in(src));
         }
     }
 }
@@ -197,6 +196,12 @@ fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
 // from 6.1 to 4.0 ms), which the scatter turns into its running slots (8-bit digits: in workgroup
 // memory). On long segments the host takes three passes of 11 bits over tiles of
 // RADIX_TILE_WIDE keys instead of four of 8 bits over TILE (gpu::radix_layout).
+// Their keys and payloads are interleaved items (itemsin.wgsl, itemsin2.wgsl, itemsout.wgsl), so
+// the scatter moves each with one load and one store: on llvmpipe (every access a loop over the
+// lanes, whatever its width) the hinge's scatters at 8x1x512x512 took 12.5-13.9 ms in all against
+// 15.0-18.0 with two arrays, Lovász-Softmax's at 4x21x256x256 49.6-51.4 against 54.0-58.0; the
+// count passes, which read only the keys, pay for it (5.5-6.3 against 4.3-5.3 ms; 22.4-22.9
+// against 19.2-20.2).
 
 // The tile kernels' digit of key k in this pass.
 fn tdigit(k: u32) -> u32 {
@@ -242,12 +247,11 @@ fn radix_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
             start += totals[seg * 256u + d];
         }
         for (var p = 0u; p < span.z; p++) {
-            let k = key_in(base + p);
-            let at = srow + tdigit(k);
+            let kv = item_in(base + p);
+            let at = srow + tdigit(kv.x);
             let dest = slot[at];
             slot[at] = dest + 1u;
-            keys_out[out + dest] = k;
-            vals_out[out + dest] = val_in(base + p);
+            put_item(out + dest, kv.x, kv.y);
         }
         return;
     }
@@ -256,12 +260,11 @@ fn radix_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
         start += totals[seg * digits + d];
     }
     for (var p = 0u; p < span.z; p++) {
-        let k = key_in(base + p);
-        let at = row + tdigit(k);
+        let kv = item_in(base + p);
+        let at = row + tdigit(kv.x);
         let dest = counts[at];
         counts[at] = dest + 1u;
-        keys_out[out + dest] = k;
-        vals_out[out + dest] = val_in(base + p);
+        put_item(out + dest, kv.x, kv.y);
     }
 }
 

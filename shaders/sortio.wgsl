@@ -19,7 +19,8 @@ struct SortParams {
 @group(0) @binding(2) var<storage, read> vals_in: SortWords;
 @group(0) @binding(3) var<storage, read_write> counts: array<u32>; // [seg][tile][digit]
 @group(0) @binding(4) var<storage, read_write> totals: array<u32>; // [seg][digit]: start of each digit
-@group(0) @binding(5) var<storage, read_write> keys_out: array<u32>;
+// (`SortOut`: sortout1.wgsl, or itemsout.wgsl's interleaved items, where vals_out is not written)
+@group(0) @binding(5) var<storage, read_write> keys_out: SortOut;
 @group(0) @binding(6) var<storage, read_write> vals_out: array<u32>;
 @group(0) @binding(7) var<storage, read> seglen: array<vec4<u32>>; // [seg].w: keys to sort (varlen)
 

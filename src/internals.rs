@@ -5,11 +5,33 @@
 use crate::error::Error;
 use crate::gpu::context::Gpu;
 use crate::gpu::lovasz::grid;
-use crate::gpu::record::{Grid, Recording};
+use crate::gpu::record::{Grid, Recording, Slice};
 pub use crate::gpu::sort::SortAlgo;
 use crate::gpu::sort::SortBufs;
 use crate::gpu::Spec;
 use crate::{shaders, Engine, Prepared};
+
+/// A pair of the sort's buffers for `n` keys and payloads in the layout this adapter's sort takes
+/// ([`SortBufs::items`]).
+fn sort_pair(rec: &mut Recording, items: bool, n: usize) -> Result<(Slice, Slice), Error> {
+    let bytes = (n * 4) as u64;
+    Ok(if items {
+        (rec.scratch(2 * bytes, "items")?, rec.scratch(16, "unused payloads")?)
+    } else {
+        (rec.scratch(bytes, "keys")?, rec.scratch(bytes, "payloads")?)
+    })
+}
+
+/// `keys` with their indices as payloads, as the sort's first pair holds them: interleaved items,
+/// or the keys then the payloads.
+fn sort_input(items: bool, keys: &[u32]) -> Vec<u32> {
+    let idx = 0..keys.len() as u32;
+    if items {
+        keys.iter().zip(idx).flat_map(|(&k, i)| [k, i]).collect()
+    } else {
+        keys.iter().copied().chain(idx).collect()
+    }
+}
 
 impl Engine {
     /// Sorts consecutive segments of `segment_len` keys ascending, stably, on the device, and
@@ -36,16 +58,29 @@ impl Engine {
             }
             return Ok((out.iter().map(|&i| keys[i as usize]).collect(), out));
         };
-        let idx: Vec<u32> = (0..keys.len() as u32).collect();
         let bytes = (keys.len() * 4) as u64;
         let mut rec = Recording::new(&gpu.limits);
-        let a = (rec.scratch(bytes, "keys")?, rec.scratch(bytes, "payloads")?);
-        let b = (rec.scratch(bytes, "keys")?, rec.scratch(bytes, "payloads")?);
+        let items = gpu.sort_items();
+        let (a, b) = (sort_pair(&mut rec, items, keys.len())?, sort_pair(&mut rec, items, keys.len())?);
+        let bufs = SortBufs { a, b, items };
         // upload through the constants, then copy into the sort's buffers
-        let (kd, vd) = (rec.data(keys), rec.data(&idx));
-        rec.copy(kd.sub(0, bytes), a.0.sub(0, bytes));
-        rec.copy(vd.sub(0, bytes), a.1.sub(0, bytes));
-        let sorted = gpu.record_sort(&mut rec, &SortBufs { a, b }, segs, segment_len, algo, None)?;
+        let data = rec.data(&sort_input(items, keys));
+        if items {
+            rec.copy(data.sub(0, 2 * bytes), a.0.sub(0, 2 * bytes));
+        } else {
+            rec.copy(data.sub(0, bytes), a.0.sub(0, bytes));
+            rec.copy(data.sub(bytes, bytes), a.1.sub(0, bytes));
+        }
+        let sorted = gpu.record_sort(&mut rec, &bufs, segs, segment_len, algo, None)?;
+        let as_u32 = |v: &[u8]| bytemuck::pod_collect_to_vec::<u8, u32>(v);
+        if items {
+            let rb = rec.readback(2 * bytes, "items")?;
+            rec.copy(sorted.0.sub(0, 2 * bytes), rb);
+            let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+            gpu.note_wait();
+            let out = as_u32(&fut.await?[0]);
+            return Ok((out.iter().step_by(2).copied().collect(), out.iter().skip(1).step_by(2).copied().collect()));
+        }
         let rk = rec.readback(bytes, "keys")?;
         let rv = rec.readback(bytes, "payloads")?;
         rec.copy(sorted.0.sub(0, bytes), rk);
@@ -53,7 +88,6 @@ impl Engine {
         let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
         gpu.note_wait();
         let out = fut.await?;
-        let as_u32 = |v: &[u8]| bytemuck::pod_collect_to_vec::<u8, u32>(v);
         Ok((as_u32(&out[0]), as_u32(&out[1])))
     }
 
@@ -97,24 +131,26 @@ impl Engine {
                 x
             })
             .collect();
-        let idx: Vec<u32> = (0..n as u32).collect();
         use wgpu::util::DeviceExt;
-        let init = |label, data: &[u32]| {
-            gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(data),
-                usage: wgpu::BufferUsages::STORAGE,
-            })
-        };
-        let (ka, va) = (init("keys", &keys), init("vals", &idx));
-        let bytes = (n * 4) as u64;
         let mut out = Vec::new();
+        let items = gpu.sort_items();
+        let bytes = (n * 4) as u64;
+        // the input in a buffer of its own, sorted in place by every run
+        let data = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("sort input"),
+            contents: bytemuck::cast_slice(&sort_input(items, &keys)),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
         for i in 0..=iters {
             let t0 = std::time::Instant::now();
             let mut rec = Recording::new(&gpu.limits);
-            let a = (rec.external(&ka, 0, bytes), rec.external(&va, 0, bytes));
-            let b = (rec.scratch(bytes, "keys")?, rec.scratch(bytes, "payloads")?);
-            gpu.record_sort(&mut rec, &SortBufs { a, b }, segs, segment_len, algo, None)?;
+            let a = if items {
+                (rec.external(&data, 0, 2 * bytes), rec.scratch(16, "unused payloads")?)
+            } else {
+                (rec.external(&data, 0, bytes), rec.external(&data, bytes, bytes))
+            };
+            let b = sort_pair(&mut rec, items, n)?;
+            gpu.record_sort(&mut rec, &SortBufs { a, b, items }, segs, segment_len, algo, None)?;
             run_and_wait(gpu, rec)?;
             if i > 0 {
                 out.push(t0.elapsed().as_secs_f64() * 1e3);

@@ -274,15 +274,18 @@ pub const COPY4: Kernel = Kernel { name: "copy4", source: wgsl!("copy4.wgsl"), .
 const SORT_BINDINGS: &[Binding] =
     &[u("SP"), r("keys_in"), r("vals_in"), w("counts"), w("totals"), w("keys_out"), w("vals_out"), r("seglen")];
 
+/// A radix kernel: the GPU's over two arrays (`sortin1.wgsl`, `sortout1.wgsl`), the CPU
+/// adapters' tile kernels over interleaved items (`itemsin.wgsl` or, two per load,
+/// `itemsin2.wgsl`; `itemsout.wgsl`).
 macro_rules! radix {
     ($name:literal) => {
-        radix!($name, $name, "sortin1.wgsl")
+        radix!($name, $name, "sortin1.wgsl", "sortout1.wgsl")
     };
-    ($name:literal, $entry:literal, $input:literal) => {
+    ($name:literal, $entry:literal, $input:literal, $output:literal) => {
         Kernel {
             name: $name,
             entry: $entry,
-            source: wgsl!("scan.wgsl", $input, "sortio.wgsl", "tiles.wgsl", "radix.wgsl"),
+            source: wgsl!("scan.wgsl", $input, $output, "sortio.wgsl", "tiles.wgsl", "radix.wgsl"),
             bindings: SORT_BINDINGS,
             specialized: false,
             cpu_storage_params: false,
@@ -295,27 +298,35 @@ pub const RADIX_COUNT: Kernel = radix!("radix_count");
 /// Radix sort, step 2: scan of the tile histograms per digit and segment.
 pub const RADIX_SCAN: Kernel = radix!("radix_scan");
 /// Radix sort, step 2 on CPU adapters: a thread per digit, without barriers.
-pub const RADIX_SCAN_TILES: Kernel = radix!("radix_scan_tiles");
+pub const RADIX_SCAN_TILES: Kernel = radix!("radix_scan_tiles", "radix_scan_tiles", "itemsin.wgsl", "itemsout.wgsl");
 /// Radix sort, step 2b: start of each digit in its segment.
 pub const RADIX_DIGITS: Kernel = radix!("radix_digits");
 /// Radix sort, step 3: stable local sort and scatter.
 pub const RADIX_SCATTER: Kernel = radix!("radix_scatter");
 /// Radix sort, step 3 on CPU adapters: a thread per tile, walked in order.
-pub const RADIX_SCATTER_TILES: Kernel = radix!("radix_scatter_tiles");
+pub const RADIX_SCATTER_TILES: Kernel =
+    radix!("radix_scatter_tiles", "radix_scatter_tiles", "itemsin.wgsl", "itemsout.wgsl");
 /// Radix sort, step 1 on CPU adapters: a thread per tile.
-pub const RADIX_COUNT_TILES: Kernel = radix!("radix_count_tiles");
-/// [`RADIX_COUNT_TILES`] reading four keys per load (`sortin4.wgsl`): segments of `4k` keys in
+pub const RADIX_COUNT_TILES: Kernel = radix!("radix_count_tiles", "radix_count_tiles", "itemsin.wgsl", "itemsout.wgsl");
+/// [`RADIX_COUNT_TILES`] reading two items per load (`itemsin2.wgsl`): segments of `4k` keys in
 /// slices on 16 bytes.
-pub const RADIX_COUNT_TILES4: Kernel = radix!("radix_count_tiles4", "radix_count_tiles", "sortin4.wgsl");
+pub const RADIX_COUNT_TILES4: Kernel =
+    radix!("radix_count_tiles4", "radix_count_tiles", "itemsin2.wgsl", "itemsout.wgsl");
 
 /// Bitonic sort of segments of at most [`BITONIC_MAX`] keys, one workgroup each.
 pub const BITONIC_SORT: Kernel = Kernel {
     name: "bitonic_sort",
     entry: "bitonic_sort",
-    source: wgsl!("sortin1.wgsl", "sortio.wgsl", "bitonic.wgsl"),
+    source: wgsl!("sortin1.wgsl", "sortout1.wgsl", "sortio.wgsl", "bitonic.wgsl"),
     bindings: SORT_BINDINGS,
     specialized: false,
     cpu_storage_params: false,
+};
+/// [`BITONIC_SORT`] over the CPU adapters' interleaved items (`itemsout.wgsl`).
+pub const BITONIC_SORT_ITEMS: Kernel = Kernel {
+    name: "bitonic_sort_items",
+    source: wgsl!("itemsin.wgsl", "itemsout.wgsl", "sortio.wgsl", "bitonic.wgsl"),
+    ..BITONIC_SORT
 };
 
 /// Longest segment the bitonic kernel sorts.
@@ -389,8 +400,8 @@ pub const LOVASZ_WEIGHTS: Kernel = lovasz!("lovasz_weights");
 /// Lovász: value per segment.
 pub const LOVASZ_VALUE: Kernel = lovasz!("lovasz_value");
 
-/// A tile kernel of `lovasz_tiles.wgsl`, reading the sorted keys and payloads element by element
-/// (`sortin1.wgsl`) or by quads (`sortin4.wgsl`).
+/// A tile kernel of `lovasz_tiles.wgsl`, reading the sorted items (the CPU adapters' interleaved
+/// keys and payloads) one per load (`itemsin.wgsl`) or two (`itemsin2.wgsl`).
 macro_rules! lovasz_tiles {
     ($name:literal, $entry:literal, $input:literal) => {
         Kernel {
@@ -405,30 +416,33 @@ macro_rules! lovasz_tiles {
 }
 
 /// Lovász on CPU adapters: [`LOVASZ_COUNT`] with a thread per tile.
-pub const LOVASZ_COUNT_TILES: Kernel = lovasz_tiles!("lovasz_count_tiles", "lovasz_count_tiles", "sortin1.wgsl");
+pub const LOVASZ_COUNT_TILES: Kernel = lovasz_tiles!("lovasz_count_tiles", "lovasz_count_tiles", "itemsin.wgsl");
 /// Lovász on CPU adapters: [`LOVASZ_WEIGHTS`] with a thread per tile.
-pub const LOVASZ_WEIGHTS_TILES: Kernel = lovasz_tiles!("lovasz_weights_tiles", "lovasz_weights_tiles", "sortin1.wgsl");
+pub const LOVASZ_WEIGHTS_TILES: Kernel = lovasz_tiles!("lovasz_weights_tiles", "lovasz_weights_tiles", "itemsin.wgsl");
 /// Lovász on CPU adapters: [`LOVASZ_SCAN`] with a thread per segment.
-pub const LOVASZ_SCAN_TILES: Kernel = lovasz_tiles!("lovasz_scan_tiles", "lovasz_scan_tiles", "sortin1.wgsl");
-/// [`LOVASZ_COUNT_TILES`] reading four elements per load: segments of `4k` elements in slices
+pub const LOVASZ_SCAN_TILES: Kernel = lovasz_tiles!("lovasz_scan_tiles", "lovasz_scan_tiles", "itemsin.wgsl");
+/// [`LOVASZ_COUNT_TILES`] reading two items per load: segments of `4k` elements in slices
 /// on 16 bytes.
-pub const LOVASZ_COUNT_TILES4: Kernel = lovasz_tiles!("lovasz_count_tiles4", "lovasz_count_tiles", "sortin4.wgsl");
-/// [`LOVASZ_WEIGHTS_TILES`] reading four elements per load.
+pub const LOVASZ_COUNT_TILES4: Kernel = lovasz_tiles!("lovasz_count_tiles4", "lovasz_count_tiles", "itemsin2.wgsl");
+/// [`LOVASZ_WEIGHTS_TILES`] reading two items per load.
 pub const LOVASZ_WEIGHTS_TILES4: Kernel =
-    lovasz_tiles!("lovasz_weights_tiles4", "lovasz_weights_tiles", "sortin4.wgsl");
+    lovasz_tiles!("lovasz_weights_tiles4", "lovasz_weights_tiles", "itemsin2.wgsl");
 
 const COMPACT_BINDINGS: &[Binding] =
     &[u("LP"), r("keys_in"), r("vals_in"), w("keys_out"), w("vals_out"), w("tilecnt"), w("segsum"), r("thr")];
 
+/// A compaction kernel: its input (the uncompacted keys and payloads) element by element
+/// (`sortin1.wgsl`) or by quads (`sortin4.wgsl`); its output two arrays (`sortout1.wgsl`) or, for
+/// the CPU adapters' sort, interleaved items (`itemsout.wgsl`).
 macro_rules! compact {
     ($name:literal) => {
-        compact!($name, $name, "sortin1.wgsl")
+        compact!($name, $name, "sortin1.wgsl", "sortout1.wgsl")
     };
-    ($name:literal, $entry:literal, $input:literal) => {
+    ($name:literal, $entry:literal, $input:literal, $output:literal) => {
         Kernel {
             name: $name,
             entry: $entry,
-            source: wgsl!("scan.wgsl", $input, "lovparams.wgsl", "tiles.wgsl", "kept.wgsl", "compact.wgsl"),
+            source: wgsl!("scan.wgsl", $input, $output, "lovparams.wgsl", "tiles.wgsl", "kept.wgsl", "compact.wgsl"),
             bindings: COMPACT_BINDINGS,
             specialized: false,
             cpu_storage_params: false,
@@ -447,12 +461,15 @@ pub const COMPACT_COUNT_TILES: Kernel = compact!("compact_count_tiles");
 /// Lovász compaction on CPU adapters: [`COMPACT_SCAN`] with a thread per segment.
 pub const COMPACT_SCAN_TILES: Kernel = compact!("compact_scan_tiles");
 /// Lovász-Softmax compaction on CPU adapters: the scatter, a thread per tile, with the drops.
-pub const COMPACT_SCATTER_TILES: Kernel = compact!("compact_scatter_tiles");
+pub const COMPACT_SCATTER_TILES: Kernel =
+    compact!("compact_scatter_tiles", "compact_scatter_tiles", "sortin1.wgsl", "itemsout.wgsl");
 /// [`COMPACT_COUNT_TILES`] reading four elements per load (`sortin4.wgsl`): segments of `4k`
 /// elements in slices on 16 bytes.
-pub const COMPACT_COUNT_TILES4: Kernel = compact!("compact_count_tiles4", "compact_count_tiles", "sortin4.wgsl");
+pub const COMPACT_COUNT_TILES4: Kernel =
+    compact!("compact_count_tiles4", "compact_count_tiles", "sortin4.wgsl", "sortout1.wgsl");
 /// [`COMPACT_SCATTER_TILES`] reading four elements per load.
-pub const COMPACT_SCATTER_TILES4: Kernel = compact!("compact_scatter_tiles4", "compact_scatter_tiles", "sortin4.wgsl");
+pub const COMPACT_SCATTER_TILES4: Kernel =
+    compact!("compact_scatter_tiles4", "compact_scatter_tiles", "sortin4.wgsl", "itemsout.wgsl");
 
 const HINGE_BINDINGS: &[Binding] =
     &[r("logits"), r("tgt"), u("P"), u("LP"), w("keys_out"), w("vals_out"), w("tilecnt")];
@@ -471,6 +488,7 @@ macro_rules! hinge {
                 "hingekey.wgsl",
                 "lovparams.wgsl",
                 "tiles.wgsl",
+                "itemsout.wgsl",
                 "kept.wgsl",
                 "hinge.wgsl"
             ),
@@ -549,6 +567,7 @@ pub const KERNELS: &[Kernel] = &[
     RADIX_COUNT_TILES4,
     RADIX_SCAN_TILES,
     BITONIC_SORT,
+    BITONIC_SORT_ITEMS,
     LOVASZ_KEYS,
     LOVASZ_KEYS_REGS,
     LOVASZ_COUNT,

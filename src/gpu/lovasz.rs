@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::gpu::context::Gpu;
 use crate::gpu::record::{Grid, Recording, Slice};
 use crate::gpu::sort::{SortAlgo, SortBufs};
-use crate::gpu::{Params, Spec, GRAD_WG, SCATTER_TILES_WG, SORT_TILE};
+use crate::gpu::{align, Params, Spec, GRAD_WG, SCATTER_TILES_WG, SORT_TILE};
 use crate::plan;
 use crate::shaders;
 
@@ -106,11 +106,20 @@ impl Gpu {
         // loss, no gradient; ignored) keep the zero of this clear, which the gradient reads
         rec.clear(lw);
         rec.clear(segsum);
-        let keys = rec.scratch(total, "lovasz keys")?;
-        let vals = rec.scratch(total, "lovasz payloads")?;
         // a CPU adapter's tiles, a thread each; the hinge's keys then go straight into the
-        // compacted segments (hinge.wgsl, step 3)
-        let tiled = self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed);
+        // compacted segments (hinge.wgsl, step 3), and from there on keys and payloads are
+        // interleaved items (SortBufs::items)
+        let tiled = self.sort_items();
+        // the uncompacted keys and payloads, then the sort's scratch: for a CPU adapter one
+        // buffer, whose whole is the scratch's items
+        let (keys, vals, scratch) = if tiled {
+            let kv = rec.scratch(2 * align(total), "lovasz keys and payloads")?;
+            let items = kv.sub(0, 2 * total);
+            (kv.sub(0, total), kv.sub(align(total), total), (items, rec.scratch(16, "unused payloads")?))
+        } else {
+            let (k, v) = (rec.scratch(total, "lovasz keys")?, rec.scratch(total, "lovasz payloads")?);
+            (k, v, (k, v))
+        };
         // (the softmax keys of a CPU adapter: each pixel's logits in registers, see CREG_MAX)
         let creg = self.creg(tiled, inp.softmax, c, n * c * s);
         let spec = Spec { probs: inp.probs, creg, ..Spec::softmax(inp.softmax) };
@@ -179,8 +188,11 @@ impl Gpu {
         // CPU adapter's compactions add a guard per tile that drops, kept.wgsl: never more than
         // the segment's length)
         let tilecnt = rec.scratch((segs * tiles * 16) as u64, "compaction tile counts")?;
-        let kc = rec.scratch(total, "compacted keys")?;
-        let vc = rec.scratch(total, "compacted payloads")?;
+        let (kc, vc) = if tiled {
+            (rec.scratch(2 * total, "compacted items")?, rec.scratch(16, "unused payloads")?)
+        } else {
+            (rec.scratch(total, "compacted keys")?, rec.scratch(total, "compacted payloads")?)
+        };
         let binds = [
             ("LP", lp),
             ("keys_in", keys),
@@ -236,15 +248,15 @@ impl Gpu {
                 ("LP", lp),
                 ("keys_in", keys),
                 ("vals_in", vals),
-                ("keys_out", args),
-                ("vals_out", unused),
+                ("keys_out", unused),
+                ("vals_out", args),
                 ("tilecnt", tilecnt),
                 ("segsum", segsum),
                 ("thr", thr),
             ],
         )?;
         // 4. sort of the kept keys (the uncompacted keys are spent: they are the sort's scratch)
-        let sort = SortBufs { a: (kc, vc), b: (keys, vals) };
+        let sort = SortBufs { a: (kc, vc), b: scratch, items: tiled };
         let (kc, vc) = self.record_sort(rec, &sort, segs, len, SortAlgo::Auto, Some((segsum, args)))?;
         // 5. segmented scan of the sorted labels, Jaccard weights, value of each segment
         let tilecnt2 = rec.scratch((segs * tiles * 8) as u64, "lovasz tile counts")?;

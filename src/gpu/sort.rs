@@ -26,7 +26,7 @@ struct SortParams {
     segs: u32,
     tiles: u32,
     shift: u32,
-    /// 1: segment `s` sorts only its first `seglen[s].x` keys (see `radix.wgsl`)
+    /// 1: segment `s` sorts only its first `seglen[s].w` keys (see `radix.wgsl`)
     varlen: u32,
     /// the radix tile kernels' digit width
     bits: u32,
@@ -35,10 +35,24 @@ struct SortParams {
     pad: u32,
 }
 
-/// Sorted keys (and payloads) live in `a`; `b` is scratch of the same size.
+/// Sorted keys (and payloads) live in `a`; `b` is scratch of the same size. Each pair is
+/// (keys, payloads), two arrays, the layout of the GPU kernels; with `items`, the layout of a CPU
+/// adapter's tile kernels, its first slice holds interleaved (key, payload) items (8 bytes each)
+/// and its second is a placeholder bound as the payloads (16 bytes, not read nor written; the
+/// two pairs' placeholders distinct, as WebGPU forbids a buffer written in one binding and read in
+/// another of a dispatch).
 pub(crate) struct SortBufs {
     pub a: (Slice, Slice),
     pub b: (Slice, Slice),
+    pub items: bool,
+}
+
+impl Gpu {
+    /// Whether this adapter's sorts take the CPU adapters' tile kernels, so their buffers are
+    /// interleaved items ([`SortBufs::items`]).
+    pub(crate) fn sort_items(&self) -> bool {
+        self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Gpu {
@@ -64,7 +78,7 @@ impl Gpu {
             SortAlgo::Bitonic => true,
             SortAlgo::Radix => false,
         };
-        let tiled = self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed);
+        let tiled = bufs.items;
         // a CPU adapter's tile kernels: digits of `bits` over tiles of `tile` keys, a thread each
         let (bits, tile, passes) = if tiled { crate::gpu::radix_layout(len) } else { (8, SORT_TILE, 4) };
         let wide = tile == crate::gpu::RADIX_TILE_WIDE;
@@ -120,7 +134,7 @@ impl Gpu {
             // unused read-write bindings need distinct buffers (WebGPU forbids writable aliases)
             let (d0, d1) = (rec.scratch(16, "unused")?, rec.scratch(16, "unused")?);
             rec.dispatch(
-                &shaders::BITONIC_SORT,
+                if tiled { &shaders::BITONIC_SORT_ITEMS } else { &shaders::BITONIC_SORT },
                 Spec::default(),
                 Grid::Direct(segs as u32, 1, 1),
                 &[
