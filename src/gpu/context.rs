@@ -248,10 +248,13 @@ fn pick_index(adapters: &[wgpu::Adapter], opts: &EngineOptions) -> Option<usize>
 }
 
 /// Longest segment the Lovász sort gives to the bitonic network on a CPU adapter such as
-/// lavapipe, where the radix sort wins from 2048 keys (bitonic/radix 0.56 at 1024, 1.10 at 2048).
-/// On a GPU the bitonic sort takes every segment it can hold ([`BITONIC_MAX`] keys; 0.37 of the
-/// radix time at 2048 on an H100).
-pub const BITONIC_CROSSOVER_CPU: usize = 1024;
+/// lavapipe: only the shortest, as the radix tile kernels win from 32 keys on (the network's 256
+/// threads and their barriers are what a CPU adapter pays most for). Lovász-Softmax per image on
+/// llvmpipe, device span with this crossover at 1024 against 16: 8x21x32x32 (segments of 1024)
+/// 92.1 against 14.0 ms, 16x21x16x16 (256) 59.6 against 16.4, 64x3x4x8 (32) 14.4 against 10.0,
+/// 32x1x4x4 (16) 3.4 against 4.3 with radix. On a GPU the bitonic sort takes every segment it can
+/// hold ([`BITONIC_MAX`] keys; 0.37 of the radix time at 2048 on an H100).
+pub const BITONIC_CROSSOVER_CPU: usize = 16;
 
 pub(crate) struct KernelState {
     module: wgpu::ShaderModule,
