@@ -20,6 +20,8 @@
 // The tile kernels (CPU adapters, Lovász-Softmax): [seg] the thresholds of threshold.wgsl, which
 // they apply as they read, in place of lovasz_drop
 @group(0) @binding(7) var<storage, read> thr: array<u32>;
+// The statistics pass's bad-input flags (compact_args)
+@group(0) @binding(8) var<storage, read> status: array<u32>;
 
 const CT: u32 = 2048u;
 const CIPT: u32 = 8u;
@@ -200,7 +202,9 @@ var<workgroup> longest: atomic<u32>;
 // The radix tile kernels' tile on long segments (radix.wgsl; gpu::radix_layout).
 const RADIX_TILE_WIDE: u32 = 16384u;
 
-// One workgroup: the indirect dispatch size (x, y, z) of the passes over the compacted segments,
+// One workgroup, after the compaction: where the statistics pass found bad input, every segment's
+// kept count and keys to sort become 0. Then the indirect dispatch size (x, y, z) of the passes
+// over the compacted segments,
 // written to vals_out[0..3]: the tiles of the longest sorted segment (kept elements and guards;
 // at least one), the segments;
 // to vals_out[4..7] that of the tile kernels (STW tiles per workgroup), and to vals_out[8..11]
@@ -211,8 +215,14 @@ fn compact_args(@builtin(local_invocation_index) lid: u32) {
         atomicStore(&longest, 0u);
     }
     workgroupBarrier();
+    // bad input: nothing to sort, no weights written (a hinge's weights pass may write the
+    // caller's gradient, which bad input leaves untouched)
+    let bad = status[0] != 0u;
     var m = 0u;
     for (var s = lid; s < LP.segs; s += 256u) {
+        if bad {
+            segsum[s] = vec4<u32>(0u, segsum[s].yz, 0u);
+        }
         m = max(m, segsum[s].w);
     }
     atomicMax(&longest, m);

@@ -271,6 +271,20 @@ pub const COPY: Kernel = Kernel {
 /// cost about what one does (a CPU adapter).
 pub const COPY4: Kernel = Kernel { name: "copy4", source: wgsl!("copy4.wgsl"), ..COPY };
 
+/// Zeros a gradient slice unless the statistics pass found bad input (the Lovász hinge's
+/// gradient written by its weights pass, `gpu::lovasz::HingeGrad`, on a device-checked input).
+pub const ZERO_UNLESS_BAD: Kernel = Kernel {
+    name: "zero_unless_bad",
+    entry: "zero_unless_bad",
+    source: wgsl!("zero.wgsl"),
+    bindings: &[r("status"), w("out")],
+    specialized: false,
+    cpu_storage_params: false,
+};
+/// [`ZERO_UNLESS_BAD`] over vec4 (slices of `4k` elements on 16 bytes).
+pub const ZERO_UNLESS_BAD4: Kernel =
+    Kernel { name: "zero_unless_bad4", source: wgsl!("zero4.wgsl"), ..ZERO_UNLESS_BAD };
+
 const SORT_BINDINGS: &[Binding] =
     &[u("SP"), r("keys_in"), r("vals_in"), w("counts"), w("totals"), w("keys_out"), w("vals_out"), r("seglen")];
 
@@ -428,8 +442,17 @@ pub const LOVASZ_COUNT_TILES4: Kernel = lovasz_tiles!("lovasz_count_tiles4", "lo
 pub const LOVASZ_WEIGHTS_TILES4: Kernel =
     lovasz_tiles!("lovasz_weights_tiles4", "lovasz_weights_tiles", "itemsin2.wgsl");
 
-const COMPACT_BINDINGS: &[Binding] =
-    &[u("LP"), r("keys_in"), r("vals_in"), w("keys_out"), w("vals_out"), w("tilecnt"), w("segsum"), r("thr")];
+const COMPACT_BINDINGS: &[Binding] = &[
+    u("LP"),
+    r("keys_in"),
+    r("vals_in"),
+    w("keys_out"),
+    w("vals_out"),
+    w("tilecnt"),
+    w("segsum"),
+    r("thr"),
+    r("status"),
+];
 
 /// A compaction kernel: its input (the uncompacted keys and payloads) element by element
 /// (`sortin1.wgsl`) or by quads (`sortin4.wgsl`); its output two arrays (`sortout1.wgsl`) or, for
@@ -558,6 +581,8 @@ pub const KERNELS: &[Kernel] = &[
     GRAD_REGS,
     COPY,
     COPY4,
+    ZERO_UNLESS_BAD,
+    ZERO_UNLESS_BAD4,
     RADIX_COUNT,
     RADIX_SCAN,
     RADIX_DIGITS,

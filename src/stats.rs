@@ -358,7 +358,7 @@ async fn statistics_of(
                 .map(|spi| rec.scratch((inp.n * spi * 16) as u64, "lovasz segment sums"))
                 .collect::<Result<_, _>>()?;
             let some: Vec<_> = ss.iter().copied().map(Some).collect();
-            gpu.record_lovasz_all(&mut rec, inp, plan, &some, &[])?;
+            gpu.record_lovasz_all(&mut rec, inp, plan, &some, &[], status)?;
             for (s, spi) in ss.iter().zip(&st.lov_per_image) {
                 let bytes = (inp.n * spi * 16) as u64;
                 let rb = rec.readback(bytes, "lovasz segment sums")?;

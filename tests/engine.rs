@@ -5,9 +5,11 @@
 
 mod common;
 
+use std::borrow::Cow;
+
 use common::{Case, Rng};
 use segloss::{
-    reference, BufferInput, BufferSlice, Engine, Error, Evaluation, GradOut, Input, InputKind, LossExpr, Mode,
+    reference, BufferInput, BufferSlice, Engine, Error, Evaluation, GradOut, Input, InputKind, LossExpr, Mode, Target,
     TargetBuffer,
 };
 use wgpu::util::DeviceExt;
@@ -370,6 +372,45 @@ fn bad_buffer_inputs_are_typed_errors_found_on_the_device() {
     t[3] = 0.5;
     dense(&t, &["dice"]).expect("soft labels are fine for dice");
     assert!(matches!(dense(&t, &["lovasz"]), Err(Error::TargetValue(m)) if m.contains("hard")));
+
+    // the hinge alone, its gradient written by its own weights pass (gpu::lovasz::HingeGrad):
+    // bad input leaves the caller's slice untouched too, good input overwrites all of it
+    let hinge = |logits: &[f32], t: &[f32], per_image: bool| {
+        let (lb, tb) =
+            (buffer_with(device, bytemuck::cast_slice(logits), 0), buffer_with(device, bytemuck::cast_slice(t), 0));
+        let input = BufferInput::new(
+            BufferSlice::new(&lb, 0, 16),
+            TargetBuffer::Dense(BufferSlice::new(&tb, 0, 16)),
+            &dshape,
+            Mode::Binary,
+            None,
+        )
+        .unwrap();
+        let gb = buffer_with(device, &[0x3F80_0000; 16], 0);
+        let text = if per_image { "lovasz:per_image=true" } else { "lovasz" };
+        let r =
+            engine.evaluate_buffers_blocking(&input, &parse(&[text]), &[GradOut::Write(BufferSlice::new(&gb, 0, 16))]);
+        (r, read_buffer(device, queue, &gb, 0, 16))
+    };
+    for per_image in [false, true] {
+        let (r, g) = hinge(&dl, &t, per_image);
+        assert!(matches!(r, Err(Error::TargetValue(_))), "{r:?}");
+        assert!(g.iter().all(|&x| x == 1.0), "soft labels: {g:?}");
+        let hard: Vec<f32> = (0..16).map(|i| (i % 3 == 0) as u8 as f32).collect();
+        let mut nan = dl.clone();
+        nan[5] = f32::NAN;
+        let (r, g) = hinge(&nan, &hard, per_image);
+        assert!(matches!(r, Err(Error::NonFinite(_))), "{r:?}");
+        assert!(g.iter().all(|&x| x == 1.0), "a NaN logit: {g:?}");
+        let (r, g) = hinge(&dl, &hard, per_image);
+        let host =
+            Input::new(Cow::Borrowed(&dl[..]), Target::Dense(Cow::Borrowed(&hard[..])), &dshape, Mode::Binary, None)
+                .unwrap();
+        let text = if per_image { "lovasz:per_image=true" } else { "lovasz" };
+        let want = engine.evaluate_blocking(&host, &parse(&[text]), true).unwrap();
+        assert_eq!(r.unwrap()[0].value.to_bits(), want[0].value.to_bits());
+        assert_eq!(Some(&g), want[0].grad.as_ref(), "good input: every element written");
+    }
 
     // buffers that cannot be used as given
     let ub = device.create_buffer(&wgpu::BufferDescriptor {

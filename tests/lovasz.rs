@@ -277,6 +277,33 @@ fn both_tilings_give_the_same_gradient_bits() {
     }
 }
 
+/// A hinge alone writes its gradient from its weights pass (gpu::lovasz::HingeGrad); with another
+/// expression on the same Lovász loss it goes through the gradient pass. Both give the reference's
+/// values and the same gradients, on empty and full targets, ignored images and odd sizes.
+#[test]
+fn the_hinge_alone_writes_the_gradient_pass_gradient() {
+    let mut rng = Rng(41);
+    let pairs = [
+        ("lovasz", "bce+lovasz"),
+        ("0.3*lovasz", "bce+lovasz"),
+        ("lovasz:per_image=true", "dice+lovasz:per_image=true"),
+        ("2*lovasz:per_image=true", "bce+lovasz:per_image=true"),
+    ];
+    for (i, mode) in [Mode::Binary, Mode::Multilabel].into_iter().cycle().take(10).enumerate() {
+        let c = if mode == Mode::Binary { 1 } else { 1 + rng.below(3) };
+        let shape = vec![1 + rng.below(4), c, 1 + rng.below(60), 1 + rng.below(60)];
+        let case = case(&mut rng, mode, shape, i % 5, i % 3 == 0);
+        for (alone, partner) in pairs {
+            compare(&case, &[alone]);
+            let exprs: Vec<LossExpr> = [alone, partner].iter().map(|t| t.parse().unwrap()).collect();
+            let one = common::gpu().evaluate_blocking(&case.input(), &exprs[..1], true).unwrap();
+            let both = common::gpu().evaluate_blocking(&case.input(), &exprs, true).unwrap();
+            assert_eq!(one[0].value.to_bits(), both[0].value.to_bits(), "{alone} {:?}", case.shape);
+            assert_eq!(one[0].grad, both[0].grad, "{alone} {:?}", case.shape);
+        }
+    }
+}
+
 #[test]
 fn soft_labels_are_rejected() {
     let x = vec![0.5f32; 8];

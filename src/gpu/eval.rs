@@ -397,6 +397,7 @@ impl Gpu {
         plan: &StatsPlan,
         segsum: &[Option<Slice>],
         hinge_grads: &[Option<HingeGrad>],
+        status: Slice,
     ) -> Result<Vec<Slice>, Error> {
         let (base, _, _) = self.params_of(inp, false);
         let rows = self.rows(inp);
@@ -424,6 +425,8 @@ impl Gpu {
                 s: inp.s,
                 softmax: inp.softmax,
                 probs: inp.probs,
+                status,
+                checked: inp.validate != 0,
             };
             self.record_lovasz(rec, &li, lp.per_image, ss, lw, grad)?;
             lws.push(lw);
@@ -733,7 +736,7 @@ impl Gpu {
         // destination, and that of each Lovász loss
         let mut fused_dest: Vec<Option<Slice>> = vec![None; exprs.len()];
         let mut hinge_grads: Vec<Option<HingeGrad>> = vec![None; plan.lovasz.len()];
-        if whole && matches!(lov_from, LovFrom::Parts) && groups == 1 && !softmax && first.inp.validate == 0 {
+        if whole && matches!(lov_from, LovFrom::Parts) && groups == 1 && !softmax {
             let total = (first.inp.n * c * first.inp.s * 4) as u64;
             for (i, e) in exprs.iter().enumerate() {
                 let [(g, _, _)] = layouts[i].lov[..] else { continue };
@@ -768,7 +771,7 @@ impl Gpu {
                     }
                 });
             }
-            let lw = self.record_lovasz_all(rec, part.inp, plan, &segsum, &hinge_grads)?;
+            let lw = self.record_lovasz_all(rec, part.inp, plan, &segsum, &hinge_grads, status)?;
             if let (LovFrom::Parts, false) = (lov_from, whole) {
                 // each part's per-image segments into their place among the whole batch's
                 for (ss, &(off, _, per)) in segsum.iter().flatten().zip(&lov_at) {

@@ -41,8 +41,9 @@ impl LovParams {
 
 /// The Lovász hinge's gradient written by the weights pass itself, where the hinge is its
 /// expression's only term and its coefficient is known on the host: every sorted element's
-/// `d loss / d x = -coef w (2 g - 1)` goes into `dest` (cleared first, so the elements without a
-/// loss keep 0), and the gradient pass does not run. `coef` is the finalize's: the term's factor
+/// `d loss / d x = -coef w (2 g - 1)` goes into `dest` (zeroed first, so the elements without a
+/// loss keep 0; on an input checked on the device, unless it is bad, which leaves `dest` as it
+/// was), and the gradient pass does not run. `coef` is the finalize's: the term's factor
 /// over the segments' mean (the same f32 division), so the gradient has the bits of the pass it
 /// replaces.
 #[derive(Clone, Copy, Debug)]
@@ -64,6 +65,11 @@ pub(crate) struct LovaszInput<'a> {
     pub s: usize,
     pub softmax: bool,
     pub probs: bool,
+    /// The statistics pass's bad-input flags: where they are set, nothing is sorted and no
+    /// weight is written (compact.wgsl: compact_args)
+    pub status: Slice,
+    /// Whether the input is checked on the device (the flags may be set)
+    pub checked: bool,
 }
 
 /// Workgroup counts (x, z) of 256 threads covering `items` threads: x up to the device limit.
@@ -104,7 +110,20 @@ impl Gpu {
         let total = (segs * len * 4) as u64;
         // lovasz_weights writes the weight of every sorted element; the others (dropped: no
         // loss, no gradient; ignored) keep the zero of this clear, which the gradient reads
-        rec.clear(lw);
+        if let (Some(g), true) = (grad, inp.checked) {
+            // (a caller's slice that bad input leaves untouched: zeroed only when the input is good)
+            let elems = (g.dest.size / 4) as usize;
+            let (kernel, units) = if elems.is_multiple_of(4) && crate::gpu::quad_aligned(&[g.dest]) {
+                (&shaders::ZERO_UNLESS_BAD4, elems / 4)
+            } else {
+                (&shaders::ZERO_UNLESS_BAD, elems)
+            };
+            let (gx, gy) = grid(&self.limits, units);
+            let binds = [("status", inp.status), ("out", g.dest)];
+            rec.dispatch(kernel, Spec::default(), Grid::Direct(gx, gy, 1), &binds)?;
+        } else {
+            rec.clear(lw);
+        }
         rec.clear(segsum);
         // a CPU adapter's tiles, a thread each; the hinge's keys then go straight into the
         // compacted segments (hinge.wgsl, step 3), and from there on keys and payloads are
@@ -202,6 +221,7 @@ impl Gpu {
             ("tilecnt", tilecnt),
             ("segsum", segsum),
             ("thr", thr),
+            ("status", inp.status),
         ];
         let hinge_binds = [
             ("logits", inp.logits),
@@ -253,6 +273,7 @@ impl Gpu {
                 ("tilecnt", tilecnt),
                 ("segsum", segsum),
                 ("thr", thr),
+                ("status", inp.status),
             ],
         )?;
         // 4. sort of the kept keys (the uncompacted keys are spent: they are the sort's scratch)
