@@ -9,7 +9,8 @@
 // NONE keys sort after the kept ones.
 
 @group(0) @binding(0) var<uniform> LP: LovParams;        // the uncompacted segments
-// (`SortWords`: sortin1.wgsl, or sortin4.wgsl's quads for the tile kernels)
+// (`SortWords`: sortin1.wgsl; the CPU adapters' tile kernels read interleaved items, itemsin.wgsl or
+// itemsin2.wgsl)
 @group(0) @binding(1) var<storage, read> keys_in: SortWords;
 @group(0) @binding(2) var<storage, read> vals_in: SortWords;
 // (`SortOut`: sortout1.wgsl, or the CPU adapters' items, itemsout.wgsl)
@@ -148,9 +149,9 @@ fn compact_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
     if SORT4 {
         // four elements per load (the tile starts on a quad)
         for (; p + 4u <= span.z; p += 4u) {
-            let q = (span.y + p) / 4u;
-            let k = keys4_in(q);
-            let v = vals4_in(q);
+            let kv = quad_in((span.y + p) / 4u);
+            let k = kv.k;
+            let v = kv.v;
             c += kind_of(dropped_key(k.x, v.x, t), v.x) + kind_of(dropped_key(k.y, v.y, t), v.y)
                 + kind_of(dropped_key(k.z, v.z, t), v.z) + kind_of(dropped_key(k.w, v.w, t), v.w);
         }
@@ -181,9 +182,9 @@ fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(wor
     var p = 0u;
     if SORT4 {
         for (; p + 4u <= real; p += 4u) {
-            let q = (base + p) / 4u;
-            let k = keys4_in(q);
-            let v = vals4_in(q);
+            let kv = quad_in((base + p) / 4u);
+            let k = kv.k;
+            let v = kv.v;
             pos = put_kept(pos, vec2<u32>(dropped_key(k.x, v.x, t), v.x));
             pos = put_kept(pos, vec2<u32>(dropped_key(k.y, v.y, t), v.y));
             pos = put_kept(pos, vec2<u32>(dropped_key(k.z, v.z, t), v.z));

@@ -15,7 +15,8 @@
 @group(0) @binding(1) var<storage, read> tgt: array<u32>;
 @group(0) @binding(2) var<uniform> P: Params;
 @group(0) @binding(3) var<uniform> LP: LovParams;
-@group(0) @binding(4) var<storage, read_write> keys: array<u32>;
+// (`KeyWords`: keys1.wgsl, or keysitems.wgsl's interleaved items, where vals is not used)
+@group(0) @binding(4) var<storage, read_write> keys: KeyWords;
 @group(0) @binding(5) var<storage, read_write> vals: array<u32>;
 @group(0) @binding(6) var<storage, read_write> tilecnt: array<vec2<u32>>; // [seg][tile] fg, bg
 @group(0) @binding(7) var<storage, read_write> segsum: array<vec4<u32>>;  // [seg] value bits, gts, gtn, 0
@@ -65,8 +66,7 @@ fn put_key(n: u32, s: u32, c: u32, x: f32, lab: u32, lse: f32) {
         p = softmax_p(x, lse);
     }
     let fg = lab == c;
-    keys[pos] = key_of(abs(select(0.0, 1.0, fg) - p));
-    vals[pos] = e | select(0u, 0x80000000u, fg);
+    put_kv(pos, key_of(abs(select(0.0, 1.0, fg) - p)), e | select(0u, 0x80000000u, fg));
 }
 
 // Keys and payloads, one thread per pixel (image y, pixel from x and z).
@@ -104,8 +104,7 @@ fn lovasz_keys(
                 pos = c * (P.n * P.s) + n * P.s + s;
             }
             if lab == INVALID {
-                keys[pos] = NONE;
-                vals[pos] = NONE;
+                put_kv(pos, NONE, NONE);
             } else {
                 put_key(n, s, c, logits[e], lab, lse);
             }
@@ -119,8 +118,7 @@ fn lovasz_keys(
 // The hinge key and payload of element e (hingekey.wgsl).
 fn hinge_key(e: u32) {
     let kv = hinge_kv(e);
-    keys[e] = kv.x;
-    vals[e] = kv.y;
+    put_kv(e, kv.x, kv.y);
 }
 
 // Foreground and background counts of each sorted tile.
@@ -135,7 +133,7 @@ fn lovasz_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     for (var r = 0u; r < LIPT; r++) {
         let j = tile * LT + r * 256u + lid;
         if j < kept {
-            cnt += label_counts(vals[seg * LP.len + j]);
+            cnt += label_counts(get_val(seg * LP.len + j));
         }
     }
     let sc = wg_scan2(lid, cnt);
@@ -189,8 +187,9 @@ fn lovasz_weights(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
         k[r] = NONE;
         v[r] = NONE;
         if j < kept {
-            k[r] = keys[seg * LP.len + j];
-            v[r] = vals[seg * LP.len + j];
+            let kv = get_kv(seg * LP.len + j);
+            k[r] = kv.x;
+            v[r] = kv.y;
         }
         cnt += label_counts(v[r]);
     }

@@ -1,6 +1,6 @@
 // threshold.wgsl's lovasz_threshold for CPU adapters: a thread per tile (tiles.wgsl, see
-// radix_scatter_tiles), without workgroup atomics or barriers, reading the keys and payloads
-// through sortin1.wgsl (or sortin4.wgsl's quads). The compaction then drops as it reads
+// radix_scatter_tiles), without workgroup atomics or barriers, reading the keys and payloads,
+// the CPU adapters' interleaved items, through itemsin.wgsl (or two per load, itemsin2.wgsl). The compaction then drops as it reads
 // (compact_count_tiles, compact_scatter_tiles), in place of lovasz_drop.
 
 @group(0) @binding(0) var<uniform> LP: LovParams;
@@ -28,9 +28,9 @@ fn lovasz_threshold_tiles(@builtin(local_invocation_index) lid: u32, @builtin(wo
     if SORT4 {
         // four elements per load (the tile starts on a quad)
         for (; p + 4u <= span.z; p += 4u) {
-            let q = (span.y + p) / 4u;
-            let k = keys4_in(q);
-            let v = vals4_in(q);
+            let kv = quad_in((span.y + p) / 4u);
+            let k = kv.k;
+            let v = kv.v;
             m = max(max(m, max(thr_of(k.x, v.x), thr_of(k.y, v.y))), max(thr_of(k.z, v.z), thr_of(k.w, v.w)));
         }
     }

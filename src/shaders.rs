@@ -349,11 +349,14 @@ pub const BITONIC_MAX: usize = 2048;
 const LOVASZ_BINDINGS: &[Binding] =
     &[r("logits"), r("tgt"), u("P"), u("LP"), w("keys"), w("vals"), w("tilecnt"), w("segsum"), w("lw"), w("vpart")];
 
+/// A kernel of `lovasz.wgsl`: its keys in two arrays (`keys1.wgsl`, the GPU's), or interleaved
+/// items (`keysitems.wgsl`, the CPU adapters' key passes); the softmax keys with each pixel's
+/// classes in registers (`regs.wgsl`, `lovasz_regs.wgsl`) or not.
 macro_rules! lovasz {
     ($name:literal) => {
-        lovasz!($name, $name, "noregs.wgsl", "lovasz_noregs.wgsl")
+        lovasz!($name, $name, "noregs.wgsl", "lovasz_noregs.wgsl", "keys1.wgsl")
     };
-    ($name:literal, $entry:literal, $regs:literal, $lovasz_regs:literal) => {
+    ($name:literal, $entry:literal, $regs:literal, $lovasz_regs:literal, $keys:literal) => {
         Kernel {
             name: $name,
             entry: $entry,
@@ -363,6 +366,7 @@ macro_rules! lovasz {
                 "lse.wgsl",
                 $regs,
                 $lovasz_regs,
+                $keys,
                 "target.wgsl",
                 "hingekey.wgsl",
                 "scan.wgsl",
@@ -404,7 +408,11 @@ pub const EDT_LINE: Kernel = surface!("edt_line");
 pub const LOVASZ_KEYS: Kernel = lovasz!("lovasz_keys");
 /// [`LOVASZ_KEYS`] for a CPU adapter's softmax with each pixel's classes in registers (as
 /// [`STATS_REGS`]: `regs.wgsl`, `lovasz_regs.wgsl`).
-pub const LOVASZ_KEYS_REGS: Kernel = lovasz!("lovasz_keys_regs", "lovasz_keys", "regs.wgsl", "lovasz_regs.wgsl");
+pub const LOVASZ_KEYS_REGS: Kernel =
+    lovasz!("lovasz_keys_regs", "lovasz_keys", "regs.wgsl", "lovasz_regs.wgsl", "keysitems.wgsl");
+/// [`LOVASZ_KEYS`] for a CPU adapter: interleaved items (`keysitems.wgsl`), the classes in memory.
+pub const LOVASZ_KEYS_ITEMS: Kernel =
+    lovasz!("lovasz_keys_items", "lovasz_keys", "noregs.wgsl", "lovasz_noregs.wgsl", "keysitems.wgsl");
 /// Lovász: foreground/background counts per sorted tile.
 pub const LOVASZ_COUNT: Kernel = lovasz!("lovasz_count");
 /// Lovász: scan of the tile counts per segment.
@@ -480,19 +488,20 @@ pub const COMPACT_SCAN: Kernel = compact!("compact_scan");
 /// Lovász compaction: stable scatter of the kept elements.
 pub const COMPACT_SCATTER: Kernel = compact!("compact_scatter");
 /// Lovász-Softmax compaction on CPU adapters: the counts, a thread per tile, with the drops.
-pub const COMPACT_COUNT_TILES: Kernel = compact!("compact_count_tiles");
+pub const COMPACT_COUNT_TILES: Kernel =
+    compact!("compact_count_tiles", "compact_count_tiles", "itemsin.wgsl", "sortout1.wgsl");
 /// Lovász compaction on CPU adapters: [`COMPACT_SCAN`] with a thread per segment.
 pub const COMPACT_SCAN_TILES: Kernel = compact!("compact_scan_tiles");
 /// Lovász-Softmax compaction on CPU adapters: the scatter, a thread per tile, with the drops.
 pub const COMPACT_SCATTER_TILES: Kernel =
-    compact!("compact_scatter_tiles", "compact_scatter_tiles", "sortin1.wgsl", "itemsout.wgsl");
-/// [`COMPACT_COUNT_TILES`] reading four elements per load (`sortin4.wgsl`): segments of `4k`
+    compact!("compact_scatter_tiles", "compact_scatter_tiles", "itemsin.wgsl", "itemsout.wgsl");
+/// [`COMPACT_COUNT_TILES`] reading two items per load (`itemsin2.wgsl`): segments of `4k`
 /// elements in slices on 16 bytes.
 pub const COMPACT_COUNT_TILES4: Kernel =
-    compact!("compact_count_tiles4", "compact_count_tiles", "sortin4.wgsl", "sortout1.wgsl");
-/// [`COMPACT_SCATTER_TILES`] reading four elements per load.
+    compact!("compact_count_tiles4", "compact_count_tiles", "itemsin2.wgsl", "sortout1.wgsl");
+/// [`COMPACT_SCATTER_TILES`] reading two items per load.
 pub const COMPACT_SCATTER_TILES4: Kernel =
-    compact!("compact_scatter_tiles4", "compact_scatter_tiles", "sortin4.wgsl", "itemsout.wgsl");
+    compact!("compact_scatter_tiles4", "compact_scatter_tiles", "itemsin2.wgsl", "itemsout.wgsl");
 
 const HINGE_BINDINGS: &[Binding] =
     &[r("logits"), r("tgt"), u("P"), u("LP"), w("keys_out"), w("vals_out"), w("tilecnt")];
@@ -550,15 +559,15 @@ pub const LOVASZ_DROP: Kernel = Kernel { name: "lovasz_drop", entry: "lovasz_dro
 pub const LOVASZ_THRESHOLD_TILES: Kernel = Kernel {
     name: "lovasz_threshold_tiles",
     entry: "lovasz_threshold_tiles",
-    source: wgsl!("sortin1.wgsl", "lovparams.wgsl", "tiles.wgsl", "threshold_tiles.wgsl"),
+    source: wgsl!("itemsin.wgsl", "lovparams.wgsl", "tiles.wgsl", "threshold_tiles.wgsl"),
     bindings: &[u("LP"), r("keys_in"), r("vals_in"), w("thr")],
     specialized: false,
     cpu_storage_params: false,
 };
-/// [`LOVASZ_THRESHOLD_TILES`] reading four elements per load (`sortin4.wgsl`).
+/// [`LOVASZ_THRESHOLD_TILES`] reading two items per load (`itemsin2.wgsl`).
 pub const LOVASZ_THRESHOLD_TILES4: Kernel = Kernel {
     name: "lovasz_threshold_tiles4",
-    source: wgsl!("sortin4.wgsl", "lovparams.wgsl", "tiles.wgsl", "threshold_tiles.wgsl"),
+    source: wgsl!("itemsin2.wgsl", "lovparams.wgsl", "tiles.wgsl", "threshold_tiles.wgsl"),
     ..LOVASZ_THRESHOLD_TILES
 };
 
@@ -595,6 +604,7 @@ pub const KERNELS: &[Kernel] = &[
     BITONIC_SORT_ITEMS,
     LOVASZ_KEYS,
     LOVASZ_KEYS_REGS,
+    LOVASZ_KEYS_ITEMS,
     LOVASZ_COUNT,
     LOVASZ_SCAN,
     LOVASZ_WEIGHTS,

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::gpu::context::Gpu;
 use crate::gpu::record::{Grid, Recording, Slice};
 use crate::gpu::sort::{SortAlgo, SortBufs};
-use crate::gpu::{align, Params, Spec, GRAD_WG, SCATTER_TILES_WG, SORT_TILE};
+use crate::gpu::{Params, Spec, GRAD_WG, SCATTER_TILES_WG, SORT_TILE};
 use crate::plan;
 use crate::shaders;
 
@@ -129,12 +129,11 @@ impl Gpu {
         // compacted segments (hinge.wgsl, step 3), and from there on keys and payloads are
         // interleaved items (SortBufs::items)
         let tiled = self.sort_items();
-        // the uncompacted keys and payloads, then the sort's scratch: for a CPU adapter one
-        // buffer, whose whole is the scratch's items
+        // the uncompacted keys and payloads, then the sort's scratch: for a CPU adapter
+        // interleaved items (bound as the keys; the payloads' binding a placeholder)
         let (keys, vals, scratch) = if tiled {
-            let kv = rec.scratch(2 * align(total), "lovasz keys and payloads")?;
-            let items = kv.sub(0, 2 * total);
-            (kv.sub(0, total), kv.sub(align(total), total), (items, rec.scratch(16, "unused payloads")?))
+            let kv = rec.scratch(2 * total, "lovasz items")?;
+            (kv, rec.scratch(16, "unused payloads")?, (kv, rec.scratch(16, "unused payloads")?))
         } else {
             let (k, v) = (rec.scratch(total, "lovasz keys")?, rec.scratch(total, "lovasz payloads")?);
             (k, v, (k, v))
@@ -153,7 +152,11 @@ impl Gpu {
         for &(plane0, count) in if direct_hinge { &[][..] } else { inp.rows } {
             let pr = rec.uniform(&Params { plane0, ..inp.params });
             rec.dispatch(
-                if creg > 0 { &shaders::LOVASZ_KEYS_REGS } else { &shaders::LOVASZ_KEYS },
+                match (creg > 0, tiled) {
+                    (true, _) => &shaders::LOVASZ_KEYS_REGS,
+                    (false, true) => &shaders::LOVASZ_KEYS_ITEMS,
+                    (false, false) => &shaders::LOVASZ_KEYS,
+                },
                 spec,
                 Grid::Direct(gx, count, gz),
                 &[

@@ -1,0 +1,16 @@
+// How lovasz.wgsl's kernels store and read the Lovász keys and payloads (its `keys` and `vals`):
+// two arrays (the GPU kernels). keysitems.wgsl: interleaved items, the CPU adapters' layout.
+alias KeyWords = array<u32>;
+
+fn put_kv(at: u32, k: u32, v: u32) {
+    keys[at] = k;
+    vals[at] = v;
+}
+
+fn get_kv(at: u32) -> vec2<u32> {
+    return vec2<u32>(keys[at], vals[at]);
+}
+
+fn get_val(at: u32) -> u32 {
+    return vals[at];
+}
