@@ -205,7 +205,7 @@ fn lovasz_weights(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
         let c = label_counts(v[r]);
         run += c;
         let w = jaccard_weight(c, run, gts);
-        lw[v[r] & 0x7FFFFFFFu] = weight_out(c, w);
+        write_weight(v[r] & 0x7FFFFFFFu, weight_out(c, w), ACCUM);
         if k[r] != NONE {
             acc += bitcast<f32>(~k[r]) * w;
         }

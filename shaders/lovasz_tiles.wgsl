@@ -58,17 +58,28 @@ fn lovasz_scan_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgro
 }
 
 // The next sorted element (key k, payload v; kept, so both are real) after the counts `run`:
-// writes its weight and adds its share of the value to `acc`.
-fn weigh(k: u32, v: u32, run: ptr<function, vec2<u32>>, acc: ptr<function, f32>, gts: u32) {
+// writes its weight (added to lw's with `accum`, write_weight) and adds its share of the value to
+// `acc`.
+fn weigh(k: u32, v: u32, run: ptr<function, vec2<u32>>, acc: ptr<function, f32>, gts: u32, accum: bool) {
     let c = label_counts(v);
     *run += c;
     let w = jaccard_weight(c, *run, gts);
-    lw[v & 0x7FFFFFFFu] = weight_out(c, w);
+    write_weight(v & 0x7FFFFFFFu, weight_out(c, w), accum);
     *acc += bitcast<f32>(~k) * w;
 }
 
 @compute @workgroup_size(8)
 fn lovasz_weights_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    weights_tiles(lid, wid, false);
+}
+
+// lovasz_weights_tiles adding to what lw holds (the hinge's gradient beside a pixel term's).
+@compute @workgroup_size(8)
+fn lovasz_weights_tiles_add(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    weights_tiles(lid, wid, true);
+}
+
+fn weights_tiles(lid: u32, wid: vec3<u32>, accum: bool) {
     let seg = wid.y;
     // (lovasz_scan moved the kept count to .w)
     let span = tile_span(lid, wid, LP.len, min(segsum[seg].w, LP.len));
@@ -82,15 +93,15 @@ fn lovasz_weights_tiles(@builtin(local_invocation_index) lid: u32, @builtin(work
     if SORT4 {
         for (; p + 4u <= span.z; p += 4u) {
             let kv = quad_in((span.y + p) / 4u);
-            weigh(kv.k.x, kv.v.x, &run, &acc, gts);
-            weigh(kv.k.y, kv.v.y, &run, &acc, gts);
-            weigh(kv.k.z, kv.v.z, &run, &acc, gts);
-            weigh(kv.k.w, kv.v.w, &run, &acc, gts);
+            weigh(kv.k.x, kv.v.x, &run, &acc, gts, accum);
+            weigh(kv.k.y, kv.v.y, &run, &acc, gts, accum);
+            weigh(kv.k.z, kv.v.z, &run, &acc, gts, accum);
+            weigh(kv.k.w, kv.v.w, &run, &acc, gts, accum);
         }
     }
     for (; p < span.z; p++) {
         let kv = item_in(span.y + p);
-        weigh(kv.x, kv.y, &run, &acc, gts);
+        weigh(kv.x, kv.y, &run, &acc, gts, accum);
     }
     vpart[seg * LP.tiles + span.x] = acc;
 }

@@ -33,11 +33,6 @@ struct LovParams {
     bg_mul: f32,
 }
 
-// What lovasz_weights writes for an element with label counts c and Jaccard weight w.
-fn weight_out(c: vec2<u32>, w: f32) -> f32 {
-    return w * select(LP.bg_mul, LP.fg_mul, c.x == 1u);
-}
-
 // The Jaccard weight of a sorted position with label counts c (fg: (1, 0), bg: (0, 1)), the
 // (fg, bg) counts `run` up to it (itself included) and the segment's foreground total gts: with
 // the union u = gts + run.bg (>= 1) and the intersection left i = gts - run.fg, fg 1 / u, bg

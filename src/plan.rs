@@ -326,7 +326,7 @@ impl StatsPlan {
         self.slots.iter().position(|x| *x == s).expect("slot planned")
     }
 
-    fn lovasz_of(&self, p: &LovaszParams) -> usize {
+    pub(crate) fn lovasz_of(&self, p: &LovaszParams) -> usize {
         self.lovasz.iter().position(|q| q == p).expect("lovasz planned")
     }
 }

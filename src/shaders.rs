@@ -371,6 +371,7 @@ macro_rules! lovasz {
                 "hingekey.wgsl",
                 "scan.wgsl",
                 "lovparams.wgsl",
+                "lovweight.wgsl",
                 "tiles.wgsl",
                 "lovasz.wgsl"
             ),
@@ -429,7 +430,7 @@ macro_rules! lovasz_tiles {
         Kernel {
             name: $name,
             entry: $entry,
-            source: wgsl!($input, "lovparams.wgsl", "tiles.wgsl", "lovasz_tiles.wgsl"),
+            source: wgsl!($input, "lovparams.wgsl", "lovweight.wgsl", "tiles.wgsl", "lovasz_tiles.wgsl"),
             bindings: &[u("LP"), r("keys_in"), r("vals_in"), w("tilecnt"), w("segsum"), w("lw"), w("vpart")],
             specialized: false,
             cpu_storage_params: false,
@@ -449,6 +450,13 @@ pub const LOVASZ_COUNT_TILES4: Kernel = lovasz_tiles!("lovasz_count_tiles4", "lo
 /// [`LOVASZ_WEIGHTS_TILES`] reading two items per load.
 pub const LOVASZ_WEIGHTS_TILES4: Kernel =
     lovasz_tiles!("lovasz_weights_tiles4", "lovasz_weights_tiles", "itemsin2.wgsl");
+/// [`LOVASZ_WEIGHTS_TILES`] adding to what `lw` holds (the hinge's gradient beside a pixel term's,
+/// `gpu::lovasz::HingeGrad`).
+pub const LOVASZ_WEIGHTS_TILES_ADD: Kernel =
+    lovasz_tiles!("lovasz_weights_tiles_add", "lovasz_weights_tiles_add", "itemsin.wgsl");
+/// [`LOVASZ_WEIGHTS_TILES4`] adding to what `lw` holds.
+pub const LOVASZ_WEIGHTS_TILES4_ADD: Kernel =
+    lovasz_tiles!("lovasz_weights_tiles4_add", "lovasz_weights_tiles_add", "itemsin2.wgsl");
 
 const COMPACT_BINDINGS: &[Binding] = &[
     u("LP"),
@@ -614,6 +622,8 @@ pub const KERNELS: &[Kernel] = &[
     LOVASZ_SCAN_TILES,
     LOVASZ_COUNT_TILES4,
     LOVASZ_WEIGHTS_TILES4,
+    LOVASZ_WEIGHTS_TILES_ADD,
+    LOVASZ_WEIGHTS_TILES4_ADD,
     COMPACT_COUNT,
     COMPACT_SCAN,
     COMPACT_SCATTER,

@@ -446,7 +446,13 @@ async fn tail_of_parts(
     let parts: Vec<Part<'_>> = pieces
         .iter()
         .zip(tos)
-        .map(|((p, inp), to)| Part { inp, img0: t.first_image + p.first_image(), grads: to, lse: None })
+        .map(|((p, inp), to)| Part {
+            inp,
+            img0: t.first_image + p.first_image(),
+            grads: to,
+            lse: None,
+            hinge_add: None,
+        })
         .collect();
     let tail = gpu.record_tail(&mut rec, t.plan, t.exprs, totals, lov_from, &parts, status, true)?;
     after(&mut rec);

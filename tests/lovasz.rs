@@ -277,8 +277,9 @@ fn both_tilings_give_the_same_gradient_bits() {
     }
 }
 
-/// A hinge alone writes its gradient from its weights pass (gpu::lovasz::HingeGrad); with another
-/// expression on the same Lovász loss it goes through the gradient pass. Both give the reference's
+/// A hinge alone writes its gradient from its weights pass (gpu::lovasz::HingeGrad), and beside
+/// one pixel term adds it to the one the statistics pass wrote; with another expression on the
+/// same Lovász loss it goes through the gradient pass. Both give the reference's
 /// values and the same gradients, on empty and full targets, ignored images and odd sizes.
 #[test]
 fn the_hinge_alone_writes_the_gradient_pass_gradient() {
@@ -288,7 +289,13 @@ fn the_hinge_alone_writes_the_gradient_pass_gradient() {
         ("0.3*lovasz", "bce+lovasz"),
         ("lovasz:per_image=true", "dice+lovasz:per_image=true"),
         ("2*lovasz:per_image=true", "bce+lovasz:per_image=true"),
+        // (beside a pixel term, the hinge's gradient added to the one the statistics pass wrote)
+        ("bce+lovasz:per_image=true", "lovasz:per_image=true"),
+        ("focal+0.5*lovasz", "dice+0.5*lovasz"),
     ];
+    // (and the GPU kernels, on an engine of their own)
+    let other = segloss::Engine::gpu_blocking().unwrap();
+    other.set_tile_scatter(other.info().device_type != "Cpu");
     for (i, mode) in [Mode::Binary, Mode::Multilabel].into_iter().cycle().take(10).enumerate() {
         let c = if mode == Mode::Binary { 1 } else { 1 + rng.below(3) };
         let shape = vec![1 + rng.below(4), c, 1 + rng.below(60), 1 + rng.below(60)];
@@ -296,10 +303,12 @@ fn the_hinge_alone_writes_the_gradient_pass_gradient() {
         for (alone, partner) in pairs {
             compare(&case, &[alone]);
             let exprs: Vec<LossExpr> = [alone, partner].iter().map(|t| t.parse().unwrap()).collect();
-            let one = common::gpu().evaluate_blocking(&case.input(), &exprs[..1], true).unwrap();
-            let both = common::gpu().evaluate_blocking(&case.input(), &exprs, true).unwrap();
-            assert_eq!(one[0].value.to_bits(), both[0].value.to_bits(), "{alone} {:?}", case.shape);
-            assert_eq!(one[0].grad, both[0].grad, "{alone} {:?}", case.shape);
+            for engine in [common::gpu(), &other] {
+                let one = engine.evaluate_blocking(&case.input(), &exprs[..1], true).unwrap();
+                let both = engine.evaluate_blocking(&case.input(), &exprs, true).unwrap();
+                assert_eq!(one[0].value.to_bits(), both[0].value.to_bits(), "{alone} {:?}", case.shape);
+                assert_eq!(one[0].grad, both[0].grad, "{alone} {:?}", case.shape);
+            }
         }
     }
 }

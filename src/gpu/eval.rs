@@ -55,6 +55,9 @@ pub(crate) struct FusedGrad {
     pub cw: Vec<f32>,
     pub dest: Slice,
     pub count: u32,
+    /// The expression's Lovász hinge (its loss in the plan, its coefficient), whose weights pass
+    /// adds its gradient to what the statistics pass wrote ([`HingeGrad`] with `accumulate`).
+    pub hinge: Option<(usize, f32)>,
 }
 
 /// Where an expression's gradient goes.
@@ -82,6 +85,9 @@ pub(crate) struct Part<'a> {
     pub grads: &'a [GradTo],
     /// Softmax: the log-sum-exp of each pixel of `inp`, kept by its statistics pass.
     pub lse: Option<Slice>,
+    /// A hinge whose weights pass adds its gradient where the statistics pass wrote its
+    /// expression's ([`FusedGrad::hinge`]): its loss in the plan and how (the whole batch only).
+    pub hinge_add: Option<(usize, HingeGrad)>,
 }
 
 /// The per-(image, class) sums of a whole batch on the device, `[passes][n][c][K]` f32 with
@@ -482,6 +488,7 @@ impl Gpu {
             }
             let mut terms = Vec::new();
             let mut cw = Vec::new();
+            let mut hinge = None;
             for t in &e.terms {
                 // (pos_weight and the weight scale as the finalize takes them: bce's scalar
                 // pos_weight, focal's weight scale; None for cross-entropy, whose slot's weight
@@ -500,6 +507,23 @@ impl Gpu {
                         Some(w) if p.norm == Norm::Count => (1.0, Some(plan::weight_scale(w) as f32)),
                         Some(_) => break,
                     },
+                    // the hinge beside one pixel term: its weights pass adds its gradient to the
+                    // pixel term's (HingeGrad), where no other gradient reads its weights; the
+                    // sum is the gradient pass's, bit for bit: (-hinge) + pixel, commuted
+                    Loss::Lovasz(p) if hinge.is_none() && e.terms.len() == 2 && e.deep.is_none() => {
+                        let shared = exprs.iter().zip(grads).enumerate().any(|(j, (o, og))| {
+                            j != i
+                                && !matches!(og, GradTo::Skip)
+                                && o.terms.iter().any(|u| matches!(&u.loss, Loss::Lovasz(q) if q == p))
+                        });
+                        if shared {
+                            break;
+                        }
+                        // (the finalize's coefficient: the factor over the segments' mean)
+                        let segs = if p.per_image { inp.n } else { 1 };
+                        hinge = Some((plan.lovasz_of(p), t.weight as f32 / segs as f32));
+                        continue;
+                    }
                     _ => break,
                 };
                 let slot = &plan.slots[plan.slot_of(&t.loss, inp.c)];
@@ -512,14 +536,14 @@ impl Gpu {
                 terms.push(tp);
                 cw.extend(slot.device_weights());
             }
-            if terms.len() != e.terms.len() {
+            if terms.len() + usize::from(hinge.is_some()) != e.terms.len() || terms.is_empty() {
                 continue;
             }
             let dest = match into {
                 Some(slice) => slice,
                 None => rec.scratch((inp.n * inp.c * inp.s * 4) as u64, "gradient")?,
             };
-            return Ok(Some(FusedGrad { expr: i, terms, cw, dest, count: count as u32 }));
+            return Ok(Some(FusedGrad { expr: i, terms, cw, dest, count: count as u32, hinge }));
         }
         Ok(None)
     }
@@ -586,7 +610,10 @@ impl Gpu {
         if let Some(f) = &fused {
             tail_grads[f.expr] = GradTo::Skip;
         }
-        let part = Part { inp, img0: 0, grads: &tail_grads, lse: totals.lse };
+        let hinge_add = fused
+            .as_ref()
+            .and_then(|f| f.hinge.map(|(g, coef)| (g, HingeGrad { dest: f.dest, coef, accumulate: true })));
+        let part = Part { inp, img0: 0, grads: &tail_grads, lse: totals.lse, hinge_add };
         let mut t = self.record_tail(rec, &plan, exprs, totals, LovFrom::Parts, &[part], status, read_values)?;
         if let Some(f) = fused.as_ref().filter(|f| matches!(grads[f.expr], GradTo::Host)) {
             let total = (inp.n * inp.c * inp.s * 4) as u64;
@@ -754,9 +781,16 @@ impl Gpu {
                 };
                 // the finalize's coefficient: the factor over the segments' mean (op_lovasz)
                 let segs = if plan.lovasz[g].per_image { n } else { 1 };
-                hinge_grads[g] = Some(HingeGrad { dest, coef: t.weight as f32 / segs as f32 });
+                hinge_grads[g] = Some(HingeGrad { dest, coef: t.weight as f32 / segs as f32, accumulate: false });
                 fused_dest[i] = Some(dest);
             }
+        }
+        // a hinge that adds its gradient to what the statistics pass wrote (FusedGrad::hinge)
+        if let Some((g, h)) = first.hinge_add {
+            if !(whole && matches!(lov_from, LovFrom::Parts) && groups == 1 && !softmax) || hinge_grads[g].is_some() {
+                return Err(Error::Gpu("internal: a hinge gradient to add outside a whole batch".into()));
+            }
+            hinge_grads[g] = Some(h);
         }
         let mut lws = Vec::new();
         for part in parts {

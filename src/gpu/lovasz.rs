@@ -50,6 +50,9 @@ impl LovParams {
 pub(crate) struct HingeGrad {
     pub dest: Slice,
     pub coef: f32,
+    /// Added to what `dest` holds (the statistics pass wrote a pixel term's gradient there,
+    /// eval::FusedGrad): not zeroed first.
+    pub accumulate: bool,
 }
 
 /// The input of the Lovász passes: logits, target words and the loss kernels' `Params`.
@@ -110,7 +113,9 @@ impl Gpu {
         let total = (segs * len * 4) as u64;
         // lovasz_weights writes the weight of every sorted element; the others (dropped: no
         // loss, no gradient; ignored) keep the zero of this clear, which the gradient reads
-        if let (Some(g), true) = (grad, inp.checked) {
+        if grad.is_some_and(|g| g.accumulate) {
+            // (every element written by the statistics pass)
+        } else if let (Some(g), true) = (grad, inp.checked) {
             // (a caller's slice that bad input leaves untouched: zeroed only when the input is good)
             let elems = (g.dest.size / 4) as usize;
             let (kernel, units) = if elems.is_multiple_of(4) && crate::gpu::quad_aligned(&[g.dest]) {
@@ -298,12 +303,15 @@ impl Gpu {
             ("vpart", vpart),
         ];
         let per_seg = Grid::Direct(segs as u32, 1, 1);
+        // the weights added to what the destination holds (HingeGrad::accumulate)
+        let accum = grad.is_some_and(|g| g.accumulate);
         if tiled {
             // (four elements per load where every tile starts on a quad)
-            let (count, weights) = if len.is_multiple_of(4) && crate::gpu::quad_aligned(&[kc, vc]) {
-                (&shaders::LOVASZ_COUNT_TILES4, &shaders::LOVASZ_WEIGHTS_TILES4)
-            } else {
-                (&shaders::LOVASZ_COUNT_TILES, &shaders::LOVASZ_WEIGHTS_TILES)
+            let (count, weights) = match (len.is_multiple_of(4) && crate::gpu::quad_aligned(&[kc, vc]), accum) {
+                (true, false) => (&shaders::LOVASZ_COUNT_TILES4, &shaders::LOVASZ_WEIGHTS_TILES4),
+                (true, true) => (&shaders::LOVASZ_COUNT_TILES4, &shaders::LOVASZ_WEIGHTS_TILES4_ADD),
+                (false, false) => (&shaders::LOVASZ_COUNT_TILES, &shaders::LOVASZ_WEIGHTS_TILES),
+                (false, true) => (&shaders::LOVASZ_COUNT_TILES, &shaders::LOVASZ_WEIGHTS_TILES_ADD),
             };
             let tile_binds = [
                 ("LP", lp),
@@ -322,7 +330,7 @@ impl Gpu {
             let over = Grid::Indirect(args.sub(0, 12));
             rec.dispatch(&shaders::LOVASZ_COUNT, spec, over, &binds)?;
             rec.dispatch(&shaders::LOVASZ_SCAN, spec, per_seg, &binds)?;
-            rec.dispatch(&shaders::LOVASZ_WEIGHTS, spec, over, &binds)?;
+            rec.dispatch(&shaders::LOVASZ_WEIGHTS, Spec { accum, ..spec }, over, &binds)?;
         }
         rec.dispatch(&shaders::LOVASZ_VALUE, spec, per_seg, &binds)?;
         Ok(())
