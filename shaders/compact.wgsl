@@ -1,8 +1,9 @@
 // Stable compaction of the Lovász keys: elements with key NONE (hinge: error <= 0; softmax: dropped
 // by threshold.wgsl; ignored) carry no loss and no gradient, so only the others are sorted. Per
 // segment: count kept elements per tile, scan, and scatter them in their original order to the
-// front of the segment in a new [segment][len] array (what follows them is not written: the passes
-// after this one read only each segment's kept count); the dropped elements' labels are counted
+// front of the segment in a new [segment][len] array (what follows them is never read as a kept
+// element: the passes after this one read only each segment's counts below; the CPU adapters'
+// compactions write their dropped elements and guards there); the dropped elements' labels are counted
 // into segsum (fg in .y, bg in .z) so that the foreground total stays exact, segsum.x receives
 // the kept count, which the Lovász passes read on the device, and segsum.w the slots the sort
 // takes: the kept count, and on CPU adapters the guards of the tiles that drop (kept.wgsl), whose

@@ -1,6 +1,6 @@
 // itemsin.wgsl's interleaved items read two per load, as vec4 (key, payload, key, payload): the
 // CPU adapters' radix count and Lovász tile kernels (segments of 4k items, slices on 16 bytes:
-// the host checks). Four keys or payloads (a quad, as sortin4.wgsl's) take two loads.
+// the host checks). Four keys or payloads (a quad) take two loads.
 const SORT4: bool = true;
 // (sortin1.wgsl)
 struct Quad {

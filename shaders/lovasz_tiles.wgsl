@@ -2,9 +2,9 @@
 // thread per sorted tile, walked in order, without scans, tree sums or barriers. Workgroup (tile
 // group, segment): tiles STW x + lane (tiles.wgsl). The weights are those of lovasz_weights bit
 // for bit (integer counts); a tile's value partial is summed in position order. The sorted keys
-// and payloads come through sortin1.wgsl, or four per load through sortin4.wgsl where every tile
-// starts on a quad (on llvmpipe a load costs per lane, whatever its width): the CPU adapters'
-// interleaved items, itemsin.wgsl or itemsin2.wgsl.
+// and payloads, the CPU adapters' interleaved items, come through itemsin.wgsl, or two per load
+// through itemsin2.wgsl where every tile starts on a quad (on llvmpipe a load costs per lane,
+// whatever its width).
 
 @group(0) @binding(0) var<uniform> LP: LovParams;
 @group(0) @binding(1) var<storage, read> keys_in: SortWords;

@@ -1,6 +1,6 @@
 // The input keys and payloads of the sorts, the Lovász compaction and its threshold (their
-// keys_in and vals_in) element by element. sortin4.wgsl reads them four at a time; itemsin.wgsl
-// and itemsin2.wgsl read interleaved items. Every one defines the same functions.
+// keys_in and vals_in) element by element, the GPU kernels' layout; itemsin.wgsl and itemsin2.wgsl
+// read the CPU adapters' interleaved items. Every one defines the same functions.
 
 // Four consecutive elements: keys and payloads.
 struct Quad {

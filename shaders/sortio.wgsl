@@ -14,7 +14,7 @@ struct SortParams {
 }
 
 @group(0) @binding(0) var<uniform> SP: SortParams;
-// (`SortWords`: sortin1.wgsl, or sortin4.wgsl's quads)
+// (`SortWords`: sortin1.wgsl, or the CPU adapters' interleaved items, itemsin.wgsl, itemsin2.wgsl)
 @group(0) @binding(1) var<storage, read> keys_in: SortWords;
 @group(0) @binding(2) var<storage, read> vals_in: SortWords;
 @group(0) @binding(3) var<storage, read_write> counts: array<u32>; // [seg][tile][digit]

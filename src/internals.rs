@@ -60,7 +60,7 @@ impl Engine {
         };
         let bytes = (keys.len() * 4) as u64;
         let mut rec = Recording::new(&gpu.limits);
-        let items = gpu.sort_items();
+        let items = gpu.sort_items(keys.len());
         let (a, b) = (sort_pair(&mut rec, items, keys.len())?, sort_pair(&mut rec, items, keys.len())?);
         let bufs = SortBufs { a, b, items };
         // upload through the constants, then copy into the sort's buffers
@@ -133,21 +133,29 @@ impl Engine {
             .collect();
         use wgpu::util::DeviceExt;
         let mut out = Vec::new();
-        let items = gpu.sort_items();
+        let items = gpu.sort_items(n);
         let bytes = (n * 4) as u64;
-        // the input in a buffer of its own, sorted in place by every run
-        let data = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("sort input"),
-            contents: bytemuck::cast_slice(&sort_input(items, &keys)),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+        // the input in buffers of its own (the items, or the keys and the payloads), sorted in
+        // place by every run
+        let init = |label, data: &[u32]| {
+            gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        let input = sort_input(items, &keys);
+        let (first, second) = if items {
+            (init("sort items", &input), None)
+        } else {
+            (init("sort keys", &input[..n]), Some(init("sort payloads", &input[n..])))
+        };
         for i in 0..=iters {
             let t0 = std::time::Instant::now();
             let mut rec = Recording::new(&gpu.limits);
-            let a = if items {
-                (rec.external(&data, 0, 2 * bytes), rec.scratch(16, "unused payloads")?)
-            } else {
-                (rec.external(&data, 0, bytes), rec.external(&data, bytes, bytes))
+            let a = match &second {
+                None => (rec.external(&first, 0, 2 * bytes), rec.scratch(16, "unused payloads")?),
+                Some(vals) => (rec.external(&first, 0, bytes), rec.external(vals, 0, bytes)),
             };
             let b = sort_pair(&mut rec, items, n)?;
             gpu.record_sort(&mut rec, &SortBufs { a, b, items }, segs, segment_len, algo, None)?;
@@ -202,9 +210,11 @@ impl Engine {
         self.gpu_ref().and_then(|gpu| gpu.subgroup)
     }
 
-    /// Whether the radix sort scatters with a thread per tile, walked in order (the default on
-    /// CPU adapters), or with a workgroup per tile after a local sort (elsewhere): for tests of
-    /// both on one adapter, and for benchmarks. A no-op on the CPU reference.
+    /// Whether the Lovász passes take the CPU adapters' kernels (the default there): a thread per
+    /// tile, walked in order, keys and payloads as interleaved items, the hinge's keys computed in
+    /// its compaction; or the GPU's (elsewhere): a workgroup per tile after a local sort, two
+    /// arrays. For tests of both on one adapter, and for benchmarks; evaluations already recorded
+    /// keep the setting they were recorded with. A no-op on the CPU reference.
     pub fn set_tile_scatter(&self, on: bool) {
         if let Some(gpu) = self.gpu_ref() {
             gpu.tile_scatter.store(on, std::sync::atomic::Ordering::Relaxed);

@@ -470,9 +470,10 @@ const COMPACT_BINDINGS: &[Binding] = &[
     r("status"),
 ];
 
-/// A compaction kernel: its input (the uncompacted keys and payloads) element by element
-/// (`sortin1.wgsl`) or by quads (`sortin4.wgsl`); its output two arrays (`sortout1.wgsl`) or, for
-/// the CPU adapters' sort, interleaved items (`itemsout.wgsl`).
+/// A compaction kernel: its input (the uncompacted keys and payloads) two arrays read element by
+/// element (`sortin1.wgsl`, the GPU's) or the CPU adapters' interleaved items, one or two per load
+/// (`itemsin.wgsl`, `itemsin2.wgsl`); its output two arrays (`sortout1.wgsl`) or items
+/// (`itemsout.wgsl`).
 macro_rules! compact {
     ($name:literal) => {
         compact!($name, $name, "sortin1.wgsl", "sortout1.wgsl")

@@ -182,6 +182,57 @@ fn buffer_inputs_at_offsets_equal_host_inputs_bit_for_bit() {
     }
 }
 
+/// Several expressions' gradients into slices of one buffer (a framework's gradient pool), a
+/// hinge among them whose own passes could write its gradient early (gpu::lovasz::HingeGrad): each
+/// slice ends as the expressions, in their order, leave it, and nothing is bound read-only and
+/// written in one dispatch.
+#[test]
+fn gradients_into_one_buffer_keep_the_expressions_order() {
+    let (engine, device, queue) = caller_engine();
+    let align = device.limits().min_storage_buffer_offset_alignment as usize / 4;
+    let case = dense_case(7, &[2, 1, 9, 13], Mode::Binary);
+    let numel = case.logits.len();
+    let host = engine.evaluate_blocking(&case.whole(), &parse(&["lovasz", "bce"]), true).unwrap();
+    let (hinge, bce) = (host[0].grad.clone().unwrap(), host[1].grad.clone().unwrap());
+    let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
+    let tbuf = buffer_with(device, bytemuck::cast_slice(&case.dense), 0);
+    let input = BufferInput::new(
+        BufferSlice::new(&lbuf, 0, numel as u64),
+        TargetBuffer::Dense(BufferSlice::new(&tbuf, 0, numel as u64)),
+        &case.shape,
+        Mode::Binary,
+        None,
+    )
+    .unwrap();
+    let second = numel.div_ceil(align) * align;
+    let gbuf = buffer_with(device, &vec![0x3F80_0000u32; second + numel], 0); // 1.0 everywhere
+    let (a, b) = (BufferSlice::new(&gbuf, 0, numel as u64), BufferSlice::new(&gbuf, (second * 4) as u64, numel as u64));
+    let read = |at: usize| read_buffer(device, queue, &gbuf, (at * 4) as u64, numel);
+    let sum = |x: &[f32], y: &[f32]| -> Vec<f32> { x.iter().zip(y).map(|(p, q)| p + q).collect() };
+    // two slices of one buffer
+    engine
+        .evaluate_buffers_blocking(&input, &parse(&["lovasz", "bce"]), &[GradOut::Write(a), GradOut::Write(b)])
+        .unwrap();
+    assert_eq!(read(0), hinge);
+    assert_eq!(read(second), bce);
+    // one slice: written, then added to
+    engine
+        .evaluate_buffers_blocking(&input, &parse(&["lovasz", "bce"]), &[GradOut::Write(a), GradOut::Add(a)])
+        .unwrap();
+    assert_eq!(read(0), sum(&hinge, &bce));
+    // added to, then overwritten by the hinge
+    engine
+        .evaluate_buffers_blocking(&input, &parse(&["bce", "lovasz"]), &[GradOut::Add(a), GradOut::Write(a)])
+        .unwrap();
+    assert_eq!(read(0), hinge);
+    // the hinge beside bce in one expression, and bce alone, into one slice
+    engine
+        .evaluate_buffers_blocking(&input, &parse(&["bce+lovasz", "bce"]), &[GradOut::Write(a), GradOut::Add(a)])
+        .unwrap();
+    let both = engine.evaluate_blocking(&case.whole(), &parse(&["bce+lovasz"]), true).unwrap();
+    assert_eq!(read(0), sum(both[0].grad.as_ref().unwrap(), &bce));
+}
+
 /// A framework's memory pool (burn's cubecl) hands out slices of one buffer: logits, targets and
 /// the gradient side by side. The gradient then cannot be a written binding of the passes that
 /// read the input, so the engine writes scratch and copies it into the slice, in the same single

@@ -76,6 +76,20 @@ pub(crate) enum GradTo {
     },
 }
 
+/// Whether expression `i`'s gradient goes into a buffer another expression's gradient is written
+/// into too: then the passes must write them in the expressions' order, so neither the
+/// statistics pass nor a Lovász weights pass (which run before every gradient pass) writes it.
+fn shares_grad_buffer(rec: &Recording, grads: &[GradTo], i: usize) -> bool {
+    let ids = |g: &GradTo| match g {
+        GradTo::Into { slice, copy_to, .. } => [Some(slice.id), copy_to.map(|c| c.id)],
+        _ => [None, None],
+    };
+    let Some(mine) = ids(&grads[i])[0] else {
+        return false;
+    };
+    grads.iter().enumerate().any(|(j, g)| j != i && ids(g).iter().flatten().any(|&other| rec.same_buffer(mine, other)))
+}
+
 /// One part of a batch for the passes after the statistics: its input (a range of images of the
 /// batch the statistics describe, a range of pixels of one of them, or the whole batch), the
 /// first image of that batch it holds, and where each expression's gradient goes.
@@ -470,7 +484,9 @@ impl Gpu {
             // the caller's slice, or (None) a scratch read back to the host
             let into = match g {
                 GradTo::Host => None,
-                GradTo::Into { slice, accumulate: false, copy_to: None } => Some(*slice),
+                GradTo::Into { slice, accumulate: false, copy_to: None } if !shares_grad_buffer(rec, grads, i) => {
+                    Some(*slice)
+                }
                 _ => continue,
             };
             if e.unreduced() || e.terms.is_empty() || e.terms.len() > 4 {
@@ -776,7 +792,11 @@ impl Gpu {
                 }
                 let dest = match first.grads[i] {
                     GradTo::Host => rec.scratch(total, "gradient")?,
-                    GradTo::Into { slice, accumulate: false, copy_to: None } => slice,
+                    GradTo::Into { slice, accumulate: false, copy_to: None }
+                        if !shares_grad_buffer(rec, first.grads, i) =>
+                    {
+                        slice
+                    }
                     _ => continue,
                 };
                 // the finalize's coefficient: the factor over the segments' mean (op_lovasz)
@@ -929,9 +949,10 @@ impl Gpu {
             base.img0 = part.img0 as u32;
             let total = (inp.n * c * inp.s * 4) as u64;
             let rows = self.rows(inp);
-            // bound where a pass reads no Lovász weights
-            let any_lw = match lws.first() {
-                Some(&lw) => lw,
+            // bound where a pass reads no Lovász weights (not a hinge's gradient, which may be
+            // written beside that pass)
+            let any_lw = match lws.iter().zip(&hinge_grads).find(|(_, h)| h.is_none()) {
+                Some((&lw, _)) => lw,
                 None => rec.scratch(16, "no lovasz weights")?,
             };
             let mut reads_of_part = Vec::new();

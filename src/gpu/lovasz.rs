@@ -40,7 +40,8 @@ impl LovParams {
 }
 
 /// The Lovász hinge's gradient written by the weights pass itself, where the hinge is its
-/// expression's only term and its coefficient is known on the host: every sorted element's
+/// expression's only term (or, with `accumulate`, beside one pixel term whose gradient the
+/// statistics pass wrote) and its coefficient is known on the host: every sorted element's
 /// `d loss / d x = -coef w (2 g - 1)` goes into `dest` (zeroed first, so the elements without a
 /// loss keep 0; on an input checked on the device, unless it is bad, which leaves `dest` as it
 /// was), and the gradient pass does not run. `coef` is the finalize's: the term's factor
@@ -133,7 +134,7 @@ impl Gpu {
         // a CPU adapter's tiles, a thread each; the hinge's keys then go straight into the
         // compacted segments (hinge.wgsl, step 3), and from there on keys and payloads are
         // interleaved items (SortBufs::items)
-        let tiled = self.sort_items();
+        let tiled = self.sort_items(segs * len);
         // the uncompacted keys and payloads, then the sort's scratch: for a CPU adapter
         // interleaved items (bound as the keys; the payloads' binding a placeholder)
         let (keys, vals, scratch) = if tiled {

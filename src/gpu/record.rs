@@ -145,6 +145,12 @@ impl Recording {
         Slice { id: BufId(self.bufs.len() - 1), offset, size }
     }
 
+    /// Whether two buffers of this recording are one: the same id, or the same caller's buffer
+    /// bound twice.
+    pub fn same_buffer(&self, a: BufId, b: BufId) -> bool {
+        a == b || matches!((&self.bufs[a.0], &self.bufs[b.0]), (BufDesc::External(x), BufDesc::External(y)) if x == y)
+    }
+
     /// Constant data bound as a uniform or read-only storage array (at least 32 bytes, so that
     /// an empty array still binds one element).
     pub fn data<T: bytemuck::Pod>(&mut self, v: &[T]) -> Slice {

@@ -48,10 +48,13 @@ pub(crate) struct SortBufs {
 }
 
 impl Gpu {
-    /// Whether this adapter's sorts take the CPU adapters' tile kernels, so their buffers are
-    /// interleaved items ([`SortBufs::items`]).
-    pub(crate) fn sort_items(&self) -> bool {
-        self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed)
+    /// Whether a sort of `n` keys on this adapter takes the CPU adapters' tile kernels, so its
+    /// buffers are interleaved items ([`SortBufs::items`]): where the adapter takes them, and the
+    /// items (8 bytes each, twice the keys) fit one binding. Larger sorts take the GPU kernels over
+    /// two arrays, as the inputs split into pieces are sized by the logits' bytes.
+    pub(crate) fn sort_items(&self, n: usize) -> bool {
+        let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        self.tile_scatter.load(std::sync::atomic::Ordering::Relaxed) && (n as u64).saturating_mul(8) <= max
     }
 }
 
@@ -60,7 +63,7 @@ impl Gpu {
     /// for short segments, else the passes of the radix sort using `b` as scratch. Returns the
     /// pair that holds the sorted result: `a`, or `b` after an odd number of radix passes (a CPU
     /// adapter's three on long segments, [`crate::gpu::radix_layout`]). With `varlen` =
-    /// (lengths, args), segment `s` sorts only its first `lengths[s].x` keys (a `vec4<u32>` each):
+    /// (lengths, args), segment `s` sorts only its first `lengths[s].w` keys (a `vec4<u32>` each):
     /// the radix sort is dispatched over the tiles `args` holds (`compact.wgsl`: compact_args)
     /// and leaves the rest of the segment as it was, the bitonic network overwrites it with
     /// padding (key NONE). Nothing after the sorted keys may be read as a key.
