@@ -72,23 +72,22 @@ impl Engine {
             rec.copy(data.sub(bytes, bytes), a.1.sub(0, bytes));
         }
         let sorted = gpu.record_sort(&mut rec, &bufs, segs, segment_len, algo, None)?;
-        let as_u32 = |v: &[u8]| bytemuck::pod_collect_to_vec::<u8, u32>(v);
+        // read back as uploaded: the items, or the keys then the payloads
+        let rb = rec.readback(2 * bytes, "sorted")?;
         if items {
-            let rb = rec.readback(2 * bytes, "items")?;
             rec.copy(sorted.0.sub(0, 2 * bytes), rb);
-            let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
-            gpu.note_wait();
-            let out = as_u32(&fut.await?[0]);
-            return Ok((out.iter().step_by(2).copied().collect(), out.iter().skip(1).step_by(2).copied().collect()));
+        } else {
+            rec.copy(sorted.0.sub(0, bytes), rb.sub(0, bytes));
+            rec.copy(sorted.1.sub(0, bytes), rb.sub(bytes, bytes));
         }
-        let rk = rec.readback(bytes, "keys")?;
-        let rv = rec.readback(bytes, "payloads")?;
-        rec.copy(sorted.0.sub(0, bytes), rk);
-        rec.copy(sorted.1.sub(0, bytes), rv);
         let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
         gpu.note_wait();
-        let out = fut.await?;
-        Ok((as_u32(&out[0]), as_u32(&out[1])))
+        let out = bytemuck::pod_collect_to_vec::<u8, u32>(&fut.await?[0]);
+        Ok(if items {
+            (out.iter().step_by(2).copied().collect(), out.iter().skip(1).step_by(2).copied().collect())
+        } else {
+            (out[..keys.len()].to_vec(), out[keys.len()..].to_vec())
+        })
     }
 
     /// [`Engine::sort_segments_with`] with the automatic choice.

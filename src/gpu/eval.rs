@@ -55,9 +55,9 @@ pub(crate) struct FusedGrad {
     pub cw: Vec<f32>,
     pub dest: Slice,
     pub count: u32,
-    /// The expression's Lovász hinge (its loss in the plan, its coefficient), whose weights pass
-    /// adds its gradient to what the statistics pass wrote ([`HingeGrad`] with `accumulate`).
-    pub hinge: Option<(usize, f32)>,
+    /// The expression's Lovász hinge (its loss in the plan, and its gradient: `accumulate`, into
+    /// `dest`), whose weights pass adds its gradient to what the statistics pass wrote.
+    pub hinge: Option<(usize, HingeGrad)>,
 }
 
 /// Where an expression's gradient goes.
@@ -535,9 +535,7 @@ impl Gpu {
                         if shared {
                             break;
                         }
-                        // (the finalize's coefficient: the factor over the segments' mean)
-                        let segs = if p.per_image { inp.n } else { 1 };
-                        hinge = Some((plan.lovasz_of(p), t.weight as f32 / segs as f32));
+                        hinge = Some((plan.lovasz_of(p), t.weight, p.per_image));
                         continue;
                     }
                     _ => break,
@@ -559,6 +557,7 @@ impl Gpu {
                 Some(slice) => slice,
                 None => rec.scratch((inp.n * inp.c * inp.s * 4) as u64, "gradient")?,
             };
+            let hinge = hinge.map(|(g, w, per_image)| (g, HingeGrad::new(dest, w, per_image, inp.n, true)));
             return Ok(Some(FusedGrad { expr: i, terms, cw, dest, count: count as u32, hinge }));
         }
         Ok(None)
@@ -626,9 +625,7 @@ impl Gpu {
         if let Some(f) = &fused {
             tail_grads[f.expr] = GradTo::Skip;
         }
-        let hinge_add = fused
-            .as_ref()
-            .and_then(|f| f.hinge.map(|(g, coef)| (g, HingeGrad { dest: f.dest, coef, accumulate: true })));
+        let hinge_add = fused.as_ref().and_then(|f| f.hinge);
         let part = Part { inp, img0: 0, grads: &tail_grads, lse: totals.lse, hinge_add };
         let mut t = self.record_tail(rec, &plan, exprs, totals, LovFrom::Parts, &[part], status, read_values)?;
         if let Some(f) = fused.as_ref().filter(|f| matches!(grads[f.expr], GradTo::Host)) {
@@ -799,9 +796,7 @@ impl Gpu {
                     }
                     _ => continue,
                 };
-                // the finalize's coefficient: the factor over the segments' mean (op_lovasz)
-                let segs = if plan.lovasz[g].per_image { n } else { 1 };
-                hinge_grads[g] = Some(HingeGrad { dest, coef: t.weight as f32 / segs as f32, accumulate: false });
+                hinge_grads[g] = Some(HingeGrad::new(dest, t.weight, plan.lovasz[g].per_image, n, false));
                 fused_dest[i] = Some(dest);
             }
         }

@@ -56,6 +56,15 @@ pub(crate) struct HingeGrad {
     pub accumulate: bool,
 }
 
+impl HingeGrad {
+    /// The gradient of a hinge term with factor `weight` into `dest`: the finalize's coefficient
+    /// (op_lovasz: the factor over the mean of `images` segments per image, or of one).
+    pub fn new(dest: Slice, weight: f64, per_image: bool, images: usize, accumulate: bool) -> HingeGrad {
+        let segs = if per_image { images } else { 1 };
+        HingeGrad { dest, coef: weight as f32 / segs as f32, accumulate }
+    }
+}
+
 /// The input of the Lovász passes: logits, target words and the loss kernels' `Params`.
 pub(crate) struct LovaszInput<'a> {
     pub logits: Slice,
@@ -86,7 +95,7 @@ pub(crate) fn grid(limits: &wgpu::Limits, items: usize) -> (u32, u32) {
 impl Gpu {
     /// Records one Lovász loss: `segsum` receives `[value bits, fg, bg, kept]` per segment and
     /// `lw` the Jaccard weight of every element (0 for the elements that carry no gradient); with
-    /// `grad` (the hinge), `lw` is not written and `grad.dest` receives the gradient.
+    /// `grad` (the hinge), `lw` is `grad.dest` and receives the gradient.
     pub(crate) fn record_lovasz(
         &self,
         rec: &mut Recording,
@@ -99,7 +108,6 @@ impl Gpu {
         if grad.is_some() && inp.softmax {
             return Err(Error::Gpu("internal: a fused Lovász gradient of a softmax".into()));
         }
-        let lw = grad.map_or(lw, |g| g.dest);
         let (n, c, s) = (inp.n, inp.c, inp.s);
         let (segs, len) = plan::lovasz_segments(inp.softmax, per_image, n, c, s);
         let maxd = self.limits.max_compute_workgroups_per_dimension as usize;
@@ -114,21 +122,22 @@ impl Gpu {
         let total = (segs * len * 4) as u64;
         // lovasz_weights writes the weight of every sorted element; the others (dropped: no
         // loss, no gradient; ignored) keep the zero of this clear, which the gradient reads
-        if grad.is_some_and(|g| g.accumulate) {
+        match grad {
             // (every element written by the statistics pass)
-        } else if let (Some(g), true) = (grad, inp.checked) {
+            Some(g) if g.accumulate => {}
             // (a caller's slice that bad input leaves untouched: zeroed only when the input is good)
-            let elems = (g.dest.size / 4) as usize;
-            let (kernel, units) = if elems.is_multiple_of(4) && crate::gpu::quad_aligned(&[g.dest]) {
-                (&shaders::ZERO_UNLESS_BAD4, elems / 4)
-            } else {
-                (&shaders::ZERO_UNLESS_BAD, elems)
-            };
-            let (gx, gy) = grid(&self.limits, units);
-            let binds = [("status", inp.status), ("out", g.dest)];
-            rec.dispatch(kernel, Spec::default(), Grid::Direct(gx, gy, 1), &binds)?;
-        } else {
-            rec.clear(lw);
+            Some(_) if inp.checked => {
+                let elems = (lw.size / 4) as usize;
+                let (kernel, units) = if elems.is_multiple_of(4) && crate::gpu::quad_aligned(&[lw]) {
+                    (&shaders::ZERO_UNLESS_BAD4, elems / 4)
+                } else {
+                    (&shaders::ZERO_UNLESS_BAD, elems)
+                };
+                let (gx, gy) = grid(&self.limits, units);
+                let binds = [("status", inp.status), ("out", lw)];
+                rec.dispatch(kernel, Spec::default(), Grid::Direct(gx, gy, 1), &binds)?;
+            }
+            _ => rec.clear(lw),
         }
         rec.clear(segsum);
         // a CPU adapter's tiles, a thread each; the hinge's keys then go straight into the
