@@ -1126,6 +1126,49 @@ impl Engine {
         exprs: &[LossExpr],
         grads: GradMode,
     ) -> Result<crate::Profile, Error> {
+        self.profile_run(|| self.evaluate_prepared_blocking(prep, exprs, grads).map(drop))
+    }
+
+    /// [`Engine::profile_prepared_blocking`] of the training step's evaluation: the input in the
+    /// caller's buffers (checked on the device), the gradients where `grads` says
+    /// ([`Engine::evaluate_buffers_blocking`]; the values are read back as it does).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), segloss::Error> {
+    /// use segloss::{BufferInput, BufferSlice, Engine, GradOut, LossExpr, Mode, TargetBuffer};
+    /// use wgpu::util::DeviceExt;
+    /// let engine = Engine::gpu_blocking()?;
+    /// let Some(dev) = engine.device() else { return Ok(()) };
+    /// let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    /// let init = |data: &[f32]| {
+    ///     let contents = bytemuck::cast_slice(data);
+    ///     dev.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+    /// };
+    /// let (logits, target, grad) = (init(&[0.5; 4096]), init(&[1.0; 4096]), init(&[0.0; 4096]));
+    /// let target = TargetBuffer::Dense(BufferSlice::whole(&target));
+    /// let input = BufferInput::new(BufferSlice::whole(&logits), target, &[1, 1, 64, 64], Mode::Binary, None)?;
+    /// let bce: LossExpr = "bce".parse()?;
+    /// let out = [GradOut::Write(BufferSlice::whole(&grad))];
+    /// match engine.profile_buffers_blocking(&input, &[bce], &out) {
+    ///     Ok(p) => assert!(p.kernels.iter().any(|k| k.kernel == "stats")),
+    ///     Err(segloss::Error::Unsupported(why)) => println!("{why}"), // no timestamps here
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile_buffers_blocking(
+        &self,
+        input: &BufferInput<'_>,
+        exprs: &[LossExpr],
+        grads: &[GradOut<'_>],
+    ) -> Result<crate::Profile, Error> {
+        self.profile_run(|| self.evaluate_buffers_blocking(input, exprs, grads).map(drop))
+    }
+
+    /// The profile of the evaluation `run` makes on this thread.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn profile_run(&self, run: impl FnOnce() -> Result<(), Error>) -> Result<crate::Profile, Error> {
         let gpu = self.buffer_gpu()?;
         if !gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Err(Error::Unsupported(format!(
@@ -1138,7 +1181,7 @@ impl Engine {
         let result = {
             // armed on this thread only, until the guard drops (an error or a panic included)
             let _armed = crate::gpu::profile::arm(sink.clone());
-            self.evaluate_prepared_blocking(prep, exprs, grads)
+            run()
         };
         let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
         result?;

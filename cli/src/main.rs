@@ -196,8 +196,10 @@ struct BenchArgs {
     adapters: Option<String>,
     /// Time every dispatch of one evaluation of each loss of --shape on the device (timestamp
     /// queries; each dispatch in a pass of its own) and print where the time goes: per kernel,
-    /// the device's span, and the wall time. The median of --iters profiled evaluations.
-    #[arg(long, conflicts_with_all = ["sizes", "device_resident", "batch", "levels", "adapters", "metrics"])]
+    /// the device's span, and the wall time. The median of --iters profiled evaluations. With
+    /// --device-resident: the evaluation of the training step (inputs in device buffers, checked
+    /// on the device; the gradient written into a device buffer).
+    #[arg(long, conflicts_with_all = ["sizes", "batch", "levels", "adapters", "metrics"])]
     profile: bool,
     /// On a CPU adapter whose device has subgroup operations: the softmax statistics take the
     /// portable kernel (a workgroup reduction with barriers) instead of the one with subgroups.
@@ -1378,8 +1380,28 @@ fn bench_profile(
 ) -> Result<(), Fail> {
     let exprs = parse_exprs(texts)?;
     let input = synth_inputs(shape, mode, 1)?.remove(0);
-    let prep = engine.prepare(input)?;
+    // the training step's buffers (--device-resident)
+    let resident = match (a.device_resident, engine.device()) {
+        (true, Some(dev)) => Some(Resident::new(dev, &input)),
+        (true, None) => return Err(Fail(2, "--device-resident needs a GPU adapter".into())),
+        _ => None,
+    };
+    let binput = resident.as_ref().map(|r| r.input(&input)).transpose()?;
+    let prep = engine.prepare(input.clone())?;
     let gmode = if a.forward_only { GradMode::Skip } else { GradMode::DeviceOnly };
+    let profile = |es: &[LossExpr]| -> Result<segloss::Profile, segloss::Error> {
+        match (&resident, &binput) {
+            (Some(r), Some(b)) => {
+                let out = if a.forward_only {
+                    segloss::GradOut::Skip
+                } else {
+                    segloss::GradOut::Write(segloss::BufferSlice::whole(&r.grad))
+                };
+                engine.profile_buffers_blocking(b, es, &vec![out; es.len()])
+            }
+            _ => engine.profile_prepared_blocking(&prep, es, gmode),
+        }
+    };
     let mut runs: Vec<(String, segloss::Profile)> = Vec::new();
     let mut cases: Vec<(String, Vec<LossExpr>)> =
         texts.iter().zip(&exprs).map(|(t, e)| (t.clone(), vec![e.clone()])).collect();
@@ -1388,10 +1410,9 @@ fn bench_profile(
     }
     for (name, es) in cases {
         for _ in 0..2 {
-            engine.evaluate_prepared_blocking(&prep, &es, gmode)?;
+            profile(&es)?;
         }
-        let mut ps: Vec<segloss::Profile> =
-            (0..iters).map(|_| engine.profile_prepared_blocking(&prep, &es, gmode)).collect::<Result<_, _>>()?;
+        let mut ps: Vec<segloss::Profile> = (0..iters).map(|_| profile(&es)).collect::<Result<_, _>>()?;
         ps.sort_by(|x, y| x.device_ms.total_cmp(&y.device_ms));
         runs.push((name, ps.swap_remove(ps.len() / 2)));
     }
@@ -1416,7 +1437,11 @@ fn bench_profile(
         engine.info().backend,
         shape,
         texts.join(", "),
-        if a.forward_only { "values only" } else { "gradients left on the device" }
+        match (a.forward_only, a.device_resident) {
+            (true, _) => "values only",
+            (false, false) => "gradients left on the device",
+            (false, true) => "inputs in device buffers (checked on the device), gradients written into one",
+        }
     )?;
     for (name, p) in &runs {
         outln!(
