@@ -349,6 +349,70 @@ fn device_resident_evaluation_is_one_submission_and_no_wait() {
     assert_eq!((after.submissions - before.submissions, after.host_waits - before.host_waits), (1, 1));
 }
 
+/// Bad elements found by many threads of the statistics pass (each reports what its checks found
+/// once, at its end): the error names the smallest offending index, on each kernel the pass can
+/// take (binary over quads, multiclass with the classes in registers from 2^20 elements, and the
+/// plain class loop), and the caller's gradient stays untouched.
+#[test]
+fn the_smallest_bad_index_is_reported_whichever_thread_finds_it() {
+    let (engine, device, queue) = caller_engine();
+    let cases: [(&[usize], Mode, &str); 4] = [
+        (&[2, 1, 256, 256], Mode::Binary, "bce+dice"),
+        (&[1, 16, 256, 256], Mode::Multiclass, "ce+dice"),
+        (&[2, 3, 16, 24], Mode::Multiclass, "ce+dice"),
+        (&[2, 3, 16, 24], Mode::Multiclass, "ce"),
+    ];
+    for (shape, mode, text) in cases {
+        let numel: usize = shape.iter().product();
+        let c = shape[1];
+        let pixels = numel / c;
+        let logits: Vec<f32> = (0..numel).map(|i| ((i * 7) % 11) as f32 / 4.0 - 1.0).collect();
+        let gbuf = buffer_with(device, &vec![0x3F80_0000; numel], 0);
+        let run = |logits: &[f32], target: &[u32]| {
+            let lb = buffer_with(device, bytemuck::cast_slice(logits), 0);
+            let tb = buffer_with(device, target, 0);
+            let t = BufferSlice::new(&tb, 0, target.len() as u64);
+            let target = if mode == Mode::Multiclass { TargetBuffer::ClassU32(t) } else { TargetBuffer::Dense(t) };
+            let input = BufferInput::new(BufferSlice::new(&lb, 0, numel as u64), target, shape, mode, None).unwrap();
+            engine.evaluate_buffers_blocking(
+                &input,
+                &parse(&[text]),
+                &[GradOut::Write(BufferSlice::new(&gbuf, 0, numel as u64))],
+            )
+        };
+        let good: Vec<u32> = if mode == Mode::Multiclass {
+            (0..pixels).map(|i| (i % c) as u32).collect()
+        } else {
+            (0..numel).map(|i| ((i % 3 == 0) as u8 as f32).to_bits()).collect()
+        };
+        // bad elements far apart (other workgroups), the smallest neither first nor last found
+        let spots = [numel * 3 / 4 + 5, numel / 3 + 1, numel - 2, numel / 2];
+        let smallest = numel / 3 + 1;
+        let mut bad = logits.clone();
+        for &i in &spots {
+            bad[i] = if i % 2 == 0 { f32::NAN } else { f32::INFINITY };
+        }
+        match run(&bad, &good) {
+            Err(Error::NonFinite(m)) => assert!(m.contains(&format!("element {smallest} ")), "{shape:?} {text}: {m}"),
+            other => panic!("{shape:?} {text}: expected a non-finite error, got {other:?}"),
+        }
+        let mut target = good.clone();
+        let tspots = [target.len() - 1, target.len() / 5 + 3, target.len() / 2];
+        for &i in &tspots {
+            target[i] = if mode == Mode::Multiclass { c as u32 + 4 } else { 2.5f32.to_bits() };
+        }
+        let tsmallest = target.len() / 5 + 3;
+        match run(&logits, &target) {
+            Err(Error::ClassIndex(m) | Error::TargetValue(m)) => {
+                assert!(m.contains(&format!("element {tsmallest} ")), "{shape:?} {text}: {m}")
+            }
+            other => panic!("{shape:?} {text}: expected a target error, got {other:?}"),
+        }
+        assert!(read_buffer(device, queue, &gbuf, 0, numel).iter().all(|&x| x == 1.0), "{shape:?} {text}");
+        run(&logits, &good).expect("good input");
+    }
+}
+
 #[test]
 fn bad_buffer_inputs_are_typed_errors_found_on_the_device() {
     let (engine, device, queue) = caller_engine();
