@@ -114,6 +114,7 @@ macro_rules! stats_source {
             $regs,
             "argmax.wgsl",
             "target.wgsl",
+            "checks.wgsl",
             "stats.wgsl",
             $stats_regs,
             $entry
@@ -513,7 +514,7 @@ pub const COMPACT_SCATTER_TILES4: Kernel =
     compact!("compact_scatter_tiles4", "compact_scatter_tiles", "itemsin2.wgsl", "itemsout.wgsl");
 
 const HINGE_BINDINGS: &[Binding] =
-    &[r("logits"), r("tgt"), u("P"), u("LP"), w("keys_out"), w("vals_out"), w("tilecnt")];
+    &[r("logits"), r("tgt"), u("P"), u("LP"), w("keys_out"), w("vals_out"), w("tilecnt"), w("status")];
 
 /// A hinge kernel, its logits and targets read element by element (`io1.wgsl`) or by quads
 /// (`io4.wgsl`).
@@ -527,6 +528,7 @@ macro_rules! hinge {
                 $io,
                 "target.wgsl",
                 "hingekey.wgsl",
+                "checks.wgsl",
                 "lovparams.wgsl",
                 "tiles.wgsl",
                 "itemsout.wgsl",
@@ -534,7 +536,8 @@ macro_rules! hinge {
                 "hinge.wgsl"
             ),
             bindings: HINGE_BINDINGS,
-            specialized: false,
+            // (VALIDATE: the count's checks)
+            specialized: true,
             cpu_storage_params: false,
         }
     };

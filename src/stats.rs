@@ -358,7 +358,7 @@ async fn statistics_of(
                 .map(|spi| rec.scratch((inp.n * spi * 16) as u64, "lovasz segment sums"))
                 .collect::<Result<_, _>>()?;
             let some: Vec<_> = ss.iter().copied().map(Some).collect();
-            gpu.record_lovasz_all(&mut rec, inp, plan, &some, &[], status)?;
+            gpu.record_lovasz_all(&mut rec, inp, plan, &some, &[], status, 0)?;
             for (s, spi) in ss.iter().zip(&st.lov_per_image) {
                 let bytes = (inp.n * spi * 16) as u64;
                 let rb = rec.readback(bytes, "lovasz segment sums")?;
@@ -452,6 +452,8 @@ async fn tail_of_parts(
             grads: to,
             lse: None,
             hinge_add: None,
+            // (the pieces that need checks had their statistics pass, above)
+            key_checks: 0,
         })
         .collect();
     let tail = gpu.record_tail(&mut rec, t.plan, t.exprs, totals, lov_from, &parts, status, true)?;

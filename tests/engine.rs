@@ -352,12 +352,16 @@ fn device_resident_evaluation_is_one_submission_and_no_wait() {
 /// Bad elements found by many threads of the statistics pass (each reports what its checks found
 /// once, at its end): the error names the smallest offending index, on each kernel the pass can
 /// take (binary over quads, multiclass with the classes in registers from 2^20 elements, and the
-/// plain class loop), and the caller's gradient stays untouched.
+/// plain class loop) and on a CPU adapter's hinge key count (quads, and element by element on
+/// planes of 4k + 2), and the caller's gradient stays untouched.
 #[test]
 fn the_smallest_bad_index_is_reported_whichever_thread_finds_it() {
     let (engine, device, queue) = caller_engine();
-    let cases: [(&[usize], Mode, &str); 4] = [
+    let cases: [(&[usize], Mode, &str); 6] = [
         (&[2, 1, 256, 256], Mode::Binary, "bce+dice"),
+        // the hinge alone: on a CPU adapter its key count makes the checks (no statistics pass)
+        (&[2, 1, 256, 256], Mode::Binary, "lovasz"),
+        (&[2, 1, 64, 30], Mode::Binary, "lovasz:per_image=true"),
         (&[1, 16, 256, 256], Mode::Multiclass, "ce+dice"),
         (&[2, 3, 16, 24], Mode::Multiclass, "ce+dice"),
         (&[2, 3, 16, 24], Mode::Multiclass, "ce"),

@@ -102,6 +102,9 @@ pub(crate) struct Part<'a> {
     /// A hinge whose weights pass adds its gradient where the statistics pass wrote its
     /// expression's ([`FusedGrad::hinge`]): its loss in the plan and how (the whole batch only).
     pub hinge_add: Option<(usize, HingeGrad)>,
+    /// The checks (`check::*`) the hinge's key count makes, where no statistics pass reads the
+    /// input ([`Gpu::hinge_checks`]); 0 otherwise.
+    pub key_checks: u32,
 }
 
 /// The per-(image, class) sums of a whole batch on the device, `[passes][n][c][K]` f32 with
@@ -406,6 +409,19 @@ impl Gpu {
         Ok((Totals { sums, stride, n, groups: inp.groups.max(1), lse }, total))
     }
 
+    /// Whether the Lovász hinges of `plan` check an input checked on the device themselves, so
+    /// that a plan of hinges alone needs no statistics pass: on a CPU adapter, whose hinge key
+    /// count reads every logit and target word (`hinge.wgsl`), where the checks are those of
+    /// binary logits (finite logits, targets in [0, 1] and hard).
+    pub(crate) fn hinge_checks(&self, inp: &DevInput, plan: &StatsPlan) -> bool {
+        use crate::gpu::check;
+        !inp.softmax
+            && !inp.probs
+            && !plan.lovasz.is_empty()
+            && self.sort_items(inp.n * inp.c * inp.s)
+            && inp.validate & !(check::NONFINITE | check::RANGE | check::SOFT) == 0
+    }
+
     /// Records the sort of each distinct Lovász loss of `plan` on `inp`: its segment sums
     /// `[value bits, fg, bg, kept]` into `segsum[g]`, and the Jaccard weights, returned (a
     /// loss whose `segsum` is `None` is not sorted: its weights are an unused placeholder; one
@@ -418,6 +434,7 @@ impl Gpu {
         segsum: &[Option<Slice>],
         hinge_grads: &[Option<HingeGrad>],
         status: Slice,
+        key_checks: u32,
     ) -> Result<Vec<Slice>, Error> {
         let (base, _, _) = self.params_of(inp, false);
         let rows = self.rows(inp);
@@ -447,6 +464,7 @@ impl Gpu {
                 probs: inp.probs,
                 status,
                 checked: inp.validate != 0,
+                key_checks,
             };
             self.record_lovasz(rec, &li, lp.per_image, ss, lw, grad)?;
             lws.push(lw);
@@ -605,12 +623,13 @@ impl Gpu {
         });
         // Lovász alone, on an input checked on the host: no statistics pass (the finalize's
         // Lovász ops read the sorts' own label counts, and nothing else reads the sums)
+        // (or checked on the device by the hinge's key count)
         let lovasz_only = plan.slots.is_empty()
             && !plan.needs_class_sums
             && !plan.needs_sensspec
             && !plan.tp_min
             && counts.is_none()
-            && inp.validate == 0
+            && (inp.validate == 0 || self.hinge_checks(inp, &plan))
             && fused.is_none()
             && !keep_lse;
         let (totals, count_totals) = if lovasz_only {
@@ -626,7 +645,8 @@ impl Gpu {
             tail_grads[f.expr] = GradTo::Skip;
         }
         let hinge_add = fused.as_ref().and_then(|f| f.hinge);
-        let part = Part { inp, img0: 0, grads: &tail_grads, lse: totals.lse, hinge_add };
+        let key_checks = if lovasz_only { inp.validate } else { 0 };
+        let part = Part { inp, img0: 0, grads: &tail_grads, lse: totals.lse, hinge_add, key_checks };
         let mut t = self.record_tail(rec, &plan, exprs, totals, LovFrom::Parts, &[part], status, read_values)?;
         if let Some(f) = fused.as_ref().filter(|f| matches!(grads[f.expr], GradTo::Host)) {
             let total = (inp.n * inp.c * inp.s * 4) as u64;
@@ -820,7 +840,7 @@ impl Gpu {
                     }
                 });
             }
-            let lw = self.record_lovasz_all(rec, part.inp, plan, &segsum, &hinge_grads, status)?;
+            let lw = self.record_lovasz_all(rec, part.inp, plan, &segsum, &hinge_grads, status, part.key_checks)?;
             if let (LovFrom::Parts, false) = (lov_from, whole) {
                 // each part's per-image segments into their place among the whole batch's
                 for (ss, &(off, _, per)) in segsum.iter().flatten().zip(&lov_at) {

@@ -83,6 +83,9 @@ pub(crate) struct LovaszInput<'a> {
     pub status: Slice,
     /// Whether the input is checked on the device (the flags may be set)
     pub checked: bool,
+    /// The checks (`check::*`) the hinge's key count makes (eval::Part::key_checks): the
+    /// caller's gradient slice is then zeroed unless bad after that count, not before the keys.
+    pub key_checks: u32,
 }
 
 /// Workgroup counts (x, z) of 256 threads covering `items` threads: x up to the device limit.
@@ -93,6 +96,18 @@ pub(crate) fn grid(limits: &wgpu::Limits, items: usize) -> (u32, u32) {
 }
 
 impl Gpu {
+    /// Records the zeroing of `out` unless `status` holds bad-input flags.
+    fn zero_unless_bad(&self, rec: &mut Recording, status: Slice, out: Slice) -> Result<(), Error> {
+        let elems = (out.size / 4) as usize;
+        let (kernel, units) = if elems.is_multiple_of(4) && crate::gpu::quad_aligned(&[out]) {
+            (&shaders::ZERO_UNLESS_BAD4, elems / 4)
+        } else {
+            (&shaders::ZERO_UNLESS_BAD, elems)
+        };
+        let (gx, gy) = grid(&self.limits, units);
+        rec.dispatch(kernel, Spec::default(), Grid::Direct(gx, gy, 1), &[("status", status), ("out", out)])
+    }
+
     /// Records one Lovász loss: `segsum` receives `[value bits, fg, bg, kept]` per segment and
     /// `lw` the Jaccard weight of every element (0 for the elements that carry no gradient); with
     /// `grad` (the hinge), `lw` is `grad.dest` and receives the gradient.
@@ -125,18 +140,10 @@ impl Gpu {
         match grad {
             // (every element written by the statistics pass)
             Some(g) if g.accumulate => {}
-            // (a caller's slice that bad input leaves untouched: zeroed only when the input is good)
-            Some(_) if inp.checked => {
-                let elems = (lw.size / 4) as usize;
-                let (kernel, units) = if elems.is_multiple_of(4) && crate::gpu::quad_aligned(&[lw]) {
-                    (&shaders::ZERO_UNLESS_BAD4, elems / 4)
-                } else {
-                    (&shaders::ZERO_UNLESS_BAD, elems)
-                };
-                let (gx, gy) = grid(&self.limits, units);
-                let binds = [("status", inp.status), ("out", lw)];
-                rec.dispatch(kernel, Spec::default(), Grid::Direct(gx, gy, 1), &binds)?;
-            }
+            // (a caller's slice that bad input leaves untouched: zeroed only when the input is
+            // good, once the checks are done)
+            Some(_) if inp.checked && inp.key_checks == 0 => self.zero_unless_bad(rec, inp.status, lw)?,
+            Some(_) if inp.checked => {}
             _ => rec.clear(lw),
         }
         rec.clear(segsum);
@@ -249,6 +256,7 @@ impl Gpu {
             ("keys_out", kc),
             ("vals_out", vc),
             ("tilecnt", tilecnt),
+            ("status", inp.status),
         ];
         // (count, scatter, their grid and bindings): the hinge's keys computed in both, over quads
         // where the segments (so the tiles) are whole quads; a CPU adapter's tiles; the GPU's
@@ -264,7 +272,15 @@ impl Gpu {
         } else {
             (&shaders::COMPACT_COUNT, &shaders::COMPACT_SCATTER, seg_grid, &binds)
         };
-        rec.dispatch(count, Spec::default(), over, kb)?;
+        // (the hinge's count: its checks, where no statistics pass makes them)
+        let count_spec = Spec { validate: if direct_hinge { inp.key_checks } else { 0 }, ..Spec::default() };
+        if inp.key_checks != 0 && !direct_hinge {
+            return Err(Error::Gpu("internal: Lovász checks outside a CPU adapter's hinge count".into()));
+        }
+        rec.dispatch(count, count_spec, over, kb)?;
+        if grad.is_some_and(|g| !g.accumulate) && inp.checked && inp.key_checks != 0 {
+            self.zero_unless_bad(rec, inp.status, lw)?;
+        }
         // (a CPU adapter: a thread per segment, without barriers)
         let seg_threads = Grid::Direct(segs.div_ceil(SCATTER_TILES_WG) as u32, 1, 1);
         if tiled {
