@@ -426,6 +426,7 @@ impl Gpu {
     /// `[value bits, fg, bg, kept]` into `segsum[g]`, and the Jaccard weights, returned (a
     /// loss whose `segsum` is `None` is not sorted: its weights are an unused placeholder; one
     /// with a `hinge_grads[g]` writes that gradient instead, and its destination is returned).
+    /// `key_checks`: the checks the hinges' key counts make ([`Part::key_checks`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn record_lovasz_all(
         &self,
