@@ -1142,7 +1142,7 @@ impl Engine {
     /// let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
     /// let init = |data: &[f32]| {
     ///     let contents = bytemuck::cast_slice(data);
-    ///     dev.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+    ///     dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
     /// };
     /// let (logits, target, grad) = (init(&[0.5; 4096]), init(&[1.0; 4096]), init(&[0.0; 4096]));
     /// let target = TargetBuffer::Dense(BufferSlice::whole(&target));
