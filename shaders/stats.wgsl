@@ -414,8 +414,9 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                             let e = (n * P.c + c) * P.s + s;
                             check_logit(lg(e), e, false);
                         }
-                    } else {
-                        // a pixel needs one finite class
+                    } else if !regs {
+                        // a pixel needs one finite class (with the logits in registers:
+                        // check_regs, below)
                         var masked = true;
                         for (var c = 0u; c < P.c; c++) {
                             masked = masked && is_neg_inf(lg((n * P.c + c) * P.s + s));
@@ -426,6 +427,9 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                 if lab[i] != INVALID {
                     if !PROBS && CREG > 0u {
                         xr = load_regs(n, s);
+                        if VALIDATE != 0u {
+                            check_regs(&xr, n, s, lab[i], PIXEL_ONLY);
+                        }
                         lse[i] = lse_regs(&xr);
                         if LSE {
                             eout_set(n * P.s + s, lse[i]);
@@ -448,8 +452,9 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                         let best = argmax(n * P.c * P.s + s, P.s, P.c);
                         atomicAdd(&cnt[(n * P.tiles + tile) * P.c * P.c + min(lab[i], P.c - 1u) * P.c + best], 1u);
                     }
-                    if PIXEL_ONLY && VALIDATE != 0u {
-                        // the class loop below is skipped: every logit is checked here
+                    if PIXEL_ONLY && VALIDATE != 0u && !regs {
+                        // the class loop below is skipped: every logit is checked here (with
+                        // the logits in registers, check_regs did)
                         for (var c = 0u; c < P.c; c++) {
                             let e = (n * P.c + c) * P.s + s;
                             check_logit(lg(e), e, c == lab[i]);

@@ -353,16 +353,19 @@ fn device_resident_evaluation_is_one_submission_and_no_wait() {
 /// once, at its end): the error names the smallest offending index, on each kernel the pass can
 /// take (binary over quads, multiclass with the classes in registers from 2^20 elements, and the
 /// plain class loop) and on a CPU adapter's hinge key count (quads, and element by element on
-/// planes of 4k + 2), and the caller's gradient stays untouched.
+/// planes of 4k + 2), and the caller's gradient stays untouched. Multiclass: pixels whose every
+/// class is -inf too.
 #[test]
 fn the_smallest_bad_index_is_reported_whichever_thread_finds_it() {
     let (engine, device, queue) = caller_engine();
-    let cases: [(&[usize], Mode, &str); 6] = [
+    let cases: [(&[usize], Mode, &str); 7] = [
         (&[2, 1, 256, 256], Mode::Binary, "bce+dice"),
         // the hinge alone: on a CPU adapter its key count makes the checks (no statistics pass)
         (&[2, 1, 256, 256], Mode::Binary, "lovasz"),
         (&[2, 1, 64, 30], Mode::Binary, "lovasz:per_image=true"),
+        // the class sums' walk, and cross-entropy's pixel walk, each with the logits in registers
         (&[1, 16, 256, 256], Mode::Multiclass, "ce+dice"),
+        (&[1, 16, 256, 256], Mode::Multiclass, "ce"),
         (&[2, 3, 16, 24], Mode::Multiclass, "ce+dice"),
         (&[2, 3, 16, 24], Mode::Multiclass, "ce"),
     ];
@@ -411,6 +414,22 @@ fn the_smallest_bad_index_is_reported_whichever_thread_finds_it() {
                 assert!(m.contains(&format!("element {tsmallest} ")), "{shape:?} {text}: {m}")
             }
             other => panic!("{shape:?} {text}: expected a target error, got {other:?}"),
+        }
+        if mode == Mode::Multiclass {
+            // pixels with every class -inf: the error names the first element of the first one
+            let mut masked = logits.clone();
+            let s = pixels / shape[0];
+            for p in [pixels - 3, pixels / 4 + 7, pixels / 2] {
+                let (img, px) = (p / s, p % s);
+                for k in 0..c {
+                    masked[(img * c + k) * s + px] = f32::NEG_INFINITY;
+                }
+            }
+            let first = ((pixels / 4 + 7) / s * c) * s + (pixels / 4 + 7) % s;
+            match run(&masked, &good) {
+                Err(Error::NonFinite(m)) => assert!(m.contains(&format!("element {first} ")), "{shape:?} {text}: {m}"),
+                other => panic!("{shape:?} {text}: expected a masked-pixel error, got {other:?}"),
+            }
         }
         assert!(read_buffer(device, queue, &gbuf, 0, numel).iter().all(|&x| x == 1.0), "{shape:?} {text}");
         run(&logits, &good).expect("good input");
