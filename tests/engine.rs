@@ -16,14 +16,26 @@ use wgpu::util::DeviceExt;
 
 /// A device of our own, made the way a wgpu program makes it (lavapipe in CI).
 fn caller_device() -> (wgpu::AdapterInfo, wgpu::Device, wgpu::Queue) {
+    caller_device_with(|_| {}, wgpu::Features::empty())
+}
+
+/// [`caller_device`] with the adapter's limits changed by `edit`, and those of `features` the
+/// adapter has.
+fn caller_device_with(
+    edit: impl FnOnce(&mut wgpu::Limits),
+    features: wgpu::Features,
+) -> (wgpu::AdapterInfo, wgpu::Device, wgpu::Queue) {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = wgpu::Backends::VULKAN;
     let inst = wgpu::Instance::new(desc);
     let adapter = futures::executor::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions::default()))
         .expect("a Vulkan adapter (apt-get install mesa-vulkan-drivers)");
+    let mut limits = adapter.limits();
+    edit(&mut limits);
     let (device, queue) = futures::executor::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("caller"),
-        required_limits: adapter.limits(),
+        required_limits: limits,
+        required_features: adapter.features() & features,
         ..Default::default()
     }))
     .expect("device");
@@ -347,6 +359,79 @@ fn device_resident_evaluation_is_one_submission_and_no_wait() {
     engine.evaluate_blocking(&case.whole(), &exprs, true).unwrap();
     let after = engine.activity();
     assert_eq!((after.submissions - before.submissions, after.host_waits - before.host_waits), (1, 1));
+}
+
+/// On a device whose storage bindings hold 1 MiB, the Lovász sorts' interleaved items (8 bytes
+/// an element) do not fit one binding while the keys do: a CPU adapter's Lovász then takes the
+/// GPU kernels over two arrays (`Gpu::sort_items`), and a device-checked hinge alone keeps its
+/// statistics pass (its key count does not run). Values and gradient bits equal the default
+/// engine's (items and tile kernels), host and buffer inputs alike.
+#[test]
+fn lovasz_items_larger_than_a_binding_take_the_two_array_kernels() {
+    // (timestamps, where the adapter has them: the profile below)
+    let (info, device, queue) =
+        caller_device_with(|l| l.max_storage_buffer_binding_size = 1 << 20, wgpu::Features::TIMESTAMP_QUERY);
+    let small = Engine::from_device_blocking(&info, device.clone(), queue.clone()).expect("engine");
+    let (device, queue) = (&device, &queue);
+    let full = common::gpu();
+    let binary = dense_case(77, &[1, 1, 384, 384], Mode::Binary);
+    let mut multi = label_case(78, &[1, 3, 256, 256], 255);
+    multi.ignore = None;
+    for l in multi.labels.iter_mut() {
+        *l %= 3;
+    }
+    let cases: [(&Case, &[&str]); 2] = [
+        (&binary, &["lovasz", "lovasz:per_image=true", "bce+lovasz", "0.5*lovasz"]),
+        (&multi, &["lovasz", "lovasz:per_image=true", "ce+lovasz"]),
+    ];
+    for (case, texts) in cases {
+        let exprs = parse(texts);
+        // the sort's kernels say which path ran, where the device has timestamps: the two arrays'
+        // on the small bindings; on a CPU adapter's default engine, the tile kernels
+        let tiles = |engine: &Engine| {
+            let prep = engine.prepare(case.whole()).expect("prepare");
+            match engine.profile_prepared_blocking(&prep, &exprs[..1], segloss::GradMode::DeviceOnly) {
+                Ok(p) => Some(p.kernels.iter().any(|k| k.kernel.starts_with("radix") && k.kernel.ends_with("_tiles"))),
+                Err(Error::Unsupported(_)) => None,
+                Err(e) => panic!("profile: {e}"),
+            }
+        };
+        assert_ne!(tiles(&small), Some(true), "{texts:?}: the items do not fit a binding");
+        if full.info().device_type == "Cpu" {
+            assert_ne!(tiles(full), Some(false), "{texts:?}: a CPU adapter's default sort");
+        }
+        let want = full.evaluate_blocking(&case.whole(), &exprs, true).expect("default engine");
+        let got = small.evaluate_blocking(&case.whole(), &exprs, true).expect("1 MiB bindings");
+        let numel = case.logits.len();
+        // the same input in the caller's buffers, checked on the device, each gradient into a
+        // slice of its own
+        let lb = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
+        let (tb, target) = if case.mode == Mode::Multiclass {
+            let words: Vec<u32> = case.labels.iter().map(|&l| l as u32).collect();
+            let tb = buffer_with(device, &words, 0);
+            (tb, words.len())
+        } else {
+            (buffer_with(device, bytemuck::cast_slice(&case.dense), 0), numel)
+        };
+        let t = BufferSlice::new(&tb, 0, target as u64);
+        let tbuf = if case.mode == Mode::Multiclass { TargetBuffer::ClassU32(t) } else { TargetBuffer::Dense(t) };
+        let input = BufferInput::new(BufferSlice::new(&lb, 0, numel as u64), tbuf, &case.shape, case.mode, None)
+            .expect("buffer input");
+        let grads: Vec<wgpu::Buffer> =
+            texts.iter().map(|_| buffer_with(device, &vec![0x3F80_0000; numel], 0)).collect();
+        let outs: Vec<GradOut> = grads.iter().map(|g| GradOut::Write(BufferSlice::new(g, 0, numel as u64))).collect();
+        let on_buffers = small.evaluate_buffers_blocking(&input, &exprs, &outs).expect("buffer input, 1 MiB bindings");
+        for (i, t) in texts.iter().enumerate() {
+            let (w, g, b) = (&want[i], &got[i], &on_buffers[i]);
+            for v in [g.value, b.value] {
+                assert!((v - w.value).abs() <= 1e-6 * w.value.abs(), "{t}: {v} against {}", w.value);
+            }
+            let wg = w.grad.as_ref().expect("gradient");
+            let same = |x: &[f32]| x.iter().zip(wg).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same(g.grad.as_ref().expect("gradient")), "{t}: host input's gradient");
+            assert!(same(&read_buffer(device, queue, &grads[i], 0, numel)), "{t}: buffer input's gradient");
+        }
+    }
 }
 
 /// Bad elements found by many threads of the statistics pass (each reports what its checks found
