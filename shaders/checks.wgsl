@@ -36,7 +36,7 @@ fn flush_one(i: u32, v: u32) {
     }
 }
 
-// Reports what the thread's checks found (the end of stats_main).
+// Reports what the thread's checks found (the end of the kernel: stats_main, hinge_count_tiles).
 fn flush_bad() {
     if VALIDATE != 0u {
         flush_one(0u, bad_lo.x);
@@ -71,8 +71,9 @@ fn check_word(w: u32, e: u32) {
         flag_if(live & ((VALIDATE & V_CLASS) != 0u) & (w >= P.c), V_CLASS, e);
     } else {
         let g = bitcast<f32>(w);
-        let out = !((g >= 0.0) & (g <= 1.0));
-        flag_if(live & ((VALIDATE & V_RANGE) != 0u) & out, V_RANGE, e);
-        flag_if(live & !out & ((VALIDATE & V_SOFT) != 0u) & (g != 0.0) & (g != 1.0), V_SOFT, e);
+        // (a value flagged out of range is not also flagged soft)
+        let range = ((VALIDATE & V_RANGE) != 0u) & !((g >= 0.0) & (g <= 1.0));
+        flag_if(live & range, V_RANGE, e);
+        flag_if(live & !range & ((VALIDATE & V_SOFT) != 0u) & (g != 0.0) & (g != 1.0), V_SOFT, e);
     }
 }

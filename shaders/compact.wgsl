@@ -22,7 +22,7 @@
 // The tile kernels (CPU adapters, Lovász-Softmax): [seg] the thresholds of threshold.wgsl, which
 // they apply as they read, in place of lovasz_drop
 @group(0) @binding(7) var<storage, read> thr: array<u32>;
-// The statistics pass's bad-input flags (compact_args)
+// The bad-input flags of the statistics pass, or of the hinge's key count (compact_args)
 @group(0) @binding(8) var<storage, read> status: array<u32>;
 
 const CT: u32 = 2048u;
@@ -204,7 +204,8 @@ var<workgroup> longest: atomic<u32>;
 // The radix tile kernels' tile on long segments (radix.wgsl; gpu::radix_layout).
 const RADIX_TILE_WIDE: u32 = 16384u;
 
-// One workgroup, after the compaction: where the statistics pass found bad input, every segment's
+// One workgroup, after the compaction: where the checks (the statistics pass, or the hinge's
+// key count) found bad input, every segment's
 // kept count and keys to sort become 0. Then the indirect dispatch size (x, y, z) of the passes
 // over the compacted segments,
 // written to vals_out[0..3]: the tiles of the longest sorted segment (kept elements and guards;

@@ -12,7 +12,7 @@
 //   block + op.sub + (n C + c) NCOEF + k: d loss / d (TP, SP, SPP, SS1, SS2) of (n, c) (region
 //     ops: `sub` is the block's region base)
 //   block + op.sub + seg: the scale of Lovász segment seg
-// When the statistics pass found bad input (status[0] != 0) every value is NaN and every
+// When the checks found bad input (status[0] != 0; checks.wgsl) every value is NaN and every
 // coefficient 0; the host turns the status into a typed error.
 
 @group(0) @binding(0) var<uniform> P: Params;

@@ -4,7 +4,7 @@
 // pixel losses (bce, ce, focal) add their direct d / d x with the scales finalize resolved
 // (coefs[2 t], coefs[2 t + 1]: scale and pos_weight of pixel term t). The output is a slice of
 // any buffer (the caller's included): overwritten, or added to with ACCUM. Nothing is written
-// when the statistics pass found bad input.
+// when the checks found bad input (checks.wgsl).
 
 // (`Floats` and `Words`: io1.wgsl, or io4.wgsl's quads for the VEC4 kernel)
 @group(0) @binding(0) var<storage, read> logits: Floats;
@@ -18,7 +18,7 @@
 // pixel that the Lovász keys pass kept); LSE (softmax, no Lovász): the log-sum-exp per pixel that
 // the statistics pass kept. Either way this pass reads each logit once less.
 @group(0) @binding(7) var<storage, read> aux: array<f32>;
-@group(0) @binding(8) var<storage, read> status: array<u32>; // bad-input flags of the statistics pass
+@group(0) @binding(8) var<storage, read> status: array<u32>; // bad-input flags (checks.wgsl)
 // UNREDUCED: the entries of the expression's one pixel term (`reduction=none`), times
 // terms[0].scale as the host wrote it (the term's factor): per element of bce and focal, per
 // pixel of ce; 0 where ignored.

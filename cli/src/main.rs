@@ -1382,24 +1382,19 @@ fn bench_profile(
     let input = synth_inputs(shape, mode, 1)?.remove(0);
     // the training step's buffers (--device-resident)
     let resident = match (a.device_resident, engine.device()) {
-        (true, Some(dev)) => Some(Resident::new(dev, &input)),
+        (true, Some(dev)) => Some(Resident::new(dev, &input, exprs.len())),
         (true, None) => return Err(Fail(2, "--device-resident needs a GPU adapter".into())),
         _ => None,
     };
     let binput = resident.as_ref().map(|r| r.input(&input)).transpose()?;
-    let prep = engine.prepare(input.clone())?;
+    // (host inputs: prepared once)
+    let prep = if resident.is_none() { Some(engine.prepare(input.clone())?) } else { None };
     let gmode = if a.forward_only { GradMode::Skip } else { GradMode::DeviceOnly };
     let profile = |es: &[LossExpr]| -> Result<segloss::Profile, segloss::Error> {
-        match (&resident, &binput) {
-            (Some(r), Some(b)) => {
-                let out = if a.forward_only {
-                    segloss::GradOut::Skip
-                } else {
-                    segloss::GradOut::Write(segloss::BufferSlice::whole(&r.grad))
-                };
-                engine.profile_buffers_blocking(b, es, &vec![out; es.len()])
-            }
-            _ => engine.profile_prepared_blocking(&prep, es, gmode),
+        match (&resident, &binput, &prep) {
+            (Some(r), Some(b), _) => engine.profile_buffers_blocking(b, es, &r.outs(es.len(), a.forward_only)),
+            (_, _, Some(prep)) => engine.profile_prepared_blocking(prep, es, gmode),
+            _ => Err(segloss::Error::Input("internal: bench --profile without an input".into())),
         }
     };
     let mut runs: Vec<(String, segloss::Profile)> = Vec::new();
@@ -1535,7 +1530,7 @@ fn bench_shape(
     let gmode = if a.forward_only { GradMode::Skip } else { GradMode::DeviceOnly };
     // device buffers of the same batch, for --device-resident
     let resident = match (a.device_resident, engine.device()) {
-        (true, Some(dev)) => Some(Resident::new(dev, &input)),
+        (true, Some(dev)) => Some(Resident::new(dev, &input, exprs.len())),
         (true, None) => return Err(Fail(2, "--device-resident needs a GPU adapter".into())),
         _ => None,
     };
@@ -1543,16 +1538,7 @@ fn bench_shape(
     let time = |es: &[LossExpr]| -> Result<(f64, f64, f64, f64), Fail> {
         if let Some(r) = &resident {
             let binput = r.input(&input)?;
-            let grads: Vec<segloss::GradOut> = es
-                .iter()
-                .map(|_| {
-                    if a.forward_only {
-                        segloss::GradOut::Skip
-                    } else {
-                        segloss::GradOut::Write(segloss::BufferSlice::whole(&r.grad))
-                    }
-                })
-                .collect();
+            let grads = r.outs(es.len(), a.forward_only);
             for _ in 0..2 {
                 engine.submit_buffers(&binput, es, &grads)?;
             }
@@ -1681,11 +1667,14 @@ fn print_bench(engine: &Engine, a: &BenchArgs, r: &ShapeBench) -> Result<(), Fai
 struct Resident {
     logits: segloss::wgpu::Buffer,
     target: segloss::wgpu::Buffer,
-    grad: segloss::wgpu::Buffer,
+    /// a gradient buffer per expression (one shared would make the engine keep their order, see
+    /// `GradOut`)
+    grads: Vec<segloss::wgpu::Buffer>,
 }
 
 impl Resident {
-    fn new(device: &segloss::wgpu::Device, input: &Input) -> Resident {
+    /// The buffers of `input` and a gradient buffer for each of `exprs` expressions.
+    fn new(device: &segloss::wgpu::Device, input: &Input, exprs: usize) -> Resident {
         use segloss::wgpu::util::DeviceExt;
         let usage = segloss::wgpu::BufferUsages::STORAGE;
         let init = |label, contents: &[u8]| {
@@ -1702,13 +1691,32 @@ impl Resident {
         Resident {
             logits: init("logits", bytemuck::cast_slice(input.logits())),
             target: init("target", bytemuck::cast_slice(&words)),
-            grad: device.create_buffer(&segloss::wgpu::BufferDescriptor {
-                label: Some("gradient"),
-                size: (input.logits().len() * 4) as u64,
-                usage,
-                mapped_at_creation: false,
-            }),
+            grads: (0..exprs)
+                .map(|_| {
+                    device.create_buffer(&segloss::wgpu::BufferDescriptor {
+                        label: Some("gradient"),
+                        size: (input.logits().len() * 4) as u64,
+                        usage,
+                        mapped_at_creation: false,
+                    })
+                })
+                .collect(),
         }
+    }
+
+    /// Where `n` expressions' gradients go: a buffer each, or nowhere (`forward_only`).
+    fn outs(&self, n: usize, forward_only: bool) -> Vec<segloss::GradOut<'_>> {
+        self.grads
+            .iter()
+            .take(n)
+            .map(|g| {
+                if forward_only {
+                    segloss::GradOut::Skip
+                } else {
+                    segloss::GradOut::Write(segloss::BufferSlice::whole(g))
+                }
+            })
+            .collect()
     }
 
     fn input(&self, input: &Input) -> Result<segloss::BufferInput<'_>, Fail> {

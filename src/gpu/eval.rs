@@ -231,8 +231,8 @@ impl Gpu {
         wide && !inp.softmax && inp.s.is_multiple_of(4) && crate::gpu::quad_aligned(&[inp.logits, inp.target, out])
     }
 
-    /// A cleared status buffer: the statistics pass's bad-input flags, which the finalize and the
-    /// gradient passes read.
+    /// A cleared status buffer: the bad-input flags of the checks (the statistics pass's, or a CPU
+    /// adapter's hinge key count's), which the finalize and the gradient passes read.
     pub(crate) fn record_status(&self, rec: &mut Recording) -> Result<Slice, Error> {
         let status = rec.scratch(32, "status")?;
         rec.clear(status);
