@@ -350,17 +350,41 @@ pub const BITONIC_MAX: usize = 2048;
 const LOVASZ_BINDINGS: &[Binding] =
     &[r("logits"), r("tgt"), u("P"), u("LP"), w("keys"), w("vals"), w("tilecnt"), w("segsum"), w("lw"), w("vpart")];
 
-/// A kernel of `lovasz.wgsl`: its keys in two arrays (`keys1.wgsl`, the GPU's), or interleaved
-/// items (`keysitems.wgsl`, the CPU adapters' key passes); the softmax keys with each pixel's
-/// classes in registers (`regs.wgsl`, `lovasz_regs.wgsl`) or not.
+/// A kernel of `lovasz.wgsl`, after the key pass: its keys in two arrays (`keys1.wgsl`, the GPU's).
 macro_rules! lovasz {
     ($name:literal) => {
-        lovasz!($name, $name, "noregs.wgsl", "lovasz_noregs.wgsl", "keys1.wgsl")
-    };
-    ($name:literal, $entry:literal, $regs:literal, $lovasz_regs:literal, $keys:literal) => {
         Kernel {
             name: $name,
-            entry: $entry,
+            entry: $name,
+            source: wgsl!(
+                "common.wgsl",
+                "io1.wgsl",
+                "keys1.wgsl",
+                "target.wgsl",
+                "scan.wgsl",
+                "lovparams.wgsl",
+                "lovweight.wgsl",
+                "tiles.wgsl",
+                "lovasz.wgsl"
+            ),
+            bindings: LOVASZ_BINDINGS,
+            specialized: true,
+            cpu_storage_params: false,
+        }
+    };
+}
+
+const LOVASZ_KEYS_BINDINGS: &[Binding] =
+    &[r("logits"), r("tgt"), u("P"), u("LP"), w("keys"), w("vals"), w("lw"), w("status")];
+
+/// A Lovász key pass (`lovasz_keys.wgsl`): its keys in two arrays (`keys1.wgsl`, the GPU's), or
+/// interleaved items (`keysitems.wgsl`, the CPU adapters'); the softmax keys with each pixel's
+/// classes in registers (`regs.wgsl`, `lovasz_regs.wgsl`) or not.
+macro_rules! lovasz_keys {
+    ($name:literal, $regs:literal, $lovasz_regs:literal, $keys:literal) => {
+        Kernel {
+            name: $name,
+            entry: "lovasz_keys",
             source: wgsl!(
                 "common.wgsl",
                 "io1.wgsl",
@@ -370,13 +394,11 @@ macro_rules! lovasz {
                 $keys,
                 "target.wgsl",
                 "hingekey.wgsl",
-                "scan.wgsl",
+                "checks.wgsl",
                 "lovparams.wgsl",
-                "lovweight.wgsl",
-                "tiles.wgsl",
-                "lovasz.wgsl"
+                "lovasz_keys.wgsl"
             ),
-            bindings: LOVASZ_BINDINGS,
+            bindings: LOVASZ_KEYS_BINDINGS,
             specialized: true,
             cpu_storage_params: false,
         }
@@ -406,15 +428,15 @@ pub const SURF_EDGES: Kernel = surface!("surf_edges");
 /// Surface metrics: one axis of the exact Euclidean distance transform.
 pub const EDT_LINE: Kernel = surface!("edt_line");
 
-/// Lovász: sort keys and payloads.
-pub const LOVASZ_KEYS: Kernel = lovasz!("lovasz_keys");
+/// Lovász: sort keys and payloads (and, where nothing else reads the input, its checks).
+pub const LOVASZ_KEYS: Kernel = lovasz_keys!("lovasz_keys", "noregs.wgsl", "lovasz_noregs.wgsl", "keys1.wgsl");
 /// [`LOVASZ_KEYS`] for a CPU adapter's softmax with each pixel's classes in registers (as
 /// [`STATS_REGS`]: `regs.wgsl`, `lovasz_regs.wgsl`).
 pub const LOVASZ_KEYS_REGS: Kernel =
-    lovasz!("lovasz_keys_regs", "lovasz_keys", "regs.wgsl", "lovasz_regs.wgsl", "keysitems.wgsl");
+    lovasz_keys!("lovasz_keys_regs", "regs.wgsl", "lovasz_regs.wgsl", "keysitems.wgsl");
 /// [`LOVASZ_KEYS`] for a CPU adapter: interleaved items (`keysitems.wgsl`), the classes in memory.
 pub const LOVASZ_KEYS_ITEMS: Kernel =
-    lovasz!("lovasz_keys_items", "lovasz_keys", "noregs.wgsl", "lovasz_noregs.wgsl", "keysitems.wgsl");
+    lovasz_keys!("lovasz_keys_items", "noregs.wgsl", "lovasz_noregs.wgsl", "keysitems.wgsl");
 /// Lovász: foreground/background counts per sorted tile.
 pub const LOVASZ_COUNT: Kernel = lovasz!("lovasz_count");
 /// Lovász: scan of the tile counts per segment.

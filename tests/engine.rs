@@ -446,18 +446,39 @@ fn lovasz_items_larger_than_a_binding_take_the_two_array_kernels() {
 #[test]
 fn the_smallest_bad_index_is_reported_whichever_thread_finds_it() {
     let (engine, device, queue) = caller_engine();
-    let cases: [(&[usize], Mode, &str); 7] = [
+    let cases: [(&[usize], Mode, &str); 11] = [
         (&[2, 1, 256, 256], Mode::Binary, "bce+dice"),
-        // the hinge alone: on a CPU adapter its key count makes the checks (no statistics pass)
+        // Lovász alone: its key passes make the checks (no statistics pass); the hinge's on a CPU
+        // adapter is its key count
         (&[2, 1, 256, 256], Mode::Binary, "lovasz"),
         (&[2, 1, 63, 30], Mode::Binary, "lovasz:per_image=true"),
+        (&[1, 16, 256, 256], Mode::Multiclass, "lovasz"),
+        (&[2, 3, 16, 24], Mode::Multiclass, "lovasz:per_image=true"),
         // the class sums' walk, and cross-entropy's pixel walk, each with the logits in registers
         (&[1, 16, 256, 256], Mode::Multiclass, "ce+dice"),
         (&[1, 16, 256, 256], Mode::Multiclass, "ce"),
         (&[2, 3, 16, 24], Mode::Multiclass, "ce+dice"),
         (&[2, 3, 16, 24], Mode::Multiclass, "ce"),
+        // two Lovász losses: each key pass checks
+        (&[2, 1, 63, 30], Mode::Binary, "lovasz+0.5*lovasz:per_image=true"),
+        (&[2, 3, 16, 24], Mode::Multiclass, "lovasz+lovasz:per_image=true"),
     ];
-    for (shape, mode, text) in cases {
+    smallest_bad_index_cases(engine, device, queue, &cases);
+    // the GPU kernels (a CPU adapter's default is its tile kernels): an engine of its own
+    let (info, device, queue) = caller_device();
+    let gpu_kernels = Engine::from_device_blocking(&info, device.clone(), queue.clone()).expect("engine");
+    gpu_kernels.set_tile_scatter(false);
+    smallest_bad_index_cases(&gpu_kernels, &device, &queue, &cases[1..5]);
+}
+
+/// The cases of [`the_smallest_bad_index_is_reported_whichever_thread_finds_it`] on `engine`.
+fn smallest_bad_index_cases(
+    engine: &Engine,
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    cases: &[(&[usize], Mode, &str)],
+) {
+    for &(shape, mode, text) in cases {
         let numel: usize = shape.iter().product();
         let c = shape[1];
         let pixels = numel / c;
@@ -590,6 +611,17 @@ fn bad_buffer_inputs_are_typed_errors_found_on_the_device() {
     bad[25] = f32::INFINITY;
     let ibuf = buffer_with(device, bytemuck::cast_slice(&bad), 0);
     assert!(matches!(run(&ibuf, &labels, Some(255), &exprs), Err(Error::NonFinite(_))));
+    // and by Lovász-Softmax's key pass, where no statistics pass runs
+    for text in ["lovasz", "lovasz:per_image=true"] {
+        match run(&ibuf, &labels, Some(255), &parse(&[text])) {
+            Err(Error::NonFinite(m)) => assert!(m.contains("element 25"), "{text}: {m}"),
+            other => panic!("{text}: expected a non-finite error, got {other:?}"),
+        }
+        match run(&lbuf, &[7; 16], Some(255), &parse(&[text])) {
+            Err(Error::ClassIndex(m)) => assert!(m.contains("element 0"), "{text}: {m}"),
+            other => panic!("{text}: expected a class index error, got {other:?}"),
+        }
+    }
 
     // dense targets: outside [0, 1], and soft labels where Lovász needs hard ones
     let dshape = [1usize, 1, 4, 4];

@@ -102,8 +102,8 @@ pub(crate) struct Part<'a> {
     /// A hinge whose weights pass adds its gradient where the statistics pass wrote its
     /// expression's ([`FusedGrad::hinge`]): its loss in the plan and how (the whole batch only).
     pub hinge_add: Option<(usize, HingeGrad)>,
-    /// The checks (`check::*`) the hinge's key count makes, where no statistics pass reads the
-    /// input ([`Gpu::hinge_checks`]); 0 otherwise.
+    /// The checks (`check::*`) the Lovász key passes make, where no statistics pass reads the
+    /// input ([`Gpu::lovasz_checks`]); 0 otherwise.
     pub key_checks: u32,
 }
 
@@ -409,24 +409,19 @@ impl Gpu {
         Ok((Totals { sums, stride, n, groups: inp.groups.max(1), lse }, total))
     }
 
-    /// Whether the Lovász hinges of `plan` check an input checked on the device themselves, so
-    /// that a plan of hinges alone needs no statistics pass: on a CPU adapter, whose hinge key
-    /// count reads every logit and target word (`hinge.wgsl`), where the checks are those of
-    /// binary logits (finite logits, targets in [0, 1] and hard).
-    pub(crate) fn hinge_checks(&self, inp: &DevInput, plan: &StatsPlan) -> bool {
-        use crate::gpu::check;
-        !inp.softmax
-            && !inp.probs
-            && !plan.lovasz.is_empty()
-            && self.sort_items(inp.n * inp.c * inp.s)
-            && inp.validate & !(check::NONFINITE | check::RANGE | check::SOFT) == 0
+    /// Whether the Lovász losses of `plan` check an input checked on the device themselves, so
+    /// that a plan of Lovász losses alone needs no statistics pass: their key passes read every
+    /// logit and target word (`lovasz_keys.wgsl`; a CPU adapter's hinge, its key count,
+    /// `hinge.wgsl`) and make the statistics pass's checks (`checks.wgsl`).
+    pub(crate) fn lovasz_checks(&self, plan: &StatsPlan) -> bool {
+        !plan.lovasz.is_empty()
     }
 
     /// Records the sort of each distinct Lovász loss of `plan` on `inp`: its segment sums
     /// `[value bits, fg, bg, kept]` into `segsum[g]`, and the Jaccard weights, returned (a
     /// loss whose `segsum` is `None` is not sorted: its weights are an unused placeholder; one
     /// with a `hinge_grads[g]` writes that gradient instead, and its destination is returned).
-    /// `key_checks`: the checks the hinges' key counts make ([`Part::key_checks`]).
+    /// `key_checks`: the checks the key passes make ([`Part::key_checks`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn record_lovasz_all(
         &self,
@@ -625,13 +620,13 @@ impl Gpu {
         });
         // Lovász alone, on an input checked on the host: no statistics pass (the finalize's
         // Lovász ops read the sorts' own label counts, and nothing else reads the sums)
-        // (or checked on the device by the hinge's key count)
+        // (or checked on the device by the Lovász key passes)
         let lovasz_only = plan.slots.is_empty()
             && !plan.needs_class_sums
             && !plan.needs_sensspec
             && !plan.tp_min
             && counts.is_none()
-            && (inp.validate == 0 || self.hinge_checks(inp, &plan))
+            && (inp.validate == 0 || self.lovasz_checks(&plan))
             && fused.is_none()
             && !keep_lse;
         let (totals, count_totals) = if lovasz_only {

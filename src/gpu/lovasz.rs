@@ -83,8 +83,9 @@ pub(crate) struct LovaszInput<'a> {
     pub status: Slice,
     /// Whether the input is checked on the device (the flags may be set)
     pub checked: bool,
-    /// The checks (`check::*`) the hinge's key count makes (eval::Part::key_checks): the
-    /// caller's gradient slice is then zeroed unless bad after that count, not before the keys.
+    /// The checks (`check::*`) the key pass makes (a CPU adapter's hinge: its key count), where no
+    /// statistics pass reads the input (eval::Part::key_checks): the caller's gradient slice is
+    /// then zeroed unless bad after the compaction's count, not before the keys.
     pub key_checks: u32,
 }
 
@@ -169,7 +170,6 @@ impl Gpu {
         // 1. keys and payloads (softmax: a workgroup row per image; hinge: per (image, channel)
         // plane)
         let lp = rec.uniform(&LovParams::new(len, segs, 1, per_image));
-        let (d0, d1) = (rec.scratch(16, "unused")?, rec.scratch(16, "unused")?);
         let (gx, gz) = grid(&self.limits, s);
         for &(plane0, count) in if direct_hinge { &[][..] } else { inp.rows } {
             let pr = rec.uniform(&Params { plane0, ..inp.params });
@@ -179,7 +179,8 @@ impl Gpu {
                     (false, true) => &shaders::LOVASZ_KEYS_ITEMS,
                     (false, false) => &shaders::LOVASZ_KEYS,
                 },
-                spec,
+                // (the checks, where no statistics pass makes them)
+                Spec { validate: inp.key_checks, ..spec },
                 Grid::Direct(gx, count, gz),
                 &[
                     ("logits", inp.logits),
@@ -188,10 +189,8 @@ impl Gpu {
                     ("LP", lp),
                     ("keys", keys),
                     ("vals", vals),
-                    ("tilecnt", d0),
-                    ("segsum", segsum),
                     ("lw", lw),
-                    ("vpart", d1),
+                    ("status", inp.status),
                 ],
             )?;
         }
@@ -272,11 +271,9 @@ impl Gpu {
         } else {
             (&shaders::COMPACT_COUNT, &shaders::COMPACT_SCATTER, seg_grid, &binds)
         };
-        // (the hinge's count: its checks, where no statistics pass makes them)
+        // (the hinge's count on a CPU adapter: its checks, where no statistics pass makes them and
+        // no key pass ran)
         let count_spec = Spec { validate: if direct_hinge { inp.key_checks } else { 0 }, ..Spec::default() };
-        if inp.key_checks != 0 && !direct_hinge {
-            return Err(Error::Gpu("internal: Lovász checks outside a CPU adapter's hinge count".into()));
-        }
         rec.dispatch(count, count_spec, over, kb)?;
         if grad.is_some_and(|g| !g.accumulate) && inp.checked && inp.key_checks != 0 {
             self.zero_unless_bad(rec, inp.status, lw)?;
