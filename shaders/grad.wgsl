@@ -325,7 +325,7 @@ fn gradient(
                     if LSE && LOVASZ == 0u {
                         lse[i] = aux[n * P.s + s];
                     } else if LOVASZ != 0u {
-                        // the Lovász keys pass kept it after the weights (lovasz.wgsl)
+                        // the Lovász keys pass kept it after the weights (lovasz_keys.wgsl)
                         lse[i] = aux[P.n * P.c * P.s + n * P.s + s];
                     } else {
                         lse[i] = log_sum_exp(n, s);

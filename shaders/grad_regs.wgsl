@@ -190,7 +190,7 @@ fn softmax_regs(n: u32, ni: u32, t0: u32, lid: u32) {
         // @end
         var lse: f32;
         if LOVASZ != 0u {
-            // the Lovász keys pass kept it after the weights (lovasz.wgsl)
+            // the Lovász keys pass kept it after the weights (lovasz_keys.wgsl)
             lse = aux[P.n * P.c * P.s + n * P.s + s];
         } else if LSE {
             lse = aux[n * P.s + s];

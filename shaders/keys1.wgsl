@@ -1,5 +1,6 @@
-// How lovasz.wgsl's kernels store and read the Lovász keys and payloads (its `keys` and `vals`):
-// two arrays (the GPU kernels). keysitems.wgsl: interleaved items, the CPU adapters' layout.
+// How the Lovász kernels store (lovasz_keys.wgsl) and read (lovasz.wgsl) the keys and payloads
+// (their `keys` and `vals`): two arrays (the GPU kernels). keysitems.wgsl: interleaved items, the
+// CPU adapters' layout.
 alias KeyWords = array<u32>;
 
 fn put_kv(at: u32, k: u32, v: u32) {

@@ -54,9 +54,10 @@ fn lovasz_keys(
         return;
     }
     if SOFTMAX {
-        let lab = tword(n * P.s + s);
+        let word = tgt_at(n * P.s + s);
+        let lab = tword_of(word);
         if VALIDATE != 0u {
-            check_target(n * P.s + s);
+            check_word(word, n * P.s + s);
         }
         var lse = 0.0;
         if CREG > 0u && !PROBS && lab != INVALID {
@@ -84,15 +85,19 @@ fn lovasz_keys(
             if LP.per_image == 0u {
                 pos = c * (P.n * P.s) + n * P.s + s;
             }
+            // (each logit loaded once: an ignored pixel's only for its checks)
+            var x = 0.0;
+            if VALIDATE != 0u || lab != INVALID {
+                x = logits[e];
+            }
             if VALIDATE != 0u {
-                let x = logits[e];
                 check_logit(x, e, c == lab);
                 masked = masked & is_neg_inf(x);
             }
             if lab == INVALID {
                 put_kv(pos, NONE, NONE);
             } else {
-                put_key(n, s, c, logits[e], lab, lse);
+                put_key(n, s, c, x, lab, lse);
             }
         }
         if VALIDATE != 0u {

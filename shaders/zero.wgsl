@@ -1,4 +1,4 @@
-// Zeros `out`, unless the statistics pass found bad input (then nothing is written): where a
+// Zeros `out`, unless the checks found bad input (then nothing is written): where a
 // Lovász hinge's weights pass writes the gradient of a device-checked input into the caller's
 // slice (gpu::lovasz::HingeGrad), the elements without a loss get their zero here. A thread per
 // element, workgroup rows of 256 threads (gx, gy as in copy.wgsl). zero4.wgsl: four per store.

@@ -103,9 +103,9 @@ macro_rules! wgsl {
 /// output's), and its entry point (`stats_entry.wgsl`, or `stats_entry_sg.wgsl` with subgroups).
 macro_rules! stats_source {
     ($io:literal, $out:literal, $entry:literal) => {
-        stats_source!($io, $out, $entry, "noregs.wgsl", "stats_noregs.wgsl")
+        stats_source!($io, $out, $entry, "noregs.wgsl", "stats_noregs.wgsl", "checks_noregs.wgsl")
     };
-    ($io:literal, $out:literal, $entry:literal, $regs:literal, $stats_regs:literal) => {
+    ($io:literal, $out:literal, $entry:literal, $regs:literal, $stats_regs:literal, $checks_regs:literal) => {
         wgsl!(
             "common.wgsl",
             $io,
@@ -115,6 +115,7 @@ macro_rules! stats_source {
             "argmax.wgsl",
             "target.wgsl",
             "checks.wgsl",
+            $checks_regs,
             "stats.wgsl",
             $stats_regs,
             $entry
@@ -156,13 +157,27 @@ pub const STATS_SG: Kernel =
 /// ([`Kernel::built_on_first_use`]), and the other kernels take stand-ins for those functions.
 pub const STATS_REGS: Kernel = Kernel {
     name: "stats_regs",
-    source: stats_source!("io1.wgsl", "out1.wgsl", "stats_entry.wgsl", "regs.wgsl", "stats_regs.wgsl"),
+    source: stats_source!(
+        "io1.wgsl",
+        "out1.wgsl",
+        "stats_entry.wgsl",
+        "regs.wgsl",
+        "stats_regs.wgsl",
+        "checks_regs.wgsl"
+    ),
     ..STATS
 };
 /// [`STATS_SG`] with each pixel's classes in registers (as [`STATS_REGS`]).
 pub const STATS_SG_REGS: Kernel = Kernel {
     name: "stats_sg_regs",
-    source: stats_source!("io1.wgsl", "out1.wgsl", "stats_entry_sg.wgsl", "regs.wgsl", "stats_regs.wgsl"),
+    source: stats_source!(
+        "io1.wgsl",
+        "out1.wgsl",
+        "stats_entry_sg.wgsl",
+        "regs.wgsl",
+        "stats_regs.wgsl",
+        "checks_regs.wgsl"
+    ),
     ..STATS
 };
 /// Final reduction of the confusion counts (64-bit totals).
@@ -272,7 +287,7 @@ pub const COPY: Kernel = Kernel {
 /// cost about what one does (a CPU adapter).
 pub const COPY4: Kernel = Kernel { name: "copy4", source: wgsl!("copy4.wgsl"), ..COPY };
 
-/// Zeros a gradient slice unless the statistics pass found bad input (the Lovász hinge's
+/// Zeros a gradient slice unless the checks found bad input (the Lovász hinge's
 /// gradient written by its weights pass, `gpu::lovasz::HingeGrad`, on a device-checked input).
 pub const ZERO_UNLESS_BAD: Kernel = Kernel {
     name: "zero_unless_bad",
@@ -285,6 +300,19 @@ pub const ZERO_UNLESS_BAD: Kernel = Kernel {
 /// [`ZERO_UNLESS_BAD`] over vec4 (slices of `4k` elements on 16 bytes).
 pub const ZERO_UNLESS_BAD4: Kernel =
     Kernel { name: "zero_unless_bad4", source: wgsl!("zero4.wgsl"), ..ZERO_UNLESS_BAD };
+/// Copies a gradient written into scratch into the caller's slice unless the checks found bad
+/// input (a gradient slice that shares its buffer with the input).
+pub const COPY_UNLESS_BAD: Kernel = Kernel {
+    name: "copy_unless_bad",
+    entry: "copy_unless_bad",
+    source: wgsl!("keep.wgsl"),
+    bindings: &[r("status"), r("src"), w("out")],
+    specialized: false,
+    cpu_storage_params: false,
+};
+/// [`COPY_UNLESS_BAD`] over vec4 (slices of `4k` elements on 16 bytes).
+pub const COPY_UNLESS_BAD4: Kernel =
+    Kernel { name: "copy_unless_bad4", source: wgsl!("keep4.wgsl"), ..COPY_UNLESS_BAD };
 
 const SORT_BINDINGS: &[Binding] =
     &[u("SP"), r("keys_in"), r("vals_in"), w("counts"), w("totals"), w("keys_out"), w("vals_out"), r("seglen")];
@@ -381,7 +409,7 @@ const LOVASZ_KEYS_BINDINGS: &[Binding] =
 /// interleaved items (`keysitems.wgsl`, the CPU adapters'); the softmax keys with each pixel's
 /// classes in registers (`regs.wgsl`, `lovasz_regs.wgsl`) or not.
 macro_rules! lovasz_keys {
-    ($name:literal, $regs:literal, $lovasz_regs:literal, $keys:literal) => {
+    ($name:literal, $regs:literal, $lovasz_regs:literal, $checks_regs:literal, $keys:literal) => {
         Kernel {
             name: $name,
             entry: "lovasz_keys",
@@ -395,6 +423,7 @@ macro_rules! lovasz_keys {
                 "target.wgsl",
                 "hingekey.wgsl",
                 "checks.wgsl",
+                $checks_regs,
                 "lovparams.wgsl",
                 "lovasz_keys.wgsl"
             ),
@@ -429,14 +458,15 @@ pub const SURF_EDGES: Kernel = surface!("surf_edges");
 pub const EDT_LINE: Kernel = surface!("edt_line");
 
 /// Lovász: sort keys and payloads (and, where nothing else reads the input, its checks).
-pub const LOVASZ_KEYS: Kernel = lovasz_keys!("lovasz_keys", "noregs.wgsl", "lovasz_noregs.wgsl", "keys1.wgsl");
+pub const LOVASZ_KEYS: Kernel =
+    lovasz_keys!("lovasz_keys", "noregs.wgsl", "lovasz_noregs.wgsl", "checks_noregs.wgsl", "keys1.wgsl");
 /// [`LOVASZ_KEYS`] for a CPU adapter's softmax with each pixel's classes in registers (as
 /// [`STATS_REGS`]: `regs.wgsl`, `lovasz_regs.wgsl`).
 pub const LOVASZ_KEYS_REGS: Kernel =
-    lovasz_keys!("lovasz_keys_regs", "regs.wgsl", "lovasz_regs.wgsl", "keysitems.wgsl");
+    lovasz_keys!("lovasz_keys_regs", "regs.wgsl", "lovasz_regs.wgsl", "checks_regs.wgsl", "keysitems.wgsl");
 /// [`LOVASZ_KEYS`] for a CPU adapter: interleaved items (`keysitems.wgsl`), the classes in memory.
 pub const LOVASZ_KEYS_ITEMS: Kernel =
-    lovasz_keys!("lovasz_keys_items", "noregs.wgsl", "lovasz_noregs.wgsl", "keysitems.wgsl");
+    lovasz_keys!("lovasz_keys_items", "noregs.wgsl", "lovasz_noregs.wgsl", "checks_noregs.wgsl", "keysitems.wgsl");
 /// Lovász: foreground/background counts per sorted tile.
 pub const LOVASZ_COUNT: Kernel = lovasz!("lovasz_count");
 /// Lovász: scan of the tile counts per segment.
@@ -626,6 +656,8 @@ pub const KERNELS: &[Kernel] = &[
     COPY4,
     ZERO_UNLESS_BAD,
     ZERO_UNLESS_BAD4,
+    COPY_UNLESS_BAD,
+    COPY_UNLESS_BAD4,
     RADIX_COUNT,
     RADIX_SCAN,
     RADIX_DIGITS,

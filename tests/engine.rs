@@ -311,6 +311,20 @@ fn logits_targets_and_gradient_in_one_pooled_buffer() {
         let (g0, g1) = (host[0].grad.as_ref().unwrap(), host[1].grad.as_ref().unwrap());
         let want: Vec<f32> = g0.iter().zip(g1).map(|(a, b)| a + b).collect();
         assert_eq!(both, want, "{} then {}", texts[0], texts[1]);
+        // bad input leaves the slice as it was, written or added to (the scratch is copied into
+        // it only where the checks passed)
+        let mut bad = words.clone();
+        bad[lo + numel / 2] = f32::NAN.to_bits();
+        bad[go..go + numel].copy_from_slice(bytemuck::cast_slice(&both));
+        queue.write_buffer(&pool, 0, bytemuck::cast_slice(&bad));
+        for g in [GradOut::Write(slice(go, numel)), GradOut::Add(slice(go, numel))] {
+            for e in &exprs {
+                let r = engine.evaluate_buffers_blocking(&input, std::slice::from_ref(e), &[g]);
+                assert!(matches!(r, Err(Error::NonFinite(_))), "{e:?}: {r:?}");
+                let kept = read_buffer(device, queue, &pool, (go * 4) as u64, numel);
+                assert_eq!(kept, both, "{e:?}: the gradient slice after bad input");
+            }
+        }
     }
 }
 
@@ -363,9 +377,9 @@ fn device_resident_evaluation_is_one_submission_and_no_wait() {
 
 /// On a device whose storage bindings hold 1 MiB, the Lovász sorts' interleaved items (8 bytes
 /// an element) do not fit one binding while the keys do: a CPU adapter's Lovász then takes the
-/// GPU kernels over two arrays (`Gpu::sort_items`), and a device-checked hinge alone keeps its
-/// statistics pass (its key count does not run). Values and gradient bits equal the default
-/// engine's (items and tile kernels), host and buffer inputs alike.
+/// GPU kernels over two arrays (`Gpu::sort_items`), a device-checked hinge alone among them (its
+/// key pass checks, where the tile kernels' key count would). Values and gradient bits equal the
+/// default engine's (items and tile kernels), host and buffer inputs alike.
 #[test]
 fn lovasz_items_larger_than_a_binding_take_the_two_array_kernels() {
     // (timestamps, where the adapter has them: the profile below)
@@ -437,8 +451,10 @@ fn lovasz_items_larger_than_a_binding_take_the_two_array_kernels() {
 /// Bad elements found by many threads of the statistics pass (each reports what its checks found
 /// once, at its end): the error names the smallest offending index, on each kernel the pass can
 /// take (binary over quads, multiclass with the classes in registers from 2^20 elements, and the
-/// plain class loop) and on a CPU adapter's hinge key count (quads, and element by element on
-/// images of 4k + 2 elements), and the caller's gradient stays untouched. Multiclass: pixels whose
+/// plain class loop), on the Lovász key passes where Lovász is all an input needs (Lovász-Softmax
+/// with the classes in registers or not, the hinge's key count on a CPU adapter over quads and
+/// element by element on images of 4k + 2 elements, and with the tile kernels off the GPU's key
+/// pass for both), and the caller's gradient stays untouched. Multiclass: pixels whose
 /// every class is -inf, and a thread that meets a larger bad index before the smallest (its
 /// pixels' last class bad, then the first class of a later pixel). Which kernels run depends on
 /// the adapter: lavapipe (CI) takes all of those named; elsewhere the same cases run the kernels
@@ -468,7 +484,8 @@ fn the_smallest_bad_index_is_reported_whichever_thread_finds_it() {
     let (info, device, queue) = caller_device();
     let gpu_kernels = Engine::from_device_blocking(&info, device.clone(), queue.clone()).expect("engine");
     gpu_kernels.set_tile_scatter(false);
-    smallest_bad_index_cases(&gpu_kernels, &device, &queue, &cases[1..5]);
+    let lovasz: Vec<_> = cases.iter().copied().filter(|c| c.2.contains("lovasz")).collect();
+    smallest_bad_index_cases(&gpu_kernels, &device, &queue, &lovasz);
 }
 
 /// The cases of [`the_smallest_bad_index_is_reported_whichever_thread_finds_it`] on `engine`.
@@ -611,16 +628,35 @@ fn bad_buffer_inputs_are_typed_errors_found_on_the_device() {
     bad[25] = f32::INFINITY;
     let ibuf = buffer_with(device, bytemuck::cast_slice(&bad), 0);
     assert!(matches!(run(&ibuf, &labels, Some(255), &exprs), Err(Error::NonFinite(_))));
-    // and by Lovász-Softmax's key pass, where no statistics pass runs
+    // and by Lovász-Softmax's key pass, where no statistics pass runs (the gradient slice, filled
+    // afresh, left as it was)
+    let fresh = buffer_with(device, &vec![0x3F80_0000; numel], 0);
+    let lov = |lb: &wgpu::Buffer, labels: &[u32], text: &str| {
+        let tbuf = buffer_with(device, labels, 0);
+        let input = BufferInput::new(
+            BufferSlice::new(lb, 0, numel as u64),
+            TargetBuffer::ClassU32(BufferSlice::new(&tbuf, 0, labels.len() as u64)),
+            &shape,
+            Mode::Multiclass,
+            Some(255),
+        )
+        .unwrap();
+        engine.evaluate_buffers_blocking(
+            &input,
+            &parse(&[text]),
+            &[GradOut::Write(BufferSlice::new(&fresh, 0, numel as u64))],
+        )
+    };
     for text in ["lovasz", "lovasz:per_image=true"] {
-        match run(&ibuf, &labels, Some(255), &parse(&[text])) {
+        match lov(&ibuf, &labels, text) {
             Err(Error::NonFinite(m)) => assert!(m.contains("element 25"), "{text}: {m}"),
             other => panic!("{text}: expected a non-finite error, got {other:?}"),
         }
-        match run(&lbuf, &[7; 16], Some(255), &parse(&[text])) {
+        match lov(&lbuf, &[7; 16], text) {
             Err(Error::ClassIndex(m)) => assert!(m.contains("element 0"), "{text}: {m}"),
             other => panic!("{text}: expected a class index error, got {other:?}"),
         }
+        assert!(read_buffer(device, queue, &fresh, 0, numel).iter().all(|&x| x == 1.0), "{text}");
     }
 
     // dense targets: outside [0, 1], and soft labels where Lovász needs hard ones

@@ -443,7 +443,7 @@ impl Gpu {
             };
             let grad = hinge_grads.get(g).copied().flatten();
             // Lovász-Softmax on logits: then each pixel's log-sum-exp, which the keys pass
-            // computes and the gradient pass reads back (lovasz.wgsl)
+            // computes and the gradient pass reads back (lovasz_keys.wgsl)
             let lse = if inp.softmax && !inp.probs { inp.n * inp.s } else { 0 };
             let lw = match grad {
                 Some(h) => h.dest,
@@ -1095,7 +1095,16 @@ impl Gpu {
                     }
                 }
                 if let Some(to) = copy_to {
-                    rec.copy(dest, to);
+                    // (only where the checks passed: bad input leaves the caller's slice as it was)
+                    let elems = (to.size / 4) as usize;
+                    let (kernel, units) = if elems.is_multiple_of(4) && crate::gpu::quad_aligned(&[dest, to]) {
+                        (&shaders::COPY_UNLESS_BAD4, elems / 4)
+                    } else {
+                        (&shaders::COPY_UNLESS_BAD, elems)
+                    };
+                    let (gx, gy) = crate::gpu::lovasz::grid(&self.limits, units);
+                    let binds = [("status", status), ("src", dest.sub(0, to.size)), ("out", to)];
+                    rec.dispatch(kernel, Spec::default(), Grid::Direct(gx, gy, 1), &binds)?;
                 }
                 if host {
                     let rb = rec.readback(total, "gradient")?;

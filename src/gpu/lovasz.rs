@@ -1,6 +1,6 @@
 //! The Lovász hinge and Lovász-Softmax on the device: sort keys, the exact drop of zero-weight
 //! background (softmax), the stable compaction of the elements to sort, the segmented sort, and
-//! the Jaccard weights and per-segment values (see `lovasz.wgsl`). Everything stays on the
+//! the Jaccard weights and per-segment values (see `lovasz_keys.wgsl`, `lovasz.wgsl`). Everything stays on the
 //! device; the finalize reads each segment's (value, fg, bg) from `segsum`.
 
 use crate::error::Error;
@@ -78,8 +78,8 @@ pub(crate) struct LovaszInput<'a> {
     pub s: usize,
     pub softmax: bool,
     pub probs: bool,
-    /// The statistics pass's bad-input flags: where they are set, nothing is sorted and no
-    /// weight is written (compact.wgsl: compact_args)
+    /// The bad-input flags (of the statistics pass, or of the key pass, `key_checks`): where
+    /// they are set, nothing is sorted and no weight is written (compact.wgsl: compact_args)
     pub status: Slice,
     /// Whether the input is checked on the device (the flags may be set)
     pub checked: bool,

@@ -275,8 +275,8 @@ pub(crate) const NONE_KEY: u32 = u32::MAX;
 /// a device to require for storage and uniform offsets).
 pub(crate) const ALIGN: u64 = 256;
 
-/// Checks of buffer inputs made by the statistics pass, or by a CPU adapter's hinge key count
-/// where nothing else reads the input (`common.wgsl`: V_*; `checks.wgsl`).
+/// Checks of buffer inputs made by the statistics pass, or by the Lovász key passes where nothing
+/// else reads the input (`common.wgsl`: V_*; `checks.wgsl`).
 pub(crate) mod check {
     pub const NONFINITE: u32 = 1;
     pub const CLASS: u32 = 2;
