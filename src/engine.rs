@@ -163,8 +163,8 @@ impl<'a> TargetBuffer<'a> {
 
 /// A batch in the caller's buffers: logits `[N, C, S...]` as f32, and targets. The checks that a
 /// host [`Input`] gets on the host (class range, ignore index, targets in [0, 1], hard labels for
-/// Lovász, finite logits) run on the device, in the statistics pass, and come back as a typed
-/// error with the result.
+/// Lovász, finite logits) run on the device, in the statistics pass (or, for Lovász losses alone,
+/// their key pass), and come back as a typed error with the result.
 ///
 /// A batch larger than one binding ([`Engine::max_binding_bytes`]) is evaluated in pieces by
 /// [`Engine::evaluate_buffers`] and batches: each piece is copied into buffers of its own, so
@@ -282,8 +282,9 @@ impl<'a> BufferInput<'a> {
 ///
 /// A slice may lie in the same buffer as the logits or the targets (a framework's memory pool
 /// hands out pieces of one buffer), as long as the ranges do not overlap: the gradient pass then
-/// writes scratch, copied into the slice in the same submission, and the buffer needs
-/// `COPY_DST` (and `COPY_SRC` for [`GradOut::Add`]).
+/// writes scratch, copied into the slice in the same submission unless the input is bad (a bad
+/// input leaves the slice as it was), and the buffer needs `COPY_SRC` for [`GradOut::Add`] (the
+/// scratch starts from a copy of the slice).
 #[derive(Clone, Copy, Debug)]
 pub enum GradOut<'a> {
     /// No gradient.
@@ -1323,11 +1324,11 @@ pub(crate) fn grad_targets(
                 let caller = rec.external(sl.buffer, sl.offset, sl.bytes());
                 if shares {
                     // another part of the input's buffer (a framework's memory pool): the
-                    // gradient pass writes scratch, copied into the caller's slice after it
-                    let mut usage = wgpu::BufferUsages::COPY_DST;
-                    if accumulate {
-                        usage |= wgpu::BufferUsages::COPY_SRC;
-                    }
+                    // gradient pass writes scratch, which a kernel copies into the caller's slice
+                    // after it unless the input is bad (a gradient added to the slice starts from
+                    // a copy of it)
+                    let usage =
+                        if accumulate { wgpu::BufferUsages::COPY_SRC } else { wgpu::BufferUsages::empty() };
                     if !sl.buffer.usage().contains(usage) {
                         return Err(Error::Buffer(format!(
                             "the gradient slice shares its buffer with the input, and then needs usage {usage:?}; it has {:?}",
