@@ -11,18 +11,16 @@
 // foreground total: fg: 1 / U, bg: I / ((U - 1) U) with U = gts + cumsum(1-g), I = gts - cumsum(g),
 // the closed forms of J_k - J_{k-1} (no cancellation).
 
-@group(0) @binding(0) var<storage, read> logits: array<f32>;
-@group(0) @binding(1) var<storage, read> tgt: array<u32>;
-@group(0) @binding(2) var<uniform> P: Params;
-@group(0) @binding(3) var<uniform> LP: LovParams;
-// (`KeyWords`: keys1.wgsl, or keysitems.wgsl's interleaved items, where vals is not used)
-@group(0) @binding(4) var<storage, read_write> keys: KeyWords;
-@group(0) @binding(5) var<storage, read_write> vals: array<u32>;
-@group(0) @binding(6) var<storage, read_write> tilecnt: array<vec2<u32>>; // [seg][tile] fg, bg
-@group(0) @binding(7) var<storage, read_write> segsum: array<vec4<u32>>;  // [seg] value bits, gts, gtn, 0
+// (the key pass, which reads the logits and targets: lovasz_keys.wgsl)
+@group(0) @binding(0) var<uniform> LP: LovParams;
+// (`KeyWords`: keys1.wgsl)
+@group(0) @binding(1) var<storage, read_write> keys: KeyWords;
+@group(0) @binding(2) var<storage, read_write> vals: array<u32>;
+@group(0) @binding(3) var<storage, read_write> tilecnt: array<vec2<u32>>; // [seg][tile] fg, bg
+@group(0) @binding(4) var<storage, read_write> segsum: array<vec4<u32>>;  // [seg] value bits, gts, gtn, 0
 // [element] Jaccard weight; softmax on logits: then [n][s] the log-sum-exp of each pixel
-@group(0) @binding(8) var<storage, read_write> lw: array<f32>;
-@group(0) @binding(9) var<storage, read_write> vpart: array<f32>;         // [seg][tile] value partials
+@group(0) @binding(5) var<storage, read_write> lw: array<f32>;
+@group(0) @binding(6) var<storage, read_write> vpart: array<f32>;         // [seg][tile] value partials
 
 const LT: u32 = 2048u; // tile: 256 threads x 8 items
 const LIPT: u32 = 8u;

@@ -375,8 +375,7 @@ pub const BITONIC_SORT_ITEMS: Kernel = Kernel {
 /// Longest segment the bitonic kernel sorts.
 pub const BITONIC_MAX: usize = 2048;
 
-const LOVASZ_BINDINGS: &[Binding] =
-    &[r("logits"), r("tgt"), u("P"), u("LP"), w("keys"), w("vals"), w("tilecnt"), w("segsum"), w("lw"), w("vpart")];
+const LOVASZ_BINDINGS: &[Binding] = &[u("LP"), w("keys"), w("vals"), w("tilecnt"), w("segsum"), w("lw"), w("vpart")];
 
 /// A kernel of `lovasz.wgsl`, after the key pass: its keys in two arrays (`keys1.wgsl`, the GPU's).
 macro_rules! lovasz {
@@ -386,9 +385,7 @@ macro_rules! lovasz {
             entry: $name,
             source: wgsl!(
                 "common.wgsl",
-                "io1.wgsl",
                 "keys1.wgsl",
-                "target.wgsl",
                 "scan.wgsl",
                 "lovparams.wgsl",
                 "lovweight.wgsl",

@@ -314,9 +314,6 @@ impl Gpu {
         let tilecnt2 = rec.scratch((segs * tiles * 8) as u64, "lovasz tile counts")?;
         let vpart = rec.scratch((segs * tiles * 4) as u64, "lovasz value partials")?;
         let binds = [
-            ("logits", inp.logits),
-            ("tgt", inp.target),
-            ("P", pb),
             ("LP", lp),
             ("keys", kc),
             ("vals", vc),
