@@ -586,8 +586,8 @@ fn bad_buffer_inputs_are_typed_errors_found_on_the_device() {
     let lbuf = buffer_with(device, bytemuck::cast_slice(&logits), 0);
     let exprs = parse(&["ce+dice"]);
     let gbuf = buffer_with(device, &vec![0x3F80_0000; numel], 0); // 1.0 everywhere
-    let g = GradOut::Write(BufferSlice::new(&gbuf, 0, numel as u64));
-    let run = |lb: &wgpu::Buffer, labels: &[u32], ignore: Option<i64>, exprs: &[LossExpr]| {
+                                                                  // (each expression's gradient written into `grad`)
+    let run_into = |grad: &wgpu::Buffer, lb: &wgpu::Buffer, labels: &[u32], ignore: Option<i64>, exprs: &[LossExpr]| {
         let tbuf = buffer_with(device, labels, 0);
         let input = BufferInput::new(
             BufferSlice::new(lb, 0, numel as u64),
@@ -597,7 +597,11 @@ fn bad_buffer_inputs_are_typed_errors_found_on_the_device() {
             ignore,
         )
         .unwrap();
+        let g = GradOut::Write(BufferSlice::new(grad, 0, numel as u64));
         engine.evaluate_buffers_blocking(&input, exprs, &vec![g; exprs.len()])
+    };
+    let run = |lb: &wgpu::Buffer, labels: &[u32], ignore: Option<i64>, exprs: &[LossExpr]| {
+        run_into(&gbuf, lb, labels, ignore, exprs)
     };
     let mut labels: Vec<u32> = (0..16).map(|i| i % 3).collect();
     labels[9] = 7;
@@ -631,22 +635,7 @@ fn bad_buffer_inputs_are_typed_errors_found_on_the_device() {
     // and by Lovász-Softmax's key pass, where no statistics pass runs (the gradient slice, filled
     // afresh, left as it was)
     let fresh = buffer_with(device, &vec![0x3F80_0000; numel], 0);
-    let lov = |lb: &wgpu::Buffer, labels: &[u32], text: &str| {
-        let tbuf = buffer_with(device, labels, 0);
-        let input = BufferInput::new(
-            BufferSlice::new(lb, 0, numel as u64),
-            TargetBuffer::ClassU32(BufferSlice::new(&tbuf, 0, labels.len() as u64)),
-            &shape,
-            Mode::Multiclass,
-            Some(255),
-        )
-        .unwrap();
-        engine.evaluate_buffers_blocking(
-            &input,
-            &parse(&[text]),
-            &[GradOut::Write(BufferSlice::new(&fresh, 0, numel as u64))],
-        )
-    };
+    let lov = |lb: &wgpu::Buffer, labels: &[u32], text: &str| run_into(&fresh, lb, labels, Some(255), &parse(&[text]));
     for text in ["lovasz", "lovasz:per_image=true"] {
         match lov(&ibuf, &labels, text) {
             Err(Error::NonFinite(m)) => assert!(m.contains("element 25"), "{text}: {m}"),
