@@ -103,7 +103,7 @@ pub(crate) struct Part<'a> {
     /// expression's ([`FusedGrad::hinge`]): its loss in the plan and how (the whole batch only).
     pub hinge_add: Option<(usize, HingeGrad)>,
     /// The checks (`check::*`) the Lovász key passes make, where no statistics pass reads the
-    /// input ([`Gpu::lovasz_checks`]); 0 otherwise.
+    /// input (Lovász losses alone on a device-checked input); 0 otherwise.
     pub key_checks: u32,
 }
 
@@ -231,8 +231,8 @@ impl Gpu {
         wide && !inp.softmax && inp.s.is_multiple_of(4) && crate::gpu::quad_aligned(&[inp.logits, inp.target, out])
     }
 
-    /// A cleared status buffer: the bad-input flags of the checks (the statistics pass's, or a CPU
-    /// adapter's hinge key count's), which the finalize and the gradient passes read.
+    /// A cleared status buffer: the bad-input flags of the checks (the statistics pass's, or the
+    /// Lovász key passes'), which the finalize and the gradient passes read.
     pub(crate) fn record_status(&self, rec: &mut Recording) -> Result<Slice, Error> {
         let status = rec.scratch(32, "status")?;
         rec.clear(status);
@@ -407,14 +407,6 @@ impl Gpu {
             None => None,
         };
         Ok((Totals { sums, stride, n, groups: inp.groups.max(1), lse }, total))
-    }
-
-    /// Whether the Lovász losses of `plan` check an input checked on the device themselves, so
-    /// that a plan of Lovász losses alone needs no statistics pass: their key passes read every
-    /// logit and target word (`lovasz_keys.wgsl`; a CPU adapter's hinge, its key count,
-    /// `hinge.wgsl`) and make the statistics pass's checks (`checks.wgsl`).
-    pub(crate) fn lovasz_checks(&self, plan: &StatsPlan) -> bool {
-        !plan.lovasz.is_empty()
     }
 
     /// Records the sort of each distinct Lovász loss of `plan` on `inp`: its segment sums
@@ -620,13 +612,15 @@ impl Gpu {
         });
         // Lovász alone, on an input checked on the host: no statistics pass (the finalize's
         // Lovász ops read the sorts' own label counts, and nothing else reads the sums)
-        // (or checked on the device by the Lovász key passes)
+        // (or checked on the device by the Lovász key passes, which read every logit and target
+        // word and make the statistics pass's checks: lovasz_keys.wgsl; a CPU adapter's hinge,
+        // its key count, hinge.wgsl)
         let lovasz_only = plan.slots.is_empty()
             && !plan.needs_class_sums
             && !plan.needs_sensspec
             && !plan.tp_min
             && counts.is_none()
-            && (inp.validate == 0 || self.lovasz_checks(&plan))
+            && (inp.validate == 0 || !plan.lovasz.is_empty())
             && fused.is_none()
             && !keep_lse;
         let (totals, count_totals) = if lovasz_only {
@@ -1096,15 +1090,7 @@ impl Gpu {
                 }
                 if let Some(to) = copy_to {
                     // (only where the checks passed: bad input leaves the caller's slice as it was)
-                    let elems = (to.size / 4) as usize;
-                    let (kernel, units) = if elems.is_multiple_of(4) && crate::gpu::quad_aligned(&[dest, to]) {
-                        (&shaders::COPY_UNLESS_BAD4, elems / 4)
-                    } else {
-                        (&shaders::COPY_UNLESS_BAD, elems)
-                    };
-                    let (gx, gy) = crate::gpu::lovasz::grid(&self.limits, units);
-                    let binds = [("status", status), ("src", dest.sub(0, to.size)), ("out", to)];
-                    rec.dispatch(kernel, Spec::default(), Grid::Direct(gx, gy, 1), &binds)?;
+                    self.record_unless_bad(rec, status, Some(dest), to)?;
                 }
                 if host {
                     let rb = rec.readback(total, "gradient")?;

@@ -1,7 +1,7 @@
 //! The Lovász hinge and Lovász-Softmax on the device: sort keys, the exact drop of zero-weight
 //! background (softmax), the stable compaction of the elements to sort, the segmented sort, and
-//! the Jaccard weights and per-segment values (see `lovasz_keys.wgsl`, `lovasz.wgsl`). Everything stays on the
-//! device; the finalize reads each segment's (value, fg, bg) from `segsum`.
+//! the Jaccard weights and per-segment values (see `lovasz_keys.wgsl`, `lovasz.wgsl`). Everything
+//! stays on the device; the finalize reads each segment's (value, fg, bg) from `segsum`.
 
 use crate::error::Error;
 use crate::gpu::context::Gpu;
@@ -97,16 +97,33 @@ pub(crate) fn grid(limits: &wgpu::Limits, items: usize) -> (u32, u32) {
 }
 
 impl Gpu {
-    /// Records the zeroing of `out` unless `status` holds bad-input flags.
-    fn zero_unless_bad(&self, rec: &mut Recording, status: Slice, out: Slice) -> Result<(), Error> {
+    /// Records the write of `out` unless `status` holds bad-input flags: a copy of `src` (as
+    /// long as `out`), or zeros. Four elements per access where the slices allow.
+    pub(crate) fn record_unless_bad(
+        &self,
+        rec: &mut Recording,
+        status: Slice,
+        src: Option<Slice>,
+        out: Slice,
+    ) -> Result<(), Error> {
         let elems = (out.size / 4) as usize;
-        let (kernel, units) = if elems.is_multiple_of(4) && crate::gpu::quad_aligned(&[out]) {
-            (&shaders::ZERO_UNLESS_BAD4, elems / 4)
-        } else {
-            (&shaders::ZERO_UNLESS_BAD, elems)
-        };
+        let src = src.map(|s| s.sub(0, out.size));
+        let quads = elems.is_multiple_of(4)
+            && crate::gpu::quad_aligned(&[out])
+            && src.is_none_or(|s| crate::gpu::quad_aligned(&[s]));
+        let units = if quads { elems / 4 } else { elems };
         let (gx, gy) = grid(&self.limits, units);
-        rec.dispatch(kernel, Spec::default(), Grid::Direct(gx, gy, 1), &[("status", status), ("out", out)])
+        let grid = Grid::Direct(gx, gy, 1);
+        match (src, quads) {
+            (Some(src), q) => {
+                let k = if q { &shaders::COPY_UNLESS_BAD4 } else { &shaders::COPY_UNLESS_BAD };
+                rec.dispatch(k, Spec::default(), grid, &[("status", status), ("src", src), ("out", out)])
+            }
+            (None, q) => {
+                let k = if q { &shaders::ZERO_UNLESS_BAD4 } else { &shaders::ZERO_UNLESS_BAD };
+                rec.dispatch(k, Spec::default(), grid, &[("status", status), ("out", out)])
+            }
+        }
     }
 
     /// Records one Lovász loss: `segsum` receives `[value bits, fg, bg, kept]` per segment and
@@ -143,7 +160,7 @@ impl Gpu {
             Some(g) if g.accumulate => {}
             // (a caller's slice that bad input leaves untouched: zeroed only when the input is
             // good, once the checks are done)
-            Some(_) if inp.checked && inp.key_checks == 0 => self.zero_unless_bad(rec, inp.status, lw)?,
+            Some(_) if inp.checked && inp.key_checks == 0 => self.record_unless_bad(rec, inp.status, None, lw)?,
             Some(_) if inp.checked => {}
             _ => rec.clear(lw),
         }
@@ -276,7 +293,7 @@ impl Gpu {
         let count_spec = Spec { validate: if direct_hinge { inp.key_checks } else { 0 }, ..Spec::default() };
         rec.dispatch(count, count_spec, over, kb)?;
         if grad.is_some_and(|g| !g.accumulate) && inp.checked && inp.key_checks != 0 {
-            self.zero_unless_bad(rec, inp.status, lw)?;
+            self.record_unless_bad(rec, inp.status, None, lw)?;
         }
         // (a CPU adapter: a thread per segment, without barriers)
         let seg_threads = Grid::Direct(segs.div_ceil(SCATTER_TILES_WG) as u32, 1, 1);
