@@ -62,6 +62,14 @@ fn check_logit(x: f32, e: u32, true_class: bool) {
     flag_if(!masked & ((VALIDATE & V_PROB) != 0u) & !((x >= 0.0) & (x <= 1.0)), V_PROB, e);
 }
 
+// The checks of sigmoid element e, logit x and raw target word w (none unless VALIDATE).
+fn check_sigmoid(e: u32, x: f32, w: u32) {
+    if VALIDATE != 0u {
+        check_word(w, e);
+        check_logit(x, e, false);
+    }
+}
+
 // Checks the raw target word of element e (dense) or pixel e (class index) of a buffer input.
 fn check_target(e: u32) {
     check_word(tgt_at(e), e);

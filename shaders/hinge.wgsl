@@ -20,14 +20,6 @@
 // input checked on the device whose only loss is the hinge: no statistics pass reads it)
 @group(0) @binding(7) var<storage, read_write> status: array<atomic<u32>>;
 
-// The checks of element e, logit x and raw target word w (checks.wgsl; none unless VALIDATE).
-fn check_element(e: u32, x: f32, w: u32) {
-    if VALIDATE != 0u {
-        check_word(w, e);
-        check_logit(x, e, false);
-    }
-}
-
 // (tiles: tiles.wgsl)
 @compute @workgroup_size(8)
 fn hinge_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -46,10 +38,10 @@ fn hinge_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgro
             let k2 = hinge_kv_of(e + 2u, x.z, w.z);
             let k3 = hinge_kv_of(e + 3u, x.w, w.w);
             c += kind_of(k0.x, k0.y) + kind_of(k1.x, k1.y) + kind_of(k2.x, k2.y) + kind_of(k3.x, k3.y);
-            check_element(e, x.x, w.x);
-            check_element(e + 1u, x.y, w.y);
-            check_element(e + 2u, x.z, w.z);
-            check_element(e + 3u, x.w, w.w);
+            check_sigmoid(e, x.x, w.x);
+            check_sigmoid(e + 1u, x.y, w.y);
+            check_sigmoid(e + 2u, x.z, w.z);
+            check_sigmoid(e + 3u, x.w, w.w);
         }
     } else {
         for (var p = 0u; p < span.z; p++) {
@@ -58,7 +50,7 @@ fn hinge_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgro
             let w = tgt_at(e);
             let kv = hinge_kv_of(e, x, w);
             c += kind_of(kv.x, kv.y);
-            check_element(e, x, w);
+            check_sigmoid(e, x, w);
         }
     }
     c.w = guard_slots(c.x, span.z);

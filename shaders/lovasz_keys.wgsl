@@ -110,10 +110,7 @@ fn lovasz_keys(
         let w = tgt_at(e);
         let kv = hinge_kv_of(e, x, w);
         put_kv(e, kv.x, kv.y);
-        if VALIDATE != 0u {
-            check_word(w, e);
-            check_logit(x, e, false);
-        }
+        check_sigmoid(e, x, w);
     }
     flush_bad();
 }

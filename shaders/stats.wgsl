@@ -216,10 +216,9 @@ fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, rows: u32, lid: 
 // counts and sums into `acc`; FUSED: its gradient (0 where ignored), which the caller writes.
 fn sigmoid_element(acc: ptr<function, Acc>, n: u32, c: u32, tile: u32, e: u32, inside: bool, xr: f32, w: u32, tp0: Term, tp1: Term, tp2: Term, tp3: Term, tf: array<Term, 4>, cwf: array<f32, 4>) -> f32 {
     let tb = tword_of(w);
-    if VALIDATE != 0u && inside {
+    if inside {
         // every element, ignored ones included
-        check_word(w, e);
-        check_logit(xr, e, false);
+        check_sigmoid(e, xr, w);
     }
     let live = inside && tb != INVALID;
     let g = select(0.0, bitcast<f32>(tb), live);
