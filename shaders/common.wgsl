@@ -33,7 +33,7 @@ override LSE: bool = false;      // softmax: the statistics pass writes each pix
 override FUSED: u32 = 0u;        // statistics: pixel terms (at most 4, after the NTERMS slots in `terms` and
                                  // `cw`) whose gradient this pass writes to `elem_out`: sigmoid's, or
                                  // softmax cross-entropy's
-override SPIX: u32 = 16u;        // statistics, not WIDE: pixels per thread (2 to 16)
+override SPIX: u32 = 16u;        // statistics: softmax's pixels per thread (2 to 128; see stats.wgsl)
 override TPMIN: bool = false;     // statistics: sum min(p, g) in channel 15 (at most 3 pixel slots)
 override GPIX: u32 = 4u;          // gradient: pixels (VEC4: quads) per thread, at most GPIX_MAX (grad.wgsl)
 override CREG: u32 = 0u;          // softmax on a CPU adapter: the class count C (at most CREG_MAX), whose

@@ -20,13 +20,17 @@
 @group(0) @binding(8) var<storage, read_write> elem_out: Floats;
 
 const WG: u32 = 128u;   // threads per workgroup
-const PIX: u32 = 16u;             // pixels per thread, softmax on a CPU adapter (WIDE); also the size
-                                  // of the per-pixel label and log-sum-exp arrays (registers)
+const PIX: u32 = 16u;             // pixels per thread at most on a GPU; softmax on a CPU adapter
+                                  // (WIDE) without subgroups or past CREG_MAX classes
+const PIX_LONG: u32 = 128u;       // softmax on a CPU adapter with subgroups, at most CREG_MAX
+                                  // classes: up to this many (each thread's sums of each class
+                                  // cost a subgroupAdd per channel, which long tiles share out)
 const PIX_SIGMOID_CPU: u32 = 64u; // sigmoid on a CPU adapter (WIDE): a quarter of the reductions and
                                   // barriers, which a CPU adapter pays for most
-// On a GPU (not WIDE) the pixels per thread are SPIX (2 to PIX): the host picks the longest tiles
-// that still give each image enough of them to hide memory latency (gpu::stats_tiling).
-// A tile is WG * pix pixels of one image.
+// Softmax takes SPIX pixels per thread (at most PIX_ARRAY, the entry point's size of the
+// per-pixel label and log-sum-exp arrays): on a GPU (not WIDE) 2 to PIX, the longest tiles that
+// still give each image enough of them to hide memory latency; on a CPU adapter PIX, or with the
+// subgroup entry point up to PIX_LONG (gpu::stats_tiling). A tile is WG * pix pixels of one image.
 
 var<workgroup> red: array<vec4<f32>, 512>; // 4 * WG
 const RGROUPS: u32 = 8u;                    // first-level sums per channel
@@ -367,7 +371,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
     // sigmoid: one (image, channel) plane per workgroup row (from P.plane0); softmax: one image
     let plane = wid.y + P.plane0;
     let n = select(plane / P.c, wid.y, SOFTMAX);
-    let pix = select(min(SPIX, PIX), select(PIX_SIGMOID_CPU, PIX, SOFTMAX), WIDE);
+    let pix = select(min(SPIX, PIX_ARRAY), PIX_SIGMOID_CPU, WIDE && !SOFTMAX);
     let base = tile * WG * pix;
     // the pixel-loss slots' parameters, loaded once (slot 0 stands in for absent ones)
     var tp0: Term;
@@ -381,8 +385,8 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
         tp3 = terms[min(3u, NTERMS - 1u)];
     }
     // Softmax: label (INVALID when ignored or outside) and log-sum-exp of each pixel.
-    var lab: array<u32, PIX>;
-    var lse: array<f32, PIX>;
+    var lab: array<u32, PIX_ARRAY>;
+    var lse: array<f32, PIX_ARRAY>;
     // the cross-entropy slots' two channels of this thread's pixels (added to class 0)
     var pa2 = vec4<f32>(0.0);
     var pa3 = vec4<f32>(0.0);

@@ -1,5 +1,7 @@
 // The statistics pass's entry point on every adapter: without subgroup operations.
 const SUBGROUPS: bool = false;
+// the most pixels a thread takes (stats.wgsl)
+const PIX_ARRAY: u32 = PIX;
 
 // (not called without subgroups)
 fn chunk_sum(v: vec4<f32>) -> vec4<f32> {

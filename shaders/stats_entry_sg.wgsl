@@ -1,6 +1,8 @@
 // The statistics pass's entry point with subgroup operations, on CPU adapters that have them:
 // each subgroup adds its lanes' sums itself (see write_partials), so the pass has no barrier.
 const SUBGROUPS: bool = true;
+// the most pixels a thread takes (stats.wgsl): the long softmax tiles
+const PIX_ARRAY: u32 = PIX_LONG;
 
 fn chunk_sum(v: vec4<f32>) -> vec4<f32> {
     return subgroupAdd(v);

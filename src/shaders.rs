@@ -730,6 +730,7 @@ pub const SHARED_CONSTANTS: &[(&str, u64)] = &[
     ("F_WEIGHTS", crate::plan::op::F_WEIGHTS as u64),
     ("WG", crate::gpu::STATS_WG as u64),
     ("PIX", crate::gpu::STATS_PIX as u64),
+    ("PIX_LONG", crate::gpu::STATS_PIX_LONG as u64),
     ("PIX_SIGMOID_CPU", crate::gpu::STATS_PIX_SIGMOID_CPU as u64),
     ("CREG_MAX", crate::gpu::CREG_MAX as u64),
     ("GWG", crate::gpu::GRAD_WG as u64),

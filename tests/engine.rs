@@ -1055,8 +1055,10 @@ fn both_statistics_tile_widths_agree_with_the_reference() {
 /// (the `@unroll` walks, up to 32 classes) give the bits of the walks in memory, values and
 /// gradients, and agree with the reference: 3, 21 and 32 classes (and 33, past the registers),
 /// ignored pixels, fused and weighted cross-entropy, label smoothing, region losses, softmax and
-/// sigmoid focal, Lovász-Softmax (its keys and gradient), several terms in one expression. A separate engine, so that no other test sees
-/// the switch.
+/// sigmoid focal, Lovász-Softmax (its keys and gradient), several terms in one expression; on
+/// small images and on the long statistics tiles of larger ones (32 and 128 pixels per thread
+/// with subgroups, a last tile cut short), which both walks take. A separate engine, so that no
+/// other test sees the switch.
 #[test]
 fn class_registers_give_the_bits_of_the_walks_in_memory() {
     let engine = Engine::gpu_blocking().unwrap();
@@ -1077,8 +1079,16 @@ fn class_registers_give_the_bits_of_the_walks_in_memory() {
         "lovasz:per_image=true",
         "0.8*ce+0.2*lovasz+dice",
     ];
-    for (k, shape) in
-        [&[2usize, 3, 40, 50][..], &[1, 21, 33, 47], &[2, 32, 20, 30], &[1, 33, 20, 20]].iter().enumerate()
+    for (k, shape) in [
+        &[2usize, 3, 40, 50][..],
+        &[1, 21, 33, 47],
+        &[2, 32, 20, 30],
+        &[1, 33, 20, 20],
+        &[2, 5, 130, 131],
+        &[1, 4, 256, 256],
+    ]
+    .iter()
+    .enumerate()
     {
         let case = label_case(300 + k as u64, shape, 255);
         let mut t = texts.to_vec();

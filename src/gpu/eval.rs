@@ -191,9 +191,10 @@ impl Gpu {
     fn params_of(&self, inp: &DevInput, counts: bool) -> (Params, bool, u32) {
         // read once: the tile size and the statistics pipelines must agree
         let wide_ok = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed);
-        let (wide, pix) = stats_tiling(inp.softmax, wide_ok, inp.s, counts);
+        let chunks = self.stats_chunks(wide_ok, inp.softmax);
+        let long = chunks > 0 && inp.c <= crate::gpu::CREG_MAX;
+        let (wide, pix) = stats_tiling(inp.softmax, wide_ok, inp.s, counts, long);
         let tiles = inp.s.div_ceil(crate::gpu::STATS_WG * pix);
-        let chunks = self.stats_chunks(wide, inp.softmax);
         let p = Params {
             n: inp.n as u32,
             c: inp.c as u32,
@@ -318,8 +319,8 @@ impl Gpu {
                 sensspec: plan.needs_sensspec && p == 0,
                 validate: if p == 0 { inp.validate } else { 0 },
                 wide,
-                // (unused with the wide tiles: one pipeline for them whatever their width)
-                spix: if wide { crate::gpu::STATS_PIX as u32 } else { spix },
+                // (unused by the wide sigmoid tiles: one pipeline for them whatever their width)
+                spix: if wide && !softmax { crate::gpu::STATS_PIX as u32 } else { spix },
                 // cross-entropy alone needs no per-class sums: one pass over each pixel's logits
                 pixel_only: softmax
                     && !terms.is_empty()
@@ -339,8 +340,15 @@ impl Gpu {
             }
             if self.loop_limited && softmax {
                 let smoothed = terms.iter().filter(|t| t.kind == plan::op::CE && t.label_smoothing != 0.0).count();
-                let steps =
-                    softmax_stats_steps(c, spec.pixel_only, spec.validate != 0, spec.counts, smoothed, spec.fused > 0);
+                let steps = softmax_stats_steps(
+                    c,
+                    spix as usize,
+                    spec.pixel_only,
+                    spec.validate != 0,
+                    spec.counts,
+                    smoothed,
+                    spec.fused > 0,
+                );
                 if steps > CPU_LOOP_LIMIT {
                     return Err(Error::Limit {
                         what: format!(
@@ -483,7 +491,9 @@ impl Gpu {
         }
         // on llvmpipe, only where the statistics thread's loop steps stay within its limit with
         // the fused gradient's walks (per-class sums counted, whether or not the pass takes them)
-        if self.loop_limited && inp.softmax && softmax_stats_steps(inp.c, false, false, false, 0, true) > CPU_LOOP_LIMIT
+        if self.loop_limited
+            && inp.softmax
+            && softmax_stats_steps(inp.c, crate::gpu::STATS_PIX, false, false, false, 0, true) > CPU_LOOP_LIMIT
         {
             return Ok(None);
         }
