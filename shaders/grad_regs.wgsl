@@ -6,7 +6,7 @@ fn coefs_k(n: u32, k: u32) -> ClassCoefs {
     if k < CREG {
         return class_coefs(n, k);
     }
-    return ClassCoefs(vec4<f32>(0.0), 0.0, 0.0, 0.0);
+    return ClassCoefs(vec4<f32>(0.0), 0.0, 0.0, 0.0, vec4<f32>(0.0));
 }
 
 // CREG: pixel term tp (present: t < NTERMS) at class k of a pixel; cross-entropy's weight of

@@ -96,7 +96,10 @@ fn specializations(k: &Kernel) -> Vec<naga::back::PipelineConstants> {
         c.insert("COUNTS".to_string(), 1.0);
         c.insert("FUSED".to_string(), 1.0);
         c.insert("LSE".to_string(), f64::from(u8::from(validate == 0)));
-        c.insert("GPIX".to_string(), 8.0);
+        // (gpu::GRAD_PIX_SOFTMAX_REGS)
+        c.insert("GPIX".to_string(), 16.0);
+        // the long statistics tiles (gpu::STATS_PIX_LONG)
+        c.insert("SPIX".to_string(), shared("PIX_LONG") as f64);
         out.push(c);
     }
     // cross-entropy alone in a softmax statistics pass (every slot ce, with and without checks)

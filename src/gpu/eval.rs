@@ -1035,7 +1035,10 @@ impl Gpu {
                 let (tb, cb) = (rec.data(&terms), rec.data(&cw));
                 // over quads, a thread takes gpix quads instead of pixels
                 let quads = self.quads(inp, wide, dest);
-                let gpix = grad_pix(wide, softmax, !l.lov.is_empty(), inp.c, terms.len());
+                // (the first pass's kernel: every pass takes its grid)
+                let stats_creg = self.creg(wide, softmax, inp.c, inp.n * inp.c * inp.s);
+                let creg = grad_creg(stats_creg, part.inp.probs, unr, &terms);
+                let gpix = grad_pix(wide, softmax, !l.lov.is_empty(), creg > 0, inp.c, terms.len());
                 let (kernel, per_thread) = if quads { (&shaders::GRAD4, 4 * gpix) } else { (&shaders::GRAD, gpix) };
                 let (gx, gz) = grid(&self.limits, inp.s.div_ceil(per_thread));
                 let lov_passes: Vec<Option<(usize, usize)>> = if l.lov.is_empty() {
@@ -1058,12 +1061,7 @@ impl Gpu {
                         // a CPU adapter's layout of each thread's pixels (common.wgsl, tile_item)
                         wide,
                         gpix: gpix as u32,
-                        creg: grad_creg(
-                            self.creg(wide, softmax, inp.c, inp.n * inp.c * inp.s),
-                            part.inp.probs,
-                            first && unr,
-                            &terms,
-                        ),
+                        creg: if first { creg } else { grad_creg(stats_creg, part.inp.probs, false, &terms) },
                         ..Spec::default()
                     };
                     let aux = match (lp, part.lse) {

@@ -99,22 +99,35 @@ pub(crate) const GRAD_PIX_MAX: usize = 16;
 /// 4x21x256x256, dice's gradient took 18.5-18.8 ms against 22.6-23.5 with 4 and ce+dice's
 /// 21.4-21.8 against 24.5-26.0 (commit 796ca88 against its parent). With this function edited:
 /// 16 measured as 4 did for dice, and Lovász-Softmax's gradient slower with 8 (22.1-24.1 against
-/// 19.7-20.3 ms), so it keeps 4.
+/// 19.7-20.3 ms), so it keeps 4. At 2x64x256x256 (the walks in memory), dice's gradient took
+/// 36.8-40.7 ms with 8 against 44.9-49.3 with 16.
 pub(crate) const GRAD_PIX_SOFTMAX_CPU: usize = 8;
+/// Pixels per thread of the softmax gradient with the classes in registers (`grad_regs.wgsl`),
+/// without Lovász: each thread loads each class's coefficients once (a load per lane on
+/// llvmpipe), which 16 pixels share. On lavapipe at 4x21x256x256, dice's gradient took 13.8-14.9
+/// ms against 16.4-17.4 with 8, and 12.8-13.6 with 32 (beyond [`GRAD_PIX_MAX`]).
+pub(crate) const GRAD_PIX_SOFTMAX_REGS: usize = 16;
 
 /// Pixels per gradient thread: on a GPU [`GRAD_PIX`]; on a CPU adapter (`wide`) [`GRAD_PIX_MAX`]
-/// (quads, over quads) for sigmoid, [`GRAD_PIX_SOFTMAX_CPU`] for softmax without Lovász where the
-/// thread's loop steps stay within half of llvmpipe's limit ([`CPU_LOOP_LIMIT`]): per class a
-/// step and one per pixel of each of its two walks, and one per pixel and pixel term.
-pub(crate) fn grad_pix(wide: bool, softmax: bool, lovasz: bool, c: usize, nterms: usize) -> usize {
+/// (quads, over quads) for sigmoid, and for softmax without Lovász [`GRAD_PIX_SOFTMAX_REGS`] with
+/// the classes in registers (`regs`), else [`GRAD_PIX_SOFTMAX_CPU`] where the thread's loop steps
+/// stay within half of llvmpipe's limit ([`CPU_LOOP_LIMIT`]): per class a step and one per pixel
+/// of each of its two walks, and one per pixel and pixel term.
+pub(crate) fn grad_pix(wide: bool, softmax: bool, lovasz: bool, regs: bool, c: usize, nterms: usize) -> usize {
     if !wide {
         return GRAD_PIX;
     }
     if !softmax {
         return GRAD_PIX_MAX;
     }
+    if lovasz {
+        return GRAD_PIX;
+    }
+    if regs {
+        return GRAD_PIX_SOFTMAX_REGS;
+    }
     let steps = c * (2 + GRAD_PIX_SOFTMAX_CPU * (2 + nterms));
-    if lovasz || steps > CPU_LOOP_LIMIT / 2 {
+    if steps > CPU_LOOP_LIMIT / 2 {
         GRAD_PIX
     } else {
         GRAD_PIX_SOFTMAX_CPU
