@@ -103,9 +103,11 @@ pub(crate) const GRAD_PIX_MAX: usize = 16;
 /// 36.8-40.7 ms with 8 against 44.9-49.3 with 16.
 pub(crate) const GRAD_PIX_SOFTMAX_CPU: usize = 8;
 /// Pixels per thread of the softmax gradient with the classes in registers (`grad_regs.wgsl`),
-/// without Lovász: each thread loads each class's coefficients once (a load per lane on
-/// llvmpipe), which 16 pixels share. On lavapipe at 4x21x256x256, dice's gradient took 13.8-14.9
-/// ms against 16.4-17.4 with 8, and 12.8-13.6 with 32 (beyond [`GRAD_PIX_MAX`]).
+/// without Lovász: each thread loads each class's coefficients once and holds them across its
+/// pixels, which 16 share. On lavapipe at 4x21x256x256, dice's gradient took 13.8-14.9 ms against
+/// 16.4-17.4 with 8, and 12.8-13.6 with 32 (beyond [`GRAD_PIX_MAX`]). What the coefficients cost
+/// is their holding more than their loads: a build made to measure that loaded them through one
+/// lane of each subgroup (a load per vector instead of per lane) was no faster.
 pub(crate) const GRAD_PIX_SOFTMAX_REGS: usize = 16;
 
 /// Pixels per gradient thread: on a GPU [`GRAD_PIX`]; on a CPU adapter (`wide`) [`GRAD_PIX_MAX`]
