@@ -1,0 +1,169 @@
+//! Times the memory floors of a softmax pass on the default adapter, over logits laid out as a
+//! 4x21x256x256 batch (22 MB): the copy probe's copy over vec4 and over f32, a thread per pixel
+//! reading each of its 21 logits (one store per pixel, then a store per logit, then with an `exp`
+//! per logit), and the same pass with 6 per-class coefficients per thread (126 values, as the
+//! softmax gradient's region coefficients) computed, loaded from a storage buffer, or loaded from
+//! a uniform buffer: `cargo run --release --example softmax_probe`. On lavapipe a storage load is
+//! a loop over the SIMD lanes, so these say what a kernel's loads and stores cost before any
+//! arithmetic (see the README's lavapipe notes).
+use segloss::wgpu;
+
+const C: usize = 21;
+const S: u32 = 65536;
+const N: u32 = 4;
+const HEADER: &str = "@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read_write> o: array<f32>;
+";
+
+/// A thread per pixel, `pix` pixels each, a workgroup row per image; `body` gets the pixel's
+/// first element `e0` and its logits `x0..x20`.
+fn per_pixel(extra: &str, prologue: &str, pix: u32, body: &str) -> String {
+    let mut s = format!("{HEADER}{extra}@compute @workgroup_size(256)\n");
+    s += "fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {\n";
+    s += &format!("  let n = wid.y;\n{prologue}  for (var i = 0u; i < {pix}u; i++) {{\n");
+    s += &format!("    let e0 = n * {C}u * {S}u + wid.x * {}u + i * 256u + lid;\n", 256 * pix);
+    for k in 0..C {
+        s += &format!("    let x{k} = a[e0 + {k}u * {S}u];\n");
+    }
+    s += body;
+    s + "  }\n}\n"
+}
+
+/// The softmax of each pixel: its logits minus their max (`exp`: exponentiated), summed, and
+/// written back per logit (`store_all`) or as the pixel's sum only.
+fn softmax(exp: bool, store_all: bool) -> String {
+    let mut b = String::from("    var m = x0;\n");
+    for k in 1..C {
+        b += &format!("    m = max(m, x{k});\n");
+    }
+    b += "    var z = 0.0;\n";
+    for k in 0..C {
+        let v = if exp { format!("exp(x{k} - m)") } else { format!("x{k} - m") };
+        b += &format!("    let p{k} = {v};\n    z += p{k};\n");
+    }
+    if store_all {
+        for k in 0..C {
+            b += &format!("    o[e0 + {k}u * {S}u] = p{k} - z;\n");
+        }
+    } else {
+        b += "    o[e0] = z;\n";
+    }
+    per_pixel("", "", 8, &b)
+}
+
+/// Six coefficients per class and thread, from `source` ("storage", "uniform" or computed), used
+/// at each logit of the thread's 16 pixels.
+fn coefficients(source: &str) -> String {
+    let extra = match source {
+        "storage" => "@group(0) @binding(2) var<storage, read> cs: array<f32>;\n",
+        "uniform" => "@group(0) @binding(3) var<uniform> cu: array<vec4<f32>, 1024>;\n",
+        _ => "",
+    };
+    let mut pro = String::new();
+    for k in 0..C {
+        for j in 0..6 {
+            let idx = format!("(n * {C}u + {k}u) * 6u + {j}u");
+            let v = match source {
+                "storage" => format!("cs[{idx}]"),
+                "uniform" => format!("cu[({idx}) / 4u][({idx}) % 4u]"),
+                _ => format!("f32({idx})"),
+            };
+            pro += &format!("  let c{k}_{j} = {v};\n");
+        }
+    }
+    let mut b = String::new();
+    for k in 0..C {
+        b += &format!("    o[e0 + {k}u * {S}u] = x{k} * c{k}_0 + c{k}_1 * c{k}_2 - c{k}_3 * x{k} * c{k}_4 + c{k}_5;\n");
+    }
+    per_pixel(extra, &pro, 16, &b)
+}
+
+fn copy(vec4: bool) -> String {
+    let t = if vec4 { "vec4<f32>" } else { "f32" };
+    let per = if vec4 {
+        "let e = wid.x * 256u + lid; o[e] = a[e];"
+    } else {
+        "for (var i = 0u; i < 8u; i++) { let e = wid.x * 2048u + i * 256u + lid; o[e] = a[e]; }"
+    };
+    format!(
+        "@group(0) @binding(0) var<storage, read> a: array<{t}>;
+@group(0) @binding(1) var<storage, read_write> o: array<{t}>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {{ {per} }}
+"
+    )
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::PRIMARY;
+    let instance = wgpu::Instance::new(desc);
+    let adapter = futures::executor::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))?;
+    let (device, queue) = futures::executor::block_on(
+        adapter.request_device(&wgpu::DeviceDescriptor { required_limits: adapter.limits(), ..Default::default() }),
+    )?;
+    println!("adapter: {} ({:?})", adapter.get_info().name, adapter.get_info().backend);
+    let elems = u64::from(N) * C as u64 * u64::from(S);
+    let buffer = |size: u64, usage: wgpu::BufferUsages| {
+        device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage, mapped_at_creation: false })
+    };
+    let bufs = [
+        buffer(elems * 4, wgpu::BufferUsages::STORAGE),
+        buffer(elems * 4, wgpu::BufferUsages::STORAGE),
+        buffer(16384, wgpu::BufferUsages::STORAGE),
+        buffer(16384, wgpu::BufferUsages::UNIFORM),
+    ];
+    let time = |src: &str, groups: (u32, u32)| -> f64 {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: None,
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: None,
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = (0u32..4)
+            .filter(|i| src.contains(&format!("@binding({i})")))
+            .map(|i| wgpu::BindGroupEntry { binding: i, resource: bufs[i as usize].as_entire_binding() })
+            .collect();
+        let group =
+            device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
+        let run = || {
+            let mut enc = device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(groups.0, groups.1, 1);
+            }
+            queue.submit([enc.finish()]);
+            let _ = device.poll(wgpu::PollType::wait_indefinitely());
+        };
+        run();
+        let mut ms: Vec<f64> = (0..15)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                run();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        ms[ms.len() / 2]
+    };
+    let e = elems as u32;
+    println!("4x21x256x256 logits, median of 15, ms:");
+    println!("  copy over vec4 (the copy probe)          {:8.3}", time(&copy(true), (e / 1024, 1)));
+    println!("  copy over f32                            {:8.3}", time(&copy(false), (e / 2048, 1)));
+    println!("  per pixel: 21 loads, one store           {:8.3}", time(&softmax(false, false), (S / 2048, N)));
+    println!("  per pixel: 21 loads, 21 stores           {:8.3}", time(&softmax(false, true), (S / 2048, N)));
+    println!("  same, an exp per logit                   {:8.3}", time(&softmax(true, true), (S / 2048, N)));
+    println!("  + 126 coefficients per thread, computed  {:8.3}", time(&coefficients("computed"), (S / 4096, N)));
+    println!("  + 126 coefficients per thread, storage   {:8.3}", time(&coefficients("storage"), (S / 4096, N)));
+    println!("  + 126 coefficients per thread, uniform   {:8.3}", time(&coefficients("uniform"), (S / 4096, N)));
+    Ok(())
+}
