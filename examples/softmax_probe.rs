@@ -6,6 +6,9 @@
 //! a uniform buffer: `cargo run --release --example softmax_probe`. On lavapipe a storage load is
 //! a loop over the SIMD lanes, so these say what a kernel's loads and stores cost before any
 //! arithmetic (see the README's lavapipe notes).
+mod probe;
+
+use probe::Probe;
 use segloss::wgpu;
 
 const C: usize = 21;
@@ -95,66 +98,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = wgpu::Backends::PRIMARY;
-    let instance = wgpu::Instance::new(desc);
-    let adapter = futures::executor::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))?;
-    let (device, queue) = futures::executor::block_on(
-        adapter.request_device(&wgpu::DeviceDescriptor { required_limits: adapter.limits(), ..Default::default() }),
-    )?;
-    println!("adapter: {} ({:?})", adapter.get_info().name, adapter.get_info().backend);
+    let probe = Probe::new()?;
     let elems = u64::from(N) * C as u64 * u64::from(S);
-    let buffer = |size: u64, usage: wgpu::BufferUsages| {
-        device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage, mapped_at_creation: false })
-    };
     let bufs = [
-        buffer(elems * 4, wgpu::BufferUsages::STORAGE),
-        buffer(elems * 4, wgpu::BufferUsages::STORAGE),
-        buffer(16384, wgpu::BufferUsages::STORAGE),
-        buffer(16384, wgpu::BufferUsages::UNIFORM),
+        probe.buffer(elems * 4, wgpu::BufferUsages::STORAGE),
+        probe.buffer(elems * 4, wgpu::BufferUsages::STORAGE),
+        probe.buffer(16384, wgpu::BufferUsages::STORAGE),
+        probe.buffer(16384, wgpu::BufferUsages::UNIFORM),
     ];
-    let time = |src: &str, groups: (u32, u32)| -> f64 {
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: None,
-            source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: None,
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        let layout = pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry> = (0u32..4)
-            .filter(|i| src.contains(&format!("@binding({i})")))
-            .map(|i| wgpu::BindGroupEntry { binding: i, resource: bufs[i as usize].as_entire_binding() })
-            .collect();
-        let group =
-            device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
-        let run = || {
-            let mut enc = device.create_command_encoder(&Default::default());
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &group, &[]);
-                pass.dispatch_workgroups(groups.0, groups.1, 1);
-            }
-            queue.submit([enc.finish()]);
-            let _ = device.poll(wgpu::PollType::wait_indefinitely());
-        };
-        run();
-        let mut ms: Vec<f64> = (0..15)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                run();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        ms.sort_by(f64::total_cmp);
-        ms[ms.len() / 2]
-    };
+    let time = |src: &str, groups: (u32, u32)| probe.time(src, "main", groups, &bufs);
     let e = elems as u32;
     println!("4x21x256x256 logits, median of 15, ms:");
     println!("  copy over vec4 (the copy probe)          {:8.3}", time(&copy(true), (e / 1024, 1)));
