@@ -1,5 +1,6 @@
-// Final reduction of the statistics pass's confusion counts: per (image, cell) the tiles' u32
-// counts added in a fixed order into a 64-bit total (low and high words), exact at any size.
+// Final reduction of the statistics pass's confusion counts: per (image, cell) the count blocks'
+// u32 counts (P.tiles: the blocks per image, stats.wgsl's cspan) added in a fixed order into a
+// 64-bit total (low and high words), exact at any size.
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> cnt: array<u32>;
@@ -7,7 +8,7 @@
 
 @compute @workgroup_size(256)
 fn count_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    // cells per (image, tile): C x C (softmax) or 2 x 2 per channel (sigmoid)
+    // cells per (image, block): C x C (softmax) or 2 x 2 per channel (sigmoid)
     let cells = select(P.c * 4u, P.c * P.c, SOFTMAX);
     let i = gid.x;
     let n = wid.y;

@@ -11,9 +11,12 @@
 @group(0) @binding(4) var<storage, read> cw: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> status: array<atomic<u32>>; // bad-input flags (VALIDATE)
-// COUNTS: per (image, tile) the confusion counts of the hard predictions, integers: softmax C x C
-// (target row, prediction column), sigmoid per channel [target][prediction] 2 x 2. Integer atomics
-// give the same counts whatever order threads run in; count_reduce.wgsl adds the tiles.
+// COUNTS: per (image, count block) the confusion counts of the hard predictions, integers:
+// softmax C x C (target row, prediction column), sigmoid per channel [target][prediction] 2 x 2.
+// A count block is `cspan` pixels of an image: a tile, or with a GPU's short tiles 2048 pixels
+// (several tiles), so that the counts' partials stay a fraction of the logits whatever the tiles,
+// and the tiles do not depend on whether the pass counts. Integer atomics give the same counts
+// whatever order threads run in; count_reduce.wgsl adds the blocks.
 @group(0) @binding(7) var<storage, read_write> cnt: array<atomic<u32>>;
 // LSE: the log-sum-exp of each non-ignored pixel, [n][s], for the gradient pass; FUSED
 // (sigmoid): d loss / d x of the fused terms at every element, [n][c][s], 0 where ignored
@@ -31,6 +34,9 @@ const PIX_SIGMOID_CPU: u32 = 64u; // sigmoid on a CPU adapter (WIDE): a quarter 
 // per-pixel label and log-sum-exp arrays): on a GPU (not WIDE) 2 to PIX, the longest tiles that
 // still give each image enough of them to hide memory latency; on a CPU adapter PIX, or with the
 // subgroup entry point up to PIX_LONG (gpu::stats_tiling). A tile is WG * pix pixels of one image.
+
+// COUNTS: pixels per count block (WG * max(pix, PIX), the host's gpu::count_span)
+var<private> cspan: u32;
 
 var<workgroup> red: array<vec4<f32>, 512>; // 4 * WG
 const RGROUPS: u32 = 8u;                    // first-level sums per channel
@@ -171,7 +177,7 @@ fn add_element(acc: ptr<function, Acc>, live: bool, tp0: Term, tp1: Term, tp2: T
 // thread, VEC4: pix / 4 quads, at tile_item), the first `rows` of them (tile_items). Branch-free per
 // element (a CPU adapter runs both sides of a branch on its lanes, masked): the reads are clamped
 // into the image, and an element outside it or ignored adds nothing.
-fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, rows: u32, lid: u32, tp0: Term, tp1: Term, tp2: Term, tp3: Term) -> Acc {
+fn sigmoid_sums(n: u32, c: u32, base: u32, pix: u32, rows: u32, lid: u32, tp0: Term, tp1: Term, tp2: Term, tp3: Term) -> Acc {
     var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     // FUSED: the fused terms, and the channel's weight of each
     let tf = fused_terms();
@@ -193,10 +199,10 @@ fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, rows: u32, lid: 
             // indexes the vectors per lane)
             let e = 4u * q;
             let d4 = vec4<f32>(
-                sigmoid_element(&acc, n, c, tile, e, inside, x4.x, w4.x, tp0, tp1, tp2, tp3, tf, cwf),
-                sigmoid_element(&acc, n, c, tile, e + 1u, inside, x4.y, w4.y, tp0, tp1, tp2, tp3, tf, cwf),
-                sigmoid_element(&acc, n, c, tile, e + 2u, inside, x4.z, w4.z, tp0, tp1, tp2, tp3, tf, cwf),
-                sigmoid_element(&acc, n, c, tile, e + 3u, inside, x4.w, w4.w, tp0, tp1, tp2, tp3, tf, cwf),
+                sigmoid_element(&acc, n, c, e, inside, x4.x, w4.x, tp0, tp1, tp2, tp3, tf, cwf),
+                sigmoid_element(&acc, n, c, e + 1u, inside, x4.y, w4.y, tp0, tp1, tp2, tp3, tf, cwf),
+                sigmoid_element(&acc, n, c, e + 2u, inside, x4.z, w4.z, tp0, tp1, tp2, tp3, tf, cwf),
+                sigmoid_element(&acc, n, c, e + 3u, inside, x4.w, w4.w, tp0, tp1, tp2, tp3, tf, cwf),
             );
             if FUSED > 0u && inside {
                 eout_set4(q, d4);
@@ -208,7 +214,7 @@ fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, rows: u32, lid: 
         let s = base + tile_item(i, lid, WG, pix);
         let inside = s < P.s;
         let e = plane + min(s, P.s - 1u);
-        let d = sigmoid_element(&acc, n, c, tile, e, inside, lg(e), tgt_at(e), tp0, tp1, tp2, tp3, tf, cwf);
+        let d = sigmoid_element(&acc, n, c, e, inside, lg(e), tgt_at(e), tp0, tp1, tp2, tp3, tf, cwf);
         if FUSED > 0u && inside {
             eout_set(e, d);
         }
@@ -218,7 +224,7 @@ fn sigmoid_sums(n: u32, c: u32, tile: u32, base: u32, pix: u32, rows: u32, lid: 
 
 // Element e of a sigmoid plane (`inside` the image), logit x and raw target word w: its checks,
 // counts and sums into `acc`; FUSED: its gradient (0 where ignored), which the caller writes.
-fn sigmoid_element(acc: ptr<function, Acc>, n: u32, c: u32, tile: u32, e: u32, inside: bool, xr: f32, w: u32, tp0: Term, tp1: Term, tp2: Term, tp3: Term, tf: array<Term, 4>, cwf: array<f32, 4>) -> f32 {
+fn sigmoid_element(acc: ptr<function, Acc>, n: u32, c: u32, e: u32, inside: bool, xr: f32, w: u32, tp0: Term, tp1: Term, tp2: Term, tp3: Term, tf: array<Term, 4>, cwf: array<f32, 4>) -> f32 {
     let tb = tword_of(w);
     if inside {
         // every element, ignored ones included
@@ -229,7 +235,8 @@ fn sigmoid_element(acc: ptr<function, Acc>, n: u32, c: u32, tile: u32, e: u32, i
     let x = select(0.0, xr, live);
     if COUNTS && live {
         let cell = select(0u, 2u, g == 1.0) + select(0u, 1u, x >= P.thr);
-        atomicAdd(&cnt[((n * P.tiles + tile) * P.c + c) * 4u + cell], 1u);
+        let blocks = (P.s + cspan - 1u) / cspan;
+        atomicAdd(&cnt[((n * blocks + (e % P.s) / cspan) * P.c + c) * 4u + cell], 1u);
     }
     var p = x;
     var q = 1.0 - x;
@@ -373,6 +380,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
     let n = select(plane / P.c, wid.y, SOFTMAX);
     let pix = select(min(SPIX, PIX_ARRAY), PIX_SIGMOID_CPU, WIDE && !SOFTMAX);
     let base = tile * WG * pix;
+    cspan = WG * max(pix, PIX);
     // the pixel-loss slots' parameters, loaded once (slot 0 stands in for absent ones)
     var tp0: Term;
     var tp1: Term;
@@ -453,7 +461,8 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                     if COUNTS {
                         // (the logits are in cache)
                         let best = argmax(n * P.c * P.s + s, P.s, P.c);
-                        atomicAdd(&cnt[(n * P.tiles + tile) * P.c * P.c + min(lab[i], P.c - 1u) * P.c + best], 1u);
+                        let blocks = (P.s + cspan - 1u) / cspan;
+                        atomicAdd(&cnt[(n * blocks + s / cspan) * P.c * P.c + min(lab[i], P.c - 1u) * P.c + best], 1u);
                     }
                     if PIXEL_ONLY && VALIDATE != 0u && !regs {
                         // the class loop below is skipped: every logit is checked here (with
@@ -497,7 +506,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
         if VEC4 {
             rows = tile_items(lid, WG, pix / 4u, (P.s - base + 3u) / 4u);
         }
-        write_partials(lid, n, tile, c, sigmoid_sums(n, c, tile, base, pix, rows, lid, tp0, tp1, tp2, tp3), nq, sg);
+        write_partials(lid, n, tile, c, sigmoid_sums(n, c, base, pix, rows, lid, tp0, tp1, tp2, tp3), nq, sg);
         flush_bad();
         return;
     }

@@ -209,6 +209,42 @@ fn gpu_counts_equal_cpu_counts_on_ties_thresholds_ignore_and_3d() {
     }
 }
 
+/// The losses of an evaluation with count metrics are those of the evaluation alone, bit for
+/// bit, and its counts the reference's: the statistics tiles do not depend on the counting. On a
+/// CPU adapter's wide tiles (on lavapipe, with subgroups, softmax takes the long tiles: 128 and
+/// 32 pixels per thread here) and on a GPU's short tiles (2 pixels per thread, whose count blocks
+/// span several tiles); a separate engine, so that no other test sees the switch.
+#[test]
+fn losses_with_metrics_equal_the_losses_alone_on_every_tiling() {
+    let engine = segloss::Engine::gpu_blocking().unwrap();
+    let info = engine.info();
+    if info.device_type == "Cpu" && info.name.contains("llvmpipe") && info.backend == "vulkan" {
+        assert!(engine.statistics_subgroup().is_some(), "{info:?}");
+    }
+    let metrics: Vec<Metric> =
+        ["counts", "confusion:reduction=none", "iou:reduction=none"].iter().map(|t| t.parse().unwrap()).collect();
+    for wide in [true, false] {
+        engine.set_wide_statistics(wide);
+        for (seed, shape, mode, text) in [
+            (11u64, vec![2usize, 4, 256, 256], Mode::Multiclass, "ce+dice"),
+            (12, vec![1, 5, 130, 131], Mode::Multiclass, "dice@monai"),
+            (13, vec![2, 1, 256, 256], Mode::Binary, "bce+dice"),
+        ] {
+            let input = tricky(seed, &shape, mode);
+            let expr: segloss::LossExpr = text.parse().unwrap();
+            let exprs = std::slice::from_ref(&expr);
+            let (losses, got) = engine.evaluate_with_metrics_blocking(&input, exprs, true, &metrics).unwrap();
+            let alone = engine.evaluate_blocking(&input, exprs, true).unwrap();
+            let what = format!("wide {wide} {shape:?} {text}");
+            assert_eq!(losses[0].value.to_bits(), alone[0].value.to_bits(), "{what}");
+            assert!(losses[0].grad == alone[0].grad, "{what}: the gradients differ");
+            for (m, g) in metrics.iter().zip(got) {
+                assert_eq!(g.unwrap(), reference::evaluate(&input, m).unwrap(), "{what} {m}");
+            }
+        }
+    }
+}
+
 #[test]
 fn running_metrics_over_batches_and_merged_runs_equal_one_batch() {
     use segloss::metrics::Running;

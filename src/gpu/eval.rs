@@ -186,14 +186,13 @@ impl Gpu {
     }
 
     /// The kernels' parameters for `inp` (its own images and pixels), whether its statistics
-    /// use the wide tiles, and their pixels per thread (`counts`: the statistics pass also counts
-    /// the hard predictions).
-    fn params_of(&self, inp: &DevInput, counts: bool) -> (Params, bool, u32) {
+    /// use the wide tiles, and their pixels per thread.
+    fn params_of(&self, inp: &DevInput) -> (Params, bool, u32) {
         // read once: the tile size and the statistics pipelines must agree
         let wide_ok = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed);
         let chunks = self.stats_chunks(wide_ok, inp.softmax);
         let long = chunks > 0 && inp.c <= crate::gpu::CREG_MAX;
-        let (wide, pix) = stats_tiling(inp.softmax, wide_ok, inp.s, counts, long);
+        let (wide, pix) = stats_tiling(inp.softmax, wide_ok, inp.s, long);
         let tiles = inp.s.div_ceil(crate::gpu::STATS_WG * pix);
         let p = Params {
             n: inp.n as u32,
@@ -270,15 +269,17 @@ impl Gpu {
     ) -> Result<(Totals, Option<Slice>), Error> {
         let (n, c) = (inp.n, inp.c);
         let softmax = inp.softmax;
-        let (mut base, wide, spix) = self.params_of(inp, counts.is_some());
+        let (mut base, wide, spix) = self.params_of(inp);
         base.thr = counts.unwrap_or(0.0);
         base.fcount = fused.map_or(0, |f| f.count);
         let tiles = base.tiles as usize;
         let pbuf = rec.uniform(&base);
         let cells = if softmax { c * c } else { c * 4 };
+        // (the blocks of the counts: stats.wgsl, cspan)
+        let blocks = inp.s.div_ceil(crate::gpu::count_span(spix as usize));
         let cnt = match counts {
             Some(_) => {
-                let s = rec.scratch((n * tiles * cells * 4) as u64, "confusion count partials")?;
+                let s = rec.scratch((n * blocks * cells * 4) as u64, "confusion count partials")?;
                 rec.clear(s);
                 s
             }
@@ -404,11 +405,13 @@ impl Gpu {
         let total = match counts {
             Some(_) => {
                 let t = rec.scratch((n * cells * 8) as u64, "confusion counts")?;
+                // (its tiles are the count blocks)
+                let pc = rec.uniform(&Params { tiles: blocks as u32, ..base });
                 rec.dispatch(
                     &shaders::COUNT_REDUCE,
                     Spec::softmax(softmax),
                     Grid::Direct(cells.div_ceil(crate::gpu::GRAD_WG) as u32, n as u32, 1),
-                    &[("P", pbuf), ("cnt", cnt), ("total", t)],
+                    &[("P", pc), ("cnt", cnt), ("total", t)],
                 )?;
                 Some(t)
             }
@@ -433,7 +436,7 @@ impl Gpu {
         status: Slice,
         key_checks: u32,
     ) -> Result<Vec<Slice>, Error> {
-        let (base, _, _) = self.params_of(inp, false);
+        let (base, _, _) = self.params_of(inp);
         let rows = self.rows(inp);
         let mut lws = Vec::new();
         for (g, (lp, ss)) in plan.lovasz.iter().zip(segsum).enumerate() {
@@ -960,7 +963,7 @@ impl Gpu {
         let mut entries: Vec<Option<Slice>> = vec![None; exprs.len()];
         for (part, lws) in parts.iter().zip(&lws) {
             let inp = part.inp;
-            let (mut base, wide, _) = self.params_of(inp, false);
+            let (mut base, wide, _) = self.params_of(inp);
             base.gn = ng as u32;
             base.img0 = part.img0 as u32;
             let total = (inp.n * c * inp.s * 4) as u64;

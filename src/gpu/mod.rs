@@ -43,9 +43,9 @@ pub(crate) const STATS_TARGET_TILES: usize = 256;
 /// The statistics tiles of images of `s` pixels: whether they are the wide tiles of a CPU adapter
 /// (`wide_ok`: the adapter wants them; on a small image too, where one tile makes the reduction
 /// pass unneeded: a CPU adapter pays per workgroup and per barrier), and the pixels per thread
-/// ([`Spec::spix`] when not wide). `counts`: the pass also writes confusion-count partials, one
-/// set per tile (C x C cells for softmax): those keep 16 pixels per thread, so that their
-/// partials stay a fraction of the logits.
+/// ([`Spec::spix`], for softmax). They do not depend on whether the pass also counts the hard
+/// predictions (its count blocks are [`count_span`] pixels), so the losses of an evaluation with
+/// metrics are those of the evaluation alone, bit for bit.
 ///
 /// `long`: the wide softmax kernel with subgroups over at most [`CREG_MAX`] classes (in registers
 /// or not: both take the same tiles, so the same sums bit for bit), whose every thread adds each
@@ -54,23 +54,32 @@ pub(crate) const STATS_TARGET_TILES: usize = 256;
 /// [`STATS_LONG_MIN_TILES`] tiles. On lavapipe, dice's statistics at 4x21x256x256 took 12.4-12.6
 /// ms with 16 pixels, 10.1 with 32, 9.2 with 64 and 8.6 with 128; at 1x21x256x256 (four tiles of
 /// 128 on two cores) 3.2 against 2.2.
-pub(crate) fn stats_tiling(softmax: bool, wide_ok: bool, s: usize, counts: bool, long: bool) -> (bool, usize) {
+pub(crate) fn stats_tiling(softmax: bool, wide_ok: bool, s: usize, long: bool) -> (bool, usize) {
     if wide_ok {
         if !softmax {
             return (true, STATS_PIX_SIGMOID_CPU);
         }
         let mut pix = STATS_PIX;
-        while long && !counts && pix < STATS_PIX_LONG && s / (STATS_WG * pix * 2) >= STATS_LONG_MIN_TILES {
+        while long && pix < STATS_PIX_LONG && s / (STATS_WG * pix * 2) >= STATS_LONG_MIN_TILES {
             pix *= 2;
         }
         return (true, pix);
     }
     let mut pix = STATS_PIX;
-    while !counts && pix > 2 && s.div_ceil(STATS_WG * pix) < STATS_TARGET_TILES {
+    while pix > 2 && s.div_ceil(STATS_WG * pix) < STATS_TARGET_TILES {
         pix /= 2;
     }
     (false, pix)
 }
+
+/// Pixels per count block of the statistics pass's confusion counts (`stats.wgsl`: cspan), for
+/// tiles of `pix` pixels per thread: a tile, or with a GPU's short tiles 2048 pixels (several
+/// tiles), so that the counts' partials (C x C cells per block for softmax) stay a fraction of
+/// the logits.
+pub(crate) fn count_span(pix: usize) -> usize {
+    STATS_WG * pix.max(STATS_PIX)
+}
+
 /// The dispatches of a sigmoid pass over `planes` (image, channel) planes, a workgroup row per
 /// plane: (first plane, rows) of each, at most `max_rows` rows apiece. Several only past a
 /// dispatch dimension (65535 rows): never a loop over the channels in a thread, which
@@ -471,28 +480,30 @@ mod tests {
     #[test]
     fn statistics_tiles_shorten_until_enough_workgroups() {
         // a CPU adapter's wide tiles, on small images too (one tile: no reduction pass)
-        assert_eq!(stats_tiling(false, true, 8192, false, false), (true, STATS_PIX_SIGMOID_CPU));
-        assert_eq!(stats_tiling(true, true, 2048, false, false), (true, STATS_PIX));
-        assert_eq!(stats_tiling(false, true, 4096, false, false), (true, STATS_PIX_SIGMOID_CPU));
-        assert_eq!(stats_tiling(true, true, 100, true, false), (true, STATS_PIX));
+        assert_eq!(stats_tiling(false, true, 8192, false), (true, STATS_PIX_SIGMOID_CPU));
+        assert_eq!(stats_tiling(true, true, 2048, false), (true, STATS_PIX));
+        assert_eq!(stats_tiling(false, true, 4096, false), (true, STATS_PIX_SIGMOID_CPU));
+        assert_eq!(stats_tiling(true, true, 100, false), (true, STATS_PIX));
         // the long softmax tiles: the longest that leave an image STATS_LONG_MIN_TILES of them
-        assert_eq!(stats_tiling(true, true, 256 * 256, false, false), (true, STATS_PIX));
-        assert_eq!(stats_tiling(true, true, 256 * 256, false, true), (true, STATS_PIX_LONG));
-        assert_eq!(stats_tiling(true, true, 1024 * 1024, false, true), (true, STATS_PIX_LONG));
-        assert_eq!(stats_tiling(true, true, 128 * 128, false, true), (true, 32));
-        assert_eq!(stats_tiling(true, true, 128 * 128 - 1, false, true), (true, 16));
-        assert_eq!(stats_tiling(true, true, 100, false, true), (true, STATS_PIX));
-        // (not sigmoid's, nor with the confusion counts)
-        assert_eq!(stats_tiling(false, true, 256 * 256, false, true), (true, STATS_PIX_SIGMOID_CPU));
-        assert_eq!(stats_tiling(true, true, 256 * 256, true, true), (true, STATS_PIX));
+        assert_eq!(stats_tiling(true, true, 256 * 256, false), (true, STATS_PIX));
+        assert_eq!(stats_tiling(true, true, 256 * 256, true), (true, STATS_PIX_LONG));
+        assert_eq!(stats_tiling(true, true, 1024 * 1024, true), (true, STATS_PIX_LONG));
+        assert_eq!(stats_tiling(true, true, 128 * 128, true), (true, 32));
+        assert_eq!(stats_tiling(true, true, 128 * 128 - 1, true), (true, 16));
+        assert_eq!(stats_tiling(true, true, 100, true), (true, STATS_PIX));
+        // (not sigmoid's)
+        assert_eq!(stats_tiling(false, true, 256 * 256, true), (true, STATS_PIX_SIGMOID_CPU));
         // on a GPU the longest tiles that still give STATS_TARGET_TILES per image
-        assert_eq!(stats_tiling(false, false, 8191, false, false), (false, 2));
-        assert_eq!(stats_tiling(true, false, 256 * 256, false, false), (false, 2));
-        assert_eq!(stats_tiling(true, false, 256 * 512, false, false), (false, 4));
-        assert_eq!(stats_tiling(false, false, 512 * 512, false, false), (false, 8));
-        assert_eq!(stats_tiling(false, false, 1024 * 1024, false, false), (false, 16));
-        // confusion counts keep 16
-        assert_eq!(stats_tiling(true, false, 256 * 256, true, false), (false, 16));
+        assert_eq!(stats_tiling(false, false, 8191, false), (false, 2));
+        assert_eq!(stats_tiling(true, false, 256 * 256, false), (false, 2));
+        assert_eq!(stats_tiling(true, false, 256 * 512, false), (false, 4));
+        assert_eq!(stats_tiling(false, false, 512 * 512, false), (false, 8));
+        assert_eq!(stats_tiling(false, false, 1024 * 1024, false), (false, 16));
+        // count blocks: a tile of 16 pixels per thread or more, else 2048 pixels
+        assert_eq!(count_span(2), 2048);
+        assert_eq!(count_span(STATS_PIX), 2048);
+        assert_eq!(count_span(STATS_PIX_SIGMOID_CPU), STATS_WG * STATS_PIX_SIGMOID_CPU);
+        assert_eq!(count_span(STATS_PIX_LONG), STATS_WG * STATS_PIX_LONG);
     }
 
     #[test]
@@ -576,9 +587,9 @@ mod tests {
         assert!(softmax_stats_steps(1237, STATS_PIX, false, false, false, 0, true) > CPU_LOOP_LIMIT);
         // a usual class count is far from it
         assert!(softmax_stats_steps(182, STATS_PIX, false, true, true, 2, false) < CPU_LOOP_LIMIT / 2);
-        // the long tiles (at most CREG_MAX classes, no counts) stay within it with every walk
+        // the long tiles (at most CREG_MAX classes) stay within it with every walk
         assert!(
-            softmax_stats_steps(CREG_MAX, STATS_PIX_LONG, false, true, false, crate::plan::MAX_PIXEL_SLOTS, true)
+            softmax_stats_steps(CREG_MAX, STATS_PIX_LONG, false, true, true, crate::plan::MAX_PIXEL_SLOTS, true)
                 <= CPU_LOOP_LIMIT
         );
     }
