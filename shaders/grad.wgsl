@@ -26,8 +26,8 @@
 
 const GWG: u32 = 256u;
 // A thread takes GPIX pixels (VEC4: quads), an override: 4 on a GPU; on a CPU adapter 16 for
-// sigmoid, 8 for softmax (4 with Lovász; see gpu::grad_pix); a workgroup covers GWG * GPIX of one
-// image. The per-pixel arrays hold the most.
+// sigmoid, for softmax 16 with the classes in registers, else 8 (4 with Lovász; see
+// gpu::grad_pix); a workgroup covers GWG * GPIX of one image. The per-pixel arrays hold the most.
 const GPIX_MAX: u32 = 16u;
 const NCOEF: u32 = 6u;
 

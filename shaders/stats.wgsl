@@ -24,10 +24,11 @@
 
 const WG: u32 = 128u;   // threads per workgroup
 const PIX: u32 = 16u;             // pixels per thread at most on a GPU; softmax on a CPU adapter
-                                  // (WIDE) without subgroups or past CREG_MAX classes
+                                  // (WIDE) but on the long tiles (PIX_LONG)
 const PIX_LONG: u32 = 128u;       // softmax on a CPU adapter with subgroups, at most CREG_MAX
-                                  // classes: up to this many (each thread's sums of each class
-                                  // cost a subgroupAdd per channel, which long tiles share out)
+                                  // classes, images of 16384 pixels or more: up to this many
+                                  // (each thread's sums of each class cost a subgroupAdd per
+                                  // channel, which long tiles share out)
 const PIX_SIGMOID_CPU: u32 = 64u; // sigmoid on a CPU adapter (WIDE): a quarter of the reductions and
                                   // barriers, which a CPU adapter pays for most
 // Softmax takes SPIX pixels per thread (at most PIX_ARRAY, the entry point's size of the

@@ -373,6 +373,8 @@ impl Gpu {
             } else {
                 &shaders::STATS
             };
+            // (the long tiles only with the subgroup entry point, whose per-pixel arrays hold them)
+            debug_assert!(spix as usize <= crate::gpu::STATS_PIX || base.chunks > 0 || !softmax);
             for &(plane0, count) in &rows {
                 let pr = rec.uniform(&Params { plane0, ..base });
                 rec.dispatch(

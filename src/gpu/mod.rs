@@ -118,6 +118,8 @@ pub(crate) const GRAD_PIX_SOFTMAX_CPU: usize = 8;
 /// is their holding more than their loads: a build made to measure that loaded them through one
 /// lane of each subgroup (a load per vector instead of per lane) was no faster.
 pub(crate) const GRAD_PIX_SOFTMAX_REGS: usize = 16;
+// (the per-pixel arrays of `grad.wgsl` hold GRAD_PIX_MAX)
+const _: () = assert!(GRAD_PIX_SOFTMAX_REGS <= GRAD_PIX_MAX && GRAD_PIX_SOFTMAX_CPU <= GRAD_PIX_MAX);
 
 /// Pixels per gradient thread: on a GPU [`GRAD_PIX`]; on a CPU adapter (`wide`) [`GRAD_PIX_MAX`]
 /// (quads, over quads) for sigmoid, and for softmax without Lovász [`GRAD_PIX_SOFTMAX_REGS`] with
@@ -352,7 +354,7 @@ pub(crate) struct Spec {
     /// A CPU adapter: the statistics' wide sigmoid tiles, and every thread's pixels in runs (the
     /// statistics and gradient passes; `tile_item` in `common.wgsl`).
     pub wide: bool,
-    /// Statistics, not wide: pixels per thread.
+    /// Statistics: pixels per thread (softmax, and sigmoid not wide; [`stats_tiling`]).
     pub spix: u32,
     /// Softmax: the statistics pass keeps each pixel's log-sum-exp, the gradient pass reads it.
     pub lse: bool,
@@ -368,7 +370,7 @@ pub(crate) struct Spec {
     pub tp_min: bool,
     /// Statistics, sigmoid: pixel terms whose gradient the pass writes (see [`eval::FusedGrad`]).
     pub fused: u32,
-    /// Gradient: pixels (quads over quads) per thread, [`GRAD_PIX`] or [`GRAD_PIX_MAX`].
+    /// Gradient: pixels (quads over quads) per thread, at most [`GRAD_PIX_MAX`] ([`grad_pix`]).
     pub gpix: u32,
     /// Softmax on a CPU adapter: the class count, when at most [`CREG_MAX`] (0 otherwise).
     pub creg: u32,
@@ -507,6 +509,20 @@ mod tests {
     }
 
     #[test]
+    fn gradient_pixels_per_thread() {
+        // a GPU
+        assert_eq!(grad_pix(false, true, false, true, 21, 1), GRAD_PIX);
+        assert_eq!(grad_pix(false, false, false, false, 1, 1), GRAD_PIX);
+        // a CPU adapter: sigmoid, softmax with the classes in registers, in memory, with Lovász
+        assert_eq!(grad_pix(true, false, true, false, 1, 1), GRAD_PIX_MAX);
+        assert_eq!(grad_pix(true, true, false, true, 21, 2), GRAD_PIX_SOFTMAX_REGS);
+        assert_eq!(grad_pix(true, true, false, false, 21, 2), GRAD_PIX_SOFTMAX_CPU);
+        assert_eq!(grad_pix(true, true, true, true, 21, 2), GRAD_PIX);
+        // past half of llvmpipe's loop limit, the walks in memory take the fewest
+        assert_eq!(grad_pix(true, true, false, false, 3000, 1), GRAD_PIX);
+    }
+
+    #[test]
     fn finalize_ops_share_a_dispatch_within_the_loop_budget() {
         use crate::plan::{op, Op};
         let pixel = Op { kind: op::BCE, ..Op::default() };
@@ -587,6 +603,11 @@ mod tests {
         assert!(softmax_stats_steps(1237, STATS_PIX, false, false, false, 0, true) > CPU_LOOP_LIMIT);
         // a usual class count is far from it
         assert!(softmax_stats_steps(182, STATS_PIX, false, true, true, 2, false) < CPU_LOOP_LIMIT / 2);
+        // more pixels per thread, more steps
+        assert!(
+            softmax_stats_steps(21, 32, false, true, false, 0, false)
+                > softmax_stats_steps(21, 16, false, true, false, 0, false)
+        );
         // the long tiles (at most CREG_MAX classes) stay within it with every walk
         assert!(
             softmax_stats_steps(CREG_MAX, STATS_PIX_LONG, false, true, true, crate::plan::MAX_PIXEL_SLOTS, true)
