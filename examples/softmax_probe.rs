@@ -2,8 +2,9 @@
 //! 4x21x256x256 batch (22 MB): the copy probe's copy over vec4 and over f32, a thread per pixel
 //! reading each of its 21 logits (one store per pixel, then a store per logit, then with an `exp`
 //! per logit), and the same pass with 6 per-class coefficients per thread (126 values, as the
-//! softmax gradient's region coefficients) computed, loaded from a storage buffer, or loaded from
-//! a uniform buffer: `cargo run --release --example softmax_probe`. On lavapipe a storage load is
+//! softmax gradient's region coefficients) computed, loaded from a storage buffer, from a uniform
+//! buffer, or (where the device has subgroup operations) by one lane of each subgroup and
+//! broadcast: `cargo run --release --example softmax_probe`. On lavapipe a storage load is
 //! a loop over the SIMD lanes, so these say what a kernel's loads and stores cost before any
 //! arithmetic (see the README's lavapipe notes).
 mod probe;
@@ -60,6 +61,15 @@ fn coefficients(source: &str) -> String {
     let extra = match source {
         "storage" => "@group(0) @binding(2) var<storage, read> cs: array<f32>;\n",
         "uniform" => "@group(0) @binding(3) var<uniform> cu: array<vec4<f32>, 1024>;\n",
+        // the first active lane of each subgroup loads, the others take its value
+        "broadcast" => concat!(
+            "@group(0) @binding(2) var<storage, read> cs: array<f32>;\n",
+            "fn bc(i: u32, me: u32) -> f32 {\n",
+            "  var v = 0.0;\n",
+            "  if subgroupBroadcastFirst(me) == me { v = cs[i]; }\n",
+            "  return subgroupBroadcastFirst(v);\n",
+            "}\n"
+        ),
         _ => "",
     };
     let mut pro = String::new();
@@ -69,6 +79,7 @@ fn coefficients(source: &str) -> String {
             let v = match source {
                 "storage" => format!("cs[{idx}]"),
                 "uniform" => format!("cu[({idx}) / 4u][({idx}) % 4u]"),
+                "broadcast" => format!("bc({idx}, lid)"),
                 _ => format!("f32({idx})"),
             };
             pro += &format!("  let c{k}_{j} = {v};\n");
@@ -117,5 +128,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  + 126 coefficients per thread, computed  {:8.3}", time(&coefficients("computed"), (S / 4096, N)));
     println!("  + 126 coefficients per thread, storage   {:8.3}", time(&coefficients("storage"), (S / 4096, N)));
     println!("  + 126 coefficients per thread, uniform   {:8.3}", time(&coefficients("uniform"), (S / 4096, N)));
+    if probe.subgroups {
+        println!("  + 126 coefficients per thread, one lane  {:8.3}", time(&coefficients("broadcast"), (S / 4096, N)));
+    }
     Ok(())
 }

@@ -5,20 +5,26 @@ use segloss::wgpu;
 pub struct Probe {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
+    /// Whether the device has subgroup operations (asked for where the adapter has them).
+    #[allow(dead_code)]
+    pub subgroups: bool,
 }
 
 impl Probe {
-    /// The default adapter's device with the adapter's limits.
+    /// The default adapter's device with the adapter's limits (and its subgroup operations).
     pub fn new() -> Result<Probe, Box<dyn std::error::Error>> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = wgpu::Backends::PRIMARY;
         let instance = wgpu::Instance::new(desc);
         let adapter = futures::executor::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))?;
-        let (device, queue) = futures::executor::block_on(
-            adapter.request_device(&wgpu::DeviceDescriptor { required_limits: adapter.limits(), ..Default::default() }),
-        )?;
+        let features = adapter.features() & wgpu::Features::SUBGROUP;
+        let (device, queue) = futures::executor::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            required_limits: adapter.limits(),
+            required_features: features,
+            ..Default::default()
+        }))?;
         println!("adapter: {} ({:?})", adapter.get_info().name, adapter.get_info().backend);
-        Ok(Probe { device, queue })
+        Ok(Probe { device, queue, subgroups: !features.is_empty() })
     }
 
     /// A buffer of `size` bytes for `usage`.
