@@ -39,6 +39,11 @@ const PIX_SIGMOID_CPU: u32 = 64u; // sigmoid on a CPU adapter (WIDE): a quarter 
 // COUNTS: pixels per count block (WG * max(pix, PIX), the host's gpu::count_span)
 var<private> cspan: u32;
 
+// COUNTS: the count block of pixel s of image n, among the image's (P.s / cspan, rounded up).
+fn count_block(n: u32, s: u32) -> u32 {
+    return n * ((P.s + cspan - 1u) / cspan) + s / cspan;
+}
+
 var<workgroup> red: array<vec4<f32>, 512>; // 4 * WG
 const RGROUPS: u32 = 8u;                    // first-level sums per channel
 const RSPAN: u32 = 16u;                     // lanes each adds: WG / RGROUPS
@@ -236,8 +241,7 @@ fn sigmoid_element(acc: ptr<function, Acc>, n: u32, c: u32, e: u32, inside: bool
     let x = select(0.0, xr, live);
     if COUNTS && live {
         let cell = select(0u, 2u, g == 1.0) + select(0u, 1u, x >= P.thr);
-        let blocks = (P.s + cspan - 1u) / cspan;
-        atomicAdd(&cnt[((n * blocks + (e % P.s) / cspan) * P.c + c) * 4u + cell], 1u);
+        atomicAdd(&cnt[(count_block(n, e % P.s) * P.c + c) * 4u + cell], 1u);
     }
     var p = x;
     var q = 1.0 - x;
@@ -462,8 +466,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                     if COUNTS {
                         // (the logits are in cache)
                         let best = argmax(n * P.c * P.s + s, P.s, P.c);
-                        let blocks = (P.s + cspan - 1u) / cspan;
-                        atomicAdd(&cnt[(n * blocks + s / cspan) * P.c * P.c + min(lab[i], P.c - 1u) * P.c + best], 1u);
+                        atomicAdd(&cnt[count_block(n, s) * P.c * P.c + min(lab[i], P.c - 1u) * P.c + best], 1u);
                     }
                     if PIXEL_ONLY && VALIDATE != 0u && !regs {
                         // the class loop below is skipped: every logit is checked here (with

@@ -51,9 +51,10 @@ pub(crate) const STATS_TARGET_TILES: usize = 256;
 /// or not: both take the same tiles, so the same sums bit for bit), whose every thread adds each
 /// class's sums across its subgroup (a `subgroupAdd` per channel, which llvmpipe runs lane by
 /// lane): its threads take 16 to [`STATS_PIX_LONG`] pixels, the most that leave an image
-/// [`STATS_LONG_MIN_TILES`] tiles. On lavapipe, dice's statistics at 4x21x256x256 took 12.4-12.6
-/// ms with 16 pixels, 10.1 with 32, 9.2 with 64 and 8.6 with 128; at 1x21x256x256 (four tiles of
-/// 128 on two cores) 3.2 against 2.2.
+/// [`STATS_LONG_MIN_TILES`] tiles. On lavapipe (`segloss bench --shape 4x21x256x256 --loss dice
+/// --profile --iters 9`, builds with the pixels per thread fixed at each value, alternated, three
+/// rounds), dice's statistics took 12.4-12.6 ms with 16 pixels, 10.1 with 32, 9.2 with 64 and 8.6
+/// with 128; at `--shape 1x21x256x256` (four tiles of 128 on two cores) 3.2 against 2.2.
 pub(crate) fn stats_tiling(softmax: bool, wide_ok: bool, s: usize, long: bool) -> (bool, usize) {
     if wide_ok {
         if !softmax {
@@ -113,8 +114,9 @@ pub(crate) const GRAD_PIX_MAX: usize = 16;
 pub(crate) const GRAD_PIX_SOFTMAX_CPU: usize = 8;
 /// Pixels per thread of the softmax gradient with the classes in registers (`grad_regs.wgsl`),
 /// without Lovász: each thread loads each class's coefficients once and holds them across its
-/// pixels, which 16 share. On lavapipe at 4x21x256x256, dice's gradient took 13.8-14.9 ms against
-/// 16.4-17.4 with 8, and 12.8-13.6 with 32 (beyond [`GRAD_PIX_MAX`]). What the coefficients cost
+/// pixels, which 16 share. On lavapipe (`segloss bench --shape 4x21x256x256 --loss dice --profile
+/// --iters 9`, builds with this constant at each value, alternated, three rounds), dice's gradient
+/// took 13.8-14.9 ms against 16.4-17.4 with 8, and 12.8-13.6 with 32 (beyond [`GRAD_PIX_MAX`]). What the coefficients cost
 /// is their holding more than their loads: a build made to measure that loaded them through one
 /// lane of each subgroup (a load per vector instead of per lane) was no faster.
 pub(crate) const GRAD_PIX_SOFTMAX_REGS: usize = 16;
