@@ -21,6 +21,9 @@ override SENSSPEC: bool = false; // accumulate the sensitivity/specificity sums
 override LOVASZ: u32 = 0u;       // gradient: 0 no Lovász term, 1 one group over the batch, 2 per image
 override VALIDATE: u32 = 0u;     // statistics, Lovász key passes: checks of buffer inputs (V_* bits, checks.wgsl), reported in `status`
 override REGION: bool = true;    // gradient: region coefficients present
+override SLOPE: bool = true;     // gradient, softmax: some region term's d loss / d p depends on p (squared
+                                 // denominators, sensitivity/specificity); without, the lines of
+                                 // ClassCoefs::oh are constants
 override ACCUM: bool = false;    // gradient: add to the output instead of overwriting it
 override WIDE: bool = false;     // a CPU adapter: the statistics' wide sigmoid tiles (PIX_SIGMOID_CPU), and
                                  // every thread's items in runs (tile_item)

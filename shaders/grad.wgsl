@@ -160,7 +160,10 @@ fn softmax_dp_w(k: ClassCoefs, w: f32, p: f32, g: f32) -> f32 {
     var u = 0.0;
     if REGION {
         let hot = g != 0.0;
-        u = select(k.oh.x, k.oh.z, hot) + select(k.oh.y, k.oh.w, hot) * p;
+        u = select(k.oh.x, k.oh.z, hot);
+        if SLOPE {
+            u += select(k.oh.y, k.oh.w, hot) * p;
+        }
     }
     if LOVASZ != 0u {
         // d |g - p| / d p = sign(p - g), 0 where the error is 0

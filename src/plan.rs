@@ -344,6 +344,10 @@ pub(crate) struct BlockLayout {
     pub len: usize,
     /// Whether any term has region coefficients (region losses, sensspec).
     pub region: bool,
+    /// Whether some region term's d loss / d p depends on p: a squared denominator (d/dSPP) or
+    /// sensitivity/specificity (d/dSS1, d/dSS2). Without, every other coefficient is a
+    /// constant per (image, class), and the gradient kernels skip the slope.
+    pub slope: bool,
 }
 
 impl BlockLayout {
@@ -351,10 +355,19 @@ impl BlockLayout {
         let mut pix = Vec::new();
         let mut lov: Vec<(usize, usize, usize)> = Vec::new();
         let mut region = false;
+        let mut slope = false;
         for (i, t) in expr.terms.iter().enumerate() {
             match &t.loss {
                 Loss::Bce(_) | Loss::Ce(_) | Loss::Focal(_) => pix.push((i, plan.slot_of(&t.loss, c))),
-                Loss::Region(_) | Loss::SensSpec(_) => region = true,
+                Loss::Region(r) => {
+                    region = true;
+                    slope |=
+                        matches!(r.kind, RegionKind::Dice { squared: true } | RegionKind::Jaccard { squared: true });
+                }
+                Loss::SensSpec(_) => {
+                    region = true;
+                    slope = true;
+                }
                 Loss::Lovasz(p) => {
                     let g = plan.lovasz_of(p);
                     if !lov.iter().any(|l| l.0 == g) {
@@ -369,7 +382,7 @@ impl BlockLayout {
             l.1 = len;
             len += l.2;
         }
-        BlockLayout { pix, lov, region_base, len, region }
+        BlockLayout { pix, lov, region_base, len, region, slope }
     }
 }
 

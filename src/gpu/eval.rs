@@ -1059,6 +1059,7 @@ impl Gpu {
                         nterms: if first { terms.len() as u32 } else { 0 },
                         lovasz: lp.map_or(0, |(g, _)| 1 + u32::from(plan.lovasz[g].per_image)),
                         region: first && l.region,
+                        slope: l.slope,
                         accum: accumulate || !first,
                         probs: part.inp.probs,
                         unreduced: first && unr,

@@ -352,6 +352,9 @@ pub(crate) struct Spec {
     pub lovasz: u32,
     pub validate: u32,
     pub region: bool,
+    /// Gradient, softmax: some region term's d loss / d p depends on p (`plan::BlockLayout`'s
+    /// `slope`).
+    pub slope: bool,
     pub accum: bool,
     /// A CPU adapter: the statistics' wide sigmoid tiles, and every thread's pixels in runs (the
     /// statistics and gradient passes; `tile_item` in `common.wgsl`).
@@ -388,6 +391,7 @@ impl Default for Spec {
             lovasz: 0,
             validate: 0,
             region: true,
+            slope: true,
             accum: false,
             wide: false,
             spix: STATS_PIX as u32,
@@ -409,7 +413,7 @@ impl Spec {
         Spec { softmax, ..Spec::default() }
     }
 
-    pub fn constants(&self) -> [(&'static str, f64); 19] {
+    pub fn constants(&self) -> [(&'static str, f64); 20] {
         [
             ("SOFTMAX", f64::from(u8::from(self.softmax))),
             ("KINDS", f64::from(self.kinds)),
@@ -418,6 +422,7 @@ impl Spec {
             ("LOVASZ", f64::from(self.lovasz)),
             ("VALIDATE", f64::from(self.validate)),
             ("REGION", f64::from(u8::from(self.region))),
+            ("SLOPE", f64::from(u8::from(self.slope))),
             ("ACCUM", f64::from(u8::from(self.accum))),
             ("WIDE", f64::from(u8::from(self.wide))),
             ("PIXEL_ONLY", f64::from(u8::from(self.pixel_only))),
