@@ -118,7 +118,9 @@ pub(crate) const GRAD_PIX_SOFTMAX_CPU: usize = 8;
 /// --iters 9`, builds with this constant at each value, alternated, three rounds), dice's gradient
 /// took 13.8-14.9 ms against 16.4-17.4 with 8, and 12.8-13.6 with 32 (beyond [`GRAD_PIX_MAX`]). What the coefficients cost
 /// is their holding more than their loads: a build made to measure that loaded them through one
-/// lane of each subgroup (a load per vector instead of per lane) was no faster.
+/// lane of each subgroup (a load per vector instead of per lane) was no faster. With two
+/// coefficients per class (dice, without the lines' slope: `SLOPE`), 32 took 11.9-13.2 ms
+/// against 12.3-12.5 with 16, and 64 13.0-13.1.
 pub(crate) const GRAD_PIX_SOFTMAX_REGS: usize = 16;
 // (the per-pixel arrays of `grad.wgsl` hold GRAD_PIX_MAX)
 const _: () = assert!(GRAD_PIX_SOFTMAX_REGS <= GRAD_PIX_MAX && GRAD_PIX_SOFTMAX_CPU <= GRAD_PIX_MAX);
