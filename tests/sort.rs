@@ -102,10 +102,10 @@ fn runs_of_equal_high_bits_sort_like_a_stable_cpu_sort() {
         while keys.len() < segs * len {
             let high = (rng.below(1 << 24) as u32) << 8;
             let (run, ordered) = match rng.below(10) {
-                0 => (1 + rng.below(3000) as usize, true),
+                0 => (1 + rng.below(3000), true),
                 1 => (32, false),
                 2 => (33, true),
-                _ => (1 + rng.below(32) as usize, false),
+                _ => (1 + rng.below(32), false),
             };
             // (a third of the runs with many ties)
             let spread = if rng.below(3) == 0 { 3 } else { 256 };
