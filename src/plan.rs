@@ -345,8 +345,10 @@ pub(crate) struct BlockLayout {
     /// Whether any term has region coefficients (region losses, sensspec).
     pub region: bool,
     /// Whether some region term's d loss / d p depends on p: a squared denominator (d/dSPP) or
-    /// sensitivity/specificity (d/dSS1, d/dSS2). Without, every other coefficient is a
-    /// constant per (image, class), and the gradient kernels skip the slope.
+    /// sensitivity/specificity (d/dSS1, d/dSS2). Without, those three coefficients are 0, so d
+    /// loss / d p at a one-hot target is constant in p and the softmax gradient skips the slope
+    /// (the device finalize writes d/dSPP only for `F_SQUARED` ops, d/dSS1 and d/dSS2 only for
+    /// sensspec; `finalize` checks it in debug builds).
     pub slope: bool,
 }
 

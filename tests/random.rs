@@ -369,6 +369,38 @@ fn large_multiclass_and_64_classes_match_reference() {
     }
 }
 
+/// Expressions whose region lines have a slope (squared denominators, sensspec) and others, in one
+/// evaluation: each expression's gradient pass takes its own (`SLOPE`), beside Lovász-Softmax too;
+/// on an input large enough for the class registers of CPU adapters and on a small one.
+#[test]
+fn region_lines_with_and_without_slope_match_reference() {
+    let mut rng = Rng(6);
+    for shape in [vec![1, 21, 224, 224], vec![2, 5, 9, 11]] {
+        let (n, c) = (shape[0], shape[1]);
+        let s: usize = shape[2..].iter().product();
+        let logits: Vec<f32> = (0..n * c * s).map(|_| (rng.normal() * 3.0) as f32).collect();
+        let target = Target::Labels(Cow::Owned((0..n * s).map(|_| rng.below(c) as i64).collect()));
+        let b = Batch {
+            what: format!("multiclass {shape:?}"),
+            shape,
+            mode: Mode::Multiclass,
+            logits,
+            target,
+            ignore: None,
+            kind: InputKind::Logits,
+        };
+        let texts = [
+            "dice",
+            "dice+jaccard:squared=true",
+            "dice:squared=true+lovasz",
+            "sensspec+lovasz",
+            "tversky:alpha=0.3,beta=0.7+ce",
+            "dice@monai:squared=true",
+        ];
+        compare(&b, &texts.iter().map(|t| t.parse().unwrap()).collect::<Vec<_>>());
+    }
+}
+
 /// The sigmoid statistics, gradient and hinge key passes run a workgroup row per (image, channel)
 /// plane; more planes than a dispatch dimension holds (65535 rows) take several dispatches: both
 /// against the reference, all expressions in one evaluation.

@@ -100,7 +100,7 @@ fn specializations(k: &Kernel) -> Vec<naga::back::PipelineConstants> {
         c.insert("GPIX".to_string(), 16.0);
         // the long statistics tiles (gpu::STATS_PIX_LONG)
         c.insert("SPIX".to_string(), shared("PIX_LONG") as f64);
-        // region terms whose d loss / d p is constant in p (no squared denominator, no sensspec)
+        // the softmax region lines with their slope (21 classes) and without (the others)
         c.insert("SLOPE".to_string(), f64::from(u8::from(creg == 21)));
         out.push(c);
     }

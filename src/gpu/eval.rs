@@ -1059,7 +1059,8 @@ impl Gpu {
                         nterms: if first { terms.len() as u32 } else { 0 },
                         lovasz: lp.map_or(0, |(g, _)| 1 + u32::from(plan.lovasz[g].per_image)),
                         region: first && l.region,
-                        slope: l.slope,
+                        // (read only by the softmax region lines: elsewhere one pipeline)
+                        slope: softmax && first && l.region && l.slope,
                         accum: accumulate || !first,
                         probs: part.inp.probs,
                         unreduced: first && unr,
