@@ -348,7 +348,7 @@ pub(crate) struct BlockLayout {
     /// sensitivity/specificity (d/dSS1, d/dSS2). Without, those three coefficients are 0, so d
     /// loss / d p at a one-hot target is constant in p and the softmax gradient skips the slope
     /// (the device finalize writes d/dSPP only for `F_SQUARED` ops, d/dSS1 and d/dSS2 only for
-    /// sensspec; `finalize` checks it in debug builds).
+    /// sensspec; the twin test of the device finalize holds them to 0, `src/twin.rs`).
     pub slope: bool,
 }
 

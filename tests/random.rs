@@ -77,6 +77,13 @@ struct Batch {
     kind: InputKind,
 }
 
+impl Batch {
+    /// A batch of logits named by its mode and shape.
+    fn logits(shape: Vec<usize>, mode: Mode, logits: Vec<f32>, target: Target<'static>, ignore: Option<i64>) -> Batch {
+        Batch { what: format!("{mode} {shape:?}"), shape, mode, logits, target, ignore, kind: InputKind::Logits }
+    }
+}
+
 /// A random batch; `kind` picks the target's character.
 fn batch(rng: &mut Rng, mode: Mode, kind: usize) -> Batch {
     let n = 1 + rng.below(5);
@@ -358,8 +365,7 @@ fn large_multiclass_and_64_classes_match_reference() {
         } else {
             Target::Dense(Cow::Owned((0..n * c * s).map(|_| (rng.below(20) == 0) as u8 as f32).collect()))
         };
-        let b =
-            Batch { what: format!("{mode} {shape:?}"), shape, mode, logits, target, ignore, kind: InputKind::Logits };
+        let b = Batch::logits(shape, mode, logits, target, ignore);
         let texts: &[&str] = if mode == Mode::Multiclass {
             &["ce", "dice", "focal:act=softmax", "gdice@monai", "0.8*ce+0.2*tversky:gamma=2"]
         } else {
@@ -380,15 +386,7 @@ fn region_lines_with_and_without_slope_match_reference() {
         let s: usize = shape[2..].iter().product();
         let logits: Vec<f32> = (0..n * c * s).map(|_| (rng.normal() * 3.0) as f32).collect();
         let target = Target::Labels(Cow::Owned((0..n * s).map(|_| rng.below(c) as i64).collect()));
-        let b = Batch {
-            what: format!("multiclass {shape:?}"),
-            shape,
-            mode: Mode::Multiclass,
-            logits,
-            target,
-            ignore: None,
-            kind: InputKind::Logits,
-        };
+        let b = Batch::logits(shape, Mode::Multiclass, logits, target, None);
         let texts = [
             "dice",
             "dice+jaccard:squared=true",
@@ -414,15 +412,7 @@ fn more_channel_planes_than_workgroup_rows_match_reference() {
         let target = Target::Dense(Cow::Owned(
             (0..n * c * s).map(|_| if rng.below(9) == 0 { -1.0 } else { (rng.below(4) == 0) as u8 as f32 }).collect(),
         ));
-        let b = Batch {
-            what: format!("multilabel {shape:?}"),
-            shape,
-            mode: Mode::Multilabel,
-            logits,
-            target,
-            ignore: Some(-1),
-            kind: InputKind::Logits,
-        };
+        let b = Batch::logits(shape, Mode::Multilabel, logits, target, Some(-1));
         let texts = [
             "bce:pos_weight=3,reduction=none",
             "dice",
