@@ -438,3 +438,35 @@ fn metrics_of_probabilities_threshold_the_probabilities() {
         }
     }
 }
+
+/// `percentile=0` is MONAI's "no percentile": the maximum, not the smallest distance. The
+/// expected value is MONAI 1.6.1's `HausdorffDistanceMetric(percentile=0)` (and with
+/// `directed=True`) on this input, 4.2426405 (float32), which is also its value without a
+/// percentile; the p-th percentile with linear interpolation at p = 0 would be 0 here.
+#[test]
+fn hd_percentile_zero_is_the_maximum_as_in_monai() {
+    let engine = common::gpu();
+    // a 6x6 square predicted against a 4x4 target square overlapping its corner
+    let mut logits = vec![-1.0f32; 100];
+    let mut target = vec![0.0f32; 100];
+    for y in 0..10 {
+        for x in 0..10 {
+            if (3..9).contains(&y) && (3..9).contains(&x) {
+                logits[y * 10 + x] = 1.0;
+            }
+            if (2..6).contains(&y) && (2..6).contains(&x) {
+                target[y * 10 + x] = 1.0;
+            }
+        }
+    }
+    let input = Input::dense(&logits, &target, &[1, 1, 10, 10], Mode::Binary).unwrap();
+    let monai = 4.242_640_5;
+    for text in ["hd@monai:percentile=0", "hd@monai:percentile=0,directed=true", "hd@monai"] {
+        let m: Metric = text.parse().unwrap();
+        let (_, got) = engine.evaluate_with_metrics_blocking(&input, &[], false, std::slice::from_ref(&m)).unwrap();
+        let got = got[0].as_ref().unwrap().value.unwrap();
+        assert!(close(got, monai, "distance"), "{text}: {got} against MONAI's {monai}");
+        let cpu = reference::evaluate(&input, &m).unwrap().value.unwrap();
+        assert!(close(cpu, monai, "distance"), "{text} (reference): {cpu} against MONAI's {monai}");
+    }
+}

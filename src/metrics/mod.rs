@@ -198,7 +198,7 @@ pub struct Metric {
     pub absent_weight: AbsentWeight,
     /// Surface metrics: the voxel size per axis (one number for all).
     pub spacing: Vec<f64>,
-    /// `hd`: this percentile instead of the maximum.
+    /// `hd`: this percentile instead of the maximum (`percentile=0` is the maximum, as in MONAI).
     pub percentile: Option<f64>,
     /// `hd`: prediction to target only.
     pub directed: bool,
@@ -514,7 +514,9 @@ impl FromStr for Metric {
                     if !(0.0..=100.0).contains(&p) {
                         return Err(merr(text, format!("percentile={v}: must be in [0, 100]")));
                     }
-                    m.percentile = Some(p);
+                    // MONAI's HausdorffDistanceMetric takes a percentile of 0 as none (`if not
+                    // percentile`): the maximum
+                    m.percentile = (p != 0.0).then_some(p);
                 }
                 "tolerance" => {
                     let t = numbers(text, key, v)?;
