@@ -1807,3 +1807,108 @@ fn a_cross_entropy_gradient_comes_from_the_statistics_pass() {
     case.labels.fill(255);
     assert_matches_reference(engine, &case, &parse(&["ce", "ce:label_smoothing=0.1"]), "every pixel ignored");
 }
+
+/// smp's `intersection=min` (`TP = (sum p + sum g - sum |p - g|) / 2`) at probabilities equal to
+/// their labels (exactly 0 or 1): autograd's `d|x|` is sign(x), 0 at 0, so `d TP / d p` is 1/2
+/// there, not the product's `g`. The expected values and gradients are smp 0.6.0's, in float64
+/// (`DiceLoss`, `JaccardLoss`, `TverskyLoss(alpha=0.3, beta=0.7)`, `from_logits=False`; binary,
+/// and multiclass with one-hot rows, an all-zero pixel and soft ones); the device (sigmoid and
+/// softmax kernels, and the one-hot lines of the latter) and the reference both.
+#[test]
+fn min_intersection_takes_half_the_slope_where_probabilities_equal_their_labels() {
+    let engine = Engine::gpu_blocking().unwrap();
+    let g = [1.0f32, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0];
+    let p = [1.0f32, 0.0, 0.7, 0.2, 0.4, 0.0, 1.0, 1.0];
+    let binary = Input::dense_probs(&p, &g, &[1, 1, 2, 4], Mode::Binary).unwrap();
+    let pm = [1.0f32, 0.0, 0.0, 0.2, 0.0, 0.5, 0.0, 1.0, 0.0, 0.3, 0.0, 0.25, 0.0, 0.0, 1.0, 0.5, 0.0, 0.25];
+    let tm = [0i64, 1, 2, 1, 0, 2];
+    let multiclass = Input::labels_probs(&pm, &tm, &[1, 3, 2, 3], None).unwrap();
+    let cases: [(&Input, &str, f64, &[f64]); 4] = [
+        (
+            &binary,
+            "dice",
+            0.3012048192771084,
+            &[
+                -0.036289737262,
+                -0.036289737262,
+                -0.156771664973,
+                -0.156771664973,
+                0.084192190449,
+                -0.036289737262,
+                -0.036289737262,
+                0.084192190449,
+            ],
+        ),
+        (
+            &binary,
+            "jaccard",
+            0.4629629629629628,
+            &[
+                -0.042866941015,
+                -0.042866941015,
+                -0.185185185185,
+                -0.185185185185,
+                0.099451303155,
+                -0.042866941015,
+                -0.042866941015,
+                0.099451303155,
+            ],
+        ),
+        (
+            &binary,
+            "tversky:alpha=0.3,beta=0.7",
+            0.2909535452322737,
+            &[
+                -0.070241091337,
+                -0.070241091337,
+                -0.19249048009,
+                -0.19249048009,
+                0.052008297416,
+                -0.070241091337,
+                -0.070241091337,
+                0.052008297416,
+            ],
+        ),
+        (
+            &multiclass,
+            "dice",
+            0.3534661421985366,
+            &[
+                -0.041392744095,
+                -0.041392744095,
+                -0.041392744095,
+                0.048697345995,
+                -0.131482834186,
+                0.048697345995,
+                -0.025127289559,
+                -0.025127289559,
+                -0.025127289559,
+                -0.119024003174,
+                -0.025127289559,
+                0.068769424056,
+                -0.02962962963,
+                -0.02962962963,
+                -0.02962962963,
+                0.059259259259,
+                -0.02962962963,
+                -0.118518518519,
+            ],
+        ),
+    ];
+    for (input, text, value, grad) in cases {
+        let expr: LossExpr = text.parse().unwrap();
+        let gpu = engine.evaluate_blocking(input, std::slice::from_ref(&expr), true).unwrap().remove(0);
+        let cpu = reference::evaluate(input, &expr).unwrap();
+        assert!((gpu.value - value).abs() <= 1e-6 * value, "{text}: {} against smp's {value}", gpu.value);
+        assert!((cpu.value - value).abs() <= 1e-7 * value, "{text} (reference): {} against smp's {value}", cpu.value);
+        let gg = gpu.grad.expect("gradient");
+        for (i, &want) in grad.iter().enumerate() {
+            assert!((f64::from(gg[i]) - want).abs() <= 1e-6, "{text}: gradient {i} {} against smp's {want}", gg[i]);
+            assert!(
+                (cpu.grad[i] - want).abs() <= 1e-7,
+                "{text} (reference): gradient {i} {} against smp's {want}",
+                cpu.grad[i]
+            );
+        }
+    }
+}
