@@ -431,7 +431,8 @@ fn entry_of(op: Op, s: vec4<f32>, sgg: f32) -> Entry {
     return r;
 }
 
-// The divisor of image n's weighted mean (norm=image, pool=image): its counted weights, 1 when 0.
+// The divisor of image n's weighted mean (norm=image, pool=image): its counted weights (0: the
+// image's loss is 1, as kornia's).
 fn image_divisor(op: Op, n: u32) -> f32 {
     let nk = class_count(op);
     var d = 0.0;
@@ -439,7 +440,7 @@ fn image_divisor(op: Op, n: u32) -> f32 {
         let es = class_sums(op, n, j);
         d += entry_of(op, es[0], es[1].x).counted * weight_at(op, j);
     }
-    return select(d, 1.0, d == 0.0);
+    return d;
 }
 
 fn op_region(lid: u32, op: Op) {
@@ -468,10 +469,15 @@ fn op_region(lid: u32, op: Op) {
     if per_image {
         for (var n = lid; n < P.n; n += FT) {
             let dn = image_divisor(op, n);
-            for (var j = 0u; j < nk; j++) {
-                let es = class_sums(op, n, j);
-                let en = entry_of(op, es[0], es[1].x);
-                acc.x += en.counted * weight_at(op, j) * en.loss / dn;
+            if dn == 0.0 {
+                // no counted weight (every class absent or of weight 0, or every pixel ignored)
+                acc.x += 1.0;
+            } else {
+                for (var j = 0u; j < nk; j++) {
+                    let es = class_sums(op, n, j);
+                    let en = entry_of(op, es[0], es[1].x);
+                    acc.x += en.counted * weight_at(op, j) * en.loss / dn;
+                }
             }
             acc.y += 1.0;
         }
@@ -538,7 +544,9 @@ fn op_region(lid: u32, op: Op) {
     }
     if per_image {
         for (var n = lid; n < P.n; n += FT) {
-            let fn_ = f / image_divisor(op, n);
+            // (an image without counted weight has loss 1 and no gradient)
+            let dn = image_divisor(op, n);
+            let fn_ = select(f / dn, 0.0, dn == 0.0);
             for (var j = 0u; j < nk; j++) {
                 let es = class_sums(op, n, j);
                 let en = entry_of(op, es[0], es[1].x);

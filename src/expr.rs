@@ -134,8 +134,9 @@ pub enum Norm {
     /// `sum w L / sum w` over the counted groups (focal: over the terms), 0 when that sum is 0:
     /// smp's `class_weights` (the default).
     Weights,
-    /// `weights`, but per image under `pool=image` (then the mean over images), a zero counted
-    /// weight sum dividing by 1: kornia's macro Dice and Tversky.
+    /// `weights`, but per image under `pool=image` (then the mean over images), an image whose
+    /// counted weights sum to 0 (every pixel ignored, or no present class with a weight) having
+    /// loss 1: kornia's macro Dice and Tversky.
     Image,
 }
 

@@ -802,7 +802,7 @@ fn region(r: &RegionLoss, w: f64, sums: &Sums, coefs: &mut [f64], ent: &mut Vec<
         counted.push((l, *gw, *img));
         ds.push(([dl * d[0], dl * d[1], dl * d[2]], m));
     }
-    if counted.is_empty() {
+    if counted.is_empty() && !(p.norm == Norm::Image && p.pool == Pool::Image) {
         return 0.0;
     }
     let (mean, factors) = class_mean(&counted, p.norm, p.pool == Pool::Image, n_img);
@@ -830,7 +830,8 @@ fn region(r: &RegionLoss, w: f64, sums: &Sums, coefs: &mut [f64], ent: &mut Vec<
 }
 
 /// The mean of counted groups `(loss, weight, image)` under `norm` (`per_image`: `pool=image`),
-/// and `d mean / d loss` of each group, as `finalize.wgsl` computes them.
+/// and `d mean / d loss` of each group, as `finalize.wgsl` computes them. `norm=image` per image:
+/// an image whose counted weights sum to 0 has loss 1 (kornia), with no gradient.
 fn class_mean(groups: &[(f64, f64, usize)], norm: Norm, per_image: bool, images: usize) -> (f64, Vec<f64>) {
     // the divisor of each group: K, the counted weight sum (0: no value), or its image's
     let k = groups.len() as f64;
@@ -847,13 +848,21 @@ fn class_mean(groups: &[(f64, f64, usize)], norm: Norm, per_image: bool, images:
             Norm::Count => gw / k,
             Norm::Image if per_image => {
                 let d = img_sum[img];
-                gw / if d == 0.0 { 1.0 } else { d } / images as f64
+                if d == 0.0 {
+                    0.0
+                } else {
+                    gw / d / images as f64
+                }
             }
             _ if wsum > 0.0 => gw / wsum,
             _ => 0.0,
         })
         .collect();
-    (groups.iter().zip(&factors).map(|(g, f)| f * g.0).sum(), factors)
+    let mut mean: f64 = groups.iter().zip(&factors).map(|(g, f)| f * g.0).sum();
+    if norm == Norm::Image && per_image {
+        mean += img_sum.iter().filter(|&&d| d == 0.0).count() as f64 / images as f64;
+    }
+    (mean, factors)
 }
 
 fn gdice(r: &RegionLoss, weight: GDiceWeight, w: f64, sums: &Sums, coefs: &mut [f64], ent: &mut Vec<f64>) -> f64 {

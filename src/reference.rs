@@ -494,6 +494,18 @@ pub(crate) fn weighted_mean(
     per_image: bool,
     images: usize,
 ) -> (f64, Vec<f64>) {
+    if norm == Norm::Image && per_image {
+        // per image: sum w L / sum w, 1 when that sum is 0 (kornia: no present class with a
+        // weight, every pixel ignored), then the mean over the images
+        let mut den = vec![0.0; images];
+        for g in groups {
+            den[g.2] += g.1;
+        }
+        let ones = den.iter().filter(|&&d| d == 0.0).count() as f64;
+        let f: Vec<f64> =
+            groups.iter().map(|g| if den[g.2] == 0.0 { 0.0 } else { g.1 / den[g.2] / images as f64 }).collect();
+        return (groups.iter().zip(&f).map(|(g, f)| f * g.0).sum::<f64>() + ones / images as f64, f);
+    }
     if groups.is_empty() {
         return (0.0, Vec::new());
     }
@@ -501,16 +513,6 @@ pub(crate) fn weighted_mean(
         Norm::Count => {
             let k = groups.len() as f64;
             (groups.iter().map(|g| g.1 * g.0).sum::<f64>() / k, groups.iter().map(|g| g.1 / k).collect())
-        }
-        Norm::Image if per_image => {
-            // per image: sum w L / sum w (1 when that sum is 0), then the mean over the images
-            let mut den = vec![0.0; images];
-            for g in groups {
-                den[g.2] += g.1;
-            }
-            let den: Vec<f64> = den.into_iter().map(|d| if d == 0.0 { 1.0 } else { d }).collect();
-            let f: Vec<f64> = groups.iter().map(|g| g.1 / den[g.2] / images as f64).collect();
-            (groups.iter().zip(&f).map(|(g, f)| f * g.0).sum(), f)
         }
         _ => {
             let d: f64 = groups.iter().map(|g| g.1).sum();
@@ -635,10 +637,11 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64], ent: &mut Vec<f64>)
         grads_of.push(grads);
         ent.push(gw * loss);
     }
-    let (mean, factors) = weighted_mean(&counted, p.norm, p.pool == Pool::Image, e.n);
-    if counted.is_empty() {
+    let per_image = p.norm == Norm::Image && p.pool == Pool::Image;
+    if counted.is_empty() && !per_image {
         return 0.0;
     }
+    let (mean, factors) = weighted_mean(&counted, p.norm, p.pool == Pool::Image, e.n);
     let gamma = if let RegionKind::Tversky { gamma, .. } = r.kind { gamma } else { 1.0 };
     let (value, outer) = if gamma == 1.0 {
         (mean, 1.0)
