@@ -279,8 +279,9 @@ fn class_weight_norms_by_hand() {
     assert!((v(&format!("{base},weights=2;0.5,norm=count")) - count).abs() < 1e-12);
     let weights = (w0 * 0.0 + w1 * d01) / (w0 + w1);
     assert!((v(&format!("{base},weights=2;0.5,norm=weights")) - weights).abs() < 1e-12);
-    // norm=image: image 0 (w0 * 0 + w1 * d01) / (w0 + w1); image 1 counts nothing: 0 / 1
-    let image = (w1 * d01) / (w0 + w1) / 2.0;
+    // norm=image: image 0 (w0 * 0 + w1 * d01) / (w0 + w1); image 1 counts nothing: loss 1
+    // (kornia's macro Dice)
+    let image = ((w1 * d01) / (w0 + w1) + 1.0) / 2.0;
     assert!((v(&format!("{base},weights=2;0.5,norm=image")) - image).abs() < 1e-12);
     // weights of zero everywhere: 0 under norm=weights
     assert_eq!(v(&format!("{base},weights=0;0")), 0.0);
