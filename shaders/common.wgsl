@@ -62,9 +62,17 @@ fn is_neg_inf(x: f32) -> bool {
     return bitcast<u32>(x) == 0xFF800000u;
 }
 
-// Softmax probability of logit x in a pixel of log-sum-exp lse: 0 for a masked (-inf) class.
-fn softmax_p(x: f32, lse: f32) -> f32 {
-    return select(exp(x - lse), 0.0, is_neg_inf(x));
+// A pixel's log-sum-exp as (m, log sum_c exp(x_c - m)), m its largest logit, kept apart: their
+// sum in f32 drops the second where m is large (a tie of 1e10 logits gave p = 1 for each).
+// Softmax probability of logit x in a pixel of log-sum-exp lse: exp((x - m) - log sum), as
+// PyTorch's log_softmax; 0 for a masked (-inf) class.
+fn softmax_p(x: f32, lse: vec2<f32>) -> f32 {
+    return select(exp((x - lse.x) - lse.y), 0.0, is_neg_inf(x));
+}
+
+// -log p of logit x in a pixel of log-sum-exp lse (softmax_p's).
+fn nlog_p(lse: vec2<f32>, x: f32) -> f32 {
+    return (lse.x - x) + lse.y;
 }
 
 // Item i of thread lid among the wg threads of a tile that take `per` items each.

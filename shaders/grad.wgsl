@@ -85,6 +85,12 @@ fn class_coefs(n: u32, c: u32) -> ClassCoefs {
     return k;
 }
 
+// The log-sum-exp of pixel s of image n that the statistics or Lovász keys pass kept in aux from
+// word o: the max in N S words, then the log of the sum in the next N S (put_lse).
+fn kept_lse(o: u32, n: u32, s: u32) -> vec2<f32> {
+    return vec2<f32>(aux[o + n * P.s + s], aux[o + (P.n + n) * P.s + s]);
+}
+
 // d loss / d p of the region losses for one element.
 fn region_dp(k: ClassCoefs, p: f32, g: f32) -> f32 {
     if !REGION {
@@ -336,7 +342,7 @@ fn gradient(
         // per pixel: label (INVALID when ignored or outside), log-sum-exp, -log p_label, and
         // sum_c p_c dL/dp_c
         var lab: array<u32, GPIX_MAX>;
-        var lse: array<f32, GPIX_MAX>;
+        var lse: array<vec2<f32>, GPIX_MAX>;
         var nlq: array<f32, GPIX_MAX>;
         var dot: array<f32, GPIX_MAX>;
         for (var i = 0u; i < GPIX; i++) {
@@ -347,16 +353,16 @@ fn gradient(
                 lab[i] = tword(n * P.s + s);
                 if lab[i] != INVALID && !PROBS {
                     if LSE && LOVASZ == 0u {
-                        lse[i] = aux[n * P.s + s];
+                        lse[i] = kept_lse(0u, n, s);
                     } else if LOVASZ != 0u {
                         // the Lovász keys pass kept it after the weights (lovasz_keys.wgsl)
-                        lse[i] = aux[P.n * P.c * P.s + n * P.s + s];
+                        lse[i] = kept_lse(P.n * P.c * P.s, n, s);
                     } else {
                         lse[i] = log_sum_exp(n, s);
                     }
                     // (-log p of the true class: softmax focal, and ce's unreduced entries)
                     if has(FOCAL_SOFTMAX) || (UNREDUCED && has(CE)) {
-                        nlq[i] = lse[i] - lg((n * P.c + lab[i]) * P.s + s);
+                        nlq[i] = nlog_p(lse[i], lg((n * P.c + lab[i]) * P.s + s));
                     }
                 }
             }
@@ -452,7 +458,7 @@ fn gradient(
                     if tp.label_smoothing != 0.0 {
                         var acc = 0.0;
                         for (var c = 0u; c < P.c; c++) {
-                            acc += cw[c] * (lse[i] - lg((n * P.c + c) * P.s + px(t0, lid, i)));
+                            acc += cw[c] * nlog_p(lse[i], lg((n * P.c + c) * P.s + px(t0, lid, i)));
                         }
                         ev[i] += tp.label_smoothing / cf * acc;
                     }

@@ -23,7 +23,7 @@ fn term_k(t: u32, tp: Term, k: u32, x: f32, p: f32, lab: u32, wl: f32, nlq: f32)
 }
 
 // CREG: adds class k's p dL/dp to a pixel's dot.
-fn dot_k(dot: f32, kc: ClassCoefs, k: u32, x: f32, w: f32, lse: f32, lab: u32) -> f32 {
+fn dot_k(dot: f32, kc: ClassCoefs, k: u32, x: f32, w: f32, lse: vec2<f32>, lab: u32) -> f32 {
     if k >= CREG || !(REGION || LOVASZ != 0u) {
         return dot;
     }
@@ -40,7 +40,7 @@ fn lw_k(e0: u32, k: u32) -> f32 {
 }
 
 // CREG: writes the gradient at class k of a pixel.
-fn grad_k(kc: ClassCoefs, e0: u32, k: u32, x: f32, lwk: f32, lse: f32, lab: u32, dot: f32, nlq: f32, w: vec4<f32>, tp0: Term, tp1: Term, tp2: Term, tp3: Term) {
+fn grad_k(kc: ClassCoefs, e0: u32, k: u32, x: f32, lwk: f32, lse: vec2<f32>, lab: u32, dot: f32, nlq: f32, w: vec4<f32>, tp0: Term, tp1: Term, tp2: Term, tp3: Term) {
     if k >= CREG {
         return;
     }
@@ -188,14 +188,14 @@ fn softmax_regs(n: u32, ni: u32, t0: u32, lid: u32) {
         lws[30] = lw_k(e0, 30u);
         lws[31] = lw_k(e0, 31u);
         // @end
-        var lse: f32;
+        var lse: vec2<f32>;
         if LOVASZ != 0u {
             // the Lovász keys pass kept it after the weights (lovasz_keys.wgsl)
-            lse = aux[P.n * P.c * P.s + n * P.s + s];
+            lse = kept_lse(P.n * P.c * P.s, n, s);
         } else if LSE {
-            lse = aux[n * P.s + s];
+            lse = kept_lse(0u, n, s);
         } else {
-            var st = vec2<f32>(-3.0e38, 0.0);
+            var st = vec2<f32>(LSE_START, 0.0);
             // @unroll st = lse_k(st, x#k, #ku);
             st = lse_k(st, x0, 0u);
             st = lse_k(st, x1, 1u);
@@ -230,11 +230,11 @@ fn softmax_regs(n: u32, ni: u32, t0: u32, lid: u32) {
             st = lse_k(st, x30, 30u);
             st = lse_k(st, x31, 31u);
             // @end
-            lse = st.x + log(st.y);
+            lse = vec2<f32>(st.x, log(st.y));
         }
         var nlq = 0.0;
         if has(FOCAL_SOFTMAX) {
-            nlq = lse - lg(e0 + lab * P.s);
+            nlq = nlog_p(lse, lg(e0 + lab * P.s));
         }
         // each term's weight of the true class
         var w = vec4<f32>(0.0);

@@ -25,9 +25,17 @@ fn key_of(err: f32) -> u32 {
     return NONE;
 }
 
+// For the gradient pass, after the weights of the N C S elements: pixel s of image n's
+// log-sum-exp, its max in N S words and the log of its sum in the next N S (kept_lse).
+fn put_lse(n: u32, s: u32, lse: vec2<f32>) {
+    let o = P.n * P.c * P.s;
+    lw[o + n * P.s + s] = lse.x;
+    lw[o + (P.n + n) * P.s + s] = lse.y;
+}
+
 // The key and payload of class c's element of softmax pixel s of image n (true class lab, logit x
 // or probability p, log-sum-exp lse), at its place in the segments.
-fn put_key(n: u32, s: u32, c: u32, x: f32, lab: u32, lse: f32) {
+fn put_key(n: u32, s: u32, c: u32, x: f32, lab: u32, lse: vec2<f32>) {
     let e = (n * P.c + c) * P.s + s;
     var pos = e;
     if LP.per_image == 0u {
@@ -59,7 +67,7 @@ fn lovasz_keys(
         if VALIDATE != 0u {
             check_word(word, n * P.s + s);
         }
-        var lse = 0.0;
+        var lse = vec2<f32>(0.0);
         if CREG > 0u && !PROBS && lab != INVALID {
             // the pixel's logits in registers, each loaded once (lse.wgsl), its checks from them
             var x = load_regs(n, s);
@@ -67,15 +75,14 @@ fn lovasz_keys(
                 check_regs(&x, n, s, lab, true);
             }
             lse = lse_regs(&x);
-            lw[P.n * P.c * P.s + n * P.s + s] = lse;
+            put_lse(n, s, lse);
             keys_regs(n, s, &x, lab, lse);
             flush_bad();
             return;
         }
         if lab != INVALID && !PROBS {
             lse = log_sum_exp(n, s);
-            // for the gradient pass, after the weights of the N C S elements
-            lw[P.n * P.c * P.s + n * P.s + s] = lse;
+            put_lse(n, s, lse);
         }
         // (the checks: an ignored pixel's logits too, and a counted pixel needs one finite class)
         var masked = true;

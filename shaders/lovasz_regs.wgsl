@@ -2,14 +2,14 @@
 // lovasz_keys_regs.
 
 // CREG: put_key of class k (< C).
-fn key_k(n: u32, s: u32, k: u32, x: f32, lab: u32, lse: f32) {
+fn key_k(n: u32, s: u32, k: u32, x: f32, lab: u32, lse: vec2<f32>) {
     if k < CREG {
         put_key(n, s, k, x, lab, lse);
     }
 }
 
 // CREG: the keys and payloads of a pixel's classes (logits x).
-fn keys_regs(n: u32, s: u32, x: ptr<function, array<f32, CREG_MAX>>, lab: u32, lse: f32) {
+fn keys_regs(n: u32, s: u32, x: ptr<function, array<f32, CREG_MAX>>, lab: u32, lse: vec2<f32>) {
     // @unroll key_k(n, s, #ku, (*x)[#k], lab, lse);
     key_k(n, s, 0u, (*x)[0], lab, lse);
     key_k(n, s, 1u, (*x)[1], lab, lse);

@@ -10,11 +10,15 @@ fn lse_step(st: vec2<f32>, x: f32) -> vec2<f32> {
     return select(r, st, is_neg_inf(x));
 }
 
-// Online log-sum-exp over the channels of pixel s of image n. The channels are loaded four at a
+// The running max before the first channel: the lowest finite f32, so that a first logit of any
+// finite value replaces it (or ties it, which adds exp(0) = 1 all the same).
+const LSE_START: f32 = -3.4028235e38;
+
+// Online log-sum-exp over the channels of pixel s of image n, as (max, log of the sum) (softmax_p). The channels are loaded four at a
 // time before they are combined (in channel order, so the result is that of one at a time): a
 // GPU then has four loads in flight per thread instead of one.
-fn log_sum_exp(n: u32, s: u32) -> f32 {
-    var st = vec2<f32>(-3.0e38, 0.0);
+fn log_sum_exp(n: u32, s: u32) -> vec2<f32> {
+    var st = vec2<f32>(LSE_START, 0.0);
     let e0 = n * P.c * P.s + s;
     var c = 0u;
     for (; c + 4u <= P.c; c += 4u) {
@@ -28,5 +32,5 @@ fn log_sum_exp(n: u32, s: u32) -> f32 {
     for (; c < P.c; c++) {
         st = lse_step(st, lg(e0 + c * P.s));
     }
-    return st.x + log(st.y);
+    return vec2<f32>(st.x, log(st.y));
 }

@@ -6,6 +6,6 @@ fn load_regs(n: u32, s: u32) -> array<f32, CREG_MAX> {
     return array<f32, CREG_MAX>();
 }
 
-fn lse_regs(x: ptr<function, array<f32, CREG_MAX>>) -> f32 {
-    return 0.0;
+fn lse_regs(x: ptr<function, array<f32, CREG_MAX>>) -> vec2<f32> {
+    return vec2<f32>(0.0);
 }

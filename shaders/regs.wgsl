@@ -65,8 +65,8 @@ fn load_regs(n: u32, s: u32) -> array<f32, CREG_MAX> {
 }
 
 // CREG: the log-sum-exp of a pixel's logits x, log_sum_exp's steps in its order (the same bits).
-fn lse_regs(x: ptr<function, array<f32, CREG_MAX>>) -> f32 {
-    var st = vec2<f32>(-3.0e38, 0.0);
+fn lse_regs(x: ptr<function, array<f32, CREG_MAX>>) -> vec2<f32> {
+    var st = vec2<f32>(LSE_START, 0.0);
     // @unroll st = lse_k(st, (*x)[#k], #ku);
     st = lse_k(st, (*x)[0], 0u);
     st = lse_k(st, (*x)[1], 1u);
@@ -101,5 +101,5 @@ fn lse_regs(x: ptr<function, array<f32, CREG_MAX>>) -> f32 {
     st = lse_k(st, (*x)[30], 30u);
     st = lse_k(st, (*x)[31], 31u);
     // @end
-    return st.x + log(st.y);
+    return vec2<f32>(st.x, log(st.y));
 }

@@ -87,12 +87,19 @@ fn fused_terms() -> array<Term, 4> {
 // FUSED, softmax: d loss / d x of the fused cross-entropy terms `tf` (scales resolved) at the C
 // elements of pixel s of image n (true class lab, log-sum-exp lse), written to elem_out: the
 // gradient pass's arithmetic, term by term, so the same bits.
-fn ce_fused_pixel(n: u32, s: u32, lab: u32, lse: f32, tf: array<Term, 4>) {
+fn ce_fused_pixel(n: u32, s: u32, lab: u32, lse: vec2<f32>, tf: array<Term, 4>) {
     let wls = true_class_weights(lab);
     for (var c = 0u; c < P.c; c++) {
         let e = (n * P.c + c) * P.s + s;
         eout_set(e, ce_fused_elem(c, lg(e), lab, lse, tf, wls));
     }
+}
+
+// LSE: pixel s of image n's log-sum-exp for the gradient pass, its max in the first N S words of
+// pix_out and the log of its sum in the next N S.
+fn put_lse(n: u32, s: u32, lse: vec2<f32>) {
+    eout_set(n * P.s + s, lse.x);
+    eout_set((P.n + n) * P.s + s, lse.y);
 }
 
 // Each fused term's weight of the true class lab, loaded once per pixel.
@@ -105,7 +112,7 @@ fn true_class_weights(lab: u32) -> array<f32, 4> {
 }
 
 // d loss / d x of the fused terms tf at class c (logit x) of a pixel of true class lab.
-fn ce_fused_elem(c: u32, x: f32, lab: u32, lse: f32, tf: array<Term, 4>, wls: array<f32, 4>) -> f32 {
+fn ce_fused_elem(c: u32, x: f32, lab: u32, lse: vec2<f32>, tf: array<Term, 4>, wls: array<f32, 4>) -> f32 {
     let cf = f32(P.c);
     let p = softmax_p(x, lse);
     let g = select(0.0, 1.0, lab == c);
@@ -124,14 +131,14 @@ fn ce_fused_elem(c: u32, x: f32, lab: u32, lse: f32, tf: array<Term, 4>, wls: ar
 }
 
 // A pixel's share of cross-entropy slot t (PIXEL_ONLY), summed over its classes: the two
-// channels slot_stats gives, (sum_c q_c (lse - x_c), w_label), with nll = lse - x_label.
-fn ce_pixel(t: u32, tp: Term, label: u32, lse: f32, nll: f32, n: u32, s: u32) -> vec2<f32> {
+// channels slot_stats gives, (sum_c q_c (-log p_c), w_label), with nll = -log p_label.
+fn ce_pixel(t: u32, tp: Term, label: u32, lse: vec2<f32>, nll: f32, n: u32, s: u32) -> vec2<f32> {
     let wt = cw[t * P.c + label];
     var a = (1.0 - tp.label_smoothing) * wt * nll;
     if tp.label_smoothing != 0.0 {
         var acc = 0.0;
         for (var c = 0u; c < P.c; c++) {
-            acc += cw[t * P.c + c] * (lse - lg((n * P.c + c) * P.s + s));
+            acc += cw[t * P.c + c] * nlog_p(lse, lg((n * P.c + c) * P.s + s));
         }
         a += tp.label_smoothing / f32(P.c) * acc;
     }
@@ -399,7 +406,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
     }
     // Softmax: label (INVALID when ignored or outside) and log-sum-exp of each pixel.
     var lab: array<u32, PIX_ARRAY>;
-    var lse: array<f32, PIX_ARRAY>;
+    var lse: array<vec2<f32>, PIX_ARRAY>;
     // the cross-entropy slots' two channels of this thread's pixels (added to class 0)
     var pa2 = vec4<f32>(0.0);
     var pa3 = vec4<f32>(0.0);
@@ -413,7 +420,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
             let s = base + tile_item(i, lid, WG, pix);
             var xr: array<f32, CREG_MAX>;
             lab[i] = INVALID;
-            lse[i] = 0.0;
+            lse[i] = vec2<f32>(0.0);
             if s < P.s {
                 lab[i] = tword(n * P.s + s);
                 if FUSED > 0u && lab[i] == INVALID {
@@ -448,7 +455,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                         }
                         lse[i] = lse_regs(&xr);
                         if LSE {
-                            eout_set(n * P.s + s, lse[i]);
+                            put_lse(n, s, lse[i]);
                         }
                         if FUSED > 0u {
                             ce_regs(n, s, lab[i], lse[i], tfs, &xr);
@@ -456,7 +463,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                     } else if !PROBS {
                         lse[i] = log_sum_exp(n, s);
                         if LSE {
-                            eout_set(n * P.s + s, lse[i]);
+                            put_lse(n, s, lse[i]);
                         }
                         if FUSED > 0u {
                             // (the pixel's logits are in cache)
@@ -477,7 +484,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                         }
                     }
                     if has(CE) {
-                        let nll = lse[i] - lg((n * P.c + lab[i]) * P.s + s);
+                        let nll = nlog_p(lse[i], lg((n * P.c + lab[i]) * P.s + s));
                         if NTERMS > 0u && tp0.kind == CE {
                             pa2 += vec4<f32>(ce_pixel(0u, tp0, lab[i], lse[i], nll, n, s), 0.0, 0.0);
                         }
@@ -558,7 +565,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                 p = x;
                 nlp = nlog100(p);
             } else {
-                nlp = lse[i] - x;
+                nlp = nlog_p(lse[i], x);
                 p = softmax_p(x, lse[i]);
             }
             add_element(&acc, true, tp0, tp1, tp2, tp3, x, p, g, nlp, 0.0, label, c);

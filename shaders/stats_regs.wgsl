@@ -2,7 +2,7 @@
 // stats_regs and stats_sg_regs.
 
 // CREG: the fused gradient of class k (< C) of a pixel, logit x.
-fn ce_k(e0: u32, k: u32, x: f32, lab: u32, lse: f32, tf: array<Term, 4>, wls: array<f32, 4>) {
+fn ce_k(e0: u32, k: u32, x: f32, lab: u32, lse: vec2<f32>, tf: array<Term, 4>, wls: array<f32, 4>) {
     if k < CREG {
         eout_set(e0 + k * P.s, ce_fused_elem(k, x, lab, lse, tf, wls));
     }
@@ -10,7 +10,7 @@ fn ce_k(e0: u32, k: u32, x: f32, lab: u32, lse: f32, tf: array<Term, 4>, wls: ar
 
 // CREG: the fused gradient of a pixel from its logits x (ce_fused_pixel's arithmetic, class by
 // class, so the same bits).
-fn ce_regs(n: u32, s: u32, lab: u32, lse: f32, tf: array<Term, 4>, x: ptr<function, array<f32, CREG_MAX>>) {
+fn ce_regs(n: u32, s: u32, lab: u32, lse: vec2<f32>, tf: array<Term, 4>, x: ptr<function, array<f32, CREG_MAX>>) {
     let e0 = n * P.c * P.s + s;
     let wls = true_class_weights(lab);
     // @unroll ce_k(e0, #ku, (*x)[#k], lab, lse, tf, wls);
@@ -51,7 +51,7 @@ fn ce_regs(n: u32, s: u32, lab: u32, lse: f32, tf: array<Term, 4>, x: ptr<functi
 
 // CREG: adds a pixel's elements (logits x, true class lab) to each class's sums, as the class
 // walk of stats_main adds them.
-fn add_regs(accs: ptr<function, array<Acc, CREG_MAX>>, x: ptr<function, array<f32, CREG_MAX>>, n: u32, s: u32, lab: u32, lse: f32, tp0: Term, tp1: Term, tp2: Term, tp3: Term) {
+fn add_regs(accs: ptr<function, array<Acc, CREG_MAX>>, x: ptr<function, array<f32, CREG_MAX>>, n: u32, s: u32, lab: u32, lse: vec2<f32>, tp0: Term, tp1: Term, tp2: Term, tp3: Term) {
     let e0 = n * P.c * P.s + s;
     // @unroll (*accs)[#k] = add_k((*accs)[#k], #ku, (*x)[#k], e0, lab, lse, tp0, tp1, tp2, tp3);
     (*accs)[0] = add_k((*accs)[0], 0u, (*x)[0], e0, lab, lse, tp0, tp1, tp2, tp3);
@@ -90,14 +90,14 @@ fn add_regs(accs: ptr<function, array<Acc, CREG_MAX>>, x: ptr<function, array<f3
 }
 
 // CREG: acc with element k (< C) of a pixel added (logit x).
-fn add_k(acc: Acc, k: u32, x: f32, e0: u32, lab: u32, lse: f32, tp0: Term, tp1: Term, tp2: Term, tp3: Term) -> Acc {
+fn add_k(acc: Acc, k: u32, x: f32, e0: u32, lab: u32, lse: vec2<f32>, tp0: Term, tp1: Term, tp2: Term, tp3: Term) -> Acc {
     var a = acc;
     if k < CREG {
         let e = e0 + k * P.s;
         if VALIDATE != 0u {
             check_logit(x, e, lab == k);
         }
-        add_element(&a, true, tp0, tp1, tp2, tp3, x, softmax_p(x, lse), select(0.0, 1.0, lab == k), lse - x, 0.0, lab, k);
+        add_element(&a, true, tp0, tp1, tp2, tp3, x, softmax_p(x, lse), select(0.0, 1.0, lab == k), nlog_p(lse, x), 0.0, lab, k);
     }
     return a;
 }

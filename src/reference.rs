@@ -104,13 +104,15 @@ impl Elems {
                         let ok = Some(lab) != input.ignore_index();
                         let idx = |k: usize| (img * c + k) * s + pos;
                         let m = (0..c).map(|k| x[idx(k)]).fold(f64::NEG_INFINITY, f64::max);
-                        let lse = m + (0..c).map(|k| (x[idx(k)] - m).exp()).sum::<f64>().ln();
+                        // log_softmax as PyTorch: (x - m) - log sum exp(x - m), the two apart (m + log
+                        // sum loses the sum where m is large, even in f64 near f32's limits)
+                        let lz = (0..c).map(|k| (x[idx(k)] - m).exp()).sum::<f64>().ln();
                         for k in 0..c {
                             if probs {
                                 p[idx(k)] = x[idx(k)];
                                 logp[idx(k)] = x[idx(k)].ln();
                             } else {
-                                logp[idx(k)] = x[idx(k)] - lse;
+                                logp[idx(k)] = (x[idx(k)] - m) - lz;
                                 p[idx(k)] = logp[idx(k)].exp();
                             }
                             valid[idx(k)] = ok;

@@ -389,7 +389,9 @@ fn lovasz_items_larger_than_a_binding_take_the_two_array_kernels() {
     let (device, queue) = (&device, &queue);
     let full = common::gpu();
     let binary = dense_case(77, &[1, 1, 384, 384], Mode::Binary);
-    let mut multi = label_case(78, &[1, 3, 256, 256], 255);
+    // (3 x 224 x 224: 1.2 MB of items, and the weights with each pixel's max and log of its sum,
+    // five floats a pixel, 1.0 MB)
+    let mut multi = label_case(78, &[1, 3, 224, 224], 255);
     multi.ignore = None;
     for l in multi.labels.iter_mut() {
         *l %= 3;
@@ -2074,6 +2076,55 @@ fn kornia_images_without_counted_weight_have_loss_one() {
         assert!(gg[..60].iter().all(|&g| g == 0.0), "{text}: image 0's gradient");
         for (i, (&a, &b)) in gg.iter().zip(&cpu.grad).enumerate() {
             assert!((f64::from(a) - b).abs() <= 1e-6, "{text}: gradient {i} {a} against the reference's {b}");
+        }
+    }
+}
+
+/// Softmax of large logits keeps the log of the sum apart from the max (`(x - m) - log sum`, as
+/// PyTorch's log_softmax): a tie of three logits at 1e10 or 3e38 has p = 1/3 each (the sum
+/// `m + log 3` in f32 is m, which gave every class p = 1 and every loss 0). The expected numbers
+/// are exact: ce = ln 3 and its gradient p - g; smp's multiclass Dice (1 - 2 (1/3) / (4/3)) / 3;
+/// Lovász-Softmax 1 - 1/3; softmax focal (2/3)^2 ln 3; a tie of two at 3e38 beside -3e38, ln 2.
+/// And logits around 1e4, where the rounding of `m + log sum` (ulp 1e-3) moved every loss by
+/// about 5e-5: each loss against the f64 reference.
+#[test]
+fn softmax_of_large_logits_keeps_the_log_of_the_sum() {
+    let engine = Engine::gpu_blocking().unwrap();
+    let texts = ["ce", "dice", "lovasz", "focal:act=softmax"];
+    let exprs = parse(&texts);
+    let ln3 = 3f64.ln();
+    let want = [ln3, 0.5 / 3.0, 2.0 / 3.0, 4.0 / 9.0 * ln3];
+    for big in [1e10f32, 3e38] {
+        let x = [big; 3];
+        let input = Input::labels(&x, &[1], &[1, 3, 1, 1], None).unwrap();
+        let got = engine.evaluate_blocking(&input, &exprs, true).unwrap();
+        for ((t, e), w) in texts.iter().zip(&got).zip(want) {
+            assert!((e.value - w).abs() <= 1e-6 * w, "{t} at {big}: {} against {w}", e.value);
+            let cpu = reference::evaluate(&input, &t.parse().unwrap()).unwrap().value;
+            assert!((cpu - w).abs() <= 1e-12, "{t} at {big} (reference): {cpu} against {w}");
+        }
+        let g = got[0].grad.as_ref().expect("gradient");
+        for (k, want) in [1.0 / 3.0, -2.0 / 3.0, 1.0 / 3.0].into_iter().enumerate() {
+            assert!((f64::from(g[k]) - want).abs() <= 1e-6, "ce's gradient at {big}: {g:?}");
+        }
+    }
+    let input = Input::labels(&[3e38f32, 3e38, -3e38], &[0], &[1, 3, 1, 1], None).unwrap();
+    let ce = engine.evaluate_blocking(&input, &exprs[..1], false).unwrap()[0].value;
+    assert!((ce - 2f64.ln()).abs() <= 1e-6, "ce of (3e38, 3e38, -3e38): {ce}");
+    // logits around 1e4
+    let mut r = Rng(77);
+    let (n, c, s) = (2usize, 5, 64);
+    let x: Vec<f32> = (0..n * c * s).map(|_| (1e4 + 2.0 * r.normal()) as f32).collect();
+    let t: Vec<i64> = (0..n * s).map(|_| r.below(c) as i64).collect();
+    let input = Input::labels(&x, &t, &[n, c, 8, 8], None).unwrap();
+    let got = engine.evaluate_blocking(&input, &exprs, true).unwrap();
+    for (e, expr) in got.iter().zip(&exprs) {
+        let cpu = reference::evaluate(&input, expr).unwrap();
+        assert!((e.value - cpu.value).abs() <= 2e-6 * cpu.value, "{expr} near 1e4: {} against {}", e.value, cpu.value);
+        let g = e.grad.as_ref().expect("gradient");
+        let scale = cpu.grad.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (i, (&a, &b)) in g.iter().zip(&cpu.grad).enumerate() {
+            assert!((f64::from(a) - b).abs() <= 1e-4 * scale, "{expr} near 1e4: gradient {i} {a} against {b}");
         }
     }
 }

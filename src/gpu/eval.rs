@@ -286,7 +286,8 @@ impl Gpu {
             None => rec.scratch(16, "no counts")?,
         };
         let lse = if keep_lse && softmax && !inp.probs {
-            Some(rec.scratch((n * inp.s * 4) as u64, "log-sum-exp per pixel")?)
+            // (each pixel's max, then the log of its sum: softmax_p in common.wgsl)
+            Some(rec.scratch((2 * n * inp.s * 4) as u64, "log-sum-exp per pixel")?)
         } else {
             None
         };
@@ -449,7 +450,7 @@ impl Gpu {
             let grad = hinge_grads.get(g).copied().flatten();
             // Lovász-Softmax on logits: then each pixel's log-sum-exp, which the keys pass
             // computes and the gradient pass reads back (lovasz_keys.wgsl)
-            let lse = if inp.softmax && !inp.probs { inp.n * inp.s } else { 0 };
+            let lse = if inp.softmax && !inp.probs { 2 * inp.n * inp.s } else { 0 };
             let lw = match grad {
                 Some(h) => h.dest,
                 None => rec.scratch(((inp.n * inp.c * inp.s + lse) * 4) as u64, "lovasz weights")?,
