@@ -69,9 +69,8 @@ fn class_coefs(n: u32, c: u32) -> ClassCoefs {
         k.r = vec4<f32>(coefs[o], coefs[o + 1u], coefs[o + 2u], coefs[o + 3u]);
         k.r4 = coefs[o + 4u];
         k.r5 = coefs[o + 5u];
-        // region_dp with g = 0: d min(p, 0) / d p = 0 for p > 0; with g = 1: d min(p, 1) / d p =
-        // 1 for p < 1 (a softmax's p, or probabilities, which the checks keep in [0, 1]); at
-        // p = g, where region_dp takes 1/2, these give g (softmax_dp_w corrects probabilities)
+        // region_dp with g = 0: d min(p, 0) / d p = 0 for p >= 0; with g = 1: d min(p, 1) / d p =
+        // 1 for p <= 1 (a softmax's p, or probabilities, which the checks keep in [0, 1])
         k.oh = vec4<f32>(k.r.y, 2.0 * k.r.z + 2.0 * k.r4, k.r.x + k.r.y - 2.0 * k.r.w + k.r5, 2.0 * k.r.z + 2.0 * k.r.w);
     }
     if LOVASZ != 0u {
@@ -97,9 +96,8 @@ fn region_dp(k: ClassCoefs, p: f32, g: f32) -> f32 {
         return 0.0;
     }
     let d = g - p;
-    // d min(p, g) / d p, min(p, g) = (p + g - |p - g|) / 2: 1 below g, 0 above, 1/2 at g
-    // (d|x| = sign(x), 0 at 0, as smp's autograd)
-    let dmin = select(select(0.0, 1.0, p < g), 0.5, p == g);
+    // d min(p, g) / d p: 1 below g, 0 above, g at g (the product's derivative there)
+    let dmin = select(select(0.0, 1.0, p < g), g, p == g);
     return k.r.x * g + k.r.y + 2.0 * k.r.z * p - 2.0 * d * (k.r.w * g + k.r4 * (1.0 - g)) + k.r5 * dmin;
 }
 
@@ -171,12 +169,6 @@ fn softmax_dp_w(k: ClassCoefs, w: f32, p: f32, g: f32) -> f32 {
         u = select(k.oh.x, k.oh.z, hot);
         if SLOPE {
             u += select(k.oh.y, k.oh.w, hot) * p;
-        }
-        if PROBS {
-            // the lines take d min(p, g) / d p = g at p = g (0 or 1), region_dp 1/2; through a
-            // softmax an element there has p = 0, or p = 1 and the others 0, and a gradient of 0
-            // either way, so only probabilities need it
-            u += select(0.0, k.r5 * (0.5 - g), p == g);
         }
     }
     if LOVASZ != 0u {

@@ -303,11 +303,9 @@ pub struct RegionParams {
 pub enum Intersection {
     /// `sum p g`.
     Product,
-    /// `sum min(p, g)` (smp 0.6 writes `(sum p + sum g - sum |p - g|) / 2`); equal to the product
-    /// on hard labels, and so is its gradient wherever `p != g`. `d min(p, g) / d p` is 1 where
-    /// `p < g`, 0 where `p > g`, and 1/2 where they are equal (smp's `d|x|` = sign(x), 0 at 0:
-    /// probabilities of exactly 0 or 1 on a hard label; through a sigmoid or softmax the
-    /// gradient there is 0 either way).
+    /// `sum min(p, g)` (smp 0.6 writes `(sum p + sum g - sum |p - g|) / 2`); equal to the product,
+    /// value and gradient, on hard labels. `d min(p, g) / d p` is 1 where `p < g`, 0 where
+    /// `p > g`, and `g` where they are equal (the product's derivative there).
     Min,
 }
 

@@ -555,16 +555,13 @@ fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64], ent: &mut Vec<f64>)
     let mut grads_of: Vec<Vec<(usize, f64)>> = Vec::new();
     for (m, gw, img) in &groups {
         let sum = |f: &dyn Fn(usize) -> f64| m.iter().map(|&(i, k)| k * f(i)).sum::<f64>();
-        // TP = sum p g, or sum min(p, g) = (sum p + sum g - sum |p - g|) / 2 as smp writes it:
-        // d/dp 1 below g, 0 above, and 1/2 at g (d|x| = sign(x), 0 at 0)
+        // TP = sum p g, or sum min(p, g) (d/dp: 1 below g, 0 above, g at g)
         let min = p.intersection == Intersection::Min;
         let tp = if min { sum(&|i| e.p[i].min(e.g[i])) } else { sum(&|i| e.p[i] * e.g[i]) };
         let dtp = move |i: usize| {
             let (pi, gi) = (e.p[i], e.g[i]);
-            if !min {
+            if !min || pi == gi {
                 gi
-            } else if pi == gi {
-                0.5
             } else if pi < gi {
                 1.0
             } else {
