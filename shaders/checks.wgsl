@@ -51,12 +51,13 @@ fn flush_bad() {
     }
 }
 
-// Checks logit x of element e; `true_class`: e is the true class of a non-ignored pixel. (`&`
-// and `|` on bools do not short-circuit: no branches.)
-fn check_logit(x: f32, e: u32, true_class: bool) {
+// Checks logit x of element e; `live`: e's pixel is not ignored; `true_class`: e is the true
+// class of such a pixel. (`&` and `|` on bools do not short-circuit: no branches.)
+fn check_logit(x: f32, e: u32, true_class: bool, live: bool) {
     // a masked class (softmax -inf): an error where the losses need its log-probability
     let masked = SOFTMAX && !PROBS && is_neg_inf(x);
-    let needed = (VALIDATE & V_NEGINF_ANY) != 0u || ((VALIDATE & V_NEGINF_TRUE) != 0u && true_class);
+    let needed = ((VALIDATE & V_NEGINF_ANY) != 0u) | (((VALIDATE & V_NEGINF_LIVE) != 0u) & live)
+        | (((VALIDATE & V_NEGINF_TRUE) != 0u) & true_class);
     flag_if(masked & needed, V_NEGINF, e);
     flag_if(!masked & ((VALIDATE & V_NONFINITE) != 0u) & !finite(x), V_NONFINITE, e);
     flag_if(!masked & ((VALIDATE & V_PROB) != 0u) & !((x >= 0.0) & (x <= 1.0)), V_PROB, e);
@@ -66,7 +67,7 @@ fn check_logit(x: f32, e: u32, true_class: bool) {
 fn check_sigmoid(e: u32, x: f32, w: u32) {
     if VALIDATE != 0u {
         check_word(w, e);
-        check_logit(x, e, false);
+        check_logit(x, e, false, true);
     }
 }
 

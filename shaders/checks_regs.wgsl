@@ -8,7 +8,7 @@ fn check_k(masked: bool, k: u32, x: f32, e0: u32, lab: u32, each: bool) -> bool 
         return masked;
     }
     if each {
-        check_logit(x, e0 + k * P.s, lab == k);
+        check_logit(x, e0 + k * P.s, lab == k, true);
     }
     return masked & is_neg_inf(x);
 }

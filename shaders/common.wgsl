@@ -53,9 +53,11 @@ const V_SOFT: u32 = 8u;      // dense target neither 0 nor 1 (Lovász needs hard
 const V_PROB: u32 = 16u;     // a probability outside [0, 1] (or NaN)
 const V_NEGINF: u32 = 32u;   // softmax: a -inf logit the losses cannot take, or a pixel of -inf only
 // Checks (VALIDATE bits, never flagged themselves) of -inf logits in softmax mode, which mask a
-// class: an error anywhere (sigmoid focal, label-smoothed ce), or on the true class (ce, softmax focal).
+// class: an error anywhere (sigmoid focal), on the true class (ce, softmax focal), or on any class
+// of a pixel that is not ignored (label-smoothed ce).
 const V_NEGINF_ANY: u32 = 64u;
 const V_NEGINF_TRUE: u32 = 128u;
+const V_NEGINF_LIVE: u32 = 256u;
 
 // Whether x is -inf (by its bits: a compiler may assume that floats are finite).
 fn is_neg_inf(x: f32) -> bool {

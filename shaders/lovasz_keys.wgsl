@@ -98,7 +98,7 @@ fn lovasz_keys(
                 x = logits[e];
             }
             if VALIDATE != 0u {
-                check_logit(x, e, c == lab);
+                check_logit(x, e, c == lab, lab != INVALID);
                 masked = masked & is_neg_inf(x);
             }
             if lab == INVALID {

@@ -435,7 +435,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                         // the main loop skips ignored pixels: their logits are checked here
                         for (var c = 0u; c < P.c; c++) {
                             let e = (n * P.c + c) * P.s + s;
-                            check_logit(lg(e), e, false);
+                            check_logit(lg(e), e, false, false);
                         }
                     } else if !regs {
                         // a pixel needs one finite class (with the logits in registers:
@@ -480,7 +480,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
                         // the logits in registers, check_regs did)
                         for (var c = 0u; c < P.c; c++) {
                             let e = (n * P.c + c) * P.s + s;
-                            check_logit(lg(e), e, c == lab[i]);
+                            check_logit(lg(e), e, c == lab[i], true);
                         }
                     }
                     if has(CE) {
@@ -556,7 +556,7 @@ fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
             let e = (n * P.c + c) * P.s + base + tile_item(i, lid, WG, pix);
             let x = lg(e);
             if VALIDATE != 0u {
-                check_logit(x, e, label == c);
+                check_logit(x, e, label == c, true);
             }
             let g = select(0.0, 1.0, label == c);
             var p: f32;

@@ -95,7 +95,7 @@ fn add_k(acc: Acc, k: u32, x: f32, e0: u32, lab: u32, lse: vec2<f32>, tp0: Term,
     if k < CREG {
         let e = e0 + k * P.s;
         if VALIDATE != 0u {
-            check_logit(x, e, lab == k);
+            check_logit(x, e, lab == k, true);
         }
         add_element(&a, true, tp0, tp1, tp2, tp3, x, softmax_p(x, lse), select(0.0, 1.0, lab == k), nlog_p(lse, x), 0.0, lab, k);
     }

@@ -1254,11 +1254,14 @@ fn buffer_checks(b: &BufferInput<'_>, exprs: &[LossExpr], logits: Slice, target:
     let mut validate = if probs { check::PROB } else { check::NONFINITE };
     if softmax && !probs {
         // -inf logits mask a class: refused where the losses need its log-probability
-        let (any, true_class) = crate::input::neg_inf_rules(exprs, b.mode);
-        if any.is_some() {
+        let rules = crate::input::neg_inf_rules(exprs, b.mode);
+        if rules.any.is_some() {
             validate |= check::NEGINF_ANY;
         }
-        if true_class.is_some() {
+        if rules.live.is_some() {
+            validate |= check::NEGINF_LIVE;
+        }
+        if rules.true_class.is_some() {
             validate |= check::NEGINF_TRUE;
         }
     }

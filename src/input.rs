@@ -489,54 +489,76 @@ fn all_neg_inf(x: &[f32], target: &Target, shape: &[usize], ignore: Option<i64>,
     Ok(())
 }
 
-/// Which losses of `exprs` refuse -inf logits (multiclass): (anywhere, on the true class), each
-/// named by the first such loss. The host checks ([`check_neg_inf`]) and the device's (buffer
-/// inputs) both follow these rules.
-pub(crate) fn neg_inf_rules(exprs: &[crate::LossExpr], mode: Mode) -> (Option<&'static str>, Option<&'static str>) {
+/// Which losses of `exprs` refuse -inf logits (multiclass), each named by the first such loss.
+/// The host checks ([`check_neg_inf`]) and the device's (buffer inputs) both follow these rules.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct NegInfRules {
+    /// -inf anywhere: a sigmoid focal (smp and MONAI give NaN).
+    pub any: Option<&'static str>,
+    /// -inf on any class of a pixel that is not ignored: a label-smoothed ce, which takes every
+    /// class's log-probability (PyTorch: an infinite loss); an ignored pixel takes no part.
+    pub live: Option<&'static str>,
+    /// -inf on the true class of a pixel that is not ignored: ce, softmax focal.
+    pub true_class: Option<&'static str>,
+}
+
+/// The [`NegInfRules`] of `exprs` in `mode`.
+pub(crate) fn neg_inf_rules(exprs: &[crate::LossExpr], mode: Mode) -> NegInfRules {
     use crate::expr::Loss;
-    let (mut any, mut true_class) = (None, None);
+    let (mut any, mut live, mut true_class) = (None, None, None);
     for t in exprs.iter().flat_map(|e| &e.terms) {
         match &t.loss {
-            Loss::Ce(p) if p.label_smoothing > 0.0 => any = any.or(Some("ce with label_smoothing")),
+            Loss::Ce(p) if p.label_smoothing > 0.0 => live = live.or(Some("ce with label_smoothing")),
             Loss::Ce(_) => true_class = true_class.or(Some("ce")),
             Loss::Focal(p) if p.act.softmax(mode) => true_class = true_class.or(Some("focal:act=softmax")),
             Loss::Focal(_) => any = any.or(Some("the sigmoid focal loss")),
             _ => {}
         }
     }
-    (any, true_class)
+    NegInfRules { any, live, true_class }
 }
 
 /// -inf logits (multiclass) that the losses of `exprs` cannot take: on the true class of a
-/// non-ignored pixel for `ce` and softmax focal, anywhere for a sigmoid focal or a label-smoothed
-/// `ce` (they need every class's log-probability).
+/// non-ignored pixel for `ce` and softmax focal, on any class of such a pixel for a
+/// label-smoothed `ce`, anywhere for a sigmoid focal (they need every class's log-probability).
 pub(crate) fn check_neg_inf(input: &Input, exprs: &[crate::LossExpr]) -> Result<(), Error> {
     if !input.neg_inf {
         return Ok(());
     }
-    let (any, true_class) = neg_inf_rules(exprs, input.mode);
+    let rules = neg_inf_rules(exprs, input.mode);
     for l in 0..input.levels() {
         let lv = input.level(l)?;
         let at = |i: usize| describe_index(&lv.shape, i);
-        if let Some(who) = any {
+        if let Some(who) = rules.any {
             if let Some(i) = lv.logits.iter().position(|&v| v == f32::NEG_INFINITY) {
                 return Err(Error::NonFinite(format!("{who} needs finite logits; logits[{i}] ({}) is -inf", at(i))));
             }
         }
-        if let (Some(who), Target::Labels(t)) = (true_class, &lv.target) {
-            let (c, s) = (lv.shape[1], lv.spatial());
-            for (p, &lab) in t.iter().enumerate() {
-                if Some(lab) == lv.ignore_index {
-                    continue;
-                }
-                let i = ((p / s) * c + lab as usize) * s + p % s;
-                if lv.logits[i] == f32::NEG_INFINITY {
-                    return Err(Error::NonFinite(format!(
-                        "{who} needs a finite logit on the true class; logits[{i}] ({}) is -inf",
-                        at(i)
-                    )));
-                }
+        let Target::Labels(t) = &lv.target else { continue };
+        let (c, s) = (lv.shape[1], lv.spatial());
+        // the smallest offending index over the pixels that are not ignored, as the device's
+        // checks report it
+        let mut bad: Option<(usize, &str, &str)> = None;
+        for (p, &lab) in t.iter().enumerate() {
+            if Some(lab) == lv.ignore_index {
+                continue;
             }
+            let e = |k: usize| ((p / s) * c + k) * s + p % s;
+            let mut note = |i: usize, who: &'static str, what: &'static str| {
+                if lv.logits[i] == f32::NEG_INFINITY && bad.is_none_or(|b| i < b.0) {
+                    bad = Some((i, who, what));
+                }
+            };
+            if let Some(who) = rules.live {
+                for k in 0..c {
+                    note(e(k), who, "finite logits on the pixels that are not ignored");
+                }
+            } else if let Some(who) = rules.true_class {
+                note(e(lab as usize), who, "a finite logit on the true class");
+            }
+        }
+        if let Some((i, who, what)) = bad {
+            return Err(Error::NonFinite(format!("{who} needs {what}; logits[{i}] ({}) is -inf", at(i))));
         }
     }
     Ok(())

@@ -727,6 +727,7 @@ pub const SHARED_CONSTANTS: &[(&str, u64)] = &[
     ("V_NEGINF", crate::gpu::check::NEGINF as u64),
     ("V_NEGINF_ANY", crate::gpu::check::NEGINF_ANY as u64),
     ("V_NEGINF_TRUE", crate::gpu::check::NEGINF_TRUE as u64),
+    ("V_NEGINF_LIVE", crate::gpu::check::NEGINF_LIVE as u64),
     ("F_WEIGHTS", crate::plan::op::F_WEIGHTS as u64),
     ("WG", crate::gpu::STATS_WG as u64),
     ("PIX", crate::gpu::STATS_PIX as u64),

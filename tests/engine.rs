@@ -1454,6 +1454,23 @@ fn neg_inf_logits_in_buffers_are_checked_on_the_device() {
     neg(run(&x, &[0, 0, 2, 0], &["focal:act=softmax"]), 3);
     neg(run(&x, &labels, &["focal"]), 3);
     neg(run(&x, &labels, &["ce:label_smoothing=0.1"]), 3);
+    // label smoothing: the -inf logits of ignored pixels (1 and 3) take no part, as on the host
+    let ignored = [0u32, 255, 2, 255];
+    let (lb, tb) = (buffer_with(device, bytemuck::cast_slice(&x), 0), buffer_with(device, &ignored, 0));
+    let input = BufferInput::new(
+        BufferSlice::new(&lb, 0, 12),
+        TargetBuffer::ClassU32(BufferSlice::new(&tb, 0, 4)),
+        &[1, 3, 4],
+        Mode::Multiclass,
+        Some(255),
+    )
+    .unwrap();
+    let smooth = parse(&["ce:label_smoothing=0.1"]);
+    let dev = engine.evaluate_buffers_blocking(&input, &smooth, &[GradOut::Host]).unwrap();
+    let host_ignored: Vec<i64> = ignored.iter().map(|&l| l as i64).collect();
+    let host =
+        engine.evaluate_blocking(&Input::labels(&x, &host_ignored, &[1, 3, 4], Some(255)).unwrap(), &smooth, true);
+    assert_same(&dev, &host.unwrap(), "label smoothing, -inf on ignored pixels");
     // every class of pixel 3 masked (its first element, 3)
     let mut all = x.clone();
     all[11] = inf;
@@ -1818,7 +1835,8 @@ fn a_cross_entropy_gradient_comes_from_the_statistics_pass() {
 #[test]
 fn kornia_images_without_counted_weight_have_loss_one() {
     let engine = Engine::gpu_blocking().unwrap();
-    let x: Vec<f32> = vec![
+    // (the f32 logits, written out in f64)
+    let x64: [f64; 120] = [
         -3.3100154399871826,
         -2.1750738620758057,
         -2.3454158306121826,
@@ -1940,6 +1958,7 @@ fn kornia_images_without_counted_weight_have_loss_one() {
         4.956157207489014,
         -0.5133064985275269,
     ];
+    let x: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
     let mut ignored = vec![255i64; 20];
     ignored.extend([1, 2, 1, 2, 1, 1, 0, 0, 0, 2, 2, 2, 1, 1, 2, 0, 2, 2, 2, 2]);
     let mut class0 = vec![0i64; 20];

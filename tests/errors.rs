@@ -223,6 +223,23 @@ fn neg_inf_logits_mask_classes_in_multiclass_mode_only() {
     // ignored, the same pixel is fine
     let input = Input::labels(&x, &on_true, &[1, 3, 4], Some(0)).unwrap();
     assert!(engine.evaluate_blocking(&input, &["ce".parse().unwrap()], true).is_ok());
+    // label smoothing takes every class of a pixel that is not ignored (refused above); the -inf
+    // logits of ignored pixels (1 and 3: elements 3, 5, 7, 9) take no part, as in PyTorch: the
+    // value and gradient of the same input with those logits finite
+    let smooth: LossExpr = "ce:label_smoothing=0.1".parse().unwrap();
+    let mut finite = x.clone();
+    for i in [3, 5, 7, 9] {
+        finite[i] = 0.0;
+    }
+    let ignored = [0i64, 255, 2, 255];
+    let masked = Input::labels(&x, &ignored, &[1, 3, 4], Some(255)).unwrap();
+    let plain = Input::labels(&finite, &ignored, &[1, 3, 4], Some(255)).unwrap();
+    let want = reference::evaluate(&plain, &smooth).unwrap();
+    let cpu = reference::evaluate(&masked, &smooth).unwrap();
+    assert_eq!((cpu.value, &cpu.grad), (want.value, &want.grad), "label smoothing, -inf on ignored pixels");
+    let g = engine.evaluate_blocking(&masked, std::slice::from_ref(&smooth), true).unwrap().remove(0);
+    let w = engine.evaluate_blocking(&plain, std::slice::from_ref(&smooth), true).unwrap().remove(0);
+    assert_eq!((g.value, &g.grad), (w.value, &w.grad), "label smoothing on the device, -inf on ignored pixels");
     // input errors: every class masked, -inf in binary mode, +inf and NaN
     let mut all = x.clone();
     all[11] = inf;

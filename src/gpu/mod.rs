@@ -338,10 +338,13 @@ pub(crate) mod check {
     pub const PROB: u32 = 16;
     /// softmax: a -inf logit the losses cannot take, or a pixel whose logits are all -inf
     pub const NEGINF: u32 = 32;
-    /// (checks only) -inf anywhere is an error: a sigmoid focal or a label-smoothed ce
+    /// (checks only) -inf anywhere is an error: a sigmoid focal
     pub const NEGINF_ANY: u32 = 64;
     /// (checks only) -inf on the true class is an error: ce or softmax focal
     pub const NEGINF_TRUE: u32 = 128;
+    /// (checks only) -inf on any class of a pixel that is not ignored is an error: a
+    /// label-smoothed ce
+    pub const NEGINF_LIVE: u32 = 256;
 }
 
 /// Values of the specialization constants of `common.wgsl`.
