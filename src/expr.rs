@@ -290,7 +290,8 @@ pub struct RegionParams {
     /// Classes averaged over.
     pub classes: Classes,
     /// Per-class weights (one per channel, or per listed class in the list's order): the factor
-    /// of each group's loss (`pool=all|image_all`: of each class's terms inside the sums).
+    /// of each group's loss (`pool=all|image_all`: of each class's terms inside the sums). See
+    /// [`RegionParams::listed_weights`].
     pub weights: Option<Vec<f64>>,
     /// The divisor of the weighted mean over groups.
     pub norm: Norm,
@@ -385,6 +386,20 @@ impl RegionLoss {
 }
 
 impl RegionParams {
+    /// The weight of each averaged class, in the order of `classes` over `c` channels: `weights`
+    /// as given, or, with a `classes` list and one weight per channel (as smp takes
+    /// `class_weights` beside `classes`), the listed channels' (a list as long as the channels
+    /// reads per listed class).
+    pub fn listed_weights(&self, c: usize) -> Option<std::borrow::Cow<'_, [f64]>> {
+        let w = self.weights.as_deref()?;
+        Some(match &self.classes {
+            Classes::List(l) if w.len() == c && l.len() != c => {
+                std::borrow::Cow::Owned(l.iter().map(|&k| w.get(k).copied().unwrap_or(1.0)).collect())
+            }
+            _ => std::borrow::Cow::Borrowed(w),
+        })
+    }
+
     /// The clamp applied to the score under `log=true`.
     pub fn log_floor(&self) -> f64 {
         if self.eps > 0.0 {
@@ -442,7 +457,15 @@ impl Loss {
             Loss::Region(r) => {
                 check_classes(name, &r.params.classes, classes)?;
                 match &r.params.classes {
-                    Classes::List(l) => check_weights(name, "weights", r.params.weights.as_deref(), l.len(), "listed class"),
+                    // one per listed class, or one per channel
+                    Classes::List(l) if r.params.weights.as_ref().is_some_and(|w| w.len() == classes) => Ok(()),
+                    Classes::List(l) => check_weights(
+                        name,
+                        "weights",
+                        r.params.weights.as_deref(),
+                        l.len(),
+                        &format!("listed class, or {classes}: one per channel"),
+                    ),
                     _ => check_weights(name, "weights", r.params.weights.as_deref(), classes, "channel"),
                 }
             }

@@ -671,8 +671,8 @@ pub(crate) fn push_ops(
                 o.sub = layout.region_base as u32;
                 list(&p.classes, &mut o, cls);
                 o.flags |= norm_bits(p.norm);
-                if let Some(w) = &p.weights {
-                    weights(w, &mut o, cls, matches!(p.pool, Pool::Batch | Pool::Image));
+                if let Some(w) = p.listed_weights(classes) {
+                    weights(&w, &mut o, cls, matches!(p.pool, Pool::Batch | Pool::Image));
                 }
                 if p.intersection == Intersection::Min && o.kind == op::REGION {
                     o.flags |= op::F_MIN;
@@ -753,7 +753,8 @@ fn region(r: &RegionLoss, w: f64, sums: &Sums, coefs: &mut [f64], ent: &mut Vec<
     let p = &r.params;
     let (n_img, c_cls) = (sums.n, sums.c);
     let classes = class_set(&p.classes, c_cls);
-    let wt = |j: usize| p.weights.as_ref().map_or(1.0, |ws| ws[j]);
+    let listed = p.listed_weights(c_cls);
+    let wt = |j: usize| listed.as_ref().map_or(1.0, |ws| ws[j]);
     let js: Vec<usize> = (0..classes.len()).collect();
     // Groups: members (image, class, factor of its sums), the group's weight and its image.
     type Members = Vec<(usize, usize, f64)>;

@@ -529,7 +529,8 @@ pub(crate) fn weighted_mean(
 fn region(e: &Elems, r: &RegionLoss, w: f64, gp: &mut [f64], ent: &mut Vec<f64>) -> f64 {
     let p = &r.params;
     let classes = class_list(&p.classes, e.c);
-    let wt = |j: usize| p.weights.as_ref().map_or(1.0, |ws| ws[j]);
+    let listed = p.listed_weights(e.c);
+    let wt = |j: usize| listed.as_ref().map_or(1.0, |ws| ws[j]);
     // groups: members (element, factor of its terms in the sums), the group's weight, its image
     let with = |imgs: &[usize], js: &[usize], inside: bool| -> Vec<(usize, f64)> {
         js.iter()

@@ -91,7 +91,10 @@ fn losses_that_do_not_fit_the_mode_are_errors() {
     assert!(err.contains("weights has 3 entries but the input has C=2"), "{err}");
     for (text, needle) in [
         ("dice:weights=1;2;3", "weights has 3 entries but there are 2 (one per channel)"),
-        ("dice:classes=1,weights=1;2", "weights has 2 entries but there are 1 (one per listed class)"),
+        (
+            "dice:classes=1,weights=1;2;3",
+            "weights has 3 entries but there are 1 (one per listed class, or 2: one per channel)",
+        ),
         ("focal:weights=1", "weights has 1 entries but there are 2"),
     ] {
         let err = reference::evaluate(&mc, &text.parse().unwrap()).unwrap_err().to_string();
