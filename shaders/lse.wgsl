@@ -10,9 +10,10 @@ fn lse_step(st: vec2<f32>, x: f32) -> vec2<f32> {
     return select(r, st, is_neg_inf(x));
 }
 
-// The running max before the first channel: the lowest finite f32, so that a first logit of any
-// finite value replaces it (or ties it, which adds exp(0) = 1 all the same).
-const LSE_START: f32 = -3.4028235e38;
+// The running max before the first channel: the lowest finite f32 (in hex: a decimal literal
+// past it is an error in Chrome's WGSL compiler), so that a first logit of any finite value
+// replaces it (or ties it, which adds exp(0) = 1 all the same).
+const LSE_START: f32 = -0x1.fffffep+127f;
 
 // Online log-sum-exp over the channels of pixel s of image n, as (max, log of the sum) (softmax_p). The channels are loaded four at a
 // time before they are combined (in channel order, so the result is that of one at a time): a
