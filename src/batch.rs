@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::channel::oneshot;
@@ -52,6 +54,8 @@ type Reply = Result<Vec<Evaluation>, Error>;
 pub struct Batch<'e, 'a> {
     engine: &'e Engine,
     items: Vec<Item<'a>>,
+    /// Set when the flush begins: a [`Pending::wait`] before it would wait forever.
+    flushed: Arc<AtomicBool>,
 }
 
 enum ItemSrc<'a> {
@@ -70,6 +74,7 @@ struct Item<'a> {
 /// A batch dropped without a flush fails its futures with [`Error::Input`].
 pub struct Pending {
     rx: oneshot::Receiver<Reply>,
+    flushed: Arc<AtomicBool>,
 }
 
 impl Future for Pending {
@@ -83,9 +88,30 @@ impl Future for Pending {
 
 impl Pending {
     /// Blocks until the results are there (native only): after [`Batch::flush_blocking`] they
-    /// are, and this returns at once.
+    /// are, and this returns at once. Before the batch's flush has begun it returns
+    /// [`Error::Input`] instead of waiting for ever (await the `Pending`, a future, to wait for
+    /// a flush that runs elsewhere).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), segloss::Error> {
+    /// use segloss::{Engine, Input, Mode};
+    /// let engine = Engine::cpu(None);
+    /// let input = Input::dense(&[0.5f32, -1.0], &[1.0, 0.0], &[1, 1, 2], Mode::Binary)?;
+    /// let mut batch = engine.batch();
+    /// let early = batch.push(&input, &["bce".parse()?], false)?;
+    /// assert!(early.wait().is_err()); // not flushed yet
+    /// let pending = batch.push(&input, &["bce".parse()?], false)?;
+    /// batch.flush_blocking()?;
+    /// assert!(pending.wait()?[0].value > 0.0);
+    /// # Ok(()) }
+    /// ```
     #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(self) -> Reply {
+        if !self.flushed.load(Ordering::Acquire) {
+            return Err(Error::Input(
+                "Pending::wait before its batch was flushed would wait for ever: flush the batch first".into(),
+            ));
+        }
         futures::executor::block_on(self)
     }
 }
@@ -93,7 +119,7 @@ impl Pending {
 impl Engine {
     /// An empty batch of evaluations on this engine.
     pub fn batch(&self) -> Batch<'_, '_> {
-        Batch { engine: self, items: Vec::new() }
+        Batch { engine: self, items: Vec::new(), flushed: Arc::new(AtomicBool::new(false)) }
     }
 }
 
@@ -203,7 +229,7 @@ impl<'e, 'a> Batch<'e, 'a> {
     fn queue(&mut self, src: ItemSrc<'a>, exprs: &[LossExpr], grads: Vec<GradOut<'a>>) -> Pending {
         let (tx, rx) = oneshot::channel();
         self.items.push(Item { src, exprs: exprs.to_vec(), grads, tx: Some(tx) });
-        Pending { rx }
+        Pending { rx, flushed: self.flushed.clone() }
     }
 
     /// Evaluations queued.
@@ -220,7 +246,8 @@ impl<'e, 'a> Batch<'e, 'a> {
     /// [`Pending`]. An evaluation's own failure (bad values, a device limit) goes to its future;
     /// a failure of the submission itself goes to every future and is returned here.
     pub async fn flush(self) -> Result<(), Error> {
-        let Batch { engine, mut items } = self;
+        let Batch { engine, mut items, flushed } = self;
+        flushed.store(true, Ordering::Release);
         let mut txs: Vec<Option<oneshot::Sender<Reply>>> = items.iter_mut().map(|it| it.tx.take()).collect();
         if items.is_empty() {
             return Ok(());

@@ -105,6 +105,9 @@ pub struct Prepared<'a> {
     hard_labels: bool,
     /// [`counted`]: the target entries that count, found once here (uploaded inputs only).
     counted: usize,
+    /// The engine's device context that uploaded the buffers (uploaded inputs only): another
+    /// engine refuses them (wgpu's own ids can coincide across instances).
+    gpu: Option<Arc<Gpu>>,
 }
 
 impl Prepared<'_> {
@@ -170,6 +173,11 @@ impl<'a> TargetBuffer<'a> {
 /// [`Engine::evaluate_buffers`] and batches: each piece is copied into buffers of its own, so
 /// the slices then need `COPY_SRC` (and a gradient slice `COPY_DST`, plus `COPY_SRC` to be added
 /// to) rather than `STORAGE`.
+///
+/// Every buffer must come from the engine's own device ([`Engine::device`]). A buffer of
+/// another device of the same `wgpu::Instance` is an [`Error::Gpu`]; one of another `Instance`
+/// cannot be told apart (wgpu's ids of different instances can coincide), so wgpu may bind a
+/// buffer of the engine's own device in its place, or panic.
 #[derive(Clone, Debug)]
 pub struct BufferInput<'a> {
     logits: BufferSlice<'a>,
@@ -755,13 +763,13 @@ impl Engine {
     pub fn prepare<'a>(&self, input: Input<'a>) -> Result<Prepared<'a>, Error> {
         let Backend::Gpu(gpu) = &self.backend else {
             let hard_labels = input.hard_labels();
-            return Ok(Prepared { input, logits: None, target: None, hard_labels, counted: 0 });
+            return Ok(Prepared { input, logits: None, target: None, hard_labels, counted: 0, gpu: None });
         };
         let bytes = (input.logits().len() * 4) as u64;
         if bytes > crate::stats::binding_limit(gpu) {
             // past the binding limit: kept on the host, evaluated in pieces
             let hard_labels = input.hard_labels();
-            return Ok(Prepared { input, logits: None, target: None, hard_labels, counted: 0 });
+            return Ok(Prepared { input, logits: None, target: None, hard_labels, counted: 0, gpu: None });
         }
         let words = target_words(&input);
         let init = |label, contents: &[u8]| {
@@ -775,7 +783,18 @@ impl Engine {
         let target = init("target", bytemuck::cast_slice(&words));
         let hard_labels = input.hard_labels();
         let counted = counted(&input);
-        Ok(Prepared { input, logits: Some(logits), target: Some(target), hard_labels, counted })
+        Ok(Prepared { input, logits: Some(logits), target: Some(target), hard_labels, counted, gpu: Some(gpu.clone()) })
+    }
+
+    /// An uploaded batch must live on this engine's device (the CPU reference reads its input).
+    pub(crate) fn check_prepared(&self, prep: &Prepared<'_>) -> Result<(), Error> {
+        match (&self.backend, &prep.gpu) {
+            (Backend::Gpu(gpu), Some(g)) if !Arc::ptr_eq(g, gpu) => Err(Error::Input(
+                "a batch prepared by another engine (its buffers are on that engine's device): prepare it with this engine"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Evaluates several expressions on one batch: one statistics pass for all of them, the
@@ -789,13 +808,15 @@ impl Engine {
         self.evaluate_prepared(&prep, exprs, if grads { GradMode::Read } else { GradMode::Skip }).await
     }
 
-    /// [`Engine::evaluate`] on an uploaded batch.
+    /// [`Engine::evaluate`] on an uploaded batch. A batch uploaded by another engine is an
+    /// [`Error::Input`].
     pub async fn evaluate_prepared(
         &self,
         prep: &Prepared<'_>,
         exprs: &[LossExpr],
         grads: GradMode,
     ) -> Result<Vec<Evaluation>, Error> {
+        self.check_prepared(prep)?;
         let input = &prep.input;
         if input.levels() > 1 || exprs.iter().any(|e| e.deep.is_some()) {
             return self.evaluate_levels(input, exprs, grads).await;
@@ -1285,7 +1306,8 @@ fn buffer_checks(b: &BufferInput<'_>, exprs: &[LossExpr], logits: Slice, target:
 }
 
 /// Where each expression's gradient goes on the device, every caller slice checked (usage,
-/// alignment, length `numel`, no overlap with the input).
+/// alignment, length `numel`, no overlap with the input, nor with another expression's slice
+/// unless it is the same slice, as the split evaluation requires).
 pub(crate) fn grad_targets(
     gpu: &Gpu,
     rec: &mut Recording,
@@ -1294,7 +1316,16 @@ pub(crate) fn grad_targets(
     numel: u64,
 ) -> Result<Vec<GradTo>, Error> {
     let mut to = Vec::with_capacity(grads.len());
+    let mut seen: Vec<BufferSlice<'_>> = Vec::new();
     for g in grads {
+        if let Dest::Out(GradOut::Write(sl) | GradOut::Add(sl)) = g {
+            if !seen.iter().any(|d| crate::batch::same_slice(d, sl)) {
+                if seen.iter().any(|d| overlaps(d, sl)) {
+                    return Err(Error::Buffer("two gradient slices overlap without being the same slice".into()));
+                }
+                seen.push(*sl);
+            }
+        }
         let g = match g {
             // a prepared batch's device-only gradient (benchmarks): scratch, never read
             Dest::Scratch => {

@@ -1044,6 +1044,9 @@ fn parse_deep(text: &str) -> Result<Option<LossExpr>, Error> {
             }
         }
     }
+    if inner.trim().is_empty() {
+        return Err(perr(text, "deep(...) needs an expression inside its parentheses"));
+    }
     let mut e: LossExpr = inner.parse()?;
     if e.deep.is_some() {
         return Err(perr(text, "deep(...) cannot be nested"));
@@ -1063,6 +1066,9 @@ impl FromStr for LossExpr {
         }
         if let Some(e) = parse_deep(s)? {
             return Ok(e);
+        }
+        if s.split('+').any(|t| t.trim().is_empty()) {
+            return Err(perr(s, "empty term (a '+' with no loss on one side)"));
         }
         let parsed = s.split('+').map(parse_term).collect::<Result<Vec<_>, _>>()?;
         let reduction = if parsed.iter().any(|(_, r)| *r == Reduction::None) {

@@ -225,6 +225,7 @@ impl Engine {
     /// reference, or for an input past the binding limit (kept on the host, evaluated in pieces).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn copy_probe_blocking(&self, prep: &Prepared<'_>) -> Result<bool, Error> {
+        self.check_prepared(prep)?;
         let (Some(gpu), Some((logits, _))) = (self.gpu_ref(), prep.buffers()) else {
             return Ok(false);
         };

@@ -20,7 +20,7 @@ use crate::gpu::align;
 use crate::gpu::context::Gpu;
 use crate::gpu::eval::{DevInput, GradTo, LovFrom, Part, Recorded, Totals};
 use crate::gpu::record::Recording;
-use crate::input::{Input, Target};
+use crate::input::{Input, InputKind, Target};
 use crate::plan::{self, BlockLayout, LovaszSums, StatsPlan, Sums, K};
 use crate::split::{self, Piece};
 use crate::Mode;
@@ -64,6 +64,8 @@ use crate::Mode;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Statistics {
     mode: Mode,
+    /// What the input held (logits or probabilities): a gradient step takes the same.
+    kind: InputKind,
     classes: usize,
     images: usize,
     exprs: Vec<LossExpr>,
@@ -109,7 +111,16 @@ impl Statistics {
         let spi = if mode == Mode::Multiclass { classes } else { 1 };
         let lov_per_image = vec![spi; plan.lovasz.len()];
         let len = images * classes * k + lov_per_image.iter().map(|s| images * s * 3).sum::<usize>();
-        Ok(Statistics { mode, classes, images, exprs: exprs.to_vec(), k, lov_per_image, data: vec![0.0; len] })
+        Ok(Statistics {
+            mode,
+            kind: InputKind::Logits,
+            classes,
+            images,
+            exprs: exprs.to_vec(),
+            k,
+            lov_per_image,
+            data: vec![0.0; len],
+        })
     }
 
     /// Images of the batch the statistics describe.
@@ -125,6 +136,11 @@ impl Statistics {
     /// The mode of the inputs.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// What the inputs held, logits or probabilities: a gradient step refuses the other.
+    pub fn kind(&self) -> InputKind {
+        self.kind
     }
 
     /// The expressions the statistics serve.
@@ -164,6 +180,13 @@ impl Statistics {
                 other.mode,
                 other.classes,
                 texts(&other.exprs)
+            )));
+        }
+        if self.kind != other.kind {
+            return Err(Error::Input(format!(
+                "statistics of {} cannot join those of {}",
+                self.kind.name(),
+                other.kind.name()
             )));
         }
         Ok(())
@@ -300,6 +323,7 @@ impl Statistics {
     fn check_part(
         &self,
         mode: Mode,
+        kind: InputKind,
         classes: usize,
         images: usize,
         first_image: usize,
@@ -309,6 +333,13 @@ impl Statistics {
             return Err(Error::Input(format!(
                 "a {mode} input of {classes} classes for statistics of {} {} classes",
                 self.mode, self.classes
+            )));
+        }
+        if kind != self.kind {
+            return Err(Error::Input(format!(
+                "an input of {} for statistics of {}: the gradient takes what the statistics took",
+                kind.name(),
+                self.kind.name()
             )));
         }
         if first_image.checked_add(images).is_none_or(|end| end > self.images) {
@@ -670,6 +701,7 @@ impl Engine {
             Some(gpu) => self.device_statistics(gpu, input, exprs, true).await,
             None => {
                 let mut st = Statistics::zeroed(input.mode(), input.classes(), input.batch(), exprs, true)?;
+                st.kind = input.kind();
                 let plan = StatsPlan::new(exprs, input.classes(), input.mode() == Mode::Multiclass);
                 let sums = host_sums(input, &plan);
                 st.data[..sums.len()].copy_from_slice(&sums);
@@ -695,6 +727,7 @@ impl Engine {
         lovasz: bool,
     ) -> Result<Statistics, Error> {
         let mut st = Statistics::zeroed(input.mode(), input.classes(), input.batch(), exprs, lovasz)?;
+        st.kind = input.kind();
         let plan = StatsPlan::new(exprs, input.classes(), input.mode() == Mode::Multiclass);
         let pieces = pieces_for(gpu, input, &plan)?;
         let mut rec = Recording::new(&gpu.limits);
@@ -716,6 +749,7 @@ impl Engine {
             e.check_input(mode, shape[1], input.kind())?;
         }
         let mut st = Statistics::zeroed(mode, shape[1], shape[0], exprs, true)?;
+        st.kind = input.kind();
         let plan = StatsPlan::new(exprs, shape[1], mode == Mode::Multiclass);
         let mut rec = Recording::new(&gpu.limits);
         let inp = buffer_dev_input(gpu, &mut rec, input, exprs)?;
@@ -741,7 +775,7 @@ impl Engine {
                 "the CPU reference computes gradients from the input, not from statistics: use a GPU engine".into(),
             ));
         };
-        stats.check_part(input.mode(), input.classes(), input.batch(), first_image, exprs)?;
+        stats.check_part(input.mode(), input.kind(), input.classes(), input.batch(), first_image, exprs)?;
         crate::engine::check_hard_labels(exprs, input.hard_labels())?;
         crate::input::check_neg_inf(input, exprs)?;
         self.device_tail(gpu, input, stats, first_image, exprs, true, true).await
@@ -807,7 +841,7 @@ impl Engine {
             return Err(Error::Input(format!("{} gradient outputs for {} expressions", grads.len(), exprs.len())));
         }
         let shape = input.shape();
-        stats.check_part(input.mode(), shape[1], shape[0], first_image, exprs)?;
+        stats.check_part(input.mode(), input.kind(), shape[1], shape[0], first_image, exprs)?;
         let plan = StatsPlan::new(&stats.exprs, stats.classes, stats.mode == Mode::Multiclass);
         let mut rec = Recording::new(&gpu.limits);
         let inp = buffer_dev_input(gpu, &mut rec, input, exprs)?;
@@ -916,6 +950,7 @@ impl Engine {
         };
         // 1. statistics of the pieces (their values checked), joined on the host
         let mut st = Statistics::zeroed(input.mode(), c, n, exprs, false)?;
+        st.kind = input.kind();
         let mut rec = Recording::new(&gpu.limits);
         for (&p, b) in pieces.iter().zip(&bufs) {
             copy_in(&mut rec, &lslice, &b.0, p, c);

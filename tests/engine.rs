@@ -2192,3 +2192,61 @@ fn region_weights_with_a_class_list_take_one_per_listed_class_or_per_channel() {
     let e = engine.evaluate_blocking(&input, &parse(&["dice:weights=1;2;0.5;4,classes=0;2"]), true).unwrap_err();
     assert!(e.to_string().contains("one per listed class, or 3: one per channel"), "{e}");
 }
+
+/// Misuse from the outside that used to hang, panic or give another buffer's numbers (found by
+/// a review of the API): a batch prepared by another engine's device, statistics of logits
+/// used for a gradient of probabilities, two gradient slices that overlap without being the same
+/// slice (the split evaluation refused them; one binding did not), and a `Pending` waited on
+/// before its batch was flushed. Each is a typed error.
+#[test]
+fn misuse_across_engines_kinds_slices_and_batches_is_a_typed_error() {
+    let (engine, device, _) = caller_engine();
+    let other = Engine::gpu_blocking().unwrap();
+    let x: Vec<f32> = (0..64).map(|i| ((i * 7) % 11) as f32 / 4.0 - 1.0).collect();
+    let p: Vec<f32> = x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+    let t: Vec<f32> = (0..64).map(|i| (i % 3 == 0) as u8 as f32).collect();
+    let input = Input::dense(&x, &t, &[1, 1, 8, 8], Mode::Binary).unwrap();
+    let exprs = parse(&["dice"]);
+    // another device's upload
+    let prep = other.prepare(input.clone()).unwrap();
+    match engine.evaluate_prepared_blocking(&prep, &exprs, segloss::GradMode::Read) {
+        Err(Error::Input(m)) => assert!(m.contains("another engine"), "{m}"),
+        r => panic!("another device's prepared batch: {:?}", r.map(|v| v[0].value)),
+    }
+    assert!(other.evaluate_prepared_blocking(&prep, &exprs, segloss::GradMode::Read).is_ok());
+    // statistics of logits, a gradient of probabilities
+    let st = engine.statistics_blocking(&input, &exprs).unwrap();
+    let probs = Input::dense_probs(&p, &t, &[1, 1, 8, 8], Mode::Binary).unwrap();
+    match engine.gradient_blocking(&probs, &st, 0, &exprs) {
+        Err(Error::Input(m)) => assert!(m.contains("probs") && m.contains("logits"), "{m}"),
+        r => panic!("a gradient of probabilities from statistics of logits: {:?}", r.map(|v| v[0].value)),
+    }
+    assert_eq!(st.kind(), InputKind::Logits);
+    // gradient slices that overlap (8 floats apart) in one buffer of one binding
+    let gbuf = buffer_with(device, &[0u32; 72], 0);
+    let (a, b) = (BufferSlice::new(&gbuf, 0, 64), BufferSlice::new(&gbuf, 32, 64));
+    let (lb, tb) = (buffer_with(device, bytemuck::cast_slice(&x), 0), buffer_with(device, bytemuck::cast_slice(&t), 0));
+    let binput = BufferInput::new(
+        BufferSlice::new(&lb, 0, 64),
+        TargetBuffer::Dense(BufferSlice::new(&tb, 0, 64)),
+        &[1, 1, 8, 8],
+        Mode::Binary,
+        None,
+    )
+    .unwrap();
+    match engine.evaluate_buffers_blocking(&binput, &parse(&["dice", "bce"]), &[GradOut::Write(a), GradOut::Write(b)]) {
+        Err(Error::Buffer(m)) => assert!(m.contains("overlap"), "{m}"),
+        r => panic!("overlapping gradient slices: {:?}", r.map(|v| v[0].value)),
+    }
+    // the same slice twice is fine (the second adds or overwrites, in order)
+    assert!(engine
+        .evaluate_buffers_blocking(&binput, &parse(&["dice", "bce"]), &[GradOut::Write(a), GradOut::Add(a)])
+        .is_ok());
+    // a Pending waited on before the flush
+    let mut batch = engine.batch();
+    let early = batch.push(&input, &exprs, false).unwrap();
+    assert!(matches!(early.wait(), Err(Error::Input(_))));
+    let later = batch.push(&input, &exprs, false).unwrap();
+    batch.flush_blocking().unwrap();
+    assert!(later.wait().is_ok());
+}

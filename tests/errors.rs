@@ -24,6 +24,11 @@ fn loss_text_errors_list_what_is_allowed() {
     assert!(parse_err("focal:alpha=2").contains("[0, 1]"));
     assert!(parse_err("x*dice").contains("not a number"));
     assert!(parse_err("dice+").contains("empty term"));
+    // the error names the whole text, not the empty term
+    for text in ["dice+", "+", "dice++bce", "deep()"] {
+        let e = text.parse::<LossExpr>().unwrap_err().to_string();
+        assert!(e.contains(&format!("'{text}'")), "{text}: {e}");
+    }
     assert!(parse_err("").contains("empty loss text"));
     assert!(parse_err("tversky:squared=true").contains("allowed keys"));
     assert!(parse_err("gdice:pool=all").contains("pool=all"));

@@ -470,3 +470,24 @@ fn hd_percentile_zero_is_the_maximum_as_in_monai() {
         assert!(close(cpu, monai, "distance"), "{text} (reference): {cpu} against MONAI's {monai}");
     }
 }
+
+/// A run of a surface metric (rows per image) refuses images of another class count, updated or
+/// merged, as the counted metrics do; it used to take them and panic or drop classes at compute.
+#[test]
+fn surface_runs_refuse_images_of_another_class_count() {
+    let engine = common::gpu();
+    let input_of = |c: usize| {
+        let x: Vec<f32> = (0..c * 36).map(|i| ((i * 5) % 7) as f32 - 3.0).collect();
+        let t: Vec<f32> = (0..c * 36).map(|i| ((i * 3) % 4 == 0) as u8 as f32).collect();
+        Input::new(Cow::Owned(x), Target::Dense(Cow::Owned(t)), &[1, c, 6, 6], Mode::Multilabel, None).unwrap()
+    };
+    let m: Metric = "hd:reduction=mean_batch".parse().unwrap();
+    let mut a = segloss::metrics::Running::new(m.clone());
+    a.update_blocking(engine, &input_of(3)).unwrap();
+    assert!(matches!(a.update_blocking(engine, &input_of(2)), Err(segloss::Error::Input(_))));
+    let mut b = segloss::metrics::Running::new(m);
+    b.update_blocking(engine, &input_of(2)).unwrap();
+    assert!(matches!(a.merge(&b), Err(segloss::Error::Input(_))));
+    assert_eq!(a.images(), 1);
+    assert!(a.compute().is_ok());
+}

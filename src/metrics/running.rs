@@ -6,7 +6,7 @@ use super::scores::{reduce_grid, reduce_images, Counts};
 use super::{AbsentWeight, Metric, MetricName, MetricValue};
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::input::Input;
+use crate::input::{Input, Mode};
 
 /// A metric accumulated over batches: [`Running::update`] (or [`Running::add_counts`]) per
 /// batch, [`Running::merge`] to join two runs (the second's images after the first's), and
@@ -38,12 +38,14 @@ pub struct Running {
     /// Per image: the surface values of its classes, or its gdice score.
     rows: Vec<Vec<f64>>,
     images: usize,
+    /// The mode and class count of the images so far: every batch must have the same.
+    of: Option<(Mode, usize)>,
 }
 
 impl Running {
     /// An empty run of `metric`.
     pub fn new(metric: Metric) -> Running {
-        Running { metric, counts: None, rows: Vec::new(), images: 0 }
+        Running { metric, counts: None, rows: Vec::new(), images: 0, of: None }
     }
 
     /// The metric.
@@ -56,6 +58,17 @@ impl Running {
         self.images
     }
 
+    /// Checks that images of a `mode` input of `classes` classes can join the run.
+    fn check_joins(&self, of: Option<(Mode, usize)>) -> Result<(), Error> {
+        match (self.of, of) {
+            (Some((m, c)), Some((m2, c2))) if (m, c) != (m2, c2) => Err(Error::Input(format!(
+                "'{}': images of {m2} {c2} classes cannot join a run of {m} {c} classes",
+                self.metric.text()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn per_image_rows(&self) -> bool {
         self.metric.name.is_surface()
             || (self.metric.name == MetricName::GDice && self.metric.absent_weight == AbsentWeight::Torchmetrics)
@@ -66,11 +79,13 @@ impl Running {
     /// alone; a batch that fails is not added.
     pub async fn update(&mut self, engine: &Engine, input: &Input<'_>) -> Result<MetricValue, Error> {
         self.metric.check(input.mode(), input.classes())?;
+        self.check_joins(Some((input.mode(), input.classes())))?;
         if self.metric.name.is_surface() {
             let grid = engine.surface_grid(input, &self.metric).await?;
             let value = reduce_grid(grid.clone(), self.metric.reduction, self.metric.empty_mean);
             self.rows.extend(grid);
             self.images += input.batch();
+            self.of = Some((input.mode(), input.classes()));
             return Ok(value);
         }
         let counts = engine.counts(input, &self.metric).await?;
@@ -94,6 +109,7 @@ impl Running {
             });
         }
         self.metric.check(counts.mode(), counts.classes())?;
+        self.check_joins(Some((counts.mode(), counts.classes())))?;
         if self.per_image_rows() {
             let ks = self.metric.selected(counts.classes());
             self.rows.extend(counts.gdice_per_image(&self.metric, &ks).into_iter().map(|x| vec![x]));
@@ -104,6 +120,7 @@ impl Running {
             }
         }
         self.images += counts.images();
+        self.of = Some((counts.mode(), counts.classes()));
         Ok(())
     }
 
@@ -115,6 +132,7 @@ impl Running {
                 msg: format!("cannot merge into a run of '{}'", self.metric.text()),
             });
         }
+        self.check_joins(other.of)?;
         if let Some(oc) = &other.counts {
             match &mut self.counts {
                 None => self.counts = Some(oc.clone()),
@@ -123,6 +141,7 @@ impl Running {
         }
         self.rows.extend(other.rows.iter().cloned());
         self.images += other.images;
+        self.of = self.of.or(other.of);
         Ok(())
     }
 
