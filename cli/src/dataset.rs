@@ -79,9 +79,31 @@ fn png_input(
     if (img.height() as usize, img.width() as usize) != (h, w) {
         return Err(format!("the mask is {}x{} but the logits are {h}x{w}", img.height(), img.width()));
     }
+    // grey masks: the grey channel's own values, 8 or 16 bits (a 16-bit class index is not
+    // scaled down to 8 bits); colour masks need --palette
+    let grey = || -> Result<(Vec<i64>, i64), String> {
+        use image::DynamicImage as D;
+        let of = |v: Vec<u16>| v.into_iter().map(i64::from).collect::<Vec<i64>>();
+        Ok(match &img {
+            D::ImageLuma8(b) => (of(b.pixels().map(|p| u16::from(p.0[0])).collect()), 255),
+            D::ImageLumaA8(b) => (of(b.pixels().map(|p| u16::from(p.0[0])).collect()), 255),
+            D::ImageLuma16(b) => (of(b.pixels().map(|p| p.0[0]).collect()), 65535),
+            D::ImageLumaA16(b) => (of(b.pixels().map(|p| p.0[0]).collect()), 65535),
+            other => {
+                return Err(format!(
+                    "{} is a colour mask ({:?}): a grey mask needs one grey channel; for colour masks give --palette",
+                    path.display(),
+                    other.color()
+                ))
+            }
+        })
+    };
     let levels: Vec<i64> = match map {
-        MaskMap::Grey => img.to_luma8().pixels().map(|p| i64::from(p.0[0])).collect(),
-        MaskMap::Binary => img.to_luma8().pixels().map(|p| i64::from(p.0[0] > 127)).collect(),
+        MaskMap::Grey => grey()?.0,
+        MaskMap::Binary => {
+            let (v, max) = grey()?;
+            v.into_iter().map(|x| i64::from(x > max / 2)).collect()
+        }
         MaskMap::Palette(colours) => {
             let rgb = img.to_rgb8();
             let mut v = Vec::with_capacity(h * w);

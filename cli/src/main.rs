@@ -95,7 +95,8 @@ pub(crate) struct EvalArgs {
     #[arg(long, requires = "logits_dir")]
     target_dir: Option<PathBuf>,
     /// How a PNG mask's grey level becomes a target: `grey` (the level is the class index, or the
-    /// 0/1 target when the logits have one channel) or `binary` (level > 127 is 1, else 0).
+    /// 0/1 target when the logits have one channel; 8 or 16 bits) or `binary` (level > 127 is 1,
+    /// else 0; 16-bit masks: > 32767). A colour mask needs --palette.
     #[arg(long, default_value = "grey", value_parser = ["grey", "binary"])]
     mask: String,
     /// PNG masks in colour: `R,G,B;R,G,B;...`, the i-th colour is class i (other colours are an

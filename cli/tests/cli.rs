@@ -769,3 +769,44 @@ fn eval_with_several_levels_writes_a_gradient_per_level_and_needs_deep() {
     assert!(r[2]["error"].as_str().unwrap().contains("inside deep"), "{}", r[2]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// PNG masks of 16 bits are read at 16 bits (a class index past 255 stays itself; 8-bit
+/// reading took the high byte, so classes 0..255 all became 0, with no error), and a colour mask
+/// without `--palette` is an error row rather than grey by luminance.
+#[test]
+fn sixteen_bit_masks_keep_their_classes_and_colour_masks_need_a_palette() {
+    let root = std::env::temp_dir().join(format!("segloss-masks16-{}", std::process::id()));
+    let (ld, td) = (root.join("logits"), root.join("targets"));
+    std::fs::create_dir_all(&ld).unwrap();
+    std::fs::create_dir_all(&td).unwrap();
+    let mut rng = common::Rng(16);
+    let (h, w) = (6u32, 5u32);
+    let labels: Vec<u16> = (0..h * w).map(|_| rng.below(3) as u16).collect();
+    let logits: Vec<f32> = (0..3 * h * w).map(|_| (rng.normal() * 2.0) as f32).collect();
+    for name in ["m16", "big", "rgb"] {
+        write_npy(&ld.join(format!("{name}.npy")), &logits, &[3, u64::from(h), u64::from(w)]);
+    }
+    image::ImageBuffer::<image::Luma<u16>, _>::from_raw(w, h, labels.clone())
+        .unwrap()
+        .save(td.join("m16.png"))
+        .unwrap();
+    let mut big = labels.clone();
+    big[7] = 258;
+    image::ImageBuffer::<image::Luma<u16>, _>::from_raw(w, h, big).unwrap().save(td.join("big.png")).unwrap();
+    let rgb: Vec<u8> = labels.iter().flat_map(|&l| [l as u8, 0, 0]).collect();
+    image::RgbImage::from_raw(w, h, rgb).unwrap().save(td.join("rgb.png")).unwrap();
+    let out = segloss(&["eval", "--logits-dir", s(&ld), "--target-dir", s(&td), "--json", "--loss", "dice"]);
+    let j = json_of(&out);
+    let files = j["files"].as_array().unwrap();
+    let file = |n: &str| files.iter().find(|f| f["name"] == n).unwrap().clone();
+    let lab: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+    let input = segloss::Input::labels(&logits, &lab, &[1, 3, h as usize, w as usize], None).unwrap();
+    let want = segloss::reference::evaluate(&input, &"dice".parse().unwrap()).unwrap().value;
+    let got = file("m16")["results"][0]["value"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-5, "16-bit mask: {got} vs reference {want}");
+    let e = file("big")["error"].as_str().unwrap_or_default().to_string();
+    assert!(e.contains("258"), "class 258 of a 16-bit mask: {e}");
+    let e = file("rgb")["error"].as_str().unwrap_or_default().to_string();
+    assert!(e.contains("--palette"), "a colour mask without --palette: {e}");
+    let _ = std::fs::remove_dir_all(&root);
+}
