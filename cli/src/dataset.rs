@@ -195,8 +195,11 @@ impl FolderMetrics {
                     Err(e) => return crate::metric_entry(t, Err(Error::Input(e.clone()))),
                 };
                 let m = run.metric().clone();
+                // the file's own run, then joined to the folder's: a file that cannot join (other
+                // classes, another mode) keeps its own value and is named in the folder's entry
+                let mut own = Running::new(m.clone());
                 let r = if m.name.is_surface() {
-                    run.update_blocking(engine, input)
+                    own.update_blocking(engine, input)
                 } else {
                     // metrics of one threshold share the file's counts
                     let key = m.logit_threshold().to_bits();
@@ -204,9 +207,9 @@ impl FolderMetrics {
                         Some((_, c)) => Ok(c.clone()),
                         None => engine.counts_blocking(input, &m).inspect(|c| by_threshold.push((key, c.clone()))),
                     };
-                    counts.and_then(|c| c.evaluate(&m).and_then(|v| run.add_counts(&c).map(|()| v)))
+                    counts.and_then(|c| c.evaluate(&m).and_then(|v| own.add_counts(&c).map(|()| v)))
                 };
-                if r.is_err() {
+                if r.is_err() || run.merge(&own).is_err() {
                     left_out.push(name.to_string());
                 }
                 crate::metric_entry(t, r)

@@ -810,3 +810,38 @@ fn sixteen_bit_masks_keep_their_classes_and_colour_masks_need_a_palette() {
     assert!(e.contains("--palette"), "a colour mask without --palette: {e}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A folder of files of different class counts: each file keeps its own metric value (from its
+/// own counts), and only the folder's entry, which cannot pool them, is an error naming the file
+/// that could not join (before, that file's own entry was the error).
+#[test]
+fn folder_files_of_other_class_counts_keep_their_own_metrics() {
+    let root = std::env::temp_dir().join(format!("segloss-mixed-{}", std::process::id()));
+    let (ld, td) = (root.join("logits"), root.join("targets"));
+    std::fs::create_dir_all(&ld).unwrap();
+    std::fs::create_dir_all(&td).unwrap();
+    let mut rng = common::Rng(21);
+    let mut want = Vec::new();
+    for (name, c) in [("a", 2usize), ("b", 3)] {
+        let logits: Vec<f32> = (0..c * 20).map(|_| (rng.normal() * 2.0) as f32).collect();
+        let labels: Vec<i64> = (0..20).map(|_| rng.below(c) as i64).collect();
+        write_npy(&ld.join(format!("{name}.npy")), &logits, &[1, c as u64, 4, 5]);
+        write_npy(&td.join(format!("{name}.npy")), &labels, &[1, 4, 5]);
+        let input = segloss::Input::labels(&logits, &labels, &[1, c, 4, 5], None).unwrap();
+        let m: segloss::metrics::Metric = "iou".parse().unwrap();
+        want.push(segloss::metrics::reference::evaluate(&input, &m).unwrap().value.unwrap());
+    }
+    let out =
+        segloss(&["eval", "--logits-dir", s(&ld), "--target-dir", s(&td), "--json", "--loss", "ce", "--metric", "iou"]);
+    let j = json_of(&out);
+    let files = j["files"].as_array().unwrap();
+    for (f, w) in files.iter().zip(&want) {
+        let m = &f["metrics"][0];
+        assert!(m["error"].is_null(), "{}: {m}", f["name"]);
+        let v = m["value"].as_f64().unwrap();
+        assert!((v - w).abs() < 1e-9, "{}: {v} against the reference's {w}", f["name"]);
+    }
+    let folder = j["metrics"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(folder.contains("not every file") && folder.contains('b'), "the folder's entry: {folder}");
+    let _ = std::fs::remove_dir_all(&root);
+}
