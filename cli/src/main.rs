@@ -516,6 +516,8 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
                     // reduction=none: the entries' shape, a file next to the gradients, and the
                     // (few) entries of a region loss inline
                     entry["unreduced_shape"] = json!(u.shape);
+                    // (null without --grad-dir, as grad_file)
+                    entry["unreduced_file"] = serde_json::Value::Null;
                     if let Some(dir) = &a.grad_dir {
                         let path = dir.join(format!("unreduced_{i}.npy"));
                         let written = npy::to_bytes(&u.values, &u.shape)

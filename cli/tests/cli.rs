@@ -724,6 +724,12 @@ fn eval_with_reduction_none_writes_the_entries_and_inlines_region_groups() {
         // region entries inline, the per-pixel ones only in the file
         assert_eq!(r[i]["unreduced"].is_array(), n.starts_with("dice"), "{n}");
     }
+    // without --grad-dir: unreduced_file is there, null (as grad_file)
+    let (logits, target) = (case.join("logits.npy"), case.join("target.npy"));
+    let out = segloss(&["eval", "--logits", s(&logits), "--target", s(&target), "--json", "--loss", texts[0]]);
+    let j = json_of(&out);
+    let e = &j["results"][0];
+    assert!(e.get("unreduced_file").is_some_and(|f| f.is_null()) && e["grad_file"].is_null(), "{e}");
     // past the binding limit the batch is evaluated in pieces, which keep no entries: an error
     // entry, the other values printed
     let v = eval_case_with_env(&case, &["dice:reduction=none", "dice"], &[], &dir, &[(limit, Some("1000"))]);
