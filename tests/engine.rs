@@ -1835,130 +1835,7 @@ fn a_cross_entropy_gradient_comes_from_the_statistics_pass() {
 #[test]
 fn kornia_images_without_counted_weight_have_loss_one() {
     let engine = Engine::gpu_blocking().unwrap();
-    // (the f32 logits, written out in f64)
-    let x64: [f64; 120] = [
-        -3.3100154399871826,
-        -2.1750738620758057,
-        -2.3454158306121826,
-        0.8009275794029236,
-        -0.7457422018051147,
-        0.37944915890693665,
-        2.529127597808838,
-        2.5738096237182617,
-        1.425550937652588,
-        -1.3523057699203491,
-        -2.264796733856201,
-        -2.4444422721862793,
-        -1.0315645933151245,
-        -0.15414027869701385,
-        -2.916821002960205,
-        -3.4034626483917236,
-        0.9171156287193298,
-        -5.555055141448975,
-        -0.5311605334281921,
-        1.2774770259857178,
-        -2.956066846847534,
-        -3.338862419128418,
-        -2.2818779945373535,
-        1.9440737962722778,
-        -0.38949406147003174,
-        -5.608791828155518,
-        -1.2700473070144653,
-        3.0416903495788574,
-        2.951146125793457,
-        1.8901258707046509,
-        -0.7141764163970947,
-        -5.534819602966309,
-        0.5087332129478455,
-        -0.5279332995414734,
-        0.23039959371089935,
-        4.6269121170043945,
-        0.55105060338974,
-        0.8290014266967773,
-        1.815292477607727,
-        -0.7697067260742188,
-        -1.993069052696228,
-        -2.2121191024780273,
-        2.3008995056152344,
-        1.513658046722412,
-        -1.4686393737792969,
-        3.4580860137939453,
-        0.552994430065155,
-        -4.020655155181885,
-        1.8176368474960327,
-        -0.41845703125,
-        -3.986405372619629,
-        1.5464545488357544,
-        -1.034449577331543,
-        -1.1770278215408325,
-        1.7696877717971802,
-        -6.577490329742432,
-        -3.8319005966186523,
-        -1.2735605239868164,
-        0.7474907040596008,
-        -1.9953218698501587,
-        -2.9901516437530518,
-        -3.157269239425659,
-        -0.35187944769859314,
-        2.025059700012207,
-        -4.350006103515625,
-        -6.2411370277404785,
-        -0.8921285271644592,
-        -1.1460543870925903,
-        -2.7269413471221924,
-        1.8352283239364624,
-        2.4138946533203125,
-        -1.692502737045288,
-        -1.0333542823791504,
-        1.7100876569747925,
-        -1.2876378297805786,
-        -4.209433078765869,
-        -0.20270472764968872,
-        -2.7126975059509277,
-        0.975840151309967,
-        -1.515521764755249,
-        -0.5674567222595215,
-        1.5582400560379028,
-        -0.37445729970932007,
-        -1.9020487070083618,
-        -3.0193707942962646,
-        5.163209915161133,
-        3.3198258876800537,
-        -4.510958194732666,
-        -3.15730619430542,
-        1.7520360946655273,
-        -1.765094518661499,
-        0.045490238815546036,
-        2.4420347213745117,
-        0.3863672912120819,
-        -0.3876491189002991,
-        -1.42079758644104,
-        -0.25926780700683594,
-        1.16005277633667,
-        5.2042999267578125,
-        3.195009231567383,
-        -0.5983411073684692,
-        2.7496941089630127,
-        0.3514271676540375,
-        -4.444149017333984,
-        -0.319954514503479,
-        2.9840614795684814,
-        -1.789088249206543,
-        2.807971239089966,
-        -0.9200487732887268,
-        0.07946986705064774,
-        -3.573448657989502,
-        6.210535526275635,
-        1.3603116273880005,
-        3.025289297103882,
-        -1.3581279516220093,
-        -4.390213966369629,
-        3.6348257064819336,
-        -2.135593891143799,
-        4.956157207489014,
-        -0.5133064985275269,
-    ];
-    let x: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
+    let x = review_logits();
     let mut ignored = vec![255i64; 20];
     ignored.extend([1, 2, 1, 2, 1, 1, 0, 0, 0, 2, 2, 2, 1, 1, 2, 0, 2, 2, 2, 2]);
     let mut class0 = vec![0i64; 20];
@@ -2051,8 +1928,87 @@ fn softmax_of_large_logits_keeps_the_log_of_the_sum() {
 #[test]
 fn region_weights_with_a_class_list_take_one_per_listed_class_or_per_channel() {
     let engine = Engine::gpu_blocking().unwrap();
-    // (the f32 logits, written out in f64)
-    let x64: [f64; 120] = [
+    let x = review_logits();
+    let mut t = vec![0i64; 20];
+    t.extend([1, 2, 1, 2, 1, 1, 0, 0, 0, 2, 2, 2, 1, 1, 2, 0, 2, 2, 2, 2]);
+    let input = Input::labels(&x, &t, &[2, 3, 4, 5], None).unwrap();
+    let smp = 0.6935544646303372;
+    let listed = parse(&["dice:weights=1;0.5,classes=0;2"]);
+    let channels = parse(&["dice:weights=1;2;0.5,classes=0;2"]);
+    let a = engine.evaluate_blocking(&input, &listed, true).unwrap().remove(0);
+    let b = engine.evaluate_blocking(&input, &channels, true).unwrap().remove(0);
+    assert!((a.value - smp).abs() <= 1e-6 * smp, "per listed class: {} against smp's {smp}", a.value);
+    assert_eq!((a.value, &a.grad), (b.value, &b.grad), "per channel");
+    let ra = reference::evaluate(&input, &listed[0]).unwrap();
+    let rb = reference::evaluate(&input, &channels[0]).unwrap();
+    assert!((ra.value - smp).abs() <= 1e-9, "reference: {} against smp's {smp}", ra.value);
+    assert_eq!((ra.value, &ra.grad), (rb.value, &rb.grad), "reference, per channel");
+    let e = engine.evaluate_blocking(&input, &parse(&["dice:weights=1;2;0.5;4,classes=0;2"]), true).unwrap_err();
+    assert!(e.to_string().contains("one per listed class, or 3: one per channel"), "{e}");
+}
+
+/// Misuse from the outside that used to hang, panic or give another buffer's numbers (found by
+/// a review of the API): a batch prepared by another engine's device, statistics of logits
+/// used for a gradient of probabilities, two gradient slices that overlap without being the same
+/// slice (the split evaluation refused them; one binding did not), and a `Pending` waited on
+/// before its batch was flushed. Each is a typed error.
+#[test]
+fn misuse_across_engines_kinds_slices_and_batches_is_a_typed_error() {
+    let (engine, device, _) = caller_engine();
+    let other = Engine::gpu_blocking().unwrap();
+    let x: Vec<f32> = (0..64).map(|i| ((i * 7) % 11) as f32 / 4.0 - 1.0).collect();
+    let p: Vec<f32> = x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+    let t: Vec<f32> = (0..64).map(|i| (i % 3 == 0) as u8 as f32).collect();
+    let input = Input::dense(&x, &t, &[1, 1, 8, 8], Mode::Binary).unwrap();
+    let exprs = parse(&["dice"]);
+    // another device's upload
+    let prep = other.prepare(input.clone()).unwrap();
+    match engine.evaluate_prepared_blocking(&prep, &exprs, segloss::GradMode::Read) {
+        Err(Error::Input(m)) => assert!(m.contains("another engine"), "{m}"),
+        r => panic!("another device's prepared batch: {:?}", r.map(|v| v[0].value)),
+    }
+    assert!(other.evaluate_prepared_blocking(&prep, &exprs, segloss::GradMode::Read).is_ok());
+    // statistics of logits, a gradient of probabilities
+    let st = engine.statistics_blocking(&input, &exprs).unwrap();
+    let probs = Input::dense_probs(&p, &t, &[1, 1, 8, 8], Mode::Binary).unwrap();
+    match engine.gradient_blocking(&probs, &st, 0, &exprs) {
+        Err(Error::Input(m)) => assert!(m.contains("probs") && m.contains("logits"), "{m}"),
+        r => panic!("a gradient of probabilities from statistics of logits: {:?}", r.map(|v| v[0].value)),
+    }
+    assert_eq!(st.kind(), InputKind::Logits);
+    // gradient slices that overlap (8 floats apart) in one buffer of one binding
+    let gbuf = buffer_with(device, &[0u32; 72], 0);
+    let (a, b) = (BufferSlice::new(&gbuf, 0, 64), BufferSlice::new(&gbuf, 32, 64));
+    let (lb, tb) = (buffer_with(device, bytemuck::cast_slice(&x), 0), buffer_with(device, bytemuck::cast_slice(&t), 0));
+    let binput = BufferInput::new(
+        BufferSlice::new(&lb, 0, 64),
+        TargetBuffer::Dense(BufferSlice::new(&tb, 0, 64)),
+        &[1, 1, 8, 8],
+        Mode::Binary,
+        None,
+    )
+    .unwrap();
+    match engine.evaluate_buffers_blocking(&binput, &parse(&["dice", "bce"]), &[GradOut::Write(a), GradOut::Write(b)]) {
+        Err(Error::Buffer(m)) => assert!(m.contains("overlap"), "{m}"),
+        r => panic!("overlapping gradient slices: {:?}", r.map(|v| v[0].value)),
+    }
+    // the same slice twice is fine (the second adds or overwrites, in order)
+    assert!(engine
+        .evaluate_buffers_blocking(&binput, &parse(&["dice", "bce"]), &[GradOut::Write(a), GradOut::Add(a)])
+        .is_ok());
+    // a Pending waited on before the flush
+    let mut batch = engine.batch();
+    let early = batch.push(&input, &exprs, false).unwrap();
+    assert!(matches!(early.wait(), Err(Error::Input(_))));
+    let later = batch.push(&input, &exprs, false).unwrap();
+    batch.flush_blocking().unwrap();
+    assert!(later.wait().is_ok());
+}
+
+/// The 2x3x4x5 logits of the reviews' kornia and smp cases (`rng = default_rng(10)`,
+/// `standard_normal((2, 3, 4, 5)) * 3` as float32), written out in f64.
+fn review_logits() -> Vec<f32> {
+    const X: [f64; 120] = [
         -3.3100154399871826,
         -2.1750738620758057,
         -2.3454158306121826,
@@ -2174,79 +2130,5 @@ fn region_weights_with_a_class_list_take_one_per_listed_class_or_per_channel() {
         4.956157207489014,
         -0.5133064985275269,
     ];
-    let x: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
-    let mut t = vec![0i64; 20];
-    t.extend([1, 2, 1, 2, 1, 1, 0, 0, 0, 2, 2, 2, 1, 1, 2, 0, 2, 2, 2, 2]);
-    let input = Input::labels(&x, &t, &[2, 3, 4, 5], None).unwrap();
-    let smp = 0.6935544646303372;
-    let listed = parse(&["dice:weights=1;0.5,classes=0;2"]);
-    let channels = parse(&["dice:weights=1;2;0.5,classes=0;2"]);
-    let a = engine.evaluate_blocking(&input, &listed, true).unwrap().remove(0);
-    let b = engine.evaluate_blocking(&input, &channels, true).unwrap().remove(0);
-    assert!((a.value - smp).abs() <= 1e-6 * smp, "per listed class: {} against smp's {smp}", a.value);
-    assert_eq!((a.value, &a.grad), (b.value, &b.grad), "per channel");
-    let ra = reference::evaluate(&input, &listed[0]).unwrap();
-    let rb = reference::evaluate(&input, &channels[0]).unwrap();
-    assert!((ra.value - smp).abs() <= 1e-9, "reference: {} against smp's {smp}", ra.value);
-    assert_eq!((ra.value, &ra.grad), (rb.value, &rb.grad), "reference, per channel");
-    let e = engine.evaluate_blocking(&input, &parse(&["dice:weights=1;2;0.5;4,classes=0;2"]), true).unwrap_err();
-    assert!(e.to_string().contains("one per listed class, or 3: one per channel"), "{e}");
-}
-
-/// Misuse from the outside that used to hang, panic or give another buffer's numbers (found by
-/// a review of the API): a batch prepared by another engine's device, statistics of logits
-/// used for a gradient of probabilities, two gradient slices that overlap without being the same
-/// slice (the split evaluation refused them; one binding did not), and a `Pending` waited on
-/// before its batch was flushed. Each is a typed error.
-#[test]
-fn misuse_across_engines_kinds_slices_and_batches_is_a_typed_error() {
-    let (engine, device, _) = caller_engine();
-    let other = Engine::gpu_blocking().unwrap();
-    let x: Vec<f32> = (0..64).map(|i| ((i * 7) % 11) as f32 / 4.0 - 1.0).collect();
-    let p: Vec<f32> = x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
-    let t: Vec<f32> = (0..64).map(|i| (i % 3 == 0) as u8 as f32).collect();
-    let input = Input::dense(&x, &t, &[1, 1, 8, 8], Mode::Binary).unwrap();
-    let exprs = parse(&["dice"]);
-    // another device's upload
-    let prep = other.prepare(input.clone()).unwrap();
-    match engine.evaluate_prepared_blocking(&prep, &exprs, segloss::GradMode::Read) {
-        Err(Error::Input(m)) => assert!(m.contains("another engine"), "{m}"),
-        r => panic!("another device's prepared batch: {:?}", r.map(|v| v[0].value)),
-    }
-    assert!(other.evaluate_prepared_blocking(&prep, &exprs, segloss::GradMode::Read).is_ok());
-    // statistics of logits, a gradient of probabilities
-    let st = engine.statistics_blocking(&input, &exprs).unwrap();
-    let probs = Input::dense_probs(&p, &t, &[1, 1, 8, 8], Mode::Binary).unwrap();
-    match engine.gradient_blocking(&probs, &st, 0, &exprs) {
-        Err(Error::Input(m)) => assert!(m.contains("probs") && m.contains("logits"), "{m}"),
-        r => panic!("a gradient of probabilities from statistics of logits: {:?}", r.map(|v| v[0].value)),
-    }
-    assert_eq!(st.kind(), InputKind::Logits);
-    // gradient slices that overlap (8 floats apart) in one buffer of one binding
-    let gbuf = buffer_with(device, &[0u32; 72], 0);
-    let (a, b) = (BufferSlice::new(&gbuf, 0, 64), BufferSlice::new(&gbuf, 32, 64));
-    let (lb, tb) = (buffer_with(device, bytemuck::cast_slice(&x), 0), buffer_with(device, bytemuck::cast_slice(&t), 0));
-    let binput = BufferInput::new(
-        BufferSlice::new(&lb, 0, 64),
-        TargetBuffer::Dense(BufferSlice::new(&tb, 0, 64)),
-        &[1, 1, 8, 8],
-        Mode::Binary,
-        None,
-    )
-    .unwrap();
-    match engine.evaluate_buffers_blocking(&binput, &parse(&["dice", "bce"]), &[GradOut::Write(a), GradOut::Write(b)]) {
-        Err(Error::Buffer(m)) => assert!(m.contains("overlap"), "{m}"),
-        r => panic!("overlapping gradient slices: {:?}", r.map(|v| v[0].value)),
-    }
-    // the same slice twice is fine (the second adds or overwrites, in order)
-    assert!(engine
-        .evaluate_buffers_blocking(&binput, &parse(&["dice", "bce"]), &[GradOut::Write(a), GradOut::Add(a)])
-        .is_ok());
-    // a Pending waited on before the flush
-    let mut batch = engine.batch();
-    let early = batch.push(&input, &exprs, false).unwrap();
-    assert!(matches!(early.wait(), Err(Error::Input(_))));
-    let later = batch.push(&input, &exprs, false).unwrap();
-    batch.flush_blocking().unwrap();
-    assert!(later.wait().is_ok());
+    X.iter().map(|&v| v as f32).collect()
 }
