@@ -74,6 +74,8 @@ struct Item<'a> {
 /// A batch dropped without a flush fails its futures with [`Error::Input`].
 pub struct Pending {
     rx: oneshot::Receiver<Reply>,
+    /// Whether the batch's flush has begun (read by the blocking wait, native only).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     flushed: Arc<AtomicBool>,
 }
 
