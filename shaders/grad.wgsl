@@ -85,9 +85,10 @@ fn class_coefs(n: u32, c: u32) -> ClassCoefs {
 }
 
 // The log-sum-exp of pixel s of image n that the statistics or Lovász keys pass kept in aux from
-// word o: the max in N S words, then the log of the sum in the next N S (put_lse).
+// word o (lse_words).
 fn kept_lse(o: u32, n: u32, s: u32) -> vec2<f32> {
-    return vec2<f32>(aux[o + n * P.s + s], aux[o + (P.n + n) * P.s + s]);
+    let w = lse_words(o, n, s);
+    return vec2<f32>(aux[w.x], aux[w.y]);
 }
 
 // d loss / d p of the region losses for one element.

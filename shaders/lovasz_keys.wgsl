@@ -26,11 +26,11 @@ fn key_of(err: f32) -> u32 {
 }
 
 // For the gradient pass, after the weights of the N C S elements: pixel s of image n's
-// log-sum-exp, its max in N S words and the log of its sum in the next N S (kept_lse).
+// log-sum-exp (lse_words).
 fn put_lse(n: u32, s: u32, lse: vec2<f32>) {
-    let o = P.n * P.c * P.s;
-    lw[o + n * P.s + s] = lse.x;
-    lw[o + (P.n + n) * P.s + s] = lse.y;
+    let w = lse_words(P.n * P.c * P.s, n, s);
+    lw[w.x] = lse.x;
+    lw[w.y] = lse.y;
 }
 
 // The key and payload of class c's element of softmax pixel s of image n (true class lab, logit x

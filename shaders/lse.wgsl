@@ -15,6 +15,13 @@ fn lse_step(st: vec2<f32>, x: f32) -> vec2<f32> {
 // replaces it (or ties it, which adds exp(0) = 1 all the same).
 const LSE_START: f32 = -0x1.fffffep+127f;
 
+// Where the log-sum-exp of pixel s of image n is kept for a gradient pass, in a buffer from word
+// o (the statistics pass's pix_out; the Lovász keys' weights, after their N C S): its max in N S
+// words, the log of its sum in the next N S. The host sizes those 2 N S words (gpu/eval.rs).
+fn lse_words(o: u32, n: u32, s: u32) -> vec2<u32> {
+    return vec2<u32>(o + n * P.s + s, o + (P.n + n) * P.s + s);
+}
+
 // Online log-sum-exp over the channels of pixel s of image n, as (max, log of the sum) (softmax_p). The channels are loaded four at a
 // time before they are combined (in channel order, so the result is that of one at a time): a
 // GPU then has four loads in flight per thread instead of one.

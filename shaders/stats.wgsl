@@ -95,11 +95,11 @@ fn ce_fused_pixel(n: u32, s: u32, lab: u32, lse: vec2<f32>, tf: array<Term, 4>) 
     }
 }
 
-// LSE: pixel s of image n's log-sum-exp for the gradient pass, its max in the first N S words of
-// pix_out and the log of its sum in the next N S.
+// LSE: pixel s of image n's log-sum-exp for the gradient pass, in pix_out (lse_words).
 fn put_lse(n: u32, s: u32, lse: vec2<f32>) {
-    eout_set(n * P.s + s, lse.x);
-    eout_set((P.n + n) * P.s + s, lse.y);
+    let w = lse_words(0u, n, s);
+    eout_set(w.x, lse.x);
+    eout_set(w.y, lse.y);
 }
 
 // Each fused term's weight of the true class lab, loaded once per pixel.

@@ -145,6 +145,20 @@ pub(crate) fn same_slice(a: &BufferSlice<'_>, b: &BufferSlice<'_>) -> bool {
     a.buffer == b.buffer && a.offset == b.offset && a.len == b.len
 }
 
+/// The index of gradient slice `sl` among the distinct slices `dests`, added when new; a slice
+/// that overlaps another without being the same slice is an error (expressions may share one
+/// slice, written or added to in order, but not parts of one).
+pub(crate) fn distinct_slice<'a>(dests: &mut Vec<BufferSlice<'a>>, sl: &BufferSlice<'a>) -> Result<usize, Error> {
+    if let Some(k) = dests.iter().position(|d| same_slice(d, sl)) {
+        return Ok(k);
+    }
+    if dests.iter().any(|d| crate::engine::overlaps(d, sl)) {
+        return Err(Error::Buffer("two gradient slices overlap without being the same slice".into()));
+    }
+    dests.push(*sl);
+    Ok(dests.len() - 1)
+}
+
 fn same_buffers(a: &BufferInput<'_>, b: &BufferInput<'_>) -> bool {
     use crate::engine::TargetBuffer as T;
     let target = match (a.target_buffer(), b.target_buffer()) {

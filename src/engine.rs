@@ -1319,12 +1319,7 @@ pub(crate) fn grad_targets(
     let mut seen: Vec<BufferSlice<'_>> = Vec::new();
     for g in grads {
         if let Dest::Out(GradOut::Write(sl) | GradOut::Add(sl)) = g {
-            if !seen.iter().any(|d| crate::batch::same_slice(d, sl)) {
-                if seen.iter().any(|d| overlaps(d, sl)) {
-                    return Err(Error::Buffer("two gradient slices overlap without being the same slice".into()));
-                }
-                seen.push(*sl);
-            }
+            crate::batch::distinct_slice(&mut seen, sl)?;
         }
         let g = match g {
             // a prepared batch's device-only gradient (benchmarks): scratch, never read

@@ -458,7 +458,7 @@ impl Loss {
                 check_classes(name, &r.params.classes, classes)?;
                 match &r.params.classes {
                     // one per listed class, or one per channel
-                    Classes::List(l) if r.params.weights.as_ref().is_some_and(|w| w.len() == classes) => Ok(()),
+                    Classes::List(_) if r.params.weights.as_ref().is_some_and(|w| w.len() == classes) => Ok(()),
                     Classes::List(l) => check_weights(
                         name,
                         "weights",

@@ -82,6 +82,7 @@ impl Statistics {
     /// public statistics; the engine's own pieces compute it elsewhere).
     fn zeroed(
         mode: Mode,
+        kind: InputKind,
         classes: usize,
         images: usize,
         exprs: &[LossExpr],
@@ -111,16 +112,7 @@ impl Statistics {
         let spi = if mode == Mode::Multiclass { classes } else { 1 };
         let lov_per_image = vec![spi; plan.lovasz.len()];
         let len = images * classes * k + lov_per_image.iter().map(|s| images * s * 3).sum::<usize>();
-        Ok(Statistics {
-            mode,
-            kind: InputKind::Logits,
-            classes,
-            images,
-            exprs: exprs.to_vec(),
-            k,
-            lov_per_image,
-            data: vec![0.0; len],
-        })
+        Ok(Statistics { mode, kind, classes, images, exprs: exprs.to_vec(), k, lov_per_image, data: vec![0.0; len] })
     }
 
     /// Images of the batch the statistics describe.
@@ -700,8 +692,8 @@ impl Engine {
         match self.gpu_ref() {
             Some(gpu) => self.device_statistics(gpu, input, exprs, true).await,
             None => {
-                let mut st = Statistics::zeroed(input.mode(), input.classes(), input.batch(), exprs, true)?;
-                st.kind = input.kind();
+                let mut st =
+                    Statistics::zeroed(input.mode(), input.kind(), input.classes(), input.batch(), exprs, true)?;
                 let plan = StatsPlan::new(exprs, input.classes(), input.mode() == Mode::Multiclass);
                 let sums = host_sums(input, &plan);
                 st.data[..sums.len()].copy_from_slice(&sums);
@@ -726,8 +718,7 @@ impl Engine {
         exprs: &[LossExpr],
         lovasz: bool,
     ) -> Result<Statistics, Error> {
-        let mut st = Statistics::zeroed(input.mode(), input.classes(), input.batch(), exprs, lovasz)?;
-        st.kind = input.kind();
+        let mut st = Statistics::zeroed(input.mode(), input.kind(), input.classes(), input.batch(), exprs, lovasz)?;
         let plan = StatsPlan::new(exprs, input.classes(), input.mode() == Mode::Multiclass);
         let pieces = pieces_for(gpu, input, &plan)?;
         let mut rec = Recording::new(&gpu.limits);
@@ -748,8 +739,7 @@ impl Engine {
         for e in exprs {
             e.check_input(mode, shape[1], input.kind())?;
         }
-        let mut st = Statistics::zeroed(mode, shape[1], shape[0], exprs, true)?;
-        st.kind = input.kind();
+        let mut st = Statistics::zeroed(mode, input.kind(), shape[1], shape[0], exprs, true)?;
         let plan = StatsPlan::new(exprs, shape[1], mode == Mode::Multiclass);
         let mut rec = Recording::new(&gpu.limits);
         let inp = buffer_dev_input(gpu, &mut rec, input, exprs)?;
@@ -949,8 +939,7 @@ impl Engine {
             inp
         };
         // 1. statistics of the pieces (their values checked), joined on the host
-        let mut st = Statistics::zeroed(input.mode(), c, n, exprs, false)?;
-        st.kind = input.kind();
+        let mut st = Statistics::zeroed(input.mode(), input.kind(), c, n, exprs, false)?;
         let mut rec = Recording::new(&gpu.limits);
         for (&p, b) in pieces.iter().zip(&bufs) {
             copy_in(&mut rec, &lslice, &b.0, p, c);
@@ -970,20 +959,7 @@ impl Engine {
         let mut dest_of: Vec<Option<usize>> = Vec::new();
         for g in grads {
             dest_of.push(match g {
-                GradOut::Write(sl) | GradOut::Add(sl) => {
-                    Some(match dests.iter().position(|d| crate::batch::same_slice(d, sl)) {
-                        Some(k) => k,
-                        None => {
-                            if dests.iter().any(|d| crate::engine::overlaps(d, sl)) {
-                                return Err(Error::Buffer(
-                                    "two gradient slices overlap without being the same slice".into(),
-                                ));
-                            }
-                            dests.push(*sl);
-                            dests.len() - 1
-                        }
-                    })
-                }
+                GradOut::Write(sl) | GradOut::Add(sl) => Some(crate::batch::distinct_slice(&mut dests, sl)?),
                 _ => None,
             });
         }
@@ -1118,8 +1094,8 @@ mod tests {
     #[test]
     fn placed_parts_add_up_to_the_appended_batch() {
         let exprs: Vec<LossExpr> = vec!["dice+bce".parse().unwrap(), "lovasz:per_image=true".parse().unwrap()];
-        let mut a = Statistics::zeroed(Mode::Binary, 1, 2, &exprs, true).unwrap();
-        let mut b = Statistics::zeroed(Mode::Binary, 1, 3, &exprs, true).unwrap();
+        let mut a = Statistics::zeroed(Mode::Binary, InputKind::Logits, 1, 2, &exprs, true).unwrap();
+        let mut b = Statistics::zeroed(Mode::Binary, InputKind::Logits, 1, 3, &exprs, true).unwrap();
         a.data.iter_mut().enumerate().for_each(|(i, v)| *v = i as f64);
         b.data.iter_mut().enumerate().for_each(|(i, v)| *v = 100.0 + i as f64);
         let mut joined = a.placed(0, 5).unwrap();
@@ -1127,6 +1103,9 @@ mod tests {
         a.append(&b).unwrap();
         assert_eq!(a, joined);
         let whole: Vec<LossExpr> = vec!["lovasz".parse().unwrap()];
-        assert!(matches!(Statistics::zeroed(Mode::Binary, 1, 2, &whole, true), Err(Error::Unsupported(_))));
+        assert!(matches!(
+            Statistics::zeroed(Mode::Binary, InputKind::Logits, 1, 2, &whole, true),
+            Err(Error::Unsupported(_))
+        ));
     }
 }
