@@ -82,21 +82,15 @@ fn png_input(
     // grey masks: the grey channel's own values, 8 or 16 bits (a 16-bit class index is not
     // scaled down to 8 bits); colour masks need --palette
     let grey = || -> Result<(Vec<i64>, i64), String> {
-        use image::DynamicImage as D;
-        let of = |v: Vec<u16>| v.into_iter().map(i64::from).collect::<Vec<i64>>();
-        Ok(match &img {
-            D::ImageLuma8(b) => (of(b.pixels().map(|p| u16::from(p.0[0])).collect()), 255),
-            D::ImageLumaA8(b) => (of(b.pixels().map(|p| u16::from(p.0[0])).collect()), 255),
-            D::ImageLuma16(b) => (of(b.pixels().map(|p| p.0[0]).collect()), 65535),
-            D::ImageLumaA16(b) => (of(b.pixels().map(|p| p.0[0]).collect()), 65535),
-            other => {
-                return Err(format!(
-                    "{} is a colour mask ({:?}): a grey mask needs one grey channel; for colour masks give --palette",
-                    path.display(),
-                    other.color()
-                ))
-            }
-        })
+        use image::ColorType as T;
+        match img.color() {
+            T::L8 | T::La8 => Ok((img.to_luma8().pixels().map(|p| i64::from(p.0[0])).collect(), 255)),
+            T::L16 | T::La16 => Ok((img.to_luma16().pixels().map(|p| i64::from(p.0[0])).collect(), 65535)),
+            other => Err(format!(
+                "{} is a colour mask ({other:?}): a grey mask needs one grey channel; for colour masks give --palette",
+                path.display()
+            )),
+        }
     };
     let levels: Vec<i64> = match map {
         MaskMap::Grey => grey()?.0,
