@@ -1023,6 +1023,9 @@ impl Engine {
             e.check_levels(levels)?;
             e.check_input(input.mode(), input.classes(), input.kind())?;
         }
+        // the -inf rules over every level first, so an error names its level (each level's
+        // input below is one of its own)
+        crate::input::check_neg_inf(input, exprs)?;
         let inputs: Vec<Input<'_>> = (0..levels).map(|l| input.level(l)).collect::<Result<_, _>>()?;
         let per_level: Vec<Vec<LossExpr>> = (0..levels)
             .map(|l| exprs.iter().map(|e| e.level(l, levels)).collect::<Result<Vec<_>, _>>())

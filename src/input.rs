@@ -146,7 +146,8 @@ impl<'a> Input<'a> {
     /// assert!(Input::dense_probs(&[1.5f32], &[1.0], &[1, 1, 1], Mode::Binary).is_err());
     /// ```
     pub fn dense_probs(probs: &'a [f32], target: &'a [f32], shape: &[usize], mode: Mode) -> Result<Self, Error> {
-        Self::dense(probs, target, shape, mode)?.with_kind(InputKind::Probs)
+        let target = Target::Dense(Cow::Borrowed(target));
+        Self::new_of_kind(Cow::Borrowed(probs), target, shape, mode, None, InputKind::Probs)
     }
 
     /// Probabilities (instead of logits) with class-index targets `[N, S...]` (multiclass).
@@ -156,7 +157,8 @@ impl<'a> Input<'a> {
         shape: &[usize],
         ignore_index: Option<i64>,
     ) -> Result<Self, Error> {
-        Self::labels(probs, target, shape, ignore_index)?.with_kind(InputKind::Probs)
+        let target = Target::Labels(Cow::Borrowed(target));
+        Self::new_of_kind(Cow::Borrowed(probs), target, shape, Mode::Multiclass, ignore_index, InputKind::Probs)
     }
 
     /// The same data read as `kind`: probabilities must lie in [0, 1] (the first element outside
@@ -275,6 +277,27 @@ impl<'a> Input<'a> {
         mode: Mode,
         ignore_index: Option<i64>,
     ) -> Result<Self, Error> {
+        Self::new_of_kind(logits, target, shape, mode, ignore_index, InputKind::Logits)
+    }
+
+    /// [`Input::new`] for predictions of either kind: logits, or probabilities, which must lie in
+    /// [0, 1] (a NaN among them is named as a probability, not as a logit).
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// use segloss::{Error, Input, InputKind, Mode, Target};
+    /// let target = Target::Dense(Cow::Owned(vec![1.0f32, 0.0]));
+    /// let r = Input::new_of_kind(Cow::Owned(vec![0.5f32, f32::NAN]), target, &[1, 1, 2], Mode::Binary, None, InputKind::Probs);
+    /// assert!(matches!(r, Err(Error::Input(m)) if m.contains("probs[1] = NaN")));
+    /// ```
+    pub fn new_of_kind(
+        logits: Cow<'a, [f32]>,
+        target: Target<'a>,
+        shape: &[usize],
+        mode: Mode,
+        ignore_index: Option<i64>,
+        kind: InputKind,
+    ) -> Result<Self, Error> {
         let numel = check_shape(shape, mode)?;
         if logits.len() != numel {
             return Err(Error::Shape(format!(
@@ -283,7 +306,7 @@ impl<'a> Input<'a> {
             )));
         }
         let c = shape[1];
-        check_values(&logits, shape, InputKind::Logits, mode, "")?;
+        check_values(&logits, shape, kind, mode, "")?;
         match (&target, mode) {
             (Target::Dense(t), Mode::Binary | Mode::Multilabel) => {
                 if t.len() != numel {
@@ -328,17 +351,10 @@ impl<'a> Input<'a> {
                 return Err(Error::Input(format!("{mode} mode needs dense float targets, got class indices")))
             }
         }
+        // probabilities were checked to lie in [0, 1]: no -inf among them
         let neg_inf = mode == Mode::Multiclass && logits.contains(&f32::NEG_INFINITY);
-        let input = Input {
-            logits,
-            target,
-            shape: shape.to_vec(),
-            mode,
-            ignore_index,
-            kind: InputKind::Logits,
-            levels: Vec::new(),
-            neg_inf,
-        };
+        let input =
+            Input { logits, target, shape: shape.to_vec(), mode, ignore_index, kind, levels: Vec::new(), neg_inf };
         if neg_inf {
             all_neg_inf(&input.logits, &input.target, shape, ignore_index, "")?;
         }
@@ -528,10 +544,14 @@ pub(crate) fn check_neg_inf(input: &Input, exprs: &[crate::LossExpr]) -> Result<
     let rules = neg_inf_rules(exprs, input.mode);
     for l in 0..input.levels() {
         let lv = input.level(l)?;
+        let of = if l == 0 { String::new() } else { format!(" of level {l}") };
         let at = |i: usize| describe_index(&lv.shape, i);
         if let Some(who) = rules.any {
             if let Some(i) = lv.logits.iter().position(|&v| v == f32::NEG_INFINITY) {
-                return Err(Error::NonFinite(format!("{who} needs finite logits; logits[{i}] ({}) is -inf", at(i))));
+                return Err(Error::NonFinite(format!(
+                    "{who} needs finite logits; logits{of}[{i}] ({}) is -inf",
+                    at(i)
+                )));
             }
         }
         let Target::Labels(t) = &lv.target else { continue };
@@ -558,7 +578,7 @@ pub(crate) fn check_neg_inf(input: &Input, exprs: &[crate::LossExpr]) -> Result<
             }
         }
         if let Some((i, who, what)) = bad {
-            return Err(Error::NonFinite(format!("{who} needs {what}; logits[{i}] ({}) is -inf", at(i))));
+            return Err(Error::NonFinite(format!("{who} needs {what}; logits{of}[{i}] ({}) is -inf", at(i))));
         }
     }
     Ok(())

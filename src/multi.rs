@@ -113,6 +113,9 @@ impl MultiEngine {
         if self.engines.len() == 1 || n == 1 || whole_lovasz || self.engines.iter().any(|e| e.is_cpu()) {
             return self.engines[0].evaluate(input, exprs, grads).await;
         }
+        // the -inf rules on the whole batch first, so an error names the batch's element (each
+        // part would name its own)
+        crate::input::check_neg_inf(input, exprs)?;
         let spread: Vec<_> = self.spread(n).into_iter().filter(|r| !r.is_empty()).collect();
         let parts: Vec<Input<'_>> = spread.iter().map(|r| input.images(r.start, r.end)).collect::<Result<_, _>>()?;
         let stats =

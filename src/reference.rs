@@ -152,6 +152,9 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
         return evaluate_level(input, expr);
     }
     expr.check_levels(levels)?;
+    expr.check_input(input.mode(), input.classes(), input.kind())?;
+    // the -inf rules over every level at once, so an error names its level
+    crate::input::check_neg_inf(input, std::slice::from_ref(expr))?;
     let weights = expr.deep.as_ref().map_or(Ok(vec![1.0]), |d| d.of(levels))?;
     let mut out: Option<RefResult> = None;
     for (l, wl) in weights.iter().enumerate() {

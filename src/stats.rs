@@ -221,6 +221,10 @@ impl Statistics {
     }
 
     /// Adds `other` (the same images: a placed part, or the statistics of more pixels of them).
+    ///
+    /// A per-image Lovász sorts each image's pixels as a whole, so its statistics add only where
+    /// each image's pixels are in one of the two (placed parts): pixels of one image in both are
+    /// an [`Error::Unsupported`] naming the image, and nothing is added.
     pub fn add(&mut self, other: &Statistics) -> Result<(), Error> {
         self.check_joins(other)?;
         if self.images != other.images {
@@ -228,6 +232,20 @@ impl Statistics {
                 "statistics of {} images cannot be added to those of {} (place both in one batch first)",
                 other.images, self.images
             )));
+        }
+        for (g, &spi) in self.lov_per_image.iter().enumerate() {
+            // a segment's fg + bg is the number of its pixels that count
+            let members = |st: &Statistics| -> Vec<bool> {
+                st.data[st.lov_range(g)].chunks_exact(3).map(|q| q[1] + q[2] > 0.0).collect()
+            };
+            let (mine, theirs) = (members(self), members(other));
+            if let Some(seg) = mine.iter().zip(&theirs).position(|(&a, &b)| a && b) {
+                return Err(Error::Unsupported(format!(
+                    "lovasz (per_image=true) sorts each image's pixels at once: both statistics hold pixels of \
+                     image {}, and a sort does not add up (evaluate each image's pixels in one part)",
+                    seg / spi
+                )));
+            }
         }
         self.data.iter_mut().zip(&other.data).for_each(|(a, b)| *a += b);
         Ok(())

@@ -1520,6 +1520,20 @@ fn a_batch_keeps_logits_and_probabilities_of_one_shape_apart_and_deep_with_metri
     assert_eq!(evals[0].level_grads.len(), 1);
     let iou = segloss::metrics::reference::evaluate(&logits_in, &metrics[0]).unwrap();
     assert_eq!(values[0].as_ref().unwrap(), &iou);
+    // -inf in a level (multiclass) is named with its level, on the engine and the reference
+    let (x0, mut x1) = (vec![0.5f32; 8], vec![0.5f32; 4]);
+    x1[1] = f32::NEG_INFINITY;
+    let levels = Input::labels(&x0, &[0i64; 4], &[1, 2, 4], None)
+        .unwrap()
+        .with_levels(vec![(std::borrow::Cow::Borrowed(&x1[..]), vec![1, 2, 2])])
+        .unwrap();
+    let ce = parse(&["deep(ce)"]);
+    let want = "logits of level 1[1] (at index [0, 0, 1]) is -inf";
+    for r in
+        [engine.evaluate_blocking(&levels, &ce, false).map(|_| ()), reference::evaluate(&levels, &ce[0]).map(|_| ())]
+    {
+        assert!(matches!(&r, Err(Error::NonFinite(m)) if m.contains(want)), "{r:?}");
+    }
     // a plain loss on several levels is refused there too
     assert!(engine.evaluate_with_metrics_blocking(&deep_in, &parse(&["dice"]), true, &metrics).is_err());
     assert!(engine.statistics_blocking(&deep_in, &parse(&["dice"])).is_err());

@@ -6,7 +6,7 @@ mod common;
 use std::borrow::Cow;
 
 use common::Rng;
-use segloss::{reference, Input, InputKind, LossExpr, Mode, Target};
+use segloss::{reference, Error, Input, InputKind, LossExpr, Mode, Target};
 
 fn fd_check(shape: &[usize], mode: Mode, target: Target<'static>, ignore: Option<i64>, texts: &[&str], rng: &mut Rng) {
     fd_check_kind(shape, mode, InputKind::Logits, target, ignore, texts, rng)
@@ -176,7 +176,11 @@ fn probability_definitions_at_exact_zero_and_one() {
     assert_eq!(reference::evaluate(&exact, &"dice".parse().unwrap()).unwrap().value, 0.0);
     // refused: values outside [0, 1], and the losses that need logits
     assert!(Input::dense_probs(&[1.5f32], &[1.0], &[1, 1, 1], Mode::Binary).is_err());
-    assert!(Input::dense_probs(&[f32::NAN], &[1.0], &[1, 1, 1], Mode::Binary).is_err());
+    // a NaN or -inf among probabilities is named as a probability (Error::Input), not as a logit
+    let nan = Input::dense_probs(&[f32::NAN], &[1.0], &[1, 1, 1], Mode::Binary).unwrap_err();
+    assert!(matches!(&nan, Error::Input(m) if m.contains("probs[0] = NaN")), "{nan:?}");
+    let neg = Input::labels_probs(&[f32::NEG_INFINITY, 1.0], &[1], &[1, 2, 1], None).unwrap_err();
+    assert!(matches!(&neg, Error::Input(m) if m.contains("probs[0] = -inf")), "{neg:?}");
     for text in ["lovasz", "bce:pos_weight=2", "bce:pos_weight=auto"] {
         assert!(reference::evaluate(&input, &text.parse().unwrap()).is_err(), "{text}");
     }

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use serde_json::json;
 
 use segloss::metrics::{Counts, Metric, Running};
-use segloss::{Engine, Error, Input, LossExpr, Mode, Target};
+use segloss::{Engine, Error, Input, InputKind, LossExpr, Mode, Target};
 
 use crate::{build_input, engine, read_npy, write_out, EvalArgs, Fail};
 
@@ -146,7 +146,7 @@ fn load(pair: &Pair, a: &EvalArgs, map: &MaskMap) -> Result<Input<'static>, Stri
         return png_input(&logits, tp, map, a.mode.as_deref(), a.ignore_index);
     }
     let target = read_npy(tp, "target").map_err(|f| f.1)?;
-    build_input(&logits, &target, a.mode.as_deref(), a.ignore_index).map_err(|f| f.1)
+    build_input(&logits, &target, a.mode.as_deref(), a.ignore_index, InputKind::Logits).map_err(|f| f.1)
 }
 
 /// Each loss's value or error, or the file's own error.

@@ -337,14 +337,16 @@ pub(crate) fn build_input(
     target: &npy::Array,
     mode: Option<&str>,
     ignore: Option<i64>,
+    kind: InputKind,
 ) -> Result<Input<'static>, Fail> {
     let bad = |e: Error| Fail(2, e.to_string());
+    let what = if kind == InputKind::Probs { "probs" } else { "logits" };
     if logits.integer {
-        return Err(Fail(2, format!("logits have dtype {}; expected float16, float32 or float64", logits.dtype)));
+        return Err(Fail(2, format!("{what} have dtype {}; expected float16, float32 or float64", logits.dtype)));
     }
     let ls = &logits.shape;
     if ls.len() < 3 {
-        return Err(Fail(2, format!("logits shape {ls:?} must be [N, C, S...]")));
+        return Err(Fail(2, format!("{what} shape {ls:?} must be [N, C, S...]")));
     }
     let c = ls[1];
     let ts = &target.shape;
@@ -372,13 +374,13 @@ pub(crate) fn build_input(
             ));
         }
         let labels = target.to_i64().map_err(|e| Fail(2, format!("multiclass target: {e}")))?;
-        Input::new(Cow::Owned(lv), Target::Labels(Cow::Owned(labels)), ls, mode, ignore).map_err(bad)?
+        Input::new_of_kind(Cow::Owned(lv), Target::Labels(Cow::Owned(labels)), ls, mode, ignore, kind).map_err(bad)?
     } else {
         if ts != ls {
             return Err(Fail(2, format!("{mode} target shape {ts:?} must equal the logits shape {ls:?}")));
         }
-        Input::new(Cow::Owned(lv), Target::Dense(Cow::Owned(target.to_f32().map_err(bad)?)), ls, mode, ignore)
-            .map_err(bad)?
+        let target = Target::Dense(Cow::Owned(target.to_f32().map_err(bad)?));
+        Input::new_of_kind(Cow::Owned(lv), target, ls, mode, ignore, kind).map_err(bad)?
     };
     Ok(input)
 }
@@ -406,9 +408,8 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         }
         levels.push((Cow::Owned(arr.to_f32().map_err(|e| Fail(2, e.to_string()))?), arr.shape.clone()));
     }
-    let input = build_input(&logits, &target, a.mode.as_deref(), a.ignore_index)?
+    let input = build_input(&logits, &target, a.mode.as_deref(), a.ignore_index, kind)?
         .with_levels(levels)
-        .and_then(|i| i.with_kind(kind))
         .map_err(|e| Fail(2, e.to_string()))?;
     let multi = adapters_choice(&a.adapters).map(|c| multi_engine(&c)).transpose()?;
     let engine = match &multi {

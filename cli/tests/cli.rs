@@ -698,6 +698,13 @@ fn eval_on_probabilities_matches_the_golden_values_and_refuses_logit_only_losses
         segloss(&["eval", "--probs", s(&dir.join("bad.npy")), "--target", s(&dir.join("t.npy")), "--loss", "dice"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside [0, 1]"));
+    // a NaN among probabilities is named as a probability, not as a logit
+    write_npy(&dir.join("nan.npy"), &[0.5f32, f32::NAN, 0.2, 0.1], &[1, 1, 2, 2]);
+    let out =
+        segloss(&["eval", "--probs", s(&dir.join("nan.npy")), "--target", s(&dir.join("t.npy")), "--loss", "dice"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("probs[1] = NaN") && !err.contains("logits"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

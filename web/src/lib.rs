@@ -64,9 +64,7 @@ impl WebEngine {
             Target::Dense(Cow::Owned(target))
         };
         let kind = if probs { InputKind::Probs } else { InputKind::Logits };
-        let input = Input::new(Cow::Owned(logits), target, &shape, mode, None)
-            .and_then(|i| i.with_kind(kind))
-            .map_err(js_err)?;
+        let input = Input::new_of_kind(Cow::Owned(logits), target, &shape, mode, None, kind).map_err(js_err)?;
         // IoU and Dice score of the hard prediction (micro: all pixels and classes pooled)
         let metrics: Vec<serde_json::Value> = ["iou", "dice"]
             .iter()
