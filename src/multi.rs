@@ -13,8 +13,9 @@ use crate::stats::Statistics;
 /// Engines on several adapters used as one: [`MultiEngine::evaluate`] splits a batch by images
 /// across them ([`MultiEngine::spread`]), runs the parts at the same time and merges their
 /// [`Statistics`]. Region and pixel losses merge exactly through their per-(image, class) sums;
-/// an expression list with a whole-batch Lovász (`per_image=false`, one sort over the batch)
-/// runs on the first adapter alone.
+/// an expression list with what does not merge runs on the first adapter alone: a whole-batch
+/// Lovász (`per_image=false`, one sort over the batch), `reduction=none` (its entries) or deep
+/// supervision (an input with levels).
 ///
 /// ```no_run
 /// # fn main() -> Result<(), segloss::Error> {
@@ -100,17 +101,18 @@ impl MultiEngine {
     /// submission per engine, at the same time, then (gradients) one gradient submission per
     /// engine. Values are those of the joined statistics ([`Statistics::finish`]).
     pub async fn evaluate(&self, input: &Input<'_>, exprs: &[LossExpr], grads: bool) -> Result<Vec<Evaluation>, Error> {
-        if input.levels() > 1 || exprs.iter().any(|e| e.deep.is_some()) {
-            return Err(Error::Unsupported(
-                "deep supervision evaluates on one engine (Engine::evaluate), not spread over adapters".into(),
-            ));
-        }
+        // what does not come from merged statistics runs on the first adapter: a whole-batch
+        // Lovász (one sort over the batch), unreduced entries, deep supervision's levels
         let whole_lovasz = exprs
             .iter()
             .flat_map(|e| &e.terms)
             .any(|t| matches!(&t.loss, crate::expr::Loss::Lovasz(p) if !p.per_image));
+        let one_engine = whole_lovasz
+            || input.levels() > 1
+            || exprs.iter().any(|e| e.deep.is_some() || e.unreduced())
+            || self.engines.iter().any(|e| e.is_cpu());
         let n = input.batch();
-        if self.engines.len() == 1 || n == 1 || whole_lovasz || self.engines.iter().any(|e| e.is_cpu()) {
+        if self.engines.len() == 1 || n == 1 || one_engine {
             return self.engines[0].evaluate(input, exprs, grads).await;
         }
         // the -inf rules on the whole batch first, so an error names the batch's element (each

@@ -541,3 +541,34 @@ fn errors_over_two_adapters_name_the_batch_element() {
         assert_eq!(spread, single, "{text}");
     }
 }
+
+#[test]
+fn what_does_not_merge_runs_on_the_first_of_two_adapters() {
+    let opts = EngineOptions { backend: None, ..EngineOptions::from_env() };
+    let multi = segloss::MultiEngine::open_blocking(&opts, "vulkan,gl").unwrap();
+    assert!(multi.engines().len() >= 2, "two adapters needed");
+    let c = case(91, &[3, 4, 5, 6], Mode::Multiclass);
+    let input = c.whole();
+    // unreduced entries: the first adapter's, entries and all
+    let ex = exprs(&["dice@monai:reduction=none", "0.5*ce+0.5*dice"]);
+    let want = gpu().evaluate_blocking(&input, &ex, true).unwrap();
+    let before = multi.engines()[1].activity().submissions;
+    let got = multi.evaluate_blocking(&input, &ex, true).unwrap();
+    assert_eq!(multi.engines()[1].activity().submissions, before, "the second adapter stays idle");
+    assert_eq!(got[0].unreduced, want[0].unreduced);
+    assert_reference(&input, &ex, &got, "reduction=none over two adapters");
+    // deep supervision: the levels on the first adapter
+    let small = case(92, &[3, 4, 3, 2], Mode::Multiclass);
+    let deep_in =
+        input.clone().with_levels(vec![(std::borrow::Cow::Borrowed(&small.logits[..]), small.shape)]).unwrap();
+    let deep = exprs(&["deep(dice+ce)"]);
+    let got = multi.evaluate_blocking(&deep_in, &deep, true).unwrap();
+    let want = reference::evaluate(&deep_in, &deep[0]).unwrap();
+    assert!(
+        (got[0].value - want.value).abs() <= 1e-5 * want.value.abs().max(1.0),
+        "{} vs {}",
+        got[0].value,
+        want.value
+    );
+    assert_eq!(got[0].level_grads.len(), 1);
+}
