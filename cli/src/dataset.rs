@@ -117,7 +117,7 @@ fn png_input(
             v
         }
     };
-    let lv = logits.to_f32().map_err(|e| e.to_string())?;
+    let lv = logits.to_f32().map_err(|e| format!("logits: {e}"))?;
     let mode: Mode = match mode {
         Some(m) => m.parse().map_err(|e: Error| e.to_string())?,
         None if c == 1 => Mode::Binary,
@@ -386,6 +386,16 @@ fn means(rows: &[Row], n: usize) -> Vec<(Option<f64>, usize)> {
         .collect()
 }
 
+/// A loss's error after its text, unless the message starts with that text already (`ce: ...`).
+fn named(text: &str, e: &impl std::fmt::Display) -> String {
+    let e = e.to_string();
+    if e.starts_with(&format!("{text}:")) {
+        e
+    } else {
+        format!("{text}: {e}")
+    }
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -435,11 +445,8 @@ fn print_rows(
         for r in rows {
             let (vals, err): (Vec<String>, String) = match &r.results {
                 Ok(v) => {
-                    let errs: Vec<String> = texts
-                        .iter()
-                        .zip(v)
-                        .filter_map(|(t, x)| x.as_ref().err().map(|e| format!("{t}: {e}")))
-                        .collect();
+                    let errs: Vec<String> =
+                        texts.iter().zip(v).filter_map(|(t, x)| x.as_ref().err().map(|e| named(t, e))).collect();
                     (v.iter().map(|x| x.as_ref().map(|v| v.to_string()).unwrap_or_default()).collect(), errs.join("; "))
                 }
                 Err(e) => (vec![String::new(); texts.len()], e.clone()),
@@ -476,7 +483,7 @@ fn print_rows(
                         Ok(v) => line += &format!("  {v:>w$.6}"),
                         Err(e) => {
                             line += &format!("  {:>w$}", "error");
-                            errs.push(format!("{t}: {e}"));
+                            errs.push(named(t, e));
                         }
                     }
                 }
@@ -512,4 +519,17 @@ fn print_rows(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::named;
+
+    #[test]
+    fn a_loss_error_names_its_text_once() {
+        let e = segloss::Error::LossMode { loss: "ce".into(), msg: "needs multiclass mode".into() };
+        assert_eq!(named("ce", &e), "ce: needs multiclass mode");
+        assert_eq!(named("0.5*ce+dice", &e), "0.5*ce+dice: ce: needs multiclass mode");
+        assert_eq!(named("cel", &"bad"), "cel: bad");
+    }
 }

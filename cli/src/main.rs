@@ -359,7 +359,7 @@ pub(crate) fn build_input(
         None if c == 1 => Mode::Binary,
         None => Mode::Multilabel,
     };
-    let lv = logits.to_f32().map_err(bad)?;
+    let lv = logits.to_f32().map_err(|e| Fail(2, format!("{what}: {e}")))?;
     let input = if mode == Mode::Multiclass {
         let mut shape = ts.clone();
         if squeezable {
@@ -379,7 +379,7 @@ pub(crate) fn build_input(
         if ts != ls {
             return Err(Fail(2, format!("{mode} target shape {ts:?} must equal the logits shape {ls:?}")));
         }
-        let target = Target::Dense(Cow::Owned(target.to_f32().map_err(bad)?));
+        let target = Target::Dense(Cow::Owned(target.to_f32().map_err(|e| Fail(2, format!("target: {e}")))?));
         Input::new_of_kind(Cow::Owned(lv), target, ls, mode, ignore, kind).map_err(bad)?
     };
     Ok(input)
@@ -406,7 +406,10 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         if arr.integer {
             return Err(Fail(2, format!("{what} of level {l} have dtype {}; expected floats", arr.dtype)));
         }
-        levels.push((Cow::Owned(arr.to_f32().map_err(|e| Fail(2, e.to_string()))?), arr.shape.clone()));
+        levels.push((
+            Cow::Owned(arr.to_f32().map_err(|e| Fail(2, format!("{what} of level {l}: {e}")))?),
+            arr.shape.clone(),
+        ));
     }
     let input = build_input(&logits, &target, a.mode.as_deref(), a.ignore_index, kind)?
         .with_levels(levels)

@@ -705,6 +705,13 @@ fn eval_on_probabilities_matches_the_golden_values_and_refuses_logit_only_losses
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("probs[1] = NaN") && !err.contains("logits"), "{err}");
+    // a finite float64 past float32's range is named as it was, not as an infinity
+    write_npy(&dir.join("big.npy"), &[0.5f64, 1e300, 0.2, 0.1], &[1, 1, 2, 2]);
+    let out =
+        segloss(&["eval", "--logits", s(&dir.join("big.npy")), "--target", s(&dir.join("t.npy")), "--loss", "dice"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("logits: ") && err.contains("element 1 = 1e300 does not fit float32"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -28,11 +28,21 @@ pub struct Array {
 impl Array {
     /// The values as f32 (integers and bools converted).
     pub fn to_f32(&self) -> Result<Vec<f32>, Error> {
-        Ok(if self.integer {
-            self.ints.iter().map(|&v| v as f32).collect()
-        } else {
-            self.floats.iter().map(|&v| v as f32).collect()
-        })
+        if self.integer {
+            return Ok(self.ints.iter().map(|&v| v as f32).collect());
+        }
+        // a finite float64 past float32's range would become an infinity: named as it was
+        self.floats
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| match v as f32 {
+                f if f.is_infinite() && v.is_finite() => Err(Error::Input(format!(
+                    "element {i} = {v:e} does not fit float32 (at most {:e} in magnitude)",
+                    f32::MAX
+                ))),
+                f => Ok(f),
+            })
+            .collect()
     }
 
     /// The values as i64; floats must be whole numbers.
