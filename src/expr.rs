@@ -350,7 +350,7 @@ pub struct SensSpecParams {
 pub struct LovaszParams {
     /// One group per image, then the mean (default false: one group over the batch).
     pub per_image: bool,
-    /// `present` (default) or `all`.
+    /// `present` (default), `all`, or a list of class indices (`0;2`).
     pub classes: Classes,
 }
 
