@@ -362,6 +362,12 @@ fn assert_same_results(a: &serde_json::Value, b: &serde_json::Value, what: &str)
     let (_, gb) = common::read_f32(Path::new(b["grad_file"].as_str().unwrap()));
     let (d, m) = common::max_diff(&gb, &ga);
     assert!(d <= 1e-9 + 1e-4 * m, "{} {what}: gradient off by {d}", a["loss"]);
+    if let Some(f) = a["unreduced_file"].as_str() {
+        let ((_, ua), (_, ub)) =
+            (common::read_f32(Path::new(f)), common::read_f32(Path::new(b["unreduced_file"].as_str().unwrap())));
+        let (d, m) = common::max_diff(&ub, &ua);
+        assert!(d <= 1e-9 + 1e-4 * m, "{} {what}: entries off by {d}", a["loss"]);
+    }
 }
 
 #[test]
@@ -386,7 +392,7 @@ fn eval_with_a_lowered_binding_limit_gives_the_same_numbers_in_pieces() {
 
 #[test]
 fn eval_on_two_adapters_gives_the_same_numbers_and_devices_shows_the_spread() {
-    let losses = ["ce", "dice@monai", "0.8*ce+0.2*lovasz:per_image=true", "lovasz"];
+    let losses = ["ce", "dice@monai", "0.8*ce+0.2*lovasz:per_image=true", "lovasz", "ce:reduction=none"];
     let base = std::env::temp_dir().join(format!("segloss-adapters-{}", std::process::id()));
     let env = |a| [("SEGLOSS_BACKEND", None), ("SEGLOSS_ADAPTERS", a)];
     let one = eval_golden_with_env(&losses, &base.join("one"), &env(None));
