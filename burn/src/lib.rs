@@ -149,18 +149,36 @@ impl SegLoss {
     /// The loss of logits `[N, C, S...]` against float targets of the same shape (binary and
     /// multilabel modes): a one-element tensor whose gradient by `logits` is segloss's.
     pub fn forward<const D: usize>(&self, logits: Tensor<D>, target: Tensor<D>) -> Result<Tensor<1>, Error> {
+        same_device(&logits.device(), &target.device())?;
+        if target.dims() != logits.dims() {
+            return Err(shape_error(format!(
+                "the mask {:?} must have the logits' shape {:?}",
+                target.dims(),
+                logits.dims()
+            )));
+        }
         if self.through_host || !extension_covers(&logits.device()) {
             return self.evaluate_elsewhere(logits, backend::read_mask(target.try_into_data()?)?);
         }
         self.evaluate(logits, Target::Mask(target.into_dispatch()))
     }
 
-    /// The loss of logits `[N, C, S...]` against class indices `[N, S...]` (multiclass mode).
+    /// The loss of logits `[N, C, S...]` against class indices `[N, S...]` (or `[N, 1, S...]`, as
+    /// MONAI writes them) (multiclass mode).
     pub fn forward_classes<const D: usize, const DT: usize>(
         &self,
         logits: Tensor<D>,
         target: Tensor<DT, Int>,
     ) -> Result<Tensor<1>, Error> {
+        same_device(&logits.device(), &target.device())?;
+        let (x, t) = (logits.dims(), target.dims());
+        let labels: Vec<usize> = x.iter().take(1).chain(x.iter().skip(2)).copied().collect();
+        let channel_one: Vec<usize> = x.iter().take(1).chain([&1]).chain(x.iter().skip(2)).copied().collect();
+        if D < 2 || (t[..] != labels[..] && t[..] != channel_one[..]) {
+            return Err(shape_error(format!(
+                "the class indices {t:?} must be [N, S...] of the logits {x:?}: {labels:?} (or {channel_one:?})"
+            )));
+        }
         if self.through_host || !extension_covers(&logits.device()) {
             return self.evaluate_elsewhere(logits, backend::read_labels(target.try_into_data()?)?);
         }
@@ -187,15 +205,16 @@ impl SegLoss {
         logits: Tensor<D>,
         (t, tbytes): (segloss::Target<'static>, u64),
     ) -> Result<Tensor<1>, Error> {
-        let device = logits.device();
+        let (device, dtype) = (logits.device(), logits.dtype());
         let shape: Vec<usize> = logits.dims().to_vec();
         let (x, xbytes) = backend::read_f32(logits.clone().detach().try_into_data()?)?;
         let (value, grad) = self.evaluate_host(x, t, &shape, logits.is_tracked())?;
         self.count(Some(Path::Host), xbytes + tbytes + grad.as_ref().map_or(0, |g| 4 * g.len() as u64));
-        let value = Tensor::<1>::from_data(TensorData::new(vec![value], [1]), &device);
+        // value and gradient in the logits' float type
+        let value = Tensor::<1>::from_data(TensorData::new(vec![value], [1]), &device).cast(dtype);
         Ok(match grad {
             Some(g) => {
-                let g = Tensor::<D>::from_data(TensorData::new(g, shape), &device);
+                let g = Tensor::<D>::from_data(TensorData::new(g, shape), &device).cast(dtype);
                 value + (logits.clone() - logits.detach()).mul(g).sum()
             }
             None => value,
@@ -228,6 +247,20 @@ impl SegLoss {
             t.host_bytes += host_bytes;
         }
     }
+}
+
+/// Logits and targets on one device (burn's operations across devices panic).
+fn same_device(logits: &burn::tensor::Device, target: &burn::tensor::Device) -> Result<(), Error> {
+    if logits != target {
+        return Err(Error::Segloss(segloss::Error::Input(format!(
+            "the target is on {target:?} but the logits are on {logits:?}: move it to the logits' device"
+        ))));
+    }
+    Ok(())
+}
+
+fn shape_error(msg: String) -> Error {
+    Error::Segloss(segloss::Error::Shape(msg))
 }
 
 /// Whether segloss-burn's extension is built for the backend of `device` (its features).

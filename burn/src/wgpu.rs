@@ -131,7 +131,14 @@ fn evaluate(
         Some(_) => TargetBuffer::ClassI32(slice(t.resource(), tlen)),
     };
     let loss = &job.0.loss;
-    let input = BufferInput::new(slice(x.resource(), numel), tb, shape.as_slice(), loss.mode(), loss.ignore_index)?;
+    // an ignore index that no target of this integer type can equal ignores nothing (the host
+    // path reads the targets as i64 and finds none)
+    let ignore = loss.ignore_index.filter(|&k| match class {
+        None => true,
+        Some(DType::U32) => u32::try_from(k).is_ok(),
+        Some(_) => i32::try_from(k).is_ok(),
+    });
+    let input = BufferInput::new(slice(x.resource(), numel), tb, shape.as_slice(), loss.mode(), ignore)?;
     let ev = engine.evaluate_buffers_blocking(
         &input,
         std::slice::from_ref(loss.expr()),

@@ -239,18 +239,99 @@ fn half_precision_logits_get_a_half_precision_gradient() {
     let want = reference::evaluate(&Input::dense(&x, &g, &shape, Mode::Binary).unwrap(), &"bce+dice".parse().unwrap())
         .unwrap();
     let loss = SegLoss::with_engine("bce+dice".parse().unwrap(), Mode::Binary, engine);
-    let logits = Tensor::<4>::from_data(TensorData::new(x.clone(), shape), &device)
-        .cast(burn::tensor::FloatDType::F16)
-        .require_grad();
-    assert_eq!(logits.dtype(), burn::tensor::DType::F16);
-    let target = Tensor::<4>::from_data(TensorData::new(g, shape), &device);
-    let v = loss.forward(logits.clone(), target).unwrap();
-    assert_eq!(v.dtype(), burn::tensor::DType::F16);
-    let grad = logits.grad(&v.backward()).unwrap();
-    assert_eq!(grad.dtype(), burn::tensor::DType::F16);
-    let got = grad.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
-    let m = want.grad.iter().fold(0f64, |m, v| m.max(v.abs()));
-    for (a, b) in got.iter().zip(&want.grad) {
-        assert!((f64::from(*a) - b).abs() <= 2e-3 * m + 1e-6, "{a} vs {b}");
+    // the extension's path, and the loss made of burn operations through host memory (it
+    // panicked on flex: an f32 gradient times f16 logits)
+    for loss in [loss.clone(), loss.through_host(true)] {
+        let logits = Tensor::<4>::from_data(TensorData::new(x.clone(), shape), &device)
+            .cast(burn::tensor::FloatDType::F16)
+            .require_grad();
+        assert_eq!(logits.dtype(), burn::tensor::DType::F16);
+        let target = Tensor::<4>::from_data(TensorData::new(g.clone(), shape), &device);
+        let v = loss.forward(logits.clone(), target).unwrap();
+        assert_eq!(v.dtype(), burn::tensor::DType::F16);
+        let grad = logits.grad(&v.backward()).unwrap();
+        assert_eq!(grad.dtype(), burn::tensor::DType::F16);
+        let got = grad.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let m = want.grad.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for (a, b) in got.iter().zip(&want.grad) {
+            assert!((f64::from(*a) - b).abs() <= 2e-3 * m + 1e-6, "{a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn targets_of_another_shape_or_device_are_typed_errors() {
+    let engine = engine();
+    let all = devices();
+    for (name, device, _) in &all {
+        let loss = SegLoss::with_engine("dice".parse().unwrap(), Mode::Binary, engine.clone());
+        let l = Tensor::<4>::zeros([2, 1, 3, 5], device);
+        // the same number of elements in another shape (H and W swapped; N and C swapped)
+        for dims in [[2, 1, 5, 3], [1, 2, 3, 5]] {
+            let t = Tensor::<4>::ones(dims, device);
+            for l in [l.clone(), l.clone().require_grad()] {
+                for host in [false, true] {
+                    let e = loss.clone().through_host(host).forward(l.clone(), t.clone()).unwrap_err();
+                    assert!(e.to_string().contains("shape"), "{name} {dims:?}: {e}");
+                }
+            }
+        }
+        let loss = SegLoss::with_engine("ce".parse().unwrap(), Mode::Multiclass, engine.clone());
+        let l = Tensor::<4>::zeros([2, 3, 3, 5], device);
+        for dims in [[2, 5, 3], [3, 2, 5]] {
+            let t = Tensor::<3, Int>::zeros(dims, device);
+            let e = loss.forward_classes(l.clone(), t).unwrap_err();
+            assert!(e.to_string().contains("class indices"), "{name} {dims:?}: {e}");
+        }
+        let e = loss.forward_classes(l.clone(), Tensor::<1, Int>::zeros([30], device)).unwrap_err();
+        assert!(e.to_string().contains("class indices"), "{name}: {e}");
+        // [N, 1, S...] (MONAI's) is accepted, with [N, S...]'s value
+        let flat = loss.forward_classes(l.clone(), Tensor::<3, Int>::zeros([2, 3, 5], device)).unwrap();
+        let one = loss.forward_classes(l.clone(), Tensor::<4, Int>::zeros([2, 1, 3, 5], device)).unwrap();
+        let value = |v: Tensor<1>| v.into_data().try_to_vec::<f32>().unwrap()[0];
+        assert_eq!(value(flat), value(one), "{name}");
+        // a target on the same device without autodiff: the same value
+        let plain = device.clone().without_autodiff();
+        let l = Tensor::<4>::zeros([2, 1, 3, 5], device).require_grad();
+        let loss = SegLoss::with_engine("dice".parse().unwrap(), Mode::Binary, engine.clone());
+        let a = loss.forward(l.clone(), Tensor::<4>::ones([2, 1, 3, 5], device)).unwrap();
+        let b = loss.forward(l, Tensor::<4>::ones([2, 1, 3, 5], &plain)).unwrap();
+        assert_eq!(value(a), value(b), "{name}");
+        // a target on another device
+        for (other, od, _) in &all {
+            if other == name {
+                continue;
+            }
+            let t = Tensor::<4>::ones([2, 1, 3, 5], od);
+            let loss = SegLoss::with_engine("dice".parse().unwrap(), Mode::Binary, engine.clone());
+            let e = loss.forward(Tensor::<4>::zeros([2, 1, 3, 5], device), t).unwrap_err();
+            assert!(e.to_string().contains("device"), "{name} / {other}: {e}");
+            let e = loss
+                .forward_classes(Tensor::<4>::zeros([2, 3, 3, 5], device), Tensor::<3, Int>::zeros([2, 3, 5], od))
+                .unwrap_err();
+            assert!(e.to_string().contains("device"), "{name} / {other}: {e}");
+        }
+    }
+}
+
+#[test]
+fn an_ignore_index_no_unsigned_label_can_equal_ignores_nothing_on_every_device() {
+    let engine = engine();
+    let (n, c, h, w) = (2usize, 3usize, 4usize, 6usize);
+    let mut rng = Rng(13);
+    let x: Vec<f32> = (0..n * c * h * w).map(|_| (rng.next() * 4.0 - 2.0) as f32).collect();
+    let y: Vec<i64> = (0..n * h * w).map(|_| (rng.next() * 3.0) as i64).collect();
+    let want = reference::evaluate(&Input::labels(&x, &y, &[n, c, h, w], None).unwrap(), &"ce".parse().unwrap())
+        .unwrap()
+        .value;
+    for (name, device, _) in devices() {
+        for (ignore, dtype) in [(-100i64, burn::tensor::IntDType::U32), (1 << 40, burn::tensor::IntDType::I32)] {
+            let loss =
+                SegLoss::with_engine("ce".parse().unwrap(), Mode::Multiclass, engine.clone()).ignore_index(ignore);
+            let l = Tensor::<4>::from_data(TensorData::new(x.clone(), [n, c, h, w]), &device);
+            let t = Tensor::<3, Int>::from_data(TensorData::new(y.clone(), [n, h, w]), &device).cast(dtype);
+            let v = loss.forward_classes(l, t).unwrap().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0];
+            assert!((f64::from(v) - want).abs() < 1e-5, "{name} {ignore} {dtype:?}: {v} vs {want}");
+        }
     }
 }
