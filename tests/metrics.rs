@@ -491,3 +491,26 @@ fn surface_runs_refuse_images_of_another_class_count() {
     assert_eq!(a.images(), 1);
     assert!(a.compute().is_ok());
 }
+
+#[test]
+fn nsd_counts_a_boundary_voxel_exactly_the_tolerance_away_at_any_spacing() {
+    // prediction [0, 1, 1], target [1, 1, 0] (1 x 3): every boundary distance is 0 or one voxel,
+    // so nsd with the tolerance one voxel is 4 / 4 = 1 (MONAI's SurfaceDiceMetric: 1.0). Float32
+    // distances put 0.1 at 0.10000000149 > 0.1, which gave 0.5.
+    let engine = common::gpu();
+    let logits = [-2.0f32, 2.0, 2.0];
+    let target = [1.0f32, 1.0, 0.0];
+    let input = Input::dense(&logits, &target, &[1, 1, 1, 3], Mode::Binary).unwrap();
+    for s in ["0.1", "0.2", "0.3", "0.6", "0.8", "1.1", "2.2", "0.7", "1"] {
+        let m: Metric = format!("nsd:tolerance={s},spacing={s},reduction=sum").parse().unwrap();
+        let (_, got) = engine.evaluate_with_metrics_blocking(&input, &[], false, std::slice::from_ref(&m)).unwrap();
+        let got = got[0].as_ref().unwrap().value.unwrap();
+        let want = reference::evaluate(&input, &m).unwrap().value.unwrap();
+        assert_eq!((got, want), (1.0, 1.0), "spacing {s}");
+        // a tolerance just under one voxel leaves the two boundary voxels one voxel away out
+        let below: f64 = s.parse::<f64>().unwrap() * 0.999;
+        let m: Metric = format!("nsd:tolerance={below},spacing={s},reduction=sum").parse().unwrap();
+        let (_, got) = engine.evaluate_with_metrics_blocking(&input, &[], false, std::slice::from_ref(&m)).unwrap();
+        assert_eq!(got[0].as_ref().unwrap().value, Some(0.5), "spacing {s}, tolerance {below}");
+    }
+}
