@@ -140,8 +140,9 @@ impl<'a> BufferSlice<'a> {
         BufferSlice { buffer, offset: 0, len: buffer.size() / 4 }
     }
 
+    /// The slice's bytes (saturating: a length past the address space fails the size checks).
     fn bytes(&self) -> u64 {
-        self.len * 4
+        self.len.saturating_mul(4)
     }
 }
 
@@ -1421,7 +1422,9 @@ pub(crate) fn check_slice_placement(
 }
 
 pub(crate) fn overlaps(a: &BufferSlice<'_>, b: &BufferSlice<'_>) -> bool {
-    a.buffer == b.buffer && a.offset < b.offset + b.bytes() && b.offset < a.offset + a.bytes()
+    a.buffer == b.buffer
+        && a.offset < b.offset.saturating_add(b.bytes())
+        && b.offset < a.offset.saturating_add(a.bytes())
 }
 
 /// Compile-time check: the engine is shared across threads (tests/engine.rs checks the futures).

@@ -37,6 +37,9 @@ pub struct LossExpr {
     pub deep: Option<DeepWeights>,
 }
 
+/// The most levels deep supervision takes (level 0 included).
+pub(crate) const MAX_LEVELS: usize = 1024;
+
 /// The level weights of `deep(...)`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum DeepWeights {
@@ -60,6 +63,12 @@ impl DeepWeights {
     /// assert!(DeepWeights::List(vec![1.0, 0.3]).of(3).is_err());
     /// ```
     pub fn of(&self, levels: usize) -> Result<Vec<f64>, Error> {
+        if levels > MAX_LEVELS {
+            return Err(Error::LossMode {
+                loss: "deep".into(),
+                msg: format!("{levels} levels: deep supervision takes at most {MAX_LEVELS}"),
+            });
+        }
         Ok(match self {
             DeepWeights::Exp => (0..levels).map(|l| 0.5f64.powi(l as i32).max(1.0 / 16.0)).collect(),
             DeepWeights::Two => (0..levels).map(|l| if l == 0 { 1.0 } else { 0.5 }).collect(),
@@ -514,7 +523,7 @@ fn check_classes(name: &str, classes: &Classes, c: usize) -> Result<(), Error> {
         if let Some(&bad) = list.iter().find(|&&k| k >= c) {
             return Err(Error::LossMode {
                 loss: name.to_string(),
-                msg: format!("classes lists {bad} but the input has C={c} (valid: 0..{})", c - 1),
+                msg: format!("classes lists {bad} but the input has C={c} (valid: 0..{c}, exclusive)"),
             });
         }
     }
@@ -551,7 +560,9 @@ impl LossExpr {
     /// times the level's weight among `levels` (the expression itself without `deep`).
     pub fn level(&self, l: usize, levels: usize) -> Result<LossExpr, Error> {
         let w = match &self.deep {
-            Some(d) => d.of(levels)?[l],
+            Some(d) => d.of(levels)?.get(l).copied().ok_or_else(|| {
+                Error::Input(format!("level {l} of {levels} levels: levels are numbered 0..{levels}"))
+            })?,
             None => 1.0,
         };
         let terms = self.terms.iter().map(|t| Term { weight: t.weight * w, loss: t.loss.clone() }).collect();

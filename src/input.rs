@@ -192,6 +192,13 @@ impl<'a> Input<'a> {
     /// # Ok::<(), segloss::Error>(())
     /// ```
     pub fn with_levels(mut self, levels: Vec<(Cow<'a, [f32]>, Vec<usize>)>) -> Result<Self, Error> {
+        if levels.len() >= crate::expr::MAX_LEVELS {
+            return Err(Error::Shape(format!(
+                "{} levels after level 0: deep supervision takes at most {} in all",
+                levels.len(),
+                crate::expr::MAX_LEVELS
+            )));
+        }
         for (l, (x, shape)) in levels.iter().enumerate() {
             let what = format!("level {}", l + 1);
             let numel = check_shape(shape, self.mode).map_err(|e| Error::Shape(format!("{what}: {e}")))?;

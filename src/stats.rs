@@ -208,9 +208,21 @@ impl Statistics {
                 self.images
             )));
         }
+        // the whole batch's table: its length checked, and allocated without aborting
+        let per_image = self.classes * self.k + self.lov_per_image.iter().map(|s| s * 3).sum::<usize>();
+        let len = total_images.checked_mul(per_image).filter(|&l| l <= isize::MAX as usize / 8).ok_or_else(|| {
+            Error::Input(format!("statistics of a batch of {total_images} images do not fit this machine's memory"))
+        })?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(len).map_err(|_| {
+            Error::Input(format!(
+                "statistics of a batch of {total_images} images: {len} numbers could not be allocated"
+            ))
+        })?;
+        data.resize(len, 0.0);
         let mut out = self.clone();
         out.images = total_images;
-        out.data = vec![0.0; out.sums_len() + self.lov_per_image.iter().map(|s| total_images * s * 3).sum::<usize>()];
+        out.data = data;
         let row = self.classes * self.k;
         out.data[first_image * row..(first_image + self.images) * row].copy_from_slice(&self.data[..self.sums_len()]);
         for (g, &spi) in self.lov_per_image.iter().enumerate() {

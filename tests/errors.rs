@@ -259,3 +259,48 @@ fn neg_inf_logits_mask_classes_in_multiclass_mode_only() {
     pinf[0] = f32::INFINITY;
     assert!(Input::labels(&pinf, &labels, &[1, 3, 4], None).is_err());
 }
+
+/// Public calls on absurd arguments found by a review (each panicked, overflowed or aborted on
+/// an allocation) are typed errors.
+#[test]
+fn absurd_arguments_to_public_calls_are_typed_errors_not_panics() {
+    use segloss::metrics::{self, Metric};
+    // a level past deep's levels; deep weights of an absurd number of levels
+    let deep: LossExpr = "deep(dice)".parse().unwrap();
+    assert!(matches!(deep.level(3, 2), Err(Error::Input(m)) if m.contains("level 3 of 2")));
+    assert!(matches!(deep.deep.as_ref().unwrap().of(1 << 40), Err(Error::LossMode { .. })));
+    // a class list checked against C = 0
+    for text in ["dice:classes=0", "lovasz:classes=0"] {
+        let e: LossExpr = text.parse().unwrap();
+        assert!(matches!(e.check(Mode::Multilabel, 0), Err(Error::LossMode { .. })), "{text}");
+    }
+    // counts past the images or classes counted
+    let x = [0.5f32; 16];
+    let t = [1.0f32; 16];
+    let input = Input::dense(&x, &t, &[1, 1, 4, 4], Mode::Binary).unwrap();
+    let counts = metrics::reference::counts(&input, 0.0).unwrap();
+    assert_eq!(counts.get(0, 0), Some([16, 0, 0, 0]));
+    assert_eq!((counts.get(5, 3), counts.get(1, 0), counts.get(0, 1)), (None, None, None));
+    // metric fields set in code are held to the text's rules
+    let mut hd: Metric = "hd:percentile=95".parse().unwrap();
+    for p in [1000.0, 0.0, -1.0, f64::NAN] {
+        hd.percentile = Some(p);
+        assert!(matches!(metrics::reference::evaluate(&input, &hd), Err(Error::Metric { .. })), "{p}");
+    }
+    let mut nsd: Metric = "nsd:tolerance=1".parse().unwrap();
+    nsd.spacing = vec![0.0];
+    assert!(matches!(metrics::reference::evaluate(&input, &nsd), Err(Error::Metric { .. })));
+    // statistics placed in an absurd batch
+    let cpu = segloss::Engine::cpu(None);
+    let st = cpu.statistics_blocking(&input, &["dice".parse().unwrap()]).unwrap();
+    for total in [usize::MAX, 1 << 40] {
+        assert!(matches!(st.placed(0, total), Err(Error::Input(_))), "{total}");
+    }
+    // the confusion matrices of a million classes (a 4 MB input of one pixel)
+    let big = vec![0.0f32; 1 << 20];
+    let input = Input::labels(&big, &[0], &[1, 1 << 20, 1], None).unwrap();
+    let iou: Metric = "iou".parse().unwrap();
+    assert!(
+        matches!(metrics::reference::evaluate(&input, &iou), Err(Error::Unsupported(m)) if m.contains("N x C x C"))
+    );
+}

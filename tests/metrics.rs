@@ -433,7 +433,7 @@ fn metrics_of_probabilities_threshold_the_probabilities() {
             // directly
             let m: Metric = "counts:threshold=0.3".parse().unwrap();
             let counts = engine.counts_blocking(&input, &m).unwrap();
-            let predicted: u64 = (0..shape[0]).map(|n| counts.get(n, 0)).map(|[tp, fp, _, _]| tp + fp).sum();
+            let predicted: u64 = (0..shape[0]).map(|n| counts.get(n, 0).unwrap()).map(|[tp, fp, _, _]| tp + fp).sum();
             assert_eq!(predicted, p.iter().filter(|&&x| x >= 0.3).count() as u64);
         }
     }

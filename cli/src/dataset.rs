@@ -234,7 +234,7 @@ pub(crate) fn eval_dirs(a: &EvalArgs) -> Result<(), Fail> {
     let (Some(ldir), Some(tdir)) = (&a.logits_dir, &a.target_dir) else {
         return Err(Fail(2, "give --logits and --target, or --logits-dir and --target-dir".into()));
     };
-    let chunk = crate::positive("--chunk", a.chunk)?;
+    let chunk = crate::at_most("--chunk", a.chunk, 4096)?;
     let map = match &a.palette {
         Some(p) => MaskMap::Palette(parse_palette(p)?),
         None if a.mask == "binary" => MaskMap::Binary,

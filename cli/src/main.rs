@@ -103,7 +103,7 @@ pub(crate) struct EvalArgs {
     /// error of that file).
     #[arg(long, conflicts_with = "mask")]
     palette: Option<String>,
-    /// Files per submission with --logits-dir.
+    /// Files per submission with --logits-dir (1 to 4096).
     #[arg(long, default_value_t = 16)]
     chunk: usize,
     /// With --logits-dir: print CSV (a row per file, then the means).
@@ -182,7 +182,7 @@ struct BenchArgs {
     /// back unless --forward-only) one by one against one batch of all of them (one submission).
     #[arg(long, conflicts_with_all = ["sizes", "device_resident"])]
     batch: Option<usize>,
-    /// Time `deep(LOSS)` over this many levels (level 0 of --shape, each further level half the
+    /// Time `deep(LOSS)` over this many levels (1 to 32; level 0 of --shape, each further level half the
     /// size of the one before) against LOSS on level 0 alone; host inputs, gradients read back
     /// unless --forward-only.
     #[arg(long, conflicts_with_all = ["sizes", "device_resident", "batch"])]
@@ -767,6 +767,14 @@ pub(crate) fn positive(flag: &str, v: usize) -> Result<usize, Fail> {
     Ok(v)
 }
 
+/// A count from 1 to `max`.
+pub(crate) fn at_most(flag: &str, v: usize, max: usize) -> Result<usize, Fail> {
+    if v > max {
+        return Err(Fail(2, format!("{flag} {v}: must be at most {max}")));
+    }
+    positive(flag, v)
+}
+
 fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
     positive("--batch", batch)?;
     if size < 2 {
@@ -994,7 +1002,7 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
     }
     if let Some(l) = a.levels {
         let (shape, mode, texts) = setup(&["dice@monai+focal@monai"])?;
-        return bench_levels(&engine, &a, &shape, mode, positive("--levels", l)?, iters, &texts);
+        return bench_levels(&engine, &a, &shape, mode, at_most("--levels", l, 32)?, iters, &texts);
     }
     if let Some(k) = a.batch {
         let (shape, mode, texts) = setup(&["bce"])?;
@@ -1186,6 +1194,10 @@ fn bench_batch(
     texts: &[String],
 ) -> Result<(), Fail> {
     let exprs = parse_exprs(texts)?;
+    // the k inputs are held at once: their elements together within a batch's
+    let mut all = shape.to_vec();
+    all[0] = all[0].checked_mul(k).ok_or_else(|| Fail(2, format!("--batch {k}: too many inputs of {shape:?}")))?;
+    check_elements(&format!("--batch {k} inputs of {shape:?}"), &all)?;
     let inputs = synth_inputs(shape, mode, k)?;
     let grads = !a.forward_only;
     let one_by_one = || -> Result<(), Fail> {

@@ -871,3 +871,25 @@ fn folder_files_of_other_class_counts_keep_their_own_metrics() {
     assert!(folder.contains("not every file") && folder.contains('b'), "the folder's entry: {folder}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn absurd_counts_on_the_command_line_are_usage_errors() {
+    // each of these panicked on a capacity overflow, aborted on an allocation or ran out of
+    // memory before
+    let dir = std::env::temp_dir().join(format!("segloss-absurd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = usize::MAX.to_string();
+    let runs: [&[&str]; 4] = [
+        &["bench", "--shape", "1x1x4x4", "--iters", "1", "--levels", "1000000"],
+        &["bench", "--shape", "1x1x4x4", "--iters", "1", "--batch", &big],
+        &["bench", "--shape", "1x1x64x64", "--iters", "1", "--batch", "1000000000"],
+        &["eval", "--logits-dir", s(&dir), "--target-dir", s(&dir), "--loss", "dice", "--chunk", &big],
+    ];
+    for args in runs {
+        let out = segloss(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("at most"), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -312,6 +312,18 @@ impl Metric {
         if k == 0 {
             return Err(merr(&self.text, "no class is selected"));
         }
+        // the rules of the text, for fields set in code
+        if let Some(p) = self.percentile {
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(merr(&self.text, format!("percentile={p}: must be in (0, 100] (none: the maximum)")));
+            }
+        }
+        if let Some(s) = self.spacing.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(merr(&self.text, format!("spacing {s}: must be positive and finite")));
+        }
+        if let Some(t) = self.tolerance.iter().flatten().find(|t| !(t.is_finite() && **t >= 0.0)) {
+            return Err(merr(&self.text, format!("tolerance {t}: must be finite and not negative")));
+        }
         Ok(())
     }
 

@@ -59,10 +59,24 @@ pub(crate) fn hard(input: &Input<'_>, logit_threshold: f64) -> Result<Hard, Erro
     }
 }
 
+/// The most multiclass confusion counts (N x C x C) one call keeps: 2^27, 1 GiB.
+const MAX_CONFUSION_CELLS: usize = 1 << 27;
+
 /// The integer counts of `input`'s hard predictions at the logit threshold
 /// [`Metric::logit_threshold`] (binary, multilabel; multiclass takes the argmax).
 pub fn counts(input: &Input<'_>, logit_threshold: f64) -> Result<Counts, Error> {
     let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+    if input.mode() == Mode::Multiclass {
+        // each image's C x C confusion matrix is kept: bounded before it is allocated
+        let cells = n.checked_mul(c).and_then(|x| x.checked_mul(c)).unwrap_or(usize::MAX);
+        if cells > MAX_CONFUSION_CELLS {
+            return Err(Error::Unsupported(format!(
+                "the confusion matrices of {n} images of {c} classes would take {} counts (N x C x C); a call \
+                 counts at most {MAX_CONFUSION_CELLS}: count fewer images at a time",
+                if cells == usize::MAX { "more than usize::MAX".to_string() } else { cells.to_string() }
+            )));
+        }
+    }
     let h = hard(input, logit_threshold)?;
     let mut out = Counts::zeroed(input.mode(), c, n);
     if input.mode() == Mode::Multiclass {

@@ -42,8 +42,12 @@ impl Counts {
         self.mode
     }
 
-    /// `[TP, FP, FN, TN]` of image `n`, class `c`.
-    pub fn get(&self, n: usize, c: usize) -> [u64; 4] {
+    /// `[TP, FP, FN, TN]` of image `n`, class `c`; `None` past the images or classes counted.
+    pub fn get(&self, n: usize, c: usize) -> Option<[u64; 4]> {
+        (n < self.images && c < self.classes).then(|| self.at(n, c))
+    }
+
+    fn at(&self, n: usize, c: usize) -> [u64; 4] {
         let o = (n * self.classes + c) * 4;
         [self.stats[o], self.stats[o + 1], self.stats[o + 2], self.stats[o + 3]]
     }
@@ -110,7 +114,7 @@ impl Counts {
         let none = MetricValue { value: None, per_class: None, per_image: None, matrix: None };
         match m.name {
             MetricName::Counts => {
-                let data = (0..self.images).flat_map(|n| ks.iter().flat_map(move |&k| self.get(n, k))).collect();
+                let data = (0..self.images).flat_map(|n| ks.iter().flat_map(move |&k| self.at(n, k))).collect();
                 Ok(MetricValue { matrix: Some(Matrix { shape: vec![self.images, ks.len(), 4], data }), ..none })
             }
             MetricName::Confusion => Ok(MetricValue { matrix: Some(self.confusion_matrix(m.reduction)), ..none }),
@@ -132,7 +136,7 @@ impl Counts {
                 _ => {
                     let cells: Vec<u64> = (0..c)
                         .flat_map(|k| {
-                            let [tp, fp, fn_, tn] = self.get(i, k);
+                            let [tp, fp, fn_, tn] = self.at(i, k);
                             [tn, fp, fn_, tp]
                         })
                         .collect();
@@ -159,7 +163,7 @@ impl Counts {
         let mut s = [0u64; 4];
         for &n in imgs {
             for &k in ks {
-                let c = self.get(n, k);
+                let c = self.at(n, k);
                 (0..4).for_each(|j| s[j] += c[j]);
             }
         }
@@ -222,7 +226,7 @@ impl Counts {
             .map(|n| {
                 ks.iter()
                     .map(|&k| {
-                        let [tp, _, fn_, _] = self.get(n, k);
+                        let [tp, _, fn_, _] = self.at(n, k);
                         let g = (tp + fn_) as f64;
                         let x = match m.weight {
                             GDiceWeight::Square => 1.0 / (g * g),
@@ -260,7 +264,7 @@ impl Counts {
             .map(|n| {
                 let (mut num, mut den) = (0.0, 0.0);
                 for (j, &k) in ks.iter().enumerate() {
-                    let [tp, fp, fn_, _] = self.get(n, k).map(|v| v as f64);
+                    let [tp, fp, fn_, _] = self.at(n, k).map(|v| v as f64);
                     num += 2.0 * w[n][j] * tp;
                     den += w[n][j] * (2.0 * tp + fp + fn_);
                 }
