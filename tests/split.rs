@@ -526,9 +526,7 @@ fn pixel_parts_of_one_image_add_up_except_a_per_image_lovasz() {
 
 #[test]
 fn errors_over_two_adapters_name_the_batch_element() {
-    let opts = EngineOptions { backend: None, ..EngineOptions::from_env() };
-    let multi = segloss::MultiEngine::open_blocking(&opts, "vulkan,gl").unwrap();
-    assert!(multi.engines().len() >= 2, "two adapters needed");
+    let multi = two_adapters();
     // [4, 2, 2]: image 3's true class 0 at pixel 1 is -inf (element 13); each adapter's part
     // alone would name its own element 5
     let mut x = vec![0.5f32; 16];
@@ -544,9 +542,7 @@ fn errors_over_two_adapters_name_the_batch_element() {
 
 #[test]
 fn what_does_not_merge_runs_on_the_first_of_two_adapters() {
-    let opts = EngineOptions { backend: None, ..EngineOptions::from_env() };
-    let multi = segloss::MultiEngine::open_blocking(&opts, "vulkan,gl").unwrap();
-    assert!(multi.engines().len() >= 2, "two adapters needed");
+    let multi = two_adapters();
     let c = case(91, &[3, 4, 5, 6], Mode::Multiclass);
     let input = c.whole();
     // unreduced entries: the first adapter's, entries and all
@@ -571,4 +567,12 @@ fn what_does_not_merge_runs_on_the_first_of_two_adapters() {
         want.value
     );
     assert_eq!(got[0].level_grads.len(), 1);
+}
+
+/// lavapipe on Vulkan and llvmpipe on OpenGL as one engine (CI has both).
+fn two_adapters() -> segloss::MultiEngine {
+    let opts = EngineOptions { backend: None, ..EngineOptions::from_env() };
+    let multi = segloss::MultiEngine::open_blocking(&opts, "vulkan,gl").unwrap();
+    assert!(multi.engines().len() >= 2, "two adapters needed");
+    multi
 }
