@@ -966,6 +966,10 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
                 }
             }
             if matches!(kind, RegionKind::GDice { .. }) {
+                // gdice takes no empty or norm (a preset's are not its): the defaults, so that
+                // its written text parses back to it
+                let d = RegionParams::default();
+                (params.empty, params.norm) = (d.empty, d.norm);
                 params.intersection = Intersection::Product;
             }
             if matches!(kind, RegionKind::GDice { .. }) && matches!(params.pool, Pool::All | Pool::ImageAll) {
@@ -1231,7 +1235,9 @@ impl fmt::Display for Loss {
                 if p.eps != d.eps {
                     kv.push(format!("eps={}", fmt_num(p.eps)));
                 }
-                if p.empty != d.empty {
+                // gdice takes no empty or norm key (its text would not parse back)
+                let gdice = matches!(r.kind, RegionKind::GDice { .. });
+                if p.empty != d.empty && !gdice {
                     kv.push(format!(
                         "empty={}",
                         match p.empty {
@@ -1250,10 +1256,10 @@ impl fmt::Display for Loss {
                 if let Some(w) = &p.weights {
                     kv.push(format!("weights={}", list_text(w)));
                 }
-                if p.norm != d.norm {
+                if p.norm != d.norm && !gdice {
                     kv.push(format!("norm={}", norm_text(p.norm)));
                 }
-                if p.intersection == Intersection::Product && !matches!(r.kind, RegionKind::GDice { .. }) {
+                if p.intersection == Intersection::Product && !gdice {
                     kv.push("intersection=product".into());
                 }
             }

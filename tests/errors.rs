@@ -67,6 +67,17 @@ fn loss_text_round_trips() {
         let again: LossExpr = e.to_string().parse().unwrap();
         assert_eq!(e, again, "{t} -> {e}");
     }
+    // every loss under every preset that defines it writes a text that parses back to it
+    // (gdice@monai wrote empty= and norm=, which gdice does not take)
+    for name in ["bce", "ce", "focal", "dice", "jaccard", "tversky", "gdice", "sensspec", "lovasz"] {
+        for preset in ["", "@smp", "@monai", "@keras", "@paddle", "@kornia"] {
+            let Ok(e) = format!("{name}{preset}").parse::<LossExpr>() else { continue };
+            match e.to_string().parse::<LossExpr>() {
+                Ok(again) => assert_eq!(e, again, "{name}{preset} -> {e}"),
+                Err(err) => panic!("{name}{preset} -> {e}: {err}"),
+            }
+        }
+    }
     let e: LossExpr = "dice@monai:smooth=0".parse().unwrap();
     assert_eq!(
         e.to_string(),
