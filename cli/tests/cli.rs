@@ -4,7 +4,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn segloss(args: &[&str]) -> std::process::Output {
@@ -463,12 +463,18 @@ fn json_of(out: &std::process::Output) -> serde_json::Value {
     })
 }
 
-#[test]
-fn eval_of_folders_gives_each_file_its_values_and_error_rows() {
-    let root = std::env::temp_dir().join(format!("segloss-dataset-{}", std::process::id()));
+/// A fresh folder `segloss-TAG-PID` in the temp dir with `logits/` and `targets/` inside.
+fn folders(tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let root = std::env::temp_dir().join(format!("segloss-{tag}-{}", std::process::id()));
     let (ld, td) = (root.join("logits"), root.join("targets"));
     std::fs::create_dir_all(&ld).unwrap();
     std::fs::create_dir_all(&td).unwrap();
+    (root, ld, td)
+}
+
+#[test]
+fn eval_of_folders_gives_each_file_its_values_and_error_rows() {
+    let (root, ld, td) = folders("dataset");
     let mut rng = common::Rng(5);
     // four binary .npy pairs, two of one shape and two of others (a batch coalesces the first)
     let shapes: [&[u64]; 4] = [&[1, 1, 8, 8], &[1, 1, 8, 8], &[2, 1, 5, 7], &[1, 1, 3, 4, 5]];
@@ -615,10 +621,7 @@ fn eval_metrics_print_the_libraries_values_in_the_contract_json() {
 
 #[test]
 fn a_folder_s_metrics_are_those_of_its_files_as_one_batch() {
-    let root = std::env::temp_dir().join(format!("segloss-folder-metrics-{}", std::process::id()));
-    let (ld, td) = (root.join("logits"), root.join("targets"));
-    std::fs::create_dir_all(&ld).unwrap();
-    std::fs::create_dir_all(&td).unwrap();
+    let (root, ld, td) = folders("folder-metrics");
     let mut rng = common::Rng(11);
     // five multiclass files of 1 or 2 images, 4 classes, 9x7, and a broken one
     let (c, h, w) = (4u64, 9u64, 7u64);
@@ -801,10 +804,7 @@ fn eval_with_several_levels_writes_a_gradient_per_level_and_needs_deep() {
 /// without `--palette` is an error row rather than grey by luminance.
 #[test]
 fn sixteen_bit_masks_keep_their_classes_and_colour_masks_need_a_palette() {
-    let root = std::env::temp_dir().join(format!("segloss-masks16-{}", std::process::id()));
-    let (ld, td) = (root.join("logits"), root.join("targets"));
-    std::fs::create_dir_all(&ld).unwrap();
-    std::fs::create_dir_all(&td).unwrap();
+    let (root, ld, td) = folders("masks16");
     let mut rng = common::Rng(16);
     let (h, w) = (6u32, 5u32);
     let labels: Vec<u16> = (0..h * w).map(|_| rng.below(3) as u16).collect();
@@ -842,10 +842,7 @@ fn sixteen_bit_masks_keep_their_classes_and_colour_masks_need_a_palette() {
 /// that could not join (before, that file's own entry was the error).
 #[test]
 fn folder_files_of_other_class_counts_keep_their_own_metrics() {
-    let root = std::env::temp_dir().join(format!("segloss-mixed-{}", std::process::id()));
-    let (ld, td) = (root.join("logits"), root.join("targets"));
-    std::fs::create_dir_all(&ld).unwrap();
-    std::fs::create_dir_all(&td).unwrap();
+    let (root, ld, td) = folders("mixed");
     let mut rng = common::Rng(21);
     let mut want = Vec::new();
     for (name, c) in [("a", 2usize), ("b", 3)] {
