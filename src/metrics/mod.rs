@@ -312,17 +312,29 @@ impl Metric {
         if k == 0 {
             return Err(merr(&self.text, "no class is selected"));
         }
-        // the rules of the text, for fields set in code
+        self.check_ranges()
+    }
+
+    /// The ranges of the surface metrics' numbers: the parser's rules, and `check`'s for fields
+    /// set in code.
+    fn check_ranges(&self) -> Result<(), Error> {
         if let Some(p) = self.percentile {
             if !(p > 0.0 && p <= 100.0) {
-                return Err(merr(&self.text, format!("percentile={p}: must be in (0, 100] (none: the maximum)")));
+                return Err(merr(
+                    &self.text,
+                    format!("percentile={p}: must be in [0, 100]; 0 (the maximum) is no percentile set"),
+                ));
             }
         }
-        if let Some(s) = self.spacing.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(merr(&self.text, format!("spacing {s}: must be positive and finite")));
+        if self.spacing.is_empty()
+            || self.spacing.len() > 3
+            || self.spacing.iter().any(|x| !(x.is_finite() && *x > 0.0))
+        {
+            let s: Vec<String> = self.spacing.iter().map(f64::to_string).collect();
+            return Err(merr(&self.text, format!("spacing={}: one to three positive numbers", s.join(";"))));
         }
         if let Some(t) = self.tolerance.iter().flatten().find(|t| !(t.is_finite() && **t >= 0.0)) {
-            return Err(merr(&self.text, format!("tolerance {t}: must be finite and not negative")));
+            return Err(merr(&self.text, format!("tolerance {t}: must be finite and >= 0")));
         }
         Ok(())
     }
@@ -514,32 +526,18 @@ impl FromStr for Metric {
                         }
                     }
                 }
-                "spacing" => {
-                    let s = numbers(text, key, v)?;
-                    if s.iter().any(|x| !(x.is_finite() && *x > 0.0)) || s.len() > 3 {
-                        return Err(merr(text, format!("spacing={v}: one to three positive numbers")));
-                    }
-                    m.spacing = s;
-                }
+                "spacing" => m.spacing = numbers(text, key, v)?,
                 "percentile" => {
-                    let p = number(text, key, v)?;
-                    if !(0.0..=100.0).contains(&p) {
-                        return Err(merr(text, format!("percentile={v}: must be in [0, 100]")));
-                    }
                     // MONAI's HausdorffDistanceMetric takes a percentile of 0 as none (`if not
                     // percentile`): the maximum
+                    let p = number(text, key, v)?;
                     m.percentile = (p != 0.0).then_some(p);
                 }
-                "tolerance" => {
-                    let t = numbers(text, key, v)?;
-                    if t.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
-                        return Err(merr(text, format!("tolerance={v}: must be finite and >= 0")));
-                    }
-                    m.tolerance = Some(t);
-                }
+                "tolerance" => m.tolerance = Some(numbers(text, key, v)?),
                 _ => return Err(merr(text, format!("unknown key for {name_s}: '{key}'"))),
             }
         }
+        m.check_ranges()?;
         // what the reduction allows
         let ok = match name {
             n if n.is_score() => true,

@@ -68,12 +68,11 @@ pub fn counts(input: &Input<'_>, logit_threshold: f64) -> Result<Counts, Error> 
     let (n, c, s) = (input.batch(), input.classes(), input.spatial());
     if input.mode() == Mode::Multiclass {
         // each image's C x C confusion matrix is kept: bounded before it is allocated
-        let cells = n.checked_mul(c).and_then(|x| x.checked_mul(c)).unwrap_or(usize::MAX);
-        if cells > MAX_CONFUSION_CELLS {
+        let cells = n as u128 * c as u128 * c as u128;
+        if cells > MAX_CONFUSION_CELLS as u128 {
             return Err(Error::Unsupported(format!(
-                "the confusion matrices of {n} images of {c} classes would take {} counts (N x C x C); a call \
-                 counts at most {MAX_CONFUSION_CELLS}: count fewer images at a time",
-                if cells == usize::MAX { "more than usize::MAX".to_string() } else { cells.to_string() }
+                "the confusion matrices of {n} images of {c} classes would take {cells} counts (N x C x C); a call \
+                 counts at most {MAX_CONFUSION_CELLS}: count fewer images at a time"
             )));
         }
     }
