@@ -530,16 +530,207 @@ fn check_classes(name: &str, classes: &Classes, c: usize) -> Result<(), Error> {
     Ok(())
 }
 
-impl LossExpr {
-    /// Checks every term against the mode and the number of classes.
-    pub fn check(&self, mode: Mode, classes: usize) -> Result<(), Error> {
-        // what the parser refuses, for expressions built in code
-        if self.unreduced() && (self.terms.len() != 1 || self.deep.is_some()) {
+/// The range a number of a loss must lie in, besides being finite and within the f32 range.
+#[derive(Clone, Copy)]
+enum Range {
+    Real,
+    NonNeg,
+    Positive,
+    Unit,
+}
+
+impl Range {
+    /// Why `x` does not fit, if it does not.
+    fn fault(self, x: f64) -> Option<String> {
+        if !x.is_finite() {
+            return Some("expected a finite number".into());
+        }
+        if x.abs() > F32_MAX {
+            return Some(format!("beyond the f32 range (|x| <= {F32_MAX:e}) the GPU computes in"));
+        }
+        match self {
+            Range::NonNeg if x < 0.0 => Some("must be >= 0".into()),
+            Range::Positive if x <= 0.0 => Some("must be > 0".into()),
+            Range::Unit if !(0.0..=1.0).contains(&x) => Some("must be in [0, 1]".into()),
+            _ => None,
+        }
+    }
+}
+
+/// `x` in an error message: as written in a loss text, with an exponent when that is shorter.
+fn shown(x: f64) -> String {
+    let e = format!("{x:e}");
+    let plain = fmt_num(x);
+    if x.is_finite() && e.len() < plain.len() {
+        e
+    } else {
+        plain
+    }
+}
+
+/// The entries of an optional list (none: no entry).
+fn listed(w: &Option<Vec<f64>>) -> &[f64] {
+    w.as_deref().unwrap_or(&[])
+}
+
+/// The first number among `(key, values, range)` that does not fit, as an error of `loss`.
+fn check_numbers(loss: &str, numbers: &[(&str, &[f64], Range)]) -> Result<(), Error> {
+    for &(key, values, range) in numbers {
+        for (i, &x) in values.iter().enumerate() {
+            if let Some(why) = range.fault(x) {
+                let at = if values.len() > 1 { format!(" (entry {i})") } else { String::new() };
+                return Err(Error::LossMode { loss: loss.to_string(), msg: format!("{key}={}{at}: {why}", shown(x)) });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Loss {
+    /// Checks the loss's parameters on their own: every number finite, within the f32 range and in
+    /// its key's range (`LOSSES.md`), and the combinations the text refuses. The parser refuses
+    /// the same; this holds a loss built in code to it ([`LossExpr::check`] calls it).
+    ///
+    /// ```
+    /// use segloss::{Loss, LossExpr};
+    /// let mut focal: Loss = "focal".parse().unwrap();
+    /// if let Loss::Focal(p) = &mut focal {
+    ///     p.gamma = f64::NAN;
+    /// }
+    /// assert!(focal.check_params().unwrap_err().to_string().contains("gamma=NaN"));
+    /// ```
+    pub fn check_params(&self) -> Result<(), Error> {
+        let name = self.name();
+        let bad = |msg: &str| Err(Error::LossMode { loss: name.to_string(), msg: msg.to_string() });
+        let empty_list = |c: &Classes| matches!(c, Classes::List(l) if l.is_empty());
+        match self {
+            Loss::Bce(p) => {
+                let pw = match &p.pos_weight {
+                    PosWeight::Value(v) => std::slice::from_ref(v),
+                    PosWeight::Channels(w) => w.as_slice(),
+                    PosWeight::Auto => &[],
+                };
+                if matches!(&p.pos_weight, PosWeight::Channels(w) if w.is_empty()) {
+                    return bad("pos_weight lists no channel");
+                }
+                check_numbers(
+                    name,
+                    &[("pos_weight", pw, Range::NonNeg), ("label_smoothing", &[p.label_smoothing], Range::Unit)],
+                )
+            }
+            Loss::Ce(p) => check_numbers(
+                name,
+                &[
+                    ("weights", listed(&p.weights), Range::NonNeg),
+                    ("label_smoothing", &[p.label_smoothing], Range::Unit),
+                ],
+            ),
+            Loss::Focal(p) => {
+                if p.norm == Norm::Image {
+                    return bad("norm=image: focal takes norm=count or norm=weights");
+                }
+                let alpha = p.alpha.as_slice();
+                check_numbers(
+                    name,
+                    &[
+                        ("gamma", &[p.gamma], Range::NonNeg),
+                        ("alpha", alpha, Range::Unit),
+                        ("weights", listed(&p.weights), Range::NonNeg),
+                    ],
+                )
+            }
+            Loss::Region(r) => {
+                let p = &r.params;
+                if empty_list(&p.classes) {
+                    return bad("classes lists no class");
+                }
+                if matches!(r.kind, RegionKind::GDice { .. }) && matches!(p.pool, Pool::All | Pool::ImageAll) {
+                    return bad(
+                        "pool=all and pool=image_all are not allowed (gdice already pools classes); use batch or image",
+                    );
+                }
+                let tversky = match r.kind {
+                    RegionKind::Tversky { alpha, beta, gamma } => vec![alpha, beta, gamma],
+                    _ => vec![],
+                };
+                let (ab, g) = tversky.split_at(tversky.len().min(2));
+                check_numbers(
+                    name,
+                    &[
+                        ("smooth_nr", &[p.smooth_nr], Range::NonNeg),
+                        ("smooth_dr", &[p.smooth_dr], Range::NonNeg),
+                        ("eps", &[p.eps], Range::NonNeg),
+                        ("weights", listed(&p.weights), Range::NonNeg),
+                        ("alpha, beta", ab, Range::NonNeg),
+                        ("gamma", g, Range::Positive),
+                    ],
+                )
+            }
+            Loss::SensSpec(p) => {
+                check_numbers(name, &[("lambda", &[p.lambda], Range::Unit), ("smooth", &[p.smooth], Range::NonNeg)])
+            }
+            Loss::Lovasz(p) if empty_list(&p.classes) => bad("classes lists no class"),
+            Loss::Lovasz(_) => Ok(()),
+        }
+    }
+
+    /// Checks that the loss has an unreduced form (`reduction=none`).
+    fn check_unreduced(&self) -> Result<(), Error> {
+        let bad = |msg: String| Err(Error::LossMode { loss: self.name().to_string(), msg });
+        match self {
+            Loss::Lovasz(_) | Loss::SensSpec(_) => {
+                bad(format!("reduction=none: {} has no unreduced form (use reduction=mean)", self.name()))
+            }
+            Loss::Region(r) if r.params.empty == Empty::Skip => {
+                bad("reduction=none with empty=skip: a skipped group has no entry (use empty=zero or formula)".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Term {
+    /// Checks the factor (finite, within the f32 range) and the loss's parameters
+    /// ([`Loss::check_params`]).
+    pub fn check_params(&self) -> Result<(), Error> {
+        if let Some(why) = Range::Real.fault(self.weight) {
             return Err(Error::LossMode {
-                loss: self.to_string(),
-                msg: "reduction=none needs a single term and no deep(...)".into(),
+                loss: self.loss.name().to_string(),
+                msg: format!("the factor {}: {why}", shown(self.weight)),
             });
         }
+        self.loss.check_params()
+    }
+}
+
+impl LossExpr {
+    /// Checks the expression on its own, whatever the input: at least one term, every term's
+    /// factor and parameters ([`Term::check_params`]), `reduction=none` on a single term with an
+    /// unreduced form and no `deep`, and `deep`'s listed weights. The parser refuses the same.
+    pub fn check_params(&self) -> Result<(), Error> {
+        if self.terms.is_empty() {
+            return Err(Error::LossMode { loss: String::new(), msg: "the expression has no term".into() });
+        }
+        self.terms.iter().try_for_each(Term::check_params)?;
+        if self.unreduced() {
+            if self.terms.len() != 1 || self.deep.is_some() {
+                return Err(Error::LossMode {
+                    loss: self.to_string(),
+                    msg: "reduction=none needs a single term and no deep(...)".into(),
+                });
+            }
+            self.terms[0].loss.check_unreduced()?;
+        }
+        if let Some(DeepWeights::List(w)) = &self.deep {
+            check_numbers("deep", &[("weights", w, Range::NonNeg)])?;
+        }
+        Ok(())
+    }
+
+    /// Checks every term against the mode and the number of classes (and, first, the expression
+    /// on its own: [`LossExpr::check_params`]).
+    pub fn check(&self, mode: Mode, classes: usize) -> Result<(), Error> {
+        self.check_params()?;
         self.terms.iter().try_for_each(|t| t.loss.check(mode, classes))
     }
 
@@ -604,30 +795,8 @@ fn perr(text: &str, msg: impl Into<String>) -> Error {
 }
 
 fn num(text: &str, key: &str, v: &str) -> Result<f64, Error> {
-    let x: f64 = v.parse().map_err(|_| perr(text, format!("{key}={v}: expected a number")))?;
-    if !x.is_finite() {
-        return Err(perr(text, format!("{key}={v}: expected a finite number")));
-    }
-    if x.abs() > F32_MAX {
-        return Err(perr(text, format!("{key}={v}: beyond the f32 range (|x| <= {F32_MAX:e}) the GPU computes in")));
-    }
-    Ok(x)
-}
-
-fn nonneg(text: &str, key: &str, v: &str) -> Result<f64, Error> {
-    let x = num(text, key, v)?;
-    if x < 0.0 {
-        return Err(perr(text, format!("{key}={v}: must be >= 0")));
-    }
-    Ok(x)
-}
-
-fn unit(text: &str, key: &str, v: &str) -> Result<f64, Error> {
-    let x = num(text, key, v)?;
-    if !(0.0..=1.0).contains(&x) {
-        return Err(perr(text, format!("{key}={v}: must be in [0, 1]")));
-    }
-    Ok(x)
+    // the ranges are checked on the parsed loss, by the rules that hold expressions built in code
+    v.parse().map_err(|_| perr(text, format!("{key}={v}: expected a number")))
 }
 
 fn boolean(text: &str, key: &str, v: &str) -> Result<bool, Error> {
@@ -681,9 +850,9 @@ const REGION_KEYS: &[&str] = &[
     "intersection",
 ];
 
-/// `w0;w1;...`: non-negative weights.
+/// `w0;w1;...`: a list of weights.
 fn weight_list(text: &str, key: &str, v: &str) -> Result<Vec<f64>, Error> {
-    v.split(';').map(|x| nonneg(text, key, x.trim())).collect()
+    v.split(';').map(|x| num(text, key, x.trim())).collect()
 }
 
 fn norm_of(text: &str, key: &str, v: &str) -> Result<Norm, Error> {
@@ -694,13 +863,13 @@ fn norm_of(text: &str, key: &str, v: &str) -> Result<Norm, Error> {
 fn region_key(text: &str, p: &mut RegionParams, key: &str, v: &str) -> Result<bool, Error> {
     match key {
         "smooth" => {
-            let s = nonneg(text, key, v)?;
+            let s = num(text, key, v)?;
             p.smooth_nr = s;
             p.smooth_dr = s;
         }
-        "smooth_nr" => p.smooth_nr = nonneg(text, key, v)?,
-        "smooth_dr" => p.smooth_dr = nonneg(text, key, v)?,
-        "eps" => p.eps = nonneg(text, key, v)?,
+        "smooth_nr" => p.smooth_nr = num(text, key, v)?,
+        "smooth_dr" => p.smooth_dr = num(text, key, v)?,
+        "eps" => p.eps = num(text, key, v)?,
         "log" => p.log = boolean(text, key, v)?,
         "pool" => {
             p.pool = choice(
@@ -777,12 +946,6 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
         Some((w, rest)) => {
             let w = w.trim();
             let x: f64 = w.parse().map_err(|_| perr(text, format!("'{w}' is not a number (weight before '*')")))?;
-            if !x.is_finite() {
-                return Err(perr(text, format!("weight {w} must be finite")));
-            }
-            if x.abs() > F32_MAX {
-                return Err(perr(text, format!("weight {w} is beyond the f32 range (|w| <= {F32_MAX:e})")));
-            }
             (x, rest.trim())
         }
         None => (1.0, t),
@@ -840,10 +1003,10 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
                         } else if v.contains(';') {
                             PosWeight::Channels(weight_list(text, k, v)?)
                         } else {
-                            PosWeight::Value(nonneg(text, k, v)?)
+                            PosWeight::Value(num(text, k, v)?)
                         }
                     }
-                    "label_smoothing" => p.label_smoothing = unit(text, k, v)?,
+                    "label_smoothing" => p.label_smoothing = num(text, k, v)?,
                     _ => return Err(unknown_key(text, name, k, &["pos_weight", "label_smoothing"])),
                 }
             }
@@ -855,10 +1018,9 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
             for (k, v) in kv {
                 match k {
                     "weights" => {
-                        let w: Result<Vec<f64>, Error> = v.split(';').map(|x| nonneg(text, k, x.trim())).collect();
-                        p.weights = Some(w?);
+                        p.weights = Some(weight_list(text, k, v)?);
                     }
-                    "label_smoothing" => p.label_smoothing = unit(text, k, v)?,
+                    "label_smoothing" => p.label_smoothing = num(text, k, v)?,
                     _ => return Err(unknown_key(text, name, k, &["weights", "label_smoothing"])),
                 }
             }
@@ -875,8 +1037,8 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
             };
             for (k, v) in kv {
                 match k {
-                    "gamma" => p.gamma = nonneg(text, k, v)?,
-                    "alpha" => p.alpha = if v == "none" { None } else { Some(unit(text, k, v)?) },
+                    "gamma" => p.gamma = num(text, k, v)?,
+                    "alpha" => p.alpha = if v == "none" { None } else { Some(num(text, k, v)?) },
                     "act" => {
                         p.act = choice(
                             text,
@@ -886,12 +1048,7 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
                         )?
                     }
                     "weights" => p.weights = Some(weight_list(text, k, v)?),
-                    "norm" => {
-                        p.norm = norm_of(text, k, v)?;
-                        if p.norm == Norm::Image {
-                            return Err(perr(text, "norm=image: focal takes norm=count or norm=weights"));
-                        }
-                    }
+                    "norm" => p.norm = norm_of(text, k, v)?,
                     _ => return Err(unknown_key(text, name, k, &["gamma", "alpha", "act", "weights", "norm"])),
                 }
             }
@@ -941,15 +1098,9 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
                     continue;
                 }
                 match (&mut kind, k) {
-                    (RegionKind::Tversky { alpha, .. }, "alpha") => *alpha = nonneg(text, k, v)?,
-                    (RegionKind::Tversky { beta, .. }, "beta") => *beta = nonneg(text, k, v)?,
-                    (RegionKind::Tversky { gamma, .. }, "gamma") => {
-                        let g = nonneg(text, k, v)?;
-                        if g == 0.0 {
-                            return Err(perr(text, "gamma=0: must be > 0"));
-                        }
-                        *gamma = g
-                    }
+                    (RegionKind::Tversky { alpha, .. }, "alpha") => *alpha = num(text, k, v)?,
+                    (RegionKind::Tversky { beta, .. }, "beta") => *beta = num(text, k, v)?,
+                    (RegionKind::Tversky { gamma, .. }, "gamma") => *gamma = num(text, k, v)?,
                     (RegionKind::GDice { weight }, "weight") => {
                         *weight = choice(
                             text,
@@ -972,12 +1123,6 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
                 (params.empty, params.norm) = (d.empty, d.norm);
                 params.intersection = Intersection::Product;
             }
-            if matches!(kind, RegionKind::GDice { .. }) && matches!(params.pool, Pool::All | Pool::ImageAll) {
-                return Err(perr(
-                    text,
-                    "gdice: pool=all and pool=image_all are not allowed (gdice already pools classes); use batch or image",
-                ));
-            }
             Loss::Region(RegionLoss { kind, params })
         }
         "sensspec" => {
@@ -985,8 +1130,8 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
             let mut p = SensSpecParams { lambda: 0.05, smooth: 1e-5 };
             for (k, v) in kv {
                 match k {
-                    "lambda" => p.lambda = unit(text, k, v)?,
-                    "smooth" => p.smooth = nonneg(text, k, v)?,
+                    "lambda" => p.lambda = num(text, k, v)?,
+                    "smooth" => p.smooth = num(text, k, v)?,
                     _ => return Err(unknown_key(text, name, k, &["lambda", "smooth"])),
                 }
             }
@@ -1007,21 +1152,12 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
         "" => return Err(perr(text, format!("missing loss name; names: {NAMES}"))),
         _ => return Err(perr(text, format!("unknown loss '{name}'; names: {NAMES}"))),
     };
+    let term = Term { weight, loss };
+    term.check_params().map_err(|e| perr(text, e.to_string()))?;
     if reduction == Reduction::None {
-        match &loss {
-            Loss::Lovasz(_) | Loss::SensSpec(_) => {
-                return Err(perr(text, format!("reduction=none: {name} has no unreduced form (use reduction=mean)")))
-            }
-            Loss::Region(r) if r.params.empty == Empty::Skip => {
-                return Err(perr(
-                    text,
-                    "reduction=none with empty=skip: a skipped group has no entry (use empty=zero or formula)",
-                ))
-            }
-            _ => {}
-        }
+        term.loss.check_unreduced().map_err(|e| perr(text, e.to_string()))?;
     }
-    Ok((Term { weight, loss }, reduction))
+    Ok((term, reduction))
 }
 
 /// `deep[@mode][:weights=...](EXPR)`, when `text` is one.
@@ -1070,6 +1206,7 @@ fn parse_deep(text: &str) -> Result<Option<LossExpr>, Error> {
         return Err(perr(text, "reduction=none cannot be used inside deep(...)"));
     }
     e.deep = Some(weights);
+    e.check_params().map_err(|err| perr(text, err.to_string()))?;
     Ok(Some(e))
 }
 

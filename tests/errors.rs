@@ -123,6 +123,152 @@ fn losses_that_do_not_fit_the_mode_are_errors() {
 }
 
 #[test]
+fn expressions_built_in_code_are_held_to_the_rules_of_the_text() {
+    use segloss::expr::{Classes, DeepWeights, Loss, Reduction, RegionKind};
+    let x = vec![0.5f32, -1.0, 2.0, 0.0, 1.0, -0.5, 0.25, 3.0];
+    let g = vec![1.0f32, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0];
+    let input = Input::dense(&x, &g, &[1, 2, 4], Mode::Multilabel).unwrap();
+    // each: a text that parses, how to break it in code, what the error names
+    type Edit = fn(&mut LossExpr);
+    let cases: [(&str, Edit, &str); 16] = [
+        (
+            "focal",
+            |e| {
+                if let Loss::Focal(p) = &mut e.terms[0].loss {
+                    p.gamma = f64::NAN
+                }
+            },
+            "gamma=NaN",
+        ),
+        (
+            "focal",
+            |e| {
+                if let Loss::Focal(p) = &mut e.terms[0].loss {
+                    p.alpha = Some(1.5)
+                }
+            },
+            "alpha=1.5: must be in [0, 1]",
+        ),
+        (
+            "focal",
+            |e| {
+                if let Loss::Focal(p) = &mut e.terms[0].loss {
+                    p.norm = segloss::expr::Norm::Image
+                }
+            },
+            "norm=image",
+        ),
+        (
+            "bce",
+            |e| {
+                if let Loss::Bce(p) = &mut e.terms[0].loss {
+                    p.label_smoothing = -0.1
+                }
+            },
+            "label_smoothing=-0.1",
+        ),
+        (
+            "bce",
+            |e| {
+                if let Loss::Bce(p) = &mut e.terms[0].loss {
+                    p.pos_weight = segloss::expr::PosWeight::Value(f64::INFINITY)
+                }
+            },
+            "pos_weight=inf: expected a finite number",
+        ),
+        (
+            "dice",
+            |e| {
+                if let Loss::Region(r) = &mut e.terms[0].loss {
+                    r.params.smooth_dr = -1.0
+                }
+            },
+            "smooth_dr=-1: must be >= 0",
+        ),
+        (
+            "dice",
+            |e| {
+                if let Loss::Region(r) = &mut e.terms[0].loss {
+                    r.params.classes = Classes::List(vec![])
+                }
+            },
+            "classes lists no class",
+        ),
+        (
+            "dice",
+            |e| {
+                if let Loss::Region(r) = &mut e.terms[0].loss {
+                    r.params.weights = Some(vec![1.0, -2.0])
+                }
+            },
+            "weights=-2 (entry 1): must be >= 0",
+        ),
+        (
+            "tversky",
+            |e| {
+                if let Loss::Region(r) = &mut e.terms[0].loss {
+                    r.kind = RegionKind::Tversky { alpha: 0.5, beta: 0.5, gamma: 0.0 }
+                }
+            },
+            "gamma=0: must be > 0",
+        ),
+        (
+            "gdice",
+            |e| {
+                if let Loss::Region(r) = &mut e.terms[0].loss {
+                    r.params.pool = segloss::expr::Pool::All
+                }
+            },
+            "pool=all",
+        ),
+        (
+            "sensspec",
+            |e| {
+                if let Loss::SensSpec(p) = &mut e.terms[0].loss {
+                    p.lambda = 2.0
+                }
+            },
+            "lambda=2: must be in [0, 1]",
+        ),
+        (
+            "lovasz",
+            |e| {
+                if let Loss::Lovasz(p) = &mut e.terms[0].loss {
+                    p.classes = Classes::List(vec![])
+                }
+            },
+            "classes lists no class",
+        ),
+        ("dice", |e| e.terms[0].weight = 1e39, "the factor 1e39: beyond the f32 range"),
+        ("dice", |e| e.terms.clear(), "no term"),
+        ("lovasz", |e| e.reduction = Reduction::None, "lovasz has no unreduced form"),
+        ("dice", |e| e.deep = Some(DeepWeights::List(vec![f64::NAN])), "weights=NaN"),
+    ];
+    for (text, edit, needle) in cases {
+        let mut e: LossExpr = text.parse().unwrap();
+        assert!(e.check_params().is_ok(), "{text}");
+        edit(&mut e);
+        let err = e.check_params().unwrap_err().to_string();
+        assert!(err.contains(needle), "{text}: {err}");
+        // every evaluation refuses it, on the GPU and on the CPU reference, before any work
+        let err = reference::evaluate(&input, &e).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text}: {err}");
+        let err = common::gpu().evaluate_blocking(&input, std::slice::from_ref(&e), true).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text}: {err}");
+    }
+    // the parser refuses what the check refuses, naming the key
+    for (text, needle) in [
+        ("focal:gamma=nan", "gamma=NaN: expected a finite number"),
+        ("tversky:gamma=0", "gamma=0: must be > 0"),
+        ("ce:weights=1;-2", "weights=-2 (entry 1)"),
+        ("deep:weights=1;-1(dice)", "weights=-1 (entry 1)"),
+        ("inf*dice", "the factor inf"),
+    ] {
+        assert!(parse_err(text).contains(needle), "{text}: {}", parse_err(text));
+    }
+}
+
+#[test]
 fn bad_inputs_name_the_problem() {
     let x = vec![0.0f32; 8];
     let g = vec![0.0f32; 8];
