@@ -3,7 +3,7 @@
 //! numbers of one big batch.
 
 use super::scores::{reduce_grid, reduce_images, Counts};
-use super::{AbsentWeight, Metric, MetricName, MetricValue};
+use super::{AbsentWeight, Metric, MetricName, MetricValue, Reduction};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::input::{Input, Mode};
@@ -12,7 +12,10 @@ use crate::input::{Input, Mode};
 /// batch, [`Running::merge`] to join two runs (the second's images after the first's), and
 /// [`Running::compute`] for the value.
 ///
-/// Count metrics keep the integer counts of every image; the surface metrics keep each image's
+/// What a run keeps does not grow with the images where the metric does not need them one by
+/// one: the micro, macro and weighted scores and a summed confusion matrix keep the counts summed
+/// over the images. The other count metrics keep the integer counts of every image (C x 4 each;
+/// `confusion:reduction=none` also each image's C x C matrix), the surface metrics each image's
 /// per-class values, and torchmetrics' `gdice` each image's score as it was computed in its batch
 /// (its weights of absent classes depend on the batch, as in torchmetrics).
 ///
@@ -69,6 +72,28 @@ impl Running {
         }
     }
 
+    /// Whether the metric reads only the counts summed over the images.
+    fn summed(&self) -> bool {
+        match self.metric.name {
+            MetricName::Confusion => self.metric.reduction != Reduction::None,
+            n if n.is_score() => {
+                matches!(self.metric.reduction, Reduction::Micro | Reduction::Macro | Reduction::Weighted)
+            }
+            _ => false,
+        }
+    }
+
+    /// Joins `counts` (already in the form this run keeps) to the run's.
+    fn keep(&mut self, counts: Counts) -> Result<(), Error> {
+        let summed = self.summed();
+        match &mut self.counts {
+            None => self.counts = Some(counts),
+            Some(c) if summed => c.add_cells(&counts)?,
+            Some(c) => c.append(&counts)?,
+        }
+        Ok(())
+    }
+
     fn per_image_rows(&self) -> bool {
         self.metric.name.is_surface()
             || (self.metric.name == MetricName::GDice && self.metric.absent_weight == AbsentWeight::Torchmetrics)
@@ -114,10 +139,14 @@ impl Running {
             let ks = self.metric.selected(counts.classes());
             self.rows.extend(counts.gdice_per_image(&self.metric, &ks).into_iter().map(|x| vec![x]));
         } else {
-            match &mut self.counts {
-                None => self.counts = Some(counts.clone()),
-                Some(c) => c.append(counts)?,
-            }
+            let confusion = self.metric.name == MetricName::Confusion;
+            self.keep(if self.summed() {
+                counts.summed(confusion)
+            } else if confusion {
+                counts.clone()
+            } else {
+                counts.without_confusion()
+            })?;
         }
         self.images += counts.images();
         self.of = Some((counts.mode(), counts.classes()));
@@ -134,10 +163,7 @@ impl Running {
         }
         self.check_joins(other.of)?;
         if let Some(oc) = &other.counts {
-            match &mut self.counts {
-                None => self.counts = Some(oc.clone()),
-                Some(c) => c.append(oc)?,
-            }
+            self.keep(oc.clone())?;
         }
         self.rows.extend(other.rows.iter().cloned());
         self.images += other.images;
@@ -157,5 +183,50 @@ impl Running {
             return Ok(reduce_images(self.rows.iter().map(|r| r[0]).collect(), &self.metric));
         }
         self.counts.as_ref().ok_or_else(|| Error::Input("no counts".into()))?.evaluate(&self.metric)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts of `n` images of 3 classes, every pixel of image `i` predicted `i % 3` on target
+    /// `(i + 1) % 3` but one.
+    fn counts(n: usize) -> Counts {
+        let mut cells = vec![0u64; n * 9];
+        for i in 0..n {
+            // [image][target][prediction]
+            cells[(i * 3 + (i + 1) % 3) * 3 + i % 3] += 5;
+            cells[(i * 3 + i % 3) * 3 + i % 3] += 1;
+        }
+        Counts::from_confusion(Mode::Multiclass, 3, n, &cells)
+    }
+
+    #[test]
+    fn what_a_run_keeps_grows_with_the_images_only_where_the_metric_needs_them() {
+        for (text, grows) in [
+            ("iou:reduction=micro", false),
+            ("dice:reduction=macro", false),
+            ("recall:reduction=weighted,weights=1;2;3", false),
+            ("confusion", false),
+            ("confusion:reduction=none", true),
+            ("iou:reduction=micro-imagewise", true),
+            ("counts", true),
+        ] {
+            let m: Metric = text.parse().unwrap();
+            let (mut run, mut one) = (Running::new(m.clone()), Running::new(m.clone()));
+            for _ in 0..10 {
+                run.add_counts(&counts(4)).unwrap();
+            }
+            one.add_counts(&counts(4)).unwrap();
+            let (kept, first) = (run.counts.as_ref().unwrap().cells(), one.counts.as_ref().unwrap().cells());
+            assert_eq!(kept > first, grows, "{text}: {kept} integers after 40 images, {first} after 4");
+            // and the value is the one of the 40 images counted at once
+            let mut all = counts(4);
+            for _ in 1..10 {
+                all.append(&counts(4)).unwrap();
+            }
+            assert_eq!(run.compute().unwrap(), all.evaluate(&m).unwrap(), "{text}");
+        }
     }
 }

@@ -107,6 +107,53 @@ impl Counts {
         Ok(())
     }
 
+    /// The counts of every image summed into one row, with the summed confusion matrix when
+    /// `confusion` (else none): what the reductions over the whole set (micro, macro, weighted,
+    /// a summed confusion matrix) read, in a size that does not grow with the images.
+    pub(crate) fn summed(&self, confusion: bool) -> Counts {
+        let (c, cc) = (self.classes, self.classes * self.classes);
+        let mut out = Counts::zeroed(self.mode, c, 1);
+        for row in self.stats.chunks_exact(c * 4) {
+            out.stats.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+        }
+        if confusion && cc > 0 {
+            for m in self.confusion.chunks_exact(cc) {
+                out.confusion.iter_mut().zip(m).for_each(|(a, b)| *a += b);
+            }
+        } else {
+            out.confusion.clear();
+        }
+        out
+    }
+
+    /// The integers kept.
+    #[cfg(test)]
+    pub(crate) fn cells(&self) -> usize {
+        self.stats.len() + self.confusion.len()
+    }
+
+    /// These counts without the per-image confusion matrices (the stats derived from them stay).
+    pub(crate) fn without_confusion(&self) -> Counts {
+        Counts { confusion: Vec::new(), ..self.clone() }
+    }
+
+    /// Adds `other`'s counts cell by cell (two [`Counts::summed`] of the same kind).
+    pub(crate) fn add_cells(&mut self, other: &Counts) -> Result<(), Error> {
+        if self.mode != other.mode
+            || self.classes != other.classes
+            || self.stats.len() != other.stats.len()
+            || self.confusion.len() != other.confusion.len()
+        {
+            return Err(Error::Input(format!(
+                "counts of {} {} classes cannot be added to counts of {} {} classes",
+                other.mode, other.classes, self.mode, self.classes
+            )));
+        }
+        self.stats.iter_mut().zip(&other.stats).for_each(|(a, b)| *a += b);
+        self.confusion.iter_mut().zip(&other.confusion).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
     /// The value of a count-based metric (not a surface metric) on these counts.
     pub fn evaluate(&self, m: &Metric) -> Result<MetricValue, Error> {
         m.check(self.mode, self.classes)?;
