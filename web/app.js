@@ -20,6 +20,7 @@ const state = {
   pending: false,
   evaluations: 0,
   grad: null,
+  statusLine: '',
 };
 
 // Exposed for tests and the curious.
@@ -27,7 +28,8 @@ window.segloss = {
   ready: false,
   error: null,
   state: () => ({ mode: state.mode, example: state.example, results: state.results, metrics: state.metrics,
-                  evaluations: state.evaluations, probs: $('probs').checked,
+                  evaluations: state.evaluations, probs: $('probs').checked, status: $('status').textContent,
+                  maxLabel: state.target.reduce((a, v) => Math.max(a, v), 0), selected: state.selected,
                   losses: $('losses').value, info: state.engine ? JSON.parse(state.engine.info()) : null }),
   exportNpy: () => ({
     logits: b64(npy_f32(state.input, [1, state.classes, H, W])),
@@ -45,6 +47,17 @@ window.segloss.time512 = async () => {
   await state.engine.evaluate(logits, mask, [1, 1, n, n], 'binary', losses, 0, false); // warm-up
   return JSON.parse(await state.engine.evaluate(logits, mask, [1, 1, n, n], 'binary', losses, 0, false)).results;
 };
+
+// The brush class as a channel of the current example: a whole number in 1..C-1 (class 0 is what
+// shift-drag paints), whatever was typed into the box.
+function brushClass() {
+  if (state.mode === 'binary') return 1;
+  const v = Math.round(+$('brush').value);
+  return Number.isFinite(v) ? Math.min(Math.max(v, 1), state.classes - 1) : 1;
+}
+
+// The losses the page evaluates: the non-empty lines of the text box.
+const lossLines = () => $('losses').value.split('\n').map((t) => t.trim()).filter((t) => t !== '');
 
 function b64(bytes) {
   let s = '';
@@ -137,9 +150,10 @@ function draw() {
   $('fg').textContent = `${(100 * fg).toFixed(2)}% foreground`;
   const mk = $('mask').getContext('2d'), mimg = mk.createImageData(W, H);
   const pk = $('pred').getContext('2d'), pimg = pk.createImageData(W, H);
-  const k = state.mode === 'binary' ? 0 : +$('brush').value;
+  const k = state.mode === 'binary' ? 0 : brushClass();
   for (let i = 0; i < H * W; i++) {
-    const col = state.mode === 'binary' ? (state.target[i] > 0 ? [255, 255, 255] : [0, 0, 0]) : PALETTE[state.target[i]];
+    const col = state.mode === 'binary' ? (state.target[i] > 0 ? [255, 255, 255] : [0, 0, 0])
+      : (PALETTE[state.target[i]] || [128, 128, 128]);
     mimg.data.set([...col, 255], 4 * i);
     let p;
     if (state.mode === 'binary') p = 1 / (1 + Math.exp(-state.logits[i]));
@@ -158,8 +172,13 @@ function draw() {
 
 function drawHeat() {
   const g = state.grad, hk = $('heat').getContext('2d'), img = hk.createImageData(W, H);
-  if (!g || g.length === 0) { hk.clearRect(0, 0, W, H); return; }
-  const k = state.mode === 'binary' ? 0 : +$('brush').value;
+  const r = state.results[state.selected];
+  if (!g || g.length !== state.classes * H * W) {
+    hk.clearRect(0, 0, W, H);
+    $('heatinfo').textContent = r ? `${r.loss}: no gradient${r.error ? ' (see its error)' : ''}` : '';
+    return;
+  }
+  const k = state.mode === 'binary' ? 0 : brushClass();
   let mx = 0;
   for (let i = 0; i < H * W; i++) mx = Math.max(mx, Math.abs(g[k * H * W + i]));
   for (let i = 0; i < H * W; i++) {
@@ -168,7 +187,6 @@ function drawHeat() {
     img.data.set(v >= 0 ? [255, 255 - a, 255 - a, 255] : [255 - a, 255 - a, 255, 255], 4 * i);
   }
   hk.putImageData(img, 0, 0);
-  const r = state.results[state.selected];
   $('heatinfo').textContent = r ? `${r.loss}: max |grad| ${mx.toExponential(2)}${state.mode === 'multiclass' ? ` (class ${k} channel)` : ''}` : '';
 }
 
@@ -202,34 +220,45 @@ async function evaluate() {
   try {
     do {
       state.pending = false;
-      makeLogits();
-      draw();
-      const json = await state.engine.evaluate(state.input, state.target, [1, state.classes, H, W], state.mode,
-                                               $('losses').value, state.selected, $('probs').checked);
-      $('gradof').textContent = $('probs').checked ? 'd loss / d probabilities' : 'd loss / d logits';
-      const parsed = JSON.parse(json);
-      state.results = parsed.results;
-      state.metrics = parsed.metrics;
-      $('metrics').textContent = 'hard prediction: ' +
-        parsed.metrics.map((m) => `${m.metric === 'iou' ? 'IoU' : 'Dice score'} ${m.value === null ? '–' : m.value.toFixed(4)}`).join(', ');
-      if (state.selected >= state.results.length) state.selected = 0;
-      state.grad = state.engine.grad();
-      state.evaluations++;
-      showResults();
-      drawHeat();
+      // one round's failure is shown, and an edit queued meanwhile still gets its round
+      try {
+        await evaluateOnce();
+      } catch (e) {
+        $('status').textContent = `error: ${e.message || e}`;
+        window.segloss.error = String(e.message || e);
+      }
     } while (state.pending);
-  } catch (e) {
-    $('status').textContent = `error: ${e.message || e}`;
-    window.segloss.error = String(e.message || e);
   } finally {
     state.busy = false;
   }
 }
 
+async function evaluateOnce() {
+  makeLogits();
+  draw();
+  // the selected row of the list being evaluated (a shorter list selects its first)
+  if (state.selected >= lossLines().length) state.selected = 0;
+  const json = await state.engine.evaluate(state.input, state.target, [1, state.classes, H, W], state.mode,
+                                           $('losses').value, state.selected, $('probs').checked);
+  $('gradof').textContent = $('probs').checked ? 'd loss / d probabilities' : 'd loss / d logits';
+  const parsed = JSON.parse(json);
+  state.results = parsed.results;
+  state.metrics = parsed.metrics;
+  $('metrics').textContent = 'hard prediction: ' + parsed.metrics.map((m) =>
+    `${m.metric === 'iou' ? 'IoU' : 'Dice score'} ${m.value === null ? (m.error ? `– (${m.error})` : '–') : m.value.toFixed(4)}`).join(', ');
+  state.grad = state.engine.grad();
+  state.evaluations++;
+  showResults();
+  drawHeat();
+  // a round that worked clears an earlier round's error
+  $('status').textContent = state.statusLine;
+  window.segloss.error = null;
+}
+
 function paint(ev) {
   const rect = $('mask').getBoundingClientRect();
   const x = Math.floor((ev.clientX - rect.left) * W / rect.width), y = Math.floor((ev.clientY - rect.top) * H / rect.height);
-  const v = ev.shiftKey ? 0 : (state.mode === 'binary' ? 1 : +$('brush').value);
+  const v = ev.shiftKey ? 0 : brushClass();
   for (let dy = -3; dy <= 3; dy++) for (let dx = -3; dx <= 3; dx++) {
     const yy = y + dy, xx = x + dx;
     if (dx * dx + dy * dy <= 9 && yy >= 0 && xx >= 0 && yy < H && xx < W) state.target[yy * W + xx] = v;
@@ -259,7 +288,8 @@ async function main() {
     return;
   }
   const info = JSON.parse(state.engine.info());
-  $('status').textContent = `adapter: ${info.name || '(unnamed)'} (${info.backend}, ${info.type})`;
+  state.statusLine = `adapter: ${info.name || '(unnamed)'} (${info.backend}, ${info.type})`;
+  $('status').textContent = state.statusLine;
   let drawing = false;
   $('mask').addEventListener('pointerdown', (e) => { drawing = true; paint(e); });
   $('mask').addEventListener('pointermove', (e) => { if (drawing) paint(e); });

@@ -40,10 +40,11 @@ impl WebEngine {
 
     /// Evaluates each loss text (one per line) on logits `[n, c, h, w]` (or probabilities, with
     /// `probs`) and a target (dense 0/1 for `binary`, class indices as numbers for `multiclass`).
-    /// Returns JSON
-    /// `{"results": [{"loss", "value", "ms", "error"}], "metrics": [{"metric", "value"}]}` (IoU and
-    /// Dice score of the hard prediction); the gradient of loss `grad_of` is then
-    /// available from [`WebEngine::grad`].
+    /// Returns JSON `{"results": [{"loss", "value", "ms", "error"}], "metrics": [{"metric", "value",
+    /// "error"}]}` (IoU and Dice score of the hard prediction; a value is null when it is not a
+    /// number, with the reason in `error` when there is one); the gradient of loss `grad_of` (the
+    /// index among the non-empty lines) is then available from [`WebEngine::grad`], empty when
+    /// that loss gave none (an error, or no such line).
     // the page's call passes plain values (no JS object to decode): one argument each
     #[allow(clippy::too_many_arguments)]
     pub async fn evaluate(
@@ -56,6 +57,8 @@ impl WebEngine {
         grad_of: u32,
         probs: bool,
     ) -> Result<String, JsError> {
+        // a gradient shown must be this call's, of this loss
+        self.grad.borrow_mut().clear();
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
         let mode: Mode = mode.parse().map_err(js_err)?;
         let target = if mode == Mode::Multiclass {
@@ -71,11 +74,11 @@ impl WebEngine {
             .map(|t| {
                 let v = t
                     .parse::<segloss::metrics::Metric>()
-                    .and_then(|m| segloss::metrics::reference::evaluate(&input, &m))
-                    .ok()
-                    .and_then(|v| v.value)
-                    .filter(|x| x.is_finite());
-                json!({"metric": t, "value": v})
+                    .and_then(|m| segloss::metrics::reference::evaluate(&input, &m));
+                match v {
+                    Ok(v) => json!({"metric": t, "value": v.value.filter(|x| x.is_finite()), "error": null}),
+                    Err(e) => json!({"metric": t, "value": null, "error": e.to_string()}),
+                }
             })
             .collect();
         let prep = self.engine.prepare(input).map_err(js_err)?;

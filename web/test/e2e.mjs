@@ -96,7 +96,6 @@ try {
   for (let i = 0; i < 10; i++) await page.mouse.move(box.x + 20 + 20 * i, box.y + 200 - 5 * i);
   await page.mouse.up();
   await page.waitForFunction((n) => window.segloss.state().evaluations > n, n1, { timeout: 120000 });
-  await page.waitForFunction(() => !document.querySelector('#results') || true);
   await page.waitForTimeout(500);
   now = await page.evaluate(() => window.segloss.state());
   check('a drawn stroke changes the values', now.results.some((r, i) => r.value !== afterSlider[i]));
@@ -136,6 +135,17 @@ try {
         pout.results.map((n, i) => `${n.loss} ${n.value ?? n.error} / ${pst.results[i].value ?? pst.results[i].error}`).join('; '));
   check('the hinge refuses probabilities inline', pst.results[4].error !== null && pst.results[4].error.includes('logits'),
         JSON.stringify(pst.results[4]));
+  // Selecting the refused row shows no gradient rather than the last one computed.
+  await page.click('#results tbody tr:nth-child(5)');
+  await page.waitForFunction((n) => window.segloss.state().evaluations > n && window.segloss.state().selected === 4,
+                             pst.evaluations, { timeout: 120000 });
+  await page.waitForTimeout(300);
+  const heat = await page.evaluate(() => ({
+    drawn: document.getElementById('heat').getContext('2d').getImageData(0, 0, 256, 256).data.some((v) => v !== 0),
+    info: document.getElementById('heatinfo').textContent,
+  }));
+  check('a loss without a gradient leaves no stale heat map', !heat.drawn && heat.info.includes('no gradient'),
+        JSON.stringify(heat));
   await page.$eval('#probs', (el) => { el.checked = false; el.dispatchEvent(new Event('input')); });
 
   // Back to the default losses, then a screenshot that is not blank.
@@ -157,6 +167,27 @@ try {
   const t = await page.evaluate(() => window.segloss.time512());
   console.log(`512x512 in the page: ${t.map((r) => `${r.loss} ${r.ms.toFixed(1)} ms`).join(', ')}`);
   check('a 512x512 evaluation runs in the page', t.length > 0 && t.every((r) => r.error === null), JSON.stringify(t));
+
+  // The multiclass scene painted with a class the box does not allow (5 of 4 classes): the
+  // brush keeps to the scene's classes, and the page goes on evaluating without an error.
+  const m0 = (await page.evaluate(() => window.segloss.state())).evaluations;
+  await page.selectOption('#example', 'scene');
+  await page.waitForFunction((n) => window.segloss.state().evaluations > n && window.segloss.state().mode === 'multiclass',
+                             m0, { timeout: 120000 });
+  await page.$eval('#brush', (el) => { el.value = '5'; el.dispatchEvent(new Event('input')); });
+  await page.waitForTimeout(1000);
+  const m1 = (await page.evaluate(() => window.segloss.state())).evaluations;
+  await page.mouse.move(box.x + 60, box.y + 60);
+  await page.mouse.down();
+  for (let i = 0; i < 5; i++) await page.mouse.move(box.x + 60 + 10 * i, box.y + 60);
+  await page.mouse.up();
+  await page.waitForFunction((n) => window.segloss.state().evaluations > n, m1, { timeout: 120000 });
+  await page.waitForTimeout(1500);
+  const mc = await page.evaluate(() => ({ st: window.segloss.state(), error: window.segloss.error }));
+  check('a brush class past the scene\'s classes paints its last class, with no error',
+        mc.error === null && !mc.st.status.startsWith('error') && mc.st.maxLabel === 3 &&
+        mc.st.results.length > 0 && mc.st.results.every((r) => r.error === null),
+        JSON.stringify({ error: mc.error, status: mc.st.status, maxLabel: mc.st.maxLabel, results: mc.st.results }));
 } catch (e) {
   check('no exception', false, String(e && e.stack || e));
 } finally {
