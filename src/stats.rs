@@ -111,8 +111,41 @@ impl Statistics {
         let k = plan.host_channels();
         let spi = if mode == Mode::Multiclass { classes } else { 1 };
         let lov_per_image = vec![spi; plan.lovasz.len()];
-        let len = images * classes * k + lov_per_image.iter().map(|s| images * s * 3).sum::<usize>();
-        Ok(Statistics { mode, kind, classes, images, exprs: exprs.to_vec(), k, lov_per_image, data: vec![0.0; len] })
+        // the table's length checked, and allocated without aborting
+        let per_image = classes.checked_mul(k).and_then(|x| x.checked_add(lov_per_image.iter().map(|s| s * 3).sum()));
+        let len = per_image.and_then(|p| p.checked_mul(images)).filter(|&l| l <= isize::MAX as usize / 8).ok_or_else(
+            || Error::Input(format!("statistics of a batch of {images} images do not fit this machine's memory")),
+        )?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(len).map_err(|_| {
+            Error::Input(format!("statistics of a batch of {images} images: {len} numbers could not be allocated"))
+        })?;
+        data.resize(len, 0.0);
+        Ok(Statistics { mode, kind, classes, images, exprs: exprs.to_vec(), k, lov_per_image, data })
+    }
+
+    /// The statistics of `images` images that hold no pixel: zero everywhere. A data-parallel
+    /// worker with no image of a batch contributes these (or their [`Statistics::placed`] form,
+    /// which is the same) to the all-reduce, so that every worker takes part in it.
+    ///
+    /// ```
+    /// use segloss::{InputKind, LossExpr, Mode, Statistics};
+    /// let exprs: Vec<LossExpr> = vec!["dice+bce".parse().unwrap()];
+    /// let none = Statistics::zeros(Mode::Binary, InputKind::Logits, 1, 4, &exprs).unwrap();
+    /// assert_eq!(none.images(), 4);
+    /// assert!(none.as_slice().iter().all(|&x| x == 0.0));
+    /// ```
+    pub fn zeros(
+        mode: Mode,
+        kind: InputKind,
+        classes: usize,
+        images: usize,
+        exprs: &[LossExpr],
+    ) -> Result<Statistics, Error> {
+        for e in exprs {
+            e.check_input(mode, classes, kind)?;
+        }
+        Statistics::zeroed(mode, kind, classes, images, exprs, true)
     }
 
     /// Images of the batch the statistics describe.
@@ -208,21 +241,7 @@ impl Statistics {
                 self.images
             )));
         }
-        // the whole batch's table: its length checked, and allocated without aborting
-        let per_image = self.classes * self.k + self.lov_per_image.iter().map(|s| s * 3).sum::<usize>();
-        let len = total_images.checked_mul(per_image).filter(|&l| l <= isize::MAX as usize / 8).ok_or_else(|| {
-            Error::Input(format!("statistics of a batch of {total_images} images do not fit this machine's memory"))
-        })?;
-        let mut data = Vec::new();
-        data.try_reserve_exact(len).map_err(|_| {
-            Error::Input(format!(
-                "statistics of a batch of {total_images} images: {len} numbers could not be allocated"
-            ))
-        })?;
-        data.resize(len, 0.0);
-        let mut out = self.clone();
-        out.images = total_images;
-        out.data = data;
+        let mut out = Statistics::zeroed(self.mode, self.kind, self.classes, total_images, &self.exprs, false)?;
         let row = self.classes * self.k;
         out.data[first_image * row..(first_image + self.images) * row].copy_from_slice(&self.data[..self.sums_len()]);
         for (g, &spi) in self.lov_per_image.iter().enumerate() {

@@ -114,6 +114,12 @@ fn statistics_of_parts_joined_give_the_whole_batch() {
         let mut sum = engine.statistics_blocking(&a, &ex).unwrap().placed(0, n).unwrap();
         sum.add(&engine.statistics_blocking(&b, &ex).unwrap().placed(cut, n).unwrap()).unwrap();
         assert_eq!(sum, stats);
+        // a worker with no image of the batch adds zeros, and changes nothing
+        let whole_in = c.whole();
+        let none = Statistics::zeros(whole_in.mode(), whole_in.kind(), whole_in.classes(), n, &ex).unwrap();
+        assert!(none.as_slice().iter().all(|&x| x == 0.0));
+        sum.add(&none).unwrap();
+        assert_eq!(sum, stats);
     }
 }
 
@@ -135,7 +141,17 @@ fn statistics_refuse_what_does_not_merge() {
     let engine = gpu();
     let c = case(5, &[2, 1, 4, 4], Mode::Binary);
     let whole: LossExpr = "lovasz".parse().unwrap();
-    assert!(matches!(engine.statistics_blocking(&c.whole(), &[whole]), Err(Error::Unsupported(_))));
+    assert!(matches!(engine.statistics_blocking(&c.whole(), &[whole.clone()]), Err(Error::Unsupported(_))));
+    // zero statistics refuse the same, and what the mode or the input's kind does not take
+    use segloss::InputKind::{Logits, Probs};
+    assert!(matches!(Statistics::zeros(Mode::Binary, Logits, 1, 2, &[whole]), Err(Error::Unsupported(_))));
+    assert!(matches!(
+        Statistics::zeros(Mode::Binary, Logits, 1, 2, &exprs(&["deep(dice)"])),
+        Err(Error::Unsupported(_))
+    ));
+    assert!(matches!(Statistics::zeros(Mode::Binary, Logits, 1, 2, &exprs(&["ce"])), Err(Error::LossMode { .. })));
+    assert!(matches!(Statistics::zeros(Mode::Multiclass, Probs, 3, 2, &exprs(&["ce"])), Err(Error::LossMode { .. })));
+    assert!(matches!(Statistics::zeros(Mode::Binary, Logits, 1, usize::MAX, &exprs(&["dice"])), Err(Error::Input(_))));
     let ex = exprs(&["dice"]);
     let stats = engine.statistics_blocking(&c.images(0, 1), &ex).unwrap();
     // images past the statistics' batch, an expression they do not hold, another kind

@@ -5,13 +5,17 @@
 //! gradient to a single process evaluating the whole batch; exit code 0 when they agree.
 //!
 //! The all-reduce is a sum of `Statistics::placed` tables: each rank writes its images' rows into
-//! a zero table of the whole batch, and the sum of the tables is the whole batch's statistics.
+//! a zero table of the whole batch, and the sum of the tables is the whole batch's statistics. A
+//! rank with no image of a batch (more ranks than images) adds `Statistics::zeros`.
+//!
+//! No rank leaves the others waiting in a collective: a rank that cannot open an adapter says
+//! so and every rank exits with code 2 together; an error or a panic on one rank aborts the job.
 
 use std::process::ExitCode;
 
 use mpi::collective::SystemOperation;
 use mpi::traits::*;
-use segloss::{Engine, Error, Input, LossExpr, Mode};
+use segloss::{Engine, Error, Input, LossExpr, Mode, Statistics};
 
 /// One batch, spread over the ranks: the largest differences from the single process, or an error.
 fn run<C: Communicator>(world: &C, engine: &Engine, whole: &Input<'_>, texts: &[&str]) -> Result<(f64, f64), Error> {
@@ -22,16 +26,23 @@ fn run<C: Communicator>(world: &C, engine: &Engine, whole: &Input<'_>, texts: &[
     let (q, r) = (n / size, n % size);
     let first = rank * q + rank.min(r);
     let count = q + usize::from(rank < r);
-    let part = whole.images(first, first + count)?;
+    // more ranks than images: this one has none, and takes part with zeros
+    let part = if count > 0 { Some(whole.images(first, first + count)?) } else { None };
 
     // 1. local statistics, placed in a table of the whole batch, summed over the ranks
-    let local = engine.statistics_blocking(&part, &exprs)?.placed(first, n)?;
+    let local = match &part {
+        Some(p) => engine.statistics_blocking(p, &exprs)?.placed(first, n)?,
+        None => Statistics::zeros(whole.mode(), whole.kind(), whole.classes(), n, &exprs)?,
+    };
     let mut global = local.clone();
     world.all_reduce_into(local.as_slice(), global.as_mut_slice(), SystemOperation::sum());
 
     // 2. the whole batch's values, and this rank's gradient of them
     let values = global.finish()?;
-    let grads = engine.gradient_blocking(&part, &global, first, &exprs)?;
+    let grads = match &part {
+        Some(p) => engine.gradient_blocking(p, &global, first, &exprs)?,
+        None => Vec::new(),
+    };
 
     // 3. rank 0 gathers the gradients (in rank order: the batch's order) and compares with one
     // process evaluating the whole batch
@@ -39,7 +50,7 @@ fn run<C: Communicator>(world: &C, engine: &Engine, whole: &Input<'_>, texts: &[
     let numel_per_image = whole.logits().len() / n;
     let (mut dv, mut dg) = (0f64, 0f64);
     for (i, e) in exprs.iter().enumerate() {
-        let mine = grads[i].grad.clone().unwrap_or_default();
+        let mine = grads.get(i).and_then(|g| g.grad.clone()).unwrap_or_default();
         // every rank sends the same length: pad to the largest part
         let longest = (q + usize::from(r > 0)) * numel_per_image;
         let mut padded = mine.clone();
@@ -76,12 +87,22 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let world = universe.world();
-    let engine = match Engine::gpu_blocking() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("rank {}: {e} (gradients from statistics need a GPU adapter)", world.rank());
-            return ExitCode::from(2);
-        }
+    // a panicking rank would leave the others waiting in a collective: it ends the whole job
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        mpi::topology::SimpleCommunicator::world().abort(101);
+    }));
+    let engine = Engine::gpu_blocking();
+    if let Err(e) = &engine {
+        eprintln!("rank {}: {e} (gradients from statistics need a GPU adapter)", world.rank());
+    }
+    // every rank learns whether all of them have an adapter, and they go on or stop together
+    let mut all_ok = 0i32;
+    world.all_reduce_into(&i32::from(engine.is_ok()), &mut all_ok, SystemOperation::min());
+    let engine = match engine {
+        Ok(e) if all_ok == 1 => e,
+        _ => return ExitCode::from(2),
     };
     if world.rank() == 0 {
         println!("{} ranks, each on {} ({})", world.size(), engine.info().name, engine.info().backend);
