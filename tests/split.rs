@@ -141,7 +141,7 @@ fn statistics_refuse_what_does_not_merge() {
     let engine = gpu();
     let c = case(5, &[2, 1, 4, 4], Mode::Binary);
     let whole: LossExpr = "lovasz".parse().unwrap();
-    assert!(matches!(engine.statistics_blocking(&c.whole(), &[whole.clone()]), Err(Error::Unsupported(_))));
+    assert!(matches!(engine.statistics_blocking(&c.whole(), std::slice::from_ref(&whole)), Err(Error::Unsupported(_))));
     // zero statistics refuse the same, and what the mode or the input's kind does not take
     use segloss::InputKind::{Logits, Probs};
     assert!(matches!(Statistics::zeros(Mode::Binary, Logits, 1, 2, &[whole]), Err(Error::Unsupported(_))));
