@@ -9,6 +9,13 @@ use segloss_data::synth;
 use serde_json::json;
 use wasm_bindgen::prelude::*;
 
+/// Runs when the module loads: a panic then reaches the console (and the page's error handler)
+/// with its message.
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
 fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
