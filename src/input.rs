@@ -368,6 +368,21 @@ impl<'a> Input<'a> {
         Ok(input)
     }
 
+    /// Checks a logits `shape` against `mode` as every input does ([`Input`], and
+    /// [`crate::BufferInput`] before it reads a buffer): `[N, C, S...]` with one to three spatial
+    /// dims, none of them 0, at most 2^31 elements, C = 1 in binary and C >= 2 in multiclass mode.
+    /// Returns the element count. For a caller that prepares buffers: check before allocating.
+    ///
+    /// ```
+    /// use segloss::{Input, Mode};
+    /// assert_eq!(Input::check_shape(&[2, 3, 4, 4], Mode::Multiclass).unwrap(), 96);
+    /// assert!(Input::check_shape(&[2, 3, 4, 4], Mode::Binary).is_err());
+    /// assert!(Input::check_shape(&[1 << 20, 1, 1 << 12, 1], Mode::Binary).is_err());
+    /// ```
+    pub fn check_shape(shape: &[usize], mode: Mode) -> Result<usize, Error> {
+        check_shape(shape, mode)
+    }
+
     /// Number of images N.
     pub fn batch(&self) -> usize {
         self.shape[0]

@@ -17,6 +17,10 @@
 //!   was not given): the tensors go through host memory, and the loss runs on the engine given to
 //!   [`SegLoss::with_engine`] (its GPU, or segloss's f64 CPU reference).
 //!
+//! segloss computes in f32, the GPU's precision (its CPU reference reads the same f32 inputs):
+//! f16, bf16 and f64 logits are converted to f32, and the value and gradient come back in the
+//! logits' float type with f32's precision (about 1e-7 relative).
+//!
 //! [`SegLoss::transfers`] says which path each evaluation took and how many bytes went through
 //! host memory. A loss of logits that need no gradient (a validation loss) is evaluated without
 //! its gradient pass. [`SegLossConfig`] and the typed configs ([`DiceLossConfig`],
@@ -148,8 +152,19 @@ impl SegLoss {
 
     /// The loss of logits `[N, C, S...]` against float targets of the same shape (binary and
     /// multilabel modes): a one-element tensor whose gradient by `logits` is segloss's.
+    ///
+    /// The target is a constant of the loss: a target that autodiff tracks (a model's output, as
+    /// in distillation or a consistency loss) is refused, since its gradient would be missing;
+    /// `detach()` it to use it as a constant.
     pub fn forward<const D: usize>(&self, logits: Tensor<D>, target: Tensor<D>) -> Result<Tensor<1>, Error> {
         same_device(&logits.device(), &target.device())?;
+        if target.is_tracked() {
+            return Err(Error::Segloss(segloss::Error::Input(
+                "the target needs a gradient (autodiff tracks it), which segloss does not compute: the loss's \
+                 gradient is by the logits only; detach() the target to use it as a constant"
+                    .into(),
+            )));
+        }
         if target.dims() != logits.dims() {
             return Err(shape_error(format!(
                 "the mask {:?} must have the logits' shape {:?}",
@@ -215,7 +230,10 @@ impl SegLoss {
         Ok(match grad {
             Some(g) => {
                 let g = Tensor::<D>::from_data(TensorData::new(g, shape), &device).cast(dtype);
-                value + (logits.clone() - logits.detach()).mul(g).sum()
+                // a -inf logit (a class masked out, multiclass) would make x - detach(x) NaN; its
+                // gradient is 0, so it is left out of the difference
+                let x = logits.clone().mask_fill(logits.is_inf(), 0.0);
+                value + (x.clone() - x.detach()).mul(g).sum()
             }
             None => value,
         })

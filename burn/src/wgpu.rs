@@ -13,10 +13,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use burn::backend::ops::FloatTensorOps;
+use burn::backend::ops::{BoolTensorOps, FloatTensorOps, IntTensorOps};
 use burn::backend::tensor::FloatTensor;
+use burn::backend::Scalar;
 use burn::backend::TensorMetadata;
-use burn::tensor::{DType, Device, FloatDType, TensorData};
+use burn::tensor::{BoolDType, DType, Device, FloatDType, TensorData};
 use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeDevice};
@@ -95,6 +96,48 @@ fn dense(t: CubeTensor, dtype: DType) -> CubeTensor {
     into_contiguous(t)
 }
 
+/// 64-bit class indices made fit for the device's 32-bit read, on the device. An index past the
+/// i32 range would wrap in the cast (4294967298 would read as class 2): it becomes an index that
+/// segloss refuses as out of range (i64: -1, or -2 when -1 is the ignore index; u64: `i32::MAX -
+/// 1`). An ignore index past the i32 range becomes one the other indices no longer hold (i64:
+/// `i32::MIN`; u64: `i32::MAX`). Returns the indices and the ignore index to use.
+fn narrowed(t: CubeTensor, ignore: Option<i64>) -> (CubeTensor, Option<i64>) {
+    let (lo, hi) = (i64::from(i32::MIN), i64::from(i32::MAX));
+    let mask = BoolDType::U32;
+    let (out, bad, far, moved) = match t.dtype {
+        DType::I64 => {
+            // i32::MIN itself is out too: it is where a far ignore index moves
+            let out = CubeBackend::bool_or(
+                CubeBackend::int_greater_elem(t.clone(), Scalar::Int(hi), mask),
+                CubeBackend::int_lower_equal_elem(t.clone(), Scalar::Int(lo), mask),
+            );
+            let bad = Scalar::Int(if ignore == Some(-1) { -2 } else { -1 });
+            let far = ignore.filter(|k| !(lo < *k && *k <= hi)).map(Scalar::Int);
+            (out, bad, far, Scalar::Int(lo))
+        }
+        DType::U64 => {
+            // i32::MAX is out too, unless it is the ignore index: it is where a far one moves
+            let out = if ignore == Some(hi) {
+                CubeBackend::int_greater_elem(t.clone(), Scalar::UInt(hi as u64), mask)
+            } else {
+                CubeBackend::int_greater_equal_elem(t.clone(), Scalar::UInt(hi as u64), mask)
+            };
+            let far = ignore.filter(|k| *k > hi).map(|k| Scalar::UInt(k as u64));
+            (out, Scalar::UInt(hi as u64 - 1), far, Scalar::UInt(hi as u64))
+        }
+        _ => return (t, ignore),
+    };
+    let ignored = far.map(|k| CubeBackend::int_equal_elem(t.clone(), k, mask));
+    let t = CubeBackend::int_mask_fill(t, out, bad);
+    match ignored {
+        Some(m) => {
+            let new_ignore = if let Scalar::Int(v) = moved { v } else { hi };
+            (CubeBackend::int_mask_fill(t, m, moved), Some(new_ignore))
+        }
+        None => (t, ignore),
+    }
+}
+
 fn evaluate(
     logits: CubeTensor,
     target: Target<CubeBackend>,
@@ -102,14 +145,20 @@ fn evaluate(
     engine: &Engine,
 ) -> Result<(CubeTensor, CubeTensor), Error> {
     let dtype = logits.dtype;
+    // what segloss would refuse is refused before anything is cast or allocated for it
+    segloss::Input::check_shape(logits.shape().as_slice(), job.0.loss.mode())?;
     let logits = dense(logits, DType::F32);
     let shape = logits.shape();
     let numel = shape.num_elements();
     let client = logits.client.clone();
     let device = logits.device.clone();
+    let loss = &job.0.loss;
+    let mut ignore = loss.ignore_index;
     let (target, class) = match target {
         Target::Mask(t) => (dense(t, DType::F32), None),
         Target::Classes(t) => {
+            let (t, kept) = narrowed(t, ignore);
+            ignore = kept;
             let dtype = if t.dtype == DType::U32 { DType::U32 } else { DType::I32 };
             (dense(t, dtype), Some(dtype))
         }
@@ -130,10 +179,9 @@ fn evaluate(
         Some(DType::U32) => TargetBuffer::ClassU32(slice(t.resource(), tlen)),
         Some(_) => TargetBuffer::ClassI32(slice(t.resource(), tlen)),
     };
-    let loss = &job.0.loss;
     // an ignore index that no target of this integer type can equal ignores nothing (the host
     // path reads the targets as i64 and finds none)
-    let ignore = loss.ignore_index.filter(|&k| match class {
+    let ignore = ignore.filter(|&k| match class {
         None => true,
         Some(DType::U32) => u32::try_from(k).is_ok(),
         Some(_) => i32::try_from(k).is_ok(),

@@ -335,3 +335,92 @@ fn an_ignore_index_no_unsigned_label_can_equal_ignores_nothing_on_every_device()
         }
     }
 }
+
+/// Class indices `[1, 2, 2]` made in `dtype` (64-bit: as they are, past the i32 range too).
+fn labels64(v: &[i64], dtype: burn::tensor::DType, device: &Device) -> Tensor<3, Int> {
+    let data = match dtype {
+        burn::tensor::DType::U64 => TensorData::new(v.iter().map(|&k| k as u64).collect::<Vec<_>>(), [1, 2, 2]),
+        _ => TensorData::new(v.to_vec(), [1, 2, 2]),
+    };
+    Tensor::<3, Int>::from_data(data, (device, dtype))
+}
+
+#[test]
+fn sixty_four_bit_class_indices_past_i32_are_errors_or_ignored_as_on_the_host() {
+    use burn::tensor::DType::{I64, U64};
+    let engine = engine();
+    let l = |device: &Device| Tensor::<4>::zeros([1, 3, 2, 2], device);
+    let value = |r: Result<Tensor<1>, segloss_burn::Error>| -> f32 {
+        r.unwrap().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0]
+    };
+    for (name, device, _) in devices() {
+        for dtype in [I64, U64] {
+            // 2^32 + 2 would wrap to class 2 in a 32-bit read
+            let loss = SegLoss::with_engine("ce".parse().unwrap(), Mode::Multiclass, engine.clone());
+            let e = loss.forward_classes(l(&device), labels64(&[0, 1, (1 << 32) + 2, 2], dtype, &device));
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains("class index"), "{name} {dtype:?}: {e}");
+            // an ignore index past i32 ignores its pixels, and only them
+            let loss =
+                SegLoss::with_engine("ce".parse().unwrap(), Mode::Multiclass, engine.clone()).ignore_index(1 << 40);
+            let v = value(loss.forward_classes(l(&device), labels64(&[0, 1, 1 << 40, 2], dtype, &device)));
+            assert!((f64::from(v) - 3f64.ln()).abs() < 1e-6, "{name} {dtype:?}: {v}");
+            let e = loss.forward_classes(l(&device), labels64(&[0, 1, (1 << 40) + 1, 2], dtype, &device));
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains("class index"), "{name} {dtype:?}: {e}");
+            // i32::MAX as the ignore index (the u64 path's own moved ignore index)
+            let loss = SegLoss::with_engine("ce".parse().unwrap(), Mode::Multiclass, engine.clone())
+                .ignore_index(i64::from(i32::MAX));
+            let v = value(loss.forward_classes(l(&device), labels64(&[0, 1, i64::from(i32::MAX), 2], dtype, &device)));
+            assert!((f64::from(v) - 3f64.ln()).abs() < 1e-6, "{name} {dtype:?}: {v}");
+            let e = loss.forward_classes(l(&device), labels64(&[0, 1, 1 << 33, 2], dtype, &device));
+            assert!(e.unwrap_err().to_string().contains("class index"), "{name} {dtype:?}");
+        }
+        // i64: i32::MIN as the ignore index, and -1 as the ignore index beside a far index
+        for ignore in [i64::from(i32::MIN), -1] {
+            let loss =
+                SegLoss::with_engine("ce".parse().unwrap(), Mode::Multiclass, engine.clone()).ignore_index(ignore);
+            let v = value(loss.forward_classes(l(&device), labels64(&[0, 1, ignore, 2], I64, &device)));
+            assert!((f64::from(v) - 3f64.ln()).abs() < 1e-6, "{name} ignore {ignore}: {v}");
+            let e = loss.forward_classes(l(&device), labels64(&[0, 1, -(1 << 40), 2], I64, &device));
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains("class index"), "{name} ignore {ignore}: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_masked_out_class_gives_a_finite_loss_on_every_path() {
+    let engine = engine();
+    let x = vec![0.5f32, -1.0, f32::NEG_INFINITY, 0.25, 1.0, 2.0, 0.0, -0.5, 0.3, 0.0, 1.5, -2.0];
+    let y = vec![1i64, 2, 1, 0];
+    let want = reference::evaluate(&Input::labels(&x, &y, &[1, 3, 2, 2], None).unwrap(), &"ce".parse().unwrap())
+        .unwrap()
+        .value;
+    for (name, device, _) in devices() {
+        for host in [false, true] {
+            let loss = SegLoss::with_engine("ce".parse().unwrap(), Mode::Multiclass, engine.clone()).through_host(host);
+            let l = Tensor::<4>::from_data(TensorData::new(x.clone(), [1, 3, 2, 2]), &device).require_grad();
+            let t = Tensor::<3, Int>::from_data(TensorData::new(y.clone(), [1, 2, 2]), &device);
+            let v = loss.forward_classes(l.clone(), t).unwrap();
+            let got = v.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0];
+            assert!((f64::from(got) - want).abs() < 1e-5, "{name} through host {host}: {got} vs {want}");
+            let g = l.grad(&v.backward()).unwrap().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+            assert!(g.iter().all(|v| v.is_finite()) && g[2] == 0.0, "{name} through host {host}: {g:?}");
+        }
+    }
+}
+
+#[test]
+fn a_target_that_needs_a_gradient_is_refused() {
+    let engine = engine();
+    for (name, device, _) in devices() {
+        let loss = SegLoss::with_engine("bce".parse().unwrap(), Mode::Binary, engine.clone());
+        let l = Tensor::<4>::zeros([1, 1, 2, 2], &device).require_grad();
+        let y = Tensor::<4>::zeros([1, 1, 2, 2], &device).require_grad();
+        let e = loss.forward(l.clone(), burn::tensor::activation::sigmoid(y.clone())).unwrap_err().to_string();
+        assert!(e.contains("detach"), "{name}: {e}");
+        // detached, it is a constant target
+        assert!(loss.forward(l, burn::tensor::activation::sigmoid(y).detach()).is_ok(), "{name}");
+    }
+}
