@@ -649,20 +649,23 @@ impl Loss {
                         "pool=all and pool=image_all are not allowed (gdice already pools classes); use batch or image",
                     );
                 }
-                let tversky = match r.kind {
-                    RegionKind::Tversky { alpha, beta, gamma } => vec![alpha, beta, gamma],
-                    _ => vec![],
+                let (alpha, beta, gamma) = match r.kind {
+                    RegionKind::Tversky { alpha, beta, gamma } => (vec![alpha], vec![beta], vec![gamma]),
+                    _ => Default::default(),
                 };
-                let (ab, g) = tversky.split_at(tversky.len().min(2));
+                // one smoothing is written `smooth` (as the text writes it back)
+                let (nr, dr) =
+                    if p.smooth_nr == p.smooth_dr { ("smooth", "smooth") } else { ("smooth_nr", "smooth_dr") };
                 check_numbers(
                     name,
                     &[
-                        ("smooth_nr", &[p.smooth_nr], Range::NonNeg),
-                        ("smooth_dr", &[p.smooth_dr], Range::NonNeg),
+                        (nr, &[p.smooth_nr], Range::NonNeg),
+                        (dr, &[p.smooth_dr], Range::NonNeg),
                         ("eps", &[p.eps], Range::NonNeg),
                         ("weights", listed(&p.weights), Range::NonNeg),
-                        ("alpha, beta", ab, Range::NonNeg),
-                        ("gamma", g, Range::Positive),
+                        ("alpha", &alpha, Range::NonNeg),
+                        ("beta", &beta, Range::NonNeg),
+                        ("gamma", &gamma, Range::Positive),
                     ],
                 )
             }
@@ -681,7 +684,8 @@ impl Loss {
             Loss::Lovasz(_) | Loss::SensSpec(_) => {
                 bad(format!("reduction=none: {} has no unreduced form (use reduction=mean)", self.name()))
             }
-            Loss::Region(r) if r.params.empty == Empty::Skip => {
+            // gdice has one entry per group whatever `empty` says (it does not read it)
+            Loss::Region(r) if r.params.empty == Empty::Skip && !matches!(r.kind, RegionKind::GDice { .. }) => {
                 bad("reduction=none with empty=skip: a skipped group has no entry (use empty=zero or formula)".into())
             }
             _ => Ok(()),
@@ -709,7 +713,7 @@ impl LossExpr {
     /// unreduced form and no `deep`, and `deep`'s listed weights. The parser refuses the same.
     pub fn check_params(&self) -> Result<(), Error> {
         if self.terms.is_empty() {
-            return Err(Error::LossMode { loss: String::new(), msg: "the expression has no term".into() });
+            return Err(Error::LossMode { loss: "expression".into(), msg: "it has no term".into() });
         }
         self.terms.iter().try_for_each(Term::check_params)?;
         if self.unreduced() {
@@ -768,7 +772,25 @@ impl LossExpr {
                 loss: self.to_string(),
                 msg: format!("the input has {levels} levels (deep supervision): wrap the loss in deep(...)"),
             }),
-            Some(d) => d.of(levels).map(|_| ()),
+            Some(d) => {
+                // each level's factors (a term's times the level's weight) within the f32 range
+                for (l, w) in d.of(levels)?.into_iter().enumerate() {
+                    for t in &self.terms {
+                        if let Some(why) = Range::Real.fault(t.weight * w) {
+                            return Err(Error::LossMode {
+                                loss: self.to_string(),
+                                msg: format!(
+                                    "level {l}: the factor {} of {} times the level's weight {}: {why}",
+                                    shown(t.weight * w),
+                                    t.loss.name(),
+                                    shown(w)
+                                ),
+                            });
+                        }
+                    }
+                }
+                Ok(())
+            }
             None => Ok(()),
         }
     }

@@ -240,7 +240,7 @@ fn expressions_built_in_code_are_held_to_the_rules_of_the_text() {
             "classes lists no class",
         ),
         ("dice", |e| e.terms[0].weight = 1e39, "the factor 1e39: beyond the f32 range"),
-        ("dice", |e| e.terms.clear(), "no term"),
+        ("dice", |e| e.terms.clear(), "expression: it has no term"),
         ("lovasz", |e| e.reduction = Reduction::None, "lovasz has no unreduced form"),
         ("dice", |e| e.deep = Some(DeepWeights::List(vec![f64::NAN])), "weights=NaN"),
     ];
@@ -256,6 +256,17 @@ fn expressions_built_in_code_are_held_to_the_rules_of_the_text() {
         let err = common::gpu().evaluate_blocking(&input, std::slice::from_ref(&e), true).unwrap_err().to_string();
         assert!(err.contains(needle), "{text}: {err}");
     }
+    // gdice reads no `empty`: with empty=skip set in code it still has its unreduced entries
+    let mut g: LossExpr = "gdice:reduction=none".parse().unwrap();
+    if let Loss::Region(r) = &mut g.terms[0].loss {
+        r.params.empty = segloss::expr::Empty::Skip;
+    }
+    assert!(g.check_params().is_ok());
+    // a level's factor past the f32 range (the term's times the level's weight) names the level
+    let deep: LossExpr = "deep:weights=1;4(1e38*dice)".parse().unwrap();
+    let err = deep.check_levels(2).unwrap_err().to_string();
+    assert!(err.contains("level 1: the factor 4e38 of dice"), "{err}");
+    assert!(deep.check_levels(1).is_ok());
     // the parser refuses what the check refuses, naming the key
     for (text, needle) in [
         ("focal:gamma=nan", "gamma=NaN: expected a finite number"),
@@ -263,6 +274,9 @@ fn expressions_built_in_code_are_held_to_the_rules_of_the_text() {
         ("ce:weights=1;-2", "weights=-2 (entry 1)"),
         ("deep:weights=1;-1(dice)", "weights=-1 (entry 1)"),
         ("inf*dice", "the factor inf"),
+        ("tversky:beta=-1", "tversky: beta=-1: must be >= 0"),
+        ("dice:smooth=-1", "dice: smooth=-1: must be >= 0"),
+        ("dice:smooth_nr=1,smooth_dr=-1", "smooth_dr=-1"),
     ] {
         assert!(parse_err(text).contains(needle), "{text}: {}", parse_err(text));
     }

@@ -226,6 +226,9 @@ async function evaluate() {
       } catch (e) {
         $('status').textContent = `error: ${e.message || e}`;
         window.segloss.error = String(e.message || e);
+        // the mask was redrawn for this round: no earlier round's gradient stays beside it
+        state.grad = null;
+        drawHeat();
       }
     } while (state.pending);
   } finally {

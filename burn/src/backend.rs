@@ -185,7 +185,19 @@ pub(crate) fn read_mask(data: TensorData) -> Result<(HostTarget<'static>, u64), 
 /// Class indices as segloss's host target.
 pub(crate) fn read_labels(data: TensorData) -> Result<(HostTarget<'static>, u64), Error> {
     let bytes = data.bytes().len() as u64;
-    Ok((HostTarget::Labels(Cow::Owned(data.convert::<i64>().try_to_vec::<i64>().map_err(burn_err)?)), bytes))
+    let labels = if data.dtype() == burn::tensor::DType::U64 {
+        // past i64::MAX a u64 index is no class (burn's conversion would panic on it)
+        let wide = data.try_to_vec::<u64>().map_err(burn_err)?;
+        if let Some((i, v)) = wide.iter().enumerate().find(|(_, &v)| i64::try_from(v).is_err()) {
+            return Err(Error::Segloss(segloss::Error::ClassIndex(format!(
+                "class index {v} at element {i} of the target: past i64, no class"
+            ))));
+        }
+        wide.into_iter().map(|v| v as i64).collect()
+    } else {
+        data.convert::<i64>().try_to_vec::<i64>().map_err(burn_err)?
+    };
+    Ok((HostTarget::Labels(Cow::Owned(labels)), bytes))
 }
 
 pub(crate) fn burn_err(e: impl std::fmt::Debug) -> Error {

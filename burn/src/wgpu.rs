@@ -99,7 +99,7 @@ fn dense(t: CubeTensor, dtype: DType) -> CubeTensor {
 /// 64-bit class indices made fit for the device's 32-bit read, on the device. An index past the
 /// i32 range would wrap in the cast (4294967298 would read as class 2): it becomes an index that
 /// segloss refuses as out of range (i64: -1, or -2 when -1 is the ignore index; u64: `i32::MAX -
-/// 1`). An ignore index past the i32 range becomes one the other indices no longer hold (i64:
+/// 1`, or `i32::MAX - 2` when that is the ignore index). An ignore index past the i32 range becomes one the other indices no longer hold (i64:
 /// `i32::MIN`; u64: `i32::MAX`). Returns the indices and the ignore index to use.
 fn narrowed(t: CubeTensor, ignore: Option<i64>) -> (CubeTensor, Option<i64>) {
     let (lo, hi) = (i64::from(i32::MIN), i64::from(i32::MAX));
@@ -123,7 +123,8 @@ fn narrowed(t: CubeTensor, ignore: Option<i64>) -> (CubeTensor, Option<i64>) {
                 CubeBackend::int_greater_equal_elem(t.clone(), Scalar::UInt(hi as u64), mask)
             };
             let far = ignore.filter(|k| *k > hi).map(|k| Scalar::UInt(k as u64));
-            (out, Scalar::UInt(hi as u64 - 1), far, Scalar::UInt(hi as u64))
+            let bad = if ignore == Some(hi - 1) { hi - 2 } else { hi - 1 };
+            (out, Scalar::UInt(bad as u64), far, Scalar::UInt(hi as u64))
         }
         _ => return (t, ignore),
     };

@@ -375,6 +375,18 @@ fn sixty_four_bit_class_indices_past_i32_are_errors_or_ignored_as_on_the_host() 
             assert!((f64::from(v) - 3f64.ln()).abs() < 1e-6, "{name} {dtype:?}: {v}");
             let e = loss.forward_classes(l(&device), labels64(&[0, 1, 1 << 33, 2], dtype, &device));
             assert!(e.unwrap_err().to_string().contains("class index"), "{name} {dtype:?}");
+            // and i32::MAX - 1, where the u64 path puts what is past i32
+            let loss = SegLoss::with_engine("ce".parse().unwrap(), Mode::Multiclass, engine.clone())
+                .ignore_index(i64::from(i32::MAX) - 1);
+            let e = loss.forward_classes(l(&device), labels64(&[0, 1, 1 << 33, 2], dtype, &device));
+            assert!(e.unwrap_err().to_string().contains("class index"), "{name} {dtype:?}");
+        }
+        // u64 past i64: an error on every path, not a panic
+        for host in [false, true] {
+            let loss = SegLoss::with_engine("ce".parse().unwrap(), Mode::Multiclass, engine.clone()).through_host(host);
+            let t = Tensor::<3, Int>::from_data(TensorData::new(vec![0u64, 1, u64::MAX, 2], [1, 2, 2]), (&device, U64));
+            let e = loss.forward_classes(l(&device), t).unwrap_err().to_string();
+            assert!(e.contains("class index"), "{name} through host {host}: {e}");
         }
         // i64: i32::MIN as the ignore index, and -1 as the ignore index beside a far index
         for ignore in [i64::from(i32::MIN), -1] {
