@@ -209,9 +209,11 @@ fn focal_of_bce(b: f32, db: f32, g: f32, t: Term) -> vec2<f32> {
         a = t.alpha * g + (1.0 - t.alpha) * (1.0 - g);
     }
     let m = pow_pos(omp, t.gamma);
+    // gamma omp^(gamma-1) e^-b b, written with m = omp^gamma: for gamma < 1 the power of a
+    // denormal omp (an adapter that keeps them) would overflow to inf, and inf * a zero db is NaN
     var dm = 0.0;
     if t.gamma != 0.0 && omp > 0.0 {
-        dm = t.gamma * pow(omp, t.gamma - 1.0) * exp(-b) * b;
+        dm = t.gamma * m * exp(-b) * (b / omp);
     }
     return vec2<f32>(a * m * b, a * (dm + m) * db);
 }
@@ -274,11 +276,12 @@ fn focal_softmax(nlq: f32, t: Term, y: u32) -> vec2<f32> {
     let omq = one_minus_exp_neg(nlq);
     let q = exp(-nlq);
     let m = pow_pos(omq, t.gamma);
-    var dm = 0.0;
+    // dm (-nlq) with dm = gamma omq^(gamma-1), written with m = omq^gamma (as above)
+    var dmq = 0.0;
     if t.gamma != 0.0 && omq > 0.0 {
-        dm = t.gamma * pow(omq, t.gamma - 1.0);
+        dmq = -t.gamma * m * (nlq / omq);
     }
-    return vec2<f32>(a * m * nlq, a * (dm * q * -nlq - m));
+    return vec2<f32>(a * m * nlq, a * (dmq * q - m));
 }
 
 // A sigmoid focal term tp of weight cwc at an element (logit x, or probability p with PROBS;

@@ -618,7 +618,11 @@ fn resize<T: Copy>(t: &[T], from: &[usize], to: &[usize]) -> Vec<T> {
     let axes: Vec<Vec<usize>> = from
         .iter()
         .zip(to)
-        .map(|(&i_n, &o_n)| (0..o_n).map(|o| ((2 * o + 1) * i_n / (2 * o_n)).min(i_n - 1)).collect())
+        .map(|(&i_n, &o_n)| {
+            // in u64: (2o+1) in passes 2^32 on 32-bit targets (wasm32) at long axes
+            let (i64n, o64n) = (i_n as u64, o_n as u64);
+            (0..o_n).map(|o| ((2 * o as u64 + 1) * i64n / (2 * o64n)).min(i64n - 1) as usize).collect()
+        })
         .collect();
     let total: usize = to.iter().product();
     let mut out = Vec::with_capacity(total);

@@ -133,7 +133,8 @@ impl PixelSlot {
     /// The slot of a pixel loss; `softmax`: multiclass mode. `weights` are the class weights the
     /// gradient pass reads: cross-entropy's (scaled), focal's, and bce's per-channel `pos_weight`.
     pub fn of(loss: &Loss, classes: usize, softmax: bool) -> Option<PixelSlot> {
-        let ones = vec![1.0; classes];
+        // (made only for a pixel loss)
+        let ones = || vec![1.0; classes];
         match loss {
             Loss::Bce(p) => Some(PixelSlot {
                 kind: kind::BCE,
@@ -142,7 +143,7 @@ impl PixelSlot {
                 alpha: None,
                 weights: match &p.pos_weight {
                     PosWeight::Channels(w) => w.clone(),
-                    _ => ones,
+                    _ => ones(),
                 },
             }),
             Loss::Ce(p) => Some(PixelSlot {
@@ -152,7 +153,7 @@ impl PixelSlot {
                 alpha: None,
                 // the weights enter a weighted mean only: scaled to a largest weight of 1, so
                 // that f32 sums of large weights cannot overflow
-                weights: p.weights.as_ref().map_or(ones, |w| {
+                weights: p.weights.as_ref().map_or_else(ones, |w| {
                     let m = weight_scale(w);
                     w.iter().map(|&x| x / m).collect()
                 }),
@@ -162,7 +163,7 @@ impl PixelSlot {
                 label_smoothing: 0.0,
                 gamma: p.gamma,
                 alpha: p.alpha,
-                weights: p.weights.clone().unwrap_or(ones),
+                weights: p.weights.clone().unwrap_or_else(ones),
             }),
             _ => None,
         }

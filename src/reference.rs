@@ -346,7 +346,9 @@ fn focal_sigmoid(e: &Elems, fp: &FocalParams, w: f64, gx: &mut [f64], ent: &mut 
         let mod_ = if gamma == 0.0 { 1.0 } else { one_m_pt.powf(gamma) };
         total += wc * a * mod_ * b;
         put(ent, i, wc * a * mod_ * b);
-        let dmod = if gamma == 0.0 || one_m_pt <= 0.0 { 0.0 } else { gamma * one_m_pt.powf(gamma - 1.0) * pt * b };
+        // gamma (1-pt)^(gamma-1) pt b, written with (1-pt)^gamma: for gamma < 1 the power of a
+        // subnormal 1-pt would overflow to inf (and inf * a zero db is NaN)
+        let dmod = if gamma == 0.0 || one_m_pt <= 0.0 { 0.0 } else { gamma * mod_ * pt * (b / one_m_pt) };
         gx[i] += w / cnt * wc * a * (dmod + mod_) * db;
     }
     total / cnt
@@ -420,9 +422,11 @@ fn focal_softmax(e: &Elems, fp: &FocalParams, w: f64, gx: &mut [f64], ent: &mut 
             let m = if gamma == 0.0 { 1.0 } else { omq.powf(gamma) };
             total += -a * m * lq;
             put(ent, e.idx(n, t, s), -a * m * lq);
-            let dm = if gamma == 0.0 || omq <= 0.0 { 0.0 } else { gamma * omq.powf(gamma - 1.0) };
+            // dm log q with dm = gamma (1-q)^(gamma-1), written with (1-q)^gamma = m: for gamma < 1
+            // the power of a subnormal 1-q would overflow to inf
+            let dm_lq = if gamma == 0.0 || omq <= 0.0 { 0.0 } else { gamma * m * (lq / omq) };
             // f(q) = -a m(1-q) log q; df/dq = a (dm log q - m / q); dq/dx_j = q ([j==t] - p_j)
-            let k = a * (dm * q * lq - m);
+            let k = a * (dm_lq * q - m);
             for c in 0..e.c {
                 let i = e.idx(n, c, s);
                 let onehot = if c == t { 1.0 } else { 0.0 };
@@ -820,10 +824,15 @@ fn score_loss(p: &crate::expr::RegionParams, score: f64) -> (f64, f64) {
     }
 }
 
-/// One segment of the device's Lovász sort (numbered as `plan::lovasz_segments` numbers them),
-/// from the definition: (loss of the segment, foreground count, background count).
-pub(crate) fn lovasz_segment(input: &Input, per_image: bool, seg: usize) -> [f64; 3] {
+/// The first `count` segments of the device's Lovász sort (numbered as `plan::lovasz_segments`
+/// numbers them), from the definition: (loss of the segment, foreground count, background count).
+/// The input's elements are made once for all of them.
+pub(crate) fn lovasz_segments(input: &Input, per_image: bool, count: usize) -> Vec<[f64; 3]> {
     let e = Elems::new(input);
+    (0..count).map(|seg| lovasz_segment(&e, per_image, seg)).collect()
+}
+
+fn lovasz_segment(e: &Elems, per_image: bool, seg: usize) -> [f64; 3] {
     let (n, c) = (e.n, e.c);
     let softmax = e.mode == Mode::Multiclass;
     let (imgs, classes): (Vec<usize>, Vec<usize>) = match (softmax, per_image) {
@@ -832,7 +841,7 @@ pub(crate) fn lovasz_segment(input: &Input, per_image: bool, seg: usize) -> [f64
         (true, false) => ((0..n).collect(), vec![seg]),
         (true, true) => (vec![seg / c], vec![seg % c]),
     };
-    let m = members(&e, &imgs, &classes);
+    let m = members(e, &imgs, &classes);
     let mut errs: Vec<(f64, usize)> = m
         .iter()
         .map(|&i| if softmax { ((e.g[i] - e.p[i]).abs(), i) } else { (1.0 - e.x[i] * (2.0 * e.g[i] - 1.0), i) })

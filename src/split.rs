@@ -70,14 +70,27 @@ impl Piece {
     }
 }
 
+/// The most pieces an input is split into.
+pub(crate) const MAX_PIECES: usize = 1 << 16;
+
 /// Cuts `[n, c, s]` f32 logits into pieces of at most `limit` bytes each: runs of whole images
 /// (as few pieces as fit, of balanced sizes), or, when one image does not fit, ranges of its
-/// pixels.
+/// pixels; more than [`MAX_PIECES`] is a limit error.
 pub(crate) fn pieces(n: usize, c: usize, s: usize, limit: u64) -> Result<Vec<Piece>, Error> {
+    // a binding limit set far below the device's (EngineOptions::max_binding_bytes) cannot make
+    // more pieces than this: each is a submission of its own
+    let too_many = |count: usize| Error::Limit {
+        what: format!("pieces of an input of {n} x {c} x {s} elements at a binding limit of {limit} bytes (raise it)"),
+        needed: count as u64,
+        max: MAX_PIECES as u64,
+    };
     let image = (c * s * 4) as u64;
     if image <= limit {
         let per = (limit / image).max(1) as usize;
         let count = n.div_ceil(per);
+        if count > MAX_PIECES {
+            return Err(too_many(count));
+        }
         // balanced: the first n % count pieces get one image more
         let (q, r) = (n / count, n % count);
         let mut out = Vec::with_capacity(count);
@@ -98,6 +111,9 @@ pub(crate) fn pieces(n: usize, c: usize, s: usize, limit: u64) -> Result<Vec<Pie
         });
     }
     let count = s.div_ceil(per);
+    if n.saturating_mul(count) > MAX_PIECES {
+        return Err(too_many(n.saturating_mul(count)));
+    }
     let (q, r) = (s / count, s % count);
     let mut out = Vec::with_capacity(n * count);
     for image in 0..n {
@@ -178,6 +194,13 @@ mod tests {
             assert!(seen.iter().all(|&k| k == 1), "{n}x{c}x{s} under {limit}: {ps:?}");
         }
         assert!(matches!(pieces(1, 4, 10, 8), Err(Error::Limit { .. })));
+        // a limit far below the input: a limit error, not millions of pieces
+        match pieces(1 << 20, 1, 1 << 8, 4) {
+            Err(Error::Limit { needed, max, .. }) => assert!(needed > max && max == MAX_PIECES as u64),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(pieces(1, 1, 1 << 28, 4), Err(Error::Limit { .. })));
+        assert_eq!(pieces(1, 1, MAX_PIECES, 4).unwrap().len(), MAX_PIECES);
     }
 
     #[test]

@@ -112,7 +112,8 @@ impl Statistics {
         let spi = if mode == Mode::Multiclass { classes } else { 1 };
         let lov_per_image = vec![spi; plan.lovasz.len()];
         // the table's length checked, and allocated without aborting
-        let per_image = classes.checked_mul(k).and_then(|x| x.checked_add(lov_per_image.iter().map(|s| s * 3).sum()));
+        let lov = lov_per_image.iter().try_fold(0usize, |a, s| a.checked_add(s.checked_mul(3)?));
+        let per_image = classes.checked_mul(k).and_then(|x| x.checked_add(lov?));
         let len = per_image.and_then(|p| p.checked_mul(images)).filter(|&l| l <= isize::MAX as usize / 8).ok_or_else(
             || Error::Input(format!("statistics of a batch of {images} images do not fit this machine's memory")),
         )?;
@@ -142,6 +143,11 @@ impl Statistics {
         images: usize,
         exprs: &[LossExpr],
     ) -> Result<Statistics, Error> {
+        // the images and classes of a batch (its one-pixel shape: the rules of every input)
+        if images == 0 {
+            return Err(Error::Shape("statistics of 0 images: a batch has at least one".into()));
+        }
+        crate::input::check_shape(&[1, classes, 1], mode)?;
         for e in exprs {
             e.check_input(mode, classes, kind)?;
         }
@@ -723,16 +729,22 @@ fn pieces_of(gpu: &Gpu, shape: &[usize], plan: &StatsPlan) -> Result<Vec<Piece>,
     Ok(pieces)
 }
 
+/// Statistics and the gradients from them hold one level: an input with levels is refused.
+fn one_level(input: &Input<'_>) -> Result<(), Error> {
+    if input.levels() > 1 {
+        return Err(Error::Unsupported(
+            "statistics hold one level: an input with levels (deep supervision) goes to Engine::evaluate".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Engine {
     /// The [`Statistics`] of `input` for `exprs` (one submission; an input past the device's
     /// limits in pieces). A Lovász loss with `per_image=false` is refused: its statistics do
     /// not merge.
     pub async fn statistics(&self, input: &Input<'_>, exprs: &[LossExpr]) -> Result<Statistics, Error> {
-        if input.levels() > 1 {
-            return Err(Error::Unsupported(
-                "statistics hold one level: an input with levels (deep supervision) goes to Engine::evaluate".into(),
-            ));
-        }
+        one_level(input)?;
         for e in exprs {
             e.check_input(input.mode(), input.classes(), input.kind())?;
         }
@@ -748,8 +760,9 @@ impl Engine {
                 st.data[..sums.len()].copy_from_slice(&sums);
                 for (g, lp) in plan.lovasz.iter().enumerate() {
                     let r = st.lov_range(g);
-                    for (i, q) in st.data[r].chunks_exact_mut(3).enumerate() {
-                        q.copy_from_slice(&crate::reference::lovasz_segment(input, lp.per_image, i));
+                    let segs = crate::reference::lovasz_segments(input, lp.per_image, r.len() / 3);
+                    for (q, seg) in st.data[r].chunks_exact_mut(3).zip(segs) {
+                        q.copy_from_slice(&seg);
                     }
                 }
                 Ok(st)
@@ -814,6 +827,7 @@ impl Engine {
                 "the CPU reference computes gradients from the input, not from statistics: use a GPU engine".into(),
             ));
         };
+        one_level(input)?;
         stats.check_part(input.mode(), input.kind(), input.classes(), input.batch(), first_image, exprs)?;
         crate::engine::check_hard_labels(exprs, input.hard_labels())?;
         crate::input::check_neg_inf(input, exprs)?;

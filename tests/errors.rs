@@ -350,6 +350,32 @@ fn degenerate_inputs_give_finite_values() {
         assert!((cpu.value - r.value).abs() < 1e-5, "{e}: gpu {} cpu {}", r.value, cpu.value);
         assert!(r.grad.unwrap().iter().all(|g| g.is_finite()));
     }
+    // focal with gamma < 1 on a confident, right prediction: (1 - pt)^(gamma - 1) of a subnormal
+    // 1 - pt overflows (the f64 reference's 1 - pt is 5e-324 at a logit of 745)
+    let x = vec![745.0f32, 720.0, -3.0, 0.5];
+    let g = vec![1.0f32, 1.0, 0.0, 1.0];
+    let dense = Input::dense(&x, &g, &[1, 1, 4], Mode::Binary).unwrap();
+    let xs = vec![745.0f32, 720.0, 0.5, 0.0, 0.0, -1.0];
+    let labels = vec![0i64, 0, 1];
+    let mc = Input::labels(&xs, &labels, &[1, 2, 3], None).unwrap();
+    for (input, text) in
+        [(&dense, "focal:gamma=0.01"), (&dense, "focal:gamma=0.5"), (&mc, "focal:act=softmax,gamma=0.01")]
+    {
+        let e: LossExpr = text.parse().unwrap();
+        let cpu = reference::evaluate(input, &e).unwrap();
+        let cg = cpu.grad;
+        assert!(cpu.value.is_finite() && cg.iter().all(|g| g.is_finite()), "{text}: cpu {} {cg:?}", cpu.value);
+        let r = engine.evaluate_blocking(input, std::slice::from_ref(&e), true).unwrap().remove(0);
+        let gg = r.grad.unwrap();
+        assert!(gg.iter().all(|g| g.is_finite()), "{text}: gpu {gg:?}");
+        let (d, _) = common::max_diff(&gg, &cg);
+        assert!(
+            d < 1e-5 && (r.value - cpu.value).abs() < 1e-5,
+            "{text}: gpu {} {gg:?} cpu {} {cg:?}",
+            r.value,
+            cpu.value
+        );
+    }
 }
 
 #[test]

@@ -152,7 +152,27 @@ fn statistics_refuse_what_does_not_merge() {
     assert!(matches!(Statistics::zeros(Mode::Binary, Logits, 1, 2, &exprs(&["ce"])), Err(Error::LossMode { .. })));
     assert!(matches!(Statistics::zeros(Mode::Multiclass, Probs, 3, 2, &exprs(&["ce"])), Err(Error::LossMode { .. })));
     assert!(matches!(Statistics::zeros(Mode::Binary, Logits, 1, usize::MAX, &exprs(&["dice"])), Err(Error::Input(_))));
+    // classes and images as a batch has them: not 0, fitting the mode, bounded before anything is
+    // allocated for them
+    for (mode, c, n) in [
+        (Mode::Multilabel, usize::MAX / 2, 1),
+        (Mode::Multilabel, 1 << 40, 1),
+        (Mode::Multilabel, 0, 1),
+        (Mode::Binary, 3, 1),
+        (Mode::Binary, 1, 0),
+    ] {
+        assert!(
+            matches!(Statistics::zeros(mode, Logits, c, n, &exprs(&["dice"])), Err(Error::Shape(_))),
+            "{mode} {c} {n}"
+        );
+    }
     let ex = exprs(&["dice"]);
+    // statistics, and the gradients from them, hold one level
+    let small = [0.25f32; 8];
+    let levels = c.whole().with_levels(vec![(std::borrow::Cow::Borrowed(&small[..]), vec![2, 1, 2, 2])]).unwrap();
+    assert!(matches!(engine.statistics_blocking(&levels, &ex), Err(Error::Unsupported(_))));
+    let whole_stats = engine.statistics_blocking(&c.whole(), &ex).unwrap();
+    assert!(matches!(engine.gradient_blocking(&levels, &whole_stats, 0, &ex), Err(Error::Unsupported(_))));
     let stats = engine.statistics_blocking(&c.images(0, 1), &ex).unwrap();
     // images past the statistics' batch, an expression they do not hold, another kind
     assert!(matches!(engine.gradient_blocking(&c.images(0, 2), &stats, 0, &ex), Err(Error::Input(_))));

@@ -287,6 +287,8 @@ impl Metric {
 
     /// Checks the metric against an input's mode and channel count.
     pub fn check(&self, mode: Mode, classes: usize) -> Result<(), Error> {
+        // the classes of an input of `mode` (one pixel's shape: the rules of every input)
+        crate::input::check_shape(&[1, classes, 1], mode).map_err(|e| merr(&self.text, e.to_string()))?;
         if self.threshold.is_some() && mode == Mode::Multiclass {
             return Err(merr(&self.text, "threshold does not apply to multiclass"));
         }
@@ -312,12 +314,52 @@ impl Metric {
         if k == 0 {
             return Err(merr(&self.text, "no class is selected"));
         }
-        self.check_ranges()
+        self.check_settings()
     }
 
-    /// The ranges of the surface metrics' numbers: the parser's rules, and `check`'s for fields
-    /// set in code.
-    fn check_ranges(&self) -> Result<(), Error> {
+    /// The settings' rules, whatever the input: the parser's, and `check`'s for fields set in
+    /// code (threshold, weights, the reductions the metric has, the surface metrics' numbers).
+    fn check_settings(&self) -> Result<(), Error> {
+        // the name as written (the text's head)
+        let name_s = self.text.split(['@', ':']).next().unwrap_or_default();
+        if let Some(x) = self.threshold {
+            if !(x > 0.0 && x < 1.0) {
+                return Err(merr(&self.text, format!("threshold={x}: must be in (0, 1)")));
+            }
+        }
+        if let Some(w) = &self.weights {
+            if let Some(x) = w.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
+                return Err(merr(&self.text, format!("weights: {x} must be finite and >= 0")));
+            }
+        }
+        // what the reduction allows
+        let ok = match self.name {
+            n if n.is_score() => true,
+            MetricName::GDice => matches!(self.reduction, Reduction::Mean | Reduction::Sum | Reduction::MeanChannel),
+            MetricName::Counts => true,
+            MetricName::Confusion => matches!(self.reduction, Reduction::Micro | Reduction::None),
+            _ => {
+                if matches!(
+                    self.reduction,
+                    Reduction::Micro | Reduction::Macro | Reduction::Weighted | Reduction::MicroImagewise
+                ) {
+                    return Err(merr(&self.text, "surface metrics have no count reductions"));
+                }
+                true
+            }
+        };
+        if !ok {
+            return Err(merr(&self.text, format!("{name_s} has no reduction {:?}", self.reduction)));
+        }
+        if self.reduction == Reduction::Weighted && self.weights.is_none() {
+            return Err(merr(&self.text, "weighted needs weights=w0;w1;... (one per class)"));
+        }
+        if self.weights.is_some() && self.reduction != Reduction::Weighted {
+            return Err(merr(&self.text, "weights= goes with reduction=weighted"));
+        }
+        if self.name == MetricName::Nsd && self.tolerance.is_none() {
+            return Err(merr(&self.text, "nsd needs tolerance=t (one, or one per class)"));
+        }
         if let Some(p) = self.percentile {
             if !(p > 0.0 && p <= 100.0) {
                 return Err(merr(
@@ -475,13 +517,7 @@ impl FromStr for Metric {
                 ));
             }
             match key {
-                "threshold" => {
-                    let x = number(text, key, v)?;
-                    if !(x > 0.0 && x < 1.0) {
-                        return Err(merr(text, format!("threshold={v}: must be in (0, 1)")));
-                    }
-                    m.threshold = Some(x);
-                }
+                "threshold" => m.threshold = Some(number(text, key, v)?),
                 "reduction" => {
                     m.reduction = REDUCTIONS.iter().find(|r| r.0 == v).map(|r| r.1).ok_or_else(|| {
                         let names: Vec<&str> = REDUCTIONS.iter().map(|r| r.0).collect();
@@ -499,13 +535,7 @@ impl FromStr for Metric {
                     m.classes =
                         Some(c.map_err(|_| merr(text, format!("classes={v}: expected class indices like 0;2")))?);
                 }
-                "weights" => {
-                    let w = numbers(text, key, v)?;
-                    if w.iter().any(|x| !x.is_finite() || *x < 0.0) {
-                        return Err(merr(text, format!("weights={v}: must be finite and >= 0")));
-                    }
-                    m.weights = Some(w);
-                }
+                "weights" => m.weights = Some(numbers(text, key, v)?),
                 "weight" => {
                     m.weight = match v {
                         "square" => GDiceWeight::Square,
@@ -537,35 +567,7 @@ impl FromStr for Metric {
                 _ => return Err(merr(text, format!("unknown key for {name_s}: '{key}'"))),
             }
         }
-        m.check_ranges()?;
-        // what the reduction allows
-        let ok = match name {
-            n if n.is_score() => true,
-            MetricName::GDice => matches!(m.reduction, Reduction::Mean | Reduction::Sum | Reduction::MeanChannel),
-            MetricName::Counts => true,
-            MetricName::Confusion => matches!(m.reduction, Reduction::Micro | Reduction::None),
-            _ => {
-                if matches!(
-                    m.reduction,
-                    Reduction::Micro | Reduction::Macro | Reduction::Weighted | Reduction::MicroImagewise
-                ) {
-                    return Err(merr(text, "surface metrics have no count reductions"));
-                }
-                true
-            }
-        };
-        if !ok {
-            return Err(merr(text, format!("{name_s} has no reduction {:?}", m.reduction)));
-        }
-        if m.reduction == Reduction::Weighted && m.weights.is_none() {
-            return Err(merr(text, "weighted needs weights=w0;w1;... (one per class)"));
-        }
-        if m.weights.is_some() && m.reduction != Reduction::Weighted {
-            return Err(merr(text, "weights= goes with reduction=weighted"));
-        }
-        if name == MetricName::Nsd && m.tolerance.is_none() {
-            return Err(merr(text, "nsd needs tolerance=t (one, or one per class)"));
-        }
+        m.check_settings()?;
         Ok(m)
     }
 }
@@ -638,5 +640,40 @@ mod tests {
         assert!(m.check(Mode::Multiclass, 3).unwrap_err().to_string().contains("multiclass"));
         let m: Metric = "iou:classes=1".parse().unwrap();
         assert!(m.check(Mode::Binary, 1).unwrap_err().to_string().contains("out of range"));
+        // weights: finite, >= 0, with reduction=weighted only
+        assert!("iou:reduction=weighted,weights=1;-2".parse::<Metric>().unwrap_err().to_string().contains(">= 0"));
+        assert!("iou:weights=1;2".parse::<Metric>().unwrap_err().to_string().contains("reduction=weighted"));
+    }
+
+    #[test]
+    fn settings_made_in_code_are_held_to_the_texts_rules() {
+        let base: Metric = "iou".parse().unwrap();
+        assert!(base.check(Mode::Multilabel, 3).is_ok());
+        type Edit = fn(&mut Metric);
+        let cases: [(Edit, &str); 5] = [
+            (|m| m.threshold = Some(1.5), "threshold=1.5: must be in (0, 1)"),
+            (|m| m.threshold = Some(f64::NAN), "threshold=NaN"),
+            (|m| m.reduction = Reduction::Weighted, "weighted needs weights"),
+            (
+                |m| {
+                    m.reduction = Reduction::Weighted;
+                    m.weights = Some(vec![1.0, f64::NAN, 1.0]);
+                },
+                "weights: NaN must be finite",
+            ),
+            (|m| m.reduction = Reduction::Mean, ""),
+        ];
+        for (edit, what) in cases {
+            let mut m = base.clone();
+            edit(&mut m);
+            match m.check(Mode::Multilabel, 3) {
+                Err(e) => assert!(!what.is_empty() && e.to_string().contains(what), "{what}: {e}"),
+                Ok(()) => assert!(what.is_empty(), "{what}: accepted"),
+            }
+        }
+        // the classes of an input: bounded (not a list of them all), and fitting the mode
+        assert!(base.check(Mode::Multilabel, usize::MAX).unwrap_err().to_string().contains("elements"));
+        assert!(base.check(Mode::Multilabel, 0).is_err());
+        assert!(base.check(Mode::Binary, 3).is_err());
     }
 }
