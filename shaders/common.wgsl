@@ -276,12 +276,13 @@ fn focal_softmax(nlq: f32, t: Term, y: u32) -> vec2<f32> {
     let omq = one_minus_exp_neg(nlq);
     let q = exp(-nlq);
     let m = pow_pos(omq, t.gamma);
-    // dm (-nlq) with dm = gamma omq^(gamma-1), written with m = omq^gamma (as above)
+    // dm q (-nlq) with dm = gamma omq^(gamma-1), written with m = omq^gamma (as above); q enters
+    // before the ratio, so that a q of 0 makes it 0 whatever nlq is
     var dmq = 0.0;
     if t.gamma != 0.0 && omq > 0.0 {
-        dmq = -t.gamma * m * (nlq / omq);
+        dmq = -((t.gamma * m) * q) * (nlq / omq);
     }
-    return vec2<f32>(a * m * nlq, a * (dmq * q - m));
+    return vec2<f32>(a * m * nlq, a * (dmq - m));
 }
 
 // A sigmoid focal term tp of weight cwc at an element (logit x, or probability p with PROBS;

@@ -422,11 +422,11 @@ fn focal_softmax(e: &Elems, fp: &FocalParams, w: f64, gx: &mut [f64], ent: &mut 
             let m = if gamma == 0.0 { 1.0 } else { omq.powf(gamma) };
             total += -a * m * lq;
             put(ent, e.idx(n, t, s), -a * m * lq);
-            // dm log q with dm = gamma (1-q)^(gamma-1), written with (1-q)^gamma = m: for gamma < 1
-            // the power of a subnormal 1-q would overflow to inf
-            let dm_lq = if gamma == 0.0 || omq <= 0.0 { 0.0 } else { gamma * m * (lq / omq) };
+            // dm q log q with dm = gamma (1-q)^(gamma-1), written with (1-q)^gamma = m: for gamma < 1
+            // the power of a subnormal 1-q would overflow to inf; q enters before the ratio
+            let dm_q_lq = if gamma == 0.0 || omq <= 0.0 { 0.0 } else { gamma * m * q * (lq / omq) };
             // f(q) = -a m(1-q) log q; df/dq = a (dm log q - m / q); dq/dx_j = q ([j==t] - p_j)
-            let k = a * (dm_lq * q - m);
+            let k = a * (dm_q_lq - m);
             for c in 0..e.c {
                 let i = e.idx(n, c, s);
                 let onehot = if c == t { 1.0 } else { 0.0 };

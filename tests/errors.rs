@@ -358,9 +358,16 @@ fn degenerate_inputs_give_finite_values() {
     let xs = vec![745.0f32, 720.0, 0.5, 0.0, 0.0, -1.0];
     let labels = vec![0i64, 0, 1];
     let mc = Input::labels(&xs, &labels, &[1, 2, 3], None).unwrap();
-    for (input, text) in
-        [(&dense, "focal:gamma=0.01"), (&dense, "focal:gamma=0.5"), (&mc, "focal:act=softmax,gamma=0.01")]
-    {
+    // and a true class whose probability is 0 behind a logit gap near the f32 range
+    let (far, far_labels) = (vec![-1e38f32, 1e38], vec![0i64]);
+    let gap = Input::labels(&far, &far_labels, &[1, 2, 1], None).unwrap();
+    for (input, text) in [
+        (&dense, "focal:gamma=0.01"),
+        (&dense, "focal:gamma=0.5"),
+        (&mc, "focal:act=softmax,gamma=0.01"),
+        (&gap, "focal:act=softmax"),
+        (&gap, "focal:act=softmax,gamma=5"),
+    ] {
         let e: LossExpr = text.parse().unwrap();
         let cpu = reference::evaluate(input, &e).unwrap();
         let cg = cpu.grad;
