@@ -19,7 +19,7 @@
 //!
 //! segloss computes in f32, the GPU's precision (its CPU reference reads the same f32 inputs):
 //! f16, bf16 and f64 logits are converted to f32, and the value and gradient come back in the
-//! logits' float type with f32's precision (about 1e-7 relative).
+//! logits' float type with f32's precision.
 //!
 //! [`SegLoss::transfers`] says which path each evaluation took and how many bytes went through
 //! host memory. A loss of logits that need no gradient (a validation loss) is evaluated without

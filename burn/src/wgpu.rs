@@ -98,12 +98,14 @@ fn dense(t: CubeTensor, dtype: DType) -> CubeTensor {
 
 /// 64-bit class indices made fit for the device's 32-bit read, on the device. An index past the
 /// i32 range would wrap in the cast (4294967298 would read as class 2): it becomes an index that
-/// segloss refuses as out of range (i64: -1, or -2 when -1 is the ignore index; u64: `i32::MAX -
-/// 1`, or `i32::MAX - 2` when that is the ignore index). An ignore index past the i32 range becomes one the other indices no longer hold (i64:
-/// `i32::MIN`; u64: `i32::MAX`). Returns the indices and the ignore index to use.
+/// segloss refuses as out of range (i64: -1, or -2 when -1 is the ignore index; u64:
+/// `i32::MAX - 1`, or `i32::MAX - 2` when that is the ignore index). An ignore index past the i32
+/// range moves to one the other indices no longer hold (i64: `i32::MIN`; u64: `i32::MAX`).
+/// Returns the indices and the ignore index to use.
 fn narrowed(t: CubeTensor, ignore: Option<i64>) -> (CubeTensor, Option<i64>) {
     let (lo, hi) = (i64::from(i32::MIN), i64::from(i32::MAX));
     let mask = BoolDType::U32;
+    // (the out-of-range elements, their replacement, a far ignore index, where it moves)
     let (out, bad, far, moved) = match t.dtype {
         DType::I64 => {
             // i32::MIN itself is out too: it is where a far ignore index moves
@@ -111,9 +113,8 @@ fn narrowed(t: CubeTensor, ignore: Option<i64>) -> (CubeTensor, Option<i64>) {
                 CubeBackend::int_greater_elem(t.clone(), Scalar::Int(hi), mask),
                 CubeBackend::int_lower_equal_elem(t.clone(), Scalar::Int(lo), mask),
             );
-            let bad = Scalar::Int(if ignore == Some(-1) { -2 } else { -1 });
-            let far = ignore.filter(|k| !(lo < *k && *k <= hi)).map(Scalar::Int);
-            (out, bad, far, Scalar::Int(lo))
+            let bad = if ignore == Some(-1) { -2 } else { -1 };
+            (out, bad, ignore.filter(|k| !(lo < *k && *k <= hi)), lo)
         }
         DType::U64 => {
             // i32::MAX is out too, unless it is the ignore index: it is where a far one moves
@@ -122,19 +123,18 @@ fn narrowed(t: CubeTensor, ignore: Option<i64>) -> (CubeTensor, Option<i64>) {
             } else {
                 CubeBackend::int_greater_equal_elem(t.clone(), Scalar::UInt(hi as u64), mask)
             };
-            let far = ignore.filter(|k| *k > hi).map(|k| Scalar::UInt(k as u64));
             let bad = if ignore == Some(hi - 1) { hi - 2 } else { hi - 1 };
-            (out, Scalar::UInt(bad as u64), far, Scalar::UInt(hi as u64))
+            (out, bad, ignore.filter(|k| *k > hi), hi)
         }
         _ => return (t, ignore),
     };
-    let ignored = far.map(|k| CubeBackend::int_equal_elem(t.clone(), k, mask));
-    let t = CubeBackend::int_mask_fill(t, out, bad);
+    // a value in the tensor's own integer kind (u64 tensors compare with unsigned scalars)
+    let u64s = t.dtype == DType::U64;
+    let scalar = |v: i64| if u64s { Scalar::UInt(v as u64) } else { Scalar::Int(v) };
+    let ignored = far.map(|k| CubeBackend::int_equal_elem(t.clone(), scalar(k), mask));
+    let t = CubeBackend::int_mask_fill(t, out, scalar(bad));
     match ignored {
-        Some(m) => {
-            let new_ignore = if let Scalar::Int(v) = moved { v } else { hi };
-            (CubeBackend::int_mask_fill(t, m, moved), Some(new_ignore))
-        }
+        Some(m) => (CubeBackend::int_mask_fill(t, m, scalar(moved)), Some(moved)),
         None => (t, ignore),
     }
 }

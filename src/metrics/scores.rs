@@ -113,13 +113,9 @@ impl Counts {
     pub(crate) fn summed(&self, confusion: bool) -> Counts {
         let (c, cc) = (self.classes, self.classes * self.classes);
         let mut out = Counts::zeroed(self.mode, c, 1);
-        for row in self.stats.chunks_exact(c * 4) {
-            out.stats.iter_mut().zip(row).for_each(|(a, b)| *a += b);
-        }
+        self.stats.chunks_exact(c * 4).for_each(|row| add(&mut out.stats, row));
         if confusion && cc > 0 {
-            for m in self.confusion.chunks_exact(cc) {
-                out.confusion.iter_mut().zip(m).for_each(|(a, b)| *a += b);
-            }
+            self.confusion.chunks_exact(cc).for_each(|m| add(&mut out.confusion, m));
         } else {
             out.confusion.clear();
         }
@@ -149,8 +145,8 @@ impl Counts {
                 other.mode, other.classes, self.mode, self.classes
             )));
         }
-        self.stats.iter_mut().zip(&other.stats).for_each(|(a, b)| *a += b);
-        self.confusion.iter_mut().zip(&other.confusion).for_each(|(a, b)| *a += b);
+        add(&mut self.stats, &other.stats);
+        add(&mut self.confusion, &other.confusion);
         Ok(())
     }
 
@@ -323,6 +319,11 @@ impl Counts {
             })
             .collect()
     }
+}
+
+/// `a += b`, cell by cell.
+fn add(a: &mut [u64], b: &[u64]) {
+    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
 }
 
 /// One group's score from its counts `[TP, FP, FN, TN]`: 0/0 is `zero_division` (NaN under
