@@ -355,9 +355,17 @@ impl<'e, 'a> Batch<'e, 'a> {
                         usage: wgpu::BufferUsages::STORAGE,
                     })
                 };
-                own.push(init("segloss batch logits", bytemuck::cast_slice(first.logits())));
-                own.push(init("segloss batch target", bytemuck::cast_slice(&target_words(first))));
-                placed[si] = Some((Up::Own(own.len() - 2), 0, Up::Own(own.len() - 1), 0, nwords));
+                let made = gpu.allocating(|| {
+                    let logits = init("segloss batch logits", bytemuck::cast_slice(first.logits()));
+                    (logits, init("segloss batch target", bytemuck::cast_slice(&target_words(first))))
+                });
+                match made {
+                    Ok((logits, target)) => {
+                        own.extend([logits, target]);
+                        placed[si] = Some((Up::Own(own.len() - 2), 0, Up::Own(own.len() - 1), 0, nwords));
+                    }
+                    Err(e) => set.iter().for_each(|&gi| failed[gi] = Some(e.clone())),
+                }
                 continue;
             }
             let need = lbytes.next_multiple_of(ALIGN) + tbytes;
@@ -378,21 +386,36 @@ impl<'e, 'a> Batch<'e, 'a> {
         // flush of a similar batch reuses them rather than faulting in fresh memory), written
         // through the queue, back to the pool when the submission has completed
         let upload_usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-        let uploads: Vec<wgpu::Buffer> = packs
-            .iter()
-            .map(|&b| {
-                let size = b.max(ALIGN).next_power_of_two().min(max_buffer);
-                gpu.pool.take(&gpu.device, size, upload_usage, "segloss batch inputs")
-            })
-            .collect();
-        for &(pi, off, gi, is_logits) in &writes {
-            let ItemSrc::Host(input) = &items[groups[gi].items[0]].src else { continue };
-            if is_logits {
-                gpu.queue.write_buffer(&uploads[pi], off, bytemuck::cast_slice(input.logits()));
-            } else {
-                gpu.queue.write_buffer(&uploads[pi], off, bytemuck::cast_slice(&target_words(input)));
+        let uploaded = gpu.allocating(|| {
+            let uploads: Vec<wgpu::Buffer> = packs
+                .iter()
+                .map(|&b| {
+                    let size = b.max(ALIGN).next_power_of_two().min(max_buffer);
+                    gpu.pool.take(&gpu.device, size, upload_usage, "segloss batch inputs")
+                })
+                .collect();
+            for &(pi, off, gi, is_logits) in &writes {
+                let ItemSrc::Host(input) = &items[groups[gi].items[0]].src else { continue };
+                if is_logits {
+                    gpu.queue.write_buffer(&uploads[pi], off, bytemuck::cast_slice(input.logits()));
+                } else {
+                    gpu.queue.write_buffer(&uploads[pi], off, bytemuck::cast_slice(&target_words(input)));
+                }
             }
-        }
+            uploads
+        });
+        let uploads = match uploaded {
+            Ok(u) => u,
+            Err(e) => {
+                // every set packed into the upload buffers fails with the allocation
+                for (set, p) in sets.iter().zip(&placed) {
+                    if matches!(p, Some((Up::Pack(_), ..))) {
+                        set.iter().for_each(|&gi| failed[gi] = Some(e.clone()));
+                    }
+                }
+                Vec::new()
+            }
+        };
 
         // one recording: each set's passes (a set of inputs of one shape and one list of
         // expressions shares them), then its status words and each evaluation's values copied

@@ -780,8 +780,9 @@ impl Engine {
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             })
         };
-        let logits = init("logits", bytemuck::cast_slice(input.logits()));
-        let target = init("target", bytemuck::cast_slice(&words));
+        let (logits, target) = gpu.allocating(|| {
+            (init("logits", bytemuck::cast_slice(input.logits())), init("target", bytemuck::cast_slice(&words)))
+        })?;
         let hard_labels = input.hard_labels();
         let counted = counted(&input);
         Ok(Prepared { input, logits: Some(logits), target: Some(target), hard_labels, counted, gpu: Some(gpu.clone()) })
@@ -907,12 +908,14 @@ impl Engine {
         let gs: Vec<Dest<'_>> = grads.iter().map(|&g| Dest::Out(g)).collect();
         let r = self.record(gpu, &mut rec, &Source::Buffers(input), exprs, &gs, false)?.swap_remove(0);
         let bytes = (r.vals_len * 4 + 32) as u64;
-        let values = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("segloss values"),
-            size: bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let values = gpu.allocating(|| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("segloss values"),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
         let dst = rec.external(&values, 0, bytes);
         let vb = (r.vals_len * 4) as u64;
         if vb > 0 {

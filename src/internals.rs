@@ -252,6 +252,22 @@ impl Engine {
         }
         Ok(())
     }
+
+    /// Creates a storage buffer of `bytes` as the engine allocates its own (inside error scopes:
+    /// `Gpu::allocating`), and drops it: a size the device refuses comes back as an error rather
+    /// than reaching the device's uncaptured-error handler. The CPU engine allocates nothing.
+    pub fn allocation_probe(&self, bytes: u64) -> Result<(), Error> {
+        let Some(gpu) = self.gpu_ref() else { return Ok(()) };
+        gpu.allocating(|| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("segloss allocation probe"),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        })
+        .map(drop)
+    }
 }
 
 /// Submits `rec`, waits until the device has run it, and surfaces its device errors: the calling

@@ -784,7 +784,7 @@ impl Engine {
         let plan = StatsPlan::new(exprs, input.classes(), input.mode() == Mode::Multiclass);
         let pieces = pieces_for(gpu, input, &plan)?;
         let mut rec = Recording::new(&gpu.limits);
-        let bufs: Vec<_> = pieces.iter().map(|&p| upload(gpu, input, p)).collect();
+        let bufs: Vec<_> = gpu.allocating(|| pieces.iter().map(|&p| upload(gpu, input, p)).collect())?;
         let on: Vec<(Piece, DevInput)> =
             pieces.iter().zip(&bufs).map(|(&p, b)| (p, dev_input(&mut rec, input, p, b))).collect();
         statistics_of(gpu, rec, &mut st, &plan, &on, lovasz, input.shape()).await?;
@@ -853,7 +853,7 @@ impl Engine {
         // none of them uses is not sorted)
         let pieces = pieces_for(gpu, input, &StatsPlan::new(exprs, stats.classes, stats.mode == Mode::Multiclass))?;
         let mut rec = Recording::new(&gpu.limits);
-        let bufs: Vec<_> = pieces.iter().map(|&p| upload(gpu, input, p)).collect();
+        let bufs: Vec<_> = gpu.allocating(|| pieces.iter().map(|&p| upload(gpu, input, p)).collect())?;
         let to = vec![if grads { GradTo::Host } else { GradTo::Skip }; exprs.len()];
         let on: Vec<(Piece, DevInput)> =
             pieces.iter().zip(&bufs).map(|(&p, b)| (p, dev_input(&mut rec, input, p, b))).collect();
@@ -983,8 +983,9 @@ impl Engine {
         };
         let sizes: Vec<(usize, usize)> =
             pieces.iter().map(|p| (p.images() * c * p.pixels(s), p.images() * tplanes * p.pixels(s))).collect();
-        let bufs: Vec<(wgpu::Buffer, wgpu::Buffer)> =
-            sizes.iter().map(|&(l, t)| (piece_buffer(l, "logits piece"), piece_buffer(t, "target piece"))).collect();
+        let bufs: Vec<(wgpu::Buffer, wgpu::Buffer)> = gpu.allocating(|| {
+            sizes.iter().map(|&(l, t)| (piece_buffer(l, "logits piece"), piece_buffer(t, "target piece"))).collect()
+        })?;
         let copy_in = |rec: &mut Recording, from: &BufferSlice<'_>, to: &wgpu::Buffer, piece: Piece, planes: usize| {
             let src = rec.external(from.buffer, from.offset, from.len * 4);
             let dst = rec.external(to, 0, to.size());
@@ -1031,7 +1032,8 @@ impl Engine {
         let mut gbufs: Vec<Vec<wgpu::Buffer>> = Vec::new();
         let mut tos = Vec::new();
         for (&p, &(l, _)) in pieces.iter().zip(&sizes) {
-            let mine: Vec<wgpu::Buffer> = dests.iter().map(|_| piece_buffer(l, "gradient piece")).collect();
+            let mine: Vec<wgpu::Buffer> =
+                gpu.allocating(|| dests.iter().map(|_| piece_buffer(l, "gradient piece")).collect())?;
             for (k, d) in dests.iter().enumerate() {
                 let first = grads.iter().zip(&dest_of).find(|(_, o)| **o == Some(k)).map(|(g, _)| g);
                 if matches!(first, Some(GradOut::Add(_))) {

@@ -2160,3 +2160,25 @@ fn review_logits() -> Vec<f32> {
     ];
     X.iter().map(|&v| v as f32).collect()
 }
+
+/// On a caller's device the engine installs no uncaptured-error handler, and wgpu's default one
+/// panics: what the engine allocates outside a submission (uploads, pieces, value buffers) is
+/// made inside error scopes of its own, which on native settle at once, so a refused allocation
+/// is a typed error and the engine goes on working.
+#[test]
+fn a_refused_allocation_on_the_callers_device_is_an_error_not_a_panic() {
+    let (info, device, queue) = caller_device();
+    let max = device.limits().max_buffer_size;
+    let engine = Engine::from_device_blocking(&info, device, queue).expect("engine");
+    engine.allocation_probe(1024).expect("a small buffer");
+    match engine.allocation_probe(max + 4) {
+        Err(Error::Gpu(msg)) => assert!(!msg.is_empty()),
+        other => panic!("expected a device error, got {other:?}"),
+    }
+    let logits = [0.5f32, -1.0, 2.0, 0.0];
+    let target = [1.0f32, 0.0, 1.0, 1.0];
+    let input = Input::dense(&logits, &target, &[1, 1, 2, 2], Mode::Binary).unwrap();
+    let got = engine.evaluate_blocking(&input, &parse(&["bce"]), false).expect("evaluation after the refusal");
+    let want = reference::evaluate(&input, &parse(&["bce"])[0]).unwrap();
+    assert!((got[0].value - want.value).abs() < 1e-5, "{} against {}", got[0].value, want.value);
+}

@@ -402,6 +402,27 @@ impl Gpu {
         crate::gpu::stats_creg(mode, wide && self.registers_ok, softmax, c, elements)
     }
 
+    /// Runs `f`, which creates or writes buffers, inside error scopes of its own, so that a
+    /// device that cannot allocate them gives an error here. Outside a scope the error would go to
+    /// the device's uncaptured-error handler: on a caller's device ([`crate::Engine::from_device`])
+    /// that is the caller's, and wgpu's default one panics. Native scopes settle as the calls are
+    /// made; in the browser they settle later, so there a failed allocation is dropped here and
+    /// comes back as the validation error of the submission that uses the buffer.
+    pub(crate) fn allocating<T>(&self, f: impl FnOnce() -> T) -> Result<T, Error> {
+        use futures::FutureExt;
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let out = f();
+        let (oom, validation) = (oom.pop().now_or_never().flatten(), validation.pop().now_or_never().flatten());
+        if let Some(e) = oom {
+            return Err(Error::Gpu(format!("out of device memory: {e}")));
+        }
+        if let Some(e) = validation {
+            return Err(Error::Gpu(e.to_string()));
+        }
+        Ok(out)
+    }
+
     /// The pipeline of kernel `k` for `spec`, built on first use.
     pub(crate) fn pipeline(&self, k: &'static Kernel, spec: Spec) -> wgpu::ComputePipeline {
         let spec = if k.specialized { spec } else { Spec::default() };
