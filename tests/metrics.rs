@@ -517,3 +517,61 @@ fn nsd_counts_a_boundary_voxel_exactly_the_tolerance_away_at_any_spacing() {
         assert_eq!(got[0].as_ref().unwrap().value, Some(0.5), "spacing {s}, tolerance {below}");
     }
 }
+
+#[test]
+fn nsd_compares_distances_and_tolerance_in_float32_as_monai_does() {
+    // prediction and target one voxel each, diagonal neighbours: both directed distances are
+    // sqrt(2) (sqrt(3) in 3D). MONAI 1.6.1's SurfaceDiceMetric (class_thresholds=[t],
+    // include_background=False), run for these figures: t = 1.414213 -> 0.0, 1.4142135 -> 1.0
+    // (float32 sqrt(2) equals float32 1.4142135), 1.41421356 -> 1.0; in 3D 1.73205 -> 0.0,
+    // 1.7320508 -> 1.0.
+    let engine = common::gpu();
+    let case = |shape: &[usize], p: usize, g: usize| {
+        let s: usize = shape[2..].iter().product();
+        let mut x = vec![-3.0f32; s];
+        x[p] = 3.0;
+        let mut t = vec![0.0f32; s];
+        t[g] = 1.0;
+        Input::new(Cow::Owned(x), Target::Dense(Cow::Owned(t)), shape, Mode::Binary, None).unwrap()
+    };
+    let flat = case(&[1, 1, 4, 4], 5, 10);
+    let cube = case(&[1, 1, 4, 4, 4], 21, 42);
+    for (input, tol, want) in [
+        (&flat, "1.414213", 0.0),
+        (&flat, "1.4142135", 1.0),
+        (&flat, "1.41421356", 1.0),
+        (&cube, "1.73205", 0.0),
+        (&cube, "1.7320508", 1.0),
+    ] {
+        let m: Metric = format!("nsd:tolerance={tol}").parse().unwrap();
+        let (_, got) = engine.evaluate_with_metrics_blocking(input, &[], false, std::slice::from_ref(&m)).unwrap();
+        assert_eq!(got[0].as_ref().unwrap().value, Some(want), "device, tolerance {tol}");
+        assert_eq!(reference::evaluate(input, &m).unwrap().value, Some(want), "reference, tolerance {tol}");
+    }
+}
+
+#[test]
+fn surface_metrics_at_extreme_spacings_equal_the_reference() {
+    // prediction at (0, 0), target at (5, 5) of 6 x 6: a distance of 5 sqrt(2) voxels. Squared
+    // distances of spacing 3e14 pass float32's range near the device's "no boundary" sentinel,
+    // those of 1e-30 underflow it: the device gave 1.06e15 for 2.12e15, and 0 for 7e-30.
+    let engine = common::gpu();
+    let mut x = vec![-3.0f32; 36];
+    x[0] = 3.0;
+    let mut t = vec![0.0f32; 36];
+    t[35] = 1.0;
+    let input = Input::dense(&x, &t, &[1, 1, 6, 6], Mode::Binary).unwrap();
+    for text in [
+        "hd:spacing=3e14",
+        "assd:spacing=3e14",
+        "nsd:tolerance=1e15,spacing=3e14",
+        "hd:spacing=1e-30",
+        "nsd:tolerance=0,spacing=1e-50",
+    ] {
+        let m: Metric = text.parse().unwrap();
+        let (_, got) = engine.evaluate_with_metrics_blocking(&input, &[], false, std::slice::from_ref(&m)).unwrap();
+        let got = got[0].as_ref().unwrap().value.unwrap();
+        let want = reference::evaluate(&input, &m).unwrap().value.unwrap();
+        assert!((got - want).abs() <= 1e-6 * want.abs(), "{text}: {got} against {want}");
+    }
+}

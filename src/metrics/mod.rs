@@ -382,7 +382,7 @@ impl Metric {
     }
 
     /// The classes the metric reports, ascending.
-    pub fn selected(&self, classes: usize) -> Vec<usize> {
+    pub(crate) fn selected(&self, classes: usize) -> Vec<usize> {
         let mut k: Vec<usize> = match &self.classes {
             Some(c) => {
                 let mut c = c.clone();

@@ -132,11 +132,6 @@ pub(crate) fn distance_key(m: &Metric, classes: usize, axes: usize) -> Result<(V
     Ok((m.selected(classes), m.logit_threshold().to_bits(), spacing.iter().map(|x| x.to_bits()).collect()))
 }
 
-/// How far (relative) above `nsd`'s tolerance a distance still counts as within it: four
-/// float32 ulps, more than the device's float32 distances are off by, far less than the gap
-/// between two distances on a grid.
-const NSD_SLACK: f64 = 4.0 * f32::EPSILON as f64;
-
 /// One (image, class) value from the directed distances of the two boundaries (prediction to
 /// target, target to prediction); empty lists follow the empty-mask rules.
 pub(crate) fn from_distances(m: &Metric, mut d_pg: Vec<f64>, mut d_gp: Vec<f64>, tolerance: f64) -> f64 {
@@ -173,11 +168,12 @@ pub(crate) fn from_distances(m: &Metric, mut d_pg: Vec<f64>, mut d_gp: Vec<f64>,
             }
         }
         _ => {
-            // the device's distances are square roots of float32 sums: a distance equal to the
-            // tolerance (one voxel of spacing 0.1 against 0.1) can come out a few float32 ulps
-            // above it, so those count as within, as MONAI's float64 distances are
-            let tau = tolerance * (1.0 + NSD_SLACK);
-            let within = d_pg.iter().chain(&d_gp).filter(|&&d| d <= tau).count();
+            // as MONAI compares: its distances in float32 against the tolerance rounded to
+            // float32 (a distance of sqrt(2) is within a tolerance of 1.4142135, not 1.414213).
+            // The device's squared distances are float32 sums, whose square roots round to the
+            // same float32 as the exact distance's: one voxel of spacing 0.1 is within 0.1.
+            let tau = tolerance as f32;
+            let within = d_pg.iter().chain(&d_gp).filter(|&&d| d as f32 <= tau).count();
             within as f64 / (np + ng) as f64
         }
     }

@@ -38,6 +38,13 @@ struct SurfParams {
 /// thread's loop, which software adapters cut short past some tens of thousands of iterations.
 const MAX_AXIS: usize = 4096;
 
+/// The range of squared distances the device's float32 fields hold: from one voxel of the
+/// smallest spacing, a normal number with room below it, to the diameter of the image, far below
+/// the sentinel (1e30) past which a field reads as having no boundary. Spacings outside it take
+/// the CPU reference.
+const SMALLEST_SQUARE: f64 = 1e-30;
+const LARGEST_SQUARE: f64 = 1e28;
+
 impl Engine {
     /// A surface metric's value per image and selected class (see [`Engine::surface_distances`]).
     pub(crate) async fn surface_grid(&self, input: &Input<'_>, m: &Metric) -> Result<Vec<Vec<f64>>, Error> {
@@ -59,9 +66,14 @@ impl Engine {
         let (n, s) = (input.batch(), input.spatial());
         let fields_bytes = (2 * n * ks.len() * s * 4) as u64;
         // the device takes 0/1 targets (soft ones: the reference names the bad value), class
-        // indices that pack into 16 bits, axes one thread walks, fields within a binding
+        // indices that pack into 16 bits, axes one thread walks, fields within a binding, and
+        // spacings whose squared distances are normal float32 numbers well below its sentinel
+        // for "no boundary" (1e30)
+        let diameter: f64 = dims.iter().zip(&spacing).map(|(&d, &h)| (d as f64 * h).powi(2)).sum();
+        let spacing_fits = spacing.iter().all(|&h| h * h >= SMALLEST_SQUARE) && diameter <= LARGEST_SQUARE;
         let fits = |g: &Gpu| {
-            dims.iter().all(|&d| d <= MAX_AXIS)
+            spacing_fits
+                && dims.iter().all(|&d| d <= MAX_AXIS)
                 && 2 * fields_bytes <= crate::stats::binding_limit(g)
                 && input.classes() < 0xFFFF
                 && (input.mode() == Mode::Multiclass || input.hard_labels())
@@ -168,7 +180,7 @@ async fn device_distances(
     let eb = (n * kk * s * 4) as u64;
     let re = rec.readback(eb, "boundaries")?;
     rec.copy(edges.sub(0, eb), re);
-    let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+    let fut = gpu.execute(rec);
     gpu.note_wait();
     let data = fut.await?;
     let dist: Vec<f32> = bytemuck::pod_collect_to_vec(&data[0]);
