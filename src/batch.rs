@@ -347,18 +347,15 @@ impl<'e, 'a> Batch<'e, 'a> {
                 continue;
             }
             if per_l >= COALESCE_BYTES {
-                use wgpu::util::DeviceExt;
-                let init = |label, contents: &[u8]| {
-                    gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some(label),
-                        contents,
-                        usage: wgpu::BufferUsages::STORAGE,
-                    })
-                };
-                let made = gpu.allocating(|| {
-                    let logits = init("segloss batch logits", bytemuck::cast_slice(first.logits()));
-                    (logits, init("segloss batch target", bytemuck::cast_slice(&target_words(first))))
-                });
+                let usage = wgpu::BufferUsages::STORAGE;
+                let made = gpu
+                    .buffer_init("segloss batch logits", bytemuck::cast_slice(first.logits()), usage)
+                    .and_then(|l| {
+                        Ok((
+                            l,
+                            gpu.buffer_init("segloss batch target", bytemuck::cast_slice(&target_words(first)), usage)?,
+                        ))
+                    });
                 match made {
                     Ok((logits, target)) => {
                         own.extend([logits, target]);
@@ -490,13 +487,9 @@ impl<'e, 'a> Batch<'e, 'a> {
                             rec.copy(r.out.sub(0, vb), rb.sub(o, vb));
                         }
                     }
-                    match gpu.execute(vec![rec]).pop() {
-                        Some(f) => {
-                            gpu.note_wait();
-                            f.await
-                        }
-                        None => Err(Error::Gpu("no submission".into())),
-                    }
+                    let f = gpu.execute(rec);
+                    gpu.note_wait();
+                    f.await
                 }
                 Err(e) => Err(e),
             };

@@ -5,8 +5,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use wgpu::util::DeviceExt;
-
 use crate::error::Error;
 use crate::expr::{LossExpr, F32_MAX};
 pub use crate::gpu::context::{backend_name, list_adapters, AdapterReport, DeviceInfo, EngineOptions};
@@ -339,7 +337,7 @@ impl Submitted {
         let src = rec.external(&self.values, 0, bytes);
         let rb = rec.readback(bytes, "values")?;
         rec.copy(src, rb);
-        let fut = self.gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no readback".into()))?;
+        let fut = self.gpu.execute(rec);
         self.gpu.note_wait();
         let data = fut.await?;
         let vals = words(&data[0]);
@@ -693,7 +691,10 @@ impl Engine {
         matches!(self.backend, Backend::Cpu)
     }
 
-    /// The device, on a GPU engine.
+    /// The device, on a GPU engine. On a device the engine opened itself, errors of the caller's
+    /// own calls on it that no error scope of the caller's catches are kept, not raised (the
+    /// engine's handler replaces wgpu's default one, which panics), and a buffer such a call
+    /// failed to make is refused, as a typed error, by the evaluation that is given it.
     pub fn device(&self) -> Option<&wgpu::Device> {
         match &self.backend {
             Backend::Gpu(g) => Some(&g.device),
@@ -773,16 +774,9 @@ impl Engine {
             return Ok(Prepared { input, logits: None, target: None, hard_labels, counted: 0, gpu: None });
         }
         let words = target_words(&input);
-        let init = |label, contents: &[u8]| {
-            gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            })
-        };
-        let (logits, target) = gpu.allocating(|| {
-            (init("logits", bytemuck::cast_slice(input.logits())), init("target", bytemuck::cast_slice(&words)))
-        })?;
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let logits = gpu.buffer_init("logits", bytemuck::cast_slice(input.logits()), usage)?;
+        let target = gpu.buffer_init("target", bytemuck::cast_slice(&words), usage)?;
         let hard_labels = input.hard_labels();
         let counted = counted(&input);
         Ok(Prepared { input, logits: Some(logits), target: Some(target), hard_labels, counted, gpu: Some(gpu.clone()) })
@@ -922,7 +916,7 @@ impl Engine {
             rec.copy(r.out.sub(0, vb), dst.sub(0, vb));
         }
         rec.copy(r.status, dst.sub(vb, 32));
-        let errors = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+        let errors = gpu.execute(rec);
         Ok(Submitted {
             gpu: gpu.clone(),
             values,
@@ -952,7 +946,7 @@ impl Engine {
         let fut = {
             let mut rec = Recording::new(&gpu.limits);
             let r = self.record(gpu, &mut rec, &src, exprs, grads, true)?.swap_remove(0);
-            let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+            let fut = gpu.execute(rec);
             (r, fut)
         };
         let (r, fut) = fut;

@@ -80,7 +80,7 @@ impl Engine {
             rec.copy(sorted.0.sub(0, bytes), rb.sub(0, bytes));
             rec.copy(sorted.1.sub(0, bytes), rb.sub(bytes, bytes));
         }
-        let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+        let fut = gpu.execute(rec);
         gpu.note_wait();
         let out = bytemuck::pod_collect_to_vec::<u8, u32>(&fut.await?[0]);
         Ok(if items {
@@ -130,35 +130,32 @@ impl Engine {
                 x
             })
             .collect();
-        use wgpu::util::DeviceExt;
         let mut out = Vec::new();
         let items = gpu.sort_items(n);
         let bytes = (n * 4) as u64;
-        // the input in buffers of its own (the items, or the keys and the payloads), sorted in
-        // place by every run
-        let init = |label, data: &[u32]| {
-            gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(data),
-                usage: wgpu::BufferUsages::STORAGE,
-            })
-        };
-        let input = sort_input(items, &keys);
-        let (first, second) = if items {
-            (init("sort items", &input), None)
-        } else {
-            (init("sort keys", &input[..n]), Some(init("sort payloads", &input[n..])))
-        };
+        // the input in buffers of its own (the items, or the keys and the payloads), kept as
+        // made; before each run, outside its timing, a copy of it into the buffers the run sorts
+        // in place, so that every run sorts the same random keys (not the last run's sorted ones)
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let kept = gpu.buffer_init("sort input", bytemuck::cast_slice(&sort_input(items, &keys)), usage)?;
         for i in 0..=iters {
-            let t0 = std::time::Instant::now();
-            let mut rec = Recording::new(&gpu.limits);
-            let a = match &second {
-                None => (rec.external(&first, 0, 2 * bytes), rec.scratch(16, "unused payloads")?),
-                Some(vals) => (rec.external(&first, 0, bytes), rec.external(vals, 0, bytes)),
+            let mut fill = Recording::new(&gpu.limits);
+            let a = if items {
+                (fill.scratch(2 * bytes, "items")?, fill.scratch(16, "unused payloads")?)
+            } else {
+                (fill.scratch(bytes, "keys")?, fill.scratch(bytes, "payloads")?)
             };
-            let b = sort_pair(&mut rec, items, n)?;
-            gpu.record_sort(&mut rec, &SortBufs { a, b, items }, segs, segment_len, algo, None)?;
-            run_and_wait(gpu, rec)?;
+            let from = fill.external(&kept, 0, 2 * bytes);
+            if items {
+                fill.copy(from, a.0);
+            } else {
+                fill.copy(from.sub(0, bytes), a.0);
+                fill.copy(from.sub(bytes, bytes), a.1);
+            }
+            let b = sort_pair(&mut fill, items, n)?;
+            let t0 = std::time::Instant::now();
+            gpu.record_sort(&mut fill, &SortBufs { a, b, items }, segs, segment_len, algo, None)?;
+            run_and_wait(gpu, fill)?;
             if i > 0 {
                 out.push(t0.elapsed().as_secs_f64() * 1e3);
             }
@@ -253,16 +250,23 @@ impl Engine {
         Ok(())
     }
 
-    /// Creates a storage buffer of `bytes` as the engine allocates its own (inside error scopes:
-    /// `Gpu::allocating`), and drops it: a size the device refuses comes back as an error rather
-    /// than reaching the device's uncaptured-error handler. The CPU engine allocates nothing.
-    pub fn allocation_probe(&self, bytes: u64) -> Result<(), Error> {
+    /// Creates a storage buffer of `bytes` as the engine allocates its scratch, then one holding
+    /// `bytes` zeros as it uploads a host input (both inside error scopes: `Gpu::allocating`,
+    /// `Gpu::buffer_init`), and drops them: a size the device refuses comes back as an error
+    /// rather than reaching the device's uncaptured-error handler or panicking. The CPU engine
+    /// allocates nothing.
+    pub fn allocation_probe(&self, bytes: u64, init: bool) -> Result<(), Error> {
         let Some(gpu) = self.gpu_ref() else { return Ok(()) };
+        let usage = wgpu::BufferUsages::STORAGE;
+        if init {
+            let zeros = vec![0u8; usize::try_from(bytes).map_err(|_| Error::Input("too many bytes".into()))?];
+            return gpu.buffer_init("segloss allocation probe", &zeros, usage).map(drop);
+        }
         gpu.allocating(|| {
             gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("segloss allocation probe"),
                 size: bytes,
-                usage: wgpu::BufferUsages::STORAGE,
+                usage,
                 mapped_at_creation: false,
             })
         })
@@ -276,11 +280,8 @@ impl Engine {
 #[cfg(not(target_arch = "wasm32"))]
 fn run_and_wait(gpu: &Gpu, rec: Recording) -> Result<(), Error> {
     crate::gpu::poll::drive(&gpu.device, &gpu.poller, async {
-        let futs = gpu.execute(vec![rec]);
+        let f = gpu.execute(rec);
         gpu.work_done().await?;
-        for f in futs {
-            f.await?;
-        }
-        Ok(())
+        f.await.map(drop)
     })
 }

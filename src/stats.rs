@@ -8,8 +8,6 @@
 
 use std::sync::Arc;
 
-use wgpu::util::DeviceExt;
-
 use crate::engine::{
     buffer_dev_input, buffer_dev_input_unchecked, check_value, decode, grad_targets, status_error_at, words,
     BufferInput, BufferSlice, Dest, Engine, Evaluation, GradOut, Source,
@@ -451,7 +449,7 @@ async fn statistics_of(
         rec.copy(*st, rb.sub(32 * i as u64, 32));
     }
     let status_read = rec.readbacks() - 1;
-    let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+    let fut = gpu.execute(rec);
     gpu.note_wait();
     let data = fut.await?;
     let all = words(&data[status_read]);
@@ -536,7 +534,7 @@ async fn tail_of_parts(
         .collect();
     let tail = gpu.record_tail(&mut rec, t.plan, t.exprs, totals, lov_from, &parts, status, true)?;
     after(&mut rec);
-    let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+    let fut = gpu.execute(rec);
     gpu.note_wait();
     let data = fut.await?;
     let vi = tail.values_read.ok_or_else(|| Error::Gpu("internal: values were not read".into()))?;
@@ -651,16 +649,13 @@ pub(crate) fn host_sums(input: &Input, plan: &StatsPlan) -> Vec<f64> {
 }
 
 /// The logits and target words of a piece of a host input, in buffers of their own.
-fn upload(gpu: &Gpu, input: &Input<'_>, piece: Piece) -> (wgpu::Buffer, wgpu::Buffer) {
+fn upload(gpu: &Gpu, input: &Input<'_>, piece: Piece) -> Result<(wgpu::Buffer, wgpu::Buffer), Error> {
     let (logits, words) = split::piece_data(input, piece);
-    let init = |label, contents: &[u8]| {
-        gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        })
-    };
-    (init("logits piece", bytemuck::cast_slice(&logits)), init("target piece", bytemuck::cast_slice(&words)))
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    Ok((
+        gpu.buffer_init("logits piece", bytemuck::cast_slice(&logits), usage)?,
+        gpu.buffer_init("target piece", bytemuck::cast_slice(&words), usage)?,
+    ))
 }
 
 fn dev_input(rec: &mut Recording, input: &Input<'_>, piece: Piece, bufs: &(wgpu::Buffer, wgpu::Buffer)) -> DevInput {
@@ -784,7 +779,7 @@ impl Engine {
         let plan = StatsPlan::new(exprs, input.classes(), input.mode() == Mode::Multiclass);
         let pieces = pieces_for(gpu, input, &plan)?;
         let mut rec = Recording::new(&gpu.limits);
-        let bufs: Vec<_> = gpu.allocating(|| pieces.iter().map(|&p| upload(gpu, input, p)).collect())?;
+        let bufs = pieces.iter().map(|&p| upload(gpu, input, p)).collect::<Result<Vec<_>, _>>()?;
         let on: Vec<(Piece, DevInput)> =
             pieces.iter().zip(&bufs).map(|(&p, b)| (p, dev_input(&mut rec, input, p, b))).collect();
         statistics_of(gpu, rec, &mut st, &plan, &on, lovasz, input.shape()).await?;
@@ -853,7 +848,7 @@ impl Engine {
         // none of them uses is not sorted)
         let pieces = pieces_for(gpu, input, &StatsPlan::new(exprs, stats.classes, stats.mode == Mode::Multiclass))?;
         let mut rec = Recording::new(&gpu.limits);
-        let bufs: Vec<_> = gpu.allocating(|| pieces.iter().map(|&p| upload(gpu, input, p)).collect())?;
+        let bufs = pieces.iter().map(|&p| upload(gpu, input, p)).collect::<Result<Vec<_>, _>>()?;
         let to = vec![if grads { GradTo::Host } else { GradTo::Skip }; exprs.len()];
         let on: Vec<(Piece, DevInput)> =
             pieces.iter().zip(&bufs).map(|(&p, b)| (p, dev_input(&mut rec, input, p, b))).collect();

@@ -57,7 +57,7 @@ fn check(engine: &Engine, input: &Input, texts: &[&str]) {
     let out_rb = rec.readback(r.out.size, "out").unwrap();
     rec.copy(r.out, out_rb);
     let plan = StatsPlan::new(&exprs, c, softmax);
-    let fut = gpu.execute(vec![rec]).pop().unwrap();
+    let fut = gpu.execute(rec);
     let data = futures::executor::block_on(fut).unwrap();
     let out: Vec<f32> = bytemuck::pod_collect_to_vec(&data[data.len() - 1]);
     // host statistics: the f64 sums of the reference, channel by channel

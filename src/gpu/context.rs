@@ -226,14 +226,18 @@ fn usable(a: &wgpu::Adapter) -> bool {
 /// What every kernel needs of a device: its storage bindings (the most of any kernel: the
 /// gradient pass's 9, one past WebGPU's default of 8), workgroup memory and size.
 pub(crate) fn limits_ok(l: &wgpu::Limits) -> bool {
-    let storage = crate::shaders::KERNELS
+    l.max_storage_buffers_per_shader_stage as usize >= storage_buffers_needed()
+        && l.max_compute_workgroup_storage_size >= 8192
+        && l.max_compute_invocations_per_workgroup >= 256
+}
+
+/// The most storage buffers one kernel binds.
+pub(crate) fn storage_buffers_needed() -> usize {
+    crate::shaders::KERNELS
         .iter()
         .map(|k| k.bindings.iter().filter(|b| b.access != crate::shaders::Access::Uniform).count())
         .max()
-        .unwrap_or(0);
-    l.max_storage_buffers_per_shader_stage as usize >= storage
-        && l.max_compute_workgroup_storage_size >= 8192
-        && l.max_compute_invocations_per_workgroup >= 256
+        .unwrap_or(0)
 }
 
 fn pick_index(adapters: &[wgpu::Adapter], opts: &EngineOptions) -> Option<usize> {
@@ -300,7 +304,10 @@ pub(crate) struct Gpu {
     /// llvmpipe, which ends a shader's loops after [`crate::gpu::CPU_LOOP_LIMIT`] iterations in
     /// all: inputs whose kernels the engine's bounds say would loop longer are refused.
     pub loop_limited: bool,
-    /// The first uncaptured device error (only on devices the engine opened itself).
+    /// The first uncaptured device error (only on devices the engine opened itself): what
+    /// explains a wait the device dropped. Evaluations do not report it: the engine's own
+    /// allocations and submissions are in error scopes, so an uncaptured error comes from
+    /// someone else's call on the device ([`crate::Engine::device`]).
     pub lost: Arc<Mutex<Option<String>>>,
     pub poller: Poller,
     pub counters: Counters,
@@ -324,8 +331,9 @@ impl Gpu {
         let limits = device.limits();
         if !limits_ok(&limits) {
             return Err(Error::NoAdapter(format!(
-                "{}: the device's limits are below what segloss needs (8 storage buffers per stage, 8 KiB workgroup memory, 256 invocations)",
-                info.name
+                "{}: the device's limits are below what segloss needs ({} storage buffers per stage, 8 KiB workgroup memory, 256 invocations)",
+                info.name,
+                storage_buffers_needed()
             )));
         }
         let lost = Arc::new(Mutex::new(None));
@@ -421,6 +429,33 @@ impl Gpu {
             return Err(Error::Gpu(e.to_string()));
         }
         Ok(out)
+    }
+
+    /// A buffer holding `contents` (padded to 4 bytes), made inside error scopes
+    /// ([`Gpu::allocating`]). wgpu's own `create_buffer_init` panics when the buffer it made
+    /// cannot be mapped, which is what a refused allocation gives.
+    pub(crate) fn buffer_init(
+        &self,
+        label: &str,
+        contents: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer, Error> {
+        self.allocating(|| {
+            let size =
+                (contents.len() as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT).max(wgpu::COPY_BUFFER_ALIGNMENT);
+            let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: true,
+            });
+            buf.get_mapped_range_mut(..)
+                .map_err(|e| Error::Gpu(format!("{label}: the new buffer could not be mapped: {e}")))?
+                .slice(..contents.len())
+                .copy_from_slice(contents);
+            buf.unmap();
+            Ok(buf)
+        })?
     }
 
     /// The pipeline of kernel `k` for `spec`, built on first use.

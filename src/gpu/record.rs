@@ -214,12 +214,10 @@ impl Recording {
 }
 
 impl Gpu {
-    /// Encodes every recording into one command encoder, submits it once, and returns, per
-    /// recording, a future of its staging buffers' contents. Device errors of the submission
-    /// (validation, out of memory) come back through that future.
-    pub(crate) fn execute(&self, recs: Vec<Recording>) -> Vec<ReadFuture> {
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    /// Encodes the recording into one command encoder, submits it, and returns a future of its
+    /// staging buffers' contents. Device errors of the submission (validation, out of memory),
+    /// and a buffer the device refused to allocate, come back through that future.
+    pub(crate) fn execute(&self, rec: Recording) -> ReadFuture {
         let storage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST
@@ -229,14 +227,13 @@ impl Gpu {
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC;
         let read_usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss") });
-        let mut timer = self.timer();
+        // every buffer first, in scopes of its own: where the device refuses one, nothing is
+        // submitted and no buffer of this call goes back to the pool (a refused buffer is
+        // invalid, and would fail every later evaluation that took it from there)
         let mut scratch = Vec::new();
-        let mut staged: Vec<Vec<wgpu::Buffer>> = Vec::new();
-        for rec in &recs {
-            let mut reads = Vec::new();
-            let bufs: Vec<wgpu::Buffer> = rec
-                .bufs
+        let mut reads = Vec::new();
+        let allocated = self.allocating(|| {
+            rec.bufs
                 .iter()
                 .map(|d| match d {
                     BufDesc::Scratch { size } => {
@@ -259,10 +256,17 @@ impl Gpu {
                         b
                     }
                 })
-                .collect();
-            staged.push(reads);
-            self.encode(&mut enc, rec, &bufs, &mut timer);
-        }
+                .collect::<Vec<_>>()
+        });
+        let bufs = match allocated {
+            Ok(bufs) => bufs,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss") });
+        let mut timer = self.timer();
+        self.encode(&mut enc, &rec, &bufs, &mut timer);
         let timestamps = timer.and_then(|t| t.resolve(self, &mut enc));
         self.queue.submit([enc.finish()]);
         self.note_submission();
@@ -270,71 +274,54 @@ impl Gpu {
             read();
         }
         // native: back to the pool when the submission has completed; in the browser (where
-        // buffers are not Send) when the first recording's staging buffers have been read, which
-        // also means the submission completed, or not at all
+        // buffers are not Send) when the staging buffers have been read, which also means the
+        // submission completed, or not at all
         #[cfg(not(target_arch = "wasm32"))]
         {
             let pool = self.pool.clone();
             self.queue.on_submitted_work_done(move || pool.give(scratch));
         }
+        let mut rxs = Vec::new();
+        for b in &reads {
+            let (tx, rx) = futures::channel::oneshot::channel();
+            b.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+            rxs.push(rx);
+        }
+        // (popped after the reads are mapped, which the scopes then cover too)
+        let (oom, validation) = (oom.pop(), validation.pop());
+        let pool = self.pool.clone();
         #[cfg(target_arch = "wasm32")]
-        let mut scratch = Some(scratch);
-        let errors = (oom.pop(), validation.pop());
-        let mut out: Vec<ReadFuture> = Vec::new();
-        let mut errors = Some(errors);
-        for reads in staged {
-            let mut rxs = Vec::new();
-            for b in &reads {
-                let (tx, rx) = futures::channel::oneshot::channel();
-                b.map_async(wgpu::MapMode::Read, .., move |r| {
-                    let _ = tx.send(r);
-                });
-                rxs.push(rx);
+        let spent = (!reads.is_empty()).then_some(scratch);
+        let fut = Box::pin(async move {
+            if let Some(e) = oom.await {
+                return Err(Error::Gpu(format!("out of device memory: {e}")));
             }
-            let errs = errors.take();
-            let pool = self.pool.clone();
+            if let Some(e) = validation.await {
+                return Err(Error::Gpu(e.to_string()));
+            }
+            let mut data = Vec::with_capacity(reads.len());
+            for (b, rx) in reads.iter().zip(rxs) {
+                rx.await
+                    .map_err(|_| Error::Gpu("the device dropped a readback".into()))?
+                    .map_err(|e| Error::Gpu(format!("reading back a buffer failed: {e}")))?;
+                {
+                    let view =
+                        b.get_mapped_range(..).map_err(|e| Error::Gpu(format!("mapping a buffer failed: {e:?}")))?;
+                    data.push(view.to_vec());
+                }
+                b.unmap();
+            }
+            pool.give(reads);
             #[cfg(target_arch = "wasm32")]
-            let spent = if reads.is_empty() { None } else { scratch.take() };
-            let lost = self.lost.clone();
-            out.push(Box::pin(async move {
-                if let Some((oom, validation)) = errs {
-                    if let Some(e) = oom.await {
-                        return Err(Error::Gpu(format!("out of device memory: {e}")));
-                    }
-                    if let Some(e) = validation.await {
-                        return Err(Error::Gpu(e.to_string()));
-                    }
-                }
-                let mut data = Vec::with_capacity(reads.len());
-                for (b, rx) in reads.iter().zip(rxs) {
-                    rx.await
-                        .map_err(|_| Error::Gpu("the device dropped a readback".into()))?
-                        .map_err(|e| Error::Gpu(format!("reading back a buffer failed: {e}")))?;
-                    {
-                        let view = b
-                            .get_mapped_range(..)
-                            .map_err(|e| Error::Gpu(format!("mapping a buffer failed: {e:?}")))?;
-                        data.push(view.to_vec());
-                    }
-                    b.unmap();
-                }
-                pool.give(reads);
-                #[cfg(target_arch = "wasm32")]
-                if let Some(spent) = spent {
-                    pool.give(spent);
-                }
-                if let Some(e) = lost.lock().ok().and_then(|mut l| l.take()) {
-                    return Err(Error::Gpu(e));
-                }
-                Ok(data)
-            }));
-        }
-        if let Some((oom, validation)) = errors {
-            // a recording list without staging buffers: errors still surface on the next read
-            drop((oom, validation));
-        }
+            if let Some(spent) = spent {
+                pool.give(spent);
+            }
+            Ok(data)
+        });
         self.poller.kick(&self.device);
-        out
+        fut
     }
 
     /// The timestamp queries of a submission, when a profile is armed and the device has them.

@@ -137,7 +137,7 @@ impl Engine {
             rec.copy(t.sub(0, bytes), rb);
             reads.push(rec.readbacks() - 1);
         }
-        let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+        let fut = gpu.execute(rec);
         gpu.note_wait();
         let data = fut.await?;
         let vi = r.values_read.ok_or_else(|| Error::Gpu("internal: values were not read".into()))?;
@@ -207,7 +207,7 @@ impl Engine {
         let bytes = (n * if softmax { c * c } else { c * 4 } * 8) as u64;
         let rb = rec.readback(bytes, "confusion counts")?;
         rec.copy(tot.sub(0, bytes), rb);
-        let fut = gpu.execute(vec![rec]).pop().ok_or_else(|| Error::Gpu("no submission".into()))?;
+        let fut = gpu.execute(rec);
         gpu.note_wait();
         let data = fut.await?;
         Ok(counts_of(&data[0], input.mode(), c, n))
