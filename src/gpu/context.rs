@@ -308,6 +308,7 @@ pub(crate) struct Gpu {
     /// explains a wait the device dropped. Evaluations do not report it: the engine's own
     /// allocations and submissions are in error scopes, so an uncaptured error comes from
     /// someone else's call on the device ([`crate::Engine::device`]).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub lost: Arc<Mutex<Option<String>>>,
     pub poller: Poller,
     pub counters: Counters,
