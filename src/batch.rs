@@ -329,7 +329,9 @@ impl<'e, 'a> Batch<'e, 'a> {
             let first = match &items[groups[set[0]].items[0]].src {
                 ItemSrc::Host(first) => first,
                 ItemSrc::Buffers(b) => {
-                    if b.past_limit(&gpu) {
+                    let exprs: Vec<LossExpr> =
+                        groups[set[0]].items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
+                    if b.past_limit(&gpu, &exprs) {
                         split.extend(set.iter().copied().filter(|&gi| failed[gi].is_none()));
                     }
                     continue;
@@ -340,7 +342,11 @@ impl<'e, 'a> Batch<'e, 'a> {
             let per_t = (nwords * 4) as u64;
             let k = set.len() as u64;
             let (lbytes, tbytes) = (per_l * k, per_t * k);
-            if lbytes.max(tbytes) > max_binding {
+            // (a set of several has no Lovász loss: `coalesce`)
+            let exprs: Vec<LossExpr> =
+                groups[set[0]].items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
+            let lse = crate::stats::lse_beside_weights(&exprs, first.mode(), first.kind());
+            if lbytes > crate::stats::logits_budget(&gpu, first.classes(), lse) || tbytes > max_binding {
                 // a single input (sets of several stay within the limit): evaluated in pieces
                 // after this submission, unless it has already failed
                 split.extend(set.iter().copied().filter(|&gi| failed[gi].is_none()));

@@ -263,9 +263,12 @@ impl<'a> BufferInput<'a> {
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
-    /// Whether the logits or the targets are larger than the binding `gpu` plans with.
-    pub(crate) fn past_limit(&self, gpu: &Gpu) -> bool {
-        self.logits.bytes().max(self.target.slice().bytes()) > crate::stats::binding_limit(gpu)
+    /// Whether the logits or the targets are larger than the binding `gpu` plans with, for
+    /// `exprs` ([`crate::stats::logits_budget`]).
+    pub(crate) fn past_limit(&self, gpu: &Gpu, exprs: &[LossExpr]) -> bool {
+        let lse = crate::stats::lse_beside_weights(exprs, self.mode(), self.kind());
+        self.logits.bytes() > crate::stats::logits_budget(gpu, self.shape.get(1).copied().unwrap_or(1), lse)
+            || self.target.slice().bytes() > crate::stats::binding_limit(gpu)
     }
     /// The logits' slice.
     pub fn logits_slice(&self) -> &BufferSlice<'a> {
@@ -834,9 +837,12 @@ impl Engine {
             GradMode::DeviceOnly => Dest::Scratch,
         };
         let gs = vec![g; exprs.len()];
-        let (Some(l), Some(t)) = (&prep.logits, &prep.target) else {
-            // an input past the device's limits (the CPU engine returned above); a device-only
-            // gradient is computed and not returned
+        let lse = crate::stats::lse_beside_weights(exprs, input.mode(), input.kind());
+        let over = (input.logits().len() * 4) as u64 > crate::stats::logits_budget(gpu, input.classes(), lse);
+        let (Some(l), Some(t), false) = (&prep.logits, &prep.target, over) else {
+            // an input past the device's limits, or uploaded whole but past them for these
+            // expressions (the CPU engine returned above); a device-only gradient is computed
+            // and not returned
             let mut out = self.evaluate_split(gpu, input, exprs, grads != GradMode::Skip).await?;
             if grads == GradMode::DeviceOnly {
                 out.iter_mut().for_each(|e| e.grad = None);
@@ -862,7 +868,7 @@ impl Engine {
         grads: &[GradOut<'_>],
     ) -> Result<Vec<Evaluation>, Error> {
         let gpu = self.buffer_gpu()?;
-        if input.past_limit(gpu) {
+        if input.past_limit(gpu, exprs) {
             // past the binding limit the engine plans with: in pieces
             return self.evaluate_buffers_split(gpu, input, exprs, grads).await;
         }
@@ -888,7 +894,7 @@ impl Engine {
                 "reduction=none entries are read to the host: use evaluate_buffers, not submit_buffers".into(),
             ));
         }
-        if input.past_limit(gpu) {
+        if input.past_limit(gpu, exprs) {
             let bytes = input.logits.bytes().max(input.target.slice().bytes());
             return Err(Error::Limit {
                 what: "submit_buffers of an input that must be evaluated in pieces (evaluate_buffers can: its \

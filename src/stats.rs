@@ -693,15 +693,34 @@ pub(crate) fn binding_limit(gpu: &Gpu) -> u64 {
     gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size).min(gpu.plan_binding)
 }
 
+/// Whether a Lovász-Softmax on logits is among `exprs`: its weights buffer then holds each
+/// pixel's log-sum-exp (two words) after the C weights of the batch (`lovasz weights`), (C + 2) / C
+/// times the logits' bytes.
+pub(crate) fn lse_beside_weights(exprs: &[LossExpr], mode: Mode, kind: InputKind) -> bool {
+    mode == Mode::Multiclass && kind == InputKind::Logits && exprs.iter().any(LossExpr::has_lovasz)
+}
+
+/// The most bytes of logits one evaluation, or one piece of it, binds: the binding limit, or
+/// C / (C + 2) of it where the Lovász weights hold the log-sum-exp too ([`lse_beside_weights`]).
+pub(crate) fn logits_budget(gpu: &Gpu, classes: usize, lse: bool) -> u64 {
+    let limit = binding_limit(gpu);
+    if lse {
+        let c = classes as u64;
+        limit / (c + 2) * c
+    } else {
+        limit
+    }
+}
+
 /// The pieces of `input` on `gpu`; Lovász losses that cannot run on them are a limit error.
 fn pieces_for(gpu: &Gpu, input: &Input<'_>, plan: &StatsPlan) -> Result<Vec<Piece>, Error> {
-    pieces_of(gpu, input.shape(), plan)
+    pieces_of(gpu, input.shape(), plan, input.kind())
 }
 
 /// The pieces of a batch of `shape` on `gpu` ([`pieces_for`]).
-fn pieces_of(gpu: &Gpu, shape: &[usize], plan: &StatsPlan) -> Result<Vec<Piece>, Error> {
-    let limit = binding_limit(gpu);
+fn pieces_of(gpu: &Gpu, shape: &[usize], plan: &StatsPlan, kind: InputKind) -> Result<Vec<Piece>, Error> {
     let (n, c, s) = (shape[0], shape[1], shape[2..].iter().product::<usize>());
+    let limit = logits_budget(gpu, c, plan.softmax && !plan.lovasz.is_empty() && kind == InputKind::Logits);
     let pieces = split::pieces(n, c, s, limit)?;
     let bytes = (c * s * 4) as u64;
     if pieces.len() > 1 {
@@ -938,7 +957,7 @@ impl Engine {
             e.check_input(input.mode(), c, input.kind())?;
         }
         let plan = StatsPlan::new(exprs, c, input.mode() == Mode::Multiclass);
-        let pieces = pieces_of(gpu, shape, &plan)?;
+        let pieces = pieces_of(gpu, shape, &plan, input.kind())?;
         let tplanes = if input.mode() == Mode::Multiclass { 1 } else { c };
         let (lslice, tslice) = (*input.logits_slice(), input.target_buffer().slice());
         // the caller's slices and gradient slices are checked whole (all but their size)

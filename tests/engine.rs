@@ -2193,3 +2193,65 @@ fn a_refused_allocation_on_the_callers_device_is_an_error_not_a_panic() {
     let want = reference::evaluate(&input, &parse(&["bce"])[0]).unwrap();
     assert!((got[0].value - want.value).abs() < 1e-5, "{} against {}", got[0].value, want.value);
 }
+
+#[test]
+fn lovasz_softmax_whose_weights_pass_the_binding_is_split_though_its_logits_fit() {
+    // a device whose storage bindings hold 8 KiB, and two classes: the Lovász weights hold each
+    // pixel's log-sum-exp (two words) beside its two weights, twice the logits' bytes. Logits
+    // filling the binding were bound whole, and the weights refused ("lovasz weights needs
+    // 16384, the device allows 8192"); now pieces of images are sized for the weights.
+    let (info, device, queue) =
+        caller_device_with(|l| l.max_storage_buffer_binding_size = 8192, wgpu::Features::empty());
+    let engine = Engine::from_device_blocking(&info, device, queue).expect("engine");
+    let mut r = Rng(31);
+    let shape = [4usize, 2, 16, 16];
+    let logits: Vec<f32> = (0..2048).map(|_| (r.normal() * 3.0) as f32).collect();
+    let labels: Vec<i64> = (0..1024).map(|_| r.below(2) as i64).collect();
+    assert_eq!(logits.len() * 4, 8192);
+    let input = Input::labels(&logits, &labels, &shape, None).unwrap();
+    let ex = parse(&["lovasz:per_image=true", "ce+lovasz:per_image=true"]);
+    let check = |got: &[Evaluation], what: &str| {
+        for (e, g) in ex.iter().zip(got) {
+            let want = reference::evaluate(&input, e).unwrap();
+            assert!(
+                (g.value - want.value).abs() <= 1e-5 + 1e-4 * want.value.abs(),
+                "{what} '{e}': {} against {}",
+                g.value,
+                want.value
+            );
+            let grad = g.grad.as_ref().expect("gradient");
+            let worst = grad.iter().zip(&want.grad).map(|(&a, &b)| (f64::from(a) - b).abs()).fold(0.0, f64::max);
+            assert!(worst < 1e-5, "{what} '{e}': gradient off by {worst}");
+        }
+    };
+    check(&engine.evaluate_blocking(&input, &ex, true).unwrap(), "host input");
+    let mut batch = engine.batch();
+    let p = batch.push(&input, &ex, true).unwrap();
+    batch.flush_blocking().unwrap();
+    check(&p.wait().unwrap(), "batched");
+    let dev = engine.device().unwrap();
+    let init = |contents: &[u8]| {
+        dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        })
+    };
+    let l = init(bytemuck::cast_slice(&logits));
+    let t = init(bytemuck::cast_slice(&labels.iter().map(|&v| v as u32).collect::<Vec<_>>()));
+    let b = BufferInput::new(
+        BufferSlice::whole(&l),
+        TargetBuffer::ClassU32(BufferSlice::whole(&t)),
+        &shape,
+        Mode::Multiclass,
+        None,
+    )
+    .unwrap();
+    let host: Vec<GradOut<'_>> = ex.iter().map(|_| GradOut::Host).collect();
+    check(&engine.evaluate_buffers_blocking(&b, &ex, &host).unwrap(), "buffer input");
+    // over the whole batch the sort cannot be split: a limit error that says so
+    match engine.evaluate_blocking(&input, &parse(&["lovasz"]), true) {
+        Err(Error::Limit { what, .. }) => assert!(what.contains("per_image=false"), "{what}"),
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+}
