@@ -315,7 +315,6 @@ impl<'e, 'a> Batch<'e, 'a> {
         // host inputs: each set's logits one after the other, then its target words, packed into
         // upload buffers at aligned offsets; a new buffer when one would pass the size limit
         let max_buffer = gpu.limits.max_buffer_size;
-        let max_binding = crate::stats::binding_limit(&gpu);
         // bytes of each upload buffer, and what goes where: (buffer, offset, group, logits?)
         let mut packs: Vec<u64> = Vec::new();
         let mut writes: Vec<(usize, u64, usize, bool)> = Vec::new();
@@ -342,11 +341,11 @@ impl<'e, 'a> Batch<'e, 'a> {
             let per_t = (nwords * 4) as u64;
             let k = set.len() as u64;
             let (lbytes, tbytes) = (per_l * k, per_t * k);
-            // (a set of several has no Lovász loss: `coalesce`)
             let exprs: Vec<LossExpr> =
                 groups[set[0]].items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
-            let lse = crate::stats::lse_beside_weights(&exprs, first.mode(), first.kind());
-            if lbytes > crate::stats::logits_budget(&gpu, first.classes(), lse) || tbytes > max_binding {
+            let mut shape = first.shape().to_vec();
+            shape[0] *= set.len();
+            if crate::stats::needs_pieces(&gpu, &shape, first.mode(), first.kind(), &exprs, tbytes) {
                 // a single input (sets of several stay within the limit): evaluated in pieces
                 // after this submission, unless it has already failed
                 split.extend(set.iter().copied().filter(|&gi| failed[gi].is_none()));

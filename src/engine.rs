@@ -263,12 +263,10 @@ impl<'a> BufferInput<'a> {
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
-    /// Whether the logits or the targets are larger than the binding `gpu` plans with, for
-    /// `exprs` ([`crate::stats::logits_budget`]).
+    /// Whether the input must be evaluated in pieces for `exprs` on `gpu`
+    /// ([`crate::stats::needs_pieces`]).
     pub(crate) fn past_limit(&self, gpu: &Gpu, exprs: &[LossExpr]) -> bool {
-        let lse = crate::stats::lse_beside_weights(exprs, self.mode(), self.kind());
-        self.logits.bytes() > crate::stats::logits_budget(gpu, self.shape.get(1).copied().unwrap_or(1), lse)
-            || self.target.slice().bytes() > crate::stats::binding_limit(gpu)
+        crate::stats::needs_pieces(gpu, &self.shape, self.mode, self.kind, exprs, self.target.slice().bytes())
     }
     /// The logits' slice.
     pub fn logits_slice(&self) -> &BufferSlice<'a> {
@@ -837,8 +835,8 @@ impl Engine {
             GradMode::DeviceOnly => Dest::Scratch,
         };
         let gs = vec![g; exprs.len()];
-        let lse = crate::stats::lse_beside_weights(exprs, input.mode(), input.kind());
-        let over = (input.logits().len() * 4) as u64 > crate::stats::logits_budget(gpu, input.classes(), lse);
+        let target_bytes = prep.target.as_ref().map_or(0, wgpu::Buffer::size);
+        let over = crate::stats::needs_pieces(gpu, input.shape(), input.mode(), input.kind(), exprs, target_bytes);
         let (Some(l), Some(t), false) = (&prep.logits, &prep.target, over) else {
             // an input past the device's limits, or uploaded whole but past them for these
             // expressions (the CPU engine returned above); a device-only gradient is computed

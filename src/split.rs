@@ -73,10 +73,10 @@ impl Piece {
 /// The most pieces an input is split into.
 pub(crate) const MAX_PIECES: usize = 1 << 16;
 
-/// Cuts `[n, c, s]` f32 logits into pieces of at most `limit` bytes each: runs of whole images
-/// (as few pieces as fit, of balanced sizes), or, when one image does not fit, ranges of its
-/// pixels; more than [`MAX_PIECES`] is a limit error.
-pub(crate) fn pieces(n: usize, c: usize, s: usize, limit: u64) -> Result<Vec<Piece>, Error> {
+/// Cuts `[n, c, s]` f32 logits into pieces of at most `limit` bytes and `max_images` images
+/// each: runs of whole images (as few pieces as fit, of balanced sizes), or, when one image does
+/// not fit, ranges of its pixels; more than [`MAX_PIECES`] is a limit error.
+pub(crate) fn pieces(n: usize, c: usize, s: usize, limit: u64, max_images: usize) -> Result<Vec<Piece>, Error> {
     // a binding limit set far below the device's (EngineOptions::max_binding_bytes) cannot make
     // more pieces than this: each is a submission of its own
     let too_many = |count: usize| Error::Limit {
@@ -86,7 +86,7 @@ pub(crate) fn pieces(n: usize, c: usize, s: usize, limit: u64) -> Result<Vec<Pie
     };
     let image = (c * s * 4) as u64;
     if image <= limit {
-        let per = (limit / image).max(1) as usize;
+        let per = ((limit / image).max(1) as usize).min(max_images.max(1));
         let count = n.div_ceil(per);
         if count > MAX_PIECES {
             return Err(too_many(count));
@@ -182,7 +182,7 @@ mod tests {
         for &(n, c, s, limit) in
             &[(7usize, 3usize, 100usize, 4000u64), (5, 2, 64, 512), (1, 21, 1000, 21 * 4 * 300), (3, 1, 10, 1 << 20)]
         {
-            let ps = pieces(n, c, s, limit).unwrap();
+            let ps = pieces(n, c, s, limit, usize::MAX).unwrap();
             let mut seen = vec![0usize; n * s];
             for p in &ps {
                 assert!((p.images() * c * p.pixels(s) * 4) as u64 <= limit, "{p:?} over {limit}");
@@ -193,21 +193,29 @@ mod tests {
             }
             assert!(seen.iter().all(|&k| k == 1), "{n}x{c}x{s} under {limit}: {ps:?}");
         }
-        assert!(matches!(pieces(1, 4, 10, 8), Err(Error::Limit { .. })));
+        assert!(matches!(pieces(1, 4, 10, 8, usize::MAX), Err(Error::Limit { .. })));
         // a limit far below the input: a limit error, not millions of pieces
-        match pieces(1 << 20, 1, 1 << 8, 4) {
+        match pieces(1 << 20, 1, 1 << 8, 4, usize::MAX) {
             Err(Error::Limit { needed, max, .. }) => assert!(needed > max && max == MAX_PIECES as u64),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(pieces(1, 1, 1 << 28, 4), Err(Error::Limit { .. })));
-        assert_eq!(pieces(1, 1, MAX_PIECES, 4).unwrap().len(), MAX_PIECES);
+        assert!(matches!(pieces(1, 1, 1 << 28, 4, usize::MAX), Err(Error::Limit { .. })));
+        assert_eq!(pieces(1, 1, MAX_PIECES, 4, usize::MAX).unwrap().len(), MAX_PIECES);
+        // at most max_images images a piece, balanced, whatever the bytes allow
+        let ps = pieces(10, 2, 4, 1 << 20, 3).unwrap();
+        let sizes: Vec<usize> = ps.iter().map(Piece::images).collect();
+        assert_eq!(sizes, [3, 3, 2, 2]);
     }
 
     #[test]
     fn runs_and_global_indices_agree_with_the_gather() {
         let (n, c, s) = (2, 3, 10);
         let data: Vec<usize> = (0..n * c * s).collect();
-        for p in pieces(n, c, s, (c * 4 * 4) as u64).unwrap().into_iter().chain(pieces(n, c, s, 1 << 20).unwrap()) {
+        for p in pieces(n, c, s, (c * 4 * 4) as u64, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .chain(pieces(n, c, s, 1 << 20, usize::MAX).unwrap())
+        {
             let got = gather(&data, c, s, p);
             for (i, &v) in got.iter().enumerate() {
                 assert_eq!(p.global(i, c, s), v);
@@ -223,7 +231,7 @@ mod tests {
         let (n, c, s) = (2, 3, 10);
         let data: Vec<f32> = (0..n * c * s).map(|i| i as f32).collect();
         let mut back = vec![0f32; data.len()];
-        for p in pieces(n, c, s, (c * 4 * 4) as u64).unwrap() {
+        for p in pieces(n, c, s, (c * 4 * 4) as u64, usize::MAX).unwrap() {
             scatter(&mut back, &gather(&data, c, s, p), c, s, p);
         }
         assert_eq!(back, data);

@@ -712,6 +712,39 @@ pub(crate) fn logits_budget(gpu: &Gpu, classes: usize, lse: bool) -> u64 {
     }
 }
 
+/// The most images one evaluation, or one piece of it, holds: the statistics, reduction and
+/// gradient passes take a workgroup row per image (softmax; sigmoid planes are dispatched in runs
+/// of rows), and a per-image Lovász loss a segment per image (per image and class under softmax),
+/// each in one dimension of at most `max_compute_workgroups_per_dimension` workgroups.
+pub(crate) fn max_images(gpu: &Gpu, plan: &StatsPlan, classes: usize) -> usize {
+    let rows = gpu.limits.max_compute_workgroups_per_dimension as usize;
+    let per_image = if plan.lovasz.iter().any(|l| l.per_image) {
+        plan::lovasz_segments(plan.softmax, true, 1, classes, 1).0
+    } else {
+        1
+    };
+    (rows / per_image.max(1)).max(1)
+}
+
+/// Whether a batch of `shape` must be evaluated in pieces for `exprs`: logits past
+/// [`logits_budget`], target words (`target_bytes`) past the binding limit, or more images
+/// than [`max_images`].
+pub(crate) fn needs_pieces(
+    gpu: &Gpu,
+    shape: &[usize],
+    mode: Mode,
+    kind: InputKind,
+    exprs: &[LossExpr],
+    target_bytes: u64,
+) -> bool {
+    let (n, c) = (shape[0], shape[1]);
+    let logits = (shape.iter().product::<usize>() * 4) as u64;
+    let plan = StatsPlan::new(exprs, c, mode == Mode::Multiclass);
+    logits > logits_budget(gpu, c, lse_beside_weights(exprs, mode, kind))
+        || target_bytes > binding_limit(gpu)
+        || n > max_images(gpu, &plan, c)
+}
+
 /// The pieces of `input` on `gpu`; Lovász losses that cannot run on them are a limit error.
 fn pieces_for(gpu: &Gpu, input: &Input<'_>, plan: &StatsPlan) -> Result<Vec<Piece>, Error> {
     pieces_of(gpu, input.shape(), plan, input.kind())
@@ -721,15 +754,27 @@ fn pieces_for(gpu: &Gpu, input: &Input<'_>, plan: &StatsPlan) -> Result<Vec<Piec
 fn pieces_of(gpu: &Gpu, shape: &[usize], plan: &StatsPlan, kind: InputKind) -> Result<Vec<Piece>, Error> {
     let (n, c, s) = (shape[0], shape[1], shape[2..].iter().product::<usize>());
     let limit = logits_budget(gpu, c, plan.softmax && !plan.lovasz.is_empty() && kind == InputKind::Logits);
-    let pieces = split::pieces(n, c, s, limit)?;
+    let most = max_images(gpu, plan, c);
+    let pieces = split::pieces(n, c, s, limit, most)?;
     let bytes = (c * s * 4) as u64;
     if pieces.len() > 1 {
         if plan.lovasz.iter().any(|l| !l.per_image) {
-            return Err(Error::Limit {
-                what: "lovasz with per_image=false (its sort spans the whole batch, which does not fit one binding)"
-                    .into(),
-                needed: bytes * n as u64,
-                max: limit,
+            return Err(if bytes * n as u64 > limit {
+                Error::Limit {
+                    what:
+                        "lovasz with per_image=false (its sort spans the whole batch, which does not fit one binding)"
+                            .into(),
+                    needed: bytes * n as u64,
+                    max: limit,
+                }
+            } else {
+                Error::Limit {
+                    what: "lovasz with per_image=false over more images than one dispatch holds (its sort spans the \
+                           whole batch)"
+                        .into(),
+                    needed: n as u64,
+                    max: most as u64,
+                }
             });
         }
         if !plan.lovasz.is_empty() && matches!(pieces[0], Piece::Pixels { .. }) {

@@ -2255,3 +2255,57 @@ fn lovasz_softmax_whose_weights_pass_the_binding_is_split_though_its_logits_fit(
         other => panic!("expected a limit error, got {other:?}"),
     }
 }
+
+#[test]
+fn more_images_than_a_dispatch_dimension_holds_are_evaluated_in_pieces() {
+    // a device of at most 64 workgroups per dimension: the softmax passes take a workgroup row
+    // per image, the reduction one per image of every mode, and a per-image Lovász-Softmax one
+    // segment per image and class. 130 images were a limit error ("stats workgroups per
+    // dimension"); now pieces of at most 64 images (21 under per-image Lovász-Softmax of 3 classes)
+    let (info, device, queue) =
+        caller_device_with(|l| l.max_compute_workgroups_per_dimension = 64, wgpu::Features::empty());
+    let engine = Engine::from_device_blocking(&info, device, queue).expect("engine");
+    let mut r = Rng(41);
+    let check = |input: &Input, ex: &[LossExpr], got: &[Evaluation], what: &str| {
+        for (e, g) in ex.iter().zip(got) {
+            let want = reference::evaluate(input, e).unwrap();
+            assert!(
+                (g.value - want.value).abs() <= 1e-5 + 1e-4 * want.value.abs(),
+                "{what} '{e}': {} against {}",
+                g.value,
+                want.value
+            );
+            let grad = g.grad.as_ref().expect("gradient");
+            let worst = grad.iter().zip(&want.grad).map(|(&a, &b)| (f64::from(a) - b).abs()).fold(0.0, f64::max);
+            assert!(worst < 1e-5, "{what} '{e}': gradient off by {worst}");
+        }
+    };
+    let logits: Vec<f32> = (0..130 * 3 * 16).map(|_| (r.normal() * 3.0) as f32).collect();
+    let labels: Vec<i64> = (0..130 * 16).map(|_| r.below(3) as i64).collect();
+    let multiclass = Input::labels(&logits, &labels, &[130, 3, 4, 4], None).unwrap();
+    let ex = parse(&["ce", "0.5*ce+0.5*dice", "lovasz:per_image=true"]);
+    check(&multiclass, &ex, &engine.evaluate_blocking(&multiclass, &ex, true).unwrap(), "multiclass");
+    let target: Vec<f32> = (0..130 * 16).map(|_| f32::from(u8::from(r.uniform() < 0.3))).collect();
+    let binary = Input::dense(&logits[..130 * 16], &target, &[130, 1, 4, 4], Mode::Binary).unwrap();
+    let ex = parse(&["bce", "dice", "lovasz:per_image=true"]);
+    check(&binary, &ex, &engine.evaluate_blocking(&binary, &ex, true).unwrap(), "binary");
+    let mut batch = engine.batch();
+    let p = batch.push(&binary, &ex, true).unwrap();
+    batch.flush_blocking().unwrap();
+    check(&binary, &ex, &p.wait().unwrap(), "batched");
+    let metrics: Vec<segloss::metrics::Metric> =
+        ["iou", "dice:reduction=none", "hd"].iter().map(|t| t.parse().unwrap()).collect();
+    let (_, got) = engine.evaluate_with_metrics_blocking(&multiclass, &[], false, &metrics).unwrap();
+    for (m, g) in metrics.iter().zip(&got) {
+        let want = segloss::metrics::reference::evaluate(&multiclass, m).unwrap();
+        assert_eq!(g.as_ref().unwrap().value, want.value, "{m}");
+    }
+    // the whole batch's Lovász cannot be split: a limit error that names the images
+    match engine.evaluate_blocking(&multiclass, &parse(&["lovasz"]), true) {
+        Err(Error::Limit { what, needed, max }) => {
+            assert!(what.contains("images"), "{what}");
+            assert_eq!((needed, max), (130, 64));
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+}

@@ -104,8 +104,12 @@ impl Engine {
         check_hard_labels(exprs, input.hard_labels())?;
         crate::input::check_neg_inf(input, exprs)?;
         let prep = self.prepare(input.clone())?;
-        let Some((lb, tb)) = prep.buffers() else {
-            // past the binding limit: the losses in pieces, the metrics on the CPU reference
+        let whole = prep
+            .buffers()
+            .filter(|(_, tb)| !crate::stats::needs_pieces(gpu, input.shape(), mode, input.kind(), exprs, tb.size()));
+        let Some((lb, tb)) = whole else {
+            // past the binding limit, or more images than a dispatch holds: the losses in
+            // pieces, the metrics on the CPU reference
             let evals = self.evaluate(input, exprs, grads).await?;
             return Ok((evals, checked.into_iter().map(|m| m.and_then(on_cpu)).collect()));
         };
