@@ -35,8 +35,11 @@ var<workgroup> tile_total: array<atomic<u32>, 3>;
 
 @compute @workgroup_size(256)
 fn compact_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x;
+    let tile = wid.x + wid.z * LP.fold;
     let seg = wid.y;
+    if tile >= LP.tiles {
+        return;
+    }
     if lid < 3u {
         atomicStore(&tile_total[lid], 0u);
     }
@@ -101,8 +104,11 @@ fn compact_scan_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgr
 // Kept elements to the front of their segment, in their original order.
 @compute @workgroup_size(256)
 fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x;
+    let tile = wid.x + wid.z * LP.fold;
     let seg = wid.y;
+    if tile >= LP.tiles {
+        return;
+    }
     var k: array<u32, CIPT>;
     var v: array<u32, CIPT>;
     var kept = 0u;
@@ -232,9 +238,10 @@ fn compact_args(@builtin(local_invocation_index) lid: u32) {
     workgroupBarrier();
     if lid == 0u {
         let tiles = max(1u, (atomicLoad(&longest) + CT - 1u) / CT);
-        vals_out[0] = tiles;
+        // (folded past the device's limit in x: tile = x + z fold)
+        vals_out[0] = min(tiles, LP.fold);
         vals_out[1] = LP.segs;
-        vals_out[2] = 1u;
+        vals_out[2] = (tiles + LP.fold - 1u) / LP.fold;
         vals_out[4] = (tiles + STW - 1u) / STW;
         vals_out[5] = LP.segs;
         vals_out[6] = 1u;

@@ -47,8 +47,11 @@ fn wg_sum(lid: u32, v: f32) -> f32 {
 // Foreground and background counts of each sorted tile.
 @compute @workgroup_size(256)
 fn lovasz_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x;
+    let tile = wid.x + wid.z * LP.fold;
     let seg = wid.y;
+    if tile >= LP.tiles {
+        return;
+    }
     // the segment's sorted elements (compact.wgsl left their count in .x); what follows them in
     // the compacted arrays is not written
     let kept = min(segsum[seg].x, LP.len);
@@ -99,8 +102,11 @@ fn lovasz_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
 // Jaccard weight of every sorted position, scattered to its element; value partial per tile.
 @compute @workgroup_size(256)
 fn lovasz_weights(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x;
+    let tile = wid.x + wid.z * LP.fold;
     let seg = wid.y;
+    if tile >= LP.tiles {
+        return;
+    }
     var k: array<u32, LIPT>;
     var v: array<u32, LIPT>;
     var cnt = vec2<u32>(0u);

@@ -31,6 +31,9 @@ struct LovParams {
     // (gpu::lovasz::HingeGrad), which is then d loss / d x bit for bit as grad.wgsl computes it
     fg_mul: f32,
     bg_mul: f32,
+    // the workgroup kernels' tile grid, folded past the device's limit in x: tile = x + z fold
+    // (gpu::lovasz::tile_grid); a workgroup past the last tile does nothing
+    fold: u32,
 }
 
 // The Jaccard weight of a sorted position with label counts c (fg: (1, 0), bg: (0, 1)), the

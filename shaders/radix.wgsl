@@ -19,7 +19,7 @@ fn digit(k: u32) -> u32 {
 // Digit histogram of each tile (integer atomics in shared memory: the counts are exact).
 @compute @workgroup_size(256)
 fn radix_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x;
+    let tile = wid.x + wid.z * SP.fold;
     let seg = wid.y;
     let n = seg_len(seg);
     if tile * T >= n {
@@ -107,7 +107,7 @@ fn radix_digits(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
 // items of that digit.
 @compute @workgroup_size(256)
 fn radix_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x;
+    let tile = wid.x + wid.z * SP.fold;
     let seg = wid.y;
     let n = seg_len(seg);
     if tile * T >= n {

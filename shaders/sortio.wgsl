@@ -10,7 +10,7 @@ struct SortParams {
                  // bitonic: the rest becomes padding)
     bits: u32,   // the radix tile kernels' digit width (8 or 11 bits; the workgroup kernels' is 8)
     tile: u32,   // the radix tile kernels' keys per tile
-    pad: u32,
+    fold: u32,   // the workgroup kernels' tile grid past the device's limit: tile = x + z fold
 }
 
 @group(0) @binding(0) var<uniform> SP: SortParams;

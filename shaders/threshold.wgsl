@@ -24,8 +24,11 @@ var<workgroup> tile_min: atomic<u32>;
 // depend on the order of the atomics), then one global atomic per tile.
 @compute @workgroup_size(256)
 fn lovasz_threshold(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x;
+    let tile = wid.x + wid.z * LP.fold;
     let seg = wid.y;
+    if tile >= LP.tiles {
+        return;
+    }
     if lid == 0u {
         atomicStore(&tile_fg, 0u);
         atomicStore(&tile_min, 0u);
@@ -58,8 +61,11 @@ fn lovasz_threshold(@builtin(local_invocation_index) lid: u32, @builtin(workgrou
 // Marks the background elements past the threshold as dropped.
 @compute @workgroup_size(256)
 fn lovasz_drop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = wid.x;
+    let tile = wid.x + wid.z * LP.fold;
     let seg = wid.y;
+    if tile >= LP.tiles {
+        return;
+    }
     let t = drop_threshold(atomicLoad(&thr[2u * seg]), atomicLoad(&thr[2u * seg + 1u]));
     for (var r = 0u; r < HIPT; r++) {
         let j = tile * HT + r * 256u + lid;

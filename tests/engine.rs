@@ -2309,3 +2309,44 @@ fn more_images_than_a_dispatch_dimension_holds_are_evaluated_in_pieces() {
         other => panic!("expected a limit error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_lovasz_segment_of_more_tiles_than_a_dispatch_dimension_holds_folds_its_grid() {
+    // the workgroup kernels of GPUs take a workgroup per 2048 elements of a segment: past the
+    // device's limit in x (65535 on most, so a single segment of 2^27 elements: a hinge over
+    // 8 x 4096 x 4096) their grid folds into z. A device of 64 workgroups per dimension folds
+    // segments past 2^17 elements; the values and gradient bits equal an unfolded device's.
+    let (info, device, queue) =
+        caller_device_with(|l| l.max_compute_workgroups_per_dimension = 64, wgpu::Features::empty());
+    let folded = Engine::from_device_blocking(&info, device, queue).expect("engine");
+    let plain = Engine::gpu_blocking().expect("engine");
+    for e in [&folded, &plain] {
+        e.set_tile_scatter(false);
+    }
+    let mut r = Rng(43);
+    let logits: Vec<f32> = (0..4 * 3 * 256 * 256).map(|_| (r.normal() * 2.0) as f32).collect();
+    let target: Vec<f32> = (0..512 * 512).map(|_| f32::from(u8::from(r.uniform() < 0.3))).collect();
+    let labels: Vec<i64> = (0..4 * 256 * 256).map(|_| r.below(3) as i64).collect();
+    let hinge = Input::dense(&logits[..512 * 512], &target, &[1, 1, 512, 512], Mode::Binary).unwrap();
+    let softmax = Input::labels(&logits, &labels, &[4, 3, 256, 256], None).unwrap();
+    for (input, texts) in [(&hinge, ["lovasz", "bce+lovasz"]), (&softmax, ["lovasz", "0.5*ce+0.5*lovasz"])] {
+        let ex = parse(&texts);
+        let a = folded.evaluate_blocking(input, &ex, true).unwrap();
+        let b = plain.evaluate_blocking(input, &ex, true).unwrap();
+        for ((x, y), t) in a.iter().zip(&b).zip(texts) {
+            let want = reference::evaluate(input, &t.parse().unwrap()).unwrap();
+            assert!((x.value - want.value).abs() <= 1e-5 * want.value.abs(), "{t}: {} against {}", x.value, want.value);
+            assert_eq!(x.value.to_bits(), y.value.to_bits(), "{t}");
+            let (gx, gy) = (x.grad.as_ref().unwrap(), y.grad.as_ref().unwrap());
+            assert!(gx.iter().zip(gy).all(|(p, q)| p.to_bits() == q.to_bits()), "{t}: gradient bits");
+        }
+    }
+    // the radix sort alone, one segment of 2^18 keys (128 tiles)
+    let keys: Vec<u32> = (0..1u32 << 18).map(|i| i.wrapping_mul(2_654_435_761) >> 3).collect();
+    let (sorted, idx) =
+        folded.sort_segments_with_blocking(&keys, keys.len(), segloss::internals::SortAlgo::Radix).unwrap();
+    let mut want: Vec<u32> = (0..keys.len() as u32).collect();
+    want.sort_by_key(|&i| keys[i as usize]);
+    assert_eq!(idx, want);
+    assert!(sorted.windows(2).all(|w| w[0] <= w[1]));
+}

@@ -22,11 +22,14 @@ struct LovParams {
     /// background elements (1: the weights; the hinge's gradient: see [`HingeGrad`])
     fg_mul: f32,
     bg_mul: f32,
-    pad: [u32; 2],
+    /// The workgroups in x of a tile grid folded into z past the device's limit
+    /// ([`tile_grid`]): tile = x + z fold.
+    fold: u32,
+    pad: u32,
 }
 
 impl LovParams {
-    fn new(len: usize, segs: usize, tiles: usize, per_image: bool) -> Self {
+    fn new(len: usize, segs: usize, tiles: usize, per_image: bool, fold: u32) -> Self {
         LovParams {
             len: len as u32,
             segs: segs as u32,
@@ -34,9 +37,19 @@ impl LovParams {
             per_image: u32::from(per_image),
             fg_mul: 1.0,
             bg_mul: 1.0,
-            pad: [0; 2],
+            fold,
+            pad: 0,
         }
     }
+}
+
+/// The grid of `tiles` workgroups of 2048 elements per segment over `segs` segments: `(tiles,
+/// segs, 1)`, or, past `fold` workgroups in x (the device's limit), `(fold, segs, z)` with tile =
+/// x + z fold, which the kernels past the last tile skip (a single segment of 2^27 elements
+/// or more, on a GPU).
+pub(crate) fn tile_grid(tiles: usize, segs: usize, fold: u32) -> Grid {
+    let fold = fold.max(1) as usize;
+    Grid::Direct(tiles.min(fold) as u32, segs as u32, tiles.div_ceil(fold) as u32)
 }
 
 /// The Lovász hinge's gradient written by the weights pass itself, where the hinge is its
@@ -144,10 +157,11 @@ impl Gpu {
         let (n, c, s) = (inp.n, inp.c, inp.s);
         let (segs, len) = plan::lovasz_segments(inp.softmax, per_image, n, c, s);
         let maxd = self.limits.max_compute_workgroups_per_dimension as usize;
-        if len.div_ceil(SORT_TILE) > maxd || segs > maxd {
+        // (a segment's tiles fold into a second dimension: tile_grid)
+        if segs > maxd || len.div_ceil(SORT_TILE) > maxd * maxd {
             return Err(Error::Limit {
                 what: format!("lovasz: workgroups per dimension for {segs} segments of {len} elements"),
-                needed: len.div_ceil(SORT_TILE).max(segs) as u64,
+                needed: segs.max(len.div_ceil(SORT_TILE).div_ceil(maxd)) as u64,
                 max: maxd as u64,
             });
         }
@@ -186,7 +200,7 @@ impl Gpu {
         let pb = rec.uniform(&inp.params);
         // 1. keys and payloads (softmax: a workgroup row per image; hinge: per (image, channel)
         // plane)
-        let lp = rec.uniform(&LovParams::new(len, segs, 1, per_image));
+        let lp = rec.uniform(&LovParams::new(len, segs, 1, per_image, maxd as u32));
         let (gx, gz) = grid(&self.limits, s);
         for &(plane0, count) in if direct_hinge { &[][..] } else { inp.rows } {
             let pr = rec.uniform(&Params { plane0, ..inp.params });
@@ -213,8 +227,8 @@ impl Gpu {
         }
         // (the hinge's gradient: d relu(1 - x (2g - 1)) / d x times the coefficient)
         let (fg_mul, bg_mul) = grad.map_or((1.0, 1.0), |g| (-g.coef, g.coef));
-        let lp = rec.uniform(&LovParams { fg_mul, bg_mul, ..LovParams::new(len, segs, tiles, per_image) });
-        let seg_grid = Grid::Direct(tiles as u32, segs as u32, 1);
+        let lp = rec.uniform(&LovParams { fg_mul, bg_mul, ..LovParams::new(len, segs, tiles, per_image, maxd as u32) });
+        let seg_grid = tile_grid(tiles, segs, maxd as u32);
         // the CPU adapters' tile kernels: SCATTER_TILES_WG tiles per workgroup
         let groups = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
         // 2. Lovász-Softmax: background past each segment's last foreground element has weight

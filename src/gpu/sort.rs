@@ -32,7 +32,8 @@ struct SortParams {
     bits: u32,
     /// the radix tile kernels' keys per tile
     tile: u32,
-    pad: u32,
+    /// the workgroups in x of the workgroup kernels' folded tile grid (`lovasz::tile_grid`)
+    fold: u32,
 }
 
 /// Sorted keys (and payloads) live in `a`; `b` is scratch of the same size. Each pair is
@@ -96,7 +97,7 @@ impl Gpu {
             // without per-segment lengths the binding is not read, but must hold one vec4
             None => (
                 rec.scratch(16, "sort lengths")?,
-                Grid::Direct(tiles as u32, segs as u32, 1),
+                crate::gpu::lovasz::tile_grid(tiles, segs, self.limits.max_compute_workgroups_per_dimension),
                 Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1),
             ),
         };
@@ -129,7 +130,7 @@ impl Gpu {
             varlen: varlen_flag,
             bits,
             tile: tile as u32,
-            pad: 0,
+            fold: self.limits.max_compute_workgroups_per_dimension,
         };
         if bitonic && len <= BITONIC_MAX {
             // one workgroup per segment, sorting `a` in place (`b` is bound but unused)
