@@ -297,19 +297,46 @@ impl<'e, 'a> Batch<'e, 'a> {
                 None => groups.push(Group { items: vec![i] }),
             }
         }
-        let mut failed: Vec<Option<Error>> = vec![None; groups.len()];
-
-        for (gi, g) in groups.iter().enumerate() {
-            if let ItemSrc::Host(input) = &items[g.items[0]].src {
-                let lovasz = g.items.iter().any(|&i| items[i].exprs.iter().any(|e| e.has_lovasz()));
-                let exprs: Vec<LossExpr> = g.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
-                // (hard_labels reads the whole target: only when a Lovász loss needs it; the -inf
-                // checks run only on an input with -inf)
-                failed[gi] = if lovasz { check_hard_labels(&exprs, input.hard_labels()) } else { Ok(()) }
-                    .and_then(|_| crate::input::check_neg_inf(input, &exprs))
-                    .err();
-            }
+        // each evaluation's own checks, so that a request its input cannot serve fails that
+        // evaluation alone, not the others on the same input (a Lovász loss on soft labels
+        // beside a Dice loss, a gradient slice of the wrong length beside a good one)
+        for g in &mut groups {
+            // (hard_labels reads the whole target: once per input, where a Lovász loss needs it;
+            // the -inf checks run only on an input with -inf)
+            let mut hard = None;
+            g.items.retain(|&i| {
+                let it = &items[i];
+                let checked = match &it.src {
+                    ItemSrc::Host(input) => if it.exprs.iter().any(LossExpr::has_lovasz) {
+                        check_hard_labels(&it.exprs, *hard.get_or_insert_with(|| input.hard_labels()))
+                    } else {
+                        Ok(())
+                    }
+                    .and_then(|_| crate::input::check_neg_inf(input, &it.exprs)),
+                    ItemSrc::Buffers(b) => {
+                        let numel = b.shape().iter().product::<usize>() as u64;
+                        let mut seen = Vec::new();
+                        it.grads.iter().try_for_each(|g| match g {
+                            GradOut::Write(sl) | GradOut::Add(sl) => {
+                                distinct_slice(&mut seen, sl)?;
+                                let add = matches!(g, GradOut::Add(_));
+                                crate::engine::check_grad_slice(&gpu, Some(b), sl, add, numel).map(drop)
+                            }
+                            GradOut::Skip | GradOut::Host => Ok(()),
+                        })
+                    }
+                };
+                match checked {
+                    Ok(()) => true,
+                    Err(e) => {
+                        deliver(&mut txs, i, Err(e));
+                        false
+                    }
+                }
+            });
         }
+        groups.retain(|g| !g.items.is_empty());
+        let mut failed: Vec<Option<Error>> = vec![None; groups.len()];
         let sets = coalesce(&items, &groups, &failed, &gpu.limits, crate::stats::binding_limit(&gpu));
 
         // host inputs: each set's logits one after the other, then its target words, packed into

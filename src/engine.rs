@@ -1338,37 +1338,14 @@ pub(crate) fn grad_targets(
             GradOut::Skip => GradTo::Skip,
             GradOut::Host => GradTo::Host,
             GradOut::Write(sl) | GradOut::Add(sl) => {
-                check_slice(gpu, "gradient", sl, wgpu::BufferUsages::STORAGE)?;
-                if sl.len != numel {
-                    return Err(Error::Shape(format!(
-                        "the gradient slice has {} elements but the logits have {numel}",
-                        sl.len
-                    )));
-                }
                 let accumulate = matches!(g, GradOut::Add(_));
-                let mut shares = false;
-                if let Source::Buffers(b) = src {
-                    for (what, other) in [("logits", b.logits), ("target", b.target.slice())] {
-                        if overlaps(sl, &other) {
-                            return Err(Error::Buffer(format!("the gradient slice overlaps the {what} slice")));
-                        }
-                        shares |= sl.buffer == other.buffer;
-                    }
-                }
+                let input: Option<&BufferInput<'_>> = match src {
+                    Source::Buffers(b) => Some(*b),
+                    _ => None,
+                };
+                let shares = check_grad_slice(gpu, input, sl, accumulate, numel)?;
                 let caller = rec.external(sl.buffer, sl.offset, sl.bytes());
                 if shares {
-                    // another part of the input's buffer (a framework's memory pool): the
-                    // gradient pass writes scratch, which a kernel copies into the caller's slice
-                    // after it unless the input is bad (a gradient added to the slice starts from
-                    // a copy of it)
-                    let usage =
-                        if accumulate { wgpu::BufferUsages::COPY_SRC } else { wgpu::BufferUsages::empty() };
-                    if !sl.buffer.usage().contains(usage) {
-                        return Err(Error::Buffer(format!(
-                            "the gradient slice shares its buffer with the input, and then needs usage {usage:?}; it has {:?}",
-                            sl.buffer.usage()
-                        )));
-                    }
                     // (the gradient pass copies the slice in first when it adds to it)
                     let scratch = rec.scratch(sl.bytes(), "gradient beside the input")?;
                     GradTo::Into { slice: scratch, accumulate, copy_to: Some(caller) }
@@ -1379,6 +1356,41 @@ pub(crate) fn grad_targets(
         });
     }
     Ok(to)
+}
+
+/// The checks of a caller's gradient slice of `numel` elements: usage, alignment, length, no
+/// overlap with the input's slices. Returns whether it shares a buffer with the input (a
+/// framework's memory pool): the gradient pass then writes scratch, which a kernel copies into
+/// the slice after it unless the input is bad (a gradient added to the slice starts from a copy
+/// of it, so the buffer needs `COPY_SRC`).
+pub(crate) fn check_grad_slice(
+    gpu: &Gpu,
+    input: Option<&BufferInput<'_>>,
+    sl: &BufferSlice<'_>,
+    accumulate: bool,
+    numel: u64,
+) -> Result<bool, Error> {
+    check_slice(gpu, "gradient", sl, wgpu::BufferUsages::STORAGE)?;
+    if sl.len != numel {
+        return Err(Error::Shape(format!("the gradient slice has {} elements but the logits have {numel}", sl.len)));
+    }
+    let mut shares = false;
+    if let Some(b) = input {
+        for (what, other) in [("logits", b.logits), ("target", b.target.slice())] {
+            if overlaps(sl, &other) {
+                return Err(Error::Buffer(format!("the gradient slice overlaps the {what} slice")));
+            }
+            shares |= sl.buffer == other.buffer;
+        }
+    }
+    let usage = if accumulate { wgpu::BufferUsages::COPY_SRC } else { wgpu::BufferUsages::empty() };
+    if shares && !sl.buffer.usage().contains(usage) {
+        return Err(Error::Buffer(format!(
+            "the gradient slice shares its buffer with the input, and then needs usage {usage:?}; it has {:?}",
+            sl.buffer.usage()
+        )));
+    }
+    Ok(shares)
 }
 
 fn check_slice(gpu: &Gpu, what: &str, s: &BufferSlice<'_>, usage: wgpu::BufferUsages) -> Result<(), Error> {

@@ -1255,6 +1255,31 @@ fn a_bad_evaluation_in_a_batch_fails_alone() {
     assert!(matches!(c.wait(), Err(Error::TargetValue(_))), "soft labels for lovasz are a typed error");
     assert_eq!(d.wait().unwrap()[0].value.to_bits(), expected[0].value.to_bits());
 
+    // on one input, a request it cannot serve fails alone: Lovász on soft labels beside a Dice
+    // loss; a gradient slice of the wrong length beside a good one (both failed with the
+    // other's error: the input's checks took the union of its requests)
+    let soft_expected = engine.evaluate_blocking(&soft_input, &exprs, false).unwrap();
+    let grad_buf = buffer_with(device, &vec![0u32; 2 * numel as usize], 0);
+    let good_buf = buffer_with(device, bytemuck::cast_slice(&good.logits), 0);
+    let good_in = BufferInput::new(
+        BufferSlice::new(&good_buf, 0, numel),
+        TargetBuffer::Dense(BufferSlice::new(&tgt_buf, 0, numel)),
+        &good.shape,
+        Mode::Binary,
+        None,
+    )
+    .unwrap();
+    let mut batch = engine.batch();
+    let e = batch.push(&soft_input, &exprs, false).unwrap();
+    let f = batch.push(&soft_input, &lovasz, false).unwrap();
+    let g = batch.push_buffers(&good_in, &exprs, &[GradOut::Write(BufferSlice::new(&grad_buf, 0, numel))]).unwrap();
+    let h = batch.push_buffers(&good_in, &exprs, &[GradOut::Write(BufferSlice::new(&grad_buf, 0, numel + 1))]).unwrap();
+    batch.flush_blocking().unwrap();
+    assert_eq!(e.wait().unwrap()[0].value.to_bits(), soft_expected[0].value.to_bits());
+    assert!(matches!(f.wait(), Err(Error::TargetValue(_))));
+    assert_eq!(g.wait().unwrap()[0].value.to_bits(), expected[0].value.to_bits());
+    assert!(matches!(h.wait(), Err(Error::Shape(_))));
+
     // a batch dropped before its flush fails its futures
     let mut batch = engine.batch();
     let p = batch.push(&input, &exprs, false).unwrap();
