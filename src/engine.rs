@@ -757,7 +757,7 @@ impl Engine {
     /// ([`BITONIC_CROSSOVER_CPU`] on a CPU adapter, 2048 on a GPU; 0 on the CPU engine).
     pub fn bitonic_crossover(&self) -> usize {
         match &self.backend {
-            Backend::Gpu(g) => g.bitonic_upto,
+            Backend::Gpu(g) => g.bitonic_upto.load(std::sync::atomic::Ordering::Relaxed),
             Backend::Cpu => 0,
         }
     }

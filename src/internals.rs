@@ -206,6 +206,16 @@ impl Engine {
         self.gpu_ref().and_then(|gpu| gpu.subgroup)
     }
 
+    /// The longest segment the Lovász sort gives to the bitonic network (at most 2048; the
+    /// adapter's own choice: [`Engine::bitonic_crossover`]): for tests of the network's
+    /// variable-length segments on a CPU adapter, whose own crossover is 16, and for benchmarks.
+    /// A no-op on the CPU reference.
+    pub fn set_bitonic_crossover(&self, len: usize) {
+        if let Some(gpu) = self.gpu_ref() {
+            gpu.bitonic_upto.store(len.min(shaders::BITONIC_MAX), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Whether the Lovász passes take the CPU adapters' kernels (the default there): a thread per
     /// tile, walked in order, keys and payloads as interleaved items, the hinge's keys computed in
     /// its compaction; or the GPU's (elsewhere): a workgroup per tile after a local sort, two

@@ -91,9 +91,14 @@ fn case(rng: &mut Rng, mode: Mode, shape: Vec<usize>, kind: usize, quantize: boo
 /// Values must agree; gradients must agree except at a few elements whose f32 and f64 errors
 /// order differently (near-ties), and their sums must agree.
 fn compare(c: &Case, texts: &[&str]) {
+    compare_on(common::gpu(), c, texts);
+}
+
+/// [`compare`] on `engine`.
+fn compare_on(engine: &segloss::Engine, c: &Case, texts: &[&str]) {
     let input = c.input();
     let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse().unwrap()).collect();
-    let gpu = common::gpu().evaluate_blocking(&input, &exprs, true).unwrap();
+    let gpu = engine.evaluate_blocking(&input, &exprs, true).unwrap();
     for (e, g) in exprs.iter().zip(gpu) {
         let r = reference::evaluate(&input, e).unwrap();
         let what = format!("'{e}' {} {:?}", c.mode, c.shape);
@@ -438,5 +443,24 @@ fn softmax_on_probabilities_matches_reference() {
         }
         c.kind = InputKind::Probs;
         compare(&c, &["lovasz", "lovasz:per_image=true", "lovasz:classes=all", "0.5*dice+lovasz:per_image=true"]);
+    }
+}
+
+/// A GPU sorts every Lovász segment of up to 2048 elements with the bitonic network, over each
+/// segment's kept elements only (variable lengths, compact.wgsl); lavapipe's own crossover is 16
+/// and its kernels the CPU adapters' tiles. Here the GPU's kernels and crossover run on it.
+#[test]
+fn the_gpu_kernels_with_the_bitonic_network_match_the_reference() {
+    let engine = segloss::Engine::gpu_blocking().unwrap();
+    engine.set_tile_scatter(false);
+    engine.set_bitonic_crossover(2048);
+    assert_eq!(engine.bitonic_crossover(), 2048);
+    let mut rng = Rng(57);
+    for kind in 0..5 {
+        // segments of 1 to 2048 elements: per image (any size up to 45 x 45) and over a batch
+        let shape = vec![1 + rng.below(3), 2 + rng.below(3), 1 + rng.below(45), 1 + rng.below(45)];
+        compare_on(&engine, &case(&mut rng, Mode::Multiclass, shape, kind, kind % 2 == 0), SOFTMAX);
+        let shape = vec![1 + rng.below(3), 1, 1 + rng.below(30), 1 + rng.below(30)];
+        compare_on(&engine, &case(&mut rng, Mode::Binary, shape, kind, kind % 2 == 1), HINGE);
     }
 }

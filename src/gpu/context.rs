@@ -282,7 +282,7 @@ pub(crate) struct Gpu {
     pipelines: Mutex<HashMap<(&'static str, Spec), wgpu::ComputePipeline>>,
     pub pool: Arc<Pool>,
     /// Longest segment the automatic sort choice gives to the bitonic network.
-    pub bitonic_upto: usize,
+    pub bitonic_upto: std::sync::atomic::AtomicUsize,
     /// The radix sort scatters with a thread per tile (`radix_scatter_tiles`): CPU adapters (the
     /// `internals` feature can change it, for tests of the GPU scatter on lavapipe).
     pub tile_scatter: AtomicBool,
@@ -371,7 +371,7 @@ impl Gpu {
             kernels,
             pipelines: Mutex::new(HashMap::new()),
             pool: Arc::new(Pool::default()),
-            bitonic_upto,
+            bitonic_upto: std::sync::atomic::AtomicUsize::new(bitonic_upto),
             tile_scatter: AtomicBool::new(cpu),
             wide_stats: AtomicBool::new(cpu),
             subgroup,

@@ -78,7 +78,7 @@ impl Gpu {
         varlen: Option<(Slice, Slice)>,
     ) -> Result<(Slice, Slice), Error> {
         let bitonic = match algo {
-            SortAlgo::Auto => len <= self.bitonic_upto,
+            SortAlgo::Auto => len <= self.bitonic_upto.load(std::sync::atomic::Ordering::Relaxed),
             SortAlgo::Bitonic => true,
             SortAlgo::Radix => false,
         };
