@@ -2375,3 +2375,33 @@ fn a_lovasz_segment_of_more_tiles_than_a_dispatch_dimension_holds_folds_its_grid
     assert_eq!(idx, want);
     assert!(sorted.windows(2).all(|w| w[0] <= w[1]));
 }
+
+#[test]
+fn a_destroyed_device_gives_typed_errors_and_no_panic_or_hang() {
+    // what a lost device does: wgpu makes invalid buffers and runs mapping callbacks with an
+    // error. Uploads went through wgpu's create_buffer_init, which panicked ("Failed to get
+    // mapped range"); an evaluation prepared before the loss reads back an error
+    let (info, device, queue) = caller_device();
+    let engine = std::sync::Arc::new(Engine::from_device_blocking(&info, device.clone(), queue).expect("engine"));
+    let logits: &'static [f32] = vec![0.5f32; 4096].leak();
+    let target: &'static [f32] = vec![1.0f32; 4096].leak();
+    let input = Input::dense(logits, target, &[1, 1, 64, 64], Mode::Binary).unwrap();
+    let ex = parse(&["bce"]);
+    engine.evaluate_blocking(&input, &ex, false).expect("before the loss");
+    let prep = engine.prepare(input.clone()).unwrap();
+    device.destroy();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let e = engine.clone();
+    std::thread::spawn(move || {
+        let ex = parse(&["bce"]);
+        let prepared = futures::executor::block_on(e.evaluate_prepared(&prep, &ex, segloss::GradMode::Skip)).err();
+        let fresh = Input::dense(logits, target, &[1, 1, 64, 64], Mode::Binary).unwrap();
+        let asynchronous = futures::executor::block_on(e.evaluate(&fresh, &ex, false)).err();
+        let blocking = e.evaluate_blocking(&fresh, &ex, false).err();
+        let _ = tx.send([prepared, asynchronous, blocking]);
+    });
+    let errs = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("no hang");
+    for (e, what) in errs.iter().zip(["prepared before the loss", "async", "blocking"]) {
+        assert!(matches!(e, Some(Error::Gpu(_))), "{what}: {e:?}");
+    }
+}

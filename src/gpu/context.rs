@@ -451,7 +451,9 @@ impl Gpu {
                 mapped_at_creation: true,
             });
             buf.get_mapped_range_mut(..)
-                .map_err(|e| Error::Gpu(format!("{label}: the new buffer could not be mapped: {e}")))?
+                .map_err(|e| {
+                    Error::Gpu(format!("the device did not make the buffer '{label}' (out of memory, or lost): {e}"))
+                })?
                 .slice(..contents.len())
                 .copy_from_slice(contents);
             buf.unmap();
