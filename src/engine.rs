@@ -666,7 +666,9 @@ impl Engine {
     /// burn's wgpu backend): segloss records into its queue and binds its buffers, and never
     /// installs a handler on it. `info` is the adapter's, for [`Engine::info`] and for tuning.
     /// `SEGLOSS_MAX_BINDING_BYTES` lowers the binding limit it plans with, as for
-    /// [`EngineOptions::max_binding_bytes`].
+    /// [`EngineOptions::max_binding_bytes`]. The device needs more than WebGPU's default limits
+    /// (9 storage buffers per shader stage against 8): open it with the adapter's
+    /// (`required_limits: adapter.limits()`), or this is an [`Error::NoAdapter`] naming them.
     ///
     /// ```no_run
     /// # async fn f(adapter: wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Result<(), segloss::Error> {
