@@ -575,3 +575,46 @@ fn surface_metrics_at_extreme_spacings_equal_the_reference() {
         assert!((got - want).abs() <= 1e-6 * want.abs(), "{text}: {got} against {want}");
     }
 }
+
+#[test]
+fn nsd_on_the_device_equals_the_reference_at_tolerances_a_lattice_distance_away() {
+    // the device's squared distances are float32 sums, which round a distance of 9 voxels of
+    // spacing 0.1 to 0.90000004 where the exact one rounds to 0.9: the device gave 0 against 1
+    // (MONAI: 1). At tolerances that are exact lattice distances, on random masks with isotropic
+    // and anisotropic spacings, every device value equals the reference's.
+    let engine = common::gpu();
+    let logits: Vec<f32> = (0..10).map(|i| if i == 0 { 3.0 } else { -3.0 }).collect();
+    let target: Vec<f32> = (0..10).map(|i| f32::from(u8::from(i == 9))).collect();
+    let line = Input::dense(&logits, &target, &[1, 1, 1, 10], Mode::Binary).unwrap();
+    let m: Metric = "nsd:tolerance=0.9,spacing=0.1".parse().unwrap();
+    let (_, got) = engine.evaluate_with_metrics_blocking(&line, &[], false, std::slice::from_ref(&m)).unwrap();
+    assert_eq!(got[0].as_ref().unwrap().value, Some(1.0));
+    assert_eq!(reference::evaluate(&line, &m).unwrap().value, Some(1.0));
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let spacings: [&[f64]; 4] = [&[0.1], &[0.3, 0.7], &[2.5, 0.8, 0.8], &[0.7]];
+    for round in 0..24 {
+        let spacing = spacings[round % 4];
+        let three = spacing.len() == 3 || (spacing.len() == 1 && round % 3 == 0);
+        let dims: Vec<usize> = if three { vec![6, 7, 5] } else { vec![13, 11] };
+        let s: usize = dims.iter().product();
+        let x: Vec<f32> = (0..s).map(|_| if next(3) == 0 { 2.0 } else { -2.0 }).collect();
+        let t: Vec<f32> = (0..s).map(|_| f32::from(u8::from(next(4) == 0))).collect();
+        let mut shape = vec![1, 1];
+        shape.extend(&dims);
+        let input = Input::new(Cow::Owned(x), Target::Dense(Cow::Owned(t)), &shape, Mode::Binary, None).unwrap();
+        // a tolerance exactly some lattice distance: offsets of up to 4 voxels per axis
+        let h = |a: usize| if spacing.len() == 1 { spacing[0] } else { spacing[a] };
+        let tau: f64 = (0..dims.len()).map(|a| ((next(5) as f64) * h(a)).powi(2)).sum::<f64>().sqrt();
+        let sp: Vec<String> = spacing.iter().map(f64::to_string).collect();
+        let m: Metric = format!("nsd:tolerance={tau},spacing={}", sp.join(";")).parse().unwrap();
+        let (_, got) = engine.evaluate_with_metrics_blocking(&input, &[], false, std::slice::from_ref(&m)).unwrap();
+        let want = reference::evaluate(&input, &m).unwrap();
+        assert_eq!(got[0].as_ref().unwrap().value, want.value, "{m} on {dims:?}");
+    }
+}

@@ -126,10 +126,14 @@ pub(crate) fn values(m: &Metric, d: &Distances) -> Vec<Vec<f64>> {
 }
 
 /// What the distances of `m` depend on: the selected classes, the threshold and the spacing
-/// (not the percentile, direction or tolerance).
-pub(crate) fn distance_key(m: &Metric, classes: usize, axes: usize) -> Result<(Vec<usize>, u64, Vec<u64>), Error> {
+/// (not the percentile or direction), and `nsd`'s tolerance, near which the device's distances
+/// are replaced by the CPU's (`surface_gpu::refine_nsd`).
+pub(crate) type DistanceKey = (Vec<usize>, u64, Vec<u64>, Option<Vec<u64>>);
+
+pub(crate) fn distance_key(m: &Metric, classes: usize, axes: usize) -> Result<DistanceKey, Error> {
     let spacing = spacing_of(m, axes)?;
-    Ok((m.selected(classes), m.logit_threshold().to_bits(), spacing.iter().map(|x| x.to_bits()).collect()))
+    let tolerance = (m.name == MetricName::Nsd).then(|| m.tolerance.iter().flatten().map(|x| x.to_bits()).collect());
+    Ok((m.selected(classes), m.logit_threshold().to_bits(), spacing.iter().map(|x| x.to_bits()).collect(), tolerance))
 }
 
 /// One (image, class) value from the directed distances of the two boundaries (prediction to
@@ -170,8 +174,8 @@ pub(crate) fn from_distances(m: &Metric, mut d_pg: Vec<f64>, mut d_gp: Vec<f64>,
         _ => {
             // as MONAI compares: its distances in float32 against the tolerance rounded to
             // float32 (a distance of sqrt(2) is within a tolerance of 1.4142135, not 1.414213).
-            // The device's squared distances are float32 sums, whose square roots round to the
-            // same float32 as the exact distance's: one voxel of spacing 0.1 is within 0.1.
+            // The device's distances near the tolerance are the CPU's (surface_gpu::refine_nsd):
+            // its float32 sums can round to another float32 than the exact distance.
             let tau = tolerance as f32;
             let within = d_pg.iter().chain(&d_gp).filter(|&&d| d as f32 <= tau).count();
             within as f64 / (np + ng) as f64
@@ -203,31 +207,42 @@ pub(crate) fn evaluate(input: &Input<'_>, m: &Metric) -> Result<MetricValue, Err
 
 /// The distances of a surface metric of `input`, on the CPU.
 pub(crate) fn distances(input: &Input<'_>, m: &Metric) -> Result<Distances, Error> {
-    let (n, c, s) = (input.batch(), input.classes(), input.spatial());
-    let dims = &input.shape()[2..];
-    let spacing = spacing_of(m, dims.len())?;
-    let h = hard(input, m.input_threshold(input.kind()))?;
-    let ks = m.selected(c);
-    let multiclass = input.mode() == Mode::Multiclass;
-    Ok((0..n)
-        .map(|ni| {
-            ks.iter()
-                .map(|&k| {
-                    // ignored pixels are background in both masks
-                    let (p, g): (Vec<bool>, Vec<bool>) = (0..s)
-                        .map(|si| {
-                            let (e, kk) = if multiclass { (ni * s + si, k as u32) } else { ((ni * c + k) * s + si, 1) };
-                            match h.target[e] {
-                                None => (false, false),
-                                Some(t) => (h.pred[e] == kk, t == kk),
-                            }
-                        })
-                        .unzip();
-                    directed(&p, &g, dims, &spacing)
-                })
-                .collect()
-        })
-        .collect())
+    let planes = Planes::new(input, m)?;
+    Ok((0..input.batch()).map(|ni| planes.ks.iter().map(|&k| planes.directed(ni, k)).collect()).collect())
+}
+
+/// The hard masks of `input` for a surface metric, from which the CPU makes the distances of
+/// any (image, class).
+pub(crate) struct Planes<'i, 'a> {
+    input: &'i Input<'a>,
+    h: super::reference::Hard,
+    spacing: Vec<f64>,
+    pub ks: Vec<usize>,
+}
+
+impl<'i, 'a> Planes<'i, 'a> {
+    pub(crate) fn new(input: &'i Input<'a>, m: &Metric) -> Result<Self, Error> {
+        let spacing = spacing_of(m, input.shape().len() - 2)?;
+        let h = hard(input, m.input_threshold(input.kind()))?;
+        Ok(Planes { input, h, spacing, ks: m.selected(input.classes()) })
+    }
+
+    /// The directed distances of image `ni`, class `k`.
+    pub(crate) fn directed(&self, ni: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+        let (c, s) = (self.input.classes(), self.input.spatial());
+        let multiclass = self.input.mode() == Mode::Multiclass;
+        // ignored pixels are background in both masks
+        let (p, g): (Vec<bool>, Vec<bool>) = (0..s)
+            .map(|si| {
+                let (e, kk) = if multiclass { (ni * s + si, k as u32) } else { ((ni * c + k) * s + si, 1) };
+                match self.h.target[e] {
+                    None => (false, false),
+                    Some(t) => (self.h.pred[e] == kk, t == kk),
+                }
+            })
+            .unzip();
+        directed(&p, &g, &self.input.shape()[2..], &self.spacing)
+    }
 }
 
 #[cfg(test)]

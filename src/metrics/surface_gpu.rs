@@ -2,8 +2,8 @@
 //! (`surface.wgsl`) in one submission; the host reads the squared distances at the boundary
 //! voxels and makes each (image, class) value from them.
 
-use super::surface::{spacing_of, values, Distances};
-use super::Metric;
+use super::surface::{spacing_of, tolerance_of, values, Distances, Planes};
+use super::{Metric, MetricName};
 use crate::engine::{words, Engine, Prepared};
 use crate::error::Error;
 use crate::gpu::context::Gpu;
@@ -93,8 +93,46 @@ impl Engine {
         let Some((lb, tb)) = prep.buffers() else {
             return super::surface::distances(input, m);
         };
-        device_distances(gpu, input, m, &ks, &spacing, lb, tb).await
+        let mut d = device_distances(gpu, input, m, &ks, &spacing, lb, tb).await?;
+        refine_nsd(input, m, &spacing, &mut d)?;
+        Ok(d)
     }
+}
+
+/// Whether the device's float32 squared distances are exact: integer spacings, and squared
+/// distances below 2^24, float32's last run of consecutive integers.
+fn exact_on_device(spacing: &[f64], dims: &[usize]) -> bool {
+    let diameter: f64 = dims.iter().zip(spacing).map(|(&d, &h)| (d as f64 * h).powi(2)).sum();
+    spacing.iter().all(|h| h.fract() == 0.0) && diameter < f64::from(1u32 << 24)
+}
+
+/// How far (relative) from `nsd`'s tolerance a device distance may be on the wrong side of it:
+/// the device's squared distances are float32 sums a few ulps (1.2e-7 each) off the exact ones.
+const NSD_BAND: f64 = 2e-6;
+
+/// `nsd` compares each distance rounded to float32 with the tolerance rounded to float32, as MONAI
+/// does. A device distance a few ulps off the exact one can round to the other side (9 voxels of
+/// spacing 0.1: 0.90000004 on the device, 0.9 exactly), so an (image, class) with a distance
+/// within [`NSD_BAND`] of its tolerance takes the CPU's distances; with [`exact_on_device`]
+/// distances none does.
+fn refine_nsd(input: &Input<'_>, m: &Metric, spacing: &[f64], d: &mut Distances) -> Result<(), Error> {
+    if m.name != MetricName::Nsd || exact_on_device(spacing, &input.shape()[2..]) {
+        return Ok(());
+    }
+    let mut planes = None;
+    for (ni, row) in d.iter_mut().enumerate() {
+        for (j, cell) in row.iter_mut().enumerate() {
+            let tau = tolerance_of(m, j);
+            if cell.0.iter().chain(&cell.1).any(|x| (x - tau).abs() <= NSD_BAND * tau) {
+                let p = match &mut planes {
+                    Some(p) => p,
+                    None => planes.insert(Planes::new(input, m)?),
+                };
+                *cell = p.directed(ni, p.ks[j]);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn device_distances(
