@@ -7,12 +7,17 @@
 @group(0) @binding(2) var<storage, read_write> total: array<u32>;
 
 @compute @workgroup_size(256)
-fn count_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn count_reduce(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
     // cells per (image, block): C x C (softmax) or 2 x 2 per channel (sigmoid)
     let cells = select(P.c * 4u, P.c * P.c, SOFTMAX);
     let i = gid.x;
-    let n = wid.y;
-    if i >= cells {
+    // (images past the device's rows fold into z)
+    let n = wid.y + wid.z * nwg.y;
+    if i >= cells || n >= P.n {
         return;
     }
     var lo = 0u;

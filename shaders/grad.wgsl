@@ -313,9 +313,10 @@ fn gradient(
     if VEC4 && !SOFTMAX {
         s0 = 4u * s0;
     }
-    // softmax: image wid.y; sigmoid: plane wid.y + P.plane0 (one per workgroup row)
+    // softmax: image wid.y + P.plane0; sigmoid: plane wid.y + P.plane0 (one per workgroup row,
+    // in dispatches of at most the device's rows)
     let plane = wid.y + P.plane0;
-    let n = select(plane / P.c, wid.y, SOFTMAX);
+    let n = select(plane / P.c, plane, SOFTMAX);
     if s0 >= P.s || status[0] != 0u {
         return;
     }

@@ -57,7 +57,9 @@ fn lovasz_keys(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let s = (wid.x + wid.z * nwg.x) * 256u + lid;
-    let n = wid.y; // (sigmoid: the plane, from P.plane0)
+    // softmax: the image, sigmoid: the (image, channel) plane; from P.plane0 (in dispatches of
+    // at most the device's rows)
+    let n = wid.y + P.plane0;
     if s >= P.s {
         return;
     }
@@ -112,7 +114,7 @@ fn lovasz_keys(
         }
     } else {
         // one (image, channel) plane per workgroup row
-        let e = (wid.y + P.plane0) * P.s + s;
+        let e = n * P.s + s;
         let x = lg(e);
         let w = tgt_at(e);
         let kv = hinge_kv_of(e, x, w);

@@ -10,9 +10,17 @@ const RWG: u32 = 64u;
 var<workgroup> red: array<vec4<f32>, 256>; // 4 * RWG
 
 @compute @workgroup_size(64)
-fn reduce(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+fn reduce(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
     let c = wid.x;
-    let n = wid.y;
+    // (images past the device's rows fold into z)
+    let n = wid.y + wid.z * nwg.y;
+    if n >= P.n {
+        return;
+    }
     var nq = 2u + (NTERMS + 1u) / 2u;
     if TPMIN {
         nq = 4u; // sum min(p, g) is channel 15

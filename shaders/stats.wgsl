@@ -387,9 +387,10 @@ fn partial_slot(n: u32, tile: u32, c: u32, sg: vec2<u32>) -> u32 {
 // The pass (the entry point, `stats`, is stats_entry.wgsl's or stats_entry_sg.wgsl's).
 fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
     let tile = wid.x;
-    // sigmoid: one (image, channel) plane per workgroup row (from P.plane0); softmax: one image
+    // sigmoid: one (image, channel) plane per workgroup row, softmax: one image; from P.plane0
+    // (in dispatches of at most the device's rows)
     let plane = wid.y + P.plane0;
-    let n = select(plane / P.c, wid.y, SOFTMAX);
+    let n = select(plane / P.c, plane, SOFTMAX);
     let pix = select(min(SPIX, PIX_ARRAY), PIX_SIGMOID_CPU, WIDE && !SOFTMAX);
     let base = tile * WG * pix;
     cspan = WG * max(pix, PIX);

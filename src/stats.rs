@@ -712,18 +712,17 @@ pub(crate) fn logits_budget(gpu: &Gpu, classes: usize, lse: bool) -> u64 {
     }
 }
 
-/// The most images one evaluation, or one piece of it, holds: the statistics, reduction and
-/// gradient passes take a workgroup row per image (softmax; sigmoid planes are dispatched in runs
-/// of rows), and a per-image Lovász loss a segment per image (per image and class under softmax),
-/// each in one dimension of at most `max_compute_workgroups_per_dimension` workgroups.
+/// The most images one evaluation, or one piece of it, holds: a per-image Lovász loss sorts a
+/// segment per image (per image and class under softmax), and its kernels take a workgroup row
+/// per segment, at most `max_compute_workgroups_per_dimension` of them. Everything else takes any
+/// number: the passes with a row per image or plane are dispatched in runs of rows
+/// (`Gpu::rows`), the reductions fold the images into z (`Gpu::image_rows`).
 pub(crate) fn max_images(gpu: &Gpu, plan: &StatsPlan, classes: usize) -> usize {
+    if !plan.lovasz.iter().any(|l| l.per_image) {
+        return usize::MAX;
+    }
     let rows = gpu.limits.max_compute_workgroups_per_dimension as usize;
-    let per_image = if plan.lovasz.iter().any(|l| l.per_image) {
-        plan::lovasz_segments(plan.softmax, true, 1, classes, 1).0
-    } else {
-        1
-    };
-    (rows / per_image.max(1)).max(1)
+    (rows / plan::lovasz_segments(plan.softmax, true, 1, classes, 1).0.max(1)).max(1)
 }
 
 /// Whether a batch of `shape` must be evaluated in pieces for `exprs`: logits past

@@ -2282,11 +2282,13 @@ fn lovasz_softmax_whose_weights_pass_the_binding_is_split_though_its_logits_fit(
 }
 
 #[test]
-fn more_images_than_a_dispatch_dimension_holds_are_evaluated_in_pieces() {
-    // a device of at most 64 workgroups per dimension: the softmax passes take a workgroup row
-    // per image, the reduction one per image of every mode, and a per-image Lovász-Softmax one
-    // segment per image and class. 130 images were a limit error ("stats workgroups per
-    // dimension"); now pieces of at most 64 images (21 under per-image Lovász-Softmax of 3 classes)
+fn more_images_than_a_dispatch_dimension_holds_run_in_runs_of_rows() {
+    // a device of at most 64 workgroups per dimension, 130 images: the softmax passes take a
+    // workgroup row per image (now in dispatches of at most 64 rows, as sigmoid planes were), the
+    // reductions of partials and of confusion counts one per image (now folded into z), and a
+    // per-image Lovász-Softmax one segment per image and class (pieces of 21 images). 130 images
+    // were a limit error ("stats workgroups per dimension"). Images of 32 x 32 take several
+    // statistics tiles on the GPU's tiling (set_wide_statistics(false)), so the reductions run.
     let (info, device, queue) =
         caller_device_with(|l| l.max_compute_workgroups_per_dimension = 64, wgpu::Features::empty());
     let engine = Engine::from_device_blocking(&info, device, queue).expect("engine");
@@ -2305,33 +2307,40 @@ fn more_images_than_a_dispatch_dimension_holds_are_evaluated_in_pieces() {
             assert!(worst < 1e-5, "{what} '{e}': gradient off by {worst}");
         }
     };
-    let logits: Vec<f32> = (0..130 * 3 * 16).map(|_| (r.normal() * 3.0) as f32).collect();
-    let labels: Vec<i64> = (0..130 * 16).map(|_| r.below(3) as i64).collect();
-    let multiclass = Input::labels(&logits, &labels, &[130, 3, 4, 4], None).unwrap();
-    let ex = parse(&["ce", "0.5*ce+0.5*dice", "lovasz:per_image=true"]);
-    check(&multiclass, &ex, &engine.evaluate_blocking(&multiclass, &ex, true).unwrap(), "multiclass");
-    let target: Vec<f32> = (0..130 * 16).map(|_| f32::from(u8::from(r.uniform() < 0.3))).collect();
-    let binary = Input::dense(&logits[..130 * 16], &target, &[130, 1, 4, 4], Mode::Binary).unwrap();
-    let ex = parse(&["bce", "dice", "lovasz:per_image=true"]);
-    check(&binary, &ex, &engine.evaluate_blocking(&binary, &ex, true).unwrap(), "binary");
-    let mut batch = engine.batch();
-    let p = batch.push(&binary, &ex, true).unwrap();
-    batch.flush_blocking().unwrap();
-    check(&binary, &ex, &p.wait().unwrap(), "batched");
-    let metrics: Vec<segloss::metrics::Metric> =
-        ["iou", "dice:reduction=none", "hd"].iter().map(|t| t.parse().unwrap()).collect();
-    let (_, got) = engine.evaluate_with_metrics_blocking(&multiclass, &[], false, &metrics).unwrap();
-    for (m, g) in metrics.iter().zip(&got) {
-        let want = segloss::metrics::reference::evaluate(&multiclass, m).unwrap();
-        assert_eq!(g.as_ref().unwrap().value, want.value, "{m}");
-    }
-    // the whole batch's Lovász cannot be split: a limit error that names the images
-    match engine.evaluate_blocking(&multiclass, &parse(&["lovasz"]), true) {
-        Err(Error::Limit { what, needed, max }) => {
-            assert!(what.contains("images"), "{what}");
-            assert_eq!((needed, max), (130, 64));
+    let logits: Vec<f32> = (0..130 * 3 * 1024).map(|_| (r.normal() * 3.0) as f32).collect();
+    let labels: Vec<i64> = (0..130 * 1024).map(|_| r.below(3) as i64).collect();
+    let target: Vec<f32> = (0..130 * 1024).map(|_| f32::from(u8::from(r.uniform() < 0.3))).collect();
+    let multiclass = Input::labels(&logits, &labels, &[130, 3, 32, 32], None).unwrap();
+    let binary = Input::dense(&logits[..130 * 1024], &target, &[130, 1, 32, 32], Mode::Binary).unwrap();
+    for wide in [true, false] {
+        engine.set_wide_statistics(wide);
+        // (a whole-batch and a per-image Lovász in one evaluation: the pieces the second needs
+        // cannot hold the first's sort, a limit error)
+        for (input, lists) in [
+            (&multiclass, [&["ce", "0.5*ce+0.5*dice", "lovasz"][..], &["lovasz:per_image=true"]]),
+            (&binary, [&["bce", "dice", "lovasz"][..], &["bce+lovasz:per_image=true"]]),
+        ] {
+            for texts in lists {
+                let ex = parse(texts);
+                check(input, &ex, &engine.evaluate_blocking(input, &ex, true).unwrap(), "one input");
+            }
         }
-        other => panic!("expected a limit error, got {other:?}"),
+        let ex = parse(&["bce", "dice", "lovasz"]);
+        let mut batch = engine.batch();
+        let p = batch.push(&binary, &ex, true).unwrap();
+        batch.flush_blocking().unwrap();
+        check(&binary, &ex, &p.wait().unwrap(), "batched");
+        let metrics: Vec<segloss::metrics::Metric> =
+            ["iou", "dice:reduction=none", "hd"].iter().map(|t| t.parse().unwrap()).collect();
+        for input in [&multiclass, &binary] {
+            let (_, got) = engine.evaluate_with_metrics_blocking(input, &[], false, &metrics).unwrap();
+            for (m, g) in metrics.iter().zip(&got) {
+                let want = segloss::metrics::reference::evaluate(input, m).unwrap();
+                assert_eq!(g.as_ref().unwrap(), &want, "{m}");
+                let mut running = segloss::metrics::Running::new(m.clone());
+                assert_eq!(running.update_blocking(&engine, input).unwrap(), want, "running {m}");
+            }
+        }
     }
 }
 

@@ -179,10 +179,15 @@ impl Gpu {
     /// dispatch: softmax, one row per image; sigmoid, one per (image, channel) plane
     /// ([`plane_rows`], `Params::plane0`).
     fn rows(&self, inp: &DevInput) -> Vec<(u32, u32)> {
-        if inp.softmax {
-            return vec![(0, inp.n as u32)];
-        }
-        plane_rows(inp.n * inp.c, self.limits.max_compute_workgroups_per_dimension as usize).collect()
+        let planes = if inp.softmax { inp.n } else { inp.n * inp.c };
+        plane_rows(planes, self.limits.max_compute_workgroups_per_dimension as usize).collect()
+    }
+
+    /// A grid of `x` workgroups per image over `n` images, the images past the device's rows
+    /// folded into z (image = y + z rows; `reduce.wgsl`, `count_reduce.wgsl`).
+    fn image_rows(&self, x: usize, n: usize) -> Grid {
+        let rows = (self.limits.max_compute_workgroups_per_dimension as usize).max(1);
+        Grid::Direct(x as u32, n.min(rows) as u32, n.div_ceil(rows) as u32)
     }
 
     /// The kernels' parameters for `inp` (its own images and pixels), whether its statistics
@@ -400,7 +405,7 @@ impl Gpu {
                     &shaders::REDUCE,
                     // it reads only NTERMS: one pipeline per slot count
                     Spec { nterms: spec.nterms, tp_min: spec.tp_min, ..Spec::default() },
-                    Grid::Direct(c as u32, n as u32, 1),
+                    self.image_rows(c, n),
                     &[("P", pbuf), ("partials", partials), ("sums", sums.sub(p as u64 * stride, stride))],
                 )?;
             }
@@ -413,7 +418,7 @@ impl Gpu {
                 rec.dispatch(
                     &shaders::COUNT_REDUCE,
                     Spec::softmax(softmax),
-                    Grid::Direct(cells.div_ceil(crate::gpu::GRAD_WG) as u32, n as u32, 1),
+                    self.image_rows(cells.div_ceil(crate::gpu::GRAD_WG), n),
                     &[("P", pc), ("cnt", cnt), ("total", t)],
                 )?;
                 Some(t)
