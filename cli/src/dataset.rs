@@ -59,6 +59,20 @@ fn list_dir(dir: &Path, exts: &[&str]) -> Result<BTreeMap<String, PathBuf>, Fail
     Ok(out.into_iter().map(|(stem, (_, path))| (stem, path)).collect())
 }
 
+/// The bit depth of a grey PNG of 1, 2 or 4 bits per sample, whose levels the decoder scales up to
+/// 8 bits (2 bits: 0, 85, 170, 255); `None` for any other PNG.
+fn low_grey_depth(path: &Path) -> Result<Option<u32>, String> {
+    let unreadable = |e: &dyn std::fmt::Display| format!("cannot read PNG {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| unreadable(&e))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let info = decoder.read_header_info().map_err(|e| unreadable(&e))?;
+    let grey = matches!(info.color_type, png::ColorType::Grayscale | png::ColorType::GrayscaleAlpha);
+    Ok(match info.bit_depth {
+        png::BitDepth::One | png::BitDepth::Two | png::BitDepth::Four if grey => Some(info.bit_depth as u32),
+        _ => None,
+    })
+}
+
 /// A PNG mask as the target of `logits` (`[1, C, H, W]`): class indices when C > 1, else dense.
 fn png_input(
     logits: &segloss_data::npy::Array,
@@ -80,11 +94,22 @@ fn png_input(
         return Err(format!("the mask is {}x{} but the logits are {h}x{w}", img.height(), img.width()));
     }
     // grey masks: the grey channel's own values, 8 or 16 bits (a 16-bit class index is not
-    // scaled down to 8 bits); colour masks need --palette
+    // scaled down to 8 bits), or 1, 2 or 4 bits (scaled up to 8 by the decoder: divided back,
+    // exactly, by 255 / (2^bits - 1)); colour masks need --palette
+    let low_depth = low_grey_depth(path)?;
     let grey = || -> Result<(Vec<i64>, i64), String> {
         use image::ColorType as T;
         match img.color() {
-            T::L8 | T::La8 => Ok((img.to_luma8().pixels().map(|p| i64::from(p.0[0])).collect(), 255)),
+            T::L8 | T::La8 => {
+                let levels = img.to_luma8().pixels().map(|p| i64::from(p.0[0])).collect::<Vec<i64>>();
+                Ok(match low_depth {
+                    Some(bits) => {
+                        let max = (1i64 << bits) - 1;
+                        (levels.into_iter().map(|v| v / (255 / max)).collect(), max)
+                    }
+                    None => (levels, 255),
+                })
+            }
             T::L16 | T::La16 => Ok((img.to_luma16().pixels().map(|p| i64::from(p.0[0])).collect(), 65535)),
             other => Err(format!(
                 "{} is a colour mask ({other:?}): a grey mask needs one grey channel; for colour masks give --palette",
@@ -235,6 +260,10 @@ pub(crate) fn eval_dirs(a: &EvalArgs) -> Result<(), Fail> {
         return Err(Fail(2, "give --logits and --target, or --logits-dir and --target-dir".into()));
     };
     let chunk = crate::at_most("--chunk", a.chunk, 4096)?;
+    // a bad --mode is a usage error, as with single files (not an error row of every file)
+    if let Some(m) = &a.mode {
+        m.parse::<Mode>().map_err(|e| Fail(2, format!("--mode {m}: {e}")))?;
+    }
     let map = match &a.palette {
         Some(p) => MaskMap::Palette(parse_palette(p)?),
         None if a.mask == "binary" => MaskMap::Binary,
@@ -318,13 +347,17 @@ pub(crate) fn eval_dirs(a: &EvalArgs) -> Result<(), Fail> {
     bar.finish_and_clear();
     let folder_metrics = folder.folder(&a.metrics);
     print_rows(&engine, a, texts, &rows, &folder_metrics)?;
+    // A file that fails is a failed run; a loss that cannot be computed is an error entry of its
+    // file, as with single files (a bad --loss is not a failed run)
     let failed = rows.iter().filter(|r| r.results.is_err()).count();
     let loss_errors = rows.iter().filter_map(|r| r.results.as_ref().ok()).flatten().filter(|v| v.is_err()).count();
-    if failed + loss_errors > 0 {
-        return Err(Fail(
-            1,
-            format!("{failed} of {} file(s) failed, {loss_errors} loss value(s) could not be computed", rows.len()),
-        ));
+    let lost =
+        if loss_errors > 0 { format!(", {loss_errors} loss value(s) could not be computed") } else { String::new() };
+    if failed > 0 {
+        return Err(Fail(1, format!("{failed} of {} file(s) failed{lost}", rows.len())));
+    }
+    if loss_errors > 0 {
+        crate::note(&format!("{loss_errors} loss value(s) could not be computed (error entries)"));
     }
     Ok(())
 }
@@ -371,6 +404,9 @@ fn evaluate_chunk(
         .collect()
 }
 
+/// A file's row of the text table: its cells (losses, then metrics) and its errors.
+type Cells = (Vec<String>, Vec<String>);
+
 /// Per loss: the mean over the files that have its value, and how many do.
 fn means(rows: &[Row], n: usize) -> Vec<(Option<f64>, usize)> {
     (0..n)
@@ -394,6 +430,50 @@ fn named(text: &str, e: &impl std::fmt::Display) -> String {
     } else {
         format!("{text}: {e}")
     }
+}
+
+/// A metric's error after its text, unless the message names the metric already (`bad metric
+/// 'iou': ...`).
+fn metric_named(text: &str, e: &str) -> String {
+    if e.contains(&format!("'{text}'")) {
+        e.to_string()
+    } else {
+        named(text, &e)
+    }
+}
+
+/// A `--metric` entry (as `eval --json` prints it) as one cell: its value, or else its
+/// per-class, per-image or matrix entries, `;` between entries and brackets around the rows of a
+/// nested one (`0.5;0.25`, `[1;2];[3;4]`: no comma, for CSV); floats through `float`. The error
+/// of an entry that has one, named by the metric.
+fn metric_cell(text: &str, m: &serde_json::Value, float: &dyn Fn(f64) -> String) -> Result<String, String> {
+    use serde_json::Value;
+    fn flat(v: &Value, float: &dyn Fn(f64) -> String) -> String {
+        match v {
+            Value::Array(items) => items
+                .iter()
+                .map(|x| match x {
+                    Value::Array(_) => format!("[{}]", flat(x, float)),
+                    _ => flat(x, float),
+                })
+                .collect::<Vec<_>>()
+                .join(";"),
+            // counts stay integers; NaN and the infinities are strings already
+            Value::Number(n) if n.is_f64() => n.as_f64().map(float).unwrap_or_default(),
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        }
+    }
+    if let Some(e) = m["error"].as_str() {
+        return Err(metric_named(text, e));
+    }
+    ["value", "per_class", "per_image", "matrix"]
+        .iter()
+        .map(|k| &m[*k])
+        .find(|v| !v.is_null())
+        .map(|v| flat(v, float))
+        .ok_or_else(|| metric_named(text, "no result"))
 }
 
 fn csv_field(s: &str) -> String {
@@ -434,30 +514,44 @@ fn print_rows(
             texts.iter().zip(&means).map(|(t, (m, k))| json!({"loss": t, "value": m, "files": k})).collect();
         return outln!("{}", json!({"device": engine.info(), "files": files, "mean": mean, "metrics": folder}));
     }
-    let scalar = |e: &serde_json::Value| match &e["value"] {
-        serde_json::Value::Null => String::new(),
-        serde_json::Value::String(s) => s.clone(),
-        v => v.to_string(),
-    };
     if a.csv {
+        // full precision, as the losses' values
+        let float = |v: f64| v.to_string();
         let header: Vec<String> = texts.iter().chain(&a.metrics).map(|t| csv_field(t)).collect();
         outln!("name,{},error", header.join(","))?;
         for r in rows {
-            let (vals, err): (Vec<String>, String) = match &r.results {
-                Ok(v) => {
-                    let errs: Vec<String> =
-                        texts.iter().zip(v).filter_map(|(t, x)| x.as_ref().err().map(|e| named(t, e))).collect();
-                    (v.iter().map(|x| x.as_ref().map(|v| v.to_string()).unwrap_or_default()).collect(), errs.join("; "))
-                }
-                Err(e) => (vec![String::new(); texts.len()], e.clone()),
+            let (mut vals, mut errs): (Vec<String>, Vec<String>) = match &r.results {
+                Ok(v) => (
+                    v.iter().map(|x| x.as_ref().map(|v| v.to_string()).unwrap_or_default()).collect(),
+                    texts.iter().zip(v).filter_map(|(t, x)| x.as_ref().err().map(|e| named(t, e))).collect(),
+                ),
+                Err(e) => (vec![String::new(); texts.len()], vec![e.clone()]),
             };
-            let mut vals = vals;
-            vals.extend((0..a.metrics.len()).map(|k| r.metrics.get(k).map(scalar).unwrap_or_default()));
-            outln!("{},{},{}", csv_field(&r.name), vals.join(","), csv_field(&err))?;
+            for (k, t) in a.metrics.iter().enumerate() {
+                match r.metrics.get(k).map(|m| metric_cell(t, m, &float)) {
+                    Some(Ok(c)) => vals.push(c),
+                    Some(Err(e)) => {
+                        vals.push(String::new());
+                        errs.push(e);
+                    }
+                    None => vals.push(String::new()),
+                }
+            }
+            outln!("{},{},{}", csv_field(&r.name), vals.join(","), csv_field(&errs.join("; ")))?;
         }
+        // the means of the losses, then the folder's metrics (every file's counts together)
         let mut m: Vec<String> = means.iter().map(|(m, _)| m.map(|v| v.to_string()).unwrap_or_default()).collect();
-        m.extend(folder.iter().map(scalar));
-        return outln!("mean,{},", m.join(","));
+        let mut errs = Vec::new();
+        for (t, f) in a.metrics.iter().zip(folder) {
+            match metric_cell(t, f, &float) {
+                Ok(c) => m.push(c),
+                Err(e) => {
+                    m.push(String::new());
+                    errs.push(e);
+                }
+            }
+        }
+        return outln!("mean,{},{}", m.join(","), csv_field(&errs.join("; ")));
     }
     outln!(
         "device: {} ({}, {})  {} files",
@@ -466,26 +560,56 @@ fn print_rows(
         engine.info().device_type,
         rows.len()
     )?;
+    // each file's cells (its losses, then its metrics) and errors, or its own error
+    let float = |v: f64| format!("{v:.6}");
+    let cells: Vec<Result<Cells, &String>> = rows
+        .iter()
+        .map(|r| {
+            let v = r.results.as_ref()?;
+            let (mut cells, mut errs) = (Vec::new(), Vec::new());
+            for (x, t) in v.iter().zip(texts) {
+                match x {
+                    Ok(v) => cells.push(float(*v)),
+                    Err(e) => {
+                        cells.push("error".into());
+                        errs.push(named(t, e));
+                    }
+                }
+            }
+            for (k, t) in a.metrics.iter().enumerate() {
+                match r.metrics.get(k).map(|m| metric_cell(t, m, &float)) {
+                    Some(Ok(c)) => cells.push(c),
+                    Some(Err(e)) => {
+                        cells.push("error".into());
+                        errs.push(e);
+                    }
+                    None => cells.push("-".into()),
+                }
+            }
+            Ok((cells, errs))
+        })
+        .collect();
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).clamp(4, 40);
-    let cols: Vec<usize> = texts.iter().map(|t| t.len().max(12)).collect();
+    let heads: Vec<&String> = texts.iter().chain(&a.metrics).collect();
+    let cols: Vec<usize> = heads
+        .iter()
+        .enumerate()
+        .map(|(k, t)| {
+            let widest = cells.iter().filter_map(|c| c.as_ref().ok()).map(|(c, _)| c[k].len()).max().unwrap_or(0);
+            t.len().max(12).max(widest)
+        })
+        .collect();
     let mut head = format!("{:<width$}", "file");
-    for (t, w) in texts.iter().zip(&cols) {
+    for (t, w) in heads.iter().zip(&cols) {
         head += &format!("  {t:>w$}");
     }
     outln!("{head}")?;
-    for r in rows {
+    for (r, c) in rows.iter().zip(&cells) {
         let mut line = format!("{:<width$}", r.name);
-        match &r.results {
-            Ok(v) => {
-                let mut errs = Vec::new();
-                for ((x, w), t) in v.iter().zip(&cols).zip(texts) {
-                    match x {
-                        Ok(v) => line += &format!("  {v:>w$.6}"),
-                        Err(e) => {
-                            line += &format!("  {:>w$}", "error");
-                            errs.push(named(t, e));
-                        }
-                    }
+        match c {
+            Ok((cells, errs)) => {
+                for (x, w) in cells.iter().zip(&cols) {
+                    line += &format!("  {x:>w$}");
                 }
                 if !errs.is_empty() {
                     line += &format!("  ({})", errs.join("; "));
@@ -495,6 +619,7 @@ fn print_rows(
         }
         outln!("{line}")?;
     }
+    // the losses' means (a metric's folder value is no mean: on its own line below)
     let mut line = format!("{:<width$}", "mean");
     for ((m, _), w) in means.iter().zip(&cols) {
         match m {

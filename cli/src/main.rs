@@ -61,11 +61,11 @@ enum Cmd {
         /// Timed runs per size.
         #[arg(long, default_value_t = 5)]
         iters: usize,
-        /// Smallest segment length as a power of two.
-        #[arg(long, default_value_t = 8)]
+        /// Smallest segment length as a power of two (8 to 24).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(SORT_LOG2))]
         min_log2: u32,
-        /// Largest segment length as a power of two.
-        #[arg(long, default_value_t = 22)]
+        /// Largest segment length as a power of two (8 to 24, at least --min-log2).
+        #[arg(long, default_value_t = 22, value_parser = clap::value_parser!(u32).range(SORT_LOG2))]
         max_log2: u32,
         /// Print JSON.
         #[arg(long)]
@@ -95,8 +95,9 @@ pub(crate) struct EvalArgs {
     #[arg(long, requires = "logits_dir")]
     target_dir: Option<PathBuf>,
     /// How a PNG mask's grey level becomes a target: `grey` (the level is the class index, or the
-    /// 0/1 target when the logits have one channel; 8 or 16 bits) or `binary` (level > 127 is 1,
-    /// else 0; 16-bit masks: > 32767). A colour mask needs --palette.
+    /// 0/1 target when the logits have one channel; 1, 2, 4, 8 or 16 bits) or `binary` (a level
+    /// past half the bit depth's maximum is 1, else 0: > 127 of 8 bits, > 32767 of 16). A colour
+    /// mask needs --palette.
     #[arg(long, default_value = "grey", value_parser = ["grey", "binary"])]
     mask: String,
     /// PNG masks in colour: `R,G,B;R,G,B;...`, the i-th colour is class i (other colours are an
@@ -152,14 +153,16 @@ struct BenchArgs {
     /// binary, multilabel or multiclass (default: binary for C = 1, multiclass otherwise).
     #[arg(long)]
     mode: Option<String>,
-    /// Loss texts (repeatable; default: bce, dice, focal).
+    /// Loss texts (repeatable; default: bce, dice, focal; with --metric, bce or ce as the mode
+    /// takes).
     #[arg(long = "loss", allow_hyphen_values = true)]
     losses: Vec<String>,
-    /// Timed iterations per loss.
+    /// Timed iterations per loss (1 to 1000000).
     #[arg(long, default_value_t = 20)]
     iters: usize,
-    /// Also time the f64 CPU reference once per loss.
-    #[arg(long)]
+    /// Also time the f64 CPU reference once per loss (value and gradient: the reference has no
+    /// value-only evaluation, so not with --forward-only). Per loss of --shape or --sizes only.
+    #[arg(long, conflicts_with_all = ["forward_only", "batch", "levels", "metrics", "adapters", "profile"])]
     cpu: bool,
     /// Time the values only (no gradient pass).
     #[arg(long)]
@@ -185,7 +188,7 @@ struct BenchArgs {
     /// Time `deep(LOSS)` over this many levels (1 to 32; level 0 of --shape, each further level half the
     /// size of the one before) against LOSS on level 0 alone; host inputs, gradients read back
     /// unless --forward-only.
-    #[arg(long, conflicts_with_all = ["sizes", "device_resident", "batch"])]
+    #[arg(long, conflicts_with_all = ["sizes", "device_resident", "batch", "adapters", "metrics"])]
     levels: Option<usize>,
     /// Time the losses of --shape together with these metrics (one evaluation) against the
     /// losses alone (repeatable).
@@ -239,7 +242,7 @@ fn stdout_failed(e: std::io::Error) -> Fail {
 }
 
 /// Writes one line to stderr, ignoring failures (there is nowhere left to report them).
-fn note(msg: &str) {
+pub(crate) fn note(msg: &str) {
     let _ = writeln!(std::io::stderr(), "segloss: {msg}");
 }
 
@@ -478,9 +481,9 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
         multi.as_ref().map(|m| m.engines().iter().map(|e| e.info()).collect());
     outcomes.reverse();
     let mut results = Vec::new();
-    // A gradient that cannot be written is an error entry of its loss; every value is still
-    // printed, and the run exits with 1 at the end.
-    let mut unwritten = 0usize;
+    // A gradient (or unreduced entries' file) that cannot be written is an error entry of its
+    // loss; every value is still printed, and the run exits with 1 at the end.
+    let (mut grads_unwritten, mut entries_unwritten) = (0usize, 0usize);
     for (i, (text, p)) in a.losses.iter().zip(&parsed).enumerate() {
         let r = match p {
             Err(e) => Err(e.to_string()),
@@ -491,7 +494,8 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
                 // one gradient file per level of a deep(...) loss (grad_<i>_<l>.npy), else grad_<i>.npy
                 let deep = p.as_ref().is_ok_and(|e| e.deep.is_some());
                 let mut grad_files = Vec::new();
-                let mut grad_error = None;
+                // (one per level that failed)
+                let mut grad_errors = Vec::new();
                 if let (Some(dir), Some(g)) = (&a.grad_dir, &ev.grad) {
                     let shapes = std::iter::once(input.shape().to_vec()).chain(
                         (1..input.levels()).map(|l| input.level(l).map(|x| x.shape().to_vec()).unwrap_or_default()),
@@ -505,12 +509,13 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
                         match written {
                             Ok(()) => grad_files.push(path.display().to_string()),
                             Err(e) => {
-                                unwritten += 1;
-                                grad_error = Some(format!("cannot write {}: {e}", path.display()));
+                                grads_unwritten += 1;
+                                grad_errors.push(format!("cannot write {}: {e}", path.display()));
                             }
                         }
                     }
                 }
+                let grad_error = (!grad_errors.is_empty()).then(|| grad_errors.join("; "));
                 let grad_file = if grad_error.is_none() { grad_files.first().cloned() } else { None };
                 let mut entry = json!({"loss": text, "value": ev.value, "grad_file": grad_file, "grad_error": grad_error, "error": null});
                 if deep {
@@ -520,8 +525,9 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
                     // reduction=none: the entries' shape, a file next to the gradients, and the
                     // (few) entries of a region loss inline
                     entry["unreduced_shape"] = json!(u.shape);
-                    // (null without --grad-dir, as grad_file)
+                    // (null without --grad-dir, as grad_file; its own error beside the gradient's)
                     entry["unreduced_file"] = serde_json::Value::Null;
+                    entry["unreduced_error"] = serde_json::Value::Null;
                     if let Some(dir) = &a.grad_dir {
                         let path = dir.join(format!("unreduced_{i}.npy"));
                         let written = npy::to_bytes(&u.values, &u.shape)
@@ -530,8 +536,8 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
                         match written {
                             Ok(()) => entry["unreduced_file"] = json!(path.display().to_string()),
                             Err(e) => {
-                                unwritten += 1;
-                                entry["grad_error"] = json!(format!("cannot write {}: {e}", path.display()));
+                                entries_unwritten += 1;
+                                entry["unreduced_error"] = json!(format!("cannot write {}: {e}", path.display()));
                             }
                         }
                     }
@@ -605,10 +611,14 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
                         ),
                         _ => String::new(),
                     };
-                    match g {
-                        None => outln!("{loss:<40} {value:.9}{unreduced}")?,
-                        Some(g) => outln!("{loss:<40} {value:.9}{unreduced}   gradient error: {g}")?,
+                    let mut line = format!("{loss:<40} {value:.9}{unreduced}");
+                    if let Some(g) = g {
+                        line += &format!("   gradient error: {g}");
                     }
+                    if let Some(u) = r["unreduced_error"].as_str() {
+                        line += &format!("   unreduced entries error: {u}");
+                    }
+                    outln!("{line}")?;
                 }
             }
         }
@@ -627,8 +637,15 @@ fn eval(a: EvalArgs) -> Result<(), Fail> {
             outln!("{name:<40} {shown}")?;
         }
     }
-    if unwritten > 0 {
-        return Err(Fail(1, format!("{unwritten} gradient file(s) could not be written (every value was printed)")));
+    if grads_unwritten + entries_unwritten > 0 {
+        let mut what = Vec::new();
+        if grads_unwritten > 0 {
+            what.push(format!("{grads_unwritten} gradient file(s)"));
+        }
+        if entries_unwritten > 0 {
+            what.push(format!("{entries_unwritten} unreduced entries file(s)"));
+        }
+        return Err(Fail(1, format!("{} could not be written (every value was printed)", what.join(" and "))));
     }
     Ok(())
 }
@@ -738,9 +755,14 @@ fn devices(as_json: bool, choice: Option<String>, images: usize) -> Result<(), F
 // ----------------------------------------------------------------------------------------------
 // demo
 
+/// The middle value, or the mean of the two middle values of an even count (NaN of none).
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn ms(t: Instant) -> f64 {
@@ -758,6 +780,10 @@ fn check_elements(what: &str, dims: &[usize]) -> Result<usize, Fail> {
         None => Err(Fail(2, format!("{what}: {dims:?} has too many elements; at most 2^31 are supported"))),
     }
 }
+
+/// The most timed iterations a benchmark takes: more would not make a better median, and an
+/// absurd count would exhaust memory (every timing is kept) before timing anything.
+const MAX_ITERS: usize = 1_000_000;
 
 /// A count that must be at least 1.
 pub(crate) fn positive(flag: &str, v: usize) -> Result<usize, Fail> {
@@ -906,9 +932,28 @@ fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
 // ----------------------------------------------------------------------------------------------
 // bench
 
-/// The loss texts of a benchmark, parsed.
+/// The loss texts of a benchmark, parsed; a text that does not parse is a usage error.
 fn parse_exprs(texts: &[String]) -> Result<Vec<LossExpr>, Fail> {
-    Ok(texts.iter().map(|t| t.parse()).collect::<Result<_, _>>()?)
+    texts.iter().map(|t| parse_loss(t)).collect()
+}
+
+/// One `--loss` of a benchmark: a text that does not parse is a usage error (code 2).
+fn parse_loss(text: &str) -> Result<LossExpr, Fail> {
+    text.parse().map_err(|e: Error| Fail(2, format!("--loss {text}: {e}")))
+}
+
+/// A benchmark's losses, parsed and checked against the mode and classes of its shape: a loss
+/// that does not parse or fit is a usage error (code 2), found before anything is timed.
+fn check_losses(texts: &[String], mode: Mode, classes: usize) -> Result<(), Fail> {
+    for t in texts {
+        parse_loss(t)?.check(mode, classes).map_err(|e| {
+            let e = e.to_string();
+            // (the message of a plain loss starts with its name already)
+            let e = e.strip_prefix(&format!("{t}: ")).unwrap_or(&e);
+            Fail(2, format!("--loss {t}: {e} ({mode} mode, {classes} channel(s))"))
+        })?;
+    }
+    Ok(())
 }
 
 fn parse_shape(s: &str) -> Result<Vec<usize>, Fail> {
@@ -968,23 +1013,35 @@ fn cell(x: Option<f64>, w: usize, prec: usize) -> String {
 
 fn bench_mode(a: &BenchArgs, shape: &[usize]) -> Result<Mode, Fail> {
     Ok(match &a.mode {
-        Some(m) if !a.sizes => m.parse()?,
+        Some(m) if !a.sizes => m.parse().map_err(|e: Error| Fail(2, format!("--mode {m}: {e}")))?,
         _ if shape[1] == 1 => Mode::Binary,
         _ => Mode::Multiclass,
     })
 }
 
+/// The loss of a mode: bce (sigmoid) in binary and multilabel mode, ce (softmax) in multiclass.
+fn mode_loss(mode: Mode) -> &'static [&'static str] {
+    if mode == Mode::Multiclass {
+        &["ce"]
+    } else {
+        &["bce"]
+    }
+}
+
 fn bench(a: BenchArgs) -> Result<(), Fail> {
-    let iters = positive("--iters", a.iters)?;
-    // --shape, its mode and the loss texts (each kind of timing has its default losses)
-    let setup = |defaults: &[&str]| -> Result<(Vec<usize>, Mode, Vec<String>), Fail> {
+    let iters = at_most("--iters", a.iters, MAX_ITERS)?;
+    // --shape, its mode and the loss texts (each kind of timing has its default losses, which
+    // may depend on the mode), checked before anything is timed
+    let setup = |defaults: &dyn Fn(Mode) -> &'static [&'static str]| -> Result<(Vec<usize>, Mode, Vec<String>), Fail> {
         let shape = parse_shape(&a.shape)?;
         check_elements(&format!("--shape {}", a.shape), &shape)?;
         let mode = bench_mode(&a, &shape)?;
-        Ok((shape, mode, bench_texts(&a, defaults)))
+        let texts = bench_texts(&a, defaults(mode));
+        check_losses(&texts, mode, shape[1])?;
+        Ok((shape, mode, texts))
     };
     if let Some(choice) = &a.adapters {
-        let (shape, mode, texts) = setup(&["0.5*bce+0.5*dice"])?;
+        let (shape, mode, texts) = setup(&|_| &["0.5*bce+0.5*dice"])?;
         return bench_adapters(&multi_engine(choice)?, &a, &shape, mode, iters, &texts);
     }
     let engine = engine()?;
@@ -993,23 +1050,23 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         engine.set_class_registers(Some(false));
     }
     if !a.metrics.is_empty() {
-        let (shape, mode, texts) = setup(&["ce"])?;
+        let (shape, mode, texts) = setup(&mode_loss)?;
         return bench_metrics(&engine, &a, &shape, mode, iters, &texts);
     }
     if a.profile {
-        let (shape, mode, texts) = setup(&["bce", "dice", "focal"])?;
+        let (shape, mode, texts) = setup(&|_| &["bce", "dice", "focal"])?;
         return bench_profile(&engine, &a, &shape, mode, iters, &texts);
     }
     if let Some(l) = a.levels {
-        let (shape, mode, texts) = setup(&["dice@monai+focal@monai"])?;
+        let (shape, mode, texts) = setup(&|_| &["dice@monai+focal@monai"])?;
         return bench_levels(&engine, &a, &shape, mode, at_most("--levels", l, 32)?, iters, &texts);
     }
     if let Some(k) = a.batch {
-        let (shape, mode, texts) = setup(&["bce"])?;
+        let (shape, mode, texts) = setup(&|_| &["bce"])?;
         return bench_batch(&engine, &a, &shape, mode, positive("--batch", k)?, iters, &texts);
     }
     if !a.sizes {
-        let (shape, mode, texts) = setup(&["bce", "dice", "focal"])?;
+        let (shape, mode, texts) = setup(&|_| &["bce", "dice", "focal"])?;
         let r = bench_shape(&engine, &a, &shape, mode, iters, &texts)?.map_err(|why| Fail(1, why))?;
         return print_bench(&engine, &a, &r);
     }
@@ -1017,6 +1074,9 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
     if a.mode.is_some() {
         return Err(Fail(2, "--sizes picks the mode of each shape itself: leave out --mode".into()));
     }
+    // a loss that does not parse is a usage error; one that fits no shape's mode is left out
+    // of each shape (and every shape skipped, a failed run below)
+    parse_exprs(&a.losses)?;
     let mut all = Vec::new();
     let mut skipped = Vec::new();
     for text in SWEEP {
@@ -1024,14 +1084,13 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         let mode = bench_mode(&a, &shape)?;
         // the same total work per shape: fewer iterations on the large ones (at least 3)
         let numel: usize = shape.iter().product();
-        let it = (iters * (1 << 21) / numel).clamp(3, iters.max(3));
+        let it = (iters.saturating_mul(1 << 21) / numel).clamp(3, iters.max(3));
         let default: &[&str] = if mode == Mode::Binary { &["bce", "dice"] } else { &["ce", "dice"] };
         let texts = bench_texts(&a, default);
         // the given losses that fit this shape's mode (bce has no multiclass form, ce no binary one)
         let mut fit = Vec::new();
         for t in &texts {
-            let e: LossExpr = t.parse()?;
-            match e.check(mode, shape[1]) {
+            match parse_loss(t)?.check(mode, shape[1]) {
                 Ok(()) => fit.push(t.clone()),
                 Err(why) => eprintln!("bench --sizes: {text}: {t} left out: {why}"),
             }
@@ -1043,8 +1102,8 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         eprintln!("bench --sizes: {text} ({mode}), {it} iterations");
         let r = match bench_shape(&engine, &a, &shape, mode, it, &fit)? {
             Ok(r) => r,
-            // a batch past the device's limits (one binding holds the logits) is the
-            // dispatcher's to split
+            // a batch past the device's limits (one binding holds the logits; with
+            // --device-resident, one binding must hold the whole input) is the dispatcher's to split
             Err(why) => {
                 eprintln!("bench --sizes: {text} skipped: {why}");
                 skipped.push(json!({"shape": shape, "skipped": why}));
@@ -1057,24 +1116,33 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         }
         all.push(r);
     }
+    // every shape skipped: the rows say why, and the run failed (no plot of nothing)
+    let nothing = || Fail(1, format!("bench --sizes: nothing was measured: all {} shapes were skipped", skipped.len()));
     if let Some(path) = &a.plot {
-        plot_sweep(path, &engine.info().name, &all).map_err(|e| Fail(1, format!("--plot {}: {e}", path.display())))?;
-        eprintln!("bench --sizes: plot written to {}", path.display());
+        if all.is_empty() {
+            note(&format!("--plot {}: not written, nothing to draw", path.display()));
+        } else {
+            plot_sweep(path, &engine.info().name, &all)
+                .map_err(|e| Fail(1, format!("--plot {}: {e}", path.display())))?;
+            eprintln!("bench --sizes: plot written to {}", path.display());
+        }
     }
     if a.json {
         let rows: Vec<_> = all.iter().map(|r| bench_json(&engine, &a, r)).collect();
         outln!("{}", json!({"device": engine.info(), "sweep": rows, "skipped": skipped}))?;
-        return Ok(());
+        return if all.is_empty() { Err(nothing()) } else { Ok(()) };
     }
-    outln!(
-        "{:<14} {:<28} {:>10} {:>10} {:>8} {:>10}",
-        "shape",
-        "loss",
-        "median ms",
-        "input GB/s",
-        "x copy",
-        "copy GB/s"
-    )?;
+    if !all.is_empty() {
+        outln!(
+            "{:<14} {:<28} {:>10} {:>10} {:>8} {:>10}",
+            "shape",
+            "loss",
+            "median ms",
+            "input GB/s",
+            "x copy",
+            "copy GB/s"
+        )?;
+    }
     for r in &all {
         let shape = r.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
         for (t, med, _, _) in &r.results {
@@ -1088,6 +1156,9 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
     }
     for sk in &skipped {
         outln!("{:<14} skipped: {}", sk["shape"], sk["skipped"].as_str().unwrap_or(""))?;
+    }
+    if all.is_empty() {
+        return Err(nothing());
     }
     outln!("input GB/s: bytes of logits and target words per evaluation / median time; copy GB/s: the")?;
     outln!("copy probe's bytes read and written / its median time; x copy: median / copy probe median.")?;
@@ -1363,7 +1434,17 @@ fn bench_metrics(
     texts: &[String],
 ) -> Result<(), Fail> {
     let exprs = parse_exprs(texts)?;
-    let metrics: Vec<segloss::metrics::Metric> = a.metrics.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    // a metric that does not parse or fit the shape is a usage error, as a loss is
+    let metrics: Vec<segloss::metrics::Metric> = a
+        .metrics
+        .iter()
+        .map(|t| {
+            let m: segloss::metrics::Metric = t.parse()?;
+            m.check(mode, shape[1])?;
+            Ok(m)
+        })
+        .collect::<Result<_, Error>>()
+        .map_err(|e| Fail(2, format!("--metric: {e}")))?;
     let inputs = synth_inputs(shape, mode, 1)?;
     let input = &inputs[0];
     let grads = !a.forward_only;
@@ -1387,8 +1468,35 @@ fn bench_metrics(
     Ok(())
 }
 
+/// The profile of median device span; of an even count, the mean of the two middle ones: their
+/// spans, their wall times and, when they made the same dispatches, each dispatch's times (else
+/// the dispatches of the shorter one). `None` of none.
+fn median_profile(mut ps: Vec<segloss::Profile>) -> Option<segloss::Profile> {
+    ps.sort_by(|x, y| x.device_ms.total_cmp(&y.device_ms));
+    let n = ps.len();
+    if n % 2 == 1 {
+        return Some(ps.swap_remove(n / 2));
+    } else if n == 0 {
+        return None;
+    }
+    // (swap_remove of the upper middle leaves the lower one where it was)
+    let hi = ps.swap_remove(n / 2);
+    let mut m = ps.swap_remove(n / 2 - 1);
+    m.device_ms = (m.device_ms + hi.device_ms) / 2.0;
+    m.wall_ms = (m.wall_ms + hi.wall_ms) / 2.0;
+    let same =
+        m.kernels.len() == hi.kernels.len() && m.kernels.iter().zip(&hi.kernels).all(|(x, y)| x.kernel == y.kernel);
+    if same {
+        for (k, h) in m.kernels.iter_mut().zip(&hi.kernels) {
+            k.start_ms = (k.start_ms + h.start_ms) / 2.0;
+            k.ms = (k.ms + h.ms) / 2.0;
+        }
+    }
+    Some(m)
+}
+
 /// Profiles each loss of `texts` (and all of them in one evaluation): `iters` profiled
-/// evaluations after two warm-ups, the one of median device span reported.
+/// evaluations after two warm-ups, the median reported ([`median_profile`]).
 fn bench_profile(
     engine: &Engine,
     a: &BenchArgs,
@@ -1397,6 +1505,13 @@ fn bench_profile(
     iters: usize,
     texts: &[String],
 ) -> Result<(), Fail> {
+    // (the CPU reference has no device to time, and no buffers for the evaluation to read)
+    if engine.is_cpu() {
+        return Err(Fail(
+            1,
+            "--profile needs a GPU adapter (it times dispatches on the device); none was found".into(),
+        ));
+    }
     let exprs = parse_exprs(texts)?;
     let input = synth_inputs(shape, mode, 1)?.remove(0);
     // the training step's buffers (--device-resident)
@@ -1426,9 +1541,9 @@ fn bench_profile(
         for _ in 0..2 {
             profile(&es)?;
         }
-        let mut ps: Vec<segloss::Profile> = (0..iters).map(|_| profile(&es)).collect::<Result<_, _>>()?;
-        ps.sort_by(|x, y| x.device_ms.total_cmp(&y.device_ms));
-        runs.push((name, ps.swap_remove(ps.len() / 2)));
+        let ps: Vec<segloss::Profile> = (0..iters).map(|_| profile(&es)).collect::<Result<_, _>>()?;
+        let p = median_profile(ps).ok_or_else(|| Fail(2, "--iters 0: must be at least 1".into()))?;
+        runs.push((name, p));
     }
     if a.json {
         let v: Vec<serde_json::Value> = runs
@@ -1525,7 +1640,9 @@ fn bench_adapters(
 }
 
 /// Times each loss of `texts` on a synthetic batch of `shape`, all of them in one evaluation,
-/// and the copy probe. The inner error is the device limit the batch exceeds (`Error::Limit`).
+/// and the copy probe. The inner error is the device limit the batch exceeds (`Error::Limit`,
+/// from preparing it or from any evaluation: with --device-resident, an input past the binding
+/// limit is refused by the first submission).
 fn bench_shape(
     engine: &Engine,
     a: &BenchArgs,
@@ -1554,7 +1671,7 @@ fn bench_shape(
         _ => None,
     };
     // (median ms, min ms, submissions per evaluation, host waits per evaluation)
-    let time = |es: &[LossExpr]| -> Result<(f64, f64, f64, f64), Fail> {
+    let time = |es: &[LossExpr]| -> Result<(f64, f64, f64, f64), Error> {
         if let Some(r) = &resident {
             let binput = r.input(&input)?;
             let grads = r.outs(es.len(), a.forward_only);
@@ -1596,37 +1713,44 @@ fn bench_shape(
         let per = |a: u64, b: u64| (a - b) as f64 / iters as f64;
         Ok((median(&mut v), min, per(after.submissions, before.submissions), per(after.host_waits, before.host_waits)))
     };
-    let mut results = Vec::new();
-    let mut activity = (0.0, 0.0);
-    for (t, e) in texts.iter().zip(&exprs) {
-        let (med, min, subs, waits) = time(std::slice::from_ref(e))?;
-        activity = (subs, waits);
-        let cpu_ms = if a.cpu {
+    let measure = || -> Result<ShapeBench, Error> {
+        let mut results = Vec::new();
+        let mut activity = (0.0, 0.0);
+        for (t, e) in texts.iter().zip(&exprs) {
+            let (med, min, subs, waits) = time(std::slice::from_ref(e))?;
+            activity = (subs, waits);
+            let cpu_ms = if a.cpu {
+                let t0 = Instant::now();
+                reference::evaluate(&input, e)?;
+                Some(ms(t0))
+            } else {
+                None
+            };
+            results.push((t.clone(), med, min, cpu_ms));
+        }
+        let (together, _, _, _) = time(&exprs)?;
+        // The copy probe: one read and one write of the logits, the floor of any pass over them
+        // (none for an input kept on the host and evaluated in pieces)
+        let mut copies = Vec::with_capacity(iters);
+        let mut ran = true;
+        for i in 0..iters + 2 {
             let t0 = Instant::now();
-            reference::evaluate(&input, e)?;
-            Some(ms(t0))
-        } else {
-            None
-        };
-        results.push((t.clone(), med, min, cpu_ms));
-    }
-    let (together, _, _, _) = time(&exprs)?;
-    // The copy probe: one read and one write of the logits, the floor of any pass over them
-    // (none for an input kept on the host and evaluated in pieces)
-    let mut copies = Vec::with_capacity(iters);
-    let mut ran = true;
-    for i in 0..iters + 2 {
-        let t0 = Instant::now();
-        ran = engine.copy_probe_blocking(&prep)?;
-        if !ran {
-            break;
+            ran = engine.copy_probe_blocking(&prep)?;
+            if !ran {
+                break;
+            }
+            if i >= 2 {
+                copies.push(ms(t0));
+            }
         }
-        if i >= 2 {
-            copies.push(ms(t0));
-        }
+        let copy = if ran { Some(median(&mut copies)) } else { None };
+        Ok(ShapeBench { shape: shape.to_vec(), mode, iters, results, together, copy, activity, input_bytes })
+    };
+    match measure() {
+        Ok(r) => Ok(Ok(r)),
+        Err(e @ Error::Limit { .. }) => Ok(Err(e.to_string())),
+        Err(e) => Err(e.into()),
     }
-    let copy = if ran { Some(median(&mut copies)) } else { None };
-    Ok(Ok(ShapeBench { shape: shape.to_vec(), mode, iters, results, together, copy, activity, input_bytes }))
 }
 
 fn bench_json(engine: &Engine, a: &BenchArgs, r: &ShapeBench) -> serde_json::Value {
@@ -1669,6 +1793,9 @@ fn print_bench(engine: &Engine, a: &BenchArgs, r: &ShapeBench) -> Result<(), Fai
     outln!("{:<40} {:>10.3}", format!("all {} together (one call)", r.results.len()), r.together)?;
     match r.copy {
         Some(c) => outln!("{:<40} {c:>10.3}", "copy probe (read + write the logits)")?,
+        None if engine.is_cpu() => {
+            outln!("copy probe: not run (no GPU adapter: the f64 CPU reference has no device memory to copy)")?
+        }
         None => {
             outln!("copy probe: not run (the input is past the binding limit: kept on the host, evaluated in pieces)")?
         }
@@ -1738,36 +1865,53 @@ impl Resident {
             .collect()
     }
 
-    fn input(&self, input: &Input) -> Result<segloss::BufferInput<'_>, Fail> {
+    fn input(&self, input: &Input) -> Result<segloss::BufferInput<'_>, Error> {
         let t = segloss::BufferSlice::whole(&self.target);
         let target = match input.target() {
             Target::Dense(_) => segloss::TargetBuffer::Dense(t),
             Target::Labels(_) => segloss::TargetBuffer::ClassU32(t),
         };
-        Ok(segloss::BufferInput::new(
+        segloss::BufferInput::new(
             segloss::BufferSlice::whole(&self.logits),
             target,
             input.shape(),
             input.mode(),
             input.ignore_index(),
-        )?)
+        )
     }
 }
 
 // ----------------------------------------------------------------------------------------------
 // sortbench
 
+/// The segment lengths `sortbench` takes, as powers of two: from a 256-key segment (the
+/// smallest the sorts are written for) to 2^24.
+const SORT_LOG2: std::ops::RangeInclusive<i64> = 8..=24;
+
 fn sortbench(total: usize, iters: usize, log2: std::ops::RangeInclusive<u32>, as_json: bool) -> Result<(), Fail> {
-    positive("--iters", iters)?;
+    at_most("--iters", iters, MAX_ITERS)?;
     if positive("--total", total)? > MAX_ELEMENTS {
         return Err(Fail(2, format!("--total {total}: at most 2^31 keys are supported")));
+    }
+    // (clap holds each end to SORT_LOG2)
+    if log2.is_empty() {
+        return Err(Fail(
+            2,
+            format!(
+                "--min-log2 {} is past --max-log2 {}: no segment length to time (each from {} to {})",
+                log2.start(),
+                log2.end(),
+                SORT_LOG2.start(),
+                SORT_LOG2.end()
+            ),
+        ));
     }
     let engine = engine()?;
     if engine.is_cpu() {
         return Err(Fail(1, "sortbench needs a GPU adapter".into()));
     }
     let mut rows = Vec::new();
-    for lg in (*log2.start()).max(8)..=(*log2.end()).clamp(8, 24) {
+    for lg in log2 {
         let len = 1usize << lg;
         let segs = (total / len).max(1);
         let mut radix = engine.bench_sort(segs, len, segloss::internals::SortAlgo::Radix, iters)?;
@@ -1807,4 +1951,50 @@ fn sortbench(total: usize, iters: usize, log2: std::ops::RangeInclusive<u32>, as
         outln!("{len:>10} {segs:>9} {r:>11.2} {bs:>11} {:>12.1} {ratio:>12}", keys / r / 1e3)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{median, median_profile};
+    use segloss::{KernelTime, Profile};
+
+    /// The median of an even count was the upper of the two middle values.
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [1.0, 10.0]), 5.5);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [7.0]), 7.0);
+        assert!(median(&mut []).is_nan());
+    }
+
+    fn profile(device_ms: f64, kernels: &[(&'static str, f64)]) -> Profile {
+        let kernels = kernels
+            .iter()
+            .map(|&(kernel, ms)| KernelTime { kernel, workgroups: Some([1, 1, 1]), start_ms: ms, ms })
+            .collect();
+        Profile { kernels, device_ms, wall_ms: 2.0 * device_ms }
+    }
+
+    #[test]
+    fn the_median_profile_of_an_even_count_averages_the_middle_two() {
+        let ps = vec![
+            profile(4.0, &[("a", 1.0), ("b", 3.0)]),
+            profile(1.0, &[("a", 0.5), ("b", 0.5)]),
+            profile(9.0, &[("a", 4.0), ("b", 5.0)]),
+            profile(2.0, &[("a", 0.5), ("b", 1.5)]),
+        ];
+        let m = median_profile(ps).unwrap();
+        assert_eq!((m.device_ms, m.wall_ms), (3.0, 6.0));
+        let ms: Vec<f64> = m.kernels.iter().map(|k| k.ms).collect();
+        assert_eq!(ms, vec![0.75, 2.25]);
+        // other dispatches: the shorter one's, the span still the mean
+        let m = median_profile(vec![profile(2.0, &[("a", 2.0)]), profile(4.0, &[("c", 1.0), ("d", 3.0)])]).unwrap();
+        assert_eq!((m.device_ms, m.kernels.len(), m.kernels[0].kernel), (3.0, 1, "a"));
+        assert_eq!(
+            median_profile(vec![profile(5.0, &[]), profile(1.0, &[]), profile(3.0, &[])]).unwrap().device_ms,
+            3.0
+        );
+        assert!(median_profile(Vec::new()).is_none());
+    }
 }

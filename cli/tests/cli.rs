@@ -891,3 +891,403 @@ fn absurd_counts_on_the_command_line_are_usage_errors() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `segloss` with these environment variables set.
+fn segloss_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_segloss"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run segloss")
+}
+
+/// The default loss of `bench --metric` was ce whatever the mode, so that `bench --metric iou`
+/// failed on the default (binary) shape.
+#[test]
+fn bench_metric_times_the_loss_of_the_shape_s_mode() {
+    for (shape, mode, want) in
+        [("2x1x16x16", None, "bce"), ("2x3x16x16", None, "ce"), ("1x2x8x8", Some("multilabel"), "bce")]
+    {
+        let mut args = vec!["bench", "--metric", "iou", "--iters", "1", "--shape", shape, "--json"];
+        if let Some(m) = mode {
+            args.extend(["--mode", m]);
+        }
+        let out = segloss(&args);
+        assert!(out.status.success(), "{shape}: {}", String::from_utf8_lossy(&out.stderr));
+        let v = json_of(&out);
+        assert_eq!(v["losses"], serde_json::json!([want]), "{shape}");
+        assert!(v["with_metrics_ms"].as_f64().unwrap() > 0.0);
+    }
+}
+
+/// With --device-resident, an input past the binding limit is refused by the submission (not by
+/// `prepare`): the sweep stopped there with nothing printed; now the shape is a skipped row.
+#[test]
+fn bench_sizes_device_resident_skips_shapes_past_the_binding_limit() {
+    let out = segloss_env(
+        &["bench", "--sizes", "--device-resident", "--iters", "3", "--json"],
+        &[("SEGLOSS_MAX_BINDING_BYTES", "20000")],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json_of(&out);
+    // [1, 1, 64, 64] (16 KiB of logits) fits; the five others do not
+    let sweep = v["sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 1, "{v}");
+    assert_eq!(sweep[0]["shape"], serde_json::json!([1, 1, 64, 64]));
+    assert_eq!(sweep[0]["device_resident"], true);
+    let skipped = v["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 5, "{v}");
+    for s in skipped {
+        assert!(s["skipped"].as_str().unwrap().contains("device limit"), "{s}");
+    }
+}
+
+/// Two multiclass files of 3 classes, 4x5, in `logits/` and `targets/` of a fresh folder.
+fn two_multiclass_files(tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (root, ld, td) = folders(tag);
+    let mut rng = common::Rng(31);
+    for name in ["a", "b"] {
+        let logits: Vec<f32> = (0..3 * 20).map(|_| (rng.normal() * 2.0) as f32).collect();
+        let labels: Vec<i64> = (0..20).map(|_| rng.below(3) as i64).collect();
+        write_npy(&ld.join(format!("{name}.npy")), &logits, &[1, 3, 4, 5]);
+        write_npy(&td.join(format!("{name}.npy")), &labels, &[1, 4, 5]);
+    }
+    (root, ld, td)
+}
+
+/// A per-image metric entry's rows as the text cells write them: `[x;y;z]` per image.
+fn per_image_cell(entry: &serde_json::Value, float: impl Fn(f64) -> String) -> String {
+    let rows = entry["per_image"].as_array().unwrap();
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let v: Vec<String> = r.as_array().unwrap().iter().map(|x| float(x.as_f64().unwrap())).collect();
+            format!("[{}]", v.join(";"))
+        })
+        .collect();
+    rows.join(";")
+}
+
+/// The text rows of `eval --logits-dir` showed the losses only, though `--metric` gives each
+/// file's metrics.
+#[test]
+fn folder_text_rows_show_each_file_s_metrics() {
+    let (root, ld, td) = two_multiclass_files("text-metrics");
+    let base = ["eval", "--logits-dir", s(&ld), "--target-dir", s(&td), "--loss", "dice"];
+    let metrics = ["--metric", "iou", "--metric", "dice:reduction=none"];
+    let mut args = base.to_vec();
+    args.extend(metrics);
+    let text_out = segloss(&args);
+    assert!(text_out.status.success(), "{}", String::from_utf8_lossy(&text_out.stderr));
+    let text = String::from_utf8(text_out.stdout).unwrap();
+    args.push("--json");
+    let j = json_of(&segloss(&args));
+    let head = text.lines().nth(1).unwrap();
+    assert!(head.contains("iou") && head.contains("dice:reduction=none"), "{text}");
+    for f in j["files"].as_array().unwrap() {
+        let name = f["name"].as_str().unwrap();
+        let row = text.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        let iou = format!("{:.6}", f["metrics"][0]["value"].as_f64().unwrap());
+        let per_image = per_image_cell(&f["metrics"][1], |x| format!("{x:.6}"));
+        assert_eq!(cells[2..], [iou.as_str(), per_image.as_str()], "{text}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// CSV dropped a metric's error (never in the error column) and wrote an empty cell for a
+/// result without a single value (`dice:reduction=none`).
+#[test]
+fn folder_csv_has_metric_errors_and_non_scalar_results() {
+    let (root, ld, td) = two_multiclass_files("csv-metrics");
+    let metrics = ["--metric", "dice:reduction=none", "--metric", "iou:classes=5"];
+    let mut args = vec!["eval", "--logits-dir", s(&ld), "--target-dir", s(&td), "--loss", "dice"];
+    args.extend(metrics);
+    let j = json_of(&segloss(&[args.as_slice(), &["--json"]].concat()));
+    args.push("--csv");
+    let out = segloss(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "name,dice,dice:reduction=none,iou:classes=5,error");
+    for (f, line) in j["files"].as_array().unwrap().iter().zip(&lines[1..]) {
+        // (no cell holds a comma but the quoted error)
+        let cells: Vec<&str> = line.splitn(5, ',').collect();
+        assert_eq!(cells[0], f["name"].as_str().unwrap());
+        // the per-image rows (compared as numbers: serde_json reads the JSON's to within an ulp)
+        let rows: Vec<Vec<f64>> = cells[2]
+            .split(';')
+            .map(|x| x.trim_matches(['[', ']']).parse().unwrap())
+            .collect::<Vec<f64>>()
+            .chunks(3)
+            .map(<[f64]>::to_vec)
+            .collect();
+        let want: Vec<Vec<f64>> = serde_json::from_value(f["metrics"][0]["per_image"].clone()).unwrap();
+        assert_eq!(rows.len(), want.len(), "{line}");
+        for (r, w) in rows.iter().zip(&want) {
+            assert!(r.len() == w.len() && r.iter().zip(w).all(|(a, b)| (a - b).abs() <= 1e-15), "{line}: {w:?}");
+        }
+        assert!(cells[2].starts_with('[') && cells[2].ends_with(']'), "{line}");
+        assert_eq!(cells[3], "", "{line}");
+        assert!(cells[4].contains("iou:classes=5") && cells[4].contains("out of range"), "{line}");
+    }
+    let mean = lines.last().unwrap();
+    assert!(mean.starts_with("mean,") && mean.contains("not every file could be counted"), "{mean}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// These combinations ignored --levels or --cpu (timing something else than asked, or the CPU
+/// reference not at all); --cpu with --forward-only compared the GPU's values alone with the
+/// reference's values and gradient.
+#[test]
+fn bench_options_that_would_be_ignored_are_usage_errors() {
+    let runs: &[&[&str]] = &[
+        &["--levels", "2", "--adapters", "all"],
+        &["--levels", "2", "--metric", "iou"],
+        &["--cpu", "--batch", "2"],
+        &["--cpu", "--levels", "2"],
+        &["--cpu", "--metric", "iou"],
+        &["--cpu", "--adapters", "all"],
+        &["--cpu", "--profile"],
+        &["--cpu", "--forward-only"],
+    ];
+    for extra in runs {
+        let mut args = vec!["bench", "--shape", "1x1x8x8", "--iters", "1"];
+        args.extend(*extra);
+        let out = segloss(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains("cannot be used with"), "{extra:?}: {err}");
+    }
+}
+
+/// A huge --iters reserved memory for every timing first (a capacity overflow or an aborted
+/// allocation), or wrapped the sweep's per-shape count.
+#[test]
+fn a_huge_iteration_count_is_a_usage_error() {
+    let big = usize::MAX.to_string();
+    let runs: [&[&str]; 4] = [
+        &["bench", "--shape", "1x1x4x4", "--iters", &big],
+        &["bench", "--sizes", "--iters", &big],
+        &["bench", "--shape", "1x1x4x4", "--iters", "1000001", "--profile"],
+        &["sortbench", "--iters", &big],
+    ];
+    for args in runs {
+        let out = segloss(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--iters") && err.contains("at most 1000000"), "{args:?}: {err}");
+    }
+}
+
+/// The unreduced entries' write error replaced the gradient's in `grad_error`.
+#[test]
+fn a_gradient_write_error_is_kept_beside_the_unreduced_one() {
+    let case = common::golden_dir().join("multiclass_small");
+    let dir = std::env::temp_dir().join(format!("segloss-both-blocked-{}", std::process::id()));
+    // directories in the way of both files of the loss
+    std::fs::create_dir_all(dir.join("grad_0.npy")).unwrap();
+    std::fs::create_dir_all(dir.join("unreduced_0.npy")).unwrap();
+    let out = run(&eval_args(&case, &["ce:reduction=none"], &["--grad-dir", s(&dir), "--json"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("1 gradient file(s) and 1 unreduced entries file(s)"), "{err}");
+    let v = json_of(&out);
+    let r = &v["results"][0];
+    assert!(r["value"].as_f64().unwrap().is_finite(), "{r}");
+    assert!(r["grad_error"].as_str().unwrap().contains("grad_0.npy"), "{r}");
+    assert!(r["unreduced_error"].as_str().unwrap().contains("unreduced_0.npy"), "{r}");
+    assert!(r["grad_file"].is_null() && r["unreduced_file"].is_null(), "{r}");
+    let out = run(&eval_args(&case, &["ce:reduction=none"], &["--grad-dir", s(&dir)]));
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().nth(1).unwrap();
+    assert!(line.contains("gradient error: cannot write") && line.contains("grad_0.npy"), "{line}");
+    assert!(line.contains("unreduced entries error: cannot write") && line.contains("unreduced_0.npy"), "{line}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Folder mode failed the run on a bad --loss (single files: an error entry, exit 0) and turned
+/// a bad --mode into an error row per file (single files: a usage error); bench exited 1 on a bad
+/// --mode or --loss.
+#[test]
+fn bad_arguments_exit_alike_in_every_mode() {
+    let (root, ld, td) = two_multiclass_files("exit-codes");
+    let (l, t) = (ld.join("a.npy"), td.join("a.npy"));
+    let out = segloss(&["eval", "--logits", s(&l), "--target", s(&t), "--loss", "bogus", "--loss", "dice", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "single file, bad --loss");
+    let folder = ["eval", "--logits-dir", s(&ld), "--target-dir", s(&td)];
+    let out = segloss(&[folder.as_slice(), &["--loss", "bogus", "--loss", "dice", "--json"]].concat());
+    assert_eq!(out.status.code(), Some(0), "folder, bad --loss: {}", String::from_utf8_lossy(&out.stderr));
+    let j = json_of(&out);
+    for f in j["files"].as_array().unwrap() {
+        assert!(f["results"][0]["error"].as_str().unwrap().contains("bogus") && f["results"][1]["value"].is_f64());
+    }
+    let out = segloss(&["eval", "--logits", s(&l), "--target", s(&t), "--loss", "dice", "--mode", "foo"]);
+    assert_eq!(out.status.code(), Some(2), "single file, bad --mode");
+    let out = segloss(&[folder.as_slice(), &["--loss", "dice", "--mode", "foo", "--json"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "folder, bad --mode: {err}");
+    assert!(err.contains("--mode foo") && out.stdout.is_empty(), "{err}");
+    for (extra, want) in [
+        (&["--mode", "foo"][..], "--mode foo"),
+        (&["--loss", "bogus"], "--loss bogus"),
+        (&["--loss", "ce"], "--loss ce"),
+        (&["--metric", "bogus"], "bogus"),
+    ] {
+        let mut args = vec!["bench", "--shape", "1x1x8x8", "--iters", "1"];
+        args.extend(extra);
+        let out = segloss(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "bench {extra:?}: {err}");
+        assert!(err.contains(want), "bench {extra:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Without a GPU adapter bench blamed the binding limit for the missing copy probe, and
+/// --profile answered that buffer inputs need a GPU engine.
+#[test]
+fn bench_on_the_cpu_fallback_says_there_is_no_gpu_adapter() {
+    // no adapter on a browser backend in a native process: the CPU reference
+    let env = [("SEGLOSS_BACKEND", "webgpu")];
+    let out = segloss_env(&["bench", "--shape", "1x1x8x8", "--iters", "2"], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("copy probe: not run (no GPU adapter") && !text.contains("binding limit"), "{text}");
+    let out = segloss_env(&["bench", "--shape", "1x1x8x8", "--iters", "2", "--profile"], &env);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--profile needs a GPU adapter") && !err.contains("buffer inputs"), "{err}");
+}
+
+/// A grey PNG of `bits` (1, 2 or 4) bits per sample holding these levels.
+fn write_low_depth_png(path: &Path, w: u32, h: u32, bits: u8, levels: &[u8]) {
+    let per_byte = usize::from(8 / bits);
+    let row = (w as usize).div_ceil(per_byte);
+    let mut data = vec![0u8; row * h as usize];
+    for (i, &v) in levels.iter().enumerate() {
+        let (y, x) = (i / w as usize, i % w as usize);
+        // the first pixel in the high bits
+        data[y * row + x / per_byte] |= v << (8 - usize::from(bits) * (x % per_byte + 1));
+    }
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(std::fs::File::create(path).unwrap()), w, h);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(match bits {
+        1 => png::BitDepth::One,
+        2 => png::BitDepth::Two,
+        _ => png::BitDepth::Four,
+    });
+    enc.write_header().unwrap().write_image_data(&data).unwrap();
+}
+
+/// Grey PNG masks of 1, 2 and 4 bits were read scaled to 8 bits (2 bits: classes 0..3 as 0, 85,
+/// 170, 255): the grey level was no longer the class.
+#[test]
+fn low_bit_depth_masks_keep_their_classes() {
+    let (root, ld, td) = folders("masks-low");
+    let mut rng = common::Rng(12);
+    let (h, w) = (6u32, 5u32);
+    let hw = (h * w) as usize;
+    let mut want = Vec::new();
+    for (name, bits, c) in [("two", 2u8, 4usize), ("four", 4, 16), ("one", 1, 1)] {
+        // 1 bit: a binary mask of one-channel logits; else every class of the depth
+        let levels: Vec<u8> = (0..hw).map(|i| if i < c.max(2) { i as u8 } else { rng.below(c.max(2)) as u8 }).collect();
+        let logits: Vec<f32> = (0..c * hw).map(|_| (rng.normal() * 2.0) as f32).collect();
+        write_npy(&ld.join(format!("{name}.npy")), &logits, &[c as u64, u64::from(h), u64::from(w)]);
+        write_low_depth_png(&td.join(format!("{name}.png")), w, h, bits, &levels);
+        let shape = [1, c, h as usize, w as usize];
+        let reference = |input: segloss::Input, loss: &str| {
+            segloss::reference::evaluate(&input, &loss.parse().unwrap()).unwrap().value
+        };
+        if c == 1 {
+            let target: Vec<f32> = levels.iter().map(|&v| f32::from(v)).collect();
+            let input = segloss::Input::dense(&logits, &target, &shape, segloss::Mode::Binary).unwrap();
+            want.push((name, "bce", reference(input, "bce")));
+        } else {
+            let labels: Vec<i64> = levels.iter().map(|&v| i64::from(v)).collect();
+            let input = segloss::Input::labels(&logits, &labels, &shape, None).unwrap();
+            want.push((name, "dice", reference(input, "dice")));
+        }
+    }
+    for (name, loss, value) in want {
+        let out = segloss(&["eval", "--logits-dir", s(&ld), "--target-dir", s(&td), "--json", "--loss", loss]);
+        let j = json_of(&out);
+        let f = j["files"].as_array().unwrap().iter().find(|f| f["name"] == name).unwrap().clone();
+        let got = f["results"][0]["value"].as_f64();
+        assert!(got.is_some_and(|g| (g - value).abs() < 1e-5), "{name} ({loss}): {f} vs reference {value}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A uint64 label of 2^64 - 1 was clamped to i64::MAX: reported as 9223372036854775807, and
+/// ignored by `--ignore-index 9223372036854775807`.
+#[test]
+fn labels_past_i64_are_errors_that_name_them() {
+    let (root, ld, td) = folders("big-labels");
+    let logits: Vec<f32> = (0..3 * 4).map(|i| i as f32 / 7.0).collect();
+    write_npy(&ld.join("x.npy"), &logits, &[1, 3, 2, 2]);
+    write_npy(&td.join("u64.npy"), &[0u64, 1, 2, u64::MAX], &[1, 2, 2]);
+    write_npy(&td.join("f64.npy"), &[0.0f64, 1.0, 2.0, 1e30], &[1, 2, 2]);
+    let x = ld.join("x.npy");
+    for (t, want) in [("u64.npy", "18446744073709551615"), ("f64.npy", "1e30")] {
+        let target = td.join(t);
+        for extra in [&[][..], &["--ignore-index", "9223372036854775807"]] {
+            let mut args = vec!["eval", "--logits", s(&x), "--target", s(&target), "--loss", "ce"];
+            // (float labels are class indices only in multiclass mode given)
+            args.extend(["--mode", "multiclass"]);
+            args.extend(extra);
+            let out = segloss(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{t} {extra:?}: {err}");
+            assert!(err.contains(want) && !err.contains("= 9223372036854775807"), "{t} {extra:?}: {err}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// sortbench clamped its range to 8..=24 in silence, or timed nothing (min past max).
+#[test]
+fn sortbench_ranges_outside_8_to_24_are_usage_errors() {
+    let runs: [(&[&str], &str); 5] = [
+        (&["--min-log2", "25"], "8..=24"),
+        (&["--min-log2", "20", "--max-log2", "10"], "--min-log2 20 is past --max-log2 10"),
+        (&["--min-log2", "12", "--max-log2", "4"], "8..=24"),
+        (&["--max-log2", "30"], "8..=24"),
+        (&["--min-log2", "7"], "8..=24"),
+    ];
+    for (extra, want) in runs {
+        let mut args = vec!["sortbench", "--total", "4096", "--iters", "1"];
+        args.extend(extra);
+        let out = segloss(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
+}
+
+/// `bench --sizes` whose every shape was skipped exited 0 (and drew an empty chart).
+#[test]
+fn a_sweep_that_measures_nothing_fails() {
+    let dir = std::env::temp_dir().join(format!("segloss-empty-sweep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plot = dir.join("p.svg");
+    // weights of 2 classes: no binary shape takes ce, no 21-class shape these weights
+    for json in [false, true] {
+        let mut args = vec!["bench", "--sizes", "--loss", "ce:weights=1;2", "--iters", "1", "--plot", s(&plot)];
+        if json {
+            args.push("--json");
+        }
+        let out = segloss(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("nothing was measured"), "{err}");
+        assert!(!plot.exists(), "an empty chart was drawn");
+        if json {
+            let v = json_of(&out);
+            assert_eq!(v["skipped"].as_array().unwrap().len(), 6, "{v}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

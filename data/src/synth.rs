@@ -90,11 +90,15 @@ fn blur(img: &mut [f32], h: usize, w: usize, r: usize) {
 }
 
 /// Thin roads covering about 4.5% of each image, and the logits of a blurred, noisy prediction
-/// that misses parts of them and sees a few false roads.
+/// that misses parts of them and sees a few false roads. A size of 0 gives an empty batch.
 pub fn roads(n: usize, h: usize, w: usize, seed: u64) -> DenseBatch {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut target = vec![0.0f32; n * h * w];
     let mut logits = vec![0.0f32; n * h * w];
+    if h == 0 || w == 0 {
+        // no pixel to start a road from (an empty range to draw from)
+        return DenseBatch { shape: vec![n, 1, h, w], logits, target };
+    }
     for img in 0..n {
         let mask = &mut target[img * h * w..(img + 1) * h * w];
         let mut guard = 0;
@@ -118,9 +122,13 @@ pub fn roads(n: usize, h: usize, w: usize, seed: u64) -> DenseBatch {
 }
 
 /// A multiclass scene: background (class 0) with blobs of classes 1..C of varied size, and logits
-/// of a noisy prediction favouring the true class.
+/// of a noisy prediction favouring the true class. A size of 0 gives an empty batch; so does
+/// `c = 0` (no class to label a pixel with): no logits and no labels.
 pub fn scene(n: usize, c: usize, h: usize, w: usize, seed: u64) -> LabelBatch {
     let mut rng = SmallRng::seed_from_u64(seed);
+    if c == 0 || h == 0 || w == 0 {
+        return LabelBatch { shape: vec![n, c, h, w], logits: Vec::new(), labels: Vec::new() };
+    }
     let mut labels = vec![0i64; n * h * w];
     let mut logits = vec![0.0f32; n * c * h * w];
     for img in 0..n {
@@ -267,4 +275,40 @@ pub fn road_scene(n: usize, h: usize, w: usize, seed: u64) -> SceneBatch {
         }
     }
     SceneBatch { shape: vec![n, 3, h, w], image, mask }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A height or width of 0 drew from an empty range (a panic), and `c = 0` labelled every
+    /// pixel -1.
+    #[test]
+    fn zero_sizes_give_empty_batches() {
+        for (h, w) in [(0, 5), (5, 0), (0, 0)] {
+            let r = roads(2, h, w, 1);
+            assert_eq!(r.shape, vec![2, 1, h, w]);
+            assert!(r.logits.is_empty() && r.target.is_empty());
+            let s = scene(2, 3, h, w, 1);
+            assert_eq!(s.shape, vec![2, 3, h, w]);
+            assert!(s.logits.is_empty() && s.labels.is_empty());
+            let b = road_scene(2, h, w, 1);
+            assert!(b.image.is_empty() && b.mask.is_empty());
+        }
+        let s = scene(2, 0, 4, 4, 1);
+        assert_eq!(s.shape, vec![2, 0, 4, 4]);
+        assert!(s.logits.is_empty() && s.labels.is_empty(), "{:?}", &s.labels[..s.labels.len().min(4)]);
+        assert!(roads(0, 8, 8, 1).target.is_empty() && scene(0, 3, 8, 8, 1).labels.is_empty());
+    }
+
+    #[test]
+    fn labels_are_classes_of_the_scene() {
+        for c in [1, 2, 5] {
+            let s = scene(2, c, 9, 7, 3);
+            assert_eq!((s.labels.len(), s.logits.len()), (2 * 9 * 7, 2 * c * 9 * 7));
+            assert!(s.labels.iter().all(|&k| (0..c as i64).contains(&k)), "c = {c}");
+        }
+        let r = roads(1, 1, 1, 3);
+        assert!(r.target.len() == 1 && r.logits[0].is_finite());
+    }
 }
