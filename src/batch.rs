@@ -317,10 +317,12 @@ impl<'e, 'a> Batch<'e, 'a> {
                         let numel = b.shape().iter().product::<usize>() as u64;
                         let mut seen = Vec::new();
                         it.grads.iter().try_for_each(|g| match g {
+                            // (its length and placement: the usages and the binding size it
+                            // needs depend on whether the input is evaluated in pieces, and are
+                            // checked where it is recorded)
                             GradOut::Write(sl) | GradOut::Add(sl) => {
                                 distinct_slice(&mut seen, sl)?;
-                                let add = matches!(g, GradOut::Add(_));
-                                crate::engine::check_grad_slice(&gpu, Some(b), sl, add, numel).map(drop)
+                                crate::engine::check_grad_extent(Some(b), sl, numel)
                             }
                             GradOut::Skip | GradOut::Host => Ok(()),
                         })
@@ -525,8 +527,12 @@ impl<'e, 'a> Batch<'e, 'a> {
                 }
                 Err(e) => Err(e),
             };
-            // the submission has completed (or failed): the uploads are free again
-            gpu.pool.give(uploads);
+            // the submission has completed: the uploads are free again; where it failed, one may be
+            // a buffer the device refused (in the browser, where allocations are not checked
+            // before the submission), which must not go back to the pool
+            if data.is_ok() {
+                gpu.pool.give(uploads);
+            }
             match data {
                 Ok(data) => {
                     let staged_words = words(&data[staged]);

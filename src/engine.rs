@@ -721,8 +721,9 @@ impl Engine {
         }
     }
 
-    /// The largest input binding the engine plans with, bytes: host inputs with more logits are
-    /// evaluated in pieces. The device's limit, or the lower one of
+    /// The largest input binding the engine plans with, bytes: inputs with more logits are
+    /// evaluated in pieces (and a Lovász-Softmax on logits with more than C / (C + 2) of it, whose
+    /// weights hold each pixel's log-sum-exp too). The device's limit, or the lower one of
     /// [`EngineOptions::max_binding_bytes`]; `None` on the CPU engine.
     pub fn max_binding_bytes(&self) -> Option<u64> {
         self.gpu_ref().map(|g| crate::stats::binding_limit(g))
@@ -894,14 +895,17 @@ impl Engine {
                 "reduction=none entries are read to the host: use evaluate_buffers, not submit_buffers".into(),
             ));
         }
-        if input.past_limit(gpu, exprs) {
-            let bytes = input.logits.bytes().max(input.target.slice().bytes());
+        let t = input.target.slice().bytes();
+        if let Some((what, needed, max)) =
+            crate::stats::pieces_reason(gpu, &input.shape, input.mode, input.kind, exprs, t)
+        {
             return Err(Error::Limit {
-                what: "submit_buffers of an input that must be evaluated in pieces (evaluate_buffers can: its \
-                       pieces wait for their statistics)"
-                    .into(),
-                needed: bytes,
-                max: crate::stats::binding_limit(gpu),
+                what: format!(
+                    "submit_buffers of an input that must be evaluated in pieces ({what}; evaluate_buffers \
+                     can: its pieces wait for their statistics)"
+                ),
+                needed,
+                max,
             });
         }
         let mut rec = Recording::new(&gpu.limits);
@@ -1373,18 +1377,8 @@ pub(crate) fn check_grad_slice(
     numel: u64,
 ) -> Result<bool, Error> {
     check_slice(gpu, "gradient", sl, wgpu::BufferUsages::STORAGE)?;
-    if sl.len != numel {
-        return Err(Error::Shape(format!("the gradient slice has {} elements but the logits have {numel}", sl.len)));
-    }
-    let mut shares = false;
-    if let Some(b) = input {
-        for (what, other) in [("logits", b.logits), ("target", b.target.slice())] {
-            if overlaps(sl, &other) {
-                return Err(Error::Buffer(format!("the gradient slice overlaps the {what} slice")));
-            }
-            shares |= sl.buffer == other.buffer;
-        }
-    }
+    check_grad_extent(input, sl, numel)?;
+    let shares = input.is_some_and(|b| [b.logits, b.target.slice()].iter().any(|o| sl.buffer == o.buffer));
     let usage = if accumulate { wgpu::BufferUsages::COPY_SRC } else { wgpu::BufferUsages::empty() };
     if shares && !sl.buffer.usage().contains(usage) {
         return Err(Error::Buffer(format!(
@@ -1393,6 +1387,27 @@ pub(crate) fn check_grad_slice(
         )));
     }
     Ok(shares)
+}
+
+/// The checks of a gradient slice that hold whether the input is bound whole or in pieces (whose
+/// slices need other usages and no binding of their size): its length, and no overlap with the
+/// input's slices.
+pub(crate) fn check_grad_extent(
+    input: Option<&BufferInput<'_>>,
+    sl: &BufferSlice<'_>,
+    numel: u64,
+) -> Result<(), Error> {
+    if sl.len != numel {
+        return Err(Error::Shape(format!("the gradient slice has {} elements but the logits have {numel}", sl.len)));
+    }
+    if let Some(b) = input {
+        for (what, other) in [("logits", b.logits), ("target", b.target.slice())] {
+            if overlaps(sl, &other) {
+                return Err(Error::Buffer(format!("the gradient slice overlaps the {what} slice")));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_slice(gpu: &Gpu, what: &str, s: &BufferSlice<'_>, usage: wgpu::BufferUsages) -> Result<(), Error> {

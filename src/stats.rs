@@ -725,9 +725,7 @@ pub(crate) fn max_images(gpu: &Gpu, plan: &StatsPlan, classes: usize) -> usize {
     (rows / plan::lovasz_segments(plan.softmax, true, 1, classes, 1).0.max(1)).max(1)
 }
 
-/// Whether a batch of `shape` must be evaluated in pieces for `exprs`: logits past
-/// [`logits_budget`], target words (`target_bytes`) past the binding limit, or more images
-/// than [`max_images`].
+/// Whether a batch of `shape` must be evaluated in pieces for `exprs` ([`pieces_reason`]).
 pub(crate) fn needs_pieces(
     gpu: &Gpu,
     shape: &[usize],
@@ -736,12 +734,33 @@ pub(crate) fn needs_pieces(
     exprs: &[LossExpr],
     target_bytes: u64,
 ) -> bool {
+    pieces_reason(gpu, shape, mode, kind, exprs, target_bytes).is_some()
+}
+
+/// Why a batch of `shape` must be evaluated in pieces for `exprs`, as (what, needed, allowed):
+/// logits past [`logits_budget`], target words (`target_bytes`) past the binding limit, or more
+/// images than [`max_images`]; `None` when it is bound whole.
+pub(crate) fn pieces_reason(
+    gpu: &Gpu,
+    shape: &[usize],
+    mode: Mode,
+    kind: InputKind,
+    exprs: &[LossExpr],
+    target_bytes: u64,
+) -> Option<(&'static str, u64, u64)> {
     let (n, c) = (shape[0], shape[1]);
     let logits = (shape.iter().product::<usize>() * 4) as u64;
-    let plan = StatsPlan::new(exprs, c, mode == Mode::Multiclass);
-    logits > logits_budget(gpu, c, lse_beside_weights(exprs, mode, kind))
-        || target_bytes > binding_limit(gpu)
-        || n > max_images(gpu, &plan, c)
+    let budget = logits_budget(gpu, c, lse_beside_weights(exprs, mode, kind));
+    let most = max_images(gpu, &StatsPlan::new(exprs, c, mode == Mode::Multiclass), c);
+    if logits > budget {
+        Some(("logits bytes", logits, budget))
+    } else if target_bytes > binding_limit(gpu) {
+        Some(("target bytes", target_bytes, binding_limit(gpu)))
+    } else if n > most {
+        Some(("images", n as u64, most as u64))
+    } else {
+        None
+    }
 }
 
 /// The pieces of `input` on `gpu`; Lovász losses that cannot run on them are a limit error.

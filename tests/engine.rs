@@ -2414,3 +2414,43 @@ fn a_destroyed_device_gives_typed_errors_and_no_panic_or_hang() {
         assert!(matches!(e, Some(Error::Gpu(_))), "{what}: {e:?}");
     }
 }
+
+#[test]
+fn a_batch_takes_gradient_slices_of_inputs_evaluated_in_pieces() {
+    // a device of 8 KiB bindings: a 32 KiB buffer input goes in pieces, whose gradient slice is
+    // never bound whole. The batch's own checks of each evaluation refused it ("the gradient
+    // slice" past the binding), though evaluate_buffers takes it
+    let (info, device, queue) =
+        caller_device_with(|l| l.max_storage_buffer_binding_size = 8192, wgpu::Features::empty());
+    let engine = Engine::from_device_blocking(&info, device.clone(), queue).expect("engine");
+    let c = dense_case(113, &[4, 2, 32, 32], Mode::Multilabel);
+    let numel = c.logits.len() as u64;
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let make = |data: &[u32]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(data),
+            usage,
+        })
+    };
+    let (l, t, g) = (
+        make(bytemuck::cast_slice(&c.logits)),
+        make(bytemuck::cast_slice(&c.dense)),
+        make(&vec![0u32; numel as usize]),
+    );
+    let b = BufferInput::new(
+        BufferSlice::whole(&l),
+        TargetBuffer::Dense(BufferSlice::whole(&t)),
+        &c.shape,
+        Mode::Multilabel,
+        None,
+    )
+    .unwrap();
+    let ex = parse(&["bce+dice"]);
+    let want = engine.evaluate_blocking(&c.whole(), &ex, true).unwrap();
+    let mut batch = engine.batch();
+    let p = batch.push_buffers(&b, &ex, &[GradOut::Write(BufferSlice::whole(&g))]).unwrap();
+    batch.flush_blocking().unwrap();
+    let got = p.wait().unwrap();
+    assert!((got[0].value - want[0].value).abs() <= 1e-6 * want[0].value.abs());
+}

@@ -457,7 +457,8 @@ fn the_gpu_kernels_with_the_bitonic_network_match_the_reference() {
     assert_eq!(engine.bitonic_crossover(), 2048);
     let mut rng = Rng(57);
     for kind in 0..5 {
-        // segments of 1 to 2048 elements: per image (any size up to 45 x 45) and over a batch
+        // per image, segments of 1 to 2025 elements (the bitonic network); over a batch, up to
+        // 6075 (the radix sort past 2048)
         let shape = vec![1 + rng.below(3), 2 + rng.below(3), 1 + rng.below(45), 1 + rng.below(45)];
         compare_on(&engine, &case(&mut rng, Mode::Multiclass, shape, kind, kind % 2 == 0), SOFTMAX);
         let shape = vec![1 + rng.below(3), 1, 1 + rng.below(30), 1 + rng.below(30)];

@@ -125,3 +125,18 @@ fn runs_of_equal_high_bits_sort_like_a_stable_cpu_sort() {
         check(&keys, len);
     }
 }
+
+#[test]
+fn the_sort_benchmark_runs_on_both_layouts() {
+    // the CPU adapters' interleaved items and the GPUs' two arrays, each copied in from the kept
+    // random keys before every timed run
+    let engine = segloss::Engine::gpu_blocking().unwrap();
+    for tiles in [true, false] {
+        engine.set_tile_scatter(tiles);
+        for algo in [segloss::internals::SortAlgo::Radix, segloss::internals::SortAlgo::Bitonic] {
+            let times = engine.bench_sort(4, 1024, algo, 2).unwrap();
+            assert_eq!(times.len(), 2, "{algo:?}, tiles {tiles}");
+            assert!(times.iter().all(|t| t.is_finite() && *t > 0.0));
+        }
+    }
+}

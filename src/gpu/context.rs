@@ -441,9 +441,23 @@ impl Gpu {
         contents: &[u8],
         usage: wgpu::BufferUsages,
     ) -> Result<wgpu::Buffer, Error> {
+        let size =
+            (contents.len() as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT).max(wgpu::COPY_BUFFER_ALIGNMENT);
+        // in the browser a buffer mapped at creation that cannot be allocated throws (a
+        // RangeError) rather than coming back invalid: written through the queue instead
+        #[cfg(target_arch = "wasm32")]
+        return self.allocating(|| {
+            let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: usage | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.queue.write_buffer(&buf, 0, contents);
+            buf
+        });
+        #[cfg(not(target_arch = "wasm32"))]
         self.allocating(|| {
-            let size =
-                (contents.len() as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT).max(wgpu::COPY_BUFFER_ALIGNMENT);
             let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size,

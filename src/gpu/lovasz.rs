@@ -158,7 +158,7 @@ impl Gpu {
         let (segs, len) = plan::lovasz_segments(inp.softmax, per_image, n, c, s);
         let maxd = self.limits.max_compute_workgroups_per_dimension as usize;
         // (a segment's tiles fold into a second dimension: tile_grid)
-        if segs > maxd || len.div_ceil(SORT_TILE) > maxd * maxd {
+        if segs > maxd || len.div_ceil(SORT_TILE) > maxd.saturating_mul(maxd) {
             return Err(Error::Limit {
                 what: format!("lovasz: workgroups per dimension for {segs} segments of {len} elements"),
                 needed: segs.max(len.div_ceil(SORT_TILE).div_ceil(maxd)) as u64,
