@@ -304,6 +304,14 @@ impl<'e, 'a> Batch<'e, 'a> {
             // (hard_labels reads the whole target: once per input, where a Lovász loss needs it;
             // the -inf checks run only on an input with -inf)
             let mut hard = None;
+            // (a buffer input is bound whole, or in pieces, for the requests of all its items)
+            let pieces = match &items[g.items[0]].src {
+                ItemSrc::Buffers(b) => {
+                    let exprs: Vec<LossExpr> = g.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
+                    b.past_limit(&gpu, &exprs)
+                }
+                ItemSrc::Host(_) => false,
+            };
             g.items.retain(|&i| {
                 let it = &items[i];
                 let checked = match &it.src {
@@ -314,15 +322,11 @@ impl<'e, 'a> Batch<'e, 'a> {
                     }
                     .and_then(|_| crate::input::check_neg_inf(input, &it.exprs)),
                     ItemSrc::Buffers(b) => {
-                        let numel = b.shape().iter().product::<usize>() as u64;
                         let mut seen = Vec::new();
                         it.grads.iter().try_for_each(|g| match g {
-                            // (its length and placement: the usages and the binding size it
-                            // needs depend on whether the input is evaluated in pieces, and are
-                            // checked where it is recorded)
                             GradOut::Write(sl) | GradOut::Add(sl) => {
                                 distinct_slice(&mut seen, sl)?;
-                                crate::engine::check_grad_extent(Some(b), sl, numel)
+                                crate::engine::check_item_grad(&gpu, b, sl, matches!(g, GradOut::Add(_)), pieces)
                             }
                             GradOut::Skip | GradOut::Host => Ok(()),
                         })

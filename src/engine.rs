@@ -1389,6 +1389,26 @@ pub(crate) fn check_grad_slice(
     Ok(shares)
 }
 
+/// The checks of a caller's gradient slice of input `b`, bound whole ([`check_grad_slice`]) or,
+/// with `pieces`, copied into and out of the pieces' buffers (the usages of copies, no binding of
+/// its size; as `evaluate_buffers_split` checks it).
+pub(crate) fn check_item_grad(
+    gpu: &Gpu,
+    b: &BufferInput<'_>,
+    sl: &BufferSlice<'_>,
+    accumulate: bool,
+    pieces: bool,
+) -> Result<(), Error> {
+    let numel = b.shape.iter().product::<usize>() as u64;
+    if !pieces {
+        return check_grad_slice(gpu, Some(b), sl, accumulate, numel).map(drop);
+    }
+    let copy = wgpu::BufferUsages::COPY_DST
+        | if accumulate { wgpu::BufferUsages::COPY_SRC } else { wgpu::BufferUsages::empty() };
+    check_slice_placement(gpu, "gradient", sl, copy)?;
+    check_grad_extent(Some(b), sl, numel)
+}
+
 /// The checks of a gradient slice that hold whether the input is bound whole or in pieces (whose
 /// slices need other usages and no binding of their size): its length, and no overlap with the
 /// input's slices.

@@ -1274,7 +1274,11 @@ fn a_bad_evaluation_in_a_batch_fails_alone() {
     let f = batch.push(&soft_input, &lovasz, false).unwrap();
     let g = batch.push_buffers(&good_in, &exprs, &[GradOut::Write(BufferSlice::new(&grad_buf, 0, numel))]).unwrap();
     let h = batch.push_buffers(&good_in, &exprs, &[GradOut::Write(BufferSlice::new(&grad_buf, 0, numel + 1))]).unwrap();
+    // (a slice off the storage alignment, in a buffer of its own: bound whole, it is refused)
+    let other_buf = buffer_with(device, &vec![0u32; numel as usize + 64], 0);
+    let i = batch.push_buffers(&good_in, &exprs, &[GradOut::Write(BufferSlice::new(&other_buf, 4, numel))]).unwrap();
     batch.flush_blocking().unwrap();
+    assert!(matches!(i.wait(), Err(Error::Buffer(_))));
     assert_eq!(e.wait().unwrap()[0].value.to_bits(), soft_expected[0].value.to_bits());
     assert!(matches!(f.wait(), Err(Error::TargetValue(_))));
     assert_eq!(g.wait().unwrap()[0].value.to_bits(), expected[0].value.to_bits());

@@ -98,14 +98,14 @@ pub(crate) struct EvalArgs {
     /// 0/1 target when the logits have one channel; 1, 2, 4, 8 or 16 bits) or `binary` (a level
     /// past half the bit depth's maximum is 1, else 0: > 127 of 8 bits, > 32767 of 16). A colour
     /// mask needs --palette.
-    #[arg(long, default_value = "grey", value_parser = ["grey", "binary"])]
+    #[arg(long, default_value = "grey", value_parser = ["grey", "binary"], conflicts_with_all = ["logits", "probs"])]
     mask: String,
     /// PNG masks in colour: `R,G,B;R,G,B;...`, the i-th colour is class i (other colours are an
     /// error of that file).
-    #[arg(long, conflicts_with = "mask")]
+    #[arg(long, conflicts_with_all = ["mask", "logits", "probs"])]
     palette: Option<String>,
     /// Files per submission with --logits-dir (1 to 4096).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, conflicts_with_all = ["logits", "probs"])]
     chunk: usize,
     /// With --logits-dir: print CSV (a row per file, then the means).
     #[arg(long, conflicts_with = "json")]
@@ -153,8 +153,8 @@ struct BenchArgs {
     /// binary, multilabel or multiclass (default: binary for C = 1, multiclass otherwise).
     #[arg(long)]
     mode: Option<String>,
-    /// Loss texts (repeatable; default: bce, dice, focal; with --metric, bce or ce as the mode
-    /// takes).
+    /// Loss texts (repeatable; default: bce, dice, focal, or ce, dice, focal:act=softmax for a
+    /// multiclass shape; with --metric or --batch, bce or ce as the mode takes).
     #[arg(long = "loss", allow_hyphen_values = true)]
     losses: Vec<String>,
     /// Timed iterations per loss (1 to 1000000).
@@ -175,7 +175,7 @@ struct BenchArgs {
     device_resident: bool,
     /// Sweep the shapes 1x1x64x64 to 8x21x512x512 (binary and multiclass) instead of --shape,
     /// and print each loss as GB/s of input read against the copy probe.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "shape")]
     sizes: bool,
     /// With --sizes: also draw the sweep (GB/s of input read against elements, each loss and
     /// the copy probe) into this SVG file.
@@ -1028,6 +1028,24 @@ fn mode_loss(mode: Mode) -> &'static [&'static str] {
     }
 }
 
+/// The default losses of a timing of `mode`: the pixel loss, Dice and focal.
+fn mode_losses(mode: Mode) -> &'static [&'static str] {
+    if mode == Mode::Multiclass {
+        &["ce", "dice", "focal:act=softmax"]
+    } else {
+        &["bce", "dice", "focal"]
+    }
+}
+
+/// The default loss of a timing of `mode` across adapters or levels: the pixel loss and Dice.
+fn mode_pair(mode: Mode) -> &'static [&'static str] {
+    if mode == Mode::Multiclass {
+        &["0.5*ce+0.5*dice"]
+    } else {
+        &["0.5*bce+0.5*dice"]
+    }
+}
+
 fn bench(a: BenchArgs) -> Result<(), Fail> {
     let iters = at_most("--iters", a.iters, MAX_ITERS)?;
     // --shape, its mode and the loss texts (each kind of timing has its default losses, which
@@ -1041,7 +1059,7 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         Ok((shape, mode, texts))
     };
     if let Some(choice) = &a.adapters {
-        let (shape, mode, texts) = setup(&|_| &["0.5*bce+0.5*dice"])?;
+        let (shape, mode, texts) = setup(&mode_pair)?;
         return bench_adapters(&multi_engine(choice)?, &a, &shape, mode, iters, &texts);
     }
     let engine = engine()?;
@@ -1054,19 +1072,20 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         return bench_metrics(&engine, &a, &shape, mode, iters, &texts);
     }
     if a.profile {
-        let (shape, mode, texts) = setup(&|_| &["bce", "dice", "focal"])?;
+        let (shape, mode, texts) = setup(&mode_losses)?;
         return bench_profile(&engine, &a, &shape, mode, iters, &texts);
     }
     if let Some(l) = a.levels {
-        let (shape, mode, texts) = setup(&|_| &["dice@monai+focal@monai"])?;
+        let (shape, mode, texts) =
+            setup(&|m| if m == Mode::Multiclass { &["dice@monai+ce"] } else { &["dice@monai+focal@monai"] })?;
         return bench_levels(&engine, &a, &shape, mode, at_most("--levels", l, 32)?, iters, &texts);
     }
     if let Some(k) = a.batch {
-        let (shape, mode, texts) = setup(&|_| &["bce"])?;
+        let (shape, mode, texts) = setup(&mode_loss)?;
         return bench_batch(&engine, &a, &shape, mode, positive("--batch", k)?, iters, &texts);
     }
     if !a.sizes {
-        let (shape, mode, texts) = setup(&|_| &["bce", "dice", "focal"])?;
+        let (shape, mode, texts) = setup(&mode_losses)?;
         let r = bench_shape(&engine, &a, &shape, mode, iters, &texts)?.map_err(|why| Fail(1, why))?;
         return print_bench(&engine, &a, &r);
     }
@@ -1517,7 +1536,7 @@ fn bench_profile(
     // the training step's buffers (--device-resident)
     let resident = match (a.device_resident, engine.device()) {
         (true, Some(dev)) => Some(Resident::new(dev, &input, exprs.len())),
-        (true, None) => return Err(Fail(2, "--device-resident needs a GPU adapter".into())),
+        (true, None) => return Err(Fail(1, "--device-resident needs a GPU adapter; none was found".into())),
         _ => None,
     };
     let binput = resident.as_ref().map(|r| r.input(&input)).transpose()?;
@@ -1667,7 +1686,7 @@ fn bench_shape(
     // device buffers of the same batch, for --device-resident
     let resident = match (a.device_resident, engine.device()) {
         (true, Some(dev)) => Some(Resident::new(dev, &input, exprs.len())),
-        (true, None) => return Err(Fail(2, "--device-resident needs a GPU adapter".into())),
+        (true, None) => return Err(Fail(1, "--device-resident needs a GPU adapter; none was found".into())),
         _ => None,
     };
     // (median ms, min ms, submissions per evaluation, host waits per evaluation)

@@ -921,6 +921,46 @@ fn bench_metric_times_the_loss_of_the_shape_s_mode() {
     }
 }
 
+/// Options that only go with another are usage errors where that one is missing, not silently
+/// ignored: PNG mask options and --chunk without --logits-dir, --shape with --sizes; no GPU
+/// adapter is not a bad argument (exit 1, as --profile and sortbench).
+#[test]
+fn options_without_their_mode_are_usage_errors() {
+    let dir = std::env::temp_dir().join(format!("segloss-alone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (l, t) = (dir.join("l.npy"), dir.join("t.npy"));
+    write_npy(&l, &[0.5f32; 8], &[1, 2, 2, 2]);
+    write_npy(&t, &[1.0f32; 8], &[1, 2, 2, 2]);
+    for extra in [&["--palette", "0,0,0;255,255,255"][..], &["--mask", "binary"], &["--chunk", "3"]] {
+        let mut args = vec!["eval", "--logits", s(&l), "--target", s(&t), "--loss", "bce"];
+        args.extend(extra);
+        assert_eq!(segloss(&args).status.code(), Some(2), "{extra:?}");
+    }
+    assert_eq!(segloss(&["bench", "--sizes", "--shape", "1x1x8x8", "--iters", "1"]).status.code(), Some(2));
+    let no_gpu = segloss_env(
+        &["bench", "--shape", "1x1x8x8", "--iters", "2", "--device-resident"],
+        &[("SEGLOSS_BACKEND", "webgpu")],
+    );
+    assert_eq!(no_gpu.status.code(), Some(1), "{}", String::from_utf8_lossy(&no_gpu.stderr));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// bench's default losses follow the shape's mode: on a multiclass shape they were bce, dice and
+/// focal, refused there ("--loss bce: bce needs binary or multilabel targets"), with every kind of
+/// timing that has defaults.
+#[test]
+fn bench_default_losses_follow_the_shape_s_mode() {
+    for extra in [&[][..], &["--profile"], &["--batch", "2"], &["--levels", "2"], &["--adapters", "vulkan"]] {
+        let mut args = vec!["bench", "--shape", "1x3x8x8", "--iters", "1", "--json"];
+        args.extend(extra);
+        let out = segloss(&args);
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let v = json_of(&out);
+        let text = v.to_string();
+        assert!(!text.contains("bce"), "{extra:?}: {text}");
+    }
+}
+
 /// With --device-resident, an input past the binding limit is refused by the submission (not by
 /// `prepare`): the sweep stopped there with nothing printed; now the shape is a skipped row.
 #[test]

@@ -99,11 +99,15 @@ impl Engine {
     }
 }
 
-/// Whether the device's float32 squared distances are exact: integer spacings, and squared
-/// distances below 2^24, float32's last run of consecutive integers.
+/// Whether the device's float32 squared distances are exact: spacings that are integers after
+/// one power of two scales them all (1, 0.5, 2.5 and 0.25), and squared distances so scaled below
+/// 2^24, float32's last run of consecutive integers (every product and sum is then exact).
 fn exact_on_device(spacing: &[f64], dims: &[usize]) -> bool {
-    let diameter: f64 = dims.iter().zip(spacing).map(|(&d, &h)| (d as f64 * h).powi(2)).sum();
-    spacing.iter().all(|h| h.fract() == 0.0) && diameter < f64::from(1u32 << 24)
+    (0..=12).any(|e| {
+        let scale = f64::from(1u32 << e);
+        let diameter: f64 = dims.iter().zip(spacing).map(|(&d, &h)| (d as f64 * h * scale).powi(2)).sum();
+        spacing.iter().all(|h| (h * scale).fract() == 0.0) && diameter < f64::from(1u32 << 24)
+    })
 }
 
 /// How far (relative) from `nsd`'s tolerance a device distance may be on the wrong side of it:
@@ -123,7 +127,8 @@ fn refine_nsd(input: &Input<'_>, m: &Metric, spacing: &[f64], d: &mut Distances)
     for (ni, row) in d.iter_mut().enumerate() {
         for (j, cell) in row.iter_mut().enumerate() {
             let tau = tolerance_of(m, j);
-            if cell.0.iter().chain(&cell.1).any(|x| (x - tau).abs() <= NSD_BAND * tau) {
+            // (at a tolerance of 0 only a distance of 0 is within, and the device's are exact)
+            if tau > 0.0 && cell.0.iter().chain(&cell.1).any(|x| (x - tau).abs() <= NSD_BAND * tau) {
                 let p = match &mut planes {
                     Some(p) => p,
                     None => planes.insert(Planes::new(input, m)?),
