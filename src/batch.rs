@@ -195,6 +195,9 @@ impl<'a> ItemSrc<'a> {
 /// Evaluations of one input: the items' expressions one after the other.
 struct Group {
     items: Vec<usize>,
+    /// A buffer input evaluated in pieces (`BufferInput::past_limit` for its items' requests,
+    /// decided once: the items' checks follow it)
+    pieces: bool,
 }
 
 impl<'e, 'a> Batch<'e, 'a> {
@@ -289,12 +292,21 @@ impl<'e, 'a> Batch<'e, 'a> {
             Backend::Gpu(g) => g.clone(),
         };
 
-        // evaluations of one input share its statistics pass
+        // evaluations of one input share its statistics pass; on a buffer input, those whose
+        // requests the device checks alike (its checks flag the input for every evaluation of
+        // the pass: a Lovász loss's hard labels would fail a Dice loss beside it)
+        let checks = |it: &Item<'_>| match &it.src {
+            ItemSrc::Buffers(b) => crate::engine::buffer_validation(b, &it.exprs),
+            ItemSrc::Host(_) => 0,
+        };
         let mut groups: Vec<Group> = Vec::new();
         for (i, it) in items.iter().enumerate() {
-            match groups.iter_mut().find(|g| items[g.items[0]].src.same(&it.src)) {
+            match groups
+                .iter_mut()
+                .find(|g| items[g.items[0]].src.same(&it.src) && checks(&items[g.items[0]]) == checks(it))
+            {
                 Some(g) => g.items.push(i),
-                None => groups.push(Group { items: vec![i] }),
+                None => groups.push(Group { items: vec![i], pieces: false }),
             }
         }
         // each evaluation's own checks, so that a request its input cannot serve fails that
@@ -304,14 +316,17 @@ impl<'e, 'a> Batch<'e, 'a> {
             // (hard_labels reads the whole target: once per input, where a Lovász loss needs it;
             // the -inf checks run only on an input with -inf)
             let mut hard = None;
-            // (a buffer input is bound whole, or in pieces, for the requests of all its items)
-            let pieces = match &items[g.items[0]].src {
+            // (a buffer input is bound whole, or in pieces, for the requests of all its items; its
+            // items' gradient slices, bound whole, are distinct or the same slice)
+            g.pieces = match &items[g.items[0]].src {
                 ItemSrc::Buffers(b) => {
                     let exprs: Vec<LossExpr> = g.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
                     b.past_limit(&gpu, &exprs)
                 }
                 ItemSrc::Host(_) => false,
             };
+            let pieces = g.pieces;
+            let mut group_seen: Vec<BufferSlice<'_>> = Vec::new();
             g.items.retain(|&i| {
                 let it = &items[i];
                 let checked = match &it.src {
@@ -322,14 +337,19 @@ impl<'e, 'a> Batch<'e, 'a> {
                     }
                     .and_then(|_| crate::input::check_neg_inf(input, &it.exprs)),
                     ItemSrc::Buffers(b) => {
-                        let mut seen = Vec::new();
-                        it.grads.iter().try_for_each(|g| match g {
+                        // (in pieces each evaluation runs on its own: only its own slices meet)
+                        let mut seen = if pieces { Vec::new() } else { group_seen.clone() };
+                        let r = it.grads.iter().try_for_each(|g| match g {
                             GradOut::Write(sl) | GradOut::Add(sl) => {
-                                distinct_slice(&mut seen, sl)?;
-                                crate::engine::check_item_grad(&gpu, b, sl, matches!(g, GradOut::Add(_)), pieces)
+                                crate::engine::check_item_grad(&gpu, b, sl, matches!(g, GradOut::Add(_)), pieces)?;
+                                distinct_slice(&mut seen, sl).map(drop)
                             }
                             GradOut::Skip | GradOut::Host => Ok(()),
-                        })
+                        });
+                        if r.is_ok() && !pieces {
+                            group_seen = seen;
+                        }
+                        r
                     }
                 };
                 match checked {
@@ -360,10 +380,9 @@ impl<'e, 'a> Batch<'e, 'a> {
         for (si, set) in sets.iter().enumerate() {
             let first = match &items[groups[set[0]].items[0]].src {
                 ItemSrc::Host(first) => first,
-                ItemSrc::Buffers(b) => {
-                    let exprs: Vec<LossExpr> =
-                        groups[set[0]].items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
-                    if b.past_limit(&gpu, &exprs) {
+                ItemSrc::Buffers(_) => {
+                    // (as decided when its items were checked)
+                    if groups[set[0]].pieces {
                         split.extend(set.iter().copied().filter(|&gi| failed[gi].is_none()));
                     }
                     continue;

@@ -1281,6 +1281,23 @@ pub(crate) fn buffer_dev_input_unchecked(
 /// The device input of `b` bound as `logits` and `target`, with the checks the statistics pass
 /// makes of its values (finite logits, class range or [0, 1], hard labels for Lovász).
 fn buffer_checks(b: &BufferInput<'_>, exprs: &[LossExpr], logits: Slice, target: Slice) -> DevInput {
+    DevInput {
+        logits,
+        target,
+        n: b.shape[0],
+        c: b.shape[1],
+        s: b.shape[2..].iter().product(),
+        softmax: b.mode == Mode::Multiclass,
+        probs: b.kind == InputKind::Probs,
+        groups: 1,
+        ignore: b.ignore_word,
+        validate: buffer_validation(b, exprs),
+        counted: None,
+    }
+}
+
+/// The checks the device makes of a buffer input for `exprs` (`check::` flags).
+pub(crate) fn buffer_validation(b: &BufferInput<'_>, exprs: &[LossExpr]) -> u32 {
     let softmax = b.mode == Mode::Multiclass;
     let probs = b.kind == InputKind::Probs;
     let mut validate = if probs { check::PROB } else { check::NONFINITE };
@@ -1301,19 +1318,7 @@ fn buffer_checks(b: &BufferInput<'_>, exprs: &[LossExpr], logits: Slice, target:
     if !softmax && exprs.iter().any(|e| e.has_lovasz()) {
         validate |= check::SOFT;
     }
-    DevInput {
-        logits,
-        target,
-        n: b.shape[0],
-        c: b.shape[1],
-        s: b.shape[2..].iter().product(),
-        softmax,
-        probs,
-        groups: 1,
-        ignore: b.ignore_word,
-        validate,
-        counted: None,
-    }
+    validate
 }
 
 /// Where each expression's gradient goes on the device, every caller slice checked (usage,

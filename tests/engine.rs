@@ -1279,6 +1279,31 @@ fn a_bad_evaluation_in_a_batch_fails_alone() {
     let i = batch.push_buffers(&good_in, &exprs, &[GradOut::Write(BufferSlice::new(&other_buf, 4, numel))]).unwrap();
     batch.flush_blocking().unwrap();
     assert!(matches!(i.wait(), Err(Error::Buffer(_))));
+
+    // on a buffer input too: its device checks flag the input for every evaluation of a pass,
+    // so Lovász on soft labels failed a Dice loss beside it; and two evaluations' gradient
+    // slices that overlap fail the second, not both
+    let soft_buf = buffer_with(device, bytemuck::cast_slice(&soft), 0);
+    let soft_in = BufferInput::new(
+        BufferSlice::new(&good_buf, 0, numel),
+        TargetBuffer::Dense(BufferSlice::new(&soft_buf, 0, numel)),
+        &good.shape,
+        Mode::Binary,
+        None,
+    )
+    .unwrap();
+    let wide_buf = buffer_with(device, &vec![0u32; 2 * numel as usize], 0);
+    let mut batch = engine.batch();
+    let j = batch.push_buffers(&soft_in, &exprs, &[GradOut::Skip]).unwrap();
+    let k = batch.push_buffers(&soft_in, &lovasz, &[GradOut::Skip]).unwrap();
+    let first = batch.push_buffers(&good_in, &exprs, &[GradOut::Write(BufferSlice::new(&wide_buf, 0, numel))]).unwrap();
+    let overlapping =
+        batch.push_buffers(&good_in, &exprs, &[GradOut::Write(BufferSlice::new(&wide_buf, 256, numel))]).unwrap();
+    batch.flush_blocking().unwrap();
+    assert_eq!(j.wait().unwrap()[0].value.to_bits(), soft_expected[0].value.to_bits());
+    assert!(matches!(k.wait(), Err(Error::TargetValue(_))));
+    assert_eq!(first.wait().unwrap()[0].value.to_bits(), expected[0].value.to_bits());
+    assert!(matches!(overlapping.wait(), Err(Error::Buffer(_))));
     assert_eq!(e.wait().unwrap()[0].value.to_bits(), soft_expected[0].value.to_bits());
     assert!(matches!(f.wait(), Err(Error::TargetValue(_))));
     assert_eq!(g.wait().unwrap()[0].value.to_bits(), expected[0].value.to_bits());
