@@ -2264,20 +2264,7 @@ fn lovasz_softmax_whose_weights_pass_the_binding_is_split_though_its_logits_fit(
     assert_eq!(logits.len() * 4, 8192);
     let input = Input::labels(&logits, &labels, &shape, None).unwrap();
     let ex = parse(&["lovasz:per_image=true", "ce+lovasz:per_image=true"]);
-    let check = |got: &[Evaluation], what: &str| {
-        for (e, g) in ex.iter().zip(got) {
-            let want = reference::evaluate(&input, e).unwrap();
-            assert!(
-                (g.value - want.value).abs() <= 1e-5 + 1e-4 * want.value.abs(),
-                "{what} '{e}': {} against {}",
-                g.value,
-                want.value
-            );
-            let grad = g.grad.as_ref().expect("gradient");
-            let worst = grad.iter().zip(&want.grad).map(|(&a, &b)| (f64::from(a) - b).abs()).fold(0.0, f64::max);
-            assert!(worst < 1e-5, "{what} '{e}': gradient off by {worst}");
-        }
-    };
+    let check = |got: &[Evaluation], what: &str| assert_reference_values(&input, &ex, got, what);
     check(&engine.evaluate_blocking(&input, &ex, true).unwrap(), "host input");
     let mut batch = engine.batch();
     let p = batch.push(&input, &ex, true).unwrap();
@@ -2322,20 +2309,7 @@ fn more_images_than_a_dispatch_dimension_holds_run_in_runs_of_rows() {
         caller_device_with(|l| l.max_compute_workgroups_per_dimension = 64, wgpu::Features::empty());
     let engine = Engine::from_device_blocking(&info, device, queue).expect("engine");
     let mut r = Rng(41);
-    let check = |input: &Input, ex: &[LossExpr], got: &[Evaluation], what: &str| {
-        for (e, g) in ex.iter().zip(got) {
-            let want = reference::evaluate(input, e).unwrap();
-            assert!(
-                (g.value - want.value).abs() <= 1e-5 + 1e-4 * want.value.abs(),
-                "{what} '{e}': {} against {}",
-                g.value,
-                want.value
-            );
-            let grad = g.grad.as_ref().expect("gradient");
-            let worst = grad.iter().zip(&want.grad).map(|(&a, &b)| (f64::from(a) - b).abs()).fold(0.0, f64::max);
-            assert!(worst < 1e-5, "{what} '{e}': gradient off by {worst}");
-        }
-    };
+    let check = assert_reference_values;
     let logits: Vec<f32> = (0..130 * 3 * 1024).map(|_| (r.normal() * 3.0) as f32).collect();
     let labels: Vec<i64> = (0..130 * 1024).map(|_| r.below(3) as i64).collect();
     let target: Vec<f32> = (0..130 * 1024).map(|_| f32::from(u8::from(r.uniform() < 0.3))).collect();
@@ -2482,4 +2456,21 @@ fn a_batch_takes_gradient_slices_of_inputs_evaluated_in_pieces() {
     batch.flush_blocking().unwrap();
     let got = p.wait().unwrap();
     assert!((got[0].value - want[0].value).abs() <= 1e-6 * want[0].value.abs());
+}
+
+/// Each evaluation of `ex` on `input` against the reference: its value within f32 tolerance, its
+/// gradient within 1e-5 everywhere.
+fn assert_reference_values(input: &Input, ex: &[LossExpr], got: &[Evaluation], what: &str) {
+    for (e, g) in ex.iter().zip(got) {
+        let want = reference::evaluate(input, e).unwrap();
+        assert!(
+            (g.value - want.value).abs() <= 1e-5 + 1e-4 * want.value.abs(),
+            "{what} '{e}': {} against {}",
+            g.value,
+            want.value
+        );
+        let grad = g.grad.as_ref().expect("gradient");
+        let worst = grad.iter().zip(&want.grad).map(|(&a, &b)| (f64::from(a) - b).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-5, "{what} '{e}': gradient off by {worst}");
+    }
 }
