@@ -78,7 +78,8 @@ fn check_target(e: u32) {
 
 // Checks the raw target word w of element e (branch-free, as check_logit).
 fn check_word(w: u32, e: u32) {
-    let live = !((P.has_ignore != 0u) & (w == P.ignore));
+    // (has_ignore 2: f32 0 of dense targets, -0.0 too: target.wgsl's is_ignore_word)
+    let live = !((P.has_ignore != 0u) & ((w == P.ignore) | ((P.has_ignore == 2u) & (w == 0x80000000u))));
     if SOFTMAX {
         flag_if(live & ((VALIDATE & V_CLASS) != 0u) & (w >= P.c), V_CLASS, e);
     } else {

@@ -2474,3 +2474,35 @@ fn assert_reference_values(input: &Input, ex: &[LossExpr], got: &[Evaluation], w
         assert!(worst < 1e-5, "{what} '{e}': gradient off by {worst}");
     }
 }
+
+#[test]
+fn an_ignore_index_of_zero_ignores_negative_zero_targets_in_buffers_as_on_the_host() {
+    // a host input compares a dense target's value with the ignore index, so -0.0 == 0 is
+    // ignored; a buffer input compared the words, and counted -0.0 as a target of 0
+    let (engine, device, _) = caller_engine();
+    let c = dense_case(117, &[2, 1, 8, 8], Mode::Binary);
+    let target: Vec<f32> =
+        c.dense.iter().enumerate().map(|(i, &t)| if i % 3 == 0 && t == 0.0 { -0.0 } else { t }).collect();
+    assert!(target.iter().any(|t| t.to_bits() == 0x8000_0000));
+    let host =
+        Input::new(Cow::Borrowed(&c.logits), Target::Dense(Cow::Borrowed(&target)), &c.shape, Mode::Binary, Some(0))
+            .unwrap();
+    let l = buffer_with(device, bytemuck::cast_slice(&c.logits), 0);
+    let t = buffer_with(device, bytemuck::cast_slice(&target), 0);
+    let numel = c.logits.len() as u64;
+    let b = BufferInput::new(
+        BufferSlice::new(&l, 0, numel),
+        TargetBuffer::Dense(BufferSlice::new(&t, 0, numel)),
+        &c.shape,
+        Mode::Binary,
+        Some(0),
+    )
+    .unwrap();
+    let ex = parse(&["bce", "dice"]);
+    let want = engine.evaluate_blocking(&host, &ex, true).unwrap();
+    let got = engine.evaluate_buffers_blocking(&b, &ex, &[GradOut::Host, GradOut::Host]).unwrap();
+    for ((g, w), e) in got.iter().zip(&want).zip(&ex) {
+        assert_eq!(g.value.to_bits(), w.value.to_bits(), "{e}");
+        assert_eq!(g.grad, w.grad, "{e}");
+    }
+}

@@ -30,6 +30,9 @@ pub(crate) struct DevInput {
     pub groups: usize,
     /// The caller's ignore word (buffer inputs; host inputs arrive with INVALID in its place).
     pub ignore: Option<u32>,
+    /// The ignore word is f32 0 of dense targets: -0.0 (another word) is ignored too, as a host
+    /// input's value comparison ignores it.
+    pub ignore_zeros: bool,
     /// Checks of `check::*` the statistics pass makes.
     pub validate: u32,
     /// The elements (sigmoid) or pixels (softmax) that count, not ignored, where the host knows
@@ -205,7 +208,7 @@ impl Gpu {
             s: inp.s as u32,
             tiles: tiles as u32,
             ignore: inp.ignore.unwrap_or(0),
-            has_ignore: u32::from(inp.ignore.is_some()),
+            has_ignore: if inp.ignore_zeros { 2 } else { u32::from(inp.ignore.is_some()) },
             gn: (inp.n / inp.groups.max(1)) as u32,
             chunks,
             ..Params::default()
