@@ -13,5 +13,5 @@ fn tword_of(w: u32) -> u32 {
 }
 
 fn is_ignore_word(w: u32) -> bool {
-    return (P.has_ignore != 0u) & ((w == P.ignore) | ((P.has_ignore == 2u) & (w == 0x80000000u)));
+    return P.has_ignore != 0u && (w == P.ignore || (P.has_ignore == 2u && w == 0x80000000u));
 }
