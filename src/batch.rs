@@ -320,7 +320,7 @@ impl<'e, 'a> Batch<'e, 'a> {
             // items' gradient slices, bound whole, are distinct or the same slice)
             g.pieces = match &items[g.items[0]].src {
                 ItemSrc::Buffers(b) => {
-                    let exprs: Vec<LossExpr> = g.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
+                    let exprs = group_exprs(&items, g);
                     b.past_limit(&gpu, &exprs)
                 }
                 ItemSrc::Host(_) => false,
@@ -393,11 +393,10 @@ impl<'e, 'a> Batch<'e, 'a> {
             let per_t = (nwords * 4) as u64;
             let k = set.len() as u64;
             let (lbytes, tbytes) = (per_l * k, per_t * k);
-            let exprs: Vec<LossExpr> =
-                groups[set[0]].items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
+            let exprs = group_exprs(&items, &groups[set[0]]);
             let mut shape = first.shape().to_vec();
             shape[0] *= set.len();
-            if crate::stats::needs_pieces(&gpu, &shape, first.mode(), first.kind(), &exprs, tbytes) {
+            if crate::stats::pieces_reason(&gpu, &shape, first.mode(), first.kind(), &exprs, tbytes).is_some() {
                 // a single input (sets of several stay within the limit): evaluated in pieces
                 // after this submission, unless it has already failed
                 split.extend(set.iter().copied().filter(|&gi| failed[gi].is_none()));
@@ -483,7 +482,7 @@ impl<'e, 'a> Batch<'e, 'a> {
             if set.iter().any(|&gi| failed[gi].is_some() || split.contains(&gi)) {
                 continue;
             }
-            let exprs: Vec<LossExpr> = g0.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
+            let exprs = group_exprs(&items, g0);
             let grads: Vec<Dest<'_>> =
                 g0.items.iter().flat_map(|&i| items[i].grads.iter().map(|&g| Dest::Out(g))).collect();
             let src = match &items[g0.items[0]].src {
@@ -510,8 +509,7 @@ impl<'e, 'a> Batch<'e, 'a> {
                 Ok(rs) => {
                     statuses.push(rs[0].status);
                     for (&gi, r) in set.iter().zip(rs) {
-                        let exprs: Vec<LossExpr> =
-                            groups[gi].items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect();
+                        let exprs = group_exprs(&items, &groups[gi]);
                         recorded.push((gi, exprs, r, statuses.len() - 1));
                     }
                 }
@@ -697,6 +695,11 @@ fn coalesce(
         }
     }
     sets
+}
+
+/// The expressions of a group's items, one item's after the other.
+fn group_exprs(items: &[Item<'_>], g: &Group) -> Vec<LossExpr> {
+    g.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect()
 }
 
 fn deliver(txs: &mut [Option<oneshot::Sender<Reply>>], i: usize, r: Reply) {

@@ -264,9 +264,10 @@ impl<'a> BufferInput<'a> {
         &self.shape
     }
     /// Whether the input must be evaluated in pieces for `exprs` on `gpu`
-    /// ([`crate::stats::needs_pieces`]).
+    /// ([`crate::stats::pieces_reason`]).
     pub(crate) fn past_limit(&self, gpu: &Gpu, exprs: &[LossExpr]) -> bool {
-        crate::stats::needs_pieces(gpu, &self.shape, self.mode, self.kind, exprs, self.target.slice().bytes())
+        crate::stats::pieces_reason(gpu, &self.shape, self.mode, self.kind, exprs, self.target.slice().bytes())
+            .is_some()
     }
     /// The logits' slice.
     pub fn logits_slice(&self) -> &BufferSlice<'a> {
@@ -839,7 +840,8 @@ impl Engine {
         };
         let gs = vec![g; exprs.len()];
         let target_bytes = prep.target.as_ref().map_or(0, wgpu::Buffer::size);
-        let over = crate::stats::needs_pieces(gpu, input.shape(), input.mode(), input.kind(), exprs, target_bytes);
+        let over =
+            crate::stats::pieces_reason(gpu, input.shape(), input.mode(), input.kind(), exprs, target_bytes).is_some();
         let (Some(l), Some(t), false) = (&prep.logits, &prep.target, over) else {
             // an input past the device's limits, or uploaded whole but past them for these
             // expressions (the CPU engine returned above); a device-only gradient is computed
@@ -912,14 +914,8 @@ impl Engine {
         let gs: Vec<Dest<'_>> = grads.iter().map(|&g| Dest::Out(g)).collect();
         let r = self.record(gpu, &mut rec, &Source::Buffers(input), exprs, &gs, false)?.swap_remove(0);
         let bytes = (r.vals_len * 4 + 32) as u64;
-        let values = gpu.allocating(|| {
-            gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("segloss values"),
-                size: bytes,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        })?;
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let values = gpu.buffer("segloss values", bytes, usage)?;
         let dst = rec.external(&values, 0, bytes);
         let vb = (r.vals_len * 4) as u64;
         if vb > 0 {

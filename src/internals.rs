@@ -142,10 +142,8 @@ impl Engine {
         // writable bindings of one buffer are not allowed)
         let work_usage = usage | wgpu::BufferUsages::COPY_DST;
         let halves = if items { vec![2 * bytes] } else { vec![bytes, bytes] };
-        let work: Vec<wgpu::Buffer> = halves
-            .iter()
-            .map(|&b| gpu.buffer_init("sorted in place", &vec![0u8; b as usize], work_usage))
-            .collect::<Result<_, _>>()?;
+        let work: Vec<wgpu::Buffer> =
+            halves.iter().map(|&b| gpu.buffer("sorted in place", b, work_usage)).collect::<Result<_, _>>()?;
         for i in 0..=iters {
             // (a submission of its own, waited for before the timing starts)
             let mut fill = Recording::new(&gpu.limits);
@@ -271,11 +269,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Creates a storage buffer of `bytes` as the engine allocates its scratch, then one holding
-    /// `bytes` zeros as it uploads a host input (both inside error scopes: `Gpu::allocating`,
-    /// `Gpu::buffer_init`), and drops them: a size the device refuses comes back as an error
-    /// rather than reaching the device's uncaptured-error handler or panicking. The CPU engine
-    /// allocates nothing.
+    /// Creates a storage buffer of `bytes` as the engine allocates its scratch (`Gpu::buffer`), or
+    /// with `init` one holding `bytes` zeros as it uploads a host input (`Gpu::buffer_init`), and
+    /// drops it: a size the device refuses comes back as an error rather than reaching the
+    /// device's uncaptured-error handler or panicking. The CPU engine allocates nothing.
     pub fn allocation_probe(&self, bytes: u64, init: bool) -> Result<(), Error> {
         let Some(gpu) = self.gpu_ref() else { return Ok(()) };
         let usage = wgpu::BufferUsages::STORAGE;
@@ -283,15 +280,7 @@ impl Engine {
             let zeros = vec![0u8; usize::try_from(bytes).map_err(|_| Error::Input("too many bytes".into()))?];
             return gpu.buffer_init("segloss allocation probe", &zeros, usage).map(drop);
         }
-        gpu.allocating(|| {
-            gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("segloss allocation probe"),
-                size: bytes,
-                usage,
-                mapped_at_creation: false,
-            })
-        })
-        .map(drop)
+        gpu.buffer("segloss allocation probe", bytes, usage).map(drop)
     }
 }
 

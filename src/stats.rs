@@ -694,18 +694,12 @@ pub(crate) fn binding_limit(gpu: &Gpu) -> u64 {
     gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size).min(gpu.plan_binding)
 }
 
-/// Whether a Lovász-Softmax on logits is among `exprs`: its weights buffer then holds each
-/// pixel's log-sum-exp (two words) after the C weights of the batch (`lovasz weights`), (C + 2) / C
-/// times the logits' bytes.
-pub(crate) fn lse_beside_weights(exprs: &[LossExpr], mode: Mode, kind: InputKind) -> bool {
-    mode == Mode::Multiclass && kind == InputKind::Logits && exprs.iter().any(LossExpr::has_lovasz)
-}
-
-/// The most bytes of logits one evaluation, or one piece of it, binds: the binding limit, or
-/// C / (C + 2) of it where the Lovász weights hold the log-sum-exp too ([`lse_beside_weights`]).
-pub(crate) fn logits_budget(gpu: &Gpu, classes: usize, lse: bool) -> u64 {
+/// The most bytes of logits one evaluation of `plan`, or one piece of it, binds: the binding
+/// limit, or C / (C + 2) of it where a Lovász-Softmax on logits keeps each pixel's log-sum-exp
+/// (two words) after the C weights of the batch in one buffer (`lovasz weights`).
+pub(crate) fn logits_budget(gpu: &Gpu, plan: &StatsPlan, classes: usize, kind: InputKind) -> u64 {
     let limit = binding_limit(gpu);
-    if lse {
+    if plan.softmax && !plan.lovasz.is_empty() && kind == InputKind::Logits {
         let c = classes as u64;
         limit / (c + 2) * c
     } else {
@@ -726,18 +720,6 @@ pub(crate) fn max_images(gpu: &Gpu, plan: &StatsPlan, classes: usize) -> usize {
     (rows / plan::lovasz_segments(plan.softmax, true, 1, classes, 1).0.max(1)).max(1)
 }
 
-/// Whether a batch of `shape` must be evaluated in pieces for `exprs` ([`pieces_reason`]).
-pub(crate) fn needs_pieces(
-    gpu: &Gpu,
-    shape: &[usize],
-    mode: Mode,
-    kind: InputKind,
-    exprs: &[LossExpr],
-    target_bytes: u64,
-) -> bool {
-    pieces_reason(gpu, shape, mode, kind, exprs, target_bytes).is_some()
-}
-
 /// Why a batch of `shape` must be evaluated in pieces for `exprs`, as (what, needed, allowed):
 /// logits past [`logits_budget`], target words (`target_bytes`) past the binding limit, or more
 /// images than [`max_images`]; `None` when it is bound whole.
@@ -751,8 +733,8 @@ pub(crate) fn pieces_reason(
 ) -> Option<(&'static str, u64, u64)> {
     let (n, c) = (shape[0], shape[1]);
     let logits = (shape.iter().product::<usize>() * 4) as u64;
-    let budget = logits_budget(gpu, c, lse_beside_weights(exprs, mode, kind));
-    let most = max_images(gpu, &StatsPlan::new(exprs, c, mode == Mode::Multiclass), c);
+    let plan = StatsPlan::new(exprs, c, mode == Mode::Multiclass);
+    let (budget, most) = (logits_budget(gpu, &plan, c, kind), max_images(gpu, &plan, c));
     if logits > budget {
         Some(("logits bytes", logits, budget))
     } else if target_bytes > binding_limit(gpu) {
@@ -772,7 +754,7 @@ fn pieces_for(gpu: &Gpu, input: &Input<'_>, plan: &StatsPlan) -> Result<Vec<Piec
 /// The pieces of a batch of `shape` on `gpu` ([`pieces_for`]).
 fn pieces_of(gpu: &Gpu, shape: &[usize], plan: &StatsPlan, kind: InputKind) -> Result<Vec<Piece>, Error> {
     let (n, c, s) = (shape[0], shape[1], shape[2..].iter().product::<usize>());
-    let limit = logits_budget(gpu, c, plan.softmax && !plan.lovasz.is_empty() && kind == InputKind::Logits);
+    let limit = logits_budget(gpu, plan, c, kind);
     let most = max_images(gpu, plan, c);
     let pieces = split::pieces(n, c, s, limit, most)?;
     let bytes = (c * s * 4) as u64;
@@ -1052,18 +1034,15 @@ impl Engine {
         }
         // each piece's logits and target words in buffers of its own, copied from the caller's
         let piece_buffer = |elems: usize, label: &str| {
-            gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: (elems * 4).next_multiple_of(4) as u64,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            })
+            let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+            gpu.buffer(label, (elems * 4) as u64, usage)
         };
         let sizes: Vec<(usize, usize)> =
             pieces.iter().map(|p| (p.images() * c * p.pixels(s), p.images() * tplanes * p.pixels(s))).collect();
-        let bufs: Vec<(wgpu::Buffer, wgpu::Buffer)> = gpu.allocating(|| {
-            sizes.iter().map(|&(l, t)| (piece_buffer(l, "logits piece"), piece_buffer(t, "target piece"))).collect()
-        })?;
+        let bufs = sizes
+            .iter()
+            .map(|&(l, t)| Ok((piece_buffer(l, "logits piece")?, piece_buffer(t, "target piece")?)))
+            .collect::<Result<Vec<_>, Error>>()?;
         let copy_in = |rec: &mut Recording, from: &BufferSlice<'_>, to: &wgpu::Buffer, piece: Piece, planes: usize| {
             let src = rec.external(from.buffer, from.offset, from.len * 4);
             let dst = rec.external(to, 0, to.size());
@@ -1111,7 +1090,7 @@ impl Engine {
         let mut tos = Vec::new();
         for (&p, &(l, _)) in pieces.iter().zip(&sizes) {
             let mine: Vec<wgpu::Buffer> =
-                gpu.allocating(|| dests.iter().map(|_| piece_buffer(l, "gradient piece")).collect())?;
+                dests.iter().map(|_| piece_buffer(l, "gradient piece")).collect::<Result<_, _>>()?;
             for (k, d) in dests.iter().enumerate() {
                 let first = grads.iter().zip(&dest_of).find(|(_, o)| **o == Some(k)).map(|(g, _)| g);
                 if matches!(first, Some(GradOut::Add(_))) {

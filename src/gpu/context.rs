@@ -432,6 +432,18 @@ impl Gpu {
         Ok(out)
     }
 
+    /// A buffer of `size` bytes, made inside error scopes ([`Gpu::allocating`]).
+    pub(crate) fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer, Error> {
+        self.allocating(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
     /// A buffer holding `contents` (padded to 4 bytes), made inside error scopes
     /// ([`Gpu::allocating`]). wgpu's own `create_buffer_init` panics when the buffer it made
     /// cannot be mapped, which is what a refused allocation gives.
@@ -446,16 +458,9 @@ impl Gpu {
         // in the browser a buffer mapped at creation that cannot be allocated throws (a
         // RangeError) rather than coming back invalid: written through the queue instead
         #[cfg(target_arch = "wasm32")]
-        return self.allocating(|| {
-            let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                usage: usage | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            self.queue.write_buffer(&buf, 0, contents);
-            buf
-        });
+        return self
+            .buffer(label, size, usage | wgpu::BufferUsages::COPY_DST)
+            .inspect(|buf| self.queue.write_buffer(buf, 0, contents));
         #[cfg(not(target_arch = "wasm32"))]
         self.allocating(|| {
             let buf = self.device.create_buffer(&wgpu::BufferDescriptor {

@@ -104,9 +104,9 @@ impl Engine {
         check_hard_labels(exprs, input.hard_labels())?;
         crate::input::check_neg_inf(input, exprs)?;
         let prep = self.prepare(input.clone())?;
-        let whole = prep
-            .buffers()
-            .filter(|(_, tb)| !crate::stats::needs_pieces(gpu, input.shape(), mode, input.kind(), exprs, tb.size()));
+        let whole = prep.buffers().filter(|(_, tb)| {
+            crate::stats::pieces_reason(gpu, input.shape(), mode, input.kind(), exprs, tb.size()).is_none()
+        });
         let Some((lb, tb)) = whole else {
             // past the binding limit, or more images than a dispatch holds: the losses in
             // pieces, the metrics on the CPU reference
