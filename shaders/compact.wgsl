@@ -101,6 +101,21 @@ fn compact_scan_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgr
     segsum[seg] = carry;
 }
 
+// compact_scan_tiles for the hinge's local compaction (hinge_local_tiles): each segment's sums
+// only, the tiles' own counts left for the sort's first pass to read.
+@compute @workgroup_size(8)
+fn compact_sum_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let seg = wid.x * STW + lid;
+    if seg >= LP.segs {
+        return;
+    }
+    var sum = vec4<u32>(0u);
+    for (var t = 0u; t < LP.tiles; t++) {
+        sum += tilecnt[seg * LP.tiles + t];
+    }
+    segsum[seg] = sum;
+}
+
 // Kept elements to the front of their segment, in their original order.
 @compute @workgroup_size(256)
 fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {

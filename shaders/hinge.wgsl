@@ -87,3 +87,57 @@ fn hinge_compact_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workg
     }
     put_guard(first, pos, real);
 }
+
+// The hinge's keys on CPU adapters where the radix sort takes them (segments past the bitonic
+// crossover): one walk instead of count, scan and compaction. A thread per tile of the sort's
+// first pass (LP.sort_tile elements; LP.tiles of them per segment) writes its kept keys and
+// payloads to the front of its own tile, in order (put_kept; no guard: no other thread writes
+// in the tile), checks its elements where VALIDATE asks, and leaves (kept, fg dropped, bg
+// dropped, kept) in tilecnt, which the sort's first pass reads as each tile's count of keys
+// (sortio.wgsl: varlen 2) and compact_sum_tiles adds into each segment's sums. That pass's
+// scatter leaves the kept keys dense.
+@compute @workgroup_size(8)
+fn hinge_local_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = wid.x * STW + lid;
+    let first = tile * LP.sort_tile;
+    if first >= LP.len {
+        return;
+    }
+    let n = min(LP.sort_tile, LP.len - first);
+    let base = wid.y * LP.len + first;
+    var c = vec4<u32>(0u);
+    var pos = base;
+    if VEC4 {
+        for (var p = 0u; p < n; p += 4u) {
+            let e = base + p;
+            let x = lg4(e / 4u);
+            let w = tgt4(e / 4u);
+            let k0 = hinge_kv_of(e, x.x, w.x);
+            let k1 = hinge_kv_of(e + 1u, x.y, w.y);
+            let k2 = hinge_kv_of(e + 2u, x.z, w.z);
+            let k3 = hinge_kv_of(e + 3u, x.w, w.w);
+            c += kind_of(k0.x, k0.y) + kind_of(k1.x, k1.y) + kind_of(k2.x, k2.y) + kind_of(k3.x, k3.y);
+            pos = put_kept(pos, k0);
+            pos = put_kept(pos, k1);
+            pos = put_kept(pos, k2);
+            pos = put_kept(pos, k3);
+            check_sigmoid(e, x.x, w.x);
+            check_sigmoid(e + 1u, x.y, w.y);
+            check_sigmoid(e + 2u, x.z, w.z);
+            check_sigmoid(e + 3u, x.w, w.w);
+        }
+    } else {
+        for (var p = 0u; p < n; p++) {
+            let e = base + p;
+            let x = lg(e);
+            let w = tgt_at(e);
+            let kv = hinge_kv_of(e, x, w);
+            c += kind_of(kv.x, kv.y);
+            pos = put_kept(pos, kv);
+            check_sigmoid(e, x, w);
+        }
+    }
+    c.w = c.x;
+    tilecnt[wid.y * LP.tiles + tile] = c;
+    flush_bad();
+}

@@ -34,6 +34,8 @@ struct LovParams {
     // the workgroup kernels' tile grid, folded past the device's limit in x: tile = x + z fold
     // (gpu::lovasz::tile_grid); a workgroup past the last tile does nothing
     fold: u32,
+    // the hinge's local compaction (hinge_local_tiles): keys per tile of the sort's first pass
+    sort_tile: u32,
 }
 
 // The Jaccard weight of a sorted position with label counts c (fg: (1, 0), bg: (0, 1)), the

@@ -209,12 +209,19 @@ fn tdigit(k: u32) -> u32 {
 }
 
 // This thread's tile of segment seg: (tile, its first key, its keys among the segment's: 0 past
-// them).
+// them). With varlen 2, the tile's own count of keys from its start (a tile-local compaction).
 fn sort_span(lid: u32, wid: vec3<u32>, seg: u32) -> vec3<u32> {
     let tile = wid.x * STW + lid;
     let first = tile * SP.tile;
     let n = seg_len(seg);
-    return vec3<u32>(tile, seg * SP.len + first, select(0u, min(SP.tile, n - first), first < n));
+    var keys = 0u;
+    if first < n {
+        keys = min(SP.tile, n - first);
+        if SP.varlen == 2u {
+            keys = min(keys, seglen[seg * SP.tiles + tile].w);
+        }
+    }
+    return vec3<u32>(tile, seg * SP.len + first, keys);
 }
 
 // radix_scatter for CPU adapters: each thread takes a whole tile and walks it in order, sending
@@ -279,11 +286,18 @@ var<workgroup> slot: array<u32, STW * 256u>;
 fn radix_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let seg = wid.y;
     let span = sort_span(lid, wid, seg);
-    if span.z == 0u {
-        return;
-    }
     let digits = 1u << SP.bits;
     let row = (seg * SP.tiles + span.x) * digits;
+    if span.z == 0u {
+        // (with varlen 2 a tile of the segment may hold no key: its row, which
+        // radix_scan_tiles reads, is zeroed all the same)
+        if SP.varlen == 2u && span.x < SP.tiles {
+            for (var d = 0u; d < digits; d++) {
+                counts[row + d] = 0u;
+            }
+        }
+        return;
+    }
     for (var d = 0u; d < digits; d++) {
         counts[row + d] = 0u;
     }

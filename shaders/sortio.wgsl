@@ -7,7 +7,9 @@ struct SortParams {
     tiles: u32,  // tiles per segment stride
     shift: u32,  // digit shift of this pass
     varlen: u32, // 1: segment s sorts only its first seglen[s].w keys (radix: the rest is left in place;
-                 // bitonic: the rest becomes padding)
+                 // bitonic: the rest becomes padding); 2 (the radix tile kernels' first pass over
+                 // the hinge's local compaction, hinge.wgsl): tile t of segment s holds
+                 // seglen[s * tiles + t].w keys from its start
     bits: u32,   // the radix tile kernels' digit width (8 or 11 bits; the workgroup kernels' is 8)
     tile: u32,   // the radix tile kernels' keys per tile
     fold: u32,   // the workgroup kernels' tile grid past the device's limit: tile = x + z fold
@@ -22,11 +24,11 @@ struct SortParams {
 // (`SortOut`: sortout1.wgsl, or itemsout.wgsl's interleaved items, where vals_out is not written)
 @group(0) @binding(5) var<storage, read_write> keys_out: SortOut;
 @group(0) @binding(6) var<storage, read_write> vals_out: array<u32>;
-@group(0) @binding(7) var<storage, read> seglen: array<vec4<u32>>; // [seg].w: keys to sort (varlen)
+@group(0) @binding(7) var<storage, read> seglen: array<vec4<u32>>; // [seg].w: keys to sort (varlen 1; 2: [seg][tile].w)
 
 // Keys to sort in segment `seg`.
 fn seg_len(seg: u32) -> u32 {
-    if SP.varlen != 0u {
+    if SP.varlen == 1u {
         return min(seglen[seg].w, SP.len);
     }
     return SP.len;

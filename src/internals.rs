@@ -71,7 +71,7 @@ impl Engine {
             rec.copy(data.sub(0, bytes), a.0.sub(0, bytes));
             rec.copy(data.sub(bytes, bytes), a.1.sub(0, bytes));
         }
-        let sorted = gpu.record_sort(&mut rec, &bufs, segs, segment_len, algo, None)?;
+        let sorted = gpu.record_sort(&mut rec, &bufs, segs, segment_len, algo, None, None)?;
         // read back as uploaded: the items, or the keys then the payloads
         let rb = rec.readback(2 * bytes, "sorted")?;
         if items {
@@ -163,7 +163,7 @@ impl Engine {
                 None => (first, rec.scratch(16, "unused payloads")?),
             };
             let b = sort_pair(&mut rec, items, n)?;
-            gpu.record_sort(&mut rec, &SortBufs { a, b, items }, segs, segment_len, algo, None)?;
+            gpu.record_sort(&mut rec, &SortBufs { a, b, items }, segs, segment_len, algo, None, None)?;
             run_and_wait(gpu, rec)?;
             if i > 0 {
                 out.push(t0.elapsed().as_secs_f64() * 1e3);

@@ -551,6 +551,8 @@ pub const COMPACT_COUNT_TILES: Kernel =
     compact!("compact_count_tiles", "compact_count_tiles", "itemsin.wgsl", "sortout1.wgsl");
 /// Lovász compaction on CPU adapters: [`COMPACT_SCAN`] with a thread per segment.
 pub const COMPACT_SCAN_TILES: Kernel = compact!("compact_scan_tiles");
+/// The hinge's local compaction on CPU adapters: each segment's sums of its tiles' counts.
+pub const COMPACT_SUM_TILES: Kernel = compact!("compact_sum_tiles");
 /// Lovász-Softmax compaction on CPU adapters: the scatter, a thread per tile, with the drops.
 pub const COMPACT_SCATTER_TILES: Kernel =
     compact!("compact_scatter_tiles", "compact_scatter_tiles", "itemsin.wgsl", "itemsout.wgsl");
@@ -600,6 +602,11 @@ pub const HINGE_COMPACT_TILES: Kernel = hinge!("hinge_compact_tiles", "hinge_com
 pub const HINGE_COUNT_TILES4: Kernel = hinge!("hinge_count_tiles4", "hinge_count_tiles", "io4.wgsl");
 /// [`HINGE_COMPACT_TILES`] over quads.
 pub const HINGE_COMPACT_TILES4: Kernel = hinge!("hinge_compact_tiles4", "hinge_compact_tiles", "io4.wgsl");
+/// Lovász hinge on CPU adapters whose sort is radix: the kept keys and payloads written to the
+/// front of each tile of the sort's first pass, with the checks.
+pub const HINGE_LOCAL_TILES: Kernel = hinge!("hinge_local_tiles", "hinge_local_tiles", "io1.wgsl");
+/// [`HINGE_LOCAL_TILES`] over quads.
+pub const HINGE_LOCAL_TILES4: Kernel = hinge!("hinge_local_tiles4", "hinge_local_tiles", "io4.wgsl");
 /// Lovász compaction: indirect dispatch size of the passes over the compacted segments.
 pub const COMPACT_ARGS: Kernel = compact!("compact_args");
 
@@ -685,12 +692,15 @@ pub const KERNELS: &[Kernel] = &[
     COMPACT_COUNT_TILES,
     COMPACT_SCATTER_TILES,
     COMPACT_SCAN_TILES,
+    COMPACT_SUM_TILES,
     COMPACT_COUNT_TILES4,
     COMPACT_SCATTER_TILES4,
     HINGE_COUNT_TILES,
     HINGE_COMPACT_TILES,
     HINGE_COUNT_TILES4,
     HINGE_COMPACT_TILES4,
+    HINGE_LOCAL_TILES,
+    HINGE_LOCAL_TILES4,
     COMPACT_ARGS,
     LOVASZ_THRESHOLD,
     LOVASZ_DROP,

@@ -1623,10 +1623,11 @@ fn a_profile_times_every_dispatch_of_one_evaluation() {
         Err(e) => panic!("{e}"),
     };
     let names: Vec<&str> = p.kernels.iter().map(|k| k.kernel).collect();
-    // (the hinge's keys and weights: a thread per tile on a CPU adapter)
+    // (the hinge's keys and weights: a thread per tile on a CPU adapter, the keys to the front of
+    // the radix sort's tiles)
     let cpu = engine.info().device_type == "Cpu";
     let (keys, weights) =
-        if cpu { ("hinge_count_tiles", "lovasz_weights_tiles") } else { ("lovasz_keys", "lovasz_weights") };
+        if cpu { ("hinge_local_tiles", "lovasz_weights_tiles") } else { ("lovasz_keys", "lovasz_weights") };
     for k in ["stats", "finalize", "gradient", keys, weights] {
         assert!(names.contains(&k), "{k} missing from {names:?}");
     }

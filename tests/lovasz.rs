@@ -465,3 +465,41 @@ fn the_gpu_kernels_with_the_bitonic_network_match_the_reference() {
         compare_on(&engine, &case(&mut rng, Mode::Binary, shape, kind, kind % 2 == 1), HINGE);
     }
 }
+
+#[test]
+fn hinge_tiles_that_keep_no_element_after_scratch_of_other_data() {
+    // On CPU adapters the hinge writes its kept keys to the front of each tile of the sort's first
+    // pass, and that pass reads each tile's count: tiles whose elements are all confidently right
+    // (error <= 0) or ignored keep nothing, and their digit counts must still be zeroed (the
+    // scratch holds an earlier evaluation's). Segments of 8-bit tiles (2048) and of the wide
+    // tiles of long segments (16384, from 2^20 elements).
+    let engine = segloss::Engine::gpu_blocking().unwrap();
+    let mut rng = Rng(42);
+    for shape in [vec![2, 1, 64, 128], vec![1, 1, 1024, 1024]] {
+        let warm = case(&mut rng, Mode::Binary, shape.clone(), 0, false);
+        let mut c = case(&mut rng, Mode::Binary, shape.clone(), 0, false);
+        let Target::Dense(t) = &mut c.target else { unreachable!() };
+        let t = t.to_mut();
+        let per = c.logits.len() / shape[0];
+        for img in 0..shape[0] {
+            // the first image (and the first three wide tiles) right; then a run ignored
+            let right = if img == 0 { per.min(3 * 16384) } else { 2048 };
+            for i in img * per..img * per + right {
+                c.logits[i] = if t[i] == 1.0 { 4.0 } else { -4.0 };
+                if t[i] == 255.0 {
+                    t[i] = 0.0;
+                    c.logits[i] = -4.0;
+                }
+            }
+            for i in img * per + right..(img * per + right + 2048).min((img + 1) * per) {
+                t[i] = 255.0;
+            }
+        }
+        let c = Case { ignore: Some(255), ..c };
+        for text in ["lovasz", "lovasz:per_image=true"] {
+            let e: Vec<LossExpr> = vec![text.parse().unwrap()];
+            engine.evaluate_blocking(&warm.input(), &e, true).unwrap();
+            compare_on(&engine, &c, &[text]);
+        }
+    }
+}

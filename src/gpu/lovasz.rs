@@ -6,7 +6,7 @@
 use crate::error::Error;
 use crate::gpu::context::Gpu;
 use crate::gpu::record::{Grid, Recording, Slice};
-use crate::gpu::sort::{SortAlgo, SortBufs};
+use crate::gpu::sort::{SortAlgo, SortBufs, Sparse};
 use crate::gpu::{Params, Spec, GRAD_WG, SCATTER_TILES_WG, SORT_TILE};
 use crate::plan;
 use crate::shaders;
@@ -25,7 +25,9 @@ struct LovParams {
     /// The workgroups in x of a tile grid folded into z past the device's limit
     /// ([`tile_grid`]): tile = x + z fold.
     fold: u32,
-    pad: u32,
+    /// The hinge's local compaction (`hinge_local_tiles`): elements per tile of the sort's first
+    /// pass (`tiles` is then their count per segment).
+    sort_tile: u32,
 }
 
 impl LovParams {
@@ -38,7 +40,7 @@ impl LovParams {
             fg_mul: 1.0,
             bg_mul: 1.0,
             fold,
-            pad: 0,
+            sort_tile: 0,
         }
     }
 }
@@ -305,18 +307,59 @@ impl Gpu {
         // (the hinge's count on a CPU adapter: its checks, where no statistics pass makes them and
         // no key pass ran)
         let count_spec = Spec { validate: if direct_hinge { inp.key_checks } else { 0 }, ..Spec::default() };
-        rec.dispatch(count, count_spec, over, kb)?;
+        // (a CPU adapter: a thread per segment, without barriers)
+        let seg_threads = Grid::Direct(segs.div_ceil(SCATTER_TILES_WG) as u32, 1, 1);
+        // the hinge on a CPU adapter whose sort is radix: its keys to the front of each tile of the
+        // sort's first pass, which reads them there (one walk over the input instead of two)
+        let local = direct_hinge && len > self.bitonic_upto.load(std::sync::atomic::Ordering::Relaxed);
+        let sparse = if local {
+            let sort_tile = crate::gpu::radix_layout(len).1;
+            let tiles = len.div_ceil(sort_tile);
+            let llp = rec.uniform(&LovParams {
+                sort_tile: sort_tile as u32,
+                ..LovParams::new(len, segs, tiles, per_image, maxd as u32)
+            });
+            let counts = rec.scratch((segs * tiles * 16) as u64, "hinge tile counts")?;
+            let local = if hinge_quads { &shaders::HINGE_LOCAL_TILES4 } else { &shaders::HINGE_LOCAL_TILES };
+            let mut lb = hinge_binds;
+            for (name, slice) in lb.iter_mut() {
+                match *name {
+                    "LP" => *slice = llp,
+                    "tilecnt" => *slice = counts,
+                    _ => {}
+                }
+            }
+            rec.dispatch(
+                local,
+                count_spec,
+                Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1),
+                &lb,
+            )?;
+            let mut sb = binds;
+            for (name, slice) in sb.iter_mut() {
+                match *name {
+                    "LP" => *slice = llp,
+                    "tilecnt" => *slice = counts,
+                    _ => {}
+                }
+            }
+            rec.dispatch(&shaders::COMPACT_SUM_TILES, Spec::default(), seg_threads, &sb)?;
+            Some(Sparse { counts })
+        } else {
+            rec.dispatch(count, count_spec, over, kb)?;
+            None
+        };
         if grad.is_some_and(|g| !g.accumulate) && inp.checked && inp.key_checks != 0 {
             self.record_unless_bad(rec, inp.status, None, lw)?;
         }
-        // (a CPU adapter: a thread per segment, without barriers)
-        let seg_threads = Grid::Direct(segs.div_ceil(SCATTER_TILES_WG) as u32, 1, 1);
-        if tiled {
-            rec.dispatch(&shaders::COMPACT_SCAN_TILES, Spec::default(), seg_threads, &binds)?;
-        } else {
-            rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), Grid::Direct(segs as u32, 1, 1), &binds)?;
+        if !local {
+            if tiled {
+                rec.dispatch(&shaders::COMPACT_SCAN_TILES, Spec::default(), seg_threads, &binds)?;
+            } else {
+                rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), Grid::Direct(segs as u32, 1, 1), &binds)?;
+            }
+            rec.dispatch(scatter, Spec::default(), over, kb)?;
         }
-        rec.dispatch(scatter, Spec::default(), over, kb)?;
         // the passes over the compacted segments cover only the longest one's tiles
         // (three: a CPU adapter's tile kernels take their own, from byte 16, and its radix tile
         // kernels on long segments theirs, from byte 32)
@@ -340,7 +383,8 @@ impl Gpu {
         )?;
         // 4. sort of the kept keys (the uncompacted keys are spent: they are the sort's scratch)
         let sort = SortBufs { a: (kc, vc), b: scratch, items: tiled };
-        let (kc, vc) = self.record_sort(rec, &sort, segs, len, SortAlgo::Auto, Some((segsum, args)))?;
+        let algo = if sparse.is_some() { SortAlgo::Radix } else { SortAlgo::Auto };
+        let (kc, vc) = self.record_sort(rec, &sort, segs, len, algo, Some((segsum, args)), sparse)?;
         // 5. segmented scan of the sorted labels, Jaccard weights, value of each segment
         let tilecnt2 = rec.scratch((segs * tiles * 8) as u64, "lovasz tile counts")?;
         let vpart = rec.scratch((segs * tiles * 4) as u64, "lovasz value partials")?;

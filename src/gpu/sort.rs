@@ -26,7 +26,9 @@ struct SortParams {
     segs: u32,
     tiles: u32,
     shift: u32,
-    /// 1: segment `s` sorts only its first `seglen[s].w` keys (see `radix.wgsl`)
+    /// 1: segment `s` sorts only its first `seglen[s].w` keys (see `radix.wgsl`); 2: tile `t` of
+    /// segment `s` holds `seglen[s * tiles + t].w` keys from its start (a first pass over
+    /// [`Sparse`] tiles)
     varlen: u32,
     /// the radix tile kernels' digit width
     bits: u32,
@@ -48,6 +50,16 @@ pub(crate) struct SortBufs {
     pub items: bool,
 }
 
+/// Keys that fill only the front of each tile of the radix sort's first pass (the hinge's local
+/// compaction on CPU adapters, `hinge.wgsl`): `counts[s * tiles + t].w` keys from the start of
+/// tile `t` of segment `s`, with the tiles of [`crate::gpu::radix_layout`] and the radix tile
+/// kernels. The first pass's scatter leaves them dense, and the passes after it sort the first
+/// `lengths[s].w` keys of each segment over the tiles of `args` (as `varlen`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sparse {
+    pub counts: Slice,
+}
+
 impl Gpu {
     /// Whether a sort of `n` keys on this adapter takes the CPU adapters' tile kernels, so its
     /// buffers are interleaved items ([`SortBufs::items`]): where the adapter takes them, and the
@@ -67,7 +79,10 @@ impl Gpu {
     /// (lengths, args), segment `s` sorts only its first `lengths[s].w` keys (a `vec4<u32>` each):
     /// the radix sort is dispatched over the tiles `args` holds (`compact.wgsl`: compact_args)
     /// and leaves the rest of the segment as it was, the bitonic network overwrites it with
-    /// padding (key NONE). Nothing after the sorted keys may be read as a key.
+    /// padding (key NONE). Nothing after the sorted keys may be read as a key. With `sparse`
+    /// (which needs `varlen`, the tile kernels and a radix sort), the first pass reads the
+    /// [`Sparse`] tiles.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record_sort(
         &self,
         rec: &mut Recording,
@@ -76,12 +91,16 @@ impl Gpu {
         len: usize,
         algo: SortAlgo,
         varlen: Option<(Slice, Slice)>,
+        sparse: Option<Sparse>,
     ) -> Result<(Slice, Slice), Error> {
         let bitonic = match algo {
             SortAlgo::Auto => len <= self.bitonic_upto.load(std::sync::atomic::Ordering::Relaxed),
             SortAlgo::Bitonic => true,
             SortAlgo::Radix => false,
         };
+        if sparse.is_some() && (bitonic || varlen.is_none() || !bufs.items) {
+            return Err(Error::Gpu("internal: a sort over sparse tiles takes the radix tile kernels".into()));
+        }
         let tiled = bufs.items;
         // a CPU adapter's tile kernels: digits of `bits` over tiles of `tile` keys, a thread each
         let (bits, tile, passes) = if tiled { crate::gpu::radix_layout(len) } else { (8, SORT_TILE, 4) };
@@ -103,38 +122,38 @@ impl Gpu {
         };
         // a CPU adapter's count reads four keys per load where every tile starts on a quad
         let quads = len.is_multiple_of(4) && crate::gpu::quad_aligned(&[bufs.a.0, bufs.a.1, bufs.b.0, bufs.b.1]);
-        // the steps of each pass: count, scan, scatter
-        let steps: Vec<(&shaders::Kernel, Grid)> = if tiled {
+        // the steps of each pass: count, scan, scatter (whether over the tiles)
+        let steps: Vec<(&shaders::Kernel, Grid, bool)> = if tiled {
             let count = if quads { &shaders::RADIX_COUNT_TILES4 } else { &shaders::RADIX_COUNT_TILES };
             // (the scatter scans the digit totals itself)
             let scan_grid = Grid::Direct(segs as u32, (digits / SCATTER_TILES_WG) as u32, 1);
             vec![
-                (count, group_grid),
-                (&shaders::RADIX_SCAN_TILES, scan_grid),
-                (&shaders::RADIX_SCATTER_TILES, group_grid),
+                (count, group_grid, true),
+                (&shaders::RADIX_SCAN_TILES, scan_grid, false),
+                (&shaders::RADIX_SCATTER_TILES, group_grid, true),
             ]
         } else {
             vec![
-                (&shaders::RADIX_COUNT, tile_grid),
-                (&shaders::RADIX_SCAN, Grid::Direct(segs as u32, 16, 1)),
-                (&shaders::RADIX_DIGITS, Grid::Direct(segs as u32, 1, 1)),
-                (&shaders::RADIX_SCATTER, tile_grid),
+                (&shaders::RADIX_COUNT, tile_grid, true),
+                (&shaders::RADIX_SCAN, Grid::Direct(segs as u32, 16, 1), false),
+                (&shaders::RADIX_DIGITS, Grid::Direct(segs as u32, 1, 1), false),
+                (&shaders::RADIX_SCATTER, tile_grid, true),
             ]
         };
         let (a, b) = (bufs.a, bufs.b);
-        let params = |tiles: usize, shift: u32| SortParams {
+        let params = |tiles: usize, shift: u32, varlen: u32| SortParams {
             len: len as u32,
             segs: segs as u32,
             tiles: tiles as u32,
             shift,
-            varlen: varlen_flag,
+            varlen,
             bits,
             tile: tile as u32,
             fold: self.limits.max_compute_workgroups_per_dimension,
         };
         if bitonic && len <= BITONIC_MAX {
             // one workgroup per segment, sorting `a` in place (`b` is bound but unused)
-            let ub = rec.uniform(&params(1, 0));
+            let ub = rec.uniform(&params(1, 0, varlen_flag));
             // unused read-write bindings need distinct buffers (WebGPU forbids writable aliases)
             let (d0, d1) = (rec.scratch(16, "unused")?, rec.scratch(16, "unused")?);
             rec.dispatch(
@@ -158,7 +177,10 @@ impl Gpu {
         let totals = rec.scratch((segs * digits * 4) as u64, "radix digit totals")?;
         for pass in 0..passes {
             let (src, dst) = if pass % 2 == 0 { (a, b) } else { (b, a) };
-            let ub = rec.uniform(&params(tiles, bits * pass));
+            // (the first pass over sparse tiles: every tile of every segment, each its own count)
+            let first_sparse = sparse.filter(|_| pass == 0);
+            let flag = if first_sparse.is_some() { 2 } else { varlen_flag };
+            let ub = rec.uniform(&params(tiles, bits * pass, flag));
             let binds = [
                 ("SP", ub),
                 ("keys_in", src.0),
@@ -167,9 +189,11 @@ impl Gpu {
                 ("totals", totals),
                 ("keys_out", dst.0),
                 ("vals_out", dst.1),
-                ("seglen", seglen),
+                ("seglen", first_sparse.map_or(seglen, |s| s.counts)),
             ];
-            for &(k, grid) in &steps {
+            let all_tiles = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
+            for &(k, grid, over_tiles) in &steps {
+                let grid = if first_sparse.is_some() && over_tiles { all_tiles } else { grid };
                 rec.dispatch(k, Spec::default(), grid, &binds)?;
             }
         }
