@@ -220,6 +220,52 @@ fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(wor
     put_guard(first, pos, real);
 }
 
+// The compaction where the radix sort takes the segments (past the bitonic crossover): a thread
+// per tile of the sort's first pass (LP.sort_tile elements, LP.tiles per segment) writes its kept
+// elements to the front of its own tile, in order (no guard: no other thread writes there), and
+// leaves (kept, fg dropped, bg dropped, kept) in tilecnt, which the sort's first pass reads as
+// the tile's count of keys (sortio.wgsl: varlen 2) and compact_sum_tiles adds up per segment.
+// Against compact_count_tiles, compact_scan_tiles and compact_scatter_tiles, one walk.
+@compute @workgroup_size(8)
+fn compact_local_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let seg = wid.y;
+    let tile = wid.x * STW + lid;
+    let first = tile * LP.sort_tile;
+    if first >= LP.len {
+        return;
+    }
+    let n = min(LP.sort_tile, LP.len - first);
+    let base = seg * LP.len + first;
+    let t = seg_threshold(seg);
+    var c = vec4<u32>(0u);
+    var pos = base;
+    var p = 0u;
+    if SORT4 {
+        for (; p + 4u <= n; p += 4u) {
+            let kv = quad_in((base + p) / 4u);
+            let k = vec4<u32>(
+                dropped_key(kv.k.x, kv.v.x, t),
+                dropped_key(kv.k.y, kv.v.y, t),
+                dropped_key(kv.k.z, kv.v.z, t),
+                dropped_key(kv.k.w, kv.v.w, t),
+            );
+            c += kind_of(k.x, kv.v.x) + kind_of(k.y, kv.v.y) + kind_of(k.z, kv.v.z) + kind_of(k.w, kv.v.w);
+            pos = put_kept(pos, vec2<u32>(k.x, kv.v.x));
+            pos = put_kept(pos, vec2<u32>(k.y, kv.v.y));
+            pos = put_kept(pos, vec2<u32>(k.z, kv.v.z));
+            pos = put_kept(pos, vec2<u32>(k.w, kv.v.w));
+        }
+    }
+    for (; p < n; p++) {
+        let v = val_in(base + p);
+        let k = dropped_key(key_in(base + p), v, t);
+        c += kind_of(k, v);
+        pos = put_kept(pos, vec2<u32>(k, v));
+    }
+    c.w = c.x;
+    tilecnt[seg * LP.tiles + tile] = c;
+}
+
 var<workgroup> longest: atomic<u32>;
 
 // The radix tile kernels' tile on long segments (radix.wgsl; gpu::radix_layout).

@@ -551,7 +551,14 @@ pub const COMPACT_COUNT_TILES: Kernel =
     compact!("compact_count_tiles", "compact_count_tiles", "itemsin.wgsl", "sortout1.wgsl");
 /// Lovász compaction on CPU adapters: [`COMPACT_SCAN`] with a thread per segment.
 pub const COMPACT_SCAN_TILES: Kernel = compact!("compact_scan_tiles");
-/// The hinge's local compaction on CPU adapters: each segment's sums of its tiles' counts.
+/// Lovász-Softmax compaction on CPU adapters whose sort is radix: the kept elements to the front
+/// of each tile of the sort's first pass, with the drops, a thread per tile.
+pub const COMPACT_LOCAL_TILES: Kernel =
+    compact!("compact_local_tiles", "compact_local_tiles", "itemsin.wgsl", "itemsout.wgsl");
+/// [`COMPACT_LOCAL_TILES`] reading two items per load (`itemsin2.wgsl`).
+pub const COMPACT_LOCAL_TILES4: Kernel =
+    compact!("compact_local_tiles4", "compact_local_tiles", "itemsin2.wgsl", "itemsout.wgsl");
+/// The local compactions on CPU adapters: each segment's sums of its tiles' counts.
 pub const COMPACT_SUM_TILES: Kernel = compact!("compact_sum_tiles");
 /// Lovász-Softmax compaction on CPU adapters: the scatter, a thread per tile, with the drops.
 pub const COMPACT_SCATTER_TILES: Kernel =
@@ -693,6 +700,8 @@ pub const KERNELS: &[Kernel] = &[
     COMPACT_SCATTER_TILES,
     COMPACT_SCAN_TILES,
     COMPACT_SUM_TILES,
+    COMPACT_LOCAL_TILES,
+    COMPACT_LOCAL_TILES4,
     COMPACT_COUNT_TILES4,
     COMPACT_SCATTER_TILES4,
     HINGE_COUNT_TILES,

@@ -467,14 +467,29 @@ fn the_gpu_kernels_with_the_bitonic_network_match_the_reference() {
 }
 
 #[test]
-fn hinge_tiles_that_keep_no_element_after_scratch_of_other_data() {
-    // On CPU adapters the hinge writes its kept keys to the front of each tile of the sort's first
-    // pass, and that pass reads each tile's count: tiles whose elements are all confidently right
-    // (error <= 0) or ignored keep nothing, and their digit counts must still be zeroed (the
-    // scratch holds an earlier evaluation's). Segments of 8-bit tiles (2048) and of the wide
-    // tiles of long segments (16384, from 2^20 elements).
+fn tiles_that_keep_no_element_after_scratch_of_other_data() {
+    // On CPU adapters the compactions write the kept keys to the front of each tile of the sort's
+    // first pass, and that pass reads each tile's count: tiles whose elements are all ignored (or,
+    // for the hinge, confidently right: error <= 0) keep nothing, and their digit counts must
+    // still be zeroed (the scratch holds an earlier evaluation's). Segments of 8-bit tiles (2048)
+    // and of the wide tiles of long segments (16384, from 2^20 elements).
     let engine = segloss::Engine::gpu_blocking().unwrap();
     let mut rng = Rng(42);
+    // Lovász-Softmax's compaction: a class segment's tiles of ignored pixels keep nothing
+    for shape in [vec![2, 3, 64, 64], vec![1, 2, 1024, 1024]] {
+        let warm = case(&mut rng, Mode::Multiclass, shape.clone(), 0, false);
+        let mut c = case(&mut rng, Mode::Multiclass, shape.clone(), 0, false);
+        let Target::Labels(l) = &mut c.target else { unreachable!() };
+        let l = l.to_mut();
+        let run = (3 * 16384).min(l.len() / 2);
+        l[..run].iter_mut().for_each(|v| *v = 255);
+        for text in ["lovasz", "lovasz:per_image=true", "lovasz:classes=all"] {
+            let e: Vec<LossExpr> = vec![text.parse().unwrap()];
+            engine.evaluate_blocking(&warm.input(), &e, true).unwrap();
+            compare_on(&engine, &c, &[text]);
+        }
+    }
+    // the hinge's: tiles whose elements are all right or ignored
     for shape in [vec![2, 1, 64, 128], vec![1, 1, 1024, 1024]] {
         let warm = case(&mut rng, Mode::Binary, shape.clone(), 0, false);
         let mut c = case(&mut rng, Mode::Binary, shape.clone(), 0, false);

@@ -104,6 +104,22 @@ pub(crate) struct LovaszInput<'a> {
     pub key_checks: u32,
 }
 
+/// `binds` with the local compactions' parameters and tile counts (`LP`, `tilecnt`).
+fn local_binds<const N: usize>(
+    mut binds: [(&'static str, Slice); N],
+    lp: Slice,
+    counts: Slice,
+) -> [(&'static str, Slice); N] {
+    for (name, slice) in binds.iter_mut() {
+        match *name {
+            "LP" => *slice = lp,
+            "tilecnt" => *slice = counts,
+            _ => {}
+        }
+    }
+    binds
+}
+
 /// Workgroup counts (x, z) of 256 threads covering `items` threads: x up to the device limit.
 pub(crate) fn grid(limits: &wgpu::Limits, items: usize) -> (u32, u32) {
     let groups = items.div_ceil(GRAD_WG);
@@ -309,9 +325,10 @@ impl Gpu {
         let count_spec = Spec { validate: if direct_hinge { inp.key_checks } else { 0 }, ..Spec::default() };
         // (a CPU adapter: a thread per segment, without barriers)
         let seg_threads = Grid::Direct(segs.div_ceil(SCATTER_TILES_WG) as u32, 1, 1);
-        // the hinge on a CPU adapter whose sort is radix: its keys to the front of each tile of the
-        // sort's first pass, which reads them there (one walk over the input instead of two)
-        let local = direct_hinge && len > self.bitonic_upto.load(std::sync::atomic::Ordering::Relaxed);
+        // a CPU adapter whose sort is radix: the kept elements to the front of each tile of the
+        // sort's first pass, which reads them there (one walk instead of count and scatter; the
+        // hinge's over the input itself)
+        let local = tiled && len > self.bitonic_upto.load(std::sync::atomic::Ordering::Relaxed);
         let sparse = if local {
             let sort_tile = crate::gpu::radix_layout(len).1;
             let tiles = len.div_ceil(sort_tile);
@@ -319,30 +336,16 @@ impl Gpu {
                 sort_tile: sort_tile as u32,
                 ..LovParams::new(len, segs, tiles, per_image, maxd as u32)
             });
-            let counts = rec.scratch((segs * tiles * 16) as u64, "hinge tile counts")?;
-            let local = if hinge_quads { &shaders::HINGE_LOCAL_TILES4 } else { &shaders::HINGE_LOCAL_TILES };
-            let mut lb = hinge_binds;
-            for (name, slice) in lb.iter_mut() {
-                match *name {
-                    "LP" => *slice = llp,
-                    "tilecnt" => *slice = counts,
-                    _ => {}
-                }
+            let counts = rec.scratch((segs * tiles * 16) as u64, "compaction tile counts")?;
+            let grid = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
+            if direct_hinge {
+                let k = if hinge_quads { &shaders::HINGE_LOCAL_TILES4 } else { &shaders::HINGE_LOCAL_TILES };
+                rec.dispatch(k, count_spec, grid, &local_binds(hinge_binds, llp, counts))?;
+            } else {
+                let k = if quads { &shaders::COMPACT_LOCAL_TILES4 } else { &shaders::COMPACT_LOCAL_TILES };
+                rec.dispatch(k, Spec::default(), grid, &local_binds(binds, llp, counts))?;
             }
-            rec.dispatch(
-                local,
-                count_spec,
-                Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1),
-                &lb,
-            )?;
-            let mut sb = binds;
-            for (name, slice) in sb.iter_mut() {
-                match *name {
-                    "LP" => *slice = llp,
-                    "tilecnt" => *slice = counts,
-                    _ => {}
-                }
-            }
+            let sb = local_binds(binds, llp, counts);
             rec.dispatch(&shaders::COMPACT_SUM_TILES, Spec::default(), seg_threads, &sb)?;
             Some(Sparse { counts })
         } else {
