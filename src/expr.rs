@@ -478,6 +478,10 @@ impl Loss {
                     _ => check_weights(name, "weights", r.params.weights.as_deref(), classes, "channel"),
                 }
             }
+            Loss::Lovasz(p) if mode != Mode::Multiclass && p.classes != Classes::Present => bad(
+                "classes belongs to Lovász-Softmax (multiclass); the hinge (binary, multilabel) takes all elements as one group (per_image=true: one per image)"
+                    .into(),
+            ),
             Loss::Lovasz(p) => check_classes(name, &p.classes, classes),
             _ => Ok(()),
         }
@@ -644,7 +648,14 @@ impl Loss {
                 if empty_list(&p.classes) {
                     return bad("classes lists no class");
                 }
-                if matches!(r.kind, RegionKind::GDice { .. }) && matches!(p.pool, Pool::All | Pool::ImageAll) {
+                if p.classes == Classes::Present {
+                    return bad("classes=present belongs to Lovász-Softmax; region losses take all or a list");
+                }
+                let gdice = matches!(r.kind, RegionKind::GDice { .. });
+                if gdice && p.weights.is_some() {
+                    return bad("gdice takes no class weights (its weights come from the target: weight=square, simple or uniform)");
+                }
+                if gdice && matches!(p.pool, Pool::All | Pool::ImageAll) {
                     return bad(
                         "pool=all and pool=image_all are not allowed (gdice already pools classes); use batch or image",
                     );
@@ -673,6 +684,14 @@ impl Loss {
                 check_numbers(name, &[("lambda", &[p.lambda], Range::Unit), ("smooth", &[p.smooth], Range::NonNeg)])
             }
             Loss::Lovasz(p) if empty_list(&p.classes) => bad("classes lists no class"),
+            Loss::Lovasz(LovaszParams { classes: Classes::List(l), .. }) => {
+                match l.iter().enumerate().find(|(i, k)| l[..*i].contains(k)) {
+                    Some((_, k)) => {
+                        bad(&format!("classes lists {k} twice (Lovász-Softmax averages over distinct classes)"))
+                    }
+                    None => Ok(()),
+                }
+            }
             Loss::Lovasz(_) => Ok(()),
         }
     }
@@ -1077,13 +1096,14 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
             Loss::Focal(p)
         }
         "dice" | "jaccard" | "iou" | "tversky" | "gdice" => {
-            if preset_name == "kornia" {
-                no_preset(if name == "dice" || name == "tversky" {
-                    &["kornia"]
-                } else {
-                    &["smp", "monai", "keras", "paddle"]
-                })?;
-            }
+            // (kornia defines dice and tversky; keras's pool=all pools the classes, which gdice
+            // does itself)
+            let presets: &[&str] = match name {
+                "dice" | "tversky" => &["smp", "monai", "keras", "paddle", "kornia"],
+                "gdice" => &["smp", "monai", "paddle"],
+                _ => &["smp", "monai", "keras", "paddle"],
+            };
+            no_preset(presets)?;
             let mut params = region_preset(preset_name, name);
             let mut kind = match name {
                 "dice" => RegionKind::Dice { squared: false },
@@ -1232,6 +1252,27 @@ fn parse_deep(text: &str) -> Result<Option<LossExpr>, Error> {
     Ok(Some(e))
 }
 
+/// The terms of an expression: `text` split at each `+` that joins two terms, not at the sign of
+/// a number (`1e+0`, `smooth=+1`, `weights=1;+2`).
+fn split_terms(text: &str) -> Vec<&str> {
+    let b = text.as_bytes();
+    let sign = |i: usize| match i.checked_sub(1).map(|j| b[j]) {
+        Some(b'=' | b';') => true,
+        Some(b'e' | b'E') => i >= 2 && (b[i - 2].is_ascii_digit() || b[i - 2] == b'.'),
+        _ => false,
+    };
+    let mut terms = Vec::new();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'+' && !sign(i) {
+            terms.push(&text[start..i]);
+            start = i + 1;
+        }
+    }
+    terms.push(&text[start..]);
+    terms
+}
+
 impl FromStr for LossExpr {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
@@ -1241,10 +1282,11 @@ impl FromStr for LossExpr {
         if let Some(e) = parse_deep(s)? {
             return Ok(e);
         }
-        if s.split('+').any(|t| t.trim().is_empty()) {
+        let terms = split_terms(s);
+        if terms.iter().any(|t| t.trim().is_empty()) {
             return Err(perr(s, "empty term (a '+' with no loss on one side)"));
         }
-        let parsed = s.split('+').map(parse_term).collect::<Result<Vec<_>, _>>()?;
+        let parsed = terms.into_iter().map(parse_term).collect::<Result<Vec<_>, _>>()?;
         let reduction = if parsed.iter().any(|(_, r)| *r == Reduction::None) {
             if parsed.len() > 1 {
                 return Err(perr(s, "reduction=none needs a single-term text (its entries are one loss's)"));
@@ -1261,7 +1303,7 @@ impl FromStr for Loss {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         let (t, reduction) = parse_term(s)?;
-        if t.weight != 1.0 || s.contains('+') {
+        if t.weight != 1.0 || split_terms(s).len() > 1 {
             return Err(perr(s, "expected a single loss without weight"));
         }
         if reduction == Reduction::None {

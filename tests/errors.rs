@@ -42,6 +42,34 @@ fn loss_text_errors_list_what_is_allowed() {
     assert!(parse_err("jaccard@kornia").contains("preset 'kornia' defines nothing for jaccard"));
     assert!(parse_err("gdice:pool=image_all").contains("pool=image_all"));
     assert!(parse_err("sensspec@kornia").contains("preset 'kornia'"));
+    // keras's preset pools the classes (pool=all), which gdice does itself
+    let e = parse_err("gdice@keras");
+    assert!(e.contains("preset 'keras' defines nothing for gdice; presets for gdice: smp, monai, paddle"), "{e}");
+    assert!(parse_err("gdice@kornia").contains("presets for gdice: smp, monai, paddle"));
+    assert!(parse_err("lovasz:classes=0;2;0").contains("classes lists 0 twice"));
+}
+
+#[test]
+fn numbers_with_a_plus_sign_are_not_split_into_terms() {
+    // a '+' joins terms, except as a number's sign (after an exponent's e, an '=' or a ';')
+    let pairs = [
+        ("1e+0*dice+ce", "1*dice+ce"),
+        ("dice:smooth=1e+0+ce", "dice:smooth=1+ce"),
+        ("dice:smooth=+1", "dice:smooth=1"),
+        ("2.5E+1*dice", "25*dice"),
+        ("ce:weights=1;+2", "ce:weights=1;2"),
+        ("dice:smooth=.5e+1", "dice:smooth=5"),
+    ];
+    for (text, same) in pairs {
+        let (a, b): (LossExpr, LossExpr) = (text.parse().unwrap(), same.parse().unwrap());
+        assert_eq!(a, b, "{text}");
+    }
+    // a single loss with a signed number is one loss
+    assert!("dice:smooth=1e+0".parse::<segloss::expr::Loss>().is_ok());
+    // terms still split after a name ending in e (dice+ce, per_image=true+dice)
+    assert_eq!("dice+ce".parse::<LossExpr>().unwrap().terms.len(), 2);
+    assert_eq!("lovasz:per_image=true+dice".parse::<LossExpr>().unwrap().terms.len(), 2);
+    assert!(parse_err("dice++ce").contains("empty term"));
 }
 
 #[test]
@@ -91,9 +119,13 @@ fn losses_that_do_not_fit_the_mode_are_errors() {
     let x = vec![0.0f32; 8];
     let g = vec![0.0f32; 8];
     let dense = Input::dense(&x, &g, &[1, 2, 4], Mode::Multilabel).unwrap();
-    for (text, needle) in
-        [("ce", "needs multiclass"), ("focal:act=softmax", "needs multiclass"), ("dice:classes=0;5", "classes lists 5")]
-    {
+    for (text, needle) in [
+        ("ce", "needs multiclass"),
+        ("focal:act=softmax", "needs multiclass"),
+        ("dice:classes=0;5", "classes lists 5"),
+        ("lovasz:classes=0", "classes belongs to Lovász-Softmax"),
+        ("lovasz:classes=all", "classes belongs to Lovász-Softmax"),
+    ] {
         let err = reference::evaluate(&dense, &text.parse().unwrap()).unwrap_err().to_string();
         assert!(err.contains(needle), "{text}: {err}");
         let err = common::gpu().evaluate_blocking(&dense, &[text.parse().unwrap()], true).unwrap_err().to_string();
@@ -130,7 +162,7 @@ fn expressions_built_in_code_are_held_to_the_rules_of_the_text() {
     let input = Input::dense(&x, &g, &[1, 2, 4], Mode::Multilabel).unwrap();
     // each: a text that parses, how to break it in code, what the error names
     type Edit = fn(&mut LossExpr);
-    let cases: [(&str, Edit, &str); 16] = [
+    let cases: [(&str, Edit, &str); 19] = [
         (
             "focal",
             |e| {
@@ -238,6 +270,33 @@ fn expressions_built_in_code_are_held_to_the_rules_of_the_text() {
                 }
             },
             "classes lists no class",
+        ),
+        (
+            "dice",
+            |e| {
+                if let Loss::Region(r) = &mut e.terms[0].loss {
+                    r.params.classes = Classes::Present
+                }
+            },
+            "classes=present belongs to Lovász-Softmax",
+        ),
+        (
+            "gdice",
+            |e| {
+                if let Loss::Region(r) = &mut e.terms[0].loss {
+                    r.params.weights = Some(vec![1.0, 2.0])
+                }
+            },
+            "gdice takes no class weights",
+        ),
+        (
+            "lovasz",
+            |e| {
+                if let Loss::Lovasz(p) = &mut e.terms[0].loss {
+                    p.classes = Classes::List(vec![1, 0, 1])
+                }
+            },
+            "classes lists 1 twice",
         ),
         ("dice", |e| e.terms[0].weight = 1e39, "the factor 1e39: beyond the f32 range"),
         ("dice", |e| e.terms.clear(), "expression: it has no term"),
