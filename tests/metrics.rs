@@ -6,7 +6,7 @@
 mod common;
 
 use std::borrow::Cow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use segloss::metrics::{reference, Metric, MetricValue};
 use segloss::{Input, Mode, Target};
@@ -108,13 +108,35 @@ fn flatten_rows(v: &serde_json::Value) -> serde_json::Value {
 }
 
 /// Each golden case: its name, input and expected entries.
+/// The three of the libraries' golden cases, then `absent` (classes in the prediction only, in
+/// neither, in the target only: `golden_metrics/absent/generate.py`) without and with ignored pixels.
 fn golden_cases() -> Vec<(&'static str, Input<'static>, Vec<serde_json::Value>)> {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let absent = here.join("golden_metrics").join("absent");
+    let mut cases: Vec<(&str, PathBuf, PathBuf, PathBuf)> =
+        ["binary_small_random", "multiclass_ignore", "multiclass_small"]
+            .into_iter()
+            .map(|case| {
+                let dir = here.join("golden").join(case);
+                (
+                    case,
+                    here.join("golden_metrics").join(case).join("expected.json"),
+                    dir.join("logits.npy"),
+                    dir.join("target.npy"),
+                )
+            })
+            .collect();
+    cases.push(("absent", absent.join("expected.json"), absent.join("logits.npy"), absent.join("target.npy")));
+    cases.push((
+        "absent_ignore",
+        absent.join("expected_ignore.json"),
+        absent.join("logits.npy"),
+        absent.join("target_ignore.npy"),
+    ));
     let mut out = Vec::new();
-    for case in ["binary_small_random", "multiclass_ignore", "multiclass_small"] {
-        let expected = json(&here.join("golden_metrics").join(case).join("expected.json"));
-        let (shape, logits) = common::read_f32(&here.join("golden").join(case).join("logits.npy"));
-        let tpath = here.join("golden").join(case).join("target.npy");
+    for (case, expected, logits, tpath) in cases {
+        let expected = json(&expected);
+        let (shape, logits) = common::read_f32(&logits);
         let ignore = expected["ignore_index"].as_i64();
         let (mode, target) = if expected["mode"] == "multiclass" {
             (Mode::Multiclass, Target::Labels(Cow::Owned(common::read_i64(&tpath).1)))
@@ -136,7 +158,7 @@ fn metrics_match_the_libraries_on_every_golden_case() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 67 + 74 + 74);
+    assert_eq!(checked, 67 + 74 + 74 + 161 + 161);
 }
 
 #[test]
@@ -616,5 +638,21 @@ fn nsd_on_the_device_equals_the_reference_at_tolerances_a_lattice_distance_away(
         let (_, got) = engine.evaluate_with_metrics_blocking(&input, &[], false, std::slice::from_ref(&m)).unwrap();
         let want = reference::evaluate(&input, &m).unwrap();
         assert_eq!(got[0].as_ref().unwrap().value, want.value, "{m} on {dims:?}");
+    }
+}
+
+#[test]
+fn metric_text_errors_list_what_the_metric_takes() {
+    let err = |t: &str| t.parse::<Metric>().unwrap_err().to_string();
+    for (text, needle) in [
+        ("gdice:reduction=macro", "gdice has no reduction macro; reductions for gdice: mean, mean_channel, sum"),
+        ("confusion:reduction=mean", "confusion has no reduction mean; reductions for confusion: micro, none"),
+        ("hd:reduction=micro", "surface metrics have no count reductions; hd has no reduction micro; reductions for hd: macro-imagewise, none, mean, mean_batch, mean_channel, sum"),
+        ("counts@monai", "counts has no preset monai; presets for counts: smp"),
+        ("precision@torchmetrics", "presets for precision: smp, monai"),
+        ("iou@keras", "presets: smp, monai, torchmetrics"),
+    ] {
+        let e = err(text);
+        assert!(e.contains(needle), "{text}: {e}");
     }
 }

@@ -69,6 +69,28 @@ pub enum MetricName {
 }
 
 impl MetricName {
+    /// Whether the metric takes reduction `r`.
+    fn allows(self, r: Reduction) -> bool {
+        match self {
+            n if n.is_score() => true,
+            MetricName::GDice => matches!(r, Reduction::Mean | Reduction::Sum | Reduction::MeanChannel),
+            MetricName::Counts => true,
+            MetricName::Confusion => matches!(r, Reduction::Micro | Reduction::None),
+            _ => !matches!(r, Reduction::Micro | Reduction::Macro | Reduction::Weighted | Reduction::MicroImagewise),
+        }
+    }
+
+    /// The presets the metric takes.
+    fn presets(self) -> &'static [Preset] {
+        match self {
+            MetricName::Iou | MetricName::Dice => &[Preset::Smp, Preset::Monai, Preset::Torchmetrics],
+            n if n.is_score() => &[Preset::Smp, Preset::Monai],
+            MetricName::Counts | MetricName::Confusion => &[Preset::Smp],
+            MetricName::GDice => &[Preset::Monai, Preset::Torchmetrics],
+            _ => &[Preset::Monai],
+        }
+    }
+
     fn parse(s: &str) -> Option<MetricName> {
         Some(match s {
             "iou" | "jaccard" => MetricName::Iou,
@@ -153,6 +175,17 @@ pub enum Preset {
     Monai,
     /// torchmetrics.
     Torchmetrics,
+}
+
+impl Preset {
+    /// The preset's name in a metric's text.
+    pub fn text(self) -> &'static str {
+        match self {
+            Preset::Smp => "smp",
+            Preset::Monai => "monai",
+            Preset::Torchmetrics => "torchmetrics",
+        }
+    }
 }
 
 /// Class weights of `gdice` from the target's count `g_c` of each class: the loss's.
@@ -333,23 +366,18 @@ impl Metric {
             }
         }
         // what the reduction allows
-        let ok = match self.name {
-            n if n.is_score() => true,
-            MetricName::GDice => matches!(self.reduction, Reduction::Mean | Reduction::Sum | Reduction::MeanChannel),
-            MetricName::Counts => true,
-            MetricName::Confusion => matches!(self.reduction, Reduction::Micro | Reduction::None),
-            _ => {
-                if matches!(
-                    self.reduction,
-                    Reduction::Micro | Reduction::Macro | Reduction::Weighted | Reduction::MicroImagewise
-                ) {
-                    return Err(merr(&self.text, "surface metrics have no count reductions"));
-                }
-                true
-            }
-        };
-        if !ok {
-            return Err(merr(&self.text, format!("{name_s} has no reduction {:?}", self.reduction)));
+        if !self.name.allows(self.reduction) {
+            let of = |r: Reduction| REDUCTIONS.iter().find(|(_, x)| *x == r).map_or("?", |(t, _)| *t);
+            let allowed: Vec<&str> = REDUCTIONS.iter().filter(|(_, r)| self.name.allows(*r)).map(|(t, _)| *t).collect();
+            let what = if self.name.is_surface() { "surface metrics have no count reductions; " } else { "" };
+            return Err(merr(
+                &self.text,
+                format!(
+                    "{what}{name_s} has no reduction {}; reductions for {name_s}: {}",
+                    of(self.reduction),
+                    allowed.join(", ")
+                ),
+            ));
         }
         if self.reduction == Reduction::Weighted && self.weights.is_none() {
             return Err(merr(&self.text, "weighted needs weights=w0;w1;... (one per class)"));
@@ -444,13 +472,12 @@ impl FromStr for Metric {
             Some("torchmetrics") => Preset::Torchmetrics,
             Some(p) => return Err(merr(text, format!("unknown preset '{p}'; presets: smp, monai, torchmetrics"))),
         };
-        let fits = match preset {
-            Preset::Smp => name.is_score() || matches!(name, MetricName::Counts | MetricName::Confusion),
-            Preset::Monai => name.is_score() || name == MetricName::GDice || name.is_surface(),
-            Preset::Torchmetrics => matches!(name, MetricName::Iou | MetricName::Dice | MetricName::GDice),
-        };
-        if !fits {
-            return Err(merr(text, format!("{name_s} has no preset {}", preset_s.unwrap_or("smp"))));
+        if !name.presets().contains(&preset) {
+            let names: Vec<&str> = name.presets().iter().map(|p| p.text()).collect();
+            return Err(merr(
+                text,
+                format!("{name_s} has no preset {}; presets for {name_s}: {}", preset.text(), names.join(", ")),
+            ));
         }
         let mut m = Metric {
             name,
