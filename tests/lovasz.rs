@@ -499,16 +499,14 @@ fn tiles_that_keep_no_element_after_scratch_of_other_data() {
         for img in 0..shape[0] {
             // the first image (and the first three wide tiles) right; then a run ignored
             let right = if img == 0 { per.min(3 * 16384) } else { 2048 };
-            for i in img * per..img * per + right {
-                c.logits[i] = if t[i] == 1.0 { 4.0 } else { -4.0 };
-                if t[i] == 255.0 {
-                    t[i] = 0.0;
-                    c.logits[i] = -4.0;
+            let (a, b) = (img * per, img * per + right);
+            for (x, g) in c.logits[a..b].iter_mut().zip(&mut t[a..b]) {
+                if *g == 255.0 {
+                    *g = 0.0;
                 }
+                *x = if *g == 1.0 { 4.0 } else { -4.0 };
             }
-            for i in img * per + right..(img * per + right + 2048).min((img + 1) * per) {
-                t[i] = 255.0;
-            }
+            t[b..(b + 2048).min((img + 1) * per)].iter_mut().for_each(|g| *g = 255.0);
         }
         let c = Case { ignore: Some(255), ..c };
         for text in ["lovasz", "lovasz:per_image=true"] {
