@@ -2507,3 +2507,40 @@ fn an_ignore_index_of_zero_ignores_negative_zero_targets_in_buffers_as_on_the_ho
         assert_eq!(g.grad, w.grad, "{e}");
     }
 }
+
+#[test]
+fn count_metrics_whose_counts_pass_the_binding_take_the_reference() {
+    // a device whose storage bindings hold 8 KiB, 6 images of 2x2 pixels and 16 classes: logits
+    // of 1.5 KiB and statistics sums of 6 KiB fit, but the 64-bit confusion counts (16 x 16
+    // cells per image) take 12 KiB. The count metrics were a limit error ("confusion counts
+    // needs 12288, the device allows 8192"); now they come from the reference, the losses still
+    // from the device.
+    let (info, device, queue) =
+        caller_device_with(|l| l.max_storage_buffer_binding_size = 8192, wgpu::Features::empty());
+    let engine = Engine::from_device_blocking(&info, device, queue).expect("engine");
+    let mut r = Rng(32);
+    let metrics: Vec<segloss::metrics::Metric> =
+        ["iou", "dice@monai:reduction=mean_batch", "confusion"].iter().map(|t| t.parse().unwrap()).collect();
+    let shape = [6usize, 16, 2, 2];
+    let logits: Vec<f32> = (0..6 * 64).map(|_| (r.normal() * 2.0) as f32).collect();
+    let labels: Vec<i64> = (0..6 * 4).map(|_| r.below(16) as i64).collect();
+    let input = Input::labels(&logits, &labels, &shape, None).unwrap();
+    let ex = parse(&["ce+dice"]);
+    let (losses, values) = engine.evaluate_with_metrics_blocking(&input, &ex, true, &metrics).unwrap();
+    assert_reference_values(&input, &ex, &losses, "losses beside the metrics");
+    for (m, v) in metrics.iter().zip(values) {
+        let want = segloss::metrics::reference::evaluate(&input, m).unwrap();
+        assert_eq!(format!("{:?}", v.unwrap()), format!("{want:?}"), "{m:?}");
+    }
+    let counts = engine.counts_blocking(&input, &metrics[0]).unwrap();
+    assert_eq!(format!("{counts:?}"), format!("{:?}", segloss::metrics::reference::counts(&input, 0.0).unwrap()));
+    // (16 such images: the statistics sums themselves pass the binding, one buffer over the
+    // whole batch even in pieces: a typed limit error that names them)
+    let logits = [logits.clone(), logits.clone(), logits[..256].to_vec()].concat();
+    let labels = [labels.clone(), labels.clone(), labels[..16].to_vec()].concat();
+    let input = Input::labels(&logits, &labels, &[16, 16, 2, 2], None).unwrap();
+    match engine.evaluate_blocking(&input, &ex, true) {
+        Err(Error::Limit { what, .. }) => assert!(what.contains("statistics sums"), "{what}"),
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+}

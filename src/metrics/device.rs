@@ -9,6 +9,7 @@ use super::{Metric, MetricValue};
 use crate::engine::{check_hard_labels, decode, reference_evaluation, words, Engine, Evaluation};
 use crate::error::Error;
 use crate::expr::LossExpr;
+use crate::gpu::context::Gpu;
 use crate::gpu::eval::GradTo;
 use crate::gpu::record::Recording;
 use crate::input::Input;
@@ -30,6 +31,18 @@ pub(crate) fn f32_threshold(t: f64) -> f32 {
 
 /// The most classes whose C x C confusion cells the device counts per tile.
 const MAX_COUNT_CLASSES: usize = 256;
+
+/// Whether the device's confusion counts of `n` images of `s` pixels and `c` classes fit one
+/// binding: their 64-bit totals per (image, cell) and their partials per count block (at least
+/// 2048 pixels each, `gpu::count_span`). Past it (many small images of many classes), the counts
+/// come from the reference.
+fn counts_fit(gpu: &Gpu, n: usize, c: usize, s: usize, softmax: bool) -> bool {
+    let cells = (if softmax { c * c } else { c * 4 }) as u64;
+    let max = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
+    let totals = (n as u64).saturating_mul(cells).saturating_mul(8);
+    let partials = (n as u64).saturating_mul(s.div_ceil(2048) as u64).saturating_mul(cells).saturating_mul(4);
+    totals.max(partials) <= max
+}
 
 /// Counts from the device's 64-bit confusion totals (low, high u32 words).
 fn counts_of(bytes: &[u8], mode: Mode, c: usize, n: usize) -> Counts {
@@ -103,6 +116,11 @@ impl Engine {
         };
         check_hard_labels(exprs, input.hard_labels())?;
         crate::input::check_neg_inf(input, exprs)?;
+        let s = input.shape()[2..].iter().product::<usize>();
+        if !counts_fit(gpu, input.batch(), c, s, mode == Mode::Multiclass) {
+            thresholds.clear();
+        }
+        let device_counts = device_counts && !thresholds.is_empty();
         let prep = self.prepare(input.clone())?;
         let whole = prep.buffers().filter(|(_, tb)| {
             crate::stats::pieces_reason(gpu, input.shape(), mode, input.kind(), exprs, tb.size()).is_none()
@@ -190,8 +208,15 @@ impl Engine {
         metric.check(input.mode(), input.classes())?;
         let hard = input.mode() == Mode::Multiclass || input.hard_labels();
         let fits = input.mode() != Mode::Multiclass || input.classes() <= MAX_COUNT_CLASSES;
+        let s = input.shape()[2..].iter().product::<usize>();
         let prep = match self.gpu_ref() {
-            Some(_) if hard && fits => Some(self.prepare(input.clone())?),
+            Some(g)
+                if hard
+                    && fits
+                    && counts_fit(g, input.batch(), input.classes(), s, input.mode() == Mode::Multiclass) =>
+            {
+                Some(self.prepare(input.clone())?)
+            }
             _ => None,
         };
         let (Some(gpu), Some(prep)) = (self.gpu_ref(), prep) else {
