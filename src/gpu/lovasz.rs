@@ -104,6 +104,9 @@ pub(crate) struct LovaszInput<'a> {
     pub key_checks: u32,
 }
 
+/// The tiles of the sort's first pass per tile of a local compaction (see `record_lovasz`).
+const LOCAL_TILES: usize = 4;
+
 /// `binds` with the local compactions' parameters and tile counts (`LP`, `tilecnt`).
 fn local_binds<const N: usize>(
     mut binds: [(&'static str, Slice); N],
@@ -330,7 +333,9 @@ impl Gpu {
         // hinge's over the input itself)
         let local = tiled && len > self.bitonic_upto.load(std::sync::atomic::Ordering::Relaxed);
         let sparse = if local {
-            let sort_tile = crate::gpu::radix_layout(len).1;
+            // (tiles of LOCAL_TILES of the sort's: about the dense tiles a compaction that keeps a
+            // quarter leaves, so the first pass walks about as many digit rows as the others)
+            let sort_tile = crate::gpu::radix_layout(len).1 * LOCAL_TILES;
             let tiles = len.div_ceil(sort_tile);
             let llp = rec.uniform(&LovParams {
                 sort_tile: sort_tile as u32,
@@ -347,7 +352,7 @@ impl Gpu {
             }
             let sb = local_binds(binds, llp, counts);
             rec.dispatch(&shaders::COMPACT_SUM_TILES, Spec::default(), seg_threads, &sb)?;
-            Some(Sparse { counts })
+            Some(Sparse { counts, tile: sort_tile })
         } else {
             rec.dispatch(count, count_spec, over, kb)?;
             None

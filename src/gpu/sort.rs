@@ -50,14 +50,16 @@ pub(crate) struct SortBufs {
     pub items: bool,
 }
 
-/// Keys that fill only the front of each tile of the radix sort's first pass (the hinge's local
-/// compaction on CPU adapters, `hinge.wgsl`): `counts[s * tiles + t].w` keys from the start of
-/// tile `t` of segment `s`, with the tiles of [`crate::gpu::radix_layout`] and the radix tile
-/// kernels. The first pass's scatter leaves them dense, and the passes after it sort the first
+/// Keys that fill only the front of each tile of the radix sort's first pass (the local
+/// compactions of CPU adapters, `hinge.wgsl`, `compact.wgsl`): `counts[s * tiles + t].w` keys
+/// from the start of tile `t` of segment `s`, tiles of `tile` keys (a multiple of the radix
+/// tile kernels' tile, [`crate::gpu::radix_layout`]; `tiles` = the segment's length over it).
+/// The first pass's scatter leaves them dense, and the passes after it sort the first
 /// `lengths[s].w` keys of each segment over the tiles of `args` (as `varlen`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Sparse {
     pub counts: Slice,
+    pub tile: usize,
 }
 
 impl Gpu {
@@ -98,7 +100,9 @@ impl Gpu {
             SortAlgo::Bitonic => true,
             SortAlgo::Radix => false,
         };
-        if sparse.is_some() && (bitonic || varlen.is_none() || !bufs.items) {
+        if sparse.is_some_and(|sp| sp.tile == 0 || !sp.tile.is_multiple_of(crate::gpu::radix_layout(len).1))
+            || sparse.is_some() && (bitonic || varlen.is_none() || !bufs.items)
+        {
             return Err(Error::Gpu("internal: a sort over sparse tiles takes the radix tile kernels".into()));
         }
         let tiled = bufs.items;
@@ -141,7 +145,7 @@ impl Gpu {
             ]
         };
         let (a, b) = (bufs.a, bufs.b);
-        let params = |tiles: usize, shift: u32, varlen: u32| SortParams {
+        let params = |tiles: usize, tile: usize, shift: u32, varlen: u32| SortParams {
             len: len as u32,
             segs: segs as u32,
             tiles: tiles as u32,
@@ -153,7 +157,7 @@ impl Gpu {
         };
         if bitonic && len <= BITONIC_MAX {
             // one workgroup per segment, sorting `a` in place (`b` is bound but unused)
-            let ub = rec.uniform(&params(1, 0, varlen_flag));
+            let ub = rec.uniform(&params(1, tile, 0, varlen_flag));
             // unused read-write bindings need distinct buffers (WebGPU forbids writable aliases)
             let (d0, d1) = (rec.scratch(16, "unused")?, rec.scratch(16, "unused")?);
             rec.dispatch(
@@ -179,8 +183,10 @@ impl Gpu {
             let (src, dst) = if pass % 2 == 0 { (a, b) } else { (b, a) };
             // (the first pass over sparse tiles: every tile of every segment, each its own count)
             let first_sparse = sparse.filter(|_| pass == 0);
-            let flag = if first_sparse.is_some() { 2 } else { varlen_flag };
-            let ub = rec.uniform(&params(tiles, bits * pass, flag));
+            let ub = rec.uniform(&match first_sparse {
+                Some(sp) => params(len.div_ceil(sp.tile), sp.tile, bits * pass, 2),
+                None => params(tiles, tile, bits * pass, varlen_flag),
+            });
             let binds = [
                 ("SP", ub),
                 ("keys_in", src.0),
@@ -191,9 +197,13 @@ impl Gpu {
                 ("vals_out", dst.1),
                 ("seglen", first_sparse.map_or(seglen, |s| s.counts)),
             ];
-            let all_tiles = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
+            let all_tiles = first_sparse
+                .map(|sp| Grid::Direct(len.div_ceil(sp.tile).div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1));
             for &(k, grid, over_tiles) in &steps {
-                let grid = if first_sparse.is_some() && over_tiles { all_tiles } else { grid };
+                let grid = match all_tiles {
+                    Some(all) if over_tiles => all,
+                    _ => grid,
+                };
                 rec.dispatch(k, Spec::default(), grid, &binds)?;
             }
         }
