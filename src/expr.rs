@@ -1096,14 +1096,12 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
             Loss::Focal(p)
         }
         "dice" | "jaccard" | "iou" | "tversky" | "gdice" => {
-            // (kornia defines dice and tversky; keras's pool=all pools the classes, which gdice
-            // does itself)
-            let presets: &[&str] = match name {
-                "dice" | "tversky" => &["smp", "monai", "keras", "paddle", "kornia"],
-                "gdice" => &["smp", "monai", "paddle"],
-                _ => &["smp", "monai", "keras", "paddle"],
-            };
-            no_preset(presets)?;
+            // (kornia defines dice and tversky)
+            no_preset(if name == "dice" || name == "tversky" {
+                &["smp", "monai", "keras", "paddle", "kornia"]
+            } else {
+                &["smp", "monai", "keras", "paddle"]
+            })?;
             let mut params = region_preset(preset_name, name);
             let mut kind = match name {
                 "dice" => RegionKind::Dice { squared: false },
@@ -1164,6 +1162,13 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
                 let d = RegionParams::default();
                 (params.empty, params.norm) = (d.empty, d.norm);
                 params.intersection = Intersection::Product;
+                if preset_name == "keras" && params.pool == Pool::All {
+                    return Err(perr(
+                        text,
+                        "gdice@keras: the keras preset's pool=all pools the classes, which gdice does itself; \
+                         write pool=batch or pool=image after it",
+                    ));
+                }
             }
             Loss::Region(RegionLoss { kind, params })
         }

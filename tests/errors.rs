@@ -42,10 +42,13 @@ fn loss_text_errors_list_what_is_allowed() {
     assert!(parse_err("jaccard@kornia").contains("preset 'kornia' defines nothing for jaccard"));
     assert!(parse_err("gdice:pool=image_all").contains("pool=image_all"));
     assert!(parse_err("sensspec@kornia").contains("preset 'kornia'"));
-    // keras's preset pools the classes (pool=all), which gdice does itself
+    // keras's preset pools the classes (pool=all), which gdice does itself: its smoothing with
+    // another pool is a gdice
     let e = parse_err("gdice@keras");
-    assert!(e.contains("preset 'keras' defines nothing for gdice; presets for gdice: smp, monai, paddle"), "{e}");
-    assert!(parse_err("gdice@kornia").contains("presets for gdice: smp, monai, paddle"));
+    assert!(e.contains("keras preset's pool=all pools the classes") && e.contains("pool=batch or pool=image"), "{e}");
+    let g: LossExpr = "gdice@keras:pool=batch".parse().unwrap();
+    assert_eq!(g.to_string(), "gdice:smooth=1");
+    assert!(parse_err("gdice@kornia").contains("presets for gdice: smp, monai, keras, paddle"));
     assert!(parse_err("lovasz:classes=0;2;0").contains("classes lists 0 twice"));
 }
 

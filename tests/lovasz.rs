@@ -472,8 +472,10 @@ fn tiles_that_keep_no_element_after_scratch_of_other_data() {
     // first pass, and that pass reads each tile's count: tiles whose elements are all ignored (or,
     // for the hinge, confidently right: error <= 0) keep nothing, and their digit counts must
     // still be zeroed (the scratch holds an earlier evaluation's). Segments of 8-bit tiles (2048)
-    // and of the wide tiles of long segments (16384, from 2^20 elements).
+    // and of the wide tiles of long segments (16384, from 2^20 elements). (The CPU adapters'
+    // kernels on any adapter.)
     let engine = segloss::Engine::gpu_blocking().unwrap();
+    engine.set_tile_scatter(true);
     let mut rng = Rng(42);
     // Lovász-Softmax's compaction: a class segment's tiles of ignored pixels keep nothing
     for shape in [vec![2, 3, 64, 64], vec![1, 2, 1024, 1024]] {
