@@ -39,7 +39,7 @@ fn flush_one(i: u32, v: u32) {
 }
 
 // Reports what the thread's checks found (the end of the kernel: stats_main, lovasz_keys,
-// hinge_count_tiles).
+// hinge_local_tiles).
 fn flush_bad() {
     if VALIDATE != 0u {
         flush_one(0u, bad_lo.x);

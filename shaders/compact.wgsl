@@ -2,12 +2,12 @@
 // by threshold.wgsl; ignored) carry no loss and no gradient, so only the others are sorted. Per
 // segment: count kept elements per tile, scan, and scatter them in their original order to the
 // front of the segment in a new [segment][len] array (what follows them is never read as a kept
-// element: the passes after this one read only each segment's counts below; the CPU adapters'
-// compactions write their dropped elements and guards there); the dropped elements' labels are counted
-// into segsum (fg in .y, bg in .z) so that the foreground total stays exact, segsum.x receives
-// the kept count, which the Lovász passes read on the device, and segsum.w the slots the sort
-// takes: the kept count, and on CPU adapters the guards of the tiles that drop (kept.wgsl), whose
-// NONE keys sort after the kept ones.
+// element: the passes after this one read only each segment's counts below); the dropped
+// elements' labels are counted into segsum (fg in .y, bg in .z) so that the foreground total
+// stays exact, segsum.x receives the kept count, which the Lovász passes read on the device, and
+// segsum.w the keys the sort takes (the same count). The CPU adapters' compaction
+// (compact_local_tiles) leaves the kept elements at the front of each tile instead, where the
+// sort's first pass reads them.
 
 @group(0) @binding(0) var<uniform> LP: LovParams;        // the uncompacted segments
 // (`SortWords`: sortin1.wgsl; the CPU adapters' tile kernels read interleaved items, itemsin.wgsl or
@@ -22,7 +22,7 @@
 // The tile kernels (CPU adapters, Lovász-Softmax): [seg] the thresholds of threshold.wgsl, which
 // they apply as they read, in place of lovasz_drop
 @group(0) @binding(7) var<storage, read> thr: array<u32>;
-// The bad-input flags of the statistics pass, or of the hinge's key count (compact_args)
+// The bad-input flags of the statistics pass, or of the hinge's compaction (compact_args)
 @group(0) @binding(8) var<storage, read> status: array<u32>;
 
 const CT: u32 = 2048u;
@@ -55,7 +55,7 @@ fn compact_count(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
     atomicAdd(&tile_total[2], c.z);
     workgroupBarrier();
     if lid == 0u {
-        // (the slots: the kept elements, as compact_scatter writes no guards)
+        // (.w: the keys to sort, the kept elements)
         let kept = atomicLoad(&tile_total[0]);
         tilecnt[seg * LP.tiles + tile] = vec4<u32>(kept, atomicLoad(&tile_total[1]), atomicLoad(&tile_total[2]), kept);
     }
@@ -83,26 +83,9 @@ fn compact_scan(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     }
 }
 
-// compact_scan for CPU adapters: a thread per segment (STW to a workgroup, tiles.wgsl) walks its
-// tiles, without barriers (the same integers as compact_scan's).
-@compute @workgroup_size(8)
-fn compact_scan_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let seg = wid.x * STW + lid;
-    if seg >= LP.segs {
-        return;
-    }
-    var carry = vec4<u32>(0u);
-    for (var t = 0u; t < LP.tiles; t++) {
-        let i = seg * LP.tiles + t;
-        let v = tilecnt[i];
-        tilecnt[i] = carry;
-        carry += v;
-    }
-    segsum[seg] = carry;
-}
-
-// compact_scan_tiles for the hinge's local compaction (hinge_local_tiles): each segment's sums
-// only, the tiles' own counts left for the sort's first pass to read.
+// The local compactions' segment sums on CPU adapters (compact_local_tiles, hinge_local_tiles): a
+// thread per segment (STW to a workgroup, tiles.wgsl) adds its tiles' counts, without barriers,
+// and leaves them for the sort's first pass to read.
 @compute @workgroup_size(8)
 fn compact_sum_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let seg = wid.x * STW + lid;
@@ -147,85 +130,22 @@ fn compact_scatter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
     }
 }
 
-// The tile kernels of CPU adapters (Lovász-Softmax; the hinge's keys go straight into the
-// compacted segments, hinge.wgsl): a thread per tile walks it in order, without atomics, scans or
-// barriers; they drop the background past the segment's threshold as they read (lovasz_drop's
-// rule, threshold.wgsl), so no pass writes the drops. Workgroup (tile group, segment): tiles
-// STW x + lane.
+// The compaction of CPU adapters (Lovász-Softmax; the hinge's computes its keys as it goes,
+// hinge.wgsl): a thread per tile walks it in order, without atomics, scans or barriers, and drops
+// the background past the segment's threshold as it reads (lovasz_drop's rule, threshold.wgsl),
+// so no pass writes the drops. Workgroup (tile group, segment): tiles STW x + lane.
 
 // Segment seg's threshold (lovparams.wgsl).
 fn seg_threshold(seg: u32) -> u32 {
     return drop_threshold(thr[2u * seg], thr[2u * seg + 1u]);
 }
 
-@compute @workgroup_size(8)
-fn compact_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let seg = wid.y;
-    let span = tile_span(lid, wid, LP.len, LP.len);
-    if span.z == 0u {
-        return;
-    }
-    let t = seg_threshold(seg);
-    var c = vec4<u32>(0u);
-    var p = 0u;
-    if SORT4 {
-        // four elements per load (the tile starts on a quad)
-        for (; p + 4u <= span.z; p += 4u) {
-            let kv = quad_in((span.y + p) / 4u);
-            let k = kv.k;
-            let v = kv.v;
-            c += kind_of(dropped_key(k.x, v.x, t), v.x) + kind_of(dropped_key(k.y, v.y, t), v.y)
-                + kind_of(dropped_key(k.z, v.z, t), v.z) + kind_of(dropped_key(k.w, v.w, t), v.w);
-        }
-    }
-    for (; p < span.z; p++) {
-        let v = val_in(span.y + p);
-        c += kind_of(dropped_key(key_in(span.y + p), v, t), v);
-    }
-    c.w = guard_slots(c.x, span.z);
-    tilecnt[seg * LP.tiles + span.x] = c;
-}
-
-// Kept elements to the front of their segment in order, from the tile's first slot, and the
-// tile's guard (kept.wgsl).
-@compute @workgroup_size(8)
-fn compact_scatter_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let seg = wid.y;
-    let span = tile_span(lid, wid, LP.len, LP.len);
-    if span.z == 0u {
-        return;
-    }
-    let t = seg_threshold(seg);
-    let first = seg * LP.len + tilecnt[seg * LP.tiles + span.x].w;
-    var pos = first;
-    let base = span.y;
-    let real = span.z;
-    // (put_kept, put_guard: kept.wgsl)
-    var p = 0u;
-    if SORT4 {
-        for (; p + 4u <= real; p += 4u) {
-            let kv = quad_in((base + p) / 4u);
-            let k = kv.k;
-            let v = kv.v;
-            pos = put_kept(pos, vec2<u32>(dropped_key(k.x, v.x, t), v.x));
-            pos = put_kept(pos, vec2<u32>(dropped_key(k.y, v.y, t), v.y));
-            pos = put_kept(pos, vec2<u32>(dropped_key(k.z, v.z, t), v.z));
-            pos = put_kept(pos, vec2<u32>(dropped_key(k.w, v.w, t), v.w));
-        }
-    }
-    for (; p < real; p++) {
-        let v = val_in(base + p);
-        pos = put_kept(pos, vec2<u32>(dropped_key(key_in(base + p), v, t), v));
-    }
-    put_guard(first, pos, real);
-}
-
-// The compaction where the radix sort takes the segments (past the bitonic crossover): a thread
-// per tile of the sort's first pass (LP.sort_tile elements, LP.tiles per segment) writes its kept
-// elements to the front of its own tile, in order (no guard: no other thread writes there), and
-// leaves (kept, fg dropped, bg dropped, kept) in tilecnt, which the sort's first pass reads as
-// the tile's count of keys (sortio.wgsl: varlen 2) and compact_sum_tiles adds up per segment.
-// Against compact_count_tiles, compact_scan_tiles and compact_scatter_tiles, one walk.
+// A thread per tile (LP.sort_tile elements, LP.tiles per segment: LOCAL_TILES of the radix sort's
+// tiles, gpu::lovasz) writes its kept elements to the front of its own tile, in order, and
+// leaves (kept, fg dropped, bg dropped, kept) in tilecnt, which compact_sum_tiles adds up per
+// segment and the sort's first pass reads as the tile's count of keys (sortio.wgsl: varlen 2);
+// that pass's scatter leaves the keys dense. A segment the bitonic network sorts is one tile, so
+// dense already. One walk instead of a count, a scan and a scatter.
 @compute @workgroup_size(8)
 fn compact_local_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let seg = wid.y;
@@ -272,10 +192,10 @@ var<workgroup> longest: atomic<u32>;
 const RADIX_TILE_WIDE: u32 = 16384u;
 
 // One workgroup, after the compaction: where the checks (the statistics pass, or the hinge's
-// key count) found bad input, every segment's
+// compaction) found bad input, every segment's
 // kept count and keys to sort become 0. Then the indirect dispatch size (x, y, z) of the passes
 // over the compacted segments,
-// written to vals_out[0..3]: the tiles of the longest sorted segment (kept elements and guards;
+// written to vals_out[0..3]: the tiles of the longest sorted segment (its kept elements;
 // at least one), the segments;
 // to vals_out[4..7] that of the tile kernels (STW tiles per workgroup), and to vals_out[8..11]
 // that of the radix tile kernels over tiles of RADIX_TILE_WIDE.

@@ -1,7 +1,7 @@
 // threshold.wgsl's lovasz_threshold for CPU adapters: a thread per tile (tiles.wgsl, see
 // radix_scatter_tiles), without workgroup atomics or barriers, reading the keys and payloads,
 // the CPU adapters' interleaved items, through itemsin.wgsl (or two per load, itemsin2.wgsl). The compaction then drops as it reads
-// (compact_count_tiles, compact_scatter_tiles), in place of lovasz_drop.
+// (compact_local_tiles), in place of lovasz_drop.
 
 @group(0) @binding(0) var<uniform> LP: LovParams;
 @group(0) @binding(1) var<storage, read> keys_in: SortWords;

@@ -546,11 +546,6 @@ pub const COMPACT_COUNT: Kernel = compact!("compact_count");
 pub const COMPACT_SCAN: Kernel = compact!("compact_scan");
 /// Lovász compaction: stable scatter of the kept elements.
 pub const COMPACT_SCATTER: Kernel = compact!("compact_scatter");
-/// Lovász-Softmax compaction on CPU adapters: the counts, a thread per tile, with the drops.
-pub const COMPACT_COUNT_TILES: Kernel =
-    compact!("compact_count_tiles", "compact_count_tiles", "itemsin.wgsl", "sortout1.wgsl");
-/// Lovász compaction on CPU adapters: [`COMPACT_SCAN`] with a thread per segment.
-pub const COMPACT_SCAN_TILES: Kernel = compact!("compact_scan_tiles");
 /// Lovász-Softmax compaction on CPU adapters whose sort is radix: the kept elements to the front
 /// of each tile of the sort's first pass, with the drops, a thread per tile.
 pub const COMPACT_LOCAL_TILES: Kernel =
@@ -560,16 +555,6 @@ pub const COMPACT_LOCAL_TILES4: Kernel =
     compact!("compact_local_tiles4", "compact_local_tiles", "itemsin2.wgsl", "itemsout.wgsl");
 /// The local compactions on CPU adapters: each segment's sums of its tiles' counts.
 pub const COMPACT_SUM_TILES: Kernel = compact!("compact_sum_tiles");
-/// Lovász-Softmax compaction on CPU adapters: the scatter, a thread per tile, with the drops.
-pub const COMPACT_SCATTER_TILES: Kernel =
-    compact!("compact_scatter_tiles", "compact_scatter_tiles", "itemsin.wgsl", "itemsout.wgsl");
-/// [`COMPACT_COUNT_TILES`] reading two items per load (`itemsin2.wgsl`): segments of `4k`
-/// elements in slices on 16 bytes.
-pub const COMPACT_COUNT_TILES4: Kernel =
-    compact!("compact_count_tiles4", "compact_count_tiles", "itemsin2.wgsl", "sortout1.wgsl");
-/// [`COMPACT_SCATTER_TILES`] reading two items per load.
-pub const COMPACT_SCATTER_TILES4: Kernel =
-    compact!("compact_scatter_tiles4", "compact_scatter_tiles", "itemsin2.wgsl", "itemsout.wgsl");
 
 const HINGE_BINDINGS: &[Binding] =
     &[r("logits"), r("tgt"), u("P"), u("LP"), w("keys_out"), w("vals_out"), w("tilecnt"), w("status")];
@@ -601,14 +586,6 @@ macro_rules! hinge {
     };
 }
 
-/// Lovász hinge on CPU adapters: kept elements and dropped labels per tile, a thread per tile.
-pub const HINGE_COUNT_TILES: Kernel = hinge!("hinge_count_tiles", "hinge_count_tiles", "io1.wgsl");
-/// Lovász hinge on CPU adapters: the kept keys and payloads written compacted.
-pub const HINGE_COMPACT_TILES: Kernel = hinge!("hinge_compact_tiles", "hinge_compact_tiles", "io1.wgsl");
-/// [`HINGE_COUNT_TILES`] over quads (segments of `4k` elements, slices on 16 bytes).
-pub const HINGE_COUNT_TILES4: Kernel = hinge!("hinge_count_tiles4", "hinge_count_tiles", "io4.wgsl");
-/// [`HINGE_COMPACT_TILES`] over quads.
-pub const HINGE_COMPACT_TILES4: Kernel = hinge!("hinge_compact_tiles4", "hinge_compact_tiles", "io4.wgsl");
 /// Lovász hinge on CPU adapters whose sort is radix: the kept keys and payloads written to the
 /// front of each tile of the sort's first pass, with the checks.
 pub const HINGE_LOCAL_TILES: Kernel = hinge!("hinge_local_tiles", "hinge_local_tiles", "io1.wgsl");
@@ -696,18 +673,9 @@ pub const KERNELS: &[Kernel] = &[
     COMPACT_COUNT,
     COMPACT_SCAN,
     COMPACT_SCATTER,
-    COMPACT_COUNT_TILES,
-    COMPACT_SCATTER_TILES,
-    COMPACT_SCAN_TILES,
     COMPACT_SUM_TILES,
     COMPACT_LOCAL_TILES,
     COMPACT_LOCAL_TILES4,
-    COMPACT_COUNT_TILES4,
-    COMPACT_SCATTER_TILES4,
-    HINGE_COUNT_TILES,
-    HINGE_COMPACT_TILES,
-    HINGE_COUNT_TILES4,
-    HINGE_COMPACT_TILES4,
     HINGE_LOCAL_TILES,
     HINGE_LOCAL_TILES4,
     COMPACT_ARGS,

@@ -107,22 +107,6 @@ pub(crate) struct LovaszInput<'a> {
 /// The tiles of the sort's first pass per tile of a local compaction (see `record_lovasz`).
 const LOCAL_TILES: usize = 4;
 
-/// `binds` with the local compactions' parameters and tile counts (`LP`, `tilecnt`).
-fn local_binds<const N: usize>(
-    mut binds: [(&'static str, Slice); N],
-    lp: Slice,
-    counts: Slice,
-) -> [(&'static str, Slice); N] {
-    for (name, slice) in binds.iter_mut() {
-        match *name {
-            "LP" => *slice = lp,
-            "tilecnt" => *slice = counts,
-            _ => {}
-        }
-    }
-    binds
-}
-
 /// Workgroup counts (x, z) of 256 threads covering `items` threads: x up to the device limit.
 pub(crate) fn grid(limits: &wgpu::Limits, items: usize) -> (u32, u32) {
     let groups = items.div_ceil(GRAD_WG);
@@ -279,17 +263,29 @@ impl Gpu {
             rec.scratch(16, "no thresholds")?
         };
         // 3. stable compaction of the elements to sort; the kept count of each segment lands in
-        // segsum.x, the labels of the others in .y (fg) and .z (bg), the keys to sort in .w (a
-        // CPU adapter's compactions add a guard per tile that drops, kept.wgsl: never more than
-        // the segment's length)
-        let tilecnt = rec.scratch((segs * tiles * 16) as u64, "compaction tile counts")?;
+        // segsum.x (and .w, the keys to sort), the labels of the others in .y (fg) and .z (bg)
         let (kc, vc) = if tiled {
             (rec.scratch(2 * total, "compacted items")?, rec.scratch(16, "unused payloads")?)
         } else {
             (rec.scratch(total, "compacted keys")?, rec.scratch(total, "compacted payloads")?)
         };
+        // a CPU adapter: a thread per tile of LOCAL_TILES of the radix sort's tiles writes its
+        // kept elements to its own front (the hinge computing its keys from the input), and the
+        // sort's first pass reads them there (one walk instead of count, scan and scatter); a
+        // segment the bitonic network sorts (at most BITONIC_MAX <= one such tile) is then dense
+        let ctile = if tiled { crate::gpu::radix_layout(len).1 * LOCAL_TILES } else { SORT_TILE };
+        let ctiles = len.div_ceil(ctile);
+        let clp = if tiled {
+            rec.uniform(&LovParams {
+                sort_tile: ctile as u32,
+                ..LovParams::new(len, segs, ctiles, per_image, maxd as u32)
+            })
+        } else {
+            lp
+        };
+        let tilecnt = rec.scratch((segs * ctiles * 16) as u64, "compaction tile counts")?;
         let binds = [
-            ("LP", lp),
+            ("LP", clp),
             ("keys_in", keys),
             ("vals_in", vals),
             ("keys_out", kc),
@@ -299,74 +295,41 @@ impl Gpu {
             ("thr", thr),
             ("status", inp.status),
         ];
-        let hinge_binds = [
-            ("logits", inp.logits),
-            ("tgt", inp.target),
-            ("P", pb),
-            ("LP", lp),
-            ("keys_out", kc),
-            ("vals_out", vc),
-            ("tilecnt", tilecnt),
-            ("status", inp.status),
-        ];
-        // (count, scatter, their grid and bindings): the hinge's keys computed in both, over quads
-        // where the segments (so the tiles) are whole quads; a CPU adapter's tiles; the GPU's
-        let hinge_quads = len.is_multiple_of(4) && crate::gpu::quad_aligned(&[inp.logits, inp.target]);
-        let (count, scatter, over, kb): (_, _, _, &[(&str, Slice)]) = if direct_hinge && hinge_quads {
-            (&shaders::HINGE_COUNT_TILES4, &shaders::HINGE_COMPACT_TILES4, groups, &hinge_binds)
-        } else if direct_hinge {
-            (&shaders::HINGE_COUNT_TILES, &shaders::HINGE_COMPACT_TILES, groups, &hinge_binds)
-        } else if tiled && quads {
-            (&shaders::COMPACT_COUNT_TILES4, &shaders::COMPACT_SCATTER_TILES4, groups, &binds)
-        } else if tiled {
-            (&shaders::COMPACT_COUNT_TILES, &shaders::COMPACT_SCATTER_TILES, groups, &binds)
-        } else {
-            (&shaders::COMPACT_COUNT, &shaders::COMPACT_SCATTER, seg_grid, &binds)
-        };
-        // (the hinge's count on a CPU adapter: its checks, where no statistics pass makes them and
-        // no key pass ran)
-        let count_spec = Spec { validate: if direct_hinge { inp.key_checks } else { 0 }, ..Spec::default() };
-        // (a CPU adapter: a thread per segment, without barriers)
+        // (a CPU adapter's segment sums: a thread per segment, without barriers)
         let seg_threads = Grid::Direct(segs.div_ceil(SCATTER_TILES_WG) as u32, 1, 1);
-        // a CPU adapter whose sort is radix: the kept elements to the front of each tile of the
-        // sort's first pass, which reads them there (one walk instead of count and scatter; the
-        // hinge's over the input itself)
-        let local = tiled && len > self.bitonic_upto.load(std::sync::atomic::Ordering::Relaxed);
-        let sparse = if local {
-            // (tiles of LOCAL_TILES of the sort's: about the dense tiles a compaction that keeps a
-            // quarter leaves, so the first pass walks about as many digit rows as the others)
-            let sort_tile = crate::gpu::radix_layout(len).1 * LOCAL_TILES;
-            let tiles = len.div_ceil(sort_tile);
-            let llp = rec.uniform(&LovParams {
-                sort_tile: sort_tile as u32,
-                ..LovParams::new(len, segs, tiles, per_image, maxd as u32)
-            });
-            let counts = rec.scratch((segs * tiles * 16) as u64, "compaction tile counts")?;
-            let grid = Grid::Direct(tiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
+        let sparse = if tiled {
+            let grid = Grid::Direct(ctiles.div_ceil(SCATTER_TILES_WG) as u32, segs as u32, 1);
             if direct_hinge {
+                // (over quads where the segments, so the tiles, are whole quads; its checks, where
+                // no statistics pass makes them and no key pass ran)
+                let hinge_quads = len.is_multiple_of(4) && crate::gpu::quad_aligned(&[inp.logits, inp.target]);
                 let k = if hinge_quads { &shaders::HINGE_LOCAL_TILES4 } else { &shaders::HINGE_LOCAL_TILES };
-                rec.dispatch(k, count_spec, grid, &local_binds(hinge_binds, llp, counts))?;
+                let hinge_binds = [
+                    ("logits", inp.logits),
+                    ("tgt", inp.target),
+                    ("P", pb),
+                    ("LP", clp),
+                    ("keys_out", kc),
+                    ("vals_out", vc),
+                    ("tilecnt", tilecnt),
+                    ("status", inp.status),
+                ];
+                rec.dispatch(k, Spec { validate: inp.key_checks, ..Spec::default() }, grid, &hinge_binds)?;
             } else {
                 let k = if quads { &shaders::COMPACT_LOCAL_TILES4 } else { &shaders::COMPACT_LOCAL_TILES };
-                rec.dispatch(k, Spec::default(), grid, &local_binds(binds, llp, counts))?;
+                rec.dispatch(k, Spec::default(), grid, &binds)?;
             }
-            let sb = local_binds(binds, llp, counts);
-            rec.dispatch(&shaders::COMPACT_SUM_TILES, Spec::default(), seg_threads, &sb)?;
-            Some(Sparse { counts, tile: sort_tile })
+            rec.dispatch(&shaders::COMPACT_SUM_TILES, Spec::default(), seg_threads, &binds)?;
+            (len > self.bitonic_upto.load(std::sync::atomic::Ordering::Relaxed))
+                .then_some(Sparse { counts: tilecnt, tile: ctile })
         } else {
-            rec.dispatch(count, count_spec, over, kb)?;
+            rec.dispatch(&shaders::COMPACT_COUNT, Spec::default(), seg_grid, &binds)?;
+            rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), Grid::Direct(segs as u32, 1, 1), &binds)?;
+            rec.dispatch(&shaders::COMPACT_SCATTER, Spec::default(), seg_grid, &binds)?;
             None
         };
         if grad.is_some_and(|g| !g.accumulate) && inp.checked && inp.key_checks != 0 {
             self.record_unless_bad(rec, inp.status, None, lw)?;
-        }
-        if !local {
-            if tiled {
-                rec.dispatch(&shaders::COMPACT_SCAN_TILES, Spec::default(), seg_threads, &binds)?;
-            } else {
-                rec.dispatch(&shaders::COMPACT_SCAN, Spec::default(), Grid::Direct(segs as u32, 1, 1), &binds)?;
-            }
-            rec.dispatch(scatter, Spec::default(), over, kb)?;
         }
         // the passes over the compacted segments cover only the longest one's tiles
         // (three: a CPU adapter's tile kernels take their own, from byte 16, and its radix tile
