@@ -656,3 +656,28 @@ fn metric_text_errors_list_what_the_metric_takes() {
         assert!(e.contains(needle), "{text}: {e}");
     }
 }
+
+#[test]
+fn weighted_scores_take_one_weight_per_class_or_per_selected_class() {
+    // smp's class_weights go with the selected classes' counts: smp 0.6.0 on the golden case
+    // multiclass_small, get_stats(argmax(x), t) sliced to the classes, reduction='weighted'
+    // (float32 weights, so the values carry float32 rounding)
+    let (_, input, _) = golden_cases().into_iter().find(|c| c.0 == "multiclass_small").unwrap();
+    let cases = [
+        ("iou:reduction=weighted,weights=1;3,classes=0;2", 0.5015266537666321),
+        ("iou:reduction=weighted,weights=1;0;3;0;0,classes=0;2", 0.5015266537666321),
+        ("dice:reduction=weighted,weights=1;3,classes=0;2", 0.6679686903953552),
+        ("iou:reduction=weighted,weights=1;2;3;4,background=false", 0.36527419090270996),
+    ];
+    let metrics: Vec<Metric> = cases.iter().map(|c| c.0.parse().unwrap()).collect();
+    let (_, gpu) = common::gpu().evaluate_with_metrics_blocking(&input, &[], false, &metrics).unwrap();
+    for ((text, want), (m, g)) in cases.iter().zip(metrics.iter().zip(gpu)) {
+        for got in [reference::evaluate(&input, m).unwrap(), g.unwrap()] {
+            let v = got.value.unwrap();
+            assert!((v - want).abs() <= 2e-7 * want, "{text}: {v} vs {want}");
+        }
+    }
+    let e = "iou:reduction=weighted,weights=1;2;3,classes=0;2".parse::<Metric>().unwrap();
+    let err = reference::evaluate(&input, &e).unwrap_err().to_string();
+    assert!(err.contains("one per class, or one per selected class"), "{err}");
+}

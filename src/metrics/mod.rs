@@ -221,7 +221,9 @@ pub struct Metric {
     pub background: bool,
     /// Only these classes (ascending).
     pub classes: Option<Vec<usize>>,
-    /// Class weights of `reduction=weighted`, one per class.
+    /// Class weights of `reduction=weighted`: one per class, or one per selected class (the
+    /// `classes` list, without background where `background=false`), in ascending class order,
+    /// as smp's `class_weights` beside the selected classes' counts.
     pub weights: Option<Vec<f64>>,
     /// The value of a mean of nothing.
     pub empty_mean: f64,
@@ -333,12 +335,18 @@ impl Metric {
                 ));
             }
         }
+        let k = self.selected(classes).len();
         if let Some(w) = &self.weights {
-            if w.len() != classes {
-                return Err(merr(&self.text, format!("weights has {} entries for {classes} classes", w.len())));
+            if w.len() != classes && w.len() != k {
+                return Err(merr(
+                    &self.text,
+                    format!(
+                        "weights has {} entries for {classes} classes ({k} selected): one per class, or one per selected class",
+                        w.len()
+                    ),
+                ));
             }
         }
-        let k = self.selected(classes).len();
         if let Some(t) = &self.tolerance {
             if t.len() != 1 && t.len() != k {
                 return Err(merr(&self.text, format!("tolerance has {} entries for {k} selected classes", t.len())));

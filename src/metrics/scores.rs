@@ -234,10 +234,12 @@ impl Counts {
             }
             Reduction::Weighted => {
                 let w = m.weights.clone().unwrap_or_default();
+                // (one per class, or one per selected class: Metric::weights)
+                let per_class = w.len() == self.classes;
                 let (mut num, mut den) = (0.0, 0.0);
-                for &k in ks {
+                for (j, &k) in ks.iter().enumerate() {
                     let s = one(self.sum(&imgs, &[k]), false);
-                    let wk = w.get(k).copied().unwrap_or(0.0);
+                    let wk = w.get(if per_class { k } else { j }).copied().unwrap_or(0.0);
                     if !s.is_nan() {
                         num += wk * s;
                         den += wk;
