@@ -34,7 +34,7 @@ struct LovParams {
     // the workgroup kernels' tile grid, folded past the device's limit in x: tile = x + z fold
     // (gpu::lovasz::tile_grid); a workgroup past the last tile does nothing
     fold: u32,
-    // the hinge's local compaction (hinge_local_tiles): keys per tile of the sort's first pass
+    // the CPU adapters' compactions (compact_local_tiles, hinge_local_tiles): elements per tile
     sort_tile: u32,
 }
 

@@ -286,18 +286,13 @@ var<workgroup> slot: array<u32, STW * 256u>;
 fn radix_count_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let seg = wid.y;
     let span = sort_span(lid, wid, seg);
-    let digits = 1u << SP.bits;
-    let row = (seg * SP.tiles + span.x) * digits;
-    if span.z == 0u {
-        // (with varlen 2 a tile of the segment may hold no key: its row, which
-        // radix_scan_tiles reads, is zeroed all the same)
-        if SP.varlen == 2u && span.x < SP.tiles {
-            for (var d = 0u; d < digits; d++) {
-                counts[row + d] = 0u;
-            }
-        }
+    // (with varlen 2 a tile of the segment may hold no key: its row, which radix_scan_tiles
+    // reads, is zeroed all the same)
+    if span.z == 0u && !(SP.varlen == 2u && span.x < SP.tiles) {
         return;
     }
+    let digits = 1u << SP.bits;
+    let row = (seg * SP.tiles + span.x) * digits;
     for (var d = 0u; d < digits; d++) {
         counts[row + d] = 0u;
     }

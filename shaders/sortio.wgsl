@@ -8,7 +8,7 @@ struct SortParams {
     shift: u32,  // digit shift of this pass
     varlen: u32, // 1: segment s sorts only its first seglen[s].w keys (radix: the rest is left in place;
                  // bitonic: the rest becomes padding); 2 (the radix tile kernels' first pass over
-                 // the hinge's local compaction, hinge.wgsl): tile t of segment s holds
+                 // a local compaction, compact.wgsl, hinge.wgsl): tile t of segment s holds
                  // seglen[s * tiles + t].w keys from its start
     bits: u32,   // the radix tile kernels' digit width (8 or 11 bits; the workgroup kernels' is 8)
     tile: u32,   // the radix tile kernels' keys per tile

@@ -1003,7 +1003,6 @@ impl Engine {
                 probs: src.kind() == InputKind::Probs,
                 groups: *groups,
                 ignore: None,
-                ignore_zeros: false,
                 validate: 0,
                 counted: *counted,
             },
@@ -1288,7 +1287,6 @@ fn buffer_checks(b: &BufferInput<'_>, exprs: &[LossExpr], logits: Slice, target:
         probs: b.kind == InputKind::Probs,
         groups: 1,
         ignore: b.ignore_word,
-        ignore_zeros: matches!(b.target, TargetBuffer::Dense(_)) && b.ignore_word == Some(0),
         validate: buffer_validation(b, exprs),
         counted: None,
     }

@@ -681,7 +681,6 @@ pub(crate) fn host_dev_input(
         probs: input.kind() == crate::InputKind::Probs,
         groups: 1,
         ignore: None,
-        ignore_zeros: false,
         validate: 0,
         // (a piece of a batch: its gradient passes are the parts', not fused)
         counted: None,

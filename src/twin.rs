@@ -48,7 +48,6 @@ fn check(engine: &Engine, input: &Input, texts: &[&str]) {
         probs: input.kind() == crate::InputKind::Probs,
         groups: 1,
         ignore: None,
-        ignore_zeros: false,
         validate: 0,
         counted: None,
     };

@@ -29,10 +29,9 @@ pub(crate) struct DevInput {
     /// buffers (a coalesced batch: one set of passes for all, a result for each); 1 otherwise.
     pub groups: usize,
     /// The caller's ignore word (buffer inputs; host inputs arrive with INVALID in its place).
+    /// On dense targets (sigmoid) the word of f32 0 ignores -0.0 (another word) too, as a host
+    /// input's value comparison does (`Params::has_ignore` 2).
     pub ignore: Option<u32>,
-    /// The ignore word is f32 0 of dense targets: -0.0 (another word) is ignored too, as a host
-    /// input's value comparison ignores it.
-    pub ignore_zeros: bool,
     /// Checks of `check::*` the statistics pass makes.
     pub validate: u32,
     /// The elements (sigmoid) or pixels (softmax) that count, not ignored, where the host knows
@@ -208,7 +207,11 @@ impl Gpu {
             s: inp.s as u32,
             tiles: tiles as u32,
             ignore: inp.ignore.unwrap_or(0),
-            has_ignore: if inp.ignore_zeros { 2 } else { u32::from(inp.ignore.is_some()) },
+            has_ignore: match inp.ignore {
+                Some(0) if !inp.softmax => 2,
+                Some(_) => 1,
+                None => 0,
+            },
             gn: (inp.n / inp.groups.max(1)) as u32,
             chunks,
             ..Params::default()

@@ -25,8 +25,8 @@ struct LovParams {
     /// The workgroups in x of a tile grid folded into z past the device's limit
     /// ([`tile_grid`]): tile = x + z fold.
     fold: u32,
-    /// The hinge's local compaction (`hinge_local_tiles`): elements per tile of the sort's first
-    /// pass (`tiles` is then their count per segment).
+    /// The CPU adapters' compactions (`compact_local_tiles`, `hinge_local_tiles`): elements per
+    /// tile (`tiles` is then their count per segment).
     sort_tile: u32,
 }
 

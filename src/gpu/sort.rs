@@ -100,10 +100,11 @@ impl Gpu {
             SortAlgo::Bitonic => true,
             SortAlgo::Radix => false,
         };
-        if sparse.is_some_and(|sp| sp.tile == 0 || !sp.tile.is_multiple_of(crate::gpu::radix_layout(len).1))
-            || sparse.is_some() && (bitonic || varlen.is_none() || !bufs.items)
-        {
-            return Err(Error::Gpu("internal: a sort over sparse tiles takes the radix tile kernels".into()));
+        if let Some(sp) = sparse {
+            let whole_tiles = sp.tile > 0 && sp.tile.is_multiple_of(crate::gpu::radix_layout(len).1);
+            if bitonic || varlen.is_none() || !bufs.items || !whole_tiles {
+                return Err(Error::Gpu("internal: a sort over sparse tiles takes the radix tile kernels".into()));
+            }
         }
         let tiled = bufs.items;
         // a CPU adapter's tile kernels: digits of `bits` over tiles of `tile` keys, a thread each

@@ -32,16 +32,18 @@ pub(crate) fn f32_threshold(t: f64) -> f32 {
 /// The most classes whose C x C confusion cells the device counts per tile.
 const MAX_COUNT_CLASSES: usize = 256;
 
-/// Whether the device's confusion counts of `n` images of `s` pixels and `c` classes fit one
-/// binding: their 64-bit totals per (image, cell) and their partials per count block (at least
-/// 2048 pixels each, `gpu::count_span`). Past it (many small images of many classes), the counts
-/// come from the reference.
-fn counts_fit(gpu: &Gpu, n: usize, c: usize, s: usize, softmax: bool) -> bool {
+/// Whether `gpu` counts the confusion cells of `input` (else the reference does): up to
+/// [`MAX_COUNT_CLASSES`] classes in multiclass mode, and where the counts fit one binding, their
+/// 64-bit totals per (image, cell) and their partials per count block (at least 2048 pixels each,
+/// `gpu::count_span`), which many small images of many classes can pass.
+fn device_counts(gpu: &Gpu, input: &Input<'_>) -> bool {
+    let (n, c, s) = (input.batch(), input.classes(), input.spatial());
+    let softmax = input.mode() == Mode::Multiclass;
     let cells = (if softmax { c * c } else { c * 4 }) as u64;
     let max = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
     let totals = (n as u64).saturating_mul(cells).saturating_mul(8);
     let partials = (n as u64).saturating_mul(s.div_ceil(2048) as u64).saturating_mul(cells).saturating_mul(4);
-    totals.max(partials) <= max
+    (!softmax || c <= MAX_COUNT_CLASSES) && totals.max(partials) <= max
 }
 
 /// Counts from the device's 64-bit confusion totals (low, high u32 words).
@@ -96,8 +98,8 @@ impl Engine {
         }
         let checked: Vec<Result<&Metric, Error>> = metrics.iter().map(|m| m.check(mode, c).map(|_| m)).collect();
         let binary_hard = mode == Mode::Multiclass || input.hard_labels();
-        // the device counts C x C cells per tile up to 256 classes; more go to the reference
-        let device_counts = mode != Mode::Multiclass || c <= MAX_COUNT_CLASSES;
+        // (the CPU engine's counts are the reference's anyway)
+        let device_counts = self.gpu_ref().is_some_and(|g| device_counts(g, input));
         // the count thresholds: one for multiclass (the argmax), one per distinct binary threshold
         let mut thresholds: Vec<f32> = Vec::new();
         for m in checked.iter().flatten().filter(|m| !m.name.is_surface()) {
@@ -116,11 +118,6 @@ impl Engine {
         };
         check_hard_labels(exprs, input.hard_labels())?;
         crate::input::check_neg_inf(input, exprs)?;
-        let s = input.shape()[2..].iter().product::<usize>();
-        if !counts_fit(gpu, input.batch(), c, s, mode == Mode::Multiclass) {
-            thresholds.clear();
-        }
-        let device_counts = device_counts && !thresholds.is_empty();
         let prep = self.prepare(input.clone())?;
         let whole = prep.buffers().filter(|(_, tb)| {
             crate::stats::pieces_reason(gpu, input.shape(), mode, input.kind(), exprs, tb.size()).is_none()
@@ -207,16 +204,8 @@ impl Engine {
     pub async fn counts(&self, input: &Input<'_>, metric: &Metric) -> Result<Counts, Error> {
         metric.check(input.mode(), input.classes())?;
         let hard = input.mode() == Mode::Multiclass || input.hard_labels();
-        let fits = input.mode() != Mode::Multiclass || input.classes() <= MAX_COUNT_CLASSES;
-        let s = input.shape()[2..].iter().product::<usize>();
         let prep = match self.gpu_ref() {
-            Some(g)
-                if hard
-                    && fits
-                    && counts_fit(g, input.batch(), input.classes(), s, input.mode() == Mode::Multiclass) =>
-            {
-                Some(self.prepare(input.clone())?)
-            }
+            Some(g) if hard && device_counts(g, input) => Some(self.prepare(input.clone())?),
             _ => None,
         };
         let (Some(gpu), Some(prep)) = (self.gpu_ref(), prep) else {
