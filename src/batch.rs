@@ -313,7 +313,7 @@ impl<'e, 'a> Batch<'e, 'a> {
         // evaluation alone, not the others on the same input (a Lovász loss on soft labels
         // beside a Dice loss, a gradient slice of the wrong length beside a good one)
         for g in &mut groups {
-            // (hard_labels reads the whole target: once per input, where a Lovász loss needs it;
+            // (first_soft reads the whole target: once per input, where a Lovász loss needs it;
             // the -inf checks run only on an input with -inf)
             let mut hard = None;
             // (a buffer input is bound whole, or in pieces, for the requests of all its items; its
@@ -331,7 +331,7 @@ impl<'e, 'a> Batch<'e, 'a> {
                 let it = &items[i];
                 let checked = match &it.src {
                     ItemSrc::Host(input) => if it.exprs.iter().any(LossExpr::has_lovasz) {
-                        check_hard_labels(&it.exprs, *hard.get_or_insert_with(|| input.hard_labels()))
+                        check_hard_labels(&it.exprs, *hard.get_or_insert_with(|| input.first_soft()), input.shape())
                     } else {
                         Ok(())
                     }

@@ -99,8 +99,8 @@ pub struct Prepared<'a> {
     input: Input<'a>,
     logits: Option<wgpu::Buffer>,
     target: Option<wgpu::Buffer>,
-    /// [`Input::hard_labels`], found once here rather than on every evaluation.
-    hard_labels: bool,
+    /// [`Input::first_soft`], found once here rather than on every evaluation.
+    first_soft: Option<usize>,
     /// [`counted`]: the target entries that count, found once here (uploaded inputs only).
     counted: usize,
     /// The engine's device context that uploaded the buffers (uploaded inputs only): another
@@ -433,12 +433,22 @@ pub(crate) fn reference_evaluation(input: &Input<'_>, e: &LossExpr, grad: bool) 
     })
 }
 
-/// Lovász needs hard 0/1 labels: the error of a host input whose target has soft values.
-pub(crate) fn check_hard_labels(exprs: &[LossExpr], hard_labels: bool) -> Result<(), Error> {
-    if !hard_labels && exprs.iter().any(|e| e.has_lovasz()) {
-        return Err(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
+/// Lovász needs hard 0/1 labels: the error of an input of `shape` whose target is soft at `first_soft`
+/// ([`Input::first_soft`]), where an expression has a Lovász term.
+pub(crate) fn check_hard_labels(exprs: &[LossExpr], first_soft: Option<usize>, shape: &[usize]) -> Result<(), Error> {
+    match first_soft {
+        Some(i) if exprs.iter().any(|e| e.has_lovasz()) => Err(soft_target(shape, i)),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// The error of a soft target value at flat index `i` of `shape` under a Lovász loss (host and
+/// device checks alike).
+pub(crate) fn soft_target(shape: &[usize], i: usize) -> Error {
+    Error::TargetValue(format!(
+        "lovasz needs hard 0/1 labels, but target element {i} ({}) is soft",
+        crate::input::describe_index(shape, i)
+    ))
 }
 
 /// Values of each expression in f64 from the device's f32 term values; an overflow is an error.
@@ -526,11 +536,7 @@ pub(crate) fn status_error_at(
             crate::input::describe_index(shape, i)
         )));
     }
-    let i = at(check::SOFT);
-    Err(Error::TargetValue(format!(
-        "lovasz needs hard 0/1 labels, but target element {i} ({}) is soft",
-        crate::input::describe_index(shape, i)
-    )))
+    Err(soft_target(shape, at(check::SOFT)))
 }
 
 /// Where an evaluation's input lives.
@@ -769,22 +775,22 @@ impl Engine {
     /// Uploads a batch once, for repeated evaluation with [`Engine::evaluate_prepared`].
     pub fn prepare<'a>(&self, input: Input<'a>) -> Result<Prepared<'a>, Error> {
         let Backend::Gpu(gpu) = &self.backend else {
-            let hard_labels = input.hard_labels();
-            return Ok(Prepared { input, logits: None, target: None, hard_labels, counted: 0, gpu: None });
+            let first_soft = input.first_soft();
+            return Ok(Prepared { input, logits: None, target: None, first_soft, counted: 0, gpu: None });
         };
         let bytes = (input.logits().len() * 4) as u64;
         if bytes > crate::stats::binding_limit(gpu) {
             // past the binding limit: kept on the host, evaluated in pieces
-            let hard_labels = input.hard_labels();
-            return Ok(Prepared { input, logits: None, target: None, hard_labels, counted: 0, gpu: None });
+            let first_soft = input.first_soft();
+            return Ok(Prepared { input, logits: None, target: None, first_soft, counted: 0, gpu: None });
         }
         let words = target_words(&input);
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         let logits = gpu.buffer_init("logits", bytemuck::cast_slice(input.logits()), usage)?;
         let target = gpu.buffer_init("target", bytemuck::cast_slice(&words), usage)?;
-        let hard_labels = input.hard_labels();
+        let first_soft = input.first_soft();
         let counted = counted(&input);
-        Ok(Prepared { input, logits: Some(logits), target: Some(target), hard_labels, counted, gpu: Some(gpu.clone()) })
+        Ok(Prepared { input, logits: Some(logits), target: Some(target), first_soft, counted, gpu: Some(gpu.clone()) })
     }
 
     /// An uploaded batch must live on this engine's device (the CPU reference reads its input).
@@ -831,7 +837,7 @@ impl Engine {
             }
             Backend::Gpu(g) => g,
         };
-        check_hard_labels(exprs, prep.hard_labels)?;
+        check_hard_labels(exprs, prep.first_soft, input.shape())?;
         crate::input::check_neg_inf(input, exprs)?;
         let g = match grads {
             GradMode::Skip => Dest::Out(GradOut::Skip),

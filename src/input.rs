@@ -476,11 +476,24 @@ impl<'a> Input<'a> {
 
     /// Whether every target value is exactly 0 or 1 (or ignored): needed by Lovász.
     pub fn hard_labels(&self) -> bool {
+        self.first_soft().is_none()
+    }
+
+    /// The flat index of the first dense target value that is neither 0, 1 nor the ignore
+    /// value (None for class indices): what [`Input::hard_labels`] looks for.
+    ///
+    /// ```
+    /// use segloss::{Input, Mode};
+    /// let input = Input::dense(&[0.0f32; 4], &[1.0f32, 0.0, 0.5, 1.0], &[1, 1, 2, 2], Mode::Binary).unwrap();
+    /// assert_eq!(input.first_soft(), Some(2));
+    /// assert!(!input.hard_labels());
+    /// ```
+    pub fn first_soft(&self) -> Option<usize> {
         match &self.target {
-            Target::Labels(_) => true,
+            Target::Labels(_) => None,
             Target::Dense(t) => {
                 let ign = self.ignore_index.map(|k| k as f32);
-                t.iter().all(|&v| v == 0.0 || v == 1.0 || Some(v) == ign)
+                t.iter().position(|&v| !(v == 0.0 || v == 1.0 || Some(v) == ign))
             }
         }
     }

@@ -181,9 +181,7 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
 fn evaluate_level(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
     expr.check_input(input.mode(), input.classes(), input.kind())?;
     crate::input::check_neg_inf(input, std::slice::from_ref(expr))?;
-    if expr.has_lovasz() && !input.hard_labels() {
-        return Err(Error::TargetValue("lovasz needs hard 0/1 labels, but the target has soft values".into()));
-    }
+    crate::engine::check_hard_labels(std::slice::from_ref(expr), input.first_soft(), input.shape())?;
     let e = Elems::new(input);
     let total = e.x.len();
     // d/dp (through the activation) and d/dx (direct) accumulators.

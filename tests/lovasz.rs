@@ -325,6 +325,23 @@ fn soft_labels_are_rejected() {
     let input = Input::dense(&x, &t, &[1, 1, 8], Mode::Binary).unwrap();
     let e = common::gpu().evaluate_blocking(&input, &["lovasz".parse().unwrap()], true).unwrap_err().to_string();
     assert!(e.contains("hard 0/1 labels"), "{e}");
+    // the first soft element named, as the device's checks of a buffer input name it; the
+    // reference, the statistics and a batch alike
+    let t = [1.0f32, 0.0, 255.0, 0.5, 1.0, 0.25];
+    let input =
+        Input::new(Cow::Borrowed(&x[..6]), Target::Dense(Cow::Borrowed(&t)), &[1, 2, 3], Mode::Multilabel, Some(255))
+            .unwrap();
+    let want = "lovasz needs hard 0/1 labels, but target element 3 (at index [0, 1, 0]) is soft";
+    let lovasz: LossExpr = "dice+lovasz".parse().unwrap();
+    let engine = common::gpu();
+    let got = [
+        engine.evaluate_blocking(&input, std::slice::from_ref(&lovasz), true).unwrap_err(),
+        reference::evaluate(&input, &lovasz).unwrap_err(),
+        engine.statistics_blocking(&input, std::slice::from_ref(&lovasz)).unwrap_err(),
+    ];
+    for e in got {
+        assert_eq!(e.to_string(), format!("bad target value: {want}"));
+    }
 }
 
 #[test]
