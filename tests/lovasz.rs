@@ -538,3 +538,73 @@ fn tiles_that_keep_no_element_after_scratch_of_other_data() {
         }
     }
 }
+
+/// `len` distinct multiples of 2^-22 in [lo, lo + len 2^-22), shuffled: errors `1 - x (2g - 1)`
+/// and `|g - p|` of these are exact in f32 and f64, and distinct, so the GPU sorts them in the
+/// reference's order and every element's weight can be held to the reference's.
+fn distinct_grid(rng: &mut Rng, len: usize, lo: f64) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..len).map(|i| (lo + i as f64 / (1u64 << 22) as f64) as f32).collect();
+    for i in (1..len).rev() {
+        v.swap(i, rng.below(i + 1));
+    }
+    v
+}
+
+/// Segments of 2^20 elements and more, every element kept: a CPU adapter's local compaction and
+/// the sort's first pass walk a whole compaction tile in one thread, and llvmpipe ends a shader's
+/// loops after 65535 iterations in all, silently. With tiles of 4 x 16384 elements the walks
+/// stopped short: the last element of every tile was left out of the sort (a zero gradient where
+/// the reference's is not), and with every element kept the first pass left slots of stale
+/// scratch (NaN values). Errors distinct and exact, so no element may differ.
+#[test]
+fn segments_of_2_pow_20_and_more_sort_every_kept_element() {
+    let mut rng = Rng(41);
+    let len = 1usize << 20;
+    let hinge = |rng: &mut Rng, shape: Vec<usize>| {
+        let numel: usize = shape.iter().product();
+        // |x| < 1/2: every error 1 - x (2g - 1) is positive, every element kept
+        let logits = distinct_grid(rng, numel, -(numel as f64) / (1u64 << 23) as f64);
+        let target = Target::Dense(Cow::Owned((0..numel).map(|_| rng.below(2) as f32).collect()));
+        Case { shape, mode: Mode::Binary, logits, target, ignore: None, kind: InputKind::Logits }
+    };
+    let mut cases = vec![
+        (hinge(&mut rng, vec![1, 1, len]), "lovasz"),
+        (hinge(&mut rng, vec![1, 1, len + 3]), "lovasz"),
+        (hinge(&mut rng, vec![2, 1, len]), "lovasz:per_image=true"),
+        (hinge(&mut rng, vec![1, 1, len + 1]), "bce+lovasz"),
+    ];
+    // Lovász-Softmax on probabilities (channels need not sum to 1): one segment per class of
+    // 2^20 + 1 pixels
+    let s = len + 1;
+    let probs = distinct_grid(&mut rng, 2 * s, 0.0);
+    let labels = Target::Labels(Cow::Owned((0..s).map(|_| rng.below(2) as i64).collect()));
+    cases.push((
+        Case {
+            shape: vec![1, 2, s],
+            mode: Mode::Multiclass,
+            logits: probs,
+            target: labels,
+            ignore: None,
+            kind: InputKind::Probs,
+        },
+        "lovasz:classes=all",
+    ));
+    for (c, text) in &cases {
+        let input = c.input();
+        let expr: LossExpr = text.parse().unwrap();
+        let g = common::gpu().evaluate_blocking(&input, std::slice::from_ref(&expr), true).unwrap().remove(0);
+        let r = reference::evaluate(&input, &expr).unwrap();
+        let what = format!("'{text}' {:?}", c.shape);
+        assert!((g.value - r.value).abs() <= 1e-5 * r.value.abs().max(1.0), "{what}: value {} vs {}", g.value, r.value);
+        let grad = g.grad.unwrap();
+        let (_, m) = common::max_diff(&grad, &r.grad);
+        let bad: Vec<usize> =
+            (0..grad.len()).filter(|&i| !((grad[i] as f64 - r.grad[i]).abs() <= 1e-9 + 1e-3 * m)).collect();
+        assert!(
+            bad.is_empty(),
+            "{what}: {} gradient elements differ, the first at {:?}",
+            bad.len(),
+            &bad[..bad.len().min(5)]
+        );
+    }
+}

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::gpu::context::Gpu;
 use crate::gpu::record::{Grid, Recording, Slice};
 use crate::gpu::sort::{SortAlgo, SortBufs, Sparse};
-use crate::gpu::{Params, Spec, GRAD_WG, SCATTER_TILES_WG, SORT_TILE};
+use crate::gpu::{Params, Spec, CPU_LOOP_LIMIT, GRAD_WG, SCATTER_TILES_WG, SORT_TILE};
 use crate::plan;
 use crate::shaders;
 
@@ -104,8 +104,20 @@ pub(crate) struct LovaszInput<'a> {
     pub key_checks: u32,
 }
 
-/// The tiles of the sort's first pass per tile of a local compaction (see `record_lovasz`).
+/// The tiles of the sort's first pass per tile of a local compaction (see `record_lovasz`), at most.
 const LOCAL_TILES: usize = 4;
+
+/// The elements of a local compaction tile of a CPU adapter on segments of `len` elements:
+/// [`LOCAL_TILES`] of the radix sort's tiles, fewer where a thread's walks would pass llvmpipe's
+/// loop limit ([`CPU_LOOP_LIMIT`] iterations in all, past which it ends them silently): the
+/// compaction walks its tile element by element, and the sort's first pass its digits, then up
+/// to the whole tile's keys. On long segments (tiles of 16384 keys and 2048 digits) three.
+fn local_tile(len: usize) -> usize {
+    let (bits, tile, _) = crate::gpu::radix_layout(len);
+    // (a margin for the walks' other loop steps)
+    let fit = (CPU_LOOP_LIMIT - (1usize << bits) - 1024) / tile;
+    tile * LOCAL_TILES.min(fit).max(1)
+}
 
 /// Workgroup counts (x, z) of 256 threads covering `items` threads: x up to the device limit.
 pub(crate) fn grid(limits: &wgpu::Limits, items: usize) -> (u32, u32) {
@@ -273,7 +285,7 @@ impl Gpu {
         // kept elements to its own front (the hinge computing its keys from the input), and the
         // sort's first pass reads them there (one walk instead of count, scan and scatter); a
         // segment the bitonic network sorts (at most BITONIC_MAX <= one such tile) is then dense
-        let ctile = if tiled { crate::gpu::radix_layout(len).1 * LOCAL_TILES } else { SORT_TILE };
+        let ctile = if tiled { local_tile(len) } else { SORT_TILE };
         let ctiles = len.div_ceil(ctile);
         let clp = if tiled {
             rec.uniform(&LovParams {
