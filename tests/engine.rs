@@ -1715,6 +1715,47 @@ fn softmax_classes_at_and_past_llvmpipes_loop_limit() {
     }
 }
 
+/// A region loss's class list may repeat classes (as smp's `classes`), and the finalize walks the
+/// list: on llvmpipe, which ends a shader's loops after 65535 iterations in all, the engine bounds
+/// the walk by the list's length, not the class count, and refuses a list past it with a typed
+/// error. Before, 20000 entries passed the bound on C = 3 and the loops ended early: the other
+/// losses of the evaluation came back 0.0, silently. Elsewhere, and within the bound, every value
+/// is the reference's.
+#[test]
+fn region_class_lists_longer_than_llvmpipes_loop_limit() {
+    let (engine, _, _) = caller_engine();
+    let llvmpipe = engine.info().name.contains("llvmpipe");
+    let case = label_case(93, &[1, 3, 4, 4], 255);
+    for (repeats, within) in [(50, true), (20000, false)] {
+        let list = vec!["1"; repeats].join(";");
+        let texts = [format!("dice:classes={list}"), "dice:classes=1".to_string(), "ce".to_string()];
+        let exprs: Vec<LossExpr> = texts.iter().map(|t| t.parse().unwrap()).collect();
+        let out = engine.evaluate_blocking(&case.whole(), &exprs, true);
+        if llvmpipe && !within {
+            match out {
+                Err(Error::Limit { what, .. }) => assert!(what.contains("finalize"), "{what}"),
+                other => panic!(
+                    "{repeats} entries on llvmpipe: {:?}",
+                    other.map(|v| v.iter().map(|e| e.value).collect::<Vec<_>>())
+                ),
+            }
+            continue;
+        }
+        let out = out.unwrap();
+        for (g, e) in out.iter().zip(&exprs) {
+            let w = reference::evaluate(&case.whole(), e).unwrap();
+            assert!(
+                (g.value - w.value).abs() <= 1e-5 * w.value.abs().max(1.0),
+                "{repeats}: {}: {} vs {}",
+                &texts[0][..20],
+                g.value,
+                w.value
+            );
+        }
+        assert!((out[0].value - out[1].value).abs() <= 1e-6, "{} vs {}", out[0].value, out[1].value);
+    }
+}
+
 /// Cross-entropy alone over a host input writes its gradient from the statistics pass, a walk
 /// over the classes per pixel after its log-sum-exp: on llvmpipe, which ends a shader's loops
 /// after 65535 iterations in all, the engine fuses it only while the pass's loop steps allow

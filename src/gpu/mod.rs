@@ -227,12 +227,14 @@ pub(crate) fn finalize_threads(cpu: bool, ops: &[crate::plan::Op], n: usize, c: 
 
 /// The loop steps finalize op `op` may cost a thread of `threads` on groups of `n` images of `c`
 /// classes: at most 8 walks (over the (image, class) entries `threads` apart, the classes of its
-/// images or the images of its classes: each within `n c / threads + n + c` steps) and 6
+/// images or the images of its classes: each within `n k / threads + n + k` steps, where `k` is
+/// the classes the op walks: `c`, or its class list's length, which may repeat classes) and 6
 /// workgroup sums of `threads` steps on thread 0; per-image gdice two more sums per image; a
 /// Lovász op with a class list two searches of the list per class of each group a thread takes.
 pub(crate) fn finalize_op_steps(op: &crate::plan::Op, n: usize, c: usize, threads: usize) -> usize {
     use crate::plan::op;
-    let walk = (n * c).div_ceil(threads) + n + c;
+    let k = c.max(op.ncls as usize);
+    let walk = (n * k).div_ceil(threads) + n + k;
     let mut steps = 8 * walk + 6 * threads + 1;
     if op.kind == op::GDICE && (op.flags >> 3) & 3 == 1 {
         steps += 2 * n * threads;
