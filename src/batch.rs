@@ -684,7 +684,12 @@ fn coalesce(
         let found = open.iter().position(|&si| {
             let set = &sets[si];
             let k = set.len() + 1;
-            key(&groups[set[0]]) && bytes * k as u64 <= max_binding && input.batch() * k <= max_groups
+            // (a set is one input to the shaders: at most MAX_ELEMENTS elements, whatever the
+            // binding allows; Metal's may pass 16 GiB)
+            key(&groups[set[0]])
+                && bytes * k as u64 <= max_binding
+                && input.batch() * k <= max_groups
+                && input.logits().len() * k <= crate::input::MAX_ELEMENTS
         });
         match found {
             Some(o) => sets[open[o]].push(gi),

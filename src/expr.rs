@@ -685,10 +685,10 @@ impl Loss {
             }
             Loss::Lovasz(p) if empty_list(&p.classes) => bad("classes lists no class"),
             Loss::Lovasz(LovaszParams { classes: Classes::List(l), .. }) => {
-                match l.iter().enumerate().find(|(i, k)| l[..*i].contains(k)) {
-                    Some((_, k)) => {
-                        bad(&format!("classes lists {k} twice (Lovász-Softmax averages over distinct classes)"))
-                    }
+                // (a set: a list of a million classes is checked in linear time)
+                let mut seen = std::collections::HashSet::new();
+                match l.iter().find(|k| !seen.insert(**k)) {
+                    Some(k) => bad(&format!("classes lists {k} twice (Lovász-Softmax averages over distinct classes)")),
                     None => Ok(()),
                 }
             }
@@ -1207,13 +1207,14 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
     Ok((term, reduction))
 }
 
+/// What follows `deep` in `text`, where it starts as `deep(`, `deep@` or `deep:`.
+fn deep_rest(text: &str) -> Option<&str> {
+    text.trim().strip_prefix("deep").filter(|r| r.starts_with('(') || r.starts_with('@') || r.starts_with(':'))
+}
+
 /// `deep[@mode][:weights=...](EXPR)`, when `text` is one.
 fn parse_deep(text: &str) -> Result<Option<LossExpr>, Error> {
-    let t = text.trim();
-    let Some(rest) = t.strip_prefix("deep") else { return Ok(None) };
-    if !(rest.starts_with('(') || rest.starts_with('@') || rest.starts_with(':')) {
-        return Ok(None);
-    }
+    let Some(rest) = deep_rest(text) else { return Ok(None) };
     let open = rest.find('(').ok_or_else(|| perr(text, "deep needs its expression in parentheses: deep(EXPR)"))?;
     let inner = rest[open + 1..]
         .strip_suffix(')')
@@ -1245,10 +1246,12 @@ fn parse_deep(text: &str) -> Result<Option<LossExpr>, Error> {
     if inner.trim().is_empty() {
         return Err(perr(text, "deep(...) needs an expression inside its parentheses"));
     }
-    let mut e: LossExpr = inner.parse()?;
-    if e.deep.is_some() {
+    // (before parsing the inside: a parse of each level in turn would recurse once per level, and
+    // a text of thousands of them would overflow the stack)
+    if deep_rest(inner).is_some() {
         return Err(perr(text, "deep(...) cannot be nested"));
     }
+    let mut e: LossExpr = inner.parse()?;
     if e.unreduced() {
         return Err(perr(text, "reduction=none cannot be used inside deep(...)"));
     }

@@ -370,7 +370,7 @@ impl<'a> Input<'a> {
 
     /// Checks a logits `shape` against `mode` as every input does ([`Input`], and
     /// [`crate::BufferInput`] before it reads a buffer): `[N, C, S...]` with one to three spatial
-    /// dims, none of them 0, at most 2^31 elements, C = 1 in binary and C >= 2 in multiclass mode.
+    /// dims, none of them 0, fewer than 2^31 elements, C = 1 in binary and C >= 2 in multiclass mode.
     /// Returns the element count. For a caller that prepares buffers: check before allocating.
     ///
     /// ```
@@ -658,6 +658,10 @@ fn resize<T: Copy>(t: &[T], from: &[usize], to: &[usize]) -> Vec<T> {
     out
 }
 
+/// The most elements an input may have, 2^31 - 1: the shaders index elements in u32 and the
+/// Lovász payloads keep bit 31 for the foreground flag.
+pub(crate) const MAX_ELEMENTS: usize = u32::MAX as usize / 2;
+
 /// Checks a logits shape against the mode and returns its element count.
 pub(crate) fn check_shape(shape: &[usize], mode: Mode) -> Result<usize, Error> {
     if shape.len() < 3 || shape.len() > 5 {
@@ -669,8 +673,10 @@ pub(crate) fn check_shape(shape: &[usize], mode: Mode) -> Result<usize, Error> {
         return Err(Error::Shape(format!("logits shape {shape:?} is empty (dim {d} is 0)")));
     }
     let numel = count(shape)?;
-    if numel > u32::MAX as usize / 2 {
-        return Err(Error::Shape(format!("logits shape {shape:?} has {numel} elements; at most 2^31 are supported")));
+    if numel > MAX_ELEMENTS {
+        return Err(Error::Shape(format!(
+            "logits shape {shape:?} has {numel} elements; at most 2^31 - 1 are supported"
+        )));
     }
     let c = shape[1];
     match mode {

@@ -30,6 +30,11 @@ fn loss_text_errors_list_what_is_allowed() {
         assert!(e.contains(&format!("'{text}'")), "{text}: {e}");
     }
     assert!(parse_err("").contains("empty loss text"));
+    // nested deep supervision, refused before its inside is parsed: a text of 16000 levels
+    // overflowed the stack (and aborted the process) on the way down
+    assert!(parse_err("deep(deep@two(bce))").contains("cannot be nested"));
+    let nested = format!("{}bce{}", "deep(".repeat(16000), ")".repeat(16000));
+    assert!(parse_err(&nested).contains("cannot be nested"));
     assert!(parse_err("tversky:squared=true").contains("allowed keys"));
     assert!(parse_err("gdice:pool=all").contains("pool=all"));
     assert!(parse_err("focal@keras").contains("preset 'keras' defines nothing for focal"));
