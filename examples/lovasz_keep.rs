@@ -11,7 +11,7 @@ fn main() {
         [n, c, h, w] => [n, c, h, w],
         _ => [4, 21, 256, 256],
     };
-    let b = segloss_data::synth::scene(n, c, h, w, 7); // the data `segloss bench` uses
+    let b = segloss_data::synth::scene(n, c, h, w, 7).expect("a batch of the benchmarks' sizes"); // the data `segloss bench` uses
     let s = h * w;
     let (mut kept, mut total) = (0usize, 0usize);
     let mut msd = Msd::default();
@@ -45,7 +45,7 @@ fn main() {
     println!("all classes: {kept} of {total} keys sorted ({:.1}%)", 100.0 * kept as f64 / total as f64);
     msd.report("Lovász-Softmax kept keys");
 
-    let r = segloss_data::synth::roads(8, 512, 512, 7); // `segloss bench --shape 8x1x512x512`
+    let r = segloss_data::synth::roads(8, 512, 512, 7).expect("a batch of the benchmarks' sizes"); // `segloss bench --shape 8x1x512x512`
     let pos =
         r.logits.iter().zip(&r.target).filter(|(&x, &g)| 1.0 - f64::from(x) * (2.0 * f64::from(g) - 1.0) > 0.0).count();
     println!(

@@ -152,9 +152,9 @@ struct Data {
 }
 
 impl Data {
-    fn new(n: usize, size: usize, seed: u64) -> Data {
-        let b = segloss_data::synth::road_scene(n, size, size, seed);
-        Data { n, size, image: b.image, mask: b.mask }
+    fn new(n: usize, size: usize, seed: u64) -> Result<Data, segloss::Error> {
+        let b = segloss_data::synth::road_scene(n, size, size, seed)?;
+        Ok(Data { n, size, image: b.image, mask: b.mask })
     }
 
     fn batch(&self, idx: &[usize], device: &Device) -> (Tensor<4>, Tensor<4>, Tensor<3, Int>) {
@@ -397,7 +397,7 @@ fn burn_bce_dice(x: Tensor<4>, g: Tensor<4>) -> Tensor<1> {
 /// Mean time of a training step (forward, loss, backward, optimizer) with segloss's loss and with
 /// the burn-ops one, alternating, after warm-up.
 fn step_timing(args: &Args, device: &Device, engine: &std::sync::Arc<segloss::Engine>) -> Result<(), Box<dyn Error>> {
-    let data = Data::new(args.batch, args.size, 1);
+    let data = Data::new(args.batch, args.size, 1)?;
     let idx: Vec<usize> = (0..args.batch).collect();
     let seg = SegLoss::with_engine("bce+dice".parse()?, Mode::Binary, engine.clone());
     device.seed(1);
@@ -487,8 +487,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         return step_timing(&args, &device, &engine);
     }
     let losses: Vec<Setup> = args.losses.iter().map(|l| setup(l)).collect::<Result<_, _>>()?;
-    let train_set = Data::new(args.train, args.size, 1);
-    let held = Data::new(args.held_out, args.size, 1_000_003);
+    let train_set = Data::new(args.train, args.size, 1)?;
+    let held = Data::new(args.held_out, args.size, 1_000_003)?;
     let fg = held.mask.iter().sum::<f32>() / held.mask.len() as f32;
     eprintln!(
         "{} training scenes, {} held-out scenes of {}x{} ({:.1}% road)",

@@ -776,8 +776,8 @@ const MAX_ELEMENTS: usize = u32::MAX as usize / 2;
 fn check_elements(what: &str, dims: &[usize]) -> Result<usize, Fail> {
     match dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
         Some(n) if n <= MAX_ELEMENTS => Ok(n),
-        Some(n) => Err(Fail(2, format!("{what}: {dims:?} has {n} elements; at most 2^31 are supported"))),
-        None => Err(Fail(2, format!("{what}: {dims:?} has too many elements; at most 2^31 are supported"))),
+        Some(n) => Err(Fail(2, format!("{what}: {dims:?} has {n} elements; at most 2^31 - 1 are supported"))),
+        None => Err(Fail(2, format!("{what}: {dims:?} has too many elements; at most 2^31 - 1 are supported"))),
     }
 }
 
@@ -810,7 +810,7 @@ fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
     check_elements("--size", &[2, 6, size / 2, size / 2])?;
     let engine = engine()?;
     outln!("segloss demo on {} ({}, {})", engine.info().name, engine.info().backend, engine.info().device_type)?;
-    let roads = synth::roads(batch, size, size, seed);
+    let roads = synth::roads(batch, size, size, seed)?;
     let fg = roads.target.iter().sum::<f32>() as f64 / roads.target.len() as f64;
     outln!(
         "\nSynthetic road extraction: {batch} images of {size}x{size}, {:.1}% road pixels, a blurred noisy prediction.\n",
@@ -836,7 +836,7 @@ fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
     ];
     table(&engine, &input, &texts)?;
     metric_lines(&input, &["iou", "dice", "iou@monai", "hd@monai:percentile=95"])?;
-    let scene = synth::scene(2, 6, size / 2, size / 2, seed);
+    let scene = synth::scene(2, 6, size / 2, size / 2, seed)?;
     outln!("\nMulticlass scene: 2 images of {0}x{0}, 6 classes.\n", size / 2)?;
     let input = Input::labels(&scene.logits, &scene.labels, &scene.shape, None)?;
     table(
@@ -1252,7 +1252,7 @@ fn synth_inputs(shape: &[usize], mode: Mode, k: usize) -> Result<Vec<Input<'stat
     let mut out = Vec::with_capacity(k);
     match mode {
         Mode::Multiclass => {
-            let b = synth::scene(n * k, c, h, w, 7);
+            let b = synth::scene(n * k, c, h, w, 7)?;
             let lper = per / c;
             for i in 0..k {
                 let logits = b.logits[i * per..(i + 1) * per].to_vec();
@@ -1261,7 +1261,7 @@ fn synth_inputs(shape: &[usize], mode: Mode, k: usize) -> Result<Vec<Input<'stat
             }
         }
         _ => {
-            let b = synth::roads(n * c * k, h, w, 7);
+            let b = synth::roads(n * c * k, h, w, 7)?;
             for i in 0..k {
                 let logits = b.logits[i * per..(i + 1) * per].to_vec();
                 let target = b.target[i * per..(i + 1) * per].to_vec();

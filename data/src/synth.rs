@@ -2,13 +2,26 @@
 //! background (the imbalance of the DeepGlobe road-extraction task), and multiclass scenes.
 //!
 //! ```
-//! let b = segloss_data::synth::roads(2, 64, 64, 7);
+//! let b = segloss_data::synth::roads(2, 64, 64, 7).unwrap();
 //! let fg = b.target.iter().sum::<f32>() / b.target.len() as f32;
 //! assert!(fg > 0.02 && fg < 0.08);
+//! // more elements than an input may have (2^31 - 1), or than a usize holds: an error
+//! assert!(segloss_data::synth::roads(1 << 20, 1 << 10, 1 << 10, 7).is_err());
 //! ```
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use segloss::Error;
+
+/// The elements of a synthetic batch of `dims`, checked before anything is allocated: at most
+/// what a segloss input may hold (2^31 - 1), and no overflow on the way (a wrapped product gave
+/// an empty batch, then a panic indexing it).
+fn elements(what: &str, dims: &[usize]) -> Result<usize, Error> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= u32::MAX as usize / 2)
+        .ok_or_else(|| Error::Shape(format!("{what} {dims:?}: more elements than an input may have (2^31 - 1)")))
+}
 
 /// A binary batch `[N, 1, H, W]`: targets and a noisy prediction's logits.
 #[derive(Clone, Debug)]
@@ -91,13 +104,14 @@ fn blur(img: &mut [f32], h: usize, w: usize, r: usize) {
 
 /// Thin roads covering about 4.5% of each image, and the logits of a blurred, noisy prediction
 /// that misses parts of them and sees a few false roads. A size of 0 gives an empty batch.
-pub fn roads(n: usize, h: usize, w: usize, seed: u64) -> DenseBatch {
+pub fn roads(n: usize, h: usize, w: usize, seed: u64) -> Result<DenseBatch, Error> {
+    let count = elements("roads", &[n, 1, h, w])?;
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut target = vec![0.0f32; n * h * w];
-    let mut logits = vec![0.0f32; n * h * w];
+    let mut target = vec![0.0f32; count];
+    let mut logits = vec![0.0f32; count];
     if h == 0 || w == 0 {
         // no pixel to start a road from (an empty range to draw from)
-        return DenseBatch { shape: vec![n, 1, h, w], logits, target };
+        return Ok(DenseBatch { shape: vec![n, 1, h, w], logits, target });
     }
     for img in 0..n {
         let mask = &mut target[img * h * w..(img + 1) * h * w];
@@ -118,19 +132,20 @@ pub fn roads(n: usize, h: usize, w: usize, seed: u64) -> DenseBatch {
             logits[img * h * w + i] = 6.0 * (p - 0.35) + 1.2 * normal(&mut rng);
         }
     }
-    DenseBatch { shape: vec![n, 1, h, w], logits, target }
+    Ok(DenseBatch { shape: vec![n, 1, h, w], logits, target })
 }
 
 /// A multiclass scene: background (class 0) with blobs of classes 1..C of varied size, and logits
 /// of a noisy prediction favouring the true class. A size of 0 gives an empty batch; so does
 /// `c = 0` (no class to label a pixel with): no logits and no labels.
-pub fn scene(n: usize, c: usize, h: usize, w: usize, seed: u64) -> LabelBatch {
+pub fn scene(n: usize, c: usize, h: usize, w: usize, seed: u64) -> Result<LabelBatch, Error> {
+    let count = elements("scene", &[n, c, h, w])?;
     let mut rng = SmallRng::seed_from_u64(seed);
     if c == 0 || h == 0 || w == 0 {
-        return LabelBatch { shape: vec![n, c, h, w], logits: Vec::new(), labels: Vec::new() };
+        return Ok(LabelBatch { shape: vec![n, c, h, w], logits: Vec::new(), labels: Vec::new() });
     }
-    let mut labels = vec![0i64; n * h * w];
-    let mut logits = vec![0.0f32; n * c * h * w];
+    let mut labels = vec![0i64; count / c];
+    let mut logits = vec![0.0f32; count];
     for img in 0..n {
         let lab = &mut labels[img * h * w..(img + 1) * h * w];
         for _ in 0..(2 * c) {
@@ -153,7 +168,7 @@ pub fn scene(n: usize, c: usize, h: usize, w: usize, seed: u64) -> LabelBatch {
             }
         }
     }
-    LabelBatch { shape: vec![n, c, h, w], logits, labels }
+    Ok(LabelBatch { shape: vec![n, c, h, w], logits, labels })
 }
 
 /// Aerial-looking scenes for training a road model: `[N, 3, H, W]` images in [0, 1] and their
@@ -201,18 +216,19 @@ fn blob(h: usize, w: usize, rng: &mut SmallRng, r: f32, square: bool) -> Vec<f32
 /// pixel noise. `seed` picks the scenes: held-out sets use seeds the training set does not.
 ///
 /// ```
-/// let b = segloss_data::synth::road_scene(4, 64, 64, 3);
+/// let b = segloss_data::synth::road_scene(4, 64, 64, 3).unwrap();
 /// let fg = b.mask.iter().sum::<f32>() / b.mask.len() as f32;
 /// assert!(fg > 0.03 && fg < 0.09, "{fg}");
 /// assert!(b.image.iter().all(|v| (0.0..=1.0).contains(v)));
 /// ```
-pub fn road_scene(n: usize, h: usize, w: usize, seed: u64) -> SceneBatch {
+pub fn road_scene(n: usize, h: usize, w: usize, seed: u64) -> Result<SceneBatch, Error> {
+    let count = elements("road_scene", &[n, 3, h, w])?;
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5ce4e);
     let hw = h * w;
-    let mut image = vec![0.0f32; n * 3 * hw];
-    let mut mask = vec![0.0f32; n * hw];
+    let mut image = vec![0.0f32; count];
+    let mut mask = vec![0.0f32; count / 3];
     if hw == 0 {
-        return SceneBatch { shape: vec![n, 3, h, w], image, mask };
+        return Ok(SceneBatch { shape: vec![n, 3, h, w], image, mask });
     }
     let scale = (h.min(w) as f32 / 64.0).max(0.5);
     for k in 0..n {
@@ -274,7 +290,7 @@ pub fn road_scene(n: usize, h: usize, w: usize, seed: u64) -> SceneBatch {
             *v = (*v + 0.04 * normal(&mut rng)).clamp(0.0, 1.0);
         }
     }
-    SceneBatch { shape: vec![n, 3, h, w], image, mask }
+    Ok(SceneBatch { shape: vec![n, 3, h, w], image, mask })
 }
 
 #[cfg(test)]
@@ -286,29 +302,40 @@ mod tests {
     #[test]
     fn zero_sizes_give_empty_batches() {
         for (h, w) in [(0, 5), (5, 0), (0, 0)] {
-            let r = roads(2, h, w, 1);
+            let r = roads(2, h, w, 1).unwrap();
             assert_eq!(r.shape, vec![2, 1, h, w]);
             assert!(r.logits.is_empty() && r.target.is_empty());
-            let s = scene(2, 3, h, w, 1);
+            let s = scene(2, 3, h, w, 1).unwrap();
             assert_eq!(s.shape, vec![2, 3, h, w]);
             assert!(s.logits.is_empty() && s.labels.is_empty());
-            let b = road_scene(2, h, w, 1);
+            let b = road_scene(2, h, w, 1).unwrap();
             assert!(b.image.is_empty() && b.mask.is_empty());
         }
-        let s = scene(2, 0, 4, 4, 1);
+        let s = scene(2, 0, 4, 4, 1).unwrap();
         assert_eq!(s.shape, vec![2, 0, 4, 4]);
         assert!(s.logits.is_empty() && s.labels.is_empty(), "{:?}", &s.labels[..s.labels.len().min(4)]);
-        assert!(roads(0, 8, 8, 1).target.is_empty() && scene(0, 3, 8, 8, 1).labels.is_empty());
+        assert!(roads(0, 8, 8, 1).unwrap().target.is_empty() && scene(0, 3, 8, 8, 1).unwrap().labels.is_empty());
+    }
+
+    /// Sizes whose element count overflows a usize (a wrapped product allocated an empty batch,
+    /// then indexed it) or passes an input's 2^31 - 1: errors naming the batch.
+    #[test]
+    fn sizes_past_an_input_are_errors() {
+        let big = 1usize << 40;
+        assert!(roads(big, big, big, 1).unwrap_err().to_string().contains("roads"));
+        assert!(scene(2, 4, 1 << 15, 1 << 15, 1).is_err());
+        assert!(road_scene(big, 2, 2, 1).is_err());
+        assert!(roads(2, 1 << 15, 1 << 15, 1).is_err());
     }
 
     #[test]
     fn labels_are_classes_of_the_scene() {
         for c in [1, 2, 5] {
-            let s = scene(2, c, 9, 7, 3);
+            let s = scene(2, c, 9, 7, 3).unwrap();
             assert_eq!((s.labels.len(), s.logits.len()), (2 * 9 * 7, 2 * c * 9 * 7));
             assert!(s.labels.iter().all(|&k| (0..c as i64).contains(&k)), "c = {c}");
         }
-        let r = roads(1, 1, 1, 3);
+        let r = roads(1, 1, 1, 3).unwrap();
         assert!(r.target.len() == 1 && r.logits[0].is_finite());
     }
 }

@@ -107,8 +107,14 @@ fn main() -> ExitCode {
     if world.rank() == 0 {
         println!("{} ranks, each on {} ({})", world.size(), engine.info().name, engine.info().backend);
     }
-    let roads = segloss_data::synth::roads(6, 48, 40, 7);
-    let scene = segloss_data::synth::scene(5, 4, 24, 20, 11);
+    let (roads, scene) = match (segloss_data::synth::roads(6, 48, 40, 7), segloss_data::synth::scene(5, 4, 24, 20, 11))
+    {
+        (Ok(r), Ok(s)) => (r, s),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("rank {}: {e}", world.rank());
+            world.abort(3)
+        }
+    };
     let mut worst = (0f64, 0f64);
     let batches: Vec<(Result<Input<'_>, Error>, Vec<&str>)> = vec![
         (

@@ -123,18 +123,15 @@ impl WebEngine {
 
 /// A thin-roads mask `[h, w]` with about 4.5% foreground (DeepGlobe-like imbalance).
 #[wasm_bindgen]
-pub fn roads_mask(h: u32, w: u32, seed: u32) -> Vec<f32> {
-    synth::roads(1, h as usize, w as usize, u64::from(seed)).target
+pub fn roads_mask(h: u32, w: u32, seed: u32) -> Result<Vec<f32>, JsError> {
+    Ok(synth::roads(1, h as usize, w as usize, u64::from(seed)).map_err(js_err)?.target)
 }
 
 /// A multiclass scene `[h, w]` of class indices 0..classes, as numbers.
 #[wasm_bindgen]
-pub fn scene_labels(classes: u32, h: u32, w: u32, seed: u32) -> Vec<f32> {
-    synth::scene(1, classes as usize, h as usize, w as usize, u64::from(seed))
-        .labels
-        .iter()
-        .map(|&v| v as f32)
-        .collect()
+pub fn scene_labels(classes: u32, h: u32, w: u32, seed: u32) -> Result<Vec<f32>, JsError> {
+    let s = synth::scene(1, classes as usize, h as usize, w as usize, u64::from(seed)).map_err(js_err)?;
+    Ok(s.labels.iter().map(|&v| v as f32).collect())
 }
 
 /// A `.npy` file of f32 data with the given shape (for exporting the page's inputs).
