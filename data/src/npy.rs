@@ -107,10 +107,16 @@ fn header_shape(bytes: &[u8]) -> Option<Vec<u64>> {
         _ => return None,
     };
     let text = std::str::from_utf8(rest.get(start..start.checked_add(len)?)?).ok()?;
-    // the key 'shape' (a field of a structured dtype may be named so too, but is not followed by ':')
-    let after = ["'shape'", "\"shape\""].iter().find_map(|key| {
-        text.match_indices(key).find_map(|(i, _)| text[i + key.len()..].trim_start().strip_prefix(':'))
-    })?;
+    // the key 'shape' (a field of a structured dtype may be named so too, but is not followed by
+    // ':'); its last occurrence, as in a Python dict (and npyz)
+    let after = ["'shape'", "\"shape\""]
+        .iter()
+        .flat_map(|key| {
+            text.match_indices(key)
+                .filter_map(|(i, _)| text[i + key.len()..].trim_start().strip_prefix(':').map(|a| (i, a)))
+        })
+        .max_by_key(|&(i, _)| i)
+        .map(|(_, a)| a)?;
     let after = after.trim_start();
     let close = match after.chars().next()? {
         '(' => ')',
@@ -178,6 +184,14 @@ pub fn read(bytes: &[u8]) -> Result<Array, Error> {
     }
     // the data must be the header's elements exactly: fewer fail npyz's reads late, after it
     // reserved memory for all of them; more are not part of the array
+    // (the header read twice, here and by npyz: the same shape, or the header is not one file's)
+    if count.is_some() && header_shape(bytes).as_deref() != Some(npy.shape()) {
+        return Err(Error::Input(format!(
+            "the header's shape is ambiguous ({:?} or {:?}): a damaged or forged header",
+            header_shape(bytes).unwrap_or_default(),
+            npy.shape()
+        )));
+    }
     let n = count.unwrap_or(npy.len());
     let header = npy.header().clone();
     let data: &[u8] = npy.into_inner();
@@ -302,6 +316,20 @@ mod tests {
             let e = error_of(read(&crafted("<f4", shape, &[0; 16])));
             assert!(e.contains("overflows"), "{shape}: {e}");
         }
+    }
+
+    /// A header with the key 'shape' twice: Python (and npyz) take the last, and the element
+    /// count was taken from the first, so the array's shape did not match its data (four values
+    /// as [4294967296, 4294967296, 4]; or four of eight read and the rest dropped).
+    #[test]
+    fn a_repeated_shape_key_reads_the_last_one() {
+        let twice = |first: &str, last: &str, data: &[u8]| crafted("<f4", &format!("{first}, 'shape': {last}"), data);
+        let a = read(&twice("(1, 1, 8)", "(1, 1, 2)", &le_bytes(&[1.0, 2.0]))).unwrap();
+        assert_eq!((a.shape.clone(), a.to_f32().unwrap()), (vec![1, 1, 2], vec![1.0, 2.0]));
+        let e = error_of(read(&twice("(1, 1, 8)", "(1, 1, 4)", &[0; 32])));
+        assert!(e.contains("16 bytes after the data"), "{e}");
+        let e = error_of(read(&twice("(1, 1, 4)", "(4294967296, 4294967296, 4)", &[0; 16])));
+        assert!(e.contains("overflows") || e.contains("needs"), "{e}");
     }
 
     #[test]
