@@ -385,8 +385,14 @@ fn partial_slot(n: u32, tile: u32, c: u32, sg: vec2<u32>) -> u32 {
 }
 
 // The pass (the entry point, `stats`, is stats_entry.wgsl's or stats_entry_sg.wgsl's).
-fn stats_main(lid: u32, wid: vec3<u32>, sg: vec2<u32>) {
-    let tile = wid.x;
+fn stats_main(lid: u32, wid: vec3<u32>, nwg: vec3<u32>, sg: vec2<u32>) {
+    // the image's tiles folded into x and z where they pass the device's workgroups per
+    // dimension (a GPU's short tiles on an image of more than 2^27 pixels); the grid's last z
+    // row may run past them (uniform per workgroup: no barrier is skipped by some threads only)
+    let tile = wid.x + wid.z * nwg.x;
+    if tile >= P.tiles {
+        return;
+    }
     // sigmoid: one (image, channel) plane per workgroup row, softmax: one image; from P.plane0
     // (in dispatches of at most the device's rows)
     let plane = wid.y + P.plane0;

@@ -9,6 +9,10 @@ fn chunk_sum(v: vec4<f32>) -> vec4<f32> {
 }
 
 @compute @workgroup_size(128)
-fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    stats_main(lid, wid, vec2<u32>(0u));
+fn stats(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    stats_main(lid, wid, nwg, vec2<u32>(0u));
 }

@@ -12,8 +12,9 @@ fn chunk_sum(v: vec4<f32>) -> vec4<f32> {
 fn stats(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) sid: u32,
     @builtin(subgroup_id) sgi: u32,
 ) {
-    stats_main(lid, wid, vec2<u32>(sid, sgi));
+    stats_main(lid, wid, nwg, vec2<u32>(sid, sgi));
 }

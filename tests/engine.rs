@@ -1715,6 +1715,25 @@ fn softmax_classes_at_and_past_llvmpipes_loop_limit() {
     }
 }
 
+/// On a GPU the statistics pass takes short tiles (an image has up to 256 of them, then tiles
+/// of 256 pixels): an image of more than 2^27 pixels (16384 x 16384) took more tiles than a
+/// dimension of workgroups holds, and its evaluation was refused with a typed error although it
+/// fit the binding. The tiles now fold into x and z. Here on any adapter, with the GPU's tiling
+/// forced and the device's workgroups per dimension lowered to 32 (353 and 148 tiles per image).
+#[test]
+fn statistics_tiles_past_the_workgroups_per_dimension_fold() {
+    let (info, device, queue) =
+        caller_device_with(|l| l.max_compute_workgroups_per_dimension = 32, wgpu::Features::empty());
+    let engine = Engine::from_device_blocking(&info, device, queue).unwrap();
+    engine.set_wide_statistics(false);
+    for (case, texts) in [
+        (dense_case(5, &[2, 1, 300, 301], Mode::Binary), &["bce", "dice", "0.5*bce+0.5*dice", "lovasz"][..]),
+        (label_case(6, &[1, 3, 200, 190], 255), &["ce", "dice@monai", "0.8*ce+0.2*lovasz"][..]),
+    ] {
+        assert_matches_reference(&engine, &case, &parse(texts), &format!("{:?}", case.shape));
+    }
+}
+
 /// A region loss's class list may repeat classes (as smp's `classes`), and the finalize walks the
 /// list: on llvmpipe, which ends a shader's loops after 65535 iterations in all, the engine bounds
 /// the walk by the list's length, not the class count, and refuses a list past it with a typed

@@ -387,12 +387,14 @@ impl Gpu {
             };
             // (the long tiles only with the subgroup entry point, whose per-pixel arrays hold them)
             debug_assert!(spix as usize <= crate::gpu::STATS_PIX || base.chunks > 0 || !softmax);
+            // (an image's tiles folded into x and z past the device's workgroups per dimension)
+            let tx = tiles.min(self.limits.max_compute_workgroups_per_dimension as usize).max(1);
             for &(plane0, count) in &rows {
                 let pr = rec.uniform(&Params { plane0, ..base });
                 rec.dispatch(
                     kernel,
                     spec,
-                    Grid::Direct(tiles as u32, count, 1),
+                    Grid::Direct(tx as u32, count, tiles.div_ceil(tx) as u32),
                     &[
                         ("logits", inp.logits),
                         ("tgt", inp.target),
