@@ -1734,6 +1734,21 @@ fn statistics_tiles_past_the_workgroups_per_dimension_fold() {
     }
 }
 
+/// The softmax statistics of a CPU adapter with subgroups write a partial per subgroup: 1 KiB per
+/// image and class on lavapipe, whatever the image's size, so many small images' partials passed
+/// a binding their logits fit (70000 images of 2 x 8 x 8 on lavapipe's 128 MiB: a typed error for
+/// every loss). Such a batch takes the portable kernel, a partial per tile. Here with the binding
+/// lowered to 1 MiB: 1200 images of 2 x 8 x 8 (600 KiB of logits, 2.4 MiB of partials per
+/// subgroup). Elsewhere (no subgroups) the same values.
+#[test]
+fn small_images_whose_subgroup_partials_pass_the_binding() {
+    let (info, device, queue) =
+        caller_device_with(|l| l.max_storage_buffer_binding_size = 1 << 20, wgpu::Features::SUBGROUP);
+    let engine = Engine::from_device_blocking(&info, device, queue).unwrap();
+    let case = label_case(7, &[1200, 2, 8, 8], 255);
+    assert_matches_reference(&engine, &case, &parse(&["ce", "dice", "0.5*ce+0.5*dice@monai"]), "1200x2x8x8");
+}
+
 /// A region loss's class list may repeat classes (as smp's `classes`), and the finalize walks the
 /// list: on llvmpipe, which ends a shader's loops after 65535 iterations in all, the engine bounds
 /// the walk by the list's length, not the class count, and refuses a list past it with a typed

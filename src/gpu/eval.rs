@@ -197,7 +197,19 @@ impl Gpu {
     fn params_of(&self, inp: &DevInput) -> (Params, bool, u32) {
         // read once: the tile size and the statistics pipelines must agree
         let wide_ok = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed);
-        let chunks = self.stats_chunks(wide_ok, inp.softmax);
+        let mut chunks = self.stats_chunks(wide_ok, inp.softmax);
+        if chunks > 0 {
+            // a partial per subgroup (1 KiB per image and class on lavapipe, whatever the image's
+            // size): where those pass a binding (tens of thousands of small images), the portable
+            // kernel's partial per tile
+            let long = inp.c <= crate::gpu::CREG_MAX;
+            let tiles = inp.s.div_ceil(crate::gpu::STATS_WG * stats_tiling(inp.softmax, wide_ok, inp.s, long).1);
+            let bytes =
+                [inp.n, tiles, chunks as usize, inp.c, K * 4].iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
+            if bytes > crate::stats::binding_limit(self) {
+                chunks = 0;
+            }
+        }
         let long = chunks > 0 && inp.c <= crate::gpu::CREG_MAX;
         let (wide, pix) = stats_tiling(inp.softmax, wide_ok, inp.s, long);
         let tiles = inp.s.div_ceil(crate::gpu::STATS_WG * pix);
