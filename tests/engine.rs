@@ -1719,7 +1719,7 @@ fn softmax_classes_at_and_past_llvmpipes_loop_limit() {
 /// of 256 pixels): an image of more than 2^27 pixels (16384 x 16384) took more tiles than a
 /// dimension of workgroups holds, and its evaluation was refused with a typed error although it
 /// fit the binding. The tiles now fold into x and z. Here on any adapter, with the GPU's tiling
-/// forced and the device's workgroups per dimension lowered to 32 (353 and 148 tiles per image).
+/// forced and the device's workgroups per dimension lowered to 32 (353 and 149 tiles per image).
 #[test]
 fn statistics_tiles_past_the_workgroups_per_dimension_fold() {
     let (info, device, queue) =
@@ -1736,17 +1736,28 @@ fn statistics_tiles_past_the_workgroups_per_dimension_fold() {
 
 /// The softmax statistics of a CPU adapter with subgroups write a partial per subgroup: 1 KiB per
 /// image and class on lavapipe, whatever the image's size, so many small images' partials passed
-/// a binding their logits fit (70000 images of 2 x 8 x 8 on lavapipe's 128 MiB: a typed error for
-/// every loss). Such a batch takes the portable kernel, a partial per tile. Here with the binding
-/// lowered to 1 MiB: 1200 images of 2 x 8 x 8 (600 KiB of logits, 2.4 MiB of partials per
-/// subgroup). Elsewhere (no subgroups) the same values.
+/// a binding their logits fit (a typed error for every loss). An image whose partials would
+/// outgrow its logits (under 256 pixels there) takes the portable kernel, a partial per tile,
+/// whatever its batch: a first fix decided by the batch's partials, so an image gave other bits in
+/// a large batch than in a small one. Here with the binding lowered to 1 MiB: 220 images of 5 x 15
+/// x 15 (990 KB of logits, 1.1 MB of partials per subgroup) hold the reference's values, and
+/// their first four the bits of those four alone. Elsewhere (no subgroups) the same.
 #[test]
 fn small_images_whose_subgroup_partials_pass_the_binding() {
     let (info, device, queue) =
         caller_device_with(|l| l.max_storage_buffer_binding_size = 1 << 20, wgpu::Features::SUBGROUP);
     let engine = Engine::from_device_blocking(&info, device, queue).unwrap();
-    let case = label_case(7, &[1200, 2, 8, 8], 255);
-    assert_matches_reference(&engine, &case, &parse(&["ce", "dice", "0.5*ce+0.5*dice@monai"]), "1200x2x8x8");
+    let big = label_case(7, &[220, 5, 15, 15], 255);
+    assert_matches_reference(&engine, &big, &parse(&["ce", "dice", "0.5*ce+0.5*dice@monai"]), "220x5x15x15");
+    let exprs = parse(&["dice:pool=image,reduction=none", "ce:reduction=none"]);
+    let a = engine.evaluate_blocking(&big.images(0, 4), &exprs, false).unwrap();
+    let b = engine.evaluate_blocking(&big.whole(), &exprs, false).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        let (x, y) = (&x.unreduced.as_ref().unwrap().values, &y.unreduced.as_ref().unwrap().values);
+        // (dice per image and class: the first 4 x 5 entries; ce per pixel: the first 4 images')
+        let k = x.len();
+        assert_eq!(x[..], y[..k], "the first four images' entries alone and in the batch of 220");
+    }
 }
 
 /// A region loss's class list may repeat classes (as smp's `classes`), and the finalize walks the

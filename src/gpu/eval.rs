@@ -200,13 +200,13 @@ impl Gpu {
         let mut chunks = self.stats_chunks(wide_ok, inp.softmax);
         if chunks > 0 {
             // a partial per subgroup (1 KiB per image and class on lavapipe, whatever the image's
-            // size): where those pass a binding (tens of thousands of small images), the portable
-            // kernel's partial per tile
+            // size): on images whose partials would outgrow their logits (under 256 pixels there),
+            // the portable kernel's partial per tile, so that the partials fit wherever the logits
+            // do (tens of thousands of small images passed the binding). Decided by the image, not
+            // the batch, so that an image gives the same bits in a batch of any size.
             let long = inp.c <= crate::gpu::CREG_MAX;
             let tiles = inp.s.div_ceil(crate::gpu::STATS_WG * stats_tiling(inp.softmax, wide_ok, inp.s, long).1);
-            let bytes =
-                [inp.n, tiles, chunks as usize, inp.c, K * 4].iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
-            if bytes > crate::stats::binding_limit(self) {
+            if tiles * chunks as usize * K > inp.s {
                 chunks = 0;
             }
         }
