@@ -334,10 +334,14 @@ fn soft_labels_are_rejected() {
     let want = "lovasz needs hard 0/1 labels, but target element 3 (at index [0, 1, 0]) is soft";
     let lovasz: LossExpr = "dice+lovasz".parse().unwrap();
     let engine = common::gpu();
+    let mut batch = engine.batch();
+    let pending = batch.push(&input, std::slice::from_ref(&lovasz), true).unwrap();
+    batch.flush_blocking().unwrap();
     let got = [
         engine.evaluate_blocking(&input, std::slice::from_ref(&lovasz), true).unwrap_err(),
         reference::evaluate(&input, &lovasz).unwrap_err(),
         engine.statistics_blocking(&input, std::slice::from_ref(&lovasz)).unwrap_err(),
+        pending.wait().unwrap_err(),
     ];
     for e in got {
         assert_eq!(e.to_string(), format!("bad target value: {want}"));
@@ -539,11 +543,12 @@ fn tiles_that_keep_no_element_after_scratch_of_other_data() {
     }
 }
 
-/// `len` distinct multiples of 2^-22 in [lo, lo + len 2^-22), shuffled: errors `1 - x (2g - 1)`
-/// and `|g - p|` of these are exact in f32 and f64, and distinct, so the GPU sorts them in the
-/// reference's order and every element's weight can be held to the reference's.
-fn distinct_grid(rng: &mut Rng, len: usize, lo: f64) -> Vec<f32> {
-    let mut v: Vec<f32> = (0..len).map(|i| (lo + i as f64 / (1u64 << 22) as f64) as f32).collect();
+/// `len` values `lo + (i + 1/4) step`, shuffled. With `lo` a multiple of `step / 2`, no two of
+/// them add up to 0 (so no hinge errors `1 - x` and `1 + x'` tie) or to 1 (nor softmax errors
+/// `1 - p` and `p'`), and for the grids below the errors are exact in f32 and f64: the GPU sorts
+/// them in the reference's order, and every element's weight can be held to the reference's.
+fn distinct_grid(rng: &mut Rng, len: usize, lo: f64, step: f64) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..len).map(|i| (lo + (i as f64 + 0.25) * step) as f32).collect();
     for i in (1..len).rev() {
         v.swap(i, rng.below(i + 1));
     }
@@ -562,8 +567,10 @@ fn segments_of_2_pow_20_and_more_sort_every_kept_element() {
     let len = 1usize << 20;
     let hinge = |rng: &mut Rng, shape: Vec<usize>| {
         let numel: usize = shape.iter().product();
-        // |x| < 1/2: every error 1 - x (2g - 1) is positive, every element kept
-        let logits = distinct_grid(rng, numel, -(numel as f64) / (1u64 << 23) as f64);
+        // |x| < 1/2 on a grid of 2^-21 (errors within 1/2..3/2, to 2^-23: exact): every error
+        // 1 - x (2g - 1) is positive, every element kept
+        let step = 1.0 / (1u64 << 21) as f64;
+        let logits = distinct_grid(rng, numel, -((numel / 2) as f64) * step, step);
         let target = Target::Dense(Cow::Owned((0..numel).map(|_| rng.below(2) as f32).collect()));
         Case { shape, mode: Mode::Binary, logits, target, ignore: None, kind: InputKind::Logits }
     };
@@ -576,7 +583,7 @@ fn segments_of_2_pow_20_and_more_sort_every_kept_element() {
     // Lovász-Softmax on probabilities (channels need not sum to 1): one segment per class of
     // 2^20 + 1 pixels
     let s = len + 1;
-    let probs = distinct_grid(&mut rng, 2 * s, 0.0);
+    let probs = distinct_grid(&mut rng, 2 * s, 0.0, 1.0 / (1u64 << 22) as f64);
     let labels = Target::Labels(Cow::Owned((0..s).map(|_| rng.below(2) as i64).collect()));
     cases.push((
         Case {
