@@ -222,11 +222,15 @@ fn blob(h: usize, w: usize, rng: &mut SmallRng, r: f32, square: bool) -> Vec<f32
 /// assert!(b.image.iter().all(|v| (0.0..=1.0).contains(v)));
 /// ```
 pub fn road_scene(n: usize, h: usize, w: usize, seed: u64) -> Result<SceneBatch, Error> {
-    let count = elements("road_scene", &[n, 3, h, w])?;
+    // (the mask is a segloss input; the image, three times as long, only has to fit a usize)
+    let count = elements("road_scene mask", &[n, 1, h, w])?;
+    let pixels = count.checked_mul(3).ok_or_else(|| {
+        Error::Shape(format!("road_scene image [{n}, 3, {h}, {w}]: more elements than a usize holds"))
+    })?;
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5ce4e);
     let hw = h * w;
-    let mut image = vec![0.0f32; count];
-    let mut mask = vec![0.0f32; count / 3];
+    let mut image = vec![0.0f32; pixels];
+    let mut mask = vec![0.0f32; count];
     if hw == 0 {
         return Ok(SceneBatch { shape: vec![n, 3, h, w], image, mask });
     }
