@@ -95,62 +95,72 @@ fn io(e: std::io::Error) -> Error {
     Error::Input(format!("not a readable .npy file: {e}"))
 }
 
-/// The shape in a `.npy` header, read here before npyz parses the header: npyz multiplies the
-/// dimensions (for the element count and the strides, both ways round) without checking, which
-/// panics in a debug build and wraps in a release one. `None` when the header is not one this
-/// reads: npyz then names the problem.
-fn header_shape(bytes: &[u8]) -> Option<Vec<u64>> {
-    let rest = bytes.strip_prefix(b"\x93NUMPY")?;
-    let (len, start): (usize, usize) = match rest.first()? {
-        1 => (usize::from(u16::from_le_bytes([*rest.get(2)?, *rest.get(3)?])), 4),
-        2 | 3 => (u32::from_le_bytes(rest.get(2..6)?.try_into().ok()?) as usize, 6),
-        _ => return None,
+/// The shapes after every key `'shape':` of a `.npy` header, in order, read here before npyz
+/// parses the header: npyz multiplies the dimensions (for the element count and the strides, both
+/// ways round) without checking, which panics in a debug build and wraps in a release one. The
+/// last is the header's (as in a Python dict, and npyz); the others, inside a string of another
+/// key say, must not overflow either, or a forged header could hide a huge shape behind a small
+/// one. Empty when the header is not one this reads: npyz then names the problem.
+fn header_shapes(bytes: &[u8]) -> Vec<Vec<u64>> {
+    let text = || -> Option<&str> {
+        let rest = bytes.strip_prefix(b"\x93NUMPY")?;
+        let (len, start): (usize, usize) = match rest.first()? {
+            1 => (usize::from(u16::from_le_bytes([*rest.get(2)?, *rest.get(3)?])), 4),
+            2 | 3 => (u32::from_le_bytes(rest.get(2..6)?.try_into().ok()?) as usize, 6),
+            _ => return None,
+        };
+        std::str::from_utf8(rest.get(start..start.checked_add(len)?)?).ok()
     };
-    let text = std::str::from_utf8(rest.get(start..start.checked_add(len)?)?).ok()?;
-    // the key 'shape' (a field of a structured dtype may be named so too, but is not followed by
-    // ':'); its last occurrence, as in a Python dict (and npyz)
-    let after = ["'shape'", "\"shape\""]
+    let Some(text) = text() else { return Vec::new() };
+    // (a field of a structured dtype may be named 'shape' too, but is not followed by ':')
+    let mut found: Vec<(usize, Vec<u64>)> = ["'shape'", "\"shape\""]
         .iter()
         .flat_map(|key| {
-            text.match_indices(key)
-                .filter_map(|(i, _)| text[i + key.len()..].trim_start().strip_prefix(':').map(|a| (i, a)))
+            text.match_indices(key).filter_map(|(i, _)| {
+                let after = text[i + key.len()..].trim_start().strip_prefix(':')?.trim_start();
+                let close = match after.chars().next()? {
+                    '(' => ')',
+                    '[' => ']',
+                    _ => return None,
+                };
+                let inner = &after[1..after.find(close)?];
+                let dims = inner
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(|d| d.trim_end_matches(['L', 'l']).parse::<u64>().ok())
+                    .collect::<Option<Vec<u64>>>()?;
+                Some((i, dims))
+            })
         })
-        .max_by_key(|&(i, _)| i)
-        .map(|(_, a)| a)?;
-    let after = after.trim_start();
-    let close = match after.chars().next()? {
-        '(' => ')',
-        '[' => ']',
-        _ => return None,
-    };
-    let inner = &after[1..after.find(close)?];
-    inner
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(|d| d.trim_end_matches(['L', 'l']).parse::<u64>().ok())
-        .collect()
+        .collect();
+    found.sort_by_key(|(i, _)| *i);
+    found.into_iter().map(|(_, d)| d).collect()
+}
+
+/// The header's shape: the last of [`header_shapes`].
+fn header_shape(bytes: &[u8]) -> Option<Vec<u64>> {
+    header_shapes(bytes).pop()
 }
 
 /// Parses a `.npy` file: f16/f32/f64, signed and unsigned integers of every width, and bool.
 /// The data must be exactly what the header's shape and dtype make.
 pub fn read(bytes: &[u8]) -> Result<Array, Error> {
-    // the element count, checked before npyz computes it (or anything allocates for it)
-    let count = match header_shape(bytes) {
-        Some(dims) => {
-            let from_left = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-            let from_right = dims.iter().rev().try_fold(1u64, |a, &d| a.checked_mul(d));
-            match (from_left, from_right) {
-                (Some(n), Some(_)) => Some(n),
-                _ => {
-                    return Err(Error::Input(format!(
-                        "shape {dims:?}: the product of the dimensions overflows 64 bits (a damaged or forged header)"
-                    )))
-                }
+    // the element count, checked before npyz computes it (or anything allocates for it): of every
+    // shape the header names
+    let mut count = None;
+    for dims in header_shapes(bytes) {
+        let from_left = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        let from_right = dims.iter().rev().try_fold(1u64, |a, &d| a.checked_mul(d));
+        match (from_left, from_right) {
+            (Some(n), Some(_)) => count = Some(n),
+            _ => {
+                return Err(Error::Input(format!(
+                    "shape {dims:?}: the product of the dimensions overflows 64 bits (a damaged or forged header)"
+                )))
             }
         }
-        None => None,
-    };
+    }
     let npy = npyz::NpyFile::new(bytes).map_err(io)?;
     let shape: Vec<usize> = npy
         .shape()
@@ -330,6 +340,10 @@ mod tests {
         assert!(e.contains("16 bytes after the data"), "{e}");
         let e = error_of(read(&twice("(1, 1, 4)", "(4294967296, 4294967296, 4)", &[0; 16])));
         assert!(e.contains("overflows") || e.contains("needs"), "{e}");
+        // a huge shape followed by a small one inside another key's string (npyz takes extra
+        // keys): refused before npyz multiplies the huge one (a panic in a debug build)
+        let forged = crafted("<f4", "(4294967296, 4294967296, 16), 'note': \"'shape': (1,)\"", &[0; 4]);
+        assert!(error_of(read(&forged)).contains("overflows"));
     }
 
     #[test]
