@@ -318,6 +318,10 @@ pub(crate) struct Gpu {
     pub plan_binding: u64,
 }
 
+/// The largest input binding the engine plans with on llvmpipe ([`Gpu::plan_binding`]): Mesa
+/// 22's `maxStorageBufferRange`, for which the loop bounds of its kernels hold.
+const LLVMPIPE_PLAN_BINDING: u64 = 1 << 27;
+
 impl Gpu {
     /// Wraps a device: builds every kernel's module and layout and the plain pipelines, so that a
     /// driver that rejects a kernel fails here. `own`: the engine opened the device itself and
@@ -384,8 +388,13 @@ impl Gpu {
             loop_limited: cpu && info.name.contains("llvmpipe"),
             lost,
             counters: Counters::default(),
-            // at least the 4-byte logits of one pixel of one class
-            plan_binding: max_binding_bytes.map_or(u64::MAX, |m| m.max(4)),
+            // at least the 4-byte logits of one pixel of one class; on llvmpipe at most the 128 MiB
+            // bindings of the Mesa the loop bounds were worked out on: a thread of count_reduce
+            // walks an image's count blocks, one of lovasz_scan_tiles a segment's tiles, bounded
+            // only by the binding (8192 steps there), and a later Mesa may allow larger ones
+            plan_binding: max_binding_bytes
+                .map_or(u64::MAX, |m| m.max(4))
+                .min(if cpu && info.name.contains("llvmpipe") { LLVMPIPE_PLAN_BINDING } else { u64::MAX }),
         };
         for softmax in [false, true] {
             for k in KERNELS.iter().filter(|k| (subgroups || !k.uses_subgroups()) && !k.built_on_first_use()) {
