@@ -140,11 +140,11 @@ fn seg_threshold(seg: u32) -> u32 {
     return drop_threshold(thr[2u * seg], thr[2u * seg + 1u]);
 }
 
-// A thread per tile (LP.sort_tile elements, LP.tiles per segment: up to LOCAL_TILES of the radix sort's
-// tiles, within llvmpipe's loop limit: gpu::lovasz::local_tile) writes its kept elements to the front of its own tile, in order, and
-// leaves (kept, fg dropped, bg dropped, kept) in tilecnt, which compact_sum_tiles adds up per
-// segment and the sort's first pass reads as the tile's count of keys (sortio.wgsl: varlen 2);
-// that pass's scatter leaves the keys dense. A segment the bitonic network sorts is one tile, so
+// A thread per tile (LP.sort_tile elements, LP.tiles per segment: up to LOCAL_TILES of the radix
+// sort's tiles, within llvmpipe's loop limit: gpu::lovasz::local_tile) writes its kept elements
+// to the front of its own tile, in order, and leaves (kept, fg dropped, bg dropped, kept) in
+// tilecnt, which compact_sum_tiles adds up per segment and the sort's first pass reads as the
+// tile's count of keys (sortio.wgsl: varlen 2); that pass's scatter leaves the keys dense. A segment the bitonic network sorts is one tile, so
 // dense already. One walk instead of a count, a scan and a scatter.
 @compute @workgroup_size(8)
 fn compact_local_tiles(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {

@@ -774,21 +774,19 @@ impl Engine {
 
     /// Uploads a batch once, for repeated evaluation with [`Engine::evaluate_prepared`].
     pub fn prepare<'a>(&self, input: Input<'a>) -> Result<Prepared<'a>, Error> {
+        let first_soft = input.first_soft();
         let Backend::Gpu(gpu) = &self.backend else {
-            let first_soft = input.first_soft();
             return Ok(Prepared { input, logits: None, target: None, first_soft, counted: 0, gpu: None });
         };
         let bytes = (input.logits().len() * 4) as u64;
         if bytes > crate::stats::binding_limit(gpu) {
             // past the binding limit: kept on the host, evaluated in pieces
-            let first_soft = input.first_soft();
             return Ok(Prepared { input, logits: None, target: None, first_soft, counted: 0, gpu: None });
         }
         let words = target_words(&input);
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         let logits = gpu.buffer_init("logits", bytemuck::cast_slice(input.logits()), usage)?;
         let target = gpu.buffer_init("target", bytemuck::cast_slice(&words), usage)?;
-        let first_soft = input.first_soft();
         let counted = counted(&input);
         Ok(Prepared { input, logits: Some(logits), target: Some(target), first_soft, counted, gpu: Some(gpu.clone()) })
     }

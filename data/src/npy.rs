@@ -138,18 +138,14 @@ fn header_shapes(bytes: &[u8]) -> Vec<Vec<u64>> {
     found.into_iter().map(|(_, d)| d).collect()
 }
 
-/// The header's shape: the last of [`header_shapes`].
-fn header_shape(bytes: &[u8]) -> Option<Vec<u64>> {
-    header_shapes(bytes).pop()
-}
-
 /// Parses a `.npy` file: f16/f32/f64, signed and unsigned integers of every width, and bool.
 /// The data must be exactly what the header's shape and dtype make.
 pub fn read(bytes: &[u8]) -> Result<Array, Error> {
     // the element count, checked before npyz computes it (or anything allocates for it): of every
     // shape the header names
+    let shapes = header_shapes(bytes);
     let mut count = None;
-    for dims in header_shapes(bytes) {
+    for dims in &shapes {
         let from_left = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         let from_right = dims.iter().rev().try_fold(1u64, |a, &d| a.checked_mul(d));
         match (from_left, from_right) {
@@ -195,10 +191,9 @@ pub fn read(bytes: &[u8]) -> Result<Array, Error> {
     // the data must be the header's elements exactly: fewer fail npyz's reads late, after it
     // reserved memory for all of them; more are not part of the array
     // (the header read twice, here and by npyz: the same shape, or the header is not one file's)
-    if count.is_some() && header_shape(bytes).as_deref() != Some(npy.shape()) {
+    if let Some(last) = shapes.last().filter(|&s| s[..] != *npy.shape()) {
         return Err(Error::Input(format!(
-            "the header's shape is ambiguous ({:?} or {:?}): a damaged or forged header",
-            header_shape(bytes).unwrap_or_default(),
+            "the header's shape is ambiguous ({last:?} or {:?}): a damaged or forged header",
             npy.shape()
         )));
     }
@@ -286,8 +281,8 @@ mod tests {
     fn crafted_headers_read_as_numpy_writes_them() {
         let a = read(&crafted("<f4", "(2,)", le_bytes(&[1.5, -2.0]).as_slice())).unwrap();
         assert_eq!((a.shape.clone(), a.to_f32().unwrap()), (vec![2], vec![1.5, -2.0]));
-        assert_eq!(header_shape(&crafted("<f4", "(3, 4)", &[])), Some(vec![3, 4]));
-        assert_eq!(header_shape(&crafted("<f4", "()", &[])), Some(vec![]));
+        assert_eq!(header_shapes(&crafted("<f4", "(3, 4)", &[])).pop(), Some(vec![3, 4]));
+        assert_eq!(header_shapes(&crafted("<f4", "()", &[])).pop(), Some(vec![]));
     }
 
     fn le_bytes(v: &[f32]) -> Vec<u8> {

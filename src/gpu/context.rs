@@ -352,6 +352,9 @@ impl Gpu {
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let cpu = info.device_type == wgpu::DeviceType::Cpu;
+        // (Mesa's software rasterizer, through Vulkan (lavapipe) or OpenGL; other CPU adapters,
+        // SwiftShader or WARP, have no such limit)
+        let loop_limited = cpu && info.name.contains("llvmpipe");
         // storage parameters where the inlining they avoid happens: lavapipe (Kernel::cpu_storage_params)
         let lavapipe = cpu && info.backend == wgpu::Backend::Vulkan;
         let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
@@ -383,18 +386,18 @@ impl Gpu {
             class_registers: std::sync::atomic::AtomicU8::new(crate::gpu::ClassRegisters::Large as u8),
             // (through OpenGL a test of the register kernels had not finished after ten minutes)
             registers_ok: lavapipe,
-            // (Mesa's software rasterizer, through Vulkan (lavapipe) or OpenGL; other CPU adapters,
-            // SwiftShader or WARP, have no such limit)
-            loop_limited: cpu && info.name.contains("llvmpipe"),
+            loop_limited,
             lost,
             counters: Counters::default(),
             // at least the 4-byte logits of one pixel of one class; on llvmpipe at most the 128 MiB
             // bindings of the Mesa the loop bounds were worked out on: a thread of count_reduce
             // walks an image's count blocks, one of lovasz_scan_tiles a segment's tiles, bounded
             // only by the binding (8192 steps there), and a later Mesa may allow larger ones
-            plan_binding: max_binding_bytes
-                .map_or(u64::MAX, |m| m.max(4))
-                .min(if cpu && info.name.contains("llvmpipe") { LLVMPIPE_PLAN_BINDING } else { u64::MAX }),
+            plan_binding: max_binding_bytes.map_or(u64::MAX, |m| m.max(4)).min(if loop_limited {
+                LLVMPIPE_PLAN_BINDING
+            } else {
+                u64::MAX
+            }),
         };
         for softmax in [false, true] {
             for k in KERNELS.iter().filter(|k| (subgroups || !k.uses_subgroups()) && !k.built_on_first_use()) {

@@ -197,22 +197,22 @@ impl Gpu {
     fn params_of(&self, inp: &DevInput) -> (Params, bool, u32) {
         // read once: the tile size and the statistics pipelines must agree
         let wide_ok = self.wide_stats.load(std::sync::atomic::Ordering::Relaxed);
+        // (the long tiles only with the subgroup kernel)
+        let tiling = |chunks: u32| {
+            let (wide, pix) = stats_tiling(inp.softmax, wide_ok, inp.s, chunks > 0 && inp.c <= crate::gpu::CREG_MAX);
+            (wide, pix, inp.s.div_ceil(crate::gpu::STATS_WG * pix))
+        };
         let mut chunks = self.stats_chunks(wide_ok, inp.softmax);
-        if chunks > 0 {
-            // a partial per subgroup (1 KiB per image and class on lavapipe, whatever the image's
-            // size): on images whose partials would outgrow their logits (under 256 pixels there),
-            // the portable kernel's partial per tile, so that the partials fit wherever the logits
-            // do (tens of thousands of small images passed the binding). Decided by the image, not
-            // the batch, so that an image gives the same bits in a batch of any size.
-            let long = inp.c <= crate::gpu::CREG_MAX;
-            let tiles = inp.s.div_ceil(crate::gpu::STATS_WG * stats_tiling(inp.softmax, wide_ok, inp.s, long).1);
-            if tiles * chunks as usize * K > inp.s {
-                chunks = 0;
-            }
+        let (mut wide, mut pix, mut tiles) = tiling(chunks);
+        // a partial per subgroup (1 KiB per image and class on lavapipe, whatever the image's
+        // size): on images whose partials would outgrow their logits (under 256 pixels there), the
+        // portable kernel's partial per tile, so that the partials fit wherever the logits do
+        // (tens of thousands of small images passed the binding). Decided by the image, not the
+        // batch, so that an image gives the same bits in a batch of any size.
+        if chunks > 0 && tiles * chunks as usize * K > inp.s {
+            chunks = 0;
+            (wide, pix, tiles) = tiling(0);
         }
-        let long = chunks > 0 && inp.c <= crate::gpu::CREG_MAX;
-        let (wide, pix) = stats_tiling(inp.softmax, wide_ok, inp.s, long);
-        let tiles = inp.s.div_ceil(crate::gpu::STATS_WG * pix);
         let p = Params {
             n: inp.n as u32,
             c: inp.c as u32,
