@@ -371,8 +371,11 @@ pub const F32_MAX: f64 = f32::MAX as f64;
 /// denormal range, so the f32 GPU and the f64 reference decide alike.
 pub const SCORE_DEN_FLOOR: f64 = 1e-30;
 
-/// The floor used by `log=true` when `eps` is 0 (MONAI's preset): `-log(max(score, 1e-7))`.
-pub const LOG_FLOOR: f64 = 1e-7;
+/// The floor used by `log=true` when `eps` is 0 (MONAI's preset): `-log(max(score, 1e-30))`. The
+/// formula's `-log(score)` is infinite only at a score of 0; the floor sits where
+/// [`SCORE_DEN_FLOOR`] does, so every score the f32 GPU and the f64 reference both resolve takes
+/// the formula, with its gradient.
+pub const LOG_FLOOR: f64 = SCORE_DEN_FLOOR;
 
 impl RegionLoss {
     /// The shape of its unreduced entries (one per group) on `n` images of `c` channels:
@@ -664,9 +667,13 @@ impl Loss {
                     RegionKind::Tversky { alpha, beta, gamma } => (vec![alpha], vec![beta], vec![gamma]),
                     _ => Default::default(),
                 };
-                // one smoothing is written `smooth` (as the text writes it back)
-                let (nr, dr) =
-                    if p.smooth_nr == p.smooth_dr { ("smooth", "smooth") } else { ("smooth_nr", "smooth_dr") };
+                // one smoothing is written `smooth` (as the text writes it back; the bits, so that
+                // two NaNs are one smoothing too)
+                let (nr, dr) = if p.smooth_nr.to_bits() == p.smooth_dr.to_bits() {
+                    ("smooth", "smooth")
+                } else {
+                    ("smooth_nr", "smooth_dr")
+                };
                 check_numbers(
                     name,
                     &[
@@ -872,8 +879,11 @@ fn class_list(text: &str, key: &str, v: &str, allow_present: bool) -> Result<Cla
     Ok(Classes::List(out))
 }
 
+/// An unknown key of loss `name` (`reduction`, which every loss takes, listed after `allowed`) or
+/// of `deep`.
 fn unknown_key(text: &str, name: &str, key: &str, allowed: &[&str]) -> Error {
-    perr(text, format!("unknown key '{key}' for {name}; allowed keys: {}", allowed.join(", ")))
+    let reduction = if name == "deep" { "" } else { ", reduction" };
+    perr(text, format!("unknown key '{key}' for {name}; allowed keys: {}{reduction}", allowed.join(", ")))
 }
 
 const REGION_KEYS: &[&str] = &[
@@ -1197,6 +1207,12 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
             Loss::Lovasz(p)
         }
         "" => return Err(perr(text, format!("missing loss name; names: {NAMES}"))),
+        _ if deep_rest(name).is_some() => {
+            return Err(perr(
+                text,
+                "deep(...) wraps the whole expression, without a factor: deep(ce+dice), not ce+deep(dice)",
+            ))
+        }
         _ => return Err(perr(text, format!("unknown loss '{name}'; names: {NAMES}"))),
     };
     let term = Term { weight, loss };
@@ -1207,9 +1223,13 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
     Ok((term, reduction))
 }
 
-/// What follows `deep` in `text`, where it starts as `deep(`, `deep@` or `deep:`.
+/// What follows `deep` in `text`, where it starts as `deep(`, `deep@` or `deep:` (spaces allowed
+/// after `deep`).
 fn deep_rest(text: &str) -> Option<&str> {
-    text.trim().strip_prefix("deep").filter(|r| r.starts_with('(') || r.starts_with('@') || r.starts_with(':'))
+    text.trim()
+        .strip_prefix("deep")
+        .map(str::trim_start)
+        .filter(|r| r.starts_with('(') || r.starts_with('@') || r.starts_with(':'))
 }
 
 /// `deep[@mode][:weights=...](EXPR)`, when `text` is one.
@@ -1224,12 +1244,18 @@ fn parse_deep(text: &str) -> Result<Option<LossExpr>, Error> {
         Some((m, a)) => (m, Some(a)),
         None => (head, None),
     };
-    let mut weights = match mode {
-        "" | "@exp" => DeepWeights::Exp,
-        "@two" => DeepWeights::Two,
-        "@same" => DeepWeights::Same,
-        m => {
-            return Err(perr(text, format!("unknown deep mode '{}'; modes: exp, two, same", m.trim_start_matches('@'))))
+    // (spaces around the mode's parts are ignored, as around a loss's)
+    let mode = mode.trim();
+    let mut weights = match mode.strip_prefix('@').map(str::trim) {
+        None if mode.is_empty() => DeepWeights::Exp,
+        Some("exp") => DeepWeights::Exp,
+        Some("two") => DeepWeights::Two,
+        Some("same") => DeepWeights::Same,
+        _ => {
+            return Err(perr(
+                text,
+                format!("unknown deep mode '{}'; modes: exp, two, same", mode.trim_start_matches('@').trim()),
+            ))
         }
     };
     if let Some(a) = args {

@@ -954,6 +954,36 @@ fn parameters_and_values_past_f32_range() {
     }
 }
 
+/// `log=true` with `eps = 0` (MONAI's preset) takes the formula's `-log(score)` of a small,
+/// positive score, with its gradient: the floor is for a score of 0 (an infinite value), not for
+/// one below 1e-7 (which the floor was, giving -log(1e-7) = 16.12 and no gradient here).
+#[test]
+fn log_of_a_small_score_without_eps_follows_the_formula() {
+    let engine = common::gpu();
+    // one image of 1024 pixels, every pixel foreground, every logit -40: dice@monai's score is
+    // (2 TP + 1e-5) / (2 TP + FP + FN + 1e-5) with TP = 1024 p, FP = 0, FN = 1024 (1 - p)
+    let (n, x) = (1024usize, -40.0f64);
+    let p = 1.0 / (1.0 + (-x).exp());
+    let tp = n as f64 * p;
+    let score = (2.0 * tp + 1e-5) / (2.0 * tp + (n as f64 - tp) + 1e-5);
+    assert!(score > 0.0 && score < 1e-7, "the case must sit below the old floor: {score}");
+    let logits = vec![x as f32; n];
+    let target = vec![1.0f32; n];
+    let input = Input::dense(&logits, &target, &[1, 1, 32, 32], Mode::Binary).unwrap();
+    for text in ["dice@monai:log=true", "dice:eps=0,smooth=1e-5,log=true"] {
+        let e: LossExpr = text.parse().unwrap();
+        let g = engine.evaluate_blocking(&input, std::slice::from_ref(&e), true).unwrap();
+        let r = reference::evaluate(&input, &e).unwrap();
+        let want = -score.ln();
+        for (who, v) in [("gpu", g[0].value), ("reference", r.value)] {
+            assert!((v - want).abs() <= 1e-5 * want, "{text} {who}: {v} vs -log(score) = {want}");
+        }
+        let (worst, scale) = common::max_diff(g[0].grad.as_ref().unwrap(), &r.grad);
+        assert!(scale > 0.0, "{text}: the reference has a gradient");
+        assert!(worst <= 1e-4 * scale, "{text}: gradient off by {worst} of {scale}");
+    }
+}
+
 /// Values within 1e-5 (relative, or absolute below 1) and gradients within 1e-4 of the largest
 /// reference gradient element, of each expression evaluated together on `engine`.
 fn assert_matches_reference(engine: &Engine, case: &Case, exprs: &[LossExpr], what: &str) {
@@ -2114,6 +2144,16 @@ fn region_weights_with_a_class_list_take_one_per_listed_class_or_per_channel() {
     assert_eq!((ra.value, &ra.grad), (rb.value, &rb.grad), "reference, per channel");
     let e = engine.evaluate_blocking(&input, &parse(&["dice:weights=1;2;0.5;4,classes=0;2"]), true).unwrap_err();
     assert!(e.to_string().contains("one per listed class, or 3: one per channel"), "{e}");
+    // a list as long as the channels takes its weights per listed class, in the list's order
+    // (documented; the two readings differ on a permutation): class 2 weighs 1, class 0 weighs 3
+    let permuted = parse(&["dice:classes=2;1;0,weights=1;2;3"]);
+    let by_channel = parse(&["dice:weights=3;2;1"]);
+    let p = engine.evaluate_blocking(&input, &permuted, true).unwrap().remove(0);
+    let q = engine.evaluate_blocking(&input, &by_channel, true).unwrap().remove(0);
+    let (rp, rq) =
+        (reference::evaluate(&input, &permuted[0]).unwrap(), reference::evaluate(&input, &by_channel[0]).unwrap());
+    assert!((rp.value - rq.value).abs() <= 1e-12, "reference: {} against {}", rp.value, rq.value);
+    assert!((p.value - q.value).abs() <= 1e-6 * q.value.abs(), "{} against {}", p.value, q.value);
 }
 
 /// Misuse from the outside that used to hang, panic or give another buffer's numbers (found by

@@ -55,6 +55,27 @@ fn loss_text_errors_list_what_is_allowed() {
     assert_eq!(g.to_string(), "gdice:smooth=1");
     assert!(parse_err("gdice@kornia").contains("presets for gdice: smp, monai, keras, paddle"));
     assert!(parse_err("lovasz:classes=0;2;0").contains("classes lists 0 twice"));
+    // (review) every loss's key list names `reduction`, which every loss takes
+    for (text, last) in [("dice:smoth=1", "intersection, reduction"), ("bce:x=1", "label_smoothing, reduction")] {
+        let e = parse_err(text);
+        assert!(e.ends_with(last), "{text}: {e}");
+    }
+    assert!(!parse_err("deep:x=1(dice)").contains("reduction"));
+    // a NaN smoothing is named as written (NaN is not NaN: it was named smooth_nr)
+    assert!(parse_err("dice:smooth=nan").contains("smooth=NaN"));
+    // deep(...) inside a sum, or under a factor: what is wrong, not "unknown loss"
+    for text in ["ce+deep(dice)", "0.5*deep(dice)", "ce+deep(dice+bce)"] {
+        let e = parse_err(text);
+        assert!(e.contains("deep(...) wraps the whole expression, without a factor"), "{text}: {e}");
+    }
+    // spaces around deep's parts are ignored, as around a loss's
+    for (text, same) in
+        [("deep@two (dice)", "deep@two(dice)"), ("deep (dice)", "deep(dice)"), ("deep @ same (ce)", "deep@same(ce)")]
+    {
+        let (a, b): (LossExpr, LossExpr) = (text.parse().unwrap(), same.parse().unwrap());
+        assert_eq!(a.to_string(), b.to_string(), "{text}");
+    }
+    assert!(parse_err("deep@ten(dice)").contains("unknown deep mode 'ten'; modes: exp, two, same"));
 }
 
 #[test]
