@@ -459,8 +459,10 @@ impl FromStr for Metric {
             Some((h, k)) => (h, Some(k)),
             None => (t, None),
         };
+        // (spaces around the name, `@` and `:` are ignored, as around keys and values)
+        let head = head.trim();
         let (name_s, preset_s) = match head.split_once('@') {
-            Some((n, p)) => (n, Some(p)),
+            Some((n, p)) => (n.trim(), Some(p.trim())),
             None => (head, None),
         };
         let name = MetricName::parse(name_s).ok_or_else(|| {
@@ -610,8 +612,17 @@ impl FromStr for Metric {
 impl PartialEq for Metric {
     fn eq(&self, other: &Metric) -> bool {
         // every setting (not the text: `iou` and `jaccard@smp` are one metric), floats by their
-        // printed value, so that `nan` settings are equal
-        let settings = |m: &Metric| format!("{:?}", Metric { text: String::new(), ..m.clone() });
+        // printed value, so that `nan` settings are equal; a class list as the set it selects
+        // (`classes=2;0` and `classes=0;2` are one metric)
+        let settings = |m: &Metric| {
+            let classes = m.classes.as_ref().map(|c| {
+                let mut c = c.clone();
+                c.sort_unstable();
+                c.dedup();
+                c
+            });
+            format!("{:?}", Metric { text: String::new(), classes, ..m.clone() })
+        };
         settings(self) == settings(other)
     }
 }
@@ -678,6 +689,18 @@ mod tests {
         // weights: finite, >= 0, with reduction=weighted only
         assert!("iou:reduction=weighted,weights=1;-2".parse::<Metric>().unwrap_err().to_string().contains(">= 0"));
         assert!("iou:weights=1;2".parse::<Metric>().unwrap_err().to_string().contains("reduction=weighted"));
+    }
+
+    /// (review) Spaces around the name, `@` and `:` are ignored, as around keys and values; a
+    /// class list is the set it selects, so runs of `classes=2;0` and `classes=0;2` merge.
+    #[test]
+    fn spaced_texts_and_reordered_class_lists_are_one_metric() {
+        let parsed = |t: &str| t.parse::<Metric>().unwrap_or_else(|e| panic!("{t}: {e}"));
+        assert_eq!(parsed(" iou : reduction=macro"), parsed("iou:reduction=macro"));
+        assert_eq!(parsed("recall @ monai :reduction=mean"), parsed("recall@monai:reduction=mean"));
+        assert_eq!(parsed("hd @monai"), parsed("hd"));
+        assert_eq!(parsed("iou:classes=2;0"), parsed("iou:classes=0;2"));
+        assert_ne!(parsed("iou:classes=1;0"), parsed("iou:classes=0;2"));
     }
 
     #[test]
