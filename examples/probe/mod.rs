@@ -36,18 +36,7 @@ impl Probe {
     /// workgroups, each binding `@binding(i)` that `src` declares bound to `bufs[i]`, in ms.
     pub fn time(&self, src: &str, entry: &str, groups: (u32, u32), bufs: &[wgpu::Buffer]) -> f64 {
         let device = &self.device;
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: None,
-            source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let pipeline = self.pipeline(src, entry);
         let layout = pipeline.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry> = (0..bufs.len() as u32)
             .filter(|i| src.contains(&format!("@binding({i})")))
@@ -55,7 +44,7 @@ impl Probe {
             .collect();
         let group =
             device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
-        let run = || {
+        self.median_ms(|| {
             let mut enc = device.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
@@ -64,7 +53,31 @@ impl Probe {
                 pass.dispatch_workgroups(groups.0, groups.1, 1);
             }
             self.queue.submit([enc.finish()]);
-            let _ = device.poll(wgpu::PollType::wait_indefinitely());
+        })
+    }
+
+    /// The compute pipeline of entry point `entry` of WGSL `src`, its layout derived from `src`.
+    pub fn pipeline(&self, src: &str, entry: &str) -> wgpu::ComputePipeline {
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: None,
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+        self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        })
+    }
+
+    /// The median of 15 runs (after one to warm up) of `record`'s commands, each run one
+    /// submission and the wait for it, in ms.
+    pub fn median_ms(&self, record: impl Fn()) -> f64 {
+        let run = || {
+            record();
+            let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
         };
         run();
         let mut ms: Vec<f64> = (0..15)
