@@ -81,6 +81,7 @@ fn png_input(
     mode: Option<&str>,
     ignore: Option<i64>,
 ) -> Result<Input<'static>, String> {
+    crate::float_dtype(logits, "logits")?;
     let img = image::open(path).map_err(|e| format!("cannot read PNG {}: {e}", path.display()))?;
     let mut shape = logits.shape.clone();
     if shape.len() == 3 {
@@ -124,6 +125,17 @@ fn png_input(
             v.into_iter().map(|x| i64::from(x > max / 2)).collect()
         }
         MaskMap::Palette(colours) => {
+            // the palette's colours are 8-bit: a mask of more bits would be scaled down to them
+            // (a 16-bit grey mask of class indices 0, 1, 2 all black), so it is refused
+            use image::ColorType as T;
+            if !matches!(img.color(), T::L8 | T::La8 | T::Rgb8 | T::Rgba8) {
+                return Err(format!(
+                    "{} is a {:?} mask: --palette takes 8-bit masks (its colours are 8-bit RGB); for a grey mask \
+                     of class indices leave --palette out",
+                    path.display(),
+                    img.color()
+                ));
+            }
             let rgb = img.to_rgb8();
             let mut v = Vec::with_capacity(h * w);
             for (i, p) in rgb.pixels().enumerate() {

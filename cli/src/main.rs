@@ -334,6 +334,14 @@ pub(crate) fn read_npy(path: &Path, what: &str) -> Result<npy::Array, Fail> {
     npy::read(&bytes).map_err(|e| Fail(2, format!("{what} {}: {e}", path.display())))
 }
 
+/// Refuses an integer array as `what` (logits or probabilities are floats).
+pub(crate) fn float_dtype(arr: &npy::Array, what: &str) -> Result<(), String> {
+    if arr.integer {
+        return Err(format!("{what} have dtype {}; expected float16, float32 or float64", arr.dtype));
+    }
+    Ok(())
+}
+
 /// Builds the input from the two arrays, inferring the mode when not given.
 pub(crate) fn build_input(
     logits: &npy::Array,
@@ -344,9 +352,7 @@ pub(crate) fn build_input(
 ) -> Result<Input<'static>, Fail> {
     let bad = |e: Error| Fail(2, e.to_string());
     let what = if kind == InputKind::Probs { "probs" } else { "logits" };
-    if logits.integer {
-        return Err(Fail(2, format!("{what} have dtype {}; expected float16, float32 or float64", logits.dtype)));
-    }
+    float_dtype(logits, what).map_err(|m| Fail(2, m))?;
     let ls = &logits.shape;
     if ls.len() < 3 {
         return Err(Fail(2, format!("{what} shape {ls:?} must be [N, C, S...]")));

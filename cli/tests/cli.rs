@@ -838,6 +838,57 @@ fn sixteen_bit_masks_keep_their_classes_and_colour_masks_need_a_palette() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// (review) With `--palette`, a 16-bit mask is an error row: converted to the palette's 8-bit
+/// colours, class indices 0, 1, 2 all became black, so the whole mask read as the first colour's
+/// class with no error. An 8-bit colour mask beside it still reads by its colours, and integer
+/// logits beside a PNG mask are refused as beside an .npy target (they were read as floats).
+#[test]
+fn a_palette_reads_8_bit_masks_only_and_png_targets_refuse_integer_logits() {
+    let (root, ld, td) = folders("palette16");
+    let mut rng = common::Rng(17);
+    let (h, w) = (4u32, 5u32);
+    let labels: Vec<u16> = (0..h * w).map(|i| (i % 3) as u16).collect();
+    let logits: Vec<f32> = (0..3 * h * w).map(|_| (rng.normal() * 2.0) as f32).collect();
+    for name in ["grey16", "rgb8"] {
+        write_npy(&ld.join(format!("{name}.npy")), &logits, &[3, u64::from(h), u64::from(w)]);
+    }
+    let ints: Vec<i32> = (0..(3 * h * w) as i32).collect();
+    write_npy(&ld.join("ints.npy"), &ints, &[3, u64::from(h), u64::from(w)]);
+    image::ImageBuffer::<image::Luma<u16>, _>::from_raw(w, h, labels.clone())
+        .unwrap()
+        .save(td.join("grey16.png"))
+        .unwrap();
+    let palette = [[0u8, 0, 0], [255, 0, 0], [0, 255, 0]];
+    let rgb: Vec<u8> = labels.iter().flat_map(|&l| palette[l as usize]).collect();
+    image::RgbImage::from_raw(w, h, rgb.clone()).unwrap().save(td.join("rgb8.png")).unwrap();
+    image::RgbImage::from_raw(w, h, rgb).unwrap().save(td.join("ints.png")).unwrap();
+    let out = segloss(&[
+        "eval",
+        "--logits-dir",
+        s(&ld),
+        "--target-dir",
+        s(&td),
+        "--json",
+        "--loss",
+        "ce",
+        "--palette",
+        "0,0,0;255,0,0;0,255,0",
+    ]);
+    let j = json_of(&out);
+    let files = j["files"].as_array().unwrap();
+    let file = |n: &str| files.iter().find(|f| f["name"] == n).unwrap().clone();
+    let e = file("grey16")["error"].as_str().unwrap_or_default().to_string();
+    assert!(e.contains("--palette takes 8-bit masks"), "a 16-bit mask under --palette: {e}");
+    let lab: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+    let input = segloss::Input::labels(&logits, &lab, &[1, 3, h as usize, w as usize], None).unwrap();
+    let want = segloss::reference::evaluate(&input, &"ce".parse().unwrap()).unwrap().value;
+    let got = file("rgb8")["results"][0]["value"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-5, "8-bit colour mask: {got} vs reference {want}");
+    let e = file("ints")["error"].as_str().unwrap_or_default().to_string();
+    assert!(e.contains("dtype") && e.contains("float32"), "integer logits beside a PNG mask: {e}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 /// A folder of files of different class counts: each file keeps its own metric value (from its
 /// own counts), and only the folder's entry, which cannot pool them, is an error naming the file
 /// that could not join (before, that file's own entry was the error).
