@@ -2545,6 +2545,37 @@ fn a_destroyed_device_gives_typed_errors_and_no_panic_or_hang() {
     }
 }
 
+/// (review) Two engines as one, the second's device destroyed: the spread evaluation (whose
+/// blocking form waits with `futures::executor::block_on`, not by driving the devices) ends in
+/// a typed error, not a hang; the first engine alone still evaluates.
+#[test]
+fn a_multi_engine_with_a_destroyed_device_gives_a_typed_error() {
+    let (info, device, queue) = caller_device();
+    let first = Engine::from_device_blocking(&info, device, queue).expect("engine");
+    let (info, lost, queue) = caller_device();
+    let second = Engine::from_device_blocking(&info, lost.clone(), queue).expect("engine");
+    let multi = std::sync::Arc::new(segloss::MultiEngine::from_engines(vec![first, second]).unwrap());
+    let mut r = Rng(117);
+    let x: Vec<f32> = (0..4 * 3 * 64).map(|_| (r.normal() * 3.0) as f32).collect();
+    let t: Vec<i64> = (0..4 * 64).map(|_| r.below(3) as i64).collect();
+    let ex = parse(&["0.5*ce+0.5*dice"]);
+    let input = Input::labels(&x, &t, &[4, 3, 8, 8], None).unwrap();
+    let before = multi.evaluate_blocking(&input, &ex, true).expect("before the loss");
+    lost.destroy();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let m = multi.clone();
+    std::thread::spawn(move || {
+        let input = Input::labels(&x, &t, &[4, 3, 8, 8], None).unwrap();
+        let spread = m.evaluate_blocking(&input, &parse(&["0.5*ce+0.5*dice"]), true).err();
+        let alone = m.engines()[0].evaluate_blocking(&input, &parse(&["0.5*ce+0.5*dice"]), true);
+        let _ = tx.send((spread, alone.map(|v| v[0].value)));
+    });
+    let (spread, alone) = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("no hang");
+    assert!(matches!(spread, Some(Error::Gpu(_))), "spread over a lost device: {spread:?}");
+    let v = alone.expect("the first engine alone");
+    assert!((v - before[0].value).abs() <= 1e-6 * v.abs().max(1.0), "{v} against {}", before[0].value);
+}
+
 #[test]
 fn a_batch_takes_gradient_slices_of_inputs_evaluated_in_pieces() {
     // a device of 8 KiB bindings: a 32 KiB buffer input goes in pieces, whose gradient slice is

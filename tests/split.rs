@@ -574,6 +574,17 @@ fn errors_over_two_adapters_name_the_batch_element() {
         assert!(single.contains("logits[13] (at index [3, 0, 1])"), "{text}: {single}");
         assert_eq!(spread, single, "{text}");
     }
+    // (review) a soft target under per-image Lovász: element 13 of [4, 1, 2, 2] (image 3), which
+    // the adapter holding images 2..4 named as its own element 5
+    let x: Vec<f32> = (0..16).map(|i| (i % 5) as f32 - 2.0).collect();
+    let mut t: Vec<f32> = (0..16).map(|i| (i % 2) as f32).collect();
+    t[13] = 0.5;
+    let input = Input::dense(&x, &t, &[4, 1, 2, 2], Mode::Binary).unwrap();
+    let text = "bce+lovasz:per_image=true";
+    let single = gpu().evaluate_blocking(&input, &exprs(&[text]), true).unwrap_err().to_string();
+    let spread = multi.evaluate_blocking(&input, &exprs(&[text]), true).unwrap_err().to_string();
+    assert!(single.contains("element 13 (at index [3, 0, 0, 1])"), "{text}: {single}");
+    assert_eq!(spread, single, "{text}");
 }
 
 #[test]

@@ -142,7 +142,17 @@ fn adapters_choice(arg: &Option<String>) -> Option<String> {
 }
 
 fn multi_engine(choice: &str) -> Result<MultiEngine, Fail> {
-    Ok(MultiEngine::open_blocking(&EngineOptions::from_env(), choice)?)
+    let opts = EngineOptions::from_env();
+    MultiEngine::open_blocking(&opts, choice).map_err(|e| match e {
+        // a choice that matches none of the usable adapters there are is a bad argument (no
+        // usable adapter at all is not)
+        Error::NoAdapter(m)
+            if futures::executor::block_on(segloss::list_adapters(&opts)).is_ok_and(|l| l.iter().any(|a| a.usable)) =>
+        {
+            Fail(2, format!("--adapters: {m}"))
+        }
+        e => e.into(),
+    })
 }
 
 #[derive(clap::Args)]
@@ -1060,6 +1070,9 @@ fn bench(a: BenchArgs) -> Result<(), Fail> {
         let shape = parse_shape(&a.shape)?;
         check_elements(&format!("--shape {}", a.shape), &shape)?;
         let mode = bench_mode(&a, &shape)?;
+        // a shape the mode cannot take (C > 1 in binary mode, C = 1 in multiclass) is a bad argument
+        segloss::Input::check_shape(&shape, mode)
+            .map_err(|e| Fail(2, format!("--shape {} in {mode} mode: {e}", a.shape)))?;
         let texts = bench_texts(&a, defaults(mode));
         check_losses(&texts, mode, shape[1])?;
         Ok((shape, mode, texts))

@@ -429,6 +429,11 @@ fn absurd_demo_and_bench_arguments_exit_with_code_2_before_allocating() {
         (&["sortbench", "--iters", "0"], "--iters 0"),
         (&["sortbench", "--total", "0"], "--total 0"),
         (&["sortbench", "--total", "100000000000"], "at most 2^31"),
+        // (review) these exited with 1
+        (&["bench", "--shape", "1x3x8x8", "--mode", "binary"], "binary mode"),
+        (&["bench", "--shape", "1x1x8x8", "--mode", "multiclass"], "multiclass mode"),
+        (&["bench", "--shape", "1x1x8x8", "--adapters", "no-such-adapter"], "--adapters: no usable adapter matches"),
+        (&["devices", "--adapters", "no-such-adapter"], "--adapters: no usable adapter matches"),
     ];
     for (args, want) in cases {
         let out = segloss(args);
