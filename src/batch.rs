@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use futures::channel::oneshot;
 
 use crate::engine::{
-    check_hard_labels, decode, reference_evaluation, target_words, words, Backend, BufferInput, BufferSlice, Dest,
+    check_hard_labels, decode_each, reference_evaluation, target_words, words, Backend, BufferInput, BufferSlice, Dest,
     Engine, Evaluation, GradOut, Source,
 };
 use crate::error::Error;
@@ -562,12 +562,14 @@ impl<'e, 'a> Batch<'e, 'a> {
                         let mut vals = staged_words[o..o + r.vals_len].to_vec();
                         vals.extend_from_slice(&staged_words[st * 8..st * 8 + 8]);
                         let shape = items[groups[*gi].items[0]].src.shape();
-                        match decode(&vals, r, shape, exprs, &data) {
+                        // (an expression that overflows fails its own item, not the others
+                        // evaluated on the same input)
+                        match decode_each(&vals, r, shape, exprs, &data) {
                             Ok(mut evals) => {
                                 for &i in groups[*gi].items.iter().rev() {
                                     let rest = evals.len() - items[i].exprs.len();
-                                    let mine = evals.split_off(rest);
-                                    deliver(&mut txs, i, Ok(mine));
+                                    let mine = evals.split_off(rest).into_iter().collect();
+                                    deliver(&mut txs, i, mine);
                                 }
                             }
                             Err(e) => failed[*gi] = Some(e),

@@ -364,7 +364,8 @@ pub(crate) fn words(bytes: &[u8]) -> Vec<u32> {
 }
 
 /// The evaluations of one recorded evaluation: `vals` holds its values then its status words;
-/// `data` the staging buffers of its recording, from which its host gradients are taken.
+/// `data` the staging buffers of its recording, from which its host gradients are taken. An
+/// overflow of any expression is the error of the whole ([`decode_each`] keeps them apart).
 pub(crate) fn decode(
     vals: &[u32],
     r: &Recorded,
@@ -372,22 +373,36 @@ pub(crate) fn decode(
     exprs: &[LossExpr],
     data: &[Vec<u8>],
 ) -> Result<Vec<Evaluation>, Error> {
+    decode_each(vals, r, shape, exprs, data)?.into_iter().collect()
+}
+
+/// [`decode`], each expression's evaluation or overflow on its own; the error of the whole is the
+/// input's (the status words: bad input).
+pub(crate) fn decode_each(
+    vals: &[u32],
+    r: &Recorded,
+    shape: &[usize],
+    exprs: &[LossExpr],
+    data: &[Vec<u8>],
+) -> Result<Vec<Result<Evaluation, Error>>, Error> {
     let (v, status) = vals.split_at(r.vals_len);
     status_error(status, shape)?;
     let weights: Vec<Vec<f64>> = exprs.iter().map(|e| e.terms.iter().map(|t| t.weight).collect()).collect();
-    let values = finish_values(v, &r.vals, &weights)?;
-    Ok(values
+    Ok(finish_each(v, &r.vals, &weights)
         .into_iter()
         .zip(&r.grad_reads)
         .zip(r.unreduced.iter().zip(exprs))
-        .map(|(((value, term_values), gr), (ur, e))| Evaluation {
-            value,
-            term_values,
-            grad: gr.map(|(i, off, len)| {
-                bytemuck::pod_collect_to_vec::<u8, f32>(&data[i][off as usize..(off + len) as usize])
-            }),
-            unreduced: ur.as_ref().and_then(|u| unreduced_of(u, e, shape, data)),
-            level_grads: Vec::new(),
+        .map(|((value, gr), (ur, e))| {
+            let (value, term_values) = value?;
+            Ok(Evaluation {
+                value,
+                term_values,
+                grad: gr.map(|(i, off, len)| {
+                    bytemuck::pod_collect_to_vec::<u8, f32>(&data[i][off as usize..(off + len) as usize])
+                }),
+                unreduced: ur.as_ref().and_then(|u| unreduced_of(u, e, shape, data)),
+                level_grads: Vec::new(),
+            })
         })
         .collect())
 }
@@ -453,6 +468,11 @@ pub(crate) fn soft_target(shape: &[usize], i: usize) -> Error {
 
 /// Values of each expression in f64 from the device's f32 term values; an overflow is an error.
 fn finish_values(v: &[u32], layout: &[(usize, usize)], weights: &[Vec<f64>]) -> Result<Vec<(f64, Vec<f64>)>, Error> {
+    finish_each(v, layout, weights).into_iter().collect()
+}
+
+/// [`finish_values`], each expression's value or overflow on its own.
+fn finish_each(v: &[u32], layout: &[(usize, usize)], weights: &[Vec<f64>]) -> Vec<Result<(f64, Vec<f64>), Error>> {
     layout
         .iter()
         .zip(weights)

@@ -2545,6 +2545,31 @@ fn a_destroyed_device_gives_typed_errors_and_no_panic_or_hang() {
     }
 }
 
+/// (review) On one input, an expression whose value overflows the f32 range fails its own
+/// request only: the requests evaluated beside it in the batch keep their values (every request
+/// of the input failed with its error; the CPU engine kept them apart already).
+#[test]
+fn an_overflow_in_a_batch_fails_its_own_request_only() {
+    let c = dense_case(118, &[2, 1, 8, 8], Mode::Binary);
+    let input = c.whole();
+    let (big, plain) = (parse(&["3e38*bce+3e38*bce"]), parse(&["bce", "dice"]));
+    for engine in [Engine::gpu_blocking().unwrap(), Engine::cpu(None)] {
+        let want = engine.evaluate_blocking(&input, &plain, true).unwrap();
+        let mut batch = engine.batch();
+        let a = batch.push(&input, &plain, true).unwrap();
+        let b = batch.push(&input, &big, true).unwrap();
+        let c = batch.push(&input, &plain[..1], false).unwrap();
+        batch.flush_blocking().unwrap();
+        assert!(matches!(b.wait(), Err(Error::Overflow(_))), "the overflowing request");
+        let got = a.wait().expect("the request before it");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.value.to_bits(), w.value.to_bits());
+            assert_eq!(g.grad, w.grad);
+        }
+        assert_eq!(c.wait().expect("the request after it")[0].value.to_bits(), want[0].value.to_bits());
+    }
+}
+
 /// (review) Two engines as one, the second's device destroyed: the spread evaluation (whose
 /// blocking form waits with `futures::executor::block_on`, not by driving the devices) ends in
 /// a typed error, not a hang; the first engine alone still evaluates.
