@@ -89,10 +89,18 @@ impl Future for Pending {
 }
 
 impl Pending {
+    /// Whether the batch's flush has begun: [`Pending::wait`] then blocks until the results are
+    /// there rather than returning an error (and giving up the `Pending`, whose results would
+    /// then go nowhere).
+    pub fn is_flushed(&self) -> bool {
+        self.flushed.load(Ordering::Acquire)
+    }
+
     /// Blocks until the results are there (native only): after [`Batch::flush_blocking`] they
     /// are, and this returns at once. Before the batch's flush has begun it returns
-    /// [`Error::Input`] instead of waiting for ever (await the `Pending`, a future, to wait for
-    /// a flush that runs elsewhere).
+    /// [`Error::Input`] instead of waiting for ever, and the `Pending` is gone with its results:
+    /// check [`Pending::is_flushed`] first where that can happen, or await the `Pending`, a
+    /// future, to wait for a flush that runs elsewhere.
     ///
     /// ```
     /// # fn main() -> Result<(), segloss::Error> {
@@ -101,15 +109,17 @@ impl Pending {
     /// let input = Input::dense(&[0.5f32, -1.0], &[1.0, 0.0], &[1, 1, 2], Mode::Binary)?;
     /// let mut batch = engine.batch();
     /// let early = batch.push(&input, &["bce".parse()?], false)?;
-    /// assert!(early.wait().is_err()); // not flushed yet
+    /// assert!(!early.is_flushed());
+    /// assert!(early.wait().is_err()); // not flushed yet: an error, and its results are lost
     /// let pending = batch.push(&input, &["bce".parse()?], false)?;
     /// batch.flush_blocking()?;
+    /// assert!(pending.is_flushed());
     /// assert!(pending.wait()?[0].value > 0.0);
     /// # Ok(()) }
     /// ```
     #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(self) -> Reply {
-        if !self.flushed.load(Ordering::Acquire) {
+        if !self.is_flushed() {
             return Err(Error::Input(
                 "Pending::wait before its batch was flushed would wait for ever: flush the batch first".into(),
             ));

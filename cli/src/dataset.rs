@@ -213,6 +213,13 @@ impl FolderMetrics {
         }
     }
 
+    /// A file that could not be read: the folder's metrics cannot count it.
+    fn missing(&mut self, name: &str) {
+        for left_out in &mut self.left_out {
+            left_out.push(name.to_string());
+        }
+    }
+
     /// The file's entries; its counts (or surface values) join the folder's.
     fn file(&mut self, engine: &Engine, texts: &[String], name: &str, input: &Input<'_>) -> Vec<serde_json::Value> {
         let mut by_threshold: Vec<(u64, Counts)> = Vec::new();
@@ -338,8 +345,14 @@ pub(crate) fn eval_dirs(a: &EvalArgs) -> Result<(), Fail> {
             }
             // the files' metrics, in file order (the reader sends the files in order)
             for (i, inp) in &pending {
-                if let (Ok(input), Some(Some(row))) = (inp, rows.get_mut(*i)) {
-                    row.metrics = folder.file(&engine, &a.metrics, &pairs[*i].stem, input);
+                match (inp, rows.get_mut(*i)) {
+                    (Ok(input), Some(Some(row))) => {
+                        row.metrics = folder.file(&engine, &a.metrics, &pairs[*i].stem, input)
+                    }
+                    // (a file that could not be read is named in the folder's entries, whose
+                    // values would otherwise be those of the other files alone)
+                    (Err(_), _) => folder.missing(&pairs[*i].stem),
+                    _ => {}
                 }
             }
             bar.inc(pending.len() as u64);
