@@ -34,15 +34,19 @@ pub struct SegLossConfig {
 }
 
 impl SegLossConfig {
-    /// The loss, on segloss's default engine for tensors that go through host memory.
+    /// The loss, on segloss's default engine for tensors that go through host memory (opened at
+    /// the first of them: [`SegLoss::new`]).
     pub fn init(&self) -> Result<SegLoss, Error> {
-        self.init_with(Arc::new(Engine::new_blocking()?))
+        self.ignoring(SegLoss::new(&self.loss, self.mode)?)
     }
 
     /// The loss, on `engine` (one engine for several losses; on a shared wgpu device, the engine
     /// of [`crate::wgpu::init`]).
     pub fn init_with(&self, engine: Arc<Engine>) -> Result<SegLoss, Error> {
-        let loss = SegLoss::with_engine(self.loss.parse()?, self.mode, engine);
+        self.ignoring(SegLoss::with_engine(self.loss.parse()?, self.mode, engine))
+    }
+
+    fn ignoring(&self, loss: SegLoss) -> Result<SegLoss, Error> {
         Ok(match self.ignore_index {
             Some(k) => loss.ignore_index(k),
             None => loss,

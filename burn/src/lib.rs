@@ -11,15 +11,16 @@
 //! that gradient by the upstream one. Where the tensors are:
 //! - **burn's wgpu device, shared with segloss** ([`wgpu::init`], feature `wgpu`): segloss binds
 //!   the tensors' own buffers and writes the gradient into a buffer from burn's pool; nothing
-//!   goes through host memory but the loss value. With burn's fusion (feature `fusion`, burn's
+//!   goes through host memory but the loss value, its terms' values and the input checks'
+//!   status words. With burn's fusion (feature `fusion`, burn's
 //!   default) the logits and targets are resolved first: burn runs what it had queued for them.
 //! - **any other device** (burn's CPU devices `flex` and `ndarray`, CUDA, a wgpu device segloss
 //!   was not given): the tensors go through host memory, and the loss runs on the engine given to
 //!   [`SegLoss::with_engine`] (its GPU, or segloss's f64 CPU reference).
 //!
 //! segloss computes in f32, the GPU's precision (its CPU reference reads the same f32 inputs):
-//! f16, bf16 and f64 logits are converted to f32, and the value and gradient come back in the
-//! logits' float type with f32's precision.
+//! f16, bf16 and f64 logits are converted to f32, and the value and gradient, computed in f32,
+//! come back in the logits' float type (rounded to it: f16 logits get an f16 gradient).
 //!
 //! [`SegLoss::transfers`] says which path each evaluation took and how many bytes went through
 //! host memory. A loss of logits that need no gradient (a validation loss) is evaluated without
@@ -98,24 +99,62 @@ pub struct SegLoss {
     expr: LossExpr,
     mode: Mode,
     ignore_index: Option<i64>,
-    engine: Arc<Engine>,
+    /// The engine of the evaluations through host memory: given, or segloss's default engine,
+    /// opened at the first such evaluation (on a shared wgpu device there is none).
+    engine: Arc<Mutex<Option<Arc<Engine>>>>,
     transfers: Arc<Mutex<Transfers>>,
     through_host: bool,
 }
 
 impl SegLoss {
     /// The loss of a text (`"dice@monai+focal@monai"`) in `mode`, on segloss's default engine
-    /// (its best GPU adapter, or the CPU reference) for the tensors that go through host memory.
+    /// (its best GPU adapter, or the CPU reference) for the tensors that go through host memory,
+    /// opened at the first of them: a loss evaluated on a shared wgpu device ([`wgpu::init`])
+    /// opens none. A text whose result is not one number (`reduction=none`) or that needs
+    /// several levels (`deep(...)`) is refused: see [`SegLoss::with_engine`].
     pub fn new(text: &str, mode: Mode) -> Result<SegLoss, Error> {
-        let engine = Arc::new(Engine::new_blocking()?);
-        Ok(SegLoss::with_engine(text.parse()?, mode, engine))
+        let expr: LossExpr = text.parse()?;
+        supported(&expr)?;
+        Ok(SegLoss::make(expr, mode, None))
     }
 
     /// The loss of a parsed expression; `engine` evaluates the tensors that go through host
     /// memory (one engine for several losses; on a shared wgpu device, the engine of
     /// [`wgpu::init`]).
+    ///
+    /// The loss is one number: an expression with unreduced entries (`reduction=none`), which a
+    /// burn loss would return as their mean, is refused when evaluated, as is deep supervision
+    /// (`deep(...)`), whose levels are separate tensors here: sum one loss per level instead,
+    /// each with its weight (the gradients add up through burn's autodiff).
     pub fn with_engine(expr: LossExpr, mode: Mode, engine: Arc<Engine>) -> SegLoss {
-        SegLoss { expr, mode, ignore_index: None, engine, transfers: Arc::default(), through_host: false }
+        SegLoss::make(expr, mode, Some(engine))
+    }
+
+    fn make(expr: LossExpr, mode: Mode, engine: Option<Arc<Engine>>) -> SegLoss {
+        SegLoss {
+            expr,
+            mode,
+            ignore_index: None,
+            engine: Arc::new(Mutex::new(engine)),
+            transfers: Arc::default(),
+            through_host: false,
+        }
+    }
+
+    /// The engine of the evaluations through host memory, opened at the first.
+    fn engine(&self) -> Result<Arc<Engine>, Error> {
+        let mut slot = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = &*slot {
+            return Ok(e.clone());
+        }
+        let e = Arc::new(Engine::new_blocking()?);
+        *slot = Some(e.clone());
+        Ok(e)
+    }
+
+    /// Whether the engine of the evaluations through host memory is open (given, or opened).
+    pub fn engine_is_open(&self) -> bool {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// Class indices (multiclass) or target values (binary, multilabel) equal to `index` take no
@@ -157,6 +196,7 @@ impl SegLoss {
     /// in distillation or a consistency loss) is refused, since its gradient would be missing;
     /// `detach()` it to use it as a constant.
     pub fn forward<const D: usize>(&self, logits: Tensor<D>, target: Tensor<D>) -> Result<Tensor<1>, Error> {
+        supported(&self.expr)?;
         same_device(&logits.device(), &target.device())?;
         if target.is_tracked() {
             return Err(Error::Segloss(segloss::Error::Input(
@@ -185,6 +225,7 @@ impl SegLoss {
         logits: Tensor<D>,
         target: Tensor<DT, Int>,
     ) -> Result<Tensor<1>, Error> {
+        supported(&self.expr)?;
         same_device(&logits.device(), &target.device())?;
         let (x, t) = (logits.dims(), target.dims());
         let labels: Vec<usize> = x.iter().take(1).chain(x.iter().skip(2)).copied().collect();
@@ -248,7 +289,7 @@ impl SegLoss {
         want: bool,
     ) -> Result<(f32, Option<Vec<f32>>), Error> {
         let inp = segloss::Input::new(Cow::Owned(x), t, shape, self.mode, self.ignore_index)?;
-        let ev = self.engine.evaluate_blocking(&inp, std::slice::from_ref(&self.expr), want)?;
+        let ev = self.engine()?.evaluate_blocking(&inp, std::slice::from_ref(&self.expr), want)?;
         let ev = ev.into_iter().next().ok_or_else(|| Error::Burn("segloss returned no evaluation".into()))?;
         Ok((ev.value as f32, ev.grad))
     }
@@ -265,6 +306,22 @@ impl SegLoss {
             t.host_bytes += host_bytes;
         }
     }
+}
+
+/// A loss of one number on one level: unreduced entries (`reduction=none`) would come back as
+/// their mean, and deep supervision's levels are separate tensors (a loss per level).
+fn supported(expr: &LossExpr) -> Result<(), Error> {
+    if expr.unreduced() {
+        return Err(Error::Segloss(segloss::Error::Unsupported(format!(
+            "'{expr}': a burn loss is one number; reduction=none's entries are not returned (leave it out for the mean)"
+        ))));
+    }
+    if expr.deep.is_some() {
+        return Err(Error::Segloss(segloss::Error::Unsupported(format!(
+            "'{expr}': deep supervision's levels are separate tensors here: sum a loss of each level, times its weight"
+        ))));
+    }
+    Ok(())
 }
 
 /// Logits and targets on one device (burn's operations across devices panic).

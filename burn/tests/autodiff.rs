@@ -200,6 +200,57 @@ fn bad_input_is_a_typed_error_not_a_panic() {
     assert!(SegLoss::new("dicee", Mode::Binary).is_err());
 }
 
+/// (review) A burn loss is one number of one level: `reduction=none` (whose entries came back as
+/// their mean, silently, with a readback on the shared device that the transfers did not count)
+/// and `deep(...)` (level 0 alone through host memory, an error on the shared device) are refused
+/// on every path, when the loss is made from text and when it is evaluated.
+#[test]
+fn unreduced_entries_and_deep_supervision_are_refused_on_every_path() {
+    let engine = engine();
+    for text in ["ce:reduction=none", "bce:reduction=none", "deep:weights=0.5;0.3(dice)"] {
+        let e = SegLoss::new(text, Mode::Binary).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("one number") || e.contains("deep supervision"), "{text}: {e}");
+    }
+    for (name, device, _) in devices() {
+        for text in ["bce:reduction=none", "deep:weights=0.5;0.3(dice)"] {
+            let loss = SegLoss::with_engine(text.parse().unwrap(), Mode::Binary, engine.clone());
+            let l = Tensor::<4>::zeros([1, 1, 2, 2], &device).require_grad();
+            let t = Tensor::<4>::ones([1, 1, 2, 2], &device);
+            match loss.forward(l, t) {
+                Err(segloss_burn::Error::Segloss(segloss::Error::Unsupported(m))) => {
+                    assert!(m.contains(text.split(['(', ':']).next().unwrap()), "{name} {text}: {m}")
+                }
+                r => panic!("{name} {text}: {:?}", r.map(|_| ())),
+            }
+            assert_eq!(loss.transfers().host_bytes, 0, "{name} {text}: nothing read");
+        }
+        let loss = SegLoss::with_engine("ce:reduction=none".parse().unwrap(), Mode::Multiclass, engine.clone());
+        let labels = Tensor::<3, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 2], [1, 2, 2]), &device);
+        let e = loss.forward_classes(Tensor::<4>::zeros([1, 3, 2, 2], &device), labels).unwrap_err().to_string();
+        assert!(e.contains("reduction=none"), "{name}: {e}");
+    }
+}
+
+/// (review) A loss made from text opens segloss's default engine at its first evaluation through
+/// host memory, not when it is made: on a shared wgpu device it opens none (each opened a second
+/// device and poll thread on the same GPU).
+#[test]
+fn a_loss_opens_its_own_engine_only_when_it_goes_through_host_memory() {
+    let loss = SegLoss::new("bce", Mode::Binary).unwrap();
+    assert!(!loss.engine_is_open());
+    let t = || Tensor::<4>::ones([1, 1, 2, 2], &Device::flex());
+    if std::env::var("SEGLOSS_BURN_SKIP_WGPU").is_err() {
+        let wgpu = shared_wgpu().0.clone();
+        let l = Tensor::<4>::zeros([1, 1, 2, 2], &wgpu);
+        loss.forward(l, Tensor::<4>::ones([1, 1, 2, 2], &wgpu)).unwrap();
+        assert!(!loss.engine_is_open(), "on the shared wgpu device");
+    }
+    loss.forward(Tensor::<4>::zeros([1, 1, 2, 2], &Device::flex()), t()).unwrap();
+    assert!(loss.engine_is_open(), "through host memory");
+    let from_config = segloss_burn::SegLossConfig::new("dice".into(), Mode::Binary).init().unwrap();
+    assert!(!from_config.engine_is_open());
+}
+
 #[test]
 fn a_loss_of_untracked_logits_skips_the_gradient() {
     let engine = engine();
