@@ -393,11 +393,14 @@ fn evaluate_chunk(
     exprs: &[Result<LossExpr, String>],
     loaded: &[(usize, Result<Input<'static>, String>)],
 ) -> Vec<(usize, FileResult)> {
+    // views of the files' arrays: a batch keeps what it is given (an owned input would be copied
+    // per loss), and the evaluations of one file's slices share its statistics pass
+    let views: Vec<Option<Input<'_>>> = loaded.iter().map(|(_, inp)| inp.as_ref().ok()?.level(0).ok()).collect();
     let mut batch = engine.batch();
     // per file: per loss, the pending evaluation or the error found before any device work
     let mut queued = Vec::with_capacity(loaded.len());
-    for (i, inp) in loaded {
-        let Ok(input) = inp else {
+    for ((i, _), view) in loaded.iter().zip(&views) {
+        let Some(input) = view else {
             queued.push((*i, None));
             continue;
         };
