@@ -484,8 +484,9 @@ impl<'e, 'a> Batch<'e, 'a> {
         // expressions shares them), then its status words and each evaluation's values copied
         // into one staging buffer
         let mut rec = Recording::new(&gpu.limits);
-        // (group, its expressions, where its results are, index of its set's status in `statuses`)
-        let mut recorded = Vec::new();
+        // (its items, their expressions, where their results are, index of its set's status in
+        // `statuses`)
+        let mut recorded: Vec<(Vec<usize>, Vec<LossExpr>, _, usize)> = Vec::new();
         let mut statuses = Vec::new();
         for (si, set) in sets.iter().enumerate() {
             let g0 = &groups[set[0]];
@@ -520,7 +521,29 @@ impl<'e, 'a> Batch<'e, 'a> {
                     statuses.push(rs[0].status);
                     for (&gi, r) in set.iter().zip(rs) {
                         let exprs = group_exprs(&items, &groups[gi]);
-                        recorded.push((gi, exprs, r, statuses.len() - 1));
+                        recorded.push((groups[gi].items.clone(), exprs, r, statuses.len() - 1));
+                    }
+                }
+                Err(_) if set.len() == 1 && g0.items.len() > 1 => {
+                    // a limit of the evaluations of one input together (a statistics pass over
+                    // all their expressions) need not be one of each alone: each on its own,
+                    // failing alone
+                    rec.rollback(mark);
+                    for &i in &g0.items {
+                        let grads: Vec<Dest<'_>> = items[i].grads.iter().map(|&g| Dest::Out(g)).collect();
+                        let mark = rec.mark();
+                        match engine.record(&gpu, &mut rec, &src, &items[i].exprs, &grads, false) {
+                            Ok(rs) => {
+                                for r in rs {
+                                    statuses.push(r.status);
+                                    recorded.push((vec![i], items[i].exprs.clone(), r, statuses.len() - 1));
+                                }
+                            }
+                            Err(e) => {
+                                rec.rollback(mark);
+                                deliver(&mut txs, i, Err(e));
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -567,28 +590,28 @@ impl<'e, 'a> Batch<'e, 'a> {
             match data {
                 Ok(data) => {
                     let staged_words = words(&data[staged]);
-                    for ((gi, exprs, r, st), &o) in recorded.iter().zip(&at) {
+                    for ((its, exprs, r, st), &o) in recorded.iter().zip(&at) {
                         let o = (o / 4) as usize;
                         let mut vals = staged_words[o..o + r.vals_len].to_vec();
                         vals.extend_from_slice(&staged_words[st * 8..st * 8 + 8]);
-                        let shape = items[groups[*gi].items[0]].src.shape();
+                        let shape = items[its[0]].src.shape();
                         // (an expression that overflows fails its own item, not the others
                         // evaluated on the same input)
                         match decode_each(&vals, r, shape, exprs, &data) {
                             Ok(mut evals) => {
-                                for &i in groups[*gi].items.iter().rev() {
+                                for &i in its.iter().rev() {
                                     let rest = evals.len() - items[i].exprs.len();
                                     let mine = evals.split_off(rest).into_iter().collect();
                                     deliver(&mut txs, i, mine);
                                 }
                             }
-                            Err(e) => failed[*gi] = Some(e),
+                            Err(e) => its.iter().for_each(|&i| deliver(&mut txs, i, Err(e.clone()))),
                         }
                     }
                 }
                 Err(e) => {
-                    for (gi, _, _, _) in &recorded {
-                        failed[*gi] = Some(e.clone());
+                    for (its, _, _, _) in &recorded {
+                        its.iter().for_each(|&i| deliver(&mut txs, i, Err(e.clone())));
                     }
                     outcome = Err(e);
                 }

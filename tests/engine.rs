@@ -2570,6 +2570,37 @@ fn an_overflow_in_a_batch_fails_its_own_request_only() {
     }
 }
 
+/// (review) Evaluations of one input share its statistics pass in a batch; where that pass,
+/// over all their expressions, passes a device limit that none of them alone does (llvmpipe's
+/// loop limit: ce with label smoothing over 1500 classes beside dice), each is recorded on its
+/// own: both give their values, as evaluated alone (both failed with the limit; the folder mode
+/// of `eval`, which pushes each loss of a file on its own, gave neither).
+#[test]
+fn a_limit_of_evaluations_together_is_not_one_of_each() {
+    let engine = Engine::gpu_blocking().unwrap();
+    let (c, s) = (1500usize, 16usize);
+    let mut r = Rng(119);
+    let x: Vec<f32> = (0..c * s).map(|_| (r.normal() * 2.0) as f32).collect();
+    let t: Vec<i64> = (0..s).map(|_| r.below(c) as i64).collect();
+    let input = Input::labels(&x, &t, &[1, c, 4, 4], None).unwrap();
+    let (ce, dice) = (parse(&["ce:label_smoothing=0.1"]), parse(&["dice"]));
+    let together = engine.evaluate_blocking(&input, &[ce[0].clone(), dice[0].clone()], true);
+    if engine.info().name.contains("llvmpipe") && engine.info().backend == "vulkan" {
+        assert!(matches!(together, Err(Error::Limit { .. })), "the case must pass llvmpipe's loop limit together");
+    }
+    let (want_ce, want_dice) =
+        (engine.evaluate_blocking(&input, &ce, true).unwrap(), engine.evaluate_blocking(&input, &dice, true).unwrap());
+    let mut batch = engine.batch();
+    let a = batch.push(&input, &ce, true).unwrap();
+    let b = batch.push(&input, &dice, true).unwrap();
+    batch.flush_blocking().unwrap();
+    for (p, want, what) in [(a, want_ce, "ce"), (b, want_dice, "dice")] {
+        let got = p.wait().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(got[0].value.to_bits(), want[0].value.to_bits(), "{what}");
+        assert_eq!(got[0].grad, want[0].grad, "{what}");
+    }
+}
+
 /// (review) Two engines as one, the second's device destroyed: the spread evaluation (whose
 /// blocking form waits with `futures::executor::block_on`, not by driving the devices) ends in
 /// a typed error, not a hang; the first engine alone still evaluates.
