@@ -62,7 +62,9 @@ pub enum Error {
         /// The device's limit.
         max: u64,
     },
-    /// A loss value outside the f32 range.
+    /// A loss value outside the f32 range, or (on a GPU, which adds the elements' losses in
+    /// f32) a sum on the way to it: logits near f32's largest can overflow the sum of a mean
+    /// that fits, where the f64 reference gives the value.
     #[error("overflow: {0}")]
     Overflow(String),
     /// A caller's buffer that cannot be used as given (usage, size, alignment, overlap).

@@ -92,7 +92,9 @@ pub enum Reduction {
     Mean,
     /// The value and gradient of `mean`, and the unreduced entries: one per group of a region
     /// loss (`[C']`, `[N, C']`, `[N]` or `[1]`), one per element of bce and focal (`[N, C, S...]`),
-    /// one per pixel of ce (`[N, S...]`); ignored entries are 0, a factor scales them.
+    /// one per pixel of ce (`[N, S...]`); ignored entries are 0, a factor scales them. Evaluated
+    /// within one storage binding: an input evaluated in pieces (past the binding) refuses it,
+    /// with `Error::Unsupported` for the whole call.
     None,
 }
 
@@ -610,6 +612,16 @@ impl Loss {
         let name = self.name();
         let bad = |msg: &str| Err(Error::LossMode { loss: name.to_string(), msg: msg.to_string() });
         let empty_list = |c: &Classes| matches!(c, Classes::List(l) if l.is_empty());
+        // (an empty list would be written `weights=`, which the text refuses)
+        let weights = match self {
+            Loss::Ce(p) => p.weights.as_ref(),
+            Loss::Focal(p) => p.weights.as_ref(),
+            Loss::Region(r) => r.params.weights.as_ref(),
+            _ => None,
+        };
+        if weights.is_some_and(|w| w.is_empty()) {
+            return bad("weights lists no weight");
+        }
         match self {
             Loss::Bce(p) => {
                 let pw = match &p.pos_weight {

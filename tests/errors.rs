@@ -191,7 +191,7 @@ fn expressions_built_in_code_are_held_to_the_rules_of_the_text() {
     let input = Input::dense(&x, &g, &[1, 2, 4], Mode::Multilabel).unwrap();
     // each: a text that parses, how to break it in code, what the error names
     type Edit = fn(&mut LossExpr);
-    let cases: [(&str, Edit, &str); 19] = [
+    let cases: [(&str, Edit, &str); 21] = [
         (
             "focal",
             |e| {
@@ -326,6 +326,25 @@ fn expressions_built_in_code_are_held_to_the_rules_of_the_text() {
                 }
             },
             "classes lists 1 twice",
+        ),
+        // (review) an empty list, written `weights=`, which does not parse
+        (
+            "dice",
+            |e| {
+                if let Loss::Region(r) = &mut e.terms[0].loss {
+                    r.params.weights = Some(vec![])
+                }
+            },
+            "weights lists no weight",
+        ),
+        (
+            "ce",
+            |e| {
+                if let Loss::Ce(p) = &mut e.terms[0].loss {
+                    p.weights = Some(vec![])
+                }
+            },
+            "weights lists no weight",
         ),
         ("dice", |e| e.terms[0].weight = 1e39, "the factor 1e39: beyond the f32 range"),
         ("dice", |e| e.terms.clear(), "expression: it has no term"),

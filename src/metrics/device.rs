@@ -57,10 +57,11 @@ fn counts_of(bytes: &[u8], mode: Mode, c: usize, n: usize) -> Counts {
 pub type LossesAndMetrics = (Vec<Evaluation>, Vec<Result<MetricValue, Error>>);
 
 impl Engine {
-    /// Evaluates `exprs` (with gradients when `grads`) and `metrics` on `input` in one
-    /// submission: the count metrics (scores, gdice, counts, confusion) take their counts from
+    /// Evaluates `exprs` (with gradients when `grads`) and `metrics` on `input`: the losses and
+    /// the count metrics (scores, gdice, counts, confusion) in one submission, the counts from
     /// the losses' statistics pass, one more counting pass per further binary threshold; the
-    /// surface metrics (hd, assd, nsd) take boundaries and distance transforms on the device. A
+    /// surface metrics (hd, assd, nsd) take boundaries and distance transforms on the device, in
+    /// a submission (and a wait) of their own per set of classes, threshold and spacing. A
     /// metric that does not fit the input is an error of its own entry. The metrics of an input
     /// past the device's binding limit, of more than 256 classes (counts), and of the CPU engine
     /// run on the f64 reference.
