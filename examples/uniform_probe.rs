@@ -28,34 +28,24 @@ const NU: u32 = 14;
 /// Pixels per uniform window (64 KiB of f32).
 const WIN: u32 = 16384;
 
-const RANGE_SSBO: &str = r#"
-@group(0) @binding(0) var<storage, read> a: array<f32>;
+/// 32 loads per thread from one 64 KiB range through `load`, which a variant declares with its
+/// binding.
+const RANGE: &str = r#"
 @group(0) @binding(2) var<storage, read_write> o: array<f32>;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     var acc = 0.0;
     for (var i = 0u; i < 16u; i++) {
         let r = (wid.x * 4096u + ((lid / 8u) * 16u + i) * 8u + lid % 8u) % 16384u;
-        acc += a[r] + a[r ^ 1u];
+        acc += load(r) + load(r ^ 1u);
     }
     o[wid.x * 256u + lid] = acc;
 }
 "#;
-
-const RANGE_UBO: &str = r#"
-@group(0) @binding(1) var<uniform> u: array<vec4<f32>, 4096>;
-@group(0) @binding(2) var<storage, read_write> o: array<f32>;
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    var acc = 0.0;
-    for (var i = 0u; i < 16u; i++) {
-        let r = (wid.x * 4096u + ((lid / 8u) * 16u + i) * 8u + lid % 8u) % 16384u;
-        let r2 = r ^ 1u;
-        acc += u[r >> 2u][r & 3u] + u[r2 >> 2u][r2 & 3u];
-    }
-    o[wid.x * 256u + lid] = acc;
-}
-"#;
+const RANGE_SSBO: &str = "@group(0) @binding(0) var<storage, read> a: array<f32>;
+fn load(r: u32) -> f32 { return a[r]; }";
+const RANGE_UBO: &str = "@group(0) @binding(1) var<uniform> u: array<vec4<f32>, 4096>;
+fn load(r: u32) -> f32 { return u[r >> 2u][r & 3u]; }";
 
 /// Workgroups of 8 threads (one SIMD vector on llvmpipe), 32 loads each from one 64 KiB range:
 /// `lane8` at offsets that differ between lanes, `same8` the same values picked out of `vec4`
@@ -164,8 +154,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "  2^21 threads: storage {:8.3}   uniform {:8.3}; 2^17 threads in workgroups of 8: storage {:8.3}   \
              storage at lane-uniform offsets {:8.3}",
-            probe.time(RANGE_SSBO, "main", (g, 1), &small),
-            probe.time(RANGE_UBO, "main", (g, 1), &small),
+            probe.time(&format!("{RANGE_SSBO}{RANGE}"), "main", (g, 1), &small),
+            probe.time(&format!("{RANGE_UBO}{RANGE}"), "main", (g, 1), &small),
             probe.time(&format!("{PICK}{LANE8}"), "main", (1 << 14, 1), &small),
             probe.time(&format!("{PICK}{SAME8}"), "main", (1 << 14, 1), &small),
         );
