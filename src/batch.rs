@@ -487,6 +487,8 @@ impl<'e, 'a> Batch<'e, 'a> {
         // (its items, their expressions, where their results are, index of its set's status in
         // `statuses`)
         let mut recorded: Vec<(Vec<usize>, Vec<LossExpr>, _, usize)> = Vec::new();
+        // groups whose set could not be recorded together: each item on its own, afterwards
+        let mut alone: Vec<usize> = Vec::new();
         let mut statuses = Vec::new();
         for (si, set) in sets.iter().enumerate() {
             let g0 = &groups[set[0]];
@@ -524,27 +526,12 @@ impl<'e, 'a> Batch<'e, 'a> {
                         recorded.push((groups[gi].items.clone(), exprs, r, statuses.len() - 1));
                     }
                 }
-                Err(_) if set.len() == 1 && g0.items.len() > 1 => {
-                    // a limit of the evaluations of one input together (a statistics pass over
-                    // all their expressions) need not be one of each alone: each on its own,
-                    // failing alone
+                Err(_) if set.len() > 1 || g0.items.len() > 1 => {
+                    // a limit of evaluations together (a statistics pass over all their
+                    // expressions, a coalesced batch of inputs) need not be one of each alone:
+                    // each is evaluated on its own after this submission, failing alone
                     rec.rollback(mark);
-                    for &i in &g0.items {
-                        let grads: Vec<Dest<'_>> = items[i].grads.iter().map(|&g| Dest::Out(g)).collect();
-                        let mark = rec.mark();
-                        match engine.record(&gpu, &mut rec, &src, &items[i].exprs, &grads, false) {
-                            Ok(rs) => {
-                                for r in rs {
-                                    statuses.push(r.status);
-                                    recorded.push((vec![i], items[i].exprs.clone(), r, statuses.len() - 1));
-                                }
-                            }
-                            Err(e) => {
-                                rec.rollback(mark);
-                                deliver(&mut txs, i, Err(e));
-                            }
-                        }
-                    }
+                    alone.extend(set.iter().copied());
                 }
                 Err(e) => {
                     rec.rollback(mark);
@@ -615,6 +602,28 @@ impl<'e, 'a> Batch<'e, 'a> {
                     }
                     outcome = Err(e);
                 }
+            }
+        }
+        // items of sets that could not be recorded together: each in a submission of its own
+        for gi in alone {
+            for &i in &groups[gi].items {
+                let it = &items[i];
+                let r = match &it.src {
+                    ItemSrc::Host(input) => {
+                        let grads = it.grads.iter().any(|g| matches!(g, GradOut::Host));
+                        // (evaluate runs a batch of its own: boxed, as a batch's flush awaits it)
+                        Box::pin(engine.evaluate(input, &it.exprs, grads)).await.map(|mut evals| {
+                            for (ev, g) in evals.iter_mut().zip(&it.grads) {
+                                if !matches!(g, GradOut::Host) {
+                                    ev.grad = None;
+                                }
+                            }
+                            evals
+                        })
+                    }
+                    ItemSrc::Buffers(b) => engine.evaluate_buffers(b, &it.exprs, &it.grads).await,
+                };
+                deliver(&mut txs, i, r);
             }
         }
         // inputs past the limits: each in pieces, in submissions of their own

@@ -1013,6 +1013,10 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
         }
         None => (1.0, t),
     };
+    // deep(...) here is inside a sum or under a factor (a whole-text deep is parsed before)
+    if deep_rest(rest).is_some() {
+        return Err(perr(text, DEEP_INSIDE));
+    }
     let (head, args) = match rest.split_once(':') {
         Some((h, a)) => (h.trim(), Some(a)),
         None => (rest, None),
@@ -1219,12 +1223,6 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
             Loss::Lovasz(p)
         }
         "" => return Err(perr(text, format!("missing loss name; names: {NAMES}"))),
-        _ if deep_rest(name).is_some() => {
-            return Err(perr(
-                text,
-                "deep(...) wraps the whole expression, without a factor: deep(ce+dice), not ce+deep(dice)",
-            ))
-        }
         _ => return Err(perr(text, format!("unknown loss '{name}'; names: {NAMES}"))),
     };
     let term = Term { weight, loss };
@@ -1234,6 +1232,9 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
     }
     Ok((term, reduction))
 }
+
+/// The error of a `deep(...)` inside a sum or under a factor.
+const DEEP_INSIDE: &str = "deep(...) wraps the whole expression, without a factor: deep(ce+dice), not ce+deep(dice)";
 
 /// What follows `deep` in `text`, where it starts as `deep(`, `deep@` or `deep:` (spaces allowed
 /// after `deep`).

@@ -2594,10 +2594,27 @@ fn a_limit_of_evaluations_together_is_not_one_of_each() {
     let a = batch.push(&input, &ce, true).unwrap();
     let b = batch.push(&input, &dice, true).unwrap();
     batch.flush_blocking().unwrap();
-    for (p, want, what) in [(a, want_ce, "ce"), (b, want_dice, "dice")] {
+    for (p, want, what) in [(a, &want_ce, "ce"), (b, &want_dice, "dice")] {
         let got = p.wait().unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(got[0].value.to_bits(), want[0].value.to_bits(), "{what}");
         assert_eq!(got[0].grad, want[0].grad, "{what}");
+    }
+    // (review of the fix) two inputs of one shape, coalesced into one recording, each with the
+    // two losses pushed on their own (eval's folder mode): all four give their values
+    let x2: Vec<f32> = x.iter().map(|v| -0.5 * v).collect();
+    let other = Input::labels(&x2, &t, &[1, c, 4, 4], None).unwrap();
+    let want_other: Vec<f64> =
+        [&ce, &dice].iter().map(|e| engine.evaluate_blocking(&other, e, true).unwrap()[0].value).collect();
+    let mut batch = engine.batch();
+    let pend: Vec<_> = [(&input, &ce), (&input, &dice), (&other, &ce), (&other, &dice)]
+        .iter()
+        .map(|(i, e)| batch.push(i, e, true).unwrap())
+        .collect();
+    batch.flush_blocking().unwrap();
+    let wants = [want_ce[0].value, want_dice[0].value, want_other[0], want_other[1]];
+    for (k, (p, w)) in pend.into_iter().zip(wants).enumerate() {
+        let got = p.wait().unwrap_or_else(|e| panic!("request {k}: {e}"));
+        assert_eq!(got[0].value.to_bits(), w.to_bits(), "request {k}");
     }
 }
 

@@ -64,7 +64,9 @@ fn loss_text_errors_list_what_is_allowed() {
     // a NaN smoothing is named as written (NaN is not NaN: it was named smooth_nr)
     assert!(parse_err("dice:smooth=nan").contains("smooth=NaN"));
     // deep(...) inside a sum, or under a factor: what is wrong, not "unknown loss"
-    for text in ["ce+deep(dice)", "0.5*deep(dice)", "ce+deep(dice+bce)"] {
+    for text in
+        ["ce+deep(dice)", "0.5*deep(dice)", "ce+deep(dice+bce)", "ce+deep@two(dice)", "ce+deep:weights=1;2(dice)"]
+    {
         let e = parse_err(text);
         assert!(e.contains("deep(...) wraps the whole expression, without a factor"), "{text}: {e}");
     }

@@ -165,7 +165,10 @@ impl SegLoss {
     }
 
     /// Takes the tensors through host memory and evaluates them on [`SegLoss::with_engine`]'s
-    /// engine even where the extension runs (on the device's buffers, or on a CPU backend), with
+    /// engine (for a loss of [`SegLoss::new`] or a config's `init`, segloss's default engine,
+    /// opened then: on a shared wgpu device, a device of its own; an engine that cannot be opened
+    /// is the first evaluation's error) even where the extension runs (on the device's buffers,
+    /// or on a CPU backend), with
     /// the loss built from burn operations (`value + sum((x - detach(x)) g)`): what a device
     /// segloss-burn is not built for gets. For comparisons and debugging.
     pub fn through_host(mut self, yes: bool) -> SegLoss {

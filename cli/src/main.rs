@@ -147,7 +147,9 @@ fn multi_engine(choice: &str) -> Result<MultiEngine, Fail> {
         // a choice that matches none of the usable adapters there are is a bad argument (no
         // usable adapter at all is not)
         Error::NoAdapter(m)
-            if futures::executor::block_on(segloss::list_adapters(&opts)).is_ok_and(|l| l.iter().any(|a| a.usable)) =>
+            if m.starts_with("no usable adapter matches")
+                && futures::executor::block_on(segloss::list_adapters(&opts))
+                    .is_ok_and(|l| l.iter().any(|a| a.usable)) =>
         {
             Fail(2, format!("--adapters: {m}"))
         }

@@ -246,6 +246,7 @@ pub(crate) fn storage_buffers_needed() -> usize {
         .unwrap_or(0)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn pick_index(adapters: &[wgpu::Adapter], opts: &EngineOptions) -> Option<usize> {
     let infos: Vec<(wgpu::AdapterInfo, bool)> = adapters.iter().map(|a| (a.get_info(), usable(a))).collect();
     pick_info(&infos, opts.adapter.as_deref())
