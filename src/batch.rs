@@ -340,12 +340,10 @@ impl<'e, 'a> Batch<'e, 'a> {
             g.items.retain(|&i| {
                 let it = &items[i];
                 let checked = match &it.src {
-                    ItemSrc::Host(input) => if it.exprs.iter().any(LossExpr::has_lovasz) {
-                        check_hard_labels(&it.exprs, *hard.get_or_insert_with(|| input.first_soft()), input.shape())
-                    } else {
-                        Ok(())
+                    ItemSrc::Host(input) => {
+                        check_hard_labels(&it.exprs, || *hard.get_or_insert_with(|| input.first_soft()), input.shape())
+                            .and_then(|_| crate::input::check_neg_inf(input, &it.exprs))
                     }
-                    .and_then(|_| crate::input::check_neg_inf(input, &it.exprs)),
                     ItemSrc::Buffers(b) => {
                         // (in pieces each evaluation runs on its own: only its own slices meet)
                         let mut seen = if pieces { Vec::new() } else { group_seen.clone() };
@@ -609,17 +607,9 @@ impl<'e, 'a> Batch<'e, 'a> {
             for &i in &groups[gi].items {
                 let it = &items[i];
                 let r = match &it.src {
+                    // (evaluate runs a batch of its own: boxed, as a batch's flush awaits it)
                     ItemSrc::Host(input) => {
-                        let grads = it.grads.iter().any(|g| matches!(g, GradOut::Host));
-                        // (evaluate runs a batch of its own: boxed, as a batch's flush awaits it)
-                        Box::pin(engine.evaluate(input, &it.exprs, grads)).await.map(|mut evals| {
-                            for (ev, g) in evals.iter_mut().zip(&it.grads) {
-                                if !matches!(g, GradOut::Host) {
-                                    ev.grad = None;
-                                }
-                            }
-                            evals
-                        })
+                        host_grads(Box::pin(engine.evaluate(input, &it.exprs, wants_host(&it.grads))).await, &it.grads)
                     }
                     ItemSrc::Buffers(b) => engine.evaluate_buffers(b, &it.exprs, &it.grads).await,
                 };
@@ -631,17 +621,10 @@ impl<'e, 'a> Batch<'e, 'a> {
             for &i in &groups[gi].items {
                 let it = &items[i];
                 let r = match &it.src {
-                    ItemSrc::Host(input) => {
-                        let grads = it.grads.iter().any(|g| matches!(g, GradOut::Host));
-                        engine.evaluate_split(&gpu, input, &it.exprs, grads).await.map(|mut evals| {
-                            for (ev, g) in evals.iter_mut().zip(&it.grads) {
-                                if !matches!(g, GradOut::Host) {
-                                    ev.grad = None;
-                                }
-                            }
-                            evals
-                        })
-                    }
+                    ItemSrc::Host(input) => host_grads(
+                        engine.evaluate_split(&gpu, input, &it.exprs, wants_host(&it.grads)).await,
+                        &it.grads,
+                    ),
                     ItemSrc::Buffers(b) => engine.evaluate_buffers_split(&gpu, b, &it.exprs, &it.grads).await,
                 };
                 deliver(&mut txs, i, r);
@@ -749,6 +732,23 @@ fn coalesce(
 /// The expressions of a group's items, one item's after the other.
 fn group_exprs(items: &[Item<'_>], g: &Group) -> Vec<LossExpr> {
     g.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect()
+}
+
+/// Whether any of an item's gradients goes to the host.
+fn wants_host(grads: &[GradOut<'_>]) -> bool {
+    grads.iter().any(|g| matches!(g, GradOut::Host))
+}
+
+/// An item's evaluations with the gradients it did not ask for on the host dropped.
+fn host_grads(r: Reply, grads: &[GradOut<'_>]) -> Reply {
+    r.map(|mut evals| {
+        for (ev, g) in evals.iter_mut().zip(grads) {
+            if !matches!(g, GradOut::Host) {
+                ev.grad = None;
+            }
+        }
+        evals
+    })
 }
 
 fn deliver(txs: &mut [Option<oneshot::Sender<Reply>>], i: usize, r: Reply) {
