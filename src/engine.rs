@@ -448,12 +448,20 @@ pub(crate) fn reference_evaluation(input: &Input<'_>, e: &LossExpr, grad: bool) 
     })
 }
 
-/// Lovász needs hard 0/1 labels: the error of an input of `shape` whose target is soft at `first_soft`
-/// ([`Input::first_soft`]), where an expression has a Lovász term.
-pub(crate) fn check_hard_labels(exprs: &[LossExpr], first_soft: Option<usize>, shape: &[usize]) -> Result<(), Error> {
-    match first_soft {
-        Some(i) if exprs.iter().any(|e| e.has_lovasz()) => Err(soft_target(shape, i)),
-        _ => Ok(()),
+/// Lovász needs hard 0/1 labels: the error of an input of `shape` whose target is soft at
+/// `first_soft()` ([`Input::first_soft`], which reads the whole target: called only where an
+/// expression has a Lovász term).
+pub(crate) fn check_hard_labels(
+    exprs: &[LossExpr],
+    first_soft: impl FnOnce() -> Option<usize>,
+    shape: &[usize],
+) -> Result<(), Error> {
+    if !exprs.iter().any(|e| e.has_lovasz()) {
+        return Ok(());
+    }
+    match first_soft() {
+        Some(i) => Err(soft_target(shape, i)),
+        None => Ok(()),
     }
 }
 
@@ -855,7 +863,7 @@ impl Engine {
             }
             Backend::Gpu(g) => g,
         };
-        check_hard_labels(exprs, prep.first_soft, input.shape())?;
+        check_hard_labels(exprs, || prep.first_soft, input.shape())?;
         crate::input::check_neg_inf(input, exprs)?;
         let g = match grads {
             GradMode::Skip => Dest::Out(GradOut::Skip),

@@ -118,10 +118,7 @@ impl MultiEngine {
         // the -inf and hard-label rules on the whole batch first, so an error names the batch's
         // element (each part would name its own)
         crate::input::check_neg_inf(input, exprs)?;
-        if exprs.iter().any(LossExpr::has_lovasz) {
-            // (first_soft reads the whole target: only where a Lovász loss needs it)
-            crate::engine::check_hard_labels(exprs, input.first_soft(), input.shape())?;
-        }
+        crate::engine::check_hard_labels(exprs, || input.first_soft(), input.shape())?;
         let spread: Vec<_> = self.spread(n).into_iter().filter(|r| !r.is_empty()).collect();
         let parts: Vec<Input<'_>> = spread.iter().map(|r| input.images(r.start, r.end)).collect::<Result<_, _>>()?;
         let stats =

@@ -181,7 +181,7 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
 fn evaluate_level(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
     expr.check_input(input.mode(), input.classes(), input.kind())?;
     crate::input::check_neg_inf(input, std::slice::from_ref(expr))?;
-    crate::engine::check_hard_labels(std::slice::from_ref(expr), input.first_soft(), input.shape())?;
+    crate::engine::check_hard_labels(std::slice::from_ref(expr), || input.first_soft(), input.shape())?;
     let e = Elems::new(input);
     let total = e.x.len();
     // d/dp (through the activation) and d/dx (direct) accumulators.

@@ -807,7 +807,7 @@ impl Engine {
         for e in exprs {
             e.check_input(input.mode(), input.classes(), input.kind())?;
         }
-        crate::engine::check_hard_labels(exprs, input.first_soft(), input.shape())?;
+        crate::engine::check_hard_labels(exprs, || input.first_soft(), input.shape())?;
         crate::input::check_neg_inf(input, exprs)?;
         match self.gpu_ref() {
             Some(gpu) => self.device_statistics(gpu, input, exprs, true).await,
@@ -888,7 +888,7 @@ impl Engine {
         };
         one_level(input)?;
         stats.check_part(input.mode(), input.kind(), input.classes(), input.batch(), first_image, exprs)?;
-        crate::engine::check_hard_labels(exprs, input.first_soft(), input.shape())?;
+        crate::engine::check_hard_labels(exprs, || input.first_soft(), input.shape())?;
         crate::input::check_neg_inf(input, exprs)?;
         self.device_tail(gpu, input, stats, first_image, exprs, true, true).await
     }

@@ -117,7 +117,7 @@ impl Engine {
                 return Ok((evals, checked.into_iter().map(|m| m.and_then(on_cpu)).collect()));
             }
         };
-        check_hard_labels(exprs, input.first_soft(), input.shape())?;
+        check_hard_labels(exprs, || input.first_soft(), input.shape())?;
         crate::input::check_neg_inf(input, exprs)?;
         let prep = self.prepare(input.clone())?;
         let whole = prep.buffers().filter(|(_, tb)| {
