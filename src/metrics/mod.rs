@@ -420,12 +420,7 @@ impl Metric {
     /// The classes the metric reports, ascending.
     pub(crate) fn selected(&self, classes: usize) -> Vec<usize> {
         let mut k: Vec<usize> = match &self.classes {
-            Some(c) => {
-                let mut c = c.clone();
-                c.sort_unstable();
-                c.dedup();
-                c
-            }
+            Some(c) => class_set(c),
             None => (0..classes).collect(),
         };
         if !self.background && classes > 1 {
@@ -609,18 +604,21 @@ impl FromStr for Metric {
     }
 }
 
+/// The classes a `classes` list selects: ascending, each once.
+fn class_set(list: &[usize]) -> Vec<usize> {
+    let mut c = list.to_vec();
+    c.sort_unstable();
+    c.dedup();
+    c
+}
+
 impl PartialEq for Metric {
     fn eq(&self, other: &Metric) -> bool {
         // every setting (not the text: `iou` and `jaccard@smp` are one metric), floats by their
         // printed value, so that `nan` settings are equal; a class list as the set it selects
         // (`classes=2;0` and `classes=0;2` are one metric)
         let settings = |m: &Metric| {
-            let classes = m.classes.as_ref().map(|c| {
-                let mut c = c.clone();
-                c.sort_unstable();
-                c.dedup();
-                c
-            });
+            let classes = m.classes.as_deref().map(class_set);
             format!("{:?}", Metric { text: String::new(), classes, ..m.clone() })
         };
         settings(self) == settings(other)
