@@ -1,5 +1,6 @@
-//! What the probe examples (`cpu_probe`, `softmax_probe`) share: the default adapter's device,
-//! and the median time of a WGSL kernel's dispatch, its submission and the wait.
+//! What the probe examples (`cpu_probe`, `softmax_probe`, `uniform_probe`, `texture_probe`)
+//! share: the default adapter's device, and the median time of a WGSL kernel's dispatch, its
+//! submission and the wait.
 use segloss::wgpu;
 
 pub struct Probe {
@@ -34,6 +35,8 @@ impl Probe {
 
     /// The median of 15 runs (after one to warm up) of entry point `entry` of `src` over `groups`
     /// workgroups, each binding `@binding(i)` that `src` declares bound to `bufs[i]`, in ms.
+    /// (A probe that binds textures builds its own bind group and uses `median_ms`.)
+    #[allow(dead_code)]
     pub fn time(&self, src: &str, entry: &str, groups: (u32, u32), bufs: &[wgpu::Buffer]) -> f64 {
         let device = &self.device;
         let pipeline = self.pipeline(src, entry);
