@@ -1533,7 +1533,7 @@ impl Engine {
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn block<T, F: std::future::Future<Output = Result<T, Error>>>(&self, fut: F) -> Result<T, Error> {
         match self.gpu_ref() {
-            Some(g) => crate::gpu::poll::drive(&g.device, &g.poller, fut),
+            Some(g) => crate::gpu::poll::drive(&g.poller, fut),
             None => futures::executor::block_on(fut),
         }
     }

@@ -289,7 +289,7 @@ impl Engine {
 /// probe and the evaluations it is held against wait the same way.
 #[cfg(not(target_arch = "wasm32"))]
 fn run_and_wait(gpu: &Gpu, rec: Recording) -> Result<(), Error> {
-    crate::gpu::poll::drive(&gpu.device, &gpu.poller, async {
+    crate::gpu::poll::drive(&gpu.poller, async {
         let f = gpu.execute(rec);
         gpu.work_done().await?;
         f.await.map(drop)

@@ -376,6 +376,14 @@ impl Gpu {
                 }
             }));
         }
+        let poller = Poller::new(device.clone());
+        if own {
+            // (a caller's device keeps the caller's callback: there a failed wait raises it)
+            let signal = poller.lost().clone();
+            device.set_device_lost_callback(move |reason, why| {
+                signal.raise(format!("the device was lost ({reason:?}): {why}"));
+            });
+        }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let cpu = info.device_type == wgpu::DeviceType::Cpu;
         // (Mesa's software rasterizer, through Vulkan (lavapipe) or OpenGL; other CPU adapters,
@@ -397,7 +405,7 @@ impl Gpu {
             .collect();
         let bitonic_upto = if cpu { BITONIC_CROSSOVER_CPU } else { BITONIC_MAX };
         let gpu = Gpu {
-            poller: Poller::new(device.clone()),
+            poller,
             device,
             queue,
             limits,
@@ -427,7 +435,10 @@ impl Gpu {
         };
         for softmax in [false, true] {
             for k in KERNELS.iter().filter(|k| (subgroups || !k.uses_subgroups()) && !k.built_on_first_use()) {
-                gpu.pipeline(k, Spec::softmax(softmax));
+                if let Err(e) = gpu.pipeline(k, Spec::softmax(softmax)) {
+                    let _ = scope.pop().await;
+                    return Err(Error::Gpu(format!("building the pipelines failed on {}: {e}", info.name)));
+                }
             }
         }
         if let Some(e) = scope.pop().await {
@@ -449,22 +460,25 @@ impl Gpu {
         crate::gpu::stats_creg(mode, wide && self.registers_ok, softmax, c, elements)
     }
 
-    /// Runs `f`, which creates or writes buffers, inside error scopes of its own, so that a
-    /// device that cannot allocate them gives an error here. Outside a scope the error would go to
-    /// the device's uncaptured-error handler: on a caller's device ([`crate::Engine::from_device`])
-    /// that is the caller's, and wgpu's default one panics. Native scopes settle as the calls are
-    /// made; in the browser they settle later, so there a failed allocation is dropped here and
-    /// comes back as the validation error of the submission that uses the buffer.
+    /// Runs `f`, which creates or writes buffers (or builds a pipeline), inside validation,
+    /// out-of-memory and internal error scopes of its own, so that a device that cannot make
+    /// them gives an error here. Outside a scope the error would go to the device's
+    /// uncaptured-error handler: on a caller's device ([`crate::Engine::from_device`]) that is the
+    /// caller's, and wgpu's default one panics. Native scopes settle as the calls are made; in the
+    /// browser they settle later, so there a failed allocation is dropped here and comes back as
+    /// the validation error of the submission that uses the buffer.
     pub(crate) fn allocating<T>(&self, f: impl FnOnce() -> T) -> Result<T, Error> {
         use futures::FutureExt;
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
         let out = f();
+        let internal = internal.pop().now_or_never().flatten();
         let (oom, validation) = (oom.pop().now_or_never().flatten(), validation.pop().now_or_never().flatten());
         if let Some(e) = oom {
             return Err(Error::Gpu(format!("out of device memory: {e}")));
         }
-        if let Some(e) = validation {
+        if let Some(e) = validation.or(internal) {
             return Err(Error::Gpu(e.to_string()));
         }
         Ok(out)
@@ -518,36 +532,41 @@ impl Gpu {
         })?
     }
 
-    /// The pipeline of kernel `k` for `spec`, built on first use.
-    pub(crate) fn pipeline(&self, k: &'static Kernel, spec: Spec) -> wgpu::ComputePipeline {
+    /// The pipeline of kernel `k` for `spec`, built on first use inside error scopes of its own
+    /// (a driver that fails to compile it gives an `Internal` error): one the device refused is
+    /// an error and is not kept, so a later call builds it again.
+    pub(crate) fn pipeline(&self, k: &'static Kernel, spec: Spec) -> Result<wgpu::ComputePipeline, Error> {
         let spec = if k.specialized { spec } else { Spec::default() };
         let ks = self.kernel(k);
         let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .entry((k.name, spec))
-            .or_insert_with(|| {
-                let constants = spec.constants();
-                self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(k.name),
-                    layout: Some(&ks.layout),
-                    module: &ks.module,
-                    entry_point: Some(k.entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: if k.specialized { &constants } else { &[] },
-                        // every kernel writes its workgroup memory before reading it
-                        zero_initialize_workgroup_memory: false,
-                    },
-                    cache: None,
-                })
+        if let Some(p) = cache.get(&(k.name, spec)) {
+            return Ok(p.clone());
+        }
+        let constants = spec.constants();
+        let built = self.allocating(|| {
+            self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(k.name),
+                layout: Some(&ks.layout),
+                module: &ks.module,
+                entry_point: Some(k.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: if k.specialized { &constants } else { &[] },
+                    // every kernel writes its workgroup memory before reading it
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
             })
-            .clone()
+        });
+        let p = built.map_err(|e| Error::Gpu(format!("the device did not build the kernel {}: {e}", k.name)))?;
+        cache.insert((k.name, spec), p.clone());
+        Ok(p)
     }
 
     /// Blocks until everything submitted so far has run, this thread polling the device
     /// ([`crate::gpu::poll::drive`]); an error when the device fails or is lost meanwhile.
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn wait_done(&self) -> Result<(), Error> {
-        crate::gpu::poll::drive(&self.device, &self.poller, self.work_done())
+        crate::gpu::poll::drive(&self.poller, self.work_done())
     }
 
     /// Completes when everything submitted so far has run.
@@ -557,9 +576,10 @@ impl Gpu {
         self.queue.on_submitted_work_done(move || {
             let _ = tx.send(());
         });
+        let done = self.poller.lost().clone().guard(rx);
         async move {
-            if rx.await.is_err() {
-                let lost = self.lost.lock().ok().and_then(|l| l.clone());
+            if done.await?.is_err() {
+                let lost = self.poller.lost().reason().or_else(|| self.lost.lock().ok().and_then(|l| l.clone()));
                 return Err(Error::Gpu(lost.unwrap_or_else(|| "the device dropped a wait (lost?)".into())));
             }
             Ok(())

@@ -5,6 +5,7 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
+    use super::LostSignal;
     use crate::error::Error;
     use std::cell::Cell;
     use std::sync::{Arc, Condvar, Mutex};
@@ -23,9 +24,11 @@ mod native {
     /// this thread to this device do not wake the poll thread ([`Poller::kick`]). Every poll of
     /// the device, here, on another driving thread or on the poll thread, holds the poller's poll
     /// lock, so one thread polls at a time (two polling at once stall for about 10 ms at a time on
-    /// NVIDIA's Vulkan driver). A poll that fails (a lost device, whose callbacks wgpu does not
-    /// run) ends the wait with the error.
-    pub(crate) fn drive<T, F>(device: &wgpu::Device, poller: &Poller, fut: F) -> Result<T, Error>
+    /// NVIDIA's Vulkan driver). A poll that times out (OpenGL's waits end after about 2 s) is
+    /// made again; one that fails (a lost device, whose callbacks wgpu does not run, and on
+    /// which wgpu's `poll` panics) ends the wait with the error, and raises the poller's
+    /// [`LostSignal`], which ends the other waits on the device's work.
+    pub(crate) fn drive<T, F>(poller: &Poller, fut: F) -> Result<T, Error>
     where
         F: std::future::Future<Output = Result<T, Error>>,
     {
@@ -48,12 +51,11 @@ mod native {
             outer: usize,
             outer_unwaited: bool,
             poller: &'a Poller,
-            device: &'a wgpu::Device,
         }
         impl Drop for Driving<'_> {
             fn drop(&mut self) {
                 if UNWAITED.with(|u| u.replace(self.outer_unwaited)) {
-                    self.poller.wake(self.device);
+                    self.poller.wake();
                 }
                 DRIVING.with(|d| d.set(self.outer));
             }
@@ -62,7 +64,6 @@ mod native {
             outer: DRIVING.with(|d| d.replace(id)),
             outer_unwaited: UNWAITED.with(|u| u.replace(false)),
             poller,
-            device,
         };
         let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
         let mut cx = Context::from_waker(&waker);
@@ -72,12 +73,15 @@ mod native {
                 return v;
             }
             UNWAITED.with(|u| u.set(false));
-            let polled = poller.poll(device);
+            let polled = poller.poll();
             if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
                 return v;
             }
-            if let Err(e) = polled {
-                return Err(Error::Gpu(format!("waiting for the device failed: {e}")));
+            match polled {
+                Polled::Done => {}
+                // (OpenGL waits about 2 s at most, whatever wait_indefinitely says): wait again
+                Polled::TimedOut => continue,
+                Polled::Failed(why) => return Err(Error::Gpu(format!("waiting for the device failed: {why}"))),
             }
             // the future submitted more work: wait for that at once
             if UNWAITED.with(|u| u.get()) {
@@ -86,6 +90,45 @@ mod native {
             // pending on what the device's work did not complete (another thread's work, a
             // callback the poll thread runs): until woken, polling again now and then
             std::thread::park_timeout(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// What one wait for the device's work came to.
+    #[derive(Debug, Clone, PartialEq)]
+    pub(crate) enum Polled {
+        /// Everything submitted before the wait has run.
+        Done,
+        /// The wait ended first: OpenGL's waits end after about 2 s (wgpu caps them at
+        /// `i32::MAX` ns, `wait_indefinitely` included). Wait again.
+        TimedOut,
+        /// The device is lost (or the wait failed otherwise); its callbacks will not run.
+        Failed(String),
+    }
+
+    /// How a poller waits for the device's work (a stand-in in the tests).
+    type PollFn = Box<dyn Fn() -> Polled + Send + Sync>;
+
+    /// Waits for everything submitted to `device` so far. wgpu's `poll` panics on a lost
+    /// device rather than returning its error: the panic is caught and becomes the failure.
+    fn poll_device(device: &wgpu::Device) -> Polled {
+        polled_from(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            device.poll(wgpu::PollType::wait_indefinitely())
+        })))
+    }
+
+    /// What a wait (`device.poll` under `catch_unwind`) came to.
+    fn polled_from(polled: std::thread::Result<Result<wgpu::PollStatus, wgpu::PollError>>) -> Polled {
+        match polled {
+            Ok(Ok(_)) => Polled::Done,
+            Ok(Err(wgpu::PollError::Timeout)) => Polled::TimedOut,
+            Ok(Err(e)) => Polled::Failed(e.to_string()),
+            Err(panic) => Polled::Failed(
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "wgpu's poll panicked".into()),
+            ),
         }
     }
 
@@ -98,16 +141,35 @@ mod native {
     pub(crate) struct Poller {
         shared: Arc<(Mutex<State>, Condvar)>,
         thread: Option<std::thread::JoinHandle<()>>,
-        /// Held by every poll of the device (the poll thread's, [`drive`]'s): one at a time.
-        poll_lock: Arc<Mutex<()>>,
+        /// One wait for the device's work, holding the poll lock: every poll (the poll thread's,
+        /// [`drive`]'s) goes through it, so one thread polls at a time; a failure raises `lost`.
+        poll_fn: Arc<PollFn>,
+        lost: Arc<LostSignal>,
     }
 
     impl Poller {
         pub fn new(device: wgpu::Device) -> Poller {
+            Poller::with(Box::new(move || poll_device(&device)))
+        }
+
+        /// A poller whose waits are `poll` (each made under the poll lock).
+        fn with(poll: PollFn) -> Poller {
+            let lost: Arc<LostSignal> = Arc::default();
+            let poll_lock = Mutex::new(());
+            let raise = lost.clone();
+            let poll_fn: Arc<PollFn> = Arc::new(Box::new(move || {
+                let polled = {
+                    let _one = poll_lock.lock().unwrap_or_else(|e| e.into_inner());
+                    poll()
+                };
+                if let Polled::Failed(why) = &polled {
+                    raise.raise(format!("the device was lost: {why}"));
+                }
+                polled
+            }));
             let shared: Arc<(Mutex<State>, Condvar)> = Arc::default();
             let sh = shared.clone();
-            let poll_lock: Arc<Mutex<()>> = Arc::default();
-            let lock_thread = poll_lock.clone();
+            let thread_poll = poll_fn.clone();
             let thread = std::thread::Builder::new()
                 .name("segloss-poll".into())
                 .spawn(move || loop {
@@ -123,41 +185,42 @@ mod native {
                         st.pending = 0;
                     }
                     // waits for every submission made before this call; a later one set
-                    // `pending` again and is waited for on the next round
-                    let polled = {
-                        let _one = lock_thread.lock().unwrap_or_else(|e| e.into_inner());
-                        device.poll(wgpu::PollType::wait_indefinitely())
-                    };
-                    if polled.is_err() {
-                        // device lost: a driven wait reports it (drive); keep serving until dropped
-                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    // `pending` again and is waited for on the next round. A wait that timed
+                    // out is made again; after a failure (raised on `lost`, which ends the
+                    // waits on the device's work) the thread serves until dropped
+                    if thread_poll() == Polled::TimedOut {
+                        sh.0.lock().unwrap_or_else(|e| e.into_inner()).pending += 1;
                     }
                 })
                 .ok();
-            Poller { shared, thread, poll_lock }
+            Poller { shared, thread, poll_fn, lost }
         }
 
-        /// Waits for everything submitted to `device` so far, holding the poll lock.
-        fn poll(&self, device: &wgpu::Device) -> Result<(), wgpu::PollError> {
-            let _one = self.poll_lock.lock().unwrap_or_else(|e| e.into_inner());
-            device.poll(wgpu::PollType::wait_indefinitely()).map(|_| ())
+        /// Waits for everything submitted to the device so far, holding the poll lock.
+        pub(crate) fn poll(&self) -> Polled {
+            (self.poll_fn)()
+        }
+
+        /// Raised when a wait for the device failed (or the device reported its loss).
+        pub(crate) fn lost(&self) -> &Arc<LostSignal> {
+            &self.lost
         }
 
         /// Work was submitted: poll until it is done (unless this thread drives the device
         /// itself, [`super::drive`]).
-        pub fn kick(&self, device: &wgpu::Device) {
+        pub fn kick(&self) {
             if DRIVING.with(|d| d.get()) == self as *const Poller as usize {
                 UNWAITED.with(|u| u.set(true));
                 return;
             }
-            self.wake(device);
+            self.wake();
         }
 
         /// Has the poll thread poll until the work submitted so far is done.
-        pub fn wake(&self, device: &wgpu::Device) {
+        pub fn wake(&self) {
             if self.thread.is_none() {
-                // no thread could be started: poll inline
-                let _ = self.poll(device);
+                // no thread could be started: poll inline (again while the wait times out)
+                while self.poll() == Polled::TimedOut {}
                 return;
             }
             let (lock, cv) = &*self.shared;
@@ -176,18 +239,163 @@ mod native {
             }
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        /// A poller whose waits return `script`'s results in turn (then `Done`), counting them.
+        fn scripted(script: Vec<Polled>) -> (Poller, Arc<AtomicUsize>) {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let c = calls.clone();
+            let poller = Poller::with(Box::new(move || {
+                let i = c.fetch_add(1, Ordering::SeqCst);
+                script.get(i).cloned().unwrap_or(Polled::Done)
+            }));
+            (poller, calls)
+        }
+
+        /// A future that is ready once `calls` has reached `n`, waking itself meanwhile.
+        fn ready_after(calls: Arc<AtomicUsize>, n: usize) -> impl std::future::Future<Output = Result<u8, Error>> {
+            std::future::poll_fn(move |cx| {
+                if calls.load(Ordering::SeqCst) >= n {
+                    return std::task::Poll::Ready(Ok(7));
+                }
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            })
+        }
+
+        /// (review) OpenGL's waits end after about 2 s with `PollError::Timeout`: a blocking
+        /// call whose submission ran longer failed with "timed out"; it waits again now.
+        #[test]
+        fn a_wait_that_times_out_is_made_again() {
+            let (poller, calls) = scripted(vec![Polled::TimedOut, Polled::TimedOut]);
+            let got = drive(&poller, ready_after(calls.clone(), 3));
+            assert_eq!(got.ok(), Some(7));
+            assert!(poller.lost().reason().is_none());
+        }
+
+        /// A failed wait (a lost device) ends the blocking call with the error and raises the
+        /// signal that ends every other wait on the device's work.
+        #[test]
+        fn a_failed_wait_ends_the_call_and_raises_the_loss() {
+            let (poller, calls) = scripted(vec![Polled::Failed("gone".into())]);
+            let got = drive(&poller, ready_after(calls, 5));
+            assert!(matches!(&got, Err(Error::Gpu(m)) if m.contains("gone")), "{:?}", got.err());
+            assert!(poller.lost().reason().is_some_and(|r| r.contains("gone")));
+        }
+
+        /// (review) The poll thread took a timed-out wait for done: an awaited evaluation whose
+        /// submission outlasted OpenGL's wait hung until some other submission woke the thread.
+        #[test]
+        fn the_poll_thread_waits_again_after_a_timeout() {
+            let (poller, calls) = scripted(vec![Polled::TimedOut, Polled::TimedOut]);
+            poller.wake();
+            let t = std::time::Instant::now();
+            while calls.load(Ordering::SeqCst) < 3 {
+                assert!(t.elapsed().as_secs() < 30, "the thread stopped after {} waits", calls.load(Ordering::SeqCst));
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+
+        /// wgpu's `poll` panics on a lost device: the panic is caught and becomes the failure
+        /// (the poll thread died of it, and every later async wait hung).
+        #[test]
+        fn a_panicking_poll_is_a_failure() {
+            let caught = std::panic::catch_unwind(|| -> Result<wgpu::PollStatus, wgpu::PollError> {
+                panic!("Error in Device::poll: Parent device is lost")
+            });
+            assert!(matches!(polled_from(caught), Polled::Failed(m) if m.contains("lost")));
+            assert_eq!(polled_from(Err(Box::new(7u8))), Polled::Failed("wgpu's poll panicked".into()));
+            assert_eq!(polled_from(Ok(Err(wgpu::PollError::Timeout))), Polled::TimedOut);
+        }
+
+        /// A failure on the poll thread raises the loss, which ends a wait on a callback that
+        /// will never run; the thread goes on serving.
+        #[test]
+        fn a_failure_on_the_poll_thread_ends_the_guarded_waits() {
+            let (poller, calls) = scripted(vec![Polled::Failed("gone".into())]);
+            let fut = poller.lost().clone().guard(std::future::pending::<()>());
+            poller.wake();
+            let got = futures::executor::block_on(fut);
+            assert!(matches!(&got, Err(Error::Gpu(m)) if m.contains("gone")), "{got:?}");
+            poller.wake();
+            let t = std::time::Instant::now();
+            while calls.load(Ordering::SeqCst) < 2 {
+                assert!(t.elapsed().as_secs() < 30, "the poll thread stopped serving");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Raised once the device is lost (a failed wait, or the device's lost callback): every wait
+/// on the device's work guarded by it ([`LostSignal::guard`]) then ends with the reason, since
+/// wgpu runs no more callbacks on a lost device.
+#[derive(Default)]
+pub(crate) struct LostSignal {
+    state: std::sync::Mutex<(Option<String>, Vec<std::task::Waker>)>,
+}
+
+impl LostSignal {
+    /// Records `why` (the first reason stays) and wakes every guarded wait.
+    pub fn raise(&self, why: String) {
+        let wakers = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.0.get_or_insert(why);
+            std::mem::take(&mut st.1)
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Why the device was lost, once it was.
+    pub fn reason(&self) -> Option<String> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// `fut`, or an error once the signal is raised before `fut` completes.
+    pub fn guard<F: std::future::Future>(
+        self: std::sync::Arc<Self>,
+        fut: F,
+    ) -> impl std::future::Future<Output = Result<F::Output, crate::error::Error>> {
+        let mut fut = Box::pin(fut);
+        std::future::poll_fn(move |cx| {
+            if let std::task::Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Ok(v));
+            }
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(why) = &st.0 {
+                return std::task::Poll::Ready(Err(crate::error::Error::Gpu(why.clone())));
+            }
+            if !st.1.iter().any(|w| w.will_wake(cx.waker())) {
+                st.1.push(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) use native::{drive, Poller};
 
+/// In the browser the event loop completes the device's work: the poller only holds the
+/// [`LostSignal`], which the device's lost callback raises.
 #[cfg(target_arch = "wasm32")]
-pub(crate) struct Poller;
+pub(crate) struct Poller {
+    lost: std::sync::Arc<LostSignal>,
+}
 
 #[cfg(target_arch = "wasm32")]
 impl Poller {
     pub fn new(_device: wgpu::Device) -> Poller {
-        Poller
+        Poller { lost: Default::default() }
     }
-    pub fn kick(&self, _device: &wgpu::Device) {}
+    pub fn kick(&self) {}
+    pub(crate) fn lost(&self) -> &std::sync::Arc<LostSignal> {
+        &self.lost
+    }
 }

@@ -262,11 +262,25 @@ impl Gpu {
             Ok(bufs) => bufs,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
+        // the pipelines too (one the device refuses is an error, and nothing is submitted)
+        let pipelines = rec
+            .cmds
+            .iter()
+            .filter_map(|c| match c {
+                Cmd::Dispatch { kernel, spec, .. } => Some(self.pipeline(kernel, *spec)),
+                _ => None,
+            })
+            .collect::<Result<Vec<_>, Error>>();
+        let pipelines = match pipelines {
+            Ok(p) => p,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss") });
         let mut timer = self.timer();
-        self.encode(&mut enc, &rec, &bufs, &mut timer);
+        self.encode(&mut enc, &rec, &bufs, &pipelines, &mut timer);
         let timestamps = timer.and_then(|t| t.resolve(self, &mut enc));
         self.queue.submit([enc.finish()]);
         self.note_submission();
@@ -290,7 +304,7 @@ impl Gpu {
             rxs.push(rx);
         }
         // (popped after the reads are mapped, which the scopes then cover too)
-        let (oom, validation) = (oom.pop(), validation.pop());
+        let (internal, oom, validation) = (internal.pop(), oom.pop(), validation.pop());
         let pool = self.pool.clone();
         #[cfg(target_arch = "wasm32")]
         let spent = (!reads.is_empty()).then_some(scratch);
@@ -300,6 +314,9 @@ impl Gpu {
             }
             if let Some(e) = validation.await {
                 return Err(Error::Gpu(e.to_string()));
+            }
+            if let Some(e) = internal.await {
+                return Err(Error::Gpu(format!("the device failed: {e}")));
             }
             let mut data = Vec::with_capacity(reads.len());
             for (b, rx) in reads.iter().zip(rxs) {
@@ -320,8 +337,10 @@ impl Gpu {
             }
             Ok(data)
         });
-        self.poller.kick(&self.device);
-        fut
+        self.poller.kick();
+        // (wgpu runs no callback of a lost device: the loss ends the wait)
+        let guarded = self.poller.lost().clone().guard(fut);
+        Box::pin(async move { guarded.await? })
     }
 
     /// The timestamp queries of a submission, when a profile is armed and the device has them.
@@ -343,13 +362,15 @@ impl Gpu {
         enc: &mut wgpu::CommandEncoder,
         rec: &Recording,
         bufs: &[wgpu::Buffer],
+        pipelines: &[wgpu::ComputePipeline],
         timer: &mut Option<Timer>,
     ) {
+        let mut pipelines = pipelines.iter();
         let buf = |s: &Slice| &bufs[s.id.0];
         let mut pass: Option<wgpu::ComputePass<'static>> = None;
         for cmd in &rec.cmds {
             match cmd {
-                Cmd::Dispatch { kernel, spec, binds, grid } => {
+                Cmd::Dispatch { kernel, spec: _, binds, grid } => {
                     let state = self.kernel(kernel);
                     let entries: Vec<wgpu::BindGroupEntry> = binds
                         .iter()
@@ -368,7 +389,8 @@ impl Gpu {
                         layout: &state.bind_layout,
                         entries: &entries,
                     });
-                    let pipeline = self.pipeline(kernel, *spec);
+                    // (one per dispatch, in order: Gpu::execute built them)
+                    let Some(pipeline) = pipelines.next() else { return };
                     let timed = timer.as_mut().filter(|t| t.timed.len() < profile::MAX_TIMED);
                     let timestamp_writes = timed.map(|t| {
                         // a pass of its own, timed from its start to its end
