@@ -852,12 +852,12 @@ fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
         "dice@monai+focal@monai",
         "lovasz",
     ];
-    table(&engine, &input, &texts)?;
+    let mut failed = table(&engine, &input, &texts)?;
     metric_lines(&input, &["iou", "dice", "iou@monai", "hd@monai:percentile=95"])?;
     let scene = synth::scene(2, 6, size / 2, size / 2, seed)?;
     outln!("\nMulticlass scene: 2 images of {0}x{0}, 6 classes.\n", size / 2)?;
     let input = Input::labels(&scene.logits, &scene.labels, &scene.shape, None)?;
-    table(
+    failed += table(
         &engine,
         &input,
         &[
@@ -874,8 +874,21 @@ fn demo(batch: usize, size: usize, seed: u64) -> Result<(), Fail> {
     )?;
     metric_lines(&input, &["iou:reduction=macro", "dice@monai", "accuracy"])?;
     outln!("\nagreement: |gpu - cpu| / |cpu| of the value, and max |grad_gpu - grad_cpu| / max |grad_cpu|.")?;
+    if failed > 0 {
+        return Err(Fail(
+            1,
+            format!(
+                "{failed} of the losses failed on the device or disagreed with the CPU reference (value past {VALUE_TOL:e}, gradient past {GRAD_TOL:e}: marked FAIL)"
+            ),
+        ));
+    }
     Ok(())
 }
+
+/// The demo's agreement bounds: relative to the CPU reference's value, and to its largest
+/// gradient element (f32 against f64; Lovász's near-tied errors may sort in another order).
+const VALUE_TOL: f64 = 1e-5;
+const GRAD_TOL: f64 = 1e-3;
 
 /// The metrics of the batch's hard predictions, one line (the f64 CPU reference).
 fn metric_lines(input: &Input, texts: &[&str]) -> Result<(), Fail> {
@@ -888,7 +901,10 @@ fn metric_lines(input: &Input, texts: &[&str]) -> Result<(), Fail> {
     outln!("\nmetrics of the hard prediction: {}", parts.join(", "))
 }
 
-fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
+/// The demo's table of `texts` on the device against the CPU reference; the count of rows that
+/// failed on the device or disagreed past [`VALUE_TOL`] or [`GRAD_TOL`] (marked FAIL).
+fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<usize, Fail> {
+    let mut failed = 0;
     outln!(
         "{:<34} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9}",
         "loss",
@@ -912,8 +928,9 @@ fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
             match engine.evaluate_prepared_blocking(&prep, std::slice::from_ref(&expr), GradMode::Read) {
                 Ok(mut v) => last = Some(v.remove(0)),
                 Err(e) => {
+                    failed += 1;
                     outln!(
-                        "{t:<34} {:>12} {:>12.6} {:>9} {:>9} {:>9} {cpu_ms:>9.2}   ({e})",
+                        "{t:<34} {:>12} {:>12.6} {:>9} {:>9} {:>9} {cpu_ms:>9.2}   FAIL ({e})",
                         "-",
                         cpu.value,
                         "-",
@@ -934,17 +951,22 @@ fn table(engine: &Engine, input: &Input, texts: &[&str]) -> Result<(), Fail> {
                 d = d.max((*a as f64 - b).abs());
                 m = m.max(b.abs());
             }
+            let grel = d / m.max(1e-30);
+            // (NaN compares false: a NaN on either side is a failure)
+            let agree = rel <= VALUE_TOL && grel <= GRAD_TOL && grad.len() == cpu.grad.len();
+            failed += usize::from(!agree);
             outln!(
-                "{t:<34} {:>12.6} {:>12.6} {:>9.1e} {:>9.1e} {:>9.2} {cpu_ms:>9.2}",
+                "{t:<34} {:>12.6} {:>12.6} {:>9.1e} {:>9.1e} {:>9.2} {cpu_ms:>9.2}{}",
                 g.value,
                 cpu.value,
                 rel,
-                d / m.max(1e-30),
-                median(&mut times)
+                grel,
+                median(&mut times),
+                if agree { "" } else { "   FAIL" }
             )?;
         }
     }
-    Ok(())
+    Ok(failed)
 }
 
 // ----------------------------------------------------------------------------------------------

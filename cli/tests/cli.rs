@@ -1398,3 +1398,23 @@ fn a_sweep_that_measures_nothing_fails() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// (review) The demo printed a loss that failed on the device as a row and exited 0, so CI's
+/// run of the main job passed whatever the GPU did: it now exits 1 and marks the row FAIL (here
+/// whole-batch Lovász past a binding limit set too low for its sort); the demo that agrees
+/// exits 0.
+#[test]
+fn the_demo_fails_when_a_loss_fails_on_the_device() {
+    let out = segloss(&["demo", "--batch", "2", "--size", "32"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("FAIL"));
+    let out = Command::new(env!("CARGO_BIN_EXE_segloss"))
+        .args(["demo", "--batch", "2", "--size", "64"])
+        .env("SEGLOSS_MAX_BINDING_BYTES", "4096")
+        .output()
+        .expect("run segloss");
+    let (stdout, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(stdout.lines().any(|l| l.starts_with("lovasz") && l.contains("FAIL")), "{stdout}");
+    assert!(err.contains("failed on the device or disagreed"), "{err}");
+}
