@@ -197,8 +197,10 @@ fn tricky(seed: u64, shape: &[usize], mode: Mode) -> Input<'static> {
     let logits: Vec<f32> =
         (0..numel).map(|_| if r.uniform() < 0.4 { at[r.below(at.len())] } else { (r.normal() * 2.0) as f32 }).collect();
     if mode == Mode::Multiclass {
-        let labels = (0..numel / c).map(|_| if r.uniform() < 0.1 { 255 } else { r.below(c) as i64 }).collect();
-        Input::new(Cow::Owned(logits), Target::Labels(Cow::Owned(labels)), shape, mode, Some(255)).unwrap()
+        // (outside the classes, as the metrics require: -1 past 255 classes)
+        let ign = if c > 255 { -1 } else { 255 };
+        let labels = (0..numel / c).map(|_| if r.uniform() < 0.1 { ign } else { r.below(c) as i64 }).collect();
+        Input::new(Cow::Owned(logits), Target::Labels(Cow::Owned(labels)), shape, mode, Some(ign)).unwrap()
     } else {
         let dense = (0..numel).map(|_| (r.uniform() < 0.3) as u8 as f32).collect();
         Input::new(Cow::Owned(logits), Target::Dense(Cow::Owned(dense)), shape, mode, None).unwrap()
@@ -680,4 +682,34 @@ fn weighted_scores_take_one_weight_per_class_or_per_selected_class() {
     let e = "iou:reduction=weighted,weights=1;2;3,classes=0;2".parse::<Metric>().unwrap();
     let err = reference::evaluate(&input, &e).unwrap_err().to_string();
     assert!(err.contains("one per class, or one per selected class"), "{err}");
+}
+
+/// (review) A multiclass ignore index inside `0..C-1` was taken silently: the metrics counted a
+/// class the caller asked to ignore (smp refuses it). Every metric path now gives an error that
+/// names it, on the GPU, the CPU engine, the reference and a running metric; losses keep
+/// accepting it (as torch's cross-entropy does), and an index outside the classes is fine.
+#[test]
+fn a_multiclass_ignore_index_among_the_classes_is_refused_by_the_metrics() {
+    use segloss::metrics::Running;
+    let logits: Vec<f32> = (0..27).map(|i| ((i * 7) % 5) as f32 * 0.3).collect();
+    let labels: Vec<i64> = vec![0, 1, 1, 0, 1, 2, 0, 0, 0];
+    let inside = Input::labels(&logits, &labels, &[1, 3, 3, 3], Some(1)).unwrap();
+    let outside = Input::labels(&logits, &labels, &[1, 3, 3, 3], Some(255)).unwrap();
+    let cpu = segloss::Engine::cpu(None);
+    for text in ["iou:reduction=none", "counts", "confusion", "hd@monai"] {
+        let m: Metric = text.parse().unwrap();
+        let named = |e: segloss::Error| e.to_string().contains("ignore_index 1");
+        assert!(reference::evaluate(&inside, &m).is_err_and(named), "{text}: reference");
+        assert!(reference::evaluate(&outside, &m).is_ok(), "{text}: 255");
+        for engine in [common::gpu(), &cpu] {
+            let ce: segloss::LossExpr = "ce".parse().unwrap();
+            let (losses, got) = engine
+                .evaluate_with_metrics_blocking(&inside, std::slice::from_ref(&ce), false, std::slice::from_ref(&m))
+                .unwrap();
+            assert!(losses[0].value.is_finite(), "{text}: the loss beside it");
+            assert!(got.into_iter().next().unwrap().is_err_and(named), "{text}: engine");
+            let mut run = Running::new(m.clone());
+            assert!(run.update_blocking(engine, &inside).is_err_and(named), "{text}: running");
+        }
+    }
 }

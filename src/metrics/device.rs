@@ -97,7 +97,7 @@ impl Engine {
         for e in exprs {
             e.check_input(mode, c, input.kind())?;
         }
-        let checked: Vec<Result<&Metric, Error>> = metrics.iter().map(|m| m.check(mode, c).map(|_| m)).collect();
+        let checked: Vec<Result<&Metric, Error>> = metrics.iter().map(|m| m.check_input(input).map(|_| m)).collect();
         let binary_hard = mode == Mode::Multiclass || input.hard_labels();
         // (the CPU engine's counts are the reference's anyway)
         let device_counts = self.gpu_ref().is_some_and(|g| device_counts(g, input));
@@ -203,7 +203,7 @@ impl Engine {
     /// statistics pass on the device (the f64 reference on the CPU engine and past the binding
     /// limit): what a [`super::Running`] metric accumulates.
     pub async fn counts(&self, input: &Input<'_>, metric: &Metric) -> Result<Counts, Error> {
-        metric.check(input.mode(), input.classes())?;
+        metric.check_input(input)?;
         let hard = input.mode() == Mode::Multiclass || input.hard_labels();
         let prep = match self.gpu_ref() {
             Some(g) if hard && device_counts(g, input) => Some(self.prepare(input.clone())?),

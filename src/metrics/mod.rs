@@ -320,6 +320,24 @@ impl Metric {
         k
     }
 
+    /// Checks the metric against an input: its mode and channel count ([`Metric::check`]), and in
+    /// multiclass mode an ignore index outside the classes `0..C-1` (as smp, which refuses one
+    /// inside: the class would be both counted and ignored).
+    pub fn check_input(&self, input: &crate::Input<'_>) -> Result<(), Error> {
+        self.check(input.mode(), input.classes())?;
+        match input.ignore_index() {
+            Some(i) if input.mode() == Mode::Multiclass && (0..input.classes() as i64).contains(&i) => Err(merr(
+                &self.text,
+                format!(
+                    "ignore_index {i} is one of the {} classes: metrics need it outside 0..{}",
+                    input.classes(),
+                    input.classes() - 1
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks the metric against an input's mode and channel count.
     pub fn check(&self, mode: Mode, classes: usize) -> Result<(), Error> {
         // the classes of an input of `mode` (one pixel's shape: the rules of every input)

@@ -117,7 +117,7 @@ pub fn counts(input: &Input<'_>, logit_threshold: f64) -> Result<Counts, Error> 
 
 /// One metric of `input`, on the CPU.
 pub fn evaluate(input: &Input<'_>, metric: &Metric) -> Result<MetricValue, Error> {
-    metric.check(input.mode(), input.classes())?;
+    metric.check_input(input)?;
     if metric.name.is_surface() {
         return surface::evaluate(input, metric);
     }

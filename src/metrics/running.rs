@@ -103,7 +103,7 @@ impl Running {
     /// values (boundaries and distance transforms on a GPU). Returns the metric of this batch
     /// alone; a batch that fails is not added.
     pub async fn update(&mut self, engine: &Engine, input: &Input<'_>) -> Result<MetricValue, Error> {
-        self.metric.check(input.mode(), input.classes())?;
+        self.metric.check_input(input)?;
         self.check_joins(Some((input.mode(), input.classes())))?;
         if self.metric.name.is_surface() {
             let grid = engine.surface_grid(input, &self.metric).await?;
