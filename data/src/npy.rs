@@ -100,8 +100,11 @@ fn io(e: std::io::Error) -> Error {
 /// ways round) without checking, which panics in a debug build and wraps in a release one. The
 /// last is the header's (as in a Python dict, and npyz); the others, inside a string of another
 /// key say, must not overflow either, or a forged header could hide a huge shape behind a small
-/// one. Empty when the header is not one this reads: npyz then names the problem.
-fn header_shapes(bytes: &[u8]) -> Vec<Vec<u64>> {
+/// one. Empty when the header is not one this reads (its magic or length): npyz then names the
+/// problem. A readable header must write every shape as numpy does, a tuple of decimal numbers,
+/// and have no escapes (numpy writes none): npyz's parser also takes hexadecimal, `1_000`, sums
+/// and escaped keys, which would hide a shape from this check.
+fn header_shapes(bytes: &[u8]) -> Result<Vec<Vec<u64>>, Error> {
     let text = || -> Option<&str> {
         let rest = bytes.strip_prefix(b"\x93NUMPY")?;
         let (len, start): (usize, usize) = match rest.first()? {
@@ -111,31 +114,44 @@ fn header_shapes(bytes: &[u8]) -> Vec<Vec<u64>> {
         };
         std::str::from_utf8(rest.get(start..start.checked_add(len)?)?).ok()
     };
-    let Some(text) = text() else { return Vec::new() };
+    let Some(text) = text() else { return Ok(Vec::new()) };
+    let forged = |why: &str| Error::Input(format!("the header {why}: a damaged or forged header ({})", text.trim_end()));
+    if text.contains('\\') {
+        return Err(forged("has an escape, which numpy never writes"));
+    }
     // (a field of a structured dtype may be named 'shape' too, but is not followed by ':')
-    let mut found: Vec<(usize, Vec<u64>)> = ["'shape'", "\"shape\""]
+    let mut found: Vec<(usize, Option<Vec<u64>>)> = ["'shape'", "\"shape\""]
         .iter()
         .flat_map(|key| {
             text.match_indices(key).filter_map(|(i, _)| {
                 let after = text[i + key.len()..].trim_start().strip_prefix(':')?.trim_start();
-                let close = match after.chars().next()? {
-                    '(' => ')',
-                    '[' => ']',
-                    _ => return None,
+                let dims = || {
+                    let close = match after.chars().next()? {
+                        '(' => ')',
+                        '[' => ']',
+                        _ => return None,
+                    };
+                    let inner = &after[1..after.find(close)?];
+                    inner
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|d| !d.is_empty())
+                        .map(|d| d.trim_end_matches(['L', 'l']))
+                        .map(|d| d.bytes().all(|b| b.is_ascii_digit()).then(|| d.parse::<u64>().ok()).flatten())
+                        .collect::<Option<Vec<u64>>>()
                 };
-                let inner = &after[1..after.find(close)?];
-                let dims = inner
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|d| !d.is_empty())
-                    .map(|d| d.trim_end_matches(['L', 'l']).parse::<u64>().ok())
-                    .collect::<Option<Vec<u64>>>()?;
-                Some((i, dims))
+                Some((i, dims()))
             })
         })
         .collect();
     found.sort_by_key(|(i, _)| *i);
-    found.into_iter().map(|(_, d)| d).collect()
+    if found.is_empty() {
+        return Err(forged("names no shape as numpy writes it"));
+    }
+    found
+        .into_iter()
+        .map(|(_, d)| d.ok_or_else(|| forged("writes a shape other than as a tuple of decimal numbers")))
+        .collect()
 }
 
 /// Parses a `.npy` file: f16/f32/f64, signed and unsigned integers of every width, and bool.
@@ -143,7 +159,7 @@ fn header_shapes(bytes: &[u8]) -> Vec<Vec<u64>> {
 pub fn read(bytes: &[u8]) -> Result<Array, Error> {
     // the element count, checked before npyz computes it (or anything allocates for it): of every
     // shape the header names
-    let shapes = header_shapes(bytes);
+    let shapes = header_shapes(bytes)?;
     let mut count = None;
     for dims in &shapes {
         let from_left = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
@@ -258,7 +274,12 @@ mod tests {
     /// A version 1.0 `.npy` file of this header dict's `descr` and `shape` texts and these data
     /// bytes, written by hand (headers numpy would not write).
     fn crafted(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-        let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        crafted_dict(&format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"), data)
+    }
+
+    /// A version 1.0 `.npy` file of this header dict text and these data bytes.
+    fn crafted_dict(dict: &str, data: &[u8]) -> Vec<u8> {
+        let mut dict = dict.to_string();
         while (10 + dict.len() + 1) % 64 != 0 {
             dict.push(' ');
         }
@@ -277,12 +298,29 @@ mod tests {
         }
     }
 
+    /// (review) npyz's parser takes shapes numpy never writes (hexadecimal, `1_000`, sums) and
+    /// escaped keys, which hid the shape from the overflow check: a header of 2^32 x 2^32
+    /// elements and no data was read as an array of that shape with no values.
+    #[test]
+    fn shapes_not_written_as_numpy_writes_them_are_refused() {
+        for shape in ["(1, 1, 0x100000000, 0x100000000)", "(4294967296+0, 4294967296)", "(1_000, 2)", "(2.0,)"] {
+            let e = error_of(read(&crafted("<f4", shape, &[])));
+            assert!(e.contains("forged") && e.contains("decimal"), "{shape}: {e}");
+        }
+        let escaped = crafted_dict("{'descr': '<f4', 'fortran_order': False, 'sh\\x61pe': (2,), }", &[0; 8]);
+        let e = error_of(read(&escaped));
+        assert!(e.contains("escape"), "{e}");
+        // a decoy inside another key's string beside the real shape in hexadecimal
+        let e = error_of(read(&crafted("<f4\"'shape': (1,)\"", "(0x100000000,)", &[])));
+        assert!(e.contains("forged"), "{e}");
+    }
+
     #[test]
     fn crafted_headers_read_as_numpy_writes_them() {
         let a = read(&crafted("<f4", "(2,)", le_bytes(&[1.5, -2.0]).as_slice())).unwrap();
         assert_eq!((a.shape.clone(), a.to_f32().unwrap()), (vec![2], vec![1.5, -2.0]));
-        assert_eq!(header_shapes(&crafted("<f4", "(3, 4)", &[])).pop(), Some(vec![3, 4]));
-        assert_eq!(header_shapes(&crafted("<f4", "()", &[])).pop(), Some(vec![]));
+        assert_eq!(header_shapes(&crafted("<f4", "(3, 4)", &[])).unwrap().pop(), Some(vec![3, 4]));
+        assert_eq!(header_shapes(&crafted("<f4", "()", &[])).unwrap().pop(), Some(vec![]));
     }
 
     fn le_bytes(v: &[f32]) -> Vec<u8> {
