@@ -115,7 +115,8 @@ fn header_shapes(bytes: &[u8]) -> Result<Vec<Vec<u64>>, Error> {
         std::str::from_utf8(rest.get(start..start.checked_add(len)?)?).ok()
     };
     let Some(text) = text() else { return Ok(Vec::new()) };
-    let forged = |why: &str| Error::Input(format!("the header {why}: a damaged or forged header ({})", text.trim_end()));
+    let forged =
+        |why: &str| Error::Input(format!("the header {why}: a damaged or forged header ({})", text.trim_end()));
     if text.contains('\\') {
         return Err(forged("has an escape, which numpy never writes"));
     }
@@ -280,7 +281,7 @@ mod tests {
     /// A version 1.0 `.npy` file of this header dict text and these data bytes.
     fn crafted_dict(dict: &str, data: &[u8]) -> Vec<u8> {
         let mut dict = dict.to_string();
-        while (10 + dict.len() + 1) % 64 != 0 {
+        while !(10 + dict.len() + 1).is_multiple_of(64) {
             dict.push(' ');
         }
         dict.push('\n');

@@ -353,6 +353,7 @@ impl LostSignal {
     }
 
     /// Why the device was lost, once it was.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub fn reason(&self) -> Option<String> {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
     }

@@ -417,7 +417,7 @@ impl Gpu {
                         })
                         .forget_lifetime()
                     });
-                    p.set_pipeline(&pipeline);
+                    p.set_pipeline(pipeline);
                     p.set_bind_group(0, &bg, &[]);
                     match grid {
                         Grid::Direct(x, y, z) => p.dispatch_workgroups(*x, *y, *z),

@@ -69,6 +69,13 @@ impl WebEngine {
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
         let mode: Mode = mode.parse().map_err(js_err)?;
         let target = if mode == Mode::Multiclass {
+            // (JavaScript numbers: a label that is not a whole number is an error, not rounded)
+            if let Some(i) = target.iter().position(|v| v.fract() != 0.0 || !v.is_finite()) {
+                return Err(JsError::new(&format!(
+                    "class label {} at index {i} is not a whole number (multiclass targets are class indices)",
+                    target[i]
+                )));
+            }
             Target::Labels(Cow::Owned(target.iter().map(|&v| v as i64).collect()))
         } else {
             Target::Dense(Cow::Owned(target))
