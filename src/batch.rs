@@ -25,7 +25,8 @@ type Reply = Result<Vec<Evaluation>, Error>;
 /// Evaluations queued on one engine, run together by [`Batch::flush`]: one submission and one
 /// host wait for all of them, whatever their shapes, modes and expressions. Each
 /// [`Batch::push`] gives a [`Pending`] future of that evaluation's results; an input's bad
-/// values, or a limit it exceeds, fail its own future and no other.
+/// values, a limit it exceeds, or a buffer the device refuses (destroyed, still mapped, of
+/// another device) fail its own future and no other.
 ///
 /// Evaluations of the same input (the same host slices, or the same buffer slices) share one
 /// statistics pass, as the expressions of one [`Engine::evaluate`] call do.
@@ -272,8 +273,11 @@ impl<'e, 'a> Batch<'e, 'a> {
     }
 
     /// Records every queued evaluation into one submission, waits once, and completes every
-    /// [`Pending`]. An evaluation's own failure (bad values, a device limit) goes to its future;
-    /// a failure of the submission itself goes to every future and is returned here.
+    /// [`Pending`]. An evaluation's own failure (bad values, a device limit) goes to its future.
+    /// Where the submission itself fails (it then ran nothing), each of its evaluations is made
+    /// again in a submission of its own, so that a buffer the device refused fails its own
+    /// evaluation only; a submission of one evaluation that fails gives its error to that future
+    /// and returns it here.
     pub async fn flush(self) -> Result<(), Error> {
         let Batch { engine, mut items, flushed } = self;
         flushed.store(true, Ordering::Release);
@@ -547,6 +551,7 @@ impl<'e, 'a> Batch<'e, 'a> {
             total += (r.vals_len * 4) as u64;
         }
         let mut outcome = Ok(());
+        let mut retry: Vec<usize> = Vec::new();
         if !recorded.is_empty() {
             let staged = rec.readbacks();
             let data = match rec.readback(total, "batch values") {
@@ -594,6 +599,12 @@ impl<'e, 'a> Batch<'e, 'a> {
                         }
                     }
                 }
+                // a submission that fails ran nothing (a buffer the device refused: destroyed,
+                // still mapped, of another device, which no check before it can see): where it
+                // held several items, each is evaluated on its own below, and fails alone
+                Err(_) if recorded.iter().map(|r| r.0.len()).sum::<usize>() > 1 => {
+                    retry.extend(recorded.iter().flat_map(|r| r.0.iter().copied()));
+                }
                 Err(e) => {
                     for (its, _, _, _) in &recorded {
                         its.iter().for_each(|&i| deliver(&mut txs, i, Err(e.clone())));
@@ -602,19 +613,19 @@ impl<'e, 'a> Batch<'e, 'a> {
                 }
             }
         }
-        // items of sets that could not be recorded together: each in a submission of its own
-        for gi in alone {
-            for &i in &groups[gi].items {
-                let it = &items[i];
-                let r = match &it.src {
-                    // (evaluate runs a batch of its own: boxed, as a batch's flush awaits it)
-                    ItemSrc::Host(input) => {
-                        host_grads(Box::pin(engine.evaluate(input, &it.exprs, wants_host(&it.grads))).await, &it.grads)
-                    }
-                    ItemSrc::Buffers(b) => engine.evaluate_buffers(b, &it.exprs, &it.grads).await,
-                };
-                deliver(&mut txs, i, r);
-            }
+        // items of sets that could not be recorded together, and of a submission that failed:
+        // each in a submission of its own
+        retry.extend(alone.into_iter().flat_map(|gi| groups[gi].items.iter().copied()));
+        for i in retry {
+            let it = &items[i];
+            let r = match &it.src {
+                // (evaluate runs a batch of its own: boxed, as a batch's flush awaits it)
+                ItemSrc::Host(input) => {
+                    host_grads(Box::pin(engine.evaluate(input, &it.exprs, wants_host(&it.grads))).await, &it.grads)
+                }
+                ItemSrc::Buffers(b) => engine.evaluate_buffers(b, &it.exprs, &it.grads).await,
+            };
+            deliver(&mut txs, i, r);
         }
         // inputs past the limits: each in pieces, in submissions of their own
         for gi in split {

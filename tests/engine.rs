@@ -2774,3 +2774,39 @@ fn count_metrics_whose_counts_pass_the_binding_take_the_reference() {
         other => panic!("expected a limit error, got {other:?}"),
     }
 }
+
+/// (review) A buffer the device refuses at submission (here destroyed by the caller; a buffer
+/// still mapped, or of another device, alike) passes every check the engine can make before it,
+/// and failed the batch's one submission: every item of the batch lost its result. A failed
+/// submission ran nothing, so each of its items is now evaluated on its own: only the bad one
+/// fails.
+#[test]
+fn a_buffer_the_device_refuses_fails_its_own_item_of_a_batch() {
+    let (engine, device, _) = caller_engine();
+    let good = dense_case(121, &[2, 1, 16, 16], Mode::Binary);
+    let other = dense_case(122, &[1, 1, 8, 12], Mode::Binary);
+    let numel = good.logits.len() as u64;
+    let gone = buffer_with(device, bytemuck::cast_slice(&good.logits), 0);
+    let tgt = buffer_with(device, bytemuck::cast_slice(&good.dense), 0);
+    let bad = BufferInput::new(
+        BufferSlice::new(&gone, 0, numel),
+        TargetBuffer::Dense(BufferSlice::new(&tgt, 0, numel)),
+        &good.shape,
+        Mode::Binary,
+        None,
+    )
+    .unwrap();
+    gone.destroy();
+    let exprs = parse(&["bce", "dice"]);
+    let (a_in, c_in) = (good.whole(), other.whole());
+    let want_a = engine.evaluate_blocking(&a_in, &exprs, true).unwrap();
+    let want_c = engine.evaluate_blocking(&c_in, &exprs, false).unwrap();
+    let mut batch = engine.batch();
+    let a = batch.push(&a_in, &exprs, true).unwrap();
+    let b = batch.push_buffers(&bad, &exprs, &[GradOut::Skip, GradOut::Skip]).unwrap();
+    let c = batch.push(&c_in, &exprs, false).unwrap();
+    let _ = batch.flush_blocking();
+    assert_same(&a.wait().expect("the host item before it"), &want_a, "a");
+    assert_same(&c.wait().expect("the host item after it"), &want_c, "c");
+    assert!(matches!(b.wait(), Err(Error::Gpu(_))), "the destroyed buffer's item");
+}
