@@ -247,8 +247,13 @@ impl FolderMetrics {
                     };
                     counts.and_then(|c| c.evaluate(&m).and_then(|v| own.add_counts(&c).map(|()| v)))
                 };
-                if r.is_err() || run.merge(&own).is_err() {
-                    left_out.push(name.to_string());
+                // (the reason goes with the file's name into the folder's error)
+                let merged = match &r {
+                    Ok(_) => run.merge(&own),
+                    Err(e) => Err(e.clone()),
+                };
+                if let Err(e) = merged {
+                    left_out.push(format!("{name} ({e})"));
                 }
                 crate::metric_entry(t, r)
             })
