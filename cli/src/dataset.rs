@@ -73,6 +73,35 @@ fn low_grey_depth(path: &Path) -> Result<Option<u32>, String> {
     })
 }
 
+/// The palette indices of an indexed (palette-mode) PNG, and their largest possible value
+/// (2^bits - 1): VOC-style masks store the class there (255 for the boundary), which the image
+/// decoder would expand to the palette's colours. `None` for other PNGs.
+fn indexed_levels(path: &Path) -> Result<Option<(Vec<i64>, i64)>, String> {
+    let unreadable = |e: &dyn std::fmt::Display| format!("cannot read PNG {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| unreadable(&e))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = decoder.read_info().map_err(|e| unreadable(&e))?;
+    let (color, depth, width) = (reader.info().color_type, reader.info().bit_depth, reader.info().width);
+    if color != png::ColorType::Indexed {
+        return Ok(None);
+    }
+    let size = reader.output_buffer_size().ok_or_else(|| unreadable(&"the image is too large"))?;
+    let mut buf = vec![0u8; size];
+    let frame = reader.next_frame(&mut buf).map_err(|e| unreadable(&e))?;
+    let bits = depth as usize;
+    let mask = (1u16 << bits) - 1;
+    let w = width as usize;
+    let mut levels = Vec::with_capacity(w * frame.height as usize);
+    for row in buf.chunks(frame.line_size).take(frame.height as usize) {
+        for x in 0..w {
+            let (byte, at) = (row[x * bits / 8], (x * bits) % 8);
+            levels.push(i64::from((u16::from(byte) >> (8 - bits - at)) & mask));
+        }
+    }
+    Ok(Some((levels, i64::from(mask))))
+}
+
 /// A PNG mask as the target of `logits` (`[1, C, H, W]`): class indices when C > 1, else dense.
 fn png_input(
     logits: &segloss_data::npy::Array,
@@ -96,10 +125,18 @@ fn png_input(
     }
     // grey masks: the grey channel's own values, 8 or 16 bits (a 16-bit class index is not
     // scaled down to 8 bits), or 1, 2 or 4 bits (scaled up to 8 by the decoder: divided back,
-    // exactly, by 255 / (2^bits - 1)); colour masks need --palette
+    // exactly, by 255 / (2^bits - 1)); indexed masks: the palette index (VOC's class); colour
+    // masks need --palette
     let low_depth = low_grey_depth(path)?;
+    let indexed = match map {
+        MaskMap::Palette(_) => None,
+        _ => indexed_levels(path)?,
+    };
     let grey = || -> Result<(Vec<i64>, i64), String> {
         use image::ColorType as T;
+        if let Some(levels) = indexed.clone() {
+            return Ok(levels);
+        }
         match img.color() {
             T::L8 | T::La8 => {
                 let levels = img.to_luma8().pixels().map(|p| i64::from(p.0[0])).collect::<Vec<i64>>();

@@ -1443,3 +1443,69 @@ fn the_folder_error_says_why_a_file_was_left_out() {
     assert!(err.contains("c (") && err.contains("4 classes"), "{j}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// An indexed (palette-mode) PNG of these palette indices, `bits` each (1, 2, 4 or 8), with a
+/// palette whose colours are not the indices (as VOC's).
+fn write_indexed_png(path: &Path, w: u32, h: u32, bits: u8, levels: &[u8]) {
+    let per_byte = 8 / usize::from(bits);
+    let row = (w as usize).div_ceil(per_byte);
+    let mut data = vec![0u8; row * h as usize];
+    for (i, &v) in levels.iter().enumerate() {
+        let (y, x) = (i / w as usize, i % w as usize);
+        data[y * row + x / per_byte] |= v << (8 - usize::from(bits) * (x % per_byte + 1));
+    }
+    let entries = 1usize << bits;
+    let palette: Vec<u8> = (0..entries).flat_map(|k| [(k * 37 % 256) as u8, 128, (255 - k % 256) as u8]).collect();
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(std::fs::File::create(path).unwrap()), w, h);
+    enc.set_color(png::ColorType::Indexed);
+    enc.set_palette(palette);
+    enc.set_depth(match bits {
+        1 => png::BitDepth::One,
+        2 => png::BitDepth::Two,
+        4 => png::BitDepth::Four,
+        _ => png::BitDepth::Eight,
+    });
+    enc.write_header().unwrap().write_image_data(&data).unwrap();
+}
+
+/// (review) An indexed PNG mask (VOC's: the class as the palette index, 255 the boundary) was
+/// expanded to its palette's colours: refused as a colour mask without --palette, and with one
+/// the boundary needed 256 colours listed. Its level is now the palette index.
+#[test]
+fn indexed_png_masks_give_their_palette_indices() {
+    let (root, ld, td) = folders("masks-indexed");
+    let mut rng = common::Rng(13);
+    let (h, w) = (6u32, 7u32);
+    let hw = (h * w) as usize;
+    let mut want = Vec::new();
+    for (name, bits, c) in [("voc", 8u8, 5usize), ("two", 2, 4)] {
+        let levels: Vec<u8> = (0..hw)
+            .map(|i| if i < c { i as u8 } else if bits == 8 && i % 9 == 0 { 255 } else { rng.below(c) as u8 })
+            .collect();
+        let logits: Vec<f32> = (0..c * hw).map(|_| (rng.normal() * 2.0) as f32).collect();
+        write_npy(&ld.join(format!("{name}.npy")), &logits, &[c as u64, u64::from(h), u64::from(w)]);
+        write_indexed_png(&td.join(format!("{name}.png")), w, h, bits, &levels);
+        let labels: Vec<i64> = levels.iter().map(|&v| i64::from(v)).collect();
+        let input = segloss::Input::labels(&logits, &labels, &[1, c, h as usize, w as usize], Some(255)).unwrap();
+        want.push((name, segloss::reference::evaluate(&input, &"dice".parse().unwrap()).unwrap().value));
+    }
+    let out = segloss(&[
+        "eval",
+        "--logits-dir",
+        s(&ld),
+        "--target-dir",
+        s(&td),
+        "--json",
+        "--loss",
+        "dice",
+        "--ignore-index",
+        "255",
+    ]);
+    let j = json_of(&out);
+    for (name, value) in want {
+        let f = j["files"].as_array().unwrap().iter().find(|f| f["name"] == name).unwrap().clone();
+        let got = f["results"][0]["value"].as_f64();
+        assert!(got.is_some_and(|g| (g - value).abs() < 1e-5), "{name}: {f} vs reference {value}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
