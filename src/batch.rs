@@ -72,7 +72,8 @@ struct Item<'a> {
 }
 
 /// The results of one evaluation queued in a [`Batch`]: ready once the batch has been flushed.
-/// A batch dropped without a flush fails its futures with [`Error::Input`].
+/// A batch dropped without a flush, or whose flush future was dropped before it completed,
+/// fails its futures with [`Error::Input`] (saying which).
 pub struct Pending {
     rx: oneshot::Receiver<Reply>,
     /// Whether the batch's flush has begun (read by the blocking wait, native only).
@@ -83,9 +84,19 @@ pub struct Pending {
 impl Future for Pending {
     type Output = Reply;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or_else(|_| Err(Error::Input("the batch was dropped before it was flushed".into()))))
+        let flushed = self.flushed.load(Ordering::Acquire);
+        Pin::new(&mut self.rx).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| {
+                Err(Error::Input(if flushed {
+                    // (a flush future dropped before it completed)
+                    "the batch's flush was dropped before it completed: its submission may have run, and \
+                     gradients into the caller's buffers may have been written"
+                        .into()
+                } else {
+                    "the batch was dropped before it was flushed".into()
+                }))
+            })
+        })
     }
 }
 
@@ -101,7 +112,9 @@ impl Pending {
     /// are, and this returns at once. Before the batch's flush has begun it returns
     /// [`Error::Input`] instead of waiting for ever, and the `Pending` is gone with its results:
     /// check [`Pending::is_flushed`] first where that can happen, or await the `Pending`, a
-    /// future, to wait for a flush that runs elsewhere.
+    /// future, to wait for a flush that runs elsewhere. A flush future polled on this thread and
+    /// then left pending (neither completed nor dropped) cannot complete while this blocks: drive
+    /// it to its end first.
     ///
     /// ```
     /// # fn main() -> Result<(), segloss::Error> {

@@ -2810,3 +2810,25 @@ fn a_buffer_the_device_refuses_fails_its_own_item_of_a_batch() {
     assert_same(&c.wait().expect("the host item after it"), &want_c, "c");
     assert!(matches!(b.wait(), Err(Error::Gpu(_))), "the destroyed buffer's item");
 }
+
+/// (review) A flush future dropped after its submission (polled once, then cancelled) failed
+/// its evaluations with "the batch was dropped before it was flushed", which was not so: the
+/// submission ran, and gradients into the caller's buffers may have been written.
+#[test]
+fn a_flush_dropped_midway_says_so() {
+    let engine = common::gpu();
+    let c = dense_case(131, &[2, 1, 16, 16], Mode::Binary);
+    let input = c.whole();
+    let mut batch = engine.batch();
+    let p = batch.push(&input, &parse(&["dice"]), false).unwrap();
+    let mut flush = Box::pin(batch.flush());
+    let waker = futures::task::noop_waker();
+    let first = std::future::Future::poll(flush.as_mut(), &mut std::task::Context::from_waker(&waker));
+    drop(flush);
+    assert!(p.is_flushed());
+    match p.wait() {
+        Err(Error::Input(m)) => assert!(m.contains("flush was dropped before it completed"), "{m}"),
+        // (an adapter that finished within the first poll)
+        other => assert!(first.is_ready() && other.is_ok(), "{other:?}"),
+    }
+}
