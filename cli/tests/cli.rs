@@ -1480,7 +1480,15 @@ fn indexed_png_masks_give_their_palette_indices() {
     let mut want = Vec::new();
     for (name, bits, c) in [("voc", 8u8, 5usize), ("two", 2, 4)] {
         let levels: Vec<u8> = (0..hw)
-            .map(|i| if i < c { i as u8 } else if bits == 8 && i % 9 == 0 { 255 } else { rng.below(c) as u8 })
+            .map(|i| {
+                if i < c {
+                    i as u8
+                } else if bits == 8 && i % 9 == 0 {
+                    255
+                } else {
+                    rng.below(c) as u8
+                }
+            })
             .collect();
         let logits: Vec<f32> = (0..c * hw).map(|_| (rng.normal() * 2.0) as f32).collect();
         write_npy(&ld.join(format!("{name}.npy")), &logits, &[c as u64, u64::from(h), u64::from(w)]);

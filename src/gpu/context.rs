@@ -376,7 +376,7 @@ impl Gpu {
                 }
             }));
         }
-        let poller = Poller::new(device.clone());
+        let poller = Poller::new(device.clone(), info.backend == wgpu::Backend::Gl);
         if own {
             // (a caller's device keeps the caller's callback: there a failed wait raises it)
             let signal = poller.lost().clone();

@@ -110,11 +110,17 @@ mod native {
 
     /// Waits for everything submitted to `device` so far. wgpu's `poll` panics on a lost
     /// device rather than returning its error: the panic is caught and becomes the failure.
-    fn poll_device(device: &wgpu::Device) -> Polled {
+    fn poll_device(device: &wgpu::Device, timeout: Option<std::time::Duration>) -> Polled {
         polled_from(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            device.poll(wgpu::PollType::wait_indefinitely())
+            device.poll(wgpu::PollType::Wait { submission_index: None, timeout })
         })))
     }
+
+    /// How long one wait on an OpenGL device lasts before it is made again: wgpu holds the GL
+    /// context through a wait, and a thread that needs it meanwhile (to make a buffer, to
+    /// submit) gives up with a panic after 6 s; waits of 2 s (wgpu's longest on GL) back to back
+    /// under load left it none.
+    const GL_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
     /// What a wait (`device.poll` under `catch_unwind`) came to.
     fn polled_from(polled: std::thread::Result<Result<wgpu::PollStatus, wgpu::PollError>>) -> Polled {
@@ -148,8 +154,10 @@ mod native {
     }
 
     impl Poller {
-        pub fn new(device: wgpu::Device) -> Poller {
-            Poller::with(Box::new(move || poll_device(&device)))
+        /// `gl`: the device is OpenGL's, whose waits are short ([`GL_WAIT`]) and made again.
+        pub fn new(device: wgpu::Device, gl: bool) -> Poller {
+            let timeout = gl.then_some(GL_WAIT);
+            Poller::with(Box::new(move || poll_device(&device, timeout)))
         }
 
         /// A poller whose waits are `poll` (each made under the poll lock).
@@ -162,8 +170,11 @@ mod native {
                     let _one = poll_lock.lock().unwrap_or_else(|e| e.into_inner());
                     poll()
                 };
-                if let Polled::Failed(why) = &polled {
-                    raise.raise(format!("the device was lost: {why}"));
+                match &polled {
+                    Polled::Failed(why) => raise.raise(format!("the device was lost: {why}")),
+                    // (the GL context free a moment for other threads before the next wait)
+                    Polled::TimedOut => std::thread::yield_now(),
+                    Polled::Done => {}
                 }
                 polled
             }));
@@ -392,7 +403,7 @@ pub(crate) struct Poller {
 
 #[cfg(target_arch = "wasm32")]
 impl Poller {
-    pub fn new(_device: wgpu::Device) -> Poller {
+    pub fn new(_device: wgpu::Device, _gl: bool) -> Poller {
         Poller { lost: Default::default() }
     }
     pub fn kick(&self) {}
