@@ -1271,20 +1271,37 @@ fn bench_on_the_cpu_fallback_says_there_is_no_gpu_adapter() {
 
 /// A grey PNG of `bits` (1, 2 or 4) bits per sample holding these levels.
 fn write_low_depth_png(path: &Path, w: u32, h: u32, bits: u8, levels: &[u8]) {
+    write_png_levels(path, w, h, bits, levels, png::ColorType::Grayscale, None);
+}
+
+/// A PNG of `color` (grey or indexed, with `palette`) with these levels (grey levels or palette
+/// indices) of `bits` (1, 2, 4 or 8) bits each, the first pixel of a byte in its high bits.
+fn write_png_levels(
+    path: &Path,
+    w: u32,
+    h: u32,
+    bits: u8,
+    levels: &[u8],
+    color: png::ColorType,
+    palette: Option<Vec<u8>>,
+) {
     let per_byte = usize::from(8 / bits);
     let row = (w as usize).div_ceil(per_byte);
     let mut data = vec![0u8; row * h as usize];
     for (i, &v) in levels.iter().enumerate() {
         let (y, x) = (i / w as usize, i % w as usize);
-        // the first pixel in the high bits
         data[y * row + x / per_byte] |= v << (8 - usize::from(bits) * (x % per_byte + 1));
     }
     let mut enc = png::Encoder::new(std::io::BufWriter::new(std::fs::File::create(path).unwrap()), w, h);
-    enc.set_color(png::ColorType::Grayscale);
+    enc.set_color(color);
+    if let Some(p) = palette {
+        enc.set_palette(p);
+    }
     enc.set_depth(match bits {
         1 => png::BitDepth::One,
         2 => png::BitDepth::Two,
-        _ => png::BitDepth::Four,
+        4 => png::BitDepth::Four,
+        _ => png::BitDepth::Eight,
     });
     enc.write_header().unwrap().write_image_data(&data).unwrap();
 }
@@ -1447,25 +1464,9 @@ fn the_folder_error_says_why_a_file_was_left_out() {
 /// An indexed (palette-mode) PNG of these palette indices, `bits` each (1, 2, 4 or 8), with a
 /// palette whose colours are not the indices (as VOC's).
 fn write_indexed_png(path: &Path, w: u32, h: u32, bits: u8, levels: &[u8]) {
-    let per_byte = 8 / usize::from(bits);
-    let row = (w as usize).div_ceil(per_byte);
-    let mut data = vec![0u8; row * h as usize];
-    for (i, &v) in levels.iter().enumerate() {
-        let (y, x) = (i / w as usize, i % w as usize);
-        data[y * row + x / per_byte] |= v << (8 - usize::from(bits) * (x % per_byte + 1));
-    }
     let entries = 1usize << bits;
     let palette: Vec<u8> = (0..entries).flat_map(|k| [(k * 37 % 256) as u8, 128, (255 - k % 256) as u8]).collect();
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(std::fs::File::create(path).unwrap()), w, h);
-    enc.set_color(png::ColorType::Indexed);
-    enc.set_palette(palette);
-    enc.set_depth(match bits {
-        1 => png::BitDepth::One,
-        2 => png::BitDepth::Two,
-        4 => png::BitDepth::Four,
-        _ => png::BitDepth::Eight,
-    });
-    enc.write_header().unwrap().write_image_data(&data).unwrap();
+    write_png_levels(path, w, h, bits, levels, png::ColorType::Indexed, Some(palette));
 }
 
 /// (review) An indexed PNG mask (VOC's: the class as the palette index, 255 the boundary) was
