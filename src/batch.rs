@@ -84,10 +84,11 @@ pub struct Pending {
 impl Future for Pending {
     type Output = Reply;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
-        let flushed = self.flushed.load(Ordering::Acquire);
+        let flushed = self.flushed.clone();
         Pin::new(&mut self.rx).poll(cx).map(|r| {
             r.unwrap_or_else(|_| {
-                Err(Error::Input(if flushed {
+                // (read once the sender is gone: a flush begun meanwhile counts)
+                Err(Error::Input(if flushed.load(Ordering::Acquire) {
                     // (a flush future dropped before it completed)
                     "the batch's flush was dropped before it completed: its submission may have run, and \
                      gradients into the caller's buffers may have been written"
@@ -565,6 +566,8 @@ impl<'e, 'a> Batch<'e, 'a> {
         }
         let mut outcome = Ok(());
         let mut retry: Vec<usize> = Vec::new();
+        // the failed submission's error and how many of `retry` were its items (the first)
+        let mut resubmitted: Option<(Error, usize)> = None;
         if !recorded.is_empty() {
             let staged = rec.readbacks();
             let data = match rec.readback(total, "batch values") {
@@ -615,8 +618,9 @@ impl<'e, 'a> Batch<'e, 'a> {
                 // a submission that fails ran nothing (a buffer the device refused: destroyed,
                 // still mapped, of another device, which no check before it can see): where it
                 // held several items, each is evaluated on its own below, and fails alone
-                Err(_) if recorded.iter().map(|r| r.0.len()).sum::<usize>() > 1 => {
+                Err(e) if recorded.iter().map(|r| r.0.len()).sum::<usize>() > 1 => {
                     retry.extend(recorded.iter().flat_map(|r| r.0.iter().copied()));
+                    resubmitted = Some((e, retry.len()));
                 }
                 Err(e) => {
                     for (its, _, _, _) in &recorded {
@@ -629,7 +633,8 @@ impl<'e, 'a> Batch<'e, 'a> {
         // items of sets that could not be recorded together, and of a submission that failed:
         // each in a submission of its own
         retry.extend(alone.into_iter().flat_map(|gi| groups[gi].items.iter().copied()));
-        for i in retry {
+        let mut resubmitted_ok = 0;
+        for (k, i) in retry.into_iter().enumerate() {
             let it = &items[i];
             let r = match &it.src {
                 // (evaluate runs a batch of its own: boxed, as a batch's flush awaits it)
@@ -638,7 +643,14 @@ impl<'e, 'a> Batch<'e, 'a> {
                 }
                 ItemSrc::Buffers(b) => engine.evaluate_buffers(b, &it.exprs, &it.grads).await,
             };
+            if resubmitted.as_ref().is_some_and(|(_, n)| k < *n) && r.is_ok() {
+                resubmitted_ok += 1;
+            }
             deliver(&mut txs, i, r);
+        }
+        // a failed submission none of whose items went through on its own: the batch's error
+        if let Some((e, _)) = resubmitted.filter(|_| resubmitted_ok == 0) {
+            outcome = Err(e);
         }
         // inputs past the limits: each in pieces, in submissions of their own
         for gi in split {

@@ -2809,6 +2809,12 @@ fn a_buffer_the_device_refuses_fails_its_own_item_of_a_batch() {
     assert_same(&a.wait().expect("the host item before it"), &want_a, "a");
     assert_same(&c.wait().expect("the host item after it"), &want_c, "c");
     assert!(matches!(b.wait(), Err(Error::Gpu(_))), "the destroyed buffer's item");
+    // every item of the failed submission failed again on its own: the flush says so too
+    let mut batch = engine.batch();
+    let b1 = batch.push_buffers(&bad, &exprs, &[GradOut::Skip, GradOut::Skip]).unwrap();
+    let b2 = batch.push_buffers(&bad, &exprs[..1], &[GradOut::Skip]).unwrap();
+    assert!(matches!(batch.flush_blocking(), Err(Error::Gpu(_))), "the flush of bad items only");
+    assert!(b1.wait().is_err() && b2.wait().is_err());
 }
 
 /// (review) A flush future dropped after its submission (polled once, then cancelled) failed

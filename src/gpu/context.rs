@@ -543,7 +543,7 @@ impl Gpu {
             return Ok(p.clone());
         }
         let constants = spec.constants();
-        let built = self.allocating(|| {
+        let build = || {
             self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(k.name),
                 layout: Some(&ks.layout),
@@ -556,7 +556,13 @@ impl Gpu {
                 },
                 cache: None,
             })
-        });
+        };
+        // (in the browser scopes settle later, so inner ones would drop the error: there a refused
+        // pipeline is the error of the scope around the engine's opening or its submission)
+        #[cfg(target_arch = "wasm32")]
+        let built: Result<wgpu::ComputePipeline, Error> = Ok(build());
+        #[cfg(not(target_arch = "wasm32"))]
+        let built = self.allocating(build);
         let p = built.map_err(|e| Error::Gpu(format!("the device did not build the kernel {}: {e}", k.name)))?;
         cache.insert((k.name, spec), p.clone());
         Ok(p)

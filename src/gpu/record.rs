@@ -262,6 +262,11 @@ impl Gpu {
             Ok(bufs) => bufs,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
+        // nothing is submitted to a device known to be lost (its work would not run, or run
+        // where nothing waits for it)
+        if let Some(why) = self.poller.lost().reason() {
+            return Box::pin(async move { Err(Error::Gpu(why)) });
+        }
         // the pipelines too (one the device refuses is an error, and nothing is submitted)
         let pipelines = rec
             .cmds
