@@ -73,33 +73,55 @@ fn low_grey_depth(path: &Path) -> Result<Option<u32>, String> {
     })
 }
 
-/// The palette indices of an indexed (palette-mode) PNG, and their largest possible value
-/// (2^bits - 1): VOC-style masks store the class there (255 for the boundary), which the image
-/// decoder would expand to the palette's colours. `None` for other PNGs.
-fn indexed_levels(path: &Path) -> Result<Option<(Vec<i64>, i64)>, String> {
+/// The levels of an indexed (palette-mode) PNG, and their largest possible value, `None` for
+/// other PNGs. A palette of greys only is a grey mask stored with a palette (as a PNG optimiser
+/// may write one): its levels are the greys, of 8 bits. Any other palette is VOC's kind, whose
+/// index is the class (255 at the boundaries): its levels are the indices, up to 2^bits - 1; a
+/// colour the image decoder would expand the pixel to means nothing there.
+fn indexed_levels(path: &Path) -> Result<Option<(Vec<i64>, Levels)>, String> {
     let unreadable = |e: &dyn std::fmt::Display| format!("cannot read PNG {}: {e}", path.display());
     let file = std::fs::File::open(path).map_err(|e| unreadable(&e))?;
     let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
     decoder.set_transformations(png::Transformations::IDENTITY);
     let mut reader = decoder.read_info().map_err(|e| unreadable(&e))?;
-    let (color, depth, width) = (reader.info().color_type, reader.info().bit_depth, reader.info().width);
+    let info = reader.info();
+    let (color, depth, width) = (info.color_type, info.bit_depth, info.width);
     if color != png::ColorType::Indexed {
         return Ok(None);
     }
+    let palette: Vec<[u8; 3]> =
+        info.palette.as_deref().unwrap_or_default().chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect();
     let size = reader.output_buffer_size().ok_or_else(|| unreadable(&"the image is too large"))?;
     let mut buf = vec![0u8; size];
     let frame = reader.next_frame(&mut buf).map_err(|e| unreadable(&e))?;
     let bits = depth as usize;
     let mask = (1u16 << bits) - 1;
     let w = width as usize;
-    let mut levels = Vec::with_capacity(w * frame.height as usize);
+    let mut indices = Vec::with_capacity(w * frame.height as usize);
     for row in buf.chunks(frame.line_size).take(frame.height as usize) {
         for x in 0..w {
             let (byte, at) = (row[x * bits / 8], (x * bits) % 8);
-            levels.push(i64::from((u16::from(byte) >> (8 - bits - at)) & mask));
+            indices.push(usize::from((u16::from(byte) >> (8 - bits - at)) & mask));
         }
     }
-    Ok(Some((levels, i64::from(mask))))
+    if !palette.is_empty() && palette.iter().all(|c| c[0] == c[1] && c[1] == c[2]) {
+        let grey = |i: usize| palette.get(i).map(|c| i64::from(c[0])).ok_or(i);
+        let levels = indices.into_iter().map(grey).collect::<Result<Vec<i64>, usize>>();
+        return match levels {
+            Ok(l) => Ok(Some((l, Levels::Grey(255)))),
+            Err(i) => {
+                Err(format!("{}: palette index {i} past the palette's {} colours", path.display(), palette.len()))
+            }
+        };
+    }
+    Ok(Some((indices.into_iter().map(|i| i as i64).collect(), Levels::Indices(i64::from(mask)))))
+}
+
+/// What the levels of a PNG mask are: grey levels up to this maximum, or palette indices.
+#[derive(Clone, Copy)]
+enum Levels {
+    Grey(i64),
+    Indices(i64),
 }
 
 /// A PNG mask as the target of `logits` (`[1, C, H, W]`): class indices when C > 1, else dense.
@@ -132,10 +154,19 @@ fn png_input(
         MaskMap::Palette(_) => None,
         _ => indexed_levels(path)?,
     };
-    let grey = || -> Result<(Vec<i64>, i64), String> {
+    let grey = |binary: bool| -> Result<(Vec<i64>, i64), String> {
         use image::ColorType as T;
-        if let Some(levels) = indexed.clone() {
-            return Ok(levels);
+        match indexed.clone() {
+            Some((levels, Levels::Grey(max))) => return Ok((levels, max)),
+            Some((_, Levels::Indices(_))) if binary => {
+                return Err(format!(
+                    "{} is an indexed mask with colours: its palette indices are the classes (0 and 1 for a binary \
+                     target), so leave --mask binary out",
+                    path.display()
+                ))
+            }
+            Some((levels, Levels::Indices(max))) => return Ok((levels, max)),
+            None => {}
         }
         match img.color() {
             T::L8 | T::La8 => {
@@ -156,9 +187,9 @@ fn png_input(
         }
     };
     let levels: Vec<i64> = match map {
-        MaskMap::Grey => grey()?.0,
+        MaskMap::Grey => grey(false)?.0,
         MaskMap::Binary => {
-            let (v, max) = grey()?;
+            let (v, max) = grey(true)?;
             v.into_iter().map(|x| i64::from(x > max / 2)).collect()
         }
         MaskMap::Palette(colours) => {

@@ -98,7 +98,8 @@ pub(crate) struct EvalArgs {
     /// 0/1 target when the logits have one channel; 1, 2, 4, 8 or 16 bits) or `binary` (a level
     /// past half the bit depth's maximum is 1, else 0: > 127 of 8 bits, > 32767 of 16). An
     /// indexed (palette-mode) PNG's level is its palette index, as VOC stores classes (255: the
-    /// boundary, for --ignore-index 255). A colour mask needs --palette.
+    /// boundary, for --ignore-index 255; not with `binary`), or its grey where the palette is
+    /// greys only. A colour mask needs --palette.
     #[arg(long, default_value = "grey", value_parser = ["grey", "binary"], conflicts_with_all = ["logits", "probs"])]
     mask: String,
     /// PNG masks in colour: `R,G,B;R,G,B;...`, the i-th colour is class i (other colours are an

@@ -1517,4 +1517,26 @@ fn indexed_png_masks_give_their_palette_indices() {
         assert!(got.is_some_and(|g| (g - value).abs() < 1e-5), "{name}: {f} vs reference {value}");
     }
     let _ = std::fs::remove_dir_all(&root);
+
+    // (review) a palette of greys is a grey mask stored with a palette: its levels are the greys
+    // (here black and white, so --mask binary gives the 0/1 target); an indexed mask in colours
+    // under --mask binary is an error, not every pixel 0 (indices 0 and 1 are below 255 / 2)
+    let (root, ld, td) = folders("masks-indexed-binary");
+    let bits: Vec<u8> = (0..hw).map(|_| (rng.uniform() < 0.4) as u8).collect();
+    let logits: Vec<f32> = (0..hw).map(|_| (rng.normal() * 2.0) as f32).collect();
+    write_npy(&ld.join("bw.npy"), &logits, &[1, u64::from(h), u64::from(w)]);
+    write_png_levels(&td.join("bw.png"), w, h, 8, &bits, png::ColorType::Indexed, Some(vec![0, 0, 0, 255, 255, 255]));
+    let target: Vec<f32> = bits.iter().map(|&b| f32::from(b)).collect();
+    let input =
+        segloss::Input::dense(&logits, &target, &[1, 1, h as usize, w as usize], segloss::Mode::Binary).unwrap();
+    let want = segloss::reference::evaluate(&input, &"bce".parse().unwrap()).unwrap().value;
+    write_npy(&ld.join("red.npy"), &logits, &[1, u64::from(h), u64::from(w)]);
+    write_indexed_png(&td.join("red.png"), w, h, 8, &bits);
+    let args = ["eval", "--logits-dir", s(&ld), "--target-dir", s(&td), "--json", "--loss", "bce", "--mask", "binary"];
+    let j = json_of(&segloss(&args));
+    let file = |n: &str| j["files"].as_array().unwrap().iter().find(|f| f["name"] == n).unwrap().clone();
+    let got = file("bw")["results"][0]["value"].as_f64();
+    assert!(got.is_some_and(|g| (g - want).abs() < 1e-5), "{} vs reference {want}", file("bw"));
+    assert!(file("red")["error"].as_str().is_some_and(|e| e.contains("leave --mask binary out")), "{}", file("red"));
+    let _ = std::fs::remove_dir_all(&root);
 }
