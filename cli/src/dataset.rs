@@ -75,7 +75,8 @@ fn low_grey_depth(path: &Path) -> Result<Option<u32>, String> {
 
 /// The levels of an indexed (palette-mode) PNG, and their largest possible value, `None` for
 /// other PNGs. A palette of greys only is a grey mask stored with a palette (as a PNG optimiser
-/// may write one): its levels are the greys, of 8 bits. Any other palette is VOC's kind, whose
+/// may write one): its levels are the greys, read as a grey PNG of its depth reads (of 1, 2 or 4
+/// bits, 0 ..= 2^bits - 1 where the greys are that depth's). Any other palette is VOC's kind, whose
 /// index is the class (255 at the boundaries): its levels are the indices, up to 2^bits - 1; a
 /// colour the image decoder would expand the pixel to means nothing there.
 fn indexed_levels(path: &Path) -> Result<Option<(Vec<i64>, Levels)>, String> {
@@ -104,17 +105,23 @@ fn indexed_levels(path: &Path) -> Result<Option<(Vec<i64>, Levels)>, String> {
             indices.push(usize::from((u16::from(byte) >> (8 - bits - at)) & mask));
         }
     }
-    if !palette.is_empty() && palette.iter().all(|c| c[0] == c[1] && c[1] == c[2]) {
-        let grey = |i: usize| palette.get(i).map(|c| i64::from(c[0])).ok_or(i);
-        let levels = indices.into_iter().map(grey).collect::<Result<Vec<i64>, usize>>();
+    // greys of a grey PNG of this depth: 8 bits, or of 1, 2 or 4 bits the multiples of
+    // 255 / (2^bits - 1), which read (as that grey PNG's) as 0 ..= 2^bits - 1
+    let max = i64::from(mask);
+    let step = 255 / max;
+    let grey = !palette.is_empty()
+        && palette.iter().all(|c| c[0] == c[1] && c[1] == c[2] && (bits == 8 || i64::from(c[0]) % step == 0));
+    if grey {
+        let level = |i: usize| palette.get(i).map(|c| i64::from(c[0]) / if bits == 8 { 1 } else { step }).ok_or(i);
+        let levels = indices.into_iter().map(level).collect::<Result<Vec<i64>, usize>>();
         return match levels {
-            Ok(l) => Ok(Some((l, Levels::Grey(255)))),
+            Ok(l) => Ok(Some((l, Levels::Grey(if bits == 8 { 255 } else { max })))),
             Err(i) => {
                 Err(format!("{}: palette index {i} past the palette's {} colours", path.display(), palette.len()))
             }
         };
     }
-    Ok(Some((indices.into_iter().map(|i| i as i64).collect(), Levels::Indices(i64::from(mask)))))
+    Ok(Some((indices.into_iter().map(|i| i as i64).collect(), Levels::Indices(max))))
 }
 
 /// What the levels of a PNG mask are: grey levels up to this maximum, or palette indices.
@@ -158,7 +165,8 @@ fn png_input(
         use image::ColorType as T;
         match indexed.clone() {
             Some((levels, Levels::Grey(max))) => return Ok((levels, max)),
-            Some((_, Levels::Indices(_))) if binary => {
+            // (indices 0 and 1 of more than 1 bit would all fall at or below half the maximum)
+            Some((_, Levels::Indices(max))) if binary && max > 1 => {
                 return Err(format!(
                     "{} is an indexed mask with colours: its palette indices are the classes (0 and 1 for a binary \
                      target), so leave --mask binary out",

@@ -1539,4 +1539,29 @@ fn indexed_png_masks_give_their_palette_indices() {
     assert!(got.is_some_and(|g| (g - want).abs() < 1e-5), "{} vs reference {want}", file("bw"));
     assert!(file("red")["error"].as_str().is_some_and(|e| e.contains("leave --mask binary out")), "{}", file("red"));
     let _ = std::fs::remove_dir_all(&root);
+
+    // (review) of 1 bit: a black and white palette reads as a 1-bit grey PNG does (0 and 1, not
+    // 0 and 255, which --ignore-index 255 dropped); a palette in colours gives indices 0 and 1,
+    // which --mask binary takes as they are
+    let (root, ld, td) = folders("masks-indexed-1bit");
+    let labels: Vec<i64> = bits.iter().map(|&b| i64::from(b)).collect();
+    let logits2: Vec<f32> = (0..2 * hw).map(|_| (rng.normal() * 2.0) as f32).collect();
+    write_npy(&ld.join("bw.npy"), &logits2, &[2, u64::from(h), u64::from(w)]);
+    write_png_levels(&td.join("bw.png"), w, h, 1, &bits, png::ColorType::Indexed, Some(vec![0, 0, 0, 255, 255, 255]));
+    let input = segloss::Input::labels(&logits2, &labels, &[1, 2, h as usize, w as usize], Some(255)).unwrap();
+    let want_bw = segloss::reference::evaluate(&input, &"dice".parse().unwrap()).unwrap().value;
+    let args =
+        ["eval", "--logits-dir", s(&ld), "--target-dir", s(&td), "--json", "--loss", "dice", "--ignore-index", "255"];
+    let j = json_of(&segloss(&args));
+    let got = j["files"][0]["results"][0]["value"].as_f64();
+    assert!(got.is_some_and(|g| (g - want_bw).abs() < 1e-5), "{} vs reference {want_bw}", j["files"][0]);
+    let _ = std::fs::remove_dir_all(&root);
+    let (root, ld, td) = folders("masks-indexed-1bit-red");
+    write_npy(&ld.join("red.npy"), &logits, &[1, u64::from(h), u64::from(w)]);
+    write_png_levels(&td.join("red.png"), w, h, 1, &bits, png::ColorType::Indexed, Some(vec![0, 0, 0, 128, 0, 0]));
+    let args = ["eval", "--logits-dir", s(&ld), "--target-dir", s(&td), "--json", "--loss", "bce", "--mask", "binary"];
+    let j = json_of(&segloss(&args));
+    let got = j["files"][0]["results"][0]["value"].as_f64();
+    assert!(got.is_some_and(|g| (g - want).abs() < 1e-5), "{} vs reference {want}", j["files"][0]);
+    let _ = std::fs::remove_dir_all(&root);
 }

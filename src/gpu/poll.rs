@@ -207,8 +207,14 @@ mod native {
                     // waits on the device's work) the thread serves until dropped
                     // (a panic of someone else's callback run by the poll, which wgpu ends
                     // the round of callbacks with, does not end the thread: its message is out)
+                    // and the wait is made again, as after a timeout: the work it waited for
+                    // may be done with its callbacks not run yet (a moment first, should the
+                    // panic come again)
                     let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| thread_poll()));
-                    if polled.ok() == Some(Polled::TimedOut) {
+                    if polled.is_err() {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    if polled.as_ref().map_or(true, |p| *p == Polled::TimedOut) {
                         sh.0.lock().unwrap_or_else(|e| e.into_inner()).pending += 1;
                     }
                 })
@@ -342,6 +348,29 @@ mod native {
             let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| polled_from(caught)));
             let payload = again.expect_err("it unwinds on");
             assert_eq!(payload.downcast_ref::<&str>(), Some(&"the caller's map_async callback failed"));
+        }
+
+        /// (review) A panic in the poll that is not a lost device (someone else's callback, or
+        /// wgpu's own on a GL context it could not lock) ended the poll thread's round for good:
+        /// awaited work whose callbacks had not run waited for some other submission. The wait
+        /// is made again.
+        #[test]
+        fn the_poll_thread_polls_again_after_a_panic() {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let c = calls.clone();
+            let poller = Poller::with(Box::new(move || {
+                if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                    std::panic::resume_unwind(Box::new("a callback failed"));
+                }
+                Polled::Done
+            }));
+            poller.wake();
+            let t = std::time::Instant::now();
+            while calls.load(Ordering::SeqCst) < 2 {
+                assert!(t.elapsed().as_secs() < 30, "no wait after the panic");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert!(poller.lost().reason().is_none());
         }
 
         /// (review) Each guarded wait kept its waker until the device was lost, which on a

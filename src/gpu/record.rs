@@ -267,7 +267,12 @@ impl Gpu {
         if let Some(why) = self.poller.lost().reason() {
             return Box::pin(async move { Err(Error::Gpu(why)) });
         }
-        // the pipelines too (one the device refuses is an error, and nothing is submitted)
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        // the pipelines too, inside the submission's scopes (in the browser, where a pipeline's
+        // own scopes would settle too late, its refusal is the submission's error): one the
+        // device refuses here is an error, and nothing is submitted
         let pipelines = rec
             .cmds
             .iter()
@@ -278,11 +283,11 @@ impl Gpu {
             .collect::<Result<Vec<_>, Error>>();
         let pipelines = match pipelines {
             Ok(p) => p,
-            Err(e) => return Box::pin(async move { Err(e) }),
+            Err(e) => {
+                let _ = (internal.pop(), oom.pop(), validation.pop());
+                return Box::pin(async move { Err(e) });
+            }
         };
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("segloss") });
         let mut timer = self.timer();
         self.encode(&mut enc, &rec, &bufs, &pipelines, &mut timer);
