@@ -469,6 +469,7 @@ impl Gpu {
     /// the validation error of the submission that uses the buffer.
     pub(crate) fn allocating<T>(&self, f: impl FnOnce() -> T) -> Result<T, Error> {
         use futures::FutureExt;
+        let _one = self.poller.serial().hold();
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);

@@ -5,7 +5,7 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
-    use super::LostSignal;
+    use super::{LostSignal, Serial};
     use crate::error::Error;
     use std::cell::Cell;
     use std::sync::{Arc, Condvar, Mutex};
@@ -157,22 +157,33 @@ mod native {
         /// [`drive`]'s) goes through it, so one thread polls at a time; a failure raises `lost`.
         poll_fn: Arc<PollFn>,
         lost: Arc<LostSignal>,
+        serial: Arc<Serial>,
     }
 
     impl Poller {
-        /// `gl`: the device is OpenGL's, whose waits are short ([`GL_WAIT`]) and made again.
+        /// `gl`: the device is OpenGL's, whose waits are short ([`GL_WAIT`]) and made again, each
+        /// holding the device's [`Serial`] lock.
         pub fn new(device: wgpu::Device, gl: bool) -> Poller {
             let timeout = gl.then_some(GL_WAIT);
-            Poller::with(Box::new(move || poll_device(&device, timeout)))
+            Poller::with(Box::new(move || poll_device(&device, timeout)), Serial::new(gl))
         }
 
-        /// A poller whose waits are `poll` (each made under the poll lock).
-        fn with(poll: PollFn) -> Poller {
+        /// The device's [`Serial`] lock.
+        pub(crate) fn serial(&self) -> &Arc<Serial> {
+            &self.serial
+        }
+
+        /// A poller whose waits are `poll`, each made holding `serial` and then the poll lock (the
+        /// order everywhere: a submission holds `serial` and may poll inline, [`Poller::wake`]).
+        fn with(poll: PollFn, serial: Serial) -> Poller {
             let lost: Arc<LostSignal> = Arc::default();
+            let serial = Arc::new(serial);
+            let held = serial.clone();
             let poll_lock = Mutex::new(());
             let raise = lost.clone();
             let poll_fn: Arc<PollFn> = Arc::new(Box::new(move || {
                 let polled = {
+                    let _device = held.hold();
                     let _one = poll_lock.lock().unwrap_or_else(|e| e.into_inner());
                     poll()
                 };
@@ -219,7 +230,7 @@ mod native {
                     }
                 })
                 .ok();
-            Poller { shared, thread, poll_fn, lost }
+            Poller { shared, thread, poll_fn, lost, serial }
         }
 
         /// Waits for everything submitted to the device so far, holding the poll lock.
@@ -275,10 +286,13 @@ mod native {
         fn scripted(script: Vec<Polled>) -> (Poller, Arc<AtomicUsize>) {
             let calls = Arc::new(AtomicUsize::new(0));
             let c = calls.clone();
-            let poller = Poller::with(Box::new(move || {
-                let i = c.fetch_add(1, Ordering::SeqCst);
-                script.get(i).cloned().unwrap_or(Polled::Done)
-            }));
+            let poller = Poller::with(
+                Box::new(move || {
+                    let i = c.fetch_add(1, Ordering::SeqCst);
+                    script.get(i).cloned().unwrap_or(Polled::Done)
+                }),
+                Serial::new(true),
+            );
             (poller, calls)
         }
 
@@ -358,12 +372,15 @@ mod native {
         fn the_poll_thread_polls_again_after_a_panic() {
             let calls = Arc::new(AtomicUsize::new(0));
             let c = calls.clone();
-            let poller = Poller::with(Box::new(move || {
-                if c.fetch_add(1, Ordering::SeqCst) == 0 {
-                    std::panic::resume_unwind(Box::new("a callback failed"));
-                }
-                Polled::Done
-            }));
+            let poller = Poller::with(
+                Box::new(move || {
+                    if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                        std::panic::resume_unwind(Box::new("a callback failed"));
+                    }
+                    Polled::Done
+                }),
+                Serial::default(),
+            );
             poller.wake();
             let t = std::time::Instant::now();
             while calls.load(Ordering::SeqCst) < 2 {
@@ -371,6 +388,27 @@ mod native {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             assert!(poller.lost().reason().is_none());
+        }
+
+        /// The OpenGL device lock: a thread holding it passes again (a submission's
+        /// allocations, its inline poll), another waits for it, and none is taken elsewhere.
+        #[test]
+        fn the_device_lock_serializes_threads_and_lets_its_holder_pass() {
+            let serial = Arc::new(Serial::new(true));
+            let held = serial.hold().expect("the lock");
+            assert!(serial.hold().is_none(), "its holder passes");
+            let (tx, rx) = std::sync::mpsc::channel();
+            let other = serial.clone();
+            let t = std::thread::spawn(move || {
+                let g = other.hold();
+                tx.send(g.is_some()).ok();
+            });
+            assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "another thread waits");
+            drop(held);
+            assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(30)).ok(), Some(true));
+            t.join().ok();
+            assert!(serial.hold().is_some(), "free again, and this thread no longer counts as holding it");
+            assert!(Serial::new(false).hold().is_none() && Serial::default().hold().is_none());
         }
 
         /// (review) Each guarded wait kept its waker until the device was lost, which on a
@@ -411,6 +449,53 @@ mod native {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
+    }
+}
+
+/// One thread at a time on an OpenGL device (`None` elsewhere): wgpu makes each GL call wait at
+/// most 6 s for the GL context and then panics, and llvmpipe's GL runs a submission's work inside
+/// `Queue::submit`, holding the context; so a thread that made a buffer or submitted while another
+/// thread's long submission ran panicked inside wgpu. The engine's waits, allocations,
+/// submissions and readbacks hold this lock instead, which waits without a limit. A thread that
+/// holds it already passes (allocations inside a submission's recording).
+#[derive(Default)]
+pub(crate) struct Serial {
+    lock: Option<std::sync::Mutex<()>>,
+}
+
+thread_local! {
+    /// Whether this thread holds a [`Serial`] lock.
+    static SERIAL_HELD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A held [`Serial`] lock.
+pub(crate) struct SerialGuard<'a> {
+    _guard: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for SerialGuard<'_> {
+    fn drop(&mut self) {
+        SERIAL_HELD.with(|h| h.set(false));
+    }
+}
+
+impl Serial {
+    /// The lock of an OpenGL device (`gl`), none elsewhere (in the browser, whose one thread
+    /// needs none, there is no lock).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub fn new(gl: bool) -> Serial {
+        Serial { lock: gl.then(Default::default) }
+    }
+
+    /// Holds the lock until the guard drops (`None`: no lock, or this thread holds it already).
+    pub fn hold(&self) -> Option<SerialGuard<'_>> {
+        let lock = self.lock.as_ref()?;
+        if SERIAL_HELD.with(|h| h.get()) {
+            return None;
+        }
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        SERIAL_HELD.with(|h| h.set(true));
+        Some(SerialGuard { _guard: guard })
     }
 }
 
@@ -522,12 +607,16 @@ pub(crate) use native::{drive, Poller};
 #[cfg(target_arch = "wasm32")]
 pub(crate) struct Poller {
     lost: std::sync::Arc<LostSignal>,
+    serial: std::sync::Arc<Serial>,
 }
 
 #[cfg(target_arch = "wasm32")]
 impl Poller {
     pub fn new(_device: wgpu::Device, _gl: bool) -> Poller {
-        Poller { lost: Default::default() }
+        Poller { lost: Default::default(), serial: Default::default() }
+    }
+    pub(crate) fn serial(&self) -> &std::sync::Arc<Serial> {
+        &self.serial
     }
     pub fn kick(&self) {}
     pub(crate) fn lost(&self) -> &std::sync::Arc<LostSignal> {

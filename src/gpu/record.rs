@@ -262,6 +262,8 @@ impl Gpu {
             Ok(bufs) => bufs,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
+        // (OpenGL: one thread at a time, through the submission)
+        let _one = self.poller.serial().hold();
         // nothing is submitted to a device known to be lost (its work would not run, or run
         // where nothing waits for it)
         if let Some(why) = self.poller.lost().reason() {
@@ -316,6 +318,7 @@ impl Gpu {
         // (popped after the reads are mapped, which the scopes then cover too)
         let (internal, oom, validation) = (internal.pop(), oom.pop(), validation.pop());
         let pool = self.pool.clone();
+        let serial = self.poller.serial().clone();
         #[cfg(target_arch = "wasm32")]
         let spent = (!reads.is_empty()).then_some(scratch);
         let fut = Box::pin(async move {
@@ -333,6 +336,7 @@ impl Gpu {
                 rx.await
                     .map_err(|_| Error::Gpu("the device dropped a readback".into()))?
                     .map_err(|e| Error::Gpu(format!("reading back a buffer failed: {e}")))?;
+                let _one = serial.hold();
                 {
                     let view =
                         b.get_mapped_range(..).map_err(|e| Error::Gpu(format!("mapping a buffer failed: {e:?}")))?;
