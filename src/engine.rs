@@ -97,8 +97,8 @@ pub struct Activity {
 /// A batch uploaded to the device once, evaluated many times.
 pub struct Prepared<'a> {
     input: Input<'a>,
-    logits: Option<wgpu::Buffer>,
-    target: Option<wgpu::Buffer>,
+    logits: Option<crate::gpu::poll::Held>,
+    target: Option<crate::gpu::poll::Held>,
     /// [`Input::first_soft`], found once here rather than on every evaluation.
     first_soft: Option<usize>,
     /// [`counted`]: the target entries that count, found once here (uploaded inputs only).
@@ -779,6 +779,8 @@ impl Engine {
     /// evaluation reuses the buffers of the last one of the same shape rather than allocating).
     pub fn release_scratch(&self) {
         if let Backend::Gpu(g) = &self.backend {
+            // (destroying buffers is a GL call: under the device lock)
+            let _one = g.poller.serial().hold();
             g.pool.clear();
         }
     }
@@ -816,7 +818,15 @@ impl Engine {
         let logits = gpu.buffer_init("logits", bytemuck::cast_slice(input.logits()), usage)?;
         let target = gpu.buffer_init("target", bytemuck::cast_slice(&words), usage)?;
         let counted = counted(&input);
-        Ok(Prepared { input, logits: Some(logits), target: Some(target), first_soft, counted, gpu: Some(gpu.clone()) })
+        let held = |b| crate::gpu::poll::Held::new(b, gpu.poller.serial().clone());
+        Ok(Prepared {
+            input,
+            logits: Some(held(logits)),
+            target: Some(held(target)),
+            first_soft,
+            counted,
+            gpu: Some(gpu.clone()),
+        })
     }
 
     /// An uploaded batch must live on this engine's device (the CPU reference reads its input).
@@ -871,7 +881,7 @@ impl Engine {
             GradMode::DeviceOnly => Dest::Scratch,
         };
         let gs = vec![g; exprs.len()];
-        let target_bytes = prep.target.as_ref().map_or(0, wgpu::Buffer::size);
+        let target_bytes = prep.target.as_ref().map_or(0, |b| b.size());
         let over =
             crate::stats::pieces_reason(gpu, input.shape(), input.mode(), input.kind(), exprs, target_bytes).is_some();
         let (Some(l), Some(t), false) = (&prep.logits, &prep.target, over) else {
@@ -1541,6 +1551,6 @@ impl Engine {
 
 impl Prepared<'_> {
     pub(crate) fn buffers(&self) -> Option<(&wgpu::Buffer, &wgpu::Buffer)> {
-        Some((self.logits.as_ref()?, self.target.as_ref()?))
+        Some((self.logits.as_deref()?, self.target.as_deref()?))
     }
 }

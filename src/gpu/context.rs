@@ -539,6 +539,8 @@ impl Gpu {
     pub(crate) fn pipeline(&self, k: &'static Kernel, spec: Spec) -> Result<wgpu::ComputePipeline, Error> {
         let spec = if k.specialized { spec } else { Spec::default() };
         let ks = self.kernel(k);
+        // (the device lock before the cache's, the order of a submission that builds one)
+        let _one = self.poller.serial().hold();
         let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = cache.get(&(k.name, spec)) {
             return Ok(p.clone());

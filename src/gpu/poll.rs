@@ -409,6 +409,15 @@ mod native {
             t.join().ok();
             assert!(serial.hold().is_some(), "free again, and this thread no longer counts as holding it");
             assert!(Serial::new(false).hold().is_none() && Serial::default().hold().is_none());
+            // another engine's lock is its own, held or not beside this one
+            let other = Serial::new(true);
+            let a = serial.hold().expect("this engine's");
+            let b = other.hold().expect("the other engine's, while this one's is held");
+            assert!(other.hold().is_none() && serial.hold().is_none());
+            drop(b);
+            assert!(serial.hold().is_none(), "this one's still held");
+            drop(a);
+            assert!(serial.hold().is_some());
         }
 
         /// (review) Each guarded wait kept its waker until the device was lost, which on a
@@ -464,18 +473,24 @@ pub(crate) struct Serial {
 }
 
 thread_local! {
-    /// Whether this thread holds a [`Serial`] lock.
-    static SERIAL_HELD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The [`Serial`] locks (their addresses) this thread holds.
+    static SERIAL_HELD: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A held [`Serial`] lock.
 pub(crate) struct SerialGuard<'a> {
     _guard: std::sync::MutexGuard<'a, ()>,
+    me: usize,
 }
 
 impl Drop for SerialGuard<'_> {
     fn drop(&mut self) {
-        SERIAL_HELD.with(|h| h.set(false));
+        SERIAL_HELD.with(|h| {
+            let mut held = h.borrow_mut();
+            if let Some(i) = held.iter().rposition(|&a| a == self.me) {
+                held.remove(i);
+            }
+        });
     }
 }
 
@@ -490,12 +505,40 @@ impl Serial {
     /// Holds the lock until the guard drops (`None`: no lock, or this thread holds it already).
     pub fn hold(&self) -> Option<SerialGuard<'_>> {
         let lock = self.lock.as_ref()?;
-        if SERIAL_HELD.with(|h| h.get()) {
+        let me = lock as *const std::sync::Mutex<()> as usize;
+        if SERIAL_HELD.with(|h| h.borrow().contains(&me)) {
             return None;
         }
         let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        SERIAL_HELD.with(|h| h.set(true));
-        Some(SerialGuard { _guard: guard })
+        SERIAL_HELD.with(|h| h.borrow_mut().push(me));
+        Some(SerialGuard { _guard: guard, me })
+    }
+}
+
+/// A buffer dropped under its device's [`Serial`] lock (destroying a buffer is a GL call).
+pub(crate) struct Held {
+    buf: Option<wgpu::Buffer>,
+    serial: std::sync::Arc<Serial>,
+}
+
+impl Held {
+    pub fn new(buf: wgpu::Buffer, serial: std::sync::Arc<Serial>) -> Held {
+        Held { buf: Some(buf), serial }
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        // (Some until dropped)
+        self.buf.as_ref().unwrap_or_else(|| unreachable!("a Held buffer is there until its drop"))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _one = self.serial.hold();
+        drop(self.buf.take());
     }
 }
 

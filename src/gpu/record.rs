@@ -344,6 +344,8 @@ impl Gpu {
                 }
                 b.unmap();
             }
+            // (buffers past the pool's bytes are dropped here: a GL call)
+            let _one = serial.hold();
             pool.give(reads);
             #[cfg(target_arch = "wasm32")]
             if let Some(spent) = spent {
