@@ -312,7 +312,8 @@ pub enum GradOut<'a> {
 /// reads them (one more submission and one wait) and reports bad input as a typed error.
 pub struct Submitted {
     gpu: Arc<Gpu>,
-    values: wgpu::Buffer,
+    /// (dropped under the engine's device lock: [`crate::gpu::poll::Held`])
+    values: crate::gpu::poll::Held,
     vals: Vec<(usize, usize)>,
     vals_len: usize,
     weights: Vec<Vec<f64>>,
@@ -967,7 +968,7 @@ impl Engine {
         let errors = gpu.execute(rec);
         Ok(Submitted {
             gpu: gpu.clone(),
-            values,
+            values: crate::gpu::poll::Held::new(values, gpu.poller.serial().clone()),
             vals: r.vals,
             vals_len: r.vals_len,
             weights: exprs.iter().map(|e| e.terms.iter().map(|t| t.weight).collect()).collect(),
