@@ -59,27 +59,15 @@ fn list_dir(dir: &Path, exts: &[&str]) -> Result<BTreeMap<String, PathBuf>, Fail
     Ok(out.into_iter().map(|(stem, (_, path))| (stem, path)).collect())
 }
 
-/// The bit depth of a grey PNG of 1, 2 or 4 bits per sample, whose levels the decoder scales up to
-/// 8 bits (2 bits: 0, 85, 170, 255); `None` for any other PNG.
-fn low_grey_depth(path: &Path) -> Result<Option<u32>, String> {
-    let unreadable = |e: &dyn std::fmt::Display| format!("cannot read PNG {}: {e}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| unreadable(&e))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
-    let info = decoder.read_header_info().map_err(|e| unreadable(&e))?;
-    let grey = matches!(info.color_type, png::ColorType::Grayscale | png::ColorType::GrayscaleAlpha);
-    Ok(match info.bit_depth {
-        png::BitDepth::One | png::BitDepth::Two | png::BitDepth::Four if grey => Some(info.bit_depth as u32),
-        _ => None,
-    })
-}
-
-/// The levels of an indexed (palette-mode) PNG, and their largest possible value, `None` for
-/// other PNGs. A palette of greys only is a grey mask stored with a palette (as a PNG optimiser
-/// may write one): its levels are the greys, read as a grey PNG of its depth reads (of 1, 2 or 4
-/// bits, 0 ..= 2^bits - 1 where the greys are that depth's). Any other palette is VOC's kind, whose
-/// index is the class (255 at the boundaries): its levels are the indices, up to 2^bits - 1; a
-/// colour the image decoder would expand the pixel to means nothing there.
-fn indexed_levels(path: &Path) -> Result<Option<(Vec<i64>, Levels)>, String> {
+/// The levels of a PNG whose samples the image decoder would change, read as they are stored;
+/// `None` for other PNGs.
+/// - A grey PNG of 1, 2 or 4 bits (which the decoder scales up to 8: 2 bits as 0, 85, 170, 255):
+///   its samples, 0 ..= 2^bits - 1.
+/// - An indexed (palette-mode) PNG whose palette is greys only, a grey mask stored with a palette
+///   (as a PNG optimiser may write one): its greys, read as a grey PNG of its depth reads them.
+/// - Any other indexed PNG is VOC's kind, whose index is the class (255 at the boundaries): its
+///   indices, up to 2^bits - 1 (the colour the decoder would expand a pixel to means nothing there).
+fn raw_levels(path: &Path) -> Result<Option<(Vec<i64>, Levels)>, String> {
     let unreadable = |e: &dyn std::fmt::Display| format!("cannot read PNG {}: {e}", path.display());
     let file = std::fs::File::open(path).map_err(|e| unreadable(&e))?;
     let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
@@ -87,7 +75,8 @@ fn indexed_levels(path: &Path) -> Result<Option<(Vec<i64>, Levels)>, String> {
     let mut reader = decoder.read_info().map_err(|e| unreadable(&e))?;
     let info = reader.info();
     let (color, depth, width) = (info.color_type, info.bit_depth, info.width);
-    if color != png::ColorType::Indexed {
+    let low_grey = color == png::ColorType::Grayscale && (depth as u8) < 8;
+    if color != png::ColorType::Indexed && !low_grey {
         return Ok(None);
     }
     let palette: Vec<[u8; 3]> =
@@ -105,9 +94,12 @@ fn indexed_levels(path: &Path) -> Result<Option<(Vec<i64>, Levels)>, String> {
             indices.push(usize::from((u16::from(byte) >> (8 - bits - at)) & mask));
         }
     }
+    let max = i64::from(mask);
+    if low_grey {
+        return Ok(Some((indices.into_iter().map(|i| i as i64).collect(), Levels::Grey(max))));
+    }
     // greys of a grey PNG of this depth: 8 bits, or of 1, 2 or 4 bits the multiples of
     // 255 / (2^bits - 1), which read (as that grey PNG's) as 0 ..= 2^bits - 1
-    let max = i64::from(mask);
     let step = 255 / max;
     let grey = !palette.is_empty()
         && palette.iter().all(|c| c[0] == c[1] && c[1] == c[2] && (bits == 8 || i64::from(c[0]) % step == 0));
@@ -153,17 +145,15 @@ fn png_input(
         return Err(format!("the mask is {}x{} but the logits are {h}x{w}", img.height(), img.width()));
     }
     // grey masks: the grey channel's own values, 8 or 16 bits (a 16-bit class index is not
-    // scaled down to 8 bits), or 1, 2 or 4 bits (scaled up to 8 by the decoder: divided back,
-    // exactly, by 255 / (2^bits - 1)); indexed masks: the palette index (VOC's class); colour
-    // masks need --palette
-    let low_depth = low_grey_depth(path)?;
-    let indexed = match map {
+    // scaled down to 8 bits), or 1, 2 or 4 bits as stored; indexed masks: the palette index
+    // (VOC's class); colour masks need --palette (raw_levels)
+    let raw = match map {
         MaskMap::Palette(_) => None,
-        _ => indexed_levels(path)?,
+        _ => raw_levels(path)?,
     };
     let grey = |binary: bool| -> Result<(Vec<i64>, i64), String> {
         use image::ColorType as T;
-        match indexed.clone() {
+        match raw.clone() {
             Some((levels, Levels::Grey(max))) => return Ok((levels, max)),
             // (indices 0 and 1 of more than 1 bit would all fall at or below half the maximum)
             Some((_, Levels::Indices(max))) if binary && max > 1 => {
@@ -177,16 +167,7 @@ fn png_input(
             None => {}
         }
         match img.color() {
-            T::L8 | T::La8 => {
-                let levels = img.to_luma8().pixels().map(|p| i64::from(p.0[0])).collect::<Vec<i64>>();
-                Ok(match low_depth {
-                    Some(bits) => {
-                        let max = (1i64 << bits) - 1;
-                        (levels.into_iter().map(|v| v / (255 / max)).collect(), max)
-                    }
-                    None => (levels, 255),
-                })
-            }
+            T::L8 | T::La8 => Ok((img.to_luma8().pixels().map(|p| i64::from(p.0[0])).collect(), 255)),
             T::L16 | T::La16 => Ok((img.to_luma16().pixels().map(|p| i64::from(p.0[0])).collect(), 65535)),
             other => Err(format!(
                 "{} is a colour mask ({other:?}): a grey mask needs one grey channel; for colour masks give --palette",
