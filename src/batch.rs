@@ -565,9 +565,8 @@ impl<'e, 'a> Batch<'e, 'a> {
             total += (r.vals_len * 4) as u64;
         }
         let mut outcome = Ok(());
-        let mut retry: Vec<usize> = Vec::new();
-        // the failed submission's error and how many of `retry` were its items (the first)
-        let mut resubmitted: Option<(Error, usize)> = None;
+        // a failed submission's error and its items
+        let mut resubmit: Option<(Error, Vec<usize>)> = None;
         if !recorded.is_empty() {
             let staged = rec.readbacks();
             let data = match rec.readback(total, "batch values") {
@@ -619,8 +618,7 @@ impl<'e, 'a> Batch<'e, 'a> {
                 // still mapped, of another device, which no check before it can see): where it
                 // held several items, each is evaluated on its own below, and fails alone
                 Err(e) if recorded.iter().map(|r| r.0.len()).sum::<usize>() > 1 => {
-                    retry.extend(recorded.iter().flat_map(|r| r.0.iter().copied()));
-                    resubmitted = Some((e, retry.len()));
+                    resubmit = Some((e, recorded.iter().flat_map(|r| r.0.iter().copied()).collect()));
                 }
                 Err(e) => {
                     for (its, _, _, _) in &recorded {
@@ -630,27 +628,24 @@ impl<'e, 'a> Batch<'e, 'a> {
                 }
             }
         }
-        // items of sets that could not be recorded together, and of a submission that failed:
-        // each in a submission of its own
-        retry.extend(alone.into_iter().flat_map(|gi| groups[gi].items.iter().copied()));
-        let mut resubmitted_ok = 0;
-        for (k, i) in retry.into_iter().enumerate() {
-            let it = &items[i];
-            let r = match &it.src {
-                // (evaluate runs a batch of its own: boxed, as a batch's flush awaits it)
-                ItemSrc::Host(input) => {
-                    host_grads(Box::pin(engine.evaluate(input, &it.exprs, wants_host(&it.grads))).await, &it.grads)
-                }
-                ItemSrc::Buffers(b) => engine.evaluate_buffers(b, &it.exprs, &it.grads).await,
-            };
-            if resubmitted.as_ref().is_some_and(|(_, n)| k < *n) && r.is_ok() {
-                resubmitted_ok += 1;
+        // items of a submission that failed, each in a submission of its own: where none goes
+        // through, the batch's error
+        if let Some((e, its)) = resubmit {
+            let mut any = false;
+            for i in its {
+                let r = on_its_own(engine, &items[i]).await;
+                any |= r.is_ok();
+                deliver(&mut txs, i, r);
             }
-            deliver(&mut txs, i, r);
+            if !any {
+                outcome = Err(e);
+            }
         }
-        // a failed submission none of whose items went through on its own: the batch's error
-        if let Some((e, _)) = resubmitted.filter(|_| resubmitted_ok == 0) {
-            outcome = Err(e);
+        // items of sets that could not be recorded together, each in a submission of its own
+        for gi in alone {
+            for &i in &groups[gi].items {
+                deliver(&mut txs, i, on_its_own(engine, &items[i]).await);
+            }
         }
         // inputs past the limits: each in pieces, in submissions of their own
         for gi in split {
@@ -768,6 +763,17 @@ fn coalesce(
 /// The expressions of a group's items, one item's after the other.
 fn group_exprs(items: &[Item<'_>], g: &Group) -> Vec<LossExpr> {
     g.items.iter().flat_map(|&i| items[i].exprs.iter().cloned()).collect()
+}
+
+/// An item evaluated in a submission of its own (evaluate runs a batch of its own: boxed, as a
+/// batch's flush awaits it).
+async fn on_its_own(engine: &Engine, it: &Item<'_>) -> Reply {
+    match &it.src {
+        ItemSrc::Host(input) => {
+            host_grads(Box::pin(engine.evaluate(input, &it.exprs, wants_host(&it.grads))).await, &it.grads)
+        }
+        ItemSrc::Buffers(b) => engine.evaluate_buffers(b, &it.exprs, &it.grads).await,
+    }
 }
 
 /// Whether any of an item's gradients goes to the host.

@@ -214,13 +214,11 @@ mod native {
                     }
                     // waits for every submission made before this call; a later one set
                     // `pending` again and is waited for on the next round. A wait that timed
-                    // out is made again; after a failure (raised on `lost`, which ends the
-                    // waits on the device's work) the thread serves until dropped
-                    // (a panic of someone else's callback run by the poll, which wgpu ends
-                    // the round of callbacks with, does not end the thread: its message is out)
-                    // and the wait is made again, as after a timeout: the work it waited for
-                    // may be done with its callbacks not run yet (a moment first, should the
-                    // panic come again)
+                    // out is made again. After a failure (raised on `lost`, which ends the
+                    // waits on the device's work) the thread serves until dropped. A panic of
+                    // someone else's callback run by the poll (its message is out) does not
+                    // end the thread: the wait is made again, a moment later, since the
+                    // callbacks after the panicking one did not run
                     let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| thread_poll()));
                     if polled.is_err() {
                         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -615,23 +613,19 @@ impl<F: std::future::Future> std::future::Future for Guarded<F> {
             self.leave();
             return std::task::Poll::Ready(Ok(v));
         }
-        let signal = self.signal.clone();
-        let mut st = signal.lock();
+        let this = &mut *self;
+        let mut st = this.signal.lock();
         if let Some(why) = st.why.clone() {
-            drop(st);
-            self.leave();
+            if let Some(slot) = this.slot.take() {
+                st.waiting.remove(&slot);
+            }
             return std::task::Poll::Ready(Err(crate::error::Error::Gpu(why)));
         }
-        let slot = match self.slot {
-            Some(slot) => slot,
-            None => {
-                st.next += 1;
-                st.next
-            }
-        };
+        let slot = *this.slot.get_or_insert_with(|| {
+            st.next += 1;
+            st.next
+        });
         st.waiting.insert(slot, cx.waker().clone());
-        drop(st);
-        self.slot = Some(slot);
         std::task::Poll::Pending
     }
 }

@@ -218,6 +218,13 @@ impl Gpu {
     /// staging buffers' contents. Device errors of the submission (validation, out of memory),
     /// and a buffer the device refused to allocate, come back through that future.
     pub(crate) fn execute(&self, rec: Recording) -> ReadFuture {
+        // (OpenGL: one thread at a time, from the first buffer through the submission)
+        let _one = self.poller.serial().hold();
+        // nothing is submitted to a device known to be lost (its work would not run, or run
+        // where nothing waits for it)
+        if let Some(why) = self.poller.lost().reason() {
+            return Box::pin(async move { Err(Error::Gpu(why)) });
+        }
         let storage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST
@@ -262,13 +269,6 @@ impl Gpu {
             Ok(bufs) => bufs,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        // (OpenGL: one thread at a time, through the submission)
-        let _one = self.poller.serial().hold();
-        // nothing is submitted to a device known to be lost (its work would not run, or run
-        // where nothing waits for it)
-        if let Some(why) = self.poller.lost().reason() {
-            return Box::pin(async move { Err(Error::Gpu(why)) });
-        }
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
@@ -321,7 +321,7 @@ impl Gpu {
         let serial = self.poller.serial().clone();
         #[cfg(target_arch = "wasm32")]
         let spent = (!reads.is_empty()).then_some(scratch);
-        let fut = Box::pin(async move {
+        let fut = async move {
             if let Some(e) = oom.await {
                 return Err(Error::Gpu(format!("out of device memory: {e}")));
             }
@@ -352,7 +352,7 @@ impl Gpu {
                 pool.give(spent);
             }
             Ok(data)
-        });
+        };
         self.poller.kick();
         // (wgpu runs no callback of a lost device: the loss ends the wait)
         let guarded = self.poller.lost().clone().guard(fut);
