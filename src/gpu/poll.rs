@@ -116,10 +116,9 @@ mod native {
         })))
     }
 
-    /// How long one wait on an OpenGL device lasts before it is made again: wgpu holds the GL
-    /// context through a wait, and a thread that needs it meanwhile (to make a buffer, to
-    /// submit) gives up with a panic after 6 s; waits of 2 s (wgpu's longest on GL) back to back
-    /// under load left it none.
+    /// How long one wait on an OpenGL device lasts before it is made again: a wait holds the GL
+    /// context and the engine's [`Serial`] lock, so other threads' allocations and submissions
+    /// get in between short waits rather than after one of up to 2 s (wgpu's longest on GL).
     const GL_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
     /// What a wait (`device.poll` under `catch_unwind`) came to. Only wgpu's own panic on a
