@@ -1070,6 +1070,22 @@ impl Gpu {
                 let stats_creg = self.creg(wide, softmax, inp.c, inp.n * inp.c * inp.s);
                 let creg = grad_creg(stats_creg, part.inp.probs, unr, &terms);
                 let gpix = grad_pix(wide, softmax, !l.lov.is_empty(), creg > 0, inp.c, terms.len());
+                if self.loop_limited && softmax && creg == 0 {
+                    let smoothed = unr && terms.iter().any(|t| t.kind == plan::op::CE && t.label_smoothing != 0.0);
+                    let steps = crate::gpu::softmax_grad_steps(inp.c, gpix, terms.len(), smoothed);
+                    if steps > CPU_LOOP_LIMIT {
+                        return Err(Error::Limit {
+                            what: format!(
+                                "loop steps of the gradient pass over {} softmax classes and {} pixel terms on \
+                                 llvmpipe (which ends a shader's loops after {CPU_LOOP_LIMIT} iterations)",
+                                inp.c,
+                                terms.len()
+                            ),
+                            needed: steps as u64,
+                            max: CPU_LOOP_LIMIT as u64,
+                        });
+                    }
+                }
                 let (kernel, per_thread) = if quads { (&shaders::GRAD4, 4 * gpix) } else { (&shaders::GRAD, gpix) };
                 let (gx, gz) = grid(&self.limits, inp.s.div_ceil(per_thread));
                 let lov_passes: Vec<Option<(usize, usize)>> = if l.lov.is_empty() {

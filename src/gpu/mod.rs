@@ -275,9 +275,14 @@ pub(crate) const CPU_LOOP_LIMIT: usize = 65535;
 /// log-sum-exp (4 classes a step); `validate` (buffer inputs) and `counts` (the hard predictions'
 /// argmax) a walk over the classes per pixel each, as does each label-smoothed cross-entropy slot
 /// (`smoothed`); the checks count double (measured on lavapipe: dice on a checked buffer input of
-/// 1236 classes came out short with single). On llvmpipe a pass past [`CPU_LOOP_LIMIT`] is
-/// refused: with the 16 pixels of tiles past [`CREG_MAX`] classes, 949 classes with checks, 1771
-/// without. `fused`: the pass writes cross-entropy's gradient, a walk over the classes per pixel.
+/// 1236 classes came out short with single), and triple where only cross-entropy is summed: a
+/// vector of ignored and kept pixels runs both sides of the branch between the ignored pixels'
+/// walk and the kept ones' walk for a class that is not `-inf`, then the walk that checks every
+/// logit (measured on lavapipe: `ce` on a checked buffer input with ignored pixels gave a wrong
+/// value at 1500 classes with double, a right one at 1200). On llvmpipe a pass past
+/// [`CPU_LOOP_LIMIT`] is refused: with the 16 pixels of tiles past [`CREG_MAX`] classes, 949
+/// classes with checks (1235 for cross-entropy alone), 1771 without. `fused`: the pass writes
+/// cross-entropy's gradient, a walk over the classes per pixel.
 pub(crate) fn softmax_stats_steps(
     c: usize,
     pix: usize,
@@ -288,8 +293,23 @@ pub(crate) fn softmax_stats_steps(
     fused: bool,
 ) -> usize {
     let class_loop = if pixel_only { c + pix + 16 } else { c * (1 + pix + 16) };
-    let walks = 2 * usize::from(validate) + usize::from(counts) + smoothed + usize::from(fused);
+    let checks = if pixel_only { 3 } else { 2 };
+    let walks = checks * usize::from(validate) + usize::from(counts) + smoothed + usize::from(fused);
     class_loop + c * pix * (1 + 4 * walks) / 4
+}
+
+/// The loop steps a softmax gradient thread (`grad.wgsl`, the walks in memory: not the register
+/// kernel) may take over `c` classes with `nterms` pixel terms: per class a step of each of its
+/// two class walks, and where there are two pixel terms or more, a step per term and one to
+/// enter their loop (one term's loop folds away); `smoothed_entries` (the unreduced entries of a
+/// label-smoothed cross-entropy) a walk over the classes per pixel of the thread's `gpix`. The
+/// loops over a thread's pixels run a number of steps the pipeline fixes, which lavapipe unrolls:
+/// measured on lavapipe, `ce` alone over 7900 classes came out right, and eight cross-entropy
+/// terms over 7900 classes wrote no gradient past class 6553, ten steps a class. On llvmpipe a
+/// pass past [`CPU_LOOP_LIMIT`] is refused.
+pub(crate) fn softmax_grad_steps(c: usize, gpix: usize, nterms: usize, smoothed_entries: bool) -> usize {
+    let terms = if nterms >= 2 { nterms + 1 } else { 0 };
+    c * (2 + terms) + usize::from(smoothed_entries) * gpix * c + 4 * gpix
 }
 /// The most classes a CPU adapter's softmax kernels keep in registers (`common.wgsl`: CREG_MAX).
 pub(crate) const CREG_MAX: usize = 32;
@@ -615,6 +635,15 @@ mod tests {
         // cross-entropy's fused gradient is fused up to 1236 classes (unfused beyond)
         assert!(softmax_stats_steps(1236, STATS_PIX, false, false, false, 0, true) <= CPU_LOOP_LIMIT);
         assert!(softmax_stats_steps(1237, STATS_PIX, false, false, false, 0, true) > CPU_LOOP_LIMIT);
+        // cross-entropy alone on a checked input: three walks per pixel (1500 classes came out
+        // wrong on lavapipe with two)
+        assert!(softmax_stats_steps(1235, STATS_PIX, true, true, false, 0, false) <= CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(1236, STATS_PIX, true, true, false, 0, false) > CPU_LOOP_LIMIT);
+        // the gradient pass: eight pixel terms came out short past 6553 classes on lavapipe
+        assert!(softmax_grad_steps(1400, GRAD_PIX, 8, false) <= CPU_LOOP_LIMIT);
+        assert!(softmax_grad_steps(6553, GRAD_PIX, 8, false) > CPU_LOOP_LIMIT);
+        // and cross-entropy alone came out right over 7900
+        assert!(softmax_grad_steps(7900, GRAD_PIX, 1, false) <= CPU_LOOP_LIMIT);
         // a usual class count is far from it
         assert!(softmax_stats_steps(182, STATS_PIX, false, true, true, 2, false) < CPU_LOOP_LIMIT / 2);
         // more pixels per thread, more steps
