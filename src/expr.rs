@@ -1034,9 +1034,15 @@ fn parse_term(text: &str) -> Result<(Term, Reduction), Error> {
     let mut kv: Vec<(&str, &str)> = Vec::new();
     let mut reduction = Reduction::Mean;
     if let Some(a) = args {
+        let mut seen: Vec<&str> = Vec::new();
         for part in a.split(',') {
             let (k, v) =
                 part.split_once('=').ok_or_else(|| perr(text, format!("'{}' is not key=value", part.trim())))?;
+            // (a preset's keys may be overridden; a key given twice is a mistake either way)
+            if seen.contains(&k.trim()) {
+                return Err(perr(text, format!("key '{}' is given twice", k.trim())));
+            }
+            seen.push(k.trim());
             if k.trim() == "reduction" {
                 reduction =
                     choice(text, "reduction", v.trim(), &[("mean", Reduction::Mean), ("none", Reduction::None)])?;
@@ -1274,6 +1280,9 @@ fn parse_deep(text: &str) -> Result<Option<LossExpr>, Error> {
     if let Some(a) = args {
         for part in a.split(',') {
             match part.split_once('=') {
+                Some((k, _)) if k.trim() == "weights" && matches!(weights, DeepWeights::List(_)) => {
+                    return Err(perr(text, "key 'weights' is given twice"))
+                }
                 Some((k, v)) if k.trim() == "weights" => {
                     weights = DeepWeights::List(weight_list(text, "weights", v.trim())?)
                 }

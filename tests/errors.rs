@@ -55,6 +55,15 @@ fn loss_text_errors_list_what_is_allowed() {
     assert_eq!(g.to_string(), "gdice:smooth=1");
     assert!(parse_err("gdice@kornia").contains("presets for gdice: smp, monai, keras, paddle"));
     assert!(parse_err("lovasz:classes=0;2;0").contains("classes lists 0 twice"));
+    // (review) a key given twice was taken as its last value: an error; a preset's keys may
+    // still be overridden
+    assert!(parse_err("dice:smooth=1,smooth=2").contains("key 'smooth' is given twice"));
+    assert!(parse_err("bce:reduction=none,reduction=mean").contains("key 'reduction' is given twice"));
+    assert!(parse_err("deep:weights=1;1,weights=1;2(bce)").contains("key 'weights' is given twice"));
+    assert_eq!(
+        "dice@monai:smooth_nr=0".parse::<LossExpr>().unwrap().to_string(),
+        "dice:pool=image,smooth_nr=0,smooth_dr=0.00001,eps=0,empty=formula,norm=count,intersection=product"
+    );
     // (review) every loss's key list names `reduction`, which every loss takes
     for (text, last) in [("dice:smoth=1", "intersection, reduction"), ("bce:x=1", "label_smoothing, reduction")] {
         let e = parse_err(text);

@@ -653,6 +653,8 @@ fn metric_text_errors_list_what_the_metric_takes() {
         ("counts@monai", "counts has no preset monai; presets for counts: smp"),
         ("precision@torchmetrics", "presets for precision: smp, monai"),
         ("iou@keras", "presets: smp, monai, torchmetrics"),
+        // (review) a repeated key is a mistake, not "the last one wins"
+        ("iou:threshold=0.3,threshold=0.7", "key 'threshold' is given twice"),
     ] {
         let e = err(text);
         assert!(e.contains(needle), "{text}: {e}");

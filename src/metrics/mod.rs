@@ -555,6 +555,7 @@ impl FromStr for Metric {
             (Preset::Smp, _) => {}
         }
         let allowed = m.keys();
+        let mut seen: Vec<&str> = Vec::new();
         for pair in kv.into_iter().flat_map(|k| k.split(',')) {
             let (key, v) = pair.split_once('=').ok_or_else(|| {
                 merr(text, format!("'{pair}' is not key=value; keys of {name_s}: {}", allowed.join(", ")))
@@ -566,6 +567,11 @@ impl FromStr for Metric {
                     format!("unknown key for {name_s}: '{key}'; keys of {name_s}: {}", allowed.join(", ")),
                 ));
             }
+            // (a preset's keys may be overridden; a key given twice is a mistake either way)
+            if seen.contains(&key) {
+                return Err(merr(text, format!("key '{key}' is given twice")));
+            }
+            seen.push(key);
             match key {
                 "threshold" => m.threshold = Some(number(text, key, v)?),
                 "reduction" => {
