@@ -914,7 +914,10 @@ const REGION_KEYS: &[&str] = &[
 ];
 
 /// `w0;w1;...`: a list of weights.
+/// A `;`-separated list; one trailing `;` is allowed, which makes a one-entry list a list
+/// (`pos_weight=2;`, one channel's weight, against `pos_weight=2` for every channel).
 fn weight_list(text: &str, key: &str, v: &str) -> Result<Vec<f64>, Error> {
+    let v = v.strip_suffix(';').unwrap_or(v);
     v.split(';').map(|x| num(text, key, x.trim())).collect()
 }
 
@@ -1411,6 +1414,9 @@ impl fmt::Display for Loss {
                 match &p.pos_weight {
                     PosWeight::Auto => kv.push("pos_weight=auto".into()),
                     PosWeight::Value(v) if *v != 1.0 => kv.push(format!("pos_weight={}", fmt_num(*v))),
+                    // (a one-entry list keeps its `;`, or it would read back as one weight for
+                    // every channel)
+                    PosWeight::Channels(w) if w.len() == 1 => kv.push(format!("pos_weight={};", list_text(w))),
                     PosWeight::Channels(w) => kv.push(format!("pos_weight={}", list_text(w))),
                     _ => {}
                 }

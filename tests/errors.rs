@@ -4,6 +4,7 @@ mod common;
 
 use std::borrow::Cow;
 
+use segloss::expr::{BceParams, Loss, PosWeight};
 use segloss::{reference, Error, Input, LossExpr, Mode, Target};
 
 fn parse_err(text: &str) -> String {
@@ -130,6 +131,10 @@ fn loss_text_round_trips() {
         "focal@kornia:alpha=0.25,weights=1;0;2",
         "focal:act=softmax,norm=count",
         "bce:pos_weight=1;2.5;0.5",
+        // (review) a one-entry list wrote `pos_weight=2`, which reads back as one weight for
+        // every channel
+        "bce:pos_weight=2;",
+        "dice:weights=3;",
     ] {
         let e: LossExpr = t.parse().unwrap();
         let again: LossExpr = e.to_string().parse().unwrap();
@@ -192,6 +197,13 @@ fn losses_that_do_not_fit_the_mode_are_errors() {
     }
     let err = reference::evaluate(&dense, &"bce:pos_weight=1;2;3".parse().unwrap()).unwrap_err().to_string();
     assert!(err.contains("pos_weight has 3 entries but there are 2"), "{err}");
+    // a one-entry list is a list, in code and in its text alike
+    let one = LossExpr::from(Loss::Bce(BceParams { pos_weight: PosWeight::Channels(vec![2.0]), label_smoothing: 0.0 }));
+    let again: LossExpr = one.to_string().parse().unwrap();
+    for e in [&one, &again] {
+        let err = reference::evaluate(&dense, e).unwrap_err().to_string();
+        assert!(err.contains("pos_weight has 1 entries but there are 2"), "{e}: {err}");
+    }
 }
 
 #[test]
