@@ -59,8 +59,19 @@ fn num(v: f64) -> String {
     format!("{v}")
 }
 
+/// A region loss's `pool`, one of the words the loss text takes (a config is loaded from JSON,
+/// and its text is spliced in: `image+bce` would add a term, `batch,smooth=5` a key).
+fn check_pool(pool: &str) -> Result<(), Error> {
+    const POOLS: [&str; 4] = ["batch", "image", "all", "image_all"];
+    if POOLS.contains(&pool) {
+        Ok(())
+    } else {
+        Err(Error::Segloss(segloss::Error::Input(format!("pool '{pool}' is not one of {}", POOLS.join(", ")))))
+    }
+}
+
 macro_rules! typed {
-    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty = $default:literal),* $(,)? } => |$s:ident| $text:expr) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty = $default:literal),* $(,)? } => |$s:ident| $text:expr $(, check |$cs:ident| $check:expr)?) => {
         $(#[$doc])*
         #[derive(Config, Debug)]
         pub struct $name {
@@ -81,17 +92,19 @@ macro_rules! typed {
 
             /// The loss, on segloss's default engine for tensors that go through host memory.
             pub fn init(&self) -> Result<SegLoss, Error> {
-                self.config().init()
+                self.config()?.init()
             }
 
             /// The loss, on `engine`.
             pub fn init_with(&self, engine: Arc<Engine>) -> Result<SegLoss, Error> {
-                self.config().init_with(engine)
+                self.config()?.init_with(engine)
             }
 
-            /// As a [`SegLossConfig`].
-            pub fn config(&self) -> SegLossConfig {
-                SegLossConfig { loss: self.text(), mode: self.mode, ignore_index: self.ignore_index }
+            /// As a [`SegLossConfig`]; an error where a field is not one of the words the loss
+            /// text takes.
+            pub fn config(&self) -> Result<SegLossConfig, Error> {
+                $(let $cs = self; $check?;)?
+                Ok(SegLossConfig { loss: self.text(), mode: self.mode, ignore_index: self.ignore_index })
             }
         }
     };
@@ -111,7 +124,8 @@ typed!(
         squared: bool = false,
         /// `batch` (sums over the batch), `image` (per image, then the mean) or `all`.
         pool: String = "String::from(\"batch\")",
-    } => |c| format!("dice:smooth={},eps={},log={},squared={},pool={}", num(c.smooth), num(c.eps), c.log, c.squared, c.pool)
+    } => |c| format!("dice:smooth={},eps={},log={},squared={},pool={}", num(c.smooth), num(c.eps), c.log, c.squared, c.pool),
+    check |c| check_pool(&c.pool)
 );
 
 typed!(
@@ -125,7 +139,8 @@ typed!(
         log: bool = false,
         /// `batch`, `image` or `all`.
         pool: String = "String::from(\"batch\")",
-    } => |c| format!("jaccard:smooth={},eps={},log={},pool={}", num(c.smooth), num(c.eps), c.log, c.pool)
+    } => |c| format!("jaccard:smooth={},eps={},log={},pool={}", num(c.smooth), num(c.eps), c.log, c.pool),
+    check |c| check_pool(&c.pool)
 );
 
 typed!(
@@ -206,5 +221,26 @@ mod tests {
         let json = burn::config::config_to_json(&c);
         let back = SegLossConfig::load_binary(json.as_bytes()).unwrap();
         assert_eq!((back.loss.as_str(), back.mode, back.ignore_index), ("bce+dice", Mode::Multilabel, Some(255)));
+    }
+
+    /// (review) `pool` was spliced into the text unchecked: `image+bce` added a term and
+    /// `batch,smooth=5` a key, silently.
+    #[test]
+    fn a_pool_that_is_not_a_pool_word_is_an_error() {
+        let m = Mode::Binary;
+        for pool in ["image+bce", "batch,smooth=5", "batch,empty=skip", "everything", ""] {
+            for err in [
+                DiceLossConfig::new(m).with_pool(pool.into()).init().err(),
+                JaccardLossConfig::new(m).with_pool(pool.into()).init().err(),
+            ] {
+                let e = err.unwrap_or_else(|| panic!("pool '{pool}' was accepted")).to_string();
+                assert!(e.contains(&format!("pool '{pool}' is not one of batch, image, all, image_all")), "{e}");
+            }
+        }
+        for pool in ["batch", "image", "all", "image_all"] {
+            let c = DiceLossConfig::new(m).with_pool(pool.into()).config().unwrap();
+            assert!(c.loss.ends_with(&format!("pool={pool}")), "{}", c.loss);
+            assert!(JaccardLossConfig::new(m).with_pool(pool.into()).init().is_ok());
+        }
     }
 }
