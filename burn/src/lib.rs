@@ -57,7 +57,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use burn::backend::Dispatch;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use segloss::{Engine, LossExpr, Mode};
 
 mod backend;
@@ -273,11 +273,15 @@ impl SegLoss {
         let value = Tensor::<1>::from_data(TensorData::new(vec![value], [1]), &device).cast(dtype);
         Ok(match grad {
             Some(g) => {
-                let g = Tensor::<D>::from_data(TensorData::new(g, shape), &device).cast(dtype);
+                // the product in f32, then cast: a gradient past the logits' type (an f16 entry
+                // over 65504) is infinite there, and 0 times it would make the value NaN; the
+                // gradient, cast back through the cast, is the logits' type's, infinite where it is
+                let g = Tensor::<D>::from_data(TensorData::new(g, shape), &device);
                 // a -inf logit (a class masked out, multiclass) would make x - detach(x) NaN; its
                 // gradient is 0, so it is left out of the difference
                 let x = logits.clone().mask_fill(logits.is_inf(), 0.0);
-                value + (x.clone() - x.detach()).mul(g).sum()
+                let zero = (x.clone() - x.detach()).cast(FloatDType::F32);
+                value + zero.mul(g).sum().cast(dtype)
             }
             None => value,
         })
