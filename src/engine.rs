@@ -640,12 +640,12 @@ impl Engine {
     /// Opens the best adapter (`SEGLOSS_BACKEND` and `SEGLOSS_ADAPTER` choose), or falls back to
     /// the CPU reference when none exists; [`Engine::info`] says which.
     pub async fn new() -> Result<Engine, Error> {
-        Engine::with_options(&EngineOptions::from_env()).await
+        Engine::with_options(&EngineOptions::try_from_env()?).await
     }
 
     /// Opens a GPU adapter and fails when none exists.
     pub async fn gpu() -> Result<Engine, Error> {
-        Engine::with_options(&EngineOptions { allow_cpu_fallback: false, ..EngineOptions::from_env() }).await
+        Engine::with_options(&EngineOptions { allow_cpu_fallback: false, ..EngineOptions::try_from_env()? }).await
     }
 
     /// Opens an adapter chosen by `opts`.
@@ -716,7 +716,7 @@ impl Engine {
         device: wgpu::Device,
         queue: wgpu::Queue,
     ) -> Result<Engine, Error> {
-        let gpu = Gpu::new(info, device, queue, false, EngineOptions::from_env().max_binding_bytes).await?;
+        let gpu = Gpu::new(info, device, queue, false, EngineOptions::try_from_env()?.max_binding_bytes).await?;
         Ok(Engine { backend: Backend::Gpu(Arc::new(gpu)), info: DeviceInfo::of(info) })
     }
 

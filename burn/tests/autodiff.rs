@@ -320,8 +320,9 @@ fn a_half_precision_gradient_past_its_range_leaves_the_value_finite() {
     let shape = [1usize, 1, 1, 1];
     // d/dx = 2e5 (p - 1) - 2e5 (p - 1/2) = -1e5 at any x; the value 2e5 (-x / 2) = 0 at x = 0
     let text = "200000*bce+-200000*bce:label_smoothing=1";
-    let want = reference::evaluate(&Input::dense(&[0.0], &[1.0], &shape, Mode::Binary).unwrap(), &text.parse().unwrap())
-        .unwrap();
+    let want =
+        reference::evaluate(&Input::dense(&[0.0], &[1.0], &shape, Mode::Binary).unwrap(), &text.parse().unwrap())
+            .unwrap();
     assert!(want.value.abs() < 1e-6 && (want.grad[0] + 1e5).abs() < 1.0, "{want:?}");
     let loss = SegLoss::with_engine(text.parse().unwrap(), Mode::Binary, engine).through_host(true);
     let logits = Tensor::<4>::from_data(TensorData::new(vec![0f32], shape), &device)

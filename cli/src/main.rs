@@ -144,7 +144,7 @@ fn adapters_choice(arg: &Option<String>) -> Option<String> {
 }
 
 fn multi_engine(choice: &str) -> Result<MultiEngine, Fail> {
-    let opts = EngineOptions::from_env();
+    let opts = EngineOptions::try_from_env()?;
     MultiEngine::open_blocking(&opts, choice).map_err(|e| match e {
         // a choice that matches none of the usable adapters there are is a bad argument (no
         // usable adapter at all is not)
@@ -333,7 +333,7 @@ fn main() -> ExitCode {
 }
 
 pub(crate) fn engine() -> Result<Engine, Fail> {
-    let e = futures::executor::block_on(Engine::with_options(&EngineOptions::from_env()))?;
+    let e = futures::executor::block_on(Engine::with_options(&EngineOptions::try_from_env()?))?;
     if let Some(why) = &e.info().fallback_reason {
         note(&format!("no GPU adapter ({why}); using the f64 CPU reference"));
     }
@@ -716,7 +716,7 @@ pub(crate) fn metric_entry(text: &str, r: Result<segloss::metrics::MetricValue, 
 // devices
 
 fn devices(as_json: bool, choice: Option<String>, images: usize) -> Result<(), Fail> {
-    let opts = EngineOptions::from_env();
+    let opts = EngineOptions::try_from_env()?;
     let list = futures::executor::block_on(segloss::list_adapters(&opts))?;
     // how a batch would be spread over the chosen adapters
     let spread = match &choice {

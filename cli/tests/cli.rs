@@ -1009,6 +1009,13 @@ fn options_without_their_mode_are_usage_errors() {
         &[("SEGLOSS_BACKEND", "webgpu")],
     );
     assert_eq!(no_gpu.status.code(), Some(1), "{}", String::from_utf8_lossy(&no_gpu.stderr));
+    // (review) a binding limit that is not a number of bytes was left out silently
+    for cmd in [&["eval", "--logits", s(&l), "--target", s(&t), "--loss", "bce"][..], &["devices"]] {
+        let out = segloss_env(cmd, &[("SEGLOSS_MAX_BINDING_BYTES", "64MiB")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
+        assert!(err.contains("SEGLOSS_MAX_BINDING_BYTES=\"64MiB\" is not a whole number of bytes"), "{cmd:?}: {err}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -70,7 +70,9 @@ pub struct EngineOptions {
 
 impl EngineOptions {
     /// Options from `SEGLOSS_BACKEND`, `SEGLOSS_ADAPTER` and `SEGLOSS_MAX_BINDING_BYTES`, with
-    /// CPU fallback allowed.
+    /// CPU fallback allowed. A `SEGLOSS_MAX_BINDING_BYTES` that is not a whole number of bytes
+    /// is left out here; [`EngineOptions::try_from_env`], which [`crate::Engine::new`] uses,
+    /// refuses it.
     pub fn from_env() -> EngineOptions {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         EngineOptions {
@@ -79,6 +81,23 @@ impl EngineOptions {
             allow_cpu_fallback: true,
             max_binding_bytes: get("SEGLOSS_MAX_BINDING_BYTES").and_then(|v| v.trim().parse().ok()),
         }
+    }
+
+    /// [`EngineOptions::from_env`], with an [`Error::Input`] naming `SEGLOSS_MAX_BINDING_BYTES`
+    /// where it is set but not a whole number of bytes (`64MiB`, `-1`).
+    ///
+    /// ```
+    /// let opts = segloss::EngineOptions::try_from_env()?;
+    /// # Ok::<(), segloss::Error>(())
+    /// ```
+    pub fn try_from_env() -> Result<EngineOptions, Error> {
+        let opts = EngineOptions::from_env();
+        if let Ok(v) = std::env::var("SEGLOSS_MAX_BINDING_BYTES") {
+            if !v.trim().is_empty() && opts.max_binding_bytes.is_none() {
+                return Err(Error::Input(format!("SEGLOSS_MAX_BINDING_BYTES={v:?} is not a whole number of bytes")));
+            }
+        }
+        Ok(opts)
     }
 
     fn backends(&self) -> Result<wgpu::Backends, Error> {
