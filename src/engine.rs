@@ -190,7 +190,8 @@ pub struct BufferInput<'a> {
 }
 
 impl<'a> BufferInput<'a> {
-    /// Checks what can be checked without reading the buffers: shape, lengths, mode, ignore index.
+    /// Checks what can be checked without reading the buffers: shape, lengths (and that each
+    /// slice lies within its buffer, before any size is computed from them), mode, ignore index.
     pub fn new(
         logits: BufferSlice<'a>,
         target: TargetBuffer<'a>,
@@ -224,6 +225,8 @@ impl<'a> BufferInput<'a> {
                 target.slice().len
             )));
         }
+        check_bounds("logits", &logits)?;
+        check_bounds("target", &target.slice())?;
         let ignore_word = match (ignore_index, &target) {
             (None, _) => None,
             (Some(k), TargetBuffer::ClassU32(_)) => Some(u32::try_from(k).map_err(|_| {
@@ -1501,6 +1504,15 @@ pub(crate) fn check_slice_placement(
             s.offset
         )));
     }
+    check_bounds(what, s)?;
+    if s.len == 0 {
+        return Err(Error::Buffer(format!("the {what} slice is empty")));
+    }
+    Ok(())
+}
+
+/// A slice within its buffer.
+fn check_bounds(what: &str, s: &BufferSlice<'_>) -> Result<(), Error> {
     let end = s.offset.saturating_add(s.bytes());
     if end > s.buffer.size() {
         return Err(Error::Buffer(format!(
@@ -1508,9 +1520,6 @@ pub(crate) fn check_slice_placement(
             s.offset,
             s.buffer.size()
         )));
-    }
-    if s.len == 0 {
-        return Err(Error::Buffer(format!("the {what} slice is empty")));
     }
     Ok(())
 }
