@@ -286,9 +286,42 @@ impl Statistics {
         Ok(())
     }
 
+    /// Checks what any statistics hold, whatever wrote them ([`Statistics::as_mut_slice`]: an
+    /// all-reduce): every number finite and `>= 0` (each is a sum of non-negative terms), and
+    /// the Lovász segments' label counts whole numbers.
+    fn check_numbers(&self) -> Result<(), Error> {
+        let bad = |i: usize, v: f64, why: &str| {
+            Err(Error::Input(format!(
+                "statistics entry {i} is {v}: {why} (written through as_mut_slice, by an all-reduce?)"
+            )))
+        };
+        for (i, &v) in self.data.iter().enumerate() {
+            if !v.is_finite() {
+                return bad(i, v, "every sum is finite");
+            }
+            if v < 0.0 {
+                return bad(i, v, "every sum is of terms >= 0");
+            }
+        }
+        for g in 0..self.lov_per_image.len() {
+            let r = self.lov_range(g);
+            for (j, q) in self.data[r.clone()].chunks_exact(3).enumerate() {
+                for (o, &v) in q.iter().enumerate().skip(1) {
+                    if v.fract() != 0.0 {
+                        return bad(r.start + 3 * j + o, v, "a Lovász segment's label counts are whole numbers");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The values of the expressions on the whole batch, in f64 from the sums (the host twin
-    /// of the device finalize); [`Evaluation::grad`] is `None`.
+    /// of the device finalize); [`Evaluation::grad`] is `None`. Statistics that no evaluation
+    /// could have written (a number that is not finite, or below 0) are an [`Error::Input`]
+    /// naming the entry.
     pub fn finish(&self) -> Result<Vec<Evaluation>, Error> {
+        self.check_numbers()?;
         let plan = StatsPlan::new(&self.exprs, self.classes, self.mode == Mode::Multiclass);
         let (n, c) = (self.images, self.classes);
         let sums =
@@ -374,6 +407,7 @@ impl Statistics {
         first_image: usize,
         exprs: &[LossExpr],
     ) -> Result<(), Error> {
+        self.check_numbers()?;
         if mode != self.mode || classes != self.classes {
             return Err(Error::Input(format!(
                 "a {mode} input of {classes} classes for statistics of {} {} classes",
@@ -1223,6 +1257,17 @@ mod tests {
         joined.add(&b.placed(2, 5).unwrap()).unwrap();
         a.append(&b).unwrap();
         assert_eq!(a, joined);
+        // (review) numbers no evaluation writes, edited in through as_mut_slice, are named
+        let mut odd = joined.clone();
+        odd.as_mut_slice()[3] = f64::NAN;
+        assert!(matches!(odd.finish(), Err(Error::Input(m)) if m.contains("entry 3 is NaN")));
+        odd.as_mut_slice()[3] = -1.0;
+        assert!(matches!(odd.finish(), Err(Error::Input(m)) if m.contains("entry 3 is -1")));
+        odd.as_mut_slice()[3] = 0.0;
+        let r = odd.lov_range(0);
+        odd.as_mut_slice()[r.start + 1] = 0.5;
+        let want = format!("entry {} is 0.5", r.start + 1);
+        assert!(matches!(odd.finish(), Err(Error::Input(m)) if m.contains(&want)));
         let whole: Vec<LossExpr> = vec!["lovasz".parse().unwrap()];
         assert!(matches!(
             Statistics::zeroed(Mode::Binary, InputKind::Logits, 1, 2, &whole, true),
