@@ -32,6 +32,8 @@ use crate::stats::Statistics;
 /// ```
 pub struct MultiEngine {
     engines: Vec<Engine>,
+    /// The chosen adapters that did not open: `name (backend): why`.
+    skipped: Vec<String>,
 }
 
 /// Whether an adapter described as `name (backend)` is one of `choice`: `all`, or a comma list
@@ -49,26 +51,44 @@ impl MultiEngine {
         if engines.is_empty() {
             return Err(Error::Input("a multi-adapter engine needs at least one engine".into()));
         }
-        Ok(MultiEngine { engines })
+        Ok(MultiEngine { engines, skipped: Vec::new() })
     }
 
     /// Opens every usable adapter of the backends `opts` allows that `choice` names: `all`, or
     /// a comma list of substrings of adapter names or backends (`vulkan,gl`, `nvidia`);
-    /// the `--adapters` of the command line, also read from `SEGLOSS_ADAPTERS`.
+    /// the `--adapters` of the command line, also read from `SEGLOSS_ADAPTERS`. A chosen adapter
+    /// that fails to open (its device refused) is left out, and [`MultiEngine::skipped`] says
+    /// why; only when none opens is that an error, naming each.
     #[cfg(not(target_arch = "wasm32"))]
     pub async fn open(opts: &EngineOptions, choice: &str) -> Result<MultiEngine, Error> {
         let list = crate::list_adapters(opts).await?;
-        let mut engines = Vec::new();
+        let (mut engines, mut skipped) = (Vec::new(), Vec::new());
         for (i, a) in list.iter().enumerate() {
-            if !a.usable || !chosen(choice, &format!("{} ({})", a.info.name, a.info.backend)) {
+            let desc = format!("{} ({})", a.info.name, a.info.backend);
+            if !a.usable || !chosen(choice, &desc) {
                 continue;
             }
-            engines.push(Engine::open_nth(opts, i).await?);
+            match Engine::open_nth(opts, i).await {
+                Ok(e) => engines.push(e),
+                Err(e) => skipped.push(format!("{desc}: {e}")),
+            }
         }
-        if engines.is_empty() {
+        if engines.is_empty() && skipped.is_empty() {
             return Err(Error::NoAdapter(format!("no usable adapter matches '{choice}' among {} found", list.len())));
         }
-        MultiEngine::from_engines(engines)
+        if engines.is_empty() {
+            return Err(Error::NoAdapter(format!(
+                "none of the adapters '{choice}' names opened: {}",
+                skipped.join("; ")
+            )));
+        }
+        Ok(MultiEngine { engines, skipped })
+    }
+
+    /// The chosen adapters that [`MultiEngine::open`] left out because they failed to open, each
+    /// as `name (backend): why`.
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
     }
 
     /// Blocking [`MultiEngine::open`].

@@ -145,7 +145,7 @@ fn adapters_choice(arg: &Option<String>) -> Option<String> {
 
 fn multi_engine(choice: &str) -> Result<MultiEngine, Fail> {
     let opts = EngineOptions::try_from_env()?;
-    MultiEngine::open_blocking(&opts, choice).map_err(|e| match e {
+    let multi = MultiEngine::open_blocking(&opts, choice).map_err(|e| match e {
         // a choice that matches none of the usable adapters there are is a bad argument (no
         // usable adapter at all is not)
         Error::NoAdapter(m)
@@ -156,7 +156,11 @@ fn multi_engine(choice: &str) -> Result<MultiEngine, Fail> {
             Fail(2, format!("--adapters: {m}"))
         }
         e => e.into(),
-    })
+    })?;
+    for why in multi.skipped() {
+        note(&format!("left out an adapter that did not open: {why}"));
+    }
+    Ok(multi)
 }
 
 #[derive(clap::Args)]
