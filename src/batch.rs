@@ -311,7 +311,11 @@ impl<'e, 'a> Batch<'e, 'a> {
                         .exprs
                         .iter()
                         .zip(&it.grads)
-                        .map(|(e, g)| reference_evaluation(input, e, matches!(g, GradOut::Host)))
+                        .enumerate()
+                        .map(|(i, (e, g))| {
+                            reference_evaluation(input, e, matches!(g, GradOut::Host))
+                                .map_err(|err| crate::engine::of_expression(i, err))
+                        })
                         .collect();
                     let _ = tx.send(r);
                 }

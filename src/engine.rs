@@ -488,22 +488,33 @@ fn finish_each(v: &[u32], layout: &[(usize, usize)], weights: &[Vec<f64>]) -> Ve
     layout
         .iter()
         .zip(weights)
-        .map(|(&(at, nt), w)| {
+        .enumerate()
+        .map(|(i, (&(at, nt), w))| {
             let tv: Vec<f64> = v[at + 1..at + 1 + nt].iter().map(|&b| f64::from(f32::from_bits(b))).collect();
             let value: f64 = tv.iter().zip(w).map(|(t, w)| t * w).sum();
-            check_value(value, &tv)?;
+            check_value(value, &tv, Some(i))?;
             Ok((value, tv))
         })
         .collect()
 }
 
-/// A value (or term value) outside the f32 range is an overflow error, on every engine.
-pub(crate) fn check_value(value: f64, terms: &[f64]) -> Result<(), Error> {
+/// An overflow of expression `i` of a call, named so.
+pub(crate) fn of_expression(i: usize, err: Error) -> Error {
+    match err {
+        Error::Overflow(m) if !m.starts_with("expression ") => Error::Overflow(format!("expression {}: {m}", i + 1)),
+        e => e,
+    }
+}
+
+/// A value (or term value) outside the f32 range is an overflow error, on every engine; `expr`:
+/// the expression's index in its call, which the error names (from 1).
+pub(crate) fn check_value(value: f64, terms: &[f64], expr: Option<usize>) -> Result<(), Error> {
+    let of = expr.map_or(String::new(), |i| format!("expression {}: ", i + 1));
     if let Some(t) = terms.iter().position(|t| !t.is_finite() || t.abs() > F32_MAX) {
-        return Err(Error::Overflow(format!("term {} has value {} (outside the f32 range)", t + 1, terms[t])));
+        return Err(Error::Overflow(format!("{of}term {} has value {} (outside the f32 range)", t + 1, terms[t])));
     }
     if !value.is_finite() || value.abs() > F32_MAX {
-        return Err(Error::Overflow(format!("the value {value:e} is outside the f32 range")));
+        return Err(Error::Overflow(format!("{of}the value {value:e} is outside the f32 range")));
     }
     Ok(())
 }
@@ -846,6 +857,9 @@ impl Engine {
 
     /// Evaluates several expressions on one batch: one statistics pass for all of them, the
     /// finalize and one gradient pass per expression, in one submission with one host wait.
+    /// An expression whose value (or a term's) falls outside the f32 range fails the call with an
+    /// [`Error::Overflow`] that names it (`expression 2: ...`): evaluate it apart (its own call,
+    /// or its own request of a [`crate::Batch`]) to keep the others' results.
     pub async fn evaluate(&self, input: &Input<'_>, exprs: &[LossExpr], grads: bool) -> Result<Vec<Evaluation>, Error> {
         if input.levels() > 1 || exprs.iter().any(|e| e.deep.is_some()) {
             // each level is uploaded by the batch of the levels
@@ -873,7 +887,13 @@ impl Engine {
         }
         let gpu = match &self.backend {
             Backend::Cpu => {
-                return exprs.iter().map(|e| reference_evaluation(input, e, grads == GradMode::Read)).collect()
+                return exprs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| {
+                        reference_evaluation(input, e, grads == GradMode::Read).map_err(|err| of_expression(i, err))
+                    })
+                    .collect()
             }
             Backend::Gpu(g) => g,
         };
@@ -1110,8 +1130,8 @@ impl Engine {
                 }
             }
         }
-        for o in &out {
-            check_value(o.value, &o.term_values)?;
+        for (i, o) in out.iter().enumerate() {
+            check_value(o.value, &o.term_values, Some(i))?;
         }
         Ok(out)
     }

@@ -334,10 +334,11 @@ impl Statistics {
         let softmax = self.mode == Mode::Multiclass;
         self.exprs
             .iter()
-            .map(|e| {
+            .enumerate()
+            .map(|(i, e)| {
                 let layout = BlockLayout::new(e, &plan, (n, c, 1), softmax);
                 let f = plan::finalize(e, &plan, &layout, &sums, self.mode, &lov);
-                check_value(f.value, &f.term_values)?;
+                check_value(f.value, &f.term_values, Some(i))?;
                 Ok(Evaluation {
                     value: f.value,
                     term_values: f.term_values,

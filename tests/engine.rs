@@ -950,6 +950,17 @@ fn parameters_and_values_past_f32_range() {
     let e: LossExpr = "3e38*dice+3e38*dice".parse().unwrap();
     assert!(matches!(engine.evaluate_blocking(&input, std::slice::from_ref(&e), false), Err(Error::Overflow(_))));
     assert!(matches!(reference::evaluate(&input, &e), Err(Error::Overflow(_))));
+    // beside another expression, the error names the one that overflowed (review: it did not say
+    // which, and the call's other results are lost with it), on the GPU and on the CPU engine
+    let pair = [parse(&["bce"]).remove(0), e.clone()];
+    for eng in [engine, &Engine::cpu(None)] {
+        for grads in [false, true] {
+            match eng.evaluate_blocking(&input, &pair, grads) {
+                Err(Error::Overflow(m)) => assert!(m.starts_with("expression 2: "), "{m}"),
+                other => panic!("expected an overflow of expression 2, got {:?}", other.map(|v| v.len())),
+            }
+        }
+    }
     // large but valid parameters: finite, and the GPU agrees with the CPU
     let labels = label_case(32, &[2, 4, 8, 8], 255);
     let linput = labels.whole();
