@@ -198,7 +198,8 @@ mod tests {
 
     #[test]
     fn a_batch_is_spread_in_balanced_image_ranges() {
-        let m = MultiEngine { engines: vec![Engine::cpu(None), Engine::cpu(None), Engine::cpu(None)] };
+        let m =
+            MultiEngine { engines: vec![Engine::cpu(None), Engine::cpu(None), Engine::cpu(None)], skipped: Vec::new() };
         assert_eq!(m.spread(8), vec![0..3, 3..6, 6..8]);
         assert_eq!(m.spread(2), vec![0..1, 1..2, 2..2]);
     }
