@@ -881,7 +881,8 @@ fn class_list(text: &str, key: &str, v: &str, allow_present: bool) -> Result<Cla
         _ => {}
     }
     let mut out = Vec::new();
-    for part in v.split(';') {
+    // (one trailing `;` allowed, as in every list)
+    for part in v.strip_suffix(';').unwrap_or(v).split(';') {
         let k: usize = part.trim().parse().map_err(|_| {
             let what = if allow_present { "all, present" } else { "all" };
             perr(text, format!("{key}={v}: expected {what} or a list of class indices like 0;2;5"))
@@ -1315,8 +1316,14 @@ fn parse_deep(text: &str) -> Result<Option<LossExpr>, Error> {
 /// a number (`1e+0`, `smooth=+1`, `weights=1;+2`).
 fn split_terms(text: &str) -> Vec<&str> {
     let b = text.as_bytes();
+    // (after `=` or `;` a sign only before a number that is not a term's weight:
+    // `pos_weight=2;+dice` and `weights=3;+0.5*ce` are two terms, `weights=1;+2` one)
+    let number_after = |i: usize| {
+        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E')).count();
+        digits > 0 && b.get(i + 1 + digits) != Some(&b'*')
+    };
     let sign = |i: usize| match i.checked_sub(1).map(|j| b[j]) {
-        Some(b'=' | b';') => true,
+        Some(b'=' | b';') => number_after(i),
         Some(b'e' | b'E') => i >= 2 && (b[i - 2].is_ascii_digit() || b[i - 2] == b'.'),
         _ => false,
     };

@@ -135,11 +135,18 @@ fn loss_text_round_trips() {
         // every channel
         "bce:pos_weight=2;",
         "dice:weights=3;",
+        // (the diff's review) a '+' after a list's ';' starts a term unless a number follows
+        "bce:pos_weight=2;+dice",
+        "0.5*dice:weights=3;+0.5*ce",
+        "dice:classes=0;2;+bce",
+        "dice:weights=1;+2,smooth=+1",
     ] {
         let e: LossExpr = t.parse().unwrap();
         let again: LossExpr = e.to_string().parse().unwrap();
         assert_eq!(e, again, "{t} -> {e}");
     }
+    assert_eq!("bce:pos_weight=2;+dice".parse::<LossExpr>().unwrap().terms.len(), 2);
+    assert_eq!("dice:weights=1;+2".parse::<LossExpr>().unwrap().terms.len(), 1);
     // every loss under every preset that defines it writes a text that parses back to it
     // (gdice@monai wrote empty= and norm=, which gdice does not take)
     for name in ["bce", "ce", "focal", "dice", "jaccard", "tversky", "gdice", "sensspec", "lovasz"] {

@@ -57,7 +57,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use burn::backend::Dispatch;
-use burn::tensor::{FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
 use segloss::{Engine, LossExpr, Mode};
 
 mod backend;
@@ -270,13 +270,15 @@ impl SegLoss {
         let (value, grad) = self.evaluate_host(x, t, &shape, logits.is_tracked())?;
         self.count(Some(Path::Host), xbytes + tbytes + grad.as_ref().map_or(0, |g| 4 * g.len() as u64));
         // value and gradient in the logits' float type
-        let value = Tensor::<1>::from_data(TensorData::new(vec![value], [1]), &device).cast(dtype);
+        // (f32 as made, whatever the device's default float type: set_default_dtypes could make
+        // it f16, which would round the value and turn a large gradient infinite before the cast)
+        let value = Tensor::<1>::from_data(TensorData::new(vec![value], [1]), (&device, DType::F32)).cast(dtype);
         Ok(match grad {
             Some(g) => {
                 // the product in f32, then cast: a gradient past the logits' type (an f16 entry
                 // over 65504) is infinite there, and 0 times it would make the value NaN; the
                 // gradient, cast back through the cast, is the logits' type's, infinite where it is
-                let g = Tensor::<D>::from_data(TensorData::new(g, shape), &device);
+                let g = Tensor::<D>::from_data(TensorData::new(g, shape), (&device, DType::F32));
                 // a -inf logit (a class masked out, multiclass) would make x - detach(x) NaN; its
                 // gradient is 0, so it is left out of the difference
                 let x = logits.clone().mask_fill(logits.is_inf(), 0.0);

@@ -92,7 +92,9 @@ impl EngineOptions {
     /// ```
     pub fn try_from_env() -> Result<EngineOptions, Error> {
         let opts = EngineOptions::from_env();
-        if let Ok(v) = std::env::var("SEGLOSS_MAX_BINDING_BYTES") {
+        if let Some(v) = std::env::var_os("SEGLOSS_MAX_BINDING_BYTES") {
+            // (a value that is not Unicode is not a number either)
+            let v = v.to_string_lossy();
             if !v.trim().is_empty() && opts.max_binding_bytes.is_none() {
                 return Err(Error::Input(format!("SEGLOSS_MAX_BINDING_BYTES={v:?} is not a whole number of bytes")));
             }

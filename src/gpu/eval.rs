@@ -365,11 +365,12 @@ impl Gpu {
             }
             if self.loop_limited && softmax {
                 let smoothed = terms.iter().filter(|t| t.kind == plan::op::CE && t.label_smoothing != 0.0).count();
-                let steps = softmax_stats_steps(
+                let steps = crate::gpu::softmax_stats_steps_ignoring(
                     c,
                     spix as usize,
                     spec.pixel_only,
                     spec.validate != 0,
+                    inp.ignore.is_some(),
                     spec.counts,
                     smoothed,
                     spec.fused > 0,
@@ -1072,7 +1073,9 @@ impl Gpu {
                 let gpix = grad_pix(wide, softmax, !l.lov.is_empty(), creg > 0, inp.c, terms.len());
                 if self.loop_limited && softmax && creg == 0 {
                     let smoothed = unr && terms.iter().any(|t| t.kind == plan::op::CE && t.label_smoothing != 0.0);
-                    let steps = crate::gpu::softmax_grad_steps(inp.c, gpix, terms.len(), smoothed);
+                    let dot = (l.region || !l.lov.is_empty()) && !part.inp.probs;
+                    let lse_walk = l.lov.is_empty() && part.lse.is_none() && !part.inp.probs;
+                    let steps = crate::gpu::softmax_grad_steps(inp.c, gpix, terms.len(), dot, lse_walk, smoothed);
                     if steps > CPU_LOOP_LIMIT {
                         return Err(Error::Limit {
                             what: format!(

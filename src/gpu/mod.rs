@@ -292,24 +292,50 @@ pub(crate) fn softmax_stats_steps(
     smoothed: usize,
     fused: bool,
 ) -> usize {
+    softmax_stats_steps_ignoring(c, pix, pixel_only, validate, true, counts, smoothed, fused)
+}
+
+/// [`softmax_stats_steps`] of an input with (`ignore`) or without an ignore index: without one
+/// no pixel takes the ignored pixels' walk, so cross-entropy alone checks in two walks.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn softmax_stats_steps_ignoring(
+    c: usize,
+    pix: usize,
+    pixel_only: bool,
+    validate: bool,
+    ignore: bool,
+    counts: bool,
+    smoothed: usize,
+    fused: bool,
+) -> usize {
     let class_loop = if pixel_only { c + pix + 16 } else { c * (1 + pix + 16) };
-    let checks = if pixel_only { 3 } else { 2 };
+    let checks = if pixel_only && ignore { 3 } else { 2 };
     let walks = checks * usize::from(validate) + usize::from(counts) + smoothed + usize::from(fused);
     class_loop + c * pix * (1 + 4 * walks) / 4
 }
 
 /// The loop steps a softmax gradient thread (`grad.wgsl`, the walks in memory: not the register
-/// kernel) may take over `c` classes with `nterms` pixel terms: per class a step of each of its
-/// two class walks, and where there are two pixel terms or more, a step per term and one to
-/// enter their loop (one term's loop folds away); `smoothed_entries` (the unreduced entries of a
-/// label-smoothed cross-entropy) a walk over the classes per pixel of the thread's `gpix`. The
-/// loops over a thread's pixels run a number of steps the pipeline fixes, which lavapipe unrolls:
-/// measured on lavapipe, `ce` alone over 7900 classes came out right, and eight cross-entropy
-/// terms over 7900 classes wrote no gradient past class 6553, ten steps a class. On llvmpipe a
-/// pass past [`CPU_LOOP_LIMIT`] is refused.
-pub(crate) fn softmax_grad_steps(c: usize, gpix: usize, nterms: usize, smoothed_entries: bool) -> usize {
+/// kernel) may take over `c` classes with `nterms` pixel terms: per class a step of the gradient's
+/// class walk, one of the walk before it that sums `p dL/dp` where a region or Lovász term needs
+/// it (`dot`), and where there are two pixel terms or more, a step per term and one to enter
+/// their loop (one term's loop folds away); per pixel of the thread's `gpix`, a log-sum-exp walk
+/// (four classes a step) where no pass kept it (`lse_walk`), and a walk over the classes for the
+/// unreduced entries of a label-smoothed cross-entropy (`smoothed_entries`). The loops over a
+/// thread's pixels run a number of steps the pipeline fixes, which lavapipe unrolls: measured on
+/// lavapipe, `ce` alone over 7900 classes came out right, and eight cross-entropy terms over 7900
+/// classes wrote no gradient past class 6553, ten steps a class. On llvmpipe a pass past
+/// [`CPU_LOOP_LIMIT`] is refused.
+pub(crate) fn softmax_grad_steps(
+    c: usize,
+    gpix: usize,
+    nterms: usize,
+    dot: bool,
+    lse_walk: bool,
+    smoothed_entries: bool,
+) -> usize {
     let terms = if nterms >= 2 { nterms + 1 } else { 0 };
-    c * (2 + terms) + usize::from(smoothed_entries) * gpix * c + 4 * gpix
+    let per_pixel = usize::from(lse_walk) * c.div_ceil(4) + usize::from(smoothed_entries) * c;
+    c * (1 + usize::from(dot) + terms) + gpix * (per_pixel + 4)
 }
 /// The most classes a CPU adapter's softmax kernels keep in registers (`common.wgsl`: CREG_MAX).
 pub(crate) const CREG_MAX: usize = 32;
@@ -639,11 +665,13 @@ mod tests {
         // wrong on lavapipe with two)
         assert!(softmax_stats_steps(1235, STATS_PIX, true, true, false, 0, false) <= CPU_LOOP_LIMIT);
         assert!(softmax_stats_steps(1236, STATS_PIX, true, true, false, 0, false) > CPU_LOOP_LIMIT);
-        // the gradient pass: eight pixel terms came out short past 6553 classes on lavapipe
-        assert!(softmax_grad_steps(1400, GRAD_PIX, 8, false) <= CPU_LOOP_LIMIT);
-        assert!(softmax_grad_steps(6553, GRAD_PIX, 8, false) > CPU_LOOP_LIMIT);
-        // and cross-entropy alone came out right over 7900
-        assert!(softmax_grad_steps(7900, GRAD_PIX, 1, false) <= CPU_LOOP_LIMIT);
+        // the gradient pass: eight pixel terms came out short from class 6553 on lavapipe (ten
+        // steps a class); the bound takes up to 6551
+        assert!(softmax_grad_steps(6551, GRAD_PIX, 8, false, false, false) <= CPU_LOOP_LIMIT);
+        assert!(softmax_grad_steps(6552, GRAD_PIX, 8, false, false, false) > CPU_LOOP_LIMIT);
+        // and cross-entropy alone came out right over 7900 (the finalize bounds the classes first)
+        assert!(softmax_grad_steps(7900, GRAD_PIX, 1, false, false, false) <= CPU_LOOP_LIMIT);
+        assert!(softmax_grad_steps(7900, GRAD_PIX, 1, true, true, false) <= CPU_LOOP_LIMIT);
         // a usual class count is far from it
         assert!(softmax_stats_steps(182, STATS_PIX, false, true, true, 2, false) < CPU_LOOP_LIMIT / 2);
         // more pixels per thread, more steps

@@ -286,7 +286,8 @@ fn boolean(text: &str, key: &str, v: &str) -> Result<bool, Error> {
 }
 
 fn numbers(text: &str, key: &str, v: &str) -> Result<Vec<f64>, Error> {
-    v.split(';').map(|p| number(text, key, p)).collect()
+    // (one trailing `;` allowed, as in the loss texts' lists)
+    v.strip_suffix(';').unwrap_or(v).split(';').map(|p| number(text, key, p)).collect()
 }
 
 const SCORE_KEYS: &[&str] =
@@ -587,7 +588,8 @@ impl FromStr for Metric {
                 "directed" => m.directed = boolean(text, key, v)?,
                 "symmetric" => m.symmetric = boolean(text, key, v)?,
                 "classes" => {
-                    let c: Result<Vec<usize>, _> = v.split(';').map(|p| p.trim().parse::<usize>()).collect();
+                    let c: Result<Vec<usize>, _> =
+                        v.strip_suffix(';').unwrap_or(v).split(';').map(|p| p.trim().parse::<usize>()).collect();
                     m.classes =
                         Some(c.map_err(|_| merr(text, format!("classes={v}: expected class indices like 0;2")))?);
                 }
