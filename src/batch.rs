@@ -404,7 +404,8 @@ impl<'e, 'a> Batch<'e, 'a> {
         // per set: (logits buffer, offset, target buffer, offset, target words of one input)
         let mut placed: Vec<Option<Placed>> = vec![None; sets.len()];
         // large inputs (alone in their set): buffers of their own, written at creation
-        let mut own: Vec<wgpu::Buffer> = Vec::new();
+        // (dropped under the device lock, on every path out: destroying a buffer is a GL call)
+        let mut own = crate::gpu::poll::Held::new(Vec::<wgpu::Buffer>::new(), gpu.poller.serial().clone());
         // groups of inputs past the binding limit
         let mut split: Vec<usize> = Vec::new();
         for (si, set) in sets.iter().enumerate() {
@@ -488,7 +489,7 @@ impl<'e, 'a> Batch<'e, 'a> {
             uploads
         });
         let uploads = match uploaded {
-            Ok(u) => u,
+            Ok(u) => crate::gpu::poll::Held::new(u, gpu.poller.serial().clone()),
             Err(e) => {
                 // every set packed into the upload buffers fails with the allocation
                 for (set, p) in sets.iter().zip(&placed) {
@@ -496,7 +497,7 @@ impl<'e, 'a> Batch<'e, 'a> {
                         set.iter().for_each(|&gi| failed[gi] = Some(e.clone()));
                     }
                 }
-                Vec::new()
+                crate::gpu::poll::Held::new(Vec::new(), gpu.poller.serial().clone())
             }
         };
 
@@ -594,7 +595,9 @@ impl<'e, 'a> Batch<'e, 'a> {
             // a buffer the device refused (in the browser, where allocations are not checked
             // before the submission), which must not go back to the pool
             if data.is_ok() {
-                gpu.pool.give(uploads);
+                // (buffers past the pool's bytes are dropped in give: a GL call)
+                let _one = gpu.poller.serial().hold();
+                gpu.pool.give(uploads.into_inner());
             }
             match data {
                 Ok(data) => {

@@ -680,6 +680,12 @@ pub(crate) fn host_sums(input: &Input, plan: &StatsPlan) -> Vec<f64> {
 }
 
 /// The logits and target words of a piece of a host input, in buffers of their own.
+/// Buffers dropped under the device lock on every path out of the caller (destroying a buffer
+/// is a GL call: [`crate::gpu::poll::Held`]).
+fn held<T>(gpu: &Gpu, bufs: T) -> crate::gpu::poll::Held<T> {
+    crate::gpu::poll::Held::new(bufs, gpu.poller.serial().clone())
+}
+
 fn upload(gpu: &Gpu, input: &Input<'_>, piece: Piece) -> Result<(wgpu::Buffer, wgpu::Buffer), Error> {
     let (logits, words) = split::piece_data(input, piece);
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
@@ -874,9 +880,9 @@ impl Engine {
         let plan = StatsPlan::new(exprs, input.classes(), input.mode() == Mode::Multiclass);
         let pieces = pieces_for(gpu, input, &plan)?;
         let mut rec = Recording::new(&gpu.limits);
-        let bufs = pieces.iter().map(|&p| upload(gpu, input, p)).collect::<Result<Vec<_>, _>>()?;
+        let bufs = held(gpu, pieces.iter().map(|&p| upload(gpu, input, p)).collect::<Result<Vec<_>, _>>()?);
         let on: Vec<(Piece, DevInput)> =
-            pieces.iter().zip(&bufs).map(|(&p, b)| (p, dev_input(&mut rec, input, p, b))).collect();
+            pieces.iter().zip(bufs.iter()).map(|(&p, b)| (p, dev_input(&mut rec, input, p, b))).collect();
         statistics_of(gpu, rec, &mut st, &plan, &on, lovasz, input.shape()).await?;
         Ok(st)
     }
@@ -943,10 +949,10 @@ impl Engine {
         // none of them uses is not sorted)
         let pieces = pieces_for(gpu, input, &StatsPlan::new(exprs, stats.classes, stats.mode == Mode::Multiclass))?;
         let mut rec = Recording::new(&gpu.limits);
-        let bufs = pieces.iter().map(|&p| upload(gpu, input, p)).collect::<Result<Vec<_>, _>>()?;
+        let bufs = held(gpu, pieces.iter().map(|&p| upload(gpu, input, p)).collect::<Result<Vec<_>, _>>()?);
         let to = vec![if grads { GradTo::Host } else { GradTo::Skip }; exprs.len()];
         let on: Vec<(Piece, DevInput)> =
-            pieces.iter().zip(&bufs).map(|(&p, b)| (p, dev_input(&mut rec, input, p, b))).collect();
+            pieces.iter().zip(bufs.iter()).map(|(&p, b)| (p, dev_input(&mut rec, input, p, b))).collect();
         let t = TailIn { stats, plan: &plan, exprs, first_image, lov_given, shape: input.shape() };
         let (mut out, data, reads) = tail_of(gpu, rec, &t, &on, &to).await?;
         if grads {
@@ -1069,10 +1075,13 @@ impl Engine {
         };
         let sizes: Vec<(usize, usize)> =
             pieces.iter().map(|p| (p.images() * c * p.pixels(s), p.images() * tplanes * p.pixels(s))).collect();
-        let bufs = sizes
-            .iter()
-            .map(|&(l, t)| Ok((piece_buffer(l, "logits piece")?, piece_buffer(t, "target piece")?)))
-            .collect::<Result<Vec<_>, Error>>()?;
+        let bufs = held(
+            gpu,
+            sizes
+                .iter()
+                .map(|&(l, t)| Ok((piece_buffer(l, "logits piece")?, piece_buffer(t, "target piece")?)))
+                .collect::<Result<Vec<_>, Error>>()?,
+        );
         let copy_in = |rec: &mut Recording, from: &BufferSlice<'_>, to: &wgpu::Buffer, piece: Piece, planes: usize| {
             let src = rec.external(from.buffer, from.offset, from.len * 4);
             let dst = rec.external(to, 0, to.size());
@@ -1092,18 +1101,18 @@ impl Engine {
         // 1. statistics of the pieces (their values checked), joined on the host
         let mut st = Statistics::zeroed(input.mode(), input.kind(), c, n, exprs, false)?;
         let mut rec = Recording::new(&gpu.limits);
-        for (&p, b) in pieces.iter().zip(&bufs) {
+        for (&p, b) in pieces.iter().zip(bufs.iter()) {
             copy_in(&mut rec, &lslice, &b.0, p, c);
             copy_in(&mut rec, &tslice, &b.1, p, tplanes);
         }
         let on: Vec<(Piece, DevInput)> =
-            pieces.iter().zip(&bufs).map(|(&p, b)| (p, dev(&mut rec, p, b, true))).collect();
+            pieces.iter().zip(bufs.iter()).map(|(&p, b)| (p, dev(&mut rec, p, b, true))).collect();
         statistics_of(gpu, rec, &mut st, &plan, &on, false, shape).await?;
         // 2. finalize, each piece's gradient into a buffer of its own (holding the caller's
         // gradient first where it is added to), then into the caller's slice or the host
         let mut rec = Recording::new(&gpu.limits);
         let on: Vec<(Piece, DevInput)> =
-            pieces.iter().zip(&bufs).map(|(&p, b)| (p, dev(&mut rec, p, b, false))).collect();
+            pieces.iter().zip(bufs.iter()).map(|(&p, b)| (p, dev(&mut rec, p, b, false))).collect();
         // the caller's distinct gradient slices (expressions may share one: their passes then
         // write or add to it in order, as unsplit) and the one each expression uses
         let mut dests: Vec<BufferSlice<'_>> = Vec::new();
@@ -1116,7 +1125,7 @@ impl Engine {
         }
         // per piece, a buffer for each distinct slice, holding the caller's gradient first
         // where the first expression to use it adds to it
-        let mut gbufs: Vec<Vec<wgpu::Buffer>> = Vec::new();
+        let mut gbufs = held(gpu, Vec::<Vec<wgpu::Buffer>>::new());
         let mut tos = Vec::new();
         for (&p, &(l, _)) in pieces.iter().zip(&sizes) {
             let mine: Vec<wgpu::Buffer> =
@@ -1145,7 +1154,7 @@ impl Engine {
         let t = TailIn { stats: &st, plan: &plan, exprs, first_image: 0, lov_given: false, shape };
         let (mut out, data, reads) = tail_of_parts(gpu, rec, &t, &on, &tos, |rec| {
             // the pieces' gradients into the caller's slices, after the gradient passes
-            for (&p, mine) in pieces.iter().zip(&gbufs) {
+            for (&p, mine) in pieces.iter().zip(gbufs.iter()) {
                 for (d, gb) in dests.iter().zip(mine) {
                     let src = rec.external(gb, 0, gb.size());
                     let dst = rec.external(d.buffer, d.offset, d.len * 4);

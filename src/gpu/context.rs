@@ -603,9 +603,13 @@ impl Gpu {
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn work_done(&self) -> impl std::future::Future<Output = Result<(), Error>> + '_ {
         let (tx, rx) = futures::channel::oneshot::channel();
-        self.queue.on_submitted_work_done(move || {
-            let _ = tx.send(());
-        });
+        {
+            // (wgpu may submit its pending writes here: a GL call)
+            let _one = self.poller.serial().hold();
+            self.queue.on_submitted_work_done(move || {
+                let _ = tx.send(());
+            });
+        }
         let done = self.poller.lost().clone().guard(rx);
         async move {
             if done.await?.is_err() {

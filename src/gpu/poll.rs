@@ -512,30 +512,44 @@ impl Serial {
     }
 }
 
-/// A buffer dropped under its device's [`Serial`] lock (destroying a buffer is a GL call).
-pub(crate) struct Held {
-    buf: Option<wgpu::Buffer>,
+/// A buffer (or buffers: `T`) dropped under its device's [`Serial`] lock (destroying a buffer
+/// is a GL call), on every path out of the scope that holds it, an error's too.
+pub(crate) struct Held<T = wgpu::Buffer> {
+    buf: Option<T>,
     serial: std::sync::Arc<Serial>,
 }
 
-impl Held {
-    pub fn new(buf: wgpu::Buffer, serial: std::sync::Arc<Serial>) -> Held {
+impl<T> Held<T> {
+    pub fn new(buf: T, serial: std::sync::Arc<Serial>) -> Held<T> {
         Held { buf: Some(buf), serial }
+    }
+
+    /// The buffers, to be dropped (or pooled) by the caller, under the lock.
+    pub fn into_inner(mut self) -> T {
+        self.buf.take().unwrap_or_else(|| unreachable!("a Held buffer is there until its drop"))
     }
 }
 
-impl std::ops::Deref for Held {
-    type Target = wgpu::Buffer;
-    fn deref(&self) -> &wgpu::Buffer {
+impl<T> std::ops::Deref for Held<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
         // (Some until dropped)
         self.buf.as_ref().unwrap_or_else(|| unreachable!("a Held buffer is there until its drop"))
     }
 }
 
-impl Drop for Held {
+impl<T> std::ops::DerefMut for Held<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.buf.as_mut().unwrap_or_else(|| unreachable!("a Held buffer is there until its drop"))
+    }
+}
+
+impl<T> Drop for Held<T> {
     fn drop(&mut self) {
-        let _one = self.serial.hold();
-        drop(self.buf.take());
+        if let Some(buf) = self.buf.take() {
+            let _one = self.serial.hold();
+            drop(buf);
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use std::pin::Pin;
 
 use crate::error::Error;
 use crate::gpu::context::Gpu;
+use crate::gpu::poll::Held;
 use crate::gpu::profile::{self, Timed};
 use crate::gpu::{align, Spec, ALIGN};
 use crate::shaders::{Access, Kernel};
@@ -319,6 +320,8 @@ impl Gpu {
         let (internal, oom, validation) = (internal.pop(), oom.pop(), validation.pop());
         let pool = self.pool.clone();
         let serial = self.poller.serial().clone();
+        // (an error, or the future dropped, drops them: under the lock)
+        let reads = Held::new(reads, serial.clone());
         #[cfg(target_arch = "wasm32")]
         let spent = (!reads.is_empty()).then_some(scratch);
         let fut = async move {
@@ -346,7 +349,7 @@ impl Gpu {
             }
             // (buffers past the pool's bytes are dropped here: a GL call)
             let _one = serial.hold();
-            pool.give(reads);
+            pool.give(reads.into_inner());
             #[cfg(target_arch = "wasm32")]
             if let Some(spent) = spent {
                 pool.give(spent);
