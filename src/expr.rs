@@ -1319,8 +1319,9 @@ fn split_terms(text: &str) -> Vec<&str> {
     // (after `=` or `;` a sign only before a number that is not a term's weight:
     // `pos_weight=2;+dice` and `weights=3;+0.5*ce` are two terms, `weights=1;+2` one)
     let number_after = |i: usize| {
+        let starts = b.get(i + 1).is_some_and(|c| c.is_ascii_digit() || *c == b'.');
         let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E')).count();
-        digits > 0 && b.get(i + 1 + digits) != Some(&b'*')
+        starts && b.get(i + 1 + digits) != Some(&b'*')
     };
     let sign = |i: usize| match i.checked_sub(1).map(|j| b[j]) {
         Some(b'=' | b';') => number_after(i),
