@@ -405,7 +405,7 @@ impl<'e, 'a> Batch<'e, 'a> {
         let mut placed: Vec<Option<Placed>> = vec![None; sets.len()];
         // large inputs (alone in their set): buffers of their own, written at creation
         // (dropped under the device lock, on every path out: destroying a buffer is a GL call)
-        let mut own = crate::gpu::poll::Held::new(Vec::<wgpu::Buffer>::new(), gpu.poller.serial().clone());
+        let mut own = gpu.held(Vec::<wgpu::Buffer>::new());
         // groups of inputs past the binding limit
         let mut split: Vec<usize> = Vec::new();
         for (si, set) in sets.iter().enumerate() {
@@ -489,7 +489,7 @@ impl<'e, 'a> Batch<'e, 'a> {
             uploads
         });
         let uploads = match uploaded {
-            Ok(u) => crate::gpu::poll::Held::new(u, gpu.poller.serial().clone()),
+            Ok(u) => gpu.held(u),
             Err(e) => {
                 // every set packed into the upload buffers fails with the allocation
                 for (set, p) in sets.iter().zip(&placed) {
@@ -497,7 +497,7 @@ impl<'e, 'a> Batch<'e, 'a> {
                         set.iter().for_each(|&gi| failed[gi] = Some(e.clone()));
                     }
                 }
-                crate::gpu::poll::Held::new(Vec::new(), gpu.poller.serial().clone())
+                gpu.held(Vec::new())
             }
         };
 
@@ -595,8 +595,6 @@ impl<'e, 'a> Batch<'e, 'a> {
             // a buffer the device refused (in the browser, where allocations are not checked
             // before the submission), which must not go back to the pool
             if data.is_ok() {
-                // (buffers past the pool's bytes are dropped in give: a GL call)
-                let _one = gpu.poller.serial().hold();
                 gpu.pool.give(uploads.into_inner());
             }
             match data {

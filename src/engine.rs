@@ -492,7 +492,7 @@ fn finish_each(v: &[u32], layout: &[(usize, usize)], weights: &[Vec<f64>]) -> Ve
         .map(|(i, (&(at, nt), w))| {
             let tv: Vec<f64> = v[at + 1..at + 1 + nt].iter().map(|&b| f64::from(f32::from_bits(b))).collect();
             let value: f64 = tv.iter().zip(w).map(|(t, w)| t * w).sum();
-            check_value(value, &tv, Some(i))?;
+            check_value(value, &tv).map_err(|e| of_expression(i, e))?;
             Ok((value, tv))
         })
         .collect()
@@ -506,15 +506,14 @@ pub(crate) fn of_expression(i: usize, err: Error) -> Error {
     }
 }
 
-/// A value (or term value) outside the f32 range is an overflow error, on every engine; `expr`:
-/// the expression's index in its call, which the error names (from 1).
-pub(crate) fn check_value(value: f64, terms: &[f64], expr: Option<usize>) -> Result<(), Error> {
-    let of = expr.map_or(String::new(), |i| format!("expression {}: ", i + 1));
+/// A value (or term value) outside the f32 range is an overflow error, on every engine (a
+/// call's evaluations name the expression: [`of_expression`]).
+pub(crate) fn check_value(value: f64, terms: &[f64]) -> Result<(), Error> {
     if let Some(t) = terms.iter().position(|t| !t.is_finite() || t.abs() > F32_MAX) {
-        return Err(Error::Overflow(format!("{of}term {} has value {} (outside the f32 range)", t + 1, terms[t])));
+        return Err(Error::Overflow(format!("term {} has value {} (outside the f32 range)", t + 1, terms[t])));
     }
     if !value.is_finite() || value.abs() > F32_MAX {
-        return Err(Error::Overflow(format!("{of}the value {value:e} is outside the f32 range")));
+        return Err(Error::Overflow(format!("the value {value:e} is outside the f32 range")));
     }
     Ok(())
 }
@@ -794,8 +793,6 @@ impl Engine {
     /// evaluation reuses the buffers of the last one of the same shape rather than allocating).
     pub fn release_scratch(&self) {
         if let Backend::Gpu(g) = &self.backend {
-            // (destroying buffers is a GL call: under the device lock)
-            let _one = g.poller.serial().hold();
             g.pool.clear();
         }
     }
@@ -833,11 +830,10 @@ impl Engine {
         let logits = gpu.buffer_init("logits", bytemuck::cast_slice(input.logits()), usage)?;
         let target = gpu.buffer_init("target", bytemuck::cast_slice(&words), usage)?;
         let counted = counted(&input);
-        let held = |b| crate::gpu::poll::Held::new(b, gpu.poller.serial().clone());
         Ok(Prepared {
             input,
-            logits: Some(held(logits)),
-            target: Some(held(target)),
+            logits: Some(gpu.held(logits)),
+            target: Some(gpu.held(target)),
             first_soft,
             counted,
             gpu: Some(gpu.clone()),
@@ -991,7 +987,7 @@ impl Engine {
         let errors = gpu.execute(rec);
         Ok(Submitted {
             gpu: gpu.clone(),
-            values: crate::gpu::poll::Held::new(values, gpu.poller.serial().clone()),
+            values: gpu.held(values),
             vals: r.vals,
             vals_len: r.vals_len,
             weights: exprs.iter().map(|e| e.terms.iter().map(|t| t.weight).collect()).collect(),
@@ -1131,7 +1127,7 @@ impl Engine {
             }
         }
         for (i, o) in out.iter().enumerate() {
-            check_value(o.value, &o.term_values, Some(i))?;
+            check_value(o.value, &o.term_values).map_err(|e| of_expression(i, e))?;
         }
         Ok(out)
     }

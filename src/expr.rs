@@ -261,6 +261,17 @@ pub enum Pool {
     ImageAll,
 }
 
+impl Pool {
+    /// Every pool with its word in a loss text (`pool=image`).
+    pub const WORDS: [(&'static str, Pool); 4] =
+        [("batch", Pool::Batch), ("image", Pool::Image), ("all", Pool::All), ("image_all", Pool::ImageAll)];
+
+    /// The pool's word in a loss text.
+    pub fn word(self) -> &'static str {
+        Pool::WORDS.iter().find(|(_, p)| *p == self).map_or("batch", |(w, _)| w)
+    }
+}
+
 /// What a class with `sum g = 0` in its group contributes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Empty {
@@ -938,14 +949,7 @@ fn region_key(text: &str, p: &mut RegionParams, key: &str, v: &str) -> Result<bo
         "smooth_dr" => p.smooth_dr = num(text, key, v)?,
         "eps" => p.eps = num(text, key, v)?,
         "log" => p.log = boolean(text, key, v)?,
-        "pool" => {
-            p.pool = choice(
-                text,
-                key,
-                v,
-                &[("batch", Pool::Batch), ("image", Pool::Image), ("all", Pool::All), ("image_all", Pool::ImageAll)],
-            )?
-        }
+        "pool" => p.pool = choice(text, key, v, &Pool::WORDS)?,
         "weights" => p.weights = Some(weight_list(text, key, v)?),
         "norm" => p.norm = norm_of(text, key, v)?,
         "intersection" => {
@@ -1485,15 +1489,7 @@ impl fmt::Display for Loss {
                     _ => {}
                 }
                 if p.pool != d.pool {
-                    kv.push(format!(
-                        "pool={}",
-                        match p.pool {
-                            Pool::Batch => "batch",
-                            Pool::Image => "image",
-                            Pool::All => "all",
-                            Pool::ImageAll => "image_all",
-                        }
-                    ));
+                    kv.push(format!("pool={}", p.pool.word()));
                 }
                 if p.smooth_nr == p.smooth_dr && p.smooth_nr != 0.0 {
                     kv.push(format!("smooth={}", fmt_num(p.smooth_nr)));

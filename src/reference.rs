@@ -173,7 +173,7 @@ pub fn evaluate(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
         }
     }
     let out = out.ok_or_else(|| Error::Input("no levels".into()))?;
-    crate::engine::check_value(out.value, &out.term_values, None)?;
+    crate::engine::check_value(out.value, &out.term_values)?;
     Ok(out)
 }
 
@@ -251,7 +251,7 @@ fn evaluate_level(input: &Input, expr: &LossExpr) -> Result<RefResult, Error> {
         }
     }
     let value = expr.terms.iter().zip(&term_values).map(|(t, v)| t.weight * v).sum();
-    crate::engine::check_value(value, &term_values, None)?;
+    crate::engine::check_value(value, &term_values)?;
     Ok(RefResult { value, term_values, grad, unreduced, level_grads: Vec::new() })
 }
 

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use crate::engine::{
-    buffer_dev_input, buffer_dev_input_unchecked, check_value, decode, grad_targets, status_error_at, words,
-    BufferInput, BufferSlice, Dest, Engine, Evaluation, GradOut, Source,
+    buffer_dev_input, buffer_dev_input_unchecked, check_value, decode, grad_targets, of_expression, status_error_at,
+    words, BufferInput, BufferSlice, Dest, Engine, Evaluation, GradOut, Source,
 };
 use crate::error::Error;
 use crate::expr::LossExpr;
@@ -334,7 +334,7 @@ impl Statistics {
             .map(|(i, e)| {
                 let layout = BlockLayout::new(e, &plan, (n, c, 1), softmax);
                 let f = plan::finalize(e, &plan, &layout, &sums, self.mode, &lov);
-                check_value(f.value, &f.term_values, Some(i))?;
+                check_value(f.value, &f.term_values).map_err(|e| of_expression(i, e))?;
                 Ok(Evaluation {
                     value: f.value,
                     term_values: f.term_values,
@@ -680,12 +680,6 @@ pub(crate) fn host_sums(input: &Input, plan: &StatsPlan) -> Vec<f64> {
 }
 
 /// The logits and target words of a piece of a host input, in buffers of their own.
-/// Buffers dropped under the device lock on every path out of the caller (destroying a buffer
-/// is a GL call: [`crate::gpu::poll::Held`]).
-fn held<T>(gpu: &Gpu, bufs: T) -> crate::gpu::poll::Held<T> {
-    crate::gpu::poll::Held::new(bufs, gpu.poller.serial().clone())
-}
-
 fn upload(gpu: &Gpu, input: &Input<'_>, piece: Piece) -> Result<(wgpu::Buffer, wgpu::Buffer), Error> {
     let (logits, words) = split::piece_data(input, piece);
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
@@ -880,7 +874,7 @@ impl Engine {
         let plan = StatsPlan::new(exprs, input.classes(), input.mode() == Mode::Multiclass);
         let pieces = pieces_for(gpu, input, &plan)?;
         let mut rec = Recording::new(&gpu.limits);
-        let bufs = held(gpu, pieces.iter().map(|&p| upload(gpu, input, p)).collect::<Result<Vec<_>, _>>()?);
+        let bufs = gpu.held(pieces.iter().map(|&p| upload(gpu, input, p)).collect::<Result<Vec<_>, _>>()?);
         let on: Vec<(Piece, DevInput)> =
             pieces.iter().zip(bufs.iter()).map(|(&p, b)| (p, dev_input(&mut rec, input, p, b))).collect();
         statistics_of(gpu, rec, &mut st, &plan, &on, lovasz, input.shape()).await?;
@@ -949,7 +943,7 @@ impl Engine {
         // none of them uses is not sorted)
         let pieces = pieces_for(gpu, input, &StatsPlan::new(exprs, stats.classes, stats.mode == Mode::Multiclass))?;
         let mut rec = Recording::new(&gpu.limits);
-        let bufs = held(gpu, pieces.iter().map(|&p| upload(gpu, input, p)).collect::<Result<Vec<_>, _>>()?);
+        let bufs = gpu.held(pieces.iter().map(|&p| upload(gpu, input, p)).collect::<Result<Vec<_>, _>>()?);
         let to = vec![if grads { GradTo::Host } else { GradTo::Skip }; exprs.len()];
         let on: Vec<(Piece, DevInput)> =
             pieces.iter().zip(bufs.iter()).map(|(&p, b)| (p, dev_input(&mut rec, input, p, b))).collect();
@@ -1075,8 +1069,7 @@ impl Engine {
         };
         let sizes: Vec<(usize, usize)> =
             pieces.iter().map(|p| (p.images() * c * p.pixels(s), p.images() * tplanes * p.pixels(s))).collect();
-        let bufs = held(
-            gpu,
+        let bufs = gpu.held(
             sizes
                 .iter()
                 .map(|&(l, t)| Ok((piece_buffer(l, "logits piece")?, piece_buffer(t, "target piece")?)))
@@ -1125,7 +1118,7 @@ impl Engine {
         }
         // per piece, a buffer for each distinct slice, holding the caller's gradient first
         // where the first expression to use it adds to it
-        let mut gbufs = held(gpu, Vec::<Vec<wgpu::Buffer>>::new());
+        let mut gbufs = gpu.held(Vec::<Vec<wgpu::Buffer>>::new());
         let mut tos = Vec::new();
         for (&p, &(l, _)) in pieces.iter().zip(&sizes) {
             let mine: Vec<wgpu::Buffer> =

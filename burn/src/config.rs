@@ -62,11 +62,11 @@ fn num(v: f64) -> String {
 /// A region loss's `pool`, one of the words the loss text takes (a config is loaded from JSON,
 /// and its text is spliced in: `image+bce` would add a term, `batch,smooth=5` a key).
 fn check_pool(pool: &str) -> Result<(), Error> {
-    const POOLS: [&str; 4] = ["batch", "image", "all", "image_all"];
-    if POOLS.contains(&pool) {
+    let words = segloss::expr::Pool::WORDS.map(|(w, _)| w);
+    if words.contains(&pool) {
         Ok(())
     } else {
-        Err(Error::Segloss(segloss::Error::Input(format!("pool '{pool}' is not one of {}", POOLS.join(", ")))))
+        Err(Error::Segloss(segloss::Error::Input(format!("pool '{pool}' is not one of {}", words.join(", ")))))
     }
 }
 

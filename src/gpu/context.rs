@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::Error;
-use crate::gpu::poll::Poller;
+use crate::gpu::poll::{Held, Poller};
 use crate::gpu::pool::Pool;
 use crate::gpu::Spec;
 use crate::shaders::{Access, Kernel, BITONIC_MAX, KERNELS};
@@ -425,6 +425,7 @@ impl Gpu {
             .map(|k| (k.name, KernelState::new(&device, k, lavapipe && k.cpu_storage_params)))
             .collect();
         let bitonic_upto = if cpu { BITONIC_CROSSOVER_CPU } else { BITONIC_MAX };
+        let pool = Arc::new(Pool::new(poller.serial().clone()));
         let gpu = Gpu {
             poller,
             device,
@@ -432,7 +433,7 @@ impl Gpu {
             limits,
             kernels,
             pipelines: Mutex::new(HashMap::new()),
-            pool: Arc::new(Pool::default()),
+            pool,
             bitonic_upto: std::sync::atomic::AtomicUsize::new(bitonic_upto),
             tile_scatter: AtomicBool::new(cpu),
             wide_stats: AtomicBool::new(cpu),
@@ -479,6 +480,12 @@ impl Gpu {
     pub(crate) fn creg(&self, wide: bool, softmax: bool, c: usize, elements: usize) -> u32 {
         let mode = self.class_registers.load(std::sync::atomic::Ordering::Relaxed);
         crate::gpu::stats_creg(mode, wide && self.registers_ok, softmax, c, elements)
+    }
+
+    /// Buffers (`T`: one, or a collection) dropped under the device lock on every path out of
+    /// the scope that holds them (destroying a buffer is a GL call: [`Held`]).
+    pub(crate) fn held<T>(&self, bufs: T) -> Held<T> {
+        Held::new(bufs, self.poller.serial().clone())
     }
 
     /// Runs `f`, which creates or writes buffers (or builds a pipeline), inside validation,

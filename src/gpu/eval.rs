@@ -365,7 +365,7 @@ impl Gpu {
             }
             if self.loop_limited && softmax {
                 let smoothed = terms.iter().filter(|t| t.kind == plan::op::CE && t.label_smoothing != 0.0).count();
-                let steps = crate::gpu::softmax_stats_steps_ignoring(
+                let steps = softmax_stats_steps(
                     c,
                     spix as usize,
                     spec.pixel_only,
@@ -525,7 +525,7 @@ impl Gpu {
         // the fused gradient's walks (per-class sums counted, whether or not the pass takes them)
         if self.loop_limited
             && inp.softmax
-            && softmax_stats_steps(inp.c, crate::gpu::STATS_PIX, false, false, false, 0, true) > CPU_LOOP_LIMIT
+            && softmax_stats_steps(inp.c, crate::gpu::STATS_PIX, false, false, true, false, 0, true) > CPU_LOOP_LIMIT
         {
             return Ok(None);
         }

@@ -275,30 +275,16 @@ pub(crate) const CPU_LOOP_LIMIT: usize = 65535;
 /// log-sum-exp (4 classes a step); `validate` (buffer inputs) and `counts` (the hard predictions'
 /// argmax) a walk over the classes per pixel each, as does each label-smoothed cross-entropy slot
 /// (`smoothed`); the checks count double (measured on lavapipe: dice on a checked buffer input of
-/// 1236 classes came out short with single), and triple where only cross-entropy is summed: a
-/// vector of ignored and kept pixels runs both sides of the branch between the ignored pixels'
+/// 1236 classes came out short with single), and triple where only cross-entropy is summed on an
+/// input with an ignore index (`ignore`): a vector of ignored and kept pixels runs both sides of the branch between the ignored pixels'
 /// walk and the kept ones' walk for a class that is not `-inf`, then the walk that checks every
 /// logit (measured on lavapipe: `ce` on a checked buffer input with ignored pixels gave a wrong
 /// value at 1500 classes with double, a right one at 1200). On llvmpipe a pass past
 /// [`CPU_LOOP_LIMIT`] is refused: with the 16 pixels of tiles past [`CREG_MAX`] classes, 949
 /// classes with checks (1235 for cross-entropy alone), 1771 without. `fused`: the pass writes
 /// cross-entropy's gradient, a walk over the classes per pixel.
-pub(crate) fn softmax_stats_steps(
-    c: usize,
-    pix: usize,
-    pixel_only: bool,
-    validate: bool,
-    counts: bool,
-    smoothed: usize,
-    fused: bool,
-) -> usize {
-    softmax_stats_steps_ignoring(c, pix, pixel_only, validate, true, counts, smoothed, fused)
-}
-
-/// [`softmax_stats_steps`] of an input with (`ignore`) or without an ignore index: without one
-/// no pixel takes the ignored pixels' walk, so cross-entropy alone checks in two walks.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn softmax_stats_steps_ignoring(
+pub(crate) fn softmax_stats_steps(
     c: usize,
     pix: usize,
     pixel_only: bool,
@@ -322,9 +308,9 @@ pub(crate) fn softmax_stats_steps_ignoring(
 /// (four classes a step) where no pass kept it (`lse_walk`), and a walk over the classes for the
 /// unreduced entries of a label-smoothed cross-entropy (`smoothed_entries`). The loops over a
 /// thread's pixels run a number of steps the pipeline fixes, which lavapipe unrolls: measured on
-/// lavapipe, `ce` alone over 7900 classes came out right, and eight cross-entropy terms over 7900
-/// classes wrote no gradient past class 6553, ten steps a class. On llvmpipe a pass past
-/// [`CPU_LOOP_LIMIT`] is refused.
+/// lavapipe (`loop_limit_probe` in tests/engine.rs), `ce` alone over 7900 classes came out right,
+/// and eight cross-entropy terms over 7900 classes wrote wrong gradients from class 6553 on, ten
+/// steps a class. On llvmpipe a pass past [`CPU_LOOP_LIMIT`] is refused.
 pub(crate) fn softmax_grad_steps(
     c: usize,
     gpix: usize,
@@ -653,18 +639,18 @@ mod tests {
     #[test]
     fn softmax_statistics_steps_bound_the_classes_llvmpipe_takes() {
         // (the bounds tests/engine.rs evaluates at and past on lavapipe)
-        assert!(softmax_stats_steps(949, STATS_PIX, false, true, false, 0, false) <= CPU_LOOP_LIMIT);
-        assert!(softmax_stats_steps(950, STATS_PIX, false, true, false, 0, false) > CPU_LOOP_LIMIT);
-        assert!(softmax_stats_steps(771, STATS_PIX, false, true, false, 1, false) <= CPU_LOOP_LIMIT);
-        assert!(softmax_stats_steps(772, STATS_PIX, false, true, false, 1, false) > CPU_LOOP_LIMIT);
-        assert!(softmax_stats_steps(1771, STATS_PIX, false, false, false, 0, false) <= CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(949, STATS_PIX, false, true, true, false, 0, false) <= CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(950, STATS_PIX, false, true, true, false, 0, false) > CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(771, STATS_PIX, false, true, true, false, 1, false) <= CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(772, STATS_PIX, false, true, true, false, 1, false) > CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(1771, STATS_PIX, false, false, true, false, 0, false) <= CPU_LOOP_LIMIT);
         // cross-entropy's fused gradient is fused up to 1236 classes (unfused beyond)
-        assert!(softmax_stats_steps(1236, STATS_PIX, false, false, false, 0, true) <= CPU_LOOP_LIMIT);
-        assert!(softmax_stats_steps(1237, STATS_PIX, false, false, false, 0, true) > CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(1236, STATS_PIX, false, false, true, false, 0, true) <= CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(1237, STATS_PIX, false, false, true, false, 0, true) > CPU_LOOP_LIMIT);
         // cross-entropy alone on a checked input: three walks per pixel (1500 classes came out
         // wrong on lavapipe with two)
-        assert!(softmax_stats_steps(1235, STATS_PIX, true, true, false, 0, false) <= CPU_LOOP_LIMIT);
-        assert!(softmax_stats_steps(1236, STATS_PIX, true, true, false, 0, false) > CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(1235, STATS_PIX, true, true, true, false, 0, false) <= CPU_LOOP_LIMIT);
+        assert!(softmax_stats_steps(1236, STATS_PIX, true, true, true, false, 0, false) > CPU_LOOP_LIMIT);
         // the gradient pass: eight pixel terms came out short from class 6553 on lavapipe (ten
         // steps a class); the bound takes up to 6551
         assert!(softmax_grad_steps(6551, GRAD_PIX, 8, false, false, false) <= CPU_LOOP_LIMIT);
@@ -673,15 +659,15 @@ mod tests {
         assert!(softmax_grad_steps(7900, GRAD_PIX, 1, false, false, false) <= CPU_LOOP_LIMIT);
         assert!(softmax_grad_steps(7900, GRAD_PIX, 1, true, true, false) <= CPU_LOOP_LIMIT);
         // a usual class count is far from it
-        assert!(softmax_stats_steps(182, STATS_PIX, false, true, true, 2, false) < CPU_LOOP_LIMIT / 2);
+        assert!(softmax_stats_steps(182, STATS_PIX, false, true, true, true, 2, false) < CPU_LOOP_LIMIT / 2);
         // more pixels per thread, more steps
         assert!(
-            softmax_stats_steps(21, 32, false, true, false, 0, false)
-                > softmax_stats_steps(21, 16, false, true, false, 0, false)
+            softmax_stats_steps(21, 32, false, true, true, false, 0, false)
+                > softmax_stats_steps(21, 16, false, true, true, false, 0, false)
         );
         // the long tiles (at most CREG_MAX classes) stay within it with every walk
         assert!(
-            softmax_stats_steps(CREG_MAX, STATS_PIX_LONG, false, true, true, crate::plan::MAX_PIXEL_SLOTS, true)
+            softmax_stats_steps(CREG_MAX, STATS_PIX_LONG, false, true, true, true, crate::plan::MAX_PIXEL_SLOTS, true)
                 <= CPU_LOOP_LIMIT
         );
     }

@@ -8,15 +8,19 @@
 //! different threads never share one.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::gpu::poll::Serial;
 
 /// Most bytes of idle buffers the pool keeps ([`crate::Engine::release_scratch`] frees them).
 /// Lovász-Softmax with gradients on 8x21x512x512 uses about 1.1 GB.
 pub(crate) const POOL_BYTES: u64 = 4 << 30;
 
-#[derive(Default)]
 pub(crate) struct Pool {
     free: Mutex<PoolState>,
+    /// The device's lock: the buffers [`Pool::give`] and [`Pool::clear`] drop are destroyed
+    /// under it (a GL call: [`Serial`]).
+    serial: Arc<Serial>,
 }
 
 #[derive(Default)]
@@ -26,6 +30,10 @@ struct PoolState {
 }
 
 impl Pool {
+    pub fn new(serial: Arc<Serial>) -> Pool {
+        Pool { free: Mutex::default(), serial }
+    }
+
     /// A buffer of exactly `size` bytes and `usage`: a pooled one, or a new one.
     pub fn take(&self, device: &wgpu::Device, size: u64, usage: wgpu::BufferUsages, label: &str) -> wgpu::Buffer {
         let reused = {
@@ -43,6 +51,8 @@ impl Pool {
 
     /// Returns buffers no pending work uses any more.
     pub fn give(&self, bufs: impl IntoIterator<Item = wgpu::Buffer>) {
+        // (those past the pool's bytes are dropped here; the device lock before the pool's)
+        let _one = self.serial.hold();
         let mut st = self.free.lock().unwrap_or_else(|e| e.into_inner());
         for buf in bufs {
             if st.bytes + buf.size() <= POOL_BYTES {
@@ -53,6 +63,7 @@ impl Pool {
     }
 
     pub fn clear(&self) {
+        let _one = self.serial.hold();
         let mut st = self.free.lock().unwrap_or_else(|e| e.into_inner());
         *st = PoolState::default();
     }

@@ -13,7 +13,6 @@ use std::pin::Pin;
 
 use crate::error::Error;
 use crate::gpu::context::Gpu;
-use crate::gpu::poll::Held;
 use crate::gpu::profile::{self, Timed};
 use crate::gpu::{align, Spec, ALIGN};
 use crate::shaders::{Access, Kernel};
@@ -321,7 +320,7 @@ impl Gpu {
         let pool = self.pool.clone();
         let serial = self.poller.serial().clone();
         // (an error, or the future dropped, drops them: under the lock)
-        let reads = Held::new(reads, serial.clone());
+        let reads = self.held(reads);
         #[cfg(target_arch = "wasm32")]
         let spent = (!reads.is_empty()).then_some(scratch);
         let fut = async move {
@@ -347,8 +346,6 @@ impl Gpu {
                 }
                 b.unmap();
             }
-            // (buffers past the pool's bytes are dropped here: a GL call)
-            let _one = serial.hold();
             pool.give(reads.into_inner());
             #[cfg(target_arch = "wasm32")]
             if let Some(spent) = spent {
