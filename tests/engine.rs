@@ -1883,7 +1883,8 @@ fn cross_entropy_past_the_fused_class_bound_keeps_its_gradient() {
 /// gradient pass walks them per class). Within the bounds the values and gradients agree with the
 /// reference; past them a CPU adapter refuses with a typed error. Before the bounds counted these
 /// walks, lavapipe gave `ce` at 1500 classes the value 11.56 where the reference gives 11.69, and
-/// eight cross-entropy terms over 7900 classes no gradient past class 6553.
+/// eight cross-entropy terms over 7900 classes wrong gradients from class 6553 on
+/// (`loop_limit_probe`).
 #[test]
 fn cross_entropy_over_many_classes_stays_within_the_loop_limit_or_is_refused() {
     let (engine, device, queue) = caller_engine();
@@ -1938,6 +1939,68 @@ fn cross_entropy_over_many_classes_stays_within_the_loop_limit_or_is_refused() {
         }
     } else {
         assert_matches_reference(engine, &big, &eight, "eight ce terms");
+    }
+}
+
+/// Prints what the cases of the test above give against the reference, as the README quotes
+/// them: run with the library of a commit before the bounds (98cfd9f) to see the wrong values,
+/// with today's to see the refusals. `cargo test --release --test engine loop_limit_probe --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn loop_limit_probe() {
+    let (engine, device, queue) = caller_engine();
+    let bad = |g: &[f32], w: &[f64]| {
+        let off = |(a, b): (&f32, &f64)| (f64::from(*a) - b).abs() > 1e-3 * b.abs() + 1e-12;
+        (g.iter().zip(w).filter(|&p| off(p)).count(), g.iter().zip(w).position(off))
+    };
+    for classes in [1200, 1500, 1770] {
+        let case = label_case(97, &[1, classes, 64, 32], 255);
+        let exprs = parse(&["ce"]);
+        let numel = case.logits.len();
+        let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
+        let labels: Vec<u32> = case.labels.iter().map(|&l| l as u32).collect();
+        let tbuf = buffer_with(device, &labels, 0);
+        let gbuf = buffer_with(device, &vec![0u32; numel], 0);
+        let input = BufferInput::new(
+            BufferSlice::new(&lbuf, 0, numel as u64),
+            TargetBuffer::ClassU32(BufferSlice::new(&tbuf, 0, labels.len() as u64)),
+            &case.shape,
+            Mode::Multiclass,
+            Some(255),
+        )
+        .unwrap();
+        let w = reference::evaluate(&case.whole(), &exprs[0]).unwrap();
+        match engine.evaluate_buffers_blocking(
+            &input,
+            &exprs,
+            &[GradOut::Write(BufferSlice::new(&gbuf, 0, numel as u64))],
+        ) {
+            Ok(v) => {
+                let (n, _) = bad(&read_buffer(device, queue, &gbuf, 0, numel), &w.grad);
+                eprintln!(
+                    "ce, buffer input, {classes} classes: {} (reference {}), {n} of {numel} gradient elements off",
+                    v[0].value, w.value
+                );
+            }
+            Err(e) => eprintln!("ce, buffer input, {classes} classes: {e}"),
+        }
+    }
+    for (text, classes) in [("ce", 7900), ("ce+ce+ce+ce+ce+ce+ce+ce", 1400), ("ce+ce+ce+ce+ce+ce+ce+ce", 7900)] {
+        let case = label_case(99, &[1, classes, 64, 32], 255);
+        let exprs = parse(&[text]);
+        let w = reference::evaluate(&case.whole(), &exprs[0]).unwrap();
+        match engine.evaluate_blocking(&case.whole(), &exprs, true) {
+            Ok(v) => {
+                let (n, first) = bad(v[0].grad.as_deref().unwrap_or(&[]), &w.grad);
+                let class = first.map(|i| i / 2048);
+                eprintln!(
+                    "{text}, {classes} classes: {} (reference {}), {n} gradient elements off, the first in class {class:?}",
+                    v[0].value, w.value
+                );
+            }
+            Err(e) => eprintln!("{text}, {classes} classes: {e}"),
+        }
     }
 }
 
