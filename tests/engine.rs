@@ -1877,6 +1877,31 @@ fn cross_entropy_past_the_fused_class_bound_keeps_its_gradient() {
     }
 }
 
+/// `ce` on a labels case in buffers of the caller's device, ignore index 255, its gradient
+/// written into a buffer: the evaluation, and that buffer read back.
+fn ce_on_buffers(case: &Case) -> (Result<Vec<Evaluation>, Error>, Vec<f32>) {
+    let (engine, device, queue) = caller_engine();
+    let numel = case.logits.len();
+    let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
+    let labels: Vec<u32> = case.labels.iter().map(|&l| l as u32).collect();
+    let tbuf = buffer_with(device, &labels, 0);
+    let gbuf = buffer_with(device, &vec![0u32; numel], 0);
+    let input = BufferInput::new(
+        BufferSlice::new(&lbuf, 0, numel as u64),
+        TargetBuffer::ClassU32(BufferSlice::new(&tbuf, 0, labels.len() as u64)),
+        &case.shape,
+        Mode::Multiclass,
+        Some(255),
+    )
+    .unwrap();
+    let got = engine.evaluate_buffers_blocking(
+        &input,
+        &parse(&["ce"]),
+        &[GradOut::Write(BufferSlice::new(&gbuf, 0, numel as u64))],
+    );
+    (got, read_buffer(device, queue, &gbuf, 0, numel))
+}
+
 /// Cross-entropy over many classes where llvmpipe's loop limit (65535 steps an invocation, past
 /// which every loop ends silently) would cut a pass short: a checked buffer input with ignored
 /// pixels (its statistics pass walks the classes three times per pixel) and eight pixel terms (the
@@ -1887,29 +1912,12 @@ fn cross_entropy_past_the_fused_class_bound_keeps_its_gradient() {
 /// (`loop_limit_probe`).
 #[test]
 fn cross_entropy_over_many_classes_stays_within_the_loop_limit_or_is_refused() {
-    let (engine, device, queue) = caller_engine();
+    let (engine, _, _) = caller_engine();
     let llvmpipe = engine.info().name.contains("llvmpipe");
     for classes in [1200, 1500] {
         let case = label_case(98, &[1, classes, 64, 32], 255);
         let exprs = parse(&["ce"]);
-        let numel = case.logits.len();
-        let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
-        let labels: Vec<u32> = case.labels.iter().map(|&l| l as u32).collect();
-        let tbuf = buffer_with(device, &labels, 0);
-        let gbuf = buffer_with(device, &vec![0u32; numel], 0);
-        let input = BufferInput::new(
-            BufferSlice::new(&lbuf, 0, numel as u64),
-            TargetBuffer::ClassU32(BufferSlice::new(&tbuf, 0, labels.len() as u64)),
-            &case.shape,
-            Mode::Multiclass,
-            Some(255),
-        )
-        .unwrap();
-        let got = engine.evaluate_buffers_blocking(
-            &input,
-            &exprs,
-            &[GradOut::Write(BufferSlice::new(&gbuf, 0, numel as u64))],
-        );
+        let (got, g) = ce_on_buffers(&case);
         if llvmpipe && classes == 1500 {
             match got {
                 Err(Error::Limit { max: 65535, what, .. }) => assert!(what.contains("statistics pass"), "{what}"),
@@ -1925,7 +1933,6 @@ fn cross_entropy_over_many_classes_stays_within_the_loop_limit_or_is_refused() {
             v[0].value,
             w.value
         );
-        let g = read_buffer(device, queue, &gbuf, 0, numel);
         let (worst, scale) = common::max_diff(&g, &w.grad);
         assert!(worst <= 1e-4 * scale, "ce over {classes}: gradient off by {worst} (largest {scale})");
     }
@@ -1949,41 +1956,24 @@ fn cross_entropy_over_many_classes_stays_within_the_loop_limit_or_is_refused() {
 #[test]
 #[ignore]
 fn loop_limit_probe() {
-    let (engine, device, queue) = caller_engine();
+    let (engine, _, _) = caller_engine();
     let bad = |g: &[f32], w: &[f64]| {
         let off = |(a, b): (&f32, &f64)| (f64::from(*a) - b).abs() > 1e-3 * b.abs() + 1e-12;
         (g.iter().zip(w).filter(|&p| off(p)).count(), g.iter().zip(w).position(off))
     };
     for classes in [1200, 1500, 1770] {
         let case = label_case(97, &[1, classes, 64, 32], 255);
-        let exprs = parse(&["ce"]);
+        let w = reference::evaluate(&case.whole(), &parse(&["ce"])[0]).unwrap();
         let numel = case.logits.len();
-        let lbuf = buffer_with(device, bytemuck::cast_slice(&case.logits), 0);
-        let labels: Vec<u32> = case.labels.iter().map(|&l| l as u32).collect();
-        let tbuf = buffer_with(device, &labels, 0);
-        let gbuf = buffer_with(device, &vec![0u32; numel], 0);
-        let input = BufferInput::new(
-            BufferSlice::new(&lbuf, 0, numel as u64),
-            TargetBuffer::ClassU32(BufferSlice::new(&tbuf, 0, labels.len() as u64)),
-            &case.shape,
-            Mode::Multiclass,
-            Some(255),
-        )
-        .unwrap();
-        let w = reference::evaluate(&case.whole(), &exprs[0]).unwrap();
-        match engine.evaluate_buffers_blocking(
-            &input,
-            &exprs,
-            &[GradOut::Write(BufferSlice::new(&gbuf, 0, numel as u64))],
-        ) {
-            Ok(v) => {
-                let (n, _) = bad(&read_buffer(device, queue, &gbuf, 0, numel), &w.grad);
+        match ce_on_buffers(&case) {
+            (Ok(v), g) => {
+                let (n, _) = bad(&g, &w.grad);
                 eprintln!(
                     "ce, buffer input, {classes} classes: {} (reference {}), {n} of {numel} gradient elements off",
                     v[0].value, w.value
                 );
             }
-            Err(e) => eprintln!("ce, buffer input, {classes} classes: {e}"),
+            (Err(e), _) => eprintln!("ce, buffer input, {classes} classes: {e}"),
         }
     }
     for (text, classes) in [("ce", 7900), ("ce+ce+ce+ce+ce+ce+ce+ce", 1400), ("ce+ce+ce+ce+ce+ce+ce+ce", 7900)] {
